@@ -1,0 +1,327 @@
+// Validate(): every check on a Problem lives here and nowhere else.
+#include "kernels/problem.h"
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace attn {
+
+const char* StatusCodeName(StatusCode code) {
+  switch (code) {
+    case StatusCode::kOk: return "OK";
+    case StatusCode::kInvalidArgument: return "InvalidArgument";
+    case StatusCode::kUnimplemented: return "Unimplemented";
+    case StatusCode::kResourceExhausted: return "ResourceExhausted";
+    case StatusCode::kNotFound: return "NotFound";
+    case StatusCode::kInternal: return "Internal";
+  }
+  return "Unknown";
+}
+
+std::string Status::ToString() const {
+  if (ok()) return "OK";
+  return std::string(StatusCodeName(code_)) + ": " + message_;
+}
+
+const char* LayoutName(Layout layout) {
+  return layout == Layout::kBHLD ? "bhsd" : "bshd";
+}
+
+const char* MaskKindName(MaskKind kind) {
+  switch (kind) {
+    case MaskKind::kNone: return "none";
+    case MaskKind::kCausal: return "causal";
+    case MaskKind::kSlidingWindow: return "window";
+    case MaskKind::kAdditive: return "additive";
+  }
+  return "unknown";
+}
+
+Problem MakeProblem(const Shape& s, const float* q, const float* k,
+                    const float* v, float* o, Layout layout) {
+  auto strides = [layout](int64_t heads, int64_t len, int64_t dim) {
+    return layout == Layout::kBHLD ? Strides::BHLD(heads, len, dim)
+                                   : Strides::BLHD(heads, len, dim);
+  };
+  Problem p;
+  p.shape = s;
+  p.q = {q, strides(s.heads, s.q_len, s.head_dim)};
+  p.k = {k, strides(s.kv_heads, s.kv_len, s.head_dim)};
+  p.v = {v, strides(s.kv_heads, s.kv_len, s.value_dim)};
+  p.o = {o, strides(s.heads, s.q_len, s.value_dim)};
+  return p;
+}
+
+std::string Describe(const Shape& s, const Mask& m) {
+  // Appends, not operator+: gcc 12 warns falsely (-Wrestrict, PR 105651) on
+  // "literal" + std::string chains.
+  std::string out;
+  const struct { const char* name; int64_t value; } fields[] = {
+      {"B=", s.batch},       {" H=", s.heads},      {" Hkv=", s.kv_heads},
+      {" Lq=", s.q_len},     {" Lk=", s.kv_len},    {" dk=", s.head_dim},
+      {" dv=", s.value_dim}};
+  for (const auto& f : fields) out.append(f.name).append(std::to_string(f.value));
+  out.append(" mask=").append(MaskKindName(m.kind));
+  if (m.kind == MaskKind::kSlidingWindow) {
+    out.append("(").append(std::to_string(m.window_left)).append(",");
+    out.append(std::to_string(m.window_right)).append(")");
+  }
+  if (!m.key_lengths.empty()) out.append("+key_lengths");
+  return out;
+}
+
+namespace {
+
+std::string Field(const char* name, int64_t value) {
+  return std::string(name) + "=" + std::to_string(value);
+}
+
+// a * b, or nullopt on int64 overflow.
+std::optional<int64_t> Mul(std::optional<int64_t> a, int64_t b) {
+  int64_t r;
+  if (!a || __builtin_mul_overflow(*a, b, &r)) return std::nullopt;
+  return r;
+}
+
+// Address range [lo, hi) in bytes that a strided tensor touches.
+struct Extent {
+  const char* name;
+  uintptr_t lo = 0;
+  uintptr_t hi = 0;
+};
+
+// Checks a [B, heads, len, dim] view: strides legal, offsets fit in int64.
+// On success fills `extent`.
+Status CheckTensor(const char* name, const void* data, const Strides& st,
+                   int64_t batch, int64_t heads, int64_t len, int64_t dim,
+                   Extent* extent) {
+  if (data == nullptr) return InvalidArgument(std::string(name) + " is null");
+  if (st.elem != 1) {
+    return InvalidArgument(std::string(name) + ".strides.elem=" + std::to_string(st.elem) +
+                           " must be 1 (the innermost d dimension is contiguous)");
+  }
+  const struct { const char* what; int64_t stride; } dims[] = {
+      {"batch", st.batch}, {"head", st.head}, {"row", st.row}};
+  for (const auto& d : dims) {
+    if (d.stride < 0) {
+      return InvalidArgument(std::string(name) + ".strides." + d.what + "=" +
+                             std::to_string(d.stride) + " must be >= 0");
+    }
+  }
+  // Largest element offset + 1, with overflow checks.
+  std::optional<int64_t> last = 0;
+  const int64_t counts[] = {batch, heads, len};
+  const int64_t strides[] = {st.batch, st.head, st.row};
+  for (int i = 0; i < 3 && last; ++i) {
+    const auto term = Mul(counts[i] > 0 ? counts[i] - 1 : 0, strides[i]);
+    int64_t sum;
+    if (!term || __builtin_add_overflow(*last, *term, &sum)) last.reset();
+    else last = sum;
+  }
+  int64_t end_elems = 0, bytes = 0;
+  if (!last || __builtin_add_overflow(*last, dim, &end_elems) ||
+      __builtin_mul_overflow(end_elems, int64_t{4}, &bytes)) {
+    return InvalidArgument(std::string(name) + " spans more elements than int64 can index (" +
+                           Field("B", batch) + " " + Field("heads", heads) + " " +
+                           Field("len", len) + " " + Field("d", dim) + ")");
+  }
+  extent->name = name;
+  extent->lo = reinterpret_cast<uintptr_t>(data);
+  extent->hi = extent->lo + static_cast<uintptr_t>(bytes);
+  return Status::Ok();
+}
+
+// An output view must not write one element twice: with dimensions sorted by
+// stride, each stride must step past everything the smaller ones span.
+Status CheckNoSelfOverlap(const char* name, const Strides& st, int64_t batch,
+                          int64_t heads, int64_t len, int64_t dim) {
+  struct D { const char* what; int64_t count, stride; };
+  std::vector<D> dims;
+  if (batch > 1) dims.push_back({"batch", batch, st.batch});
+  if (heads > 1) dims.push_back({"head", heads, st.head});
+  if (len > 1) dims.push_back({"row", len, st.row});
+  std::sort(dims.begin(), dims.end(), [](const D& a, const D& b) { return a.stride < b.stride; });
+  int64_t span = dim;  // elements covered by the dimensions seen so far
+  for (const D& d : dims) {
+    if (d.stride < span) {
+      return InvalidArgument(std::string(name) + ".strides." + d.what + "=" +
+                             std::to_string(d.stride) + " makes " + name +
+                             " overlap itself (needs >= " + std::to_string(span) + ")");
+    }
+    span = d.stride * (d.count - 1) + span;
+  }
+  return Status::Ok();
+}
+
+bool Overlaps(const Extent& a, const Extent& b) {
+  return a.lo < b.hi && b.lo < a.hi && a.lo < a.hi && b.lo < b.hi;
+}
+
+}  // namespace
+
+StatusOr<ValidProblem> Validate(const Problem& p) {
+  const Shape& s = p.shape;
+  // Sizes.
+  const struct { const char* name; int64_t value; int64_t min; } sizes[] = {
+      {"B", s.batch, 1},    {"H", s.heads, 1},     {"Hkv", s.kv_heads, 1},
+      {"Lq", s.q_len, 0},   {"Lk", s.kv_len, 0},   {"dk", s.head_dim, 1},
+      {"dv", s.value_dim, 1}};
+  for (const auto& f : sizes) {
+    if (f.value < f.min) {
+      return InvalidArgument(Field(f.name, f.value) + " must be >= " + std::to_string(f.min));
+    }
+  }
+  if (s.heads % s.kv_heads != 0) {
+    return InvalidArgument(Field("Hkv", s.kv_heads) + " does not divide " + Field("H", s.heads));
+  }
+
+  // Tensors: pointers, strides, sizes that fit.
+  std::vector<Extent> inputs(3), outputs;
+  Extent o_extent;
+  ATTN_RETURN_IF_ERROR(CheckTensor("Q", p.q.data, p.q.strides, s.batch, s.heads, s.q_len,
+                                   s.head_dim, &inputs[0]));
+  ATTN_RETURN_IF_ERROR(CheckTensor("K", p.k.data, p.k.strides, s.batch, s.kv_heads, s.kv_len,
+                                   s.head_dim, &inputs[1]));
+  ATTN_RETURN_IF_ERROR(CheckTensor("V", p.v.data, p.v.strides, s.batch, s.kv_heads, s.kv_len,
+                                   s.value_dim, &inputs[2]));
+  ATTN_RETURN_IF_ERROR(CheckTensor("O", p.o.data, p.o.strides, s.batch, s.heads, s.q_len,
+                                   s.value_dim, &o_extent));
+  ATTN_RETURN_IF_ERROR(
+      CheckNoSelfOverlap("O", p.o.strides, s.batch, s.heads, s.q_len, s.value_dim));
+  outputs.push_back(o_extent);
+
+  // Scale.
+  if (p.scale && !std::isfinite(*p.scale)) {
+    return InvalidArgument("scale=" + std::to_string(*p.scale) + " must be finite");
+  }
+
+  // Row and score counts (lse, weights, additive mask) must fit too.
+  const auto rows = Mul(Mul(s.batch, s.heads), s.q_len);
+  const auto scores = Mul(rows, s.kv_len);
+  if (!scores || !Mul(scores, 4)) {
+    return InvalidArgument("B*H*Lq*Lk overflows int64 (" + Describe(s, p.mask) + ")");
+  }
+
+  // Mask.
+  const Mask& m = p.mask;
+  switch (m.kind) {
+    case MaskKind::kNone:
+    case MaskKind::kCausal:
+      break;
+    case MaskKind::kSlidingWindow:
+      if (m.window_left < 0) return InvalidArgument(Field("window_left", m.window_left) + " must be >= 0");
+      if (m.window_right < 0) return InvalidArgument(Field("window_right", m.window_right) + " must be >= 0");
+      break;
+    case MaskKind::kAdditive: {
+      const AdditiveMaskShape& a = m.additive_shape;
+      if (m.additive.data() == nullptr) return InvalidArgument("additive mask is null");
+      if (a.rows != s.q_len || a.cols != s.kv_len) {
+        return InvalidArgument("additive mask is [" + std::to_string(a.rows) + ", " +
+                               std::to_string(a.cols) + "], needs [Lq, Lk] = [" +
+                               std::to_string(s.q_len) + ", " + std::to_string(s.kv_len) + "]");
+      }
+      if (a.batch != 1 && a.batch != s.batch) {
+        return InvalidArgument("additive mask batch=" + std::to_string(a.batch) +
+                               " must be 1 (broadcast) or B=" + std::to_string(s.batch));
+      }
+      if (a.heads != 1 && a.heads != s.heads) {
+        return InvalidArgument("additive mask heads=" + std::to_string(a.heads) +
+                               " must be 1 (broadcast) or H=" + std::to_string(s.heads));
+      }
+      const auto need = Mul(Mul(Mul(a.batch, a.heads), a.rows), a.cols);
+      if (!need || static_cast<int64_t>(m.additive.size()) != *need) {
+        return InvalidArgument("additive mask has " + std::to_string(m.additive.size()) +
+                               " elements, its shape [" + std::to_string(a.batch) + ", " +
+                               std::to_string(a.heads) + ", " + std::to_string(a.rows) + ", " +
+                               std::to_string(a.cols) + "] needs " +
+                               (need ? std::to_string(*need) : std::string("more than int64")));
+      }
+      const auto lo = reinterpret_cast<uintptr_t>(m.additive.data());
+      inputs.push_back({"additive mask", lo, lo + m.additive.size_bytes()});
+      break;
+    }
+    default:
+      return InvalidArgument("mask kind " + std::to_string(static_cast<int>(m.kind)) +
+                             " is not a MaskKind");
+  }
+  if (!m.key_lengths.empty()) {
+    if (static_cast<int64_t>(m.key_lengths.size()) != s.batch) {
+      return InvalidArgument("key_lengths has " + std::to_string(m.key_lengths.size()) +
+                             " entries, needs B=" + std::to_string(s.batch));
+    }
+    for (int64_t b = 0; b < s.batch; ++b) {
+      const int32_t len = m.key_lengths[b];
+      if (len < 0 || len > s.kv_len) {
+        return InvalidArgument("key_lengths[" + std::to_string(b) + "]=" + std::to_string(len) +
+                               " is outside [0, Lk=" + std::to_string(s.kv_len) + "]");
+      }
+    }
+    const auto lo = reinterpret_cast<uintptr_t>(m.key_lengths.data());
+    inputs.push_back({"key_lengths", lo, lo + m.key_lengths.size_bytes()});
+  }
+
+  // Optional outputs.
+  if (!p.lse.empty() || p.lse.data() != nullptr) {
+    if (static_cast<int64_t>(p.lse.size()) != *rows || p.lse.data() == nullptr) {
+      return InvalidArgument("lse has " + std::to_string(p.lse.size()) +
+                             " elements, needs B*H*Lq=" + std::to_string(*rows));
+    }
+    const auto lo = reinterpret_cast<uintptr_t>(p.lse.data());
+    outputs.push_back({"lse", lo, lo + p.lse.size_bytes()});
+  }
+  if (!p.weights.empty() || p.weights.data() != nullptr) {
+    if (static_cast<int64_t>(p.weights.size()) != *scores || p.weights.data() == nullptr) {
+      return InvalidArgument("weights has " + std::to_string(p.weights.size()) +
+                             " elements, needs B*H*Lq*Lk=" + std::to_string(*scores));
+    }
+    const auto lo = reinterpret_cast<uintptr_t>(p.weights.data());
+    outputs.push_back({"weights", lo, lo + p.weights.size_bytes()});
+  }
+
+  // No output may overlap an input or another output.
+  for (size_t a = 0; a < outputs.size(); ++a) {
+    for (const Extent& in : inputs) {
+      if (Overlaps(outputs[a], in)) {
+        return InvalidArgument(std::string("output ") + outputs[a].name +
+                               " overlaps input " + in.name);
+      }
+    }
+    for (size_t b = a + 1; b < outputs.size(); ++b) {
+      if (Overlaps(outputs[a], outputs[b])) {
+        return InvalidArgument(std::string("output ") + outputs[a].name +
+                               " overlaps output " + outputs[b].name);
+      }
+    }
+  }
+
+  ValidProblem v;
+  v.shape = s;
+  v.q = p.q;
+  v.k = p.k;
+  v.v = p.v;
+  v.o = p.o;
+  v.scale = p.scale ? *p.scale : static_cast<float>(1.0 / std::sqrt(double(s.head_dim)));
+  v.mask = m;
+  // Windows wider than the whole problem are equivalent to the whole problem;
+  // clamping keeps i + off +- window inside int64.
+  const int64_t reach = s.q_len + s.kv_len;
+  v.mask.window_left = std::min(m.window_left, reach);
+  v.mask.window_right = std::min(m.window_right, reach);
+  v.lse = p.lse;
+  v.weights = p.weights;
+  v.group = s.heads / s.kv_heads;
+  v.diag_offset = s.kv_len - s.q_len;
+  return v;
+}
+
+int64_t VisiblePairs(const ValidProblem& p) {
+  int64_t pairs = 0;
+  for (int64_t b = 0; b < p.shape.batch; ++b) {
+    for (int64_t i = 0; i < p.shape.q_len; ++i) pairs += p.VisibleKeys(b, i).size();
+  }
+  return pairs * p.shape.heads;
+}
+
+}  // namespace attn

@@ -1,0 +1,229 @@
+// The attention problem: one description, validated in one place.
+//
+//   O = softmax(Q·Kᵀ·scale + mask) · V
+//
+// Shapes: batch B, query heads H, key/value heads Hkv (H % Hkv == 0; query
+// head h reads kv head h / (H / Hkv), which covers MHA, GQA and MQA), query
+// length Lq, key length Lk, head dim dk (Q, K) and value dim dv (V, O).
+//
+// Layout: Q, K, V, O are each a pointer plus element strides for
+// (batch, head, position); the innermost (d) stride must be 1. Strides::BHLD
+// gives contiguous [B, H, L, d] (PyTorch's layout, the default); Strides::BLHD
+// gives [B, L, H, d]. Any other non-negative strides work too.
+//
+// Scale: default 1/sqrt(dk); it must be finite.
+//
+// Masks. Let off = Lk - Lq (the diagonal is aligned bottom-right, as in
+// FlashAttention >= 2.1, so a query block decoding against a longer KV cache
+// works). Query row i sees key j when:
+//   kNone           always
+//   kCausal         j <= i + off
+//   kSlidingWindow  i + off - left <= j <= i + off + right   (left, right >= 0)
+//   kAdditive       always; the float mask[i, j] is added to the scaled score.
+//                   Its shape is [Lq, Lk] broadcast over B and H, or
+//                   [B, H, Lq, Lk] (batch and head may each be 1 = broadcast).
+//                   Use -inf to mask.
+// Independently, key_lengths[b] (optional, one per batch, in [0, Lk]) hides
+// keys j >= key_lengths[b] (padding) and combines with any of the above.
+// Causal, window and key lengths are *structural*: a hidden key is never read,
+// so nothing in its K or V row can reach the query. The additive mask is
+// arithmetic: a -inf entry gives weight exactly 0, but (IEEE 0 * NaN = NaN)
+// a NaN or inf in that key's K or V still reaches the row, as in PyTorch.
+//
+// Edge semantics (every variant, tested):
+//   * A fully masked query row (no visible key, or every visible score -inf)
+//     gives O = 0, lse = -inf and weights 0. Never NaN.
+//   * Lq = 0 is a legal no-op. Lk = 0 is legal: every row is fully masked.
+//     B, H, Hkv, dk, dv must be >= 1.
+//   * NaN in Q row i makes row i of O (and lse) NaN and nothing else. NaN in
+//     K or V row j makes NaN exactly the query rows that see key j.
+//   * Logits: a -inf logit is a masked key. A +inf logit (from the additive
+//     mask, or overflow of q·k) or a NaN logit makes that row's O and lse NaN;
+//     other rows are unaffected.
+//
+// Outputs: O (fp32, strided like the inputs); optionally lse [B, H, Lq]
+// (natural log of the softmax denominator of the scaled, masked scores,
+// contiguous); optionally the attention weights P [B, H, Lq, Lk] (contiguous),
+// from the variants that materialize them.
+#ifndef ATTNLAB_KERNELS_PROBLEM_H_
+#define ATTNLAB_KERNELS_PROBLEM_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "kernels/status.h"
+
+namespace attn {
+
+// Element strides of a [batch, head, position, d] tensor view.
+struct Strides {
+  int64_t batch = 0;
+  int64_t head = 0;
+  int64_t row = 0;
+  int64_t elem = 1;  // the innermost (d) stride; must be 1
+
+  // Contiguous [B, H, L, d].
+  static Strides BHLD(int64_t heads, int64_t len, int64_t dim) {
+    return {heads * len * dim, len * dim, dim, 1};
+  }
+  // Contiguous [B, L, H, d].
+  static Strides BLHD(int64_t heads, int64_t len, int64_t dim) {
+    return {len * heads * dim, dim, heads * dim, 1};
+  }
+};
+
+enum class Layout { kBHLD, kBLHD };
+const char* LayoutName(Layout layout);  // "bhsd", "bshd"
+
+template <typename T>
+struct TensorRef {
+  T* data = nullptr;
+  Strides strides;
+};
+
+struct Shape {
+  int64_t batch = 1;
+  int64_t heads = 1;     // H, query heads
+  int64_t kv_heads = 1;  // Hkv
+  int64_t q_len = 0;     // Lq
+  int64_t kv_len = 0;    // Lk
+  int64_t head_dim = 0;  // dk
+  int64_t value_dim = 0; // dv
+};
+
+enum class MaskKind { kNone, kCausal, kSlidingWindow, kAdditive };
+const char* MaskKindName(MaskKind kind);  // "none", "causal", "window", "additive"
+inline constexpr int kNumMaskKinds = 4;
+
+// Shape of an additive mask: [batch, heads, Lq, Lk] where batch is 1 or B and
+// heads is 1 or H (1 = broadcast). Row-major, contiguous.
+struct AdditiveMaskShape {
+  int64_t batch = 1;
+  int64_t heads = 1;
+  int64_t rows = 0;  // must equal Lq
+  int64_t cols = 0;  // must equal Lk
+};
+
+struct Mask {
+  MaskKind kind = MaskKind::kNone;
+  int64_t window_left = 0;   // kSlidingWindow
+  int64_t window_right = 0;  // kSlidingWindow
+  std::span<const float> additive;  // kAdditive
+  AdditiveMaskShape additive_shape;  // kAdditive
+  std::span<const int32_t> key_lengths;  // optional, B entries; any kind
+};
+
+struct Problem {
+  Shape shape;
+  TensorRef<const float> q, k, v;
+  TensorRef<float> o;
+  std::optional<float> scale;  // default 1/sqrt(head_dim)
+  Mask mask;
+  std::span<float> lse;      // optional output, B*H*Lq entries
+  std::span<float> weights;  // optional output, B*H*Lq*Lk entries
+};
+
+// A contiguous problem over caller-owned buffers in the given layout
+// (Q [B,H,Lq,dk], K [B,Hkv,Lk,dk], V [B,Hkv,Lk,dv], O [B,H,Lq,dv] for kBHLD).
+Problem MakeProblem(const Shape& shape, const float* q, const float* k,
+                    const float* v, float* o, Layout layout = Layout::kBHLD);
+
+// The keys query row i may read: [begin, end). Empty when begin >= end.
+struct KeyRange {
+  int64_t begin = 0;
+  int64_t end = 0;
+  bool empty() const { return end <= begin; }
+  int64_t size() const { return empty() ? 0 : end - begin; }
+};
+
+// A Problem that passed Validate(): kernels take only this, so they never
+// re-check and never disagree on semantics. Defaults are resolved (scale) and
+// window sizes are clamped so that index arithmetic cannot overflow.
+class ValidProblem {
+ public:
+  Shape shape;
+  TensorRef<const float> q, k, v;
+  TensorRef<float> o;
+  float scale = 0.0f;
+  Mask mask;
+  std::span<float> lse;
+  std::span<float> weights;
+  int64_t group = 1;        // H / Hkv: query heads per kv head
+  int64_t diag_offset = 0;  // Lk - Lq
+
+  int64_t KvHead(int64_t h) const { return h / group; }
+  const float* QRow(int64_t b, int64_t h, int64_t i) const {
+    return q.data + b * q.strides.batch + h * q.strides.head + i * q.strides.row;
+  }
+  const float* KRow(int64_t b, int64_t kvh, int64_t j) const {
+    return k.data + b * k.strides.batch + kvh * k.strides.head + j * k.strides.row;
+  }
+  const float* VRow(int64_t b, int64_t kvh, int64_t j) const {
+    return v.data + b * v.strides.batch + kvh * v.strides.head + j * v.strides.row;
+  }
+  float* ORow(int64_t b, int64_t h, int64_t i) const {
+    return o.data + b * o.strides.batch + h * o.strides.head + i * o.strides.row;
+  }
+  // Index of (b, h, i) in the contiguous [B, H, Lq] lse output.
+  int64_t RowIndex(int64_t b, int64_t h, int64_t i) const {
+    return (b * shape.heads + h) * shape.q_len + i;
+  }
+  float* WeightsRow(int64_t b, int64_t h, int64_t i) const {
+    return weights.empty() ? nullptr
+                           : weights.data() + RowIndex(b, h, i) * shape.kv_len;
+  }
+  // The additive mask row for (b, h, i), or nullptr when the mask is not
+  // additive.
+  const float* AdditiveRow(int64_t b, int64_t h, int64_t i) const {
+    if (mask.kind != MaskKind::kAdditive) return nullptr;
+    const AdditiveMaskShape& s = mask.additive_shape;
+    const int64_t bb = s.batch == 1 ? 0 : b;
+    const int64_t hh = s.heads == 1 ? 0 : h;
+    return mask.additive.data() + ((bb * s.heads + hh) * s.rows + i) * s.cols;
+  }
+  // Keys visible to query row i of batch b under the structural masks
+  // (causal, sliding window, key lengths). The additive mask is not included.
+  KeyRange VisibleKeys(int64_t b, int64_t i) const {
+    int64_t begin = 0;
+    int64_t end = shape.kv_len;
+    const int64_t diag = i + diag_offset;
+    if (mask.kind == MaskKind::kCausal) {
+      end = std::min(end, diag + 1);
+    } else if (mask.kind == MaskKind::kSlidingWindow) {
+      begin = std::max<int64_t>(0, diag - mask.window_left);
+      end = std::min(end, diag + mask.window_right + 1);
+    }
+    if (!mask.key_lengths.empty()) {
+      end = std::min<int64_t>(end, mask.key_lengths[b]);
+    }
+    return {begin, std::max(begin, end)};
+  }
+  // True when some keys may be hidden from some rows structurally.
+  bool HasStructuralMask() const {
+    return mask.kind == MaskKind::kCausal ||
+           mask.kind == MaskKind::kSlidingWindow || !mask.key_lengths.empty();
+  }
+
+ private:
+  friend StatusOr<ValidProblem> Validate(const Problem& problem);
+  ValidProblem() = default;
+};
+
+// The one validator. Returns InvalidArgument naming the field and value
+// (e.g. "Hkv=3 does not divide H=8") for any malformed problem.
+StatusOr<ValidProblem> Validate(const Problem& problem);
+
+// Number of (query, key) pairs that are not structurally masked, summed over
+// batch and heads: the work a kernel that skips masked keys must do.
+int64_t VisiblePairs(const ValidProblem& p);
+
+// One-line human description, e.g. "B=1 H=8 Hkv=8 Lq=1024 Lk=1024 dk=64 dv=64
+// mask=causal".
+std::string Describe(const Shape& shape, const Mask& mask);
+
+}  // namespace attn
+
+#endif  // ATTNLAB_KERNELS_PROBLEM_H_

@@ -1,0 +1,135 @@
+#include "kernels/registry.h"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+namespace attn {
+
+#define ATTN_VARIANT(name) extern const Variant name##_variant;
+#include "kernels/variants.inc"
+#undef ATTN_VARIANT
+
+std::span<const Variant* const> Registry() {
+  static const Variant* const kVariants[] = {
+#define ATTN_VARIANT(name) &name##_variant,
+#include "kernels/variants.inc"
+#undef ATTN_VARIANT
+  };
+  return kVariants;
+}
+
+const Variant* FindVariant(std::string_view name) {
+  for (const Variant* v : Registry()) {
+    if (name == v->name) return v;
+  }
+  return nullptr;
+}
+
+std::string VariantNames() {
+  std::string names;
+  for (const Variant* v : Registry()) {
+    if (!names.empty()) names += ", ";
+    names += v->name;
+  }
+  return names;
+}
+
+std::optional<size_t> ParseBytes(std::string_view text) {
+  if (text.empty()) return std::nullopt;
+  size_t i = 0;
+  double value = 0;
+  bool digits = false;
+  for (; i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.'); ++i) {
+    digits = true;
+  }
+  if (!digits) return std::nullopt;
+  try {
+    value = std::stod(std::string(text.substr(0, i)));
+  } catch (...) {
+    return std::nullopt;
+  }
+  std::string_view suffix = text.substr(i);
+  double mult = 1;
+  if (suffix == "" || suffix == "B") mult = 1;
+  else if (suffix == "K" || suffix == "KiB") mult = 1024.0;
+  else if (suffix == "M" || suffix == "MiB") mult = 1024.0 * 1024;
+  else if (suffix == "G" || suffix == "GiB") mult = 1024.0 * 1024 * 1024;
+  else if (suffix == "T" || suffix == "TiB") mult = 1024.0 * 1024 * 1024 * 1024;
+  else return std::nullopt;
+  return static_cast<size_t>(value * mult);
+}
+
+std::string FormatBytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4) {
+    bytes /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.1f %s", bytes, units[u]);
+  return buf;
+}
+
+size_t DefaultMemoryBudgetBytes() {
+  if (const char* env = std::getenv("ATTNLAB_MEMORY_BUDGET")) {
+    if (auto bytes = ParseBytes(env)) return *bytes;
+    std::fprintf(stderr, "attnlab: ignoring ATTNLAB_MEMORY_BUDGET=%s (want e.g. 12G)\n", env);
+  }
+  const double physical =
+      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  return static_cast<size_t>(physical * kDefaultBudgetFraction);
+}
+
+int ResolveThreads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
+
+StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,
+                               const RunOptions& options) {
+  StatusOr<ValidProblem> valid = Validate(problem);
+  if (!valid.ok()) return valid.status();
+  if (!problem.weights.empty() && !variant.supports_weights) {
+    return Unimplemented(std::string(variant.name) +
+                         " does not materialize attention weights; use one that does");
+  }
+  const int threads = ResolveThreads(options.threads);
+  const size_t need = variant.workspace_bytes(*valid, threads);
+  const size_t budget = options.memory_budget_bytes.value_or(DefaultMemoryBudgetBytes());
+  if (need > budget) {
+    return ResourceExhausted(std::string(variant.name) + " needs " + FormatBytes(double(need)) +
+                             (variant.materializes_scores ? " of scores" : " of workspace") +
+                             ", budget " + FormatBytes(double(budget)) + " (" +
+                             Describe(problem.shape, problem.mask) + ")");
+  }
+  return valid;
+}
+
+Status Run(const Variant& variant, const Problem& problem, const RunOptions& options,
+           RunStats* stats) {
+  StatusOr<ValidProblem> valid = Prepare(variant, problem, options);
+  if (!valid.ok()) return valid.status();
+  Workspace workspace;
+  ExecContext ctx{ResolveThreads(options.threads), &workspace};
+  Status status = variant.run(*valid, ctx);
+  if (stats != nullptr) {
+    stats->workspace_declared_bytes = variant.workspace_bytes(*valid, ctx.threads);
+    stats->workspace_peak_bytes = workspace.peak_bytes();
+    stats->threads = ctx.threads;
+  }
+  return status;
+}
+
+Status Run(std::string_view name, const Problem& problem, const RunOptions& options,
+           RunStats* stats) {
+  const Variant* variant = FindVariant(name);
+  if (variant == nullptr) {
+    return NotFound("unknown variant '" + std::string(name) + "'; known: " + VariantNames());
+  }
+  return Run(*variant, problem, options, stats);
+}
+
+}  // namespace attn

@@ -1,0 +1,99 @@
+// The variant registry: the one list of attention kernels.
+//
+// Each kernel file defines one `const Variant` and kernels/variants.inc names
+// it once. Tests, benchmarks, the command-line tool and the reports iterate
+// over Registry(); there is no other list. To add a variant: write
+// kernels/<name>.cc defining `extern const Variant <name>_variant`, add
+// `ATTN_VARIANT(<name>)` to variants.inc and the file to kernels/CMakeLists.txt.
+//
+// Callers run a variant through attn::Run(), which validates the problem,
+// checks the variant supports it, checks the declared workspace against the
+// memory budget, then calls the kernel.
+#ifndef ATTNLAB_KERNELS_REGISTRY_H_
+#define ATTNLAB_KERNELS_REGISTRY_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "kernels/problem.h"
+#include "kernels/status.h"
+#include "kernels/workspace.h"
+
+namespace attn {
+
+// What a running kernel gets besides the problem.
+struct ExecContext {
+  int threads = 1;       // OpenMP threads the kernel may use
+  Workspace* workspace;  // every allocation goes here
+};
+
+using KernelFn = Status (*)(const ValidProblem& problem, ExecContext& ctx);
+// Bytes the kernel will allocate at most for `problem` on `threads` threads.
+using WorkspaceFn = size_t (*)(const ValidProblem& problem, int threads);
+
+struct Variant {
+  const char* name;     // test name, benchmark prefix and report key
+  const char* summary;  // one line for `attnlab list`
+  KernelFn run;
+  WorkspaceFn workspace_bytes;
+  // What it supports. Every variant supports all mask kinds, key lengths,
+  // GQA/MQA, strides and lse (issue: "the whole problem API"); weights only
+  // where the algorithm materializes them.
+  bool supports_weights = false;
+  // Workspace grows as Lq x Lk (a score matrix): the variant is refused,
+  // before it allocates, when that exceeds the memory budget.
+  bool materializes_scores = false;
+  // Dispatches through Highway: tests run it once per compiled target.
+  bool uses_highway = false;
+  // Exact same output bits for the same input and thread count.
+  bool deterministic = true;
+};
+
+// Every registered variant, in variants.inc order.
+std::span<const Variant* const> Registry();
+// nullptr if there is none of that name.
+const Variant* FindVariant(std::string_view name);
+// "naive, blas, ..." for error messages and --help.
+std::string VariantNames();
+
+// The memory budget a variant's declared workspace is checked against:
+// ATTNLAB_MEMORY_BUDGET (bytes, or with a K/M/G suffix) if set, else
+// kDefaultBudgetFraction of physical memory.
+inline constexpr double kDefaultBudgetFraction = 0.5;
+size_t DefaultMemoryBudgetBytes();
+// Parses "12G", "512M", "4096" into bytes.
+std::optional<size_t> ParseBytes(std::string_view text);
+// "16.0 GiB", "512.0 MiB", "12.3 KiB", "12 B".
+std::string FormatBytes(double bytes);
+
+struct RunOptions {
+  int threads = 0;                           // 0: omp_get_max_threads()
+  std::optional<size_t> memory_budget_bytes;  // default DefaultMemoryBudgetBytes()
+};
+
+struct RunStats {
+  size_t workspace_declared_bytes = 0;
+  size_t workspace_peak_bytes = 0;  // measured by the counting allocator
+  int threads = 0;
+};
+
+// Validate + support + budget. OK when `variant` can run `problem`.
+StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,
+                               const RunOptions& options = {});
+// Prepare, then run. `stats` (optional) receives declared and measured
+// workspace.
+Status Run(const Variant& variant, const Problem& problem,
+           const RunOptions& options = {}, RunStats* stats = nullptr);
+// Run by name; NotFound lists the known names.
+Status Run(std::string_view variant, const Problem& problem,
+           const RunOptions& options = {}, RunStats* stats = nullptr);
+
+int ResolveThreads(int threads);
+
+}  // namespace attn
+
+#endif  // ATTNLAB_KERNELS_REGISTRY_H_

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package attnlab needs to build, test, benchmark and report.
+# Idempotent: packages already present are left alone and nothing is downloaded when all are there.
+# Needs root (apt-get). Without root it prints the exact apt line to run and exits non-zero.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake ninja-build git pkg-config
+  libhwy-dev                 # Google Highway 1.0.3: SIMD with runtime dispatch
+  libopenblas-openmp-dev     # OpenBLAS 0.3.21 built on OpenMP: shares libgomp's thread pool with our kernels
+  libgtest-dev libgmock-dev  # GoogleTest 1.12
+  libbenchmark-dev           # Google Benchmark 1.7.1
+  libcli11-dev nlohmann-json3-dev libfmt-dev
+  python3-numpy python3-matplotlib   # report generator and .npy round-trip tests (run under /usr/bin/python3)
+  clang libclang-rt-14-dev   # libFuzzer harness
+  clang-format
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+line="apt-get update && apt-get install -y --no-install-recommends ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages: ${missing[*]}" >&2
+  echo "install-deps: run as root:  $line" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "install-deps: done"

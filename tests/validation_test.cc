@@ -1,0 +1,229 @@
+// Every invalid problem gets InvalidArgument with a message that names the
+// field and its value. One row per way of getting the description wrong.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "kernels/registry.h"
+
+namespace attn {
+namespace {
+
+// A valid B=2 H=4 Hkv=2 Lq=5 Lk=6 dk=8 dv=4 problem over owned buffers.
+struct Buffers {
+  Shape shape{2, 4, 2, 5, 6, 8, 4};
+  std::vector<float> q, k, v, o, lse, weights, mask;
+  std::vector<int32_t> lens{6, 3};
+  Problem p;
+  Buffers() {
+    q.assign(2 * 4 * 5 * 8, 0.5f);
+    k.assign(2 * 2 * 6 * 8, 0.5f);
+    v.assign(2 * 2 * 6 * 4, 0.5f);
+    o.assign(2 * 4 * 5 * 4, 0.0f);
+    lse.assign(2 * 4 * 5, 0.0f);
+    weights.assign(2 * 4 * 5 * 6, 0.0f);
+    mask.assign(5 * 6, 0.0f);
+    p = MakeProblem(shape, q.data(), k.data(), v.data(), o.data());
+  }
+};
+
+struct InvalidCase {
+  const char* name;
+  std::function<void(Buffers&)> mutate;
+  const char* message;  // must appear in the error
+};
+
+const std::vector<InvalidCase>& Cases() {
+  static const std::vector<InvalidCase> cases = {
+      {"NullQ", [](Buffers& b) { b.p.q.data = nullptr; }, "Q is null"},
+      {"NullK", [](Buffers& b) { b.p.k.data = nullptr; }, "K is null"},
+      {"NullV", [](Buffers& b) { b.p.v.data = nullptr; }, "V is null"},
+      {"NullO", [](Buffers& b) { b.p.o.data = nullptr; }, "O is null"},
+      {"ZeroBatch", [](Buffers& b) { b.p.shape.batch = 0; }, "B=0 must be >= 1"},
+      {"NegativeHeads", [](Buffers& b) { b.p.shape.heads = -4; }, "H=-4 must be >= 1"},
+      {"ZeroKvHeads", [](Buffers& b) { b.p.shape.kv_heads = 0; }, "Hkv=0 must be >= 1"},
+      {"NegativeLq", [](Buffers& b) { b.p.shape.q_len = -1; }, "Lq=-1 must be >= 0"},
+      {"NegativeLk", [](Buffers& b) { b.p.shape.kv_len = -2; }, "Lk=-2 must be >= 0"},
+      {"ZeroHeadDim", [](Buffers& b) { b.p.shape.head_dim = 0; }, "dk=0 must be >= 1"},
+      {"ZeroValueDim", [](Buffers& b) { b.p.shape.value_dim = 0; }, "dv=0 must be >= 1"},
+      {"HkvDoesNotDivideH", [](Buffers& b) { b.p.shape.kv_heads = 3; }, "Hkv=3 does not divide H=4"},
+      {"NonUnitInnerStrideQ", [](Buffers& b) { b.p.q.strides.elem = 2; }, "Q.strides.elem=2 must be 1"},
+      {"NonUnitInnerStrideO", [](Buffers& b) { b.p.o.strides.elem = 0; }, "O.strides.elem=0 must be 1"},
+      {"NegativeStride", [](Buffers& b) { b.p.k.strides.row = -8; }, "K.strides.row=-8 must be >= 0"},
+      {"OutputOverlapsItself", [](Buffers& b) { b.p.o.strides.row = 2; }, "makes O overlap itself"},
+      {"OutputOverlapsQ",
+       [](Buffers& b) { b.p.o.data = const_cast<float*>(b.p.q.data) + 4; }, "output O overlaps input Q"},
+      {"OutputOverlapsV", [](Buffers& b) { b.p.o.data = b.v.data(); }, "output O overlaps input V"},
+      {"LseOverlapsO",
+       [](Buffers& b) { b.p.lse = std::span<float>(b.o.data() + 1, b.lse.size()); },
+       "output O overlaps output lse"},
+      {"LseWrongSize", [](Buffers& b) { b.p.lse = std::span<float>(b.lse.data(), 3); },
+       "lse has 3 elements, needs B*H*Lq=40"},
+      {"WeightsWrongSize", [](Buffers& b) { b.p.weights = std::span<float>(b.weights.data(), 7); },
+       "weights has 7 elements, needs B*H*Lq*Lk=240"},
+      {"NegativeWindowLeft",
+       [](Buffers& b) { b.p.mask.kind = MaskKind::kSlidingWindow; b.p.mask.window_left = -1; },
+       "window_left=-1 must be >= 0"},
+      {"NegativeWindowRight",
+       [](Buffers& b) { b.p.mask.kind = MaskKind::kSlidingWindow; b.p.mask.window_right = -3; },
+       "window_right=-3 must be >= 0"},
+      {"AdditiveMaskNull",
+       [](Buffers& b) { b.p.mask.kind = MaskKind::kAdditive; b.p.mask.additive_shape = {1, 1, 5, 6}; },
+       "additive mask is null"},
+      {"AdditiveMaskWrongRows",
+       [](Buffers& b) {
+         b.p.mask.kind = MaskKind::kAdditive;
+         b.p.mask.additive = b.mask;
+         b.p.mask.additive_shape = {1, 1, 6, 5};
+       },
+       "additive mask is [6, 5], needs [Lq, Lk] = [5, 6]"},
+      {"AdditiveMaskWrongBatch",
+       [](Buffers& b) {
+         b.p.mask.kind = MaskKind::kAdditive;
+         b.p.mask.additive = b.mask;
+         b.p.mask.additive_shape = {3, 1, 5, 6};
+       },
+       "additive mask batch=3 must be 1 (broadcast) or B=2"},
+      {"AdditiveMaskWrongHeads",
+       [](Buffers& b) {
+         b.p.mask.kind = MaskKind::kAdditive;
+         b.p.mask.additive = b.mask;
+         b.p.mask.additive_shape = {1, 2, 5, 6};
+       },
+       "additive mask heads=2 must be 1 (broadcast) or H=4"},
+      {"AdditiveMaskTooFewElements",
+       [](Buffers& b) {
+         b.p.mask.kind = MaskKind::kAdditive;
+         b.p.mask.additive = b.mask;
+         b.p.mask.additive_shape = {2, 4, 5, 6};
+       },
+       "additive mask has 30 elements"},
+      {"KeyLengthsWrongCount",
+       [](Buffers& b) { b.p.mask.key_lengths = std::span<const int32_t>(b.lens.data(), 1); },
+       "key_lengths has 1 entries, needs B=2"},
+      {"KeyLengthAboveLk",
+       [](Buffers& b) { b.lens[1] = 7; b.p.mask.key_lengths = b.lens; },
+       "key_lengths[1]=7 is outside [0, Lk=6]"},
+      {"KeyLengthNegative",
+       [](Buffers& b) { b.lens[0] = -1; b.p.mask.key_lengths = b.lens; },
+       "key_lengths[0]=-1 is outside [0, Lk=6]"},
+      {"ScaleNaN", [](Buffers& b) { b.p.scale = std::nanf(""); }, "must be finite"},
+      {"ScaleInf",
+       [](Buffers& b) { b.p.scale = std::numeric_limits<float>::infinity(); }, "must be finite"},
+      {"ElementCountOverflows",
+       [](Buffers& b) {
+         b.p.shape.q_len = int64_t{1} << 40;
+         b.p.q.strides = Strides::BHLD(4, int64_t{1} << 40, 8);
+         b.p.q.strides.batch = int64_t{1} << 62;
+       },
+       "Q spans more elements than int64 can index"},
+      {"ScoreCountOverflows",
+       [](Buffers& b) {
+         b.p.shape.q_len = int64_t{1} << 31;
+         b.p.shape.kv_len = int64_t{1} << 31;
+         b.p.q.strides = {0, 0, 0, 1};
+         b.p.k.strides = {0, 0, 0, 1};
+         b.p.v.strides = {0, 0, 0, 1};
+         b.p.o.strides = Strides::BHLD(4, int64_t{1} << 31, 4);
+         b.p.o.data = nullptr;
+       },
+       "O is null"},
+      {"ScoresOverflowInt64",
+       [](Buffers& b) {
+         b.p.shape.batch = 1;
+         b.p.shape.heads = 2;
+         b.p.shape.kv_heads = 2;
+         b.p.shape.q_len = int64_t{1} << 31;
+         b.p.shape.kv_len = int64_t{1} << 31;
+         // Broadcast inputs and an O that is big on paper only.
+         b.p.q.strides = {0, 0, 0, 1};
+         b.p.k.strides = {0, 0, 0, 1};
+         b.p.v.strides = {0, 0, 0, 1};
+         b.p.o.strides = {0, int64_t{1} << 33, 4, 1};
+       },
+       "B*H*Lq*Lk overflows int64"},
+      {"UnknownMaskKind",
+       [](Buffers& b) { b.p.mask.kind = static_cast<MaskKind>(42); }, "mask kind 42 is not a MaskKind"},
+  };
+  return cases;
+}
+
+void PrintTo(const InvalidCase& c, std::ostream* os) { *os << c.name; }
+
+class InvalidProblemTest : public ::testing::TestWithParam<InvalidCase> {};
+
+TEST_P(InvalidProblemTest, IsRejectedWithANamedError) {
+  Buffers b;
+  ASSERT_TRUE(Validate(b.p).ok()) << "the base problem must be valid";
+  GetParam().mutate(b);
+  const auto result = Validate(b.p);
+  ASSERT_FALSE(result.ok()) << GetParam().name << " was accepted";
+  EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(result.status().message().find(GetParam().message), std::string::npos)
+      << "got: " << result.status().message() << "\nwant substring: " << GetParam().message;
+  // Every registry variant refuses it the same way, before running.
+  for (const Variant* v : Registry()) {
+    const Status s = attn::Run(*v, b.p);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << v->name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Validation, InvalidProblemTest, ::testing::ValuesIn(Cases()),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(ValidationTest, DefaultScaleIsOneOverSqrtDk) {
+  Buffers b;
+  const auto v = Validate(b.p);
+  ASSERT_TRUE(v.ok());
+  EXPECT_FLOAT_EQ(v->scale, 1.0f / std::sqrt(8.0f));
+}
+
+TEST(ValidationTest, EmptyQueryAndKeyLengthsAreLegal) {
+  Buffers b;
+  b.p.shape.q_len = 0;
+  EXPECT_TRUE(Validate(b.p).ok());
+  Buffers c;
+  c.p.shape.kv_len = 0;
+  c.p.k.strides = Strides::BHLD(2, 0, 8);
+  c.p.v.strides = Strides::BHLD(2, 0, 4);
+  EXPECT_TRUE(Validate(c.p).ok());
+}
+
+TEST(ValidationTest, BLHDLayoutIsValid) {
+  Buffers b;
+  b.p = MakeProblem(b.shape, b.q.data(), b.k.data(), b.v.data(), b.o.data(), Layout::kBLHD);
+  EXPECT_TRUE(Validate(b.p).ok());
+}
+
+TEST(ValidationTest, MaterializingVariantsRefuseOverBudgetBeforeAllocating) {
+  Buffers b;
+  for (const Variant* v : Registry()) {
+    RunOptions options;
+    options.memory_budget_bytes = 16;  // far below any score matrix
+    const Status s = attn::Run(*v, b.p, options);
+    if (v->materializes_scores) {
+      EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << v->name;
+      EXPECT_NE(s.message().find("of scores, budget 16 B"), std::string::npos) << s.message();
+    }
+  }
+}
+
+TEST(ValidationTest, WeightsFromANonMaterializingVariantAreUnimplemented) {
+  Buffers b;
+  b.p.weights = b.weights;
+  for (const Variant* v : Registry()) {
+    const Status s = attn::Run(*v, b.p);
+    if (v->supports_weights) {
+      EXPECT_TRUE(s.ok()) << v->name << ": " << s.ToString();
+    } else {
+      EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << v->name;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace attn
