@@ -68,6 +68,11 @@ def slug(text):
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_")
 
 
+def natural_key(text):
+  """'flash/N:128' sorts before 'flash/N:1024'."""
+  return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text)]
+
+
 def md_table(header, rows, align=None):
   align = align or (["---"] + ["---:"] * (len(header) - 1))
   out = ["| " + " | ".join(str(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
@@ -806,7 +811,7 @@ def compare(args):
     return out
 
   ia, ib = index(a, "a"), index(b, "b")
-  common = sorted(set(ia) & set(ib))
+  common = sorted(set(ia) & set(ib), key=natural_key)
   ctx_a = next(iter(a.contexts.values()), {})
   ctx_b = next(iter(b.contexts.values()), {})
 
@@ -848,8 +853,8 @@ def compare(args):
                  f"{rate:.3f}" + ("" if rate_key == "GFLOPS" else f" ({rate_key})")
                  if rate is not None else "—", f"±{100 * thr:.1f}% ({basis})", verdict])
     data.append((key, ca, ratio, thr, flagged))
-  only_a = sorted(set(ia) - set(ib))
-  only_b = sorted(set(ib) - set(ia))
+  only_a = sorted(set(ia) - set(ib), key=natural_key)
+  only_b = sorted(set(ib) - set(ia), key=natural_key)
 
   colors = variant_colors({ia[k].variant or ia[k].family for k, *_ in data})
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 2]})
@@ -859,6 +864,8 @@ def compare(args):
   names = sorted(groups)
   geo = [math.exp(statistics.mean(math.log(r) for r in groups[n])) for n in names]
   ax1.barh(names, [g - 1 for g in geo], left=1, color=[colors[n] for n in names])
+  for i, g in enumerate(geo):
+    ax1.text(g, i, f" {g:.2f}× ", va="center", ha="left" if g >= 1 else "right", fontsize=9)
   ax1.axvline(1, color="k", lw=1)
   ax1.set_xlabel("geometric-mean time ratio B / A (<1: B faster)")
   ax1.set_title("per variant / family", fontsize=10)
@@ -885,13 +892,12 @@ def compare(args):
   ax2.set_ylabel("time ratio B / A (log scale)")
   ax2.set_title("every matched case", fontsize=10)
   ax2.grid(True, which="both", alpha=0.3)
-  ax2.legend(fontsize=8)
   fig.suptitle(f"A/B: B time / A time\nA = {la.split(' (`')[0]}   B = {lb.split(' (`')[0]}",
                fontsize=10)
   for f in os.listdir(out_dir):
     if f.endswith(".png"):
       os.remove(os.path.join(out_dir, f))
-  png = save(fig, out_dir, "compare.png")
+  png = save(fig, out_dir, "compare.png", legend_below(fig, (ax2,), ncol=6))
 
   n_flag = sum(1 for t in data if t[4])
   n_slow = sum(1 for t in data if t[4] and t[2] > 1)
@@ -910,7 +916,16 @@ def compare(args):
            + (f"**floor** = a stated noise floor of ±{100 * args.noise_floor:.0f}% (--noise-floor)"
               " used where a side has no repetitions. " if "floor" in thresholds else "")
            + "A case is flagged when |ratio − 1| exceeds its threshold.", "",
-           f"![A/B ratios]({png})", "",
+           f"![A/B ratios]({png})", ""]
+  flagged_rows = [r for r in rows if r[-1].startswith("**")]
+  if flagged_rows:
+    lines += ["**Beyond noise**", "",
+              md_table(["case", "A ms", "B ms", "time B/A", "rate B/A", "threshold", "verdict"],
+                       sorted(flagged_rows, key=lambda r: float(r[3])),
+                       ["---"] + ["---:"] * 6), ""]
+  else:
+    lines += ["**Beyond noise**: no case.", ""]
+  lines += ["**All matched cases**", "",
            md_table(["case", "A ms", "B ms", "time B/A", "rate B/A", "threshold", "verdict"],
                     rows, ["---"] + ["---:"] * 6), ""]
   if only_a or only_b:
