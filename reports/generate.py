@@ -488,6 +488,144 @@ class Report:
       line += " Crossovers: " + "; ".join(cross) + "."
     self.summary.append(line)
 
+  # ---- several hosts in one picture
+  def hosts_section(self):
+    if not self.multi_host:
+      return
+    self.add("## Across hosts", "")
+    self.add("The same sweep case on every host: color is the variant, line style the host; "
+             "gray lines are each host's sgemm ceiling.", "")
+    by_key = {}
+    for (source, gp), g in self.sweep_groups().items():
+      by_key.setdefault(gp, {})[source] = g
+    styles = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D", "v"]
+    for gp, per_host in by_key.items():
+      if len(per_host) < 2:
+        continue
+      gpd = dict(gp)
+      causal = str(gpd.get("causal", 0)) != "0"
+      title = params_label(gpd)
+      fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5.6))
+      ns = set()
+      for i, (source, g) in enumerate(sorted(per_host.items())):
+        ls, mk = styles[i % len(styles)], markers[i % len(markers)]
+        for v in sorted(g["variants"]):
+          pts = sorted((n, c) for n, c in g["variants"][v].items()
+                       if c.ok and c.counter("GFLOPS") is not None)
+          ns.update(n for n, _ in pts)
+          if pts:
+            ax1.plot([n for n, _ in pts], [c.counter("GFLOPS") for _, c in pts], ls,
+                     marker=mk, color=self.colors[v], label=f"{v} @ {source}")
+          fr = [(n, self.fraction(c, g["ceiling"].get(n))) for n, c in pts]
+          fr = [(n, f) for n, f in fr if f is not None]
+          if fr:
+            ax2.plot([n for n, _ in fr], [f for _, f in fr], ls, marker=mk,
+                     color=self.colors[v])
+        cp = sorted((n, c.counter("GFLOPS")) for n, c in g["ceiling"].items()
+                    if c.ok and c.counter("GFLOPS") is not None)
+        if cp:
+          ax1.plot([n for n, _ in cp], [x for _, x in cp], ls, color="0.5", lw=2,
+                   label=f"sgemm ceiling @ {source}")
+      for ax in (ax1, ax2):
+        pow2_x_axis(ax, ns)
+        ax.set_xlabel("N = Lq = Lk (tokens, log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_ylim(bottom=0)
+      ax1.set_ylabel("GFLOP/s" + (" (effective)" if causal else ""))
+      ax1.set_title("GFLOP/s per host", fontsize=10)
+      ax2.axhline(1.0, color="k", ls=":", lw=1)
+      ax2.set_ylabel("fraction of that host's sgemm ceiling")
+      ax2.set_title("fraction of the ceiling per host", fontsize=10)
+      fig.suptitle(f"all hosts — {title}", fontsize=11)
+      bottom = legend_below(fig, (ax1,), ncol=4)
+      self.image(save(fig, self.out_dir, slug(f"hosts_{title}") + ".png", bottom),
+                 "across hosts")
+
+  # ---- thread scaling and causal efficiency (issue 6's targets, read from the sweep)
+  def scaling_section(self):
+    self.add("## Thread scaling", "")
+    sweep = [c for c in self.run.all_cases() if c.variant and c.family != ar.LAYER
+             and not c.scenario and "N" in c.params and "threads" in c.params]
+    groups = {}
+    for c in sweep:
+      key = (c.source, tuple(sorted((k, v) for k, v in c.params.items()
+                                    if k not in ("threads", "N"))))
+      groups.setdefault(key, {}).setdefault(c.variant, {}).setdefault(
+          c.params["N"], {})[c.params["threads"]] = c
+    wrote = False
+    lines = []
+    for (source, gp), by_v in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+      threads = sorted({t for d in by_v.values() for per_n in d.values() for t in per_n})
+      if len(threads) < 2:
+        continue
+      t0, t1 = threads[0], threads[-1]
+      variants = sorted(by_v)
+      ns = sorted({n for d in by_v.values() for n in d})
+      rows = []
+      for n in ns:
+        row = [n]
+        for v in variants:
+          per = by_v[v].get(n, {})
+          a, b = per.get(t0), per.get(t1)
+          if a and b and a.ok and b.ok:
+            sp = a.time_s / b.time_s
+            row.append(f"{sp:.2f}× ({100 * sp / (t1 / t0):.0f}%)")
+          else:
+            row.append("—")
+        rows.append(row)
+      self.add(f"**{self.host_prefix(source)}{params_label(dict(gp))}: time at {t0} thread(s) "
+               f"/ time at {t1} threads** (parallel efficiency = speedup / {t1 // t0 if t1 % t0 == 0 else t1 / t0})",
+               "", md_table(["N"] + variants, rows), "")
+      wrote = True
+      n = ns[-1]
+      for v in variants:
+        per = by_v[v].get(n, {})
+        if per.get(t0) and per.get(t1) and per[t0].ok and per[t1].ok:
+          lines.append(f"{v} {per[t0].time_s / per[t1].time_s:.2f}×")
+      if lines:
+        self.summary.append(f"- Thread scaling {t0}→{t1} at N={n}, "
+                            f"{self.host_prefix(source)}{params_label(dict(gp))}: "
+                            + ", ".join(lines) + ".")
+        lines = []
+    if not wrote:
+      self.add(NOT_IN_RUN + " (needs the same case at two thread counts).", "")
+
+    self.add("## Causal efficiency", "")
+    self.add("Effective GFLOP/s of the causal case (unmasked FLOPs only) / GFLOP/s of the dense "
+             "case at the same N, d and threads. 1.0 means skipped masked work costs nothing.",
+             "")
+    groups = {}
+    for c in sweep:
+      if "causal" not in c.params:
+        continue
+      key = (c.source, tuple(sorted((k, v) for k, v in c.params.items()
+                                    if k not in ("causal", "N"))))
+      groups.setdefault(key, {}).setdefault(c.variant, {}).setdefault(
+          c.params["N"], {})[str(c.params["causal"])] = c
+    wrote = False
+    for (source, gp), by_v in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+      variants = sorted(by_v)
+      ns = sorted({n for d in by_v.values() for n in d})
+      rows = []
+      for n in ns:
+        row = [n]
+        for v in variants:
+          per = by_v[v].get(n, {})
+          dn, ca = per.get("0"), per.get("1")
+          if dn and ca and dn.ok and ca.ok and dn.counter("GFLOPS") and ca.counter("GFLOPS"):
+            row.append(f"{ca.counter('GFLOPS') / dn.counter('GFLOPS'):.2f}")
+          else:
+            row.append("—")
+        rows.append(row)
+      if all(all(c == "—" for c in r[1:]) for r in rows):
+        continue
+      self.add(f"**{self.host_prefix(source)}{params_label(dict(gp))}**", "",
+               md_table(["N"] + variants, rows), "")
+      wrote = True
+    if not wrote:
+      self.add(NOT_IN_RUN + " (needs causal:0 and causal:1 of the same case).", "")
+
   # ---- budget
   def budget_section(self):
     self.add("## Longest N within the memory budget", "")
@@ -617,7 +755,8 @@ class Report:
                             f"{fmt_num(gb)} GB/s = {fmt_pct(gb / ceil.counter('GBps'))} "
                             "of the stream ceiling")
     if best_lines:
-      self.summary.append("- Decode, best at the longest Lk: " + "; ".join(best_lines) + ".")
+      self.summary.append("- Decode, best at the longest Lk:")
+      self.summary.extend(f"  - {line}" for line in best_lines)
 
   # ---- other scenarios (gqa, window, cross, ...: whatever the JSON holds)
   def scenario_section(self):
@@ -776,6 +915,8 @@ def write_report(args):
   rep = Report(run, accuracy, out_dir, [b for b in args.baselines.split(",") if b])
   rep.context_section()
   rep.sweep_section()
+  rep.hosts_section()
+  rep.scaling_section()
   rep.budget_section()
   rep.decode_section()
   rep.scenario_section()

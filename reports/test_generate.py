@@ -124,8 +124,9 @@ def test_report(work, testdata):
         "report folder is <host>-<date>-<label>")
   text, refs = check_pngs(path)
 
-  for section in ("## Summary", "## Machine and build", "## Sweep", "## Longest N within",
-                  "## Decode", "## Other scenarios", "## End-to-end MHA layer", "## Accuracy"):
+  for section in ("## Summary", "## Machine and build", "## Sweep", "## Thread scaling",
+                  "## Causal efficiency", "## Longest N within", "## Decode",
+                  "## Other scenarios", "## End-to-end MHA layer", "## Accuracy"):
     check(section in text, f"report has section {section!r}")
   for k, v in ctx.items():
     if k.startswith("attnlab_"):
@@ -226,12 +227,34 @@ def test_missing_pieces(work, doc):
   json.dump(sub, open(path_in, "w"))
   path = run_generate([path_in, "--out-dir", os.path.join(work, "partial")])
   text, refs = check_pngs(path)
-  for section in ("## Decode", "## Other scenarios", "## End-to-end MHA layer", "## Accuracy"):
+  for section in ("## Thread scaling", "## Decode", "## Other scenarios",
+                  "## End-to-end MHA layer", "## Accuracy"):
     body = text.split(section, 1)[1].split("\n## ", 1)[0]
     check("not in this run" in body, f"{section} says 'not in this run' when absent")
   check("Fraction of the sgemm ceiling: _not in this run_" in text,
         "missing ceilings are reported as not in this run")
   check(not any(r.startswith("decode_") for r in refs), "no decode plot without decode cases")
+
+
+def test_two_hosts(work, doc):
+  """Two hosts' JSON merge into one report: per-host plots and tables, both contexts, and the
+  across-hosts figures."""
+  other = copy.deepcopy(doc)
+  other["context"]["host_name"] = "secondhost"
+  pa, pb = os.path.join(work, "h1.json"), os.path.join(work, "h2.json")
+  json.dump(doc, open(pa, "w"))
+  json.dump(other, open(pb, "w"))
+  path = run_generate([pa, pb, "--out-dir", os.path.join(work, "hosts")])
+  host = str(doc["context"]["host_name"])
+  check(os.path.basename(os.path.dirname(path)).startswith(f"{host}+secondhost-"),
+        "multi-host folder names both hosts")
+  text, refs = check_pngs(path)
+  check(f"| key | {host} | secondhost |" in text, "context table has a column per host")
+  t1 = [r for r in refs if r.startswith(f"sweep_{host}_") and r.endswith("_time.png")]
+  t2 = [r for r in refs if r.startswith("sweep_secondhost_") and r.endswith("_time.png")]
+  check(t1 and len(t1) == len(t2), "each host gets its own sweep plots")
+  check("## Across hosts" in text and len([r for r in refs if r.startswith("hosts_")]) ==
+        len(t1), "one across-hosts figure per sweep group")
 
 
 def scaled(doc, target, factor):
@@ -301,6 +324,7 @@ def main():
   os.makedirs(args.work_dir)
   doc = test_report(args.work_dir, args.testdata)
   test_missing_pieces(args.work_dir, doc)
+  test_two_hosts(args.work_dir, doc)
   test_compare(args.work_dir, doc)
   if failures:
     print(f"{len(failures)} check(s) failed")
