@@ -96,6 +96,17 @@ class Case:
     return self.error is None and self.time_s is not None
 
 
+def _read_json(path):
+  with open(path) as f:
+    try:
+      doc = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(doc, dict):
+    raise ValueError(f"{path}: expected a JSON object")
+  return doc
+
+
 def _counters_of(entry):
   return {k: float(v) for k, v in entry.items()
           if k not in _STANDARD_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -174,8 +185,7 @@ def load_results(paths, select=None):
   run = Run()
   raw = {}  # (source, name) -> (iterations, aggregates, errors)
   for path in paths:
-    with open(path) as f:
-      doc = json.load(f)
+    doc = _read_json(path)
     if "benchmarks" not in doc:
       raise ValueError(f"{path}: no 'benchmarks' array (is this a Google Benchmark JSON?)")
     context = doc.get("context", {})
@@ -219,8 +229,9 @@ def load_accuracy(paths):
   """(contexts by source, [AccuracyRow])."""
   contexts, rows = {}, []
   for path in paths:
-    with open(path) as f:
-      doc = json.load(f)
+    doc = _read_json(path)
+    if "results" not in doc:
+      raise ValueError(f"{path}: no 'results' array (is this an attnlab accuracy JSON?)")
     context = doc.get("context", {})
     source = str(context.get("host_name", "unknown-host"))
     contexts.setdefault(source, context)

@@ -25,6 +25,8 @@ def main():
   ap.add_argument("--date", default="2026-11-21T06:00:00+00:00")
   ap.add_argument("--repetitions", type=int, default=3)
   ap.add_argument("--seed", type=int, default=1)
+  ap.add_argument("--ns", default="128,256,512,1024,2048", help="sweep N values")
+  ap.add_argument("--ds", default="64", help="sweep head dims")
   ap.add_argument("--out-dir", default=os.path.dirname(os.path.abspath(__file__)))
   args = ap.parse_args()
   variants = args.variants.split(",")
@@ -90,9 +92,9 @@ def main():
 
   B, H = 1, 8
   for threads in (1, 2):
-    for d in (64,):
+    for d in [int(x) for x in args.ds.split(",")]:
       for causal in (0, 1):
-        for n in (128, 256, 512, 1024, 2048):
+        for n in [int(x) for x in args.ns.split(",")]:
           pairs = n * n if not causal else n * (n + 1) // 2
           dense = 4.0 * B * H * n * n * d
           eff = 4.0 * B * H * pairs * d
