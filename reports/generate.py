@@ -73,6 +73,23 @@ def natural_key(text):
   return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text)]
 
 
+_PARAM_ORDER = ("d", "causal", "threads")
+
+
+def group_key(source, gp):
+  """Sort key for (source, params tuple): numbers numerically, d then causal then threads."""
+  gpd = dict(gp)
+  order = [k for k in _PARAM_ORDER if k in gpd] + sorted(k for k in gpd if k not in _PARAM_ORDER)
+  return (source, [(k, (0, gpd[k], "") if isinstance(gpd[k], (int, float))
+                    else (1, 0, str(gpd[k]))) for k in order])
+
+
+def gh_anchor(heading):
+  """The anchor GitHub gives a markdown heading."""
+  text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+  return text.replace(" ", "-")
+
+
 def md_table(header, rows, align=None):
   align = align or (["---"] + ["---:"] * (len(header) - 1))
   out = ["| " + " | ".join(str(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
@@ -81,8 +98,12 @@ def md_table(header, rows, align=None):
   return "\n".join(out)
 
 
+_LABEL_ORDER = ("N", "Lq", "Lk", "d", "causal", "w", "Hkv", "bytes", "threads")
+
+
 def params_label(params, skip=()):
-  return ", ".join(f"{k}={v}" for k, v in params.items() if k not in skip)
+  keys = [k for k in _LABEL_ORDER if k in params] + [k for k in params if k not in _LABEL_ORDER]
+  return ", ".join(f"{k}={params[k]}" for k in keys if k not in skip)
 
 
 def run_date(context):
@@ -231,7 +252,7 @@ class Report:
         g["ceiling"][c.params["N"]] = c
       else:
         g["variants"].setdefault(c.variant, {})[c.params["N"]] = c
-    return {k: groups[k] for k in sorted(groups, key=lambda k: (k[0], [str(x) for x in k[1]]))}
+    return {k: groups[k] for k in sorted(groups, key=lambda k: group_key(*k))}
 
   def ceiling_of(self, case):
     """The ceiling_sgemm case bounding `case` (same tokens without the variant)."""
@@ -485,7 +506,8 @@ class Report:
                f"({fmt_num(c.counter('GFLOPS'))} vs "
                f"{fmt_num(g['ceiling'][n_last].counter('GFLOPS'))} GFLOP/s).")
     if cross:
-      line += " Crossovers: " + "; ".join(cross) + "."
+      more = f" (+{len(cross) - 8} more)" if len(cross) > 8 else ""
+      line += " Crossovers: " + "; ".join(cross[:8]) + more + "."
     self.summary.append(line)
 
   # ---- several hosts in one picture
@@ -555,7 +577,7 @@ class Report:
           c.params["N"], {})[c.params["threads"]] = c
     wrote = False
     lines = []
-    for (source, gp), by_v in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+    for (source, gp), by_v in sorted(groups.items(), key=lambda kv: group_key(*kv[0])):
       threads = sorted({t for d in by_v.values() for per_n in d.values() for t in per_n})
       if len(threads) < 2:
         continue
@@ -604,7 +626,7 @@ class Report:
       groups.setdefault(key, {}).setdefault(c.variant, {}).setdefault(
           c.params["N"], {})[str(c.params["causal"])] = c
     wrote = False
-    for (source, gp), by_v in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+    for (source, gp), by_v in sorted(groups.items(), key=lambda kv: group_key(*kv[0])):
       variants = sorted(by_v)
       ns = sorted({n for d in by_v.values() for n in d})
       rows = []
@@ -695,7 +717,7 @@ class Report:
       gp = tuple(sorted((k, v) for k, v in c.params.items() if k != "Lk"))
       groups.setdefault((c.source, gp), {}).setdefault(c.variant, {})[c.params.get("Lk")] = c
     best_lines = []
-    for (source, gp), by_v in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+    for (source, gp), by_v in sorted(groups.items(), key=lambda kv: group_key(*kv[0])):
       gpd = dict(gp)
       title = params_label(gpd)
       variants = sorted(by_v)
@@ -928,7 +950,8 @@ def write_report(args):
               f"`{os.path.basename(p)}`" for p in args.results + (args.accuracy or []))
           + ". Every number below is read from those files.", "", "## Summary", ""]
   head += rep.summary or ["- " + NOT_IN_RUN]
-  head.append("")
+  head += ["", "Contents: " + " · ".join(
+      f"[{h[3:]}](#{gh_anchor(h[3:])})" for h in rep.lines if h.startswith("## ")), ""]
   path = os.path.join(out_dir, "report.md")
   with open(path, "w") as f:
     f.write("\n".join(head + rep.lines).rstrip() + "\n")

@@ -211,7 +211,22 @@ def test_report(work, testdata):
   check(any(r.startswith("accuracy") for r in refs), "accuracy plot")
   worst = max(accdoc["results"], key=lambda r: r["max_abs_error"])
   check(f"{worst['max_abs_error']:.2e}" in text, "largest accuracy error appears in the report")
-  check("not in this run" not in text, "nothing reported missing from the full fixture")
+  # a section says "not in this run" exactly when the fixture lacks its data
+  parsed = [parse(n) for n in names]
+  threads = {p[2].get("threads") for p in parsed if p[0] not in FIXED and not p[1]} - {None}
+  present = {
+      "## Sweep": bool(groups),
+      "## Thread scaling": len(threads) >= 2,
+      "## Decode": any(p[1] == "decode" and p[0] not in FIXED for p in parsed),
+      "## Other scenarios": any(p[1] not in ("", "decode") and p[0] not in FIXED
+                                for p in parsed),
+      "## End-to-end MHA layer": any(p[0] == "layer" for p in parsed),
+      "## Accuracy": bool(accdoc["results"]),
+  }
+  for section, has in present.items():
+    body = text.split(section, 1)[1].split("\n## ", 1)[0]
+    check(("not in this run" in body) != has,
+          f"{section} says 'not in this run' exactly when the fixture lacks it ({has=})")
   return doc
 
 
