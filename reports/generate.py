@@ -436,6 +436,14 @@ class Report:
     else:
       self.add("Fraction of the sgemm ceiling: " + NOT_IN_RUN + " (no ceiling_sgemm cases).",
                "")
+    rows = []
+    for n in ns:
+      ok = [g["variants"][v][n].time_s for v in variants
+            if n in g["variants"][v] and g["variants"][v][n].ok]
+      best_t = min(ok) if ok else None
+      rows.append([n] + [cell(v, n, lambda c: f"{c.time_s / best_t:.2f}") for v in variants])
+    self.add("**Time relative to the fastest variant at each N** (1.00 = fastest)", "",
+             md_table(["N"] + variants, rows), "")
     for b in self.baselines:
       if b not in g["variants"]:
         self.add(f"Speedup vs {b}: {NOT_IN_RUN}.", "")

@@ -157,7 +157,8 @@ def test_report(work, testdata):
              f"threads={gp['threads']}")
     check(re.search(r"^### .*" + re.escape(title), text, re.M), f"heading for group {title}")
   has_ceiling = any(n.startswith("ceiling_sgemm/") for n in names)
-  for table in ("**Time per call (ms)**", "**GFLOP/s**", "**Memory: workspace"):
+  for table in ("**Time per call (ms)**", "**GFLOP/s**", "**Memory: workspace",
+                "**Time relative to the fastest variant"):
     check(text.count(table) == len(groups), f"table {table} once per sweep group")
   if has_ceiling:
     check(text.count("**Fraction of the sgemm ceiling**") == len(groups),
