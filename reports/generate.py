@@ -604,9 +604,9 @@ class Report:
           else:
             row.append("—")
         rows.append(row)
-      self.add(f"**{self.host_prefix(source)}{params_label(dict(gp))}: time at {t0} thread(s) "
-               f"/ time at {t1} threads** (parallel efficiency = speedup / {t1 // t0 if t1 % t0 == 0 else t1 / t0})",
-               "", md_table(["N"] + variants, rows), "")
+      self.add(f"**{self.host_prefix(source)}{params_label(dict(gp))}: speedup = time at "
+               f"{t0} thread(s) / time at {t1} threads** (in parentheses: parallel efficiency "
+               f"= speedup / {t1 / t0:g})", "", md_table(["N"] + variants, rows), "")
       wrote = True
       n = ns[-1]
       for v in variants:
@@ -1073,7 +1073,7 @@ def compare(args):
 
   n_flag = sum(1 for t in data if t[4])
   n_slow = sum(1 for t in data if t[4] and t[2] > 1)
-  lines = [f"# attnlab A/B comparison" + (f" ({args.label})" if args.label else ""), "",
+  lines = ["# attnlab A/B comparison" + (f" ({args.label})" if args.label else ""), "",
            f"- **A**: {la}", f"- **B**: {lb}",
            f"- matched {len(common)} case(s)" + (f" ignoring parameter(s) {', '.join(ignore)}"
                                                  if ignore else "")
