@@ -387,21 +387,25 @@ class Report:
         n0 = ns[0]
         at_n0 = [y for line in ax.lines for x, y in zip(line.get_xdata(), line.get_ydata())
                  if x == n0]
-        y0 = math.sqrt(min(at_n0) * max(at_n0)) if at_n0 else ymin
+        # below the lowest curve at the first N, so the guides never hide a measurement
+        y0 = (min(at_n0) if at_n0 else ymin) / 3
         xs = [ns[0], ns[-1]]
         ax.plot(xs, [y0 * x / n0 for x in xs], color="0.6", lw=1.2, ls="-.",
                 label="reference slope ∝ N")
         ax.plot(xs, [y0 * (x / n0) ** 2 for x in xs], color="0.25", lw=1.2, ls="-.",
                 label="reference slope ∝ N²")
         ax.set_yscale("log", base=2)
-        ax.set_ylim(ymin / 2, ymax * 2)
+        ax.set_ylim(y0 / 1.5, ymax * 2)
         ax.yaxis.set_major_locator(ticker.LogLocator(base=2, numticks=10))
         ax.yaxis.set_major_formatter(bytes_formatter())
         ax.yaxis.set_minor_locator(ticker.NullLocator())
       else:
         ax.text(0.5, 0.5, "no nonzero values in this run", ha="center",
                 transform=ax.transAxes)
+        ax.set_yticks([])
       pow2_x_axis(ax, ns)
+      if ns:
+        ax.set_xlim(ns[0] / 1.25, ns[-1] * 1.25)
       ax.set_xlabel("N = Lq = Lk (tokens, log scale)")
       ax.set_ylabel("bytes (log scale)")
       ax.grid(True, which="both", alpha=0.3)
@@ -993,6 +997,10 @@ def compare(args):
                                                                if select else "")
             + f" (`{os.path.basename(path)}`)")
 
+  def load(ctx):
+    la = ctx.get("load_avg")
+    return ", ".join(f"{x:.2f}" for x in la) if isinstance(la, list) and la else "unknown"
+
   la, lb = side_label(ctx_a, args.a, args.select_a), side_label(ctx_b, args.b, args.select_b)
   folder = (f"compare-{slug(ctx_a.get('host_name', 'a'))}-{run_date(ctx_a)}-vs-"
             f"{slug(ctx_b.get('host_name', 'b'))}-{run_date(ctx_b)}"
@@ -1036,8 +1044,13 @@ def compare(args):
   names = sorted(groups)
   geo = [math.exp(statistics.mean(math.log(r) for r in groups[n])) for n in names]
   ax1.barh(names, [g - 1 for g in geo], left=1, color=[colors[n] for n in names])
-  for i, g in enumerate(geo):
-    ax1.text(g, i, f" {g:.2f}× ", va="center", ha="left" if g >= 1 else "right", fontsize=9)
+  for i, g in enumerate(geo):  # the value inside its bar, at the bar's far end
+    ax1.text(g, i, f" {g:.2f}× ", va="center", ha="right" if g >= 1 else "left", fontsize=9,
+             color="white", fontweight="bold")
+  if geo:
+    lo, hi = min(geo + [1.0]), max(geo + [1.0])
+    pad = 0.05 * (hi - lo or 1)
+    ax1.set_xlim(lo - pad, hi + pad)
   ax1.axvline(1, color="k", lw=1)
   ax1.set_xlabel("geometric-mean time ratio B / A (<1: B faster)")
   ax1.set_title("per variant / family", fontsize=10)
@@ -1054,12 +1067,15 @@ def compare(args):
     ax2.scatter([p[0] for p in fl], [p[1] for p in fl], facecolors="none", edgecolors="r",
                 s=70, lw=1.5, label="beyond noise", zorder=4)
   if srt:
-    ax2.fill_between(list(xs), [1 - t[3] for t in srt], [1 + t[3] for t in srt], color="0.85",
+    floor = min(t[2] for t in srt) / 1.5
+    ax2.fill_between(list(xs), [max(1 - t[3], floor) for t in srt], [1 + t[3] for t in srt],
+                     color="0.85",
                      label="noise band per case", zorder=1)
   ax2.axhline(1, color="k", lw=1)
   ax2.set_yscale("log")
+  ax2.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
   ax2.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
-  ax2.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
+  ax2.yaxis.set_minor_formatter(ticker.NullFormatter())
   ax2.set_xlabel("benchmark case (sorted by ratio)")
   ax2.set_ylabel("time ratio B / A (log scale)")
   ax2.set_title("every matched case", fontsize=10)
@@ -1075,6 +1091,9 @@ def compare(args):
   n_slow = sum(1 for t in data if t[4] and t[2] > 1)
   lines = ["# attnlab A/B comparison" + (f" ({args.label})" if args.label else ""), "",
            f"- **A**: {la}", f"- **B**: {lb}",
+           f"- machine state: A load average {load(ctx_a)} on {ctx_a.get('num_cpus', '?')} "
+           f"CPUs, B load average {load(ctx_b)} on {ctx_b.get('num_cpus', '?')} CPUs "
+           "(from the JSON context; a busy machine widens the spread).",
            f"- matched {len(common)} case(s)" + (f" ignoring parameter(s) {', '.join(ignore)}"
                                                  if ignore else "")
            + f"; {len(only_a)} only in A, {len(only_b)} only in B.",

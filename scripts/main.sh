@@ -32,7 +32,7 @@ if [ ! -x "$bench" ]; then
 fi
 
 mkdir -p results
-stem="results/$(hostname)-$(date -u +%Y-%m-%d)${label:+-$label}"
+stem="results/$(uname -n)-$(date -u +%Y-%m-%d)${label:+-$label}"
 echo "== benchmark suite '$suite' -> $stem.json"
 "$bench" --suite="$suite" --benchmark_out="$stem.json" --benchmark_out_format=json
 echo "== accuracy run -> $stem-accuracy.json"
