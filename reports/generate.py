@@ -93,8 +93,8 @@ def gh_anchor(heading):
 def md_table(header, rows, align=None):
   align = align or (["---"] + ["---:"] * (len(header) - 1))
   out = ["| " + " | ".join(str(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
-  for r in rows:
-    out.append("| " + " | ".join(str(c) for c in r) + " |")
+  for r in rows:  # a '|' inside a cell (e.g. in an error message) must not split it
+    out.append("| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |")
   return "\n".join(out)
 
 
@@ -218,7 +218,7 @@ class Report:
             v = f"{v} ({fmt_bytes(float(v))})"
           except ValueError:
             pass
-        row.append(str(v).replace("|", "\\|"))
+        row.append(str(v))
       rows.append(row)
     caches_row = ["caches"]
     for s in sources:
