@@ -38,6 +38,9 @@ Dims DimsOf(const npy::FloatArray& a, const std::string& path, Layout layout) {
 npy::FloatArray ReadFloatOrFail(const std::string& path) {
   StatusOr<npy::FloatArray> a = npy::ReadFloat(path);
   if (!a.ok()) Fail(a.status().message());
+  // A non-null pointer even for an empty array (Lq = 0 is legal, a null
+  // tensor is not).
+  a.value().data.reserve(1);
   return std::move(a.value());
 }
 

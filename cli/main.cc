@@ -84,6 +84,7 @@ int RunCommand(const InputOptions& in, const RunArgs& args) {
   const Variant& variant = VariantOrFail(args.variant);
   const Inputs inputs(in);
   std::vector<float> o(inputs.OutputElements());
+  o.reserve(1);  // non-null when empty (Lq = 0)
   std::vector<float> lse;
   if (!args.lse.empty())
     lse.resize(inputs.shape().batch * inputs.shape().heads * inputs.shape().q_len);
@@ -159,6 +160,7 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
   const Shape& s = inputs.shape();
   const int64_t rows = s.batch * s.heads * s.q_len;
   std::vector<float> o(inputs.OutputElements());
+  o.reserve(1);  // non-null when empty (Lq = 0)
   std::vector<float> lse(rows);
   const Problem problem = inputs.MakeProblem(o.data(), lse);
   if (StatusOr<ValidProblem> valid = Validate(problem); !valid.ok()) {
@@ -471,6 +473,7 @@ int WeightsCommand(const InputOptions& in, const WeightsArgs& args) {
   }
 
   std::vector<float> o(inputs.OutputElements());
+  o.reserve(1);  // non-null when empty (Lq = 0)
   std::vector<float> w(s.batch * s.heads * s.q_len * s.kv_len);
   const Problem problem = inputs.MakeProblem(o.data(), {}, w);
   const double seconds = RunVariant(*variant, inputs, problem);
