@@ -130,6 +130,8 @@ Status CheckTensor(const char* name, const void* data, const Strides& st,
   extent->name = name;
   extent->lo = reinterpret_cast<uintptr_t>(data);
   extent->hi = extent->lo + static_cast<uintptr_t>(bytes);
+  // A view with no elements (e.g. Q and O when Lq = 0) spans no memory.
+  if (batch == 0 || heads == 0 || len == 0) extent->hi = extent->lo;
   return Status::Ok();
 }
 

@@ -302,6 +302,11 @@ class Run(Case):
         q, k, v = self.qkv(lq=0, seed=9)
         o, lse, _ = self.check_run(q, k, v)
         self.assertEqual(o.shape, (1, 2, 0, 8))
+        # Lk = 0: every row fully masked: O = 0, lse = -inf.
+        q, k, v = self.qkv(lq=3, lk=0, seed=9)
+        o, lse, _ = self.check_run(q, k, v)
+        self.assertTrue((o == 0).all() and o.shape == (1, 2, 3, 8))
+        self.assertTrue((lse == -np.inf).all())
 
 
 # --------------------------------------------------------------------- check
