@@ -295,8 +295,16 @@ fs::path SourceFile(const char* env_override, const std::string& relative) {
 }
 
 // ---------------------------------------------------------------- bench
+struct ReportArgs {
+  std::vector<std::string> results, compare;
+  std::string label, accuracy, out_dir;
+};
+int ReportCommand(const ReportArgs& args);
+
 struct BenchArgs {
   std::string suite, filter, threads, out;
+  bool report = false;  // then run `attnlab report` on the results
+  std::string label;
   std::vector<std::string> extra;
 };
 
@@ -358,16 +366,18 @@ int BenchCommand(BenchArgs args) {
     fmt::print(stderr, "attnlab: attnlab_bench exited with status {}\n", rc);
     return kExitFailed;
   }
-  fmt::print("results: {}\nnext: attnlab report {}\n", args.out, args.out);
+  fmt::print("results: {}\n", args.out);
+  if (args.report) {
+    ReportArgs report;
+    report.results = {args.out};
+    report.label = args.label;
+    return ReportCommand(report);
+  }
+  fmt::print("next: attnlab report {}\n", args.out);
   return kExitOk;
 }
 
 // ---------------------------------------------------------------- report
-struct ReportArgs {
-  std::vector<std::string> results, compare;
-  std::string label, accuracy, out_dir;
-};
-
 int ReportCommand(const ReportArgs& args) {
   if (args.results.empty() && args.compare.empty()) {
     Fail("report: give RESULTS.json files, or --compare A.json B.json");
@@ -585,6 +595,8 @@ int Main(int argc, char** argv) {
   bench->add_option("--filter", bench_args.filter, "regex on benchmark names");
   bench->add_option("--threads", bench_args.threads, "thread counts, e.g. 1,2");
   bench->add_option("--out", bench_args.out, "results JSON (default results/<host>-<date>.json)");
+  bench->add_flag("--report", bench_args.report, "then run `attnlab report` on the results");
+  bench->add_option("--label", bench_args.label, "label for --report");
   bench->add_option("extra", bench_args.extra, "arguments for attnlab_bench (after --)");
 
   ReportArgs report_args;

@@ -452,6 +452,17 @@ class Bench(Case):
         self.expect_error(r"attnlab_bench exited with status 3", "bench", env=env, cwd=self.dir,
                           code=1)
 
+    def test_bench_then_report(self):
+        fake = self.fake()
+        env = {"ATTNLAB_BENCH": fake, "ATTNLAB_REPORT_SCRIPT": fake, "ATTNLAB_PYTHON": "/bin/sh",
+               "FAKE_ARGS": self.path("args.txt")}
+        self.write("res.json", b"{}")  # what the real attnlab_bench would write
+        out = self.expect_ok("bench", "--suite", "quick", "--out", self.path("res.json"),
+                             "--report", "--label", "zen4", env=env)
+        self.assertIn(f"results: {self.path('res.json')}", out)
+        self.assertIn(f"+ /bin/sh {fake} {self.path('res.json')} --label zen4", out)
+        self.assertEqual(self.args(), [self.path("res.json"), "--label", "zen4"])
+
     def test_missing_bench_and_bad_flags(self):
         self.expect_error(r"attnlab_bench not found; looked for:\n  /nonexistent/attnlab_bench",
                           "bench", env={"ATTNLAB_BENCH": "/nonexistent/attnlab_bench"})
