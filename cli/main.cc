@@ -113,39 +113,18 @@ int RunCommand(const InputOptions& in, const RunArgs& args) {
 // ---------------------------------------------------------------- check
 struct CheckRow {
   std::string variant;
-  std::string result = "ok";  // ok, FAIL, skipped: ...
-  double max_abs = 0, max_rel = 0, bound_at_worst = 0, ratio = 0, ms = 0;
-  std::string first_failure;
+  std::string skipped;  // why it did not run, if it did not
+  double ms = 0;
+  reference::Comparison c;  // the tests' comparison rule (reference/error_bound.h)
 };
 
-// One element against the reference, with the tests' rules: NaN must match
-// NaN, +-inf exactly, finite values within the row's bound.
-void CheckElement(double got, double want, double bound, CheckRow& r, const std::string& where) {
-  bool ok;
-  if (std::isnan(want)) {
-    ok = std::isnan(got);
-  } else if (std::isinf(want)) {
-    ok = got == want;
-  } else if (!std::isfinite(bound)) {
-    ok = !std::isnan(got);
-  } else {
-    const double err = std::fabs(got - want);
-    ok = err <= bound;
-    if (std::isfinite(err)) {
-      r.max_abs = std::max(r.max_abs, err);
-      r.max_rel = std::max(r.max_rel, err / std::max(std::fabs(want), 1e-30));
-      const double ratio =
-          bound > 0 ? err / bound : (err > 0 ? std::numeric_limits<double>::infinity() : 0);
-      if (ratio >= r.ratio) {
-        r.ratio = ratio;
-        r.bound_at_worst = bound;
-      }
-    }
-  }
-  if (!ok && r.result == "ok") {
-    r.result = "FAIL";
-    r.first_failure =
-        fmt::format("{} got {:.9g} want {:.9g} (bound {:.3g})", where, got, want, bound);
+// Compares one element; names it only in the first failure (building the
+// name for every element would cost more than the comparison).
+template <typename Where>
+void CheckElement(double got, double want, double bound, CheckRow& r, Where&& where) {
+  const bool first = r.c.ok;
+  if (!reference::CompareElement(got, want, bound, r.c, "") && first) {
+    r.c.first_failure = where() + r.c.first_failure;
   }
 }
 
@@ -190,9 +169,9 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
     std::fill(lse.begin(), lse.end(), std::numeric_limits<float>::quiet_NaN());
     StatusOr<ValidProblem> prepared = Prepare(*v, problem, inputs.run_options());
     if (!prepared.ok()) {
-      row.result = prepared.status().code() == StatusCode::kResourceExhausted
-                       ? "skipped: over budget: " + prepared.status().message()
-                       : "skipped: " + prepared.status().message();
+      row.skipped = prepared.status().code() == StatusCode::kResourceExhausted
+                        ? "skipped: over budget: " + prepared.status().message()
+                        : "skipped: " + prepared.status().message();
       table.push_back(row);
       continue;
     }
@@ -206,25 +185,26 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
           const float* got = p.ORow(b, h, i);
           for (int64_t d = 0; d < s.value_dim; ++d) {
             CheckElement(got[d], want->o[r * s.value_dim + d], bounds[r].o, row,
-                         fmt::format("O[b={},h={},i={},d={}]", b, h, i, d));
+                         [&] { return fmt::format("O[b={},h={},i={},d={}]", b, h, i, d); });
           }
           CheckElement(lse[r], want->lse[r], bounds[r].lse, row,
-                       fmt::format("lse[b={},h={},i={}]", b, h, i));
+                       [&] { return fmt::format("lse[b={},h={},i={}]", b, h, i); });
         }
-    failed = failed || row.result != "ok";
+    failed = failed || !row.c.ok;
     table.push_back(row);
   }
   fmt::print("\n{:<16} {:>12} {:>12} {:>12} {:>10} {:>10}  {}\n", "variant", "max_abs_err",
              "max_rel_err", "bound", "err/bound", "time_ms", "result");
   for (const CheckRow& r : table) {
-    if (r.result.rfind("skipped", 0) == 0) {
+    if (!r.skipped.empty()) {
       fmt::print("{:<16} {:>12} {:>12} {:>12} {:>10} {:>10}  {}\n", r.variant, "-", "-", "-", "-",
-                 "-", r.result);
+                 "-", r.skipped);
       continue;
     }
     fmt::print("{:<16} {:>12.3e} {:>12.3e} {:>12.3e} {:>10.4f} {:>10.3f}  {}\n", r.variant,
-               r.max_abs, r.max_rel, r.bound_at_worst, r.ratio, r.ms, r.result);
-    if (!r.first_failure.empty()) fmt::print("  first failure: {}\n", r.first_failure);
+               r.c.max_abs_error, r.c.max_rel_error, r.c.bound_at_worst, r.c.worst_bound_ratio,
+               r.ms, r.c.ok ? "ok" : "FAIL");
+    if (!r.c.ok) fmt::print("  first failure: {}\n", r.c.first_failure);
   }
   fmt::print(
       "\nbound: the derived per-row tolerance (reference/error_bound.h) at the element "

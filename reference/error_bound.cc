@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <limits>
 
 #include "reference/reference.h"
 
@@ -53,6 +55,38 @@ RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
   bound.lse = kSafety * (logit_error + (kExpUlps + lk + 2) * kU);
   bound.weights = kSafety * (2 * logit_error + (kExpUlps + 2 * lk + 4) * kU);
   return bound;
+}
+
+bool CompareElement(double got, double want, double bound, Comparison& c,
+                    const std::string& where) {
+  bool ok;
+  if (std::isnan(want)) {
+    ok = std::isnan(got);
+  } else if (std::isinf(want)) {
+    ok = got == want;
+  } else if (!std::isfinite(bound)) {
+    ok = !std::isnan(got);
+  } else {
+    const double err = std::fabs(got - want);
+    ok = err <= bound;  // false for NaN got
+    if (std::isfinite(err)) {
+      c.max_abs_error = std::max(c.max_abs_error, err);
+      c.max_rel_error = std::max(c.max_rel_error, err / std::max(std::fabs(want), 1e-30));
+      const double ratio =
+          bound > 0 ? err / bound : (err > 0 ? std::numeric_limits<double>::infinity() : 0.0);
+      if (ratio >= c.worst_bound_ratio) {
+        c.worst_bound_ratio = ratio;
+        c.bound_at_worst = bound;
+      }
+    }
+  }
+  if (!ok && c.ok) {
+    char buf[256];
+    std::snprintf(buf, sizeof(buf), " got %.9g want %.9g (bound %.3g)", got, want, bound);
+    c.first_failure = where + buf;
+  }
+  c.ok = c.ok && ok;
+  return ok;
 }
 
 }  // namespace attn::reference

@@ -6,6 +6,7 @@
 #define ATTNLAB_REFERENCE_ERROR_BOUND_H_
 
 #include <cstdint>
+#include <string>
 
 #include "kernels/problem.h"
 
@@ -35,6 +36,22 @@ struct RowBound {
   double weights = 0;  // absolute, per weight
 };
 RowBound ErrorBound(const Problem& problem, int64_t b, int64_t h, int64_t i);
+
+// A running comparison of a kernel's outputs with the reference.
+struct Comparison {
+  bool ok = true;
+  double max_abs_error = 0;      // over finite expected values
+  double max_rel_error = 0;      // |err| / max(|expected|, tiny)
+  double worst_bound_ratio = 0;  // max |err| / bound: <= 1 passes
+  double bound_at_worst = 0;     // the bound of the element with that ratio
+  std::string first_failure;     // "O[b=0,h=1,i=3,d=5] got ... want ... (bound ...)"
+};
+
+// The rule for one element: NaN must match NaN, +-inf must match exactly,
+// a finite expected value must be within `bound` (an infinite bound accepts
+// anything but NaN). Updates `c`; `where` names the element in the first
+// failure.
+bool CompareElement(double got, double want, double bound, Comparison& c, const std::string& where);
 
 }  // namespace attn::reference
 

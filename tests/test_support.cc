@@ -132,38 +132,6 @@ std::vector<float> ProblemData::OutputContiguous() const {
   return out;
 }
 
-namespace {
-
-// One element: NaN must match NaN, inf must match exactly, finite within bound.
-bool Check(double got, double want, double bound, Comparison& c, const std::string& where) {
-  bool ok;
-  if (std::isnan(want)) {
-    ok = std::isnan(got);
-  } else if (std::isinf(want)) {
-    ok = got == want;
-  } else if (!std::isfinite(bound)) {
-    ok = !std::isnan(got);
-  } else {
-    const double err = std::fabs(got - want);
-    ok = err <= bound;  // false for NaN got
-    if (std::isfinite(err)) {
-      c.max_abs_error = std::max(c.max_abs_error, err);
-      c.max_rel_error = std::max(c.max_rel_error, err / std::max(std::fabs(want), 1e-30));
-      if (bound > 0) c.worst_bound_ratio = std::max(c.worst_bound_ratio, err / bound);
-      else if (err > 0) c.worst_bound_ratio = std::numeric_limits<double>::infinity();
-    }
-  }
-  if (!ok && c.ok) {
-    char buf[256];
-    std::snprintf(buf, sizeof(buf), " got %.9g want %.9g (bound %.3g)", got, want, bound);
-    c.first_failure = where + buf;
-  }
-  c.ok = c.ok && ok;
-  return ok;
-}
-
-}  // namespace
-
 Comparison CompareToReference(ProblemData& data, const reference::Result& want) {
   const Problem& p = data.problem();
   const Shape& s = p.shape;
@@ -177,14 +145,17 @@ Comparison CompareToReference(ProblemData& data, const reference::Result& want) 
         const std::string at = "[b=" + std::to_string(b) + ",h=" + std::to_string(h) +
                                ",i=" + std::to_string(i);
         for (int64_t d = 0; d < s.value_dim; ++d) {
-          Check(o[row * s.value_dim + d], want.o[row * s.value_dim + d], bound.o, c,
-                "O" + at + ",d=" + std::to_string(d) + "]");
+          reference::CompareElement(o[row * s.value_dim + d], want.o[row * s.value_dim + d],
+                                    bound.o, c, "O" + at + ",d=" + std::to_string(d) + "]");
         }
-        if (!p.lse.empty()) Check(p.lse[row], want.lse[row], bound.lse, c, "lse" + at + "]");
+        if (!p.lse.empty()) {
+          reference::CompareElement(p.lse[row], want.lse[row], bound.lse, c, "lse" + at + "]");
+        }
         if (!p.weights.empty()) {
           for (int64_t j = 0; j < s.kv_len; ++j) {
-            Check(p.weights[row * s.kv_len + j], want.weights[row * s.kv_len + j],
-                  bound.weights, c, "weights" + at + ",j=" + std::to_string(j) + "]");
+            reference::CompareElement(p.weights[row * s.kv_len + j],
+                                      want.weights[row * s.kv_len + j], bound.weights, c,
+                                      "weights" + at + ",j=" + std::to_string(j) + "]");
           }
         }
       }

@@ -66,19 +66,12 @@ class ProblemData {
   Problem problem_;
 };
 
-// The per-row error bound (its derivation is in reference/error_bound.h,
-// shared with `attnlab check`).
+// The per-row error bound and the element comparison rule live in
+// reference/error_bound.h, shared with `attnlab check`.
+using reference::Comparison;
 using reference::ErrorBound;
 using reference::kSafety;
 using reference::RowBound;
-
-struct Comparison {
-  bool ok = true;
-  double max_abs_error = 0;   // over finite expected values
-  double max_rel_error = 0;   // |err| / max(|expected|, tiny)
-  double worst_bound_ratio = 0;  // max |err| / bound: < 1 passes
-  std::string first_failure;  // "O[b=0,h=1,i=3,d=5] got ... want ... (bound ...)"
-};
 
 // Compares what a kernel wrote into `data` against the reference. Checks O,
 // and lse / weights when the problem asked for them. NaN must match NaN,
