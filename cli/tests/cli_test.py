@@ -483,6 +483,17 @@ class Report(Case):
         self.expect_ok("report", "--compare", a, b, env=env)
         self.assertEqual(Bench.args(self), ["compare", a, b])
 
+    def test_real_generator_on_its_fixture(self):
+        """With reports/generate.py and its fixture in the tree: a real report."""
+        script = os.path.join(SOURCE, "reports", "generate.py")
+        fixture = os.path.join(SOURCE, "reports", "testdata", "quick.json")
+        if not (os.path.exists(script) and os.path.exists(fixture)):
+            self.skipTest("reports/generate.py or its fixture is not in this tree")
+        out = self.expect_ok("report", fixture, "--label", "cli", "--out-dir", self.path("rep"))
+        reports = [os.path.join(d, f) for d, _, fs in os.walk(self.path("rep")) for f in fs
+                   if f == "report.md"]
+        self.assertEqual(len(reports), 1, out)
+
     def test_errors(self):
         self.expect_error(r"give RESULTS.json files, or --compare", "report")
         self.expect_error(r"missing.json: no such file", "report", self.path("missing.json"))
