@@ -169,8 +169,8 @@ void Scores(const float* qt, const float* k, int64_t k_stride, int64_t nc, int64
 
 // O[m][v·N..] += Σ_j Pᵀ[j][m] · V[j][v·N..] for MR rows x NV column vectors.
 template <int MR, int NV>
-HWY_NOINLINE void PvKernel(const float* HWY_RESTRICT pt, const float* HWY_RESTRICT vp, int64_t dvp,
-                           int64_t nc, float* HWY_RESTRICT o) {
+HWY_NOINLINE void PvKernel(const float* HWY_RESTRICT pt, const float* HWY_RESTRICT vp, int64_t vs,
+                           int64_t dvp, int64_t nc, float* HWY_RESTRICT o) {
   const D d;
   const size_t N = hn::Lanes(d);
   V acc[MR][NV];
@@ -178,7 +178,7 @@ HWY_NOINLINE void PvKernel(const float* HWY_RESTRICT pt, const float* HWY_RESTRI
     for (int v = 0; v < NV; ++v) acc[m][v] = hn::Load(d, o + m * dvp + v * N);
   for (int64_t j = 0; j < nc; ++j) {
     V x[NV];
-    for (int v = 0; v < NV; ++v) x[v] = hn::Load(d, vp + j * dvp + v * N);
+    for (int v = 0; v < NV; ++v) x[v] = hn::Load(d, vp + j * vs + v * N);
     for (int m = 0; m < MR; ++m) {
       const V p = hn::Set(d, pt[j * flash::kBr + m]);
       for (int v = 0; v < NV; ++v) acc[m][v] = hn::MulAdd(p, x[v], acc[m][v]);
@@ -189,47 +189,49 @@ HWY_NOINLINE void PvKernel(const float* HWY_RESTRICT pt, const float* HWY_RESTRI
 }
 
 template <int MR>
-void PvRows(int nv, const float* pt, const float* vp, int64_t dvp, int64_t nc, float* o) {
+void PvRows(int nv, const float* pt, const float* vp, int64_t vs, int64_t dvp, int64_t nc,
+            float* o) {
   switch (nv) {
     case 1:
-      return PvKernel<MR, 1>(pt, vp, dvp, nc, o);
+      return PvKernel<MR, 1>(pt, vp, vs, dvp, nc, o);
     case 2:
-      return PvKernel<MR, 2>(pt, vp, dvp, nc, o);
+      return PvKernel<MR, 2>(pt, vp, vs, dvp, nc, o);
     case 3:
-      return PvKernel<MR, 3>(pt, vp, dvp, nc, o);
+      return PvKernel<MR, 3>(pt, vp, vs, dvp, nc, o);
     default:
-      return PvKernel<MR, 4>(pt, vp, dvp, nc, o);
+      return PvKernel<MR, 4>(pt, vp, vs, dvp, nc, o);
   }
 }
 
 // O[0..nrows) += P·V over the whole tile (all nc keys).
-void PvBlocked(const float* pt, const float* vp, int64_t dvp, int64_t nc, int64_t nrows, float* o) {
+void PvBlocked(const float* pt, const float* vp, int64_t vs, int64_t dvp, int64_t nc, int64_t nrows,
+               float* o) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(D()));
   const int64_t cols = dvp / N;
   for (int64_t c0 = 0; c0 < cols; c0 += kNV) {
     const int nv = static_cast<int>(std::min<int64_t>(kNV, cols - c0));
     int64_t r = 0;
     for (; r + kMR <= nrows; r += kMR) {
-      PvRows<kMR>(nv, pt + r, vp + c0 * N, dvp, nc, o + r * dvp + c0 * N);
+      PvRows<kMR>(nv, pt + r, vp + c0 * N, vs, dvp, nc, o + r * dvp + c0 * N);
     }
     const float* p = pt + r;
     const float* v = vp + c0 * N;
     float* out = o + r * dvp + c0 * N;
     switch (nrows - r) {
       case 1:
-        PvRows<1>(nv, p, v, dvp, nc, out);
+        PvRows<1>(nv, p, v, vs, dvp, nc, out);
         break;
       case 2:
-        PvRows<2>(nv, p, v, dvp, nc, out);
+        PvRows<2>(nv, p, v, vs, dvp, nc, out);
         break;
       case 3:
-        PvRows<3>(nv, p, v, dvp, nc, out);
+        PvRows<3>(nv, p, v, vs, dvp, nc, out);
         break;
       case 4:
-        PvRows<4>(nv, p, v, dvp, nc, out);
+        PvRows<4>(nv, p, v, vs, dvp, nc, out);
         break;
       case 5:
-        PvRows<5>(nv, p, v, dvp, nc, out);
+        PvRows<5>(nv, p, v, vs, dvp, nc, out);
         break;
       default:
         break;
@@ -301,6 +303,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   const float* k_base = p.KRow(b, kvh, 0);
   const int64_t k_stride = p.k.strides.row;
   const bool additive = p.mask.kind == MaskKind::kAdditive;
+  const bool v_direct = dv == dvp && p.v.strides.row % flash::kPad == 0;
   int64_t visited = 0;
   // Tiles are aligned to kBc from key_lo; each is clipped to the union.
   for (int64_t t = key_lo + (ulo - key_lo) / flash::kBc * flash::kBc; t < uhi; t += flash::kBc) {
@@ -311,25 +314,48 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     const bool partial = !(ilo <= j0 && j1 <= ihi);
     partial ? ++counts.partial : ++counts.full;
 
-    // Pack V rows [j0, j1), padded with zero columns; note non-finite values.
-    bool v_finite = true;
-    for (int64_t j = 0; j < nc; ++j) {
-      const float* vr = p.VRow(b, kvh, j0 + j);
-      float* dst = sc.vp + j * dvp;
-      int64_t x = 0;
-      for (; x + N <= dv; x += N) hn::Store(hn::LoadU(d, vr + x), d, dst + x);
-      if (x < dv) {
-        const auto fm = hn::FirstN(d, static_cast<size_t>(dv - x));
-        hn::Store(hn::IfThenElseZero(fm, hn::MaskedLoad(fm, d, vr + x)), d, dst + x);
-        x += N;
+    // Prefetch the next tile's K and V rows into L2 while this one computes:
+    // K/V of a head stream from L3 or memory once per row block, and the
+    // hardware prefetcher alone leaves the V packing and the K broadcasts
+    // waiting on them.
+    if (j1 < uhi) {
+      const int64_t n1 = std::min(j1 + flash::kBc, uhi);
+      for (int64_t j = j1; j < n1; ++j) {
+        const char* kr = reinterpret_cast<const char*>(k_base + j * k_stride);
+        const char* vr = reinterpret_cast<const char*>(p.VRow(b, kvh, j));
+        for (int64_t x = 0; x < dk * 4; x += 64) __builtin_prefetch(kr + x, 0, 2);
+        for (int64_t x = 0; x < dv * 4; x += 64) __builtin_prefetch(vr + x, 0, 2);
       }
-      for (; x < dvp; x += N) hn::Store(hn::Zero(d), d, dst + x);
     }
+    // V rows [j0, j1) as the P·V kernel wants them: 64-byte aligned rows of
+    // whole vectors. Used in place when they already are (the common
+    // contiguous case), else packed with zero padding columns.
+    const float* vsrc = p.VRow(b, kvh, j0);
+    int64_t vs = p.v.strides.row;
+    if (!v_direct || reinterpret_cast<uintptr_t>(vsrc) % 64 != 0) {
+      for (int64_t j = 0; j < nc; ++j) {
+        const float* vr = p.VRow(b, kvh, j0 + j);
+        float* dst = sc.vp + j * dvp;
+        int64_t x = 0;
+        for (; x + N <= dv; x += N) hn::Store(hn::LoadU(d, vr + x), d, dst + x);
+        if (x < dv) {
+          const auto fm = hn::FirstN(d, static_cast<size_t>(dv - x));
+          hn::Store(hn::IfThenElseZero(fm, hn::MaskedLoad(fm, d, vr + x)), d, dst + x);
+          x += N;
+        }
+        for (; x < dvp; x += N) hn::Store(hn::Zero(d), d, dst + x);
+      }
+      vsrc = sc.vp;
+      vs = dvp;
+    }
+    // In a partial tile hidden keys get weight 0, and 0·NaN = NaN: note
+    // whether its V rows are all finite.
+    bool v_finite = true;
     if (partial) {
       auto all = hn::FirstN(d, N);  // all true
       for (int64_t j = 0; j < nc; ++j) {
         for (int64_t x = 0; x < dvp; x += N) {
-          all = hn::And(all, hn::IsFinite(hn::Load(d, sc.vp + j * dvp + x)));
+          all = hn::And(all, hn::IsFinite(hn::Load(d, vsrc + j * vs + x)));
         }
       }
       v_finite = hn::AllTrue(d, all);
@@ -388,7 +414,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
 
     // O += P·V.
     if (v_finite) {
-      PvBlocked(sc.st, sc.vp, dvp, nc, nrows, sc.o);
+      PvBlocked(sc.st, vsrc, vs, dvp, nc, nrows, sc.o);
     } else {
       for (int64_t x = 0; x < nrows; ++x) {
         const int64_t lo = std::min(std::max(rb[x], j0), j1) - j0;
@@ -396,7 +422,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
         float* o = sc.o + x * dvp;
         for (int64_t j = lo; j < hi; ++j) {
           const V pj = hn::Set(d, sc.st[j * flash::kBr + x]);
-          const float* vr = sc.vp + j * dvp;
+          const float* vr = vsrc + j * vs;
           for (int64_t y = 0; y < dvp; y += N) {
             hn::Store(hn::MulAdd(pj, hn::Load(d, vr + y), hn::Load(d, o + y)), d, o + y);
           }
