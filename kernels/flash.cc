@@ -60,6 +60,7 @@
 
 #include "kernels/flash.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -92,8 +93,9 @@ using V = hn::Vec<D>;
 constexpr float kInfF = std::numeric_limits<float>::infinity();
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-constexpr int kMR = 6;  // keys (S) or rows (P·V) per micro-kernel
-constexpr int kNV = 4;  // vectors per micro-kernel
+constexpr int kMR = 6;           // keys (S) or rows (P·V) per micro-kernel
+constexpr int kNV = 4;           // vectors per micro-kernel
+constexpr int64_t kFewRows = 4;  // blocks of at most this many rows use dot products
 
 // Sᵀ[m][v·N..] = Σ_k K[m][k] · Qᵀ[k][v·N..] for MR keys x NV query vectors.
 template <int MR, int NV>
@@ -163,6 +165,36 @@ void Scores(const float* qt, const float* k, int64_t k_stride, int64_t nc, int64
         break;
       default:
         break;
+    }
+  }
+}
+
+// Sᵀ[j][r] for nrows <= kFewRows rows of row-major Q (stride dkp, zero
+// padded): one dot product along d per (key, row).
+void ScoresFewRows(const float* qs, int64_t dkp, int64_t nrows, const float* k, int64_t k_stride,
+                   int64_t nc, int64_t dk, float* st) {
+  const D d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t full = dk / N * N;
+  const auto tail = hn::FirstN(d, static_cast<size_t>(dk - full));
+  for (int64_t j = 0; j < nc; ++j) {
+    const float* kr = k + j * k_stride;
+    V acc[kFewRows];
+    for (int64_t r = 0; r < nrows; ++r) acc[r] = hn::Zero(d);
+    for (int64_t x = 0; x < full; x += N) {
+      const V kv = hn::LoadU(d, kr + x);
+      for (int64_t r = 0; r < nrows; ++r) {
+        acc[r] = hn::MulAdd(kv, hn::Load(d, qs + r * dkp + x), acc[r]);
+      }
+    }
+    if (full < dk) {
+      const V kv = hn::MaskedLoad(tail, d, kr + full);
+      for (int64_t r = 0; r < nrows; ++r) {
+        acc[r] = hn::MulAdd(kv, hn::Load(d, qs + r * dkp + full), acc[r]);
+      }
+    }
+    for (int64_t r = 0; r < nrows; ++r) {
+      st[j * flash::kBr + r] = hn::GetLane(hn::SumOfLanes(d, acc[r]));
     }
   }
 }
@@ -267,6 +299,10 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   const int64_t nvec = (nrows + N - 1) / N;
   const int64_t rp = nvec * N;  // rows padded to whole vectors
   const float c = p.scale * kLog2e;
+  // Few rows (decode): dot products along d beat broadcasting K into a
+  // mostly empty query vector; Q is then kept row-major, padded to dkp.
+  const bool few_rows = nrows <= kFewRows;
+  const int64_t dkp = flash::RoundUp(dk, N);
 
   // Qᵀ (scaled into the exp2 domain), visible ranges, union, intersection.
   int64_t ulo = key_hi, uhi = key_lo, ilo = key_lo, ihi = key_hi;
@@ -275,7 +311,11 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     const int64_t i = r / group;
     const int64_t h = kvh * group + r % group;
     const float* q = p.QRow(b, h, i);
-    for (int64_t k = 0; k < dk; ++k) sc.qt[k * flash::kBr + x] = q[k] * c;
+    if (few_rows) {
+      for (int64_t k = 0; k < dkp; ++k) sc.qt[x * dkp + k] = k < dk ? q[k] * c : 0.0f;
+    } else {
+      for (int64_t k = 0; k < dk; ++k) sc.qt[k * flash::kBr + x] = q[k] * c;
+    }
     const KeyRange keys = p.VisibleKeys(b, i);
     rb[x] = std::max(keys.begin, key_lo);
     re[x] = std::min(keys.end, key_hi);
@@ -286,8 +326,15 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     ilo = std::max(ilo, rb[x]);
     ihi = std::min(ihi, re[x]);
   }
-  for (int64_t k = 0; k < dk; ++k) {
-    for (int64_t x = nrows; x < rp; ++x) sc.qt[k * flash::kBr + x] = 0.0f;
+  if (few_rows) {
+    // Lanes of rows past nrows are never computed: keep them finite.
+    for (int64_t j = 0; j < flash::kBc; ++j) {
+      for (int64_t x = nrows; x < rp; ++x) sc.st[j * flash::kBr + x] = 0.0f;
+    }
+  } else {
+    for (int64_t k = 0; k < dk; ++k) {
+      for (int64_t x = nrows; x < rp; ++x) sc.qt[k * flash::kBr + x] = 0.0f;
+    }
   }
   for (int64_t x = 0; x < rp; x += N) {
     hn::Store(hn::Set(d, -kInfF), d, sc.m + x);
@@ -362,7 +409,11 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     }
 
     // Sᵀ = K·Qᵀ.
-    Scores(sc.qt, k_base + j0 * k_stride, k_stride, nc, dk, nvec, sc.st);
+    if (few_rows) {
+      ScoresFewRows(sc.qt, dkp, nrows, k_base + j0 * k_stride, k_stride, nc, dk, sc.st);
+    } else {
+      Scores(sc.qt, k_base + j0 * k_stride, k_stride, nc, dk, nvec, sc.st);
+    }
     if (additive) {
       for (int64_t x = 0; x < nrows; ++x) {
         const int64_t r = r0 + x;
@@ -459,6 +510,11 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
   Workspace::Buffer<float> partial;
   if (plan.splits > 1)
     partial = ctx.workspace->Allocate<float>(static_cast<size_t>(plan.partial_floats));
+  Workspace::Buffer<int64_t> done;  // finished splits per block
+  if (plan.splits > 1) {
+    done = ctx.workspace->Allocate<int64_t>(static_cast<size_t>(plan.blocks));
+    std::fill(done.data(), done.data() + plan.blocks, int64_t{0});
+  }
   const int64_t slot = plan.block_rows * (dvp + 2);  // partial floats per item
 
   std::atomic<int64_t> full{0}, part{0}, skipped{0};
@@ -470,6 +526,42 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     *kvh = bkv % p.shape.kv_heads;
     *r0 = qb * flash::kBr;
     *nrows = std::min(flash::kBr, plan.rows - *r0);
+  };
+
+  // Combines the splits of block `blk` in a fixed order (so the result does
+  // not depend on which thread merges) into O and lse.
+  auto merge_block = [&](int64_t blk, float* acc) {
+    int64_t b, kvh, r0, nrows;
+    block_of(blk, &b, &kvh, &r0, &nrows);
+    for (int64_t x = 0; x < nrows; ++x) {
+      const float* first = partial.data() + blk * plan.splits * slot + x * (dvp + 2);
+      float mx = -kInfF;
+      bool nan = false;
+      for (int64_t s = 0; s < plan.splits; ++s) {
+        const float ms = first[s * slot];
+        nan |= std::isnan(ms);
+        mx = std::max(mx, ms);
+      }
+      float l = 0.0f;
+      for (int64_t y = 0; y < dvp; ++y) acc[y] = 0.0f;
+      if (nan) {
+        mx = std::numeric_limits<float>::quiet_NaN();
+        l = mx;
+      } else {
+        const float mu = mx == -kInfF ? 0.0f : mx;
+        for (int64_t s = 0; s < plan.splits; ++s) {
+          const float* row = first + s * slot;
+          const float w = std::exp2(row[0] - mu);
+          l += w * row[1];
+          for (int64_t y = 0; y < dvp; ++y) acc[y] += w * row[2 + y];
+        }
+      }
+      const int64_t r = r0 + x;
+      const int64_t i = r / p.group;
+      const int64_t h = kvh * p.group + r % p.group;
+      FinishRow(acc, mx, l, dv, p.ORow(b, h, i),
+                p.lse.empty() ? nullptr : &p.lse[p.RowIndex(b, h, i)]);
+    }
   };
 
   ParallelFor(threads, items, [&](int64_t item) {
@@ -516,47 +608,14 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
         row[1] = sc.l[x];
         std::memcpy(row + 2, sc.o + x * dvp, sizeof(float) * dvp);
       }
+      // The item that completes a block merges it: no second parallel pass
+      // and no barrier. acq_rel orders the other splits' partials before.
+      if (std::atomic_ref<int64_t>(done[blk]).fetch_add(1, std::memory_order_acq_rel) ==
+          plan.splits - 1) {
+        merge_block(blk, sc.o);
+      }
     }
   });
-
-  if (plan.splits > 1) {
-    // Merge the splits of each block in a fixed order.
-    ParallelFor(threads, plan.blocks, [&](int64_t blk) {
-      const int tid = ThreadIndex();
-      float* acc = scratch.data() + tid * plan.thread_floats;  // dvp floats
-      int64_t b, kvh, r0, nrows;
-      block_of(blk, &b, &kvh, &r0, &nrows);
-      for (int64_t x = 0; x < nrows; ++x) {
-        const float* first = partial.data() + blk * plan.splits * slot + x * (dvp + 2);
-        float mx = -kInfF;
-        bool nan = false;
-        for (int64_t s = 0; s < plan.splits; ++s) {
-          const float ms = first[s * slot];
-          nan |= std::isnan(ms);
-          mx = std::max(mx, ms);
-        }
-        float l = 0.0f;
-        for (int64_t y = 0; y < dvp; ++y) acc[y] = 0.0f;
-        if (nan) {
-          mx = std::numeric_limits<float>::quiet_NaN();
-          l = mx;
-        } else {
-          const float mu = mx == -kInfF ? 0.0f : mx;
-          for (int64_t s = 0; s < plan.splits; ++s) {
-            const float* row = first + s * slot;
-            const float w = std::exp2(row[0] - mu);
-            l += w * row[1];
-            for (int64_t y = 0; y < dvp; ++y) acc[y] += w * row[2 + y];
-          }
-        }
-        const int64_t r = r0 + x;
-        const int64_t i = r / p.group;
-        const int64_t h = kvh * p.group + r % p.group;
-        FinishRow(acc, mx, l, dv, p.ORow(b, h, i),
-                  p.lse.empty() ? nullptr : &p.lse[p.RowIndex(b, h, i)]);
-      }
-    });
-  }
 
   if (FlashTileCounts* sink = flash::g_tile_counts.load()) {
     sink->full += full.load();
@@ -609,7 +668,7 @@ size_t FlashWorkspaceBytes(const ValidProblem& p, int threads) {
   const size_t t = static_cast<size_t>(std::max(1, threads));
   return sizeof(float) * (t * static_cast<size_t>(plan.thread_floats) +
                           static_cast<size_t>(plan.partial_floats)) +
-         sizeof(int64_t) * t * 2 * flash::kBr;
+         sizeof(int64_t) * (t * 2 * flash::kBr + (plan.splits > 1 ? plan.blocks : 0));
 }
 
 }  // namespace
