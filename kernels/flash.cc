@@ -169,7 +169,7 @@ void Scores(const float* qt, const float* k, int64_t k_stride, int64_t nc, int64
   }
 }
 
-// Sᵀ[j][r] for nrows <= kFewRows rows of row-major Q (stride dkp, zero
+// S[r][j] (row-major, stride kBc) for nrows <= kFewRows rows of row-major Q (stride dkp, zero
 // padded): one dot product along d per (key, row).
 void ScoresFewRows(const float* qs, int64_t dkp, int64_t nrows, const float* k, int64_t k_stride,
                    int64_t nc, int64_t dk, float* st) {
@@ -194,15 +194,16 @@ void ScoresFewRows(const float* qs, int64_t dkp, int64_t nrows, const float* k, 
       }
     }
     for (int64_t r = 0; r < nrows; ++r) {
-      st[j * flash::kBr + r] = hn::GetLane(hn::SumOfLanes(d, acc[r]));
+      st[r * flash::kBc + j] = hn::GetLane(hn::SumOfLanes(d, acc[r]));
     }
   }
 }
 
 // O[m][v·N..] += Σ_j Pᵀ[j][m] · V[j][v·N..] for MR rows x NV column vectors.
 template <int MR, int NV>
-HWY_NOINLINE void PvKernel(const float* HWY_RESTRICT pt, const float* HWY_RESTRICT vp, int64_t vs,
-                           int64_t dvp, int64_t nc, float* HWY_RESTRICT o) {
+HWY_NOINLINE void PvKernel(const float* HWY_RESTRICT pt, int64_t pj, int64_t pm,
+                           const float* HWY_RESTRICT vp, int64_t vs, int64_t dvp, int64_t nc,
+                           float* HWY_RESTRICT o) {
   const D d;
   const size_t N = hn::Lanes(d);
   V acc[MR][NV];
@@ -212,7 +213,7 @@ HWY_NOINLINE void PvKernel(const float* HWY_RESTRICT pt, const float* HWY_RESTRI
     V x[NV];
     for (int v = 0; v < NV; ++v) x[v] = hn::Load(d, vp + j * vs + v * N);
     for (int m = 0; m < MR; ++m) {
-      const V p = hn::Set(d, pt[j * flash::kBr + m]);
+      const V p = hn::Set(d, pt[j * pj + m * pm]);
       for (int v = 0; v < NV; ++v) acc[m][v] = hn::MulAdd(p, x[v], acc[m][v]);
     }
   }
@@ -221,49 +222,49 @@ HWY_NOINLINE void PvKernel(const float* HWY_RESTRICT pt, const float* HWY_RESTRI
 }
 
 template <int MR>
-void PvRows(int nv, const float* pt, const float* vp, int64_t vs, int64_t dvp, int64_t nc,
-            float* o) {
+void PvRows(int nv, const float* pt, int64_t pj, int64_t pm, const float* vp, int64_t vs,
+            int64_t dvp, int64_t nc, float* o) {
   switch (nv) {
     case 1:
-      return PvKernel<MR, 1>(pt, vp, vs, dvp, nc, o);
+      return PvKernel<MR, 1>(pt, pj, pm, vp, vs, dvp, nc, o);
     case 2:
-      return PvKernel<MR, 2>(pt, vp, vs, dvp, nc, o);
+      return PvKernel<MR, 2>(pt, pj, pm, vp, vs, dvp, nc, o);
     case 3:
-      return PvKernel<MR, 3>(pt, vp, vs, dvp, nc, o);
+      return PvKernel<MR, 3>(pt, pj, pm, vp, vs, dvp, nc, o);
     default:
-      return PvKernel<MR, 4>(pt, vp, vs, dvp, nc, o);
+      return PvKernel<MR, 4>(pt, pj, pm, vp, vs, dvp, nc, o);
   }
 }
 
 // O[0..nrows) += P·V over the whole tile (all nc keys).
-void PvBlocked(const float* pt, const float* vp, int64_t vs, int64_t dvp, int64_t nc, int64_t nrows,
-               float* o) {
+void PvBlocked(const float* pt, int64_t pj, int64_t pm, const float* vp, int64_t vs, int64_t dvp,
+               int64_t nc, int64_t nrows, float* o) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(D()));
   const int64_t cols = dvp / N;
   for (int64_t c0 = 0; c0 < cols; c0 += kNV) {
     const int nv = static_cast<int>(std::min<int64_t>(kNV, cols - c0));
     int64_t r = 0;
     for (; r + kMR <= nrows; r += kMR) {
-      PvRows<kMR>(nv, pt + r, vp + c0 * N, vs, dvp, nc, o + r * dvp + c0 * N);
+      PvRows<kMR>(nv, pt + r * pm, pj, pm, vp + c0 * N, vs, dvp, nc, o + r * dvp + c0 * N);
     }
-    const float* p = pt + r;
+    const float* p = pt + r * pm;
     const float* v = vp + c0 * N;
     float* out = o + r * dvp + c0 * N;
     switch (nrows - r) {
       case 1:
-        PvRows<1>(nv, p, v, vs, dvp, nc, out);
+        PvRows<1>(nv, p, pj, pm, v, vs, dvp, nc, out);
         break;
       case 2:
-        PvRows<2>(nv, p, v, vs, dvp, nc, out);
+        PvRows<2>(nv, p, pj, pm, v, vs, dvp, nc, out);
         break;
       case 3:
-        PvRows<3>(nv, p, v, vs, dvp, nc, out);
+        PvRows<3>(nv, p, pj, pm, v, vs, dvp, nc, out);
         break;
       case 4:
-        PvRows<4>(nv, p, v, vs, dvp, nc, out);
+        PvRows<4>(nv, p, pj, pm, v, vs, dvp, nc, out);
         break;
       case 5:
-        PvRows<5>(nv, p, v, vs, dvp, nc, out);
+        PvRows<5>(nv, p, pj, pm, v, vs, dvp, nc, out);
         break;
       default:
         break;
@@ -303,6 +304,10 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   // mostly empty query vector; Q is then kept row-major, padded to dkp.
   const bool few_rows = nrows <= kFewRows;
   const int64_t dkp = flash::RoundUp(dk, N);
+  // Element (key j, row x) of the score tile: Sᵀ (key-major) normally, S
+  // (row-major) for few rows, so that each softmax vectorizes its long axis.
+  const int64_t sj = few_rows ? 1 : flash::kBr;
+  const int64_t sr = few_rows ? flash::kBc : 1;
 
   // Qᵀ (scaled into the exp2 domain), visible ranges, union, intersection.
   int64_t ulo = key_hi, uhi = key_lo, ilo = key_lo, ihi = key_hi;
@@ -326,12 +331,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     ilo = std::max(ilo, rb[x]);
     ihi = std::min(ihi, re[x]);
   }
-  if (few_rows) {
-    // Lanes of rows past nrows are never computed: keep them finite.
-    for (int64_t j = 0; j < flash::kBc; ++j) {
-      for (int64_t x = nrows; x < rp; ++x) sc.st[j * flash::kBr + x] = 0.0f;
-    }
-  } else {
+  if (!few_rows) {
     for (int64_t k = 0; k < dk; ++k) {
       for (int64_t x = nrows; x < rp; ++x) sc.qt[k * flash::kBr + x] = 0.0f;
     }
@@ -418,7 +418,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
       for (int64_t x = 0; x < nrows; ++x) {
         const int64_t r = r0 + x;
         const float* a = p.AdditiveRow(b, kvh * group + r % group, r / group) + j0;
-        for (int64_t j = 0; j < nc; ++j) sc.st[j * flash::kBr + x] += a[j] * kLog2e;
+        for (int64_t j = 0; j < nc; ++j) sc.st[j * sj + x * sr] += a[j] * kLog2e;
       }
     }
     if (partial) {
@@ -426,17 +426,46 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
         const int64_t lo = std::min(std::max(rb[x], j0), j1) - j0;
         const int64_t hi = std::max(std::min(re[x], j1), j0) - j0;
         if (lo >= hi) {
-          for (int64_t j = 0; j < nc; ++j) sc.st[j * flash::kBr + x] = -kInfF;
+          for (int64_t j = 0; j < nc; ++j) sc.st[j * sj + x * sr] = -kInfF;
         } else {
-          for (int64_t j = 0; j < lo; ++j) sc.st[j * flash::kBr + x] = -kInfF;
-          for (int64_t j = hi; j < nc; ++j) sc.st[j * flash::kBr + x] = -kInfF;
+          for (int64_t j = 0; j < lo; ++j) sc.st[j * sj + x * sr] = -kInfF;
+          for (int64_t j = hi; j < nc; ++j) sc.st[j * sj + x * sr] = -kInfF;
         }
       }
     }
 
-    // Online softmax, vectorized over queries.
+    // Online softmax, vectorized over queries (or over keys for few rows).
     const V neg_inf = hn::Set(d, -kInfF);
-    for (int64_t x = 0; x < rp; x += N) {
+    if (few_rows) {
+      const hn::CappedTag<float, 1> d1;
+      const auto tail = hn::FirstN(d, static_cast<size_t>(nc % N == 0 ? N : nc % N));
+      const int64_t last = (nc - 1) / N * N;  // start of the last vector
+      for (int64_t x = 0; x < nrows; ++x) {
+        float* s = sc.st + x * flash::kBc;
+        V mt = neg_inf;
+        for (int64_t j = 0; j < last; j += N) mt = hn::Max(mt, hn::Load(d, s + j));
+        mt = hn::Max(mt, hn::IfThenElse(tail, hn::Load(d, s + last), neg_inf));
+        const float mtile = hn::GetLane(hn::MaxOfLanes(d, mt));
+        const float mo = sc.m[x];
+        const float mn = mo < mtile ? mtile : mo;
+        const float mu = mn == -kInfF ? 0.0f : mn;
+        const V muv = hn::Set(d, mu);
+        V sum = hn::Zero(d);
+        for (int64_t j = 0; j < last; j += N) {
+          const V e = FastExp2(d, hn::Sub(hn::Load(d, s + j), muv));
+          hn::Store(e, d, s + j);
+          sum = hn::Add(sum, e);
+        }
+        const V e = FastExp2(d, hn::Sub(hn::Load(d, s + last), muv));
+        hn::Store(e, d, s + last);
+        sum = hn::Add(sum, hn::IfThenElseZero(tail, e));
+        const float alpha = hn::GetLane(FastExp2(d1, hn::Set(d1, mo - mu)));
+        sc.l[x] = alpha * sc.l[x] + hn::GetLane(hn::SumOfLanes(d, sum));
+        sc.m[x] = mn;
+        sc.alpha[x] = alpha;
+      }
+    }
+    for (int64_t x = 0; x < (few_rows ? 0 : rp); x += N) {
       V mt = neg_inf;
       for (int64_t j = 0; j < nc; ++j) mt = hn::Max(mt, hn::Load(d, sc.st + j * flash::kBr + x));
       const V mo = hn::Load(d, sc.m + x);
@@ -465,14 +494,14 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
 
     // O += P·V.
     if (v_finite) {
-      PvBlocked(sc.st, vsrc, vs, dvp, nc, nrows, sc.o);
+      PvBlocked(sc.st, sj, sr, vsrc, vs, dvp, nc, nrows, sc.o);
     } else {
       for (int64_t x = 0; x < nrows; ++x) {
         const int64_t lo = std::min(std::max(rb[x], j0), j1) - j0;
         const int64_t hi = std::max(std::min(re[x], j1), j0) - j0;
         float* o = sc.o + x * dvp;
         for (int64_t j = lo; j < hi; ++j) {
-          const V pj = hn::Set(d, sc.st[j * flash::kBr + x]);
+          const V pj = hn::Set(d, sc.st[j * sj + x * sr]);
           const float* vr = vsrc + j * vs;
           for (int64_t y = 0; y < dvp; y += N) {
             hn::Store(hn::MulAdd(pj, hn::Load(d, vr + y), hn::Load(d, o + y)), d, o + y);
