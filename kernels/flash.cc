@@ -1,64 +1,85 @@
 // flash: FlashAttention-2-style tiled attention with an online softmax.
 //
 // Algorithm. The rows of one (batch b, kv head) are stacked position-major
-// (row r = query position r / group of head kv_head * group + r % group), so
+// (row r = query position r / g of head kv_head·g + r % g, g = H / Hkv), so
 // the query heads of a GQA group share every K/V tile, and cut into blocks of
 // Br = 64 rows. A block keeps Qᵀ (dk x Br, pre-scaled by scale·log2 e: the
 // whole softmax runs in the exp2 domain), running max m, sum l and an
-// unnormalized accumulator O (Br x dv) and walks the key tiles of Bc = 64 keys
-// that intersect the union of its rows' visible ranges:
-//   Sᵀ = K_tile·Qᵀ         Bc x Br, register-blocked 6 keys x 64 queries: K
-//                          scalars broadcast straight from the K rows (no K
-//                          packing), Qᵀ rows are vectors over queries.
+// unnormalized accumulator O (Br x dv') and walks the Bc = 64-key tiles that
+// intersect the union of its rows' visible key ranges:
+//   Sᵀ = K_tile·Qᵀ         Bc x Br, register-blocked 6 keys x 4 vectors of
+//                          queries: K scalars broadcast straight from the K
+//                          rows (no K transpose/packing), Qᵀ rows are vectors
+//                          over queries.
 //   (+ additive mask·log2 e; structurally hidden (key, row) pairs *set* to
 //    -inf, only in partial tiles)
 //   m' = max(m, colmax Sᵀ); Pᵀ = 2^(Sᵀ - m'); l = 2^(m - m')·l + colsum Pᵀ,
-//                          all vectorized over queries (no horizontal ops);
-//   O = 2^(m - m')·O       only for rows whose max changed;
-//   O += P·V_tile          register-blocked 6 rows x 64 columns, V tile
-//                          packed 64-byte aligned and padded to dv' = 16k.
-// Finally O /= l, lse = (m + log2 l)·ln 2.
+//                          vectorized over queries (no horizontal ops), with
+//                          FastExp2 (kernels/fast_exp2-inl.h, <= 2 ulp);
+//   O = 2^(m - m')·O       only for rows whose max moved (alpha == 1 exactly
+//                          otherwise, so the skip is exact);
+//   O += P·V_tile          register-blocked 6 rows x 4 vectors of O; V rows
+//                          used in place when 64-byte aligned with dv a
+//                          multiple of 16, else packed (aligned, zero-padded
+//                          to dv' = 16·ceil(dv/16)).
+// Finally O /= l, lse = (m + log2 l)·ln 2. The next tile's K and V rows are
+// prefetched into L2 while a tile computes.
 // Tiles: a tile inside every row's visible range is "full" (no mask work); a
-// tile outside the union of the rows' ranges is skipped (never read); others
-// are "partial". In a partial tile a hidden key has weight exactly 0, but
-// 0·NaN = NaN, so when the packed V rows of a partial tile are not all finite
-// P·V is done row by row over each row's visible keys only.
+// tile outside the union of the rows' ranges is skipped (never read); the
+// others are "partial". In a partial tile a hidden key has weight exactly 0,
+// but 0·NaN = NaN, so when its V rows are not all finite P·V runs row by row
+// over each row's visible keys only.
+// Few rows (a block of <= 4 rows, e.g. decode with Lq·g <= 4): scores are dot
+// products along d, S is kept row-major and the softmax is vectorized over
+// keys instead of mostly empty query vectors.
 //
-// Decode (few row blocks, e.g. Lq = 1): flash-decoding. Each block's keys are
-// split into `splits` tile-aligned ranges (a function of the shape only, not
-// of the thread count, so the result is bitwise deterministic); items write
-// partial (m, l, O) and a merge pass combines them in a fixed order. With
-// GQA the group's heads are rows of one block, so K and V are read once.
+// Decode (fewer than 16 row blocks and >= 16 key tiles): flash-decoding. Each
+// block's keys are split into `splits` tile-aligned ranges (a function of the
+// shape only, never of the thread count, so results are bitwise identical for
+// any thread count: deterministic = true); items write partial (m, l, O) and
+// the item that completes a block merges its splits in a fixed order (no
+// second parallel pass, no barrier). With GQA the group's heads are rows of
+// one block, so K and V are read once per group.
 //
-// Parallelism: work items are (row block, key split); ParallelFor hands them
-// out dynamically, and items are ordered by decreasing query position, so for
-// causal masks the longest blocks start first (longest-processing-time).
+// Parallelism: work items are (row block, key split), handed out dynamically
+// by ParallelFor in order of decreasing query position, so for causal masks
+// the longest blocks start first (longest-processing-time-first) and the
+// short ones fill in at the end.
 //
-// Bytes (fp32) for B, H, Hkv, Lq, Lk, dk, dv, group g = H / Hkv:
-//   reads  Q: 4·B·H·Lq·dk once; K, V: 4·B·Hkv·Lk·(dk + dv) per row block,
-//          i.e. ceil(g·Lq / 64) times (from L2/L3 when they fit, else memory;
-//          causal: about half of that);
+// Bytes (fp32) for B, H, Hkv, Lq, Lk, dk, dv, g = H / Hkv:
+//   reads  Q: 4·B·H·Lq·dk once; K, V: 4·B·Hkv·Lk·(dk + dv) once per row block,
+//          i.e. ceil(g·Lq / 64) times (from L2/L3 when a head's K and V fit,
+//          else memory; causal: about half of that); decode (Lq·g <= 64):
+//          K and V exactly once;
 //   writes O: 4·B·H·Lq·dv, lse: 4·B·H·Lq. Nothing of size Lq x Lk.
-// FLOPs: 2·(dk + dv) per visible (query, key) pair plus masked waste in
-// partial tiles; exps: one per computed score plus Br per tile.
+// FLOPs: 2·(dk + dv) per visible (query, key) pair plus the masked part of
+// partial tiles; exps: one per computed score plus one per row per tile.
 //
 // Working set per thread: Qᵀ 64·dk + Sᵀ 64·64 + V tile 64·dv' + O 64·dv' +
-// 3·64 floats = 82 KiB at dk = dv = 64, 146 KiB at 128 — independent of Lq and
-// Lk (plus, for split decode runs, items·min(64, g·Lq)·(dv' + 2) floats of
-// partial results, with items <= 32 + 15).
+// 3·64 floats + 1 KiB of row ranges = 66 KiB at dk = dv = 64, 114 KiB at 128,
+// independent of Lq and Lk. Split decode runs add partial results of
+// items·min(64, g·Lq)·(dv' + 2) floats, with items = blocks·splits <= 47
+// (splits happen only below 16 blocks and aim at 32 items).
+// So Lq = Lk = 32768, dk = dv = 64 takes 132 KiB on 2 threads (tested < 4 MiB).
 //
 // Block sizes (Zen 4: L1d 32 KiB, L2 1 MiB per core, 32 zmm registers):
 //   * Br = 64 = 4 AVX-512 vectors of queries: the S micro-kernel holds 6 keys
 //     x 4 vectors = 24 accumulators (+4 Qᵀ vectors + 1 broadcast <= 32 regs);
-//     per dk step 4 loads + 6 broadcasts feed 24 FMAs.
-//   * Bc = 64: the Sᵀ tile (16 KiB) plus the V tile (16 KiB at dv = 64) stay
-//     in L1 during P·V; the streaming Qᵀ block (16-32 KiB) and O (16-32 KiB)
-//     live in L2 with room to spare. The P·V micro-kernel holds 6 rows x 4
-//     vectors of O = 24 accumulators, 4 V loads + 6 broadcasts per 24 FMAs.
-//   * Larger Bc would amortize the per-tile softmax bookkeeping further but
-//     push Sᵀ + V out of L1 and waste more work on causal diagonal tiles.
-
-#include "kernels/flash.h"
+//     per dk step 4 loads + 6 broadcast loads feed 24 FMAs (Zen 4 issues one
+//     512-bit FMA and two loads per cycle, so FMA stays the bottleneck).
+//   * Bc = 64: the Sᵀ tile (16 KiB) plus the V tile (16 KiB at dv = 64) are
+//     what the P·V micro-kernel streams: they fit L1 together; Qᵀ (16-32 KiB)
+//     and O (16-32 KiB) stay in L2 (1 MiB) with the prefetched next K/V tile.
+//     The P·V micro-kernel holds 6 rows x 4 vectors of O = 24 accumulators,
+//     4 V loads + 6 broadcasts per 24 FMAs.
+//   * Per tile the softmax costs ~2 passes over Sᵀ and 64·64 exps (~17
+//     instructions per 16): about 1/(d/8) of the tile's FMA time, 6% at
+//     d = 64 (see kernels/DESIGN.md). Larger Bc would not reduce that (it is
+//     per score), would push Sᵀ + V out of L1, and would waste more work on
+//     causal diagonal tiles (Br·Bc/2 per row block).
+//   * K/V reuse: each K/V element loaded per row block feeds 64 rows:
+//     4·(dk+dv) bytes per 64·2·(dk+dv) FLOPs = 1/32 byte per FLOP from L2/L3,
+//     ~2.8 GB/s at 90 GFLOP/s, far below L3 bandwidth, so Br = 64 suffices.
 
 #include <atomic>
 #include <cmath>
