@@ -81,6 +81,8 @@
 //     4·(dk+dv) bytes per 64·2·(dk+dv) FLOPs = 1/32 byte per FLOP from L2/L3,
 //     ~2.8 GB/s at 90 GFLOP/s, far below L3 bandwidth, so Br = 64 suffices.
 
+#include "kernels/flash.h"
+
 #include <atomic>
 #include <cmath>
 #include <cstring>
