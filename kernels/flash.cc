@@ -119,6 +119,10 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kMR = 6;           // keys (S) or rows (P·V) per micro-kernel
 constexpr int kNV = 4;           // vectors per micro-kernel
 constexpr int64_t kFewRows = 4;  // blocks of at most this many rows use dot products
+// Row stride of the row-major score tile of few-row blocks: whole, aligned
+// vectors (kFewRows * kFewStride <= kBc * kBr, the tile buffer).
+constexpr int64_t kFewStride = flash::RoundUp(flash::kBc, flash::kPad);
+static_assert(kFewRows * kFewStride <= flash::kBc * flash::kBr);
 
 // Sᵀ[m][v·N..] = Σ_k K[m][k] · Qᵀ[k][v·N..] for MR keys x NV query vectors.
 template <int MR, int NV>
@@ -217,7 +221,7 @@ void ScoresFewRows(const float* qs, int64_t dkp, int64_t nrows, const float* k, 
       }
     }
     for (int64_t r = 0; r < nrows; ++r) {
-      st[r * flash::kBc + j] = hn::GetLane(hn::SumOfLanes(d, acc[r]));
+      st[r * kFewStride + j] = hn::GetLane(hn::SumOfLanes(d, acc[r]));
     }
   }
 }
@@ -330,7 +334,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   // Element (key j, row x) of the score tile: Sᵀ (key-major) normally, S
   // (row-major) for few rows, so that each softmax vectorizes its long axis.
   const int64_t sj = few_rows ? 1 : flash::kBr;
-  const int64_t sr = few_rows ? flash::kBc : 1;
+  const int64_t sr = few_rows ? kFewStride : 1;
 
   // Qᵀ (scaled into the exp2 domain), visible ranges, union, intersection.
   int64_t ulo = key_hi, uhi = key_lo, ilo = key_lo, ihi = key_hi;
@@ -464,7 +468,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
       const auto tail = hn::FirstN(d, static_cast<size_t>(nc % N == 0 ? N : nc % N));
       const int64_t last = (nc - 1) / N * N;  // start of the last vector
       for (int64_t x = 0; x < nrows; ++x) {
-        float* s = sc.st + x * flash::kBc;
+        float* s = sc.st + x * kFewStride;
         V mt = neg_inf;
         for (int64_t j = 0; j < last; j += N) mt = hn::Max(mt, hn::Load(d, s + j));
         mt = hn::Max(mt, hn::IfThenElse(tail, hn::Load(d, s + last), neg_inf));

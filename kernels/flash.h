@@ -40,7 +40,7 @@ inline constexpr int64_t kSplitBelowBlocks = 16;
 inline constexpr int64_t kMinTilesPerSplit = 8;
 inline constexpr int64_t kTargetItems = 32;
 
-inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+inline constexpr int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // How a problem is cut into work items. Rows of one (batch, kv head) are
 // stacked position-major: row r is query position r / group of query head

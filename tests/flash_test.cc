@@ -104,15 +104,23 @@ void RunAndCheck(ProblemData& data, int threads, const char* what) {
 }
 
 TEST(FlashTiles, CausalSkipsUpperTrianglePerBlock) {
-  // Lq = Lk = 256: 4 row blocks x 4 tiles; block q visits tiles 0..q, the
-  // diagonal one partial.
+  // Lq = Lk = 256: row block q of 64 rows visits the key tiles up to its
+  // diagonal, which is partial; every later tile is skipped.
   ProblemSpec spec = Spec(Shape{1, 1, 1, 256, 256, 64, 64}, MaskKind::kCausal, 11);
   ProblemData data(spec);
+  const Expected e = ExpectedTiles(data.problem());
   TileCountScope scope;
   RunAndCheck(data, 2, "causal");
-  EXPECT_EQ(scope.counts().full.load(), 6);
-  EXPECT_EQ(scope.counts().partial.load(), 4);
-  EXPECT_EQ(scope.counts().skipped.load(), 6);
+  const int64_t blocks = 256 / flash::kBr, tiles = (256 + flash::kBc - 1) / flash::kBc;
+  EXPECT_EQ(
+      scope.counts().full.load() + scope.counts().partial.load() + scope.counts().skipped.load(),
+      blocks * tiles);
+  EXPECT_EQ(scope.counts().full.load(), e.full);
+  EXPECT_EQ(scope.counts().partial.load(), e.partial);
+  EXPECT_EQ(scope.counts().skipped.load(), e.skipped);
+  EXPECT_GE(scope.counts().partial.load(), blocks);  // every block has a diagonal tile
+  EXPECT_GT(scope.counts().skipped.load(), 0);
+  EXPECT_GT(scope.counts().full.load(), 0);
   EXPECT_EQ(scope.counts().split_items.load(), 0);
 }
 
@@ -151,7 +159,7 @@ TEST(FlashTiles, CountsMatchIndependentDerivation) {
 // (even with weight 0), 0·NaN would reach the output.
 TEST(FlashTiles, SkippedTilesAreNeverRead) {
   ProblemSpec spec = Spec(Shape{1, 2, 1, 256, 320, 64, 64}, MaskKind::kNone, 31);
-  spec.key_lengths = {100};  // tiles [128, 320) fully masked for every row
+  spec.key_lengths = {100};  // keys [100, 320) hidden from every row
   ProblemData data(spec);
   const Problem& p = data.problem();
   for (int64_t j = 100; j < 320; ++j) {  // hidden: partial tile part and skipped tiles
@@ -162,8 +170,10 @@ TEST(FlashTiles, SkippedTilesAreNeverRead) {
   TileCountScope scope;
   RunAndCheck(data, 2, "nan beyond key length");
   // H = 2 query heads share the kv head: 2 x 256 stacked rows = 8 row blocks,
-  // each skipping tiles 2..4.
-  EXPECT_EQ(scope.counts().skipped.load(), 8 * 3);
+  // each skipping every tile that starts at or after key 100.
+  const int64_t tiles = (320 + flash::kBc - 1) / flash::kBc;
+  const int64_t first_skipped = (100 + flash::kBc - 1) / flash::kBc;
+  EXPECT_EQ(scope.counts().skipped.load(), 8 * (tiles - first_skipped));
   EXPECT_EQ(scope.counts().skipped.load(), ExpectedTiles(p).skipped);
   const std::vector<float> o = data.OutputContiguous();
   for (float x : o) ASSERT_TRUE(std::isfinite(x));
