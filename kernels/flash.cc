@@ -124,6 +124,16 @@ constexpr int64_t kFewRows = 4;  // blocks of at most this many rows use dot pro
 constexpr int64_t kFewStride = flash::RoundUp(flash::kBc, flash::kPad);
 static_assert(kFewRows * kFewStride <= flash::kBc * flash::kBr);
 
+// The first n < Lanes floats at p (possibly unaligned), zeros after: never
+// reads past p + n (Highway 1.0.3's MaskedLoad on SSE4/scalar loads the
+// whole, aligned vector).
+HWY_INLINE V LoadTail(const float* HWY_RESTRICT p, int64_t n) {
+  const D d;
+  alignas(64) float buf[64 / sizeof(float)] = {};
+  for (int64_t i = 0; i < n; ++i) buf[i] = p[i];
+  return hn::Load(d, buf);
+}
+
 // Sᵀ[m][v·N..] = Σ_k K[m][k] · Qᵀ[k][v·N..] for MR keys x NV query vectors.
 template <int MR, int NV>
 HWY_NOINLINE void ScoreKernel(const float* HWY_RESTRICT qt, const float* HWY_RESTRICT k,
@@ -203,7 +213,6 @@ void ScoresFewRows(const float* qs, int64_t dkp, int64_t nrows, const float* k, 
   const D d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t full = dk / N * N;
-  const auto tail = hn::FirstN(d, static_cast<size_t>(dk - full));
   for (int64_t j = 0; j < nc; ++j) {
     const float* kr = k + j * k_stride;
     V acc[kFewRows];
@@ -215,7 +224,7 @@ void ScoresFewRows(const float* qs, int64_t dkp, int64_t nrows, const float* k, 
       }
     }
     if (full < dk) {
-      const V kv = hn::MaskedLoad(tail, d, kr + full);
+      const V kv = LoadTail(kr + full, dk - full);
       for (int64_t r = 0; r < nrows; ++r) {
         acc[r] = hn::MulAdd(kv, hn::Load(d, qs + r * dkp + full), acc[r]);
       }
@@ -413,8 +422,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
         int64_t x = 0;
         for (; x + N <= dv; x += N) hn::Store(hn::LoadU(d, vr + x), d, dst + x);
         if (x < dv) {
-          const auto fm = hn::FirstN(d, static_cast<size_t>(dv - x));
-          hn::Store(hn::IfThenElseZero(fm, hn::MaskedLoad(fm, d, vr + x)), d, dst + x);
+          hn::Store(LoadTail(vr + x, dv - x), d, dst + x);
           x += N;
         }
         for (; x < dvp; x += N) hn::Store(hn::Zero(d), d, dst + x);

@@ -339,6 +339,15 @@ TEST(FlashTargets, EveryCompiledTargetMatchesReference) {
   for (size_t i = 0; i < grid.size(); i += 7) specs.push_back(grid[i]);
   for (ProblemSpec& s : specs) s.want_weights = false;
   specs.push_back(Spec(Shape{1, 2, 1, 1, 3000, 40, 24}, MaskKind::kCausal, 77));  // split path
+  // Few-row blocks with head dims that leave vector tails, on misaligned,
+  // padded rows: tails must not read past a row or assume alignment.
+  for (int64_t dk : {3, 19}) {
+    ProblemSpec few = Spec(Shape{1, 2, 1, 2, 37, dk, dk + 2}, MaskKind::kSlidingWindow, 78 + dk);
+    few.window_left = 20;
+    few.misalign = true;
+    few.row_pad = 1;
+    specs.push_back(few);
+  }
   for (int64_t target : targets) {
     hwy::SetSupportedTargetsForTest(target);
     for (const ProblemSpec& spec : specs) {
