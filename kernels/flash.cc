@@ -23,7 +23,7 @@
 //                          multiple of 16, else packed (aligned, zero-padded
 //                          to dv' = 16·ceil(dv/16)).
 // Finally O /= l, lse = (m + log2 l)·ln 2. The next tile's K and V rows are
-// prefetched into L2 while a tile computes.
+// prefetched into L2 while a tile computes (except in decode).
 // Tiles: a tile inside every row's visible range is "full" (no mask work); a
 // tile outside the union of the rows' ranges is skipped (never read); the
 // others are "partial". In a partial tile a hidden key has weight exactly 0,
@@ -400,8 +400,10 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     // Prefetch the next tile's K and V rows into L2 while this one computes:
     // K/V of a head stream from L3 or memory once per row block, and the
     // hardware prefetcher alone leaves the V packing and the K broadcasts
-    // waiting on them.
-    if (j1 < uhi) {
+    // waiting on them (+3% at d = 128). Not for few-row (decode) blocks:
+    // they stream K/V sequentially at memory speed, where the hardware
+    // prefetcher keeps up and the prefetch instructions only queue (-30%).
+    if (!few_rows && j1 < uhi) {
       const int64_t n1 = std::min(j1 + flash::kBc, uhi);
       for (int64_t j = j1; j < n1; ++j) {
         const char* kr = reinterpret_cast<const char*>(k_base + j * k_stride);
