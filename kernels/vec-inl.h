@@ -90,8 +90,8 @@ HWY_INLINE float ScaleMaskMax(float* HWY_RESTRICT s, int64_t n, float scale,
       hn::StoreU(x1, d, s + j + lanes);
       vmax0 = hn::Max(vmax0, x0);
       vmax1 = hn::Max(vmax1, x1);
-      nan0 = hn::Or(nan0, hn::VecFromMask(d, hn::Ne(x0, x0)));
-      nan1 = hn::Or(nan1, hn::VecFromMask(d, hn::Ne(x1, x1)));
+      nan0 = hn::Or(nan0, hn::VecFromMask(d, hn::IsNaN(x0)));
+      nan1 = hn::Or(nan1, hn::VecFromMask(d, hn::IsNaN(x1)));
     }
   } else {
     for (; j + 2 * lanes <= n; j += 2 * lanes) {
@@ -101,8 +101,8 @@ HWY_INLINE float ScaleMaskMax(float* HWY_RESTRICT s, int64_t n, float scale,
       hn::StoreU(x1, d, s + j + lanes);
       vmax0 = hn::Max(vmax0, x0);
       vmax1 = hn::Max(vmax1, x1);
-      nan0 = hn::Or(nan0, hn::VecFromMask(d, hn::Ne(x0, x0)));
-      nan1 = hn::Or(nan1, hn::VecFromMask(d, hn::Ne(x1, x1)));
+      nan0 = hn::Or(nan0, hn::VecFromMask(d, hn::IsNaN(x0)));
+      nan1 = hn::Or(nan1, hn::VecFromMask(d, hn::IsNaN(x1)));
     }
   }
   float max = hn::GetLane(hn::MaxOfLanes(d, hn::Max(vmax0, vmax1)));
