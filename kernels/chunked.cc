@@ -14,24 +14,28 @@
 // balance). OpenBLAS runs single-threaded inside the OpenMP region.
 //
 // Choosing C. Each chunk's scores are written by sgemm, read and written by
-// the softmax pass and read by the P·V sgemm: they should stay in L2. K and V
-// (Lk·(dk + dv) floats) are re-read once per chunk, so C should not be small
-// either: per query row a chunk costs Lk·(dk + dv)/C extra K/V floats against
-// 3·Lk score accesses. Default: the largest C with C·Lk floats in half of the
-// L2 cache (the other half for the K/V panels sgemm streams), clamped to
-// [kMinChunkRows, kMaxChunkRows] and to Lq; the floor keeps K/V re-reads
-// below (dk + dv)/32 per score at long Lk, where the chunk then spills to L3
-// (32 rows x 32768 keys = 4 MiB per thread), the ceiling is where sgemm is at
-// full speed and larger chunks only cost memory. ATTNLAB_CHUNK_ROWS=<n>
-// overrides C (n >= 1).
+// the softmax pass and read by the P·V sgemm, so they should stay in L2; but
+// every sgemm call also re-packs its K (dk x keys) and V (keys x dv) panels,
+// a cost amortized over the C rows, so C must not be small. Default: the
+// largest C with C·Lk floats in the L2 cache (sysconf; 1 MiB if unknown),
+// clamped to [kMinChunkRows, kMaxChunkRows] and to Lq. The floor wins over
+// the L2 rule because spilling the chunk to L3 is cheap (the softmax streams
+// it sequentially; 4 score accesses against dk + dv FMAs per score) while
+// small-M sgemm is not. Measured on this machine (Zen 4, 1 MiB L2, 1 thread,
+// B=1 H=8 dk=dv=64, process CPU time relative to the best C; the machine
+// was shared, so +-3% is noise):
+//   Lk = 1024:  C = 32: 1.12   64: 1.04   128: 1.02   256: 1.00   1024: 1.00
+//   Lk = 4096:  C = 32: 1.14   64: 1.03   128: 1.00   256: 1.02   512: 1.02
+// The ceiling: beyond 256 rows nothing improves and memory grows.
+// ATTNLAB_CHUNK_ROWS=<n> overrides C (n >= 1; read on every call).
 //
 // Memory traffic per head: Q (Lq·dk) and O (Lq·dv) once; K and V
 // ceil(Lq/C)·Lk·(dk + dv) floats (from L2/L3 when Lk·d fits); scores
 // ~4·Lq·Lk float accesses, all in L2 when C·Lk fits.
 // Working set / workspace: min(threads, items)·C·(Lk + 2) floats, declared
 // exactly (ChunkedWorkspaceBytes is what RunChunked allocates).
-// Lq = Lk = 32768, dk = dv = 64, B = H = 1: L2 = 1 MiB gives C = 32 (floor),
-// 4.0 MiB per thread.
+// Lq = Lk = 32768, dk = dv = 64, B = H = 1: L2 = 1 MiB gives C = 64 (the
+// floor), 8.0 MiB per thread.
 #include <unistd.h>
 
 #include <algorithm>
@@ -44,7 +48,7 @@
 namespace attn {
 namespace {
 
-constexpr int64_t kMinChunkRows = 32;
+constexpr int64_t kMinChunkRows = 64;
 constexpr int64_t kMaxChunkRows = 256;
 constexpr int64_t kDefaultL2Bytes = 1 << 20;
 
@@ -60,7 +64,7 @@ int64_t ChunkRows(const ValidProblem& p) {
     const long long rows = std::atoll(env);
     if (rows >= 1) return std::min<int64_t>(rows, lq);
   }
-  const int64_t fit = L2Bytes() / 2 / (4 * std::max<int64_t>(p.shape.kv_len, 1));
+  const int64_t fit = L2Bytes() / (4 * std::max<int64_t>(p.shape.kv_len, 1));
   return std::min(std::clamp(fit, kMinChunkRows, kMaxChunkRows), lq);
 }
 
