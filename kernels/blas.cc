@@ -1,7 +1,8 @@
 // blas: the materializing algorithm with OpenBLAS doing both products.
 //
-// Per (batch b, head h), over an Lq x Lk score matrix:
-//   1. S = Q·Kᵀ with one cblas_sgemm (M = Lq, N = Lk, K = dk; the row
+// Per (batch b, head h), over an Lq x Lk score matrix, in panels of
+// kPanelRows query rows (each panel a horizontal slice of the matrix):
+//   1. S = Q·Kᵀ with cblas_sgemm (M = panel rows, N = keys, K = dk; the row
 //      strides of the strided Q/K views are the leading dimensions, so both
 //      layouts go straight in, no copies).
 //   2. Scale + mask + softmax fused in one vectorized pass per row
@@ -9,28 +10,30 @@
 //      e^(x - max) and the row sum while the row is still in L1. Hidden keys
 //      are set to 0. Normalization is deferred to O (Lq·dv multiplies instead
 //      of Lq·Lk).
-//   3. O = P·V with one cblas_sgemm (M = Lq, N = dv, K = Lk) written straight
-//      into the strided O; then O /= row sum and lse (FinishRows).
-// With a structural mask (causal, window, key lengths) the head is cut into
-// panels of kPanelRows query rows and each panel's two sgemm calls cover only
-// the union of its rows' visible keys: causal costs about half the FLOPs of
-// dense (+ kPanelRows/Lq). The P·V sgemm then spans keys some rows must not
-// see, where p = 0 exactly: safe unless that V row holds NaN/inf (0·NaN =
-// NaN). So each panel's V range is scanned first (O(keys·dv), against the
+//   3. O = P·V with cblas_sgemm (M = panel rows, N = dv, K = keys) written
+//      straight into the strided O; then O /= row sum and lse (FinishRows).
+// Each panel's two sgemm calls cover only the union of its rows' visible
+// keys, so causal costs about half the FLOPs of dense (+ kPanelRows/Lq). The
+// P·V sgemm then spans keys some rows must not see, where p = 0 exactly:
+// safe unless that V row holds NaN/inf (0·NaN = NaN). So with a structural
+// mask each panel's V range is scanned first (O(keys·dv), against the
 // O(rows·keys·dv) product) and a panel with a non-finite V row falls back to
 // per-row accumulation over each row's own visible keys (RowsTimesV).
-// kPanelRows = 256: sgemm with M >= 256 runs near its peak, and the wasted
-// triangle per panel is 256/2 rows, ~3% of the work at Lq = 4096.
+// kPanelRows = 256: sgemm with M = 256 runs as fast as with M = Lq (the
+// chunked variant's measurements: C = 256 is within noise of the best), the
+// wasted triangle per causal panel is 128 rows, ~3% of the work at
+// Lq = 4096, and panels are the unit of parallelism inside a head.
 //
-// Threads. B·H >= threads: OpenMP over heads, each thread with its own score
-// matrix; OpenBLAS runs single-threaded inside the parallel region (the
-// OpenMP build of OpenBLAS does that by itself), so threads = cores, never
-// more. B·H < threads: heads one at a time, one matrix, sgemm threaded by
-// OpenBLAS itself with ctx.threads threads (ScopedBlasThreads sets the count
-// and restores it) and the row passes split with ParallelFor. Splitting
-// threads between heads and BLAS would need nested parallelism and buys
-// nothing when there are enough heads: OpenBLAS's own threading is less
-// efficient than one independent head per core (no synchronization).
+// Threads: OpenBLAS always runs single-threaded (ScopedBlasThreads(1); the
+// OpenMP build of OpenBLAS also does that by itself inside a parallel
+// region) and OpenMP does all the splitting. B·H >= threads: one head per
+// thread, each with its own matrix. B·H < threads: heads one at a time, one
+// matrix, its panels spread over the threads (dynamic schedule: causal panels
+// of unequal cost balance). Why not OpenBLAS's own threads for small B·H:
+// a multithreaded sgemm gives different bits from a single-threaded one
+// (measured: B = H = 1, N = 1000, 1 vs 2 threads), while fixed panels make
+// every row's result independent of the thread count (deterministic = true);
+// and one level of parallelism never oversubscribes (threads = cores).
 //
 // Memory traffic per head (4-byte floats): reads Q (Lq·dk), K (Lk·dk), V
 // (Lk·dv) about once (sgemm blocks them in cache); writes S (Lq·Lk), reads and
@@ -38,6 +41,13 @@
 // 4·4·Lq·Lk bytes of score traffic, which dominates for d <= 128 once the
 // matrix leaves L2 (Lq·Lk > 256K floats). Writes O (Lq·dv) twice (sgemm, then
 // the 1/sum scale). Optional weights: Lq·Lk more written.
+// Performance model (dense, per head): 4·Lq·Lk·d FLOPs, all in sgemm; Lq·Lk
+// exps; ~16·Lq·Lk bytes of score traffic. Bound by sgemm FMA throughput: a
+// perf profile (N = 2048, d = 64, 1 thread) puts ~70% of the time in
+// OpenBLAS's sgemm kernels and packing, ~11% in the softmax pass, the rest in
+// the beta = 0 clearing of S and first-touch page faults of the matrix. So
+// blas reaches roughly 0.6-0.7 of the sgemm ceiling at d = 64 and more at
+// d = 128 (more FLOPs per score byte and exp).
 // Working set: Lq·Lk + 2·Lq floats per concurrent head (matrix, row max, row
 // sum); declared exactly (BlasWorkspaceBytes is what RunBlas allocates).
 #include <algorithm>
@@ -64,15 +74,17 @@ size_t BlasWorkspaceBytes(const ValidProblem& p, int threads) {
   return static_cast<size_t>(Matrices(p, threads) * MatrixFloats(p)) * sizeof(float);
 }
 
+// One (b, h) on `threads` threads (panels in parallel).
 void AttendHead(const ValidProblem& p, int64_t b, int64_t h, float* matrix, int threads) {
   const int64_t lq = p.shape.q_len, lk = p.shape.kv_len;
   float* row_max = matrix + lq * lk;
   float* row_sum = row_max + lq;
-  const int64_t panel = p.HasStructuralMask() ? kPanelRows : lq;
-  for (int64_t r0 = 0; r0 < lq; r0 += panel) {
-    const int64_t rows = std::min(panel, lq - r0);
-    GemmAttendRows(p, b, h, r0, rows, matrix + r0 * lk, row_max + r0, row_sum + r0, threads);
-  }
+  const int64_t panels = (lq + kPanelRows - 1) / kPanelRows;
+  ParallelFor(threads, panels, [&](int64_t panel) {
+    const int64_t r0 = panel * kPanelRows;
+    GemmAttendRows(p, b, h, r0, std::min(kPanelRows, lq - r0), matrix + r0 * lk, row_max + r0,
+                   row_sum + r0);
+  });
 }
 
 Status RunBlas(const ValidProblem& p, ExecContext& ctx) {
@@ -80,16 +92,15 @@ Status RunBlas(const ValidProblem& p, ExecContext& ctx) {
   const int64_t heads = p.shape.batch * p.shape.heads;
   const int64_t floats = MatrixFloats(p);
   auto scratch = ctx.workspace->Allocate<float>(Matrices(p, ctx.threads) * floats);
+  // Single-threaded sgemm, also when ParallelFor runs without a parallel
+  // region (one thread, or one item).
+  ScopedBlasThreads blas_threads(1);
   if (heads >= ctx.threads) {
-    // One head per thread; sgemm single-threaded (also when threads == 1 and
-    // ParallelFor runs without a parallel region).
-    ScopedBlasThreads blas_threads(1);
     ParallelFor(ctx.threads, heads, [&](int64_t bh) {
       AttendHead(p, bh / p.shape.heads, bh % p.shape.heads, scratch.data() + ThreadIndex() * floats,
                  /*threads=*/1);
     });
   } else {
-    ScopedBlasThreads blas_threads(ctx.threads);
     for (int64_t bh = 0; bh < heads; ++bh) {
       AttendHead(p, bh / p.shape.heads, bh % p.shape.heads, scratch.data(), ctx.threads);
     }

@@ -6,14 +6,10 @@
 #include <algorithm>
 #include <climits>
 
-#include "kernels/parallel.h"
 #include "kernels/rows.h"
 
 namespace attn {
 namespace {
-
-// Rows per task when the row passes are split across threads.
-constexpr int64_t kRowGrain = 16;
 
 // A BLAS leading dimension for `count` rows of `width` floats `stride` apart,
 // or 0 when BLAS cannot take it (stride < width with more than one row, or
@@ -33,20 +29,13 @@ ScopedBlasThreads::ScopedBlasThreads(int threads) : saved_(omp_get_max_threads()
 ScopedBlasThreads::~ScopedBlasThreads() { omp_set_num_threads(saved_); }
 
 void GemmAttendRows(const ValidProblem& p, int64_t b, int64_t h, int64_t row0, int64_t rows,
-                    float* scores, float* row_max, float* row_sum, int threads) {
+                    float* scores, float* row_max, float* row_sum) {
   if (rows <= 0) return;
   const int64_t kvh = p.KvHead(h);
   const int64_t dk = p.shape.head_dim, dv = p.shape.value_dim;
   const KeyRange keys = BlockKeys(p, b, row0, rows);
   const int64_t cols = keys.size();
   const int64_t ld = std::max<int64_t>(cols, 1);
-  const int64_t blocks = (rows + kRowGrain - 1) / kRowGrain;
-  auto for_blocks = [&](auto&& body) {
-    ParallelFor(threads, blocks, [&](int64_t blk) {
-      const int64_t r0 = blk * kRowGrain;
-      body(r0, std::min(kRowGrain, rows - r0));
-    });
-  };
 
   if (cols > 0) {
     const int lda = LeadingDim(p.q.strides.row, rows, dk);
@@ -55,15 +44,10 @@ void GemmAttendRows(const ValidProblem& p, int64_t b, int64_t h, int64_t row0, i
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(cols), int(dk), 1.0f,
                   p.QRow(b, h, row0), lda, p.KRow(b, kvh, keys.begin), ldb, 0.0f, scores, int(ld));
     } else {
-      for_blocks([&](int64_t r0, int64_t n) {
-        DotScores(p, b, h, row0 + r0, n, keys.begin, cols, scores + r0 * ld, ld);
-      });
+      DotScores(p, b, h, row0, rows, keys.begin, cols, scores, ld);
     }
   }
-  for_blocks([&](int64_t r0, int64_t n) {
-    SoftmaxRows(p, b, h, row0 + r0, n, keys.begin, cols, scores + r0 * ld, ld, row_max + r0,
-                row_sum + r0);
-  });
+  SoftmaxRows(p, b, h, row0, rows, keys.begin, cols, scores, ld, row_max, row_sum);
   if (cols > 0) {
     const int ldv = LeadingDim(p.v.strides.row, cols, dv);
     const int ldo = LeadingDim(p.o.strides.row, rows, dv);
@@ -71,15 +55,11 @@ void GemmAttendRows(const ValidProblem& p, int64_t b, int64_t h, int64_t row0, i
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(dv), int(cols), 1.0f,
                   scores, int(ld), p.VRow(b, kvh, keys.begin), ldv, 0.0f, p.ORow(b, h, row0), ldo);
     } else {
-      for_blocks([&](int64_t r0, int64_t n) {
-        RowsTimesV(p, b, h, row0 + r0, n, keys.begin, scores + r0 * ld, ld);
-      });
+      RowsTimesV(p, b, h, row0, rows, keys.begin, scores, ld);
     }
   }
   // Rows with no visible key (all of them when cols == 0) get O = 0 here.
-  for_blocks([&](int64_t r0, int64_t n) {
-    FinishRows(p, b, h, row0 + r0, n, row_max + r0, row_sum + r0);
-  });
+  FinishRows(p, b, h, row0, rows, row_max, row_sum);
 }
 
 }  // namespace attn

@@ -31,10 +31,11 @@ class ScopedBlasThreads {
 //   K = keys) or RowsTimesV when a non-finite V row lies in a range some row
 //   must not see, FinishRows.
 // `scores` holds rows·Lk floats, row_max and row_sum `rows` floats each.
-// `threads` > 1 splits the row passes with OpenMP; the sgemm calls use
-// whatever ScopedBlasThreads set (single-threaded inside a parallel region).
+// Runs on the calling thread; callers parallelize over blocks and keep
+// OpenBLAS single-threaded (ScopedBlasThreads(1)), so a row's result does not
+// depend on the thread count.
 void GemmAttendRows(const ValidProblem& p, int64_t b, int64_t h, int64_t row0, int64_t rows,
-                    float* scores, float* row_max, float* row_sum, int threads);
+                    float* scores, float* row_max, float* row_sum);
 
 }  // namespace attn
 
