@@ -42,12 +42,14 @@
 // matrix leaves L2 (Lq·Lk > 256K floats). Writes O (Lq·dv) twice (sgemm, then
 // the 1/sum scale). Optional weights: Lq·Lk more written.
 // Performance model (dense, per head): 4·Lq·Lk·d FLOPs, all in sgemm; Lq·Lk
-// exps; ~16·Lq·Lk bytes of score traffic. Bound by sgemm FMA throughput: a
-// perf profile (N = 2048, d = 64, 1 thread) puts ~70% of the time in
-// OpenBLAS's sgemm kernels and packing, ~11% in the softmax pass, the rest in
-// the beta = 0 clearing of S and first-touch page faults of the matrix. So
-// blas reaches roughly 0.6-0.7 of the sgemm ceiling at d = 64 and more at
-// d = 128 (more FLOPs per score byte and exp).
+// exps; ~16·Lq·Lk bytes of score traffic (a 256-row panel, 256·Lk floats,
+// stays in L2/L3 between its passes). Bound by sgemm FMA throughput: a perf
+// profile (N = 2048, d = 64, H = 8, 1 thread) puts ~70% of the time in
+// OpenBLAS's sgemm kernel and packing, ~12% in the softmax pass, ~3% in the
+// beta = 0 clearing of S and ~2% in first-touch page faults of the matrix.
+// Measured on the shared 2-core machine: 0.65-1.0 of the rate of a 2048^3
+// sgemm timed in the same run (1 thread), lower at N = 4096 where the full
+// matrix (64 MiB per head) is written and the page faults grow.
 // Working set: Lq·Lk + 2·Lq floats per concurrent head (matrix, row max, row
 // sum); declared exactly (BlasWorkspaceBytes is what RunBlas allocates).
 #include <algorithm>

@@ -107,6 +107,14 @@ std::vector<Case> Cases() {
                      for (int64_t i = 5; i < 10; ++i)
                        for (int64_t j = 0; j < 50; ++j) MaskAt(d, i, j) = -kInf;
                    }});
+  // Row stride 0 (every query row, every value row the same): legal strides
+  // that a GEMM cannot take (leading dimension < d), so the sgemm-based
+  // variants must use their fallbacks.
+  cases.push_back(
+      {"broadcast_rows", Spec({1, 2, 1, 50, 40, 16, 24}, MaskKind::kCausal), [](ProblemData& d) {
+         d.problem().q.strides.row = 0;
+         d.problem().v.strides.row = 0;
+       }});
   // Causal with Lq > Lk and weights: the first rows see nothing.
   {
     Case c{"causal_weights_nan_v", Spec({1, 2, 1, 90, 60, 16, 16}, MaskKind::kCausal),
