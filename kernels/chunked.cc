@@ -17,16 +17,19 @@
 // the softmax pass and read by the P·V sgemm, so they should stay in L2; but
 // every sgemm call also re-packs its K (dk x keys) and V (keys x dv) panels,
 // a cost amortized over the C rows, so C must not be small. Default: the
-// largest C with C·Lk floats in the L2 cache (sysconf; 1 MiB if unknown),
-// clamped to [kMinChunkRows, kMaxChunkRows] and to Lq. The floor wins over
-// the L2 rule because spilling the chunk to L3 is cheap (the softmax streams
-// it sequentially; 4 score accesses against dk + dv FMAs per score) while
-// small-M sgemm is not. Measured on this machine (Zen 4, 1 MiB L2, 1 thread,
-// B=1 H=8 dk=dv=64, process CPU time relative to the best C; the machine
+// largest C with C·Lk floats in twice the L2 cache (sysconf; 1 MiB if
+// unknown), clamped to [kMinChunkRows, kMaxChunkRows] and to Lq. Twice, and
+// the floor, because spilling part of the chunk to L3 is cheap (the softmax
+// streams it sequentially; 4 score accesses against dk + dv FMAs per score)
+// while small-M sgemm is not. Measured on this machine (Zen 4, 1 MiB L2,
+// 1 thread, B=1 H=8, process CPU time relative to the best C; the machine
 // was shared, so +-3% is noise):
-//   Lk = 1024:  C = 32: 1.12   64: 1.04   128: 1.02   256: 1.00   1024: 1.00
-//   Lk = 4096:  C = 32: 1.14   64: 1.03   128: 1.00   256: 1.02   512: 1.02
-// The ceiling: beyond 256 rows nothing improves and memory grows.
+//   Lk = 1024, d = 64:   C = 32: 1.12   64: 1.04   128: 1.02   256: 1.00
+//   Lk = 4096, d = 64:   C = 32: 1.14   64: 1.03   128: 1.00   256: 1.02
+//   Lk = 4096, d = 128:  C = 64: 1.08   128: 1.02   256: 1.00
+// so the rule picks 256 at Lk = 1024 and 128 at Lk = 4096. The ceiling:
+// beyond 256 rows nothing improves (C = 1024 at Lk = 1024: 1.00) and memory
+// grows.
 // ATTNLAB_CHUNK_ROWS=<n> overrides C (n >= 1; read on every call).
 //
 // Memory traffic per head: Q (Lq·dk) and O (Lq·dv) once; K and V
@@ -39,7 +42,7 @@
 // Working set / workspace: min(threads, items)·C·(Lk + 2) floats, declared
 // exactly (ChunkedWorkspaceBytes is what RunChunked allocates).
 // Lq = Lk = 32768, dk = dv = 64, B = H = 1: L2 = 1 MiB gives C = 64 (the
-// floor), 8.0 MiB per thread.
+// floor, 2 MiB / 128 KiB = 16 rows), 8.0 MiB per thread.
 #include <unistd.h>
 
 #include <algorithm>
@@ -68,7 +71,7 @@ int64_t ChunkRows(const ValidProblem& p) {
     const long long rows = std::atoll(env);
     if (rows >= 1) return std::min<int64_t>(rows, lq);
   }
-  const int64_t fit = L2Bytes() / (4 * std::max<int64_t>(p.shape.kv_len, 1));
+  const int64_t fit = 2 * L2Bytes() / (4 * std::max<int64_t>(p.shape.kv_len, 1));
   return std::min(std::clamp(fit, kMinChunkRows, kMaxChunkRows), lq);
 }
 
