@@ -13,9 +13,12 @@
 // (FinishRowsImpl multiplies the dv outputs by 1/sum instead of the Lk
 // weights), so the softmax costs Lk·(load, fma, max, store) + Lk·(exp, add).
 //
-// Exp is Highway's contrib Exp (max error 1 ulp on [-FLT_MAX, 104]; inputs
-// here are x - max <= 0; -inf gives 0). It maps NaN to 0, so NaN logits are
-// detected in pass (1) and handled explicitly (the whole row becomes NaN).
+// Exp is the project's one vector exponential, FastExp2 (fast_exp2-inl.h,
+// <= 2 ulp), applied to x·log2(e). Inputs are x - max <= 0 (-inf gives 0).
+// Rounding x·log2(e) adds a relative error <= |x|·u to e^x, i.e. an absolute
+// error <= e^x·|x|·u <= u/e on a weight: inside the bound the tests derive.
+// NaN logits are detected in pass (1) and handled explicitly (the whole row
+// becomes NaN).
 
 #if defined(ATTNLAB_KERNELS_VEC_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef ATTNLAB_KERNELS_VEC_INL_H_
@@ -30,8 +33,8 @@
 #include <cstring>
 #include <limits>
 
-#include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
+#include "kernels/fast_exp2-inl.h"
 #include "kernels/problem.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -52,8 +55,10 @@ inline constexpr int kVecRegisters = 32;
 inline constexpr int kVecRegisters = 16;
 #endif
 
-// e^x for x <= 0 (and -inf -> 0). NaN -> 0: callers detect NaN beforehand.
-HWY_INLINE VF ExpNonPositive(DF d, VF x) { return hn::Exp(d, x); }
+// e^x for x <= 0 (and -inf -> 0), through the shared FastExp2.
+HWY_INLINE VF ExpNonPositive(DF d, VF x) {
+  return FastExp2(d, hn::Mul(x, hn::Set(d, 1.4426950408889634f)));
+}
 
 // Applies `op(v) -> v` to n floats in place, the tail through a stack buffer
 // (its unused lanes hold `pad`) so no load or store crosses the end of the row.
