@@ -269,7 +269,10 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
 
   // Optional outputs.
   if (!p.lse.empty() || p.lse.data() != nullptr) {
-    if (static_cast<int64_t>(p.lse.size()) != *rows || p.lse.data() == nullptr) {
+    if (p.lse.data() == nullptr) {
+      return InvalidArgument("lse is null but has " + std::to_string(p.lse.size()) + " elements");
+    }
+    if (static_cast<int64_t>(p.lse.size()) != *rows) {
       return InvalidArgument("lse has " + std::to_string(p.lse.size()) +
                              " elements, needs B*H*Lq=" + std::to_string(*rows));
     }
@@ -277,7 +280,11 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
     outputs.push_back({"lse", lo, lo + p.lse.size_bytes()});
   }
   if (!p.weights.empty() || p.weights.data() != nullptr) {
-    if (static_cast<int64_t>(p.weights.size()) != *scores || p.weights.data() == nullptr) {
+    if (p.weights.data() == nullptr) {
+      return InvalidArgument("weights is null but has " + std::to_string(p.weights.size()) +
+                             " elements");
+    }
+    if (static_cast<int64_t>(p.weights.size()) != *scores) {
       return InvalidArgument("weights has " + std::to_string(p.weights.size()) +
                              " elements, needs B*H*Lq*Lk=" + std::to_string(*scores));
     }

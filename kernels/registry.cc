@@ -92,6 +92,10 @@ StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,
                                const RunOptions& options) {
   StatusOr<ValidProblem> valid = Validate(problem);
   if (!valid.ok()) return valid.status();
+  if (options.threads < 0 || options.threads > kMaxThreads) {
+    return InvalidArgument("threads=" + std::to_string(options.threads) + " must be in [0, " +
+                           std::to_string(kMaxThreads) + "] (0: all available)");
+  }
   if (!problem.weights.empty() && !variant.supports_weights) {
     return Unimplemented(std::string(variant.name) +
                          " does not materialize attention weights; use one that does");

@@ -70,8 +70,12 @@ std::optional<size_t> ParseBytes(std::string_view text);
 // "16.0 GiB", "512.0 MiB", "12.3 KiB", "12 B".
 std::string FormatBytes(double bytes);
 
+// Most threads a caller may ask for (more is refused as InvalidArgument, not
+// handed to OpenMP, which would try to create them all).
+inline constexpr int kMaxThreads = 1024;
+
 struct RunOptions {
-  int threads = 0;                           // 0: omp_get_max_threads()
+  int threads = 0;  // 0: omp_get_max_threads(); else 1..kMaxThreads
   std::optional<size_t> memory_budget_bytes;  // default DefaultMemoryBudgetBytes()
 };
 

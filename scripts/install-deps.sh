@@ -13,6 +13,7 @@ PACKAGES=(
   libcli11-dev nlohmann-json3-dev libfmt-dev
   python3-numpy python3-matplotlib   # report generator and .npy round-trip tests (run under /usr/bin/python3)
   clang libclang-rt-14-dev   # libFuzzer harness
+  libomp-14-dev              # OpenMP for clang (the fuzz preset builds the whole library with clang)
   clang-format
 )
 

@@ -50,29 +50,41 @@ const std::vector<InvalidCase>& Cases() {
       {"NegativeLk", [](Buffers& b) { b.p.shape.kv_len = -2; }, "Lk=-2 must be >= 0"},
       {"ZeroHeadDim", [](Buffers& b) { b.p.shape.head_dim = 0; }, "dk=0 must be >= 1"},
       {"ZeroValueDim", [](Buffers& b) { b.p.shape.value_dim = 0; }, "dv=0 must be >= 1"},
-      {"HkvDoesNotDivideH", [](Buffers& b) { b.p.shape.kv_heads = 3; }, "Hkv=3 does not divide H=4"},
-      {"NonUnitInnerStrideQ", [](Buffers& b) { b.p.q.strides.elem = 2; }, "Q.strides.elem=2 must be 1"},
-      {"NonUnitInnerStrideO", [](Buffers& b) { b.p.o.strides.elem = 0; }, "O.strides.elem=0 must be 1"},
-      {"NegativeStride", [](Buffers& b) { b.p.k.strides.row = -8; }, "K.strides.row=-8 must be >= 0"},
+      {"HkvDoesNotDivideH", [](Buffers& b) { b.p.shape.kv_heads = 3; },
+       "Hkv=3 does not divide H=4"},
+      {"NonUnitInnerStrideQ", [](Buffers& b) { b.p.q.strides.elem = 2; },
+       "Q.strides.elem=2 must be 1"},
+      {"NonUnitInnerStrideO", [](Buffers& b) { b.p.o.strides.elem = 0; },
+       "O.strides.elem=0 must be 1"},
+      {"NegativeStride", [](Buffers& b) { b.p.k.strides.row = -8; },
+       "K.strides.row=-8 must be >= 0"},
       {"OutputOverlapsItself", [](Buffers& b) { b.p.o.strides.row = 2; }, "makes O overlap itself"},
-      {"OutputOverlapsQ",
-       [](Buffers& b) { b.p.o.data = const_cast<float*>(b.p.q.data) + 4; }, "output O overlaps input Q"},
+      {"OutputOverlapsQ", [](Buffers& b) { b.p.o.data = const_cast<float*>(b.p.q.data) + 4; },
+       "output O overlaps input Q"},
       {"OutputOverlapsV", [](Buffers& b) { b.p.o.data = b.v.data(); }, "output O overlaps input V"},
-      {"LseOverlapsO",
-       [](Buffers& b) { b.p.lse = std::span<float>(b.o.data() + 1, b.lse.size()); },
+      {"LseOverlapsO", [](Buffers& b) { b.p.lse = std::span<float>(b.o.data() + 1, b.lse.size()); },
        "output O overlaps output lse"},
       {"LseWrongSize", [](Buffers& b) { b.p.lse = std::span<float>(b.lse.data(), 3); },
        "lse has 3 elements, needs B*H*Lq=40"},
       {"WeightsWrongSize", [](Buffers& b) { b.p.weights = std::span<float>(b.weights.data(), 7); },
        "weights has 7 elements, needs B*H*Lq*Lk=240"},
       {"NegativeWindowLeft",
-       [](Buffers& b) { b.p.mask.kind = MaskKind::kSlidingWindow; b.p.mask.window_left = -1; },
+       [](Buffers& b) {
+         b.p.mask.kind = MaskKind::kSlidingWindow;
+         b.p.mask.window_left = -1;
+       },
        "window_left=-1 must be >= 0"},
       {"NegativeWindowRight",
-       [](Buffers& b) { b.p.mask.kind = MaskKind::kSlidingWindow; b.p.mask.window_right = -3; },
+       [](Buffers& b) {
+         b.p.mask.kind = MaskKind::kSlidingWindow;
+         b.p.mask.window_right = -3;
+       },
        "window_right=-3 must be >= 0"},
       {"AdditiveMaskNull",
-       [](Buffers& b) { b.p.mask.kind = MaskKind::kAdditive; b.p.mask.additive_shape = {1, 1, 5, 6}; },
+       [](Buffers& b) {
+         b.p.mask.kind = MaskKind::kAdditive;
+         b.p.mask.additive_shape = {1, 1, 5, 6};
+       },
        "additive mask is null"},
       {"AdditiveMaskWrongRows",
        [](Buffers& b) {
@@ -106,14 +118,20 @@ const std::vector<InvalidCase>& Cases() {
        [](Buffers& b) { b.p.mask.key_lengths = std::span<const int32_t>(b.lens.data(), 1); },
        "key_lengths has 1 entries, needs B=2"},
       {"KeyLengthAboveLk",
-       [](Buffers& b) { b.lens[1] = 7; b.p.mask.key_lengths = b.lens; },
+       [](Buffers& b) {
+         b.lens[1] = 7;
+         b.p.mask.key_lengths = b.lens;
+       },
        "key_lengths[1]=7 is outside [0, Lk=6]"},
       {"KeyLengthNegative",
-       [](Buffers& b) { b.lens[0] = -1; b.p.mask.key_lengths = b.lens; },
+       [](Buffers& b) {
+         b.lens[0] = -1;
+         b.p.mask.key_lengths = b.lens;
+       },
        "key_lengths[0]=-1 is outside [0, Lk=6]"},
       {"ScaleNaN", [](Buffers& b) { b.p.scale = std::nanf(""); }, "must be finite"},
-      {"ScaleInf",
-       [](Buffers& b) { b.p.scale = std::numeric_limits<float>::infinity(); }, "must be finite"},
+      {"ScaleInf", [](Buffers& b) { b.p.scale = std::numeric_limits<float>::infinity(); },
+       "must be finite"},
       {"ElementCountOverflows",
        [](Buffers& b) {
          b.p.shape.q_len = int64_t{1} << 40;
@@ -146,8 +164,71 @@ const std::vector<InvalidCase>& Cases() {
          b.p.o.strides = {0, int64_t{1} << 33, 4, 1};
        },
        "B*H*Lq*Lk overflows int64"},
-      {"UnknownMaskKind",
-       [](Buffers& b) { b.p.mask.kind = static_cast<MaskKind>(42); }, "mask kind 42 is not a MaskKind"},
+      // More sizes, strides and overlaps (issue 7).
+      {"ZeroHeads", [](Buffers& b) { b.p.shape.heads = 0; }, "H=0 must be >= 1"},
+      {"NegativeValueDim", [](Buffers& b) { b.p.shape.value_dim = -1; }, "dv=-1 must be >= 1"},
+      {"NonUnitInnerStrideK", [](Buffers& b) { b.p.k.strides.elem = 0; },
+       "K.strides.elem=0 must be 1"},
+      {"NonUnitInnerStrideV", [](Buffers& b) { b.p.v.strides.elem = -1; },
+       "V.strides.elem=-1 must be 1"},
+      {"NegativeHeadStrideV", [](Buffers& b) { b.p.v.strides.head = -1; },
+       "V.strides.head=-1 must be >= 0"},
+      {"NegativeBatchStrideO", [](Buffers& b) { b.p.o.strides.batch = -80; },
+       "O.strides.batch=-80 must be >= 0"},
+      {"OutputHeadsBroadcast", [](Buffers& b) { b.p.o.strides.head = 0; },
+       "O.strides.head=0 makes O overlap itself"},
+      {"KSpansOverflow", [](Buffers& b) { b.p.k.strides.head = int64_t{1} << 62; },
+       "K spans more elements than int64"},
+      {"ScaleMinusInf", [](Buffers& b) { b.p.scale = -std::numeric_limits<float>::infinity(); },
+       "must be finite"},
+      {"LseNullWithSize",
+       [](Buffers& b) { b.p.lse = std::span<float>(static_cast<float*>(nullptr), 40); },
+       "lse is null but has 40 elements"},
+      {"WeightsNullWithSize",
+       [](Buffers& b) { b.p.weights = std::span<float>(static_cast<float*>(nullptr), 240); },
+       "weights is null but has 240 elements"},
+      {"LseOverlapsQ", [](Buffers& b) { b.p.lse = std::span<float>(b.q.data() + 100, 40); },
+       "output lse overlaps input Q"},
+      {"WeightsOverlapsK", [](Buffers& b) { b.p.weights = std::span<float>(b.k.data(), 240); },
+       "output weights overlaps input K"},
+      {"LseOverlapsWeights",
+       [](Buffers& b) {
+         b.p.weights = b.weights;
+         b.p.lse = std::span<float>(b.weights.data() + 200, 40);
+       },
+       "output lse overlaps output weights"},
+      {"OutputOverlapsAdditiveMask",
+       [](Buffers& b) {
+         b.p.mask.kind = MaskKind::kAdditive;
+         b.p.mask.additive_shape = {1, 1, 5, 6};
+         b.p.mask.additive = std::span<const float>(b.o.data() + 150, 30);
+       },
+       "output O overlaps input additive mask"},
+      {"OutputOverlapsKeyLengths",
+       [](Buffers& b) {
+         b.p.mask.key_lengths =
+             std::span<const int32_t>(reinterpret_cast<const int32_t*>(b.o.data()) + 3, 2);
+         b.o[3] = 0.0f;  // key lengths 0, 0: valid values, bad placement
+         b.o[4] = 0.0f;
+       },
+       "output O overlaps input key_lengths"},
+      {"AdditiveMaskTooManyElements",
+       [](Buffers& b) {
+         b.mask.resize(31);
+         b.p.mask.kind = MaskKind::kAdditive;
+         b.p.mask.additive = b.mask;
+         b.p.mask.additive_shape = {1, 1, 5, 6};
+       },
+       "additive mask has 31 elements, its shape [1, 1, 5, 6] needs 30"},
+      {"AdditiveMaskZeroHeads",
+       [](Buffers& b) {
+         b.p.mask.kind = MaskKind::kAdditive;
+         b.p.mask.additive = b.mask;
+         b.p.mask.additive_shape = {1, 0, 5, 6};
+       },
+       "additive mask heads=0 must be 1 (broadcast) or H=4"},
+      {"UnknownMaskKind", [](Buffers& b) { b.p.mask.kind = static_cast<MaskKind>(42); },
+       "mask kind 42 is not a MaskKind"},
   };
   return cases;
 }
@@ -174,6 +255,32 @@ TEST_P(InvalidProblemTest, IsRejectedWithANamedError) {
 
 INSTANTIATE_TEST_SUITE_P(Validation, InvalidProblemTest, ::testing::ValuesIn(Cases()),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// Run options are checked too: a thread count OpenMP would try to honour
+// (creating a million threads) is refused before any kernel runs.
+TEST(ValidationTest, BadThreadCountsAreInvalidArgument) {
+  Buffers b;
+  for (int threads : {-1, kMaxThreads + 1, 1 << 30}) {
+    for (const Variant* v : Registry()) {
+      RunOptions options;
+      options.threads = threads;
+      const Status s = attn::Run(*v, b.p, options);
+      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << v->name << " threads=" << threads;
+      EXPECT_NE(s.message().find("threads=" + std::to_string(threads) + " must be in [0, 1024]"),
+                std::string::npos)
+          << s.message();
+    }
+  }
+}
+
+TEST(ValidationTest, UnknownVariantNameIsNotFound) {
+  Buffers b;
+  const Status s = attn::Run("flash_v9", b.p);
+  EXPECT_EQ(s.code(), StatusCode::kNotFound);
+  EXPECT_NE(s.message().find("unknown variant 'flash_v9'; known: " + VariantNames()),
+            std::string::npos)
+      << s.message();
+}
 
 TEST(ValidationTest, DefaultScaleIsOneOverSqrtDk) {
   Buffers b;
