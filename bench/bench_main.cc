@@ -1,0 +1,647 @@
+// attnlab_bench: every registry variant across sequence lengths, speed and
+// measured memory, with the machine's ceilings (sgemm, memory stream) in the
+// same run. Output follows BENCH_CONTRACT (Google Benchmark JSON with the
+// attnlab_* context keys and the counters below).
+//
+//   attnlab_bench [--suite=quick|default|full] [--threads=1,2] [--batch=1]
+//                 [--heads=8] [--memory_budget=12G] [--benchmark_* flags]
+//   attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=16384]
+//
+// Cases are registered from attn::Registry() in a loop: a variant added to
+// kernels/variants.inc appears here with no edit. For each problem shape the
+// order is ceiling, then every variant, so the (cached) inputs are generated
+// once per shape. Before a (variant, scenario, d, mask, GQA group) is timed
+// the first time it is checked against the fp64 reference at a small size;
+// a failing variant is reported as `failed check: ...`, never timed.
+//
+// Suites (times measured on the 2-core dev machine; see bench/README.md):
+//   quick    N in {256, 1024}, d = 64, one case of each scenario; CI smoke test.
+//   default  N = 128..16384, d = 64 and 128, causal 0/1; decode Lk = 512..65536;
+//            gqa, window, cross and layer at a few sizes. Variants that
+//            materialize the Lq x Lk scores run to N = 4096 (above that they
+//            take minutes per case and show nothing new: their time and
+//            memory are already quadratic), except that cases the memory
+//            budget refuses are registered at every N up to 65536 so the
+//            report shows "over budget".
+//   full     N = 128..65536 everywhere, no caps.
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "bench/accuracy.h"
+#include "bench/bench_common.h"
+#include "bench/layer.h"
+#include "kernels/registry.h"
+#include "reference/reference.h"
+#include "tests/test_support.h"
+
+namespace attn::bench {
+namespace {
+
+struct Options {
+  std::string suite = "default";
+  std::vector<int> threads;
+  int64_t batch = 1;
+  int64_t heads = 8;
+  size_t memory_budget = 0;
+};
+Options g_options;
+
+struct Suite {
+  std::vector<int64_t> sweep_n;
+  std::vector<int64_t> dims;
+  std::vector<int64_t> decode_lk;
+  std::vector<int64_t> decode_dims;
+  std::vector<int64_t> gqa_n;
+  std::vector<int64_t> gqa_dims;
+  std::vector<int> gqa_causal;
+  std::vector<int64_t> window_n;
+  std::vector<int64_t> window_dims;
+  std::vector<std::pair<int64_t, int64_t>> cross;  // (Lq, Lk)
+  std::vector<int64_t> layer_n;
+  // Variants that materialize scores run sweep/gqa/window/layer cases up to
+  // this N; beyond it only cases the memory budget refuses are registered.
+  int64_t materialize_max_n = 0;
+  int64_t over_budget_max_n = 0;  // ... up to this N
+  const char* min_time = "0.5";   // --benchmark_min_time unless given
+};
+
+std::vector<int64_t> Pow2(int64_t lo, int64_t hi) {
+  std::vector<int64_t> v;
+  for (int64_t n = lo; n <= hi; n *= 2) v.push_back(n);
+  return v;
+}
+
+Suite MakeSuite(const std::string& name) {
+  Suite s;
+  if (name == "quick") {
+    s.sweep_n = {256, 1024};
+    s.dims = {64};
+    s.decode_lk = {4096};
+    s.decode_dims = {64};
+    s.gqa_n = {512};
+    s.gqa_dims = {64};
+    s.gqa_causal = {1};
+    s.window_n = {2048};
+    s.window_dims = {64};
+    s.cross = {{256, 2048}};
+    s.layer_n = {512};
+    s.materialize_max_n = 1 << 16;
+    s.over_budget_max_n = 1024;
+    s.min_time = "0.05";
+  } else if (name == "default") {
+    s.sweep_n = Pow2(128, 16384);
+    s.dims = {64, 128};
+    s.decode_lk = Pow2(512, 65536);
+    s.decode_dims = {64, 128};
+    s.gqa_n = {1024, 4096};
+    s.gqa_dims = {128};
+    s.gqa_causal = {1};
+    s.window_n = {4096, 16384};
+    s.window_dims = {64};
+    s.cross = {{1024, 4096}, {1024, 16384}};
+    s.layer_n = {512, 2048, 8192};
+    s.materialize_max_n = 4096;
+    s.over_budget_max_n = 65536;
+    s.min_time = "0.2";
+  } else {  // full
+    s.sweep_n = Pow2(128, 65536);
+    s.dims = {64, 128};
+    s.decode_lk = Pow2(512, 65536);
+    s.decode_dims = {64, 128};
+    s.gqa_n = Pow2(512, 65536);
+    s.gqa_dims = {64, 128};
+    s.gqa_causal = {0, 1};
+    s.window_n = Pow2(2048, 65536);
+    s.window_dims = {64, 128};
+    s.cross = {{1, 65536}, {256, 4096}, {1024, 4096}, {1024, 16384}, {4096, 65536}, {4096, 1024}};
+    s.layer_n = Pow2(512, 16384);
+    s.materialize_max_n = 1 << 30;
+    s.over_budget_max_n = 65536;
+    s.min_time = "0.5";
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------- progress
+
+int g_total = 0;
+int g_done = 0;
+std::string g_last;
+
+// "[12/140] flash/N:4096/d:64/causal:1/threads:2" to stderr once per case
+// (Google Benchmark calls a case's function several times while it sizes the
+// iteration count; the JSON on stdout or in --benchmark_out stays clean).
+void Progress(const std::string& name) {
+  if (name == g_last) return;
+  g_last = name;
+  ++g_done;
+  std::fprintf(stderr, "[%d/%d] %s\n", g_done, g_total, name.c_str());
+  std::fflush(stderr);
+}
+
+// ---------------------------------------------------------------- checking
+
+struct Verdict {
+  bool ok = true;
+  std::string message;
+};
+std::map<std::string, Verdict> g_verdicts;
+
+// The small problem a case is checked at: the case's heads, GQA group, mask
+// and d, with lengths capped (256 queries/keys, 512 keys for decode; a window
+// shrunk to a quarter of the keys so it still hides some).
+testing::ProblemSpec CheckSpec(const Case& c) {
+  testing::ProblemSpec spec;
+  Shape s = c.shape();
+  s.batch = std::min<int64_t>(c.batch, 2);
+  if (c.scenario == Scenario::kDecode) {
+    s.kv_len = std::min<int64_t>(c.kv_len, 512);
+  } else if (c.scenario == Scenario::kCross) {
+    s.q_len = std::min<int64_t>(c.q_len, 128);
+    s.kv_len = std::min<int64_t>(c.kv_len, 512);
+  } else {
+    s.q_len = s.kv_len = std::min<int64_t>(c.q_len, 256);
+  }
+  spec.shape = s;
+  spec.mask = c.mask_kind();
+  spec.window_left = std::min<int64_t>(c.window, s.kv_len / 4);
+  spec.seed = SeedFrom("check/" + c.CheckKey());
+  return spec;
+}
+
+const Verdict& CheckOnce(const Variant& v, const Case& c) {
+  const std::string key = std::string(v.name) + "/" + c.CheckKey();
+  auto it = g_verdicts.find(key);
+  if (it != g_verdicts.end()) return it->second;
+  Verdict verdict;
+  testing::ProblemData data(CheckSpec(c));
+  RunOptions options{c.threads, g_options.memory_budget};
+  const Status status = Run(v, data.problem(), options);
+  if (!status.ok()) {
+    verdict = {false, "at " + Describe(data.problem().shape, data.problem().mask) + ": " +
+                          status.ToString()};
+  } else {
+    auto want = reference::Attention(data.problem());
+    const testing::Comparison cmp = CompareToReference(data, *want);
+    if (!cmp.ok) {
+      verdict = {false, "at " + Describe(data.problem().shape, data.problem().mask) + ": " +
+                            cmp.first_failure};
+    }
+  }
+  return g_verdicts.emplace(key, verdict).first->second;
+}
+
+// ---------------------------------------------------------------- cases
+
+// A Problem carrying `c`'s shape and mask over placeholder addresses: enough
+// for Prepare() (which reads shapes, strides and addresses, never data) to
+// say at registration whether the memory budget would refuse the case.
+Problem ShapeOnlyProblem(const Case& c) {
+  const Shape s = c.shape();
+  const uintptr_t gap = uintptr_t{1} << 40;  // past any tensor's extent
+  auto at = [&](int k) { return reinterpret_cast<float*>(gap * (k + 1)); };
+  Problem p = MakeProblem(s, at(0), at(1), at(2), at(3));
+  p.mask.kind = c.mask_kind();
+  p.mask.window_left = c.window;
+  return p;
+}
+
+bool OverBudget(const Variant& v, const Case& c) {
+  RunOptions options{c.threads, g_options.memory_budget};
+  auto prepared = Prepare(v, ShapeOnlyProblem(c), options);
+  return !prepared.ok() && prepared.status().code() == StatusCode::kResourceExhausted;
+}
+
+void SetParams(benchmark::State& state, const Case& c) {
+  state.counters["B"] = double(c.batch);
+  state.counters["H"] = double(c.heads);
+  state.counters["Hkv"] = double(c.kv_heads);
+  state.counters["Lq"] = double(c.q_len);
+  state.counters["Lk"] = double(c.kv_len);
+  state.counters["d"] = double(c.dim);
+  state.counters["causal"] = c.causal ? 1.0 : 0.0;
+  state.counters["threads"] = double(c.threads);
+}
+
+using benchmark::Counter;
+
+void VariantCase(benchmark::State& state, const Variant* variant, Case c, std::string name) {
+  Progress(name);
+  ThreadScope threads(c.threads);
+  const Verdict& verdict = CheckOnce(*variant, c);
+  if (!verdict.ok) {
+    state.SkipWithError(("failed check: " + verdict.message).c_str());
+    return;
+  }
+  CaseData& data = DataFor(c);
+  const RunOptions options{c.threads, g_options.memory_budget};
+  auto prepared = Prepare(*variant, data.problem, options);
+  if (!prepared.ok()) {
+    const Status& s = prepared.status();
+    state.SkipWithError((s.code() == StatusCode::kResourceExhausted
+                             ? "over budget: " + s.message()
+                             : "not run: " + s.ToString())
+                            .c_str());
+    return;
+  }
+  const double pairs = double(VisiblePairs(*prepared));
+  RunStats stats;
+  PeakRss rss;
+  rss.Start();
+  for (auto _ : state) {
+    const Status s = Run(*variant, data.problem, options, &stats);
+    if (!s.ok()) {
+      state.SkipWithError(("not run: " + s.ToString()).c_str());
+      return;
+    }
+    benchmark::ClobberMemory();
+  }
+  const double rss_delta = rss.DeltaBytes();
+  SetParams(state, c);
+  state.counters["GFLOPS"] =
+      Counter(AttentionFlops(pairs, c.dim, c.dim) / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS_dense"] = Counter(AttentionFlops(DensePairs(c), c.dim, c.dim) / 1e9,
+                                           Counter::kIsIterationInvariantRate);
+  state.counters["workspace_bytes"] = double(stats.workspace_peak_bytes);
+  state.counters["workspace_declared_bytes"] = double(stats.workspace_declared_bytes);
+  state.counters["peak_rss_delta_bytes"] = rss_delta;
+  state.counters["bytes_min"] = 4.0 * double(data.q.size() + data.k.size() + data.v.size() +
+                                             data.o.size());
+  if (c.scenario == Scenario::kDecode) {
+    state.counters["GBps"] =
+        Counter(4.0 * double(data.k.size() + data.v.size()) / 1e9,
+                Counter::kIsIterationInvariantRate);
+  }
+}
+
+// The GEMM ceiling of a case: per (b, h) the two dense products of the same
+// shapes, Q·Kᵀ [Lq x dk]·[dk x Lk] and P·V [Lq x Lk]·[Lk x dv], with
+// cblas_sgemm on the same threads. Rows go in blocks of 512 so the score
+// block stays at most 512·Lk floats (128 MiB at Lk = 65536). GFLOPS uses the
+// dense count, the same as the variant's GFLOPS_dense.
+void CeilingSgemm(benchmark::State& state, Case c, std::string name) {
+  Progress(name);
+  ThreadScope threads(c.threads);
+  CaseData& data = DataFor(c);
+  const int64_t lq = c.q_len, lk = c.kv_len, d = c.dim;
+  const int64_t rows = std::min<int64_t>(lq, 512);
+  std::vector<float> scores(rows * lk);
+  const int64_t group = c.heads / c.kv_heads;
+  PeakRss rss;
+  rss.Start();
+  for (auto _ : state) {
+    for (int64_t b = 0; b < c.batch; ++b) {
+      for (int64_t h = 0; h < c.heads; ++h) {
+        const int64_t kvh = h / group;
+        const float* q = data.q.data() + (b * c.heads + h) * lq * d;
+        const float* k = data.k.data() + (b * c.kv_heads + kvh) * lk * d;
+        const float* v = data.v.data() + (b * c.kv_heads + kvh) * lk * d;
+        float* o = data.o.data() + (b * c.heads + h) * lq * d;
+        for (int64_t r0 = 0; r0 < lq; r0 += rows) {
+          const int64_t m = std::min(rows, lq - r0);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, lk, d, 1.0f, q + r0 * d, d, k,
+                      d, 0.0f, scores.data(), lk);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, d, lk, 1.0f, scores.data(),
+                      lk, v, d, 0.0f, o + r0 * d, d);
+        }
+      }
+    }
+    benchmark::ClobberMemory();
+  }
+  SetParams(state, c);
+  const double flops = AttentionFlops(DensePairs(c), d, d) / 1e9;
+  state.counters["GFLOPS"] = Counter(flops, Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS_dense"] = Counter(flops, Counter::kIsIterationInvariantRate);
+  state.counters["peak_rss_delta_bytes"] = rss.DeltaBytes();
+  state.counters["workspace_bytes"] = 4.0 * double(scores.size());
+}
+
+// Memory bandwidth ceiling: sum a buffer far larger than the last-level
+// cache on `threads` OpenMP threads (read-only, like a decode pass over the
+// KV cache). GBps = bytes read per second / 1e9.
+void CeilingStream(benchmark::State& state, int64_t bytes, int threads, std::string name) {
+  Progress(name);
+  ThreadScope scope(threads);
+  static std::vector<float> buffer;
+  const int64_t n = bytes / 4;
+  if (int64_t(buffer.size()) != n) {
+    ReleaseData();
+    buffer.assign(n, 0.0f);
+    FillRandom(buffer.data(), n, SeedFrom(name));
+  }
+  const float* data = buffer.data();
+  float total = 0;
+  for (auto _ : state) {
+    float sum = 0;
+#pragma omp parallel for num_threads(threads) reduction(+ : sum) schedule(static)
+    for (int64_t chunk = 0; chunk < n / 1024; ++chunk) {
+      float acc = 0;
+      const float* p = data + chunk * 1024;
+#pragma omp simd reduction(+ : acc)
+      for (int i = 0; i < 1024; ++i) acc += p[i];
+      sum += acc;
+    }
+    total += sum;
+    benchmark::DoNotOptimize(total);
+  }
+  state.counters["GBps"] = Counter(double(bytes) / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["bytes"] = double(bytes);
+  state.counters["threads"] = double(threads);
+}
+
+void LayerCase(benchmark::State& state, const Variant* variant, Case c, std::string name) {
+  Progress(name);
+  ThreadScope threads(c.threads);
+  const Verdict& verdict = CheckOnce(*variant, c);
+  if (!verdict.ok) {
+    state.SkipWithError(("failed check: " + verdict.message).c_str());
+    return;
+  }
+  MhaLayer layer(c.q_len, c.heads, c.dim, SeedFrom("layer/" + c.DataKey()));
+  const RunOptions options{c.threads, g_options.memory_budget};
+  if (Status s = layer.Prepare(*variant, options); !s.ok()) {
+    state.SkipWithError((s.code() == StatusCode::kResourceExhausted ? "over budget: " + s.message()
+                                                                     : "not run: " + s.ToString())
+                            .c_str());
+    return;
+  }
+  double attention_s = 0, total_s = 0;
+  for (auto _ : state) {
+    const LayerTimes t = layer.Forward(*variant, options);
+    if (!t.status.ok()) {
+      state.SkipWithError(("not run: " + t.status.ToString()).c_str());
+      return;
+    }
+    attention_s += t.attention_seconds;
+    total_s += t.total_seconds;
+  }
+  SetParams(state, c);
+  state.counters["attention_share"] = total_s > 0 ? attention_s / total_s : 0;
+  state.counters["GFLOPS"] = Counter(layer.Flops() / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["d_model"] = double(c.heads * c.dim);
+}
+
+// ---------------------------------------------------------------- registration
+
+struct Registration {
+  std::string name;
+  std::function<void(benchmark::State&)> fn;
+};
+std::vector<Registration> g_cases;
+
+void AddCase(std::string name, std::function<void(benchmark::State&)> fn) {
+  g_cases.push_back({std::move(name), std::move(fn)});
+}
+
+// Registers the ceiling (when `ceiling`) and every variant for case `c` at
+// each thread count.
+void AddShape(const Suite& suite, Case c, bool ceiling, int64_t n_for_caps) {
+  for (int t : g_options.threads) {
+    c.threads = t;
+    const std::string tokens = c.Tokens();
+    if (ceiling) {
+      AddCase("ceiling_sgemm/" + tokens, [c, name = "ceiling_sgemm/" + tokens](
+                                            benchmark::State& s) { CeilingSgemm(s, c, name); });
+    }
+    for (const Variant* v : Registry()) {
+      const bool capped = v->materializes_scores && n_for_caps > suite.materialize_max_n;
+      if (capped && !OverBudget(*v, c)) continue;
+      const std::string name = std::string(v->name) + "/" + tokens;
+      AddCase(name, [v, c, name](benchmark::State& s) { VariantCase(s, v, c, name); });
+    }
+  }
+}
+
+void RegisterSuite(const Suite& suite) {
+  const int64_t B = g_options.batch, H = g_options.heads;
+  // Sweep: Lq = Lk = N. Past the suite's N range, only over-budget cases of
+  // score-materializing variants (instant skips the report shows).
+  std::vector<int64_t> sweep_n = suite.sweep_n;
+  for (int64_t n = sweep_n.back() * 2; n <= suite.over_budget_max_n; n *= 2) sweep_n.push_back(n);
+  for (int64_t n : sweep_n) {
+    const bool in_range = n <= suite.sweep_n.back();
+    for (int64_t d : suite.dims) {
+      for (int causal : {0, 1}) {
+        Case c{Scenario::kSweep, B, H, H, n, n, d, causal == 1};
+        if (in_range) {
+          AddShape(suite, c, /*ceiling=*/true, n);
+        } else {
+          for (int t : g_options.threads) {
+            c.threads = t;
+            for (const Variant* v : Registry()) {
+              if (!v->materializes_scores || !OverBudget(*v, c)) continue;
+              const std::string name = std::string(v->name) + "/" + c.Tokens();
+              AddCase(name, [v, c, name](benchmark::State& s) { VariantCase(s, v, c, name); });
+            }
+          }
+        }
+      }
+    }
+  }
+  // Decode: one query against a KV cache, MHA (Hkv = H) and GQA (Hkv = 2).
+  for (int64_t lk : suite.decode_lk) {
+    for (int64_t d : suite.decode_dims) {
+      std::vector<int64_t> kv_heads = {H};
+      if (H > 2) kv_heads.push_back(2);
+      for (int64_t hkv : kv_heads) {
+        Case c{Scenario::kDecode, B, H, hkv, 1, lk, d, false};
+        AddShape(suite, c, /*ceiling=*/false, 1);
+      }
+    }
+  }
+  for (int t : g_options.threads) {
+    const int64_t bytes = int64_t{1} << 30;  // 1 GiB: > 30x any L3 here
+    const std::string name =
+        "ceiling_stream/bytes:" + std::to_string(bytes) + "/threads:" + std::to_string(t);
+    AddCase(name, [bytes, t, name](benchmark::State& s) { CeilingStream(s, bytes, t, name); });
+  }
+  for (int64_t n : suite.gqa_n) {
+    for (int64_t d : suite.gqa_dims) {
+      for (int causal : suite.gqa_causal) {
+        Case c{Scenario::kGqa, B, 32, 8, n, n, d, causal == 1};
+        AddShape(suite, c, /*ceiling=*/true, n);
+      }
+    }
+  }
+  for (int64_t n : suite.window_n) {
+    for (int64_t d : suite.window_dims) {
+      Case c{Scenario::kWindow, B, H, H, n, n, d, false, /*window=*/1024};
+      AddShape(suite, c, /*ceiling=*/false, n);
+    }
+  }
+  for (auto [lq, lk] : suite.cross) {
+    Case c{Scenario::kCross, B, H, H, lq, lk, 64, false};
+    AddShape(suite, c, /*ceiling=*/true, std::max(lq, lk));
+  }
+  for (int64_t n : suite.layer_n) {
+    for (int t : g_options.threads) {
+      Case c{Scenario::kSweep, 1, H, H, n, n, 64, false};
+      c.threads = t;
+      for (const Variant* v : Registry()) {
+        if (v->materializes_scores && n > suite.materialize_max_n) continue;
+        const std::string name = "layer/" + std::string(v->name) + "/N:" + std::to_string(n) +
+                                 "/d:64/threads:" + std::to_string(t);
+        AddCase(name, [v, c, name](benchmark::State& s) { LayerCase(s, v, c, name); });
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- flags
+
+bool TakeFlag(const std::string& arg, const char* flag, std::string* value) {
+  const std::string prefix = std::string("--") + flag + "=";
+  if (arg.rfind(prefix, 0) != 0) return false;
+  *value = arg.substr(prefix.size());
+  return true;
+}
+
+int Usage(const char* error) {
+  std::fprintf(stderr,
+               "attnlab_bench: %s\n"
+               "usage: attnlab_bench [--suite=quick|default|full] [--threads=1,2] [--batch=B]\n"
+               "         [--heads=H] [--memory_budget=12G] [--benchmark_* flags]\n"
+               "       attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=N]\n"
+               "         [--accuracy_threads=T]\n"
+               "variants: %s\n",
+               error, VariantNames().c_str());
+  return 2;
+}
+
+bool ParsePositive(const std::string& text, int64_t* out) {
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (end == text.c_str() || *end != '\0' || v < 1) return false;
+  *out = v;
+  return true;
+}
+
+std::string JoinThreads(const std::vector<int>& threads) {
+  std::string s;
+  for (int t : threads) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(t);
+  }
+  return s;
+}
+
+// Number of registered names the --benchmark_filter selects (for progress).
+int CountSelected(const std::string& filter) {
+  if (filter.empty() || filter == "all" || filter == ".") return int(g_cases.size());
+  const bool negate = filter[0] == '-';
+  std::regex re;
+  try {
+    re = std::regex(negate ? filter.substr(1) : filter, std::regex::extended);
+  } catch (const std::regex_error&) {
+    return int(g_cases.size());
+  }
+  int n = 0;
+  for (const Registration& r : g_cases) {
+    n += std::regex_search(r.name, re) != negate ? 1 : 0;
+  }
+  return n;
+}
+
+}  // namespace
+
+int Main(int argc, char** argv) {
+  ConfigureMallocForMeasurement();
+  std::vector<char*> rest = {argv[0]};
+  std::string value, threads_text;
+  bool accuracy = false, have_min_time = false;
+  AccuracyOptions acc;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    int64_t n = 0;
+    if (TakeFlag(arg, "suite", &value)) {
+      if (value != "quick" && value != "default" && value != "full") {
+        return Usage(("unknown --suite=" + value + " (quick, default or full)").c_str());
+      }
+      g_options.suite = value;
+    } else if (TakeFlag(arg, "threads", &value)) {
+      threads_text = value;
+      size_t pos = 0;
+      while (pos <= value.size()) {
+        const size_t comma = std::min(value.find(',', pos), value.size());
+        if (!ParsePositive(value.substr(pos, comma - pos), &n) || n > 1024) {
+          return Usage(("bad --threads=" + value + " (e.g. 1,2)").c_str());
+        }
+        g_options.threads.push_back(int(n));
+        pos = comma + 1;
+      }
+    } else if (TakeFlag(arg, "batch", &value)) {
+      if (!ParsePositive(value, &g_options.batch)) return Usage(("bad --batch=" + value).c_str());
+    } else if (TakeFlag(arg, "heads", &value)) {
+      if (!ParsePositive(value, &g_options.heads)) return Usage(("bad --heads=" + value).c_str());
+    } else if (TakeFlag(arg, "memory_budget", &value)) {
+      auto bytes = ParseBytes(value);
+      if (!bytes) return Usage(("bad --memory_budget=" + value + " (e.g. 12G)").c_str());
+      g_options.memory_budget = *bytes;
+    } else if (arg == "--accuracy") {
+      accuracy = true;
+    } else if (TakeFlag(arg, "accuracy_out", &value)) {
+      acc.out = value;
+    } else if (TakeFlag(arg, "accuracy_max_n", &value)) {
+      if (!ParsePositive(value, &acc.max_n)) return Usage(("bad --accuracy_max_n=" + value).c_str());
+    } else if (TakeFlag(arg, "accuracy_threads", &value)) {
+      if (!ParsePositive(value, &n)) return Usage(("bad --accuracy_threads=" + value).c_str());
+      acc.threads = int(n);
+    } else {
+      if (arg.rfind("--benchmark_min_time", 0) == 0) have_min_time = true;
+      rest.push_back(argv[i]);
+    }
+  }
+  if (g_options.memory_budget == 0) g_options.memory_budget = DefaultMemoryBudgetBytes();
+  if (g_options.threads.empty()) {
+    g_options.threads.push_back(1);
+    if (omp_get_num_procs() > 1) g_options.threads.push_back(omp_get_num_procs());
+  }
+  if (g_options.heads % 2 != 0 && g_options.heads != 1) {
+    return Usage("--heads must be 1 or even (decode's GQA case uses Hkv = 2)");
+  }
+
+  if (accuracy) {
+    acc.memory_budget = g_options.memory_budget;
+    if (acc.threads == 0) acc.threads = omp_get_num_procs();
+    return RunAccuracy(acc);
+  }
+
+  const Suite suite = MakeSuite(g_options.suite);
+  std::string min_time_flag = std::string("--benchmark_min_time=") + suite.min_time;
+  if (!have_min_time) rest.push_back(min_time_flag.data());
+  rest.push_back(nullptr);
+  int bench_argc = int(rest.size()) - 1;
+  benchmark::Initialize(&bench_argc, rest.data());
+  if (benchmark::ReportUnrecognizedArguments(bench_argc, rest.data())) return 2;
+
+  RegisterSuite(suite);
+  for (const Registration& r : g_cases) {
+    benchmark::RegisterBenchmark(r.name.c_str(), r.fn)->UseRealTime()->Unit(
+        benchmark::kMillisecond);
+  }
+  g_total = CountSelected(benchmark::GetBenchmarkFilter());
+
+  for (const auto& [key, val] :
+       ContextStrings(JoinThreads(g_options.threads), g_options.suite, g_options.memory_budget)) {
+    benchmark::AddCustomContext(key, val);
+  }
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
+
+}  // namespace attn::bench
+
+int main(int argc, char** argv) { return attn::bench::Main(argc, argv); }
