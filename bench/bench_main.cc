@@ -14,16 +14,18 @@
 // the first time it is checked against the fp64 reference at a small size;
 // a failing variant is reported as `failed check: ...`, never timed.
 //
-// Suites (times measured on the 2-core dev machine; see bench/README.md):
+// Suites (timings in bench/README.md):
 //   quick    N in {256, 1024}, d = 64, one case of each scenario; CI smoke test.
-//   default  N = 128..16384, d = 64 and 128, causal 0/1; decode Lk = 512..65536;
-//            gqa, window, cross and layer at a few sizes. Variants that
-//            materialize the Lq x Lk scores run to N = 4096 (above that they
-//            take minutes per case and show nothing new: their time and
-//            memory are already quadratic), except that cases the memory
-//            budget refuses are registered at every N up to 65536 so the
-//            report shows "over budget".
-//   full     N = 128..65536 everywhere, no caps.
+//   default  the README's main job, sized for < 20 min on 2 cores: sweep
+//            N = 128..16384 at d = 64 and 128..8192 at d = 128, causal 0/1;
+//            decode Lk = 512..65536 at d = 128; gqa N = 1024, 4096 (d = 128,
+//            causal); window N = 4096, 16384; cross; layer N = 512..8192.
+//            Variants that materialize the Lq x Lk scores run cases of at most
+//            69 dense GFLOP (sweep N <= 4096): beyond, they take minutes per
+//            case and show nothing new (time and memory already quadratic),
+//            except that cases the memory budget refuses are registered at
+//            every N up to 65536 so the report shows "over budget".
+//   full     N = 128..65536 everywhere, both d everywhere, no caps.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 #include <omp.h>
@@ -70,10 +72,12 @@ struct Suite {
   std::vector<int64_t> window_dims;
   std::vector<std::pair<int64_t, int64_t>> cross;  // (Lq, Lk)
   std::vector<int64_t> layer_n;
-  // Variants that materialize scores run sweep/gqa/window/layer cases up to
-  // this N; beyond it only cases the memory budget refuses are registered.
-  int64_t materialize_max_n = 0;
-  int64_t over_budget_max_n = 0;  // ... up to this N
+  int64_t d128_max_n = 1 << 30;  // sweep N limit for d = 128
+  // Variants that materialize scores run cases of at most this many dense
+  // FLOPs (4·B·H·Lq·Lk·d); above, only cases the memory budget refuses are
+  // registered (instant skips, so the report shows "over budget").
+  double materialize_max_flops = 0;
+  int64_t over_budget_max_n = 0;  // sweep N registered for those skips
   const char* min_time = "0.5";   // --benchmark_min_time unless given
 };
 
@@ -97,14 +101,14 @@ Suite MakeSuite(const std::string& name) {
     s.window_dims = {64};
     s.cross = {{256, 2048}};
     s.layer_n = {512};
-    s.materialize_max_n = 1 << 16;
+    s.materialize_max_flops = 1e30;
     s.over_budget_max_n = 1024;
     s.min_time = "0.05";
   } else if (name == "default") {
     s.sweep_n = Pow2(128, 16384);
     s.dims = {64, 128};
     s.decode_lk = Pow2(512, 65536);
-    s.decode_dims = {64, 128};
+    s.decode_dims = {128};
     s.gqa_n = {1024, 4096};
     s.gqa_dims = {128};
     s.gqa_causal = {1};
@@ -112,7 +116,9 @@ Suite MakeSuite(const std::string& name) {
     s.window_dims = {64};
     s.cross = {{1024, 4096}, {1024, 16384}};
     s.layer_n = {512, 2048, 8192};
-    s.materialize_max_n = 4096;
+    s.d128_max_n = 8192;
+    // naive's N = 4096, d = 128 sweep case (69 GFLOP, ~35 s on one core).
+    s.materialize_max_flops = 4.0 * 8 * 4096 * 4096 * 128;
     s.over_budget_max_n = 65536;
     s.min_time = "0.2";
   } else {  // full
@@ -127,7 +133,7 @@ Suite MakeSuite(const std::string& name) {
     s.window_dims = {64, 128};
     s.cross = {{1, 65536}, {256, 4096}, {1024, 4096}, {1024, 16384}, {4096, 65536}, {4096, 1024}};
     s.layer_n = Pow2(512, 16384);
-    s.materialize_max_n = 1 << 30;
+    s.materialize_max_flops = 1e30;
     s.over_budget_max_n = 65536;
     s.min_time = "0.5";
   }
@@ -237,23 +243,32 @@ void SetParams(benchmark::State& state, const Case& c) {
 
 using benchmark::Counter;
 
+// "over budget: <the registry's message>" or "not run: <status>".
+void SkipNotRun(benchmark::State& state, const Status& s) {
+  state.SkipWithError((s.code() == StatusCode::kResourceExhausted ? "over budget: " + s.message()
+                                                                   : "not run: " + s.ToString())
+                          .c_str());
+}
+
 void VariantCase(benchmark::State& state, const Variant* variant, Case c, std::string name) {
   Progress(name);
   ThreadScope threads(c.threads);
+  // Budget first (an over-budget case needs no inputs and no check), then
+  // the correctness verdict, then the inputs.
+  const RunOptions options{c.threads, g_options.memory_budget};
+  if (auto shape_only = Prepare(*variant, ShapeOnlyProblem(c), options); !shape_only.ok()) {
+    SkipNotRun(state, shape_only.status());
+    return;
+  }
   const Verdict& verdict = CheckOnce(*variant, c);
   if (!verdict.ok) {
     state.SkipWithError(("failed check: " + verdict.message).c_str());
     return;
   }
   CaseData& data = DataFor(c);
-  const RunOptions options{c.threads, g_options.memory_budget};
   auto prepared = Prepare(*variant, data.problem, options);
   if (!prepared.ok()) {
-    const Status& s = prepared.status();
-    state.SkipWithError((s.code() == StatusCode::kResourceExhausted
-                             ? "over budget: " + s.message()
-                             : "not run: " + s.ToString())
-                            .c_str());
+    SkipNotRun(state, prepared.status());
     return;
   }
   const double pairs = double(VisiblePairs(*prepared));
@@ -291,39 +306,55 @@ void VariantCase(benchmark::State& state, const Variant* variant, Case c, std::s
 // cblas_sgemm on the same threads. Rows go in blocks of 512 so the score
 // block stays at most 512·Lk floats (128 MiB at Lk = 65536). GFLOPS uses the
 // dense count, the same as the variant's GFLOPS_dense.
+//
+// Every (b, h, row block) is the same pair of sgemm calls on different data,
+// so the rate of a prefix of them is the rate of all: beyond
+// kCeilingFlops per iteration only the first blocks (in b, h, row order) are
+// timed, and GFLOPS counts the FLOPs of those blocks. `ceiling_fraction`
+// says which share of the whole problem ran. This keeps the ceilings of the
+// N = 16384..65536 cases at seconds instead of minutes.
+constexpr double kCeilingFlops = 20e9;
+
 void CeilingSgemm(benchmark::State& state, Case c, std::string name) {
   Progress(name);
   ThreadScope threads(c.threads);
   CaseData& data = DataFor(c);
   const int64_t lq = c.q_len, lk = c.kv_len, d = c.dim;
   const int64_t rows = std::min<int64_t>(lq, 512);
+  const int64_t blocks_per_head = (lq + rows - 1) / rows;
+  const int64_t total_blocks = c.batch * c.heads * blocks_per_head;
+  const double block_flops = AttentionFlops(double(rows) * lk, d, d);
+  const int64_t blocks =
+      std::clamp<int64_t>(int64_t(kCeilingFlops / block_flops), 1, total_blocks);
   std::vector<float> scores(rows * lk);
   const int64_t group = c.heads / c.kv_heads;
+  double done_flops = 0;
   PeakRss rss;
   rss.Start();
   for (auto _ : state) {
-    for (int64_t b = 0; b < c.batch; ++b) {
-      for (int64_t h = 0; h < c.heads; ++h) {
-        const int64_t kvh = h / group;
-        const float* q = data.q.data() + (b * c.heads + h) * lq * d;
-        const float* k = data.k.data() + (b * c.kv_heads + kvh) * lk * d;
-        const float* v = data.v.data() + (b * c.kv_heads + kvh) * lk * d;
-        float* o = data.o.data() + (b * c.heads + h) * lq * d;
-        for (int64_t r0 = 0; r0 < lq; r0 += rows) {
-          const int64_t m = std::min(rows, lq - r0);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, lk, d, 1.0f, q + r0 * d, d, k,
-                      d, 0.0f, scores.data(), lk);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, d, lk, 1.0f, scores.data(),
-                      lk, v, d, 0.0f, o + r0 * d, d);
-        }
-      }
+    done_flops = 0;
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t bh = block / blocks_per_head;
+      const int64_t b = bh / c.heads, h = bh % c.heads;
+      const int64_t r0 = block % blocks_per_head * rows;
+      const int64_t m = std::min(rows, lq - r0);
+      const int64_t kvh = h / group;
+      const float* q = data.q.data() + (b * c.heads + h) * lq * d;
+      const float* k = data.k.data() + (b * c.kv_heads + kvh) * lk * d;
+      const float* v = data.v.data() + (b * c.kv_heads + kvh) * lk * d;
+      float* o = data.o.data() + (b * c.heads + h) * lq * d;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, lk, d, 1.0f, q + r0 * d, d, k, d,
+                  0.0f, scores.data(), lk);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, d, lk, 1.0f, scores.data(), lk,
+                  v, d, 0.0f, o + r0 * d, d);
+      done_flops += AttentionFlops(double(m) * lk, d, d);
     }
     benchmark::ClobberMemory();
   }
   SetParams(state, c);
-  const double flops = AttentionFlops(DensePairs(c), d, d) / 1e9;
-  state.counters["GFLOPS"] = Counter(flops, Counter::kIsIterationInvariantRate);
-  state.counters["GFLOPS_dense"] = Counter(flops, Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS"] = Counter(done_flops / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS_dense"] = Counter(done_flops / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["ceiling_fraction"] = done_flops / AttentionFlops(DensePairs(c), d, d);
   state.counters["peak_rss_delta_bytes"] = rss.DeltaBytes();
   state.counters["workspace_bytes"] = 4.0 * double(scores.size());
 }
@@ -364,17 +395,15 @@ void CeilingStream(benchmark::State& state, int64_t bytes, int threads, std::str
 void LayerCase(benchmark::State& state, const Variant* variant, Case c, std::string name) {
   Progress(name);
   ThreadScope threads(c.threads);
-  const Verdict& verdict = CheckOnce(*variant, c);
-  if (!verdict.ok) {
-    state.SkipWithError(("failed check: " + verdict.message).c_str());
-    return;
-  }
   MhaLayer layer(c.q_len, c.heads, c.dim, SeedFrom("layer/" + c.DataKey()));
   const RunOptions options{c.threads, g_options.memory_budget};
   if (Status s = layer.Prepare(*variant, options); !s.ok()) {
-    state.SkipWithError((s.code() == StatusCode::kResourceExhausted ? "over budget: " + s.message()
-                                                                     : "not run: " + s.ToString())
-                            .c_str());
+    SkipNotRun(state, s);
+    return;
+  }
+  const Verdict& verdict = CheckOnce(*variant, c);
+  if (!verdict.ok) {
+    state.SkipWithError(("failed check: " + verdict.message).c_str());
     return;
   }
   double attention_s = 0, total_s = 0;
@@ -407,7 +436,7 @@ void AddCase(std::string name, std::function<void(benchmark::State&)> fn) {
 
 // Registers the ceiling (when `ceiling`) and every variant for case `c` at
 // each thread count.
-void AddShape(const Suite& suite, Case c, bool ceiling, int64_t n_for_caps) {
+void AddShape(const Suite& suite, Case c, bool ceiling) {
   for (int t : g_options.threads) {
     c.threads = t;
     const std::string tokens = c.Tokens();
@@ -416,7 +445,8 @@ void AddShape(const Suite& suite, Case c, bool ceiling, int64_t n_for_caps) {
                                             benchmark::State& s) { CeilingSgemm(s, c, name); });
     }
     for (const Variant* v : Registry()) {
-      const bool capped = v->materializes_scores && n_for_caps > suite.materialize_max_n;
+      const bool capped = v->materializes_scores &&
+                          AttentionFlops(DensePairs(c), c.dim, c.dim) > suite.materialize_max_flops;
       if (capped && !OverBudget(*v, c)) continue;
       const std::string name = std::string(v->name) + "/" + tokens;
       AddCase(name, [v, c, name](benchmark::State& s) { VariantCase(s, v, c, name); });
@@ -431,12 +461,12 @@ void RegisterSuite(const Suite& suite) {
   std::vector<int64_t> sweep_n = suite.sweep_n;
   for (int64_t n = sweep_n.back() * 2; n <= suite.over_budget_max_n; n *= 2) sweep_n.push_back(n);
   for (int64_t n : sweep_n) {
-    const bool in_range = n <= suite.sweep_n.back();
     for (int64_t d : suite.dims) {
+      const bool in_range = n <= suite.sweep_n.back() && (d != 128 || n <= suite.d128_max_n);
       for (int causal : {0, 1}) {
         Case c{Scenario::kSweep, B, H, H, n, n, d, causal == 1};
         if (in_range) {
-          AddShape(suite, c, /*ceiling=*/true, n);
+          AddShape(suite, c, /*ceiling=*/true);
         } else {
           for (int t : g_options.threads) {
             c.threads = t;
@@ -457,7 +487,7 @@ void RegisterSuite(const Suite& suite) {
       if (H > 2) kv_heads.push_back(2);
       for (int64_t hkv : kv_heads) {
         Case c{Scenario::kDecode, B, H, hkv, 1, lk, d, false};
-        AddShape(suite, c, /*ceiling=*/false, 1);
+        AddShape(suite, c, /*ceiling=*/false);
       }
     }
   }
@@ -471,26 +501,29 @@ void RegisterSuite(const Suite& suite) {
     for (int64_t d : suite.gqa_dims) {
       for (int causal : suite.gqa_causal) {
         Case c{Scenario::kGqa, B, 32, 8, n, n, d, causal == 1};
-        AddShape(suite, c, /*ceiling=*/true, n);
+        AddShape(suite, c, /*ceiling=*/true);
       }
     }
   }
   for (int64_t n : suite.window_n) {
     for (int64_t d : suite.window_dims) {
       Case c{Scenario::kWindow, B, H, H, n, n, d, false, /*window=*/1024};
-      AddShape(suite, c, /*ceiling=*/false, n);
+      AddShape(suite, c, /*ceiling=*/false);
     }
   }
   for (auto [lq, lk] : suite.cross) {
     Case c{Scenario::kCross, B, H, H, lq, lk, 64, false};
-    AddShape(suite, c, /*ceiling=*/true, std::max(lq, lk));
+    AddShape(suite, c, /*ceiling=*/true);
   }
   for (int64_t n : suite.layer_n) {
     for (int t : g_options.threads) {
       Case c{Scenario::kSweep, 1, H, H, n, n, 64, false};
       c.threads = t;
       for (const Variant* v : Registry()) {
-        if (v->materializes_scores && n > suite.materialize_max_n) continue;
+        if (v->materializes_scores &&
+            AttentionFlops(DensePairs(c), c.dim, c.dim) > suite.materialize_max_flops) {
+          continue;
+        }
         const std::string name = "layer/" + std::string(v->name) + "/N:" + std::to_string(n) +
                                  "/d:64/threads:" + std::to_string(t);
         AddCase(name, [v, c, name](benchmark::State& s) { LayerCase(s, v, c, name); });
