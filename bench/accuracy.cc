@@ -42,8 +42,10 @@ struct MaskCase {
   bool key_lengths;
 };
 constexpr MaskCase kMasks[] = {
-    {"none", MaskKind::kNone, false},         {"causal", MaskKind::kCausal, false},
-    {"window", MaskKind::kSlidingWindow, false}, {"additive", MaskKind::kAdditive, false},
+    {"none", MaskKind::kNone, false},
+    {"causal", MaskKind::kCausal, false},
+    {"window", MaskKind::kSlidingWindow, false},
+    {"additive", MaskKind::kAdditive, false},
     {"key_lengths", MaskKind::kNone, true},
 };
 
@@ -145,8 +147,8 @@ int RunAccuracy(const AccuracyOptions& options) {
   gethostname(host, sizeof(host) - 1);
   context["host_name"] = host;
   context["date"] = Now();
-  for (const auto& [k, v] : ContextStrings(std::to_string(options.threads), "accuracy",
-                                           options.memory_budget)) {
+  for (const auto& [k, v] :
+       ContextStrings(std::to_string(options.threads), "accuracy", options.memory_budget)) {
     context[k] = v;
   }
   context["attnlab_accuracy_rows"] =
@@ -165,18 +167,18 @@ int RunAccuracy(const AccuracyOptions& options) {
           spec.window_left = WindowLeft(n);
           if (m.key_lengths) spec.key_lengths = {int32_t(n - n / 3)};
           // Same inputs for every variant.
-          spec.seed = SeedFrom("accuracy/N:" + std::to_string(n) + "/d:" + std::to_string(d) +
-                               "/" + m.name);
+          spec.seed = SeedFrom("accuracy/N:" + std::to_string(n) + "/d:" + std::to_string(d) + "/" +
+                               m.name);
           Json entry = {{"variant", v->name}, {"N", n}, {"d", d}, {"mask", m.name}};
           const auto start = std::chrono::steady_clock::now();
           testing::ProblemData data(spec);
           const Status status = Run(*v, data.problem(), run_options);
           if (!status.ok()) {
-            entry["error"] = (status.code() == StatusCode::kResourceExhausted ? "over budget: "
-                                                                               : "not run: ") +
-                             status.message();
-            std::fprintf(stderr, "%s/N:%lld/d:%lld/%s: %s\n", v->name, (long long)n,
-                         (long long)d, m.name, entry["error"].get<std::string>().c_str());
+            entry["error"] =
+                (status.code() == StatusCode::kResourceExhausted ? "over budget: " : "not run: ") +
+                status.message();
+            std::fprintf(stderr, "%s/N:%lld/d:%lld/%s: %s\n", v->name, (long long)n, (long long)d,
+                         m.name, entry["error"].get<std::string>().c_str());
             results.push_back(entry);
             continue;
           }

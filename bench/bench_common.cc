@@ -21,11 +21,16 @@ namespace attn::bench {
 
 const char* ScenarioName(Scenario s) {
   switch (s) {
-    case Scenario::kSweep: return "sweep";
-    case Scenario::kDecode: return "decode";
-    case Scenario::kGqa: return "gqa";
-    case Scenario::kWindow: return "window";
-    case Scenario::kCross: return "cross";
+    case Scenario::kSweep:
+      return "sweep";
+    case Scenario::kDecode:
+      return "decode";
+    case Scenario::kGqa:
+      return "gqa";
+    case Scenario::kWindow:
+      return "window";
+    case Scenario::kCross:
+      return "cross";
   }
   return "?";
 }
@@ -199,8 +204,7 @@ std::string HighwayTarget() {
 }  // namespace
 
 std::map<std::string, std::string> ContextStrings(const std::string& threads,
-                                                  const std::string& suite,
-                                                  size_t memory_budget) {
+                                                  const std::string& suite, size_t memory_budget) {
   std::map<std::string, std::string> ctx;
   ctx["attnlab_git_commit"] = GitCommit();
   ctx["attnlab_hwy_target"] = HighwayTarget();

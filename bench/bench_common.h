@@ -70,7 +70,7 @@ struct CaseData {
 // key frees the old data first.
 CaseData& DataFor(const Case& c);
 void ReleaseData();
-uint64_t SeedFrom(const std::string& text);  // FNV-1a
+uint64_t SeedFrom(const std::string& text);             // FNV-1a
 void FillRandom(float* data, size_t n, uint64_t seed);  // uniform [-1, 1)
 
 // Sets the thread count for OpenMP and OpenBLAS; restores both on exit.
@@ -106,8 +106,7 @@ void TrimMalloc();
 
 // attnlab_* context keys (BENCH_CONTRACT), also used by the accuracy JSON.
 std::map<std::string, std::string> ContextStrings(const std::string& threads,
-                                                  const std::string& suite,
-                                                  size_t memory_budget);
+                                                  const std::string& suite, size_t memory_budget);
 std::string GitCommit();  // generated at build time (bench/git_commit.cmake)
 
 }  // namespace attn::bench

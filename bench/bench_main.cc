@@ -21,7 +21,8 @@
 //            decode Lk = 512..65536 at d = 128; gqa N = 1024, 4096 (d = 128,
 //            causal); window N = 4096, 16384; cross; layer N = 512..8192.
 //            Variants that materialize the Lq x Lk scores run cases of at most
-//            69 dense GFLOP (sweep N <= 4096): beyond, they take minutes per
+//            34 dense GFLOP (sweep N <= 4096 at d = 64, 2048 at d = 128):
+//            beyond, they take minutes per
 //            case and show nothing new (time and memory already quadratic),
 //            except that cases the memory budget refuses are registered at
 //            every N up to 65536 so the report shows "over budget".
@@ -117,8 +118,8 @@ Suite MakeSuite(const std::string& name) {
     s.cross = {{1024, 4096}, {1024, 16384}};
     s.layer_n = {512, 2048, 8192};
     s.d128_max_n = 8192;
-    // naive's N = 4096, d = 128 sweep case (69 GFLOP, ~35 s on one core).
-    s.materialize_max_flops = 4.0 * 8 * 4096 * 4096 * 128;
+    // The sweep's N = 4096, d = 64 case: 34 GFLOP, ~15 s for naive on a core.
+    s.materialize_max_flops = 4.0 * 8 * 4096 * 4096 * 64;
     s.over_budget_max_n = 65536;
     s.min_time = "0.2";
   } else {  // full
@@ -246,7 +247,7 @@ using benchmark::Counter;
 // "over budget: <the registry's message>" or "not run: <status>".
 void SkipNotRun(benchmark::State& state, const Status& s) {
   state.SkipWithError((s.code() == StatusCode::kResourceExhausted ? "over budget: " + s.message()
-                                                                   : "not run: " + s.ToString())
+                                                                  : "not run: " + s.ToString())
                           .c_str());
 }
 
@@ -292,12 +293,11 @@ void VariantCase(benchmark::State& state, const Variant* variant, Case c, std::s
   state.counters["workspace_bytes"] = double(stats.workspace_peak_bytes);
   state.counters["workspace_declared_bytes"] = double(stats.workspace_declared_bytes);
   state.counters["peak_rss_delta_bytes"] = rss_delta;
-  state.counters["bytes_min"] = 4.0 * double(data.q.size() + data.k.size() + data.v.size() +
-                                             data.o.size());
+  state.counters["bytes_min"] =
+      4.0 * double(data.q.size() + data.k.size() + data.v.size() + data.o.size());
   if (c.scenario == Scenario::kDecode) {
-    state.counters["GBps"] =
-        Counter(4.0 * double(data.k.size() + data.v.size()) / 1e9,
-                Counter::kIsIterationInvariantRate);
+    state.counters["GBps"] = Counter(4.0 * double(data.k.size() + data.v.size()) / 1e9,
+                                     Counter::kIsIterationInvariantRate);
   }
 }
 
@@ -324,8 +324,7 @@ void CeilingSgemm(benchmark::State& state, Case c, std::string name) {
   const int64_t blocks_per_head = (lq + rows - 1) / rows;
   const int64_t total_blocks = c.batch * c.heads * blocks_per_head;
   const double block_flops = AttentionFlops(double(rows) * lk, d, d);
-  const int64_t blocks =
-      std::clamp<int64_t>(int64_t(kCeilingFlops / block_flops), 1, total_blocks);
+  const int64_t blocks = std::clamp<int64_t>(int64_t(kCeilingFlops / block_flops), 1, total_blocks);
   std::vector<float> scores(rows * lk);
   const int64_t group = c.heads / c.kv_heads;
   double done_flops = 0;
@@ -345,8 +344,8 @@ void CeilingSgemm(benchmark::State& state, Case c, std::string name) {
       float* o = data.o.data() + (b * c.heads + h) * lq * d;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, lk, d, 1.0f, q + r0 * d, d, k, d,
                   0.0f, scores.data(), lk);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, d, lk, 1.0f, scores.data(), lk,
-                  v, d, 0.0f, o + r0 * d, d);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, d, lk, 1.0f, scores.data(), lk, v,
+                  d, 0.0f, o + r0 * d, d);
       done_flops += AttentionFlops(double(m) * lk, d, d);
     }
     benchmark::ClobberMemory();
@@ -442,7 +441,7 @@ void AddShape(const Suite& suite, Case c, bool ceiling) {
     const std::string tokens = c.Tokens();
     if (ceiling) {
       AddCase("ceiling_sgemm/" + tokens, [c, name = "ceiling_sgemm/" + tokens](
-                                            benchmark::State& s) { CeilingSgemm(s, c, name); });
+                                             benchmark::State& s) { CeilingSgemm(s, c, name); });
     }
     for (const Variant* v : Registry()) {
       const bool capped = v->materializes_scores &&
@@ -627,7 +626,8 @@ int Main(int argc, char** argv) {
     } else if (TakeFlag(arg, "accuracy_out", &value)) {
       acc.out = value;
     } else if (TakeFlag(arg, "accuracy_max_n", &value)) {
-      if (!ParsePositive(value, &acc.max_n)) return Usage(("bad --accuracy_max_n=" + value).c_str());
+      if (!ParsePositive(value, &acc.max_n))
+        return Usage(("bad --accuracy_max_n=" + value).c_str());
     } else if (TakeFlag(arg, "accuracy_threads", &value)) {
       if (!ParsePositive(value, &n)) return Usage(("bad --accuracy_threads=" + value).c_str());
       acc.threads = int(n);
@@ -661,8 +661,9 @@ int Main(int argc, char** argv) {
 
   RegisterSuite(suite);
   for (const Registration& r : g_cases) {
-    benchmark::RegisterBenchmark(r.name.c_str(), r.fn)->UseRealTime()->Unit(
-        benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(r.name.c_str(), r.fn)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
   }
   g_total = CountSelected(benchmark::GetBenchmarkFilter());
 

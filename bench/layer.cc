@@ -19,8 +19,8 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
 // out[L, m] = in[L, m] · w[m, m]
 void Project(const std::vector<float>& in, const std::vector<float>& w, std::vector<float>& out,
              int64_t len, int64_t m) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, len, m, m, 1.0f, in.data(), m, w.data(),
-              m, 0.0f, out.data(), m);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, len, m, m, 1.0f, in.data(), m, w.data(), m,
+              0.0f, out.data(), m);
 }
 
 }  // namespace
