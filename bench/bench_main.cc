@@ -20,13 +20,14 @@
 //            N = 128..16384 at d = 64 and 128..8192 at d = 128, causal 0/1;
 //            decode Lk = 512..65536 at d = 128; gqa N = 1024, 4096 (d = 128,
 //            causal); window N = 4096, 16384; cross; layer N = 512..8192.
-//            Variants that materialize the Lq x Lk scores run cases of at most
-//            34 dense GFLOP (sweep N <= 4096 at d = 64, 2048 at d = 128):
-//            beyond, they take minutes per
-//            case and show nothing new (time and memory already quadratic),
-//            except that cases the memory budget refuses are registered at
-//            every N up to 65536 so the report shows "over budget".
-//   full     N = 128..65536 everywhere, both d everywhere, no caps.
+//            Time cap: before registering, each variant is timed once at
+//            N = 1024 (Calibrate()); a case predicted to take more than 30 s
+//            per iteration at that rate is left out (listed on stderr; the
+//            naive kernel's N >= 8192 cases, which take minutes and show
+//            nothing new: its time and memory are already quadratic). Cases
+//            the memory budget refuses are registered anyway, and at every
+//            sweep N up to 65536, so the report shows "over budget".
+//   full     N = 128..65536 everywhere, both d everywhere, no time cap.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 #include <omp.h>
@@ -74,12 +75,14 @@ struct Suite {
   std::vector<std::pair<int64_t, int64_t>> cross;  // (Lq, Lk)
   std::vector<int64_t> layer_n;
   int64_t d128_max_n = 1 << 30;  // sweep N limit for d = 128
-  // Variants that materialize scores run cases of at most this many dense
-  // FLOPs (4·B·H·Lq·Lk·d); above, only cases the memory budget refuses are
-  // registered (instant skips, so the report shows "over budget").
-  double materialize_max_flops = 0;
-  int64_t over_budget_max_n = 0;  // sweep N registered for those skips
-  const char* min_time = "0.5";   // --benchmark_min_time unless given
+  // A variant's case is registered only when its predicted time per
+  // iteration (FLOPs / the variant's calibrated rate, see Calibrate()) is at
+  // most this; cases the memory budget refuses are always registered
+  // (instant skips, so the report shows "over budget").
+  double max_case_seconds = 1e30;
+  // Past the sweep's N range, over-budget cases are registered up to this N.
+  int64_t over_budget_max_n = 0;
+  const char* min_time = "0.5";  // --benchmark_min_time unless given
 };
 
 std::vector<int64_t> Pow2(int64_t lo, int64_t hi) {
@@ -102,7 +105,6 @@ Suite MakeSuite(const std::string& name) {
     s.window_dims = {64};
     s.cross = {{256, 2048}};
     s.layer_n = {512};
-    s.materialize_max_flops = 1e30;
     s.over_budget_max_n = 1024;
     s.min_time = "0.05";
   } else if (name == "default") {
@@ -118,8 +120,7 @@ Suite MakeSuite(const std::string& name) {
     s.cross = {{1024, 4096}, {1024, 16384}};
     s.layer_n = {512, 2048, 8192};
     s.d128_max_n = 8192;
-    // The sweep's N = 4096, d = 64 case: 34 GFLOP, ~15 s for naive on a core.
-    s.materialize_max_flops = 4.0 * 8 * 4096 * 4096 * 64;
+    s.max_case_seconds = 30;
     s.over_budget_max_n = 65536;
     s.min_time = "0.2";
   } else {  // full
@@ -134,7 +135,6 @@ Suite MakeSuite(const std::string& name) {
     s.window_dims = {64, 128};
     s.cross = {{1, 65536}, {256, 4096}, {1024, 4096}, {1024, 16384}, {4096, 65536}, {4096, 1024}};
     s.layer_n = Pow2(512, 16384);
-    s.materialize_max_flops = 1e30;
     s.over_budget_max_n = 65536;
     s.min_time = "0.5";
   }
@@ -230,6 +230,47 @@ bool OverBudget(const Variant& v, const Case& c) {
   auto prepared = Prepare(v, ShapeOnlyProblem(c), options);
   return !prepared.ok() && prepared.status().code() == StatusCode::kResourceExhausted;
 }
+
+// ---------------------------------------------------------------- time cap
+
+// GFLOPS of each variant on one thread at the sweep's N = 1024, d = 64 shape
+// (one warm-up run, then one timed), measured before registration when the
+// suite has a time cap. Missing: not calibrated (no cap applies).
+std::map<std::string, double> g_calibrated_gflops;
+
+void Calibrate() {
+  Case c{Scenario::kSweep, g_options.batch, g_options.heads, g_options.heads, 1024, 1024, 64};
+  c.threads = 1;
+  ThreadScope threads(1);
+  CaseData& data = DataFor(c);
+  const RunOptions options{1, g_options.memory_budget};
+  const double flops = AttentionFlops(DensePairs(c), c.dim, c.dim);
+  for (const Variant* v : Registry()) {
+    if (!Run(*v, data.problem, options).ok()) continue;
+    const auto start = std::chrono::steady_clock::now();
+    if (!Run(*v, data.problem, options).ok()) continue;
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (secs > 0) g_calibrated_gflops[v->name] = flops / secs / 1e9;
+  }
+  ReleaseData();
+}
+
+// Predicted seconds per iteration of `flops` on `v`; 0 when not calibrated.
+double PredictedSeconds(const Variant& v, double flops) {
+  auto it = g_calibrated_gflops.find(v.name);
+  return it == g_calibrated_gflops.end() ? 0 : flops / (it->second * 1e9);
+}
+
+// FLOPs (visible pairs) of `c`; the dense count if Prepare refuses it.
+double CaseFlops(const Variant& v, const Case& c) {
+  RunOptions options{c.threads, size_t(-1)};
+  auto prepared = Prepare(v, ShapeOnlyProblem(c), options);
+  const double pairs = prepared.ok() ? double(VisiblePairs(*prepared)) : DensePairs(c);
+  return AttentionFlops(pairs, c.dim, c.dim);
+}
+
+std::vector<std::string> g_left_out;  // cases the time cap left out
 
 void SetParams(benchmark::State& state, const Case& c) {
   state.counters["B"] = double(c.batch);
@@ -444,10 +485,11 @@ void AddShape(const Suite& suite, Case c, bool ceiling) {
                                              benchmark::State& s) { CeilingSgemm(s, c, name); });
     }
     for (const Variant* v : Registry()) {
-      const bool capped = v->materializes_scores &&
-                          AttentionFlops(DensePairs(c), c.dim, c.dim) > suite.materialize_max_flops;
-      if (capped && !OverBudget(*v, c)) continue;
       const std::string name = std::string(v->name) + "/" + tokens;
+      if (PredictedSeconds(*v, CaseFlops(*v, c)) > suite.max_case_seconds && !OverBudget(*v, c)) {
+        g_left_out.push_back(name);
+        continue;
+      }
       AddCase(name, [v, c, name](benchmark::State& s) { VariantCase(s, v, c, name); });
     }
   }
@@ -470,7 +512,7 @@ void RegisterSuite(const Suite& suite) {
           for (int t : g_options.threads) {
             c.threads = t;
             for (const Variant* v : Registry()) {
-              if (!v->materializes_scores || !OverBudget(*v, c)) continue;
+              if (!OverBudget(*v, c)) continue;
               const std::string name = std::string(v->name) + "/" + c.Tokens();
               AddCase(name, [v, c, name](benchmark::State& s) { VariantCase(s, v, c, name); });
             }
@@ -519,12 +561,12 @@ void RegisterSuite(const Suite& suite) {
       Case c{Scenario::kSweep, 1, H, H, n, n, 64, false};
       c.threads = t;
       for (const Variant* v : Registry()) {
-        if (v->materializes_scores &&
-            AttentionFlops(DensePairs(c), c.dim, c.dim) > suite.materialize_max_flops) {
-          continue;
-        }
         const std::string name = "layer/" + std::string(v->name) + "/N:" + std::to_string(n) +
                                  "/d:64/threads:" + std::to_string(t);
+        if (PredictedSeconds(*v, CaseFlops(*v, c)) > suite.max_case_seconds) {
+          g_left_out.push_back(name);
+          continue;
+        }
         AddCase(name, [v, c, name](benchmark::State& s) { LayerCase(s, v, c, name); });
       }
     }
@@ -659,7 +701,16 @@ int Main(int argc, char** argv) {
   benchmark::Initialize(&bench_argc, rest.data());
   if (benchmark::ReportUnrecognizedArguments(bench_argc, rest.data())) return 2;
 
+  if (suite.max_case_seconds < 1e30) Calibrate();
   RegisterSuite(suite);
+  if (!g_left_out.empty()) {
+    std::fprintf(stderr,
+                 "attnlab_bench: suite %s leaves out %zu case(s) predicted to take over %.0f s "
+                 "per iteration (--suite=full runs them):",
+                 g_options.suite.c_str(), g_left_out.size(), suite.max_case_seconds);
+    for (const std::string& name : g_left_out) std::fprintf(stderr, " %s", name.c_str());
+    std::fprintf(stderr, "\n");
+  }
   for (const Registration& r : g_cases) {
     benchmark::RegisterBenchmark(r.name.c_str(), r.fn)
         ->UseRealTime()
@@ -670,6 +721,18 @@ int Main(int argc, char** argv) {
   for (const auto& [key, val] :
        ContextStrings(JoinThreads(g_options.threads), g_options.suite, g_options.memory_budget)) {
     benchmark::AddCustomContext(key, val);
+  }
+  if (suite.max_case_seconds < 1e30) {
+    std::string rates;
+    for (const auto& [name, gflops] : g_calibrated_gflops) {
+      char buf[64];
+      std::snprintf(buf, sizeof(buf), "%s%s=%.2f", rates.empty() ? "" : ",", name.c_str(), gflops);
+      rates += buf;
+    }
+    benchmark::AddCustomContext("attnlab_calibrated_gflops", rates);
+    benchmark::AddCustomContext("attnlab_case_time_cap_s",
+                                std::to_string(int(suite.max_case_seconds)));
+    benchmark::AddCustomContext("attnlab_cases_left_out", std::to_string(g_left_out.size()));
   }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
