@@ -34,6 +34,43 @@
 #include "tests/test_support.h"
 
 namespace attn::bench {
+
+Problem RowProblem(const Problem& p, int64_t i, float* out) {
+  const Shape& s = p.shape;
+  const int64_t off = s.kv_len - s.q_len;
+  Problem r;
+  r.shape = s;
+  r.shape.q_len = 1;
+  r.q = {p.q.data + i * p.q.strides.row, p.q.strides};
+  r.k = p.k;
+  r.v = p.v;
+  r.o = {out, Strides::BHLD(1, 1, s.value_dim)};
+  r.scale = p.scale;
+  r.mask = p.mask;
+  // With one query the diagonal sits at Lk' - 1: cut the keys at the row's
+  // last visible key and express a window by its left extent only.
+  const int64_t diag = i + off;
+  if (p.mask.kind == MaskKind::kCausal) {
+    r.shape.kv_len = std::clamp<int64_t>(diag + 1, 0, s.kv_len);
+  } else if (p.mask.kind == MaskKind::kSlidingWindow) {
+    const int64_t begin = std::max<int64_t>(0, diag - p.mask.window_left);
+    const int64_t end = std::min<int64_t>(s.kv_len, diag + p.mask.window_right + 1);
+    r.shape.kv_len = std::max<int64_t>(0, std::max(end, begin) == begin ? 0 : end);
+    r.mask.window_left = end > begin ? end - 1 - begin : 0;
+    r.mask.window_right = 0;
+  }
+  if (p.mask.kind == MaskKind::kAdditive) {
+    r.mask.additive = p.mask.additive.subspan(i * s.kv_len, s.kv_len);
+    r.mask.additive_shape = {1, 1, 1, s.kv_len};
+  }
+  if (!p.mask.key_lengths.empty()) {
+    // Equal to the full problem's length unless the causal cut is shorter.
+    r.mask.key_lengths = p.mask.key_lengths;
+    if (r.shape.kv_len < p.mask.key_lengths[0]) r.mask.key_lengths = {};
+  }
+  return r;
+}
+
 namespace {
 
 struct MaskCase {
@@ -55,36 +92,6 @@ struct RowResult {
   double max_abs = 0, max_rel = 0, bound_ratio = 0;
   bool ok = true;
 };
-
-// Row i of `p` (B = H = 1) as a one-query problem with the same semantics.
-Problem RowProblem(const Problem& p, int64_t i, float* out) {
-  const Shape& s = p.shape;
-  const int64_t off = s.kv_len - s.q_len;
-  Problem r;
-  r.shape = s;
-  r.shape.q_len = 1;
-  r.q = {p.q.data + i * p.q.strides.row, p.q.strides};
-  r.k = p.k;
-  r.v = p.v;
-  r.o = {out, Strides::BHLD(1, 1, s.value_dim)};
-  r.scale = p.scale;
-  r.mask = p.mask;
-  if (p.mask.kind == MaskKind::kCausal ||
-      (p.mask.kind == MaskKind::kSlidingWindow && p.mask.window_right == 0)) {
-    // Keys [.., i + off]: with one query the diagonal sits at Lk' - 1.
-    r.shape.kv_len = std::clamp<int64_t>(i + off + 1, 0, s.kv_len);
-  }
-  if (p.mask.kind == MaskKind::kAdditive) {
-    r.mask.additive = p.mask.additive.subspan(i * s.kv_len, s.kv_len);
-    r.mask.additive_shape = {1, 1, 1, s.kv_len};
-  }
-  if (!p.mask.key_lengths.empty()) {
-    // Equal to the full problem's length unless the causal cut is shorter.
-    r.mask.key_lengths = p.mask.key_lengths;
-    if (r.shape.kv_len < p.mask.key_lengths[0]) r.mask.key_lengths = {};
-  }
-  return r;
-}
 
 RowResult CheckRows(testing::ProblemData& data, const std::vector<int64_t>& rows) {
   const Problem& p = data.problem();

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/problem.h"
+
 namespace attn::bench {
 
 struct AccuracyOptions {
@@ -18,6 +20,13 @@ struct AccuracyOptions {
 };
 
 int RunAccuracy(const AccuracyOptions& options);
+
+// Query row i of `problem` (B = H = 1) re-posed as a one-query problem with
+// the same semantics, writing O to `out` (dv floats): same K, V and scale;
+// causal / window (right = 0): the keys up to i + Lk - Lq, so the one-query
+// diagonal lands on the same key; additive: mask row i; key lengths: the
+// same. The reference solves it in O(Lk·d) instead of O(Lq·Lk·d).
+Problem RowProblem(const Problem& problem, int64_t i, float* out);
 
 }  // namespace attn::bench
 
