@@ -2,7 +2,7 @@
 // name, the FLOP count (written down once), deterministic inputs, thread
 // control for OpenMP + OpenBLAS, measured peak RSS and the JSON context.
 //
-// Names follow bench/../BENCH_CONTRACT (tokens separated by '/', the first
+// Names follow BENCH_CONTRACT (tokens separated by '/', the first
 // one the registry variant, `ceiling_sgemm`, `ceiling_stream` or `layer`).
 #ifndef ATTNLAB_BENCH_BENCH_COMMON_H_
 #define ATTNLAB_BENCH_BENCH_COMMON_H_
