@@ -68,6 +68,8 @@ class KernelGridTest : public ::testing::TestWithParam<GridParam> {};
 TEST_P(KernelGridTest, MatchesReference) {
   const GridParam& param = GetParam();
   const Comparison c = RunAndCompare(*param.variant, param.spec, /*threads=*/0);
+  // Recorded in the XML/JSON test output: how close the kernel came to its bound.
+  RecordProperty("error_over_bound", std::to_string(c.worst_bound_ratio));
   EXPECT_TRUE(c.ok) << c.first_failure << "\n  variant=" << param.variant->name
                     << " case=" << param.spec.Name() << " seed=" << param.spec.seed
                     << " max_abs_error=" << c.max_abs_error

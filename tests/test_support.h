@@ -10,6 +10,7 @@
 
 #include "kernels/problem.h"
 #include "kernels/registry.h"
+#include "reference/error_bound.h"
 #include "reference/reference.h"
 
 namespace attn::testing {
@@ -65,38 +66,12 @@ class ProblemData {
   Problem problem_;
 };
 
-// Per-row error bound of an fp32 attention against the exact result.
-//
-// With u = 2^-24 (fp32 unit roundoff), for query row i:
-//   A  = max over visible keys j of scale·Σ_d |q_d k_jd| + |mask_ij|: the
-//        magnitude the logits are computed from. Any summation order gives
-//        |δ logit| <= (dk + 2)·u·A  (the γ_n bound for a length-dk dot product
-//        plus the scale and mask additions).
-//   Softmax: subtracting the max and exponentiating turn an absolute logit
-//        error δ into a relative weight error <= 2δ + e_exp·u (e_exp = 8: a
-//        few ulp for a vectorized exp); normalization adds <= (Lk + 2)·u.
-//        Online (flash) softmax rescales once per key tile: covered by Lk·u.
-//   O = Σ p_j v_j / Σ p_j: |δO| <= Vmax·(2δ + (e_exp + 2·Lk + 4)·u), with
-//        Vmax = max |v| over the row's visible keys.
-//   lse = max + log Σ p: |δlse| <= δ + (e_exp + Lk + 2)·u + u·|lse|.
-// The tolerance is kSafety times that worst-case bound. Errors in correct
-// kernels are far below it (sums of rounding errors grow like sqrt(n), not
-// n); a wrong mask, a dropped key or a missed rescale is off by O(Vmax).
-inline constexpr double kSafety = 4.0;
-struct RowBound {
-  double o = 0;    // absolute, per element of O
-  double lse = 0;  // absolute
-  double weights = 0;  // absolute, per weight
-};
-RowBound ErrorBound(const Problem& problem, int64_t b, int64_t h, int64_t i);
-
-struct Comparison {
-  bool ok = true;
-  double max_abs_error = 0;   // over finite expected values
-  double max_rel_error = 0;   // |err| / max(|expected|, tiny)
-  double worst_bound_ratio = 0;  // max |err| / bound: < 1 passes
-  std::string first_failure;  // "O[b=0,h=1,i=3,d=5] got ... want ... (bound ...)"
-};
+// The per-row error bound and the element comparison rule live in
+// reference/error_bound.h, shared with `attnlab check`.
+using reference::Comparison;
+using reference::ErrorBound;
+using reference::kSafety;
+using reference::RowBound;
 
 // Compares what a kernel wrote into `data` against the reference. Checks O,
 // and lse / weights when the problem asked for them. NaN must match NaN,

@@ -1,0 +1,98 @@
+// The CLI's attention inputs: Q, K, V (and optional masks) from .npy files,
+// checked against each other, turned into an attn::Problem.
+//
+// Errors are thrown as CliError (the front end's only exception type; the
+// library itself never throws) and become a message and an exit code in
+// main().
+#ifndef ATTNLAB_CLI_INPUTS_H_
+#define ATTNLAB_CLI_INPUTS_H_
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cli/npy.h"
+#include "kernels/problem.h"
+#include "kernels/registry.h"
+
+namespace attn::cli {
+
+// Exit codes.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailed = 1;  // a check failed, a kernel or a child failed
+inline constexpr int kExitUsage = 2;   // bad usage or bad input
+
+struct CliError : std::runtime_error {
+  CliError(int code, const std::string& message) : std::runtime_error(message), code(code) {}
+  int code;
+};
+[[noreturn]] inline void Fail(const std::string& message, int code = kExitUsage) {
+  throw CliError(code, message);
+}
+
+// Command-line options shared by run, check and weights.
+struct InputOptions {
+  std::string q, k, v;
+  std::string mask = "none";
+  std::string key_lengths;  // .npy path, optional
+  std::string mask_file;    // .npy path, optional
+  std::optional<double> scale;
+  std::string layout = "bhsd";
+  int threads = 0;
+  std::string memory_budget;  // e.g. "512M"; default: the registry's
+};
+
+// Loaded inputs and the problem shape they describe.
+class Inputs {
+ public:
+  explicit Inputs(const InputOptions& options);
+
+  const Shape& shape() const { return shape_; }
+  int rank() const { return rank_; }
+  Layout layout() const { return layout_; }
+  RunOptions run_options() const { return run_options_; }
+  size_t budget_bytes() const { return budget_; }
+
+  // O / lse / weights shapes as written to .npy: O has the inputs' rank and
+  // layout; lse is [B, H, Lq] and weights [B, H, Lq, Lk], each minus the
+  // leading dimensions the inputs' rank leaves out.
+  std::vector<int64_t> OutputShape() const;
+  std::vector<int64_t> LseShape() const;
+  std::vector<int64_t> WeightsShape() const;
+  int64_t OutputElements() const;
+
+  // A problem over these inputs writing O (and lse / weights when given).
+  Problem MakeProblem(float* o, std::span<float> lse = {}, std::span<float> weights = {}) const;
+
+  // "q.npy (1, 8, 16, 64), k.npy (...), v.npy (...)": context for messages.
+  std::string Describe() const;
+
+ private:
+  InputOptions options_;
+  npy::FloatArray q_, k_, v_, mask_;
+  std::vector<int32_t> key_lengths_;
+  Shape shape_;
+  Mask mask_spec_;
+  int rank_ = 4;
+  Layout layout_ = Layout::kBHLD;
+  RunOptions run_options_;
+  size_t budget_ = 0;
+};
+
+// Runs a variant, throwing CliError with the registry's message on failure
+// ("over budget: ...", "unknown variant ...", "invalid problem: ...").
+// Returns seconds.
+double RunVariant(const Variant& variant, const Inputs& inputs, const Problem& problem,
+                  RunStats* stats = nullptr);
+
+// The variant of that name or a CliError listing the known ones.
+const Variant& VariantOrFail(const std::string& name);
+
+// Shows an attn::Status from Validate/Prepare/Run as a CLI error.
+[[noreturn]] void FailStatus(const Status& status, const Inputs& inputs);
+
+}  // namespace attn::cli
+
+#endif  // ATTNLAB_CLI_INPUTS_H_

@@ -1,0 +1,622 @@
+// attnlab: the command-line front end.
+//
+//   attnlab list                      the registry
+//   attnlab run     --variant V ...   one variant on .npy inputs, O (and lse) to .npy
+//   attnlab check   ...               every variant against the fp64 reference
+//   attnlab weights --variant V ...   attention weights: .npy, heatmap PNG, entropy table
+//   attnlab bench   ...               runs attnlab_bench (Google Benchmark JSON)
+//   attnlab report  RESULTS.json...   runs reports/generate.py
+//
+// Exit codes: 0 ok, 1 a check or a child process failed, 2 bad usage or input.
+// See docs/cli.md.
+#include <fmt/format.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/inputs.h"
+#include "cli/npy.h"
+#include "kernels/registry.h"
+#include "reference/error_bound.h"
+#include "reference/reference.h"
+
+extern char** environ;
+
+namespace attn::cli {
+namespace fs = std::filesystem;
+namespace {
+
+// `attnlab weights` refuses problems whose weights exceed this: the table and
+// the heatmap are for looking at, not for production-size problems.
+constexpr double kMaxWeightsBytes = 8.0 * 1024 * 1024;
+
+void AddInputOptions(CLI::App* cmd, InputOptions& in) {
+  cmd->add_option("--q", in.q,
+                  "queries .npy: [B,H,Lq,dk] (bhsd), [B,Lq,H,dk] (bshd), "
+                  "[H,Lq,dk] or [Lq,dk]")
+      ->required();
+  cmd->add_option("--k", in.k, "keys .npy, same rank; Hkv heads (GQA when Hkv < H)")->required();
+  cmd->add_option("--v", in.v, "values .npy, same rank, [.., Lk, dv]")->required();
+  cmd->add_option("--mask", in.mask, "none | causal | window:LEFT,RIGHT");
+  cmd->add_option("--key-lengths", in.key_lengths, "int .npy [B]: keys >= length are padding");
+  cmd->add_option("--mask-file", in.mask_file, "additive float mask .npy [Lq,Lk] or [B,H,Lq,Lk]");
+  cmd->add_option("--scale", in.scale, "softmax scale (default 1/sqrt(dk))");
+  cmd->add_option("--layout", in.layout, "bhsd (default) or bshd");
+  cmd->add_option("--threads", in.threads, "OpenMP threads (default: all)");
+  cmd->add_option("--memory-budget", in.memory_budget,
+                  "workspace budget, e.g. 512M (default: ATTNLAB_MEMORY_BUDGET or half of RAM)");
+}
+
+std::string Yes(bool b) { return b ? "yes" : "no"; }
+
+// ---------------------------------------------------------------- list
+int List() {
+  fmt::print("{:<16} {:<8} {:<9} {:<8} {:<13} {}\n", "variant", "weights", "scores", "highway",
+             "deterministic", "summary");
+  for (const Variant* v : Registry()) {
+    fmt::print("{:<16} {:<8} {:<9} {:<8} {:<13} {}\n", v->name, Yes(v->supports_weights),
+               v->materializes_scores ? "Lq x Lk" : "no", Yes(v->uses_highway),
+               Yes(v->deterministic), v->summary);
+  }
+  fmt::print(
+      "\nEvery variant supports masks none/causal/window/additive, key lengths, GQA/MQA, "
+      "both layouts and lse.\n'scores: Lq x Lk' variants are refused when that matrix "
+      "exceeds the memory budget.\n");
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------- run
+struct RunArgs {
+  std::string variant, out, lse;
+};
+
+int RunCommand(const InputOptions& in, const RunArgs& args) {
+  const Variant& variant = VariantOrFail(args.variant);
+  const Inputs inputs(in);
+  std::vector<float> o(inputs.OutputElements());
+  o.reserve(1);  // non-null when empty (Lq = 0)
+  std::vector<float> lse;
+  if (!args.lse.empty())
+    lse.resize(inputs.shape().batch * inputs.shape().heads * inputs.shape().q_len);
+  const Problem problem = inputs.MakeProblem(o.data(), lse);
+  RunStats stats;
+  const double seconds = RunVariant(variant, inputs, problem, &stats);
+  StatusOr<ValidProblem> valid = Validate(problem);
+  const double flops =
+      2.0 * double(VisiblePairs(*valid)) * double(problem.shape.head_dim + problem.shape.value_dim);
+  fmt::print("variant {}: {} on {} thread(s)\n", variant.name,
+             attn::Describe(problem.shape, problem.mask), stats.threads);
+  fmt::print("time {:.3f} ms, {:.2f} GFLOP/s (visible pairs), workspace {} (declared {})\n",
+             seconds * 1e3, flops / seconds / 1e9, FormatBytes(double(stats.workspace_peak_bytes)),
+             FormatBytes(double(stats.workspace_declared_bytes)));
+  const std::vector<int64_t> oshape = inputs.OutputShape();
+  if (Status s = npy::WriteFloat(args.out, oshape, o); !s.ok()) Fail(s.message());
+  fmt::print("wrote {} {}\n", args.out, npy::ShapeString(oshape));
+  if (!args.lse.empty()) {
+    const std::vector<int64_t> lshape = inputs.LseShape();
+    if (Status s = npy::WriteFloat(args.lse, lshape, lse); !s.ok()) Fail(s.message());
+    fmt::print("wrote {} {}\n", args.lse, npy::ShapeString(lshape));
+  }
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------- check
+struct CheckRow {
+  std::string variant;
+  std::string skipped;  // why it did not run, if it did not
+  double ms = 0;
+  reference::Comparison c;  // the tests' comparison rule (reference/error_bound.h)
+};
+
+// Compares one element; names it only in the first failure (building the
+// name for every element would cost more than the comparison).
+template <typename Where>
+void CheckElement(double got, double want, double bound, CheckRow& r, Where&& where) {
+  const bool first = r.c.ok;
+  if (!reference::CompareElement(got, want, bound, r.c, "") && first) {
+    r.c.first_failure = where() + r.c.first_failure;
+  }
+}
+
+int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) {
+  std::vector<const Variant*> variants;
+  if (names.empty()) {
+    variants.assign(Registry().begin(), Registry().end());
+  } else {
+    for (const std::string& name : names) variants.push_back(&VariantOrFail(name));
+  }
+  const Inputs inputs(in);
+  const Shape& s = inputs.shape();
+  const int64_t rows = s.batch * s.heads * s.q_len;
+  std::vector<float> o(inputs.OutputElements());
+  o.reserve(1);  // non-null when empty (Lq = 0)
+  std::vector<float> lse(rows);
+  const Problem problem = inputs.MakeProblem(o.data(), lse);
+  if (StatusOr<ValidProblem> valid = Validate(problem); !valid.ok()) {
+    FailStatus(valid.status(), inputs);
+  }
+  const auto ref_start = std::chrono::steady_clock::now();
+  StatusOr<reference::Result> want = reference::Attention(problem);
+  if (!want.ok()) FailStatus(want.status(), inputs);
+  const double ref_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - ref_start)
+          .count();
+  std::vector<reference::RowBound> bounds(rows);
+  for (int64_t b = 0; b < s.batch; ++b)
+    for (int64_t h = 0; h < s.heads; ++h)
+      for (int64_t i = 0; i < s.q_len; ++i) {
+        bounds[(b * s.heads + h) * s.q_len + i] = reference::ErrorBound(problem, b, h, i);
+      }
+  fmt::print("{} ({})\nreference (fp64): {:.3f} ms\n", attn::Describe(s, problem.mask),
+             inputs.Describe(), ref_ms);
+
+  std::vector<CheckRow> table;
+  bool failed = false;
+  for (const Variant* v : variants) {
+    CheckRow row;
+    row.variant = v->name;
+    std::fill(o.begin(), o.end(), std::numeric_limits<float>::quiet_NaN());
+    std::fill(lse.begin(), lse.end(), std::numeric_limits<float>::quiet_NaN());
+    StatusOr<ValidProblem> prepared = Prepare(*v, problem, inputs.run_options());
+    if (!prepared.ok()) {
+      row.skipped = prepared.status().code() == StatusCode::kResourceExhausted
+                        ? "skipped: over budget: " + prepared.status().message()
+                        : "skipped: " + prepared.status().message();
+      table.push_back(row);
+      continue;
+    }
+    row.ms = 1e3 * RunVariant(*v, inputs, problem);
+    // O is [B, H, Lq, dv] in the inputs' layout; the reference is contiguous.
+    const ValidProblem& p = *prepared;
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (int64_t h = 0; h < s.heads; ++h)
+        for (int64_t i = 0; i < s.q_len; ++i) {
+          const int64_t r = (b * s.heads + h) * s.q_len + i;
+          const float* got = p.ORow(b, h, i);
+          for (int64_t d = 0; d < s.value_dim; ++d) {
+            CheckElement(got[d], want->o[r * s.value_dim + d], bounds[r].o, row,
+                         [&] { return fmt::format("O[b={},h={},i={},d={}]", b, h, i, d); });
+          }
+          CheckElement(lse[r], want->lse[r], bounds[r].lse, row,
+                       [&] { return fmt::format("lse[b={},h={},i={}]", b, h, i); });
+        }
+    failed = failed || !row.c.ok;
+    table.push_back(row);
+  }
+  fmt::print("\n{:<16} {:>12} {:>12} {:>12} {:>10} {:>10}  {}\n", "variant", "max_abs_err",
+             "max_rel_err", "bound", "err/bound", "time_ms", "result");
+  for (const CheckRow& r : table) {
+    if (!r.skipped.empty()) {
+      fmt::print("{:<16} {:>12} {:>12} {:>12} {:>10} {:>10}  {}\n", r.variant, "-", "-", "-", "-",
+                 "-", r.skipped);
+      continue;
+    }
+    fmt::print("{:<16} {:>12.3e} {:>12.3e} {:>12.3e} {:>10.4f} {:>10.3f}  {}\n", r.variant,
+               r.c.max_abs_error, r.c.max_rel_error, r.c.bound_at_worst, r.c.worst_bound_ratio,
+               r.ms, r.c.ok ? "ok" : "FAIL");
+    if (!r.c.ok) fmt::print("  first failure: {}\n", r.c.first_failure);
+  }
+  fmt::print(
+      "\nbound: the derived per-row tolerance (reference/error_bound.h) at the element "
+      "with the largest err/bound; a variant passes when err/bound <= 1 everywhere.\n");
+  return failed ? kExitFailed : kExitOk;
+}
+
+// ---------------------------------------------------------------- processes
+fs::path SelfDir() {
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? fs::path(".") : exe.parent_path();
+}
+
+std::string ShellQuote(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                        "0123456789_-./=:,") == std::string::npos) {
+    return s;
+  }
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+// Runs argv[0] with arguments, waits, returns its exit status.
+int Spawn(const std::vector<std::string>& argv, bool echo = true) {
+  if (echo) {
+    std::string line;
+    for (const std::string& a : argv) line += (line.empty() ? "" : " ") + ShellQuote(a);
+    fmt::print("+ {}\n", line);
+    std::fflush(stdout);
+  }
+  std::vector<char*> cargv;
+  for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  pid_t pid;
+  const int err = posix_spawn(&pid, cargv[0], nullptr, nullptr, cargv.data(), environ);
+  if (err != 0) Fail(fmt::format("cannot run {}: {}", argv[0], std::strerror(err)), kExitFailed);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) Fail(fmt::format("waiting for {} failed", argv[0]), kExitFailed);
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
+bool IsExecutable(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec) && access(p.c_str(), X_OK) == 0;
+}
+
+std::string Python() {
+  const char* env = std::getenv("ATTNLAB_PYTHON");
+  const std::string python = env != nullptr ? env : "/usr/bin/python3";
+  if (!IsExecutable(python)) {
+    Fail(
+        fmt::format("{} not found: numpy and matplotlib live under /usr/bin/python3 "
+                    "(set ATTNLAB_PYTHON to use another interpreter)",
+                    python));
+  }
+  return python;
+}
+
+// A file of the source tree (reports/...): ATTNLAB_SOURCE_DIR is compiled in.
+fs::path SourceFile(const char* env_override, const std::string& relative) {
+  if (const char* env = std::getenv(env_override)) return env;
+  return fs::path(ATTNLAB_SOURCE_DIR) / relative;
+}
+
+// ---------------------------------------------------------------- bench
+struct ReportArgs {
+  std::vector<std::string> results, compare;
+  std::string label, accuracy, out_dir;
+};
+int ReportCommand(const ReportArgs& args);
+
+struct BenchArgs {
+  std::string suite, filter, threads, out;
+  bool report = false;  // then run `attnlab report` on the results
+  std::string label;
+  std::vector<std::string> extra;
+};
+
+fs::path FindBench() {
+  std::vector<fs::path> candidates;
+  if (const char* env = std::getenv("ATTNLAB_BENCH")) {
+    candidates.push_back(env);  // explicit: the only candidate
+  } else {
+    candidates.push_back(ATTNLAB_BENCH_PATH);                                   // this build tree
+    candidates.push_back(SelfDir().parent_path() / "bench" / "attnlab_bench");  // sibling build dir
+    candidates.push_back(SelfDir() / "attnlab_bench");  // installed side by side
+  }
+  for (const fs::path& c : candidates) {
+    if (IsExecutable(c)) return c;
+  }
+  std::string looked;
+  for (const fs::path& c : candidates) looked += "\n  " + c.string();
+  Fail(
+      fmt::format("attnlab_bench not found; looked for:{}\nbuild it with `cmake --build --preset "
+                  "release --target attnlab_bench` or set ATTNLAB_BENCH",
+                  looked));
+}
+
+std::string DefaultResultsPath() {
+  char host[256] = "host";
+  gethostname(host, sizeof(host) - 1);
+  const std::time_t now = std::time(nullptr);
+  char date[32];
+  std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));
+  std::string base = fmt::format("results/{}-{}", host, date);
+  std::string path = base + ".json";
+  for (int n = 2; fs::exists(path); ++n) path = fmt::format("{}-{}.json", base, n);
+  return path;
+}
+
+int BenchCommand(BenchArgs args) {
+  if (!args.suite.empty() && args.suite != "quick" && args.suite != "default" &&
+      args.suite != "full") {
+    Fail(fmt::format("bad --suite '{}': want quick, default or full", args.suite));
+  }
+  if (!args.threads.empty() && args.threads.find_first_not_of("0123456789,") != std::string::npos) {
+    Fail(fmt::format("bad --threads '{}': want a comma-separated list such as 1,2", args.threads));
+  }
+  const fs::path bench = FindBench();
+  if (args.out.empty()) args.out = DefaultResultsPath();
+  const fs::path dir = fs::path(args.out).parent_path();
+  std::error_code ec;
+  if (!dir.empty()) fs::create_directories(dir, ec);
+  if (ec) Fail(fmt::format("cannot create {}: {}", dir.string(), ec.message()));
+  std::vector<std::string> argv = {bench.string()};
+  if (!args.suite.empty()) argv.push_back("--suite=" + args.suite);
+  if (!args.threads.empty()) argv.push_back("--threads=" + args.threads);
+  if (!args.filter.empty()) argv.push_back("--benchmark_filter=" + args.filter);
+  argv.push_back("--benchmark_out=" + args.out);
+  argv.push_back("--benchmark_out_format=json");
+  argv.insert(argv.end(), args.extra.begin(), args.extra.end());
+  const int rc = Spawn(argv);
+  if (rc != 0) {
+    fmt::print(stderr, "attnlab: attnlab_bench exited with status {}\n", rc);
+    return kExitFailed;
+  }
+  fmt::print("results: {}\n", args.out);
+  if (args.report) {
+    ReportArgs report;
+    report.results = {args.out};
+    report.label = args.label;
+    return ReportCommand(report);
+  }
+  fmt::print("next: attnlab report {}\n", args.out);
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------- report
+int ReportCommand(const ReportArgs& args) {
+  if (args.results.empty() && args.compare.empty()) {
+    Fail("report: give RESULTS.json files, or --compare A.json B.json");
+  }
+  if (!args.results.empty() && !args.compare.empty()) {
+    Fail("report: give either RESULTS.json files or --compare A.json B.json, not both");
+  }
+  for (const std::vector<std::string>* list : {&args.results, &args.compare}) {
+    for (const std::string& f : *list) {
+      if (!fs::exists(f)) Fail(fmt::format("{}: no such file", f));
+    }
+  }
+  const fs::path script = SourceFile("ATTNLAB_REPORT_SCRIPT", "reports/generate.py");
+  if (!fs::exists(script)) {
+    Fail(fmt::format("report generator {} not found (set ATTNLAB_REPORT_SCRIPT)", script.string()));
+  }
+  std::vector<std::string> argv = {Python(), script.string()};
+  if (!args.compare.empty()) {
+    argv.push_back("compare");
+    argv.insert(argv.end(), args.compare.begin(), args.compare.end());
+  } else {
+    argv.insert(argv.end(), args.results.begin(), args.results.end());
+  }
+  if (!args.accuracy.empty()) argv.insert(argv.end(), {"--accuracy", args.accuracy});
+  if (!args.label.empty()) argv.insert(argv.end(), {"--label", args.label});
+  if (!args.out_dir.empty()) argv.insert(argv.end(), {"--out-dir", args.out_dir});
+  const int rc = Spawn(argv);
+  if (rc != 0) {
+    fmt::print(stderr, "attnlab: the report generator exited with status {}\n", rc);
+    return kExitFailed;
+  }
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------- weights
+struct WeightsArgs {
+  std::string variant, out, png, tokens;
+  int64_t head = 0, batch = 0;
+};
+
+std::vector<std::string> ReadTokens(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) Fail(fmt::format("{}: cannot open the tokens file", path));
+  std::vector<std::string> tokens;
+  std::string t;
+  while (f >> t) tokens.push_back(t);
+  return tokens;
+}
+
+int WeightsCommand(const InputOptions& in, const WeightsArgs& args) {
+  const Variant* variant = nullptr;
+  if (args.variant.empty()) {
+    for (const Variant* v : Registry()) {
+      if (v->supports_weights) {
+        variant = v;
+        break;
+      }
+    }
+    if (variant == nullptr) Fail("no registered variant materializes attention weights");
+  } else {
+    variant = &VariantOrFail(args.variant);
+    if (!variant->supports_weights) {
+      std::string which;
+      for (const Variant* v : Registry()) {
+        if (v->supports_weights) which += (which.empty() ? "" : ", ") + std::string(v->name);
+      }
+      Fail(fmt::format("{} does not materialize attention weights; use one that does: {}",
+                       variant->name, which));
+    }
+  }
+  const Inputs inputs(in);
+  const Shape& s = inputs.shape();
+  const double weight_bytes =
+      4.0 * double(s.batch) * double(s.heads) * double(s.q_len) * double(s.kv_len);
+  if (weight_bytes > kMaxWeightsBytes) {
+    Fail(
+        fmt::format("weights [B={}, H={}, Lq={}, Lk={}] would take {}, over the {} limit of "
+                    "`attnlab weights` (it is for small problems you look at)",
+                    s.batch, s.heads, s.q_len, s.kv_len, FormatBytes(weight_bytes),
+                    FormatBytes(kMaxWeightsBytes)));
+  }
+  if (args.batch < 0 || args.batch >= s.batch) {
+    Fail(fmt::format("bad --batch {}: the inputs have B={}", args.batch, s.batch));
+  }
+  if (args.head < 0 || args.head >= s.heads) {
+    Fail(fmt::format("bad --head {}: the inputs have H={}", args.head, s.heads));
+  }
+  std::vector<std::string> keys, queries;
+  if (!args.tokens.empty()) {
+    keys = ReadTokens(args.tokens);
+    if (int64_t(keys.size()) != s.kv_len) {
+      Fail(fmt::format("{} has {} tokens; want one per key (Lk={})", args.tokens, keys.size(),
+                       s.kv_len));
+    }
+  } else {
+    for (int64_t j = 0; j < s.kv_len; ++j) keys.push_back(std::to_string(j));
+  }
+  // Queries are aligned bottom-right with the keys (problem.h): query i is
+  // token i + Lk - Lq.
+  for (int64_t i = 0; i < s.q_len; ++i) {
+    const int64_t j = i + s.kv_len - s.q_len;
+    queries.push_back(j >= 0 && j < s.kv_len ? keys[j] : "q" + std::to_string(i));
+  }
+
+  std::vector<float> o(inputs.OutputElements());
+  o.reserve(1);  // non-null when empty (Lq = 0)
+  std::vector<float> w(s.batch * s.heads * s.q_len * s.kv_len);
+  const Problem problem = inputs.MakeProblem(o.data(), {}, w);
+  const double seconds = RunVariant(*variant, inputs, problem);
+  fmt::print("variant {}: {} in {:.3f} ms\n", variant->name, attn::Describe(s, problem.mask),
+             seconds * 1e3);
+  const std::vector<int64_t> wshape = inputs.WeightsShape();
+  if (Status st = npy::WriteFloat(args.out, wshape, w); !st.ok()) Fail(st.message());
+  fmt::print("wrote {} {}\n", args.out, npy::ShapeString(wshape));
+
+  // The (batch, head) slice: table and heatmap.
+  const float* slice = w.data() + (args.batch * s.heads + args.head) * s.q_len * s.kv_len;
+  fmt::print(
+      "\nbatch {} head {}: per query row, entropy of its weights (nats; uniform over n "
+      "keys = ln n) and the largest weight\n",
+      args.batch, args.head);
+  fmt::print("{:>5} {:<16} {:>9} {:>10} {:<16}\n", "row", "query", "entropy", "max_weight",
+             "argmax_key");
+  for (int64_t i = 0; i < s.q_len; ++i) {
+    const float* row = slice + i * s.kv_len;
+    double entropy = 0, max_w = 0;
+    int64_t arg = -1;
+    for (int64_t j = 0; j < s.kv_len; ++j) {
+      const double p = row[j];
+      if (p > 0) entropy -= p * std::log(p);
+      if (p > max_w) {
+        max_w = p;
+        arg = j;
+      }
+    }
+    fmt::print("{:>5} {:<16} {:>9.4f} {:>10.4f} {:<16}\n", i, queries[i], entropy, max_w,
+               arg < 0 ? "(fully masked)" : keys[arg]);
+  }
+
+  if (!args.png.empty()) {
+    const fs::path script = SourceFile("ATTNLAB_HEATMAP_SCRIPT", "reports/heatmap.py");
+    if (!fs::exists(script)) {
+      Fail(
+          fmt::format("heatmap script {} not found (set ATTNLAB_HEATMAP_SCRIPT)", script.string()));
+    }
+    const std::string python = Python();
+    // The slice and labels go to the script through a temporary JSON spec.
+    const fs::path tmp =
+        fs::temp_directory_path() / fmt::format("attnlab-heatmap-{}", static_cast<long>(getpid()));
+    fs::create_directories(tmp);
+    const fs::path slice_npy = tmp / "weights.npy";
+    const std::vector<int64_t> slice_shape = {s.q_len, s.kv_len};
+    if (Status st = npy::WriteFloat(slice_npy.string(), slice_shape,
+                                    std::span<const float>(slice, s.q_len * s.kv_len));
+        !st.ok()) {
+      Fail(st.message());
+    }
+    nlohmann::json spec = {
+        {"weights", slice_npy.string()},
+        {"png", args.png},
+        {"keys", keys},
+        {"queries", queries},
+        {"title", fmt::format("{} attention weights, batch {} head {} ({})", variant->name,
+                              args.batch, args.head, MaskKindName(problem.mask.kind))}};
+    const fs::path spec_path = tmp / "spec.json";
+    std::ofstream(spec_path) << spec.dump();
+    const int rc = Spawn({python, script.string(), spec_path.string()}, /*echo=*/false);
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    if (rc != 0) Fail(fmt::format("the heatmap script exited with status {}", rc), kExitFailed);
+    fmt::print("wrote {}\n", args.png);
+  }
+  return kExitOk;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"attnlab: CPU attention kernels, checked and measured. See docs/cli.md."};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "help for every command");
+
+  app.add_subcommand("list", "the variant registry: name, then what it supports");
+
+  InputOptions run_in;
+  RunArgs run_args;
+  CLI::App* run = app.add_subcommand("run", "run one variant on .npy inputs, write O (and lse)");
+  run->add_option("--variant", run_args.variant, "variant name (attnlab list)")->required();
+  AddInputOptions(run, run_in);
+  run->add_option("--out", run_args.out, "output O .npy (same rank and layout as Q)")->required();
+  run->add_option("--lse", run_args.lse, "also write lse .npy [B,H,Lq]");
+
+  InputOptions check_in;
+  std::vector<std::string> check_variants;
+  CLI::App* check = app.add_subcommand(
+      "check", "run every variant (or --variants) against the fp64 reference; exit 1 on a miss");
+  AddInputOptions(check, check_in);
+  check->add_option("--variants", check_variants, "comma-separated subset")->delimiter(',');
+
+  InputOptions weights_in;
+  WeightsArgs weights_args;
+  CLI::App* weights = app.add_subcommand(
+      "weights", "attention weights of a small problem: .npy, heatmap PNG, entropy table");
+  weights->add_option("--variant", weights_args.variant,
+                      "a variant that materializes weights (default: the first)");
+  AddInputOptions(weights, weights_in);
+  weights->add_option("--out", weights_args.out, "weights .npy [B,H,Lq,Lk]")->required();
+  weights->add_option("--png", weights_args.png, "heatmap PNG of one (batch, head)");
+  weights->add_option("--tokens", weights_args.tokens, "text file: Lk whitespace-separated tokens");
+  weights->add_option("--head", weights_args.head, "head for the table and heatmap (default 0)");
+  weights->add_option("--batch", weights_args.batch, "batch for the table and heatmap (default 0)");
+
+  BenchArgs bench_args;
+  CLI::App* bench = app.add_subcommand(
+      "bench", "run the benchmark suite (attnlab_bench); extra args after -- pass through");
+  bench->add_option("--suite", bench_args.suite, "quick | default | full");
+  bench->add_option("--filter", bench_args.filter, "regex on benchmark names");
+  bench->add_option("--threads", bench_args.threads, "thread counts, e.g. 1,2");
+  bench->add_option("--out", bench_args.out, "results JSON (default results/<host>-<date>.json)");
+  bench->add_flag("--report", bench_args.report, "then run `attnlab report` on the results");
+  bench->add_option("--label", bench_args.label, "label for --report");
+  bench->add_option("extra", bench_args.extra, "arguments for attnlab_bench (after --)");
+
+  ReportArgs report_args;
+  CLI::App* report = app.add_subcommand("report", "generate reports from results JSON");
+  report->add_option("results", report_args.results, "results JSON files");
+  report->add_option("--compare", report_args.compare, "compare two results files")->expected(2);
+  report->add_option("--label", report_args.label, "label for the report");
+  report->add_option("--accuracy", report_args.accuracy, "accuracy JSON");
+  report->add_option("--out-dir", report_args.out_dir, "output directory (default reports)");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return kExitUsage;
+  }
+
+  try {
+    if (app.got_subcommand("list")) return List();
+    if (app.got_subcommand(run)) return RunCommand(run_in, run_args);
+    if (app.got_subcommand(check)) return CheckCommand(check_in, check_variants);
+    if (app.got_subcommand(weights)) return WeightsCommand(weights_in, weights_args);
+    if (app.got_subcommand(bench)) return BenchCommand(bench_args);
+    if (app.got_subcommand(report)) return ReportCommand(report_args);
+  } catch (const CliError& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "attnlab: error: {}\n", e.what());
+    return e.code;
+  } catch (const std::bad_alloc&) {
+    fmt::print(stderr, "attnlab: error: out of memory\n");
+    return kExitFailed;
+  }
+  return kExitUsage;
+}
+
+}  // namespace
+}  // namespace attn::cli
+
+int main(int argc, char** argv) { return attn::cli::Main(argc, argv); }

@@ -1,0 +1,696 @@
+#!/usr/bin/python3
+"""Drives the attnlab command-line tool on real .npy files.
+
+Run by ctest (cli/CMakeLists.txt), one test group per ctest test:
+  /usr/bin/python3 cli_test.py GROUP      GROUP in Npy BadInput Run Check Weights List
+                                          Bench Report Docs
+Environment: ATTNLAB_CLI (the attnlab binary), ATTNLAB_SOURCE (the source tree).
+
+numpy writes the inputs and a float64 numpy softmax is the reference; the
+tolerance is the derived per-row bound of reference/error_bound.h, computed
+again here in numpy (ErrorBoundRows) so these tests do not trust the tool's
+own `check`.
+"""
+import io
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+
+CLI = os.environ.get("ATTNLAB_CLI", "attnlab")
+SOURCE = os.environ.get("ATTNLAB_SOURCE",
+                        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+U = 2.0 ** -24  # fp32 unit roundoff
+SAFETY = 4.0    # reference/error_bound.h kSafety
+EXP_ULPS = 8.0
+
+
+def attnlab(*args, env=None, cwd=None):
+    """Runs the tool; returns (exit code, stdout, stderr)."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    p = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, env=full_env,
+                       cwd=cwd, timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+def visible(lq, lk, mask, b, key_lengths):
+    """[Lq, Lk] bool: keys row i may read under the structural masks (problem.h)."""
+    i = np.arange(lq)[:, None]
+    j = np.arange(lk)[None, :]
+    diag = i + (lk - lq)
+    vis = np.ones((lq, lk), bool)
+    if mask == "causal":
+        vis = j <= diag
+    elif mask.startswith("window:"):
+        left, right = map(int, mask[7:].split(","))
+        vis = (j >= diag - left) & (j <= diag + right)
+    if key_lengths is not None:
+        vis = vis & (j < key_lengths[b])
+    return vis
+
+
+def reference(q, k, v, mask="none", additive=None, key_lengths=None, scale=None):
+    """float64 attention on [B,H,L,d] arrays. Returns O [B,H,Lq,dv], lse, bound_o, weights."""
+    q, k, v = (x.astype(np.float64) for x in (q, k, v))
+    B, H, lq, dk = q.shape
+    hkv, lk, dv = k.shape[1], k.shape[2], v.shape[3]
+    scale = 1.0 / np.sqrt(dk) if scale is None else scale
+    o = np.zeros((B, H, lq, dv))
+    lse = np.full((B, H, lq), -np.inf)
+    w = np.zeros((B, H, lq, lk))
+    bound = np.zeros((B, H, lq))
+    for b in range(B):
+        vis = visible(lq, lk, mask, b, key_lengths)
+        for h in range(H):
+            kh = h // (H // hkv)
+            s = scale * q[b, h] @ k[b, kh].T
+            mag = scale * np.abs(q[b, h]) @ np.abs(k[b, kh]).T
+            if additive is not None:
+                a = additive.astype(np.float64)
+                a = a if a.ndim == 2 else a[b if a.shape[0] > 1 else 0, h if a.shape[1] > 1 else 0]
+                s = s + a
+                mag = np.where(np.isinf(a), 0.0, mag + np.abs(np.where(np.isinf(a), 0, a)))
+            s = np.where(vis, s, -np.inf)
+            m = s.max(axis=1, keepdims=True)
+            m_safe = np.where(np.isfinite(m), m, 0.0)
+            p = np.exp(s - m_safe)
+            l = p.sum(axis=1, keepdims=True)
+            ok = l[:, 0] > 0
+            w[b, h][ok] = p[ok] / l[ok]
+            o[b, h][ok] = (p[ok] @ v[b, kh]) / l[ok]
+            lse[b, h][ok] = (m_safe + np.log(l))[ok, 0]
+            # reference/error_bound.h, row by row.
+            for i in range(lq):
+                keys = vis[i]
+                if additive is not None:
+                    keys = keys & ~np.isinf(a[i])
+                n = vis[i].sum()
+                amax = mag[i][keys].max() if keys.any() else 0.0
+                vmax = np.abs(v[b, kh][vis[i]]).max() if vis[i].any() else 0.0
+                logit_err = (dk + 2) * U * amax
+                bound[b, h, i] = SAFETY * vmax * (2 * logit_err + (EXP_ULPS + 2 * n + 4) * U)
+    return o, lse, bound, w
+
+
+def npy_bytes(arr, version=(1, 0)):
+    f = io.BytesIO()
+    np.lib.format.write_array(f, arr, version=version)
+    return f.getvalue()
+
+
+def raw_npy(header, data=b"", version=1, header_len=None):
+    """A hand-made .npy: magic, version, header length, header text, data."""
+    h = header.encode("latin1")
+    n = len(h) if header_len is None else header_len
+    length = struct.pack("<H", n) if version == 1 else struct.pack("<I", n)
+    return b"\x93NUMPY" + bytes([version, 0]) + length + h + data
+
+
+class Case(unittest.TestCase):
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory(prefix="attnlab-cli-")
+        self.dir = self._tmp.name
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def save(self, name, arr, version=(1, 0)):
+        with open(self.path(name), "wb") as f:
+            f.write(npy_bytes(arr, version))
+        return self.path(name)
+
+    def write(self, name, data):
+        with open(self.path(name), "wb") as f:
+            f.write(data)
+        return self.path(name)
+
+    def qkv(self, B=1, H=2, Hkv=2, lq=9, lk=11, dk=16, dv=8, seed=0, dtype="<f4"):
+        r = np.random.default_rng(seed)
+        q = r.uniform(-1, 1, (B, H, lq, dk)).astype(dtype)
+        k = r.uniform(-1, 1, (B, Hkv, lk, dk)).astype(dtype)
+        v = r.uniform(-1, 1, (B, Hkv, lk, dv)).astype(dtype)
+        return q, k, v
+
+    def inputs(self, q, k, v):
+        return ["--q", self.save("q.npy", q), "--k", self.save("k.npy", k),
+                "--v", self.save("v.npy", v)]
+
+    def expect_ok(self, *args, **kw):
+        rc, out, err = attnlab(*args, **kw)
+        self.assertEqual(rc, 0, f"attnlab {' '.join(map(str, args))}\nstdout:{out}\nstderr:{err}")
+        return out
+
+    def expect_error(self, pattern, *args, code=2, **kw):
+        rc, out, err = attnlab(*args, **kw)
+        self.assertEqual(rc, code, f"want exit {code}: attnlab {' '.join(map(str, args))}\n"
+                                   f"stdout:{out}\nstderr:{err}")
+        self.assertRegex(err, pattern)
+        self.assertNotIn("Segmentation", err)
+        return err
+
+    def assert_close(self, got, want, bound):
+        """|got - want| <= bound per row (bound broadcast over the last axis)."""
+        got = np.asarray(got, np.float64)
+        err = np.abs(got - want)
+        b = np.broadcast_to(bound[..., None], want.shape)
+        self.assertFalse(np.isnan(got).any(), "NaN in output")
+        worst = np.unravel_index(np.argmax(err - b), err.shape)
+        self.assertTrue((err <= b).all(),
+                        f"error {err[worst]:.3g} > bound {b[worst]:.3g} at {worst}")
+
+
+def first_variant():
+    rc, out, _ = attnlab("list")
+    assert rc == 0
+    return out.splitlines()[1].split()[0]
+
+
+def variant_names():
+    rc, out, _ = attnlab("list")
+    names = []
+    for line in out.splitlines()[1:]:
+        if not line.strip():
+            break
+        names.append(line.split()[0])
+    return names
+
+
+# --------------------------------------------------------------------- .npy
+class Npy(Case):
+    def run_and_compare(self, q, k, v, extra=(), mask="none", to_bhsd=lambda x: x, **ref):
+        out = self.path("o.npy")
+        self.expect_ok("run", "--variant", first_variant(), *self.inputs(q, k, v), "--out", out,
+                       "--lse", self.path("lse.npy"), "--mask", mask, *extra)
+        o = np.load(out)
+        self.assertEqual(o.dtype, np.float32)
+        return o, np.load(self.path("lse.npy"))
+
+    def test_header_versions_and_dtypes(self):
+        q, k, v = self.qkv(seed=1)
+        want, want_lse, bound, _ = reference(q, k, v)
+        for version in [(1, 0), (2, 0), (3, 0)]:
+            for dtype in ["<f4", "<f8"]:
+                with self.subTest(version=version, dtype=dtype):
+                    args = ["--q", self.save("q.npy", q.astype(dtype), version),
+                            "--k", self.save("k.npy", k.astype(dtype), version),
+                            "--v", self.save("v.npy", v.astype(dtype), version)]
+                    self.expect_ok("run", "--variant", first_variant(), *args,
+                                   "--out", self.path("o.npy"))
+                    self.assert_close(np.load(self.path("o.npy")), want, bound)
+
+    def test_tool_output_is_valid_npy_and_reads_back(self):
+        q, k, v = self.qkv(seed=2, lq=11)
+        o, _ = self.run_and_compare(q, k, v)
+        with open(self.path("o.npy"), "rb") as f:
+            major, minor = np.lib.format.read_magic(f)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            self.assertEqual((major, minor), (1, 0))
+            self.assertEqual(f.tell() % 64, 0, "header not padded to 64 bytes")
+        self.assertEqual((shape, fortran, dtype.str), ((1, 2, 11, 8), False, "<f4"))
+        # The tool reads its own output: O [1,2,11,8] serves as V (Lk = 11).
+        self.expect_ok("run", "--variant", first_variant(), "--q", self.path("q.npy"),
+                       "--k", self.path("k.npy"), "--v", self.path("o.npy"),
+                       "--out", self.path("o2.npy"))
+        want, _, bound, _ = reference(q, k, o)
+        self.assert_close(np.load(self.path("o2.npy")), want, bound)
+
+    def test_int_key_lengths_i4_and_i8(self):
+        q, k, v = self.qkv(B=2, seed=3)
+        want, _, bound, _ = reference(q, k, v, key_lengths=[5, 0])
+        for dtype in ["<i4", "<i8"]:
+            lens = self.save("lens.npy", np.array([5, 0], dtype))
+            self.expect_ok("run", "--variant", first_variant(), *self.inputs(q, k, v),
+                           "--key-lengths", lens, "--out", self.path("o.npy"))
+            o = np.load(self.path("o.npy"))
+            self.assert_close(o, want, bound)
+            self.assertTrue((o[1] == 0).all(), "key length 0 must give O = 0")
+
+
+# --------------------------------------------------------------------- run
+class Run(Case):
+    def check_run(self, q, k, v, args=(), ref=None, layout="bhsd"):
+        ref = ref or {}
+        out, lse_path = self.path("o.npy"), self.path("lse.npy")
+        stdout = self.expect_ok("run", "--variant", first_variant(), *self.inputs(q, k, v),
+                                "--out", out, "--lse", lse_path, "--layout", layout, *args)
+        self.assertRegex(stdout, r"variant \S+: .*\ntime [0-9.]+ ms")
+        return np.load(out), np.load(lse_path), stdout
+
+    def test_masks(self):
+        q, k, v = self.qkv(B=2, H=4, Hkv=2, lq=13, lk=17, seed=4)
+        for mask in ["none", "causal", "window:3,1", "window:0,0"]:
+            with self.subTest(mask=mask):
+                o, lse, _ = self.check_run(q, k, v, ["--mask", mask])
+                want, want_lse, bound, _ = reference(q, k, v, mask=mask)
+                self.assert_close(o, want, bound)
+                fin = np.isfinite(want_lse)
+                self.assertTrue(np.allclose(lse[fin], want_lse[fin], rtol=0, atol=1e-5))
+                self.assertTrue((lse[~fin] == -np.inf).all())
+
+    def test_additive_mask_2d_and_4d_and_scale(self):
+        q, k, v = self.qkv(B=2, H=2, Hkv=1, lq=6, lk=10, seed=5)
+        r = np.random.default_rng(6)
+        m2 = np.where(r.uniform(size=(6, 10)) < 0.2, -np.inf, r.uniform(-2, 2, (6, 10)))
+        m2 = m2.astype("<f4")
+        m4 = np.broadcast_to(m2, (2, 1, 6, 10)).copy()
+        m4[1] += 0.5
+        for m in [m2, m4]:
+            with self.subTest(rank=m.ndim):
+                o, _, _ = self.check_run(q, k, v, ["--mask-file", self.save("m.npy", m),
+                                                   "--scale", "0.3"])
+                want, _, bound, _ = reference(q, k, v, additive=m, scale=0.3)
+                self.assert_close(o, want, bound)
+
+    def test_bshd_layout_and_ranks(self):
+        q, k, v = self.qkv(B=2, H=4, Hkv=1, lq=5, lk=7, seed=7)
+        want, _, bound, _ = reference(q, k, v, mask="causal")
+        t = lambda x: np.ascontiguousarray(x.transpose(0, 2, 1, 3))
+        o, _, _ = self.check_run(t(q), t(k), t(v), ["--mask", "causal"], layout="bshd")
+        self.assertEqual(o.shape, (2, 5, 4, 8))
+        self.assert_close(o.transpose(0, 2, 1, 3), want, bound)
+        # rank 3 [H, L, d] (bhsd) and [L, H, d] (bshd), rank 2 [L, d].
+        o3, lse3, _ = self.check_run(q[0], k[0], v[0], ["--mask", "causal"])
+        self.assertEqual((o3.shape, lse3.shape), ((4, 5, 8), (4, 5)))
+        self.assert_close(o3, want[0], bound[0])
+        o3b, _, _ = self.check_run(t(q)[0], t(k)[0], t(v)[0], ["--mask", "causal"], layout="bshd")
+        self.assert_close(o3b.transpose(1, 0, 2), want[0], bound[0])
+        o2, lse2, _ = self.check_run(q[1, 2], k[1, 0], v[1, 0], ["--mask", "causal"])
+        self.assertEqual((o2.shape, lse2.shape), ((5, 8), (5,)))
+        self.assert_close(o2, want[1, 2], bound[1, 2])
+
+    def test_every_listed_variant_runs(self):
+        q, k, v = self.qkv(B=1, H=4, Hkv=2, lq=20, lk=33, seed=8)
+        want, _, bound, _ = reference(q, k, v, mask="causal")
+        for name in variant_names():
+            with self.subTest(variant=name):
+                self.expect_ok("run", "--variant", name, *self.inputs(q, k, v), "--mask", "causal",
+                               "--threads", "2", "--out", self.path("o.npy"))
+                self.assert_close(np.load(self.path("o.npy")), want, bound)
+
+    def test_empty_query(self):
+        q, k, v = self.qkv(lq=0, seed=9)
+        o, lse, _ = self.check_run(q, k, v)
+        self.assertEqual(o.shape, (1, 2, 0, 8))
+        # Lk = 0: every row fully masked: O = 0, lse = -inf.
+        q, k, v = self.qkv(lq=3, lk=0, seed=9)
+        o, lse, _ = self.check_run(q, k, v)
+        self.assertTrue((o == 0).all() and o.shape == (1, 2, 3, 8))
+        self.assertTrue((lse == -np.inf).all())
+
+
+# --------------------------------------------------------------------- check
+class Check(Case):
+    def test_check_passes_and_prints_the_table(self):
+        q, k, v = self.qkv(B=2, H=4, Hkv=2, lq=19, lk=23, seed=10)
+        lens = self.save("lens.npy", np.array([23, 7], "<i4"))
+        out = self.expect_ok("check", *self.inputs(q, k, v), "--mask", "causal",
+                             "--key-lengths", lens)
+        self.assertRegex(out, r"variant\s+max_abs_err\s+max_rel_err\s+bound\s+err/bound\s+time_ms")
+        for name in variant_names():
+            self.assertRegex(out, rf"\n{re.escape(name)}\s+[0-9.e+-]+\s+[0-9.e+-]+\s+[0-9.e+-]+\s+"
+                                  rf"[0-9.]+\s+[0-9.]+\s+ok")
+
+    def test_subset_and_unknown(self):
+        q, k, v = self.qkv(seed=11)
+        name = first_variant()
+        out = self.expect_ok("check", *self.inputs(q, k, v), "--variants", name)
+        self.assertEqual(len(re.findall(r"  ok\n", out)), 1)
+        self.expect_error(r"unknown variant 'bogus'; known: ", "check", *self.inputs(q, k, v),
+                          "--variants", f"{name},bogus")
+
+    def test_over_budget_is_skipped_not_failed(self):
+        q, k, v = self.qkv(lq=64, lk=64, seed=12)  # O 4.6 KiB, scores 2 x 16.2 KiB
+        out = self.expect_ok("check", *self.inputs(q, k, v), "--memory-budget", "8K")
+        self.assertIn("skipped: over budget", out)
+
+    def test_nan_input_must_match_reference(self):
+        # NaN in a key seen by every row: the reference gives NaN and the
+        # variants must too; check passes only if NaN matches NaN.
+        q, k, v = self.qkv(seed=13)
+        k[0, 0, 3, 0] = np.nan
+        self.expect_ok("check", *self.inputs(q, k, v))
+
+
+# --------------------------------------------------------------------- weights
+class Weights(Case):
+    def weights_variant(self):
+        rc, out, _ = attnlab("list")
+        for line in out.splitlines()[1:]:
+            parts = line.split()
+            if len(parts) > 1 and parts[1] == "yes":
+                return parts[0]
+        self.skipTest("no variant materializes weights")
+
+    def test_weights_png_and_table(self):
+        name = self.weights_variant()
+        q, k, v = self.qkv(B=1, H=2, Hkv=1, lq=6, lk=8, seed=14)
+        tokens = "the cat sat on the mat today ."
+        with open(self.path("words.txt"), "w") as f:
+            f.write(tokens + "\n")
+        png = self.path("heat.png")
+        out = self.expect_ok("weights", "--variant", name, *self.inputs(q, k, v), "--mask",
+                             "causal", "--out", self.path("w.npy"), "--png", png, "--tokens",
+                             self.path("words.txt"), "--head", "1")
+        with open(png, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        w = np.load(self.path("w.npy"))
+        self.assertEqual(w.shape, (1, 2, 6, 8))
+        _, _, _, want = reference(q, k, v, mask="causal")
+        self.assertTrue(np.allclose(w, want, atol=1e-5, rtol=0))
+        # Table: row, query token (aligned bottom-right: query 0 is token 2),
+        # entropy and max weight of head 1.
+        rows = re.findall(r"^\s+(\d+) (\S+)\s+([0-9.]+)\s+([0-9.]+) (\S+)", out, re.M)
+        self.assertEqual(len(rows), 6)
+        self.assertEqual([r[1] for r in rows], tokens.split()[2:])
+        p = want[0, 1]
+        ent = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0)).sum(axis=1)
+        for i, r in enumerate(rows):
+            self.assertAlmostEqual(float(r[2]), ent[i], places=3)
+            self.assertAlmostEqual(float(r[3]), p[i].max(), places=3)
+
+    def test_weights_refuses_big_and_bad_head(self):
+        name = self.weights_variant()
+        q, k, v = self.qkv(B=1, H=1, Hkv=1, lq=1100, lk=2000, dk=4, dv=4, seed=15)
+        self.expect_error(r"weights \[B=1, H=1, Lq=1100, Lk=2000\] would take 8\.4 MiB, over the "
+                          r"8\.0 MiB limit", "weights", "--variant", name, *self.inputs(q, k, v),
+                          "--out", self.path("w.npy"))
+        q, k, v = self.qkv(seed=16)
+        self.expect_error(r"bad --head 5: the inputs have H=2", "weights", *self.inputs(q, k, v),
+                          "--out", self.path("w.npy"), "--head", "5")
+        with open(self.path("words.txt"), "w") as f:
+            f.write("too few\n")
+        self.expect_error(r"has 2 tokens; want one per key \(Lk=11\)", "weights",
+                          *self.inputs(q, k, v), "--out", self.path("w.npy"), "--tokens",
+                          self.path("words.txt"))
+
+
+# --------------------------------------------------------------------- list
+class List(Case):
+    def test_list(self):
+        out = self.expect_ok("list")
+        lines = out.splitlines()
+        self.assertRegex(lines[0], r"^variant\s+weights\s+scores\s+highway\s+deterministic\s+summary")
+        names = variant_names()
+        self.assertGreaterEqual(len(names), 1)
+        self.assertEqual(len(set(names)), len(names))
+        for line in lines[1:len(names) + 1]:
+            self.assertRegex(line, r"^\S+\s+(yes|no)\s+(Lq x Lk|no)\s+(yes|no)\s+(yes|no)\s+\S")
+        # Every name it lists is one `run` accepts, and nothing else is.
+        rc, _, err = attnlab("run", "--variant", "no_such_variant", "--q", "x", "--k", "x",
+                             "--v", "x", "--out", "x")
+        self.assertEqual(rc, 2)
+        self.assertIn("known: " + ", ".join(names), err)
+
+
+# --------------------------------------------------------------------- bench
+FAKE = """#!/bin/sh
+# Stands in for attnlab_bench / generate.py: records its arguments.
+for a in "$@"; do printf '%s\\n' "$a"; done > "$FAKE_ARGS"
+exit "${FAKE_RC:-0}"
+"""
+
+
+class Bench(Case):
+    def fake(self):
+        path = self.write("fake.sh", FAKE.encode())
+        os.chmod(path, 0o755)
+        return path
+
+    def args(self):
+        with open(self.path("args.txt")) as f:
+            return f.read().splitlines()
+
+    def test_flags_map_to_google_benchmark(self):
+        env = {"ATTNLAB_BENCH": self.fake(), "FAKE_ARGS": self.path("args.txt")}
+        out = self.expect_ok("bench", "--suite", "quick", "--filter", "naive/.*causal:1",
+                             "--threads", "1,2", "--out", self.path("r/res.json"), "--",
+                             "--benchmark_repetitions=3", env=env)
+        self.assertEqual(self.args(), ["--suite=quick", "--threads=1,2",
+                                       "--benchmark_filter=naive/.*causal:1",
+                                       f"--benchmark_out={self.path('r/res.json')}",
+                                       "--benchmark_out_format=json", "--benchmark_repetitions=3"])
+        self.assertTrue(os.path.isdir(self.path("r")))
+        self.assertIn("attnlab report", out)
+
+    def test_default_out_and_failure(self):
+        env = {"ATTNLAB_BENCH": self.fake(), "FAKE_ARGS": self.path("args.txt")}
+        self.expect_ok("bench", env=env, cwd=self.dir)
+        out_arg = [a for a in self.args() if a.startswith("--benchmark_out=")][0]
+        self.assertRegex(out_arg, r"^--benchmark_out=results/\S+-\d{4}-\d\d-\d\d\.json$")
+        env["FAKE_RC"] = "3"
+        self.expect_error(r"attnlab_bench exited with status 3", "bench", env=env, cwd=self.dir,
+                          code=1)
+
+    def test_bench_then_report(self):
+        fake = self.fake()
+        env = {"ATTNLAB_BENCH": fake, "ATTNLAB_REPORT_SCRIPT": fake, "ATTNLAB_PYTHON": "/bin/sh",
+               "FAKE_ARGS": self.path("args.txt")}
+        self.write("res.json", b"{}")  # what the real attnlab_bench would write
+        out = self.expect_ok("bench", "--suite", "quick", "--out", self.path("res.json"),
+                             "--report", "--label", "zen4", env=env)
+        self.assertIn(f"results: {self.path('res.json')}", out)
+        self.assertIn(f"+ /bin/sh {fake} {self.path('res.json')} --label zen4", out)
+        self.assertEqual(self.args(), [self.path("res.json"), "--label", "zen4"])
+
+    def test_missing_bench_and_bad_flags(self):
+        self.expect_error(r"attnlab_bench not found; looked for:\n  /nonexistent/attnlab_bench",
+                          "bench", env={"ATTNLAB_BENCH": "/nonexistent/attnlab_bench"})
+        self.expect_error(r"bad --suite 'huge': want quick, default or full", "bench", "--suite",
+                          "huge")
+        self.expect_error(r"bad --threads '1;2'", "bench", "--threads", "1;2")
+
+
+class Report(Case):
+    def test_args_pass_through(self):
+        fake = Bench.fake(self)
+        env = {"ATTNLAB_REPORT_SCRIPT": fake, "ATTNLAB_PYTHON": "/bin/sh",
+               "FAKE_ARGS": self.path("args.txt")}
+        a = self.write("a.json", b"{}")
+        b = self.write("b.json", b"{}")
+        self.expect_ok("report", a, b, "--label", "zen4", "--out-dir", self.path("rep"), env=env)
+        self.assertEqual(Bench.args(self), [a, b, "--label", "zen4", "--out-dir", self.path("rep")])
+        self.expect_ok("report", "--compare", a, b, env=env)
+        self.assertEqual(Bench.args(self), ["compare", a, b])
+
+    def test_real_generator_on_its_fixture(self):
+        """With reports/generate.py and its fixture in the tree: a real report."""
+        script = os.path.join(SOURCE, "reports", "generate.py")
+        fixture = os.path.join(SOURCE, "reports", "testdata", "quick.json")
+        if not (os.path.exists(script) and os.path.exists(fixture)):
+            self.skipTest("reports/generate.py or its fixture is not in this tree")
+        out = self.expect_ok("report", fixture, "--label", "cli", "--out-dir", self.path("rep"))
+        reports = [os.path.join(d, f) for d, _, fs in os.walk(self.path("rep")) for f in fs
+                   if f == "report.md"]
+        self.assertEqual(len(reports), 1, out)
+
+    def test_errors(self):
+        self.expect_error(r"give RESULTS.json files, or --compare", "report")
+        self.expect_error(r"missing.json: no such file", "report", self.path("missing.json"))
+        a = self.write("a.json", b"{}")
+        self.expect_error(r"report generator /nonexistent.py not found", "report", a,
+                          env={"ATTNLAB_REPORT_SCRIPT": "/nonexistent.py"})
+
+
+# --------------------------------------------------------------------- docs
+class Docs(Case):
+    def test_readme_python_example_runs(self):
+        """The Python example in docs/cli.md, run as written (attnlab on PATH)."""
+        with open(os.path.join(SOURCE, "docs", "cli.md")) as f:
+            text = f.read()
+        m = re.search(r"<!-- python-example -->\s*```python\n(.*?)```", text, re.S)
+        self.assertIsNotNone(m, "docs/cli.md lacks the marked python example")
+        env = dict(os.environ)
+        env["PATH"] = os.path.dirname(os.path.abspath(CLI)) + os.pathsep + env["PATH"]
+        p = subprocess.run([sys.executable, "-c", m.group(1)], capture_output=True, text=True,
+                           cwd=self.dir, env=env, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("max abs diff", p.stdout)
+
+
+# --------------------------------------------------------------------- bad input
+def bad_npy_cases():
+    """(name, file bytes, expected message regex) for malformed .npy inputs."""
+    good = npy_bytes(np.zeros((1, 2, 3, 4), "<f4"))
+    hdr = "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }"
+
+    def h(descr="<f4", fortran="False", shape="(1, 2, 3, 4)"):
+        return hdr % (descr, fortran, shape)
+
+    data = bytes(4 * 24)
+    return [
+        ("empty file", b"", r"truncated: 0 bytes, too short to be a \.npy file"),
+        ("truncated data", good[:-5], r"truncated: shape \(1, 2, 3, 4\) of '<f4' needs 96 data "
+                                      r"bytes, the file has 91"),
+        ("truncated header", good[:40], r"truncated: header length \d+ runs past the end of the "
+                                        r"file \(40 bytes\)"),
+        ("bad magic", b"PK\x03\x04" + good[4:], r"not a \.npy file: bad magic \(first bytes "
+                                                r"0x504b0304"),
+        ("version 4.0", b"\x93NUMPY\x04\x00" + good[8:], r"unsupported \.npy format version 4\.0"),
+        ("dtype <i2", raw_npy(h(descr="<i2")) + data, r"dtype '<i2' is not supported; want "
+                                                      r"little-endian float32 '<f4'"),
+        ("big-endian >f4", npy_bytes(np.zeros((1, 2, 3, 4), ">f4")),
+         r"dtype '>f4' is big-endian; want little-endian float32 '<f4' or float64 '<f8'"),
+        ("float16", npy_bytes(np.zeros((1, 2, 3, 4), "<f2")), r"dtype '<f2' is not supported"),
+        ("fortran order", npy_bytes(np.asfortranarray(np.zeros((1, 2, 3, 4), "<f4"))),
+         r"fortran_order is True \(column-major\); want C order"),
+        ("absurd header length", raw_npy(h(), version=2, header_len=0xFFFFFFF0),
+         r"absurd header length 4294967280 bytes"),
+        ("shape product overflow", raw_npy(h(shape="(4294967296, 4294967296, 16)")) + data,
+         r"has more elements than int64 can count"),
+        ("byte count overflow", raw_npy(h(shape="(4611686018427387904,)")) + data,
+         r"overflows the byte count"),
+        ("huge shape, tiny file", raw_npy(h(shape="(100000, 100000, 100000)")) + data,
+         r"truncated: shape \(100000, 100000, 100000\) of '<f4' needs 4000000000000000 data bytes"),
+        ("negative dimension", raw_npy(h(shape="(-1, 4)")), r"negative dimension in shape"),
+        ("not a dict", raw_npy("[1, 2, 3]\n"), r"malformed header at byte 0: header is not a "
+                                                r"Python dict"),
+        ("missing shape", raw_npy("{'descr': '<f4', 'fortran_order': False}\n"),
+         r"header lacks 'shape'"),
+        ("unknown key", raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), "
+                                "'evil': 1}\n"), r"unexpected key 'evil'"),
+        ("structured dtype", npy_bytes(np.zeros(3, dtype=[("a", "<f4"), ("b", "<i4")])),
+         r"structured dtype \(a list of fields\) is not supported"),
+        ("trailing bytes", good + b"junk", r"4 unexpected bytes after the data"),
+        ("rank 1", npy_bytes(np.zeros(5, "<f4")), r"has shape \(5,\) of rank 1; want rank 4 "
+                                                  r"\[B,H,L,d\], 3 \[H,L,d\] or 2 \[L,d\]"),
+        ("rank 5", npy_bytes(np.zeros((1, 1, 1, 2, 2), "<f4")), r"has shape \(1, 1, 1, 2, 2\) of "
+                                                                r"rank 5"),
+    ]
+
+
+class BadInput(Case):
+    """Every bad input gets exit code 2 and a message naming the problem."""
+
+    def setUp(self):
+        super().setUp()
+        self.q, self.k, self.v = self.qkv(B=2, H=4, Hkv=2, lq=5, lk=7, dk=8, dv=6, seed=20)
+        self.base = self.inputs(self.q, self.k, self.v)
+        self.out = ["--out", self.path("o.npy")]
+        self.variant = ["--variant", first_variant()]
+
+    def run_bad(self, pattern, *args, code=2):
+        return self.expect_error(pattern, "run", *self.variant, *args, code=code)
+
+    def test_malformed_npy_files(self):
+        for name, data, pattern in bad_npy_cases():
+            for slot in ["--q", "--k", "--v"]:
+                with self.subTest(case=name, slot=slot):
+                    bad = self.write("bad.npy", data)
+                    args = dict(zip(self.base[::2], self.base[1::2]))
+                    args[slot] = bad
+                    argv = [x for kv in args.items() for x in kv]
+                    err = self.run_bad(pattern, *argv, *self.out)
+                    self.assertIn(bad, err, "the message names the file")
+                    self.assertFalse(os.path.exists(self.path("o.npy")))
+
+    def test_files(self):
+        self.run_bad(r"/nope/q\.npy: cannot open: no such file", "--q", "/nope/q.npy",
+                     *self.base[2:], *self.out)
+        self.run_bad(r"not a regular file", "--q", self.dir, *self.base[2:], *self.out)
+        self.run_bad(r"/no/such/dir/o\.npy: cannot write", *self.base, "--out",
+                     "/no/such/dir/o.npy")
+
+    def test_shapes_that_disagree(self):
+        q, k, v = self.q, self.k, self.v
+        cases = [
+            ("dk", (q, k[..., :4], v), r"Q and K head dims \(dk\) disagree: \S+q\.npy has shape "
+                                       r"\(2, 4, 5, 8\), \S+k\.npy has shape \(2, 2, 7, 4\)"),
+            ("batch", (q[:1], k, v), r"batch sizes disagree: \S+q\.npy has shape \(1, 4, 5, 8\), "
+                                     r"\S+k\.npy has shape \(2, 2, 7, 8\)"),
+            ("Lk", (q, k, v[:, :, :6]), r"K and V lengths \(Lk\) disagree: \S+k\.npy has shape "
+                                        r"\(2, 2, 7, 8\), \S+v\.npy has shape \(2, 2, 6, 6\)"),
+            ("Hkv", (q, k, v[:, :1]), r"K and V head counts \(Hkv\) disagree"),
+            ("rank", (q, k[0], v), r"ranks disagree: \S+q\.npy has shape \(2, 4, 5, 8\), \S+k\.npy "
+                                   r"has shape \(2, 7, 8\)"),
+            ("H % Hkv", (q[:, :3], k, v), r"invalid problem: Hkv=2 does not divide H=3 \(inputs: "
+                                          r"\S+q\.npy \(2, 3, 5, 8\), \S+k\.npy \(2, 2, 7, 8\)"),
+        ]
+        for name, (a, b, c), pattern in cases:
+            with self.subTest(name):
+                self.run_bad(pattern, *self.inputs(np.ascontiguousarray(a),
+                                                   np.ascontiguousarray(b),
+                                                   np.ascontiguousarray(c)), *self.out)
+
+    def test_masks(self):
+        b = [*self.base, *self.out]
+        for mask in ["foo", "window:3", "window:a,b", "window:1,2,3", "window:", "causal:1"]:
+            with self.subTest(mask=mask):
+                self.run_bad(rf"bad --mask '{re.escape(mask)}': want none, causal or "
+                             r"window:LEFT,RIGHT", *b, "--mask", mask)
+        self.run_bad(r"invalid problem: window_left=-1 must be >= 0", *b, "--mask", "window:-1,0")
+        self.run_bad(r"invalid problem: window_right=-4 must be >= 0", *b, "--mask", "window:2,-4")
+        m = self.save("m.npy", np.zeros((5, 6), "<f4"))
+        self.run_bad(r"invalid problem: additive mask is \[5, 6\]", *b, "--mask-file", m)
+        m = self.save("m.npy", np.zeros((7,), "<f4"))
+        self.run_bad(r"has shape \(7,\) of rank 1; an additive mask is \[Lq,Lk\] or \[B,H,Lq,Lk\]",
+                     *b, "--mask-file", m)
+        m = self.save("m.npy", np.zeros((3, 1, 5, 7), "<f4"))
+        self.run_bad(r"invalid problem: additive mask batch=3", *b, "--mask-file", m)
+        m = self.save("m.npy", np.zeros((5, 7), "<f4"))
+        self.run_bad(r"--mask-file \(an additive mask\) cannot be combined with --mask causal", *b,
+                     "--mask-file", m, "--mask", "causal")
+        m = self.save("m.npy", np.zeros((5, 7), "<i4"))
+        self.run_bad(r"dtype '<i4' is not supported; want little-endian float32", *b,
+                     "--mask-file", m)
+
+    def test_key_lengths(self):
+        b = [*self.base, *self.out]
+        for lens, pattern in [
+            ([3, 8], r"invalid problem: key_lengths\[1\]=8 .*\[0, Lk=7\]|key_lengths\[1\]=8"),
+            ([-1, 2], r"invalid problem: key_lengths\[0\]=-1"),
+            ([3], r"invalid problem: key_lengths has 1 entries"),
+        ]:
+            with self.subTest(lens=lens):
+                self.run_bad(pattern, *b, "--key-lengths", self.save("l.npy", np.array(lens, "<i4")))
+        self.run_bad(r"key length 8589934592 is outside \[0, Lk=7\]", *b, "--key-lengths",
+                     self.save("l.npy", np.array([2 ** 33, 1], "<i8")))
+        self.run_bad(r"dtype '<f4' is not supported; want little-endian int32 '<i4' or int64 '<i8'",
+                     *b, "--key-lengths", self.save("l.npy", np.array([1, 2], "<f4")))
+        self.run_bad(r"has shape \(1, 2\); key lengths are rank 1, one per batch \(B=2\)", *b,
+                     "--key-lengths", self.save("l.npy", np.array([[1, 2]], "<i4")))
+
+    def test_options(self):
+        b = [*self.base, *self.out]
+        self.expect_error(r"unknown variant 'flashy'; known: ", "run", "--variant", "flashy", *b)
+        self.run_bad(r"bad --layout 'bhds': want bhsd", *b, "--layout", "bhds")
+        self.run_bad(r"invalid problem: scale=nan must be finite", *b, "--scale", "nan")
+        self.run_bad(r"bad --threads -3", *b, "--threads", "-3")
+        self.run_bad(r"bad --memory-budget '12X'", *b, "--memory-budget", "12X")
+        self.run_bad(r"--out is required", *self.base)
+        self.run_bad(r"--q is required", *self.base[2:], *self.out)
+        self.expect_error(r"A subcommand is required|subcommand", code=2)
+        self.expect_error(r"The following argument was not expected: --bogus|--bogus", "list",
+                          "--bogus")
+
+    def test_over_budget(self):
+        # O is 1.8 KiB; a materialized 64 x 64 score matrix 16.2 KiB.
+        q, k, v = self.qkv(B=1, H=1, Hkv=1, lq=64, lk=64, dk=8, dv=6, seed=21)
+        if "Lq x Lk" not in attnlab("list")[1].splitlines()[1]:
+            self.skipTest("the first variant does not materialize scores")
+        self.run_bad(r"over budget: \S+ needs 16\.2 KiB of scores, budget 4\.0 KiB \(B=1 H=1",
+                     *self.inputs(q, k, v), *self.out, "--memory-budget", "4K")
+        # The output itself over budget (Q of 1 row, V of a huge dv): refused
+        # before anything is allocated.
+        q = np.zeros((1, 4), "<f4")
+        k = np.zeros((1, 4), "<f4")
+        v = np.zeros((1, 300000), "<f4")
+        self.run_bad(r"over budget: the output O \[B=1, H=1, Lq=1, dv=300000\] needs 1\.1 MiB, "
+                     r"budget 1\.0 MiB", *self.inputs(q, k, v), *self.out, "--memory-budget", "1M")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        print(__doc__)
+        sys.exit(2)
+    unittest.main(argv=[sys.argv[0], "-v", *sys.argv[1:]])

@@ -1,0 +1,756 @@
+// flash: FlashAttention-2-style tiled attention with an online softmax.
+//
+// Algorithm. The rows of one (batch b, kv head) are stacked position-major
+// (row r = query position r / g of head kv_head·g + r % g, g = H / Hkv), so
+// the query heads of a GQA group share every K/V tile, and cut into blocks of
+// Br = 64 rows. A block keeps Qᵀ (dk x Br, pre-scaled by scale·log2 e: the
+// whole softmax runs in the exp2 domain), running max m, sum l and an
+// unnormalized accumulator O (Br x dv') and walks the Bc = 64-key tiles that
+// intersect the union of its rows' visible key ranges:
+//   Sᵀ = K_tile·Qᵀ         Bc x Br, register-blocked 6 keys x 4 vectors of
+//                          queries: K scalars broadcast straight from the K
+//                          rows (no K transpose/packing), Qᵀ rows are vectors
+//                          over queries.
+//   (+ additive mask·log2 e; structurally hidden (key, row) pairs *set* to
+//    -inf, only in partial tiles)
+//   m' = max(m, colmax Sᵀ); Pᵀ = 2^(Sᵀ - m'); l = 2^(m - m')·l + colsum Pᵀ,
+//                          vectorized over queries (no horizontal ops), with
+//                          FastExp2 (kernels/fast_exp2-inl.h, <= 2 ulp);
+//   O = 2^(m - m')·O       only for rows whose max moved (alpha == 1 exactly
+//                          otherwise, so the skip is exact);
+//   O += P·V_tile          register-blocked 6 rows x 4 vectors of O; V rows
+//                          used in place when 64-byte aligned with dv a
+//                          multiple of 16, else packed (aligned, zero-padded
+//                          to dv' = 16·ceil(dv/16)).
+// Finally O /= l, lse = (m + log2 l)·ln 2. The next tile's K and V rows are
+// prefetched into L2 while a tile computes (except in decode).
+// Tiles: a tile inside every row's visible range is "full" (no mask work); a
+// tile outside the union of the rows' ranges is skipped (never read); the
+// others are "partial". In a partial tile a hidden key has weight exactly 0,
+// but 0·NaN = NaN, so when its V rows are not all finite P·V runs row by row
+// over each row's visible keys only.
+// Few rows (a block of <= 4 rows, e.g. decode with Lq·g <= 4): scores are dot
+// products along d, S is kept row-major and the softmax is vectorized over
+// keys instead of mostly empty query vectors.
+//
+// Decode (fewer than 16 row blocks and >= 16 key tiles): flash-decoding. Each
+// block's keys are split into `splits` tile-aligned ranges (a function of the
+// shape only, never of the thread count, so results are bitwise identical for
+// any thread count: deterministic = true); items write partial (m, l, O) and
+// the item that completes a block merges its splits in a fixed order (no
+// second parallel pass, no barrier). With GQA the group's heads are rows of
+// one block, so K and V are read once per group.
+//
+// Parallelism: work items are (row block, key split), handed out dynamically
+// by ParallelFor in order of decreasing query position, so for causal masks
+// the longest blocks start first (longest-processing-time-first) and the
+// short ones fill in at the end.
+//
+// Bytes (fp32) for B, H, Hkv, Lq, Lk, dk, dv, g = H / Hkv:
+//   reads  Q: 4·B·H·Lq·dk once; K, V: 4·B·Hkv·Lk·(dk + dv) once per row block,
+//          i.e. ceil(g·Lq / 64) times (from L2/L3 when a head's K and V fit,
+//          else memory; causal: about half of that); decode (Lq·g <= 64):
+//          K and V exactly once;
+//   writes O: 4·B·H·Lq·dv, lse: 4·B·H·Lq. Nothing of size Lq x Lk.
+// FLOPs: 2·(dk + dv) per visible (query, key) pair plus the masked part of
+// partial tiles; exps: one per computed score plus one per row per tile.
+//
+// Working set per thread: Qᵀ 64·dk + Sᵀ 64·64 + V tile 64·dv' + O 64·dv' +
+// 3·64 floats + 1 KiB of row ranges = 66 KiB at dk = dv = 64, 114 KiB at 128,
+// independent of Lq and Lk. Split decode runs add partial results of
+// items·min(64, g·Lq)·(dv' + 2) floats, with items = blocks·splits <= 47
+// (splits happen only below 16 blocks and aim at 32 items).
+// So Lq = Lk = 32768, dk = dv = 64 takes 132 KiB on 2 threads (tested < 4 MiB).
+//
+// Block sizes (Zen 4: L1d 32 KiB, L2 1 MiB per core, 32 zmm registers):
+//   * Br = 64 = 4 AVX-512 vectors of queries: the S micro-kernel holds 6 keys
+//     x 4 vectors = 24 accumulators (+4 Qᵀ vectors + 1 broadcast <= 32 regs);
+//     per dk step 4 loads + 6 broadcast loads feed 24 FMAs (Zen 4 issues one
+//     512-bit FMA and two loads per cycle, so FMA stays the bottleneck).
+//   * Bc = 64: the Sᵀ tile (16 KiB) plus the V tile (16 KiB at dv = 64) are
+//     what the P·V micro-kernel streams: they fit L1 together; Qᵀ (16-32 KiB)
+//     and O (16-32 KiB) stay in L2 (1 MiB) with the prefetched next K/V tile.
+//     The P·V micro-kernel holds 6 rows x 4 vectors of O = 24 accumulators,
+//     4 V loads + 6 broadcasts per 24 FMAs.
+//   * Per tile the softmax costs ~2 passes over Sᵀ and 64·64 exps (~17
+//     instructions per 16): about 1/(d/8) of the tile's FMA time, 6% at
+//     d = 64 (see kernels/DESIGN.md). Larger Bc would not reduce that (it is
+//     per score), would push Sᵀ + V out of L1, and would waste more work on
+//     causal diagonal tiles (Br·Bc/2 per row block).
+//   * K/V reuse: each K/V element loaded per row block feeds 64 rows:
+//     4·(dk+dv) bytes per 64·2·(dk+dv) FLOPs = 1/32 byte per FLOP from L2/L3,
+//     ~2.8 GB/s at 90 GFLOP/s, far below L3 bandwidth, so Br = 64 suffices.
+
+#include "kernels/flash.h"
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "kernels/parallel.h"
+#include "kernels/registry.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/flash.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "kernels/fast_exp2-inl.h"
+
+#ifndef ATTNLAB_KERNELS_FLASH_ONCE_
+#define ATTNLAB_KERNELS_FLASH_ONCE_
+namespace attn::flash {
+std::atomic<FlashTileCounts*> g_tile_counts{nullptr};
+}  // namespace attn::flash
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace attn {
+namespace HWY_NAMESPACE {
+namespace {
+
+namespace hn = hwy::HWY_NAMESPACE;
+using D = hn::ScalableTag<float>;
+using V = hn::Vec<D>;
+
+constexpr float kInfF = std::numeric_limits<float>::infinity();
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr int kMR = 6;           // keys (S) or rows (P·V) per micro-kernel
+constexpr int kNV = 4;           // vectors per micro-kernel
+constexpr int64_t kFewRows = 4;  // blocks of at most this many rows use dot products
+// Row stride of the row-major score tile of few-row blocks: whole, aligned
+// vectors (kFewRows * kFewStride <= kBc * kBr, the tile buffer).
+constexpr int64_t kFewStride = flash::RoundUp(flash::kBc, flash::kPad);
+static_assert(kFewRows * kFewStride <= flash::kBc * flash::kBr);
+
+// The first n < Lanes floats at p (possibly unaligned), zeros after: never
+// reads past p + n (Highway 1.0.3's MaskedLoad on SSE4/scalar loads the
+// whole, aligned vector).
+HWY_INLINE V LoadTail(const float* HWY_RESTRICT p, int64_t n) {
+  const D d;
+  alignas(64) float buf[64 / sizeof(float)] = {};
+  for (int64_t i = 0; i < n; ++i) buf[i] = p[i];
+  return hn::Load(d, buf);
+}
+
+// Sᵀ[m][v·N..] = Σ_k K[m][k] · Qᵀ[k][v·N..] for MR keys x NV query vectors.
+template <int MR, int NV>
+HWY_NOINLINE void ScoreKernel(const float* HWY_RESTRICT qt, const float* HWY_RESTRICT k,
+                              int64_t k_stride, int64_t dk, float* HWY_RESTRICT st) {
+  const D d;
+  const size_t N = hn::Lanes(d);
+  V acc[MR][NV];
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) acc[m][v] = hn::Zero(d);
+  for (int64_t x = 0; x < dk; ++x) {
+    V q[NV];
+    for (int v = 0; v < NV; ++v) q[v] = hn::Load(d, qt + x * flash::kBr + v * N);
+    for (int m = 0; m < MR; ++m) {
+      const V kb = hn::Set(d, k[m * k_stride + x]);
+      for (int v = 0; v < NV; ++v) acc[m][v] = hn::MulAdd(kb, q[v], acc[m][v]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) hn::Store(acc[m][v], d, st + m * flash::kBr + v * N);
+}
+
+template <int MR>
+void ScoreKeys(int nv, const float* qt, const float* k, int64_t k_stride, int64_t dk, float* st) {
+  switch (nv) {
+    case 1:
+      return ScoreKernel<MR, 1>(qt, k, k_stride, dk, st);
+    case 2:
+      return ScoreKernel<MR, 2>(qt, k, k_stride, dk, st);
+    case 3:
+      return ScoreKernel<MR, 3>(qt, k, k_stride, dk, st);
+    default:
+      return ScoreKernel<MR, 4>(qt, k, k_stride, dk, st);
+  }
+}
+
+// Sᵀ (nc x 64, row stride kBr) for keys k[0..nc) (row stride k_stride) and
+// `nvec` vectors of queries.
+void Scores(const float* qt, const float* k, int64_t k_stride, int64_t nc, int64_t dk, int64_t nvec,
+            float* st) {
+  const size_t N = hn::Lanes(D());
+  for (int64_t v0 = 0; v0 < nvec; v0 += kNV) {
+    const int nv = static_cast<int>(std::min<int64_t>(kNV, nvec - v0));
+    const float* q = qt + v0 * N;
+    float* s = st + v0 * N;
+    int64_t j = 0;
+    for (; j + kMR <= nc; j += kMR) {
+      ScoreKeys<kMR>(nv, q, k + j * k_stride, k_stride, dk, s + j * flash::kBr);
+    }
+    const float* kj = k + j * k_stride;
+    float* sj = s + j * flash::kBr;
+    switch (nc - j) {
+      case 1:
+        ScoreKeys<1>(nv, q, kj, k_stride, dk, sj);
+        break;
+      case 2:
+        ScoreKeys<2>(nv, q, kj, k_stride, dk, sj);
+        break;
+      case 3:
+        ScoreKeys<3>(nv, q, kj, k_stride, dk, sj);
+        break;
+      case 4:
+        ScoreKeys<4>(nv, q, kj, k_stride, dk, sj);
+        break;
+      case 5:
+        ScoreKeys<5>(nv, q, kj, k_stride, dk, sj);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+// S[r][j] (row-major, stride kBc) for nrows <= kFewRows rows of row-major Q (stride dkp, zero
+// padded): one dot product along d per (key, row).
+void ScoresFewRows(const float* qs, int64_t dkp, int64_t nrows, const float* k, int64_t k_stride,
+                   int64_t nc, int64_t dk, float* st) {
+  const D d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t full = dk / N * N;
+  for (int64_t j = 0; j < nc; ++j) {
+    const float* kr = k + j * k_stride;
+    V acc[kFewRows];
+    for (int64_t r = 0; r < nrows; ++r) acc[r] = hn::Zero(d);
+    for (int64_t x = 0; x < full; x += N) {
+      const V kv = hn::LoadU(d, kr + x);
+      for (int64_t r = 0; r < nrows; ++r) {
+        acc[r] = hn::MulAdd(kv, hn::Load(d, qs + r * dkp + x), acc[r]);
+      }
+    }
+    if (full < dk) {
+      const V kv = LoadTail(kr + full, dk - full);
+      for (int64_t r = 0; r < nrows; ++r) {
+        acc[r] = hn::MulAdd(kv, hn::Load(d, qs + r * dkp + full), acc[r]);
+      }
+    }
+    for (int64_t r = 0; r < nrows; ++r) {
+      st[r * kFewStride + j] = hn::GetLane(hn::SumOfLanes(d, acc[r]));
+    }
+  }
+}
+
+// O[m][v·N..] += Σ_j Pᵀ[j][m] · V[j][v·N..] for MR rows x NV column vectors.
+template <int MR, int NV>
+HWY_NOINLINE void PvKernel(const float* HWY_RESTRICT pt, int64_t pj, int64_t pm,
+                           const float* HWY_RESTRICT vp, int64_t vs, int64_t dvp, int64_t nc,
+                           float* HWY_RESTRICT o) {
+  const D d;
+  const size_t N = hn::Lanes(d);
+  V acc[MR][NV];
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) acc[m][v] = hn::Load(d, o + m * dvp + v * N);
+  for (int64_t j = 0; j < nc; ++j) {
+    V x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = hn::Load(d, vp + j * vs + v * N);
+    for (int m = 0; m < MR; ++m) {
+      const V p = hn::Set(d, pt[j * pj + m * pm]);
+      for (int v = 0; v < NV; ++v) acc[m][v] = hn::MulAdd(p, x[v], acc[m][v]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) hn::Store(acc[m][v], d, o + m * dvp + v * N);
+}
+
+template <int MR>
+void PvRows(int nv, const float* pt, int64_t pj, int64_t pm, const float* vp, int64_t vs,
+            int64_t dvp, int64_t nc, float* o) {
+  switch (nv) {
+    case 1:
+      return PvKernel<MR, 1>(pt, pj, pm, vp, vs, dvp, nc, o);
+    case 2:
+      return PvKernel<MR, 2>(pt, pj, pm, vp, vs, dvp, nc, o);
+    case 3:
+      return PvKernel<MR, 3>(pt, pj, pm, vp, vs, dvp, nc, o);
+    default:
+      return PvKernel<MR, 4>(pt, pj, pm, vp, vs, dvp, nc, o);
+  }
+}
+
+// O[0..nrows) += P·V over the whole tile (all nc keys).
+void PvBlocked(const float* pt, int64_t pj, int64_t pm, const float* vp, int64_t vs, int64_t dvp,
+               int64_t nc, int64_t nrows, float* o) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(D()));
+  const int64_t cols = dvp / N;
+  for (int64_t c0 = 0; c0 < cols; c0 += kNV) {
+    const int nv = static_cast<int>(std::min<int64_t>(kNV, cols - c0));
+    int64_t r = 0;
+    for (; r + kMR <= nrows; r += kMR) {
+      PvRows<kMR>(nv, pt + r * pm, pj, pm, vp + c0 * N, vs, dvp, nc, o + r * dvp + c0 * N);
+    }
+    const float* p = pt + r * pm;
+    const float* v = vp + c0 * N;
+    float* out = o + r * dvp + c0 * N;
+    switch (nrows - r) {
+      case 1:
+        PvRows<1>(nv, p, pj, pm, v, vs, dvp, nc, out);
+        break;
+      case 2:
+        PvRows<2>(nv, p, pj, pm, v, vs, dvp, nc, out);
+        break;
+      case 3:
+        PvRows<3>(nv, p, pj, pm, v, vs, dvp, nc, out);
+        break;
+      case 4:
+        PvRows<4>(nv, p, pj, pm, v, vs, dvp, nc, out);
+        break;
+      case 5:
+        PvRows<5>(nv, p, pj, pm, v, vs, dvp, nc, out);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+struct Scratch {
+  float* qt;     // dk x kBr
+  float* st;     // kBc x kBr
+  float* vp;     // kBc x dvp
+  float* o;      // kBr x dvp
+  float* m;      // kBr
+  float* l;      // kBr
+  float* alpha;  // kBr
+};
+
+struct BlockCounts {
+  int64_t full = 0, partial = 0, skipped = 0;
+};
+
+// One work item: rows [r0, r0 + nrows) of (b, kvh) against keys
+// [key_lo, key_hi). Leaves m, l and the unnormalized O in `sc`.
+void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int64_t kvh, int64_t r0,
+                 int64_t nrows, int64_t key_lo, int64_t key_hi, Scratch& sc, int64_t* rb,
+                 int64_t* re, BlockCounts& counts) {
+  const D d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t dk = p.shape.head_dim;
+  const int64_t dv = p.shape.value_dim;
+  const int64_t dvp = plan.dvp;
+  const int64_t group = p.group;
+  const int64_t nvec = (nrows + N - 1) / N;
+  const int64_t rp = nvec * N;  // rows padded to whole vectors
+  const float c = p.scale * kLog2e;
+  // Few rows (decode): dot products along d beat broadcasting K into a
+  // mostly empty query vector; Q is then kept row-major, padded to dkp.
+  const bool few_rows = nrows <= kFewRows;
+  const int64_t dkp = flash::RoundUp(dk, N);
+  // Element (key j, row x) of the score tile: Sᵀ (key-major) normally, S
+  // (row-major) for few rows, so that each softmax vectorizes its long axis.
+  const int64_t sj = few_rows ? 1 : flash::kBr;
+  const int64_t sr = few_rows ? kFewStride : 1;
+
+  // Qᵀ (scaled into the exp2 domain), visible ranges, union, intersection.
+  int64_t ulo = key_hi, uhi = key_lo, ilo = key_lo, ihi = key_hi;
+  for (int64_t x = 0; x < nrows; ++x) {
+    const int64_t r = r0 + x;
+    const int64_t i = r / group;
+    const int64_t h = kvh * group + r % group;
+    const float* q = p.QRow(b, h, i);
+    if (few_rows) {
+      for (int64_t k = 0; k < dkp; ++k) sc.qt[x * dkp + k] = k < dk ? q[k] * c : 0.0f;
+    } else {
+      for (int64_t k = 0; k < dk; ++k) sc.qt[k * flash::kBr + x] = q[k] * c;
+    }
+    const KeyRange keys = p.VisibleKeys(b, i);
+    rb[x] = std::max(keys.begin, key_lo);
+    re[x] = std::min(keys.end, key_hi);
+    if (rb[x] < re[x]) {
+      ulo = std::min(ulo, rb[x]);
+      uhi = std::max(uhi, re[x]);
+    }
+    ilo = std::max(ilo, rb[x]);
+    ihi = std::min(ihi, re[x]);
+  }
+  if (!few_rows) {
+    for (int64_t k = 0; k < dk; ++k) {
+      for (int64_t x = nrows; x < rp; ++x) sc.qt[k * flash::kBr + x] = 0.0f;
+    }
+  }
+  for (int64_t x = 0; x < rp; x += N) {
+    hn::Store(hn::Set(d, -kInfF), d, sc.m + x);
+    hn::Store(hn::Zero(d), d, sc.l + x);
+  }
+  std::memset(sc.o, 0, sizeof(float) * rp * dvp);
+
+  const int64_t tiles_total = (key_hi - key_lo + flash::kBc - 1) / flash::kBc;
+  if (ulo >= uhi) {
+    counts.skipped += tiles_total;
+    return;
+  }
+  const float* k_base = p.KRow(b, kvh, 0);
+  const int64_t k_stride = p.k.strides.row;
+  const bool additive = p.mask.kind == MaskKind::kAdditive;
+  const bool v_direct = dv == dvp && p.v.strides.row % flash::kPad == 0;
+  int64_t visited = 0;
+  // Tiles are aligned to kBc from key_lo; each is clipped to the union.
+  for (int64_t t = key_lo + (ulo - key_lo) / flash::kBc * flash::kBc; t < uhi; t += flash::kBc) {
+    const int64_t j0 = std::max(t, ulo);
+    const int64_t j1 = std::min(t + flash::kBc, uhi);
+    const int64_t nc = j1 - j0;
+    ++visited;
+    const bool partial = !(ilo <= j0 && j1 <= ihi);
+    partial ? ++counts.partial : ++counts.full;
+
+    // Prefetch the next tile's K and V rows into L2 while this one computes:
+    // K/V of a head stream from L3 or memory once per row block, and the
+    // hardware prefetcher alone leaves the V packing and the K broadcasts
+    // waiting on them (+3% at d = 128). Not for few-row (decode) blocks:
+    // they stream K/V sequentially at memory speed, where the hardware
+    // prefetcher keeps up and the prefetch instructions only queue (-30%).
+    if (!few_rows && j1 < uhi) {
+      const int64_t n1 = std::min(j1 + flash::kBc, uhi);
+      for (int64_t j = j1; j < n1; ++j) {
+        const char* kr = reinterpret_cast<const char*>(k_base + j * k_stride);
+        const char* vr = reinterpret_cast<const char*>(p.VRow(b, kvh, j));
+        for (int64_t x = 0; x < dk * 4; x += 64) __builtin_prefetch(kr + x, 0, 2);
+        for (int64_t x = 0; x < dv * 4; x += 64) __builtin_prefetch(vr + x, 0, 2);
+      }
+    }
+    // V rows [j0, j1) as the P·V kernel wants them: 64-byte aligned rows of
+    // whole vectors. Used in place when they already are (the common
+    // contiguous case), else packed with zero padding columns.
+    const float* vsrc = p.VRow(b, kvh, j0);
+    int64_t vs = p.v.strides.row;
+    if (!v_direct || reinterpret_cast<uintptr_t>(vsrc) % 64 != 0) {
+      for (int64_t j = 0; j < nc; ++j) {
+        const float* vr = p.VRow(b, kvh, j0 + j);
+        float* dst = sc.vp + j * dvp;
+        int64_t x = 0;
+        for (; x + N <= dv; x += N) hn::Store(hn::LoadU(d, vr + x), d, dst + x);
+        if (x < dv) {
+          hn::Store(LoadTail(vr + x, dv - x), d, dst + x);
+          x += N;
+        }
+        for (; x < dvp; x += N) hn::Store(hn::Zero(d), d, dst + x);
+      }
+      vsrc = sc.vp;
+      vs = dvp;
+    }
+    // In a partial tile hidden keys get weight 0, and 0·NaN = NaN: note
+    // whether its V rows are all finite.
+    bool v_finite = true;
+    if (partial) {
+      auto all = hn::FirstN(d, N);  // all true
+      for (int64_t j = 0; j < nc; ++j) {
+        for (int64_t x = 0; x < dvp; x += N) {
+          all = hn::And(all, hn::IsFinite(hn::Load(d, vsrc + j * vs + x)));
+        }
+      }
+      v_finite = hn::AllTrue(d, all);
+    }
+
+    // Sᵀ = K·Qᵀ.
+    if (few_rows) {
+      ScoresFewRows(sc.qt, dkp, nrows, k_base + j0 * k_stride, k_stride, nc, dk, sc.st);
+    } else {
+      Scores(sc.qt, k_base + j0 * k_stride, k_stride, nc, dk, nvec, sc.st);
+    }
+    if (additive) {
+      for (int64_t x = 0; x < nrows; ++x) {
+        const int64_t r = r0 + x;
+        const float* a = p.AdditiveRow(b, kvh * group + r % group, r / group) + j0;
+        for (int64_t j = 0; j < nc; ++j) sc.st[j * sj + x * sr] += a[j] * kLog2e;
+      }
+    }
+    if (partial) {
+      for (int64_t x = 0; x < nrows; ++x) {
+        const int64_t lo = std::min(std::max(rb[x], j0), j1) - j0;
+        const int64_t hi = std::max(std::min(re[x], j1), j0) - j0;
+        if (lo >= hi) {
+          for (int64_t j = 0; j < nc; ++j) sc.st[j * sj + x * sr] = -kInfF;
+        } else {
+          for (int64_t j = 0; j < lo; ++j) sc.st[j * sj + x * sr] = -kInfF;
+          for (int64_t j = hi; j < nc; ++j) sc.st[j * sj + x * sr] = -kInfF;
+        }
+      }
+    }
+
+    // Online softmax, vectorized over queries (or over keys for few rows).
+    const V neg_inf = hn::Set(d, -kInfF);
+    if (few_rows) {
+      const hn::CappedTag<float, 1> d1;
+      const auto tail = hn::FirstN(d, static_cast<size_t>(nc % N == 0 ? N : nc % N));
+      const int64_t last = (nc - 1) / N * N;  // start of the last vector
+      for (int64_t x = 0; x < nrows; ++x) {
+        float* s = sc.st + x * kFewStride;
+        V mt = neg_inf;
+        for (int64_t j = 0; j < last; j += N) mt = hn::Max(mt, hn::Load(d, s + j));
+        mt = hn::Max(mt, hn::IfThenElse(tail, hn::Load(d, s + last), neg_inf));
+        const float mtile = hn::GetLane(hn::MaxOfLanes(d, mt));
+        const float mo = sc.m[x];
+        const float mn = mo < mtile ? mtile : mo;
+        const float mu = mn == -kInfF ? 0.0f : mn;
+        const V muv = hn::Set(d, mu);
+        V sum = hn::Zero(d);
+        for (int64_t j = 0; j < last; j += N) {
+          const V e = FastExp2(d, hn::Sub(hn::Load(d, s + j), muv));
+          hn::Store(e, d, s + j);
+          sum = hn::Add(sum, e);
+        }
+        const V e = FastExp2(d, hn::Sub(hn::Load(d, s + last), muv));
+        hn::Store(e, d, s + last);
+        sum = hn::Add(sum, hn::IfThenElseZero(tail, e));
+        const float alpha = hn::GetLane(FastExp2(d1, hn::Set(d1, mo - mu)));
+        sc.l[x] = alpha * sc.l[x] + hn::GetLane(hn::SumOfLanes(d, sum));
+        sc.m[x] = mn;
+        sc.alpha[x] = alpha;
+      }
+    }
+    for (int64_t x = 0; x < (few_rows ? 0 : rp); x += N) {
+      V mt = neg_inf;
+      for (int64_t j = 0; j < nc; ++j) mt = hn::Max(mt, hn::Load(d, sc.st + j * flash::kBr + x));
+      const V mo = hn::Load(d, sc.m + x);
+      const V mn = hn::Max(mo, mt);
+      const V mu = hn::IfThenZeroElse(hn::Eq(mn, neg_inf), mn);
+      V sum = hn::Zero(d);
+      for (int64_t j = 0; j < nc; ++j) {
+        float* s = sc.st + j * flash::kBr + x;
+        const V e = FastExp2(d, hn::Sub(hn::Load(d, s), mu));
+        hn::Store(e, d, s);
+        sum = hn::Add(sum, e);
+      }
+      const V alpha = FastExp2(d, hn::Sub(mo, mu));
+      hn::Store(hn::MulAdd(alpha, hn::Load(d, sc.l + x), sum), d, sc.l + x);
+      hn::Store(mn, d, sc.m + x);
+      hn::Store(alpha, d, sc.alpha + x);
+    }
+    // Rescale O only for rows whose max moved (alpha == 1 exactly otherwise).
+    for (int64_t x = 0; x < nrows; ++x) {
+      const float a = sc.alpha[x];
+      if (a == 1.0f) continue;
+      const V av = hn::Set(d, a);
+      float* o = sc.o + x * dvp;
+      for (int64_t y = 0; y < dvp; y += N) hn::Store(hn::Mul(av, hn::Load(d, o + y)), d, o + y);
+    }
+
+    // O += P·V.
+    if (v_finite) {
+      PvBlocked(sc.st, sj, sr, vsrc, vs, dvp, nc, nrows, sc.o);
+    } else {
+      for (int64_t x = 0; x < nrows; ++x) {
+        const int64_t lo = std::min(std::max(rb[x], j0), j1) - j0;
+        const int64_t hi = std::max(std::min(re[x], j1), j0) - j0;
+        float* o = sc.o + x * dvp;
+        for (int64_t j = lo; j < hi; ++j) {
+          const V pj = hn::Set(d, sc.st[j * sj + x * sr]);
+          const float* vr = vsrc + j * vs;
+          for (int64_t y = 0; y < dvp; y += N) {
+            hn::Store(hn::MulAdd(pj, hn::Load(d, vr + y), hn::Load(d, o + y)), d, o + y);
+          }
+        }
+      }
+    }
+  }
+  counts.skipped += tiles_total - visited;
+}
+
+// Normalizes one row: O / l and lse; a fully masked row gives O = 0,
+// lse = -inf. NaN in l or m (a NaN or +inf logit) gives NaN.
+void FinishRow(const float* acc, float m, float l, int64_t dv, float* out, float* lse) {
+  if (m == -kInfF && l == 0.0f) {
+    for (int64_t y = 0; y < dv; ++y) out[y] = 0.0f;
+    if (lse) *lse = -kInfF;
+    return;
+  }
+  const float inv = 1.0f / l;
+  for (int64_t y = 0; y < dv; ++y) out[y] = acc[y] * inv;
+  if (lse) *lse = (m + std::log2(l)) * kLn2;
+}
+
+Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
+  const flash::Plan plan = flash::MakePlan(p);
+  const int64_t items = plan.items();
+  if (items == 0) return Status::Ok();
+  const int threads = std::max(1, ctx.threads);
+  const int64_t dk = p.shape.head_dim;
+  const int64_t dv = p.shape.value_dim;
+  const int64_t dvp = plan.dvp;
+  auto scratch = ctx.workspace->Allocate<float>(static_cast<size_t>(threads * plan.thread_floats));
+  auto ranges = ctx.workspace->Allocate<int64_t>(static_cast<size_t>(threads * 2 * flash::kBr));
+  Workspace::Buffer<float> partial;
+  if (plan.splits > 1)
+    partial = ctx.workspace->Allocate<float>(static_cast<size_t>(plan.partial_floats));
+  Workspace::Buffer<int64_t> done;  // finished splits per block
+  if (plan.splits > 1) {
+    done = ctx.workspace->Allocate<int64_t>(static_cast<size_t>(plan.blocks));
+    std::fill(done.data(), done.data() + plan.blocks, int64_t{0});
+  }
+  const int64_t slot = plan.block_rows * (dvp + 2);  // partial floats per item
+
+  std::atomic<int64_t> full{0}, part{0}, skipped{0};
+  auto block_of = [&](int64_t blk, int64_t* b, int64_t* kvh, int64_t* r0, int64_t* nrows) {
+    // Decreasing query position first: longest causal blocks start first.
+    const int64_t qb = plan.row_blocks - 1 - blk / plan.bkv;
+    const int64_t bkv = blk % plan.bkv;
+    *b = bkv / p.shape.kv_heads;
+    *kvh = bkv % p.shape.kv_heads;
+    *r0 = qb * flash::kBr;
+    *nrows = std::min(flash::kBr, plan.rows - *r0);
+  };
+
+  // Combines the splits of block `blk` in a fixed order (so the result does
+  // not depend on which thread merges) into O and lse.
+  auto merge_block = [&](int64_t blk, float* acc) {
+    int64_t b, kvh, r0, nrows;
+    block_of(blk, &b, &kvh, &r0, &nrows);
+    for (int64_t x = 0; x < nrows; ++x) {
+      const float* first = partial.data() + blk * plan.splits * slot + x * (dvp + 2);
+      float mx = -kInfF;
+      bool nan = false;
+      for (int64_t s = 0; s < plan.splits; ++s) {
+        const float ms = first[s * slot];
+        nan |= std::isnan(ms);
+        mx = std::max(mx, ms);
+      }
+      float l = 0.0f;
+      for (int64_t y = 0; y < dvp; ++y) acc[y] = 0.0f;
+      if (nan) {
+        mx = std::numeric_limits<float>::quiet_NaN();
+        l = mx;
+      } else {
+        const float mu = mx == -kInfF ? 0.0f : mx;
+        for (int64_t s = 0; s < plan.splits; ++s) {
+          const float* row = first + s * slot;
+          const float w = std::exp2(row[0] - mu);
+          l += w * row[1];
+          for (int64_t y = 0; y < dvp; ++y) acc[y] += w * row[2 + y];
+        }
+      }
+      const int64_t r = r0 + x;
+      const int64_t i = r / p.group;
+      const int64_t h = kvh * p.group + r % p.group;
+      FinishRow(acc, mx, l, dv, p.ORow(b, h, i),
+                p.lse.empty() ? nullptr : &p.lse[p.RowIndex(b, h, i)]);
+    }
+  };
+
+  ParallelFor(threads, items, [&](int64_t item) {
+    const int tid = ThreadIndex();
+    float* base = scratch.data() + tid * plan.thread_floats;
+    Scratch sc;
+    sc.qt = base;
+    sc.st = sc.qt + flash::RoundUp(dk * flash::kBr, 16);
+    sc.vp = sc.st + flash::kBc * flash::kBr;
+    sc.o = sc.vp + flash::kBc * dvp;
+    sc.m = sc.o + flash::kBr * dvp;
+    sc.l = sc.m + flash::kBr;
+    sc.alpha = sc.l + flash::kBr;
+    int64_t* rb = ranges.data() + tid * 2 * flash::kBr;
+    int64_t* re = rb + flash::kBr;
+
+    const int64_t blk = item / plan.splits;
+    const int64_t split = item % plan.splits;
+    int64_t b, kvh, r0, nrows;
+    block_of(blk, &b, &kvh, &r0, &nrows);
+    const int64_t t_lo = PartBegin(plan.key_tiles, plan.splits, split);
+    const int64_t t_hi = PartBegin(plan.key_tiles, plan.splits, split + 1);
+    const int64_t key_lo = t_lo * flash::kBc;
+    const int64_t key_hi = std::min(t_hi * flash::kBc, p.shape.kv_len);
+    BlockCounts counts;
+    AttendBlock(p, plan, b, kvh, r0, nrows, key_lo, key_hi, sc, rb, re, counts);
+    full += counts.full;
+    part += counts.partial;
+    skipped += counts.skipped;
+
+    if (plan.splits == 1) {
+      for (int64_t x = 0; x < nrows; ++x) {
+        const int64_t r = r0 + x;
+        const int64_t i = r / p.group;
+        const int64_t h = kvh * p.group + r % p.group;
+        FinishRow(sc.o + x * dvp, sc.m[x], sc.l[x], dv, p.ORow(b, h, i),
+                  p.lse.empty() ? nullptr : &p.lse[p.RowIndex(b, h, i)]);
+      }
+    } else {
+      float* out = partial.data() + item * slot;
+      for (int64_t x = 0; x < nrows; ++x) {
+        float* row = out + x * (dvp + 2);
+        row[0] = sc.m[x];
+        row[1] = sc.l[x];
+        std::memcpy(row + 2, sc.o + x * dvp, sizeof(float) * dvp);
+      }
+      // The item that completes a block merges it: no second parallel pass
+      // and no barrier. acq_rel orders the other splits' partials before.
+      if (std::atomic_ref<int64_t>(done[blk]).fetch_add(1, std::memory_order_acq_rel) ==
+          plan.splits - 1) {
+        merge_block(blk, sc.o);
+      }
+    }
+  });
+
+  if (FlashTileCounts* sink = flash::g_tile_counts.load()) {
+    sink->full += full.load();
+    sink->partial += part.load();
+    sink->skipped += skipped.load();
+    if (plan.splits > 1) sink->split_items += items;
+  }
+  return Status::Ok();
+}
+
+void Exp2Array(const float* x, float* out, size_t n) {
+  const D d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(FastExp2(d, hn::LoadU(d, x + i)), d, out + i);
+  for (; i < n; ++i) {
+    const hn::CappedTag<float, 1> d1;
+    hn::StoreU(FastExp2(d1, hn::LoadU(d1, x + i)), d1, out + i);
+  }
+}
+
+}  // namespace
+// Exported per target (outside the anonymous namespace for HWY_EXPORT).
+Status RunFlashTarget(const ValidProblem& p, ExecContext& ctx) { return RunFlashImpl(p, ctx); }
+void FlashExp2Target(const float* x, float* out, size_t n) { Exp2Array(x, out, n); }
+}  // namespace HWY_NAMESPACE
+}  // namespace attn
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace attn {
+HWY_EXPORT(RunFlashTarget);
+HWY_EXPORT(FlashExp2Target);
+
+void SetFlashTileCounts(FlashTileCounts* counts) { flash::g_tile_counts.store(counts); }
+
+void FlashExp2ForTest(const float* x, float* out, size_t n) {
+  HWY_DYNAMIC_DISPATCH(FlashExp2Target)(x, out, n);
+}
+
+namespace {
+
+Status RunFlash(const ValidProblem& p, ExecContext& ctx) {
+  return HWY_DYNAMIC_DISPATCH(RunFlashTarget)(p, ctx);
+}
+
+size_t FlashWorkspaceBytes(const ValidProblem& p, int threads) {
+  const flash::Plan plan = flash::MakePlan(p);
+  if (plan.items() == 0) return 0;
+  const size_t t = static_cast<size_t>(std::max(1, threads));
+  return sizeof(float) * (t * static_cast<size_t>(plan.thread_floats) +
+                          static_cast<size_t>(plan.partial_floats)) +
+         sizeof(int64_t) * (t * 2 * flash::kBr + (plan.splits > 1 ? plan.blocks : 0));
+}
+
+}  // namespace
+
+extern const Variant flash_variant = {
+    .name = "flash",
+    .summary =
+        "FlashAttention-2 tiling (64x64), online exp2 softmax, Highway micro-kernels, "
+        "masked tiles skipped, split-key decoding",
+    .run = RunFlash,
+    .workspace_bytes = FlashWorkspaceBytes,
+    .supports_weights = false,
+    .materializes_scores = false,
+    .uses_highway = true,
+    .deterministic = true,
+};
+
+}  // namespace attn
+#endif  // HWY_ONCE

@@ -1,0 +1,98 @@
+// Flash attention (kernels/flash.cc): the tiling plan shared by the kernel,
+// its workspace declaration and the tests, plus two test hooks.
+#ifndef ATTNLAB_KERNELS_FLASH_H_
+#define ATTNLAB_KERNELS_FLASH_H_
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/problem.h"
+
+namespace attn {
+
+// Tile counts of flash runs, for tests: a tile is one (row block, Bc-key
+// tile) pair inside a work item's key range. `skipped` tiles are fully
+// masked and never touched; `partial` ones apply the structural mask;
+// `full` ones are computed without any structural mask work.
+struct FlashTileCounts {
+  std::atomic<int64_t> full{0};
+  std::atomic<int64_t> partial{0};
+  std::atomic<int64_t> skipped{0};
+  std::atomic<int64_t> split_items{0};  // work items of split-key (decode) runs
+};
+// While set (non-null), every flash run adds its tile counts here.
+void SetFlashTileCounts(FlashTileCounts* counts);
+
+// Relative error bound of the vector exp2 (kernels/fast_exp2-inl.h), in ulp.
+inline constexpr double kFastExp2MaxUlp = 2.0;
+// out[i] = FastExp2(x[i]) on the best Highway target (for the accuracy test).
+void FlashExp2ForTest(const float* x, float* out, size_t n);
+
+namespace flash {
+
+inline constexpr int64_t kBr = 64;   // query rows per block
+inline constexpr int64_t kBc = 64;   // keys per tile
+inline constexpr int64_t kPad = 16;  // dv padded to a multiple of 16 floats
+// Split-key (flash-decoding) parameters: used when there are few row blocks.
+inline constexpr int64_t kSplitBelowBlocks = 16;
+inline constexpr int64_t kMinTilesPerSplit = 8;
+inline constexpr int64_t kTargetItems = 32;
+
+inline constexpr int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// How a problem is cut into work items. Rows of one (batch, kv head) are
+// stacked position-major: row r is query position r / group of query head
+// kv_head * group + r % group, so GQA heads sharing K/V share every K/V tile,
+// and visible-key ranges stay monotone in r.
+struct Plan {
+  int64_t rows = 0;        // group * Lq rows per (batch, kv head)
+  int64_t row_blocks = 0;  // ceil(rows / kBr)
+  int64_t bkv = 0;         // B * Hkv
+  int64_t blocks = 0;      // bkv * row_blocks
+  int64_t key_tiles = 0;   // ceil(Lk / kBc)
+  int64_t splits = 1;      // key splits per block (flash-decoding when > 1)
+  int64_t block_rows = 0;  // min(kBr, rows): rows a block holds at most
+  int64_t dvp = 0;         // dv rounded up to kPad
+  int64_t items() const { return blocks * splits; }
+  // Floats of one thread's scratch (each piece 64-byte aligned).
+  int64_t thread_floats = 0;
+  // Floats of the split partial results (m, l, O) of all items.
+  int64_t partial_floats = 0;
+};
+
+inline Plan MakePlan(const ValidProblem& p) {
+  Plan plan;
+  const Shape& s = p.shape;
+  plan.rows = p.group * s.q_len;
+  plan.row_blocks = (plan.rows + kBr - 1) / kBr;
+  plan.bkv = s.batch * s.kv_heads;
+  plan.blocks = plan.bkv * plan.row_blocks;
+  plan.key_tiles = (s.kv_len + kBc - 1) / kBc;
+  plan.block_rows = std::min(kBr, plan.rows);
+  plan.dvp = RoundUp(s.value_dim, kPad);
+  // The split count depends on the shape only (never on the thread count),
+  // so results are bitwise identical for any number of threads.
+  if (plan.blocks > 0 && plan.blocks < kSplitBelowBlocks &&
+      plan.key_tiles >= 2 * kMinTilesPerSplit) {
+    plan.splits = std::min(plan.key_tiles / kMinTilesPerSplit,
+                           (kTargetItems + plan.blocks - 1) / plan.blocks);
+    plan.splits = std::max<int64_t>(plan.splits, 1);
+  }
+  const int64_t a = 16;                              // floats per 64 bytes
+  plan.thread_floats = RoundUp(s.head_dim * kBr, a)  // Qᵀ block
+                       + kBc * kBr                   // Sᵀ / Pᵀ tile
+                       + kBc * plan.dvp              // packed V tile
+                       + kBr * plan.dvp              // O accumulator
+                       + 3 * kBr;                    // m, l, alpha
+  if (plan.splits > 1) {
+    plan.partial_floats = plan.items() * plan.block_rows * (plan.dvp + 2);
+  }
+  return plan;
+}
+
+}  // namespace flash
+}  // namespace attn
+
+#endif  // ATTNLAB_KERNELS_FLASH_H_

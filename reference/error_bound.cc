@@ -1,0 +1,92 @@
+#include "reference/error_bound.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+
+#include "reference/reference.h"
+
+namespace attn::reference {
+namespace {
+
+constexpr double kU = 1.0 / (1 << 24);  // fp32 unit roundoff
+constexpr double kExpUlps = 8.0;
+
+const float* Element(const TensorRef<const float>& t, int64_t b, int64_t h, int64_t i) {
+  return t.data + b * t.strides.batch + h * t.strides.head + i * t.strides.row;
+}
+
+}  // namespace
+
+RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
+  const Shape& s = p.shape;
+  const double scale = p.scale ? double(*p.scale) : 1.0 / std::sqrt(double(s.head_dim));
+  const int64_t kvh = h / (s.heads / s.kv_heads);
+  const float* q = Element(p.q, b, h, i);
+  double logit_magnitude = 0;  // A
+  double v_max = 0;            // Vmax
+  int64_t visible = 0;
+  for (int64_t j = 0; j < s.kv_len; ++j) {
+    if (!KeyVisible(p, b, i, j)) continue;
+    ++visible;
+    const float* k = Element(p.k, b, kvh, j);
+    double abs_dot = 0;
+    for (int64_t d = 0; d < s.head_dim; ++d) abs_dot += std::fabs(double(q[d]) * double(k[d]));
+    double a = scale * abs_dot;
+    if (p.mask.kind == MaskKind::kAdditive) {
+      const AdditiveMaskShape& m = p.mask.additive_shape;
+      const double add =
+          p.mask
+              .additive[(((m.batch == 1 ? 0 : b) * m.heads + (m.heads == 1 ? 0 : h)) * m.rows + i) *
+                            m.cols +
+                        j];
+      if (std::isinf(add)) continue;  // a -inf key carries weight exactly 0
+      a += std::fabs(add);
+    }
+    logit_magnitude = std::max(logit_magnitude, a);
+    const float* v = Element(p.v, b, kvh, j);
+    for (int64_t d = 0; d < s.value_dim; ++d) v_max = std::max(v_max, std::fabs(double(v[d])));
+  }
+  const double logit_error = (s.head_dim + 2) * kU * logit_magnitude;
+  const double lk = double(visible);
+  RowBound bound;
+  bound.o = kSafety * v_max * (2 * logit_error + (kExpUlps + 2 * lk + 4) * kU);
+  bound.lse = kSafety * (logit_error + (kExpUlps + lk + 2) * kU);
+  bound.weights = kSafety * (2 * logit_error + (kExpUlps + 2 * lk + 4) * kU);
+  return bound;
+}
+
+bool CompareElement(double got, double want, double bound, Comparison& c,
+                    const std::string& where) {
+  bool ok;
+  if (std::isnan(want)) {
+    ok = std::isnan(got);
+  } else if (std::isinf(want)) {
+    ok = got == want;
+  } else if (!std::isfinite(bound)) {
+    ok = !std::isnan(got);
+  } else {
+    const double err = std::fabs(got - want);
+    ok = err <= bound;  // false for NaN got
+    if (std::isfinite(err)) {
+      c.max_abs_error = std::max(c.max_abs_error, err);
+      c.max_rel_error = std::max(c.max_rel_error, err / std::max(std::fabs(want), 1e-30));
+      const double ratio =
+          bound > 0 ? err / bound : (err > 0 ? std::numeric_limits<double>::infinity() : 0.0);
+      if (ratio >= c.worst_bound_ratio) {
+        c.worst_bound_ratio = ratio;
+        c.bound_at_worst = bound;
+      }
+    }
+  }
+  if (!ok && c.ok) {
+    char buf[256];
+    std::snprintf(buf, sizeof(buf), " got %.9g want %.9g (bound %.3g)", got, want, bound);
+    c.first_failure = where + buf;
+  }
+  c.ok = c.ok && ok;
+  return ok;
+}
+
+}  // namespace attn::reference

@@ -1,0 +1,1168 @@
+#!/usr/bin/python3
+"""attnlab report generator: benchmark JSON -> report.md + PNG plots.
+
+  generate.py RESULTS.json... [--accuracy ACC.json]... [--label L] [--out-dir reports]
+      writes <out-dir>/<host>-<date>[-<label>]/report.md and its PNGs; prints the report path.
+  generate.py compare A.json B.json [--label L] [--out-dir reports] [--match-ignore threads]
+      [--select-a TOKEN] [--select-b TOKEN] [--noise-floor 0.05]
+      A/B ratio table and plot; prints the report path.
+
+Runs under /usr/bin/python3 (Debian's numpy + matplotlib). Every number in the report is read
+from the JSON (BENCH_CONTRACT.md); variants are discovered from it, never listed here.
+"""
+import argparse
+import datetime
+import math
+import os
+import re
+import statistics
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import attnlab_results as ar  # noqa: E402
+
+NOT_IN_RUN = "_not in this run_"
+DPI = 110
+
+
+# ----------------------------------------------------------------------------- formatting
+def fmt_time(seconds):
+  if seconds is None:
+    return "—"
+  ms = seconds * 1e3
+  if ms >= 100:
+    return f"{ms:.0f}"
+  if ms >= 1:
+    return f"{ms:.2f}"
+  return f"{ms:.3g}"
+
+
+def fmt_num(x, digits=3):
+  if x is None or (isinstance(x, float) and math.isnan(x)):
+    return "—"
+  if abs(x) >= 100:
+    return f"{x:.0f}"
+  return f"{x:.{digits}g}"
+
+
+def fmt_bytes(b):
+  if b is None:
+    return "—"
+  for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if abs(b) >= scale:
+      return f"{b / scale:.1f} {unit}"
+  return f"{b:.0f} B"
+
+
+def fmt_pct(x):
+  return "—" if x is None else f"{100 * x:.0f}%"
+
+
+def slug(text):
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_")
+
+
+def natural_key(text):
+  """'flash/N:128' sorts before 'flash/N:1024'."""
+  return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text)]
+
+
+_PARAM_ORDER = ("d", "causal", "threads")
+
+
+def group_key(source, gp):
+  """Sort key for (source, params tuple): numbers numerically, d then causal then threads."""
+  gpd = dict(gp)
+  order = [k for k in _PARAM_ORDER if k in gpd] + sorted(k for k in gpd if k not in _PARAM_ORDER)
+  return (source, [(k, (0, gpd[k], "") if isinstance(gpd[k], (int, float))
+                    else (1, 0, str(gpd[k]))) for k in order])
+
+
+def gh_anchor(heading):
+  """The anchor GitHub gives a markdown heading."""
+  text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+  return text.replace(" ", "-")
+
+
+def md_table(header, rows, align=None):
+  align = align or (["---"] + ["---:"] * (len(header) - 1))
+  out = ["| " + " | ".join(str(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+  for r in rows:  # a '|' inside a cell (e.g. in an error message) must not split it
+    out.append("| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |")
+  return "\n".join(out)
+
+
+_LABEL_ORDER = ("N", "Lq", "Lk", "d", "causal", "w", "Hkv", "bytes", "threads")
+
+
+def params_label(params, skip=()):
+  keys = [k for k in _LABEL_ORDER if k in params] + [k for k in params if k not in _LABEL_ORDER]
+  return ", ".join(f"{k}={params[k]}" for k in keys if k not in skip)
+
+
+def run_date(context):
+  """YYYY-MM-DD from Google Benchmark's context date (ISO 8601 in 1.7)."""
+  text = str(context.get("date", ""))
+  m = re.match(r"(\d{4}-\d{2}-\d{2})", text)
+  if m:
+    return m.group(1)
+  for fmt in ("%a %b %d %H:%M:%S %Y", "%m/%d/%y-%H:%M:%S"):
+    try:
+      return datetime.datetime.strptime(text, fmt).strftime("%Y-%m-%d")
+    except ValueError:
+      pass
+  return slug(text) or "nodate"
+
+
+# ----------------------------------------------------------------------------- plotting
+def variant_colors(names):
+  """Deterministic colors: the sorted variant names take tab10 colors in order."""
+  cmap = plt.get_cmap("tab10")
+  return {n: cmap(i % 10) for i, n in enumerate(sorted(names))}
+
+
+def bytes_formatter():
+  return ticker.FuncFormatter(lambda y, _: fmt_bytes(y).replace(".0 ", " "))
+
+
+def pow2_x_axis(ax, values):
+  ax.set_xscale("log", base=2)
+  vals = sorted(set(values))
+  if vals and len(vals) <= 12:
+    ax.set_xticks(vals)
+    ax.get_xaxis().set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.get_xaxis().set_minor_locator(ticker.NullLocator())
+
+
+def legend_below(fig, axes, ncol=5):
+  """One legend for the whole figure, under the plots, so it never hides data."""
+  seen = {}
+  for ax in axes:
+    for h, lab in zip(*ax.get_legend_handles_labels()):
+      seen.setdefault(lab, h)
+  if not seen:
+    return 0.0
+  rows = math.ceil(len(seen) / ncol)
+  fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(ncol, len(seen)),
+             fontsize=8, frameon=False)
+  return 0.02 + 0.045 * rows
+
+
+def save(fig, out_dir, name, bottom=0.0):
+  fig.tight_layout(rect=(0, bottom, 1, 1))
+  fig.savefig(os.path.join(out_dir, name), dpi=DPI)
+  plt.close(fig)
+  return name
+
+
+# ----------------------------------------------------------------------------- report pieces
+class Report:
+  def __init__(self, run, accuracy, out_dir, baselines):
+    self.run = run
+    self.acc_contexts, self.acc_rows = accuracy
+    self.out_dir = out_dir
+    self.baselines = baselines
+    self.lines = []
+    self.summary = []
+    self.pngs = []
+    variants = {c.variant for c in run.all_cases() if c.variant}
+    variants.update(r.variant for r in self.acc_rows)
+    self.colors = variant_colors(variants)
+    self.multi_host = len(run.sources()) > 1
+
+  def add(self, *lines):
+    self.lines.extend(lines)
+
+  def image(self, name, alt):
+    self.pngs.append(name)
+    self.add(f"![{alt}]({name})", "")
+
+  def host_prefix(self, source):
+    return f"{source}: " if self.multi_host else ""
+
+  # ---- context
+  def context_section(self):
+    self.add("## Machine and build", "")
+    contexts = dict(self.run.contexts)
+    for s, c in self.acc_contexts.items():
+      contexts.setdefault(s, c)
+    if not contexts:
+      self.add(NOT_IN_RUN, "")
+      return
+    sources = sorted(contexts)
+    keys = []
+    preferred = ["host_name", "date", "attnlab_cpu_model", "num_cpus", "mhz_per_cpu",
+                 "cpu_scaling_enabled", "load_avg", "library_build_type", "executable"]
+    for k in preferred:
+      if any(k in contexts[s] for s in sources):
+        keys.append(k)
+    for s in sources:
+      for k in sorted(contexts[s]):
+        if k not in keys and k != "caches":
+          keys.append(k)
+    rows = []
+    for k in keys:
+      row = [f"`{k}`"]
+      for s in sources:
+        v = contexts[s].get(k, "—")
+        if isinstance(v, list):
+          v = ", ".join(fmt_num(x) if isinstance(x, float) else str(x) for x in v)
+        if k == "attnlab_memory_budget_bytes":
+          try:
+            v = f"{v} ({fmt_bytes(float(v))})"
+          except ValueError:
+            pass
+        row.append(str(v))
+      rows.append(row)
+    caches_row = ["caches"]
+    for s in sources:
+      caches = contexts[s].get("caches")
+      if caches:
+        caches_row.append("; ".join(
+            f"L{c.get('level')} {c.get('type')} {fmt_bytes(c.get('size', 0))}"
+            + (f" (shared by {c['num_sharing']})" if c.get("num_sharing", 1) > 1 else "")
+            for c in caches))
+      else:
+        caches_row.append("—")
+    rows.append(caches_row)
+    self.add(md_table(["key"] + sources, rows, ["---"] * (len(sources) + 1)), "")
+    for s in sources:
+      files = self.run.files.get(s, [])
+      if files:
+        self.add(f"Results of `{s}` from: " + ", ".join(f"`{os.path.basename(p)}`"
+                                                        for p in files) + "  ")
+    self.add("")
+
+  # ---- sweep
+  def sweep_groups(self):
+    """{(source, group params tuple): {variant: {N: case}}, plus ceilings {N: case}}."""
+    groups = {}
+    for c in self.run.all_cases():
+      if c.scenario or "N" not in c.params or c.family in (ar.CEILING_STREAM, ar.LAYER):
+        continue
+      gparams = tuple(sorted((k, v) for k, v in c.params.items() if k != "N"))
+      g = groups.setdefault((c.source, gparams), {"variants": {}, "ceiling": {}})
+      if c.family == ar.CEILING_SGEMM:
+        g["ceiling"][c.params["N"]] = c
+      else:
+        g["variants"].setdefault(c.variant, {})[c.params["N"]] = c
+    return {k: groups[k] for k in sorted(groups, key=lambda k: group_key(*k))}
+
+  def ceiling_of(self, case):
+    """The ceiling_sgemm case bounding `case` (same tokens without the variant)."""
+    rest = case.name.split("/", 1)[1] if "/" in case.name else ""
+    return self.run.cases.get((case.source, f"{ar.CEILING_SGEMM}/{rest}"))
+
+  @staticmethod
+  def fraction(case, ceiling):
+    """Variant GFLOPS over the sgemm ceiling: GFLOPS_dense for dense cases, the effective
+    (unmasked-work) GFLOPS for causal/windowed ones."""
+    if not case or not case.ok or not ceiling or not ceiling.ok:
+      return None
+    cg = ceiling.counter("GFLOPS")
+    if not cg:
+      return None
+    masked = case.params.get("causal", 0) not in (0, "0") or "w" in case.params
+    g = case.counter("GFLOPS") if masked else (case.counter("GFLOPS_dense")
+                                               or case.counter("GFLOPS"))
+    return None if g is None else g / cg
+
+  def sweep_section(self):
+    self.add("## Sweep: N = Lq = Lk", "")
+    groups = self.sweep_groups()
+    if not groups:
+      self.add(NOT_IN_RUN, "")
+      return
+    self.add("Time is the median real time per call over repetitions. GFLOPS counts only the "
+             "unmasked (query, key) pairs (FLOPs = 4·B·H·pairs·d); the sgemm ceiling runs the "
+             "same problem's dense Q·Kᵀ and P·V with OpenBLAS on the same threads. Fraction of "
+             "ceiling = variant GFLOPS_dense / ceiling GFLOPS for dense cases and effective "
+             "GFLOPS / ceiling GFLOPS for causal ones.", "")
+    for (source, gparams), g in groups.items():
+      self.sweep_group(source, dict(gparams), g)
+
+  def sweep_group(self, source, gp, g):
+    variants = sorted(g["variants"])
+    ceiling = g["ceiling"]
+    ns = sorted(set(ceiling) | {n for v in variants for n in g["variants"][v]})
+    any_case = next(iter(g["variants"][variants[0]].values())) if variants else None
+    shape = ""
+    if any_case:
+      extra = {k: int(any_case.counters[k]) for k in ("B", "H", "Hkv") if k in any_case.counters}
+      shape = ", ".join(f"{k}={v}" for k, v in extra.items())
+    causal = str(gp.get("causal", 0)) not in ("0",)
+    title = (f"d={gp.get('d', '?')}, {'causal' if causal else 'dense'}, "
+             f"threads={gp.get('threads', '?')}" + (f", {shape}" if shape else ""))
+    other = params_label(gp, skip=("d", "causal", "threads"))
+    if other:
+      title += ", " + other
+    self.add(f"### {self.host_prefix(source)}{title}", "")
+    base = slug(f"sweep_{source}_" + "_".join(f"{k}{v}" for k, v in gp.items()))
+
+    def ok_cases(v):
+      return sorted((n, c) for n, c in g["variants"][v].items() if c.ok)
+
+    # time vs N
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    for v in variants:
+      pts = ok_cases(v)
+      if pts:
+        ax.plot([n for n, _ in pts], [c.time_s * 1e3 for _, c in pts], "o-",
+                color=self.colors[v], label=v)
+    cpts = sorted((n, c) for n, c in ceiling.items() if c.ok)
+    if cpts:
+      ax.plot([n for n, _ in cpts], [c.time_s * 1e3 for _, c in cpts], "k--",
+              label="sgemm ceiling (dense GEMMs)")
+    pow2_x_axis(ax, ns)
+    ax.set_yscale("log")
+    ax.set_xlabel("N = Lq = Lk (tokens, log scale)")
+    ax.set_ylabel("time per call (ms, log scale)")
+    ax.set_title(f"{self.host_prefix(source)}time vs N — {title}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    bottom = legend_below(fig, (ax,), ncol=4)
+    self.image(save(fig, self.out_dir, base + "_time.png", bottom), "time vs N")
+
+    # GFLOPS vs N and fraction of the ceiling
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5.4))
+    for v in variants:
+      pts = [(n, c) for n, c in ok_cases(v) if c.counter("GFLOPS") is not None]
+      if pts:
+        ax1.plot([n for n, _ in pts], [c.counter("GFLOPS") for _, c in pts], "o-",
+                 color=self.colors[v], label=v)
+      fr = [(n, self.fraction(c, ceiling.get(n))) for n, c in ok_cases(v)]
+      fr = [(n, f) for n, f in fr if f is not None]
+      if fr:
+        ax2.plot([n for n, _ in fr], [f for _, f in fr], "o-", color=self.colors[v], label=v)
+    cg = [(n, c.counter("GFLOPS")) for n, c in cpts if c.counter("GFLOPS") is not None]
+    if cg:
+      ax1.plot([n for n, _ in cg], [x for _, x in cg], "k--", lw=2,
+               label="sgemm ceiling (OpenBLAS)")
+    for ax in (ax1, ax2):
+      pow2_x_axis(ax, ns)
+      ax.set_xlabel("N = Lq = Lk (tokens, log scale)")
+      ax.grid(True, which="both", alpha=0.3)
+    ax1.set_ylabel("GFLOP/s" + (" (effective: unmasked FLOPs)" if causal else ""))
+    ax1.set_ylim(bottom=0)
+    ax1.set_title("GFLOP/s vs N, with the sgemm ceiling", fontsize=10)
+    ax2.axhline(1.0, color="k", ls=":", lw=1, label="= ceiling")
+    ax2.set_ylim(bottom=0)
+    ax2.set_ylabel("fraction of sgemm ceiling")
+    ax2.set_title("fraction of the ceiling reached" + (" (effective GFLOPS)" if causal else ""),
+                  fontsize=10)
+    fig.suptitle(f"{self.host_prefix(source)}{title}", fontsize=11)
+    bottom = legend_below(fig, (ax1, ax2))
+    self.image(save(fig, self.out_dir, base + "_gflops.png", bottom), "GFLOPS vs N")
+
+    # memory vs N
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5.4))
+    anchors = []
+    for v in variants:
+      pts = ok_cases(v)
+      ws = [(n, c.counter("workspace_bytes")) for n, c in pts]
+      ws = [(n, b) for n, b in ws if b is not None and b > 0]
+      if ws:
+        ax1.plot([n for n, _ in ws], [b for _, b in ws], "o-", color=self.colors[v],
+                 label=f"{v} measured")
+        anchors.append(ws[0])
+      dec = [(n, c.counter("workspace_declared_bytes")) for n, c in pts]
+      dec = [(n, b) for n, b in dec if b is not None and b > 0]
+      if dec:
+        ax1.plot([n for n, _ in dec], [b for _, b in dec], ":", color=self.colors[v], lw=1.5,
+                 label=f"{v} declared")
+      rss = [(n, c.counter("peak_rss_delta_bytes")) for n, c in pts]
+      rss = [(n, b) for n, b in rss if b is not None and b > 0]
+      if rss:
+        ax2.plot([n for n, _ in rss], [b for _, b in rss], "o-", color=self.colors[v],
+                 label=f"{v} measured")
+    for ax in (ax1, ax2):
+      ys = [y for line in ax.lines for y in line.get_ydata()]
+      if ys and ns:
+        ymin, ymax = min(ys), max(ys)
+        n0 = ns[0]
+        at_n0 = [y for line in ax.lines for x, y in zip(line.get_xdata(), line.get_ydata())
+                 if x == n0]
+        # below the lowest curve at the first N, so the guides never hide a measurement
+        y0 = (min(at_n0) if at_n0 else ymin) / 3
+        xs = [ns[0], ns[-1]]
+        ax.plot(xs, [y0 * x / n0 for x in xs], color="0.6", lw=1.2, ls="-.",
+                label="reference slope ∝ N")
+        ax.plot(xs, [y0 * (x / n0) ** 2 for x in xs], color="0.25", lw=1.2, ls="-.",
+                label="reference slope ∝ N²")
+        ax.set_yscale("log", base=2)
+        ax.set_ylim(y0 / 1.5, ymax * 2)
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=2, numticks=10))
+        ax.yaxis.set_major_formatter(bytes_formatter())
+        ax.yaxis.set_minor_locator(ticker.NullLocator())
+      else:
+        ax.text(0.5, 0.5, "no nonzero values in this run", ha="center",
+                transform=ax.transAxes)
+        ax.set_yticks([])
+      pow2_x_axis(ax, ns)
+      if ns:
+        ax.set_xlim(ns[0] / 1.25, ns[-1] * 1.25)
+      ax.set_xlabel("N = Lq = Lk (tokens, log scale)")
+      ax.set_ylabel("bytes (log scale)")
+      ax.grid(True, which="both", alpha=0.3)
+    ax1.set_title("kernel workspace (counting allocator; dotted: declared)", fontsize=10)
+    ax2.set_title("measured peak RSS growth (VmHWM; zeros not drawn)", fontsize=10)
+    fig.suptitle(f"{self.host_prefix(source)}memory vs N — {title}", fontsize=11)
+    bottom = legend_below(fig, (ax1, ax2), ncol=4)
+    self.image(save(fig, self.out_dir, base + "_memory.png", bottom), "memory vs N")
+
+    # tables
+    def cell(v, n, fn):
+      c = g["variants"][v].get(n)
+      if c is None:
+        return "—"
+      if not c.ok:
+        return "over budget" if c.error.startswith("over budget") else "failed"
+      return fn(c)
+
+    header = ["N"] + variants + (["sgemm ceiling"] if ceiling else [])
+    rows = [[n] + [cell(v, n, lambda c: fmt_time(c.time_s)) for v in variants]
+            + ([fmt_time(ceiling[n].time_s) if n in ceiling and ceiling[n].ok else "—"]
+               if ceiling else []) for n in ns]
+    self.add("**Time per call (ms)**", "", md_table(header, rows), "")
+    rows = [[n] + [cell(v, n, lambda c: fmt_num(c.counter("GFLOPS"))) for v in variants]
+            + ([fmt_num(ceiling[n].counter("GFLOPS")) if n in ceiling and ceiling[n].ok
+                else "—"] if ceiling else []) for n in ns]
+    self.add("**GFLOP/s**" + (" (effective)" if causal else ""), "", md_table(header, rows), "")
+    if ceiling:
+      rows = [[n] + [cell(v, n, lambda c: fmt_num(self.fraction(c, ceiling.get(n)), 2))
+                     for v in variants] for n in ns]
+      self.add("**Fraction of the sgemm ceiling**", "", md_table(["N"] + variants, rows), "")
+    else:
+      self.add("Fraction of the sgemm ceiling: " + NOT_IN_RUN + " (no ceiling_sgemm cases).",
+               "")
+    rows = []
+    for n in ns:
+      ok = [g["variants"][v][n].time_s for v in variants
+            if n in g["variants"][v] and g["variants"][v][n].ok]
+      best_t = min(ok) if ok else None
+      rows.append([n] + [cell(v, n, lambda c: f"{c.time_s / best_t:.2f}") for v in variants])
+    self.add("**Time relative to the fastest variant at each N** (1.00 = fastest)", "",
+             md_table(["N"] + variants, rows), "")
+    for b in self.baselines:
+      if b not in g["variants"]:
+        self.add(f"Speedup vs {b}: {NOT_IN_RUN}.", "")
+        continue
+      others = [v for v in variants if v != b]
+      rows = []
+      for n in ns:
+        bc = g["variants"][b].get(n)
+        row = [n]
+        for v in others:
+          c = g["variants"][v].get(n)
+          if not (c and c.ok):
+            row.append(cell(v, n, lambda c: "—"))
+          elif not (bc and bc.ok):
+            row.append(f"{b} {cell(b, n, lambda c: '—')}")
+          else:
+            row.append(f"{bc.time_s / c.time_s:.2f}×")
+        rows.append(row)
+      self.add(f"**Speedup vs {b}** ({b} time / variant time)", "",
+               md_table(["N"] + others, rows), "")
+    rows = []
+    for n in ns:
+      row = [n]
+      for v in variants:
+        row.append(cell(v, n, lambda c: f"{fmt_bytes(c.counter('workspace_bytes'))} / "
+                        f"{fmt_bytes(c.counter('peak_rss_delta_bytes'))}"))
+      rows.append(row)
+    self.add("**Memory: workspace (measured) / peak RSS growth**", "",
+             md_table(["N"] + variants, rows), "")
+    self.sweep_summary(source, title, variants, ns, g)
+
+  def sweep_summary(self, source, title, variants, ns, g):
+    best = []
+    for n in ns:
+      cands = [(g["variants"][v][n].time_s, v) for v in variants
+               if n in g["variants"][v] and g["variants"][v][n].ok]
+      if cands:
+        best.append((n, min(cands)[1]))
+    if not best:
+      return
+    ranges = []
+    for n, v in best:
+      if ranges and ranges[-1][2] == v:
+        ranges[-1][1] = n
+      else:
+        ranges.append([n, n, v])
+    text = "; ".join(f"N={a}" + (f"–{b}" if b != a else "") + f": **{v}**"
+                     for a, b, v in ranges)
+    cross = []
+    for i in range(len(variants)):
+      for j in range(i + 1, len(variants)):
+        a, b = variants[i], variants[j]
+        prev = None
+        for n in ns:
+          ca, cb = g["variants"][a].get(n), g["variants"][b].get(n)
+          if not (ca and cb and ca.ok and cb.ok):
+            continue
+          faster = a if ca.time_s < cb.time_s else b
+          if prev and prev[1] != faster:
+            cross.append(f"{faster} overtakes {prev[1]} between N={prev[0]} and N={n}")
+          prev = (n, faster)
+    n_last, v_last = best[-1]
+    c = g["variants"][v_last][n_last]
+    frac = self.fraction(c, g["ceiling"].get(n_last))
+    line = f"- {self.host_prefix(source)}{title}: best {text}."
+    if frac is not None:
+      line += (f" At N={n_last} {v_last} reaches {frac:.2f} of the sgemm ceiling "
+               f"({fmt_num(c.counter('GFLOPS'))} vs "
+               f"{fmt_num(g['ceiling'][n_last].counter('GFLOPS'))} GFLOP/s).")
+    if cross:
+      more = f" (+{len(cross) - 8} more)" if len(cross) > 8 else ""
+      line += " Crossovers: " + "; ".join(cross[:8]) + more + "."
+    self.summary.append(line)
+
+  # ---- several hosts in one picture
+  def hosts_section(self):
+    if not self.multi_host:
+      return
+    self.add("## Across hosts", "")
+    self.add("The same sweep case on every host: color is the variant, line style the host; "
+             "gray lines are each host's sgemm ceiling.", "")
+    by_key = {}
+    for (source, gp), g in self.sweep_groups().items():
+      by_key.setdefault(gp, {})[source] = g
+    styles = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D", "v"]
+    for gp, per_host in by_key.items():
+      if len(per_host) < 2:
+        continue
+      gpd = dict(gp)
+      causal = str(gpd.get("causal", 0)) != "0"
+      title = params_label(gpd)
+      fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5.6))
+      ns = set()
+      for i, (source, g) in enumerate(sorted(per_host.items())):
+        ls, mk = styles[i % len(styles)], markers[i % len(markers)]
+        for v in sorted(g["variants"]):
+          pts = sorted((n, c) for n, c in g["variants"][v].items()
+                       if c.ok and c.counter("GFLOPS") is not None)
+          ns.update(n for n, _ in pts)
+          if pts:
+            ax1.plot([n for n, _ in pts], [c.counter("GFLOPS") for _, c in pts], ls,
+                     marker=mk, color=self.colors[v], label=f"{v} @ {source}")
+          fr = [(n, self.fraction(c, g["ceiling"].get(n))) for n, c in pts]
+          fr = [(n, f) for n, f in fr if f is not None]
+          if fr:
+            ax2.plot([n for n, _ in fr], [f for _, f in fr], ls, marker=mk,
+                     color=self.colors[v])
+        cp = sorted((n, c.counter("GFLOPS")) for n, c in g["ceiling"].items()
+                    if c.ok and c.counter("GFLOPS") is not None)
+        if cp:
+          ax1.plot([n for n, _ in cp], [x for _, x in cp], ls, color="0.5", lw=2,
+                   label=f"sgemm ceiling @ {source}")
+      for ax in (ax1, ax2):
+        pow2_x_axis(ax, ns)
+        ax.set_xlabel("N = Lq = Lk (tokens, log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_ylim(bottom=0)
+      ax1.set_ylabel("GFLOP/s" + (" (effective)" if causal else ""))
+      ax1.set_title("GFLOP/s per host", fontsize=10)
+      ax2.axhline(1.0, color="k", ls=":", lw=1)
+      ax2.set_ylabel("fraction of that host's sgemm ceiling")
+      ax2.set_title("fraction of the ceiling per host", fontsize=10)
+      fig.suptitle(f"all hosts — {title}", fontsize=11)
+      bottom = legend_below(fig, (ax1,), ncol=4)
+      self.image(save(fig, self.out_dir, slug(f"hosts_{title}") + ".png", bottom),
+                 "across hosts")
+
+  # ---- thread scaling and causal efficiency (issue 6's targets, read from the sweep)
+  def scaling_section(self):
+    self.add("## Thread scaling", "")
+    sweep = [c for c in self.run.all_cases() if c.variant and c.family != ar.LAYER
+             and not c.scenario and "N" in c.params and "threads" in c.params]
+    groups = {}
+    for c in sweep:
+      key = (c.source, tuple(sorted((k, v) for k, v in c.params.items()
+                                    if k not in ("threads", "N"))))
+      groups.setdefault(key, {}).setdefault(c.variant, {}).setdefault(
+          c.params["N"], {})[c.params["threads"]] = c
+    wrote = False
+    lines = []
+    for (source, gp), by_v in sorted(groups.items(), key=lambda kv: group_key(*kv[0])):
+      threads = sorted({t for d in by_v.values() for per_n in d.values() for t in per_n})
+      if len(threads) < 2:
+        continue
+      t0, t1 = threads[0], threads[-1]
+      variants = sorted(by_v)
+      ns = sorted({n for d in by_v.values() for n in d})
+      rows = []
+      for n in ns:
+        row = [n]
+        for v in variants:
+          per = by_v[v].get(n, {})
+          a, b = per.get(t0), per.get(t1)
+          if a and b and a.ok and b.ok:
+            sp = a.time_s / b.time_s
+            row.append(f"{sp:.2f}× ({100 * sp / (t1 / t0):.0f}%)")
+          else:
+            row.append("—")
+        rows.append(row)
+      self.add(f"**{self.host_prefix(source)}{params_label(dict(gp))}: speedup = time at "
+               f"{t0} thread(s) / time at {t1} threads** (in parentheses: parallel efficiency "
+               f"= speedup / {t1 / t0:g})", "", md_table(["N"] + variants, rows), "")
+      wrote = True
+      n = ns[-1]
+      for v in variants:
+        per = by_v[v].get(n, {})
+        if per.get(t0) and per.get(t1) and per[t0].ok and per[t1].ok:
+          lines.append(f"{v} {per[t0].time_s / per[t1].time_s:.2f}×")
+      if lines:
+        self.summary.append(f"- Thread scaling {t0}→{t1} at N={n}, "
+                            f"{self.host_prefix(source)}{params_label(dict(gp))}: "
+                            + ", ".join(lines) + ".")
+        lines = []
+    if not wrote:
+      self.add(NOT_IN_RUN + " (needs the same case at two thread counts).", "")
+
+    self.add("## Causal efficiency", "")
+    self.add("Effective GFLOP/s of the causal case (unmasked FLOPs only) / GFLOP/s of the dense "
+             "case at the same N, d and threads. 1.0 means skipped masked work costs nothing.",
+             "")
+    groups = {}
+    for c in sweep:
+      if "causal" not in c.params:
+        continue
+      key = (c.source, tuple(sorted((k, v) for k, v in c.params.items()
+                                    if k not in ("causal", "N"))))
+      groups.setdefault(key, {}).setdefault(c.variant, {}).setdefault(
+          c.params["N"], {})[str(c.params["causal"])] = c
+    wrote = False
+    for (source, gp), by_v in sorted(groups.items(), key=lambda kv: group_key(*kv[0])):
+      variants = sorted(by_v)
+      ns = sorted({n for d in by_v.values() for n in d})
+      rows = []
+      for n in ns:
+        row = [n]
+        for v in variants:
+          per = by_v[v].get(n, {})
+          dn, ca = per.get("0"), per.get("1")
+          if dn and ca and dn.ok and ca.ok and dn.counter("GFLOPS") and ca.counter("GFLOPS"):
+            row.append(f"{ca.counter('GFLOPS') / dn.counter('GFLOPS'):.2f}")
+          else:
+            row.append("—")
+        rows.append(row)
+      if all(all(c == "—" for c in r[1:]) for r in rows):
+        continue
+      self.add(f"**{self.host_prefix(source)}{params_label(dict(gp))}**", "",
+               md_table(["N"] + variants, rows), "")
+      wrote = True
+    if not wrote:
+      self.add(NOT_IN_RUN + " (needs causal:0 and causal:1 of the same case).", "")
+
+  # ---- budget
+  def budget_section(self):
+    self.add("## Longest N within the memory budget", "")
+    groups = self.sweep_groups()
+    if not groups:
+      self.add(NOT_IN_RUN, "")
+      return
+    budgets = {s: c.get("attnlab_memory_budget_bytes") for s, c in self.run.contexts.items()}
+    for s, b in sorted(budgets.items()):
+      if b:
+        try:
+          self.add(f"{self.host_prefix(s)}memory budget {fmt_bytes(float(b))}.  ")
+        except ValueError:
+          pass
+    self.add("")
+    variants = sorted({v for g in groups.values() for v in g["variants"]})
+    rows = []
+    for (source, gp), g in groups.items():
+      row = [(f"{source}: " if self.multi_host else "") + params_label(dict(gp))]
+      for v in variants:
+        cases = g["variants"].get(v, {})
+        ran = [n for n, c in cases.items() if c.ok]
+        over = sorted(n for n, c in cases.items() if c.error and
+                      c.error.startswith("over budget"))
+        txt = str(max(ran)) if ran else "none"
+        if over:
+          txt += f" (over budget from N={over[0]})"
+        row.append(txt if cases else "—")
+      rows.append(row)
+    self.add(md_table(["case"] + variants, rows), "")
+    errors = [c for c in self.run.all_cases() if c.error]
+    over = {}
+    for c in errors:
+      if c.error.startswith("over budget"):
+        over.setdefault((c.source, c.variant or c.family), []).append(c)
+    if over:
+      self.add("Over-budget cases (first message per variant; every skipped case is counted):", "")
+      for (s, v), cs in sorted(over.items()):
+        self.add(f"- {self.host_prefix(s)}`{v}`: {len(cs)} case(s) skipped, e.g. "
+                 f"`{cs[0].name}`: {cs[0].error}")
+      self.add("")
+      self.summary.append(f"- {sum(len(v) for v in over.values())} case(s) skipped as over "
+                          "the memory budget (see *Longest N within the memory budget*).")
+    else:
+      self.add("No case was over the memory budget.", "")
+    failed = [c for c in errors if not c.error.startswith("over budget")]
+    if failed:
+      self.add("**Failed cases (not timed):**", "")
+      for c in failed:
+        self.add(f"- {self.host_prefix(c.source)}`{c.name}`: {c.error}")
+      self.add("")
+      self.summary.append(f"- **{len(failed)} case(s) failed** (listed under *Longest N*).")
+
+  # ---- decode
+  def decode_section(self):
+    self.add("## Decode (Lq = 1): bandwidth vs the stream ceiling", "")
+    cases = [c for c in self.run.all_cases() if c.scenario == "decode" and c.variant]
+    if not cases:
+      self.add(NOT_IN_RUN, "")
+      return
+    streams = [c for c in self.run.all_cases() if c.family == ar.CEILING_STREAM and c.ok]
+    self.add("GB/s = bytes of K and V read per second / 1e9. The fraction uses the "
+             "ceiling_stream case with the same threads and the largest streamed size (the "
+             "DRAM-bound one); the K+V column shows each case's working set.", "")
+    groups = {}
+    for c in cases:
+      gp = tuple(sorted((k, v) for k, v in c.params.items() if k != "Lk"))
+      groups.setdefault((c.source, gp), {}).setdefault(c.variant, {})[c.params.get("Lk")] = c
+    best_lines = []
+    for (source, gp), by_v in sorted(groups.items(), key=lambda kv: group_key(*kv[0])):
+      gpd = dict(gp)
+      title = params_label(gpd)
+      variants = sorted(by_v)
+      lks = sorted({lk for v in by_v.values() for lk in v})
+      st = sorted((c for c in streams if c.source == source
+                   and c.params.get("threads") == gpd.get("threads")),
+                  key=lambda c: c.params.get("bytes", 0))
+      ceil = st[-1] if st else None
+      self.add(f"### {self.host_prefix(source)}decode, {title}", "")
+      fig, ax = plt.subplots(figsize=(7.5, 5.2))
+      for v in variants:
+        pts = sorted((lk, c.counter("GBps")) for lk, c in by_v[v].items()
+                     if c.ok and c.counter("GBps") is not None)
+        if pts:
+          ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=self.colors[v], label=v)
+      for i, s in enumerate(st):
+        ax.axhline(s.counter("GBps"), color=str(0.0 + 0.45 * i / max(1, len(st) - 1)),
+                   ls="--", lw=1.5,
+                   label=f"stream ceiling, {fmt_bytes(s.params.get('bytes', 0))} streamed")
+      pow2_x_axis(ax, lks)
+      ax.set_ylim(bottom=0)
+      ax.set_xlabel("Lk (keys in the cache, log scale)")
+      ax.set_ylabel("GB/s of K+V read")
+      ax.set_title(f"{self.host_prefix(source)}decode bandwidth — {title}", fontsize=10)
+      ax.grid(True, which="both", alpha=0.3)
+      bottom = legend_below(fig, (ax,), ncol=3)
+      self.image(save(fig, self.out_dir, slug(f"decode_{source}_{title}") + ".png", bottom),
+                 "decode bandwidth")
+      rows = []
+      for lk in lks:
+        kv = None
+        row = [lk]
+        for v in variants:
+          c = by_v[v].get(lk)
+          if c is None:
+            row.append("—")
+          elif not c.ok:
+            row.append("over budget" if c.error.startswith("over budget") else "failed")
+          else:
+            gb = c.counter("GBps")
+            if gb is not None and kv is None:
+              kv = gb * 1e9 * c.time_s
+            f = (gb / ceil.counter("GBps")) if (ceil and gb is not None) else None
+            row.append(f"{fmt_num(gb)} ({fmt_pct(f)})" if f is not None else fmt_num(gb))
+        rows.append([row[0], fmt_bytes(kv)] + row[1:])
+      self.add("GB/s (fraction of stream ceiling"
+               + (f" {fmt_num(ceil.counter('GBps'))} GB/s at {fmt_bytes(ceil.params.get('bytes'))}"
+                  if ceil else ": not in this run") + ")", "",
+               md_table(["Lk", "K+V bytes"] + variants, rows), "")
+      if ceil and lks:
+        lk = lks[-1]
+        cands = [(c.counter("GBps"), v) for v, d in by_v.items() for l2, c in d.items()
+                 if l2 == lk and c.ok and c.counter("GBps") is not None]
+        if cands:
+          gb, v = max(cands)
+          best_lines.append(f"{self.host_prefix(source)}{title}, Lk={lk}: {v} "
+                            f"{fmt_num(gb)} GB/s = {fmt_pct(gb / ceil.counter('GBps'))} "
+                            "of the stream ceiling")
+    if best_lines:
+      self.summary.append("- Decode, best at the longest Lk:")
+      self.summary.extend(f"  - {line}" for line in best_lines)
+
+  # ---- other scenarios (gqa, window, cross, ...: whatever the JSON holds)
+  def scenario_section(self):
+    self.add("## Other scenarios", "")
+    scen = sorted({c.scenario for c in self.run.all_cases()
+                   if c.scenario and c.scenario != "decode" and c.variant
+                   and c.family != ar.LAYER})
+    if not scen:
+      self.add(NOT_IN_RUN, "")
+      return
+    for s in scen:
+      self.add(f"### {s}", "")
+      cases = [c for c in self.run.all_cases() if c.scenario == s and c.variant
+               and c.family != ar.LAYER]
+      by_p = {}
+      for c in cases:
+        by_p.setdefault((c.source, params_label(c.params)), []).append(c)
+      rows = []
+      for (source, pl), cs in sorted(by_p.items()):
+        ok = [c for c in cs if c.ok]
+        fastest = min(ok, key=lambda c: c.time_s).variant if ok else None
+        for c in sorted(cs, key=lambda c: c.variant):
+          ceil = self.ceiling_of(c)
+          name = f"**{c.variant}**" if c.variant == fastest else c.variant
+          where = (f"{source}: " if self.multi_host else "") + pl
+          if not c.ok:
+            rows.append([where, name, c.error, "", "", "", ""])
+            continue
+          rows.append([where, name, fmt_time(c.time_s), fmt_num(c.counter("GFLOPS")),
+                       fmt_num(ceil.counter("GFLOPS")) if ceil and ceil.ok else "—",
+                       fmt_num(self.fraction(c, ceil), 2),
+                       fmt_bytes(c.counter("workspace_bytes"))])
+      self.add(md_table(["case", "variant", "time (ms)", "GFLOP/s (effective)",
+                         "sgemm ceiling GFLOP/s", "fraction of ceiling", "workspace"], rows,
+                        ["---", "---"] + ["---:"] * 5), "")
+      self.add("Bold: fastest variant for the case.", "")
+
+  # ---- layer
+  def layer_section(self):
+    self.add("## End-to-end MHA layer: attention share", "")
+    cases = [c for c in self.run.all_cases() if c.family == ar.LAYER]
+    if not cases:
+      self.add(NOT_IN_RUN, "")
+      return
+    self.add("Share of the layer's time (projections Wq, Wk, Wv, Wo with sgemm + attention) "
+             "spent in the attention kernel; layer time in ms in parentheses.", "")
+    groups = {}
+    for c in cases:
+      gp = params_label({k: v for k, v in c.params.items() if k != "N"})
+      groups.setdefault((c.source, gp), {}).setdefault(c.variant, {})[c.params.get("N")] = c
+    for (source, gp), by_v in sorted(groups.items()):
+      variants = sorted(by_v)
+      ns = sorted({n for d in by_v.values() for n in d if n is not None})
+      rows = []
+      for n in ns:
+        row = [n]
+        for v in variants:
+          c = by_v[v].get(n)
+          if c is None:
+            row.append("—")
+          elif not c.ok:
+            row.append("over budget" if c.error.startswith("over budget") else "failed")
+          else:
+            row.append(f"{fmt_pct(c.counter('attention_share'))} ({fmt_time(c.time_s)})")
+        rows.append(row)
+      self.add(f"**{self.host_prefix(source)}{gp}**", "", md_table(["N"] + variants, rows), "")
+
+  # ---- accuracy
+  def accuracy_section(self, given):
+    self.add("## Accuracy against the fp64 reference", "")
+    if not given:
+      self.add(NOT_IN_RUN + " (no --accuracy file given).", "")
+      return
+    if not self.acc_rows:
+      self.add(NOT_IN_RUN + " (the accuracy file has no results).", "")
+      return
+    self.add("Cell: max abs error (max error / derived bound from tests/test_support.h "
+             "ErrorBound; above 1 is outside the bound and marked **bold**).", "")
+    multi = len({r.source for r in self.acc_rows}) > 1
+    masks = sorted({r.mask for r in self.acc_rows})
+    variants = sorted({r.variant for r in self.acc_rows})
+    for source in sorted({r.source for r in self.acc_rows}):
+      for mask in masks:
+        rs = [r for r in self.acc_rows if r.source == source and r.mask == mask]
+        if not rs:
+          continue
+        keys = sorted({(r.d, r.N) for r in rs})
+        idx = {(r.variant, r.d, r.N): r for r in rs}
+        rows = []
+        for d, n in keys:
+          row = [d, n]
+          for v in variants:
+            r = idx.get((v, d, n))
+            if r is None:
+              row.append("—")
+            else:
+              txt = f"{r.max_abs_error:.2e} ({fmt_num(r.bound_ratio, 2)})"
+              row.append(f"**{txt}**" if r.bound_ratio > 1 else txt)
+          rows.append(row)
+        self.add(f"**{source + ': ' if multi else ''}mask = {mask}**", "",
+                 md_table(["d", "N"] + variants, rows), "")
+      # plot: bound ratio vs N, one panel per mask
+      ncols = min(3, len(masks))
+      nrows = math.ceil(len(masks) / ncols)
+      fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows + 0.8),
+                               sharey=True, squeeze=False)
+      flat = [ax for row in axes for ax in row]
+      for ax in flat[len(masks):]:
+        ax.set_visible(False)
+      ds = sorted({r.d for r in self.acc_rows if r.source == source})
+      styles = ["o-", "s--", "^:", "d-."]
+      for ax, mask in zip(flat, masks):
+        for v in variants:
+          for i, d in enumerate(ds):
+            pts = sorted((r.N, r.bound_ratio) for r in self.acc_rows
+                         if r.source == source and r.mask == mask and r.variant == v
+                         and r.d == d and r.bound_ratio > 0)
+            if pts:
+              ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[i % len(styles)],
+                      color=self.colors[v], label=f"{v}, d={d}")
+        ax.axhline(1.0, color="r", lw=1, ls="--", label="bound")
+        pow2_x_axis(ax, sorted({r.N for r in self.acc_rows}))
+        ax.set_yscale("log")
+        ax.set_title(f"mask = {mask}", fontsize=10)
+        ax.set_xlabel("N (log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_ylabel("max error / derived bound (log)")
+      fig.suptitle(f"{source + ': ' if multi else ''}accuracy vs the fp64 reference "
+                   "(below the red line = inside the bound)", fontsize=11)
+      bottom = legend_below(fig, flat[:1], ncol=4)
+      self.image(save(fig, self.out_dir, slug(f"accuracy_{source}") + ".png", bottom),
+                 "accuracy")
+    worst = {}
+    for r in self.acc_rows:
+      if not math.isnan(r.bound_ratio) and r.bound_ratio > worst.get(r.variant, (-1,))[0]:
+        worst[r.variant] = (r.bound_ratio, r)
+    if worst:
+      self.summary.append("- Accuracy, worst max error / bound per variant: " + "; ".join(
+          f"{v} {fmt_num(b, 2)} (N={r.N}, d={r.d}, {r.mask})"
+          for v, (b, r) in sorted(worst.items())) + ".")
+
+
+def write_report(args):
+  run = ar.load_results(args.results)
+  accuracy = ar.load_accuracy(args.accuracy) if args.accuracy else ({}, [])
+  hosts = run.sources() or sorted(accuracy[0])
+  contexts = list(run.contexts.values()) or list(accuracy[0].values())
+  date = max((run_date(c) for c in contexts), default="nodate")
+  folder = "+".join(slug(h) for h in hosts) + f"-{date}" + (f"-{slug(args.label)}"
+                                                             if args.label else "")
+  out_dir = os.path.join(args.out_dir, folder)
+  os.makedirs(out_dir, exist_ok=True)
+  for f in os.listdir(out_dir):  # a regenerated report must not keep stale plots
+    if f.endswith(".png"):
+      os.remove(os.path.join(out_dir, f))
+  rep = Report(run, accuracy, out_dir, [b for b in args.baselines.split(",") if b])
+  rep.context_section()
+  rep.sweep_section()
+  rep.hosts_section()
+  rep.scaling_section()
+  rep.budget_section()
+  rep.decode_section()
+  rep.scenario_section()
+  rep.layer_section()
+  rep.accuracy_section(bool(args.accuracy))
+  head = [f"# attnlab report: {', '.join(hosts)}, {date}" + (f" ({args.label})"
+                                                             if args.label else ""), "",
+          "Generated by `reports/generate.py` from " + ", ".join(
+              f"`{os.path.basename(p)}`" for p in args.results + (args.accuracy or []))
+          + ". Every number below is read from those files.", "", "## Summary", ""]
+  head += rep.summary or ["- " + NOT_IN_RUN]
+  head += ["", "Contents: " + " · ".join(
+      f"[{h[3:]}](#{gh_anchor(h[3:])})" for h in rep.lines if h.startswith("## ")), ""]
+  path = os.path.join(out_dir, "report.md")
+  with open(path, "w") as f:
+    f.write("\n".join(head + rep.lines).rstrip() + "\n")
+  return path
+
+
+# ----------------------------------------------------------------------------- A/B compare
+def compare(args):
+  a = ar.load_results([args.a], select=args.select_a)
+  b = ar.load_results([args.b], select=args.select_b)
+  ignore = tuple(p for p in (args.match_ignore or "").split(",") if p)
+
+  def index(run, side):
+    out = {}
+    for c in run.all_cases():
+      key = c.key_without(*ignore)
+      if key in out:
+        raise SystemExit(f"compare: {side} has two cases matching '{key}' "
+                         f"({out[key].source}, {c.source}); select one with --select-{side}")
+      out[key] = c
+    return out
+
+  ia, ib = index(a, "a"), index(b, "b")
+  common = sorted(set(ia) & set(ib), key=natural_key)
+  ctx_a = next(iter(a.contexts.values()), {})
+  ctx_b = next(iter(b.contexts.values()), {})
+
+  def side_label(ctx, path, select):
+    return (f"{ctx.get('host_name', '?')} {run_date(ctx)} "
+            f"{str(ctx.get('attnlab_git_commit', ''))[:10]}" + (f" [{' '.join(select)}]"
+                                                               if select else "")
+            + f" (`{os.path.basename(path)}`)")
+
+  def load(ctx):
+    la = ctx.get("load_avg")
+    return ", ".join(f"{x:.2f}" for x in la) if isinstance(la, list) and la else "unknown"
+
+  la, lb = side_label(ctx_a, args.a, args.select_a), side_label(ctx_b, args.b, args.select_b)
+  folder = (f"compare-{slug(ctx_a.get('host_name', 'a'))}-{run_date(ctx_a)}-vs-"
+            f"{slug(ctx_b.get('host_name', 'b'))}-{run_date(ctx_b)}"
+            + (f"-{slug(args.label)}" if args.label else ""))
+  out_dir = os.path.join(args.out_dir, folder)
+  os.makedirs(out_dir, exist_ok=True)
+  rows, data = [], []
+  thresholds = set()
+  for key in common:
+    ca, cb = ia[key], ib[key]
+    if not (ca.ok and cb.ok) or ca.time_s <= 0:
+      rows.append([f"`{key}`", fmt_time(ca.time_s) if ca.ok else (ca.error or "—")[:40],
+                   fmt_time(cb.time_s) if cb.ok else (cb.error or "—")[:40], "—", "—", "—",
+                   "not compared"])
+      continue
+    ratio = cb.time_s / ca.time_s
+    rate_key = "GFLOPS" if ca.counter("GFLOPS") and cb.counter("GFLOPS") else (
+        "GBps" if ca.counter("GBps") and cb.counter("GBps") else None)
+    rate = cb.counter(rate_key) / ca.counter(rate_key) if rate_key else None
+    if ca.cv is not None and cb.cv is not None:
+      thr = 2 * math.sqrt(ca.cv**2 + cb.cv**2)
+      basis = "2σ"
+    else:
+      thr = args.noise_floor
+      basis = "floor"
+    thresholds.add(basis)
+    flagged = abs(ratio - 1) > thr
+    verdict = ("**slower**" if ratio > 1 else "**faster**") if flagged else "within noise"
+    rows.append([f"`{key}`", fmt_time(ca.time_s), fmt_time(cb.time_s), f"{ratio:.3f}",
+                 f"{rate:.3f}" + ("" if rate_key == "GFLOPS" else f" ({rate_key})")
+                 if rate is not None else "—", f"±{100 * thr:.1f}% ({basis})", verdict])
+    data.append((key, ca, ratio, thr, flagged))
+  only_a = sorted(set(ia) - set(ib), key=natural_key)
+  only_b = sorted(set(ib) - set(ia), key=natural_key)
+
+  colors = variant_colors({ia[k].variant or ia[k].family for k, *_ in data})
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 2]})
+  groups = {}
+  for key, ca, ratio, thr, flagged in data:
+    groups.setdefault(ca.variant or ca.family, []).append(ratio)
+  names = sorted(groups)
+  geo = [math.exp(statistics.mean(math.log(r) for r in groups[n])) for n in names]
+  ax1.barh(names, [g - 1 for g in geo], left=1, color=[colors[n] for n in names])
+  for i, g in enumerate(geo):  # the value inside its bar, at the bar's far end
+    ax1.text(g, i, f" {g:.2f}× ", va="center", ha="right" if g >= 1 else "left", fontsize=9,
+             color="white", fontweight="bold")
+  if geo:
+    lo, hi = min(geo + [1.0]), max(geo + [1.0])
+    pad = 0.05 * (hi - lo or 1)
+    ax1.set_xlim(lo - pad, hi + pad)
+  ax1.axvline(1, color="k", lw=1)
+  ax1.set_xlabel("geometric-mean time ratio B / A (<1: B faster)")
+  ax1.set_title("per variant / family", fontsize=10)
+  ax1.invert_yaxis()
+  ax1.grid(True, axis="x", alpha=0.3)
+  srt = sorted(data, key=lambda t: t[2])
+  xs = range(len(srt))
+  for n in names:
+    pts = [(i, t[2]) for i, t in zip(xs, srt) if (t[1].variant or t[1].family) == n]
+    ax2.scatter([p[0] for p in pts], [p[1] for p in pts], color=colors[n], s=18, label=n,
+                zorder=3)
+  fl = [(i, t[2]) for i, t in zip(xs, srt) if t[4]]
+  if fl:
+    ax2.scatter([p[0] for p in fl], [p[1] for p in fl], facecolors="none", edgecolors="r",
+                s=70, lw=1.5, label="beyond noise", zorder=4)
+  if srt:
+    floor = min(t[2] for t in srt) / 1.5
+    ax2.fill_between(list(xs), [max(1 - t[3], floor) for t in srt], [1 + t[3] for t in srt],
+                     color="0.85",
+                     label="noise band per case", zorder=1)
+  ax2.axhline(1, color="k", lw=1)
+  ax2.set_yscale("log")
+  ax2.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+  ax2.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
+  ax2.yaxis.set_minor_formatter(ticker.NullFormatter())
+  ax2.set_xlabel("benchmark case (sorted by ratio)")
+  ax2.set_ylabel("time ratio B / A (log scale)")
+  ax2.set_title("every matched case", fontsize=10)
+  ax2.grid(True, which="both", alpha=0.3)
+  fig.suptitle(f"A/B: B time / A time\nA = {la.split(' (`')[0]}   B = {lb.split(' (`')[0]}",
+               fontsize=10)
+  for f in os.listdir(out_dir):
+    if f.endswith(".png"):
+      os.remove(os.path.join(out_dir, f))
+  png = save(fig, out_dir, "compare.png", legend_below(fig, (ax2,), ncol=6))
+
+  n_flag = sum(1 for t in data if t[4])
+  n_slow = sum(1 for t in data if t[4] and t[2] > 1)
+  lines = ["# attnlab A/B comparison" + (f" ({args.label})" if args.label else ""), "",
+           f"- **A**: {la}", f"- **B**: {lb}",
+           f"- machine state: A load average {load(ctx_a)} on {ctx_a.get('num_cpus', '?')} "
+           f"CPUs, B load average {load(ctx_b)} on {ctx_b.get('num_cpus', '?')} CPUs "
+           "(from the JSON context; a busy machine widens the spread).",
+           f"- matched {len(common)} case(s)" + (f" ignoring parameter(s) {', '.join(ignore)}"
+                                                 if ignore else "")
+           + f"; {len(only_a)} only in A, {len(only_b)} only in B.",
+           f"- {n_flag} of {len(data)} compared case(s) differ beyond the noise threshold: "
+           f"{n_slow} slower in B, {n_flag - n_slow} faster in B.", "",
+           "Ratio = B time / A time (below 1: B is faster); rate ratio = B GFLOPS / A GFLOPS "
+           "(GBps where a case has no GFLOPS). Noise threshold per case: "
+           + ("**2σ** = 2·sqrt(cv_A² + cv_B²), cv = coefficient of variation of the real time "
+              "over repetitions (from the _cv aggregate or the repetitions themselves); "
+              if "2σ" in thresholds else "")
+           + (f"**floor** = a stated noise floor of ±{100 * args.noise_floor:.0f}% (--noise-floor)"
+              " used where a side has no repetitions. " if "floor" in thresholds else "")
+           + "A case is flagged when |ratio − 1| exceeds its threshold.", "",
+           f"![A/B ratios]({png})", ""]
+  flagged_rows = [r for r in rows if r[-1].startswith("**")]
+  if flagged_rows:
+    lines += ["**Beyond noise**", "",
+              md_table(["case", "A ms", "B ms", "time B/A", "rate B/A", "threshold", "verdict"],
+                       sorted(flagged_rows, key=lambda r: float(r[3])),
+                       ["---"] + ["---:"] * 6), ""]
+  else:
+    lines += ["**Beyond noise**: no case.", ""]
+  lines += ["**All matched cases**", "",
+           md_table(["case", "A ms", "B ms", "time B/A", "rate B/A", "threshold", "verdict"],
+                    rows, ["---"] + ["---:"] * 6), ""]
+  if only_a or only_b:
+    lines += ["Unmatched cases:", ""]
+    lines += [f"- only in A: `{k}`" for k in only_a] + [f"- only in B: `{k}`" for k in only_b]
+    lines.append("")
+  path = os.path.join(out_dir, "report.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+  return path
+
+
+def main(argv):
+  if argv and argv[0] == "compare":
+    ap = argparse.ArgumentParser(prog="generate.py compare",
+                                 description="A/B ratio table and plot of two result files.")
+    ap.add_argument("a", help="A: baseline benchmark JSON")
+    ap.add_argument("b", help="B: benchmark JSON compared against A")
+    ap.add_argument("--label", default="")
+    ap.add_argument("--out-dir", default="reports")
+    ap.add_argument("--match-ignore", default="",
+                    help="comma-separated parameter names dropped before matching, e.g. threads")
+    ap.add_argument("--select-a", action="append", default=[],
+                    help="keep only A cases with this name token (e.g. threads:1); repeatable")
+    ap.add_argument("--select-b", action="append", default=[],
+                    help="keep only B cases with this name token (e.g. threads:2); repeatable")
+    ap.add_argument("--noise-floor", type=float, default=0.05,
+                    help="relative threshold used where a side has no repetitions (0.05 = 5%%)")
+    args = ap.parse_args(argv[1:])
+    print(compare(args))
+    return 0
+  ap = argparse.ArgumentParser(description="Report (report.md + PNGs) from attnlab bench JSON.")
+  ap.add_argument("results", nargs="+", help="benchmark JSON file(s), one or more hosts")
+  ap.add_argument("--accuracy", action="append", default=[], help="accuracy JSON (repeatable)")
+  ap.add_argument("--label", default="")
+  ap.add_argument("--out-dir", default="reports")
+  ap.add_argument("--baselines", default="naive,blas",
+                  help="variants the speedup tables divide by, when present (default naive,blas)")
+  args = ap.parse_args(argv)
+  print(write_report(args))
+  return 0
+
+
+if __name__ == "__main__":
+  try:
+    sys.exit(main(sys.argv[1:]))
+  except (OSError, ValueError, KeyError) as e:
+    print(f"generate.py: {e}", file=sys.stderr)
+    sys.exit(1)

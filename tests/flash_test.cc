@@ -1,0 +1,370 @@
+// Flash-specific tests: masked-tile skipping (counted and NaN-proofed), the
+// vector exp2's error bound, workspace independent of the sequence length,
+// the split-key (flash-decoding) path, and every compiled Highway target.
+#include "kernels/flash.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "hwy/targets.h"
+#include "kernels/registry.h"
+#include "reference/reference.h"
+#include "tests/test_support.h"
+
+namespace attn::testing {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInfF = std::numeric_limits<float>::infinity();
+
+const Variant& Flash() {
+  const Variant* v = FindVariant("flash");
+  EXPECT_NE(v, nullptr);
+  return *v;
+}
+
+// Counts the tiles of a run while alive.
+class TileCountScope {
+ public:
+  TileCountScope() { SetFlashTileCounts(&counts_); }
+  ~TileCountScope() { SetFlashTileCounts(nullptr); }
+  const FlashTileCounts& counts() const { return counts_; }
+
+ private:
+  FlashTileCounts counts_;
+};
+
+// Expected tile classes from the problem's visible ranges alone (an
+// independent derivation of what flash must skip): for each (b, kv head),
+// row block of 64 stacked rows and aligned 64-key tile, the tile clipped to
+// the union of the block's visible ranges is skipped when empty, full when
+// every row sees every key of it, partial otherwise. Valid when splits = 1.
+struct Expected {
+  int64_t full = 0, partial = 0, skipped = 0;
+};
+Expected ExpectedTiles(const Problem& problem) {
+  const ValidProblem p = *Validate(problem);
+  const int64_t group = p.group, rows = group * p.shape.q_len;
+  const int64_t br = flash::kBr, bc = flash::kBc;
+  Expected e;
+  for (int64_t b = 0; b < p.shape.batch; ++b) {
+    for (int64_t kvh = 0; kvh < p.shape.kv_heads; ++kvh) {
+      for (int64_t r0 = 0; r0 < rows; r0 += br) {
+        const int64_t r1 = std::min(rows, r0 + br);
+        int64_t ulo = p.shape.kv_len, uhi = 0;
+        for (int64_t r = r0; r < r1; ++r) {
+          const KeyRange k = p.VisibleKeys(b, r / group);
+          if (!k.empty()) ulo = std::min(ulo, k.begin), uhi = std::max(uhi, k.end);
+        }
+        for (int64_t t = 0; t < p.shape.kv_len; t += bc) {
+          const int64_t j0 = std::max(t, ulo), j1 = std::min(t + bc, uhi);
+          if (j0 >= j1) {
+            ++e.skipped;
+            continue;
+          }
+          bool full = true;
+          for (int64_t r = r0; r < r1 && full; ++r) {
+            const KeyRange k = p.VisibleKeys(b, r / group);
+            full = k.begin <= j0 && j1 <= k.end;
+          }
+          full ? ++e.full : ++e.partial;
+        }
+      }
+    }
+  }
+  return e;
+}
+
+ProblemSpec Spec(Shape shape, MaskKind mask, uint64_t seed) {
+  ProblemSpec spec;
+  spec.shape = shape;
+  spec.mask = mask;
+  spec.seed = seed;
+  return spec;
+}
+
+// Runs flash on `data` and checks it against the reference computed on the
+// same (possibly NaN-poisoned) inputs.
+void RunAndCheck(ProblemData& data, int threads, const char* what) {
+  auto want = reference::Attention(data.problem(), false);
+  ASSERT_TRUE(want.ok()) << want.status().ToString();
+  RunOptions options;
+  options.threads = threads;
+  RunStats stats;
+  const Status s = attn::Run(Flash(), data.problem(), options, &stats);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_LE(stats.workspace_peak_bytes, stats.workspace_declared_bytes);
+  const Comparison c = CompareToReference(data, *want);
+  EXPECT_TRUE(c.ok) << what << ": " << c.first_failure << " seed=" << data.spec().seed;
+}
+
+TEST(FlashTiles, CausalSkipsUpperTrianglePerBlock) {
+  // Lq = Lk = 256: row block q of 64 rows visits the key tiles up to its
+  // diagonal, which is partial; every later tile is skipped.
+  ProblemSpec spec = Spec(Shape{1, 1, 1, 256, 256, 64, 64}, MaskKind::kCausal, 11);
+  ProblemData data(spec);
+  const Expected e = ExpectedTiles(data.problem());
+  TileCountScope scope;
+  RunAndCheck(data, 2, "causal");
+  const int64_t blocks = 256 / flash::kBr, tiles = (256 + flash::kBc - 1) / flash::kBc;
+  EXPECT_EQ(
+      scope.counts().full.load() + scope.counts().partial.load() + scope.counts().skipped.load(),
+      blocks * tiles);
+  EXPECT_EQ(scope.counts().full.load(), e.full);
+  EXPECT_EQ(scope.counts().partial.load(), e.partial);
+  EXPECT_EQ(scope.counts().skipped.load(), e.skipped);
+  EXPECT_GE(scope.counts().partial.load(), blocks);  // every block has a diagonal tile
+  EXPECT_GT(scope.counts().skipped.load(), 0);
+  EXPECT_GT(scope.counts().full.load(), 0);
+  EXPECT_EQ(scope.counts().split_items.load(), 0);
+}
+
+TEST(FlashTiles, CountsMatchIndependentDerivation) {
+  struct Case {
+    Shape shape;
+    MaskKind mask;
+    int64_t left, right;
+    std::vector<int32_t> key_lengths;
+  };
+  const Case cases[] = {
+      {{1, 2, 2, 300, 300, 32, 32}, MaskKind::kCausal, 0, 0, {}},
+      {{1, 1, 1, 200, 500, 16, 24}, MaskKind::kCausal, 0, 0, {}},            // Lk > Lq: offset
+      {{1, 4, 2, 130, 700, 16, 16}, MaskKind::kSlidingWindow, 100, 10, {}},  // GQA
+      {{2, 2, 1, 150, 400, 16, 16}, MaskKind::kNone, 0, 0, {190, 0}},
+      {{2, 1, 1, 333, 333, 8, 8}, MaskKind::kCausal, 0, 0, {333, 129}},
+  };
+  for (const Case& c : cases) {
+    ProblemSpec spec = Spec(c.shape, c.mask, 20);
+    spec.window_left = c.left;
+    spec.window_right = c.right;
+    spec.key_lengths = c.key_lengths;
+    ProblemData data(spec);
+    const Expected e = ExpectedTiles(data.problem());
+    TileCountScope scope;
+    RunAndCheck(data, 2, spec.Name().c_str());
+    EXPECT_EQ(scope.counts().full.load(), e.full) << spec.Name();
+    EXPECT_EQ(scope.counts().partial.load(), e.partial) << spec.Name();
+    EXPECT_EQ(scope.counts().skipped.load(), e.skipped) << spec.Name();
+    EXPECT_GT(e.skipped, 0) << spec.Name() << ": the case must exercise skipping";
+    EXPECT_GT(e.full, 0) << spec.Name();
+  }
+}
+
+// NaN in K and V of keys that only skipped tiles cover: if flash read them
+// (even with weight 0), 0·NaN would reach the output.
+TEST(FlashTiles, SkippedTilesAreNeverRead) {
+  ProblemSpec spec = Spec(Shape{1, 2, 1, 256, 320, 64, 64}, MaskKind::kNone, 31);
+  spec.key_lengths = {100};  // keys [100, 320) hidden from every row
+  ProblemData data(spec);
+  const Problem& p = data.problem();
+  for (int64_t j = 100; j < 320; ++j) {  // hidden: partial tile part and skipped tiles
+    float* k = data.k_data() + j * p.k.strides.row;
+    float* v = data.v_data() + j * p.v.strides.row;
+    for (int64_t x = 0; x < 64; ++x) k[x] = v[x] = kNaN;
+  }
+  TileCountScope scope;
+  RunAndCheck(data, 2, "nan beyond key length");
+  // H = 2 query heads share the kv head: 2 x 256 stacked rows = 8 row blocks,
+  // each skipping every tile that starts at or after key 100.
+  const int64_t tiles = (320 + flash::kBc - 1) / flash::kBc;
+  const int64_t first_skipped = (100 + flash::kBc - 1) / flash::kBc;
+  EXPECT_EQ(scope.counts().skipped.load(), 8 * (tiles - first_skipped));
+  EXPECT_EQ(scope.counts().skipped.load(), ExpectedTiles(p).skipped);
+  const std::vector<float> o = data.OutputContiguous();
+  for (float x : o) ASSERT_TRUE(std::isfinite(x));
+}
+
+// A NaN V row inside a partial (diagonal) tile: the rows that see it are NaN,
+// the rows of the same tile that do not see it stay exact (P·V falls back to
+// each row's visible range).
+TEST(FlashTiles, NaNInPartialTileReachesOnlyRowsThatSeeIt) {
+  ProblemSpec spec = Spec(Shape{1, 1, 1, 192, 192, 64, 64}, MaskKind::kCausal, 41);
+  ProblemData data(spec);
+  const Problem& p = data.problem();
+  data.v_data()[70 * p.v.strides.row + 5] = kNaN;
+  data.k_data()[150 * p.k.strides.row + 3] = kInfF;
+  RunAndCheck(data, 1, "nan in diagonal tile");
+  const std::vector<float> o = data.OutputContiguous();
+  EXPECT_TRUE(std::isfinite(o[69 * 64 + 5]));  // row 69 does not see key 70
+  EXPECT_TRUE(std::isnan(o[70 * 64 + 5]));
+}
+
+TEST(FlashExp2, ErrorWithinStatedUlpBound) {
+  std::vector<float> x, out;
+  // Every 61st float in [-126, 127.5) plus special points.
+  for (float v = -126.0f; v < 127.5f;) {
+    x.push_back(v);
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    bits = v < 0 ? bits - 61 : bits + 61;
+    if (v < 0 && bits < 0x80000000u) bits = 0;  // crossed zero
+    std::memcpy(&v, &bits, 4);
+    if (v == 0.0f) {
+      x.push_back(0.0f);
+      v = 1e-30f;
+    }
+  }
+  for (float v : {-0.5f, 0.5f, -1.0f, -125.99f, 0.0f, -0.0f}) x.push_back(v);
+  out.resize(x.size());
+  FlashExp2ForTest(x.data(), out.data(), x.size());
+  double worst = 0;
+  float worst_x = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double want = std::exp2(double(x[i]));
+    const double ulp = std::ldexp(1.0, std::ilogb(want) - 23);
+    const double err = std::fabs(double(out[i]) - want) / ulp;
+    if (err > worst) worst = err, worst_x = x[i];
+  }
+  EXPECT_LE(worst, kFastExp2MaxUlp) << "at x=" << worst_x;
+  std::printf("FastExp2: %zu points, max error %.3f ulp at x=%g (bound %.1f)\n", x.size(), worst,
+              worst_x, kFastExp2MaxUlp);
+
+  const float special[] = {-kInfF, -1000.0f, -126.5f, kNaN, 0.0f};
+  float got[5];
+  FlashExp2ForTest(special, got, 5);
+  EXPECT_EQ(got[0], 0.0f);
+  EXPECT_EQ(got[1], 0.0f);
+  EXPECT_EQ(got[2], 0.0f);
+  EXPECT_TRUE(std::isnan(got[3]));
+  EXPECT_EQ(got[4], 1.0f);  // exactly: a row whose max did not move is not rescaled
+}
+
+// Working memory is independent of Lq and Lk: the declared workspace at
+// N = 32768 (dk = dv = 64, B = H = 1) is under 4 MiB and equals that at
+// N = 1024; a real run at N = 32768 takes no more than it declares.
+TEST(FlashWorkspace, LongSequenceUnder4MiB) {
+  const int64_t n = 32768, d = 64;
+  std::vector<float> q(n * d), k(n * d), v(n * d), o(n * d, kNaN), lse(n, kNaN);
+  for (int64_t i = 0; i < n * d; ++i) {
+    q[i] = std::sin(0.37 * i);
+    k[i] = std::cos(0.11 * i);
+    v[i] = std::sin(0.05 * i + 1);
+  }
+  Problem p = MakeProblem(Shape{1, 1, 1, n, n, d, d}, q.data(), k.data(), v.data(), o.data());
+  p.lse = lse;
+  p.mask.kind = MaskKind::kCausal;
+  for (int threads : {1, 2}) {
+    RunOptions options;
+    options.threads = threads;
+    auto valid = Prepare(Flash(), p, options);
+    ASSERT_TRUE(valid.ok()) << valid.status().ToString();
+    const size_t declared = Flash().workspace_bytes(*valid, threads);
+    EXPECT_LT(declared, size_t{4} << 20) << threads << " threads";
+    Problem small =
+        MakeProblem(Shape{1, 1, 1, 1024, 1024, d, d}, q.data(), k.data(), v.data(), o.data());
+    EXPECT_EQ(declared, Flash().workspace_bytes(*Validate(small), threads));
+  }
+  RunOptions options;
+  options.threads = 2;
+  RunStats stats;
+  ASSERT_TRUE(attn::Run(Flash(), p, options, &stats).ok());
+  EXPECT_LE(stats.workspace_peak_bytes, stats.workspace_declared_bytes);
+  EXPECT_LT(stats.workspace_peak_bytes, size_t{4} << 20);
+  std::printf("N=32768 causal: workspace declared %zu B, measured %zu B\n",
+              stats.workspace_declared_bytes, stats.workspace_peak_bytes);
+  // Spot-check rows against a direct double-precision computation.
+  for (int64_t i : {int64_t{0}, int64_t{12345}, n - 1}) {
+    std::vector<double> s(i + 1);
+    double mx = -1e300;
+    for (int64_t j = 0; j <= i; ++j) {
+      double dot = 0;
+      for (int64_t x = 0; x < d; ++x) dot += double(q[i * d + x]) * k[j * d + x];
+      s[j] = dot / std::sqrt(double(d));
+      mx = std::max(mx, s[j]);
+    }
+    double sum = 0;
+    std::vector<double> acc(d, 0.0);
+    for (int64_t j = 0; j <= i; ++j) {
+      const double w = std::exp(s[j] - mx);
+      sum += w;
+      for (int64_t x = 0; x < d; ++x) acc[x] += w * v[j * d + x];
+    }
+    for (int64_t x = 0; x < d; ++x) {
+      // Bound: |v| <= 1 and the ErrorBound terms for Lk <= 32768 (<< 1e-2).
+      EXPECT_NEAR(o[i * d + x], acc[x] / sum,
+                  4 * (2 * (d + 2) * 8.0 + 8 + 2 * (i + 1) + 4) * 0x1p-24)
+          << "row " << i << " col " << x;
+    }
+    EXPECT_NEAR(lse[i], mx + std::log(sum), 1e-4) << "row " << i;
+  }
+}
+
+// Decode shapes take the split-key path; the result matches the reference
+// and is bitwise identical for 1 and 2 threads (splits depend on the shape
+// only).
+TEST(FlashDecode, SplitKeysMatchReference) {
+  struct Case {
+    Shape shape;
+    MaskKind mask;
+    std::vector<int32_t> key_lengths;
+  };
+  const Case cases[] = {
+      {{1, 8, 8, 1, 4096, 64, 64}, MaskKind::kNone, {}},
+      {{1, 8, 2, 1, 4096, 128, 128}, MaskKind::kNone, {}},  // GQA 4
+      {{1, 8, 1, 1, 5000, 64, 72}, MaskKind::kCausal, {}},  // MQA
+      {{2, 4, 2, 3, 4100, 64, 64}, MaskKind::kAdditive, {}},
+      {{2, 4, 4, 1, 4096, 64, 64}, MaskKind::kNone, {3000, 0}},
+      {{1, 2, 1, 2, 4096, 32, 32}, MaskKind::kSlidingWindow, {}},
+  };
+  for (const Case& c : cases) {
+    ProblemSpec spec = Spec(c.shape, c.mask, 50);
+    spec.key_lengths = c.key_lengths;
+    spec.window_left = 1500;
+    spec.window_right = 0;
+    std::vector<float> outs[2];
+    for (int threads : {1, 2}) {
+      ProblemData data(spec);
+      TileCountScope scope;
+      RunAndCheck(data, threads, spec.Name().c_str());
+      EXPECT_GT(scope.counts().split_items.load(), 1) << spec.Name();
+      outs[threads - 1] = data.OutputContiguous();
+    }
+    ASSERT_EQ(outs[0].size(), outs[1].size());
+    EXPECT_EQ(0, std::memcmp(outs[0].data(), outs[1].data(), outs[0].size() * sizeof(float)))
+        << spec.Name() << ": 1 and 2 threads differ";
+  }
+}
+
+// The kernel on every Highway target this machine supports, on a few grid
+// shapes with every mask kind.
+TEST(FlashTargets, EveryCompiledTargetMatchesReference) {
+  const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
+  std::vector<ProblemSpec> specs;
+  const std::vector<ProblemSpec> grid = GridSpecs();
+  for (size_t i = 0; i < grid.size(); i += 7) specs.push_back(grid[i]);
+  for (ProblemSpec& s : specs) s.want_weights = false;
+  specs.push_back(Spec(Shape{1, 2, 1, 1, 3000, 40, 24}, MaskKind::kCausal, 77));  // split path
+  // Few-row blocks with head dims that leave vector tails, on misaligned,
+  // padded rows: tails must not read past a row or assume alignment.
+  for (int64_t dk : {3, 19}) {
+    ProblemSpec few = Spec(Shape{1, 2, 1, 2, 37, dk, dk + 2}, MaskKind::kSlidingWindow, 78 + dk);
+    few.window_left = 20;
+    few.misalign = true;
+    few.row_pad = 1;
+    specs.push_back(few);
+  }
+  for (int64_t target : targets) {
+    hwy::SetSupportedTargetsForTest(target);
+    for (const ProblemSpec& spec : specs) {
+      ProblemData data(spec);
+      SCOPED_TRACE(std::string(hwy::TargetName(target)) + " " + spec.Name());
+      RunAndCheck(data, 2, hwy::TargetName(target));
+    }
+    std::vector<float> x = {-3.25f, -0.5f, 0.0f, -100.0f}, y(4);
+    FlashExp2ForTest(x.data(), y.data(), x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      EXPECT_NEAR(y[i], std::exp2(double(x[i])), kFastExp2MaxUlp * 0x1p-23 * std::exp2(x[i]))
+          << hwy::TargetName(target);
+    }
+  }
+  hwy::SetSupportedTargetsForTest(0);
+  EXPECT_GE(targets.size(), 1u);
+}
+
+}  // namespace
+}  // namespace attn::testing
