@@ -581,11 +581,20 @@ void RegisterSuite(const Suite& suite) {
 
 // ---------------------------------------------------------------- flags
 
-bool TakeFlag(const std::string& arg, const char* flag, std::string* value) {
-  const std::string prefix = std::string("--") + flag + "=";
-  if (arg.rfind(prefix, 0) != 0) return false;
-  *value = arg.substr(prefix.size());
-  return true;
+// Our own flags, as --flag=VALUE or --flag VALUE (the latter consumes the
+// next argument: `*i` advances).
+bool TakeFlag(int argc, char** argv, int* i, const char* flag, std::string* value) {
+  const std::string arg = argv[*i];
+  const std::string name = std::string("--") + flag;
+  if (arg.rfind(name + "=", 0) == 0) {
+    *value = arg.substr(name.size() + 1);
+    return true;
+  }
+  if (arg == name && *i + 1 < argc) {
+    *value = argv[++*i];
+    return true;
+  }
+  return false;
 }
 
 int Usage(const char* error) {
@@ -645,12 +654,12 @@ int Main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     int64_t n = 0;
-    if (TakeFlag(arg, "suite", &value)) {
+    if (TakeFlag(argc, argv, &i, "suite", &value)) {
       if (value != "quick" && value != "default" && value != "full") {
         return Usage(("unknown --suite=" + value + " (quick, default or full)").c_str());
       }
       g_options.suite = value;
-    } else if (TakeFlag(arg, "threads", &value)) {
+    } else if (TakeFlag(argc, argv, &i, "threads", &value)) {
       threads_text = value;
       size_t pos = 0;
       while (pos <= value.size()) {
@@ -661,22 +670,22 @@ int Main(int argc, char** argv) {
         g_options.threads.push_back(int(n));
         pos = comma + 1;
       }
-    } else if (TakeFlag(arg, "batch", &value)) {
+    } else if (TakeFlag(argc, argv, &i, "batch", &value)) {
       if (!ParsePositive(value, &g_options.batch)) return Usage(("bad --batch=" + value).c_str());
-    } else if (TakeFlag(arg, "heads", &value)) {
+    } else if (TakeFlag(argc, argv, &i, "heads", &value)) {
       if (!ParsePositive(value, &g_options.heads)) return Usage(("bad --heads=" + value).c_str());
-    } else if (TakeFlag(arg, "memory_budget", &value)) {
+    } else if (TakeFlag(argc, argv, &i, "memory_budget", &value)) {
       auto bytes = ParseBytes(value);
       if (!bytes) return Usage(("bad --memory_budget=" + value + " (e.g. 12G)").c_str());
       g_options.memory_budget = *bytes;
     } else if (arg == "--accuracy") {
       accuracy = true;
-    } else if (TakeFlag(arg, "accuracy_out", &value)) {
+    } else if (TakeFlag(argc, argv, &i, "accuracy_out", &value)) {
       acc.out = value;
-    } else if (TakeFlag(arg, "accuracy_max_n", &value)) {
+    } else if (TakeFlag(argc, argv, &i, "accuracy_max_n", &value)) {
       if (!ParsePositive(value, &acc.max_n))
         return Usage(("bad --accuracy_max_n=" + value).c_str());
-    } else if (TakeFlag(arg, "accuracy_threads", &value)) {
+    } else if (TakeFlag(argc, argv, &i, "accuracy_threads", &value)) {
       if (!ParsePositive(value, &n)) return Usage(("bad --accuracy_threads=" + value).c_str());
       acc.threads = int(n);
     } else {
