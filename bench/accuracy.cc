@@ -1,0 +1,223 @@
+// Accuracy run. For each variant, N = Lq = Lk = 128..max_n (powers of two),
+// d = 64 and 128, and each mask kind, the variant runs the whole problem
+// (B = H = Hkv = 1, inputs uniform in [-1, 1), tests/test_support.h's
+// ProblemData) and its output rows are compared against the fp64 reference.
+//
+// Rows checked: every row when N <= 1024; above, 512 rows spaced evenly from
+// the first to the last (deterministic), because the reference is O(N²·d)
+// scalar double and would take minutes per case at N = 16384. Each checked
+// row i is re-posed as a one-query problem with the same K, V and mask
+// semantics (causal/window: the keys up to i; additive: mask row i; key
+// lengths: the same length), which the reference solves exactly; the kernel's
+// row comes from the full-size run, so long-sequence effects (tiling, online
+// softmax over many tiles) are what is measured.
+//
+// Per result: max_abs_error (over O), max_rel_error (normwise per row:
+// max_d |err| / max_d |want|, the largest over rows; elementwise relative
+// error is meaningless for outputs near 0), bound_ratio (max over elements of
+// |err| / ErrorBound(...).o from tests/test_support.h: < 1 passes), ok.
+#include "bench/accuracy.h"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "bench/bench_common.h"
+#include "kernels/registry.h"
+#include "reference/reference.h"
+#include "tests/test_support.h"
+
+namespace attn::bench {
+
+Problem RowProblem(const Problem& p, int64_t i, float* out) {
+  const Shape& s = p.shape;
+  const int64_t off = s.kv_len - s.q_len;
+  Problem r;
+  r.shape = s;
+  r.shape.q_len = 1;
+  r.q = {p.q.data + i * p.q.strides.row, p.q.strides};
+  r.k = p.k;
+  r.v = p.v;
+  r.o = {out, Strides::BHLD(1, 1, s.value_dim)};
+  r.scale = p.scale;
+  r.mask = p.mask;
+  // With one query the diagonal sits at Lk' - 1: cut the keys at the row's
+  // last visible key and express a window by its left extent only.
+  const int64_t diag = i + off;
+  if (p.mask.kind == MaskKind::kCausal) {
+    r.shape.kv_len = std::clamp<int64_t>(diag + 1, 0, s.kv_len);
+  } else if (p.mask.kind == MaskKind::kSlidingWindow) {
+    const int64_t begin = std::max<int64_t>(0, diag - p.mask.window_left);
+    const int64_t end = std::min<int64_t>(s.kv_len, diag + p.mask.window_right + 1);
+    r.shape.kv_len = std::max<int64_t>(0, std::max(end, begin) == begin ? 0 : end);
+    r.mask.window_left = end > begin ? end - 1 - begin : 0;
+    r.mask.window_right = 0;
+  }
+  if (p.mask.kind == MaskKind::kAdditive) {
+    r.mask.additive = p.mask.additive.subspan(i * s.kv_len, s.kv_len);
+    r.mask.additive_shape = {1, 1, 1, s.kv_len};
+  }
+  if (!p.mask.key_lengths.empty()) {
+    // Equal to the full problem's length unless the causal cut is shorter.
+    r.mask.key_lengths = p.mask.key_lengths;
+    if (r.shape.kv_len < p.mask.key_lengths[0]) r.mask.key_lengths = {};
+  }
+  return r;
+}
+
+namespace {
+
+struct MaskCase {
+  const char* name;  // contract: none|causal|window|additive|key_lengths
+  MaskKind kind;
+  bool key_lengths;
+};
+constexpr MaskCase kMasks[] = {
+    {"none", MaskKind::kNone, false},
+    {"causal", MaskKind::kCausal, false},
+    {"window", MaskKind::kSlidingWindow, false},
+    {"additive", MaskKind::kAdditive, false},
+    {"key_lengths", MaskKind::kNone, true},
+};
+
+int64_t WindowLeft(int64_t n) { return std::min<int64_t>(1024, n / 4); }
+
+struct RowResult {
+  double max_abs = 0, max_rel = 0, bound_ratio = 0;
+  bool ok = true;
+};
+
+RowResult CheckRows(testing::ProblemData& data, const std::vector<int64_t>& rows) {
+  const Problem& p = data.problem();
+  const int64_t dv = p.shape.value_dim;
+  RowResult res;
+  std::vector<float> scratch(dv);
+  for (int64_t i : rows) {
+    const Problem r = RowProblem(p, i, scratch.data());
+    auto want = reference::Attention(r);
+    if (!want.ok()) {
+      std::fprintf(stderr, "reference failed: %s\n", want.status().ToString().c_str());
+      res.ok = false;
+      continue;
+    }
+    const double bound = testing::ErrorBound(r, 0, 0, 0).o;
+    const float* got = p.o.data + i * p.o.strides.row;
+    double row_err = 0, row_max = 0;
+    for (int64_t d = 0; d < dv; ++d) {
+      const double w = want->o[d];
+      const double err = std::fabs(double(got[d]) - w);
+      if (!(err <= bound)) res.ok = false;  // also catches NaN
+      if (!std::isfinite(err)) {
+        res.max_abs = res.bound_ratio = INFINITY;
+        continue;
+      }
+      res.max_abs = std::max(res.max_abs, err);
+      if (bound > 0) res.bound_ratio = std::max(res.bound_ratio, err / bound);
+      row_err = std::max(row_err, err);
+      row_max = std::max(row_max, std::fabs(w));
+    }
+    if (row_max > 0) res.max_rel = std::max(res.max_rel, row_err / row_max);
+  }
+  return res;
+}
+
+std::vector<int64_t> RowsToCheck(int64_t n) {
+  std::vector<int64_t> rows;
+  if (n <= 1024) {
+    for (int64_t i = 0; i < n; ++i) rows.push_back(i);
+  } else {
+    constexpr int64_t kRows = 512;
+    for (int64_t k = 0; k < kRows; ++k) rows.push_back(k * (n - 1) / (kRows - 1));
+  }
+  return rows;
+}
+
+std::string Now() {
+  char buf[64];
+  const std::time_t t = std::time(nullptr);
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S+00:00", std::gmtime(&t));
+  return buf;
+}
+
+}  // namespace
+
+int RunAccuracy(const AccuracyOptions& options) {
+  using Json = nlohmann::ordered_json;
+  Json context;
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  context["host_name"] = host;
+  context["date"] = Now();
+  for (const auto& [k, v] :
+       ContextStrings(std::to_string(options.threads), "accuracy", options.memory_budget)) {
+    context[k] = v;
+  }
+  context["attnlab_accuracy_rows"] =
+      "all rows for N <= 1024, else 512 evenly spaced rows (first to last)";
+  context["attnlab_rel_error"] = "normwise per row: max_d |err| / max_d |want|";
+  Json results = Json::array();
+  const RunOptions run_options{options.threads, options.memory_budget};
+  bool all_ok = true;
+  for (const Variant* v : Registry()) {
+    for (int64_t n = 128; n <= options.max_n; n *= 2) {
+      for (int64_t d : {64, 128}) {
+        for (const MaskCase& m : kMasks) {
+          testing::ProblemSpec spec;
+          spec.shape = {1, 1, 1, n, n, d, d};
+          spec.mask = m.kind;
+          spec.window_left = WindowLeft(n);
+          if (m.key_lengths) spec.key_lengths = {int32_t(n - n / 3)};
+          // Same inputs for every variant.
+          spec.seed = SeedFrom("accuracy/N:" + std::to_string(n) + "/d:" + std::to_string(d) + "/" +
+                               m.name);
+          Json entry = {{"variant", v->name}, {"N", n}, {"d", d}, {"mask", m.name}};
+          const auto start = std::chrono::steady_clock::now();
+          testing::ProblemData data(spec);
+          const Status status = Run(*v, data.problem(), run_options);
+          if (!status.ok()) {
+            entry["error"] =
+                (status.code() == StatusCode::kResourceExhausted ? "over budget: " : "not run: ") +
+                status.message();
+            std::fprintf(stderr, "%s/N:%lld/d:%lld/%s: %s\n", v->name, (long long)n, (long long)d,
+                         m.name, entry["error"].get<std::string>().c_str());
+            results.push_back(entry);
+            continue;
+          }
+          const std::vector<int64_t> rows = RowsToCheck(n);
+          const RowResult r = CheckRows(data, rows);
+          entry["max_abs_error"] = r.max_abs;
+          entry["max_rel_error"] = r.max_rel;
+          entry["bound_ratio"] = r.bound_ratio;
+          entry["rows_checked"] = int64_t(rows.size());
+          entry["ok"] = r.ok;
+          all_ok = all_ok && r.ok;
+          const double secs =
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+          std::fprintf(stderr,
+                       "%s/N:%lld/d:%lld/%s: max_abs %.3g max_rel %.3g bound_ratio %.3g%s "
+                       "(%.1f s)\n",
+                       v->name, (long long)n, (long long)d, m.name, r.max_abs, r.max_rel,
+                       r.bound_ratio, r.ok ? "" : " FAILED", secs);
+          results.push_back(entry);
+        }
+      }
+    }
+  }
+  std::ofstream out(options.out);
+  out << Json{{"context", context}, {"results", results}}.dump(2) << "\n";
+  if (!out) {
+    std::fprintf(stderr, "attnlab_bench: cannot write %s\n", options.out.c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "wrote %s (%zu results)%s\n", options.out.c_str(), results.size(),
+               all_ok ? "" : "; some variants exceeded the error bound");
+  return all_ok ? 0 : 1;
+}
+
+}  // namespace attn::bench

@@ -1,0 +1,229 @@
+#include "bench/bench_common.h"
+
+#include <cblas.h>
+#include <malloc.h>
+#include <omp.h>
+#include <openblas_config.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include "hwy/targets.h"
+
+#ifndef ATTNLAB_BUILD_TYPE
+#define ATTNLAB_BUILD_TYPE "unknown"
+#endif
+
+namespace attn::bench {
+
+const char* ScenarioName(Scenario s) {
+  switch (s) {
+    case Scenario::kSweep:
+      return "sweep";
+    case Scenario::kDecode:
+      return "decode";
+    case Scenario::kGqa:
+      return "gqa";
+    case Scenario::kWindow:
+      return "window";
+    case Scenario::kCross:
+      return "cross";
+  }
+  return "?";
+}
+
+std::string Case::DataKey() const {
+  const std::string d = "d:" + std::to_string(dim);
+  switch (scenario) {
+    case Scenario::kSweep:
+      return "N:" + std::to_string(q_len) + "/" + d + "/causal:" + (causal ? "1" : "0");
+    case Scenario::kDecode:
+      return "decode/Lk:" + std::to_string(kv_len) + "/" + d + "/Hkv:" + std::to_string(kv_heads);
+    case Scenario::kGqa:
+      return "gqa/N:" + std::to_string(q_len) + "/" + d + "/causal:" + (causal ? "1" : "0");
+    case Scenario::kWindow:
+      return "window/N:" + std::to_string(q_len) + "/" + d + "/w:" + std::to_string(window);
+    case Scenario::kCross:
+      return "cross/Lq:" + std::to_string(q_len) + "/Lk:" + std::to_string(kv_len) + "/" + d;
+  }
+  return "?";
+}
+
+std::string Case::Tokens() const { return DataKey() + "/threads:" + std::to_string(threads); }
+
+std::string Case::CheckKey() const {
+  return std::string(ScenarioName(scenario)) + "/d:" + std::to_string(dim) + "/" +
+         MaskKindName(mask_kind()) + "/group:" + std::to_string(heads / kv_heads);
+}
+
+double AttentionFlops(double pairs, int64_t dk, int64_t dv) {
+  return 2.0 * pairs * static_cast<double>(dk + dv);
+}
+
+double DensePairs(const Case& c) {
+  return static_cast<double>(c.batch) * c.heads * c.q_len * c.kv_len;
+}
+
+uint64_t SeedFrom(const std::string& text) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : text) {
+    h ^= ch;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+void FillRandom(float* data, size_t n, uint64_t seed) {
+  // splitmix64: fast enough for gigabytes of inputs, and every value is a
+  // nonzero-probability uniform in [-1, 1) (24 random mantissa bits).
+  uint64_t state = seed;
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    data[i] = static_cast<float>(z >> 40) * (2.0f / 16777216.0f) - 1.0f;
+  }
+}
+
+namespace {
+std::unique_ptr<CaseData> g_data;
+std::string g_data_key;
+}  // namespace
+
+CaseData& DataFor(const Case& c) {
+  const std::string key = c.DataKey();
+  if (g_data && g_data_key == key) return *g_data;
+  ReleaseData();
+  auto data = std::make_unique<CaseData>();
+  const Shape s = c.shape();
+  data->q.resize(s.batch * s.heads * s.q_len * s.head_dim);
+  data->k.resize(s.batch * s.kv_heads * s.kv_len * s.head_dim);
+  data->v.resize(s.batch * s.kv_heads * s.kv_len * s.value_dim);
+  data->o.assign(s.batch * s.heads * s.q_len * s.value_dim, 0.0f);
+  const uint64_t seed = SeedFrom(key);
+  FillRandom(data->q.data(), data->q.size(), seed);
+  FillRandom(data->k.data(), data->k.size(), seed + 1);
+  FillRandom(data->v.data(), data->v.size(), seed + 2);
+  data->problem = MakeProblem(s, data->q.data(), data->k.data(), data->v.data(), data->o.data());
+  data->problem.mask.kind = c.mask_kind();
+  data->problem.mask.window_left = c.window;
+  data->problem.mask.window_right = 0;
+  g_data = std::move(data);
+  g_data_key = key;
+  return *g_data;
+}
+
+void ReleaseData() {
+  g_data.reset();
+  g_data_key.clear();
+  TrimMalloc();
+}
+
+ThreadScope::ThreadScope(int threads)
+    : omp_before_(omp_get_max_threads()), blas_before_(openblas_get_num_threads()) {
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
+}
+
+ThreadScope::~ThreadScope() {
+  openblas_set_num_threads(blas_before_);
+  omp_set_num_threads(omp_before_);  // after: OpenBLAS also sets the OpenMP ICV
+}
+
+int64_t ProcStatusBytes(const char* field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  const size_t len = std::strlen(field);
+  while (std::getline(in, line)) {
+    if (line.compare(0, len, field) == 0 && line.size() > len && line[len] == ':') {
+      long long kib = -1;
+      if (std::sscanf(line.c_str() + len + 1, "%lld", &kib) == 1) return kib * 1024;
+    }
+  }
+  return -1;
+}
+
+void PeakRss::Start() {
+  TrimMalloc();
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";
+  clear.close();
+  start_rss_ = clear ? ProcStatusBytes("VmRSS") : -1;
+}
+
+double PeakRss::DeltaBytes() const {
+  if (start_rss_ < 0) return -1;
+  const int64_t hwm = ProcStatusBytes("VmHWM");
+  return hwm < 0 ? -1 : static_cast<double>(hwm - start_rss_);
+}
+
+void ConfigureMallocForMeasurement() {
+  // A fixed threshold (setting it turns off glibc's dynamic adjustment):
+  // every buffer of 1 MiB or more is its own mmap and is unmapped on free.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 20);
+}
+
+void TrimMalloc() { malloc_trim(0); }
+
+namespace {
+
+std::string CpuModel() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) {
+        size_t start = line.find_first_not_of(' ', colon + 1);
+        return start == std::string::npos ? "" : line.substr(start);
+      }
+    }
+  }
+  return "unknown";
+}
+
+std::string Trim(std::string s) {
+  const size_t a = s.find_first_not_of(' ');
+  const size_t b = s.find_last_not_of(' ');
+  return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+// The best Highway target this CPU supports among those compiled in (lower
+// bit = better target); the library's HWY_DYNAMIC_DISPATCH picks the same.
+std::string HighwayTarget() {
+  const int64_t targets = hwy::SupportedTargets() & HWY_TARGETS;
+  if (targets == 0) return "none";
+  return hwy::TargetName(targets & -targets);
+}
+
+}  // namespace
+
+std::map<std::string, std::string> ContextStrings(const std::string& threads,
+                                                  const std::string& suite, size_t memory_budget) {
+  std::map<std::string, std::string> ctx;
+  ctx["attnlab_git_commit"] = GitCommit();
+  ctx["attnlab_hwy_target"] = HighwayTarget();
+  ctx["attnlab_openblas_config"] = Trim(openblas_get_config());
+  ctx["attnlab_openblas_version"] = Trim(OPENBLAS_VERSION);
+  ctx["attnlab_openblas_core"] = openblas_get_corename();
+  ctx["attnlab_threads"] = threads;
+#if defined(__clang__)
+  ctx["attnlab_compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  ctx["attnlab_compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  ctx["attnlab_compiler"] = __VERSION__;
+#endif
+  ctx["attnlab_build_type"] = ATTNLAB_BUILD_TYPE;
+  ctx["attnlab_suite"] = suite;
+  ctx["attnlab_memory_budget_bytes"] = std::to_string(memory_budget);
+  ctx["attnlab_cpu_model"] = CpuModel();
+  return ctx;
+}
+
+}  // namespace attn::bench

@@ -1,0 +1,762 @@
+// attnlab_bench: every registry variant across sequence lengths, speed and
+// measured memory, with the machine's ceilings (sgemm, memory stream) in the
+// same run. Output follows BENCH_CONTRACT (Google Benchmark JSON with the
+// attnlab_* context keys and the counters below).
+//
+//   attnlab_bench [--suite=quick|default|full] [--threads=1,2] [--batch=1]
+//                 [--heads=8] [--memory_budget=12G] [--benchmark_* flags]
+//   attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=16384]
+//
+// Cases are registered from attn::Registry() in a loop: a variant added to
+// kernels/variants.inc appears here with no edit. For each problem shape the
+// order is ceiling, then every variant, so the (cached) inputs are generated
+// once per shape. Before a (variant, scenario, d, mask, GQA group) is timed
+// the first time it is checked against the fp64 reference at a small size;
+// a failing variant is reported as `failed check: ...`, never timed.
+//
+// Suites (timings in bench/README.md):
+//   quick    N in {256, 1024}, d = 64, one case of each scenario; CI smoke test.
+//   default  the README's main job, sized for < 20 min on 2 cores: sweep
+//            N = 128..16384 at d = 64 and 128..8192 at d = 128, causal 0/1;
+//            decode Lk = 512..65536 at d = 128; gqa N = 1024, 4096 (d = 128,
+//            causal); window N = 4096, 16384; cross; layer N = 512..8192.
+//            Time cap: before registering, each variant is timed once at
+//            N = 1024 (Calibrate()); a case predicted to take more than 20 s
+//            per iteration at that rate is left out (listed on stderr; the
+//            naive kernel's N >= 8192 cases, which take minutes and show
+//            nothing new: its time and memory are already quadratic). Cases
+//            the memory budget refuses are registered anyway, and at every
+//            sweep N up to 65536, so the report shows "over budget".
+//   full     N = 128..65536 everywhere, both d everywhere, no time cap.
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "bench/accuracy.h"
+#include "bench/bench_common.h"
+#include "bench/layer.h"
+#include "kernels/registry.h"
+#include "reference/reference.h"
+#include "tests/test_support.h"
+
+namespace attn::bench {
+namespace {
+
+struct Options {
+  std::string suite = "default";
+  std::vector<int> threads;
+  int64_t batch = 1;
+  int64_t heads = 8;
+  size_t memory_budget = 0;
+};
+Options g_options;
+
+struct Suite {
+  std::vector<int64_t> sweep_n;
+  std::vector<int64_t> dims;
+  std::vector<int64_t> decode_lk;
+  std::vector<int64_t> decode_dims;
+  std::vector<int64_t> gqa_n;
+  std::vector<int64_t> gqa_dims;
+  std::vector<int> gqa_causal;
+  std::vector<int64_t> window_n;
+  std::vector<int64_t> window_dims;
+  std::vector<std::pair<int64_t, int64_t>> cross;  // (Lq, Lk)
+  std::vector<int64_t> layer_n;
+  int64_t d128_max_n = 1 << 30;  // sweep N limit for d = 128
+  // A variant's case is registered only when its predicted time per
+  // iteration (FLOPs / the variant's calibrated rate, see Calibrate()) is at
+  // most this; cases the memory budget refuses are always registered
+  // (instant skips, so the report shows "over budget").
+  double max_case_seconds = 1e30;
+  // Past the sweep's N range, over-budget cases are registered up to this N.
+  int64_t over_budget_max_n = 0;
+  const char* min_time = "0.5";  // --benchmark_min_time unless given
+};
+
+std::vector<int64_t> Pow2(int64_t lo, int64_t hi) {
+  std::vector<int64_t> v;
+  for (int64_t n = lo; n <= hi; n *= 2) v.push_back(n);
+  return v;
+}
+
+Suite MakeSuite(const std::string& name) {
+  Suite s;
+  if (name == "quick") {
+    s.sweep_n = {256, 1024};
+    s.dims = {64};
+    s.decode_lk = {4096};
+    s.decode_dims = {64};
+    s.gqa_n = {512};
+    s.gqa_dims = {64};
+    s.gqa_causal = {1};
+    s.window_n = {2048};
+    s.window_dims = {64};
+    s.cross = {{256, 2048}};
+    s.layer_n = {512};
+    s.over_budget_max_n = 1024;
+    s.min_time = "0.05";
+  } else if (name == "default") {
+    s.sweep_n = Pow2(128, 16384);
+    s.dims = {64, 128};
+    s.decode_lk = Pow2(512, 65536);
+    s.decode_dims = {128};
+    s.gqa_n = {1024, 4096};
+    s.gqa_dims = {128};
+    s.gqa_causal = {1};
+    s.window_n = {4096, 16384};
+    s.window_dims = {64};
+    s.cross = {{1024, 4096}, {1024, 16384}};
+    s.layer_n = {512, 2048, 8192};
+    s.d128_max_n = 8192;
+    // 20 s, not more: the N = 1024 rate is optimistic for kernels that
+    // materialize scores (naive runs ~1.5x slower at N = 8192), and the
+    // machine may get busier after calibration.
+    s.max_case_seconds = 20;
+    s.over_budget_max_n = 65536;
+    s.min_time = "0.2";
+  } else {  // full
+    s.sweep_n = Pow2(128, 65536);
+    s.dims = {64, 128};
+    s.decode_lk = Pow2(512, 65536);
+    s.decode_dims = {64, 128};
+    s.gqa_n = Pow2(512, 65536);
+    s.gqa_dims = {64, 128};
+    s.gqa_causal = {0, 1};
+    s.window_n = Pow2(2048, 65536);
+    s.window_dims = {64, 128};
+    s.cross = {{1, 65536}, {256, 4096}, {1024, 4096}, {1024, 16384}, {4096, 65536}, {4096, 1024}};
+    s.layer_n = Pow2(512, 16384);
+    s.over_budget_max_n = 65536;
+    s.min_time = "0.5";
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------- progress
+
+int g_total = 0;
+int g_done = 0;
+std::string g_last;
+
+// "[12/140] flash/N:4096/d:64/causal:1/threads:2" to stderr once per case
+// (Google Benchmark calls a case's function several times while it sizes the
+// iteration count; the JSON on stdout or in --benchmark_out stays clean).
+void Progress(const std::string& name) {
+  if (name == g_last) return;
+  g_last = name;
+  ++g_done;
+  std::fprintf(stderr, "[%d/%d] %s\n", g_done, g_total, name.c_str());
+  std::fflush(stderr);
+}
+
+// ---------------------------------------------------------------- checking
+
+struct Verdict {
+  bool ok = true;
+  std::string message;
+};
+std::map<std::string, Verdict> g_verdicts;
+
+// The small problem a case is checked at: the case's heads, GQA group, mask
+// and d, with lengths capped (256 queries/keys, 512 keys for decode; a window
+// shrunk to a quarter of the keys so it still hides some).
+testing::ProblemSpec CheckSpec(const Case& c) {
+  testing::ProblemSpec spec;
+  Shape s = c.shape();
+  s.batch = std::min<int64_t>(c.batch, 2);
+  if (c.scenario == Scenario::kDecode) {
+    s.kv_len = std::min<int64_t>(c.kv_len, 512);
+  } else if (c.scenario == Scenario::kCross) {
+    s.q_len = std::min<int64_t>(c.q_len, 128);
+    s.kv_len = std::min<int64_t>(c.kv_len, 512);
+  } else {
+    s.q_len = s.kv_len = std::min<int64_t>(c.q_len, 256);
+  }
+  spec.shape = s;
+  spec.mask = c.mask_kind();
+  spec.window_left = std::min<int64_t>(c.window, s.kv_len / 4);
+  spec.seed = SeedFrom("check/" + c.CheckKey());
+  return spec;
+}
+
+const Verdict& CheckOnce(const Variant& v, const Case& c) {
+  const std::string key = std::string(v.name) + "/" + c.CheckKey();
+  auto it = g_verdicts.find(key);
+  if (it != g_verdicts.end()) return it->second;
+  Verdict verdict;
+  testing::ProblemData data(CheckSpec(c));
+  RunOptions options{c.threads, g_options.memory_budget};
+  const Status status = Run(v, data.problem(), options);
+  if (!status.ok()) {
+    verdict = {false, "at " + Describe(data.problem().shape, data.problem().mask) + ": " +
+                          status.ToString()};
+  } else {
+    auto want = reference::Attention(data.problem());
+    const testing::Comparison cmp = CompareToReference(data, *want);
+    if (!cmp.ok) {
+      verdict = {false, "at " + Describe(data.problem().shape, data.problem().mask) + ": " +
+                            cmp.first_failure};
+    }
+  }
+  return g_verdicts.emplace(key, verdict).first->second;
+}
+
+// ---------------------------------------------------------------- cases
+
+// A Problem carrying `c`'s shape and mask over placeholder addresses: enough
+// for Prepare() (which reads shapes, strides and addresses, never data) to
+// say at registration whether the memory budget would refuse the case.
+Problem ShapeOnlyProblem(const Case& c) {
+  const Shape s = c.shape();
+  const uintptr_t gap = uintptr_t{1} << 40;  // past any tensor's extent
+  auto at = [&](int k) { return reinterpret_cast<float*>(gap * (k + 1)); };
+  Problem p = MakeProblem(s, at(0), at(1), at(2), at(3));
+  p.mask.kind = c.mask_kind();
+  p.mask.window_left = c.window;
+  return p;
+}
+
+bool OverBudget(const Variant& v, const Case& c) {
+  RunOptions options{c.threads, g_options.memory_budget};
+  auto prepared = Prepare(v, ShapeOnlyProblem(c), options);
+  return !prepared.ok() && prepared.status().code() == StatusCode::kResourceExhausted;
+}
+
+// ---------------------------------------------------------------- time cap
+
+// GFLOPS of each variant on one thread at the sweep's N = 1024, d = 64 shape
+// (one warm-up run, then one timed), measured before registration when the
+// suite has a time cap. Missing: not calibrated (no cap applies).
+std::map<std::string, double> g_calibrated_gflops;
+
+void Calibrate() {
+  Case c{Scenario::kSweep, g_options.batch, g_options.heads, g_options.heads, 1024, 1024, 64};
+  c.threads = 1;
+  ThreadScope threads(1);
+  CaseData& data = DataFor(c);
+  const RunOptions options{1, g_options.memory_budget};
+  const double flops = AttentionFlops(DensePairs(c), c.dim, c.dim);
+  for (const Variant* v : Registry()) {
+    if (!Run(*v, data.problem, options).ok()) continue;
+    const auto start = std::chrono::steady_clock::now();
+    if (!Run(*v, data.problem, options).ok()) continue;
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (secs > 0) g_calibrated_gflops[v->name] = flops / secs / 1e9;
+  }
+  ReleaseData();
+}
+
+// Predicted seconds per iteration of `flops` on `v`; 0 when not calibrated.
+double PredictedSeconds(const Variant& v, double flops) {
+  auto it = g_calibrated_gflops.find(v.name);
+  return it == g_calibrated_gflops.end() ? 0 : flops / (it->second * 1e9);
+}
+
+// FLOPs (visible pairs) of `c`; the dense count if Prepare refuses it.
+double CaseFlops(const Variant& v, const Case& c) {
+  RunOptions options{c.threads, size_t(-1)};
+  auto prepared = Prepare(v, ShapeOnlyProblem(c), options);
+  const double pairs = prepared.ok() ? double(VisiblePairs(*prepared)) : DensePairs(c);
+  return AttentionFlops(pairs, c.dim, c.dim);
+}
+
+std::vector<std::string> g_left_out;  // cases the time cap left out
+
+void SetParams(benchmark::State& state, const Case& c) {
+  state.counters["B"] = double(c.batch);
+  state.counters["H"] = double(c.heads);
+  state.counters["Hkv"] = double(c.kv_heads);
+  state.counters["Lq"] = double(c.q_len);
+  state.counters["Lk"] = double(c.kv_len);
+  state.counters["d"] = double(c.dim);
+  state.counters["causal"] = c.causal ? 1.0 : 0.0;
+  state.counters["threads"] = double(c.threads);
+}
+
+using benchmark::Counter;
+
+// "over budget: <the registry's message>" or "not run: <status>".
+void SkipNotRun(benchmark::State& state, const Status& s) {
+  state.SkipWithError((s.code() == StatusCode::kResourceExhausted ? "over budget: " + s.message()
+                                                                  : "not run: " + s.ToString())
+                          .c_str());
+}
+
+void VariantCase(benchmark::State& state, const Variant* variant, Case c, std::string name) {
+  Progress(name);
+  ThreadScope threads(c.threads);
+  // Budget first (an over-budget case needs no inputs and no check), then
+  // the correctness verdict, then the inputs.
+  const RunOptions options{c.threads, g_options.memory_budget};
+  if (auto shape_only = Prepare(*variant, ShapeOnlyProblem(c), options); !shape_only.ok()) {
+    SkipNotRun(state, shape_only.status());
+    return;
+  }
+  const Verdict& verdict = CheckOnce(*variant, c);
+  if (!verdict.ok) {
+    state.SkipWithError(("failed check: " + verdict.message).c_str());
+    return;
+  }
+  CaseData& data = DataFor(c);
+  auto prepared = Prepare(*variant, data.problem, options);
+  if (!prepared.ok()) {
+    SkipNotRun(state, prepared.status());
+    return;
+  }
+  const double pairs = double(VisiblePairs(*prepared));
+  RunStats stats;
+  PeakRss rss;
+  rss.Start();
+  for (auto _ : state) {
+    const Status s = Run(*variant, data.problem, options, &stats);
+    if (!s.ok()) {
+      state.SkipWithError(("not run: " + s.ToString()).c_str());
+      return;
+    }
+    benchmark::ClobberMemory();
+  }
+  const double rss_delta = rss.DeltaBytes();
+  SetParams(state, c);
+  state.counters["GFLOPS"] =
+      Counter(AttentionFlops(pairs, c.dim, c.dim) / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS_dense"] = Counter(AttentionFlops(DensePairs(c), c.dim, c.dim) / 1e9,
+                                           Counter::kIsIterationInvariantRate);
+  state.counters["workspace_bytes"] = double(stats.workspace_peak_bytes);
+  state.counters["workspace_declared_bytes"] = double(stats.workspace_declared_bytes);
+  state.counters["peak_rss_delta_bytes"] = rss_delta;
+  state.counters["bytes_min"] =
+      4.0 * double(data.q.size() + data.k.size() + data.v.size() + data.o.size());
+  if (c.scenario == Scenario::kDecode) {
+    state.counters["GBps"] = Counter(4.0 * double(data.k.size() + data.v.size()) / 1e9,
+                                     Counter::kIsIterationInvariantRate);
+  }
+}
+
+// The GEMM ceiling of a case: per (b, h) the two dense products of the same
+// shapes, Q·Kᵀ [Lq x dk]·[dk x Lk] and P·V [Lq x Lk]·[Lk x dv], with
+// cblas_sgemm on the same threads. Rows go in blocks of 512 so the score
+// block stays at most 512·Lk floats (128 MiB at Lk = 65536). GFLOPS uses the
+// dense count, the same as the variant's GFLOPS_dense.
+//
+// Every (b, h, row block) is the same pair of sgemm calls on different data,
+// so the rate of a prefix of them is the rate of all: beyond
+// kCeilingFlops per iteration only the first blocks (in b, h, row order) are
+// timed, and GFLOPS counts the FLOPs of those blocks. `ceiling_fraction`
+// says which share of the whole problem ran. This keeps the ceilings of the
+// N = 16384..65536 cases at seconds instead of minutes.
+constexpr double kCeilingFlops = 20e9;
+
+void CeilingSgemm(benchmark::State& state, Case c, std::string name) {
+  Progress(name);
+  ThreadScope threads(c.threads);
+  CaseData& data = DataFor(c);
+  const int64_t lq = c.q_len, lk = c.kv_len, d = c.dim;
+  const int64_t rows = std::min<int64_t>(lq, 512);
+  const int64_t blocks_per_head = (lq + rows - 1) / rows;
+  const int64_t total_blocks = c.batch * c.heads * blocks_per_head;
+  const double block_flops = AttentionFlops(double(rows) * lk, d, d);
+  const int64_t blocks = std::clamp<int64_t>(int64_t(kCeilingFlops / block_flops), 1, total_blocks);
+  std::vector<float> scores(rows * lk);
+  const int64_t group = c.heads / c.kv_heads;
+  double done_flops = 0;
+  PeakRss rss;
+  rss.Start();
+  for (auto _ : state) {
+    done_flops = 0;
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t bh = block / blocks_per_head;
+      const int64_t b = bh / c.heads, h = bh % c.heads;
+      const int64_t r0 = block % blocks_per_head * rows;
+      const int64_t m = std::min(rows, lq - r0);
+      const int64_t kvh = h / group;
+      const float* q = data.q.data() + (b * c.heads + h) * lq * d;
+      const float* k = data.k.data() + (b * c.kv_heads + kvh) * lk * d;
+      const float* v = data.v.data() + (b * c.kv_heads + kvh) * lk * d;
+      float* o = data.o.data() + (b * c.heads + h) * lq * d;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, lk, d, 1.0f, q + r0 * d, d, k, d,
+                  0.0f, scores.data(), lk);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, d, lk, 1.0f, scores.data(), lk, v,
+                  d, 0.0f, o + r0 * d, d);
+      done_flops += AttentionFlops(double(m) * lk, d, d);
+    }
+    benchmark::ClobberMemory();
+  }
+  SetParams(state, c);
+  state.counters["GFLOPS"] = Counter(done_flops / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS_dense"] = Counter(done_flops / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["ceiling_fraction"] = done_flops / AttentionFlops(DensePairs(c), d, d);
+  state.counters["peak_rss_delta_bytes"] = rss.DeltaBytes();
+  state.counters["workspace_bytes"] = 4.0 * double(scores.size());
+}
+
+// Memory bandwidth ceiling: sum a buffer far larger than the last-level
+// cache on `threads` OpenMP threads (read-only, like a decode pass over the
+// KV cache). GBps = bytes read per second / 1e9.
+void CeilingStream(benchmark::State& state, int64_t bytes, int threads, std::string name) {
+  Progress(name);
+  ThreadScope scope(threads);
+  static std::vector<float> buffer;
+  const int64_t n = bytes / 4;
+  if (int64_t(buffer.size()) != n) {
+    ReleaseData();
+    buffer.assign(n, 0.0f);
+    FillRandom(buffer.data(), n, SeedFrom(name));
+  }
+  const float* data = buffer.data();
+  // 32 independent partial sums per thread (8 SSE or 2 AVX-512 vectors of
+  // add chains): the loop is bound by loads, not by the latency of one add
+  // chain, which would cap it near 10 GB/s on this machine.
+  constexpr int kLanes = 32;
+  constexpr int64_t kChunk = 1 << 14;  // floats per scheduled chunk (64 KiB)
+  float total = 0;
+  for (auto _ : state) {
+    float sum = 0;
+#pragma omp parallel for num_threads(threads) reduction(+ : sum) schedule(static)
+    for (int64_t chunk = 0; chunk < n / kChunk; ++chunk) {
+      float acc[kLanes] = {};
+      const float* p = data + chunk * kChunk;
+      for (int64_t i = 0; i < kChunk; i += kLanes) {
+        for (int k = 0; k < kLanes; ++k) acc[k] += p[i + k];
+      }
+      for (int k = 0; k < kLanes; ++k) sum += acc[k];
+    }
+    total += sum;
+    benchmark::DoNotOptimize(total);
+  }
+  state.counters["GBps"] = Counter(double(bytes) / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["bytes"] = double(bytes);
+  state.counters["threads"] = double(threads);
+}
+
+void LayerCase(benchmark::State& state, const Variant* variant, Case c, std::string name) {
+  Progress(name);
+  ThreadScope threads(c.threads);
+  MhaLayer layer(c.q_len, c.heads, c.dim, SeedFrom("layer/" + c.DataKey()));
+  const RunOptions options{c.threads, g_options.memory_budget};
+  if (Status s = layer.Prepare(*variant, options); !s.ok()) {
+    SkipNotRun(state, s);
+    return;
+  }
+  const Verdict& verdict = CheckOnce(*variant, c);
+  if (!verdict.ok) {
+    state.SkipWithError(("failed check: " + verdict.message).c_str());
+    return;
+  }
+  double attention_s = 0, total_s = 0;
+  for (auto _ : state) {
+    const LayerTimes t = layer.Forward(*variant, options);
+    if (!t.status.ok()) {
+      state.SkipWithError(("not run: " + t.status.ToString()).c_str());
+      return;
+    }
+    attention_s += t.attention_seconds;
+    total_s += t.total_seconds;
+  }
+  SetParams(state, c);
+  state.counters["attention_share"] = total_s > 0 ? attention_s / total_s : 0;
+  state.counters["GFLOPS"] = Counter(layer.Flops() / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["d_model"] = double(c.heads * c.dim);
+}
+
+// ---------------------------------------------------------------- registration
+
+struct Registration {
+  std::string name;
+  std::function<void(benchmark::State&)> fn;
+};
+std::vector<Registration> g_cases;
+
+void AddCase(std::string name, std::function<void(benchmark::State&)> fn) {
+  g_cases.push_back({std::move(name), std::move(fn)});
+}
+
+// Registers the ceiling (when `ceiling`) and every variant for case `c` at
+// each thread count.
+void AddShape(const Suite& suite, Case c, bool ceiling) {
+  for (int t : g_options.threads) {
+    c.threads = t;
+    const std::string tokens = c.Tokens();
+    if (ceiling) {
+      AddCase("ceiling_sgemm/" + tokens, [c, name = "ceiling_sgemm/" + tokens](
+                                             benchmark::State& s) { CeilingSgemm(s, c, name); });
+    }
+    for (const Variant* v : Registry()) {
+      const std::string name = std::string(v->name) + "/" + tokens;
+      if (PredictedSeconds(*v, CaseFlops(*v, c)) > suite.max_case_seconds && !OverBudget(*v, c)) {
+        g_left_out.push_back(name);
+        continue;
+      }
+      AddCase(name, [v, c, name](benchmark::State& s) { VariantCase(s, v, c, name); });
+    }
+  }
+}
+
+void RegisterSuite(const Suite& suite) {
+  const int64_t B = g_options.batch, H = g_options.heads;
+  // Sweep: Lq = Lk = N. Past the suite's N range, only over-budget cases of
+  // score-materializing variants (instant skips the report shows).
+  std::vector<int64_t> sweep_n = suite.sweep_n;
+  for (int64_t n = sweep_n.back() * 2; n <= suite.over_budget_max_n; n *= 2) sweep_n.push_back(n);
+  for (int64_t n : sweep_n) {
+    for (int64_t d : suite.dims) {
+      const bool in_range = n <= suite.sweep_n.back() && (d != 128 || n <= suite.d128_max_n);
+      for (int causal : {0, 1}) {
+        Case c{Scenario::kSweep, B, H, H, n, n, d, causal == 1};
+        if (in_range) {
+          AddShape(suite, c, /*ceiling=*/true);
+        } else {
+          for (int t : g_options.threads) {
+            c.threads = t;
+            for (const Variant* v : Registry()) {
+              if (!OverBudget(*v, c)) continue;
+              const std::string name = std::string(v->name) + "/" + c.Tokens();
+              AddCase(name, [v, c, name](benchmark::State& s) { VariantCase(s, v, c, name); });
+            }
+          }
+        }
+      }
+    }
+  }
+  // Decode: one query against a KV cache, MHA (Hkv = H) and GQA (Hkv = 2).
+  for (int64_t lk : suite.decode_lk) {
+    for (int64_t d : suite.decode_dims) {
+      std::vector<int64_t> kv_heads = {H};
+      if (H > 2) kv_heads.push_back(2);
+      for (int64_t hkv : kv_heads) {
+        Case c{Scenario::kDecode, B, H, hkv, 1, lk, d, false};
+        AddShape(suite, c, /*ceiling=*/false);
+      }
+    }
+  }
+  for (int t : g_options.threads) {
+    const int64_t bytes = int64_t{1} << 30;  // 1 GiB: > 30x any L3 here
+    const std::string name =
+        "ceiling_stream/bytes:" + std::to_string(bytes) + "/threads:" + std::to_string(t);
+    AddCase(name, [bytes, t, name](benchmark::State& s) { CeilingStream(s, bytes, t, name); });
+  }
+  for (int64_t n : suite.gqa_n) {
+    for (int64_t d : suite.gqa_dims) {
+      for (int causal : suite.gqa_causal) {
+        Case c{Scenario::kGqa, B, 32, 8, n, n, d, causal == 1};
+        AddShape(suite, c, /*ceiling=*/true);
+      }
+    }
+  }
+  for (int64_t n : suite.window_n) {
+    for (int64_t d : suite.window_dims) {
+      Case c{Scenario::kWindow, B, H, H, n, n, d, false, /*window=*/1024};
+      AddShape(suite, c, /*ceiling=*/false);
+    }
+  }
+  for (auto [lq, lk] : suite.cross) {
+    Case c{Scenario::kCross, B, H, H, lq, lk, 64, false};
+    AddShape(suite, c, /*ceiling=*/true);
+  }
+  for (int64_t n : suite.layer_n) {
+    for (int t : g_options.threads) {
+      Case c{Scenario::kSweep, 1, H, H, n, n, 64, false};
+      c.threads = t;
+      for (const Variant* v : Registry()) {
+        const std::string name = "layer/" + std::string(v->name) + "/N:" + std::to_string(n) +
+                                 "/d:64/threads:" + std::to_string(t);
+        if (PredictedSeconds(*v, CaseFlops(*v, c)) > suite.max_case_seconds) {
+          g_left_out.push_back(name);
+          continue;
+        }
+        AddCase(name, [v, c, name](benchmark::State& s) { LayerCase(s, v, c, name); });
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- flags
+
+// Our own flags, as --flag=VALUE or --flag VALUE (the latter consumes the
+// next argument: `*i` advances).
+bool TakeFlag(int argc, char** argv, int* i, const char* flag, std::string* value) {
+  const std::string arg = argv[*i];
+  const std::string name = std::string("--") + flag;
+  if (arg.rfind(name + "=", 0) == 0) {
+    *value = arg.substr(name.size() + 1);
+    return true;
+  }
+  if (arg == name && *i + 1 < argc) {
+    *value = argv[++*i];
+    return true;
+  }
+  return false;
+}
+
+int Usage(const char* error) {
+  std::fprintf(stderr,
+               "attnlab_bench: %s\n"
+               "usage: attnlab_bench [--suite=quick|default|full] [--threads=1,2] [--batch=B]\n"
+               "         [--heads=H] [--memory_budget=12G] [--benchmark_* flags]\n"
+               "       attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=N]\n"
+               "         [--accuracy_threads=T]\n"
+               "variants: %s\n",
+               error, VariantNames().c_str());
+  return 2;
+}
+
+bool ParsePositive(const std::string& text, int64_t* out) {
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (end == text.c_str() || *end != '\0' || v < 1) return false;
+  *out = v;
+  return true;
+}
+
+std::string JoinThreads(const std::vector<int>& threads) {
+  std::string s;
+  for (int t : threads) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(t);
+  }
+  return s;
+}
+
+// Number of registered names the --benchmark_filter selects (for progress).
+int CountSelected(const std::string& filter) {
+  if (filter.empty() || filter == "all" || filter == ".") return int(g_cases.size());
+  const bool negate = filter[0] == '-';
+  std::regex re;
+  try {
+    re = std::regex(negate ? filter.substr(1) : filter, std::regex::extended);
+  } catch (const std::regex_error&) {
+    return int(g_cases.size());
+  }
+  int n = 0;
+  for (const Registration& r : g_cases) {
+    n += std::regex_search(r.name, re) != negate ? 1 : 0;
+  }
+  return n;
+}
+
+}  // namespace
+
+int Main(int argc, char** argv) {
+  ConfigureMallocForMeasurement();
+  std::vector<char*> rest = {argv[0]};
+  std::string value, threads_text;
+  bool accuracy = false, have_min_time = false;
+  AccuracyOptions acc;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    int64_t n = 0;
+    if (TakeFlag(argc, argv, &i, "suite", &value)) {
+      if (value != "quick" && value != "default" && value != "full") {
+        return Usage(("unknown --suite=" + value + " (quick, default or full)").c_str());
+      }
+      g_options.suite = value;
+    } else if (TakeFlag(argc, argv, &i, "threads", &value)) {
+      threads_text = value;
+      size_t pos = 0;
+      while (pos <= value.size()) {
+        const size_t comma = std::min(value.find(',', pos), value.size());
+        if (!ParsePositive(value.substr(pos, comma - pos), &n) || n > 1024) {
+          return Usage(("bad --threads=" + value + " (e.g. 1,2)").c_str());
+        }
+        g_options.threads.push_back(int(n));
+        pos = comma + 1;
+      }
+    } else if (TakeFlag(argc, argv, &i, "batch", &value)) {
+      if (!ParsePositive(value, &g_options.batch)) return Usage(("bad --batch=" + value).c_str());
+    } else if (TakeFlag(argc, argv, &i, "heads", &value)) {
+      if (!ParsePositive(value, &g_options.heads)) return Usage(("bad --heads=" + value).c_str());
+    } else if (TakeFlag(argc, argv, &i, "memory_budget", &value)) {
+      auto bytes = ParseBytes(value);
+      if (!bytes) return Usage(("bad --memory_budget=" + value + " (e.g. 12G)").c_str());
+      g_options.memory_budget = *bytes;
+    } else if (arg == "--accuracy") {
+      accuracy = true;
+    } else if (TakeFlag(argc, argv, &i, "accuracy_out", &value)) {
+      acc.out = value;
+    } else if (TakeFlag(argc, argv, &i, "accuracy_max_n", &value)) {
+      if (!ParsePositive(value, &acc.max_n))
+        return Usage(("bad --accuracy_max_n=" + value).c_str());
+    } else if (TakeFlag(argc, argv, &i, "accuracy_threads", &value)) {
+      if (!ParsePositive(value, &n)) return Usage(("bad --accuracy_threads=" + value).c_str());
+      acc.threads = int(n);
+    } else {
+      if (arg.rfind("--benchmark_min_time", 0) == 0) have_min_time = true;
+      rest.push_back(argv[i]);
+    }
+  }
+  if (g_options.memory_budget == 0) g_options.memory_budget = DefaultMemoryBudgetBytes();
+  if (g_options.threads.empty()) {
+    g_options.threads.push_back(1);
+    if (omp_get_num_procs() > 1) g_options.threads.push_back(omp_get_num_procs());
+  }
+  if (g_options.heads % 2 != 0 && g_options.heads != 1) {
+    return Usage("--heads must be 1 or even (decode's GQA case uses Hkv = 2)");
+  }
+
+  if (accuracy) {
+    acc.memory_budget = g_options.memory_budget;
+    if (acc.threads == 0) acc.threads = omp_get_num_procs();
+    return RunAccuracy(acc);
+  }
+
+  const Suite suite = MakeSuite(g_options.suite);
+  std::string min_time_flag = std::string("--benchmark_min_time=") + suite.min_time;
+  if (!have_min_time) rest.push_back(min_time_flag.data());
+  rest.push_back(nullptr);
+  int bench_argc = int(rest.size()) - 1;
+  benchmark::Initialize(&bench_argc, rest.data());
+  if (benchmark::ReportUnrecognizedArguments(bench_argc, rest.data())) return 2;
+
+  if (suite.max_case_seconds < 1e30) Calibrate();
+  RegisterSuite(suite);
+  if (!g_left_out.empty()) {
+    std::fprintf(stderr,
+                 "attnlab_bench: suite %s leaves out %zu case(s) predicted to take over %.0f s "
+                 "per iteration (--suite=full runs them):",
+                 g_options.suite.c_str(), g_left_out.size(), suite.max_case_seconds);
+    for (const std::string& name : g_left_out) std::fprintf(stderr, " %s", name.c_str());
+    std::fprintf(stderr, "\n");
+  }
+  for (const Registration& r : g_cases) {
+    benchmark::RegisterBenchmark(r.name.c_str(), r.fn)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+  g_total = CountSelected(benchmark::GetBenchmarkFilter());
+
+  for (const auto& [key, val] :
+       ContextStrings(JoinThreads(g_options.threads), g_options.suite, g_options.memory_budget)) {
+    benchmark::AddCustomContext(key, val);
+  }
+  if (suite.max_case_seconds < 1e30) {
+    std::string rates;
+    for (const auto& [name, gflops] : g_calibrated_gflops) {
+      char buf[64];
+      std::snprintf(buf, sizeof(buf), "%s%s=%.2f", rates.empty() ? "" : ",", name.c_str(), gflops);
+      rates += buf;
+    }
+    benchmark::AddCustomContext("attnlab_calibrated_gflops", rates);
+    benchmark::AddCustomContext("attnlab_case_time_cap_s",
+                                std::to_string(int(suite.max_case_seconds)));
+    benchmark::AddCustomContext("attnlab_cases_left_out", std::to_string(g_left_out.size()));
+  }
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
+
+}  // namespace attn::bench
+
+int main(int argc, char** argv) { return attn::bench::Main(argc, argv); }
