@@ -118,6 +118,10 @@ def test_report(work, testdata):
   accdoc = json.load(open(acc))
   out = os.path.join(work, "full")
   path = run_generate([quick, "--accuracy", acc, "--label", "test", "--out-dir", out])
+  for src in (quick, acc):  # the inputs travel with the report
+    copied = os.path.join(os.path.dirname(path), "data", os.path.basename(src))
+    check(os.path.isfile(copied) and open(copied).read() == open(src).read(),
+          f"report folder holds a copy of {os.path.basename(src)}")
   ctx = doc["context"]
   check(os.path.basename(os.path.dirname(path)).startswith(str(ctx["host_name"]) + "-")
         and os.path.basename(os.path.dirname(path)).endswith("-test"),
