@@ -63,17 +63,14 @@ namespace {
 
 constexpr int64_t kPanelRows = 256;
 
-// Score matrices live at once: one per thread, or one shared.
-int64_t Matrices(const ValidProblem& p, int threads) {
-  return p.shape.batch * p.shape.heads >= threads ? threads : 1;
-}
-
 // Floats per matrix: Lq x Lk scores, then Lq row maxima and Lq row sums.
 int64_t MatrixFloats(const ValidProblem& p) { return p.shape.q_len * (p.shape.kv_len + 2); }
 
 size_t BlasWorkspaceBytes(const ValidProblem& p, int threads) {
   if (p.shape.q_len == 0) return 0;
-  return static_cast<size_t>(Matrices(p, threads) * MatrixFloats(p)) * sizeof(float);
+  return static_cast<size_t>(HeadsInFlight(p.shape.batch * p.shape.heads, threads) *
+                             MatrixFloats(p)) *
+         sizeof(float);
 }
 
 // One (b, h) on `threads` threads (panels in parallel).
@@ -91,22 +88,16 @@ void AttendHead(const ValidProblem& p, int64_t b, int64_t h, float* matrix, int 
 
 Status RunBlas(const ValidProblem& p, ExecContext& ctx) {
   if (p.shape.q_len == 0) return Status::Ok();
-  const int64_t heads = p.shape.batch * p.shape.heads;
   const int64_t floats = MatrixFloats(p);
-  auto scratch = ctx.workspace->Allocate<float>(Matrices(p, ctx.threads) * floats);
+  auto scratch = ctx.workspace->Allocate<float>(
+      HeadsInFlight(p.shape.batch * p.shape.heads, ctx.threads) * floats);
   // Single-threaded sgemm, also when ParallelFor runs without a parallel
   // region (one thread, or one item).
   ScopedBlasThreads blas_threads(1);
-  if (heads >= ctx.threads) {
-    ParallelFor(ctx.threads, heads, [&](int64_t bh) {
-      AttendHead(p, bh / p.shape.heads, bh % p.shape.heads, scratch.data() + ThreadIndex() * floats,
-                 /*threads=*/1);
-    });
-  } else {
-    for (int64_t bh = 0; bh < heads; ++bh) {
-      AttendHead(p, bh / p.shape.heads, bh % p.shape.heads, scratch.data(), ctx.threads);
-    }
-  }
+  ForEachHead(p.shape.batch, p.shape.heads, ctx.threads, scratch.data(), floats,
+              [&](int64_t b, int64_t h, float* matrix, int row_threads) {
+                AttendHead(p, b, h, matrix, row_threads);
+              });
   return Status::Ok();
 }
 

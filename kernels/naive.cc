@@ -31,17 +31,13 @@ namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// Score matrices live at once: one per thread, or one shared.
-int64_t ScoreMatrices(const ValidProblem& p, int threads) {
-  const int64_t heads = p.shape.batch * p.shape.heads;
-  return heads >= threads ? threads : 1;
-}
-
 // Floats per head in flight: the Lq x Lk matrix, then the Lq row maxima.
 int64_t HeadScratch(const ValidProblem& p) { return p.shape.q_len * (p.shape.kv_len + 1); }
 
 size_t NaiveWorkspaceBytes(const ValidProblem& p, int threads) {
-  return static_cast<size_t>(ScoreMatrices(p, threads) * HeadScratch(p)) * sizeof(float);
+  return static_cast<size_t>(HeadsInFlight(p.shape.batch * p.shape.heads, threads) *
+                             HeadScratch(p)) *
+         sizeof(float);
 }
 
 // Pass 1 for one row: scores of visible keys, -inf elsewhere; returns the
@@ -67,8 +63,7 @@ float ScoreRow(const ValidProblem& p, int64_t b, int64_t h, int64_t i, float* s)
 }
 
 // Passes 2 and 3 for one row.
-void SoftmaxTimesV(const ValidProblem& p, int64_t b, int64_t h, int64_t i, float max,
-                   float* s) {
+void SoftmaxTimesV(const ValidProblem& p, int64_t b, int64_t h, int64_t i, float max, float* s) {
   const int64_t dv = p.shape.value_dim;
   const KeyRange keys = p.VisibleKeys(b, i);
   float* o = p.ORow(b, h, i);
@@ -76,7 +71,8 @@ void SoftmaxTimesV(const ValidProblem& p, int64_t b, int64_t h, int64_t i, float
   for (int64_t d = 0; d < dv; ++d) o[d] = 0.0f;
   if (max == -kInf) {  // fully masked row
     if (!p.lse.empty()) p.lse[p.RowIndex(b, h, i)] = -kInf;
-    if (weights) for (int64_t j = 0; j < p.shape.kv_len; ++j) weights[j] = 0.0f;
+    if (weights)
+      for (int64_t j = 0; j < p.shape.kv_len; ++j) weights[j] = 0.0f;
     return;
   }
   float sum = 0.0f;
@@ -103,28 +99,20 @@ void AttendHead(const ValidProblem& p, int64_t b, int64_t h, float* scores, int 
   const int64_t lq = p.shape.q_len;
   const int64_t lk = p.shape.kv_len;
   float* row_max = scores + lq * lk;
-  ParallelFor(row_threads, lq, [&](int64_t i) {
-    row_max[i] = ScoreRow(p, b, h, i, scores + i * lk);
-  });
-  ParallelFor(row_threads, lq, [&](int64_t i) {
-    SoftmaxTimesV(p, b, h, i, row_max[i], scores + i * lk);
-  });
+  ParallelFor(row_threads, lq,
+              [&](int64_t i) { row_max[i] = ScoreRow(p, b, h, i, scores + i * lk); });
+  ParallelFor(row_threads, lq,
+              [&](int64_t i) { SoftmaxTimesV(p, b, h, i, row_max[i], scores + i * lk); });
 }
 
 Status RunNaive(const ValidProblem& p, ExecContext& ctx) {
-  const int64_t heads = p.shape.batch * p.shape.heads;
-  const int64_t matrix = HeadScratch(p);
-  auto scores = ctx.workspace->Allocate<float>(ScoreMatrices(p, ctx.threads) * matrix);
-  if (heads >= ctx.threads) {
-    ParallelFor(ctx.threads, heads, [&](int64_t bh) {
-      AttendHead(p, bh / p.shape.heads, bh % p.shape.heads,
-                 scores.data() + ThreadIndex() * matrix, /*row_threads=*/1);
-    });
-  } else {
-    for (int64_t bh = 0; bh < heads; ++bh) {
-      AttendHead(p, bh / p.shape.heads, bh % p.shape.heads, scores.data(), ctx.threads);
-    }
-  }
+  const int64_t floats = HeadScratch(p);
+  auto scores = ctx.workspace->Allocate<float>(
+      HeadsInFlight(p.shape.batch * p.shape.heads, ctx.threads) * floats);
+  ForEachHead(p.shape.batch, p.shape.heads, ctx.threads, scores.data(), floats,
+              [&](int64_t b, int64_t h, float* scratch, int row_threads) {
+                AttendHead(p, b, h, scratch, row_threads);
+              });
   return Status::Ok();
 }
 

@@ -25,6 +25,28 @@ void ParallelFor(int threads, int64_t count, Body&& body, int64_t grain = 1) {
 // Index of the calling thread inside ParallelFor, for per-thread scratch.
 inline int ThreadIndex() { return omp_get_thread_num(); }
 
+// The partitioning of the kernels that materialize a score matrix per head
+// (naive, blas, simd): the head's scratch is live while the head runs. With at
+// least as many (batch, head) pairs as threads, heads go across threads, each
+// thread with its own scratch; otherwise heads run one at a time with every
+// thread on that head's rows, sharing one scratch.
+inline int64_t HeadsInFlight(int64_t pairs, int threads) { return pairs >= threads ? threads : 1; }
+
+// Calls attend(b, h, scratch, row_threads) for every (batch, head) pair;
+// `scratch` holds HeadsInFlight(batch * heads, threads) * floats_per_head floats.
+template <typename Attend>
+void ForEachHead(int64_t batch, int64_t heads, int threads, float* scratch, int64_t floats_per_head,
+                 Attend&& attend) {
+  const int64_t pairs = batch * heads;
+  if (pairs >= threads) {
+    ParallelFor(threads, pairs, [&](int64_t bh) {
+      attend(bh / heads, bh % heads, scratch + ThreadIndex() * floats_per_head, /*row_threads=*/1);
+    });
+  } else {
+    for (int64_t bh = 0; bh < pairs; ++bh) attend(bh / heads, bh % heads, scratch, threads);
+  }
+}
+
 // Splits [0, count) into `parts` near-equal contiguous ranges; part p is
 // [PartBegin(count, parts, p), PartBegin(count, parts, p + 1)).
 inline int64_t PartBegin(int64_t count, int64_t parts, int64_t p) {

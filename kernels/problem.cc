@@ -10,12 +10,18 @@ namespace attn {
 
 const char* StatusCodeName(StatusCode code) {
   switch (code) {
-    case StatusCode::kOk: return "OK";
-    case StatusCode::kInvalidArgument: return "InvalidArgument";
-    case StatusCode::kUnimplemented: return "Unimplemented";
-    case StatusCode::kResourceExhausted: return "ResourceExhausted";
-    case StatusCode::kNotFound: return "NotFound";
-    case StatusCode::kInternal: return "Internal";
+    case StatusCode::kOk:
+      return "OK";
+    case StatusCode::kInvalidArgument:
+      return "InvalidArgument";
+    case StatusCode::kUnimplemented:
+      return "Unimplemented";
+    case StatusCode::kResourceExhausted:
+      return "ResourceExhausted";
+    case StatusCode::kNotFound:
+      return "NotFound";
+    case StatusCode::kInternal:
+      return "Internal";
   }
   return "Unknown";
 }
@@ -25,22 +31,24 @@ std::string Status::ToString() const {
   return std::string(StatusCodeName(code_)) + ": " + message_;
 }
 
-const char* LayoutName(Layout layout) {
-  return layout == Layout::kBHLD ? "bhsd" : "bshd";
-}
+const char* LayoutName(Layout layout) { return layout == Layout::kBHLD ? "bhsd" : "bshd"; }
 
 const char* MaskKindName(MaskKind kind) {
   switch (kind) {
-    case MaskKind::kNone: return "none";
-    case MaskKind::kCausal: return "causal";
-    case MaskKind::kSlidingWindow: return "window";
-    case MaskKind::kAdditive: return "additive";
+    case MaskKind::kNone:
+      return "none";
+    case MaskKind::kCausal:
+      return "causal";
+    case MaskKind::kSlidingWindow:
+      return "window";
+    case MaskKind::kAdditive:
+      return "additive";
   }
   return "unknown";
 }
 
-Problem MakeProblem(const Shape& s, const float* q, const float* k,
-                    const float* v, float* o, Layout layout) {
+Problem MakeProblem(const Shape& s, const float* q, const float* k, const float* v, float* o,
+                    Layout layout) {
   auto strides = [layout](int64_t heads, int64_t len, int64_t dim) {
     return layout == Layout::kBHLD ? Strides::BHLD(heads, len, dim)
                                    : Strides::BLHD(heads, len, dim);
@@ -58,10 +66,11 @@ std::string Describe(const Shape& s, const Mask& m) {
   // Appends, not operator+: gcc 12 warns falsely (-Wrestrict, PR 105651) on
   // "literal" + std::string chains.
   std::string out;
-  const struct { const char* name; int64_t value; } fields[] = {
-      {"B=", s.batch},       {" H=", s.heads},      {" Hkv=", s.kv_heads},
-      {" Lq=", s.q_len},     {" Lk=", s.kv_len},    {" dk=", s.head_dim},
-      {" dv=", s.value_dim}};
+  const struct {
+    const char* name;
+    int64_t value;
+  } fields[] = {{"B=", s.batch},    {" H=", s.heads},     {" Hkv=", s.kv_heads}, {" Lq=", s.q_len},
+                {" Lk=", s.kv_len}, {" dk=", s.head_dim}, {" dv=", s.value_dim}};
   for (const auto& f : fields) out.append(f.name).append(std::to_string(f.value));
   out.append(" mask=").append(MaskKindName(m.kind));
   if (m.kind == MaskKind::kSlidingWindow) {
@@ -94,16 +103,17 @@ struct Extent {
 
 // Checks a [B, heads, len, dim] view: strides legal, offsets fit in int64.
 // On success fills `extent`.
-Status CheckTensor(const char* name, const void* data, const Strides& st,
-                   int64_t batch, int64_t heads, int64_t len, int64_t dim,
-                   Extent* extent) {
+Status CheckTensor(const char* name, const void* data, const Strides& st, int64_t batch,
+                   int64_t heads, int64_t len, int64_t dim, Extent* extent) {
   if (data == nullptr) return InvalidArgument(std::string(name) + " is null");
   if (st.elem != 1) {
     return InvalidArgument(std::string(name) + ".strides.elem=" + std::to_string(st.elem) +
                            " must be 1 (the innermost d dimension is contiguous)");
   }
-  const struct { const char* what; int64_t stride; } dims[] = {
-      {"batch", st.batch}, {"head", st.head}, {"row", st.row}};
+  const struct {
+    const char* what;
+    int64_t stride;
+  } dims[] = {{"batch", st.batch}, {"head", st.head}, {"row", st.row}};
   for (const auto& d : dims) {
     if (d.stride < 0) {
       return InvalidArgument(std::string(name) + ".strides." + d.what + "=" +
@@ -117,8 +127,10 @@ Status CheckTensor(const char* name, const void* data, const Strides& st,
   for (int i = 0; i < 3 && last; ++i) {
     const auto term = Mul(counts[i] > 0 ? counts[i] - 1 : 0, strides[i]);
     int64_t sum;
-    if (!term || __builtin_add_overflow(*last, *term, &sum)) last.reset();
-    else last = sum;
+    if (!term || __builtin_add_overflow(*last, *term, &sum))
+      last.reset();
+    else
+      last = sum;
   }
   int64_t end_elems = 0, bytes = 0;
   if (!last || __builtin_add_overflow(*last, dim, &end_elems) ||
@@ -137,9 +149,12 @@ Status CheckTensor(const char* name, const void* data, const Strides& st,
 
 // An output view must not write one element twice: with dimensions sorted by
 // stride, each stride must step past everything the smaller ones span.
-Status CheckNoSelfOverlap(const char* name, const Strides& st, int64_t batch,
-                          int64_t heads, int64_t len, int64_t dim) {
-  struct D { const char* what; int64_t count, stride; };
+Status CheckNoSelfOverlap(const char* name, const Strides& st, int64_t batch, int64_t heads,
+                          int64_t len, int64_t dim) {
+  struct D {
+    const char* what;
+    int64_t count, stride;
+  };
   // An empty view (Lq = 0: MakeProblem's contiguous strides are then 0)
   // writes nothing, so it cannot overlap itself.
   if (batch == 0 || heads == 0 || len == 0 || dim == 0) return Status::Ok();
@@ -169,10 +184,13 @@ bool Overlaps(const Extent& a, const Extent& b) {
 StatusOr<ValidProblem> Validate(const Problem& p) {
   const Shape& s = p.shape;
   // Sizes.
-  const struct { const char* name; int64_t value; int64_t min; } sizes[] = {
-      {"B", s.batch, 1},    {"H", s.heads, 1},     {"Hkv", s.kv_heads, 1},
-      {"Lq", s.q_len, 0},   {"Lk", s.kv_len, 0},   {"dk", s.head_dim, 1},
-      {"dv", s.value_dim, 1}};
+  const struct {
+    const char* name;
+    int64_t value;
+    int64_t min;
+  } sizes[] = {{"B", s.batch, 1},     {"H", s.heads, 1},   {"Hkv", s.kv_heads, 1},
+               {"Lq", s.q_len, 0},    {"Lk", s.kv_len, 0}, {"dk", s.head_dim, 1},
+               {"dv", s.value_dim, 1}};
   for (const auto& f : sizes) {
     if (f.value < f.min) {
       return InvalidArgument(Field(f.name, f.value) + " must be >= " + std::to_string(f.min));
@@ -185,14 +203,14 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
   // Tensors: pointers, strides, sizes that fit.
   std::vector<Extent> inputs(3), outputs;
   Extent o_extent;
-  ATTN_RETURN_IF_ERROR(CheckTensor("Q", p.q.data, p.q.strides, s.batch, s.heads, s.q_len,
-                                   s.head_dim, &inputs[0]));
+  ATTN_RETURN_IF_ERROR(
+      CheckTensor("Q", p.q.data, p.q.strides, s.batch, s.heads, s.q_len, s.head_dim, &inputs[0]));
   ATTN_RETURN_IF_ERROR(CheckTensor("K", p.k.data, p.k.strides, s.batch, s.kv_heads, s.kv_len,
                                    s.head_dim, &inputs[1]));
   ATTN_RETURN_IF_ERROR(CheckTensor("V", p.v.data, p.v.strides, s.batch, s.kv_heads, s.kv_len,
                                    s.value_dim, &inputs[2]));
-  ATTN_RETURN_IF_ERROR(CheckTensor("O", p.o.data, p.o.strides, s.batch, s.heads, s.q_len,
-                                   s.value_dim, &o_extent));
+  ATTN_RETURN_IF_ERROR(
+      CheckTensor("O", p.o.data, p.o.strides, s.batch, s.heads, s.q_len, s.value_dim, &o_extent));
   ATTN_RETURN_IF_ERROR(
       CheckNoSelfOverlap("O", p.o.strides, s.batch, s.heads, s.q_len, s.value_dim));
   outputs.push_back(o_extent);
@@ -216,8 +234,10 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
     case MaskKind::kCausal:
       break;
     case MaskKind::kSlidingWindow:
-      if (m.window_left < 0) return InvalidArgument(Field("window_left", m.window_left) + " must be >= 0");
-      if (m.window_right < 0) return InvalidArgument(Field("window_right", m.window_right) + " must be >= 0");
+      if (m.window_left < 0)
+        return InvalidArgument(Field("window_left", m.window_left) + " must be >= 0");
+      if (m.window_right < 0)
+        return InvalidArgument(Field("window_right", m.window_right) + " must be >= 0");
       break;
     case MaskKind::kAdditive: {
       const AdditiveMaskShape& a = m.additive_shape;
@@ -296,14 +316,14 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
   for (size_t a = 0; a < outputs.size(); ++a) {
     for (const Extent& in : inputs) {
       if (Overlaps(outputs[a], in)) {
-        return InvalidArgument(std::string("output ") + outputs[a].name +
-                               " overlaps input " + in.name);
+        return InvalidArgument(std::string("output ") + outputs[a].name + " overlaps input " +
+                               in.name);
       }
     }
     for (size_t b = a + 1; b < outputs.size(); ++b) {
       if (Overlaps(outputs[a], outputs[b])) {
-        return InvalidArgument(std::string("output ") + outputs[a].name +
-                               " overlaps output " + outputs[b].name);
+        return InvalidArgument(std::string("output ") + outputs[a].name + " overlaps output " +
+                               outputs[b].name);
       }
     }
   }

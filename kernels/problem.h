@@ -86,12 +86,12 @@ struct TensorRef {
 
 struct Shape {
   int64_t batch = 1;
-  int64_t heads = 1;     // H, query heads
-  int64_t kv_heads = 1;  // Hkv
-  int64_t q_len = 0;     // Lq
-  int64_t kv_len = 0;    // Lk
-  int64_t head_dim = 0;  // dk
-  int64_t value_dim = 0; // dv
+  int64_t heads = 1;      // H, query heads
+  int64_t kv_heads = 1;   // Hkv
+  int64_t q_len = 0;      // Lq
+  int64_t kv_len = 0;     // Lk
+  int64_t head_dim = 0;   // dk
+  int64_t value_dim = 0;  // dv
 };
 
 enum class MaskKind { kNone, kCausal, kSlidingWindow, kAdditive };
@@ -109,10 +109,10 @@ struct AdditiveMaskShape {
 
 struct Mask {
   MaskKind kind = MaskKind::kNone;
-  int64_t window_left = 0;   // kSlidingWindow
-  int64_t window_right = 0;  // kSlidingWindow
-  std::span<const float> additive;  // kAdditive
-  AdditiveMaskShape additive_shape;  // kAdditive
+  int64_t window_left = 0;               // kSlidingWindow
+  int64_t window_right = 0;              // kSlidingWindow
+  std::span<const float> additive;       // kAdditive
+  AdditiveMaskShape additive_shape;      // kAdditive
   std::span<const int32_t> key_lengths;  // optional, B entries; any kind
 };
 
@@ -128,8 +128,8 @@ struct Problem {
 
 // A contiguous problem over caller-owned buffers in the given layout
 // (Q [B,H,Lq,dk], K [B,Hkv,Lk,dk], V [B,Hkv,Lk,dv], O [B,H,Lq,dv] for kBHLD).
-Problem MakeProblem(const Shape& shape, const float* q, const float* k,
-                    const float* v, float* o, Layout layout = Layout::kBHLD);
+Problem MakeProblem(const Shape& shape, const float* q, const float* k, const float* v, float* o,
+                    Layout layout = Layout::kBHLD);
 
 // The keys query row i may read: [begin, end). Empty when begin >= end.
 struct KeyRange {
@@ -172,8 +172,7 @@ class ValidProblem {
     return (b * shape.heads + h) * shape.q_len + i;
   }
   float* WeightsRow(int64_t b, int64_t h, int64_t i) const {
-    return weights.empty() ? nullptr
-                           : weights.data() + RowIndex(b, h, i) * shape.kv_len;
+    return weights.empty() ? nullptr : weights.data() + RowIndex(b, h, i) * shape.kv_len;
   }
   // The additive mask row for (b, h, i), or nullptr when the mask is not
   // additive.
@@ -203,8 +202,8 @@ class ValidProblem {
   }
   // True when some keys may be hidden from some rows structurally.
   bool HasStructuralMask() const {
-    return mask.kind == MaskKind::kCausal ||
-           mask.kind == MaskKind::kSlidingWindow || !mask.key_lengths.empty();
+    return mask.kind == MaskKind::kCausal || mask.kind == MaskKind::kSlidingWindow ||
+           !mask.key_lengths.empty();
   }
 
  private:

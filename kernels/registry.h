@@ -75,7 +75,7 @@ std::string FormatBytes(double bytes);
 inline constexpr int kMaxThreads = 1024;
 
 struct RunOptions {
-  int threads = 0;  // 0: omp_get_max_threads(); else 1..kMaxThreads
+  int threads = 0;                            // 0: omp_get_max_threads(); else 1..kMaxThreads
   std::optional<size_t> memory_budget_bytes;  // default DefaultMemoryBudgetBytes()
 };
 
@@ -90,11 +90,11 @@ StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,
                                const RunOptions& options = {});
 // Prepare, then run. `stats` (optional) receives declared and measured
 // workspace.
-Status Run(const Variant& variant, const Problem& problem,
-           const RunOptions& options = {}, RunStats* stats = nullptr);
+Status Run(const Variant& variant, const Problem& problem, const RunOptions& options = {},
+           RunStats* stats = nullptr);
 // Run by name; NotFound lists the known names.
-Status Run(std::string_view variant, const Problem& problem,
-           const RunOptions& options = {}, RunStats* stats = nullptr);
+Status Run(std::string_view variant, const Problem& problem, const RunOptions& options = {},
+           RunStats* stats = nullptr);
 
 int ResolveThreads(int threads);
 

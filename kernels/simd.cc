@@ -73,9 +73,6 @@ inline int64_t PackedFloats(const ValidProblem& p) {
 inline int64_t HeadFloats(const ValidProblem& p) {
   return (PackedFloats(p) + p.shape.q_len * (p.shape.kv_len + 2) + 15) / 16 * 16;
 }
-inline int64_t Matrices(const ValidProblem& p, int threads) {
-  return p.shape.batch * p.shape.heads >= threads ? threads : 1;
-}
 }  // namespace attn::simd
 #endif
 
@@ -219,19 +216,13 @@ void AttendHead(const ValidProblem& p, int64_t b, int64_t h, float* scratch, int
 
 Status RunSimdT(const ValidProblem& p, ExecContext& ctx) {
   if (p.shape.q_len == 0) return Status::Ok();
-  const int64_t heads = p.shape.batch * p.shape.heads;
   const int64_t floats = simd::HeadFloats(p);
-  auto scratch = ctx.workspace->Allocate<float>(simd::Matrices(p, ctx.threads) * floats);
-  if (heads >= ctx.threads) {
-    ParallelFor(ctx.threads, heads, [&](int64_t bh) {
-      AttendHead(p, bh / p.shape.heads, bh % p.shape.heads, scratch.data() + ThreadIndex() * floats,
-                 /*threads=*/1);
-    });
-  } else {
-    for (int64_t bh = 0; bh < heads; ++bh) {
-      AttendHead(p, bh / p.shape.heads, bh % p.shape.heads, scratch.data(), ctx.threads);
-    }
-  }
+  auto scratch = ctx.workspace->Allocate<float>(
+      HeadsInFlight(p.shape.batch * p.shape.heads, ctx.threads) * floats);
+  ForEachHead(p.shape.batch, p.shape.heads, ctx.threads, scratch.data(), floats,
+              [&](int64_t b, int64_t h, float* head, int row_threads) {
+                AttendHead(p, b, h, head, row_threads);
+              });
   return Status::Ok();
 }
 
@@ -252,7 +243,9 @@ Status RunSimd(const ValidProblem& p, ExecContext& ctx) {
 
 size_t SimdWorkspaceBytes(const ValidProblem& p, int threads) {
   if (p.shape.q_len == 0) return 0;
-  return static_cast<size_t>(simd::Matrices(p, threads) * simd::HeadFloats(p)) * sizeof(float);
+  return static_cast<size_t>(HeadsInFlight(p.shape.batch * p.shape.heads, threads) *
+                             simd::HeadFloats(p)) *
+         sizeof(float);
 }
 
 }  // namespace

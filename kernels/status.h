@@ -26,8 +26,7 @@ const char* StatusCodeName(StatusCode code);
 class [[nodiscard]] Status {
  public:
   Status() = default;  // OK
-  Status(StatusCode code, std::string message)
-      : code_(code), message_(std::move(message)) {}
+  Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
 
   static Status Ok() { return Status(); }
   bool ok() const { return code_ == StatusCode::kOk; }
@@ -50,9 +49,7 @@ inline Status Unimplemented(std::string m) {
 inline Status ResourceExhausted(std::string m) {
   return Status(StatusCode::kResourceExhausted, std::move(m));
 }
-inline Status NotFound(std::string m) {
-  return Status(StatusCode::kNotFound, std::move(m));
-}
+inline Status NotFound(std::string m) { return Status(StatusCode::kNotFound, std::move(m)); }
 
 // A value or the Status that explains why there is none.
 template <typename T>
@@ -72,9 +69,9 @@ class [[nodiscard]] StatusOr {
   std::optional<T> value_;
 };
 
-#define ATTN_RETURN_IF_ERROR(expr)           \
-  do {                                       \
-    ::attn::Status attn_status_ = (expr);    \
+#define ATTN_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    ::attn::Status attn_status_ = (expr);        \
     if (!attn_status_.ok()) return attn_status_; \
   } while (0)
 

@@ -43,15 +43,15 @@ StatusOr<Result> Attention(const Problem& p, bool with_weights) {
       const int64_t kvh = h / group;
       for (int64_t i = 0; i < s.q_len; ++i) {
         const int64_t row = (b * s.heads + h) * s.q_len + i;
-        const float* q = p.q.data + b * p.q.strides.batch + h * p.q.strides.head +
-                         i * p.q.strides.row;
+        const float* q =
+            p.q.data + b * p.q.strides.batch + h * p.q.strides.head + i * p.q.strides.row;
         // Pass 1: logits of visible keys, and their maximum. NaN wins the max.
         double max = -inf;
         for (int64_t j = 0; j < s.kv_len; ++j) {
           visible[j] = KeyVisible(p, b, i, j);
           if (!visible[j]) continue;
-          const float* k = p.k.data + b * p.k.strides.batch + kvh * p.k.strides.head +
-                           j * p.k.strides.row;
+          const float* k =
+              p.k.data + b * p.k.strides.batch + kvh * p.k.strides.head + j * p.k.strides.row;
           double dot = 0;
           for (int64_t d = 0; d < s.head_dim; ++d) dot += double(q[d]) * double(k[d]);
           double logit = dot * scale;
@@ -80,8 +80,8 @@ StatusOr<Result> Attention(const Problem& p, bool with_weights) {
           const double w = std::exp(logits[j] - max);
           logits[j] = w;
           sum += w;
-          const float* v = p.v.data + b * p.v.strides.batch + kvh * p.v.strides.head +
-                           j * p.v.strides.row;
+          const float* v =
+              p.v.data + b * p.v.strides.batch + kvh * p.v.strides.head + j * p.v.strides.row;
           for (int64_t d = 0; d < s.value_dim; ++d) o[d] += w * double(v[d]);
         }
         for (int64_t d = 0; d < s.value_dim; ++d) o[d] /= sum;

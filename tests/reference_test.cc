@@ -1,5 +1,7 @@
 // The oracle's own tests: tiny problems whose answer is written down by hand,
 // and invariants any attention must satisfy.
+#include "reference/reference.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,7 +11,6 @@
 #include <random>
 #include <vector>
 
-#include "reference/reference.h"
 #include "tests/test_support.h"
 
 namespace attn::reference {
@@ -21,7 +22,9 @@ struct Tiny {
   std::vector<float> q, k, v, o;
   Problem p;
   Tiny(Shape s, std::vector<float> q_, std::vector<float> k_, std::vector<float> v_)
-      : q(std::move(q_)), k(std::move(k_)), v(std::move(v_)),
+      : q(std::move(q_)),
+        k(std::move(k_)),
+        v(std::move(v_)),
         o(s.batch * s.heads * s.q_len * s.value_dim) {
     p = MakeProblem(s, q.data(), k.data(), v.data(), o.data());
   }

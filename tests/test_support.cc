@@ -29,9 +29,9 @@ const float* Element(const TensorRef<const float>& t, int64_t b, int64_t h, int6
 
 std::string ProblemSpec::Name() const {
   const Shape& s = shape;
-  std::string name = "Lq" + std::to_string(s.q_len) + "_Lk" + std::to_string(s.kv_len) +
-                     "_dk" + std::to_string(s.head_dim) + "_dv" + std::to_string(s.value_dim) +
-                     "_B" + std::to_string(s.batch) + "_H" + std::to_string(s.heads) + "_Hkv" +
+  std::string name = "Lq" + std::to_string(s.q_len) + "_Lk" + std::to_string(s.kv_len) + "_dk" +
+                     std::to_string(s.head_dim) + "_dv" + std::to_string(s.value_dim) + "_B" +
+                     std::to_string(s.batch) + "_H" + std::to_string(s.heads) + "_Hkv" +
                      std::to_string(s.kv_heads) + "_" + MaskKindName(mask);
   if (mask == MaskKind::kSlidingWindow) {
     name += std::to_string(window_left) + "x" + std::to_string(window_right);
@@ -65,8 +65,10 @@ ProblemData::ProblemData(const ProblemSpec& spec) : spec_(spec) {
 
   problem_.shape = s;
   problem_.q = {q_.data() + offset_, MakeStrides(spec.layout, s.heads, s.q_len, s.head_dim, pad)};
-  problem_.k = {k_.data() + offset_, MakeStrides(spec.layout, s.kv_heads, s.kv_len, s.head_dim, pad)};
-  problem_.v = {v_.data() + offset_, MakeStrides(spec.layout, s.kv_heads, s.kv_len, s.value_dim, pad)};
+  problem_.k = {k_.data() + offset_,
+                MakeStrides(spec.layout, s.kv_heads, s.kv_len, s.head_dim, pad)};
+  problem_.v = {v_.data() + offset_,
+                MakeStrides(spec.layout, s.kv_heads, s.kv_len, s.value_dim, pad)};
   problem_.o = {o_.data() + offset_, MakeStrides(spec.layout, s.heads, s.q_len, s.value_dim, pad)};
 
   if (spec.values == Values::kNearTies) {
@@ -142,8 +144,8 @@ Comparison CompareToReference(ProblemData& data, const reference::Result& want) 
       for (int64_t i = 0; i < s.q_len; ++i) {
         const RowBound bound = ErrorBound(p, b, h, i);
         const int64_t row = (b * s.heads + h) * s.q_len + i;
-        const std::string at = "[b=" + std::to_string(b) + ",h=" + std::to_string(h) +
-                               ",i=" + std::to_string(i);
+        const std::string at =
+            "[b=" + std::to_string(b) + ",h=" + std::to_string(h) + ",i=" + std::to_string(i);
         for (int64_t d = 0; d < s.value_dim; ++d) {
           reference::CompareElement(o[row * s.value_dim + d], want.o[row * s.value_dim + d],
                                     bound.o, c, "O" + at + ",d=" + std::to_string(d) + "]");
@@ -164,8 +166,8 @@ Comparison CompareToReference(ProblemData& data, const reference::Result& want) 
     for (int64_t b = 0; b < s.batch; ++b)
       for (int64_t h = 0; h < s.heads; ++h)
         for (int64_t i = 0; i < s.q_len; ++i) {
-          const float* row = p.o.data + b * p.o.strides.batch + h * p.o.strides.head +
-                             i * p.o.strides.row;
+          const float* row =
+              p.o.data + b * p.o.strides.batch + h * p.o.strides.head + i * p.o.strides.row;
           for (int64_t d = s.value_dim; d < s.value_dim + data.spec().row_pad; ++d) {
             if (!std::isnan(row[d]) && c.ok) {
               c.ok = false;
@@ -255,33 +257,46 @@ std::vector<ProblemSpec> GridSpecs() {
   add(mid, MaskKind::kNone, Values::kLargeLogits, no_tweak);
   add(mid, MaskKind::kCausal, Values::kLargeLogits, no_tweak);
   add(mid, MaskKind::kNone, Values::kNearTies, no_tweak);
-  add(mid, MaskKind::kSlidingWindow, Values::kNearTies,
-      [](ProblemSpec& sp) { sp.window_left = 0; sp.window_right = 0; });
+  add(mid, MaskKind::kSlidingWindow, Values::kNearTies, [](ProblemSpec& sp) {
+    sp.window_left = 0;
+    sp.window_right = 0;
+  });
   // Lq > Lk causal: the first Lq - Lk rows see no key at all.
   add(Shape{2, 2, 1, 70, 20, 32, 48}, MaskKind::kCausal, Values::kUniform, no_tweak);
   // Window that excludes everything for the early rows (left = right = 0, Lq > Lk).
   add(Shape{1, 1, 1, 40, 10, 16, 16}, MaskKind::kSlidingWindow, Values::kUniform,
-      [](ProblemSpec& sp) { sp.window_left = 0; sp.window_right = 0; });
+      [](ProblemSpec& sp) {
+        sp.window_left = 0;
+        sp.window_right = 0;
+      });
   // Key lengths 0 and Lk in one call.
-  add(Shape{2, 4, 2, 33, 47, 24, 24}, MaskKind::kNone, Values::kUniform,
-      [](ProblemSpec& sp) { sp.key_lengths = {0, 47}; });
+  add(Shape{2, 4, 2, 33, 47, 24, 24}, MaskKind::kNone, Values::kUniform, [](ProblemSpec& sp) {
+    sp.key_lengths = {0, 47};
+  });
   // Attention weights.
   add(Shape{2, 2, 1, 31, 65, 40, 24}, MaskKind::kCausal, Values::kUniform,
       [](ProblemSpec& sp) { sp.want_weights = true; });
-  add(Shape{1, 4, 4, 17, 17, 16, 16}, MaskKind::kAdditive, Values::kUniform,
-      [](ProblemSpec& sp) { sp.want_weights = true; sp.additive = AdditiveKind::k4D; });
+  add(Shape{1, 4, 4, 17, 17, 16, 16}, MaskKind::kAdditive, Values::kUniform, [](ProblemSpec& sp) {
+    sp.want_weights = true;
+    sp.additive = AdditiveKind::k4D;
+  });
   // Larger: several tiles in each direction, both layouts, GQA.
   add(Shape{1, 4, 1, 300, 257, 64, 64}, MaskKind::kCausal, Values::kUniform, no_tweak);
   add(Shape{1, 2, 2, 513, 513, 128, 128}, MaskKind::kNone, Values::kUniform,
       [](ProblemSpec& sp) { sp.layout = Layout::kBLHD; });
   add(Shape{1, 2, 1, 600, 600, 80, 80}, MaskKind::kSlidingWindow, Values::kUniform,
-      [](ProblemSpec& sp) { sp.window_left = 100; sp.window_right = 30; });
-  add(Shape{2, 8, 2, 200, 400, 72, 72}, MaskKind::kCausal, Values::kUniform,
-      [](ProblemSpec& sp) { sp.key_lengths = {390, 150}; });
+      [](ProblemSpec& sp) {
+        sp.window_left = 100;
+        sp.window_right = 30;
+      });
+  add(Shape{2, 8, 2, 200, 400, 72, 72}, MaskKind::kCausal, Values::kUniform, [](ProblemSpec& sp) {
+    sp.key_lengths = {390, 150};
+  });
   // Decode: one query against a long KV cache, with GQA 8:1.
   add(Shape{1, 8, 1, 1, 2048, 64, 64}, MaskKind::kNone, Values::kUniform, no_tweak);
-  add(Shape{2, 8, 1, 1, 3001, 128, 128}, MaskKind::kCausal, Values::kUniform,
-      [](ProblemSpec& sp) { sp.key_lengths = {3001, 1777}; });
+  add(Shape{2, 8, 1, 1, 3001, 128, 128}, MaskKind::kCausal, Values::kUniform, [](ProblemSpec& sp) {
+    sp.key_lengths = {3001, 1777};
+  });
   add(Shape{1, 4, 4, 3, 1100, 64, 64}, MaskKind::kCausal, Values::kUniform, no_tweak);
   return specs;
 }

@@ -31,8 +31,8 @@ struct ProblemSpec {
   AdditiveKind additive = AdditiveKind::k2D;
   std::vector<int32_t> key_lengths;  // empty: none
   Layout layout = Layout::kBHLD;
-  int64_t row_pad = 0;       // extra floats between rows (strided, not contiguous)
-  bool misalign = false;     // data starts 1 float past a 64-byte boundary
+  int64_t row_pad = 0;    // extra floats between rows (strided, not contiguous)
+  bool misalign = false;  // data starts 1 float past a 64-byte boundary
   Values values = Values::kUniform;
   bool want_lse = true;
   bool want_weights = false;
