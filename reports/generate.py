@@ -163,6 +163,16 @@ def save(fig, out_dir, name, bottom=0.0):
 
 
 # ----------------------------------------------------------------------------- report pieces
+def case_cell(c, fn):
+  """A table cell for case `c`: '—' when absent, 'over budget' / 'failed' when not run,
+  else fn(c)."""
+  if c is None:
+    return "—"
+  if not c.ok:
+    return "over budget" if c.error.startswith("over budget") else "failed"
+  return fn(c)
+
+
 class Report:
   def __init__(self, run, accuracy, out_dir, baselines):
     self.run = run
@@ -418,12 +428,7 @@ class Report:
 
     # tables
     def cell(v, n, fn):
-      c = g["variants"][v].get(n)
-      if c is None:
-        return "—"
-      if not c.ok:
-        return "over budget" if c.error.startswith("over budget") else "failed"
-      return fn(c)
+      return case_cell(g["variants"][v].get(n), fn)
 
     header = ["N"] + variants + (["sgemm ceiling"] if ceiling else [])
     rows = [[n] + [cell(v, n, lambda c: fmt_time(c.time_s)) for v in variants]
@@ -849,13 +854,8 @@ class Report:
       for n in ns:
         row = [n]
         for v in variants:
-          c = by_v[v].get(n)
-          if c is None:
-            row.append("—")
-          elif not c.ok:
-            row.append("over budget" if c.error.startswith("over budget") else "failed")
-          else:
-            row.append(f"{fmt_pct(c.counter('attention_share'))} ({fmt_time(c.time_s)})")
+          row.append(case_cell(by_v[v].get(n), lambda c: f"{fmt_pct(c.counter('attention_share'))}"
+                                                         f" ({fmt_time(c.time_s)})"))
         rows.append(row)
       self.add(f"**{self.host_prefix(source)}{gp}**", "", md_table(["N"] + variants, rows), "")
 
