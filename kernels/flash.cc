@@ -119,9 +119,9 @@ using V = hn::Vec<D>;
 constexpr float kInfF = std::numeric_limits<float>::infinity();
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-constexpr int kMR = 6;           // keys (S) or rows (P·V) per micro-kernel
-constexpr int kNV = 4;           // vectors per micro-kernel
-constexpr int64_t kFewRows = 8;  // blocks of at most this many rows use dot products
+constexpr int kMR = 6;  // keys (S) or rows (P·V) per micro-kernel
+constexpr int kNV = 4;  // vectors per micro-kernel
+using flash::kFewRows;  // blocks of at most this many rows use dot products
 // Row stride of the row-major score tile of few-row blocks: whole, aligned
 // vectors (kFewRows * kFewStride <= kBc * kBr, the tile buffer).
 constexpr int64_t kFewStride = flash::RoundUp(flash::kBc, flash::kPad);
@@ -411,7 +411,7 @@ void PvBlocked(const float* pt, int64_t pj, int64_t pm, const float* vp, int64_t
 }
 
 struct Scratch {
-  float* qt;     // dk x kBr
+  float* qt;     // Qᵀ dk x kBr, or row-major kFewRows x dkp (flash::QBlockFloats)
   float* st;     // kBc x kBr
   float* vp;     // kBc x dvp
   float* o;      // kBr x dvp
@@ -737,7 +737,7 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     float* base = scratch.data() + tid * plan.thread_floats;
     Scratch sc;
     sc.qt = base;
-    sc.st = sc.qt + flash::RoundUp(dk * flash::kBr, 16);
+    sc.st = sc.qt + flash::QBlockFloats(dk);
     sc.vp = sc.st + flash::kBc * flash::kBr;
     sc.o = sc.vp + flash::kBc * dvp;
     sc.m = sc.o + flash::kBr * dvp;

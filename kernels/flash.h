@@ -46,6 +46,18 @@ inline constexpr int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m 
 // stacked position-major: row r is query position r / group of query head
 // kv_head * group + r % group, so GQA heads sharing K/V share every K/V tile,
 // and visible-key ranges stay monotone in r.
+// Blocks of at most this many rows (decode, GQA groups) take the few-row path:
+// dot products along d instead of the transposed tile kernel.
+inline constexpr int64_t kFewRows = 8;
+
+// Floats of a thread's Q block, which holds either Qᵀ [dk][kBr] (row tiles)
+// or row-major Q [kFewRows][dk padded to a whole vector] (few-row blocks):
+// the larger of the two (the second wins for dk = 1: 8·16 > 64), rounded to
+// 64 bytes so the next scratch region stays aligned.
+inline int64_t QBlockFloats(int64_t dk) {
+  return RoundUp(std::max(dk * kBr, kFewRows * RoundUp(dk, kPad)), 16);
+}
+
 struct Plan {
   int64_t rows = 0;        // group * Lq rows per (batch, kv head)
   int64_t row_blocks = 0;  // ceil(rows / kBr)
@@ -80,12 +92,11 @@ inline Plan MakePlan(const ValidProblem& p) {
                            (kTargetItems + plan.blocks - 1) / plan.blocks);
     plan.splits = std::max<int64_t>(plan.splits, 1);
   }
-  const int64_t a = 16;                              // floats per 64 bytes
-  plan.thread_floats = RoundUp(s.head_dim * kBr, a)  // Qᵀ block
-                       + kBc * kBr                   // Sᵀ / Pᵀ tile
-                       + kBc * plan.dvp              // packed V tile
-                       + kBr * plan.dvp              // O accumulator
-                       + 3 * kBr;                    // m, l, alpha
+  plan.thread_floats = QBlockFloats(s.head_dim)  // Q block
+                       + kBc * kBr               // Sᵀ / Pᵀ tile
+                       + kBc * plan.dvp          // packed V tile
+                       + kBr * plan.dvp          // O accumulator
+                       + 3 * kBr;                // m, l, alpha
   if (plan.splits > 1) {
     plan.partial_floats = plan.items() * plan.block_rows * (plan.dvp + 2);
   }
