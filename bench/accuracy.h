@@ -1,6 +1,6 @@
 // The accuracy run: every registry variant against the fp64 reference for
 // N = 128..max_n (powers of two), d = 64 and 128 and each mask kind, written
-// as JSON (BENCH_CONTRACT, "Accuracy JSON").
+// as JSON (docs/bench-json.md, "Accuracy JSON").
 #ifndef ATTNLAB_BENCH_ACCURACY_H_
 #define ATTNLAB_BENCH_ACCURACY_H_
 

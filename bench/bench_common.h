@@ -2,7 +2,7 @@
 // name, the FLOP count (written down once), deterministic inputs, thread
 // control for OpenMP + OpenBLAS, measured peak RSS and the JSON context.
 //
-// Names follow BENCH_CONTRACT (tokens separated by '/', the first
+// Names follow docs/bench-json.md (tokens separated by '/', the first
 // one the registry variant, `ceiling_sgemm`, `ceiling_stream` or `layer`).
 #ifndef ATTNLAB_BENCH_BENCH_COMMON_H_
 #define ATTNLAB_BENCH_BENCH_COMMON_H_
@@ -104,7 +104,7 @@ int64_t ProcStatusBytes(const char* field);
 void ConfigureMallocForMeasurement();
 void TrimMalloc();
 
-// attnlab_* context keys (BENCH_CONTRACT), also used by the accuracy JSON.
+// attnlab_* context keys (docs/bench-json.md), also used by the accuracy JSON.
 std::map<std::string, std::string> ContextStrings(const std::string& threads,
                                                   const std::string& suite, size_t memory_budget);
 std::string GitCommit();  // generated at build time (bench/git_commit.cmake)

@@ -1,6 +1,6 @@
 // attnlab_bench: every registry variant across sequence lengths, speed and
 // measured memory, with the machine's ceilings (sgemm, memory stream) in the
-// same run. Output follows BENCH_CONTRACT (Google Benchmark JSON with the
+// same run. Output follows docs/bench-json.md (Google Benchmark JSON with the
 // attnlab_* context keys and the counters below).
 //
 //   attnlab_bench [--suite=quick|default|full] [--threads=1,2] [--batch=1]

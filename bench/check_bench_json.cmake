@@ -1,5 +1,5 @@
 # ctest bench_quick_json: runs attnlab_bench on a small slice of the quick
-# suite and checks the JSON against BENCH_CONTRACT. Variables: BENCH, WORK.
+# suite and checks the JSON against docs/bench-json.md. Variables: BENCH, WORK.
 # Registry-driven: the filter selects every variant at one shape.
 file(MAKE_DIRECTORY "${WORK}")
 

@@ -1,4 +1,4 @@
-"""Reads attnlab benchmark and accuracy JSON (see BENCH_CONTRACT.md) into plain Python objects.
+"""Reads attnlab benchmark and accuracy JSON (see docs/bench-json.md) into plain Python objects.
 
 Google Benchmark JSON: {"context": {...}, "benchmarks": [...]}. Each benchmark entry is one
 repetition ("run_type": "iteration") or an aggregate over repetitions ("run_type": "aggregate",

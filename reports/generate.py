@@ -8,7 +8,7 @@
       A/B ratio table and plot; prints the report path.
 
 Runs under /usr/bin/python3 (Debian's numpy + matplotlib). Every number in the report is read
-from the JSON (BENCH_CONTRACT.md); variants are discovered from it, never listed here.
+from the JSON (docs/bench-json.md); variants are discovered from it, never listed here.
 """
 import argparse
 import datetime
