@@ -29,6 +29,12 @@ struct Buffers {
     mask.assign(5 * 6, 0.0f);
     p = MakeProblem(shape, q.data(), k.data(), v.data(), o.data());
   }
+  // An additive mask over `mask` that claims the given shape.
+  void SetAdditive(AdditiveMaskShape claimed) {
+    p.mask.kind = MaskKind::kAdditive;
+    p.mask.additive = mask;
+    p.mask.additive_shape = claimed;
+  }
 };
 
 struct InvalidCase {
@@ -88,30 +94,22 @@ const std::vector<InvalidCase>& Cases() {
        "additive mask is null"},
       {"AdditiveMaskWrongRows",
        [](Buffers& b) {
-         b.p.mask.kind = MaskKind::kAdditive;
-         b.p.mask.additive = b.mask;
-         b.p.mask.additive_shape = {1, 1, 6, 5};
+         b.SetAdditive({1, 1, 6, 5});
        },
        "additive mask is [6, 5], needs [Lq, Lk] = [5, 6]"},
       {"AdditiveMaskWrongBatch",
        [](Buffers& b) {
-         b.p.mask.kind = MaskKind::kAdditive;
-         b.p.mask.additive = b.mask;
-         b.p.mask.additive_shape = {3, 1, 5, 6};
+         b.SetAdditive({3, 1, 5, 6});
        },
        "additive mask batch=3 must be 1 (broadcast) or B=2"},
       {"AdditiveMaskWrongHeads",
        [](Buffers& b) {
-         b.p.mask.kind = MaskKind::kAdditive;
-         b.p.mask.additive = b.mask;
-         b.p.mask.additive_shape = {1, 2, 5, 6};
+         b.SetAdditive({1, 2, 5, 6});
        },
        "additive mask heads=2 must be 1 (broadcast) or H=4"},
       {"AdditiveMaskTooFewElements",
        [](Buffers& b) {
-         b.p.mask.kind = MaskKind::kAdditive;
-         b.p.mask.additive = b.mask;
-         b.p.mask.additive_shape = {2, 4, 5, 6};
+         b.SetAdditive({2, 4, 5, 6});
        },
        "additive mask has 30 elements"},
       {"KeyLengthsWrongCount",
@@ -215,16 +213,12 @@ const std::vector<InvalidCase>& Cases() {
       {"AdditiveMaskTooManyElements",
        [](Buffers& b) {
          b.mask.resize(31);
-         b.p.mask.kind = MaskKind::kAdditive;
-         b.p.mask.additive = b.mask;
-         b.p.mask.additive_shape = {1, 1, 5, 6};
+         b.SetAdditive({1, 1, 5, 6});
        },
        "additive mask has 31 elements, its shape [1, 1, 5, 6] needs 30"},
       {"AdditiveMaskZeroHeads",
        [](Buffers& b) {
-         b.p.mask.kind = MaskKind::kAdditive;
-         b.p.mask.additive = b.mask;
-         b.p.mask.additive_shape = {1, 0, 5, 6};
+         b.SetAdditive({1, 0, 5, 6});
        },
        "additive mask heads=0 must be 1 (broadcast) or H=4"},
       {"UnknownMaskKind", [](Buffers& b) { b.p.mask.kind = static_cast<MaskKind>(42); },
