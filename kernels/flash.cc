@@ -19,7 +19,7 @@
 //   O = 2^(m - m')·O       only for rows whose max moved (alpha == 1 exactly
 //                          otherwise, so the skip is exact);
 //   O += P·V_tile          register-blocked 6 rows x 4 vectors of O; V rows
-//                          used in place when 64-byte aligned with dv a
+//                          used in place (unaligned loads) when dv is a
 //                          multiple of 16, else packed (aligned, zero-padded
 //                          to dv' = 16·ceil(dv/16)).
 // Finally O /= l, lse = (m + log2 l)·ln 2. The next tile's K and V rows are
@@ -45,14 +45,18 @@
 // one block, so K and V are read once per group.
 //
 // Parallelism: work items are (row block, key split), handed out dynamically
-// by ParallelFor in order of decreasing query position, so for causal masks
-// the longest blocks start first (longest-processing-time-first) and the
-// short ones fill in at the end.
+// by ParallelFor head by head (so the threads share one head's K/V in cache)
+// and within a head in order of decreasing query position, so for causal
+// masks the longest blocks start first (longest-processing-time-first) and
+// the short ones fill in at the end.
 //
 // Bytes (fp32) for B, H, Hkv, Lq, Lk, dk, dv, g = H / Hkv:
 //   reads  Q: 4·B·H·Lq·dk once; K, V: 4·B·Hkv·Lk·(dk + dv) once per row block,
-//          i.e. ceil(g·Lq / 64) times (from L2/L3 when a head's K and V fit,
-//          else memory; causal: about half of that); decode (Lq·g <= 64):
+//          i.e. ceil(g·Lq / 64) times (from L3 when one head's K and V fit:
+//          items run head by head, so the threads share one head's K/V
+//          rather than cycling through all heads' (32 MiB at N = 4096,
+//          d = 128, H = 8: from DRAM, -15%); causal: about half of that);
+//          decode (Lq·g <= 64):
 //          K and V exactly once;
 //   writes O: 4·B·H·Lq·dv, lse: 4·B·H·Lq. Nothing of size Lq x Lk.
 // FLOPs: 2·(dk + dv) per visible (query, key) pair plus the masked part of
@@ -174,8 +178,28 @@ void ScoreKeys(int nv, const float* qt, const float* k, int64_t k_stride, int64_
 
 // Sᵀ (nc x 64, row stride kBr) for keys k[0..nc) (row stride k_stride) and
 // `nvec` vectors of queries.
+// The K and V rows of the next tile, prefetched into L2 a few rows at a time
+// while this tile's scores compute.
+struct NextTile {
+  const float* k = nullptr;
+  int64_t k_stride = 0;
+  int64_t k_bytes = 0;
+  const float* v = nullptr;
+  int64_t v_stride = 0;
+  int64_t v_bytes = 0;
+  int64_t rows = 0;  // 0: no next tile
+  void Prefetch(int64_t begin, int64_t end) const {
+    for (int64_t j = begin; j < std::min(end, rows); ++j) {
+      const char* kr = reinterpret_cast<const char*>(k + j * k_stride);
+      const char* vr = reinterpret_cast<const char*>(v + j * v_stride);
+      for (int64_t x = 0; x < k_bytes; x += 64) __builtin_prefetch(kr + x, 0, 2);
+      for (int64_t x = 0; x < v_bytes; x += 64) __builtin_prefetch(vr + x, 0, 2);
+    }
+  }
+};
+
 void Scores(const float* qt, const float* k, int64_t k_stride, int64_t nc, int64_t dk, int64_t nvec,
-            float* st) {
+            float* st, const NextTile& next) {
   const size_t N = hn::Lanes(D());
   for (int64_t v0 = 0; v0 < nvec; v0 += kNV) {
     const int nv = static_cast<int>(std::min<int64_t>(kNV, nvec - v0));
@@ -183,8 +207,10 @@ void Scores(const float* qt, const float* k, int64_t k_stride, int64_t nc, int64
     float* s = st + v0 * N;
     int64_t j = 0;
     for (; j + kMR <= nc; j += kMR) {
+      if (v0 == 0) next.Prefetch(j, j + kMR);
       ScoreKeys<kMR>(nv, q, k + j * k_stride, k_stride, dk, s + j * flash::kBr);
     }
+    if (v0 == 0) next.Prefetch(j, next.rows);
     const float* kj = k + j * k_stride;
     float* sj = s + j * flash::kBr;
     switch (nc - j) {
@@ -503,13 +529,11 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   const int64_t k_stride = p.k.strides.row;
   const bool additive = p.mask.kind == MaskKind::kAdditive;
   // V rows are used in place when they are whole vectors (dv a multiple of
-  // 16). Row tiles reuse a V tile for 64 rows and also want every row 64-byte
-  // aligned (an unaligned 512-bit load splits cache lines), else pack it.
-  // Few-row blocks (decode) read each V element once or a few times, so
-  // there packing only adds a second pass over the stream: with malloc's
-  // 16-byte aligned buffers it cost MHA decode half its bandwidth.
+  // 16), aligned or not: packing is a second pass over V that cost more than
+  // the cache-line-split loads it avoids (malloc'd buffers are 16-byte
+  // aligned: MHA decode, d = 128, 15 -> 25 GB/s; dense N = 2048, d = 128,
+  // +5%). Other dv are packed with zero padding columns.
   const bool v_whole = dv == dvp;
-  const bool v_aligned_rows = p.v.strides.row % flash::kPad == 0;
   int64_t visited = 0;
   // Tiles are aligned to kBc from key_lo; each is clipped to the union.
   for (int64_t t = key_lo + (ulo - key_lo) / flash::kBc * flash::kBc; t < uhi; t += flash::kBc) {
@@ -520,27 +544,27 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     const bool partial = !(ilo <= j0 && j1 <= ihi);
     partial ? ++counts.partial : ++counts.full;
 
-    // Prefetch the next tile's K and V rows into L2 while this one computes:
-    // K/V of a head stream from L3 or memory once per row block, and the
-    // hardware prefetcher alone leaves the V packing and the K broadcasts
-    // waiting on them (+3% at d = 128). Not for few-row (decode) blocks:
-    // they stream K/V sequentially at memory speed, where the hardware
-    // prefetcher keeps up and the prefetch instructions only queue (-30%).
+    // Prefetch the next tile's K and V rows into L2 while this one computes,
+    // a few rows per score micro-kernel call (issued all at once, the 1024
+    // prefetches of a d = 128 tile stalled on full miss buffers: 6% of the
+    // time): K/V of a head come from L3 once per row block. Not for few-row
+    // (decode) blocks: they stream K/V sequentially at memory speed, where
+    // the hardware prefetcher keeps up and prefetch instructions only queue.
+    NextTile next;
     if (!few_rows && j1 < uhi) {
-      const int64_t n1 = std::min(j1 + flash::kBc, uhi);
-      for (int64_t j = j1; j < n1; ++j) {
-        const char* kr = reinterpret_cast<const char*>(k_base + j * k_stride);
-        const char* vr = reinterpret_cast<const char*>(p.VRow(b, kvh, j));
-        for (int64_t x = 0; x < dk * 4; x += 64) __builtin_prefetch(kr + x, 0, 2);
-        for (int64_t x = 0; x < dv * 4; x += 64) __builtin_prefetch(vr + x, 0, 2);
-      }
+      next = {k_base + j1 * k_stride,
+              k_stride,
+              dk * 4,
+              p.VRow(b, kvh, j1),
+              p.v.strides.row,
+              dv * 4,
+              std::min(j1 + flash::kBc, uhi) - j1};
     }
     // V rows [j0, j1) as the P·V kernel wants them (see v_whole above); else
     // packed: aligned rows with zero padding columns.
     const float* vsrc = p.VRow(b, kvh, j0);
     int64_t vs = p.v.strides.row;
-    const bool v_aligned = v_aligned_rows && reinterpret_cast<uintptr_t>(vsrc) % 64 == 0;
-    if (!v_whole || (!few_rows && !v_aligned)) {
+    if (!v_whole) {
       for (int64_t j = 0; j < nc; ++j) {
         const float* vr = p.VRow(b, kvh, j0 + j);
         float* dst = sc.vp + j * dvp;
@@ -572,7 +596,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     if (few_rows) {
       ScoresFewRows(sc.qt, dkp, nrows, k_base + j0 * k_stride, k_stride, nc, dk, sc.st);
     } else {
-      Scores(sc.qt, k_base + j0 * k_stride, k_stride, nc, dk, nvec, sc.st);
+      Scores(sc.qt, k_base + j0 * k_stride, k_stride, nc, dk, nvec, sc.st, next);
     }
     if (additive) {
       for (int64_t x = 0; x < nrows; ++x) {
@@ -708,9 +732,11 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
 
   std::atomic<int64_t> full{0}, part{0}, skipped{0};
   auto block_of = [&](int64_t blk, int64_t* b, int64_t* kvh, int64_t* r0, int64_t* nrows) {
-    // Decreasing query position first: longest causal blocks start first.
-    const int64_t qb = plan.row_blocks - 1 - blk / plan.bkv;
-    const int64_t bkv = blk % plan.bkv;
+    // Head by head (the threads share one head's K/V in L3: all heads' K/V
+    // at N = 4096, d = 128 are 32 MiB, the size of L3), and within a head by
+    // decreasing query position: the longest causal blocks start first.
+    const int64_t qb = plan.row_blocks - 1 - blk % plan.row_blocks;
+    const int64_t bkv = blk / plan.row_blocks;
     *b = bkv / p.shape.kv_heads;
     *kvh = bkv % p.shape.kv_heads;
     *r0 = qb * flash::kBr;
