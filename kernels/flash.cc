@@ -286,8 +286,8 @@ HWY_NOINLINE void ScoresFour(const float* HWY_RESTRICT qs, int64_t dkp, const fl
     // Key by key, so K is read in address order: decode streams K from
     // memory, and the interleaved order below loses the hardware prefetcher
     // there (MHA, 1 row: -25% at d = 128; GQA-4, 4 rows, Lk = 65536, d = 128:
-    // 8.2 GB/s interleaved vs 11.1 GB/s in address order, same run). In
-    // cache the two orders measure the same (24.2 vs 23.7 GB/s at Lk = 4096).
+    // 9.2-9.8 GB/s interleaved vs 12.0 GB/s in address order). In cache the
+    // two orders measured the same (24.2 vs 23.7 GB/s at Lk = 4096).
     for (int m = 0; m < 4; ++m) {
       const float* km = k + m * k_stride;
       for (int64_t x = 0; x < full; x += N) {
@@ -408,7 +408,7 @@ void PvBlocked(const float* pt, int64_t pj, int64_t pm, const float* vp, int64_t
   // Few rows (decode): every column vector of a row in registers (up to 3
   // rows x 8 vectors, dv = 128 on AVX-512), so the V tile, which comes from
   // memory, is read in one pass instead of one pass per 4 columns (MHA decode
-  // from DRAM, d = 128: 16.9 -> 20.6 GB/s together with V read in place).
+  // from DRAM, d = 128, V already read in place: 16.9 -> 20.6 GB/s).
   if (cols == 2 * kNV && nrows * cols <= kMR * kNV) {
     switch (nrows) {
       case 1:
