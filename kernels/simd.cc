@@ -88,21 +88,16 @@ constexpr int64_t kKeyTile = 2 * HWY_LANES(float);
 static_assert(kKeyTile <= simd::kMaxKeyTile && simd::kMaxKeyTile % kKeyTile == 0);
 constexpr int kQKRows = kVecRegisters >= 32 ? 8 : 4;
 
-// Packs key tiles [t0, t1) of (b, kvh): packed[t][d][jj] = K[t·T + jj][d].
+// Packs key tiles [t0, t1) of (b, kvh): packed[t][d][jj] = K[t·T + jj][d],
+// zero past Lk (a transpose in registers, TransposeRows).
 void PackKeys(const ValidProblem& p, int64_t b, int64_t kvh, int64_t t0, int64_t t1,
               float* HWY_RESTRICT packed) {
   const int64_t dk = p.shape.head_dim, lk = p.shape.kv_len;
   for (int64_t t = t0; t < t1; ++t) {
-    float* tile = packed + t * dk * kKeyTile;
-    for (int64_t jj = 0; jj < kKeyTile; ++jj) {
-      const int64_t j = t * kKeyTile + jj;
-      if (j < lk) {
-        const float* k = p.KRow(b, kvh, j);
-        for (int64_t d = 0; d < dk; ++d) tile[d * kKeyTile + jj] = k[d];
-      } else {
-        for (int64_t d = 0; d < dk; ++d) tile[d * kKeyTile + jj] = 0.0f;
-      }
-    }
+    const int64_t keys = std::min(kKeyTile, lk - t * kKeyTile);
+    const float* rows[kKeyTile];
+    for (int64_t jj = 0; jj < keys; ++jj) rows[jj] = p.KRow(b, kvh, t * kKeyTile + jj);
+    TransposeRows(rows, keys, kKeyTile, dk, 1.0f, packed + t * dk * kKeyTile, kKeyTile);
   }
 }
 
