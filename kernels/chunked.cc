@@ -43,7 +43,6 @@
 // exactly (ChunkedWorkspaceBytes is what RunChunked allocates).
 // Lq = Lk = 32768, dk = dv = 64, B = H = 1: L2 = 1 MiB gives C = 64 (the
 // floor, 2 MiB / 128 KiB = 16 rows), 8.0 MiB per thread.
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -57,12 +56,6 @@ namespace {
 
 constexpr int64_t kMinChunkRows = 64;
 constexpr int64_t kMaxChunkRows = 256;
-constexpr int64_t kDefaultL2Bytes = 1 << 20;
-
-int64_t L2Bytes() {
-  const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-  return l2 > 0 ? l2 : kDefaultL2Bytes;
-}
 
 // C for this problem (see the file comment).
 int64_t ChunkRows(const ValidProblem& p) {
@@ -71,7 +64,7 @@ int64_t ChunkRows(const ValidProblem& p) {
     const long long rows = std::atoll(env);
     if (rows >= 1) return std::min<int64_t>(rows, lq);
   }
-  const int64_t fit = 2 * L2Bytes() / (4 * std::max<int64_t>(p.shape.kv_len, 1));
+  const int64_t fit = 2 * L2CacheBytes() / (4 * std::max<int64_t>(p.shape.kv_len, 1));
   return std::min(std::clamp(fit, kMinChunkRows, kMaxChunkRows), lq);
 }
 

@@ -5,8 +5,8 @@
 // the query heads of a GQA group share every K/V tile, and cut into blocks of
 // Br = 64 rows. A block keeps Qᵀ (dk x Br, pre-scaled by scale·log2 e: the
 // whole softmax runs in the exp2 domain), running max m, sum l and an
-// unnormalized accumulator O (Br x dv') and walks the Bc = 64-key tiles that
-// intersect the union of its rows' visible key ranges:
+// unnormalized accumulator O (Br x dv') and walks the key tiles of Bc =
+// min(512, Lk) keys that intersect the union of its rows' visible ranges:
 //   Sᵀ = K_tile·Qᵀ         Bc x Br, register-blocked 6 keys x 4 vectors of
 //                          queries: K scalars broadcast straight from the K
 //                          rows (no K transpose/packing), Qᵀ rows are vectors
@@ -36,7 +36,7 @@
 // keys instead of mostly empty query vectors. At 8 rows this does d/2 score
 // FMAs per key where the 64-row tile kernel would do d (8 of 16 lanes used).
 //
-// Decode (fewer than 16 row blocks and >= 16 key tiles): flash-decoding. Each
+// Decode (fewer than 16 row blocks, Lk > 512): flash-decoding. Each
 // block's keys are split into `splits` tile-aligned ranges (a function of the
 // shape only, never of the thread count, so results are bitwise identical for
 // any thread count: deterministic = true); items write partial (m, l, O) and
@@ -45,45 +45,57 @@
 // one block, so K and V are read once per group.
 //
 // Parallelism: work items are (row block, key split), handed out dynamically
-// by ParallelFor head by head (so the threads share one head's K/V in cache)
-// and within a head in order of decreasing query position, so for causal
-// masks the longest blocks start first (longest-processing-time-first) and
-// the short ones fill in at the end.
+// by ParallelFor in groups of (batch, kv head) pairs whose K and V fit in one
+// L2 (so the threads share the group's K/V in cache: one head from N = 1024
+// at d = 128), and within a group in order of decreasing query position
+// across its heads, so for causal masks the longest blocks start first
+// (longest-processing-time-first) and the short ones fill in at the end.
 //
 // Bytes (fp32) for B, H, Hkv, Lq, Lk, dk, dv, g = H / Hkv:
 //   reads  Q: 4·B·H·Lq·dk once; K, V: 4·B·Hkv·Lk·(dk + dv) once per row block,
 //          i.e. ceil(g·Lq / 64) times (from L3 when one head's K and V fit:
-//          items run head by head, so the threads share one head's K/V
-//          rather than cycling through all heads' (32 MiB at N = 4096,
-//          d = 128, H = 8: from DRAM, -15%); causal: about half of that);
+//          items run head group by head group, so the threads share one
+//          group's K/V rather than cycling through all heads' (32 MiB at
+//          N = 4096, d = 128, H = 8: from DRAM, -15%); causal: about half);
 //          decode (Lq·g <= 64):
 //          K and V exactly once;
 //   writes O: 4·B·H·Lq·dv, lse: 4·B·H·Lq. Nothing of size Lq x Lk.
 // FLOPs: 2·(dk + dv) per visible (query, key) pair plus the masked part of
-// partial tiles; exps: one per computed score plus one per row per tile.
+// partial tiles (the masked triangle of the diagonal: partial tiles are
+// clipped to the union of the block's ranges, so a wide Bc wastes no more
+// than 64·64/2 pairs per causal block); exps: one per computed score plus
+// one per row per tile.
 //
-// Working set per thread: Qᵀ 64·dk + Sᵀ 64·64 + V tile 64·dv' + O 64·dv' +
-// 3·64 floats + 1 KiB of row ranges = 66 KiB at dk = dv = 64, 114 KiB at 128,
-// independent of Lq and Lk. Split decode runs add partial results of
+// Working set per thread: Qᵀ 64·dk + Sᵀ 64·Bc + O 64·dv' + 3·64 floats + 1
+// KiB of row ranges (+ a packed V tile Bc·dv' only when dv is not a multiple
+// of 16) = 161 KiB at dk = dv = 64, 193 KiB at 128 (Bc = 512), independent of
+// Lq and Lk beyond Bc = min(512, Lk). Split decode runs add partial results of
 // items·min(64, g·Lq)·(dv' + 2) floats, with items = blocks·splits <= 47
 // (splits happen only below 16 blocks and aim at 32 items).
-// So Lq = Lk = 32768, dk = dv = 64 takes 132 KiB on 2 threads (tested < 4 MiB).
+// So Lq = Lk = 32768, dk = dv = 64 takes 324 KiB on 2 threads (tested < 4 MiB).
 //
 // Block sizes (Zen 4: L1d 32 KiB, L2 1 MiB per core, 32 zmm registers):
 //   * Br = 64 = 4 AVX-512 vectors of queries: the S micro-kernel holds 6 keys
 //     x 4 vectors = 24 accumulators (+4 Qᵀ vectors + 1 broadcast <= 32 regs);
 //     per dk step 4 loads + 6 broadcast loads feed 24 FMAs (Zen 4 issues one
 //     512-bit FMA and two loads per cycle, so FMA stays the bottleneck).
-//   * Bc = 64: the Sᵀ tile (16 KiB) plus the V tile (16 KiB at dv = 64) are
-//     what the P·V micro-kernel streams: they fit L1 together; Qᵀ (16-32 KiB)
-//     and O (16-32 KiB) stay in L2 (1 MiB) with the prefetched next K/V tile.
-//     The P·V micro-kernel holds 6 rows x 4 vectors of O = 24 accumulators,
-//     4 V loads + 6 broadcasts per 24 FMAs.
-//   * Per tile the softmax costs ~2 passes over Sᵀ and 64·64 exps (~17
-//     instructions per 16): about 1/(d/8) of the tile's FMA time, 6% at
-//     d = 64 (see kernels/DESIGN.md). Larger Bc would not reduce that (it is
-//     per score), would push Sᵀ + V out of L1, and would waste more work on
-//     causal diagonal tiles (Br·Bc/2 per row block).
+//   * Bc = 512 (or Lk rounded up to 16 when shorter): the P·V micro-kernel
+//     (6 rows x 4 vectors of O = 24 accumulators, 4 V loads + 6 broadcasts
+//     per 24 FMAs) runs its key loop over the whole tile, so the per-call
+//     cost of loading and storing 24 accumulators is paid once per 512 keys:
+//     on L1-resident data it reaches 108 GF/s over 64 keys and 115 over 256.
+//     Fewer tiles also mean fewer online-softmax steps (m, l, alpha, O
+//     rescales) and, for N <= 512, a single tile: no rescaling at all. Sᵀ
+//     (128 KiB), Qᵀ and O (32 KiB each at d = 128) and the K and V tiles
+//     (256 KiB each at d = 128) stay within L2 (1 MiB). Measured (dense,
+//     1 thread, GF/s, Bc = 64 / 256 / 512 / 1024): N = 256, d = 128: 97.8 /
+//     102.4 / 102.5 / 102.5; N = 2048, d = 64: 91.6 / 95.4 / 96.5 / 97.0;
+//     N = 4096, d = 128: 98.7 / 102.6 / 103.9 / 104.2; GQA-4 decode,
+//     Lk = 65536: 15.7 / 18.0 / 20.3 / 19.8 GB/s. Past 512 the gain is under
+//     1% for twice the scratch.
+//   * The softmax costs ~2 passes over Sᵀ and one exp per score (~17
+//     instructions per 16): about 1/(d/8) of the FMA time, 6% at d = 64 (see
+//     kernels/DESIGN.md), independent of Bc.
 //   * K/V reuse: each K/V element loaded per row block feeds 64 rows:
 //     4·(dk+dv) bytes per 64·2·(dk+dv) FLOPs = 1/32 byte per FLOP from L2/L3,
 //     ~2.8 GB/s at 90 GFLOP/s, far below L3 bandwidth, so Br = 64 suffices.
@@ -124,13 +136,10 @@ using V = hn::Vec<D>;
 constexpr float kInfF = std::numeric_limits<float>::infinity();
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-constexpr int kMR = 6;  // keys (S) or rows (P·V) per micro-kernel
-constexpr int kNV = 4;  // vectors per micro-kernel
-using flash::kFewRows;  // blocks of at most this many rows use dot products
-// Row stride of the row-major score tile of few-row blocks: whole, aligned
-// vectors (kFewRows * kFewStride <= kBc * kBr, the tile buffer).
-constexpr int64_t kFewStride = flash::RoundUp(flash::kBc, flash::kPad);
-static_assert(kFewRows * kFewStride <= flash::kBc * flash::kBr);
+constexpr int kMR = 6;    // keys (S) or rows (P·V) per micro-kernel
+constexpr int kNV = 4;    // vectors per micro-kernel
+using flash::kFewRows;    // blocks of at most this many rows use dot products
+using flash::kFewStride;  // row stride of a few-row block's score tile
 
 // The first n < Lanes floats at p (possibly unaligned), zeros after: never
 // reads past p + n (Highway 1.0.3's MaskedLoad on SSE4/scalar loads the
@@ -459,8 +468,8 @@ void PvBlocked(const float* pt, int64_t pj, int64_t pm, const float* vp, int64_t
 
 struct Scratch {
   float* qt;     // Qᵀ dk x kBr, or row-major kFewRows x dkp (flash::QBlockFloats)
-  float* st;     // kBc x kBr
-  float* vp;     // kBc x dvp
+  float* st;     // bc x kBr (or kFewRows x kFewStride)
+  float* vp;     // bc x dvp, when V is packed
   float* o;      // kBr x dvp
   float* m;      // kBr
   float* l;      // kBr
@@ -524,7 +533,8 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     hn::Store(hn::Zero(d), d, sc.l + x);
   }
 
-  const int64_t tiles_total = (key_hi - key_lo + flash::kBc - 1) / flash::kBc;
+  const int64_t bc = plan.bc;
+  const int64_t tiles_total = (key_hi - key_lo + bc - 1) / bc;
   if (ulo >= uhi) {
     std::memset(sc.o, 0, sizeof(float) * rp * dvp);  // read by split merges
     counts.skipped += tiles_total;
@@ -540,10 +550,10 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   // +5%). Other dv are packed with zero padding columns.
   const bool v_whole = dv == dvp;
   int64_t visited = 0;
-  // Tiles are aligned to kBc from key_lo; each is clipped to the union.
-  for (int64_t t = key_lo + (ulo - key_lo) / flash::kBc * flash::kBc; t < uhi; t += flash::kBc) {
+  // Tiles are aligned to bc from key_lo; each is clipped to the union.
+  for (int64_t t = key_lo + (ulo - key_lo) / bc * bc; t < uhi; t += bc) {
     const int64_t j0 = std::max(t, ulo);
-    const int64_t j1 = std::min(t + flash::kBc, uhi);
+    const int64_t j1 = std::min(t + bc, uhi);
     const int64_t nc = j1 - j0;
     // The first tile writes O instead of accumulating into it: O needs no
     // zeroing and no rescale by alpha = 2^(-inf) = 0.
@@ -559,13 +569,9 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     // the hardware prefetcher keeps up and prefetch instructions only queue.
     NextTile next;
     if (!few_rows && j1 < uhi) {
-      next = {k_base + j1 * k_stride,
-              k_stride,
-              dk * 4,
-              p.VRow(b, kvh, j1),
-              p.v.strides.row,
-              dv * 4,
-              std::min(j1 + flash::kBc, uhi) - j1};
+      next = {k_base + j1 * k_stride,     k_stride,        dk * 4,
+              p.VRow(b, kvh, j1),         p.v.strides.row, dv * 4,
+              std::min(j1 + bc, uhi) - j1};
     }
     // V rows [j0, j1) as the P·V kernel wants them (see v_whole above); else
     // packed: aligned rows with zero padding columns.
@@ -739,12 +745,23 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
   const int64_t slot = plan.block_rows * (dvp + 2);  // partial floats per item
 
   std::atomic<int64_t> full{0}, part{0}, skipped{0};
+  // Work order: (batch, kv head) pairs in groups whose K and V fit in one
+  // L2 together (one head from N = 1024 at d = 128: the threads share that
+  // head's K/V in L3, where cycling through all heads' 32 MiB at N = 4096
+  // went to DRAM, -15%; all 8 heads at N = 128), and within a group by
+  // decreasing query block across its heads, so the longest causal blocks of
+  // every head start first and the short ones fill in at the end (one head
+  // at a time left 2 threads idle on uneven tails at small N: causal
+  // N = 256, d = 128, 2 threads: 140 -> 150 GF/s).
+  const int64_t kv_bytes = static_cast<int64_t>(sizeof(float)) * p.shape.kv_len * (dk + dv);
+  const int64_t group_heads =
+      std::clamp<int64_t>(L2CacheBytes() / std::max<int64_t>(kv_bytes, 1), 1, plan.bkv);
   auto block_of = [&](int64_t blk, int64_t* b, int64_t* kvh, int64_t* r0, int64_t* nrows) {
-    // Head by head (the threads share one head's K/V in L3: all heads' K/V
-    // at N = 4096, d = 128 are 32 MiB, the size of L3), and within a head by
-    // decreasing query position: the longest causal blocks start first.
-    const int64_t qb = plan.row_blocks - 1 - blk % plan.row_blocks;
-    const int64_t bkv = blk / plan.row_blocks;
+    const int64_t group_blocks = group_heads * plan.row_blocks;
+    const int64_t group = blk / group_blocks, i = blk % group_blocks;
+    const int64_t heads_here = std::min(group_heads, plan.bkv - group * group_heads);
+    const int64_t qb = plan.row_blocks - 1 - i / heads_here;
+    const int64_t bkv = group * group_heads + i % heads_here;
     *b = bkv / p.shape.kv_heads;
     *kvh = bkv % p.shape.kv_heads;
     *r0 = qb * flash::kBr;
@@ -793,8 +810,8 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     Scratch sc;
     sc.qt = base;
     sc.st = sc.qt + flash::QBlockFloats(dk);
-    sc.vp = sc.st + flash::kBc * flash::kBr;
-    sc.o = sc.vp + flash::kBc * dvp;
+    sc.vp = sc.st + std::max(plan.bc * flash::kBr, flash::kFewRows * kFewStride);
+    sc.o = sc.vp + flash::VTileFloats(plan);
     sc.m = sc.o + flash::kBr * dvp;
     sc.l = sc.m + flash::kBr;
     sc.alpha = sc.l + flash::kBr;
@@ -807,8 +824,8 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     block_of(blk, &b, &kvh, &r0, &nrows);
     const int64_t t_lo = PartBegin(plan.key_tiles, plan.splits, split);
     const int64_t t_hi = PartBegin(plan.key_tiles, plan.splits, split + 1);
-    const int64_t key_lo = t_lo * flash::kBc;
-    const int64_t key_hi = std::min(t_hi * flash::kBc, p.shape.kv_len);
+    const int64_t key_lo = t_lo * plan.bc;
+    const int64_t key_hi = std::min(t_hi * plan.bc, p.shape.kv_len);
     BlockCounts counts;
     AttendBlock(p, plan, b, kvh, r0, nrows, key_lo, key_hi, sc, rb, re, counts);
     full += counts.full;

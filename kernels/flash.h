@@ -32,15 +32,21 @@ void FlashExp2ForTest(const float* x, float* out, size_t n);
 
 namespace flash {
 
-inline constexpr int64_t kBr = 64;   // query rows per block
-inline constexpr int64_t kBc = 64;   // keys per tile
-inline constexpr int64_t kPad = 16;  // dv padded to a multiple of 16 floats
+inline constexpr int64_t kBr = 64;      // query rows per block
+inline constexpr int64_t kMaxBc = 512;  // keys per tile (fewer when Lk is shorter)
+inline constexpr int64_t kPad = 16;     // dv padded to a multiple of 16 floats
 // Split-key (flash-decoding) parameters: used when there are few row blocks.
 inline constexpr int64_t kSplitBelowBlocks = 16;
-inline constexpr int64_t kMinTilesPerSplit = 8;
+inline constexpr int64_t kMinKeysPerSplit = 512;
 inline constexpr int64_t kTargetItems = 32;
 
 inline constexpr int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Tests only: while > 0, plans use this many keys per tile (a multiple of
+// kPad, at most kMaxBc) instead of their own choice, so that short sequences
+// still cross many tiles (online-softmax rescaling, partial and skipped
+// tiles). The result must not depend on it beyond rounding.
+inline std::atomic<int64_t> g_key_tile_for_test{0};
 
 // How a problem is cut into work items. Rows of one (batch, kv head) are
 // stacked position-major: row r is query position r / group of query head
@@ -49,6 +55,8 @@ inline constexpr int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m 
 // Blocks of at most this many rows (decode, GQA groups) take the few-row path:
 // dot products along d instead of the transposed tile kernel.
 inline constexpr int64_t kFewRows = 8;
+// Row stride of the row-major score tile of few-row blocks: any tile width.
+inline constexpr int64_t kFewStride = RoundUp(kMaxBc, kPad);
 
 // Floats of a thread's Q block, which holds either Qᵀ [dk][kBr] (row tiles)
 // or row-major Q [kFewRows][dk padded to a whole vector] (few-row blocks):
@@ -63,16 +71,22 @@ struct Plan {
   int64_t row_blocks = 0;  // ceil(rows / kBr)
   int64_t bkv = 0;         // B * Hkv
   int64_t blocks = 0;      // bkv * row_blocks
-  int64_t key_tiles = 0;   // ceil(Lk / kBc)
+  int64_t bc = 0;          // keys per tile: min(kMaxBc, Lk rounded up to kPad)
+  int64_t key_tiles = 0;   // ceil(Lk / bc)
   int64_t splits = 1;      // key splits per block (flash-decoding when > 1)
   int64_t block_rows = 0;  // min(kBr, rows): rows a block holds at most
   int64_t dvp = 0;         // dv rounded up to kPad
+  bool dv_whole = false;   // dv == dvp: V rows used in place, never packed
   int64_t items() const { return blocks * splits; }
   // Floats of one thread's scratch (each piece 64-byte aligned).
   int64_t thread_floats = 0;
   // Floats of the split partial results (m, l, O) of all items.
   int64_t partial_floats = 0;
 };
+
+// Floats of the packed V tile: V rows are used in place when dv is a whole
+// number of vectors (dv == dvp), so only other dv need the buffer.
+inline int64_t VTileFloats(const Plan& plan) { return plan.dv_whole ? 0 : plan.bc * plan.dvp; }
 
 inline Plan MakePlan(const ValidProblem& p) {
   Plan plan;
@@ -81,22 +95,27 @@ inline Plan MakePlan(const ValidProblem& p) {
   plan.row_blocks = (plan.rows + kBr - 1) / kBr;
   plan.bkv = s.batch * s.kv_heads;
   plan.blocks = plan.bkv * plan.row_blocks;
-  plan.key_tiles = (s.kv_len + kBc - 1) / kBc;
+  const int64_t bc_for_test = g_key_tile_for_test.load();
+  plan.bc = bc_for_test > 0 ? bc_for_test
+                            : std::min(kMaxBc, RoundUp(std::max<int64_t>(s.kv_len, 1), kPad));
+  plan.key_tiles = (s.kv_len + plan.bc - 1) / plan.bc;
   plan.block_rows = std::min(kBr, plan.rows);
   plan.dvp = RoundUp(s.value_dim, kPad);
+  plan.dv_whole = plan.dvp == s.value_dim;
   // The split count depends on the shape only (never on the thread count),
   // so results are bitwise identical for any number of threads.
+  const int64_t min_tiles_per_split = std::max<int64_t>(1, kMinKeysPerSplit / plan.bc);
   if (plan.blocks > 0 && plan.blocks < kSplitBelowBlocks &&
-      plan.key_tiles >= 2 * kMinTilesPerSplit) {
-    plan.splits = std::min(plan.key_tiles / kMinTilesPerSplit,
+      plan.key_tiles >= 2 * min_tiles_per_split) {
+    plan.splits = std::min(plan.key_tiles / min_tiles_per_split,
                            (kTargetItems + plan.blocks - 1) / plan.blocks);
     plan.splits = std::max<int64_t>(plan.splits, 1);
   }
-  plan.thread_floats = QBlockFloats(s.head_dim)  // Q block
-                       + kBc * kBr               // Sᵀ / Pᵀ tile
-                       + kBc * plan.dvp          // packed V tile
-                       + kBr * plan.dvp          // O accumulator
-                       + 3 * kBr;                // m, l, alpha
+  plan.thread_floats = QBlockFloats(s.head_dim)                          // Q block
+                       + std::max(plan.bc * kBr, kFewRows * kFewStride)  // Sᵀ / Pᵀ tile
+                       + VTileFloats(plan)                               // packed V tile
+                       + kBr * plan.dvp                                  // O accumulator
+                       + 3 * kBr;                                        // m, l, alpha
   if (plan.splits > 1) {
     plan.partial_floats = plan.items() * plan.block_rows * (plan.dvp + 2);
   }

@@ -3,6 +3,7 @@
 #define ATTNLAB_KERNELS_PARALLEL_H_
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -45,6 +46,18 @@ void ForEachHead(int64_t batch, int64_t heads, int threads, float* scratch, int6
   } else {
     for (int64_t bh = 0; bh < pairs; ++bh) attend(bh / heads, bh % heads, scratch, threads);
   }
+}
+
+// Bytes of one core's L2 cache, which sizes the kernels' blocks and work
+// groups (chunked's C, flash's head groups); 1 MiB when the OS does not say.
+// Asked once: glibc answers with CPUID, which traps in a VM (tens of
+// microseconds, a tenth of a flash run at N = 128 on 2 threads).
+inline int64_t L2CacheBytes() {
+  static const int64_t bytes = [] {
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return l2 > 0 ? int64_t{l2} : int64_t{1} << 20;
+  }();
+  return bytes;
 }
 
 // Splits [0, count) into `parts` near-equal contiguous ranges; part p is

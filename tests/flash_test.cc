@@ -39,9 +39,17 @@ class TileCountScope {
   FlashTileCounts counts_;
 };
 
+// Runs flash with `keys`-key tiles while alive (flash::g_key_tile_for_test):
+// short test sequences then cross many tiles, as long ones do by default.
+class KeyTileScope {
+ public:
+  explicit KeyTileScope(int64_t keys) { flash::g_key_tile_for_test.store(keys); }
+  ~KeyTileScope() { flash::g_key_tile_for_test.store(0); }
+};
+
 // Expected tile classes from the problem's visible ranges alone (an
 // independent derivation of what flash must skip): for each (b, kv head),
-// row block of 64 stacked rows and aligned 64-key tile, the tile clipped to
+// row block of 64 stacked rows and aligned bc-key tile, the tile clipped to
 // the union of the block's visible ranges is skipped when empty, full when
 // every row sees every key of it, partial otherwise. Valid when splits = 1.
 struct Expected {
@@ -50,7 +58,7 @@ struct Expected {
 Expected ExpectedTiles(const Problem& problem) {
   const ValidProblem p = *Validate(problem);
   const int64_t group = p.group, rows = group * p.shape.q_len;
-  const int64_t br = flash::kBr, bc = flash::kBc;
+  const int64_t br = flash::kBr, bc = flash::MakePlan(p).bc;
   Expected e;
   for (int64_t b = 0; b < p.shape.batch; ++b) {
     for (int64_t kvh = 0; kvh < p.shape.kv_heads; ++kvh) {
@@ -106,12 +114,13 @@ void RunAndCheck(ProblemData& data, int threads, const char* what) {
 TEST(FlashTiles, CausalSkipsUpperTrianglePerBlock) {
   // Lq = Lk = 256: row block q of 64 rows visits the key tiles up to its
   // diagonal, which is partial; every later tile is skipped.
+  KeyTileScope tiles64(64);
   ProblemSpec spec = Spec(Shape{1, 1, 1, 256, 256, 64, 64}, MaskKind::kCausal, 11);
   ProblemData data(spec);
   const Expected e = ExpectedTiles(data.problem());
   TileCountScope scope;
   RunAndCheck(data, 2, "causal");
-  const int64_t blocks = 256 / flash::kBr, tiles = (256 + flash::kBc - 1) / flash::kBc;
+  const int64_t blocks = 256 / flash::kBr, tiles = 256 / 64;
   EXPECT_EQ(
       scope.counts().full.load() + scope.counts().partial.load() + scope.counts().skipped.load(),
       blocks * tiles);
@@ -138,6 +147,7 @@ TEST(FlashTiles, CountsMatchIndependentDerivation) {
       {{2, 2, 1, 150, 400, 16, 16}, MaskKind::kNone, 0, 0, {190, 0}},
       {{2, 1, 1, 333, 333, 8, 8}, MaskKind::kCausal, 0, 0, {333, 129}},
   };
+  KeyTileScope tiles64(64);
   for (const Case& c : cases) {
     ProblemSpec spec = Spec(c.shape, c.mask, 20);
     spec.window_left = c.left;
@@ -158,6 +168,7 @@ TEST(FlashTiles, CountsMatchIndependentDerivation) {
 // NaN in K and V of keys that only skipped tiles cover: if flash read them
 // (even with weight 0), 0·NaN would reach the output.
 TEST(FlashTiles, SkippedTilesAreNeverRead) {
+  KeyTileScope tiles64(64);
   ProblemSpec spec = Spec(Shape{1, 2, 1, 256, 320, 64, 64}, MaskKind::kNone, 31);
   spec.key_lengths = {100};  // keys [100, 320) hidden from every row
   ProblemData data(spec);
@@ -171,8 +182,8 @@ TEST(FlashTiles, SkippedTilesAreNeverRead) {
   RunAndCheck(data, 2, "nan beyond key length");
   // H = 2 query heads share the kv head: 2 x 256 stacked rows = 8 row blocks,
   // each skipping every tile that starts at or after key 100.
-  const int64_t tiles = (320 + flash::kBc - 1) / flash::kBc;
-  const int64_t first_skipped = (100 + flash::kBc - 1) / flash::kBc;
+  const int64_t tiles = (320 + 63) / 64;
+  const int64_t first_skipped = (100 + 63) / 64;
   EXPECT_EQ(scope.counts().skipped.load(), 8 * (tiles - first_skipped));
   EXPECT_EQ(scope.counts().skipped.load(), ExpectedTiles(p).skipped);
   const std::vector<float> o = data.OutputContiguous();
@@ -183,6 +194,7 @@ TEST(FlashTiles, SkippedTilesAreNeverRead) {
 // the rows of the same tile that do not see it stay exact (P·V falls back to
 // each row's visible range).
 TEST(FlashTiles, NaNInPartialTileReachesOnlyRowsThatSeeIt) {
+  KeyTileScope tiles64(64);
   ProblemSpec spec = Spec(Shape{1, 1, 1, 192, 192, 64, 64}, MaskKind::kCausal, 41);
   ProblemData data(spec);
   const Problem& p = data.problem();
@@ -192,6 +204,25 @@ TEST(FlashTiles, NaNInPartialTileReachesOnlyRowsThatSeeIt) {
   const std::vector<float> o = data.OutputContiguous();
   EXPECT_TRUE(std::isfinite(o[69 * 64 + 5]));  // row 69 does not see key 70
   EXPECT_TRUE(std::isnan(o[70 * 64 + 5]));
+}
+
+// The whole kernel grid with short key tiles (16 and 64 keys): its sequences
+// (up to 3001 keys, mostly under 130) then cross many tiles, so online-softmax
+// rescaling, partial and skipped tiles and split merges run for every mask
+// kind, layout and head dim, as they do on long sequences with the default
+// tile of up to kMaxBc keys.
+TEST(FlashTiles, ShortTilesMatchReferenceOnGrid) {
+  for (int64_t keys : {16, 64}) {
+    KeyTileScope tiles(keys);
+    for (ProblemSpec spec : GridSpecs()) {
+      spec.want_weights = false;
+      for (int threads : {1, 2}) {
+        ProblemData data(spec);
+        SCOPED_TRACE(std::to_string(keys) + "-key tiles, " + spec.Name());
+        RunAndCheck(data, threads, "short tiles");
+      }
+    }
+  }
 }
 
 TEST(FlashExp2, ErrorWithinStatedUlpBound) {
@@ -350,10 +381,14 @@ TEST(FlashTargets, EveryCompiledTargetMatchesReference) {
   }
   for (int64_t target : targets) {
     hwy::SetSupportedTargetsForTest(target);
-    for (const ProblemSpec& spec : specs) {
-      ProblemData data(spec);
-      SCOPED_TRACE(std::string(hwy::TargetName(target)) + " " + spec.Name());
-      RunAndCheck(data, 2, hwy::TargetName(target));
+    for (int64_t keys : {0, 16}) {  // the default tile, and 16-key tiles
+      KeyTileScope tiles(keys);
+      for (const ProblemSpec& spec : specs) {
+        ProblemData data(spec);
+        SCOPED_TRACE(std::string(hwy::TargetName(target)) + " " + spec.Name() + " tile " +
+                     std::to_string(keys));
+        RunAndCheck(data, 2, hwy::TargetName(target));
+      }
     }
     std::vector<float> x = {-3.25f, -0.5f, 0.0f, -100.0f}, y(4);
     FlashExp2ForTest(x.data(), y.data(), x.size());
