@@ -82,13 +82,15 @@
 //   * Bc = 512 (or Lk rounded up to 16 when shorter): the P·V micro-kernel
 //     (6 rows x 4 vectors of O = 24 accumulators, 4 V loads + 6 broadcasts
 //     per 24 FMAs) runs its key loop over the whole tile, so the per-call
-//     cost of loading and storing 24 accumulators is paid once per 512 keys:
-//     on L1-resident data it reaches 108 GF/s over 64 keys and 115 over 256.
-//     Fewer tiles also mean fewer online-softmax steps (m, l, alpha, O
-//     rescales) and, for N <= 512, a single tile: no rescaling at all. Sᵀ
+//     cost of loading and storing 24 accumulators is paid once per 512 keys
+//     (a throwaway loop of the kernel on L1-resident data, not in the repo:
+//     108 GF/s over 64 keys, 115 over 256). Fewer tiles also mean fewer
+//     online-softmax steps (m, l, alpha, O rescales) and, for N <= 512, a
+//     single tile: no rescaling at all. Sᵀ
 //     (128 KiB), Qᵀ and O (32 KiB each at d = 128) and the K and V tiles
-//     (256 KiB each at d = 128) stay within L2 (1 MiB). Measured (dense,
-//     1 thread, GF/s, Bc = 64 / 256 / 512 / 1024): N = 256, d = 128: 97.8 /
+//     (256 KiB each at d = 128) stay within L2 (1 MiB). Measured with
+//     attnlab_bench --suite=default on builds with kMaxBc = 64 / 256 / 512 /
+//     1024 (dense, 1 thread, GF/s): N = 256, d = 128: 97.8 /
 //     102.4 / 102.5 / 102.5; N = 2048, d = 64: 91.6 / 95.4 / 96.5 / 97.0;
 //     N = 4096, d = 128: 98.7 / 102.6 / 103.9 / 104.2; GQA-4 decode,
 //     Lk = 65536: 15.7 / 18.0 / 20.3 / 19.8 GB/s. Past 512 the gain is under
@@ -916,8 +918,8 @@ size_t FlashWorkspaceBytes(const ValidProblem& p, int threads) {
 extern const Variant flash_variant = {
     .name = "flash",
     .summary =
-        "FlashAttention-2 tiling (64x64), online exp2 softmax, Highway micro-kernels, "
-        "masked tiles skipped, split-key decoding",
+        "FlashAttention-2 tiling (64 rows x up to 512 keys), online exp2 softmax, Highway "
+        "micro-kernels, masked tiles skipped, split-key decoding",
     .run = RunFlash,
     .workspace_bytes = FlashWorkspaceBytes,
     .supports_weights = false,
