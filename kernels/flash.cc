@@ -35,6 +35,11 @@
 // sum per (key, row)); S is kept row-major and the softmax is vectorized over
 // keys instead of mostly empty query vectors. At 8 rows this does d/2 score
 // FMAs per key where the 64-row tile kernel would do d (8 of 16 lanes used).
+// With 2-4 rows and dk = 8 vectors (128 on AVX-512), rows go in pairs whose
+// Q stays in registers over the whole tile (GQA-4 decode, 1 thread: Lk =
+// 16384 22.6 -> 26.3 GB/s, 65536 18.7 -> 20.0). Not for 1 row: the same
+// kernel made MHA decode from DRAM slower (25 -> 16 GB/s), for no reason we
+// could find, so MHA keeps ScoresFour.
 //
 // Decode (fewer than 16 row blocks, Lk > 512): flash-decoding. Each
 // block's keys are split into `splits` tile-aligned ranges (a function of the
@@ -283,12 +288,31 @@ HWY_INLINE hn::Vec<hn::CappedTag<float, 4>> SumBlocks(DX dx, hn::Vec<DX> v) {
   }
 }
 
+// st[r·kFewStride + m] = Σ lanes of acc[m][r] for 4 keys m and NR rows: two
+// interleave levels leave the 4 keys' partial sums in each 128-bit block,
+// whose sum (SumBlocks) is the 4 dot products.
+template <int NR>
+HWY_INLINE void StoreKeySums(const V (&acc)[4][NR], float* HWY_RESTRICT st) {
+  const D d;
+  const hn::Repartition<double, D> dd;
+  const hn::CappedTag<float, 4> d4;
+  for (int r = 0; r < NR; ++r) {
+    const V t0 = hn::Add(hn::InterleaveLower(d, acc[0][r], acc[1][r]),
+                         hn::InterleaveUpper(d, acc[0][r], acc[1][r]));
+    const V t1 = hn::Add(hn::InterleaveLower(d, acc[2][r], acc[3][r]),
+                         hn::InterleaveUpper(d, acc[2][r], acc[3][r]));
+    const auto u0 = hn::BitCast(dd, t0);
+    const auto u1 = hn::BitCast(dd, t1);
+    const V blocks = hn::Add(hn::BitCast(d, hn::InterleaveLower(dd, u0, u1)),
+                             hn::BitCast(d, hn::InterleaveUpper(dd, u0, u1)));
+    hn::StoreU(SumBlocks(d, blocks), d4, st + r * kFewStride);
+  }
+}
+
 template <int NR>
 HWY_NOINLINE void ScoresFour(const float* HWY_RESTRICT qs, int64_t dkp, const float* HWY_RESTRICT k,
                              int64_t k_stride, int64_t dk, float* HWY_RESTRICT st) {
   const D d;
-  const hn::Repartition<double, D> dd;
-  const hn::CappedTag<float, 4> d4;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t full = dk / N * N;
   V acc[4][NR];
@@ -329,16 +353,33 @@ HWY_NOINLINE void ScoresFour(const float* HWY_RESTRICT qs, int64_t dkp, const fl
       for (int m = 0; m < 4; ++m) acc[m][r] = hn::MulAdd(kv[m], qv, acc[m][r]);
     }
   }
-  for (int r = 0; r < NR; ++r) {
-    const V t0 = hn::Add(hn::InterleaveLower(d, acc[0][r], acc[1][r]),
-                         hn::InterleaveUpper(d, acc[0][r], acc[1][r]));
-    const V t1 = hn::Add(hn::InterleaveLower(d, acc[2][r], acc[3][r]),
-                         hn::InterleaveUpper(d, acc[2][r], acc[3][r]));
-    const auto u0 = hn::BitCast(dd, t0);
-    const auto u1 = hn::BitCast(dd, t1);
-    const V blocks = hn::Add(hn::BitCast(d, hn::InterleaveLower(dd, u0, u1)),
-                             hn::BitCast(d, hn::InterleaveUpper(dd, u0, u1)));
-    hn::StoreU(SumBlocks(d, blocks), d4, st + r * kFewStride);
+  StoreKeySums<NR>(acc, st);
+}
+
+// 4·groups keys x NR (1 or 2) rows whose whole Q (QV vectors: dk = QV·lanes)
+// stays in registers across the tile, so each K vector load feeds NR FMAs and
+// nothing else is loaded (ScoresFour reloads Q: 5 loads per 4 FMAs at 4
+// rows); K in address order, as ScoresFour.
+template <int QV, int NR>
+HWY_NOINLINE void ScoresQResident(const float* HWY_RESTRICT qs, int64_t dkp,
+                                  const float* HWY_RESTRICT k, int64_t k_stride, int64_t groups,
+                                  float* HWY_RESTRICT st) {
+  const D d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  V q[NR][QV];
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < QV; ++v) q[r][v] = hn::Load(d, qs + r * dkp + v * N);
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* HWY_RESTRICT kg = k + 4 * g * k_stride;
+    V acc[4][NR];
+    for (int m = 0; m < 4; ++m) {
+      for (int r = 0; r < NR; ++r) acc[m][r] = hn::Zero(d);
+      for (int v = 0; v < QV; ++v) {
+        const V kv = hn::LoadU(d, kg + m * k_stride + v * N);
+        for (int r = 0; r < NR; ++r) acc[m][r] = hn::MulAdd(kv, q[r][v], acc[m][r]);
+      }
+    }
+    StoreKeySums<NR>(acc, st + 4 * g);
   }
 }
 #endif
@@ -350,6 +391,18 @@ void ScoresFewRows(const float* qs, int64_t dkp, int64_t nrows, const float* k, 
                    int64_t nc, int64_t dk, float* st) {
   int64_t j = 0;
 #if HWY_TARGET != HWY_SCALAR
+  const int64_t N = static_cast<int64_t>(hn::Lanes(D()));
+  if (nrows >= 2 && nrows <= 4 && dk == 8 * N) {  // d = 128 on AVX-512, 64 on AVX2
+    const int64_t groups = nc / 4;
+    for (int64_t r = 0; r < nrows; r += 2) {
+      if (nrows - r >= 2) {
+        ScoresQResident<8, 2>(qs + r * dkp, dkp, k, k_stride, groups, st + r * kFewStride);
+      } else {
+        ScoresQResident<8, 1>(qs + r * dkp, dkp, k, k_stride, groups, st + r * kFewStride);
+      }
+    }
+    j = groups * 4;
+  }
   for (; j + 4 <= nc; j += 4) {
     const float* kj = k + j * k_stride;
     for (int64_t r = 0; r < nrows; r += 4) {

@@ -372,6 +372,12 @@ TEST(FlashTargets, EveryCompiledTargetMatchesReference) {
   specs.push_back(Spec(Shape{1, 2, 1, 1, 3000, 40, 24}, MaskKind::kCausal, 77));  // split path
   // Few-row blocks with head dims that leave vector tails, on misaligned,
   // padded rows: tails must not read past a row or assume alignment.
+  // 2, 3 and 4 rows per block with dk = 64 and 128 (dk = 8 vectors on AVX2
+  // and AVX-512: Q held in registers), key counts that leave a 4-key tail.
+  specs.push_back(Spec(Shape{1, 4, 2, 1, 203, 128, 128}, MaskKind::kNone, 81));
+  specs.push_back(Spec(Shape{2, 6, 2, 1, 150, 128, 96}, MaskKind::kCausal, 82));
+  specs.push_back(Spec(Shape{1, 4, 1, 1, 203, 64, 64}, MaskKind::kNone, 83));
+  specs.push_back(Spec(Shape{1, 2, 1, 2, 301, 64, 40}, MaskKind::kAdditive, 84));
   for (int64_t dk : {3, 19}) {
     ProblemSpec few = Spec(Shape{1, 2, 1, 2, 37, dk, dk + 2}, MaskKind::kSlidingWindow, 78 + dk);
     few.window_left = 20;
