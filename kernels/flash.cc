@@ -603,7 +603,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   // the cache-line-split loads it avoids (malloc'd buffers are 16-byte
   // aligned: MHA decode, d = 128, 15 -> 25 GB/s; dense N = 2048, d = 128,
   // +5%). Other dv are packed with zero padding columns.
-  const bool v_whole = dv == dvp;
+  const bool v_whole = plan.dv_whole;
   int64_t visited = 0;
   // Tiles are aligned to bc from key_lo; each is clipped to the union.
   for (int64_t t = key_lo + (ulo - key_lo) / bc * bc; t < uhi; t += bc) {
@@ -865,7 +865,7 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     Scratch sc;
     sc.qt = base;
     sc.st = sc.qt + flash::QBlockFloats(dk);
-    sc.vp = sc.st + std::max(plan.bc * flash::kBr, flash::kFewRows * kFewStride);
+    sc.vp = sc.st + flash::STileFloats(plan);
     sc.o = sc.vp + flash::VTileFloats(plan);
     sc.m = sc.o + flash::kBr * dvp;
     sc.l = sc.m + flash::kBr;

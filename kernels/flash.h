@@ -84,6 +84,11 @@ struct Plan {
   int64_t partial_floats = 0;
 };
 
+// Floats of the score tile: Sᵀ [bc][kBr], or row-major S [kFewRows][kFewStride]
+// for few-row blocks, whichever is larger.
+inline int64_t STileFloats(const Plan& plan) {
+  return std::max(plan.bc * kBr, kFewRows * kFewStride);
+}
 // Floats of the packed V tile: V rows are used in place when dv is a whole
 // number of vectors (dv == dvp), so only other dv need the buffer.
 inline int64_t VTileFloats(const Plan& plan) { return plan.dv_whole ? 0 : plan.bc * plan.dvp; }
@@ -111,11 +116,11 @@ inline Plan MakePlan(const ValidProblem& p) {
                            (kTargetItems + plan.blocks - 1) / plan.blocks);
     plan.splits = std::max<int64_t>(plan.splits, 1);
   }
-  plan.thread_floats = QBlockFloats(s.head_dim)                          // Q block
-                       + std::max(plan.bc * kBr, kFewRows * kFewStride)  // Sᵀ / Pᵀ tile
-                       + VTileFloats(plan)                               // packed V tile
-                       + kBr * plan.dvp                                  // O accumulator
-                       + 3 * kBr;                                        // m, l, alpha
+  plan.thread_floats = QBlockFloats(s.head_dim)  // Q block
+                       + STileFloats(plan)       // Sᵀ / Pᵀ tile
+                       + VTileFloats(plan)       // packed V tile
+                       + kBr * plan.dvp          // O accumulator
+                       + 3 * kBr;                // m, l, alpha
   if (plan.splits > 1) {
     plan.partial_floats = plan.items() * plan.block_rows * (plan.dvp + 2);
   }
