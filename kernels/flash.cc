@@ -39,7 +39,12 @@
 // Q stays in registers over the whole tile (GQA-4 decode, 1 thread: Lk =
 // 16384 22.6 -> 26.3 GB/s, 65536 18.7 -> 20.0). Not for 1 row: the same
 // kernel made MHA decode from DRAM slower (25 -> 16 GB/s), for no reason we
-// could find, so MHA keeps ScoresFour.
+// could find, so MHA keeps ScoresFour. With 4 rows on AVX-512 (32
+// registers, all of which a 4-row Q or O would take) both S and P·V make one
+// pass over their tile, key by key in address order, with part of Q (S) or
+// of O (P·V) in L1: the second pass of the pair or column-half schemes read
+// the tile again with memory idle (GQA-4 decode, 1 thread: Lk = 16384
+// 27 -> 35 GB/s, 65536 20 -> 24.7 of 28.6 streamed; 2 threads 34 -> 39).
 //
 // Decode (fewer than 16 row blocks, Lk > 512): flash-decoding. Each
 // block's keys are split into `splits` tile-aligned ranges (a function of the
@@ -147,6 +152,9 @@ constexpr int kMR = 6;    // keys (S) or rows (P·V) per micro-kernel
 constexpr int kNV = 4;    // vectors per micro-kernel
 using flash::kFewRows;    // blocks of at most this many rows use dot products
 using flash::kFewStride;  // row stride of a few-row block's score tile
+// 16-lane vectors (AVX-512): 32 vector registers, which the 4-row decode
+// kernels fill; elsewhere (16 registers) they would spill.
+constexpr bool kZmmFile = HWY_TARGET != HWY_SCALAR && HWY_MAX_BYTES == 64;
 
 // The first n < Lanes floats at p (possibly unaligned), zeros after: never
 // reads past p + n (Highway 1.0.3's MaskedLoad on SSE4/scalar loads the
@@ -291,21 +299,32 @@ HWY_INLINE hn::Vec<hn::CappedTag<float, 4>> SumBlocks(DX dx, hn::Vec<DX> v) {
 // st[r·kFewStride + m] = Σ lanes of acc[m][r] for 4 keys m and NR rows: two
 // interleave levels leave the 4 keys' partial sums in each 128-bit block,
 // whose sum (SumBlocks) is the 4 dot products.
-template <int NR>
-HWY_INLINE void StoreKeySums(const V (&acc)[4][NR], float* HWY_RESTRICT st) {
+// Per 128-bit block, the lane sums of keys a and b interleaved: (a, b, a, b).
+HWY_INLINE V PairSums(V a, V b) {
+  const D d;
+  return hn::Add(hn::InterleaveLower(d, a, b), hn::InterleaveUpper(d, a, b));
+}
+
+// st[0..4) = the 4 dot products of keys (0, 1) in `t01` and (2, 3) in `t23`
+// (PairSums): a 64-bit interleave leaves (0, 1, 2, 3) in each 128-bit block,
+// whose sum (SumBlocks) is the 4 dot products.
+HWY_INLINE void StoreFourKeys(V t01, V t23, float* HWY_RESTRICT st) {
   const D d;
   const hn::Repartition<double, D> dd;
   const hn::CappedTag<float, 4> d4;
+  const auto u0 = hn::BitCast(dd, t01);
+  const auto u1 = hn::BitCast(dd, t23);
+  const V blocks = hn::Add(hn::BitCast(d, hn::InterleaveLower(dd, u0, u1)),
+                           hn::BitCast(d, hn::InterleaveUpper(dd, u0, u1)));
+  hn::StoreU(SumBlocks(d, blocks), d4, st);
+}
+
+// st[r·kFewStride + m] = Σ lanes of acc[m][r] for 4 keys m and NR rows.
+template <int NR>
+HWY_INLINE void StoreKeySums(const V (&acc)[4][NR], float* HWY_RESTRICT st) {
   for (int r = 0; r < NR; ++r) {
-    const V t0 = hn::Add(hn::InterleaveLower(d, acc[0][r], acc[1][r]),
-                         hn::InterleaveUpper(d, acc[0][r], acc[1][r]));
-    const V t1 = hn::Add(hn::InterleaveLower(d, acc[2][r], acc[3][r]),
-                         hn::InterleaveUpper(d, acc[2][r], acc[3][r]));
-    const auto u0 = hn::BitCast(dd, t0);
-    const auto u1 = hn::BitCast(dd, t1);
-    const V blocks = hn::Add(hn::BitCast(d, hn::InterleaveLower(dd, u0, u1)),
-                             hn::BitCast(d, hn::InterleaveUpper(dd, u0, u1)));
-    hn::StoreU(SumBlocks(d, blocks), d4, st + r * kFewStride);
+    StoreFourKeys(PairSums(acc[0][r], acc[1][r]), PairSums(acc[2][r], acc[3][r]),
+                  st + r * kFewStride);
   }
 }
 
@@ -382,6 +401,48 @@ HWY_NOINLINE void ScoresQResident(const float* HWY_RESTRICT qs, int64_t dkp,
     StoreKeySums<NR>(acc, st + 4 * g);
   }
 }
+
+// 4·groups keys x 4 rows with dk = 8 vectors in one pass over K: the whole
+// Q would take all 32 registers, so the first 4 vectors of each row's Q stay
+// in registers and the last 4 are loaded (from L1) once per key pair. Two
+// passes of 2 rows with all of Q resident read each K tile twice, the second
+// time from L2 with memory idle. Loads go key by key in address order:
+// interleaving two keys' rows lost the hardware prefetcher (GQA-4 decode,
+// Lk = 65536: 18 -> 14.5 GB/s; in order 19 -> 21, from L3 at Lk = 4096 36 -> 47).
+HWY_NOINLINE void ScoresFourRowsOnePass(const float* HWY_RESTRICT qs, int64_t dkp,
+                                        const float* HWY_RESTRICT k, int64_t k_stride,
+                                        int64_t groups, float* HWY_RESTRICT st) {
+  const D d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  V q[4][4];
+  for (int r = 0; r < 4; ++r)
+    for (int v = 0; v < 4; ++v) q[r][v] = hn::Load(d, qs + r * dkp + v * N);
+  for (int64_t g = 0; g < groups; ++g) {
+    V pairs[2][4];
+    for (int pair = 0; pair < 2; ++pair) {
+      const float* HWY_RESTRICT k0 = k + (4 * g + 2 * pair) * k_stride;
+      const float* HWY_RESTRICT k1 = k0 + k_stride;
+      V acc[2][4];
+      for (int r = 0; r < 4; ++r) acc[0][r] = acc[1][r] = hn::Zero(d);
+      for (int m = 0; m < 2; ++m) {
+        const float* HWY_RESTRICT km = m == 0 ? k0 : k1;
+        for (int v = 0; v < 4; ++v) {
+          const V x = hn::LoadU(d, km + v * N);
+          for (int r = 0; r < 4; ++r) acc[m][r] = hn::MulAdd(x, q[r][v], acc[m][r]);
+        }
+        for (int v = 4; v < 8; ++v) {
+          const V x = hn::LoadU(d, km + v * N);
+          for (int r = 0; r < 4; ++r) {
+            acc[m][r] = hn::MulAdd(x, hn::Load(d, qs + r * dkp + v * N), acc[m][r]);
+          }
+        }
+      }
+      for (int r = 0; r < 4; ++r) pairs[pair][r] = PairSums(acc[0][r], acc[1][r]);
+    }
+    for (int r = 0; r < 4; ++r)
+      StoreFourKeys(pairs[0][r], pairs[1][r], st + r * kFewStride + 4 * g);
+  }
+}
 #endif
 
 // S[r][j] (row-major, stride kFewStride) for nrows <= kFewRows rows of
@@ -394,11 +455,15 @@ void ScoresFewRows(const float* qs, int64_t dkp, int64_t nrows, const float* k, 
   const int64_t N = static_cast<int64_t>(hn::Lanes(D()));
   if (nrows >= 2 && nrows <= 4 && dk == 8 * N) {  // d = 128 on AVX-512, 64 on AVX2
     const int64_t groups = nc / 4;
-    for (int64_t r = 0; r < nrows; r += 2) {
-      if (nrows - r >= 2) {
-        ScoresQResident<8, 2>(qs + r * dkp, dkp, k, k_stride, groups, st + r * kFewStride);
-      } else {
-        ScoresQResident<8, 1>(qs + r * dkp, dkp, k, k_stride, groups, st + r * kFewStride);
+    if (nrows == 4 && kZmmFile) {
+      ScoresFourRowsOnePass(qs, dkp, k, k_stride, groups, st);
+    } else {
+      for (int64_t r = 0; r < nrows; r += 2) {
+        if (nrows - r >= 2) {
+          ScoresQResident<8, 2>(qs + r * dkp, dkp, k, k_stride, groups, st + r * kFewStride);
+        } else {
+          ScoresQResident<8, 1>(qs + r * dkp, dkp, k, k_stride, groups, st + r * kFewStride);
+        }
       }
     }
     j = groups * 4;
@@ -456,6 +521,40 @@ HWY_NOINLINE void PvKernel(const float* HWY_RESTRICT pt, int64_t pj, int64_t pm,
     for (int v = 0; v < NV; ++v) hn::Store(acc[m][v], d, o + m * dvp + v * N);
 }
 
+#if HWY_TARGET != HWY_SCALAR
+// O[0..4) += P·V for 4 rows and dv = 8 vectors (128 on AVX-512) in one pass
+// over V, key by key in address order: rows 0-2 of O in 24 registers, row 3
+// in L1 (read and written once per key), since all of O would take all 32
+// registers. Two passes over column halves (4 x 4 vectors each) read every
+// V row twice; a variant with half of every O row in L1 moved 16 values
+// through L1 per key and lost 15%. With the one-pass scores, GQA-4 decode,
+// 1 thread: Lk = 16384 27 -> 35 GB/s, 65536 20 -> 24.7 (stream 28.6).
+HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT pt, int64_t pj, int64_t pm,
+                                    const float* HWY_RESTRICT vp, int64_t vs, int64_t dvp,
+                                    int64_t nc, bool first, float* HWY_RESTRICT o) {
+  const D d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  float* HWY_RESTRICT o3 = o + 3 * dvp;
+  V acc[3][8];
+  for (int v = 0; v < 8; ++v) {
+    for (int r = 0; r < 3; ++r) acc[r][v] = first ? hn::Zero(d) : hn::Load(d, o + r * dvp + v * N);
+    if (first) hn::Store(hn::Zero(d), d, o3 + v * N);
+  }
+  for (int64_t j = 0; j < nc; ++j) {
+    const float* HWY_RESTRICT x = vp + j * vs;
+    V p[4];
+    for (int r = 0; r < 4; ++r) p[r] = hn::Set(d, pt[j * pj + r * pm]);
+    for (int v = 0; v < 8; ++v) {
+      const V xv = hn::LoadU(d, x + v * N);
+      for (int r = 0; r < 3; ++r) acc[r][v] = hn::MulAdd(p[r], xv, acc[r][v]);
+      hn::Store(hn::MulAdd(p[3], xv, hn::Load(d, o3 + v * N)), d, o3 + v * N);
+    }
+  }
+  for (int r = 0; r < 3; ++r)
+    for (int v = 0; v < 8; ++v) hn::Store(acc[r][v], d, o + r * dvp + v * N);
+}
+#endif
+
 template <int MR>
 void PvRows(int nv, const float* pt, int64_t pj, int64_t pm, const float* vp, int64_t vs,
             int64_t dvp, int64_t nc, bool first, float* o) {
@@ -490,6 +589,11 @@ void PvBlocked(const float* pt, int64_t pj, int64_t pm, const float* vp, int64_t
         return PvKernel<3, 2 * kNV>(pt, pj, pm, vp, vs, dvp, nc, first, o);
     }
   }
+#if HWY_TARGET != HWY_SCALAR
+  if (cols == 2 * kNV && nrows == 4 && kZmmFile) {
+    return PvFourRowsOnePass(pt, pj, pm, vp, vs, dvp, nc, first, o);
+  }
+#endif
   for (int64_t c0 = 0; c0 < cols; c0 += kNV) {
     const int nv = static_cast<int>(std::min<int64_t>(kNV, cols - c0));
     int64_t r = 0;

@@ -377,6 +377,8 @@ TEST(FlashTargets, EveryCompiledTargetMatchesReference) {
   specs.push_back(Spec(Shape{1, 4, 2, 1, 203, 128, 128}, MaskKind::kNone, 81));
   specs.push_back(Spec(Shape{2, 6, 2, 1, 150, 128, 96}, MaskKind::kCausal, 82));
   specs.push_back(Spec(Shape{1, 4, 1, 1, 203, 64, 64}, MaskKind::kNone, 83));
+  // 4 rows at dk = dv = 128: one-pass scores and P·V on AVX-512.
+  specs.push_back(Spec(Shape{1, 8, 2, 1, 203, 128, 128}, MaskKind::kAdditive, 85));
   specs.push_back(Spec(Shape{1, 2, 1, 2, 301, 64, 40}, MaskKind::kAdditive, 84));
   for (int64_t dk : {3, 19}) {
     ProblemSpec few = Spec(Shape{1, 2, 1, 2, 37, dk, dk + 2}, MaskKind::kSlidingWindow, 78 + dk);
