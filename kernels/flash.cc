@@ -172,6 +172,7 @@ HWY_NOINLINE void ScoreKernel(const float* HWY_RESTRICT qt, const float* HWY_RES
                               int64_t k_stride, int64_t dk, float* HWY_RESTRICT st) {
   const D d;
   const size_t N = hn::Lanes(d);
+  if (dk < 1) return;  // never (Validate); lets gcc keep acc in registers
   V acc[MR][NV];
   for (int m = 0; m < MR; ++m)
     for (int v = 0; v < NV; ++v) acc[m][v] = hn::Zero(d);
@@ -343,6 +344,7 @@ HWY_NOINLINE void ScoresFour(const float* HWY_RESTRICT qs, int64_t dkp, const fl
     // there (MHA, 1 row: -25% at d = 128; GQA-4, 4 rows, Lk = 65536, d = 128:
     // 9.2-9.8 GB/s interleaved vs 12.0 GB/s in address order). In cache the
     // two orders measured the same (24.2 vs 23.7 GB/s at Lk = 4096).
+    HWY_UNROLL(4)  // keeps acc in registers (gcc otherwise indexes a stack copy)
     for (int m = 0; m < 4; ++m) {
       const float* km = k + m * k_stride;
       for (int64_t x = 0; x < full; x += N) {
@@ -495,20 +497,19 @@ void ScoresFewRows(const float* qs, int64_t dkp, int64_t nrows, const float* k, 
 
 // O[m][v·N..] += Σ_j Pᵀ[j][m] · V[j][v·N..] for MR rows x NV column vectors
 // (O = ..., without reading O, when `first`: the block's first tile).
-template <int MR, int NV>
-HWY_NOINLINE void PvKernel(const float* HWY_RESTRICT pt, int64_t pj, int64_t pm,
-                           const float* HWY_RESTRICT vp, int64_t vs, int64_t dvp, int64_t nc,
-                           bool first, float* HWY_RESTRICT o) {
+// (`kFirst` is a template argument: with a run-time choice between zero and
+// load, gcc kept the accumulators on the stack.)
+template <int MR, int NV, bool kFirst>
+HWY_NOINLINE void PvKernelT(const float* HWY_RESTRICT pt, int64_t pj, int64_t pm,
+                            const float* HWY_RESTRICT vp, int64_t vs, int64_t dvp, int64_t nc,
+                            float* HWY_RESTRICT o) {
   const D d;
   const size_t N = hn::Lanes(d);
+  if (nc < 1) return;  // never (a tile has keys); lets gcc keep acc in registers
   V acc[MR][NV];
-  if (first) {
-    for (int m = 0; m < MR; ++m)
-      for (int v = 0; v < NV; ++v) acc[m][v] = hn::Zero(d);
-  } else {
-    for (int m = 0; m < MR; ++m)
-      for (int v = 0; v < NV; ++v) acc[m][v] = hn::Load(d, o + m * dvp + v * N);
-  }
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v)
+      acc[m][v] = kFirst ? hn::Zero(d) : hn::Load(d, o + m * dvp + v * N);
   for (int64_t j = 0; j < nc; ++j) {
     V x[NV];
     for (int v = 0; v < NV; ++v) x[v] = hn::LoadU(d, vp + j * vs + v * N);
@@ -521,6 +522,13 @@ HWY_NOINLINE void PvKernel(const float* HWY_RESTRICT pt, int64_t pj, int64_t pm,
     for (int v = 0; v < NV; ++v) hn::Store(acc[m][v], d, o + m * dvp + v * N);
 }
 
+template <int MR, int NV>
+void PvKernel(const float* pt, int64_t pj, int64_t pm, const float* vp, int64_t vs, int64_t dvp,
+              int64_t nc, bool first, float* o) {
+  if (first) return PvKernelT<MR, NV, true>(pt, pj, pm, vp, vs, dvp, nc, o);
+  PvKernelT<MR, NV, false>(pt, pj, pm, vp, vs, dvp, nc, o);
+}
+
 #if HWY_TARGET != HWY_SCALAR
 // O[0..4) += P·V for 4 rows and dv = 8 vectors (128 on AVX-512) in one pass
 // over V, key by key in address order: rows 0-2 of O in 24 registers, row 3
@@ -529,16 +537,17 @@ HWY_NOINLINE void PvKernel(const float* HWY_RESTRICT pt, int64_t pj, int64_t pm,
 // V row twice; a variant with half of every O row in L1 moved 16 values
 // through L1 per key and lost 15%. With the one-pass scores, GQA-4 decode,
 // 1 thread: Lk = 16384 27 -> 35 GB/s, 65536 20 -> 24.7 (stream 28.6).
+template <bool kFirst>
 HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT pt, int64_t pj, int64_t pm,
                                     const float* HWY_RESTRICT vp, int64_t vs, int64_t dvp,
-                                    int64_t nc, bool first, float* HWY_RESTRICT o) {
+                                    int64_t nc, float* HWY_RESTRICT o) {
   const D d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   float* HWY_RESTRICT o3 = o + 3 * dvp;
   V acc[3][8];
   for (int v = 0; v < 8; ++v) {
-    for (int r = 0; r < 3; ++r) acc[r][v] = first ? hn::Zero(d) : hn::Load(d, o + r * dvp + v * N);
-    if (first) hn::Store(hn::Zero(d), d, o3 + v * N);
+    for (int r = 0; r < 3; ++r) acc[r][v] = kFirst ? hn::Zero(d) : hn::Load(d, o + r * dvp + v * N);
+    if (kFirst) hn::Store(hn::Zero(d), d, o3 + v * N);
   }
   for (int64_t j = 0; j < nc; ++j) {
     const float* HWY_RESTRICT x = vp + j * vs;
@@ -591,7 +600,8 @@ void PvBlocked(const float* pt, int64_t pj, int64_t pm, const float* vp, int64_t
   }
 #if HWY_TARGET != HWY_SCALAR
   if (cols == 2 * kNV && nrows == 4 && kZmmFile) {
-    return PvFourRowsOnePass(pt, pj, pm, vp, vs, dvp, nc, first, o);
+    if (first) return PvFourRowsOnePass<true>(pt, pj, pm, vp, vs, dvp, nc, o);
+    return PvFourRowsOnePass<false>(pt, pj, pm, vp, vs, dvp, nc, o);
   }
 #endif
   for (int64_t c0 = 0; c0 < cols; c0 += kNV) {
