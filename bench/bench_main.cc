@@ -9,8 +9,11 @@
 //
 // Cases are registered from attn::Registry() in a loop: a variant added to
 // kernels/variants.inc appears here with no edit. For each problem shape the
-// order is ceiling, then every variant, so the (cached) inputs are generated
-// once per shape. Before a (variant, scenario, d, mask, GQA group) is timed
+// registration order is ceiling, then every variant, so the (cached) inputs
+// are generated once per shape when cases run in that order (quick suite);
+// the default and full suites repeat their cheap cases and run everything in
+// random order (Suite::repetitions), regenerating inputs when the shape
+// changes. Before a (variant, scenario, d, mask, GQA group) is timed
 // the first time it is checked against the fp64 reference at a small size;
 // a failing variant is reported as `failed check: ...`, never timed.
 //
@@ -83,6 +86,15 @@ struct Suite {
   // Past the sweep's N range, over-budget cases are registered up to this N.
   int64_t over_budget_max_n = 0;
   const char* min_time = "0.5";  // --benchmark_min_time unless given
+  // Cases predicted to take at most repeat_max_seconds per iteration run
+  // `repetitions` times, each for min_time / repetitions, in random order
+  // among all cases (--benchmark_enable_random_interleaving): the report
+  // takes the median, so a slow stretch of the machine (this VM has
+  // minutes-long ones, ~10% slower) lands on one repetition of a case
+  // rather than on all of it, and the ratio of two variants at one shape
+  // compares medians over the same stretch of time.
+  int repetitions = 1;
+  double repeat_max_seconds = 0;
 };
 
 std::vector<int64_t> Pow2(int64_t lo, int64_t hi) {
@@ -126,6 +138,8 @@ Suite MakeSuite(const std::string& name) {
     s.max_case_seconds = 20;
     s.over_budget_max_n = 65536;
     s.min_time = "0.2";
+    s.repetitions = 3;
+    s.repeat_max_seconds = 0.1;
   } else {  // full
     s.sweep_n = Pow2(128, 65536);
     s.dims = {64, 128};
@@ -140,6 +154,8 @@ Suite MakeSuite(const std::string& name) {
     s.layer_n = Pow2(512, 16384);
     s.over_budget_max_n = 65536;
     s.min_time = "0.5";
+    s.repetitions = 3;
+    s.repeat_max_seconds = 0.25;
   }
   return s;
 }
@@ -476,11 +492,16 @@ void LayerCase(benchmark::State& state, const Variant* variant, Case c, std::str
 struct Registration {
   std::string name;
   std::function<void(benchmark::State&)> fn;
+  // Predicted seconds per iteration; decides whether the case is repeated
+  // (Suite::repetitions). Negative: never (refused as over budget: instant).
+  double predicted_seconds = 0;
+  int repetitions = 1;
 };
 std::vector<Registration> g_cases;
 
-void AddCase(std::string name, std::function<void(benchmark::State&)> fn) {
-  g_cases.push_back({std::move(name), std::move(fn)});
+void AddCase(std::string name, std::function<void(benchmark::State&)> fn,
+             double predicted_seconds) {
+  g_cases.push_back({std::move(name), std::move(fn), predicted_seconds});
 }
 
 // Registers the ceiling (when `ceiling`) and every variant for case `c` at
@@ -490,16 +511,24 @@ void AddShape(const Suite& suite, Case c, bool ceiling) {
     c.threads = t;
     const std::string tokens = c.Tokens();
     if (ceiling) {
-      AddCase("ceiling_sgemm/" + tokens, [c, name = "ceiling_sgemm/" + tokens](
-                                             benchmark::State& s) { CeilingSgemm(s, c, name); });
+      // Two sgemm calls: predicted at the blas variant's rate.
+      const Variant* blas = FindVariant("blas");
+      AddCase(
+          "ceiling_sgemm/" + tokens,
+          [c, name = "ceiling_sgemm/" + tokens](benchmark::State& s) { CeilingSgemm(s, c, name); },
+          blas ? PredictedSeconds(*blas, AttentionFlops(DensePairs(c), c.dim, c.dim)) : 0);
     }
     for (const Variant* v : Registry()) {
       const std::string name = std::string(v->name) + "/" + tokens;
-      if (PredictedSeconds(*v, CaseFlops(*v, c)) > suite.max_case_seconds && !OverBudget(*v, c)) {
+      const bool over_budget = OverBudget(*v, c);
+      const double seconds = PredictedSeconds(*v, CaseFlops(*v, c));
+      if (seconds > suite.max_case_seconds && !over_budget) {
         g_left_out.push_back(name);
         continue;
       }
-      AddCase(name, [v, c, name](benchmark::State& s) { VariantCase(s, v, c, name); });
+      AddCase(
+          name, [v, c, name](benchmark::State& s) { VariantCase(s, v, c, name); },
+          over_budget ? -1 : seconds);
     }
   }
 }
@@ -523,7 +552,8 @@ void RegisterSuite(const Suite& suite) {
             for (const Variant* v : Registry()) {
               if (!OverBudget(*v, c)) continue;
               const std::string name = std::string(v->name) + "/" + c.Tokens();
-              AddCase(name, [v, c, name](benchmark::State& s) { VariantCase(s, v, c, name); });
+              AddCase(
+                  name, [v, c, name](benchmark::State& s) { VariantCase(s, v, c, name); }, -1);
             }
           }
         }
@@ -545,7 +575,9 @@ void RegisterSuite(const Suite& suite) {
     const int64_t bytes = int64_t{1} << 30;  // 1 GiB: > 30x any L3 here
     const std::string name =
         "ceiling_stream/bytes:" + std::to_string(bytes) + "/threads:" + std::to_string(t);
-    AddCase(name, [bytes, t, name](benchmark::State& s) { CeilingStream(s, bytes, t, name); });
+    AddCase(
+        name, [bytes, t, name](benchmark::State& s) { CeilingStream(s, bytes, t, name); },
+        /*predicted_seconds=*/0.05);
   }
   for (int64_t n : suite.gqa_n) {
     for (int64_t d : suite.gqa_dims) {
@@ -572,11 +604,15 @@ void RegisterSuite(const Suite& suite) {
       for (const Variant* v : Registry()) {
         const std::string name = "layer/" + std::string(v->name) + "/N:" + std::to_string(n) +
                                  "/d:64/threads:" + std::to_string(t);
-        if (PredictedSeconds(*v, CaseFlops(*v, c)) > suite.max_case_seconds) {
+        const double seconds = PredictedSeconds(*v, CaseFlops(*v, c));
+        if (seconds > suite.max_case_seconds) {
           g_left_out.push_back(name);
           continue;
         }
-        AddCase(name, [v, c, name](benchmark::State& s) { LayerCase(s, v, c, name); });
+        // Attention plus the layer's projections (about 4·N·d_model² more
+        // FLOPs): not repeated when the attention alone is near the limit.
+        AddCase(
+            name, [v, c, name](benchmark::State& s) { LayerCase(s, v, c, name); }, 2 * seconds);
       }
     }
   }
@@ -629,19 +665,24 @@ std::string JoinThreads(const std::vector<int>& threads) {
   return s;
 }
 
-// Number of registered names the --benchmark_filter selects (for progress).
-int CountSelected(const std::string& filter) {
-  if (filter.empty() || filter == "all" || filter == ".") return int(g_cases.size());
-  const bool negate = filter[0] == '-';
+// Runs (cases x their repetitions) the --benchmark_filter selects, for the
+// progress count; `repetitions` > 0 is the command line's, for every case.
+int CountSelectedRuns(const std::string& filter, int repetitions) {
+  const bool all = filter.empty() || filter == "all" || filter == ".";
+  const bool negate = !all && filter[0] == '-';
   std::regex re;
-  try {
-    re = std::regex(negate ? filter.substr(1) : filter, std::regex::extended);
-  } catch (const std::regex_error&) {
-    return int(g_cases.size());
+  bool valid = !all;
+  if (valid) {
+    try {
+      re = std::regex(negate ? filter.substr(1) : filter, std::regex::extended);
+    } catch (const std::regex_error&) {
+      valid = false;
+    }
   }
   int n = 0;
   for (const Registration& r : g_cases) {
-    n += std::regex_search(r.name, re) != negate ? 1 : 0;
+    if (valid && std::regex_search(r.name, re) == negate) continue;
+    n += repetitions > 0 ? repetitions : r.repetitions;
   }
   return n;
 }
@@ -652,7 +693,9 @@ int Main(int argc, char** argv) {
   ConfigureMallocForMeasurement();
   std::vector<char*> rest = {argv[0]};
   std::string value, threads_text;
-  bool accuracy = false, have_min_time = false;
+  bool accuracy = false, have_min_time = false, have_repetitions = false;
+  bool have_interleaving = false;
+  int user_repetitions = 0;  // --benchmark_repetitions=K
   AccuracyOptions acc;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -693,6 +736,13 @@ int Main(int argc, char** argv) {
       acc.threads = int(n);
     } else {
       if (arg.rfind("--benchmark_min_time", 0) == 0) have_min_time = true;
+      if (arg.rfind("--benchmark_repetitions", 0) == 0) {
+        have_repetitions = true;
+        const size_t eq = arg.find('=');
+        if (eq != std::string::npos)
+          user_repetitions = std::max(1, std::atoi(arg.c_str() + eq + 1));
+      }
+      if (arg.rfind("--benchmark_enable_random_interleaving", 0) == 0) have_interleaving = true;
       rest.push_back(argv[i]);
     }
   }
@@ -714,12 +764,16 @@ int Main(int argc, char** argv) {
   const Suite suite = MakeSuite(g_options.suite);
   std::string min_time_flag = std::string("--benchmark_min_time=") + suite.min_time;
   if (!have_min_time) rest.push_back(min_time_flag.data());
+  std::string interleave_flag = "--benchmark_enable_random_interleaving=true";
+  if (suite.repetitions > 1 && !have_repetitions && !have_interleaving) {
+    rest.push_back(interleave_flag.data());
+  }
   rest.push_back(nullptr);
   int bench_argc = int(rest.size()) - 1;
   benchmark::Initialize(&bench_argc, rest.data());
   if (benchmark::ReportUnrecognizedArguments(bench_argc, rest.data())) return 2;
 
-  if (suite.max_case_seconds < 1e30) Calibrate();
+  if (suite.max_case_seconds < 1e30 || suite.repetitions > 1) Calibrate();
   RegisterSuite(suite);
   if (!g_left_out.empty()) {
     std::fprintf(stderr,
@@ -729,12 +783,19 @@ int Main(int argc, char** argv) {
     for (const std::string& name : g_left_out) std::fprintf(stderr, " %s", name.c_str());
     std::fprintf(stderr, "\n");
   }
-  for (const Registration& r : g_cases) {
-    benchmark::RegisterBenchmark(r.name.c_str(), r.fn)
-        ->UseRealTime()
-        ->Unit(benchmark::kMillisecond);
+  // Repetitions (see Suite::repetitions), unless the command line sets them.
+  const bool repeat = suite.repetitions > 1 && !have_repetitions;
+  const double min_time = have_min_time ? 0 : std::stod(suite.min_time);
+  for (Registration& r : g_cases) {
+    benchmark::internal::Benchmark* b = benchmark::RegisterBenchmark(r.name.c_str(), r.fn);
+    b->UseRealTime()->Unit(benchmark::kMillisecond);
+    if (repeat && r.predicted_seconds >= 0 && r.predicted_seconds <= suite.repeat_max_seconds) {
+      r.repetitions = suite.repetitions;
+      b->Repetitions(r.repetitions);
+      if (min_time > 0) b->MinTime(min_time / r.repetitions);
+    }
   }
-  g_total = CountSelected(benchmark::GetBenchmarkFilter());
+  g_total = CountSelectedRuns(benchmark::GetBenchmarkFilter(), user_repetitions);
 
   for (const auto& [key, val] :
        ContextStrings(JoinThreads(g_options.threads), g_options.suite, g_options.memory_budget)) {
