@@ -3,7 +3,7 @@
 # benchmark suite and the accuracy run, write the report, print its path (last line).
 #
 # Usage: bash scripts/main.sh [--suite quick|default|full] [--label LABEL] [--accuracy-max-n N]
-#   On a quiet 2-core Zen 4 the default suite takes ~7 min and the accuracy run
+#   On a quiet 2-core Zen 4 the default suite takes ~9 min and the accuracy run
 #   (N = 128..16384; --accuracy-max-n 4096 for a quicker look) the rest of the job.
 #   results/<host>-<date>[-<label>].json and ...-accuracy.json are the raw results;
 #   reports/<host>-<date>[-<label>]/report.md is the report.
