@@ -202,8 +202,6 @@ void ScoreKeys(int nv, const float* qt, const float* k, int64_t k_stride, int64_
   }
 }
 
-// Sᵀ (nc x 64, row stride kBr) for keys k[0..nc) (row stride k_stride) and
-// `nvec` vectors of queries.
 // The K and V rows of the next tile, prefetched into L2 a few rows at a time
 // while this tile's scores compute.
 struct NextTile {
@@ -224,6 +222,8 @@ struct NextTile {
   }
 };
 
+// Sᵀ (nc x 64, row stride kBr) for keys k[0..nc) (row stride k_stride) and
+// `nvec` vectors of queries, prefetching `next` along the way.
 void Scores(const float* qt, const float* k, int64_t k_stride, int64_t nc, int64_t dk, int64_t nvec,
             float* st, const NextTile& next) {
   const size_t N = hn::Lanes(D());
@@ -297,9 +297,6 @@ HWY_INLINE hn::Vec<hn::CappedTag<float, 4>> SumBlocks(DX dx, hn::Vec<DX> v) {
   }
 }
 
-// st[r·kFewStride + m] = Σ lanes of acc[m][r] for 4 keys m and NR rows: two
-// interleave levels leave the 4 keys' partial sums in each 128-bit block,
-// whose sum (SumBlocks) is the 4 dot products.
 // Per 128-bit block, the lane sums of keys a and b interleaved: (a, b, a, b).
 HWY_INLINE V PairSums(V a, V b) {
   const D d;
