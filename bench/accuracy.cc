@@ -63,10 +63,10 @@ Problem RowProblem(const Problem& p, int64_t i, float* out) {
     r.mask.additive = p.mask.additive.subspan(i * s.kv_len, s.kv_len);
     r.mask.additive_shape = {1, 1, 1, s.kv_len};
   }
-  if (!p.mask.key_lengths.empty()) {
+  if (p.mask.key_lengths) {
     // Equal to the full problem's length unless the causal cut is shorter.
     r.mask.key_lengths = p.mask.key_lengths;
-    if (r.shape.kv_len < p.mask.key_lengths[0]) r.mask.key_lengths = {};
+    if (r.shape.kv_len < (*p.mask.key_lengths)[0]) r.mask.key_lengths.reset();
   }
   return r;
 }

@@ -167,7 +167,7 @@ Inputs::Inputs(const InputOptions& options) : options_(options) {
       }
       key_lengths_.push_back(static_cast<int32_t>(len));
     }
-    mask_spec_.key_lengths = key_lengths_;
+    mask_spec_.key_lengths = key_lengths_;  // present, even when empty: Validate checks B
   }
 
   // Outputs are allocated before any kernel runs: bound them by the budget

@@ -77,7 +77,7 @@ std::string Describe(const Shape& s, const Mask& m) {
     out.append("(").append(std::to_string(m.window_left)).append(",");
     out.append(std::to_string(m.window_right)).append(")");
   }
-  if (!m.key_lengths.empty()) out.append("+key_lengths");
+  if (m.key_lengths) out.append("+key_lengths");
   return out;
 }
 
@@ -271,20 +271,22 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
       return InvalidArgument("mask kind " + std::to_string(static_cast<int>(m.kind)) +
                              " is not a MaskKind");
   }
-  if (!m.key_lengths.empty()) {
-    if (static_cast<int64_t>(m.key_lengths.size()) != s.batch) {
-      return InvalidArgument("key_lengths has " + std::to_string(m.key_lengths.size()) +
+  if (m.key_lengths) {
+    const std::span<const int32_t> lengths = *m.key_lengths;
+    if (static_cast<int64_t>(lengths.size()) != s.batch) {
+      return InvalidArgument("key_lengths has " + std::to_string(lengths.size()) +
                              " entries, needs B=" + std::to_string(s.batch));
     }
+    if (lengths.data() == nullptr) return InvalidArgument("key_lengths is null");
     for (int64_t b = 0; b < s.batch; ++b) {
-      const int32_t len = m.key_lengths[b];
+      const int32_t len = lengths[b];
       if (len < 0 || len > s.kv_len) {
         return InvalidArgument("key_lengths[" + std::to_string(b) + "]=" + std::to_string(len) +
                                " is outside [0, Lk=" + std::to_string(s.kv_len) + "]");
       }
     }
-    const auto lo = reinterpret_cast<uintptr_t>(m.key_lengths.data());
-    inputs.push_back({"key_lengths", lo, lo + m.key_lengths.size_bytes()});
+    const auto lo = reinterpret_cast<uintptr_t>(lengths.data());
+    inputs.push_back({"key_lengths", lo, lo + lengths.size_bytes()});
   }
 
   // Optional outputs.

@@ -25,6 +25,9 @@
 //                   Use -inf to mask.
 // Independently, key_lengths[b] (optional, one per batch, in [0, Lk]) hides
 // keys j >= key_lengths[b] (padding) and combines with any of the above.
+// "No key lengths" is std::nullopt, said explicitly: a span that is present
+// must hold exactly B entries, so an empty or short array is an error
+// ("key_lengths has 0 entries, needs B=2"), never silently ignored.
 // Causal, window and key lengths are *structural*: a hidden key is never read,
 // so nothing in its K or V row can reach the query. The additive mask is
 // arithmetic: a -inf entry gives weight exactly 0, but (IEEE 0 * NaN = NaN)
@@ -113,7 +116,8 @@ struct Mask {
   int64_t window_right = 0;              // kSlidingWindow
   std::span<const float> additive;       // kAdditive
   AdditiveMaskShape additive_shape;      // kAdditive
-  std::span<const int32_t> key_lengths;  // optional, B entries; any kind
+  // Padding lengths, B entries; any kind. std::nullopt: no key lengths.
+  std::optional<std::span<const int32_t>> key_lengths;
 };
 
 struct Problem {
@@ -195,15 +199,15 @@ class ValidProblem {
       begin = std::max<int64_t>(0, diag - mask.window_left);
       end = std::min(end, diag + mask.window_right + 1);
     }
-    if (!mask.key_lengths.empty()) {
-      end = std::min<int64_t>(end, mask.key_lengths[b]);
+    if (mask.key_lengths) {
+      end = std::min<int64_t>(end, (*mask.key_lengths)[b]);
     }
     return {begin, std::max(begin, end)};
   }
   // True when some keys may be hidden from some rows structurally.
   bool HasStructuralMask() const {
     return mask.kind == MaskKind::kCausal || mask.kind == MaskKind::kSlidingWindow ||
-           !mask.key_lengths.empty();
+           mask.key_lengths.has_value();
   }
 
  private:

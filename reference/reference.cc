@@ -18,7 +18,7 @@ bool KeyVisible(const Problem& p, int64_t b, int64_t i, int64_t j) {
     default:
       break;
   }
-  if (!p.mask.key_lengths.empty() && j >= p.mask.key_lengths[b]) visible = false;
+  if (p.mask.key_lengths && j >= (*p.mask.key_lengths)[b]) visible = false;
   return visible;
 }
 

@@ -103,7 +103,7 @@ ProblemData::ProblemData(const ProblemSpec& spec) : spec_(spec) {
     problem_.mask.additive = mask_;
   }
   key_lengths_ = spec.key_lengths;
-  problem_.mask.key_lengths = key_lengths_;
+  if (!key_lengths_.empty()) problem_.mask.key_lengths = key_lengths_;
   if (spec.want_lse) {
     lse_.assign(s.batch * s.heads * s.q_len, kNaN);
     problem_.lse = lse_;

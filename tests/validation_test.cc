@@ -115,6 +115,10 @@ const std::vector<InvalidCase>& Cases() {
       {"KeyLengthsWrongCount",
        [](Buffers& b) { b.p.mask.key_lengths = std::span<const int32_t>(b.lens.data(), 1); },
        "key_lengths has 1 entries, needs B=2"},
+      // An empty array is not "no key lengths" (that is std::nullopt).
+      {"KeyLengthsEmpty",
+       [](Buffers& b) { b.p.mask.key_lengths = std::span<const int32_t>(); },
+       "key_lengths has 0 entries, needs B=2"},
       {"KeyLengthAboveLk",
        [](Buffers& b) {
          b.lens[1] = 7;
