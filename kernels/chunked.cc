@@ -93,13 +93,13 @@ Status RunChunked(const ValidProblem& p, ExecContext& ctx) {
   auto scratch = ctx.workspace->Allocate<float>(Buffers(p, ctx.threads, chunk) * floats);
   ScopedBlasThreads blas_threads(1);
   const int64_t items = Items(p, chunk);
-  // No more threads than buffers: ThreadIndex() indexes them.
+  // No more threads than buffers: the thread index picks one.
   const int threads = static_cast<int>(Buffers(p, ctx.threads, chunk));
-  ParallelFor(threads, items, [&](int64_t item) {
+  ParallelFor(threads, items, [&](int64_t item, int thread) {
     const int64_t bh = item / chunks;
     const int64_t r0 = item % chunks * chunk;
     const int64_t rows = std::min(chunk, p.shape.q_len - r0);
-    float* s = scratch.data() + ThreadIndex() * floats;
+    float* s = scratch.data() + thread * floats;
     GemmAttendRows(p, bh / p.shape.heads, bh % p.shape.heads, r0, rows, s,
                    s + chunk * p.shape.kv_len, s + chunk * (p.shape.kv_len + 1));
   });

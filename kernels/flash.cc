@@ -970,8 +970,7 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     }
   };
 
-  ParallelFor(threads, items, [&](int64_t item) {
-    const int tid = ThreadIndex();
+  ParallelFor(threads, items, [&](int64_t item, int tid) {
     float* base = scratch.data() + tid * plan.thread_floats;
     Scratch sc;
     sc.qt = base;

@@ -7,24 +7,43 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace attn {
 
-// Runs body(item) for every item in [0, count) on up to `threads` OpenMP
-// threads. Items are handed out dynamically in chunks of `grain`, which
-// balances items of unequal cost (causal rows, causal tiles).
+// Runs body(item) or body(item, thread) for every item in [0, count) on up to
+// `threads` OpenMP threads. Items are handed out dynamically in chunks of
+// `grain`, which balances items of unequal cost (causal rows, causal tiles).
+//
+// `thread` indexes per-thread scratch: it is the caller's index in the team
+// this call forms, in [0, threads), and 0 when the items run serially (one
+// thread or one item). Never omp_get_thread_num() outside that team: called
+// from inside an application's parallel region, that is the *outer* team's
+// index (Run from thread 5 of an 8-thread region with threads = 1 indexed
+// scratch slot 5 of 1: heap corruption, issue 21).
 template <typename Body>
 void ParallelFor(int threads, int64_t count, Body&& body, int64_t grain = 1) {
+  auto run = [&body](int64_t item, int thread) {
+    if constexpr (std::is_invocable_v<Body&, int64_t, int>) {
+      body(item, thread);
+    } else {
+      (void)thread;
+      body(item);
+    }
+  };
   if (threads <= 1 || count <= 1) {
-    for (int64_t item = 0; item < count; ++item) body(item);
+    for (int64_t item = 0; item < count; ++item) run(item, 0);
     return;
   }
-#pragma omp parallel for num_threads(threads) schedule(dynamic, grain)
-  for (int64_t item = 0; item < count; ++item) body(item);
+  // The team may be smaller than asked (nesting disabled inside an outer
+  // region gives one thread), never larger: thread < threads.
+#pragma omp parallel num_threads(threads)
+  {
+    const int thread = omp_get_thread_num();
+#pragma omp for schedule(dynamic, grain)
+    for (int64_t item = 0; item < count; ++item) run(item, thread);
+  }
 }
-
-// Index of the calling thread inside ParallelFor, for per-thread scratch.
-inline int ThreadIndex() { return omp_get_thread_num(); }
 
 // The partitioning of the kernels that materialize a score matrix per head
 // (naive, blas, simd): the head's scratch is live while the head runs. With at
@@ -40,8 +59,8 @@ void ForEachHead(int64_t batch, int64_t heads, int threads, float* scratch, int6
                  Attend&& attend) {
   const int64_t pairs = batch * heads;
   if (pairs >= threads) {
-    ParallelFor(threads, pairs, [&](int64_t bh) {
-      attend(bh / heads, bh % heads, scratch + ThreadIndex() * floats_per_head, /*row_threads=*/1);
+    ParallelFor(threads, pairs, [&](int64_t bh, int thread) {
+      attend(bh / heads, bh % heads, scratch + thread * floats_per_head, /*row_threads=*/1);
     });
   } else {
     for (int64_t bh = 0; bh < pairs; ++bh) attend(bh / heads, bh % heads, scratch, threads);

@@ -93,7 +93,12 @@ size_t DefaultMemoryBudgetBytes() {
   return static_cast<size_t>(physical * kDefaultBudgetFraction);
 }
 
-int ResolveThreads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
+int ResolveThreads(int threads) {
+  // A nested region OpenMP will not activate runs with a team of one: size
+  // the scratch for that and report it (RunStats::threads).
+  if (omp_get_active_level() >= omp_get_max_active_levels()) return 1;
+  return threads > 0 ? threads : omp_get_max_threads();
+}
 
 StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,
                                const RunOptions& options) {

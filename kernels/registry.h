@@ -74,6 +74,18 @@ std::string FormatBytes(double bytes);
 // handed to OpenMP, which would try to create them all).
 inline constexpr int kMaxThreads = 1024;
 
+// Threads. Run may be called from any thread, concurrently, on distinct
+// outputs: from std::threads, from inside an application's OpenMP parallel
+// region, from a thread pool. `threads` is the team Run asks OpenMP for
+// (0: omp_get_max_threads()). Inside an active OpenMP parallel region Run
+// forms a nested team only when OpenMP allows one more active level
+// (omp_get_max_active_levels() > omp_get_active_level(), e.g.
+// OMP_MAX_ACTIVE_LEVELS=2 or omp_set_max_active_levels(2)); otherwise it
+// runs on the calling thread alone, whatever `threads` asks, and
+// RunStats::threads says 1. Results do not depend on which: every variant
+// agrees with itself across thread counts within the derived error bound
+// (tests/concurrency_test.cc runs every variant from std::threads and from
+// OpenMP regions, nesting on and off).
 struct RunOptions {
   int threads = 0;                            // 0: omp_get_max_threads(); else 1..kMaxThreads
   std::optional<size_t> memory_budget_bytes;  // default DefaultMemoryBudgetBytes()
@@ -96,6 +108,8 @@ Status Run(const Variant& variant, const Problem& problem, const RunOptions& opt
 Status Run(std::string_view variant, const Problem& problem, const RunOptions& options = {},
            RunStats* stats = nullptr);
 
+// The team size Run uses for `threads` (RunOptions::threads) when called
+// from here: 1 inside a parallel region where OpenMP will not nest.
 int ResolveThreads(int threads);
 
 }  // namespace attn
