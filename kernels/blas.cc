@@ -68,9 +68,9 @@ int64_t MatrixFloats(const ValidProblem& p) { return p.shape.q_len * (p.shape.kv
 
 size_t BlasWorkspaceBytes(const ValidProblem& p, int threads) {
   if (p.shape.q_len == 0) return 0;
-  return static_cast<size_t>(HeadsInFlight(p.shape.batch * p.shape.heads, threads) *
-                             MatrixFloats(p)) *
-         sizeof(float);
+  return (SaturatingSize(HeadsInFlight(p.shape.batch * p.shape.heads, threads)) * MatrixFloats(p) *
+          sizeof(float))
+      .value();
 }
 
 // One (b, h) on `threads` threads (panels in parallel).

@@ -82,7 +82,8 @@ int64_t Buffers(const ValidProblem& p, int threads, int64_t chunk) {
 size_t ChunkedWorkspaceBytes(const ValidProblem& p, int threads) {
   if (p.shape.q_len == 0) return 0;
   const int64_t chunk = ChunkRows(p);
-  return static_cast<size_t>(Buffers(p, threads, chunk) * ThreadFloats(p, chunk)) * sizeof(float);
+  return (SaturatingSize(Buffers(p, threads, chunk)) * ThreadFloats(p, chunk) * sizeof(float))
+      .value();
 }
 
 Status RunChunked(const ValidProblem& p, ExecContext& ctx) {

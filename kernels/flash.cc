@@ -1070,10 +1070,10 @@ Status RunFlash(const ValidProblem& p, ExecContext& ctx) {
 size_t FlashWorkspaceBytes(const ValidProblem& p, int threads) {
   const flash::Plan plan = flash::MakePlan(p);
   if (plan.items() == 0) return 0;
-  const size_t t = static_cast<size_t>(std::max(1, threads));
-  return sizeof(float) * (t * static_cast<size_t>(plan.thread_floats) +
-                          static_cast<size_t>(plan.partial_floats)) +
-         sizeof(int64_t) * (t * 2 * flash::kBr + (plan.splits > 1 ? plan.blocks : 0));
+  const SaturatingSize t = std::max(1, threads);
+  return (SaturatingSize(sizeof(float)) * (t * plan.thread_floats + plan.partial_floats) +
+          SaturatingSize(sizeof(int64_t)) * (t * (2 * flash::kBr) + (plan.splits > 1 ? plan.blocks : 0)))
+      .value();
 }
 
 }  // namespace

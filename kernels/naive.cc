@@ -35,9 +35,9 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 int64_t HeadScratch(const ValidProblem& p) { return p.shape.q_len * (p.shape.kv_len + 1); }
 
 size_t NaiveWorkspaceBytes(const ValidProblem& p, int threads) {
-  return static_cast<size_t>(HeadsInFlight(p.shape.batch * p.shape.heads, threads) *
-                             HeadScratch(p)) *
-         sizeof(float);
+  return (SaturatingSize(HeadsInFlight(p.shape.batch * p.shape.heads, threads)) * HeadScratch(p) *
+          sizeof(float))
+      .value();
 }
 
 // Pass 1 for one row: scores of visible keys, -inf elsewhere; returns the

@@ -3,6 +3,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -101,6 +103,24 @@ struct Extent {
   uintptr_t hi = 0;
 };
 
+// A tensor of these dimensions has at most kMaxTensorElements elements.
+Status CheckElementCount(const char* name, std::initializer_list<int64_t> dims) {
+  std::optional<int64_t> count = 1;
+  double approx = 1;  // for the message, when the count overflows
+  std::string shape;
+  for (int64_t d : dims) {
+    count = Mul(count, d);
+    approx *= double(d);
+    shape += (shape.empty() ? "" : ", ") + std::to_string(d);
+  }
+  if (count && *count <= kMaxTensorElements) return Status::Ok();
+  char elements[32];
+  std::snprintf(elements, sizeof(elements), "%.3g", approx);
+  return InvalidArgument(std::string(name) + " is [" + shape + "]: " + elements +
+                         " elements, more than the 2^48 any one tensor may have "
+                         "(kMaxTensorElements)");
+}
+
 // Checks a [B, heads, len, dim] view: strides legal, offsets fit in int64.
 // On success fills `extent`.
 Status CheckTensor(const char* name, const void* data, const Strides& st, int64_t batch,
@@ -120,6 +140,7 @@ Status CheckTensor(const char* name, const void* data, const Strides& st, int64_
                              std::to_string(d.stride) + " must be >= 0");
     }
   }
+  ATTN_RETURN_IF_ERROR(CheckElementCount(name, {batch, heads, len, dim}));
   // Largest element offset + 1, with overflow checks.
   std::optional<int64_t> last = 0;
   const int64_t counts[] = {batch, heads, len};
@@ -194,6 +215,9 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
   for (const auto& f : sizes) {
     if (f.value < f.min) {
       return InvalidArgument(Field(f.name, f.value) + " must be >= " + std::to_string(f.min));
+    }
+    if (f.value > kMaxTensorElements) {
+      return InvalidArgument(Field(f.name, f.value) + " must be <= 2^48 (kMaxTensorElements)");
     }
   }
   if (s.heads % s.kv_heads != 0) {

@@ -223,6 +223,15 @@ StatusOr<ValidProblem> Validate(const Problem& problem);
 // batch and heads: the work a kernel that skips masked keys must do.
 int64_t VisiblePairs(const ValidProblem& p);
 
+// The most elements any one tensor (Q, K, V, O, the additive mask, the
+// weights) may have, counted from its shape whatever its strides (a K of
+// row stride 0 still has Lk·dk elements), and so the largest dimension: 2^48,
+// a PiB of fp32, beyond any machine. Below it, every size a variant derives
+// from the shape (a dimension times a tile of at most 2^10 elements) fits in
+// int64; workspace totals (times threads, sizeof) saturate instead
+// (SaturatingSize, kernels/workspace.h).
+inline constexpr int64_t kMaxTensorElements = int64_t{1} << 48;
+
 // One-line human description, e.g. "B=1 H=8 Hkv=8 Lq=1024 Lk=1024 dk=64 dv=64
 // mask=causal".
 std::string Describe(const Shape& shape, const Mask& mask);

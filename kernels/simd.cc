@@ -238,9 +238,9 @@ Status RunSimd(const ValidProblem& p, ExecContext& ctx) {
 
 size_t SimdWorkspaceBytes(const ValidProblem& p, int threads) {
   if (p.shape.q_len == 0) return 0;
-  return static_cast<size_t>(HeadsInFlight(p.shape.batch * p.shape.heads, threads) *
-                             simd::HeadFloats(p)) *
-         sizeof(float);
+  return (SaturatingSize(HeadsInFlight(p.shape.batch * p.shape.heads, threads)) *
+          simd::HeadFloats(p) * sizeof(float))
+      .value();
 }
 
 }  // namespace

@@ -17,6 +17,35 @@ namespace attn {
 
 inline constexpr size_t kWorkspaceAlignment = 64;
 
+// A declared workspace size in arithmetic that saturates at SIZE_MAX instead
+// of wrapping. A variant's workspace function multiplies sizes derived from
+// the shape (which Validate bounds so they fit in int64) by thread counts and
+// element sizes and adds the pieces; a total past size_t becomes SIZE_MAX,
+// which every memory budget refuses (ResourceExhausted). Wrapping arithmetic
+// once declared 64 bytes for a 2^64-byte packed K, Prepare said OK and the
+// kernel ran off its scratch (issue 21).
+class SaturatingSize {
+ public:
+  // A negative count is a bug upstream: refuse it as too large.
+  constexpr SaturatingSize(int64_t n) : n_(n < 0 ? kMax : static_cast<size_t>(n)) {}  // NOLINT
+  constexpr SaturatingSize(size_t n) : n_(n) {}                                      // NOLINT
+  constexpr SaturatingSize(int n) : SaturatingSize(static_cast<int64_t>(n)) {}       // NOLINT
+
+  friend constexpr SaturatingSize operator*(SaturatingSize a, SaturatingSize b) {
+    size_t r;
+    return __builtin_mul_overflow(a.n_, b.n_, &r) ? SaturatingSize(kMax) : SaturatingSize(r);
+  }
+  friend constexpr SaturatingSize operator+(SaturatingSize a, SaturatingSize b) {
+    size_t r;
+    return __builtin_add_overflow(a.n_, b.n_, &r) ? SaturatingSize(kMax) : SaturatingSize(r);
+  }
+  constexpr size_t value() const { return n_; }
+
+ private:
+  static constexpr size_t kMax = static_cast<size_t>(-1);
+  size_t n_;
+};
+
 class Workspace {
  public:
   // An owning, move-only buffer of `size` T; returned to the Workspace (and

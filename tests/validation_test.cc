@@ -58,6 +58,19 @@ const std::vector<InvalidCase>& Cases() {
       {"ZeroValueDim", [](Buffers& b) { b.p.shape.value_dim = 0; }, "dv=0 must be >= 1"},
       {"HkvDoesNotDivideH", [](Buffers& b) { b.p.shape.kv_heads = 3; },
        "Hkv=3 does not divide H=4"},
+      {"DimensionOverTheCap", [](Buffers& b) { b.p.shape.head_dim = (int64_t{1} << 48) + 1; },
+       "dk=281474976710657 must be <= 2^48"},
+      // Issue 21: K and V of row stride 0 span dk floats whatever Lk is, so
+      // their extents fit, but every variant derives sizes from Lk·dk (simd's
+      // packed K wrapped to 64 bytes and the kernel ran off its scratch).
+      {"StrideZeroKeysOverTheElementCap",
+       [](Buffers& b) {
+         b.p.shape = Shape{1, 1, 1, 5, int64_t{1} << 47, 56, 4};
+         b.p.k.strides = b.p.v.strides = {0, 0, 0, 1};
+         b.p.q.strides = Strides::BHLD(1, 5, 56);
+         b.p.o.strides = Strides::BHLD(1, 5, 4);
+       },
+       "K is [1, 1, 140737488355328, 56]: 7.88e+15 elements, more than the 2^48"},
       {"NonUnitInnerStrideQ", [](Buffers& b) { b.p.q.strides.elem = 2; },
        "Q.strides.elem=2 must be 1"},
       {"NonUnitInnerStrideO", [](Buffers& b) { b.p.o.strides.elem = 0; },
@@ -268,6 +281,22 @@ TEST(ValidationTest, BadThreadCountsAreInvalidArgument) {
                 std::string::npos)
           << s.message();
     }
+  }
+}
+
+// The exact problem of issue 21 (Lq = 8, Lk = 2^56, dk = 56, K/V row stride
+// 0): every variant refuses it before allocating; simd declared 64 bytes of
+// workspace and crashed.
+TEST(ValidationTest, StrideZeroKeysWithHugeLkAreRefusedByEveryVariant) {
+  std::vector<float> q(8 * 56, 0.5f), kv(56, 0.5f), o(8 * 56);
+  Problem p = MakeProblem(Shape{1, 1, 1, 8, int64_t{1} << 56, 56, 56}, q.data(), kv.data(),
+                          kv.data(), o.data());
+  p.k.strides = p.v.strides = {0, 0, 0, 1};
+  for (const Variant* v : Registry()) {
+    const Status s = attn::Run(*v, p);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << v->name << ": " << s.ToString();
+    EXPECT_NE(s.message().find("Lk=72057594037927936 must be <= 2^48"), std::string::npos)
+        << s.message();
   }
 }
 
