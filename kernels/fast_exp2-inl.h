@@ -50,6 +50,17 @@ HWY_INLINE V FastExp2(D d, V x) {
   return hn::IfThenElse(hn::IsNaN(x), x, r);
 }
 
+// e^(x - m) for x <= m: the difference first, then the change of base to
+// FastExp2, so logits anywhere in +-FLT_MAX work. Scaling the logits by
+// log2 e before subtracting (softmax "in the exp2 domain") overflowed to inf
+// beyond FLT_MAX / log2 e = 2.36e38: a padding mask of float32's lowest
+// value gave fully padded rows O = 0 instead of the mean of V, and logits in
+// (2.36e38, 3.4e38] gave NaN (issue 21). One multiply more per vector.
+template <class D, class V = hn::Vec<D>>
+HWY_INLINE V ExpOfDifference(D d, V x, V m) {
+  return FastExp2(d, hn::Mul(hn::Sub(x, m), hn::Set(d, 1.4426950408889634f)));
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace attn
 HWY_AFTER_NAMESPACE();

@@ -3,26 +3,28 @@
 // Algorithm. The rows of one (batch b, kv head) are stacked position-major
 // (row r = query position r / g of head kv_head·g + r % g, g = H / Hkv), so
 // the query heads of a GQA group share every K/V tile, and cut into blocks of
-// Br = 64 rows. A block keeps Qᵀ (dk x Br, pre-scaled by scale·log2 e: the
-// whole softmax runs in the exp2 domain), running max m, sum l and an
+// Br = 64 rows. A block keeps Qᵀ (dk x Br, pre-scaled by scale), running
+// max m, sum l and an
 // unnormalized accumulator O (Br x dv') and walks the key tiles of Bc =
 // min(512, Lk) keys that intersect the union of its rows' visible ranges:
 //   Sᵀ = K_tile·Qᵀ         Bc x Br, register-blocked 6 keys x 4 vectors of
 //                          queries: K scalars broadcast straight from the K
 //                          rows (no K transpose/packing), Qᵀ rows are vectors
 //                          over queries.
-//   (+ additive mask·log2 e; structurally hidden (key, row) pairs *set* to
+//   (+ additive mask; structurally hidden (key, row) pairs *set* to
 //    -inf, only in partial tiles)
 //   m' = max(m, colmax Sᵀ); Pᵀ = 2^(Sᵀ - m'); l = 2^(m - m')·l + colsum Pᵀ,
 //                          vectorized over queries (no horizontal ops), with
-//                          FastExp2 (kernels/fast_exp2-inl.h, <= 2 ulp);
+//                          FastExp2 (kernels/fast_exp2-inl.h, <= 2 ulp)
+//                          of (S - m')·log2 e: subtracted before the change
+//                          of base, so logits up to +-FLT_MAX stay finite;
 //   O = 2^(m - m')·O       only for rows whose max moved (alpha == 1 exactly
 //                          otherwise, so the skip is exact);
 //   O += P·V_tile          register-blocked 6 rows x 4 vectors of O; V rows
 //                          used in place (unaligned loads) when dv is a
 //                          multiple of 16, else packed (aligned, zero-padded
 //                          to dv' = 16·ceil(dv/16)).
-// Finally O /= l, lse = (m + log2 l)·ln 2. The next tile's K and V rows are
+// Finally O /= l, lse = m + ln l. The next tile's K and V rows are
 // prefetched into L2 while a tile computes (except in decode).
 // Tiles: a tile inside every row's visible range is "full" (no mask work); a
 // tile outside the union of the rows' ranges is skipped (never read); the
@@ -146,8 +148,6 @@ using D = hn::ScalableTag<float>;
 using V = hn::Vec<D>;
 
 constexpr float kInfF = std::numeric_limits<float>::infinity();
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kMR = 6;    // keys (S) or rows (P·V) per micro-kernel
 constexpr int kNV = 4;    // vectors per micro-kernel
 using flash::kFewRows;    // blocks of at most this many rows use dot products
@@ -659,7 +659,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   const int64_t group = p.group;
   const int64_t nvec = (nrows + N - 1) / N;
   const int64_t rp = nvec * N;  // rows padded to whole vectors
-  const float c = p.scale * kLog2e;
+  const float c = p.scale;
   // Few rows (decode): dot products along d beat broadcasting K into a
   // mostly empty query vector; Q is then kept row-major, padded to dkp.
   const bool few_rows = nrows <= kFewRows;
@@ -669,7 +669,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   const int64_t sj = few_rows ? 1 : flash::kBr;
   const int64_t sr = few_rows ? kFewStride : 1;
 
-  // Qᵀ (scaled into the exp2 domain), visible ranges, union, intersection.
+  // Qᵀ (pre-scaled), visible ranges, union, intersection.
   int64_t ulo = key_hi, uhi = key_lo, ilo = key_lo, ihi = key_hi;
   const float* q_rows[flash::kBr];
   for (int64_t x = 0; x < nrows; ++x) {
@@ -781,7 +781,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
       for (int64_t x = 0; x < nrows; ++x) {
         const int64_t r = r0 + x;
         const float* a = p.AdditiveRow(b, kvh * group + r % group, r / group) + j0;
-        for (int64_t j = 0; j < nc; ++j) sc.st[j * sj + x * sr] += a[j] * kLog2e;
+        for (int64_t j = 0; j < nc; ++j) sc.st[j * sj + x * sr] += a[j];
       }
     }
     if (partial) {
@@ -815,14 +815,14 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
         const V muv = hn::Set(d, mu);
         V sum = hn::Zero(d);
         for (int64_t j = 0; j < last; j += N) {
-          const V e = FastExp2(d, hn::Sub(hn::Load(d, s + j), muv));
+          const V e = ExpOfDifference(d, hn::Load(d, s + j), muv);
           hn::Store(e, d, s + j);
           sum = hn::Add(sum, e);
         }
-        const V e = FastExp2(d, hn::Sub(hn::Load(d, s + last), muv));
+        const V e = ExpOfDifference(d, hn::Load(d, s + last), muv);
         hn::Store(e, d, s + last);
         sum = hn::Add(sum, hn::IfThenElseZero(tail, e));
-        const float alpha = hn::GetLane(FastExp2(d1, hn::Set(d1, mo - mu)));
+        const float alpha = hn::GetLane(ExpOfDifference(d1, hn::Set(d1, mo), hn::Set(d1, mu)));
         sc.l[x] = alpha * sc.l[x] + hn::GetLane(hn::SumOfLanes(d, sum));
         sc.m[x] = mn;
         sc.alpha[x] = alpha;
@@ -837,11 +837,11 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
       V sum = hn::Zero(d);
       for (int64_t j = 0; j < nc; ++j) {
         float* s = sc.st + j * flash::kBr + x;
-        const V e = FastExp2(d, hn::Sub(hn::Load(d, s), mu));
+        const V e = ExpOfDifference(d, hn::Load(d, s), mu);
         hn::Store(e, d, s);
         sum = hn::Add(sum, e);
       }
-      const V alpha = FastExp2(d, hn::Sub(mo, mu));
+      const V alpha = ExpOfDifference(d, mo, mu);
       hn::Store(hn::MulAdd(alpha, hn::Load(d, sc.l + x), sum), d, sc.l + x);
       hn::Store(mn, d, sc.m + x);
       hn::Store(alpha, d, sc.alpha + x);
@@ -887,7 +887,7 @@ void FinishRow(const float* acc, float m, float l, int64_t dv, float* out, float
   }
   const float inv = 1.0f / l;
   for (int64_t y = 0; y < dv; ++y) out[y] = acc[y] * inv;
-  if (lse) *lse = (m + std::log2(l)) * kLn2;
+  if (lse) *lse = m + std::log(l);
 }
 
 Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
@@ -957,7 +957,7 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
         const float mu = mx == -kInfF ? 0.0f : mx;
         for (int64_t s = 0; s < plan.splits; ++s) {
           const float* row = first + s * slot;
-          const float w = std::exp2(row[0] - mu);
+          const float w = std::exp(row[0] - mu);
           l += w * row[1];
           for (int64_t y = 0; y < dvp; ++y) acc[y] += w * row[2 + y];
         }
@@ -1081,7 +1081,7 @@ size_t FlashWorkspaceBytes(const ValidProblem& p, int threads) {
 extern const Variant flash_variant = {
     .name = "flash",
     .summary =
-        "FlashAttention-2 tiling (64 rows x up to 512 keys), online exp2 softmax, Highway "
+        "FlashAttention-2 tiling (64 rows x up to 512 keys), online softmax, Highway "
         "micro-kernels, masked tiles skipped, split-key decoding",
     .run = RunFlash,
     .workspace_bytes = FlashWorkspaceBytes,

@@ -335,6 +335,85 @@ TEST_P(EdgeTest, InfAndNaNMaskEntriesOfPaddingKeysAreNeverRead) {
   EXPECT_EQ(Classify(data).nan, 0);
 }
 
+// --- Finite logits up to +-FLT_MAX (issue 21) ------------------------------
+// Every finite logit is a logit: flash once scaled logits by log2 e before
+// taking the max, so anything beyond FLT_MAX / log2 e = 2.36e38 overflowed.
+
+// Hugging Face fills padding with float32's lowest value, not -inf. A fully
+// padded row then has equal logits (s - FLT_MAX rounds to -FLT_MAX) and
+// gives the mean of V, as in PyTorch; padded keys of other rows get weight 0.
+TEST_P(EdgeTest, FloatLowestPaddingMaskGivesFullyPaddedRowsTheMeanOfV) {
+  constexpr float kLowest = std::numeric_limits<float>::lowest();
+  ProblemSpec spec = Spec(200, 300, MaskKind::kAdditive);
+  ProblemData data(spec);
+  Problem& p = data.problem();
+  float* mask = const_cast<float*>(p.mask.additive.data());  // [Lq, Lk]
+  for (int64_t i = 0; i < 200; ++i)
+    for (int64_t j = 0; j < 300; ++j) mask[i * 300 + j] = (i < 3 || j >= 250) ? kLowest : 0.0f;
+  RunAndCheck(data);
+  const std::vector<float> o = data.OutputContiguous();
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t h = 0; h < 4; ++h) {
+      const int64_t row = RowIndex(p.shape, b, h, 1);  // fully padded
+      for (int64_t d = 0; d < 24; ++d) {
+        double mean = 0;
+        for (int64_t j = 0; j < 300; ++j) mean += Row(p.v, b, h / 2, j)[d];
+        mean /= 300;
+        ASSERT_NEAR(o[row * 24 + d], mean, 1e-5) << variant().name << " b=" << b << " h=" << h;
+      }
+      ASSERT_TRUE(std::isfinite(data.lse()[row])) << variant().name;
+      ASSERT_LT(data.lse()[row], -3e38f) << variant().name;
+    }
+  EXPECT_EQ(Classify(data).nan, 0);
+}
+
+// Logits q·k in (2.36e38, FLT_MAX], no partial sum overflowing: the row is
+// one-hot on its largest logit (the others are 1e37 or more below it).
+TEST_P(EdgeTest, LogitsNearFloatMaxGiveAOneHotRow) {
+  ProblemSpec spec;
+  spec.shape = Shape{1, 1, 1, 4, 40, 16, 16};
+  spec.seed = 7123;
+  ProblemData data(spec);
+  Problem& p = data.problem();
+  p.scale = 1.0f;
+  const float others[] = {2.9e19f, 2.5e19f, 1.0e19f};  // logits 2.9e38, 2.5e38, 1e38
+  for (int64_t i = 0; i < 4; ++i) {
+    float* q = Row(p.q, 0, 0, i);
+    std::fill(q, q + 16, 0.0f);
+    q[0] = 1.0e19f;
+  }
+  for (int64_t j = 0; j < 40; ++j) {
+    float* k = Row(p.k, 0, 0, j);
+    std::fill(k, k + 16, 0.0f);
+    k[0] = j == 17 ? 3.0e19f : others[j % 3];  // key 17: logit 3e38, the largest
+  }
+  RunAndCheck(data);
+  const std::vector<float> o = data.OutputContiguous();
+  const float* v = Row(p.v, 0, 0, 17);
+  for (int64_t i = 0; i < 4; ++i) {
+    for (int64_t d = 0; d < 16; ++d) ASSERT_EQ(o[i * 16 + d], v[d]) << variant().name << " i=" << i;
+    ASSERT_NEAR(data.lse()[i], 3e38, 3e38 * 1e-6) << variant().name;
+  }
+}
+
+// An additive entry of +3e38 (finite) makes its key the whole row.
+TEST_P(EdgeTest, HugeFiniteMaskEntryGivesAOneHotRow) {
+  ProblemSpec spec = Spec(200, 300, MaskKind::kAdditive);
+  ProblemData data(spec);
+  Problem& p = data.problem();
+  float* mask = const_cast<float*>(p.mask.additive.data());  // [Lq, Lk], zeros
+  mask[7 * 300 + 123] = 3e38f;
+  RunAndCheck(data);
+  const std::vector<float> o = data.OutputContiguous();
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t h = 0; h < 4; ++h) {
+      const int64_t row = RowIndex(p.shape, b, h, 7);
+      const float* v = Row(p.v, b, h / 2, 123);
+      for (int64_t d = 0; d < 24; ++d) ASSERT_EQ(o[row * 24 + d], v[d]) << variant().name;
+    }
+  EXPECT_EQ(Classify(data).nan, 0);
+}
+
 // --- NaN inputs reach only the rows they touch -----------------------------
 
 TEST_P(EdgeTest, NaNInQueryRowReachesOnlyThatRow) {
