@@ -493,9 +493,11 @@ void ScoresFewRows(const float* qs, int64_t dkp, int64_t nrows, const float* k, 
 }
 
 // O[m][v·N..] += Σ_j Pᵀ[j][m] · V[j][v·N..] for MR rows x NV column vectors
-// (O = ..., without reading O, when `first`: the block's first tile).
-// (`kFirst` is a template argument: with a run-time choice between zero and
-// load, gcc kept the accumulators on the stack.)
+// (O = ..., without reading O, when `first`: the block's first tile). The
+// tile's sums start from zero and are added to O at the end, so O sums tile
+// partials (problem.h, "Accumulation"; accumulating onto O key by key
+// stopped growing at 2^24 keys). (`kFirst` is a template argument: with a
+// run-time choice, gcc kept the accumulators on the stack.)
 template <int MR, int NV, bool kFirst>
 HWY_NOINLINE void PvKernelT(const float* HWY_RESTRICT pt, int64_t pj, int64_t pm,
                             const float* HWY_RESTRICT vp, int64_t vs, int64_t dvp, int64_t nc,
@@ -505,8 +507,7 @@ HWY_NOINLINE void PvKernelT(const float* HWY_RESTRICT pt, int64_t pj, int64_t pm
   if (nc < 1) return;  // never (a tile has keys); lets gcc keep acc in registers
   V acc[MR][NV];
   for (int m = 0; m < MR; ++m)
-    for (int v = 0; v < NV; ++v)
-      acc[m][v] = kFirst ? hn::Zero(d) : hn::Load(d, o + m * dvp + v * N);
+    for (int v = 0; v < NV; ++v) acc[m][v] = hn::Zero(d);
   for (int64_t j = 0; j < nc; ++j) {
     V x[NV];
     for (int v = 0; v < NV; ++v) x[v] = hn::LoadU(d, vp + j * vs + v * N);
@@ -515,8 +516,12 @@ HWY_NOINLINE void PvKernelT(const float* HWY_RESTRICT pt, int64_t pj, int64_t pm
       for (int v = 0; v < NV; ++v) acc[m][v] = hn::MulAdd(p, x[v], acc[m][v]);
     }
   }
-  for (int m = 0; m < MR; ++m)
-    for (int v = 0; v < NV; ++v) hn::Store(acc[m][v], d, o + m * dvp + v * N);
+  for (int m = 0; m < MR; ++m) {
+    for (int v = 0; v < NV; ++v) {
+      float* out = o + m * dvp + v * N;
+      hn::Store(kFirst ? acc[m][v] : hn::Add(acc[m][v], hn::Load(d, out)), d, out);
+    }
+  }
 }
 
 template <int MR, int NV>
@@ -540,11 +545,12 @@ HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT pt, int64_t pj, in
                                     int64_t nc, float* HWY_RESTRICT o) {
   const D d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  float* HWY_RESTRICT o3 = o + 3 * dvp;
+  // Row 3's tile sums, in L1, added to O at the end like the others.
+  alignas(64) float o3[8 * 16];
   V acc[3][8];
   for (int v = 0; v < 8; ++v) {
-    for (int r = 0; r < 3; ++r) acc[r][v] = kFirst ? hn::Zero(d) : hn::Load(d, o + r * dvp + v * N);
-    if (kFirst) hn::Store(hn::Zero(d), d, o3 + v * N);
+    for (int r = 0; r < 3; ++r) acc[r][v] = hn::Zero(d);
+    hn::Store(hn::Zero(d), d, o3 + v * N);
   }
   for (int64_t j = 0; j < nc; ++j) {
     const float* HWY_RESTRICT x = vp + j * vs;
@@ -556,8 +562,14 @@ HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT pt, int64_t pj, in
       hn::Store(hn::MulAdd(p[3], xv, hn::Load(d, o3 + v * N)), d, o3 + v * N);
     }
   }
-  for (int r = 0; r < 3; ++r)
-    for (int v = 0; v < 8; ++v) hn::Store(acc[r][v], d, o + r * dvp + v * N);
+  auto add_to_o = [&](int r, int v, V sum) {
+    float* out = o + r * dvp + v * N;
+    hn::Store(kFirst ? sum : hn::Add(sum, hn::Load(d, out)), d, out);
+  };
+  for (int v = 0; v < 8; ++v) {
+    for (int r = 0; r < 3; ++r) add_to_o(r, v, acc[r][v]);
+    add_to_o(3, v, hn::Load(d, o3 + v * N));
+  }
 }
 #endif
 

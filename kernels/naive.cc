@@ -7,6 +7,11 @@
 //   2. Row-wise softmax with max subtraction: S <- exp(S - rowmax); l = Σ S.
 //   3. O = (S·V) / l over each row's visible keys; lse = rowmax + log(l).
 //
+// Sums over keys (the denominator, each element of P·V) go in blocks of
+// kKeySumBlock = 1024 keys (kernels/problem.h, "Accumulation"): one running
+// fp32 sum stopped growing at 2^24 keys. P·V walks a block's V rows (256 KiB
+// at dv = 64, in L2) once per 16 columns, the 16 partial sums in registers.
+//
 // Memory traffic per head (fp32 = 4 bytes): reads Q once (Lq·dk), K and V
 // once per query row from cache or memory (Lq·Lk·(dk + dv) when Lk·d does not
 // fit in cache), writes S once and reads it twice (3·Lq·Lk), writes O (Lq·dv).
@@ -20,6 +25,7 @@
 // threads, each thread with its own score matrix; otherwise heads one at a
 // time with the rows of each pass split across threads, so one matrix serves
 // all threads.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -62,28 +68,58 @@ float ScoreRow(const ValidProblem& p, int64_t b, int64_t h, int64_t i, float* s)
   return max;
 }
 
+// Pass 2 over keys [begin, end): s = e^(s - max); returns Σ s, summed in
+// blocks of kKeySumBlock keys (problem.h, "Accumulation").
+float ExpAndSum(float* s, int64_t begin, int64_t end, float max) {
+  float sum = 0.0f;
+  for (int64_t j0 = begin; j0 < end; j0 += kKeySumBlock) {
+    float block = 0.0f;
+    for (int64_t j = j0; j < std::min(end, j0 + kKeySumBlock); ++j) {
+      s[j] = std::exp(s[j] - max);
+      block += s[j];
+    }
+    sum += block;
+  }
+  return sum;
+}
+
+// Pass 3: o = Σ_j s[j]·v_j over keys [begin, end), per block of
+// kKeySumBlock keys (a block's V rows stay in L2) and per kDvChunk columns
+// (the block's partial sums stay in registers), each block added to o.
+constexpr int64_t kDvChunk = 16;
+void WeightedSumOfV(const ValidProblem& p, int64_t b, int64_t kvh, const float* s, int64_t begin,
+                    int64_t end, float* o) {
+  const int64_t dv = p.shape.value_dim;
+  for (int64_t d = 0; d < dv; ++d) o[d] = 0.0f;
+  for (int64_t j0 = begin; j0 < end; j0 += kKeySumBlock) {
+    const int64_t j1 = std::min(end, j0 + kKeySumBlock);
+    for (int64_t d0 = 0; d0 < dv; d0 += kDvChunk) {
+      const int64_t n = std::min(kDvChunk, dv - d0);
+      float part[kDvChunk] = {};
+      for (int64_t j = j0; j < j1; ++j) {
+        const float* v = p.VRow(b, kvh, j) + d0;
+        for (int64_t d = 0; d < n; ++d) part[d] += s[j] * v[d];
+      }
+      for (int64_t d = 0; d < n; ++d) o[d0 + d] += part[d];
+    }
+  }
+}
+
 // Passes 2 and 3 for one row.
 void SoftmaxTimesV(const ValidProblem& p, int64_t b, int64_t h, int64_t i, float max, float* s) {
   const int64_t dv = p.shape.value_dim;
   const KeyRange keys = p.VisibleKeys(b, i);
   float* o = p.ORow(b, h, i);
   float* weights = p.WeightsRow(b, h, i);
-  for (int64_t d = 0; d < dv; ++d) o[d] = 0.0f;
   if (max == -kInf) {  // fully masked row
+    for (int64_t d = 0; d < dv; ++d) o[d] = 0.0f;
     if (!p.lse.empty()) p.lse[p.RowIndex(b, h, i)] = -kInf;
     if (weights)
       for (int64_t j = 0; j < p.shape.kv_len; ++j) weights[j] = 0.0f;
     return;
   }
-  float sum = 0.0f;
-  for (int64_t j = keys.begin; j < keys.end; ++j) {
-    s[j] = std::exp(s[j] - max);
-    sum += s[j];
-  }
-  for (int64_t j = keys.begin; j < keys.end; ++j) {
-    const float* v = p.VRow(b, p.KvHead(h), j);
-    for (int64_t d = 0; d < dv; ++d) o[d] += s[j] * v[d];
-  }
+  const float sum = ExpAndSum(s, keys.begin, keys.end, max);
+  WeightedSumOfV(p, b, p.KvHead(h), s, keys.begin, keys.end, o);
   const float inv = 1.0f / sum;
   for (int64_t d = 0; d < dv; ++d) o[d] *= inv;
   if (!p.lse.empty()) p.lse[p.RowIndex(b, h, i)] = max + std::log(sum);

@@ -44,6 +44,14 @@
 //     mask, or overflow of q·k) or a NaN logit makes that row's O and lse NaN;
 //     other rows are unaffected.
 //
+// Accumulation (every variant; the error bound of reference/error_bound.h
+// relies on it): sums over keys (the softmax denominator, each element of
+// P·V) are formed in blocks of at most kKeySumBlock keys whose partial sums
+// are then added, never as one running fp32 sum over all of Lk. A running
+// sum stops growing at 2^24 (2^24 + 1 rounds back to 2^24): with Lk = 2^25
+// equal scores, a running denominator returned twice the true average. The
+// blocked error grows like (kKeySumBlock + Lk / kKeySumBlock)·u, not Lk·u.
+//
 // Outputs: O (fp32, strided like the inputs); optionally lse [B, H, Lq]
 // (natural log of the softmax denominator of the scaled, masked scores,
 // contiguous); optionally the attention weights P [B, H, Lq, Lk] (contiguous),
@@ -222,6 +230,12 @@ StatusOr<ValidProblem> Validate(const Problem& problem);
 // Number of (query, key) pairs that are not structurally masked, summed over
 // batch and heads: the work a kernel that skips masked keys must do.
 int64_t VisiblePairs(const ValidProblem& p);
+
+// Keys per block of a sum over keys (see "Accumulation" above). OpenBLAS's
+// sgemm, which forms blas's and chunked's P·V, blocks its inner dimension by
+// fewer (a few hundred): tests/large_kv_test.cc checks every variant at
+// Lk = 2^25.
+inline constexpr int64_t kKeySumBlock = 1024;
 
 // The most elements any one tensor (Q, K, V, O, the additive mask, the
 // weights) may have, counted from its shape whatever its strides (a K of

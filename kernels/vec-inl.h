@@ -122,18 +122,23 @@ HWY_INLINE float ScaleMaskMax(float* HWY_RESTRICT s, int64_t n, float scale,
   return max;
 }
 
-// Pass (2): s = e^(s - max) in place; returns Σ s.
+// Pass (2): s = e^(s - max) in place; returns Σ s, summed in blocks of
+// kKeySumBlock keys (problem.h, "Accumulation").
 HWY_INLINE float ExpSubSum(float* HWY_RESTRICT s, int64_t n, float max) {
   const DF d;
   const VF vmax = hn::Set(d, max);
-  VF sum = hn::Zero(d);
-  // Padding lanes of the tail hold -inf: e^-inf = 0 adds nothing.
-  MapInPlace(s, n, -kVecInf, [&](VF x) {
-    const VF e = ExpNonPositive(d, hn::Sub(x, vmax));
-    sum = hn::Add(sum, e);
-    return e;
-  });
-  return hn::GetLane(hn::SumOfLanes(d, sum));
+  float total = 0.0f;
+  for (int64_t j0 = 0; j0 < n; j0 += kKeySumBlock) {
+    VF sum = hn::Zero(d);
+    // Padding lanes of the tail hold -inf: e^-inf = 0 adds nothing.
+    MapInPlace(s + j0, std::min(kKeySumBlock, n - j0), -kVecInf, [&](VF x) {
+      const VF e = ExpNonPositive(d, hn::Sub(x, vmax));
+      sum = hn::Add(sum, e);
+      return e;
+    });
+    total += hn::GetLane(hn::SumOfLanes(d, sum));
+  }
+  return total;
 }
 
 // out[0, n) *= factor.
@@ -231,26 +236,36 @@ HWY_INLINE void TransposeRows(const float* const* rows, int64_t n, int64_t n_pad
 
 // O rows = P rows · V over nkeys keys: o[r][:] = Σ_j p[r][j]·v[j][:] for
 // R rows (overwrites o). Register block: R rows × NV vectors of dv, so each
-// V load feeds R FMAs and each broadcast p feeds NV FMAs.
+// V load feeds R FMAs and each broadcast p feeds NV FMAs. Keys go in blocks
+// of kKeySumBlock (problem.h, "Accumulation"), each block's sums added to o.
 template <int R, int NV>
 HWY_INLINE void PVTile(const float* HWY_RESTRICT p, int64_t ldp, const float* HWY_RESTRICT v,
                        int64_t ldv, int64_t nkeys, float* HWY_RESTRICT o, int64_t ldo) {
   const DF d;
   const size_t lanes = hn::Lanes(d);
-  VF acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NV; ++c) acc[r][c] = hn::Zero(d);
-  for (int64_t j = 0; j < nkeys; ++j) {
-    const float* vj = v + j * ldv;
-    VF vv[NV];
-    for (int c = 0; c < NV; ++c) vv[c] = hn::LoadU(d, vj + c * lanes);
-    for (int r = 0; r < R; ++r) {
-      const VF pr = hn::Set(d, p[r * ldp + j]);
-      for (int c = 0; c < NV; ++c) acc[r][c] = hn::MulAdd(pr, vv[c], acc[r][c]);
+  int64_t j0 = 0;
+  do {  // at least once: nkeys = 0 writes zeros
+    const int64_t j1 = std::min(nkeys, j0 + kKeySumBlock);
+    VF acc[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < NV; ++c) acc[r][c] = hn::Zero(d);
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* vj = v + j * ldv;
+      VF vv[NV];
+      for (int c = 0; c < NV; ++c) vv[c] = hn::LoadU(d, vj + c * lanes);
+      for (int r = 0; r < R; ++r) {
+        const VF pr = hn::Set(d, p[r * ldp + j]);
+        for (int c = 0; c < NV; ++c) acc[r][c] = hn::MulAdd(pr, vv[c], acc[r][c]);
+      }
     }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NV; ++c) hn::StoreU(acc[r][c], d, o + r * ldo + c * lanes);
+    for (int r = 0; r < R; ++r) {
+      for (int c = 0; c < NV; ++c) {
+        float* out = o + r * ldo + c * lanes;
+        hn::StoreU(j0 == 0 ? acc[r][c] : hn::Add(acc[r][c], hn::LoadU(d, out)), d, out);
+      }
+    }
+    j0 = j1;
+  } while (j0 < nkeys);
 }
 
 // The whole dv for R rows: vector columns in register tiles, then the
@@ -270,7 +285,13 @@ HWY_INLINE void PVRows(const float* HWY_RESTRICT p, int64_t ldp, const float* HW
   for (; c < dv; ++c) {
     for (int r = 0; r < R; ++r) {
       float sum = 0.0f;
-      for (int64_t j = 0; j < nkeys; ++j) sum += p[r * ldp + j] * v[j * ldv + c];
+      for (int64_t j0 = 0; j0 < nkeys; j0 += kKeySumBlock) {
+        float block = 0.0f;
+        for (int64_t j = j0; j < std::min(nkeys, j0 + kKeySumBlock); ++j) {
+          block += p[r * ldp + j] * v[j * ldv + c];
+        }
+        sum += block;
+      }
       o[r * ldo + c] = sum;
     }
   }

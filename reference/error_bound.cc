@@ -19,6 +19,11 @@ const float* Element(const TensorRef<const float>& t, int64_t b, int64_t h, int6
 
 }  // namespace
 
+double SummationLength(int64_t n) {
+  const int64_t blocks = (n + kKeySumBlock - 1) / kKeySumBlock;
+  return double(std::min(n, kKeySumBlock + 2 * blocks));
+}
+
 RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
   const Shape& s = p.shape;
   const double scale = p.scale ? double(*p.scale) : 1.0 / std::sqrt(double(s.head_dim));
@@ -49,11 +54,11 @@ RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
     for (int64_t d = 0; d < s.value_dim; ++d) v_max = std::max(v_max, std::fabs(double(v[d])));
   }
   const double logit_error = (s.head_dim + 2) * kU * logit_magnitude;
-  const double lk = double(visible);
+  const double sum_len = SummationLength(visible);
   RowBound bound;
-  bound.o = kSafety * v_max * (2 * logit_error + (kExpUlps + 2 * lk + 4) * kU);
-  bound.lse = kSafety * (logit_error + (kExpUlps + lk + 2) * kU);
-  bound.weights = kSafety * (2 * logit_error + (kExpUlps + 2 * lk + 4) * kU);
+  bound.o = kSafety * v_max * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU);
+  bound.lse = kSafety * (logit_error + (kExpUlps + sum_len + 2) * kU);
+  bound.weights = kSafety * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU);
   return bound;
 }
 

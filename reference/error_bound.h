@@ -21,11 +21,18 @@ namespace attn::reference {
 //        plus the scale and mask additions).
 //   Softmax: subtracting the max and exponentiating turn an absolute logit
 //        error δ into a relative weight error <= 2δ + e_exp·u (e_exp = 8: a
-//        few ulp for a vectorized exp); normalization adds <= (Lk + 2)·u.
-//        Online (flash) softmax rescales once per key tile: covered by Lk·u.
-//   O = Σ p_j v_j / Σ p_j: |δO| <= Vmax·(2δ + (e_exp + 2·Lk + 4)·u), with
+//        few ulp for a vectorized exp); normalization adds <= (S + 2)·u.
+//   Sums over the n visible keys: every variant forms them in blocks of at
+//        most kKeySumBlock (= b) keys and adds the block sums
+//        (kernels/problem.h, "Accumulation"), so their worst-case relative
+//        error is S·u with S = min(n, b + 2·ceil(n / b)): b roundings inside
+//        a block, one per block added, one per online-softmax (flash) rescale
+//        of the running sum. For n <= b that is the plain n·u; at n = 2^25
+//        it is 33792·u where a running sum's n·u (= 2) said nothing: a
+//        kernel off by 100% passed.
+//   O = Σ p_j v_j / Σ p_j: |δO| <= Vmax·(2δ + (e_exp + 2·S + 4)·u), with
 //        Vmax = max |v| over the row's visible keys.
-//   lse = max + log Σ p: |δlse| <= δ + (e_exp + Lk + 2)·u + u·|lse|.
+//   lse = max + log Σ p: |δlse| <= δ + (e_exp + S + 2)·u + u·|lse|.
 // The tolerance is kSafety times that worst-case bound. Errors in correct
 // kernels are far below it (sums of rounding errors grow like sqrt(n), not
 // n); a wrong mask, a dropped key or a missed rescale is off by O(Vmax).
@@ -36,6 +43,9 @@ struct RowBound {
   double weights = 0;  // absolute, per weight
 };
 RowBound ErrorBound(const Problem& problem, int64_t b, int64_t h, int64_t i);
+
+// S above: the effective length of a blocked sum over n keys.
+double SummationLength(int64_t n);
 
 // A running comparison of a kernel's outputs with the reference.
 struct Comparison {
