@@ -2,8 +2,8 @@
 """Drives the attnlab command-line tool on real .npy files.
 
 Run by ctest (cli/CMakeLists.txt), one test group per ctest test:
-  /usr/bin/python3 cli_test.py GROUP      GROUP in Npy BadInput Run Check Weights List
-                                          Bench Report Docs
+  /usr/bin/python3 cli_test.py GROUP      GROUP in Npy BadInput Run Check Weights Heatmap
+                                          List Bench Report Docs
 Environment: ATTNLAB_CLI (the attnlab binary), ATTNLAB_SOURCE (the source tree).
 
 numpy writes the inputs and a float64 numpy softmax is the reference; the
@@ -15,6 +15,8 @@ import io
 import json
 import os
 import re
+import resource
+import signal
 import struct
 import subprocess
 import sys
@@ -39,6 +41,15 @@ def attnlab(*args, env=None, cwd=None):
     p = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, env=full_env,
                        cwd=cwd, timeout=120)
     return p.returncode, p.stdout, p.stderr
+
+
+def file_size_limit(limit):
+    """preexec_fn: files the child writes may not grow past `limit` bytes (a full disk, as
+    `ulimit -f` makes it); SIGXFSZ ignored so write() fails with EFBIG instead of killing."""
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return apply
 
 
 def visible(lq, lk, mask, b, key_lengths):
@@ -393,6 +404,56 @@ class Weights(Case):
         self.expect_error(r"has 2 tokens; want one per key \(Lk=11\)", "weights",
                           *self.inputs(q, k, v), "--out", self.path("w.npy"), "--tokens",
                           self.path("words.txt"))
+
+
+# --------------------------------------------------------------------- heatmap
+class Heatmap(Case):
+    """reports/heatmap.py on its own: one-line errors, atomic PNG."""
+
+    def heatmap(self, spec, preexec_fn=None):
+        path = self.write("spec.json", json.dumps(spec).encode())
+        p = subprocess.run([sys.executable, os.path.join(SOURCE, "reports", "heatmap.py"), path],
+                           capture_output=True, text=True, timeout=120, preexec_fn=preexec_fn)
+        self.assertNotIn("Traceback", p.stderr)
+        return p.returncode, p.stderr
+
+    def spec(self, png):
+        w = np.full((6, 8), 1 / 8, "<f4")
+        return {"weights": self.save("w.npy", w), "png": png, "keys": list("abcdefgh"),
+                "queries": list("cdefgh"), "title": "t"}
+
+    def test_errors_are_one_line(self):
+        for spec, code, pattern in [
+            (self.spec("/nodir/h.png"), 3,
+             r"cannot write /nodir/h\.png: No such file or directory"),
+            ({**self.spec(self.path("h.png")), "weights": self.path("none.npy")}, 2,
+             r"cannot read the weights \S+none\.npy: No such file or directory"),
+            ({**self.spec(self.path("h.png")), "keys": ["a"]}, 2,
+             r"the spec's 'keys' has 1 labels; want 8"),
+            ({"png": self.path("h.png")}, 2,
+             r"the spec \S+spec\.json lacks \"weights\" and \"png\" paths"),
+        ]:
+            with self.subTest(pattern):
+                rc, err = self.heatmap(spec)
+                self.assertEqual(rc, code, err)
+                self.assertRegex(err, r"^heatmap\.py: error: " + pattern + r"\n$")
+        self.assertFalse(os.path.exists(self.path("h.png")))
+
+    def test_failed_write_keeps_the_previous_png(self):
+        png = self.path("h.png")
+        rc, err = self.heatmap(self.spec(png))
+        self.assertEqual(rc, 0, err)
+        with open(png, "rb") as f:
+            before = f.read()
+        self.assertGreater(len(before), 2000)
+        spec = self.spec(png)
+        spec["title"] = "another title"
+        rc, err = self.heatmap(spec, preexec_fn=file_size_limit(1000))
+        self.assertEqual(rc, 3, err)
+        self.assertRegex(err, r"^heatmap\.py: error: cannot write \S+h\.png: File too large\n$")
+        with open(png, "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.assertEqual([f for f in os.listdir(self.dir) if f.startswith(".")], [])
 
 
 # --------------------------------------------------------------------- list
