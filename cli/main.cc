@@ -7,8 +7,11 @@
 //   attnlab bench   ...               runs attnlab_bench (Google Benchmark JSON)
 //   attnlab report  RESULTS.json...   runs reports/generate.py
 //
-// Exit codes: 0 ok, 1 a check or a child process failed, 2 bad usage or input.
-// See docs/cli.md.
+// Exit codes (docs/cli.md):
+//   0  ok
+//   1  a check failed (or every variant was skipped, so nothing was checked),
+//      a kernel or a child process failed
+//   2  bad usage or input (checked before any kernel runs)
 #include <fmt/format.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -52,7 +55,8 @@ void AddInputOptions(CLI::App* cmd, InputOptions& in) {
   cmd->add_option("--mask-file", in.mask_file, "additive float mask .npy [Lq,Lk] or [B,H,Lq,Lk]");
   cmd->add_option("--scale", in.scale, "softmax scale (default 1/sqrt(dk))");
   cmd->add_option("--layout", in.layout, "bhsd (default) or bshd");
-  cmd->add_option("--threads", in.threads, "OpenMP threads (default: all)");
+  cmd->add_option("--threads", in.threads,
+                  fmt::format("OpenMP threads, 1 to {} (default: every core)", kMaxThreads));
   cmd->add_option("--memory-budget", in.memory_budget,
                   "workspace budget, e.g. 512M (default: ATTNLAB_MEMORY_BUDGET or half of RAM)");
 }
@@ -128,6 +132,20 @@ void CheckElement(double got, double want, double bound, CheckRow& r, Where&& wh
   }
 }
 
+// What the table says of a variant Prepare refused: over the budget or
+// lacking a feature is a skip; anything else (an invalid problem or option)
+// would refuse every variant alike and is an error (exit 2).
+std::string SkipReason(const Status& status, const Inputs& inputs) {
+  switch (status.code()) {
+    case StatusCode::kResourceExhausted:
+      return "skipped: over budget: " + status.message();
+    case StatusCode::kUnimplemented:
+      return "skipped: " + status.message();
+    default:
+      FailStatus(status, inputs);
+  }
+}
+
 int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) {
   std::vector<const Variant*> variants;
   if (names.empty()) {
@@ -161,7 +179,7 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
              inputs.Describe(), ref_ms);
 
   std::vector<CheckRow> table;
-  bool failed = false;
+  bool failed = false, any_ran = false;
   for (const Variant* v : variants) {
     CheckRow row;
     row.variant = v->name;
@@ -169,9 +187,7 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
     std::fill(lse.begin(), lse.end(), std::numeric_limits<float>::quiet_NaN());
     StatusOr<ValidProblem> prepared = Prepare(*v, problem, inputs.run_options());
     if (!prepared.ok()) {
-      row.skipped = prepared.status().code() == StatusCode::kResourceExhausted
-                        ? "skipped: over budget: " + prepared.status().message()
-                        : "skipped: " + prepared.status().message();
+      row.skipped = SkipReason(prepared.status(), inputs);
       table.push_back(row);
       continue;
     }
@@ -191,6 +207,7 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
                        [&] { return fmt::format("lse[b={},h={},i={}]", b, h, i); });
         }
     failed = failed || !row.c.ok;
+    any_ran = true;
     table.push_back(row);
   }
   fmt::print("\n{:<16} {:>12} {:>12} {:>12} {:>10} {:>10}  {}\n", "variant", "max_abs_err",
@@ -209,6 +226,9 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
   fmt::print(
       "\nbound: the derived per-row tolerance (reference/error_bound.h) at the element "
       "with the largest err/bound; a variant passes when err/bound <= 1 everywhere.\n");
+  if (!any_ran) {
+    Fail("every variant was skipped (see the table): nothing was checked", kExitFailed);
+  }
   return failed ? kExitFailed : kExitOk;
 }
 
@@ -395,7 +415,7 @@ int ReportCommand(const ReportArgs& args) {
 // ---------------------------------------------------------------- weights
 struct WeightsArgs {
   std::string variant, out, png, tokens;
-  int64_t head = 0, batch = 0;
+  std::string head = "0", batch = "0";  // parsed once the inputs give H and B
 };
 
 std::vector<std::string> ReadTokens(const std::string& path) {
@@ -439,12 +459,10 @@ int WeightsCommand(const InputOptions& in, const WeightsArgs& args) {
                     s.batch, s.heads, s.q_len, s.kv_len, FormatBytes(weight_bytes),
                     FormatBytes(kMaxWeightsBytes)));
   }
-  if (args.batch < 0 || args.batch >= s.batch) {
-    Fail(fmt::format("bad --batch {}: the inputs have B={}", args.batch, s.batch));
-  }
-  if (args.head < 0 || args.head >= s.heads) {
-    Fail(fmt::format("bad --head {}: the inputs have H={}", args.head, s.heads));
-  }
+  const int64_t batch = ParseIntOption("--batch", args.batch, 0, s.batch - 1,
+                                       fmt::format(" (the inputs have B={})", s.batch));
+  const int64_t head = ParseIntOption("--head", args.head, 0, s.heads - 1,
+                                      fmt::format(" (the inputs have H={})", s.heads));
   std::vector<std::string> keys, queries;
   if (!args.tokens.empty()) {
     keys = ReadTokens(args.tokens);
@@ -474,11 +492,11 @@ int WeightsCommand(const InputOptions& in, const WeightsArgs& args) {
   fmt::print("wrote {} {}\n", args.out, npy::ShapeString(wshape));
 
   // The (batch, head) slice: table and heatmap.
-  const float* slice = w.data() + (args.batch * s.heads + args.head) * s.q_len * s.kv_len;
+  const float* slice = w.data() + (batch * s.heads + head) * s.q_len * s.kv_len;
   fmt::print(
       "\nbatch {} head {}: per query row, entropy of its weights (nats; uniform over n "
       "keys = ln n) and the largest weight\n",
-      args.batch, args.head);
+      batch, head);
   fmt::print("{:>5} {:<16} {:>9} {:>10} {:<16}\n", "row", "query", "entropy", "max_weight",
              "argmax_key");
   for (int64_t i = 0; i < s.q_len; ++i) {
@@ -520,8 +538,8 @@ int WeightsCommand(const InputOptions& in, const WeightsArgs& args) {
         {"png", args.png},
         {"keys", keys},
         {"queries", queries},
-        {"title", fmt::format("{} attention weights, batch {} head {} ({})", variant->name,
-                              args.batch, args.head, MaskKindName(problem.mask.kind))}};
+        {"title", fmt::format("{} attention weights, batch {} head {} ({})", variant->name, batch,
+                              head, MaskKindName(problem.mask.kind))}};
     const fs::path spec_path = tmp / "spec.json";
     std::ofstream(spec_path) << spec.dump();
     const int rc = Spawn({python, script.string(), spec_path.string()}, /*echo=*/false);
@@ -551,7 +569,9 @@ int Main(int argc, char** argv) {
   InputOptions check_in;
   std::vector<std::string> check_variants;
   CLI::App* check = app.add_subcommand(
-      "check", "run every variant (or --variants) against the fp64 reference; exit 1 on a miss");
+      "check",
+      "run every variant (or --variants) against the fp64 reference; exit 1 on a miss or when "
+      "every variant is skipped");
   AddInputOptions(check, check_in);
   check->add_option("--variants", check_variants, "comma-separated subset")->delimiter(',');
 
