@@ -294,6 +294,13 @@ std::string Inputs::Describe() const {
   return s;
 }
 
+std::vector<NamedPath> Inputs::Files() const {
+  std::vector<NamedPath> files = {{"--q", options_.q}, {"--k", options_.k}, {"--v", options_.v}};
+  if (options_.mask_file) files.push_back({"--mask-file", *options_.mask_file});
+  if (options_.key_lengths) files.push_back({"--key-lengths", *options_.key_lengths});
+  return files;
+}
+
 const Variant& VariantOrFail(const std::string& name) {
   const Variant* v = FindVariant(name);
   if (v == nullptr) Fail(fmt::format("unknown variant '{}'; known: {}", name, VariantNames()));

@@ -24,6 +24,7 @@ namespace attn::cli {
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitFailed = 1;  // a check failed or ran nothing; a kernel or child failed
 inline constexpr int kExitUsage = 2;   // bad usage or bad input
+inline constexpr int kExitIo = 3;      // could not write an output (or a temporary file)
 
 struct CliError : std::runtime_error {
   CliError(int code, const std::string& message) : std::runtime_error(message), code(code) {}
@@ -32,6 +33,12 @@ struct CliError : std::runtime_error {
 [[noreturn]] inline void Fail(const std::string& message, int code = kExitUsage) {
   throw CliError(code, message);
 }
+
+// A file named on the command line: the option and the path as given.
+struct NamedPath {
+  std::string option;  // "--q"
+  std::string path;
+};
 
 // Command-line options shared by run, check and weights, as typed: Inputs
 // parses them (strictly: "0x10", "1e", " 3", "+1" are refused), so the three
@@ -81,6 +88,10 @@ class Inputs {
 
   // "q.npy (1, 8, 16, 64), k.npy (...), v.npy (...)": context for messages.
   std::string Describe() const;
+
+  // The files read, by option (--q, --k, --v, --mask-file, --key-lengths):
+  // what no output may overwrite.
+  std::vector<NamedPath> Files() const;
 
  private:
   InputOptions options_;

@@ -2,8 +2,8 @@
 """Drives the attnlab command-line tool on real .npy files.
 
 Run by ctest (cli/CMakeLists.txt), one test group per ctest test:
-  /usr/bin/python3 cli_test.py GROUP      GROUP in Npy BadInput Run Check Weights Heatmap
-                                          List Bench Report Docs
+  /usr/bin/python3 cli_test.py GROUP      GROUP in Npy BadInput Run Check Weights Outputs
+                                          Heatmap List Bench Report Docs
 Environment: ATTNLAB_CLI (the attnlab binary), ATTNLAB_SOURCE (the source tree).
 
 numpy writes the inputs and a float64 numpy softmax is the reference; the
@@ -33,13 +33,13 @@ SAFETY = 4.0    # reference/error_bound.h kSafety
 EXP_ULPS = 8.0
 
 
-def attnlab(*args, env=None, cwd=None):
+def attnlab(*args, env=None, cwd=None, preexec_fn=None):
     """Runs the tool; returns (exit code, stdout, stderr)."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
     p = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, env=full_env,
-                       cwd=cwd, timeout=120)
+                       cwd=cwd, timeout=120, preexec_fn=preexec_fn)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -449,6 +449,157 @@ class Weights(Case):
                           self.path("words.txt"))
 
 
+# --------------------------------------------------------------------- outputs
+class Outputs(Case):
+    """Issue 21 #3 and #9: every output is checked before any kernel runs and
+    written atomically; exit 3 when one cannot be written, 2 for a bad request;
+    a previous file survives any failure."""
+
+    PREVIOUS = b"previous good file"
+
+    def setUp(self):
+        super().setUp()
+        self.q, self.k, self.v = self.qkv(B=1, H=2, Hkv=2, lq=200, lk=16, dk=8, dv=8, seed=30)
+        self.base = self.inputs(self.q, self.k, self.v)  # O: 12.9 KB
+
+    def previous(self, name):
+        return self.write(name, self.PREVIOUS)
+
+    def assert_untouched(self, path):
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), self.PREVIOUS, f"{path} was changed")
+
+    def assert_no_temporary_files(self):
+        left = [f for f in os.listdir(self.dir) if f.startswith(".")]
+        self.assertEqual(left, [], "temporary files left behind")
+
+    def run_args(self, *args):
+        return ["run", "--variant", first_variant(), *self.base, *args]
+
+    def weights_variant(self):
+        return Weights.weights_variant(self)
+
+    def test_duplicate_outputs_are_refused_before_running(self):
+        x = self.previous("x.npy")
+        os.symlink("x.npy", self.path("link.npy"))
+        os.link(x, self.path("hard.npy"))
+        os.mkdir(self.path("sub"))
+        for out, lse in [("x.npy", "x.npy"), ("x.npy", "./x.npy"), ("x.npy", "sub/../x.npy"),
+                         (x, "x.npy"), ("link.npy", "x.npy"), ("hard.npy", "x.npy"),
+                         ("new.npy", "./new.npy")]:
+            with self.subTest(out=out, lse=lse):
+                self.expect_error(rf"--out {re.escape(out)} and --lse {re.escape(lse)} are the "
+                                  r"same file; give each output its own path",
+                                  *self.run_args("--out", out, "--lse", lse), cwd=self.dir)
+                self.assert_untouched(x)
+                self.assertFalse(os.path.exists(self.path("new.npy")))
+
+    def test_output_that_is_an_input_is_refused(self):
+        q = self.base[1]
+        with open(q, "rb") as f:
+            before = f.read()
+        for out_args, pattern in [
+            (["--out", "q.npy"], r"--out q\.npy would overwrite the input --q \S+q\.npy"),
+            (["--out", "o.npy", "--lse", "./v.npy"],
+             r"--lse \./v\.npy would overwrite the input --v"),
+        ]:
+            with self.subTest(out_args):
+                self.expect_error(pattern, *self.run_args(*out_args), cwd=self.dir)
+        lens = self.save("lens.npy", np.array([3], "<i4"))
+        self.expect_error(r"--out \S+lens\.npy would overwrite the input --key-lengths",
+                          *self.run_args("--key-lengths", lens, "--out", lens))
+        with open(q, "rb") as f:
+            self.assertEqual(f.read(), before)
+        # weights: --png may not be --tokens, nor --out.
+        name = self.weights_variant()
+        q, k, v = self.qkv(lq=3, lk=4, seed=31)
+        words = self.write("words.txt", b"a b c d\n")
+        self.expect_error(r"--png \S+words\.txt would overwrite the input --tokens", "weights",
+                          "--variant", name, *self.inputs(q, k, v), "--out", self.path("w.npy"),
+                          "--tokens", words, "--png", words)
+        self.expect_error(r"--out w\.npy and --png \./w\.npy are the same file", "weights",
+                          "--variant", name, *self.inputs(q, k, v), "--out", "w.npy", "--png",
+                          "./w.npy", cwd=self.dir)
+        self.assertFalse(os.path.exists(self.path("w.npy")))
+
+    def test_unwritable_output_is_found_before_running(self):
+        """Before: O written, then the kernel's work lost on a bad --lse (exit 2)."""
+        o = self.previous("o.npy")
+        self.write("file", b"not a directory")
+        os.mkdir(self.path("dir"))
+        for lse, pattern in [
+            ("/no/such/dir/lse.npy", r"--lse /no/such/dir/lse\.npy: cannot write into "
+                                     r"/no/such/dir: No such file or directory"),
+            (self.path("file/lse.npy"), r"--lse \S+file/lse\.npy: cannot write: Not a directory"),
+            (self.path("dir"), r"--lse \S+dir: cannot write: it is a directory"),
+            ("/dev/null", r"--lse /dev/null: cannot write: not a regular file"),
+        ]:
+            with self.subTest(lse=lse):
+                self.expect_error(pattern, *self.run_args("--out", o, "--lse", lse), code=3)
+                self.assert_untouched(o)
+        _, out, _ = attnlab(*self.run_args("--out", o, "--lse", "/no/dir/lse.npy"))
+        self.assertNotIn("variant", out, "no kernel may run")
+        self.expect_error(r"bad --lse '': want a path", *self.run_args("--out", o, "--lse", ""))
+
+    def test_full_disk_keeps_the_previous_file(self):
+        """A write cut short (ulimit -f: EFBIG, as a full disk's ENOSPC) exits 3 and leaves
+        the previous file as it was; before, it was truncated and the exit code was 2."""
+        o = self.previous("o.npy")
+        rc, out, err = attnlab(*self.run_args("--out", o), preexec_fn=file_size_limit(4096))
+        self.assertEqual(rc, 3, out + err)
+        self.assertRegex(err, rf"attnlab: error: --out {re.escape(o)}: cannot write: File too "
+                              r"large")
+        self.assert_untouched(o)
+        self.assert_no_temporary_files()
+        # weights --out too (its [1, 2, 200, 16] weights are 25.7 KB).
+        w = self.previous("w.npy")
+        rc, out, err = attnlab("weights", "--variant", self.weights_variant(), *self.base,
+                               "--out", w, preexec_fn=file_size_limit(4096))
+        self.assertEqual(rc, 3, out + err)
+        self.assertIn("cannot write: File too large", err)
+        self.assert_untouched(w)
+        self.assert_no_temporary_files()
+
+    def test_success_replaces_the_file_with_a_plain_mode(self):
+        o = self.previous("o.npy")
+        os.symlink("o.npy", self.path("link.npy"))
+        old = os.umask(0o022)
+        try:
+            self.expect_ok(*self.run_args("--out", self.path("link.npy")))
+        finally:
+            os.umask(old)
+        self.assertTrue(os.path.islink(self.path("link.npy")), "a symlinked output is written "
+                                                                "through, not replaced")
+        self.assertEqual(np.load(o).shape, (1, 2, 200, 8))
+        self.assertEqual(os.stat(o).st_mode & 0o777, 0o644)
+        self.assert_no_temporary_files()
+
+    def test_unusable_tmpdir_is_a_clear_error(self):
+        """Before: an uncaught std::filesystem exception, abort (exit 134)."""
+        name = self.weights_variant()
+        q, k, v = self.qkv(lq=3, lk=4, seed=32)
+        self.write("afile", b"x")
+        for tmpdir, reason in [("/nonexistent", "No such file or directory"),
+                               (self.path("afile"), "Not a directory")]:
+            with self.subTest(tmpdir=tmpdir):
+                self.expect_error(rf"attnlab: error: cannot create a temporary directory in "
+                                  rf"TMPDIR={re.escape(tmpdir)}: {reason} \(set TMPDIR to a "
+                                  r"writable directory\)", "weights", "--variant", name,
+                                  *self.inputs(q, k, v), "--out", self.path("w.npy"), "--png",
+                                  self.path("h.png"), env={"TMPDIR": tmpdir}, code=3)
+                self.assertFalse(os.path.exists(self.path("w.npy")), "checked before running")
+
+    def test_png_in_a_missing_directory(self):
+        """Before: the weights were computed and written, then a Python traceback (exit 1)."""
+        name = self.weights_variant()
+        q, k, v = self.qkv(lq=3, lk=4, seed=33)
+        err = self.expect_error(r"--png /nodir/h\.png: cannot write into /nodir: No such file or "
+                                r"directory", "weights", "--variant", name, *self.inputs(q, k, v),
+                                "--out", self.path("w.npy"), "--png", "/nodir/h.png", code=3)
+        self.assertNotIn("Traceback", err)
+        self.assertFalse(os.path.exists(self.path("w.npy")))
+
+
 # --------------------------------------------------------------------- heatmap
 class Heatmap(Case):
     """reports/heatmap.py on its own: one-line errors, atomic PNG."""
@@ -703,8 +854,10 @@ class BadInput(Case):
                      *self.base[2:], *self.out)
         self.run_bad(r"not a regular file", "--q", self.dir, *self.base[2:], *self.out)
         self.run_bad(r"--q '': want a path", "--q", "", *self.base[2:], *self.out)
-        self.run_bad(r"/no/such/dir/o\.npy: cannot write", *self.base, "--out",
-                     "/no/such/dir/o.npy")
+        # An output that cannot be written is an I/O failure (3), found before
+        # any kernel runs; Outputs tests the rest.
+        self.run_bad(r"--out /no/such/dir/o\.npy: cannot write into /no/such/dir: No such file or "
+                     r"directory", *self.base, "--out", "/no/such/dir/o.npy", code=3)
 
     def test_shapes_that_disagree(self):
         q, k, v = self.q, self.k, self.v
