@@ -2,8 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
+#include <charconv>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 
 namespace attn::cli {
@@ -35,13 +38,62 @@ Dims DimsOf(const npy::FloatArray& a, const std::string& path, Layout layout) {
   }
 }
 
-npy::FloatArray ReadFloatOrFail(const std::string& path) {
+npy::FloatArray ReadFloatOrFail(const std::string& option, const std::string& path) {
+  RequirePath(option, path);
   StatusOr<npy::FloatArray> a = npy::ReadFloat(path);
   if (!a.ok()) Fail(a.status().message());
   // A non-null pointer even for an empty array (Lq = 0 is legal, a null
   // tensor is not).
   a.value().data.reserve(1);
   return std::move(a.value());
+}
+
+// Digits only, fitting int64: no sign, space, "0x" or exponent.
+std::optional<int64_t> ParseDigits(std::string_view text) {
+  if (text.empty() || text.find_first_not_of("0123456789") != std::string_view::npos) {
+    return std::nullopt;
+  }
+  int64_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+// [+-] (D+ [. D*] | . D+) [(e|E) [+-] D+]: what C and Python print for a
+// float; no hex, inf, nan, spaces or trailing text.
+bool IsDecimal(std::string_view s) {
+  size_t i = 0;
+  const auto sign = [&] {
+    if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+  };
+  const auto digits = [&] {
+    const size_t start = i;
+    while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i]))) ++i;
+    return i - start;
+  };
+  sign();
+  size_t mantissa = digits();
+  if (i < s.size() && s[i] == '.') {
+    ++i;
+    mantissa += digits();
+  }
+  if (mantissa == 0) return false;
+  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    sign();
+    if (digits() == 0) return false;
+  }
+  return i == s.size();
+}
+
+float ParseScale(const std::string& text) {
+  if (!IsDecimal(text)) {
+    Fail(fmt::format("bad --scale '{}': want a finite decimal number such as 0.125 or 1e-3", text));
+  }
+  // The C locale (the tool never sets another): '.' is the decimal point.
+  const float value = static_cast<float>(std::strtod(text.c_str(), nullptr));
+  if (!std::isfinite(value)) Fail(fmt::format("bad --scale '{}': outside the float32 range", text));
+  return value;
 }
 
 Mask ParseMask(const std::string& text) {
@@ -52,30 +104,36 @@ Mask ParseMask(const std::string& text) {
     return m;
   }
   const std::string usage = fmt::format(
-      "bad --mask '{}': want none, causal or window:LEFT,RIGHT (e.g. window:128,0)", text);
+      "bad --mask '{}': want none, causal or window:LEFT,RIGHT with LEFT and RIGHT non-negative "
+      "integers (e.g. window:128,0)",
+      text);
   if (text.rfind("window:", 0) != 0) Fail(usage);
-  const std::string rest = text.substr(7);
+  const std::string_view rest = std::string_view(text).substr(7);
   const size_t comma = rest.find(',');
-  if (comma == std::string::npos) Fail(usage);
-  auto parse = [&](const std::string& s) -> int64_t {
-    size_t used = 0;
-    int64_t value = 0;
-    try {
-      value = std::stoll(s, &used);
-    } catch (...) {
-      Fail(usage);
-    }
-    if (used != s.size() || s.empty()) Fail(usage);
-    return value;
-  };
+  if (comma == std::string_view::npos) Fail(usage);
+  const std::optional<int64_t> left = ParseDigits(rest.substr(0, comma));
+  const std::optional<int64_t> right = ParseDigits(rest.substr(comma + 1));
+  if (!left || !right) Fail(usage);
   m.kind = MaskKind::kSlidingWindow;
-  // Negative sizes are reported by attn::Validate, the one validator.
-  m.window_left = parse(rest.substr(0, comma));
-  m.window_right = parse(rest.substr(comma + 1));
+  m.window_left = *left;
+  m.window_right = *right;
   return m;
 }
 
 }  // namespace
+
+void RequirePath(const std::string& option, const std::string& path) {
+  if (path.empty()) Fail(fmt::format("bad {} '': want a path", option));
+}
+
+int64_t ParseIntOption(std::string_view option, const std::string& text, int64_t lo, int64_t hi,
+                       std::string_view note) {
+  const std::optional<int64_t> value = ParseDigits(text);
+  if (!value || *value < lo || *value > hi) {
+    Fail(fmt::format("bad {} '{}': want an integer from {} to {}{}", option, text, lo, hi, note));
+  }
+  return *value;
+}
 
 Inputs::Inputs(const InputOptions& options) : options_(options) {
   if (options.layout == "bhsd") {
@@ -87,21 +145,26 @@ Inputs::Inputs(const InputOptions& options) : options_(options) {
                      options.layout));
   }
   mask_spec_ = ParseMask(options.mask);
-  if (options.threads < 0) Fail(fmt::format("bad --threads {}: want >= 1", options.threads));
-  run_options_.threads = options.threads;
-  if (!options.memory_budget.empty()) {
-    std::optional<size_t> bytes = ParseBytes(options.memory_budget);
+  if (options.scale) scale_ = ParseScale(*options.scale);
+  if (options.threads) {
+    run_options_.threads = static_cast<int>(ParseIntOption(
+        "--threads", *options.threads, 1, kMaxThreads, " (omit --threads to use every core)"));
+  }
+  if (options.memory_budget) {
+    std::optional<size_t> bytes = ParseBytes(*options.memory_budget);
     if (!bytes) {
-      Fail(fmt::format("bad --memory-budget '{}': want bytes or e.g. 512M, 12G",
-                       options.memory_budget));
+      Fail(fmt::format(
+          "bad --memory-budget '{}': want a byte count such as 4096, 512M or 12G (suffix B, K, "
+          "M, G, T or KiB, MiB, GiB, TiB)",
+          *options.memory_budget));
     }
     run_options_.memory_budget_bytes = *bytes;
   }
   budget_ = run_options_.memory_budget_bytes.value_or(DefaultMemoryBudgetBytes());
 
-  q_ = ReadFloatOrFail(options.q);
-  k_ = ReadFloatOrFail(options.k);
-  v_ = ReadFloatOrFail(options.v);
+  q_ = ReadFloatOrFail("--q", options.q);
+  k_ = ReadFloatOrFail("--k", options.k);
+  v_ = ReadFloatOrFail("--v", options.v);
   rank_ = static_cast<int>(q_.shape.size());
   const Dims q = DimsOf(q_, options.q, layout_);
   const Dims k = DimsOf(k_, options.k, layout_);
@@ -131,14 +194,14 @@ Inputs::Inputs(const InputOptions& options) : options_(options) {
   }
   shape_ = Shape{q.batch, q.heads, k.heads, q.len, k.len, q.dim, v.dim};
 
-  if (!options.mask_file.empty()) {
+  if (options.mask_file) {
     if (mask_spec_.kind != MaskKind::kNone) {
       Fail(
           fmt::format("--mask-file (an additive mask) cannot be combined with --mask {}; put "
                       "the -inf entries into the mask file instead",
                       options.mask));
     }
-    mask_ = ReadFloatOrFail(options.mask_file);
+    mask_ = ReadFloatOrFail("--mask-file", *options.mask_file);
     const std::vector<int64_t>& s = mask_.shape;
     mask_spec_.kind = MaskKind::kAdditive;
     if (s.size() == 2) {
@@ -149,21 +212,22 @@ Inputs::Inputs(const InputOptions& options) : options_(options) {
       Fail(
           fmt::format("{} has shape {} of rank {}; an additive mask is [Lq,Lk] or "
                       "[B,H,Lq,Lk] (B and H may be 1)",
-                      options.mask_file, npy::ShapeString(s), s.size()));
+                      *options.mask_file, npy::ShapeString(s), s.size()));
     }
     mask_spec_.additive = mask_.data;
   }
-  if (!options.key_lengths.empty()) {
-    StatusOr<npy::IntArray> lens = npy::ReadInt(options.key_lengths);
+  if (options.key_lengths) {
+    const std::string& path = *options.key_lengths;
+    RequirePath("--key-lengths", path);
+    StatusOr<npy::IntArray> lens = npy::ReadInt(path);
     if (!lens.ok()) Fail(lens.status().message());
     if (lens->shape.size() != 1) {
-      Fail(fmt::format("{} has shape {}; key lengths are rank 1, one per batch (B={})",
-                       options.key_lengths, npy::ShapeString(lens->shape), shape_.batch));
+      Fail(fmt::format("{} has shape {}; key lengths are rank 1, one per batch (B={})", path,
+                       npy::ShapeString(lens->shape), shape_.batch));
     }
     for (int64_t len : lens->data) {
       if (len < std::numeric_limits<int32_t>::min() || len > std::numeric_limits<int32_t>::max()) {
-        Fail(fmt::format("{}: key length {} is outside [0, Lk={}]", options.key_lengths, len,
-                         shape_.kv_len));
+        Fail(fmt::format("{}: key length {} is outside [0, Lk={}]", path, len, shape_.kv_len));
       }
       key_lengths_.push_back(static_cast<int32_t>(len));
     }
@@ -214,7 +278,7 @@ int64_t Inputs::OutputElements() const {
 Problem Inputs::MakeProblem(float* o, std::span<float> lse, std::span<float> weights) const {
   Problem p = attn::MakeProblem(shape_, q_.data.data(), k_.data.data(), v_.data.data(), o, layout_);
   p.mask = mask_spec_;
-  if (options_.scale) p.scale = static_cast<float>(*options_.scale);
+  p.scale = scale_;
   p.lse = lse;
   p.weights = weights;
   return p;
@@ -224,10 +288,17 @@ std::string Inputs::Describe() const {
   std::string s =
       fmt::format("{} {}, {} {}, {} {}", options_.q, npy::ShapeString(q_.shape), options_.k,
                   npy::ShapeString(k_.shape), options_.v, npy::ShapeString(v_.shape));
-  if (!options_.mask_file.empty()) {
-    s += fmt::format(", {} {}", options_.mask_file, npy::ShapeString(mask_.shape));
+  if (options_.mask_file) {
+    s += fmt::format(", {} {}", *options_.mask_file, npy::ShapeString(mask_.shape));
   }
   return s;
+}
+
+std::vector<NamedPath> Inputs::Files() const {
+  std::vector<NamedPath> files = {{"--q", options_.q}, {"--k", options_.k}, {"--v", options_.v}};
+  if (options_.mask_file) files.push_back({"--mask-file", *options_.mask_file});
+  if (options_.key_lengths) files.push_back({"--key-lengths", *options_.key_lengths});
+  return files;
 }
 
 const Variant& VariantOrFail(const std::string& name) {

@@ -11,6 +11,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cli/npy.h"
@@ -19,10 +20,11 @@
 
 namespace attn::cli {
 
-// Exit codes.
+// Exit codes (docs/cli.md).
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitFailed = 1;  // a check failed, a kernel or a child failed
+inline constexpr int kExitFailed = 1;  // a check failed or ran nothing; a kernel or child failed
 inline constexpr int kExitUsage = 2;   // bad usage or bad input
+inline constexpr int kExitIo = 3;      // could not write an output (or a temporary file)
 
 struct CliError : std::runtime_error {
   CliError(int code, const std::string& message) : std::runtime_error(message), code(code) {}
@@ -32,17 +34,35 @@ struct CliError : std::runtime_error {
   throw CliError(code, message);
 }
 
-// Command-line options shared by run, check and weights.
+// A file named on the command line: the option and the path as given.
+struct NamedPath {
+  std::string option;  // "--q"
+  std::string path;
+};
+
+// Command-line options shared by run, check and weights, as typed: Inputs
+// parses them (strictly: "0x10", "1e", " 3", "+1" are refused), so the three
+// commands accept and refuse the same things. An optional that is present
+// holds what was given, even "".
 struct InputOptions {
   std::string q, k, v;
   std::string mask = "none";
-  std::string key_lengths;  // .npy path, optional
-  std::string mask_file;    // .npy path, optional
-  std::optional<double> scale;
+  std::optional<std::string> key_lengths;  // .npy path
+  std::optional<std::string> mask_file;    // .npy path
+  std::optional<std::string> scale;        // a finite decimal; default 1/sqrt(dk)
   std::string layout = "bhsd";
-  int threads = 0;
-  std::string memory_budget;  // e.g. "512M"; default: the registry's
+  std::optional<std::string> threads;        // 1..kMaxThreads; default all cores
+  std::optional<std::string> memory_budget;  // e.g. "512M"; default: the registry's
 };
+
+// Fails (kExitUsage) "bad OPTION '': want a path" when `path` is empty.
+void RequirePath(const std::string& option, const std::string& path);
+
+// `text` as a decimal integer in [lo, hi]: digits only (no sign, space, "0x"
+// or exponent), else CliError (kExitUsage)
+// "bad OPTION 'TEXT': want an integer from LO to HI" followed by `note`.
+int64_t ParseIntOption(std::string_view option, const std::string& text, int64_t lo, int64_t hi,
+                       std::string_view note = "");
 
 // Loaded inputs and the problem shape they describe.
 class Inputs {
@@ -69,6 +89,10 @@ class Inputs {
   // "q.npy (1, 8, 16, 64), k.npy (...), v.npy (...)": context for messages.
   std::string Describe() const;
 
+  // The files read, by option (--q, --k, --v, --mask-file, --key-lengths):
+  // what no output may overwrite.
+  std::vector<NamedPath> Files() const;
+
  private:
   InputOptions options_;
   npy::FloatArray q_, k_, v_, mask_;
@@ -77,6 +101,7 @@ class Inputs {
   Mask mask_spec_;
   int rank_ = 4;
   Layout layout_ = Layout::kBHLD;
+  std::optional<float> scale_;
   RunOptions run_options_;
   size_t budget_ = 0;
 };

@@ -7,8 +7,16 @@
 //   attnlab bench   ...               runs attnlab_bench (Google Benchmark JSON)
 //   attnlab report  RESULTS.json...   runs reports/generate.py
 //
-// Exit codes: 0 ok, 1 a check or a child process failed, 2 bad usage or input.
-// See docs/cli.md.
+// Exit codes (docs/cli.md):
+//   0  ok
+//   1  a check failed (or every variant was skipped, so nothing was checked),
+//      a kernel or a child process failed
+//   2  bad usage or input (checked before any kernel runs)
+//   3  could not write an output or a temporary file (the message names the
+//      path and the OS's reason; a previous file at that path is unchanged),
+//      or another file-system call failed; never an abort
+// run and weights check every output path before any kernel runs, and write
+// each file atomically (cli/files.h).
 #include <fmt/format.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -24,6 +32,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "cli/files.h"
 #include "cli/inputs.h"
 #include "cli/npy.h"
 #include "kernels/registry.h"
@@ -52,12 +61,19 @@ void AddInputOptions(CLI::App* cmd, InputOptions& in) {
   cmd->add_option("--mask-file", in.mask_file, "additive float mask .npy [Lq,Lk] or [B,H,Lq,Lk]");
   cmd->add_option("--scale", in.scale, "softmax scale (default 1/sqrt(dk))");
   cmd->add_option("--layout", in.layout, "bhsd (default) or bshd");
-  cmd->add_option("--threads", in.threads, "OpenMP threads (default: all)");
+  cmd->add_option("--threads", in.threads,
+                  fmt::format("OpenMP threads, 1 to {} (default: every core)", kMaxThreads));
   cmd->add_option("--memory-budget", in.memory_budget,
                   "workspace budget, e.g. 512M (default: ATTNLAB_MEMORY_BUDGET or half of RAM)");
 }
 
 std::string Yes(bool b) { return b ? "yes" : "no"; }
+
+// fs::exists that cannot throw (an unreadable directory reads as "no").
+bool Exists(const fs::path& p) {
+  std::error_code ec;
+  return fs::exists(p, ec);
+}
 
 // ---------------------------------------------------------------- list
 int List() {
@@ -77,17 +93,20 @@ int List() {
 
 // ---------------------------------------------------------------- run
 struct RunArgs {
-  std::string variant, out, lse;
+  std::string variant, out;
+  std::optional<std::string> lse;
 };
 
 int RunCommand(const InputOptions& in, const RunArgs& args) {
   const Variant& variant = VariantOrFail(args.variant);
   const Inputs inputs(in);
+  std::vector<NamedPath> outputs = {{"--out", args.out}};
+  if (args.lse) outputs.push_back({"--lse", *args.lse});
+  const std::vector<OutputFile> files = CheckOutputs(outputs, inputs.Files());
   std::vector<float> o(inputs.OutputElements());
   o.reserve(1);  // non-null when empty (Lq = 0)
   std::vector<float> lse;
-  if (!args.lse.empty())
-    lse.resize(inputs.shape().batch * inputs.shape().heads * inputs.shape().q_len);
+  if (args.lse) lse.resize(inputs.shape().batch * inputs.shape().heads * inputs.shape().q_len);
   const Problem problem = inputs.MakeProblem(o.data(), lse);
   RunStats stats;
   const double seconds = RunVariant(variant, inputs, problem, &stats);
@@ -99,14 +118,8 @@ int RunCommand(const InputOptions& in, const RunArgs& args) {
   fmt::print("time {:.3f} ms, {:.2f} GFLOP/s (visible pairs), workspace {} (declared {})\n",
              seconds * 1e3, flops / seconds / 1e9, FormatBytes(double(stats.workspace_peak_bytes)),
              FormatBytes(double(stats.workspace_declared_bytes)));
-  const std::vector<int64_t> oshape = inputs.OutputShape();
-  if (Status s = npy::WriteFloat(args.out, oshape, o); !s.ok()) Fail(s.message());
-  fmt::print("wrote {} {}\n", args.out, npy::ShapeString(oshape));
-  if (!args.lse.empty()) {
-    const std::vector<int64_t> lshape = inputs.LseShape();
-    if (Status s = npy::WriteFloat(args.lse, lshape, lse); !s.ok()) Fail(s.message());
-    fmt::print("wrote {} {}\n", args.lse, npy::ShapeString(lshape));
-  }
+  WriteNpyOutput(files[0], inputs.OutputShape(), o);
+  if (args.lse) WriteNpyOutput(files[1], inputs.LseShape(), lse);
   return kExitOk;
 }
 
@@ -125,6 +138,20 @@ void CheckElement(double got, double want, double bound, CheckRow& r, Where&& wh
   const bool first = r.c.ok;
   if (!reference::CompareElement(got, want, bound, r.c, "") && first) {
     r.c.first_failure = where() + r.c.first_failure;
+  }
+}
+
+// What the table says of a variant Prepare refused: over the budget or
+// lacking a feature is a skip; anything else (an invalid problem or option)
+// would refuse every variant alike and is an error (exit 2).
+std::string SkipReason(const Status& status, const Inputs& inputs) {
+  switch (status.code()) {
+    case StatusCode::kResourceExhausted:
+      return "skipped: over budget: " + status.message();
+    case StatusCode::kUnimplemented:
+      return "skipped: " + status.message();
+    default:
+      FailStatus(status, inputs);
   }
 }
 
@@ -161,7 +188,7 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
              inputs.Describe(), ref_ms);
 
   std::vector<CheckRow> table;
-  bool failed = false;
+  bool failed = false, any_ran = false;
   for (const Variant* v : variants) {
     CheckRow row;
     row.variant = v->name;
@@ -169,9 +196,7 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
     std::fill(lse.begin(), lse.end(), std::numeric_limits<float>::quiet_NaN());
     StatusOr<ValidProblem> prepared = Prepare(*v, problem, inputs.run_options());
     if (!prepared.ok()) {
-      row.skipped = prepared.status().code() == StatusCode::kResourceExhausted
-                        ? "skipped: over budget: " + prepared.status().message()
-                        : "skipped: " + prepared.status().message();
+      row.skipped = SkipReason(prepared.status(), inputs);
       table.push_back(row);
       continue;
     }
@@ -191,6 +216,7 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
                        [&] { return fmt::format("lse[b={},h={},i={}]", b, h, i); });
         }
     failed = failed || !row.c.ok;
+    any_ran = true;
     table.push_back(row);
   }
   fmt::print("\n{:<16} {:>12} {:>12} {:>12} {:>10} {:>10}  {}\n", "variant", "max_abs_err",
@@ -209,6 +235,9 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
   fmt::print(
       "\nbound: the derived per-row tolerance (reference/error_bound.h) at the element "
       "with the largest err/bound; a variant passes when err/bound <= 1 everywhere.\n");
+  if (!any_ran) {
+    Fail("every variant was skipped (see the table): nothing was checked", kExitFailed);
+  }
   return failed ? kExitFailed : kExitOk;
 }
 
@@ -367,11 +396,11 @@ int ReportCommand(const ReportArgs& args) {
   }
   for (const std::vector<std::string>* list : {&args.results, &args.compare}) {
     for (const std::string& f : *list) {
-      if (!fs::exists(f)) Fail(fmt::format("{}: no such file", f));
+      if (!Exists(f)) Fail(fmt::format("{}: no such file", f));
     }
   }
   const fs::path script = SourceFile("ATTNLAB_REPORT_SCRIPT", "reports/generate.py");
-  if (!fs::exists(script)) {
+  if (!Exists(script)) {
     Fail(fmt::format("report generator {} not found (set ATTNLAB_REPORT_SCRIPT)", script.string()));
   }
   std::vector<std::string> argv = {Python(), script.string()};
@@ -394,11 +423,33 @@ int ReportCommand(const ReportArgs& args) {
 
 // ---------------------------------------------------------------- weights
 struct WeightsArgs {
-  std::string variant, out, png, tokens;
-  int64_t head = 0, batch = 0;
+  std::string variant, out;
+  std::optional<std::string> png, tokens;
+  std::string head = "0", batch = "0";  // parsed once the inputs give H and B
 };
 
+// The named variant, or the first that materializes weights.
+const Variant& WeightsVariant(const std::string& name) {
+  if (name.empty()) {
+    for (const Variant* v : Registry()) {
+      if (v->supports_weights) return *v;
+    }
+    Fail("no registered variant materializes attention weights");
+  }
+  const Variant& variant = VariantOrFail(name);
+  if (!variant.supports_weights) {
+    std::string which;
+    for (const Variant* v : Registry()) {
+      if (v->supports_weights) which += (which.empty() ? "" : ", ") + std::string(v->name);
+    }
+    Fail(fmt::format("{} does not materialize attention weights; use one that does: {}",
+                     variant.name, which));
+  }
+  return variant;
+}
+
 std::vector<std::string> ReadTokens(const std::string& path) {
+  RequirePath("--tokens", path);
   std::ifstream f(path);
   if (!f) Fail(fmt::format("{}: cannot open the tokens file", path));
   std::vector<std::string> tokens;
@@ -407,78 +458,35 @@ std::vector<std::string> ReadTokens(const std::string& path) {
   return tokens;
 }
 
-int WeightsCommand(const InputOptions& in, const WeightsArgs& args) {
-  const Variant* variant = nullptr;
-  if (args.variant.empty()) {
-    for (const Variant* v : Registry()) {
-      if (v->supports_weights) {
-        variant = v;
-        break;
-      }
-    }
-    if (variant == nullptr) Fail("no registered variant materializes attention weights");
-  } else {
-    variant = &VariantOrFail(args.variant);
-    if (!variant->supports_weights) {
-      std::string which;
-      for (const Variant* v : Registry()) {
-        if (v->supports_weights) which += (which.empty() ? "" : ", ") + std::string(v->name);
-      }
-      Fail(fmt::format("{} does not materialize attention weights; use one that does: {}",
-                       variant->name, which));
-    }
-  }
-  const Inputs inputs(in);
-  const Shape& s = inputs.shape();
-  const double weight_bytes =
-      4.0 * double(s.batch) * double(s.heads) * double(s.q_len) * double(s.kv_len);
-  if (weight_bytes > kMaxWeightsBytes) {
-    Fail(
-        fmt::format("weights [B={}, H={}, Lq={}, Lk={}] would take {}, over the {} limit of "
-                    "`attnlab weights` (it is for small problems you look at)",
-                    s.batch, s.heads, s.q_len, s.kv_len, FormatBytes(weight_bytes),
-                    FormatBytes(kMaxWeightsBytes)));
-  }
-  if (args.batch < 0 || args.batch >= s.batch) {
-    Fail(fmt::format("bad --batch {}: the inputs have B={}", args.batch, s.batch));
-  }
-  if (args.head < 0 || args.head >= s.heads) {
-    Fail(fmt::format("bad --head {}: the inputs have H={}", args.head, s.heads));
-  }
+// Labels of the keys (the tokens, else 0..Lk-1) and of the queries: aligned
+// bottom-right with the keys (problem.h), query i is token i + Lk - Lq.
+struct Labels {
   std::vector<std::string> keys, queries;
-  if (!args.tokens.empty()) {
-    keys = ReadTokens(args.tokens);
-    if (int64_t(keys.size()) != s.kv_len) {
-      Fail(fmt::format("{} has {} tokens; want one per key (Lk={})", args.tokens, keys.size(),
+};
+Labels MakeLabels(const std::optional<std::string>& tokens, const Shape& s) {
+  Labels l;
+  if (tokens) {
+    l.keys = ReadTokens(*tokens);
+    if (int64_t(l.keys.size()) != s.kv_len) {
+      Fail(fmt::format("{} has {} tokens; want one per key (Lk={})", *tokens, l.keys.size(),
                        s.kv_len));
     }
   } else {
-    for (int64_t j = 0; j < s.kv_len; ++j) keys.push_back(std::to_string(j));
+    for (int64_t j = 0; j < s.kv_len; ++j) l.keys.push_back(std::to_string(j));
   }
-  // Queries are aligned bottom-right with the keys (problem.h): query i is
-  // token i + Lk - Lq.
   for (int64_t i = 0; i < s.q_len; ++i) {
     const int64_t j = i + s.kv_len - s.q_len;
-    queries.push_back(j >= 0 && j < s.kv_len ? keys[j] : "q" + std::to_string(i));
+    l.queries.push_back(j >= 0 && j < s.kv_len ? l.keys[j] : "q" + std::to_string(i));
   }
+  return l;
+}
 
-  std::vector<float> o(inputs.OutputElements());
-  o.reserve(1);  // non-null when empty (Lq = 0)
-  std::vector<float> w(s.batch * s.heads * s.q_len * s.kv_len);
-  const Problem problem = inputs.MakeProblem(o.data(), {}, w);
-  const double seconds = RunVariant(*variant, inputs, problem);
-  fmt::print("variant {}: {} in {:.3f} ms\n", variant->name, attn::Describe(s, problem.mask),
-             seconds * 1e3);
-  const std::vector<int64_t> wshape = inputs.WeightsShape();
-  if (Status st = npy::WriteFloat(args.out, wshape, w); !st.ok()) Fail(st.message());
-  fmt::print("wrote {} {}\n", args.out, npy::ShapeString(wshape));
-
-  // The (batch, head) slice: table and heatmap.
-  const float* slice = w.data() + (args.batch * s.heads + args.head) * s.q_len * s.kv_len;
+void PrintEntropyTable(const float* slice, const Shape& s, const Labels& labels, int64_t batch,
+                       int64_t head) {
   fmt::print(
       "\nbatch {} head {}: per query row, entropy of its weights (nats; uniform over n "
       "keys = ln n) and the largest weight\n",
-      args.batch, args.head);
+      batch, head);
   fmt::print("{:>5} {:<16} {:>9} {:>10} {:<16}\n", "row", "query", "entropy", "max_weight",
              "argmax_key");
   for (int64_t i = 0; i < s.q_len; ++i) {
@@ -493,42 +501,96 @@ int WeightsCommand(const InputOptions& in, const WeightsArgs& args) {
         arg = j;
       }
     }
-    fmt::print("{:>5} {:<16} {:>9.4f} {:>10.4f} {:<16}\n", i, queries[i], entropy, max_w,
-               arg < 0 ? "(fully masked)" : keys[arg]);
+    fmt::print("{:>5} {:<16} {:>9.4f} {:>10.4f} {:<16}\n", i, labels.queries[i], entropy, max_w,
+               arg < 0 ? "(fully masked)" : labels.keys[arg]);
   }
+}
 
-  if (!args.png.empty()) {
-    const fs::path script = SourceFile("ATTNLAB_HEATMAP_SCRIPT", "reports/heatmap.py");
-    if (!fs::exists(script)) {
-      Fail(
-          fmt::format("heatmap script {} not found (set ATTNLAB_HEATMAP_SCRIPT)", script.string()));
-    }
-    const std::string python = Python();
-    // The slice and labels go to the script through a temporary JSON spec.
-    const fs::path tmp =
-        fs::temp_directory_path() / fmt::format("attnlab-heatmap-{}", static_cast<long>(getpid()));
-    fs::create_directories(tmp);
-    const fs::path slice_npy = tmp / "weights.npy";
-    const std::vector<int64_t> slice_shape = {s.q_len, s.kv_len};
-    if (Status st = npy::WriteFloat(slice_npy.string(), slice_shape,
-                                    std::span<const float>(slice, s.q_len * s.kv_len));
-        !st.ok()) {
-      Fail(st.message());
-    }
-    nlohmann::json spec = {
-        {"weights", slice_npy.string()},
-        {"png", args.png},
-        {"keys", keys},
-        {"queries", queries},
-        {"title", fmt::format("{} attention weights, batch {} head {} ({})", variant->name,
-                              args.batch, args.head, MaskKindName(problem.mask.kind))}};
-    const fs::path spec_path = tmp / "spec.json";
-    std::ofstream(spec_path) << spec.dump();
-    const int rc = Spawn({python, script.string(), spec_path.string()}, /*echo=*/false);
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    if (rc != 0) Fail(fmt::format("the heatmap script exited with status {}", rc), kExitFailed);
-    fmt::print("wrote {}\n", args.png);
+fs::path HeatmapScript() {
+  const fs::path script = SourceFile("ATTNLAB_HEATMAP_SCRIPT", "reports/heatmap.py");
+  if (!Exists(script)) {
+    Fail(fmt::format("heatmap script {} not found (set ATTNLAB_HEATMAP_SCRIPT)", script.string()));
+  }
+  return script;
+}
+
+// What drawing the heatmap needs, found before any kernel runs: the
+// interpreter, the script and a scratch directory for the slice and the spec.
+struct Heatmap {
+  std::string python = Python();
+  fs::path script = HeatmapScript();
+  TempDir tmp{"attnlab-heatmap"};
+};
+
+// reports/heatmap.py draws `slice` [Lq, Lk] into png (atomically; its exit
+// code 3 means it could not write the PNG).
+void DrawHeatmap(const Heatmap& h, const OutputFile& png, const float* slice, const Shape& s,
+                 const Labels& labels, const std::string& title) {
+  const fs::path slice_npy = h.tmp.path() / "weights.npy";
+  const std::vector<int64_t> shape = {s.q_len, s.kv_len};
+  WriteFileOrFail(slice_npy.string(),
+                  npy::SerializeFloat(shape, std::span<const float>(slice, s.q_len * s.kv_len)));
+  const nlohmann::json spec = {{"weights", slice_npy.string()},
+                               {"png", png.target},
+                               {"keys", labels.keys},
+                               {"queries", labels.queries},
+                               {"title", title}};
+  const fs::path spec_path = h.tmp.path() / "spec.json";
+  WriteFileOrFail(spec_path.string(), spec.dump());
+  const int rc = Spawn({h.python, h.script.string(), spec_path.string()}, /*echo=*/false);
+  if (rc != 0) {
+    Fail(fmt::format("the heatmap script exited with status {}", rc),
+         rc == kExitIo ? kExitIo : kExitFailed);
+  }
+  fmt::print("wrote {}\n", png.name.path);
+}
+
+void CheckWeightsFit(const Shape& s) {
+  const double weight_bytes =
+      4.0 * double(s.batch) * double(s.heads) * double(s.q_len) * double(s.kv_len);
+  if (weight_bytes > kMaxWeightsBytes) {
+    Fail(
+        fmt::format("weights [B={}, H={}, Lq={}, Lk={}] would take {}, over the {} limit of "
+                    "`attnlab weights` (it is for small problems you look at)",
+                    s.batch, s.heads, s.q_len, s.kv_len, FormatBytes(weight_bytes),
+                    FormatBytes(kMaxWeightsBytes)));
+  }
+}
+
+int WeightsCommand(const InputOptions& in, const WeightsArgs& args) {
+  const Variant& variant = WeightsVariant(args.variant);
+  const Inputs inputs(in);
+  const Shape& s = inputs.shape();
+  CheckWeightsFit(s);
+  std::vector<float> o(inputs.OutputElements());
+  o.reserve(1);  // non-null when empty (Lq = 0)
+  std::vector<float> w(s.batch * s.heads * s.q_len * s.kv_len);
+  const Problem problem = inputs.MakeProblem(o.data(), {}, w);
+  if (StatusOr<ValidProblem> valid = Validate(problem); !valid.ok()) {
+    FailStatus(valid.status(), inputs);
+  }
+  const int64_t batch = ParseIntOption("--batch", args.batch, 0, s.batch - 1,
+                                       fmt::format(" (the inputs have B={})", s.batch));
+  const int64_t head = ParseIntOption("--head", args.head, 0, s.heads - 1,
+                                      fmt::format(" (the inputs have H={})", s.heads));
+  std::vector<NamedPath> outputs = {{"--out", args.out}}, read = inputs.Files();
+  if (args.png) outputs.push_back({"--png", *args.png});
+  if (args.tokens) read.push_back({"--tokens", *args.tokens});
+  const std::vector<OutputFile> files = CheckOutputs(outputs, read);
+  const Labels labels = MakeLabels(args.tokens, s);
+  std::optional<Heatmap> heatmap;
+  if (args.png) heatmap.emplace();
+
+  const double seconds = RunVariant(variant, inputs, problem);
+  fmt::print("variant {}: {} in {:.3f} ms\n", variant.name, attn::Describe(s, problem.mask),
+             seconds * 1e3);
+  WriteNpyOutput(files[0], inputs.WeightsShape(), w);
+  const float* slice = w.data() + (batch * s.heads + head) * s.q_len * s.kv_len;
+  PrintEntropyTable(slice, s, labels, batch, head);
+  if (heatmap) {
+    DrawHeatmap(*heatmap, files[1], slice, s, labels,
+                fmt::format("{} attention weights, batch {} head {} ({})", variant.name, batch,
+                            head, MaskKindName(problem.mask.kind)));
   }
   return kExitOk;
 }
@@ -551,7 +613,9 @@ int Main(int argc, char** argv) {
   InputOptions check_in;
   std::vector<std::string> check_variants;
   CLI::App* check = app.add_subcommand(
-      "check", "run every variant (or --variants) against the fp64 reference; exit 1 on a miss");
+      "check",
+      "run every variant (or --variants) against the fp64 reference; exit 1 on a miss or when "
+      "every variant is skipped");
   AddInputOptions(check, check_in);
   check->add_option("--variants", check_variants, "comma-separated subset")->delimiter(',');
 
@@ -611,6 +675,16 @@ int Main(int argc, char** argv) {
     return e.code;
   } catch (const std::bad_alloc&) {
     fmt::print(stderr, "attnlab: error: out of memory\n");
+    return kExitFailed;
+  } catch (const fs::filesystem_error& e) {
+    // Every file-system call above is meant not to throw; should one still
+    // do so, a message and an exit code, never an abort.
+    std::fflush(stdout);
+    fmt::print(stderr, "attnlab: error: {}\n", e.what());
+    return kExitIo;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "attnlab: error: unexpected: {}\n", e.what());
     return kExitFailed;
   }
   return kExitUsage;

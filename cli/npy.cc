@@ -1,8 +1,12 @@
 #include "cli/npy.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <bit>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -379,18 +383,6 @@ std::string Serialize(std::span<const int64_t> shape, const char* descr, const v
   return out;
 }
 
-Status WriteBytes(const std::string& path, const std::string& bytes) {
-  File f(std::fopen(path.c_str(), "wb"));
-  if (!f) return InvalidArgument(path + ": cannot write: " + std::strerror(errno));
-  if (std::fwrite(bytes.data(), 1, bytes.size(), f.get()) != bytes.size()) {
-    return InvalidArgument(path + ": write error: " + std::strerror(errno));
-  }
-  if (std::fclose(f.release()) != 0) {
-    return InvalidArgument(path + ": write error: " + std::strerror(errno));
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 std::string ShapeString(std::span<const int64_t> shape) {
@@ -426,13 +418,44 @@ std::string SerializeFloat(std::span<const int64_t> shape, std::span<const float
 std::string SerializeInt32(std::span<const int64_t> shape, std::span<const int32_t> data) {
   return Serialize(shape, "<i4", data.data(), data.size_bytes());
 }
+Status WriteFileAtomically(const std::string& path, std::string_view bytes) {
+  const std::filesystem::path target(path);
+  const std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : ".";
+  // A unique name beside the target (same file system, so rename is atomic),
+  // hidden, and short enough for NAME_MAX whatever the target's name.
+  std::string name(1, '.');  // (built up: gcc 12 warns falsely on "." + s)
+  name.append(target.filename().string().substr(0, 200));
+  name.append(".tmp-XXXXXX");
+  std::string tmp = (dir / name).string();
+  const int fd = mkstemp(tmp.data());
+  if (fd < 0) {
+    return Bad(path, "cannot write: cannot create a temporary file in " + dir.string() + ": " +
+                         std::strerror(errno));
+  }
+  // mkstemp makes it 0600; give it the mode a plain fopen would.
+  const mode_t mask = umask(0);
+  umask(mask);
+  fchmod(fd, 0666 & ~mask);
+  File f(fdopen(fd, "wb"));
+  int err = f ? 0 : errno;
+  if (!f) close(fd);
+  if (err == 0 && std::fwrite(bytes.data(), 1, bytes.size(), f.get()) != bytes.size()) err = errno;
+  if (err == 0 && std::fflush(f.get()) != 0) err = errno;
+  if (f && std::fclose(f.release()) != 0 && err == 0) err = errno;
+  if (err == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+  if (err != 0) {
+    std::remove(tmp.c_str());  // the previous file, if any, is untouched
+    return Bad(path, std::string("cannot write: ") + std::strerror(err));
+  }
+  return Status::Ok();
+}
 Status WriteFloat(const std::string& path, std::span<const int64_t> shape,
                   std::span<const float> data) {
-  return WriteBytes(path, SerializeFloat(shape, data));
+  return WriteFileAtomically(path, SerializeFloat(shape, data));
 }
 Status WriteInt32(const std::string& path, std::span<const int64_t> shape,
                   std::span<const int32_t> data) {
-  return WriteBytes(path, SerializeInt32(shape, data));
+  return WriteFileAtomically(path, SerializeInt32(shape, data));
 }
 
 }  // namespace attn::npy

@@ -13,7 +13,9 @@
 // nor make it allocate more than the file holds.
 //
 // Writes version 1.0 (2.0 when the header would not fit in 64 KiB),
-// '<f4' or '<i4', C order, header padded to a multiple of 64 bytes.
+// '<f4' or '<i4', C order, header padded to a multiple of 64 bytes, and
+// writes atomically (WriteFileAtomically): a failed write leaves the previous
+// file as it was.
 //
 // This lives with the command-line tool (library attnlab_npy), not in
 // libattnlab: the kernels take pointers and strides, and file formats are a
@@ -76,6 +78,16 @@ StatusOr<IntArray> ReadInt(const std::string& path);
 std::string SerializeFloat(std::span<const int64_t> shape, std::span<const float> data);
 std::string SerializeInt32(std::span<const int64_t> shape, std::span<const int32_t> data);
 
+// Writes `bytes` to `path` through a uniquely named temporary file in the
+// same directory, renamed over `path` once every byte is written and closed
+// (fwrite, fflush and fclose checked; no fsync). On any failure the temporary
+// file is removed and `path` is left as it was. A symlink at `path` is
+// replaced, not followed: resolve it first to write through it. Errors are
+// I/O errors (the Status code says InvalidArgument, the library's only code
+// for bad input; callers treat any failure here as "could not write"):
+// "PATH: cannot write: File too large".
+Status WriteFileAtomically(const std::string& path, std::string_view bytes);
+// A .npy file written with WriteFileAtomically.
 Status WriteFloat(const std::string& path, std::span<const int64_t> shape,
                   std::span<const float> data);
 Status WriteInt32(const std::string& path, std::span<const int64_t> shape,

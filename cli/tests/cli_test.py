@@ -2,8 +2,8 @@
 """Drives the attnlab command-line tool on real .npy files.
 
 Run by ctest (cli/CMakeLists.txt), one test group per ctest test:
-  /usr/bin/python3 cli_test.py GROUP      GROUP in Npy BadInput Run Check Weights List
-                                          Bench Report Docs
+  /usr/bin/python3 cli_test.py GROUP      GROUP in Npy BadInput Run Check Weights Outputs
+                                          Heatmap List Bench Report Docs
 Environment: ATTNLAB_CLI (the attnlab binary), ATTNLAB_SOURCE (the source tree).
 
 numpy writes the inputs and a float64 numpy softmax is the reference; the
@@ -15,6 +15,8 @@ import io
 import json
 import os
 import re
+import resource
+import signal
 import struct
 import subprocess
 import sys
@@ -31,14 +33,23 @@ SAFETY = 4.0    # reference/error_bound.h kSafety
 EXP_ULPS = 8.0
 
 
-def attnlab(*args, env=None, cwd=None):
+def attnlab(*args, env=None, cwd=None, preexec_fn=None):
     """Runs the tool; returns (exit code, stdout, stderr)."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
     p = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, env=full_env,
-                       cwd=cwd, timeout=120)
+                       cwd=cwd, timeout=120, preexec_fn=preexec_fn)
     return p.returncode, p.stdout, p.stderr
+
+
+def file_size_limit(limit):
+    """preexec_fn: files the child writes may not grow past `limit` bytes (a full disk, as
+    `ulimit -f` makes it); SIGXFSZ ignored so write() fails with EFBIG instead of killing."""
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return apply
 
 
 def visible(lq, lk, mask, b, key_lengths):
@@ -272,6 +283,20 @@ class Run(Case):
                 want, _, bound, _ = reference(q, k, v, additive=m, scale=0.3)
                 self.assert_close(o, want, bound)
 
+    def test_accepted_number_forms(self):
+        """The strict parsers still take every ordinary spelling."""
+        q, k, v = self.qkv(seed=5)
+        want, _, bound, _ = reference(q, k, v, mask="window:2,0", scale=0.3)
+        for scale in ["0.3", "+0.3", ".3", "3e-1", "3.E-1", "0.30"]:
+            with self.subTest(scale=scale):
+                o, _, _ = self.check_run(q, k, v, ["--scale", scale, "--mask", "window:2,0",
+                                                   "--threads", "1"])
+                self.assert_close(o, want, bound)
+        o, _, out = self.check_run(q, k, v, ["--scale", "0.3", "--mask", "window:02,000",
+                                             "--threads", "1024"])
+        self.assert_close(o, want, bound)
+        self.assertIn("on 1024 thread(s)", out)
+
     def test_bshd_layout_and_ranks(self):
         q, k, v = self.qkv(B=2, H=4, Hkv=1, lq=5, lk=7, seed=7)
         want, _, bound, _ = reference(q, k, v, mask="causal")
@@ -331,8 +356,30 @@ class Check(Case):
 
     def test_over_budget_is_skipped_not_failed(self):
         q, k, v = self.qkv(lq=64, lk=64, seed=12)  # O 4.6 KiB, scores 2 x 16.2 KiB
-        out = self.expect_ok("check", *self.inputs(q, k, v), "--memory-budget", "8K")
+        args = [*self.inputs(q, k, v), "--threads", "1"]
+        # 8 KiB holds no variant's workspace: every one is skipped, nothing is
+        # checked, and that is not a pass.
+        rc, out, err = attnlab("check", *args, "--memory-budget", "8K")
+        self.assertEqual(rc, 1, out + err)
+        self.assertEqual(len(re.findall(r"skipped: over budget", out)), len(variant_names()), out)
+        self.assertIn("attnlab: error: every variant was skipped (see the table): nothing was "
+                      "checked", err)
+        # Between the smallest and the largest workspace: the small ones run
+        # and pass, the others are skipped, and the check passes.
+        needs = sorted(float(n) * {"B": 1, "KiB": 1024, "MiB": 2 ** 20}[u]
+                       for n, u in re.findall(r"needs ([0-9.]+) (B|KiB|MiB) of", out))
+        if needs[-1] - needs[0] < 2048:
+            self.skipTest("every variant needs about the same workspace here")
+        out = self.expect_ok("check", *args, "--memory-budget", str(int(needs[0] + 1024)))
         self.assertIn("skipped: over budget", out)
+        self.assertRegex(out, r"\s+ok\n")
+
+    def test_invalid_options_are_errors_not_skips(self):
+        q, k, v = self.qkv(seed=12)
+        for threads in ["1000000", "0"]:
+            with self.subTest(threads=threads):
+                self.expect_error(rf"bad --threads '{threads}': want an integer from 1 to 1024",
+                                  "check", *self.inputs(q, k, v), "--threads", threads)
 
     def test_nan_input_must_match_reference(self):
         # NaN in a key seen by every row: the reference gives NaN and the
@@ -386,13 +433,221 @@ class Weights(Case):
                           r"8\.0 MiB limit", "weights", "--variant", name, *self.inputs(q, k, v),
                           "--out", self.path("w.npy"))
         q, k, v = self.qkv(seed=16)
-        self.expect_error(r"bad --head 5: the inputs have H=2", "weights", *self.inputs(q, k, v),
-                          "--out", self.path("w.npy"), "--head", "5")
+        for head in ["5", "2", "-1", "+1", "0x1", "1x", "", " 1"]:
+            with self.subTest(head=head):
+                self.expect_error(rf"bad --head '{re.escape(head)}': want an integer from 0 to 1 "
+                                  r"\(the inputs have H=2\)", "weights", *self.inputs(q, k, v),
+                                  "--out", self.path("w.npy"), "--head", head)
+        self.expect_error(r"bad --batch '1': want an integer from 0 to 0 \(the inputs have B=1\)",
+                          "weights", *self.inputs(q, k, v), "--out", self.path("w.npy"),
+                          "--batch", "1")
+        self.assertFalse(os.path.exists(self.path("w.npy")))
         with open(self.path("words.txt"), "w") as f:
             f.write("too few\n")
         self.expect_error(r"has 2 tokens; want one per key \(Lk=11\)", "weights",
                           *self.inputs(q, k, v), "--out", self.path("w.npy"), "--tokens",
                           self.path("words.txt"))
+
+
+# --------------------------------------------------------------------- outputs
+class Outputs(Case):
+    """Issue 21 #3 and #9: every output is checked before any kernel runs and
+    written atomically; exit 3 when one cannot be written, 2 for a bad request;
+    a previous file survives any failure."""
+
+    PREVIOUS = b"previous good file"
+
+    def setUp(self):
+        super().setUp()
+        self.q, self.k, self.v = self.qkv(B=1, H=2, Hkv=2, lq=200, lk=16, dk=8, dv=8, seed=30)
+        self.base = self.inputs(self.q, self.k, self.v)  # O: 12.9 KB
+
+    def previous(self, name):
+        return self.write(name, self.PREVIOUS)
+
+    def assert_untouched(self, path):
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), self.PREVIOUS, f"{path} was changed")
+
+    def assert_no_temporary_files(self):
+        left = [f for f in os.listdir(self.dir) if f.startswith(".")]
+        self.assertEqual(left, [], "temporary files left behind")
+
+    def run_args(self, *args):
+        return ["run", "--variant", first_variant(), *self.base, *args]
+
+    def weights_variant(self):
+        return Weights.weights_variant(self)
+
+    def test_duplicate_outputs_are_refused_before_running(self):
+        x = self.previous("x.npy")
+        os.symlink("x.npy", self.path("link.npy"))
+        os.link(x, self.path("hard.npy"))
+        os.mkdir(self.path("sub"))
+        for out, lse in [("x.npy", "x.npy"), ("x.npy", "./x.npy"), ("x.npy", "sub/../x.npy"),
+                         (x, "x.npy"), ("link.npy", "x.npy"), ("hard.npy", "x.npy"),
+                         ("new.npy", "./new.npy")]:
+            with self.subTest(out=out, lse=lse):
+                self.expect_error(rf"--out {re.escape(out)} and --lse {re.escape(lse)} are the "
+                                  r"same file; give each output its own path",
+                                  *self.run_args("--out", out, "--lse", lse), cwd=self.dir)
+                self.assert_untouched(x)
+                self.assertFalse(os.path.exists(self.path("new.npy")))
+
+    def test_output_that_is_an_input_is_refused(self):
+        q = self.base[1]
+        with open(q, "rb") as f:
+            before = f.read()
+        for out_args, pattern in [
+            (["--out", "q.npy"], r"--out q\.npy would overwrite the input --q \S+q\.npy"),
+            (["--out", "o.npy", "--lse", "./v.npy"],
+             r"--lse \./v\.npy would overwrite the input --v"),
+        ]:
+            with self.subTest(out_args):
+                self.expect_error(pattern, *self.run_args(*out_args), cwd=self.dir)
+        lens = self.save("lens.npy", np.array([3], "<i4"))
+        self.expect_error(r"--out \S+lens\.npy would overwrite the input --key-lengths",
+                          *self.run_args("--key-lengths", lens, "--out", lens))
+        with open(q, "rb") as f:
+            self.assertEqual(f.read(), before)
+        # weights: --png may not be --tokens, nor --out.
+        name = self.weights_variant()
+        q, k, v = self.qkv(lq=3, lk=4, seed=31)
+        words = self.write("words.txt", b"a b c d\n")
+        self.expect_error(r"--png \S+words\.txt would overwrite the input --tokens", "weights",
+                          "--variant", name, *self.inputs(q, k, v), "--out", self.path("w.npy"),
+                          "--tokens", words, "--png", words)
+        self.expect_error(r"--out w\.npy and --png \./w\.npy are the same file", "weights",
+                          "--variant", name, *self.inputs(q, k, v), "--out", "w.npy", "--png",
+                          "./w.npy", cwd=self.dir)
+        self.assertFalse(os.path.exists(self.path("w.npy")))
+
+    def test_unwritable_output_is_found_before_running(self):
+        """Before: O written, then the kernel's work lost on a bad --lse (exit 2)."""
+        o = self.previous("o.npy")
+        self.write("file", b"not a directory")
+        os.mkdir(self.path("dir"))
+        for lse, pattern in [
+            ("/no/such/dir/lse.npy", r"--lse /no/such/dir/lse\.npy: cannot write into "
+                                     r"/no/such/dir: No such file or directory"),
+            (self.path("file/lse.npy"), r"--lse \S+file/lse\.npy: cannot write: Not a directory"),
+            (self.path("dir"), r"--lse \S+dir: cannot write: it is a directory"),
+            ("/dev/null", r"--lse /dev/null: cannot write: not a regular file"),
+        ]:
+            with self.subTest(lse=lse):
+                self.expect_error(pattern, *self.run_args("--out", o, "--lse", lse), code=3)
+                self.assert_untouched(o)
+        _, out, _ = attnlab(*self.run_args("--out", o, "--lse", "/no/dir/lse.npy"))
+        self.assertNotIn("variant", out, "no kernel may run")
+        self.expect_error(r"bad --lse '': want a path", *self.run_args("--out", o, "--lse", ""))
+
+    def test_full_disk_keeps_the_previous_file(self):
+        """A write cut short (ulimit -f: EFBIG, as a full disk's ENOSPC) exits 3 and leaves
+        the previous file as it was; before, it was truncated and the exit code was 2."""
+        o = self.previous("o.npy")
+        rc, out, err = attnlab(*self.run_args("--out", o), preexec_fn=file_size_limit(4096))
+        self.assertEqual(rc, 3, out + err)
+        self.assertRegex(err, rf"attnlab: error: --out {re.escape(o)}: cannot write: File too "
+                              r"large")
+        self.assert_untouched(o)
+        self.assert_no_temporary_files()
+        # weights --out too (its [1, 2, 200, 16] weights are 25.7 KB).
+        w = self.previous("w.npy")
+        rc, out, err = attnlab("weights", "--variant", self.weights_variant(), *self.base,
+                               "--out", w, preexec_fn=file_size_limit(4096))
+        self.assertEqual(rc, 3, out + err)
+        self.assertIn("cannot write: File too large", err)
+        self.assert_untouched(w)
+        self.assert_no_temporary_files()
+
+    def test_success_replaces_the_file_with_a_plain_mode(self):
+        o = self.previous("o.npy")
+        os.symlink("o.npy", self.path("link.npy"))
+        old = os.umask(0o022)
+        try:
+            self.expect_ok(*self.run_args("--out", self.path("link.npy")))
+        finally:
+            os.umask(old)
+        self.assertTrue(os.path.islink(self.path("link.npy")), "a symlinked output is written "
+                                                                "through, not replaced")
+        self.assertEqual(np.load(o).shape, (1, 2, 200, 8))
+        self.assertEqual(os.stat(o).st_mode & 0o777, 0o644)
+        self.assert_no_temporary_files()
+
+    def test_unusable_tmpdir_is_a_clear_error(self):
+        """Before: an uncaught std::filesystem exception, abort (exit 134)."""
+        name = self.weights_variant()
+        q, k, v = self.qkv(lq=3, lk=4, seed=32)
+        self.write("afile", b"x")
+        for tmpdir, reason in [("/nonexistent", "No such file or directory"),
+                               (self.path("afile"), "Not a directory")]:
+            with self.subTest(tmpdir=tmpdir):
+                self.expect_error(rf"attnlab: error: cannot create a temporary directory in "
+                                  rf"TMPDIR={re.escape(tmpdir)}: {reason} \(set TMPDIR to a "
+                                  r"writable directory\)", "weights", "--variant", name,
+                                  *self.inputs(q, k, v), "--out", self.path("w.npy"), "--png",
+                                  self.path("h.png"), env={"TMPDIR": tmpdir}, code=3)
+                self.assertFalse(os.path.exists(self.path("w.npy")), "checked before running")
+
+    def test_png_in_a_missing_directory(self):
+        """Before: the weights were computed and written, then a Python traceback (exit 1)."""
+        name = self.weights_variant()
+        q, k, v = self.qkv(lq=3, lk=4, seed=33)
+        err = self.expect_error(r"--png /nodir/h\.png: cannot write into /nodir: No such file or "
+                                r"directory", "weights", "--variant", name, *self.inputs(q, k, v),
+                                "--out", self.path("w.npy"), "--png", "/nodir/h.png", code=3)
+        self.assertNotIn("Traceback", err)
+        self.assertFalse(os.path.exists(self.path("w.npy")))
+
+
+# --------------------------------------------------------------------- heatmap
+class Heatmap(Case):
+    """reports/heatmap.py on its own: one-line errors, atomic PNG."""
+
+    def heatmap(self, spec, preexec_fn=None):
+        path = self.write("spec.json", json.dumps(spec).encode())
+        p = subprocess.run([sys.executable, os.path.join(SOURCE, "reports", "heatmap.py"), path],
+                           capture_output=True, text=True, timeout=120, preexec_fn=preexec_fn)
+        self.assertNotIn("Traceback", p.stderr)
+        return p.returncode, p.stderr
+
+    def spec(self, png):
+        w = np.full((6, 8), 1 / 8, "<f4")
+        return {"weights": self.save("w.npy", w), "png": png, "keys": list("abcdefgh"),
+                "queries": list("cdefgh"), "title": "t"}
+
+    def test_errors_are_one_line(self):
+        for spec, code, pattern in [
+            (self.spec("/nodir/h.png"), 3,
+             r"cannot write /nodir/h\.png: No such file or directory"),
+            ({**self.spec(self.path("h.png")), "weights": self.path("none.npy")}, 2,
+             r"cannot read the weights \S+none\.npy: No such file or directory"),
+            ({**self.spec(self.path("h.png")), "keys": ["a"]}, 2,
+             r"the spec's 'keys' has 1 labels; want 8"),
+            ({"png": self.path("h.png")}, 2,
+             r"the spec \S+spec\.json lacks \"weights\" and \"png\" paths"),
+        ]:
+            with self.subTest(pattern):
+                rc, err = self.heatmap(spec)
+                self.assertEqual(rc, code, err)
+                self.assertRegex(err, r"^heatmap\.py: error: " + pattern + r"\n$")
+        self.assertFalse(os.path.exists(self.path("h.png")))
+
+    def test_failed_write_keeps_the_previous_png(self):
+        png = self.path("h.png")
+        rc, err = self.heatmap(self.spec(png))
+        self.assertEqual(rc, 0, err)
+        with open(png, "rb") as f:
+            before = f.read()
+        self.assertGreater(len(before), 2000)
+        spec = self.spec(png)
+        spec["title"] = "another title"
+        rc, err = self.heatmap(spec, preexec_fn=file_size_limit(1000))
+        self.assertEqual(rc, 3, err)
+        self.assertRegex(err, r"^heatmap\.py: error: cannot write \S+h\.png: File too large\n$")
+        with open(png, "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.assertEqual([f for f in os.listdir(self.dir) if f.startswith(".")], [])
 
 
 # --------------------------------------------------------------------- list
@@ -598,8 +853,11 @@ class BadInput(Case):
         self.run_bad(r"/nope/q\.npy: cannot open: no such file", "--q", "/nope/q.npy",
                      *self.base[2:], *self.out)
         self.run_bad(r"not a regular file", "--q", self.dir, *self.base[2:], *self.out)
-        self.run_bad(r"/no/such/dir/o\.npy: cannot write", *self.base, "--out",
-                     "/no/such/dir/o.npy")
+        self.run_bad(r"--q '': want a path", "--q", "", *self.base[2:], *self.out)
+        # An output that cannot be written is an I/O failure (3), found before
+        # any kernel runs; Outputs tests the rest.
+        self.run_bad(r"--out /no/such/dir/o\.npy: cannot write into /no/such/dir: No such file or "
+                     r"directory", *self.base, "--out", "/no/such/dir/o.npy", code=3)
 
     def test_shapes_that_disagree(self):
         q, k, v = self.q, self.k, self.v
@@ -624,12 +882,16 @@ class BadInput(Case):
 
     def test_masks(self):
         b = [*self.base, *self.out]
-        for mask in ["foo", "window:3", "window:a,b", "window:1,2,3", "window:", "causal:1"]:
+        # Window sizes are plain non-negative decimal integers: no sign, space,
+        # hex or overflow.
+        for mask in ["foo", "window:3", "window:a,b", "window:1,2,3", "window:", "causal:1",
+                     "window:-1,0", "window:2,-4", "window: 3,0", "window:3, 0", "window:3,0 ",
+                     "window:+3,0", "window:0x3,0", "window:3,", "window:,3", "window:1e2,0",
+                     "window:99999999999999999999,0", " causal"]:
             with self.subTest(mask=mask):
                 self.run_bad(rf"bad --mask '{re.escape(mask)}': want none, causal or "
-                             r"window:LEFT,RIGHT", *b, "--mask", mask)
-        self.run_bad(r"invalid problem: window_left=-1 must be >= 0", *b, "--mask", "window:-1,0")
-        self.run_bad(r"invalid problem: window_right=-4 must be >= 0", *b, "--mask", "window:2,-4")
+                             r"window:LEFT,RIGHT with LEFT and RIGHT non-negative integers", *b,
+                             "--mask", mask)
         m = self.save("m.npy", np.zeros((5, 6), "<f4"))
         self.run_bad(r"invalid problem: additive mask is \[5, 6\]", *b, "--mask-file", m)
         m = self.save("m.npy", np.zeros((7,), "<f4"))
@@ -650,9 +912,11 @@ class BadInput(Case):
             ([3, 8], r"invalid problem: key_lengths\[1\]=8 .*\[0, Lk=7\]|key_lengths\[1\]=8"),
             ([-1, 2], r"invalid problem: key_lengths\[0\]=-1"),
             ([3], r"invalid problem: key_lengths has 1 entries"),
+            ([], r"invalid problem: key_lengths has 0 entries, needs B=2"),  # issue 21 #6
         ]:
             with self.subTest(lens=lens):
-                self.run_bad(pattern, *b, "--key-lengths", self.save("l.npy", np.array(lens, "<i4")))
+                self.run_bad(pattern, *b, "--key-lengths",
+                             self.save("l.npy", np.array(lens, "<i4").reshape(len(lens))))
         self.run_bad(r"key length 8589934592 is outside \[0, Lk=7\]", *b, "--key-lengths",
                      self.save("l.npy", np.array([2 ** 33, 1], "<i8")))
         self.run_bad(r"dtype '<f4' is not supported; want little-endian int32 '<i4' or int64 '<i8'",
@@ -664,9 +928,21 @@ class BadInput(Case):
         b = [*self.base, *self.out]
         self.expect_error(r"unknown variant 'flashy'; known: ", "run", "--variant", "flashy", *b)
         self.run_bad(r"bad --layout 'bhds': want bhsd", *b, "--layout", "bhds")
-        self.run_bad(r"invalid problem: scale=nan must be finite", *b, "--scale", "nan")
-        self.run_bad(r"bad --threads -3", *b, "--threads", "-3")
-        self.run_bad(r"bad --memory-budget '12X'", *b, "--memory-budget", "12X")
+        for scale in ["", "nan", "inf", "-inf", "0x10", "1e", "1.5x", " 1", "1 ", "--1", ".",
+                      "e5", "1,5", "0.5f"]:
+            with self.subTest(scale=scale):
+                self.run_bad(rf"bad --scale '{re.escape(scale)}': want a finite decimal number "
+                             r"such as 0\.125 or 1e-3", *b, "--scale", scale)
+        self.run_bad(r"bad --scale '1e39': outside the float32 range", *b, "--scale", "1e39")
+        for threads in ["0", "-3", "1025", "1000000", "", "0x2", "+2", " 2", "2.0", "1e3",
+                        "99999999999999999999"]:
+            with self.subTest(threads=threads):
+                self.run_bad(rf"bad --threads '{re.escape(threads)}': want an integer from 1 to "
+                             r"1024 \(omit --threads to use every core\)", *b, "--threads", threads)
+        for budget in ["12X", "", "12 G"]:
+            with self.subTest(budget=budget):
+                self.run_bad(rf"bad --memory-budget '{re.escape(budget)}': want a byte count such "
+                             r"as 4096, 512M or 12G", *b, "--memory-budget", budget)
         self.run_bad(r"--out is required", *self.base)
         self.run_bad(r"--q is required", *self.base[2:], *self.out)
         self.expect_error(r"A subcommand is required|subcommand", code=2)

@@ -5,8 +5,14 @@
 #include "cli/npy.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <random>
 
@@ -110,6 +116,64 @@ TEST(Npy, RandomHeaderDamageNeverCrashes) {
   }
   // Harmless edits (padding spaces) keep some files valid; most are refused.
   EXPECT_LT(accepted, 20000);
+}
+
+std::string ReadAll(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// Every name in `dir`, to find temporary files left behind.
+std::vector<std::string> Names(const std::filesystem::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    names.push_back(e.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// A write cut short (RLIMIT_FSIZE, as `ulimit -f`; a full disk fails the
+// same way) is reported, and the previous file is left as it was, with no
+// temporary file beside it. Writing in place used to truncate it.
+TEST(Npy, FailedWriteLeavesThePreviousFile) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("npy_test-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "o.npy").string();
+  const std::vector<int64_t> shape = {1000};
+  const std::vector<float> data(1000, 1.0f);
+  ASSERT_TRUE(WriteFloat(path, shape, data).ok());
+  const std::string before = ReadAll(path);
+
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  rlimit small = old;
+  small.rlim_cur = 1000;  // bytes; the file is 4128
+  // Ignored, SIGXFSZ no longer kills: write() fails with EFBIG instead.
+  void (*old_handler)(int) = signal(SIGXFSZ, SIG_IGN);
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  const std::vector<float> other(1000, 2.0f);
+  const Status s = WriteFloat(path, shape, other);
+  setrlimit(RLIMIT_FSIZE, &old);
+  signal(SIGXFSZ, old_handler);
+
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(), path + ": cannot write: " + std::strerror(EFBIG));
+  EXPECT_TRUE(ReadAll(path) == before) << "the previous file was changed";
+  EXPECT_EQ(Names(dir), std::vector<std::string>{"o.npy"});
+  // A missing directory: the reason, nothing created.
+  const Status missing = WriteFloat((dir / "no" / "o.npy").string(), shape, data);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.message().find("cannot write"), std::string::npos) << missing.message();
+  EXPECT_NE(missing.message().find(std::strerror(ENOENT)), std::string::npos) << missing.message();
+  // A successful write replaces the file.
+  ASSERT_TRUE(WriteFloat(path, shape, other).ok());
+  StatusOr<FloatArray> back = ReadFloat(path);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->data, other);
+  EXPECT_EQ(Names(dir), std::vector<std::string>{"o.npy"});
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
