@@ -1,9 +1,11 @@
 // Validate(): every check on a Problem lives here and nowhere else.
 #include "kernels/problem.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <initializer_list>
 #include <string>
 #include <vector>
@@ -96,12 +98,25 @@ std::optional<int64_t> Mul(std::optional<int64_t> a, int64_t b) {
   return r;
 }
 
-// Address range [lo, hi) in bytes that a strided tensor touches.
+// The bytes a view touches: runs of `run` bytes at lo + Σ x_k·stride_k for
+// 0 <= x_k < count_k, all within the bounding box [lo, hi).
 struct Extent {
-  const char* name;
+  struct Dim {
+    int64_t count;
+    int64_t stride;  // bytes
+  };
+  const char* name = "";
   uintptr_t lo = 0;
   uintptr_t hi = 0;
+  int64_t run = 0;
+  std::vector<Dim> dims;
 };
+
+// A contiguous span of `bytes` bytes.
+Extent Contiguous(const char* name, const void* data, size_t bytes) {
+  const auto lo = reinterpret_cast<uintptr_t>(data);
+  return {name, lo, lo + bytes, static_cast<int64_t>(bytes), {}};
+}
 
 // A tensor of these dimensions has at most kMaxTensorElements elements.
 Status CheckElementCount(const char* name, std::initializer_list<int64_t> dims) {
@@ -163,6 +178,8 @@ Status CheckTensor(const char* name, const void* data, const Strides& st, int64_
   extent->name = name;
   extent->lo = reinterpret_cast<uintptr_t>(data);
   extent->hi = extent->lo + static_cast<uintptr_t>(bytes);
+  extent->run = 4 * dim;
+  extent->dims = {{batch, 4 * st.batch}, {heads, 4 * st.head}, {len, 4 * st.row}};
   // A view with no elements (e.g. Q and O when Lq = 0) spans no memory.
   if (batch == 0 || heads == 0 || len == 0) extent->hi = extent->lo;
   return Status::Ok();
@@ -196,8 +213,63 @@ Status CheckNoSelfOverlap(const char* name, const Strides& st, int64_t batch, in
   return Status::Ok();
 }
 
+// True when two views share a byte. Disjoint bounding boxes answer at once.
+// Otherwise: is there a run of `a` at a.lo + Σ x·s and one of `b` at
+// b.lo + Σ y·t that intersect, i.e. Σ x·s - Σ y·t in
+// (b.lo - a.lo - a.run, b.lo - a.lo + b.run)? A depth-first search over the
+// indices, largest stride first, trying at each level only the values that
+// can still reach the interval (for the usual nested layouts: two or three).
+// Interleaved views of one buffer, such as Q and O in a [L, 2, d] packing,
+// overlap in bounding box but not in any element, and are accepted. A search
+// that would visit more than kMaxNodes nodes (exotic strides) answers
+// "overlap", the safe side.
 bool Overlaps(const Extent& a, const Extent& b) {
-  return a.lo < b.hi && b.lo < a.hi && a.lo < a.hi && b.lo < b.hi;
+  if (!(a.lo < b.hi && b.lo < a.hi && a.lo < a.hi && b.lo < b.hi)) return false;
+  struct Term {
+    __int128 coef;
+    int64_t max_index;
+  };
+  std::vector<Term> terms;
+  for (const Extent::Dim& d : a.dims) terms.push_back({d.stride, d.count - 1});
+  for (const Extent::Dim& d : b.dims) terms.push_back({-__int128{d.stride}, d.count - 1});
+  std::sort(terms.begin(), terms.end(), [](const Term& x, const Term& y) {
+    return (x.coef < 0 ? -x.coef : x.coef) > (y.coef < 0 ? -y.coef : y.coef);
+  });
+  // reach[k]: the least and greatest Σ of terms k.. .
+  std::vector<std::pair<__int128, __int128>> reach(terms.size() + 1, {0, 0});
+  for (size_t k = terms.size(); k-- > 0;) {
+    const __int128 span = terms[k].coef * terms[k].max_index;
+    reach[k] = {reach[k + 1].first + std::min<__int128>(0, span),
+                reach[k + 1].second + std::max<__int128>(0, span)};
+  }
+  const __int128 offset = __int128(b.lo) - __int128(a.lo);
+  const __int128 lo = offset - a.run + 1, hi = offset + b.run - 1;  // inclusive
+  constexpr int kMaxNodes = 1 << 14;
+  int nodes = 0;
+  auto floor_div = [](__int128 n, __int128 d) { return n / d - ((n % d != 0) && ((n < 0) != (d < 0))); };
+  std::function<bool(size_t, __int128)> search = [&](size_t k, __int128 sum) -> bool {
+    if (++nodes > kMaxNodes) return true;
+    if (sum + reach[k].second < lo || sum + reach[k].first > hi) return false;
+    if (k == terms.size()) return true;
+    const Term& t = terms[k];
+    if (t.coef == 0) return search(k + 1, sum);
+    // Indices x with sum + coef·x + reach[k+1] meeting [lo, hi].
+    __int128 x0, x1;
+    if (t.coef > 0) {
+      x0 = -floor_div(-(lo - sum - reach[k + 1].second), t.coef);
+      x1 = floor_div(hi - sum - reach[k + 1].first, t.coef);
+    } else {
+      x0 = -floor_div(-(hi - sum - reach[k + 1].first), t.coef);
+      x1 = floor_div(lo - sum - reach[k + 1].second, t.coef);
+    }
+    x0 = std::max<__int128>(x0, 0);
+    x1 = std::min<__int128>(x1, t.max_index);
+    for (__int128 x = x0; x <= x1; ++x) {
+      if (search(k + 1, sum + t.coef * x)) return true;
+    }
+    return false;
+  };
+  return search(0, 0);
 }
 
 }  // namespace
@@ -287,8 +359,7 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
                                std::to_string(a.cols) + "] needs " +
                                (need ? std::to_string(*need) : std::string("more than int64")));
       }
-      const auto lo = reinterpret_cast<uintptr_t>(m.additive.data());
-      inputs.push_back({"additive mask", lo, lo + m.additive.size_bytes()});
+      inputs.push_back(Contiguous("additive mask", m.additive.data(), m.additive.size_bytes()));
       break;
     }
     default:
@@ -309,8 +380,7 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
                                " is outside [0, Lk=" + std::to_string(s.kv_len) + "]");
       }
     }
-    const auto lo = reinterpret_cast<uintptr_t>(lengths.data());
-    inputs.push_back({"key_lengths", lo, lo + lengths.size_bytes()});
+    inputs.push_back(Contiguous("key_lengths", lengths.data(), lengths.size_bytes()));
   }
 
   // Optional outputs.
@@ -322,8 +392,7 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
       return InvalidArgument("lse has " + std::to_string(p.lse.size()) +
                              " elements, needs B*H*Lq=" + std::to_string(*rows));
     }
-    const auto lo = reinterpret_cast<uintptr_t>(p.lse.data());
-    outputs.push_back({"lse", lo, lo + p.lse.size_bytes()});
+    outputs.push_back(Contiguous("lse", p.lse.data(), p.lse.size_bytes()));
   }
   if (!p.weights.empty() || p.weights.data() != nullptr) {
     if (p.weights.data() == nullptr) {
@@ -334,8 +403,7 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
       return InvalidArgument("weights has " + std::to_string(p.weights.size()) +
                              " elements, needs B*H*Lq*Lk=" + std::to_string(*scores));
     }
-    const auto lo = reinterpret_cast<uintptr_t>(p.weights.data());
-    outputs.push_back({"weights", lo, lo + p.weights.size_bytes()});
+    outputs.push_back(Contiguous("weights", p.weights.data(), p.weights.size_bytes()));
   }
 
   // No output may overlap an input or another output.

@@ -3,6 +3,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -40,15 +41,15 @@ std::string VariantNames() {
 }
 
 std::optional<size_t> ParseBytes(std::string_view text) {
-  if (text.empty()) return std::nullopt;
+  // A decimal number (digits, at most one '.'), then an optional unit.
   size_t i = 0;
   double value = 0;
-  bool digits = false;
+  int digits = 0, dots = 0;
   for (; i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.');
        ++i) {
-    digits = true;
+    (text[i] == '.' ? dots : digits) += 1;
   }
-  if (!digits) return std::nullopt;
+  if (digits == 0 || dots > 1) return std::nullopt;  // empty, ".", 1.5.3G
   try {
     value = std::stod(std::string(text.substr(0, i)));
   } catch (...) {
@@ -68,7 +69,11 @@ std::optional<size_t> ParseBytes(std::string_view text) {
     mult = 1024.0 * 1024 * 1024 * 1024;
   else
     return std::nullopt;
-  return static_cast<size_t>(value * mult);
+  // 2^64 and beyond do not fit size_t (the conversion would be undefined:
+  // it gave 0, a budget that refused everything).
+  const double bytes = value * mult;
+  if (!(bytes < 18446744073709551616.0)) return std::nullopt;
+  return static_cast<size_t>(bytes);
 }
 
 std::string FormatBytes(double bytes) {
@@ -86,7 +91,14 @@ std::string FormatBytes(double bytes) {
 size_t DefaultMemoryBudgetBytes() {
   if (const char* env = std::getenv("ATTNLAB_MEMORY_BUDGET")) {
     if (auto bytes = ParseBytes(env)) return *bytes;
-    std::fprintf(stderr, "attnlab: ignoring ATTNLAB_MEMORY_BUDGET=%s (want e.g. 12G)\n", env);
+    // Once per process, not once per Run (a benchmark makes thousands).
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true)) {
+      std::fprintf(stderr,
+                   "attnlab: ignoring ATTNLAB_MEMORY_BUDGET=%s: want a byte count below 2^64 "
+                   "such as 4096, 512M or 12G; using half of physical memory\n",
+                   env);
+    }
   }
   const double physical =
       static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));

@@ -2,7 +2,9 @@
 // field and its value. One row per way of getting the description wrong.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <string>
@@ -298,6 +300,70 @@ TEST(ValidationTest, StrideZeroKeysWithHugeLkAreRefusedByEveryVariant) {
     EXPECT_NE(s.message().find("Lk=72057594037927936 must be <= 2^48"), std::string::npos)
         << s.message();
   }
+}
+
+// Q and O interleaved in one [B, H, L, 2, d] buffer share no element, though
+// their bounding boxes overlap: valid (issue 21: refused before), and every
+// variant computes the right O there. Shifting O by a few floats or by its
+// width (onto the next row's Q) makes them share elements: refused.
+TEST(ValidationTest, InterleavedQAndOAreDisjointAndRun) {
+  const Shape shape{2, 4, 2, 5, 6, 8, 8};
+  Buffers b;  // K, V as usual
+  std::vector<float> packed(2 * 4 * 5 * 2 * 8 + 16);  // + slack for the shifted O below
+  for (size_t x = 0; x < packed.size(); ++x) packed[x] = 0.01f * float(x % 97);
+  const Strides st{4 * 5 * 16, 5 * 16, 16, 1};  // [B, H, L, 2, d]
+  Problem p = MakeProblem(shape, packed.data(), b.k.data(), b.v.data(), packed.data() + 8);
+  p.q.strides = st;
+  p.o.strides = st;
+  b.v.assign(2 * 2 * 6 * 8, 0.25f);
+  p.v = {b.v.data(), Strides::BHLD(2, 6, 8)};
+  ASSERT_TRUE(Validate(p).ok()) << Validate(p).status().ToString();
+  // Every variant, against the same problem with O in its own buffer.
+  std::vector<float> separate(2 * 4 * 5 * 8);
+  Problem reference = p;
+  reference.o = {separate.data(), Strides::BHLD(4, 5, 8)};
+  ASSERT_TRUE(attn::Run("naive", reference).ok());
+  for (const Variant* v : Registry()) {
+    const Status s = attn::Run(*v, p);
+    ASSERT_TRUE(s.ok()) << v->name << ": " << s.ToString();
+    for (int64_t bh = 0; bh < 8; ++bh)
+      for (int64_t i = 0; i < 5; ++i)
+        for (int64_t d = 0; d < 8; ++d) {
+          ASSERT_NEAR(packed[(bh * 5 + i) * 16 + 8 + d], separate[(bh * 5 + i) * 8 + d], 1e-5)
+              << v->name;
+        }
+  }
+  for (int64_t shift : {4, 7, 8}) {  // O starts that many floats into the next row's Q
+    Problem bad = p;
+    bad.o.data = packed.data() + 8 + shift;
+    const auto s = Validate(bad);
+    EXPECT_EQ(s.status().code(), StatusCode::kInvalidArgument) << "shift " << shift;
+    EXPECT_NE(s.status().message().find("output O overlaps input Q"), std::string::npos)
+        << s.status().message();
+  }
+}
+
+TEST(ParseBytesTest, AcceptsByteCountsAndRefusesTheRest) {
+  EXPECT_EQ(ParseBytes("4096"), size_t{4096});
+  EXPECT_EQ(ParseBytes("512M"), size_t{512} << 20);
+  EXPECT_EQ(ParseBytes("1.5K"), size_t{1536});
+  EXPECT_EQ(ParseBytes(".5KiB"), size_t{512});
+  EXPECT_EQ(ParseBytes("15T"), size_t{15} << 40);
+  // Issue 21: "1.5.3G" was read as 1.5G; 2^64 bytes and more became 0.
+  for (const char* bad : {"", ".", "1.5.3G", "12X", "1e3", "-1", "12 G", "16777216T",
+                          "18446744073709551616", "18446744073709551615"}) {
+    EXPECT_EQ(ParseBytes(bad), std::nullopt) << "'" << bad << "'";
+  }
+}
+
+TEST(ParseBytesTest, ABadBudgetVariableIsReportedOncePerProcess) {
+  ASSERT_EQ(setenv("ATTNLAB_MEMORY_BUDGET", "1.5.3G", 1), 0);
+  ::testing::internal::CaptureStderr();
+  for (int i = 0; i < 3; ++i) EXPECT_GT(DefaultMemoryBudgetBytes(), size_t{1} << 20);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  unsetenv("ATTNLAB_MEMORY_BUDGET");
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+  EXPECT_NE(err.find("ignoring ATTNLAB_MEMORY_BUDGET=1.5.3G"), std::string::npos) << err;
 }
 
 TEST(ValidationTest, UnknownVariantNameIsNotFound) {
