@@ -43,6 +43,14 @@
 //   * Logits: a -inf logit is a masked key. A +inf logit (from the additive
 //     mask, or overflow of q·k) or a NaN logit makes that row's O and lse NaN;
 //     other rows are unaffected.
+//   * Every finite logit is a logit, up to +-FLT_MAX: a row agrees with the
+//     fp64 reference within the derived bound whenever its logits evaluate
+//     in fp32 without overflow, i.e. for every visible key j
+//     (1 + g)·scale·Σ_d |q_d·k_jd| + |mask_ij| and (1 + g)·Σ_d |q_d·k_jd|
+//     stay below 2^128 - 2^103 (where fp32 rounding overflows), with
+//     g = (dk + 2)·2^-24. A padding mask of float32's lowest value qualifies:
+//     a fully padded row gets the mean of V, as in PyTorch. Past that, a
+//     variant may overflow where another does not (a NaN row).
 //
 // Accumulation (every variant; the error bound of reference/error_bound.h
 // relies on it): sums over keys (the softmax denominator, each element of

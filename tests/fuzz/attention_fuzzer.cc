@@ -6,8 +6,8 @@
 // BLHD), row padding, mask kind (none, causal, window of any size, 2-D/4-D
 // additive), key lengths, scale, thread count, a seed for the base values
 // (uniform, or large logits) and up to 12 "specials" written over single
-// elements of Q, K, V or the additive mask: NaN, ±inf, ±1e4 (large but
-// finite logits), ±1e30 (fp32 q·k overflows), ±tiny, 0.
+// elements of Q, K, V or the additive mask: NaN, ±inf, ±1e4, ±1e30, ±3e38,
+// float32's lowest (a padding mask), ±tiny, 0.
 //
 // One input in eight is instead mutated into an invalid problem (a bad size,
 // stride, mask shape, key length, window, scale): Validate() and every
@@ -19,14 +19,17 @@
 //   1. No structurally visible key: O = 0, lse = -inf, weights 0, exactly.
 //   2. NaN in Q row i, in a visible K row, or in a visible mask entry: the
 //      whole O row and lse are NaN.
-//   3. Otherwise, when Q and the visible K rows are moderate (finite, |x| <=
-//      1e4) and the visible mask entries are moderate or ±inf:
+//   3. Otherwise, when the row's logits evaluate in fp32 without overflow
+//      (LogitsRepresentable: the condition of kernels/problem.h, which holds
+//      for every finite logit up to ±FLT_MAX, a float32-lowest padding mask
+//      included) and the mask entries are finite or ±inf:
 //        a visible +inf mask entry: O row and lse NaN;
 //        else lse matches the reference within ErrorBound; when the visible
-//        V rows are moderate too, O and the weights match within the bound;
-//        else O[d] is NaN wherever a visible V row has NaN in column d
-//        (unless every logit is -inf: a fully masked row is 0).
-//   4. Anything else (an fp32 overflow of q·k): only "no crash, no sanitizer
+//        V rows are finite and Lk·max|v| cannot overflow, O and the weights
+//        match within the bound; else O[d] is NaN wherever a visible V row
+//        has NaN in column d (unless every logit is -inf: a fully masked row
+//        is 0).
+//   4. Anything else (fp32 overflow of q·k): only "no crash, no sanitizer
 //      report". The double reference would not overflow there.
 // A violation prints the variant, the row and the problem and aborts.
 #include <fuzzer/FuzzedDataProvider.h>
@@ -50,9 +53,9 @@ using namespace attn;  // NOLINT: a harness, not a header
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-constexpr float kModerate = 1e4f;
-
-bool Moderate(float x) { return std::isfinite(x) && std::fabs(x) <= kModerate; }
+// Rounding to nearest overflows fp32 from 2^128 - 2^103 on (FLT_MAX is
+// 2^128 - 2^104).
+const double kOverflow = std::ldexp(1.0, 128) - std::ldexp(1.0, 103);
 
 [[noreturn]] void Fail(const std::string& what, const Variant& variant, const Problem& p) {
   std::fprintf(stderr, "attention_fuzzer: %s\n  variant=%s %s scale=%g\n", what.c_str(),
@@ -145,7 +148,9 @@ void Decode(FuzzedDataProvider& in, Fuzzed& f) {
   }
 
   // Specials over single elements (anywhere in the buffer, padding included).
-  const float specials[] = {kNaN, kInf, -kInf, 1e4f, -1e4f, 1e30f, -1e30f, 1e-30f, 0.0f};
+  const float specials[] = {kNaN,   kInf,    -kInf,   1e4f,  -1e4f,
+                            1e30f,  -1e30f,  3e38f,   -3e38f, std::numeric_limits<float>::lowest(),
+                            1e-30f, 0.0f};
   const int count = in.ConsumeIntegralInRange<int>(0, 12);
   for (int n = 0; n < count && in.remaining_bytes() > 0; ++n) {
     std::vector<float>* target[] = {&f.q, &f.k, &f.v, &f.mask};
@@ -231,35 +236,47 @@ void CheckRows(const Variant& variant, const Problem& p, const reference::Result
               p.mask.additive.data() +
               (((a.batch == 1 ? 0 : b) * a.heads + (a.heads == 1 ? 0 : h)) * a.rows + i) * a.cols;
         }
-        // What the row touches.
+        // What the row touches. Logits are representable when no fp32
+        // evaluation of them can overflow (kernels/problem.h): in double,
+        // with g = (dk + 2)·2^-24 for the rounding of the dot product.
+        const double scale = p.scale ? double(*p.scale) : 1.0 / std::sqrt(double(s.head_dim));
+        const double g = double(s.head_dim + 2) * std::ldexp(1.0, -24);
         int64_t visible = 0;
-        bool nan_logit = false, moderate_logits = true, plus_inf = false, all_minus_inf = true;
-        bool moderate_v = true;
+        bool nan_logit = false, representable = true, plus_inf = false, all_minus_inf = true;
+        bool finite_v = true;
+        double v_max = 0;
         std::vector<bool> nan_column(s.value_dim, false);
         const float* q = Row(p.q, b, h, i);
         for (int64_t d = 0; d < s.head_dim; ++d) {
           nan_logit |= std::isnan(q[d]);
-          moderate_logits &= Moderate(q[d]);
+          // Q pre-scaled (flash) must not overflow either.
+          representable &= std::fabs(double(q[d])) * scale * (1 + g) < kOverflow;
         }
         for (int64_t j = 0; j < s.kv_len; ++j) {
           if (!reference::KeyVisible(p, b, i, j)) continue;
           ++visible;
           const float* k = Row(p.k, b, h / group, j);
           const float* v = Row(p.v, b, h / group, j);
+          double dot_abs = 0;
           for (int64_t d = 0; d < s.head_dim; ++d) {
             nan_logit |= std::isnan(k[d]);
-            moderate_logits &= Moderate(k[d]);
+            dot_abs += std::fabs(double(q[d]) * double(k[d]));
           }
           for (int64_t d = 0; d < s.value_dim; ++d) {
-            moderate_v &= Moderate(v[d]);
+            finite_v &= std::isfinite(v[d]);
+            v_max = std::max(v_max, std::fabs(double(v[d])));
             if (std::isnan(v[d])) nan_column[d] = true;
           }
           const float m = additive ? additive[j] : 0.0f;
           nan_logit |= std::isnan(m);
           plus_inf |= m == kInf;
           if (m != -kInf) all_minus_inf = false;
-          if (!Moderate(m) && std::fabs(m) != kInf) moderate_logits = false;
+          const double m_abs = std::isinf(m) ? 0.0 : std::fabs(double(m));
+          representable &= (1 + g) * dot_abs < kOverflow &&
+                           (1 + g) * scale * dot_abs + m_abs < kOverflow;
         }
+        // P·V sums at most Lk weights of at most 1 times |v|.
+        const bool finite_o = finite_v && double(visible) * v_max * (1 + g) < kOverflow;
         // 1. Nothing visible.
         if (visible == 0) {
           for (int64_t d = 0; d < s.value_dim; ++d)
@@ -277,8 +294,8 @@ void CheckRows(const Variant& variant, const Problem& p, const reference::Result
           continue;
         }
         // 4. Possible fp32 overflow: nothing to compare.
-        if (!moderate_logits) continue;
-        // 3. Moderate logits.
+        if (!representable) continue;
+        // 3. Logits fp32 can hold.
         if (plus_inf) {
           for (int64_t d = 0; d < s.value_dim; ++d)
             if (!std::isnan(o[d])) Fail(std::string(where) + ": +inf logit, O not NaN", variant, p);
@@ -296,7 +313,7 @@ void CheckRows(const Variant& variant, const Problem& p, const reference::Result
                    std::to_string(want.lse[row]),
                variant, p);
         }
-        if (moderate_v) {
+        if (finite_o) {
           for (int64_t d = 0; d < s.value_dim; ++d) {
             if (!near(o[d], want.o[row * s.value_dim + d], bound.o)) {
               Fail(std::string(where) + ": O[d=" + std::to_string(d) + "] " + std::to_string(o[d]) +
