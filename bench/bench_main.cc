@@ -165,13 +165,17 @@ Suite MakeSuite(const std::string& name) {
 int g_total = 0;
 int g_done = 0;
 std::string g_last;
+benchmark::IterationCount g_last_iterations = 0;
 
-// "[12/140] flash/N:4096/d:64/causal:1/threads:2" to stderr once per case
-// (Google Benchmark calls a case's function several times while it sizes the
-// iteration count; the JSON on stdout or in --benchmark_out stays clean).
-void Progress(const std::string& name) {
-  if (name == g_last) return;
+// "[12/140] flash/N:4096/d:64/causal:1/threads:2" to stderr once per run, i.e. per case and
+// repetition (Google Benchmark calls a case's function again with more iterations while it
+// sizes a run; a call of the same case that asks for no more iterations than the last one is
+// its next repetition). The JSON on stdout or in --benchmark_out stays clean.
+void Progress(const benchmark::State& state, const std::string& name) {
+  const bool same_run = name == g_last && state.max_iterations > g_last_iterations;
   g_last = name;
+  g_last_iterations = state.max_iterations;
+  if (same_run) return;
   ++g_done;
   std::fprintf(stderr, "[%d/%d] %s\n", g_done, g_total, name.c_str());
   std::fflush(stderr);
@@ -312,7 +316,7 @@ void SkipNotRun(benchmark::State& state, const Status& s) {
 }
 
 void VariantCase(benchmark::State& state, const Variant* variant, Case c, std::string name) {
-  Progress(name);
+  Progress(state, name);
   ThreadScope threads(c.threads);
   // Budget first (an over-budget case needs no inputs and no check), then
   // the correctness verdict, then the inputs.
@@ -376,7 +380,7 @@ void VariantCase(benchmark::State& state, const Variant* variant, Case c, std::s
 constexpr double kCeilingFlops = 20e9;
 
 void CeilingSgemm(benchmark::State& state, Case c, std::string name) {
-  Progress(name);
+  Progress(state, name);
   ThreadScope threads(c.threads);
   CaseData& data = DataFor(c);
   const int64_t lq = c.q_len, lk = c.kv_len, d = c.dim;
@@ -422,7 +426,7 @@ void CeilingSgemm(benchmark::State& state, Case c, std::string name) {
 // cache on `threads` OpenMP threads (read-only, like a decode pass over the
 // KV cache). GBps = bytes read per second / 1e9.
 void CeilingStream(benchmark::State& state, int64_t bytes, int threads, std::string name) {
-  Progress(name);
+  Progress(state, name);
   ThreadScope scope(threads);
   static std::vector<float> buffer;
   const int64_t n = bytes / 4;
@@ -458,7 +462,7 @@ void CeilingStream(benchmark::State& state, int64_t bytes, int threads, std::str
 }
 
 void LayerCase(benchmark::State& state, const Variant* variant, Case c, std::string name) {
-  Progress(name);
+  Progress(state, name);
   ThreadScope threads(c.threads);
   MhaLayer layer(c.q_len, c.heads, c.dim, SeedFrom("layer/" + c.DataKey()));
   const RunOptions options{c.threads, g_options.memory_budget};
