@@ -1,15 +1,16 @@
 #!/usr/bin/python3
-"""Interrupting and resuming attnlab_bench (bench/README.md, "Interruption and
-resume"): signals close the JSON, --resume runs exactly what is missing, and a file cut
-anywhere resumes.
+"""Interrupting and resuming attnlab_bench and the main job (bench/README.md, "Interruption and
+resume"): signals close the JSON, --resume runs exactly what is missing, a file cut anywhere
+resumes, and scripts/main.sh continues an interrupted job.
 
 Run by ctest (bench/CMakeLists.txt), one test group per ctest test:
-  /usr/bin/python3 interrupt_test.py GROUP     GROUP in Signals Repetitions Truncated
+  /usr/bin/python3 interrupt_test.py GROUP     GROUP in Signals Repetitions Truncated MainJob
 Environment: ATTNLAB_BENCH (the attnlab_bench binary), ATTNLAB_SOURCE (the source tree).
 """
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -276,6 +277,112 @@ class Truncated(Case):
         self.assertTrue(set(progress[:-1]).isdisjoint(resumed), (progress, resumed))
         self.assertIn(len(cases) - len(resumed), (len(progress) - 1, len(progress)))
         self.assert_complete(out, cases)
+
+
+class MainJob(Case):
+    """scripts/main.sh in a copy of the tree: install-deps, cmake and the report generator are
+    stand-ins, attnlab_bench is the real one restricted to TWO_SHAPES."""
+
+    def setUp(self):
+        super().setUp()
+        root = self.path("tree")
+        self.root = root
+        os.makedirs(os.path.join(root, "scripts"))
+        os.makedirs(os.path.join(root, "build/release/bench"))
+        os.makedirs(os.path.join(root, "reports"))
+        os.makedirs(os.path.join(root, "bin"))
+        shutil.copy(os.path.join(SOURCE, "scripts", "main.sh"), os.path.join(root, "scripts"))
+        self.write("scripts/install-deps.sh", "exit 0\n")
+        self.write("bin/cmake", "#!/bin/sh\nexit 0\n")
+        self.write("build/release/bench/attnlab_bench",
+                   f"#!/bin/sh\nexec {BENCH} --threads=1 --benchmark_min_time=0.05 "
+                   f"'--benchmark_filter={TWO_SHAPES}' \"$@\"\n")
+        # The report generator: both files must load (json.load fails on a cut file).
+        self.write("reports/generate.py",
+                   "import json, sys\n"
+                   "for f in (sys.argv[1], sys.argv[3]): json.load(open(f))\n"
+                   "print('reports/fake/report.md')\n")
+
+    def write(self, name, text):
+        path = os.path.join(self.root, name)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o755)
+
+    def main_job(self, stop_after=None, sig=None, stop_on=PROGRESS, group=True,
+                 args=("--suite", "quick", "--accuracy-max-n", "256")):
+        """Runs main.sh in its own session; once `stop_after` stderr lines match `stop_on`,
+        signals the whole session, as a Ctrl-C (or a service manager) does, or main.sh alone."""
+        env = dict(os.environ, PATH=os.path.join(self.root, "bin") + os.pathsep +
+                   os.environ["PATH"])
+        with open(self.path("stdout"), "w") as stdout:
+            p = subprocess.Popen(["bash", "scripts/main.sh", *args], cwd=self.root, env=env,
+                                 stdout=stdout, stderr=subprocess.PIPE, text=True,
+                                 start_new_session=True)
+            lines, matched = [], 0
+            for line in p.stderr:
+                lines.append(line.rstrip("\n"))
+                if stop_on.match(lines[-1]):
+                    matched += 1
+                    if matched == stop_after:
+                        (os.killpg if group else os.kill)(p.pid, sig)
+            p.wait(timeout=180)
+        with open(self.path("stdout")) as f:
+            return p.returncode, lines, f.read()
+
+    def test_interrupted_job_continues(self):
+        state = os.path.join(self.root, "results", ".main-job")
+        rc, err, out = self.main_job(stop_after=3, sig=signal.SIGINT)
+        self.assertEqual(rc, 130, "\n".join(err))
+        stem = re.search(r"^stem=(.*)$", open(state).read(), re.M).group(1)
+        bench_json = os.path.join(self.root, stem + ".json")
+        accuracy_json = os.path.join(self.root, stem + "-accuracy.json")
+        missing = sorted(n for n, es in by_case(load(bench_json)).items() if interrupted(es[0]))
+        self.assertGreater(len(missing), 0)
+        self.assertIn("Continue the job with: bash scripts/main.sh --suite quick "
+                      "--accuracy-max-n 256", "\n".join(err))
+        # Other options: not this job; said at once, before building.
+        rc, err, out = self.main_job(args=("--suite", "default"))
+        self.assertEqual(rc, 2)
+        self.assertIn("Continue it with: bash scripts/main.sh --suite quick --accuracy-max-n 256",
+                      "\n".join(err))
+
+        # Again: the suite runs only what is missing; SIGTERM during the accuracy run.
+        accuracy_line = re.compile(r"^\w+/N:\d+/d:\d+/\w+: max_abs ")
+        rc, err, out = self.main_job(stop_after=2, sig=signal.SIGTERM, stop_on=accuracy_line)
+        self.assertEqual(rc, 143, "\n".join(err))
+        self.assertIn(f"resuming {stem}.json", out)
+        self.assertEqual(sorted(m.group(3) for m in map(PROGRESS.match, err) if m), missing)
+        ran = [line for line in err if accuracy_line.match(line)]
+        self.assertGreaterEqual(len(load(accuracy_json)["results"]), 2)
+
+        # And again: it finishes, and keeps what both earlier runs finished.
+        before = load(accuracy_json)["results"]
+        rc, err, out = self.main_job()
+        self.assertEqual(rc, 0, "\n".join(err))
+        self.assertTrue(out.rstrip().endswith("report: reports/fake/report.md"), out)
+        self.assertFalse(os.path.exists(state))
+        self.assertEqual([m for m in map(PROGRESS.match, err) if m], [])
+        self.assert_complete(bench_json, listed(TWO_SHAPES))
+        results = load(accuracy_json)["results"]
+        keys = [(r["variant"], r["N"], r["d"], r["mask"]) for r in results]
+        self.assertEqual(len(keys), len(set(keys)))
+        self.assertEqual(len(keys), len({k[0] for k in keys}) * 2 * 2 * 5)  # N, d, mask
+        self.assertEqual(results[:len(before)], before)
+        self.assertEqual(len([line for line in err if accuracy_line.match(line)]),
+                         len(keys) - len(before))
+        self.assertLessEqual(len(before), len(ran) + 1)
+
+    def test_sigkill_to_the_job_stops_its_step(self):
+        # main.sh cannot trap SIGKILL; setpriv --pdeathsig gives its step SIGTERM. stderr ends
+        # (main_job returns) once the step, which holds it too, has exited.
+        rc, err, out = self.main_job(stop_after=3, sig=signal.SIGKILL, group=False)
+        self.assertEqual(rc, -signal.SIGKILL)
+        stem = re.search(r"^stem=(.*)$", open(os.path.join(self.root, "results", ".main-job"))
+                         .read(), re.M).group(1)
+        entries = load(os.path.join(self.root, stem + ".json"))["benchmarks"]  # closed
+        self.assertTrue(any(e.get("error_message", "").startswith("interrupted: SIGTERM")
+                            for e in entries), "\n".join(err))
 
 
 if __name__ == "__main__":
