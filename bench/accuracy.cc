@@ -16,19 +16,27 @@
 // max_d |err| / max_d |want|, the largest over rows; elementwise relative
 // error is meaningless for outputs near 0), bound_ratio (max over elements of
 // |err| / ErrorBound(...).o from tests/test_support.h: < 1 passes), ok.
+//
+// The file is rewritten (whole, then renamed over the old one) after every result, so an
+// interrupted run keeps what it finished; --resume=FILE keeps FILE's results and runs the
+// missing ones (bench/README.md, "Interruption and resume").
 #include "bench/accuracy.h"
 
 #include <omp.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <ctime>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
 
 #include "bench/bench_common.h"
+#include "bench/resume.h"
 #include "kernels/registry.h"
 #include "reference/reference.h"
 #include "tests/test_support.h"
@@ -138,85 +146,157 @@ std::vector<int64_t> RowsToCheck(int64_t n) {
   return rows;
 }
 
-std::string Now() {
-  char buf[64];
-  const std::time_t t = std::time(nullptr);
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S+00:00", std::gmtime(&t));
-  return buf;
+// "flash/N:1024/d:64/causal": a result's name on stderr, and its key when resuming.
+std::string ResultName(const std::string& variant, int64_t n, int64_t d, const std::string& mask) {
+  return variant + "/N:" + std::to_string(n) + "/d:" + std::to_string(d) + "/" + mask;
+}
+
+struct AccuracyCase {
+  const Variant* variant;
+  int64_t n, d;
+  const MaskCase* mask;
+  std::string Name() const { return ResultName(variant->name, n, d, mask->name); }
+};
+
+std::string NameOf(const nlohmann::ordered_json& result) {
+  return ResultName(result.value("variant", ""), result.value("N", int64_t{0}),
+                    result.value("d", int64_t{0}), result.value("mask", ""));
+}
+
+// One result: the variant on the whole problem, its rows against the reference.
+nlohmann::ordered_json RunCase(const AccuracyCase& c, const RunOptions& run_options) {
+  const std::string name = c.Name();
+  testing::ProblemSpec spec;
+  spec.shape = {1, 1, 1, c.n, c.n, c.d, c.d};
+  spec.mask = c.mask->kind;
+  spec.window_left = WindowLeft(c.n);
+  if (c.mask->key_lengths) spec.key_lengths = {int32_t(c.n - c.n / 3)};
+  // Same inputs for every variant.
+  spec.seed = SeedFrom("accuracy/N:" + std::to_string(c.n) + "/d:" + std::to_string(c.d) + "/" +
+                       c.mask->name);
+  nlohmann::ordered_json entry = {
+      {"variant", c.variant->name}, {"N", c.n}, {"d", c.d}, {"mask", c.mask->name}};
+  const auto start = std::chrono::steady_clock::now();
+  testing::ProblemData data(spec);
+  const Status status = Run(*c.variant, data.problem(), run_options);
+  if (!status.ok()) {
+    entry["error"] =
+        (status.code() == StatusCode::kResourceExhausted ? "over budget: " : "not run: ") +
+        status.message();
+    std::fprintf(stderr, "%s: %s\n", name.c_str(), entry["error"].get<std::string>().c_str());
+    return entry;
+  }
+  const std::vector<int64_t> rows = RowsToCheck(c.n);
+  const RowResult r = CheckRows(data, rows);
+  entry["max_abs_error"] = r.max_abs;
+  entry["max_rel_error"] = r.max_rel;
+  entry["bound_ratio"] = r.bound_ratio;
+  entry["rows_checked"] = int64_t(rows.size());
+  entry["ok"] = r.ok;
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "%s: max_abs %.3g max_rel %.3g bound_ratio %.3g%s (%.1f s)\n", name.c_str(),
+               r.max_abs, r.max_rel, r.bound_ratio, r.ok ? "" : " FAILED", secs);
+  return entry;
+}
+
+// --resume: FILE's document into `doc` (left null when FILE is empty). False when FILE cannot be
+// continued (said on stderr).
+bool ReadToResume(const AccuracyOptions& options, const std::map<std::string, std::string>& now,
+                  nlohmann::ordered_json* doc, std::string* forced) {
+  const char* out = options.out.c_str();
+  // The file is written whole each time (WriteFileAtomically), so it is never cut short.
+  std::ifstream in(options.out);
+  if (!in) {
+    std::fprintf(stderr, "attnlab_bench: --resume=%s: cannot open it\n", out);
+    return false;
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (text.str().find_first_not_of(" \t\r\n") == std::string::npos) return true;
+  *doc = nlohmann::ordered_json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (!doc->is_object() || !(*doc)["context"].is_object() || !(*doc)["results"].is_array()) {
+    std::fprintf(stderr, "attnlab_bench: --resume=%s: not an accuracy JSON\n", out);
+    return false;
+  }
+  return MayResume(options.out, (*doc)["context"], now, options.resume_force, forced);
+}
+
+nlohmann::ordered_json NewDocument(const AccuracyOptions& options,
+                                   const std::map<std::string, std::string>& now) {
+  nlohmann::ordered_json context;
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  context["host_name"] = host;
+  context["date"] = UtcNow();
+  for (const auto& [k, v] : now) context[k] = v;
+  context["attnlab_accuracy_rows"] =
+      "all rows for N <= 1024, else 512 evenly spaced rows (first to last)";
+  context["attnlab_rel_error"] = "normwise per row: max_d |err| / max_d |want|";
+  context["attnlab_args"] = options.args;
+  return {{"context", context}, {"results", nlohmann::ordered_json::array()}};
 }
 
 }  // namespace
 
 int RunAccuracy(const AccuracyOptions& options) {
   using Json = nlohmann::ordered_json;
-  Json context;
-  char host[256] = {};
-  gethostname(host, sizeof(host) - 1);
-  context["host_name"] = host;
-  context["date"] = Now();
-  for (const auto& [k, v] :
-       ContextStrings(std::to_string(options.threads), "accuracy", options.memory_budget)) {
-    context[k] = v;
-  }
-  context["attnlab_accuracy_rows"] =
-      "all rows for N <= 1024, else 512 evenly spaced rows (first to last)";
-  context["attnlab_rel_error"] = "normwise per row: max_d |err| / max_d |want|";
-  Json results = Json::array();
-  const RunOptions run_options{options.threads, options.memory_budget};
-  bool all_ok = true;
+  const std::map<std::string, std::string> now =
+      ContextStrings(std::to_string(options.threads), "accuracy", options.memory_budget);
+  const char* out = options.out.c_str();
+  Json doc;
+  std::string forced;  // what --resume_force let through
+  if (options.resume && !ReadToResume(options, now, &doc, &forced)) return 2;
+  if (doc.is_null()) doc = NewDocument(options, now);
+  Json& results = doc["results"];
+
+  std::vector<AccuracyCase> plan;
   for (const Variant* v : Registry()) {
     for (int64_t n = 128; n <= options.max_n; n *= 2) {
       for (int64_t d : {64, 128}) {
-        for (const MaskCase& m : kMasks) {
-          testing::ProblemSpec spec;
-          spec.shape = {1, 1, 1, n, n, d, d};
-          spec.mask = m.kind;
-          spec.window_left = WindowLeft(n);
-          if (m.key_lengths) spec.key_lengths = {int32_t(n - n / 3)};
-          // Same inputs for every variant.
-          spec.seed = SeedFrom("accuracy/N:" + std::to_string(n) + "/d:" + std::to_string(d) + "/" +
-                               m.name);
-          Json entry = {{"variant", v->name}, {"N", n}, {"d", d}, {"mask", m.name}};
-          const auto start = std::chrono::steady_clock::now();
-          testing::ProblemData data(spec);
-          const Status status = Run(*v, data.problem(), run_options);
-          if (!status.ok()) {
-            entry["error"] =
-                (status.code() == StatusCode::kResourceExhausted ? "over budget: " : "not run: ") +
-                status.message();
-            std::fprintf(stderr, "%s/N:%lld/d:%lld/%s: %s\n", v->name, (long long)n, (long long)d,
-                         m.name, entry["error"].get<std::string>().c_str());
-            results.push_back(entry);
-            continue;
-          }
-          const std::vector<int64_t> rows = RowsToCheck(n);
-          const RowResult r = CheckRows(data, rows);
-          entry["max_abs_error"] = r.max_abs;
-          entry["max_rel_error"] = r.max_rel;
-          entry["bound_ratio"] = r.bound_ratio;
-          entry["rows_checked"] = int64_t(rows.size());
-          entry["ok"] = r.ok;
-          all_ok = all_ok && r.ok;
-          const double secs =
-              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-          std::fprintf(stderr,
-                       "%s/N:%lld/d:%lld/%s: max_abs %.3g max_rel %.3g bound_ratio %.3g%s "
-                       "(%.1f s)\n",
-                       v->name, (long long)n, (long long)d, m.name, r.max_abs, r.max_rel,
-                       r.bound_ratio, r.ok ? "" : " FAILED", secs);
-          results.push_back(entry);
-        }
+        for (const MaskCase& m : kMasks) plan.push_back({v, n, d, &m});
       }
     }
   }
-  std::ofstream out(options.out);
-  out << Json{{"context", context}, {"results", results}}.dump(2) << "\n";
-  if (!out) {
-    std::fprintf(stderr, "attnlab_bench: cannot write %s\n", options.out.c_str());
-    return 1;
+  std::set<std::string> done;
+  for (const Json& r : results) done.insert(NameOf(r));
+  size_t missing = 0;
+  for (const AccuracyCase& c : plan) missing += done.count(c.Name()) == 0;
+  if (options.resume) {
+    std::fprintf(stderr, "attnlab_bench: resuming %s: %zu of %zu results already there%s\n", out,
+                 plan.size() - missing, plan.size(), missing == 0 ? "; nothing to run" : "");
+    if (missing > 0) {
+      NoteResumedRun(doc["context"], "ran the missing " + std::to_string(missing) + " of " +
+                                         std::to_string(plan.size()) + " results" + forced);
+    }
   }
-  std::fprintf(stderr, "wrote %s (%zu results)%s\n", options.out.c_str(), results.size(),
-               all_ok ? "" : "; some variants exceeded the error bound");
+
+  const RunOptions run_options{options.threads, options.memory_budget};
+  size_t ran = 0;
+  for (const AccuracyCase& c : plan) {
+    if (done.count(c.Name()) > 0) continue;
+    if (InterruptSignal() != 0) break;
+    results.push_back(RunCase(c, run_options));
+    ++ran;
+    // Written after every result: an interruption, even SIGKILL, loses at most the running one.
+    if (!WriteFileAtomically(options.out, doc.dump(2) + "\n")) {
+      std::fprintf(stderr, "attnlab_bench: cannot write %s: %s\n", out, std::strerror(errno));
+      return 1;
+    }
+  }
+  if (const int sig = InterruptSignal(); sig != 0) {
+    std::fprintf(stderr,
+                 "attnlab_bench: interrupted by %s: %s holds %zu of %zu results. Resume: "
+                 "attnlab_bench --resume=%s\n",
+                 SignalName(sig), out, plan.size() - missing + ran, plan.size(), out);
+    return 128 + sig;
+  }
+  bool all_ok = true;
+  for (const Json& r : results) all_ok = all_ok && r.value("ok", true);
+  if (ran > 0) {
+    std::fprintf(stderr, "wrote %s (%zu results)%s\n", out, results.size(),
+                 all_ok ? "" : "; some variants exceeded the error bound");
+  }
   return all_ok ? 0 : 1;
 }
 

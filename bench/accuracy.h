@@ -17,8 +17,15 @@ struct AccuracyOptions {
   int64_t max_n = 16384;
   int threads = 0;
   size_t memory_budget = 0;
+  // Keep the results `out` holds and run only the missing ones (--resume=FILE).
+  bool resume = false;
+  bool resume_force = false;  // even when `out` came from another commit, thread count or CPU
+  std::string args;           // the command line, as the context's attnlab_args
 };
 
+// Writes `out` again after every result (whole, then renamed over it): an interruption keeps
+// every finished result. Returns 0, 1 when a variant exceeds its bound, 2 when `out` cannot be
+// resumed, 128 + the signal when interrupted (bench/resume.h).
 int RunAccuracy(const AccuracyOptions& options);
 
 // Query row i of `problem` (B = H = 1) re-posed as a one-query problem with

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -169,6 +170,13 @@ void ConfigureMallocForMeasurement() {
 }
 
 void TrimMalloc() { malloc_trim(0); }
+
+std::string UtcNow() {
+  char buf[64];
+  const std::time_t t = std::time(nullptr);
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S+00:00", std::gmtime(&t));
+  return buf;
+}
 
 namespace {
 

@@ -108,6 +108,7 @@ void TrimMalloc();
 std::map<std::string, std::string> ContextStrings(const std::string& threads,
                                                   const std::string& suite, size_t memory_budget);
 std::string GitCommit();  // generated at build time (bench/git_commit.cmake)
+std::string UtcNow();     // "2026-11-21T09:14:03+00:00"
 
 }  // namespace attn::bench
 

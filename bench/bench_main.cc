@@ -6,6 +6,12 @@
 //   attnlab_bench [--suite=quick|default|full] [--threads=1,2] [--batch=1]
 //                 [--heads=8] [--memory_budget=12G] [--benchmark_* flags]
 //   attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=16384]
+//   attnlab_bench --resume=FILE [--resume_force]
+//
+// SIGINT, SIGTERM or SIGHUP end the run within one iteration of the running
+// case, with the JSON closed and the unfinished cases marked `interrupted:`
+// (exit status 128 + the signal); --resume=FILE runs only what FILE lacks
+// and writes FILE again (bench/resume.h).
 //
 // Cases are registered from attn::Registry() in a loop: a variant added to
 // kernels/variants.inc appears here with no edit. For each problem shape the
@@ -35,20 +41,26 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
+#include <optional>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "bench/accuracy.h"
 #include "bench/bench_common.h"
 #include "bench/layer.h"
+#include "bench/resume.h"
 #include "kernels/registry.h"
 #include "reference/reference.h"
 #include "tests/test_support.h"
@@ -165,13 +177,17 @@ Suite MakeSuite(const std::string& name) {
 int g_total = 0;
 int g_done = 0;
 std::string g_last;
+benchmark::IterationCount g_last_iterations = 0;
 
-// "[12/140] flash/N:4096/d:64/causal:1/threads:2" to stderr once per case
-// (Google Benchmark calls a case's function several times while it sizes the
-// iteration count; the JSON on stdout or in --benchmark_out stays clean).
-void Progress(const std::string& name) {
-  if (name == g_last) return;
+// "[12/140] flash/N:4096/d:64/causal:1/threads:2" to stderr once per run, i.e. per case and
+// repetition (Google Benchmark calls a case's function again with more iterations while it
+// sizes a run; a call of the same case that asks for no more iterations than the last one is
+// its next repetition). The JSON on stdout or in --benchmark_out stays clean.
+void Progress(const benchmark::State& state, const std::string& name) {
+  const bool same_run = name == g_last && state.max_iterations > g_last_iterations;
   g_last = name;
+  g_last_iterations = state.max_iterations;
+  if (same_run) return;
   ++g_done;
   std::fprintf(stderr, "[%d/%d] %s\n", g_done, g_total, name.c_str());
   std::fflush(stderr);
@@ -312,7 +328,8 @@ void SkipNotRun(benchmark::State& state, const Status& s) {
 }
 
 void VariantCase(benchmark::State& state, const Variant* variant, Case c, std::string name) {
-  Progress(name);
+  if (SkipIfInterrupted(state)) return;
+  Progress(state, name);
   ThreadScope threads(c.threads);
   // Budget first (an over-budget case needs no inputs and no check), then
   // the correctness verdict, then the inputs.
@@ -337,6 +354,7 @@ void VariantCase(benchmark::State& state, const Variant* variant, Case c, std::s
   PeakRss rss;
   rss.Start();
   for (auto _ : state) {
+    if (StopIfInterrupted(state)) break;
     const Status s = Run(*variant, data.problem, options, &stats);
     if (!s.ok()) {
       state.SkipWithError(("not run: " + s.ToString()).c_str());
@@ -376,7 +394,8 @@ void VariantCase(benchmark::State& state, const Variant* variant, Case c, std::s
 constexpr double kCeilingFlops = 20e9;
 
 void CeilingSgemm(benchmark::State& state, Case c, std::string name) {
-  Progress(name);
+  if (SkipIfInterrupted(state)) return;
+  Progress(state, name);
   ThreadScope threads(c.threads);
   CaseData& data = DataFor(c);
   const int64_t lq = c.q_len, lk = c.kv_len, d = c.dim;
@@ -391,6 +410,7 @@ void CeilingSgemm(benchmark::State& state, Case c, std::string name) {
   PeakRss rss;
   rss.Start();
   for (auto _ : state) {
+    if (StopIfInterrupted(state)) break;
     done_flops = 0;
     for (int64_t block = 0; block < blocks; ++block) {
       const int64_t bh = block / blocks_per_head;
@@ -422,7 +442,8 @@ void CeilingSgemm(benchmark::State& state, Case c, std::string name) {
 // cache on `threads` OpenMP threads (read-only, like a decode pass over the
 // KV cache). GBps = bytes read per second / 1e9.
 void CeilingStream(benchmark::State& state, int64_t bytes, int threads, std::string name) {
-  Progress(name);
+  if (SkipIfInterrupted(state)) return;
+  Progress(state, name);
   ThreadScope scope(threads);
   static std::vector<float> buffer;
   const int64_t n = bytes / 4;
@@ -439,6 +460,7 @@ void CeilingStream(benchmark::State& state, int64_t bytes, int threads, std::str
   constexpr int64_t kChunk = 1 << 14;  // floats per scheduled chunk (64 KiB)
   float total = 0;
   for (auto _ : state) {
+    if (StopIfInterrupted(state)) break;
     float sum = 0;
 #pragma omp parallel for num_threads(threads) reduction(+ : sum) schedule(static)
     for (int64_t chunk = 0; chunk < n / kChunk; ++chunk) {
@@ -458,7 +480,8 @@ void CeilingStream(benchmark::State& state, int64_t bytes, int threads, std::str
 }
 
 void LayerCase(benchmark::State& state, const Variant* variant, Case c, std::string name) {
-  Progress(name);
+  if (SkipIfInterrupted(state)) return;
+  Progress(state, name);
   ThreadScope threads(c.threads);
   MhaLayer layer(c.q_len, c.heads, c.dim, SeedFrom("layer/" + c.DataKey()));
   const RunOptions options{c.threads, g_options.memory_budget};
@@ -473,6 +496,7 @@ void LayerCase(benchmark::State& state, const Variant* variant, Case c, std::str
   }
   double attention_s = 0, total_s = 0;
   for (auto _ : state) {
+    if (StopIfInterrupted(state)) break;
     const LayerTimes t = layer.Forward(*variant, options);
     if (!t.status.ok()) {
       state.SkipWithError(("not run: " + t.status.ToString()).c_str());
@@ -496,7 +520,9 @@ struct Registration {
   // (Suite::repetitions). Negative: never (a case refused as over budget,
   // which is instant, or the stream ceiling).
   double predicted_seconds = 0;
-  int repetitions = 1;
+  int repetitions = 1;  // the suite's choice (--benchmark_repetitions overrides it)
+  int finished = 0;     // repetitions the --resume file already holds
+  int runs = 0;         // repetitions this run does
 };
 std::vector<Registration> g_cases;
 
@@ -623,19 +649,93 @@ void RegisterSuite(const Suite& suite) {
   }
 }
 
+// Registers g_cases with Google Benchmark: repetitions (see Suite::repetitions) unless the
+// command line sets them (`have_repetitions`, `user_repetitions` > 0: every case); resuming,
+// only the repetitions `resume` lacks, and not the cases it has whole.
+void RegisterWithBenchmark(const Suite& suite, bool have_repetitions, int user_repetitions,
+                           bool have_min_time, const ResumeFile* resume) {
+  const bool repeat = suite.repetitions > 1 && !have_repetitions;
+  const double min_time = have_min_time ? 0 : std::stod(suite.min_time);
+  for (Registration& r : g_cases) {
+    if (repeat && r.predicted_seconds >= 0 && r.predicted_seconds <= suite.repeat_max_seconds) {
+      r.repetitions = suite.repetitions;
+    }
+    if (resume && repeat && resume->cases.count(r.name) > 0) {  // what the first run chose
+      r.repetitions = std::max<int>(1, int(resume->cases.at(r.name).repetitions));
+    }
+    const int wanted = user_repetitions > 0 ? user_repetitions : r.repetitions;
+    r.finished = resume ? std::min(resume->Finished(r.name), wanted) : 0;
+    r.runs = wanted - r.finished;
+    if (r.runs == 0) continue;
+    benchmark::internal::Benchmark* b = benchmark::RegisterBenchmark(r.name.c_str(), r.fn);
+    b->UseRealTime()->Unit(benchmark::kMillisecond);
+    if (r.repetitions > 1) {
+      b->Repetitions(r.repetitions);
+      if (min_time > 0) b->MinTime(min_time / r.repetitions);
+    }
+    // The missing repetitions (JsonFileReporter numbers them after FILE's).
+    if (r.finished > 0) b->Repetitions(r.runs);
+  }
+}
+
+// The JSON context (docs/bench-json.md): `context`, the command line, the calibration.
+void AddContext(const std::map<std::string, std::string>& context, const std::string& args,
+                const Suite& suite) {
+  for (const auto& [key, val] : context) benchmark::AddCustomContext(key, val);
+  benchmark::AddCustomContext("attnlab_args", args);
+  if (!g_calibrated_gflops.empty()) {
+    std::string rates;
+    for (const auto& [name, gflops] : g_calibrated_gflops) {
+      char buf[64];
+      std::snprintf(buf, sizeof(buf), "%s%s=%.2f", rates.empty() ? "" : ",", name.c_str(), gflops);
+      rates += buf;
+    }
+    benchmark::AddCustomContext("attnlab_calibrated_gflops", rates);
+  }
+  if (suite.max_case_seconds < 1e30) {
+    benchmark::AddCustomContext("attnlab_case_time_cap_s",
+                                std::to_string(int(suite.max_case_seconds)));
+    benchmark::AddCustomContext("attnlab_cases_left_out", std::to_string(g_left_out.size()));
+  }
+}
+
+// What the file holds now, after an interruption or a resume.
+void PrintHeld(const JsonFileReporter& file, const std::vector<Registration*>& selected,
+               const std::string& path, int sig, bool resumed) {
+  size_t held = 0;  // cases with all their runs
+  int held_runs = 0, all_runs = 0;
+  for (const Registration* r : selected) {
+    const int finished = std::min(file.Finished(r->name), r->runs);
+    held += finished == r->runs;
+    held_runs += r->finished + finished;
+    all_runs += r->finished + r->runs;
+  }
+  if (sig != 0) {
+    std::fprintf(stderr,
+                 "attnlab_bench: interrupted by %s: %s holds %zu of %zu cases (%d of %d runs); "
+                 "the rest is marked `interrupted:`. Resume: attnlab_bench --resume=%s\n",
+                 SignalName(sig), path.c_str(), held, selected.size(), held_runs, all_runs,
+                 path.c_str());
+  } else if (resumed) {
+    std::fprintf(stderr, "attnlab_bench: %s holds %zu of %zu cases (%d of %d runs)\n", path.c_str(),
+                 held, selected.size(), held_runs, all_runs);
+  }
+}
+
 // ---------------------------------------------------------------- flags
 
 // Our own flags, as --flag=VALUE or --flag VALUE (the latter consumes the
 // next argument: `*i` advances).
-bool TakeFlag(int argc, char** argv, int* i, const char* flag, std::string* value) {
-  const std::string arg = argv[*i];
+bool TakeFlag(const std::vector<std::string>& args, size_t* i, const char* flag,
+              std::string* value) {
+  const std::string& arg = args[*i];
   const std::string name = std::string("--") + flag;
   if (arg.rfind(name + "=", 0) == 0) {
     *value = arg.substr(name.size() + 1);
     return true;
   }
-  if (arg == name && *i + 1 < argc) {
-    *value = argv[++*i];
+  if (arg == name && *i + 1 < args.size()) {
+    *value = args[++*i];
     return true;
   }
   return false;
@@ -648,6 +748,7 @@ int Usage(const char* error) {
                "         [--heads=H] [--memory_budget=12G] [--benchmark_* flags]\n"
                "       attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=N]\n"
                "         [--accuracy_threads=T]\n"
+               "       attnlab_bench --resume=FILE [--resume_force] [the flags FILE was run with]\n"
                "variants: %s\n",
                error, VariantNames().c_str());
   return 2;
@@ -670,9 +771,9 @@ std::string JoinThreads(const std::vector<int>& threads) {
   return s;
 }
 
-// Runs (cases x their repetitions) the --benchmark_filter selects, for the
-// progress count; `repetitions` > 0 is the command line's, for every case.
-int CountSelectedRuns(const std::string& filter, int repetitions) {
+// The cases --benchmark_filter selects, by Google Benchmark's rules ("", "all" and "." select
+// all; a leading '-' negates).
+std::vector<Registration*> Selected(const std::string& filter) {
   const bool all = filter.empty() || filter == "all" || filter == ".";
   const bool negate = !all && filter[0] == '-';
   std::regex re;
@@ -684,34 +785,105 @@ int CountSelectedRuns(const std::string& filter, int repetitions) {
       valid = false;
     }
   }
-  int n = 0;
-  for (const Registration& r : g_cases) {
-    if (valid && std::regex_search(r.name, re) == negate) continue;
-    n += repetitions > 0 ? repetitions : r.repetitions;
+  std::vector<Registration*> selected;
+  for (Registration& r : g_cases) {
+    if (!valid || std::regex_search(r.name, re) != negate) selected.push_back(&r);
   }
-  return n;
+  return selected;
+}
+
+// The rates a run calibrated (its context's attnlab_calibrated_gflops, "blas=68.06,...").
+void ReadCalibration(const nlohmann::ordered_json& context) {
+  auto it = context.find("attnlab_calibrated_gflops");
+  if (it == context.end() || !it->is_string()) return;
+  std::istringstream rates(it->get<std::string>());
+  std::string item;
+  while (std::getline(rates, item, ',')) {
+    const size_t eq = item.find('=');
+    if (eq != std::string::npos) g_calibrated_gflops[item.substr(0, eq)] = std::atof(&item[eq + 1]);
+  }
+}
+
+// `--resume=FILE` alone (or with --resume_force) continues what FILE's run started: its command
+// line (context attnlab_args) comes first. Any other argument: `args` as given. Empty when FILE
+// records no command line.
+std::optional<std::vector<std::string>> WithRecordedArgs(const std::vector<std::string>& args) {
+  std::string file;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (!TakeFlag(args, &i, "resume", &file) && args[i] != "--resume_force") return args;
+  }
+  if (file.empty()) return args;
+  std::ifstream in(file, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  std::vector<std::string> recorded;
+  try {
+    const nlohmann::ordered_json context = ReadBenchJson(text.str()).context;
+    recorded = nlohmann::json::parse(context.at("attnlab_args").get<std::string>())
+                   .get<std::vector<std::string>>();
+  } catch (const std::exception&) {
+    std::fprintf(stderr,
+                 "attnlab_bench: %s records no command line (it is missing, cut before its "
+                 "context or not from attnlab_bench): give the flags it was run with along with "
+                 "--resume\n",
+                 file.c_str());
+    return std::nullopt;
+  }
+  std::string line;
+  for (const std::string& a : recorded) line += " " + a;
+  std::fprintf(stderr, "attnlab_bench: resuming %s with its command line:%s\n", file.c_str(),
+               line.c_str());
+  recorded.insert(recorded.end(), args.begin(), args.end());
+  return recorded;
 }
 
 }  // namespace
 
 int Main(int argc, char** argv) {
   ConfigureMallocForMeasurement();
-  std::vector<char*> rest = {argv[0]};
-  std::string value, threads_text;
+  InstallInterruptHandlers();
+  const std::optional<std::vector<std::string>> all_args =
+      WithRecordedArgs({argv + 1, argv + argc});
+  if (!all_args) return 2;
+  const std::vector<std::string>& args = *all_args;
+  std::vector<std::string> rest = {argv[0]};  // for Google Benchmark
+  std::vector<std::string> recorded;          // the command line, without where results go
+  std::string value, threads_text, resume_path, out_path, out_format;
   bool accuracy = false, have_min_time = false, have_repetitions = false;
-  bool have_interleaving = false;
+  bool have_interleaving = false, have_accuracy_out = false, resume_force = false;
   int user_repetitions = 0;  // --benchmark_repetitions=K
   AccuracyOptions acc;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
+  for (size_t i = 0; i < args.size(); ++i) {
+    const size_t first = i;
+    const std::string arg = args[i];
     int64_t n = 0;
-    if (TakeFlag(argc, argv, &i, "suite", &value)) {
+    // Where the results go.
+    if (TakeFlag(args, &i, "resume", &resume_path)) continue;
+    if (arg == "--resume_force") {
+      resume_force = true;
+      continue;
+    }
+    if (TakeFlag(args, &i, "accuracy_out", &acc.out)) {
+      have_accuracy_out = true;
+      continue;
+    }
+    if (arg.rfind("--benchmark_out=", 0) == 0) {
+      out_path = arg.substr(arg.find('=') + 1);
+      continue;
+    }
+    if (arg.rfind("--benchmark_out_format=", 0) == 0) {
+      out_format = arg.substr(arg.find('=') + 1);
+      continue;
+    }
+    // What runs.
+    if (TakeFlag(args, &i, "suite", &value)) {
       if (value != "quick" && value != "default" && value != "full") {
         return Usage(("unknown --suite=" + value + " (quick, default or full)").c_str());
       }
       g_options.suite = value;
-    } else if (TakeFlag(argc, argv, &i, "threads", &value)) {
+    } else if (TakeFlag(args, &i, "threads", &value)) {
       threads_text = value;
+      g_options.threads.clear();
       size_t pos = 0;
       while (pos <= value.size()) {
         const size_t comma = std::min(value.find(',', pos), value.size());
@@ -721,22 +893,20 @@ int Main(int argc, char** argv) {
         g_options.threads.push_back(int(n));
         pos = comma + 1;
       }
-    } else if (TakeFlag(argc, argv, &i, "batch", &value)) {
+    } else if (TakeFlag(args, &i, "batch", &value)) {
       if (!ParsePositive(value, &g_options.batch)) return Usage(("bad --batch=" + value).c_str());
-    } else if (TakeFlag(argc, argv, &i, "heads", &value)) {
+    } else if (TakeFlag(args, &i, "heads", &value)) {
       if (!ParsePositive(value, &g_options.heads)) return Usage(("bad --heads=" + value).c_str());
-    } else if (TakeFlag(argc, argv, &i, "memory_budget", &value)) {
+    } else if (TakeFlag(args, &i, "memory_budget", &value)) {
       auto bytes = ParseBytes(value);
       if (!bytes) return Usage(("bad --memory_budget=" + value + " (e.g. 12G)").c_str());
       g_options.memory_budget = *bytes;
     } else if (arg == "--accuracy") {
       accuracy = true;
-    } else if (TakeFlag(argc, argv, &i, "accuracy_out", &value)) {
-      acc.out = value;
-    } else if (TakeFlag(argc, argv, &i, "accuracy_max_n", &value)) {
+    } else if (TakeFlag(args, &i, "accuracy_max_n", &value)) {
       if (!ParsePositive(value, &acc.max_n))
         return Usage(("bad --accuracy_max_n=" + value).c_str());
-    } else if (TakeFlag(argc, argv, &i, "accuracy_threads", &value)) {
+    } else if (TakeFlag(args, &i, "accuracy_threads", &value)) {
       if (!ParsePositive(value, &n)) return Usage(("bad --accuracy_threads=" + value).c_str());
       acc.threads = int(n);
     } else {
@@ -748,8 +918,9 @@ int Main(int argc, char** argv) {
           user_repetitions = std::max(1, std::atoi(arg.c_str() + eq + 1));
       }
       if (arg.rfind("--benchmark_enable_random_interleaving", 0) == 0) have_interleaving = true;
-      rest.push_back(argv[i]);
+      rest.push_back(arg);
     }
+    recorded.insert(recorded.end(), args.begin() + first, args.begin() + i + 1);
   }
   if (g_options.memory_budget == 0) g_options.memory_budget = DefaultMemoryBudgetBytes();
   if (g_options.threads.empty()) {
@@ -759,26 +930,71 @@ int Main(int argc, char** argv) {
   if (g_options.heads % 2 != 0 && g_options.heads != 1) {
     return Usage("--heads must be 1 or even (decode's GQA case uses Hkv = 2)");
   }
+  const std::string recorded_json = nlohmann::json(recorded).dump();
 
   if (accuracy) {
     acc.memory_budget = g_options.memory_budget;
     if (acc.threads == 0) acc.threads = omp_get_num_procs();
+    if (!resume_path.empty()) {
+      if (have_accuracy_out && acc.out != resume_path) {
+        return Usage("--resume=FILE writes FILE: drop --accuracy_out");
+      }
+      acc.out = resume_path;
+      acc.resume = true;
+      acc.resume_force = resume_force;
+    }
+    acc.args = recorded_json;
     return RunAccuracy(acc);
   }
 
-  const Suite suite = MakeSuite(g_options.suite);
-  std::string min_time_flag = std::string("--benchmark_min_time=") + suite.min_time;
-  if (!have_min_time) rest.push_back(min_time_flag.data());
-  std::string interleave_flag = "--benchmark_enable_random_interleaving=true";
-  if (suite.repetitions > 1 && !have_repetitions && !have_interleaving) {
-    rest.push_back(interleave_flag.data());
+  const bool json_out = out_format.empty() || out_format == "json";
+  std::optional<ResumeFile> resume;
+  if (!resume_path.empty()) {
+    if (!out_path.empty() && out_path != resume_path) {
+      return Usage("--resume=FILE writes FILE: drop --benchmark_out");
+    }
+    if (!json_out) return Usage("--resume needs JSON: drop --benchmark_out_format");
+    try {
+      resume = ResumeFile::Read(resume_path);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "attnlab_bench: cannot resume: %s\n", e.what());
+      return 2;
+    }
+    out_path = resume_path;
   }
-  rest.push_back(nullptr);
-  int bench_argc = int(rest.size()) - 1;
-  benchmark::Initialize(&bench_argc, rest.data());
-  if (benchmark::ReportUnrecognizedArguments(bench_argc, rest.data())) return 2;
 
-  if (suite.max_case_seconds < 1e30 || suite.repetitions > 1) Calibrate();
+  const Suite suite = MakeSuite(g_options.suite);
+  if (!have_min_time) rest.push_back(std::string("--benchmark_min_time=") + suite.min_time);
+  if (suite.repetitions > 1 && !have_repetitions && !have_interleaving) {
+    rest.push_back("--benchmark_enable_random_interleaving=true");
+  }
+  // Resuming, Google Benchmark writes FILE.tmp; JsonFileReporter renames it over FILE as soon
+  // as it holds FILE's entries.
+  if (!out_path.empty()) rest.push_back("--benchmark_out=" + out_path + (resume ? ".tmp" : ""));
+  if (!out_format.empty()) rest.push_back("--benchmark_out_format=" + out_format);
+  std::vector<char*> bench_argv;
+  for (std::string& a : rest) bench_argv.push_back(a.data());
+  bench_argv.push_back(nullptr);
+  int bench_argc = int(rest.size());
+  benchmark::Initialize(&bench_argc, bench_argv.data());
+  if (benchmark::ReportUnrecognizedArguments(bench_argc, bench_argv.data())) return 2;
+
+  const std::map<std::string, std::string> context =
+      ContextStrings(JoinThreads(g_options.threads), g_options.suite, g_options.memory_budget);
+  std::string forced;  // what --resume_force let through
+  if (resume && resume->json.has_context) {
+    if (!MayResume(out_path, resume->json.context, context, resume_force, &forced)) return 2;
+    ReadCalibration(resume->json.context);  // the same cases are left out and repeated
+  } else if (resume) {
+    std::fprintf(stderr,
+                 "attnlab_bench: %s has no complete context (it was cut before its first case): "
+                 "nothing to keep, starting it afresh\n",
+                 out_path.c_str());
+  }
+
+  if ((suite.max_case_seconds < 1e30 || suite.repetitions > 1) && g_calibrated_gflops.empty()) {
+    Calibrate();
+  }
   RegisterSuite(suite);
   if (!g_left_out.empty()) {
     std::fprintf(stderr,
@@ -788,39 +1004,59 @@ int Main(int argc, char** argv) {
     for (const std::string& name : g_left_out) std::fprintf(stderr, " %s", name.c_str());
     std::fprintf(stderr, "\n");
   }
-  // Repetitions (see Suite::repetitions), unless the command line sets them.
-  const bool repeat = suite.repetitions > 1 && !have_repetitions;
-  const double min_time = have_min_time ? 0 : std::stod(suite.min_time);
-  for (Registration& r : g_cases) {
-    benchmark::internal::Benchmark* b = benchmark::RegisterBenchmark(r.name.c_str(), r.fn);
-    b->UseRealTime()->Unit(benchmark::kMillisecond);
-    if (repeat && r.predicted_seconds >= 0 && r.predicted_seconds <= suite.repeat_max_seconds) {
-      r.repetitions = suite.repetitions;
-      b->Repetitions(r.repetitions);
-      if (min_time > 0) b->MinTime(min_time / r.repetitions);
+  RegisterWithBenchmark(suite, have_repetitions, user_repetitions, have_min_time,
+                        resume ? &*resume : nullptr);
+  const std::vector<Registration*> selected = Selected(benchmark::GetBenchmarkFilter());
+  int to_run = 0, all_runs = 0;
+  for (Registration* r : selected) {
+    g_total += r->runs;
+    all_runs += r->finished + r->runs;
+    if (r->runs == 0) continue;
+    ++to_run;
+    if (resume) resume->rerun.insert(r->name);
+  }
+  if (resume) {
+    std::fprintf(stderr,
+                 "attnlab_bench: resuming %s: %zu of %zu cases already there (%d of %d runs)%s\n",
+                 out_path.c_str(), selected.size() - to_run, selected.size(), all_runs - g_total,
+                 all_runs, to_run == 0 ? "; nothing to run" : "");
+    if (to_run == 0) {
+      // A file cut after its last entry still needs its closing brackets.
+      if (resume->json.has_context && !resume->json.closed &&
+          !WriteFileAtomically(out_path, ClosedBenchJson(*resume))) {
+        std::fprintf(stderr, "attnlab_bench: cannot write %s: %s\n", out_path.c_str(),
+                     std::strerror(errno));
+        return 1;
+      }
+      return 0;
     }
   }
-  g_total = CountSelectedRuns(benchmark::GetBenchmarkFilter(), user_repetitions);
+  if (const int sig = InterruptSignal(); sig != 0) {
+    std::fprintf(stderr, "attnlab_bench: interrupted by %s before the first case\n",
+                 SignalName(sig));
+    return 128 + sig;
+  }
 
-  for (const auto& [key, val] :
-       ContextStrings(JoinThreads(g_options.threads), g_options.suite, g_options.memory_budget)) {
-    benchmark::AddCustomContext(key, val);
+  AddContext(context, recorded_json, suite);
+  std::unique_ptr<JsonFileReporter> file_reporter;
+  if (!out_path.empty() && json_out) {
+    file_reporter = std::make_unique<JsonFileReporter>(
+        resume ? &*resume : nullptr, "ran " + std::to_string(to_run) + " of " +
+                                         std::to_string(selected.size()) + " cases (" +
+                                         std::to_string(g_total) + " runs)" + forced);
+    benchmark::RunSpecifiedBenchmarks(nullptr, file_reporter.get());
+  } else {
+    benchmark::RunSpecifiedBenchmarks();
   }
-  if (suite.max_case_seconds < 1e30) {
-    std::string rates;
-    for (const auto& [name, gflops] : g_calibrated_gflops) {
-      char buf[64];
-      std::snprintf(buf, sizeof(buf), "%s%s=%.2f", rates.empty() ? "" : ",", name.c_str(), gflops);
-      rates += buf;
-    }
-    benchmark::AddCustomContext("attnlab_calibrated_gflops", rates);
-    benchmark::AddCustomContext("attnlab_case_time_cap_s",
-                                std::to_string(int(suite.max_case_seconds)));
-    benchmark::AddCustomContext("attnlab_cases_left_out", std::to_string(g_left_out.size()));
-  }
-  benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
-  return 0;
+  if (resume) std::remove((out_path + ".tmp").c_str());  // left when nothing ran (a listing)
+
+  const int sig = InterruptSignal();
+  if (file_reporter) PrintHeld(*file_reporter, selected, out_path, sig, resume.has_value());
+  if (!file_reporter && sig != 0) {
+    std::fprintf(stderr, "attnlab_bench: interrupted by %s\n", SignalName(sig));
+  }
+  return sig != 0 ? 128 + sig : 0;
 }
 
 }  // namespace attn::bench

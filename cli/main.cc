@@ -18,13 +18,16 @@
 // run and weights check every output path before any kernel runs, and write
 // each file atomically (cli/files.h).
 #include <fmt/format.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -38,8 +41,6 @@
 #include "kernels/registry.h"
 #include "reference/error_bound.h"
 #include "reference/reference.h"
-
-extern char** environ;
 
 namespace attn::cli {
 namespace fs = std::filesystem;
@@ -258,7 +259,21 @@ std::string ShellQuote(const std::string& s) {
   return q + "'";
 }
 
-// Runs argv[0] with arguments, waits, returns its exit status.
+// The child Spawn waits for, for ForwardToChild; 0 when none.
+std::atomic<pid_t> g_child{0};
+constexpr int kForwardedSignals[] = {SIGINT, SIGTERM, SIGHUP};
+
+void ForwardToChild(int sig) {
+  const pid_t child = g_child.load();
+  if (child > 0) kill(child, sig);
+}
+
+// Runs argv[0] with arguments, waits, returns its exit status (128 + N when signal N ended it;
+// 127 when it cannot be run, as in a shell). While it runs, SIGINT, SIGTERM and SIGHUP sent to
+// attnlab are passed on to it and attnlab waits on, to report what it left (`attnlab bench
+// --report` on partial results); signals attnlab ignores (nohup) stay ignored. The child gets
+// SIGTERM when attnlab dies (PR_SET_PDEATHSIG), so even a SIGKILLed attnlab leaves no orphan:
+// fork + exec rather than posix_spawn, because only the child can ask for that.
 int Spawn(const std::vector<std::string>& argv, bool echo = true) {
   if (echo) {
     std::string line;
@@ -269,13 +284,40 @@ int Spawn(const std::vector<std::string>& argv, bool echo = true) {
   std::vector<char*> cargv;
   for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
   cargv.push_back(nullptr);
-  pid_t pid;
-  const int err = posix_spawn(&pid, cargv[0], nullptr, nullptr, cargv.data(), environ);
-  if (err != 0) Fail(fmt::format("cannot run {}: {}", argv[0], std::strerror(err)), kExitFailed);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) Fail(fmt::format("waiting for {} failed", argv[0]), kExitFailed);
+  // Blocked until the forwarding handlers are in place, so none is lost or kills attnlab.
+  sigset_t forwarded, before;
+  sigemptyset(&forwarded);
+  for (int sig : kForwardedSignals) sigaddset(&forwarded, sig);
+  sigprocmask(SIG_BLOCK, &forwarded, &before);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) {  // async-signal-safe calls only, until exec
+    sigprocmask(SIG_SETMASK, &before, nullptr);
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) == 0 && getppid() == parent) execv(cargv[0], cargv.data());
+    _exit(127);
   }
+  const int fork_error = errno;
+  struct sigaction forward = {}, saved[std::size(kForwardedSignals)];
+  forward.sa_handler = ForwardToChild;
+  forward.sa_flags = SA_RESTART;
+  sigemptyset(&forward.sa_mask);
+  g_child = pid;
+  for (size_t i = 0; pid > 0 && i < std::size(kForwardedSignals); ++i) {
+    sigaction(kForwardedSignals[i], nullptr, &saved[i]);
+    if (saved[i].sa_handler != SIG_IGN) sigaction(kForwardedSignals[i], &forward, nullptr);
+  }
+  sigprocmask(SIG_SETMASK, &before, nullptr);
+  if (pid < 0)
+    Fail(fmt::format("cannot run {}: {}", argv[0], std::strerror(fork_error)), kExitFailed);
+  int status = 0;
+  pid_t waited;
+  while ((waited = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
+  }
+  g_child = 0;
+  for (size_t i = 0; i < std::size(kForwardedSignals); ++i) {
+    sigaction(kForwardedSignals[i], &saved[i], nullptr);
+  }
+  if (waited < 0) Fail(fmt::format("waiting for {} failed", argv[0]), kExitFailed);
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
 }
@@ -312,6 +354,7 @@ int ReportCommand(const ReportArgs& args);
 
 struct BenchArgs {
   std::string suite, filter, threads, out;
+  std::string resume;   // results of an interrupted run to continue (attnlab_bench --resume)
   bool report = false;  // then run `attnlab report` on the results
   std::string label;
   std::vector<std::string> extra;
@@ -349,6 +392,14 @@ std::string DefaultResultsPath() {
   return path;
 }
 
+// An attnlab_bench that was stopped and kept its results: interrupted (it closed the JSON and
+// exited 128 + SIGINT, SIGTERM or SIGHUP) or killed (SIGKILL: the JSON ends after the last case
+// it finished, which the report and --resume read).
+bool Interrupted(int status) {
+  return status == 128 + SIGINT || status == 128 + SIGTERM || status == 128 + SIGHUP ||
+         status == 128 + SIGKILL;
+}
+
 int BenchCommand(BenchArgs args) {
   if (!args.suite.empty() && args.suite != "quick" && args.suite != "default" &&
       args.suite != "full") {
@@ -357,7 +408,11 @@ int BenchCommand(BenchArgs args) {
   if (!args.threads.empty() && args.threads.find_first_not_of("0123456789,") != std::string::npos) {
     Fail(fmt::format("bad --threads '{}': want a comma-separated list such as 1,2", args.threads));
   }
+  if (!args.resume.empty() && !fs::exists(args.resume)) {
+    Fail(fmt::format("--resume {}: no such file", args.resume));
+  }
   const fs::path bench = FindBench();
+  if (!args.resume.empty()) args.out = args.resume;
   if (args.out.empty()) args.out = DefaultResultsPath();
   const fs::path dir = fs::path(args.out).parent_path();
   std::error_code ec;
@@ -367,21 +422,45 @@ int BenchCommand(BenchArgs args) {
   if (!args.suite.empty()) argv.push_back("--suite=" + args.suite);
   if (!args.threads.empty()) argv.push_back("--threads=" + args.threads);
   if (!args.filter.empty()) argv.push_back("--benchmark_filter=" + args.filter);
-  argv.push_back("--benchmark_out=" + args.out);
-  argv.push_back("--benchmark_out_format=json");
+  if (!args.resume.empty()) {
+    argv.push_back("--resume=" + args.resume);  // FILE records the rest of its command line
+  } else {
+    argv.push_back("--benchmark_out=" + args.out);
+    argv.push_back("--benchmark_out_format=json");
+  }
   argv.insert(argv.end(), args.extra.begin(), args.extra.end());
   const int rc = Spawn(argv);
-  if (rc != 0) {
+  const bool interrupted = Interrupted(rc);
+  if (rc != 0 && !interrupted) {
     fmt::print(stderr, "attnlab: attnlab_bench exited with status {}\n", rc);
     return kExitFailed;
   }
-  fmt::print("results: {}\n", args.out);
-  if (args.report) {
+  const bool have_results = fs::exists(args.out);
+  if (have_results) fmt::print("results: {}\n", args.out);
+  int report_rc = kExitOk;
+  if (args.report && have_results) {
     ReportArgs report;
     report.results = {args.out};
     report.label = args.label;
-    return ReportCommand(report);
+    try {
+      report_rc = ReportCommand(report);  // on partial results too: it marks what did not run
+    } catch (const CliError& e) {
+      if (!interrupted) throw;
+      fmt::print(stderr, "attnlab: error: {}\n", e.what());
+    }
   }
+  if (interrupted) {
+    std::string resume = "attnlab bench --resume " + ShellQuote(args.out);
+    if (args.report) resume += " --report";
+    if (!args.label.empty()) resume += " --label " + ShellQuote(args.label);
+    std::fflush(stdout);
+    fmt::print(stderr, "attnlab: attnlab_bench was interrupted (status {}); {}\n", rc,
+               have_results ? fmt::format("{} keeps every finished case. Continue it with:\n  {}",
+                                          args.out, resume)
+                            : "it wrote no results: run the same command again");
+    return rc;
+  }
+  if (args.report) return report_rc;
   fmt::print("next: attnlab report {}\n", args.out);
   return kExitOk;
 }
@@ -638,7 +717,13 @@ int Main(int argc, char** argv) {
   bench->add_option("--suite", bench_args.suite, "quick | default | full");
   bench->add_option("--filter", bench_args.filter, "regex on benchmark names");
   bench->add_option("--threads", bench_args.threads, "thread counts, e.g. 1,2");
-  bench->add_option("--out", bench_args.out, "results JSON (default results/<host>-<date>.json)");
+  CLI::Option* bench_out = bench->add_option("--out", bench_args.out,
+                                             "results JSON (default results/<host>-<date>.json)");
+  bench
+      ->add_option("--resume", bench_args.resume,
+                   "continue the interrupted run that wrote this results JSON (only what it "
+                   "lacks runs; the file is updated)")
+      ->excludes(bench_out);
   bench->add_flag("--report", bench_args.report, "then run `attnlab report` on the results");
   bench->add_option("--label", bench_args.label, "label for --report");
   bench->add_option("extra", bench_args.extra, "arguments for attnlab_bench (after --)");

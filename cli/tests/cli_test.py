@@ -965,6 +965,110 @@ class BadInput(Case):
                      r"budget 1\.0 MiB", *self.inputs(q, k, v), *self.out, "--memory-budget", "1M")
 
 
+# --------------------------------------------------------------------- bench, interrupted
+import signal  # noqa: E402 (here with the tests that use them)
+import time  # noqa: E402
+
+
+def process_state(pid):
+    """The state letter of /proc/PID/stat ('R', 'S', 'Z', ...), or None when there is no PID."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def alive(pid):
+    return process_state(pid) not in (None, "Z")
+
+
+def children(pid):
+    found = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                if d.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(d))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
+class BenchInterrupt(Case):
+    """`attnlab bench` on the real attnlab_bench, stopped: its child stops with it (even when
+    attnlab is SIGKILLed), the results keep what finished, --report still runs, --resume
+    continues."""
+    FILTER = "N:256/d:64/causal:1/threads:1|N:1024/d:64/causal:0/threads:1"
+
+    def setUp(self):
+        super().setUp()
+        rc, _, err = attnlab("bench", "--suite", "quick", "--filter", "^flash/N:256/", "--out",
+                             self.path("probe.json"), "--", "--benchmark_list_tests")
+        if rc != 0:
+            self.skipTest("attnlab_bench is not built: " + err.strip())
+
+    def start(self, *args):
+        """Starts `attnlab bench` on 12 cases; returns it, once 3 progress lines are out, with
+        its attnlab_bench's pid and the stderr so far."""
+        def default_sigint():
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+        p = subprocess.Popen([CLI, "bench", "--suite", "quick", "--threads", "1", "--filter",
+                              self.FILTER, "--out", self.path("res.json"), *args, "--",
+                              "--benchmark_min_time=0.1"], cwd=self.dir, text=True,
+                             stdout=open(self.path("stdout"), "w"), stderr=subprocess.PIPE,
+                             preexec_fn=default_sigint)
+        err = ""
+        while err.count("\n[") < 3:
+            line = p.stderr.readline()
+            self.assertTrue(line, "attnlab bench ended early:\n" + err)
+            err += line
+        (child,) = children(p.pid)
+        return p, child, err
+
+    def interrupted(self):
+        with open(self.path("res.json")) as f:
+            doc = json.load(f)  # closed by attnlab_bench
+        return [e for e in doc["benchmarks"]
+                if e.get("error_message", "").startswith("interrupted: SIGTERM")]
+
+    def test_sigterm_stops_the_child_then_reports_and_resumes(self):
+        if not os.path.exists(os.path.join(SOURCE, "reports", "generate.py")):
+            self.skipTest("reports/generate.py is not in this tree")
+        p, child, err = self.start("--report", "--label", "cut")
+        os.kill(p.pid, signal.SIGTERM)  # to attnlab alone, as `kill PID` does
+        err += p.stderr.read()
+        p.wait(timeout=120)
+        self.assertEqual(p.returncode, 143, err)
+        self.assertFalse(alive(child), f"attnlab_bench {child} outlived attnlab")
+        missing = self.interrupted()
+        self.assertGreater(len(missing), 0)
+        reports = [os.path.join(d, f) for d, _, fs in os.walk(self.path("reports"))
+                   for f in fs if f == "report.md"]
+        self.assertEqual(len(reports), 1, open(self.path("stdout")).read() + err)
+        resume = f"attnlab bench --resume {self.path('res.json')} --report --label cut"
+        self.assertIn("Continue it with:\n  " + resume, err)
+
+        rc, out, err = attnlab("bench", "--resume", self.path("res.json"), cwd=self.dir)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(len(re.findall(r"^\[\d+/\d+\] ", err, re.M)), len(missing), err)
+        self.assertEqual(self.interrupted(), [])
+        self.expect_error(r"--resume .*nope.json: no such file", "bench", "--resume",
+                          self.path("nope.json"))
+
+    def test_sigkill_to_attnlab_stops_the_child(self):
+        p, child, _ = self.start()
+        p.kill()
+        p.wait(timeout=60)
+        p.stderr.read()  # returns once the last writer, attnlab_bench, has exited
+        for _ in range(100):
+            if not alive(child):
+                break
+            time.sleep(0.1)
+        self.assertFalse(alive(child), f"attnlab_bench {child} outlived a SIGKILLed attnlab")
+        # It got SIGTERM and closed its JSON (not: it ran to the end as an orphan).
+        self.assertGreater(len(self.interrupted()), 0, "attnlab_bench was not stopped")
+
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         print(__doc__)
