@@ -14,8 +14,8 @@ import argparse
 import datetime
 import math
 import os
-import shutil
 import re
+import shutil
 import statistics
 import sys
 
@@ -164,19 +164,17 @@ def save(fig, out_dir, name, bottom=0.0):
 
 # ----------------------------------------------------------------------------- report pieces
 def case_cell(c, fn):
-  """A table cell for case `c`: '—' when absent, 'over budget' / 'failed' when not run,
-  else fn(c)."""
+  """A table cell for case `c`: '—' when absent, 'over budget' / 'not run' (the run was
+  interrupted) / 'failed' when it did not run, else fn(c)."""
   if c is None:
     return "—"
-  if not c.ok:
-    return "over budget" if c.error.startswith("over budget") else "failed"
-  return fn(c)
+  return fn(c) if c.ok else c.status
 
 
 class Report:
   def __init__(self, run, accuracy, out_dir, baselines):
     self.run = run
-    self.acc_contexts, self.acc_rows = accuracy
+    self.acc_contexts, self.acc_rows = accuracy.contexts, accuracy.rows
     self.out_dir = out_dir
     self.baselines = baselines
     self.lines = []
@@ -688,19 +686,19 @@ class Report:
       for v in variants:
         cases = g["variants"].get(v, {})
         ran = [n for n, c in cases.items() if c.ok]
-        over = sorted(n for n, c in cases.items() if c.error and
-                      c.error.startswith("over budget"))
+        over = sorted(n for n, c in cases.items() if c.status == ar.OVER_BUDGET)
         txt = str(max(ran)) if ran else "none"
         if over:
           txt += f" (over budget from N={over[0]})"
         row.append(txt if cases else "—")
       rows.append(row)
     self.add(md_table(["case"] + variants, rows), "")
-    errors = [c for c in self.run.all_cases() if c.error]
+    by_status = {}
+    for c in self.run.all_cases():
+      by_status.setdefault(c.status, []).append(c)
     over = {}
-    for c in errors:
-      if c.error.startswith("over budget"):
-        over.setdefault((c.source, c.variant or c.family), []).append(c)
+    for c in by_status.get(ar.OVER_BUDGET, []):
+      over.setdefault((c.source, c.variant or c.family), []).append(c)
     if over:
       self.add("Over-budget cases (first message per variant; every skipped case is counted):", "")
       for (s, v), cs in sorted(over.items()):
@@ -711,7 +709,7 @@ class Report:
                           "the memory budget (see *Longest N within the memory budget*).")
     else:
       self.add("No case was over the memory budget.", "")
-    failed = [c for c in errors if not c.error.startswith("over budget")]
+    failed = by_status.get(ar.FAILED, [])
     if failed:
       self.add("**Failed cases (not timed):**", "")
       for c in failed:
@@ -747,8 +745,7 @@ class Report:
       self.add(f"### {self.host_prefix(source)}decode, {title}", "")
       fig, ax = plt.subplots(figsize=(7.5, 5.2))
       for v in variants:
-        pts = sorted((lk, c.counter("GBps")) for lk, c in by_v[v].items()
-                     if c.ok and c.counter("GBps") is not None)
+        pts = sorted((lk, c.counter("GBps")) for lk, c in by_v[v].items() if c.ok)
         if pts:
           ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=self.colors[v], label=v)
       for i, s in enumerate(st):
@@ -764,23 +761,16 @@ class Report:
       bottom = legend_below(fig, (ax,), ncol=3)
       self.image(save(fig, self.out_dir, slug(f"decode_{source}_{title}") + ".png", bottom),
                  "decode bandwidth")
+
+      def gbps(c):
+        gb = c.counter("GBps")
+        return f"{fmt_num(gb)} ({fmt_pct(gb / ceil.counter('GBps'))})" if ceil else fmt_num(gb)
+
       rows = []
       for lk in lks:
-        kv = None
-        row = [lk]
-        for v in variants:
-          c = by_v[v].get(lk)
-          if c is None:
-            row.append("—")
-          elif not c.ok:
-            row.append("over budget" if c.error.startswith("over budget") else "failed")
-          else:
-            gb = c.counter("GBps")
-            if gb is not None and kv is None:
-              kv = gb * 1e9 * c.time_s
-            f = (gb / ceil.counter("GBps")) if (ceil and gb is not None) else None
-            row.append(f"{fmt_num(gb)} ({fmt_pct(f)})" if f is not None else fmt_num(gb))
-        rows.append([row[0], fmt_bytes(kv)] + row[1:])
+        ran = [c for c in (by_v[v].get(lk) for v in variants) if c and c.ok]
+        kv = ran[0].counter("GBps") * 1e9 * ran[0].time_s if ran else None
+        rows.append([lk, fmt_bytes(kv)] + [case_cell(by_v[v].get(lk), gbps) for v in variants])
       self.add("GB/s (fraction of stream ceiling"
                + (f" {fmt_num(ceil.counter('GBps'))} GB/s at {fmt_bytes(ceil.params.get('bytes'))}"
                   if ceil else ": not in this run") + ")", "",
@@ -788,7 +778,7 @@ class Report:
       if ceil and lks:
         lk = lks[-1]
         cands = [(c.counter("GBps"), v) for v, d in by_v.items() for l2, c in d.items()
-                 if l2 == lk and c.ok and c.counter("GBps") is not None]
+                 if l2 == lk and c.ok]
         if cands:
           gb, v = max(cands)
           best_lines.append(f"{self.host_prefix(source)}{title}, Lk={lk}: {v} "
@@ -865,9 +855,6 @@ class Report:
     if not given:
       self.add(NOT_IN_RUN + " (no --accuracy file given).", "")
       return
-    if not self.acc_rows:
-      self.add(NOT_IN_RUN + " (the accuracy file has no results).", "")
-      return
     self.add("Cell: max abs error (max error / derived bound from tests/test_support.h "
              "ErrorBound; above 1 is outside the bound and marked **bold**).", "")
     multi = len({r.source for r in self.acc_rows}) > 1
@@ -885,8 +872,8 @@ class Report:
           row = [d, n]
           for v in variants:
             r = idx.get((v, d, n))
-            if r is None:
-              row.append("—")
+            if r is None or r.error:
+              row.append(r.status if r else "—")
             else:
               txt = f"{r.max_abs_error:.2e} ({fmt_num(r.bound_ratio, 2)})"
               row.append(f"**{txt}**" if r.bound_ratio > 1 else txt)
@@ -908,7 +895,7 @@ class Report:
           for i, d in enumerate(ds):
             pts = sorted((r.N, r.bound_ratio) for r in self.acc_rows
                          if r.source == source and r.mask == mask and r.variant == v
-                         and r.d == d and r.bound_ratio > 0)
+                         and r.d == d and 0 < r.bound_ratio < math.inf)
             if pts:
               ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[i % len(styles)],
                       color=self.colors[v], label=f"{v}, d={d}")
@@ -936,9 +923,9 @@ class Report:
 
 def write_report(args):
   run = ar.load_results(args.results)
-  accuracy = ar.load_accuracy(args.accuracy) if args.accuracy else ({}, [])
-  hosts = run.sources() or sorted(accuracy[0])
-  contexts = list(run.contexts.values()) or list(accuracy[0].values())
+  accuracy = ar.load_accuracy(args.accuracy)
+  hosts = run.sources() or sorted(accuracy.contexts)
+  contexts = list(run.contexts.values()) or list(accuracy.contexts.values())
   date = max((run_date(c) for c in contexts), default="nodate")
   folder = "+".join(slug(h) for h in hosts) + f"-{date}" + (f"-{slug(args.label)}"
                                                              if args.label else "")
@@ -961,7 +948,7 @@ def write_report(args):
                                                              if args.label else ""), "",
           "Generated by `reports/generate.py` from " + ", ".join(
               f"[`{os.path.basename(p)}`](data/{os.path.basename(p)})"
-              for p in args.results + (args.accuracy or []))
+              for p in args.results + args.accuracy)
           + " (copied into `data/` beside this report). Every number below is read from those"
           " files.", "", "## Summary", ""]
   head += rep.summary or ["- " + NOT_IN_RUN]
@@ -970,7 +957,7 @@ def write_report(args):
   # The inputs travel with the report, so anyone can check or regenerate it.
   data_dir = os.path.join(out_dir, "data")
   os.makedirs(data_dir, exist_ok=True)
-  for p in args.results + (args.accuracy or []):
+  for p in args.results + args.accuracy:
     target = os.path.join(data_dir, os.path.basename(p))
     if os.path.abspath(p) != os.path.abspath(target):
       shutil.copyfile(p, target)
@@ -1021,9 +1008,9 @@ def compare(args):
   thresholds = set()
   for key in common:
     ca, cb = ia[key], ib[key]
-    if not (ca.ok and cb.ok) or ca.time_s <= 0:
-      rows.append([f"`{key}`", fmt_time(ca.time_s) if ca.ok else (ca.error or "—")[:40],
-                   fmt_time(cb.time_s) if cb.ok else (cb.error or "—")[:40], "—", "—", "—",
+    if not (ca.ok and cb.ok):
+      rows.append([f"`{key}`", fmt_time(ca.time_s) if ca.ok else ca.error[:40],
+                   fmt_time(cb.time_s) if cb.ok else cb.error[:40], "—", "—", "—",
                    "not compared"])
       continue
     ratio = cb.time_s / ca.time_s
@@ -1155,9 +1142,7 @@ def main(argv):
                     help="keep only B cases with this name token (e.g. threads:2); repeatable")
     ap.add_argument("--noise-floor", type=float, default=0.05,
                     help="relative threshold used where a side has no repetitions (0.05 = 5%%)")
-    args = ap.parse_args(argv[1:])
-    print(compare(args))
-    return 0
+    return run_command(compare, ap.parse_args(argv[1:]))
   ap = argparse.ArgumentParser(description="Report (report.md + PNGs) from attnlab bench JSON.")
   ap.add_argument("results", nargs="+", help="benchmark JSON file(s), one or more hosts")
   ap.add_argument("--accuracy", action="append", default=[], help="accuracy JSON (repeatable)")
@@ -1165,14 +1150,22 @@ def main(argv):
   ap.add_argument("--out-dir", default="reports")
   ap.add_argument("--baselines", default="naive,blas",
                   help="variants the speedup tables divide by, when present (default naive,blas)")
-  args = ap.parse_args(argv)
-  print(write_report(args))
-  return 0
+  return run_command(write_report, ap.parse_args(argv))
+
+
+def run_command(command, args):
+  """Runs write_report or compare and prints the report's path: 0. A bad input file, or a
+  report that cannot be written, is one line on stderr: 1."""
+  try:
+    print(command(args))
+    return 0
+  except ar.InputError as e:
+    print(f"generate.py: {e}", file=sys.stderr)
+  except OSError as e:
+    print(f"generate.py: cannot write the report: {e.filename or ''}"
+          f"{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+  return 1
 
 
 if __name__ == "__main__":
-  try:
-    sys.exit(main(sys.argv[1:]))
-  except (OSError, ValueError, KeyError) as e:
-    print(f"generate.py: {e}", file=sys.stderr)
-    sys.exit(1)
+  sys.exit(main(sys.argv[1:]))

@@ -12,7 +12,9 @@ a case that was made 10x slower and nothing else.
 Usage: test_generate.py [--work-dir DIR] [--testdata DIR]
 """
 import argparse
+import contextlib
 import copy
+import io
 import json
 import os
 import re
@@ -26,6 +28,10 @@ import zlib
 HERE = os.path.dirname(os.path.abspath(__file__))
 GENERATE = os.path.join(HERE, "generate.py")
 FIXED = ("ceiling_sgemm", "ceiling_stream", "layer")
+
+sys.path.insert(0, HERE)
+import attnlab_results as ar  # noqa: E402
+import generate  # noqa: E402
 
 failures = []
 
@@ -337,6 +343,204 @@ def test_compare(work, doc):
     check(m and int(m.group(1)) > 0, "thread-setting comparison matches cases")
 
 
+# ---- malformed inputs: one line on stderr naming the file (and entry and field), exit 1
+def call_generate(argv):
+  """generate.main(argv) in this process: (its exit code, or the exception that escaped it,
+  and what it wrote to stderr)."""
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    try:
+      rc = generate.main(argv)
+    except BaseException as e:  # noqa: B036 -- what a user would see as a traceback
+      rc = e
+  return rc, err.getvalue()
+
+
+def first_entry(doc, pred):
+  return copy.deepcopy(next(e for e in entries(doc) if pred(case_name(e))))
+
+
+def bad_result_files(doc):
+  """(what, file content: bytes or a JSON value, regex the message must match after the
+  file's path) for malformed benchmark files, each built from a real entry of the fixture."""
+  ctx = doc["context"]
+  sweep = first_entry(doc, lambda n: not parse(n)[1] and parse(n)[0] not in FIXED)
+  decode = first_entry(doc, lambda n: parse(n)[1] == "decode" and parse(n)[0] not in FIXED)
+  stream = first_entry(doc, lambda n: n.startswith("ceiling_stream/"))
+  at = f"benchmarks\\[0\\] '{re.escape(case_name(sweep))}': "
+
+  def one(e, **fields):
+    e = dict(e, **fields)
+    return {"context": ctx, "benchmarks": [e]}
+
+  def without(e, *keys):
+    return {"context": ctx, "benchmarks": [{k: v for k, v in e.items() if k not in keys}]}
+
+  text = json.dumps(doc, indent=2)
+  other_program = {"context": {k: v for k, v in ctx.items() if not k.startswith("attnlab_")},
+                   "benchmarks": [{"name": "BM_memcpy/8", "run_name": "BM_memcpy/8",
+                                   "run_type": "iteration", "iterations": 1000,
+                                   "real_time": 5.0, "cpu_time": 5.0, "time_unit": "ns",
+                                   "bytes_per_second": 1e9}]}
+  return [
+      ("empty file", b"", r"empty file \(0 bytes\)"),
+      ("only whitespace", b"  \n", r"empty file \(3 bytes\)"),
+      ("binary garbage", b"\x89PNG\r\n\x1a\n\xff\xfe" + bytes(range(256)),
+       r"not a text file \(byte 0x89 at offset 0 is not UTF-8\)"),
+      ("NUL bytes", bytes(4096), r"not a text file \(a NUL byte at offset 0\)"),
+      ("not JSON", b"flash 12.5 ms\n", r"not valid JSON: Expecting value \(line 1, column 1\)"),
+      ("malformed in the middle", text.replace('"benchmarks": [', '"benchmarks": [}', 1).encode(),
+       r"not valid JSON: Expecting value \(line \d+, column \d+\)"),
+      ("two documents", (text + text).encode(),
+       r"not valid JSON: Extra data \(line \d+, column \d+\)"),
+      ("top level a list", [], r"the top level is a list, want an object"),
+      ("no benchmarks", {"context": ctx}, r'no "benchmarks" array: not Google Benchmark JSON'),
+      ("benchmarks null", {"context": ctx, "benchmarks": None},
+       r'"benchmarks" is null, want a list'),
+      ("benchmarks {}", {"context": ctx, "benchmarks": {}},
+       r'"benchmarks" is an object, want a list'),
+      ("benchmarks []", {"context": ctx, "benchmarks": []}, r'"benchmarks" is empty: no results'),
+      ("another program's Google Benchmark JSON", other_program,
+       r'not attnlab_bench output: its "context" has no attnlab_git_commit'),
+      ("no context", {"benchmarks": [sweep]}, r"not attnlab_bench output"),
+      ("context a list", {"context": [], "benchmarks": [sweep]},
+       r"context is a list, want an object"),
+      ("caches not objects", {"context": dict(ctx, caches=["L1"]), "benchmarks": [sweep]},
+       r"context: caches is a list, want a list of objects"),
+      ("load_avg strings", {"context": dict(ctx, load_avg=["high"]), "benchmarks": [sweep]},
+       r"context: load_avg is a list, want a list of numbers"),
+      ("a name of another program", one(sweep, name="BM_memcpy/8", run_name="BM_memcpy/8"),
+       r"benchmarks\[0\] 'BM_memcpy/8': not an attnlab_bench case name"),
+      ("a parameter that is not a number",
+       one(sweep, run_name=sweep["run_name"].replace("N:", "N:x", 1)),
+       r"benchmarks\[0\] '[^']*N:x\d+[^']*': parameter N:x\d+ is not a number"),
+      ("threads:0", one(sweep, run_name=re.sub(r"threads:\d+", "threads:0", sweep["run_name"])),
+       r"benchmarks\[0\] '[^']*': parameter threads:0 is not a positive integer"),
+      ("decode without Lk", one(decode, run_name=re.sub(r"/Lk:\d+", "", decode["run_name"])),
+       r"benchmarks\[0\] '[^']*decode[^']*': a decode case without Lk:<keys>"),
+      ("scalar entry", {"context": ctx, "benchmarks": [5]},
+       r"benchmarks\[0\] is 5, want an object"),
+      ("entry without a name", without(sweep, "name", "run_name"), r'benchmarks\[0\]: no "name"'),
+      ("entry without counters", {"context": ctx, "benchmarks": [
+          {k: v for k, v in decode.items() if k in ar._STANDARD_KEYS}]},
+       r"benchmarks\[0\] '[^']*decode[^']*': no \"GBps\" counter"),
+      ("stream ceiling without GBps", without(stream, "GBps"),
+       r"benchmarks\[0\] 'ceiling_stream/[^']*': no \"GBps\" counter"),
+      ("real_time a string", one(sweep, real_time="12"),
+       at + r'real_time is "12" \(a string\), want a number'),
+      ("no real_time", without(sweep, "real_time"), at + r'no "real_time"'),
+      ("real_time 0", one(sweep, real_time=0), at + r"real_time is 0: a time of 0 is not a "
+       r"measurement"),
+      ("real_time NaN", one(sweep, real_time=float("nan")),
+       at + r"real_time is NaN, want a positive finite time"),
+      ("real_time negative", one(sweep, real_time=-1.5),
+       at + r"real_time is -1.5, want a positive finite time"),
+      ("real_time true", one(sweep, real_time=True), at + r"real_time is true \(a boolean\)"),
+      ("unknown time_unit", one(sweep, time_unit="fortnights"),
+       at + r'time_unit is "fortnights" \(a string\), want one of ns, us, ms, s'),
+      ("counter a string", one(sweep, GFLOPS="12.5"),
+       at + r'GFLOPS is "12.5" \(a string\), want a finite number'),
+      ("counter NaN", one(sweep, GFLOPS=float("nan")), at + r"GFLOPS is NaN, want a finite number"),
+      ("error_occurred a string", one(sweep, error_occurred="yes"),
+       at + r'error_occurred is "yes" \(a string\), want true or false'),
+      ("unknown run_type", one(sweep, run_type="warmup"),
+       at + r'run_type is "warmup" \(a string\), want "iteration" or "aggregate"'),
+  ]
+
+
+def bad_accuracy_files(accdoc):
+  ctx = accdoc["context"]
+  row = copy.deepcopy(accdoc["results"][0])
+  at = rf"results\[0\] '{row['variant']}': "
+
+  def one(**fields):
+    return {"context": ctx, "results": [dict(row, **fields)]}
+
+  return [
+      ("no results", {"context": ctx}, r'no "results" array: not an attnlab accuracy JSON'),
+      ("results null", {"context": ctx, "results": None}, r'"results" is null, want a list'),
+      ("results empty", {"context": ctx, "results": []}, r'"results" is empty'),
+      ("not attnlab", {"context": {}, "results": [row]},
+       r"not attnlab_bench --accuracy output"),
+      ("scalar row", {"context": ctx, "results": ["x"]},
+       r'results\[0\] is "x" \(a string\), want an object'),
+      ("N a string", one(N="128"), at + r'N is "128" \(a string\), want a positive integer'),
+      ("N zero", one(N=0), at + r"N is 0, want a positive integer"),
+      ("no mask", {"context": ctx, "results": [{k: v for k, v in row.items() if k != "mask"}]},
+       at + r'no "mask"'),
+      ("error a string number", one(max_abs_error="1e-7"),
+       at + r'max_abs_error is "1e-7" \(a string\), want a number >= 0 or null'),
+      ("no max_abs_error", {"context": ctx, "results": [
+          {k: v for k, v in row.items() if k != "max_abs_error"}]}, at + r'no "max_abs_error"'),
+  ]
+
+
+def test_accuracy_not_run_and_non_finite(work, testdata, accdoc):
+  """What the bench's accuracy mode writes for a case it did not run ("error") and for a
+  non-finite error (null: its JSON library writes inf and NaN so) is read and shown."""
+  acc = copy.deepcopy(accdoc)
+  first, second = acc["results"][0], acc["results"][1]
+  for k in ("max_abs_error", "max_rel_error", "bound_ratio", "rows_checked", "ok"):
+    first.pop(k, None)
+  first["error"] = "over budget: naive needs 64.0 GiB of scores, budget 12.0 GiB"
+  second.update(max_abs_error=None, bound_ratio=None, ok=False)
+  path = os.path.join(work, "acc-special.json")
+  json.dump(acc, open(path, "w"))
+  out = os.path.join(work, "acc-special")
+  p = subprocess.run([sys.executable, GENERATE, os.path.join(testdata, "quick.json"),
+                      "--accuracy", path, "--out-dir", out], capture_output=True, text=True)
+  if check(p.returncode == 0, f"an accuracy file with an over-budget row and a null error is "
+           f"read ({p.stderr.strip()})"):
+    text = open(p.stdout.strip()).read().split("## Accuracy", 1)[1]
+    check("| over budget |" in text and "**inf (inf)**" in text,
+          "the accuracy table shows 'over budget' and a non-finite error (inf, in bold)")
+
+
+def write_input(folder, what, content):
+  path = os.path.join(folder, re.sub(r"\W+", "_", what) + ".json")
+  with open(path, "wb") as f:
+    f.write(content if isinstance(content, bytes) else json.dumps(content).encode())
+  return path
+
+
+def check_refused(argv, path, regex, what):
+  """generate.py with argv exits 1 with one line on stderr: 'generate.py: <path>: <regex>'."""
+  rc, err = call_generate(argv)
+  want = f"generate.py: {re.escape(path)}: {regex}"
+  return check(rc == 1 and err.count("\n") == 1 and re.match(want, err),
+               f"{what}: exit 1 and one line matching {want!r} (got {rc!r}, {err!r})")
+
+
+def test_bad_inputs(work, doc, accdoc, testdata):
+  folder = os.path.join(work, "bad")
+  os.makedirs(folder)
+  out = ["--out-dir", os.path.join(work, "bad-out")]
+  good = os.path.join(testdata, "quick.json")
+  for what, content, regex in bad_result_files(doc):
+    path = write_input(folder, what, content)
+    check_refused([path] + out, path, regex, what)
+    check_refused(["compare", good, path] + out, path, regex, f"compare B: {what}")
+  for what, content, regex in bad_accuracy_files(accdoc):
+    path = write_input(folder, "accuracy " + what, content)
+    check_refused([good, "--accuracy", path] + out, path, regex, f"accuracy: {what}")
+  missing = os.path.join(folder, "missing.json")
+  check_refused([missing] + out, missing, r"no such file$", "missing file")
+  check_refused([folder] + out, folder, r"is a directory, want Google Benchmark JSON",
+                "a directory")
+  check_refused(["compare", good, good, "--select-b", "threads:99"] + out, good,
+                r"no case name has the token\(s\) threads:99", "compare: --select matches nothing")
+  if os.geteuid() != 0:  # root reads a mode-000 file
+    locked = write_input(folder, "unreadable", doc)
+    os.chmod(locked, 0)
+    check_refused([locked] + out, locked, r"cannot read \(Permission denied\)", "unreadable file")
+  check(not os.path.exists(out[1]), "no report directory is made for a refused input")
+  # and through the real command line: the same single line, no traceback
+  path = write_input(folder, "cli", bad_result_files(doc)[0][1])
+  p = subprocess.run([sys.executable, GENERATE, path] + out, capture_output=True, text=True)
+  check(p.returncode == 1 and p.stderr.startswith(f"generate.py: {path}: empty file")
+        and p.stderr.count("\n") == 1, f"generate.py on an empty file: exit 1, one line ({p})")
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--work-dir", default="/tmp/attnlab-report-test")
@@ -348,6 +552,9 @@ def main():
   test_missing_pieces(args.work_dir, doc)
   test_two_hosts(args.work_dir, doc)
   test_compare(args.work_dir, doc)
+  accdoc = json.load(open(os.path.join(args.testdata, "quick-accuracy.json")))
+  test_bad_inputs(args.work_dir, doc, accdoc, args.testdata)
+  test_accuracy_not_run_and_non_finite(args.work_dir, args.testdata, accdoc)
   if failures:
     print(f"{len(failures)} check(s) failed")
     return 1
