@@ -8,7 +8,8 @@ variant); tokens without ':' are the scenario, `key:value` tokens are parameters
 
 Every file is validated here, once, as it is read: what comes out (Run, Case, AccuracyRow) holds
 only well-formed values, and anything else is an InputError whose message is one line naming the
-file, and the entry and field at fault where there is one.
+file, and the entry and field at fault where there is one. A benchmark file cut off while it was
+being written (the bench was killed) is read up to its last complete entry, with a warning.
 
 Nothing here knows a variant name: variants are whatever first tokens the JSON holds.
 """
@@ -24,12 +25,13 @@ LAYER = "layer"
 FIXED_FAMILIES = (CEILING_SGEMM, CEILING_STREAM, LAYER)
 
 # What became of a case (Case.status). The bench marks a case it did not run with an error
-# message: "over budget: ..." (refused before allocating), anything else ("failed check: ...",
-# "not run: <status>") failed.
+# message: "over budget: ..." (refused before allocating), "interrupted: ..." (the run was
+# stopped before the case), anything else ("failed check: ...", "not run: <status>") failed.
 OK = "ok"
 OVER_BUDGET = "over budget"
+NOT_RUN = "not run"
 FAILED = "failed"
-_STATUS_PREFIXES = (("over budget: ", OVER_BUDGET),)
+_STATUS_PREFIXES = (("over budget: ", OVER_BUDGET), ("interrupted: ", NOT_RUN))
 
 # A context key every attnlab_bench (and accuracy) run writes; a Google Benchmark JSON without it
 # comes from another program.
@@ -131,7 +133,7 @@ def _check_name(where, name):
 
 
 def status_of(error):
-  """OK, OVER_BUDGET or FAILED for an error message (None: the case ran)."""
+  """OK, OVER_BUDGET, NOT_RUN or FAILED for an error message (None: the case ran)."""
   if error is None:
     return OK
   return next((s for prefix, s in _STATUS_PREFIXES if error.startswith(prefix)), FAILED)
@@ -197,9 +199,16 @@ def _list_of_objects(value):
 
 
 # ----------------------------------------------------------------------------- files
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
+# What a file cut off mid-write can hold after the last point the decoder understood: nothing,
+# or the start of one number, literal (true, NaN, -Infinity) or \u escape.
+_CUT_TAIL = re.compile(r"[\w.+\\-]*")
+
+
 def _read_text(path, want):
   """The file's text. InputError when it is missing, not a regular file, unreadable, empty or
-  binary."""
+  binary. A multi-byte character cut off at the very end (the writer was killed) is dropped."""
   try:
     with open(path, "rb") as f:
       data = f.read()
@@ -212,8 +221,10 @@ def _read_text(path, want):
   try:
     text = data.decode("utf-8-sig")
   except UnicodeDecodeError as e:
-    raise InputError(f"{path}: not a text file (byte 0x{data[e.start]:02x} at offset "
-                     f"{e.start} is not UTF-8), want {want}") from None
+    if e.reason != "unexpected end of data":
+      raise InputError(f"{path}: not a text file (byte 0x{data[e.start]:02x} at offset "
+                       f"{e.start} is not UTF-8), want {want}") from None
+    text = data[:e.start].decode("utf-8-sig")
   if "\x00" in text:
     raise InputError(f"{path}: not a text file (a NUL byte at offset {text.index(chr(0))}), "
                      f"want {want}")
@@ -222,14 +233,84 @@ def _read_text(path, want):
   return text
 
 
+def _skip_space(text, pos):
+  return _SPACE.match(text, pos).end()
+
+
+def _cut_off(text, e):
+  """Whether decoding error `e` is `text` stopping early (its writer was killed) rather than
+  malformed JSON: the decoder ran out of text inside a string, or nothing but the start of one
+  number or literal follows the point where it stopped."""
+  if e.msg == "Extra data":
+    return False
+  return (e.msg.startswith("Unterminated string")
+          or _CUT_TAIL.fullmatch(text[e.pos:].rstrip()) is not None)
+
+
+def _complete_part(text, array_key):
+  """(object, entries) of a JSON object whose text stops early: every member whose value is
+  complete and, where the text stops inside the `array_key` array, that array's complete
+  entries; entries = None when the text stops before the array starts. `text` must be a
+  prefix of valid JSON (see _cut_off): each value is decoded whole by json's own decoder."""
+  doc, entries = {}, None
+  pos = _skip_space(text, 0)
+  if not text.startswith("{", pos):
+    return doc, entries
+  pos += 1
+  while pos < len(text):
+    try:
+      key, pos = _DECODER.raw_decode(text, _skip_space(text, pos))
+      pos = _skip_space(text, _skip_space(text, pos) + 1)  # past ':'
+      if key == array_key and text.startswith("[", pos):
+        entries, pos = _complete_entries(text, pos + 1)
+        doc[key] = entries
+        if pos is None:
+          break
+      else:
+        doc[key], pos = _DECODER.raw_decode(text, pos)
+    except json.JSONDecodeError:  # the text stops inside this member
+      break
+    pos = _skip_space(text, pos) + 1  # past ','
+  return doc, entries
+
+
+def _complete_entries(text, pos):
+  """(the complete values of the array whose '[' ends before `pos`, the position after its ']'
+  or None where the text stops inside it)."""
+  values = []
+  while True:
+    pos = _skip_space(text, pos)
+    if text.startswith("]", pos):
+      return values, pos + 1
+    try:
+      value, pos = _DECODER.raw_decode(text, pos)
+    except json.JSONDecodeError:
+      return values, None
+    values.append(value)
+    pos = _skip_space(text, pos)
+    if not text.startswith(",", pos):
+      return values, (pos + 1 if text.startswith("]", pos) else None)
+    pos += 1
+
+
 def _read_document(path, array_key, want):
-  """The JSON object of `path`, with a non-empty list `array_key`; else an InputError."""
+  """(the JSON object of `path`, whether the file was cut off). A cut-off file gives what it
+  completely holds (_complete_part); malformed JSON is an InputError."""
   text = _read_text(path, want)
   try:
-    doc = json.loads(text)
+    doc, cut = json.loads(text), False
   except json.JSONDecodeError as e:
-    raise InputError(f"{path}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
-                     ) from None
+    if not _cut_off(text, e):
+      raise InputError(f"{path}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+                       ) from None
+    doc, entries = _complete_part(text, array_key)
+    cut = True
+    if entries is None:
+      raise InputError(f"{path}: truncated before its \"{array_key}\" array (the run was "
+                       "interrupted?): no results")
+    if not entries:
+      raise InputError(f"{path}: truncated before its first complete entry of "
+                       f"\"{array_key}\" (the run was interrupted?): no results")
   if not isinstance(doc, dict):
     raise InputError(f"{path}: the top level is {_describe(doc)}, want an object "
                      f"{{\"context\": {{...}}, \"{array_key}\": [...]}} ({want})")
@@ -239,7 +320,7 @@ def _read_document(path, array_key, want):
     raise InputError(f"{path}: \"{array_key}\" is {_describe(doc[array_key])}, want a list")
   if not doc[array_key]:
     raise InputError(f"{path}: \"{array_key}\" is empty: no results")
-  return doc
+  return doc, cut
 
 
 # Context keys the report reads, and what each must be.
@@ -396,7 +477,7 @@ class Case:
 
   @property
   def status(self):
-    """OK, OVER_BUDGET or FAILED."""
+    """OK, OVER_BUDGET, NOT_RUN (the run was interrupted before it) or FAILED."""
     return status_of(self.error)
 
 
@@ -406,8 +487,10 @@ def _median_counters(entries):
 
 
 def _reduce(case, entries):
-  """Fills case from its entries: the median over every repetition entry when there is one;
-  else the median of the central aggregates; else, when nothing ran, the error."""
+  """Fills case from its entries, of one run or of several (a resumed run appends to the
+  file): the median over every repetition entry when there is one; else the median of the
+  central aggregates; else, when nothing ran, the error (a real outcome before an
+  interruption)."""
   its = [e for e in entries if e.kind == "iteration"]
   by_kind = {}
   for e in entries:
@@ -419,7 +502,7 @@ def _reduce(case, entries):
     if not errors:
       raise InputError(f"case '{case.name}' has only {', '.join(sorted(by_kind))} aggregates: "
                        "no time")
-    case.error = errors[0]
+    case.error = next((m for m in errors if status_of(m) != NOT_RUN), errors[0])
     return
   case.time_s = statistics.median(e.value for e in measured)
   case.counters = _median_counters(measured)
@@ -449,6 +532,7 @@ class Run:
     self.contexts = {}  # source -> context dict
     self.files = {}     # source -> [paths]
     self.cases = {}     # (source, name) -> Case
+    self.warnings = []  # one line each, e.g. a file cut off mid-write
 
   def sources(self):
     return sorted(self.contexts)
@@ -471,10 +555,15 @@ _BENCH_JSON = "Google Benchmark JSON from attnlab_bench (--benchmark_out_format=
 
 
 def read_benchmark_file(path):
-  """(context, [_Entry]) of one attnlab_bench JSON file, validated."""
-  doc = _read_document(path, "benchmarks", _BENCH_JSON)
+  """(context, [_Entry], warning or None) of one attnlab_bench JSON file, validated."""
+  doc, cut = _read_document(path, "benchmarks", _BENCH_JSON)
   context = _read_context(path, doc, "attnlab_bench")
-  return context, [_read_entry(path, i, e) for i, e in enumerate(doc["benchmarks"])]
+  entries = [_read_entry(path, i, e) for i, e in enumerate(doc["benchmarks"])]
+  warning = None
+  if cut:
+    warning = (f"{path} is truncated (the run was interrupted?): read {len(entries)} complete "
+               f"entries ({len({e.name for e in entries})} cases)")
+  return context, entries, warning
 
 
 def load_results(paths, select=None):
@@ -484,7 +573,9 @@ def load_results(paths, select=None):
   run = Run()
   grouped = {}  # (source, name) -> [_Entry]
   for path in paths:
-    context, entries = read_benchmark_file(path)
+    context, entries, warning = read_benchmark_file(path)
+    if warning:
+      run.warnings.append(warning)
     source = _source_name(context, run.contexts)
     run.contexts.setdefault(source, context)
     run.files.setdefault(source, []).append(path)
@@ -564,15 +655,19 @@ class Accuracy:
   def __init__(self):
     self.contexts = {}  # source -> context dict
     self.rows = []      # [AccuracyRow]
+    self.warnings = []  # one line each, e.g. a file cut off mid-write
 
 
 def load_accuracy(paths):
   """An Accuracy of the files, every one validated (InputError for anything malformed)."""
   acc = Accuracy()
   for path in paths:
-    doc = _read_document(path, "results", _ACCURACY_JSON)
+    doc, cut = _read_document(path, "results", _ACCURACY_JSON)
     context = _read_context(path, doc, "attnlab_bench --accuracy")
     source = str(context.get("host_name", "unknown-host"))
     acc.contexts.setdefault(source, context)
     acc.rows += [_read_accuracy_row(path, i, r, source) for i, r in enumerate(doc["results"])]
+    if cut:
+      acc.warnings.append(f"{path} is truncated (the run was interrupted?): read "
+                          f"{len(doc['results'])} complete results")
   return acc

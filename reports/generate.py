@@ -178,7 +178,7 @@ class Report:
     self.out_dir = out_dir
     self.baselines = baselines
     self.lines = []
-    self.summary = []
+    self.summary = [f"- **Warning**: {w}." for w in run.warnings + accuracy.warnings]
     self.pngs = []
     variants = {c.variant for c in run.all_cases() if c.variant}
     variants.update(r.variant for r in self.acc_rows)
@@ -709,6 +709,7 @@ class Report:
                           "the memory budget (see *Longest N within the memory budget*).")
     else:
       self.add("No case was over the memory budget.", "")
+    self.not_run_list(by_status.get(ar.NOT_RUN, []))
     failed = by_status.get(ar.FAILED, [])
     if failed:
       self.add("**Failed cases (not timed):**", "")
@@ -716,6 +717,17 @@ class Report:
         self.add(f"- {self.host_prefix(c.source)}`{c.name}`: {c.error}")
       self.add("")
       self.summary.append(f"- **{len(failed)} case(s) failed** (listed under *Longest N*).")
+
+  def not_run_list(self, cases, most=10):
+    """The cases the benchmark run did not reach (it was interrupted): counted, and named."""
+    if not cases:
+      return
+    names = ", ".join(f"`{self.host_prefix(c.source)}{c.name}`" for c in cases[:most])
+    more = f" (+{len(cases) - most} more)" if len(cases) > most else ""
+    self.add(f"**Not run: the benchmark was interrupted before {len(cases)} case(s)** "
+             f"(`interrupted: ` entries): {names}{more}.", "")
+    self.summary.append(f"- **{len(cases)} case(s) not run**: the benchmark was interrupted "
+                        "before them (see *Longest N within the memory budget*).")
 
   # ---- decode
   def decode_section(self):
@@ -921,9 +933,23 @@ class Report:
           for v, (b, r) in sorted(worst.items())) + ".")
 
 
+# ----------------------------------------------------------------------------- output
+def warn(lines):
+  for line in lines:
+    print(f"generate.py: warning: {line}", file=sys.stderr)
+
+
+def load_results(paths, select=None):
+  """ar.load_results, its warnings (a truncated file) on stderr."""
+  run = ar.load_results(paths, select)
+  warn(run.warnings)
+  return run
+
+
 def write_report(args):
-  run = ar.load_results(args.results)
+  run = load_results(args.results)
   accuracy = ar.load_accuracy(args.accuracy)
+  warn(accuracy.warnings)
   hosts = run.sources() or sorted(accuracy.contexts)
   contexts = list(run.contexts.values()) or list(accuracy.contexts.values())
   date = max((run_date(c) for c in contexts), default="nodate")
@@ -969,8 +995,8 @@ def write_report(args):
 
 # ----------------------------------------------------------------------------- A/B compare
 def compare(args):
-  a = ar.load_results([args.a], select=args.select_a)
-  b = ar.load_results([args.b], select=args.select_b)
+  a = load_results([args.a], select=args.select_a)
+  b = load_results([args.b], select=args.select_b)
   ignore = tuple(p for p in (args.match_ignore or "").split(",") if p)
 
   def index(run, side):
@@ -1087,24 +1113,26 @@ def compare(args):
   n_flag = sum(1 for t in data if t[4])
   n_slow = sum(1 for t in data if t[4] and t[2] > 1)
   lines = ["# attnlab A/B comparison" + (f" ({args.label})" if args.label else ""), "",
-           f"- **A**: {la}", f"- **B**: {lb}",
-           f"- machine state: A load average {load(ctx_a)} on {ctx_a.get('num_cpus', '?')} "
-           f"CPUs, B load average {load(ctx_b)} on {ctx_b.get('num_cpus', '?')} CPUs "
-           "(from the JSON context; a busy machine widens the spread).",
-           f"- matched {len(common)} case(s)" + (f" ignoring parameter(s) {', '.join(ignore)}"
-                                                 if ignore else "")
-           + f"; {len(only_a)} only in A, {len(only_b)} only in B.",
-           f"- {n_flag} of {len(data)} compared case(s) differ beyond the noise threshold: "
-           f"{n_slow} slower in B, {n_flag - n_slow} faster in B.", "",
-           "Ratio = B time / A time (below 1: B is faster); rate ratio = B GFLOPS / A GFLOPS "
-           "(GBps where a case has no GFLOPS). Noise threshold per case: "
-           + ("**2σ** = 2·sqrt(cv_A² + cv_B²), cv = coefficient of variation of the real time "
-              "over repetitions (from the _cv aggregate or the repetitions themselves); "
-              if "2σ" in thresholds else "")
-           + (f"**floor** = a stated noise floor of ±{100 * args.noise_floor:.0f}% (--noise-floor)"
-              " used where a side has no repetitions. " if "floor" in thresholds else "")
-           + "A case is flagged when |ratio − 1| exceeds its threshold.", "",
-           f"![A/B ratios]({png})", ""]
+           f"- **A**: {la}", f"- **B**: {lb}"]
+  lines += [f"- **Warning**: {w}." for w in a.warnings + b.warnings]
+  lines += [f"- machine state: A load average {load(ctx_a)} on {ctx_a.get('num_cpus', '?')} "
+            f"CPUs, B load average {load(ctx_b)} on {ctx_b.get('num_cpus', '?')} CPUs "
+            "(from the JSON context; a busy machine widens the spread).",
+            f"- matched {len(common)} case(s)" + (f" ignoring parameter(s) {', '.join(ignore)}"
+                                                  if ignore else "")
+            + f"; {len(only_a)} only in A, {len(only_b)} only in B.",
+            f"- {n_flag} of {len(data)} compared case(s) differ beyond the noise threshold: "
+            f"{n_slow} slower in B, {n_flag - n_slow} faster in B.", "",
+            "Ratio = B time / A time (below 1: B is faster); rate ratio = B GFLOPS / A GFLOPS "
+            "(GBps where a case has no GFLOPS). Noise threshold per case: "
+            + ("**2σ** = 2·sqrt(cv_A² + cv_B²), cv = coefficient of variation of the real time "
+               "over repetitions (from the _cv aggregate or the repetitions themselves); "
+               if "2σ" in thresholds else "")
+            + (f"**floor** = a stated noise floor of ±{100 * args.noise_floor:.0f}% "
+               "(--noise-floor) used where a side has no repetitions. "
+               if "floor" in thresholds else "")
+            + "A case is flagged when |ratio − 1| exceeds its threshold.", "",
+            f"![A/B ratios]({png})", ""]
   flagged_rows = [r for r in rows if r[-1].startswith("**")]
   if flagged_rows:
     lines += ["**Beyond noise**", "",

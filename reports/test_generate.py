@@ -445,6 +445,11 @@ def bad_result_files(doc):
        at + r'error_occurred is "yes" \(a string\), want true or false'),
       ("unknown run_type", one(sweep, run_type="warmup"),
        at + r'run_type is "warmup" \(a string\), want "iteration" or "aggregate"'),
+      ("truncated in the context", text[:text.index('"benchmarks"') - 40].encode(),
+       r'truncated before its "benchmarks" array \(the run was interrupted\?\): no results'),
+      ("truncated right after the array opens",
+       text[:text.index('"benchmarks": [') + 15].encode(),
+       r'truncated before its first complete entry of "benchmarks"'),
   ]
 
 
@@ -541,6 +546,132 @@ def test_bad_inputs(work, doc, accdoc, testdata):
         and p.stderr.count("\n") == 1, f"generate.py on an empty file: exit 1, one line ({p})")
 
 
+# ---- a benchmark file cut off mid-write: every complete entry, one warning
+def entry_ends(text):
+  """Where each benchmark entry of Google Benchmark's JSON `text` ends, from its layout (an
+  entry's closing brace is a line of four spaces and '}'), not from a parser."""
+  return [m.end() for m in re.finditer(r"\n    \}", text)]
+
+
+def read_cut(folder, data, names, cut):
+  """ar.load_results on the first `cut` bytes of `data` (entries' case `names`): '' when it
+  reads exactly the entries the cut left complete, with one warning, or refuses a file without
+  any; else what went wrong."""
+  path = os.path.join(folder, "cut.json")
+  with open(path, "wb") as f:
+    f.write(data[:cut])
+  want = len(entry_ends(data[:cut].decode("utf-8", "ignore")))
+  try:
+    run = ar.load_results([path])
+  except ValueError as e:  # ar.InputError
+    refused = want == 0 and re.search(r"truncated before .*: no results$", str(e))
+    return "" if refused else f"cut at {cut}: {e}"
+  cases = set(names[:want])
+  ok = (len(run.warnings) == 1 and {c.name for c in run.all_cases()} == cases
+        and run.warnings[0] == f"{path} is truncated (the run was interrupted?): read {want} "
+        f"complete entries ({len(cases)} cases)")
+  return "" if ok else f"cut at {cut}: {run.warnings}, {len(run.cases)} cases"
+
+
+def test_truncated(work, testdata):
+  folder = os.path.join(work, "cut")
+  os.makedirs(folder)
+  text = open(os.path.join(testdata, "quick.json")).read()
+  doc = json.loads(text)
+  ends = entry_ends(text)
+  # quick.json: every byte from the end of the context to past the first entry, then every 997th
+  start = text.index('"benchmarks"') - 80
+  quick_cuts = list(range(start, ends[0] + 20)) + list(range(ends[0] + 20, len(text) - 2, 997))
+  # tokens a cut can split: escapes, non-ASCII (a cut inside a UTF-8 sequence), exponents,
+  # literals; every byte of a small file holding them
+  tricky = copy.deepcopy(doc["benchmarks"][1])
+  tricky.update(label='a "quoted" \\ label \u00e9\u4e2d', cpu_time=-1.5e-07, big_o=None,
+                rms=True, workspace_bytes=2.5e+20)
+  small = json.dumps({"context": doc["context"], "benchmarks": [doc["benchmarks"][0], tricky,
+                                                                 doc["benchmarks"][2]]},
+                     indent=2, ensure_ascii=False).encode()
+  small_cuts = range(small.index(b'"benchmarks"') - 10, len(small) - 2)
+  for what, data, cuts in (("quick.json", text.encode(), quick_cuts),
+                           ("a file with escapes and non-ASCII", small, small_cuts)):
+    names = [case_name(e) for e in json.loads(data)["benchmarks"]]
+    bad = [r for r in (read_cut(folder, data, names, c) for c in cuts) if r]
+    check(not bad, f"every cut of {what} reads the entries it left complete, with one warning "
+          f"({len(bad)} of {len(cuts)} cuts wrong: {bad[:3]})")
+  # through the command line: exit 0, one warning line, the summary says so
+  cut = ends[len(ends) // 2] + 40
+  path = os.path.join(folder, "results.json")
+  with open(path, "w") as f:
+    f.write(text[:cut])
+  p = subprocess.run([sys.executable, GENERATE, path, "--out-dir", os.path.join(work, "cut-out")],
+                     capture_output=True, text=True)
+  want = len(entry_ends(text[:cut]))
+  check(p.returncode == 0 and re.fullmatch(
+      rf"generate.py: warning: {re.escape(path)} is truncated \(the run was interrupted\?\): "
+      rf"read {want} complete entries \(\d+ cases\)\n", p.stderr),
+      f"a truncated file gives a report and one warning line (got {p.returncode}, {p.stderr!r})")
+  if p.returncode == 0:
+    report = open(p.stdout.strip()).read()
+    check(f"**Warning**: {path} is truncated" in report.split("## Machine", 1)[0],
+          "the report's summary says its input was truncated")
+
+
+# ---- cases the bench did not reach (interrupted), and a resumed run appended to the file
+def iteration(e, real_time, rep):
+  return dict(copy.deepcopy(e), run_type="iteration", real_time=real_time, repetition_index=rep)
+
+
+def aggregate(e, name, real_time):
+  return dict(copy.deepcopy(e), run_type="aggregate", aggregate_name=name, real_time=real_time,
+              name=e["name"] + "_" + name)
+
+
+def test_interrupted_and_resumed(work, doc):
+  sweep = [e for e in entries(doc) if not parse(case_name(e))[1]
+           and parse(case_name(e))[0] not in FIXED and not e.get("error_occurred")]
+  cut = copy.deepcopy(doc)
+  skipped = {case_name(e) for e in sweep[-5:]}
+  for e in entries(cut):
+    if case_name(e) in skipped:
+      for k in [k for k in e if k not in ("name", "run_name", "run_type", "repetitions",
+                                          "repetition_index", "threads", "family_index",
+                                          "per_family_instance_index")]:
+        del e[k]
+      e.update(error_occurred=True, error_message="interrupted: SIGTERM before this case ran")
+  path = os.path.join(work, "interrupted.json")
+  json.dump(cut, open(path, "w"))
+  text = open(run_generate([path, "--out-dir", os.path.join(work, "interrupted")])).read()
+  summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+  check(re.search(r"\*\*5 case\(s\) not run\*\*: the benchmark was interrupted", summary),
+        "the summary counts the 5 cases the interrupted run did not reach")
+  check("failed" not in text.split("## Decode", 1)[0] and "Failed cases" not in text,
+        "interrupted cases are not failures")
+  check(len(re.findall(r"\| not run(?= \|)", text)) >= 5,
+        "tables show interrupted cases as 'not run'")
+
+  # A resumed run appends to the file: case X was interrupted in run 1 and measured (3 reps +
+  # aggregates) in run 2; case Y was measured in both (its aggregates disagree with the
+  # iterations on purpose): medians over every iteration entry, aggregates unused.
+  x, y = sweep[0], sweep[1]
+  x_name, y_name = case_name(x), case_name(y)
+  run1 = [dict(copy.deepcopy(x), error_occurred=True, error_message="interrupted: SIGINT"),
+          iteration(y, 10.0, 0), aggregate(y, "median", 999.0), aggregate(y, "cv", 0.0)]
+  run2 = [iteration(x, t, i) for i, t in enumerate((3.0, 1.0, 2.0))] + [
+      aggregate(x, "median", 500.0), iteration(y, 20.0, 0), iteration(y, 40.0, 1),
+      aggregate(y, "median", 999.0), aggregate(y, "mean", 999.0)]
+  resumed = dict(copy.deepcopy(doc), benchmarks=run1 + run2)
+  path = os.path.join(work, "resumed.json")
+  json.dump(resumed, open(path, "w"))
+  run = ar.load_results([path])
+  unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[x["time_unit"]]
+  cx = next(c for c in run.all_cases() if c.name == x_name)
+  cy = next(c for c in run.all_cases() if c.name == y_name)
+  check(cx.ok and abs(cx.time_s - 2.0 * unit) < 1e-12 * unit and cx.repetitions == 3,
+        f"a case interrupted in run 1 and measured in run 2 is the median of run 2 "
+        f"({cx.time_s}, {cx.error})")
+  check(cy.ok and abs(cy.time_s - 20.0 * unit) < 1e-12 * unit and cy.repetitions == 3,
+        f"a case measured in both runs is the median over all their repetitions ({cy.time_s})")
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--work-dir", default="/tmp/attnlab-report-test")
@@ -555,6 +686,8 @@ def main():
   accdoc = json.load(open(os.path.join(args.testdata, "quick-accuracy.json")))
   test_bad_inputs(args.work_dir, doc, accdoc, args.testdata)
   test_accuracy_not_run_and_non_finite(args.work_dir, args.testdata, accdoc)
+  test_truncated(args.work_dir, args.testdata)
+  test_interrupted_and_resumed(args.work_dir, doc)
   if failures:
     print(f"{len(failures)} check(s) failed")
     return 1
