@@ -9,11 +9,19 @@ case its entry, the summary must name the fastest variant at the largest N of ea
 referenced PNG must exist and be a valid PNG (all chunk CRCs checked), and compare mode must flag
 a case that was made 10x slower and nothing else.
 
+Then the failure paths (issue 21): malformed copies of the fixture must each be refused with
+exit 1 and one stderr line naming the file, entry and field; a copy cut off at any byte must
+give exactly its complete entries and one warning; interrupted cases must read "not run"; and
+a regeneration that fails part way (generate.save patched to raise, in this process) must
+leave the old report directory byte for byte as it was.
+
 Usage: test_generate.py [--work-dir DIR] [--testdata DIR]
 """
 import argparse
 import contextlib
 import copy
+import errno
+import hashlib
 import io
 import json
 import os
@@ -351,7 +359,7 @@ def call_generate(argv):
   with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
     try:
       rc = generate.main(argv)
-    except BaseException as e:  # noqa: B036 -- what a user would see as a traceback
+    except BaseException as e:  # what a user would see as a traceback
       rc = e
   return rc, err.getvalue()
 
@@ -672,6 +680,82 @@ def test_interrupted_and_resumed(work, doc):
         f"a case measured in both runs is the median over all their repetitions ({cy.time_s})")
 
 
+# ---- a report is replaced whole, or not at all
+def tree(folder):
+  """{path relative to folder: sha256} of every file below it."""
+  out = {}
+  for d, _, files in os.walk(folder):
+    for f in files:
+      p = os.path.join(d, f)
+      out[os.path.relpath(p, folder)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+  return out
+
+
+def interrupted_generate(argv, exc, at_call):
+  """generate.main(argv) in this process with its plot writer raising `exc` on call `at_call`
+  (a Ctrl-C or a full disk part way through): (exit code or exception, stderr, plots
+  written before)."""
+  real_save, calls = generate.save, []
+
+  def failing_save(fig, out_dir, name, bottom=0.0):
+    calls.append(name)
+    if len(calls) == at_call:
+      generate.plt.close(fig)
+      raise exc
+    return real_save(fig, out_dir, name, bottom)
+
+  generate.save = failing_save
+  try:
+    rc, err = call_generate(argv)
+  finally:
+    generate.save = real_save
+  return rc, err, len(calls) - 1
+
+
+def test_atomic_output(work, doc):
+  out = os.path.join(work, "atomic")
+  # two datasets of one host and date (one folder name), one thread count to keep it short
+  threads = sorted({parse(case_name(e))[2].get("threads") for e in entries(doc)} - {None})
+  small = dict(doc, benchmarks=[e for e in entries(doc)
+                                if parse(case_name(e))[2].get("threads") == threads[0]])
+  old_input = os.path.join(work, "atomic-old", "quick.json")
+  new_input = os.path.join(work, "atomic-new", "quick.json")  # same name, another dataset
+  for path, data in ((old_input, small), (new_input, scaled(small, case_name(entries(small)[1]),
+                                                               3.0))):
+    os.makedirs(os.path.dirname(path))
+    json.dump(data, open(path, "w"))
+  path = run_generate([old_input, "--out-dir", out])
+  folder = os.path.dirname(path)
+  old = tree(folder)
+  failures_to_try = (("Ctrl-C", KeyboardInterrupt(), 130),
+                     ("a full disk", OSError(errno.ENOSPC, "No space left on device"), 1))
+  for mode, argv, at_call in (("report", [new_input, "--out-dir", out], 3),
+                              ("compare", ["compare", old_input, new_input, "--out-dir", out], 1)):
+    if mode == "compare":  # the old comparison: A against itself (the same folder name)
+      folder = os.path.dirname(run_generate(["compare", old_input, old_input, "--out-dir", out]))
+      old = tree(folder)
+    for what, exc, want_rc in failures_to_try:
+      rc, err, plots = interrupted_generate(argv, exc, at_call)
+      check(rc == want_rc and err.count("\n") == 1,
+            f"{mode}: {what} exits {want_rc} with one line (got {rc!r}, {err!r})")
+      check(tree(folder) == old, f"{mode}: {what} after {plots} new plot(s) leaves the old "
+            "report exactly as it was")
+      hidden = [f for f in os.listdir(out) if f.startswith(".")]
+      check(not hidden, f"{mode}: {what} leaves no temporary directory behind ({hidden})")
+    run_generate(argv)  # now it completes: the new report replaces the old one whole
+    hidden = [f for f in os.listdir(out) if f.startswith(".")]
+    check(tree(folder) != old and not hidden,
+          f"{mode}: a completed run replaces the report and leaves nothing else ({hidden})")
+    check_pngs(os.path.join(folder, "report.md"))  # no stale plot beside the new ones
+  report = os.path.join(out, sorted(f for f in os.listdir(out) if not f.startswith("compare"))[0])
+  check(tree(report)["data/quick.json"] == tree(os.path.dirname(new_input))["quick.json"],
+        "data/ holds the input of the completed run")
+  # regenerated from its own data/ copy, which lives in the directory being replaced
+  run_generate([os.path.join(report, "data", "quick.json"), "--out-dir", out])
+  check(tree(report)["data/quick.json"] == tree(os.path.dirname(new_input))["quick.json"],
+        "a report regenerated from its own data/ copy keeps that copy")
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--work-dir", default="/tmp/attnlab-report-test")
@@ -688,6 +772,7 @@ def main():
   test_accuracy_not_run_and_non_finite(args.work_dir, args.testdata, accdoc)
   test_truncated(args.work_dir, args.testdata)
   test_interrupted_and_resumed(args.work_dir, doc)
+  test_atomic_output(args.work_dir, doc)
   if failures:
     print(f"{len(failures)} check(s) failed")
     return 1
