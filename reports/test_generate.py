@@ -405,9 +405,10 @@ def bad_result_files(doc):
       ("no benchmarks", {"context": ctx}, r'no "benchmarks" array: not Google Benchmark JSON'),
       ("benchmarks null", {"context": ctx, "benchmarks": None},
        r'"benchmarks" is null, want a list'),
-      ("benchmarks {}", {"context": ctx, "benchmarks": {}},
+      ("benchmarks an object", {"context": ctx, "benchmarks": {}},
        r'"benchmarks" is an object, want a list'),
-      ("benchmarks []", {"context": ctx, "benchmarks": []}, r'"benchmarks" is empty: no results'),
+      ("benchmarks empty", {"context": ctx, "benchmarks": []},
+       r'"benchmarks" is empty: no results'),
       ("another program's Google Benchmark JSON", other_program,
        r'not attnlab_bench output: its "context" has no attnlab_git_commit'),
       ("no context", {"benchmarks": [sweep]}, r"not attnlab_bench output"),
@@ -510,7 +511,9 @@ def test_accuracy_not_run_and_non_finite(work, testdata, accdoc):
 
 
 def write_input(folder, what, content):
-  path = os.path.join(folder, re.sub(r"\W+", "_", what) + ".json")
+  """content (bytes, or a JSON value) in a file of its own named after `what`."""
+  path = os.path.join(folder, re.sub(r"\W+", "_", what).strip("_") + ".json")
+  assert not os.path.exists(path), f"two inputs would share {path}"
   with open(path, "wb") as f:
     f.write(content if isinstance(content, bytes) else json.dumps(content).encode())
   return path
