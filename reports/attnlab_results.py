@@ -313,7 +313,7 @@ def _read_document(path, array_key, want):
                        f"\"{array_key}\" (the run was interrupted?): no results")
   if not isinstance(doc, dict):
     raise InputError(f"{path}: the top level is {_describe(doc)}, want an object "
-                     f"{{\"context\": {{...}}, \"{array_key}\": [...]}} ({want})")
+                     f"{{\"context\": {{...}}, \"{array_key}\": [...]}}")
   if array_key not in doc:
     raise InputError(f"{path}: no \"{array_key}\" array: not {want}")
   if not isinstance(doc[array_key], list):
