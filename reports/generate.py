@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -1221,8 +1222,8 @@ def main(argv):
 
 def run_command(command, args):
   """Runs write_report or compare and prints the report's path: 0. A bad input file, or a
-  report that cannot be written, is one line on stderr: 1. Ctrl-C: 130, the report directory
-  as it was."""
+  report that cannot be written, is one line on stderr: 1. Ctrl-C or SIGTERM: 130, the report
+  directory as it was."""
   try:
     print(command(args))
     return 0
@@ -1237,5 +1238,11 @@ def run_command(command, args):
   return 1
 
 
+def interrupt(signum, frame):
+  """SIGTERM (kill, a timeout) unwinds like Ctrl-C, so the staged directory is removed."""
+  raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+  signal.signal(signal.SIGTERM, interrupt)
   sys.exit(main(sys.argv[1:]))

@@ -21,16 +21,19 @@ import argparse
 import contextlib
 import copy
 import errno
+import glob
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -757,6 +760,31 @@ def test_atomic_output(work, doc):
   run_generate([os.path.join(report, "data", "quick.json"), "--out-dir", out])
   check(tree(report)["data/quick.json"] == tree(os.path.dirname(new_input))["quick.json"],
         "a report regenerated from its own data/ copy keeps that copy")
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal_after_first_plot(sig, [old_input, "--out-dir", out], report)
+
+
+def signal_after_first_plot(sig, argv, report):
+  """A real Ctrl-C (SIGINT) or kill (SIGTERM) to generate.py once its first new plot exists:
+  exit 130, one line, the old report exactly as it was, no temporary directory left."""
+  old, out = tree(report), os.path.dirname(report)
+  staged = os.path.join(out, f".{os.path.basename(report)}.*.tmp", "*.png")
+  p = subprocess.Popen([sys.executable, GENERATE] + argv, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True,  # SIGINT may be ignored in ctest
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  deadline = time.monotonic() + 120
+  while p.poll() is None and not glob.glob(staged) and time.monotonic() < deadline:
+    time.sleep(0.01)
+  if p.poll() is not None:  # finished before a plot was seen: nothing to interrupt
+    print(f"note: generate.py finished before {sig.name} could be sent; not checked")
+    p.communicate()
+    return
+  p.send_signal(sig)
+  _, err = p.communicate()
+  hidden = [f for f in os.listdir(out) if f.startswith(".")]
+  check(p.returncode == 130 and err.count("\n") == 1 and tree(report) == old and not hidden,
+        f"{sig.name} after the first plot: exit 130, one line, the old report as it was, "
+        f"nothing left behind (got {p.returncode}, {err!r}, {hidden})")
 
 
 def main():
