@@ -6,10 +6,16 @@ repetition ("run_type": "iteration") or an aggregate over repetitions ("run_type
 name from the registry, `ceiling_sgemm`, `ceiling_stream` or `layer` (whose second token is the
 variant); tokens without ':' are the scenario, `key:value` tokens are parameters.
 
+Every file is validated here, once, as it is read: what comes out (Run, Case, AccuracyRow) holds
+only well-formed values, and anything else is an InputError whose message is one line naming the
+file, and the entry and field at fault where there is one. A benchmark file cut off while it was
+being written (the bench was killed) is read up to its last complete entry, with a warning.
+
 Nothing here knows a variant name: variants are whatever first tokens the JSON holds.
 """
 import json
 import math
+import re
 import statistics
 
 # First tokens with a fixed meaning in the contract. Every other first token is a variant.
@@ -17,6 +23,19 @@ CEILING_SGEMM = "ceiling_sgemm"
 CEILING_STREAM = "ceiling_stream"
 LAYER = "layer"
 FIXED_FAMILIES = (CEILING_SGEMM, CEILING_STREAM, LAYER)
+
+# What became of a case (Case.status). The bench marks a case it did not run with an error
+# message: "over budget: ..." (refused before allocating), "interrupted: ..." (the run was
+# stopped before the case), anything else ("failed check: ...", "not run: <status>") failed.
+OK = "ok"
+OVER_BUDGET = "over budget"
+NOT_RUN = "not run"
+FAILED = "failed"
+_STATUS_PREFIXES = (("over budget: ", OVER_BUDGET), ("interrupted: ", NOT_RUN))
+
+# A context key every attnlab_bench (and accuracy) run writes; a Google Benchmark JSON without it
+# comes from another program.
+ATTNLAB_CONTEXT_KEY = "attnlab_git_commit"
 
 # Tokens Google Benchmark appends to a name (UseRealTime etc.); not part of the case.
 _GB_SUFFIX_TOKENS = ("real_time", "process_time", "manual_time")
@@ -27,11 +46,31 @@ _STANDARD_KEYS = {
     "name", "family_index", "per_family_instance_index", "run_name", "run_type", "repetitions",
     "repetition_index", "threads", "iterations", "real_time", "cpu_time", "time_unit",
     "aggregate_name", "aggregate_unit", "error_occurred", "error_message", "label", "big_o",
-    "rms", "skipped"}
+    "rms", "skipped", "skip_message"}
+
+# The counters of the contract (docs/bench-json.md): where present they must be numbers. Other
+# keys are user counters when they hold numbers and are ignored otherwise (a newer Google
+# Benchmark may add fields).
+_CONTRACT_COUNTERS = {
+    "GFLOPS", "GFLOPS_dense", "workspace_bytes", "workspace_declared_bytes",
+    "peak_rss_delta_bytes", "bytes_min", "GBps", "attention_share", "ceiling_fraction", "bytes",
+    "d_model", "B", "H", "Hkv", "Lq", "Lk", "d", "causal"}
 
 _TIME_UNIT_S = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+_CENTRAL_AGGREGATES = ("median", "mean")  # preferred first
+_MEASURED = ("iteration",) + _CENTRAL_AGGREGATES  # entries whose time and counters are read
+
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+# Name parameters that are sizes or counts (docs/bench-json.md): positive integers.
+_SIZE_PARAMS = {"N", "Lq", "Lk", "d", "Hkv", "threads", "w", "bytes"}
 
 
+class InputError(ValueError):
+  """A result file the report cannot use. The message is one line: the file, then (where one is
+  at fault) the entry and the field, then the problem."""
+
+
+# ----------------------------------------------------------------------------- names
 def strip_name(name):
   """Case name without the tokens Google Benchmark appends (/real_time, /repeats:3, ...)."""
   return "/".join(t for t in name.split("/")
@@ -68,6 +107,347 @@ def param_value(text):
       return text
 
 
+def _check_name(where, name):
+  """InputError unless `name` (stripped) reads as an attnlab_bench case: a family that is an
+  identifier (variant names are C identifiers: the registry declares `<name>_variant`), a
+  variant token after `layer`, and at least one key:value parameter, each a number, once; the
+  sizes a positive integer; a decode case has its Lk."""
+  family, variant, scenario, _ = parse_name(name)
+  params = [t.split(":", 1) for t in name.split("/")[1:] if ":" in t]
+  if not (_IDENTIFIER.fullmatch(family) and params
+          and (family != LAYER or (variant and _IDENTIFIER.fullmatch(variant)))):
+    raise InputError(f"{where}: not an attnlab_bench case name (want <variant>/<key>:<value>/..."
+                     ", e.g. flash/N:4096/d:64/causal:1/threads:2; docs/bench-json.md)")
+  seen = set()
+  for k, v in params:
+    value = param_value(v)
+    if isinstance(value, str):
+      raise InputError(f"{where}: parameter {k}:{v} is not a number")
+    if k in _SIZE_PARAMS and not _is_positive_int(value):
+      raise InputError(f"{where}: parameter {k}:{v} is not a positive integer")
+    if k in seen:
+      raise InputError(f"{where}: parameter {k} appears twice")
+    seen.add(k)
+  if scenario == "decode" and "Lk" not in seen:
+    raise InputError(f"{where}: a decode case without Lk:<keys>")
+
+
+def status_of(error):
+  """OK, OVER_BUDGET, NOT_RUN or FAILED for an error message (None: the case ran)."""
+  if error is None:
+    return OK
+  return next((s for prefix, s in _STATUS_PREFIXES if error.startswith(prefix)), FAILED)
+
+
+# ----------------------------------------------------------------------------- values
+def _describe(value):
+  """A JSON value as an error message shows it: '"12" (a string)', 'null', 'NaN', 'a list'."""
+  if value is None:
+    return "null"
+  if isinstance(value, bool):
+    return f"{str(value).lower()} (a boolean)"
+  if isinstance(value, str):
+    text = value if len(value) <= 40 else value[:37] + "..."
+    return f"{json.dumps(text)} (a string)"
+  if isinstance(value, int):
+    return str(value)
+  if isinstance(value, float):
+    return "NaN" if math.isnan(value) else f"{value:g}"
+  return "a list" if isinstance(value, list) else "an object"
+
+
+def _is_number(value):
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_bool(value):
+  return isinstance(value, bool)
+
+
+def _is_string(value):
+  return isinstance(value, str)
+
+
+def _is_positive_int(value):
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _field(where, obj, key, want, ok, required=True):
+  """obj[key] when ok(value); InputError naming `where` and `key` when it is absent (and
+  required) or not `want`. Absent and not required: None."""
+  if key not in obj:
+    if required:
+      raise InputError(f"{where}: no \"{key}\"")
+    return None
+  value = obj[key]
+  if not ok(value):
+    raise InputError(f"{where}: {key} is {_describe(value)}, want {want}")
+  return value
+
+
+def _number(where, obj, key, required=True):
+  value = _field(where, obj, key, "a number", _is_number, required)
+  return None if value is None else float(value)
+
+
+def _string(where, obj, key, required=True):
+  return _field(where, obj, key, "a string", _is_string, required)
+
+
+def _list_of_objects(value):
+  return isinstance(value, list) and all(isinstance(x, dict) for x in value)
+
+
+# ----------------------------------------------------------------------------- files
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
+# What a file cut off mid-write can hold after the last point the decoder understood: nothing,
+# or the start of one number, literal (true, NaN, -Infinity) or \u escape.
+_CUT_TAIL = re.compile(r"[\w.+\\-]*")
+
+
+def _read_text(path, want):
+  """The file's text. InputError when it is missing, not a regular file, unreadable, empty or
+  binary. A multi-byte character cut off at the very end (the writer was killed) is dropped."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except IsADirectoryError:
+    raise InputError(f"{path}: is a directory, want {want}") from None
+  except FileNotFoundError:
+    raise InputError(f"{path}: no such file") from None
+  except OSError as e:
+    raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+  try:
+    text = data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    if e.reason != "unexpected end of data":
+      raise InputError(f"{path}: not a text file (byte 0x{data[e.start]:02x} at offset "
+                       f"{e.start} is not UTF-8), want {want}") from None
+    text = data[:e.start].decode("utf-8-sig")
+  if "\x00" in text:
+    raise InputError(f"{path}: not a text file (a NUL byte at offset {text.index(chr(0))}), "
+                     f"want {want}")
+  if not text.strip():
+    raise InputError(f"{path}: empty file ({len(data)} bytes), want {want}")
+  return text
+
+
+def _skip_space(text, pos):
+  return _SPACE.match(text, pos).end()
+
+
+def _cut_off(text, e):
+  """Whether decoding error `e` is `text` stopping early (its writer was killed) rather than
+  malformed JSON: the decoder ran out of text inside a string, or nothing but the start of one
+  number or literal follows the point where it stopped."""
+  if e.msg == "Extra data":
+    return False
+  return (e.msg.startswith("Unterminated string")
+          or _CUT_TAIL.fullmatch(text[e.pos:].rstrip()) is not None)
+
+
+def _complete_part(text, array_key):
+  """(object, entries) of a JSON object whose text stops early: every member whose value is
+  complete and, where the text stops inside the `array_key` array, that array's complete
+  entries; entries = None when the text stops before the array starts. `text` must be a
+  prefix of valid JSON (see _cut_off): each value is decoded whole by json's own decoder."""
+  doc, entries = {}, None
+  pos = _skip_space(text, 0)
+  if not text.startswith("{", pos):
+    return doc, entries
+  pos += 1
+  while pos < len(text):
+    try:
+      key, pos = _DECODER.raw_decode(text, _skip_space(text, pos))
+      pos = _skip_space(text, _skip_space(text, pos) + 1)  # past ':'
+      if key == array_key and text.startswith("[", pos):
+        entries, pos = _complete_entries(text, pos + 1)
+        doc[key] = entries
+        if pos is None:
+          break
+      else:
+        doc[key], pos = _DECODER.raw_decode(text, pos)
+    except json.JSONDecodeError:  # the text stops inside this member
+      break
+    pos = _skip_space(text, pos) + 1  # past ','
+  return doc, entries
+
+
+def _complete_entries(text, pos):
+  """(the complete values of the array whose '[' ends before `pos`, the position after its ']'
+  or None where the text stops inside it)."""
+  values = []
+  while True:
+    pos = _skip_space(text, pos)
+    if text.startswith("]", pos):
+      return values, pos + 1
+    try:
+      value, pos = _DECODER.raw_decode(text, pos)
+    except json.JSONDecodeError:
+      return values, None
+    values.append(value)
+    pos = _skip_space(text, pos)
+    if not text.startswith(",", pos):
+      return values, (pos + 1 if text.startswith("]", pos) else None)
+    pos += 1
+
+
+def _read_document(path, array_key, want):
+  """(the JSON object of `path`, whether the file was cut off). A cut-off file gives what it
+  completely holds (_complete_part); malformed JSON is an InputError."""
+  text = _read_text(path, want)
+  try:
+    doc, cut = json.loads(text), False
+  except json.JSONDecodeError as e:
+    if not _cut_off(text, e):
+      raise InputError(f"{path}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+                       ) from None
+    doc, entries = _complete_part(text, array_key)
+    cut = True
+    if entries is None:
+      raise InputError(f"{path}: truncated before its \"{array_key}\" array (the run was "
+                       "interrupted?): no results")
+    if not entries:
+      raise InputError(f"{path}: truncated before its first complete entry of "
+                       f"\"{array_key}\" (the run was interrupted?): no results")
+  if not isinstance(doc, dict):
+    raise InputError(f"{path}: the top level is {_describe(doc)}, want an object "
+                     f"{{\"context\": {{...}}, \"{array_key}\": [...]}}")
+  if array_key not in doc:
+    raise InputError(f"{path}: no \"{array_key}\" array: not {want}")
+  if not isinstance(doc[array_key], list):
+    raise InputError(f"{path}: \"{array_key}\" is {_describe(doc[array_key])}, want a list")
+  if not doc[array_key]:
+    raise InputError(f"{path}: \"{array_key}\" is empty: no results")
+  return doc, cut
+
+
+# Context keys the report reads, and what each must be.
+_CONTEXT_FIELDS = (
+    ("host_name", "a string", _is_string),
+    ("date", "a string", _is_string),
+    (ATTNLAB_CONTEXT_KEY, "a string", _is_string),
+    ("num_cpus", "a number", _is_number),
+    ("attnlab_memory_budget_bytes", "a string or a number",
+     lambda v: _is_string(v) or _is_number(v)),
+    ("load_avg", "a list of numbers", lambda v: isinstance(v, list) and all(map(_is_number, v))),
+    ("caches", "a list of objects with numeric level, size and num_sharing",
+     lambda v: _list_of_objects(v) and all(_is_number(c.get(k, 0)) for c in v
+                                           for k in ("level", "size", "num_sharing"))),
+)
+
+
+def _read_context(path, doc, producer):
+  """The file's context, checked: it must come from attnlab (ATTNLAB_CONTEXT_KEY) and the keys
+  the report reads must have the right types."""
+  context = _field(path, doc, "context", "an object", lambda v: isinstance(v, dict),
+                   required=False)
+  if context is None or ATTNLAB_CONTEXT_KEY not in context:
+    raise InputError(f"{path}: not {producer} output: its \"context\" has no "
+                     f"{ATTNLAB_CONTEXT_KEY} (attnlab_bench writes attnlab_* context keys; "
+                     "docs/bench-json.md)")
+  for key, want, ok in _CONTEXT_FIELDS:
+    _field(f"{path}: context", context, key, want, ok, required=False)
+  return context
+
+
+# ----------------------------------------------------------------------------- benchmark entries
+class _Entry:
+  """One validated benchmark entry. kind: "iteration", an aggregate name, or "error"."""
+
+  def __init__(self, name, kind, value=None, counters=None, repetitions=0, error=None):
+    self.name = name
+    self.kind = kind
+    self.value = value        # seconds per call; the plain ratio for a "cv" aggregate
+    self.counters = counters or {}
+    self.repetitions = repetitions
+    self.error = error
+
+
+def _entry_name(where, e):
+  """The stripped case name of entry `e` (run_name, else name less an aggregate's suffix)."""
+  name = _string(where, e, "run_name", required=False)
+  if not name:
+    name = _string(where, e, "name")
+    agg = e.get("aggregate_name")
+    if isinstance(agg, str) and name.endswith("_" + agg):
+      name = name[:-len(agg) - 1]
+  return strip_name(name)
+
+
+def _counters(where, e):
+  """The entry's user counters: every number outside the standard keys. A contract counter
+  must be a number, and every counter a finite one."""
+  out = {}
+  for k, v in e.items():
+    if k in _STANDARD_KEYS or not (_is_number(v) or k in _CONTRACT_COUNTERS):
+      continue
+    if not _is_number(v) or not math.isfinite(v):
+      raise InputError(f"{where}: {k} is {_describe(v)}, want a finite number")
+    out[k] = float(v)
+  return out
+
+
+def _required_counter(family, scenario):
+  """The counter every measured entry of this kind carries (what its report section shows)."""
+  if family == CEILING_STREAM or scenario == "decode":
+    return "GBps"
+  return "attention_share" if family == LAYER else "GFLOPS"
+
+
+def _time(where, e, positive):
+  """real_time in seconds (time_unit checked): > 0 for a measurement, >= 0 for a spread."""
+  value = _number(where, e, "real_time")
+  unit = _string(where, e, "time_unit")
+  if unit not in _TIME_UNIT_S:
+    raise InputError(f"{where}: time_unit is {_describe(unit)}, want one of "
+                     + ", ".join(_TIME_UNIT_S))
+  if math.isnan(value) or math.isinf(value) or value < 0 or (positive and value == 0):
+    raise InputError(f"{where}: real_time is {_describe(value)}"
+                     + (": a time of 0 is not a measurement" if value == 0 else
+                        ", want a positive finite time"))
+  return value * _TIME_UNIT_S[unit]
+
+
+def _read_entry(path, index, e):
+  """One entry of "benchmarks", validated into an _Entry."""
+  where = f"{path}: benchmarks[{index}]"
+  if not isinstance(e, dict):
+    raise InputError(f"{where} is {_describe(e)}, want an object")
+  name = _entry_name(where, e)
+  where += f" '{name}'"
+  _check_name(where, name)
+  if (_field(where, e, "error_occurred", "true or false", _is_bool, required=False)
+      or _field(where, e, "skipped", "true or false", _is_bool, required=False)):
+    message = (_string(where, e, "error_message", required=False)
+               or _string(where, e, "skip_message", required=False) or "error")
+    return _Entry(name, "error", error=message)
+  run_type = _field(where, e, "run_type", '"iteration" or "aggregate"',
+                    lambda v: v in ("iteration", "aggregate"), required=False) or "iteration"
+  kind = (run_type if run_type == "iteration"
+          else _string(where, e, "aggregate_name"))
+  repetitions = _field(where, e, "repetitions", "a positive integer", _is_positive_int,
+                       required=False) or 1
+  if kind == "cv":  # a ratio: Google Benchmark writes it without the time unit
+    value = _number(where, e, "real_time")
+    if not (math.isfinite(value) and value >= 0):
+      raise InputError(f"{where}: real_time is {_describe(value)}, want a finite ratio >= 0")
+  else:
+    value = _time(where, e, positive=kind != "stddev")
+  if kind not in _MEASURED:  # a spread: its counters (spreads too, NaN where 0/0) are not read
+    return _Entry(name, kind, value, repetitions=repetitions)
+  counters = _counters(where, e)
+  family, _, scenario, _ = parse_name(name)
+  key = _required_counter(family, scenario)
+  if key not in counters:
+    raise InputError(f"{where}: no \"{key}\" counter (a measured {family} "
+                     f"{scenario + ' ' if scenario else ''}entry carries one; "
+                     "docs/bench-json.md)")
+  return _Entry(name, kind, value, counters, repetitions)
+
+
+# ----------------------------------------------------------------------------- cases
 class Case:
   """One benchmark case on one source (host), reduced over its repetitions."""
 
@@ -76,7 +456,7 @@ class Case:
     self.name = name
     self.family, self.variant, self.scenario, raw = parse_name(name)
     self.params = {k: param_value(v) for k, v in raw.items()}
-    self.time_s = None     # median real time per call, seconds
+    self.time_s = None     # median real time per call, seconds (> 0 when the case ran)
     self.counters = {}     # median of each counter over repetitions
     self.cv = None         # coefficient of variation of real time over repetitions (or None)
     self.cv_source = None  # where cv came from: "repetitions (n=3)" / "_cv aggregate"
@@ -93,75 +473,56 @@ class Case:
 
   @property
   def ok(self):
-    return self.error is None and self.time_s is not None
+    return self.error is None
+
+  @property
+  def status(self):
+    """OK, OVER_BUDGET, NOT_RUN (the run was interrupted before it) or FAILED."""
+    return status_of(self.error)
 
 
-def _read_json(path):
-  with open(path) as f:
-    try:
-      doc = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not valid JSON ({e})") from None
-  if not isinstance(doc, dict):
-    raise ValueError(f"{path}: expected a JSON object")
-  return doc
+def _median_counters(entries):
+  keys = sorted({k for e in entries for k in e.counters})
+  return {k: statistics.median(e.counters[k] for e in entries if k in e.counters) for k in keys}
 
 
-def _counters_of(entry):
-  return {k: float(v) for k, v in entry.items()
-          if k not in _STANDARD_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _reduce(case, iterations, aggregates):
-  """Fills case from its repetition entries (preferred) or, failing those, its aggregates."""
-  _reduce_measured(case, iterations, aggregates)
+def _reduce(case, entries):
+  """Fills case from its entries, of one run or of several (a resumed run appends to the
+  file): the median over every repetition entry when there is one; else the median of the
+  central aggregates; else, when nothing ran, the error (a real outcome before an
+  interruption)."""
+  its = [e for e in entries if e.kind == "iteration"]
+  by_kind = {}
+  for e in entries:
+    by_kind.setdefault(e.kind, []).append(e)
+  central = next((by_kind[k] for k in _CENTRAL_AGGREGATES if k in by_kind), [])
+  measured = its or central
+  if not measured:
+    errors = [e.error for e in by_kind.get("error", [])]
+    if not errors:
+      raise InputError(f"case '{case.name}' has only {', '.join(sorted(by_kind))} aggregates: "
+                       "no time")
+    case.error = next((m for m in errors if status_of(m) != NOT_RUN), errors[0])
+    return
+  case.time_s = statistics.median(e.value for e in measured)
+  case.counters = _median_counters(measured)
+  case.repetitions = len(its) if its else sum(e.repetitions for e in central)
+  times = [e.value for e in its]
+  if len(times) >= 2:
+    case.cv = statistics.stdev(times) / statistics.mean(times)
+    case.cv_source = f"repetitions (n={len(times)})"
+  elif not its and "cv" in by_kind:
+    case.cv = max(e.value for e in by_kind["cv"])
+    case.cv_source = "_cv aggregate"
+  elif not its and "stddev" in by_kind and "mean" in by_kind:
+    case.cv = max(e.value for e in by_kind["stddev"]) / min(e.value for e in by_kind["mean"])
+    case.cv_source = "_stddev/_mean aggregates"
   # A ceiling that timed only a leading share of the problem's identical sgemm blocks
   # (bench: `ceiling_fraction` < 1) reports its time scaled to the whole problem at the
   # measured rate, so its time column compares with the variants'. GFLOPS needs no scaling.
   fraction = case.counters.get("ceiling_fraction")
-  if case.time_s is not None and fraction and 0 < fraction < 1:
+  if fraction and 0 < fraction < 1:
     case.time_s /= fraction
-
-
-def _reduce_measured(case, iterations, aggregates):
-  if iterations:
-    times = [e["real_time"] * _TIME_UNIT_S.get(e.get("time_unit", "ns"), 1e-9)
-             for e in iterations]
-    case.time_s = statistics.median(times)
-    case.repetitions = len(times)
-    keys = set()
-    for e in iterations:
-      keys.update(_counters_of(e))
-    for k in sorted(keys):
-      vals = [_counters_of(e)[k] for e in iterations if k in _counters_of(e)]
-      case.counters[k] = statistics.median(vals)
-    if len(times) >= 2 and statistics.mean(times) > 0:
-      case.cv = statistics.stdev(times) / statistics.mean(times)
-      case.cv_source = f"repetitions (n={len(times)})"
-    return
-  by_name = {}
-  for e in aggregates:
-    by_name.setdefault(e.get("aggregate_name"), []).append(e)
-  central = by_name.get("median") or by_name.get("mean")
-  if not central:
-    return
-  unit = _TIME_UNIT_S.get(central[0].get("time_unit", "ns"), 1e-9)
-  case.time_s = statistics.median(e["real_time"] * unit for e in central)
-  case.repetitions = int(central[0].get("repetitions", 0))
-  keys = set()
-  for e in central:
-    keys.update(_counters_of(e))
-  for k in sorted(keys):
-    case.counters[k] = statistics.median(_counters_of(e)[k] for e in central
-                                         if k in _counters_of(e))
-  if by_name.get("cv"):
-    case.cv = max(e["real_time"] for e in by_name["cv"])
-    case.cv_source = "_cv aggregate"
-  elif by_name.get("stddev") and by_name.get("mean"):
-    mean = by_name["mean"][0]["real_time"]
-    if mean > 0:
-      case.cv = by_name["stddev"][0]["real_time"] / mean
-      case.cv_source = "_stddev/_mean aggregates"
 
 
 class Run:
@@ -171,6 +532,7 @@ class Run:
     self.contexts = {}  # source -> context dict
     self.files = {}     # source -> [paths]
     self.cases = {}     # (source, name) -> Case
+    self.warnings = []  # one line each, e.g. a file cut off mid-write
 
   def sources(self):
     return sorted(self.contexts)
@@ -189,62 +551,123 @@ def _source_name(context, taken):
   return host
 
 
+_BENCH_JSON = "Google Benchmark JSON from attnlab_bench (--benchmark_out_format=json)"
+
+
+def read_benchmark_file(path):
+  """(context, [_Entry], warning or None) of one attnlab_bench JSON file, validated."""
+  doc, cut = _read_document(path, "benchmarks", _BENCH_JSON)
+  context = _read_context(path, doc, "attnlab_bench")
+  entries = [_read_entry(path, i, e) for i, e in enumerate(doc["benchmarks"])]
+  warning = None
+  if cut:
+    warning = (f"{path} is truncated (the run was interrupted?): read {len(entries)} complete "
+               f"entries ({len({e.name for e in entries})} cases)")
+  return context, entries, warning
+
+
 def load_results(paths, select=None):
   """Reads benchmark JSON files into a Run. `select`: keep only cases whose name contains every
-  given token (e.g. ['threads:1'])."""
+  given token (e.g. ['threads:1']). InputError for anything malformed, or when nothing is
+  left."""
   run = Run()
-  raw = {}  # (source, name) -> (iterations, aggregates, errors)
+  grouped = {}  # (source, name) -> [_Entry]
   for path in paths:
-    doc = _read_json(path)
-    if "benchmarks" not in doc:
-      raise ValueError(f"{path}: no 'benchmarks' array (is this a Google Benchmark JSON?)")
-    context = doc.get("context", {})
+    context, entries, warning = read_benchmark_file(path)
+    if warning:
+      run.warnings.append(warning)
     source = _source_name(context, run.contexts)
     run.contexts.setdefault(source, context)
     run.files.setdefault(source, []).append(path)
-    for e in doc["benchmarks"]:
-      name = strip_name(e.get("run_name") or e.get("name", ""))
-      if select and not all(tok in name.split("/") for tok in select):
+    for e in entries:
+      if select and not all(tok in e.name.split("/") for tok in select):
         continue
-      its, aggs, errs = raw.setdefault((source, name), ([], [], []))
-      if e.get("error_occurred") or e.get("skipped"):
-        errs.append(str(e.get("error_message") or e.get("skip_message") or "error"))
-      elif e.get("run_type") == "aggregate":
-        aggs.append(e)
-      else:
-        its.append(e)
-  for (source, name), (its, aggs, errs) in raw.items():
+      grouped.setdefault((source, e.name), []).append(e)
+  if not grouped:
+    raise InputError(f"{', '.join(paths)}: no case name has the token(s) {' '.join(select)}")
+  for (source, name), entries in grouped.items():
     case = Case(source, name)
-    if errs and not its and not aggs:
-      case.error = errs[0]
-    else:
-      _reduce(case, its, aggs)
+    try:
+      _reduce(case, entries)
+    except InputError as e:
+      raise InputError(f"{', '.join(run.files[source])}: {e}") from None
     run.cases[(source, name)] = case
   return run
 
 
+# ----------------------------------------------------------------------------- accuracy
 class AccuracyRow:
-  def __init__(self, source, r):
+  """One validated accuracy result. A non-finite error (the bench's JSON writes it as null) is
+  inf; `error` is set, and the measurements are None, for a case that did not run."""
+
+  def __init__(self, source, variant, n, d, mask, error=None, max_abs_error=None,
+               max_rel_error=math.nan, bound_ratio=math.nan):
     self.source = source
-    self.variant = str(r["variant"])
-    self.N = int(r["N"])
-    self.d = int(r["d"])
-    self.mask = str(r["mask"])
-    self.max_abs_error = float(r["max_abs_error"])
-    self.max_rel_error = float(r.get("max_rel_error", math.nan))
-    self.bound_ratio = float(r.get("bound_ratio", math.nan))
+    self.variant = variant
+    self.N = n
+    self.d = d
+    self.mask = mask
+    self.error = error
+    self.max_abs_error = max_abs_error
+    self.max_rel_error = max_rel_error
+    self.bound_ratio = bound_ratio
+
+  @property
+  def status(self):
+    return status_of(self.error)
+
+
+def _error_value(where, r, key, required=True):
+  """An accuracy measurement: a number >= 0, or null (non-finite: inf); NaN when absent."""
+  value = _field(where, r, key, "a number >= 0 or null",
+                 lambda v: v is None or (_is_number(v) and not v < 0), required)
+  if key not in r:
+    return math.nan
+  return math.inf if value is None else float(value)
+
+
+def _read_accuracy_row(path, index, r, source):
+  where = f"{path}: results[{index}]"
+  if not isinstance(r, dict):
+    raise InputError(f"{where} is {_describe(r)}, want an object")
+  if isinstance(r.get("variant"), str):
+    where += f" '{r['variant']}'"
+  variant = _field(where, r, "variant", "a variant name",
+                   lambda v: _is_string(v) and _IDENTIFIER.fullmatch(v))
+  n = _field(where, r, "N", "a positive integer", _is_positive_int)
+  d = _field(where, r, "d", "a positive integer", _is_positive_int)
+  mask = _string(where, r, "mask")
+  error = _string(where, r, "error", required=False)
+  if error is not None:
+    return AccuracyRow(source, variant, n, d, mask, error=error)
+  return AccuracyRow(source, variant, n, d, mask, max_abs_error=_error_value(
+      where, r, "max_abs_error"), max_rel_error=_error_value(
+          where, r, "max_rel_error", required=False), bound_ratio=_error_value(
+              where, r, "bound_ratio", required=False))
+
+
+_ACCURACY_JSON = "an attnlab accuracy JSON (attnlab_bench --accuracy --accuracy_out FILE)"
+
+
+class Accuracy:
+  """Accuracy results of one or more JSON files."""
+
+  def __init__(self):
+    self.contexts = {}  # source -> context dict
+    self.rows = []      # [AccuracyRow]
+    self.warnings = []  # one line each, e.g. a file cut off mid-write
 
 
 def load_accuracy(paths):
-  """(contexts by source, [AccuracyRow])."""
-  contexts, rows = {}, []
+  """An Accuracy of the files, every one validated (InputError for anything malformed)."""
+  acc = Accuracy()
   for path in paths:
-    doc = _read_json(path)
-    if "results" not in doc:
-      raise ValueError(f"{path}: no 'results' array (is this an attnlab accuracy JSON?)")
-    context = doc.get("context", {})
+    doc, cut = _read_document(path, "results", _ACCURACY_JSON)
+    context = _read_context(path, doc, "attnlab_bench --accuracy")
     source = str(context.get("host_name", "unknown-host"))
-    contexts.setdefault(source, context)
-    for r in doc.get("results", []):
-      rows.append(AccuracyRow(source, r))
-  return contexts, rows
+    acc.contexts.setdefault(source, context)
+    acc.rows += [_read_accuracy_row(path, i, r, source) for i, r in enumerate(doc["results"])]
+    if cut:
+      acc.warnings.append(f"{path} is truncated (the run was interrupted?): read "
+                          f"{len(doc['results'])} complete results")
+  return acc

@@ -11,13 +11,16 @@ Runs under /usr/bin/python3 (Debian's numpy + matplotlib). Every number in the r
 from the JSON (docs/bench-json.md); variants are discovered from it, never listed here.
 """
 import argparse
+import contextlib
 import datetime
 import math
 import os
-import shutil
 import re
+import shutil
+import signal
 import statistics
 import sys
+import tempfile
 
 import matplotlib
 
@@ -164,23 +167,21 @@ def save(fig, out_dir, name, bottom=0.0):
 
 # ----------------------------------------------------------------------------- report pieces
 def case_cell(c, fn):
-  """A table cell for case `c`: '—' when absent, 'over budget' / 'failed' when not run,
-  else fn(c)."""
+  """A table cell for case `c`: '—' when absent, 'over budget' / 'not run' (the run was
+  interrupted) / 'failed' when it did not run, else fn(c)."""
   if c is None:
     return "—"
-  if not c.ok:
-    return "over budget" if c.error.startswith("over budget") else "failed"
-  return fn(c)
+  return fn(c) if c.ok else c.status
 
 
 class Report:
   def __init__(self, run, accuracy, out_dir, baselines):
     self.run = run
-    self.acc_contexts, self.acc_rows = accuracy
+    self.acc_contexts, self.acc_rows = accuracy.contexts, accuracy.rows
     self.out_dir = out_dir
     self.baselines = baselines
     self.lines = []
-    self.summary = []
+    self.summary = [f"- **Warning**: {w}." for w in run.warnings + accuracy.warnings]
     self.pngs = []
     variants = {c.variant for c in run.all_cases() if c.variant}
     variants.update(r.variant for r in self.acc_rows)
@@ -688,19 +689,19 @@ class Report:
       for v in variants:
         cases = g["variants"].get(v, {})
         ran = [n for n, c in cases.items() if c.ok]
-        over = sorted(n for n, c in cases.items() if c.error and
-                      c.error.startswith("over budget"))
+        over = sorted(n for n, c in cases.items() if c.status == ar.OVER_BUDGET)
         txt = str(max(ran)) if ran else "none"
         if over:
           txt += f" (over budget from N={over[0]})"
         row.append(txt if cases else "—")
       rows.append(row)
     self.add(md_table(["case"] + variants, rows), "")
-    errors = [c for c in self.run.all_cases() if c.error]
+    by_status = {}
+    for c in self.run.all_cases():
+      by_status.setdefault(c.status, []).append(c)
     over = {}
-    for c in errors:
-      if c.error.startswith("over budget"):
-        over.setdefault((c.source, c.variant or c.family), []).append(c)
+    for c in by_status.get(ar.OVER_BUDGET, []):
+      over.setdefault((c.source, c.variant or c.family), []).append(c)
     if over:
       self.add("Over-budget cases (first message per variant; every skipped case is counted):", "")
       for (s, v), cs in sorted(over.items()):
@@ -711,13 +712,25 @@ class Report:
                           "the memory budget (see *Longest N within the memory budget*).")
     else:
       self.add("No case was over the memory budget.", "")
-    failed = [c for c in errors if not c.error.startswith("over budget")]
+    self.not_run_list(by_status.get(ar.NOT_RUN, []))
+    failed = by_status.get(ar.FAILED, [])
     if failed:
       self.add("**Failed cases (not timed):**", "")
       for c in failed:
         self.add(f"- {self.host_prefix(c.source)}`{c.name}`: {c.error}")
       self.add("")
       self.summary.append(f"- **{len(failed)} case(s) failed** (listed under *Longest N*).")
+
+  def not_run_list(self, cases, most=10):
+    """The cases the benchmark run did not reach (it was interrupted): counted, and named."""
+    if not cases:
+      return
+    names = ", ".join(f"`{self.host_prefix(c.source)}{c.name}`" for c in cases[:most])
+    more = f" (+{len(cases) - most} more)" if len(cases) > most else ""
+    self.add(f"**Not run: the benchmark was interrupted before {len(cases)} case(s)** "
+             f"(`interrupted: ` entries): {names}{more}.", "")
+    self.summary.append(f"- **{len(cases)} case(s) not run**: the benchmark was interrupted "
+                        "before them (see *Longest N within the memory budget*).")
 
   # ---- decode
   def decode_section(self):
@@ -747,8 +760,7 @@ class Report:
       self.add(f"### {self.host_prefix(source)}decode, {title}", "")
       fig, ax = plt.subplots(figsize=(7.5, 5.2))
       for v in variants:
-        pts = sorted((lk, c.counter("GBps")) for lk, c in by_v[v].items()
-                     if c.ok and c.counter("GBps") is not None)
+        pts = sorted((lk, c.counter("GBps")) for lk, c in by_v[v].items() if c.ok)
         if pts:
           ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=self.colors[v], label=v)
       for i, s in enumerate(st):
@@ -764,23 +776,16 @@ class Report:
       bottom = legend_below(fig, (ax,), ncol=3)
       self.image(save(fig, self.out_dir, slug(f"decode_{source}_{title}") + ".png", bottom),
                  "decode bandwidth")
+
+      def gbps(c):
+        gb = c.counter("GBps")
+        return f"{fmt_num(gb)} ({fmt_pct(gb / ceil.counter('GBps'))})" if ceil else fmt_num(gb)
+
       rows = []
       for lk in lks:
-        kv = None
-        row = [lk]
-        for v in variants:
-          c = by_v[v].get(lk)
-          if c is None:
-            row.append("—")
-          elif not c.ok:
-            row.append("over budget" if c.error.startswith("over budget") else "failed")
-          else:
-            gb = c.counter("GBps")
-            if gb is not None and kv is None:
-              kv = gb * 1e9 * c.time_s
-            f = (gb / ceil.counter("GBps")) if (ceil and gb is not None) else None
-            row.append(f"{fmt_num(gb)} ({fmt_pct(f)})" if f is not None else fmt_num(gb))
-        rows.append([row[0], fmt_bytes(kv)] + row[1:])
+        ran = [c for c in (by_v[v].get(lk) for v in variants) if c and c.ok]
+        kv = ran[0].counter("GBps") * 1e9 * ran[0].time_s if ran else None
+        rows.append([lk, fmt_bytes(kv)] + [case_cell(by_v[v].get(lk), gbps) for v in variants])
       self.add("GB/s (fraction of stream ceiling"
                + (f" {fmt_num(ceil.counter('GBps'))} GB/s at {fmt_bytes(ceil.params.get('bytes'))}"
                   if ceil else ": not in this run") + ")", "",
@@ -788,7 +793,7 @@ class Report:
       if ceil and lks:
         lk = lks[-1]
         cands = [(c.counter("GBps"), v) for v, d in by_v.items() for l2, c in d.items()
-                 if l2 == lk and c.ok and c.counter("GBps") is not None]
+                 if l2 == lk and c.ok]
         if cands:
           gb, v = max(cands)
           best_lines.append(f"{self.host_prefix(source)}{title}, Lk={lk}: {v} "
@@ -865,9 +870,6 @@ class Report:
     if not given:
       self.add(NOT_IN_RUN + " (no --accuracy file given).", "")
       return
-    if not self.acc_rows:
-      self.add(NOT_IN_RUN + " (the accuracy file has no results).", "")
-      return
     self.add("Cell: max abs error (max error / derived bound from tests/test_support.h "
              "ErrorBound; above 1 is outside the bound and marked **bold**).", "")
     multi = len({r.source for r in self.acc_rows}) > 1
@@ -885,8 +887,8 @@ class Report:
           row = [d, n]
           for v in variants:
             r = idx.get((v, d, n))
-            if r is None:
-              row.append("—")
+            if r is None or r.error:
+              row.append(r.status if r else "—")
             else:
               txt = f"{r.max_abs_error:.2e} ({fmt_num(r.bound_ratio, 2)})"
               row.append(f"**{txt}**" if r.bound_ratio > 1 else txt)
@@ -908,7 +910,7 @@ class Report:
           for i, d in enumerate(ds):
             pts = sorted((r.N, r.bound_ratio) for r in self.acc_rows
                          if r.source == source and r.mask == mask and r.variant == v
-                         and r.d == d and r.bound_ratio > 0)
+                         and r.d == d and 0 < r.bound_ratio < math.inf)
             if pts:
               ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[i % len(styles)],
                       color=self.colors[v], label=f"{v}, d={d}")
@@ -934,96 +936,106 @@ class Report:
           for v, (b, r) in sorted(worst.items())) + ".")
 
 
+# ----------------------------------------------------------------------------- output
+def warn(lines):
+  for line in lines:
+    print(f"generate.py: warning: {line}", file=sys.stderr)
+
+
+def load_results(paths, select=None):
+  """ar.load_results, its warnings (a truncated file) on stderr."""
+  run = ar.load_results(paths, select)
+  warn(run.warnings)
+  return run
+
+
+@contextlib.contextmanager
+def staged_dir(final):
+  """Yields a new, empty directory beside `final` (same parent, so renames are atomic) to write
+  a report into. When the block completes, the new directory takes `final`'s place (an existing
+  `final` is renamed aside first and removed last); when it raises (an error, Ctrl-C), the new
+  directory is removed and `final` is left as it was. No reader ever sees half a report, or
+  old and new files mixed."""
+  parent = os.path.dirname(os.path.abspath(final))
+  os.makedirs(parent, exist_ok=True)
+  new = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=parent)
+  try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(new, 0o777 & ~umask)  # mkdtemp makes it 0700; a report gets the usual mode
+    yield new
+    if os.path.lexists(final):
+      aside = new + ".old"
+      os.rename(final, aside)
+      try:
+        os.rename(new, final)
+      except BaseException:
+        os.rename(aside, final)
+        raise
+      shutil.rmtree(aside)
+    else:
+      os.rename(new, final)
+  except BaseException:
+    shutil.rmtree(new, ignore_errors=True)
+    raise
+
+
+def copy_inputs(paths, out_dir):
+  """The inputs travel with the report (in data/), so anyone can check or regenerate it."""
+  data_dir = os.path.join(out_dir, "data")
+  os.makedirs(data_dir)
+  for p in paths:
+    shutil.copyfile(p, os.path.join(data_dir, os.path.basename(p)))
+
+
 def write_report(args):
-  run = ar.load_results(args.results)
-  accuracy = ar.load_accuracy(args.accuracy) if args.accuracy else ({}, [])
-  hosts = run.sources() or sorted(accuracy[0])
-  contexts = list(run.contexts.values()) or list(accuracy[0].values())
+  run = load_results(args.results)
+  accuracy = ar.load_accuracy(args.accuracy)
+  warn(accuracy.warnings)
+  hosts = run.sources() or sorted(accuracy.contexts)
+  contexts = list(run.contexts.values()) or list(accuracy.contexts.values())
   date = max((run_date(c) for c in contexts), default="nodate")
   folder = "+".join(slug(h) for h in hosts) + f"-{date}" + (f"-{slug(args.label)}"
                                                              if args.label else "")
-  out_dir = os.path.join(args.out_dir, folder)
-  os.makedirs(out_dir, exist_ok=True)
-  for f in os.listdir(out_dir):  # a regenerated report must not keep stale plots
-    if f.endswith(".png"):
-      os.remove(os.path.join(out_dir, f))
-  rep = Report(run, accuracy, out_dir, [b for b in args.baselines.split(",") if b])
-  rep.context_section()
-  rep.sweep_section()
-  rep.hosts_section()
-  rep.scaling_section()
-  rep.budget_section()
-  rep.decode_section()
-  rep.scenario_section()
-  rep.layer_section()
-  rep.accuracy_section(bool(args.accuracy))
-  head = [f"# attnlab report: {', '.join(hosts)}, {date}" + (f" ({args.label})"
-                                                             if args.label else ""), "",
-          "Generated by `reports/generate.py` from " + ", ".join(
-              f"[`{os.path.basename(p)}`](data/{os.path.basename(p)})"
-              for p in args.results + (args.accuracy or []))
-          + " (copied into `data/` beside this report). Every number below is read from those"
-          " files.", "", "## Summary", ""]
-  head += rep.summary or ["- " + NOT_IN_RUN]
-  head += ["", "Contents: " + " · ".join(
-      f"[{h[3:]}](#{gh_anchor(h[3:])})" for h in rep.lines if h.startswith("## ")), ""]
-  # The inputs travel with the report, so anyone can check or regenerate it.
-  data_dir = os.path.join(out_dir, "data")
-  os.makedirs(data_dir, exist_ok=True)
-  for p in args.results + (args.accuracy or []):
-    target = os.path.join(data_dir, os.path.basename(p))
-    if os.path.abspath(p) != os.path.abspath(target):
-      shutil.copyfile(p, target)
-  path = os.path.join(out_dir, "report.md")
-  with open(path, "w") as f:
-    f.write("\n".join(head + rep.lines).rstrip() + "\n")
-  return path
+  final = os.path.join(args.out_dir, folder)
+  with staged_dir(final) as out_dir:
+    rep = Report(run, accuracy, out_dir, [b for b in args.baselines.split(",") if b])
+    rep.context_section()
+    rep.sweep_section()
+    rep.hosts_section()
+    rep.scaling_section()
+    rep.budget_section()
+    rep.decode_section()
+    rep.scenario_section()
+    rep.layer_section()
+    rep.accuracy_section(bool(args.accuracy))
+    head = [f"# attnlab report: {', '.join(hosts)}, {date}" + (f" ({args.label})"
+                                                               if args.label else ""), "",
+            "Generated by `reports/generate.py` from " + ", ".join(
+                f"[`{os.path.basename(p)}`](data/{os.path.basename(p)})"
+                for p in args.results + args.accuracy)
+            + " (copied into `data/` beside this report). Every number below is read from those"
+            " files.", "", "## Summary", ""]
+    head += rep.summary or ["- " + NOT_IN_RUN]
+    head += ["", "Contents: " + " · ".join(
+        f"[{h[3:]}](#{gh_anchor(h[3:])})" for h in rep.lines if h.startswith("## ")), ""]
+    copy_inputs(args.results + args.accuracy, out_dir)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+      f.write("\n".join(head + rep.lines).rstrip() + "\n")
+  return os.path.join(final, "report.md")
 
 
 # ----------------------------------------------------------------------------- A/B compare
-def compare(args):
-  a = ar.load_results([args.a], select=args.select_a)
-  b = ar.load_results([args.b], select=args.select_b)
-  ignore = tuple(p for p in (args.match_ignore or "").split(",") if p)
-
-  def index(run, side):
-    out = {}
-    for c in run.all_cases():
-      key = c.key_without(*ignore)
-      if key in out:
-        raise SystemExit(f"compare: {side} has two cases matching '{key}' "
-                         f"({out[key].source}, {c.source}); select one with --select-{side}")
-      out[key] = c
-    return out
-
-  ia, ib = index(a, "a"), index(b, "b")
-  common = sorted(set(ia) & set(ib), key=natural_key)
-  ctx_a = next(iter(a.contexts.values()), {})
-  ctx_b = next(iter(b.contexts.values()), {})
-
-  def side_label(ctx, path, select):
-    return (f"{ctx.get('host_name', '?')} {run_date(ctx)} "
-            f"{str(ctx.get('attnlab_git_commit', ''))[:10]}" + (f" [{' '.join(select)}]"
-                                                               if select else "")
-            + f" (`{os.path.basename(path)}`)")
-
-  def load(ctx):
-    la = ctx.get("load_avg")
-    return ", ".join(f"{x:.2f}" for x in la) if isinstance(la, list) and la else "unknown"
-
-  la, lb = side_label(ctx_a, args.a, args.select_a), side_label(ctx_b, args.b, args.select_b)
-  folder = (f"compare-{slug(ctx_a.get('host_name', 'a'))}-{run_date(ctx_a)}-vs-"
-            f"{slug(ctx_b.get('host_name', 'b'))}-{run_date(ctx_b)}"
-            + (f"-{slug(args.label)}" if args.label else ""))
-  out_dir = os.path.join(args.out_dir, folder)
-  os.makedirs(out_dir, exist_ok=True)
+def compare_rows(ia, ib, common, noise_floor):
+  """(table rows, [(key, case A, ratio, threshold, flagged)] of the compared cases, the kinds
+  of threshold used) for the matched case keys `common`."""
   rows, data = [], []
   thresholds = set()
   for key in common:
     ca, cb = ia[key], ib[key]
-    if not (ca.ok and cb.ok) or ca.time_s <= 0:
-      rows.append([f"`{key}`", fmt_time(ca.time_s) if ca.ok else (ca.error or "—")[:40],
-                   fmt_time(cb.time_s) if cb.ok else (cb.error or "—")[:40], "—", "—", "—",
+    if not (ca.ok and cb.ok):
+      rows.append([f"`{key}`", fmt_time(ca.time_s) if ca.ok else ca.error[:40],
+                   fmt_time(cb.time_s) if cb.ok else cb.error[:40], "—", "—", "—",
                    "not compared"])
       continue
     ratio = cb.time_s / ca.time_s
@@ -1034,7 +1046,7 @@ def compare(args):
       thr = 2 * math.sqrt(ca.cv**2 + cb.cv**2)
       basis = "2σ"
     else:
-      thr = args.noise_floor
+      thr = noise_floor
       basis = "floor"
     thresholds.add(basis)
     flagged = abs(ratio - 1) > thr
@@ -1043,10 +1055,12 @@ def compare(args):
                  f"{rate:.3f}" + ("" if rate_key == "GFLOPS" else f" ({rate_key})")
                  if rate is not None else "—", f"±{100 * thr:.1f}% ({basis})", verdict])
     data.append((key, ca, ratio, thr, flagged))
-  only_a = sorted(set(ia) - set(ib), key=natural_key)
-  only_b = sorted(set(ib) - set(ia), key=natural_key)
+  return rows, data, thresholds
 
-  colors = variant_colors({ia[k].variant or ia[k].family for k, *_ in data})
+
+def compare_plot(out_dir, data, la, lb):
+  """compare.png: the geometric-mean ratio per variant, and every compared case's ratio."""
+  colors = variant_colors({ca.variant or ca.family for _, ca, *_ in data})
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 2]})
   groups = {}
   for key, ca, ratio, thr, flagged in data:
@@ -1092,32 +1106,70 @@ def compare(args):
   ax2.grid(True, which="both", alpha=0.3)
   fig.suptitle(f"A/B: B time / A time\nA = {la.split(' (`')[0]}   B = {lb.split(' (`')[0]}",
                fontsize=10)
-  for f in os.listdir(out_dir):
-    if f.endswith(".png"):
-      os.remove(os.path.join(out_dir, f))
-  png = save(fig, out_dir, "compare.png", legend_below(fig, (ax2,), ncol=6))
+  save(fig, out_dir, "compare.png", legend_below(fig, (ax2,), ncol=6))
+
+
+def compare(args):
+  a = load_results([args.a], select=args.select_a)
+  b = load_results([args.b], select=args.select_b)
+  ignore = tuple(p for p in (args.match_ignore or "").split(",") if p)
+
+  def index(run, side):
+    out = {}
+    for c in run.all_cases():
+      key = c.key_without(*ignore)
+      if key in out:
+        raise SystemExit(f"compare: {side} has two cases matching '{key}' "
+                         f"({out[key].source}, {c.source}); select one with --select-{side}")
+      out[key] = c
+    return out
+
+  ia, ib = index(a, "a"), index(b, "b")
+  common = sorted(set(ia) & set(ib), key=natural_key)
+  ctx_a = next(iter(a.contexts.values()), {})
+  ctx_b = next(iter(b.contexts.values()), {})
+
+  def side_label(ctx, path, select):
+    return (f"{ctx.get('host_name', '?')} {run_date(ctx)} "
+            f"{str(ctx.get('attnlab_git_commit', ''))[:10]}" + (f" [{' '.join(select)}]"
+                                                               if select else "")
+            + f" (`{os.path.basename(path)}`)")
+
+  def load(ctx):
+    la = ctx.get("load_avg")
+    return ", ".join(f"{x:.2f}" for x in la) if isinstance(la, list) and la else "unknown"
+
+  la, lb = side_label(ctx_a, args.a, args.select_a), side_label(ctx_b, args.b, args.select_b)
+  folder = (f"compare-{slug(ctx_a.get('host_name', 'a'))}-{run_date(ctx_a)}-vs-"
+            f"{slug(ctx_b.get('host_name', 'b'))}-{run_date(ctx_b)}"
+            + (f"-{slug(args.label)}" if args.label else ""))
+  rows, data, thresholds = compare_rows(ia, ib, common, args.noise_floor)
+  only_a = sorted(set(ia) - set(ib), key=natural_key)
+  only_b = sorted(set(ib) - set(ia), key=natural_key)
 
   n_flag = sum(1 for t in data if t[4])
   n_slow = sum(1 for t in data if t[4] and t[2] > 1)
   lines = ["# attnlab A/B comparison" + (f" ({args.label})" if args.label else ""), "",
-           f"- **A**: {la}", f"- **B**: {lb}",
-           f"- machine state: A load average {load(ctx_a)} on {ctx_a.get('num_cpus', '?')} "
-           f"CPUs, B load average {load(ctx_b)} on {ctx_b.get('num_cpus', '?')} CPUs "
-           "(from the JSON context; a busy machine widens the spread).",
-           f"- matched {len(common)} case(s)" + (f" ignoring parameter(s) {', '.join(ignore)}"
-                                                 if ignore else "")
-           + f"; {len(only_a)} only in A, {len(only_b)} only in B.",
-           f"- {n_flag} of {len(data)} compared case(s) differ beyond the noise threshold: "
-           f"{n_slow} slower in B, {n_flag - n_slow} faster in B.", "",
-           "Ratio = B time / A time (below 1: B is faster); rate ratio = B GFLOPS / A GFLOPS "
-           "(GBps where a case has no GFLOPS). Noise threshold per case: "
-           + ("**2σ** = 2·sqrt(cv_A² + cv_B²), cv = coefficient of variation of the real time "
-              "over repetitions (from the _cv aggregate or the repetitions themselves); "
-              if "2σ" in thresholds else "")
-           + (f"**floor** = a stated noise floor of ±{100 * args.noise_floor:.0f}% (--noise-floor)"
-              " used where a side has no repetitions. " if "floor" in thresholds else "")
-           + "A case is flagged when |ratio − 1| exceeds its threshold.", "",
-           f"![A/B ratios]({png})", ""]
+           f"- **A**: {la}", f"- **B**: {lb}"]
+  lines += [f"- **Warning**: {w}." for w in a.warnings + b.warnings]
+  lines += [f"- machine state: A load average {load(ctx_a)} on {ctx_a.get('num_cpus', '?')} "
+            f"CPUs, B load average {load(ctx_b)} on {ctx_b.get('num_cpus', '?')} CPUs "
+            "(from the JSON context; a busy machine widens the spread).",
+            f"- matched {len(common)} case(s)" + (f" ignoring parameter(s) {', '.join(ignore)}"
+                                                  if ignore else "")
+            + f"; {len(only_a)} only in A, {len(only_b)} only in B.",
+            f"- {n_flag} of {len(data)} compared case(s) differ beyond the noise threshold: "
+            f"{n_slow} slower in B, {n_flag - n_slow} faster in B.", "",
+            "Ratio = B time / A time (below 1: B is faster); rate ratio = B GFLOPS / A GFLOPS "
+            "(GBps where a case has no GFLOPS). Noise threshold per case: "
+            + ("**2σ** = 2·sqrt(cv_A² + cv_B²), cv = coefficient of variation of the real time "
+               "over repetitions (from the _cv aggregate or the repetitions themselves); "
+               if "2σ" in thresholds else "")
+            + (f"**floor** = a stated noise floor of ±{100 * args.noise_floor:.0f}% "
+               "(--noise-floor) used where a side has no repetitions. "
+               if "floor" in thresholds else "")
+            + "A case is flagged when |ratio − 1| exceeds its threshold.", "",
+            "![A/B ratios](compare.png)", ""]
   flagged_rows = [r for r in rows if r[-1].startswith("**")]
   if flagged_rows:
     lines += ["**Beyond noise**", "",
@@ -1133,10 +1185,12 @@ def compare(args):
     lines += ["Unmatched cases:", ""]
     lines += [f"- only in A: `{k}`" for k in only_a] + [f"- only in B: `{k}`" for k in only_b]
     lines.append("")
-  path = os.path.join(out_dir, "report.md")
-  with open(path, "w") as f:
-    f.write("\n".join(lines))
-  return path
+  final = os.path.join(args.out_dir, folder)
+  with staged_dir(final) as out_dir:
+    compare_plot(out_dir, data, la, lb)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+      f.write("\n".join(lines))
+  return os.path.join(final, "report.md")
 
 
 def main(argv):
@@ -1155,9 +1209,7 @@ def main(argv):
                     help="keep only B cases with this name token (e.g. threads:2); repeatable")
     ap.add_argument("--noise-floor", type=float, default=0.05,
                     help="relative threshold used where a side has no repetitions (0.05 = 5%%)")
-    args = ap.parse_args(argv[1:])
-    print(compare(args))
-    return 0
+    return run_command(compare, ap.parse_args(argv[1:]))
   ap = argparse.ArgumentParser(description="Report (report.md + PNGs) from attnlab bench JSON.")
   ap.add_argument("results", nargs="+", help="benchmark JSON file(s), one or more hosts")
   ap.add_argument("--accuracy", action="append", default=[], help="accuracy JSON (repeatable)")
@@ -1165,14 +1217,32 @@ def main(argv):
   ap.add_argument("--out-dir", default="reports")
   ap.add_argument("--baselines", default="naive,blas",
                   help="variants the speedup tables divide by, when present (default naive,blas)")
-  args = ap.parse_args(argv)
-  print(write_report(args))
-  return 0
+  return run_command(write_report, ap.parse_args(argv))
+
+
+def run_command(command, args):
+  """Runs write_report or compare and prints the report's path: 0. A bad input file, or a
+  report that cannot be written, is one line on stderr: 1. Ctrl-C or SIGTERM: 130, the report
+  directory as it was."""
+  try:
+    print(command(args))
+    return 0
+  except ar.InputError as e:
+    print(f"generate.py: {e}", file=sys.stderr)
+  except OSError as e:
+    print(f"generate.py: cannot write the report: {e.filename or ''}"
+          f"{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+  except KeyboardInterrupt:
+    print("generate.py: interrupted; the report directory is as it was", file=sys.stderr)
+    return 130
+  return 1
+
+
+def interrupt(signum, frame):
+  """SIGTERM (kill, a timeout) unwinds like Ctrl-C, so the staged directory is removed."""
+  raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
-  try:
-    sys.exit(main(sys.argv[1:]))
-  except (OSError, ValueError, KeyError) as e:
-    print(f"generate.py: {e}", file=sys.stderr)
-    sys.exit(1)
+  signal.signal(signal.SIGTERM, interrupt)
+  sys.exit(main(sys.argv[1:]))

@@ -9,23 +9,40 @@ case its entry, the summary must name the fastest variant at the largest N of ea
 referenced PNG must exist and be a valid PNG (all chunk CRCs checked), and compare mode must flag
 a case that was made 10x slower and nothing else.
 
+Then the failure paths (issue 21): malformed copies of the fixture must each be refused with
+exit 1 and one stderr line naming the file, entry and field; a copy cut off at any byte must
+give exactly its complete entries and one warning; interrupted cases must read "not run"; and
+a regeneration that fails part way (generate.save patched to raise, in this process) must
+leave the old report directory byte for byte as it was.
+
 Usage: test_generate.py [--work-dir DIR] [--testdata DIR]
 """
 import argparse
+import contextlib
 import copy
+import errno
+import glob
+import hashlib
+import io
 import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GENERATE = os.path.join(HERE, "generate.py")
 FIXED = ("ceiling_sgemm", "ceiling_stream", "layer")
+
+sys.path.insert(0, HERE)
+import attnlab_results as ar  # noqa: E402
+import generate  # noqa: E402
 
 failures = []
 
@@ -337,6 +354,439 @@ def test_compare(work, doc):
     check(m and int(m.group(1)) > 0, "thread-setting comparison matches cases")
 
 
+# ---- malformed inputs: one line on stderr naming the file (and entry and field), exit 1
+def call_generate(argv):
+  """generate.main(argv) in this process: (its exit code, or the exception that escaped it,
+  and what it wrote to stderr)."""
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    try:
+      rc = generate.main(argv)
+    except BaseException as e:  # what a user would see as a traceback
+      rc = e
+  return rc, err.getvalue()
+
+
+def first_entry(doc, pred):
+  return copy.deepcopy(next(e for e in entries(doc) if pred(case_name(e))))
+
+
+def bad_result_files(doc):
+  """(what, file content: bytes or a JSON value, regex the message must match after the
+  file's path) for malformed benchmark files, each built from a real entry of the fixture."""
+  ctx = doc["context"]
+  sweep = first_entry(doc, lambda n: not parse(n)[1] and parse(n)[0] not in FIXED)
+  decode = first_entry(doc, lambda n: parse(n)[1] == "decode" and parse(n)[0] not in FIXED)
+  stream = first_entry(doc, lambda n: n.startswith("ceiling_stream/"))
+  at = f"benchmarks\\[0\\] '{re.escape(case_name(sweep))}': "
+
+  def one(e, **fields):
+    e = dict(e, **fields)
+    return {"context": ctx, "benchmarks": [e]}
+
+  def without(e, *keys):
+    return {"context": ctx, "benchmarks": [{k: v for k, v in e.items() if k not in keys}]}
+
+  text = json.dumps(doc, indent=2)
+  other_program = {"context": {k: v for k, v in ctx.items() if not k.startswith("attnlab_")},
+                   "benchmarks": [{"name": "BM_memcpy/8", "run_name": "BM_memcpy/8",
+                                   "run_type": "iteration", "iterations": 1000,
+                                   "real_time": 5.0, "cpu_time": 5.0, "time_unit": "ns",
+                                   "bytes_per_second": 1e9}]}
+  return [
+      ("empty file", b"", r"empty file \(0 bytes\)"),
+      ("only whitespace", b"  \n", r"empty file \(3 bytes\)"),
+      ("binary garbage", b"\x89PNG\r\n\x1a\n\xff\xfe" + bytes(range(256)),
+       r"not a text file \(byte 0x89 at offset 0 is not UTF-8\)"),
+      ("NUL bytes", bytes(4096), r"not a text file \(a NUL byte at offset 0\)"),
+      ("not JSON", b"flash 12.5 ms\n", r"not valid JSON: Expecting value \(line 1, column 1\)"),
+      ("malformed in the middle", text.replace('"benchmarks": [', '"benchmarks": [}', 1).encode(),
+       r"not valid JSON: Expecting value \(line \d+, column \d+\)"),
+      ("two documents", (text + text).encode(),
+       r"not valid JSON: Extra data \(line \d+, column \d+\)"),
+      ("top level a list", [], r"the top level is a list, want an object"),
+      ("no benchmarks", {"context": ctx}, r'no "benchmarks" array: not Google Benchmark JSON'),
+      ("benchmarks null", {"context": ctx, "benchmarks": None},
+       r'"benchmarks" is null, want a list'),
+      ("benchmarks an object", {"context": ctx, "benchmarks": {}},
+       r'"benchmarks" is an object, want a list'),
+      ("benchmarks empty", {"context": ctx, "benchmarks": []},
+       r'"benchmarks" is empty: no results'),
+      ("another program's Google Benchmark JSON", other_program,
+       r'not attnlab_bench output: its "context" has no attnlab_git_commit'),
+      ("no context", {"benchmarks": [sweep]}, r"not attnlab_bench output"),
+      ("context a list", {"context": [], "benchmarks": [sweep]},
+       r"context is a list, want an object"),
+      ("caches not objects", {"context": dict(ctx, caches=["L1"]), "benchmarks": [sweep]},
+       r"context: caches is a list, want a list of objects"),
+      ("load_avg strings", {"context": dict(ctx, load_avg=["high"]), "benchmarks": [sweep]},
+       r"context: load_avg is a list, want a list of numbers"),
+      ("a name of another program", one(sweep, name="BM_memcpy/8", run_name="BM_memcpy/8"),
+       r"benchmarks\[0\] 'BM_memcpy/8': not an attnlab_bench case name"),
+      ("a parameter that is not a number",
+       one(sweep, run_name=sweep["run_name"].replace("N:", "N:x", 1)),
+       r"benchmarks\[0\] '[^']*N:x\d+[^']*': parameter N:x\d+ is not a number"),
+      ("threads:0", one(sweep, run_name=re.sub(r"threads:\d+", "threads:0", sweep["run_name"])),
+       r"benchmarks\[0\] '[^']*': parameter threads:0 is not a positive integer"),
+      ("decode without Lk", one(decode, run_name=re.sub(r"/Lk:\d+", "", decode["run_name"])),
+       r"benchmarks\[0\] '[^']*decode[^']*': a decode case without Lk:<keys>"),
+      ("scalar entry", {"context": ctx, "benchmarks": [5]},
+       r"benchmarks\[0\] is 5, want an object"),
+      ("entry without a name", without(sweep, "name", "run_name"), r'benchmarks\[0\]: no "name"'),
+      ("entry without counters", {"context": ctx, "benchmarks": [
+          {k: v for k, v in decode.items() if k in ar._STANDARD_KEYS}]},
+       r"benchmarks\[0\] '[^']*decode[^']*': no \"GBps\" counter"),
+      ("stream ceiling without GBps", without(stream, "GBps"),
+       r"benchmarks\[0\] 'ceiling_stream/[^']*': no \"GBps\" counter"),
+      ("real_time a string", one(sweep, real_time="12"),
+       at + r'real_time is "12" \(a string\), want a number'),
+      ("no real_time", without(sweep, "real_time"), at + r'no "real_time"'),
+      ("real_time 0", one(sweep, real_time=0), at + r"real_time is 0: a time of 0 is not a "
+       r"measurement"),
+      ("real_time NaN", one(sweep, real_time=float("nan")),
+       at + r"real_time is NaN, want a positive finite time"),
+      ("real_time negative", one(sweep, real_time=-1.5),
+       at + r"real_time is -1.5, want a positive finite time"),
+      ("real_time true", one(sweep, real_time=True), at + r"real_time is true \(a boolean\)"),
+      ("unknown time_unit", one(sweep, time_unit="fortnights"),
+       at + r'time_unit is "fortnights" \(a string\), want one of ns, us, ms, s'),
+      ("counter a string", one(sweep, GFLOPS="12.5"),
+       at + r'GFLOPS is "12.5" \(a string\), want a finite number'),
+      ("counter NaN", one(sweep, GFLOPS=float("nan")), at + r"GFLOPS is NaN, want a finite number"),
+      ("error_occurred a string", one(sweep, error_occurred="yes"),
+       at + r'error_occurred is "yes" \(a string\), want true or false'),
+      ("unknown run_type", one(sweep, run_type="warmup"),
+       at + r'run_type is "warmup" \(a string\), want "iteration" or "aggregate"'),
+      ("truncated in the context", text[:text.index('"benchmarks"') - 40].encode(),
+       r'truncated before its "benchmarks" array \(the run was interrupted\?\): no results'),
+      ("truncated right after the array opens",
+       text[:text.index('"benchmarks": [') + 15].encode(),
+       r'truncated before its first complete entry of "benchmarks"'),
+  ]
+
+
+def bad_accuracy_files(accdoc):
+  ctx = accdoc["context"]
+  row = copy.deepcopy(accdoc["results"][0])
+  at = rf"results\[0\] '{row['variant']}': "
+
+  def one(**fields):
+    return {"context": ctx, "results": [dict(row, **fields)]}
+
+  return [
+      ("no results", {"context": ctx}, r'no "results" array: not an attnlab accuracy JSON'),
+      ("results null", {"context": ctx, "results": None}, r'"results" is null, want a list'),
+      ("results empty", {"context": ctx, "results": []}, r'"results" is empty'),
+      ("not attnlab", {"context": {}, "results": [row]},
+       r"not attnlab_bench --accuracy output"),
+      ("scalar row", {"context": ctx, "results": ["x"]},
+       r'results\[0\] is "x" \(a string\), want an object'),
+      ("N a string", one(N="128"), at + r'N is "128" \(a string\), want a positive integer'),
+      ("N zero", one(N=0), at + r"N is 0, want a positive integer"),
+      ("no mask", {"context": ctx, "results": [{k: v for k, v in row.items() if k != "mask"}]},
+       at + r'no "mask"'),
+      ("error a string number", one(max_abs_error="1e-7"),
+       at + r'max_abs_error is "1e-7" \(a string\), want a number >= 0 or null'),
+      ("no max_abs_error", {"context": ctx, "results": [
+          {k: v for k, v in row.items() if k != "max_abs_error"}]}, at + r'no "max_abs_error"'),
+  ]
+
+
+def test_accuracy_not_run_and_non_finite(work, testdata, accdoc):
+  """What the bench's accuracy mode writes for a case it did not run ("error") and for a
+  non-finite error (null: its JSON library writes inf and NaN so) is read and shown."""
+  acc = copy.deepcopy(accdoc)
+  first, second = acc["results"][0], acc["results"][1]
+  for k in ("max_abs_error", "max_rel_error", "bound_ratio", "rows_checked", "ok"):
+    first.pop(k, None)
+  first["error"] = "over budget: naive needs 64.0 GiB of scores, budget 12.0 GiB"
+  second.update(max_abs_error=None, bound_ratio=None, ok=False)
+  path = os.path.join(work, "acc-special.json")
+  json.dump(acc, open(path, "w"))
+  out = os.path.join(work, "acc-special")
+  p = subprocess.run([sys.executable, GENERATE, os.path.join(testdata, "quick.json"),
+                      "--accuracy", path, "--out-dir", out], capture_output=True, text=True)
+  if check(p.returncode == 0, f"an accuracy file with an over-budget row and a null error is "
+           f"read ({p.stderr.strip()})"):
+    text = open(p.stdout.strip()).read().split("## Accuracy", 1)[1]
+    check("| over budget |" in text and "**inf (inf)**" in text,
+          "the accuracy table shows 'over budget' and a non-finite error (inf, in bold)")
+
+
+def write_input(folder, what, content):
+  """content (bytes, or a JSON value) in a file of its own named after `what`."""
+  path = os.path.join(folder, re.sub(r"\W+", "_", what).strip("_") + ".json")
+  assert not os.path.exists(path), f"two inputs would share {path}"
+  with open(path, "wb") as f:
+    f.write(content if isinstance(content, bytes) else json.dumps(content).encode())
+  return path
+
+
+def check_refused(argv, path, regex, what):
+  """generate.py with argv exits 1 with one line on stderr: 'generate.py: <path>: <regex>'."""
+  rc, err = call_generate(argv)
+  want = f"generate.py: {re.escape(path)}: {regex}"
+  return check(rc == 1 and err.count("\n") == 1 and re.match(want, err),
+               f"{what}: exit 1 and one line matching {want!r} (got {rc!r}, {err!r})")
+
+
+def test_bad_inputs(work, doc, accdoc, testdata):
+  folder = os.path.join(work, "bad")
+  os.makedirs(folder)
+  out = ["--out-dir", os.path.join(work, "bad-out")]
+  good = os.path.join(testdata, "quick.json")
+  for what, content, regex in bad_result_files(doc):
+    path = write_input(folder, what, content)
+    check_refused([path] + out, path, regex, what)
+    check_refused(["compare", good, path] + out, path, regex, f"compare B: {what}")
+  for what, content, regex in bad_accuracy_files(accdoc):
+    path = write_input(folder, "accuracy " + what, content)
+    check_refused([good, "--accuracy", path] + out, path, regex, f"accuracy: {what}")
+  missing = os.path.join(folder, "missing.json")
+  check_refused([missing] + out, missing, r"no such file$", "missing file")
+  check_refused([folder] + out, folder, r"is a directory, want Google Benchmark JSON",
+                "a directory")
+  check_refused(["compare", good, good, "--select-b", "threads:99"] + out, good,
+                r"no case name has the token\(s\) threads:99", "compare: --select matches nothing")
+  if os.geteuid() != 0:  # root reads a mode-000 file
+    locked = write_input(folder, "unreadable", doc)
+    os.chmod(locked, 0)
+    check_refused([locked] + out, locked, r"cannot read \(Permission denied\)", "unreadable file")
+  check(not os.path.exists(out[1]), "no report directory is made for a refused input")
+  # and through the real command line: the same single line, no traceback
+  path = write_input(folder, "cli", bad_result_files(doc)[0][1])
+  p = subprocess.run([sys.executable, GENERATE, path] + out, capture_output=True, text=True)
+  check(p.returncode == 1 and p.stderr.startswith(f"generate.py: {path}: empty file")
+        and p.stderr.count("\n") == 1, f"generate.py on an empty file: exit 1, one line ({p})")
+
+
+# ---- a benchmark file cut off mid-write: every complete entry, one warning
+def entry_ends(text):
+  """Where each benchmark entry of Google Benchmark's JSON `text` ends, from its layout (an
+  entry's closing brace is a line of four spaces and '}'), not from a parser."""
+  return [m.end() for m in re.finditer(r"\n    \}", text)]
+
+
+def read_cut(folder, data, names, cut):
+  """ar.load_results on the first `cut` bytes of `data` (entries' case `names`): '' when it
+  reads exactly the entries the cut left complete, with one warning, or refuses a file without
+  any; else what went wrong."""
+  path = os.path.join(folder, "cut.json")
+  with open(path, "wb") as f:
+    f.write(data[:cut])
+  want = len(entry_ends(data[:cut].decode("utf-8", "ignore")))
+  try:
+    run = ar.load_results([path])
+  except ValueError as e:  # ar.InputError
+    refused = want == 0 and re.search(r"truncated before .*: no results$", str(e))
+    return "" if refused else f"cut at {cut}: {e}"
+  cases = set(names[:want])
+  ok = (len(run.warnings) == 1 and {c.name for c in run.all_cases()} == cases
+        and run.warnings[0] == f"{path} is truncated (the run was interrupted?): read {want} "
+        f"complete entries ({len(cases)} cases)")
+  return "" if ok else f"cut at {cut}: {run.warnings}, {len(run.cases)} cases"
+
+
+def test_truncated(work, testdata):
+  folder = os.path.join(work, "cut")
+  os.makedirs(folder)
+  text = open(os.path.join(testdata, "quick.json")).read()
+  doc = json.loads(text)
+  ends = entry_ends(text)
+  # quick.json: every byte from the end of the context to past the first entry, then every 997th
+  start = text.index('"benchmarks"') - 80
+  quick_cuts = list(range(start, ends[0] + 20)) + list(range(ends[0] + 20, len(text) - 2, 997))
+  # tokens a cut can split: escapes, non-ASCII (a cut inside a UTF-8 sequence), exponents,
+  # literals; every byte of a small file holding them
+  tricky = copy.deepcopy(doc["benchmarks"][1])
+  tricky.update(label='a "quoted" \\ label \u00e9\u4e2d', cpu_time=-1.5e-07, big_o=None,
+                rms=True, workspace_bytes=2.5e+20)
+  small = json.dumps({"context": doc["context"], "benchmarks": [doc["benchmarks"][0], tricky,
+                                                                 doc["benchmarks"][2]]},
+                     indent=2, ensure_ascii=False).encode()
+  small_cuts = range(small.index(b'"benchmarks"') - 10, len(small) - 2)
+  for what, data, cuts in (("quick.json", text.encode(), quick_cuts),
+                           ("a file with escapes and non-ASCII", small, small_cuts)):
+    names = [case_name(e) for e in json.loads(data)["benchmarks"]]
+    bad = [r for r in (read_cut(folder, data, names, c) for c in cuts) if r]
+    check(not bad, f"every cut of {what} reads the entries it left complete, with one warning "
+          f"({len(bad)} of {len(cuts)} cuts wrong: {bad[:3]})")
+  # through the command line: exit 0, one warning line, the summary says so
+  cut = ends[len(ends) // 2] + 40
+  path = os.path.join(folder, "results.json")
+  with open(path, "w") as f:
+    f.write(text[:cut])
+  p = subprocess.run([sys.executable, GENERATE, path, "--out-dir", os.path.join(work, "cut-out")],
+                     capture_output=True, text=True)
+  want = len(entry_ends(text[:cut]))
+  check(p.returncode == 0 and re.fullmatch(
+      rf"generate.py: warning: {re.escape(path)} is truncated \(the run was interrupted\?\): "
+      rf"read {want} complete entries \(\d+ cases\)\n", p.stderr),
+      f"a truncated file gives a report and one warning line (got {p.returncode}, {p.stderr!r})")
+  if p.returncode == 0:
+    report = open(p.stdout.strip()).read()
+    check(f"**Warning**: {path} is truncated" in report.split("## Machine", 1)[0],
+          "the report's summary says its input was truncated")
+
+
+# ---- cases the bench did not reach (interrupted), and a resumed run appended to the file
+def iteration(e, real_time, rep):
+  return dict(copy.deepcopy(e), run_type="iteration", real_time=real_time, repetition_index=rep)
+
+
+def aggregate(e, name, real_time):
+  return dict(copy.deepcopy(e), run_type="aggregate", aggregate_name=name, real_time=real_time,
+              name=e["name"] + "_" + name)
+
+
+def test_interrupted_and_resumed(work, doc):
+  sweep = [e for e in entries(doc) if not parse(case_name(e))[1]
+           and parse(case_name(e))[0] not in FIXED and not e.get("error_occurred")]
+  cut = copy.deepcopy(doc)
+  skipped = {case_name(e) for e in sweep[-5:]}
+  for e in entries(cut):
+    if case_name(e) in skipped:
+      for k in [k for k in e if k not in ("name", "run_name", "run_type", "repetitions",
+                                          "repetition_index", "threads", "family_index",
+                                          "per_family_instance_index")]:
+        del e[k]
+      e.update(error_occurred=True, error_message="interrupted: SIGTERM before this case ran")
+  path = os.path.join(work, "interrupted.json")
+  json.dump(cut, open(path, "w"))
+  text = open(run_generate([path, "--out-dir", os.path.join(work, "interrupted")])).read()
+  summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+  check(re.search(r"\*\*5 case\(s\) not run\*\*: the benchmark was interrupted", summary),
+        "the summary counts the 5 cases the interrupted run did not reach")
+  check("failed" not in text.split("## Decode", 1)[0] and "Failed cases" not in text,
+        "interrupted cases are not failures")
+  check(len(re.findall(r"\| not run(?= \|)", text)) >= 5,
+        "tables show interrupted cases as 'not run'")
+
+  # A resumed run appends to the file: case X was interrupted in run 1 and measured (3 reps +
+  # aggregates) in run 2; case Y was measured in both (its aggregates disagree with the
+  # iterations on purpose): medians over every iteration entry, aggregates unused.
+  x, y = sweep[0], sweep[1]
+  x_name, y_name = case_name(x), case_name(y)
+  run1 = [dict(copy.deepcopy(x), error_occurred=True, error_message="interrupted: SIGINT"),
+          iteration(y, 10.0, 0), aggregate(y, "median", 999.0), aggregate(y, "cv", 0.0)]
+  run2 = [iteration(x, t, i) for i, t in enumerate((3.0, 1.0, 2.0))] + [
+      aggregate(x, "median", 500.0), iteration(y, 20.0, 0), iteration(y, 40.0, 1),
+      aggregate(y, "median", 999.0), aggregate(y, "mean", 999.0)]
+  resumed = dict(copy.deepcopy(doc), benchmarks=run1 + run2)
+  path = os.path.join(work, "resumed.json")
+  json.dump(resumed, open(path, "w"))
+  run = ar.load_results([path])
+  unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[x["time_unit"]]
+  cx = next(c for c in run.all_cases() if c.name == x_name)
+  cy = next(c for c in run.all_cases() if c.name == y_name)
+  check(cx.ok and abs(cx.time_s - 2.0 * unit) < 1e-12 * unit and cx.repetitions == 3,
+        f"a case interrupted in run 1 and measured in run 2 is the median of run 2 "
+        f"({cx.time_s}, {cx.error})")
+  check(cy.ok and abs(cy.time_s - 20.0 * unit) < 1e-12 * unit and cy.repetitions == 3,
+        f"a case measured in both runs is the median over all their repetitions ({cy.time_s})")
+
+
+# ---- a report is replaced whole, or not at all
+def tree(folder):
+  """{path relative to folder: sha256} of every file below it."""
+  out = {}
+  for d, _, files in os.walk(folder):
+    for f in files:
+      p = os.path.join(d, f)
+      out[os.path.relpath(p, folder)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+  return out
+
+
+def interrupted_generate(argv, exc, at_call):
+  """generate.main(argv) in this process with its plot writer raising `exc` on call `at_call`
+  (a Ctrl-C or a full disk part way through): (exit code or exception, stderr, plots
+  written before)."""
+  real_save, calls = generate.save, []
+
+  def failing_save(fig, out_dir, name, bottom=0.0):
+    calls.append(name)
+    if len(calls) == at_call:
+      generate.plt.close(fig)
+      raise exc
+    return real_save(fig, out_dir, name, bottom)
+
+  generate.save = failing_save
+  try:
+    rc, err = call_generate(argv)
+  finally:
+    generate.save = real_save
+  return rc, err, len(calls) - 1
+
+
+def test_atomic_output(work, doc):
+  out = os.path.join(work, "atomic")
+  # two datasets of one host and date (one folder name), one thread count to keep it short
+  threads = sorted({parse(case_name(e))[2].get("threads") for e in entries(doc)} - {None})
+  small = dict(doc, benchmarks=[e for e in entries(doc)
+                                if parse(case_name(e))[2].get("threads") == threads[0]])
+  old_input = os.path.join(work, "atomic-old", "quick.json")
+  new_input = os.path.join(work, "atomic-new", "quick.json")  # same name, another dataset
+  for path, data in ((old_input, small), (new_input, scaled(small, case_name(entries(small)[1]),
+                                                               3.0))):
+    os.makedirs(os.path.dirname(path))
+    json.dump(data, open(path, "w"))
+  path = run_generate([old_input, "--out-dir", out])
+  folder = os.path.dirname(path)
+  old = tree(folder)
+  failures_to_try = (("Ctrl-C", KeyboardInterrupt(), 130),
+                     ("a full disk", OSError(errno.ENOSPC, "No space left on device"), 1))
+  for mode, argv, at_call in (("report", [new_input, "--out-dir", out], 3),
+                              ("compare", ["compare", old_input, new_input, "--out-dir", out], 1)):
+    if mode == "compare":  # the old comparison: A against itself (the same folder name)
+      folder = os.path.dirname(run_generate(["compare", old_input, old_input, "--out-dir", out]))
+      old = tree(folder)
+    for what, exc, want_rc in failures_to_try:
+      rc, err, plots = interrupted_generate(argv, exc, at_call)
+      check(rc == want_rc and err.count("\n") == 1,
+            f"{mode}: {what} exits {want_rc} with one line (got {rc!r}, {err!r})")
+      check(tree(folder) == old, f"{mode}: {what} after {plots} new plot(s) leaves the old "
+            "report exactly as it was")
+      hidden = [f for f in os.listdir(out) if f.startswith(".")]
+      check(not hidden, f"{mode}: {what} leaves no temporary directory behind ({hidden})")
+    run_generate(argv)  # now it completes: the new report replaces the old one whole
+    hidden = [f for f in os.listdir(out) if f.startswith(".")]
+    check(tree(folder) != old and not hidden,
+          f"{mode}: a completed run replaces the report and leaves nothing else ({hidden})")
+    check_pngs(os.path.join(folder, "report.md"))  # no stale plot beside the new ones
+  report = os.path.join(out, sorted(f for f in os.listdir(out) if not f.startswith("compare"))[0])
+  check(tree(report)["data/quick.json"] == tree(os.path.dirname(new_input))["quick.json"],
+        "data/ holds the input of the completed run")
+  # regenerated from its own data/ copy, which lives in the directory being replaced
+  run_generate([os.path.join(report, "data", "quick.json"), "--out-dir", out])
+  check(tree(report)["data/quick.json"] == tree(os.path.dirname(new_input))["quick.json"],
+        "a report regenerated from its own data/ copy keeps that copy")
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal_after_first_plot(sig, [old_input, "--out-dir", out], report)
+
+
+def signal_after_first_plot(sig, argv, report):
+  """A real Ctrl-C (SIGINT) or kill (SIGTERM) to generate.py once its first new plot exists:
+  exit 130, one line, the old report exactly as it was, no temporary directory left."""
+  old, out = tree(report), os.path.dirname(report)
+  staged = os.path.join(out, f".{os.path.basename(report)}.*.tmp", "*.png")
+  p = subprocess.Popen([sys.executable, GENERATE] + argv, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True,  # SIGINT may be ignored in ctest
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  deadline = time.monotonic() + 120
+  while p.poll() is None and not glob.glob(staged) and time.monotonic() < deadline:
+    time.sleep(0.01)
+  if p.poll() is not None:  # finished before a plot was seen: nothing to interrupt
+    print(f"note: generate.py finished before {sig.name} could be sent; not checked")
+    p.communicate()
+    return
+  p.send_signal(sig)
+  _, err = p.communicate()
+  hidden = [f for f in os.listdir(out) if f.startswith(".")]
+  check(p.returncode == 130 and err.count("\n") == 1 and tree(report) == old and not hidden,
+        f"{sig.name} after the first plot: exit 130, one line, the old report as it was, "
+        f"nothing left behind (got {p.returncode}, {err!r}, {hidden})")
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--work-dir", default="/tmp/attnlab-report-test")
@@ -348,6 +798,12 @@ def main():
   test_missing_pieces(args.work_dir, doc)
   test_two_hosts(args.work_dir, doc)
   test_compare(args.work_dir, doc)
+  accdoc = json.load(open(os.path.join(args.testdata, "quick-accuracy.json")))
+  test_bad_inputs(args.work_dir, doc, accdoc, args.testdata)
+  test_accuracy_not_run_and_non_finite(args.work_dir, args.testdata, accdoc)
+  test_truncated(args.work_dir, args.testdata)
+  test_interrupted_and_resumed(args.work_dir, doc)
+  test_atomic_output(args.work_dir, doc)
   if failures:
     print(f"{len(failures)} check(s) failed")
     return 1
