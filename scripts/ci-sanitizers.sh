@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # CI: the whole test suite under AddressSanitizer + UndefinedBehaviorSanitizer
 # (`asan` preset: every registry variant over the kernel grid, the edge
-# semantics, the differential slice, and the scratch-safety death tests that
-# prove ASan sees a write past a Workspace buffer), then the bounded
-# differential fuzz run (scripts/fuzz.sh, FUZZ_SECONDS, default 60).
+# semantics, the differential slice, the concurrency tests (Run from
+# std::threads and from OpenMP regions), and the scratch-safety death tests
+# that prove ASan sees a write past a Workspace buffer); then the thread
+# tests under ThreadSanitizer (`tsan` preset: clang + LLVM libomp + Archer,
+# the ctest preset's filter: Concurrency, ThreadAgreement, Determinism, Edge,
+# the differential slice; bounded by TSAN_SECONDS, default 900); then the
+# bounded differential fuzz run (scripts/fuzz.sh, FUZZ_SECONDS, default 60).
 # Fails on any test failure or sanitizer report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +19,13 @@ t1=$(date +%s)
 echo "== asan: ctest --preset asan"
 ctest --preset asan
 t2=$(date +%s)
-bash scripts/fuzz.sh
+echo "== tsan: build (clang + libomp + Archer)"
+cmake --preset tsan >/dev/null
+cmake --build --preset tsan
+echo "== tsan: ctest --preset tsan (thread tests), at most ${TSAN_SECONDS:-900} s"
+timeout "${TSAN_SECONDS:-900}" ctest --preset tsan
 t3=$(date +%s)
+bash scripts/fuzz.sh
+t4=$(date +%s)
 echo "== sanitizers: asan build $((t1 - t0)) s, asan tests $((t2 - t1)) s," \
-     "fuzz (build + run) $((t3 - t2)) s, total $((t3 - t0)) s"
+     "tsan (build + tests) $((t3 - t2)) s, fuzz (build + run) $((t4 - t3)) s, total $((t4 - t0)) s"
