@@ -1084,7 +1084,8 @@ size_t FlashWorkspaceBytes(const ValidProblem& p, int threads) {
   if (plan.items() == 0) return 0;
   const SaturatingSize t = std::max(1, threads);
   return (SaturatingSize(sizeof(float)) * (t * plan.thread_floats + plan.partial_floats) +
-          SaturatingSize(sizeof(int64_t)) * (t * (2 * flash::kBr) + (plan.splits > 1 ? plan.blocks : 0)))
+          SaturatingSize(sizeof(int64_t)) *
+              (t * (2 * flash::kBr) + (plan.splits > 1 ? plan.blocks : 0)))
       .value();
 }
 

@@ -246,7 +246,9 @@ bool Overlaps(const Extent& a, const Extent& b) {
   const __int128 lo = offset - a.run + 1, hi = offset + b.run - 1;  // inclusive
   constexpr int kMaxNodes = 1 << 14;
   int nodes = 0;
-  auto floor_div = [](__int128 n, __int128 d) { return n / d - ((n % d != 0) && ((n < 0) != (d < 0))); };
+  auto floor_div = [](__int128 n, __int128 d) {
+    return n / d - ((n % d != 0) && ((n < 0) != (d < 0)));
+  };
   std::function<bool(size_t, __int128)> search = [&](size_t k, __int128 sum) -> bool {
     if (++nodes > kMaxNodes) return true;
     if (sum + reach[k].second < lo || sum + reach[k].first > hi) return false;

@@ -128,10 +128,10 @@ struct AdditiveMaskShape {
 
 struct Mask {
   MaskKind kind = MaskKind::kNone;
-  int64_t window_left = 0;               // kSlidingWindow
-  int64_t window_right = 0;              // kSlidingWindow
-  std::span<const float> additive;       // kAdditive
-  AdditiveMaskShape additive_shape;      // kAdditive
+  int64_t window_left = 0;           // kSlidingWindow
+  int64_t window_right = 0;          // kSlidingWindow
+  std::span<const float> additive;   // kAdditive
+  AdditiveMaskShape additive_shape;  // kAdditive
   // Padding lengths, B entries; any kind. std::nullopt: no key lengths.
   std::optional<std::span<const int32_t>> key_lengths;
 };

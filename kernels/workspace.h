@@ -28,8 +28,8 @@ class SaturatingSize {
  public:
   // A negative count is a bug upstream: refuse it as too large.
   constexpr SaturatingSize(int64_t n) : n_(n < 0 ? kMax : static_cast<size_t>(n)) {}  // NOLINT
-  constexpr SaturatingSize(size_t n) : n_(n) {}                                      // NOLINT
-  constexpr SaturatingSize(int n) : SaturatingSize(static_cast<int64_t>(n)) {}       // NOLINT
+  constexpr SaturatingSize(size_t n) : n_(n) {}                                       // NOLINT
+  constexpr SaturatingSize(int n) : SaturatingSize(static_cast<int64_t>(n)) {}        // NOLINT
 
   friend constexpr SaturatingSize operator*(SaturatingSize a, SaturatingSize b) {
     size_t r;

@@ -95,8 +95,8 @@ TEST_P(LargeKvTest, EqualScoresOverTwoToThe25KeysAverageV) {
   const int64_t dv = c.dv, lq = c.q_len;
   std::vector<float> q(lq * kDk), o(lq * dv, std::nanf("")), lse(lq);
   {  // The workspace first (Prepare reads no data), before building inputs.
-    Problem shape_only = MakeProblem(Shape{1, 1, 1, lq, kLk, kDk, dv}, q.data(), q.data(),
-                                     q.data(), o.data());
+    Problem shape_only =
+        MakeProblem(Shape{1, 1, 1, lq, kLk, kDk, dv}, q.data(), q.data(), q.data(), o.data());
     shape_only.k.strides = shape_only.v.strides = {0, 0, 0, 1};
     auto prepared = Prepare(*c.variant, shape_only);
     ASSERT_TRUE(prepared.ok()) << prepared.status().ToString();

@@ -131,8 +131,7 @@ const std::vector<InvalidCase>& Cases() {
        [](Buffers& b) { b.p.mask.key_lengths = std::span<const int32_t>(b.lens.data(), 1); },
        "key_lengths has 1 entries, needs B=2"},
       // An empty array is not "no key lengths" (that is std::nullopt).
-      {"KeyLengthsEmpty",
-       [](Buffers& b) { b.p.mask.key_lengths = std::span<const int32_t>(); },
+      {"KeyLengthsEmpty", [](Buffers& b) { b.p.mask.key_lengths = std::span<const int32_t>(); },
        "key_lengths has 0 entries, needs B=2"},
       {"KeyLengthAboveLk",
        [](Buffers& b) {
@@ -308,7 +307,7 @@ TEST(ValidationTest, StrideZeroKeysWithHugeLkAreRefusedByEveryVariant) {
 // width (onto the next row's Q) makes them share elements: refused.
 TEST(ValidationTest, InterleavedQAndOAreDisjointAndRun) {
   const Shape shape{2, 4, 2, 5, 6, 8, 8};
-  Buffers b;  // K, V as usual
+  Buffers b;                                          // K, V as usual
   std::vector<float> packed(2 * 4 * 5 * 2 * 8 + 16);  // + slack for the shifted O below
   for (size_t x = 0; x < packed.size(); ++x) packed[x] = 0.01f * float(x % 97);
   const Strides st{4 * 5 * 16, 5 * 16, 16, 1};  // [B, H, L, 2, d]

@@ -55,9 +55,9 @@ TEST_P(WorkspaceDeclarationTest, NeverShrinksAsTheProblemGrows) {
         if (!bytes) break;  // past what Validate accepts
         ++checked;
         if (previous) {
-          EXPECT_GE(*bytes, *previous) << v.name << ": " << names[d] << "=2^" << bit
-                                       << " threads=" << threads << " declares less than "
-                                       << names[d] << "=2^" << bit - 1;
+          EXPECT_GE(*bytes, *previous)
+              << v.name << ": " << names[d] << "=2^" << bit << " threads=" << threads
+              << " declares less than " << names[d] << "=2^" << bit - 1;
         }
         if (threads == kMaxThreads) {
           EXPECT_GE(*bytes, *Declared(v, s, 1)) << v.name << " " << names[d] << "=2^" << bit;

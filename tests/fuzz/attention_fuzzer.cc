@@ -148,8 +148,8 @@ void Decode(FuzzedDataProvider& in, Fuzzed& f) {
   }
 
   // Specials over single elements (anywhere in the buffer, padding included).
-  const float specials[] = {kNaN,   kInf,    -kInf,   1e4f,  -1e4f,
-                            1e30f,  -1e30f,  3e38f,   -3e38f, std::numeric_limits<float>::lowest(),
+  const float specials[] = {kNaN,   kInf,   -kInf, 1e4f,   -1e4f,
+                            1e30f,  -1e30f, 3e38f, -3e38f, std::numeric_limits<float>::lowest(),
                             1e-30f, 0.0f};
   const int count = in.ConsumeIntegralInRange<int>(0, 12);
   for (int n = 0; n < count && in.remaining_bytes() > 0; ++n) {
@@ -272,8 +272,8 @@ void CheckRows(const Variant& variant, const Problem& p, const reference::Result
           plus_inf |= m == kInf;
           if (m != -kInf) all_minus_inf = false;
           const double m_abs = std::isinf(m) ? 0.0 : std::fabs(double(m));
-          representable &= (1 + g) * dot_abs < kOverflow &&
-                           (1 + g) * scale * dot_abs + m_abs < kOverflow;
+          representable &=
+              (1 + g) * dot_abs < kOverflow && (1 + g) * scale * dot_abs + m_abs < kOverflow;
         }
         // P·V sums at most Lk weights of at most 1 times |v|.
         const bool finite_o = finite_v && double(visible) * v_max * (1 + g) < kOverflow;
