@@ -124,17 +124,6 @@ void ReleaseData() {
   TrimMalloc();
 }
 
-ThreadScope::ThreadScope(int threads)
-    : omp_before_(omp_get_max_threads()), blas_before_(openblas_get_num_threads()) {
-  omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
-}
-
-ThreadScope::~ThreadScope() {
-  openblas_set_num_threads(blas_before_);
-  omp_set_num_threads(omp_before_);  // after: OpenBLAS also sets the OpenMP ICV
-}
-
 int64_t ProcStatusBytes(const char* field) {
   std::ifstream in("/proc/self/status");
   std::string line;

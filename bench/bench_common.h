@@ -73,19 +73,6 @@ void ReleaseData();
 uint64_t SeedFrom(const std::string& text);             // FNV-1a
 void FillRandom(float* data, size_t n, uint64_t seed);  // uniform [-1, 1)
 
-// Sets the thread count for OpenMP and OpenBLAS; restores both on exit.
-class ThreadScope {
- public:
-  explicit ThreadScope(int threads);
-  ~ThreadScope();
-  ThreadScope(const ThreadScope&) = delete;
-  ThreadScope& operator=(const ThreadScope&) = delete;
-
- private:
-  int omp_before_;
-  int blas_before_;
-};
-
 // Peak resident memory growth, measured: Start() resets the kernel's VmHWM
 // high-water mark (echo 5 > /proc/self/clear_refs) and records VmRSS;
 // DeltaBytes() is VmHWM now minus that. Returns -1 where /proc cannot do it.

@@ -61,6 +61,8 @@
 #include "bench/bench_common.h"
 #include "bench/layer.h"
 #include "bench/resume.h"
+#include "kernels/internal/bytes.h"
+#include "kernels/internal/thread_scope.h"
 #include "kernels/registry.h"
 #include "reference/reference.h"
 #include "tests/test_support.h"
@@ -276,7 +278,7 @@ std::map<std::string, double> g_calibrated_gflops;
 void Calibrate() {
   Case c{Scenario::kSweep, g_options.batch, g_options.heads, g_options.heads, 1024, 1024, 64};
   c.threads = 1;
-  ThreadScope threads(1);
+  ScopedThreads threads(1);
   CaseData& data = DataFor(c);
   const RunOptions options{1, g_options.memory_budget};
   const double flops = AttentionFlops(DensePairs(c), c.dim, c.dim);
@@ -330,7 +332,7 @@ void SkipNotRun(benchmark::State& state, const Status& s) {
 void VariantCase(benchmark::State& state, const Variant* variant, Case c, std::string name) {
   if (SkipIfInterrupted(state)) return;
   Progress(state, name);
-  ThreadScope threads(c.threads);
+  ScopedThreads threads(c.threads);
   // Budget first (an over-budget case needs no inputs and no check), then
   // the correctness verdict, then the inputs.
   const RunOptions options{c.threads, g_options.memory_budget};
@@ -396,7 +398,7 @@ constexpr double kCeilingFlops = 20e9;
 void CeilingSgemm(benchmark::State& state, Case c, std::string name) {
   if (SkipIfInterrupted(state)) return;
   Progress(state, name);
-  ThreadScope threads(c.threads);
+  ScopedThreads threads(c.threads);
   CaseData& data = DataFor(c);
   const int64_t lq = c.q_len, lk = c.kv_len, d = c.dim;
   const int64_t rows = std::min<int64_t>(lq, 512);
@@ -444,7 +446,7 @@ void CeilingSgemm(benchmark::State& state, Case c, std::string name) {
 void CeilingStream(benchmark::State& state, int64_t bytes, int threads, std::string name) {
   if (SkipIfInterrupted(state)) return;
   Progress(state, name);
-  ThreadScope scope(threads);
+  ScopedThreads scope(threads);
   static std::vector<float> buffer;
   const int64_t n = bytes / 4;
   if (int64_t(buffer.size()) != n) {
@@ -482,7 +484,7 @@ void CeilingStream(benchmark::State& state, int64_t bytes, int threads, std::str
 void LayerCase(benchmark::State& state, const Variant* variant, Case c, std::string name) {
   if (SkipIfInterrupted(state)) return;
   Progress(state, name);
-  ThreadScope threads(c.threads);
+  ScopedThreads threads(c.threads);
   MhaLayer layer(c.q_len, c.heads, c.dim, SeedFrom("layer/" + c.DataKey()));
   const RunOptions options{c.threads, g_options.memory_budget};
   if (Status s = layer.Prepare(*variant, options); !s.ok()) {

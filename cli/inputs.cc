@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <limits>
 
+#include "kernels/internal/bytes.h"
+
 namespace attn::cli {
 namespace {
 

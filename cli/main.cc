@@ -38,6 +38,7 @@
 #include "cli/files.h"
 #include "cli/inputs.h"
 #include "cli/npy.h"
+#include "kernels/internal/bytes.h"
 #include "kernels/registry.h"
 #include "reference/error_bound.h"
 #include "reference/reference.h"

@@ -24,7 +24,7 @@
 // wasted triangle per causal panel is 128 rows, ~3% of the work at
 // Lq = 4096, and panels are the unit of parallelism inside a head.
 //
-// Threads: OpenBLAS always runs single-threaded (ScopedBlasThreads(1); the
+// Threads: OpenBLAS always runs single-threaded (ScopedThreads(1); the
 // OpenMP build of OpenBLAS also does that by itself inside a parallel
 // region) and OpenMP does all the splitting. B·H >= threads: one head per
 // thread, each with its own matrix. B·H < threads: heads one at a time, one
@@ -54,8 +54,9 @@
 // sum); declared exactly (BlasWorkspaceBytes is what RunBlas allocates).
 #include <algorithm>
 
-#include "kernels/gemm_rows.h"
-#include "kernels/parallel.h"
+#include "kernels/internal/gemm_rows.h"
+#include "kernels/internal/parallel.h"
+#include "kernels/internal/thread_scope.h"
 #include "kernels/registry.h"
 
 namespace attn {
@@ -93,7 +94,7 @@ Status RunBlas(const ValidProblem& p, ExecContext& ctx) {
       HeadsInFlight(p.shape.batch * p.shape.heads, ctx.threads) * floats);
   // Single-threaded sgemm, also when ParallelFor runs without a parallel
   // region (one thread, or one item).
-  ScopedBlasThreads blas_threads(1);
+  ScopedThreads blas_threads(1);
   ForEachHead(p.shape.batch, p.shape.heads, ctx.threads, scratch.data(), floats,
               [&](int64_t b, int64_t h, float* matrix, int row_threads) {
                 AttendHead(p, b, h, matrix, row_threads);

@@ -47,8 +47,9 @@
 #include <algorithm>
 #include <cstdlib>
 
-#include "kernels/gemm_rows.h"
-#include "kernels/parallel.h"
+#include "kernels/internal/gemm_rows.h"
+#include "kernels/internal/parallel.h"
+#include "kernels/internal/thread_scope.h"
 #include "kernels/registry.h"
 
 namespace attn {
@@ -92,7 +93,7 @@ Status RunChunked(const ValidProblem& p, ExecContext& ctx) {
   const int64_t chunks = (p.shape.q_len + chunk - 1) / chunk;
   const int64_t floats = ThreadFloats(p, chunk);
   auto scratch = ctx.workspace->Allocate<float>(Buffers(p, ctx.threads, chunk) * floats);
-  ScopedBlasThreads blas_threads(1);
+  ScopedThreads blas_threads(1);
   const int64_t items = Items(p, chunk);
   // No more threads than buffers: the thread index picks one.
   const int threads = static_cast<int>(Buffers(p, ctx.threads, chunk));

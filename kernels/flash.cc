@@ -114,22 +114,22 @@
 //     4·(dk+dv) bytes per 64·2·(dk+dv) FLOPs = 1/32 byte per FLOP from L2/L3,
 //     ~2.8 GB/s at 90 GFLOP/s, far below L3 bandwidth, so Br = 64 suffices.
 
-#include "kernels/flash.h"
+#include "kernels/internal/flash_plan.h"
 
 #include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
-#include "kernels/parallel.h"
+#include "kernels/internal/parallel.h"
 #include "kernels/registry.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/flash.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
-#include "kernels/fast_exp2-inl.h"
-#include "kernels/vec-inl.h"
+#include "kernels/ukernels/exp-inl.h"
+#include "kernels/internal/vec-inl.h"
 
 #ifndef ATTNLAB_KERNELS_FLASH_ONCE_
 #define ATTNLAB_KERNELS_FLASH_ONCE_

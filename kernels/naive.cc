@@ -29,7 +29,7 @@
 #include <cmath>
 #include <limits>
 
-#include "kernels/parallel.h"
+#include "kernels/internal/parallel.h"
 #include "kernels/registry.h"
 
 namespace attn {

@@ -65,12 +65,6 @@ std::string VariantNames();
 // kDefaultBudgetFraction of physical memory.
 inline constexpr double kDefaultBudgetFraction = 0.5;
 size_t DefaultMemoryBudgetBytes();
-// Parses "12G", "512M", "1.5K", "4096" (units B, K, M, G, T or KiB, MiB, GiB,
-// TiB; powers of 1024) into bytes. nullopt for anything else: an empty
-// string, a second '.', another unit, or 2^64 bytes and more.
-std::optional<size_t> ParseBytes(std::string_view text);
-// "16.0 GiB", "512.0 MiB", "12.3 KiB", "12 B".
-std::string FormatBytes(double bytes);
 
 // Most threads a caller may ask for (more is refused as InvalidArgument, not
 // handed to OpenMP, which would try to create them all).

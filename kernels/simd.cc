@@ -48,10 +48,10 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 // Must come after foreach_target.h.
 #include "hwy/highway.h"
-#include "kernels/parallel.h"
+#include "kernels/internal/parallel.h"
 #include "kernels/registry.h"
-#include "kernels/rows.h"
-#include "kernels/vec-inl.h"
+#include "kernels/internal/rows.h"
+#include "kernels/internal/vec-inl.h"
 
 #ifndef ATTNLAB_KERNELS_SIMD_CONSTANTS_
 #define ATTNLAB_KERNELS_SIMD_CONSTANTS_

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "kernels/internal/bytes.h"
 #include "kernels/registry.h"
 #include "reference/reference.h"
 #include "tests/test_support.h"

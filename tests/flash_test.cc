@@ -1,7 +1,7 @@
 // Flash-specific tests: masked-tile skipping (counted and NaN-proofed), the
 // vector exp2's error bound, workspace independent of the sequence length,
 // the split-key (flash-decoding) path, and every compiled Highway target.
-#include "kernels/flash.h"
+#include "kernels/internal/flash_plan.h"
 
 #include <gtest/gtest.h>
 

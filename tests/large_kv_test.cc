@@ -30,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/internal/bytes.h"
 #include "kernels/registry.h"
 #include "reference/error_bound.h"
 #include "reference/reference.h"

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/internal/bytes.h"
 #include "kernels/registry.h"
 
 namespace attn {

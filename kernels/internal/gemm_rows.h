@@ -1,29 +1,14 @@
 // Attention for a block of query rows with OpenBLAS sgemm for both products:
 // the shared core of the `blas` (a whole head, or panels of it) and `chunked`
 // (C rows at a time) variants.
-#ifndef ATTNLAB_KERNELS_GEMM_ROWS_H_
-#define ATTNLAB_KERNELS_GEMM_ROWS_H_
+#ifndef ATTNLAB_KERNELS_INTERNAL_GEMM_ROWS_H_
+#define ATTNLAB_KERNELS_INTERNAL_GEMM_ROWS_H_
 
 #include <cstdint>
 
 #include "kernels/problem.h"
 
 namespace attn {
-
-// Sets the number of threads OpenBLAS uses for calls made outside an OpenMP
-// parallel region by this thread, and restores it on destruction.
-// libopenblas-openmp sizes each call from omp_get_max_threads() (and runs
-// single-threaded inside a parallel region), so this is the OpenMP ICV.
-class ScopedBlasThreads {
- public:
-  explicit ScopedBlasThreads(int threads);
-  ~ScopedBlasThreads();
-  ScopedBlasThreads(const ScopedBlasThreads&) = delete;
-  ScopedBlasThreads& operator=(const ScopedBlasThreads&) = delete;
-
- private:
-  int saved_;
-};
 
 // O rows [row0, row0 + rows) of head (b, h), and lse / weights:
 //   S = Q·Kᵀ over the block's union of visible keys (sgemm, M = rows,
@@ -32,11 +17,11 @@ class ScopedBlasThreads {
 //   must not see, FinishRows.
 // `scores` holds rows·Lk floats, row_max and row_sum `rows` floats each.
 // Runs on the calling thread; callers parallelize over blocks and keep
-// OpenBLAS single-threaded (ScopedBlasThreads(1)), so a row's result does not
+// OpenBLAS single-threaded (ScopedThreads(1), thread_scope.h), so a row's result does not
 // depend on the thread count.
 void GemmAttendRows(const ValidProblem& p, int64_t b, int64_t h, int64_t row0, int64_t rows,
                     float* scores, float* row_max, float* row_sum);
 
 }  // namespace attn
 
-#endif  // ATTNLAB_KERNELS_GEMM_ROWS_H_
+#endif  // ATTNLAB_KERNELS_INTERNAL_GEMM_ROWS_H_

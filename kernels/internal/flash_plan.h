@@ -1,7 +1,7 @@
 // Flash attention (kernels/flash.cc): the tiling plan shared by the kernel,
 // its workspace declaration and the tests, plus two test hooks.
-#ifndef ATTNLAB_KERNELS_FLASH_H_
-#define ATTNLAB_KERNELS_FLASH_H_
+#ifndef ATTNLAB_KERNELS_INTERNAL_FLASH_PLAN_H_
+#define ATTNLAB_KERNELS_INTERNAL_FLASH_PLAN_H_
 
 #include <algorithm>
 #include <atomic>
@@ -130,4 +130,4 @@ inline Plan MakePlan(const ValidProblem& p) {
 }  // namespace flash
 }  // namespace attn
 
-#endif  // ATTNLAB_KERNELS_FLASH_H_
+#endif  // ATTNLAB_KERNELS_INTERNAL_FLASH_PLAN_H_

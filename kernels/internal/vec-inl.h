@@ -20,11 +20,11 @@
 // NaN logits are detected in pass (1) and handled explicitly (the whole row
 // becomes NaN).
 
-#if defined(ATTNLAB_KERNELS_VEC_INL_H_) == defined(HWY_TARGET_TOGGLE)
-#ifdef ATTNLAB_KERNELS_VEC_INL_H_
-#undef ATTNLAB_KERNELS_VEC_INL_H_
+#if defined(ATTNLAB_KERNELS_INTERNAL_VEC_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef ATTNLAB_KERNELS_INTERNAL_VEC_INL_H_
+#undef ATTNLAB_KERNELS_INTERNAL_VEC_INL_H_
 #else
-#define ATTNLAB_KERNELS_VEC_INL_H_
+#define ATTNLAB_KERNELS_INTERNAL_VEC_INL_H_
 #endif
 
 #include <algorithm>
@@ -34,7 +34,7 @@
 #include <limits>
 
 #include "hwy/highway.h"
-#include "kernels/fast_exp2-inl.h"
+#include "kernels/ukernels/exp-inl.h"
 #include "kernels/problem.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -427,4 +427,4 @@ HWY_INLINE void DotScoresImpl(const ValidProblem& p, int64_t b, int64_t h, int64
 }  // namespace attn
 HWY_AFTER_NAMESPACE();
 
-#endif  // ATTNLAB_KERNELS_VEC_INL_H_
+#endif  // ATTNLAB_KERNELS_INTERNAL_VEC_INL_H_

@@ -8,8 +8,8 @@
 // such range). The sequence every kernel follows:
 //   scores (GEMM or Highway dots) -> SoftmaxRows -> O = P·V (GEMM, Highway,
 //   or RowsTimesV when V holds a non-finite row) -> FinishRows.
-#ifndef ATTNLAB_KERNELS_ROWS_H_
-#define ATTNLAB_KERNELS_ROWS_H_
+#ifndef ATTNLAB_KERNELS_INTERNAL_ROWS_H_
+#define ATTNLAB_KERNELS_INTERNAL_ROWS_H_
 
 #include <cstdint>
 
@@ -49,4 +49,4 @@ void DotScores(const ValidProblem& p, int64_t b, int64_t h, int64_t row0, int64_
 
 }  // namespace attn
 
-#endif  // ATTNLAB_KERNELS_ROWS_H_
+#endif  // ATTNLAB_KERNELS_INTERNAL_ROWS_H_

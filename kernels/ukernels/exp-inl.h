@@ -13,11 +13,11 @@
 // Cost per vector: 1 max, 1 round, 1 sub, 7 FMA, 1 convert, 1 add, 1 shift,
 // 1 mul, 2 compares and 2 blends (about 17 instructions for 16 floats).
 
-#if defined(ATTNLAB_KERNELS_FAST_EXP2_INL_H_) == defined(HWY_TARGET_TOGGLE)
-#ifdef ATTNLAB_KERNELS_FAST_EXP2_INL_H_
-#undef ATTNLAB_KERNELS_FAST_EXP2_INL_H_
+#if defined(ATTNLAB_KERNELS_UKERNELS_EXP_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef ATTNLAB_KERNELS_UKERNELS_EXP_INL_H_
+#undef ATTNLAB_KERNELS_UKERNELS_EXP_INL_H_
 #else
-#define ATTNLAB_KERNELS_FAST_EXP2_INL_H_
+#define ATTNLAB_KERNELS_UKERNELS_EXP_INL_H_
 #endif
 
 #include "hwy/highway.h"
@@ -65,4 +65,4 @@ HWY_INLINE V ExpOfDifference(D d, V x, V m) {
 }  // namespace attn
 HWY_AFTER_NAMESPACE();
 
-#endif  // ATTNLAB_KERNELS_FAST_EXP2_INL_H_
+#endif  // ATTNLAB_KERNELS_UKERNELS_EXP_INL_H_

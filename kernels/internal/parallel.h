@@ -1,6 +1,6 @@
 // Thread partitioning shared by every kernel: one OpenMP idiom, one place.
-#ifndef ATTNLAB_KERNELS_PARALLEL_H_
-#define ATTNLAB_KERNELS_PARALLEL_H_
+#ifndef ATTNLAB_KERNELS_INTERNAL_PARALLEL_H_
+#define ATTNLAB_KERNELS_INTERNAL_PARALLEL_H_
 
 #include <omp.h>
 #include <unistd.h>
@@ -87,4 +87,4 @@ inline int64_t PartBegin(int64_t count, int64_t parts, int64_t p) {
 
 }  // namespace attn
 
-#endif  // ATTNLAB_KERNELS_PARALLEL_H_
+#endif  // ATTNLAB_KERNELS_INTERNAL_PARALLEL_H_

@@ -1,12 +1,11 @@
-#include "kernels/gemm_rows.h"
+#include "kernels/internal/gemm_rows.h"
 
 #include <cblas.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <climits>
 
-#include "kernels/rows.h"
+#include "kernels/internal/rows.h"
 
 namespace attn {
 namespace {
@@ -21,12 +20,6 @@ int LeadingDim(int64_t stride, int64_t count, int64_t width) {
 }
 
 }  // namespace
-
-ScopedBlasThreads::ScopedBlasThreads(int threads) : saved_(omp_get_max_threads()) {
-  omp_set_num_threads(std::max(threads, 1));
-}
-
-ScopedBlasThreads::~ScopedBlasThreads() { omp_set_num_threads(saved_); }
 
 void GemmAttendRows(const ValidProblem& p, int64_t b, int64_t h, int64_t row0, int64_t rows,
                     float* scores, float* row_max, float* row_sum) {

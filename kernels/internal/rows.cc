@@ -1,13 +1,13 @@
 // Instantiates the row-block helpers of kernels/vec-inl.h for every compiled
 // Highway target and exports them (see kernels/rows.h).
-#include "kernels/rows.h"
+#include "kernels/internal/rows.h"
 
 #undef HWY_TARGET_INCLUDE
-#define HWY_TARGET_INCLUDE "kernels/rows.cc"
+#define HWY_TARGET_INCLUDE "kernels/internal/rows.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 // Must come after foreach_target.h.
 #include "hwy/highway.h"
-#include "kernels/vec-inl.h"
+#include "kernels/internal/vec-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace attn {
