@@ -6,7 +6,7 @@
 //      strides of the strided Q/K views are the leading dimensions, so both
 //      layouts go straight in, no copies).
 //   2. Scale + mask + softmax fused in one vectorized pass per row
-//      (SoftmaxRows, kernels/vec-inl.h): x = s·scale (+ mask), row max, then
+//      (SoftmaxRows, kernels/internal/rows.h): x = s·scale (+ mask), row max, then
 //      e^(x - max) and the row sum while the row is still in L1. Hidden keys
 //      are set to 0. Normalization is deferred to O (Lq·dv multiplies instead
 //      of Lq·Lk).

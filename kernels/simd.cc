@@ -3,22 +3,24 @@
 // Per (batch b, head h), over an Lq x Lk score matrix, in panels of
 // kPanelRows query rows (the panel's key range is the union of its rows'
 // visible keys, so causal / window / key-length masks skip whole key tiles):
-//   1. S = Q·Kᵀ by a register-blocked micro-kernel. K is packed once per head
-//      into key tiles of T = 2 vectors (32 keys on AVX-512): tile t holds
-//      K[tT .. tT+T)[d] at packed[t][d][0..T), zero-padded past Lk. For R
-//      query rows x one tile the kernel keeps R x 2 accumulators and walks d:
-//      per step 2 vector loads of the packed tile, R broadcasts of q[r][d],
+//   1. S = Q·Kᵀ by the packed-K micro-kernel (QkPackedTile,
+//      kernels/ukernels/qk_packed-inl.h). K is packed once per head into key
+//      tiles of T = 2 vectors (32 keys on AVX-512) by TransposeRows: tile t
+//      holds K[tT .. tT+T)[d] at packed[t][d][0..T), zero-padded past Lk. For
+//      R query rows x one tile the kernel keeps R x 2 accumulators and walks
+//      d: per step 2 vector loads of the packed tile, R broadcasts of q[r][d],
 //      2R FMAs, no horizontal reductions. R = 8 where there are 32 vector
 //      registers (AVX-512: 16 accumulators + 2 loads + 1 broadcast), else 4.
 //   2. The shared fused scale + mask + softmax pass (SoftmaxRowsImpl in
-//      kernels/vec-inl.h, Highway's Exp, 1 ulp).
-//   3. O = P·V by PVBlock (vec-inl.h): 4 query rows x 4 vectors of dv
-//      (AVX-512; 2 elsewhere) accumulators, each V load feeding 4 FMAs; over
-//      the panel's union key range when that is safe (no structural mask, or
-//      V finite there), else each row over its own visible keys. Then
-//      O /= row sum and lse (FinishRowsImpl).
+//      kernels/internal/row_blocks-inl.h: ScaleMaskMax, ExpSubSum).
+//   3. O = P·V by PvRows (kernels/ukernels/pv_tile-inl.h): 4 query rows x 4
+//      vectors of dv (AVX-512; 2 elsewhere) accumulators, each V load feeding
+//      4 FMAs; over the panel's union key range when that is safe (no
+//      structural mask, or V finite there), else each row over its own
+//      visible keys. Then O /= row sum and lse (FinishRow per row).
 // Problems with Lq < kPackMinRows (decode) skip packing: the Lk·dk transpose
-// would cost as much as the products; they use Dot (4 accumulators) per key.
+// would cost as much as the products; they use one dot product
+// (hwy/contrib/dot) per key.
 //
 // Memory traffic per head (floats): K read once to pack (Lk·dk) and the
 // packed copy written once; per panel the packed tiles of its key range are
@@ -50,8 +52,10 @@
 #include "hwy/highway.h"
 #include "kernels/internal/parallel.h"
 #include "kernels/registry.h"
+#include "kernels/internal/row_blocks-inl.h"
 #include "kernels/internal/rows.h"
-#include "kernels/internal/vec-inl.h"
+#include "kernels/ukernels/qk_packed-inl.h"
+#include "kernels/ukernels/transpose-inl.h"
 
 #ifndef ATTNLAB_KERNELS_SIMD_CONSTANTS_
 #define ATTNLAB_KERNELS_SIMD_CONSTANTS_
@@ -84,9 +88,9 @@ namespace {
 using simd::kPackMinRows;
 using simd::kPanelRows;
 
-constexpr int64_t kKeyTile = 2 * HWY_LANES(float);
+constexpr int64_t kKeyTile = kPackedKeyTile;
 static_assert(kKeyTile <= simd::kMaxKeyTile && simd::kMaxKeyTile % kKeyTile == 0);
-constexpr int kQKRows = kVecRegisters >= 32 ? 8 : 4;
+constexpr int kQKRows = kQkPackedRows;
 
 // Packs key tiles [t0, t1) of (b, kvh): packed[t][d][jj] = K[t·T + jj][d],
 // zero past Lk (a transpose in registers, TransposeRows).
@@ -98,29 +102,6 @@ void PackKeys(const ValidProblem& p, int64_t b, int64_t kvh, int64_t t0, int64_t
     const float* rows[kKeyTile];
     for (int64_t jj = 0; jj < keys; ++jj) rows[jj] = p.KRow(b, kvh, t * kKeyTile + jj);
     TransposeRows(rows, keys, kKeyTile, dk, 1.0f, packed + t * dk * kKeyTile, kKeyTile);
-  }
-}
-
-// R query rows x one key tile: out[r][0..T) = Σ_d q[r][d]·tile[d][0..T).
-template <int R>
-HWY_INLINE void QKTile(const float* const* q, const float* HWY_RESTRICT tile, int64_t dk,
-                       float* out, int64_t ld) {
-  const DF d;
-  const size_t lanes = hn::Lanes(d);
-  VF acc0[R], acc1[R];
-  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = hn::Zero(d);
-  for (int64_t k = 0; k < dk; ++k) {
-    const VF k0 = hn::Load(d, tile + k * kKeyTile);
-    const VF k1 = hn::Load(d, tile + k * kKeyTile + lanes);
-    for (int r = 0; r < R; ++r) {
-      const VF qv = hn::Set(d, q[r][k]);
-      acc0[r] = hn::MulAdd(qv, k0, acc0[r]);
-      acc1[r] = hn::MulAdd(qv, k1, acc1[r]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    hn::StoreU(acc0[r], d, out + r * ld);
-    hn::StoreU(acc1[r], d, out + r * ld + lanes);
   }
 }
 
@@ -137,9 +118,9 @@ void QKRows(const ValidProblem& p, int64_t b, int64_t h, int64_t row0, int64_t r
     const int64_t c = (t - t0) * kKeyTile;
     const float* tile = packed + t * dk * kKeyTile;
     if (c + kKeyTile <= cols && rows == R) {
-      QKTile<R>(q, tile, dk, s + c, ld);
+      QkPackedTile<R>(q, tile, dk, s + c, ld);
     } else {  // a partial tile (past Lk) or fewer than R rows: via a buffer
-      QKTile<R>(q, tile, dk, tail, kKeyTile);
+      QkPackedTile<R>(q, tile, dk, tail, kKeyTile);
       const int64_t n = std::min<int64_t>(kKeyTile, cols - c);
       for (int64_t r = 0; r < rows; ++r) {
         std::copy(tail + r * kKeyTile, tail + r * kKeyTile + n, s + r * ld + c);
@@ -176,8 +157,8 @@ void AttendPanel(const ValidProblem& p, int64_t b, int64_t h, int64_t row0, int6
   SoftmaxRowsImpl(p, b, h, row0, rows, col0, cols, s, ld, row_max, row_sum);
   if (keys.size() > 0) {
     if (!p.HasStructuralMask() || ValuesFiniteImpl(p, b, kvh, keys.begin, keys.end)) {
-      PVBlock(s + (keys.begin - col0), ld, rows, p.VRow(b, kvh, keys.begin), p.v.strides.row,
-              keys.size(), dv, p.ORow(b, h, row0), p.o.strides.row);
+      PvRows(s + (keys.begin - col0), ld, rows, p.VRow(b, kvh, keys.begin), p.v.strides.row,
+             keys.size(), dv, p.ORow(b, h, row0), p.o.strides.row);
     } else {
       RowsTimesVImpl(p, b, h, row0, rows, col0, s, ld);
     }

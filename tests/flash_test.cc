@@ -1,6 +1,7 @@
-// Flash-specific tests: masked-tile skipping (counted and NaN-proofed), the
-// vector exp2's error bound, workspace independent of the sequence length,
-// the split-key (flash-decoding) path, and every compiled Highway target.
+// Flash-specific tests: masked-tile skipping (counted and NaN-proofed),
+// workspace independent of the sequence length, the split-key
+// (flash-decoding) path, and every compiled Highway target. Its micro-kernels
+// (the exp2 among them) are tested one by one in tests/ukernel_test.cc.
 #include "kernels/internal/flash_plan.h"
 
 #include <gtest/gtest.h>
@@ -225,46 +226,6 @@ TEST(FlashTiles, ShortTilesMatchReferenceOnGrid) {
   }
 }
 
-TEST(FlashExp2, ErrorWithinStatedUlpBound) {
-  std::vector<float> x, out;
-  // Every 61st float in [-126, 127.5) plus special points.
-  for (float v = -126.0f; v < 127.5f;) {
-    x.push_back(v);
-    uint32_t bits;
-    std::memcpy(&bits, &v, 4);
-    bits = v < 0 ? bits - 61 : bits + 61;
-    if (v < 0 && bits < 0x80000000u) bits = 0;  // crossed zero
-    std::memcpy(&v, &bits, 4);
-    if (v == 0.0f) {
-      x.push_back(0.0f);
-      v = 1e-30f;
-    }
-  }
-  for (float v : {-0.5f, 0.5f, -1.0f, -125.99f, 0.0f, -0.0f}) x.push_back(v);
-  out.resize(x.size());
-  FlashExp2ForTest(x.data(), out.data(), x.size());
-  double worst = 0;
-  float worst_x = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double want = std::exp2(double(x[i]));
-    const double ulp = std::ldexp(1.0, std::ilogb(want) - 23);
-    const double err = std::fabs(double(out[i]) - want) / ulp;
-    if (err > worst) worst = err, worst_x = x[i];
-  }
-  EXPECT_LE(worst, kFastExp2MaxUlp) << "at x=" << worst_x;
-  std::printf("FastExp2: %zu points, max error %.3f ulp at x=%g (bound %.1f)\n", x.size(), worst,
-              worst_x, kFastExp2MaxUlp);
-
-  const float special[] = {-kInfF, -1000.0f, -126.5f, kNaN, 0.0f};
-  float got[5];
-  FlashExp2ForTest(special, got, 5);
-  EXPECT_EQ(got[0], 0.0f);
-  EXPECT_EQ(got[1], 0.0f);
-  EXPECT_EQ(got[2], 0.0f);
-  EXPECT_TRUE(std::isnan(got[3]));
-  EXPECT_EQ(got[4], 1.0f);  // exactly: a row whose max did not move is not rescaled
-}
-
 // Working memory is independent of Lq and Lk: the declared workspace at
 // N = 32768 (dk = dv = 64, B = H = 1) is under 4 MiB and equals that at
 // N = 1024; a real run at N = 32768 takes no more than it declares.
@@ -397,12 +358,6 @@ TEST(FlashTargets, EveryCompiledTargetMatchesReference) {
                      std::to_string(keys));
         RunAndCheck(data, 2, hwy::TargetName(target));
       }
-    }
-    std::vector<float> x = {-3.25f, -0.5f, 0.0f, -100.0f}, y(4);
-    FlashExp2ForTest(x.data(), y.data(), x.size());
-    for (size_t i = 0; i < x.size(); ++i) {
-      EXPECT_NEAR(y[i], std::exp2(double(x[i])), kFastExp2MaxUlp * 0x1p-23 * std::exp2(x[i]))
-          << hwy::TargetName(target);
     }
   }
   hwy::SetSupportedTargetsForTest(0);

@@ -1,5 +1,7 @@
-// Flash attention (kernels/flash.cc): the tiling plan shared by the kernel,
-// its workspace declaration and the tests, plus two test hooks.
+// Flash attention's plan (kernels/flash.cc): how a problem is cut into row
+// blocks, key tiles and split-key work items, and the scratch each thread
+// needs, shared by the kernel, its workspace declaration and the tests; and
+// the kernel's tile counters (instrumentation the tests read).
 #ifndef ATTNLAB_KERNELS_INTERNAL_FLASH_PLAN_H_
 #define ATTNLAB_KERNELS_INTERNAL_FLASH_PLAN_H_
 
@@ -24,11 +26,6 @@ struct FlashTileCounts {
 };
 // While set (non-null), every flash run adds its tile counts here.
 void SetFlashTileCounts(FlashTileCounts* counts);
-
-// Relative error bound of the vector exp2 (kernels/fast_exp2-inl.h), in ulp.
-inline constexpr double kFastExp2MaxUlp = 2.0;
-// out[i] = FastExp2(x[i]) on the best Highway target (for the accuracy test).
-void FlashExp2ForTest(const float* x, float* out, size_t n);
 
 namespace flash {
 

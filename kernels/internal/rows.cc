@@ -1,4 +1,4 @@
-// Instantiates the row-block helpers of kernels/vec-inl.h for every compiled
+// Instantiates the row-block helpers of kernels/internal/row_blocks-inl.h for every compiled
 // Highway target and exports them (see kernels/rows.h).
 #include "kernels/internal/rows.h"
 
@@ -7,7 +7,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 // Must come after foreach_target.h.
 #include "hwy/highway.h"
-#include "kernels/internal/vec-inl.h"
+#include "kernels/internal/row_blocks-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace attn {

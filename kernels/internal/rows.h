@@ -1,6 +1,7 @@
 // Row-block operations shared by the materializing and chunked kernels,
 // dispatched at run time to the best Highway target (the per-target code is
-// kernels/vec-inl.h; kernels/rows.cc instantiates and exports it).
+// kernels/internal/row_blocks-inl.h, composed of micro-kernels;
+// kernels/internal/rows.cc instantiates and exports it).
 //
 // A *block* is query rows [row0, row0 + rows) of head (b, h) with raw scores
 // q·k for keys [col0, col0 + cols) stored at s[r * ld + (j - col0)]. The key
@@ -20,7 +21,7 @@ namespace attn {
 // The union of VisibleKeys over the block's rows (empty if every row is).
 KeyRange BlockKeys(const ValidProblem& p, int64_t b, int64_t row0, int64_t rows);
 
-// Scale, mask, max, exp and sum in one fused pass per row (vec-inl.h,
+// Scale, mask, max, exp and sum in one fused pass per row (row_blocks-inl.h,
 // SoftmaxRowsImpl). Leaves unnormalized weights in s (0 for hidden keys) and
 // writes the attention weights if the problem asks for them.
 void SoftmaxRows(const ValidProblem& p, int64_t b, int64_t h, int64_t row0, int64_t rows,

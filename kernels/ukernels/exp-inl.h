@@ -1,12 +1,14 @@
-// FastExp2: a vector 2^x for softmax in the exp2 domain (per Highway target).
+// The one vector exponential: FastExp2 (2^x) and its softmax forms
+// ExpOfDifference (e^(x - m)) and ExpNonPositive (e^x, x <= 0).
 //
+// FastExp2:
 // Range reduction x = n + f with n = round(x), f in [-1/2, 1/2] (exact in
 // fp32), 2^f by its degree-7 Taylor polynomial in Horner form, and 2^n built
 // directly in the exponent bits. The truncation error is
 // (ln2/2)^8 / 8! < 5.2e-9 relative (0.05 ulp); with Horner rounding the
 // result is within kFastExp2MaxUlp = 2 ulp of the exact 2^x for
-// x in [-126, 127.5) (checked by tests/flash_test.cc on a dense sweep, which
-// measures 0.84 ulp). Special values: x < -126 (including -inf) gives
+// x in [-126, 127.5) (checked by tests/ukernel_test.cc on a dense sweep,
+// which measures 0.84 ulp). Special values: x < -126 (including -inf) gives
 // exactly 0 (the true value is below 2^-126, an absolute error < 1.2e-38);
 // NaN gives NaN. Callers pass x <= 0 (scores minus their running maximum).
 //
@@ -61,6 +63,23 @@ HWY_INLINE V ExpOfDifference(D d, V x, V m) {
   return FastExp2(d, hn::Mul(hn::Sub(x, m), hn::Set(d, 1.4426950408889634f)));
 }
 
+// e^x for x <= 0 (and -inf -> 0): x already has the maximum subtracted.
+template <class D, class V = hn::Vec<D>>
+HWY_INLINE V ExpNonPositive(D d, V x) {
+  return FastExp2(d, hn::Mul(x, hn::Set(d, 1.4426950408889634f)));
+}
+
+// out[i] = FastExp2(x[i]) for i < n (out may be x).
+HWY_INLINE void Exp2Row(const float* x, float* out, int64_t n) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  int64_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(FastExp2(d, hn::LoadU(d, x + i)), d, out + i);
+  const hn::CappedTag<float, 1> d1;
+  for (; i < n; ++i) hn::StoreU(FastExp2(d1, hn::LoadU(d1, x + i)), d1, out + i);
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
 }  // namespace HWY_NAMESPACE
 }  // namespace attn
 HWY_AFTER_NAMESPACE();

@@ -1,0 +1,264 @@
+// P·V: O rows (+)= Σ_j p[row][j]·V[j] over a tile of keys, for every variant
+// that does its own P·V (flash per key tile, simd and the materializing
+// fallbacks per row block).
+//
+// Contract (PvTile, the whole-vector form flash uses):
+//   p    weights: row m, key j at p[j·pj + m·pm] (flash's Sᵀ: pj = 64,
+//        pm = 1; its few-row S: pj = 1, pm = row stride).
+//   v    nkeys value rows, `vs` floats apart, each `nvec` whole vectors long
+//        (read with unaligned loads: V is used in place when dv is a
+//        multiple of the vector length).
+//   o    nrows rows of nvec vectors, `ldo` floats apart; overwritten, or
+//        added to when `accumulate`.
+// Contract (PvRows, any width, the materializing variants): p row-major
+// (p[r·ldp + j]), dv any width (the last dv % lanes columns as blocked
+// scalar sums), o overwritten.
+// Accumulation (kernels/problem.h): keys are summed in blocks of kKeySumBlock
+// from zero, and each block's sums are added to O, never accumulated onto O
+// key by key (a running fp32 sum stops growing at 2^24 keys).
+//
+// Register blocks: 6 rows x 4 vectors = 24 accumulators (+ 4 V loads + 1
+// broadcast); per key 4 V loads and 6 broadcasts feed 24 FMAs. Decode (1-3
+// rows of 8 vectors, dv = 128 on AVX-512) keeps every column of a row in
+// registers so V, streamed from memory, is read in one pass; 4 rows of 8
+// vectors (PvFourRowsOnePass, AVX-512) keep rows 0-2 in 24 registers and row
+// 3 in L1.
+#if defined(ATTNLAB_KERNELS_UKERNELS_PV_TILE_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef ATTNLAB_KERNELS_UKERNELS_PV_TILE_INL_H_
+#undef ATTNLAB_KERNELS_UKERNELS_PV_TILE_INL_H_
+#else
+#define ATTNLAB_KERNELS_UKERNELS_PV_TILE_INL_H_
+#endif
+
+#include <algorithm>
+#include <cstdint>
+
+#include "hwy/highway.h"
+#include "kernels/problem.h"  // kKeySumBlock
+#include "kernels/ukernels/common-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace attn {
+namespace HWY_NAMESPACE {
+
+// O[m][v·N..] (+)= Σ_j P[j·pj + m·pm] · V[j·vs + v·N..] for MR rows x NV
+// vectors, keys in blocks of kKeySumBlock. `kAccumulate` is a template
+// argument: with a run-time choice between zeroing and loading O, gcc kept
+// the accumulators in a stack copy (24 stores + 48 loads per call).
+template <int MR, int NV, bool kAccumulate>
+HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t pm,
+                               const float* HWY_RESTRICT v, int64_t vs, int64_t nkeys,
+                               float* HWY_RESTRICT o, int64_t ldo) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  if (nkeys < 1) {  // no keys: O = 0 (or unchanged); also keeps acc in registers
+    for (int m = 0; m < MR && !kAccumulate; ++m)
+      for (int c = 0; c < NV; ++c) hn::StoreU(hn::Zero(d), d, o + m * ldo + c * N);
+    return;
+  }
+  for (int64_t j0 = 0; j0 < nkeys; j0 += kKeySumBlock) {
+    const int64_t j1 = std::min(nkeys, j0 + kKeySumBlock);
+    VF acc[MR][NV];
+    for (int m = 0; m < MR; ++m)
+      for (int c = 0; c < NV; ++c) acc[m][c] = hn::Zero(d);
+    for (int64_t j = j0; j < j1; ++j) {
+      VF x[NV];
+      for (int c = 0; c < NV; ++c) x[c] = hn::LoadU(d, v + j * vs + c * N);
+      for (int m = 0; m < MR; ++m) {
+        const VF pv = hn::Set(d, p[j * pj + m * pm]);
+        for (int c = 0; c < NV; ++c) acc[m][c] = hn::MulAdd(pv, x[c], acc[m][c]);
+      }
+    }
+    const bool add = kAccumulate || j0 > 0;
+    for (int m = 0; m < MR; ++m) {
+      for (int c = 0; c < NV; ++c) {
+        float* out = o + m * ldo + c * N;
+        hn::StoreU(add ? hn::Add(acc[m][c], hn::LoadU(d, out)) : acc[m][c], d, out);
+      }
+    }
+  }
+}
+
+template <int MR, int NV>
+HWY_INLINE void PvTileRows(const float* p, int64_t pj, int64_t pm, const float* v, int64_t vs,
+                           int64_t nkeys, bool accumulate, float* o, int64_t ldo) {
+  if (accumulate) return PvTileKernel<MR, NV, true>(p, pj, pm, v, vs, nkeys, o, ldo);
+  PvTileKernel<MR, NV, false>(p, pj, pm, v, vs, nkeys, o, ldo);
+}
+
+template <int MR>
+HWY_INLINE void PvTileVectors(int nv, const float* p, int64_t pj, int64_t pm, const float* v,
+                              int64_t vs, int64_t nkeys, bool accumulate, float* o, int64_t ldo) {
+  switch (nv) {
+    case 1:
+      return PvTileRows<MR, 1>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+    case 2:
+      return PvTileRows<MR, 2>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+    case 3:
+      return PvTileRows<MR, 3>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+    default:
+      return PvTileRows<MR, 4>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+  }
+}
+
+#if HWY_TARGET != HWY_SCALAR
+// O[0..4) (+)= P·V for 4 rows and 8 vectors (dv = 128 on AVX-512) in one pass
+// over V, key by key in address order: rows 0-2 of O in 24 registers, row 3
+// in L1 (read and written once per key), since all of O would take all 32
+// registers. Two passes over column halves (4 x 4 vectors each) read every
+// V row twice; a variant with half of every O row in L1 moved 16 values
+// through L1 per key and lost 15%. With the one-pass scores, GQA-4 decode,
+// 1 thread: Lk = 16384 27 -> 35 GB/s, 65536 20 -> 24.7 (stream 28.6).
+// nkeys <= kKeySumBlock (one flash tile).
+template <bool kAccumulate>
+HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT p, int64_t pj, int64_t pm,
+                                    const float* HWY_RESTRICT v, int64_t vs, int64_t nkeys,
+                                    float* HWY_RESTRICT o, int64_t ldo) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  // Row 3's tile sums, in L1, added to O at the end like the others.
+  alignas(64) float o3[8 * 16];
+  VF acc[3][8];
+  for (int c = 0; c < 8; ++c) {
+    for (int r = 0; r < 3; ++r) acc[r][c] = hn::Zero(d);
+    hn::Store(hn::Zero(d), d, o3 + c * N);
+  }
+  for (int64_t j = 0; j < nkeys; ++j) {
+    const float* HWY_RESTRICT x = v + j * vs;
+    VF pr[4];
+    for (int r = 0; r < 4; ++r) pr[r] = hn::Set(d, p[j * pj + r * pm]);
+    for (int c = 0; c < 8; ++c) {
+      const VF xv = hn::LoadU(d, x + c * N);
+      for (int r = 0; r < 3; ++r) acc[r][c] = hn::MulAdd(pr[r], xv, acc[r][c]);
+      hn::Store(hn::MulAdd(pr[3], xv, hn::Load(d, o3 + c * N)), d, o3 + c * N);
+    }
+  }
+  auto add_to_o = [&](int r, int c, VF sum) {
+    float* out = o + r * ldo + c * N;
+    hn::StoreU(kAccumulate ? hn::Add(sum, hn::LoadU(d, out)) : sum, d, out);
+  };
+  for (int c = 0; c < 8; ++c) {
+    for (int r = 0; r < 3; ++r) add_to_o(r, c, acc[r][c]);
+    add_to_o(3, c, hn::Load(d, o3 + c * N));
+  }
+}
+
+// The family form (4 rows, 8 vectors).
+HWY_INLINE void PvFourRowsOnePassTile(const float* p, int64_t pj, int64_t pm, const float* v,
+                                      int64_t vs, int64_t nkeys, int64_t nrows, int64_t nvec,
+                                      bool accumulate, float* o, int64_t ldo) {
+  (void)nrows, (void)nvec;  // 4, 8
+  if (accumulate) return PvFourRowsOnePass<true>(p, pj, pm, v, vs, nkeys, o, ldo);
+  PvFourRowsOnePass<false>(p, pj, pm, v, vs, nkeys, o, ldo);
+}
+#else
+// A vector-only kernel (ukernels.inc: kVectorTargets): never called here.
+HWY_INLINE void PvFourRowsOnePassTile(const float*, int64_t, int64_t, const float*, int64_t,
+                                      int64_t, int64_t, int64_t, bool, float*, int64_t) {
+  HWY_ABORT("PvFourRowsOnePassTile: not compiled for HWY_SCALAR");
+}
+#endif
+
+// The whole-vector form (see the contract above): nrows rows of nvec vectors.
+HWY_INLINE void PvTile(const float* p, int64_t pj, int64_t pm, const float* v, int64_t vs,
+                       int64_t nkeys, int64_t nrows, int64_t nvec, bool accumulate, float* o,
+                       int64_t ldo) {
+  constexpr int kMR = 6, kNV = 4;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  // Few rows (decode): every column vector of a row in registers (up to 3
+  // rows x 8 vectors), so the V tile, which comes from memory, is read in one
+  // pass instead of one pass per 4 columns (MHA decode from DRAM, d = 128, V
+  // read in place: 16.9 -> 20.6 GB/s).
+  if (nvec == 2 * kNV && nrows * nvec <= kMR * kNV) {
+    switch (nrows) {
+      case 1:
+        return PvTileRows<1, 2 * kNV>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+      case 2:
+        return PvTileRows<2, 2 * kNV>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+      default:
+        return PvTileRows<3, 2 * kNV>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+    }
+  }
+#if HWY_TARGET != HWY_SCALAR
+  if (nvec == 2 * kNV && nrows == 4 && kZmmFile && nkeys <= kKeySumBlock) {
+    return PvFourRowsOnePassTile(p, pj, pm, v, vs, nkeys, nrows, nvec, accumulate, o, ldo);
+  }
+#endif
+  for (int64_t c0 = 0; c0 < nvec; c0 += kNV) {
+    const int nv = static_cast<int>(std::min<int64_t>(kNV, nvec - c0));
+    int64_t r = 0;
+    for (; r + kMR <= nrows; r += kMR) {
+      PvTileVectors<kMR>(nv, p + r * pm, pj, pm, v + c0 * N, vs, nkeys, accumulate,
+                         o + r * ldo + c0 * N, ldo);
+    }
+    const float* pr = p + r * pm;
+    const float* vc = v + c0 * N;
+    float* out = o + r * ldo + c0 * N;
+    switch (nrows - r) {
+      case 1:
+        PvTileVectors<1>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        break;
+      case 2:
+        PvTileVectors<2>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        break;
+      case 3:
+        PvTileVectors<3>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        break;
+      case 4:
+        PvTileVectors<4>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        break;
+      case 5:
+        PvTileVectors<5>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+// R rows of any width dv (see the contract above): vector columns in
+// register tiles of R x NV (NV = 4 where R x 4 accumulators fit 32
+// registers, else 2), then single vectors, then the last dv % lanes columns
+// as scalar sums, blocked like the rest.
+template <int R>
+HWY_INLINE void PvRowsOfWidth(const float* HWY_RESTRICT p, int64_t ldp,
+                              const float* HWY_RESTRICT v, int64_t ldv, int64_t nkeys, int64_t dv,
+                              float* HWY_RESTRICT o, int64_t ldo) {
+  const DF d;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  constexpr int kNV = (kVecRegisters >= 32 && R <= 4) ? 4 : 2;
+  int64_t c = 0;
+  for (; c + kNV * lanes <= dv; c += kNV * lanes) {
+    PvTileKernel<R, kNV, false>(p, 1, ldp, v + c, ldv, nkeys, o + c, ldo);
+  }
+  for (; c + lanes <= dv; c += lanes) PvTileKernel<R, 1, false>(p, 1, ldp, v + c, ldv, nkeys, o + c, ldo);
+  for (; c < dv; ++c) {
+    for (int r = 0; r < R; ++r) {
+      float sum = 0.0f;
+      for (int64_t j0 = 0; j0 < nkeys; j0 += kKeySumBlock) {
+        float block = 0.0f;
+        for (int64_t j = j0; j < std::min(nkeys, j0 + kKeySumBlock); ++j) {
+          block += p[r * ldp + j] * v[j * ldv + c];
+        }
+        sum += block;
+      }
+      o[r * ldo + c] = sum;
+    }
+  }
+}
+
+HWY_INLINE void PvRows(const float* HWY_RESTRICT p, int64_t ldp, int64_t rows,
+                       const float* HWY_RESTRICT v, int64_t ldv, int64_t nkeys, int64_t dv,
+                       float* HWY_RESTRICT o, int64_t ldo) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) PvRowsOfWidth<4>(p + r * ldp, ldp, v, ldv, nkeys, dv, o + r * ldo, ldo);
+  for (; r + 2 <= rows; r += 2) PvRowsOfWidth<2>(p + r * ldp, ldp, v, ldv, nkeys, dv, o + r * ldo, ldo);
+  for (; r < rows; ++r) PvRowsOfWidth<1>(p + r * ldp, ldp, v, ldv, nkeys, dv, o + r * ldo, ldo);
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace attn
+HWY_AFTER_NAMESPACE();
+
+#endif  // ATTNLAB_KERNELS_UKERNELS_PV_TILE_INL_H_

@@ -1,0 +1,316 @@
+// Score rows: S = Q·Kᵀ for a few query rows (decode, GQA groups: <= 8 rows)
+// against a tile of keys, as dot products along d (a 64-query score tile
+// would leave most lanes of each query vector empty).
+//
+// Contract (ScoreRows):
+//   qs   nrows (<= 8) query rows, `dkp` floats apart, dkp a whole number of
+//        vectors and qs 64-byte aligned; elements dk .. dkp-1 of each row are
+//        zero (they meet the tail of K, loaded with LoadTail).
+//   k    nkeys key rows of dk floats, `k_stride` apart, any alignment; read
+//        key by key in address order (decode streams K from memory, and
+//        interleaved orders lost the hardware prefetcher: see each kernel).
+//   st   S out: row r, key j at st[r·lds + j].
+// Kernels (chosen by ScoreRows; each on the micro-kernel list):
+//   ScoreRowsFourKeys<NR>    4 keys x NR <= 4 rows, 4·NR accumulators along
+//                            d, one transpose-reduce per row for the 4 sums.
+//   ScoreRowsQResident<8,NR> dk = 8 vectors (128 on AVX-512), NR = 1-2 rows
+//                            whose Q stays in registers over the whole tile.
+//   ScoreFourRowsOnePass     4 rows, dk = 8 vectors, AVX-512: half of Q in
+//                            registers, one pass over K.
+//   ScoreRowsOneKey          one key: the last nkeys % 4 keys, and the whole
+//                            tile on a single-lane target.
+#if defined(ATTNLAB_KERNELS_UKERNELS_SCORE_ROWS_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef ATTNLAB_KERNELS_UKERNELS_SCORE_ROWS_INL_H_
+#undef ATTNLAB_KERNELS_UKERNELS_SCORE_ROWS_INL_H_
+#else
+#define ATTNLAB_KERNELS_UKERNELS_SCORE_ROWS_INL_H_
+#endif
+
+#include <algorithm>
+#include <cstdint>
+
+#include "hwy/highway.h"
+#include "kernels/ukernels/common-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace attn {
+namespace HWY_NAMESPACE {
+
+// One dot product along d per (key, row): the remainder keys of a tile, and
+// the whole few-row path on a single-lane target.
+HWY_INLINE void ScoreRowsOneKey(const float* HWY_RESTRICT qs, int64_t dkp, int64_t nrows,
+                                const float* HWY_RESTRICT kr, int64_t dk, float* HWY_RESTRICT st,
+                                int64_t lds) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t full = dk / N * N;
+  for (int64_t r = 0; r < nrows; ++r) {
+    VF acc = hn::Zero(d);
+    for (int64_t x = 0; x < full; x += N) {
+      acc = hn::MulAdd(hn::LoadU(d, kr + x), hn::Load(d, qs + r * dkp + x), acc);
+    }
+    if (full < dk) {
+      acc = hn::MulAdd(LoadTail(kr + full, dk - full), hn::Load(d, qs + r * dkp + full), acc);
+    }
+    st[r * lds] = hn::GetLane(hn::SumOfLanes(d, acc));
+  }
+}
+
+#if HWY_TARGET != HWY_SCALAR
+// S[r][j..j+4) for 4 keys x NR rows: 4·NR independent accumulators along d,
+// then one transpose-reduce per row (2 interleave levels leave the 4 keys'
+// partial sums in each 128-bit block; the blocks are added with 4-lane
+// loads) instead of a horizontal sum per (key, row).
+// Adds the 128-bit blocks of v (halving in registers): a 4-lane vector.
+template <class DX>
+HWY_INLINE hn::Vec<hn::CappedTag<float, 4>> SumBlocks(DX dx, hn::Vec<DX> v) {
+  if constexpr (DX::kPrivateN <= 4) {
+    (void)dx;
+    return v;
+  } else {
+    const hn::Half<DX> dh;
+    return SumBlocks(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)));
+  }
+}
+
+// Per 128-bit block, the lane sums of keys a and b interleaved: (a, b, a, b).
+HWY_INLINE VF PairSums(VF a, VF b) {
+  const DF d;
+  return hn::Add(hn::InterleaveLower(d, a, b), hn::InterleaveUpper(d, a, b));
+}
+
+// st[0..4) = the 4 dot products of keys (0, 1) in `t01` and (2, 3) in `t23`
+// (PairSums): a 64-bit interleave leaves (0, 1, 2, 3) in each 128-bit block,
+// whose sum (SumBlocks) is the 4 dot products.
+HWY_INLINE void StoreFourKeys(VF t01, VF t23, float* HWY_RESTRICT st) {
+  const DF d;
+  const hn::Repartition<double, DF> dd;
+  const hn::CappedTag<float, 4> d4;
+  const auto u0 = hn::BitCast(dd, t01);
+  const auto u1 = hn::BitCast(dd, t23);
+  const VF blocks = hn::Add(hn::BitCast(d, hn::InterleaveLower(dd, u0, u1)),
+                           hn::BitCast(d, hn::InterleaveUpper(dd, u0, u1)));
+  hn::StoreU(SumBlocks(d, blocks), d4, st);
+}
+
+// st[r·lds + m] = Σ lanes of acc[m][r] for 4 keys m and NR rows.
+template <int NR>
+HWY_INLINE void StoreKeySums(const VF (&acc)[4][NR], float* HWY_RESTRICT st, int64_t lds) {
+  for (int r = 0; r < NR; ++r) {
+    StoreFourKeys(PairSums(acc[0][r], acc[1][r]), PairSums(acc[2][r], acc[3][r]), st + r * lds);
+  }
+}
+
+template <int NR>
+HWY_NOINLINE void ScoreRowsFourKeys(const float* HWY_RESTRICT qs, int64_t dkp,
+                                    const float* HWY_RESTRICT k, int64_t k_stride, int64_t dk,
+                                    float* HWY_RESTRICT st, int64_t lds) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t full = dk / N * N;
+  VF acc[4][NR];
+  for (int m = 0; m < 4; ++m)
+    for (int r = 0; r < NR; ++r) acc[m][r] = hn::Zero(d);
+  if constexpr (NR <= 4) {
+    // Key by key, so K is read in address order: decode streams K from
+    // memory, and the interleaved order below loses the hardware prefetcher
+    // there (MHA, 1 row: -25% at d = 128; GQA-4, 4 rows, Lk = 65536, d = 128:
+    // 9.2-9.8 GB/s interleaved vs 12.0 GB/s in address order). In cache the
+    // two orders measured the same (24.2 vs 23.7 GB/s at Lk = 4096).
+    HWY_UNROLL(4)  // keeps acc in registers (gcc otherwise indexes a stack copy)
+    for (int m = 0; m < 4; ++m) {
+      const float* km = k + m * k_stride;
+      for (int64_t x = 0; x < full; x += N) {
+        const VF kv = hn::LoadU(d, km + x);
+        for (int r = 0; r < NR; ++r) {
+          acc[m][r] = hn::MulAdd(kv, hn::Load(d, qs + r * dkp + x), acc[m][r]);
+        }
+      }
+    }
+  } else {
+    // More rows (up to 8; GQA-8) are compute-bound, K/V reused by
+    // NR rows: each Q vector load feeds 4 FMAs, K in the interleaved order.
+    for (int64_t x = 0; x < full; x += N) {
+      VF kv[4];
+      for (int m = 0; m < 4; ++m) kv[m] = hn::LoadU(d, k + m * k_stride + x);
+      for (int r = 0; r < NR; ++r) {
+        const VF qv = hn::Load(d, qs + r * dkp + x);
+        for (int m = 0; m < 4; ++m) acc[m][r] = hn::MulAdd(kv[m], qv, acc[m][r]);
+      }
+    }
+  }
+  if (full < dk) {
+    VF kv[4];
+    for (int m = 0; m < 4; ++m) kv[m] = LoadTail(k + m * k_stride + full, dk - full);
+    for (int r = 0; r < NR; ++r) {
+      const VF qv = hn::Load(d, qs + r * dkp + full);
+      for (int m = 0; m < 4; ++m) acc[m][r] = hn::MulAdd(kv[m], qv, acc[m][r]);
+    }
+  }
+  StoreKeySums<NR>(acc, st, lds);
+}
+
+// 4·groups keys x NR (1 or 2) rows whose whole Q (QV vectors: dk = QV·lanes)
+// stays in registers across the tile, so each K vector load feeds NR FMAs and
+// nothing else is loaded (ScoreRowsFourKeys reloads Q: 5 loads per 4 FMAs at 4
+// rows); K in address order, as ScoreRowsFourKeys.
+template <int QV, int NR>
+HWY_NOINLINE void ScoreRowsQResident(const float* HWY_RESTRICT qs, int64_t dkp,
+                                     const float* HWY_RESTRICT k, int64_t k_stride, int64_t groups,
+                                     float* HWY_RESTRICT st, int64_t lds) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  VF q[NR][QV];
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < QV; ++v) q[r][v] = hn::Load(d, qs + r * dkp + v * N);
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* HWY_RESTRICT kg = k + 4 * g * k_stride;
+    VF acc[4][NR];
+    for (int m = 0; m < 4; ++m) {
+      for (int r = 0; r < NR; ++r) acc[m][r] = hn::Zero(d);
+      for (int v = 0; v < QV; ++v) {
+        const VF kv = hn::LoadU(d, kg + m * k_stride + v * N);
+        for (int r = 0; r < NR; ++r) acc[m][r] = hn::MulAdd(kv, q[r][v], acc[m][r]);
+      }
+    }
+    StoreKeySums<NR>(acc, st + 4 * g, lds);
+  }
+}
+
+// 4·groups keys x 4 rows with dk = 8 vectors in one pass over K: the whole
+// Q would take all 32 registers, so the first 4 vectors of each row's Q stay
+// in registers and the last 4 are loaded (from L1) once per key pair. Two
+// passes of 2 rows with all of Q resident read each K tile twice, the second
+// time from L2 with memory idle. Loads go key by key in address order:
+// interleaving two keys' rows lost the hardware prefetcher (GQA-4 decode,
+// Lk = 65536: 18 -> 14.5 GB/s; in order 19 -> 21, from L3 at Lk = 4096 36 -> 47).
+template <int kUnused = 0>  // a template, so that the header may define it
+HWY_NOINLINE void ScoreFourRowsOnePass(const float* HWY_RESTRICT qs, int64_t dkp,
+                                       const float* HWY_RESTRICT k, int64_t k_stride,
+                                       int64_t groups, float* HWY_RESTRICT st, int64_t lds) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  VF q[4][4];
+  for (int r = 0; r < 4; ++r)
+    for (int v = 0; v < 4; ++v) q[r][v] = hn::Load(d, qs + r * dkp + v * N);
+  for (int64_t g = 0; g < groups; ++g) {
+    VF pairs[2][4];
+    for (int pair = 0; pair < 2; ++pair) {
+      const float* HWY_RESTRICT k0 = k + (4 * g + 2 * pair) * k_stride;
+      const float* HWY_RESTRICT k1 = k0 + k_stride;
+      VF acc[2][4];
+      for (int r = 0; r < 4; ++r) acc[0][r] = acc[1][r] = hn::Zero(d);
+      for (int m = 0; m < 2; ++m) {
+        const float* HWY_RESTRICT km = m == 0 ? k0 : k1;
+        for (int v = 0; v < 4; ++v) {
+          const VF x = hn::LoadU(d, km + v * N);
+          for (int r = 0; r < 4; ++r) acc[m][r] = hn::MulAdd(x, q[r][v], acc[m][r]);
+        }
+        for (int v = 4; v < 8; ++v) {
+          const VF x = hn::LoadU(d, km + v * N);
+          for (int r = 0; r < 4; ++r) {
+            acc[m][r] = hn::MulAdd(x, hn::Load(d, qs + r * dkp + v * N), acc[m][r]);
+          }
+        }
+      }
+      for (int r = 0; r < 4; ++r) pairs[pair][r] = PairSums(acc[0][r], acc[1][r]);
+    }
+    for (int r = 0; r < 4; ++r)
+      StoreFourKeys(pairs[0][r], pairs[1][r], st + r * lds + 4 * g);
+  }
+}
+#endif
+
+// Keys [j0, nkeys) with ScoreRowsFourKeys, then the last nkeys % 4 keys one
+// at a time (all of them on a single-lane target).
+HWY_INLINE void ScoreRowsFourKeysTile(const float* qs, int64_t dkp, int64_t nrows, const float* k,
+                                      int64_t k_stride, int64_t nkeys, int64_t dk, float* st,
+                                      int64_t lds, int64_t j0 = 0) {
+  int64_t j = j0;
+#if HWY_TARGET != HWY_SCALAR
+  for (; j + 4 <= nkeys; j += 4) {
+    const float* kj = k + j * k_stride;
+    for (int64_t r = 0; r < nrows; r += 4) {
+      const float* q = qs + r * dkp;
+      float* s = st + r * lds + j;
+      switch (std::min<int64_t>(4, nrows - r)) {
+        case 1:
+          ScoreRowsFourKeys<1>(q, dkp, kj, k_stride, dk, s, lds);
+          break;
+        case 2:
+          ScoreRowsFourKeys<2>(q, dkp, kj, k_stride, dk, s, lds);
+          break;
+        case 3:
+          ScoreRowsFourKeys<3>(q, dkp, kj, k_stride, dk, s, lds);
+          break;
+        default:
+          ScoreRowsFourKeys<4>(q, dkp, kj, k_stride, dk, s, lds);
+          break;
+      }
+    }
+  }
+#endif
+  for (; j < nkeys; ++j) ScoreRowsOneKey(qs, dkp, nrows, k + j * k_stride, dk, st + j, lds);
+}
+
+#if HWY_TARGET != HWY_SCALAR
+// dk = 8 vectors: rows in pairs with ScoreRowsQResident (whole groups of 4
+// keys), the rest as ScoreRowsFourKeysTile.
+HWY_INLINE void ScoreRowsQResidentTile(const float* qs, int64_t dkp, int64_t nrows, const float* k,
+                                       int64_t k_stride, int64_t nkeys, int64_t dk, float* st,
+                                       int64_t lds) {
+  const int64_t groups = nkeys / 4;
+  for (int64_t r = 0; r < nrows; r += 2) {
+    if (nrows - r >= 2) {
+      ScoreRowsQResident<8, 2>(qs + r * dkp, dkp, k, k_stride, groups, st + r * lds, lds);
+    } else {
+      ScoreRowsQResident<8, 1>(qs + r * dkp, dkp, k, k_stride, groups, st + r * lds, lds);
+    }
+  }
+  ScoreRowsFourKeysTile(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds, groups * 4);
+}
+
+// 4 rows, dk = 8 vectors: ScoreFourRowsOnePass over whole groups of 4 keys.
+HWY_INLINE void ScoreFourRowsOnePassTile(const float* qs, int64_t dkp, int64_t nrows,
+                                         const float* k, int64_t k_stride, int64_t nkeys,
+                                         int64_t dk, float* st, int64_t lds) {
+  (void)nrows;  // 4
+  const int64_t groups = nkeys / 4;
+  ScoreFourRowsOnePass(qs, dkp, k, k_stride, groups, st, lds);
+  ScoreRowsFourKeysTile(qs, dkp, 4, k, k_stride, nkeys, dk, st, lds, groups * 4);
+}
+#else
+// Vector-only kernels (ukernels.inc: kVectorTargets): never called here.
+HWY_INLINE void ScoreRowsQResidentTile(const float*, int64_t, int64_t, const float*, int64_t,
+                                       int64_t, int64_t, float*, int64_t) {
+  HWY_ABORT("ScoreRowsQResidentTile: not compiled for HWY_SCALAR");
+}
+HWY_INLINE void ScoreFourRowsOnePassTile(const float*, int64_t, int64_t, const float*, int64_t,
+                                         int64_t, int64_t, float*, int64_t) {
+  HWY_ABORT("ScoreFourRowsOnePassTile: not compiled for HWY_SCALAR");
+}
+#endif
+
+// The whole tile (see the contract above): the Q-resident kernels where dk
+// is 8 vectors (d = 128 on AVX-512, 64 on AVX2) and 2-4 rows, the 4-key
+// kernel elsewhere.
+HWY_INLINE void ScoreRows(const float* qs, int64_t dkp, int64_t nrows, const float* k,
+                          int64_t k_stride, int64_t nkeys, int64_t dk, float* st, int64_t lds) {
+#if HWY_TARGET != HWY_SCALAR
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  if (nrows >= 2 && nrows <= 4 && dk == 8 * N) {
+    if (nrows == 4 && kZmmFile) {
+      return ScoreFourRowsOnePassTile(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds);
+    }
+    return ScoreRowsQResidentTile(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds);
+  }
+#endif
+  ScoreRowsFourKeysTile(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds);
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace attn
+HWY_AFTER_NAMESPACE();
+
+#endif  // ATTNLAB_KERNELS_UKERNELS_SCORE_ROWS_INL_H_

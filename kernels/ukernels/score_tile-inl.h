@@ -1,0 +1,149 @@
+// Score tile: Sᵀ = K·Qᵀ for a tile of keys against 64 queries, K broadcast
+// straight from its rows (no packing), queries in vectors. flash's kernel for
+// blocks of more than 8 query rows.
+//
+// Contract (ScoreTile):
+//   qt   Qᵀ: dk rows of kScoreTileCols floats (row x = element x of each of
+//        the 64 queries), 64-byte aligned; nvec <= kScoreTileCols / lanes
+//        leading vectors of each row are read.
+//   k    nkeys key rows of dk floats, `k_stride` floats apart, any alignment.
+//   st   Sᵀ out: nkeys rows of kScoreTileCols floats, 64-byte aligned; row j
+//        vector v = Σ_x k[j][x]·qt[x][v·lanes ..]. Columns past nvec vectors
+//        are not written.
+//   prefetch  rows of the next tile to bring into L2 along the way (or none).
+// Register block: 6 keys x 4 query vectors = 24 accumulators, + 4 Qᵀ vectors
+// + 1 broadcast <= 32 AVX-512 registers. Per d step: 4 aligned loads and 6
+// broadcast loads feed 24 FMAs (Zen 4 issues one 512-bit FMA and two loads
+// per cycle: FMA-bound). Remainders: 1-5 keys, 1-3 vectors (the same kernel,
+// smaller template arguments).
+#if defined(ATTNLAB_KERNELS_UKERNELS_SCORE_TILE_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef ATTNLAB_KERNELS_UKERNELS_SCORE_TILE_INL_H_
+#undef ATTNLAB_KERNELS_UKERNELS_SCORE_TILE_INL_H_
+#else
+#define ATTNLAB_KERNELS_UKERNELS_SCORE_TILE_INL_H_
+#endif
+
+#include <algorithm>
+#include <cstdint>
+
+#include "hwy/highway.h"
+#include "kernels/ukernels/common-inl.h"
+
+#ifndef ATTNLAB_KERNELS_UKERNELS_SCORE_TILE_ONCE_
+#define ATTNLAB_KERNELS_UKERNELS_SCORE_TILE_ONCE_
+namespace attn {
+// Queries per score tile (the row stride of Qᵀ and Sᵀ): 4 AVX-512 vectors.
+inline constexpr int64_t kScoreTileCols = 64;
+// Keys per score micro-kernel call.
+inline constexpr int kScoreTileKeys = 6;
+
+// Rows of a later tile to prefetch into L2 while a tile computes: `rows` K
+// rows of k_bytes and V rows of v_bytes (0 rows: none). Issued a few rows per
+// micro-kernel call: all at once, the 1024 prefetches of a d = 128 tile
+// stalled on full miss buffers (6% of flash's time).
+struct PrefetchRows {
+  const float* k = nullptr;
+  int64_t k_stride = 0;
+  int64_t k_bytes = 0;
+  const float* v = nullptr;
+  int64_t v_stride = 0;
+  int64_t v_bytes = 0;
+  int64_t rows = 0;
+  void Prefetch(int64_t begin, int64_t end) const {
+    for (int64_t j = begin; j < std::min(end, rows); ++j) {
+      const char* kr = reinterpret_cast<const char*>(k + j * k_stride);
+      const char* vr = reinterpret_cast<const char*>(v + j * v_stride);
+      for (int64_t x = 0; x < k_bytes; x += 64) __builtin_prefetch(kr + x, 0, 2);
+      for (int64_t x = 0; x < v_bytes; x += 64) __builtin_prefetch(vr + x, 0, 2);
+    }
+  }
+};
+}  // namespace attn
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace attn {
+namespace HWY_NAMESPACE {
+
+// Sᵀ[m][v·N..] = Σ_x K[m][x] · Qᵀ[x][v·N..] for MR keys x NV query vectors.
+template <int MR, int NV>
+HWY_NOINLINE void ScoreTileKernel(const float* HWY_RESTRICT qt, const float* HWY_RESTRICT k,
+                                  int64_t k_stride, int64_t dk, float* HWY_RESTRICT st) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  if (dk < 1) return;  // never (Validate); lets gcc keep acc in registers
+  VF acc[MR][NV];
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) acc[m][v] = hn::Zero(d);
+  for (int64_t x = 0; x < dk; ++x) {
+    VF q[NV];
+    for (int v = 0; v < NV; ++v) q[v] = hn::Load(d, qt + x * kScoreTileCols + v * N);
+    for (int m = 0; m < MR; ++m) {
+      const VF kb = hn::Set(d, k[m * k_stride + x]);
+      for (int v = 0; v < NV; ++v) acc[m][v] = hn::MulAdd(kb, q[v], acc[m][v]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) hn::Store(acc[m][v], d, st + m * kScoreTileCols + v * N);
+}
+
+template <int MR>
+HWY_INLINE void ScoreTileKeys(int nv, const float* qt, const float* k, int64_t k_stride, int64_t dk,
+                              float* st) {
+  switch (nv) {
+    case 1:
+      return ScoreTileKernel<MR, 1>(qt, k, k_stride, dk, st);
+    case 2:
+      return ScoreTileKernel<MR, 2>(qt, k, k_stride, dk, st);
+    case 3:
+      return ScoreTileKernel<MR, 3>(qt, k, k_stride, dk, st);
+    default:
+      return ScoreTileKernel<MR, 4>(qt, k, k_stride, dk, st);
+  }
+}
+
+// The whole tile (see the contract above).
+HWY_INLINE void ScoreTile(const float* qt, const float* k, int64_t k_stride, int64_t nkeys,
+                          int64_t dk, int64_t nvec, float* st, const PrefetchRows& prefetch = {}) {
+  constexpr int kMR = kScoreTileKeys;
+  const size_t N = hn::Lanes(DF());
+  for (int64_t v0 = 0; v0 < nvec; v0 += 4) {
+    const int nv = static_cast<int>(std::min<int64_t>(4, nvec - v0));
+    const float* q = qt + v0 * N;
+    float* s = st + v0 * N;
+    int64_t j = 0;
+    for (; j + kMR <= nkeys; j += kMR) {
+      if (v0 == 0) prefetch.Prefetch(j, j + kMR);
+      ScoreTileKeys<kMR>(nv, q, k + j * k_stride, k_stride, dk, s + j * kScoreTileCols);
+    }
+    if (v0 == 0) prefetch.Prefetch(j, prefetch.rows);
+    const float* kj = k + j * k_stride;
+    float* sj = s + j * kScoreTileCols;
+    switch (nkeys - j) {
+      case 1:
+        ScoreTileKeys<1>(nv, q, kj, k_stride, dk, sj);
+        break;
+      case 2:
+        ScoreTileKeys<2>(nv, q, kj, k_stride, dk, sj);
+        break;
+      case 3:
+        ScoreTileKeys<3>(nv, q, kj, k_stride, dk, sj);
+        break;
+      case 4:
+        ScoreTileKeys<4>(nv, q, kj, k_stride, dk, sj);
+        break;
+      case 5:
+        ScoreTileKeys<5>(nv, q, kj, k_stride, dk, sj);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace attn
+HWY_AFTER_NAMESPACE();
+
+#endif  // ATTNLAB_KERNELS_UKERNELS_SCORE_TILE_INL_H_

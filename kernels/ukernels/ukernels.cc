@@ -1,0 +1,187 @@
+// The micro-kernel list (ukernels.inc) compiled for every Highway target and
+// exported as a table (ukernels.h): one entry point per line, taking the
+// family's argument struct. The variants do not go through here: they
+// inline the same -inl.h code into their own per-target copies.
+#include "kernels/ukernels/ukernels.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/ukernels/ukernels.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "kernels/ukernels/common-inl.h"
+#include "kernels/ukernels/exp-inl.h"
+#include "kernels/ukernels/pv_tile-inl.h"
+#include "kernels/ukernels/qk_packed-inl.h"
+#include "kernels/ukernels/score_rows-inl.h"
+#include "kernels/ukernels/score_tile-inl.h"
+#include "kernels/ukernels/softmax-inl.h"
+#include "kernels/ukernels/transpose-inl.h"
+#include "kernels/ukernels/vector_ops-inl.h"
+
+#ifndef ATTNLAB_KERNELS_UKERNELS_UKERNELS_ONCE_
+#define ATTNLAB_KERNELS_UKERNELS_UKERNELS_ONCE_
+namespace attn::ukernels {
+// The argument struct of each family.
+template <Family>
+struct ArgsOf;
+template <>
+struct ArgsOf<Family::kScoreTile> : std::type_identity<ScoreTileArgs> {};
+template <>
+struct ArgsOf<Family::kScoreRows> : std::type_identity<ScoreRowsArgs> {};
+template <>
+struct ArgsOf<Family::kQkPacked> : std::type_identity<QkPackedArgs> {};
+template <>
+struct ArgsOf<Family::kPvTile> : std::type_identity<PvTileArgs> {};
+template <>
+struct ArgsOf<Family::kPvRows> : std::type_identity<PvRowsArgs> {};
+template <>
+struct ArgsOf<Family::kOnlineSoftmaxColumns> : std::type_identity<OnlineSoftmaxArgs> {};
+template <>
+struct ArgsOf<Family::kOnlineSoftmaxRows> : std::type_identity<OnlineSoftmaxArgs> {};
+template <>
+struct ArgsOf<Family::kSoftmaxRow> : std::type_identity<SoftmaxRowArgs> {};
+template <>
+struct ArgsOf<Family::kExp2> : std::type_identity<Exp2Args> {};
+template <>
+struct ArgsOf<Family::kTranspose> : std::type_identity<TransposeArgs> {};
+template <>
+struct ArgsOf<Family::kDot> : std::type_identity<DotArgs> {};
+template <>
+struct ArgsOf<Family::kFinishRow> : std::type_identity<FinishRowArgs> {};
+
+// Calls f with the struct's fields in order (outputs of value type by
+// pointer, or assigned from f's result).
+template <class F>
+void Call(ScoreTileArgs& a, F f) {
+  f(a.qt, a.k, a.k_stride, a.nkeys, a.dk, a.nvec, a.st);
+}
+template <class F>
+void Call(ScoreRowsArgs& a, F f) {
+  f(a.qs, a.dkp, a.nrows, a.k, a.k_stride, a.nkeys, a.dk, a.st, a.lds);
+}
+template <class F>
+void Call(QkPackedArgs& a, F f) {
+  f(a.q, a.nrows, a.tile, a.dk, a.out, a.ld);
+}
+template <class F>
+void Call(PvTileArgs& a, F f) {
+  f(a.p, a.pj, a.pm, a.v, a.vs, a.nkeys, a.nrows, a.nvec, a.accumulate, a.o, a.ldo);
+}
+template <class F>
+void Call(PvRowsArgs& a, F f) {
+  f(a.p, a.ldp, a.nrows, a.v, a.ldv, a.nkeys, a.dv, a.o, a.ldo);
+}
+template <class F>
+void Call(OnlineSoftmaxArgs& a, F f) {
+  f(a.st, a.ld, a.nkeys, a.rows, a.m, a.l, a.alpha);
+}
+template <class F>
+void Call(SoftmaxRowArgs& a, F f) {
+  f(a.s, a.n, a.scale, a.add, &a.max, &a.sum);
+}
+template <class F>
+void Call(Exp2Args& a, F f) {
+  f(a.x, a.out, a.n);
+}
+template <class F>
+void Call(TransposeArgs& a, F f) {
+  f(a.rows, a.n, a.n_padded, a.cols, a.scale, a.dst, a.ld);
+}
+template <class F>
+void Call(DotArgs& a, F f) {
+  a.result = f(a.x, a.y, a.n);
+}
+template <class F>
+void Call(FinishRowArgs& a, F f) {
+  f(a.acc, a.m, a.l, a.dv, a.out, a.lse);
+}
+}  // namespace attn::ukernels
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace attn {
+namespace HWY_NAMESPACE {
+
+#define ATTN_UKERNEL(name, family, function, types, isa, tile, rows, width, summary)        \
+  bool UkernelEntry_##name(void* args) {                                                                 \
+    if (ukernels::Isa::isa == ukernels::Isa::kVectorTargets && HWY_TARGET == HWY_SCALAR) { \
+      return false;                                                                       \
+    }                                                                                     \
+    using Args = ukernels::ArgsOf<ukernels::Family::family>::type;                        \
+    ukernels::Call(*static_cast<Args*>(args),                                             \
+                   [](auto... a) { return HWY_NAMESPACE::function(a...); });              \
+    return true;                                                                          \
+  }
+#include "kernels/ukernels/ukernels.inc"
+#undef ATTN_UKERNEL
+
+int64_t UkernelLanes() { return static_cast<int64_t>(hn::Lanes(DF())); }
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace attn
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace attn {
+#define ATTN_UKERNEL(name, ...) HWY_EXPORT(UkernelEntry_##name);
+#include "kernels/ukernels/ukernels.inc"
+#undef ATTN_UKERNEL
+HWY_EXPORT(UkernelLanes);
+
+namespace ukernels {
+
+std::span<const Ukernel> Ukernels() {
+  static const Ukernel kList[] = {
+#define ATTN_UKERNEL(name, family, function, types, isa, tile, rows, width, summary) \
+  {#name,   Family::family, types, Isa::isa,                                       \
+   tile,    rows,           width, summary,                                        \
+   [](void* args) { return HWY_DYNAMIC_DISPATCH(UkernelEntry_##name)(args); }},
+#include "kernels/ukernels/ukernels.inc"
+#undef ATTN_UKERNEL
+  };
+  return kList;
+}
+
+const Ukernel* FindUkernel(std::string_view name) {
+  for (const Ukernel& u : Ukernels()) {
+    if (name == u.name) return &u;
+  }
+  return nullptr;
+}
+
+const char* FamilyName(Family family) {
+  switch (family) {
+    case Family::kScoreTile:
+      return "score_tile";
+    case Family::kScoreRows:
+      return "score_rows";
+    case Family::kQkPacked:
+      return "qk_packed";
+    case Family::kPvTile:
+      return "pv_tile";
+    case Family::kPvRows:
+      return "pv_rows";
+    case Family::kOnlineSoftmaxColumns:
+      return "online_softmax_columns";
+    case Family::kOnlineSoftmaxRows:
+      return "online_softmax_rows";
+    case Family::kSoftmaxRow:
+      return "softmax_row";
+    case Family::kExp2:
+      return "exp2";
+    case Family::kTranspose:
+      return "transpose";
+    case Family::kDot:
+      return "dot";
+    case Family::kFinishRow:
+      return "finish_row";
+  }
+  return "unknown";
+}
+
+int64_t DispatchedLanes() { return HWY_DYNAMIC_DISPATCH(UkernelLanes)(); }
+
+}  // namespace ukernels
+}  // namespace attn
+#endif  // HWY_ONCE

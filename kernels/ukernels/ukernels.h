@@ -1,0 +1,169 @@
+// The micro-kernel list, as data: one Ukernel per line of ukernels.inc, with
+// an entry point that runs it on the best Highway target the CPU has (or the
+// one a test selects with hwy::SetSupportedTargetsForTest).
+//
+// The variants call the micro-kernels directly (kernels/ukernels/*-inl.h,
+// inlined into each Highway target's copy of the variant). This table is for
+// the tests (tests/ukernel_test.cc: every entry on every compiled target
+// against a scalar version, over edge sizes) and the benchmarks
+// (bench/ukernel_bench.cc: every entry on L1-resident data against the
+// machine's FMA peak), which iterate over it: adding a micro-kernel is its
+// -inl.h code plus one ATTN_UKERNEL line.
+//
+// Each family has one argument struct; an entry of that family computes what
+// the family's comment says, for the sizes its constraints allow (rows,
+// width_vectors). Several entries of a family are alternative kernels for
+// the same job (the general one a variant calls, and the specialized ones it
+// dispatches to), each tested and benchmarked on its own.
+#ifndef ATTNLAB_KERNELS_UKERNELS_UKERNELS_H_
+#define ATTNLAB_KERNELS_UKERNELS_UKERNELS_H_
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+namespace attn::ukernels {
+
+// Relative error bound of FastExp2 (exp-inl.h), in ulp (measured: 0.84).
+inline constexpr double kFastExp2MaxUlp = 2.0;
+
+enum class Family {
+  // st[j·64 + x] = Σ_d k[j·k_stride + d]·qt[d·64 + x] for j < nkeys, x <
+  // 16·nvec: Qᵀ and Sᵀ with rows of 64 floats (flash's many-row tile).
+  kScoreTile,
+  // st[r·lds + j] = Σ_d qs[r·dkp + d]·k[j·k_stride + d] for r < nrows <= 8
+  // (flash's few-row tile; qs zero past dk).
+  kScoreRows,
+  // out[r·ld + jj] = Σ_d q[r][d]·tile[d·T + jj] for r < nrows, jj < T =
+  // 2 vectors (simd's packed-K tile).
+  kQkPacked,
+  // o[m·ldo + c] (+)= Σ_j p[j·pj + m·pm]·v[j·vs + c] for m < nrows, c <
+  // lanes·nvec; overwrite unless `accumulate`.
+  kPvTile,
+  // o[r·ldo + c] = Σ_j p[r·ldp + j]·v[j·ldv + c] for r < nrows, c < dv.
+  kPvRows,
+  // Online softmax over a key-major tile st[j·ld + x] (x < rows, a multiple
+  // of the lane count), updating m, l and writing alpha.
+  kOnlineSoftmaxColumns,
+  // The same over a row-major tile st[x·ld + j] (x < nrows <= 8).
+  kOnlineSoftmaxRows,
+  // A materialized row: x = s·scale (+ add); max; s = e^(x - max); sum.
+  kSoftmaxRow,
+  // out[i] = 2^x[i].
+  kExp2,
+  // dst[c·ld + r] = scale·rows[r][c] (r < n), 0 for n <= r < n_padded.
+  kTranspose,
+  // Σ x[i]·y[i].
+  kDot,
+  // out = acc / l, lse = m + ln l; (m, l) = (-inf, 0) gives 0 and -inf.
+  kFinishRow,
+};
+
+// What a machine needs to run an entry, beyond the Highway target.
+enum class Isa {
+  kAnyTarget,      // every compiled Highway target, the scalar fallback too
+  kVectorTargets,  // every target with vectors (not HWY_SCALAR)
+};
+
+struct ScoreTileArgs {
+  const float* qt;
+  const float* k;
+  int64_t k_stride, nkeys, dk, nvec;
+  float* st;
+};
+struct ScoreRowsArgs {
+  const float* qs;
+  int64_t dkp, nrows;
+  const float* k;
+  int64_t k_stride, nkeys, dk;
+  float* st;
+  int64_t lds;
+};
+struct QkPackedArgs {
+  const float* const* q;
+  int64_t nrows;
+  const float* tile;
+  int64_t dk;
+  float* out;
+  int64_t ld;
+};
+struct PvTileArgs {
+  const float* p;
+  int64_t pj, pm;
+  const float* v;
+  int64_t vs, nkeys, nrows, nvec;
+  bool accumulate;
+  float* o;
+  int64_t ldo;
+};
+struct PvRowsArgs {
+  const float* p;
+  int64_t ldp, nrows;
+  const float* v;
+  int64_t ldv, nkeys, dv;
+  float* o;
+  int64_t ldo;
+};
+struct OnlineSoftmaxArgs {
+  float* st;
+  int64_t ld, nkeys, rows;
+  float *m, *l, *alpha;
+};
+struct SoftmaxRowArgs {
+  float* s;
+  int64_t n;
+  float scale;
+  const float* add;  // may be null
+  float max, sum;    // out; max NaN when a logit is NaN or +inf
+};
+struct Exp2Args {
+  const float* x;
+  float* out;
+  int64_t n;
+};
+struct TransposeArgs {
+  const float* const* rows;
+  int64_t n, n_padded, cols;
+  float scale;
+  float* dst;
+  int64_t ld;
+};
+struct DotArgs {
+  const float* x;
+  const float* y;
+  int64_t n;
+  float result;  // out
+};
+struct FinishRowArgs {
+  const float* acc;
+  float m, l;
+  int64_t dv;
+  float* out;
+  float* lse;  // may be null
+};
+
+struct Ukernel {
+  const char* name;     // test name and benchmark prefix: ukernel/<name>/...
+  Family family;
+  const char* types;    // element types in -> out
+  Isa isa;
+  const char* tile;     // register block, e.g. "6 keys x 4 vectors"
+  int rows;             // 0: any row count the family allows; else exactly
+  int width_vectors;    // 0: any d; else the d it works along (dk for scores,
+                        // dv for P·V) is exactly this many vectors
+  const char* summary;  // one line
+  // Runs the entry on `args` (the family's struct) on the current Highway
+  // target; false when that target lacks it (Isa).
+  bool (*run)(void* args);
+};
+
+// Every entry, in ukernels.inc order.
+std::span<const Ukernel> Ukernels();
+const Ukernel* FindUkernel(std::string_view name);
+const char* FamilyName(Family family);
+// Lanes of a float vector on the Highway target dispatch picks now.
+int64_t DispatchedLanes();
+
+}  // namespace attn::ukernels
+
+#endif  // ATTNLAB_KERNELS_UKERNELS_UKERNELS_H_

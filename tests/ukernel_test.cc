@@ -1,0 +1,667 @@
+// Every micro-kernel on the list (kernels/ukernels/ukernels.inc), on every
+// Highway target compiled into the library that this CPU has, against a plain
+// scalar version in double, over edge sizes: 1, around the vector width and
+// the register tile (tile - 1, tile, tile + 1), odd primes, head dims that are
+// not multiples of the vector width, past a key-sum block (kKeySumBlock),
+// misaligned and strided inputs. Outputs are poisoned first, and what a
+// kernel must not write (columns past its width, rows past its count) is
+// checked to still hold the poison. Entries the target cannot run (Isa) and
+// targets the CPU lacks are skipped with a message naming them.
+//
+// Tolerances come from the error of the computation, not a constant: a sum
+// of n products is within (n + 2)·u·Σ|terms| of the exact value (u = 2^-24);
+// FastExp2 is within kFastExp2MaxUlp ulp.
+//
+// ctest label `ukernel` (ctest -L ukernel).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "hwy/targets.h"
+#include "kernels/problem.h"
+#include "kernels/ukernels/ukernels.h"
+
+namespace attn::ukernels {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr double kU = 1.0 / (1 << 24);
+constexpr int64_t kTileCols = 64;  // Qᵀ / Sᵀ row stride of the score tile
+
+// 64-byte aligned floats, poisoned with NaN, with `offset` floats skipped at
+// the front (misaligned views).
+class Buffer {
+ public:
+  explicit Buffer(int64_t n, int64_t offset = 0) : offset_(offset) {
+    data_ = static_cast<float*>(std::aligned_alloc(64, ((n + offset) * 4 + 63) / 64 * 64));
+    std::fill(data_, data_ + n + offset, kNaN);
+    n_ = n;
+  }
+  ~Buffer() { std::free(data_); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  float* data() { return data_ + offset_; }
+  float& operator[](int64_t i) { return data()[i]; }
+  int64_t size() const { return n_; }
+  void Fill(std::mt19937& rng, float scale = 1.0f) {
+    std::uniform_real_distribution<float> u(-scale, scale);
+    for (int64_t i = 0; i < n_; ++i) data()[i] = u(rng);
+  }
+
+ private:
+  float* data_;
+  int64_t n_;
+  int64_t offset_;
+};
+
+// Every target in HWY_TARGETS, best first.
+std::vector<int64_t> CompiledTargets() {
+  std::vector<int64_t> targets;
+  for (int64_t bits = HWY_TARGETS; bits != 0; bits &= bits - 1) {
+    targets.push_back(bits & ~(bits - 1));
+  }
+  return targets;
+}
+
+// Collects mismatches; reports the first few.
+struct Checker {
+  std::string where;
+  int failures = 0;
+  void Near(double got, double want, double tol, const std::string& what) {
+    const bool ok = std::isnan(want) ? std::isnan(got)
+                    : std::isinf(want) ? got == want
+                                       : std::fabs(got - want) <= tol;
+    if (!ok && ++failures <= 5) {
+      ADD_FAILURE() << where << ": " << what << " got " << got << " want " << want << " (tol "
+                    << tol << ")";
+    }
+  }
+  void Poisoned(float x, const std::string& what) {
+    if (!std::isnan(x) && ++failures <= 5) {
+      ADD_FAILURE() << where << ": " << what << " was written (" << x << ")";
+    }
+  }
+};
+
+// Row counts a family's entry accepts: exactly `rows`, or a sweep up to max.
+std::vector<int64_t> RowCounts(const Ukernel& u, std::vector<int64_t> sweep) {
+  if (u.rows > 0) return {u.rows};
+  return sweep;
+}
+
+// d values: exactly width_vectors·lanes, or the sweep.
+std::vector<int64_t> Widths(const Ukernel& u, int64_t lanes, std::vector<int64_t> sweep) {
+  if (u.width_vectors > 0) return {u.width_vectors * lanes};
+  return sweep;
+}
+
+// --- Families ---------------------------------------------------------------
+
+void TestScoreTile(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(11);
+  for (int64_t dk : {1, 3, 16, 17, 64, 67, 128}) {
+    for (int64_t nkeys : {1, 2, 5, 6, 7, 13, 64}) {
+      for (int64_t nvec : {int64_t{1}, int64_t{3}, kTileCols / lanes}) {
+        if (nvec * lanes > kTileCols) continue;
+        const int64_t k_stride = dk + 3;
+        Buffer qt(dk * kTileCols), k(nkeys * k_stride, 1), st((nkeys + 1) * kTileCols);
+        qt.Fill(rng);
+        k.Fill(rng);
+        ScoreTileArgs a{qt.data(), k.data(), k_stride, nkeys, dk, nvec, st.data()};
+        ASSERT_TRUE(u.run(&a));
+        for (int64_t j = 0; j <= nkeys; ++j) {
+          for (int64_t x = 0; x < kTileCols; ++x) {
+            const std::string at = "S[" + std::to_string(j) + "][" + std::to_string(x) +
+                                   "] dk=" + std::to_string(dk) + " nvec=" + std::to_string(nvec);
+            if (j == nkeys || x >= nvec * lanes) {
+              c.Poisoned(st[j * kTileCols + x], at);
+              continue;
+            }
+            double want = 0, mag = 0;
+            for (int64_t d = 0; d < dk; ++d) {
+              want += double(k[j * k_stride + d]) * qt[d * kTileCols + x];
+              mag += std::fabs(double(k[j * k_stride + d]) * qt[d * kTileCols + x]);
+            }
+            c.Near(st[j * kTileCols + x], want, (dk + 2) * kU * mag, at);
+          }
+        }
+      }
+    }
+  }
+}
+
+void TestScoreRows(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(12);
+  for (int64_t dk : Widths(u, lanes, {1, 3, 16, 17, 64, 128})) {
+    const int64_t dkp = (dk + lanes - 1) / lanes * lanes;
+    for (int64_t nrows : RowCounts(u, {1, 2, 3, 4, 5, 8})) {
+      for (int64_t nkeys : {1, 3, 4, 5, 9, 13, 64, 515}) {
+        const int64_t k_stride = dk + 1, lds = nkeys + 7;
+        Buffer qs(nrows * dkp), k(nkeys * k_stride, 1), st(nrows * lds);
+        qs.Fill(rng);
+        for (int64_t r = 0; r < nrows; ++r) std::fill(&qs[r * dkp + dk], &qs[(r + 1) * dkp], 0.0f);
+        k.Fill(rng);
+        ScoreRowsArgs a{qs.data(), dkp, nrows, k.data(), k_stride, nkeys, dk, st.data(), lds};
+        ASSERT_TRUE(u.run(&a));
+        for (int64_t r = 0; r < nrows; ++r) {
+          for (int64_t j = 0; j < lds; ++j) {
+            const std::string at = "S[" + std::to_string(r) + "][" + std::to_string(j) +
+                                   "] dk=" + std::to_string(dk) + " keys=" + std::to_string(nkeys);
+            if (j >= nkeys) {
+              c.Poisoned(st[r * lds + j], at);
+              continue;
+            }
+            double want = 0, mag = 0;
+            for (int64_t d = 0; d < dk; ++d) {
+              want += double(qs[r * dkp + d]) * k[j * k_stride + d];
+              mag += std::fabs(double(qs[r * dkp + d]) * k[j * k_stride + d]);
+            }
+            c.Near(st[r * lds + j], want, (dk + 2) * kU * mag, at);
+          }
+        }
+      }
+    }
+  }
+}
+
+void TestQkPacked(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(13);
+  const int64_t tile = 2 * lanes;
+  const int64_t max_rows = lanes >= 16 ? 8 : 4;  // kQkPackedRows
+  for (int64_t dk : {1, 5, 16, 64, 67}) {
+    for (int64_t nrows : {int64_t{1}, int64_t{2}, max_rows}) {
+      Buffer q(nrows * (dk + 2), 1), packed(dk * tile), out(nrows * (tile + 3));
+      q.Fill(rng);
+      packed.Fill(rng);
+      std::vector<const float*> rows(nrows);
+      for (int64_t r = 0; r < nrows; ++r) rows[r] = &q[r * (dk + 2)];
+      QkPackedArgs a{rows.data(), nrows, packed.data(), dk, out.data(), tile + 3};
+      ASSERT_TRUE(u.run(&a));
+      for (int64_t r = 0; r < nrows; ++r) {
+        for (int64_t jj = 0; jj < tile + 3; ++jj) {
+          const std::string at = "S[" + std::to_string(r) + "][" + std::to_string(jj) + "]";
+          if (jj >= tile) {
+            c.Poisoned(out[r * (tile + 3) + jj], at);
+            continue;
+          }
+          double want = 0, mag = 0;
+          for (int64_t d = 0; d < dk; ++d) {
+            want += double(rows[r][d]) * packed[d * tile + jj];
+            mag += std::fabs(double(rows[r][d]) * packed[d * tile + jj]);
+          }
+          c.Near(out[r * (tile + 3) + jj], want, (dk + 2) * kU * mag, at);
+        }
+      }
+    }
+  }
+}
+
+// O (+)= P·V in the family's layout; `o0` is O before (accumulate).
+void CheckPv(Checker& c, const float* p, int64_t pj, int64_t pm, const float* v, int64_t vs,
+             int64_t nkeys, int64_t nrows, int64_t width, const float* o0, const float* o,
+             int64_t ldo, int64_t written, const std::string& what) {
+  for (int64_t m = 0; m < nrows; ++m) {
+    for (int64_t x = 0; x < ldo; ++x) {
+      const std::string at = what + " O[" + std::to_string(m) + "][" + std::to_string(x) + "]";
+      if (x >= written) {
+        c.Poisoned(o[m * ldo + x], at);
+        continue;
+      }
+      double want = o0 ? o0[m * ldo + x] : 0.0, mag = std::fabs(want);
+      for (int64_t j = 0; j < nkeys; ++j) {
+        want += double(p[j * pj + m * pm]) * v[j * vs + x];
+        mag += std::fabs(double(p[j * pj + m * pm]) * v[j * vs + x]);
+      }
+      // Blocked sums (kKeySumBlock): at most block + blocks + 2 roundings.
+      const double n = std::min<double>(nkeys, kKeySumBlock + 2.0 * (nkeys / kKeySumBlock + 1));
+      c.Near(o[m * ldo + x], want, (n + 3) * kU * mag, at);
+    }
+  }
+  (void)width;
+}
+
+void TestPvTile(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(14);
+  const std::vector<int64_t> widths =
+      u.width_vectors > 0 ? std::vector<int64_t>{u.width_vectors} : std::vector<int64_t>{1, 2, 3, 4, 5, 8};
+  for (int64_t nvec : widths) {
+    for (int64_t nrows : RowCounts(u, {1, 2, 3, 4, 5, 6, 7, 12, 13})) {
+      for (int64_t nkeys : {1, 2, 5, 16, 513, 1025}) {
+        if (u.rows == 4 && nkeys > kKeySumBlock) continue;  // one tile (contract)
+        for (bool key_major : {true, false}) {
+          for (bool accumulate : {false, true}) {
+            const int64_t width = nvec * lanes, ldo = width + lanes, vs = width + 5;
+            // Sᵀ (key-major, flash's tile) or S (row-major, few rows).
+            const int64_t pj = key_major ? nrows + 1 : 1, pm = key_major ? 1 : nkeys + 3;
+            Buffer p(nkeys * pj + nrows * pm), v(nkeys * vs, 1), o(nrows * ldo), o0(nrows * ldo);
+            p.Fill(rng);
+            v.Fill(rng);
+            for (int64_t m = 0; m < nrows; ++m) {
+              for (int64_t x = 0; x < width; ++x) o0[m * ldo + x] = o[m * ldo + x] = 0.5f - float(x % 3);
+            }
+            PvTileArgs a{p.data(), pj, pm, v.data(), vs, nkeys, nrows, nvec, accumulate, o.data(), ldo};
+            ASSERT_TRUE(u.run(&a));
+            CheckPv(c, p.data(), pj, pm, v.data(), vs, nkeys, nrows, width,
+                    accumulate ? o0.data() : nullptr, o.data(), ldo, width,
+                    "keys=" + std::to_string(nkeys) + " nvec=" + std::to_string(nvec) +
+                        (accumulate ? " +=" : " ="));
+          }
+        }
+      }
+    }
+  }
+}
+
+void TestPvRows(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(15);
+  for (int64_t dv : {int64_t{1}, int64_t{3}, lanes - 1, lanes, lanes + 1, 2 * lanes + 3, 4 * lanes,
+                     4 * lanes + 5, int64_t{128}}) {
+    if (dv < 1) continue;
+    for (int64_t nrows : {1, 2, 3, 4, 5, 9}) {
+      for (int64_t nkeys : {1, 7, 64, 1025}) {
+        const int64_t ldp = nkeys + 2, ldv = dv + 3, ldo = dv + 4;
+        Buffer p(nrows * ldp), v(nkeys * ldv, 1), o(nrows * ldo);
+        p.Fill(rng);
+        v.Fill(rng);
+        PvRowsArgs a{p.data(), ldp, nrows, v.data(), ldv, nkeys, dv, o.data(), ldo};
+        ASSERT_TRUE(u.run(&a));
+        CheckPv(c, p.data(), 1, ldp, v.data(), ldv, nkeys, nrows, dv, nullptr, o.data(), ldo, dv,
+                "dv=" + std::to_string(dv) + " keys=" + std::to_string(nkeys));
+      }
+    }
+  }
+}
+
+// The scalar online softmax step for one row: scores s[j·step] (j < nkeys).
+void CheckOnlineRow(Checker& c, const float* before, const float* after, int64_t step,
+                    int64_t nkeys, float m0, float l0, float m1, float l1, float alpha,
+                    const std::string& at) {
+  double mx = m0;
+  bool nan = false;
+  for (int64_t j = 0; j < nkeys; ++j) {
+    nan |= std::isnan(before[j * step]);
+    mx = std::max<double>(mx, before[j * step]);
+  }
+  if (nan) {
+    c.Near(l1, kNaN, 0, at + " l (NaN score)");
+    return;
+  }
+  const double mu = mx == -kInf ? 0.0 : mx;
+  double sum = 0;
+  // e^(x - mu) within the exp's ulps plus the rounding of its argument
+  // ((x - mu)·log2 e, relative u each): a relative (4 + 2|x - mu|)·u.
+  auto exp_tol = [](double arg, double e) {
+    return e == 0 ? 0.0 : (4 + 2 * std::fabs(arg)) * kU * e + 1e-45;
+  };
+  for (int64_t j = 0; j < nkeys; ++j) {
+    const double arg = double(before[j * step]) - mu;
+    const double e = std::exp(arg);
+    sum += e;
+    c.Near(after[j * step], e, exp_tol(arg, e), at + " p[" + std::to_string(j) + "]");
+  }
+  const double a = std::exp(double(m0) - mu);
+  c.Near(m1, mx, 0, at + " m");
+  c.Near(alpha, a, exp_tol(double(m0) - mu, a), at + " alpha");
+  const double want_l = a * l0 + sum;
+  c.Near(l1, want_l, (nkeys + 8) * kU * want_l, at + " l");
+}
+
+// Scores with a previous state: fresh rows (m = -inf), rows whose maximum
+// moves and rows whose does not, an all -inf row, a NaN score.
+void FillOnline(std::mt19937& rng, float* s, int64_t step, int64_t nkeys, int64_t row, float* m,
+                float* l) {
+  std::uniform_real_distribution<float> u(-8.0f, 8.0f);
+  for (int64_t j = 0; j < nkeys; ++j) s[j * step] = u(rng);
+  switch (row % 5) {
+    case 0:
+      *m = -kInf, *l = 0.0f;
+      break;
+    case 1:
+      *m = 20.0f, *l = 3.0f;  // above every score: alpha = 1
+      break;
+    case 2:
+      *m = -3.0f, *l = 2.5f;
+      break;
+    case 3:
+      *m = -kInf, *l = 0.0f;
+      for (int64_t j = 0; j < nkeys; ++j) s[j * step] = -kInf;
+      break;
+    default:
+      *m = 1.0f, *l = 1.0f;
+      s[(nkeys / 2) * step] = kNaN;
+  }
+}
+
+void TestOnlineSoftmaxColumns(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(16);
+  for (int64_t rows : {lanes, 2 * lanes, kTileCols}) {
+    if (rows > kTileCols) continue;
+    for (int64_t nkeys : {1, 5, 64, 512}) {
+      Buffer st(nkeys * kTileCols), before(nkeys * kTileCols), m(kTileCols), l(kTileCols),
+          alpha(kTileCols);
+      std::vector<float> m0(rows), l0(rows);
+      for (int64_t x = 0; x < rows; ++x) {
+        FillOnline(rng, &st[x], kTileCols, nkeys, x, &m[x], &l[x]);
+        m0[x] = m[x], l0[x] = l[x];
+      }
+      std::memcpy(before.data(), st.data(), sizeof(float) * nkeys * kTileCols);
+      OnlineSoftmaxArgs a{st.data(), kTileCols, nkeys, rows, m.data(), l.data(), alpha.data()};
+      ASSERT_TRUE(u.run(&a));
+      for (int64_t x = 0; x < rows; ++x) {
+        CheckOnlineRow(c, &before[x], &st[x], kTileCols, nkeys, m0[x], l0[x], m[x], l[x],
+                       alpha[x], "row " + std::to_string(x) + " keys=" + std::to_string(nkeys));
+      }
+    }
+  }
+}
+
+void TestOnlineSoftmaxRows(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(17);
+  for (int64_t nrows : {1, 2, 5, 8}) {
+    for (int64_t nkeys : {int64_t{1}, lanes - 1, lanes, lanes + 1, int64_t{33}, int64_t{512}}) {
+      if (nkeys < 1) continue;
+      const int64_t ld = (nkeys + lanes - 1) / lanes * lanes + lanes;
+      Buffer st(nrows * ld), before(nrows * ld), m(8), l(8), alpha(8);
+      std::vector<float> m0(nrows), l0(nrows);
+      for (int64_t x = 0; x < nrows; ++x) {
+        FillOnline(rng, &st[x * ld], 1, nkeys, x, &m[x], &l[x]);
+        m0[x] = m[x], l0[x] = l[x];
+      }
+      std::memcpy(before.data(), st.data(), sizeof(float) * nrows * ld);
+      OnlineSoftmaxArgs a{st.data(), ld, nkeys, nrows, m.data(), l.data(), alpha.data()};
+      ASSERT_TRUE(u.run(&a));
+      for (int64_t x = 0; x < nrows; ++x) {
+        CheckOnlineRow(c, &before[x * ld], &st[x * ld], 1, nkeys, m0[x], l0[x], m[x], l[x],
+                       alpha[x], "row " + std::to_string(x) + " keys=" + std::to_string(nkeys));
+      }
+    }
+  }
+}
+
+void TestSoftmaxRow(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(18);
+  for (int64_t n : {int64_t{1}, lanes - 1, lanes, 2 * lanes, 2 * lanes + 1, int64_t{1000},
+                    int64_t{1025}, int64_t{3000}}) {
+    if (n < 1) continue;
+    for (int special = 0; special < 4; ++special) {  // none, NaN, +inf, all -inf
+      for (bool with_add : {false, true}) {
+        Buffer s(n + 1, 1), add(n), raw(n);
+        s.Fill(rng, 4.0f);
+        s[n] = kNaN;  // must not be written
+        add.Fill(rng, 2.0f);
+        if (special == 1) s[n / 2] = kNaN;
+        if (special == 2) add[n / 3] = kInf;
+        if (special == 3) std::fill(add.data(), add.data() + n, -kInf);
+        std::memcpy(raw.data(), s.data(), sizeof(float) * n);
+        const float scale = 0.37f;
+        SoftmaxRowArgs a{s.data(), n, scale, with_add ? add.data() : nullptr, 0, 0};
+        ASSERT_TRUE(u.run(&a));
+        const std::string at = "n=" + std::to_string(n) + " special=" + std::to_string(special);
+        c.Poisoned(s[n], at + " past the row");
+        const bool nan_row = special == 1 || (special == 2 && with_add);
+        if (nan_row) {
+          c.Near(a.max, kNaN, 0, at + " max");
+          continue;
+        }
+        // x = raw·scale (+ add) in fp32 has an absolute error up to
+        // dx = 2u·(|raw·scale| + |add|); e^(x - max) then a relative error
+        // dx_j + dx_max plus the exponential's (4 + 2|x - max|)·u.
+        double mx = -kInf, dx_max = 0;
+        std::vector<double> x(n), dx(n);
+        for (int64_t j = 0; j < n; ++j) {
+          const double add_j = with_add ? double(add[j]) : 0.0;
+          x[j] = double(raw[j]) * scale + add_j;
+          dx[j] = 2 * kU * (std::fabs(double(raw[j]) * scale) + std::fabs(add_j));
+          mx = std::max(mx, x[j]);
+          dx_max = std::max(dx_max, dx[j]);
+        }
+        if (mx == -kInf) {
+          c.Near(a.max, -kInf, 0, at + " max");
+          c.Near(a.sum, 0, 0, at + " sum");
+          for (int64_t j = 0; j < n; ++j) c.Near(s[j], 0, 0, at + " p");
+          continue;
+        }
+        double sum = 0, sum_tol = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          const double e = std::exp(x[j] - mx);
+          const double tol = (dx[j] + dx_max + (4 + 2 * std::fabs(x[j] - mx)) * kU) * e + 1e-45;
+          sum += e;
+          sum_tol += tol;
+          c.Near(s[j], e, tol, at + " p");
+        }
+        c.Near(a.max, mx, dx_max, at + " max");
+        const double len = std::min<double>(n, kKeySumBlock + 2.0 * (n / kKeySumBlock + 1));
+        c.Near(a.sum, sum, (len + 2) * kU * sum + sum_tol, at + " sum");
+      }
+    }
+  }
+}
+
+void TestExp2(const Ukernel& u, int64_t lanes, Checker& c) {
+  (void)lanes;
+  std::vector<float> x;
+  // Every 61st float in [-126, 127.5), plus points around 0 and the ends.
+  for (float v = -126.0f; v < 127.5f;) {
+    x.push_back(v);
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    bits = v < 0 ? bits - 61 : bits + 61;
+    if (v < 0 && bits < 0x80000000u) bits = 0;  // crossed zero
+    std::memcpy(&v, &bits, 4);
+    if (v == 0.0f) {
+      x.push_back(0.0f);
+      v = 1e-30f;
+    }
+  }
+  for (float v : {-0.5f, 0.5f, -1.0f, -125.99f, 0.0f, -0.0f}) x.push_back(v);
+  std::vector<float> out(x.size() + 1, kNaN);
+  Exp2Args a{x.data(), out.data(), int64_t(x.size())};
+  ASSERT_TRUE(u.run(&a));
+  double worst = 0;
+  float worst_x = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double want = std::exp2(double(x[i]));
+    const double ulp = std::ldexp(1.0, std::ilogb(want) - 23);
+    const double err = std::fabs(double(out[i]) - want) / ulp;
+    if (!(err <= worst)) worst = err, worst_x = x[i];
+  }
+  c.Poisoned(out[x.size()], "past the row");
+  if (worst > kFastExp2MaxUlp) {
+    ++c.failures;
+    ADD_FAILURE() << c.where << ": " << worst << " ulp at x=" << worst_x << " (bound "
+                  << kFastExp2MaxUlp << ")";
+  }
+  ::testing::Test::RecordProperty("max_ulp", std::to_string(worst));
+  const float special[] = {-kInf, -1000.0f, -126.5f, kNaN, 0.0f, 3.0f, -2.0f};
+  float got[7];
+  Exp2Args s{special, got, 7};
+  ASSERT_TRUE(u.run(&s));
+  c.Near(got[0], 0, 0, "2^-inf");
+  c.Near(got[1], 0, 0, "2^-1000");
+  c.Near(got[2], 0, 0, "2^-126.5 (flushed)");
+  c.Near(got[3], kNaN, 0, "2^NaN");
+  c.Near(got[4], 1.0, 0, "2^0 exactly (an unmoved max is not rescaled)");
+  c.Near(got[5], 8.0, 0, "2^3");
+  c.Near(got[6], 0.25, 0, "2^-2");
+}
+
+void TestTranspose(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(19);
+  for (int64_t n : {int64_t{1}, lanes - 1, lanes, lanes + 1, 2 * lanes + 1}) {
+    if (n < 1) continue;
+    const int64_t n_padded = (n + lanes - 1) / lanes * lanes;
+    for (int64_t cols : {int64_t{1}, lanes - 1, lanes, lanes + 3, 2 * lanes}) {
+      if (cols < 1) continue;
+      const int64_t ld = n_padded + lanes;
+      Buffer src(n * (cols + 1), 1), dst(cols * ld);
+      src.Fill(rng);
+      std::vector<const float*> rows(n);
+      for (int64_t r = 0; r < n; ++r) rows[r] = &src[r * (cols + 1)];
+      TransposeArgs a{rows.data(), n, n_padded, cols, 0.5f, dst.data(), ld};
+      ASSERT_TRUE(u.run(&a));
+      for (int64_t col = 0; col < cols; ++col) {
+        for (int64_t r = 0; r < ld; ++r) {
+          const std::string at = "dst[" + std::to_string(col) + "][" + std::to_string(r) + "]";
+          if (r >= n_padded) {
+            c.Poisoned(dst[col * ld + r], at);
+          } else {
+            c.Near(dst[col * ld + r], r < n ? 0.5 * rows[r][col] : 0.0, 0, at);
+          }
+        }
+      }
+    }
+  }
+}
+
+void TestDot(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(20);
+  for (int64_t n : {int64_t{1}, lanes - 1, lanes, lanes + 1, 4 * lanes - 1, 4 * lanes,
+                    4 * lanes + 1, int64_t{67}, int64_t{1000}}) {
+    if (n < 1) continue;
+    Buffer x(n, 1), y(n, 3);
+    x.Fill(rng);
+    y.Fill(rng);
+    DotArgs a{x.data(), y.data(), n, 0};
+    ASSERT_TRUE(u.run(&a));
+    double want = 0, mag = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      want += double(x[i]) * y[i];
+      mag += std::fabs(double(x[i]) * y[i]);
+    }
+    c.Near(a.result, want, (n + 2) * kU * mag, "n=" + std::to_string(n));
+  }
+}
+
+void TestFinishRow(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(21);
+  for (int64_t dv : {int64_t{1}, lanes - 1, lanes + 1, int64_t{64}}) {
+    if (dv < 1) continue;
+    struct Case {
+      float m, l;
+      bool lse;
+    } cases[] = {{1.5f, 3.0f, true}, {-2.0f, 0.25f, false}, {-kInf, 0.0f, true}, {kNaN, 0.0f, true},
+                 {0.5f, kNaN, true}};
+    for (const Case& k : cases) {
+      Buffer acc(dv), out(dv + 1, 1);
+      acc.Fill(rng);
+      float lse = 123.0f;
+      FinishRowArgs a{acc.data(), k.m, k.l, dv, out.data(), k.lse ? &lse : nullptr};
+      ASSERT_TRUE(u.run(&a));
+      const std::string at = "m=" + std::to_string(k.m) + " l=" + std::to_string(k.l);
+      c.Poisoned(out[dv], at + " past the row");
+      const bool masked = k.m == -kInf && k.l == 0.0f;
+      for (int64_t y = 0; y < dv; ++y) {
+        const double want = masked ? 0.0 : double(acc[y]) / k.l;
+        c.Near(out[y], want, 2 * kU * std::fabs(want), at + " O");
+      }
+      if (k.lse) {
+        const double want = masked ? -kInf : double(k.m) + std::log(double(k.l));
+        c.Near(lse, want, 4 * kU * (std::fabs(want) + 1), at + " lse");
+      } else {
+        c.Near(lse, 123.0, 0, at + " lse untouched");
+      }
+    }
+  }
+}
+
+void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
+  switch (u.family) {
+    case Family::kScoreTile:
+      return TestScoreTile(u, lanes, c);
+    case Family::kScoreRows:
+      return TestScoreRows(u, lanes, c);
+    case Family::kQkPacked:
+      return TestQkPacked(u, lanes, c);
+    case Family::kPvTile:
+      return TestPvTile(u, lanes, c);
+    case Family::kPvRows:
+      return TestPvRows(u, lanes, c);
+    case Family::kOnlineSoftmaxColumns:
+      return TestOnlineSoftmaxColumns(u, lanes, c);
+    case Family::kOnlineSoftmaxRows:
+      return TestOnlineSoftmaxRows(u, lanes, c);
+    case Family::kSoftmaxRow:
+      return TestSoftmaxRow(u, lanes, c);
+    case Family::kExp2:
+      return TestExp2(u, lanes, c);
+    case Family::kTranspose:
+      return TestTranspose(u, lanes, c);
+    case Family::kDot:
+      return TestDot(u, lanes, c);
+    case Family::kFinishRow:
+      return TestFinishRow(u, lanes, c);
+  }
+  ADD_FAILURE() << u.name << ": no test for family " << FamilyName(u.family);
+}
+
+// --- One test per (entry, compiled target) ----------------------------------
+
+struct Param {
+  const Ukernel* ukernel;
+  int64_t target;
+};
+
+class UkernelTest : public ::testing::TestWithParam<Param> {
+ protected:
+  void TearDown() override { hwy::SetSupportedTargetsForTest(0); }
+};
+
+TEST_P(UkernelTest, MatchesScalarVersion) {
+  const Param& param = GetParam();
+  const Ukernel& u = *param.ukernel;
+  hwy::SetSupportedTargetsForTest(0);
+  if ((hwy::SupportedTargets() & param.target) == 0) {
+    GTEST_SKIP() << "this CPU lacks " << hwy::TargetName(param.target);
+  }
+  hwy::SetSupportedTargetsForTest(param.target);
+  ASSERT_EQ(hwy::SupportedTargets(), param.target);
+  const int64_t lanes = DispatchedLanes();
+  if (u.isa == Isa::kVectorTargets && lanes == 1) {
+    GTEST_SKIP() << u.name << " needs vectors; " << hwy::TargetName(param.target)
+                 << " is the scalar fallback";
+  }
+  Checker c{std::string(u.name) + " on " + hwy::TargetName(param.target)};
+  TestFamily(u, lanes, c);
+  EXPECT_EQ(c.failures, 0) << c.where;
+}
+
+std::vector<Param> Params() {
+  std::vector<Param> params;
+  for (const Ukernel& u : Ukernels()) {
+    for (int64_t target : CompiledTargets()) params.push_back({&u, target});
+  }
+  return params;
+}
+
+INSTANTIATE_TEST_SUITE_P(List, UkernelTest, ::testing::ValuesIn(Params()),
+                         [](const ::testing::TestParamInfo<Param>& info) {
+                           return std::string(info.param.ukernel->name) + "_" +
+                                  hwy::TargetName(info.param.target);
+                         });
+
+// The list itself: unique identifier names, a family test for each.
+TEST(UkernelList, NamesAreUniqueIdentifiers) {
+  std::vector<std::string> names;
+  for (const Ukernel& u : Ukernels()) {
+    const std::string name = u.name;
+    EXPECT_EQ(name.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_"), std::string::npos)
+        << name;
+    EXPECT_EQ(std::count(names.begin(), names.end(), name), 0) << name;
+    EXPECT_EQ(FindUkernel(name), &u);
+    names.push_back(name);
+  }
+  EXPECT_GE(names.size(), 12u);
+  EXPECT_EQ(FindUkernel("no_such_kernel"), nullptr);
+}
+
+}  // namespace
+}  // namespace attn::ukernels
