@@ -1,0 +1,240 @@
+#include "bench/ukernel_bench.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <random>
+
+#include "bench/fma_peak.h"
+#include "kernels/ukernels/ukernels.h"
+
+namespace attn::bench {
+namespace {
+
+using ukernels::Family;
+using ukernels::Ukernel;
+
+// 64-byte aligned, random floats in [-1, 1).
+struct Floats {
+  explicit Floats(int64_t n) : data(static_cast<float*>(std::aligned_alloc(64, (n * 4 + 63) / 64 * 64))) {
+    std::mt19937 rng(42);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (int64_t i = 0; i < n; ++i) data.get()[i] = u(rng);
+  }
+  float* get() const { return data.get(); }
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float, Free> data;
+};
+
+// What one call of an entry computes at one shape: its argument struct
+// (built with the buffers it needs), its name tokens, and its work.
+struct Shape {
+  std::string tokens;
+  double flops = 0;     // FMA families: 2 per multiply-add; else 0
+  double elements = 0;  // outputs written per call
+};
+
+// Runs `args` through `u` for the benchmark's iterations and sets counters.
+template <class Args>
+void Time(benchmark::State& state, const Ukernel& u, Args& args, const Shape& shape,
+          double peak_gflops) {
+  if (!u.run(&args)) {
+    state.SkipWithError("not run: this Highway target lacks the entry");
+    return;
+  }
+  for (auto _ : state) {
+    u.run(&args);
+    benchmark::ClobberMemory();
+  }
+  using benchmark::Counter;
+  if (shape.flops > 0) {
+    state.counters["GFLOPS"] = Counter(shape.flops / 1e9, Counter::kIsIterationInvariantRate);
+    state.counters["peak_fraction"] =
+        Counter(shape.flops / 1e9 / peak_gflops, Counter::kIsIterationInvariantRate);
+  }
+  state.counters["Gelems_per_s"] = Counter(shape.elements / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["fma_peak_gflops"] = peak_gflops;
+  state.counters["threads"] = 1;
+}
+
+using Runner = std::function<void(benchmark::State&)>;
+
+// The shapes each family is benchmarked at: those the variants call it with
+// (flash's 64-row block and 512-key tile at d = 64 and 128; decode's few
+// rows; simd's 64-row panel).
+std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, double peak) {
+  std::vector<std::pair<Shape, Runner>> out;
+  const Ukernel* up = &u;
+  switch (u.family) {
+    case Family::kScoreTile:
+      for (int64_t dk : {64, 128}) {
+        const int64_t keys = 512, nvec = 64 / lanes;
+        Shape s{"rows:64/keys:512/d:" + std::to_string(dk), 2.0 * keys * dk * 64, keys * 64.0};
+        out.push_back({s, [=](benchmark::State& st) {
+                         Floats qt(dk * 64), k(keys * dk), sc(keys * 64);
+                         ukernels::ScoreTileArgs a{qt.get(), k.get(), dk, keys, dk, nvec, sc.get()};
+                         Time(st, *up, a, s, peak);
+                       }});
+      }
+      break;
+    case Family::kScoreRows: {
+      const int64_t dk = u.width_vectors > 0 ? u.width_vectors * lanes : 128;
+      std::vector<int64_t> rows = {u.rows > 0 ? int64_t{u.rows} : 4};
+      if (u.rows == 0) rows.push_back(1);
+      for (int64_t nrows : rows) {
+        const int64_t keys = 512, lds = 512, dkp = dk;
+        Shape s{"rows:" + std::to_string(nrows) + "/keys:512/d:" + std::to_string(dk),
+                2.0 * nrows * keys * dk, double(nrows * keys)};
+        out.push_back({s, [=](benchmark::State& st) {
+                         Floats q(nrows * dkp), k(keys * dk), sc(nrows * lds);
+                         ukernels::ScoreRowsArgs a{q.get(), dkp, nrows, k.get(), dk,
+                                                   keys,    dk,  sc.get(), lds};
+                         Time(st, *up, a, s, peak);
+                       }});
+      }
+      break;
+    }
+    case Family::kQkPacked: {
+      const int64_t rows = lanes >= 16 ? 8 : 4, dk = 64, tile = 2 * lanes;
+      Shape s{"rows:" + std::to_string(rows) + "/keys:" + std::to_string(tile) + "/d:64",
+              2.0 * rows * tile * dk, double(rows * tile)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats q(rows * dk), packed(dk * tile), sc(rows * tile);
+                       std::vector<const float*> rp(rows);
+                       for (int64_t r = 0; r < rows; ++r) rp[r] = q.get() + r * dk;
+                       ukernels::QkPackedArgs a{rp.data(), rows, packed.get(), dk, sc.get(), tile};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
+    case Family::kPvTile: {
+      struct P {
+        int64_t rows, dv;
+        bool key_major;
+      };
+      std::vector<P> ps;
+      if (u.rows > 0) {
+        ps.push_back({u.rows, u.width_vectors * lanes, false});
+      } else {
+        ps = {{64, 64, true}, {64, 128, true}, {1, 128, false}};
+      }
+      for (const P& pp : ps) {
+        const int64_t keys = 512, nvec = pp.dv / lanes;
+        const int64_t pj = pp.key_major ? 64 : 1, pm = pp.key_major ? 1 : keys;
+        Shape s{"rows:" + std::to_string(pp.rows) + "/keys:512/d:" + std::to_string(pp.dv),
+                2.0 * pp.rows * keys * pp.dv, double(pp.rows * pp.dv)};
+        out.push_back({s, [=](benchmark::State& st) {
+                         Floats p(keys * 64 + pp.rows * keys), v(keys * pp.dv), o(pp.rows * pp.dv);
+                         ukernels::PvTileArgs a{p.get(), pj,   pm,   v.get(),  pp.dv, keys,
+                                                pp.rows, nvec, true, o.get(), pp.dv};
+                         Time(st, *up, a, s, peak);
+                       }});
+      }
+      break;
+    }
+    case Family::kPvRows: {
+      const int64_t rows = 64, keys = 256, dv = 64;
+      Shape s{"rows:64/keys:256/d:64", 2.0 * rows * keys * dv, double(rows * dv)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats p(rows * keys), v(keys * dv), o(rows * dv);
+                       ukernels::PvRowsArgs a{p.get(), keys, rows, v.get(), dv, keys, dv, o.get(), dv};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
+    case Family::kOnlineSoftmaxColumns:
+    case Family::kOnlineSoftmaxRows: {
+      const bool columns = u.family == Family::kOnlineSoftmaxColumns;
+      const int64_t rows = columns ? 64 : 4, keys = 512, ld = columns ? 64 : 512;
+      Shape s{"rows:" + std::to_string(rows) + "/keys:512", 0, double(rows * keys)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats sc(keys * 64), m(64), l(64), alpha(64);
+                       for (int64_t x = 0; x < 64; ++x) m.get()[x] = 2.0f, l.get()[x] = 1.0f;
+                       ukernels::OnlineSoftmaxArgs a{sc.get(), ld, keys, rows,
+                                                     m.get(),  l.get(), alpha.get()};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
+    case Family::kSoftmaxRow: {
+      const int64_t n = 4096;
+      Shape s{"keys:4096", 0, double(n)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats row(n), add(n);
+                       ukernels::SoftmaxRowArgs a{row.get(), n, 0.125f, add.get(), 0, 0};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
+    case Family::kExp2: {
+      const int64_t n = 4096;
+      Shape s{"n:4096", 0, double(n)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats x(n), y(n);
+                       ukernels::Exp2Args a{x.get(), y.get(), n};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
+    case Family::kTranspose: {
+      const int64_t n = 64, cols = 128;
+      Shape s{"rows:64/d:128", 0, double(n * cols)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats src(n * cols), dst(cols * n);
+                       std::vector<const float*> rows(n);
+                       for (int64_t r = 0; r < n; ++r) rows[r] = src.get() + r * cols;
+                       ukernels::TransposeArgs a{rows.data(), n, n, cols, 0.125f, dst.get(), n};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
+    case Family::kDot: {
+      const int64_t n = 4096;
+      Shape s{"n:4096", 2.0 * n, 1};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats x(n), y(n);
+                       ukernels::DotArgs a{x.get(), y.get(), n, 0};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
+    case Family::kFinishRow: {
+      const int64_t dv = 128;
+      Shape s{"d:128", 0, double(dv)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats acc(dv), o(dv);
+                       float lse = 0;
+                       ukernels::FinishRowArgs a{acc.get(), 1.0f, 3.0f, dv, o.get(), &lse};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<UkernelCase> UkernelCases(double peak_gflops) {
+  std::vector<UkernelCase> cases;
+  cases.push_back({"ukernel/fma_peak/threads:1", [peak_gflops](benchmark::State& state) {
+                     double flops = 0;
+                     for (auto _ : state) flops = FmaFlops(1 << 16);
+                     using benchmark::Counter;
+                     state.counters["GFLOPS"] =
+                         Counter(flops / 1e9, Counter::kIsIterationInvariantRate);
+                     state.counters["fma_peak_gflops"] = peak_gflops;
+                     state.counters["threads"] = 1;
+                   }});
+  const int64_t lanes = ukernels::DispatchedLanes();
+  for (const Ukernel& u : ukernels::Ukernels()) {
+    for (auto& [shape, run] : Shapes(u, lanes, peak_gflops)) {
+      cases.push_back({"ukernel/" + std::string(u.name) + "/" + shape.tokens + "/threads:1", run});
+    }
+  }
+  return cases;
+}
+
+}  // namespace attn::bench

@@ -1,0 +1,34 @@
+// Benchmarks of the micro-kernel list (kernels/ukernels/ukernels.inc): every
+// entry on L1/L2-resident data at the shapes the variants call it with, one
+// thread, the best Highway target, against the FMA peak of the same core
+// measured in the same run (bench/fma_peak.h).
+//
+// Names: ukernel/<entry>/<shape tokens>, e.g.
+// ukernel/f32_score_tile/rows:64/keys:512/d:128, and ukernel/fma_peak.
+// Counters (docs/bench-json.md): GFLOPS for the entries that are FMA work
+// (scores, P·V, dot: 2 FLOPs per multiply-add), peak_fraction = GFLOPS / the
+// FMA peak, Gelems_per_s for the others (softmax, exp, transpose, finish:
+// elements of their output per second), fma_peak_gflops.
+#ifndef ATTNLAB_BENCH_UKERNEL_BENCH_H_
+#define ATTNLAB_BENCH_UKERNEL_BENCH_H_
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+namespace attn::bench {
+
+struct UkernelCase {
+  std::string name;
+  std::function<void(benchmark::State&)> run;
+};
+
+// One case per (entry, shape), plus ukernel/fma_peak. `peak_gflops` is the
+// FMA peak measured before registration (MeasureFmaPeakGflops).
+std::vector<UkernelCase> UkernelCases(double peak_gflops);
+
+}  // namespace attn::bench
+
+#endif  // ATTNLAB_BENCH_UKERNEL_BENCH_H_
