@@ -110,20 +110,24 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
       break;
     }
     case Family::kPvTile: {
+      // flash's block (64 rows, Sᵀ key-major) at its 512-key tile, and at 64
+      // keys (the per-call cost of its 24 accumulators' loads and stores,
+      // amortized over fewer keys: why the tile is long); decode rows.
       struct P {
-        int64_t rows, dv;
+        int64_t rows, dv, keys;
         bool key_major;
       };
       std::vector<P> ps;
       if (u.rows > 0) {
-        ps.push_back({u.rows, u.width_vectors * lanes, false});
+        ps.push_back({u.rows, u.width_vectors * lanes, 512, false});
       } else {
-        ps = {{64, 64, true}, {64, 128, true}, {1, 128, false}};
+        ps = {{64, 64, 512, true}, {64, 128, 512, true}, {64, 128, 64, true}, {1, 128, 512, false}};
       }
       for (const P& pp : ps) {
-        const int64_t keys = 512, nvec = pp.dv / lanes;
+        const int64_t keys = pp.keys, nvec = pp.dv / lanes;
         const int64_t pj = pp.key_major ? 64 : 1, pm = pp.key_major ? 1 : keys;
-        Shape s{"rows:" + std::to_string(pp.rows) + "/keys:512/d:" + std::to_string(pp.dv),
+        Shape s{"rows:" + std::to_string(pp.rows) + "/keys:" + std::to_string(keys) + "/d:" +
+                    std::to_string(pp.dv),
                 2.0 * pp.rows * keys * pp.dv, double(pp.rows * pp.dv)};
         out.push_back({s, [=](benchmark::State& st) {
                          Floats p(keys * 64 + pp.rows * keys), v(keys * pp.dv), o(pp.rows * pp.dv);

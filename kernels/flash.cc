@@ -42,7 +42,7 @@
 // Q stays in registers over the whole tile (GQA-4 decode, 1 thread: Lk =
 // 16384 22.6 -> 26.3 GB/s, 65536 18.7 -> 20.0). Not for 1 row: the same
 // kernel made MHA decode from DRAM slower (25 -> 16 GB/s), for no reason we
-// could find, so MHA keeps ScoresFour. With 4 rows on AVX-512 (32
+// could find, so MHA keeps ScoreRowsFourKeys. With 4 rows on AVX-512 (32
 // registers, all of which a 4-row Q or O would take) both S and P·V make one
 // pass over their tile, key by key in address order, with part of Q (S) or
 // of O (P·V) in L1: the second pass of the pair or column-half schemes read
