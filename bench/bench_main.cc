@@ -65,7 +65,8 @@
 #include "kernels/internal/thread_scope.h"
 #include "kernels/registry.h"
 #include "reference/reference.h"
-#include "tests/test_support.h"
+#include "testing/compare.h"
+#include "testing/problem_data.h"
 
 namespace attn::bench {
 namespace {
