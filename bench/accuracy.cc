@@ -1,6 +1,6 @@
 // Accuracy run. For each variant, N = Lq = Lk = 128..max_n (powers of two),
 // d = 64 and 128, and each mask kind, the variant runs the whole problem
-// (B = H = Hkv = 1, inputs uniform in [-1, 1), tests/test_support.h's
+// (B = H = Hkv = 1, inputs uniform in [-1, 1), testing/problem_data.h's
 // ProblemData) and its output rows are compared against the fp64 reference.
 //
 // Rows checked: every row when N <= 1024; above, 512 rows spaced evenly from
@@ -15,7 +15,8 @@
 // Per result: max_abs_error (over O), max_rel_error (normwise per row:
 // max_d |err| / max_d |want|, the largest over rows; elementwise relative
 // error is meaningless for outputs near 0), bound_ratio (max over elements of
-// |err| / ErrorBound(...).o from tests/test_support.h: < 1 passes), ok.
+// |err| / ErrorBound(...).o: < 1 passes), ok. Each row is compared by
+// testing::CompareRow, the comparison of the tests and `attnlab check`.
 //
 // The file is rewritten (whole, then renamed over the old one) after every result, so an
 // interrupted run keeps what it finished; --resume=FILE keeps FILE's results and runs the
@@ -39,7 +40,8 @@
 #include "bench/resume.h"
 #include "kernels/registry.h"
 #include "reference/reference.h"
-#include "tests/test_support.h"
+#include "testing/compare.h"
+#include "testing/problem_data.h"
 
 namespace attn::bench {
 
@@ -101,7 +103,9 @@ struct RowResult {
   bool ok = true;
 };
 
-RowResult CheckRows(testing::ProblemData& data, const std::vector<int64_t>& rows) {
+// Row i of the kernel's O against the reference of the row re-posed as a
+// one-query problem (its row 0, its bound), over O only.
+RowResult CheckRows(const testing::ProblemData& data, const std::vector<int64_t>& rows) {
   const Problem& p = data.problem();
   const int64_t dv = p.shape.value_dim;
   RowResult res;
@@ -114,23 +118,20 @@ RowResult CheckRows(testing::ProblemData& data, const std::vector<int64_t>& rows
       res.ok = false;
       continue;
     }
-    const double bound = testing::ErrorBound(r, 0, 0, 0).o;
-    const float* got = p.o.data + i * p.o.strides.row;
-    double row_err = 0, row_max = 0;
-    for (int64_t d = 0; d < dv; ++d) {
-      const double w = want->o[d];
-      const double err = std::fabs(double(got[d]) - w);
-      if (!(err <= bound)) res.ok = false;  // also catches NaN
-      if (!std::isfinite(err)) {
-        res.max_abs = res.bound_ratio = INFINITY;
-        continue;
-      }
-      res.max_abs = std::max(res.max_abs, err);
-      if (bound > 0) res.bound_ratio = std::max(res.bound_ratio, err / bound);
-      row_err = std::max(row_err, err);
-      row_max = std::max(row_max, std::fabs(w));
+    testing::Comparison c;
+    testing::CompareRow(p, 0, 0, i, *want, 0, testing::ErrorBound(r, 0, 0, 0), c,
+                        {.o = true, .lse = false, .weights = false});
+    res.ok = res.ok && c.ok;
+    res.max_abs = std::max(res.max_abs, c.max_abs_error);
+    res.bound_ratio = std::max(res.bound_ratio, c.worst_bound_ratio);
+    // The comparison keeps finite errors; a NaN or inf in the row makes them infinite.
+    const float* got = testing::RowOf(p.o, 0, 0, i);
+    if (!std::all_of(got, got + dv, [](float x) { return std::isfinite(x); })) {
+      res.max_abs = res.bound_ratio = INFINITY;
     }
-    if (row_max > 0) res.max_rel = std::max(res.max_rel, row_err / row_max);
+    double row_max = 0;
+    for (int64_t d = 0; d < dv; ++d) row_max = std::max(row_max, std::fabs(want->o[d]));
+    if (row_max > 0) res.max_rel = std::max(res.max_rel, c.max_abs_error / row_max);
   }
   return res;
 }

@@ -1,7 +1,7 @@
 // The accuracy run checks long rows through RowProblem(): row i re-posed as
 // a one-query problem. This test pins that re-posing down: for every mask
 // kind, Lq = Lk, Lq < Lk and Lq > Lk, the reference's answer (O, lse) and the
-// tests' ErrorBound for the one-query problem equal those of row i of the
+// ErrorBound for the one-query problem equal those of row i of the
 // full problem.
 #include "bench/accuracy.h"
 
@@ -11,7 +11,8 @@
 #include <vector>
 
 #include "reference/reference.h"
-#include "tests/test_support.h"
+#include "testing/compare.h"
+#include "testing/problem_data.h"
 
 namespace attn::bench {
 namespace {

@@ -65,11 +65,14 @@
 #include "kernels/internal/thread_scope.h"
 #include "kernels/registry.h"
 #include "reference/reference.h"
-#include "tests/test_support.h"
+#include "testing/compare.h"
+#include "testing/problem_data.h"
 
 namespace attn::bench {
 namespace {
 
+// What runs (the suite's flags, resolved: threads never empty, the budget
+// never 0).
 struct Options {
   std::string suite = "default";
   std::vector<int> threads;
@@ -77,7 +80,6 @@ struct Options {
   int64_t heads = 8;
   size_t memory_budget = 0;
 };
-Options g_options;
 
 struct Suite {
   std::vector<int64_t> sweep_n;
@@ -174,34 +176,12 @@ Suite MakeSuite(const std::string& name) {
   return s;
 }
 
-// ---------------------------------------------------------------- progress
-
-int g_total = 0;
-int g_done = 0;
-std::string g_last;
-benchmark::IterationCount g_last_iterations = 0;
-
-// "[12/140] flash/N:4096/d:64/causal:1/threads:2" to stderr once per run, i.e. per case and
-// repetition (Google Benchmark calls a case's function again with more iterations while it
-// sizes a run; a call of the same case that asks for no more iterations than the last one is
-// its next repetition). The JSON on stdout or in --benchmark_out stays clean.
-void Progress(const benchmark::State& state, const std::string& name) {
-  const bool same_run = name == g_last && state.max_iterations > g_last_iterations;
-  g_last = name;
-  g_last_iterations = state.max_iterations;
-  if (same_run) return;
-  ++g_done;
-  std::fprintf(stderr, "[%d/%d] %s\n", g_done, g_total, name.c_str());
-  std::fflush(stderr);
-}
-
-// ---------------------------------------------------------------- checking
+// ---------------------------------------------------------------- run-time context
 
 struct Verdict {
   bool ok = true;
   std::string message;
 };
-std::map<std::string, Verdict> g_verdicts;
 
 // The small problem a case is checked at: the case's heads, GQA group, mask
 // and d, with lengths capped (256 queries/keys, 512 keys for decode; a window
@@ -225,29 +205,123 @@ testing::ProblemSpec CheckSpec(const Case& c) {
   return spec;
 }
 
-const Verdict& CheckOnce(const Variant& v, const Case& c) {
-  const std::string key = std::string(v.name) + "/" + c.CheckKey();
-  auto it = g_verdicts.find(key);
-  if (it != g_verdicts.end()) return it->second;
-  Verdict verdict;
-  testing::ProblemData data(CheckSpec(c));
-  RunOptions options{c.threads, g_options.memory_budget};
-  const Status status = Run(v, data.problem(), options);
-  if (!status.ok()) {
-    verdict = {false, "at " + Describe(data.problem().shape, data.problem().mask) + ": " +
-                          status.ToString()};
-  } else {
-    auto want = reference::Attention(data.problem());
-    const testing::Comparison cmp = CompareToReference(data, *want);
-    if (!cmp.ok) {
-      verdict = {false, "at " + Describe(data.problem().shape, data.problem().mask) + ": " +
-                            cmp.first_failure};
-    }
+// What the case functions share while Google Benchmark runs them: the
+// options, the progress count, the correctness verdicts and the stream
+// ceiling's buffer. One per run, alive for all of it (the registered case
+// functions point to it).
+class RunContext {
+ public:
+  explicit RunContext(const Options& options) : options_(options) {}
+
+  const Options& options() const { return options_; }
+  RunOptions run_options(int threads) const { return {threads, options_.memory_budget}; }
+  // The runs this run does (selected cases times their repetitions).
+  void set_total_runs(int runs) { total_ = runs; }
+
+  // "[12/140] flash/N:4096/d:64/causal:1/threads:2" to stderr once per run, i.e. per case and
+  // repetition (Google Benchmark calls a case's function again with more iterations while it
+  // sizes a run; a call of the same case that asks for no more iterations than the last one is
+  // its next repetition). The JSON on stdout or in --benchmark_out stays clean.
+  void Progress(const benchmark::State& state, const std::string& name) {
+    const bool same_run = name == last_ && state.max_iterations > last_iterations_;
+    last_ = name;
+    last_iterations_ = state.max_iterations;
+    if (same_run) return;
+    ++done_;
+    std::fprintf(stderr, "[%d/%d] %s\n", done_, total_, name.c_str());
+    std::fflush(stderr);
   }
-  return g_verdicts.emplace(key, verdict).first->second;
+
+  // The verdict of `v` on `c`'s check problem (CheckSpec) against the fp64
+  // reference, checked the first time a (variant, CheckKey) is met.
+  const Verdict& CheckOnce(const Variant& v, const Case& c) {
+    const std::string key = std::string(v.name) + "/" + c.CheckKey();
+    auto it = verdicts_.find(key);
+    if (it != verdicts_.end()) return it->second;
+    Verdict verdict;
+    testing::ProblemData data(CheckSpec(c));
+    const Status status = Run(v, data.problem(), run_options(c.threads));
+    const std::string at = "at " + Describe(data.problem().shape, data.problem().mask) + ": ";
+    if (!status.ok()) {
+      verdict = {false, at + status.ToString()};
+    } else {
+      auto want = reference::Attention(data.problem());
+      const testing::Comparison cmp = testing::CompareToReference(data, *want);
+      if (!cmp.ok) verdict = {false, at + cmp.first_failure};
+    }
+    return verdicts_.emplace(key, verdict).first->second;
+  }
+
+  // `bytes` of random floats, kept from one stream case to the next.
+  const std::vector<float>& StreamBuffer(int64_t bytes, const std::string& name) {
+    const int64_t n = bytes / 4;
+    if (int64_t(stream_buffer_.size()) != n) {
+      ReleaseData();
+      stream_buffer_.assign(n, 0.0f);
+      FillRandom(stream_buffer_.data(), n, SeedFrom(name));
+    }
+    return stream_buffer_;
+  }
+
+ private:
+  const Options& options_;
+  int total_ = 0;
+  int done_ = 0;
+  std::string last_;
+  benchmark::IterationCount last_iterations_ = 0;
+  std::map<std::string, Verdict> verdicts_;  // by variant/CheckKey
+  std::vector<float> stream_buffer_;
+};
+
+// ---------------------------------------------------------------- time cap
+
+// GFLOPS of each variant on one thread at the sweep's N = 1024, d = 64 shape,
+// by variant name. Missing: not calibrated (no cap applies).
+using Calibration = std::map<std::string, double>;
+
+// Measured before registration when the suite has a time cap or repeats cases:
+// one warm-up run, then one timed.
+Calibration Calibrate(const Options& options) {
+  Calibration rates;
+  Case c{Scenario::kSweep, options.batch, options.heads, options.heads, 1024, 1024, 64};
+  c.threads = 1;
+  ScopedThreads threads(1);
+  CaseData& data = DataFor(c);
+  const RunOptions run_options{1, options.memory_budget};
+  const double flops = AttentionFlops(DensePairs(c), c.dim, c.dim);
+  for (const Variant* v : Registry()) {
+    if (!Run(*v, data.problem, run_options).ok()) continue;
+    const auto start = std::chrono::steady_clock::now();
+    if (!Run(*v, data.problem, run_options).ok()) continue;
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (secs > 0) rates[v->name] = flops / secs / 1e9;
+  }
+  ReleaseData();
+  return rates;
 }
 
-// ---------------------------------------------------------------- cases
+// The rates a run calibrated (its context's attnlab_calibrated_gflops, "blas=68.06,...").
+Calibration ReadCalibration(const nlohmann::ordered_json& context) {
+  Calibration rates;
+  auto it = context.find("attnlab_calibrated_gflops");
+  if (it == context.end() || !it->is_string()) return rates;
+  std::istringstream text(it->get<std::string>());
+  std::string item;
+  while (std::getline(text, item, ',')) {
+    const size_t eq = item.find('=');
+    if (eq != std::string::npos) rates[item.substr(0, eq)] = std::atof(&item[eq + 1]);
+  }
+  return rates;
+}
+
+// Predicted seconds per iteration of `flops` on `v`; 0 when not calibrated.
+double PredictedSeconds(const Calibration& rates, const Variant& v, double flops) {
+  auto it = rates.find(v.name);
+  return it == rates.end() ? 0 : flops / (it->second * 1e9);
+}
+
+// ---------------------------------------------------------------- preparing a case
 
 // A Problem carrying `c`'s shape and mask over placeholder addresses: enough
 // for Prepare() (which reads shapes, strides and addresses, never data) to
@@ -262,52 +336,29 @@ Problem ShapeOnlyProblem(const Case& c) {
   return p;
 }
 
-bool OverBudget(const Variant& v, const Case& c) {
-  RunOptions options{c.threads, g_options.memory_budget};
-  auto prepared = Prepare(v, ShapeOnlyProblem(c), options);
-  return !prepared.ok() && prepared.status().code() == StatusCode::kResourceExhausted;
+// A (variant, case) prepared once, at registration, on its shape-only problem:
+// whether it may run (the memory budget's verdict), its FLOPs and its
+// predicted time all come from this one Prepare, and the case function reuses
+// them.
+struct PreparedCase {
+  Status status;                 // Prepare's: ok, over budget (kResourceExhausted), unsupported
+  double flops = 0;              // AttentionFlops of the visible pairs; the dense count if refused
+  double predicted_seconds = 0;  // at the calibrated rate; 0 when not calibrated
+  bool over_budget() const { return status.code() == StatusCode::kResourceExhausted; }
+};
+
+PreparedCase PrepareCase(const Variant& v, const Case& c, const RunContext& ctx,
+                         const Calibration& rates) {
+  PreparedCase prepared;
+  auto valid = Prepare(v, ShapeOnlyProblem(c), ctx.run_options(c.threads));
+  prepared.status = valid.ok() ? Status() : valid.status();
+  const double pairs = valid.ok() ? double(VisiblePairs(*valid)) : DensePairs(c);
+  prepared.flops = AttentionFlops(pairs, c.dim, c.dim);
+  prepared.predicted_seconds = PredictedSeconds(rates, v, prepared.flops);
+  return prepared;
 }
 
-// ---------------------------------------------------------------- time cap
-
-// GFLOPS of each variant on one thread at the sweep's N = 1024, d = 64 shape
-// (one warm-up run, then one timed), measured before registration when the
-// suite has a time cap. Missing: not calibrated (no cap applies).
-std::map<std::string, double> g_calibrated_gflops;
-
-void Calibrate() {
-  Case c{Scenario::kSweep, g_options.batch, g_options.heads, g_options.heads, 1024, 1024, 64};
-  c.threads = 1;
-  ScopedThreads threads(1);
-  CaseData& data = DataFor(c);
-  const RunOptions options{1, g_options.memory_budget};
-  const double flops = AttentionFlops(DensePairs(c), c.dim, c.dim);
-  for (const Variant* v : Registry()) {
-    if (!Run(*v, data.problem, options).ok()) continue;
-    const auto start = std::chrono::steady_clock::now();
-    if (!Run(*v, data.problem, options).ok()) continue;
-    const double secs =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (secs > 0) g_calibrated_gflops[v->name] = flops / secs / 1e9;
-  }
-  ReleaseData();
-}
-
-// Predicted seconds per iteration of `flops` on `v`; 0 when not calibrated.
-double PredictedSeconds(const Variant& v, double flops) {
-  auto it = g_calibrated_gflops.find(v.name);
-  return it == g_calibrated_gflops.end() ? 0 : flops / (it->second * 1e9);
-}
-
-// FLOPs (visible pairs) of `c`; the dense count if Prepare refuses it.
-double CaseFlops(const Variant& v, const Case& c) {
-  RunOptions options{c.threads, size_t(-1)};
-  auto prepared = Prepare(v, ShapeOnlyProblem(c), options);
-  const double pairs = prepared.ok() ? double(VisiblePairs(*prepared)) : DensePairs(c);
-  return AttentionFlops(pairs, c.dim, c.dim);
-}
-
-std::vector<std::string> g_left_out;  // cases the time cap left out
+// ---------------------------------------------------------------- cases
 
 void SetParams(benchmark::State& state, const Case& c) {
   state.counters["B"] = double(c.batch);
@@ -329,35 +380,35 @@ void SkipNotRun(benchmark::State& state, const Status& s) {
                           .c_str());
 }
 
-void VariantCase(benchmark::State& state, const Variant* variant, Case c, std::string name) {
+// One variant on one case. `prepared` is the case's Prepare at registration.
+void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& variant, const Case& c,
+                 const PreparedCase& prepared, const std::string& name) {
   if (SkipIfInterrupted(state)) return;
-  Progress(state, name);
+  ctx.Progress(state, name);
   ScopedThreads threads(c.threads);
   // Budget first (an over-budget case needs no inputs and no check), then
   // the correctness verdict, then the inputs.
-  const RunOptions options{c.threads, g_options.memory_budget};
-  if (auto shape_only = Prepare(*variant, ShapeOnlyProblem(c), options); !shape_only.ok()) {
-    SkipNotRun(state, shape_only.status());
+  if (!prepared.status.ok()) {
+    SkipNotRun(state, prepared.status);
     return;
   }
-  const Verdict& verdict = CheckOnce(*variant, c);
+  const Verdict& verdict = ctx.CheckOnce(variant, c);
   if (!verdict.ok) {
     state.SkipWithError(("failed check: " + verdict.message).c_str());
     return;
   }
   CaseData& data = DataFor(c);
-  auto prepared = Prepare(*variant, data.problem, options);
-  if (!prepared.ok()) {
-    SkipNotRun(state, prepared.status());
+  const RunOptions options = ctx.run_options(c.threads);
+  if (auto real = Prepare(variant, data.problem, options); !real.ok()) {
+    SkipNotRun(state, real.status());
     return;
   }
-  const double pairs = double(VisiblePairs(*prepared));
   RunStats stats;
   PeakRss rss;
   rss.Start();
   for (auto _ : state) {
     if (StopIfInterrupted(state)) break;
-    const Status s = Run(*variant, data.problem, options, &stats);
+    const Status s = Run(variant, data.problem, options, &stats);
     if (!s.ok()) {
       state.SkipWithError(("not run: " + s.ToString()).c_str());
       return;
@@ -366,8 +417,7 @@ void VariantCase(benchmark::State& state, const Variant* variant, Case c, std::s
   }
   const double rss_delta = rss.DeltaBytes();
   SetParams(state, c);
-  state.counters["GFLOPS"] =
-      Counter(AttentionFlops(pairs, c.dim, c.dim) / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS"] = Counter(prepared.flops / 1e9, Counter::kIsIterationInvariantRate);
   state.counters["GFLOPS_dense"] = Counter(AttentionFlops(DensePairs(c), c.dim, c.dim) / 1e9,
                                            Counter::kIsIterationInvariantRate);
   state.counters["workspace_bytes"] = double(stats.workspace_peak_bytes);
@@ -395,9 +445,10 @@ void VariantCase(benchmark::State& state, const Variant* variant, Case c, std::s
 // N = 16384..65536 cases at seconds instead of minutes.
 constexpr double kCeilingFlops = 20e9;
 
-void CeilingSgemm(benchmark::State& state, Case c, std::string name) {
+void CeilingSgemm(benchmark::State& state, RunContext& ctx, const Case& c,
+                  const std::string& name) {
   if (SkipIfInterrupted(state)) return;
-  Progress(state, name);
+  ctx.Progress(state, name);
   ScopedThreads threads(c.threads);
   CaseData& data = DataFor(c);
   const int64_t lq = c.q_len, lk = c.kv_len, d = c.dim;
@@ -443,18 +494,13 @@ void CeilingSgemm(benchmark::State& state, Case c, std::string name) {
 // Memory bandwidth ceiling: sum a buffer far larger than the last-level
 // cache on `threads` OpenMP threads (read-only, like a decode pass over the
 // KV cache). GBps = bytes read per second / 1e9.
-void CeilingStream(benchmark::State& state, int64_t bytes, int threads, std::string name) {
+void CeilingStream(benchmark::State& state, RunContext& ctx, int64_t bytes, int threads,
+                   const std::string& name) {
   if (SkipIfInterrupted(state)) return;
-  Progress(state, name);
+  ctx.Progress(state, name);
   ScopedThreads scope(threads);
-  static std::vector<float> buffer;
   const int64_t n = bytes / 4;
-  if (int64_t(buffer.size()) != n) {
-    ReleaseData();
-    buffer.assign(n, 0.0f);
-    FillRandom(buffer.data(), n, SeedFrom(name));
-  }
-  const float* data = buffer.data();
+  const float* data = ctx.StreamBuffer(bytes, name).data();
   // 32 independent partial sums per thread (8 SSE or 2 AVX-512 vectors of
   // add chains): the loop is bound by loads, not by the latency of one add
   // chain, which would cap it near 10 GB/s on this machine.
@@ -481,17 +527,18 @@ void CeilingStream(benchmark::State& state, int64_t bytes, int threads, std::str
   state.counters["threads"] = double(threads);
 }
 
-void LayerCase(benchmark::State& state, const Variant* variant, Case c, std::string name) {
+void LayerCase(benchmark::State& state, RunContext& ctx, const Variant& variant, const Case& c,
+               const std::string& name) {
   if (SkipIfInterrupted(state)) return;
-  Progress(state, name);
+  ctx.Progress(state, name);
   ScopedThreads threads(c.threads);
   MhaLayer layer(c.q_len, c.heads, c.dim, SeedFrom("layer/" + c.DataKey()));
-  const RunOptions options{c.threads, g_options.memory_budget};
-  if (Status s = layer.Prepare(*variant, options); !s.ok()) {
+  const RunOptions options = ctx.run_options(c.threads);
+  if (Status s = layer.Prepare(variant, options); !s.ok()) {
     SkipNotRun(state, s);
     return;
   }
-  const Verdict& verdict = CheckOnce(*variant, c);
+  const Verdict& verdict = ctx.CheckOnce(variant, c);
   if (!verdict.ok) {
     state.SkipWithError(("failed check: " + verdict.message).c_str());
     return;
@@ -499,7 +546,7 @@ void LayerCase(benchmark::State& state, const Variant* variant, Case c, std::str
   double attention_s = 0, total_s = 0;
   for (auto _ : state) {
     if (StopIfInterrupted(state)) break;
-    const LayerTimes t = layer.Forward(*variant, options);
+    const LayerTimes t = layer.Forward(variant, options);
     if (!t.status.ok()) {
       state.SkipWithError(("not run: " + t.status.ToString()).c_str());
       return;
@@ -526,139 +573,169 @@ struct Registration {
   int finished = 0;     // repetitions the --resume file already holds
   int runs = 0;         // repetitions this run does
 };
-std::vector<Registration> g_cases;
 
-void AddCase(std::string name, std::function<void(benchmark::State&)> fn,
-             double predicted_seconds) {
-  g_cases.push_back({std::move(name), std::move(fn), predicted_seconds});
-}
+// A suite's cases, built once before Google Benchmark runs anything: every
+// shape of the suite, every registry variant and every thread count, each
+// (variant, case) prepared once (PrepareCase). The case functions point to
+// `ctx`, which must outlive the run.
+class SuiteCases {
+ public:
+  SuiteCases(const Suite& suite, const Calibration& rates, RunContext& ctx)
+      : suite_(suite), rates_(rates), ctx_(ctx), options_(ctx.options()) {
+    Build();
+  }
+  std::vector<Registration>& cases() { return cases_; }
+  // The cases the time cap left out, by name.
+  const std::vector<std::string>& left_out() const { return left_out_; }
 
-// Registers the ceiling (when `ceiling`) and every variant for case `c` at
-// each thread count.
-void AddShape(const Suite& suite, Case c, bool ceiling) {
-  for (int t : g_options.threads) {
-    c.threads = t;
-    const std::string tokens = c.Tokens();
-    if (ceiling) {
-      // Two sgemm calls: predicted at the blas variant's rate.
-      const Variant* blas = FindVariant("blas");
-      AddCase(
-          "ceiling_sgemm/" + tokens,
-          [c, name = "ceiling_sgemm/" + tokens](benchmark::State& s) { CeilingSgemm(s, c, name); },
-          blas ? PredictedSeconds(*blas, AttentionFlops(DensePairs(c), c.dim, c.dim)) : 0);
-    }
-    for (const Variant* v : Registry()) {
-      const std::string name = std::string(v->name) + "/" + tokens;
-      const bool over_budget = OverBudget(*v, c);
-      const double seconds = PredictedSeconds(*v, CaseFlops(*v, c));
-      if (seconds > suite.max_case_seconds && !over_budget) {
-        g_left_out.push_back(name);
-        continue;
+ private:
+  void Add(std::string name, std::function<void(benchmark::State&)> fn, double predicted_seconds) {
+    cases_.push_back({std::move(name), std::move(fn), predicted_seconds});
+  }
+  void AddVariant(const Variant* v, const Case& c, const PreparedCase& prepared) {
+    const std::string name = std::string(v->name) + "/" + c.Tokens();
+    Add(
+        name,
+        [ctx = &ctx_, v, c, prepared, name](benchmark::State& s) {
+          VariantCase(s, *ctx, *v, c, prepared, name);
+        },
+        prepared.over_budget() ? -1 : prepared.predicted_seconds);
+  }
+
+  // Adds the ceiling (when `ceiling`) and every variant for case `c` at
+  // each thread count.
+  void AddShape(Case c, bool ceiling) {
+    for (int t : options_.threads) {
+      c.threads = t;
+      if (ceiling) {
+        // Two sgemm calls: predicted at the blas variant's rate.
+        const Variant* blas = FindVariant("blas");
+        const std::string name = "ceiling_sgemm/" + c.Tokens();
+        Add(
+            name, [ctx = &ctx_, c, name](benchmark::State& s) { CeilingSgemm(s, *ctx, c, name); },
+            blas ? PredictedSeconds(rates_, *blas, AttentionFlops(DensePairs(c), c.dim, c.dim))
+                 : 0);
       }
-      AddCase(
-          name, [v, c, name](benchmark::State& s) { VariantCase(s, v, c, name); },
-          over_budget ? -1 : seconds);
+      for (const Variant* v : Registry()) {
+        const PreparedCase prepared = PrepareCase(*v, c, ctx_, rates_);
+        if (prepared.predicted_seconds > suite_.max_case_seconds && !prepared.over_budget()) {
+          left_out_.push_back(std::string(v->name) + "/" + c.Tokens());
+          continue;
+        }
+        AddVariant(v, c, prepared);
+      }
     }
   }
-}
 
-void RegisterSuite(const Suite& suite) {
-  const int64_t B = g_options.batch, H = g_options.heads;
-  // Sweep: Lq = Lk = N. Past the suite's N range, only over-budget cases of
-  // score-materializing variants (instant skips the report shows).
-  std::vector<int64_t> sweep_n = suite.sweep_n;
-  for (int64_t n = sweep_n.back() * 2; n <= suite.over_budget_max_n; n *= 2) sweep_n.push_back(n);
-  for (int64_t n : sweep_n) {
-    for (int64_t d : suite.dims) {
-      const bool in_range = n <= suite.sweep_n.back() && (d != 128 || n <= suite.d128_max_n);
-      for (int causal : {0, 1}) {
-        Case c{Scenario::kSweep, B, H, H, n, n, d, causal == 1};
-        if (in_range) {
-          AddShape(suite, c, /*ceiling=*/true);
-        } else {
-          for (int t : g_options.threads) {
+  void Build() {
+    const int64_t B = options_.batch, H = options_.heads;
+    // Sweep: Lq = Lk = N. Past the suite's N range, only over-budget cases of
+    // score-materializing variants (instant skips the report shows).
+    std::vector<int64_t> sweep_n = suite_.sweep_n;
+    for (int64_t n = sweep_n.back() * 2; n <= suite_.over_budget_max_n; n *= 2) {
+      sweep_n.push_back(n);
+    }
+    for (int64_t n : sweep_n) {
+      for (int64_t d : suite_.dims) {
+        const bool in_range = n <= suite_.sweep_n.back() && (d != 128 || n <= suite_.d128_max_n);
+        for (int causal : {0, 1}) {
+          Case c{Scenario::kSweep, B, H, H, n, n, d, causal == 1};
+          if (in_range) {
+            AddShape(c, /*ceiling=*/true);
+            continue;
+          }
+          for (int t : options_.threads) {
             c.threads = t;
             for (const Variant* v : Registry()) {
-              if (!OverBudget(*v, c)) continue;
-              const std::string name = std::string(v->name) + "/" + c.Tokens();
-              AddCase(
-                  name, [v, c, name](benchmark::State& s) { VariantCase(s, v, c, name); }, -1);
+              const PreparedCase prepared = PrepareCase(*v, c, ctx_, rates_);
+              if (prepared.over_budget()) AddVariant(v, c, prepared);
             }
           }
         }
       }
     }
-  }
-  // Decode: one query against a KV cache, MHA (Hkv = H) and GQA (Hkv = 2).
-  for (int64_t lk : suite.decode_lk) {
-    for (int64_t d : suite.decode_dims) {
-      std::vector<int64_t> kv_heads = {H};
-      if (H > 2) kv_heads.push_back(2);
-      for (int64_t hkv : kv_heads) {
-        Case c{Scenario::kDecode, B, H, hkv, 1, lk, d, false};
-        AddShape(suite, c, /*ceiling=*/false);
-      }
-    }
-  }
-  for (int t : g_options.threads) {
-    const int64_t bytes = int64_t{1} << 30;  // 1 GiB: > 30x any L3 here
-    const std::string name =
-        "ceiling_stream/bytes:" + std::to_string(bytes) + "/threads:" + std::to_string(t);
-    AddCase(
-        name, [bytes, t, name](benchmark::State& s) { CeilingStream(s, bytes, t, name); },
-        // Not repeated: one run of the suite's min_time (5 passes over 1 GiB
-        // at 0.2 s). Its passes vary +-10% on this VM, and three repetitions
-        // of 0.067 s (2 passes each) gave a median of 23.4 GB/s on 1 thread
-        // against 27.3 for the best, under what flash's decode then read.
-        /*predicted_seconds=*/-1);
-  }
-  for (int64_t n : suite.gqa_n) {
-    for (int64_t d : suite.gqa_dims) {
-      for (int causal : suite.gqa_causal) {
-        Case c{Scenario::kGqa, B, 32, 8, n, n, d, causal == 1};
-        AddShape(suite, c, /*ceiling=*/true);
-      }
-    }
-  }
-  for (int64_t n : suite.window_n) {
-    for (int64_t d : suite.window_dims) {
-      Case c{Scenario::kWindow, B, H, H, n, n, d, false, /*window=*/1024};
-      AddShape(suite, c, /*ceiling=*/false);
-    }
-  }
-  for (auto [lq, lk] : suite.cross) {
-    Case c{Scenario::kCross, B, H, H, lq, lk, 64, false};
-    AddShape(suite, c, /*ceiling=*/true);
-  }
-  for (int64_t n : suite.layer_n) {
-    for (int t : g_options.threads) {
-      Case c{Scenario::kSweep, 1, H, H, n, n, 64, false};
-      c.threads = t;
-      for (const Variant* v : Registry()) {
-        const std::string name = "layer/" + std::string(v->name) + "/N:" + std::to_string(n) +
-                                 "/d:64/threads:" + std::to_string(t);
-        const double seconds = PredictedSeconds(*v, CaseFlops(*v, c));
-        if (seconds > suite.max_case_seconds) {
-          g_left_out.push_back(name);
-          continue;
+    // Decode: one query against a KV cache, MHA (Hkv = H) and GQA (Hkv = 2).
+    for (int64_t lk : suite_.decode_lk) {
+      for (int64_t d : suite_.decode_dims) {
+        std::vector<int64_t> kv_heads = {H};
+        if (H > 2) kv_heads.push_back(2);
+        for (int64_t hkv : kv_heads) {
+          AddShape(Case{Scenario::kDecode, B, H, hkv, 1, lk, d, false}, /*ceiling=*/false);
         }
-        // Attention plus the layer's projections (about 4·N·d_model² more
-        // FLOPs): not repeated when the attention alone is near the limit.
-        AddCase(
-            name, [v, c, name](benchmark::State& s) { LayerCase(s, v, c, name); }, 2 * seconds);
+      }
+    }
+    for (int t : options_.threads) {
+      const int64_t bytes = int64_t{1} << 30;  // 1 GiB: > 30x any L3 here
+      const std::string name =
+          "ceiling_stream/bytes:" + std::to_string(bytes) + "/threads:" + std::to_string(t);
+      Add(
+          name,
+          [ctx = &ctx_, bytes, t, name](benchmark::State& s) {
+            CeilingStream(s, *ctx, bytes, t, name);
+          },
+          // Not repeated: one run of the suite's min_time (5 passes over 1 GiB
+          // at 0.2 s). Its passes vary +-10% on this VM, and three repetitions
+          // of 0.067 s (2 passes each) gave a median of 23.4 GB/s on 1 thread
+          // against 27.3 for the best, under what flash's decode then read.
+          /*predicted_seconds=*/-1);
+    }
+    for (int64_t n : suite_.gqa_n) {
+      for (int64_t d : suite_.gqa_dims) {
+        for (int causal : suite_.gqa_causal) {
+          AddShape(Case{Scenario::kGqa, B, 32, 8, n, n, d, causal == 1}, /*ceiling=*/true);
+        }
+      }
+    }
+    for (int64_t n : suite_.window_n) {
+      for (int64_t d : suite_.window_dims) {
+        AddShape(Case{Scenario::kWindow, B, H, H, n, n, d, false, /*window=*/1024},
+                 /*ceiling=*/false);
+      }
+    }
+    for (auto [lq, lk] : suite_.cross) {
+      AddShape(Case{Scenario::kCross, B, H, H, lq, lk, 64, false}, /*ceiling=*/true);
+    }
+    for (int64_t n : suite_.layer_n) {
+      for (int t : options_.threads) {
+        Case c{Scenario::kSweep, 1, H, H, n, n, 64, false};
+        c.threads = t;
+        for (const Variant* v : Registry()) {
+          const std::string name = "layer/" + std::string(v->name) + "/N:" + std::to_string(n) +
+                                   "/d:64/threads:" + std::to_string(t);
+          // The attention's FLOPs (LayerCase prepares the layer's own problem).
+          const double seconds = PrepareCase(*v, c, ctx_, rates_).predicted_seconds;
+          if (seconds > suite_.max_case_seconds) {
+            left_out_.push_back(name);
+            continue;
+          }
+          // Attention plus the layer's projections (about 4·N·d_model² more
+          // FLOPs): not repeated when the attention alone is near the limit.
+          Add(
+              name,
+              [ctx = &ctx_, v, c, name](benchmark::State& s) { LayerCase(s, *ctx, *v, c, name); },
+              2 * seconds);
+        }
       }
     }
   }
-}
 
-// Registers g_cases with Google Benchmark: repetitions (see Suite::repetitions) unless the
+  const Suite& suite_;
+  const Calibration& rates_;
+  RunContext& ctx_;
+  const Options& options_;
+  std::vector<Registration> cases_;
+  std::vector<std::string> left_out_;
+};
+
+// Registers `cases` with Google Benchmark: repetitions (see Suite::repetitions) unless the
 // command line sets them (`have_repetitions`, `user_repetitions` > 0: every case); resuming,
 // only the repetitions `resume` lacks, and not the cases it has whole.
-void RegisterWithBenchmark(const Suite& suite, bool have_repetitions, int user_repetitions,
-                           bool have_min_time, const ResumeFile* resume) {
+void RegisterWithBenchmark(std::vector<Registration>& cases, const Suite& suite,
+                           bool have_repetitions, int user_repetitions, bool have_min_time,
+                           const ResumeFile* resume) {
   const bool repeat = suite.repetitions > 1 && !have_repetitions;
   const double min_time = have_min_time ? 0 : std::stod(suite.min_time);
-  for (Registration& r : g_cases) {
+  for (Registration& r : cases) {
     if (repeat && r.predicted_seconds >= 0 && r.predicted_seconds <= suite.repeat_max_seconds) {
       r.repetitions = suite.repetitions;
     }
@@ -680,27 +757,27 @@ void RegisterWithBenchmark(const Suite& suite, bool have_repetitions, int user_r
   }
 }
 
-// The JSON context (docs/bench-json.md): `context`, the command line, the calibration.
+// The JSON context (docs/bench-json.md): `context`, the command line, the calibration, the
+// time cap and what it left out.
 void AddContext(const std::map<std::string, std::string>& context, const std::string& args,
-                const Suite& suite) {
+                const Suite& suite, const Calibration& rates, size_t left_out) {
   for (const auto& [key, val] : context) benchmark::AddCustomContext(key, val);
   benchmark::AddCustomContext("attnlab_args", args);
-  if (!g_calibrated_gflops.empty()) {
-    std::string rates;
-    for (const auto& [name, gflops] : g_calibrated_gflops) {
+  if (!rates.empty()) {
+    std::string text;
+    for (const auto& [name, gflops] : rates) {
       char buf[64];
-      std::snprintf(buf, sizeof(buf), "%s%s=%.2f", rates.empty() ? "" : ",", name.c_str(), gflops);
-      rates += buf;
+      std::snprintf(buf, sizeof(buf), "%s%s=%.2f", text.empty() ? "" : ",", name.c_str(), gflops);
+      text += buf;
     }
-    benchmark::AddCustomContext("attnlab_calibrated_gflops", rates);
+    benchmark::AddCustomContext("attnlab_calibrated_gflops", text);
   }
   if (suite.max_case_seconds < 1e30) {
     benchmark::AddCustomContext("attnlab_case_time_cap_s",
                                 std::to_string(int(suite.max_case_seconds)));
-    benchmark::AddCustomContext("attnlab_cases_left_out", std::to_string(g_left_out.size()));
+    benchmark::AddCustomContext("attnlab_cases_left_out", std::to_string(left_out));
   }
 }
-
 // What the file holds now, after an interruption or a resume.
 void PrintHeld(const JsonFileReporter& file, const std::vector<Registration*>& selected,
                const std::string& path, int sig, bool resumed) {
@@ -724,58 +801,9 @@ void PrintHeld(const JsonFileReporter& file, const std::vector<Registration*>& s
   }
 }
 
-// ---------------------------------------------------------------- flags
-
-// Our own flags, as --flag=VALUE or --flag VALUE (the latter consumes the
-// next argument: `*i` advances).
-bool TakeFlag(const std::vector<std::string>& args, size_t* i, const char* flag,
-              std::string* value) {
-  const std::string& arg = args[*i];
-  const std::string name = std::string("--") + flag;
-  if (arg.rfind(name + "=", 0) == 0) {
-    *value = arg.substr(name.size() + 1);
-    return true;
-  }
-  if (arg == name && *i + 1 < args.size()) {
-    *value = args[++*i];
-    return true;
-  }
-  return false;
-}
-
-int Usage(const char* error) {
-  std::fprintf(stderr,
-               "attnlab_bench: %s\n"
-               "usage: attnlab_bench [--suite=quick|default|full] [--threads=1,2] [--batch=B]\n"
-               "         [--heads=H] [--memory_budget=12G] [--benchmark_* flags]\n"
-               "       attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=N]\n"
-               "         [--accuracy_threads=T]\n"
-               "       attnlab_bench --resume=FILE [--resume_force] [the flags FILE was run with]\n"
-               "variants: %s\n",
-               error, VariantNames().c_str());
-  return 2;
-}
-
-bool ParsePositive(const std::string& text, int64_t* out) {
-  char* end = nullptr;
-  const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (end == text.c_str() || *end != '\0' || v < 1) return false;
-  *out = v;
-  return true;
-}
-
-std::string JoinThreads(const std::vector<int>& threads) {
-  std::string s;
-  for (int t : threads) {
-    if (!s.empty()) s += ',';
-    s += std::to_string(t);
-  }
-  return s;
-}
-
 // The cases --benchmark_filter selects, by Google Benchmark's rules ("", "all" and "." select
 // all; a leading '-' negates).
-std::vector<Registration*> Selected(const std::string& filter) {
+std::vector<Registration*> Selected(std::vector<Registration>& cases, const std::string& filter) {
   const bool all = filter.empty() || filter == "all" || filter == ".";
   const bool negate = !all && filter[0] == '-';
   std::regex re;
@@ -788,22 +816,244 @@ std::vector<Registration*> Selected(const std::string& filter) {
     }
   }
   std::vector<Registration*> selected;
-  for (Registration& r : g_cases) {
+  for (Registration& r : cases) {
     if (!valid || std::regex_search(r.name, re) != negate) selected.push_back(&r);
   }
   return selected;
 }
 
-// The rates a run calibrated (its context's attnlab_calibrated_gflops, "blas=68.06,...").
-void ReadCalibration(const nlohmann::ordered_json& context) {
-  auto it = context.find("attnlab_calibrated_gflops");
-  if (it == context.end() || !it->is_string()) return;
-  std::istringstream rates(it->get<std::string>());
-  std::string item;
-  while (std::getline(rates, item, ',')) {
-    const size_t eq = item.find('=');
-    if (eq != std::string::npos) g_calibrated_gflops[item.substr(0, eq)] = std::atof(&item[eq + 1]);
+// ---------------------------------------------------------------- flags
+//
+// A table of attnlab_bench's own flags (kFlags), each --flag=VALUE or --flag VALUE (or --flag
+// alone), read by one loop (ParseFlags); every other argument goes to Google Benchmark as given.
+// Not CLI11 (which `attnlab` uses): the command line is recorded token by token, as given, in the
+// JSON context (attnlab_args) for --resume to replay, less the flags that say where results go;
+// Google Benchmark's own flags pass through in order and three of them are also read here
+// (kObservedBenchmarkFlags); and each bad value keeps its one-line message. A library would
+// hide the tokens and bring its own messages.
+
+// What the command line says.
+struct Flags {
+  Options options;
+  bool accuracy = false;
+  AccuracyOptions accuracy_options;
+  std::string accuracy_out;  // --accuracy_out=FILE; empty: AccuracyOptions' default
+  std::string resume_path;   // --resume=FILE
+  bool resume_force = false;
+  std::string out_path, out_format;  // --benchmark_out, --benchmark_out_format
+  // Google Benchmark flags the suite's defaults give way to.
+  bool have_min_time = false, have_repetitions = false, have_interleaving = false;
+  int user_repetitions = 0;                 // --benchmark_repetitions=K
+  std::vector<std::string> benchmark_args;  // for Google Benchmark, as given
+  std::vector<std::string> recorded;        // the command line but where results go
+};
+
+bool ParsePositive(const std::string& text, int64_t* out) {
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (end == text.c_str() || *end != '\0' || v < 1) return false;
+  *out = v;
+  return true;
+}
+
+// Whether a flag is part of the recorded command line (attnlab_args, what --resume replays)
+// or says where the results go (which a resume decides).
+enum class Kind { kWhatRuns, kWhereResultsGo };
+
+// One flag of attnlab_bench's own and what it does, one of: --name=VALUE (or --name VALUE)
+// stores VALUE in `text`; --name alone sets `on`; --name=VALUE is checked and applied by
+// `apply`, which returns the error for Usage, or "".
+struct FlagSpec {
+  const char* name;  // without the leading "--"
+  Kind kind;
+  std::string Flags::*text = nullptr;
+  bool Flags::*on = nullptr;
+  std::string (*apply)(const std::string& value, Flags& flags) = nullptr;
+};
+
+const FlagSpec kFlags[] = {
+    {.name = "resume", .kind = Kind::kWhereResultsGo, .text = &Flags::resume_path},
+    {.name = "resume_force", .kind = Kind::kWhereResultsGo, .on = &Flags::resume_force},
+    {.name = "accuracy_out", .kind = Kind::kWhereResultsGo, .text = &Flags::accuracy_out},
+    {.name = "benchmark_out", .kind = Kind::kWhereResultsGo, .text = &Flags::out_path},
+    {.name = "benchmark_out_format", .kind = Kind::kWhereResultsGo, .text = &Flags::out_format},
+    {.name = "suite",
+     .kind = Kind::kWhatRuns,
+     .apply =
+         [](const std::string& v, Flags& f) {
+           if (v != "quick" && v != "default" && v != "full") {
+             return "unknown --suite=" + v + " (quick, default or full)";
+           }
+           f.options.suite = v;
+           return std::string();
+         }},
+    {.name = "threads",
+     .kind = Kind::kWhatRuns,
+     .apply =
+         [](const std::string& v, Flags& f) {
+           f.options.threads.clear();
+           for (size_t pos = 0; pos <= v.size();) {
+             const size_t comma = std::min(v.find(',', pos), v.size());
+             int64_t n = 0;
+             if (!ParsePositive(v.substr(pos, comma - pos), &n) || n > 1024) {
+               return "bad --threads=" + v + " (e.g. 1,2)";
+             }
+             f.options.threads.push_back(int(n));
+             pos = comma + 1;
+           }
+           return std::string();
+         }},
+    {.name = "batch",
+     .kind = Kind::kWhatRuns,
+     .apply =
+         [](const std::string& v, Flags& f) {
+           return ParsePositive(v, &f.options.batch) ? std::string() : "bad --batch=" + v;
+         }},
+    {.name = "heads",
+     .kind = Kind::kWhatRuns,
+     .apply =
+         [](const std::string& v, Flags& f) {
+           return ParsePositive(v, &f.options.heads) ? std::string() : "bad --heads=" + v;
+         }},
+    {.name = "memory_budget",
+     .kind = Kind::kWhatRuns,
+     .apply =
+         [](const std::string& v, Flags& f) {
+           const auto bytes = ParseBytes(v);
+           if (!bytes) return "bad --memory_budget=" + v + " (e.g. 12G)";
+           f.options.memory_budget = *bytes;
+           return std::string();
+         }},
+    {.name = "accuracy", .kind = Kind::kWhatRuns, .on = &Flags::accuracy},
+    {.name = "accuracy_max_n",
+     .kind = Kind::kWhatRuns,
+     .apply =
+         [](const std::string& v, Flags& f) {
+           return ParsePositive(v, &f.accuracy_options.max_n) ? std::string()
+                                                              : "bad --accuracy_max_n=" + v;
+         }},
+    {.name = "accuracy_threads",
+     .kind = Kind::kWhatRuns,
+     .apply =
+         [](const std::string& v, Flags& f) {
+           int64_t n = 0;
+           if (!ParsePositive(v, &n)) return "bad --accuracy_threads=" + v;
+           f.accuracy_options.threads = int(n);
+           return std::string();
+         }},
+};
+
+// Google Benchmark flags (any spelling that starts so) that go to Google Benchmark and are read
+// here too.
+struct ObservedFlag {
+  const char* prefix;
+  void (*observe)(const std::string& arg, Flags& flags);
+};
+const ObservedFlag kObservedBenchmarkFlags[] = {
+    {"--benchmark_min_time", [](const std::string&, Flags& f) { f.have_min_time = true; }},
+    {"--benchmark_repetitions",
+     [](const std::string& arg, Flags& f) {
+       f.have_repetitions = true;
+       const size_t eq = arg.find('=');
+       if (eq != std::string::npos)
+         f.user_repetitions = std::max(1, std::atoi(arg.c_str() + eq + 1));
+     }},
+    {"--benchmark_enable_random_interleaving",
+     [](const std::string&, Flags& f) { f.have_interleaving = true; }},
+};
+
+// Whether args[*i] is --`spec.name` (with its value in `value`); a value given as the next
+// argument advances `*i`. "--name" last, without its value, is an error (set in `error`).
+bool TakeFlag(const std::vector<std::string>& args, size_t* i, const FlagSpec& spec,
+              std::string* value, std::string* error) {
+  const std::string& arg = args[*i];
+  const std::string name = std::string("--") + spec.name;
+  if (spec.on) {  // a flag without a value
+    value->clear();
+    return arg == name;
   }
+  if (arg.rfind(name + "=", 0) == 0) {
+    *value = arg.substr(name.size() + 1);
+    return true;
+  }
+  if (arg != name) return false;
+  if (*i + 1 >= args.size()) {
+    *error = name + " needs a value (" + name + "=VALUE)";
+    return true;
+  }
+  *value = args[++*i];
+  return true;
+}
+
+const FlagSpec& Flag(const char* name) {
+  for (const FlagSpec& spec : kFlags) {
+    if (std::strcmp(spec.name, name) == 0) return spec;
+  }
+  std::abort();  // a name not in kFlags: a bug here
+}
+
+int Usage(const std::string& error) {
+  std::fprintf(stderr,
+               "attnlab_bench: %s\n"
+               "usage: attnlab_bench [--suite=quick|default|full] [--threads=1,2] [--batch=B]\n"
+               "         [--heads=H] [--memory_budget=12G] [--benchmark_* flags]\n"
+               "       attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=N]\n"
+               "         [--accuracy_threads=T]\n"
+               "       attnlab_bench --resume=FILE [--resume_force] [the flags FILE was run with]\n"
+               "variants: %s\n",
+               error.c_str(), VariantNames().c_str());
+  return 2;
+}
+
+// Reads `args` into `flags` and resolves the defaults (threads: 1 and every core; the
+// registry's memory budget). Returns the error for Usage, or "".
+std::string ParseFlags(const std::vector<std::string>& args, Flags* flags) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    const size_t first = i;
+    const FlagSpec* matched = nullptr;
+    std::string value, error;
+    for (const FlagSpec& spec : kFlags) {
+      if (TakeFlag(args, &i, spec, &value, &error)) {
+        matched = &spec;
+        break;
+      }
+    }
+    if (!error.empty()) return error;
+    if (matched && matched->text) {
+      flags->*matched->text = value;
+    } else if (matched && matched->on) {
+      flags->*matched->on = true;
+    } else if (matched) {
+      if (std::string bad = matched->apply(value, *flags); !bad.empty()) return bad;
+    } else {
+      for (const ObservedFlag& observed : kObservedBenchmarkFlags) {
+        if (args[i].rfind(observed.prefix, 0) == 0) observed.observe(args[i], *flags);
+      }
+      flags->benchmark_args.push_back(args[i]);
+    }
+    if (!matched || matched->kind == Kind::kWhatRuns) {
+      flags->recorded.insert(flags->recorded.end(), args.begin() + first, args.begin() + i + 1);
+    }
+  }
+  Options& o = flags->options;
+  if (o.memory_budget == 0) o.memory_budget = DefaultMemoryBudgetBytes();
+  if (o.threads.empty()) {
+    o.threads.push_back(1);
+    if (omp_get_num_procs() > 1) o.threads.push_back(omp_get_num_procs());
+  }
+  if (o.heads % 2 != 0 && o.heads != 1) {
+    return "--heads must be 1 or even (decode's GQA case uses Hkv = 2)";
+  }
+  return "";
+}
+
+std::string JoinThreads(const std::vector<int>& threads) {
+  std::string s;
+  for (int t : threads) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(t);
+  }
+  return s;
 }
 
 // `--resume=FILE` alone (or with --resume_force) continues what FILE's run started: its command
@@ -812,7 +1062,12 @@ void ReadCalibration(const nlohmann::ordered_json& context) {
 std::optional<std::vector<std::string>> WithRecordedArgs(const std::vector<std::string>& args) {
   std::string file;
   for (size_t i = 0; i < args.size(); ++i) {
-    if (!TakeFlag(args, &i, "resume", &file) && args[i] != "--resume_force") return args;
+    std::string value, error;
+    if (TakeFlag(args, &i, Flag("resume"), &value, &error) && error.empty()) {
+      file = value;
+    } else if (!TakeFlag(args, &i, Flag("resume_force"), &value, &error)) {
+      return args;
+    }
   }
   if (file.empty()) return args;
   std::ifstream in(file, std::ios::binary);
@@ -839,141 +1094,55 @@ std::optional<std::vector<std::string>> WithRecordedArgs(const std::vector<std::
   return recorded;
 }
 
-}  // namespace
+// --accuracy: the accuracy run (bench/accuracy.h).
+int AccuracyMode(Flags& flags, const std::string& recorded_json) {
+  AccuracyOptions& acc = flags.accuracy_options;
+  acc.memory_budget = flags.options.memory_budget;
+  if (acc.threads == 0) acc.threads = omp_get_num_procs();
+  if (!flags.accuracy_out.empty()) acc.out = flags.accuracy_out;
+  if (!flags.resume_path.empty()) {
+    if (!flags.accuracy_out.empty() && acc.out != flags.resume_path) {
+      return Usage("--resume=FILE writes FILE: drop --accuracy_out");
+    }
+    acc.out = flags.resume_path;
+    acc.resume = true;
+    acc.resume_force = flags.resume_force;
+  }
+  acc.args = recorded_json;
+  return RunAccuracy(acc);
+}
 
-int Main(int argc, char** argv) {
-  ConfigureMallocForMeasurement();
-  InstallInterruptHandlers();
-  const std::optional<std::vector<std::string>> all_args =
-      WithRecordedArgs({argv + 1, argv + argc});
-  if (!all_args) return 2;
-  const std::vector<std::string>& args = *all_args;
-  std::vector<std::string> rest = {argv[0]};  // for Google Benchmark
-  std::vector<std::string> recorded;          // the command line, without where results go
-  std::string value, threads_text, resume_path, out_path, out_format;
-  bool accuracy = false, have_min_time = false, have_repetitions = false;
-  bool have_interleaving = false, have_accuracy_out = false, resume_force = false;
-  int user_repetitions = 0;  // --benchmark_repetitions=K
-  AccuracyOptions acc;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const size_t first = i;
-    const std::string arg = args[i];
-    int64_t n = 0;
-    // Where the results go.
-    if (TakeFlag(args, &i, "resume", &resume_path)) continue;
-    if (arg == "--resume_force") {
-      resume_force = true;
-      continue;
-    }
-    if (TakeFlag(args, &i, "accuracy_out", &acc.out)) {
-      have_accuracy_out = true;
-      continue;
-    }
-    if (arg.rfind("--benchmark_out=", 0) == 0) {
-      out_path = arg.substr(arg.find('=') + 1);
-      continue;
-    }
-    if (arg.rfind("--benchmark_out_format=", 0) == 0) {
-      out_format = arg.substr(arg.find('=') + 1);
-      continue;
-    }
-    // What runs.
-    if (TakeFlag(args, &i, "suite", &value)) {
-      if (value != "quick" && value != "default" && value != "full") {
-        return Usage(("unknown --suite=" + value + " (quick, default or full)").c_str());
-      }
-      g_options.suite = value;
-    } else if (TakeFlag(args, &i, "threads", &value)) {
-      threads_text = value;
-      g_options.threads.clear();
-      size_t pos = 0;
-      while (pos <= value.size()) {
-        const size_t comma = std::min(value.find(',', pos), value.size());
-        if (!ParsePositive(value.substr(pos, comma - pos), &n) || n > 1024) {
-          return Usage(("bad --threads=" + value + " (e.g. 1,2)").c_str());
-        }
-        g_options.threads.push_back(int(n));
-        pos = comma + 1;
-      }
-    } else if (TakeFlag(args, &i, "batch", &value)) {
-      if (!ParsePositive(value, &g_options.batch)) return Usage(("bad --batch=" + value).c_str());
-    } else if (TakeFlag(args, &i, "heads", &value)) {
-      if (!ParsePositive(value, &g_options.heads)) return Usage(("bad --heads=" + value).c_str());
-    } else if (TakeFlag(args, &i, "memory_budget", &value)) {
-      auto bytes = ParseBytes(value);
-      if (!bytes) return Usage(("bad --memory_budget=" + value + " (e.g. 12G)").c_str());
-      g_options.memory_budget = *bytes;
-    } else if (arg == "--accuracy") {
-      accuracy = true;
-    } else if (TakeFlag(args, &i, "accuracy_max_n", &value)) {
-      if (!ParsePositive(value, &acc.max_n))
-        return Usage(("bad --accuracy_max_n=" + value).c_str());
-    } else if (TakeFlag(args, &i, "accuracy_threads", &value)) {
-      if (!ParsePositive(value, &n)) return Usage(("bad --accuracy_threads=" + value).c_str());
-      acc.threads = int(n);
-    } else {
-      if (arg.rfind("--benchmark_min_time", 0) == 0) have_min_time = true;
-      if (arg.rfind("--benchmark_repetitions", 0) == 0) {
-        have_repetitions = true;
-        const size_t eq = arg.find('=');
-        if (eq != std::string::npos)
-          user_repetitions = std::max(1, std::atoi(arg.c_str() + eq + 1));
-      }
-      if (arg.rfind("--benchmark_enable_random_interleaving", 0) == 0) have_interleaving = true;
-      rest.push_back(arg);
-    }
-    recorded.insert(recorded.end(), args.begin() + first, args.begin() + i + 1);
-  }
-  if (g_options.memory_budget == 0) g_options.memory_budget = DefaultMemoryBudgetBytes();
-  if (g_options.threads.empty()) {
-    g_options.threads.push_back(1);
-    if (omp_get_num_procs() > 1) g_options.threads.push_back(omp_get_num_procs());
-  }
-  if (g_options.heads % 2 != 0 && g_options.heads != 1) {
-    return Usage("--heads must be 1 or even (decode's GQA case uses Hkv = 2)");
-  }
-  const std::string recorded_json = nlohmann::json(recorded).dump();
-
-  if (accuracy) {
-    acc.memory_budget = g_options.memory_budget;
-    if (acc.threads == 0) acc.threads = omp_get_num_procs();
-    if (!resume_path.empty()) {
-      if (have_accuracy_out && acc.out != resume_path) {
-        return Usage("--resume=FILE writes FILE: drop --accuracy_out");
-      }
-      acc.out = resume_path;
-      acc.resume = true;
-      acc.resume_force = resume_force;
-    }
-    acc.args = recorded_json;
-    return RunAccuracy(acc);
-  }
-
-  const bool json_out = out_format.empty() || out_format == "json";
+// The benchmark suite.
+int BenchmarkMode(Flags& flags, const std::string& argv0, const std::string& recorded_json) {
+  const Options& options = flags.options;
+  std::string out_path = flags.out_path;
+  const bool json_out = flags.out_format.empty() || flags.out_format == "json";
   std::optional<ResumeFile> resume;
-  if (!resume_path.empty()) {
-    if (!out_path.empty() && out_path != resume_path) {
+  if (!flags.resume_path.empty()) {
+    if (!out_path.empty() && out_path != flags.resume_path) {
       return Usage("--resume=FILE writes FILE: drop --benchmark_out");
     }
     if (!json_out) return Usage("--resume needs JSON: drop --benchmark_out_format");
     try {
-      resume = ResumeFile::Read(resume_path);
+      resume = ResumeFile::Read(flags.resume_path);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "attnlab_bench: cannot resume: %s\n", e.what());
       return 2;
     }
-    out_path = resume_path;
+    out_path = flags.resume_path;
   }
 
-  const Suite suite = MakeSuite(g_options.suite);
-  if (!have_min_time) rest.push_back(std::string("--benchmark_min_time=") + suite.min_time);
-  if (suite.repetitions > 1 && !have_repetitions && !have_interleaving) {
+  const Suite suite = MakeSuite(options.suite);
+  std::vector<std::string> rest = {argv0};  // for Google Benchmark
+  rest.insert(rest.end(), flags.benchmark_args.begin(), flags.benchmark_args.end());
+  if (!flags.have_min_time) rest.push_back(std::string("--benchmark_min_time=") + suite.min_time);
+  if (suite.repetitions > 1 && !flags.have_repetitions && !flags.have_interleaving) {
     rest.push_back("--benchmark_enable_random_interleaving=true");
   }
   // Resuming, Google Benchmark writes FILE.tmp; JsonFileReporter renames it over FILE as soon
   // as it holds FILE's entries.
   if (!out_path.empty()) rest.push_back("--benchmark_out=" + out_path + (resume ? ".tmp" : ""));
-  if (!out_format.empty()) rest.push_back("--benchmark_out_format=" + out_format);
+  if (!flags.out_format.empty()) rest.push_back("--benchmark_out_format=" + flags.out_format);
   std::vector<char*> bench_argv;
   for (std::string& a : rest) bench_argv.push_back(a.data());
   bench_argv.push_back(nullptr);
@@ -982,11 +1151,14 @@ int Main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(bench_argc, bench_argv.data())) return 2;
 
   const std::map<std::string, std::string> context =
-      ContextStrings(JoinThreads(g_options.threads), g_options.suite, g_options.memory_budget);
+      ContextStrings(JoinThreads(options.threads), options.suite, options.memory_budget);
   std::string forced;  // what --resume_force let through
+  Calibration rates;
   if (resume && resume->json.has_context) {
-    if (!MayResume(out_path, resume->json.context, context, resume_force, &forced)) return 2;
-    ReadCalibration(resume->json.context);  // the same cases are left out and repeated
+    if (!MayResume(out_path, resume->json.context, context, flags.resume_force, &forced)) {
+      return 2;
+    }
+    rates = ReadCalibration(resume->json.context);  // the same cases are left out and repeated
   } else if (resume) {
     std::fprintf(stderr,
                  "attnlab_bench: %s has no complete context (it was cut before its first case): "
@@ -994,33 +1166,37 @@ int Main(int argc, char** argv) {
                  out_path.c_str());
   }
 
-  if ((suite.max_case_seconds < 1e30 || suite.repetitions > 1) && g_calibrated_gflops.empty()) {
-    Calibrate();
+  if ((suite.max_case_seconds < 1e30 || suite.repetitions > 1) && rates.empty()) {
+    rates = Calibrate(options);
   }
-  RegisterSuite(suite);
-  if (!g_left_out.empty()) {
+  RunContext ctx(options);
+  SuiteCases suite_cases(suite, rates, ctx);
+  std::vector<Registration>& cases = suite_cases.cases();
+  const std::vector<std::string>& left_out = suite_cases.left_out();
+  if (!left_out.empty()) {
     std::fprintf(stderr,
                  "attnlab_bench: suite %s leaves out %zu case(s) predicted to take over %.0f s "
                  "per iteration (--suite=full runs them):",
-                 g_options.suite.c_str(), g_left_out.size(), suite.max_case_seconds);
-    for (const std::string& name : g_left_out) std::fprintf(stderr, " %s", name.c_str());
+                 options.suite.c_str(), left_out.size(), suite.max_case_seconds);
+    for (const std::string& name : left_out) std::fprintf(stderr, " %s", name.c_str());
     std::fprintf(stderr, "\n");
   }
-  RegisterWithBenchmark(suite, have_repetitions, user_repetitions, have_min_time,
-                        resume ? &*resume : nullptr);
-  const std::vector<Registration*> selected = Selected(benchmark::GetBenchmarkFilter());
-  int to_run = 0, all_runs = 0;
+  RegisterWithBenchmark(cases, suite, flags.have_repetitions, flags.user_repetitions,
+                        flags.have_min_time, resume ? &*resume : nullptr);
+  const std::vector<Registration*> selected = Selected(cases, benchmark::GetBenchmarkFilter());
+  int to_run = 0, runs = 0, all_runs = 0;
   for (Registration* r : selected) {
-    g_total += r->runs;
+    runs += r->runs;
     all_runs += r->finished + r->runs;
     if (r->runs == 0) continue;
     ++to_run;
     if (resume) resume->rerun.insert(r->name);
   }
+  ctx.set_total_runs(runs);
   if (resume) {
     std::fprintf(stderr,
                  "attnlab_bench: resuming %s: %zu of %zu cases already there (%d of %d runs)%s\n",
-                 out_path.c_str(), selected.size() - to_run, selected.size(), all_runs - g_total,
+                 out_path.c_str(), selected.size() - to_run, selected.size(), all_runs - runs,
                  all_runs, to_run == 0 ? "; nothing to run" : "");
     if (to_run == 0) {
       // A file cut after its last entry still needs its closing brackets.
@@ -1039,13 +1215,13 @@ int Main(int argc, char** argv) {
     return 128 + sig;
   }
 
-  AddContext(context, recorded_json, suite);
+  AddContext(context, recorded_json, suite, rates, left_out.size());
   std::unique_ptr<JsonFileReporter> file_reporter;
   if (!out_path.empty() && json_out) {
     file_reporter = std::make_unique<JsonFileReporter>(
         resume ? &*resume : nullptr, "ran " + std::to_string(to_run) + " of " +
                                          std::to_string(selected.size()) + " cases (" +
-                                         std::to_string(g_total) + " runs)" + forced);
+                                         std::to_string(runs) + " runs)" + forced);
     benchmark::RunSpecifiedBenchmarks(nullptr, file_reporter.get());
   } else {
     benchmark::RunSpecifiedBenchmarks();
@@ -1059,6 +1235,20 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "attnlab_bench: interrupted by %s\n", SignalName(sig));
   }
   return sig != 0 ? 128 + sig : 0;
+}
+
+}  // namespace
+
+int Main(int argc, char** argv) {
+  ConfigureMallocForMeasurement();
+  InstallInterruptHandlers();
+  const std::optional<std::vector<std::string>> args = WithRecordedArgs({argv + 1, argv + argc});
+  if (!args) return 2;
+  Flags flags;
+  if (const std::string error = ParseFlags(*args, &flags); !error.empty()) return Usage(error);
+  const std::string recorded_json = nlohmann::json(flags.recorded).dump();
+  return flags.accuracy ? AccuracyMode(flags, recorded_json)
+                        : BenchmarkMode(flags, argv[0], recorded_json);
 }
 
 }  // namespace attn::bench

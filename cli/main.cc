@@ -42,6 +42,7 @@
 #include "kernels/registry.h"
 #include "reference/error_bound.h"
 #include "reference/reference.h"
+#include "testing/compare.h"
 
 namespace attn::cli {
 namespace fs = std::filesystem;
@@ -130,18 +131,8 @@ struct CheckRow {
   std::string variant;
   std::string skipped;  // why it did not run, if it did not
   double ms = 0;
-  reference::Comparison c;  // the tests' comparison rule (reference/error_bound.h)
+  reference::Comparison c;  // the tests' comparison (testing/compare.h)
 };
-
-// Compares one element; names it only in the first failure (building the
-// name for every element would cost more than the comparison).
-template <typename Where>
-void CheckElement(double got, double want, double bound, CheckRow& r, Where&& where) {
-  const bool first = r.c.ok;
-  if (!reference::CompareElement(got, want, bound, r.c, "") && first) {
-    r.c.first_failure = where() + r.c.first_failure;
-  }
-}
 
 // What the table says of a variant Prepare refused: over the budget or
 // lacking a feature is a skip; anything else (an invalid problem or option)
@@ -180,12 +171,8 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
   const double ref_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - ref_start)
           .count();
-  std::vector<reference::RowBound> bounds(rows);
-  for (int64_t b = 0; b < s.batch; ++b)
-    for (int64_t h = 0; h < s.heads; ++h)
-      for (int64_t i = 0; i < s.q_len; ++i) {
-        bounds[(b * s.heads + h) * s.q_len + i] = reference::ErrorBound(problem, b, h, i);
-      }
+  // The bounds depend on the inputs only: computed once for every variant.
+  const std::vector<reference::RowBound> bounds = testing::RowBounds(problem);
   fmt::print("{} ({})\nreference (fp64): {:.3f} ms\n", attn::Describe(s, problem.mask),
              inputs.Describe(), ref_ms);
 
@@ -203,20 +190,8 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
       continue;
     }
     row.ms = 1e3 * RunVariant(*v, inputs, problem);
-    // O is [B, H, Lq, dv] in the inputs' layout; the reference is contiguous.
-    const ValidProblem& p = *prepared;
-    for (int64_t b = 0; b < s.batch; ++b)
-      for (int64_t h = 0; h < s.heads; ++h)
-        for (int64_t i = 0; i < s.q_len; ++i) {
-          const int64_t r = (b * s.heads + h) * s.q_len + i;
-          const float* got = p.ORow(b, h, i);
-          for (int64_t d = 0; d < s.value_dim; ++d) {
-            CheckElement(got[d], want->o[r * s.value_dim + d], bounds[r].o, row,
-                         [&] { return fmt::format("O[b={},h={},i={},d={}]", b, h, i, d); });
-          }
-          CheckElement(lse[r], want->lse[r], bounds[r].lse, row,
-                       [&] { return fmt::format("lse[b={},h={},i={}]", b, h, i); });
-        }
+    // O through the inputs' layout and lse, against the contiguous reference.
+    row.c = testing::CompareToReference(problem, *want, bounds);
     failed = failed || !row.c.ok;
     any_ran = true;
     table.push_back(row);

@@ -1,7 +1,7 @@
 // The tolerance every variant is held to: a per-row bound on the error of an
-// fp32 attention against the exact result. Shared by the tests
-// (tests/test_support.h), `attnlab check` and the accuracy reports, so there is
-// one derivation.
+// fp32 attention against the exact result. Shared, through testing/compare.h,
+// by the tests, the bench (its check before timing and the accuracy run),
+// `attnlab check` and the fuzzer, so there is one derivation.
 #ifndef ATTNLAB_REFERENCE_ERROR_BOUND_H_
 #define ATTNLAB_REFERENCE_ERROR_BOUND_H_
 

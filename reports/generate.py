@@ -102,6 +102,28 @@ def md_table(header, rows, align=None):
   return "\n".join(out)
 
 
+def pivot_groups(cases, pivot):
+  """The cases that have the parameter `pivot`, grouped by source and every other parameter
+  but N, in report order: [((source, params), {variant: {N: {value of pivot: case}}})]."""
+  groups = {}
+  for c in cases:
+    if pivot not in c.params:
+      continue
+    key = (c.source, tuple(sorted((k, v) for k, v in c.params.items() if k not in (pivot, "N"))))
+    groups.setdefault(key, {}).setdefault(c.variant, {}).setdefault(
+        c.params["N"], {})[c.params[pivot]] = c
+  return sorted(groups.items(), key=lambda kv: group_key(*kv[0]))
+
+
+def pivot_rows(by_v, cell):
+  """The table of one pivot group: (variants, ns, rows), a row per N and a column per variant,
+  each cell cell({value of pivot: case}) for that variant and N, "—" where it gives None."""
+  variants = sorted(by_v)
+  ns = sorted({n for d in by_v.values() for n in d})
+  rows = [[n] + [cell(by_v[v].get(n, {})) or "—" for v in variants] for n in ns]
+  return variants, ns, rows
+
+
 _LABEL_ORDER = ("N", "Lq", "Lk", "d", "causal", "w", "Hkv", "bytes", "threads")
 
 
@@ -588,47 +610,32 @@ class Report:
     self.add("## Thread scaling", "")
     sweep = [c for c in self.run.all_cases() if c.variant and c.family != ar.LAYER
              and not c.scenario and "N" in c.params and "threads" in c.params]
-    groups = {}
-    for c in sweep:
-      key = (c.source, tuple(sorted((k, v) for k, v in c.params.items()
-                                    if k not in ("threads", "N"))))
-      groups.setdefault(key, {}).setdefault(c.variant, {}).setdefault(
-          c.params["N"], {})[c.params["threads"]] = c
     wrote = False
-    lines = []
-    for (source, gp), by_v in sorted(groups.items(), key=lambda kv: group_key(*kv[0])):
+    for (source, gp), by_v in pivot_groups(sweep, "threads"):
       threads = sorted({t for d in by_v.values() for per_n in d.values() for t in per_n})
       if len(threads) < 2:
         continue
       t0, t1 = threads[0], threads[-1]
-      variants = sorted(by_v)
-      ns = sorted({n for d in by_v.values() for n in d})
-      rows = []
-      for n in ns:
-        row = [n]
-        for v in variants:
-          per = by_v[v].get(n, {})
-          a, b = per.get(t0), per.get(t1)
-          if a and b and a.ok and b.ok:
-            sp = a.time_s / b.time_s
-            row.append(f"{sp:.2f}× ({100 * sp / (t1 / t0):.0f}%)")
-          else:
-            row.append("—")
-        rows.append(row)
+
+      def speedup(per, t0=t0, t1=t1):
+        a, b = per.get(t0), per.get(t1)
+        return a.time_s / b.time_s if a and b and a.ok and b.ok else None
+
+      def cell(per, t0=t0, t1=t1):
+        sp = speedup(per)
+        return None if sp is None else f"{sp:.2f}× ({100 * sp / (t1 / t0):.0f}%)"
+      variants, ns, rows = pivot_rows(by_v, cell)
       self.add(f"**{self.host_prefix(source)}{params_label(dict(gp))}: speedup = time at "
                f"{t0} thread(s) / time at {t1} threads** (in parentheses: parallel efficiency "
                f"= speedup / {t1 / t0:g})", "", md_table(["N"] + variants, rows), "")
       wrote = True
       n = ns[-1]
-      for v in variants:
-        per = by_v[v].get(n, {})
-        if per.get(t0) and per.get(t1) and per[t0].ok and per[t1].ok:
-          lines.append(f"{v} {per[t0].time_s / per[t1].time_s:.2f}×")
+      at_n = {v: speedup(by_v[v].get(n, {})) for v in variants}
+      lines = [f"{v} {sp:.2f}×" for v, sp in at_n.items() if sp is not None]
       if lines:
         self.summary.append(f"- Thread scaling {t0}→{t1} at N={n}, "
                             f"{self.host_prefix(source)}{params_label(dict(gp))}: "
                             + ", ".join(lines) + ".")
-        lines = []
     if not wrote:
       self.add(NOT_IN_RUN + " (needs the same case at two thread counts).", "")
 
@@ -636,29 +643,15 @@ class Report:
     self.add("Effective GFLOP/s of the causal case (unmasked FLOPs only) / GFLOP/s of the dense "
              "case at the same N, d and threads. 1.0 means skipped masked work costs nothing.",
              "")
-    groups = {}
-    for c in sweep:
-      if "causal" not in c.params:
-        continue
-      key = (c.source, tuple(sorted((k, v) for k, v in c.params.items()
-                                    if k not in ("causal", "N"))))
-      groups.setdefault(key, {}).setdefault(c.variant, {}).setdefault(
-          c.params["N"], {})[str(c.params["causal"])] = c
+
+    def causal_ratio(per):
+      dn, ca = per.get(0), per.get(1)
+      if dn and ca and dn.ok and ca.ok and dn.counter("GFLOPS") and ca.counter("GFLOPS"):
+        return f"{ca.counter('GFLOPS') / dn.counter('GFLOPS'):.2f}"
+      return None
     wrote = False
-    for (source, gp), by_v in sorted(groups.items(), key=lambda kv: group_key(*kv[0])):
-      variants = sorted(by_v)
-      ns = sorted({n for d in by_v.values() for n in d})
-      rows = []
-      for n in ns:
-        row = [n]
-        for v in variants:
-          per = by_v[v].get(n, {})
-          dn, ca = per.get("0"), per.get("1")
-          if dn and ca and dn.ok and ca.ok and dn.counter("GFLOPS") and ca.counter("GFLOPS"):
-            row.append(f"{ca.counter('GFLOPS') / dn.counter('GFLOPS'):.2f}")
-          else:
-            row.append("—")
-        rows.append(row)
+    for (source, gp), by_v in pivot_groups(sweep, "causal"):
+      variants, _, rows = pivot_rows(by_v, causal_ratio)
       if all(all(c == "—" for c in r[1:]) for r in rows):
         continue
       self.add(f"**{self.host_prefix(source)}{params_label(dict(gp))}**", "",

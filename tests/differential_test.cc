@@ -1,5 +1,5 @@
 // Randomized differential test: random small problems, every registry variant
-// against the fp64 reference with the derived bound (tests/test_support.h).
+// against the fp64 reference with the derived bound (testing/compare.h).
 //
 // Each problem draws its shapes (including Lq = 0, Lk = 0, 1, sizes around a
 // vector width), GQA ratio, layout (BHLD / BLHD), row padding, misalignment,
@@ -25,7 +25,8 @@
 
 #include "kernels/registry.h"
 #include "reference/reference.h"
-#include "tests/test_support.h"
+#include "testing/compare.h"
+#include "testing/problem_data.h"
 
 namespace attn::testing {
 namespace {

@@ -17,7 +17,7 @@
 // Sizes (Lq 200, Lk 300, several heads) span several tiles of every tiled
 // kernel, so the masked/NaN rows fall inside tiles shared with normal rows.
 // Every run starts from NaN-poisoned outputs and is also compared against the
-// fp64 reference with the bound of tests/test_support.h.
+// fp64 reference with the bound of testing/compare.h.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -28,7 +28,8 @@
 
 #include "kernels/registry.h"
 #include "reference/reference.h"
-#include "tests/test_support.h"
+#include "testing/compare.h"
+#include "testing/problem_data.h"
 
 namespace attn::testing {
 namespace {

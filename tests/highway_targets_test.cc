@@ -13,7 +13,8 @@
 // fallback, and Highway's default policy compiles every attainable target
 // better than it (AVX3, AVX2, SSE4, SSSE3) plus the fallback itself, so no
 // HWY_COMPILE_ALL_ATTAINABLE or HWY_TARGETS override is needed. The cost is
-// 5 copies of the two Highway files (kernels/rows.cc, kernels/simd.cc).
+// 5 copies of every Highway file of the library (each .cc that includes
+// hwy/foreach_target.h), in compile time and code size.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -23,7 +24,8 @@
 #include "hwy/targets.h"
 #include "kernels/registry.h"
 #include "reference/reference.h"
-#include "tests/test_support.h"
+#include "testing/compare.h"
+#include "testing/problem_data.h"
 
 namespace attn::testing {
 namespace {

@@ -1,5 +1,5 @@
 // Every registry variant x the shape grid x every mask kind, against the fp64
-// reference. The grid (tests/test_support.cc, GridSpecs) has sizes around
+// reference. The grid (testing/problem_data.cc, GridSpecs) has sizes around
 // tiles and vector widths, Lq < Lk and Lq > Lk, dk != dv, head dims that are
 // not multiples of 16, GQA 1/2/4/8, both layouts, padded rows, misaligned
 // data, B and H > 1, large logits, near ties, fully masked rows and key
@@ -14,7 +14,8 @@
 
 #include "kernels/registry.h"
 #include "reference/reference.h"
-#include "tests/test_support.h"
+#include "testing/compare.h"
+#include "testing/problem_data.h"
 
 namespace attn::testing {
 namespace {

@@ -11,7 +11,7 @@
 #include <random>
 #include <vector>
 
-#include "tests/test_support.h"
+#include "testing/problem_data.h"
 
 namespace attn::reference {
 namespace {

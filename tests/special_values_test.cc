@@ -18,7 +18,8 @@
 #include "hwy/targets.h"
 #include "kernels/registry.h"
 #include "reference/reference.h"
-#include "tests/test_support.h"
+#include "testing/compare.h"
+#include "testing/problem_data.h"
 
 namespace attn::testing {
 namespace {

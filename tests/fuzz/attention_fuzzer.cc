@@ -20,15 +20,16 @@
 //   2. NaN in Q row i, in a visible K row, or in a visible mask entry: the
 //      whole O row and lse are NaN.
 //   3. Otherwise, when the row's logits evaluate in fp32 without overflow
-//      (LogitsRepresentable: the condition of kernels/problem.h, which holds
-//      for every finite logit up to ±FLT_MAX, a float32-lowest padding mask
-//      included) and the mask entries are finite or ±inf:
+//      (testing::LogitsRepresentable: the condition of kernels/problem.h,
+//      which holds for every finite logit up to ±FLT_MAX, a float32-lowest
+//      padding mask included) and the mask entries are finite or ±inf:
 //        a visible +inf mask entry: O row and lse NaN;
 //        else lse matches the reference within ErrorBound; when the visible
 //        V rows are finite and Lk·max|v| cannot overflow, O and the weights
 //        match within the bound; else O[d] is NaN wherever a visible V row
 //        has NaN in column d (unless every logit is -inf: a fully masked row
-//        is 0).
+//        is 0). Matching is testing::CompareRow, the comparison of the tests
+//        and `attnlab check`.
 //   4. Anything else (fp32 overflow of q·k): only "no crash, no sanitizer
 //      report". The double reference would not overflow there.
 // A violation prints the variant, the row and the problem and aborts.
@@ -45,17 +46,17 @@
 
 #include "kernels/registry.h"
 #include "reference/reference.h"
-#include "tests/test_support.h"
+#include "testing/compare.h"
+#include "testing/problem_data.h"
 
 namespace {
 
 using namespace attn;  // NOLINT: a harness, not a header
 
+using testing::RowOf;
+
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-// Rounding to nearest overflows fp32 from 2^128 - 2^103 on (FLT_MAX is
-// 2^128 - 2^104).
-const double kOverflow = std::ldexp(1.0, 128) - std::ldexp(1.0, 103);
 
 [[noreturn]] void Fail(const std::string& what, const Variant& variant, const Problem& p) {
   std::fprintf(stderr, "attention_fuzzer: %s\n  variant=%s %s scale=%g\n", what.c_str(),
@@ -210,14 +211,51 @@ const char* Break(FuzzedDataProvider& in, Fuzzed& f) {
   }
 }
 
-const float* Row(const TensorRef<const float>& t, int64_t b, int64_t h, int64_t i) {
-  return t.data + b * t.strides.batch + h * t.strides.head + i * t.strides.row;
+// What the inputs of query row (b, h, i) hold, for the checks at the top.
+struct RowInputs {
+  int64_t visible = 0;           // structurally visible keys
+  bool nan_logit = false;        // NaN in Q row i, a visible K row or a visible mask entry
+  bool plus_inf = false;         // a visible +inf mask entry
+  bool all_minus_inf = true;     // every visible mask entry is -inf
+  bool finite_o = false;         // visible V finite and P·V cannot overflow
+  std::vector<bool> nan_column;  // a visible V row has NaN in column d
+};
+
+RowInputs Inspect(const Problem& p, int64_t b, int64_t h, int64_t i) {
+  const Shape& s = p.shape;
+  const int64_t kvh = h / (s.heads / s.kv_heads);
+  RowInputs r;
+  r.nan_column.assign(s.value_dim, false);
+  const float* q = RowOf(p.q, b, h, i);
+  for (int64_t d = 0; d < s.head_dim; ++d) r.nan_logit |= std::isnan(q[d]);
+  const float* additive = testing::AdditiveRow(p, b, h, i);
+  bool finite_v = true;
+  double v_max = 0;
+  for (int64_t j = 0; j < s.kv_len; ++j) {
+    if (!reference::KeyVisible(p, b, i, j)) continue;
+    ++r.visible;
+    const float* k = RowOf(p.k, b, kvh, j);
+    const float* v = RowOf(p.v, b, kvh, j);
+    for (int64_t d = 0; d < s.head_dim; ++d) r.nan_logit |= std::isnan(k[d]);
+    for (int64_t d = 0; d < s.value_dim; ++d) {
+      finite_v &= std::isfinite(v[d]);
+      v_max = std::max(v_max, std::fabs(double(v[d])));
+      if (std::isnan(v[d])) r.nan_column[d] = true;
+    }
+    const float m = additive ? additive[j] : 0.0f;
+    r.nan_logit |= std::isnan(m);
+    r.plus_inf |= m == kInf;
+    if (m != -kInf) r.all_minus_inf = false;
+  }
+  // P·V sums at most Lk weights of at most 1 times |v|.
+  r.finite_o = finite_v && double(r.visible) * v_max * (1 + testing::LogitRounding(s.head_dim)) <
+                               testing::kFp32Overflow;
+  return r;
 }
 
 // Checks one variant's output against the reference, row by row (see top).
 void CheckRows(const Variant& variant, const Problem& p, const reference::Result& want) {
   const Shape& s = p.shape;
-  const int64_t group = s.heads / s.kv_heads;
   char where[160];
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t h = 0; h < s.heads; ++h)
@@ -225,60 +263,12 @@ void CheckRows(const Variant& variant, const Problem& p, const reference::Result
         std::snprintf(where, sizeof(where), "row [b=%lld,h=%lld,i=%lld]", (long long)b,
                       (long long)h, (long long)i);
         const int64_t row = (b * s.heads + h) * s.q_len + i;
-        const float* o =
-            p.o.data + b * p.o.strides.batch + h * p.o.strides.head + i * p.o.strides.row;
+        const float* o = RowOf(p.o, b, h, i);
         const float* lse = p.lse.empty() ? nullptr : &p.lse[row];
         const float* w = p.weights.empty() ? nullptr : &p.weights[row * s.kv_len];
-        const float* additive = nullptr;
-        if (p.mask.kind == MaskKind::kAdditive) {
-          const AdditiveMaskShape& a = p.mask.additive_shape;
-          additive =
-              p.mask.additive.data() +
-              (((a.batch == 1 ? 0 : b) * a.heads + (a.heads == 1 ? 0 : h)) * a.rows + i) * a.cols;
-        }
-        // What the row touches. Logits are representable when no fp32
-        // evaluation of them can overflow (kernels/problem.h): in double,
-        // with g = (dk + 2)·2^-24 for the rounding of the dot product.
-        const double scale = p.scale ? double(*p.scale) : 1.0 / std::sqrt(double(s.head_dim));
-        const double g = double(s.head_dim + 2) * std::ldexp(1.0, -24);
-        int64_t visible = 0;
-        bool nan_logit = false, representable = true, plus_inf = false, all_minus_inf = true;
-        bool finite_v = true;
-        double v_max = 0;
-        std::vector<bool> nan_column(s.value_dim, false);
-        const float* q = Row(p.q, b, h, i);
-        for (int64_t d = 0; d < s.head_dim; ++d) {
-          nan_logit |= std::isnan(q[d]);
-          // Q pre-scaled (flash) must not overflow either.
-          representable &= std::fabs(double(q[d])) * scale * (1 + g) < kOverflow;
-        }
-        for (int64_t j = 0; j < s.kv_len; ++j) {
-          if (!reference::KeyVisible(p, b, i, j)) continue;
-          ++visible;
-          const float* k = Row(p.k, b, h / group, j);
-          const float* v = Row(p.v, b, h / group, j);
-          double dot_abs = 0;
-          for (int64_t d = 0; d < s.head_dim; ++d) {
-            nan_logit |= std::isnan(k[d]);
-            dot_abs += std::fabs(double(q[d]) * double(k[d]));
-          }
-          for (int64_t d = 0; d < s.value_dim; ++d) {
-            finite_v &= std::isfinite(v[d]);
-            v_max = std::max(v_max, std::fabs(double(v[d])));
-            if (std::isnan(v[d])) nan_column[d] = true;
-          }
-          const float m = additive ? additive[j] : 0.0f;
-          nan_logit |= std::isnan(m);
-          plus_inf |= m == kInf;
-          if (m != -kInf) all_minus_inf = false;
-          const double m_abs = std::isinf(m) ? 0.0 : std::fabs(double(m));
-          representable &=
-              (1 + g) * dot_abs < kOverflow && (1 + g) * scale * dot_abs + m_abs < kOverflow;
-        }
-        // P·V sums at most Lk weights of at most 1 times |v|.
-        const bool finite_o = finite_v && double(visible) * v_max * (1 + g) < kOverflow;
+        const RowInputs in = Inspect(p, b, h, i);
         // 1. Nothing visible.
-        if (visible == 0) {
+        if (in.visible == 0) {
           for (int64_t d = 0; d < s.value_dim; ++d)
             if (o[d] != 0.0f) Fail(std::string(where) + ": fully masked, O != 0", variant, p);
           if (lse && *lse != -kInf) Fail(std::string(where) + ": lse != -inf", variant, p);
@@ -287,52 +277,33 @@ void CheckRows(const Variant& variant, const Problem& p, const reference::Result
           continue;
         }
         // 2. A NaN logit.
-        if (nan_logit) {
+        if (in.nan_logit) {
           for (int64_t d = 0; d < s.value_dim; ++d)
             if (!std::isnan(o[d])) Fail(std::string(where) + ": NaN logit, O not NaN", variant, p);
           if (lse && !std::isnan(*lse)) Fail(std::string(where) + ": NaN logit, lse", variant, p);
           continue;
         }
         // 4. Possible fp32 overflow: nothing to compare.
-        if (!representable) continue;
+        if (!testing::LogitsRepresentable(p, b, h, i)) continue;
         // 3. Logits fp32 can hold.
-        if (plus_inf) {
+        if (in.plus_inf) {
           for (int64_t d = 0; d < s.value_dim; ++d)
             if (!std::isnan(o[d])) Fail(std::string(where) + ": +inf logit, O not NaN", variant, p);
           if (lse && !std::isnan(*lse)) Fail(std::string(where) + ": +inf logit, lse", variant, p);
           continue;
         }
-        const testing::RowBound bound = testing::ErrorBound(p, b, h, i);
-        auto near = [](double got, double want, double tol) {
-          if (std::isinf(want) || std::isnan(want))
-            return got == want || (std::isnan(got) && std::isnan(want));
-          return std::fabs(got - want) <= tol;
-        };
-        if (lse && !near(*lse, want.lse[row], bound.lse)) {
-          Fail(std::string(where) + ": lse " + std::to_string(*lse) + " want " +
-                   std::to_string(want.lse[row]),
-               variant, p);
-        }
-        if (finite_o) {
-          for (int64_t d = 0; d < s.value_dim; ++d) {
-            if (!near(o[d], want.o[row * s.value_dim + d], bound.o)) {
-              Fail(std::string(where) + ": O[d=" + std::to_string(d) + "] " + std::to_string(o[d]) +
-                       " want " + std::to_string(want.o[row * s.value_dim + d]) + " bound " +
-                       std::to_string(bound.o),
-                   variant, p);
-            }
-          }
-          for (int64_t j = 0; w && j < s.kv_len; ++j) {
-            if (!near(w[j], want.weights[row * s.kv_len + j], bound.weights)) {
-              Fail(std::string(where) + ": weight j=" + std::to_string(j), variant, p);
-            }
-          }
-        } else if (all_minus_inf) {
+        // lse always; O and the weights when P·V cannot overflow.
+        testing::Comparison c;
+        testing::CompareRow(p, b, h, i, want, row, testing::ErrorBound(p, b, h, i), c,
+                            {.o = in.finite_o, .lse = true, .weights = in.finite_o});
+        if (!c.ok) Fail(c.first_failure, variant, p);
+        if (in.finite_o) continue;
+        if (in.all_minus_inf) {
           for (int64_t d = 0; d < s.value_dim; ++d)
             if (o[d] != 0.0f) Fail(std::string(where) + ": all -inf, O != 0", variant, p);
         } else {
           for (int64_t d = 0; d < s.value_dim; ++d)
-            if (nan_column[d] && !std::isnan(o[d])) {
+            if (in.nan_column[d] && !std::isnan(o[d])) {
               Fail(std::string(where) + ": NaN in a visible V column did not reach O", variant, p);
             }
         }

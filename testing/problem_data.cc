@@ -1,7 +1,7 @@
-#include "tests/test_support.h"
+#include "testing/problem_data.h"
 
+#include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <limits>
 #include <random>
 
@@ -21,11 +21,14 @@ int64_t Elements(const Shape& s, int64_t heads, int64_t len, int64_t dim, int64_
   return s.batch * heads * len * (dim + pad);
 }
 
-const float* Element(const TensorRef<const float>& t, int64_t b, int64_t h, int64_t i) {
-  return t.data + b * t.strides.batch + h * t.strides.head + i * t.strides.row;
-}
-
 }  // namespace
+
+const float* AdditiveRow(const Problem& p, int64_t b, int64_t h, int64_t i) {
+  if (p.mask.kind != MaskKind::kAdditive) return nullptr;
+  const AdditiveMaskShape& a = p.mask.additive_shape;
+  return p.mask.additive.data() +
+         (((a.batch == 1 ? 0 : b) * a.heads + (a.heads == 1 ? 0 : h)) * a.rows + i) * a.cols;
+}
 
 std::string ProblemSpec::Name() const {
   const Shape& s = shape;
@@ -75,9 +78,9 @@ ProblemData::ProblemData(const ProblemSpec& spec) : spec_(spec) {
     // Every key row = key row 0 of its (b, kv head) plus ~1e-4 noise.
     for (int64_t b = 0; b < s.batch; ++b) {
       for (int64_t h = 0; h < s.kv_heads; ++h) {
-        float* base = const_cast<float*>(Element(problem_.k, b, h, 0));
+        float* base = const_cast<float*>(RowOf(problem_.k, b, h, 0));
         for (int64_t j = 1; j < s.kv_len; ++j) {
-          float* row = const_cast<float*>(Element(problem_.k, b, h, j));
+          float* row = const_cast<float*>(RowOf(problem_.k, b, h, j));
           for (int64_t d = 0; d < s.head_dim; ++d) row[d] = base[d] + 1e-4f * uniform(rng);
         }
       }
@@ -127,57 +130,27 @@ std::vector<float> ProblemData::OutputContiguous() const {
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t h = 0; h < s.heads; ++h)
       for (int64_t i = 0; i < s.q_len; ++i) {
-        const float* row = problem_.o.data + b * problem_.o.strides.batch +
-                           h * problem_.o.strides.head + i * problem_.o.strides.row;
+        const float* row = RowOf(problem_.o, b, h, i);
         out.insert(out.end(), row, row + s.value_dim);
       }
   return out;
 }
 
-Comparison CompareToReference(ProblemData& data, const reference::Result& want) {
-  const Problem& p = data.problem();
-  const Shape& s = p.shape;
-  const std::vector<float> o = data.OutputContiguous();
-  Comparison c;
+std::string ProblemData::PaddingWritten() const {
+  const Shape& s = problem_.shape;
+  if (spec_.row_pad == 0) return "";
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t h = 0; h < s.heads; ++h)
       for (int64_t i = 0; i < s.q_len; ++i) {
-        const RowBound bound = ErrorBound(p, b, h, i);
-        const int64_t row = (b * s.heads + h) * s.q_len + i;
-        const std::string at =
-            "[b=" + std::to_string(b) + ",h=" + std::to_string(h) + ",i=" + std::to_string(i);
-        for (int64_t d = 0; d < s.value_dim; ++d) {
-          reference::CompareElement(o[row * s.value_dim + d], want.o[row * s.value_dim + d],
-                                    bound.o, c, "O" + at + ",d=" + std::to_string(d) + "]");
-        }
-        if (!p.lse.empty()) {
-          reference::CompareElement(p.lse[row], want.lse[row], bound.lse, c, "lse" + at + "]");
-        }
-        if (!p.weights.empty()) {
-          for (int64_t j = 0; j < s.kv_len; ++j) {
-            reference::CompareElement(p.weights[row * s.kv_len + j],
-                                      want.weights[row * s.kv_len + j], bound.weights, c,
-                                      "weights" + at + ",j=" + std::to_string(j) + "]");
+        const float* row = RowOf(problem_.o, b, h, i);
+        for (int64_t d = s.value_dim; d < s.value_dim + spec_.row_pad; ++d) {
+          if (!std::isnan(row[d])) {
+            return "[b=" + std::to_string(b) + ",h=" + std::to_string(h) +
+                   ",i=" + std::to_string(i) + "]";
           }
         }
       }
-  // Padding between rows of O must be untouched (still NaN poison).
-  if (data.spec().row_pad > 0) {
-    for (int64_t b = 0; b < s.batch; ++b)
-      for (int64_t h = 0; h < s.heads; ++h)
-        for (int64_t i = 0; i < s.q_len; ++i) {
-          const float* row =
-              p.o.data + b * p.o.strides.batch + h * p.o.strides.head + i * p.o.strides.row;
-          for (int64_t d = s.value_dim; d < s.value_dim + data.spec().row_pad; ++d) {
-            if (!std::isnan(row[d]) && c.ok) {
-              c.ok = false;
-              c.first_failure = "kernel wrote into O's row padding at [b=" + std::to_string(b) +
-                                ",h=" + std::to_string(h) + ",i=" + std::to_string(i) + "]";
-            }
-          }
-        }
-  }
-  return c;
+  return "";
 }
 
 std::vector<ProblemSpec> GridSpecs() {

@@ -1,17 +1,17 @@
-// Test support shared by the registry-driven tests: a problem specification,
-// the buffers that realize it, and the comparison against the fp64 reference
-// with a tolerance derived from an error bound (see ErrorBound below).
-#ifndef ATTNLAB_TESTS_TEST_SUPPORT_H_
-#define ATTNLAB_TESTS_TEST_SUPPORT_H_
+// Problem data for what checks a kernel (the tests, the bench's accuracy mode
+// and its check before timing): a problem specification, the buffers that
+// realize it (poisoned outputs, strided and misaligned layouts, adversarial
+// values), the shape grid of the registry-driven tests, and row access on a
+// Problem (also the fuzzer's). The comparison with the reference is in
+// testing/compare.h. No GoogleTest here.
+#ifndef ATTNLAB_TESTING_PROBLEM_DATA_H_
+#define ATTNLAB_TESTING_PROBLEM_DATA_H_
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "kernels/problem.h"
-#include "kernels/registry.h"
-#include "reference/error_bound.h"
-#include "reference/reference.h"
 
 namespace attn::testing {
 
@@ -38,7 +38,7 @@ struct ProblemSpec {
   bool want_weights = false;
   uint64_t seed = 1;
 
-  std::string Name() const;  // gtest-safe, unique enough to read
+  std::string Name() const;  // a test-name-safe identifier, unique enough to read
 };
 
 // Owns Q, K, V, O, mask, lse and weights buffers for one spec. O, lse and
@@ -51,6 +51,9 @@ class ProblemData {
   void Poison();
   // Output O as contiguous [B, H, Lq, dv] (undoing layout and padding).
   std::vector<float> OutputContiguous() const;
+  // Whether a kernel left the row padding of O (spec().row_pad floats after
+  // each row) as Poison() left it: "" if so, else where it wrote.
+  std::string PaddingWritten() const;
   std::vector<float>& lse() { return lse_; }
   std::vector<float>& weights() { return weights_; }
   float* q_data() { return q_.data() + offset_; }
@@ -66,21 +69,18 @@ class ProblemData {
   Problem problem_;
 };
 
-// The per-row error bound and the element comparison rule live in
-// reference/error_bound.h, shared with `attnlab check`.
-using reference::Comparison;
-using reference::ErrorBound;
-using reference::kSafety;
-using reference::RowBound;
-
-// Compares what a kernel wrote into `data` against the reference. Checks O,
-// and lse / weights when the problem asked for them. NaN must match NaN,
-// ±inf must match exactly.
-Comparison CompareToReference(ProblemData& data, const reference::Result& expected);
-
-// The shape grid of the registry-driven tests (see kernel_grid_test.cc).
+// The shape grid of the registry-driven tests (see tests/kernel_grid_test.cc).
 std::vector<ProblemSpec> GridSpecs();
+
+// Row i of head h of batch b of a strided tensor.
+template <typename T>
+T* RowOf(const TensorRef<T>& t, int64_t b, int64_t h, int64_t i) {
+  return t.data + b * t.strides.batch + h * t.strides.head + i * t.strides.row;
+}
+// The additive mask row of query row (b, h, i) (Lk entries), or nullptr when
+// the mask is not additive.
+const float* AdditiveRow(const Problem& problem, int64_t b, int64_t h, int64_t i);
 
 }  // namespace attn::testing
 
-#endif  // ATTNLAB_TESTS_TEST_SUPPORT_H_
+#endif  // ATTNLAB_TESTING_PROBLEM_DATA_H_
