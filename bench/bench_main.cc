@@ -60,7 +60,9 @@
 #include "bench/accuracy.h"
 #include "bench/bench_common.h"
 #include "bench/layer.h"
+#include "bench/fma_peak.h"
 #include "bench/resume.h"
+#include "bench/ukernel_bench.h"
 #include "kernels/internal/bytes.h"
 #include "kernels/internal/thread_scope.h"
 #include "kernels/registry.h"
@@ -580,8 +582,13 @@ struct Registration {
 // `ctx`, which must outlive the run.
 class SuiteCases {
  public:
-  SuiteCases(const Suite& suite, const Calibration& rates, RunContext& ctx)
-      : suite_(suite), rates_(rates), ctx_(ctx), options_(ctx.options()) {
+  SuiteCases(const Suite& suite, const Calibration& rates, double fma_peak_gflops,
+             RunContext& ctx)
+      : suite_(suite),
+        rates_(rates),
+        fma_peak_gflops_(fma_peak_gflops),
+        ctx_(ctx),
+        options_(ctx.options()) {
     Build();
   }
   std::vector<Registration>& cases() { return cases_; }
@@ -717,10 +724,23 @@ class SuiteCases {
         }
       }
     }
+    // Micro-kernels (bench/ukernel_bench.h): every entry of the list at the
+    // shapes the variants call it with, against the FMA peak measured now.
+    for (UkernelCase& u : UkernelCases(fma_peak_gflops_)) {
+      Add(
+          u.name,
+          [ctx = &ctx_, name = u.name, run = std::move(u.run)](benchmark::State& s) {
+            if (SkipIfInterrupted(s)) return;
+            ctx->Progress(s, name);
+            run(s);
+          },
+          /*predicted_seconds=*/1e-3);
+    }
   }
 
   const Suite& suite_;
   const Calibration& rates_;
+  const double fma_peak_gflops_;
   RunContext& ctx_;
   const Options& options_;
   std::vector<Registration> cases_;
@@ -760,9 +780,11 @@ void RegisterWithBenchmark(std::vector<Registration>& cases, const Suite& suite,
 // The JSON context (docs/bench-json.md): `context`, the command line, the calibration, the
 // time cap and what it left out.
 void AddContext(const std::map<std::string, std::string>& context, const std::string& args,
-                const Suite& suite, const Calibration& rates, size_t left_out) {
+                const Suite& suite, const Calibration& rates, size_t left_out,
+                double fma_peak_gflops) {
   for (const auto& [key, val] : context) benchmark::AddCustomContext(key, val);
   benchmark::AddCustomContext("attnlab_args", args);
+  benchmark::AddCustomContext("attnlab_fma_peak_gflops", std::to_string(fma_peak_gflops));
   if (!rates.empty()) {
     std::string text;
     for (const auto& [name, gflops] : rates) {
@@ -1170,7 +1192,9 @@ int BenchmarkMode(Flags& flags, const std::string& argv0, const std::string& rec
     rates = Calibrate(options);
   }
   RunContext ctx(options);
-  SuiteCases suite_cases(suite, rates, ctx);
+  // One core's FMA peak, measured now: the micro-kernel cases' peak_fraction.
+  const double fma_peak_gflops = MeasureFmaPeakGflops(0.2);
+  SuiteCases suite_cases(suite, rates, fma_peak_gflops, ctx);
   std::vector<Registration>& cases = suite_cases.cases();
   const std::vector<std::string>& left_out = suite_cases.left_out();
   if (!left_out.empty()) {
@@ -1215,7 +1239,7 @@ int BenchmarkMode(Flags& flags, const std::string& argv0, const std::string& rec
     return 128 + sig;
   }
 
-  AddContext(context, recorded_json, suite, rates, left_out.size());
+  AddContext(context, recorded_json, suite, rates, left_out.size(), fma_peak_gflops);
   std::unique_ptr<JsonFileReporter> file_reporter;
   if (!out_path.empty() && json_out) {
     file_reporter = std::make_unique<JsonFileReporter>(

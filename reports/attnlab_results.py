@@ -22,7 +22,11 @@ import statistics
 CEILING_SGEMM = "ceiling_sgemm"
 CEILING_STREAM = "ceiling_stream"
 LAYER = "layer"
-FIXED_FAMILIES = (CEILING_SGEMM, CEILING_STREAM, LAYER)
+# Micro-kernel cases: ukernel/<entry>/<shape> (the entry is the case's scenario) and
+# ukernel/fma_peak/threads:1, the FMA peak they are fractions of.
+UKERNEL = "ukernel"
+FMA_PEAK = "fma_peak"
+FIXED_FAMILIES = (CEILING_SGEMM, CEILING_STREAM, LAYER, UKERNEL)
 
 # What became of a case (Case.status). The bench marks a case it did not run with an error
 # message: "over budget: ..." (refused before allocating), "interrupted: ..." (the run was
@@ -54,7 +58,8 @@ _STANDARD_KEYS = {
 _CONTRACT_COUNTERS = {
     "GFLOPS", "GFLOPS_dense", "workspace_bytes", "workspace_declared_bytes",
     "peak_rss_delta_bytes", "bytes_min", "GBps", "attention_share", "ceiling_fraction", "bytes",
-    "d_model", "B", "H", "Hkv", "Lq", "Lk", "d", "causal"}
+    "d_model", "B", "H", "Hkv", "Lq", "Lk", "d", "causal", "Gelems_per_s", "peak_fraction",
+    "fma_peak_gflops"}
 
 _TIME_UNIT_S = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 _CENTRAL_AGGREGATES = ("median", "mean")  # preferred first
@@ -393,6 +398,8 @@ def _required_counter(family, scenario):
   """The counter every measured entry of this kind carries (what its report section shows)."""
   if family == CEILING_STREAM or scenario == "decode":
     return "GBps"
+  if family == UKERNEL:
+    return "GFLOPS" if scenario == FMA_PEAK else "Gelems_per_s"
   return "attention_share" if family == LAYER else "GFLOPS"
 
 

@@ -857,6 +857,48 @@ class Report:
         rows.append(row)
       self.add(f"**{self.host_prefix(source)}{gp}**", "", md_table(["N"] + variants, rows), "")
 
+  # ---- micro-kernels
+  def ukernel_section(self):
+    self.add("## Micro-kernels against the FMA peak", "")
+    cases = [c for c in self.run.all_cases() if c.family == ar.UKERNEL]
+    if not cases:
+      self.add(NOT_IN_RUN, "")
+      return
+    self.add("Every entry of the micro-kernel list (`kernels/ukernels/ukernels.inc`) on "
+             "L1/L2-resident data at the shapes the variants call it with, one thread, the best "
+             "Highway target; the FMA peak is a register-resident FMA loop on the same core in "
+             "the same run. GFLOPS and the peak fraction for the entries that are FMA work "
+             "(scores, P·V, dot); elements written per second for the others.", "")
+    for source in sorted({c.source for c in cases}):
+      mine = [c for c in cases if c.source == source]
+      peak = next((c for c in mine if c.scenario == ar.FMA_PEAK), None)
+      rows = []
+      for c in sorted((c for c in mine if c.scenario != ar.FMA_PEAK),
+                      key=lambda c: natural_key(c.name)):
+        shape = params_label({k: v for k, v in c.params.items() if k != "threads"})
+        rows.append([f"`{c.scenario}`", shape,
+                     case_cell(c, lambda c: fmt_num(c.counter("GFLOPS"))),
+                     case_cell(c, lambda c: fmt_pct(c.counter("peak_fraction"))),
+                     case_cell(c, lambda c: fmt_num(c.counter("Gelems_per_s"))),
+                     case_cell(c, lambda c: fmt_time(c.time_s))])
+      head = (f"FMA peak: **{fmt_num(peak.counter('GFLOPS'))} GFLOP/s**" if peak and peak.ok
+              else "FMA peak: —")
+      self.add(f"{self.host_prefix(source)}{head}", "",
+               md_table(["entry", "shape", "GFLOP/s", "of FMA peak", "Gelem/s", "ms/call"], rows),
+               "")
+      best = {}  # entry -> its best fraction of the peak over its shapes
+      for c in mine:
+        f = c.counter("peak_fraction") if c.ok else None
+        if f is not None and f > best.get(c.scenario, -1):
+          best[c.scenario] = f
+      if best and peak and peak.ok:
+        self.summary.append(
+            f"- Micro-kernels{' on ' + source if self.multi_host else ''}, best shape as a "
+            f"fraction of the FMA peak ({fmt_num(peak.counter('GFLOPS'))} GFLOP/s, one core): "
+            + ", ".join(f"`{e}` {fmt_pct(f)}" for e, f in sorted(best.items(),
+                                                                  key=lambda t: natural_key(t[0])))
+            + ".")
+
   # ---- accuracy
   def accuracy_section(self, given):
     self.add("## Accuracy against the fp64 reference", "")
@@ -1001,6 +1043,7 @@ def write_report(args):
     rep.decode_section()
     rep.scenario_section()
     rep.layer_section()
+    rep.ukernel_section()
     rep.accuracy_section(bool(args.accuracy))
     head = [f"# attnlab report: {', '.join(hosts)}, {date}" + (f" ({args.label})"
                                                                if args.label else ""), "",

@@ -38,7 +38,7 @@ import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GENERATE = os.path.join(HERE, "generate.py")
-FIXED = ("ceiling_sgemm", "ceiling_stream", "layer")
+FIXED = ("ceiling_sgemm", "ceiling_stream", "layer", "ukernel")
 
 sys.path.insert(0, HERE)
 import attnlab_results as ar  # noqa: E402
@@ -147,7 +147,8 @@ def test_report(work, testdata):
 
   for section in ("## Summary", "## Machine and build", "## Sweep", "## Thread scaling",
                   "## Causal efficiency", "## Longest N within", "## Decode",
-                  "## Other scenarios", "## End-to-end MHA layer", "## Accuracy"):
+                  "## Other scenarios", "## End-to-end MHA layer", "## Micro-kernels",
+                  "## Accuracy"):
     check(section in text, f"report has section {section!r}")
   for k, v in ctx.items():
     if k.startswith("attnlab_"):
@@ -227,6 +228,16 @@ def test_report(work, testdata):
   if any(n.startswith("layer/") for n in names):
     check("attention kernel" in text and "%" in text.split("## End-to-end", 1)[1],
           "layer attention_share table")
+  # micro-kernels: a row per (entry, shape), the FMA peak, and its fraction where it has one
+  ukernels = [(parse(n)[1], parse(n)[2]) for n in names if parse(n)[0] == "ukernel"]
+  if ukernels:
+    body = text.split("## Micro-kernels", 1)[1].split("\n## ", 1)[0]
+    check("FMA peak: **" in body, "micro-kernel section states the FMA peak")
+    for entry in {e for e, _ in ukernels if e != "fma_peak"}:
+      rows = [l for l in body.splitlines() if l.startswith(f"| `{entry}` |")]
+      shapes = sum(1 for e, _ in ukernels if e == entry)
+      check(len(rows) == shapes, f"micro-kernel {entry}: {shapes} row(s)")
+    check("of the FMA peak" in summary, "the summary gives the micro-kernels' peak fractions")
   # accuracy
   for m in {r["mask"] for r in accdoc["results"]}:
     check(f"mask = {m}**" in text, f"accuracy table for mask {m}")
@@ -244,6 +255,7 @@ def test_report(work, testdata):
       "## Other scenarios": any(p[1] not in ("", "decode") and p[0] not in FIXED
                                 for p in parsed),
       "## End-to-end MHA layer": any(p[0] == "layer" for p in parsed),
+      "## Micro-kernels": any(p[0] == "ukernel" for p in parsed),
       "## Accuracy": bool(accdoc["results"]),
   }
   for section, has in present.items():
