@@ -59,8 +59,8 @@
 
 #include "bench/accuracy.h"
 #include "bench/bench_common.h"
-#include "bench/layer.h"
 #include "bench/fma_peak.h"
+#include "bench/layer.h"
 #include "bench/resume.h"
 #include "bench/ukernel_bench.h"
 #include "kernels/internal/bytes.h"
@@ -582,8 +582,7 @@ struct Registration {
 // `ctx`, which must outlive the run.
 class SuiteCases {
  public:
-  SuiteCases(const Suite& suite, const Calibration& rates, double fma_peak_gflops,
-             RunContext& ctx)
+  SuiteCases(const Suite& suite, const Calibration& rates, double fma_peak_gflops, RunContext& ctx)
       : suite_(suite),
         rates_(rates),
         fma_peak_gflops_(fma_peak_gflops),

@@ -16,7 +16,8 @@ using ukernels::Ukernel;
 
 // 64-byte aligned, random floats in [-1, 1).
 struct Floats {
-  explicit Floats(int64_t n) : data(static_cast<float*>(std::aligned_alloc(64, (n * 4 + 63) / 64 * 64))) {
+  explicit Floats(int64_t n)
+      : data(static_cast<float*>(std::aligned_alloc(64, (n * 4 + 63) / 64 * 64))) {
     std::mt19937 rng(42);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
     for (int64_t i = 0; i < n; ++i) data.get()[i] = u(rng);
@@ -54,7 +55,8 @@ void Time(benchmark::State& state, const Ukernel& u, Args& args, const Shape& sh
     state.counters["peak_fraction"] =
         Counter(shape.flops / 1e9 / peak_gflops, Counter::kIsIterationInvariantRate);
   }
-  state.counters["Gelems_per_s"] = Counter(shape.elements / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["Gelems_per_s"] =
+      Counter(shape.elements / 1e9, Counter::kIsIterationInvariantRate);
   state.counters["fma_peak_gflops"] = peak_gflops;
   state.counters["threads"] = 1;
 }
@@ -89,7 +91,7 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
                 2.0 * nrows * keys * dk, double(nrows * keys)};
         out.push_back({s, [=](benchmark::State& st) {
                          Floats q(nrows * dkp), k(keys * dk), sc(nrows * lds);
-                         ukernels::ScoreRowsArgs a{q.get(), dkp, nrows, k.get(), dk,
+                         ukernels::ScoreRowsArgs a{q.get(), dkp, nrows,    k.get(), dk,
                                                    keys,    dk,  sc.get(), lds};
                          Time(st, *up, a, s, peak);
                        }});
@@ -126,12 +128,12 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
       for (const P& pp : ps) {
         const int64_t keys = pp.keys, nvec = pp.dv / lanes;
         const int64_t pj = pp.key_major ? 64 : 1, pm = pp.key_major ? 1 : keys;
-        Shape s{"rows:" + std::to_string(pp.rows) + "/keys:" + std::to_string(keys) + "/d:" +
-                    std::to_string(pp.dv),
+        Shape s{"rows:" + std::to_string(pp.rows) + "/keys:" + std::to_string(keys) +
+                    "/d:" + std::to_string(pp.dv),
                 2.0 * pp.rows * keys * pp.dv, double(pp.rows * pp.dv)};
         out.push_back({s, [=](benchmark::State& st) {
                          Floats p(keys * 64 + pp.rows * keys), v(keys * pp.dv), o(pp.rows * pp.dv);
-                         ukernels::PvTileArgs a{p.get(), pj,   pm,   v.get(),  pp.dv, keys,
+                         ukernels::PvTileArgs a{p.get(), pj,   pm,   v.get(), pp.dv, keys,
                                                 pp.rows, nvec, true, o.get(), pp.dv};
                          Time(st, *up, a, s, peak);
                        }});
@@ -143,7 +145,8 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
       Shape s{"rows:64/keys:256/d:64", 2.0 * rows * keys * dv, double(rows * dv)};
       out.push_back({s, [=](benchmark::State& st) {
                        Floats p(rows * keys), v(keys * dv), o(rows * dv);
-                       ukernels::PvRowsArgs a{p.get(), keys, rows, v.get(), dv, keys, dv, o.get(), dv};
+                       ukernels::PvRowsArgs a{p.get(), keys, rows,    v.get(), dv,
+                                              keys,    dv,   o.get(), dv};
                        Time(st, *up, a, s, peak);
                      }});
       break;
@@ -156,7 +159,7 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
       out.push_back({s, [=](benchmark::State& st) {
                        Floats sc(keys * 64), m(64), l(64), alpha(64);
                        for (int64_t x = 0; x < 64; ++x) m.get()[x] = 2.0f, l.get()[x] = 1.0f;
-                       ukernels::OnlineSoftmaxArgs a{sc.get(), ld, keys, rows,
+                       ukernels::OnlineSoftmaxArgs a{sc.get(), ld,      keys,       rows,
                                                      m.get(),  l.get(), alpha.get()};
                        Time(st, *up, a, s, peak);
                      }});

@@ -12,11 +12,11 @@
 #ifndef ATTNLAB_BENCH_UKERNEL_BENCH_H_
 #define ATTNLAB_BENCH_UKERNEL_BENCH_H_
 
+#include <benchmark/benchmark.h>
+
 #include <functional>
 #include <string>
 #include <vector>
-
-#include <benchmark/benchmark.h>
 
 namespace attn::bench {
 

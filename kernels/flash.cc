@@ -270,7 +270,8 @@ bool TileValuesFinite(const float* v, int64_t vs, int64_t nc, int64_t dvp) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   auto all = hn::FirstN(d, N);  // all true
   for (int64_t j = 0; j < nc; ++j) {
-    for (int64_t x = 0; x < dvp; x += N) all = hn::And(all, hn::IsFinite(hn::LoadU(d, v + j * vs + x)));
+    for (int64_t x = 0; x < dvp; x += N)
+      all = hn::And(all, hn::IsFinite(hn::LoadU(d, v + j * vs + x)));
   }
   return hn::AllTrue(d, all);
 }
@@ -378,8 +379,13 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     } else {
       PrefetchRows next;
       if (j1 < blk.uhi) {
-        next = {k_base + j1 * k_stride, k_stride,        dk * 4, p.VRow(b, kvh, j1),
-                p.v.strides.row,        dv * 4,          std::min(j1 + bc, blk.uhi) - j1};
+        next = {k_base + j1 * k_stride,
+                k_stride,
+                dk * 4,
+                p.VRow(b, kvh, j1),
+                p.v.strides.row,
+                dv * 4,
+                std::min(j1 + bc, blk.uhi) - j1};
       }
       ScoreTile(sc.qt, k_base + j0 * k_stride, k_stride, nc, dk, blk.rp / N, sc.st, next);
     }
@@ -415,8 +421,7 @@ struct WorkOrder {
   WorkOrder(const ValidProblem& p, const flash::Plan& plan) : p(p), plan(plan) {
     const int64_t kv_bytes =
         int64_t{sizeof(float)} * p.shape.kv_len * (p.shape.head_dim + p.shape.value_dim);
-    group_heads =
-        std::clamp<int64_t>(L2CacheBytes() / std::max<int64_t>(kv_bytes, 1), 1, plan.bkv);
+    group_heads = std::clamp<int64_t>(L2CacheBytes() / std::max<int64_t>(kv_bytes, 1), 1, plan.bkv);
   }
   struct Position {
     int64_t b, kvh, r0, nrows;

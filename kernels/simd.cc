@@ -51,9 +51,9 @@
 // Must come after foreach_target.h.
 #include "hwy/highway.h"
 #include "kernels/internal/parallel.h"
-#include "kernels/registry.h"
 #include "kernels/internal/row_blocks-inl.h"
 #include "kernels/internal/rows.h"
+#include "kernels/registry.h"
 #include "kernels/ukernels/qk_packed-inl.h"
 #include "kernels/ukernels/transpose-inl.h"
 

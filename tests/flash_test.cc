@@ -2,8 +2,6 @@
 // workspace independent of the sequence length, the split-key
 // (flash-decoding) path, and every compiled Highway target. Its micro-kernels
 // (the exp2 among them) are tested one by one in tests/ukernel_test.cc.
-#include "kernels/internal/flash_plan.h"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,6 +11,7 @@
 #include <vector>
 
 #include "hwy/targets.h"
+#include "kernels/internal/flash_plan.h"
 #include "kernels/registry.h"
 #include "reference/reference.h"
 #include "testing/compare.h"

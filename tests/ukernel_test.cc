@@ -77,13 +77,23 @@ struct Checker {
   std::string where;
   int failures = 0;
   void Near(double got, double want, double tol, const std::string& what) {
-    const bool ok = std::isnan(want) ? std::isnan(got)
+    const bool ok = std::isnan(want)   ? std::isnan(got)
                     : std::isinf(want) ? got == want
                                        : std::fabs(got - want) <= tol;
     if (!ok && ++failures <= 5) {
       ADD_FAILURE() << where << ": " << what << " got " << got << " want " << want << " (tol "
                     << tol << ")";
     }
+  }
+  // got = Σ_i a[i·sa]·b[i·sb] (i < n) within (n + 2)·u·Σ|a·b|.
+  void Dot(double got, const float* a, int64_t sa, const float* b, int64_t sb, int64_t n,
+           const std::string& what) {
+    double want = 0, mag = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      want += double(a[i * sa]) * b[i * sb];
+      mag += std::fabs(double(a[i * sa]) * b[i * sb]);
+    }
+    Near(got, want, (n + 2) * kU * mag, what);
   }
   void Poisoned(float x, const std::string& what) {
     if (!std::isnan(x) && ++failures <= 5) {
@@ -126,12 +136,7 @@ void TestScoreTile(const Ukernel& u, int64_t lanes, Checker& c) {
               c.Poisoned(st[j * kTileCols + x], at);
               continue;
             }
-            double want = 0, mag = 0;
-            for (int64_t d = 0; d < dk; ++d) {
-              want += double(k[j * k_stride + d]) * qt[d * kTileCols + x];
-              mag += std::fabs(double(k[j * k_stride + d]) * qt[d * kTileCols + x]);
-            }
-            c.Near(st[j * kTileCols + x], want, (dk + 2) * kU * mag, at);
+            c.Dot(st[j * kTileCols + x], &k[j * k_stride], 1, &qt[x], kTileCols, dk, at);
           }
         }
       }
@@ -160,12 +165,7 @@ void TestScoreRows(const Ukernel& u, int64_t lanes, Checker& c) {
               c.Poisoned(st[r * lds + j], at);
               continue;
             }
-            double want = 0, mag = 0;
-            for (int64_t d = 0; d < dk; ++d) {
-              want += double(qs[r * dkp + d]) * k[j * k_stride + d];
-              mag += std::fabs(double(qs[r * dkp + d]) * k[j * k_stride + d]);
-            }
-            c.Near(st[r * lds + j], want, (dk + 2) * kU * mag, at);
+            c.Dot(st[r * lds + j], &qs[r * dkp], 1, &k[j * k_stride], 1, dk, at);
           }
         }
       }
@@ -193,12 +193,7 @@ void TestQkPacked(const Ukernel& u, int64_t lanes, Checker& c) {
             c.Poisoned(out[r * (tile + 3) + jj], at);
             continue;
           }
-          double want = 0, mag = 0;
-          for (int64_t d = 0; d < dk; ++d) {
-            want += double(rows[r][d]) * packed[d * tile + jj];
-            mag += std::fabs(double(rows[r][d]) * packed[d * tile + jj]);
-          }
-          c.Near(out[r * (tile + 3) + jj], want, (dk + 2) * kU * mag, at);
+          c.Dot(out[r * (tile + 3) + jj], rows[r], 1, &packed[jj], tile, dk, at);
         }
       }
     }
@@ -231,8 +226,8 @@ void CheckPv(Checker& c, const float* p, int64_t pj, int64_t pm, const float* v,
 
 void TestPvTile(const Ukernel& u, int64_t lanes, Checker& c) {
   std::mt19937 rng(14);
-  const std::vector<int64_t> widths =
-      u.width_vectors > 0 ? std::vector<int64_t>{u.width_vectors} : std::vector<int64_t>{1, 2, 3, 4, 5, 8};
+  const std::vector<int64_t> widths = u.width_vectors > 0 ? std::vector<int64_t>{u.width_vectors}
+                                                          : std::vector<int64_t>{1, 2, 3, 4, 5, 8};
   for (int64_t nvec : widths) {
     for (int64_t nrows : RowCounts(u, {1, 2, 3, 4, 5, 6, 7, 12, 13})) {
       for (int64_t nkeys : {1, 2, 5, 16, 513, 1025}) {
@@ -246,9 +241,11 @@ void TestPvTile(const Ukernel& u, int64_t lanes, Checker& c) {
             p.Fill(rng);
             v.Fill(rng);
             for (int64_t m = 0; m < nrows; ++m) {
-              for (int64_t x = 0; x < width; ++x) o0[m * ldo + x] = o[m * ldo + x] = 0.5f - float(x % 3);
+              for (int64_t x = 0; x < width; ++x)
+                o0[m * ldo + x] = o[m * ldo + x] = 0.5f - float(x % 3);
             }
-            PvTileArgs a{p.data(), pj, pm, v.data(), vs, nkeys, nrows, nvec, accumulate, o.data(), ldo};
+            PvTileArgs a{p.data(), pj,   pm,         v.data(), vs, nkeys,
+                         nrows,    nvec, accumulate, o.data(), ldo};
             ASSERT_TRUE(u.run(&a));
             CheckPv(c, p.data(), pj, pm, v.data(), vs, nkeys, nrows, width,
                     accumulate ? o0.data() : nullptr, o.data(), ldo, width,
@@ -357,8 +354,8 @@ void TestOnlineSoftmaxColumns(const Ukernel& u, int64_t lanes, Checker& c) {
       OnlineSoftmaxArgs a{st.data(), kTileCols, nkeys, rows, m.data(), l.data(), alpha.data()};
       ASSERT_TRUE(u.run(&a));
       for (int64_t x = 0; x < rows; ++x) {
-        CheckOnlineRow(c, &before[x], &st[x], kTileCols, nkeys, m0[x], l0[x], m[x], l[x],
-                       alpha[x], "row " + std::to_string(x) + " keys=" + std::to_string(nkeys));
+        CheckOnlineRow(c, &before[x], &st[x], kTileCols, nkeys, m0[x], l0[x], m[x], l[x], alpha[x],
+                       "row " + std::to_string(x) + " keys=" + std::to_string(nkeys));
       }
     }
   }
@@ -532,12 +529,7 @@ void TestDot(const Ukernel& u, int64_t lanes, Checker& c) {
     y.Fill(rng);
     DotArgs a{x.data(), y.data(), n, 0};
     ASSERT_TRUE(u.run(&a));
-    double want = 0, mag = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      want += double(x[i]) * y[i];
-      mag += std::fabs(double(x[i]) * y[i]);
-    }
-    c.Near(a.result, want, (n + 2) * kU * mag, "n=" + std::to_string(n));
+    c.Dot(a.result, x.data(), 1, y.data(), 1, n, "n=" + std::to_string(n));
   }
 }
 
@@ -548,7 +540,10 @@ void TestFinishRow(const Ukernel& u, int64_t lanes, Checker& c) {
     struct Case {
       float m, l;
       bool lse;
-    } cases[] = {{1.5f, 3.0f, true}, {-2.0f, 0.25f, false}, {-kInf, 0.0f, true}, {kNaN, 0.0f, true},
+    } cases[] = {{1.5f, 3.0f, true},
+                 {-2.0f, 0.25f, false},
+                 {-kInf, 0.0f, true},
+                 {kNaN, 0.0f, true},
                  {0.5f, kNaN, true}};
     for (const Case& k : cases) {
       Buffer acc(dv), out(dv + 1, 1);

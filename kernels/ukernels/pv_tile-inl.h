@@ -221,9 +221,9 @@ HWY_INLINE void PvTile(const float* p, int64_t pj, int64_t pm, const float* v, i
 // registers, else 2), then single vectors, then the last dv % lanes columns
 // as scalar sums, blocked like the rest.
 template <int R>
-HWY_INLINE void PvRowsOfWidth(const float* HWY_RESTRICT p, int64_t ldp,
-                              const float* HWY_RESTRICT v, int64_t ldv, int64_t nkeys, int64_t dv,
-                              float* HWY_RESTRICT o, int64_t ldo) {
+HWY_INLINE void PvRowsOfWidth(const float* HWY_RESTRICT p, int64_t ldp, const float* HWY_RESTRICT v,
+                              int64_t ldv, int64_t nkeys, int64_t dv, float* HWY_RESTRICT o,
+                              int64_t ldo) {
   const DF d;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
   constexpr int kNV = (kVecRegisters >= 32 && R <= 4) ? 4 : 2;
@@ -231,7 +231,8 @@ HWY_INLINE void PvRowsOfWidth(const float* HWY_RESTRICT p, int64_t ldp,
   for (; c + kNV * lanes <= dv; c += kNV * lanes) {
     PvTileKernel<R, kNV, false>(p, 1, ldp, v + c, ldv, nkeys, o + c, ldo);
   }
-  for (; c + lanes <= dv; c += lanes) PvTileKernel<R, 1, false>(p, 1, ldp, v + c, ldv, nkeys, o + c, ldo);
+  for (; c + lanes <= dv; c += lanes)
+    PvTileKernel<R, 1, false>(p, 1, ldp, v + c, ldv, nkeys, o + c, ldo);
   for (; c < dv; ++c) {
     for (int r = 0; r < R; ++r) {
       float sum = 0.0f;
@@ -251,8 +252,10 @@ HWY_INLINE void PvRows(const float* HWY_RESTRICT p, int64_t ldp, int64_t rows,
                        const float* HWY_RESTRICT v, int64_t ldv, int64_t nkeys, int64_t dv,
                        float* HWY_RESTRICT o, int64_t ldo) {
   int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) PvRowsOfWidth<4>(p + r * ldp, ldp, v, ldv, nkeys, dv, o + r * ldo, ldo);
-  for (; r + 2 <= rows; r += 2) PvRowsOfWidth<2>(p + r * ldp, ldp, v, ldv, nkeys, dv, o + r * ldo, ldo);
+  for (; r + 4 <= rows; r += 4)
+    PvRowsOfWidth<4>(p + r * ldp, ldp, v, ldv, nkeys, dv, o + r * ldo, ldo);
+  for (; r + 2 <= rows; r += 2)
+    PvRowsOfWidth<2>(p + r * ldp, ldp, v, ldv, nkeys, dv, o + r * ldo, ldo);
   for (; r < rows; ++r) PvRowsOfWidth<1>(p + r * ldp, ldp, v, ldv, nkeys, dv, o + r * ldo, ldo);
 }
 

@@ -89,7 +89,7 @@ HWY_INLINE void StoreFourKeys(VF t01, VF t23, float* HWY_RESTRICT st) {
   const auto u0 = hn::BitCast(dd, t01);
   const auto u1 = hn::BitCast(dd, t23);
   const VF blocks = hn::Add(hn::BitCast(d, hn::InterleaveLower(dd, u0, u1)),
-                           hn::BitCast(d, hn::InterleaveUpper(dd, u0, u1)));
+                            hn::BitCast(d, hn::InterleaveUpper(dd, u0, u1)));
   hn::StoreU(SumBlocks(d, blocks), d4, st);
 }
 
@@ -215,8 +215,7 @@ HWY_NOINLINE void ScoreFourRowsOnePass(const float* HWY_RESTRICT qs, int64_t dkp
       }
       for (int r = 0; r < 4; ++r) pairs[pair][r] = PairSums(acc[0][r], acc[1][r]);
     }
-    for (int r = 0; r < 4; ++r)
-      StoreFourKeys(pairs[0][r], pairs[1][r], st + r * lds + 4 * g);
+    for (int r = 0; r < 4; ++r) StoreFourKeys(pairs[0][r], pairs[1][r], st + r * lds + 4 * g);
   }
 }
 #endif

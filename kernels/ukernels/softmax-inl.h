@@ -150,8 +150,8 @@ HWY_INLINE void OnlineSoftmaxColumns(float* HWY_RESTRICT st, int64_t ld, int64_t
 
 // One tile of S for `nrows` rows (row r at st + r·lds, 64-byte aligned, each
 // readable to a whole number of vectors past nkeys >= 1).
-HWY_INLINE void OnlineSoftmaxRows(float* HWY_RESTRICT st, int64_t lds, int64_t nkeys,
-                                  int64_t nrows, float* HWY_RESTRICT m, float* HWY_RESTRICT l,
+HWY_INLINE void OnlineSoftmaxRows(float* HWY_RESTRICT st, int64_t lds, int64_t nkeys, int64_t nrows,
+                                  float* HWY_RESTRICT m, float* HWY_RESTRICT l,
                                   float* HWY_RESTRICT alpha) {
   const DF d;
   const hn::CappedTag<float, 1> d1;

@@ -102,15 +102,15 @@ HWY_BEFORE_NAMESPACE();
 namespace attn {
 namespace HWY_NAMESPACE {
 
-#define ATTN_UKERNEL(name, family, function, types, isa, tile, rows, width, summary)        \
-  bool UkernelEntry_##name(void* args) {                                                                 \
+#define ATTN_UKERNEL(name, family, function, types, isa, tile, rows, width, summary)       \
+  bool UkernelEntry_##name(void* args) {                                                   \
     if (ukernels::Isa::isa == ukernels::Isa::kVectorTargets && HWY_TARGET == HWY_SCALAR) { \
-      return false;                                                                       \
-    }                                                                                     \
-    using Args = ukernels::ArgsOf<ukernels::Family::family>::type;                        \
-    ukernels::Call(*static_cast<Args*>(args),                                             \
-                   [](auto... a) { return HWY_NAMESPACE::function(a...); });              \
-    return true;                                                                          \
+      return false;                                                                        \
+    }                                                                                      \
+    using Args = ukernels::ArgsOf<ukernels::Family::family>::type;                         \
+    ukernels::Call(*static_cast<Args*>(args),                                              \
+                   [](auto... a) { return HWY_NAMESPACE::function(a...); });               \
+    return true;                                                                           \
   }
 #include "kernels/ukernels/ukernels.inc"
 #undef ATTN_UKERNEL
@@ -133,10 +133,10 @@ namespace ukernels {
 
 std::span<const Ukernel> Ukernels() {
   static const Ukernel kList[] = {
-#define ATTN_UKERNEL(name, family, function, types, isa, tile, rows, width, summary) \
-  {#name,   Family::family, types, Isa::isa,                                       \
-   tile,    rows,           width, summary,                                        \
-   [](void* args) { return HWY_DYNAMIC_DISPATCH(UkernelEntry_##name)(args); }},
+#define ATTN_UKERNEL(name, family, function, types, isa, tile, rows, width, summary)    \
+  {#name, Family::family, types, Isa::isa, tile, rows, width, summary, [](void* args) { \
+     return HWY_DYNAMIC_DISPATCH(UkernelEntry_##name)(args);                            \
+   }},
 #include "kernels/ukernels/ukernels.inc"
 #undef ATTN_UKERNEL
   };

@@ -143,9 +143,9 @@ struct FinishRowArgs {
 };
 
 struct Ukernel {
-  const char* name;     // test name and benchmark prefix: ukernel/<name>/...
+  const char* name;  // test name and benchmark prefix: ukernel/<name>/...
   Family family;
-  const char* types;    // element types in -> out
+  const char* types;  // element types in -> out
   Isa isa;
   const char* tile;     // register block, e.g. "6 keys x 4 vectors"
   int rows;             // 0: any row count the family allows; else exactly
