@@ -905,7 +905,7 @@ class Report:
     if not given:
       self.add(NOT_IN_RUN + " (no --accuracy file given).", "")
       return
-    self.add("Cell: max abs error (max error / derived bound from tests/test_support.h "
+    self.add("Cell: max abs error (max error / the derived bound of reference/error_bound.h "
              "ErrorBound; above 1 is outside the bound and marked **bold**).", "")
     multi = len({r.source for r in self.acc_rows}) > 1
     masks = sorted({r.mask for r in self.acc_rows})

@@ -1,5 +1,5 @@
 // Instantiates the row-block helpers of kernels/internal/row_blocks-inl.h for every compiled
-// Highway target and exports them (see kernels/rows.h).
+// Highway target and exports them (see kernels/internal/rows.h).
 #include "kernels/internal/rows.h"
 
 #undef HWY_TARGET_INCLUDE
