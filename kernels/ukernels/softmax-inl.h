@@ -48,28 +48,24 @@ HWY_INLINE float ScaleMaskMax(float* HWY_RESTRICT s, int64_t n, float scale,
   VF vmax0 = hn::Set(d, -kInf), vmax1 = vmax0;
   VF nan0 = hn::Zero(d), nan1 = nan0;
   int64_t j = 0;
+  // Two vectors per step; `logits(i)` is x at s + i (with or without the
+  // mask: two copies of the loop, no branch inside it).
+  auto steps = [&](auto logits) {
+    for (; j + 2 * lanes <= n; j += 2 * lanes) {
+      const VF x0 = logits(j), x1 = logits(j + lanes);
+      hn::StoreU(x0, d, s + j);
+      hn::StoreU(x1, d, s + j + lanes);
+      vmax0 = hn::Max(vmax0, x0);
+      vmax1 = hn::Max(vmax1, x1);
+      nan0 = hn::Or(nan0, hn::VecFromMask(d, hn::IsNaN(x0)));
+      nan1 = hn::Or(nan1, hn::VecFromMask(d, hn::IsNaN(x1)));
+    }
+  };
   if (add != nullptr) {
-    for (; j + 2 * lanes <= n; j += 2 * lanes) {
-      const VF x0 = hn::MulAdd(hn::LoadU(d, s + j), vscale, hn::LoadU(d, add + j));
-      const VF x1 = hn::MulAdd(hn::LoadU(d, s + j + lanes), vscale, hn::LoadU(d, add + j + lanes));
-      hn::StoreU(x0, d, s + j);
-      hn::StoreU(x1, d, s + j + lanes);
-      vmax0 = hn::Max(vmax0, x0);
-      vmax1 = hn::Max(vmax1, x1);
-      nan0 = hn::Or(nan0, hn::VecFromMask(d, hn::IsNaN(x0)));
-      nan1 = hn::Or(nan1, hn::VecFromMask(d, hn::IsNaN(x1)));
-    }
+    steps(
+        [&](int64_t i) { return hn::MulAdd(hn::LoadU(d, s + i), vscale, hn::LoadU(d, add + i)); });
   } else {
-    for (; j + 2 * lanes <= n; j += 2 * lanes) {
-      const VF x0 = hn::Mul(hn::LoadU(d, s + j), vscale);
-      const VF x1 = hn::Mul(hn::LoadU(d, s + j + lanes), vscale);
-      hn::StoreU(x0, d, s + j);
-      hn::StoreU(x1, d, s + j + lanes);
-      vmax0 = hn::Max(vmax0, x0);
-      vmax1 = hn::Max(vmax1, x1);
-      nan0 = hn::Or(nan0, hn::VecFromMask(d, hn::IsNaN(x0)));
-      nan1 = hn::Or(nan1, hn::VecFromMask(d, hn::IsNaN(x1)));
-    }
+    steps([&](int64_t i) { return hn::Mul(hn::LoadU(d, s + i), vscale); });
   }
   float max = hn::GetLane(hn::MaxOfLanes(d, hn::Max(vmax0, vmax1)));
   bool nan = !hn::AllFalse(d, hn::MaskFromVec(hn::Or(nan0, nan1)));
