@@ -51,9 +51,11 @@ Problem RowProblem(const Problem& p, int64_t i, float* out) {
   Problem r;
   r.shape = s;
   r.shape.q_len = 1;
-  r.q = {p.q.data + i * p.q.strides.row, p.q.strides};
+  r.q = {ValidProblem::Row(p.q, 0, 0, i), p.q.strides, p.q.dtype};
   r.k = p.k;
   r.v = p.v;
+  r.k_scales = p.k_scales;
+  r.v_scales = p.v_scales;
   r.o = {out, Strides::BHLD(1, 1, s.value_dim)};
   r.scale = p.scale;
   r.mask = p.mask;

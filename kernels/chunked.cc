@@ -120,6 +120,7 @@ extern const Variant chunked_variant = {
     .materializes_scores = false,
     .uses_highway = true,
     .deterministic = true,
+    .dtypes = {.q = kF32Only, .kv = kF32Only, .o = kF32Only},
 };
 
 }  // namespace attn

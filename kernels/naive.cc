@@ -163,6 +163,7 @@ extern const Variant naive_variant = {
     .materializes_scores = true,
     .uses_highway = false,
     .deterministic = true,
+    .dtypes = {.q = kF32Only, .kv = kF32Only, .o = kF32Only},
 };
 
 }  // namespace attn

@@ -8,6 +8,7 @@
 #include <functional>
 #include <initializer_list>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace attn {
@@ -28,19 +29,31 @@ const char* MaskKindName(MaskKind kind) {
   return "unknown";
 }
 
-Problem MakeProblem(const Shape& s, const float* q, const float* k, const float* v, float* o,
-                    Layout layout) {
+Problem MakeProblem(const Shape& s, const void* q, const void* k, const void* v, void* o,
+                    Layout layout, const DTypes& dtypes) {
   auto strides = [layout](int64_t heads, int64_t len, int64_t dim) {
     return layout == Layout::kBHLD ? Strides::BHLD(heads, len, dim)
                                    : Strides::BLHD(heads, len, dim);
   };
   Problem p;
   p.shape = s;
-  p.q = {q, strides(s.heads, s.q_len, s.head_dim)};
-  p.k = {k, strides(s.kv_heads, s.kv_len, s.head_dim)};
-  p.v = {v, strides(s.kv_heads, s.kv_len, s.value_dim)};
-  p.o = {o, strides(s.heads, s.q_len, s.value_dim)};
+  p.q = {q, strides(s.heads, s.q_len, s.head_dim), dtypes.q};
+  p.k = {k, strides(s.kv_heads, s.kv_len, s.head_dim), dtypes.k};
+  p.v = {v, strides(s.kv_heads, s.kv_len, s.value_dim), dtypes.v};
+  p.o = {o, strides(s.heads, s.q_len, s.value_dim), dtypes.o};
   return p;
+}
+
+DTypes DTypesOf(const Problem& p) { return {p.q.dtype, p.k.dtype, p.v.dtype, p.o.dtype}; }
+
+std::string Describe(const DTypes& t) {
+  std::string out;
+  const struct {
+    const char* name;
+    DType dtype;
+  } fields[] = {{"Q=", t.q}, {" K=", t.k}, {" V=", t.v}, {" O=", t.o}};
+  for (const auto& f : fields) out.append(f.name).append(DTypeName(f.dtype));
+  return out;
 }
 
 std::string Describe(const Shape& s, const Mask& m) {
@@ -113,11 +126,58 @@ Status CheckElementCount(const char* name, std::initializer_list<int64_t> dims) 
                          "(kMaxTensorElements)");
 }
 
-// Checks a [B, heads, len, dim] view: strides legal, offsets fit in int64.
-// On success fills `extent`.
+// Element types a problem may have at all (a variant may take fewer: the
+// registry checks that). int8 needs row scales; scales without int8 are a
+// mistake too (they would be ignored).
+Status CheckDTypes(const Problem& p) {
+  const struct {
+    const char* name;
+    DType dtype;
+    bool int8_ok;
+  } tensors[] = {{"Q", p.q.dtype, false},
+                 {"K", p.k.dtype, true},
+                 {"V", p.v.dtype, true},
+                 {"O", p.o.dtype, false}};
+  for (const auto& t : tensors) {
+    if (static_cast<int>(t.dtype) >= kNumDTypes) {
+      return InvalidArgument(std::string("dtype: ") + t.name + " has dtype " +
+                             std::to_string(static_cast<int>(t.dtype)) + ", not a DType");
+    }
+    if (t.dtype == DType::kI8 && !t.int8_ok) {
+      return InvalidArgument(std::string("dtype: ") + t.name +
+                             "=i8 is not supported (int8 is for K and V, with row scales)");
+    }
+  }
+  const struct {
+    const char* tensor;
+    const char* scales_name;
+    DType dtype;
+    const float* scales;
+  } kv[] = {{"K", "k_scales", p.k.dtype, p.k_scales.data},
+            {"V", "v_scales", p.v.dtype, p.v_scales.data}};
+  for (const auto& t : kv) {
+    if (t.dtype == DType::kI8 && t.scales == nullptr) {
+      return InvalidArgument(std::string("dtype: ") + t.tensor + "=i8 needs " + t.scales_name +
+                             " (one fp32 scale per row)");
+    }
+    if (t.dtype != DType::kI8 && t.scales != nullptr) {
+      return InvalidArgument(std::string(t.scales_name) + " is set but " + t.tensor + " is " +
+                             DTypeName(t.dtype) + ", not i8");
+    }
+  }
+  return Status::Ok();
+}
+
+// Checks a [B, heads, len, dim] view of `elem_bytes`-byte elements: pointer
+// aligned to the element, strides legal, offsets fit in int64. On success
+// fills `extent`.
 Status CheckTensor(const char* name, const void* data, const Strides& st, int64_t batch,
-                   int64_t heads, int64_t len, int64_t dim, Extent* extent) {
+                   int64_t heads, int64_t len, int64_t dim, int64_t elem_bytes, Extent* extent) {
   if (data == nullptr) return InvalidArgument(std::string(name) + " is null");
+  if (reinterpret_cast<uintptr_t>(data) % elem_bytes != 0) {
+    return InvalidArgument(std::string(name) + " is not aligned to its " +
+                           std::to_string(elem_bytes) + "-byte elements");
+  }
   if (st.elem != 1) {
     return InvalidArgument(std::string(name) + ".strides.elem=" + std::to_string(st.elem) +
                            " must be 1 (the innermost d dimension is contiguous)");
@@ -147,7 +207,7 @@ Status CheckTensor(const char* name, const void* data, const Strides& st, int64_
   }
   int64_t end_elems = 0, bytes = 0;
   if (!last || __builtin_add_overflow(*last, dim, &end_elems) ||
-      __builtin_mul_overflow(end_elems, int64_t{4}, &bytes)) {
+      __builtin_mul_overflow(end_elems, elem_bytes, &bytes)) {
     return InvalidArgument(std::string(name) + " spans more elements than int64 can index (" +
                            Field("B", batch) + " " + Field("heads", heads) + " " +
                            Field("len", len) + " " + Field("d", dim) + ")");
@@ -155,8 +215,9 @@ Status CheckTensor(const char* name, const void* data, const Strides& st, int64_
   extent->name = name;
   extent->lo = reinterpret_cast<uintptr_t>(data);
   extent->hi = extent->lo + static_cast<uintptr_t>(bytes);
-  extent->run = 4 * dim;
-  extent->dims = {{batch, 4 * st.batch}, {heads, 4 * st.head}, {len, 4 * st.row}};
+  extent->run = elem_bytes * dim;
+  extent->dims = {
+      {batch, elem_bytes * st.batch}, {heads, elem_bytes * st.head}, {len, elem_bytes * st.row}};
   // A view with no elements (e.g. Q and O when Lq = 0) spans no memory.
   if (batch == 0 || heads == 0 || len == 0) extent->hi = extent->lo;
   return Status::Ok();
@@ -275,17 +336,32 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
     return InvalidArgument(Field("Hkv", s.kv_heads) + " does not divide " + Field("H", s.heads));
   }
 
+  // Element types: int8 is for K and V (with their row scales), and nothing
+  // but a known DType.
+  ATTN_RETURN_IF_ERROR(CheckDTypes(p));
+
   // Tensors: pointers, strides, sizes that fit.
   std::vector<Extent> inputs(3), outputs;
   Extent o_extent;
-  ATTN_RETURN_IF_ERROR(
-      CheckTensor("Q", p.q.data, p.q.strides, s.batch, s.heads, s.q_len, s.head_dim, &inputs[0]));
+  auto bytes = [](DType t) { return int64_t(DTypeBytes(t)); };
+  ATTN_RETURN_IF_ERROR(CheckTensor("Q", p.q.data, p.q.strides, s.batch, s.heads, s.q_len,
+                                   s.head_dim, bytes(p.q.dtype), &inputs[0]));
   ATTN_RETURN_IF_ERROR(CheckTensor("K", p.k.data, p.k.strides, s.batch, s.kv_heads, s.kv_len,
-                                   s.head_dim, &inputs[1]));
+                                   s.head_dim, bytes(p.k.dtype), &inputs[1]));
   ATTN_RETURN_IF_ERROR(CheckTensor("V", p.v.data, p.v.strides, s.batch, s.kv_heads, s.kv_len,
-                                   s.value_dim, &inputs[2]));
-  ATTN_RETURN_IF_ERROR(
-      CheckTensor("O", p.o.data, p.o.strides, s.batch, s.heads, s.q_len, s.value_dim, &o_extent));
+                                   s.value_dim, bytes(p.v.dtype), &inputs[2]));
+  ATTN_RETURN_IF_ERROR(CheckTensor("O", p.o.data, p.o.strides, s.batch, s.heads, s.q_len,
+                                   s.value_dim, bytes(p.o.dtype), &o_extent));
+  // The scales of int8 K and V: [B, Hkv, Lk] floats (a d of 1).
+  for (const auto& [name, t, scales] :
+       {std::tuple{"k_scales", &p.k, &p.k_scales}, std::tuple{"v_scales", &p.v, &p.v_scales}}) {
+    if (t->dtype != DType::kI8) continue;
+    Strides st = scales->strides;
+    st.elem = 1;
+    inputs.emplace_back();
+    ATTN_RETURN_IF_ERROR(CheckTensor(name, scales->data, st, s.batch, s.kv_heads, s.kv_len, 1, 4,
+                                     &inputs.back()));
+  }
   ATTN_RETURN_IF_ERROR(
       CheckNoSelfOverlap("O", p.o.strides, s.batch, s.heads, s.q_len, s.value_dim));
   outputs.push_back(o_extent);
@@ -407,6 +483,8 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
   v.k = p.k;
   v.v = p.v;
   v.o = p.o;
+  v.k_scales = p.k_scales;
+  v.v_scales = p.v_scales;
   v.scale = p.scale ? *p.scale : static_cast<float>(1.0 / std::sqrt(double(s.head_dim)));
   v.mask = m;
   // Windows wider than the whole problem are equivalent to the whole problem;

@@ -72,7 +72,9 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <type_traits>
 
+#include "kernels/dtype.h"
 #include "kernels/status.h"
 
 namespace attn {
@@ -97,9 +99,22 @@ struct Strides {
 enum class Layout { kBHLD, kBLHD };
 const char* LayoutName(Layout layout);  // "bhsd", "bshd"
 
+// A strided [batch, head, position, d] view of elements of `dtype`
+// (kernels/dtype.h): `data` points at the first element, strides count
+// elements. T is `const void` for inputs, `void` for outputs.
 template <typename T>
 struct TensorRef {
   T* data = nullptr;
+  Strides strides;
+  DType dtype = DType::kF32;
+};
+
+// The per-row scales of an int8 K or V: one fp32 per (batch, kv head,
+// position), element (b, h, j) at data[b·strides.batch + h·strides.head +
+// j·strides.row] (strides.elem is unused). Required exactly when the tensor is
+// DType::kI8; its elements are then scale·q.
+struct RowScales {
+  const float* data = nullptr;
   Strides strides;
 };
 
@@ -138,18 +153,29 @@ struct Mask {
 
 struct Problem {
   Shape shape;
-  TensorRef<const float> q, k, v;
-  TensorRef<float> o;
+  TensorRef<const void> q, k, v;  // Q f32/bf16/f16; K, V any DType
+  TensorRef<void> o;              // f32/bf16/f16
+  RowScales k_scales, v_scales;   // when K, V are kI8
   std::optional<float> scale;  // default 1/sqrt(head_dim)
   Mask mask;
   std::span<float> lse;      // optional output, B*H*Lq entries
   std::span<float> weights;  // optional output, B*H*Lq*Lk entries
 };
 
+// Element types of Q, K, V, O (all fp32 by default).
+struct DTypes {
+  DType q = DType::kF32, k = DType::kF32, v = DType::kF32, o = DType::kF32;
+};
+// "Q=bf16 K=i8 V=i8 O=f32".
+std::string Describe(const DTypes& dtypes);
+
 // A contiguous problem over caller-owned buffers in the given layout
-// (Q [B,H,Lq,dk], K [B,Hkv,Lk,dk], V [B,Hkv,Lk,dv], O [B,H,Lq,dv] for kBHLD).
-Problem MakeProblem(const Shape& shape, const float* q, const float* k, const float* v, float* o,
-                    Layout layout = Layout::kBHLD);
+// (Q [B,H,Lq,dk], K [B,Hkv,Lk,dk], V [B,Hkv,Lk,dv], O [B,H,Lq,dv] for kBHLD)
+// with elements of `dtypes` (int8 K/V also need Problem::k_scales/v_scales).
+Problem MakeProblem(const Shape& shape, const void* q, const void* k, const void* v, void* o,
+                    Layout layout = Layout::kBHLD, const DTypes& dtypes = {});
+// The element types of a problem's tensors.
+DTypes DTypesOf(const Problem& problem);
 
 // The keys query row i may read: [begin, end). Empty when begin >= end.
 struct KeyRange {
@@ -165,8 +191,9 @@ struct KeyRange {
 class ValidProblem {
  public:
   Shape shape;
-  TensorRef<const float> q, k, v;
-  TensorRef<float> o;
+  TensorRef<const void> q, k, v;
+  TensorRef<void> o;
+  RowScales k_scales, v_scales;
   float scale = 0.0f;
   Mask mask;
   std::span<float> lse;
@@ -175,18 +202,35 @@ class ValidProblem {
   int64_t diag_offset = 0;  // Lk - Lq
 
   int64_t KvHead(int64_t h) const { return h / group; }
+  DTypes dtypes() const { return {q.dtype, k.dtype, v.dtype, o.dtype}; }
+  bool AllF32() const {
+    return q.dtype == DType::kF32 && k.dtype == DType::kF32 && v.dtype == DType::kF32 &&
+           o.dtype == DType::kF32;
+  }
+  // Address of row (b, h, i) of a view, whatever its DType.
+  template <typename T>
+  static T* Row(const TensorRef<T>& t, int64_t b, int64_t h, int64_t i) {
+    using Byte = std::conditional_t<std::is_const_v<T>, const char, char>;
+    const int64_t elems = b * t.strides.batch + h * t.strides.head + i * t.strides.row;
+    return static_cast<Byte*>(t.data) + elems * int64_t(DTypeBytes(t.dtype));
+  }
+  // Rows of fp32 tensors (the fp32 paths; Prepare refuses other DTypes for a
+  // variant that does not take them).
   const float* QRow(int64_t b, int64_t h, int64_t i) const {
-    return q.data + b * q.strides.batch + h * q.strides.head + i * q.strides.row;
+    return static_cast<const float*>(Row(q, b, h, i));
   }
   const float* KRow(int64_t b, int64_t kvh, int64_t j) const {
-    return k.data + b * k.strides.batch + kvh * k.strides.head + j * k.strides.row;
+    return static_cast<const float*>(Row(k, b, kvh, j));
   }
   const float* VRow(int64_t b, int64_t kvh, int64_t j) const {
-    return v.data + b * v.strides.batch + kvh * v.strides.head + j * v.strides.row;
+    return static_cast<const float*>(Row(v, b, kvh, j));
   }
   float* ORow(int64_t b, int64_t h, int64_t i) const {
-    return o.data + b * o.strides.batch + h * o.strides.head + i * o.strides.row;
+    return static_cast<float*>(Row(o, b, h, i));
   }
+  // The scale of row j of an int8 K or V (1 for the float types).
+  float KScale(int64_t b, int64_t kvh, int64_t j) const { return ScaleAt(k, k_scales, b, kvh, j); }
+  float VScale(int64_t b, int64_t kvh, int64_t j) const { return ScaleAt(v, v_scales, b, kvh, j); }
   // Index of (b, h, i) in the contiguous [B, H, Lq] lse output.
   int64_t RowIndex(int64_t b, int64_t h, int64_t i) const {
     return (b * shape.heads + h) * shape.q_len + i;
@@ -229,6 +273,11 @@ class ValidProblem {
  private:
   friend StatusOr<ValidProblem> Validate(const Problem& problem);
   ValidProblem() = default;
+  static float ScaleAt(const TensorRef<const void>& t, const RowScales& s, int64_t b, int64_t h,
+                       int64_t j) {
+    if (t.dtype != DType::kI8) return 1.0f;
+    return s.data[b * s.strides.batch + h * s.strides.head + j * s.strides.row];
+  }
 };
 
 // The one validator. Returns InvalidArgument naming the field and value

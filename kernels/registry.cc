@@ -65,10 +65,28 @@ int ResolveThreads(int threads) {
   return threads > 0 ? threads : omp_get_max_threads();
 }
 
+std::string DescribeSupport(const Variant::DTypeSupport& support) {
+  auto list = [](uint8_t mask) {
+    std::string out;
+    for (int t = 0; t < kNumDTypes; ++t) {
+      if (mask & DTypeMask(DType(t))) out += (out.empty() ? "" : ", ") + std::string(DTypeName(DType(t)));
+    }
+    return out;
+  };
+  return "Q " + list(support.q) + "; K, V " + list(support.kv) + "; O " + list(support.o);
+}
+
 StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,
                                const RunOptions& options) {
   StatusOr<ValidProblem> valid = Validate(problem);
   if (!valid.ok()) return valid.status();
+  const Variant::DTypeSupport& takes = variant.dtypes;
+  const DTypes dtypes = valid->dtypes();
+  if (!(takes.q & DTypeMask(dtypes.q)) || !(takes.kv & DTypeMask(dtypes.k)) ||
+      !(takes.kv & DTypeMask(dtypes.v)) || !(takes.o & DTypeMask(dtypes.o))) {
+    return Unimplemented("dtype: " + Describe(dtypes) + " is not supported by variant " +
+                         variant.name + " (it takes " + DescribeSupport(takes) + ")");
+  }
   if (options.threads < 0 || options.threads > kMaxThreads) {
     return InvalidArgument("threads=" + std::to_string(options.threads) + " must be in [0, " +
                            std::to_string(kMaxThreads) + "] (0: all available)");

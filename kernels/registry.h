@@ -51,7 +51,17 @@ struct Variant {
   bool uses_highway = false;
   // Exact same output bits for the same input and thread count.
   bool deterministic = true;
+  // The element types it takes (DTypeMask sets; kernels/dtype.h). Every
+  // combination of the sets is taken; Prepare refuses others, naming them.
+  struct DTypeSupport {
+    uint8_t q = kF32Only;
+    uint8_t kv = kF32Only;  // K and V each
+    uint8_t o = kF32Only;
+  } dtypes;
 };
+
+// "Q f32, bf16; K, V f32, bf16, f16, i8; O f32": what a variant takes.
+std::string DescribeSupport(const Variant::DTypeSupport& support);
 
 // Every registered variant, in variants.inc order.
 std::span<const Variant* const> Registry();

@@ -235,6 +235,7 @@ extern const Variant simd_variant = {
     .materializes_scores = true,
     .uses_highway = true,
     .deterministic = true,
+    .dtypes = {.q = kF32Only, .kv = kF32Only, .o = kF32Only},
 };
 
 }  // namespace attn

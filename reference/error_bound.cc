@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <vector>
 
 #include "reference/reference.h"
 
@@ -13,8 +14,15 @@ namespace {
 constexpr double kU = 1.0 / (1 << 24);  // fp32 unit roundoff
 constexpr double kExpUlps = 8.0;
 
-const float* Element(const TensorRef<const float>& t, int64_t b, int64_t h, int64_t i) {
-  return t.data + b * t.strides.batch + h * t.strides.head + i * t.strides.row;
+// The unit roundoff a kernel may compute with for these inputs: it may
+// round fp32 operands to the narrowest input type among Q, K, V (bf16 or f16
+// products, bf16 operands for int8 K/V) and P to it before P·V.
+double ComputeRoundoff(const Problem& p) {
+  double u = kU;
+  for (DType t : {p.q.dtype, p.k.dtype, p.v.dtype}) {
+    u = std::max(u, t == DType::kI8 ? DTypeUnitRoundoff(DType::kBF16) : DTypeUnitRoundoff(t));
+  }
+  return u;
 }
 
 }  // namespace
@@ -28,16 +36,17 @@ RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
   const Shape& s = p.shape;
   const double scale = p.scale ? double(*p.scale) : 1.0 / std::sqrt(double(s.head_dim));
   const int64_t kvh = h / (s.heads / s.kv_heads);
-  const float* q = Element(p.q, b, h, i);
+  std::vector<double> q(s.head_dim), k(s.head_dim), v(s.value_dim);
+  LoadRow(p.q, {}, b, h, i, s.head_dim, q.data());
   double logit_magnitude = 0;  // A
   double v_max = 0;            // Vmax
   int64_t visible = 0;
   for (int64_t j = 0; j < s.kv_len; ++j) {
     if (!KeyVisible(p, b, i, j)) continue;
     ++visible;
-    const float* k = Element(p.k, b, kvh, j);
+    LoadRow(p.k, p.k_scales, b, kvh, j, s.head_dim, k.data());
     double abs_dot = 0;
-    for (int64_t d = 0; d < s.head_dim; ++d) abs_dot += std::fabs(double(q[d]) * double(k[d]));
+    for (int64_t d = 0; d < s.head_dim; ++d) abs_dot += std::fabs(q[d] * k[d]);
     double a = scale * abs_dot;
     if (p.mask.kind == MaskKind::kAdditive) {
       const AdditiveMaskShape& m = p.mask.additive_shape;
@@ -50,13 +59,21 @@ RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
       a += std::fabs(add);
     }
     logit_magnitude = std::max(logit_magnitude, a);
-    const float* v = Element(p.v, b, kvh, j);
-    for (int64_t d = 0; d < s.value_dim; ++d) v_max = std::max(v_max, std::fabs(double(v[d])));
+    LoadRow(p.v, p.v_scales, b, kvh, j, s.value_dim, v.data());
+    for (int64_t d = 0; d < s.value_dim; ++d) v_max = std::max(v_max, std::fabs(v[d]));
   }
-  const double logit_error = (s.head_dim + 2) * kU * logit_magnitude;
+  // Reduced precision (kernels/dtype.h): operands rounded to u_c add 2·u_c·A
+  // to a logit; P and V rounded to u_c add 2·u_c·Vmax to O; an O stored in
+  // bf16/f16 adds its own unit roundoff u_o·|O| <= u_o·Vmax. All fp32: u_c =
+  // u, which the fp32 terms already cover, and u_o = u.
+  const double u_c = ComputeRoundoff(p);
+  const double reduced = u_c > kU ? u_c : 0.0;
+  const double u_o = DTypeUnitRoundoff(p.o.dtype);
+  const double logit_error = (s.head_dim + 2) * kU * logit_magnitude + 2 * reduced * logit_magnitude;
   const double sum_len = SummationLength(visible);
   RowBound bound;
-  bound.o = kSafety * v_max * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU);
+  bound.o = kSafety * v_max *
+            (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU + 2 * reduced + u_o);
   bound.lse = kSafety * (logit_error + (kExpUlps + sum_len + 2) * kU);
   bound.weights = kSafety * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU);
   return bound;

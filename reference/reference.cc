@@ -5,6 +5,22 @@
 
 namespace attn::reference {
 
+void LoadRow(const TensorRef<const void>& t, const RowScales& scales, int64_t b, int64_t h,
+             int64_t i, int64_t n, double* out) {
+  const int64_t offset = b * t.strides.batch + h * t.strides.head + i * t.strides.row;
+  const char* row = static_cast<const char*>(t.data) + offset * int64_t(DTypeBytes(t.dtype));
+  const float scale =
+      t.dtype == DType::kI8
+          ? scales.data[b * scales.strides.batch + h * scales.strides.head + i * scales.strides.row]
+          : 1.0f;
+  for (int64_t d = 0; d < n; ++d) {
+    // The exact value the element stands for (int8: scale·q in double).
+    out[d] = t.dtype == DType::kI8
+                 ? double(scale) * double(reinterpret_cast<const int8_t*>(row)[d])
+                 : double(LoadElement(t.dtype, row + d * DTypeBytes(t.dtype)));
+  }
+}
+
 bool KeyVisible(const Problem& p, int64_t b, int64_t i, int64_t j) {
   const int64_t diag = i + (p.shape.kv_len - p.shape.q_len);
   bool visible = true;
@@ -37,23 +53,22 @@ StatusOr<Result> Attention(const Problem& p, bool with_weights) {
   if (with_weights) r.weights.assign(s.batch * s.heads * s.q_len * s.kv_len, 0.0);
 
   std::vector<double> logits(s.kv_len);
+  std::vector<double> q(s.head_dim), k(s.head_dim), v(s.value_dim);  // one row each
   std::vector<bool> visible(s.kv_len);
   for (int64_t b = 0; b < s.batch; ++b) {
     for (int64_t h = 0; h < s.heads; ++h) {
       const int64_t kvh = h / group;
       for (int64_t i = 0; i < s.q_len; ++i) {
         const int64_t row = (b * s.heads + h) * s.q_len + i;
-        const float* q =
-            p.q.data + b * p.q.strides.batch + h * p.q.strides.head + i * p.q.strides.row;
+        LoadRow(p.q, {}, b, h, i, s.head_dim, q.data());
         // Pass 1: logits of visible keys, and their maximum. NaN wins the max.
         double max = -inf;
         for (int64_t j = 0; j < s.kv_len; ++j) {
           visible[j] = KeyVisible(p, b, i, j);
           if (!visible[j]) continue;
-          const float* k =
-              p.k.data + b * p.k.strides.batch + kvh * p.k.strides.head + j * p.k.strides.row;
+          LoadRow(p.k, p.k_scales, b, kvh, j, s.head_dim, k.data());
           double dot = 0;
-          for (int64_t d = 0; d < s.head_dim; ++d) dot += double(q[d]) * double(k[d]);
+          for (int64_t d = 0; d < s.head_dim; ++d) dot += q[d] * k[d];
           double logit = dot * scale;
           if (p.mask.kind == MaskKind::kAdditive) {
             const AdditiveMaskShape& a = p.mask.additive_shape;
@@ -80,9 +95,8 @@ StatusOr<Result> Attention(const Problem& p, bool with_weights) {
           const double w = std::exp(logits[j] - max);
           logits[j] = w;
           sum += w;
-          const float* v =
-              p.v.data + b * p.v.strides.batch + kvh * p.v.strides.head + j * p.v.strides.row;
-          for (int64_t d = 0; d < s.value_dim; ++d) o[d] += w * double(v[d]);
+          LoadRow(p.v, p.v_scales, b, kvh, j, s.value_dim, v.data());
+          for (int64_t d = 0; d < s.value_dim; ++d) o[d] += w * v[d];
         }
         for (int64_t d = 0; d < s.value_dim; ++d) o[d] /= sum;
         r.lse[row] = max + std::log(sum);

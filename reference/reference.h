@@ -20,9 +20,15 @@ struct Result {
   std::vector<double> weights;  // [B, H, Lq, Lk] (when asked for)
 };
 
-// Two-pass softmax with max subtraction, in double. Fails only when
-// Validate(problem) fails.
+// Two-pass softmax with max subtraction, in double, on the exact values the
+// inputs stand for (bf16, f16 and scale·int8 elements convert to double
+// exactly). Fails only when Validate(problem) fails.
 StatusOr<Result> Attention(const Problem& problem, bool with_weights = false);
+
+// Row (b, h, i) of a view as the exact doubles its elements stand for
+// (`scales` is read for an int8 view only).
+void LoadRow(const TensorRef<const void>& t, const RowScales& scales, int64_t b, int64_t h,
+             int64_t i, int64_t n, double* out);
 
 // True when query row i of batch b may read key j under the structural masks
 // (causal, sliding window, key lengths), per kernels/problem.h.

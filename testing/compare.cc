@@ -38,10 +38,12 @@ void CompareRow(const Problem& p, int64_t b, int64_t h, int64_t i, const referen
   const Shape& s = p.shape;
   const int64_t row = (b * s.heads + h) * s.q_len + i;
   if (outputs.o) {
-    const float* o = RowOf(p.o, b, h, i);
+    const char* o = static_cast<const char*>(ValidProblem::Row(p.o, b, h, i));
+    const size_t size = DTypeBytes(p.o.dtype);
     const double* w = want.o.data() + want_row * s.value_dim;
     for (int64_t d = 0; d < s.value_dim; ++d) {
-      CompareNamed(o[d], w[d], bound.o, c, [&] { return ElementName("O", b, h, i, "d", d); });
+      CompareNamed(LoadElement(p.o.dtype, o + d * size), w[d], bound.o, c,
+                   [&] { return ElementName("O", b, h, i, "d", d); });
     }
   }
   if (outputs.lse && !p.lse.empty()) {
@@ -105,17 +107,18 @@ bool LogitsRepresentable(const Problem& p, int64_t b, int64_t h, int64_t i) {
   const Shape& s = p.shape;
   const double scale = p.scale ? double(*p.scale) : 1.0 / std::sqrt(double(s.head_dim));
   const double g = LogitRounding(s.head_dim);
-  const float* q = RowOf(p.q, b, h, i);
+  std::vector<double> q(s.head_dim), k(s.head_dim);
+  reference::LoadRow(p.q, {}, b, h, i, s.head_dim, q.data());
   for (int64_t d = 0; d < s.head_dim; ++d) {
-    if (!(std::fabs(double(q[d])) * scale * (1 + g) < kFp32Overflow)) return false;
+    if (!(std::fabs(q[d]) * scale * (1 + g) < kFp32Overflow)) return false;
   }
   const float* additive = AdditiveRow(p, b, h, i);
   const int64_t kvh = h / (s.heads / s.kv_heads);
   for (int64_t j = 0; j < s.kv_len; ++j) {
     if (!reference::KeyVisible(p, b, i, j)) continue;
-    const float* k = RowOf(p.k, b, kvh, j);
+    reference::LoadRow(p.k, p.k_scales, b, kvh, j, s.head_dim, k.data());
     double dot_abs = 0;
-    for (int64_t d = 0; d < s.head_dim; ++d) dot_abs += std::fabs(double(q[d]) * double(k[d]));
+    for (int64_t d = 0; d < s.head_dim; ++d) dot_abs += std::fabs(q[d] * k[d]);
     const float m = additive ? additive[j] : 0.0f;
     const double m_abs = std::isinf(m) ? 0.0 : std::fabs(double(m));
     if (!((1 + g) * dot_abs < kFp32Overflow && (1 + g) * scale * dot_abs + m_abs < kFp32Overflow)) {

@@ -47,7 +47,39 @@ std::string ProblemSpec::Name() const {
   if (values == Values::kLargeLogits) name += "_largelogits";
   if (values == Values::kNearTies) name += "_neartie";
   if (want_weights) name += "_weights";
+  if (dtypes.q != DType::kF32 || dtypes.k != DType::kF32 || dtypes.v != DType::kF32 ||
+      dtypes.o != DType::kF32) {
+    name += std::string("_Q") + DTypeName(dtypes.q) + "K" + DTypeName(dtypes.k) + "V" +
+            DTypeName(dtypes.v) + "O" + DTypeName(dtypes.o);
+  }
   return name;
+}
+
+void ProblemData::Store(DType dtype, const std::vector<float>& values, std::vector<char>& bytes,
+                        int64_t heads, int64_t len, int64_t dim, const Strides& strides,
+                        std::vector<float>* scales) {
+  const size_t size = DTypeBytes(dtype);
+  bytes.assign(values.size() * size, 0);
+  if (dtype != DType::kI8) {
+    for (size_t x = 0; x < values.size(); ++x) StoreElement(dtype, values[x], &bytes[x * size]);
+    return;
+  }
+  const Shape& s = spec_.shape;
+  scales->assign(s.batch * heads * len, 1.0f);
+  for (int64_t b = 0; b < s.batch; ++b)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t j = 0; j < len; ++j) {
+        const int64_t at = offset_ + b * strides.batch + h * strides.head + j * strides.row;
+        (*scales)[(b * heads + h) * len + j] =
+            QuantizeRow(&values[at], dim, reinterpret_cast<int8_t*>(&bytes[at]));
+      }
+}
+
+void ProblemData::PoisonO() {
+  std::fill(o_.begin(), o_.end(), kNaN);
+  for (size_t x = 0; x < o_typed_.size(); x += DTypeBytes(spec_.dtypes.o)) {
+    StoreElement(spec_.dtypes.o, kNaN, &o_typed_[x]);
+  }
 }
 
 ProblemData::ProblemData(const ProblemSpec& spec) : spec_(spec) {
@@ -87,6 +119,28 @@ ProblemData::ProblemData(const ProblemSpec& spec) : spec_(spec) {
     }
   }
 
+  // Reduced element types: the fp32 values above, stored in the type.
+  const DTypes& t = spec.dtypes;
+  auto retype = [&](auto& ref, DType dtype, std::vector<float>& values, std::vector<char>& bytes,
+                    int64_t heads, int64_t len, int64_t dim, std::vector<float>* scales) {
+    if (dtype == DType::kF32) return;
+    Store(dtype, values, bytes, heads, len, dim, ref.strides, scales);
+    ref.data = bytes.data() + offset_ * DTypeBytes(dtype);
+    ref.dtype = dtype;
+  };
+  retype(problem_.q, t.q, q_, q_typed_, s.heads, s.q_len, s.head_dim, nullptr);
+  retype(problem_.k, t.k, k_, k_typed_, s.kv_heads, s.kv_len, s.head_dim, &k_scales_);
+  retype(problem_.v, t.v, v_, v_typed_, s.kv_heads, s.kv_len, s.value_dim, &v_scales_);
+  if (t.o != DType::kF32) {
+    o_typed_.assign(o_.size() * DTypeBytes(t.o), 0);
+    problem_.o.data = o_typed_.data() + offset_ * DTypeBytes(t.o);
+    problem_.o.dtype = t.o;
+    PoisonO();
+  }
+  const Strides row_scales = Strides::BHLD(s.kv_heads, s.kv_len, 1);
+  if (t.k == DType::kI8) problem_.k_scales = {k_scales_.data(), row_scales};
+  if (t.v == DType::kI8) problem_.v_scales = {v_scales_.data(), row_scales};
+
   problem_.mask.kind = spec.mask;
   problem_.mask.window_left = spec.window_left;
   problem_.mask.window_right = spec.window_right;
@@ -118,7 +172,7 @@ ProblemData::ProblemData(const ProblemSpec& spec) : spec_(spec) {
 }
 
 void ProblemData::Poison() {
-  std::fill(o_.begin(), o_.end(), kNaN);
+  PoisonO();
   std::fill(lse_.begin(), lse_.end(), kNaN);
   std::fill(weights_.begin(), weights_.end(), kNaN);
 }
@@ -130,8 +184,10 @@ std::vector<float> ProblemData::OutputContiguous() const {
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t h = 0; h < s.heads; ++h)
       for (int64_t i = 0; i < s.q_len; ++i) {
-        const float* row = RowOf(problem_.o, b, h, i);
-        out.insert(out.end(), row, row + s.value_dim);
+        const char* row = static_cast<const char*>(ValidProblem::Row(problem_.o, b, h, i));
+        for (int64_t d = 0; d < s.value_dim; ++d) {
+          out.push_back(LoadElement(problem_.o.dtype, row + d * DTypeBytes(problem_.o.dtype)));
+        }
       }
   return out;
 }
@@ -142,9 +198,10 @@ std::string ProblemData::PaddingWritten() const {
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t h = 0; h < s.heads; ++h)
       for (int64_t i = 0; i < s.q_len; ++i) {
-        const float* row = RowOf(problem_.o, b, h, i);
+        const char* row = static_cast<const char*>(ValidProblem::Row(problem_.o, b, h, i));
+        const size_t size = DTypeBytes(problem_.o.dtype);
         for (int64_t d = s.value_dim; d < s.value_dim + spec_.row_pad; ++d) {
-          if (!std::isnan(row[d])) {
+          if (!std::isnan(LoadElement(problem_.o.dtype, row + d * size))) {
             return "[b=" + std::to_string(b) + ",h=" + std::to_string(h) +
                    ",i=" + std::to_string(i) + "]";
           }

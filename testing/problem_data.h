@@ -37,6 +37,10 @@ struct ProblemSpec {
   bool want_lse = true;
   bool want_weights = false;
   uint64_t seed = 1;
+  // Element types. The values are drawn in fp32 and then stored in the
+  // type (rounded to bf16/f16, or quantized to int8 per row), so a problem's
+  // inputs are exactly what its reference sees.
+  DTypes dtypes;
 
   std::string Name() const;  // a test-name-safe identifier, unique enough to read
 };
@@ -56,15 +60,27 @@ class ProblemData {
   std::string PaddingWritten() const;
   std::vector<float>& lse() { return lse_; }
   std::vector<float>& weights() { return weights_; }
+  // The fp32 inputs (the problem's own when their DType is f32).
   float* q_data() { return q_.data() + offset_; }
   float* k_data() { return k_.data() + offset_; }
   float* v_data() { return v_.data() + offset_; }
   const ProblemSpec& spec() const { return spec_; }
 
  private:
+  // Stores the fp32 `values` in `dtype` (bytes, the same element layout);
+  // an int8 tensor [B, heads, len, dim] (row stride `row`) also gets one
+  // scale per row in `scales` ([B, heads, len] contiguous).
+  void Store(DType dtype, const std::vector<float>& values, std::vector<char>& bytes,
+             int64_t heads, int64_t len, int64_t dim, const Strides& strides,
+             std::vector<float>* scales);
+  // Poisoned O: NaN in O's DType.
+  void PoisonO();
+
   ProblemSpec spec_;
   int64_t offset_ = 0;
   std::vector<float> q_, k_, v_, o_, mask_, lse_, weights_;
+  std::vector<char> q_typed_, k_typed_, v_typed_, o_typed_;  // reduced DTypes
+  std::vector<float> k_scales_, v_scales_;                  // int8 K, V
   std::vector<int32_t> key_lengths_;
   Problem problem_;
 };
@@ -72,10 +88,12 @@ class ProblemData {
 // The shape grid of the registry-driven tests (see tests/kernel_grid_test.cc).
 std::vector<ProblemSpec> GridSpecs();
 
-// Row i of head h of batch b of a strided tensor.
-template <typename T>
-T* RowOf(const TensorRef<T>& t, int64_t b, int64_t h, int64_t i) {
-  return t.data + b * t.strides.batch + h * t.strides.head + i * t.strides.row;
+// Row i of head h of batch b of an fp32 view.
+inline const float* RowOf(const TensorRef<const void>& t, int64_t b, int64_t h, int64_t i) {
+  return static_cast<const float*>(ValidProblem::Row(t, b, h, i));
+}
+inline float* RowOf(const TensorRef<void>& t, int64_t b, int64_t h, int64_t i) {
+  return static_cast<float*>(ValidProblem::Row(t, b, h, i));
 }
 // The additive mask row of query row (b, h, i) (Lk entries), or nullptr when
 // the mask is not additive.

@@ -40,8 +40,8 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 std::vector<const Variant*> Variants() { return {Registry().begin(), Registry().end()}; }
 
 // Mutable access to row (b, h, i) of a strided input.
-float* Row(const TensorRef<const float>& t, int64_t b, int64_t h, int64_t i) {
-  return const_cast<float*>(t.data + b * t.strides.batch + h * t.strides.head + i * t.strides.row);
+float* Row(const TensorRef<const void>& t, int64_t b, int64_t h, int64_t i) {
+  return const_cast<float*>(RowOf(t, b, h, i));
 }
 
 class EdgeTest : public ::testing::TestWithParam<const Variant*> {

@@ -176,11 +176,9 @@ TEST_F(ReferenceInvariantTest, PermutingKeysWithValuesLeavesOUnchanged) {
     for (int64_t h = 0; h < s.kv_heads; ++h) {
       for (int64_t j = 0; j < s.kv_len / 2; ++j) {
         const int64_t jj = s.kv_len - 1 - j;
-        auto swap_rows = [&](const TensorRef<const float>& t, int64_t dim) {
-          float* a = const_cast<float*>(t.data + b * t.strides.batch + h * t.strides.head +
-                                        j * t.strides.row);
-          float* c = const_cast<float*>(t.data + b * t.strides.batch + h * t.strides.head +
-                                        jj * t.strides.row);
+        auto swap_rows = [&](const TensorRef<const void>& t, int64_t dim) {
+          float* a = const_cast<float*>(testing::RowOf(t, b, h, j));
+          float* c = const_cast<float*>(testing::RowOf(t, b, h, jj));
           std::swap_ranges(a, a + dim, c);
         };
         swap_rows(p.k, s.head_dim);

@@ -81,7 +81,7 @@ const std::vector<InvalidCase>& Cases() {
       {"NegativeStride", [](Buffers& b) { b.p.k.strides.row = -8; },
        "K.strides.row=-8 must be >= 0"},
       {"OutputOverlapsItself", [](Buffers& b) { b.p.o.strides.row = 2; }, "makes O overlap itself"},
-      {"OutputOverlapsQ", [](Buffers& b) { b.p.o.data = const_cast<float*>(b.p.q.data) + 4; },
+      {"OutputOverlapsQ", [](Buffers& b) { b.p.o.data = b.q.data() + 4; },
        "output O overlaps input Q"},
       {"OutputOverlapsV", [](Buffers& b) { b.p.o.data = b.v.data(); }, "output O overlaps input V"},
       {"LseOverlapsO", [](Buffers& b) { b.p.lse = std::span<float>(b.o.data() + 1, b.lse.size()); },
