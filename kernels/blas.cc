@@ -54,6 +54,7 @@
 // sum); declared exactly (BlasWorkspaceBytes is what RunBlas allocates).
 #include <algorithm>
 
+#include "kernels/internal/f32_copy.h"
 #include "kernels/internal/gemm_rows.h"
 #include "kernels/internal/parallel.h"
 #include "kernels/internal/thread_scope.h"
@@ -107,13 +108,13 @@ Status RunBlas(const ValidProblem& p, ExecContext& ctx) {
 extern const Variant blas_variant = {
     .name = "blas",
     .summary = "OpenBLAS sgemm for Q·Kᵀ and P·V, fused vectorized scale+mask+softmax, Lq x Lk",
-    .run = RunBlas,
-    .workspace_bytes = BlasWorkspaceBytes,
+    .run = RunOnF32<RunBlas>,
+    .workspace_bytes = F32Workspace<BlasWorkspaceBytes>,
     .supports_weights = true,
     .materializes_scores = true,
     .uses_highway = true,
     .deterministic = true,
-    .dtypes = {.q = kF32Only, .kv = kF32Only, .o = kF32Only},
+    .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
 };
 
 }  // namespace attn

@@ -47,6 +47,7 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "kernels/internal/f32_copy.h"
 #include "kernels/internal/gemm_rows.h"
 #include "kernels/internal/parallel.h"
 #include "kernels/internal/thread_scope.h"
@@ -114,13 +115,13 @@ extern const Variant chunked_variant = {
     .name = "chunked",
     .summary =
         "C query rows at a time (C from L2 size): sgemm, fused softmax, sgemm; C x Lk memory",
-    .run = RunChunked,
-    .workspace_bytes = ChunkedWorkspaceBytes,
+    .run = RunOnF32<RunChunked>,
+    .workspace_bytes = F32Workspace<ChunkedWorkspaceBytes>,
     .supports_weights = true,
     .materializes_scores = false,
     .uses_highway = true,
     .deterministic = true,
-    .dtypes = {.q = kF32Only, .kv = kF32Only, .o = kF32Only},
+    .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
 };
 
 }  // namespace attn

@@ -29,6 +29,7 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/internal/f32_copy.h"
 #include "kernels/internal/parallel.h"
 #include "kernels/registry.h"
 
@@ -157,13 +158,13 @@ Status RunNaive(const ValidProblem& p, ExecContext& ctx) {
 extern const Variant naive_variant = {
     .name = "naive",
     .summary = "textbook fp32: full Lq x Lk score matrix per head, softmax, P·V",
-    .run = RunNaive,
-    .workspace_bytes = NaiveWorkspaceBytes,
+    .run = RunOnF32<RunNaive>,
+    .workspace_bytes = F32Workspace<NaiveWorkspaceBytes>,
     .supports_weights = true,
     .materializes_scores = true,
     .uses_highway = false,
     .deterministic = true,
-    .dtypes = {.q = kF32Only, .kv = kF32Only, .o = kF32Only},
+    .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
 };
 
 }  // namespace attn

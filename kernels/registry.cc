@@ -69,7 +69,8 @@ std::string DescribeSupport(const Variant::DTypeSupport& support) {
   auto list = [](uint8_t mask) {
     std::string out;
     for (int t = 0; t < kNumDTypes; ++t) {
-      if (mask & DTypeMask(DType(t))) out += (out.empty() ? "" : ", ") + std::string(DTypeName(DType(t)));
+      if (mask & DTypeMask(DType(t)))
+        out += (out.empty() ? "" : ", ") + std::string(DTypeName(DType(t)));
     }
     return out;
   };

@@ -50,6 +50,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 // Must come after foreach_target.h.
 #include "hwy/highway.h"
+#include "kernels/internal/f32_copy.h"
 #include "kernels/internal/parallel.h"
 #include "kernels/internal/row_blocks-inl.h"
 #include "kernels/internal/rows.h"
@@ -229,13 +230,13 @@ size_t SimdWorkspaceBytes(const ValidProblem& p, int threads) {
 extern const Variant simd_variant = {
     .name = "simd",
     .summary = "Highway: packed-K register-blocked Q·Kᵀ, fused softmax, blocked P·V; Lq x Lk",
-    .run = RunSimd,
-    .workspace_bytes = SimdWorkspaceBytes,
+    .run = RunOnF32<RunSimd>,
+    .workspace_bytes = F32Workspace<SimdWorkspaceBytes>,
     .supports_weights = true,
     .materializes_scores = true,
     .uses_highway = true,
     .deterministic = true,
-    .dtypes = {.q = kF32Only, .kv = kF32Only, .o = kF32Only},
+    .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
 };
 
 }  // namespace attn

@@ -49,6 +49,7 @@ inline Status Unimplemented(std::string m) {
 inline Status ResourceExhausted(std::string m) {
   return Status(StatusCode::kResourceExhausted, std::move(m));
 }
+inline Status Internal(std::string m) { return Status(StatusCode::kInternal, std::move(m)); }
 inline Status NotFound(std::string m) { return Status(StatusCode::kNotFound, std::move(m)); }
 
 // A value or the Status that explains why there is none.

@@ -19,7 +19,7 @@ namespace {
 // A valid B=2 H=4 Hkv=2 Lq=5 Lk=6 dk=8 dv=4 problem over owned buffers.
 struct Buffers {
   Shape shape{2, 4, 2, 5, 6, 8, 4};
-  std::vector<float> q, k, v, o, lse, weights, mask;
+  std::vector<float> q, k, v, o, lse, weights, mask, scales;
   std::vector<int32_t> lens{6, 3};
   Problem p;
   Buffers() {
@@ -30,6 +30,7 @@ struct Buffers {
     lse.assign(2 * 4 * 5, 0.0f);
     weights.assign(2 * 4 * 5 * 6, 0.0f);
     mask.assign(5 * 6, 0.0f);
+    scales.assign(2 * 2 * 6, 1.0f);
     p = MakeProblem(shape, q.data(), k.data(), v.data(), o.data());
   }
   // An additive mask over `mask` that claims the given shape.
@@ -206,7 +207,14 @@ const std::vector<InvalidCase>& Cases() {
        "weights is null but has 240 elements"},
       {"LseOverlapsQ", [](Buffers& b) { b.p.lse = std::span<float>(b.q.data() + 100, 40); },
        "output lse overlaps input Q"},
-      {"WeightsOverlapsK", [](Buffers& b) { b.p.weights = std::span<float>(b.k.data(), 240); },
+      // Inside K's own buffer (K grown to hold it): a span past K's end ran
+      // into whichever heap block came next, and the error named that.
+      {"WeightsOverlapsK",
+       [](Buffers& b) {
+         b.k.resize(240);
+         b.p.k.data = b.k.data();
+         b.p.weights = std::span<float>(b.k.data(), 240);
+       },
        "output weights overlaps input K"},
       {"LseOverlapsWeights",
        [](Buffers& b) {
@@ -240,6 +248,37 @@ const std::vector<InvalidCase>& Cases() {
          b.SetAdditive({1, 0, 5, 6});
        },
        "additive mask heads=0 must be 1 (broadcast) or H=4"},
+      // Element types (kernels/dtype.h).
+      {"QInt8", [](Buffers& b) { b.p.q.dtype = DType::kI8; },
+       "dtype: Q=i8 is not supported (int8 is for K and V, with row scales)"},
+      {"OInt8", [](Buffers& b) { b.p.o.dtype = DType::kI8; }, "dtype: O=i8 is not supported"},
+      {"KInt8WithoutScales", [](Buffers& b) { b.p.k.dtype = DType::kI8; },
+       "dtype: K=i8 needs k_scales (one fp32 scale per row)"},
+      {"VScalesWithoutInt8",
+       [](Buffers& b) {
+         b.p.v_scales = {b.scales.data(), Strides::BHLD(2, 6, 1)};
+       },
+       "v_scales is set but V is f32, not i8"},
+      {"UnknownDType", [](Buffers& b) { b.p.v.dtype = static_cast<DType>(9); },
+       "dtype: V has dtype 9, not a DType"},
+      {"MisalignedBF16",
+       [](Buffers& b) {
+         b.p.k.dtype = DType::kBF16;
+         b.p.k.data = reinterpret_cast<const char*>(b.k.data()) + 1;
+       },
+       "K is not aligned to its 2-byte elements"},
+      {"NegativeScaleStride",
+       [](Buffers& b) {
+         b.p.k.dtype = DType::kI8;
+         b.p.k_scales = {b.scales.data(), {12, 6, -1, 1}};
+       },
+       "k_scales.strides.row=-1 must be >= 0"},
+      {"OutputOverlapsScales",
+       [](Buffers& b) {
+         b.p.v.dtype = DType::kI8;
+         b.p.v_scales = {b.o.data(), Strides::BHLD(2, 6, 1)};
+       },
+       "output O overlaps input v_scales"},
       {"UnknownMaskKind", [](Buffers& b) { b.p.mask.kind = static_cast<MaskKind>(42); },
        "mask kind 42 is not a MaskKind"},
   };
@@ -410,6 +449,23 @@ TEST(ValidationTest, MaterializingVariantsRefuseOverBudgetBeforeAllocating) {
       EXPECT_NE(s.message().find("of scores, budget 16 B"), std::string::npos) << s.message();
     }
   }
+}
+
+// A variant refuses element types it does not take by naming them and what
+// it takes (registry Prepare), before anything runs.
+TEST(ValidationTest, UnsupportedElementTypesAreUnimplementedAndNamed) {
+  Variant f32_only = *Registry()[0];
+  f32_only.name = "f32only";
+  f32_only.dtypes = {};
+  Buffers b;
+  b.p.k.dtype = b.p.v.dtype = DType::kBF16;
+  b.p.o.dtype = DType::kF16;
+  const Status s = attn::Run(f32_only, b.p);
+  EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
+  EXPECT_NE(s.message().find("dtype: Q=f32 K=bf16 V=bf16 O=f16 is not supported by variant "
+                             "f32only (it takes Q f32; K, V f32; O f32)"),
+            std::string::npos)
+      << s.message();
 }
 
 TEST(ValidationTest, WeightsFromANonMaterializingVariantAreUnimplemented) {

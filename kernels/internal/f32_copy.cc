@@ -1,0 +1,116 @@
+#include "kernels/internal/f32_copy.h"
+
+#include "kernels/internal/parallel.h"
+
+namespace attn {
+namespace {
+
+// One [B, heads, len, dim] tensor: its view and, for a copy, the buffer.
+struct Tensor {
+  TensorRef<const void> view;
+  RowScales scales;  // int8 only
+  int64_t heads, len, dim;
+
+  int64_t elements(int64_t batch) const { return batch * heads * len * dim; }
+};
+
+// Converts head (b, h) of `t` into rows of the contiguous fp32 `out`.
+void ConvertHead(const Tensor& t, int64_t b, int64_t h, float* out) {
+  const size_t element_bytes = DTypeBytes(t.view.dtype);
+  for (int64_t i = 0; i < t.len; ++i) {
+    const char* row = static_cast<const char*>(ValidProblem::Row(t.view, b, h, i));
+    const float scale = t.view.dtype == DType::kI8
+                            ? t.scales.data[b * t.scales.strides.batch + h * t.scales.strides.head +
+                                            i * t.scales.strides.row]
+                            : 1.0f;
+    float* dst = out + ((b * t.heads + h) * t.len + i) * t.dim;
+    for (int64_t d = 0; d < t.dim; ++d) {
+      dst[d] = LoadElement(t.view.dtype, row + d * element_bytes, scale);
+    }
+  }
+}
+
+// `t` as a contiguous fp32 copy in `buffer`; returns the copy's view.
+TensorRef<const void> CopyToF32(const Tensor& t, int64_t batch, int threads,
+                                Workspace::Buffer<float>& buffer, Workspace& workspace) {
+  buffer = workspace.Allocate<float>(t.elements(batch));
+  ParallelFor(threads, batch * t.heads,
+              [&](int64_t bh) { ConvertHead(t, bh / t.heads, bh % t.heads, buffer.data()); });
+  return {buffer.data(), Strides::BHLD(t.heads, t.len, t.dim)};
+}
+
+Tensor QOf(const ValidProblem& p) {
+  return {p.q, {}, p.shape.heads, p.shape.q_len, p.shape.head_dim};
+}
+Tensor KOf(const ValidProblem& p) {
+  return {p.k, p.k_scales, p.shape.kv_heads, p.shape.kv_len, p.shape.head_dim};
+}
+Tensor VOf(const ValidProblem& p) {
+  return {p.v, p.v_scales, p.shape.kv_heads, p.shape.kv_len, p.shape.value_dim};
+}
+Tensor OOf(const ValidProblem& p) {
+  return {{p.o.data, p.o.strides, p.o.dtype}, {}, p.shape.heads, p.shape.q_len, p.shape.value_dim};
+}
+
+// Rounds the fp32 O rows back into the original O.
+void WriteBackO(const ValidProblem& original, const ValidProblem& f32, int threads) {
+  const Shape& s = original.shape;
+  const DType dtype = original.o.dtype;
+  const size_t element_bytes = DTypeBytes(dtype);
+  ParallelFor(threads, s.batch * s.heads, [&](int64_t bh) {
+    const int64_t b = bh / s.heads, h = bh % s.heads;
+    for (int64_t i = 0; i < s.q_len; ++i) {
+      const float* src = f32.ORow(b, h, i);
+      char* dst = static_cast<char*>(ValidProblem::Row(original.o, b, h, i));
+      for (int64_t d = 0; d < s.value_dim; ++d) {
+        StoreElement(dtype, src[d], dst + d * element_bytes);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+size_t F32CopyBytes(const ValidProblem& p) {
+  SaturatingSize floats = 0;
+  const int64_t batch = p.shape.batch;
+  for (const Tensor& t : {QOf(p), KOf(p), VOf(p), OOf(p)}) {
+    if (t.view.dtype != DType::kF32) floats = floats + t.elements(batch);
+  }
+  return (floats * sizeof(float)).value();
+}
+
+Status RunOnF32Copy(KernelFn run, const ValidProblem& p, ExecContext& ctx) {
+  if (p.AllF32()) return run(p, ctx);
+  const int64_t batch = p.shape.batch;
+  Workspace& workspace = *ctx.workspace;
+  Workspace::Buffer<float> q, k, v, o;
+  Problem f;
+  f.shape = p.shape;
+  f.scale = p.scale;
+  f.mask = p.mask;
+  f.lse = p.lse;
+  f.weights = p.weights;
+  auto fp32 = [&](const Tensor& t, Workspace::Buffer<float>& buffer) -> TensorRef<const void> {
+    if (t.view.dtype == DType::kF32) return {t.view.data, t.view.strides};
+    return CopyToF32(t, batch, ctx.threads, buffer, workspace);
+  };
+  f.q = fp32(QOf(p), q);
+  f.k = fp32(KOf(p), k);
+  f.v = fp32(VOf(p), v);
+  f.o = {p.o.data, p.o.strides};
+  if (p.o.dtype != DType::kF32) {
+    o = workspace.Allocate<float>(OOf(p).elements(batch));
+    f.o = {o.data(), Strides::BHLD(p.shape.heads, p.shape.q_len, p.shape.value_dim)};
+  }
+  StatusOr<ValidProblem> converted = Validate(f);
+  if (!converted.ok()) {
+    return Internal("the fp32 copy of a valid problem did not validate: " +
+                    converted.status().message());
+  }
+  Status status = run(*converted, ctx);
+  if (status.ok() && p.o.dtype != DType::kF32) WriteBackO(p, *converted, ctx.threads);
+  return status;
+}
+
+}  // namespace attn

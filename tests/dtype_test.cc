@@ -1,0 +1,247 @@
+// Element types (kernels/dtype.h) end to end: the conversions are exact where
+// they must be and round to nearest even where they round; int8 rows
+// quantize within half a step; every registry variant, on every combination
+// of types it takes from a representative list, matches the fp64 reference
+// (which reads the stored inputs exactly) within the derived bound on a slice
+// of the shape grid; and a reduced-precision O is the fp32 result rounded
+// once.
+#include "kernels/dtype.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/registry.h"
+#include "reference/reference.h"
+#include "testing/compare.h"
+#include "testing/problem_data.h"
+
+namespace attn::testing {
+namespace {
+
+// ------------------------------------------------------------ conversions
+
+struct HalfType {
+  DType dtype;
+  float (*decode)(uint16_t);
+  uint16_t (*encode)(float);
+  float max;  // largest finite value
+};
+const HalfType kHalfTypes[] = {
+    {DType::kBF16, F32FromBF16Bits, BF16BitsFromF32, 0x1.FEp127f},
+    {DType::kF16, F32FromF16Bits, F16BitsFromF32, 65504.0f},
+};
+
+TEST(DTypeConversionTest, EveryHalfValueRoundTripsExactly) {
+  for (const HalfType& t : kHalfTypes) {
+    for (uint32_t bits = 0; bits <= 0xFFFF; ++bits) {
+      const float f = t.decode(static_cast<uint16_t>(bits));
+      const uint16_t back = t.encode(f);
+      if (std::isnan(f)) {
+        EXPECT_TRUE(std::isnan(t.decode(back))) << DTypeName(t.dtype) << " " << bits;
+      } else {
+        ASSERT_EQ(back, bits) << DTypeName(t.dtype) << " value " << f;
+      }
+    }
+  }
+}
+
+// The neighbours of a finite half value h (by bit pattern, across zero).
+float Next(const HalfType& t, uint16_t h, bool up) {
+  const bool negative = h & 0x8000;
+  if ((h & 0x7FFF) == 0) return up ? t.decode(1) : -t.decode(1);
+  const bool away = up != negative;  // away from zero
+  return t.decode(static_cast<uint16_t>(away ? h + 1 : h - 1));
+}
+
+// x rounds to the nearest representable value, ties to the even one, for
+// finite x within range; beyond the largest finite value plus half a step
+// it is infinite.
+void ExpectNearestEven(const HalfType& t, float x) {
+  const uint16_t h = t.encode(x);
+  const float r = t.decode(h);
+  const double top = double(t.max) + (double(t.max) - double(Next(t, t.encode(t.max), false))) / 2;
+  if (std::fabs(double(x)) >= top) {
+    ASSERT_TRUE(std::isinf(r)) << DTypeName(t.dtype) << " " << x;
+    return;
+  }
+  ASSERT_TRUE(std::isfinite(r)) << DTypeName(t.dtype) << " " << x;
+  const double error = std::fabs(double(x) - double(r));
+  for (bool up : {false, true}) {
+    const float n = Next(t, h, up);
+    if (!std::isfinite(n)) continue;
+    const double other = std::fabs(double(x) - double(n));
+    ASSERT_LE(error, other) << DTypeName(t.dtype) << " " << x << " -> " << r << ", " << n
+                            << " is nearer";
+    if (error == other) {
+      ASSERT_EQ(h & 1, 0) << DTypeName(t.dtype) << " tie " << x << " went to the odd " << r;
+    }
+  }
+}
+
+TEST(DTypeConversionTest, RandomFloatsRoundToNearestEven) {
+  std::mt19937 rng(7);
+  for (const HalfType& t : kHalfTypes) {
+    for (int n = 0; n < 1 << 20; ++n) {
+      const uint32_t u = rng();
+      float x;
+      std::memcpy(&x, &u, 4);
+      if (std::isnan(x)) continue;
+      ExpectNearestEven(t, x);
+    }
+  }
+}
+
+TEST(DTypeConversionTest, MidpointsAndTheirNeighboursRoundCorrectly) {
+  for (const HalfType& t : kHalfTypes) {
+    for (uint32_t bits = 0; bits < 0x7FFF; ++bits) {
+      const float a = t.decode(static_cast<uint16_t>(bits));
+      const float b = t.decode(static_cast<uint16_t>(bits + 1));
+      if (!std::isfinite(a) || !std::isfinite(b)) continue;
+      const float mid = static_cast<float>((double(a) + double(b)) / 2);  // exact in fp32
+      for (float x : {mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1e30f), -mid}) {
+        ExpectNearestEven(t, x);
+      }
+    }
+  }
+}
+
+TEST(DTypeConversionTest, NaNStaysNaNAndInfinityStaysInfinite) {
+  for (const HalfType& t : kHalfTypes) {
+    EXPECT_TRUE(std::isnan(t.decode(t.encode(std::nanf("")))));
+    EXPECT_EQ(t.decode(t.encode(INFINITY)), INFINITY);
+    EXPECT_EQ(t.decode(t.encode(-INFINITY)), -INFINITY);
+  }
+}
+
+TEST(DTypeConversionTest, Int8RowsQuantizeWithinHalfAStep) {
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> uniform(-3.0f, 3.0f);
+  std::vector<float> x(257);
+  std::vector<int8_t> q(x.size());
+  for (float& v : x) v = uniform(rng);
+  const float scale = QuantizeRow(x.data(), int64_t(x.size()), q.data());
+  float max = 0;
+  for (float v : x) max = std::fmax(max, std::fabs(v));
+  EXPECT_EQ(scale, max / 127.0f);
+  for (size_t i = 0; i < x.size(); ++i) {
+    EXPECT_LE(std::fabs(double(x[i]) - double(scale) * q[i]), 0.5 * scale * (1 + 1e-6)) << i;
+    EXPECT_GE(q[i], -127);
+  }
+  // A zero row: scale 1, all zeros. A non-finite element becomes 0.
+  std::vector<float> zeros(8, 0.0f);
+  EXPECT_EQ(QuantizeRow(zeros.data(), 8, q.data()), 1.0f);
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(q[i], 0);
+}
+
+// ------------------------------------------------------------ variants
+
+// The element-type combinations every variant is tested on when it takes
+// them: one type throughout, reduced K/V with fp32 Q/O (a KV cache), int8
+// K/V with bf16 or fp32 activations, mixed K and V types, and a reduced O
+// alone.
+const DTypes kCombinations[] = {
+    {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16},
+    {DType::kF16, DType::kF16, DType::kF16, DType::kF16},
+    {DType::kF32, DType::kBF16, DType::kBF16, DType::kF32},
+    {DType::kF32, DType::kI8, DType::kI8, DType::kF32},
+    {DType::kBF16, DType::kI8, DType::kI8, DType::kBF16},
+    {DType::kF32, DType::kF16, DType::kI8, DType::kF32},
+    {DType::kF32, DType::kF32, DType::kF32, DType::kBF16},
+};
+
+bool Takes(const Variant& v, const DTypes& t) {
+  return (v.dtypes.q & DTypeMask(t.q)) && (v.dtypes.kv & DTypeMask(t.k)) &&
+         (v.dtypes.kv & DTypeMask(t.v)) && (v.dtypes.o & DTypeMask(t.o));
+}
+
+struct DTypeParam {
+  const Variant* variant;
+  ProblemSpec spec;
+  size_t index;
+};
+
+void PrintTo(const DTypeParam& p, std::ostream* os) {
+  *os << p.variant->name << " " << p.spec.Name() << " seed=" << p.spec.seed;
+}
+
+// Each combination on every 8th grid spec (a different eighth for each):
+// the grid's sizes, masks, layouts and paddings all occur across them.
+std::vector<DTypeParam> Params() {
+  std::vector<DTypeParam> params;
+  const std::vector<ProblemSpec> grid = GridSpecs();
+  for (const Variant* variant : Registry()) {
+    size_t c = 0;
+    for (const DTypes& dtypes : kCombinations) {
+      if (!Takes(*variant, dtypes)) continue;
+      for (size_t i = c % 8; i < grid.size(); i += 8) {
+        ProblemSpec spec = grid[i];
+        spec.dtypes = dtypes;
+        if (!variant->supports_weights) spec.want_weights = false;
+        params.push_back({variant, spec, i});
+      }
+      ++c;
+    }
+  }
+  return params;
+}
+
+class DTypeGridTest : public ::testing::TestWithParam<DTypeParam> {};
+
+TEST_P(DTypeGridTest, MatchesReference) {
+  const DTypeParam& param = GetParam();
+  ProblemData data(param.spec);
+  auto want = reference::Attention(data.problem(), param.spec.want_weights);
+  ASSERT_TRUE(want.ok()) << want.status().ToString();
+  RunStats stats;
+  const Status status = attn::Run(*param.variant, data.problem(), {}, &stats);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_LE(stats.workspace_peak_bytes, stats.workspace_declared_bytes);
+  const Comparison c = CompareToReference(data, *want);
+  RecordProperty("error_over_bound", std::to_string(c.worst_bound_ratio));
+  EXPECT_TRUE(c.ok) << c.first_failure << "\n  variant=" << param.variant->name
+                    << " case=" << param.spec.Name()
+                    << " worst error/bound=" << c.worst_bound_ratio;
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypes, DTypeGridTest, ::testing::ValuesIn(Params()),
+                         [](const ::testing::TestParamInfo<DTypeParam>& info) {
+                           return std::string(info.param.variant->name) + "_" +
+                                  std::to_string(info.param.index) + "_" + info.param.spec.Name();
+                         });
+
+// A bf16 or f16 O is the fp32 O rounded once to nearest even: the kernels
+// accumulate in fp32 whatever O's type (deterministic variants, bit for bit).
+TEST(DTypeOutputTest, AReducedOIsTheF32ResultRoundedOnce) {
+  ProblemSpec spec = GridSpecs()[21];
+  spec.dtypes.k = spec.dtypes.v = DType::kBF16;
+  spec.want_weights = false;
+  for (const Variant* variant : Registry()) {
+    if (!variant->deterministic || !Takes(*variant, spec.dtypes)) continue;
+    ProblemData f32(spec);
+    const Status status = attn::Run(*variant, f32.problem(), {.threads = 1});
+    ASSERT_TRUE(status.ok()) << variant->name << ": " << status.ToString();
+    const std::vector<float> exact = f32.OutputContiguous();
+    for (const HalfType& t : kHalfTypes) {
+      if (!(variant->dtypes.o & DTypeMask(t.dtype))) continue;
+      ProblemSpec reduced_spec = spec;
+      reduced_spec.dtypes.o = t.dtype;
+      ProblemData reduced(reduced_spec);
+      ASSERT_TRUE(attn::Run(*variant, reduced.problem(), {.threads = 1}).ok()) << variant->name;
+      const std::vector<float> rounded = reduced.OutputContiguous();
+      ASSERT_EQ(rounded.size(), exact.size());
+      for (size_t i = 0; i < exact.size(); ++i) {
+        ASSERT_EQ(t.encode(rounded[i]), t.encode(exact[i]))
+            << variant->name << " O=" << DTypeName(t.dtype) << " element " << i;
+        ASSERT_EQ(rounded[i], t.decode(t.encode(exact[i]))) << variant->name << " element " << i;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace attn::testing
