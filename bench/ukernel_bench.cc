@@ -207,6 +207,19 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
                      }});
       break;
     }
+    case Family::kToF32: {
+      // One K/V tile row block's worth: 512 rows of d = 128, from L2.
+      const int64_t n = 512 * 128;
+      for (DType dtype : {DType::kBF16, DType::kF16, DType::kI8}) {
+        Shape s{std::string("dtype:") + DTypeName(dtype) + "/n:65536", 0, double(n)};
+        out.push_back({s, [=](benchmark::State& st) {
+                         Floats src(n), dst(n);
+                         ukernels::ToF32Args a{dtype, src.get(), n, 0.5f, dst.get()};
+                         Time(st, *up, a, s, peak);
+                       }});
+      }
+      break;
+    }
     case Family::kFinishRow: {
       const int64_t dv = 128;
       Shape s{"d:128", 0, double(dv)};

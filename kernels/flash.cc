@@ -130,6 +130,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "kernels/ukernels/common-inl.h"
+#include "kernels/ukernels/convert-inl.h"
 #include "kernels/ukernels/pv_tile-inl.h"
 #include "kernels/ukernels/score_rows-inl.h"
 #include "kernels/ukernels/score_tile-inl.h"
@@ -164,6 +165,9 @@ struct Scratch {
   float* m;      // kBr
   float* l;      // kBr
   float* alpha;  // kBr
+  float* kc;     // bc x dk: the K tile as fp32 (reduced-precision K only)
+  float* qc;     // kBr x dk: the block's Q rows as fp32 (reduced-precision Q)
+  float* oc;     // dvp: an O row before rounding (reduced-precision O)
   int64_t* rb;   // kBr: first visible key of each row, within the item
   int64_t* re;   // kBr: one past the last
 };
@@ -209,7 +213,13 @@ Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64
   for (int64_t x = 0; x < nrows; ++x) {
     const int64_t r = r0 + x;
     const int64_t i = r / p.group;
-    q_rows[x] = p.QRow(b, kvh * p.group + r % p.group, i);
+    const int64_t h = kvh * p.group + r % p.group;
+    if (p.q.dtype == DType::kF32) {
+      q_rows[x] = p.QRow(b, h, i);
+    } else {
+      ToF32Row(p.q.dtype, ValidProblem::Row(p.q, b, h, i), dk, 1.0f, sc.qc + x * dk);
+      q_rows[x] = sc.qc + x * dk;
+    }
     if (blk.few_rows) {
       for (int64_t k = 0; k < blk.dkp; ++k) {
         sc.qt[x * blk.dkp + k] = k < dk ? q_rows[x][k] * p.scale : 0.0f;
@@ -235,30 +245,42 @@ Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64
   return blk;
 }
 
-// V rows [j0, j0 + nc) as PvTile reads them: in place when dv is a whole
-// number of vectors, aligned or not (packing is a second pass over V that
-// cost more than the cache-line-split loads it avoids: MHA decode, d = 128,
-// 15 -> 25 GB/s; dense N = 2048, d = 128, +5%); else packed into sc.vp,
-// aligned, zero-padded to dvp. Sets *stride to the rows' stride.
+// K rows [j0, j0 + nc) as the score kernels read them: fp32 K in place;
+// reduced-precision K converted (ToF32Row, exact) into sc.kc once per row
+// block, where the 64 rows of the block read it from L1/L2. Sets *stride.
+const float* TileKeys(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc,
+                      Scratch& sc, int64_t* stride) {
+  if (p.k.dtype == DType::kF32) {
+    *stride = p.k.strides.row;
+    return p.KRow(blk.b, blk.kvh, j0);
+  }
+  const int64_t dk = p.shape.head_dim;
+  for (int64_t j = 0; j < nc; ++j) {
+    ToF32Row(p.k.dtype, ValidProblem::Row(p.k, blk.b, blk.kvh, j0 + j), dk,
+             p.KScale(blk.b, blk.kvh, j0 + j), sc.kc + j * dk);
+  }
+  *stride = dk;
+  return sc.kc;
+}
+
+// V rows [j0, j0 + nc) as PvTile reads them: in place when they are fp32 and
+// dv is a whole number of vectors, aligned or not (packing is a second pass
+// over V that cost more than the cache-line-split loads it avoids: MHA
+// decode, d = 128, 15 -> 25 GB/s; dense N = 2048, d = 128, +5%); else
+// packed into sc.vp (converted to fp32 when reduced, exactly), zero-padded
+// to dvp. Sets *stride to the rows' stride.
 const float* TileValues(const ValidProblem& p, const flash::Plan& plan, const Block& blk,
                         int64_t j0, int64_t nc, Scratch& sc, int64_t* stride) {
-  if (plan.dv_whole) {
+  if (plan.v_in_place) {
     *stride = p.v.strides.row;
     return p.VRow(blk.b, blk.kvh, j0);
   }
-  const DF d;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t dv = p.shape.value_dim;
   for (int64_t j = 0; j < nc; ++j) {
-    const float* vr = p.VRow(blk.b, blk.kvh, j0 + j);
     float* dst = sc.vp + j * plan.dvp;
-    int64_t x = 0;
-    for (; x + N <= dv; x += N) hn::Store(hn::LoadU(d, vr + x), d, dst + x);
-    if (x < dv) {
-      hn::Store(LoadTail(vr + x, dv - x), d, dst + x);
-      x += N;
-    }
-    for (; x < plan.dvp; x += N) hn::Store(hn::Zero(d), d, dst + x);
+    ToF32Row(p.v.dtype, ValidProblem::Row(p.v, blk.b, blk.kvh, j0 + j), dv,
+             p.VScale(blk.b, blk.kvh, j0 + j), dst);
+    std::fill(dst + dv, dst + plan.dvp, 0.0f);
   }
   *stride = plan.dvp;
   return sc.vp;
@@ -352,8 +374,8 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     counts.skipped += tiles_total;
     return;
   }
-  const float* k_base = p.KRow(b, kvh, 0);
-  const int64_t k_stride = p.k.strides.row;
+  const int64_t k_row_bytes = p.k.strides.row * int64_t(DTypeBytes(p.k.dtype));
+  const int64_t v_row_bytes = p.v.strides.row * int64_t(DTypeBytes(p.v.dtype));
   int64_t visited = 0;
   // Tiles are aligned to bc from key_lo; each is clipped to the union.
   for (int64_t t = key_lo + (blk.ulo - key_lo) / bc * bc; t < blk.uhi; t += bc) {
@@ -366,7 +388,8 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     const bool partial = !(blk.ilo <= j0 && j1 <= blk.ihi);
     partial ? ++counts.partial : ++counts.full;
 
-    int64_t vs;
+    int64_t ks, vs;
+    const float* k = TileKeys(p, blk, j0, nc, sc, &ks);
     const float* v = TileValues(p, plan, blk, j0, nc, sc, &vs);
     const bool v_finite = !partial || TileValuesFinite(v, vs, nc, dvp);
 
@@ -375,19 +398,19 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     // stream K/V at memory speed, where the hardware prefetcher keeps up and
     // prefetch instructions only queue.
     if (blk.few_rows) {
-      ScoreRows(sc.qt, blk.dkp, nrows, k_base + j0 * k_stride, k_stride, nc, dk, sc.st, kFewStride);
+      ScoreRows(sc.qt, blk.dkp, nrows, k, ks, nc, dk, sc.st, kFewStride);
     } else {
       PrefetchRows next;
       if (j1 < blk.uhi) {
-        next = {k_base + j1 * k_stride,
-                k_stride,
-                dk * 4,
-                p.VRow(b, kvh, j1),
-                p.v.strides.row,
-                dv * 4,
+        next = {static_cast<const char*>(ValidProblem::Row(p.k, b, kvh, j1)),
+                k_row_bytes,
+                dk * int64_t(DTypeBytes(p.k.dtype)),
+                static_cast<const char*>(ValidProblem::Row(p.v, b, kvh, j1)),
+                v_row_bytes,
+                dv * int64_t(DTypeBytes(p.v.dtype)),
                 std::min(j1 + bc, blk.uhi) - j1};
       }
-      ScoreTile(sc.qt, k_base + j0 * k_stride, k_stride, nc, dk, blk.rp / N, sc.st, next);
+      ScoreTile(sc.qt, k, ks, nc, dk, blk.rp / N, sc.st, next);
     }
     MaskTile(p, blk, j0, j1, partial, sc);
 
@@ -420,7 +443,8 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
 struct WorkOrder {
   WorkOrder(const ValidProblem& p, const flash::Plan& plan) : p(p), plan(plan) {
     const int64_t kv_bytes =
-        int64_t{sizeof(float)} * p.shape.kv_len * (p.shape.head_dim + p.shape.value_dim);
+        p.shape.kv_len * int64_t(DTypeBytes(p.k.dtype) * p.shape.head_dim +
+                                 DTypeBytes(p.v.dtype) * p.shape.value_dim);
     group_heads = std::clamp<int64_t>(L2CacheBytes() / std::max<int64_t>(kv_bytes, 1), 1, plan.bkv);
   }
   struct Position {
@@ -440,14 +464,21 @@ struct WorkOrder {
   int64_t group_heads;
 };
 
-// O row and lse of row x of the block at `pos`, from acc, m and l.
+// O row and lse of row x of the block at `pos`, from acc, m and l. A
+// reduced-precision O row is finished in fp32 (`o_f32`, dv floats) and
+// rounded once, to nearest even.
 void FinishBlockRow(const ValidProblem& p, const WorkOrder::Position& pos, int64_t x,
-                    const float* acc, float m, float l) {
+                    const float* acc, float m, float l, float* o_f32) {
   const int64_t r = pos.r0 + x;
   const int64_t i = r / p.group;
   const int64_t h = pos.kvh * p.group + r % p.group;
-  FinishRow(acc, m, l, p.shape.value_dim, p.ORow(pos.b, h, i),
-            p.lse.empty() ? nullptr : &p.lse[p.RowIndex(pos.b, h, i)]);
+  const int64_t dv = p.shape.value_dim;
+  float* lse = p.lse.empty() ? nullptr : &p.lse[p.RowIndex(pos.b, h, i)];
+  if (p.o.dtype == DType::kF32) return FinishRow(acc, m, l, dv, p.ORow(pos.b, h, i), lse);
+  FinishRow(acc, m, l, dv, o_f32, lse);
+  char* out = static_cast<char*>(ValidProblem::Row(p.o, pos.b, h, i));
+  const size_t bytes = DTypeBytes(p.o.dtype);
+  for (int64_t y = 0; y < dv; ++y) StoreElement(p.o.dtype, o_f32[y], out + y * bytes);
 }
 
 // Split-key (decode) items leave each row's (m, l, O) in a slot of
@@ -469,7 +500,8 @@ struct SplitPartials {
     }
   }
 
-  void Merge(const ValidProblem& p, int64_t blk, const WorkOrder::Position& pos, float* acc) const {
+  void Merge(const ValidProblem& p, int64_t blk, const WorkOrder::Position& pos, float* acc,
+             float* o_f32) const {
     const int64_t dvp = plan.dvp;
     for (int64_t x = 0; x < pos.nrows; ++x) {
       float mx = -kInf;
@@ -492,7 +524,7 @@ struct SplitPartials {
           for (int64_t y = 0; y < dvp; ++y) acc[y] += w * row[2 + y];
         }
       }
-      FinishBlockRow(p, pos, x, acc, mx, l);
+      FinishBlockRow(p, pos, x, acc, mx, l, o_f32);
     }
   }
 };
@@ -525,6 +557,9 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     sc.m = sc.o + kBr * dvp;
     sc.l = sc.m + kBr;
     sc.alpha = sc.l + kBr;
+    sc.kc = sc.alpha + kBr;
+    sc.qc = sc.kc + plan.k_tile_floats;
+    sc.oc = sc.qc + plan.q_rows_floats;
     sc.rb = ranges.data() + tid * 2 * kBr;
     sc.re = sc.rb + kBr;
 
@@ -542,7 +577,7 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
 
     if (plan.splits == 1) {
       for (int64_t x = 0; x < pos.nrows; ++x) {
-        FinishBlockRow(p, pos, x, sc.o + x * dvp, sc.m[x], sc.l[x]);
+        FinishBlockRow(p, pos, x, sc.o + x * dvp, sc.m[x], sc.l[x], sc.oc);
       }
       return;
     }
@@ -551,7 +586,7 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     // no barrier. acq_rel orders the other splits' partials before.
     if (std::atomic_ref<int64_t>(done[blk]).fetch_add(1, std::memory_order_acq_rel) ==
         plan.splits - 1) {
-      partials.Merge(p, blk, pos, sc.o);
+      partials.Merge(p, blk, pos, sc.o, sc.oc);
     }
   });
 
@@ -607,7 +642,7 @@ extern const Variant flash_variant = {
     .materializes_scores = false,
     .uses_highway = true,
     .deterministic = true,
-    .dtypes = {.q = kF32Only, .kv = kF32Only, .o = kF32Only},
+    .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
 };
 
 }  // namespace attn

@@ -169,21 +169,46 @@ void PrintTo(const DTypeParam& p, std::ostream* os) {
   *os << p.variant->name << " " << p.spec.Name() << " seed=" << p.spec.seed;
 }
 
+// Shapes past the grid's 129 keys, where the kernels change paths: several
+// key tiles (flash's online rescaling, its converted K tile reused by 64
+// rows), split-key decode with few rows (MHA and GQA-4, dk = 128: the
+// register-resident Q kernels), and a dv that is not a whole vector (packed
+// V).
+std::vector<ProblemSpec> LongSpecs() {
+  std::vector<ProblemSpec> specs;
+  auto add = [&](Shape s, MaskKind mask) {
+    ProblemSpec spec;
+    spec.shape = s;
+    spec.mask = mask;
+    spec.seed = 5000 + specs.size();
+    specs.push_back(spec);
+  };
+  add({1, 2, 2, 130, 1100, 64, 64}, MaskKind::kCausal);
+  add({1, 4, 1, 1, 3000, 128, 128}, MaskKind::kNone);
+  add({2, 2, 2, 1, 2100, 128, 128}, MaskKind::kNone);
+  add({1, 2, 1, 70, 700, 40, 40}, MaskKind::kNone);
+  return specs;
+}
+
 // Each combination on every 8th grid spec (a different eighth for each):
-// the grid's sizes, masks, layouts and paddings all occur across them.
+// the grid's sizes, masks, layouts and paddings all occur across them; and
+// on every long spec.
 std::vector<DTypeParam> Params() {
   std::vector<DTypeParam> params;
   const std::vector<ProblemSpec> grid = GridSpecs();
+  const std::vector<ProblemSpec> long_specs = LongSpecs();
   for (const Variant* variant : Registry()) {
     size_t c = 0;
     for (const DTypes& dtypes : kCombinations) {
       if (!Takes(*variant, dtypes)) continue;
-      for (size_t i = c % 8; i < grid.size(); i += 8) {
-        ProblemSpec spec = grid[i];
+      auto add = [&](const ProblemSpec& base, size_t index) {
+        ProblemSpec spec = base;
         spec.dtypes = dtypes;
         if (!variant->supports_weights) spec.want_weights = false;
-        params.push_back({variant, spec, i});
-      }
+        params.push_back({variant, spec, index});
+      };
+      for (size_t i = c % 8; i < grid.size(); i += 8) add(grid[i], i);
+      for (size_t i = 0; i < long_specs.size(); ++i) add(long_specs[i], grid.size() + i);
       ++c;
     }
   }

@@ -568,6 +568,38 @@ void TestFinishRow(const Ukernel& u, int64_t lanes, Checker& c) {
   }
 }
 
+// Bit-exact against LoadElement for every input type, lengths around the
+// vector width, misaligned rows, and special values (bf16/f16 inf, NaN,
+// subnormals; int8 -127..127); nothing written past n.
+void TestToF32(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(22);
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16, DType::kI8}) {
+    const int64_t size = int64_t(DTypeBytes(dtype));
+    for (int64_t n : {int64_t{1}, lanes - 1, lanes, lanes + 1, 3 * lanes + 5, int64_t{128}}) {
+      if (n < 1) continue;
+      std::vector<uint8_t> bytes((n + 1) * size + 64);
+      uint8_t* src = bytes.data() + size;  // aligned to the element only
+      for (uint8_t& b : bytes) b = static_cast<uint8_t>(rng());
+      if (dtype == DType::kF16 || dtype == DType::kBF16) {
+        const uint16_t specials[] = {0x7C00, 0xFC00, 0x7E00, 0x0001, 0x8000, 0x7F80, 0xFF80, 0x7FC0};
+        for (int64_t k = 0; k < std::min<int64_t>(n, 8); ++k)
+          std::memcpy(src + k * 2, &specials[(k + rng()) % 8], 2);
+      }
+      if (dtype == DType::kI8) src[0] = 0x81;  // -127
+      const float scale = dtype == DType::kI8 ? 0.0371f : 1.0f;
+      Buffer dst(n + 1, 1);
+      ToF32Args a{dtype, src, n, scale, dst.data()};
+      ASSERT_TRUE(u.run(&a));
+      const std::string at = std::string(DTypeName(dtype)) + " n=" + std::to_string(n);
+      for (int64_t k = 0; k < n; ++k) {
+        const float want = LoadElement(dtype, src + k * size, scale);
+        c.Near(dst[k], want, 0, at + " element " + std::to_string(k));
+      }
+      c.Poisoned(dst[n], at + " past the row");
+    }
+  }
+}
+
 void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
   switch (u.family) {
     case Family::kScoreTile:
@@ -594,6 +626,8 @@ void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
       return TestDot(u, lanes, c);
     case Family::kFinishRow:
       return TestFinishRow(u, lanes, c);
+    case Family::kToF32:
+      return TestToF32(u, lanes, c);
   }
   ADD_FAILURE() << u.name << ": no test for family " << FamilyName(u.family);
 }

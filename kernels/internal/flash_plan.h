@@ -73,7 +73,15 @@ struct Plan {
   int64_t splits = 1;      // key splits per block (flash-decoding when > 1)
   int64_t block_rows = 0;  // min(kBr, rows): rows a block holds at most
   int64_t dvp = 0;         // dv rounded up to kPad
-  bool dv_whole = false;   // dv == dvp: V rows used in place, never packed
+  // V rows used in place, never packed: fp32 V with dv == dvp. Otherwise
+  // each V tile is packed (converted, zero-padded to dvp) into scratch.
+  bool v_in_place = false;
+  // Reduced-precision tensors go through fp32 scratch (kernels/dtype.h):
+  // each K tile converted once per row block, a block's Q rows once, an O
+  // row before it is rounded into O. 0 when the tensor is fp32.
+  int64_t k_tile_floats = 0;  // bc x dk
+  int64_t q_rows_floats = 0;  // kBr x dk
+  int64_t o_row_floats = 0;   // dvp
   int64_t items() const { return blocks * splits; }
   // Floats of one thread's scratch (each piece 64-byte aligned).
   int64_t thread_floats = 0;
@@ -86,9 +94,9 @@ struct Plan {
 inline int64_t STileFloats(const Plan& plan) {
   return std::max(plan.bc * kBr, kFewRows * kFewStride);
 }
-// Floats of the packed V tile: V rows are used in place when dv is a whole
-// number of vectors (dv == dvp), so only other dv need the buffer.
-inline int64_t VTileFloats(const Plan& plan) { return plan.dv_whole ? 0 : plan.bc * plan.dvp; }
+// Floats of the packed V tile: fp32 V rows are used in place when dv is a
+// whole number of vectors (dv == dvp), so only other V need the buffer.
+inline int64_t VTileFloats(const Plan& plan) { return plan.v_in_place ? 0 : plan.bc * plan.dvp; }
 
 inline Plan MakePlan(const ValidProblem& p) {
   Plan plan;
@@ -103,7 +111,10 @@ inline Plan MakePlan(const ValidProblem& p) {
   plan.key_tiles = (s.kv_len + plan.bc - 1) / plan.bc;
   plan.block_rows = std::min(kBr, plan.rows);
   plan.dvp = RoundUp(s.value_dim, kPad);
-  plan.dv_whole = plan.dvp == s.value_dim;
+  plan.v_in_place = plan.dvp == s.value_dim && p.v.dtype == DType::kF32;
+  if (p.k.dtype != DType::kF32) plan.k_tile_floats = RoundUp(plan.bc * s.head_dim, 16);
+  if (p.q.dtype != DType::kF32) plan.q_rows_floats = RoundUp(kBr * s.head_dim, 16);
+  if (p.o.dtype != DType::kF32) plan.o_row_floats = plan.dvp;
   // The split count depends on the shape only (never on the thread count),
   // so results are bitwise identical for any number of threads.
   const int64_t min_tiles_per_split = std::max<int64_t>(1, kMinKeysPerSplit / plan.bc);
@@ -117,7 +128,8 @@ inline Plan MakePlan(const ValidProblem& p) {
                        + STileFloats(plan)       // Sᵀ / Pᵀ tile
                        + VTileFloats(plan)       // packed V tile
                        + kBr * plan.dvp          // O accumulator
-                       + 3 * kBr;                // m, l, alpha
+                       + 3 * kBr                 // m, l, alpha
+                       + plan.k_tile_floats + plan.q_rows_floats + plan.o_row_floats;
   if (plan.splits > 1) {
     plan.partial_floats = plan.items() * plan.block_rows * (plan.dvp + 2);
   }

@@ -38,21 +38,22 @@ inline constexpr int64_t kScoreTileCols = 64;
 inline constexpr int kScoreTileKeys = 6;
 
 // Rows of a later tile to prefetch into L2 while a tile computes: `rows` K
-// rows of k_bytes and V rows of v_bytes (0 rows: none). Issued a few rows per
+// rows of k_bytes and V rows of v_bytes, strides in bytes (0 rows: none),
+// whatever their element type. Issued a few rows per
 // micro-kernel call: all at once, the 1024 prefetches of a d = 128 tile
 // stalled on full miss buffers (6% of flash's time).
 struct PrefetchRows {
-  const float* k = nullptr;
+  const char* k = nullptr;
   int64_t k_stride = 0;
   int64_t k_bytes = 0;
-  const float* v = nullptr;
+  const char* v = nullptr;
   int64_t v_stride = 0;
   int64_t v_bytes = 0;
   int64_t rows = 0;
   void Prefetch(int64_t begin, int64_t end) const {
     for (int64_t j = begin; j < std::min(end, rows); ++j) {
-      const char* kr = reinterpret_cast<const char*>(k + j * k_stride);
-      const char* vr = reinterpret_cast<const char*>(v + j * v_stride);
+      const char* kr = k + j * k_stride;
+      const char* vr = v + j * v_stride;
       for (int64_t x = 0; x < k_bytes; x += 64) __builtin_prefetch(kr + x, 0, 2);
       for (int64_t x = 0; x < v_bytes; x += 64) __builtin_prefetch(vr + x, 0, 2);
     }

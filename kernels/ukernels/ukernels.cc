@@ -9,6 +9,7 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "kernels/ukernels/common-inl.h"
+#include "kernels/ukernels/convert-inl.h"
 #include "kernels/ukernels/exp-inl.h"
 #include "kernels/ukernels/pv_tile-inl.h"
 #include "kernels/ukernels/qk_packed-inl.h"
@@ -48,6 +49,8 @@ template <>
 struct ArgsOf<Family::kDot> : std::type_identity<DotArgs> {};
 template <>
 struct ArgsOf<Family::kFinishRow> : std::type_identity<FinishRowArgs> {};
+template <>
+struct ArgsOf<Family::kToF32> : std::type_identity<ToF32Args> {};
 
 // Calls f with the struct's fields in order (outputs of value type by
 // pointer, or assigned from f's result).
@@ -94,6 +97,10 @@ void Call(DotArgs& a, F f) {
 template <class F>
 void Call(FinishRowArgs& a, F f) {
   f(a.acc, a.m, a.l, a.dv, a.out, a.lse);
+}
+template <class F>
+void Call(ToF32Args& a, F f) {
+  f(a.dtype, a.src, a.n, a.scale, a.dst);
 }
 }  // namespace attn::ukernels
 #endif
@@ -176,6 +183,8 @@ const char* FamilyName(Family family) {
       return "dot";
     case Family::kFinishRow:
       return "finish_row";
+    case Family::kToF32:
+      return "to_f32";
   }
   return "unknown";
 }

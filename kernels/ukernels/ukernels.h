@@ -22,6 +22,8 @@
 #include <span>
 #include <string_view>
 
+#include "kernels/dtype.h"
+
 namespace attn::ukernels {
 
 // Relative error bound of FastExp2 (exp-inl.h), in ulp (measured: 0.84).
@@ -57,6 +59,8 @@ enum class Family {
   kDot,
   // out = acc / l, lse = m + ln l; (m, l) = (-inf, 0) gives 0 and -inf.
   kFinishRow,
+  // dst[c] = LoadElement(dtype, src element c, scale) for c < n, exactly.
+  kToF32,
 };
 
 // What a machine needs to run an entry, beyond the Highway target.
@@ -140,6 +144,14 @@ struct FinishRowArgs {
   int64_t dv;
   float* out;
   float* lse;  // may be null
+};
+
+struct ToF32Args {
+  DType dtype;
+  const void* src;
+  int64_t n;
+  float scale;  // int8 only
+  float* dst;
 };
 
 struct Ukernel {
