@@ -42,7 +42,10 @@ template <class Args>
 void Time(benchmark::State& state, const Ukernel& u, Args& args, const Shape& shape,
           double peak_gflops) {
   if (!u.run(&args)) {
-    state.SkipWithError("not run: this Highway target lacks the entry");
+    state.SkipWithError(
+        *ukernels::IsaName(u.isa)
+            ? (std::string("not run: this CPU lacks ") + ukernels::IsaName(u.isa)).c_str()
+            : "not run: this Highway target lacks the entry");
     return;
   }
   for (auto _ : state) {
@@ -218,6 +221,69 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
                          Time(st, *up, a, s, peak);
                        }});
       }
+      break;
+    }
+    // The bf16 pair kernels at flash's shapes. Their FLOPs count 2 per
+    // multiply-add as the fp32 ones do, so peak_fraction is against the
+    // fp32 FMA peak: VDPBF16PS does two multiply-adds per lane, up to 2.0.
+    case Family::kBf16ScoreTile:
+      for (int64_t dk : {64, 128}) {
+        const int64_t keys = 512;
+        Shape s{"rows:64/keys:512/d:" + std::to_string(dk), 2.0 * 64 * keys * dk,
+                double(64 * keys)};
+        out.push_back({s, [=](benchmark::State& st) {
+                         Floats qp(dk / 2 * 64), k(keys * dk / 2), sc(keys * 64);
+                         ukernels::Bf16ScoreTileArgs a{reinterpret_cast<uint32_t*>(qp.get()),
+                                                       reinterpret_cast<uint16_t*>(k.get()),
+                                                       dk,
+                                                       keys,
+                                                       dk,
+                                                       4,
+                                                       0.125f,
+                                                       sc.get()};
+                         Time(st, *up, a, s, peak);
+                       }});
+      }
+      break;
+    case Family::kBf16PvTile:
+      for (int64_t dv : {64, 128}) {
+        const int64_t keys = 512;
+        Shape s{"rows:64/keys:512/d:" + std::to_string(dv), 2.0 * 64 * keys * dv, double(64 * dv)};
+        out.push_back({s, [=](benchmark::State& st) {
+                         Floats pp(keys / 2 * 64), vp(keys / 2 * dv), o(64 * dv);
+                         ukernels::Bf16PvTileArgs a{reinterpret_cast<uint32_t*>(pp.get()),
+                                                    reinterpret_cast<uint32_t*>(vp.get()),
+                                                    dv,
+                                                    keys / 2,
+                                                    64,
+                                                    dv / 16,
+                                                    true,
+                                                    o.get(),
+                                                    dv};
+                         Time(st, *up, a, s, peak);
+                       }});
+      }
+      break;
+    case Family::kBf16PackScores: {
+      const int64_t keys = 512;
+      Shape s{"rows:64/keys:512", 0, double(64 * keys)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats sc(keys * 64);
+                       ukernels::Bf16PackScoresArgs a{sc.get(), keys, 4};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
+    case Family::kBf16PackValues: {
+      const int64_t keys = 512, dv = 128;
+      Shape s{"keys:512/d:128", 0, double(keys * dv)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats v(keys * dv / 2), vp(keys / 2 * dv);
+                       ukernels::Bf16PackValuesArgs a{
+                           reinterpret_cast<uint16_t*>(v.get()),  dv, keys, dv,
+                           reinterpret_cast<uint32_t*>(vp.get()), dv};
+                       Time(st, *up, a, s, peak);
+                     }});
       break;
     }
     case Family::kFinishRow: {

@@ -141,6 +141,24 @@ inline void StoreElement(DType dtype, float x, void* p) {
   }
 }
 
+// Stores n floats as a row of `dtype` (a float type) at `out`: StoreElement
+// with the type chosen once per row, so the loops vectorize.
+inline void StoreRow(DType dtype, const float* x, int64_t n, void* out) {
+  switch (dtype) {
+    case DType::kF32:
+      std::memcpy(out, x, sizeof(float) * static_cast<size_t>(n));
+      return;
+    case DType::kBF16:
+      for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(out)[i] = BF16BitsFromF32(x[i]);
+      return;
+    case DType::kF16:
+      for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(out)[i] = F16BitsFromF32(x[i]);
+      return;
+    case DType::kI8:
+      return;
+  }
+}
+
 // Quantizes n floats to int8 with one scale (max|x| / 127; 1 for a zero or
 // non-finite row: a NaN or inf cannot be quantized and becomes 0 — keep such
 // rows in a float type). Returns the scale.

@@ -49,6 +49,31 @@
 // the tile again with memory idle (GQA-4 decode, 1 thread: Lk = 16384
 // 27 -> 35 GB/s, 65536 20 -> 24.7 of 28.6 streamed; 2 threads 34 -> 39).
 //
+// Element types (kernels/problem.h, "Element types"). Accumulation, m, l and
+// lse are fp32 whatever the inputs. Two paths:
+//   * bf16 Q, K and V, on a CPU with AVX512_BF16 (Zen 4, Cooper Lake and
+//     later; RunStats::path "AVX3+AVX512_BF16"), blocks of more than 8 rows:
+//     S and P·V on VDPBF16PS (kernels/ukernels/bf16_avx512.h), one
+//     instruction per 16 lanes x 2 multiply-adds, so the two products take
+//     half the fp32 instructions and K/V tiles half the bytes. Q is paired
+//     once per block (unscaled: scaling bf16 Q would round it twice; the
+//     score kernel scales its accumulators instead), K is read in place, V is
+//     paired per tile (dv' x Bc/2 pairs in the packed-V scratch) and P is
+//     rounded to bf16 and paired in place over Sᵀ after the softmax, which
+//     stays fp32 (its row sums take the unrounded P). The products no longer
+//     dominate as much: the softmax (~17 instructions per 16 scores against
+//     d/2 VDPBF16PS per score pair of products) is a larger share, so the
+//     speedup over fp32 is below the 2x of the instruction count
+//     (kernels/DESIGN.md, "Reduced precision").
+//   * Everything else (f16, int8 K/V with per-row scales, mixed types, bf16
+//     on other CPUs, decode blocks, ATTNLAB_PORTABLE=1): K and V tiles are
+//     converted exactly to fp32 (to_f32_row) once per tile into scratch, where
+//     the fp32 micro-kernels read them; Q rows are converted on load. The
+//     conversion reads each element once per row block, so decode (one
+//     block) reads K and V at their own width: 2 bytes (bf16, f16) or 1 byte
+//     plus a 4-byte scale per row (int8) instead of 4.
+// A reduced O is finished in fp32 and rounded once (StoreRow).
+//
 // Decode (fewer than 16 row blocks, Lk > 512): flash-decoding. Each
 // block's keys are split into `splits` tile-aligned ranges (a function of the
 // shape only, never of the thread count, so results are bitwise identical for
@@ -124,6 +149,7 @@
 #include "kernels/internal/flash_plan.h"
 #include "kernels/internal/parallel.h"
 #include "kernels/registry.h"
+#include "kernels/ukernels/bf16_avx512.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/flash.cc"
@@ -188,13 +214,17 @@ struct Block {
   int64_t sj, sr;
   // Union [ulo, uhi) and intersection [ilo, ihi) of the rows' visible keys.
   int64_t ulo, uhi, ilo, ihi;
+  // Non-null: bf16 Q, K, V on VDPBF16PS (Q pairs in sc.qt, K in place, P
+  // and V paired per tile; bf16_avx512.h). Many-row blocks only.
+  const ukernels::Bf16Kernels* pairs;
 };
 
 // Loads the block's queries pre-scaled by `scale` (Qᵀ, or row-major Q for few
-// rows), each row's visible keys within [key_lo, key_hi), their union and
-// intersection, and starts the online softmax (m = -inf, l = 0).
+// rows; unscaled bf16 Q pairs for the bf16 kernels `bf16`, when given), each
+// row's visible keys within [key_lo, key_hi), their union and intersection,
+// and starts the online softmax (m = -inf, l = 0).
 Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64_t nrows,
-                int64_t key_lo, int64_t key_hi, Scratch& sc) {
+                int64_t key_lo, int64_t key_hi, const ukernels::Bf16Kernels* bf16, Scratch& sc) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t dk = p.shape.head_dim;
@@ -209,12 +239,16 @@ Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64
   blk.sj = blk.few_rows ? 1 : kBr;
   blk.sr = blk.few_rows ? kFewStride : 1;
   blk.ulo = key_hi, blk.uhi = key_lo, blk.ilo = key_lo, blk.ihi = key_hi;
+  blk.pairs = blk.few_rows ? nullptr : bf16;
   const float* q_rows[kBr];
+  const uint16_t* q_bf16[kBr];
   for (int64_t x = 0; x < nrows; ++x) {
     const int64_t r = r0 + x;
     const int64_t i = r / p.group;
     const int64_t h = kvh * p.group + r % p.group;
-    if (p.q.dtype == DType::kF32) {
+    if (blk.pairs) {
+      q_bf16[x] = static_cast<const uint16_t*>(ValidProblem::Row(p.q, b, h, i));
+    } else if (p.q.dtype == DType::kF32) {
       q_rows[x] = p.QRow(b, h, i);
     } else {
       ToF32Row(p.q.dtype, ValidProblem::Row(p.q, b, h, i), dk, 1.0f, sc.qc + x * dk);
@@ -237,7 +271,11 @@ Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64
   }
   // In registers, 16 x 16 at a time (element by element this was 9% of the
   // time at N = 128, d = 128, where a block has only two key tiles).
-  if (!blk.few_rows) TransposeRows(q_rows, nrows, blk.rp, dk, p.scale, sc.qt, kBr);
+  if (blk.pairs) {
+    ukernels::PackQueryPairs(q_bf16, nrows, dk, reinterpret_cast<uint32_t*>(sc.qt));
+  } else if (!blk.few_rows) {
+    TransposeRows(q_rows, nrows, blk.rp, dk, p.scale, sc.qt, kBr);
+  }
   for (int64_t x = 0; x < blk.rp; x += N) {
     hn::Store(hn::Set(d, -kInf), d, sc.m + x);
     hn::Store(hn::Zero(d), d, sc.l + x);
@@ -248,8 +286,8 @@ Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64
 // K rows [j0, j0 + nc) as the score kernels read them: fp32 K in place;
 // reduced-precision K converted (ToF32Row, exact) into sc.kc once per row
 // block, where the 64 rows of the block read it from L1/L2. Sets *stride.
-const float* TileKeys(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc,
-                      Scratch& sc, int64_t* stride) {
+const float* TileKeys(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc, Scratch& sc,
+                      int64_t* stride) {
   if (p.k.dtype == DType::kF32) {
     *stride = p.k.strides.row;
     return p.KRow(blk.b, blk.kvh, j0);
@@ -360,13 +398,102 @@ void PvVisibleOnly(const Block& blk, int64_t j0, int64_t j1, const float* v, int
   }
 }
 
+// A tile's S = Q·Kᵀ in fp32 (K converted to fp32 first when reduced). Many
+// rows prefetch the next tile's K and V rows into L2 (K/V of a head come
+// from L3 once per row block); few-row (decode) blocks stream K/V at memory
+// speed, where the hardware prefetcher keeps up and prefetch instructions
+// only queue.
+void F32Scores(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
+               int64_t j1, Scratch& sc) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  const int64_t nc = j1 - j0, dk = p.shape.head_dim;
+  int64_t ks;
+  const float* k = TileKeys(p, blk, j0, nc, sc, &ks);
+  if (blk.few_rows) {
+    return ScoreRows(sc.qt, blk.dkp, blk.nrows, k, ks, nc, dk, sc.st, kFewStride);
+  }
+  PrefetchRows next;
+  if (j1 < blk.uhi) {
+    const int64_t k_bytes = DTypeBytes(p.k.dtype), v_bytes = DTypeBytes(p.v.dtype);
+    next = {static_cast<const char*>(ValidProblem::Row(p.k, blk.b, blk.kvh, j1)),
+            p.k.strides.row * k_bytes,
+            dk * k_bytes,
+            static_cast<const char*>(ValidProblem::Row(p.v, blk.b, blk.kvh, j1)),
+            p.v.strides.row * v_bytes,
+            p.shape.value_dim * v_bytes,
+            std::min(j1 + plan.bc, blk.uhi) - j1};
+  }
+  ScoreTile(sc.qt, k, ks, nc, dk, blk.rp / N, sc.st, next);
+}
+
+// O (+)= P·V in fp32 over a tile (V converted or packed first when needed);
+// over each row's visible keys only when a partial tile's V is not finite.
+void F32Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0, int64_t j1,
+           bool partial, bool first, Scratch& sc) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  const int64_t nc = j1 - j0, dvp = plan.dvp;
+  int64_t vs;
+  const float* v = TileValues(p, plan, blk, j0, nc, sc, &vs);
+  if (partial && !TileValuesFinite(v, vs, nc, dvp)) {
+    return PvVisibleOnly(blk, j0, j1, v, vs, dvp, first, sc);
+  }
+  PvTile(sc.st, blk.sj, blk.sr, v, vs, nc, blk.nrows, dvp / N, !first, sc.o, dvp);
+}
+
+// True when the nc bf16 rows of dv elements at v (stride vs) are all finite.
+bool Bf16ValuesFinite(const uint16_t* v, int64_t vs, int64_t nc, int64_t dv) {
+  bool finite = true;
+  for (int64_t j = 0; j < nc; ++j)
+    for (int64_t y = 0; y < dv; ++y) finite &= (v[j * vs + y] & 0x7F80) != 0x7F80;
+  return finite;
+}
+
+// O += P·V over each row's visible keys only, P in fp32, V read from its
+// bf16 rows: PvVisibleOnly for bf16 tiles (rare: a partial tile whose V is
+// not all finite).
+void Bf16PvVisibleOnly(const Block& blk, int64_t j0, int64_t j1, const uint16_t* v, int64_t vs,
+                       int64_t dv, int64_t dvp, bool first, Scratch& sc) {
+  for (int64_t x = 0; x < blk.nrows; ++x) {
+    const KeyRange vis = TileRange(sc, x, j0, j1);
+    float* o = sc.o + x * dvp;
+    if (first) std::fill(o, o + dvp, 0.0f);
+    for (int64_t j = vis.begin; j < vis.end; ++j) {
+      const float pj = sc.st[j * blk.sj + x * blk.sr];
+      for (int64_t y = 0; y < dv; ++y) o[y] += pj * F32FromBF16Bits(v[j * vs + y]);
+    }
+  }
+}
+
+// The bf16 version of a tile's S = Q·Kᵀ (scaled) and, after the softmax,
+// O (+)= P·V: K read in place, V and P paired into sc.vp and sc.st.
+void Bf16Scores(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc, Scratch& sc) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  const auto* k = static_cast<const uint16_t*>(ValidProblem::Row(p.k, blk.b, blk.kvh, j0));
+  blk.pairs->score_tile(reinterpret_cast<const uint32_t*>(sc.qt), k, p.k.strides.row, nc,
+                        p.shape.head_dim, blk.rp / N, p.scale, sc.st);
+}
+void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
+            int64_t j1, bool partial, bool first, Scratch& sc) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  const int64_t nc = j1 - j0, dv = p.shape.value_dim, vs = p.v.strides.row;
+  const auto* v = static_cast<const uint16_t*>(ValidProblem::Row(p.v, blk.b, blk.kvh, j0));
+  if (partial && !Bf16ValuesFinite(v, vs, nc, dv)) {
+    return Bf16PvVisibleOnly(blk, j0, j1, v, vs, dv, plan.dvp, first, sc);
+  }
+  auto* vp = reinterpret_cast<uint32_t*>(sc.vp);
+  blk.pairs->pack_value_pairs(v, vs, nc, dv, vp, plan.dvp);
+  blk.pairs->pack_score_pairs(sc.st, nc, blk.rp / N);
+  blk.pairs->pv_tile(reinterpret_cast<const uint32_t*>(sc.st), vp, plan.dvp, (nc + 1) / 2,
+                     blk.nrows, plan.dvp / 16, !first, sc.o, plan.dvp);
+}
+
 // One work item: rows [r0, r0 + nrows) of (b, kvh) against keys
 // [key_lo, key_hi). Leaves m, l and the unnormalized O in `sc`.
 void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int64_t kvh, int64_t r0,
-                 int64_t nrows, int64_t key_lo, int64_t key_hi, Scratch& sc, BlockCounts& counts) {
-  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
-  const int64_t dk = p.shape.head_dim, dv = p.shape.value_dim, dvp = plan.dvp;
-  const Block blk = LoadBlock(p, b, kvh, r0, nrows, key_lo, key_hi, sc);
+                 int64_t nrows, int64_t key_lo, int64_t key_hi, const ukernels::Bf16Kernels* bf16,
+                 Scratch& sc, BlockCounts& counts) {
+  const int64_t dvp = plan.dvp;
+  const Block blk = LoadBlock(p, b, kvh, r0, nrows, key_lo, key_hi, bf16, sc);
   const int64_t bc = plan.bc;
   const int64_t tiles_total = (key_hi - key_lo + bc - 1) / bc;
   if (blk.ulo >= blk.uhi) {
@@ -374,8 +501,6 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     counts.skipped += tiles_total;
     return;
   }
-  const int64_t k_row_bytes = p.k.strides.row * int64_t(DTypeBytes(p.k.dtype));
-  const int64_t v_row_bytes = p.v.strides.row * int64_t(DTypeBytes(p.v.dtype));
   int64_t visited = 0;
   // Tiles are aligned to bc from key_lo; each is clipped to the union.
   for (int64_t t = key_lo + (blk.ulo - key_lo) / bc * bc; t < blk.uhi; t += bc) {
@@ -388,29 +513,11 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     const bool partial = !(blk.ilo <= j0 && j1 <= blk.ihi);
     partial ? ++counts.partial : ++counts.full;
 
-    int64_t ks, vs;
-    const float* k = TileKeys(p, blk, j0, nc, sc, &ks);
-    const float* v = TileValues(p, plan, blk, j0, nc, sc, &vs);
-    const bool v_finite = !partial || TileValuesFinite(v, vs, nc, dvp);
-
-    // S = Q·Kᵀ. Many rows prefetch the next tile's K and V rows into L2 (K/V
-    // of a head come from L3 once per row block); few-row (decode) blocks
-    // stream K/V at memory speed, where the hardware prefetcher keeps up and
-    // prefetch instructions only queue.
-    if (blk.few_rows) {
-      ScoreRows(sc.qt, blk.dkp, nrows, k, ks, nc, dk, sc.st, kFewStride);
+    // S = Q·Kᵀ, masked.
+    if (blk.pairs) {
+      Bf16Scores(p, blk, j0, nc, sc);
     } else {
-      PrefetchRows next;
-      if (j1 < blk.uhi) {
-        next = {static_cast<const char*>(ValidProblem::Row(p.k, b, kvh, j1)),
-                k_row_bytes,
-                dk * int64_t(DTypeBytes(p.k.dtype)),
-                static_cast<const char*>(ValidProblem::Row(p.v, b, kvh, j1)),
-                v_row_bytes,
-                dv * int64_t(DTypeBytes(p.v.dtype)),
-                std::min(j1 + bc, blk.uhi) - j1};
-      }
-      ScoreTile(sc.qt, k, ks, nc, dk, blk.rp / N, sc.st, next);
+      F32Scores(p, plan, blk, j0, j1, sc);
     }
     MaskTile(p, blk, j0, j1, partial, sc);
 
@@ -422,11 +529,11 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     }
     if (!first) RescaleO(blk, dvp, sc);
 
-    // O += P·V.
-    if (v_finite) {
-      PvTile(sc.st, blk.sj, blk.sr, v, vs, nc, nrows, dvp / N, !first, sc.o, dvp);
+    // O (+)= P·V.
+    if (blk.pairs) {
+      Bf16Pv(p, plan, blk, j0, j1, partial, first, sc);
     } else {
-      PvVisibleOnly(blk, j0, j1, v, vs, dvp, first, sc);
+      F32Pv(p, plan, blk, j0, j1, partial, first, sc);
     }
   }
   counts.skipped += tiles_total - visited;
@@ -442,9 +549,8 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
 // N = 256, d = 128, 2 threads: 140 -> 150 GF/s).
 struct WorkOrder {
   WorkOrder(const ValidProblem& p, const flash::Plan& plan) : p(p), plan(plan) {
-    const int64_t kv_bytes =
-        p.shape.kv_len * int64_t(DTypeBytes(p.k.dtype) * p.shape.head_dim +
-                                 DTypeBytes(p.v.dtype) * p.shape.value_dim);
+    const int64_t kv_bytes = p.shape.kv_len * int64_t(DTypeBytes(p.k.dtype) * p.shape.head_dim +
+                                                      DTypeBytes(p.v.dtype) * p.shape.value_dim);
     group_heads = std::clamp<int64_t>(L2CacheBytes() / std::max<int64_t>(kv_bytes, 1), 1, plan.bkv);
   }
   struct Position {
@@ -476,9 +582,7 @@ void FinishBlockRow(const ValidProblem& p, const WorkOrder::Position& pos, int64
   float* lse = p.lse.empty() ? nullptr : &p.lse[p.RowIndex(pos.b, h, i)];
   if (p.o.dtype == DType::kF32) return FinishRow(acc, m, l, dv, p.ORow(pos.b, h, i), lse);
   FinishRow(acc, m, l, dv, o_f32, lse);
-  char* out = static_cast<char*>(ValidProblem::Row(p.o, pos.b, h, i));
-  const size_t bytes = DTypeBytes(p.o.dtype);
-  for (int64_t y = 0; y < dv; ++y) StoreElement(p.o.dtype, o_f32[y], out + y * bytes);
+  StoreRow(p.o.dtype, o_f32, dv, ValidProblem::Row(p.o, pos.b, h, i));
 }
 
 // Split-key (decode) items leave each row's (m, l, O) in a slot of
@@ -545,6 +649,16 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     std::fill(done.data(), done.data() + plan.blocks, int64_t{0});
   }
   const SplitPartials partials{plan, partial.data()};
+  // bf16 Q, K and V go on VDPBF16PS when the CPU has AVX512_BF16 and this is
+  // the 16-lane target the pair tiles are laid out for; otherwise through
+  // fp32 (converted tiles).
+  const bool all_bf16 =
+      p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 && p.v.dtype == DType::kBF16;
+  const ukernels::Bf16Kernels* bf16 = all_bf16 && hn::Lanes(DF()) == 16 && !PortablePathForced()
+                                          ? ukernels::Bf16KernelsForCpu()
+                                          : nullptr;
+  // Blocks of few rows (decode) never take them (LoadBlock).
+  if (bf16 != nullptr && p.group * p.shape.q_len > kFewRows) ctx.path += "+AVX512_BF16";
   const WorkOrder order(p, plan);
   std::atomic<int64_t> full{0}, part{0}, skipped{0};
 
@@ -570,7 +684,7 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     const int64_t key_hi =
         std::min(PartBegin(plan.key_tiles, plan.splits, split + 1) * plan.bc, p.shape.kv_len);
     BlockCounts counts;
-    AttendBlock(p, plan, pos.b, pos.kvh, pos.r0, pos.nrows, key_lo, key_hi, sc, counts);
+    AttendBlock(p, plan, pos.b, pos.kvh, pos.r0, pos.nrows, key_lo, key_hi, bf16, sc, counts);
     full += counts.full;
     part += counts.partial;
     skipped += counts.skipped;

@@ -60,7 +60,22 @@
 // equal scores, a running denominator returned twice the true average. The
 // blocked error grows like (kKeySumBlock + Lk / kKeySumBlock)·u, not Lk·u.
 //
-// Outputs: O (fp32, strided like the inputs); optionally lse [B, H, Lq]
+// Element types (kernels/dtype.h): Q and O are f32, bf16 or f16; K and V any
+// of those or i8 (int8 with one fp32 scale per row in k_scales / v_scales:
+// an element is scale·q). An input's value is what is stored; the reference
+// reads it exactly. Arithmetic is fp32 (products, sums over keys as above,
+// the softmax), and a kernel may round only where this says:
+//   * Q·Kᵀ with Q and K of different types (or an i8 K): the operands to the
+//     narrower type (i8: bf16). Same-type bf16 or f16 products are exact in
+//     fp32, so same-type Q and K add nothing.
+//   * P·V with a reduced V: P to V's type (i8 V: P and the dequantized V to
+//     bf16), as FlashAttention does in bf16.
+//   * a bf16 or f16 O: the fp32 result, once, to nearest even.
+//   * bf16 subnormal operands may count as 0 (AVX512_BF16 flushes them).
+// reference/error_bound.cc adds exactly these terms to the fp32 bound, so a
+// kernel that rounds anything else fails the tests.
+//
+// Outputs: O (strided like the inputs, in its type); optionally lse [B, H, Lq]
 // (natural log of the softmax denominator of the scaled, masked scores,
 // contiguous); optionally the attention weights P [B, H, Lq, Lk] (contiguous),
 // from the variants that materialize them.
@@ -156,7 +171,7 @@ struct Problem {
   TensorRef<const void> q, k, v;  // Q f32/bf16/f16; K, V any DType
   TensorRef<void> o;              // f32/bf16/f16
   RowScales k_scales, v_scales;   // when K, V are kI8
-  std::optional<float> scale;  // default 1/sqrt(head_dim)
+  std::optional<float> scale;     // default 1/sqrt(head_dim)
   Mask mask;
   std::span<float> lse;      // optional output, B*H*Lq entries
   std::span<float> weights;  // optional output, B*H*Lq*Lk entries

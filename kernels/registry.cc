@@ -7,7 +7,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 
+#include "hwy/targets.h"
 #include "kernels/internal/bytes.h"
 
 namespace attn {
@@ -108,17 +110,31 @@ StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,
   return valid;
 }
 
+bool PortablePathForced() {
+  const char* env = std::getenv("ATTNLAB_PORTABLE");
+  return env != nullptr && *env != '\0' && std::string_view(env) != "0";
+}
+
+std::string DispatchedHighwayTarget() {
+  // Lower bit = better target; the library's HWY_DYNAMIC_DISPATCH picks the
+  // best one this CPU supports among those compiled in (HWY_TARGETS).
+  const int64_t targets = hwy::SupportedTargets() & HWY_TARGETS;
+  return targets == 0 ? "none" : hwy::TargetName(targets & -targets);
+}
+
 Status Run(const Variant& variant, const Problem& problem, const RunOptions& options,
            RunStats* stats) {
   StatusOr<ValidProblem> valid = Prepare(variant, problem, options);
   if (!valid.ok()) return valid.status();
   Workspace workspace;
-  ExecContext ctx{ResolveThreads(options.threads), &workspace};
+  ExecContext ctx{ResolveThreads(options.threads), &workspace,
+                  variant.uses_highway ? DispatchedHighwayTarget() : "portable C++"};
   Status status = variant.run(*valid, ctx);
   if (stats != nullptr) {
     stats->workspace_declared_bytes = variant.workspace_bytes(*valid, ctx.threads);
     stats->workspace_peak_bytes = workspace.peak_bytes();
     stats->threads = ctx.threads;
+    stats->path = ctx.path;
   }
   return status;
 }

@@ -29,6 +29,11 @@ namespace attn {
 struct ExecContext {
   int threads = 1;       // OpenMP threads the kernel may use
   Workspace* workspace;  // every allocation goes here
+  // The code path that ran, for RunStats::path. Run sets the default (the
+  // dispatched Highway target for a variant that uses_highway, else
+  // "portable C++"); a kernel that takes an ISA-specific micro-kernel says so
+  // (flash: "AVX3+AVX512_BF16").
+  std::string path;
 };
 
 using KernelFn = Status (*)(const ValidProblem& problem, ExecContext& ctx);
@@ -101,7 +106,20 @@ struct RunStats {
   size_t workspace_declared_bytes = 0;
   size_t workspace_peak_bytes = 0;  // measured by the counting allocator
   int threads = 0;
+  // The instruction-set path that ran: the Highway target ("AVX3", "AVX2",
+  // ...), "+AVX512_BF16" when bf16 tiles ran on VDPBF16PS, or "portable C++"
+  // (naive). Benchmarks and reports print it beside every figure.
+  std::string path;
 };
+
+// ATTNLAB_PORTABLE=1 (read at every Run): variants take no ISA-specific
+// micro-kernel (those outside Highway: kernels/ukernels/bf16_avx512.h), only
+// the Highway ones every target has, so tests and benchmarks reach the
+// portable path (reduced types converted to fp32) on any CPU.
+bool PortablePathForced();
+// The best Highway target this CPU runs among those compiled in: the one
+// HWY_DYNAMIC_DISPATCH picks ("AVX3", "AVX2", "SSE4", "EMU128", ...).
+std::string DispatchedHighwayTarget();
 
 // Validate + support + budget. OK when `variant` can run `problem`.
 StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,

@@ -14,15 +14,25 @@ namespace {
 constexpr double kU = 1.0 / (1 << 24);  // fp32 unit roundoff
 constexpr double kExpUlps = 8.0;
 
-// The unit roundoff a kernel may compute with for these inputs: it may
-// round fp32 operands to the narrowest input type among Q, K, V (bf16 or f16
-// products, bf16 operands for int8 K/V) and P to it before P·V.
-double ComputeRoundoff(const Problem& p) {
-  double u = kU;
-  for (DType t : {p.q.dtype, p.k.dtype, p.v.dtype}) {
-    u = std::max(u, t == DType::kI8 ? DTypeUnitRoundoff(DType::kBF16) : DTypeUnitRoundoff(t));
+// The type a kernel may compute with for an input of type t: int8 as bf16.
+DType ComputeType(DType t) { return t == DType::kI8 ? DType::kBF16 : t; }
+double Roundoff(DType t) { return t == DType::kF32 ? 0.0 : DTypeUnitRoundoff(ComputeType(t)); }
+
+// The roundings kernels/problem.h ("Element types") allows beyond fp32
+// arithmetic, as unit roundoffs (0: none).
+struct OperandRounding {
+  double qk = 0;  // Q·Kᵀ operands: Q and K of different types (or i8 K)
+  double p = 0;   // P rounded to V's type for P·V (a reduced V)
+  double v = 0;   // an i8 V dequantized to bf16
+};
+OperandRounding AllowedRounding(const Problem& p) {
+  OperandRounding r;
+  if (p.q.dtype != p.k.dtype || p.k.dtype == DType::kI8) {
+    r.qk = std::max(Roundoff(p.q.dtype), Roundoff(p.k.dtype));
   }
-  return u;
+  r.p = Roundoff(p.v.dtype);
+  if (p.v.dtype == DType::kI8) r.v = Roundoff(p.v.dtype);
+  return r;
 }
 
 }  // namespace
@@ -62,18 +72,19 @@ RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
     LoadRow(p.v, p.v_scales, b, kvh, j, s.value_dim, v.data());
     for (int64_t d = 0; d < s.value_dim; ++d) v_max = std::max(v_max, std::fabs(v[d]));
   }
-  // Reduced precision (kernels/dtype.h): operands rounded to u_c add 2·u_c·A
-  // to a logit; P and V rounded to u_c add 2·u_c·Vmax to O; an O stored in
-  // bf16/f16 adds its own unit roundoff u_o·|O| <= u_o·Vmax. All fp32: u_c =
-  // u, which the fp32 terms already cover, and u_o = u.
-  const double u_c = ComputeRoundoff(p);
-  const double reduced = u_c > kU ? u_c : 0.0;
-  const double u_o = DTypeUnitRoundoff(p.o.dtype);
-  const double logit_error = (s.head_dim + 2) * kU * logit_magnitude + 2 * reduced * logit_magnitude;
+  // Reduced precision (kernels/problem.h, "Element types"): Q·Kᵀ operands
+  // rounded to u_qk add 2·u_qk·A to a logit (both may be); P rounded to u_p
+  // moves each weight by u_p·p, so O by u_p·Σp|v|/l <= u_p·Vmax, and an i8
+  // V rounded to bf16 another u_v·Vmax; an O stored in bf16/f16 adds its own
+  // unit roundoff u_o·|O| <= u_o·Vmax (u_o = u for fp32, which the fp32
+  // terms already cover).
+  const OperandRounding r = AllowedRounding(p);
+  const double u_o = p.o.dtype == DType::kF32 ? 0.0 : DTypeUnitRoundoff(p.o.dtype);
+  const double logit_error = (s.head_dim + 2) * kU * logit_magnitude + 2 * r.qk * logit_magnitude;
   const double sum_len = SummationLength(visible);
   RowBound bound;
-  bound.o = kSafety * v_max *
-            (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU + 2 * reduced + u_o);
+  bound.o =
+      kSafety * v_max * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU + r.p + r.v + u_o);
   bound.lse = kSafety * (logit_error + (kExpUlps + sum_len + 2) * kU);
   bound.weights = kSafety * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU);
   return bound;

@@ -10,7 +10,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -163,11 +165,40 @@ struct DTypeParam {
   const Variant* variant;
   ProblemSpec spec;
   size_t index;
+  // Run with ATTNLAB_PORTABLE=1: no ISA-specific micro-kernel (flash's bf16
+  // tiles on AVX512_BF16 otherwise), so the portable path is tested on every
+  // CPU, beside whatever the default run takes here.
+  bool portable = false;
 };
 
 void PrintTo(const DTypeParam& p, std::ostream* os) {
-  *os << p.variant->name << " " << p.spec.Name() << " seed=" << p.spec.seed;
+  *os << p.variant->name << " " << p.spec.Name() << " seed=" << p.spec.seed
+      << (p.portable ? " ATTNLAB_PORTABLE=1" : "");
 }
+
+bool AllBF16(const DTypes& t) {
+  return t.q == DType::kBF16 && t.k == DType::kBF16 && t.v == DType::kBF16;
+}
+
+// Sets an environment variable for one scope.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (old_) {
+      setenv(name_, old_->c_str(), 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
 
 // Shapes past the grid's 129 keys, where the kernels change paths: several
 // key tiles (flash's online rescaling, its converted K tile reused by 64
@@ -206,6 +237,9 @@ std::vector<DTypeParam> Params() {
         spec.dtypes = dtypes;
         if (!variant->supports_weights) spec.want_weights = false;
         params.push_back({variant, spec, index});
+        // bf16 Q, K, V have an ISA-specific path (VDPBF16PS): test the
+        // portable one too.
+        if (AllBF16(dtypes)) params.push_back({variant, spec, index, /*portable=*/true});
       };
       for (size_t i = c % 8; i < grid.size(); i += 8) add(grid[i], i);
       for (size_t i = 0; i < long_specs.size(); ++i) add(long_specs[i], grid.size() + i);
@@ -223,9 +257,14 @@ TEST_P(DTypeGridTest, MatchesReference) {
   auto want = reference::Attention(data.problem(), param.spec.want_weights);
   ASSERT_TRUE(want.ok()) << want.status().ToString();
   RunStats stats;
+  std::optional<ScopedEnv> portable;
+  if (param.portable) portable.emplace("ATTNLAB_PORTABLE", "1");
   const Status status = attn::Run(*param.variant, data.problem(), {}, &stats);
   ASSERT_TRUE(status.ok()) << status.ToString();
   EXPECT_LE(stats.workspace_peak_bytes, stats.workspace_declared_bytes);
+  if (param.portable) {
+    EXPECT_EQ(stats.path.find("AVX512_BF16"), std::string::npos) << stats.path;
+  }
   const Comparison c = CompareToReference(data, *want);
   RecordProperty("error_over_bound", std::to_string(c.worst_bound_ratio));
   EXPECT_TRUE(c.ok) << c.first_failure << "\n  variant=" << param.variant->name
@@ -236,7 +275,8 @@ TEST_P(DTypeGridTest, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(DTypes, DTypeGridTest, ::testing::ValuesIn(Params()),
                          [](const ::testing::TestParamInfo<DTypeParam>& info) {
                            return std::string(info.param.variant->name) + "_" +
-                                  std::to_string(info.param.index) + "_" + info.param.spec.Name();
+                                  std::to_string(info.param.index) + "_" + info.param.spec.Name() +
+                                  (info.param.portable ? "_portable" : "");
                          });
 
 // A bf16 or f16 O is the fp32 O rounded once to nearest even: the kernels

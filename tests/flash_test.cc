@@ -8,11 +8,13 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "hwy/targets.h"
 #include "kernels/internal/flash_plan.h"
 #include "kernels/registry.h"
+#include "kernels/ukernels/bf16_avx512.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
 #include "testing/problem_data.h"
@@ -362,6 +364,47 @@ TEST(FlashTargets, EveryCompiledTargetMatchesReference) {
   }
   hwy::SetSupportedTargetsForTest(0);
   EXPECT_GE(targets.size(), 1u);
+}
+
+// bf16 Q, K and V on every Highway target this machine supports: the 16-lane
+// target takes the VDPBF16PS tiles where the CPU has AVX512_BF16 (RunStats
+// says so), every other target and ATTNLAB_PORTABLE=1 convert tiles to fp32;
+// all match the reference within the bf16 bound (P rounded to bf16 before
+// P·V), on shapes with one and several key tiles, masks that make partial
+// tiles, a dv that is not a whole vector and a decode block.
+TEST(FlashTargets, Bf16OnEveryPathMatchesReference) {
+  const bool has_bf16 = ukernels::CpuHasAvx512Bf16();
+  std::vector<ProblemSpec> specs = {
+      Spec(Shape{1, 2, 1, 96, 700, 64, 64}, MaskKind::kCausal, 91),
+      Spec(Shape{2, 2, 2, 70, 130, 128, 40}, MaskKind::kAdditive, 92),
+      Spec(Shape{1, 4, 4, 33, 1500, 32, 32}, MaskKind::kSlidingWindow, 93),
+      Spec(Shape{1, 8, 2, 1, 2000, 128, 128}, MaskKind::kNone, 94),
+  };
+  specs[2].window_left = 300;
+  for (ProblemSpec& spec : specs) {
+    spec.want_weights = false;
+    spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
+  }
+  int vdpbf16ps_runs = 0;
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    for (const ProblemSpec& spec : specs) {
+      const bool many_rows = spec.shape.heads / spec.shape.kv_heads * spec.shape.q_len > 8;
+      ProblemData data(spec);
+      RunStats stats;
+      ASSERT_TRUE(attn::Run(Flash(), data.problem(), {.threads = 2}, &stats).ok());
+      const std::string trace = std::string(hwy::TargetName(target)) + " " + spec.Name();
+      const bool on_vdpbf16ps = stats.path.find("AVX512_BF16") != std::string::npos;
+      EXPECT_EQ(on_vdpbf16ps, has_bf16 && target == HWY_AVX3 && many_rows)
+          << trace << ": path " << stats.path;
+      vdpbf16ps_runs += on_vdpbf16ps;
+      const Comparison c = CompareToReference(data, *reference::Attention(data.problem(), false));
+      EXPECT_TRUE(c.ok) << trace << " (" << stats.path << "): " << c.first_failure;
+    }
+  }
+  hwy::SetSupportedTargetsForTest(0);
+  if (!has_bf16) GTEST_SKIP() << "this CPU lacks AVX512_BF16: only the portable path was tested";
+  EXPECT_GT(vdpbf16ps_runs, 0);
 }
 
 }  // namespace

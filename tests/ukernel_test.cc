@@ -27,6 +27,7 @@
 
 #include "hwy/targets.h"
 #include "kernels/problem.h"
+#include "kernels/ukernels/bf16_avx512.h"
 #include "kernels/ukernels/ukernels.h"
 
 namespace attn::ukernels {
@@ -581,7 +582,8 @@ void TestToF32(const Ukernel& u, int64_t lanes, Checker& c) {
       uint8_t* src = bytes.data() + size;  // aligned to the element only
       for (uint8_t& b : bytes) b = static_cast<uint8_t>(rng());
       if (dtype == DType::kF16 || dtype == DType::kBF16) {
-        const uint16_t specials[] = {0x7C00, 0xFC00, 0x7E00, 0x0001, 0x8000, 0x7F80, 0xFF80, 0x7FC0};
+        const uint16_t specials[] = {0x7C00, 0xFC00, 0x7E00, 0x0001,
+                                     0x8000, 0x7F80, 0xFF80, 0x7FC0};
         for (int64_t k = 0; k < std::min<int64_t>(n, 8); ++k)
           std::memcpy(src + k * 2, &specials[(k + rng()) % 8], 2);
       }
@@ -596,6 +598,173 @@ void TestToF32(const Ukernel& u, int64_t lanes, Checker& c) {
         c.Near(dst[k], want, 0, at + " element " + std::to_string(k));
       }
       c.Poisoned(dst[n], at + " past the row");
+    }
+  }
+}
+
+// --- AVX512_BF16 pair kernels (bf16_avx512.h) --------------------------------
+
+// Random bf16 bits of values uniform in [-scale, scale).
+std::vector<uint16_t> RandomBf16(std::mt19937& rng, size_t n, float scale = 1.0f) {
+  std::uniform_real_distribution<float> u(-scale, scale);
+  std::vector<uint16_t> out(n);
+  for (uint16_t& x : out) x = BF16BitsFromF32(u(rng));
+  return out;
+}
+double Bf16(uint32_t pair, int half) { return F32FromBF16Bits(uint16_t(pair >> (16 * half))); }
+
+void TestBf16ScoreTile(const Ukernel& u, Checker& c) {
+  std::mt19937 rng(23);
+  for (int64_t dk : {1, 2, 3, 15, 16, 64, 127, 128}) {
+    for (int64_t nkeys : {1, 5, 6, 7, 13, 64}) {
+      for (int64_t nvec : {1, 2, 3, 4}) {
+        const int64_t k_stride = dk + 3;
+        const std::vector<uint16_t> q = RandomBf16(rng, 64 * dk);
+        const std::vector<uint16_t> k = RandomBf16(rng, nkeys * k_stride);
+        std::vector<const uint16_t*> rows(64);
+        for (int64_t x = 0; x < 64; ++x) rows[x] = q.data() + x * dk;
+        Buffer qp((dk + 1) / 2 * kTileCols), st((nkeys + 1) * kTileCols);
+        PackQueryPairs(rows.data(), 16 * nvec, dk, reinterpret_cast<uint32_t*>(qp.data()));
+        const float scale = 0.125f * float(1 + nkeys % 3);  // a power of two: exact
+        Bf16ScoreTileArgs a{reinterpret_cast<uint32_t*>(qp.data()),
+                            k.data(),
+                            k_stride,
+                            nkeys,
+                            dk,
+                            nvec,
+                            scale,
+                            st.data()};
+        ASSERT_TRUE(u.run(&a));
+        const std::string at = "dk=" + std::to_string(dk) + " keys=" + std::to_string(nkeys) +
+                               " nvec=" + std::to_string(nvec);
+        for (int64_t j = 0; j < nkeys; ++j) {
+          for (int64_t x = 0; x < 16 * nvec; ++x) {
+            double want = 0, mag = 0;
+            for (int64_t d = 0; d < dk; ++d) {
+              const double prod =
+                  double(F32FromBF16Bits(k[j * k_stride + d])) * F32FromBF16Bits(q[x * dk + d]);
+              want += prod;
+              mag += std::fabs(prod);
+            }
+            c.Near(st[j * kTileCols + x], scale * want, (dk + 2) * kU * scale * mag,
+                   at + " key " + std::to_string(j) + " row " + std::to_string(x));
+          }
+          if (nvec < 4) c.Poisoned(st[j * kTileCols + 16 * nvec], at + " past the vectors");
+        }
+        c.Poisoned(st[nkeys * kTileCols], at + " past the keys");
+      }
+    }
+  }
+}
+
+void TestBf16PvTile(const Ukernel& u, Checker& c) {
+  std::mt19937 rng(24);
+  for (int64_t npairs : {1, 2, 31, 256}) {
+    for (int64_t nrows : {1, 5, 6, 7, 13, 64}) {
+      for (int64_t nvec : {1, 3, 4, 8}) {
+        for (bool accumulate : {false, true}) {
+          const int64_t vps = 16 * nvec, ldo = vps + 16;
+          std::vector<uint16_t> p = RandomBf16(rng, 2 * npairs * kTileCols);
+          for (uint16_t& x : p) x &= 0x7FFF;  // weights >= 0
+          const std::vector<uint16_t> v = RandomBf16(rng, 2 * npairs * vps);
+          Buffer pp(npairs * kTileCols), vp(npairs * vps), o((nrows + 1) * ldo);
+          std::memcpy(pp.data(), p.data(), 4 * npairs * kTileCols);
+          std::memcpy(vp.data(), v.data(), 4 * npairs * vps);
+          std::vector<float> init(nrows * ldo);
+          for (int64_t m = 0; m < nrows; ++m)
+            for (int64_t col = 0; col < vps; ++col) {
+              init[m * ldo + col] =
+                  accumulate ? std::uniform_real_distribution<float>(-1, 1)(rng) : 0;
+              if (accumulate) o[m * ldo + col] = init[m * ldo + col];
+            }
+          const uint32_t* pw = reinterpret_cast<const uint32_t*>(pp.data());
+          const uint32_t* vw = reinterpret_cast<const uint32_t*>(vp.data());
+          Bf16PvTileArgs a{pw, vw, vps, npairs, nrows, nvec, accumulate, o.data(), ldo};
+          ASSERT_TRUE(u.run(&a));
+          const std::string at =
+              "pairs=" + std::to_string(npairs) + " rows=" + std::to_string(nrows) +
+              " nvec=" + std::to_string(nvec) + (accumulate ? " accumulate" : "");
+          for (int64_t m = 0; m < nrows; ++m) {
+            for (int64_t col = 0; col < vps; ++col) {
+              double want = init[m * ldo + col], mag = std::fabs(want);
+              for (int64_t q = 0; q < npairs; ++q) {
+                for (int half : {0, 1}) {
+                  const double term =
+                      Bf16(pw[q * kTileCols + m], half) * Bf16(vw[q * vps + col], half);
+                  want += term;
+                  mag += std::fabs(term);
+                }
+              }
+              c.Near(o[m * ldo + col], want, (2 * npairs + 2) * kU * mag,
+                     at + " O[" + std::to_string(m) + "][" + std::to_string(col) + "]");
+            }
+            c.Poisoned(o[m * ldo + vps], at + " past the vectors");
+          }
+          c.Poisoned(o[nrows * ldo], at + " past the rows");
+        }
+      }
+    }
+  }
+}
+
+void TestBf16PackScores(const Ukernel& u, Checker& c) {
+  std::mt19937 rng(25);
+  for (int64_t nkeys : {1, 2, 3, 7, 512}) {
+    for (int64_t nvec : {1, 2, 4}) {
+      Buffer st(nkeys * kTileCols);
+      st.Fill(rng);
+      st[0] = kNaN;
+      if (nkeys > 1) st[kTileCols + 1] = kInf;
+      st[2] = 0x1.0101p0f;  // a tie between bf16 1 + 2^-7 and 1 + 2^-6: rounds to even
+      const std::vector<float> orig(st.data(), st.data() + nkeys * kTileCols);
+      Bf16PackScoresArgs a{st.data(), nkeys, nvec};
+      ASSERT_TRUE(u.run(&a));
+      const uint32_t* pp = reinterpret_cast<const uint32_t*>(st.data());
+      const std::string at = "keys=" + std::to_string(nkeys) + " nvec=" + std::to_string(nvec);
+      for (int64_t p = 0; p < (nkeys + 1) / 2; ++p) {
+        for (int64_t x = 0; x < 16 * nvec; ++x) {
+          for (int half : {0, 1}) {
+            const int64_t j = 2 * p + half;
+            const double want =
+                j < nkeys ? F32FromBF16Bits(BF16BitsFromF32(orig[j * kTileCols + x])) : 0.0;
+            c.Near(Bf16(pp[p * kTileCols + x], half), want, 0,
+                   at + " key " + std::to_string(j) + " row " + std::to_string(x));
+          }
+        }
+        for (int64_t x = 16 * nvec; x < kTileCols; ++x) {
+          c.Near(st[p * kTileCols + x], orig[p * kTileCols + x], 0, at + " past the vectors");
+        }
+      }
+    }
+  }
+}
+
+void TestBf16PackValues(const Ukernel& u, Checker& c) {
+  std::mt19937 rng(26);
+  for (int64_t nkeys : {1, 2, 3, 7, 64}) {
+    for (int64_t dv : {1, 15, 16, 17, 40, 128}) {
+      const int64_t v_stride = dv + 5, vps = (dv + 15) / 16 * 16;
+      const std::vector<uint16_t> v = RandomBf16(rng, nkeys * v_stride);
+      const int64_t pairs = (nkeys + 1) / 2;
+      Buffer vp(pairs * vps + 1);
+      uint32_t* out = reinterpret_cast<uint32_t*>(vp.data());
+      Bf16PackValuesArgs a{v.data(), v_stride, nkeys, dv, out, vps};
+      ASSERT_TRUE(u.run(&a));
+      const std::string at = "keys=" + std::to_string(nkeys) + " dv=" + std::to_string(dv);
+      for (int64_t p = 0; p < pairs; ++p) {
+        for (int64_t col = 0; col < vps; ++col) {
+          uint32_t want = 0;
+          if (col < dv) {
+            want = v[2 * p * v_stride + col];
+            if (2 * p + 1 < nkeys) want |= uint32_t{v[(2 * p + 1) * v_stride + col]} << 16;
+          }
+          if (out[p * vps + col] != want && ++c.failures <= 5) {
+            ADD_FAILURE() << c.where << ": " << at << " pair " << p << " column " << col << " got "
+                          << out[p * vps + col] << " want " << want;
+          }
+        }
+      }
+      c.Poisoned(vp[pairs * vps], at + " past the tile");
     }
   }
 }
@@ -628,6 +797,14 @@ void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
       return TestFinishRow(u, lanes, c);
     case Family::kToF32:
       return TestToF32(u, lanes, c);
+    case Family::kBf16ScoreTile:
+      return TestBf16ScoreTile(u, c);
+    case Family::kBf16PvTile:
+      return TestBf16PvTile(u, c);
+    case Family::kBf16PackScores:
+      return TestBf16PackScores(u, c);
+    case Family::kBf16PackValues:
+      return TestBf16PackValues(u, c);
   }
   ADD_FAILURE() << u.name << ": no test for family " << FamilyName(u.family);
 }
@@ -636,7 +813,7 @@ void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
 
 struct Param {
   const Ukernel* ukernel;
-  int64_t target;
+  int64_t target;  // 0 for an ISA entry (Isa::kAvx512Bf16): CPUID decides
 };
 
 class UkernelTest : public ::testing::TestWithParam<Param> {
@@ -647,6 +824,13 @@ class UkernelTest : public ::testing::TestWithParam<Param> {
 TEST_P(UkernelTest, MatchesScalarVersion) {
   const Param& param = GetParam();
   const Ukernel& u = *param.ukernel;
+  if (param.target == 0) {
+    if (!CpuHasIsa(u.isa)) GTEST_SKIP() << "this CPU lacks " << IsaName(u.isa);
+    Checker c{std::string(u.name) + " on " + IsaName(u.isa)};
+    TestFamily(u, 16, c);
+    EXPECT_EQ(c.failures, 0) << c.where;
+    return;
+  }
   hwy::SetSupportedTargetsForTest(0);
   if ((hwy::SupportedTargets() & param.target) == 0) {
     GTEST_SKIP() << "this CPU lacks " << hwy::TargetName(param.target);
@@ -666,6 +850,10 @@ TEST_P(UkernelTest, MatchesScalarVersion) {
 std::vector<Param> Params() {
   std::vector<Param> params;
   for (const Ukernel& u : Ukernels()) {
+    if (*IsaName(u.isa) != '\0') {  // one ISA, not a Highway target: tested once
+      params.push_back({&u, 0});
+      continue;
+    }
     for (int64_t target : CompiledTargets()) params.push_back({&u, target});
   }
   return params;
@@ -673,8 +861,10 @@ std::vector<Param> Params() {
 
 INSTANTIATE_TEST_SUITE_P(List, UkernelTest, ::testing::ValuesIn(Params()),
                          [](const ::testing::TestParamInfo<Param>& info) {
-                           return std::string(info.param.ukernel->name) + "_" +
-                                  hwy::TargetName(info.param.target);
+                           const Ukernel& u = *info.param.ukernel;
+                           return std::string(u.name) + "_" +
+                                  (info.param.target == 0 ? IsaName(u.isa)
+                                                          : hwy::TargetName(info.param.target));
                          });
 
 // The list itself: unique identifier names, a family test for each.

@@ -125,8 +125,18 @@ HWY_INLINE void OnlineSoftmaxColumns(float* HWY_RESTRICT st, int64_t ld, int64_t
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const VF neg_inf = hn::Set(d, -kInf);
   for (int64_t x = 0; x < rows; x += N) {
-    VF mt = neg_inf;
-    for (int64_t j = 0; j < nkeys; ++j) mt = hn::Max(mt, hn::Load(d, st + j * ld + x));
+    // Four independent maxima: one chain would wait on Max's latency at
+    // every key.
+    VF mt0 = neg_inf, mt1 = neg_inf, mt2 = neg_inf, mt3 = neg_inf;
+    int64_t j = 0;
+    for (; j + 4 <= nkeys; j += 4) {
+      mt0 = hn::Max(mt0, hn::Load(d, st + j * ld + x));
+      mt1 = hn::Max(mt1, hn::Load(d, st + (j + 1) * ld + x));
+      mt2 = hn::Max(mt2, hn::Load(d, st + (j + 2) * ld + x));
+      mt3 = hn::Max(mt3, hn::Load(d, st + (j + 3) * ld + x));
+    }
+    for (; j < nkeys; ++j) mt0 = hn::Max(mt0, hn::Load(d, st + j * ld + x));
+    const VF mt = hn::Max(hn::Max(mt0, mt1), hn::Max(mt2, mt3));
     const VF mo = hn::Load(d, m + x);
     const VF mn = hn::Max(mo, mt);
     const VF mu = hn::IfThenZeroElse(hn::Eq(mn, neg_inf), mn);

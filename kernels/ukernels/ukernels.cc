@@ -4,6 +4,8 @@
 // inline the same -inl.h code into their own per-target copies.
 #include "kernels/ukernels/ukernels.h"
 
+#include "kernels/ukernels/bf16_avx512.h"
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/ukernels/ukernels.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -51,6 +53,14 @@ template <>
 struct ArgsOf<Family::kFinishRow> : std::type_identity<FinishRowArgs> {};
 template <>
 struct ArgsOf<Family::kToF32> : std::type_identity<ToF32Args> {};
+template <>
+struct ArgsOf<Family::kBf16ScoreTile> : std::type_identity<Bf16ScoreTileArgs> {};
+template <>
+struct ArgsOf<Family::kBf16PvTile> : std::type_identity<Bf16PvTileArgs> {};
+template <>
+struct ArgsOf<Family::kBf16PackScores> : std::type_identity<Bf16PackScoresArgs> {};
+template <>
+struct ArgsOf<Family::kBf16PackValues> : std::type_identity<Bf16PackValuesArgs> {};
 
 // Calls f with the struct's fields in order (outputs of value type by
 // pointer, or assigned from f's result).
@@ -102,6 +112,22 @@ template <class F>
 void Call(ToF32Args& a, F f) {
   f(a.dtype, a.src, a.n, a.scale, a.dst);
 }
+template <class F>
+void Call(Bf16ScoreTileArgs& a, F f) {
+  f(a.qp, a.k, a.k_stride, a.nkeys, a.dk, a.nvec, a.scale, a.st);
+}
+template <class F>
+void Call(Bf16PvTileArgs& a, F f) {
+  f(a.pp, a.vp, a.vps, a.npairs, a.nrows, a.nvec, a.accumulate, a.o, a.ldo);
+}
+template <class F>
+void Call(Bf16PackScoresArgs& a, F f) {
+  f(a.st, a.nkeys, a.nvec);
+}
+template <class F>
+void Call(Bf16PackValuesArgs& a, F f) {
+  f(a.v, a.v_stride, a.nkeys, a.dv, a.vp, a.vps);
+}
 }  // namespace attn::ukernels
 #endif
 
@@ -114,9 +140,13 @@ namespace HWY_NAMESPACE {
     if (ukernels::Isa::isa == ukernels::Isa::kVectorTargets && HWY_TARGET == HWY_SCALAR) { \
       return false;                                                                        \
     }                                                                                      \
+    if (!ukernels::CpuHasIsa(ukernels::Isa::isa)) return false;                            \
     using Args = ukernels::ArgsOf<ukernels::Family::family>::type;                         \
-    ukernels::Call(*static_cast<Args*>(args),                                              \
-                   [](auto... a) { return HWY_NAMESPACE::function(a...); });               \
+    /* Highway entries are found in HWY_NAMESPACE, ISA ones in ukernels. */                \
+    ukernels::Call(*static_cast<Args*>(args), [](auto... a) {                              \
+      using namespace ::attn::ukernels; /* NOLINT */                                       \
+      return function(a...);                                                               \
+    });                                                                                    \
     return true;                                                                           \
   }
 #include "kernels/ukernels/ukernels.inc"
@@ -185,9 +215,21 @@ const char* FamilyName(Family family) {
       return "finish_row";
     case Family::kToF32:
       return "to_f32";
+    case Family::kBf16ScoreTile:
+      return "bf16_score_tile";
+    case Family::kBf16PvTile:
+      return "bf16_pv_tile";
+    case Family::kBf16PackScores:
+      return "bf16_pack_scores";
+    case Family::kBf16PackValues:
+      return "bf16_pack_values";
   }
   return "unknown";
 }
+
+const char* IsaName(Isa isa) { return isa == Isa::kAvx512Bf16 ? "AVX512_BF16" : ""; }
+
+bool CpuHasIsa(Isa isa) { return isa != Isa::kAvx512Bf16 || CpuHasAvx512Bf16(); }
 
 int64_t DispatchedLanes() { return HWY_DYNAMIC_DISPATCH(UkernelLanes)(); }
 

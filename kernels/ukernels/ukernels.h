@@ -61,13 +61,30 @@ enum class Family {
   kFinishRow,
   // dst[c] = LoadElement(dtype, src element c, scale) for c < n, exactly.
   kToF32,
+  // bf16 pairs (bf16_avx512.h): st[j·64 + x] = Σ_d k[j][d]·q[x][d] from
+  // Q pairs and bf16 K rows.
+  kBf16ScoreTile,
+  // o[x·ldo + c] (+)= Σ_p pp[p·64 + x]·vp[p·vps + c], pair dot products.
+  kBf16PvTile,
+  // An fp32 Pᵀ tile into bf16 pairs, in place.
+  kBf16PackScores,
+  // bf16 V rows into pairs along keys.
+  kBf16PackValues,
 };
 
 // What a machine needs to run an entry, beyond the Highway target.
 enum class Isa {
   kAnyTarget,      // every compiled Highway target, the scalar fallback too
   kVectorTargets,  // every target with vectors (not HWY_SCALAR)
+  // Intrinsics for one ISA, outside Highway (bf16_avx512.h): run when CPUID
+  // says the CPU has it, whatever the Highway target.
+  kAvx512Bf16,
 };
+// "AVX512_BF16" for kAvx512Bf16 (what a skip names), else "".
+const char* IsaName(Isa isa);
+// Whether this CPU can run entries of `isa` (the Highway ones: always; the
+// target decides).
+bool CpuHasIsa(Isa isa);
 
 struct ScoreTileArgs {
   const float* qt;
@@ -152,6 +169,32 @@ struct ToF32Args {
   int64_t n;
   float scale;  // int8 only
   float* dst;
+};
+
+struct Bf16ScoreTileArgs {
+  const uint32_t* qp;
+  const uint16_t* k;
+  int64_t k_stride, nkeys, dk, nvec;
+  float scale;
+  float* st;
+};
+struct Bf16PvTileArgs {
+  const uint32_t* pp;
+  const uint32_t* vp;
+  int64_t vps, npairs, nrows, nvec;
+  bool accumulate;
+  float* o;
+  int64_t ldo;
+};
+struct Bf16PackScoresArgs {
+  float* st;
+  int64_t nkeys, nvec;
+};
+struct Bf16PackValuesArgs {
+  const uint16_t* v;
+  int64_t v_stride, nkeys, dv;
+  uint32_t* vp;
+  int64_t vps;
 };
 
 struct Ukernel {
