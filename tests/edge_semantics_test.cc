@@ -257,6 +257,43 @@ TEST_P(EdgeTest, NoQueriesIsANoOp) {
   }
 }
 
+// The same two in reduced element types (variants that convert to fp32 copies
+// must not hand an empty copy on as a null tensor).
+TEST_P(EdgeTest, EmptyProblemsInReducedTypes) {
+  const DType f32 = DType::kF32, bf16 = DType::kBF16, f16 = DType::kF16, i8 = DType::kI8;
+  for (const DTypes& t :
+       {DTypes{bf16, bf16, bf16, bf16}, DTypes{f16, f16, f16, f16}, DTypes{f32, i8, i8, bf16}}) {
+    if (!(variant().dtypes.q & DTypeMask(t.q)) || !(variant().dtypes.kv & DTypeMask(t.k)) ||
+        !(variant().dtypes.o & DTypeMask(t.o))) {
+      continue;
+    }
+    const std::string what = std::string(variant().name) + " " + Describe(t);
+    // Lk = 0: every row masked, O = 0 (rounded: still 0), lse = -inf.
+    Shape s{1, 2, 1, 5, 0, 8, 8};
+    std::vector<uint8_t> q(1 * 2 * 5 * 8 * 4), kv(4), o(1 * 2 * 5 * 8 * 4, 0xFF);
+    std::vector<float> scales(1), lse(10, kNaN);
+    Problem p = MakeProblem(s, q.data(), kv.data(), kv.data(), o.data(), Layout::kBHLD, t);
+    if (t.k == i8) p.k_scales = {scales.data(), Strides::BHLD(1, 0, 1)};
+    if (t.v == i8) p.v_scales = {scales.data(), Strides::BHLD(1, 0, 1)};
+    p.lse = lse;
+    Status status = attn::Run(variant(), p);
+    ASSERT_TRUE(status.ok()) << what << ": " << status.ToString();
+    const size_t o_bytes = 2 * 5 * 8 * DTypeBytes(t.o);
+    for (size_t i = 0; i < o_bytes; ++i) ASSERT_EQ(o[i], 0) << what << " byte " << i;
+    for (float x : lse) ASSERT_EQ(x, -kInf) << what;
+    // Lq = 0: nothing written.
+    s = Shape{1, 2, 1, 0, 7, 8, 8};
+    std::vector<uint8_t> k(7 * 8 * 4), o_sentinel(4, 0x5A);
+    std::vector<float> k_scales(7, 1.0f);
+    p = MakeProblem(s, q.data(), k.data(), k.data(), o_sentinel.data(), Layout::kBHLD, t);
+    if (t.k == i8) p.k_scales = {k_scales.data(), Strides::BHLD(1, 7, 1)};
+    if (t.v == i8) p.v_scales = {k_scales.data(), Strides::BHLD(1, 7, 1)};
+    status = attn::Run(variant(), p);
+    ASSERT_TRUE(status.ok()) << what << ": " << status.ToString();
+    for (uint8_t b : o_sentinel) EXPECT_EQ(b, 0x5A) << what << " wrote O with Lq = 0";
+  }
+}
+
 // --- All-equal scores ------------------------------------------------------
 
 TEST_P(EdgeTest, AllEqualScoresGiveTheMeanOfV) {

@@ -30,9 +30,14 @@ void ConvertHead(const Tensor& t, int64_t b, int64_t h, float* out) {
   }
 }
 
+// What an empty copy points at: Validate refuses a null tensor even with no
+// elements (Lq = 0 or Lk = 0), and nothing reads or writes through it.
+alignas(64) float g_empty_copy[16];
+
 // `t` as a contiguous fp32 copy in `buffer`; returns the copy's view.
 TensorRef<const void> CopyToF32(const Tensor& t, int64_t batch, int threads,
                                 Workspace::Buffer<float>& buffer, Workspace& workspace) {
+  if (t.elements(batch) == 0) return {g_empty_copy, Strides::BHLD(t.heads, t.len, t.dim)};
   buffer = workspace.Allocate<float>(t.elements(batch));
   ParallelFor(threads, batch * t.heads,
               [&](int64_t bh) { ConvertHead(t, bh / t.heads, bh % t.heads, buffer.data()); });
@@ -56,15 +61,10 @@ Tensor OOf(const ValidProblem& p) {
 void WriteBackO(const ValidProblem& original, const ValidProblem& f32, int threads) {
   const Shape& s = original.shape;
   const DType dtype = original.o.dtype;
-  const size_t element_bytes = DTypeBytes(dtype);
   ParallelFor(threads, s.batch * s.heads, [&](int64_t bh) {
     const int64_t b = bh / s.heads, h = bh % s.heads;
     for (int64_t i = 0; i < s.q_len; ++i) {
-      const float* src = f32.ORow(b, h, i);
-      char* dst = static_cast<char*>(ValidProblem::Row(original.o, b, h, i));
-      for (int64_t d = 0; d < s.value_dim; ++d) {
-        StoreElement(dtype, src[d], dst + d * element_bytes);
-      }
+      StoreRow(dtype, f32.ORow(b, h, i), s.value_dim, ValidProblem::Row(original.o, b, h, i));
     }
   });
 }
@@ -100,8 +100,13 @@ Status RunOnF32Copy(KernelFn run, const ValidProblem& p, ExecContext& ctx) {
   f.v = fp32(VOf(p), v);
   f.o = {p.o.data, p.o.strides};
   if (p.o.dtype != DType::kF32) {
-    o = workspace.Allocate<float>(OOf(p).elements(batch));
-    f.o = {o.data(), Strides::BHLD(p.shape.heads, p.shape.q_len, p.shape.value_dim)};
+    const Strides strides = Strides::BHLD(p.shape.heads, p.shape.q_len, p.shape.value_dim);
+    if (OOf(p).elements(batch) == 0) {
+      f.o = {g_empty_copy, strides};
+    } else {
+      o = workspace.Allocate<float>(OOf(p).elements(batch));
+      f.o = {o.data(), strides};
+    }
   }
   StatusOr<ValidProblem> converted = Validate(f);
   if (!converted.ok()) {
