@@ -109,6 +109,11 @@ void WriteNpyOutput(const OutputFile& out, std::span<const int64_t> shape,
   fmt::print("wrote {} {}\n", out.name.path, npy::ShapeString(shape));
 }
 
+void WriteNpyOutput(const OutputFile& out, std::span<const int64_t> shape, const OutputBuffer& o) {
+  WriteFileOrFail(out.target, o.Serialize(shape), out.name.option);
+  fmt::print("wrote {} {}{}\n", out.name.path, npy::ShapeString(shape), o.FileNote());
+}
+
 TempDir::TempDir(std::string_view prefix) {
   const char* env = std::getenv("TMPDIR");
   const bool from_env = env != nullptr && *env != '\0';

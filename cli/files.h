@@ -46,6 +46,9 @@ void WriteFileOrFail(const std::string& path, std::string_view bytes, std::strin
 // WriteFileOrFail of a float32 .npy to an output, then "wrote PATH (shape)".
 void WriteNpyOutput(const OutputFile& out, std::span<const int64_t> shape,
                     std::span<const float> data);
+// The same for O in its element type (OutputBuffer::Serialize), then
+// "wrote PATH (shape)" and, for a bf16 or f16 O, how the file holds it.
+void WriteNpyOutput(const OutputFile& out, std::span<const int64_t> shape, const OutputBuffer& o);
 
 // A new, uniquely named directory (mkdtemp) in $TMPDIR, or /tmp when TMPDIR
 // is unset or empty; removed with its contents when this goes out of scope.

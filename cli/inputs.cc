@@ -24,8 +24,7 @@ std::string RankHelp(Layout layout) {
                                  : "rank 4 [B,L,H,d], 3 [L,H,d] or 2 [L,d] (--layout bshd)";
 }
 
-Dims DimsOf(const npy::FloatArray& a, const std::string& path, Layout layout) {
-  const std::vector<int64_t>& s = a.shape;
+Dims DimsOf(const std::vector<int64_t>& s, const std::string& path, Layout layout) {
   const bool bhsd = layout == Layout::kBHLD;
   switch (s.size()) {
     case 4:
@@ -98,6 +97,40 @@ float ParseScale(const std::string& text) {
   return value;
 }
 
+// The names of a set of DTypes (a DTypeMask set): "f32, bf16, f16".
+std::string DTypeNames(uint8_t set) {
+  std::string names;
+  for (int t = 0; t < kNumDTypes; ++t) {
+    if (set & DTypeMask(DType(t)))
+      names += (names.empty() ? "" : ", ") + std::string(DTypeName(DType(t)));
+  }
+  return names;
+}
+
+// The element type an option names, if given; one of `allowed` (what the
+// problem API lets that tensor have: kernels/problem.h), else CliError
+// "bad OPTION 'TEXT': WHO LIST".
+std::optional<DType> ParseDType(std::string_view option, const std::optional<std::string>& text,
+                                std::string_view who, uint8_t allowed) {
+  if (!text) return std::nullopt;
+  for (int t = 0; t < kNumDTypes; ++t) {
+    if (*text == DTypeName(DType(t)) && (allowed & DTypeMask(DType(t)))) return DType(t);
+  }
+  const bool int8 = *text == DTypeName(DType::kI8);  // a type, but not for this tensor
+  Fail(fmt::format("bad {} '{}': {} {}{}", option, *text, who, DTypeNames(allowed),
+                   int8 ? " (int8 is for K and V only: --kv-dtype i8)" : ""));
+}
+
+// How a Q, K or V file holds its elements, for messages: "int8 '|i1'".
+std::string FileType(const std::string& descr) {
+  const std::string_view name = descr == "<f4"   ? "float32"
+                                : descr == "<f8" ? "float64"
+                                : descr == "<f2" ? "float16"
+                                : descr == "<u2" ? "bfloat16 bits"
+                                                 : "int8";
+  return fmt::format("{} '{}'", name, descr);
+}
+
 Mask ParseMask(const std::string& text) {
   Mask m;
   if (text == "none") return m;
@@ -163,16 +196,30 @@ Inputs::Inputs(const InputOptions& options) : options_(options) {
     run_options_.memory_budget_bytes = *bytes;
   }
   budget_ = run_options_.memory_budget_bytes.value_or(DefaultMemoryBudgetBytes());
+  const std::optional<DType> all =
+      ParseDType("--dtype", options.dtype, "it sets Q, K, V and O, which all take", kFloatDTypes);
+  const std::optional<DType> q_type =
+      ParseDType("--q-dtype", options.q_dtype, "Q takes", kFloatDTypes);
+  const std::optional<DType> kv_type =
+      ParseDType("--kv-dtype", options.kv_dtype, "K and V take", kAllDTypes);
+  const std::optional<DType> o_type =
+      ParseDType("--out-dtype", options.out_dtype, "O takes", kFloatDTypes);
+  dtypes_.o = o_type.value_or(all.value_or(DType::kF32));
 
-  q_ = ReadFloatOrFail("--q", options.q);
-  k_ = ReadFloatOrFail("--k", options.k);
-  v_ = ReadFloatOrFail("--v", options.v);
+  q_ = Read("--q", options.q);
+  if (q_.dtype == DType::kI8) {
+    Fail(
+        fmt::format("{} is {}: int8 is for K and V only (with row scales); Q takes f32, bf16, "
+                    "f16",
+                    options.q, FileType(q_.descr)));
+  }
+  k_ = Read("--k", options.k);
+  v_ = Read("--v", options.v);
   rank_ = static_cast<int>(q_.shape.size());
-  const Dims q = DimsOf(q_, options.q, layout_);
-  const Dims k = DimsOf(k_, options.k, layout_);
-  const Dims v = DimsOf(v_, options.v, layout_);
-  auto two = [&](const std::string& a, const npy::FloatArray& x, const std::string& b,
-                 const npy::FloatArray& y) {
+  const Dims q = DimsOf(q_.shape, options.q, layout_);
+  const Dims k = DimsOf(k_.shape, options.k, layout_);
+  const Dims v = DimsOf(v_.shape, options.v, layout_);
+  auto two = [&](const std::string& a, const Operand& x, const std::string& b, const Operand& y) {
     return fmt::format("{} has shape {}, {} has shape {}", a, npy::ShapeString(x.shape), b,
                        npy::ShapeString(y.shape));
   };
@@ -239,12 +286,220 @@ Inputs::Inputs(const InputOptions& options) : options_(options) {
   // Outputs are allocated before any kernel runs: bound them by the budget
   // (a 1-row Q against a 1-row V with a huge dv could otherwise ask for more
   // memory than the inputs hold).
-  const double out_bytes = 4.0 * double(shape_.batch) * double(shape_.heads) *
-                           double(shape_.q_len) * double(shape_.value_dim + 1);
+  const double out_bytes = double(shape_.batch) * double(shape_.heads) * double(shape_.q_len) *
+                           (double(DTypeBytes(dtypes_.o)) * double(shape_.value_dim) + 4.0);
   if (out_bytes > double(budget_)) {
     Fail(fmt::format("over budget: the output O [B={}, H={}, Lq={}, dv={}] needs {}, budget {}",
                      shape_.batch, shape_.heads, shape_.q_len, shape_.value_dim,
                      FormatBytes(out_bytes), FormatBytes(double(budget_))));
+  }
+
+  // The scales of int8 files (their shapes agree with K's and V's, checked
+  // above), then the element types: as asked, else the file's own;
+  // converted once, here.
+  ReadScales("--k-scales", options.k_scales, k_);
+  ReadScales("--v-scales", options.v_scales, v_);
+  dtypes_.q = TargetType(q_, q_type, "--q-dtype", all);
+  dtypes_.k = TargetType(k_, kv_type, "--kv-dtype", all);
+  dtypes_.v = TargetType(v_, kv_type, "--kv-dtype", all);
+  ConvertTo(q_, dtypes_.q);
+  ConvertTo(k_, dtypes_.k);
+  ConvertTo(v_, dtypes_.v);
+}
+
+const void* Inputs::Operand::data() const {
+  switch (dtype) {
+    case DType::kF32:
+      return f32.data();
+    case DType::kBF16:
+    case DType::kF16:
+      return half.data();
+    case DType::kI8:
+      return i8.data();
+  }
+  return nullptr;
+}
+
+Inputs::Operand Inputs::Read(const std::string& option, const std::string& path) {
+  RequirePath(option, path);
+  StatusOr<npy::TypedArray> a = npy::ReadTyped(path);
+  if (!a.ok()) Fail(a.status().message());
+  Operand x;
+  x.option = option;
+  x.path = path;
+  x.shape = a->shape;
+  x.descr = a->descr;
+  x.dtype = a->dtype;
+  x.f32 = std::move(a.value().f32);
+  x.half = std::move(a.value().u16);
+  x.i8 = std::move(a.value().i8);
+  // A non-null pointer even for an empty array (Lq = 0 is legal, a null
+  // tensor is not).
+  x.f32.reserve(1);
+  x.half.reserve(1);
+  x.i8.reserve(1);
+  return x;
+}
+
+void Inputs::ReadScales(const std::string& option, const std::optional<std::string>& scales_path,
+                        Operand& x) {
+  if (scales_path) RequirePath(option, *scales_path);
+  const std::vector<int64_t> want(x.shape.begin(), x.shape.end() - 1);  // rank >= 2 here
+  if (x.dtype != DType::kI8) {
+    if (scales_path) {
+      Fail(fmt::format(
+          "{} {} is for an int8 ('|i1') {} file, but {} is {} (to quantize float values, drop "
+          "{} and pass --kv-dtype i8)",
+          option, *scales_path, x.option, x.path, FileType(x.descr), option));
+    }
+    return;
+  }
+  if (!scales_path) {
+    Fail(fmt::format(
+        "{} is {}: give its row scales with {} (a float32 '<f4' .npy of shape {}: one scale "
+        "per row of d values, element = scale * int8)",
+        x.path, FileType(x.descr), option, npy::ShapeString(want)));
+  }
+  npy::FloatArray a = ReadFloatOrFail(option, *scales_path);
+  if (a.descr != "<f4") {
+    // '<f8' or '<f2' would be rounded or widened silently: the scales are
+    // the kernels' fp32 values exactly, so ask for exactly that.
+    Fail(
+        fmt::format("{}: dtype '{}' is not float32; the row scales of {} are float32 '<f4' "
+                    "(e.g. s.astype('<f4'))",
+                    *scales_path, a.descr, x.path));
+  }
+  if (a.shape != want) {
+    Fail(fmt::format("{} has shape {}; want {}: one scale per row of {} {}", *scales_path,
+                     npy::ShapeString(a.shape), npy::ShapeString(want), x.path,
+                     npy::ShapeString(x.shape)));
+  }
+  for (size_t i = 0; i < a.data.size(); ++i) {
+    if (!std::isfinite(a.data[i])) {
+      // The position as a NumPy index, for the user to find it.
+      std::vector<int64_t> at(want.size());
+      size_t rest = i;
+      for (size_t d = want.size(); d-- > 0;) {
+        at[d] = int64_t(rest % size_t(want[d]));
+        rest /= size_t(want[d]);
+      }
+      Fail(fmt::format("{}: scale {} at {} is not finite; every row of {} needs a finite scale",
+                       *scales_path, a.data[i], npy::ShapeString(at), x.path));
+    }
+  }
+  x.scales = std::move(a.data);
+  x.scales.reserve(1);
+}
+
+DType Inputs::TargetType(const Operand& x, std::optional<DType> exact,
+                         std::string_view exact_option, std::optional<DType> all) {
+  if (x.dtype == DType::kI8) {
+    // Dequantizing would round scale * q to the new type: not what an int8
+    // file asks for, and never needed (the variants take int8 K and V).
+    if (exact && *exact != DType::kI8) {
+      Fail(fmt::format(
+          "{} {}: {} is {} with row scales, which the tool does not convert (drop {}, or "
+          "give float values to convert)",
+          exact_option, DTypeName(*exact), x.path, FileType(x.descr), exact_option));
+    }
+    return DType::kI8;
+  }
+  if (exact) return *exact;
+  // --dtype converts the fp32 files; one already in a reduced type is taken
+  // as it is, so --dtype never rounds an f16 file to bf16 behind the user's
+  // back.
+  if (all && x.dtype == DType::kF32) return *all;
+  return x.dtype;
+}
+
+void Inputs::ConvertTo(Operand& x, DType dtype) {
+  if (x.dtype == dtype) return;  // as the file holds it: nothing rounds
+  // The values in fp32: an f32 file's own, an f16 or bf16 file's widened
+  // exactly. (An int8 file is never converted: TargetType.)
+  std::vector<float> values;
+  if (x.dtype == DType::kF32) {
+    values = std::move(x.f32);
+  } else {
+    values.resize(x.half.size());
+    for (size_t i = 0; i < values.size(); ++i) values[i] = LoadElement(x.dtype, &x.half[i]);
+  }
+  x.f32 = {};
+  x.half = {};
+  switch (dtype) {
+    case DType::kF32:
+      x.f32 = std::move(values);
+      break;
+    case DType::kBF16:
+    case DType::kF16: {
+      uint16_t (*narrow)(float) = dtype == DType::kBF16 ? BF16BitsFromF32 : F16BitsFromF32;
+      x.half.resize(values.size());
+      for (size_t i = 0; i < values.size(); ++i) x.half[i] = narrow(values[i]);
+      break;
+    }
+    case DType::kI8: {
+      // Rows of d elements (the last dimension, whatever the layout), each
+      // with its own scale, in the file's row order.
+      const int64_t d = x.shape.empty() ? 1 : x.shape.back();
+      const int64_t rows = d > 0 ? int64_t(values.size()) / d : 0;
+      x.i8.resize(values.size());
+      x.scales.resize(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        x.scales[r] = QuantizeRow(values.data() + r * d, d, x.i8.data() + r * d);
+      }
+      break;
+    }
+  }
+  x.dtype = dtype;
+  x.f32.reserve(1);
+  x.half.reserve(1);
+  x.i8.reserve(1);
+  x.scales.reserve(1);
+}
+
+RowScales Inputs::Scales(const Operand& x, int64_t heads, int64_t len) const {
+  if (x.dtype != DType::kI8) return {};
+  // One scale per row, in the file's order of rows: [B, Hkv, Lk] (bhsd) or
+  // [B, Lk, Hkv] (bshd); a rank-3 or rank-2 file is the same with B (and H) 1.
+  return {x.scales.data(),
+          layout_ == Layout::kBHLD ? Strides::BHLD(heads, len, 1) : Strides::BLHD(heads, len, 1)};
+}
+
+OutputBuffer::OutputBuffer(DType dtype, int64_t elements) : dtype_(dtype) {
+  if (dtype == DType::kF32) {
+    f32_.resize(elements);
+    f32_.reserve(1);  // non-null when empty (Lq = 0)
+  } else {
+    half_.resize(elements);
+    half_.reserve(1);
+  }
+}
+
+void OutputBuffer::Poison() {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::fill(f32_.begin(), f32_.end(), nan);
+  std::fill(half_.begin(), half_.end(),
+            dtype_ == DType::kBF16 ? BF16BitsFromF32(nan) : F16BitsFromF32(nan));
+}
+
+std::string OutputBuffer::Serialize(std::span<const int64_t> shape) const {
+  switch (dtype_) {
+    case DType::kF16:
+      return npy::SerializeFloat16(shape, half_);
+    case DType::kBF16:
+      return npy::SerializeBFloat16(shape, half_);
+    default:
+      return npy::SerializeFloat(shape, f32_);
+  }
+}
+
+std::string OutputBuffer::FileNote() const {
+  switch (dtype_) {
+    case DType::kF16:
+      return " f16 ('<f2')";
+    case DType::kBF16:
+      return " bf16 bits ('<u2')";
+    default:
+      return "";
   }
 }
 
@@ -277,8 +532,11 @@ int64_t Inputs::OutputElements() const {
   return shape_.batch * shape_.heads * shape_.q_len * shape_.value_dim;
 }
 
-Problem Inputs::MakeProblem(float* o, std::span<float> lse, std::span<float> weights) const {
-  Problem p = attn::MakeProblem(shape_, q_.data.data(), k_.data.data(), v_.data.data(), o, layout_);
+Problem Inputs::MakeProblem(OutputBuffer& o, std::span<float> lse, std::span<float> weights) const {
+  Problem p = attn::MakeProblem(shape_, q_.data(), k_.data(), v_.data(), o.data(), layout_,
+                                {dtypes_.q, dtypes_.k, dtypes_.v, o.dtype()});
+  p.k_scales = Scales(k_, shape_.kv_heads, shape_.kv_len);
+  p.v_scales = Scales(v_, shape_.kv_heads, shape_.kv_len);
   p.mask = mask_spec_;
   p.scale = scale_;
   p.lse = lse;
@@ -298,6 +556,8 @@ std::string Inputs::Describe() const {
 
 std::vector<NamedPath> Inputs::Files() const {
   std::vector<NamedPath> files = {{"--q", options_.q}, {"--k", options_.k}, {"--v", options_.v}};
+  if (options_.k_scales) files.push_back({"--k-scales", *options_.k_scales});
+  if (options_.v_scales) files.push_back({"--v-scales", *options_.v_scales});
   if (options_.mask_file) files.push_back({"--mask-file", *options_.mask_file});
   if (options_.key_lengths) files.push_back({"--key-lengths", *options_.key_lengths});
   return files;

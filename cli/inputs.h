@@ -1,5 +1,15 @@
 // The CLI's attention inputs: Q, K, V (and optional masks) from .npy files,
-// checked against each other, turned into an attn::Problem.
+// checked against each other, converted to the element types asked for,
+// turned into an attn::Problem.
+//
+// Element types (docs/cli.md, "Element types"): Q, K and V are read in
+// their file's type ('<f4' and '<f8' as f32, '<f2' as f16, '<u2' as bf16
+// bits, '|i1' as int8 with its row scales from --k-scales / --v-scales) and
+// converted (kernels/dtype.h: round to nearest even; i8 by QuantizeRow, one
+// scale per row) to the type asked for: --q-dtype / --kv-dtype convert any
+// float file, --dtype only the fp32 ones (a file already in a reduced type
+// is taken as it is); an int8 file is never converted. O is f32 unless
+// --out-dtype / --dtype ask for bf16 or f16.
 //
 // Errors are thrown as CliError (the front end's only exception type; the
 // library itself never throws) and become a message and an exit code in
@@ -9,6 +19,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -53,6 +64,32 @@ struct InputOptions {
   std::string layout = "bhsd";
   std::optional<std::string> threads;        // 1..kMaxThreads; default all cores
   std::optional<std::string> memory_budget;  // e.g. "512M"; default: the registry's
+  // Element types, each f32 | bf16 | f16 | i8 as the tensor allows: --dtype
+  // sets O and the fp32 ones of Q, K, V; the others override it for their
+  // tensors.
+  std::optional<std::string> dtype, q_dtype, kv_dtype, out_dtype;
+  // The row scales of an int8 ('|i1') K and V file: float32 .npy files.
+  std::optional<std::string> k_scales, v_scales;
+};
+
+// O in its element type: OutputElements() contiguous elements.
+class OutputBuffer {
+ public:
+  OutputBuffer(DType dtype, int64_t elements);
+  DType dtype() const { return dtype_; }
+  void* data() { return dtype_ == DType::kF32 ? static_cast<void*>(f32_.data()) : half_.data(); }
+  // NaN in every element (what `check` does before each variant).
+  void Poison();
+  // The .npy file of O: '<f4' for f32, '<f2' for f16, and for bf16 its bits
+  // as '<u2' (NumPy has no bfloat16), the form the tool reads back as bf16.
+  std::string Serialize(std::span<const int64_t> shape) const;
+  // "" for f32 O; else how the file holds it, for the "wrote" line.
+  std::string FileNote() const;
+
+ private:
+  DType dtype_;
+  std::vector<float> f32_;      // kF32
+  std::vector<uint16_t> half_;  // kBF16, kF16: the bits
 };
 
 // Fails (kExitUsage) "bad OPTION '': want a path" when `path` is empty.
@@ -83,19 +120,53 @@ class Inputs {
   std::vector<int64_t> WeightsShape() const;
   int64_t OutputElements() const;
 
+  // The element types of Q, K, V (converted as asked) and O.
+  const DTypes& dtypes() const { return dtypes_; }
+  // A buffer for O in its element type.
+  OutputBuffer MakeOutput() const { return OutputBuffer(dtypes_.o, OutputElements()); }
+
   // A problem over these inputs writing O (and lse / weights when given).
-  Problem MakeProblem(float* o, std::span<float> lse = {}, std::span<float> weights = {}) const;
+  Problem MakeProblem(OutputBuffer& o, std::span<float> lse = {},
+                      std::span<float> weights = {}) const;
 
   // "q.npy (1, 8, 16, 64), k.npy (...), v.npy (...)": context for messages.
   std::string Describe() const;
 
-  // The files read, by option (--q, --k, --v, --mask-file, --key-lengths):
-  // what no output may overwrite.
+  // The files read, by option (--q, --k, --v, --k-scales, --v-scales,
+  // --mask-file, --key-lengths): what no output may overwrite.
   std::vector<NamedPath> Files() const;
 
  private:
+  // One of Q, K, V as the kernels get it, in its file's C order.
+  struct Operand {
+    std::string option, path;    // "--k", "k.npy"
+    std::vector<int64_t> shape;  // the file's
+    std::string descr;           // the file's dtype, "<f4"
+    DType dtype = DType::kF32;
+    std::vector<float> f32;      // kF32
+    std::vector<uint16_t> half;  // kBF16, kF16: the bits
+    std::vector<int8_t> i8;      // kI8
+    std::vector<float> scales;   // kI8: one per row of d elements, in file order
+    const void* data() const;
+  };
+  static Operand Read(const std::string& option, const std::string& path);
+  // The row scales of an int8 file `x` from `scales_path` (--k-scales or
+  // --v-scales), checked: float32, x's shape without its last dimension,
+  // finite. Fails when x is int8 without them or has them without being int8.
+  static void ReadScales(const std::string& option, const std::optional<std::string>& scales_path,
+                         Operand& x);
+  // The type `x` gets: `exact` (--q-dtype, --kv-dtype) converts any float
+  // file, `all` (--dtype) an fp32 one; an int8 file stays int8.
+  static DType TargetType(const Operand& x, std::optional<DType> exact,
+                          std::string_view exact_option, std::optional<DType> all);
+  static void ConvertTo(Operand& x, DType dtype);
+  // The row scales of an int8 K or V of `heads` heads and `len` rows.
+  RowScales Scales(const Operand& x, int64_t heads, int64_t len) const;
+
   InputOptions options_;
-  npy::FloatArray q_, k_, v_, mask_;
+  Operand q_, k_, v_;
+  npy::FloatArray mask_;
+  DTypes dtypes_;
   std::vector<int32_t> key_lengths_;
   Shape shape_;
   Mask mask_spec_;

@@ -68,6 +68,22 @@ void AddInputOptions(CLI::App* cmd, InputOptions& in) {
                   fmt::format("OpenMP threads, 1 to {} (default: every core)", kMaxThreads));
   cmd->add_option("--memory-budget", in.memory_budget,
                   "workspace budget, e.g. 512M (default: ATTNLAB_MEMORY_BUDGET or half of RAM)");
+  cmd->add_option("--dtype", in.dtype,
+                  "element type of O and of the float32 inputs: f32 | bf16 | f16 (converted, "
+                  "rounding to nearest even; inputs already f16, bf16 or int8 are used as they "
+                  "are; default: each file's own type, O f32)");
+  cmd->add_option("--q-dtype", in.q_dtype,
+                  "element type of Q: f32 | bf16 | f16 (converts any float file; overrides "
+                  "--dtype)");
+  cmd->add_option("--kv-dtype", in.kv_dtype,
+                  "element type of K and V: f32 | bf16 | f16 | i8 (i8: each row quantized with "
+                  "its own fp32 scale, max|x|/127; overrides --dtype)");
+  cmd->add_option("--out-dtype", in.out_dtype,
+                  "element type of O: f32 | bf16 | f16 (overrides --dtype; default f32)");
+  cmd->add_option("--k-scales", in.k_scales,
+                  "row scales of an int8 ('|i1') K: float32 .npy, K's shape without d");
+  cmd->add_option("--v-scales", in.v_scales,
+                  "row scales of an int8 ('|i1') V: float32 .npy, V's shape without d");
 }
 
 std::string Yes(bool b) { return b ? "yes" : "no"; }
@@ -86,6 +102,11 @@ int List() {
     fmt::print("{:<16} {:<8} {:<9} {:<8} {:<13} {}\n", v->name, Yes(v->supports_weights),
                v->materializes_scores ? "Lq x Lk" : "no", Yes(v->uses_highway),
                Yes(v->deterministic), v->summary);
+  }
+  fmt::print("\n{:<16} {}\n", "variant",
+             "element types (--dtype, --q-dtype, --kv-dtype, --out-dtype)");
+  for (const Variant* v : Registry()) {
+    fmt::print("{:<16} {}\n", v->name, DescribeSupport(v->dtypes));
   }
   fmt::print(
       "\nEvery variant supports masks none/causal/window/additive, key lengths, GQA/MQA, "
@@ -106,18 +127,18 @@ int RunCommand(const InputOptions& in, const RunArgs& args) {
   std::vector<NamedPath> outputs = {{"--out", args.out}};
   if (args.lse) outputs.push_back({"--lse", *args.lse});
   const std::vector<OutputFile> files = CheckOutputs(outputs, inputs.Files());
-  std::vector<float> o(inputs.OutputElements());
-  o.reserve(1);  // non-null when empty (Lq = 0)
+  OutputBuffer o = inputs.MakeOutput();
   std::vector<float> lse;
   if (args.lse) lse.resize(inputs.shape().batch * inputs.shape().heads * inputs.shape().q_len);
-  const Problem problem = inputs.MakeProblem(o.data(), lse);
+  const Problem problem = inputs.MakeProblem(o, lse);
   RunStats stats;
   const double seconds = RunVariant(variant, inputs, problem, &stats);
   StatusOr<ValidProblem> valid = Validate(problem);
   const double flops =
       2.0 * double(VisiblePairs(*valid)) * double(problem.shape.head_dim + problem.shape.value_dim);
-  fmt::print("variant {}: {} on {} thread(s)\n", variant.name,
-             attn::Describe(problem.shape, problem.mask), stats.threads);
+  fmt::print("variant {}: {} {} on {} thread(s)\n", variant.name,
+             attn::Describe(problem.shape, problem.mask), attn::Describe(inputs.dtypes()),
+             stats.threads);
   fmt::print("time {:.3f} ms, {:.2f} GFLOP/s (visible pairs), workspace {} (declared {})\n",
              seconds * 1e3, flops / seconds / 1e9, FormatBytes(double(stats.workspace_peak_bytes)),
              FormatBytes(double(stats.workspace_declared_bytes)));
@@ -158,10 +179,9 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
   const Inputs inputs(in);
   const Shape& s = inputs.shape();
   const int64_t rows = s.batch * s.heads * s.q_len;
-  std::vector<float> o(inputs.OutputElements());
-  o.reserve(1);  // non-null when empty (Lq = 0)
+  OutputBuffer o = inputs.MakeOutput();
   std::vector<float> lse(rows);
-  const Problem problem = inputs.MakeProblem(o.data(), lse);
+  const Problem problem = inputs.MakeProblem(o, lse);
   if (StatusOr<ValidProblem> valid = Validate(problem); !valid.ok()) {
     FailStatus(valid.status(), inputs);
   }
@@ -173,15 +193,15 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
           .count();
   // The bounds depend on the inputs only: computed once for every variant.
   const std::vector<reference::RowBound> bounds = testing::RowBounds(problem);
-  fmt::print("{} ({})\nreference (fp64): {:.3f} ms\n", attn::Describe(s, problem.mask),
-             inputs.Describe(), ref_ms);
+  fmt::print("{} {} ({})\nreference (fp64): {:.3f} ms\n", attn::Describe(s, problem.mask),
+             attn::Describe(inputs.dtypes()), inputs.Describe(), ref_ms);
 
   std::vector<CheckRow> table;
   bool failed = false, any_ran = false;
   for (const Variant* v : variants) {
     CheckRow row;
     row.variant = v->name;
-    std::fill(o.begin(), o.end(), std::numeric_limits<float>::quiet_NaN());
+    o.Poison();
     std::fill(lse.begin(), lse.end(), std::numeric_limits<float>::quiet_NaN());
     StatusOr<ValidProblem> prepared = Prepare(*v, problem, inputs.run_options());
     if (!prepared.ok()) {
@@ -617,10 +637,9 @@ int WeightsCommand(const InputOptions& in, const WeightsArgs& args) {
   const Inputs inputs(in);
   const Shape& s = inputs.shape();
   CheckWeightsFit(s);
-  std::vector<float> o(inputs.OutputElements());
-  o.reserve(1);  // non-null when empty (Lq = 0)
+  OutputBuffer o = inputs.MakeOutput();
   std::vector<float> w(s.batch * s.heads * s.q_len * s.kv_len);
-  const Problem problem = inputs.MakeProblem(o.data(), {}, w);
+  const Problem problem = inputs.MakeProblem(o, {}, w);
   if (StatusOr<ValidProblem> valid = Validate(problem); !valid.ok()) {
     FailStatus(valid.status(), inputs);
   }
@@ -637,8 +656,8 @@ int WeightsCommand(const InputOptions& in, const WeightsArgs& args) {
   if (args.png) heatmap.emplace();
 
   const double seconds = RunVariant(variant, inputs, problem);
-  fmt::print("variant {}: {} in {:.3f} ms\n", variant.name, attn::Describe(s, problem.mask),
-             seconds * 1e3);
+  fmt::print("variant {}: {} {} in {:.3f} ms\n", variant.name, attn::Describe(s, problem.mask),
+             attn::Describe(inputs.dtypes()), seconds * 1e3);
   WriteNpyOutput(files[0], inputs.WeightsShape(), w);
   const float* slice = w.data() + (batch * s.heads + head) * s.q_len * s.kv_len;
   PrintEntropyTable(slice, s, labels, batch, head);
@@ -662,7 +681,10 @@ int Main(int argc, char** argv) {
   CLI::App* run = app.add_subcommand("run", "run one variant on .npy inputs, write O (and lse)");
   run->add_option("--variant", run_args.variant, "variant name (attnlab list)")->required();
   AddInputOptions(run, run_in);
-  run->add_option("--out", run_args.out, "output O .npy (same rank and layout as Q)")->required();
+  run->add_option("--out", run_args.out,
+                  "output O .npy (same rank and layout as Q): '<f4' for an f32 O, '<f2' for "
+                  "f16, and for bf16 its bits as uint16 '<u2' (NumPy has no bfloat16)")
+      ->required();
   run->add_option("--lse", run_args.lse, "also write lse .npy [B,H,Lq]");
 
   InputOptions check_in;

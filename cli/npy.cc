@@ -12,6 +12,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <type_traits>
 
 namespace attn::npy {
 
@@ -201,22 +202,50 @@ class HeaderParser {
   size_t pos_ = 0;
 };
 
-enum class Kind { kFloat, kInt };
+// kFloat: values read as float32 (masks, scales). kTensor: Q, K or V in an
+// element type of kernels/dtype.h: kFloat's dtypes, plus bfloat16 bits as
+// '<u2' and int8 as '|i1' (NumPy has no bfloat16; docs/cli.md).
+enum class Kind { kFloat, kTensor, kInt };
+
+// The element type a kTensor file's descr holds (CheckDescr has accepted it).
+DType TensorDType(const std::string& descr) {
+  if (descr == "<f2") return DType::kF16;
+  if (descr == "<u2") return DType::kBF16;
+  if (descr == "|i1") return DType::kI8;
+  return DType::kF32;  // '<f4', '<f8'
+}
 
 // Checks that descr is one we read for `kind`; returns its item size.
 StatusOr<size_t> CheckDescr(const std::string& descr, Kind kind, std::string_view what) {
-  if (kind == Kind::kFloat && (descr == "<f4" || descr == "<f8")) return descr == "<f4" ? 4 : 8;
+  const bool floating = kind != Kind::kInt;
+  if (floating && (descr == "<f2" || descr == "<f4" || descr == "<f8")) {
+    return size_t(descr[2] - '0');
+  }
+  if (kind == Kind::kTensor && descr == "<u2") return 2;
+  if (kind == Kind::kTensor && descr == "|i1") return 1;
   if (kind == Kind::kInt && (descr == "<i4" || descr == "<i8")) return descr == "<i4" ? 4 : 8;
-  const std::string want = kind == Kind::kFloat ? "little-endian float32 '<f4' or float64 '<f8'"
-                                                : "little-endian int32 '<i4' or int64 '<i8'";
+  const std::string want =
+      kind == Kind::kFloat    ? "little-endian float32 '<f4', float16 '<f2' or float64 '<f8'"
+      : kind == Kind::kTensor ? "little-endian float32 '<f4', float16 '<f2', float64 '<f8', "
+                                "bfloat16 bits '<u2' or int8 '|i1'"
+                              : "little-endian int32 '<i4' or int64 '<i8'";
   std::string found = "dtype " + Quote(descr);
   if (!descr.empty() && descr[0] == '>') {
     found += " is big-endian";
   } else {
     found += " is not supported";
   }
-  return Bad(what,
-             found + "; want " + want + (kind == Kind::kFloat ? " (e.g. arr.astype('<f4'))" : ""));
+  std::string hint = floating ? " (e.g. arr.astype('<f4'))" : "";
+  if (floating && descr.size() == 3 && descr[0] == '>' &&
+      CheckDescr("<" + descr.substr(1), kind, what).ok()) {
+    hint = " (e.g. arr.astype('<" + descr.substr(1) + "'))";  // the same type, little-endian
+  }
+  if (kind == Kind::kTensor && (descr == "|V2" || descr == "<V2" || descr == ">V2")) {
+    // What np.save writes for an ml_dtypes bfloat16 array: NumPy has no
+    // bfloat16, so the tool takes its bits as uint16 instead.
+    hint = " (bfloat16? save its bits as uint16: arr.view('<u2'))";
+  }
+  return Bad(what, found + "; want " + want + hint);
 }
 
 StatusOr<Header> ParseHeaderFor(std::string_view bytes, uint64_t file_size, std::string_view what,
@@ -236,7 +265,8 @@ StatusOr<Header> ParseHeaderFor(std::string_view bytes, uint64_t file_size, std:
     StatusOr<size_t> item = CheckDescr(h.descr, *kind, what);
     if (!item.ok()) return item.status();
     h.item_size = *item;
-  } else if (h.descr.size() == 3 && (h.descr[2] == '4' || h.descr[2] == '8')) {
+  } else if (h.descr.size() == 3 &&
+             (h.descr[2] == '1' || h.descr[2] == '2' || h.descr[2] == '4' || h.descr[2] == '8')) {
     h.item_size = h.descr[2] - '0';
   } else {
     return Bad(what, "dtype " + Quote(h.descr) + " is not supported");
@@ -272,6 +302,8 @@ StatusOr<Header> ParseHeaderFor(std::string_view bytes, uint64_t file_size, std:
 }
 
 // Converts `count` items of the header's dtype from `src` into `dst`.
+// T = uint16_t copies the bits of a '<f2' or '<u2' (bfloat16) file, T =
+// int8_t those of a '|i1' file (TypedArray); T = float widens '<f2' exactly.
 template <typename From, typename T>
 void ConvertAs(const char* src, size_t count, T* dst) {
   for (size_t i = 0; i < count; ++i) {
@@ -282,14 +314,25 @@ void ConvertAs(const char* src, size_t count, T* dst) {
 }
 template <typename T>
 void Convert(const Header& h, const char* src, size_t count, T* dst) {
-  if (h.descr == "<f4")
-    ConvertAs<float>(src, count, dst);
-  else if (h.descr == "<f8")
-    ConvertAs<double>(src, count, dst);
-  else if (h.descr == "<i4")
-    ConvertAs<int32_t>(src, count, dst);
-  else
-    ConvertAs<int64_t>(src, count, dst);
+  if constexpr (std::is_same_v<T, uint16_t> || std::is_same_v<T, int8_t>) {
+    ConvertAs<T>(src, count, dst);  // the bits as stored
+  } else {
+    if (h.descr == "<f2") {
+      for (size_t i = 0; i < count; ++i) {
+        uint16_t bits;
+        std::memcpy(&bits, src + i * 2, 2);
+        dst[i] = static_cast<T>(F32FromF16Bits(bits));
+      }
+    } else if (h.descr == "<f4") {
+      ConvertAs<float>(src, count, dst);
+    } else if (h.descr == "<f8") {
+      ConvertAs<double>(src, count, dst);
+    } else if (h.descr == "<i4") {
+      ConvertAs<int32_t>(src, count, dst);
+    } else {
+      ConvertAs<int64_t>(src, count, dst);
+    }
+  }
 }
 
 struct FileCloser {
@@ -297,8 +340,13 @@ struct FileCloser {
 };
 using File = std::unique_ptr<FILE, FileCloser>;
 
-template <typename Array, typename T>
-StatusOr<Array> ReadAs(const std::string& path, Kind kind) {
+// A .npy file whose header has been read and checked against its size.
+struct OpenFile {
+  File file;
+  Header header;
+};
+
+StatusOr<OpenFile> Open(const std::string& path, Kind kind) {
   std::error_code ec;
   const std::filesystem::file_status st = std::filesystem::status(path, ec);
   if (ec || !std::filesystem::exists(st)) {
@@ -329,24 +377,39 @@ StatusOr<Array> ReadAs(const std::string& path, Kind kind) {
   }
   StatusOr<Header> h = ParseHeaderFor(head, size, path, kind);
   if (!h.ok()) return h.status();
-  // Sizes are now known to match the file: allocation is bounded by its size.
-  Array out;
-  out.shape = h->shape;
-  out.descr = h->descr;
-  out.data.resize(h->elements);
-  if (std::fseek(f.get(), long(h->data_offset), SEEK_SET) != 0) {
+  return OpenFile{std::move(f), std::move(h.value())};
+}
+
+// The data of an opened file, converted into `out`. The sizes are known to
+// match the file: the allocation is bounded by its size.
+template <typename T>
+Status ReadData(OpenFile& in, const std::string& path, std::vector<T>& out) {
+  const Header& h = in.header;
+  out.resize(h.elements);
+  if (std::fseek(in.file.get(), long(h.data_offset), SEEK_SET) != 0) {
     return InvalidArgument(path + ": seek error");
   }
   constexpr size_t kChunk = 1 << 16;
-  std::vector<char> buf(std::min<size_t>(kChunk, h->elements) * h->item_size);
-  for (size_t done = 0; done < size_t(h->elements);) {
-    const size_t n = std::min(kChunk, size_t(h->elements) - done);
-    if (std::fread(buf.data(), h->item_size, n, f.get()) != n) {
+  std::vector<char> buf(std::min<size_t>(kChunk, h.elements) * h.item_size);
+  for (size_t done = 0; done < size_t(h.elements);) {
+    const size_t n = std::min(kChunk, size_t(h.elements) - done);
+    if (std::fread(buf.data(), h.item_size, n, in.file.get()) != n) {
       return InvalidArgument(path + ": read error in the data");
     }
-    Convert<T>(*h, buf.data(), n, out.data.data() + done);
+    Convert<T>(h, buf.data(), n, out.data() + done);
     done += n;
   }
+  return Status::Ok();
+}
+
+template <typename Array>
+StatusOr<Array> ReadAs(const std::string& path, Kind kind) {
+  StatusOr<OpenFile> in = Open(path, kind);
+  if (!in.ok()) return in.status();
+  Array out;
+  out.shape = in->header.shape;
+  out.descr = in->header.descr;
+  ATTN_RETURN_IF_ERROR(ReadData(in.value(), path, out.data));
   return out;
 }
 
@@ -359,6 +422,28 @@ StatusOr<Array> ParseAs(std::string_view bytes, std::string_view what, Kind kind
   out.descr = h->descr;
   out.data.resize(h->elements);
   Convert<T>(*h, bytes.data() + h->data_offset, h->elements, out.data.data());
+  return out;
+}
+
+// A TypedArray of header `h`: fills the vector of the file's element type.
+template <typename Fill>
+TypedArray Typed(const Header& h, Fill fill) {
+  TypedArray out;
+  out.shape = h.shape;
+  out.descr = h.descr;
+  out.dtype = TensorDType(h.descr);
+  switch (out.dtype) {
+    case DType::kF32:
+      fill(out.f32);
+      break;
+    case DType::kBF16:
+    case DType::kF16:
+      fill(out.u16);
+      break;
+    case DType::kI8:
+      fill(out.i8);
+      break;
+  }
   return out;
 }
 
@@ -402,18 +487,42 @@ StatusOr<Header> ParseHeader(std::string_view bytes, uint64_t file_size, std::st
 StatusOr<FloatArray> ParseFloat(std::string_view bytes, std::string_view what) {
   return ParseAs<FloatArray, float>(bytes, what, Kind::kFloat);
 }
+StatusOr<TypedArray> ParseTyped(std::string_view bytes, std::string_view what) {
+  StatusOr<Header> h = ParseHeaderFor(bytes, bytes.size(), what, Kind::kTensor);
+  if (!h.ok()) return h.status();
+  return Typed(*h, [&](auto& data) {
+    data.resize(h->elements);
+    Convert(*h, bytes.data() + h->data_offset, h->elements, data.data());
+  });
+}
 StatusOr<IntArray> ParseInt(std::string_view bytes, std::string_view what) {
   return ParseAs<IntArray, int64_t>(bytes, what, Kind::kInt);
 }
 StatusOr<FloatArray> ReadFloat(const std::string& path) {
-  return ReadAs<FloatArray, float>(path, Kind::kFloat);
+  return ReadAs<FloatArray>(path, Kind::kFloat);
 }
-StatusOr<IntArray> ReadInt(const std::string& path) {
-  return ReadAs<IntArray, int64_t>(path, Kind::kInt);
+StatusOr<TypedArray> ReadTyped(const std::string& path) {
+  StatusOr<OpenFile> in = Open(path, Kind::kTensor);
+  if (!in.ok()) return in.status();
+  Status status;
+  TypedArray out =
+      Typed(in->header, [&](auto& data) { status = ReadData(in.value(), path, data); });
+  if (!status.ok()) return status;
+  return out;
 }
+StatusOr<IntArray> ReadInt(const std::string& path) { return ReadAs<IntArray>(path, Kind::kInt); }
 
 std::string SerializeFloat(std::span<const int64_t> shape, std::span<const float> data) {
   return Serialize(shape, "<f4", data.data(), data.size_bytes());
+}
+std::string SerializeFloat16(std::span<const int64_t> shape, std::span<const uint16_t> bits) {
+  return Serialize(shape, "<f2", bits.data(), bits.size_bytes());
+}
+std::string SerializeBFloat16(std::span<const int64_t> shape, std::span<const uint16_t> bits) {
+  return Serialize(shape, "<u2", bits.data(), bits.size_bytes());
+}
+std::string SerializeInt8(std::span<const int64_t> shape, std::span<const int8_t> data) {
+  return Serialize(shape, "|i1", data.data(), data.size_bytes());
 }
 std::string SerializeInt32(std::span<const int64_t> shape, std::span<const int32_t> data) {
   return Serialize(shape, "<i4", data.data(), data.size_bytes());

@@ -71,6 +71,162 @@ TEST(Npy, FloatFileIsNotAnIntFile) {
             "'<i8'");
 }
 
+// float16 ('<f2'): every one of the 65536 bit patterns survives a write and
+// a read as f16 (TypedArray keeps the bits), and reads as float32 (FloatArray,
+// e.g. a mask) widened exactly, NaN payloads included.
+TEST(Npy, Float16EveryBitPatternRoundTrips) {
+  std::vector<uint16_t> bits(1 << 16);
+  for (size_t i = 0; i < bits.size(); ++i) bits[i] = static_cast<uint16_t>(i);
+  const std::vector<int64_t> shape = {256, 256};
+  const std::string bytes = SerializeFloat16(shape, bits);
+  StatusOr<Header> h = ParseHeader(bytes, bytes.size(), "f16.npy");
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  EXPECT_EQ(h->descr, "<f2");
+  EXPECT_EQ(h->item_size, 2u);
+  EXPECT_EQ(h->data_offset % 64, 0u);
+  StatusOr<TypedArray> t = ParseTyped(bytes);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_EQ(t->dtype, DType::kF16);
+  EXPECT_EQ(t->shape, shape);
+  EXPECT_TRUE(t->f32.empty());
+  EXPECT_EQ(t->u16, bits);
+  StatusOr<FloatArray> f = ParseFloat(bytes);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  EXPECT_EQ(f->descr, "<f2");
+  ASSERT_EQ(f->data.size(), bits.size());
+  for (size_t i = 0; i < bits.size(); ++i) {
+    const float want = F32FromF16Bits(bits[i]);
+    ASSERT_EQ(std::memcmp(&f->data[i], &want, 4), 0) << "bits 0x" << std::hex << i;
+  }
+  // From a file, as the CLI reads Q, K and V.
+  const std::filesystem::path path =
+      std::filesystem::temp_directory_path() / ("npy_test-f16-" + std::to_string(getpid()));
+  ASSERT_TRUE(WriteFileAtomically(path.string(), bytes).ok());
+  StatusOr<TypedArray> r = ReadTyped(path.string());
+  std::filesystem::remove(path);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->dtype, DType::kF16);
+  EXPECT_EQ(r->u16, bits);
+}
+
+// '<f4' reads as f32 as it is; '<f8' rounds to f32 (to nearest).
+TEST(Npy, TypedFloat32AndFloat64AreF32) {
+  const std::vector<int64_t> shape = {3};
+  const float x[3] = {1.5f, -0.0f, 3e38f};
+  StatusOr<TypedArray> a = ParseTyped(SerializeFloat(shape, x));
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_EQ(a->dtype, DType::kF32);
+  EXPECT_TRUE(a->u16.empty());
+  EXPECT_EQ(std::memcmp(a->f32.data(), x, sizeof(x)), 0);
+  // A '<f8' file made from the '<f4' one's header and data.
+  const double d[3] = {1.0 + 0x1p-30, -2.0, 1e300};
+  std::string f8 = SerializeFloat(shape, x);
+  const size_t at = f8.find("<f4");
+  f8[at + 2] = '8';
+  f8.resize(f8.size() - sizeof(x));
+  f8.append(reinterpret_cast<const char*>(d), sizeof(d));
+  StatusOr<TypedArray> b = ParseTyped(f8);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(b->dtype, DType::kF32);
+  EXPECT_EQ(b->f32, (std::vector<float>{1.0f, -2.0f, std::numeric_limits<float>::infinity()}));
+}
+
+// bfloat16 as '<u2' (NumPy has no bfloat16; docs/cli.md): every bit pattern
+// survives a write and a read as bf16, untouched.
+TEST(Npy, BFloat16BitsEveryPatternRoundTrips) {
+  std::vector<uint16_t> bits(1 << 16);
+  for (size_t i = 0; i < bits.size(); ++i) bits[i] = static_cast<uint16_t>(i);
+  const std::vector<int64_t> shape = {16, 4096};
+  const std::string bytes = SerializeBFloat16(shape, bits);
+  StatusOr<Header> h = ParseHeader(bytes, bytes.size(), "bf16.npy");
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  EXPECT_EQ(h->descr, "<u2");
+  EXPECT_EQ(h->item_size, 2u);
+  StatusOr<TypedArray> t = ParseTyped(bytes);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_EQ(t->dtype, DType::kBF16);
+  EXPECT_EQ(t->shape, shape);
+  EXPECT_TRUE(t->f32.empty());
+  EXPECT_EQ(t->u16, bits);
+  const std::filesystem::path path =
+      std::filesystem::temp_directory_path() / ("npy_test-bf16-" + std::to_string(getpid()));
+  ASSERT_TRUE(WriteFileAtomically(path.string(), bytes).ok());
+  StatusOr<TypedArray> r = ReadTyped(path.string());
+  std::filesystem::remove(path);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->dtype, DType::kBF16);
+  EXPECT_EQ(r->u16, bits);
+}
+
+// int8 as '|i1': all 256 values, from memory and from a file.
+TEST(Npy, Int8EveryValueRoundTrips) {
+  std::vector<int8_t> values(256);
+  for (int i = 0; i < 256; ++i) values[i] = static_cast<int8_t>(i - 128);
+  const std::vector<int64_t> shape = {2, 4, 32};
+  const std::string bytes = SerializeInt8(shape, values);
+  StatusOr<Header> h = ParseHeader(bytes, bytes.size(), "i8.npy");
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  EXPECT_EQ(h->descr, "|i1");
+  EXPECT_EQ(h->item_size, 1u);
+  EXPECT_EQ(h->data_offset % 64, 0u);
+  StatusOr<TypedArray> t = ParseTyped(bytes);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_EQ(t->dtype, DType::kI8);
+  EXPECT_EQ(t->shape, shape);
+  EXPECT_TRUE(t->f32.empty() && t->u16.empty());
+  EXPECT_EQ(t->i8, values);
+  const std::filesystem::path path =
+      std::filesystem::temp_directory_path() / ("npy_test-i8-" + std::to_string(getpid()));
+  ASSERT_TRUE(WriteFileAtomically(path.string(), bytes).ok());
+  StatusOr<TypedArray> r = ReadTyped(path.string());
+  std::filesystem::remove(path);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->i8, values);
+}
+
+// '<u2' and '|i1' are element types of Q, K and V only: as float values (a
+// mask, row scales) or as integers (key lengths) they are refused, and so is
+// what np.save writes for an ml_dtypes bfloat16 array ('|V2'), with a hint.
+TEST(Npy, TensorOnlyDTypesAreRefusedElsewhere) {
+  const std::vector<int64_t> shape = {4};
+  const std::string u2 = SerializeBFloat16(shape, std::vector<uint16_t>(4));
+  const std::string i1 = SerializeInt8(shape, std::vector<int8_t>(4));
+  const std::string float_want =
+      "; want little-endian float32 '<f4', float16 '<f2' or float64 '<f8' (e.g. "
+      "arr.astype('<f4'))";
+  StatusOr<FloatArray> a = ParseFloat(u2, "m.npy");
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().message(), "m.npy: dtype '<u2' is not supported" + float_want);
+  a = ParseFloat(i1, "s.npy");
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().message(), "s.npy: dtype '|i1' is not supported" + float_want);
+  StatusOr<IntArray> b = ParseInt(i1, "l.npy");
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().message(),
+            "l.npy: dtype '|i1' is not supported; want little-endian int32 '<i4' or int64 '<i8'");
+  const std::string tensor_want =
+      "; want little-endian float32 '<f4', float16 '<f2', float64 '<f8', bfloat16 bits '<u2' "
+      "or int8 '|i1'";
+  std::string v2 = u2;
+  v2.replace(v2.find("'<u2'"), 5, "'|V2'");
+  StatusOr<TypedArray> c = ParseTyped(v2, "q.npy");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().message(), "q.npy: dtype '|V2' is not supported" + tensor_want +
+                                      " (bfloat16? save its bits as uint16: arr.view('<u2'))");
+  std::string be = u2;
+  be.replace(be.find("'<u2'"), 5, "'>u2'");
+  c = ParseTyped(be, "k.npy");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().message(),
+            "k.npy: dtype '>u2' is big-endian" + tensor_want + " (e.g. arr.astype('<u2'))");
+  std::string u1 = i1;
+  u1.replace(u1.find("'|i1'"), 5, "'|u1'");
+  c = ParseTyped(u1, "v.npy");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().message(),
+            "v.npy: dtype '|u1' is not supported" + tensor_want + " (e.g. arr.astype('<f4'))");
+}
+
 // Every prefix of a valid file is refused (a truncated file), never read.
 TEST(Npy, EveryTruncationIsRefused) {
   const std::vector<int64_t> shape = {3, 5};
@@ -81,6 +237,16 @@ TEST(Npy, EveryTruncationIsRefused) {
     ASSERT_FALSE(a.ok()) << n;
     EXPECT_EQ(a.status().code(), StatusCode::kInvalidArgument);
     EXPECT_NE(a.status().message().find("buffer: "), std::string::npos) << a.status().message();
+  }
+  for (const std::string& typed : {SerializeFloat16(shape, std::vector<uint16_t>(15, 0x3C00)),
+                                   SerializeBFloat16(shape, std::vector<uint16_t>(15, 0x3F80)),
+                                   SerializeInt8(shape, std::vector<int8_t>(15, -7))}) {
+    ASSERT_TRUE(ParseTyped(typed).ok());
+    for (size_t n = 0; n < typed.size(); ++n) {
+      StatusOr<TypedArray> a = ParseTyped(std::string_view(typed).substr(0, n));
+      ASSERT_FALSE(a.ok()) << n;
+      EXPECT_EQ(a.status().code(), StatusCode::kInvalidArgument);
+    }
   }
 }
 
