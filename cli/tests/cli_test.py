@@ -688,15 +688,7 @@ class DType(Case):
                 self.assertTrue((o == 0).all() and o.shape == (1, 2, 3, 8))
                 self.assertTrue((np.load(self.path("lse.npy")) == -np.inf).all())
 
-    def test_empty_problems_flash(self):
-        self.empty_problems("flash")
-
-    @unittest.expectedFailure
     def test_empty_problems_every_variant(self):
-        """Known library bug (kernels/internal/f32_copy.cc RunOnF32Copy): the variants that
-        run on an fp32 copy allocate an empty copy of an empty Q, K or O as a null pointer,
-        and Validate refuses it: "Internal: the fp32 copy of a valid problem did not validate:
-        O is null" (exit 1). Remove expectedFailure once it is fixed."""
         for name in variant_names():
             self.empty_problems(name)
 
