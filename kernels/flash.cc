@@ -398,6 +398,56 @@ void PvVisibleOnly(const Block& blk, int64_t j0, int64_t j1, const float* v, int
   }
 }
 
+// Decode (few rows) on reduced K or V reads them in place and converts in
+// registers (LoadVecAsF32): f(tag) is called with a null `const T*` naming
+// the element type of `dtype`, where the kernels have it (whole vectors
+// along d, f16 only where the target converts it in hardware). False:
+// none; the caller converts kDecodeChunk rows at a time instead (32 rows of
+// d = 128 are 16 KiB of fp32, which stay in L1 between the conversion and
+// the kernel that reads them).
+constexpr int64_t kDecodeChunk = 32;
+template <class F>
+bool WithDecodeType(DType dtype, bool whole_vectors, F f) {
+  if (!whole_vectors) return false;
+  switch (dtype) {
+    case DType::kBF16:
+      f(static_cast<const hwy::bfloat16_t*>(nullptr));
+      return true;
+    case DType::kF16:
+      if constexpr (!kHardwareF16) return false;
+      f(static_cast<const hwy::float16_t*>(nullptr));
+      return true;
+    case DType::kI8:
+      f(static_cast<const int8_t*>(nullptr));
+      return true;
+    default:
+      return false;
+  }
+}
+template <class Tag>
+using ElementOf = std::remove_cv_t<std::remove_pointer_t<Tag>>;
+
+// An int8 row's scale, applied once per key: to its scores (K) or weights (V)
+// in the few-row S (row x at st + x·sr, keys contiguous).
+void ScaleKeys(const RowScales& scales, const Block& blk, int64_t j0, int64_t nc, Scratch& sc) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const float* s = scales.data + blk.b * scales.strides.batch + blk.kvh * scales.strides.head +
+                   j0 * scales.strides.row;
+  alignas(64) float gathered[flash::kMaxBc];
+  if (scales.strides.row != 1) {
+    for (int64_t j = 0; j < nc; ++j) gathered[j] = s[j * scales.strides.row];
+    s = gathered;
+  }
+  for (int64_t x = 0; x < blk.nrows; ++x) {
+    float* row = sc.st + x * blk.sr;
+    int64_t j = 0;
+    for (; j + N <= nc; j += N)
+      hn::StoreU(hn::Mul(hn::LoadU(d, s + j), hn::LoadU(d, row + j)), d, row + j);
+    for (; j < nc; ++j) row[j] *= s[j];
+  }
+}
+
 // A tile's S = Q·Kᵀ in fp32 (K converted to fp32 first when reduced). Many
 // rows prefetch the next tile's K and V rows into L2 (K/V of a head come
 // from L3 once per row block); few-row (decode) blocks stream K/V at memory
@@ -407,6 +457,26 @@ void F32Scores(const ValidProblem& p, const flash::Plan& plan, const Block& blk,
                int64_t j1, Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t nc = j1 - j0, dk = p.shape.head_dim;
+  if (blk.few_rows && p.k.dtype != DType::kF32) {
+    // Decode on reduced K (WithDecodeType).
+    const bool whole = dk % N == 0;
+    const bool in_place = WithDecodeType(p.k.dtype, whole, [&](auto tag) {
+      using T = ElementOf<decltype(tag)>;
+      const T* k = static_cast<const T*>(ValidProblem::Row(p.k, blk.b, blk.kvh, j0));
+      ScoreRows<T>(sc.qt, blk.dkp, blk.nrows, k, p.k.strides.row, nc, dk, sc.st, kFewStride);
+    });
+    if (in_place) {
+      if (p.k.dtype == DType::kI8) ScaleKeys(p.k_scales, blk, j0, nc, sc);
+      return;
+    }
+    for (int64_t c = 0; c < nc; c += kDecodeChunk) {
+      const int64_t n = std::min(kDecodeChunk, nc - c);
+      int64_t ks;
+      const float* k = TileKeys(p, blk, j0 + c, n, sc, &ks);
+      ScoreRows(sc.qt, blk.dkp, blk.nrows, k, ks, n, dk, sc.st + c, kFewStride);
+    }
+    return;
+  }
   int64_t ks;
   const float* k = TileKeys(p, blk, j0, nc, sc, &ks);
   if (blk.few_rows) {
@@ -432,6 +502,27 @@ void F32Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int
            bool partial, bool first, Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t nc = j1 - j0, dvp = plan.dvp;
+  if (blk.few_rows && p.v.dtype != DType::kF32 && !partial) {
+    // Decode on reduced V (WithDecodeType; a partial tile, whose hidden
+    // keys' V may be NaN, takes the general path below).
+    const bool whole = p.shape.value_dim == dvp;  // PvTile reads dvp columns
+    if (p.v.dtype == DType::kI8 && whole) ScaleKeys(p.v_scales, blk, j0, nc, sc);
+    const bool in_place = WithDecodeType(p.v.dtype, whole, [&](auto tag) {
+      using T = ElementOf<decltype(tag)>;
+      const T* v = static_cast<const T*>(ValidProblem::Row(p.v, blk.b, blk.kvh, j0));
+      PvTile<T>(sc.st, blk.sj, blk.sr, v, p.v.strides.row, nc, blk.nrows, dvp / N, !first, sc.o,
+                dvp);
+    });
+    if (in_place) return;
+    for (int64_t c = 0; c < nc; c += kDecodeChunk) {
+      const int64_t n = std::min(kDecodeChunk, nc - c);
+      int64_t vs;
+      const float* v = TileValues(p, plan, blk, j0 + c, n, sc, &vs);
+      PvTile(sc.st + c * blk.sj, blk.sj, blk.sr, v, vs, n, blk.nrows, dvp / N, !first || c > 0,
+             sc.o, dvp);
+    }
+    return;
+  }
   int64_t vs;
   const float* v = TileValues(p, plan, blk, j0, nc, sc, &vs);
   if (partial && !TileValuesFinite(v, vs, nc, dvp)) {

@@ -279,6 +279,78 @@ INSTANTIATE_TEST_SUITE_P(DTypes, DTypeGridTest, ::testing::ValuesIn(Params()),
                                   (info.param.portable ? "_portable" : "");
                          });
 
+// Every variant's fp32-arithmetic paths (all but flash's VDPBF16PS tiles)
+// may not round beyond fp32: on reduced K and V with fp32 Q and O, each
+// variant's O must be its own O on the dequantized K and V stored as fp32,
+// within twice the fp32 bound. Much sharper than the reduced-precision bound
+// the reference comparison allows (which lets a kernel round P and V to
+// bf16): an int8 element off by a few steps, or a row scale applied twice,
+// fails here. Shapes: flash's decode kernels reading K/V in place (1 and 4
+// rows at d = 128, 2 rows at d = 64), its chunked conversion (dk = 40), a
+// prefill block.
+TEST(DTypeKvTest, ReducedKvGiveTheF32ResultOfTheStoredValues) {
+  const DType f32 = DType::kF32;
+  const Shape shapes[] = {{1, 2, 2, 1, 2100, 128, 128},
+                          {1, 8, 2, 1, 3000, 128, 128},
+                          {1, 2, 1, 1, 1500, 64, 64},
+                          {1, 4, 1, 1, 1100, 40, 40},
+                          {1, 2, 1, 70, 300, 64, 64}};
+  const DTypes kv_types[] = {{f32, DType::kBF16, DType::kBF16, f32},
+                             {f32, DType::kF16, DType::kF16, f32},
+                             {f32, DType::kI8, DType::kI8, f32},
+                             {f32, DType::kF16, DType::kI8, f32}};
+  for (const Variant* variant : Registry()) {
+    for (const Shape& shape : shapes) {
+      for (const DTypes& t : kv_types) {
+        if (!Takes(*variant, t)) continue;
+        ProblemSpec spec;
+        spec.shape = shape;
+        spec.dtypes = t;
+        spec.want_weights = false;
+        spec.seed = 77;
+        ProblemData typed(spec);
+        const Problem& p = typed.problem();
+        // The stored K and V as fp32, [B, Hkv, Lk, d].
+        auto dequantized = [&](const TensorRef<const void>& x, const RowScales& scales,
+                               int64_t dim) {
+          std::vector<float> out(shape.batch * shape.kv_heads * shape.kv_len * dim);
+          std::vector<double> row(dim);
+          for (int64_t b = 0; b < shape.batch; ++b)
+            for (int64_t h = 0; h < shape.kv_heads; ++h)
+              for (int64_t j = 0; j < shape.kv_len; ++j) {
+                reference::LoadRow(x, scales, b, h, j, dim, row.data());
+                std::copy(row.begin(), row.end(),
+                          out.begin() + ((b * shape.kv_heads + h) * shape.kv_len + j) * dim);
+              }
+          return out;
+        };
+        const std::vector<float> k = dequantized(p.k, p.k_scales, shape.head_dim);
+        const std::vector<float> v = dequantized(p.v, p.v_scales, shape.value_dim);
+        std::vector<float> o(shape.batch * shape.heads * shape.q_len * shape.value_dim);
+        Problem f = MakeProblem(shape, typed.q_data(), k.data(), v.data(), o.data());
+        f.q.strides = p.q.strides;
+        const std::string what =
+            std::string(variant->name) + " " + Describe(t) + " Lq=" + std::to_string(shape.q_len) +
+            " Lk=" + std::to_string(shape.kv_len) + " d=" + std::to_string(shape.head_dim);
+        ASSERT_TRUE(attn::Run(*variant, p, {.threads = 2}).ok()) << what;
+        ASSERT_TRUE(attn::Run(*variant, f, {.threads = 2}).ok()) << what;
+        const std::vector<float> got = typed.OutputContiguous();
+        double worst = 0;
+        for (int64_t h = 0; h < shape.heads; ++h) {
+          for (int64_t i = 0; i < shape.q_len; ++i) {
+            const double bound = 2 * reference::ErrorBound(f, 0, h, i).o;
+            for (int64_t y = 0; y < shape.value_dim; ++y) {
+              const size_t at = (h * shape.q_len + i) * shape.value_dim + y;
+              worst = std::max(worst, std::fabs(double(got[at]) - o[at]) / bound);
+            }
+          }
+        }
+        EXPECT_LE(worst, 1.0) << what << ": worst difference / fp32 bound";
+      }
+    }
+  }
+}
+
 // A bf16 or f16 O is the fp32 O rounded once to nearest even: the kernels
 // accumulate in fp32 whatever O's type (deterministic variants, bit for bit).
 TEST(DTypeOutputTest, AReducedOIsTheF32ResultRoundedOnce) {

@@ -366,30 +366,48 @@ TEST(FlashTargets, EveryCompiledTargetMatchesReference) {
   EXPECT_GE(targets.size(), 1u);
 }
 
-// bf16 Q, K and V on every Highway target this machine supports: the 16-lane
-// target takes the VDPBF16PS tiles where the CPU has AVX512_BF16 (RunStats
-// says so), every other target and ATTNLAB_PORTABLE=1 convert tiles to fp32;
-// all match the reference within the bf16 bound (P rounded to bf16 before
-// P·V), on shapes with one and several key tiles, masks that make partial
-// tiles, a dv that is not a whole vector and a decode block.
-TEST(FlashTargets, Bf16OnEveryPathMatchesReference) {
+// Reduced types on every Highway target this machine supports. bf16 Q, K
+// and V: the 16-lane target takes the VDPBF16PS tiles where the CPU has
+// AVX512_BF16 (RunStats says so), every other target converts tiles to
+// fp32; all match the reference within the bf16 bound (P rounded to bf16
+// before P·V), on shapes with one and several key tiles, masks that make
+// partial tiles, a dv that is not a whole vector and decode blocks (1 and 4
+// rows, d = 128 and 64: K and V read in place by the typed decode kernels;
+// dk = 40: converted in chunks). f16 and int8 K/V take the same decode
+// shapes.
+TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
   const bool has_bf16 = ukernels::CpuHasAvx512Bf16();
   std::vector<ProblemSpec> specs = {
       Spec(Shape{1, 2, 1, 96, 700, 64, 64}, MaskKind::kCausal, 91),
       Spec(Shape{2, 2, 2, 70, 130, 128, 40}, MaskKind::kAdditive, 92),
       Spec(Shape{1, 4, 4, 33, 1500, 32, 32}, MaskKind::kSlidingWindow, 93),
       Spec(Shape{1, 8, 2, 1, 2000, 128, 128}, MaskKind::kNone, 94),
+      Spec(Shape{1, 2, 2, 1, 1500, 64, 64}, MaskKind::kNone, 95),
+      Spec(Shape{1, 4, 1, 1, 1100, 40, 40}, MaskKind::kCausal, 96),
+      Spec(Shape{1, 4, 1, 2, 1100, 64, 64}, MaskKind::kAdditive, 97),
   };
   specs[2].window_left = 300;
   for (ProblemSpec& spec : specs) {
     spec.want_weights = false;
     spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
   }
+  // The decode shapes with f16 and int8 K/V (flash's other decode types).
+  for (size_t i = 3, n = specs.size(); i < n; ++i) {
+    for (const DTypes& t : {DTypes{DType::kF16, DType::kF16, DType::kF16, DType::kF16},
+                            DTypes{DType::kF32, DType::kI8, DType::kI8, DType::kF32},
+                            DTypes{DType::kBF16, DType::kI8, DType::kBF16, DType::kBF16}}) {
+      specs.push_back(specs[i]);
+      specs.back().dtypes = t;
+      specs.back().seed += 100;
+    }
+  }
   int vdpbf16ps_runs = 0;
   for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
     hwy::SetSupportedTargetsForTest(target);
     for (const ProblemSpec& spec : specs) {
-      const bool many_rows = spec.shape.heads / spec.shape.kv_heads * spec.shape.q_len > 8;
+      const bool many_rows = spec.shape.heads / spec.shape.kv_heads * spec.shape.q_len > 8 &&
+                             spec.dtypes.k == DType::kBF16 && spec.dtypes.q == DType::kBF16 &&
+                             spec.dtypes.v == DType::kBF16;
       ProblemData data(spec);
       RunStats stats;
       ASSERT_TRUE(attn::Run(Flash(), data.problem(), {.threads = 2}, &stats).ok());

@@ -24,6 +24,7 @@
 #endif
 
 #include <cstdint>
+#include <type_traits>
 
 #include "hwy/highway.h"
 #include "kernels/dtype.h"
@@ -61,7 +62,8 @@ HWY_INLINE void ToF32Row(DType dtype, const void* HWY_RESTRICT src, int64_t n, f
       if constexpr (kHardwareF16) {
         const hn::Rebind<hwy::float16_t, DF> dh;
         const hwy::float16_t* s = static_cast<const hwy::float16_t*>(src);
-        for (; c + lanes <= n; c += lanes) hn::StoreU(hn::PromoteTo(d, hn::LoadU(dh, s + c)), d, dst + c);
+        for (; c + lanes <= n; c += lanes)
+          hn::StoreU(hn::PromoteTo(d, hn::LoadU(dh, s + c)), d, dst + c);
       }
       break;
     }
@@ -79,6 +81,31 @@ HWY_INLINE void ToF32Row(DType dtype, const void* HWY_RESTRICT src, int64_t n, f
   }
   const size_t bytes = DTypeBytes(dtype);
   for (; c < n; ++c) dst[c] = LoadElement(dtype, static_cast<const char*>(src) + c * bytes, scale);
+}
+
+// One vector of elements of type T at p (any alignment) as fp32 lanes, for
+// the decode kernels that read reduced K and V in place (score_rows-inl.h,
+// pv_tile-inl.h): float; hwy::bfloat16_t (widened, exact);
+// hwy::float16_t (exact where kHardwareF16; callers use it only there);
+// int8_t (converted exactly, *unscaled*: the caller applies the row's scale
+// once per key, to a score or a weight, instead of once per element).
+template <class T>
+HWY_INLINE VF LoadVecAsF32(const T* HWY_RESTRICT p) {
+  const DF d;
+  if constexpr (std::is_same_v<T, float>) {
+    return hn::LoadU(d, p);
+  } else if constexpr (std::is_same_v<T, hwy::bfloat16_t>) {
+    const hn::Rebind<uint16_t, DF> d16;
+    const hn::Rebind<uint32_t, DF> d32;
+    const auto bits = hn::PromoteTo(d32, hn::LoadU(d16, reinterpret_cast<const uint16_t*>(p)));
+    return hn::BitCast(d, hn::ShiftLeft<16>(bits));
+  } else if constexpr (std::is_same_v<T, hwy::float16_t>) {
+    return hn::PromoteTo(d, hn::LoadU(hn::Rebind<hwy::float16_t, DF>(), p));
+  } else {
+    static_assert(std::is_same_v<T, int8_t>, "float, bf16, f16 or int8");
+    return hn::ConvertTo(
+        d, hn::PromoteTo(hn::Rebind<int32_t, DF>(), hn::LoadU(hn::Rebind<int8_t, DF>(), p)));
+  }
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)

@@ -36,6 +36,7 @@
 #include "hwy/highway.h"
 #include "kernels/problem.h"  // kKeySumBlock
 #include "kernels/ukernels/common-inl.h"
+#include "kernels/ukernels/convert-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace attn {
@@ -45,9 +46,9 @@ namespace HWY_NAMESPACE {
 // vectors, keys in blocks of kKeySumBlock. `kAccumulate` is a template
 // argument: with a run-time choice between zeroing and loading O, gcc kept
 // the accumulators in a stack copy (24 stores + 48 loads per call).
-template <int MR, int NV, bool kAccumulate>
+template <int MR, int NV, bool kAccumulate, class T = float>
 HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t pm,
-                               const float* HWY_RESTRICT v, int64_t vs, int64_t nkeys,
+                               const T* HWY_RESTRICT v, int64_t vs, int64_t nkeys,
                                float* HWY_RESTRICT o, int64_t ldo) {
   const DF d;
   const size_t N = hn::Lanes(d);
@@ -63,7 +64,7 @@ HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t 
       for (int c = 0; c < NV; ++c) acc[m][c] = hn::Zero(d);
     for (int64_t j = j0; j < j1; ++j) {
       VF x[NV];
-      for (int c = 0; c < NV; ++c) x[c] = hn::LoadU(d, v + j * vs + c * N);
+      for (int c = 0; c < NV; ++c) x[c] = LoadVecAsF32(v + j * vs + c * N);
       for (int m = 0; m < MR; ++m) {
         const VF pv = hn::Set(d, p[j * pj + m * pm]);
         for (int c = 0; c < NV; ++c) acc[m][c] = hn::MulAdd(pv, x[c], acc[m][c]);
@@ -79,25 +80,25 @@ HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t 
   }
 }
 
-template <int MR, int NV>
-HWY_INLINE void PvTileRows(const float* p, int64_t pj, int64_t pm, const float* v, int64_t vs,
+template <int MR, int NV, class T = float>
+HWY_INLINE void PvTileRows(const float* p, int64_t pj, int64_t pm, const T* v, int64_t vs,
                            int64_t nkeys, bool accumulate, float* o, int64_t ldo) {
-  if (accumulate) return PvTileKernel<MR, NV, true>(p, pj, pm, v, vs, nkeys, o, ldo);
-  PvTileKernel<MR, NV, false>(p, pj, pm, v, vs, nkeys, o, ldo);
+  if (accumulate) return PvTileKernel<MR, NV, true, T>(p, pj, pm, v, vs, nkeys, o, ldo);
+  PvTileKernel<MR, NV, false, T>(p, pj, pm, v, vs, nkeys, o, ldo);
 }
 
-template <int MR>
-HWY_INLINE void PvTileVectors(int nv, const float* p, int64_t pj, int64_t pm, const float* v,
+template <int MR, class T = float>
+HWY_INLINE void PvTileVectors(int nv, const float* p, int64_t pj, int64_t pm, const T* v,
                               int64_t vs, int64_t nkeys, bool accumulate, float* o, int64_t ldo) {
   switch (nv) {
     case 1:
-      return PvTileRows<MR, 1>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+      return PvTileRows<MR, 1, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
     case 2:
-      return PvTileRows<MR, 2>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+      return PvTileRows<MR, 2, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
     case 3:
-      return PvTileRows<MR, 3>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+      return PvTileRows<MR, 3, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
     default:
-      return PvTileRows<MR, 4>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+      return PvTileRows<MR, 4, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
   }
 }
 
@@ -110,9 +111,9 @@ HWY_INLINE void PvTileVectors(int nv, const float* p, int64_t pj, int64_t pm, co
 // through L1 per key and lost 15%. With the one-pass scores, GQA-4 decode,
 // 1 thread: Lk = 16384 27 -> 35 GB/s, 65536 20 -> 24.7 (stream 28.6).
 // nkeys <= kKeySumBlock (one flash tile).
-template <bool kAccumulate>
+template <bool kAccumulate, class T = float>
 HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT p, int64_t pj, int64_t pm,
-                                    const float* HWY_RESTRICT v, int64_t vs, int64_t nkeys,
+                                    const T* HWY_RESTRICT v, int64_t vs, int64_t nkeys,
                                     float* HWY_RESTRICT o, int64_t ldo) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
@@ -124,11 +125,11 @@ HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT p, int64_t pj, int
     hn::Store(hn::Zero(d), d, o3 + c * N);
   }
   for (int64_t j = 0; j < nkeys; ++j) {
-    const float* HWY_RESTRICT x = v + j * vs;
+    const T* HWY_RESTRICT x = v + j * vs;
     VF pr[4];
     for (int r = 0; r < 4; ++r) pr[r] = hn::Set(d, p[j * pj + r * pm]);
     for (int c = 0; c < 8; ++c) {
-      const VF xv = hn::LoadU(d, x + c * N);
+      const VF xv = LoadVecAsF32(x + c * N);
       for (int r = 0; r < 3; ++r) acc[r][c] = hn::MulAdd(pr[r], xv, acc[r][c]);
       hn::Store(hn::MulAdd(pr[3], xv, hn::Load(d, o3 + c * N)), d, o3 + c * N);
     }
@@ -144,23 +145,29 @@ HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT p, int64_t pj, int
 }
 
 // The family form (4 rows, 8 vectors).
-HWY_INLINE void PvFourRowsOnePassTile(const float* p, int64_t pj, int64_t pm, const float* v,
+template <class T = float>
+HWY_INLINE void PvFourRowsOnePassTile(const float* p, int64_t pj, int64_t pm, const T* v,
                                       int64_t vs, int64_t nkeys, int64_t nrows, int64_t nvec,
                                       bool accumulate, float* o, int64_t ldo) {
   (void)nrows, (void)nvec;  // 4, 8
-  if (accumulate) return PvFourRowsOnePass<true>(p, pj, pm, v, vs, nkeys, o, ldo);
-  PvFourRowsOnePass<false>(p, pj, pm, v, vs, nkeys, o, ldo);
+  if (accumulate) return PvFourRowsOnePass<true, T>(p, pj, pm, v, vs, nkeys, o, ldo);
+  PvFourRowsOnePass<false, T>(p, pj, pm, v, vs, nkeys, o, ldo);
 }
 #else
 // A vector-only kernel (ukernels.inc: kVectorTargets): never called here.
-HWY_INLINE void PvFourRowsOnePassTile(const float*, int64_t, int64_t, const float*, int64_t,
-                                      int64_t, int64_t, int64_t, bool, float*, int64_t) {
+template <class T = float>
+HWY_INLINE void PvFourRowsOnePassTile(const float*, int64_t, int64_t, const T*, int64_t, int64_t,
+                                      int64_t, int64_t, bool, float*, int64_t) {
   HWY_ABORT("PvFourRowsOnePassTile: not compiled for HWY_SCALAR");
 }
 #endif
 
 // The whole-vector form (see the contract above): nrows rows of nvec vectors.
-HWY_INLINE void PvTile(const float* p, int64_t pj, int64_t pm, const float* v, int64_t vs,
+// V of type T (convert-inl.h, LoadVecAsF32) is read in place and converted
+// in registers (an int8 V's rows unscaled: the caller folds each row's scale
+// into its weights).
+template <class T = float>
+HWY_INLINE void PvTile(const float* p, int64_t pj, int64_t pm, const T* v, int64_t vs,
                        int64_t nkeys, int64_t nrows, int64_t nvec, bool accumulate, float* o,
                        int64_t ldo) {
   constexpr int kMR = 6, kNV = 4;
@@ -172,43 +179,43 @@ HWY_INLINE void PvTile(const float* p, int64_t pj, int64_t pm, const float* v, i
   if (nvec == 2 * kNV && nrows * nvec <= kMR * kNV) {
     switch (nrows) {
       case 1:
-        return PvTileRows<1, 2 * kNV>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+        return PvTileRows<1, 2 * kNV, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
       case 2:
-        return PvTileRows<2, 2 * kNV>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+        return PvTileRows<2, 2 * kNV, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
       default:
-        return PvTileRows<3, 2 * kNV>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+        return PvTileRows<3, 2 * kNV, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
     }
   }
 #if HWY_TARGET != HWY_SCALAR
   if (nvec == 2 * kNV && nrows == 4 && kZmmFile && nkeys <= kKeySumBlock) {
-    return PvFourRowsOnePassTile(p, pj, pm, v, vs, nkeys, nrows, nvec, accumulate, o, ldo);
+    return PvFourRowsOnePassTile<T>(p, pj, pm, v, vs, nkeys, nrows, nvec, accumulate, o, ldo);
   }
 #endif
   for (int64_t c0 = 0; c0 < nvec; c0 += kNV) {
     const int nv = static_cast<int>(std::min<int64_t>(kNV, nvec - c0));
     int64_t r = 0;
     for (; r + kMR <= nrows; r += kMR) {
-      PvTileVectors<kMR>(nv, p + r * pm, pj, pm, v + c0 * N, vs, nkeys, accumulate,
-                         o + r * ldo + c0 * N, ldo);
+      PvTileVectors<kMR, T>(nv, p + r * pm, pj, pm, v + c0 * N, vs, nkeys, accumulate,
+                            o + r * ldo + c0 * N, ldo);
     }
     const float* pr = p + r * pm;
-    const float* vc = v + c0 * N;
+    const T* vc = v + c0 * N;
     float* out = o + r * ldo + c0 * N;
     switch (nrows - r) {
       case 1:
-        PvTileVectors<1>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        PvTileVectors<1, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
         break;
       case 2:
-        PvTileVectors<2>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        PvTileVectors<2, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
         break;
       case 3:
-        PvTileVectors<3>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        PvTileVectors<3, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
         break;
       case 4:
-        PvTileVectors<4>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        PvTileVectors<4, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
         break;
       case 5:
-        PvTileVectors<5>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        PvTileVectors<5, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
         break;
       default:
         break;

@@ -31,6 +31,7 @@
 
 #include "hwy/highway.h"
 #include "kernels/ukernels/common-inl.h"
+#include "kernels/ukernels/convert-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace attn {
@@ -38,8 +39,9 @@ namespace HWY_NAMESPACE {
 
 // One dot product along d per (key, row): the remainder keys of a tile, and
 // the whole few-row path on a single-lane target.
+template <class T = float>
 HWY_INLINE void ScoreRowsOneKey(const float* HWY_RESTRICT qs, int64_t dkp, int64_t nrows,
-                                const float* HWY_RESTRICT kr, int64_t dk, float* HWY_RESTRICT st,
+                                const T* HWY_RESTRICT kr, int64_t dk, float* HWY_RESTRICT st,
                                 int64_t lds) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
@@ -47,10 +49,12 @@ HWY_INLINE void ScoreRowsOneKey(const float* HWY_RESTRICT qs, int64_t dkp, int64
   for (int64_t r = 0; r < nrows; ++r) {
     VF acc = hn::Zero(d);
     for (int64_t x = 0; x < full; x += N) {
-      acc = hn::MulAdd(hn::LoadU(d, kr + x), hn::Load(d, qs + r * dkp + x), acc);
+      acc = hn::MulAdd(LoadVecAsF32(kr + x), hn::Load(d, qs + r * dkp + x), acc);
     }
-    if (full < dk) {
-      acc = hn::MulAdd(LoadTail(kr + full, dk - full), hn::Load(d, qs + r * dkp + full), acc);
+    if constexpr (std::is_same_v<T, float>) {  // reduced K: whole vectors only
+      if (full < dk) {
+        acc = hn::MulAdd(LoadTail(kr + full, dk - full), hn::Load(d, qs + r * dkp + full), acc);
+      }
     }
     st[r * lds] = hn::GetLane(hn::SumOfLanes(d, acc));
   }
@@ -101,9 +105,9 @@ HWY_INLINE void StoreKeySums(const VF (&acc)[4][NR], float* HWY_RESTRICT st, int
   }
 }
 
-template <int NR>
+template <int NR, class T = float>
 HWY_NOINLINE void ScoreRowsFourKeys(const float* HWY_RESTRICT qs, int64_t dkp,
-                                    const float* HWY_RESTRICT k, int64_t k_stride, int64_t dk,
+                                    const T* HWY_RESTRICT k, int64_t k_stride, int64_t dk,
                                     float* HWY_RESTRICT st, int64_t lds) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
@@ -119,9 +123,9 @@ HWY_NOINLINE void ScoreRowsFourKeys(const float* HWY_RESTRICT qs, int64_t dkp,
     // two orders measured the same (24.2 vs 23.7 GB/s at Lk = 4096).
     HWY_UNROLL(4)  // keeps acc in registers (gcc otherwise indexes a stack copy)
     for (int m = 0; m < 4; ++m) {
-      const float* km = k + m * k_stride;
+      const T* km = k + m * k_stride;
       for (int64_t x = 0; x < full; x += N) {
-        const VF kv = hn::LoadU(d, km + x);
+        const VF kv = LoadVecAsF32(km + x);
         for (int r = 0; r < NR; ++r) {
           acc[m][r] = hn::MulAdd(kv, hn::Load(d, qs + r * dkp + x), acc[m][r]);
         }
@@ -132,19 +136,21 @@ HWY_NOINLINE void ScoreRowsFourKeys(const float* HWY_RESTRICT qs, int64_t dkp,
     // NR rows: each Q vector load feeds 4 FMAs, K in the interleaved order.
     for (int64_t x = 0; x < full; x += N) {
       VF kv[4];
-      for (int m = 0; m < 4; ++m) kv[m] = hn::LoadU(d, k + m * k_stride + x);
+      for (int m = 0; m < 4; ++m) kv[m] = LoadVecAsF32(k + m * k_stride + x);
       for (int r = 0; r < NR; ++r) {
         const VF qv = hn::Load(d, qs + r * dkp + x);
         for (int m = 0; m < 4; ++m) acc[m][r] = hn::MulAdd(kv[m], qv, acc[m][r]);
       }
     }
   }
-  if (full < dk) {
-    VF kv[4];
-    for (int m = 0; m < 4; ++m) kv[m] = LoadTail(k + m * k_stride + full, dk - full);
-    for (int r = 0; r < NR; ++r) {
-      const VF qv = hn::Load(d, qs + r * dkp + full);
-      for (int m = 0; m < 4; ++m) acc[m][r] = hn::MulAdd(kv[m], qv, acc[m][r]);
+  if constexpr (std::is_same_v<T, float>) {  // reduced K: whole vectors only
+    if (full < dk) {
+      VF kv[4];
+      for (int m = 0; m < 4; ++m) kv[m] = LoadTail(k + m * k_stride + full, dk - full);
+      for (int r = 0; r < NR; ++r) {
+        const VF qv = hn::Load(d, qs + r * dkp + full);
+        for (int m = 0; m < 4; ++m) acc[m][r] = hn::MulAdd(kv[m], qv, acc[m][r]);
+      }
     }
   }
   StoreKeySums<NR>(acc, st, lds);
@@ -154,9 +160,9 @@ HWY_NOINLINE void ScoreRowsFourKeys(const float* HWY_RESTRICT qs, int64_t dkp,
 // stays in registers across the tile, so each K vector load feeds NR FMAs and
 // nothing else is loaded (ScoreRowsFourKeys reloads Q: 5 loads per 4 FMAs at 4
 // rows); K in address order, as ScoreRowsFourKeys.
-template <int QV, int NR>
+template <int QV, int NR, class T = float>
 HWY_NOINLINE void ScoreRowsQResident(const float* HWY_RESTRICT qs, int64_t dkp,
-                                     const float* HWY_RESTRICT k, int64_t k_stride, int64_t groups,
+                                     const T* HWY_RESTRICT k, int64_t k_stride, int64_t groups,
                                      float* HWY_RESTRICT st, int64_t lds) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
@@ -164,12 +170,12 @@ HWY_NOINLINE void ScoreRowsQResident(const float* HWY_RESTRICT qs, int64_t dkp,
   for (int r = 0; r < NR; ++r)
     for (int v = 0; v < QV; ++v) q[r][v] = hn::Load(d, qs + r * dkp + v * N);
   for (int64_t g = 0; g < groups; ++g) {
-    const float* HWY_RESTRICT kg = k + 4 * g * k_stride;
+    const T* HWY_RESTRICT kg = k + 4 * g * k_stride;
     VF acc[4][NR];
     for (int m = 0; m < 4; ++m) {
       for (int r = 0; r < NR; ++r) acc[m][r] = hn::Zero(d);
       for (int v = 0; v < QV; ++v) {
-        const VF kv = hn::LoadU(d, kg + m * k_stride + v * N);
+        const VF kv = LoadVecAsF32(kg + m * k_stride + v * N);
         for (int r = 0; r < NR; ++r) acc[m][r] = hn::MulAdd(kv, q[r][v], acc[m][r]);
       }
     }
@@ -184,10 +190,10 @@ HWY_NOINLINE void ScoreRowsQResident(const float* HWY_RESTRICT qs, int64_t dkp,
 // time from L2 with memory idle. Loads go key by key in address order:
 // interleaving two keys' rows lost the hardware prefetcher (GQA-4 decode,
 // Lk = 65536: 18 -> 14.5 GB/s; in order 19 -> 21, from L3 at Lk = 4096 36 -> 47).
-template <int kUnused = 0>  // a template, so that the header may define it
+template <class T = float>
 HWY_NOINLINE void ScoreFourRowsOnePass(const float* HWY_RESTRICT qs, int64_t dkp,
-                                       const float* HWY_RESTRICT k, int64_t k_stride,
-                                       int64_t groups, float* HWY_RESTRICT st, int64_t lds) {
+                                       const T* HWY_RESTRICT k, int64_t k_stride, int64_t groups,
+                                       float* HWY_RESTRICT st, int64_t lds) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   VF q[4][4];
@@ -196,18 +202,18 @@ HWY_NOINLINE void ScoreFourRowsOnePass(const float* HWY_RESTRICT qs, int64_t dkp
   for (int64_t g = 0; g < groups; ++g) {
     VF pairs[2][4];
     for (int pair = 0; pair < 2; ++pair) {
-      const float* HWY_RESTRICT k0 = k + (4 * g + 2 * pair) * k_stride;
-      const float* HWY_RESTRICT k1 = k0 + k_stride;
+      const T* HWY_RESTRICT k0 = k + (4 * g + 2 * pair) * k_stride;
+      const T* HWY_RESTRICT k1 = k0 + k_stride;
       VF acc[2][4];
       for (int r = 0; r < 4; ++r) acc[0][r] = acc[1][r] = hn::Zero(d);
       for (int m = 0; m < 2; ++m) {
-        const float* HWY_RESTRICT km = m == 0 ? k0 : k1;
+        const T* HWY_RESTRICT km = m == 0 ? k0 : k1;
         for (int v = 0; v < 4; ++v) {
-          const VF x = hn::LoadU(d, km + v * N);
+          const VF x = LoadVecAsF32(km + v * N);
           for (int r = 0; r < 4; ++r) acc[m][r] = hn::MulAdd(x, q[r][v], acc[m][r]);
         }
         for (int v = 4; v < 8; ++v) {
-          const VF x = hn::LoadU(d, km + v * N);
+          const VF x = LoadVecAsF32(km + v * N);
           for (int r = 0; r < 4; ++r) {
             acc[m][r] = hn::MulAdd(x, hn::Load(d, qs + r * dkp + v * N), acc[m][r]);
           }
@@ -222,70 +228,75 @@ HWY_NOINLINE void ScoreFourRowsOnePass(const float* HWY_RESTRICT qs, int64_t dkp
 
 // Keys [j0, nkeys) with ScoreRowsFourKeys, then the last nkeys % 4 keys one
 // at a time (all of them on a single-lane target).
-HWY_INLINE void ScoreRowsFourKeysTile(const float* qs, int64_t dkp, int64_t nrows, const float* k,
+template <class T = float>
+HWY_INLINE void ScoreRowsFourKeysTile(const float* qs, int64_t dkp, int64_t nrows, const T* k,
                                       int64_t k_stride, int64_t nkeys, int64_t dk, float* st,
                                       int64_t lds, int64_t j0 = 0) {
   int64_t j = j0;
 #if HWY_TARGET != HWY_SCALAR
   for (; j + 4 <= nkeys; j += 4) {
-    const float* kj = k + j * k_stride;
+    const T* kj = k + j * k_stride;
     for (int64_t r = 0; r < nrows; r += 4) {
       const float* q = qs + r * dkp;
       float* s = st + r * lds + j;
       switch (std::min<int64_t>(4, nrows - r)) {
         case 1:
-          ScoreRowsFourKeys<1>(q, dkp, kj, k_stride, dk, s, lds);
+          ScoreRowsFourKeys<1, T>(q, dkp, kj, k_stride, dk, s, lds);
           break;
         case 2:
-          ScoreRowsFourKeys<2>(q, dkp, kj, k_stride, dk, s, lds);
+          ScoreRowsFourKeys<2, T>(q, dkp, kj, k_stride, dk, s, lds);
           break;
         case 3:
-          ScoreRowsFourKeys<3>(q, dkp, kj, k_stride, dk, s, lds);
+          ScoreRowsFourKeys<3, T>(q, dkp, kj, k_stride, dk, s, lds);
           break;
         default:
-          ScoreRowsFourKeys<4>(q, dkp, kj, k_stride, dk, s, lds);
+          ScoreRowsFourKeys<4, T>(q, dkp, kj, k_stride, dk, s, lds);
           break;
       }
     }
   }
 #endif
-  for (; j < nkeys; ++j) ScoreRowsOneKey(qs, dkp, nrows, k + j * k_stride, dk, st + j, lds);
+  for (; j < nkeys; ++j) ScoreRowsOneKey<T>(qs, dkp, nrows, k + j * k_stride, dk, st + j, lds);
 }
 
 #if HWY_TARGET != HWY_SCALAR
 // dk = 8 vectors: rows in pairs with ScoreRowsQResident (whole groups of 4
 // keys), the rest as ScoreRowsFourKeysTile.
-HWY_INLINE void ScoreRowsQResidentTile(const float* qs, int64_t dkp, int64_t nrows, const float* k,
+template <class T = float>
+HWY_INLINE void ScoreRowsQResidentTile(const float* qs, int64_t dkp, int64_t nrows, const T* k,
                                        int64_t k_stride, int64_t nkeys, int64_t dk, float* st,
                                        int64_t lds) {
   const int64_t groups = nkeys / 4;
   for (int64_t r = 0; r < nrows; r += 2) {
     if (nrows - r >= 2) {
-      ScoreRowsQResident<8, 2>(qs + r * dkp, dkp, k, k_stride, groups, st + r * lds, lds);
+      ScoreRowsQResident<8, 2, T>(qs + r * dkp, dkp, k, k_stride, groups, st + r * lds, lds);
     } else {
-      ScoreRowsQResident<8, 1>(qs + r * dkp, dkp, k, k_stride, groups, st + r * lds, lds);
+      ScoreRowsQResident<8, 1, T>(qs + r * dkp, dkp, k, k_stride, groups, st + r * lds, lds);
     }
   }
-  ScoreRowsFourKeysTile(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds, groups * 4);
+  ScoreRowsFourKeysTile<T>(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds, groups * 4);
 }
 
 // 4 rows, dk = 8 vectors: ScoreFourRowsOnePass over whole groups of 4 keys.
-HWY_INLINE void ScoreFourRowsOnePassTile(const float* qs, int64_t dkp, int64_t nrows,
-                                         const float* k, int64_t k_stride, int64_t nkeys,
-                                         int64_t dk, float* st, int64_t lds) {
+template <class T = float>
+HWY_INLINE void ScoreFourRowsOnePassTile(const float* qs, int64_t dkp, int64_t nrows, const T* k,
+                                         int64_t k_stride, int64_t nkeys, int64_t dk, float* st,
+                                         int64_t lds) {
   (void)nrows;  // 4
   const int64_t groups = nkeys / 4;
-  ScoreFourRowsOnePass(qs, dkp, k, k_stride, groups, st, lds);
-  ScoreRowsFourKeysTile(qs, dkp, 4, k, k_stride, nkeys, dk, st, lds, groups * 4);
+  ScoreFourRowsOnePass<T>(qs, dkp, k, k_stride, groups, st, lds);
+  ScoreRowsFourKeysTile<T>(qs, dkp, 4, k, k_stride, nkeys, dk, st, lds, groups * 4);
 }
 #else
 // Vector-only kernels (ukernels.inc: kVectorTargets): never called here.
-HWY_INLINE void ScoreRowsQResidentTile(const float*, int64_t, int64_t, const float*, int64_t,
-                                       int64_t, int64_t, float*, int64_t) {
+template <class T = float>
+HWY_INLINE void ScoreRowsQResidentTile(const float*, int64_t, int64_t, const T*, int64_t, int64_t,
+                                       int64_t, float*, int64_t) {
   HWY_ABORT("ScoreRowsQResidentTile: not compiled for HWY_SCALAR");
 }
-HWY_INLINE void ScoreFourRowsOnePassTile(const float*, int64_t, int64_t, const float*, int64_t,
-                                         int64_t, int64_t, float*, int64_t) {
+template <class T = float>
+HWY_INLINE void ScoreFourRowsOnePassTile(const float*, int64_t, int64_t, const T*, int64_t, int64_t,
+                                         int64_t, float*, int64_t) {
   HWY_ABORT("ScoreFourRowsOnePassTile: not compiled for HWY_SCALAR");
 }
 #endif
@@ -293,18 +304,22 @@ HWY_INLINE void ScoreFourRowsOnePassTile(const float*, int64_t, int64_t, const f
 // The whole tile (see the contract above): the Q-resident kernels where dk
 // is 8 vectors (d = 128 on AVX-512, 64 on AVX2) and 2-4 rows, the 4-key
 // kernel elsewhere.
-HWY_INLINE void ScoreRows(const float* qs, int64_t dkp, int64_t nrows, const float* k,
-                          int64_t k_stride, int64_t nkeys, int64_t dk, float* st, int64_t lds) {
+// K of type T (convert-inl.h, LoadVecAsF32) is read in place and converted
+// in registers; a reduced K needs dk to be a whole number of vectors (an
+// int8 K's scores come out unscaled).
+template <class T = float>
+HWY_INLINE void ScoreRows(const float* qs, int64_t dkp, int64_t nrows, const T* k, int64_t k_stride,
+                          int64_t nkeys, int64_t dk, float* st, int64_t lds) {
 #if HWY_TARGET != HWY_SCALAR
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   if (nrows >= 2 && nrows <= 4 && dk == 8 * N) {
     if (nrows == 4 && kZmmFile) {
-      return ScoreFourRowsOnePassTile(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds);
+      return ScoreFourRowsOnePassTile<T>(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds);
     }
-    return ScoreRowsQResidentTile(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds);
+    return ScoreRowsQResidentTile<T>(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds);
   }
 #endif
-  ScoreRowsFourKeysTile(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds);
+  ScoreRowsFourKeysTile<T>(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds);
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
