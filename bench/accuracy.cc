@@ -2,6 +2,15 @@
 // d = 64 and 128, and each mask kind, the variant runs the whole problem
 // (B = H = Hkv = 1, inputs uniform in [-1, 1), testing/problem_data.h's
 // ProblemData) and its output rows are compared against the fp64 reference.
+// Reduced precision: also each element-type combination of the precision
+// benchmarks (PrecisionDTypes(): bf16, f16, f32-bf16-bf16-f32, f32-i8-i8-f32,
+// bf16-i8-i8-bf16) the variant takes, at N = 128, 1024, 4096, 16384 (up to
+// max_n), d = 64 and 128, masks none and causal: the masks that change how
+// many keys a row sums, which is what the reduced types' error grows with;
+// the other masks are type-independent code paths the f32 results cover.
+// Each type stores the same fp32 values as the f32 case (rounded or
+// quantized), the reference reads the stored inputs exactly, and the bound
+// has the types' terms (reference/error_bound.h).
 //
 // Rows checked: every row when N <= 1024; above, 512 rows spaced evenly from
 // the first to the last (deterministic), because the reference is O(N²·d)
@@ -56,7 +65,7 @@ Problem RowProblem(const Problem& p, int64_t i, float* out) {
   r.v = p.v;
   r.k_scales = p.k_scales;
   r.v_scales = p.v_scales;
-  r.o = {out, Strides::BHLD(1, 1, s.value_dim)};
+  r.o = {out, Strides::BHLD(1, 1, s.value_dim), p.o.dtype};  // the bound has O's rounding
   r.scale = p.scale;
   r.mask = p.mask;
   // With one query the diagonal sits at Lk' - 1: cut the keys at the row's
@@ -127,9 +136,11 @@ RowResult CheckRows(const testing::ProblemData& data, const std::vector<int64_t>
     res.max_abs = std::max(res.max_abs, c.max_abs_error);
     res.bound_ratio = std::max(res.bound_ratio, c.worst_bound_ratio);
     // The comparison keeps finite errors; a NaN or inf in the row makes them infinite.
-    const float* got = testing::RowOf(p.o, 0, 0, i);
-    if (!std::all_of(got, got + dv, [](float x) { return std::isfinite(x); })) {
-      res.max_abs = res.bound_ratio = INFINITY;
+    const char* got = static_cast<const char*>(ValidProblem::Row(p.o, 0, 0, i));
+    for (int64_t d = 0; d < dv; ++d) {
+      if (!std::isfinite(LoadElement(p.o.dtype, got + d * DTypeBytes(p.o.dtype)))) {
+        res.max_abs = res.bound_ratio = INFINITY;
+      }
     }
     double row_max = 0;
     for (int64_t d = 0; d < dv; ++d) row_max = std::max(row_max, std::fabs(want->o[d]));
@@ -149,21 +160,34 @@ std::vector<int64_t> RowsToCheck(int64_t n) {
   return rows;
 }
 
-// "flash/N:1024/d:64/causal": a result's name on stderr, and its key when resuming.
-std::string ResultName(const std::string& variant, int64_t n, int64_t d, const std::string& mask) {
-  return variant + "/N:" + std::to_string(n) + "/d:" + std::to_string(d) + "/" + mask;
+// "flash/N:1024/d:64/causal", "flash/N:1024/d:128/none/dtype:bf16": a result's name on
+// stderr, and its key when resuming. `dtype`: the value of the bench's dtype token ("" = f32).
+std::string ResultName(const std::string& variant, int64_t n, int64_t d, const std::string& mask,
+                       const std::string& dtype) {
+  return variant + "/N:" + std::to_string(n) + "/d:" + std::to_string(d) + "/" + mask +
+         (dtype.empty() ? "" : "/dtype:" + dtype);
+}
+
+// The JSON's "dtype" value: the bench's name token without "dtype:" ("" for f32).
+std::string DTypeValue(const DTypes& dtypes) {
+  const std::string token = DTypeToken(dtypes);
+  return token.empty() ? "" : token.substr(token.find(':') + 1);
 }
 
 struct AccuracyCase {
   const Variant* variant;
   int64_t n, d;
   const MaskCase* mask;
-  std::string Name() const { return ResultName(variant->name, n, d, mask->name); }
+  DTypes dtypes = {};  // all f32 by default
+  std::string Name() const {
+    return ResultName(variant->name, n, d, mask->name, DTypeValue(dtypes));
+  }
 };
 
 std::string NameOf(const nlohmann::ordered_json& result) {
   return ResultName(result.value("variant", ""), result.value("N", int64_t{0}),
-                    result.value("d", int64_t{0}), result.value("mask", ""));
+                    result.value("d", int64_t{0}), result.value("mask", ""),
+                    result.value("dtype", ""));
 }
 
 // One result: the variant on the whole problem, its rows against the reference.
@@ -174,11 +198,13 @@ nlohmann::ordered_json RunCase(const AccuracyCase& c, const RunOptions& run_opti
   spec.mask = c.mask->kind;
   spec.window_left = WindowLeft(c.n);
   if (c.mask->key_lengths) spec.key_lengths = {int32_t(c.n - c.n / 3)};
-  // Same inputs for every variant.
+  spec.dtypes = c.dtypes;
+  // Same inputs for every variant (and, rounded or quantized, every element type).
   spec.seed = SeedFrom("accuracy/N:" + std::to_string(c.n) + "/d:" + std::to_string(c.d) + "/" +
                        c.mask->name);
   nlohmann::ordered_json entry = {
       {"variant", c.variant->name}, {"N", c.n}, {"d", c.d}, {"mask", c.mask->name}};
+  if (const std::string dtype = DTypeValue(c.dtypes); !dtype.empty()) entry["dtype"] = dtype;
   const auto start = std::chrono::steady_clock::now();
   testing::ProblemData data(spec);
   const Status status = Run(*c.variant, data.problem(), run_options);
@@ -258,6 +284,17 @@ int RunAccuracy(const AccuracyOptions& options) {
     for (int64_t n = 128; n <= options.max_n; n *= 2) {
       for (int64_t d : {64, 128}) {
         for (const MaskCase& m : kMasks) plan.push_back({v, n, d, &m});
+      }
+    }
+    // Four lengths, not every power of two: the reduced types multiply the
+    // cases by five, and the bound's sqrt(N) growth shows at these four.
+    for (const DTypes& t : PrecisionDTypes()) {
+      if (AllF32(t) || !Takes(*v, t)) continue;
+      for (int64_t n : {128, 1024, 4096, 16384}) {
+        if (n > options.max_n) continue;
+        for (int64_t d : {64, 128}) {
+          for (const MaskCase* m : {&kMasks[0], &kMasks[1]}) plan.push_back({v, n, d, m, t});
+        }
       }
     }
   }

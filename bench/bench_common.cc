@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "hwy/targets.h"
+#include "testing/problem_data.h"
 
 #ifndef ATTNLAB_BUILD_TYPE
 #define ATTNLAB_BUILD_TYPE "unknown"
@@ -36,13 +37,41 @@ const char* ScenarioName(Scenario s) {
   return "?";
 }
 
-std::string Case::DataKey() const {
+bool AllF32(const DTypes& t) {
+  return t.q == DType::kF32 && t.k == DType::kF32 && t.v == DType::kF32 && t.o == DType::kF32;
+}
+
+std::string DTypeToken(const DTypes& t) {
+  if (AllF32(t)) return "";
+  if (t.k == t.q && t.v == t.q && t.o == t.q) return std::string("dtype:") + DTypeName(t.q);
+  return std::string("dtype:") + DTypeName(t.q) + "-" + DTypeName(t.k) + "-" + DTypeName(t.v) +
+         "-" + DTypeName(t.o);
+}
+
+const std::vector<DTypes>& PrecisionDTypes() {
+  constexpr DType kF32 = DType::kF32, kBF16 = DType::kBF16, kF16 = DType::kF16, kI8 = DType::kI8;
+  static const std::vector<DTypes> list = {
+      {kF32, kF32, kF32, kF32},   {kBF16, kBF16, kBF16, kBF16}, {kF16, kF16, kF16, kF16},
+      {kF32, kBF16, kBF16, kF32}, {kF32, kI8, kI8, kF32},       {kBF16, kI8, kI8, kBF16},
+  };
+  return list;
+}
+
+bool Takes(const Variant& variant, const DTypes& t) {
+  const Variant::DTypeSupport& takes = variant.dtypes;
+  return (takes.q & DTypeMask(t.q)) && (takes.kv & DTypeMask(t.k)) && (takes.kv & DTypeMask(t.v)) &&
+         (takes.o & DTypeMask(t.o));
+}
+
+std::string Case::ValuesKey() const {
   const std::string d = "d:" + std::to_string(dim);
   switch (scenario) {
     case Scenario::kSweep:
       return "N:" + std::to_string(q_len) + "/" + d + "/causal:" + (causal ? "1" : "0");
     case Scenario::kDecode:
-      return "decode/Lk:" + std::to_string(kv_len) + "/" + d + "/Hkv:" + std::to_string(kv_heads);
+      return "decode/Lk:" + std::to_string(kv_len) + "/" + d +
+             (heads_token ? "/H:" + std::to_string(heads) : "") +
+             "/Hkv:" + std::to_string(kv_heads);
     case Scenario::kGqa:
       return "gqa/N:" + std::to_string(q_len) + "/" + d + "/causal:" + (causal ? "1" : "0");
     case Scenario::kWindow:
@@ -53,11 +82,30 @@ std::string Case::DataKey() const {
   return "?";
 }
 
+std::string Case::DataKey() const {
+  const std::string token = DTypeToken(dtypes);
+  return token.empty() ? ValuesKey() : ValuesKey() + "/" + token;
+}
+
 std::string Case::Tokens() const { return DataKey() + "/threads:" + std::to_string(threads); }
 
 std::string Case::CheckKey() const {
+  const std::string token = DTypeToken(dtypes);
   return std::string(ScenarioName(scenario)) + "/d:" + std::to_string(dim) + "/" +
-         MaskKindName(mask_kind()) + "/group:" + std::to_string(heads / kv_heads);
+         MaskKindName(mask_kind()) + "/group:" + std::to_string(heads / kv_heads) +
+         (token.empty() ? "" : "/" + token);
+}
+
+TensorBytes BytesOf(const Case& c) {
+  const Shape s = c.shape();
+  const double q_elems = double(s.batch) * s.heads * s.q_len * s.head_dim;
+  const double o_elems = double(s.batch) * s.heads * s.q_len * s.value_dim;
+  const double kv_rows = double(s.batch) * s.kv_heads * s.kv_len;
+  auto kv = [&](DType dtype, int64_t dim) {
+    return kv_rows * (double(dim) * DTypeBytes(dtype) + (dtype == DType::kI8 ? 4.0 : 0.0));
+  };
+  return {q_elems * DTypeBytes(c.dtypes.q), kv(c.dtypes.k, s.head_dim), kv(c.dtypes.v, s.value_dim),
+          o_elems * DTypeBytes(c.dtypes.o)};
 }
 
 double AttentionFlops(double pairs, int64_t dk, int64_t dv) {
@@ -101,15 +149,39 @@ CaseData& DataFor(const Case& c) {
   ReleaseData();
   auto data = std::make_unique<CaseData>();
   const Shape s = c.shape();
-  data->q.resize(s.batch * s.heads * s.q_len * s.head_dim);
-  data->k.resize(s.batch * s.kv_heads * s.kv_len * s.head_dim);
-  data->v.resize(s.batch * s.kv_heads * s.kv_len * s.value_dim);
-  data->o.assign(s.batch * s.heads * s.q_len * s.value_dim, 0.0f);
-  const uint64_t seed = SeedFrom(key);
-  FillRandom(data->q.data(), data->q.size(), seed);
-  FillRandom(data->k.data(), data->k.size(), seed + 1);
-  FillRandom(data->v.data(), data->v.size(), seed + 2);
-  data->problem = MakeProblem(s, data->q.data(), data->k.data(), data->v.data(), data->o.data());
+  const uint64_t seed = SeedFrom(c.ValuesKey());
+  // An input of `heads` x `len` rows of `dim`: fp32 values from the seed, kept
+  // when the tensor is f32, else stored in its type (the fp32 copy freed).
+  auto input = [&](DType dtype, std::vector<float>& values, std::vector<char>& typed,
+                   std::vector<float>* scales, int64_t heads, int64_t len, int64_t dim,
+                   uint64_t tensor_seed) -> const void* {
+    values.resize(s.batch * heads * len * dim);
+    FillRandom(values.data(), values.size(), tensor_seed);
+    if (dtype == DType::kF32) return values.data();
+    testing::StoreInDType(dtype, values, 0, s.batch, heads, len, dim,
+                          Strides::BHLD(heads, len, dim), typed, scales);
+    std::vector<float>().swap(values);
+    return typed.data();
+  };
+  const void* q =
+      input(c.dtypes.q, data->q, data->q_typed, nullptr, s.heads, s.q_len, s.head_dim, seed);
+  const void* k = input(c.dtypes.k, data->k, data->k_typed, &data->k_scales, s.kv_heads, s.kv_len,
+                        s.head_dim, seed + 1);
+  const void* v = input(c.dtypes.v, data->v, data->v_typed, &data->v_scales, s.kv_heads, s.kv_len,
+                        s.value_dim, seed + 2);
+  const size_t o_elems = s.batch * s.heads * s.q_len * s.value_dim;
+  void* o = nullptr;
+  if (c.dtypes.o == DType::kF32) {
+    data->o.assign(o_elems, 0.0f);
+    o = data->o.data();
+  } else {
+    data->o_typed.assign(o_elems * DTypeBytes(c.dtypes.o), 0);
+    o = data->o_typed.data();
+  }
+  data->problem = MakeProblem(s, q, k, v, o, Layout::kBHLD, c.dtypes);
+  const Strides row_scales = Strides::BHLD(s.kv_heads, s.kv_len, 1);
+  if (c.dtypes.k == DType::kI8) data->problem.k_scales = {data->k_scales.data(), row_scales};
+  if (c.dtypes.v == DType::kI8) data->problem.v_scales = {data->v_scales.data(), row_scales};
   data->problem.mask.kind = c.mask_kind();
   data->problem.mask.window_left = c.window;
   data->problem.mask.window_right = 0;

@@ -14,11 +14,26 @@
 #include <vector>
 
 #include "kernels/problem.h"
+#include "kernels/registry.h"
 
 namespace attn::bench {
 
 enum class Scenario { kSweep, kDecode, kGqa, kWindow, kCross };
 const char* ScenarioName(Scenario s);  // "sweep", "decode", ...
+
+// The name token of element types (docs/bench-json.md): "" when Q, K, V and
+// O are all f32 (fp32 names carry no token), "dtype:bf16" when the four share
+// one type, else "dtype:<q>-<k>-<v>-<o>", e.g. "dtype:f32-i8-i8-f32".
+std::string DTypeToken(const DTypes& dtypes);
+bool AllF32(const DTypes& dtypes);
+// The element types the precision scenario times and the accuracy run
+// checks, f32 first: f32, bf16, f16 (one type throughout), then the K/V
+// cache formats under an f32 or bf16 model: f32-bf16-bf16-f32,
+// f32-i8-i8-f32, bf16-i8-i8-bf16.
+const std::vector<DTypes>& PrecisionDTypes();
+// Whether `variant` takes `dtypes` (Variant::dtypes; what Prepare checks),
+// so a plan can leave out what would only be refused.
+bool Takes(const Variant& variant, const DTypes& dtypes);
 
 // One attention problem the suite times (without the variant).
 struct Case {
@@ -32,6 +47,12 @@ struct Case {
   bool causal = false;
   int64_t window = 0;  // left window (right = 0) for kWindow
   int threads = 1;
+  DTypes dtypes = {};  // element types of Q, K, V, O (all f32 by default)
+  // kDecode: the name carries `H:<heads>` before `Hkv` (a decode case whose
+  // query heads are not the run's --heads, e.g. the precision scenario's GQA
+  // decode with H = 32, Hkv = 8, which would otherwise have the name of the
+  // MHA decode case with Hkv = 8).
+  bool heads_token = false;
 
   Shape shape() const { return {batch, heads, kv_heads, q_len, kv_len, dim, dim}; }
   MaskKind mask_kind() const {
@@ -39,14 +60,29 @@ struct Case {
     return causal ? MaskKind::kCausal : MaskKind::kNone;
   }
   // The name without the variant, e.g. "N:4096/d:64/causal:1/threads:2",
-  // "decode/Lk:4096/d:64/Hkv:8/threads:2".
+  // "decode/Lk:4096/d:64/Hkv:8/threads:2",
+  // "decode/Lk:4096/d:128/H:32/Hkv:8/dtype:f32-i8-i8-f32/threads:1": the
+  // shape's tokens, the dtype token (if any), the thread count.
   std::string Tokens() const;
-  // Tokens() without the thread count: the key of the deterministic inputs,
-  // so every variant and thread count times the same data.
+  // Tokens() without the thread count: the key of the inputs, so every
+  // variant and thread count times the same data.
   std::string DataKey() const;
-  // The key of the correctness verdict: scenario, d, mask, GQA group.
+  // DataKey() without the dtype token: seeds the random fp32 values, so every
+  // element type of a shape stores the same values (rounded or quantized).
+  std::string ValuesKey() const;
+  // The key of the correctness verdict: scenario, d, mask, GQA group, dtypes.
   std::string CheckKey() const;
 };
+
+// Bytes of a case's tensors at their element sizes (DTypeBytes: 4, 2, 2, 1),
+// plus the fp32 row scales of an int8 K or V (4 bytes per row of d elements).
+// The `bytes_min` counter is total(); decode's `GBps` counts kv() per second.
+struct TensorBytes {
+  double q = 0, k = 0, v = 0, o = 0;  // k, v include their scales
+  double kv() const { return k + v; }
+  double total() const { return q + k + v + o; }
+};
+TensorBytes BytesOf(const Case& c);
 
 // FLOPs of attention, the one formula every GFLOPS counter uses:
 //   Q·Kᵀ costs 2·dk FLOPs (a multiply and an add per element) per visible
@@ -60,10 +96,15 @@ double AttentionFlops(double pairs, int64_t dk, int64_t dv);
 double DensePairs(const Case& c);
 
 // Q, K, V (random in [-1, 1), never all zero) and O for a case, in [B,H,L,d]
-// layout, filled by a generator seeded from the case's DataKey().
+// layout, filled by a generator seeded from the case's ValuesKey(), then
+// stored in the case's element types (testing::StoreInDType: bf16 and f16
+// rounded to nearest even, int8 quantized per row with one fp32 scale per
+// row), so every type of a shape holds the same values up to its rounding.
 struct CaseData {
-  std::vector<float> q, k, v, o;
-  Problem problem;  // points into the vectors
+  std::vector<float> q, k, v, o;  // the f32 tensors (a tensor of another type: empty)
+  std::vector<char> q_typed, k_typed, v_typed, o_typed;  // the others, in their type
+  std::vector<float> k_scales, v_scales;                 // [B, Hkv, Lk]: int8 K, V
+  Problem problem;                                       // points into the vectors
 };
 // The inputs for `c`, cached: consecutive cases with the same DataKey reuse
 // them (generating 1 GiB of inputs per call would dominate the suite); a new

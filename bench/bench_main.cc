@@ -3,7 +3,7 @@
 // same run. Output follows docs/bench-json.md (Google Benchmark JSON with the
 // attnlab_* context keys and the counters below).
 //
-//   attnlab_bench [--suite=quick|default|full] [--threads=1,2] [--batch=1]
+//   attnlab_bench [--suite=quick|default|full|precision] [--threads=1,2] [--batch=1]
 //                 [--heads=8] [--memory_budget=12G] [--benchmark_* flags]
 //   attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=16384]
 //   attnlab_bench --resume=FILE [--resume_force]
@@ -37,10 +37,26 @@
 //            the memory budget refuses are registered anyway, and at every
 //            sweep N up to 65536, so the report shows "over budget".
 //   full     N = 128..65536 everywhere, both d everywhere, no time cap.
+//   precision  only the reduced-precision cases (issue 16's targets): prefill
+//            N = 2048, 4096 at d = 64 and 128, causal 0/1, and decode
+//            Lk = 65536, d = 128, H = --heads, MHA and Hkv = 2 (GQA-4 at
+//            H = 8), each in every type of PrecisionDTypes(), with the
+//            stream and sgemm ceilings and the micro-kernels; a 2 s time cap
+//            (naive's long prefill cases are left out). ~8 min on 2 cores.
+// Every other suite also has a precision scenario (Suite::Precision): shapes
+// timed in reduced element types beside their f32 (names with a `dtype:`
+// token, docs/bench-json.md). quick: N = 256 causal in bf16 and the Hkv = 2
+// decode with int8 K/V; default: prefill N = 1024, 4096 (d = 128, causal 0/1)
+// and GQA decode Lk = 4096, 16384 (d = 128, H = 32, Hkv = 8) in f32, bf16,
+// f16, f32-bf16-bf16-f32, f32-i8-i8-f32 and bf16-i8-i8-bf16, with a tighter
+// time cap of its own (Precision::max_case_seconds); full adds decode
+// Lk = 65536. A variant has no case in types it does not take
+// (Variant::dtypes; `attnlab list` says which).
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -53,6 +69,7 @@
 #include <memory>
 #include <optional>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -113,7 +130,31 @@ struct Suite {
   // compares medians over the same stretch of time.
   int repetitions = 1;
   double repeat_max_seconds = 0;
+
+  // Reduced precision (issue 16): prefill (the sweep's Lq = Lk = N, H =
+  // --heads) and decode shapes in each of `dtypes`, so a variant's time in a
+  // reduced type reads beside its f32 at the same shape and threads. Every
+  // list includes f32: a case the main scenarios already registered (same
+  // name) is not registered twice. The f32 prefill shapes get the sgemm
+  // ceiling (one per shape bounds every type).
+  struct Precision {
+    std::vector<int64_t> prefill_n;
+    std::vector<int64_t> prefill_dims = {128};
+    std::vector<int> prefill_causal;
+    std::vector<DTypes> prefill_dtypes;
+    std::vector<int64_t> decode_lk;
+    int64_t decode_dim = 128;
+    int64_t decode_heads = 0;  // 0: --heads
+    std::vector<int64_t> decode_kv_heads = {8};
+    std::vector<DTypes> decode_dtypes;
+    // The time cap of these cases (as max_case_seconds, at the calibrated
+    // f32 rate): they are many (types x shapes x variants x threads), so the
+    // slowest kernels' long cases are left out sooner than the main ones.
+    double max_case_seconds = 1e30;
+  } precision;
 };
+
+constexpr DType kF32 = DType::kF32, kBF16 = DType::kBF16, kI8 = DType::kI8;
 
 std::vector<int64_t> Pow2(int64_t lo, int64_t hi) {
   std::vector<int64_t> v;
@@ -137,6 +178,16 @@ Suite MakeSuite(const std::string& name) {
     s.layer_n = {512};
     s.over_budget_max_n = 1024;
     s.min_time = "0.05";
+    // CI smoke: a bf16 sweep case and an int8-KV decode case, beside the
+    // quick suite's own f32 cases of the same shapes.
+    s.precision.prefill_n = {256};
+    s.precision.prefill_dims = {64};
+    s.precision.prefill_causal = {1};
+    s.precision.prefill_dtypes = {{kF32, kF32, kF32, kF32}, {kBF16, kBF16, kBF16, kBF16}};
+    s.precision.decode_lk = {4096};
+    s.precision.decode_dim = 64;
+    s.precision.decode_kv_heads = {2};
+    s.precision.decode_dtypes = {{kF32, kF32, kF32, kF32}, {kF32, kI8, kI8, kF32}};
   } else if (name == "default") {
     s.sweep_n = Pow2(128, 16384);
     s.dims = {64, 128};
@@ -158,6 +209,31 @@ Suite MakeSuite(const std::string& name) {
     s.min_time = "0.2";
     s.repetitions = 3;
     s.repeat_max_seconds = 0.1;
+    s.precision.prefill_n = {1024, 4096};
+    s.precision.prefill_causal = {0, 1};
+    s.precision.prefill_dtypes = PrecisionDTypes();
+    s.precision.decode_lk = {4096, 16384};
+    s.precision.decode_heads = 32;
+    s.precision.decode_dtypes = PrecisionDTypes();
+    s.precision.max_case_seconds = 2;
+  } else if (name == "precision") {
+    // The issue's targets alone. No main scenarios: the sweep and decode
+    // lists stay empty. Not repeated (repetitions = 1, so no random
+    // interleaving): cases run in registration order, so the 0.5-1 GiB
+    // decode inputs are made once per type rather than once per case
+    // (--benchmark_repetitions=3 repeats each case in place).
+    s.min_time = "0.2";
+    s.precision.prefill_n = {2048, 4096};
+    s.precision.prefill_dims = {64, 128};
+    s.precision.prefill_causal = {0, 1};
+    s.precision.prefill_dtypes = PrecisionDTypes();
+    s.precision.decode_lk = {65536};
+    s.precision.decode_kv_heads = {0, 2};  // 0: --heads (MHA)
+    s.precision.decode_dtypes = PrecisionDTypes();
+    // At 2 s naive runs the N = 2048 shapes but d = 128 dense (~1.7 s at its
+    // calibrated rate); its N = 4096 cases would take 7-14 s each, in every
+    // type and thread count.
+    s.precision.max_case_seconds = 2;
   } else {  // full
     s.sweep_n = Pow2(128, 65536);
     s.dims = {64, 128};
@@ -174,6 +250,12 @@ Suite MakeSuite(const std::string& name) {
     s.min_time = "0.5";
     s.repetitions = 3;
     s.repeat_max_seconds = 0.25;
+    s.precision.prefill_n = {1024, 4096};
+    s.precision.prefill_causal = {0, 1};
+    s.precision.prefill_dtypes = PrecisionDTypes();
+    s.precision.decode_lk = {4096, 16384, 65536};
+    s.precision.decode_heads = 32;
+    s.precision.decode_dtypes = PrecisionDTypes();
   }
   return s;
 }
@@ -203,6 +285,7 @@ testing::ProblemSpec CheckSpec(const Case& c) {
   spec.shape = s;
   spec.mask = c.mask_kind();
   spec.window_left = std::min<int64_t>(c.window, s.kv_len / 4);
+  spec.dtypes = c.dtypes;
   spec.seed = SeedFrom("check/" + c.CheckKey());
   return spec;
 }
@@ -325,14 +408,18 @@ double PredictedSeconds(const Calibration& rates, const Variant& v, double flops
 
 // ---------------------------------------------------------------- preparing a case
 
-// A Problem carrying `c`'s shape and mask over placeholder addresses: enough
-// for Prepare() (which reads shapes, strides and addresses, never data) to
-// say at registration whether the memory budget would refuse the case.
+// A Problem carrying `c`'s shape, mask and element types over placeholder
+// addresses: enough for Prepare() (which reads shapes, strides, types and
+// addresses, never data) to say at registration whether the variant takes the
+// types and whether the memory budget would refuse the case.
 Problem ShapeOnlyProblem(const Case& c) {
   const Shape s = c.shape();
   const uintptr_t gap = uintptr_t{1} << 40;  // past any tensor's extent
   auto at = [&](int k) { return reinterpret_cast<float*>(gap * (k + 1)); };
-  Problem p = MakeProblem(s, at(0), at(1), at(2), at(3));
+  Problem p = MakeProblem(s, at(0), at(1), at(2), at(3), Layout::kBHLD, c.dtypes);
+  const Strides row_scales = Strides::BHLD(s.kv_heads, s.kv_len, 1);
+  if (c.dtypes.k == DType::kI8) p.k_scales = {at(4), row_scales};
+  if (c.dtypes.v == DType::kI8) p.v_scales = {at(5), row_scales};
   p.mask.kind = c.mask_kind();
   p.mask.window_left = c.window;
   return p;
@@ -347,6 +434,10 @@ struct PreparedCase {
   double flops = 0;              // AttentionFlops of the visible pairs; the dense count if refused
   double predicted_seconds = 0;  // at the calibrated rate; 0 when not calibrated
   bool over_budget() const { return status.code() == StatusCode::kResourceExhausted; }
+  // Refused by Prepare (over budget, or the variant does not take the case's
+  // element types or mask): an instant skip, always registered so the
+  // report shows why, never repeated.
+  bool refused() const { return !status.ok(); }
 };
 
 PreparedCase PrepareCase(const Variant& v, const Case& c, const RunContext& ctx,
@@ -375,11 +466,20 @@ void SetParams(benchmark::State& state, const Case& c) {
 
 using benchmark::Counter;
 
-// "over budget: <the registry's message>" or "not run: <status>".
+// "over budget: <the registry's message>" or "not run: <status>" (a variant
+// that does not take the case's element types: "not run: Unimplemented:
+// dtype: Q=bf16 K=i8 V=i8 O=bf16 is not supported by variant ...").
 void SkipNotRun(benchmark::State& state, const Status& s) {
   state.SkipWithError((s.code() == StatusCode::kResourceExhausted ? "over budget: " + s.message()
                                                                   : "not run: " + s.ToString())
                           .c_str());
+}
+
+// The JSON label of a case that ran (docs/bench-json.md): the element types
+// when they are not all f32, then the path, e.g.
+// "Q=bf16 K=bf16 V=bf16 O=bf16 path=AVX3+AVX512_BF16", "path=AVX2".
+std::string CaseLabel(const DTypes& dtypes, const std::string& path) {
+  return (AllF32(dtypes) ? "" : Describe(dtypes) + " ") + "path=" + path;
 }
 
 // One variant on one case. `prepared` is the case's Prepare at registration.
@@ -388,8 +488,12 @@ void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& varian
   if (SkipIfInterrupted(state)) return;
   ctx.Progress(state, name);
   ScopedThreads threads(c.threads);
-  // Budget first (an over-budget case needs no inputs and no check), then
-  // the correctness verdict, then the inputs.
+  // The element types (the name's dtype token says the same), e.g.
+  // "Q=f32 K=i8 V=i8 O=f32", until the run adds the path (CaseLabel).
+  if (!AllF32(c.dtypes)) state.SetLabel(Describe(c.dtypes));
+  // Prepare's verdict first (an over-budget case, or one in element types the
+  // variant does not take, needs no inputs and no check), then the
+  // correctness verdict, then the inputs.
   if (!prepared.status.ok()) {
     SkipNotRun(state, prepared.status);
     return;
@@ -418,6 +522,10 @@ void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& varian
     benchmark::ClobberMemory();
   }
   const double rss_delta = rss.DeltaBytes();
+  // Which code ran (the Highway target, "+AVX512_BF16", "portable C++"): the
+  // same variant and types can take another path on another CPU or with
+  // ATTNLAB_PORTABLE=1, and a figure means little without it.
+  state.SetLabel(CaseLabel(c.dtypes, stats.path));
   SetParams(state, c);
   state.counters["GFLOPS"] = Counter(prepared.flops / 1e9, Counter::kIsIterationInvariantRate);
   state.counters["GFLOPS_dense"] = Counter(AttentionFlops(DensePairs(c), c.dim, c.dim) / 1e9,
@@ -425,11 +533,11 @@ void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& varian
   state.counters["workspace_bytes"] = double(stats.workspace_peak_bytes);
   state.counters["workspace_declared_bytes"] = double(stats.workspace_declared_bytes);
   state.counters["peak_rss_delta_bytes"] = rss_delta;
-  state.counters["bytes_min"] =
-      4.0 * double(data.q.size() + data.k.size() + data.v.size() + data.o.size());
+  // At the element sizes, with an int8 K's or V's row scales (BytesOf).
+  const TensorBytes bytes = BytesOf(c);
+  state.counters["bytes_min"] = bytes.total();
   if (c.scenario == Scenario::kDecode) {
-    state.counters["GBps"] = Counter(4.0 * double(data.k.size() + data.v.size()) / 1e9,
-                                     Counter::kIsIterationInvariantRate);
+    state.counters["GBps"] = Counter(bytes.kv() / 1e9, Counter::kIsIterationInvariantRate);
   }
 }
 
@@ -596,7 +704,14 @@ class SuiteCases {
 
  private:
   void Add(std::string name, std::function<void(benchmark::State&)> fn, double predicted_seconds) {
+    names_.insert(name);
     cases_.push_back({std::move(name), std::move(fn), predicted_seconds});
+  }
+  // Whether a case of this name is registered or left out already (the
+  // precision scenario's f32 cases are often the sweep's).
+  bool Known(const std::string& name) const {
+    return names_.count(name) > 0 ||
+           std::find(left_out_.begin(), left_out_.end(), name) != left_out_.end();
   }
   void AddVariant(const Variant* v, const Case& c, const PreparedCase& prepared) {
     const std::string name = std::string(v->name) + "/" + c.Tokens();
@@ -605,15 +720,16 @@ class SuiteCases {
         [ctx = &ctx_, v, c, prepared, name](benchmark::State& s) {
           VariantCase(s, *ctx, *v, c, prepared, name);
         },
-        prepared.over_budget() ? -1 : prepared.predicted_seconds);
+        prepared.refused() ? -1 : prepared.predicted_seconds);
   }
 
   // Adds the ceiling (when `ceiling`) and every variant for case `c` at
-  // each thread count.
-  void AddShape(Case c, bool ceiling) {
+  // each thread count, but the cases predicted to take over `max_seconds`
+  // per iteration (left out) and those registered already.
+  void AddShape(Case c, bool ceiling, double max_seconds) {
     for (int t : options_.threads) {
       c.threads = t;
-      if (ceiling) {
+      if (ceiling && !Known("ceiling_sgemm/" + c.Tokens())) {
         // Two sgemm calls: predicted at the blas variant's rate.
         const Variant* blas = FindVariant("blas");
         const std::string name = "ceiling_sgemm/" + c.Tokens();
@@ -623,12 +739,50 @@ class SuiteCases {
                  : 0);
       }
       for (const Variant* v : Registry()) {
+        const std::string name = std::string(v->name) + "/" + c.Tokens();
+        // Types the variant does not take: no case (it could only be
+        // refused), as `attnlab list` says.
+        if (Known(name) || !Takes(*v, c.dtypes)) continue;
         const PreparedCase prepared = PrepareCase(*v, c, ctx_, rates_);
-        if (prepared.predicted_seconds > suite_.max_case_seconds && !prepared.over_budget()) {
-          left_out_.push_back(std::string(v->name) + "/" + c.Tokens());
+        if (prepared.predicted_seconds > max_seconds && !prepared.refused()) {
+          left_out_.push_back(name);
           continue;
         }
         AddVariant(v, c, prepared);
+      }
+    }
+  }
+  void AddShape(const Case& c, bool ceiling) { AddShape(c, ceiling, suite_.max_case_seconds); }
+
+  // The precision scenario (Suite::Precision): each shape in each element
+  // type; the sgemm ceiling with the f32 case only (it bounds every type).
+  // Types first within a shape, so consecutive cases share a shape's
+  // threads and variants and the inputs are made once per (shape, type).
+  void AddPrecision() {
+    const Suite::Precision& p = suite_.precision;
+    const int64_t B = options_.batch, H = options_.heads;
+    for (int64_t n : p.prefill_n) {
+      for (int64_t d : p.prefill_dims) {
+        for (int causal : p.prefill_causal) {
+          for (const DTypes& t : p.prefill_dtypes) {
+            Case c{Scenario::kSweep, B, H, H, n, n, d, causal == 1};
+            c.dtypes = t;
+            AddShape(c, /*ceiling=*/AllF32(t), p.max_case_seconds);
+          }
+        }
+      }
+    }
+    const int64_t heads = p.decode_heads > 0 ? p.decode_heads : H;
+    for (int64_t lk : p.decode_lk) {
+      for (int64_t kv_heads : p.decode_kv_heads) {
+        const int64_t hkv = kv_heads > 0 ? kv_heads : heads;
+        if (heads % hkv != 0) continue;  // e.g. --heads=1 with GQA's Hkv = 2
+        for (const DTypes& t : p.decode_dtypes) {
+          Case c{Scenario::kDecode, B, heads, hkv, 1, lk, p.decode_dim, false};
+          c.dtypes = t;
+          c.heads_token = heads != H;
+          AddShape(c, /*ceiling=*/false, p.max_case_seconds);
+        }
       }
     }
   }
@@ -638,7 +792,8 @@ class SuiteCases {
     // Sweep: Lq = Lk = N. Past the suite's N range, only over-budget cases of
     // score-materializing variants (instant skips the report shows).
     std::vector<int64_t> sweep_n = suite_.sweep_n;
-    for (int64_t n = sweep_n.back() * 2; n <= suite_.over_budget_max_n; n *= 2) {
+    for (int64_t n = sweep_n.empty() ? 0 : sweep_n.back() * 2;
+         n > 0 && n <= suite_.over_budget_max_n; n *= 2) {
       sweep_n.push_back(n);
     }
     for (int64_t n : sweep_n) {
@@ -701,6 +856,7 @@ class SuiteCases {
     for (auto [lq, lk] : suite_.cross) {
       AddShape(Case{Scenario::kCross, B, H, H, lq, lk, 64, false}, /*ceiling=*/true);
     }
+    AddPrecision();
     for (int64_t n : suite_.layer_n) {
       for (int t : options_.threads) {
         Case c{Scenario::kSweep, 1, H, H, n, n, 64, false};
@@ -743,6 +899,7 @@ class SuiteCases {
   RunContext& ctx_;
   const Options& options_;
   std::vector<Registration> cases_;
+  std::set<std::string> names_;  // of cases_
   std::vector<std::string> left_out_;
 };
 
@@ -796,7 +953,13 @@ void AddContext(const std::map<std::string, std::string>& context, const std::st
   if (suite.max_case_seconds < 1e30) {
     benchmark::AddCustomContext("attnlab_case_time_cap_s",
                                 std::to_string(int(suite.max_case_seconds)));
+  }
+  if (suite.max_case_seconds < 1e30 || suite.precision.max_case_seconds < 1e30) {
     benchmark::AddCustomContext("attnlab_cases_left_out", std::to_string(left_out));
+  }
+  if (suite.precision.max_case_seconds < 1e30) {
+    benchmark::AddCustomContext("attnlab_precision_case_time_cap_s",
+                                std::to_string(int(suite.precision.max_case_seconds)));
   }
 }
 // What the file holds now, after an interruption or a resume.
@@ -902,8 +1065,8 @@ const FlagSpec kFlags[] = {
      .kind = Kind::kWhatRuns,
      .apply =
          [](const std::string& v, Flags& f) {
-           if (v != "quick" && v != "default" && v != "full") {
-             return "unknown --suite=" + v + " (quick, default or full)";
+           if (v != "quick" && v != "default" && v != "full" && v != "precision") {
+             return "unknown --suite=" + v + " (quick, default, full or precision)";
            }
            f.options.suite = v;
            return std::string();
@@ -1013,16 +1176,23 @@ const FlagSpec& Flag(const char* name) {
   std::abort();  // a name not in kFlags: a bug here
 }
 
-int Usage(const std::string& error) {
-  std::fprintf(stderr,
-               "attnlab_bench: %s\n"
-               "usage: attnlab_bench [--suite=quick|default|full] [--threads=1,2] [--batch=B]\n"
-               "         [--heads=H] [--memory_budget=12G] [--benchmark_* flags]\n"
+void PrintUsage(FILE* to) {
+  std::fprintf(to,
+               "usage: attnlab_bench [--suite=quick|default|full|precision] [--threads=1,2]\n"
+               "         [--batch=B] [--heads=H] [--memory_budget=12G] [--benchmark_* flags]\n"
                "       attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=N]\n"
                "         [--accuracy_threads=T]\n"
                "       attnlab_bench --resume=FILE [--resume_force] [the flags FILE was run with]\n"
+               "suites: quick (CI smoke), default (the report's run), full (every size),\n"
+               "  precision (only the reduced-precision cases: bf16, f16 and int8 K/V beside\n"
+               "  f32, names with a dtype: token; docs/bench-json.md)\n"
                "variants: %s\n",
-               error.c_str(), VariantNames().c_str());
+               VariantNames().c_str());
+}
+
+int Usage(const std::string& error) {
+  std::fprintf(stderr, "attnlab_bench: %s\n", error.c_str());
+  PrintUsage(stderr);
   return 2;
 }
 
@@ -1187,7 +1357,9 @@ int BenchmarkMode(Flags& flags, const std::string& argv0, const std::string& rec
                  out_path.c_str());
   }
 
-  if ((suite.max_case_seconds < 1e30 || suite.repetitions > 1) && rates.empty()) {
+  if ((suite.max_case_seconds < 1e30 || suite.precision.max_case_seconds < 1e30 ||
+       suite.repetitions > 1) &&
+      rates.empty()) {
     rates = Calibrate(options);
   }
   RunContext ctx(options);
@@ -1197,10 +1369,22 @@ int BenchmarkMode(Flags& flags, const std::string& argv0, const std::string& rec
   std::vector<Registration>& cases = suite_cases.cases();
   const std::vector<std::string>& left_out = suite_cases.left_out();
   if (!left_out.empty()) {
+    // "over 20 s per iteration, 2 s for the precision cases": the caps the suite has.
+    std::string caps;
+    char buf[96];
+    if (suite.max_case_seconds < 1e30) {
+      std::snprintf(buf, sizeof(buf), "%.0f s per iteration", suite.max_case_seconds);
+      caps = buf;
+    }
+    if (suite.precision.max_case_seconds < 1e30) {
+      std::snprintf(buf, sizeof(buf), "%s%.0f s for the precision cases", caps.empty() ? "" : ", ",
+                    suite.precision.max_case_seconds);
+      caps += buf;
+    }
     std::fprintf(stderr,
-                 "attnlab_bench: suite %s leaves out %zu case(s) predicted to take over %.0f s "
-                 "per iteration (--suite=full runs them):",
-                 options.suite.c_str(), left_out.size(), suite.max_case_seconds);
+                 "attnlab_bench: suite %s leaves out %zu case(s) predicted to take over %s "
+                 "(--suite=full has no cap):",
+                 options.suite.c_str(), left_out.size(), caps.c_str());
     for (const std::string& name : left_out) std::fprintf(stderr, " %s", name.c_str());
     std::fprintf(stderr, "\n");
   }
@@ -1267,6 +1451,12 @@ int Main(int argc, char** argv) {
   InstallInterruptHandlers();
   const std::optional<std::vector<std::string>> args = WithRecordedArgs({argv + 1, argv + argc});
   if (!args) return 2;
+  // attnlab's own flags first; Google Benchmark then prints its flags and exits.
+  if (std::find(args->begin(), args->end(), "--help") != args->end()) {
+    PrintUsage(stdout);
+    std::printf("\nGoogle Benchmark's flags:\n");
+    std::fflush(stdout);
+  }
   Flags flags;
   if (const std::string error = ParseFlags(*args, &flags); !error.empty()) return Usage(error);
   const std::string recorded_json = nlohmann::json(flags.recorded).dump();

@@ -34,9 +34,10 @@ function(has key_path out)
   endif()
 endfunction()
 
-# 1. Every variant + both ceilings + decode, default budget: all run, all counters.
+# 1. Every variant + both ceilings + decode, default budget: all run, all counters;
+#    with the quick suite's reduced-precision cases (a bf16 sweep case, an int8-K/V decode).
 run_bench(${WORK}/quick.json --suite=quick --threads=1
-  "--benchmark_filter=/N:256/d:64/causal:1/threads:1|^ceiling_stream/.*threads:1|/decode/Lk:4096/d:64/Hkv:2/threads:1")
+  "--benchmark_filter=/N:256/d:64/causal:1/(dtype:bf16/)?threads:1|^ceiling_stream/.*threads:1|/decode/Lk:4096/d:64/Hkv:2/(dtype:f32-i8-i8-f32/)?threads:1")
 foreach(key attnlab_git_commit attnlab_hwy_target attnlab_openblas_config
             attnlab_openblas_version attnlab_threads attnlab_compiler attnlab_build_type
             attnlab_suite attnlab_memory_budget_bytes attnlab_cpu_model)
@@ -47,6 +48,7 @@ foreach(key attnlab_git_commit attnlab_hwy_target attnlab_openblas_config
 endforeach()
 string(JSON n LENGTH "${json}" benchmarks)
 set(variants 0)
+set(typed 0)
 set(sgemm 0)
 set(stream 0)
 math(EXPR last "${n} - 1")
@@ -68,6 +70,17 @@ foreach(i RANGE ${last})
               peak_rss_delta_bytes bytes_min B H Hkv Lq Lk d causal threads)
       get(value benchmarks ${i} ${c})
     endforeach()
+    # The label names the path that ran, after the element types of a reduced-precision
+    # case (docs/bench-json.md).
+    get(label benchmarks ${i} label)
+    if(name MATCHES "/dtype:")
+      if(NOT label MATCHES "^Q=[a-z0-9]+ K=[a-z0-9]+ V=[a-z0-9]+ O=[a-z0-9]+ path=.")
+        message(FATAL_ERROR "${name}: label '${label}' does not name the element types and path")
+      endif()
+      math(EXPR typed "${typed} + 1")
+    elseif(NOT label MATCHES "^path=.")
+      message(FATAL_ERROR "${name}: label '${label}' does not name the path")
+    endif()
     if(name MATCHES "/decode/")
       get(value benchmarks ${i} GBps)
     else()
@@ -84,9 +97,9 @@ foreach(i RANGE ${last})
   endif()
   unset(g)
 endforeach()
-if(variants LESS 1 OR NOT sgemm EQUAL 1 OR NOT stream EQUAL 1)
-  message(FATAL_ERROR "want >= 1 variant, 1 ceiling_sgemm, 1 ceiling_stream; got "
-                      "${variants}, ${sgemm}, ${stream}")
+if(variants LESS 1 OR typed LESS 2 OR NOT sgemm EQUAL 1 OR NOT stream EQUAL 1)
+  message(FATAL_ERROR "want >= 1 variant, >= 2 dtype: cases, 1 ceiling_sgemm, 1 ceiling_stream; "
+                      "got ${variants}, ${typed}, ${sgemm}, ${stream}")
 endif()
 
 # 2. A 1 KiB budget: each case runs or is skipped as "over budget: ...", and
@@ -110,7 +123,8 @@ if(over EQUAL 0)
   message(FATAL_ERROR "no case was refused by a 1 KiB budget")
 endif()
 
-# 3. The accuracy run writes one result per variant x N x d x mask.
+# 3. The accuracy run writes one f32 result per variant x N x d x mask, and reduced-precision
+#    results with a "dtype" (bench/accuracy.cc).
 execute_process(COMMAND "${BENCH}" --accuracy --accuracy_max_n=128
                         --accuracy_out=${WORK}/accuracy.json
                 RESULT_VARIABLE rc ERROR_VARIABLE stderr)
@@ -119,9 +133,19 @@ if(NOT rc EQUAL 0)
 endif()
 file(READ "${WORK}/accuracy.json" json)
 string(JSON n LENGTH "${json}" results)
-math(EXPR per_variant "${n} % 10")
-if(n LESS 10 OR NOT per_variant EQUAL 0)
-  message(FATAL_ERROR "accuracy: ${n} results, want 10 per variant (2 d x 5 masks)")
+set(f32 0)
+math(EXPR last "${n} - 1")
+foreach(i RANGE ${last})
+  has("results;${i};dtype" typed_result)
+  if(NOT typed_result)
+    math(EXPR f32 "${f32} + 1")
+  endif()
+endforeach()
+math(EXPR per_variant "${f32} % 10")
+math(EXPR reduced "${n} - ${f32}")
+if(f32 LESS 10 OR NOT per_variant EQUAL 0 OR reduced LESS 1)
+  message(FATAL_ERROR "accuracy: ${f32} f32 results, want 10 per variant (2 d x 5 masks), and "
+                      "${reduced} with a dtype, want some")
 endif()
 foreach(f variant N d mask max_abs_error max_rel_error bound_ratio)
   get(value results 0 ${f})

@@ -348,7 +348,7 @@ class MainJob(Case):
                       "\n".join(err))
 
         # Again: the suite runs only what is missing; SIGTERM during the accuracy run.
-        accuracy_line = re.compile(r"^\w+/N:\d+/d:\d+/\w+: max_abs ")
+        accuracy_line = re.compile(r"^\w+/N:\d+/d:\d+/\w+(/dtype:[\w-]+)?: max_abs ")
         rc, err, out = self.main_job(stop_after=2, sig=signal.SIGTERM, stop_on=accuracy_line)
         self.assertEqual(rc, 143, "\n".join(err))
         self.assertIn(f"resuming {stem}.json", out)
@@ -365,9 +365,14 @@ class MainJob(Case):
         self.assertEqual([m for m in map(PROGRESS.match, err) if m], [])
         self.assert_complete(bench_json, listed(TWO_SHAPES))
         results = load(accuracy_json)["results"]
-        keys = [(r["variant"], r["N"], r["d"], r["mask"]) for r in results]
+        keys = [(r["variant"], r["N"], r["d"], r["mask"], r.get("dtype", "f32")) for r in results]
         self.assertEqual(len(keys), len(set(keys)))
-        self.assertEqual(len(keys), len({k[0] for k in keys}) * 2 * 2 * 5)  # N, d, mask
+        variants = len({k[0] for k in keys})
+        self.assertEqual(sum(k[4] == "f32" for k in keys), variants * 2 * 2 * 5)  # N, d, mask
+        # Reduced precision (bench/accuracy.cc): N = 128 of the lengths up to 256, d, none
+        # and causal, in each of the five reduced combinations a variant takes.
+        self.assertLessEqual(sum(k[4] != "f32" for k in keys), variants * 2 * 2 * 5)
+        self.assertGreater(sum(k[4] != "f32" for k in keys), 0)
         self.assertEqual(results[:len(before)], before)
         self.assertEqual(len([line for line in err if accuracy_line.match(line)]),
                          len(keys) - len(before))

@@ -4,7 +4,10 @@ Google Benchmark JSON: {"context": {...}, "benchmarks": [...]}. Each benchmark e
 repetition ("run_type": "iteration") or an aggregate over repetitions ("run_type": "aggregate",
 "aggregate_name": mean|median|stddev|cv). Names are '/'-separated tokens: the first is a variant
 name from the registry, `ceiling_sgemm`, `ceiling_stream` or `layer` (whose second token is the
-variant); tokens without ':' are the scenario, `key:value` tokens are parameters.
+variant); tokens without ':' are the scenario, `key:value` tokens are parameters. Parameters
+are numbers but one: `dtype`, the element types of Q, K, V and O (`dtype:bf16` when the four
+share one type, `dtype:f32-i8-i8-f32` otherwise; absent = all f32); a micro-kernel's `dtype`
+names its input type.
 
 Every file is validated here, once, as it is read: what comes out (Run, Case, AccuracyRow) holds
 only well-formed values, and anything else is an InputError whose message is one line naming the
@@ -30,12 +33,21 @@ FIXED_FAMILIES = (CEILING_SGEMM, CEILING_STREAM, LAYER, UKERNEL)
 
 # What became of a case (Case.status). The bench marks a case it did not run with an error
 # message: "over budget: ..." (refused before allocating), "interrupted: ..." (the run was
-# stopped before the case), anything else ("failed check: ...", "not run: <status>") failed.
+# stopped before the case), "not run: Unimplemented: dtype: ... is not supported by variant
+# ..." (the variant does not take the case's element types; the accuracy JSON writes it
+# without "Unimplemented: "), anything else ("failed check: ...", "not run: <status>") failed.
 OK = "ok"
 OVER_BUDGET = "over budget"
 NOT_RUN = "not run"
+UNSUPPORTED = "unsupported"
 FAILED = "failed"
 _STATUS_PREFIXES = (("over budget: ", OVER_BUDGET), ("interrupted: ", NOT_RUN))
+_UNSUPPORTED = re.compile(r"not run: (Unimplemented: )?dtype: .* is not supported by variant ")
+
+# Element types (kernels/dtype.h), in the order a report lists them; F32 is a name without a
+# dtype token.
+DTYPE_NAMES = ("f32", "bf16", "f16", "i8")
+F32 = "f32"
 
 # A context key every attnlab_bench (and accuracy) run writes; a Google Benchmark JSON without it
 # comes from another program.
@@ -67,7 +79,9 @@ _MEASURED = ("iteration",) + _CENTRAL_AGGREGATES  # entries whose time and count
 
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 # Name parameters that are sizes or counts (docs/bench-json.md): positive integers.
-_SIZE_PARAMS = {"N", "Lq", "Lk", "d", "Hkv", "threads", "w", "bytes"}
+_SIZE_PARAMS = {"N", "Lq", "Lk", "d", "H", "Hkv", "threads", "w", "bytes"}
+# The one parameter that is not a number: element types.
+DTYPE_PARAM = "dtype"
 
 
 class InputError(ValueError):
@@ -101,6 +115,29 @@ def parse_name(name):
   return family, variant, scenario, params
 
 
+def parse_dtype(text):
+  """The (Q, K, V, O) element types of a dtype token's value: 'bf16' -> ('bf16',) * 4,
+  'f32-i8-i8-f32' -> ('f32', 'i8', 'i8', 'f32'). ValueError for anything else."""
+  parts = text.split("-")
+  if len(parts) == 1:
+    parts = parts * 4
+  if len(parts) != 4 or not all(p in DTYPE_NAMES for p in parts):
+    raise ValueError(text)
+  return tuple(parts)
+
+
+def dtype_label(dtypes):
+  """The token value of (Q, K, V, O) types, as the bench writes it: 'f32' for all f32 (a name
+  without the token), 'bf16' for one shared type, 'f32-i8-i8-f32' otherwise."""
+  return dtypes[0] if len(set(dtypes)) == 1 else "-".join(dtypes)
+
+
+def dtype_sort_key(label):
+  """f32 first, then one shared type (bf16, f16), then mixed types in Q, K, V, O order."""
+  types = parse_dtype(label)
+  return (len(set(types)) > 1, tuple(DTYPE_NAMES.index(t) for t in types))
+
+
 def param_value(text):
   """'4096' -> 4096, '0.5' -> 0.5, anything else stays a string."""
   try:
@@ -126,7 +163,14 @@ def _check_name(where, name):
   seen = set()
   for k, v in params:
     value = param_value(v)
-    if isinstance(value, str):
+    if k == DTYPE_PARAM:
+      try:
+        parse_dtype(v)
+      except ValueError:
+        raise InputError(f"{where}: parameter {k}:{v} is not element types (want dtype:<t> or "
+                         f"dtype:<q>-<k>-<v>-<o>, each one of {', '.join(DTYPE_NAMES)})"
+                         ) from None
+    elif isinstance(value, str):
       raise InputError(f"{where}: parameter {k}:{v} is not a number")
     if k in _SIZE_PARAMS and not _is_positive_int(value):
       raise InputError(f"{where}: parameter {k}:{v} is not a positive integer")
@@ -138,9 +182,12 @@ def _check_name(where, name):
 
 
 def status_of(error):
-  """OK, OVER_BUDGET, NOT_RUN or FAILED for an error message (None: the case ran)."""
+  """OK, OVER_BUDGET, NOT_RUN, UNSUPPORTED or FAILED for an error message (None: the case
+  ran)."""
   if error is None:
     return OK
+  if _UNSUPPORTED.match(error):
+    return UNSUPPORTED
   return next((s for prefix, s in _STATUS_PREFIXES if error.startswith(prefix)), FAILED)
 
 
@@ -361,13 +408,26 @@ def _read_context(path, doc, producer):
 class _Entry:
   """One validated benchmark entry. kind: "iteration", an aggregate name, or "error"."""
 
-  def __init__(self, name, kind, value=None, counters=None, repetitions=0, error=None):
+  def __init__(self, name, kind, value=None, counters=None, repetitions=0, error=None,
+               path=None):
     self.name = name
     self.kind = kind
     self.value = value        # seconds per call; the plain ratio for a "cv" aggregate
     self.counters = counters or {}
     self.repetitions = repetitions
     self.error = error
+    self.path = path          # the code path that ran (label "... path=<path>"), or None
+
+
+# The label of a case that ran ends with the code path (docs/bench-json.md): "path=AVX3",
+# "Q=bf16 K=bf16 V=bf16 O=bf16 path=AVX3+AVX512_BF16", "path=portable C++".
+_PATH_IN_LABEL = re.compile(r"(?:^| )path=(.+)$")
+
+
+def path_of(label):
+  """The path a bench label names, or None (an older file, or a ceiling)."""
+  m = _PATH_IN_LABEL.search(label or "")
+  return m.group(1) if m else None
 
 
 def _entry_name(where, e):
@@ -445,13 +505,14 @@ def _read_entry(path, index, e):
   if kind not in _MEASURED:  # a spread: its counters (spreads too, NaN where 0/0) are not read
     return _Entry(name, kind, value, repetitions=repetitions)
   counters = _counters(where, e)
+  path = path_of(_string(where, e, "label", required=False))
   family, _, scenario, _ = parse_name(name)
   key = _required_counter(family, scenario)
   if key not in counters:
     raise InputError(f"{where}: no \"{key}\" counter (a measured {family} "
                      f"{scenario + ' ' if scenario else ''}entry carries one; "
                      "docs/bench-json.md)")
-  return _Entry(name, kind, value, counters, repetitions)
+  return _Entry(name, kind, value, counters, repetitions, path=path)
 
 
 # ----------------------------------------------------------------------------- cases
@@ -462,13 +523,18 @@ class Case:
     self.source = source
     self.name = name
     self.family, self.variant, self.scenario, raw = parse_name(name)
-    self.params = {k: param_value(v) for k, v in raw.items()}
+    self.params = {k: v if k == DTYPE_PARAM else param_value(v) for k, v in raw.items()}
+    # Element types of Q, K, V, O ('f32',) * 4 without a dtype token; `dtype` their label
+    # ('f32', 'bf16', 'f32-i8-i8-f32').
+    self.dtypes = parse_dtype(raw.get(DTYPE_PARAM, F32))
+    self.dtype = dtype_label(self.dtypes)
     self.time_s = None     # median real time per call, seconds (> 0 when the case ran)
     self.counters = {}     # median of each counter over repetitions
     self.cv = None         # coefficient of variation of real time over repetitions (or None)
     self.cv_source = None  # where cv came from: "repetitions (n=3)" / "_cv aggregate"
     self.repetitions = 0
     self.error = None      # error_message when the case was not run
+    self.path = None       # the code path that ran ("AVX3+AVX512_BF16"; " / "-joined if several)
 
   def counter(self, key):
     return self.counters.get(key)
@@ -484,7 +550,8 @@ class Case:
 
   @property
   def status(self):
-    """OK, OVER_BUDGET, NOT_RUN (the run was interrupted before it) or FAILED."""
+    """OK, OVER_BUDGET, NOT_RUN (the run was interrupted before it), UNSUPPORTED (the variant
+    does not take the element types) or FAILED."""
     return status_of(self.error)
 
 
@@ -513,6 +580,9 @@ def _reduce(case, entries):
     return
   case.time_s = statistics.median(e.value for e in measured)
   case.counters = _median_counters(measured)
+  # Several only where a resumed file mixes runs that took different paths: say so.
+  paths = sorted({e.path for e in measured if e.path})
+  case.path = " / ".join(paths) if paths else None
   case.repetitions = len(its) if its else sum(e.repetitions for e in central)
   times = [e.value for e in its]
   if len(times) >= 2:
@@ -605,15 +675,17 @@ def load_results(paths, select=None):
 # ----------------------------------------------------------------------------- accuracy
 class AccuracyRow:
   """One validated accuracy result. A non-finite error (the bench's JSON writes it as null) is
-  inf; `error` is set, and the measurements are None, for a case that did not run."""
+  inf; `error` is set, and the measurements are None, for a case that did not run. `dtype`:
+  the element types' label ('f32' when the result has no "dtype")."""
 
   def __init__(self, source, variant, n, d, mask, error=None, max_abs_error=None,
-               max_rel_error=math.nan, bound_ratio=math.nan):
+               max_rel_error=math.nan, bound_ratio=math.nan, dtype=F32):
     self.source = source
     self.variant = variant
     self.N = n
     self.d = d
     self.mask = mask
+    self.dtype = dtype
     self.error = error
     self.max_abs_error = max_abs_error
     self.max_rel_error = max_rel_error
@@ -644,13 +716,23 @@ def _read_accuracy_row(path, index, r, source):
   n = _field(where, r, "N", "a positive integer", _is_positive_int)
   d = _field(where, r, "d", "a positive integer", _is_positive_int)
   mask = _string(where, r, "mask")
+  dtype = _field(where, r, "dtype", "element types (bf16, f32-i8-i8-f32, ...)", _is_dtype,
+                 required=False)
+  dtype = dtype_label(parse_dtype(dtype)) if dtype is not None else F32
   error = _string(where, r, "error", required=False)
   if error is not None:
-    return AccuracyRow(source, variant, n, d, mask, error=error)
+    return AccuracyRow(source, variant, n, d, mask, error=error, dtype=dtype)
   return AccuracyRow(source, variant, n, d, mask, max_abs_error=_error_value(
       where, r, "max_abs_error"), max_rel_error=_error_value(
           where, r, "max_rel_error", required=False), bound_ratio=_error_value(
-              where, r, "bound_ratio", required=False))
+              where, r, "bound_ratio", required=False), dtype=dtype)
+
+
+def _is_dtype(value):
+  try:
+    return _is_string(value) and parse_dtype(value) is not None
+  except ValueError:
+    return False
 
 
 _ACCURACY_JSON = "an attnlab accuracy JSON (attnlab_bench --accuracy --accuracy_out FILE)"

@@ -124,7 +124,7 @@ def pivot_rows(by_v, cell):
   return variants, ns, rows
 
 
-_LABEL_ORDER = ("N", "Lq", "Lk", "d", "causal", "w", "Hkv", "bytes", "threads")
+_LABEL_ORDER = ("N", "Lq", "Lk", "d", "causal", "w", "H", "Hkv", "bytes", "threads")
 
 
 def params_label(params, skip=()):
@@ -197,8 +197,9 @@ def case_cell(c, fn):
 
 
 class Report:
-  def __init__(self, run, accuracy, out_dir, baselines):
+  def __init__(self, run, accuracy, out_dir, baselines, precision_focus="flash"):
     self.run = run
+    self.precision_focus_name = precision_focus  # plotted first in *Reduced precision*
     self.acc_contexts, self.acc_rows = accuracy.contexts, accuracy.rows
     self.out_dir = out_dir
     self.baselines = baselines
@@ -212,6 +213,11 @@ class Report:
 
   def add(self, *lines):
     self.lines.extend(lines)
+
+  def f32_cases(self):
+    """Every case but the variants' reduced-precision ones (a `dtype:` name token): what the
+    sections before *Reduced precision* show, as they did before element types existed."""
+    return [c for c in self.run.all_cases() if c.dtype == ar.F32 or not c.variant]
 
   def image(self, name, alt):
     self.pngs.append(name)
@@ -277,7 +283,7 @@ class Report:
   def sweep_groups(self):
     """{(source, group params tuple): {variant: {N: case}}, plus ceilings {N: case}}."""
     groups = {}
-    for c in self.run.all_cases():
+    for c in self.f32_cases():
       if c.scenario or "N" not in c.params or c.family in (ar.CEILING_STREAM, ar.LAYER):
         continue
       gparams = tuple(sorted((k, v) for k, v in c.params.items() if k != "N"))
@@ -608,7 +614,7 @@ class Report:
   # ---- thread scaling and causal efficiency (issue 6's targets, read from the sweep)
   def scaling_section(self):
     self.add("## Thread scaling", "")
-    sweep = [c for c in self.run.all_cases() if c.variant and c.family != ar.LAYER
+    sweep = [c for c in self.f32_cases() if c.variant and c.family != ar.LAYER
              and not c.scenario and "N" in c.params and "threads" in c.params]
     wrote = False
     for (source, gp), by_v in pivot_groups(sweep, "threads"):
@@ -706,6 +712,18 @@ class Report:
     else:
       self.add("No case was over the memory budget.", "")
     self.not_run_list(by_status.get(ar.NOT_RUN, []))
+    unsupported = by_status.get(ar.UNSUPPORTED, [])
+    if unsupported:
+      self.add(f"**Not run: {len(unsupported)} case(s) in element types their variant does not "
+               "take** (not failures; the first message per variant):", "")
+      first = {}
+      for c in unsupported:
+        first.setdefault((c.source, c.variant or c.family), c)
+      for (s, v), c in sorted(first.items()):
+        self.add(f"- {self.host_prefix(s)}`{v}`: "
+                 f"{sum(1 for u in unsupported if (u.source, u.variant or u.family) == (s, v))}"
+                 f" case(s), e.g. `{c.name}`: {c.error}")
+      self.add("")
     failed = by_status.get(ar.FAILED, [])
     if failed:
       self.add("**Failed cases (not timed):**", "")
@@ -728,11 +746,11 @@ class Report:
   # ---- decode
   def decode_section(self):
     self.add("## Decode (Lq = 1): bandwidth vs the stream ceiling", "")
-    cases = [c for c in self.run.all_cases() if c.scenario == "decode" and c.variant]
+    cases = [c for c in self.f32_cases() if c.scenario == "decode" and c.variant]
     if not cases:
       self.add(NOT_IN_RUN, "")
       return
-    streams = [c for c in self.run.all_cases() if c.family == ar.CEILING_STREAM and c.ok]
+    streams = [c for c in self.f32_cases() if c.family == ar.CEILING_STREAM and c.ok]
     self.add("GB/s = bytes of K and V read per second / 1e9. The fraction uses the "
              "ceiling_stream case with the same threads and the largest streamed size (the "
              "DRAM-bound one); the K+V column shows each case's working set.", "")
@@ -799,7 +817,7 @@ class Report:
   # ---- other scenarios (gqa, window, cross, ...: whatever the JSON holds)
   def scenario_section(self):
     self.add("## Other scenarios", "")
-    scen = sorted({c.scenario for c in self.run.all_cases()
+    scen = sorted({c.scenario for c in self.f32_cases()
                    if c.scenario and c.scenario != "decode" and c.variant
                    and c.family != ar.LAYER})
     if not scen:
@@ -807,7 +825,7 @@ class Report:
       return
     for s in scen:
       self.add(f"### {s}", "")
-      cases = [c for c in self.run.all_cases() if c.scenario == s and c.variant
+      cases = [c for c in self.f32_cases() if c.scenario == s and c.variant
                and c.family != ar.LAYER]
       by_p = {}
       for c in cases:
@@ -832,10 +850,188 @@ class Report:
                         ["---", "---"] + ["---:"] * 5), "")
       self.add("Bold: fastest variant for the case.", "")
 
+  # ---- reduced precision (issue 16)
+  def precision_groups(self):
+    """The variants' cases at every shape that has a reduced-precision case, grouped by
+    (source, scenario, threads): {key: {shape: {variant: {dtype label: case}}}}, where a shape
+    is the sorted parameters but dtype and threads. The f32 case of a shape is the one without
+    a dtype token (the sweep's or decode's own, or the precision scenario's)."""
+    cases = [c for c in self.run.all_cases() if c.variant and c.family != ar.LAYER]
+    def shape_of(c):
+      return tuple(sorted((k, v) for k, v in c.params.items()
+                          if k not in (ar.DTYPE_PARAM, "threads")))
+    reduced = {(c.source, c.scenario, c.params.get("threads"), shape_of(c))
+               for c in cases if c.dtype != ar.F32}
+    groups = {}
+    for c in cases:
+      t = c.params.get("threads")
+      if (c.source, c.scenario, t, shape_of(c)) in reduced:
+        groups.setdefault((c.source, c.scenario, t), {}).setdefault(shape_of(c), {}).setdefault(
+            c.variant, {})[c.dtype] = c
+    return {k: groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1], k[2] or 0))}
+
+  @staticmethod
+  def speedup(c, base):
+    """f32 time / this type's time of the same variant, shape and threads (> 1: faster)."""
+    if c is None or base is None or not (c.ok and base.ok) or c is base:
+      return None
+    return base.time_s / c.time_s
+
+  def precision_focus(self, shapes):
+    """(the focus variant, the best other variant) of a group: --precision-focus when the
+    group has it, else the variant fastest in the most (shape, dtype) cells; the best other is
+    the one fastest in the most cells among the rest (ties: the lower geometric-mean time over
+    the cells both ran)."""
+    variants = sorted({v for by_v in shapes.values() for v in by_v})
+    def wins(candidates):
+      count = {v: 0 for v in candidates}
+      for by_v in shapes.values():
+        for dt in {dt for v in candidates for dt in by_v.get(v, {})}:
+          ran = [(by_v[v][dt].time_s, v) for v in candidates
+                 if dt in by_v.get(v, {}) and by_v[v][dt].ok]
+          if ran:
+            count[min(ran)[1]] += 1
+      def geo(v):
+        ts = [c.time_s for by_v in shapes.values() for c in by_v.get(v, {}).values() if c.ok]
+        return math.exp(statistics.mean(math.log(t) for t in ts)) if ts else math.inf
+      return sorted(candidates, key=lambda v: (-count[v], geo(v)))
+    focus = self.precision_focus_name if self.precision_focus_name in variants else None
+    if focus is None and variants:
+      focus = wins(variants)[0]
+    others = [v for v in variants if v != focus]
+    return focus, (wins(others)[0] if others else None)
+
+  def precision_section(self):
+    self.add("## Reduced precision", "")
+    groups = self.precision_groups()
+    if not groups:
+      self.add(NOT_IN_RUN + " (no `dtype:` cases).", "")
+      return
+    self.add("Each variant at the shapes the bench also times in reduced element types (name "
+             "token `dtype:bf16` when Q, K, V and O share a type, `dtype:<q>-<k>-<v>-<o>` "
+             "otherwise; no token: f32), beside its own f32 case of the same shape and threads, "
+             "on the same values rounded or quantized. Prefill: speed-up = f32 time / that "
+             "type's time (above 1: the type is faster). Decode: time per token relative to f32 "
+             "= that type's time / f32 time (below 1: faster; issue 16's targets for flash at "
+             "Lk = 65536: bf16 K/V ≤ 0.53, int8 K/V ≤ 0.3). GFLOP/s counts the same FLOPs "
+             "whatever the types; decode GB/s counts K and V at their element sizes (an int8 "
+             "row also reads its 4-byte scale): the bytes actually read.", "")
+    summary = []
+    every = sorted({dt for shapes in groups.values() for by_v in shapes.values()
+                    for d in by_v.values() for dt in d if dt != ar.F32}, key=ar.dtype_sort_key)
+    cmap = plt.get_cmap("tab10")
+    colors = {dt: cmap(i % 10) for i, dt in enumerate(every)}  # one color per type throughout
+    for (source, scenario, threads), shapes in groups.items():
+      decode = scenario == "decode"
+      what = ("prefill (Lq = Lk = N)" if not scenario else
+              "decode (Lq = 1)" if decode else scenario)
+      title = f"{what}, threads={threads}"
+      self.add(f"### {self.host_prefix(source)}{title}", "")
+      dtypes = sorted({dt for by_v in shapes.values() for d in by_v.values() for dt in d},
+                      key=ar.dtype_sort_key)
+      keys = sorted(shapes, key=lambda sh: group_key(source, sh))
+      header = ["shape", "variant"] + dtypes
+      # Decode reads as the issue's targets do, time per token relative to f32 (the inverse
+      # of the speed-up); prefill as the speed-up.
+      def ratio(c, base):
+        sp = self.speedup(c, base)
+        return None if sp is None else 1 / sp if decode else sp
+      what_ratio = ("time relative to the variant's f32 (type time / f32 time)" if decode
+                    else "the speed-up vs the variant's f32 (f32 time / type time)")
+      # Tick labels: the parameters that vary within the group (d, H, Hkv too when they do).
+      varying = [k for k in dict(keys[0]) if len({dict(sh).get(k) for sh in keys}) > 1]
+
+      def table(cell):
+        rows = []
+        for sh in keys:
+          label = params_label(dict(sh))
+          for v in sorted(shapes[sh]):
+            per = shapes[sh][v]
+            rows.append([label, v] + [case_cell(per.get(dt), lambda c, dt=dt: cell(c, per))
+                                      for dt in dtypes])
+        return md_table(header, rows, ["---", "---"] + ["---:"] * len(dtypes))
+
+      def time_cell(c, per):
+        r = ratio(c, per.get(ar.F32))
+        return fmt_time(c.time_s) + (f" ({r:.2f}×)" if r is not None else "")
+      self.add(f"**Time per call (ms)**, in parentheses {what_ratio}", "",
+               table(time_cell), "")
+      # The code path each (variant, type) took (the bench's label; absent in older files):
+      # the same variant and type run different micro-kernels on different CPUs.
+      paths = {}
+      for sh in keys:
+        for v, per in shapes[sh].items():
+          for dt, c in per.items():
+            if c.ok and c.path:
+              paths.setdefault(v, {}).setdefault(dt, set()).add(c.path)
+      if paths:
+        rows = [[v] + [", ".join(sorted(paths[v].get(dt, ()))) or "—" for dt in dtypes]
+                for v in sorted(paths)]
+        self.add("**Code path that ran** (Highway target; `+AVX512_BF16`: bf16 tiles on "
+                 "VDPBF16PS; `portable C++`: no SIMD dispatch)", "",
+                 md_table(["variant"] + dtypes, rows, ["---"] * (1 + len(dtypes))), "")
+      rate = "GBps" if decode else "GFLOPS"
+      self.add("**GB/s of K+V at their element sizes**" if decode else
+               "**GFLOP/s**" + (" (effective)" if any(dict(sh).get("causal") for sh in keys)
+                                else ""), "",
+               table(lambda c, per: fmt_num(c.counter(rate))), "")
+
+      focus, other = self.precision_focus(shapes)
+      reduced = [dt for dt in dtypes if dt != ar.F32]
+      panels = [v for v in (focus, other) if v]
+      # Each panel its own log scale: ratios are multiplicative, and one variant's conversion
+      # cost (e.g. 10x) would flatten another's 0.5x into the f32 line.
+      fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
+      width = 0.8 / max(1, len(reduced))
+      for ax, v in zip(axes[0], panels):
+        for i, dt in enumerate(reduced):
+          xs, ys = [], []
+          for x, sh in enumerate(keys):
+            per = shapes[sh].get(v, {})
+            r = ratio(per.get(dt), per.get(ar.F32))
+            if r is not None:
+              xs.append(x - 0.4 + width * (i + 0.5))
+              ys.append(r)
+          # From the f32 line: up is faster than f32 in prefill, slower in decode.
+          ax.bar(xs, [y - 1 for y in ys], width, bottom=1, color=colors[dt], label=dt)
+        ax.axhline(1.0, color="k", lw=1, ls="--", label="= f32")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels([params_label(dict(sh), skip=[k for k in dict(sh) if k not in varying])
+                            .replace(", ", "\n") for sh in keys], fontsize=8)
+        ax.set_title(v, fontsize=10)
+        ax.set_ylabel("time / f32 time (below 1: faster)" if decode else
+                      "speed-up vs f32 (f32 time / type time)")
+        ax.grid(True, axis="y", alpha=0.3)
+      fig.suptitle(f"{self.host_prefix(source)}reduced precision — {title}", fontsize=11)
+      bottom = legend_below(fig, axes[0][:1], ncol=min(6, len(reduced) + 1))
+      self.image(save(fig, self.out_dir, slug(f"precision_{source}_{scenario or 'prefill'}"
+                                              f"_threads{threads}") + ".png", bottom),
+                 "reduced-precision speed-up")
+
+      if focus:
+        means = []
+        for dt in reduced:
+          sps = [ratio(shapes[sh].get(focus, {}).get(dt), shapes[sh].get(focus, {}).get(ar.F32))
+                 for sh in keys]
+          sps = [x for x in sps if x is not None]
+          if sps:
+            means.append(f"{dt} {math.exp(statistics.mean(math.log(x) for x in sps)):.2f}×")
+        if means:
+          summary.append(f"  - {self.host_prefix(source)}{title}, {focus}, "
+                         + ("time / f32 time: " if decode else "speed-up: ") + ", ".join(means))
+    if summary:
+      self.summary.append("- Reduced precision vs the variant's own f32 (geometric mean over "
+                          "the shapes; prefill: speed-up, decode: time per token relative to "
+                          "f32; see *Reduced precision*):")
+      self.summary.extend(summary)
+
   # ---- layer
   def layer_section(self):
     self.add("## End-to-end MHA layer: attention share", "")
-    cases = [c for c in self.run.all_cases() if c.family == ar.LAYER]
+    cases = [c for c in self.f32_cases() if c.family == ar.LAYER]
     if not cases:
       self.add(NOT_IN_RUN, "")
       return
@@ -860,7 +1056,7 @@ class Report:
   # ---- micro-kernels
   def ukernel_section(self):
     self.add("## Micro-kernels against the FMA peak", "")
-    cases = [c for c in self.run.all_cases() if c.family == ar.UKERNEL]
+    cases = [c for c in self.f32_cases() if c.family == ar.UKERNEL]
     if not cases:
       self.add(NOT_IN_RUN, "")
       return
@@ -910,18 +1106,24 @@ class Report:
     multi = len({r.source for r in self.acc_rows}) > 1
     masks = sorted({r.mask for r in self.acc_rows})
     variants = sorted({r.variant for r in self.acc_rows})
+    # Results in reduced element types (a "dtype" field): a dtype column, f32 first; the plot
+    # shows f32.
+    typed = any(r.dtype != ar.F32 for r in self.acc_rows)
+    if typed:
+      self.add("Element types: the `dtype` column (Q, K, V, O as in the benchmark's name token; "
+               "the bound has each type's rounding terms). The plot shows f32.", "")
     for source in sorted({r.source for r in self.acc_rows}):
       for mask in masks:
         rs = [r for r in self.acc_rows if r.source == source and r.mask == mask]
         if not rs:
           continue
-        keys = sorted({(r.d, r.N) for r in rs})
-        idx = {(r.variant, r.d, r.N): r for r in rs}
+        keys = sorted({(ar.dtype_sort_key(r.dtype), r.dtype, r.d, r.N) for r in rs})
+        idx = {(r.variant, r.dtype, r.d, r.N): r for r in rs}
         rows = []
-        for d, n in keys:
-          row = [d, n]
+        for _, dt, d, n in keys:
+          row = ([dt] if typed else []) + [d, n]
           for v in variants:
-            r = idx.get((v, d, n))
+            r = idx.get((v, dt, d, n))
             if r is None or r.error:
               row.append(r.status if r else "—")
             else:
@@ -929,7 +1131,9 @@ class Report:
               row.append(f"**{txt}**" if r.bound_ratio > 1 else txt)
           rows.append(row)
         self.add(f"**{source + ': ' if multi else ''}mask = {mask}**", "",
-                 md_table(["d", "N"] + variants, rows), "")
+                 md_table((["dtype"] if typed else []) + ["d", "N"] + variants, rows,
+                          ["---"] * typed + ["---:"] * (2 + len(variants))
+                          if typed else None), "")
       # plot: bound ratio vs N, one panel per mask
       ncols = min(3, len(masks))
       nrows = math.ceil(len(masks) / ncols)
@@ -945,7 +1149,7 @@ class Report:
           for i, d in enumerate(ds):
             pts = sorted((r.N, r.bound_ratio) for r in self.acc_rows
                          if r.source == source and r.mask == mask and r.variant == v
-                         and r.d == d and 0 < r.bound_ratio < math.inf)
+                         and r.d == d and r.dtype == ar.F32 and 0 < r.bound_ratio < math.inf)
             if pts:
               ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[i % len(styles)],
                       color=self.colors[v], label=f"{v}, d={d}")
@@ -967,7 +1171,8 @@ class Report:
         worst[r.variant] = (r.bound_ratio, r)
     if worst:
       self.summary.append("- Accuracy, worst max error / bound per variant: " + "; ".join(
-          f"{v} {fmt_num(b, 2)} (N={r.N}, d={r.d}, {r.mask})"
+          f"{v} {fmt_num(b, 2)} (N={r.N}, d={r.d}, {r.mask}"
+          + (f", {r.dtype})" if r.dtype != ar.F32 else ")")
           for v, (b, r) in sorted(worst.items())) + ".")
 
 
@@ -1034,7 +1239,8 @@ def write_report(args):
                                                              if args.label else "")
   final = os.path.join(args.out_dir, folder)
   with staged_dir(final) as out_dir:
-    rep = Report(run, accuracy, out_dir, [b for b in args.baselines.split(",") if b])
+    rep = Report(run, accuracy, out_dir, [b for b in args.baselines.split(",") if b],
+                 args.precision_focus)
     rep.context_section()
     rep.sweep_section()
     rep.hosts_section()
@@ -1042,6 +1248,7 @@ def write_report(args):
     rep.budget_section()
     rep.decode_section()
     rep.scenario_section()
+    rep.precision_section()
     rep.layer_section()
     rep.ukernel_section()
     rep.accuracy_section(bool(args.accuracy))
@@ -1253,6 +1460,9 @@ def main(argv):
   ap.add_argument("--out-dir", default="reports")
   ap.add_argument("--baselines", default="naive,blas",
                   help="variants the speedup tables divide by, when present (default naive,blas)")
+  ap.add_argument("--precision-focus", default="flash",
+                  help="the variant plotted first in Reduced precision, beside the best other "
+                       "(default flash; absent: the fastest)")
   return run_command(write_report, ap.parse_args(argv))
 
 

@@ -256,6 +256,7 @@ def test_report(work, testdata):
                                 for p in parsed),
       "## End-to-end MHA layer": any(p[0] == "layer" for p in parsed),
       "## Micro-kernels": any(p[0] == "ukernel" for p in parsed),
+      "## Reduced precision": any("dtype" in p[2] and p[0] not in FIXED for p in parsed),
       "## Accuracy": bool(accdoc["results"]),
   }
   for section, has in present.items():
@@ -306,6 +307,96 @@ def test_two_hosts(work, doc):
   check(t1 and len(t1) == len(t2), "each host gets its own sweep plots")
   check("## Across hosts" in text and len([r for r in refs if r.startswith("hosts_")]) ==
         len(t1), "one across-hosts figure per sweep group")
+
+
+def section(text, title):
+  """The body of `title` (a '## ' heading) up to the next '## ' heading."""
+  return text.split(title, 1)[1].split("\n## ", 1)[0]
+
+
+def with_dtype(name, label):
+  """`name` with the bench's dtype token before its threads token."""
+  return name.replace("/threads:", f"/dtype:{label}/threads:", 1)
+
+
+# Reduced element types, each this much faster than f32 (time = f32 time / speed-up).
+PRECISION = {"bf16": 2.0, "f32-i8-i8-f32": 4.0}
+
+
+def test_precision(work, doc, accdoc):
+  """Cases with a dtype token (the fixture's variant cases copied in bf16 and f32-i8-i8-f32,
+  times divided by a known factor) and accuracy rows with a dtype: the Reduced precision
+  section shows each beside its f32 with that speed-up, the f32 sections are as without them,
+  the accuracy table gets a dtype column, and an unknown type is refused."""
+  typed = copy.deepcopy(doc)
+  added = set()
+  for e in entries(doc):
+    fam, scen, params = parse(case_name(e))
+    if fam in FIXED or scen not in ("", "decode") or "threads" not in params:
+      continue
+    for label, speedup in PRECISION.items():
+      t = copy.deepcopy(e)
+      for key in ("name", "run_name"):
+        if key in t:
+          t[key] = with_dtype(t[key], label)
+      if not t.get("error_occurred") and t.get("aggregate_name") not in ("stddev", "cv"):
+        t["real_time"] /= speedup
+        t["cpu_time"] /= speedup
+        t["label"] = f"Q=x K=x V=x O=x path=TEST_PATH_{label} (x)"  # what the bench ran
+      typed["benchmarks"].append(t)
+      added.add(case_name(t))
+  check(added, "the fixture has sweep or decode cases to copy in reduced types")
+  acc = copy.deepcopy(accdoc)
+  rows = [dict(r, dtype="bf16", max_abs_error=1.25e-3) for r in accdoc["results"]]
+  acc["results"].extend(rows)
+  paths = [os.path.join(work, "precision.json"), os.path.join(work, "precision-acc.json")]
+  json.dump(typed, open(paths[0], "w"))
+  json.dump(acc, open(paths[1], "w"))
+  path = run_generate([paths[0], "--accuracy", paths[1], "--out-dir",
+                       os.path.join(work, "precision")])
+  text, refs = check_pngs(path)
+  body = section(text, "## Reduced precision")
+  check("not in this run" not in body, "Reduced precision has the dtype cases")
+  med = median_times(typed)
+  for name in sorted(added):
+    fam, scen, params = parse(name)
+    label = params["dtype"]
+    base = name.replace(f"/dtype:{label}", "")
+    if name not in med or base not in med:
+      continue
+    shape = ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("dtype", "threads"))
+    row = [l for l in body.splitlines()
+           if l.startswith("| ") and f"| {fam} |" in l and all(
+               f"{k}={v}" in l for k, v in params.items() if k not in ("dtype", "threads"))]
+    # Prefill shows the speed-up, decode the time relative to f32 (its inverse).
+    want = f"({PRECISION[label] ** (-1 if scen == 'decode' else 1):.2f}×)"
+    check(row and any(want in r for r in row), f"{name}: its row shows {want} ({shape})")
+  for label in PRECISION:
+    check(f"| TEST_PATH_{label} (x) |" in body or f"| TEST_PATH_{label} (x)" in body,
+          f"the code path of the {label} cases (their label) is in the precision tables")
+  check("**Code path that ran**" in body, "a code-path table")
+  groups = {(parse(n)[1], parse(n)[2]["threads"]) for n in added}
+  check(sum(r.startswith("precision_") for r in refs) == len(groups),
+        f"one reduced-precision plot per (scenario, threads) ({len(groups)})")
+  check("Reduced precision vs the variant's own f32" in section(text, "## Summary"),
+        "the summary gives the reduced-precision speed-ups")
+  # The f32 sections read only the f32 cases: as in the fixture's own report.
+  plain = open(os.path.join(work, "full", os.listdir(os.path.join(work, "full"))[0],
+                            "report.md")).read()
+  for title in ("## Sweep", "## Decode", "## Other scenarios", "## Thread scaling"):
+    check(section(text, title) == section(plain, title),
+          f"{title} is the same with the reduced-precision cases added")
+  accuracy = section(text, "## Accuracy")
+  check("| dtype | d | N |" in accuracy and "| bf16 |" in accuracy and "1.25e-03" in accuracy,
+        "the accuracy table has a dtype column with the bf16 rows")
+  bad = copy.deepcopy(doc)
+  e = next(e for e in entries(bad) if parse(case_name(e))[0] not in FIXED)
+  e["name"] = with_dtype(e["name"], "q8")
+  e.pop("run_name", None)
+  bad_path = write_input(os.path.join(work), "bad dtype", bad)
+  check_refused([bad_path, "--out-dir", os.path.join(work, "bad-dtype-out")], bad_path,
+                r"benchmarks\[\d+\] '[^']*dtype:q8[^']*': parameter dtype:q8 is not element types",
+                "an unknown element type")
 
 
 def scaled(doc, target, factor):
@@ -816,6 +907,7 @@ def main():
   test_truncated(args.work_dir, args.testdata)
   test_interrupted_and_resumed(args.work_dir, doc)
   test_atomic_output(args.work_dir, doc)
+  test_precision(args.work_dir, doc, accdoc)
   if failures:
     print(f"{len(failures)} check(s) failed")
     return 1

@@ -55,21 +55,20 @@ std::string ProblemSpec::Name() const {
   return name;
 }
 
-void ProblemData::Store(DType dtype, const std::vector<float>& values, std::vector<char>& bytes,
-                        int64_t heads, int64_t len, int64_t dim, const Strides& strides,
-                        std::vector<float>* scales) {
+void StoreInDType(DType dtype, std::span<const float> values, int64_t offset, int64_t batch,
+                  int64_t heads, int64_t len, int64_t dim, const Strides& strides,
+                  std::vector<char>& bytes, std::vector<float>* scales) {
   const size_t size = DTypeBytes(dtype);
   bytes.assign(values.size() * size, 0);
   if (dtype != DType::kI8) {
     for (size_t x = 0; x < values.size(); ++x) StoreElement(dtype, values[x], &bytes[x * size]);
     return;
   }
-  const Shape& s = spec_.shape;
-  scales->assign(s.batch * heads * len, 1.0f);
-  for (int64_t b = 0; b < s.batch; ++b)
+  scales->assign(batch * heads * len, 1.0f);
+  for (int64_t b = 0; b < batch; ++b)
     for (int64_t h = 0; h < heads; ++h)
       for (int64_t j = 0; j < len; ++j) {
-        const int64_t at = offset_ + b * strides.batch + h * strides.head + j * strides.row;
+        const int64_t at = offset + b * strides.batch + h * strides.head + j * strides.row;
         (*scales)[(b * heads + h) * len + j] =
             QuantizeRow(&values[at], dim, reinterpret_cast<int8_t*>(&bytes[at]));
       }
@@ -124,7 +123,7 @@ ProblemData::ProblemData(const ProblemSpec& spec) : spec_(spec) {
   auto retype = [&](auto& ref, DType dtype, std::vector<float>& values, std::vector<char>& bytes,
                     int64_t heads, int64_t len, int64_t dim, std::vector<float>* scales) {
     if (dtype == DType::kF32) return;
-    Store(dtype, values, bytes, heads, len, dim, ref.strides, scales);
+    StoreInDType(dtype, values, offset_, s.batch, heads, len, dim, ref.strides, bytes, scales);
     ref.data = bytes.data() + offset_ * DTypeBytes(dtype);
     ref.dtype = dtype;
   };

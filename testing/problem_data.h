@@ -8,6 +8,7 @@
 #define ATTNLAB_TESTING_PROBLEM_DATA_H_
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -67,12 +68,6 @@ class ProblemData {
   const ProblemSpec& spec() const { return spec_; }
 
  private:
-  // Stores the fp32 `values` in `dtype` (bytes, the same element layout);
-  // an int8 tensor [B, heads, len, dim] (row stride `row`) also gets one
-  // scale per row in `scales` ([B, heads, len] contiguous).
-  void Store(DType dtype, const std::vector<float>& values, std::vector<char>& bytes,
-             int64_t heads, int64_t len, int64_t dim, const Strides& strides,
-             std::vector<float>* scales);
   // Poisoned O: NaN in O's DType.
   void PoisonO();
 
@@ -80,10 +75,22 @@ class ProblemData {
   int64_t offset_ = 0;
   std::vector<float> q_, k_, v_, o_, mask_, lse_, weights_;
   std::vector<char> q_typed_, k_typed_, v_typed_, o_typed_;  // reduced DTypes
-  std::vector<float> k_scales_, v_scales_;                  // int8 K, V
+  std::vector<float> k_scales_, v_scales_;                   // int8 K, V
   std::vector<int32_t> key_lengths_;
   Problem problem_;
 };
+
+// Stores fp32 `values` in `dtype`, into `bytes` (resized to values.size()
+// elements of DTypeBytes(dtype), each at the position of its value):
+// rounded to nearest even for bf16 and f16; for int8, the tensor
+// [batch, heads, len, dim] whose element (b, h, j, 0) is values[offset +
+// b·strides.batch + h·strides.head + j·strides.row] is quantized per row
+// (QuantizeRow) with one scale per row in `scales` ([batch, heads, len],
+// contiguous; unused otherwise). The problem data of the tests and the bench's
+// inputs are both made so.
+void StoreInDType(DType dtype, std::span<const float> values, int64_t offset, int64_t batch,
+                  int64_t heads, int64_t len, int64_t dim, const Strides& strides,
+                  std::vector<char>& bytes, std::vector<float>* scales);
 
 // The shape grid of the registry-driven tests (see tests/kernel_grid_test.cc).
 std::vector<ProblemSpec> GridSpecs();
