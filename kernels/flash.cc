@@ -50,7 +50,7 @@
 // 27 -> 35 GB/s, 65536 20 -> 24.7 of 28.6 streamed; 2 threads 34 -> 39).
 //
 // Element types (kernels/problem.h, "Element types"). Accumulation, m, l and
-// lse are fp32 whatever the inputs. Two paths:
+// lse are fp32 whatever the inputs. Three paths:
 //   * bf16 Q, K and V, on a CPU with AVX512_BF16 (Zen 4, Cooper Lake and
 //     later; RunStats::path "AVX3+AVX512_BF16"), blocks of more than 8 rows:
 //     S and P·V on VDPBF16PS (kernels/ukernels/bf16_avx512.h), one
@@ -65,13 +65,18 @@
 //     d/2 VDPBF16PS per score pair of products) is a larger share, so the
 //     speedup over fp32 is below the 2x of the instruction count
 //     (kernels/DESIGN.md, "Reduced precision").
-//   * Everything else (f16, int8 K/V with per-row scales, mixed types, bf16
-//     on other CPUs, decode blocks, ATTNLAB_PORTABLE=1): K and V tiles are
-//     converted exactly to fp32 (to_f32_row) once per tile into scratch, where
-//     the fp32 micro-kernels read them; Q rows are converted on load. The
-//     conversion reads each element once per row block, so decode (one
-//     block) reads K and V at their own width: 2 bytes (bf16, f16) or 1 byte
-//     plus a 4-byte scale per row (int8) instead of 4.
+//   * Decode blocks (<= 8 rows) on reduced K or V: the few-row score and P·V
+//     kernels read the rows in place and convert each vector in registers
+//     (LoadVecAsF32; f16 where the target converts in hardware), an int8
+//     row's scale multiplying its score or weight once per key; so decode
+//     reads K and V at their own width: 2 bytes (bf16, f16) or 1 byte plus
+//     a 4-byte scale per row (int8) instead of 4. Widths that are not whole
+//     vectors convert 32 rows at a time into L1 (kDecodeChunk).
+//   * Everything else (f16, int8, mixed types, bf16 on other CPUs,
+//     ATTNLAB_PORTABLE=1): K and V tiles are converted exactly to fp32
+//     (to_f32_row) once per tile into scratch, where the fp32 micro-kernels
+//     read them, 64 rows to each converted element; Q rows are converted on
+//     load.
 // A reduced O is finished in fp32 and rounded once (StoreRow).
 //
 // Decode (fewer than 16 row blocks, Lk > 512): flash-decoding. Each

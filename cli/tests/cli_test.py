@@ -71,9 +71,10 @@ def visible(lq, lk, mask, b, key_lengths):
 def reference(q, k, v, mask="none", additive=None, key_lengths=None, scale=None, u_c=U, u_o=U):
     """float64 attention on [B,H,L,d] arrays. Returns O [B,H,Lq,dv], lse, bound_o, weights.
 
-    u_c, u_o: reference/error_bound.cc's reduced-precision terms, the unit roundoff a kernel
-    may compute with (the narrowest input type's: 2^-8 for bf16 and int8, 2^-11 for f16) and
-    that of O's type."""
+    u_c, u_o: the unit roundoff of the narrowest input type (2^-8 for bf16 and int8, 2^-11 for
+    f16) and that of O's type. A looser form of reference/error_bound.cc's terms (which charge
+    the Q·Kᵀ operands only when Q and K differ in type): these tests check the tool's plumbing
+    (types, files, conversions); tests/dtype_test.cc holds the kernels to the tight bound."""
     q, k, v = (x.astype(np.float64) for x in (q, k, v))
     B, H, lq, dk = q.shape
     hkv, lk, dv = k.shape[1], k.shape[2], v.shape[3]
