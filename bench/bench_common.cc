@@ -12,7 +12,6 @@
 #include <memory>
 #include <sstream>
 
-#include "hwy/targets.h"
 #include "testing/problem_data.h"
 
 #ifndef ATTNLAB_BUILD_TYPE
@@ -55,12 +54,6 @@ const std::vector<DTypes>& PrecisionDTypes() {
       {kF32, kBF16, kBF16, kF32}, {kF32, kI8, kI8, kF32},       {kBF16, kI8, kI8, kBF16},
   };
   return list;
-}
-
-bool Takes(const Variant& variant, const DTypes& t) {
-  const Variant::DTypeSupport& takes = variant.dtypes;
-  return (takes.q & DTypeMask(t.q)) && (takes.kv & DTypeMask(t.k)) && (takes.kv & DTypeMask(t.v)) &&
-         (takes.o & DTypeMask(t.o));
 }
 
 std::string Case::ValuesKey() const {
@@ -262,21 +255,13 @@ std::string Trim(std::string s) {
   return a == std::string::npos ? "" : s.substr(a, b - a + 1);
 }
 
-// The best Highway target this CPU supports among those compiled in (lower
-// bit = better target); the library's HWY_DYNAMIC_DISPATCH picks the same.
-std::string HighwayTarget() {
-  const int64_t targets = hwy::SupportedTargets() & HWY_TARGETS;
-  if (targets == 0) return "none";
-  return hwy::TargetName(targets & -targets);
-}
-
 }  // namespace
 
 std::map<std::string, std::string> ContextStrings(const std::string& threads,
                                                   const std::string& suite, size_t memory_budget) {
   std::map<std::string, std::string> ctx;
   ctx["attnlab_git_commit"] = GitCommit();
-  ctx["attnlab_hwy_target"] = HighwayTarget();
+  ctx["attnlab_hwy_target"] = DispatchedHighwayTarget();
   ctx["attnlab_openblas_config"] = Trim(openblas_get_config());
   ctx["attnlab_openblas_version"] = Trim(OPENBLAS_VERSION);
   ctx["attnlab_openblas_core"] = openblas_get_corename();

@@ -31,9 +31,6 @@ bool AllF32(const DTypes& dtypes);
 // cache formats under an f32 or bf16 model: f32-bf16-bf16-f32,
 // f32-i8-i8-f32, bf16-i8-i8-bf16.
 const std::vector<DTypes>& PrecisionDTypes();
-// Whether `variant` takes `dtypes` (Variant::dtypes; what Prepare checks),
-// so a plan can leave out what would only be refused.
-bool Takes(const Variant& variant, const DTypes& dtypes);
 
 // One attention problem the suite times (without the variant).
 struct Case {

@@ -359,8 +359,8 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
     Strides st = scales->strides;
     st.elem = 1;
     inputs.emplace_back();
-    ATTN_RETURN_IF_ERROR(CheckTensor(name, scales->data, st, s.batch, s.kv_heads, s.kv_len, 1, 4,
-                                     &inputs.back()));
+    ATTN_RETURN_IF_ERROR(
+        CheckTensor(name, scales->data, st, s.batch, s.kv_heads, s.kv_len, 1, 4, &inputs.back()));
   }
   ATTN_RETURN_IF_ERROR(
       CheckNoSelfOverlap("O", p.o.strides, s.batch, s.heads, s.q_len, s.value_dim));

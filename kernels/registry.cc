@@ -79,16 +79,20 @@ std::string DescribeSupport(const Variant::DTypeSupport& support) {
   return "Q " + list(support.q) + "; K, V " + list(support.kv) + "; O " + list(support.o);
 }
 
+bool Takes(const Variant& variant, const DTypes& t) {
+  const Variant::DTypeSupport& takes = variant.dtypes;
+  return (takes.q & DTypeMask(t.q)) && (takes.kv & DTypeMask(t.k)) && (takes.kv & DTypeMask(t.v)) &&
+         (takes.o & DTypeMask(t.o));
+}
+
 StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,
                                const RunOptions& options) {
   StatusOr<ValidProblem> valid = Validate(problem);
   if (!valid.ok()) return valid.status();
-  const Variant::DTypeSupport& takes = variant.dtypes;
   const DTypes dtypes = valid->dtypes();
-  if (!(takes.q & DTypeMask(dtypes.q)) || !(takes.kv & DTypeMask(dtypes.k)) ||
-      !(takes.kv & DTypeMask(dtypes.v)) || !(takes.o & DTypeMask(dtypes.o))) {
+  if (!Takes(variant, dtypes)) {
     return Unimplemented("dtype: " + Describe(dtypes) + " is not supported by variant " +
-                         variant.name + " (it takes " + DescribeSupport(takes) + ")");
+                         variant.name + " (it takes " + DescribeSupport(variant.dtypes) + ")");
   }
   if (options.threads < 0 || options.threads > kMaxThreads) {
     return InvalidArgument("threads=" + std::to_string(options.threads) + " must be in [0, " +

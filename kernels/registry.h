@@ -67,6 +67,9 @@ struct Variant {
 
 // "Q f32, bf16; K, V f32, bf16, f16, i8; O f32": what a variant takes.
 std::string DescribeSupport(const Variant::DTypeSupport& support);
+// Whether `variant` takes tensors of these element types (what Prepare
+// checks; tests and benchmarks skip the combinations it does not).
+bool Takes(const Variant& variant, const DTypes& dtypes);
 
 // Every registered variant, in variants.inc order.
 std::span<const Variant* const> Registry();

@@ -15,9 +15,8 @@ void LoadRow(const TensorRef<const void>& t, const RowScales& scales, int64_t b,
           : 1.0f;
   for (int64_t d = 0; d < n; ++d) {
     // The exact value the element stands for (int8: scale·q in double).
-    out[d] = t.dtype == DType::kI8
-                 ? double(scale) * double(reinterpret_cast<const int8_t*>(row)[d])
-                 : double(LoadElement(t.dtype, row + d * DTypeBytes(t.dtype)));
+    out[d] = t.dtype == DType::kI8 ? double(scale) * double(reinterpret_cast<const int8_t*>(row)[d])
+                                   : double(LoadElement(t.dtype, row + d * DTypeBytes(t.dtype)));
   }
 }
 

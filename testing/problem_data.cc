@@ -61,7 +61,7 @@ void StoreInDType(DType dtype, std::span<const float> values, int64_t offset, in
   const size_t size = DTypeBytes(dtype);
   bytes.assign(values.size() * size, 0);
   if (dtype != DType::kI8) {
-    for (size_t x = 0; x < values.size(); ++x) StoreElement(dtype, values[x], &bytes[x * size]);
+    StoreRow(dtype, values.data(), static_cast<int64_t>(values.size()), bytes.data());
     return;
   }
   scales->assign(batch * heads * len, 1.0f);

@@ -156,11 +156,6 @@ const DTypes kCombinations[] = {
     {DType::kF32, DType::kF32, DType::kF32, DType::kBF16},
 };
 
-bool Takes(const Variant& v, const DTypes& t) {
-  return (v.dtypes.q & DTypeMask(t.q)) && (v.dtypes.kv & DTypeMask(t.k)) &&
-         (v.dtypes.kv & DTypeMask(t.v)) && (v.dtypes.o & DTypeMask(t.o));
-}
-
 struct DTypeParam {
   const Variant* variant;
   ProblemSpec spec;

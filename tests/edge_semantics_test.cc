@@ -263,10 +263,7 @@ TEST_P(EdgeTest, EmptyProblemsInReducedTypes) {
   const DType f32 = DType::kF32, bf16 = DType::kBF16, f16 = DType::kF16, i8 = DType::kI8;
   for (const DTypes& t :
        {DTypes{bf16, bf16, bf16, bf16}, DTypes{f16, f16, f16, f16}, DTypes{f32, i8, i8, bf16}}) {
-    if (!(variant().dtypes.q & DTypeMask(t.q)) || !(variant().dtypes.kv & DTypeMask(t.k)) ||
-        !(variant().dtypes.o & DTypeMask(t.o))) {
-      continue;
-    }
+    if (!Takes(variant(), t)) continue;
     const std::string what = std::string(variant().name) + " " + Describe(t);
     // Lk = 0: every row masked, O = 0 (rounded: still 0), lse = -inf.
     Shape s{1, 2, 1, 5, 0, 8, 8};
