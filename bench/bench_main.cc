@@ -83,6 +83,7 @@
 #include "kernels/internal/bytes.h"
 #include "kernels/internal/thread_scope.h"
 #include "kernels/registry.h"
+#include "kernels/tuning.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
 #include "testing/problem_data.h"
@@ -940,6 +941,13 @@ void AddContext(const std::map<std::string, std::string>& context, const std::st
                 double fma_peak_gflops) {
   for (const auto& [key, val] : context) benchmark::AddCustomContext(key, val);
   benchmark::AddCustomContext("attnlab_args", args);
+  // Which tuning the kernels ran (kernels/tuning.h): its file or the
+  // defaults and why, and what it set.
+  benchmark::AddCustomContext("attnlab_tuning", ActiveTuning().source);
+  benchmark::AddCustomContext("attnlab_flash_key_tile",
+                              std::to_string(ActiveTuning().flash_key_tile));
+  benchmark::AddCustomContext("attnlab_auto_points",
+                              std::to_string(ActiveTuning().auto_points.size()));
   benchmark::AddCustomContext("attnlab_fma_peak_gflops", std::to_string(fma_peak_gflops));
   if (!rates.empty()) {
     std::string text;

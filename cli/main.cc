@@ -38,6 +38,7 @@
 #include "cli/files.h"
 #include "cli/inputs.h"
 #include "cli/npy.h"
+#include "cli/tune.h"
 #include "kernels/internal/bytes.h"
 #include "kernels/registry.h"
 #include "reference/error_bound.h"
@@ -136,9 +137,9 @@ int RunCommand(const InputOptions& in, const RunArgs& args) {
   StatusOr<ValidProblem> valid = Validate(problem);
   const double flops =
       2.0 * double(VisiblePairs(*valid)) * double(problem.shape.head_dim + problem.shape.value_dim);
-  fmt::print("variant {}: {} {} on {} thread(s)\n", variant.name,
+  fmt::print("variant {}: {} {} on {} thread(s), path {}\n", variant.name,
              attn::Describe(problem.shape, problem.mask), attn::Describe(inputs.dtypes()),
-             stats.threads);
+             stats.threads, stats.path);
   fmt::print("time {:.3f} ms, {:.2f} GFLOP/s (visible pairs), workspace {} (declared {})\n",
              seconds * 1e3, flops / seconds / 1e9, FormatBytes(double(stats.workspace_peak_bytes)),
              FormatBytes(double(stats.workspace_declared_bytes)));
@@ -734,6 +735,21 @@ int Main(int argc, char** argv) {
   report->add_option("--accuracy", report_args.accuracy, "accuracy JSON");
   report->add_option("--out-dir", report_args.out_dir, "output directory (default reports)");
 
+  TuneArgs tune_args;
+  CLI::App* tune = app.add_subcommand(
+      "tune", "measure this machine and write its tuning file (flash's key tile, auto's picks)");
+  tune->add_option("--out", tune_args.out,
+                   "tuning file (default $ATTNLAB_TUNING, else "
+                   "$XDG_CONFIG_HOME/attnlab/tuning.json or ~/.config/attnlab/tuning.json)");
+  tune->add_option("--threads", tune_args.threads, "thread counts (default 1 and all cores)")
+      ->delimiter(',');
+  tune->add_option("--head-dims", tune_args.head_dims,
+                   "head dims of auto's points (default 64,128)")
+      ->delimiter(',');
+  tune->add_option("--max-n", tune_args.max_n, "largest N of auto's points (default 2048)");
+  tune->add_option("--reps", tune_args.reps, "timed repetitions per candidate (default 5)");
+  tune->add_flag("--quick", tune_args.quick, "a smoke run: d=64, N<=256, 2 repetitions");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -752,6 +768,7 @@ int Main(int argc, char** argv) {
     if (app.got_subcommand(weights)) return WeightsCommand(weights_in, weights_args);
     if (app.got_subcommand(bench)) return BenchCommand(bench_args);
     if (app.got_subcommand(report)) return ReportCommand(report_args);
+    if (app.got_subcommand(tune)) return TuneCommand(tune_args);
   } catch (const CliError& e) {
     std::fflush(stdout);
     fmt::print(stderr, "attnlab: error: {}\n", e.what());

@@ -1224,6 +1224,63 @@ class Docs(Case):
         self.assertIn("max abs diff", p.stdout)
 
 
+# --------------------------------------------------------------------- tune
+class Tune(Case):
+    def test_tune_writes_a_file_that_auto_follows(self):
+        out_path = self.path("tuning.json")
+        out = self.expect_ok("tune", "--quick", "--threads", "1", "--out", out_path)
+        self.assertIn("wrote " + out_path, out)
+        self.assertRegex(out, r"\[ ?\d+/\d+\] threads=1 d=64 (dense|causal) N=\d+:.* -> \w+")
+        with open(out_path) as f:
+            tuning = json.load(f)
+        self.assertEqual(tuning["format"], 1)
+        self.assertIn(tuning["flash"]["key_tile"], (128, 256, 512))
+        points = tuning["auto"]["points"]
+        self.assertEqual({(p["causal"], p["n"]) for p in points},
+                         {(c, n) for c in (False, True) for n in (128, 256)})
+        # auto runs what the file says, and `run` prints the pick and its path.
+        for p in points:
+            p["variant"] = "chunked"
+        with open(out_path, "w") as f:
+            json.dump(tuning, f)
+        q, k, v = self.qkv(lq=128, lk=128, dk=64, dv=64)
+        env = {"ATTNLAB_TUNING": out_path}
+        ran = self.expect_ok("run", "--variant", "auto", *self.inputs(q, k, v), "--out",
+                             self.path("o.npy"), env=env)
+        self.assertRegex(ran, r"path chunked, \w+")
+        # No file: flash, and no warning.
+        rc, ran, err = attnlab("run", "--variant", "auto", *self.inputs(q, k, v), "--out",
+                               self.path("o.npy"), env={"ATTNLAB_TUNING": "none"})
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(ran, r"path flash, \w+")
+        self.assertEqual(err, "")
+
+    def test_bad_or_stale_files_warn_and_fall_back(self):
+        q, k, v = self.qkv(lq=64, lk=64)
+        stale = {"format": 1, "cpu": "Another CPU (family 6, model 143)", "target": "AVX3",
+                 "flash": {"key_tile": 256}, "auto": {"points": []}}
+        for text, why in ((json.dumps(stale), r"made on CPU 'Another CPU"),
+                          ('{"format": 1}', r"tuning: cpu is missing"),
+                          ("not json", r"tuning: not valid JSON")):
+            path = self.write("t.json", text.encode())
+            rc, out, err = attnlab("run", "--variant", "auto", *self.inputs(q, k, v), "--out",
+                                   self.path("o.npy"), env={"ATTNLAB_TUNING": path})
+            self.assertEqual(rc, 0, err)
+            self.assertRegex(err, r"attnlab: ignoring tuning file .*t\.json: " + why +
+                             r".*rerun `attnlab tune`")
+            self.assertEqual(err.count("\n"), 1, err)  # once per process
+            self.assertIn("path flash", out)
+
+    def test_bad_arguments(self):
+        self.expect_error(r"--threads: 0 must be in \[1, 1024\]", "tune", "--threads", "0",
+                          "--out", self.path("t.json"))
+        self.expect_error(r"--max-n: 64 must be in \[128, 65536\]", "tune", "--max-n", "64",
+                          "--out", self.path("t.json"))
+        self.expect_error(r"no place for the tuning file", "tune",
+                          env={"ATTNLAB_TUNING": "none"})
+        self.assertFalse(os.path.exists(self.path("t.json")))
+
+
 # --------------------------------------------------------------------- bad input
 def bad_npy_cases():
     """(name, file bytes, expected message regex) for malformed .npy inputs."""

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "kernels/problem.h"
+#include "kernels/tuning.h"
 
 namespace attn {
 
@@ -68,7 +69,7 @@ struct Plan {
   int64_t row_blocks = 0;  // ceil(rows / kBr)
   int64_t bkv = 0;         // B * Hkv
   int64_t blocks = 0;      // bkv * row_blocks
-  int64_t bc = 0;          // keys per tile: min(kMaxBc, Lk rounded up to kPad)
+  int64_t bc = 0;          // keys per tile: min(tuned key tile, Lk rounded up to kPad)
   int64_t key_tiles = 0;   // ceil(Lk / bc)
   int64_t splits = 1;      // key splits per block (flash-decoding when > 1)
   int64_t block_rows = 0;  // min(kBr, rows): rows a block holds at most
@@ -106,8 +107,11 @@ inline Plan MakePlan(const ValidProblem& p) {
   plan.bkv = s.batch * s.kv_heads;
   plan.blocks = plan.bkv * plan.row_blocks;
   const int64_t bc_for_test = g_key_tile_for_test.load();
+  // The key tile: the machine's tuning (kernels/tuning.h; 512 by default,
+  // see "Block sizes" in flash.cc), fewer when Lk is shorter.
   plan.bc = bc_for_test > 0 ? bc_for_test
-                            : std::min(kMaxBc, RoundUp(std::max<int64_t>(s.kv_len, 1), kPad));
+                            : std::min(ActiveTuning().flash_key_tile,
+                                       RoundUp(std::max<int64_t>(s.kv_len, 1), kPad));
   plan.key_tiles = (s.kv_len + plan.bc - 1) / plan.bc;
   plan.block_rows = std::min(kBr, plan.rows);
   plan.dvp = RoundUp(s.value_dim, kPad);

@@ -1,0 +1,246 @@
+// `attnlab tune`: what is fastest on this machine, measured, written to the
+// tuning file the kernels read (kernels/tuning.h).
+//
+// Two measurements, each timed as repetitions interleaved across the
+// candidates (a drift in clock or memory bandwidth hits every candidate
+// alike) and summarized by each candidate's fastest repetition:
+//   1. flash's key tile (Bc in {128, 256, 512}) on dense prefill at N = 2048
+//      for every head dim and on GQA-4 decode at Lk = 32768, one thread. The
+//      score of a tile is the sum over shapes of its time over the shape's
+//      best time; 512 (the built-in default) stays unless another tile
+//      scores more than 1% better, so noise does not move it.
+//   2. auto's points: for every thread count, head dim, mask class (dense,
+//      causal) and N = 128, 256, ... max_n (self-attention, B = 1, H = 8),
+//      every fp32 variant that fits kAutoMaxWorkspaceBytes, with the tile of
+//      step 1. flash is kept unless another variant is more than 3% faster
+//      (within that the difference is noise, and flash needs no Lq x Lk
+//      memory). A variant more than 2x slower than the best at a point is not
+//      tried at larger N (naive would otherwise take most of the time).
+#include "cli/tune.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <set>
+
+#include "cli/files.h"
+#include "cli/inputs.h"
+#include "kernels/registry.h"
+#include "kernels/tuning.h"
+#include "testing/problem_data.h"
+
+namespace attn::cli {
+namespace fs = std::filesystem;
+namespace {
+
+using testing::ProblemData;
+using testing::ProblemSpec;
+
+ProblemSpec SelfAttention(int64_t n, int64_t d, bool causal) {
+  ProblemSpec spec;
+  spec.shape = Shape{1, 8, 8, n, n, d, d};
+  spec.mask = causal ? MaskKind::kCausal : MaskKind::kNone;
+  spec.want_lse = false;
+  return spec;
+}
+
+// Seconds of one run of `variant` (Run: validation, workspace and kernel, as
+// a caller sees it).
+double TimeRun(const Variant& variant, ProblemData& data, int threads) {
+  const auto start = std::chrono::steady_clock::now();
+  const Status status = Run(variant, data.problem(), RunOptions{.threads = threads});
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!status.ok()) {
+    Fail(fmt::format("tune: {} failed on its own candidate problem: {}", variant.name,
+                     status.message()),
+         kExitFailed);
+  }
+  return s;
+}
+
+// Fastest of `reps` repetitions of each candidate, interleaved: rep 1 of
+// every candidate, then rep 2, ... `run(i)` times candidate i once.
+template <typename RunOnce>
+std::vector<double> FastestInterleaved(size_t candidates, int reps, RunOnce run) {
+  std::vector<double> best(candidates, std::numeric_limits<double>::infinity());
+  for (int r = 0; r < reps; ++r) {
+    for (size_t i = 0; i < candidates; ++i) best[i] = std::min(best[i], run(i));
+  }
+  return best;
+}
+
+int64_t TuneKeyTile(const TuneArgs& args, const Tuning& base) {
+  const std::vector<int64_t> tiles = {512, 256, 128};  // default first: it wins ties
+  std::vector<ProblemSpec> shapes;
+  const int64_t n = args.quick ? 256 : 2048;
+  for (int64_t d : args.head_dims) shapes.push_back(SelfAttention(n, d, false));
+  ProblemSpec decode;
+  decode.shape = Shape{1, 8, 2, 1, args.quick ? 4096 : 32768, 128, 128};
+  decode.want_lse = false;
+  shapes.push_back(decode);
+
+  std::vector<double> score(tiles.size(), 0.0);
+  for (const ProblemSpec& spec : shapes) {
+    ProblemData data(spec);
+    const Variant& flash = *FindVariant("flash");
+    const std::vector<double> t = FastestInterleaved(tiles.size(), args.reps, [&](size_t i) {
+      Tuning candidate = base;
+      candidate.flash_key_tile = tiles[i];
+      ScopedTuning scope(candidate);
+      return TimeRun(flash, data, 1);
+    });
+    const double fastest = *std::min_element(t.begin(), t.end());
+    std::string line = fmt::format("  flash key tile, {}:", Describe(spec.shape, Mask{}));
+    for (size_t i = 0; i < tiles.size(); ++i) {
+      score[i] += t[i] / fastest;
+      line += fmt::format(" Bc={} {:.3f} ms", tiles[i], t[i] * 1e3);
+    }
+    fmt::print("{}\n", line);
+    std::fflush(stdout);
+  }
+  size_t pick = 0;
+  for (size_t i = 1; i < tiles.size(); ++i) {
+    if (score[i] < score[pick] && score[i] < score[0] * 0.99) pick = i;
+  }
+  fmt::print(
+      "  -> key tile {} (score {:.3f}, the default 512 scores {:.3f}; 1.0 per shape is "
+      "best everywhere)\n",
+      tiles[pick], score[pick], score[0]);
+  return tiles[pick];
+}
+
+std::vector<AutoPoint> TuneAutoPoints(const TuneArgs& args, const Tuning& tuned) {
+  ScopedTuning scope(tuned);
+  std::vector<int64_t> ns;
+  for (int64_t n = 128; n <= args.max_n; n *= 2) ns.push_back(n);
+  const size_t total = args.threads.size() * args.head_dims.size() * 2 * ns.size();
+  std::vector<AutoPoint> points;
+  size_t done = 0;
+  for (int threads : args.threads) {
+    for (int64_t d : args.head_dims) {
+      for (bool causal : {false, true}) {
+        std::set<std::string> dropped;  // > 2x the best at a smaller N
+        for (int64_t n : ns) {
+          ProblemData data(SelfAttention(n, d, causal));
+          std::vector<const Variant*> candidates;
+          for (const Variant* v : Registry()) {
+            if (std::string_view(v->name) == "auto" || dropped.count(v->name)) continue;
+            StatusOr<ValidProblem> valid = Prepare(*v, data.problem(), {.threads = threads});
+            if (!valid.ok() || v->workspace_bytes(*valid, threads) > kAutoMaxWorkspaceBytes) {
+              continue;
+            }
+            candidates.push_back(v);
+          }
+          // One untimed run each (first touch of the workspace, caches).
+          for (const Variant* v : candidates) TimeRun(*v, data, threads);
+          const std::vector<double> t =
+              FastestInterleaved(candidates.size(), args.reps,
+                                 [&](size_t i) { return TimeRun(*candidates[i], data, threads); });
+          size_t best = size_t(std::min_element(t.begin(), t.end()) - t.begin());
+          for (size_t i = 0; i < candidates.size(); ++i) {
+            if (candidates[i]->name == std::string_view("flash") && t[i] <= t[best] * 1.03) {
+              best = i;
+            }
+          }
+          std::string line = fmt::format("[{:>2}/{}] threads={} d={} {} N={}:", ++done, total,
+                                         threads, d, causal ? "causal" : "dense", n);
+          for (size_t i = 0; i < candidates.size(); ++i) {
+            line += fmt::format(" {} {:.3f} ms{}", candidates[i]->name, t[i] * 1e3,
+                                i + 1 < candidates.size() ? "," : "");
+            if (t[i] > 2 * t[best]) dropped.insert(candidates[i]->name);
+          }
+          fmt::print("{} -> {}\n", line, candidates[best]->name);
+          std::fflush(stdout);
+          points.push_back(AutoPoint{d, causal, threads, n, candidates[best]->name});
+        }
+      }
+    }
+  }
+  return points;
+}
+
+void CheckArgs(TuneArgs& args) {
+  if (args.quick) {
+    args.head_dims = {64};
+    args.max_n = 256;
+    args.reps = std::min(args.reps, 2);
+  }
+  if (args.threads.empty()) {
+    args.threads = {1};
+    if (omp_get_max_threads() > 1) args.threads.push_back(omp_get_max_threads());
+  }
+  for (int t : args.threads) {
+    if (t < 1 || t > kMaxThreads) {
+      Fail(fmt::format("--threads: {} must be in [1, {}]", t, kMaxThreads));
+    }
+  }
+  for (int64_t d : args.head_dims) {
+    if (d < 1 || d > 1024) Fail(fmt::format("--head-dims: {} must be in [1, 1024]", d));
+  }
+  if (args.max_n < 128 || args.max_n > 65536) {
+    Fail(fmt::format("--max-n: {} must be in [128, 65536]", args.max_n));
+  }
+  if (args.reps < 1 || args.reps > 100)
+    Fail(fmt::format("--reps: {} must be in [1, 100]", args.reps));
+}
+
+}  // namespace
+
+int TuneCommand(TuneArgs args) {
+  CheckArgs(args);
+  std::string path = args.out.value_or(TuningPath());
+  if (path.empty()) {
+    Fail(
+        "tune: no place for the tuning file: ATTNLAB_TUNING=none and no --out (or HOME is "
+        "unset); give --out PATH");
+  }
+  if (!args.out) {
+    // The default location: make its directory (~/.config/attnlab).
+    std::error_code ec;
+    fs::create_directories(fs::path(path).parent_path(), ec);
+  }
+  const OutputFile out = CheckOutputs({{"--out", path}}, {}).front();
+
+  Tuning tuned = DefaultTuning("being measured");
+  // Timings on a loaded machine (another build, another benchmark) are not
+  // this machine's: multi-threaded runs wait for a descheduled thread.
+  if (std::ifstream loadavg("/proc/loadavg"); loadavg) {
+    double load = 0;
+    loadavg >> load;
+    const int cores = omp_get_num_procs();
+    if (load > 0.5 * cores) {
+      fmt::print(stderr,
+                 "attnlab tune: warning: load average {:.1f} on {} cores: other processes "
+                 "compete for them, and the timings (multi-threaded ones most) will show it\n",
+                 load, cores);
+    }
+  }
+  fmt::print("attnlab tune: {} (Highway target {}), threads {}, writing {}\n", tuned.cpu,
+             tuned.target, fmt::join(args.threads, ","), path);
+  const auto start = std::chrono::steady_clock::now();
+  tuned.flash_key_tile = TuneKeyTile(args, tuned);
+  tuned.auto_points = TuneAutoPoints(args, tuned);
+  tuned.source = path;
+
+  WriteFileOrFail(out.target, SerializeTuning(tuned), "--out");
+  size_t not_flash = 0;
+  for (const AutoPoint& p : tuned.auto_points) not_flash += p.variant != "flash";
+  fmt::print(
+      "wrote {} in {:.0f} s: flash key tile {}, {} of {} auto points pick a variant other than "
+      "flash.\nThe kernels read it at {} (ATTNLAB_TUNING overrides the path; "
+      "ATTNLAB_TUNING=none ignores it).\n",
+      path, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+      tuned.flash_key_tile, not_flash, tuned.auto_points.size(),
+      args.out ? "that path when ATTNLAB_TUNING names it" : "this default path");
+  return kExitOk;
+}
+
+}  // namespace attn::cli

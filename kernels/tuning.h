@@ -1,0 +1,106 @@
+// Per-machine tuning: what `attnlab tune` measured on this CPU, read by the
+// kernels (flash's key tile) and by the `auto` variant (which variant to run
+// for a problem).
+//
+// The file. JSON, written by `attnlab tune` (cli/tune.cc), found at
+//   1. $ATTNLAB_TUNING, when set ("none" or "" means: no file, defaults);
+//   2. else $XDG_CONFIG_HOME/attnlab/tuning.json;
+//   3. else $HOME/.config/attnlab/tuning.json.
+// It records the CPU model and the Highway target it was measured on and a
+// format version. It is read once per process, at the first kernel run:
+//   * missing: built-in defaults (the values the kernels were tuned with on
+//     Zen 4: flash key tile 512, auto always picks flash);
+//   * stale (made on another CPU model or Highway target, or an older format)
+//     or malformed: defaults, and one line on stderr saying why and to rerun
+//     `attnlab tune`. A bad file never stops a kernel from running.
+// ActiveTuning().source says which of these happened; benchmarks record it in
+// their JSON context. Results are deterministic for a given tuning (flash's
+// tile size changes the order of its sums, so two tunings agree within the
+// error bound, not bit for bit).
+#ifndef ATTNLAB_KERNELS_TUNING_H_
+#define ATTNLAB_KERNELS_TUNING_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kernels/problem.h"
+#include "kernels/status.h"
+
+namespace attn {
+
+inline constexpr int kTuningFormat = 1;
+
+// One measured point of `auto`'s table: at this head dimension, mask class,
+// thread count and N = Lq = Lk, `variant` was the fastest fp32 variant.
+struct AutoPoint {
+  int64_t head_dim = 0;
+  bool causal = false;  // causal or sliding window (structural masks)
+  int threads = 1;
+  int64_t n = 0;
+  std::string variant;
+  bool operator==(const AutoPoint&) const = default;
+};
+
+struct Tuning {
+  int format = kTuningFormat;
+  std::string cpu;     // CpuModel() of the machine it was measured on
+  std::string target;  // DispatchedHighwayTarget() there
+  // flash: keys per tile (Bc), a multiple of 16 in [16, 512].
+  int64_t flash_key_tile = 512;
+  // auto: the fastest variant per measured point (empty: always flash).
+  std::vector<AutoPoint> auto_points;
+  // Where it came from: the file's path, or "built-in defaults (<why>)".
+  // Not part of the file.
+  std::string source = "built-in defaults";
+};
+
+// "AMD EPYC (family 25, model 17)": the brand string and CPUID family/model,
+// what a tuning is valid for.
+std::string CpuModel();
+
+// The defaults (no file): what the kernels were tuned with.
+Tuning DefaultTuning(std::string why);
+// Parses and validates a tuning file's text; errors name the bad field.
+// Does not check that it matches this machine (Stale does).
+StatusOr<Tuning> ParseTuning(std::string_view json);
+std::string SerializeTuning(const Tuning& tuning);
+// Reads `path`; NotFound when it does not exist.
+StatusOr<Tuning> LoadTuningFile(const std::string& path);
+// Why `tuning` does not fit this machine ("made on <cpu>, this is <cpu>"),
+// or empty when it does.
+std::string Stale(const Tuning& tuning);
+// The path the file is looked for at (see above); empty when $ATTNLAB_TUNING
+// says none or no directory is known.
+std::string TuningPath();
+
+// The tuning kernels use: the file at TuningPath() when present and current,
+// else DefaultTuning. Loaded once; ScopedTuning overrides it.
+const Tuning& ActiveTuning();
+
+// Replaces the active tuning while alive (the tuner's candidates, tests).
+// Not to be created or destroyed while kernels run on other threads.
+class ScopedTuning {
+ public:
+  explicit ScopedTuning(Tuning tuning);
+  ~ScopedTuning();
+  ScopedTuning(const ScopedTuning&) = delete;
+  ScopedTuning& operator=(const ScopedTuning&) = delete;
+
+ private:
+  Tuning tuning_;
+  const Tuning* previous_;
+};
+
+// What `auto` runs for `problem` on `threads` threads under `tuning`: the
+// measured point nearest in (causal, head dim, threads, N) when the problem
+// is fp32 self-attention (Lq = Lk) inside the measured range of N and the
+// point's variant takes it within the size limit below; flash otherwise
+// (beyond the measured N, for decode and cross-attention, reduced types).
+inline constexpr size_t kAutoMaxWorkspaceBytes = size_t{256} << 20;
+const struct Variant& AutoChoice(const ValidProblem& problem, int threads, const Tuning& tuning);
+
+}  // namespace attn
+
+#endif  // ATTNLAB_KERNELS_TUNING_H_

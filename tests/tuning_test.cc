@@ -1,0 +1,230 @@
+// The tuning file (kernels/tuning.h) and the `auto` variant that reads it:
+// parsing names every bad field, a file from another machine is stale, the
+// kernels follow the active tuning, and auto runs the point it is told to,
+// correctly, or flash where the table does not apply.
+#include "kernels/tuning.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "kernels/internal/flash_plan.h"
+#include "kernels/registry.h"
+#include "reference/reference.h"
+#include "testing/compare.h"
+#include "testing/problem_data.h"
+
+namespace attn {
+namespace {
+
+using testing::CompareToReference;
+using testing::ProblemData;
+using testing::ProblemSpec;
+
+Tuning ThisMachine() {
+  Tuning t = DefaultTuning("test");
+  t.source = "test";
+  return t;
+}
+
+// simd measured fastest for small dense problems at d = 64 on 1 thread, flash
+// from N = 512; naive at causal d = 128 (a pick no real tuning makes, so the
+// test can tell it apart).
+Tuning Table() {
+  Tuning t = ThisMachine();
+  t.auto_points = {{64, false, 1, 128, "simd"},
+                   {64, false, 1, 256, "simd"},
+                   {64, false, 1, 512, "flash"},
+                   {128, true, 2, 128, "naive"},
+                   {128, true, 2, 256, "chunked"}};
+  return t;
+}
+
+ProblemSpec Self(int64_t n, int64_t d, MaskKind mask = MaskKind::kNone) {
+  ProblemSpec spec;
+  spec.shape = Shape{1, 2, 2, n, n, d, d};
+  spec.mask = mask;
+  return spec;
+}
+
+std::string Pick(const ProblemSpec& spec, int threads, const Tuning& t) {
+  ProblemData data(spec);
+  StatusOr<ValidProblem> valid = Validate(data.problem());
+  EXPECT_TRUE(valid.ok()) << valid.status().message();
+  return AutoChoice(*valid, threads, t).name;
+}
+
+TEST(TuningFile, RoundTrips) {
+  const Tuning t = Table();
+  StatusOr<Tuning> back = ParseTuning(SerializeTuning(t));
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(back->cpu, t.cpu);
+  EXPECT_EQ(back->target, t.target);
+  EXPECT_EQ(back->flash_key_tile, t.flash_key_tile);
+  EXPECT_EQ(back->auto_points, t.auto_points);
+  EXPECT_EQ(Stale(*back), "");
+}
+
+TEST(TuningFile, BadFieldsAreNamed) {
+  const std::string good = SerializeTuning(Table());
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string s = good;
+    const size_t at = s.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    return s.replace(at, from.size(), to);
+  };
+  const std::pair<std::string, std::string> cases[] = {
+      {"{ not json", "not valid JSON"},
+      {"[1, 2]", "want a JSON object"},
+      {with("\"key_tile\": 512", "\"key_tile\": 100"),
+       "flash.key_tile=100 must be a multiple of 16"},
+      {with("\"key_tile\": 512", "\"key_tile\": 1024"), "flash.key_tile=1024"},
+      {with("\"key_tile\": 512", "\"key_tile\": \"big\""), "flash.key_tile must be an integer"},
+      {with("\"format\": 1,", ""), "format is missing"},
+      {with("\"variant\": \"naive\"", "\"variant\": \"fastest\""),
+       "auto.points[3].variant 'fastest' is not a variant auto can run"},
+      {with("\"variant\": \"naive\"", "\"variant\": \"auto\""), "auto.points[3].variant 'auto'"},
+      {with("\"threads\": 2", "\"threads\": 0"), "auto.points[3]. head_dim, n and threads"},
+      {with("\"causal\": false", "\"causal\": 0"), "auto.points[0].causal must be true or false"},
+  };
+  for (const auto& [text, want] : cases) {
+    StatusOr<Tuning> t = ParseTuning(text);
+    ASSERT_FALSE(t.ok()) << text;
+    EXPECT_NE(t.status().message().find(want), std::string::npos)
+        << "got: " << t.status().message() << "\nwant: " << want;
+  }
+}
+
+TEST(TuningFile, FromAnotherMachineIsStale) {
+  Tuning t = Table();
+  EXPECT_EQ(Stale(t), "");
+  t.cpu = "Some Other CPU (family 6, model 143)";
+  EXPECT_NE(Stale(t).find("made on CPU 'Some Other CPU"), std::string::npos) << Stale(t);
+  EXPECT_NE(Stale(t).find(CpuModel()), std::string::npos) << Stale(t);
+  t = Table();
+  t.target = "SSE4";
+  if (DispatchedHighwayTarget() != "SSE4")
+    EXPECT_NE(Stale(t).find("Highway target SSE4"), std::string::npos);
+  t = Table();
+  t.format = kTuningFormat + 1;
+  EXPECT_NE(Stale(t).find("format"), std::string::npos);
+}
+
+TEST(TuningFile, LoadsFromDiskAndNamesAMissingOne) {
+  const std::string path = ::testing::TempDir() + "attnlab_tuning_test.json";
+  {
+    std::ofstream out(path);
+    out << SerializeTuning(Table());
+  }
+  StatusOr<Tuning> t = LoadTuningFile(path);
+  ASSERT_TRUE(t.ok()) << t.status().message();
+  EXPECT_EQ(t->source, path);
+  EXPECT_EQ(t->auto_points.size(), 5u);
+  {
+    std::ofstream out(path);
+    out << "{}";
+  }
+  t = LoadTuningFile(path);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().message(), path + ": tuning: format is missing");
+  std::remove(path.c_str());
+  t = LoadTuningFile(path);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), StatusCode::kNotFound);
+}
+
+TEST(TuningFile, CpuModelNamesTheCpu) {
+  const std::string cpu = CpuModel();
+  EXPECT_FALSE(cpu.empty());
+  EXPECT_EQ(cpu, CpuModel());  // stable: it is what a file is matched on
+}
+
+TEST(AutoChoice, NearestMeasuredPoint) {
+  const Tuning t = Table();
+  EXPECT_EQ(Pick(Self(128, 64), 1, t), "simd");
+  EXPECT_EQ(Pick(Self(200, 64), 1, t), "simd");                       // nearest N (log scale): 256
+  EXPECT_EQ(Pick(Self(400, 64), 1, t), "flash");                      // nearest: 512
+  EXPECT_EQ(Pick(Self(128, 80), 1, t), "simd");                       // nearest head dim: 64
+  EXPECT_EQ(Pick(Self(128, 64), 2, t), "simd");                       // nearest thread count: 1
+  EXPECT_EQ(Pick(Self(128, 64, MaskKind::kAdditive), 1, t), "simd");  // additive is dense
+  EXPECT_EQ(Pick(Self(128, 128, MaskKind::kCausal), 2, t), "naive");
+  EXPECT_EQ(Pick(Self(256, 128, MaskKind::kSlidingWindow), 2, t), "chunked");
+}
+
+TEST(AutoChoice, FlashWhereTheTableDoesNotApply) {
+  const Tuning t = Table();
+  EXPECT_EQ(Pick(Self(1024, 64), 1, t), "flash");                     // beyond the measured N
+  EXPECT_EQ(Pick(Self(384, 128, MaskKind::kCausal), 2, t), "flash");  // beyond 256
+  EXPECT_EQ(Pick(Self(128, 64), 1, ThisMachine()), "flash");          // no points
+  ProblemSpec decode = Self(128, 64);
+  decode.shape.q_len = 1;  // Lq != Lk: decode and cross-attention
+  EXPECT_EQ(Pick(decode, 1, t), "flash");
+  ProblemSpec bf16 = Self(128, 64);
+  bf16.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kF32};
+  EXPECT_EQ(Pick(bf16, 1, t), "flash");
+  // A pick whose workspace would exceed kAutoMaxWorkspaceBytes: simd's
+  // Lq x Lk scores at N = 8192 (256 MiB of them per head).
+  Tuning big = ThisMachine();
+  big.auto_points = {{16, false, 1, 8192, "simd"}};
+  ProblemSpec longer;
+  longer.shape = Shape{1, 1, 1, 8192, 8192, 16, 16};
+  longer.want_lse = false;
+  ProblemData data(longer);
+  StatusOr<ValidProblem> valid = Validate(data.problem());
+  ASSERT_TRUE(valid.ok());
+  ASSERT_GT(FindVariant("simd")->workspace_bytes(*valid, 1), kAutoMaxWorkspaceBytes);
+  EXPECT_STREQ(AutoChoice(*valid, 1, big).name, "flash");
+}
+
+TEST(AutoVariant, RunsItsPickAndSaysSo) {
+  const Variant& auto_variant = *FindVariant("auto");
+  for (const char* pick : {"simd", "naive", "chunked", "blas", "flash"}) {
+    Tuning t = ThisMachine();
+    t.auto_points = {{64, true, 1, 256, pick}};
+    ScopedTuning scope(t);
+    ProblemSpec spec = Self(200, 64, MaskKind::kCausal);
+    spec.shape.heads = 4;  // GQA: every pick takes it
+    ProblemData data(spec);
+    RunStats stats;
+    const Status status = attn::Run(auto_variant, data.problem(), {.threads = 1}, &stats);
+    ASSERT_TRUE(status.ok()) << status.message();
+    const std::string want_path =
+        std::string(pick) + ", " +
+        (FindVariant(pick)->uses_highway ? DispatchedHighwayTarget() : "portable C++");
+    EXPECT_EQ(stats.path.substr(0, want_path.size()), want_path) << stats.path;
+    EXPECT_EQ(stats.workspace_declared_bytes,
+              FindVariant(pick)->workspace_bytes(*Validate(data.problem()), 1));
+    const reference::Comparison c =
+        CompareToReference(data, *reference::Attention(data.problem(), false));
+    EXPECT_TRUE(c.ok) << pick << ": " << c.first_failure;
+  }
+}
+
+TEST(ActiveTuning, FlashFollowsTheKeyTile) {
+  ProblemSpec spec = Self(1000, 64, MaskKind::kCausal);
+  ProblemData data(spec);
+  StatusOr<ValidProblem> valid = Validate(data.problem());
+  ASSERT_TRUE(valid.ok());
+  const reference::Result want = *reference::Attention(data.problem(), false);
+  for (int64_t tile : {128, 256, 512}) {
+    Tuning t = ThisMachine();
+    t.flash_key_tile = tile;
+    ScopedTuning scope(t);
+    EXPECT_EQ(&ActiveTuning(), &ActiveTuning());
+    EXPECT_EQ(ActiveTuning().flash_key_tile, tile);
+    EXPECT_EQ(flash::MakePlan(*valid).bc, tile);
+    data.Poison();
+    ASSERT_TRUE(attn::Run("flash", data.problem(), {.threads = 2}).ok());
+    const reference::Comparison c = CompareToReference(data, want);
+    EXPECT_TRUE(c.ok) << "key tile " << tile << ": " << c.first_failure;
+  }
+  // Shorter sequences take fewer keys per tile, whatever the tuning.
+  spec.shape.q_len = spec.shape.kv_len = 40;
+  ProblemData short_data(spec);
+  EXPECT_EQ(flash::MakePlan(*Validate(short_data.problem())).bc, 48);
+}
+
+}  // namespace
+}  // namespace attn
