@@ -1455,6 +1455,7 @@ int BenchmarkMode(Flags& flags, const std::string& argv0, const std::string& rec
 }  // namespace
 
 int Main(int argc, char** argv) {
+  ApplyHighwayTargetLimit();  // ATTNLAB_HWY_TARGET: before anything dispatches
   ConfigureMallocForMeasurement();
   InstallInterruptHandlers();
   const std::optional<std::vector<std::string>> args = WithRecordedArgs({argv + 1, argv + argc});

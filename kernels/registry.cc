@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <string_view>
 
@@ -119,7 +120,29 @@ bool PortablePathForced() {
   return env != nullptr && *env != '\0' && std::string_view(env) != "0";
 }
 
+void ApplyHighwayTargetLimit() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* env = std::getenv("ATTNLAB_HWY_TARGET");
+    if (env == nullptr || *env == '\0') return;
+    const int64_t available = hwy::SupportedTargets() & HWY_TARGETS;
+    std::string names;
+    for (int64_t bits = available; bits != 0; bits &= bits - 1) {
+      const int64_t target = bits & -bits;
+      if (std::string_view(env) == hwy::TargetName(target)) {
+        hwy::DisableTargets(target - 1);  // every better (lower-bit) target
+        return;
+      }
+      names += (names.empty() ? "" : ", ") + std::string(hwy::TargetName(target));
+    }
+    std::fprintf(stderr,
+                 "attnlab: ignoring ATTNLAB_HWY_TARGET=%s: this CPU and build dispatch %s\n", env,
+                 names.c_str());
+  });
+}
+
 std::string DispatchedHighwayTarget() {
+  ApplyHighwayTargetLimit();
   // Lower bit = better target; the library's HWY_DYNAMIC_DISPATCH picks the
   // best one this CPU supports among those compiled in (HWY_TARGETS).
   const int64_t targets = hwy::SupportedTargets() & HWY_TARGETS;
@@ -130,6 +153,7 @@ Status Run(const Variant& variant, const Problem& problem, const RunOptions& opt
            RunStats* stats) {
   StatusOr<ValidProblem> valid = Prepare(variant, problem, options);
   if (!valid.ok()) return valid.status();
+  ApplyHighwayTargetLimit();
   Workspace workspace;
   ExecContext ctx{ResolveThreads(options.threads), &workspace,
                   variant.uses_highway ? DispatchedHighwayTarget() : "portable C++"};

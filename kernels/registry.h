@@ -123,6 +123,13 @@ bool PortablePathForced();
 // The best Highway target this CPU runs among those compiled in: the one
 // HWY_DYNAMIC_DISPATCH picks ("AVX3", "AVX2", "SSE4", "EMU128", ...).
 std::string DispatchedHighwayTarget();
+// ATTNLAB_HWY_TARGET=<name> (e.g. AVX2): dispatch no target better than
+// that one, so an AVX2 or SSE4 path can be run and measured on an AVX-512
+// machine (hwy::DisableTargets, process-wide, also for what the caller
+// dispatches itself, e.g. the bench's FMA ceiling). Applied once, at the
+// first Run or DispatchedHighwayTarget, or when called; an unknown or
+// unsupported name is ignored with one line on stderr naming the choices.
+void ApplyHighwayTargetLimit();
 
 // Validate + support + budget. OK when `variant` can run `problem`.
 StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,

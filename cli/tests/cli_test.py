@@ -1271,6 +1271,23 @@ class Tune(Case):
             self.assertEqual(err.count("\n"), 1, err)  # once per process
             self.assertIn("path flash", out)
 
+    def test_highway_target_limit(self):
+        """ATTNLAB_HWY_TARGET runs a lesser Highway target (the AVX2 path on AVX-512)."""
+        q, k, v = self.qkv(lq=70, lk=70)
+        args = ("run", "--variant", "flash", *self.inputs(q, k, v), "--out", self.path("o.npy"))
+        best = re.search(r"path (\S+)", self.expect_ok(*args)).group(1)
+        rc, out, err = attnlab(*args, env={"ATTNLAB_HWY_TARGET": "NOT_A_TARGET"})
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(err, r"^attnlab: ignoring ATTNLAB_HWY_TARGET=NOT_A_TARGET: this CPU and "
+                              r"build dispatch \w+")
+        self.assertIn("path " + best, out)
+        if best in ("AVX3", "AVX3_DL", "AVX3_ZEN4"):
+            for lesser in ("AVX2", "SSE4"):
+                out = self.expect_ok(*args, env={"ATTNLAB_HWY_TARGET": lesser})
+                self.assertRegex(out, r"path %s\n" % lesser)
+        else:
+            print(f"skipped the AVX2/SSE4 part: this CPU dispatches {best}, not AVX-512")
+
     def test_bad_arguments(self):
         self.expect_error(r"--threads: 0 must be in \[1, 1024\]", "tune", "--threads", "0",
                           "--out", self.path("t.json"))

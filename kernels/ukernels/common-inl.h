@@ -42,6 +42,11 @@ inline constexpr int kVecRegisters = 32;
 #else
 inline constexpr int kVecRegisters = 16;
 #endif
+// Vectors per row of the 6-row register blocks of ScoreTile and PvTile:
+// 6 x 4 accumulators + 4 operand vectors + 1 broadcast = 29 of 32 registers
+// on AVX-512; with 16 registers 6 x 2 + 2 + 1 = 15 (6 x 4 spilled
+// accumulators to the stack on AVX2: a load and a store per FMA).
+inline constexpr int kTileVectors = kVecRegisters == 32 ? 4 : 2;
 // 16-lane vectors and 32 registers (AVX-512): the 4-row decode kernels fill
 // all of them; elsewhere (16 registers) they would spill.
 inline constexpr bool kZmmFile = HWY_TARGET != HWY_SCALAR && HWY_MAX_BYTES == 64;

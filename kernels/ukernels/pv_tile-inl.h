@@ -18,7 +18,8 @@
 // key by key (a running fp32 sum stops growing at 2^24 keys).
 //
 // Register blocks: 6 rows x 4 vectors = 24 accumulators (+ 4 V loads + 1
-// broadcast); per key 4 V loads and 6 broadcasts feed 24 FMAs. Decode (1-3
+// broadcast); per key 4 V loads and 6 broadcasts feed 24 FMAs; with 16
+// registers 6 rows x 2 vectors (kTileVectors). Decode (1-3
 // rows of 8 vectors, dv = 128 on AVX-512) keeps every column of a row in
 // registers so V, streamed from memory, is read in one pass; 4 rows of 8
 // vectors (PvFourRowsOnePass, AVX-512) keep rows 0-2 in 24 registers and row
@@ -170,7 +171,7 @@ template <class T = float>
 HWY_INLINE void PvTile(const float* p, int64_t pj, int64_t pm, const T* v, int64_t vs,
                        int64_t nkeys, int64_t nrows, int64_t nvec, bool accumulate, float* o,
                        int64_t ldo) {
-  constexpr int kMR = 6, kNV = 4;
+  constexpr int kMR = 6, kNV = kTileVectors;
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   // Few rows (decode): every column vector of a row in registers (up to 3
   // rows x 8 vectors), so the V tile, which comes from memory, is read in one

@@ -14,7 +14,9 @@
 // Register block: 6 keys x 4 query vectors = 24 accumulators, + 4 Qᵀ vectors
 // + 1 broadcast <= 32 AVX-512 registers. Per d step: 4 aligned loads and 6
 // broadcast loads feed 24 FMAs (Zen 4 issues one 512-bit FMA and two loads
-// per cycle: FMA-bound). Remainders: 1-5 keys, 1-3 vectors (the same kernel,
+// per cycle: FMA-bound). With 16 registers (AVX2, SSE4) 6 keys x 2 vectors
+// (kTileVectors): 2 loads and 6 broadcasts per 12 FMAs, still FMA-bound on
+// two load ports. Remainders: 1-5 keys, fewer vectors (the same kernel,
 // smaller template arguments).
 #if defined(ATTNLAB_KERNELS_UKERNELS_SCORE_TILE_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef ATTNLAB_KERNELS_UKERNELS_SCORE_TILE_INL_H_
@@ -108,8 +110,8 @@ HWY_INLINE void ScoreTile(const float* qt, const float* k, int64_t k_stride, int
                           int64_t dk, int64_t nvec, float* st, const PrefetchRows& prefetch = {}) {
   constexpr int kMR = kScoreTileKeys;
   const size_t N = hn::Lanes(DF());
-  for (int64_t v0 = 0; v0 < nvec; v0 += 4) {
-    const int nv = static_cast<int>(std::min<int64_t>(4, nvec - v0));
+  for (int64_t v0 = 0; v0 < nvec; v0 += kTileVectors) {
+    const int nv = static_cast<int>(std::min<int64_t>(kTileVectors, nvec - v0));
     const float* q = qt + v0 * N;
     float* s = st + v0 * N;
     int64_t j = 0;
