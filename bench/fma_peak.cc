@@ -1,6 +1,9 @@
-// The FMA peak of one core, measured: a register-resident loop of
-// independent fused multiply-adds on the best Highway target, the ceiling the
-// micro-kernel benchmarks are fractions of (bench/ukernel_bench.cc).
+// The FMA peak, measured: a register-resident loop of independent fused
+// multiply-adds on the best Highway target. The one FMA loop of the bench:
+// `ceiling_fma/threads:T` runs it on T threads (each its own loop: the
+// machine's fp32 peak, the ceiling every variant's GFLOPS is a fraction of),
+// and the micro-kernel cases' peak_fraction divides by its one-thread rate
+// (bench/ukernel_bench.cc).
 //
 // Enough independent accumulators to cover the FMA latency on every port
 // (4 cycles x 2 ports on Intel, x 1 512-bit port on Zen 4): 24 where there
@@ -48,6 +51,8 @@ double FmaLoop(int64_t rounds) {
   return 2.0 * double(rounds) * kChains * double(hn::Lanes(d));
 }
 
+const char* TargetName() { return hwy::TargetName(HWY_TARGET); }
+
 // NOLINTNEXTLINE(google-readability-namespace-comments)
 }  // namespace HWY_NAMESPACE
 }  // namespace attn::bench
@@ -56,8 +61,18 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace attn::bench {
 HWY_EXPORT(FmaLoop);
+HWY_EXPORT(TargetName);
 
 double FmaFlops(int64_t rounds) { return HWY_DYNAMIC_DISPATCH(FmaLoop)(rounds); }
+
+double FmaFlopsOnThreads(int64_t rounds, int threads) {
+  double flops = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : flops)
+  flops += FmaFlops(rounds);
+  return flops;
+}
+
+const char* FmaTargetName() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
 
 double MeasureFmaPeakGflops(double seconds) {
   FmaFlops(1 << 16);  // warm up (frequency, page-in)
