@@ -21,9 +21,10 @@
 // random order (Suite::repetitions), regenerating inputs when the shape
 // changes; the physical ceilings (ceiling_fma/threads:T, ceiling_stream) run
 // in every suite, repeated more often than the cases
-// (Suite::ceiling_repetitions) so that they are sampled all through the run. Before a (variant,
-// scenario, d, mask, GQA group) is timed the first time it is checked against the fp64 reference at
-// a small size; a failing variant is reported as `failed check: ...`, never timed.
+// (Suite::ceiling_repetitions) so that they are sampled all through the run.
+// Before a (variant, scenario, d, mask, GQA group) is timed the first time
+// it is checked against the fp64 reference at a small size; a failing
+// variant is reported as `failed check: ...`, never timed.
 //
 // Suites (timings in bench/README.md):
 //   quick    N in {256, 1024}, d = 64, one case of each scenario; CI smoke test.
@@ -617,19 +618,34 @@ void CeilingSgemm(benchmark::State& state, RunContext& ctx, const Case& c,
 // sharing): the fp32 peak of that many cores on the dispatched Highway
 // target, which every variant's GFLOPS is a fraction of. The label names the
 // target ("path=AVX3"), as a variant's names the path it ran.
+//
+// GFLOPS is the sum of the threads' rates, each timed over its own loop
+// (FmaOnThreads); GFLOPS_wall is all their FLOPs over the wall time, the
+// region's end included. The two agree on an idle machine. On a loaded one
+// the first to finish waits for a preempted straggler at every region's end,
+// spinning (libgomp's default wait policy) on a core the straggler wants:
+// on the 2-core Zen 4 VM at load 4.5, 2^18-round regions read 24 GFLOP/s
+// on 2 threads (wall) against 75 on one; 2^21-round regions read 83
+// (GFLOPS) and 68 (GFLOPS_wall).
 void CeilingFma(benchmark::State& state, RunContext& ctx, int threads, const std::string& name) {
   if (SkipIfInterrupted(state)) return;
   ctx.Progress(state, name);
-  // 2^18 rounds: ~2 ms at Zen 4's one 512-bit FMA per cycle, so the
+  // 2^21 rounds: ~14 ms at Zen 4's one 512-bit FMA per cycle, so the
   // parallel region's fork and join (microseconds) do not count.
-  constexpr int64_t kRounds = int64_t{1} << 18;
-  double flops = 0;
+  constexpr int64_t kRounds = int64_t{1} << 21;
+  std::vector<double> flops(threads), seconds(threads);
   for (auto _ : state) {
     if (StopIfInterrupted(state)) break;
-    flops = FmaFlopsOnThreads(kRounds, threads);
+    FmaOnThreads(kRounds, threads, flops.data(), seconds.data());
+  }
+  double gflops = 0, all_flops = 0;
+  for (int i = 0; i < threads; ++i) {
+    all_flops += flops[i];
+    if (seconds[i] > 0) gflops += flops[i] / seconds[i] / 1e9;
   }
   state.SetLabel(std::string("path=") + FmaTargetName());
-  state.counters["GFLOPS"] = Counter(flops / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS"] = gflops;
+  state.counters["GFLOPS_wall"] = Counter(all_flops / 1e9, Counter::kIsRate);
   state.counters["threads"] = double(threads);
 }
 

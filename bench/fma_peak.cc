@@ -11,6 +11,8 @@
 // loop, so it measures the FMA units alone.
 #include "bench/fma_peak.h"
 
+#include <omp.h>
+
 #include <chrono>
 
 #undef HWY_TARGET_INCLUDE
@@ -65,11 +67,14 @@ HWY_EXPORT(TargetName);
 
 double FmaFlops(int64_t rounds) { return HWY_DYNAMIC_DISPATCH(FmaLoop)(rounds); }
 
-double FmaFlopsOnThreads(int64_t rounds, int threads) {
-  double flops = 0;
-#pragma omp parallel num_threads(threads) reduction(+ : flops)
-  flops += FmaFlops(rounds);
-  return flops;
+void FmaOnThreads(int64_t rounds, int threads, double* flops, double* seconds) {
+#pragma omp parallel num_threads(threads)
+  {
+    const int i = omp_get_thread_num();
+    const auto start = std::chrono::steady_clock::now();
+    flops[i] += FmaFlops(rounds);
+    seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
 }
 
 const char* FmaTargetName() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }

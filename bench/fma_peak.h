@@ -14,8 +14,12 @@ double FmaFlops(int64_t rounds);
 
 // The same loop on `threads` OpenMP threads at once, each its own
 // register-resident loop of `rounds` rounds (nothing shared, nothing in
-// memory); returns the FLOPs of all of them.
-double FmaFlopsOnThreads(int64_t rounds, int threads);
+// memory). Thread i adds its FLOPs to flops[i] and the seconds its own loop
+// took to seconds[i] (both arrays of `threads`): the peak is the sum of the
+// threads' rates, each timed alone, so a thread that finishes first and
+// waits at the region's end for one the OS preempted (a shared machine) does
+// not count that wait.
+void FmaOnThreads(int64_t rounds, int threads, double* flops, double* seconds);
 
 // The Highway target the loop dispatches to ("AVX3", "AVX2", ...; the name
 // of the code that ran, which is what a fraction of it is a fraction of).
