@@ -44,7 +44,7 @@
 //            N = 2048, 4096 at d = 64 and 128, causal 0/1, and decode
 //            Lk = 65536, d = 128, H = --heads, MHA and Hkv = 2 (GQA-4 at
 //            H = 8), each in every type of PrecisionDTypes(), with the
-//            stream and sgemm ceilings and the micro-kernels; a 2 s time cap
+//            FMA, stream and sgemm ceilings and the micro-kernels; a 2 s cap
 //            (naive's long prefill cases are left out). ~8 min on 2 cores.
 // Every other suite also has a precision scenario (Suite::Precision): shapes
 // timed in reduced element types beside their f32 (names with a `dtype:`

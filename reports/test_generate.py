@@ -15,6 +15,10 @@ give exactly its complete entries and one warning; interrupted cases must read "
 a regeneration that fails part way (generate.save patched to raise, in this process) must
 leave the old report directory byte for byte as it was.
 
+Ceilings: the fixture predates ceiling_fma (its Ceilings section must be one line); a copy with
+synthetic repeated ceiling_fma and ceiling_stream entries must get the roofline first, the
+fraction-of-ceiling_fma tables (median ceiling_fma) and decode against the best stream run.
+
 Usage: test_generate.py [--work-dir DIR] [--testdata DIR]
 """
 import argparse
