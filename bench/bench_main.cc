@@ -19,9 +19,12 @@
 // are generated once per shape when cases run in that order (quick suite);
 // the default and full suites repeat their cheap cases and run everything in
 // random order (Suite::repetitions), regenerating inputs when the shape
-// changes. Before a (variant, scenario, d, mask, GQA group) is timed
-// the first time it is checked against the fp64 reference at a small size;
-// a failing variant is reported as `failed check: ...`, never timed.
+// changes; the physical ceilings (ceiling_fma/threads:T, ceiling_stream) run
+// in every suite, repeated more often than the cases
+// (Suite::ceiling_repetitions) so that they are sampled all through the run.
+// Before a (variant, scenario, d, mask, GQA group) is timed the first time
+// it is checked against the fp64 reference at a small size; a failing
+// variant is reported as `failed check: ...`, never timed.
 //
 // Suites (timings in bench/README.md):
 //   quick    N in {256, 1024}, d = 64, one case of each scenario; CI smoke test.
@@ -41,7 +44,7 @@
 //            N = 2048, 4096 at d = 64 and 128, causal 0/1, and decode
 //            Lk = 65536, d = 128, H = --heads, MHA and Hkv = 2 (GQA-4 at
 //            H = 8), each in every type of PrecisionDTypes(), with the
-//            stream and sgemm ceilings and the micro-kernels; a 2 s time cap
+//            FMA, stream and sgemm ceilings and the micro-kernels; a 2 s cap
 //            (naive's long prefill cases are left out). ~8 min on 2 cores.
 // Every other suite also has a precision scenario (Suite::Precision): shapes
 // timed in reduced element types beside their f32 (names with a `dtype:`
@@ -131,6 +134,13 @@ struct Suite {
   // compares medians over the same stretch of time.
   int repetitions = 1;
   double repeat_max_seconds = 0;
+  // The physical ceilings (ceiling_fma, ceiling_stream) run this many times,
+  // each for min_time / ceiling_repetitions, when the suite repeats: their
+  // repetitions are shuffled among every other case's, so they are sampled
+  // all through the run, and a drift of the clock or of the memory bandwidth
+  // shows in the ceilings as in the cases they bound (the report takes
+  // ceiling_fma's median, like a variant's, and ceiling_stream's best).
+  int ceiling_repetitions = 1;
 
   // Reduced precision (issue 16): prefill (the sweep's Lq = Lk = N, H =
   // --heads) and decode shapes in each of `dtypes`, so a variant's time in a
@@ -210,6 +220,7 @@ Suite MakeSuite(const std::string& name) {
     s.min_time = "0.2";
     s.repetitions = 3;
     s.repeat_max_seconds = 0.1;
+    s.ceiling_repetitions = 9;
     s.precision.prefill_n = {1024, 4096};
     s.precision.prefill_causal = {0, 1};
     s.precision.prefill_dtypes = PrecisionDTypes();
@@ -251,6 +262,7 @@ Suite MakeSuite(const std::string& name) {
     s.min_time = "0.5";
     s.repetitions = 3;
     s.repeat_max_seconds = 0.25;
+    s.ceiling_repetitions = 9;
     s.precision.prefill_n = {1024, 4096};
     s.precision.prefill_causal = {0, 1};
     s.precision.prefill_dtypes = PrecisionDTypes();
@@ -602,6 +614,42 @@ void CeilingSgemm(benchmark::State& state, RunContext& ctx, const Case& c,
   state.counters["workspace_bytes"] = 4.0 * double(scores.size());
 }
 
+// The FMA ceiling: the register-resident FMA loop of bench/fma_peak.cc on
+// `threads` OpenMP threads, each its own loop (no loads, no stores, no
+// sharing): the fp32 peak of that many cores on the dispatched Highway
+// target, which every variant's GFLOPS is a fraction of. The label names the
+// target ("path=AVX3"), as a variant's names the path it ran.
+//
+// GFLOPS is the sum of the threads' rates, each timed over its own loop
+// (FmaOnThreads); GFLOPS_wall is all their FLOPs over the wall time, the
+// region's end included. The two agree on an idle machine. On a loaded one
+// the first to finish waits for a preempted straggler at every region's end,
+// spinning (libgomp's default wait policy) on a core the straggler wants:
+// on the 2-core Zen 4 VM at load 4.5, 2^18-round regions read 24 GFLOP/s
+// on 2 threads (wall) against 75 on one; 2^21-round regions read 83
+// (GFLOPS) and 68 (GFLOPS_wall).
+void CeilingFma(benchmark::State& state, RunContext& ctx, int threads, const std::string& name) {
+  if (SkipIfInterrupted(state)) return;
+  ctx.Progress(state, name);
+  // 2^21 rounds: ~14 ms at Zen 4's one 512-bit FMA per cycle, so the
+  // parallel region's fork and join (microseconds) do not count.
+  constexpr int64_t kRounds = int64_t{1} << 21;
+  std::vector<double> flops(threads), seconds(threads);
+  for (auto _ : state) {
+    if (StopIfInterrupted(state)) break;
+    FmaOnThreads(kRounds, threads, flops.data(), seconds.data());
+  }
+  double gflops = 0, all_flops = 0;
+  for (int i = 0; i < threads; ++i) {
+    all_flops += flops[i];
+    if (seconds[i] > 0) gflops += flops[i] / seconds[i] / 1e9;
+  }
+  state.SetLabel(std::string("path=") + FmaTargetName());
+  state.counters["GFLOPS"] = gflops;
+  state.counters["GFLOPS_wall"] = Counter(all_flops / 1e9, Counter::kIsRate);
+  state.counters["threads"] = double(threads);
+}
+
 // Memory bandwidth ceiling: sum a buffer far larger than the last-level
 // cache on `threads` OpenMP threads (read-only, like a decode pass over the
 // KV cache). GBps = bytes read per second / 1e9.
@@ -678,8 +726,11 @@ struct Registration {
   std::function<void(benchmark::State&)> fn;
   // Predicted seconds per iteration; decides whether the case is repeated
   // (Suite::repetitions). Negative: never (a case refused as over budget,
-  // which is instant, or the stream ceiling).
+  // which is instant).
   double predicted_seconds = 0;
+  // A physical ceiling (ceiling_fma, ceiling_stream): repeated
+  // Suite::ceiling_repetitions times when the suite repeats.
+  bool ceiling = false;
   int repetitions = 1;  // the suite's choice (--benchmark_repetitions overrides it)
   int finished = 0;     // repetitions the --resume file already holds
   int runs = 0;         // repetitions this run does
@@ -704,9 +755,10 @@ class SuiteCases {
   const std::vector<std::string>& left_out() const { return left_out_; }
 
  private:
-  void Add(std::string name, std::function<void(benchmark::State&)> fn, double predicted_seconds) {
+  void Add(std::string name, std::function<void(benchmark::State&)> fn, double predicted_seconds,
+           bool ceiling = false) {
     names_.insert(name);
-    cases_.push_back({std::move(name), std::move(fn), predicted_seconds});
+    cases_.push_back({std::move(name), std::move(fn), predicted_seconds, ceiling});
   }
   // Whether a case of this name is registered or left out already (the
   // precision scenario's f32 cases are often the sweep's).
@@ -790,6 +842,15 @@ class SuiteCases {
 
   void Build() {
     const int64_t B = options_.batch, H = options_.heads;
+    // The FMA ceiling at every thread count, in every suite: first in
+    // registration order (the order of the quick and precision suites),
+    // among everything when the suite shuffles its repetitions.
+    for (int t : options_.threads) {
+      const std::string name = "ceiling_fma/threads:" + std::to_string(t);
+      Add(
+          name, [ctx = &ctx_, t, name](benchmark::State& s) { CeilingFma(s, *ctx, t, name); },
+          /*predicted_seconds=*/1e-3, /*ceiling=*/true);
+    }
     // Sweep: Lq = Lk = N. Past the suite's N range, only over-budget cases of
     // score-materializing variants (instant skips the report shows).
     std::vector<int64_t> sweep_n = suite_.sweep_n;
@@ -835,11 +896,12 @@ class SuiteCases {
           [ctx = &ctx_, bytes, t, name](benchmark::State& s) {
             CeilingStream(s, *ctx, bytes, t, name);
           },
-          // Not repeated: one run of the suite's min_time (5 passes over 1 GiB
-          // at 0.2 s). Its passes vary +-10% on this VM, and three repetitions
-          // of 0.067 s (2 passes each) gave a median of 23.4 GB/s on 1 thread
-          // against 27.3 for the best, under what flash's decode then read.
-          /*predicted_seconds=*/-1);
+          // Repeated as a ceiling (Suite::ceiling_repetitions), among the
+          // decode cases' repetitions; the report reads its best repetition:
+          // its passes vary +-10% on this VM, and three repetitions of 0.067 s
+          // gave a median of 23.4 GB/s on 1 thread against 27.3 for the best,
+          // under what flash's decode then read.
+          /*predicted_seconds=*/0.05, /*ceiling=*/true);
     }
     for (int64_t n : suite_.gqa_n) {
       for (int64_t d : suite_.gqa_dims) {
@@ -916,6 +978,7 @@ void RegisterWithBenchmark(std::vector<Registration>& cases, const Suite& suite,
     if (repeat && r.predicted_seconds >= 0 && r.predicted_seconds <= suite.repeat_max_seconds) {
       r.repetitions = suite.repetitions;
     }
+    if (repeat && r.ceiling) r.repetitions = suite.ceiling_repetitions;
     if (resume && repeat && resume->cases.count(r.name) > 0) {  // what the first run chose
       r.repetitions = std::max<int>(1, int(resume->cases.at(r.name).repetitions));
     }

@@ -34,10 +34,10 @@ function(has key_path out)
   endif()
 endfunction()
 
-# 1. Every variant + both ceilings + decode, default budget: all run, all counters;
+# 1. Every variant + the three ceilings + decode, default budget: all run, all counters;
 #    with the quick suite's reduced-precision cases (a bf16 sweep case, an int8-K/V decode).
 run_bench(${WORK}/quick.json --suite=quick --threads=1
-  "--benchmark_filter=/N:256/d:64/causal:1/(dtype:bf16/)?threads:1|^ceiling_stream/.*threads:1|/decode/Lk:4096/d:64/Hkv:2/(dtype:f32-i8-i8-f32/)?threads:1")
+  "--benchmark_filter=/N:256/d:64/causal:1/(dtype:bf16/)?threads:1|^ceiling_stream/.*threads:1|^ceiling_fma/threads:1|/decode/Lk:4096/d:64/Hkv:2/(dtype:f32-i8-i8-f32/)?threads:1")
 foreach(key attnlab_git_commit attnlab_hwy_target attnlab_openblas_config
             attnlab_openblas_version attnlab_threads attnlab_compiler attnlab_build_type
             attnlab_suite attnlab_memory_budget_bytes attnlab_cpu_model)
@@ -51,6 +51,7 @@ set(variants 0)
 set(typed 0)
 set(sgemm 0)
 set(stream 0)
+set(fma 0)
 math(EXPR last "${n} - 1")
 foreach(i RANGE ${last})
   get(name benchmarks ${i} name)
@@ -65,6 +66,14 @@ foreach(i RANGE ${last})
   elseif(name MATCHES "^ceiling_stream/bytes:[0-9]+/threads:1")
     get(g benchmarks ${i} GBps)
     math(EXPR stream "${stream} + 1")
+  elseif(name MATCHES "^ceiling_fma/threads:1")
+    # The FMA peak on one thread; its label names the Highway target the loop ran on.
+    get(g benchmarks ${i} GFLOPS)
+    get(label benchmarks ${i} label)
+    if(NOT label MATCHES "^path=.")
+      message(FATAL_ERROR "${name}: label '${label}' does not name the Highway target")
+    endif()
+    math(EXPR fma "${fma} + 1")
   else()
     foreach(c GFLOPS GFLOPS_dense workspace_bytes workspace_declared_bytes
               peak_rss_delta_bytes bytes_min B H Hkv Lq Lk d causal threads)
@@ -97,10 +106,28 @@ foreach(i RANGE ${last})
   endif()
   unset(g)
 endforeach()
-if(variants LESS 1 OR typed LESS 2 OR NOT sgemm EQUAL 1 OR NOT stream EQUAL 1)
-  message(FATAL_ERROR "want >= 1 variant, >= 2 dtype: cases, 1 ceiling_sgemm, 1 ceiling_stream; "
-                      "got ${variants}, ${typed}, ${sgemm}, ${stream}")
+if(variants LESS 1 OR typed LESS 2 OR NOT sgemm EQUAL 1 OR NOT stream EQUAL 1 OR NOT fma EQUAL 1)
+  message(FATAL_ERROR "want >= 1 variant, >= 2 dtype: cases, 1 ceiling_sgemm, 1 ceiling_stream, "
+                      "1 ceiling_fma; got ${variants}, ${typed}, ${sgemm}, ${stream}, ${fma}")
 endif()
+
+# 1b. Every suite registers the physical ceilings at each of its thread counts:
+#     ceiling_fma/threads:T and ceiling_stream (docs/bench-json.md).
+foreach(suite quick default full precision)
+  execute_process(COMMAND "${BENCH}" --suite=${suite} --threads=1,2 --benchmark_list_tests
+                          "--benchmark_filter=^ceiling_(fma|stream)/"
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE listed ERROR_VARIABLE stderr)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "attnlab_bench --suite=${suite} --benchmark_list_tests failed (${rc}):\n${stderr}")
+  endif()
+  foreach(t 1 2)
+    foreach(want "ceiling_fma/threads:${t}" "ceiling_stream/bytes:[0-9]+/threads:${t}")
+      if(NOT listed MATCHES "(^|\n)${want}(/|\n|$)")
+        message(FATAL_ERROR "--suite=${suite} does not register ${want}:\n${listed}")
+      endif()
+    endforeach()
+  endforeach()
+endforeach()
 
 # 2. A 1 KiB budget: each case runs or is skipped as "over budget: ...", and
 #    the score-materializing baseline is among the skipped.

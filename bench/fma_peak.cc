@@ -1,12 +1,17 @@
-// The FMA peak of one core, measured: a register-resident loop of
-// independent fused multiply-adds on the best Highway target, the ceiling the
-// micro-kernel benchmarks are fractions of (bench/ukernel_bench.cc).
+// The FMA peak, measured: a register-resident loop of independent fused
+// multiply-adds on the best Highway target. The one FMA loop of the bench:
+// `ceiling_fma/threads:T` runs it on T threads (each its own loop: the
+// machine's fp32 peak, the ceiling every variant's GFLOPS is a fraction of),
+// and the micro-kernel cases' peak_fraction divides by its one-thread rate
+// (bench/ukernel_bench.cc).
 //
 // Enough independent accumulators to cover the FMA latency on every port
 // (4 cycles x 2 ports on Intel, x 1 512-bit port on Zen 4): 24 where there
 // are 32 vector registers, 12 with 16. Nothing is loaded or stored in the
 // loop, so it measures the FMA units alone.
 #include "bench/fma_peak.h"
+
+#include <omp.h>
 
 #include <chrono>
 
@@ -48,6 +53,8 @@ double FmaLoop(int64_t rounds) {
   return 2.0 * double(rounds) * kChains * double(hn::Lanes(d));
 }
 
+const char* TargetName() { return hwy::TargetName(HWY_TARGET); }
+
 // NOLINTNEXTLINE(google-readability-namespace-comments)
 }  // namespace HWY_NAMESPACE
 }  // namespace attn::bench
@@ -56,8 +63,21 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace attn::bench {
 HWY_EXPORT(FmaLoop);
+HWY_EXPORT(TargetName);
 
 double FmaFlops(int64_t rounds) { return HWY_DYNAMIC_DISPATCH(FmaLoop)(rounds); }
+
+void FmaOnThreads(int64_t rounds, int threads, double* flops, double* seconds) {
+#pragma omp parallel num_threads(threads)
+  {
+    const int i = omp_get_thread_num();
+    const auto start = std::chrono::steady_clock::now();
+    flops[i] += FmaFlops(rounds);
+    seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+}
+
+const char* FmaTargetName() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
 
 double MeasureFmaPeakGflops(double seconds) {
   FmaFlops(1 << 16);  // warm up (frequency, page-in)

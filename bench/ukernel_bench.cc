@@ -5,7 +5,6 @@
 #include <memory>
 #include <random>
 
-#include "bench/fma_peak.h"
 #include "kernels/ukernels/ukernels.h"
 
 namespace attn::bench {
@@ -305,15 +304,6 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
 
 std::vector<UkernelCase> UkernelCases(double peak_gflops) {
   std::vector<UkernelCase> cases;
-  cases.push_back({"ukernel/fma_peak/threads:1", [peak_gflops](benchmark::State& state) {
-                     double flops = 0;
-                     for (auto _ : state) flops = FmaFlops(1 << 16);
-                     using benchmark::Counter;
-                     state.counters["GFLOPS"] =
-                         Counter(flops / 1e9, Counter::kIsIterationInvariantRate);
-                     state.counters["fma_peak_gflops"] = peak_gflops;
-                     state.counters["threads"] = 1;
-                   }});
   const int64_t lanes = ukernels::DispatchedLanes();
   for (const Ukernel& u : ukernels::Ukernels()) {
     for (auto& [shape, run] : Shapes(u, lanes, peak_gflops)) {

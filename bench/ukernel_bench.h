@@ -1,10 +1,12 @@
 // Benchmarks of the micro-kernel list (kernels/ukernels/ukernels.inc): every
 // entry on L1/L2-resident data at the shapes the variants call it with, one
 // thread, the best Highway target, against the FMA peak of the same core
-// measured in the same run (bench/fma_peak.h).
+// (bench/fma_peak.h): the report divides by `ceiling_fma/threads:1`, the
+// suite's FMA ceiling measured interleaved with these cases; the
+// peak_fraction counter by the same loop's rate measured at start-up.
 //
 // Names: ukernel/<entry>/<shape tokens>, e.g.
-// ukernel/f32_score_tile/rows:64/keys:512/d:128, and ukernel/fma_peak.
+// ukernel/f32_score_tile/rows:64/keys:512/d:128/threads:1.
 // Counters (docs/bench-json.md): GFLOPS for the entries that are FMA work
 // (scores, P·V, dot: 2 FLOPs per multiply-add), peak_fraction = GFLOPS / the
 // FMA peak, Gelems_per_s for the others (softmax, exp, transpose, finish:
@@ -25,8 +27,8 @@ struct UkernelCase {
   std::function<void(benchmark::State&)> run;
 };
 
-// One case per (entry, shape), plus ukernel/fma_peak. `peak_gflops` is the
-// FMA peak measured before registration (MeasureFmaPeakGflops).
+// One case per (entry, shape). `peak_gflops` is the one-thread FMA peak
+// measured before registration (MeasureFmaPeakGflops), for peak_fraction.
 std::vector<UkernelCase> UkernelCases(double peak_gflops);
 
 }  // namespace attn::bench

@@ -4,7 +4,8 @@ Google Benchmark JSON: {"context": {...}, "benchmarks": [...]}. Each benchmark e
 repetition ("run_type": "iteration") or an aggregate over repetitions ("run_type": "aggregate",
 "aggregate_name": mean|median|stddev|cv). Names are '/'-separated tokens: the first is a variant
 name from the registry, `ceiling_sgemm`, `ceiling_stream` or `layer` (whose second token is the
-variant); tokens without ':' are the scenario, `key:value` tokens are parameters. Parameters
+variant), `ceiling_fma` (the FMA peak, `ceiling_fma/threads:2`) or `ukernel`; tokens without ':'
+are the scenario, `key:value` tokens are parameters. Parameters
 are numbers but one: `dtype`, the element types of Q, K, V and O (`dtype:bf16` when the four
 share one type, `dtype:f32-i8-i8-f32` otherwise; absent = all f32); a micro-kernel's `dtype`
 names its input type.
@@ -24,12 +25,14 @@ import statistics
 # First tokens with a fixed meaning in the contract. Every other first token is a variant.
 CEILING_SGEMM = "ceiling_sgemm"
 CEILING_STREAM = "ceiling_stream"
+# The FMA peak on T threads (ceiling_fma/threads:T): what every variant's GFLOPS is a fraction of.
+CEILING_FMA = "ceiling_fma"
 LAYER = "layer"
-# Micro-kernel cases: ukernel/<entry>/<shape> (the entry is the case's scenario) and
-# ukernel/fma_peak/threads:1, the FMA peak they are fractions of.
+# Micro-kernel cases: ukernel/<entry>/<shape> (the entry is the case's scenario). Files from
+# before ceiling_fma also hold ukernel/fma_peak/threads:1, the one-thread FMA peak.
 UKERNEL = "ukernel"
 FMA_PEAK = "fma_peak"
-FIXED_FAMILIES = (CEILING_SGEMM, CEILING_STREAM, LAYER, UKERNEL)
+FIXED_FAMILIES = (CEILING_SGEMM, CEILING_STREAM, CEILING_FMA, LAYER, UKERNEL)
 
 # What became of a case (Case.status). The bench marks a case it did not run with an error
 # message: "over budget: ..." (refused before allocating), "interrupted: ..." (the run was
@@ -530,6 +533,7 @@ class Case:
     self.dtype = dtype_label(self.dtypes)
     self.time_s = None     # median real time per call, seconds (> 0 when the case ran)
     self.counters = {}     # median of each counter over repetitions
+    self.samples = []      # each repetition's counters (iteration entries), in file order
     self.cv = None         # coefficient of variation of real time over repetitions (or None)
     self.cv_source = None  # where cv came from: "repetitions (n=3)" / "_cv aggregate"
     self.repetitions = 0
@@ -538,6 +542,12 @@ class Case:
 
   def counter(self, key):
     return self.counters.get(key)
+
+  def best(self, key):
+    """The largest value of counter `key` over the case's repetitions (the median counter when
+    the file holds only aggregates): a ceiling's least disturbed run."""
+    values = [s[key] for s in self.samples if key in s]
+    return max(values) if values else self.counters.get(key)
 
   def key_without(self, *param_names):
     """The case name with the given parameter tokens removed (for matching across runs)."""
@@ -580,6 +590,7 @@ def _reduce(case, entries):
     return
   case.time_s = statistics.median(e.value for e in measured)
   case.counters = _median_counters(measured)
+  case.samples = [e.counters for e in its]
   # Several only where a resumed file mixes runs that took different paths: say so.
   paths = sorted({e.path for e in measured if e.path})
   case.path = " / ".join(paths) if paths else None

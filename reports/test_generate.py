@@ -15,6 +15,10 @@ give exactly its complete entries and one warning; interrupted cases must read "
 a regeneration that fails part way (generate.save patched to raise, in this process) must
 leave the old report directory byte for byte as it was.
 
+Ceilings: the fixture predates ceiling_fma (its Ceilings section must be one line); a copy with
+synthetic repeated ceiling_fma and ceiling_stream entries must get the roofline first, the
+fraction-of-ceiling_fma tables (median ceiling_fma) and decode against the best stream run.
+
 Usage: test_generate.py [--work-dir DIR] [--testdata DIR]
 """
 import argparse
@@ -38,7 +42,7 @@ import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GENERATE = os.path.join(HERE, "generate.py")
-FIXED = ("ceiling_sgemm", "ceiling_stream", "layer", "ukernel")
+FIXED = ("ceiling_sgemm", "ceiling_stream", "ceiling_fma", "layer", "ukernel")
 
 sys.path.insert(0, HERE)
 import attnlab_results as ar  # noqa: E402
@@ -155,6 +159,12 @@ def test_report(work, testdata):
       check(f"`{k}`" in text and str(v).replace("|", "\\|") in text,
             f"context key {k} and its value are in the report")
   check("caches" in text and "L1" in text, "caches are in the report")
+  # The fixture predates ceiling_fma: one line says so, and nothing fails.
+  ceilings = text.split("## Ceilings and roofline", 1)[1].split("\n## ", 1)[0].strip()
+  check(ceilings.count("\n") == 0 and "no `ceiling_fma` case" in ceilings
+        and not any(r.startswith("roofline_") for r in refs)
+        and "**Fraction of ceiling_fma**" not in text,
+        "a file without ceiling_fma: one line in Ceilings and roofline, no roofline, no table")
 
   names = {case_name(e) for e in entries(doc)}
   variants = sorted({parse(n)[0] for n in names if parse(n)[0] not in FIXED})
@@ -397,6 +407,157 @@ def test_precision(work, doc, accdoc):
   check_refused([bad_path, "--out-dir", os.path.join(work, "bad-dtype-out")], bad_path,
                 r"benchmarks\[\d+\] '[^']*dtype:q8[^']*': parameter dtype:q8 is not element types",
                 "an unknown element type")
+
+
+# Synthetic ceilings, three repetitions each: ceiling_fma's figure is its median, ceiling_stream's
+# its best repetition.
+FMA_REPS = {1: (90.0, 110.0, 100.0), 2: (180.0, 220.0, 200.0)}
+STREAM_REPS = {1: (20.0, 31.5, 25.0), 2: (30.0, 41.5, 35.0)}
+
+
+def repetition(name, index, count, time_ms, counters, label=None):
+  """One Google Benchmark repetition entry of `name` (as the bench writes it)."""
+  e = {"name": name + "/real_time", "run_name": name + "/real_time", "run_type": "iteration",
+       "repetitions": count, "repetition_index": index, "iterations": 10,
+       "real_time": time_ms, "cpu_time": time_ms, "time_unit": "ms", **counters}
+  if label:
+    e["label"] = label
+  return e
+
+
+def with_ceilings(doc):
+  """The fixture with ceiling_fma/threads:1 and :2 and repeated ceiling_stream cases (its own
+  stream cases and the micro-kernel suite's old ukernel/fma_peak taken out)."""
+  out = copy.deepcopy(doc)
+  out["benchmarks"] = [e for e in entries(doc) if parse(case_name(e))[0] != "ceiling_stream"
+                       and not case_name(e).startswith("ukernel/fma_peak/")]
+  for t, reps in FMA_REPS.items():
+    for i, g in enumerate(reps):
+      out["benchmarks"].append(repetition(f"ceiling_fma/threads:{t}", i, len(reps), 200 / g,
+                                          {"GFLOPS": g, "threads": float(t)}, "path=AVX3"))
+  for t, reps in STREAM_REPS.items():
+    for i, gb in enumerate(reps):
+      out["benchmarks"].append(repetition(
+          f"ceiling_stream/bytes:1073741824/threads:{t}", i, len(reps), 1073.741824 / gb,
+          {"GBps": gb, "bytes": 1073741824.0, "threads": float(t)}))
+  return out
+
+
+def table_after(body, heading):
+  """The rows of the first markdown table after `heading` in `body`: [[cell, ...]]."""
+  lines = body.split(heading, 1)[1].splitlines()
+  rows = []
+  for line in lines:
+    if line.startswith("|"):
+      rows.append([c.strip() for c in line.strip("|").split("|")])
+    elif rows:
+      break
+  return rows[2:]
+
+
+def test_ceilings(work, doc):
+  """ceiling_fma and repeated ceiling_stream cases: the roofline comes first, each sweep group
+  gets its fraction-of-ceiling_fma table (variant GFLOPS / the median ceiling_fma at its
+  threads), the summary states flash's fraction, decode divides by the best stream repetition,
+  the micro-kernels by ceiling_fma/threads:1, and the roofline's x is FLOPs / bytes_min."""
+  full = with_ceilings(doc)
+  path_in = os.path.join(work, "ceilings.json")
+  json.dump(full, open(path_in, "w"))
+  path = run_generate([path_in, "--out-dir", os.path.join(work, "ceilings")])
+  text, refs = check_pngs(path)
+  host = str(doc["context"]["host_name"])
+  ceilings = section(text, "## Ceilings and roofline")
+  check(refs.count(f"roofline_{generate.slug(host)}.png") == 1
+        and f"](roofline_{generate.slug(host)}.png)" in ceilings,
+        "one roofline PNG for the machine, in Ceilings and roofline")
+  check(text.index("](roofline_") < text.index("\n| ") < text.index("## Machine and build"),
+        "the roofline comes before every table and before Machine and build")
+  fma = {t: statistics.median(r) for t, r in FMA_REPS.items()}
+  best = {t: max(r) for t, r in STREAM_REPS.items()}
+  rows = table_after(ceilings, "ceilings\n")
+  for t in FMA_REPS:
+    want = [str(t), generate.fmt_num(fma[t]),
+            f"{generate.fmt_num(min(FMA_REPS[t]))}–{generate.fmt_num(max(FMA_REPS[t]))} (3)",
+            "AVX3", generate.fmt_num(best[t]),
+            generate.fmt_num(statistics.median(STREAM_REPS[t])),
+            generate.fmt_num(fma[t] / best[t])]
+    check(want in rows, f"ceilings row for threads={t}: {want} (got {rows})")
+  summary = section(text, "## Summary")
+  check(f"ceiling_fma {generate.fmt_num(fma[1])} GFLOP/s on 1 thread" in summary
+        and f"ceiling_stream {generate.fmt_num(best[1])} GB/s on 1" in summary,
+        "the summary states both ceilings")
+
+  # Sweep: a fraction-of-ceiling_fma table per group, each cell the variant's GFLOPS over the
+  # median ceiling_fma at its threads (effective GFLOPS when causal).
+  med_counters = {}
+  for e in entries(full):
+    if e.get("run_type") == "iteration" and not e.get("error_occurred"):
+      med_counters.setdefault(case_name(e), []).append(e)
+  sweep = {n: es for n, es in med_counters.items()
+           if parse(n)[0] not in FIXED and not parse(n)[1] and "N" in parse(n)[2]}
+  groups = {tuple(sorted((k, v) for k, v in parse(n)[2].items() if k != "N")) for n in sweep}
+  check(text.count("**Fraction of ceiling_fma**") == len(groups),
+        f"a fraction-of-ceiling_fma table per sweep group ({len(groups)})")
+  sweep_text = section(text, "## Sweep")
+  checked = 0
+  for g in groups:
+    gp = dict(g)
+    title = (f"d={gp['d']}, {'causal' if gp['causal'] != '0' else 'dense'}, "
+             f"threads={gp['threads']}")
+    body = sweep_text.split(title, 1)[1].split("\n### ", 1)[0]
+    table = table_after(body, "**Fraction of ceiling_fma**")
+    header = body.split("**Fraction of ceiling_fma**", 1)[1].split("\n")[2]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    for name, es in sweep.items():
+      fam, _, params = parse(name)
+      if tuple(sorted((k, v) for k, v in params.items() if k != "N")) != g:
+        continue
+      key = "GFLOPS" if gp["causal"] != "0" else "GFLOPS_dense"
+      want = generate.fmt_num(statistics.median(e[key] for e in es) / fma[int(gp["threads"])],
+                              2)
+      row = [r for r in table if r[0] == params["N"]]
+      check(row and row[0][columns.index(fam)] == want,
+            f"{name}: fraction of ceiling_fma {want} in its group's table")
+      checked += 1
+    line = [l for l in summary.splitlines() if f"{title}" in l]
+    check(line and "of ceiling_fma" in line[0],
+          f"the summary line of {title} states a fraction of ceiling_fma")
+  check(checked > 0, "the fraction-of-ceiling_fma cells were checked")
+  flash = [n for n in sweep if parse(n)[0] == "flash" and parse(n)[2]["causal"] == "0"
+           and parse(n)[2]["threads"] == "1"]
+  if flash:
+    top = max(flash, key=lambda n: int(parse(n)[2]["N"]))
+    f = statistics.median(e["GFLOPS_dense"] for e in sweep[top]) / fma[1]
+    check(f"flash reaches {f:.2f} of ceiling_fma" in summary,
+          f"the summary states flash's fraction of ceiling_fma at its largest N ({f:.2f})")
+  check("of ceiling_fma" in section(text, "## Other scenarios"),
+        "the other scenarios' table has a fraction of ceiling_fma")
+
+  # Decode divides by the best stream repetition.
+  decode = section(text, "## Decode")
+  for t, gb in best.items():
+    check(f"{generate.fmt_num(gb)} GB/s at 1.0 GiB, best repetition" in decode,
+          f"decode at threads={t} uses the best stream repetition ({gb} GB/s)")
+  # Micro-kernels against ceiling_fma/threads:1.
+  ukernel = section(text, "## Micro-kernels")
+  check(f"FMA peak: **{generate.fmt_num(fma[1])} GFLOP/s** (`ceiling_fma/threads:1`)" in ukernel,
+        "the micro-kernel section's peak is ceiling_fma/threads:1")
+  uk = next((n for n, es in med_counters.items() if n.startswith("ukernel/")
+             and "GFLOPS" in es[0]), None)
+  if uk:
+    want = generate.fmt_pct(statistics.median(e["GFLOPS"] for e in med_counters[uk]) / fma[1])
+    check(any(f"| {want} |" in l for l in ukernel.splitlines() if f"`{parse(uk)[1]}`" in l),
+          f"{uk}: {want} of ceiling_fma/threads:1")
+  # The roofline's x: FLOPs per call / bytes_min (a decode case: 4·H·Lk·d FLOPs).
+  run = ar.load_results([path_in])
+  dec = next(c for c in run.all_cases() if c.scenario == "decode" and c.variant and c.ok)
+  flops = 4 * dec.counter("H") * dec.counter("Lk") * dec.counter("d")
+  x = generate.Report.intensity(dec)
+  check(abs(x - flops / dec.counter("bytes_min")) < 1e-6 * x,
+        f"roofline intensity of {dec.name}: {x} FLOP/byte = 4·H·Lk·d / bytes_min")
+  stream = run.cases[(host, "ceiling_stream/bytes:1073741824/threads:1")]
+  check(stream.best("GBps") == best[1] and stream.counter("GBps") == statistics.median(
+      STREAM_REPS[1]), "Case.best is the best repetition, Case.counter the median")
 
 
 def scaled(doc, target, factor):
@@ -908,6 +1069,7 @@ def main():
   test_interrupted_and_resumed(args.work_dir, doc)
   test_atomic_output(args.work_dir, doc)
   test_precision(args.work_dir, doc, accdoc)
+  test_ceilings(args.work_dir, doc)
   if failures:
     print(f"{len(failures)} check(s) failed")
     return 1
