@@ -58,6 +58,9 @@
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 #include <omp.h>
+#ifdef ATTNLAB_HAVE_ONEDNN
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
 
 #include <algorithm>
 #include <cerrno>
@@ -650,6 +653,117 @@ void CeilingFma(benchmark::State& state, RunContext& ctx, int threads, const std
   state.counters["threads"] = double(threads);
 }
 
+#ifdef ATTNLAB_HAVE_ONEDNN
+// Whether a case gets a ceiling_matmul_bf16: a prefill (sweep) case with
+// bf16 Q, K and V.
+bool TakesMatmulBf16Ceiling(const Case& c) {
+  return c.scenario == Scenario::kSweep && c.dtypes.q == DType::kBF16 &&
+         c.dtypes.k == DType::kBF16 && c.dtypes.v == DType::kBF16;
+}
+
+// The bf16 GEMM ceiling of a bf16 case: what a user of a vendor library gets
+// for the same two dense products as CeilingSgemm (same 512-row blocks, same
+// prefix of blocks, same FLOP count), with oneDNN's matmul: S = Q·Kᵀ bf16 x
+// bf16 -> fp32, and P·V bf16 x bf16 -> fp32 with P a bf16 copy of one
+// block's scores made before timing (rounding it is not a product). oneDNN
+// runs on the case's threads (its OpenMP build reads the nthreads ICV that
+// ScopedThreads sets when the primitives are made and run). The label names
+// the kernel oneDNN chose ("brg:avx512_core_bf16").
+void CeilingMatmulBf16(benchmark::State& state, RunContext& ctx, const Case& c,
+                       const std::string& name) {
+  if (SkipIfInterrupted(state)) return;
+  ctx.Progress(state, name);
+  ScopedThreads threads(c.threads);
+  CaseData& data = DataFor(c);
+  const int64_t lq = c.q_len, lk = c.kv_len, d = c.dim;
+  const int64_t rows = std::min<int64_t>(lq, 512);
+  const int64_t blocks_per_head = (lq + rows - 1) / rows;
+  const int64_t total_blocks = c.batch * c.heads * blocks_per_head;
+  const double block_flops = AttentionFlops(double(rows) * lk, d, d);
+  const int64_t blocks = std::clamp<int64_t>(int64_t(kCeilingFlops / block_flops), 1, total_blocks);
+  const int64_t group = c.heads / c.kv_heads;
+  using dnnl::memory;
+  using dt = memory::data_type;
+  const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  std::vector<float> scores(rows * lk), o(rows * d);
+  std::vector<uint16_t> p16(rows * lk);
+  // Primitives for a full block and the last (shorter) one.
+  struct Products {
+    dnnl::matmul qk, pv;
+    memory::desc q, k, s, p, v, o;
+  };
+  std::string impl;
+  auto make = [&](int64_t m) {
+    Products pr;
+    pr.q = memory::desc({m, d}, dt::bf16, {d, 1});
+    pr.k = memory::desc({d, lk}, dt::bf16, {1, d});  // Kᵀ: K's rows as columns
+    pr.s = memory::desc({m, lk}, dt::f32, {lk, 1});
+    pr.p = memory::desc({m, lk}, dt::bf16, {lk, 1});
+    pr.v = memory::desc({lk, d}, dt::bf16, {d, 1});
+    pr.o = memory::desc({m, d}, dt::f32, {d, 1});
+    const dnnl::matmul::primitive_desc qk(dnnl::matmul::desc(pr.q, pr.k, pr.s), engine);
+    const dnnl::matmul::primitive_desc pv(dnnl::matmul::desc(pr.p, pr.v, pr.o), engine);
+    if (impl.empty()) impl = qk.impl_info_str();
+    pr.qk = dnnl::matmul(qk);
+    pr.pv = dnnl::matmul(pv);
+    return pr;
+  };
+  Products full, last;
+  try {
+    full = make(rows);
+    last = make(lq - (blocks_per_head - 1) * rows);
+  } catch (const dnnl::error& e) {
+    state.SkipWithError(
+        (std::string("not run: oneDNN has no bf16 matmul here: ") + e.what()).c_str());
+    return;
+  }
+  auto bf16 = [](const std::vector<char>& v) {
+    return const_cast<void*>(static_cast<const void*>(v.data()));
+  };
+  auto run_block = [&](int64_t block) {
+    const int64_t bh = block / blocks_per_head;
+    const int64_t b = bh / c.heads, h = bh % c.heads;
+    const int64_t r0 = block % blocks_per_head * rows;
+    const int64_t m = std::min(rows, lq - r0);
+    const int64_t kvh = h / group;
+    Products& pr = m == rows ? full : last;
+    char* q = static_cast<char*>(bf16(data.q_typed)) + 2 * ((b * c.heads + h) * lq + r0) * d;
+    char* k = static_cast<char*>(bf16(data.k_typed)) + 2 * (b * c.kv_heads + kvh) * lk * d;
+    char* v = static_cast<char*>(bf16(data.v_typed)) + 2 * (b * c.kv_heads + kvh) * lk * d;
+    pr.qk.execute(stream, {{DNNL_ARG_SRC, memory(pr.q, engine, q)},
+                           {DNNL_ARG_WEIGHTS, memory(pr.k, engine, k)},
+                           {DNNL_ARG_DST, memory(pr.s, engine, scores.data())}});
+    pr.pv.execute(stream, {{DNNL_ARG_SRC, memory(pr.p, engine, p16.data())},
+                           {DNNL_ARG_WEIGHTS, memory(pr.v, engine, v)},
+                           {DNNL_ARG_DST, memory(pr.o, engine, o.data())}});
+    stream.wait();
+    return AttentionFlops(double(m) * lk, d, d);
+  };
+  // P: the first block's scores, scaled into softmax-like magnitudes, in bf16.
+  run_block(0);
+  for (size_t x = 0; x < scores.size(); ++x)
+    p16[x] = BF16BitsFromF32(std::exp(-std::fabs(scores[x])));
+  double done_flops = 0;
+  PeakRss rss;
+  rss.Start();
+  for (auto _ : state) {
+    if (StopIfInterrupted(state)) break;
+    done_flops = 0;
+    for (int64_t block = 0; block < blocks; ++block) done_flops += run_block(block);
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel("path=oneDNN " + impl);
+  SetParams(state, c);
+  state.counters["GFLOPS"] = Counter(done_flops / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS_dense"] = Counter(done_flops / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["ceiling_fraction"] = done_flops / AttentionFlops(DensePairs(c), d, d);
+  state.counters["peak_rss_delta_bytes"] = rss.DeltaBytes();
+  state.counters["workspace_bytes"] =
+      4.0 * double(scores.size() + o.size()) + 2.0 * double(p16.size());
+}
+#endif  // ATTNLAB_HAVE_ONEDNN
+
 // Memory bandwidth ceiling: sum a buffer far larger than the last-level
 // cache on `threads` OpenMP threads (read-only, like a decode pass over the
 // KV cache). GBps = bytes read per second / 1e9.
@@ -791,6 +905,18 @@ class SuiteCases {
             blas ? PredictedSeconds(rates_, *blas, AttentionFlops(DensePairs(c), c.dim, c.dim))
                  : 0);
       }
+#ifdef ATTNLAB_HAVE_ONEDNN
+      if (TakesMatmulBf16Ceiling(c) && !Known("ceiling_matmul_bf16/" + c.Tokens())) {
+        // Two oneDNN bf16 matmuls: predicted at the onednn variant's rate.
+        const Variant* onednn = FindVariant("onednn");
+        const std::string name = "ceiling_matmul_bf16/" + c.Tokens();
+        Add(
+            name,
+            [ctx = &ctx_, c, name](benchmark::State& s) { CeilingMatmulBf16(s, *ctx, c, name); },
+            onednn ? PredictedSeconds(rates_, *onednn, AttentionFlops(DensePairs(c), c.dim, c.dim))
+                   : 0);
+      }
+#endif
       for (const Variant* v : Registry()) {
         const std::string name = std::string(v->name) + "/" + c.Tokens();
         // Types the variant does not take: no case (it could only be
@@ -1012,6 +1138,18 @@ void AddContext(const std::map<std::string, std::string>& context, const std::st
   benchmark::AddCustomContext("attnlab_auto_points",
                               std::to_string(ActiveTuning().auto_points.size()));
   benchmark::AddCustomContext("attnlab_fma_peak_gflops", std::to_string(fma_peak_gflops));
+  // The bf16 vendor ceiling beside the bf16 prefill cases, or why there is none.
+#ifdef ATTNLAB_HAVE_ONEDNN
+  benchmark::AddCustomContext(
+      "attnlab_onednn", std::to_string(DNNL_VERSION_MAJOR) + "." +
+                            std::to_string(DNNL_VERSION_MINOR) + "." +
+                            std::to_string(DNNL_VERSION_PATCH) +
+                            " (onednn variant; ceiling_matmul_bf16 beside bf16 prefill cases)");
+#else
+  benchmark::AddCustomContext("attnlab_onednn",
+                              "absent: built without oneDNN (libdnnl-dev): no onednn variant, "
+                              "no ceiling_matmul_bf16");
+#endif
   if (!rates.empty()) {
     std::string text;
     for (const auto& [name, gflops] : rates) {

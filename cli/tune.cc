@@ -44,6 +44,12 @@ namespace attn::cli {
 namespace fs = std::filesystem;
 namespace {
 
+RunOptions OnThreads(int threads) {
+  RunOptions options;
+  options.threads = threads;
+  return options;
+}
+
 using testing::ProblemData;
 using testing::ProblemSpec;
 
@@ -60,7 +66,7 @@ ProblemSpec SelfAttention(int64_t n, int64_t d, bool causal) {
 double TimeRuns(const Variant& variant, ProblemData& data, int threads, int runs = 1) {
   const auto start = std::chrono::steady_clock::now();
   for (int r = 0; r < runs; ++r) {
-    const Status status = Run(variant, data.problem(), RunOptions{.threads = threads});
+    const Status status = Run(variant, data.problem(), OnThreads(threads));
     if (!status.ok()) {
       Fail(fmt::format("tune: {} failed on its own candidate problem: {}", variant.name,
                        status.message()),
@@ -139,7 +145,7 @@ std::vector<const Variant*> Candidates(ProblemData& data, int threads,
   std::vector<const Variant*> candidates;
   for (const Variant* v : Registry()) {
     if (std::string_view(v->name) == "auto" || dropped.count(v->name)) continue;
-    StatusOr<ValidProblem> valid = Prepare(*v, data.problem(), {.threads = threads});
+    StatusOr<ValidProblem> valid = Prepare(*v, data.problem(), OnThreads(threads));
     if (valid.ok() && v->workspace_bytes(*valid, threads) <= kAutoMaxWorkspaceBytes) {
       candidates.push_back(v);
     }

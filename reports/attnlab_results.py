@@ -3,8 +3,8 @@
 Google Benchmark JSON: {"context": {...}, "benchmarks": [...]}. Each benchmark entry is one
 repetition ("run_type": "iteration") or an aggregate over repetitions ("run_type": "aggregate",
 "aggregate_name": mean|median|stddev|cv). Names are '/'-separated tokens: the first is a variant
-name from the registry, `ceiling_sgemm`, `ceiling_stream` or `layer` (whose second token is the
-variant), `ceiling_fma` (the FMA peak, `ceiling_fma/threads:2`) or `ukernel`; tokens without ':'
+name from the registry, `ceiling_sgemm`, `ceiling_matmul_bf16`, `ceiling_stream` or `layer` (whose
+second token is the variant), `ceiling_fma` (the FMA peak, `ceiling_fma/threads:2`) or `ukernel`; tokens without ':'
 are the scenario, `key:value` tokens are parameters. Parameters
 are numbers but one: `dtype`, the element types of Q, K, V and O (`dtype:bf16` when the four
 share one type, `dtype:f32-i8-i8-f32` otherwise; absent = all f32); a micro-kernel's `dtype`
@@ -27,12 +27,14 @@ CEILING_SGEMM = "ceiling_sgemm"
 CEILING_STREAM = "ceiling_stream"
 # The FMA peak on T threads (ceiling_fma/threads:T): what every variant's GFLOPS is a fraction of.
 CEILING_FMA = "ceiling_fma"
+# oneDNN bf16 matmul of the two products of a bf16 prefill case (same tokens as that case).
+CEILING_MATMUL_BF16 = "ceiling_matmul_bf16"
 LAYER = "layer"
 # Micro-kernel cases: ukernel/<entry>/<shape> (the entry is the case's scenario). Files from
 # before ceiling_fma also hold ukernel/fma_peak/threads:1, the one-thread FMA peak.
 UKERNEL = "ukernel"
 FMA_PEAK = "fma_peak"
-FIXED_FAMILIES = (CEILING_SGEMM, CEILING_STREAM, CEILING_FMA, LAYER, UKERNEL)
+FIXED_FAMILIES = (CEILING_SGEMM, CEILING_MATMUL_BF16, CEILING_STREAM, CEILING_FMA, LAYER, UKERNEL)
 
 # What became of a case (Case.status). The bench marks a case it did not run with an error
 # message: "over budget: ..." (refused before allocating), "interrupted: ..." (the run was

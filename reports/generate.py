@@ -217,7 +217,8 @@ class Report:
   def f32_cases(self):
     """Every case but the variants' reduced-precision ones (a `dtype:` name token): what the
     sections before *Reduced precision* show, as they did before element types existed."""
-    return [c for c in self.run.all_cases() if c.dtype == ar.F32 or not c.variant]
+    return [c for c in self.run.all_cases()
+            if c.family != ar.CEILING_MATMUL_BF16 and (c.dtype == ar.F32 or not c.variant)]
 
   def image(self, name, alt):
     self.pngs.append(name)
@@ -1100,6 +1101,33 @@ class Report:
     others = [v for v in variants if v != focus]
     return focus, (wins(others)[0] if others else None)
 
+  def matmul_bf16_ceiling_table(self, source, shapes, keys):
+    """Each variant's bf16 GFLOP/s (Q, K, V bf16; dense: GFLOPS_dense, causal: effective) over
+    the ceiling_matmul_bf16 of the same tokens: oneDNN's bf16 matmul on the two products,
+    what a user of a vendor library gets. Nothing when the run has no such ceiling (built
+    without oneDNN: the context's attnlab_onednn says so)."""
+    rows = []
+    for sh in keys:
+      label = params_label(dict(sh))
+      for v in sorted(shapes[sh]):
+        for dt, c in sorted(shapes[sh][v].items(), key=lambda x: ar.dtype_sort_key(x[0])):
+          if not (dt == "bf16" or dt.startswith("bf16-bf16-bf16-")):
+            continue
+          rest = c.name.split("/", 1)[1]
+          ceiling = self.run.cases.get((source, f"{ar.CEILING_MATMUL_BF16}/{rest}"))
+          if ceiling is None:
+            continue
+          f = self.fraction(c, ceiling)
+          rows.append([label, v, dt, fmt_num(ceiling.counter("GFLOPS")) if ceiling.ok else "—",
+                       case_cell(c, lambda c: fmt_num(c.counter("GFLOPS"))),
+                       f"{f:.2f}" if f is not None else "—"])
+    if rows:
+      self.add("**Against the bf16 matmul ceiling** (`ceiling_matmul_bf16`: oneDNN's bf16 "
+               "matmul on the same two dense products, the rate a user of a vendor library "
+               "gets; fraction = the variant's GFLOP/s / the ceiling's)", "",
+               md_table(["shape", "variant", "dtype", "ceiling GFLOP/s", "variant GFLOP/s",
+                         "fraction"], rows, ["---"] * 3 + ["---:"] * 3), "")
+
   def precision_section(self):
     self.add("## Reduced precision", "")
     groups = self.precision_groups()
@@ -1174,6 +1202,9 @@ class Report:
                "**GFLOP/s**" + (" (effective)" if any(dict(sh).get("causal") for sh in keys)
                                 else ""), "",
                table(lambda c, per: fmt_num(c.counter(rate))), "")
+
+      if not decode:
+        self.matmul_bf16_ceiling_table(source, shapes, keys)
 
       focus, other = self.precision_focus(shapes)
       reduced = [dt for dt in dtypes if dt != ar.F32]

@@ -42,7 +42,7 @@ import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GENERATE = os.path.join(HERE, "generate.py")
-FIXED = ("ceiling_sgemm", "ceiling_stream", "ceiling_fma", "layer", "ukernel")
+FIXED = ("ceiling_sgemm", "ceiling_matmul_bf16", "ceiling_stream", "ceiling_fma", "layer", "ukernel")
 
 sys.path.insert(0, HERE)
 import attnlab_results as ar  # noqa: E402
@@ -356,6 +356,22 @@ def test_precision(work, doc, accdoc):
       typed["benchmarks"].append(t)
       added.add(case_name(t))
   check(added, "the fixture has sweep or decode cases to copy in reduced types")
+  # The bf16 vendor ceiling of each bf16 prefill case: the fixture's ceiling_sgemm entries
+  # renamed, at a known 1000 GFLOP/s, so each variant's fraction is its GFLOP/s / 1000.
+  ceilings = set()
+  for e in entries(doc):
+    fam, scen, params = parse(case_name(e))
+    if fam != "ceiling_sgemm" or scen or "threads" not in params:
+      continue
+    t = copy.deepcopy(e)
+    for key in ("name", "run_name"):
+      if key in t:
+        t[key] = with_dtype(t[key], "bf16").replace("ceiling_sgemm/", "ceiling_matmul_bf16/", 1)
+    if not t.get("error_occurred") and "GFLOPS" in t:
+      t["GFLOPS"] = 1000.0
+    typed["benchmarks"].append(t)
+    ceilings.add(case_name(t))
+  check(ceilings, "the fixture has sweep ceilings to copy as ceiling_matmul_bf16")
   acc = copy.deepcopy(accdoc)
   rows = [dict(r, dtype="bf16", max_abs_error=1.25e-3) for r in accdoc["results"]]
   acc["results"].extend(rows)
@@ -385,6 +401,23 @@ def test_precision(work, doc, accdoc):
     check(f"| TEST_PATH_{label} (x) |" in body or f"| TEST_PATH_{label} (x)" in body,
           f"the code path of the {label} cases (their label) is in the precision tables")
   check("**Code path that ran**" in body, "a code-path table")
+  # Against the bf16 matmul ceiling: one row per bf16 prefill variant case with a ceiling,
+  # fraction = its GFLOP/s / 1000.
+  check("**Against the bf16 matmul ceiling**" in body, "a ceiling_matmul_bf16 table")
+  frows = []  # one table per (scenario, threads) group
+  for part in body.split("**Against the bf16 matmul ceiling**")[1:]:
+    table = part.split("\n\n", 2)[1]
+    frows += [[x.strip() for x in l.strip("|").split("|")] for l in table.splitlines()[2:]]
+  want_rows = [n for n in added if parse(n)[2]["dtype"] == "bf16" and not parse(n)[1]
+               and n.split("/", 1)[1] in {c.split("/", 1)[1] for c in ceilings}]
+  check(len(frows) == len(want_rows) > 0,
+        f"one ceiling row per bf16 prefill case ({len(frows)} rows, want {len(want_rows)})")
+  for r in frows:
+    if r[4] in ("—", "") or r[5] == "—":
+      continue
+    check(r[3] == "1e+03" or r[3].replace(",", "") in ("1000", "1000.0", "1.00e+03"),
+          f"the ceiling column shows the ceiling's 1000 GFLOP/s ({r})")
+    check(abs(float(r[5]) - float(r[4]) / 1000) < 0.006, f"fraction = GFLOP/s / 1000 ({r})")
   groups = {(parse(n)[1], parse(n)[2]["threads"]) for n in added}
   check(sum(r.startswith("precision_") for r in refs) == len(groups),
         f"one reduced-precision plot per (scenario, threads) ({len(groups)})")

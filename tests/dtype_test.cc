@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -24,6 +25,12 @@
 
 namespace attn::testing {
 namespace {
+
+RunOptions OnThreads(int threads) {
+  RunOptions options;
+  options.threads = threads;
+  return options;
+}
 
 // ------------------------------------------------------------ conversions
 
@@ -327,8 +334,8 @@ TEST(DTypeKvTest, ReducedKvGiveTheF32ResultOfTheStoredValues) {
         const std::string what =
             std::string(variant->name) + " " + Describe(t) + " Lq=" + std::to_string(shape.q_len) +
             " Lk=" + std::to_string(shape.kv_len) + " d=" + std::to_string(shape.head_dim);
-        ASSERT_TRUE(attn::Run(*variant, p, {.threads = 2}).ok()) << what;
-        ASSERT_TRUE(attn::Run(*variant, f, {.threads = 2}).ok()) << what;
+        ASSERT_TRUE(attn::Run(*variant, p, OnThreads(2)).ok()) << what;
+        ASSERT_TRUE(attn::Run(*variant, f, OnThreads(2)).ok()) << what;
         const std::vector<float> got = typed.OutputContiguous();
         double worst = 0;
         for (int64_t h = 0; h < shape.heads; ++h) {
@@ -355,7 +362,7 @@ TEST(DTypeOutputTest, AReducedOIsTheF32ResultRoundedOnce) {
   for (const Variant* variant : Registry()) {
     if (!variant->deterministic || !Takes(*variant, spec.dtypes)) continue;
     ProblemData f32(spec);
-    const Status status = attn::Run(*variant, f32.problem(), {.threads = 1});
+    const Status status = attn::Run(*variant, f32.problem(), OnThreads(1));
     ASSERT_TRUE(status.ok()) << variant->name << ": " << status.ToString();
     const std::vector<float> exact = f32.OutputContiguous();
     for (const HalfType& t : kHalfTypes) {
@@ -363,7 +370,7 @@ TEST(DTypeOutputTest, AReducedOIsTheF32ResultRoundedOnce) {
       ProblemSpec reduced_spec = spec;
       reduced_spec.dtypes.o = t.dtype;
       ProblemData reduced(reduced_spec);
-      ASSERT_TRUE(attn::Run(*variant, reduced.problem(), {.threads = 1}).ok()) << variant->name;
+      ASSERT_TRUE(attn::Run(*variant, reduced.problem(), OnThreads(1)).ok()) << variant->name;
       const std::vector<float> rounded = reduced.OutputContiguous();
       ASSERT_EQ(rounded.size(), exact.size());
       for (size_t i = 0; i < exact.size(); ++i) {
@@ -372,6 +379,62 @@ TEST(DTypeOutputTest, AReducedOIsTheF32ResultRoundedOnce) {
         ASSERT_EQ(rounded[i], t.decode(t.encode(exact[i]))) << variant->name << " element " << i;
       }
     }
+  }
+}
+
+// Issue 16: "flash-bf16 error no larger than the bf16 two-matmul
+// variant's". Both round P to bf16 before P·V and accumulate in fp32 (flash
+// with VDPBF16PS tiles and an online softmax, onednn with oneDNN matmuls over
+// the materialized row), so flash's max |O - O_fp64| must not exceed
+// onednn's by more than kSlack: 1.5x absorbs which elements happen to round
+// the worst (measured on Zen 4: ratios 1.00, 1.00, 1.00, 1.25 on these
+// shapes), kTinyAbs the case of two errors near fp32 roundoff. A flash that
+// truncated P to bf16 instead of rounding to nearest fails every shape
+// (ratios 2.12, 1.56, 2.44, 2.29) while still inside its derived bound, so
+// this test catches what the bound test does not. O is fp32 so the O
+// rounding does not mask P's.
+// Skipped when the build has no onednn variant (no oneDNN).
+TEST(DTypeAccuracyTest, FlashBf16ErrorNoLargerThanOnednn) {
+  const Variant* onednn = FindVariant("onednn");
+  const Variant* flash = FindVariant("flash");
+  if (onednn == nullptr) GTEST_SKIP() << "built without oneDNN: no onednn variant";
+  ASSERT_NE(flash, nullptr);
+  constexpr double kSlack = 1.5, kTinyAbs = 1e-6;
+  const struct {
+    Shape shape;
+    MaskKind mask;
+  } cases[] = {
+      {{1, 2, 2, 256, 256, 64, 64}, MaskKind::kNone},
+      {{1, 2, 2, 512, 512, 128, 128}, MaskKind::kNone},
+      {{1, 2, 2, 600, 600, 64, 64}, MaskKind::kCausal},
+      {{1, 4, 2, 130, 2000, 128, 128}, MaskKind::kNone},
+  };
+  uint64_t seed = 16000;
+  for (const auto& c : cases) {
+    ProblemSpec spec;
+    spec.shape = c.shape;
+    spec.mask = c.mask;
+    spec.want_lse = false;
+    spec.seed = ++seed;
+    spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kF32};
+    double err[2] = {0, 0};
+    const Variant* variants[2] = {flash, onednn};
+    for (int v = 0; v < 2; ++v) {
+      ProblemData data(spec);
+      auto want = reference::Attention(data.problem());
+      ASSERT_TRUE(want.ok()) << want.status().ToString();
+      RunStats stats;
+      ASSERT_TRUE(attn::Run(*variants[v], data.problem(), OnThreads(1), &stats).ok());
+      const Comparison cmp = CompareToReference(data, *want);
+      EXPECT_TRUE(cmp.ok) << variants[v]->name << " " << spec.Name() << ": " << cmp.first_failure;
+      err[v] = cmp.max_abs_error;
+      RecordProperty(std::string(variants[v]->name) + "_" + spec.Name() + "_path", stats.path);
+    }
+    EXPECT_LE(err[0], kSlack * err[1] + kTinyAbs)
+        << spec.Name() << " seed=" << spec.seed << ": flash max error " << err[0] << ", onednn "
+        << err[1] << " (ratio " << err[0] / err[1] << ")";
+    std::printf("%s: flash %.3g, onednn %.3g, ratio %.3f\n", spec.Name().c_str(), err[0], err[1],
+                err[0] / err[1]);
   }
 }
 

@@ -19,6 +19,12 @@
 namespace attn {
 namespace {
 
+RunOptions OnThreads(int threads) {
+  RunOptions options;
+  options.threads = threads;
+  return options;
+}
+
 using testing::CompareToReference;
 using testing::ProblemData;
 using testing::ProblemSpec;
@@ -105,8 +111,9 @@ TEST(TuningFile, FromAnotherMachineIsStale) {
   EXPECT_NE(Stale(t).find(CpuModel()), std::string::npos) << Stale(t);
   t = Table();
   t.target = "SSE4";
-  if (DispatchedHighwayTarget() != "SSE4")
+  if (DispatchedHighwayTarget() != "SSE4") {
     EXPECT_NE(Stale(t).find("Highway target SSE4"), std::string::npos);
+  }
   t = Table();
   t.format = kTuningFormat + 1;
   EXPECT_NE(Stale(t).find("format"), std::string::npos);
@@ -188,7 +195,7 @@ TEST(AutoVariant, RunsItsPickAndSaysSo) {
     spec.shape.heads = 4;  // GQA: every pick takes it
     ProblemData data(spec);
     RunStats stats;
-    const Status status = attn::Run(auto_variant, data.problem(), {.threads = 1}, &stats);
+    const Status status = attn::Run(auto_variant, data.problem(), OnThreads(1), &stats);
     ASSERT_TRUE(status.ok()) << status.message();
     const std::string want_path =
         std::string(pick) + ", " +
@@ -216,7 +223,7 @@ TEST(ActiveTuning, FlashFollowsTheKeyTile) {
     EXPECT_EQ(ActiveTuning().flash_key_tile, tile);
     EXPECT_EQ(flash::MakePlan(*valid).bc, tile);
     data.Poison();
-    ASSERT_TRUE(attn::Run("flash", data.problem(), {.threads = 2}).ok());
+    ASSERT_TRUE(attn::Run("flash", data.problem(), OnThreads(2)).ok());
     const reference::Comparison c = CompareToReference(data, want);
     EXPECT_TRUE(c.ok) << "key tile " << tile << ": " << c.first_failure;
   }
