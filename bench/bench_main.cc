@@ -571,6 +571,20 @@ void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& varian
 // N = 16384..65536 cases at seconds instead of minutes.
 constexpr double kCeilingFlops = 20e9;
 
+// The blocks a GEMM ceiling times: `rows` (<= 512) query rows each,
+// `per_head` of them per (b, h), the first `timed` in (b, h, row) order.
+struct CeilingBlocks {
+  int64_t rows, per_head, timed;
+};
+CeilingBlocks CeilingBlocksOf(const Case& c) {
+  const int64_t rows = std::min<int64_t>(c.q_len, 512);
+  const int64_t per_head = (c.q_len + rows - 1) / rows;
+  const double block_flops = AttentionFlops(double(rows) * c.kv_len, c.dim, c.dim);
+  return {
+      rows, per_head,
+      std::clamp<int64_t>(int64_t(kCeilingFlops / block_flops), 1, c.batch * c.heads * per_head)};
+}
+
 void CeilingSgemm(benchmark::State& state, RunContext& ctx, const Case& c,
                   const std::string& name) {
   if (SkipIfInterrupted(state)) return;
@@ -578,11 +592,7 @@ void CeilingSgemm(benchmark::State& state, RunContext& ctx, const Case& c,
   ScopedThreads threads(c.threads);
   CaseData& data = DataFor(c);
   const int64_t lq = c.q_len, lk = c.kv_len, d = c.dim;
-  const int64_t rows = std::min<int64_t>(lq, 512);
-  const int64_t blocks_per_head = (lq + rows - 1) / rows;
-  const int64_t total_blocks = c.batch * c.heads * blocks_per_head;
-  const double block_flops = AttentionFlops(double(rows) * lk, d, d);
-  const int64_t blocks = std::clamp<int64_t>(int64_t(kCeilingFlops / block_flops), 1, total_blocks);
+  const auto [rows, blocks_per_head, blocks] = CeilingBlocksOf(c);
   std::vector<float> scores(rows * lk);
   const int64_t group = c.heads / c.kv_heads;
   double done_flops = 0;
@@ -676,11 +686,7 @@ void CeilingMatmulBf16(benchmark::State& state, RunContext& ctx, const Case& c,
   ScopedThreads threads(c.threads);
   CaseData& data = DataFor(c);
   const int64_t lq = c.q_len, lk = c.kv_len, d = c.dim;
-  const int64_t rows = std::min<int64_t>(lq, 512);
-  const int64_t blocks_per_head = (lq + rows - 1) / rows;
-  const int64_t total_blocks = c.batch * c.heads * blocks_per_head;
-  const double block_flops = AttentionFlops(double(rows) * lk, d, d);
-  const int64_t blocks = std::clamp<int64_t>(int64_t(kCeilingFlops / block_flops), 1, total_blocks);
+  const auto [rows, blocks_per_head, blocks] = CeilingBlocksOf(c);
   const int64_t group = c.heads / c.kv_heads;
   using dnnl::memory;
   using dt = memory::data_type;

@@ -44,12 +44,6 @@ namespace attn::cli {
 namespace fs = std::filesystem;
 namespace {
 
-RunOptions OnThreads(int threads) {
-  RunOptions options;
-  options.threads = threads;
-  return options;
-}
-
 using testing::ProblemData;
 using testing::ProblemSpec;
 

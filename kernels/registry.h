@@ -105,6 +105,14 @@ struct RunOptions {
   std::optional<size_t> memory_budget_bytes;  // default DefaultMemoryBudgetBytes()
 };
 
+// RunOptions with only `threads` set (designated initializers of a struct
+// with defaulted members warn under -Wextra in gcc 12).
+inline RunOptions OnThreads(int threads) {
+  RunOptions options;
+  options.threads = threads;
+  return options;
+}
+
 struct RunStats {
   size_t workspace_declared_bytes = 0;
   size_t workspace_peak_bytes = 0;  // measured by the counting allocator

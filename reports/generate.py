@@ -698,9 +698,34 @@ class Report:
       rows.append(row)
     self.add("**Memory: workspace (measured) / peak RSS growth**", "",
              md_table(["N"] + variants, rows), "")
+    autos = self.auto_vs_best(g, variants, ns)
+    if autos:
+      picks = g["variants"][self.AUTO]
+      rows = [[n, v, fmt_num(r, 2), (picks[n].path or "—").split(",")[0]] for n, v, r in autos]
+      self.add("**auto against the best other variant** (that variant's time / auto's time; "
+               "auto's pick from its path label)", "",
+               md_table(["N", "best other", "ratio", "auto ran"], rows), "")
     self.sweep_summary(source, title, variants, ns, g, gp)
 
+  AUTO = "auto"  # the chooser (kernels/auto.cc): judged against the best of the others
+
+  @staticmethod
+  def auto_vs_best(g, variants, ns):
+    """[(N, best other variant, its time / auto's time)] where auto and another ran."""
+    out = []
+    autos = g["variants"].get(Report.AUTO, {})
+    for n in ns:
+      a = autos.get(n)
+      cands = [(g["variants"][v][n].time_s, v) for v in variants
+               if v != Report.AUTO and n in g["variants"][v] and g["variants"][v][n].ok]
+      if a and a.ok and a.time_s > 0 and cands:
+        t, v = min(cands)
+        out.append((n, v, t / a.time_s))
+    return out
+
   def sweep_summary(self, source, title, variants, ns, g, gp):
+    auto_ratios = self.auto_vs_best(g, variants, ns)
+    variants = [v for v in variants if v != self.AUTO]
     best = []
     for n in ns:
       cands = [(g["variants"][v][n].time_s, v) for v in variants
@@ -751,6 +776,10 @@ class Report:
       if len(big) > 1:
         line += f", {min(big):.2f}–{max(big):.2f} over N ≥ 2048"
       line += "."
+    if auto_ratios:
+      n_lo, v_lo, r_lo = min(auto_ratios, key=lambda x: x[2])
+      line += (f" auto runs at {r_lo:.2f}–{max(r for _, _, r in auto_ratios):.2f} of the best "
+               f"other variant's speed (lowest at N={n_lo}, against {v_lo}).")
     if cross:
       more = f" (+{len(cross) - 8} more)" if len(cross) > 8 else ""
       line += " Crossovers: " + "; ".join(cross[:8]) + more + "."

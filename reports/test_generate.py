@@ -593,6 +593,58 @@ def test_ceilings(work, doc):
       STREAM_REPS[1]), "Case.best is the best repetition, Case.counter the median")
 
 
+def test_auto(work, doc):
+  """auto cases (flash's, 1.25x slower, path label 'simd, AVX3') are judged against the best
+  other variant: one table per sweep group with that variant's time / auto's time, auto's pick
+  from its label, a summary sentence with the range, and auto never named 'best'."""
+  full = copy.deepcopy(doc)
+  added = []
+  for e in entries(doc):
+    name = e.get("run_name") or e["name"]
+    if not name.startswith("flash/") or "/N:" not in name:
+      continue
+    a = copy.deepcopy(e)
+    for key in ("name", "run_name"):
+      if key in a:
+        a[key] = "auto/" + a[key][len("flash/"):]
+    for key in ("real_time", "cpu_time"):
+      if key in a:
+        a[key] *= 1.25
+    a["label"] = "path=simd, AVX3"
+    added.append(a)
+  check(added, "the fixture has flash sweep cases to copy")
+  full["benchmarks"] = entries(doc) + added
+  path_in = os.path.join(work, "auto.json")
+  json.dump(full, open(path_in, "w"))
+  path = run_generate([path_in, "--out-dir", os.path.join(work, "auto")])
+  text = open(path).read()
+  times = median_times(full)
+  sweep_text = section(text, "## Sweep")
+  checked = 0
+  for name, t_auto in times.items():
+    fam, scen, params = parse(name)
+    if fam != "auto" or scen or "causal" not in params:
+      continue
+    others = {n: t for n, t in times.items()
+              if parse(n)[0] not in FIXED + ("auto",) and parse(n)[2] == params
+              and parse(n)[1] == scen}
+    best_name = min(others, key=others.get)
+    title = (f"d={params['d']}, {'causal' if params['causal'] != '0' else 'dense'}, "
+             f"threads={params['threads']}")
+    body = sweep_text.split(title, 1)[1].split("\n### ", 1)[0]
+    rows = table_after(body, "**auto against the best other variant**")
+    want = [params["N"], parse(best_name)[0], generate.fmt_num(others[best_name] / t_auto, 2),
+            "simd"]
+    check(want in rows, f"{name}: auto row {want} (got {rows})")
+    checked += 1
+  check(checked > 0, "auto rows were checked")
+  summary = section(text, "## Summary")
+  check(re.search(r"auto runs at 0\.[0-8]\d–0\.[0-8]\d of the best other variant's speed "
+                  r"\(lowest at N=\d+, against \w+\)", summary),
+        "the summary gives auto's ratio to the best other (at most 0.8 here)")
+  check("**auto**" not in summary, "auto is never the 'best' variant: it runs one of them")
+
+
 def scaled(doc, target, factor):
   out = copy.deepcopy(doc)
   for e in entries(out):
@@ -1103,6 +1155,7 @@ def main():
   test_atomic_output(args.work_dir, doc)
   test_precision(args.work_dir, doc, accdoc)
   test_ceilings(args.work_dir, doc)
+  test_auto(args.work_dir, doc)
   if failures:
     print(f"{len(failures)} check(s) failed")
     return 1

@@ -26,12 +26,6 @@
 namespace attn::testing {
 namespace {
 
-RunOptions OnThreads(int threads) {
-  RunOptions options;
-  options.threads = threads;
-  return options;
-}
-
 // ------------------------------------------------------------ conversions
 
 struct HalfType {

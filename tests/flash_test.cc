@@ -410,7 +410,7 @@ TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
                              spec.dtypes.v == DType::kBF16;
       ProblemData data(spec);
       RunStats stats;
-      ASSERT_TRUE(attn::Run(Flash(), data.problem(), {.threads = 2}, &stats).ok());
+      ASSERT_TRUE(attn::Run(Flash(), data.problem(), OnThreads(2), &stats).ok());
       const std::string trace = std::string(hwy::TargetName(target)) + " " + spec.Name();
       const bool on_vdpbf16ps = stats.path.find("AVX512_BF16") != std::string::npos;
       EXPECT_EQ(on_vdpbf16ps, has_bf16 && target == HWY_AVX3 && many_rows)

@@ -19,12 +19,6 @@
 namespace attn {
 namespace {
 
-RunOptions OnThreads(int threads) {
-  RunOptions options;
-  options.threads = threads;
-  return options;
-}
-
 using testing::CompareToReference;
 using testing::ProblemData;
 using testing::ProblemSpec;
