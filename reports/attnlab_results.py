@@ -35,6 +35,19 @@ LAYER = "layer"
 UKERNEL = "ukernel"
 FMA_PEAK = "fma_peak"
 FIXED_FAMILIES = (CEILING_SGEMM, CEILING_MATMUL_BF16, CEILING_STREAM, CEILING_FMA, LAYER, UKERNEL)
+# Peers: another library timed on the sweep's shapes by bench/peers.py (peer_torch_plain,
+# peer_torch_sdpa), what a user would pick instead of attnlab. Like a ceiling, a peer is not a
+# variant: its first token starts with PEER_PREFIX. Its file's context carries PEER_CONTEXT_KEY
+# (the peer's library, or why it was absent) and may hold no benchmarks (the peer is not
+# installed); its cases join the bench file of the same host.
+PEER_PREFIX = "peer_"
+PEER_CONTEXT_KEY = "attnlab_peer"
+
+
+def is_peer(family):
+  """Whether a first token names a peer (bench/peers.py) rather than a variant."""
+  return family.startswith(PEER_PREFIX)
+
 
 # What became of a case (Case.status). The bench marks a case it did not run with an error
 # message: "over budget: ..." (refused before allocating), "interrupted: ..." (the run was
@@ -109,7 +122,7 @@ def parse_name(name):
   variant = None
   if family == LAYER and rest:
     variant, rest = rest[0], rest[1:]
-  elif family not in FIXED_FAMILIES:
+  elif family not in FIXED_FAMILIES and not is_peer(family):
     variant = family
   scenario = "/".join(t for t in rest if ":" not in t)
   params = {}
@@ -350,9 +363,10 @@ def _complete_entries(text, pos):
     pos += 1
 
 
-def _read_document(path, array_key, want):
+def _read_document(path, array_key, want, allow_empty=False):
   """(the JSON object of `path`, whether the file was cut off). A cut-off file gives what it
-  completely holds (_complete_part); malformed JSON is an InputError."""
+  completely holds (_complete_part); malformed JSON is an InputError, and so is an empty
+  `array_key` array unless `allow_empty` (the caller then decides)."""
   text = _read_text(path, want)
   try:
     doc, cut = json.loads(text), False
@@ -375,9 +389,13 @@ def _read_document(path, array_key, want):
     raise InputError(f"{path}: no \"{array_key}\" array: not {want}")
   if not isinstance(doc[array_key], list):
     raise InputError(f"{path}: \"{array_key}\" is {_describe(doc[array_key])}, want a list")
-  if not doc[array_key]:
-    raise InputError(f"{path}: \"{array_key}\" is empty: no results")
+  if not doc[array_key] and not allow_empty:
+    raise InputError(_empty_message(path, array_key))
   return doc, cut
+
+
+def _empty_message(path, array_key):
+  return f"{path}: \"{array_key}\" is empty: no results"
 
 
 # Context keys the report reads, and what each must be.
@@ -400,7 +418,8 @@ def _read_context(path, doc, producer):
   the report reads must have the right types."""
   context = _field(path, doc, "context", "an object", lambda v: isinstance(v, dict),
                    required=False)
-  if context is None or ATTNLAB_CONTEXT_KEY not in context:
+  if context is None or (ATTNLAB_CONTEXT_KEY not in context
+                         and PEER_CONTEXT_KEY not in context):
     raise InputError(f"{path}: not {producer} output: its \"context\" has no "
                      f"{ATTNLAB_CONTEXT_KEY} (attnlab_bench writes attnlab_* context keys; "
                      "docs/bench-json.md)")
@@ -623,6 +642,10 @@ class Run:
     self.files = {}     # source -> [paths]
     self.cases = {}     # (source, name) -> Case
     self.warnings = []  # one line each, e.g. a file cut off mid-write
+    # source -> [context] of its peer files (bench/peers.py): the peer's library and version,
+    # what it skipped, or why it is absent ("torch not installed"). A source with only peer
+    # files also has its first one in `contexts`.
+    self.peer_contexts = {}
 
   def sources(self):
     return sorted(self.contexts)
@@ -644,10 +667,18 @@ def _source_name(context, taken):
 _BENCH_JSON = "Google Benchmark JSON from attnlab_bench (--benchmark_out_format=json)"
 
 
+def is_peer_context(context):
+  """Whether a benchmark file's context is bench/peers.py's."""
+  return PEER_CONTEXT_KEY in context
+
+
 def read_benchmark_file(path):
-  """(context, [_Entry], warning or None) of one attnlab_bench JSON file, validated."""
-  doc, cut = _read_document(path, "benchmarks", _BENCH_JSON)
+  """(context, [_Entry], warning or None) of one attnlab_bench (or bench/peers.py) JSON file,
+  validated. Only a peer file may hold no benchmarks (its peer is not installed)."""
+  doc, cut = _read_document(path, "benchmarks", _BENCH_JSON, allow_empty=True)
   context = _read_context(path, doc, "attnlab_bench")
+  if not doc["benchmarks"] and not is_peer_context(context):
+    raise InputError(_empty_message(path, "benchmarks"))
   entries = [_read_entry(path, i, e) for i, e in enumerate(doc["benchmarks"])]
   warning = None
   if cut:
@@ -662,11 +693,19 @@ def load_results(paths, select=None):
   left."""
   run = Run()
   grouped = {}  # (source, name) -> [_Entry]
-  for path in paths:
-    context, entries, warning = read_benchmark_file(path)
+  read = [(path,) + read_benchmark_file(path) for path in paths]
+  # Peer files last: each joins the bench file of its host, whatever that file's commit.
+  read.sort(key=lambda r: is_peer_context(r[1]))
+  for path, context, entries, warning in read:
     if warning:
       run.warnings.append(warning)
-    source = _source_name(context, run.contexts)
+    if is_peer_context(context):
+      host = str(context.get("host_name", "unknown-host"))
+      source = next((s for s, c in run.contexts.items()
+                     if str(c.get("host_name", "unknown-host")) == host), host)
+      run.peer_contexts.setdefault(source, []).append(context)
+    else:
+      source = _source_name(context, run.contexts)
     run.contexts.setdefault(source, context)
     run.files.setdefault(source, []).append(path)
     for e in entries:
@@ -674,7 +713,8 @@ def load_results(paths, select=None):
         continue
       grouped.setdefault((source, e.name), []).append(e)
   if not grouped:
-    raise InputError(f"{', '.join(paths)}: no case name has the token(s) {' '.join(select)}")
+    raise InputError(f"{', '.join(paths)}: " + (f"no case name has the token(s) {' '.join(select)}"
+                                                 if select else "no benchmark cases"))
   for (source, name), entries in grouped.items():
     case = Case(source, name)
     try:
