@@ -282,18 +282,53 @@ class Report:
 
   # ---- sweep
   def sweep_groups(self):
-    """{(source, group params tuple): {variant: {N: case}}, plus ceilings {N: case}}."""
+    """{(source, group params tuple): {variant: {N: case}}, plus ceilings {N: case} and peers
+    {peer column: {N: case}}}. A peer's cases of every element type join the f32 group of
+    their shape (a bf16 peer is what a user would run instead of attnlab's f32 too)."""
     groups = {}
+    peers = {}
     for c in self.f32_cases():
       if c.scenario or "N" not in c.params or c.family in (ar.CEILING_STREAM, ar.LAYER):
         continue
+      if ar.is_peer(c.family):
+        gparams = tuple(sorted((k, v) for k, v in c.params.items()
+                               if k not in ("N", ar.DTYPE_PARAM)))
+        peers.setdefault((c.source, gparams), {}).setdefault(self.peer_column(c), {})[
+            c.params["N"]] = c
+        continue
       gparams = tuple(sorted((k, v) for k, v in c.params.items() if k != "N"))
-      g = groups.setdefault((c.source, gparams), {"variants": {}, "ceiling": {}})
+      g = groups.setdefault((c.source, gparams), {"variants": {}, "ceiling": {}, "peers": {}})
       if c.family == ar.CEILING_SGEMM:
         g["ceiling"][c.params["N"]] = c
       else:
         g["variants"].setdefault(c.variant, {})[c.params["N"]] = c
+    for key, by_peer in peers.items():  # a peer shape without attnlab's cases is not shown
+      if key in groups:
+        groups[key]["peers"] = by_peer
     return {k: groups[k] for k in sorted(groups, key=lambda k: group_key(*k))}
+
+  @staticmethod
+  def peer_column(case):
+    """A peer's column: its family, plus its element types when not f32."""
+    return case.family + ("" if case.dtype == ar.F32 else f" {case.dtype}")
+
+  @staticmethod
+  def peer_words(column, cases):
+    """'PyTorch 1.13.1 plain', 'PyTorch 2.5.1 SDPA bf16': the library and version from the
+    cases' path label ("torch <version> ..."), the path from the family."""
+    paths = [c.path for c in cases if c.path]
+    lib = " ".join(paths[0].split()[:2]).replace("torch", "PyTorch", 1) if paths else "PyTorch"
+    family, _, dtype = column.partition(" ")
+    what = {"peer_torch_plain": "plain", "peer_torch_sdpa": "SDPA"}.get(
+        family, family[len(ar.PEER_PREFIX):])
+    return f"{lib} {what}" + (f" {dtype}" if dtype else "")
+
+  def peers_focus(self, variants):
+    """The variant judged against the peers: --precision-focus (flash) when it ran, else
+    None."""
+    return self.precision_focus_name if self.precision_focus_name in variants else None
+
+  PEERS_ABSENT = "Peers: not in this run (install python3-torch; see README)"
 
   def ceiling_of(self, case):
     """The ceiling_sgemm case bounding `case` (same tokens without the variant)."""
@@ -491,8 +526,19 @@ class Report:
              "same problem's dense Q·Kᵀ and P·V with OpenBLAS on the same threads. Fraction of "
              "ceiling = variant GFLOPS_dense / ceiling GFLOPS for dense cases and effective "
              "GFLOPS / ceiling GFLOPS for causal ones.", "")
+    for source, contexts in sorted(self.run.peer_contexts.items()):
+      for ctx in contexts:
+        self.add(f"Peers{' on ' + source if self.multi_host else ''} (`bench/peers.py`, what a "
+                 f"user would pick instead, on the same shapes): {ctx.get(ar.PEER_CONTEXT_KEY)}"
+                 + (f"; {ctx['attnlab_peer_caps']}" if ctx.get("attnlab_peer_caps") else "")
+                 + (f"; skipped: {ctx['attnlab_peer_skipped']}"
+                    if ctx.get("attnlab_peer_skipped") not in (None, "none") else "") + ".", "")
     for (source, gparams), g in groups.items():
       self.sweep_group(source, dict(gparams), g)
+    if not any(g["peers"] for g in groups.values()):
+      why = "; ".join(sorted({str(ctx.get(ar.PEER_CONTEXT_KEY)) for cs in
+                              self.run.peer_contexts.values() for ctx in cs}))
+      self.summary.append(f"- {self.PEERS_ABSENT}" + (f": {why}." if why else "."))
 
   def sweep_group(self, source, gp, g):
     variants = sorted(g["variants"])
@@ -526,6 +572,12 @@ class Report:
     if cpts:
       ax.plot([n for n, _ in cpts], [c.time_s * 1e3 for _, c in cpts], "k--",
               label="sgemm ceiling (dense GEMMs)")
+    for i, (p, by_n) in enumerate(sorted(g["peers"].items())):
+      pts = sorted((n, c) for n, c in by_n.items() if c.ok)
+      if pts:
+        ax.plot([n for n, _ in pts], [c.time_s * 1e3 for _, c in pts], ":",
+                marker="xv+^"[i % 4], color=str(0.2 + 0.15 * (i % 4)),
+                label=f"peer: {self.peer_words(p, by_n.values())}")
     pow2_x_axis(ax, ns)
     ax.set_yscale("log")
     ax.set_xlabel("N = Lq = Lk (tokens, log scale)")
@@ -639,7 +691,17 @@ class Report:
     rows = [[n] + [cell(v, n, lambda c: fmt_num(c.counter("GFLOPS"))) for v in variants]
             + ([fmt_num(ceiling[n].counter("GFLOPS")) if n in ceiling and ceiling[n].ok
                 else "—"] if ceiling else []) for n in ns]
-    self.add("**GFLOP/s**" + (" (effective)" if causal else ""), "", md_table(header, rows), "")
+    peers = g["peers"]
+    if peers:
+      cols = sorted(peers)
+      rows = [r + [case_cell(peers[p].get(n), lambda c: fmt_num(c.counter("GFLOPS")))
+                   for p in cols] for r, n in zip(rows, ns)]
+      self.add("**GFLOP/s**" + (" (effective)" if causal else "") + ", with the peers", "",
+               md_table(header + cols, rows), "")
+      self.peers_table(g, ns, variants)
+    else:
+      self.add("**GFLOP/s**" + (" (effective)" if causal else ""), "", md_table(header, rows),
+               "")
     if ceiling:
       rows = [[n] + [cell(v, n, lambda c: fmt_num(self.fraction(c, ceiling.get(n)), 2))
                      for v in variants] for n in ns]
@@ -706,6 +768,52 @@ class Report:
                "auto's pick from its path label)", "",
                md_table(["N", "best other", "ratio", "auto ran"], rows), "")
     self.sweep_summary(source, title, variants, ns, g, gp)
+    self.peers_summary(source, title, variants, ns, g)
+
+  def peer_speedups(self, g, ns, variants, column):
+    """[(N, peer time / focus variant time)] where both ran."""
+    focus = self.peers_focus(variants)
+    if not focus:
+      return []
+    out = []
+    for n in ns:
+      f, p = g["variants"][focus].get(n), g["peers"][column].get(n)
+      if f and f.ok and p and p.ok:
+        out.append((n, p.time_s / f.time_s))
+    return out
+
+  def peers_table(self, g, ns, variants):
+    focus = self.peers_focus(variants)
+    if not focus:
+      self.add(f"Speedup over the peers: no `{self.precision_focus_name}` cases in this group.",
+               "")
+      return
+    cols = sorted(g["peers"])
+    rows = [[n] + [case_cell(g["peers"][p].get(n), lambda c: "—") for p in cols] for n in ns]
+    for j, p in enumerate(cols):
+      for n, r in self.peer_speedups(g, ns, variants, p):
+        rows[ns.index(n)][j + 1] = f"{r:.2f}×"
+    self.add(f"**{focus} against the peers** (peer time / {focus} time; above 1: {focus} is "
+             "faster)", "", md_table(["N"] + [f"vs {p}" for p in cols], rows), "")
+
+  def peers_summary(self, source, title, variants, ns, g):
+    """One line per group: the focus variant's speedup range over each peer."""
+    focus = self.peers_focus(variants)
+    parts, compared = [], set()
+    for p in sorted(g["peers"]):
+      sp = self.peer_speedups(g, ns, variants, p)
+      if not sp:
+        continue
+      compared.update(n for n, _ in sp)
+      lo, hi = min(r for _, r in sp), max(r for _, r in sp)
+      rng = f"{lo:.2f}×" if len(sp) == 1 else f"{lo:.2f}–{hi:.2f}×"
+      words = self.peer_words(p, g["peers"][p].values())
+      parts.append(f"{words} by {rng}")
+    if parts:
+      lo, hi = min(compared), max(compared)
+      nrange = f"N={lo}–{hi}" if lo != hi else f"N={lo}"
+      self.summary.append(f"- {self.host_prefix(source)}{title}: {focus} is faster than "
+                          + ", ".join(parts) + f" (peer time / {focus} time, {nrange}).")
 
   AUTO = "auto"  # the chooser (kernels/auto.cc): judged against the best of the others
 
