@@ -19,6 +19,10 @@ Ceilings: the fixture predates ceiling_fma (its Ceilings section must be one lin
 synthetic repeated ceiling_fma and ceiling_stream entries must get the roofline first, the
 fraction-of-ceiling_fma tables (median ceiling_fma) and decode against the best stream run.
 
+Peers: a synthetic bench/peers.py file (peer_* cases at flash's shapes, slower by known factors)
+must give peer columns, speedup tables and a summary line per group; an empty peer file (torch
+not installed) and no peer file must each give one "Peers: not in this run" line.
+
 Usage: test_generate.py [--work-dir DIR] [--testdata DIR]
 """
 import argparse
@@ -645,6 +649,102 @@ def test_auto(work, doc):
   check("**auto**" not in summary, "auto is never the 'best' variant: it runs one of them")
 
 
+# Peer time = flash time × this factor (bench/peers.py's families; bf16 SDPA is torch 2.x's).
+PEERS = {"peer_torch_plain": 5.0, "peer_torch_sdpa": 2.0, "peer_torch_sdpa bf16": 1.25}
+
+
+def peers_doc(doc):
+  """A bench/peers.py file for the fixture's host: each peer at every flash sweep case's shape
+  but the largest N of each group (a peer that stopped early), PEERS[peer] times slower."""
+  flash = {n: t for n, t in median_times(doc).items()
+           if parse(n)[0] == "flash" and not parse(n)[1] and "N" in parse(n)[2]}
+  largest = {}
+  for n in flash:
+    params = parse(n)[2]
+    key = tuple(sorted((k, v) for k, v in params.items() if k != "N"))
+    largest[key] = max(largest.get(key, 0), int(params["N"]))
+  out = {"context": {"host_name": doc["context"]["host_name"], "date": doc["context"]["date"],
+                     "attnlab_peer": "torch 9.9.9", "attnlab_peer_skipped": "none"},
+         "benchmarks": []}
+  for name, t in flash.items():
+    params = parse(name)[2]
+    if int(params["N"]) == largest[tuple(sorted((k, v) for k, v in params.items() if k != "N"))]:
+      continue
+    for peer, factor in PEERS.items():
+      family, _, dtype = peer.partition(" ")
+      pname = family + name[len("flash"):]
+      if dtype:
+        pname = with_dtype(pname, dtype)
+      for i in range(3):
+        out["benchmarks"].append(repetition(pname, i, 3, t * factor, {
+            "GFLOPS": 1.0 / factor, "GFLOPS_dense": 1.0 / factor},
+            f"path=torch 9.9.9 {family}"))
+  return out, flash, largest
+
+
+def test_peers(work, doc):
+  """Peer files (bench/peers.py): GFLOP/s columns and a speedup table (peer time / flash time)
+  in each sweep group, a summary line per group with the range, the peer's own lines in the
+  sweep section; a peer file without benchmarks (torch not installed) and no peer file at all
+  each give the one 'Peers: not in this run' line; peers are never variants."""
+  pdoc, flash, largest = peers_doc(doc)
+  check(pdoc["benchmarks"], "the fixture has flash sweep cases to mirror as peers")
+  bench_in, peers_in = os.path.join(work, "peers-bench.json"), os.path.join(work, "peers.json")
+  json.dump(doc, open(bench_in, "w"))
+  json.dump(pdoc, open(peers_in, "w"))
+  path = run_generate([bench_in, peers_in, "--out-dir", os.path.join(work, "peers")])
+  text, _ = check_pngs(path)
+  host = str(doc["context"]["host_name"])
+  check(f"| key | {host} |" in text, "the peer file joins its host: one context column")
+  sweep_text = section(text, "## Sweep")
+  check("torch 9.9.9" in sweep_text.split("###", 1)[0], "the sweep section names the peer")
+  checked = 0
+  for key, n_max in largest.items():
+    gp = dict(key)
+    title = (f"d={gp['d']}, {'causal' if gp['causal'] != '0' else 'dense'}, "
+             f"threads={gp['threads']}")
+    body = sweep_text.split(title, 1)[1].split("\n### ", 1)[0]
+    rows = table_after(body, "**flash against the peers**")
+    header = body.split("**flash against the peers**", 1)[1].split("\n")[2]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    check(columns == ["N"] + [f"vs {p}" for p in sorted(PEERS)], f"{title}: peer columns "
+          f"{columns}")
+    for row in rows:
+      if int(row[0]) == n_max:
+        check(row[1:] == ["—"] * len(PEERS), f"{title} N={n_max}: no peer case, '—' ({row})")
+        continue
+      want = [f"{PEERS[p]:.2f}×" for p in sorted(PEERS)]
+      check(row[1:] == want, f"{title} N={row[0]}: speedups {want} (got {row})")
+      checked += 1
+    gflops = table_after(body, "**GFLOP/s**")
+    check(all(len(r) == len(gflops[0]) for r in gflops) and any(
+        r[-len(PEERS):] == [generate.fmt_num(1 / PEERS[p]) for p in sorted(PEERS)]
+        for r in gflops), f"{title}: the GFLOP/s table has the peers' columns")
+  check(checked > 0, "peer speedups were checked")
+  summary = section(text, "## Summary")
+  lines = [l for l in summary.splitlines() if "flash is faster than" in l]
+  check(len(lines) == len(largest), f"a peer summary line per sweep group ({len(lines)} of "
+        f"{len(largest)})")
+  check(all("PyTorch 9.9.9 plain by 5.00×, PyTorch 9.9.9 SDPA by 2.00×, "
+            "PyTorch 9.9.9 SDPA bf16 by 1.25×" in l for l in lines),
+        f"the summary names each peer and its speedup ({lines[:1]})")
+  check("Peers: not in this run" not in text, "no absent-peer line when peers ran")
+  check("**peer_" not in summary and "| peer_torch_plain |" not in section(
+      text, "## Longest N"), "a peer is never a variant (best, budget table)")
+
+  # torch not installed: an empty peer file; and no peer file at all.
+  pdoc["benchmarks"] = []
+  pdoc["context"]["attnlab_peer"] = "torch not installed (python3: No module named 'torch')"
+  json.dump(pdoc, open(peers_in, "w"))
+  for args, why in (([bench_in, peers_in], ": torch not installed"), ([bench_in], ".")):
+    text = open(run_generate(args + ["--out-dir", os.path.join(work, "peers-absent")])).read()
+    summary = section(text, "## Summary")
+    want = "- Peers: not in this run (install python3-torch; see README)" + why
+    check(summary.count("Peers: not in this run") == 1 and want in summary,
+          f"one absent-peer line '{want}...' ({len(args)} file(s))")
+    check("against the peers" not in text, "no peer table without peers")
+
+
 def scaled(doc, target, factor):
   out = copy.deepcopy(doc)
   for e in entries(out):
@@ -1156,6 +1256,7 @@ def main():
   test_precision(args.work_dir, doc, accdoc)
   test_ceilings(args.work_dir, doc)
   test_auto(args.work_dir, doc)
+  test_peers(args.work_dir, doc)
   if failures:
     print(f"{len(failures)} check(s) failed")
     return 1
