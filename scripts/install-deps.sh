@@ -27,6 +27,9 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
+  if ! /usr/bin/python3 -c "import importlib.util as u, sys; sys.exit(not u.find_spec('torch'))" 2>/dev/null; then  # optional
+    echo "install-deps: optional: apt-get install python3-torch puts PyTorch peers in the report"
+  fi
   exit 0
 fi
 

@@ -7,7 +7,8 @@
 #   On a quiet 2-core Zen 4 the default suite takes ~9 min and the accuracy run
 #   (N = 128..16384; --accuracy-max-n 4096 for a quicker look) the rest of the job.
 #   results/<host>-<date>[-<label>].json and ...-accuracy.json are the raw results;
-#   reports/<host>-<date>[-<label>]/report.md is the report.
+#   reports/<host>-<date>[-<label>]/report.md is the report. With python3-torch installed
+#   (optional), ...-peers.json holds PyTorch timed on the sweep's shapes (bench/peers.py).
 #   Interrupted (Ctrl-C, SIGTERM, SIGHUP, even SIGKILL)? Run the same command again, any day:
 #   it continues the job in its files (results/.main-job says which) and runs only what is
 #   missing. --fresh starts a new job instead.
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
     --accuracy-max-n) accuracy_max_n="${2:?--accuracy-max-n needs a value}"; shift 2 ;;
     --accuracy-max-n=*) accuracy_max_n="${1#*=}"; shift ;;
     --fresh) fresh=1; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "main.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -64,7 +65,7 @@ if [ -z "$stem" ]; then  # a new job (a same-day job of this label is replaced)
   stem="results/$(uname -n)-$(date -u +%Y-%m-%d)${label:+-$label}"
   printf 'stem=%s\nsuite=%s\nlabel=%s\naccuracy_max_n=%s\n' \
     "$stem" "$suite" "$label" "$accuracy_max_n" > "$state"
-  rm -f "$stem.json" "$stem-accuracy.json"
+  rm -f "$stem.json" "$stem-accuracy.json" "$stem-peers.json"
 fi
 
 # Each step runs in the background so that a signal to this script reaches it: the trap
@@ -127,8 +128,36 @@ else
     --accuracy_out "$stem-accuracy.json"
 fi
 
+# Peers (optional): PyTorch on the sweep's shapes, when /usr/bin/python3 can import torch
+# (python3-torch). Cheap next to the suite: rerun whole on every resume, never resumed.
+peers=()
+if /usr/bin/python3 -c "import torch" 2>/dev/null; then
+  echo "== peers (PyTorch) -> $stem-peers.json"
+  rc=0
+  "${die_with_us[@]}" nice -n 5 /usr/bin/python3 bench/peers.py --out "$stem-peers.json" &
+  child=$!
+  while :; do
+    rc=0
+    wait "$child" || rc=$?
+    if [ "$rc" -gt 128 ] && kill -0 "$child" 2>/dev/null; then continue; fi
+    break
+  done
+  child=""
+  if [ "$interrupted" -ne 0 ]; then
+    echo "main.sh: the peers run was interrupted. Continue the job with: $command" >&2
+    exit $((128 + interrupted))
+  fi
+  if [ "$rc" -ne 0 ]; then  # a wrong torch: the file says why; the report says the peer is absent
+    echo "main.sh: bench/peers.py failed (status $rc); the report goes on without peers" >&2
+  fi
+  if [ -s "$stem-peers.json" ]; then peers=("$stem-peers.json"); fi
+else
+  echo "== peers: skipped (torch is not importable by /usr/bin/python3; apt-get install" \
+       "python3-torch, see README \"Peers\")"
+fi
+
 echo "== report"
-report=$(/usr/bin/python3 reports/generate.py "$stem.json" --accuracy "$stem-accuracy.json" \
-  ${label:+--label "$label"} --out-dir reports)
+report=$(/usr/bin/python3 reports/generate.py "$stem.json" "${peers[@]}" \
+  --accuracy "$stem-accuracy.json" ${label:+--label "$label"} --out-dir reports)
 rm -f "$state"
 echo "report: $report"
