@@ -5,7 +5,7 @@ repetition ("run_type": "iteration") or an aggregate over repetitions ("run_type
 "aggregate_name": mean|median|stddev|cv). Names are '/'-separated tokens: the first is a variant
 name from the registry, `ceiling_sgemm`, `ceiling_matmul_bf16`, `ceiling_stream` or `layer` (whose
 second token is the variant), `ceiling_fma` (the FMA peak, `ceiling_fma/threads:2`) or `ukernel`; tokens without ':'
-are the scenario, `key:value` tokens are parameters. Parameters
+are the scenario, `key:value` tokens are parameters (`peer_*` first tokens are peers, bench/peers.py). Parameters
 are numbers but one: `dtype`, the element types of Q, K, V and O (`dtype:bf16` when the four
 share one type, `dtype:f32-i8-i8-f32` otherwise; absent = all f32); a micro-kernel's `dtype`
 names its input type.
