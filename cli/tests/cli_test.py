@@ -36,6 +36,9 @@ EXP_ULPS = 8.0
 def attnlab(*args, env=None, cwd=None, preexec_fn=None):
     """Runs the tool; returns (exit code, stdout, stderr)."""
     full_env = dict(os.environ)
+    # A tuning file in this user's HOME (attnlab tune) from another CPU would add a warning
+    # line to every stderr: tests that want one give ATTNLAB_TUNING themselves.
+    full_env.setdefault("ATTNLAB_TUNING", "none")
     if env:
         full_env.update(env)
     p = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, env=full_env,
