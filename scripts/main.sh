@@ -84,19 +84,23 @@ trap 'on_signal 15' TERM
 trap 'on_signal 1' HUP
 die_with_us=()
 if command -v setpriv >/dev/null; then die_with_us=(setpriv --pdeathsig TERM --); fi
-step() {  # step NAME COMMAND...: runs it; the job stops if it was interrupted or failed
-  local name=$1 rc=0
-  shift
+rc=0
+run_child() {  # run_child COMMAND...: runs it as our child (killed with us), its status in rc
   "${die_with_us[@]}" "$@" &
   child=$!
   while :; do
     rc=0
     wait "$child" || rc=$?
-    # A trapped signal ends `wait` early (status > 128) while the step still runs.
+    # A trapped signal ends `wait` early (status > 128) while the child still runs.
     if [ "$rc" -gt 128 ] && kill -0 "$child" 2>/dev/null; then continue; fi
     break
   done
   child=""
+}
+step() {  # step NAME COMMAND...: runs it; the job stops if it was interrupted or failed
+  local name=$1
+  shift
+  run_child "$@"
   if [ "$interrupted" -ne 0 ] || [ "$rc" -gt 128 ]; then
     echo "main.sh: the $name was interrupted (status $rc); what finished is kept in" \
          "$(ls "$stem.json" "$stem-accuracy.json" 2>/dev/null | paste -sd ' ')." \
@@ -133,16 +137,7 @@ fi
 peers=()
 if /usr/bin/python3 -c "import torch" 2>/dev/null; then
   echo "== peers (PyTorch) -> $stem-peers.json"
-  rc=0
-  "${die_with_us[@]}" nice -n 5 /usr/bin/python3 bench/peers.py --out "$stem-peers.json" &
-  child=$!
-  while :; do
-    rc=0
-    wait "$child" || rc=$?
-    if [ "$rc" -gt 128 ] && kill -0 "$child" 2>/dev/null; then continue; fi
-    break
-  done
-  child=""
+  run_child nice -n 5 /usr/bin/python3 bench/peers.py --out "$stem-peers.json"
   if [ "$interrupted" -ne 0 ]; then
     echo "main.sh: the peers run was interrupted. Continue the job with: $command" >&2
     exit $((128 + interrupted))
