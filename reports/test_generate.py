@@ -492,6 +492,16 @@ def table_after(body, heading):
   return rows[2:]
 
 
+def group_table(sweep_text, gp, heading):
+  """(rows, column names) of the table under `heading` in the sweep group `gp` (d, causal,
+  threads) of the report's Sweep section."""
+  title = (f"d={gp['d']}, {'causal' if gp['causal'] != '0' else 'dense'}, "
+           f"threads={gp['threads']}")
+  body = sweep_text.split(title, 1)[1].split("\n### ", 1)[0]
+  header = body.split(heading, 1)[1].split("\n")[2]
+  return table_after(body, heading), [c.strip() for c in header.strip("|").split("|")]
+
+
 def test_ceilings(work, doc):
   """ceiling_fma and repeated ceiling_stream cases: the roofline comes first, each sweep group
   gets its fraction-of-ceiling_fma table (variant GFLOPS / the median ceiling_fma at its
@@ -541,10 +551,7 @@ def test_ceilings(work, doc):
     gp = dict(g)
     title = (f"d={gp['d']}, {'causal' if gp['causal'] != '0' else 'dense'}, "
              f"threads={gp['threads']}")
-    body = sweep_text.split(title, 1)[1].split("\n### ", 1)[0]
-    table = table_after(body, "**Fraction of ceiling_fma**")
-    header = body.split("**Fraction of ceiling_fma**", 1)[1].split("\n")[2]
-    columns = [c.strip() for c in header.strip("|").split("|")]
+    table, columns = group_table(sweep_text, gp, "**Fraction of ceiling_fma**")
     for name, es in sweep.items():
       fam, _, params = parse(name)
       if tuple(sorted((k, v) for k, v in params.items() if k != "N")) != g:
@@ -633,10 +640,7 @@ def test_auto(work, doc):
               if parse(n)[0] not in FIXED + ("auto",) and parse(n)[2] == params
               and parse(n)[1] == scen}
     best_name = min(others, key=others.get)
-    title = (f"d={params['d']}, {'causal' if params['causal'] != '0' else 'dense'}, "
-             f"threads={params['threads']}")
-    body = sweep_text.split(title, 1)[1].split("\n### ", 1)[0]
-    rows = table_after(body, "**auto against the best other variant**")
+    rows, _ = group_table(sweep_text, params, "**auto against the best other variant**")
     want = [params["N"], parse(best_name)[0], generate.fmt_num(others[best_name] / t_auto, 2),
             "simd"]
     check(want in rows, f"{name}: auto row {want} (got {rows})")
@@ -703,10 +707,7 @@ def test_peers(work, doc):
     gp = dict(key)
     title = (f"d={gp['d']}, {'causal' if gp['causal'] != '0' else 'dense'}, "
              f"threads={gp['threads']}")
-    body = sweep_text.split(title, 1)[1].split("\n### ", 1)[0]
-    rows = table_after(body, "**flash against the peers**")
-    header = body.split("**flash against the peers**", 1)[1].split("\n")[2]
-    columns = [c.strip() for c in header.strip("|").split("|")]
+    rows, columns = group_table(sweep_text, gp, "**flash against the peers**")
     check(columns == ["N"] + [f"vs {p}" for p in sorted(PEERS)], f"{title}: peer columns "
           f"{columns}")
     for row in rows:
@@ -716,7 +717,7 @@ def test_peers(work, doc):
       want = [f"{PEERS[p]:.2f}×" for p in sorted(PEERS)]
       check(row[1:] == want, f"{title} N={row[0]}: speedups {want} (got {row})")
       checked += 1
-    gflops = table_after(body, "**GFLOP/s**")
+    gflops, _ = group_table(sweep_text, gp, "**GFLOP/s**")
     check(all(len(r) == len(gflops[0]) for r in gflops) and any(
         r[-len(PEERS):] == [generate.fmt_num(1 / PEERS[p]) for p in sorted(PEERS)]
         for r in gflops), f"{title}: the GFLOP/s table has the peers' columns")
