@@ -105,6 +105,10 @@ double AttentionFlops(double pairs, int64_t dk, int64_t dv) {
   return 2.0 * pairs * static_cast<double>(dk + dv);
 }
 
+double GradFlops(double pairs, int64_t dk, int64_t dv) {
+  return 2.0 * pairs * double(3 * dk + 2 * dv);
+}
+
 double DensePairs(const Case& c) {
   return static_cast<double>(c.batch) * c.heads * c.q_len * c.kv_len;
 }

@@ -89,6 +89,17 @@ TensorBytes BytesOf(const Case& c);
 //   masked (attn::VisiblePairs): causal counts ~half, a window ~Lq·w. Softmax
 //   (exp, max, sum, divide) is not counted, as is customary.
 double AttentionFlops(double pairs, int64_t dk, int64_t dv);
+// FLOPs of the backward pass, the one formula every backward GFLOPS counter
+// uses: FlashAttention-2's five products per (query, key) pair, S = Q·Kᵀ
+// recomputed (2·dk), dP = dO·Vᵀ (2·dv), dV += Pᵀ·dO (2·dv), dK += dSᵀ·Q
+// (2·dk) and dQ += dS·K (2·dk):
+//     FLOPs = 2·pairs·(3·dk + 2·dv)   ( = 2.5 x the forward's at dk = dv).
+// `pairs` counts the visible pairs, as AttentionFlops: work a variant does on
+// masked pairs (naive's and blas's whole rows and panels, flash's diagonal
+// tiles) is not counted. The materializing variants do the same five
+// products (naive and blas form D as Σ P·dP, flash as Σ dO·O: 2·dv per pair
+// against 2·dv per row, not counted either).
+double GradFlops(double pairs, int64_t dk, int64_t dv);
 // Dense pairs: B·H·Lq·Lk.
 double DensePairs(const Case& c);
 

@@ -3,7 +3,7 @@
 // same run. Output follows docs/bench-json.md (Google Benchmark JSON with the
 // attnlab_* context keys and the counters below).
 //
-//   attnlab_bench [--suite=quick|default|full|precision] [--threads=1,2] [--batch=1]
+//   attnlab_bench [--suite=quick|default|full|precision|backward] [--threads=1,2] [--batch=1]
 //                 [--heads=8] [--memory_budget=12G] [--benchmark_* flags]
 //   attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=16384]
 //   attnlab_bench --resume=FILE [--resume_force]
@@ -46,6 +46,14 @@
 //            H = 8), each in every type of PrecisionDTypes(), with the
 //            FMA, stream and sgemm ceilings and the micro-kernels; a 2 s cap
 //            (naive's long prefill cases are left out). ~8 min on 2 cores.
+//   backward the backward pass (issue 18): every variant with one
+//            (Variant::has_backward) as `grad/<variant>/N:.../d:.../causal:...`
+//            over the default sweep's shapes (N = 128..16384 at d = 64,
+//            ..8192 at d = 128, causal 0/1), beside the forward cases of the
+//            same shapes (the report's backward/forward time ratio compares
+//            medians of one run) and the FMA ceiling; 20 s cap at 2.5x the
+//            calibrated forward time. The quick suite has grad cases at
+//            N = 256 (CI smoke).
 // Every other suite also has a precision scenario (Suite::Precision): shapes
 // timed in reduced element types beside their f32 (names with a `dtype:`
 // token, docs/bench-json.md). quick: N = 256 causal in bf16 and the Hkv = 2
@@ -92,6 +100,7 @@
 #include "kernels/tuning.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
+#include "testing/grad_data.h"
 #include "testing/problem_data.h"
 
 namespace attn::bench {
@@ -166,6 +175,16 @@ struct Suite {
     // slowest kernels' long cases are left out sooner than the main ones.
     double max_case_seconds = 1e30;
   } precision;
+
+  // The backward pass (issue 18): grad/<variant> cases (GradCase) at the
+  // sweep shapes Lq = Lk = n, H = --heads, each beside the same shape's
+  // forward cases.
+  struct Backward {
+    std::vector<int64_t> n;
+    std::vector<int64_t> dims;
+    int64_t d128_max_n = 1 << 30;
+    std::vector<int> causal;
+  } backward;
 };
 
 constexpr DType kF32 = DType::kF32, kBF16 = DType::kBF16, kI8 = DType::kI8;
@@ -202,6 +221,20 @@ Suite MakeSuite(const std::string& name) {
     s.precision.decode_dim = 64;
     s.precision.decode_kv_heads = {2};
     s.precision.decode_dtypes = {{kF32, kF32, kF32, kF32}, {kF32, kI8, kI8, kF32}};
+    s.backward.n = {256};
+    s.backward.dims = {64};
+    s.backward.causal = {0, 1};
+  } else if (name == "backward") {
+    // The backward sweep alone, with the forward cases of its shapes.
+    s.min_time = "0.2";
+    s.max_case_seconds = 20;
+    s.repetitions = 3;
+    s.repeat_max_seconds = 0.1;
+    s.ceiling_repetitions = 9;
+    s.backward.n = Pow2(128, 16384);
+    s.backward.dims = {64, 128};
+    s.backward.d128_max_n = 8192;
+    s.backward.causal = {0, 1};
   } else if (name == "default") {
     s.sweep_n = Pow2(128, 16384);
     s.dims = {64, 128};
@@ -353,6 +386,60 @@ class RunContext {
     return verdicts_.emplace(key, verdict).first->second;
   }
 
+  // The same for `v`'s backward: its own forward, then its backward on the
+  // check problem, against reference::Backward within GradErrorBounds.
+  const Verdict& CheckGradOnce(const Variant& v, const Case& c) {
+    const std::string key = "grad/" + std::string(v.name) + "/" + c.CheckKey();
+    auto it = verdicts_.find(key);
+    if (it != verdicts_.end()) return it->second;
+    Verdict verdict;
+    testing::ProblemData data(CheckSpec(c));
+    testing::GradData grads(data);
+    const GradProblem g = grads.grad_problem();
+    Status status = testing::RunForwardForGrad(data, v.name);
+    if (status.ok()) status = RunBackward(v, g, run_options(c.threads));
+    const std::string at = "at " + Describe(g.forward.shape, g.forward.mask) + ": ";
+    if (!status.ok()) {
+      verdict = {false, at + status.ToString()};
+    } else {
+      auto want = reference::Backward(g);
+      const testing::Comparison cmp =
+          testing::CompareGradients(g, *want, reference::GradErrorBounds(g));
+      if (!cmp.ok) verdict = {false, at + cmp.first_failure};
+    }
+    return verdicts_.emplace(key, verdict).first->second;
+  }
+
+  // The backward's inputs and outputs beside a case's data (DataFor): dO
+  // (random, seeded from the case's values), the forward's lse and O (from
+  // flash, made when the data changes; a forward case run in between writes
+  // its own O, equally valid), dQ, dK, dV.
+  GradProblem GradInputsFor(const Case& c, CaseData& data) {
+    const std::string key = c.DataKey();
+    if (grad_key_ != key) {
+      const Shape s = c.shape();
+      d_o_.assign(s.batch * s.heads * s.q_len * s.value_dim, 0.0f);
+      FillRandom(d_o_.data(), d_o_.size(), SeedFrom("grad/" + c.ValuesKey()));
+      lse_.assign(s.batch * s.heads * s.q_len, 0.0f);
+      dq_.assign(s.batch * s.heads * s.q_len * s.head_dim, 0.0f);
+      dk_.assign(s.batch * s.kv_heads * s.kv_len * s.head_dim, 0.0f);
+      dv_.assign(s.batch * s.kv_heads * s.kv_len * s.value_dim, 0.0f);
+      grad_key_ = key;
+    }
+    Problem forward = data.problem;
+    forward.lse = lse_;
+    if (grad_forward_for_ != key) {
+      if (!Run("flash", forward, run_options(c.threads)).ok()) return {};
+      grad_forward_for_ = key;
+    }
+    return MakeGradProblem(forward, d_o_.data(), dq_.data(), dk_.data(), dv_.data());
+  }
+  void ReleaseGradInputs() {
+    for (auto* v : {&d_o_, &lse_, &dq_, &dk_, &dv_}) std::vector<float>().swap(*v);
+    grad_key_.clear();
+    grad_forward_for_.clear();
+  }
+
   // `bytes` of random floats, kept from one stream case to the next.
   const std::vector<float>& StreamBuffer(int64_t bytes, const std::string& name) {
     const int64_t n = bytes / 4;
@@ -372,6 +459,8 @@ class RunContext {
   benchmark::IterationCount last_iterations_ = 0;
   std::map<std::string, Verdict> verdicts_;  // by variant/CheckKey
   std::vector<float> stream_buffer_;
+  std::vector<float> d_o_, lse_, dq_, dk_, dv_;  // GradInputsFor
+  std::string grad_key_, grad_forward_for_;
 };
 
 // ---------------------------------------------------------------- time cap
@@ -555,6 +644,55 @@ void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& varian
   if (c.scenario == Scenario::kDecode) {
     state.counters["GBps"] = Counter(bytes.kv() / 1e9, Counter::kIsIterationInvariantRate);
   }
+}
+
+// One variant's backward pass on one case: dQ, dK, dV from the case's Q, K,
+// V, a random dO and the forward's O and lse (RunContext::GradInputsFor).
+// GFLOPS counts GradFlops (bench_common.h) of the visible pairs.
+void GradCase(benchmark::State& state, RunContext& ctx, const Variant& variant, const Case& c,
+              const PreparedCase& prepared, const std::string& name) {
+  if (SkipIfInterrupted(state)) return;
+  ctx.Progress(state, name);
+  ScopedThreads threads(c.threads);
+  if (!prepared.status.ok()) {
+    SkipNotRun(state, prepared.status);
+    return;
+  }
+  const Verdict& verdict = ctx.CheckGradOnce(variant, c);
+  if (!verdict.ok) {
+    state.SkipWithError(("failed check: " + verdict.message).c_str());
+    return;
+  }
+  CaseData& data = DataFor(c);
+  const GradProblem g = ctx.GradInputsFor(c, data);
+  const RunOptions options = ctx.run_options(c.threads);
+  if (auto real = PrepareBackward(variant, g, options); !real.ok()) {
+    SkipNotRun(state, real.status());
+    return;
+  }
+  RunStats stats;
+  PeakRss rss;
+  rss.Start();
+  for (auto _ : state) {
+    if (StopIfInterrupted(state)) break;
+    const Status s = RunBackward(variant, g, options, &stats);
+    if (!s.ok()) {
+      state.SkipWithError(("not run: " + s.ToString()).c_str());
+      return;
+    }
+    benchmark::ClobberMemory();
+  }
+  const double rss_delta = rss.DeltaBytes();
+  state.SetLabel(CaseLabel(c.dtypes, stats.path));
+  SetParams(state, c);
+  state.counters["GFLOPS"] = Counter(prepared.flops / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["GFLOPS_dense"] =
+      Counter(GradFlops(DensePairs(c), c.dim, c.dim) / 1e9, Counter::kIsIterationInvariantRate);
+  state.counters["workspace_bytes"] = double(stats.workspace_peak_bytes);
+  state.counters["workspace_declared_bytes"] = double(stats.workspace_declared_bytes);
+  state.counters["peak_rss_delta_bytes"] = rss_delta;
+  // Reads Q, K, V, O, dO; writes dQ, dK, dV: twice the forward's tensors.
+  state.counters["bytes_min"] = 2 * BytesOf(c).total();
 }
 
 // The GEMM ceiling of a case: per (b, h) the two dense products of the same
@@ -897,9 +1035,10 @@ class SuiteCases {
   }
 
   // Adds the ceiling (when `ceiling`) and every variant for case `c` at
-  // each thread count, but the cases predicted to take over `max_seconds`
+  // each thread count (only those with a backward pass when
+  // `backward_only`), but the cases predicted to take over `max_seconds`
   // per iteration (left out) and those registered already.
-  void AddShape(Case c, bool ceiling, double max_seconds) {
+  void AddShape(Case c, bool ceiling, double max_seconds, bool backward_only = false) {
     for (int t : options_.threads) {
       c.threads = t;
       if (ceiling && !Known("ceiling_sgemm/" + c.Tokens())) {
@@ -927,7 +1066,9 @@ class SuiteCases {
         const std::string name = std::string(v->name) + "/" + c.Tokens();
         // Types the variant does not take: no case (it could only be
         // refused), as `attnlab list` says.
-        if (Known(name) || !Takes(*v, c.dtypes)) continue;
+        if (Known(name) || !Takes(*v, c.dtypes) || (backward_only && !v->has_backward())) {
+          continue;
+        }
         const PreparedCase prepared = PrepareCase(*v, c, ctx_, rates_);
         if (prepared.predicted_seconds > max_seconds && !prepared.refused()) {
           left_out_.push_back(name);
@@ -970,6 +1111,60 @@ class SuiteCases {
         }
       }
     }
+  }
+
+  // The backward scenario (Suite::Backward): for each shape, the forward
+  // cases of the variants with a backward (registered once, whichever
+  // scenario names them first) and a grad/<variant> case for each. A backward's time is
+  // predicted at 2.5x its forward's (GradFlops / AttentionFlops at dk = dv),
+  // at the variant's calibrated forward rate.
+  void AddBackward() {
+    const Suite::Backward& bw = suite_.backward;
+    const int64_t B = options_.batch, H = options_.heads;
+    for (int64_t n : bw.n) {
+      for (int64_t d : bw.dims) {
+        if (d == 128 && n > bw.d128_max_n) continue;
+        for (int causal : bw.causal) {
+          const Case shape{Scenario::kSweep, B, H, H, n, n, d, causal == 1};
+          AddShape(shape, /*ceiling=*/false, suite_.max_case_seconds, /*backward_only=*/true);
+          for (int t : options_.threads) {
+            Case c = shape;
+            c.threads = t;
+            for (const Variant* v : Registry()) {
+              if (!v->has_backward()) continue;
+              AddGrad(v, c);
+            }
+          }
+        }
+      }
+    }
+  }
+  void AddGrad(const Variant* v, const Case& c) {
+    const std::string name = "grad/" + std::string(v->name) + "/" + c.Tokens();
+    if (Known(name)) return;
+    PreparedCase prepared;
+    const Problem forward = ShapeOnlyProblem(c);
+    const uintptr_t gap = uintptr_t{1} << 40;
+    auto at = [&](int k) { return reinterpret_cast<float*>(gap * (k + 7)); };
+    Problem with_lse = forward;
+    with_lse.lse = std::span<float>(at(0), size_t(c.batch * c.heads * c.q_len));
+    const GradProblem g = MakeGradProblem(with_lse, at(1), at(2), at(3), at(4));
+    auto valid = PrepareBackward(*v, g, ctx_.run_options(c.threads));
+    prepared.status = valid.ok() ? Status() : valid.status();
+    const double pairs = valid.ok() ? double(VisiblePairs(valid->forward)) : DensePairs(c);
+    prepared.flops = GradFlops(pairs, c.dim, c.dim);
+    prepared.predicted_seconds =
+        PredictedSeconds(rates_, *v, AttentionFlops(pairs, c.dim, c.dim)) * 2.5;
+    if (prepared.predicted_seconds > suite_.max_case_seconds && !prepared.refused()) {
+      left_out_.push_back(name);
+      return;
+    }
+    Add(
+        name,
+        [ctx = &ctx_, v, c, prepared, name](benchmark::State& s) {
+          GradCase(s, *ctx, *v, c, prepared, name);
+        },
+        prepared.refused() ? -1 : prepared.predicted_seconds);
   }
 
   void Build() {
@@ -1052,6 +1247,7 @@ class SuiteCases {
       AddShape(Case{Scenario::kCross, B, H, H, lq, lk, 64, false}, /*ceiling=*/true);
     }
     AddPrecision();
+    AddBackward();
     for (int64_t n : suite_.layer_n) {
       for (int t : options_.threads) {
         Case c{Scenario::kSweep, 1, H, H, n, n, 64, false};
@@ -1280,8 +1476,9 @@ const FlagSpec kFlags[] = {
      .kind = Kind::kWhatRuns,
      .apply =
          [](const std::string& v, Flags& f) {
-           if (v != "quick" && v != "default" && v != "full" && v != "precision") {
-             return "unknown --suite=" + v + " (quick, default, full or precision)";
+           if (v != "quick" && v != "default" && v != "full" && v != "precision" &&
+               v != "backward") {
+             return "unknown --suite=" + v + " (quick, default, full, precision or backward)";
            }
            f.options.suite = v;
            return std::string();
@@ -1393,7 +1590,8 @@ const FlagSpec& Flag(const char* name) {
 
 void PrintUsage(FILE* to) {
   std::fprintf(to,
-               "usage: attnlab_bench [--suite=quick|default|full|precision] [--threads=1,2]\n"
+               "usage: attnlab_bench [--suite=quick|default|full|precision|backward]\n"
+               "         [--threads=1,2]\n"
                "         [--batch=B] [--heads=H] [--memory_budget=12G] [--benchmark_* flags]\n"
                "       attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=N]\n"
                "         [--accuracy_threads=T]\n"

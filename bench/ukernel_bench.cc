@@ -285,6 +285,19 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
                      }});
       break;
     }
+    case Family::kGradScores: {
+      // flash backward's tile: 64 rows x 64 keys.
+      constexpr int64_t kTile = 64;
+      Shape s{"rows:64/keys:64", 0, double(kTile * kTile)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats sc(kTile * kTile), dp(kTile * kTile), lse(kTile), dsum(kTile);
+                       for (int64_t x = 0; x < kTile; ++x) lse.get()[x] = 1.0f;
+                       ukernels::GradScoresArgs a{sc.get(), dp.get(),  kTile,      kTile,
+                                                  kTile,    lse.get(), dsum.get(), 0.125f};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
     case Family::kFinishRow: {
       const int64_t dv = 128;
       Shape s{"d:128", 0, double(dv)};

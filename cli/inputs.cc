@@ -170,6 +170,16 @@ int64_t ParseIntOption(std::string_view option, const std::string& text, int64_t
   return *value;
 }
 
+std::vector<float> ReadFloatOfShape(const std::string& option, const std::string& path,
+                                    const std::vector<int64_t>& want, std::string_view what) {
+  npy::FloatArray a = ReadFloatOrFail(option, path);
+  if (a.shape != want) {
+    Fail(fmt::format("{} {} has shape {}; want {}: {}", option, path, npy::ShapeString(a.shape),
+                     npy::ShapeString(want), what));
+  }
+  return std::move(a.data);
+}
+
 Inputs::Inputs(const InputOptions& options) : options_(options) {
   if (options.layout == "bhsd") {
     layout_ = Layout::kBHLD;
@@ -594,6 +604,20 @@ double RunVariant(const Variant& variant, const Inputs& inputs, const Problem& p
   { [[maybe_unused]] volatile int warm = 0; }
   const auto start = std::chrono::steady_clock::now();
   const Status status = Run(variant, problem, inputs.run_options(), stats);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!status.ok()) FailStatus(status, inputs);
+  return seconds;
+}
+
+double RunBackwardVariant(const Variant& variant, const Inputs& inputs, const GradProblem& problem,
+                          RunStats* stats) {
+  StatusOr<ValidGradProblem> valid = PrepareBackward(variant, problem, inputs.run_options());
+  if (!valid.ok()) FailStatus(valid.status(), inputs);
+#pragma omp parallel num_threads(ResolveThreads(inputs.run_options().threads))
+  { [[maybe_unused]] volatile int warm = 0; }
+  const auto start = std::chrono::steady_clock::now();
+  const Status status = RunBackward(variant, problem, inputs.run_options(), stats);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!status.ok()) FailStatus(status, inputs);

@@ -101,6 +101,13 @@ void RequirePath(const std::string& option, const std::string& path);
 int64_t ParseIntOption(std::string_view option, const std::string& text, int64_t lo, int64_t hi,
                        std::string_view note = "");
 
+// The float32 values of a '<f4', '<f8' or '<f2' .npy file (C order) that
+// must have shape `want`, else CliError (kExitUsage) naming the option, the
+// file, both shapes and `what` ("O's shape [B,H,Lq,dv] from q.npy ..."). The
+// data is non-null even when empty.
+std::vector<float> ReadFloatOfShape(const std::string& option, const std::string& path,
+                                    const std::vector<int64_t>& want, std::string_view what);
+
 // Loaded inputs and the problem shape they describe.
 class Inputs {
  public:
@@ -128,6 +135,11 @@ class Inputs {
   // A problem over these inputs writing O (and lse / weights when given).
   Problem MakeProblem(OutputBuffer& o, std::span<float> lse = {},
                       std::span<float> weights = {}) const;
+
+  // The shapes of the Q, K and V files as read: those of dQ, dK and dV.
+  const std::vector<int64_t>& QShape() const { return q_.shape; }
+  const std::vector<int64_t>& KShape() const { return k_.shape; }
+  const std::vector<int64_t>& VShape() const { return v_.shape; }
 
   // "q.npy (1, 8, 16, 64), k.npy (...), v.npy (...)": context for messages.
   std::string Describe() const;
@@ -185,6 +197,12 @@ double RunVariant(const Variant& variant, const Inputs& inputs, const Problem& p
 
 // The variant of that name or a CliError listing the known ones.
 const Variant& VariantOrFail(const std::string& name);
+
+// Runs a variant's backward pass on a problem over these inputs, like
+// RunVariant: PrepareBackward first (a refusal is a CliError, never timed).
+// Returns seconds.
+double RunBackwardVariant(const Variant& variant, const Inputs& inputs, const GradProblem& problem,
+                          RunStats* stats = nullptr);
 
 // Shows an attn::Status from Validate/Prepare/Run as a CLI error.
 [[noreturn]] void FailStatus(const Status& status, const Inputs& inputs);

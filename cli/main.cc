@@ -4,6 +4,7 @@
 //   attnlab run     --variant V ...   one variant on .npy inputs, O (and lse) to .npy
 //   attnlab check   ...               every variant against the fp64 reference
 //   attnlab weights --variant V ...   attention weights: .npy, heatmap PNG, entropy table
+//   attnlab grad    --variant V ...   the backward pass: dQ, dK, dV to .npy
 //   attnlab bench   ...               runs attnlab_bench (Google Benchmark JSON)
 //   attnlab report  RESULTS.json...   runs reports/generate.py
 //
@@ -15,7 +16,7 @@
 //   3  could not write an output or a temporary file (the message names the
 //      path and the OS's reason; a previous file at that path is unchanged),
 //      or another file-system call failed; never an abort
-// run and weights check every output path before any kernel runs, and write
+// run, weights and grad check every output path before any kernel runs, and write
 // each file atomically (cli/files.h).
 #include <fmt/format.h>
 #include <sys/prctl.h>
@@ -53,7 +54,9 @@ namespace {
 // the heatmap are for looking at, not for production-size problems.
 constexpr double kMaxWeightsBytes = 8.0 * 1024 * 1024;
 
-void AddInputOptions(CLI::App* cmd, InputOptions& in) {
+// The options of InputOptions. `dtypes`: also the element-type options
+// (--dtype ...; grad has none: the backward is fp32).
+void AddInputOptions(CLI::App* cmd, InputOptions& in, bool dtypes = true) {
   cmd->add_option("--q", in.q,
                   "queries .npy: [B,H,Lq,dk] (bhsd), [B,Lq,H,dk] (bshd), "
                   "[H,Lq,dk] or [Lq,dk]")
@@ -69,6 +72,7 @@ void AddInputOptions(CLI::App* cmd, InputOptions& in) {
                   fmt::format("OpenMP threads, 1 to {} (default: every core)", kMaxThreads));
   cmd->add_option("--memory-budget", in.memory_budget,
                   "workspace budget, e.g. 512M (default: ATTNLAB_MEMORY_BUDGET or half of RAM)");
+  if (!dtypes) return;
   cmd->add_option("--dtype", in.dtype,
                   "element type of O and of the float32 inputs: f32 | bf16 | f16 (converted, "
                   "rounding to nearest even; inputs already f16, bf16 or int8 are used as they "
@@ -97,12 +101,12 @@ bool Exists(const fs::path& p) {
 
 // ---------------------------------------------------------------- list
 int List() {
-  fmt::print("{:<16} {:<8} {:<9} {:<8} {:<13} {}\n", "variant", "weights", "scores", "highway",
-             "deterministic", "summary");
+  fmt::print("{:<16} {:<8} {:<9} {:<8} {:<13} {:<8} {}\n", "variant", "weights", "scores",
+             "highway", "deterministic", "backward", "summary");
   for (const Variant* v : Registry()) {
-    fmt::print("{:<16} {:<8} {:<9} {:<8} {:<13} {}\n", v->name, Yes(v->supports_weights),
+    fmt::print("{:<16} {:<8} {:<9} {:<8} {:<13} {:<8} {}\n", v->name, Yes(v->supports_weights),
                v->materializes_scores ? "Lq x Lk" : "no", Yes(v->uses_highway),
-               Yes(v->deterministic), v->summary);
+               Yes(v->deterministic), Yes(v->has_backward()), v->summary);
   }
   fmt::print("\n{:<16} {}\n", "variant",
              "element types (--dtype, --q-dtype, --kv-dtype, --out-dtype)");
@@ -112,7 +116,8 @@ int List() {
   fmt::print(
       "\nEvery variant supports masks none/causal/window/additive, key lengths, GQA/MQA, "
       "both layouts and lse.\n'scores: Lq x Lk' variants are refused when that matrix "
-      "exceeds the memory budget.\n");
+      "exceeds the memory budget.\n'backward: yes' variants also compute dQ, dK, dV "
+      "(attnlab grad; fp32).\n");
   return kExitOk;
 }
 
@@ -237,6 +242,126 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
     Fail("every variant was skipped (see the table): nothing was checked", kExitFailed);
   }
   return failed ? kExitFailed : kExitOk;
+}
+
+// ---------------------------------------------------------------- grad
+struct GradArgs {
+  std::string variant, d_o, dq, dk, dv;
+  std::optional<std::string> o, lse;  // the forward's outputs, both or neither
+  bool check = false;
+};
+
+// The forward that gives a backward its O and lse when --o/--lse are not
+// given: naive and blas run their own (the same algorithm end to end), every
+// other variant flash's.
+const Variant& ForwardFor(const Variant& variant) {
+  const std::string_view name = variant.name;
+  if (name == "naive" || name == "blas") return variant;
+  const Variant* flash = FindVariant("flash");
+  return flash != nullptr ? *flash : variant;
+}
+
+int GradCommand(const InputOptions& in, const GradArgs& args) {
+  const Variant& variant = VariantOrFail(args.variant);
+  if (!variant.has_backward()) {
+    Fail(fmt::format("{} has no backward pass; variants with one: {}", variant.name,
+                     BackwardVariantNames()));
+  }
+  if (args.o.has_value() != args.lse.has_value()) {
+    Fail(
+        fmt::format("{} without {}: give both (the O and lse of a forward of the same problem) "
+                    "or neither (attnlab runs the forward)",
+                    args.o ? "--o" : "--lse", args.o ? "--lse" : "--o"));
+  }
+  const Inputs inputs(in);
+  const Shape& s = inputs.shape();
+  std::vector<NamedPath> read = inputs.Files();
+  read.push_back({"--do", args.d_o});
+  if (args.o) read.push_back({"--o", *args.o});
+  if (args.lse) read.push_back({"--lse", *args.lse});
+  const std::vector<OutputFile> files =
+      CheckOutputs({{"--dq", args.dq}, {"--dk", args.dk}, {"--dv", args.dv}}, read);
+  const std::string o_shape =
+      fmt::format("dO has O's shape ({} with B={} H={} Lq={} dv={} from {})",
+                  inputs.layout() == Layout::kBHLD ? "[B,H,Lq,dv]" : "[B,Lq,H,dv]", s.batch,
+                  s.heads, s.q_len, s.value_dim, inputs.Describe());
+  std::vector<float> d_o = ReadFloatOfShape("--do", args.d_o, inputs.OutputShape(), o_shape);
+  OutputBuffer o = inputs.MakeOutput();  // f32: grad takes no --out-dtype
+  std::vector<float> lse(s.batch * s.heads * s.q_len);
+  lse.reserve(1);
+  const Problem problem = inputs.MakeProblem(o, lse);
+  auto buffer = [](int64_t n) {
+    std::vector<float> x(n, std::numeric_limits<float>::quiet_NaN());
+    x.reserve(1);  // non-null when empty
+    return x;
+  };
+  std::vector<float> dq = buffer(s.batch * s.heads * s.q_len * s.head_dim);
+  std::vector<float> dk = buffer(s.batch * s.kv_heads * s.kv_len * s.head_dim);
+  std::vector<float> dv = buffer(s.batch * s.kv_heads * s.kv_len * s.value_dim);
+  const GradProblem grad =
+      MakeGradProblem(problem, d_o.data(), dq.data(), dk.data(), dv.data(), inputs.layout());
+  // Refusals (types, budget, a variant without a backward) before any kernel.
+  if (StatusOr<ValidGradProblem> valid = PrepareBackward(variant, grad, inputs.run_options());
+      !valid.ok()) {
+    FailStatus(valid.status(), inputs);
+  }
+
+  std::string forward;
+  if (args.o) {
+    std::vector<float> o_file =
+        ReadFloatOfShape("--o", *args.o, inputs.OutputShape(),
+                         fmt::format("O of the forward ({})", o_shape.substr(o_shape.find('('))));
+    std::copy(o_file.begin(), o_file.end(), static_cast<float*>(o.data()));
+    std::vector<float> lse_file = ReadFloatOfShape(
+        "--lse", *args.lse, inputs.LseShape(),
+        fmt::format("the forward's lse, [B,H,Lq] with B={} H={} Lq={}", s.batch, s.heads, s.q_len));
+    std::copy(lse_file.begin(), lse_file.end(), lse.begin());
+    forward = fmt::format("O and lse from {} and {}", *args.o, *args.lse);
+  } else {
+    const Variant& fwd = ForwardFor(variant);
+    const double fwd_seconds = RunVariant(fwd, inputs, problem);
+    forward =
+        fmt::format("O and lse by the forward of {} ({:.3f} ms)", fwd.name, fwd_seconds * 1e3);
+  }
+
+  RunStats stats;
+  const double seconds = RunBackwardVariant(variant, inputs, grad, &stats);
+  StatusOr<ValidProblem> valid = Validate(problem);
+  const double flops = 2.0 * double(VisiblePairs(*valid)) *
+                       double(3 * problem.shape.head_dim + 2 * problem.shape.value_dim);
+  fmt::print("grad variant {}: {} {} on {} thread(s), path {}\n", variant.name,
+             attn::Describe(problem.shape, problem.mask), attn::Describe(inputs.dtypes()),
+             stats.threads, stats.path);
+  fmt::print("{}\n", forward);
+  fmt::print(
+      "time {:.3f} ms, {:.2f} GFLOP/s (visible pairs, 2·pairs·(3·dk + 2·dv)), workspace {} "
+      "(declared {})\n",
+      seconds * 1e3, flops / seconds / 1e9, FormatBytes(double(stats.workspace_peak_bytes)),
+      FormatBytes(double(stats.workspace_declared_bytes)));
+  WriteNpyOutput(files[0], inputs.QShape(), dq);
+  WriteNpyOutput(files[1], inputs.KShape(), dk);
+  WriteNpyOutput(files[2], inputs.VShape(), dv);
+  if (!args.check) return kExitOk;
+
+  const auto ref_start = std::chrono::steady_clock::now();
+  StatusOr<reference::GradResult> want = reference::Backward(grad);
+  if (!want.ok()) FailStatus(want.status(), inputs);
+  const reference::GradBounds bounds = reference::GradErrorBounds(grad);
+  const double ref_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - ref_start)
+          .count();
+  const reference::Comparison c = testing::CompareGradients(grad, *want, bounds);
+  fmt::print("\ncheck against the fp64 reference backward ({:.3f} ms):\n", ref_ms);
+  fmt::print("{:<16} {:>12} {:>12} {:>12} {:>10}  {}\n", "variant", "max_abs_err", "max_rel_err",
+             "bound", "err/bound", "result");
+  fmt::print("{:<16} {:>12.3e} {:>12.3e} {:>12.3e} {:>10.4f}  {}\n", variant.name, c.max_abs_error,
+             c.max_rel_error, c.bound_at_worst, c.worst_bound_ratio, c.ok ? "ok" : "FAIL");
+  if (!c.ok) fmt::print("  first failure: {}\n", c.first_failure);
+  fmt::print(
+      "\nbound: the derived per-element tolerance of dQ, dK, dV (reference/error_bound.h, "
+      "\"backward\") at the element with the largest err/bound; it passes when err/bound <= 1 "
+      "everywhere.\n");
+  return c.ok ? kExitOk : kExitFailed;
 }
 
 // ---------------------------------------------------------------- processes
@@ -710,6 +835,25 @@ int Main(int argc, char** argv) {
   weights->add_option("--head", weights_args.head, "head for the table and heatmap (default 0)");
   weights->add_option("--batch", weights_args.batch, "batch for the table and heatmap (default 0)");
 
+  InputOptions grad_in;
+  GradArgs grad_args;
+  CLI::App* grad = app.add_subcommand(
+      "grad",
+      "the backward pass of one variant (attnlab list: backward yes): dQ, dK, dV from .npy "
+      "inputs and dO");
+  grad->add_option("--variant", grad_args.variant, "a variant with a backward pass")->required();
+  AddInputOptions(grad, grad_in, /*dtypes=*/false);
+  grad->add_option("--do", grad_args.d_o, "dO = dloss/dO .npy, O's shape (float32)")->required();
+  grad->add_option("--o", grad_args.o,
+                   "the forward's O .npy (with --lse; default: attnlab runs the forward)");
+  grad->add_option("--lse", grad_args.lse, "the forward's lse .npy [B,H,Lq] (with --o)");
+  grad->add_option("--dq", grad_args.dq, "output dQ .npy (Q's shape)")->required();
+  grad->add_option("--dk", grad_args.dk, "output dK .npy (K's shape)")->required();
+  grad->add_option("--dv", grad_args.dv, "output dV .npy (V's shape)")->required();
+  grad->add_flag("--check", grad_args.check,
+                 "also compare with the fp64 reference backward within the derived bound (exit 1 "
+                 "on a miss)");
+
   BenchArgs bench_args;
   CLI::App* bench = app.add_subcommand(
       "bench", "run the benchmark suite (attnlab_bench); extra args after -- pass through");
@@ -766,6 +910,7 @@ int Main(int argc, char** argv) {
     if (app.got_subcommand(run)) return RunCommand(run_in, run_args);
     if (app.got_subcommand(check)) return CheckCommand(check_in, check_variants);
     if (app.got_subcommand(weights)) return WeightsCommand(weights_in, weights_args);
+    if (app.got_subcommand(grad)) return GradCommand(grad_in, grad_args);
     if (app.got_subcommand(bench)) return BenchCommand(bench_args);
     if (app.got_subcommand(report)) return ReportCommand(report_args);
     if (app.got_subcommand(tune)) return TuneCommand(tune_args);

@@ -94,6 +94,7 @@ extern const Variant auto_variant = {
     .uses_highway = true,
     .deterministic = true,  // every variant it may pick is
     .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
+    .backward = {},  // none
 };
 
 }  // namespace attn

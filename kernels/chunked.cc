@@ -122,6 +122,7 @@ extern const Variant chunked_variant = {
     .uses_highway = true,
     .deterministic = true,
     .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
+    .backward = {},  // none
 };
 
 }  // namespace attn

@@ -853,6 +853,9 @@ extern const Variant flash_variant = {
     .uses_highway = true,
     .deterministic = true,
     .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
+    .backward = {.run = RunFlashBackward,
+                 .workspace_bytes = FlashBackwardWorkspaceBytes,
+                 .materializes_scores = false},
 };
 
 }  // namespace attn

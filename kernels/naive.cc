@@ -25,6 +25,9 @@
 // threads, each thread with its own score matrix; otherwise heads one at a
 // time with the rows of each pass split across threads, so one matrix serves
 // all threads.
+//
+// The backward pass (dQ, dK, dV) is the textbook one too: see "backward"
+// below.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -153,6 +156,179 @@ Status RunNaive(const ValidProblem& p, ExecContext& ctx) {
   return Status::Ok();
 }
 
+// ---------------------------------------------------------------- backward
+//
+// The textbook backward (kernels/problem.h, "backward"), in fp32, per
+// (batch b, kv head kvh) group: its query heads h one after another, in
+// order, each in two passes over two materialized Lq x Lk matrices P and dS:
+//   1. Row i (skipped when lse_i = -inf: dQ_i = 0, nothing else):
+//      over its visible keys j only (causal, window and key lengths are never
+//      multiplied by 0; they are not visited),
+//        S_ij = q_i·k_j·scale (+ mask_ij)     recomputed as the forward did
+//        P_ij = e^(S_ij - lse_i)
+//        dP_ij = dO_i·v_j
+//        D_i = Σ_j P_ij·dP_ij                (the textbook form)
+//        dS_ij = P_ij·(dP_ij - D_i)
+//        dQ_i = scale·Σ_j dS_ij·k_j
+//   2. Column j: dV_j += Σ_i P_ij·dO_i and dK_j += scale·Σ_i dS_ij·q_i over
+//      the rows i that see key j (and are not fully masked).
+// dK and dV start at 0 and sum over the group's heads in head order, so GQA
+// needs no reduction buffer and the result is deterministic.
+// D: the textbook Σ P·dP (flash and blas use Σ_d dO·O, equal in exact
+// arithmetic; the two forms check each other). problem.h also has NaN in
+// O_i reach dQ_i (the fp64 reference forms D from O): the textbook form never
+// reads O, so a NaN in dO_i·O_i sets D_i to NaN explicitly.
+// Sums over keys (D, dQ) go in blocks of kKeySumBlock keys, and the column
+// sums over query rows (dK, dV) in blocks of kKeySumBlock rows (problem.h,
+// "Accumulation"), each with its kDvChunk partial sums in registers.
+//
+// Memory traffic per query head: reads K and V once per visible pair in the
+// row pass (K twice: S and dQ), ~Σ_pairs·(2·dk + dv) floats, from cache when
+// the head's K and V fit in L2, else from memory; writes P and dS (2·Lq·Lk),
+// reads them back column by column in pass 2 (a column walks Lq rows
+// Lk·4 bytes apart: one cache line per row, shared by the next 15 columns
+// when Lq lines stay in L2), reading Q and dO once per visible pair there.
+// Like the forward, bound by the Lq·Lk matrices and scalar FMA throughput.
+//
+// Working set: P and dS, 2·Lq·Lk floats per group in flight
+// (materializes_scores); declared exactly.
+// Parallelism as the forward's (ForEachHead over B·Hkv groups): at least as
+// many groups as threads, one group per thread with its own matrices;
+// otherwise groups one at a time, rows (pass 1) and columns (pass 2) split
+// over the threads. Each row and column is one thread's, in a fixed order:
+// the same bits at any thread count.
+
+// Floats per group in flight: P, then dS.
+int64_t GroupScratch(const ValidProblem& p) { return 2 * p.shape.q_len * p.shape.kv_len; }
+
+size_t NaiveBackwardWorkspaceBytes(const ValidGradProblem& g, int threads) {
+  const ValidProblem& p = g.forward;
+  return (SaturatingSize(HeadsInFlight(p.shape.batch * p.shape.kv_heads, threads)) *
+          GroupScratch(p) * sizeof(float))
+      .value();
+}
+
+float Dot(const float* x, const float* y, int64_t n) {
+  float sum = 0.0f;
+  for (int64_t d = 0; d < n; ++d) sum += x[d] * y[d];
+  return sum;
+}
+
+// Pass 1 for row i of head h: P and dS over its keys, and dQ_i.
+void BackwardRow(const ValidGradProblem& g, int64_t b, int64_t h, int64_t i, float* p_row,
+                 float* ds_row) {
+  const ValidProblem& p = g.forward;
+  const int64_t dk = p.shape.head_dim, dv = p.shape.value_dim, kvh = p.KvHead(h);
+  float* dq = g.DqRow(b, h, i);
+  for (int64_t d = 0; d < dk; ++d) dq[d] = 0.0f;
+  const KeyRange keys = g.GradKeys(b, h, i);
+  if (keys.empty()) return;
+  const float lse = g.Lse(b, h, i);
+  const float* q = p.QRow(b, h, i);
+  const float* d_o = g.DoRow(b, h, i);
+  const float* additive = p.AdditiveRow(b, h, i);
+  for (int64_t j = keys.begin; j < keys.end; ++j) {
+    const float s = Dot(q, p.KRow(b, kvh, j), dk) * p.scale + (additive ? additive[j] : 0.0f);
+    p_row[j] = std::exp(s - lse);
+    ds_row[j] = Dot(d_o, p.VRow(b, kvh, j), dv);  // dP for now
+  }
+  float dsum = 0.0f;
+  for (int64_t j0 = keys.begin; j0 < keys.end; j0 += kKeySumBlock) {
+    float block = 0.0f;
+    for (int64_t j = j0; j < std::min(keys.end, j0 + kKeySumBlock); ++j) {
+      block += p_row[j] * ds_row[j];
+    }
+    dsum += block;
+  }
+  if (std::isnan(Dot(d_o, g.ORow(b, h, i), dv))) dsum = std::nanf("");
+  for (int64_t j = keys.begin; j < keys.end; ++j) ds_row[j] = p_row[j] * (ds_row[j] - dsum);
+  // dQ_i = scale·Σ_j dS_ij·k_j, per block of keys and chunk of columns.
+  for (int64_t j0 = keys.begin; j0 < keys.end; j0 += kKeySumBlock) {
+    const int64_t j1 = std::min(keys.end, j0 + kKeySumBlock);
+    for (int64_t d0 = 0; d0 < dk; d0 += kDvChunk) {
+      const int64_t n = std::min(kDvChunk, dk - d0);
+      float part[kDvChunk] = {};
+      for (int64_t j = j0; j < j1; ++j) {
+        const float* k = p.KRow(b, kvh, j) + d0;
+        for (int64_t d = 0; d < n; ++d) part[d] += ds_row[j] * k[d];
+      }
+      for (int64_t d = 0; d < n; ++d) dq[d0 + d] += part[d];
+    }
+  }
+  for (int64_t d = 0; d < dk; ++d) dq[d] *= p.scale;
+}
+
+// out[d] += factor·Σ_i m[i·ld + j]·x_i[d] over the rows i of head h that see
+// key j, in blocks of kKeySumBlock rows; x_i = row(i).
+template <typename RowFn>
+void AddColumnSum(const ValidGradProblem& g, int64_t b, int64_t h, int64_t j, const float* m,
+                  int64_t ld, RowFn row, int64_t width, float factor, float* out) {
+  const int64_t lq = g.forward.shape.q_len;
+  auto sees = [&](int64_t i) {
+    const KeyRange keys = g.GradKeys(b, h, i);
+    return j >= keys.begin && j < keys.end;
+  };
+  for (int64_t i0 = 0; i0 < lq; i0 += kKeySumBlock) {
+    const int64_t i1 = std::min(lq, i0 + kKeySumBlock);
+    for (int64_t d0 = 0; d0 < width; d0 += kDvChunk) {
+      const int64_t n = std::min(kDvChunk, width - d0);
+      float part[kDvChunk] = {};
+      bool any = false;
+      for (int64_t i = i0; i < i1; ++i) {
+        if (!sees(i)) continue;
+        any = true;
+        const float w = m[i * ld + j];
+        const float* x = row(i) + d0;
+        for (int64_t d = 0; d < n; ++d) part[d] += w * x[d];
+      }
+      if (!any) break;  // no row of this block sees key j
+      for (int64_t d = 0; d < n; ++d) out[d0 + d] += factor * part[d];
+    }
+  }
+}
+
+// Pass 2 for key j of head h: its share of dV_j and dK_j.
+void BackwardColumn(const ValidGradProblem& g, int64_t b, int64_t h, int64_t j,
+                    const float* p_matrix, const float* ds_matrix) {
+  const ValidProblem& p = g.forward;
+  const int64_t lk = p.shape.kv_len, kvh = p.KvHead(h);
+  AddColumnSum(
+      g, b, h, j, p_matrix, lk, [&](int64_t i) { return g.DoRow(b, h, i); }, p.shape.value_dim,
+      1.0f, g.DvRow(b, kvh, j));
+  AddColumnSum(
+      g, b, h, j, ds_matrix, lk, [&](int64_t i) { return p.QRow(b, h, i); }, p.shape.head_dim,
+      p.scale, g.DkRow(b, kvh, j));
+}
+
+// One (b, kv head) group: dK and dV from 0, then each of its heads.
+void BackwardGroup(const ValidGradProblem& g, int64_t b, int64_t kvh, float* scratch, int threads) {
+  const ValidProblem& p = g.forward;
+  const int64_t lq = p.shape.q_len, lk = p.shape.kv_len;
+  for (int64_t j = 0; j < lk; ++j) {
+    std::fill_n(g.DkRow(b, kvh, j), p.shape.head_dim, 0.0f);
+    std::fill_n(g.DvRow(b, kvh, j), p.shape.value_dim, 0.0f);
+  }
+  float* p_matrix = scratch;
+  float* ds_matrix = scratch + lq * lk;
+  for (int64_t h = kvh * p.group; h < (kvh + 1) * p.group; ++h) {
+    ParallelFor(threads, lq,
+                [&](int64_t i) { BackwardRow(g, b, h, i, p_matrix + i * lk, ds_matrix + i * lk); });
+    ParallelFor(threads, lk, [&](int64_t j) { BackwardColumn(g, b, h, j, p_matrix, ds_matrix); });
+  }
+}
+
+Status RunNaiveBackward(const ValidGradProblem& g, ExecContext& ctx) {
+  const ValidProblem& p = g.forward;
+  const int64_t floats = GroupScratch(p);
+  auto scratch = ctx.workspace->Allocate<float>(
+      HeadsInFlight(p.shape.batch * p.shape.kv_heads, ctx.threads) * floats);
+  ForEachHead(p.shape.batch, p.shape.kv_heads, ctx.threads, scratch.data(), floats,
+              [&](int64_t b, int64_t kvh, float* group_scratch, int threads) {
+                BackwardGroup(g, b, kvh, group_scratch, threads);
+              });
+  return Status::Ok();
+}
+
 }  // namespace
 
 extern const Variant naive_variant = {
@@ -165,6 +341,9 @@ extern const Variant naive_variant = {
     .uses_highway = false,
     .deterministic = true,
     .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
+    .backward = {.run = RunNaiveBackward,
+                 .workspace_bytes = NaiveBackwardWorkspaceBytes,
+                 .materializes_scores = true},
 };
 
 }  // namespace attn

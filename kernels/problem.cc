@@ -8,6 +8,7 @@
 #include <functional>
 #include <initializer_list>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -314,7 +315,10 @@ bool Overlaps(const Extent& a, const Extent& b) {
 
 }  // namespace
 
-StatusOr<ValidProblem> Validate(const Problem& p) {
+// Every check of Validate, handing back the extents of the problem's inputs
+// and outputs (ValidateGrad checks the gradients against them).
+static Status CheckProblem(const Problem& p, std::vector<Extent>& inputs,
+                           std::vector<Extent>& outputs) {
   const Shape& s = p.shape;
   // Sizes.
   const struct {
@@ -341,7 +345,8 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
   ATTN_RETURN_IF_ERROR(CheckDTypes(p));
 
   // Tensors: pointers, strides, sizes that fit.
-  std::vector<Extent> inputs(3), outputs;
+  inputs.assign(3, Extent{});
+  outputs.clear();
   Extent o_extent;
   auto bytes = [](DType t) { return int64_t(DTypeBytes(t)); };
   ATTN_RETURN_IF_ERROR(CheckTensor("Q", p.q.data, p.q.strides, s.batch, s.heads, s.q_len,
@@ -477,6 +482,14 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
     }
   }
 
+  return Status::Ok();
+}
+
+StatusOr<ValidProblem> Validate(const Problem& p) {
+  std::vector<Extent> inputs, outputs;
+  ATTN_RETURN_IF_ERROR(CheckProblem(p, inputs, outputs));
+  const Shape& s = p.shape;
+  const Mask& m = p.mask;
   ValidProblem v;
   v.shape = s;
   v.q = p.q;
@@ -496,6 +509,89 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
   v.weights = p.weights;
   v.group = s.heads / s.kv_heads;
   v.diag_offset = s.kv_len - s.q_len;
+  return v;
+}
+
+GradProblem MakeGradProblem(const Problem& forward, const void* d_o, void* dq, void* dk, void* dv,
+                            Layout layout) {
+  // The strides of contiguous Q, K, V, O in `layout` are those of dQ, dK,
+  // dV, dO.
+  const Problem views = MakeProblem(forward.shape, nullptr, nullptr, nullptr, nullptr, layout);
+  GradProblem g;
+  g.forward = forward;
+  g.d_o = {d_o, views.o.strides, DType::kF32};
+  g.dq = {dq, views.q.strides, DType::kF32};
+  g.dk = {dk, views.k.strides, DType::kF32};
+  g.dv = {dv, views.v.strides, DType::kF32};
+  return g;
+}
+
+StatusOr<ValidGradProblem> ValidateGrad(const GradProblem& g) {
+  StatusOr<ValidProblem> forward = Validate(g.forward);
+  if (!forward.ok()) return forward.status();
+  std::vector<Extent> inputs, outputs;  // passed just now
+  ATTN_RETURN_IF_ERROR(CheckProblem(g.forward, inputs, outputs));
+  const Problem& p = g.forward;
+  const Shape& s = p.shape;
+  const int64_t rows = s.batch * s.heads * s.q_len;  // fits: Validate checked B*H*Lq*Lk
+  if (p.lse.empty() && rows > 0) {
+    return InvalidArgument("lse is required by the backward (the forward's logsumexp, B*H*Lq=" +
+                           std::to_string(rows) + " floats)");
+  }
+  const struct {
+    const char* name;
+    DType dtype;
+  } types[] = {{"Q", p.q.dtype},    {"K", p.k.dtype},   {"V", p.v.dtype},   {"O", p.o.dtype},
+               {"dO", g.d_o.dtype}, {"dQ", g.dq.dtype}, {"dK", g.dk.dtype}, {"dV", g.dv.dtype}};
+  for (const auto& t : types) {
+    if (t.dtype != DType::kF32) {
+      return InvalidArgument(std::string("dtype: the backward takes f32 tensors only; ") + t.name +
+                             "=" +
+                             (static_cast<int>(t.dtype) < kNumDTypes
+                                  ? DTypeName(t.dtype)
+                                  : std::to_string(static_cast<int>(t.dtype)).c_str()));
+    }
+  }
+  // The forward's outputs are the backward's inputs (weights are not read).
+  for (const Extent& e : outputs) {
+    if (std::string_view(e.name) != "weights") inputs.push_back(e);
+  }
+  inputs.emplace_back();
+  ATTN_RETURN_IF_ERROR(CheckTensor("dO", g.d_o.data, g.d_o.strides, s.batch, s.heads, s.q_len,
+                                   s.value_dim, 4, &inputs.back()));
+  const struct {
+    const char* name;
+    const TensorRef<void>& t;
+    int64_t heads, len, dim;
+  } grads[] = {{"dQ", g.dq, s.heads, s.q_len, s.head_dim},
+               {"dK", g.dk, s.kv_heads, s.kv_len, s.head_dim},
+               {"dV", g.dv, s.kv_heads, s.kv_len, s.value_dim}};
+  std::vector<Extent> written;
+  for (const auto& t : grads) {
+    written.emplace_back();
+    ATTN_RETURN_IF_ERROR(CheckTensor(t.name, t.t.data, t.t.strides, s.batch, t.heads, t.len, t.dim,
+                                     4, &written.back()));
+    ATTN_RETURN_IF_ERROR(CheckNoSelfOverlap(t.name, t.t.strides, s.batch, t.heads, t.len, t.dim));
+  }
+  for (size_t a = 0; a < written.size(); ++a) {
+    for (const Extent& in : inputs) {
+      if (Overlaps(written[a], in)) {
+        return InvalidArgument(std::string("gradient ") + written[a].name + " overlaps input " +
+                               in.name);
+      }
+    }
+    for (size_t b = a + 1; b < written.size(); ++b) {
+      if (Overlaps(written[a], written[b])) {
+        return InvalidArgument(std::string("gradient ") + written[a].name + " overlaps gradient " +
+                               written[b].name);
+      }
+    }
+  }
+  ValidGradProblem v(*forward);
+  v.d_o = g.d_o;
+  v.dq = g.dq;
+  v.dk = g.dk;
+  v.dv = g.dv;
   return v;
 }
 

@@ -84,6 +84,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -298,6 +299,94 @@ class ValidProblem {
 // The one validator. Returns InvalidArgument naming the field and value
 // (e.g. "Hkv=3 does not divide H=8") for any malformed problem.
 StatusOr<ValidProblem> Validate(const Problem& problem);
+
+// ------------------------------------------------------------------ backward
+//
+// The backward pass: given the forward problem, its outputs O and lse, and
+// dO = ∂loss/∂O, the gradients dQ, dK, dV of the loss. With S the scaled,
+// masked scores and P = e^(S - lse) the weights of the forward:
+//   dV = Pᵀ·dO,  dP = dO·Vᵀ,  D_i = Σ_j P_ij·dP_ij = Σ_d dO_id·O_id,
+//   dS = P ∘ (dP - D),  dQ = scale·dS·K,  dK = scale·dSᵀ·Q.
+// dK and dV are per kv head: with GQA they sum over the group's query heads.
+// The mask is a constant (no gradient flows into the additive mask, the
+// scale or the key lengths).
+//
+// Semantics (every variant with a backward, tested):
+//   * A key that is structurally hidden from row i (causal, window, key
+//     lengths) takes no part in row i's gradients: nothing in its K or V row,
+//     nor in row i's Q, dO or O, reaches the other through the pair.
+//   * A fully masked row (lse = -inf: no visible key, or every visible score
+//     -inf) has dQ = 0 and adds nothing to dK or dV, whatever dO holds.
+//     Never NaN.
+//   * Otherwise NaN propagates through the arithmetic above exactly as in
+//     the fp64 reference (reference::Backward, which recomputes the forward
+//     from Q, K, V; the tests match NaN for NaN). A NaN that query row i
+//     reads (its Q or dO row, or the K or V row of a key it sees: through
+//     the forward's lse, all of row i's P) can reach dQ row i and the dK and
+//     dV rows of every key row i sees, and nothing else: rows and keys that
+//     a structural mask separates stay clean. An additive -inf entry gives
+//     P = 0 but, as in the forward, 0·NaN = NaN: a NaN in that key's V still
+//     reaches the row through dS = P·(dP - D).
+//   * O and lse must be the forward's outputs for the same problem (any
+//     variant's, within its bound): flash and blas recompute P from lse and
+//     form D from O (naive from P and dP); a NaN there that the inputs do
+//     not explain is outside the contract.
+//
+// Types: every tensor fp32 (Q, K, V, O, dO, dQ, dK, dV; lse is fp32).
+struct GradProblem {
+  // The forward problem: Q, K, V, scale and mask as in the forward call;
+  // forward.o is the forward's O and forward.lse its lse (both read, both
+  // required); forward.weights is not used.
+  Problem forward;
+  TensorRef<const void> d_o;   // dO, [B, H, Lq, dv] like O
+  TensorRef<void> dq, dk, dv;  // [B, H, Lq, dk], [B, Hkv, Lk, dk], [B, Hkv, Lk, dv]
+};
+
+// A contiguous backward problem over caller-owned fp32 buffers in `layout`,
+// around a forward problem made by MakeProblem (its o is O; set its lse).
+GradProblem MakeGradProblem(const Problem& forward, const void* d_o, void* dq, void* dk, void* dv,
+                            Layout layout = Layout::kBHLD);
+
+// A GradProblem that passed ValidateGrad().
+class ValidGradProblem {
+ public:
+  ValidProblem forward;  // its o and lse are the forward's outputs (read)
+  TensorRef<const void> d_o;
+  TensorRef<void> dq, dk, dv;
+
+  const float* DoRow(int64_t b, int64_t h, int64_t i) const {
+    return static_cast<const float*>(ValidProblem::Row(d_o, b, h, i));
+  }
+  const float* ORow(int64_t b, int64_t h, int64_t i) const { return forward.ORow(b, h, i); }
+  float Lse(int64_t b, int64_t h, int64_t i) const {
+    return forward.lse[forward.RowIndex(b, h, i)];
+  }
+  // The keys query row i of head h takes part in: its visible keys, none
+  // when the row is fully masked (lse = -inf).
+  KeyRange GradKeys(int64_t b, int64_t h, int64_t i) const {
+    if (Lse(b, h, i) == -std::numeric_limits<float>::infinity()) return {};
+    return forward.VisibleKeys(b, i);
+  }
+  float* DqRow(int64_t b, int64_t h, int64_t i) const {
+    return static_cast<float*>(ValidProblem::Row(dq, b, h, i));
+  }
+  float* DkRow(int64_t b, int64_t kvh, int64_t j) const {
+    return static_cast<float*>(ValidProblem::Row(dk, b, kvh, j));
+  }
+  float* DvRow(int64_t b, int64_t kvh, int64_t j) const {
+    return static_cast<float*>(ValidProblem::Row(dv, b, kvh, j));
+  }
+
+ private:
+  friend StatusOr<ValidGradProblem> ValidateGrad(const GradProblem& problem);
+  explicit ValidGradProblem(const ValidProblem& f) : forward(f) {}
+};
+
+// The one validator of backward problems: the forward checks of Validate()
+// (so the same messages), then: lse is present; every tensor is fp32; dO,
+// dQ, dK, dV are non-null with legal strides; no gradient overlaps itself,
+// another gradient or any input (Q, K, V, O, lse, dO, mask, key lengths).
+StatusOr<ValidGradProblem> ValidateGrad(const GradProblem& problem);
 
 // Number of (query, key) pairs that are not structurally masked, summed over
 // batch and heads: the work a kernel that skips masked keys must do.

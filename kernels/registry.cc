@@ -44,6 +44,16 @@ std::string VariantNames() {
   return names;
 }
 
+std::string BackwardVariantNames() {
+  std::string names;
+  for (const Variant* v : Registry()) {
+    if (!v->has_backward()) continue;
+    if (!names.empty()) names += ", ";
+    names += v->name;
+  }
+  return names.empty() ? "none" : names;
+}
+
 size_t DefaultMemoryBudgetBytes() {
   if (const char* env = std::getenv("ATTNLAB_MEMORY_BUDGET")) {
     if (auto bytes = ParseBytes(env)) return *bytes;
@@ -86,6 +96,29 @@ bool Takes(const Variant& variant, const DTypes& t) {
          (takes.o & DTypeMask(t.o));
 }
 
+namespace {
+
+Status CheckThreads(const RunOptions& options) {
+  if (options.threads < 0 || options.threads > kMaxThreads) {
+    return InvalidArgument("threads=" + std::to_string(options.threads) + " must be in [0, " +
+                           std::to_string(kMaxThreads) + "] (0: all available)");
+  }
+  return Status::Ok();
+}
+
+// ResourceExhausted when `need` bytes exceed the budget.
+Status CheckBudget(const Variant& variant, size_t need, bool scores, const Problem& problem,
+                   const RunOptions& options) {
+  const size_t budget = options.memory_budget_bytes.value_or(DefaultMemoryBudgetBytes());
+  if (need <= budget) return Status::Ok();
+  return ResourceExhausted(std::string(variant.name) + " needs " + FormatBytes(double(need)) +
+                           (scores ? " of scores" : " of workspace") + ", budget " +
+                           FormatBytes(double(budget)) + " (" +
+                           Describe(problem.shape, problem.mask) + ")");
+}
+
+}  // namespace
+
 StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,
                                const RunOptions& options) {
   StatusOr<ValidProblem> valid = Validate(problem);
@@ -95,23 +128,29 @@ StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,
     return Unimplemented("dtype: " + Describe(dtypes) + " is not supported by variant " +
                          variant.name + " (it takes " + DescribeSupport(variant.dtypes) + ")");
   }
-  if (options.threads < 0 || options.threads > kMaxThreads) {
-    return InvalidArgument("threads=" + std::to_string(options.threads) + " must be in [0, " +
-                           std::to_string(kMaxThreads) + "] (0: all available)");
-  }
+  ATTN_RETURN_IF_ERROR(CheckThreads(options));
   if (!problem.weights.empty() && !variant.supports_weights) {
     return Unimplemented(std::string(variant.name) +
                          " does not materialize attention weights; use one that does");
   }
   const int threads = ResolveThreads(options.threads);
-  const size_t need = variant.workspace_bytes(*valid, threads);
-  const size_t budget = options.memory_budget_bytes.value_or(DefaultMemoryBudgetBytes());
-  if (need > budget) {
-    return ResourceExhausted(std::string(variant.name) + " needs " + FormatBytes(double(need)) +
-                             (variant.materializes_scores ? " of scores" : " of workspace") +
-                             ", budget " + FormatBytes(double(budget)) + " (" +
-                             Describe(problem.shape, problem.mask) + ")");
+  ATTN_RETURN_IF_ERROR(CheckBudget(variant, variant.workspace_bytes(*valid, threads),
+                                   variant.materializes_scores, problem, options));
+  return valid;
+}
+
+StatusOr<ValidGradProblem> PrepareBackward(const Variant& variant, const GradProblem& problem,
+                                           const RunOptions& options) {
+  StatusOr<ValidGradProblem> valid = ValidateGrad(problem);
+  if (!valid.ok()) return valid.status();
+  if (!variant.has_backward()) {
+    return Unimplemented(std::string(variant.name) +
+                         " has no backward pass; variants with one: " + BackwardVariantNames());
   }
+  ATTN_RETURN_IF_ERROR(CheckThreads(options));
+  const int threads = ResolveThreads(options.threads);
+  ATTN_RETURN_IF_ERROR(CheckBudget(variant, variant.backward.workspace_bytes(*valid, threads),
+                                   variant.backward.materializes_scores, problem.forward, options));
   return valid;
 }
 
@@ -165,6 +204,33 @@ Status Run(const Variant& variant, const Problem& problem, const RunOptions& opt
     stats->path = ctx.path;
   }
   return status;
+}
+
+Status RunBackward(const Variant& variant, const GradProblem& problem, const RunOptions& options,
+                   RunStats* stats) {
+  StatusOr<ValidGradProblem> valid = PrepareBackward(variant, problem, options);
+  if (!valid.ok()) return valid.status();
+  ApplyHighwayTargetLimit();
+  Workspace workspace;
+  ExecContext ctx{ResolveThreads(options.threads), &workspace,
+                  variant.uses_highway ? DispatchedHighwayTarget() : "portable C++"};
+  Status status = variant.backward.run(*valid, ctx);
+  if (stats != nullptr) {
+    stats->workspace_declared_bytes = variant.backward.workspace_bytes(*valid, ctx.threads);
+    stats->workspace_peak_bytes = workspace.peak_bytes();
+    stats->threads = ctx.threads;
+    stats->path = ctx.path;
+  }
+  return status;
+}
+
+Status RunBackward(std::string_view name, const GradProblem& problem, const RunOptions& options,
+                   RunStats* stats) {
+  const Variant* variant = FindVariant(name);
+  if (variant == nullptr) {
+    return NotFound("unknown variant '" + std::string(name) + "'; known: " + VariantNames());
+  }
+  return RunBackward(*variant, problem, options, stats);
 }
 
 Status Run(std::string_view name, const Problem& problem, const RunOptions& options,

@@ -39,6 +39,9 @@ struct ExecContext {
 using KernelFn = Status (*)(const ValidProblem& problem, ExecContext& ctx);
 // Bytes the kernel will allocate at most for `problem` on `threads` threads.
 using WorkspaceFn = size_t (*)(const ValidProblem& problem, int threads);
+// The same for a backward pass (kernels/problem.h, "backward").
+using BackwardFn = Status (*)(const ValidGradProblem& problem, ExecContext& ctx);
+using BackwardWorkspaceFn = size_t (*)(const ValidGradProblem& problem, int threads);
 
 struct Variant {
   const char* name;     // test name, benchmark prefix and report key
@@ -63,6 +66,16 @@ struct Variant {
     uint8_t kv = kF32Only;  // K and V each
     uint8_t o = kF32Only;
   } dtypes;
+  // The backward pass (dQ, dK, dV; fp32), where the variant has one: null
+  // members mean it has none. Every mask kind, key lengths, GQA, dk != dv.
+  struct Backward {
+    BackwardFn run = nullptr;
+    BackwardWorkspaceFn workspace_bytes = nullptr;
+    // Grows as Lq x Lk (or a panel of it): refused before allocating when
+    // over the memory budget, like materializes_scores.
+    bool materializes_scores = false;
+  } backward;
+  bool has_backward() const { return backward.run != nullptr; }
 };
 
 // "Q f32, bf16; K, V f32, bf16, f16, i8; O f32": what a variant takes.
@@ -77,6 +90,8 @@ std::span<const Variant* const> Registry();
 const Variant* FindVariant(std::string_view name);
 // "naive, blas, ..." for error messages and --help.
 std::string VariantNames();
+// "naive, blas, flash": the variants with a backward pass.
+std::string BackwardVariantNames();
 
 // The memory budget a variant's declared workspace is checked against:
 // ATTNLAB_MEMORY_BUDGET (bytes, or with a K/M/G suffix) if set, else
@@ -149,6 +164,19 @@ Status Run(const Variant& variant, const Problem& problem, const RunOptions& opt
 // Run by name; NotFound lists the known names.
 Status Run(std::string_view variant, const Problem& problem, const RunOptions& options = {},
            RunStats* stats = nullptr);
+
+// The backward pass: ValidateGrad, then the variant must have a backward,
+// then its declared workspace against the memory budget (ResourceExhausted,
+// before anything is allocated). Unimplemented names a variant without one.
+StatusOr<ValidGradProblem> PrepareBackward(const Variant& variant, const GradProblem& problem,
+                                           const RunOptions& options = {});
+// PrepareBackward, then run: writes dQ, dK, dV. Same threads, stats and
+// determinism rules as Run (a deterministic variant's gradients are bitwise
+// identical run to run at a fixed thread count).
+Status RunBackward(const Variant& variant, const GradProblem& problem,
+                   const RunOptions& options = {}, RunStats* stats = nullptr);
+Status RunBackward(std::string_view variant, const GradProblem& problem,
+                   const RunOptions& options = {}, RunStats* stats = nullptr);
 
 // The team size Run uses for `threads` (RunOptions::threads) when called
 // from here: 1 inside a parallel region where OpenMP will not nest.

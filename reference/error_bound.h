@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/problem.h"
 
@@ -46,6 +47,54 @@ RowBound ErrorBound(const Problem& problem, int64_t b, int64_t h, int64_t i);
 
 // S above: the effective length of a blocked sum over n keys.
 double SummationLength(int64_t n);
+
+// ------------------------------------------------------------------ backward
+//
+// Per-element bounds on the gradients of an fp32 backward (kernels/problem.h,
+// "backward") against the exact ones (reference::Backward).
+//
+// The kernel reads O and lse from an fp32 forward that is within ErrorBound:
+// per row, |δO| <= ô and |δlse| <= λ with ô = RowBound.o / kSafety and
+// λ = RowBound.lse / kSafety (the forward's worst case; the kSafety below
+// restores its tolerance). It recomputes everything else in fp32, in any
+// order and blocking (worst case: running sums, γ_n = n·u for n terms, never
+// the blocked length of "Accumulation"), u = 2^-24. For query row i (of head
+// h) and structurally visible key j, with exact P, dP, D, dS and first-order
+// propagation:
+//   logit  |δS_ij| <= δs_i = (dk + 2)·u·A_i, A_i as in ErrorBound.
+//   P      P̂ = exp(Ŝ - l̂se), a relative error
+//            ε_ij = expm1(δs_i + λ_i + 3u·(|S_ij| + |lse_i|) + e_exp·u),
+//          e_exp = 8 (the exp), 3u·(...) the subtraction and a log2(e)
+//          pre-scale; eP_ij = ε_ij·P_ij + 2^-126 (fp32 underflow), 0 where
+//          P_ij = 0 exactly (an additive -inf key).
+//   dP     dP_ij = dO_i·v_j: e_dP_ij = dv·u·Σ_d |dO_id·v_jd|.
+//   D      either Σ_d dO_id·Ô_id (FlashAttention's) or Σ_j P̂_ij·dP̂_ij; the
+//          bound holds for both by adding their errors:
+//            Σ_d |dO_id|·ô_i + dv·u·Σ_d |dO_id|·(|O_id| + ô_i)
+//          + Σ_j (eP_ij·|dP_ij| + P_ij·e_dP_ij) + n_i·u·Σ_j P_ij·|dP_ij|
+//          (n_i visible keys) = e_D_i.
+//   dS     dS_ij = P_ij·(dP_ij - D_i): e_dS_ij = eP_ij·|dP_ij - D_i|
+//          + P_ij·(e_dP_ij + e_D_i) + 2u·P_ij·|dP_ij - D_i|.
+//   dQ_id  = scale·Σ_j dS_ij·k_jd over the n_i visible keys:
+//          scale·(Σ_j e_dS_ij·|k_jd| + (n_i + 1)·u·Σ_j |dS_ij·k_jd|).
+//   dK_jd  = scale·Σ dS_ij·q_id over the m_j (h, i) of the kv head's group
+//          that see key j: scale·(Σ e_dS_ij·|q_id| + (m_j + 1)·u·Σ |dS_ij·q_id|).
+//   dV_jd  = Σ P_ij·dO_id: Σ eP_ij·|dO_id| + m_j·u·Σ P_ij·|dO_id|.
+// Each plus u·|value| (a final rounding or scaling). The tolerance is kSafety
+// times the sum. A fully masked row (lse = -inf) has dQ bound 0 and adds
+// nothing (the kernel must write exact zeros); a row whose exact lse is NaN
+// adds nothing either (every gradient it reaches is NaN, which is compared
+// NaN to NaN). Where inf inputs make a bound NaN it is +inf (CompareElement
+// then accepts any non-NaN value).
+//
+// Correct kernels land far below it (errors grow like sqrt(n)·u); the
+// tests/grad_reference_test.cc sanity cases check that a dropped key, a wrong
+// mask, a missing scale or a missing D term exceed it.
+struct GradBounds {
+  std::vector<double> dq, dk, dv;  // the layouts of reference::GradResult
+};
+// `problem` must pass ValidateGrad. O(B·H·Lq·Lk·(dk + dv)), like the reference.
+GradBounds GradErrorBounds(const GradProblem& problem);
 
 // A running comparison of a kernel's outputs with the reference.
 struct Comparison {

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <span>
 
 namespace attn::reference {
 
@@ -20,21 +21,33 @@ void LoadRow(const TensorRef<const void>& t, const RowScales& scales, int64_t b,
   }
 }
 
-bool KeyVisible(const Problem& p, int64_t b, int64_t i, int64_t j) {
-  const int64_t diag = i + (p.shape.kv_len - p.shape.q_len);
+bool KeyVisible(const Shape& s, const Mask& mask, int64_t b, int64_t i, int64_t j) {
+  const int64_t diag = i + (s.kv_len - s.q_len);
   bool visible = true;
-  switch (p.mask.kind) {
+  switch (mask.kind) {
     case MaskKind::kCausal:
       visible = j <= diag;
       break;
     case MaskKind::kSlidingWindow:
-      visible = diag - p.mask.window_left <= j && j <= diag + p.mask.window_right;
+      visible = diag - mask.window_left <= j && j <= diag + mask.window_right;
       break;
     default:
       break;
   }
-  if (p.mask.key_lengths && j >= (*p.mask.key_lengths)[b]) visible = false;
+  if (mask.key_lengths && j >= (*mask.key_lengths)[b]) visible = false;
   return visible;
+}
+
+bool KeyVisible(const Problem& p, int64_t b, int64_t i, int64_t j) {
+  return KeyVisible(p.shape, p.mask, b, i, j);
+}
+
+double AdditiveAt(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t j) {
+  if (mask.kind != MaskKind::kAdditive) return 0.0;
+  const AdditiveMaskShape& a = mask.additive_shape;
+  const int64_t mb = a.batch == 1 ? 0 : b;
+  const int64_t mh = a.heads == 1 ? 0 : h;
+  return double(mask.additive[((mb * a.heads + mh) * a.rows + i) * a.cols + j]);
 }
 
 StatusOr<Result> Attention(const Problem& p, bool with_weights) {
@@ -69,12 +82,7 @@ StatusOr<Result> Attention(const Problem& p, bool with_weights) {
           double dot = 0;
           for (int64_t d = 0; d < s.head_dim; ++d) dot += q[d] * k[d];
           double logit = dot * scale;
-          if (p.mask.kind == MaskKind::kAdditive) {
-            const AdditiveMaskShape& a = p.mask.additive_shape;
-            const int64_t mb = a.batch == 1 ? 0 : b;
-            const int64_t mh = a.heads == 1 ? 0 : h;
-            logit += double(p.mask.additive[((mb * a.heads + mh) * a.rows + i) * a.cols + j]);
-          }
+          if (p.mask.kind == MaskKind::kAdditive) logit += AdditiveAt(p.mask, b, h, i, j);
           logits[j] = logit;
           if (std::isnan(logit) || std::isnan(max)) {
             max = nan;
@@ -108,6 +116,152 @@ StatusOr<Result> Attention(const Problem& p, bool with_weights) {
     }
   }
   return r;
+}
+
+// ------------------------------------------------------------------ backward
+
+namespace {
+
+// Contiguous [batch, heads, len, dim] doubles of a view (exact values).
+std::vector<double> LoadTensor(const TensorRef<const void>& t, const RowScales& scales,
+                               int64_t batch, int64_t heads, int64_t len, int64_t dim) {
+  std::vector<double> out(batch * heads * len * dim);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < len; ++i) {
+        LoadRow(t, scales, b, h, i, dim, &out[((b * heads + h) * len + i) * dim]);
+      }
+  return out;
+}
+
+}  // namespace
+
+F64Problem ToF64(const Problem& p) {
+  const Shape& s = p.shape;
+  F64Problem f;
+  f.shape = s;
+  f.scale = p.scale ? double(*p.scale) : 1.0 / std::sqrt(double(s.head_dim));
+  f.mask = p.mask;
+  f.q = LoadTensor(p.q, {}, s.batch, s.heads, s.q_len, s.head_dim);
+  f.k = LoadTensor(p.k, p.k_scales, s.batch, s.kv_heads, s.kv_len, s.head_dim);
+  f.v = LoadTensor(p.v, p.v_scales, s.batch, s.kv_heads, s.kv_len, s.value_dim);
+  return f;
+}
+
+double Score(const F64Problem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
+  const Shape& s = p.shape;
+  const int64_t kvh = h / (s.heads / s.kv_heads);
+  const double* q = &p.q[((b * s.heads + h) * s.q_len + i) * s.head_dim];
+  const double* k = &p.k[((b * s.kv_heads + kvh) * s.kv_len + j) * s.head_dim];
+  double dot = 0;
+  for (int64_t d = 0; d < s.head_dim; ++d) dot += q[d] * k[d];
+  return dot * p.scale + AdditiveAt(p.mask, b, h, i, j);
+}
+
+double RowWeights(const F64Problem& p, int64_t b, int64_t h, int64_t i, std::vector<double>& w) {
+  const Shape& s = p.shape;
+  const double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  w.assign(s.kv_len, 0.0);
+  // Scores of the visible keys and their maximum (NaN wins).
+  std::vector<double> scores(s.kv_len, -inf);
+  double max = -inf;
+  for (int64_t j = 0; j < s.kv_len; ++j) {
+    if (!KeyVisible(s, p.mask, b, i, j)) continue;
+    scores[j] = Score(p, b, h, i, j);
+    max = std::isnan(scores[j]) || std::isnan(max) ? nan : std::max(max, scores[j]);
+  }
+  if (max == -inf) return -inf;  // fully masked: weights 0
+  // lse = max + log Σ e^(S - max); +inf or NaN max gives NaN.
+  double sum = 0;
+  for (int64_t j = 0; j < s.kv_len; ++j) {
+    if (KeyVisible(s, p.mask, b, i, j)) sum += std::exp(scores[j] - max);
+  }
+  const double lse = max + std::log(sum);
+  for (int64_t j = 0; j < s.kv_len; ++j) {
+    if (KeyVisible(s, p.mask, b, i, j)) w[j] = std::exp(scores[j] - lse);
+  }
+  return lse;
+}
+
+F64Forward ForwardF64(const F64Problem& p) {
+  const Shape& s = p.shape;
+  const int64_t group = s.heads / s.kv_heads;
+  F64Forward f;
+  f.o.assign(s.batch * s.heads * s.q_len * s.value_dim, 0.0);
+  f.lse.assign(s.batch * s.heads * s.q_len, 0.0);
+  std::vector<double> w;
+  for (int64_t b = 0; b < s.batch; ++b)
+    for (int64_t h = 0; h < s.heads; ++h)
+      for (int64_t i = 0; i < s.q_len; ++i) {
+        const int64_t row = (b * s.heads + h) * s.q_len + i;
+        f.lse[row] = RowWeights(p, b, h, i, w);
+        if (f.lse[row] == -std::numeric_limits<double>::infinity()) continue;  // O = 0
+        double* o = &f.o[row * s.value_dim];
+        for (int64_t j = 0; j < s.kv_len; ++j) {
+          if (!KeyVisible(s, p.mask, b, i, j)) continue;
+          const double* v = &p.v[((b * s.kv_heads + h / group) * s.kv_len + j) * s.value_dim];
+          for (int64_t d = 0; d < s.value_dim; ++d) o[d] += w[j] * v[d];
+        }
+      }
+  return f;
+}
+
+GradResult BackwardF64(const F64Problem& p, std::span<const double> d_o) {
+  const Shape& s = p.shape;
+  const int64_t group = s.heads / s.kv_heads;
+  const int64_t dk = s.head_dim, dv = s.value_dim;
+  GradResult g;
+  g.dq.assign(s.batch * s.heads * s.q_len * dk, 0.0);
+  g.dk.assign(s.batch * s.kv_heads * s.kv_len * dk, 0.0);
+  g.dv.assign(s.batch * s.kv_heads * s.kv_len * dv, 0.0);
+  std::vector<double> w, dp(s.kv_len);
+  for (int64_t b = 0; b < s.batch; ++b)
+    for (int64_t h = 0; h < s.heads; ++h) {
+      const int64_t kv_row0 = (b * s.kv_heads + h / group) * s.kv_len;  // row of key 0
+      for (int64_t i = 0; i < s.q_len; ++i) {
+        const int64_t row = (b * s.heads + h) * s.q_len + i;
+        const double lse = RowWeights(p, b, h, i, w);
+        if (lse == -std::numeric_limits<double>::infinity()) continue;  // fully masked
+        const double* q = &p.q[row * dk];
+        const double* go = &d_o[row * dv];
+        double* gq = &g.dq[row * dk];
+        // dV_j += P_ij·dO_i; dP_ij = dO_i·v_j; D_i = Σ_j P_ij·dP_ij.
+        double big_d = 0;
+        for (int64_t j = 0; j < s.kv_len; ++j) {
+          if (!KeyVisible(s, p.mask, b, i, j)) continue;
+          const double* v = &p.v[(kv_row0 + j) * dv];
+          double* gv = &g.dv[(kv_row0 + j) * dv];
+          dp[j] = 0;
+          for (int64_t d = 0; d < dv; ++d) {
+            gv[d] += w[j] * go[d];
+            dp[j] += go[d] * v[d];
+          }
+          big_d += w[j] * dp[j];
+        }
+        // dS_ij = P_ij·(dP_ij - D_i); dQ_i += scale·dS_ij·k_j; dK_j += scale·dS_ij·q_i.
+        for (int64_t j = 0; j < s.kv_len; ++j) {
+          if (!KeyVisible(s, p.mask, b, i, j)) continue;
+          const double ds = w[j] * (dp[j] - big_d);
+          const double* k = &p.k[(kv_row0 + j) * dk];
+          double* gk = &g.dk[(kv_row0 + j) * dk];
+          for (int64_t d = 0; d < dk; ++d) {
+            gq[d] += p.scale * ds * k[d];
+            gk[d] += p.scale * ds * q[d];
+          }
+        }
+      }
+    }
+  return g;
+}
+
+StatusOr<GradResult> Backward(const GradProblem& problem) {
+  StatusOr<ValidGradProblem> valid = ValidateGrad(problem);
+  if (!valid.ok()) return valid.status();
+  const Shape& s = problem.forward.shape;
+  const std::vector<double> d_o =
+      LoadTensor(problem.d_o, {}, s.batch, s.heads, s.q_len, s.value_dim);
+  return BackwardF64(ToF64(problem.forward), d_o);
 }
 
 }  // namespace attn::reference

@@ -1,12 +1,14 @@
 // The oracle: plain, obviously correct, double precision. Never optimized.
 //
-// It reads the same Problem description as the kernels but shares none of
-// their code beyond Validate(): the mask rules below are written again,
-// element by element, straight from the semantics in kernels/problem.h, so a
-// bug in the kernels' shared helpers (ValidProblem::VisibleKeys) cannot hide.
+// It reads the same Problem (and GradProblem) description as the kernels but
+// shares none of their code beyond Validate() (and ValidateGrad()): the mask
+// rules below are written again, element by element, straight from the
+// semantics in kernels/problem.h, so a bug in the kernels' shared helpers
+// (ValidProblem::VisibleKeys) cannot hide.
 #ifndef ATTNLAB_REFERENCE_REFERENCE_H_
 #define ATTNLAB_REFERENCE_REFERENCE_H_
 
+#include <span>
 #include <vector>
 
 #include "kernels/problem.h"
@@ -33,6 +35,71 @@ void LoadRow(const TensorRef<const void>& t, const RowScales& scales, int64_t b,
 // True when query row i of batch b may read key j under the structural masks
 // (causal, sliding window, key lengths), per kernels/problem.h.
 bool KeyVisible(const Problem& problem, int64_t b, int64_t i, int64_t j);
+// The same from the shape and mask alone.
+bool KeyVisible(const Shape& shape, const Mask& mask, int64_t b, int64_t i, int64_t j);
+// The additive mask entry of (b, h, i, j) as a double; 0 when the mask is not
+// additive.
+double AdditiveAt(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t j);
+
+// ------------------------------------------------------------------ backward
+//
+// The analytic backward (kernels/problem.h, "backward") in double, from the
+// reference's OWN exact forward: P is recomputed from Q, K, the scale and the
+// mask, never read from a kernel's O or lse. Per query row i of head h (kv
+// head kvh = h / (H / Hkv)) and structurally visible key j:
+//   S_ij = scale·q_i·k_j + mask_ij,  lse_i = log Σ_j e^S_ij,  P_ij = e^(S_ij - lse_i)
+//   dV_j += P_ij·dO_i,  dP_ij = dO_i·v_j,  D_i = Σ_j P_ij·dP_ij,
+//   dS_ij = P_ij·(dP_ij - D_i),  dQ_i = scale·Σ_j dS_ij·k_j,  dK_j += scale·dS_ij·q_i.
+// Structurally hidden pairs are skipped (never multiplied by 0); a fully
+// masked row (lse = -inf) is skipped whole (dQ = 0, nothing to dK, dV,
+// whatever dO holds); everything else is the plain arithmetic, so NaN
+// propagates as IEEE says (0·NaN = NaN through an additive -inf key).
+
+// Gradients, contiguous: dq [B, H, Lq, dk], dk [B, Hkv, Lk, dk],
+// dv [B, Hkv, Lk, dv].
+struct GradResult {
+  std::vector<double> dq, dk, dv;
+};
+
+// The backward of `problem` from the exact values its inputs stand for (Q, K,
+// V, the mask, dO; the forward's O and lse are not read). Fails only when
+// ValidateGrad(problem) fails.
+StatusOr<GradResult> Backward(const GradProblem& problem);
+
+// The problem in double, so that a test can perturb an input by less than an
+// fp32 ulp (finite differences): the shape, scale and mask of a Problem (the
+// mask's spans are borrowed, not owned) and contiguous inputs
+// q [B, H, Lq, dk], k [B, Hkv, Lk, dk], v [B, Hkv, Lk, dv].
+struct F64Problem {
+  Shape shape;
+  double scale = 1.0;
+  Mask mask;
+  std::vector<double> q, k, v;
+};
+// The exact values of a problem that passes Validate() (scale resolved).
+F64Problem ToF64(const Problem& problem);
+
+// The scaled, masked score S_ij of query row (b, h, i) and key j (which the
+// caller has checked is structurally visible).
+double Score(const F64Problem& problem, int64_t b, int64_t h, int64_t i, int64_t j);
+
+// The forward in double: o [B, H, Lq, dv] (0 for a fully masked row),
+// lse [B, H, Lq] (-inf for a fully masked row; NaN when a visible score is
+// NaN or +inf).
+struct F64Forward {
+  std::vector<double> o, lse;
+};
+F64Forward ForwardF64(const F64Problem& problem);
+
+// The weights of query row (b, h, i): writes p[j] = e^(S_ij - lse) for every
+// structurally visible j (0 elsewhere, and everywhere when the row is fully
+// masked) into `p` (resized to Lk) and returns lse. ForwardF64 and
+// BackwardF64 both read P from here.
+double RowWeights(const F64Problem& problem, int64_t b, int64_t h, int64_t i,
+                  std::vector<double>& p);
+
+// The backward above for dO contiguous [B, H, Lq, dv].
+GradResult BackwardF64(const F64Problem& problem, std::span<const double> d_o);
 
 }  // namespace attn::reference
 

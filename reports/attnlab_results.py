@@ -3,10 +3,11 @@
 Google Benchmark JSON: {"context": {...}, "benchmarks": [...]}. Each benchmark entry is one
 repetition ("run_type": "iteration") or an aggregate over repetitions ("run_type": "aggregate",
 "aggregate_name": mean|median|stddev|cv). Names are '/'-separated tokens: the first is a variant
-name from the registry, `ceiling_sgemm`, `ceiling_matmul_bf16`, `ceiling_stream` or `layer` (whose
-second token is the variant), `ceiling_fma` (the FMA peak, `ceiling_fma/threads:2`) or `ukernel`; tokens without ':'
-are the scenario, `key:value` tokens are parameters (`peer_*` first tokens are peers, bench/peers.py). Parameters
-are numbers but one: `dtype`, the element types of Q, K, V and O (`dtype:bf16` when the four
+name from the registry, `ceiling_sgemm`, `ceiling_matmul_bf16`, `ceiling_stream`, `layer` or
+`grad` (the backward pass; in both the second token is the variant), `ceiling_fma` (the FMA
+peak, `ceiling_fma/threads:2`) or `ukernel`; tokens without ':' are the scenario, `key:value`
+tokens are parameters (`peer_*` first tokens are peers, bench/peers.py). Parameters are numbers
+but one: `dtype`, the element types of Q, K, V and O (`dtype:bf16` when the four
 share one type, `dtype:f32-i8-i8-f32` otherwise; absent = all f32); a micro-kernel's `dtype`
 names its input type.
 
@@ -30,11 +31,18 @@ CEILING_FMA = "ceiling_fma"
 # oneDNN bf16 matmul of the two products of a bf16 prefill case (same tokens as that case).
 CEILING_MATMUL_BF16 = "ceiling_matmul_bf16"
 LAYER = "layer"
+# The backward pass (dQ, dK, dV) of a variant: grad/<variant>/N:.../d:.../causal:.../threads:...,
+# the same tokens after the variant as the forward case of that shape.
+GRAD = "grad"
+# Families whose second token is the variant (Case.variant); the variant's own cases (forward
+# attention) have the variant as their first token (Case.is_variant).
+VARIANT_FAMILIES = (LAYER, GRAD)
 # Micro-kernel cases: ukernel/<entry>/<shape> (the entry is the case's scenario). Files from
 # before ceiling_fma also hold ukernel/fma_peak/threads:1, the one-thread FMA peak.
 UKERNEL = "ukernel"
 FMA_PEAK = "fma_peak"
-FIXED_FAMILIES = (CEILING_SGEMM, CEILING_MATMUL_BF16, CEILING_STREAM, CEILING_FMA, LAYER, UKERNEL)
+FIXED_FAMILIES = (CEILING_SGEMM, CEILING_MATMUL_BF16, CEILING_STREAM, CEILING_FMA, LAYER, GRAD,
+                  UKERNEL)
 # Peers: another library timed on the sweep's shapes by bench/peers.py (peer_torch_plain,
 # peer_torch_sdpa), what a user would pick instead of attnlab. Like a ceiling, a peer is not a
 # variant: its first token starts with PEER_PREFIX. Its file's context carries PEER_CONTEXT_KEY
@@ -120,7 +128,7 @@ def parse_name(name):
   family = tokens[0]
   rest = tokens[1:]
   variant = None
-  if family == LAYER and rest:
+  if family in VARIANT_FAMILIES and rest:
     variant, rest = rest[0], rest[1:]
   elif family not in FIXED_FAMILIES and not is_peer(family):
     variant = family
@@ -170,12 +178,13 @@ def param_value(text):
 def _check_name(where, name):
   """InputError unless `name` (stripped) reads as an attnlab_bench case: a family that is an
   identifier (variant names are C identifiers: the registry declares `<name>_variant`), a
-  variant token after `layer`, and at least one key:value parameter, each a number, once; the
-  sizes a positive integer; a decode case has its Lk."""
+  variant token after `layer` and `grad`, and at least one key:value parameter, each a number,
+  once; the sizes a positive integer; a decode case has its Lk."""
   family, variant, scenario, _ = parse_name(name)
   params = [t.split(":", 1) for t in name.split("/")[1:] if ":" in t]
+  names_variant = family in VARIANT_FAMILIES
   if not (_IDENTIFIER.fullmatch(family) and params
-          and (family != LAYER or (variant and _IDENTIFIER.fullmatch(variant)))):
+          and (not names_variant or (variant and _IDENTIFIER.fullmatch(variant)))):
     raise InputError(f"{where}: not an attnlab_bench case name (want <variant>/<key>:<value>/..."
                      ", e.g. flash/N:4096/d:64/causal:1/threads:2; docs/bench-json.md)")
   seen = set()
@@ -563,6 +572,21 @@ class Case:
 
   def counter(self, key):
     return self.counters.get(key)
+
+  @property
+  def is_variant(self):
+    """Whether this is a variant's own (forward) case, `flash/...`: not a ceiling, peer,
+    micro-kernel, layer or backward pass."""
+    return self.variant is not None and self.family == self.variant
+
+  @property
+  def series(self):
+    """What a per-variant grouping calls the case: its variant, `grad/flash` or `layer/flash`
+    for the families that name one (kept apart from the variant's forward cases), else its
+    family (`ceiling_sgemm`, `peer_torch_sdpa`)."""
+    if self.family in VARIANT_FAMILIES and self.variant:
+      return f"{self.family}/{self.variant}"
+    return self.variant or self.family
 
   def best(self, key):
     """The largest value of counter `key` over the case's repetitions (the median counter when

@@ -196,6 +196,12 @@ def case_cell(c, fn):
   return fn(c) if c.ok else c.status
 
 
+def memory_cell(c):
+  """'<workspace, measured> / <peak RSS growth>' of a case that ran."""
+  return (f"{fmt_bytes(c.counter('workspace_bytes'))} / "
+          f"{fmt_bytes(c.counter('peak_rss_delta_bytes'))}")
+
+
 class Report:
   def __init__(self, run, accuracy, out_dir, baselines, precision_focus="flash"):
     self.run = run
@@ -288,7 +294,8 @@ class Report:
     groups = {}
     peers = {}
     for c in self.f32_cases():
-      if c.scenario or "N" not in c.params or c.family in (ar.CEILING_STREAM, ar.LAYER):
+      if (c.scenario or "N" not in c.params
+          or c.family in (ar.CEILING_STREAM, ar.LAYER, ar.GRAD)):
         continue
       if ar.is_peer(c.family):
         gparams = tuple(sorted((k, v) for k, v in c.params.items()
@@ -405,9 +412,10 @@ class Report:
              "unmasked pairs) / its compulsory bytes (counter `bytes_min`: Q, K, V and O once, "
              "at their element sizes), y = its GFLOP/s, both log scales; the roofs are "
              "ceiling_fma (flat) and ceiling_stream GB/s × intensity (slanted), meeting at the "
-             "ridge. Every f32 variant case that ran (layers and micro-kernels aside), one "
-             "color per variant, one marker per scenario: a point under the slanted roof is "
-             "bound by memory (decode), one under the flat roof by the FMA units.", "")
+             "ridge. Every f32 variant case that ran (layers, backward passes and micro-kernels "
+             "aside), one color per variant, one marker per scenario: a point under the "
+             "slanted roof is bound by memory (decode), one under the flat roof by the FMA "
+             "units.", "")
     for source in sources:
       if not fma[source]:
         self.add(f"{self.host_prefix(source)}no `ceiling_fma` case.", "")
@@ -454,8 +462,8 @@ class Report:
 
   def roofline(self, source, fma):
     """roofline_<source>.png: a panel per thread count, each f32 variant case a point."""
-    cases = [c for c in self.f32_cases() if c.source == source and c.variant
-             and c.family != ar.LAYER and c.ok and c.time_s and "threads" in c.params
+    cases = [c for c in self.f32_cases() if c.source == source and c.is_variant
+             and c.ok and c.time_s and "threads" in c.params
              and c.counter("GFLOPS") and c.counter("bytes_min")]
     threads = sorted(set(fma) | {c.params["threads"] for c in cases})
     fig, axes = plt.subplots(1, len(threads), figsize=(6.4 * len(threads), 5.6), squeeze=False,
@@ -751,13 +759,7 @@ class Report:
         rows.append(row)
       self.add(f"**Speedup vs {b}** ({b} time / variant time)", "",
                md_table(["N"] + others, rows), "")
-    rows = []
-    for n in ns:
-      row = [n]
-      for v in variants:
-        row.append(cell(v, n, lambda c: f"{fmt_bytes(c.counter('workspace_bytes'))} / "
-                        f"{fmt_bytes(c.counter('peak_rss_delta_bytes'))}"))
-      rows.append(row)
+    rows = [[n] + [cell(v, n, memory_cell) for v in variants] for n in ns]
     self.add("**Memory: workspace (measured) / peak RSS growth**", "",
              md_table(["N"] + variants, rows), "")
     autos = self.auto_vs_best(g, variants, ns)
@@ -950,7 +952,7 @@ class Report:
   # ---- thread scaling and causal efficiency (issue 6's targets, read from the sweep)
   def scaling_section(self):
     self.add("## Thread scaling", "")
-    sweep = [c for c in self.f32_cases() if c.variant and c.family != ar.LAYER
+    sweep = [c for c in self.f32_cases() if c.is_variant
              and not c.scenario and "N" in c.params and "threads" in c.params]
     wrote = False
     for (source, gp), by_v in pivot_groups(sweep, "threads"):
@@ -985,22 +987,225 @@ class Report:
     self.add("Effective GFLOP/s of the causal case (unmasked FLOPs only) / GFLOP/s of the dense "
              "case at the same N, d and threads. 1.0 means skipped masked work costs nothing.",
              "")
+    if not self.causal_tables(sweep):
+      self.add(NOT_IN_RUN + " (needs causal:0 and causal:1 of the same case).", "")
 
-    def causal_ratio(per):
-      dn, ca = per.get(0), per.get(1)
-      if dn and ca and dn.ok and ca.ok and dn.counter("GFLOPS") and ca.counter("GFLOPS"):
-        return f"{ca.counter('GFLOPS') / dn.counter('GFLOPS'):.2f}"
-      return None
+  @staticmethod
+  def causal_efficiency(per):
+    """Effective GFLOP/s of the causal case / GFLOP/s of the dense one, for {causal: case} of
+    one variant, N, d and threads; None unless both ran."""
+    dn, ca = per.get(0), per.get(1)
+    if dn and ca and dn.ok and ca.ok and dn.counter("GFLOPS") and ca.counter("GFLOPS"):
+      return ca.counter("GFLOPS") / dn.counter("GFLOPS")
+    return None
+
+  def causal_tables(self, cases, what=""):
+    """A table (N x variant) of Report.causal_efficiency per group of `cases` (source and every
+    parameter but N and causal) that has one; whether it wrote any. `what` starts each
+    table's title."""
+    def cell(per):
+      r = self.causal_efficiency(per)
+      return None if r is None else f"{r:.2f}"
     wrote = False
-    for (source, gp), by_v in pivot_groups(sweep, "causal"):
-      variants, _, rows = pivot_rows(by_v, causal_ratio)
+    for (source, gp), by_v in pivot_groups(cases, "causal"):
+      variants, _, rows = pivot_rows(by_v, cell)
       if all(all(c == "—" for c in r[1:]) for r in rows):
         continue
-      self.add(f"**{self.host_prefix(source)}{params_label(dict(gp))}**", "",
+      self.add(f"**{what}{self.host_prefix(source)}{params_label(dict(gp))}**", "",
                md_table(["N"] + variants, rows), "")
       wrote = True
-    if not wrote:
-      self.add(NOT_IN_RUN + " (needs causal:0 and causal:1 of the same case).", "")
+    return wrote
+
+  # ---- backward pass (issue 18)
+  # Issue 18's targets for --precision-focus (flash): backward time / forward time at most
+  # BACKWARD_RATIO_TARGET and causal effective / dense GFLOP/s at least CAUSAL_TARGET, at
+  # N >= BACKWARD_LARGE_N.
+  BACKWARD_RATIO_TARGET = 2.8
+  CAUSAL_TARGET = 0.85
+  BACKWARD_LARGE_N = 2048
+
+  def forward_of(self, case):
+    """The forward case of a backward case's shape: `<variant>/<the same tokens>`."""
+    return self.run.cases.get((case.source, case.name.split("/", 1)[1]))
+
+  def backward_ratio(self, case):
+    """Median time of the backward case / median time of its forward case, or None unless
+    both ran."""
+    fwd = self.forward_of(case)
+    return case.time_s / fwd.time_s if case.ok and fwd and fwd.ok else None
+
+  def backward_section(self):
+    """Only when the run has backward cases (`grad/<variant>/...`): a GFLOP/s plot per source
+    (a panel per d, causal, threads), then per group the GFLOP/s with the fraction of
+    ceiling_fma, the backward / forward time ratio and memory, then the causal efficiency."""
+    cases = [c for c in self.f32_cases() if c.family == ar.GRAD]
+    if not cases:
+      return
+    self.add("## Backward pass", "")
+    self.add("`grad/<variant>/...`: dQ, dK and dV from Q, K, V, O, the forward's log-sum-exp "
+             "and a random dO, each variant checked against the fp64 reference before it is "
+             "timed. GFLOP/s counts FlashAttention-2's five products on the visible (query, "
+             "key) pairs only, FLOPs = 2·pairs·(3·dk + 2·dv) with pairs = B·H·(visible pairs "
+             "per head) (2.5× the forward's count at dk = dv; effective when causal). Fraction "
+             "of ceiling_fma = that GFLOP/s / the median `ceiling_fma` at the same threads. "
+             "Backward / forward = the median time of `grad/<variant>/<shape>` / that of "
+             "`<variant>/<shape>` in the same run (the FLOP ratio alone is 2.5; issue 18's "
+             f"target for flash: ≤ {self.BACKWARD_RATIO_TARGET} at N ≥ "
+             f"{self.BACKWARD_LARGE_N}). Causal efficiency as in *Causal efficiency* (target "
+             f"≥ {self.CAUSAL_TARGET}).", "")
+    groups = {}
+    for c in cases:
+      gp = tuple(sorted((k, v) for k, v in c.params.items() if k != "N"))
+      groups.setdefault((c.source, gp), {}).setdefault(c.variant, {})[c.params.get("N")] = c
+    groups = sorted(groups.items(), key=lambda kv: group_key(*kv[0]))
+    for source in sorted({s for (s, _), _ in groups}):
+      self.backward_plot(source, [(dict(gp), by_v) for (s, gp), by_v in groups if s == source])
+    for (source, gp), by_v in groups:
+      self.backward_group(source, dict(gp), by_v)
+    self.add("**Causal efficiency of the backward pass** (effective GFLOP/s causal / GFLOP/s "
+             "dense)", "")
+    if not self.causal_tables(cases, "backward, "):
+      self.add("No variant's backward ran both causal and dense at one shape.", "")
+    self.backward_summary(cases)
+
+  @staticmethod
+  def backward_title(gp):
+    causal = str(gp.get("causal", 0)) != "0"
+    title = (f"d={gp.get('d', '?')}, {'causal' if causal else 'dense'}, "
+             f"threads={gp.get('threads', '?')}")
+    other = params_label(gp, skip=("d", "causal", "threads"))
+    return title + (f", {other}" if other else "")
+
+  def backward_plot(self, source, groups):
+    """backward_<source>.png: backward GFLOP/s vs N per variant, a panel per group, with the
+    ceiling_fma line of the panel's threads."""
+    ncols = min(4, len(groups))
+    nrows = math.ceil(len(groups) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.9 * nrows + 0.6),
+                             squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(groups):]:
+      ax.set_visible(False)
+    for ax, (gp, by_v) in zip(flat, groups):
+      ns = sorted({n for per in by_v.values() for n in per})
+      drawn = False
+      for v in sorted(by_v):
+        pts = sorted((n, c.counter("GFLOPS")) for n, c in by_v[v].items()
+                     if c.ok and c.counter("GFLOPS") is not None)
+        if pts:
+          ax.plot([n for n, _ in pts], [g for _, g in pts], "o-", color=self.colors[v], label=v)
+          drawn = True
+      fma = self.fma_ceiling(source, gp.get("threads"))
+      if fma:
+        ax.axhline(fma.counter("GFLOPS"), color="r", ls="-.", lw=1.5,
+                   label="ceiling_fma (FMA peak, median)")
+      if not drawn:
+        ax.text(0.5, 0.5, "no backward case ran", ha="center", transform=ax.transAxes)
+      pow2_x_axis(ax, ns)
+      if ns:
+        ax.set_xlim(ns[0] / 1.25, ns[-1] * 1.25)
+      ys = [y for line in ax.lines for y in line.get_ydata()]
+      ax.set_ylim(0, max(ys) * 1.12 if ys else None)
+      ax.set_xlabel("N = Lq = Lk (log scale)")
+      ax.set_ylabel("GFLOP/s" + (" (effective)" if str(gp.get("causal", 0)) != "0" else ""))
+      ax.set_title(self.backward_title(gp), fontsize=10)
+      ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"{self.host_prefix(source)}backward pass: GFLOP/s vs N (FLOPs = "
+                 "2·pairs·(3·dk + 2·dv), visible pairs)", fontsize=11)
+    bottom = legend_below(fig, flat[:len(groups)], ncol=5)
+    self.image(save(fig, self.out_dir, slug(f"backward_{source}") + ".png", bottom),
+               "backward GFLOPS vs N")
+
+  def backward_group(self, source, gp, by_v):
+    """The group's table: a row per (N, variant), its GFLOP/s, fraction of ceiling_fma,
+    backward / forward time and memory; a case that did not run gives its status once."""
+    title = self.backward_title(gp)
+    self.add(f"### {self.host_prefix(source)}backward, {title}", "")
+    fma = self.fma_ceiling(source, gp.get("threads"))
+
+    def ratio(c):
+      fwd = self.forward_of(c)
+      if fwd is None:
+        return "no forward case"
+      return f"{self.backward_ratio(c):.2f}" if fwd.ok else f"forward {fwd.status}"
+    columns = (lambda c: fmt_num(c.counter("GFLOPS")),
+               lambda c: fmt_num(self.fma_fraction(c), 2), ratio,
+               lambda c: fmt_bytes(c.counter("workspace_bytes")),
+               lambda c: fmt_bytes(c.counter("peak_rss_delta_bytes")))
+    rows = []
+    for n in sorted({n for per in by_v.values() for n in per}):
+      for v in sorted(by_v):
+        c = by_v[v].get(n)
+        if c:  # a case that did not run: its status once (as in Other scenarios), then blanks
+          rows.append([n, v] + ([fn(c) for fn in columns] if c.ok
+                                else [c.status] + [""] * (len(columns) - 1)))
+    causal = str(gp.get("causal", 0)) != "0"
+    self.add(md_table(["N", "variant", "GFLOP/s" + (" (effective)" if causal else ""),
+                       "of ceiling_fma" + (f" ({fmt_num(fma.counter('GFLOPS'))})" if fma else ""),
+                       "backward / forward time", "workspace (measured)", "peak RSS growth"],
+                      rows, ["---:", "---"] + ["---:"] * len(columns)), "")
+    if not fma and self.fma_ceilings(source):
+      self.add(f"Fraction of ceiling_fma: no `ceiling_fma/threads:{gp.get('threads', '?')}` "
+               "case in this run.", "")
+
+  def backward_summary(self, cases):
+    """One line per (source, threads) for the focus variant (--precision-focus, flash): its
+    fraction of ceiling_fma, backward / forward time and causal efficiency at N >= 2048 (at
+    every N that ran when none is that long), against issue 18's targets, and how many of its
+    cases did not run."""
+    focus, large_n = self.precision_focus_name, self.BACKWARD_LARGE_N
+
+    def span(values):
+      lo, hi = min(values), max(values)
+      return f"{lo:.2f}" + (f"–{hi:.2f}" if f"{hi:.2f}" != f"{lo:.2f}" else "")
+
+    def shape(c):
+      return (f"d={c.params.get('d')} {'causal' if c.params.get('causal') else 'dense'} "
+              f"N={c.params.get('N')}")
+    mine = [c for c in cases if c.variant == focus]
+    for source, threads in sorted({(c.source, c.params.get("threads", 0)) for c in mine}):
+      at = [c for c in mine if c.source == source and c.params.get("threads", 0) == threads]
+      ran = [c for c in at if c.ok]
+      large = [c for c in ran if c.params.get("N", 0) >= large_n]
+      scope = large or ran
+      parts = []
+      fractions = [f for f in map(self.fma_fraction, scope) if f is not None]
+      if fractions:
+        parts.append(f"{span(fractions)} of ceiling_fma")
+      ratios = [(c, self.backward_ratio(c)) for c in scope]
+      ratios = [(c, r) for c, r in ratios if r is not None]
+      if ratios:
+        over = [(c, r) for c, r in ratios if r > self.BACKWARD_RATIO_TARGET] if large else []
+        parts.append(f"backward / forward time {span([r for _, r in ratios])} (target ≤ "
+                     f"{self.BACKWARD_RATIO_TARGET} at N ≥ {large_n}"
+                     + ("; over it: " + ", ".join(f"{shape(c)} {r:.2f}" for c, r in over[:4])
+                        + (f" (+{len(over) - 4} more)" if len(over) > 4 else "")
+                        if over else "") + ")")
+      pairs = {}
+      for c in at:
+        pairs.setdefault(c.key_without("causal"), {})[c.params.get("causal")] = c
+      eff = [self.causal_efficiency(pairs[c.key_without("causal")]) for c in scope
+             if c.params.get("causal")]
+      eff = [e for e in eff if e is not None]
+      parts.append(f"causal effective / dense GFLOP/s {span(eff)} (target ≥ "
+                   f"{self.CAUSAL_TARGET})" if eff else
+                   "causal / dense: no causal case ran beside its dense one")
+      ns = sorted({c.params.get("N") for c in scope})
+      line = (f"- Backward pass{' on ' + source if self.multi_host else ''}, {focus}, "
+              f"threads={threads}")
+      if scope:
+        line += (f", at N ≥ {large_n}: " if large else
+                 f", at N={ns[0]}" + (f"–{ns[-1]}" if len(ns) > 1 else "")
+                 + f" (none ≥ {large_n} ran): ") + "; ".join(parts)
+      else:
+        line += ": no case ran"
+      failed = [c for c in at if not c.ok]
+      if failed:
+        kinds = sorted({c.status for c in failed})
+        line += (f"; **{len(failed)} of {len(at)} {focus} backward cases did not run** ("
+                 + ", ".join(f"{k}: {sum(c.status == k for c in failed)}" for k in kinds)
+                 + "; see *Longest N within the memory budget*)")
+      self.summary.append(line + ".")
 
   # ---- budget
   def budget_section(self):
@@ -1036,7 +1241,7 @@ class Report:
       by_status.setdefault(c.status, []).append(c)
     over = {}
     for c in by_status.get(ar.OVER_BUDGET, []):
-      over.setdefault((c.source, c.variant or c.family), []).append(c)
+      over.setdefault((c.source, c.series), []).append(c)
     if over:
       self.add("Over-budget cases (first message per variant; every skipped case is counted):", "")
       for (s, v), cs in sorted(over.items()):
@@ -1054,10 +1259,10 @@ class Report:
                "take** (not failures; the first message per variant):", "")
       first = {}
       for c in unsupported:
-        first.setdefault((c.source, c.variant or c.family), c)
+        first.setdefault((c.source, c.series), c)
       for (s, v), c in sorted(first.items()):
         self.add(f"- {self.host_prefix(s)}`{v}`: "
-                 f"{sum(1 for u in unsupported if (u.source, u.variant or u.family) == (s, v))}"
+                 f"{sum(1 for u in unsupported if (u.source, u.series) == (s, v))}"
                  f" case(s), e.g. `{c.name}`: {c.error}")
       self.add("")
     failed = by_status.get(ar.FAILED, [])
@@ -1082,7 +1287,7 @@ class Report:
   # ---- decode
   def decode_section(self):
     self.add("## Decode (Lq = 1): bandwidth vs the stream ceiling", "")
-    cases = [c for c in self.f32_cases() if c.scenario == "decode" and c.variant]
+    cases = [c for c in self.f32_cases() if c.scenario == "decode" and c.is_variant]
     if not cases:
       self.add(NOT_IN_RUN, "")
       return
@@ -1155,15 +1360,13 @@ class Report:
   def scenario_section(self):
     self.add("## Other scenarios", "")
     scen = sorted({c.scenario for c in self.f32_cases()
-                   if c.scenario and c.scenario != "decode" and c.variant
-                   and c.family != ar.LAYER})
+                   if c.scenario and c.scenario != "decode" and c.is_variant})
     if not scen:
       self.add(NOT_IN_RUN, "")
       return
     for s in scen:
       self.add(f"### {s}", "")
-      cases = [c for c in self.f32_cases() if c.scenario == s and c.variant
-               and c.family != ar.LAYER]
+      cases = [c for c in self.f32_cases() if c.scenario == s and c.is_variant]
       by_p = {}
       for c in cases:
         by_p.setdefault((c.source, params_label(c.params)), []).append(c)
@@ -1193,7 +1396,7 @@ class Report:
     (source, scenario, threads): {key: {shape: {variant: {dtype label: case}}}}, where a shape
     is the sorted parameters but dtype and threads. The f32 case of a shape is the one without
     a dtype token (the sweep's or decode's own, or the precision scenario's)."""
-    cases = [c for c in self.run.all_cases() if c.variant and c.family != ar.LAYER]
+    cases = [c for c in self.run.all_cases() if c.is_variant]
     def shape_of(c):
       return tuple(sorted((k, v) for k, v in c.params.items()
                           if k not in (ar.DTYPE_PARAM, "threads")))
@@ -1625,6 +1828,7 @@ def write_report(args):
     rep.sweep_section()
     rep.hosts_section()
     rep.scaling_section()
+    rep.backward_section()
     rep.budget_section()
     rep.decode_section()
     rep.scenario_section()
@@ -1683,11 +1887,11 @@ def compare_rows(ia, ib, common, noise_floor):
 
 def compare_plot(out_dir, data, la, lb):
   """compare.png: the geometric-mean ratio per variant, and every compared case's ratio."""
-  colors = variant_colors({ca.variant or ca.family for _, ca, *_ in data})
+  colors = variant_colors({ca.series for _, ca, *_ in data})
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 2]})
   groups = {}
   for key, ca, ratio, thr, flagged in data:
-    groups.setdefault(ca.variant or ca.family, []).append(ratio)
+    groups.setdefault(ca.series, []).append(ratio)
   names = sorted(groups)
   geo = [math.exp(statistics.mean(math.log(r) for r in groups[n])) for n in names]
   ax1.barh(names, [g - 1 for g in geo], left=1, color=[colors[n] for n in names])
@@ -1706,7 +1910,7 @@ def compare_plot(out_dir, data, la, lb):
   srt = sorted(data, key=lambda t: t[2])
   xs = range(len(srt))
   for n in names:
-    pts = [(i, t[2]) for i, t in zip(xs, srt) if (t[1].variant or t[1].family) == n]
+    pts = [(i, t[2]) for i, t in zip(xs, srt) if t[1].series == n]
     ax2.scatter([p[0] for p in pts], [p[1] for p in pts], color=colors[n], s=18, label=n,
                 zorder=3)
   fl = [(i, t[2]) for i, t in zip(xs, srt) if t[4]]

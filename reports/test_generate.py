@@ -23,6 +23,11 @@ Peers: a synthetic bench/peers.py file (peer_* cases at flash's shapes, slower b
 must give peer columns, speedup tables and a summary line per group; an empty peer file (torch
 not installed) and no peer file must each give one "Peers: not in this run" line.
 
+Backward pass: grad/<variant> cases beside the fixture's sweep cases (known time ratios, one
+variant failing its check) must leave every forward section as it was and give the Backward
+pass section its plot, rows, causal efficiency and summary line; a synthetic file at N >= 2048
+must give the summary against issue 18's targets and show an over-budget backward case.
+
 Usage: test_generate.py [--work-dir DIR] [--testdata DIR]
 """
 import argparse
@@ -46,7 +51,9 @@ import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GENERATE = os.path.join(HERE, "generate.py")
-FIXED = ("ceiling_sgemm", "ceiling_matmul_bf16", "ceiling_stream", "ceiling_fma", "layer", "ukernel")
+FIXED = ("ceiling_sgemm", "ceiling_matmul_bf16", "ceiling_stream", "ceiling_fma", "layer", "grad",
+         "ukernel")
+VARIANT_FAMILIES = ("layer", "grad")  # their second token is the variant
 
 sys.path.insert(0, HERE)
 import attnlab_results as ar  # noqa: E402
@@ -122,7 +129,7 @@ def case_name(e):
 def parse(name):
   toks = name.split("/")
   fam = toks[0]
-  rest = toks[2:] if fam == "layer" else toks[1:]
+  rest = toks[2:] if fam in VARIANT_FAMILIES else toks[1:]
   scen = "/".join(t for t in rest if ":" not in t)
   params = dict(t.split(":", 1) for t in rest if ":" in t)
   return fam, scen, params
@@ -219,10 +226,11 @@ def test_report(work, testdata):
       check(line and re.search(rf"N=(\d+–)?{n_max}: \*\*{re.escape(best)}\*\*", line[0]),
             f"summary names {best} fastest at N={n_max} for {gp}")
 
-  # over budget and failures
+  # over budget and failures (a layer's or backward's under `layer/<variant>`, `grad/<variant>`)
   for e in entries(doc):
     if e.get("error_occurred"):
-      fam = case_name(e).split("/")[0]
+      toks = case_name(e).split("/")
+      fam = "/".join(toks[:2]) if toks[0] in VARIANT_FAMILIES else toks[0]
       if e["error_message"].startswith("over budget"):
         check(f"`{fam}`" in text and "over budget" in text, f"over-budget entry for {fam}")
       else:
@@ -277,6 +285,9 @@ def test_report(work, testdata):
     body = text.split(section, 1)[1].split("\n## ", 1)[0]
     check(("not in this run" in body) != has,
           f"{section} says 'not in this run' exactly when the fixture lacks it ({has=})")
+  has_grad = any(p[0] == "grad" for p in parsed)
+  check(("## Backward pass" in text) == has_grad,
+        f"a Backward pass section exactly when the fixture has grad cases ({has_grad=})")
   return doc
 
 
@@ -464,9 +475,10 @@ def repetition(name, index, count, time_ms, counters, label=None):
 
 def with_ceilings(doc):
   """The fixture with ceiling_fma/threads:1 and :2 and repeated ceiling_stream cases (its own
-  stream cases and the micro-kernel suite's old ukernel/fma_peak taken out)."""
+  ceiling_fma and stream cases and the micro-kernel suite's old ukernel/fma_peak taken out)."""
   out = copy.deepcopy(doc)
-  out["benchmarks"] = [e for e in entries(doc) if parse(case_name(e))[0] != "ceiling_stream"
+  out["benchmarks"] = [e for e in entries(doc)
+                       if parse(case_name(e))[0] not in ("ceiling_stream", "ceiling_fma")
                        and not case_name(e).startswith("ukernel/fma_peak/")]
   for t, reps in FMA_REPS.items():
     for i, g in enumerate(reps):
@@ -744,6 +756,197 @@ def test_peers(work, doc):
     check(summary.count("Peers: not in this run") == 1 and want in summary,
           f"one absent-peer line '{want}...' ({len(args)} file(s))")
     check("against the peers" not in text, "no peer table without peers")
+
+
+# Backward (grad/<variant>) cases: time = the forward's × GRAD_RATIO (GFLOPS: the forward's ×
+# 2.5 / GRAD_RATIO, the backward counting 2.5× the forward's FLOPs at dk = dv), workspace
+# GRAD_WORKSPACE × N bytes; naive's backward fails its check.
+GRAD_RATIO = {"flash": 2.5, "blas": 3.5}
+GRAD_WORKSPACE = {"flash": 1000, "blas": 4096}
+GRAD_FAILED = "failed check: dQ[b=0,h=0,i=0,d=0] got 0 want 1 (synthetic)"
+
+
+def grad_entry(name, e=None, ratio=None, error=None):
+  """The bench's entry of grad/<name> (`name` a forward case): a repetition of `e` (the
+  forward's, as the bench writes one) `ratio` times slower, or a case skipped with `error`."""
+  gname = f"grad/{name}/real_time"
+  if error:
+    return {"name": gname, "run_name": gname, "run_type": "iteration", "repetitions": 1,
+            "repetition_index": 0, "threads": 1, "error_occurred": True,
+            "error_message": error, "iterations": 0, "real_time": 0.0, "cpu_time": 0.0,
+            "time_unit": "ms"}
+  g = copy.deepcopy(e)
+  g["name"] = g["run_name"] = gname
+  g["real_time"] *= ratio
+  g["cpu_time"] *= ratio
+  for key in ("GFLOPS", "GFLOPS_dense"):
+    g[key] *= 2.5 / ratio
+  g["bytes_min"] *= 2
+  g["workspace_bytes"] = g["workspace_declared_bytes"] = float(
+      GRAD_WORKSPACE[parse(name)[0]] * int(parse(name)[2]["N"]))
+  g["label"] = "path=AVX3"
+  return g
+
+
+def with_backward(doc):
+  """with_ceilings(doc) plus a grad case beside each f32 flash, blas and naive sweep case that
+  ran: flash's and blas's GRAD_RATIO times slower, naive's failing its check (in place of the
+  fixture's own grad cases, if it has any)."""
+  out = with_ceilings(doc)
+  out["benchmarks"] = [e for e in entries(out) if parse(case_name(e))[0] != "grad"]
+  for e in entries(doc):
+    name = case_name(e)
+    fam, scen, params = parse(name)
+    if (scen or "N" not in params or "dtype" in params or e.get("error_occurred")
+        or fam not in ("flash", "blas", "naive")):
+      continue
+    out["benchmarks"].append(grad_entry(name, error=GRAD_FAILED) if fam == "naive"
+                             else grad_entry(name, e, GRAD_RATIO[fam]))
+  return out
+
+
+def backward_title(params):
+  return (f"d={params['d']}, {'causal' if params['causal'] != '0' else 'dense'}, "
+          f"threads={params['threads']}")
+
+
+def test_backward(work, doc):
+  """grad/<variant> cases (the backward pass, issue 18) beside the fixture's sweep cases: read
+  as the variant's (family grad), validated like layer names, kept out of every forward
+  section (which read as without them), and shown in the Backward pass section: the plot
+  before the tables, a table per (d, causal, threads) with each case's GFLOP/s, fraction of
+  the median ceiling_fma, backward / forward time and workspace, a failed case as failed, the
+  causal efficiency and flash's summary line."""
+  # The loader: the variant is the second token; a grad case is not the variant's own.
+  fam, variant, scen, params = ar.parse_name("grad/flash/N:256/d:64/causal:1/threads:1")
+  check((fam, variant, scen, params) == ("grad", "flash", "",
+                                         {"N": "256", "d": "64", "causal": "1", "threads": "1"}),
+        f"grad names parse like layer's (got {(fam, variant, scen, params)})")
+  case = ar.Case("h", "grad/flash/N:256/d:64/causal:1/threads:1")
+  check(not case.is_variant and case.series == "grad/flash"
+        and ar.Case("h", "flash/N:256/d:64/causal:1/threads:1").is_variant,
+        "a grad case is grad/<variant>, not the variant's own case")
+
+  full = with_backward(doc)
+  plain_in, grad_in = os.path.join(work, "nograd.json"), os.path.join(work, "grad.json")
+  json.dump(dict(full, benchmarks=[e for e in entries(full) if parse(case_name(e))[0] != "grad"]),
+            open(plain_in, "w"))
+  json.dump(full, open(grad_in, "w"))
+  plain = open(run_generate([plain_in, "--out-dir", os.path.join(work, "nograd")])).read()
+  path = run_generate([grad_in, "--out-dir", os.path.join(work, "grad")])
+  text, refs = check_pngs(path)
+  check("## Backward pass" not in plain, "no Backward pass section without grad cases")
+  for title in ("## Ceilings and roofline", "## Sweep", "## Thread scaling",
+                "## Causal efficiency", "## Decode", "## Other scenarios",
+                "## Reduced precision", "## End-to-end MHA layer"):
+    check(section(text, title) == section(plain, title),
+          f"{title} reads the same with the grad cases in the file")
+
+  body = section(text, "## Backward pass")
+  host = str(doc["context"]["host_name"])
+  png = f"backward_{generate.slug(host)}.png"
+  check(refs.count(png) == 1 and body.index(f"]({png})") < body.index("\n| "),
+        "one backward plot, before the section's tables")
+  grads = {}
+  for e in entries(full):
+    if case_name(e).startswith("grad/"):
+      grads[case_name(e)[len("grad/"):]] = e
+  fma = {t: statistics.median(r) for t, r in FMA_REPS.items()}
+  groups = {tuple(sorted((k, v) for k, v in parse(n)[2].items() if k != "N")) for n in grads}
+  check(body.count("\n### ") == len(groups), f"a table per (d, causal, threads) ({len(groups)})")
+  checked = 0
+  for name, g in grads.items():
+    fam, _, params = parse(name)
+    table = body.split(f"### backward, {backward_title(params)}\n", 1)[1].split("\n### ")[0]
+    row = [r for r in table_after(table, "\n") if r[:2] == [params["N"], fam]]
+    if fam == "naive":
+      want = [params["N"], fam, "failed", "", "", "", ""]
+      check(f"`grad/{name}`: {GRAD_FAILED}" in text, f"grad/{name} listed as failed")
+    else:
+      want = [params["N"], fam, generate.fmt_num(g["GFLOPS"]),
+              generate.fmt_num(g["GFLOPS"] / fma[int(params["threads"])], 2),
+              f"{GRAD_RATIO[fam]:.2f}", generate.fmt_bytes(g["workspace_bytes"]),
+              generate.fmt_bytes(g["peak_rss_delta_bytes"])]
+    check(row == [want], f"grad/{name}: row {want} (got {row})")
+    checked += 1
+  check(checked == len(grads) > 0, "every grad case has its row")
+  # Causal efficiency of flash's backward: causal GFLOPS / dense GFLOPS at the same shape.
+  flash = {n: g for n, g in grads.items() if parse(n)[0] == "flash"}
+  effs = []  # at threads:1
+  for n, g in flash.items():
+    if parse(n)[2]["causal"] == "1":
+      dense = flash.get(n.replace("/causal:1/", "/causal:0/"))
+      if dense:
+        eff = g["GFLOPS"] / dense["GFLOPS"]
+        if parse(n)[2]["threads"] == "1":
+          effs.append(eff)
+        eff_table = body.split("**Causal efficiency of the backward pass**", 1)[1]
+        params = parse(n)[2]
+        head = (f"**backward, d={params['d']}, threads={params['threads']}**")
+        rows = table_after(eff_table.split(head, 1)[1] if head in eff_table else "", "\n")
+        columns = ["N"] + sorted({parse(m)[0] for m in grads})
+        row = [r for r in rows if r[0] == params["N"]]
+        check(row and row[0][columns.index("flash")] == f"{eff:.2f}",
+              f"causal efficiency of grad/{n}: {eff:.2f} (got {row})")
+  summary = section(text, "## Summary")
+  line = [l for l in summary.splitlines() if l.startswith("- Backward pass, flash, threads=1")]
+  ns = sorted({int(parse(n)[2]["N"]) for n in flash})
+  check(line and "(none ≥ 2048 ran)" in line[0] and "backward / forward time 2.50" in line[0]
+        and (not effs or f"dense GFLOP/s {min(effs):.2f}" in line[0])
+        and "did not run" not in line[0] and f"at N={ns[0]}" in line[0],
+        f"flash's backward summary line (got {line})")
+
+  # A name without the variant after grad is refused.
+  bad = copy.deepcopy(full)
+  e = next(e for e in entries(bad) if case_name(e).startswith("grad/flash/"))
+  e["name"] = e["run_name"] = e["name"].replace("grad/flash/", "grad/", 1)
+  bad_path = write_input(work, "grad without a variant", bad)
+  check_refused([bad_path, "--out-dir", os.path.join(work, "bad-grad-out")], bad_path,
+                r"benchmarks\[\d+\] 'grad/N:[^']*': not an attnlab_bench case name",
+                "a grad name without its variant")
+
+
+def test_backward_targets(work, doc):
+  """flash's backward at N >= 2048 (a synthetic file: flash forward and backward at N = 1024,
+  2048, 4096, d = 64, causal 0/1, one over the 2.8 target; blas's backward over budget at
+  4096): the summary line gives the fraction of ceiling_fma, the ratio range with the shape
+  over the target and the causal efficiency over N >= 2048 only; the over-budget case shows
+  in its row and under grad/blas in the budget section."""
+  # (N, causal) -> (forward ms, backward ms, backward GFLOPS)
+  shapes = {(1024, 0): (10.0, 20.0, 30.0), (2048, 0): (40.0, 100.0, 60.0),
+            (4096, 0): (160.0, 480.0, 50.0), (1024, 1): (6.0, 12.0, 24.0),
+            (2048, 1): (22.0, 55.0, 54.0), (4096, 1): (85.0, 221.0, 47.5)}
+  out = {"context": copy.deepcopy(doc["context"]), "benchmarks": []}
+  out["benchmarks"] += [repetition("ceiling_fma/threads:1", i, 3, 1.0, {"GFLOPS": g,
+                                                                        "threads": 1.0})
+                        for i, g in enumerate((90.0, 100.0, 110.0))]
+  for (n, causal), (fwd, bwd, gflops) in shapes.items():
+    name = f"flash/N:{n}/d:64/causal:{causal}/threads:1"
+    counters = {"GFLOPS": gflops, "GFLOPS_dense": gflops * (2 if causal else 1),
+                "workspace_bytes": 1e5, "workspace_declared_bytes": 1e5,
+                "peak_rss_delta_bytes": 0.0, "bytes_min": 1e6}
+    out["benchmarks"].append(repetition(name, 0, 1, fwd, counters, "path=AVX3"))
+    out["benchmarks"].append(repetition("grad/" + name, 0, 1, bwd, counters, "path=AVX3"))
+  over = "over budget: blas needs 16.0 GiB of scores, budget 12.0 GiB (synthetic)"
+  out["benchmarks"].append(grad_entry("blas/N:4096/d:64/causal:0/threads:1", error=over))
+  path_in = os.path.join(work, "targets.json")
+  json.dump(out, open(path_in, "w"))
+  text, _ = check_pngs(run_generate([path_in, "--out-dir", os.path.join(work, "targets")]))
+  line = [l for l in section(text, "## Summary").splitlines() if "Backward pass, flash" in l]
+  # N >= 2048: fractions 0.47–0.60, ratios 2.50–3.00 (4096 dense over 2.8), causal / dense
+  # 54/60 = 0.90 and 47.5/50 = 0.95.
+  want = ("- Backward pass, flash, threads=1, at N ≥ 2048: 0.47–0.60 of ceiling_fma; "
+          "backward / forward time 2.50–3.00 (target ≤ 2.8 at N ≥ 2048; over it: d=64 dense "
+          "N=4096 3.00); causal effective / dense GFLOP/s 0.90–0.95 (target ≥ 0.85).")
+  check(line == [want], f"flash's backward summary at N >= 2048: {want!r} (got {line})")
+  body = section(text, "## Backward pass")
+  rows = table_after(body.split("### backward, d=64, dense, threads=1\n", 1)[1], "\n")
+  check(["4096", "blas", "over budget", "", "", "", ""] in rows
+        and ["4096", "flash", "50", "0.5", "3.00", "97.7 KiB", "0 B"] in rows,
+        f"the over-budget grad case and flash's row at N=4096 (got {rows})")
+  budget = section(text, "## Longest N within")
+  check(f"`grad/blas`: 1 case(s) skipped, e.g. `grad/blas/N:4096/d:64/causal:0/threads:1`: "
+        f"{over}" in budget, "the over-budget backward case is listed under grad/blas")
 
 
 def scaled(doc, target, factor):
@@ -1107,7 +1310,14 @@ def test_interrupted_and_resumed(work, doc):
   summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
   check(re.search(r"\*\*5 case\(s\) not run\*\*: the benchmark was interrupted", summary),
         "the summary counts the 5 cases the interrupted run did not reach")
-  check("failed" not in text.split("## Decode", 1)[0] and "Failed cases" not in text,
+  # A fixture with failures of its own (a real run may have some) lists those, and only those.
+  own = any(ar.status_of(e.get("error_message")) == ar.FAILED
+            for e in entries(doc) if e.get("error_occurred"))
+  listed = (text.split("**Failed cases (not timed):**", 1)[1].split("\n\n", 2)[1]
+            if "**Failed cases" in text else "")
+  check(not any(f"`{n}`" in listed for n in skipped)
+        and (own or ("failed" not in text.split("## Decode", 1)[0]
+                     and "Failed cases" not in text)),
         "interrupted cases are not failures")
   check(len(re.findall(r"\| not run(?= \|)", text)) >= 5,
         "tables show interrupted cases as 'not run'")
@@ -1258,6 +1468,8 @@ def main():
   test_ceilings(args.work_dir, doc)
   test_auto(args.work_dir, doc)
   test_peers(args.work_dir, doc)
+  test_backward(args.work_dir, doc)
+  test_backward_targets(args.work_dir, doc)
   if failures:
     print(f"{len(failures)} check(s) failed")
     return 1

@@ -101,6 +101,35 @@ Comparison CompareToReference(const ProblemData& data, const reference::Result& 
   return c;
 }
 
+Comparison CompareGradients(const GradProblem& g, const reference::GradResult& want,
+                            const reference::GradBounds& bounds) {
+  const Shape& s = g.forward.shape;
+  Comparison c;
+  // One gradient tensor [B, heads, len, dim]: `row` names the position index.
+  auto compare = [&](const char* name, const char* row, const TensorRef<void>& t, int64_t heads,
+                     int64_t len, int64_t dim, const std::vector<double>& w,
+                     const std::vector<double>& bound) {
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t i = 0; i < len; ++i) {
+          const float* got = RowOf(t, b, h, i);
+          const int64_t at = ((b * heads + h) * len + i) * dim;
+          for (int64_t d = 0; d < dim; ++d) {
+            CompareNamed(got[d], w[at + d], bound[at + d], c, [&] {
+              char where[160];
+              std::snprintf(where, sizeof(where), "%s[b=%lld,h=%lld,%s=%lld,d=%lld]", name,
+                            (long long)b, (long long)h, row, (long long)i, (long long)d);
+              return std::string(where);
+            });
+          }
+        }
+  };
+  compare("dQ", "i", g.dq, s.heads, s.q_len, s.head_dim, want.dq, bounds.dq);
+  compare("dK", "j", g.dk, s.kv_heads, s.kv_len, s.head_dim, want.dk, bounds.dk);
+  compare("dV", "j", g.dv, s.kv_heads, s.kv_len, s.value_dim, want.dv, bounds.dv);
+  return c;
+}
+
 double LogitRounding(int64_t head_dim) { return double(head_dim + 2) * std::ldexp(1.0, -24); }
 
 bool LogitsRepresentable(const Problem& p, int64_t b, int64_t h, int64_t i) {

@@ -58,6 +58,17 @@ Comparison CompareToReference(const Problem& problem, const reference::Result& w
 // row padding.
 Comparison CompareToReference(const ProblemData& data, const reference::Result& want);
 
+// ---------------------------------------------------------------- backward
+
+// Compares the gradients a kernel wrote into `problem` (dQ, dK, dV through
+// their strides) with `want` (reference::Backward of the same problem) within
+// `bounds` (reference::GradErrorBounds), element by element by
+// CompareElement. The first failure names the element:
+// "dK[b=0,h=1,j=3,d=5] got ... want ... (bound ...)" (h is the kv head for dK
+// and dV; dQ rows are i).
+Comparison CompareGradients(const GradProblem& problem, const reference::GradResult& want,
+                            const reference::GradBounds& bounds);
+
 // ---------------------------------------------------------------- extreme values
 
 // fp32 rounding to nearest overflows from 2^128 - 2^103 on (FLT_MAX is

@@ -7,7 +7,9 @@
 // -inf entries, key lengths incl. 0 and Lk), value range (uniform, large
 // logits, near ties), an explicit scale (small to large) or the default,
 // lse/weights requests and the thread count (1 or 2). One "case" is one
-// problem run by one variant.
+// problem run by one variant; a problem that asks for lse also runs the
+// backward of every variant that has one (its own forward, then its
+// backward, against reference::Backward), each an extra case.
 //
 //   Differential.ShortSlice  2000 cases, in the default ctest run.
 //   Differential.Long        ATTNLAB_DIFFERENTIAL_CASES cases (ctest label
@@ -24,8 +26,10 @@
 #include <string>
 
 #include "kernels/registry.h"
+#include "reference/error_bound.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
+#include "testing/grad_data.h"
 #include "testing/problem_data.h"
 
 namespace attn::testing {
@@ -89,6 +93,40 @@ ProblemSpec RandomSpec(uint64_t seed, std::optional<float>* scale, int* threads)
   return spec;
 }
 
+// The backward of every variant that has one on the same problem (when it
+// asked for lse, which a backward needs): the variant's own forward, then its
+// backward, against reference::Backward within GradErrorBounds. Returns the
+// cases run.
+uint64_t RunGradCases(ProblemData& data, const ProblemSpec& spec, uint64_t seed, int threads) {
+  if (!spec.want_lse) return 0;
+  const std::span<float> weights = data.problem().weights;
+  data.problem().weights = {};
+  GradData grads(data);
+  const GradProblem g = grads.grad_problem();
+  auto want = reference::Backward(g);
+  EXPECT_TRUE(want.ok()) << want.status().ToString() << " seed=" << seed;
+  if (!want.ok()) return 0;
+  const reference::GradBounds bounds = reference::GradErrorBounds(g);
+  uint64_t ran = 0;
+  for (const Variant* variant : Registry()) {
+    if (!variant->has_backward()) continue;
+    Status status = RunForwardForGrad(data, variant->name);
+    grads.Poison();
+    if (status.ok()) status = RunBackward(*variant, grads.grad_problem(), OnThreads(threads));
+    EXPECT_TRUE(status.ok()) << variant->name << " backward: " << status.ToString()
+                             << "\n  seed=" << seed << " " << spec.Name();
+    if (!status.ok()) break;
+    const Comparison c = CompareGradients(grads.grad_problem(), *want, bounds);
+    EXPECT_TRUE(c.ok) << c.first_failure << "\n  backward of variant=" << variant->name
+                      << " seed=" << seed << " threads=" << threads << "\n  " << spec.Name() << " ("
+                      << Describe(spec.shape, data.problem().mask) << ")";
+    if (!c.ok) break;
+    ++ran;
+  }
+  data.problem().weights = weights;
+  return ran;
+}
+
 // Runs `cases` cases (problems x variants) from `base_seed`; stops at the
 // first failing problem.
 void RunCases(uint64_t cases, uint64_t base_seed) {
@@ -125,6 +163,7 @@ void RunCases(uint64_t cases, uint64_t base_seed) {
       ++ran;
     }
     data.problem().weights = weights;
+    ran += RunGradCases(data, spec, seed, threads);
   }
   std::printf("differential: %llu cases (%llu problems x %zu variants), seeds %llu..%llu\n",
               static_cast<unsigned long long>(ran), static_cast<unsigned long long>(problems),

@@ -769,6 +769,62 @@ void TestBf16PackValues(const Ukernel& u, Checker& c) {
   }
 }
 
+// P = e^(S - lse) within the exponential's bound (kFastExp2MaxUlp + 2 ulp
+// for the difference, relative to |S - lse| + 1), dS = scale·P·(dP - D)
+// within 4 roundings of P's error; fully masked rows (lse = -inf) all 0,
+// NaN lse rows NaN; columns past ncols and rows past nrows untouched.
+void TestGradScores(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(27);
+  constexpr int64_t kLd = 64;
+  for (int64_t nrows : {1, 3, 7, 64}) {
+    for (int64_t ncols : {lanes, 2 * lanes, int64_t{64}}) {
+      if (ncols > kLd) continue;
+      Buffer s(nrows * kLd + 1), dp(nrows * kLd + 1), lse(nrows), dsum(nrows);
+      s.Fill(rng, 8.0f);
+      dp.Fill(rng, 2.0f);
+      dsum.Fill(rng, 1.0f);
+      for (int64_t x = 0; x < nrows; ++x) {
+        lse[x] = 8.0f + float(x % 3);
+        for (int64_t col = ncols; col < kLd; ++col) s[x * kLd + col] = dp[x * kLd + col] = kNaN;
+      }
+      if (nrows > 1) lse[1] = -kInf;
+      if (nrows > 2) lse[2] = kNaN;
+      s[0] = -kInf;  // a masked score: P = 0
+      s[nrows * kLd] = dp[nrows * kLd] = kNaN;
+      std::vector<float> s0(s.data(), s.data() + nrows * kLd);
+      std::vector<float> dp0(dp.data(), dp.data() + nrows * kLd);
+      const float scale = 0.125f;
+      GradScoresArgs a{s.data(), dp.data(), kLd, nrows, ncols, lse.data(), dsum.data(), scale};
+      ASSERT_TRUE(u.run(&a));
+      const std::string at = "rows=" + std::to_string(nrows) + " cols=" + std::to_string(ncols);
+      c.Poisoned(s[nrows * kLd], at + " S past the tile");
+      c.Poisoned(dp[nrows * kLd], at + " dP past the tile");
+      for (int64_t x = 0; x < nrows; ++x) {
+        for (int64_t col = 0; col < kLd; ++col) {
+          const int64_t e = x * kLd + col;
+          const std::string where = at + " (" + std::to_string(x) + "," + std::to_string(col) + ")";
+          if (col >= ncols) {
+            c.Poisoned(s[e], where + " P past ncols");
+            continue;
+          }
+          if (lse[x] == -kInf) {
+            c.Near(s[e], 0.0, 0.0, where + " P of a masked row");
+            c.Near(dp[e], 0.0, 0.0, where + " dS of a masked row");
+            continue;
+          }
+          const double diff = double(s0[e]) - double(lse[x]);
+          const double p = std::exp(diff);
+          // A -inf score: P = 0 and dS = 0 exactly.
+          const double rel = p == 0 ? 0.0 : (kFastExp2MaxUlp + 2.0 * (std::fabs(diff) + 1.0)) * kU;
+          c.Near(s[e], p, rel * p, where + " P");
+          const double ds = double(scale) * p * (double(dp0[e]) - double(dsum[x]));
+          c.Near(dp[e], ds, p == 0 ? 0.0 : (rel + 4 * kU) * std::fabs(ds), where + " dS");
+        }
+      }
+    }
+  }
+}
+
 void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
   switch (u.family) {
     case Family::kScoreTile:
@@ -805,6 +861,8 @@ void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
       return TestBf16PackScores(u, c);
     case Family::kBf16PackValues:
       return TestBf16PackValues(u, c);
+    case Family::kGradScores:
+      return TestGradScores(u, lanes, c);
   }
   ADD_FAILURE() << u.name << ": no test for family " << FamilyName(u.family);
 }

@@ -3,7 +3,7 @@
 
 Run by ctest (cli/CMakeLists.txt), one test group per ctest test:
   /usr/bin/python3 cli_test.py GROUP      GROUP in Npy BadInput Run Check DType Weights
-                                          Outputs Heatmap List Bench Report Docs
+                                          Outputs Heatmap List Bench Report Docs Grad
 Environment: ATTNLAB_CLI (the attnlab binary), ATTNLAB_SOURCE (the source tree).
 
 numpy writes the inputs and a float64 numpy softmax is the reference; the
@@ -1135,17 +1135,234 @@ class List(Case):
     def test_list(self):
         out = self.expect_ok("list")
         lines = out.splitlines()
-        self.assertRegex(lines[0], r"^variant\s+weights\s+scores\s+highway\s+deterministic\s+summary")
+        self.assertRegex(lines[0], r"^variant\s+weights\s+scores\s+highway\s+deterministic\s+"
+                                   r"backward\s+summary")
         names = variant_names()
         self.assertGreaterEqual(len(names), 1)
         self.assertEqual(len(set(names)), len(names))
         for line in lines[1:len(names) + 1]:
-            self.assertRegex(line, r"^\S+\s+(yes|no)\s+(Lq x Lk|no)\s+(yes|no)\s+(yes|no)\s+\S")
+            self.assertRegex(line,
+                             r"^\S+\s+(yes|no)\s+(Lq x Lk|no)\s+(yes|no)\s+(yes|no)\s+(yes|no)\s+\S")
         # Every name it lists is one `run` accepts, and nothing else is.
         rc, _, err = attnlab("run", "--variant", "no_such_variant", "--q", "x", "--k", "x",
                              "--v", "x", "--out", "x")
         self.assertEqual(rc, 2)
         self.assertIn("known: " + ", ".join(names), err)
+
+
+# --------------------------------------------------------------------- grad
+def backward_variants():
+    """The variants `attnlab list` marks as having a backward pass."""
+    rc, out, _ = attnlab("list")
+    assert rc == 0
+    names = []
+    for line in out.splitlines()[1:]:
+        if not line.strip():
+            break
+        m = re.match(r"(\S+)\s+(yes|no)\s+(Lq x Lk|no)\s+(yes|no)\s+(yes|no)\s+(yes|no)\s",
+                     line)
+        assert m, line
+        if m.group(6) == "yes":
+            names.append(m.group(1))
+    return names
+
+
+def grad_reference(q, k, v, d_o, mask="none", additive=None, key_lengths=None, scale=None):
+    """float64 backward on [B,H,L,d] arrays (kernels/problem.h, "backward"), from its own exact
+    forward. Returns (dq, dk, dv) and per-element bounds of the same shapes.
+
+    The bound is a looser form of reference/error_bound.h's backward terms (first order, in
+    magnitudes): per row a relative error budget eps = (2·(dk+2)·A + 2n + dv + 20)·u for P and
+    dP - D (A the largest |logit| magnitude, n the visible keys: the recomputed logit, the
+    forward's lse, the exp, dP's dot product and D's sum), then each gradient's sum of
+    |terms| times (eps + (terms + 1)·u), plus u·|value|, all times SAFETY. Exact zeros where
+    no row contributes (a fully masked row's dQ; a key no row sees)."""
+    q, k, v, d_o = (x.astype(np.float64) for x in (q, k, v, d_o))
+    B, H, lq, dk = q.shape
+    hkv, lk, dv = k.shape[1], k.shape[2], v.shape[3]
+    group = H // hkv
+    scale = 1.0 / np.sqrt(dk) if scale is None else scale
+    gq, gk, gv = np.zeros(q.shape), np.zeros(k.shape), np.zeros(v.shape)
+    bq, bk, bv = np.zeros(q.shape), np.zeros(k.shape), np.zeros(v.shape)
+    for b in range(B):
+        vis = visible(lq, lk, mask, b, key_lengths)
+        for h in range(H):
+            kh = h // group
+            qa, ka, va, da = np.abs(q[b, h]), np.abs(k[b, kh]), np.abs(v[b, kh]), np.abs(d_o[b, h])
+            s = scale * q[b, h] @ k[b, kh].T
+            mag = scale * qa @ ka.T
+            if additive is not None:
+                a = additive.astype(np.float64)
+                a = a if a.ndim == 2 else a[b if a.shape[0] > 1 else 0, h if a.shape[1] > 1 else 0]
+                s = s + a
+                mag = np.where(np.isinf(a), 0.0, mag + np.abs(np.where(np.isinf(a), 0, a)))
+            s = np.where(vis, s, -np.inf)
+            m = s.max(axis=1)
+            live = m > -np.inf  # rows with a key of finite score
+            m_safe = np.where(live, m, 0.0)
+            with np.errstate(divide="ignore"):  # log 0 in fully masked rows, not used
+                lse = np.where(live, m_safe + np.log(np.exp(s - m_safe[:, None]).sum(axis=1)),
+                               0.0)
+            p = np.where(live[:, None], np.exp(s - lse[:, None]), 0.0)
+            dp = d_o[b, h] @ v[b, kh].T
+            ds = p * (dp - (p * dp).sum(axis=1)[:, None])
+            gq[b, h] = scale * ds @ k[b, kh]
+            gk[b, kh] += scale * ds.T @ q[b, h]
+            gv[b, kh] += p.T @ d_o[b, h]
+            # Bounds.
+            n = vis.sum(axis=1)
+            amax = np.where(vis, mag, 0.0).max(axis=1) if lk > 0 else np.zeros(lq)
+            eps = (2 * (dk + 2) * amax + 2 * n + dv + 20) * U
+            dpm = da @ va.T
+            dm = (p * dpm).sum(axis=1) + da.sum(axis=1) * (p @ va).max(axis=1, initial=0.0)
+            dsm = p * (dpm + dm[:, None])
+            m_j = (vis & live[:, None]).sum(axis=0) * group
+            bq[b, h] = scale * (dsm @ ka) * (eps + (n + 1) * U)[:, None]
+            bk[b, kh] += scale * ((dsm * eps[:, None]).T @ qa + ((m_j + 1) * U)[:, None] * (dsm.T @ qa))
+            bv[b, kh] += (p * eps[:, None]).T @ da + ((m_j + 1) * U)[:, None] * (p.T @ da)
+    bounds = [SAFETY * (x + U * np.abs(g)) for x, g in ((bq, gq), (bk, gk), (bv, gv))]
+    return (gq, gk, gv), bounds
+
+
+class Grad(Case):
+    def grad_files(self, q, k, v, d_o):
+        return [*self.inputs(q, k, v), "--do", self.save("do.npy", d_o),
+                "--dq", self.path("dq.npy"), "--dk", self.path("dk.npy"),
+                "--dv", self.path("dv.npy")]
+
+    def assert_grads(self, want, bounds, to_bhsd=lambda x: x):
+        for name, w, bound in zip(("dq", "dk", "dv"), want, bounds):
+            got = np.load(self.path(name + ".npy"))
+            self.assertEqual(got.dtype, np.float32, name)
+            got = to_bhsd(got).astype(np.float64)
+            self.assertEqual(got.shape, w.shape, name)
+            self.assertFalse(np.isnan(got).any(), f"NaN in {name}")
+            err = np.abs(got - w)
+            worst = np.unravel_index(np.argmax(err - bound), err.shape)
+            self.assertTrue((err <= bound).all(),
+                            f"{name}: error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}")
+
+    def qkvdo(self, B=2, H=4, Hkv=2, lq=9, lk=11, dk=16, dv=8, seed=0):
+        q, k, v = self.qkv(B=B, H=H, Hkv=Hkv, lq=lq, lk=lk, dk=dk, dv=dv, seed=seed)
+        d_o = np.random.default_rng(seed + 100).uniform(-1, 1, (B, H, lq, dv)).astype("<f4")
+        return q, k, v, d_o
+
+    def test_list_marks_the_backward_variants(self):
+        names = backward_variants()
+        self.assertIn("naive", names)
+        self.assertIn("blas", names)
+        self.assertIn("'backward: yes'", self.expect_ok("list"))
+
+    def test_gradients_match_numpy(self):
+        q, k, v, d_o = self.qkvdo(seed=1)
+        lens = self.save("lens.npy", np.array([7, 11], "<i4"))
+        additive = np.random.default_rng(2).uniform(-2, 2, (9, 11)).astype("<f4")
+        additive[::3, 4] = -np.inf
+        cases = [("none", [], {}),
+                 ("causal", [], {}),
+                 ("window:3,1", ["--key-lengths", lens], {"key_lengths": [7, 11]}),
+                 ("none", ["--mask-file", self.save("mask.npy", additive), "--scale", "0.3"],
+                  {"additive": additive, "scale": 0.3})]
+        for variant in backward_variants():
+            for mask, extra, ref in cases:
+                with self.subTest(variant=variant, mask=mask, extra=extra):
+                    want, bounds = grad_reference(q, k, v, d_o, mask=mask, **ref)
+                    out = self.expect_ok("grad", "--variant", variant,
+                                         *self.grad_files(q, k, v, d_o), "--mask", mask, *extra)
+                    self.assertRegex(out, r"O and lse by the forward of \w+")
+                    self.assertRegex(out, r"time [0-9.]+ ms, [0-9.]+ GFLOP/s")
+                    self.assertRegex(out, r"workspace .* \(declared .*\)")
+                    self.assert_grads(want, bounds)
+
+    def test_bshd_layout_and_rank_2(self):
+        q, k, v, d_o = self.qkvdo(B=1, H=2, Hkv=1, lq=6, lk=13, dk=8, dv=12, seed=3)
+        want, bounds = grad_reference(q, k, v, d_o, mask="causal")
+        t = lambda x: x.transpose(0, 2, 1, 3)
+        for variant in backward_variants():
+            with self.subTest(variant=variant):
+                self.expect_ok("grad", "--variant", variant, "--layout", "bshd", "--mask",
+                               "causal", *self.grad_files(t(q), t(k), t(v), t(d_o)))
+                self.assert_grads(want, bounds, to_bhsd=t)
+        q, k, v, d_o = self.qkvdo(B=1, H=1, Hkv=1, lq=5, lk=7, dk=8, dv=4, seed=4)
+        want, bounds = grad_reference(q, k, v, d_o)
+        self.expect_ok("grad", "--variant", "blas", *self.grad_files(q[0, 0], k[0, 0], v[0, 0],
+                                                                     d_o[0, 0]))
+        self.assert_grads([w[0, 0] for w in want], [x[0, 0] for x in bounds])
+
+    def test_given_o_and_lse(self):
+        q, k, v, d_o = self.qkvdo(seed=5)
+        want, bounds = grad_reference(q, k, v, d_o, mask="causal")
+        self.expect_ok("run", "--variant", "flash", *self.inputs(q, k, v), "--mask", "causal",
+                       "--out", self.path("o.npy"), "--lse", self.path("lse.npy"))
+        for variant in backward_variants():
+            with self.subTest(variant=variant):
+                out = self.expect_ok("grad", "--variant", variant, "--mask", "causal",
+                                     *self.grad_files(q, k, v, d_o), "--o", self.path("o.npy"),
+                                     "--lse", self.path("lse.npy"))
+                self.assertIn("O and lse from", out)
+                self.assert_grads(want, bounds)
+
+    def test_fully_masked_rows_ignore_nan_do(self):
+        # Batch 1 has key length 0: every row fully masked, so its dQ is 0 and it adds nothing
+        # to dK, dV, whatever its dO holds (NaN here).
+        q, k, v, d_o = self.qkvdo(seed=6)
+        d_o[1] = np.nan
+        want, bounds = grad_reference(q, k, v, np.nan_to_num(d_o), key_lengths=[5, 0])
+        lens = self.save("lens.npy", np.array([5, 0], "<i8"))
+        for variant in backward_variants():
+            with self.subTest(variant=variant):
+                self.expect_ok("grad", "--variant", variant, *self.grad_files(q, k, v, d_o),
+                               "--key-lengths", lens)
+                self.assert_grads(want, bounds)
+                self.assertTrue((np.load(self.path("dq.npy"))[1] == 0).all())
+                self.assertTrue((np.load(self.path("dk.npy"))[1] == 0).all())
+
+    def test_check_flag(self):
+        q, k, v, d_o = self.qkvdo(seed=7)
+        for variant in backward_variants():
+            with self.subTest(variant=variant):
+                out = self.expect_ok("grad", "--variant", variant, *self.grad_files(q, k, v, d_o),
+                                     "--mask", "window:2,2", "--check")
+                self.assertRegex(out, r"err/bound")
+                self.assertRegex(out, variant + r"\s+\S+\s+\S+\s+\S+\s+[0-9.]+\s+ok")
+        # Wrong O and lse (another problem's) fail the check: exit 1, after writing.
+        self.expect_ok("run", "--variant", "flash", *self.inputs(q, k, v),
+                       "--out", self.path("o.npy"), "--lse", self.path("lse.npy"))
+        rc, out, err = attnlab("grad", "--variant", "blas", *self.grad_files(q, k, v, d_o),
+                               "--mask", "causal", "--o", self.path("o.npy"),
+                               "--lse", self.path("lse.npy"), "--check")
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn("FAIL", out)
+
+    def test_bad_inputs(self):
+        q, k, v, d_o = self.qkvdo(seed=8)
+        args = self.grad_files(q, k, v, d_o)
+        bad_do = self.save("bad_do.npy", d_o[..., :7])
+        err = self.expect_error(r"--do .*bad_do\.npy has shape \(2, 4, 9, 7\); want \(2, 4, 9, 8\)",
+                                "grad", "--variant", "blas", *args[:6], "--do", bad_do,
+                                *args[8:])
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.expect_error(r"--o without --lse", "grad", "--variant", "blas", *args,
+                          "--o", self.path("x.npy"))
+        self.expect_error(r"--lse .* has shape \(2, 4, 9, 8\); want \(2, 4, 9\)", "grad",
+                          "--variant", "blas", *args, "--o", self.path("do.npy"),
+                          "--lse", self.path("do.npy"))
+        self.expect_error(r"unknown variant 'nope'", "grad", "--variant", "nope", *args)
+        without = [n for n in variant_names() if n not in backward_variants()]
+        if without:
+            self.expect_error(rf"{without[0]} has no backward pass; variants with one: naive",
+                              "grad", "--variant", without[0], *args)
+        self.expect_error(r"--dq .* would overwrite the input --q", "grad", "--variant", "blas",
+                          *args[:8], "--dq", self.path("q.npy"), *args[10:])
+        self.expect_error(r"--do.*no such file|cannot open|No such file", "grad", "--variant",
+                          "blas", *args[:6], "--do", self.path("missing.npy"), *args[8:])
+        # The backward is fp32: an f16 file is refused by the library, naming the tensor.
+        self.save("q.npy", q.astype("<f2"))
+        self.expect_error(r"backward takes f32 tensors only; Q=f16", "grad", "--variant",
+                          "blas", *args[2:], "--q", self.path("q.npy"))
+        rc, _, err = attnlab("grad", "--variant", "blas", *args, "--dtype", "bf16")
+        self.assertEqual(rc, 2, err)
+        self.assertIn("--dtype", err)
 
 
 # --------------------------------------------------------------------- bench

@@ -28,6 +28,12 @@ struct FlashTileCounts {
 // While set (non-null), every flash run adds its tile counts here.
 void SetFlashTileCounts(FlashTileCounts* counts);
 
+// flash's backward pass (kernels/flash_backward.cc) and its workspace.
+struct ExecContext;
+class ValidGradProblem;
+Status RunFlashBackward(const ValidGradProblem& problem, ExecContext& ctx);
+size_t FlashBackwardWorkspaceBytes(const ValidGradProblem& problem, int threads);
+
 namespace flash {
 
 inline constexpr int64_t kBr = 64;      // query rows per block

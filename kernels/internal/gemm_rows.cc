@@ -8,18 +8,13 @@
 #include "kernels/internal/rows.h"
 
 namespace attn {
-namespace {
+namespace {}  // namespace
 
-// A BLAS leading dimension for `count` rows of `width` floats `stride` apart,
-// or 0 when BLAS cannot take it (stride < width with more than one row, or
-// beyond int). With a single row the leading dimension is never used.
 int LeadingDim(int64_t stride, int64_t count, int64_t width) {
   const int64_t ld = count <= 1 ? std::max(stride, std::max<int64_t>(width, 1)) : stride;
   if (ld < width || ld > INT_MAX) return 0;
   return static_cast<int>(ld);
 }
-
-}  // namespace
 
 void GemmAttendRows(const ValidProblem& p, int64_t b, int64_t h, int64_t row0, int64_t rows,
                     float* scores, float* row_max, float* row_sum) {

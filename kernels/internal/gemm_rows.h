@@ -10,6 +10,12 @@
 
 namespace attn {
 
+// A BLAS leading dimension for `count` rows of `width` floats `stride`
+// apart, or 0 when BLAS cannot take it (stride < width with more than one
+// row, or beyond int). With a single row the leading dimension is never
+// used.
+int LeadingDim(int64_t stride, int64_t count, int64_t width);
+
 // O rows [row0, row0 + rows) of head (b, h), and lse / weights:
 //   S = Q·Kᵀ over the block's union of visible keys (sgemm, M = rows,
 //   N = keys, K = dk), SoftmaxRows, O = P·V (sgemm, M = rows, N = dv,

@@ -13,6 +13,7 @@
 #include "kernels/ukernels/common-inl.h"
 #include "kernels/ukernels/convert-inl.h"
 #include "kernels/ukernels/exp-inl.h"
+#include "kernels/ukernels/grad_scores-inl.h"
 #include "kernels/ukernels/pv_tile-inl.h"
 #include "kernels/ukernels/qk_packed-inl.h"
 #include "kernels/ukernels/score_rows-inl.h"
@@ -61,6 +62,8 @@ template <>
 struct ArgsOf<Family::kBf16PackScores> : std::type_identity<Bf16PackScoresArgs> {};
 template <>
 struct ArgsOf<Family::kBf16PackValues> : std::type_identity<Bf16PackValuesArgs> {};
+template <>
+struct ArgsOf<Family::kGradScores> : std::type_identity<GradScoresArgs> {};
 
 // Calls f with the struct's fields in order (outputs of value type by
 // pointer, or assigned from f's result).
@@ -127,6 +130,10 @@ void Call(Bf16PackScoresArgs& a, F f) {
 template <class F>
 void Call(Bf16PackValuesArgs& a, F f) {
   f(a.v, a.v_stride, a.nkeys, a.dv, a.vp, a.vps);
+}
+template <class F>
+void Call(GradScoresArgs& a, F f) {
+  f(a.s, a.dp, a.ld, a.nrows, a.ncols, a.lse, a.dsum, a.scale);
 }
 }  // namespace attn::ukernels
 #endif
@@ -223,6 +230,8 @@ const char* FamilyName(Family family) {
       return "bf16_pack_scores";
     case Family::kBf16PackValues:
       return "bf16_pack_values";
+    case Family::kGradScores:
+      return "grad_scores";
   }
   return "unknown";
 }

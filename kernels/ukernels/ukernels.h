@@ -70,6 +70,9 @@ enum class Family {
   kBf16PackScores,
   // bf16 V rows into pairs along keys.
   kBf16PackValues,
+  // Backward: P = e^(S - lse), dS = scale·P·(dP - D) over a row-major tile,
+  // in place (rows with lse = -inf: 0).
+  kGradScores,
 };
 
 // What a machine needs to run an entry, beyond the Highway target.
@@ -195,6 +198,15 @@ struct Bf16PackValuesArgs {
   int64_t v_stride, nkeys, dv;
   uint32_t* vp;
   int64_t vps;
+};
+
+struct GradScoresArgs {
+  float* s;   // S in, P out
+  float* dp;  // dP in, dS out
+  int64_t ld, nrows, ncols;
+  const float* lse;
+  const float* dsum;
+  float scale;
 };
 
 struct Ukernel {

@@ -32,6 +32,10 @@
 //        and `attnlab check`.
 //   4. Anything else (fp32 overflow of q·k): only "no crash, no sanitizer
 //      report". The double reference would not overflow there.
+// Then the backward of every variant that has one (CheckGradients): an OK
+// status on every valid input, the reference's gradients within the bound
+// on inputs without specials; invalid inputs are refused by the backward
+// too.
 // A violation prints the variant, the row and the problem and aborts.
 #include <fuzzer/FuzzedDataProvider.h>
 
@@ -45,6 +49,7 @@
 #include <vector>
 
 #include "kernels/registry.h"
+#include "reference/error_bound.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
 #include "testing/problem_data.h"
@@ -70,6 +75,8 @@ struct Fuzzed {
   std::vector<int32_t> key_lengths;
   Problem p;
   int threads = 1;
+  int specials = 0;  // elements overwritten with special values
+  uint32_t seed = 0;
 };
 
 Strides MakeStrides(bool blhd, int64_t heads, int64_t len, int64_t dim, int64_t pad) {
@@ -93,6 +100,7 @@ void Decode(FuzzedDataProvider& in, Fuzzed& f) {
   const auto kind = static_cast<MaskKind>(in.ConsumeIntegralInRange<int>(0, kNumMaskKinds - 1));
   f.threads = in.ConsumeIntegralInRange<int>(1, 2);
   const uint32_t seed = in.ConsumeIntegral<uint32_t>();
+  f.seed = seed;
   const float q_scale = in.ConsumeBool() ? 1.0f : 300.0f;  // large logits
 
   // Base values: uniform [-1, 1] (Q scaled), one element of slack in front
@@ -159,6 +167,7 @@ void Decode(FuzzedDataProvider& in, Fuzzed& f) {
     if (buf.size() <= 1) continue;
     const size_t at = 1 + in.ConsumeIntegralInRange<size_t>(0, buf.size() - 2);
     buf[at] = specials[in.ConsumeIntegralInRange<int>(0, std::size(specials) - 1)];
+    ++f.specials;
   }
 }
 
@@ -312,6 +321,51 @@ void CheckRows(const Variant& variant, const Problem& p, const reference::Result
 
 }  // namespace
 
+// The backward of every variant that has one, after its own forward (with
+// lse, which the backward needs): on any input, no crash, no sanitizer
+// report and an OK status; on inputs without special values, gradients
+// within reference::GradErrorBounds of reference::Backward (the same
+// comparison as the tests). A NaN in fp32 logits that the double reference
+// does not overflow would be out of contract, so inputs with specials are
+// not compared.
+void CheckGradients(Fuzzed& f) {
+  const Shape& s = f.shape;
+  std::vector<float> lse(1 + s.batch * s.heads * s.q_len, kNaN);
+  std::vector<float> d_o(1 + s.batch * s.heads * s.q_len * s.value_dim);
+  std::vector<float> dq(1 + s.batch * s.heads * s.q_len * s.head_dim);
+  std::vector<float> dk(1 + s.batch * s.kv_heads * s.kv_len * s.head_dim);
+  std::vector<float> dv(1 + s.batch * s.kv_heads * s.kv_len * s.value_dim);
+  std::mt19937 rng(f.seed + 1);
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  for (float& x : d_o) x = uniform(rng);
+  Problem forward = f.p;
+  forward.weights = {};
+  forward.lse = std::span<float>(lse.data() + 1, lse.size() - 1);
+  GradProblem g;
+  g.forward = forward;
+  g.d_o = {d_o.data() + 1, Strides::BHLD(s.heads, s.q_len, s.value_dim)};
+  g.dq = {dq.data() + 1, Strides::BHLD(s.heads, s.q_len, s.head_dim)};
+  g.dk = {dk.data() + 1, Strides::BHLD(s.kv_heads, s.kv_len, s.head_dim)};
+  g.dv = {dv.data() + 1, Strides::BHLD(s.kv_heads, s.kv_len, s.value_dim)};
+  const bool compare = f.specials == 0;
+  for (const Variant* variant : Registry()) {
+    if (!variant->has_backward()) continue;
+    RunOptions options;
+    options.threads = f.threads;
+    Status st = attn::Run(*variant, forward, options);
+    if (!st.ok()) Fail("forward for the backward failed: " + st.ToString(), *variant, f.p);
+    for (auto* buf : {&dq, &dk, &dv}) std::fill(buf->begin(), buf->end(), kNaN);
+    st = RunBackward(*variant, g, options);
+    if (!st.ok()) Fail("backward failed: " + st.ToString(), *variant, f.p);
+    if (!compare) continue;
+    const auto want = reference::Backward(g);
+    if (!want.ok()) std::abort();
+    const testing::Comparison c =
+        testing::CompareGradients(g, *want, reference::GradErrorBounds(g));
+    if (!c.ok) Fail("backward: " + c.first_failure, *variant, f.p);
+  }
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FuzzedDataProvider in(data, size);
   const bool invalid = in.ConsumeIntegralInRange<int>(0, 7) == 0;
@@ -328,6 +382,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       const Status s = attn::Run(*variant, f.p);
       if (s.code() != StatusCode::kInvalidArgument) {
         Fail(std::string("invalid problem (") + what + ") gave " + s.ToString(), *variant, f.p);
+      }
+      if (!variant->has_backward()) continue;
+      GradProblem g;
+      g.forward = f.p;
+      const Status gs = RunBackward(*variant, g);
+      if (gs.code() != StatusCode::kInvalidArgument) {
+        Fail(std::string("invalid problem (") + what + ") gave the backward " + gs.ToString(),
+             *variant, f.p);
       }
     }
     return 0;
@@ -353,5 +415,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!s.ok()) Fail("run failed: " + s.ToString(), *variant, f.p);
     CheckRows(*variant, f.p, *want);
   }
+  f.p.weights = weights;
+  CheckGradients(f);
   return 0;
 }
