@@ -21,6 +21,14 @@
 // row comes from the full-size run, so long-sequence effects (tiling, online
 // softmax over many tiles) are what is measured.
 //
+// Gradients: for each variant with a backward, N = 128..grad_max_n, d = 64
+// and 128, each mask kind, the variant's forward then its backward on the
+// whole problem (a random dO), dQ, dK and dV against reference::Backward
+// within reference::GradErrorBounds (testing::CompareGradients, as the
+// tests). Every row is checked: dK and dV sum over all query rows, so a row
+// cannot be re-posed alone. Results carry "pass": "backward"; the reference
+// and its bounds are computed once per shape for all variants.
+//
 // Per result: max_abs_error (over O), max_rel_error (normwise per row:
 // max_d |err| / max_d |want|, the largest over rows; elementwise relative
 // error is meaningless for outputs near 0), bound_ratio (max over elements of
@@ -42,14 +50,17 @@
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 
 #include "bench/bench_common.h"
 #include "bench/resume.h"
 #include "kernels/registry.h"
+#include "reference/error_bound.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
+#include "testing/grad_data.h"
 #include "testing/problem_data.h"
 
 namespace attn::bench {
@@ -178,30 +189,100 @@ struct AccuracyCase {
   const Variant* variant;
   int64_t n, d;
   const MaskCase* mask;
-  DTypes dtypes = {};  // all f32 by default
+  DTypes dtypes = {};     // all f32 by default
+  bool backward = false;  // the gradients (RunGradCase) instead of O
   std::string Name() const {
-    return ResultName(variant->name, n, d, mask->name, DTypeValue(dtypes));
+    return (backward ? "grad/" : "") +
+           ResultName(variant->name, n, d, mask->name, DTypeValue(dtypes));
   }
 };
 
 std::string NameOf(const nlohmann::ordered_json& result) {
-  return ResultName(result.value("variant", ""), result.value("N", int64_t{0}),
+  return (result.value("pass", "") == "backward" ? "grad/" : "") +
+         ResultName(result.value("variant", ""), result.value("N", int64_t{0}),
                     result.value("d", int64_t{0}), result.value("mask", ""),
                     result.value("dtype", ""));
 }
 
-// One result: the variant on the whole problem, its rows against the reference.
-nlohmann::ordered_json RunCase(const AccuracyCase& c, const RunOptions& run_options) {
-  const std::string name = c.Name();
+// The problem of a result: B = H = Hkv = 1, Lq = Lk = N, the mask's kind
+// (a window of WindowLeft(N) keys; key lengths cutting a third), inputs
+// seeded by shape and mask so every variant and element type sees the same
+// values.
+testing::ProblemSpec SpecOf(const AccuracyCase& c) {
   testing::ProblemSpec spec;
   spec.shape = {1, 1, 1, c.n, c.n, c.d, c.d};
   spec.mask = c.mask->kind;
   spec.window_left = WindowLeft(c.n);
   if (c.mask->key_lengths) spec.key_lengths = {int32_t(c.n - c.n / 3)};
   spec.dtypes = c.dtypes;
-  // Same inputs for every variant (and, rounded or quantized, every element type).
   spec.seed = SeedFrom("accuracy/N:" + std::to_string(c.n) + "/d:" + std::to_string(c.d) + "/" +
                        c.mask->name);
+  return spec;
+}
+
+// The reference gradients of a shape and their bounds, kept while the
+// variants of that shape run.
+struct GradWant {
+  std::string key;
+  std::optional<reference::GradResult> want;
+  reference::GradBounds bounds;
+};
+
+// One backward result: the variant's forward, then its backward, all of dQ,
+// dK, dV against the reference.
+nlohmann::ordered_json RunGradCase(const AccuracyCase& c, const RunOptions& run_options,
+                                   GradWant& cache) {
+  const std::string name = c.Name();
+  nlohmann::ordered_json entry = {{"variant", c.variant->name},
+                                  {"pass", "backward"},
+                                  {"N", c.n},
+                                  {"d", c.d},
+                                  {"mask", c.mask->name}};
+  const auto start = std::chrono::steady_clock::now();
+  testing::ProblemData data(SpecOf(c));
+  testing::GradData grads(data);
+  Status status = testing::RunForwardForGrad(data, c.variant->name);
+  grads.Poison();
+  if (status.ok()) status = RunBackward(*c.variant, grads.grad_problem(), run_options);
+  if (!status.ok()) {
+    entry["error"] =
+        (status.code() == StatusCode::kResourceExhausted ? "over budget: " : "not run: ") +
+        status.message();
+    std::fprintf(stderr, "%s: %s\n", name.c_str(), entry["error"].get<std::string>().c_str());
+    return entry;
+  }
+  const GradProblem g = grads.grad_problem();
+  const std::string key = ResultName("", c.n, c.d, c.mask->name, "");
+  if (cache.key != key) {
+    cache.want.reset();
+    auto want = reference::Backward(g);
+    if (want.ok()) cache.want = std::move(*want);
+    cache.bounds = reference::GradErrorBounds(g);
+    cache.key = key;
+  }
+  if (!cache.want) {
+    entry["error"] = "not run: the reference failed";
+    return entry;
+  }
+  const testing::Comparison cmp = testing::CompareGradients(g, *cache.want, cache.bounds);
+  entry["max_abs_error"] = cmp.max_abs_error;
+  entry["max_rel_error"] = cmp.max_rel_error;
+  entry["bound_ratio"] = cmp.worst_bound_ratio;
+  entry["rows_checked"] = c.n;
+  entry["ok"] = cmp.ok;
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "%s: max_abs %.3g bound_ratio %.3g%s%s (%.1f s)\n", name.c_str(),
+               cmp.max_abs_error, cmp.worst_bound_ratio,
+               cmp.ok ? "" : " FAILED: ", cmp.ok ? "" : cmp.first_failure.c_str(), secs);
+  return entry;
+}
+
+// One result: the variant on the whole problem, its rows against the reference.
+nlohmann::ordered_json RunCase(const AccuracyCase& c, const RunOptions& run_options) {
+  const std::string name = c.Name();
+  // Same inputs for every variant (and, rounded or quantized, every element type).
+  const testing::ProblemSpec spec = SpecOf(c);
   nlohmann::ordered_json entry = {
       {"variant", c.variant->name}, {"N", c.n}, {"d", c.d}, {"mask", c.mask->name}};
   if (const std::string dtype = DTypeValue(c.dtypes); !dtype.empty()) entry["dtype"] = dtype;
@@ -298,6 +379,18 @@ int RunAccuracy(const AccuracyOptions& options) {
       }
     }
   }
+  // Gradients: shape by shape, every variant with a backward, so the
+  // reference backward (the run's most expensive part) is made once per
+  // shape (GradWant).
+  for (int64_t n = 128; n <= std::min(options.max_n, options.grad_max_n); n *= 2) {
+    for (int64_t d : {64, 128}) {
+      for (const MaskCase& m : kMasks) {
+        for (const Variant* v : Registry()) {
+          if (v->has_backward()) plan.push_back({v, n, d, &m, {}, /*backward=*/true});
+        }
+      }
+    }
+  }
   std::set<std::string> done;
   for (const Json& r : results) done.insert(NameOf(r));
   size_t missing = 0;
@@ -313,10 +406,12 @@ int RunAccuracy(const AccuracyOptions& options) {
 
   const RunOptions run_options{options.threads, options.memory_budget};
   size_t ran = 0;
+  GradWant grad_want;
   for (const AccuracyCase& c : plan) {
     if (done.count(c.Name()) > 0) continue;
     if (InterruptSignal() != 0) break;
-    results.push_back(RunCase(c, run_options));
+    results.push_back(c.backward ? RunGradCase(c, run_options, grad_want)
+                                 : RunCase(c, run_options));
     ++ran;
     // Written after every result: an interruption, even SIGKILL, loses at most the running one.
     if (!WriteFileAtomically(options.out, doc.dump(2) + "\n")) {

@@ -1,6 +1,7 @@
 // The accuracy run: every registry variant against the fp64 reference for
-// N = 128..max_n (powers of two), d = 64 and 128 and each mask kind, written
-// as JSON (docs/bench-json.md, "Accuracy JSON").
+// N = 128..max_n (powers of two), d = 64 and 128 and each mask kind, and the
+// backward of every variant that has one up to grad_max_n, written as JSON
+// (docs/bench-json.md, "Accuracy JSON").
 #ifndef ATTNLAB_BENCH_ACCURACY_H_
 #define ATTNLAB_BENCH_ACCURACY_H_
 
@@ -15,6 +16,10 @@ namespace attn::bench {
 struct AccuracyOptions {
   std::string out = "accuracy.json";
   int64_t max_n = 16384;
+  // The backward's results (grad/<variant>/...) go up to this N (and
+  // max_n): the fp64 reference backward and its bounds take O(N²·d) scalar
+  // double work on the whole problem, ~10 min per case at N = 16384.
+  int64_t grad_max_n = 2048;
   int threads = 0;
   size_t memory_budget = 0;
   // Keep the results `out` holds and run only the missing ones (--resume=FILE).

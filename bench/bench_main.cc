@@ -6,6 +6,7 @@
 //   attnlab_bench [--suite=quick|default|full|precision|backward] [--threads=1,2] [--batch=1]
 //                 [--heads=8] [--memory_budget=12G] [--benchmark_* flags]
 //   attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=16384]
+//                 [--accuracy_grad_max_n=2048]
 //   attnlab_bench --resume=FILE [--resume_force]
 //
 // SIGINT, SIGTERM or SIGHUP end the run within one iteration of the running
@@ -587,6 +588,24 @@ std::string CaseLabel(const DTypes& dtypes, const std::string& path) {
   return (AllF32(dtypes) ? "" : Describe(dtypes) + " ") + "path=" + path;
 }
 
+// Prepare's verdict from registration (an over-budget case, or one in
+// element types the variant does not take, needs no inputs and no check),
+// then the correctness verdict `check()` (run once per variant and check
+// key): false, with the case skipped and the reason set, when either fails.
+template <class Check>
+bool PassesChecks(benchmark::State& state, const PreparedCase& prepared, Check check) {
+  if (!prepared.status.ok()) {
+    SkipNotRun(state, prepared.status);
+    return false;
+  }
+  const Verdict& verdict = check();
+  if (!verdict.ok) {
+    state.SkipWithError(("failed check: " + verdict.message).c_str());
+    return false;
+  }
+  return true;
+}
+
 // One variant on one case. `prepared` is the case's Prepare at registration.
 void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& variant, const Case& c,
                  const PreparedCase& prepared, const std::string& name) {
@@ -596,16 +615,8 @@ void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& varian
   // The element types (the name's dtype token says the same), e.g.
   // "Q=f32 K=i8 V=i8 O=f32", until the run adds the path (CaseLabel).
   if (!AllF32(c.dtypes)) state.SetLabel(Describe(c.dtypes));
-  // Prepare's verdict first (an over-budget case, or one in element types the
-  // variant does not take, needs no inputs and no check), then the
-  // correctness verdict, then the inputs.
-  if (!prepared.status.ok()) {
-    SkipNotRun(state, prepared.status);
-    return;
-  }
-  const Verdict& verdict = ctx.CheckOnce(variant, c);
-  if (!verdict.ok) {
-    state.SkipWithError(("failed check: " + verdict.message).c_str());
+  if (!PassesChecks(state, prepared,
+                    [&]() -> const Verdict& { return ctx.CheckOnce(variant, c); })) {
     return;
   }
   CaseData& data = DataFor(c);
@@ -654,13 +665,8 @@ void GradCase(benchmark::State& state, RunContext& ctx, const Variant& variant, 
   if (SkipIfInterrupted(state)) return;
   ctx.Progress(state, name);
   ScopedThreads threads(c.threads);
-  if (!prepared.status.ok()) {
-    SkipNotRun(state, prepared.status);
-    return;
-  }
-  const Verdict& verdict = ctx.CheckGradOnce(variant, c);
-  if (!verdict.ok) {
-    state.SkipWithError(("failed check: " + verdict.message).c_str());
+  if (!PassesChecks(state, prepared,
+                    [&]() -> const Verdict& { return ctx.CheckGradOnce(variant, c); })) {
     return;
   }
   CaseData& data = DataFor(c);
@@ -1528,6 +1534,14 @@ const FlagSpec kFlags[] = {
            return ParsePositive(v, &f.accuracy_options.max_n) ? std::string()
                                                               : "bad --accuracy_max_n=" + v;
          }},
+    {.name = "accuracy_grad_max_n",
+     .kind = Kind::kWhatRuns,
+     .apply =
+         [](const std::string& v, Flags& f) {
+           return ParsePositive(v, &f.accuracy_options.grad_max_n)
+                      ? std::string()
+                      : "bad --accuracy_grad_max_n=" + v;
+         }},
     {.name = "accuracy_threads",
      .kind = Kind::kWhatRuns,
      .apply =
@@ -1594,6 +1608,7 @@ void PrintUsage(FILE* to) {
                "         [--threads=1,2]\n"
                "         [--batch=B] [--heads=H] [--memory_budget=12G] [--benchmark_* flags]\n"
                "       attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=N]\n"
+               "         [--accuracy_grad_max_n=N (backward; default 2048)]\n"
                "         [--accuracy_threads=T]\n"
                "       attnlab_bench --resume=FILE [--resume_force] [the flags FILE was run with]\n"
                "suites: quick (CI smoke), default (the report's run), full (every size),\n"

@@ -160,8 +160,9 @@ if(over EQUAL 0)
   message(FATAL_ERROR "no case was refused by a 1 KiB budget")
 endif()
 
-# 3. The accuracy run writes one f32 result per variant x N x d x mask, and reduced-precision
-#    results with a "dtype" (bench/accuracy.cc).
+# 3. The accuracy run writes one f32 result per variant x N x d x mask, reduced-precision
+#    results with a "dtype", and "pass": "backward" results for the variants with a backward,
+#    every one within its bound (bench/accuracy.cc).
 execute_process(COMMAND "${BENCH}" --accuracy --accuracy_max_n=128
                         --accuracy_out=${WORK}/accuracy.json
                 RESULT_VARIABLE rc ERROR_VARIABLE stderr)
@@ -171,15 +172,29 @@ endif()
 file(READ "${WORK}/accuracy.json" json)
 string(JSON n LENGTH "${json}" results)
 set(f32 0)
+set(grads 0)
 math(EXPR last "${n} - 1")
 foreach(i RANGE ${last})
   has("results;${i};dtype" typed_result)
-  if(NOT typed_result)
+  has("results;${i};pass" backward_result)
+  if(backward_result)
+    math(EXPR grads "${grads} + 1")
+    string(JSON ok ERROR_VARIABLE no_ok GET "${json}" results ${i} ok)
+    if(NOT ok STREQUAL "ON")
+      string(JSON entry GET "${json}" results ${i})
+      message(FATAL_ERROR "accuracy: a backward result is not ok: ${entry}")
+    endif()
+  elseif(NOT typed_result)
     math(EXPR f32 "${f32} + 1")
   endif()
 endforeach()
+# The backward: 10 results (2 d x 5 masks) per variant that has one.
+math(EXPR grads_per_variant "${grads} % 10")
+if(grads LESS 10 OR NOT grads_per_variant EQUAL 0)
+  message(FATAL_ERROR "accuracy: ${grads} backward results, want 10 per variant with a backward")
+endif()
 math(EXPR per_variant "${f32} % 10")
-math(EXPR reduced "${n} - ${f32}")
+math(EXPR reduced "${n} - ${f32} - ${grads}")
 if(f32 LESS 10 OR NOT per_variant EQUAL 0 OR reduced LESS 1)
   message(FATAL_ERROR "accuracy: ${f32} f32 results, want 10 per variant (2 d x 5 masks), and "
                       "${reduced} with a dtype, want some")

@@ -365,10 +365,17 @@ class MainJob(Case):
         self.assertEqual([m for m in map(PROGRESS.match, err) if m], [])
         self.assert_complete(bench_json, listed(TWO_SHAPES))
         results = load(accuracy_json)["results"]
-        keys = [(r["variant"], r["N"], r["d"], r["mask"], r.get("dtype", "f32")) for r in results]
+        keys = [(r["variant"], r["N"], r["d"], r["mask"], r.get("dtype", "f32"),
+                 r.get("pass", "forward")) for r in results]
         self.assertEqual(len(keys), len(set(keys)))
         variants = len({k[0] for k in keys})
-        self.assertEqual(sum(k[4] == "f32" for k in keys), variants * 2 * 2 * 5)  # N, d, mask
+        forward = [k for k in keys if k[5] == "forward"]
+        self.assertEqual(sum(k[4] == "f32" for k in forward), variants * 2 * 2 * 5)  # N, d, mask
+        # The backward of the variants that have one: f32, every N, d and mask.
+        backward = [k for k in keys if k[5] == "backward"]
+        self.assertEqual(len(backward), len({k[0] for k in backward}) * 2 * 2 * 5)
+        self.assertGreater(len(backward), 0)
+        keys = forward
         # Reduced precision (bench/accuracy.cc): N = 128 of the lengths up to 256, d, none
         # and causal, in each of the five reduced combinations a variant takes.
         self.assertLessEqual(sum(k[4] != "f32" for k in keys), variants * 2 * 2 * 5)

@@ -79,9 +79,7 @@ int64_t MatrixFloats(const ValidProblem& p) { return p.shape.q_len * (p.shape.kv
 
 size_t BlasWorkspaceBytes(const ValidProblem& p, int threads) {
   if (p.shape.q_len == 0) return 0;
-  return (SaturatingSize(HeadsInFlight(p.shape.batch * p.shape.heads, threads)) * MatrixFloats(p) *
-          sizeof(float))
-      .value();
+  return InFlightScratchBytes(p.shape.batch * p.shape.heads, threads, MatrixFloats(p));
 }
 
 // One (b, h) on `threads` threads (panels in parallel).
@@ -170,9 +168,7 @@ int64_t BackwardScratch(const ValidProblem& p) { return 2 * PanelRows(p) * p.sha
 
 size_t BlasBackwardWorkspaceBytes(const ValidGradProblem& g, int threads) {
   const ValidProblem& p = g.forward;
-  return (SaturatingSize(HeadsInFlight(p.shape.batch * p.shape.kv_heads, threads)) *
-          BackwardScratch(p) * sizeof(float))
-      .value();
+  return InFlightScratchBytes(p.shape.batch * p.shape.kv_heads, threads, BackwardScratch(p));
 }
 
 float Dot(const float* x, const float* y, int64_t n) {

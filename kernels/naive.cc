@@ -45,9 +45,7 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 int64_t HeadScratch(const ValidProblem& p) { return p.shape.q_len * (p.shape.kv_len + 1); }
 
 size_t NaiveWorkspaceBytes(const ValidProblem& p, int threads) {
-  return (SaturatingSize(HeadsInFlight(p.shape.batch * p.shape.heads, threads)) * HeadScratch(p) *
-          sizeof(float))
-      .value();
+  return InFlightScratchBytes(p.shape.batch * p.shape.heads, threads, HeadScratch(p));
 }
 
 // Pass 1 for one row: scores of visible keys, -inf elsewhere; returns the
@@ -203,9 +201,7 @@ int64_t GroupScratch(const ValidProblem& p) { return 2 * p.shape.q_len * p.shape
 
 size_t NaiveBackwardWorkspaceBytes(const ValidGradProblem& g, int threads) {
   const ValidProblem& p = g.forward;
-  return (SaturatingSize(HeadsInFlight(p.shape.batch * p.shape.kv_heads, threads)) *
-          GroupScratch(p) * sizeof(float))
-      .value();
+  return InFlightScratchBytes(p.shape.batch * p.shape.kv_heads, threads, GroupScratch(p));
 }
 
 float Dot(const float* x, const float* y, int64_t n) {

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/workspace.h"
+
 namespace attn {
 
 // Runs body(item) or body(item, thread) for every item in [0, count) on up to
@@ -51,6 +53,13 @@ void ParallelFor(int threads, int64_t count, Body&& body, int64_t grain = 1) {
 // thread with its own scratch; otherwise heads run one at a time with every
 // thread on that head's rows, sharing one scratch.
 inline int64_t HeadsInFlight(int64_t pairs, int threads) { return pairs >= threads ? threads : 1; }
+
+// Bytes of the float scratch such a kernel declares: HeadsInFlight(pairs,
+// threads) heads (or kv-head groups) of `floats` each, saturating
+// (kernels/workspace.h) instead of wrapping.
+inline size_t InFlightScratchBytes(int64_t pairs, int threads, int64_t floats) {
+  return (SaturatingSize(HeadsInFlight(pairs, threads)) * floats * sizeof(float)).value();
+}
 
 // Calls attend(b, h, scratch, row_threads) for every (batch, head) pair;
 // `scratch` holds HeadsInFlight(batch * heads, threads) * floats_per_head floats.
