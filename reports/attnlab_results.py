@@ -6,7 +6,8 @@ repetition ("run_type": "iteration") or an aggregate over repetitions ("run_type
 name from the registry, `ceiling_sgemm`, `ceiling_matmul_bf16`, `ceiling_stream`, `layer` or
 `grad` (the backward pass; in both the second token is the variant), `ceiling_fma` (the FMA
 peak, `ceiling_fma/threads:2`) or `ukernel`; tokens without ':' are the scenario, `key:value`
-tokens are parameters (`peer_*` first tokens are peers, bench/peers.py). Parameters are numbers
+tokens are parameters (`peer_*` first tokens are peers, bench/peers.py, and so is a `peer_*`
+second token after `grad`: a peer's backward). Parameters are numbers
 but one: `dtype`, the element types of Q, K, V and O (`dtype:bf16` when the four
 share one type, `dtype:f32-i8-i8-f32` otherwise; absent = all f32); a micro-kernel's `dtype`
 names its input type.
@@ -47,7 +48,10 @@ FIXED_FAMILIES = (CEILING_SGEMM, CEILING_MATMUL_BF16, CEILING_STREAM, CEILING_FM
 # peer_torch_sdpa), what a user would pick instead of attnlab. Like a ceiling, a peer is not a
 # variant: its first token starts with PEER_PREFIX. Its file's context carries PEER_CONTEXT_KEY
 # (the peer's library, or why it was absent) and may hold no benchmarks (the peer is not
-# installed); its cases join the bench file of the same host.
+# installed); its cases join the bench file of the same host. A peer's backward pass is
+# grad/<peer>/<the same tokens> (grad/peer_torch_plain/N:4096/d:64/causal:1/threads:2), named as
+# attnlab's grad/<variant>/... so the two sit side by side; it is the peer's case (Case.peer),
+# not a variant's.
 PEER_PREFIX = "peer_"
 PEER_CONTEXT_KEY = "attnlab_peer"
 
@@ -123,13 +127,14 @@ def strip_name(name):
 
 
 def parse_name(name):
-  """(family, variant, scenario, params) of a stripped case name."""
+  """(family, variant, scenario, params) of a stripped case name. A peer's case has no variant
+  (peer_of names its peer)."""
   tokens = name.split("/")
   family = tokens[0]
   rest = tokens[1:]
   variant = None
   if family in VARIANT_FAMILIES and rest:
-    variant, rest = rest[0], rest[1:]
+    variant, rest = (None if is_peer(rest[0]) else rest[0]), rest[1:]
   elif family not in FIXED_FAMILIES and not is_peer(family):
     variant = family
   scenario = "/".join(t for t in rest if ":" not in t)
@@ -139,6 +144,18 @@ def parse_name(name):
       k, v = t.split(":", 1)
       params[k] = v
   return family, variant, scenario, params
+
+
+def peer_of(name):
+  """The peer of a stripped case name: its first token when that is a peer's
+  (`peer_torch_sdpa/...`), its second after a variant family (`grad/peer_torch_plain/...`),
+  else None."""
+  tokens = name.split("/")
+  if is_peer(tokens[0]):
+    return tokens[0]
+  if tokens[0] in VARIANT_FAMILIES and len(tokens) > 1 and is_peer(tokens[1]):
+    return tokens[1]
+  return None
 
 
 def parse_dtype(text):
@@ -178,13 +195,14 @@ def param_value(text):
 def _check_name(where, name):
   """InputError unless `name` (stripped) reads as an attnlab_bench case: a family that is an
   identifier (variant names are C identifiers: the registry declares `<name>_variant`), a
-  variant token after `layer` and `grad`, and at least one key:value parameter, each a number,
-  once; the sizes a positive integer; a decode case has its Lk."""
-  family, variant, scenario, _ = parse_name(name)
-  params = [t.split(":", 1) for t in name.split("/")[1:] if ":" in t]
+  variant (or peer) token after `layer` and `grad`, and at least one key:value parameter, each
+  a number, once; the sizes a positive integer; a decode case has its Lk."""
+  family, _, scenario, _ = parse_name(name)
+  tokens = name.split("/")
+  params = [t.split(":", 1) for t in tokens[1:] if ":" in t]
   names_variant = family in VARIANT_FAMILIES
   if not (_IDENTIFIER.fullmatch(family) and params
-          and (not names_variant or (variant and _IDENTIFIER.fullmatch(variant)))):
+          and (not names_variant or _IDENTIFIER.fullmatch(tokens[1]))):
     raise InputError(f"{where}: not an attnlab_bench case name (want <variant>/<key>:<value>/..."
                      ", e.g. flash/N:4096/d:64/causal:1/threads:2; docs/bench-json.md)")
   seen = set()
@@ -556,6 +574,7 @@ class Case:
     self.source = source
     self.name = name
     self.family, self.variant, self.scenario, raw = parse_name(name)
+    self.peer = peer_of(name)  # peer_torch_plain for peer_torch_plain/... and grad/peer_.../...
     self.params = {k: v if k == DTYPE_PARAM else param_value(v) for k, v in raw.items()}
     # Element types of Q, K, V, O ('f32',) * 4 without a dtype token; `dtype` their label
     # ('f32', 'bf16', 'f32-i8-i8-f32').
@@ -582,10 +601,10 @@ class Case:
   @property
   def series(self):
     """What a per-variant grouping calls the case: its variant, `grad/flash` or `layer/flash`
-    for the families that name one (kept apart from the variant's forward cases), else its
-    family (`ceiling_sgemm`, `peer_torch_sdpa`)."""
-    if self.family in VARIANT_FAMILIES and self.variant:
-      return f"{self.family}/{self.variant}"
+    for the families that name one (kept apart from the variant's forward cases), a peer's
+    backward `grad/peer_torch_plain`, else its family (`ceiling_sgemm`, `peer_torch_sdpa`)."""
+    if self.family in VARIANT_FAMILIES and (self.variant or self.peer):
+      return f"{self.family}/{self.variant or self.peer}"
     return self.variant or self.family
 
   def best(self, key):
@@ -753,11 +772,13 @@ def load_results(paths, select=None):
 class AccuracyRow:
   """One validated accuracy result. A non-finite error (the bench's JSON writes it as null) is
   inf; `error` is set, and the measurements are None, for a case that did not run. `dtype`:
-  the element types' label ('f32' when the result has no "dtype")."""
+  the element types' label ('f32' when the result has no "dtype"). `backward`: the result is the
+  gradients dQ, dK, dV of the backward pass ("pass": "backward"), not O."""
 
   def __init__(self, source, variant, n, d, mask, error=None, max_abs_error=None,
-               max_rel_error=math.nan, bound_ratio=math.nan, dtype=F32):
+               max_rel_error=math.nan, bound_ratio=math.nan, dtype=F32, backward=False):
     self.source = source
+    self.backward = backward
     self.variant = variant
     self.N = n
     self.d = d
@@ -796,13 +817,16 @@ def _read_accuracy_row(path, index, r, source):
   dtype = _field(where, r, "dtype", "element types (bf16, f32-i8-i8-f32, ...)", _is_dtype,
                  required=False)
   dtype = dtype_label(parse_dtype(dtype)) if dtype is not None else F32
+  passes = ("forward", "backward")
+  backward = _field(where, r, "pass", "forward or backward", lambda v: v in passes,
+                    required=False) == "backward"
   error = _string(where, r, "error", required=False)
   if error is not None:
-    return AccuracyRow(source, variant, n, d, mask, error=error, dtype=dtype)
+    return AccuracyRow(source, variant, n, d, mask, error=error, dtype=dtype, backward=backward)
   return AccuracyRow(source, variant, n, d, mask, max_abs_error=_error_value(
       where, r, "max_abs_error"), max_rel_error=_error_value(
           where, r, "max_rel_error", required=False), bound_ratio=_error_value(
-              where, r, "bound_ratio", required=False), dtype=dtype)
+              where, r, "bound_ratio", required=False), dtype=dtype, backward=backward)
 
 
 def _is_dtype(value):

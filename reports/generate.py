@@ -206,7 +206,10 @@ class Report:
   def __init__(self, run, accuracy, out_dir, baselines, precision_focus="flash"):
     self.run = run
     self.precision_focus_name = precision_focus  # plotted first in *Reduced precision*
-    self.acc_contexts, self.acc_rows = accuracy.contexts, accuracy.rows
+    # The forward's results (O) and the backward's (dQ, dK, dV: "pass": "backward").
+    self.acc_contexts = accuracy.contexts
+    self.acc_rows = [r for r in accuracy.rows if not r.backward]
+    self.acc_grad_rows = [r for r in accuracy.rows if r.backward]
     self.out_dir = out_dir
     self.baselines = baselines
     self.lines = []
@@ -536,6 +539,8 @@ class Report:
              "GFLOPS / ceiling GFLOPS for causal ones.", "")
     for source, contexts in sorted(self.run.peer_contexts.items()):
       for ctx in contexts:
+        if not self.peer_passes(ctx, "forward"):
+          continue
         self.add(f"Peers{' on ' + source if self.multi_host else ''} (`bench/peers.py`, what a "
                  f"user would pick instead, on the same shapes): {ctx.get(ar.PEER_CONTEXT_KEY)}"
                  + (f"; {ctx['attnlab_peer_caps']}" if ctx.get("attnlab_peer_caps") else "")
@@ -544,9 +549,17 @@ class Report:
     for (source, gparams), g in groups.items():
       self.sweep_group(source, dict(gparams), g)
     if not any(g["peers"] for g in groups.values()):
-      why = "; ".join(sorted({str(ctx.get(ar.PEER_CONTEXT_KEY)) for cs in
-                              self.run.peer_contexts.values() for ctx in cs}))
+      why = "; ".join(sorted({str(ctx.get(ar.PEER_CONTEXT_KEY))
+                              if self.peer_passes(ctx, "forward") else
+                              "bench/peers.py timed only the backward pass (--passes backward)"
+                              for cs in self.run.peer_contexts.values() for ctx in cs}))
       self.summary.append(f"- {self.PEERS_ABSENT}" + (f": {why}." if why else "."))
+
+  @staticmethod
+  def peer_passes(context, pass_):
+    """Whether the peer file of `context` timed `pass_` (forward, backward): its
+    attnlab_peer_passes, and forward alone for a file from before the backward peers."""
+    return pass_ in str(context.get("attnlab_peer_passes", "forward")).split(",")
 
   def sweep_group(self, source, gp, g):
     variants = sorted(g["variants"])
@@ -784,19 +797,39 @@ class Report:
         out.append((n, p.time_s / f.time_s))
     return out
 
-  def peers_table(self, g, ns, variants):
+  def peers_table(self, g, ns, variants, best=False):
+    """The focus variant's speedup over each peer at each N; with `best`, over the fastest
+    peer at that N too."""
     focus = self.peers_focus(variants)
     if not focus:
       self.add(f"Speedup over the peers: no `{self.precision_focus_name}` cases in this group.",
                "")
       return
     cols = sorted(g["peers"])
-    rows = [[n] + [case_cell(g["peers"][p].get(n), lambda c: "—") for p in cols] for n in ns]
+    rows = [[n] + [case_cell(g["peers"][p].get(n), lambda c: "—") for p in cols]
+            + (["—"] if best else []) for n in ns]
     for j, p in enumerate(cols):
       for n, r in self.peer_speedups(g, ns, variants, p):
         rows[ns.index(n)][j + 1] = f"{r:.2f}×"
+    if best:
+      for n, r, p in self.best_peer_speedups(g, ns, variants):
+        rows[ns.index(n)][-1] = f"{r:.2f}× ({p})"
     self.add(f"**{focus} against the peers** (peer time / {focus} time; above 1: {focus} is "
-             "faster)", "", md_table(["N"] + [f"vs {p}" for p in cols], rows), "")
+             "faster)", "", md_table(["N"] + [f"vs {p}" for p in cols]
+                                     + (["vs the best peer"] if best else []), rows), "")
+
+  def best_peer_speedups(self, g, ns, variants):
+    """[(N, fastest peer's time / focus variant time, that peer)] where both ran."""
+    focus = self.peers_focus(variants)
+    out = []
+    for n in ns:
+      f = g["variants"].get(focus, {}).get(n)
+      ran = [(c.time_s, p) for p, by_n in g["peers"].items()
+             for c in [by_n.get(n)] if c and c.ok]
+      if f and f.ok and ran:
+        t, p = min(ran)
+        out.append((n, t / f.time_s, p))
+    return out
 
   def peers_summary(self, source, title, variants, ns, g):
     """One line per group: the focus variant's speedup range over each peer."""
@@ -1037,8 +1070,10 @@ class Report:
   def backward_section(self):
     """Only when the run has backward cases (`grad/<variant>/...`): a GFLOP/s plot per source
     (a panel per d, causal, threads), then per group the GFLOP/s with the fraction of
-    ceiling_fma, the backward / forward time ratio and memory, then the causal efficiency."""
-    cases = [c for c in self.f32_cases() if c.family == ar.GRAD]
+    ceiling_fma, the backward / forward time ratio and memory, the peers' backward
+    (`grad/peer_*/...`, bench/peers.py) beside them, then the causal efficiency."""
+    grads = [c for c in self.f32_cases() if c.family == ar.GRAD]
+    cases = [c for c in grads if c.variant]
     if not cases:
       return
     self.add("## Backward pass", "")
@@ -1053,20 +1088,48 @@ class Report:
              f"target for flash: ≤ {self.BACKWARD_RATIO_TARGET} at N ≥ "
              f"{self.BACKWARD_LARGE_N}). Causal efficiency as in *Causal efficiency* (target "
              f"≥ {self.CAUSAL_TARGET}).", "")
-    groups = {}
-    for c in cases:
+    self.backward_peers_intro()
+    groups, peers = {}, {}
+    for c in grads:
       gp = tuple(sorted((k, v) for k, v in c.params.items() if k != "N"))
-      groups.setdefault((c.source, gp), {}).setdefault(c.variant, {})[c.params.get("N")] = c
+      if c.peer:
+        peers.setdefault((c.source, gp), {}).setdefault(c.peer, {})[c.params.get("N")] = c
+      else:
+        groups.setdefault((c.source, gp), {"variants": {}, "peers": {}})["variants"].setdefault(
+            c.variant, {})[c.params.get("N")] = c
+    for key, by_peer in peers.items():  # a peer shape without attnlab's cases is not shown
+      if key in groups:
+        groups[key]["peers"] = by_peer
     groups = sorted(groups.items(), key=lambda kv: group_key(*kv[0]))
     for source in sorted({s for (s, _), _ in groups}):
-      self.backward_plot(source, [(dict(gp), by_v) for (s, gp), by_v in groups if s == source])
-    for (source, gp), by_v in groups:
-      self.backward_group(source, dict(gp), by_v)
+      self.backward_plot(source, [(dict(gp), g) for (s, gp), g in groups if s == source])
+    for (source, gp), g in groups:
+      self.backward_group(source, dict(gp), g)
     self.add("**Causal efficiency of the backward pass** (effective GFLOP/s causal / GFLOP/s "
              "dense)", "")
     if not self.causal_tables(cases, "backward, "):
       self.add("No variant's backward ran both causal and dense at one shape.", "")
-    self.backward_summary(cases)
+    self.backward_summary(cases, [c for c in grads if c.peer])
+
+  def backward_peers_intro(self):
+    """What the peers' backward is (each peer file's attnlab_peer_backward), or why there is
+    none."""
+    wrote = False
+    for source, contexts in sorted(self.run.peer_contexts.items()):
+      for ctx in contexts:
+        if not self.peer_passes(ctx, "backward"):
+          continue
+        skipped = ctx.get("attnlab_peer_backward_skipped")
+        self.add(f"Peers{' on ' + source if self.multi_host else ''} (`bench/peers.py`, "
+                 "`grad/peer_*/<shape>`: the same attention's dQ, dK, dV by PyTorch's CPU "
+                 f"autograd, fp32, FLOPs counted as above): {ctx.get(ar.PEER_CONTEXT_KEY)}; "
+                 f"timed: {ctx.get('attnlab_peer_backward', '?')}"
+                 + (f"; {ctx['attnlab_peer_caps']}" if ctx.get("attnlab_peer_caps") else "")
+                 + (f"; skipped: {skipped}" if skipped not in (None, "none") else "") + ".", "")
+        wrote = True
+    if not wrote:
+      self.add("Peers' backward: not in this run (`bench/peers.py` with its backward pass, the "
+               "default; install python3-torch, see README).", "")
 
   @staticmethod
   def backward_title(gp):
@@ -1086,15 +1149,23 @@ class Report:
     flat = [ax for row in axes for ax in row]
     for ax in flat[len(groups):]:
       ax.set_visible(False)
-    for ax, (gp, by_v) in zip(flat, groups):
+    for ax, (gp, g) in zip(flat, groups):
+      by_v = g["variants"]
       ns = sorted({n for per in by_v.values() for n in per})
       drawn = False
       for v in sorted(by_v):
         pts = sorted((n, c.counter("GFLOPS")) for n, c in by_v[v].items()
                      if c.ok and c.counter("GFLOPS") is not None)
         if pts:
-          ax.plot([n for n, _ in pts], [g for _, g in pts], "o-", color=self.colors[v], label=v)
+          ax.plot([n for n, _ in pts], [y for _, y in pts], "o-", color=self.colors[v], label=v)
           drawn = True
+      for i, (p, by_n) in enumerate(sorted(g["peers"].items())):
+        pts = sorted((n, c.counter("GFLOPS")) for n, c in by_n.items()
+                     if c.ok and c.counter("GFLOPS") is not None and n in ns)
+        if pts:
+          ax.plot([n for n, _ in pts], [y for _, y in pts], ":", marker="xv+^"[i % 4],
+                  color=str(0.2 + 0.15 * (i % 4)),
+                  label=f"peer: {self.peer_words(p, by_n.values())}")
       fma = self.fma_ceiling(source, gp.get("threads"))
       if fma:
         ax.axhline(fma.counter("GFLOPS"), color="r", ls="-.", lw=1.5,
@@ -1116,9 +1187,12 @@ class Report:
     self.image(save(fig, self.out_dir, slug(f"backward_{source}") + ".png", bottom),
                "backward GFLOPS vs N")
 
-  def backward_group(self, source, gp, by_v):
+  def backward_group(self, source, gp, g):
     """The group's table: a row per (N, variant), its GFLOP/s, fraction of ceiling_fma,
-    backward / forward time and memory; a case that did not run gives its status once."""
+    backward / forward time and memory, then a row per peer at that N (its memory is not
+    measured); a case that did not run gives its status once. Then the focus variant against
+    the peers, when the group has them."""
+    by_v, peers = g["variants"], g["peers"]
     title = self.backward_title(gp)
     self.add(f"### {self.host_prefix(source)}backward, {title}", "")
     fma = self.fma_ceiling(source, gp.get("threads"))
@@ -1133,12 +1207,14 @@ class Report:
                lambda c: fmt_bytes(c.counter("workspace_bytes")),
                lambda c: fmt_bytes(c.counter("peak_rss_delta_bytes")))
     rows = []
-    for n in sorted({n for per in by_v.values() for n in per}):
-      for v in sorted(by_v):
-        c = by_v[v].get(n)
+    ns = sorted({n for per in by_v.values() for n in per})
+    for n in ns:
+      for v, c in [(v, by_v[v].get(n)) for v in sorted(by_v)] + [
+          (p, peers[p].get(n)) for p in sorted(peers)]:
         if c:  # a case that did not run: its status once (as in Other scenarios), then blanks
-          rows.append([n, v] + ([fn(c) for fn in columns] if c.ok
-                                else [c.status] + [""] * (len(columns) - 1)))
+          rows.append([n, v] + ([fn(c) for fn in columns[:3]]
+                                + ([fn(c) for fn in columns[3:]] if c.variant else ["—", "—"])
+                                if c.ok else [c.status] + [""] * (len(columns) - 1)))
     causal = str(gp.get("causal", 0)) != "0"
     self.add(md_table(["N", "variant", "GFLOP/s" + (" (effective)" if causal else ""),
                        "of ceiling_fma" + (f" ({fmt_num(fma.counter('GFLOPS'))})" if fma else ""),
@@ -1147,12 +1223,15 @@ class Report:
     if not fma and self.fma_ceilings(source):
       self.add(f"Fraction of ceiling_fma: no `ceiling_fma/threads:{gp.get('threads', '?')}` "
                "case in this run.", "")
+    if any(n in by_n for by_n in peers.values() for n in ns):
+      self.peers_table(g, ns, sorted(by_v), best=True)
 
-  def backward_summary(self, cases):
+  def backward_summary(self, cases, peer_cases=()):
     """One line per (source, threads) for the focus variant (--precision-focus, flash): its
     fraction of ceiling_fma, backward / forward time and causal efficiency at N >= 2048 (at
-    every N that ran when none is that long), against issue 18's targets, and how many of its
-    cases did not run."""
+    every N that ran when none is that long), against issue 18's targets, its speedup over the
+    fastest peer's backward at each shape (`peer_cases`: over the same N, or every N where
+    both ran when the peers stopped short of them), and how many of its cases did not run."""
     focus, large_n = self.precision_focus_name, self.BACKWARD_LARGE_N
 
     def span(values):
@@ -1190,6 +1269,9 @@ class Report:
       parts.append(f"causal effective / dense GFLOP/s {span(eff)} (target ≥ "
                    f"{self.CAUSAL_TARGET})" if eff else
                    "causal / dense: no causal case ran beside its dense one")
+      vs_peers = self.backward_vs_peers(scope, ran, peer_cases)
+      if vs_peers:
+        parts.append(vs_peers)
       ns = sorted({c.params.get("N") for c in scope})
       line = (f"- Backward pass{' on ' + source if self.multi_host else ''}, {focus}, "
               f"threads={threads}")
@@ -1206,6 +1288,36 @@ class Report:
                  + ", ".join(f"{k}: {sum(c.status == k for c in failed)}" for k in kinds)
                  + "; see *Longest N within the memory budget*)")
       self.summary.append(line + ".")
+
+  def backward_vs_peers(self, scope, ran, peer_cases):
+    """'faster than the best peer's backward by 2.10–4.30× (...)': the fastest peer's time /
+    the case's time at each shape of `scope` where a peer ran (of `ran` when none did), or
+    None when no peer ran at any of them."""
+    peers = {}
+    for p in peer_cases:
+      if p.ok:
+        peers.setdefault((p.source, p.name.split("/", 2)[2]), []).append(p)
+    def speedups(cases):
+      out = []
+      for c in cases:
+        ran_peers = peers.get((c.source, c.name.split("/", 2)[2]))
+        if ran_peers:
+          best = min(ran_peers, key=lambda p: p.time_s)
+          out.append((c, best.time_s / c.time_s, best))
+      return out
+    sp = speedups(scope) or speedups(ran)
+    if not sp:
+      return None
+    focus = self.precision_focus_name
+    lo, hi = min(sp, key=lambda x: x[1]), max(sp, key=lambda x: x[1])
+    rng = f"{lo[1]:.2f}×" if f"{lo[1]:.2f}" == f"{hi[1]:.2f}" else f"{lo[1]:.2f}–{hi[1]:.2f}×"
+    ns = sorted({c.params.get("N") for c, _, _ in sp})
+    best = sorted({self.peer_words(b.peer, [b]) for _, _, b in sp})
+    return (f"faster than the best peer's backward by {rng} (that peer's time / {focus} time "
+            f"at each shape, N={ns[0]}" + (f"–{ns[-1]}" if len(ns) > 1 else "")
+            + f"; lowest at d={lo[0].params.get('d')} "
+            f"{'causal' if lo[0].params.get('causal') else 'dense'} N={lo[0].params.get('N')}"
+            f"; best peer: {', '.join(best)})")
 
   # ---- budget
   def budget_section(self):
@@ -1678,6 +1790,31 @@ class Report:
             + ".")
 
   # ---- accuracy
+  def accuracy_tables(self, rows_in, source, multi, typed, title=""):
+    """One table per mask of `source`'s results: max abs error (bound ratio) per variant."""
+    variants = sorted({r.variant for r in rows_in})
+    for mask in sorted({r.mask for r in rows_in}):
+      rs = [r for r in rows_in if r.source == source and r.mask == mask]
+      if not rs:
+        continue
+      keys = sorted({(ar.dtype_sort_key(r.dtype), r.dtype, r.d, r.N) for r in rs})
+      idx = {(r.variant, r.dtype, r.d, r.N): r for r in rs}
+      rows = []
+      for _, dt, d, n in keys:
+        row = ([dt] if typed else []) + [d, n]
+        for v in variants:
+          r = idx.get((v, dt, d, n))
+          if r is None or r.error:
+            row.append(r.status if r else "—")
+          else:
+            txt = f"{r.max_abs_error:.2e} ({fmt_num(r.bound_ratio, 2)})"
+            row.append(f"**{txt}**" if r.bound_ratio > 1 else txt)
+        rows.append(row)
+      self.add(f"**{title}{source + ': ' if multi else ''}mask = {mask}**", "",
+               md_table((["dtype"] if typed else []) + ["d", "N"] + variants, rows,
+                        ["---"] * typed + ["---:"] * (2 + len(variants))
+                        if typed else None), "")
+
   def accuracy_section(self, given):
     self.add("## Accuracy against the fp64 reference", "")
     if not given:
@@ -1695,27 +1832,7 @@ class Report:
       self.add("Element types: the `dtype` column (Q, K, V, O as in the benchmark's name token; "
                "the bound has each type's rounding terms). The plot shows f32.", "")
     for source in sorted({r.source for r in self.acc_rows}):
-      for mask in masks:
-        rs = [r for r in self.acc_rows if r.source == source and r.mask == mask]
-        if not rs:
-          continue
-        keys = sorted({(ar.dtype_sort_key(r.dtype), r.dtype, r.d, r.N) for r in rs})
-        idx = {(r.variant, r.dtype, r.d, r.N): r for r in rs}
-        rows = []
-        for _, dt, d, n in keys:
-          row = ([dt] if typed else []) + [d, n]
-          for v in variants:
-            r = idx.get((v, dt, d, n))
-            if r is None or r.error:
-              row.append(r.status if r else "—")
-            else:
-              txt = f"{r.max_abs_error:.2e} ({fmt_num(r.bound_ratio, 2)})"
-              row.append(f"**{txt}**" if r.bound_ratio > 1 else txt)
-          rows.append(row)
-        self.add(f"**{source + ': ' if multi else ''}mask = {mask}**", "",
-                 md_table((["dtype"] if typed else []) + ["d", "N"] + variants, rows,
-                          ["---"] * typed + ["---:"] * (2 + len(variants))
-                          if typed else None), "")
+      self.accuracy_tables(self.acc_rows, source, multi, typed)
       # plot: bound ratio vs N, one panel per mask
       ncols = min(3, len(masks))
       nrows = math.ceil(len(masks) / ncols)
@@ -1747,15 +1864,28 @@ class Report:
       bottom = legend_below(fig, flat[:1], ncol=4)
       self.image(save(fig, self.out_dir, slug(f"accuracy_{source}") + ".png", bottom),
                  "accuracy")
-    worst = {}
-    for r in self.acc_rows:
-      if not math.isnan(r.bound_ratio) and r.bound_ratio > worst.get(r.variant, (-1,))[0]:
-        worst[r.variant] = (r.bound_ratio, r)
-    if worst:
-      self.summary.append("- Accuracy, worst max error / bound per variant: " + "; ".join(
-          f"{v} {fmt_num(b, 2)} (N={r.N}, d={r.d}, {r.mask}"
-          + (f", {r.dtype})" if r.dtype != ar.F32 else ")")
-          for v, (b, r) in sorted(worst.items())) + ".")
+    if self.acc_grad_rows:
+      self.add("### Gradients (the backward pass)", "",
+               "Cell: max abs error over dQ, dK and dV (max error / the derived bound of "
+               "reference/error_bound.h GradErrorBounds; above 1 is outside the bound and marked "
+               "**bold**). Every element is checked against reference::Backward, whose own fp64 "
+               "forward gives P: the variant's forward, then its backward, B = H = 1, a random "
+               "dO.", "")
+      multi_grad = len({r.source for r in self.acc_grad_rows}) > 1
+      for source in sorted({r.source for r in self.acc_grad_rows}):
+        self.accuracy_tables(self.acc_grad_rows, source, multi_grad, False, "backward, ")
+    for rows, what in ((self.acc_rows, "Accuracy"), (self.acc_grad_rows, "Gradient accuracy")):
+      worst = {}
+      for r in rows:
+        if not math.isnan(r.bound_ratio) and r.bound_ratio > worst.get(r.variant, (-1,))[0]:
+          worst[r.variant] = (r.bound_ratio, r)
+      if worst:
+        self.summary.append(f"- {what}, worst max error / bound per variant: " + "; ".join(
+            f"{v} {fmt_num(b, 2)} (N={r.N}, d={r.d}, {r.mask}"
+            + (f", {r.dtype})" if r.dtype != ar.F32 else ")")
+            for v, (b, r) in sorted(worst.items()))
+            + (f" (N = {min(r.N for r in rows)}..{max(r.N for r in rows)})"
+               if what != "Accuracy" else "") + ".")
 
 
 # ----------------------------------------------------------------------------- output

@@ -27,6 +27,10 @@ Backward pass: grad/<variant> cases beside the fixture's sweep cases (known time
 variant failing its check) must leave every forward section as it was and give the Backward
 pass section its plot, rows, causal efficiency and summary line; a synthetic file at N >= 2048
 must give the summary against issue 18's targets and show an over-budget backward case.
+The peers' backward (grad/peer_* cases in a synthetic peer file, slower than flash's by known
+factors, the fastest peer changing with the shape) must give peer rows, a "flash against the
+peers" table with the best peer per N and the summary's speedup over the best peer, and leave
+every forward section as it was.
 
 Usage: test_generate.py [--work-dir DIR] [--testdata DIR]
 """
@@ -949,6 +953,154 @@ def test_backward_targets(work, doc):
         f"{over}" in budget, "the over-budget backward case is listed under grad/blas")
 
 
+# A peer's backward time = flash's backward time × this factor ({causal: factor}); SDPA stops
+# before the largest N of each group (its series hit the time cap), and is the faster peer
+# only when dense.
+PEER_GRAD = {"peer_torch_plain": {0: 4.0, 1: 4.0}, "peer_torch_sdpa": {0: 3.0, 1: 6.0}}
+
+
+def grad_peers_doc(doc, full):
+  """peers_doc(doc) (the forward peers) plus grad/<peer> cases at every flash backward case of
+  `full` (with_backward), PEER_GRAD times slower, SDPA's but at the largest N of each group;
+  ({grad case name: (median time ms, median GFLOPS)} of flash, the largest N per group)."""
+  pdoc, _, largest = peers_doc(doc)
+  pdoc["context"].update({"attnlab_peer_passes": "forward,backward",
+                          "attnlab_peer_backward": "synthetic autograd timing",
+                          "attnlab_peer_backward_skipped": "grad/peer_torch_sdpa: N > 256"})
+  flash = {}
+  for e in entries(full):
+    name = case_name(e)
+    if name.startswith("grad/flash/") and e.get("run_type") == "iteration" and \
+        not e.get("error_occurred"):
+      flash.setdefault(name, []).append((e["real_time"], e["GFLOPS"]))
+  flash = {n: (statistics.median(t for t, _ in v), statistics.median(g for _, g in v))
+           for n, v in flash.items()}
+  for name, (t, g) in flash.items():
+    params = parse(name)[2]
+    key = tuple(sorted((k, v) for k, v in params.items() if k != "N"))
+    for peer, factors in PEER_GRAD.items():
+      if peer == "peer_torch_sdpa" and int(params["N"]) == largest[key]:
+        continue
+      factor = factors[int(params["causal"])]
+      pname = name.replace("grad/flash/", f"grad/{peer}/", 1)
+      for i in range(3):
+        pdoc["benchmarks"].append(repetition(pname, i, 3, t * factor, {
+            "GFLOPS": g / factor, "GFLOPS_dense": g / factor},
+            f"path=torch 9.9.9 {peer}, autograd backward (forward outside the timing)"))
+  return pdoc, flash, largest
+
+
+def test_backward_peers(work, doc):
+  """grad/<peer> cases (bench/peers.py's backward) beside flash's backward: read as the
+  peer's (no variant), shown as rows of the backward tables (GFLOP/s, fraction of ceiling_fma,
+  backward / forward against the peer's own forward, no memory), a 'flash against the peers'
+  table per group with the fastest peer at each N, a plotted line, the summary's speedup over
+  the best peer; the forward sections read as with the forward peers alone; a file without
+  backward peers says so in the section; a backward-only peer file leaves the forward's
+  'Peers: not in this run' line saying why."""
+  fam, variant, scen, params = ar.parse_name("grad/peer_torch_plain/N:256/d:64/causal:1/threads:1")
+  case = ar.Case("h", "grad/peer_torch_plain/N:256/d:64/causal:1/threads:1")
+  check((fam, variant, scen) == ("grad", None, "") and params["N"] == "256"
+        and case.peer == "peer_torch_plain" and case.series == "grad/peer_torch_plain"
+        and not case.is_variant and ar.Case("h", "peer_torch_sdpa/N:256/d:64").peer
+        == "peer_torch_sdpa" and ar.Case("h", "grad/flash/N:256/d:64").peer is None,
+        f"a peer's backward is the peer's case, not a variant's (got {(fam, variant, scen)}, "
+        f"{case.peer}, {case.series})")
+
+  full = with_backward(doc)
+  pdoc, flash, largest = grad_peers_doc(doc, full)
+  fwd_only = dict(pdoc, benchmarks=[e for e in entries(pdoc)
+                                    if not case_name(e).startswith("grad/")])
+  fwd_only["context"] = dict(pdoc["context"], attnlab_peer_passes="forward")
+  bench_in = os.path.join(work, "bwpeers-bench.json")
+  both_in, fwd_in = os.path.join(work, "bwpeers.json"), os.path.join(work, "fwpeers.json")
+  json.dump(full, open(bench_in, "w"))
+  json.dump(pdoc, open(both_in, "w"))
+  json.dump(fwd_only, open(fwd_in, "w"))
+  text, refs = check_pngs(run_generate([bench_in, both_in, "--out-dir",
+                                        os.path.join(work, "bwpeers")]))
+  plain = open(run_generate([bench_in, fwd_in, "--out-dir",
+                             os.path.join(work, "fwpeers")])).read()
+  for title in ("## Ceilings and roofline", "## Sweep", "## Thread scaling",
+                "## Causal efficiency", "## Longest N", "## Decode", "## Other scenarios"):
+    check(section(text, title) == section(plain, title),
+          f"{title} reads the same with the peers' backward cases")
+  check("Peers' backward: not in this run" in section(plain, "## Backward pass"),
+        "without grad/peer_* cases the Backward pass section says the peers' backward is absent")
+  body = section(text, "## Backward pass")
+  check("Peers' backward: not in this run" not in body
+        and "synthetic autograd timing" in body and "skipped: grad/peer_torch_sdpa: N > 256"
+        in body, "the section names the peers' backward, what it times and what it skipped")
+  times = median_times(pdoc)
+  fma = {t: statistics.median(r) for t, r in FMA_REPS.items()}
+  rows_checked = speedups_checked = 0
+  want_sp = {}  # threads -> [(best peer time / flash time, shape)]
+  for name, (t, g) in flash.items():
+    params = parse(name)[2]
+    n, causal = int(params["N"]), int(params["causal"])
+    body_g = body.split(f"### backward, {backward_title(params)}\n", 1)[1].split("\n### ")[0]
+    rows = table_after(body_g, "\n")
+    peer_t = {}
+    for peer, factors in PEER_GRAD.items():
+      pname = name.replace("grad/flash/", f"grad/{peer}/", 1)
+      row = [r for r in rows if r[:2] == [params["N"], peer]]
+      if pname not in times:
+        check(row == [], f"{pname}: no row where the peer did not run (got {row})")
+        continue
+      peer_t[peer] = times[pname]
+      fwd = times.get(pname[len("grad/"):])
+      want = [params["N"], peer, generate.fmt_num(g / factors[causal]),
+              generate.fmt_num(g / factors[causal] / fma[int(params["threads"])], 2),
+              f"{times[pname] / fwd:.2f}" if fwd else "no forward case", "—", "—"]
+      check(row == [want], f"{pname}: row {want} (got {row})")
+      rows_checked += 1
+    sp_rows = table_after(body_g, "**flash against the peers**")
+    header = body_g.split("**flash against the peers**", 1)[1].split("\n")[2]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    check(columns == ["N"] + [f"vs {p}" for p in sorted(PEER_GRAD)] + ["vs the best peer"],
+          f"{backward_title(params)}: the peers' speedup columns ({columns})")
+    row = [r for r in sp_rows if r[0] == params["N"]]
+    best = min(peer_t, key=peer_t.get)
+    want = [params["N"]] + [f"{peer_t[p] / t:.2f}×" if p in peer_t else "—"
+                            for p in sorted(PEER_GRAD)] + [f"{peer_t[best] / t:.2f}× ({best})"]
+    check(row == [want], f"{name}: speedups over the peers {want} (got {row})")
+    speedups_checked += 1
+    want_sp.setdefault(params["threads"], []).append(
+        (peer_t[best] / t, (causal, n), best))
+  check(rows_checked > 0 and speedups_checked == len(flash) > 0,
+        f"peer rows ({rows_checked}) and speedups ({speedups_checked}) were checked")
+  summary = section(text, "## Summary")
+  for threads, sp in want_sp.items():
+    line = [l for l in summary.splitlines()
+            if l.startswith(f"- Backward pass, flash, threads={threads}")]
+    lo, hi = min(sp), max(sp)
+    ns = sorted({n for _, (_, n), _ in sp})
+    words = sorted({"PyTorch 9.9.9 " + ("plain" if b == "peer_torch_plain" else "SDPA")
+                    for _, _, b in sp})
+    want = (f"faster than the best peer's backward by {lo[0]:.2f}–{hi[0]:.2f}× (that peer's "
+            f"time / flash time at each shape, N={ns[0]}–{ns[-1]}; lowest at d=64 "
+            f"{'causal' if lo[1][0] else 'dense'} N={lo[1][1]}; best peer: {', '.join(words)})")
+    check(line and want in line[0], f"threads={threads}: the summary's speedup over the best "
+          f"peer {want!r} (got {line})")
+  check("**peer_" not in summary and "| peer_torch_plain |" not in section(text, "## Longest N")
+        and "peer" not in body.split("**Causal efficiency of the backward pass**", 1)[1],
+        "a peer's backward is never a variant (best, budget, causal efficiency tables)")
+  png = f"backward_{generate.slug(str(doc['context']['host_name']))}.png"
+  check(png in refs, "the backward plot is drawn with the peers")
+
+  # A peer file that timed only the backward: the forward's absent-peer line says why.
+  bw_only = dict(pdoc, benchmarks=[e for e in entries(pdoc) if case_name(e).startswith("grad/")])
+  bw_only["context"] = dict(pdoc["context"], attnlab_peer_passes="backward")
+  json.dump(bw_only, open(both_in, "w"))
+  text = open(run_generate([bench_in, both_in, "--out-dir",
+                            os.path.join(work, "bwpeers-only")])).read()
+  want = ("- Peers: not in this run (install python3-torch; see README): bench/peers.py timed "
+          "only the backward pass (--passes backward).")
+  check(want in section(text, "## Summary") and "torch 9.9.9" not in section(text, "## Sweep")
+        and "flash against the peers" in section(text, "## Backward pass"),
+        f"a backward-only peer file: {want!r}, its backward shown")
+
+
 def scaled(doc, target, factor):
   out = copy.deepcopy(doc)
   for e in entries(out):
@@ -1164,6 +1316,43 @@ def test_accuracy_not_run_and_non_finite(work, testdata, accdoc):
     text = open(p.stdout.strip()).read().split("## Accuracy", 1)[1]
     check("| over budget |" in text and "**inf (inf)**" in text,
           "the accuracy table shows 'over budget' and a non-finite error (inf, in bold)")
+
+
+def test_accuracy_backward(work, testdata, accdoc):
+  """Backward results ("pass": "backward", bench/accuracy.cc) get tables of their own under
+  *Gradients* and a summary line; the forward tables read exactly as without them, even when a
+  gradient result has the same variant, N, d and mask as a forward one; an unknown pass is
+  refused."""
+  acc = copy.deepcopy(accdoc)
+  forward = acc["results"][0]
+  grad = dict(forward, max_abs_error=7.77e-05, bound_ratio=0.0321)
+  grad["pass"] = "backward"
+  acc["results"].append(grad)
+  path = os.path.join(work, "acc-backward.json")
+  json.dump(acc, open(path, "w"))
+  outs = {}
+  for name, file in (("with", path), ("without", os.path.join(testdata, "quick-accuracy.json"))):
+    p = subprocess.run([sys.executable, GENERATE, os.path.join(testdata, "quick.json"),
+                        "--accuracy", file, "--out-dir", os.path.join(work, "accb-" + name)],
+                       capture_output=True, text=True)
+    check(p.returncode == 0, f"accuracy file {name} a backward result is read ({p.stderr})")
+    outs[name] = open(p.stdout.strip()).read() if p.returncode == 0 else ""
+  text = outs["with"].split("## Accuracy", 1)[-1]
+  forward_part, _, grads = text.partition("### Gradients (the backward pass)")
+  check(grads != "" and "7.77e-05 (0.032)" in grads and "7.77e-05" not in forward_part,
+        "the backward result is in the Gradients tables only")
+  check(forward_part.strip() == outs["without"].split("## Accuracy", 1)[-1].strip(),
+        "the forward accuracy tables read as without the backward result")
+  check("- Gradient accuracy, worst max error / bound per variant: "
+        f"{forward['variant']} 0.032" in outs["with"], "a gradient accuracy summary line")
+  bad = copy.deepcopy(acc)
+  bad["results"][-1]["pass"] = "sideways"
+  bad_path = os.path.join(work, "acc-bad-pass.json")
+  json.dump(bad, open(bad_path, "w"))
+  rc, err = call_generate([os.path.join(testdata, "quick.json"), "--accuracy", bad_path,
+                           "--out-dir", os.path.join(work, "accb-bad")])
+  check(rc == 1 and "pass" in err and "forward or backward" in err,
+        f"an unknown pass is refused ({err.strip()})")
 
 
 def write_input(folder, what, content):
@@ -1461,6 +1650,7 @@ def main():
   accdoc = json.load(open(os.path.join(args.testdata, "quick-accuracy.json")))
   test_bad_inputs(args.work_dir, doc, accdoc, args.testdata)
   test_accuracy_not_run_and_non_finite(args.work_dir, args.testdata, accdoc)
+  test_accuracy_backward(args.work_dir, args.testdata, accdoc)
   test_truncated(args.work_dir, args.testdata)
   test_interrupted_and_resumed(args.work_dir, doc)
   test_atomic_output(args.work_dir, doc)
@@ -1470,6 +1660,7 @@ def main():
   test_peers(args.work_dir, doc)
   test_backward(args.work_dir, doc)
   test_backward_targets(args.work_dir, doc)
+  test_backward_peers(args.work_dir, doc)
   if failures:
     print(f"{len(failures)} check(s) failed")
     return 1

@@ -2,7 +2,7 @@
 # The README's main job: install what is missing, build (release preset), run the default
 # benchmark suite and the accuracy run, write the report, print its path (last line).
 #
-# Usage: bash scripts/main.sh [--suite quick|default|full] [--label LABEL] [--accuracy-max-n N]
+# Usage: bash scripts/main.sh [--suite quick|default|full|backward] [--label LABEL] [--accuracy-max-n N]
 #                             [--fresh]
 #   On a quiet 2-core Zen 4 the default suite takes ~9 min and the accuracy run
 #   (N = 128..16384; --accuracy-max-n 4096 for a quicker look) the rest of the job.
@@ -137,7 +137,14 @@ fi
 peers=()
 if /usr/bin/python3 -c "import torch" 2>/dev/null; then
   echo "== peers (PyTorch) -> $stem-peers.json"
-  run_child nice -n 5 /usr/bin/python3 bench/peers.py --out "$stem-peers.json"
+  # The backward only where the suite has grad/ cases (quick, backward): the peers' autograd
+  # beside nothing would only cost minutes.
+  case "$suite" in
+    backward) passes=backward ;;
+    quick) passes=forward,backward ;;
+    *) passes=forward ;;
+  esac
+  run_child nice -n 5 /usr/bin/python3 bench/peers.py --out "$stem-peers.json" --passes "$passes"
   if [ "$interrupted" -ne 0 ]; then
     echo "main.sh: the peers run was interrupted. Continue the job with: $command" >&2
     exit $((128 + interrupted))
