@@ -204,6 +204,17 @@ std::string NameOf(const nlohmann::ordered_json& result) {
                     result.value("dtype", ""));
 }
 
+// A result that did not run: "over budget: ..." or "not run: ..." (docs/bench-json.md),
+// also on stderr.
+nlohmann::ordered_json NotRun(nlohmann::ordered_json entry, const std::string& name,
+                              const Status& status) {
+  entry["error"] =
+      (status.code() == StatusCode::kResourceExhausted ? "over budget: " : "not run: ") +
+      status.message();
+  std::fprintf(stderr, "%s: %s\n", name.c_str(), entry["error"].get<std::string>().c_str());
+  return entry;
+}
+
 // The problem of a result: B = H = Hkv = 1, Lq = Lk = N, the mask's kind
 // (a window of WindowLeft(N) keys; key lengths cutting a third), inputs
 // seeded by shape and mask so every variant and element type sees the same
@@ -245,11 +256,7 @@ nlohmann::ordered_json RunGradCase(const AccuracyCase& c, const RunOptions& run_
   grads.Poison();
   if (status.ok()) status = RunBackward(*c.variant, grads.grad_problem(), run_options);
   if (!status.ok()) {
-    entry["error"] =
-        (status.code() == StatusCode::kResourceExhausted ? "over budget: " : "not run: ") +
-        status.message();
-    std::fprintf(stderr, "%s: %s\n", name.c_str(), entry["error"].get<std::string>().c_str());
-    return entry;
+    return NotRun(std::move(entry), name, status);
   }
   const GradProblem g = grads.grad_problem();
   const std::string key = ResultName("", c.n, c.d, c.mask->name, "");
@@ -290,11 +297,7 @@ nlohmann::ordered_json RunCase(const AccuracyCase& c, const RunOptions& run_opti
   testing::ProblemData data(spec);
   const Status status = Run(*c.variant, data.problem(), run_options);
   if (!status.ok()) {
-    entry["error"] =
-        (status.code() == StatusCode::kResourceExhausted ? "over budget: " : "not run: ") +
-        status.message();
-    std::fprintf(stderr, "%s: %s\n", name.c_str(), entry["error"].get<std::string>().c_str());
-    return entry;
+    return NotRun(std::move(entry), name, status);
   }
   const std::vector<int64_t> rows = RowsToCheck(c.n);
   const RowResult r = CheckRows(data, rows);
