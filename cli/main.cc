@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -35,6 +36,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <string_view>
 
 #include "cli/files.h"
 #include "cli/inputs.h"
@@ -44,6 +46,7 @@
 #include "kernels/registry.h"
 #include "reference/error_bound.h"
 #include "reference/reference.h"
+#include "testing/check.h"
 #include "testing/compare.h"
 
 namespace attn::cli {
@@ -154,27 +157,6 @@ int RunCommand(const InputOptions& in, const RunArgs& args) {
 }
 
 // ---------------------------------------------------------------- check
-struct CheckRow {
-  std::string variant;
-  std::string skipped;  // why it did not run, if it did not
-  double ms = 0;
-  reference::Comparison c;  // the tests' comparison (testing/compare.h)
-};
-
-// What the table says of a variant Prepare refused: over the budget or
-// lacking a feature is a skip; anything else (an invalid problem or option)
-// would refuse every variant alike and is an error (exit 2).
-std::string SkipReason(const Status& status, const Inputs& inputs) {
-  switch (status.code()) {
-    case StatusCode::kResourceExhausted:
-      return "skipped: over budget: " + status.message();
-    case StatusCode::kUnimplemented:
-      return "skipped: " + status.message();
-    default:
-      FailStatus(status, inputs);
-  }
-}
-
 int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) {
   std::vector<const Variant*> variants;
   if (names.empty()) {
@@ -184,53 +166,26 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
   }
   const Inputs inputs(in);
   const Shape& s = inputs.shape();
-  const int64_t rows = s.batch * s.heads * s.q_len;
   OutputBuffer o = inputs.MakeOutput();
-  std::vector<float> lse(rows);
+  std::vector<float> lse(s.batch * s.heads * s.q_len);
   const Problem problem = inputs.MakeProblem(o, lse);
-  if (StatusOr<ValidProblem> valid = Validate(problem); !valid.ok()) {
-    FailStatus(valid.status(), inputs);
-  }
-  const auto ref_start = std::chrono::steady_clock::now();
-  StatusOr<reference::Result> want = reference::Attention(problem);
-  if (!want.ok()) FailStatus(want.status(), inputs);
-  const double ref_ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - ref_start)
-          .count();
-  // The bounds depend on the inputs only: computed once for every variant.
-  const std::vector<reference::RowBound> bounds = testing::RowBounds(problem);
+  // Refusals for budget or support are rows of the table; anything else (an
+  // invalid problem or option) would refuse every variant alike: exit 2.
+  StatusOr<testing::CheckResult> result =
+      testing::CheckVariants(problem, variants, inputs.run_options());
+  if (!result.ok()) FailStatus(result.status(), inputs);
   fmt::print("{} {} ({})\nreference (fp64): {:.3f} ms\n", attn::Describe(s, problem.mask),
-             attn::Describe(inputs.dtypes()), inputs.Describe(), ref_ms);
-
-  std::vector<CheckRow> table;
-  bool failed = false, any_ran = false;
-  for (const Variant* v : variants) {
-    CheckRow row;
-    row.variant = v->name;
-    o.Poison();
-    std::fill(lse.begin(), lse.end(), std::numeric_limits<float>::quiet_NaN());
-    StatusOr<ValidProblem> prepared = Prepare(*v, problem, inputs.run_options());
-    if (!prepared.ok()) {
-      row.skipped = SkipReason(prepared.status(), inputs);
-      table.push_back(row);
-      continue;
-    }
-    row.ms = 1e3 * RunVariant(*v, inputs, problem);
-    // O through the inputs' layout and lse, against the contiguous reference.
-    row.c = testing::CompareToReference(problem, *want, bounds);
-    failed = failed || !row.c.ok;
-    any_ran = true;
-    table.push_back(row);
-  }
+             attn::Describe(inputs.dtypes()), inputs.Describe(), result->reference_ms);
   fmt::print("\n{:<16} {:>12} {:>12} {:>12} {:>10} {:>10}  {}\n", "variant", "max_abs_err",
              "max_rel_err", "bound", "err/bound", "time_ms", "result");
-  for (const CheckRow& r : table) {
-    if (!r.skipped.empty()) {
-      fmt::print("{:<16} {:>12} {:>12} {:>12} {:>10} {:>10}  {}\n", r.variant, "-", "-", "-", "-",
-                 "-", r.skipped);
+  for (const testing::VariantCheck& r : result->variants) {
+    if (!r.ran()) {
+      const bool over_budget = r.refused.code() == StatusCode::kResourceExhausted;
+      fmt::print("{:<16} {:>12} {:>12} {:>12} {:>10} {:>10}  skipped: {}{}\n", r.variant->name, "-",
+                 "-", "-", "-", "-", over_budget ? "over budget: " : "", r.refused.message());
       continue;
     }
-    fmt::print("{:<16} {:>12.3e} {:>12.3e} {:>12.3e} {:>10.4f} {:>10.3f}  {}\n", r.variant,
+    fmt::print("{:<16} {:>12.3e} {:>12.3e} {:>12.3e} {:>10.4f} {:>10.3f}  {}\n", r.variant->name,
                r.c.max_abs_error, r.c.max_rel_error, r.c.bound_at_worst, r.c.worst_bound_ratio,
                r.ms, r.c.ok ? "ok" : "FAIL");
     if (!r.c.ok) fmt::print("  first failure: {}\n", r.c.first_failure);
@@ -238,10 +193,12 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
   fmt::print(
       "\nbound: the derived per-row tolerance (reference/error_bound.h) at the element "
       "with the largest err/bound; a variant passes when err/bound <= 1 everywhere.\n");
+  const bool any_ran = std::any_of(result->variants.begin(), result->variants.end(),
+                                   [](const testing::VariantCheck& r) { return r.ran(); });
   if (!any_ran) {
     Fail("every variant was skipped (see the table): nothing was checked", kExitFailed);
   }
-  return failed ? kExitFailed : kExitOk;
+  return result->ok() ? kExitOk : kExitFailed;
 }
 
 // ---------------------------------------------------------------- grad
@@ -396,16 +353,37 @@ void ForwardToChild(int sig) {
 // --report` on partial results); signals attnlab ignores (nohup) stay ignored. The child gets
 // SIGTERM when attnlab dies (PR_SET_PDEATHSIG), so even a SIGKILLed attnlab leaves no orphan:
 // fork + exec rather than posix_spawn, because only the child can ask for that.
-int Spawn(const std::vector<std::string>& argv, bool echo = true) {
+// `set_env`: NAME=VALUE entries that replace or add to the child's copy of attnlab's environment
+// (echoed before the command, as a shell line that reproduces the run).
+int Spawn(const std::vector<std::string>& argv, bool echo = true,
+          const std::vector<std::string>& set_env = {}) {
   if (echo) {
     std::string line;
-    for (const std::string& a : argv) line += (line.empty() ? "" : " ") + ShellQuote(a);
+    for (const std::string& e : set_env) {
+      const size_t eq = e.find('=');
+      line += e.substr(0, eq + 1) + ShellQuote(e.substr(eq + 1)) + " ";
+    }
+    for (size_t i = 0; i < argv.size(); ++i) line += (i == 0 ? "" : " ") + ShellQuote(argv[i]);
     fmt::print("+ {}\n", line);
     std::fflush(stdout);
   }
   std::vector<char*> cargv;
   for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
   cargv.push_back(nullptr);
+  // The child's environment is built here: after fork it may not allocate.
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    const std::string_view name = entry.substr(0, entry.find('=') + 1);
+    const bool replaced = std::any_of(set_env.begin(), set_env.end(), [&](const std::string& s) {
+      return std::string_view(s).substr(0, s.find('=') + 1) == name;
+    });
+    if (!replaced) env.emplace_back(entry);
+  }
+  env.insert(env.end(), set_env.begin(), set_env.end());
+  std::vector<char*> cenv;
+  for (const std::string& e : env) cenv.push_back(const_cast<char*>(e.c_str()));
+  cenv.push_back(nullptr);
   // Blocked until the forwarding handlers are in place, so none is lost or kills attnlab.
   sigset_t forwarded, before;
   sigemptyset(&forwarded);
@@ -415,7 +393,9 @@ int Spawn(const std::vector<std::string>& argv, bool echo = true) {
   const pid_t pid = fork();
   if (pid == 0) {  // async-signal-safe calls only, until exec
     sigprocmask(SIG_SETMASK, &before, nullptr);
-    if (prctl(PR_SET_PDEATHSIG, SIGTERM) == 0 && getppid() == parent) execv(cargv[0], cargv.data());
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) == 0 && getppid() == parent) {
+      execve(cargv[0], cargv.data(), cenv.data());
+    }
     _exit(127);
   }
   const int fork_error = errno;
@@ -461,10 +441,66 @@ std::string Python() {
   return python;
 }
 
-// A file of the source tree (reports/...): ATTNLAB_SOURCE_DIR is compiled in.
-fs::path SourceFile(const char* env_override, const std::string& relative) {
-  if (const char* env = std::getenv(env_override)) return env;
-  return fs::path(ATTNLAB_SOURCE_DIR) / relative;
+// ---------------------------------------------------------------- companions
+// attnlab finds attnlab_bench, the report scripts and the Python package relative to its own
+// executable, never through a path compiled in, so an installed copy works with the build and
+// source trees gone. The build tree mirrors the installed layout (cli/CMakeLists.txt):
+//   installed                          build tree
+//   P/bin/attnlab                      B/cli/attnlab
+//   P/bin/attnlab_bench                B/bench/attnlab_bench
+//   P/share/attnlab/reports/           B/share/attnlab/reports -> <source>/reports (a symlink)
+//   P/lib/python3/dist-packages/       (none)
+// ATTNLAB_BIN_TO_REPORTS and ATTNLAB_BIN_TO_PYTHON are those directories relative to the
+// executable's, from GNUInstallDirs and ATTNLAB_INSTALL_PYTHONDIR.
+fs::path FromSelf(const fs::path& relative) {
+  // SelfDir() is /proc/self/exe's target, which holds no symlink or "..": resolving the ".."s
+  // lexically names the same file, and the error messages read better for it.
+  return (SelfDir() / relative).lexically_normal();
+}
+
+// $env_override when it is set (then the only candidate, so a wrong override is an error
+// rather than silently passed over), else the first usable one of `candidates`. Not found:
+// exits with every place it looked and `hint` (or, for an override, how to drop it).
+fs::path FindCompanion(const std::string& what, const char* env_override,
+                       const std::vector<fs::path>& candidates, bool executable,
+                       const std::string& hint) {
+  const char* env = std::getenv(env_override);
+  const std::vector<fs::path> looked = env != nullptr ? std::vector<fs::path>{env} : candidates;
+  for (const fs::path& c : looked) {
+    if (executable ? IsExecutable(c) : Exists(c)) return c;
+  }
+  std::string list;
+  for (const fs::path& c : looked) list += "\n  " + c.string();
+  if (env != nullptr) {
+    Fail(
+        fmt::format("{} not found; looked for:{} (${})\nunset {} to look where attnlab is "
+                    "installed or built",
+                    what, list, env_override, env_override));
+  }
+  Fail(fmt::format("{} not found; looked for:{}\n{}", what, list, hint));
+}
+
+// reports/NAME as installed (or its build-tree mirror), or $env_override.
+fs::path ReportScript(const std::string& what, const char* env_override, const char* name) {
+  return FindCompanion(
+      what, env_override, {FromSelf(ATTNLAB_BIN_TO_REPORTS) / name}, /*executable=*/false,
+      fmt::format("install attnlab again (`cmake --install`; in a build tree, rerun CMake, "
+                  "which links the source tree's reports/ there) or set {}",
+                  env_override));
+}
+
+// NAME=VALUE entries for a Python child: when attnlab runs from an install that holds the
+// `attnlab` Python package, its directory comes first on PYTHONPATH, so a report script
+// imports the package installed with it rather than another one on the caller's path. Only
+// then: prepending P/lib/python3/dist-packages whenever it exists would, for P = /usr, put
+// Debian's modules ahead of the caller's PYTHONPATH and /usr/local for no reason.
+std::vector<std::string> PythonEnvironment() {
+  const fs::path dir = FromSelf(ATTNLAB_BIN_TO_PYTHON);
+  std::error_code ec;
+  if (!fs::is_directory(dir / "attnlab", ec)) return {};
+  const char* old = std::getenv("PYTHONPATH");
+  return {"PYTHONPATH=" + dir.string() +
+          (old != nullptr && *old != '\0' ? ":" + std::string(old) : "")};
 }
 
 // ---------------------------------------------------------------- bench
@@ -483,23 +519,12 @@ struct BenchArgs {
 };
 
 fs::path FindBench() {
-  std::vector<fs::path> candidates;
-  if (const char* env = std::getenv("ATTNLAB_BENCH")) {
-    candidates.push_back(env);  // explicit: the only candidate
-  } else {
-    candidates.push_back(ATTNLAB_BENCH_PATH);                                   // this build tree
-    candidates.push_back(SelfDir().parent_path() / "bench" / "attnlab_bench");  // sibling build dir
-    candidates.push_back(SelfDir() / "attnlab_bench");  // installed side by side
-  }
-  for (const fs::path& c : candidates) {
-    if (IsExecutable(c)) return c;
-  }
-  std::string looked;
-  for (const fs::path& c : candidates) looked += "\n  " + c.string();
-  Fail(
-      fmt::format("attnlab_bench not found; looked for:{}\nbuild it with `cmake --build --preset "
-                  "release --target attnlab_bench` or set ATTNLAB_BENCH",
-                  looked));
+  return FindCompanion("attnlab_bench", "ATTNLAB_BENCH",
+                       {FromSelf("attnlab_bench"),            // installed side by side
+                        FromSelf("../bench/attnlab_bench")},  // the build tree's bench/
+                       /*executable=*/true,
+                       "build it with `cmake --build --preset release --target attnlab_bench` "
+                       "(an install has it beside attnlab) or set ATTNLAB_BENCH");
 }
 
 std::string DefaultResultsPath() {
@@ -600,10 +625,7 @@ int ReportCommand(const ReportArgs& args) {
       if (!Exists(f)) Fail(fmt::format("{}: no such file", f));
     }
   }
-  const fs::path script = SourceFile("ATTNLAB_REPORT_SCRIPT", "reports/generate.py");
-  if (!Exists(script)) {
-    Fail(fmt::format("report generator {} not found (set ATTNLAB_REPORT_SCRIPT)", script.string()));
-  }
+  const fs::path script = ReportScript("report generator", "ATTNLAB_REPORT_SCRIPT", "generate.py");
   std::vector<std::string> argv = {Python(), script.string()};
   if (!args.compare.empty()) {
     argv.push_back("compare");
@@ -614,7 +636,7 @@ int ReportCommand(const ReportArgs& args) {
   if (!args.accuracy.empty()) argv.insert(argv.end(), {"--accuracy", args.accuracy});
   if (!args.label.empty()) argv.insert(argv.end(), {"--label", args.label});
   if (!args.out_dir.empty()) argv.insert(argv.end(), {"--out-dir", args.out_dir});
-  const int rc = Spawn(argv);
+  const int rc = Spawn(argv, /*echo=*/true, PythonEnvironment());
   if (rc != 0) {
     fmt::print(stderr, "attnlab: the report generator exited with status {}\n", rc);
     return kExitFailed;
@@ -707,19 +729,11 @@ void PrintEntropyTable(const float* slice, const Shape& s, const Labels& labels,
   }
 }
 
-fs::path HeatmapScript() {
-  const fs::path script = SourceFile("ATTNLAB_HEATMAP_SCRIPT", "reports/heatmap.py");
-  if (!Exists(script)) {
-    Fail(fmt::format("heatmap script {} not found (set ATTNLAB_HEATMAP_SCRIPT)", script.string()));
-  }
-  return script;
-}
-
 // What drawing the heatmap needs, found before any kernel runs: the
 // interpreter, the script and a scratch directory for the slice and the spec.
 struct Heatmap {
   std::string python = Python();
-  fs::path script = HeatmapScript();
+  fs::path script = ReportScript("heatmap script", "ATTNLAB_HEATMAP_SCRIPT", "heatmap.py");
   TempDir tmp{"attnlab-heatmap"};
 };
 
@@ -738,7 +752,8 @@ void DrawHeatmap(const Heatmap& h, const OutputFile& png, const float* slice, co
                                {"title", title}};
   const fs::path spec_path = h.tmp.path() / "spec.json";
   WriteFileOrFail(spec_path.string(), spec.dump());
-  const int rc = Spawn({h.python, h.script.string(), spec_path.string()}, /*echo=*/false);
+  const int rc =
+      Spawn({h.python, h.script.string(), spec_path.string()}, /*echo=*/false, PythonEnvironment());
   if (rc != 0) {
     Fail(fmt::format("the heatmap script exited with status {}", rc),
          rc == kExitIo ? kExitIo : kExitFailed);

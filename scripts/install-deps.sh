@@ -13,6 +13,8 @@ PACKAGES=(
   libbenchmark-dev           # Google Benchmark 1.7.1
   libcli11-dev nlohmann-json3-dev libfmt-dev
   python3-numpy python3-matplotlib   # report generator and .npy round-trip tests (run under /usr/bin/python3)
+  python3-dev pybind11-dev python3-pybind11   # the Python package (python/), built for /usr/bin/python3
+  python3-pytest python3-pandas      # its tests (ctest runs pytest); attnlab.results' DataFrames
   clang libclang-rt-14-dev   # libFuzzer harness
   libomp-14-dev              # OpenMP for clang (the fuzz preset builds the whole library with clang)
   clang-format

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import struct
 import subprocess
@@ -1373,6 +1374,26 @@ exit "${FAKE_RC:-0}"
 """
 
 
+def installed_copy(case):
+    """A copy of the tool at <case dir>/p/bin/attnlab, alone in the installed layout; returns
+    the prefix as attnlab sees it (/proc/self/exe: no symlinks) and the copy."""
+    prefix = os.path.realpath(case.path("p"))
+    os.makedirs(os.path.join(prefix, "bin"))
+    exe = os.path.join(prefix, "bin", "attnlab")
+    shutil.copy2(CLI, exe)
+    return prefix, exe
+
+
+def run_plain(exe, *args, env=None):
+    """Runs exe with no ATTNLAB_* variable but ATTNLAB_TUNING=none and those in env: what it
+    finds, it finds by itself."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ATTNLAB_")}
+    full_env["ATTNLAB_TUNING"] = "none"
+    full_env.update(env or {})
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=full_env,
+                          timeout=120)
+
+
 class Bench(Case):
     def fake(self):
         path = self.write("fake.sh", FAKE.encode())
@@ -1415,6 +1436,25 @@ class Bench(Case):
         self.assertIn(f"+ /bin/sh {fake} {self.path('res.json')} --label zen4", out)
         self.assertEqual(self.args(), [self.path("res.json"), "--label", "zen4"])
 
+    def test_found_beside_attnlab_else_the_error_lists_where_it_looked(self):
+        """Without ATTNLAB_BENCH: the attnlab_bench installed beside attnlab, else the build
+        tree's bench/ (docs/cli.md); nothing compiled in."""
+        prefix, exe = installed_copy(self)
+        env = {"FAKE_ARGS": self.path("args.txt")}
+        p = run_plain(exe, "bench", "--out", self.path("r.json"), env=env)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(f"attnlab_bench not found; looked for:\n  {prefix}/bin/attnlab_bench\n"
+                      f"  {prefix}/bench/attnlab_bench\n", p.stderr)
+        os.makedirs(os.path.join(prefix, "bench"))  # a build tree: p/bin is its cli/
+        shutil.copy2(self.fake(), os.path.join(prefix, "bench", "attnlab_bench"))
+        p = run_plain(exe, "bench", "--out", self.path("r.json"), env=env)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(f"+ {prefix}/bench/attnlab_bench --benchmark_out=", p.stdout)
+        shutil.copy2(self.fake(), os.path.join(prefix, "bin", "attnlab_bench"))
+        p = run_plain(exe, "bench", "--out", self.path("r.json"), env=env)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(f"+ {prefix}/bin/attnlab_bench --benchmark_out=", p.stdout)
+
     def test_missing_bench_and_bad_flags(self):
         self.expect_error(r"attnlab_bench not found; looked for:\n  /nonexistent/attnlab_bench",
                           "bench", env={"ATTNLAB_BENCH": "/nonexistent/attnlab_bench"})
@@ -1435,6 +1475,31 @@ class Report(Case):
         self.expect_ok("report", "--compare", a, b, env=env)
         self.assertEqual(Bench.args(self), ["compare", a, b])
 
+    def test_installed_scripts_and_python_package(self):
+        """Without ATTNLAB_REPORT_SCRIPT: <prefix>/share/attnlab/reports/generate.py, relative
+        to the executable (the build tree links its reports/ there); the installed Python
+        package's directory first on the child's PYTHONPATH when it is there."""
+        prefix, exe = installed_copy(self)
+        a = self.write("a.json", b"{}")
+        script = os.path.join(prefix, "share", "attnlab", "reports", "generate.py")
+        p = run_plain(exe, "report", a, env={"ATTNLAB_PYTHON": "/bin/sh"})
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(f"report generator not found; looked for:\n  {script}\n", p.stderr)
+        os.makedirs(os.path.dirname(script))
+        with open(script, "w") as f:
+            f.write(f'printf "%s\\n" "$PYTHONPATH" "$@" > {self.path("args.txt")}\n')
+        env = {"ATTNLAB_PYTHON": "/bin/sh", "PYTHONPATH": "/elsewhere"}
+        p = run_plain(exe, "report", a, env=env)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(f"+ /bin/sh {script} {a}\n", p.stdout)
+        self.assertEqual(Bench.args(self), ["/elsewhere", a])
+        pydir = os.path.join(prefix, "lib", "python3", "dist-packages")
+        os.makedirs(os.path.join(pydir, "attnlab"))
+        p = run_plain(exe, "report", a, env=env)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(f"+ PYTHONPATH={pydir}:/elsewhere /bin/sh {script} {a}\n", p.stdout)
+        self.assertEqual(Bench.args(self), [f"{pydir}:/elsewhere", a])
+
     def test_real_generator_on_its_fixture(self):
         """With reports/generate.py and its fixture in the tree: a real report."""
         script = os.path.join(SOURCE, "reports", "generate.py")
@@ -1450,7 +1515,8 @@ class Report(Case):
         self.expect_error(r"give RESULTS.json files, or --compare", "report")
         self.expect_error(r"missing.json: no such file", "report", self.path("missing.json"))
         a = self.write("a.json", b"{}")
-        self.expect_error(r"report generator /nonexistent.py not found", "report", a,
+        self.expect_error(r"report generator not found; looked for:\n  /nonexistent\.py "
+                          r"\(\$ATTNLAB_REPORT_SCRIPT\)\nunset ATTNLAB_REPORT_SCRIPT", "report", a,
                           env={"ATTNLAB_REPORT_SCRIPT": "/nonexistent.py"})
 
 
