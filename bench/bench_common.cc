@@ -32,8 +32,21 @@ const char* ScenarioName(Scenario s) {
       return "window";
     case Scenario::kCross:
       return "cross";
+    case Scenario::kSoftcap:
+      return "softcap";
+    case Scenario::kAlibi:
+      return "alibi";
+    case Scenario::kSinks:
+      return "sinks";
   }
   return "?";
+}
+
+uint8_t ScenarioModifiers(Scenario s) {
+  return s == Scenario::kSoftcap ? kSoftcap
+         : s == Scenario::kAlibi ? kAlibi
+         : s == Scenario::kSinks ? kSinks
+                                 : 0;
 }
 
 bool AllF32(const DTypes& t) {
@@ -71,6 +84,11 @@ std::string Case::ValuesKey() const {
       return "window/N:" + std::to_string(q_len) + "/" + d + "/w:" + std::to_string(window);
     case Scenario::kCross:
       return "cross/Lq:" + std::to_string(q_len) + "/Lk:" + std::to_string(kv_len) + "/" + d;
+    case Scenario::kSoftcap:
+    case Scenario::kAlibi:
+    case Scenario::kSinks:
+      return std::string(ScenarioName(scenario)) + "/N:" + std::to_string(q_len) + "/" + d +
+             "/causal:" + (causal ? "1" : "0");
   }
   return "?";
 }
@@ -146,7 +164,10 @@ CaseData& DataFor(const Case& c) {
   ReleaseData();
   auto data = std::make_unique<CaseData>();
   const Shape s = c.shape();
-  const uint64_t seed = SeedFrom(c.ValuesKey());
+  // A modifier scenario times the sweep case's own inputs.
+  Case values_of = c;
+  if (ScenarioModifiers(c.scenario)) values_of.scenario = Scenario::kSweep;
+  const uint64_t seed = SeedFrom(values_of.ValuesKey());
   // An input of `heads` x `len` rows of `dim`: fp32 values from the seed, kept
   // when the tensor is f32, else stored in its type (the fp32 copy freed).
   auto input = [&](DType dtype, std::vector<float>& values, std::vector<char>& typed,
@@ -182,6 +203,14 @@ CaseData& DataFor(const Case& c) {
   data->problem.mask.kind = c.mask_kind();
   data->problem.mask.window_left = c.window;
   data->problem.mask.window_right = 0;
+  const uint8_t modifiers = ScenarioModifiers(c.scenario);
+  if (modifiers & kSoftcap) data->problem.modifiers.softcap = 50.0f;  // Gemma 2's attention cap
+  for (int64_t h = 0; h < s.heads; ++h) {
+    data->alibi_slopes.push_back(std::exp2(-8.0f * float(h + 1) / float(s.heads)));
+    data->sinks.push_back(1.0f + 0.25f * float(h));
+  }
+  if (modifiers & kAlibi) data->problem.modifiers.alibi_slopes = data->alibi_slopes;
+  if (modifiers & kSinks) data->problem.modifiers.sinks = data->sinks;
   g_data = std::move(data);
   g_data_key = key;
   return *g_data;

@@ -18,8 +18,15 @@
 
 namespace attn::bench {
 
-enum class Scenario { kSweep, kDecode, kGqa, kWindow, kCross };
-const char* ScenarioName(Scenario s);  // "sweep", "decode", ...
+// kSoftcap, kAlibi, kSinks: the sweep's shape (Lq = Lk = N) with one score
+// modifier (kernels/problem.h) on the sweep case's own inputs, so that the
+// cost of each is its time over the plain sweep case's (softcap 50 as in
+// Gemma 2; ALiBi's standard slopes; sinks 1 + h/4).
+enum class Scenario { kSweep, kDecode, kGqa, kWindow, kCross, kSoftcap, kAlibi, kSinks };
+const char* ScenarioName(Scenario s);  // "sweep", "decode", ..., "softcap"
+// The modifier a scenario applies (kSoftcap, kAlibi, kSinks of problem.h; 0
+// for the others).
+uint8_t ScenarioModifiers(Scenario s);
 
 // The name token of element types (docs/bench-json.md): "" when Q, K, V and
 // O are all f32 (fp32 names carry no token), "dtype:bf16" when the four share
@@ -112,6 +119,7 @@ struct CaseData {
   std::vector<float> q, k, v, o;  // the f32 tensors (a tensor of another type: empty)
   std::vector<char> q_typed, k_typed, v_typed, o_typed;  // the others, in their type
   std::vector<float> k_scales, v_scales;                 // [B, Hkv, Lk]: int8 K, V
+  std::vector<float> alibi_slopes, sinks;                // [H]: the modifier scenarios
   Problem problem;                                       // points into the vectors
 };
 // The inputs for `c`, cached: consecutive cases with the same DataKey reuse

@@ -129,6 +129,10 @@ struct Suite {
   std::vector<int64_t> window_dims;
   std::vector<std::pair<int64_t, int64_t>> cross;  // (Lq, Lk)
   std::vector<int64_t> layer_n;
+  // The score-modifier scenarios (softcap, alibi, sinks) at N, d, causal 0
+  // and 1, beside the sweep case of the same shape.
+  std::vector<int64_t> modifier_n;
+  std::vector<int64_t> modifier_dims;
   int64_t d128_max_n = 1 << 30;  // sweep N limit for d = 128
   // A variant's case is registered only when its predicted time per
   // iteration (FLOPs / the variant's calibrated rate, see Calibrate()) is at
@@ -210,6 +214,8 @@ Suite MakeSuite(const std::string& name) {
     s.window_dims = {64};
     s.cross = {{256, 2048}};
     s.layer_n = {512};
+    s.modifier_n = {256};
+    s.modifier_dims = {64};
     s.over_budget_max_n = 1024;
     s.min_time = "0.05";
     // CI smoke: a bf16 sweep case and an int8-KV decode case, beside the
@@ -236,6 +242,19 @@ Suite MakeSuite(const std::string& name) {
     s.backward.dims = {64, 128};
     s.backward.d128_max_n = 8192;
     s.backward.causal = {0, 1};
+  } else if (name == "serving") {
+    // The serving-shaped features' costs alone: each score modifier at d =
+    // 128, N = 2048 and 4096, dense and causal, beside the plain sweep cases
+    // of the same shapes (issue target: <= 1.1x plain flash).
+    s.sweep_n = {2048, 4096};
+    s.dims = {128};
+    s.modifier_n = {2048, 4096};
+    s.modifier_dims = {128};
+    s.min_time = "0.2";
+    s.max_case_seconds = 20;
+    s.repetitions = 3;
+    s.repeat_max_seconds = 0.1;
+    s.ceiling_repetitions = 9;
   } else if (name == "default") {
     s.sweep_n = Pow2(128, 16384);
     s.dims = {64, 128};
@@ -248,6 +267,8 @@ Suite MakeSuite(const std::string& name) {
     s.window_dims = {64};
     s.cross = {{1024, 4096}, {1024, 16384}};
     s.layer_n = {512, 2048, 8192};
+    s.modifier_n = {2048};
+    s.modifier_dims = {128};
     s.d128_max_n = 8192;
     // 20 s, not more: the N = 1024 rate is optimistic for kernels that
     // materialize scores (naive runs ~1.5x slower at N = 8192), and the
@@ -295,6 +316,8 @@ Suite MakeSuite(const std::string& name) {
     s.window_dims = {64, 128};
     s.cross = {{1, 65536}, {256, 4096}, {1024, 4096}, {1024, 16384}, {4096, 65536}, {4096, 1024}};
     s.layer_n = Pow2(512, 16384);
+    s.modifier_n = {2048, 8192};
+    s.modifier_dims = {64, 128};
     s.over_budget_max_n = 65536;
     s.min_time = "0.5";
     s.repetitions = 3;
@@ -1072,7 +1095,8 @@ class SuiteCases {
         const std::string name = std::string(v->name) + "/" + c.Tokens();
         // Types the variant does not take: no case (it could only be
         // refused), as `attnlab list` says.
-        if (Known(name) || !Takes(*v, c.dtypes) || (backward_only && !v->has_backward())) {
+        if (Known(name) || !Takes(*v, c.dtypes) || (backward_only && !v->has_backward()) ||
+            (ScenarioModifiers(c.scenario) & ~v->modifiers)) {
           continue;
         }
         const PreparedCase prepared = PrepareCase(*v, c, ctx_, rates_);
@@ -1251,6 +1275,15 @@ class SuiteCases {
     }
     for (auto [lq, lk] : suite_.cross) {
       AddShape(Case{Scenario::kCross, B, H, H, lq, lk, 64, false}, /*ceiling=*/true);
+    }
+    for (int64_t n : suite_.modifier_n) {
+      for (int64_t d : suite_.modifier_dims) {
+        for (int causal : {0, 1}) {
+          for (Scenario m : {Scenario::kSoftcap, Scenario::kAlibi, Scenario::kSinks}) {
+            AddShape(Case{m, B, H, H, n, n, d, causal == 1}, /*ceiling=*/false);
+          }
+        }
+      }
     }
     AddPrecision();
     AddBackward();
@@ -1483,8 +1516,9 @@ const FlagSpec kFlags[] = {
      .apply =
          [](const std::string& v, Flags& f) {
            if (v != "quick" && v != "default" && v != "full" && v != "precision" &&
-               v != "backward") {
-             return "unknown --suite=" + v + " (quick, default, full, precision or backward)";
+               v != "backward" && v != "serving") {
+             return "unknown --suite=" + v +
+                    " (quick, default, full, precision, backward or serving)";
            }
            f.options.suite = v;
            return std::string();

@@ -123,7 +123,7 @@ endif()
 
 # 1b. Every suite registers the physical ceilings at each of its thread counts:
 #     ceiling_fma/threads:T and ceiling_stream (docs/bench-json.md).
-foreach(suite quick default full precision)
+foreach(suite quick default full precision serving)
   execute_process(COMMAND "${BENCH}" --suite=${suite} --threads=1,2 --benchmark_list_tests
                           "--benchmark_filter=^ceiling_(fma|stream)/"
                   RESULT_VARIABLE rc OUTPUT_VARIABLE listed ERROR_VARIABLE stderr)

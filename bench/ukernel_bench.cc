@@ -34,6 +34,9 @@ struct Shape {
   std::string tokens;
   double flops = 0;     // FMA families: 2 per multiply-add; else 0
   double elements = 0;  // outputs written per call
+  // Per-score entries (the score modifiers): elements are scores, also
+  // reported as scores_per_s and ns_per_score (one thread).
+  bool per_score = false;
 };
 
 // Runs `args` through `u` for the benchmark's iterations and sets counters.
@@ -59,6 +62,13 @@ void Time(benchmark::State& state, const Ukernel& u, Args& args, const Shape& sh
   }
   state.counters["Gelems_per_s"] =
       Counter(shape.elements / 1e9, Counter::kIsIterationInvariantRate);
+  if (shape.per_score) {
+    state.counters["scores_per_s"] = Counter(shape.elements, Counter::kIsIterationInvariantRate);
+    // Inverted rate: seconds per 1e-9 scores, i.e. ns per score (the console
+    // prints it with an "s").
+    state.counters["ns_per_score"] =
+        Counter(shape.elements * 1e-9, Counter::kIsIterationInvariantRate | Counter::kInvert);
+  }
   state.counters["fma_peak_gflops"] = peak_gflops;
   state.counters["threads"] = 1;
 }
@@ -294,6 +304,45 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
                        for (int64_t x = 0; x < kTile; ++x) lse.get()[x] = 1.0f;
                        ukernels::GradScoresArgs a{sc.get(), dp.get(),  kTile,      kTile,
                                                   kTile,    lse.get(), dsum.get(), 0.125f};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
+    // The score modifiers as flash calls them, in place on a tile: softcap on
+    // one key of a 64-row block (Sᵀ) and on a 512-key row (few rows), cap 50
+    // (Gemma 2); ALiBi on a 512-key row and on a 64-row x 512-key Sᵀ tile,
+    // counted as one multiply-add per score (2 FLOPs; the distance is not).
+    case Family::kSoftcap:
+      for (int64_t n : {64, 512}) {
+        Shape s{"n:" + std::to_string(n), 0, double(n), true};
+        out.push_back({s, [=](benchmark::State& st) {
+                         Floats x(n);
+                         ukernels::SoftcapArgs a{x.get(), x.get(), n, 50.0f};
+                         Time(st, *up, a, s, peak);
+                       }});
+      }
+      break;
+    case Family::kAlibiRow: {
+      const int64_t n = 512;
+      Shape s{"n:512", 2.0 * n, double(n), true};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats row(n);
+                       ukernels::AlibiRowArgs a{row.get(), n, 1.0f / 256, -511.0f};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
+    case Family::kAlibiColumns: {
+      const int64_t rows = 64, keys = 512;
+      Shape s{"rows:64/keys:512", 2.0 * rows * keys, double(rows * keys), true};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats tile(keys * rows), slopes(rows), positions(rows);
+                       for (int64_t x = 0; x < rows; ++x) {
+                         slopes.get()[x] = 1.0f / float(1 << (1 + x % 8));
+                         positions.get()[x] = float(1000 + x);
+                       }
+                       ukernels::AlibiColumnsArgs a{
+                           tile.get(), rows, keys, rows, slopes.get(), positions.get(), 512.0f};
                        Time(st, *up, a, s, peak);
                      }});
       break;

@@ -10,7 +10,9 @@
 // Counters (docs/bench-json.md): GFLOPS for the entries that are FMA work
 // (scores, P·V, dot: 2 FLOPs per multiply-add), peak_fraction = GFLOPS / the
 // FMA peak, Gelems_per_s for the others (softmax, exp, transpose, finish:
-// elements of their output per second), fma_peak_gflops.
+// elements of their output per second), fma_peak_gflops; the score
+// modifiers (softcap, ALiBi) also scores_per_s and ns_per_score, and ALiBi
+// GFLOPS at one multiply-add per score.
 #ifndef ATTNLAB_BENCH_UKERNEL_BENCH_H_
 #define ATTNLAB_BENCH_UKERNEL_BENCH_H_
 

@@ -87,13 +87,15 @@ bool IsDecimal(std::string_view s) {
   return i == s.size();
 }
 
-float ParseScale(const std::string& text) {
+// A finite float option (--scale, --softcap): a decimal, strictly.
+float ParseFloatOption(std::string_view option, const std::string& text, std::string_view want) {
   if (!IsDecimal(text)) {
-    Fail(fmt::format("bad --scale '{}': want a finite decimal number such as 0.125 or 1e-3", text));
+    Fail(fmt::format("bad {} '{}': want {}", option, text, want));
   }
   // The C locale (the tool never sets another): '.' is the decimal point.
   const float value = static_cast<float>(std::strtod(text.c_str(), nullptr));
-  if (!std::isfinite(value)) Fail(fmt::format("bad --scale '{}': outside the float32 range", text));
+  if (!std::isfinite(value))
+    Fail(fmt::format("bad {} '{}': outside the float32 range", option, text));
   return value;
 }
 
@@ -190,7 +192,10 @@ Inputs::Inputs(const InputOptions& options) : options_(options) {
                      options.layout));
   }
   mask_spec_ = ParseMask(options.mask);
-  if (options.scale) scale_ = ParseScale(*options.scale);
+  if (options.scale) {
+    scale_ = ParseFloatOption("--scale", *options.scale,
+                              "a finite decimal number such as 0.125 or 1e-3");
+  }
   if (options.threads) {
     run_options_.threads = static_cast<int>(ParseIntOption(
         "--threads", *options.threads, 1, kMaxThreads, " (omit --threads to use every core)"));
@@ -292,6 +297,8 @@ Inputs::Inputs(const InputOptions& options) : options_(options) {
     }
     mask_spec_.key_lengths = key_lengths_;  // present, even when empty: Validate checks B
   }
+
+  ReadModifiers(options);
 
   // Outputs are allocated before any kernel runs: bound them by the budget
   // (a 1-row Q against a 1-row V with a huge dv could otherwise ask for more
@@ -542,6 +549,30 @@ int64_t Inputs::OutputElements() const {
   return shape_.batch * shape_.heads * shape_.q_len * shape_.value_dim;
 }
 
+// One float per query head from a float .npy file [H] (--alibi, --sinks).
+std::vector<float> Inputs::ReadPerHead(const std::string& option, const std::string& path) const {
+  std::vector<float> values = ReadFloatOfShape(option, path, {shape_.heads}, "one per query head");
+  return values;
+}
+
+void Inputs::ReadModifiers(const InputOptions& options) {
+  if (options.causal_top_left) mask_spec_.diagonal = Diagonal::kTopLeft;
+  if (options.softcap) {
+    softcap_ = ParseFloatOption("--softcap", *options.softcap, "a cap > 0 such as 30 or 50");
+  }
+  if (options.alibi) {
+    if (*options.alibi == "standard") {
+      // Press et al. (ALiBi): head h of H gets 2^(-8(h+1)/H).
+      for (int64_t h = 0; h < shape_.heads; ++h) {
+        alibi_slopes_.push_back(std::exp2(-8.0f * float(h + 1) / float(shape_.heads)));
+      }
+    } else {
+      alibi_slopes_ = ReadPerHead("--alibi", *options.alibi);
+    }
+  }
+  if (options.sinks) sinks_ = ReadPerHead("--sinks", *options.sinks);
+}
+
 Problem Inputs::MakeProblem(OutputBuffer& o, std::span<float> lse, std::span<float> weights) const {
   Problem p = attn::MakeProblem(shape_, q_.data(), k_.data(), v_.data(), o.data(), layout_,
                                 {dtypes_.q, dtypes_.k, dtypes_.v, o.dtype()});
@@ -549,6 +580,9 @@ Problem Inputs::MakeProblem(OutputBuffer& o, std::span<float> lse, std::span<flo
   p.v_scales = Scales(v_, shape_.kv_heads, shape_.kv_len);
   p.mask = mask_spec_;
   p.scale = scale_;
+  p.modifiers.softcap = softcap_;
+  p.modifiers.alibi_slopes = alibi_slopes_;
+  p.modifiers.sinks = sinks_;
   p.lse = lse;
   p.weights = weights;
   return p;
@@ -570,6 +604,9 @@ std::vector<NamedPath> Inputs::Files() const {
   if (options_.v_scales) files.push_back({"--v-scales", *options_.v_scales});
   if (options_.mask_file) files.push_back({"--mask-file", *options_.mask_file});
   if (options_.key_lengths) files.push_back({"--key-lengths", *options_.key_lengths});
+  if (options_.alibi && *options_.alibi != "standard")
+    files.push_back({"--alibi", *options_.alibi});
+  if (options_.sinks) files.push_back({"--sinks", *options_.sinks});
   return files;
 }
 

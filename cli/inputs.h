@@ -70,6 +70,12 @@ struct InputOptions {
   std::optional<std::string> dtype, q_dtype, kv_dtype, out_dtype;
   // The row scales of an int8 ('|i1') K and V file: float32 .npy files.
   std::optional<std::string> k_scales, v_scales;
+  // Score modifiers (kernels/problem.h): --softcap CAP; --alibi FILE.npy
+  // (float32 [H] slopes) or "standard" (Press et al.: 2^(-8(h+1)/H));
+  // --sinks FILE.npy (float32 [H] logits); --causal-top-left aligns the
+  // diagonal of causal and window masks top-left.
+  std::optional<std::string> softcap, alibi, sinks;
+  bool causal_top_left = false;
 };
 
 // O in its element type: OutputElements() contiguous elements.
@@ -172,6 +178,9 @@ class Inputs {
   static DType TargetType(const Operand& x, std::optional<DType> exact,
                           std::string_view exact_option, std::optional<DType> all);
   static void ConvertTo(Operand& x, DType dtype);
+  // --softcap, --alibi, --sinks and --causal-top-left, once the shape is known.
+  void ReadModifiers(const InputOptions& options);
+  std::vector<float> ReadPerHead(const std::string& option, const std::string& path) const;
   // The row scales of an int8 K or V of `heads` heads and `len` rows.
   RowScales Scales(const Operand& x, int64_t heads, int64_t len) const;
 
@@ -185,6 +194,8 @@ class Inputs {
   int rank_ = 4;
   Layout layout_ = Layout::kBHLD;
   std::optional<float> scale_;
+  std::optional<float> softcap_;
+  std::vector<float> alibi_slopes_, sinks_;
   RunOptions run_options_;
   size_t budget_ = 0;
 };

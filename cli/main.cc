@@ -35,6 +35,7 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <string_view>
 
@@ -75,6 +76,16 @@ void AddInputOptions(CLI::App* cmd, InputOptions& in, bool dtypes = true) {
                   fmt::format("OpenMP threads, 1 to {} (default: every core)", kMaxThreads));
   cmd->add_option("--memory-budget", in.memory_budget,
                   "workspace budget, e.g. 512M (default: ATTNLAB_MEMORY_BUDGET or half of RAM)");
+  cmd->add_flag("--causal-top-left", in.causal_top_left,
+                "align the diagonal of --mask causal / window top-left (PyTorch's is_causal; "
+                "default bottom-right)");
+  cmd->add_option("--softcap", in.softcap, "logit softcap: s <- CAP·tanh(s / CAP) (Gemma 2)");
+  cmd->add_option("--alibi", in.alibi,
+                  "ALiBi slopes: float .npy [H], or 'standard' (2^(-8(h+1)/H)); bias "
+                  "slope·(j - i - off)");
+  cmd->add_option("--sinks", in.sinks,
+                  "attention sinks: float .npy [H], one logit per query head in the "
+                  "denominator (gpt-oss)");
   if (!dtypes) return;
   cmd->add_option("--dtype", in.dtype,
                   "element type of O and of the float32 inputs: f32 | bf16 | f16 (converted, "
@@ -116,8 +127,13 @@ int List() {
   for (const Variant* v : Registry()) {
     fmt::print("{:<16} {}\n", v->name, DescribeSupport(v->dtypes));
   }
+  fmt::print("\n{:<16} {}\n", "variant", "score modifiers (--softcap, --alibi, --sinks)");
+  for (const Variant* v : Registry()) {
+    fmt::print("{:<16} {}\n", v->name, ModifierNames(v->modifiers));
+  }
   fmt::print(
-      "\nEvery variant supports masks none/causal/window/additive, key lengths, GQA/MQA, "
+      "\nEvery variant supports masks none/causal/window/additive (causal and window also "
+      "top-left: --causal-top-left), key lengths, GQA/MQA, "
       "both layouts and lse.\n'scores: Lq x Lk' variants are refused when that matrix "
       "exceeds the memory budget.\n'backward: yes' variants also compute dQ, dK, dV "
       "(attnlab grad; fp32).\n");
@@ -548,9 +564,11 @@ bool Interrupted(int status) {
 }
 
 int BenchCommand(BenchArgs args) {
-  if (!args.suite.empty() && args.suite != "quick" && args.suite != "default" &&
-      args.suite != "full") {
-    Fail(fmt::format("bad --suite '{}': want quick, default or full", args.suite));
+  const std::set<std::string> suites = {"quick",     "default",  "full",
+                                        "precision", "backward", "serving"};
+  if (!args.suite.empty() && !suites.count(args.suite)) {
+    Fail(fmt::format("bad --suite '{}': want quick, default, full, precision, backward or serving",
+                     args.suite));
   }
   if (!args.threads.empty() && args.threads.find_first_not_of("0123456789,") != std::string::npos) {
     Fail(fmt::format("bad --threads '{}': want a comma-separated list such as 1,2", args.threads));

@@ -61,7 +61,10 @@ const Variant& AutoChoice(const ValidProblem& p, int threads, const Tuning& tuni
   }
   if (s.q_len > max_n) return flash_variant;
   const Variant* pick = FindVariant(best->variant);
-  if (pick == nullptr || pick == &flash_variant || !Takes(*pick, p.dtypes())) return flash_variant;
+  if (pick == nullptr || pick == &flash_variant || !Takes(*pick, p.dtypes()) ||
+      (ModifiersOf(p.modifiers) & ~pick->modifiers)) {
+    return flash_variant;  // flash takes every type and modifier
+  }
   if (pick->workspace_bytes(p, threads) > kAutoMaxWorkspaceBytes) return flash_variant;
   return *pick;
 }
@@ -94,6 +97,7 @@ extern const Variant auto_variant = {
     .uses_highway = true,
     .deterministic = true,  // every variant it may pick is
     .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
+    .modifiers = kAllModifiers,
     .backward = {},  // none
 };
 

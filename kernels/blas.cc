@@ -413,6 +413,7 @@ extern const Variant blas_variant = {
     .uses_highway = true,
     .deterministic = true,
     .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
+    .modifiers = 0,  // refuses softcap, ALiBi and sinks (naive and flash apply them)
     .backward = {.run = RunBlasBackward,
                  .workspace_bytes = BlasBackwardWorkspaceBytes,
                  .materializes_scores = true},

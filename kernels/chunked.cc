@@ -122,6 +122,7 @@ extern const Variant chunked_variant = {
     .uses_highway = true,
     .deterministic = true,
     .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
+    .modifiers = 0,  // refuses softcap, ALiBi and sinks (naive and flash apply them)
     .backward = {},  // none
 };
 

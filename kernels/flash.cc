@@ -12,8 +12,13 @@
 //                          vectors of queries: K scalars broadcast straight
 //                          from the K rows (no K transpose/packing), Qᵀ rows
 //                          are vectors over queries.
-//   (+ additive mask; structurally hidden (key, row) pairs *set* to
-//    -inf, only in partial tiles)
+//   (softcap and ALiBi bias when asked for, ModifyTile: one more pass over
+//    the tile, in L2; + additive mask; structurally hidden (key, row) pairs
+//    *set* to -inf, only in partial tiles). Measured cost over plain flash
+//    (attnlab_bench --suite=serving, d = 128, N = 2048 and 4096, dense and
+//    causal, 1 Zen 4 thread, AVX3): ALiBi 1.00-1.05, sinks 0.99-1.03 (they
+//    touch only each row's finish), softcap 1.12-1.18 (FastTanh's exp and
+//    division per score: kernels/ukernels/score_mods-inl.h)
 //   m' = max(m, colmax Sᵀ); Pᵀ = e^(Sᵀ - m'); l = e^(m - m')·l + colsum Pᵀ
 //                          OnlineSoftmaxColumns: vectorized over queries (no
 //                          horizontal ops), FastExp2 of (S - m')·log2 e
@@ -25,7 +30,8 @@
 //                          used in place (unaligned loads) when dv is a
 //                          multiple of 16, else packed (aligned, zero-padded
 //                          to dv' = 16·ceil(dv/16)).
-// Finally O /= l, lse = m + ln l (FinishRow). The next tile's K and V rows are
+// Finally O /= l, lse = m + ln l (FinishRow; an attention sink joins m and l
+// there, FinishRowWithSink). The next tile's K and V rows are
 // prefetched into L2 while a tile computes (except in decode).
 // Tiles: a tile inside every row's visible range is "full" (no mask work); a
 // tile outside the union of the rows' ranges is skipped (never read); the
@@ -150,6 +156,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 
 #include "kernels/internal/flash_plan.h"
 #include "kernels/internal/parallel.h"
@@ -163,6 +170,7 @@
 #include "kernels/ukernels/common-inl.h"
 #include "kernels/ukernels/convert-inl.h"
 #include "kernels/ukernels/pv_tile-inl.h"
+#include "kernels/ukernels/score_mods-inl.h"
 #include "kernels/ukernels/score_rows-inl.h"
 #include "kernels/ukernels/score_tile-inl.h"
 #include "kernels/ukernels/softmax-inl.h"
@@ -344,6 +352,39 @@ bool TileValuesFinite(const float* v, int64_t vs, int64_t nc, int64_t dvp) {
 // The visible part [lo, hi) of row x in tile [j0, j1), relative to j0.
 KeyRange TileRange(const Scratch& sc, int64_t x, int64_t j0, int64_t j1) {
   return {std::min(std::max(sc.rb[x], j0), j1) - j0, std::max(std::min(sc.re[x], j1), j0) - j0};
+}
+
+// Softcap and ALiBi (kernels/problem.h, "Score modifiers") on the tile's
+// scaled scores, before the mask. Row x of the block is query position
+// i = (r0 + x) / g of head kvh·g + (r0 + x) % g; padded rows get slope 0.
+void ModifyTile(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc, Scratch& sc) {
+  const std::optional<float> cap = p.modifiers.softcap;
+  const bool alibi = !p.modifiers.alibi_slopes.empty();
+  if (!cap && !alibi) return;
+  auto head = [&](int64_t x) { return blk.kvh * p.group + (blk.r0 + x) % p.group; };
+  auto position = [&](int64_t x) { return (blk.r0 + x) / p.group + p.diag_offset; };
+  if (blk.few_rows) {  // S row-major: each row's keys are contiguous
+    for (int64_t x = 0; x < blk.nrows; ++x) {
+      float* s = sc.st + x * blk.sr;
+      if (cap) SoftcapRow(s, s, nc, *cap);
+      if (alibi) {
+        AlibiRow(s, nc, p.modifiers.alibi_slopes[head(x)], static_cast<float>(j0 - position(x)));
+      }
+    }
+    return;
+  }
+  if (cap) {  // Sᵀ: each key's rp rows are contiguous
+    for (int64_t j = 0; j < nc; ++j)
+      SoftcapRow(sc.st + j * blk.sj, sc.st + j * blk.sj, blk.rp, *cap);
+  }
+  if (alibi) {
+    HWY_ALIGN float slopes[kBr], positions[kBr];
+    for (int64_t x = 0; x < blk.rp; ++x) {
+      slopes[x] = x < blk.nrows ? p.modifiers.alibi_slopes[head(x)] : 0.0f;
+      positions[x] = x < blk.nrows ? static_cast<float>(position(x)) : 0.0f;
+    }
+    AlibiColumns(sc.st, blk.sj, nc, blk.rp, slopes, positions, static_cast<float>(j0));
+  }
 }
 
 // Adds the additive mask to the tile's scores, and (partial tiles) sets the
@@ -615,6 +656,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     } else {
       F32Scores(p, plan, blk, j0, j1, sc);
     }
+    ModifyTile(p, blk, j0, nc, sc);
     MaskTile(p, blk, j0, j1, partial, sc);
 
     // Online softmax, vectorized over the tile's long axis.
@@ -676,8 +718,11 @@ void FinishBlockRow(const ValidProblem& p, const WorkOrder::Position& pos, int64
   const int64_t h = pos.kvh * p.group + r % p.group;
   const int64_t dv = p.shape.value_dim;
   float* lse = p.lse.empty() ? nullptr : &p.lse[p.RowIndex(pos.b, h, i)];
-  if (p.o.dtype == DType::kF32) return FinishRow(acc, m, l, dv, p.ORow(pos.b, h, i), lse);
-  FinishRow(acc, m, l, dv, o_f32, lse);
+  const float sink = p.Sink(h);
+  if (p.o.dtype == DType::kF32) {
+    return FinishRowWithSink(acc, m, l, sink, dv, p.ORow(pos.b, h, i), lse);
+  }
+  FinishRowWithSink(acc, m, l, sink, dv, o_f32, lse);
   StoreRow(p.o.dtype, o_f32, dv, ValidProblem::Row(p.o, pos.b, h, i));
 }
 
@@ -853,6 +898,7 @@ extern const Variant flash_variant = {
     .uses_highway = true,
     .deterministic = true,
     .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
+    .modifiers = kAllModifiers,
     .backward = {.run = RunFlashBackward,
                  .workspace_bytes = FlashBackwardWorkspaceBytes,
                  .materializes_scores = false},

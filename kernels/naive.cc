@@ -3,8 +3,11 @@
 //
 // For each (batch b, head h), in three passes over a materialized score
 // matrix S[Lq, Lk]:
-//   1. S = Q·Kᵀ·scale (+ additive mask); structurally hidden keys get -inf.
-//   2. Row-wise softmax with max subtraction: S <- exp(S - rowmax); l = Σ S.
+//   1. S = Q·Kᵀ·scale, softcapped, + ALiBi bias (+ additive mask);
+//      structurally hidden keys get -inf.
+//   2. Row-wise softmax with max subtraction: S <- exp(S - rowmax); l = Σ S
+//      (+ e^(sink - rowmax) with attention sinks, the max taken over the
+//      sink too).
 //   3. O = (S·V) / l over each row's visible keys; lse = rowmax + log(l).
 //
 // Sums over keys (the denominator, each element of P·V) go in blocks of
@@ -64,7 +67,7 @@ float ScoreRow(const ValidProblem& p, int64_t b, int64_t h, int64_t i, float* s)
     const float* k = p.KRow(b, p.KvHead(h), j);
     float dot = 0.0f;
     for (int64_t d = 0; d < dk; ++d) dot += q[d] * k[d];
-    s[j] = dot * p.scale + (additive ? additive[j] : 0.0f);
+    s[j] = p.ModifyLogit(h, i, j, dot * p.scale) + (additive ? additive[j] : 0.0f);
     max = (std::isnan(s[j]) || std::isnan(max)) ? std::nanf("") : std::max(max, s[j]);
   }
   return max;
@@ -113,6 +116,9 @@ void SoftmaxTimesV(const ValidProblem& p, int64_t b, int64_t h, int64_t i, float
   const KeyRange keys = p.VisibleKeys(b, i);
   float* o = p.ORow(b, h, i);
   float* weights = p.WeightsRow(b, h, i);
+  // A sink joins the softmax as one more logit with no value (NaN stays NaN).
+  const float sink = p.Sink(h);
+  if (!std::isnan(max)) max = std::max(max, sink);
   if (max == -kInf) {  // fully masked row
     for (int64_t d = 0; d < dv; ++d) o[d] = 0.0f;
     if (!p.lse.empty()) p.lse[p.RowIndex(b, h, i)] = -kInf;
@@ -120,7 +126,7 @@ void SoftmaxTimesV(const ValidProblem& p, int64_t b, int64_t h, int64_t i, float
       for (int64_t j = 0; j < p.shape.kv_len; ++j) weights[j] = 0.0f;
     return;
   }
-  const float sum = ExpAndSum(s, keys.begin, keys.end, max);
+  const float sum = ExpAndSum(s, keys.begin, keys.end, max) + std::exp(sink - max);
   WeightedSumOfV(p, b, p.KvHead(h), s, keys.begin, keys.end, o);
   const float inv = 1.0f / sum;
   for (int64_t d = 0; d < dv; ++d) o[d] *= inv;
@@ -337,6 +343,7 @@ extern const Variant naive_variant = {
     .uses_highway = false,
     .deterministic = true,
     .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
+    .modifiers = kAllModifiers,
     .backward = {.run = RunNaiveBackward,
                  .workspace_bytes = NaiveBackwardWorkspaceBytes,
                  .materializes_scores = true},

@@ -436,6 +436,7 @@ extern const Variant onednn_variant = {
     .dtypes = {.q = DTypeMask(DType::kF32) | DTypeMask(DType::kBF16),
                .kv = DTypeMask(DType::kF32) | DTypeMask(DType::kBF16),
                .o = kFloatDTypes},
+    .modifiers = 0,  // refuses softcap, ALiBi and sinks (naive and flash apply them)
     .backward = {},  // none
 };
 

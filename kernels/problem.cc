@@ -30,6 +30,26 @@ const char* MaskKindName(MaskKind kind) {
   return "unknown";
 }
 
+const char* DiagonalName(Diagonal diagonal) {
+  return diagonal == Diagonal::kTopLeft ? "top-left" : "bottom-right";
+}
+
+uint8_t ModifiersOf(const ScoreModifiers& m) {
+  return (m.softcap ? kSoftcap : 0) | (m.alibi_slopes.empty() ? 0 : kAlibi) |
+         (m.sinks.empty() ? 0 : kSinks);
+}
+
+std::string ModifierNames(uint8_t set) {
+  std::string out;
+  for (const auto& [bit, name] :
+       {std::pair{kSoftcap, "softcap"}, {kAlibi, "alibi"}, {kSinks, "sinks"}}) {
+    if (!(set & bit)) continue;
+    if (!out.empty()) out.append(", ");
+    out.append(name);
+  }
+  return out.empty() ? "none" : out;
+}
+
 Problem MakeProblem(const Shape& s, const void* q, const void* k, const void* v, void* o,
                     Layout layout, const DTypes& dtypes) {
   auto strides = [layout](int64_t heads, int64_t len, int64_t dim) {
@@ -71,6 +91,10 @@ std::string Describe(const Shape& s, const Mask& m) {
   if (m.kind == MaskKind::kSlidingWindow) {
     out.append("(").append(std::to_string(m.window_left)).append(",");
     out.append(std::to_string(m.window_right)).append(")");
+  }
+  if (m.diagonal == Diagonal::kTopLeft &&
+      (m.kind == MaskKind::kCausal || m.kind == MaskKind::kSlidingWindow)) {
+    out.append("(top-left)");
   }
   if (m.key_lengths) out.append("+key_lengths");
   return out;
@@ -315,6 +339,47 @@ bool Overlaps(const Extent& a, const Extent& b) {
 
 }  // namespace
 
+// "nan", "-inf", "0.5": a float as a message shows it.
+std::string FloatText(float x) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%g", static_cast<double>(x));
+  return text;
+}
+
+// A per-head array of the score modifiers: H entries, each `ok` (else the
+// message names the entry: "alibi_slopes[2]=nan is not finite").
+Status CheckPerHead(const char* name, std::span<const float> values, int64_t heads,
+                    bool (*ok)(float), const char* want, std::vector<Extent>& inputs) {
+  if (values.empty()) return Status::Ok();
+  if (values.data() == nullptr) return InvalidArgument(std::string(name) + " is null");
+  if (static_cast<int64_t>(values.size()) != heads) {
+    return InvalidArgument(std::string(name) + " has " + std::to_string(values.size()) +
+                           " entries, needs H=" + std::to_string(heads) + " (one per query head)");
+  }
+  for (size_t h = 0; h < values.size(); ++h) {
+    if (!ok(values[h])) {
+      return InvalidArgument(std::string(name) + "[" + std::to_string(h) +
+                             "]=" + FloatText(values[h]) + " " + want);
+    }
+  }
+  inputs.push_back(Contiguous(name, values.data(), values.size_bytes()));
+  return Status::Ok();
+}
+
+Status CheckModifiers(const ScoreModifiers& m, const Shape& s, std::vector<Extent>& inputs) {
+  if (m.softcap && !(std::isfinite(*m.softcap) && *m.softcap > 0)) {
+    return InvalidArgument("softcap=" + FloatText(*m.softcap) + " must be finite and > 0");
+  }
+  ATTN_RETURN_IF_ERROR(CheckPerHead(
+      "alibi_slopes", m.alibi_slopes, s.heads, [](float x) { return std::isfinite(x); },
+      "is not finite", inputs));
+  // -inf is a head without a sink (its logit adds e^-inf = 0).
+  return CheckPerHead(
+      "sinks", m.sinks, s.heads,
+      [](float x) { return !std::isnan(x) && x != std::numeric_limits<float>::infinity(); },
+      "must be finite or -inf", inputs);
+}
+
 // Every check of Validate, handing back the extents of the problem's inputs
 // and outputs (ValidateGrad checks the gradients against them).
 static Status CheckProblem(const Problem& p, std::vector<Extent>& inputs,
@@ -443,6 +508,12 @@ static Status CheckProblem(const Problem& p, std::vector<Extent>& inputs,
     inputs.push_back(Contiguous("key_lengths", lengths.data(), lengths.size_bytes()));
   }
 
+  if (m.diagonal != Diagonal::kBottomRight && m.diagonal != Diagonal::kTopLeft) {
+    return InvalidArgument("mask diagonal " + std::to_string(static_cast<int>(m.diagonal)) +
+                           " is not a Diagonal");
+  }
+  ATTN_RETURN_IF_ERROR(CheckModifiers(p.modifiers, s, inputs));
+
   // Optional outputs.
   if (!p.lse.empty() || p.lse.data() != nullptr) {
     if (p.lse.data() == nullptr) {
@@ -500,6 +571,7 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
   v.v_scales = p.v_scales;
   v.scale = p.scale ? *p.scale : static_cast<float>(1.0 / std::sqrt(double(s.head_dim)));
   v.mask = m;
+  v.modifiers = p.modifiers;
   // Windows wider than the whole problem are equivalent to the whole problem;
   // clamping keeps i + off +- window inside int64.
   const int64_t reach = s.q_len + s.kv_len;
@@ -508,7 +580,7 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
   v.lse = p.lse;
   v.weights = p.weights;
   v.group = s.heads / s.kv_heads;
-  v.diag_offset = s.kv_len - s.q_len;
+  v.diag_offset = m.diagonal == Diagonal::kTopLeft ? 0 : s.kv_len - s.q_len;
   return v;
 }
 

@@ -15,7 +15,8 @@
 //
 // Masks. Let off = Lk - Lq (the diagonal is aligned bottom-right, as in
 // FlashAttention >= 2.1, so a query block decoding against a longer KV cache
-// works). Query row i sees key j when:
+// works), or off = 0 with Mask::diagonal = kTopLeft (PyTorch's is_causal
+// convention; the two agree when Lq = Lk). Query row i sees key j when:
 //   kNone           always
 //   kCausal         j <= i + off
 //   kSlidingWindow  i + off - left <= j <= i + off + right   (left, right >= 0)
@@ -28,6 +29,20 @@
 // "No key lengths" is std::nullopt, said explicitly: a span that is present
 // must hold exactly B entries, so an empty or short array is an error
 // ("key_lengths has 0 entries, needs B=2"), never silently ignored.
+// Score modifiers (Problem::modifiers; every one O(1) memory, computed in the
+// kernel), applied to the scaled logit s = scale·q_i·k_j in this order:
+//   softcap    s <- cap·tanh(s / cap)           (Gemma 2; cap > 0, finite)
+//   ALiBi      s <- s + slope_h·(j - i - off)   (per query head h; off as
+//                                                the diagonal above, so the
+//                                                bias is 0 on the diagonal
+//                                                and slope·distance before it)
+//   additive   s <- s + mask[i, j]
+// and attention sinks: a per-query-head logit σ_h (unscaled: a logit like s)
+// that joins the softmax denominator and carries no value (gpt-oss):
+//   P_ij = e^(s_ij) / (e^σ_h + Σ_j' e^(s_ij')),  lse_i = log(e^σ_h + Σ_j' e^(s_ij')),
+// so a row's weights sum to less than 1, and a fully masked row has O = 0 and
+// lse = σ_h (-inf when σ_h = -inf, the "no sink" of one head). The weights
+// output holds P over the keys only.
 // Causal, window and key lengths are *structural*: a hidden key is never read,
 // so nothing in its K or V row can reach the query. The additive mask is
 // arithmetic: a -inf entry gives weight exactly 0, but (IEEE 0 * NaN = NaN)
@@ -83,6 +98,7 @@
 #define ATTNLAB_KERNELS_PROBLEM_H_
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -157,15 +173,35 @@ struct AdditiveMaskShape {
   int64_t cols = 0;  // must equal Lk
 };
 
+// Where the diagonal of causal and window masks lies: off = Lk - Lq
+// (bottom-right, the default) or 0 (top-left).
+enum class Diagonal { kBottomRight, kTopLeft };
+const char* DiagonalName(Diagonal diagonal);  // "bottom-right", "top-left"
+
 struct Mask {
   MaskKind kind = MaskKind::kNone;
-  int64_t window_left = 0;           // kSlidingWindow
-  int64_t window_right = 0;          // kSlidingWindow
-  std::span<const float> additive;   // kAdditive
-  AdditiveMaskShape additive_shape;  // kAdditive
+  Diagonal diagonal = Diagonal::kBottomRight;  // kCausal, kSlidingWindow, ALiBi
+  int64_t window_left = 0;                     // kSlidingWindow
+  int64_t window_right = 0;                    // kSlidingWindow
+  std::span<const float> additive;             // kAdditive
+  AdditiveMaskShape additive_shape;            // kAdditive
   // Padding lengths, B entries; any kind. std::nullopt: no key lengths.
   std::optional<std::span<const int32_t>> key_lengths;
 };
+
+// Score modifiers (see "Score modifiers" above). Each is off when empty.
+struct ScoreModifiers {
+  std::optional<float> softcap;         // cap > 0, finite
+  std::span<const float> alibi_slopes;  // H finite slopes, one per query head
+  std::span<const float> sinks;         // H logits, one per query head: finite or -inf
+  bool any() const { return softcap || !alibi_slopes.empty() || !sinks.empty(); }
+};
+// Which modifiers a problem uses, as a set: what variants declare support for.
+inline constexpr uint8_t kSoftcap = 1, kAlibi = 2, kSinks = 4;
+inline constexpr uint8_t kAllModifiers = kSoftcap | kAlibi | kSinks;
+uint8_t ModifiersOf(const ScoreModifiers& m);
+// "softcap, alibi" for a set; "none" when empty.
+std::string ModifierNames(uint8_t set);
 
 struct Problem {
   Shape shape;
@@ -174,6 +210,7 @@ struct Problem {
   RowScales k_scales, v_scales;   // when K, V are kI8
   std::optional<float> scale;     // default 1/sqrt(head_dim)
   Mask mask;
+  ScoreModifiers modifiers;
   std::span<float> lse;      // optional output, B*H*Lq entries
   std::span<float> weights;  // optional output, B*H*Lq*Lk entries
 };
@@ -212,10 +249,11 @@ class ValidProblem {
   RowScales k_scales, v_scales;
   float scale = 0.0f;
   Mask mask;
+  ScoreModifiers modifiers;
   std::span<float> lse;
   std::span<float> weights;
   int64_t group = 1;        // H / Hkv: query heads per kv head
-  int64_t diag_offset = 0;  // Lk - Lq
+  int64_t diag_offset = 0;  // off: Lk - Lq, or 0 for a top-left diagonal
 
   int64_t KvHead(int64_t h) const { return h / group; }
   DTypes dtypes() const { return {q.dtype, k.dtype, v.dtype, o.dtype}; }
@@ -279,6 +317,22 @@ class ValidProblem {
       end = std::min<int64_t>(end, (*mask.key_lengths)[b]);
     }
     return {begin, std::max(begin, end)};
+  }
+  // The ALiBi bias of (h, i, j) (0 without ALiBi), as kernels compute it:
+  // slope·(j - i - off) in fp32.
+  float AlibiBias(int64_t h, int64_t i, int64_t j) const {
+    if (modifiers.alibi_slopes.empty()) return 0.0f;
+    return modifiers.alibi_slopes[h] * static_cast<float>(j - i - diag_offset);
+  }
+  // A scaled logit s = scale·q_i·k_j after the softcap and the ALiBi bias
+  // (not the additive mask), as a scalar kernel computes it.
+  float ModifyLogit(int64_t h, int64_t i, int64_t j, float s) const {
+    if (modifiers.softcap) s = *modifiers.softcap * std::tanh(s / *modifiers.softcap);
+    return s + AlibiBias(h, i, j);
+  }
+  // The sink logit of query head h (-inf without sinks).
+  float Sink(int64_t h) const {
+    return modifiers.sinks.empty() ? -std::numeric_limits<float>::infinity() : modifiers.sinks[h];
   }
   // True when some keys may be hidden from some rows structurally.
   bool HasStructuralMask() const {

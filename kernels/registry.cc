@@ -44,14 +44,28 @@ std::string VariantNames() {
   return names;
 }
 
-std::string BackwardVariantNames() {
+namespace {
+
+// "naive, flash": the variants `keep` accepts, in registry order ("none").
+template <typename Keep>
+std::string NamesWhere(Keep keep) {
   std::string names;
   for (const Variant* v : Registry()) {
-    if (!v->has_backward()) continue;
+    if (!keep(*v)) continue;
     if (!names.empty()) names += ", ";
     names += v->name;
   }
   return names.empty() ? "none" : names;
+}
+
+}  // namespace
+
+std::string BackwardVariantNames() {
+  return NamesWhere([](const Variant& v) { return v.has_backward(); });
+}
+
+std::string ModifierVariantNames(uint8_t set) {
+  return NamesWhere([set](const Variant& v) { return (v.modifiers & set) == set; });
 }
 
 size_t DefaultMemoryBudgetBytes() {
@@ -128,6 +142,11 @@ StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,
     return Unimplemented("dtype: " + Describe(dtypes) + " is not supported by variant " +
                          variant.name + " (it takes " + DescribeSupport(variant.dtypes) + ")");
   }
+  if (const uint8_t missing = ModifiersOf(problem.modifiers) & ~variant.modifiers) {
+    return Unimplemented("score modifiers: variant " + std::string(variant.name) +
+                         " does not apply " + ModifierNames(missing) +
+                         " (variants that do: " + ModifierVariantNames(missing) + ")");
+  }
   ATTN_RETURN_IF_ERROR(CheckThreads(options));
   if (!problem.weights.empty() && !variant.supports_weights) {
     return Unimplemented(std::string(variant.name) +
@@ -146,6 +165,10 @@ StatusOr<ValidGradProblem> PrepareBackward(const Variant& variant, const GradPro
   if (!variant.has_backward()) {
     return Unimplemented(std::string(variant.name) +
                          " has no backward pass; variants with one: " + BackwardVariantNames());
+  }
+  if (problem.forward.modifiers.any()) {
+    return Unimplemented("the backward pass does not apply score modifiers yet (" +
+                         ModifierNames(ModifiersOf(problem.forward.modifiers)) + ")");
   }
   ATTN_RETURN_IF_ERROR(CheckThreads(options));
   const int threads = ResolveThreads(options.threads);

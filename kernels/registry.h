@@ -66,6 +66,9 @@ struct Variant {
     uint8_t kv = kF32Only;  // K and V each
     uint8_t o = kF32Only;
   } dtypes;
+  // The score modifiers it applies (kernels/problem.h: kSoftcap | kAlibi |
+  // kSinks); Prepare refuses a problem using any other, naming it.
+  uint8_t modifiers = 0;
   // The backward pass (dQ, dK, dV; fp32), where the variant has one: null
   // members mean it has none. Every mask kind, key lengths, GQA, dk != dv.
   struct Backward {
@@ -92,6 +95,8 @@ const Variant* FindVariant(std::string_view name);
 std::string VariantNames();
 // "naive, blas, flash": the variants with a backward pass.
 std::string BackwardVariantNames();
+// "naive, flash": the variants that apply every modifier in `set`.
+std::string ModifierVariantNames(uint8_t set);
 
 // The memory budget a variant's declared workspace is checked against:
 // ATTNLAB_MEMORY_BUDGET (bytes, or with a K/M/G suffix) if set, else

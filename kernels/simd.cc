@@ -237,6 +237,7 @@ extern const Variant simd_variant = {
     .uses_highway = true,
     .deterministic = true,
     .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
+    .modifiers = 0,  // refuses softcap, ALiBi and sinks (naive and flash apply them)
     .backward = {},  // none
 };
 

@@ -150,6 +150,9 @@ struct Options {
   std::optional<py::array> key_lengths;  // [B] int32
   std::optional<float> scale;
   std::optional<py::array> k_scales, v_scales;  // [B, Hkv, Lk] float32 views (i8 K, V)
+  bool top_left = false;                        // Diagonal::kTopLeft
+  std::optional<float> softcap;
+  std::optional<py::array> alibi_slopes, sinks;  // [H] float32, contiguous
   int threads = 0;
   std::optional<size_t> memory_budget;
 
@@ -223,6 +226,13 @@ Problem MakeProblem(const py::array& q, const py::array& k, const py::array& v, 
     p.mask.additive_shape = {m.shape(0), m.shape(1), m.shape(2), m.shape(3)};
     p.mask.additive = FloatSpan(opt.additive, "mask", m.size(), /*read=*/true);
   }
+  if (opt.top_left) p.mask.diagonal = Diagonal::kTopLeft;
+  p.modifiers.softcap = opt.softcap;
+  // Their lengths are Validate's to check (it names H).
+  auto count = [](const std::optional<py::array>& a) { return a ? int64_t(a->size()) : 0; };
+  p.modifiers.alibi_slopes = FloatSpan(opt.alibi_slopes, "alibi_slopes", count(opt.alibi_slopes),
+                                       /*read=*/true);
+  p.modifiers.sinks = FloatSpan(opt.sinks, "sinks", count(opt.sinks), /*read=*/true);
   if (opt.key_lengths) {
     py::array& kl = *opt.key_lengths;
     if (!py::isinstance<py::array_t<int32_t>>(kl) || kl.ndim() != 1 ||
@@ -372,6 +382,11 @@ py::list Variants() {
     d["uses_highway"] = v->uses_highway;
     d["deterministic"] = v->deterministic;
     d["has_backward"] = v->has_backward();
+    std::vector<std::string> modifiers;
+    for (uint8_t bit : {kSoftcap, kAlibi, kSinks}) {
+      if (v->modifiers & bit) modifiers.push_back(ModifierNames(bit));
+    }
+    d["modifiers"] = modifiers;
     py::dict dtypes;
     dtypes["q"] = DTypeNames(v->dtypes.q);
     dtypes["kv"] = DTypeNames(v->dtypes.kv);
@@ -397,6 +412,10 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("scale", &Options::scale)
       .def_readwrite("k_scales", &Options::k_scales)
       .def_readwrite("v_scales", &Options::v_scales)
+      .def_readwrite("top_left", &Options::top_left)
+      .def_readwrite("softcap", &Options::softcap)
+      .def_readwrite("alibi_slopes", &Options::alibi_slopes)
+      .def_readwrite("sinks", &Options::sinks)
       .def_readwrite("threads", &Options::threads)
       .def_readwrite("memory_budget", &Options::memory_budget);
   m.def("forward", &Forward, py::arg("variant"), py::arg("q"), py::arg("k"), py::arg("v"),

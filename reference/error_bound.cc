@@ -13,6 +13,9 @@ namespace {
 
 constexpr double kU = 1.0 / (1 << 24);  // fp32 unit roundoff
 constexpr double kExpUlps = 8.0;
+// flash's FastTanh is within kTanhMaxAbsU = 8 u of tanh, absolutely
+// (kernels/ukernels/ukernels.h); naive's std::tanh within an ulp.
+constexpr double kTanhUlps = 8.0;
 
 // The type a kernel may compute with for an input of type t: int8 as bf16.
 DType ComputeType(DType t) { return t == DType::kI8 ? DType::kBF16 : t; }
@@ -57,7 +60,9 @@ RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
     LoadRow(p.k, p.k_scales, b, kvh, j, s.head_dim, k.data());
     double abs_dot = 0;
     for (int64_t d = 0; d < s.head_dim; ++d) abs_dot += std::fabs(q[d] * k[d]);
-    double a = scale * abs_dot;
+    // The ALiBi bias: its magnitude like a mask entry's (slope·(j - i - off)
+    // rounds twice in fp32: converting the distance and multiplying).
+    double a = scale * abs_dot + std::fabs(ModifiedLogit(p, h, i, j, 0.0));
     if (p.mask.kind == MaskKind::kAdditive) {
       const AdditiveMaskShape& m = p.mask.additive_shape;
       const double add =
@@ -80,8 +85,15 @@ RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
   // terms already cover).
   const OperandRounding r = AllowedRounding(p);
   const double u_o = p.o.dtype == DType::kF32 ? 0.0 : DTypeUnitRoundoff(p.o.dtype);
-  const double logit_error = (s.head_dim + 2) * kU * logit_magnitude + 2 * r.qk * logit_magnitude;
-  const double sum_len = SummationLength(visible);
+  // Softcap: cap·tanh(x / cap) has slope <= 1, so the error of x above passes
+  // through undiminished at worst; the tanh itself (kTanhUlps), the division
+  // and the product each add at most a few ulp of cap.
+  const double softcap_error =
+      p.modifiers.softcap ? (kTanhUlps + 2) * kU * double(*p.modifiers.softcap) : 0.0;
+  const double logit_error =
+      (s.head_dim + 2) * kU * logit_magnitude + 2 * r.qk * logit_magnitude + softcap_error;
+  // A sink is one more term of the denominator (its logit is exact).
+  const double sum_len = SummationLength(visible + (p.modifiers.sinks.empty() ? 0 : 1));
   RowBound bound;
   bound.o =
       kSafety * v_max * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU + r.p + r.v + u_o);

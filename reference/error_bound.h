@@ -16,10 +16,12 @@ namespace attn::reference {
 // Per-row error bound of an fp32 attention against the exact result.
 //
 // With u = 2^-24 (fp32 unit roundoff), for query row i:
-//   A  = max over visible keys j of scale·Σ_d |q_d k_jd| + |mask_ij|: the
-//        magnitude the logits are computed from. Any summation order gives
-//        |δ logit| <= (dk + 2)·u·A  (the γ_n bound for a length-dk dot product
-//        plus the scale and mask additions).
+//   A  = max over visible keys j of scale·Σ_d |q_d k_jd| + |β_ij| + |mask_ij|
+//        (β: the ALiBi bias): the magnitude the logits are computed from. Any
+//        summation order gives |δ logit| <= (dk + 2)·u·A  (the γ_n bound for a
+//        length-dk dot product plus the scale, bias and mask additions); a
+//        softcap adds (e_tanh + 2)·u·cap (its slope is <= 1; e_tanh = 8).
+//        A sink is one more (exact) term of the sums below: n + 1 terms.
 //   Softmax: subtracting the max and exponentiating turn an absolute logit
 //        error δ into a relative weight error <= 2δ + e_exp·u (e_exp = 8: a
 //        few ulp for a vectorized exp); normalization adds <= (S + 2)·u.

@@ -21,8 +21,13 @@ void LoadRow(const TensorRef<const void>& t, const RowScales& scales, int64_t b,
   }
 }
 
+// off of kernels/problem.h: where query row 0's diagonal meets the keys.
+int64_t DiagonalOffset(const Shape& s, const Mask& mask) {
+  return mask.diagonal == Diagonal::kTopLeft ? 0 : s.kv_len - s.q_len;
+}
+
 bool KeyVisible(const Shape& s, const Mask& mask, int64_t b, int64_t i, int64_t j) {
-  const int64_t diag = i + (s.kv_len - s.q_len);
+  const int64_t diag = i + DiagonalOffset(s, mask);
   bool visible = true;
   switch (mask.kind) {
     case MaskKind::kCausal:
@@ -40,6 +45,17 @@ bool KeyVisible(const Shape& s, const Mask& mask, int64_t b, int64_t i, int64_t 
 
 bool KeyVisible(const Problem& p, int64_t b, int64_t i, int64_t j) {
   return KeyVisible(p.shape, p.mask, b, i, j);
+}
+
+double ModifiedLogit(const Problem& p, int64_t h, int64_t i, int64_t j, double logit) {
+  if (p.modifiers.softcap) {
+    const double cap = *p.modifiers.softcap;
+    logit = cap * std::tanh(logit / cap);
+  }
+  if (!p.modifiers.alibi_slopes.empty()) {
+    logit += double(p.modifiers.alibi_slopes[h]) * double(j - i - DiagonalOffset(p.shape, p.mask));
+  }
+  return logit;
 }
 
 double AdditiveAt(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t j) {
@@ -73,16 +89,18 @@ StatusOr<Result> Attention(const Problem& p, bool with_weights) {
       for (int64_t i = 0; i < s.q_len; ++i) {
         const int64_t row = (b * s.heads + h) * s.q_len + i;
         LoadRow(p.q, {}, b, h, i, s.head_dim, q.data());
-        // Pass 1: logits of visible keys, and their maximum. NaN wins the max.
-        double max = -inf;
+        // Pass 1: logits of visible keys, and their maximum (over the sink
+        // too: one more logit, without a value). NaN wins the max.
+        const double sink = p.modifiers.sinks.empty() ? -inf : double(p.modifiers.sinks[h]);
+        double max = sink;
         for (int64_t j = 0; j < s.kv_len; ++j) {
           visible[j] = KeyVisible(p, b, i, j);
           if (!visible[j]) continue;
           LoadRow(p.k, p.k_scales, b, kvh, j, s.head_dim, k.data());
           double dot = 0;
           for (int64_t d = 0; d < s.head_dim; ++d) dot += q[d] * k[d];
-          double logit = dot * scale;
-          if (p.mask.kind == MaskKind::kAdditive) logit += AdditiveAt(p.mask, b, h, i, j);
+          const double logit =
+              ModifiedLogit(p, h, i, j, dot * scale) + AdditiveAt(p.mask, b, h, i, j);
           logits[j] = logit;
           if (std::isnan(logit) || std::isnan(max)) {
             max = nan;
@@ -96,7 +114,7 @@ StatusOr<Result> Attention(const Problem& p, bool with_weights) {
           continue;
         }
         // Pass 2: exp, sum, weighted sum of V. +inf or NaN max gives NaN.
-        double sum = 0;
+        double sum = std::exp(sink - max);
         for (int64_t j = 0; j < s.kv_len; ++j) {
           if (!visible[j]) continue;
           const double w = std::exp(logits[j] - max);

@@ -37,6 +37,11 @@ void LoadRow(const TensorRef<const void>& t, const RowScales& scales, int64_t b,
 bool KeyVisible(const Problem& problem, int64_t b, int64_t i, int64_t j);
 // The same from the shape and mask alone.
 bool KeyVisible(const Shape& shape, const Mask& mask, int64_t b, int64_t i, int64_t j);
+// off of kernels/problem.h: Lk - Lq for a bottom-right diagonal, 0 top-left.
+int64_t DiagonalOffset(const Shape& shape, const Mask& mask);
+// A scaled logit of query head h, row i, key j after the softcap and the
+// ALiBi bias (kernels/problem.h, "Score modifiers"), in double.
+double ModifiedLogit(const Problem& problem, int64_t h, int64_t i, int64_t j, double logit);
 // The additive mask entry of (b, h, i, j) as a double; 0 when the mask is not
 // additive.
 double AdditiveAt(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t j);

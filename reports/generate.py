@@ -1468,11 +1468,44 @@ class Report:
       self.summary.append("- Decode, best at the longest Lk:")
       self.summary.extend(f"  - {line}" for line in best_lines)
 
+  # ---- score modifiers (softcap, alibi, sinks): each against the plain case of its shape
+  MODIFIER_SCENARIOS = ("softcap", "alibi", "sinks")
+  MODIFIER_TARGET = 1.10  # issue 20: each costs <= 10% over plain flash at d = 128, N >= 2048
+
+  def modifier_section(self):
+    cases = [c for c in self.f32_cases()
+             if c.scenario in self.MODIFIER_SCENARIOS and c.is_variant]
+    if not cases:
+      return
+    self.add("## Score modifiers", "",
+             "Each modifier's case (softcap 50, ALiBi's standard slopes, sinks 1 + h/4: "
+             "bench/bench_common.h) against the same variant's plain case of the same shape and "
+             "inputs, in the same run: time ratio (1.00 = free). Target (issue 20): <= "
+             f"{self.MODIFIER_TARGET:.2f} for flash at d = 128, N >= 2048.", "")
+    plain = {(c.source, c.variant, c.key_without()): c for c in self.f32_cases()
+             if c.is_variant and not c.scenario}
+    rows = []
+    for c in sorted(cases, key=lambda c: (c.source, c.variant, c.scenario,
+                                          params_label(c.params))):
+      base = plain.get((c.source, c.variant, c.key_without().replace(c.scenario + "/", "", 1)))
+      where = (f"{c.source}: " if self.multi_host else "") + params_label(c.params)
+      if not c.ok or base is None or not base.ok:
+        rows.append([where, c.variant, c.scenario, c.error or "", "",
+                     "no plain case" if base is None else (base.error or ""), ""])
+        continue
+      ratio = c.time_s / base.time_s
+      flag = "" if ratio <= self.MODIFIER_TARGET else " (over target)"
+      rows.append([where, c.variant, c.scenario, fmt_time(c.time_s), fmt_time(base.time_s),
+                   fmt_num(ratio, 3) + flag, c.path or ""])
+    self.add(md_table(["case", "variant", "modifier", "time (ms)", "plain (ms)",
+                       "ratio", "path"], rows), "")
+
   # ---- other scenarios (gqa, window, cross, ...: whatever the JSON holds)
   def scenario_section(self):
     self.add("## Other scenarios", "")
     scen = sorted({c.scenario for c in self.f32_cases()
-                   if c.scenario and c.scenario != "decode" and c.is_variant})
+                   if c.scenario and c.scenario != "decode" and c.is_variant
+                   and c.scenario not in self.MODIFIER_SCENARIOS})
     if not scen:
       self.add(NOT_IN_RUN, "")
       return
@@ -1961,6 +1994,7 @@ def write_report(args):
     rep.backward_section()
     rep.budget_section()
     rep.decode_section()
+    rep.modifier_section()
     rep.scenario_section()
     rep.precision_section()
     rep.layer_section()

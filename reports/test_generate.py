@@ -1636,6 +1636,41 @@ def signal_after_first_plot(sig, argv, report):
         f"nothing left behind (got {p.returncode}, {err!r}, {hidden})")
 
 
+def test_modifiers(work, doc):
+  """softcap/alibi/sinks cases (issue 20) beside the fixture's flash sweep cases: the Score
+  modifiers section divides each by the plain case of its shape (1.05 within the 1.10 target,
+  1.5 flagged over it), a case without a plain one says so, and the Other scenarios section
+  leaves them out."""
+  out = copy.deepcopy(doc)
+  plain = next(e for e in entries(doc) if e.get("run_type") == "iteration" and
+               not e.get("error_occurred") and parse(case_name(e))[0] == "flash" and
+               not parse(case_name(e))[1] and "dtype" not in parse(case_name(e))[2])
+  name = case_name(plain)
+  ratios = {"softcap": 1.5, "alibi": 1.05}
+  for scen, ratio in ratios.items():
+    e = copy.deepcopy(plain)
+    e["name"] = e["run_name"] = name.replace("flash/", f"flash/{scen}/", 1) + "/real_time"
+    e["real_time"] = median_times(doc)[name] * ratio
+    out["benchmarks"].append(e)
+  lonely = copy.deepcopy(plain)
+  lonely["name"] = lonely["run_name"] = "flash/sinks/N:3/d:64/causal:0/threads:1/real_time"
+  out["benchmarks"].append(lonely)
+  folder = os.path.join(work, "modifiers")
+  os.makedirs(folder)
+  path = os.path.join(folder, "r.json")
+  json.dump(out, open(path, "w"))
+  text = open(run_generate([path, "--out-dir", folder])).read()
+  body = section(text, "## Score modifiers")
+  check("| softcap | " in body and "1.5 (over target)" in body,
+        "the softcap case is divided by its plain case and flagged over 1.10")
+  check(re.search(r"\| alibi \| [^|]+ \| [^|]+ \| 1\.05 \|", body) is not None,
+        f"the alibi case reads 1.05, not flagged:\n{body}")
+  check("no plain case" in body, "a modifier case without its plain case says so")
+  other = section(text, "## Other scenarios") if "## Other scenarios" in text else ""
+  check("### softcap" not in other and "### alibi" not in other,
+        "Other scenarios leaves the modifier scenarios to their own section")
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--work-dir", default="/tmp/attnlab-report-test")
@@ -1661,6 +1696,7 @@ def main():
   test_backward(args.work_dir, doc)
   test_backward_targets(args.work_dir, doc)
   test_backward_peers(args.work_dir, doc)
+  test_modifiers(args.work_dir, doc)
   if failures:
     print(f"{len(failures)} check(s) failed")
     return 1

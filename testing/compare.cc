@@ -149,7 +149,9 @@ bool LogitsRepresentable(const Problem& p, int64_t b, int64_t h, int64_t i) {
     double dot_abs = 0;
     for (int64_t d = 0; d < s.head_dim; ++d) dot_abs += std::fabs(q[d] * k[d]);
     const float m = additive ? additive[j] : 0.0f;
-    const double m_abs = std::isinf(m) ? 0.0 : std::fabs(double(m));
+    // The mask entry and the ALiBi bias are added to the logit alike.
+    const double m_abs = (std::isinf(m) ? 0.0 : std::fabs(double(m))) +
+                         std::fabs(reference::ModifiedLogit(p, h, i, j, 0.0));
     if (!((1 + g) * dot_abs < kFp32Overflow && (1 + g) * scale * dot_abs + m_abs < kFp32Overflow)) {
       return false;
     }

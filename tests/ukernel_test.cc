@@ -10,7 +10,8 @@
 //
 // Tolerances come from the error of the computation, not a constant: a sum
 // of n products is within (n + 2)·u·Σ|terms| of the exact value (u = 2^-24);
-// FastExp2 is within kFastExp2MaxUlp ulp.
+// FastExp2 is within kFastExp2MaxUlp ulp, FastTanh within kTanhMaxAbsU·u (absolute);
+// ALiBi's bias is one fused or unfused multiply-add of exact distances.
 //
 // ctest label `ukernel` (ctest -L ukernel).
 #include <gtest/gtest.h>
@@ -825,6 +826,239 @@ void TestGradScores(const Ukernel& u, int64_t lanes, Checker& c) {
   }
 }
 
+// --- Score modifiers (score_mods-inl.h) ---------------------------------------
+
+// The NaN poison cannot catch an in-place kernel writing past its rows (it
+// turns NaN into NaN: NaN + slope·dist, cap·tanh(NaN)), so there the cells
+// past the rows hold this finite value, which any such write changes.
+constexpr float kSentinel = 3.0f;
+void Kept(Checker& c, float got, const std::string& what) {
+  c.Near(got, kSentinel, 0, what + " (not to be written)");
+}
+
+// ulp of a float of magnitude |y| (subnormals: 2^-149).
+double FloatUlp(double y) {
+  return std::ldexp(1.0, std::max(std::ilogb(std::max(std::fabs(y), 0x1p-126)), -126) - 23);
+}
+
+// Softcap against cap·tanh(x/cap) in double. The kernel forms t = x·fl(1/cap)
+// (relative error <= 2u), takes FastTanh (within kTanhMaxAbsU·u of tanh,
+// absolutely) and multiplies by cap (one rounding). tanh's slope is
+// sech²(t), so the argument's error moves tanh by <= 2u·|t|·sech²(t):
+//   |got - want| <= cap·(kTanhMaxAbsU·u + 2u·|t|·sech² t) + u·|want|.
+// In units of u·cap that is below kTanhMaxAbsU + 2 (|t|·sech² t < 0.45):
+// what reference/error_bound.cc charges, (kTanhUlps + 2)·u·cap.
+double SoftcapTol(double x, double cap) {
+  const double t = x / cap, th = std::tanh(t), sech = 1.0 / std::cosh(t);
+  return cap * (kTanhMaxAbsU * kU + 2 * kU * std::fabs(t) * sech * sech) + kU * cap * std::fabs(th);
+}
+
+// FastTanh on its own: SoftcapRow with cap = 1 (x·1 and 1·tanh are exact)
+// over every kStep-th positive float in [2^-126, 20] (past where tanh rounds
+// to 1) and the negatives of every 8th of those (the sign is put back),
+// against std::tanh in double, as an absolute error in units of u = 2^-24,
+// in rows of 2^16 (the last one ragged: the tail too). Records the worst as
+// the property max_abs_u.
+void CheckTanhError(const Ukernel& u, Checker& c) {
+  constexpr uint32_t kStep = 61, kFirst = 0x00800000u, kLast = 0x41A00000u;  // 2^-126, 20
+  constexpr size_t kRow = size_t{1} << 16;
+  std::vector<float> x, out;
+  double worst = 0;
+  float worst_x = 0;
+  for (uint32_t bits = kFirst; bits <= kLast;) {
+    x.clear();
+    for (; bits <= kLast && x.size() + 1 < kRow; bits += kStep) {
+      float v;
+      std::memcpy(&v, &bits, 4);
+      x.push_back(v);
+      if ((bits / kStep) % 8 == 0) x.push_back(-v);
+    }
+    out.assign(x.size() + 1, kNaN);
+    SoftcapArgs a{x.data(), out.data(), int64_t(x.size()), 1.0f};
+    ASSERT_TRUE(u.run(&a));
+    c.Poisoned(out[x.size()], "tanh sweep: past the row");
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double err = std::fabs(double(out[i]) - std::tanh(double(x[i]))) / kU;
+      if (!(err <= worst)) worst = err, worst_x = x[i];
+    }
+  }
+  if (worst > kTanhMaxAbsU) {
+    ++c.failures;
+    ADD_FAILURE() << c.where << ": tanh off by " << worst << " u at x=" << worst_x << " (bound "
+                  << kTanhMaxAbsU << " u)";
+  }
+  ::testing::Test::RecordProperty("max_abs_u", std::to_string(worst));
+  ::testing::Test::RecordProperty("max_abs_u_at", std::to_string(worst_x));
+}
+
+void TestSoftcap(const Ukernel& u, int64_t lanes, Checker& c) {
+  CheckTanhError(u, c);
+  std::mt19937 rng(28);
+  for (float cap : {1.0f, 30.0f, 50.0f, 0.37f}) {
+    for (int64_t n :
+         {int64_t{0}, int64_t{1}, lanes - 1, lanes, lanes + 1, 2 * lanes + 3, int64_t{100}}) {
+      if (n < 0) continue;
+      const std::string at = "cap=" + std::to_string(cap) + " n=" + std::to_string(n);
+      Buffer x(n + 1, 1), out(n + 1, 3), inplace(n + 1, 2);
+      x.Fill(rng, 200.0f);
+      std::memcpy(inplace.data(), x.data(), sizeof(float) * n);
+      inplace[n] = kSentinel;
+      SoftcapArgs a{x.data(), out.data(), n, cap};
+      ASSERT_TRUE(u.run(&a));
+      SoftcapArgs b{inplace.data(), inplace.data(), n, cap};
+      ASSERT_TRUE(u.run(&b));
+      c.Poisoned(out[n], at + " past the row");
+      Kept(c, inplace[n], at + " in place, past the row");
+      for (int64_t i = 0; i < n; ++i) {
+        const double want = double(cap) * std::tanh(double(x[i]) / cap);
+        const std::string el = at + " x=" + std::to_string(x[i]) + " [" + std::to_string(i) + "]";
+        c.Near(out[i], want, SoftcapTol(x[i], cap), el);
+        // In place gives the same bits; and one element alone (the one-lane
+        // tail) the same arithmetic as in a whole vector.
+        c.Near(inplace[i], out[i], 0, el + " in place");
+        float alone;
+        SoftcapArgs one{&x[i], &alone, 1, cap};
+        ASSERT_TRUE(u.run(&one));
+        c.Near(alone, out[i], 0, el + " alone (tail) vs in a vector");
+      }
+    }
+    // Special values, in a row long enough for both the vectors and the tail:
+    // ±inf -> ±cap, NaN -> NaN, ±0 -> ±0 (sign kept), huge -> ±cap, tiny -> x.
+    const float special[] = {
+        kInf,   -kInf,  kNaN,    0.0f,        -0.0f,      std::numeric_limits<float>::max(),
+        -1e30f, 1e-30f, -1e-30f, 20.0f * cap, -9.0f * cap};
+    const int64_t ns = sizeof(special) / sizeof(special[0]);
+    const int64_t n = std::max<int64_t>(ns, 2 * lanes + 3);
+    Buffer x(n), out(n + 1);
+    for (int64_t i = 0; i < n; ++i) x[i] = special[(i + n / 2) % ns];
+    for (bool in_place : {false, true}) {
+      float* dst = in_place ? x.data() : out.data();
+      std::vector<float> in(x.data(), x.data() + n);
+      SoftcapArgs a{x.data(), dst, n, cap};
+      ASSERT_TRUE(u.run(&a));
+      c.Poisoned(out[n], "specials past the row");
+      for (int64_t i = 0; i < n; ++i) {
+        const std::string el = "cap=" + std::to_string(cap) + (in_place ? " in place" : "") +
+                               " special x=" + std::to_string(in[i]);
+        if (std::isinf(in[i]) || std::fabs(in[i]) >= 20.0f * cap) {
+          c.Near(dst[i], std::copysign(double(cap), in[i]), 0, el);
+        } else if (in[i] == 0.0f) {
+          c.Near(dst[i], 0.0, 0, el);
+          if (std::signbit(dst[i]) != std::signbit(in[i]) && ++c.failures <= 5) {
+            ADD_FAILURE() << c.where << ": " << el << " lost the sign of zero";
+          }
+        } else {
+          c.Near(dst[i], std::isnan(in[i]) ? double(kNaN) : cap * std::tanh(double(in[i]) / cap),
+                 std::isnan(in[i]) ? 0.0 : SoftcapTol(in[i], cap), el);
+        }
+      }
+    }
+  }
+}
+
+// ALiBi: distances are whole numbers (exact in fp32 below 2^24), so the one
+// rounding is the multiply-add's: s + slope·dist is exactly fmaf(slope, dist,
+// s) where MulAdd fuses (FMA targets) and fl(s + fl(slope·dist)) where it
+// does not; either is within one ulp of |slope·dist| + |s| of the exact sum.
+// Anything else fails. NaN stays NaN, -inf stays -inf.
+void CheckAlibi(Checker& c, float got, float s, float slope, double dist, const std::string& what) {
+  const float fd = static_cast<float>(dist);
+  if (double(fd) != dist) {
+    ++c.failures;
+    ADD_FAILURE() << c.where << ": " << what << " distance " << dist << " is not exact in fp32";
+    return;
+  }
+  const float fused = std::fma(slope, fd, s);
+  volatile float product = slope * fd;  // rounded on its own
+  const float unfused = s + product;
+  const bool ok = got == fused || got == unfused || (std::isnan(got) && std::isnan(fused));
+  if (!ok && ++c.failures <= 5) {
+    ADD_FAILURE() << c.where << ": " << what << " got " << got << " want fmaf " << fused
+                  << " or unfused " << unfused << " (s=" << s << " slope=" << slope
+                  << " dist=" << dist << ")";
+  }
+}
+
+void TestAlibiRow(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(29);
+  std::uniform_real_distribution<float> uslope(-1.0f, 1.0f);
+  for (int64_t n : {int64_t{0}, int64_t{1}, lanes - 1, lanes, lanes + 1, 2 * lanes + 3,
+                    int64_t{100}, int64_t{515}}) {
+    if (n < 0) continue;
+    // d0 = key0 - i - off: keys all before the query (negative), across the
+    // diagonal, all after it, and far from 0 (distances up to ~2^20).
+    for (double d0 : {0.0, -5.0, -double(n) - 7.0, 3.0, -1048576.0, 1000000.0}) {
+      for (float slope : {0.0625f, uslope(rng), 0.0f}) {
+        const std::string at = "n=" + std::to_string(n) + " d0=" + std::to_string(d0) +
+                               " slope=" + std::to_string(slope);
+        Buffer s(n + 1, 1);
+        s.Fill(rng, 8.0f);
+        if (n > 0) s[0] = -kInf;  // a masked score stays masked
+        if (n > 2) s[n / 2] = kNaN;
+        s[n] = kSentinel;
+        std::vector<float> s0(s.data(), s.data() + n);
+        AlibiRowArgs a{s.data(), n, slope, static_cast<float>(d0)};
+        ASSERT_TRUE(u.run(&a));
+        Kept(c, s[n], at + " past the row");
+        for (int64_t j = 0; j < n; ++j) {
+          CheckAlibi(c, s[j], s0[j], slope, d0 + double(j), at + " j=" + std::to_string(j));
+        }
+      }
+    }
+  }
+}
+
+// Flash's key-major tile: rows a multiple of the lane count, the last rows
+// padding (slope 0, position 0: unchanged), query positions before, among
+// and after the keys (negative distances), ld the tile's 64 or an odd stride.
+void TestAlibiColumns(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(30);
+  std::uniform_real_distribution<float> uslope(-1.0f, 1.0f);
+  for (int64_t rows : {lanes, 2 * lanes, kTileCols}) {
+    if (rows > kTileCols) continue;
+    for (int64_t ld : {kTileCols, rows + 3}) {
+      for (int64_t nkeys : {int64_t{0}, int64_t{1}, lanes - 1, lanes, lanes + 1, int64_t{7},
+                            int64_t{64}, int64_t{513}}) {
+        if (nkeys < 0) continue;
+        for (double key0 : {0.0, 300.0, 1000000.0}) {
+          const std::string at = "rows=" + std::to_string(rows) + " ld=" + std::to_string(ld) +
+                                 " keys=" + std::to_string(nkeys) + " key0=" + std::to_string(key0);
+          Buffer st((nkeys + 1) * ld, ld == kTileCols ? 0 : 1), slopes(rows), positions(rows);
+          std::fill(st.data(), st.data() + (nkeys + 1) * ld, kSentinel);
+          const int64_t real = rows - rows / 4;  // the rest: padding
+          std::uniform_int_distribution<int> upos(0, 1000);
+          for (int64_t x = 0; x < rows; ++x) {
+            slopes[x] = x >= real ? 0.0f : x % 3 == 0 ? 1.0f / float(1 << (x % 9)) : uslope(rng);
+            positions[x] = x >= real ? 0.0f : float(key0 + upos(rng) - 300);
+          }
+          std::uniform_real_distribution<float> us(-8.0f, 8.0f);
+          for (int64_t j = 0; j < nkeys; ++j) {
+            for (int64_t x = 0; x < rows; ++x) st[j * ld + x] = us(rng);
+          }
+          if (nkeys > 0) st[(nkeys - 1) * ld] = -kInf;
+          if (nkeys > 1) st[ld + rows - 1] = kNaN;
+          std::vector<float> st0(st.data(), st.data() + (nkeys + 1) * ld);
+          AlibiColumnsArgs a{st.data(),        ld,         nkeys, rows, slopes.data(),
+                             positions.data(), float(key0)};
+          ASSERT_TRUE(u.run(&a));
+          for (int64_t j = 0; j <= nkeys; ++j) {
+            for (int64_t x = 0; x < ld; ++x) {
+              const std::string el =
+                  at + " S[" + std::to_string(j) + "][" + std::to_string(x) + "]";
+              if (j == nkeys || x >= rows) {
+                Kept(c, st[j * ld + x], el);
+                continue;
+              }
+              CheckAlibi(c, st[j * ld + x], st0[j * ld + x], slopes[x],
+                         (key0 + double(j)) - double(positions[x]), el);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
   switch (u.family) {
     case Family::kScoreTile:
@@ -863,6 +1097,12 @@ void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
       return TestBf16PackValues(u, c);
     case Family::kGradScores:
       return TestGradScores(u, lanes, c);
+    case Family::kSoftcap:
+      return TestSoftcap(u, lanes, c);
+    case Family::kAlibiRow:
+      return TestAlibiRow(u, lanes, c);
+    case Family::kAlibiColumns:
+      return TestAlibiColumns(u, lanes, c);
   }
   ADD_FAILURE() << u.name << ": no test for family " << FamilyName(u.family);
 }

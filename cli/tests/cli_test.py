@@ -4,6 +4,7 @@
 Run by ctest (cli/CMakeLists.txt), one test group per ctest test:
   /usr/bin/python3 cli_test.py GROUP      GROUP in Npy BadInput Run Check DType Weights
                                           Outputs Heatmap List Bench Report Docs Grad
+                                          Modifiers
 Environment: ATTNLAB_CLI (the attnlab binary), ATTNLAB_SOURCE (the source tree).
 
 numpy writes the inputs and a float64 numpy softmax is the reference; the
@@ -1225,6 +1226,112 @@ def grad_reference(q, k, v, d_o, mask="none", additive=None, key_lengths=None, s
     return (gq, gk, gv), bounds
 
 
+def modified_reference(q, k, v, mask, softcap=None, slopes=None, sinks=None, top_left=False):
+    """float64 attention with the score modifiers (kernels/problem.h, "Score modifiers") on
+    [B,H,L,d] arrays, and the per-row bound of reference/error_bound.h for it: the logit
+    magnitude includes |ALiBi bias|, a softcap adds (8 + 2)·u·cap, a sink one more term."""
+    q, k, v = (x.astype(np.float64) for x in (q, k, v))
+    B, H, lq, dk = q.shape
+    hkv, lk, dv = k.shape[1], k.shape[2], v.shape[3]
+    off = 0 if top_left else lk - lq
+    i, j = np.arange(lq)[:, None], np.arange(lk)[None, :]
+    vis = np.ones((lq, lk), bool) if mask == "none" else (j <= i + off)
+    o = np.zeros((B, H, lq, dv))
+    lse = np.zeros((B, H, lq))
+    bound = np.zeros((B, H, lq))
+    for b in range(B):
+        for h in range(H):
+            kh = h // (H // hkv)
+            s = q[b, h] @ k[b, kh].T / np.sqrt(dk)
+            if softcap is not None:
+                s = softcap * np.tanh(s / softcap)
+            bias = (0.0 if slopes is None else slopes[h]) * (j - i - off)
+            s = np.where(vis, s + bias, -np.inf)
+            sink = -np.inf if sinks is None else sinks[h]
+            m = np.maximum(s.max(1), sink)
+            p = np.exp(s - m[:, None])
+            l = p.sum(1) + np.exp(sink - m)
+            o[b, h] = (p @ v[b, kh]) / l[:, None]
+            lse[b, h] = m + np.log(l)
+            mag = np.abs(q[b, h]) @ np.abs(k[b, kh]).T / np.sqrt(dk) + np.abs(bias)
+            n = vis.sum(1) + (0 if sinks is None else 1)
+            logit_err = (dk + 2) * U * np.where(vis, mag, 0).max(1) + (
+                0 if softcap is None else 10 * U * softcap)
+            bound[b, h] = SAFETY * np.abs(v[b, kh]).max() * (2 * logit_err +
+                                                             (EXP_ULPS + 2 * n + 4) * U)
+    return o, lse, bound
+
+
+class Modifiers(Case):
+    """--softcap, --alibi, --sinks and --causal-top-left reach the kernels: O of `run` against
+    an independent numpy fp64 computation within the derived bound, for every variant that
+    applies them (`attnlab list`), and a clear refusal from the others."""
+
+    def run_modifiers(self, variant, extra, q, k, v):
+        out = self.path("o.npy")
+        args = ["run", "--variant", variant, *self.inputs(q, k, v), "--out", out,
+                "--lse", self.path("lse.npy"), *extra]
+        return attnlab(*args), out
+
+    def test_each_modifier_against_numpy(self):
+        q, k, v = self.qkv(B=1, H=4, Hkv=2, lq=9, lk=13, dk=16, dv=8, seed=5)
+        slopes = np.array([0.5, -0.25, 0.125, 1.0], np.float32)
+        sinks = np.array([1.0, -np.inf, 0.0, 2.5], np.float32)
+        settings = {
+            "softcap": (["--softcap", "2.5"], dict(softcap=2.5)),
+            "alibi": (["--alibi", self.save("slopes.npy", slopes)], dict(slopes=slopes)),
+            "alibi standard": (["--alibi", "standard"],
+                               dict(slopes=np.exp2(-8.0 * np.arange(1, 5) / 4))),
+            "sinks": (["--sinks", self.save("sinks.npy", sinks)], dict(sinks=sinks)),
+            "all, top-left": (["--softcap", "3", "--alibi", self.path("slopes.npy"), "--sinks",
+                               self.path("sinks.npy"), "--causal-top-left"],
+                              dict(softcap=3.0, slopes=slopes, sinks=sinks, top_left=True)),
+        }
+        rc, out, _ = attnlab("list")
+        self.assertEqual(rc, 0)
+        # `attnlab list`'s score-modifier table: one "variant  softcap, alibi, sinks" line per
+        # variant ("none" for those that apply none), up to the next blank line.
+        table = out.split("score modifiers")[1].split("\n\n")[0].splitlines()[1:]
+        applies = {line.split()[0]: line for line in table if line.strip()}
+        self.assertIn("flash", applies)
+        for name, (flags, kw) in settings.items():
+            for variant, line in applies.items():
+                with self.subTest(setting=name, variant=variant):
+                    (rc, _, err), o_path = self.run_modifiers(
+                        variant, ["--mask", "causal", *flags], q, k, v)
+                    used = {"softcap" if "softcap" in kw else None,
+                            "alibi" if "slopes" in kw else None,
+                            "sinks" if "sinks" in kw else None} - {None}
+                    if not all(m in line for m in used):
+                        self.assertEqual(rc, 2, err)
+                        self.assertIn("does not apply", err)
+                        continue
+                    self.assertEqual(rc, 0, err)
+                    want, want_lse, bound = modified_reference(q, k, v, "causal", **kw)
+                    self.assert_close(np.load(o_path), want, bound)
+
+    def test_bad_modifier_values_are_named(self):
+        q, k, v = self.qkv(H=2, Hkv=2)
+        self.expect_error(r"softcap=-1 must be finite and > 0", "run", "--variant", "flash",
+                          *self.inputs(q, k, v), "--softcap", "-1", "--out", self.path("o.npy"))
+        self.expect_error(r"bad --softcap 'x'", "run", "--variant", "flash",
+                          *self.inputs(q, k, v), "--softcap", "x", "--out", self.path("o.npy"))
+        s3 = self.save("s3.npy", np.zeros(3, np.float32))
+        self.expect_error(r"s3\.npy.*\(3,\)", "run", "--variant", "flash", *self.inputs(q, k, v),
+                          "--sinks", s3, "--out", self.path("o.npy"))
+        nan = self.save("nan.npy", np.array([0, np.nan], np.float32))
+        self.expect_error(r"alibi_slopes\[1\]=nan is not finite", "run", "--variant", "flash",
+                          *self.inputs(q, k, v), "--alibi", nan, "--out", self.path("o.npy"))
+
+    def test_check_skips_variants_without_them(self):
+        q, k, v = self.qkv(H=2, Hkv=1, lq=6, lk=6)
+        out = self.expect_ok("check", *self.inputs(q, k, v), "--softcap", "4", "--alibi",
+                             "standard", "--mask", "causal", "--causal-top-left")
+        self.assertRegex(out, r"flash .* ok")
+        self.assertRegex(out, r"blas .*skipped: score modifiers: variant blas does not apply "
+                              r"softcap, alibi")
+
+
 class Grad(Case):
     def grad_files(self, q, k, v, d_o):
         return [*self.inputs(q, k, v), "--do", self.save("do.npy", d_o),
@@ -1458,7 +1565,7 @@ class Bench(Case):
     def test_missing_bench_and_bad_flags(self):
         self.expect_error(r"attnlab_bench not found; looked for:\n  /nonexistent/attnlab_bench",
                           "bench", env={"ATTNLAB_BENCH": "/nonexistent/attnlab_bench"})
-        self.expect_error(r"bad --suite 'huge': want quick, default or full", "bench", "--suite",
+        self.expect_error(r"bad --suite 'huge': want quick, default, full, precision, backward or serving", "bench", "--suite",
                           "huge")
         self.expect_error(r"bad --threads '1;2'", "bench", "--threads", "1;2")
 

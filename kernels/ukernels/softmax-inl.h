@@ -204,6 +204,26 @@ HWY_INLINE void FinishRow(const float* acc, float m, float l, int64_t dv, float*
   if (lse) *lse = m + std::log(l);
 }
 
+// FinishRow with an attention sink (kernels/problem.h, "Score modifiers"):
+// one more logit `sink` in the denominator, without a value. With m' =
+// max(m, sink) and l' = l·e^(m - m') + e^(sink - m'): O = acc·e^(m - m')/l',
+// lse = m' + ln l'. A row with nothing visible gets O = 0 and lse = sink;
+// sink = -inf is FinishRow; NaN rows stay NaN.
+HWY_INLINE void FinishRowWithSink(const float* acc, float m, float l, float sink, int64_t dv,
+                                  float* out, float* lse) {
+  if (sink == -kInf || std::isnan(m) || std::isnan(l)) return FinishRow(acc, m, l, dv, out, lse);
+  if (m == -kInf && l == 0.0f) {
+    std::fill(out, out + dv, 0.0f);
+    if (lse) *lse = sink;
+    return;
+  }
+  const float top = std::max(m, sink);
+  const float shrink = std::exp(m - top);  // 1 unless the sink is the maximum
+  const float total = l * shrink + std::exp(sink - top);
+  ScaleRow(acc, dv, shrink / total, out);
+  if (lse) *lse = top + std::log(total);
+}
+
 // NOLINTNEXTLINE(google-readability-namespace-comments)
 }  // namespace HWY_NAMESPACE
 }  // namespace attn

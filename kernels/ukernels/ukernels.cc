@@ -16,6 +16,7 @@
 #include "kernels/ukernels/grad_scores-inl.h"
 #include "kernels/ukernels/pv_tile-inl.h"
 #include "kernels/ukernels/qk_packed-inl.h"
+#include "kernels/ukernels/score_mods-inl.h"
 #include "kernels/ukernels/score_rows-inl.h"
 #include "kernels/ukernels/score_tile-inl.h"
 #include "kernels/ukernels/softmax-inl.h"
@@ -64,6 +65,12 @@ template <>
 struct ArgsOf<Family::kBf16PackValues> : std::type_identity<Bf16PackValuesArgs> {};
 template <>
 struct ArgsOf<Family::kGradScores> : std::type_identity<GradScoresArgs> {};
+template <>
+struct ArgsOf<Family::kSoftcap> : std::type_identity<SoftcapArgs> {};
+template <>
+struct ArgsOf<Family::kAlibiRow> : std::type_identity<AlibiRowArgs> {};
+template <>
+struct ArgsOf<Family::kAlibiColumns> : std::type_identity<AlibiColumnsArgs> {};
 
 // Calls f with the struct's fields in order (outputs of value type by
 // pointer, or assigned from f's result).
@@ -134,6 +141,18 @@ void Call(Bf16PackValuesArgs& a, F f) {
 template <class F>
 void Call(GradScoresArgs& a, F f) {
   f(a.s, a.dp, a.ld, a.nrows, a.ncols, a.lse, a.dsum, a.scale);
+}
+template <class F>
+void Call(SoftcapArgs& a, F f) {
+  f(a.x, a.out, a.n, a.cap);
+}
+template <class F>
+void Call(AlibiRowArgs& a, F f) {
+  f(a.s, a.n, a.slope, a.d0);
+}
+template <class F>
+void Call(AlibiColumnsArgs& a, F f) {
+  f(a.st, a.ld, a.nkeys, a.rows, a.slopes, a.positions, a.key0);
 }
 }  // namespace attn::ukernels
 #endif
@@ -232,6 +251,12 @@ const char* FamilyName(Family family) {
       return "bf16_pack_values";
     case Family::kGradScores:
       return "grad_scores";
+    case Family::kSoftcap:
+      return "softcap";
+    case Family::kAlibiRow:
+      return "alibi_row";
+    case Family::kAlibiColumns:
+      return "alibi_columns";
   }
   return "unknown";
 }

@@ -28,6 +28,13 @@ namespace attn::ukernels {
 
 // Relative error bound of FastExp2 (exp-inl.h), in ulp (measured: 0.84).
 inline constexpr double kFastExp2MaxUlp = 2.0;
+// Absolute error bound of FastTanh (score_mods-inl.h, behind SoftcapRow), in
+// units of u = 2^-24 (tanh is in [-1, 1]; the error does not shrink with
+// |tanh| near 0, where 1 - e^(-2|y|) cancels). Measured by tests/
+// ukernel_test.cc on every 61st float in [2^-126, 20] on Zen 4: 1.80 on
+// AVX3 and AVX2, 1.88 without FMA (SSE4, SSSE3, SCALAR), at |y| near 0.74.
+// The fp64 reference's bound (reference/error_bound.cc) assumes 8.
+inline constexpr double kTanhMaxAbsU = 3.0;
 
 enum class Family {
   // st[j·64 + x] = Σ_d k[j·k_stride + d]·qt[d·64 + x] for j < nkeys, x <
@@ -73,6 +80,17 @@ enum class Family {
   // Backward: P = e^(S - lse), dS = scale·P·(dP - D) over a row-major tile,
   // in place (rows with lse = -inf: 0).
   kGradScores,
+  // Score modifiers (score_mods-inl.h). Three families, not a kAlibi with
+  // two entries: AlibiRow (one slope, the first key's distance) and
+  // AlibiColumns (a slope and a query position per row, the first key) take
+  // different arguments, and one struct would have fields each ignores.
+  // out[i] = cap·tanh(x[i]/cap) for i < n, out == x allowed.
+  kSoftcap,
+  // s[j] += slope·(d0 + j) for j < n: ALiBi on one row of a row-major tile.
+  kAlibiRow,
+  // st[j·ld + x] += slopes[x]·((key0 + j) - positions[x]) for j < nkeys, x <
+  // rows (a multiple of the lane count): ALiBi on a key-major tile (Sᵀ).
+  kAlibiColumns,
 };
 
 // What a machine needs to run an entry, beyond the Highway target.
@@ -207,6 +225,25 @@ struct GradScoresArgs {
   const float* lse;
   const float* dsum;
   float scale;
+};
+
+struct SoftcapArgs {
+  const float* x;
+  float* out;  // may be x (in place)
+  int64_t n;
+  float cap;  // > 0, finite
+};
+struct AlibiRowArgs {
+  float* s;  // in place
+  int64_t n;
+  float slope, d0;  // d0: the first key's distance, a whole number
+};
+struct AlibiColumnsArgs {
+  float* st;  // in place
+  int64_t ld, nkeys, rows;
+  const float* slopes;     // rows of them
+  const float* positions;  // rows whole numbers (query positions)
+  float key0;              // the first key's position, a whole number
 };
 
 struct Ukernel {

@@ -204,6 +204,30 @@ def _mask_options(opt, mask, q4, k4):
   opt.additive = np.require(m, np.float32, ["C", "A"])  # the kernels read it row-major
 
 
+def _per_head(values, name, heads):
+  """A float32 vector of per-head values (ALiBi slopes, sinks), C-contiguous and aligned."""
+  a, _ = _as_array(values, name)
+  if a.ndim != 1:
+    raise ValueError(f"{name} has shape {a.shape}: want one value per query head (H={heads})")
+  return np.require(a, np.float32, ["C", "A"])
+
+
+def _modifier_options(opt, heads, softcap, alibi_slopes, sinks, causal_top_left):
+  """Fills the score modifiers (kernels/problem.h, "Score modifiers") and the diagonal."""
+  opt.top_left = bool(causal_top_left)
+  if softcap is not None:
+    opt.softcap = float(softcap)
+  if isinstance(alibi_slopes, str):
+    if alibi_slopes != "standard":
+      raise ValueError(f"alibi_slopes={alibi_slopes!r}: want 'standard' or H slopes")
+    # Press et al. (ALiBi): head h of H gets 2^(-8(h+1)/H).
+    alibi_slopes = np.exp2(-8.0 * np.arange(1, heads + 1) / heads).astype(np.float32)
+  if alibi_slopes is not None:
+    opt.alibi_slopes = _per_head(alibi_slopes, "alibi_slopes", heads)
+  if sinks is not None:
+    opt.sinks = _per_head(sinks, "sinks", heads)
+
+
 def _index(x, what):
   if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
     raise ValueError(f"{what} {x!r}: want an integer")
@@ -230,7 +254,8 @@ class _Call:
   """One call's inputs as the kernels take them: 4-D [B, H, L, d] views, dtypes and options."""
 
   def __init__(self, q, k, v, *, layout, mask, key_lengths, scale, threads, memory_budget,
-               k_scales=None, v_scales=None, fp32_only=False):
+               k_scales=None, v_scales=None, fp32_only=False, softcap=None, alibi_slopes=None,
+               sinks=None, causal_top_left=False):
     if layout not in LAYOUTS:
       raise ValueError(f"layout={layout!r}: want 'bhsd' ([B,H,L,d]) or 'bshd' ([B,L,H,d])")
     self.layout = layout
@@ -259,6 +284,7 @@ class _Call:
       opt.key_lengths = np.require(kl, np.int32, ["C", "A"])
     if scale is not None:
       opt.scale = float(scale)
+    _modifier_options(opt, self.q.shape[1], softcap, alibi_slopes, sinks, causal_top_left)
     opt.threads = _threads(threads)
     if memory_budget is not None:
       opt.memory_budget = _memory_budget(memory_budget)
@@ -339,7 +365,8 @@ def isa_path():
 # ----------------------------------------------------------------------------- the API
 def attention(q, k, v, *, variant="flash", mask=None, key_lengths=None, scale=None,
               layout="bhsd", return_lse=False, threads=None, out=None, k_scales=None,
-              v_scales=None, memory_budget=None):
+              v_scales=None, memory_budget=None, softcap=None, alibi_slopes=None, sinks=None,
+              causal_top_left=False):
   """Attention O = softmax(Q·Kᵀ·scale + mask)·V with one of attnlab's kernels.
 
   Parameters
@@ -376,6 +403,20 @@ def attention(q, k, v, *, variant="flash", mask=None, key_lengths=None, scale=No
       its last dimension).
   memory_budget : int, optional
       Bytes of workspace allowed (default ATTNLAB_MEMORY_BUDGET, else half of physical memory).
+  softcap : float, optional
+      Logit softcap (Gemma 2): each scaled logit s becomes softcap·tanh(s / softcap).
+  alibi_slopes : array_like or "standard", optional
+      H ALiBi slopes: query head h adds slope[h]·(j - i - off) to its logits (0 on the
+      diagonal); "standard" is Press et al.'s 2^(-8(h+1)/H).
+  sinks : array_like, optional
+      H attention-sink logits (gpt-oss): each joins its head's softmax denominator without a
+      value, so a row's weights sum to less than 1 (-inf: no sink for that head).
+  causal_top_left : bool
+      Align the diagonal of "causal" and window masks (and ALiBi) top-left, off = 0
+      (PyTorch's is_causal), instead of bottom-right (off = Lk - Lq). Same when Lq = Lk.
+
+  Which variants apply softcap, ALiBi and sinks: attnlab.variants()[i].modifiers (naive and
+  flash); the others raise ValueError naming the modifier.
 
   Returns
   -------
@@ -400,7 +441,8 @@ def attention(q, k, v, *, variant="flash", mask=None, key_lengths=None, scale=No
   """
   call = _Call(q, k, v, layout=layout, mask=mask, key_lengths=key_lengths, scale=scale,
                threads=threads, memory_budget=memory_budget, k_scales=k_scales,
-               v_scales=v_scales)
+               v_scales=v_scales, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
+               causal_top_left=causal_top_left)
   o, lse, _, stats = _forward(call, variant, out, return_lse)
   _ISA["path"] = stats["path"]
   return (o, lse) if return_lse else o
@@ -416,8 +458,11 @@ def _weights_variant(variant):
 
 
 def weights(q, k, v, *, variant=None, mask=None, key_lengths=None, scale=None, layout="bhsd",
-            threads=None, memory_budget=None, return_output=False):
+            threads=None, memory_budget=None, return_output=False, softcap=None,
+            alibi_slopes=None, sinks=None, causal_top_left=False):
   """The attention weights P = softmax(Q·Kᵀ·scale + mask), [B, H, Lq, Lk] float32.
+
+  With sinks, P covers the keys only (rows sum to less than 1).
 
   Arguments as attention(). `variant`: one that materializes the weights (default: the first
   in the registry that does, "naive"; attnlab.variants() says which do). P is [B, H, Lq, Lk]
@@ -433,7 +478,8 @@ def weights(q, k, v, *, variant=None, mask=None, key_lengths=None, scale=None, l
   >>> p = attnlab.weights(x, x, x, mask="causal")    # [6, 6], lower triangular, rows sum to 1
   """
   call = _Call(q, k, v, layout=layout, mask=mask, key_lengths=key_lengths, scale=scale,
-               threads=threads, memory_budget=memory_budget)
+               threads=threads, memory_budget=memory_budget, softcap=softcap,
+               alibi_slopes=alibi_slopes, sinks=sinks, causal_top_left=causal_top_left)
   # The weights are an output the package allocates: held to the budget like a workspace,
   # before anything is allocated.
   b, h, _, lq, lk, _, _ = call.shape
@@ -448,7 +494,8 @@ def weights(q, k, v, *, variant=None, mask=None, key_lengths=None, scale=None, l
 
 
 def reference(q, k, v, *, mask=None, key_lengths=None, scale=None, layout="bhsd",
-              return_lse=False, return_weights=False, k_scales=None, v_scales=None):
+              return_lse=False, return_weights=False, k_scales=None, v_scales=None,
+              softcap=None, alibi_slopes=None, sinks=None, causal_top_left=False):
   """The fp64 reference: attention in double precision on the exact values the inputs hold.
 
   Plain, obviously correct and slow (O(Lq·Lk·d) in one thread): the oracle every kernel is
@@ -457,7 +504,9 @@ def reference(q, k, v, *, mask=None, key_lengths=None, scale=None, layout="bhsd"
   return_weights=True (a tuple when either is asked for).
   """
   call = _Call(q, k, v, layout=layout, mask=mask, key_lengths=key_lengths, scale=scale,
-               threads=None, memory_budget=None, k_scales=k_scales, v_scales=v_scales)
+               threads=None, memory_budget=None, k_scales=k_scales, v_scales=v_scales,
+               softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
+               causal_top_left=causal_top_left)
   o4, lse4, w4 = _core.reference(call.q, call.k, call.v, call.dtypes("f32"), call.options,
                                  return_weights)
   o = _from_bhld(o4, call)
@@ -530,7 +579,8 @@ class CheckReport(list):
 
 
 def check(q, k, v, *, variants=None, mask=None, key_lengths=None, scale=None, layout="bhsd",
-          threads=None, memory_budget=None, k_scales=None, v_scales=None):
+          threads=None, memory_budget=None, k_scales=None, v_scales=None, softcap=None,
+          alibi_slopes=None, sinks=None, causal_top_left=False):
   """Every variant (or those named) against the fp64 reference, as `attnlab check` does.
 
   Each variant's O and lse are compared element by element with the reference within the
@@ -540,7 +590,8 @@ def check(q, k, v, *, variants=None, mask=None, key_lengths=None, scale=None, la
   """
   call = _Call(q, k, v, layout=layout, mask=mask, key_lengths=key_lengths, scale=scale,
                threads=threads, memory_budget=memory_budget, k_scales=k_scales,
-               v_scales=v_scales)
+               v_scales=v_scales, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
+               causal_top_left=causal_top_left)
   names = [info.name for info in _variants_list()] if variants is None else list(variants)
   _, o4 = call.new_output(call.o_shape4())
   b, h, _, lq, _, _, _ = call.shape
@@ -669,6 +720,7 @@ class VariantInfo:
   deterministic: bool
   has_backward: bool
   dtypes: typing.Dict[str, typing.List[str]]  # {"q": [...], "kv": [...], "o": [...]}
+  modifiers: typing.List[str]  # the score modifiers it applies: "softcap", "alibi", "sinks"
 
 
 def _variants_list():

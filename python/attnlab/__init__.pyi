@@ -20,7 +20,10 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, variant: 
               return_lse: Literal[False] = ..., threads: Optional[int] = ...,
               out: Optional[np.ndarray] = ..., k_scales: Optional[npt.ArrayLike] = ...,
               v_scales: Optional[npt.ArrayLike] = ...,
-              memory_budget: Optional[int] = ...) -> np.ndarray: ...
+              memory_budget: Optional[int] = ..., softcap: Optional[float] = ...,
+              alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
+              sinks: Optional[npt.ArrayLike] = ...,
+              causal_top_left: bool = ...) -> np.ndarray: ...
 @overload
 def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, variant: str = ...,
               mask: Mask = ..., key_lengths: Optional[Sequence[int]] = ...,
@@ -28,16 +31,24 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, variant: 
               return_lse: Literal[True], threads: Optional[int] = ...,
               out: Optional[np.ndarray] = ..., k_scales: Optional[npt.ArrayLike] = ...,
               v_scales: Optional[npt.ArrayLike] = ...,
-              memory_budget: Optional[int] = ...) -> Tuple[np.ndarray, np.ndarray]: ...
+              memory_budget: Optional[int] = ..., softcap: Optional[float] = ...,
+              alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
+              sinks: Optional[npt.ArrayLike] = ...,
+              causal_top_left: bool = ...) -> Tuple[np.ndarray, np.ndarray]: ...
 def weights(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *,
             variant: Optional[str] = ..., mask: Mask = ...,
             key_lengths: Optional[Sequence[int]] = ..., scale: Optional[float] = ...,
             layout: Layout = ..., threads: Optional[int] = ..., memory_budget: Optional[int] = ...,
-            return_output: bool = ...) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]: ...
+            return_output: bool = ..., softcap: Optional[float] = ...,
+            alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
+            sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...
+            ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]: ...
 def reference(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, mask: Mask = ...,
               key_lengths: Optional[Sequence[int]] = ..., scale: Optional[float] = ...,
               layout: Layout = ..., return_lse: bool = ..., return_weights: bool = ...,
-              k_scales: Optional[npt.ArrayLike] = ..., v_scales: Optional[npt.ArrayLike] = ...
+              k_scales: Optional[npt.ArrayLike] = ..., v_scales: Optional[npt.ArrayLike] = ...,
+              softcap: Optional[float] = ..., alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
+              sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...
               ) -> Union[np.ndarray, Tuple[np.ndarray, ...]]: ...
 
 class CheckRow:
@@ -64,8 +75,9 @@ def check(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *,
           variants: Optional[Sequence[str]] = ..., mask: Mask = ...,
           key_lengths: Optional[Sequence[int]] = ..., scale: Optional[float] = ...,
           layout: Layout = ..., threads: Optional[int] = ..., memory_budget: Optional[int] = ...,
-          k_scales: Optional[npt.ArrayLike] = ..., v_scales: Optional[npt.ArrayLike] = ...
-          ) -> CheckReport: ...
+          k_scales: Optional[npt.ArrayLike] = ..., v_scales: Optional[npt.ArrayLike] = ...,
+          softcap: Optional[float] = ..., alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
+          sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...) -> CheckReport: ...
 def grad(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, d_o: npt.ArrayLike, *,
          variant: str = ..., o: Optional[npt.ArrayLike] = ..., lse: Optional[npt.ArrayLike] = ...,
          mask: Mask = ..., key_lengths: Optional[Sequence[int]] = ...,
@@ -87,6 +99,7 @@ class VariantInfo:
     deterministic: bool
     has_backward: bool
     dtypes: Dict[str, List[str]]
+    modifiers: List[str]
 
 def variants() -> List[VariantInfo]: ...
 def isa_path() -> Optional[str]: ...

@@ -121,14 +121,14 @@ def random_qkv(rng, b, h, hkv, lq, lk, dk, dv, rank=4, layout="bhsd", dtype=np.f
 
 
 # ----------------------------------------------------------------------------- masks
-def mask_arrays(mask, key_lengths, b, h, lq, lk):
+def mask_arrays(mask, key_lengths, b, h, lq, lk, top_left=False):
   """(visible [B, H, Lq, Lk] bool, additive [B, H, Lq, Lk] float64) of a mask argument, from the
   definitions in kernels/problem.h: off = Lk - Lq; causal: j <= i + off; window (l, r):
   i + off - l <= j <= i + off + r; an additive array is added (-inf hides the key); a bool array
   is True where a query may attend; key_lengths[b] hides j >= key_lengths[b]."""
   i = np.arange(lq)[:, None]
   j = np.arange(lk)[None, :]
-  off = lk - lq
+  off = 0 if top_left else lk - lq  # top_left: PyTorch's is_causal diagonal
   visible = np.ones((b, h, lq, lk), bool)
   additive = np.zeros((b, h, lq, lk))
   if mask is None:
@@ -166,7 +166,8 @@ def summation_length(n):
 
 
 def expected(q, k, v, *, mask=None, key_lengths=None, scale=None, layout="bhsd",
-             dtypes=("f32", "f32", "f32", "f32")):
+             dtypes=("f32", "f32", "f32", "f32"), softcap=None, alibi_slopes=None, sinks=None,
+             causal_top_left=False):
   """The exact (fp64) attention of the values q, k, v hold, and the error bound of an fp32
   kernel with element types `dtypes` (Q, K, V, O names), in the inputs' rank and layout.
 
@@ -182,14 +183,26 @@ def expected(q, k, v, *, mask=None, key_lengths=None, scale=None, layout="bhsd",
   k4 = np.repeat(k4, group, axis=1)  # query head h reads kv head h // group
   v4 = np.repeat(v4, group, axis=1)
   scale = 1.0 / math.sqrt(dk) if scale is None else float(np.float32(scale))
-  visible, additive = mask_arrays(mask, key_lengths, b, h, lq, lk)
+  visible, additive = mask_arrays(mask, key_lengths, b, h, lq, lk, causal_top_left)
+  # Score modifiers (kernels/problem.h): s <- cap·tanh(s / cap), + slope_h·(j - i - off), then
+  # the mask; a sink joins each row's denominator of head h without a value.
+  off = 0 if causal_top_left else lk - lq
+  distance = np.arange(lk)[None, :] - np.arange(lq)[:, None] - off
+  bias = (np.zeros((1, h, lq, lk)) if alibi_slopes is None else
+          np.asarray(alibi_slopes, np.float64).reshape(1, h, 1, 1) * distance)
+  sink = (np.full((1, h, 1), -np.inf) if sinks is None else
+          np.asarray(sinks, np.float64).reshape(1, h, 1))
   with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-    s = scale * (q4 @ k4.swapaxes(-1, -2)) + additive
+    s = scale * (q4 @ k4.swapaxes(-1, -2))
+    if softcap is not None:
+      s = softcap * np.tanh(s / softcap)
+    s = s + bias + additive
     s = np.where(visible, s, -np.inf)
-    row_max = s.max(-1, initial=-np.inf)
-    empty = ~visible.any(-1)
-    p = np.where(visible, np.exp(s - np.where(empty, 0.0, row_max)[..., None]), 0.0)
-    denom = p.sum(-1)
+    row_max = np.maximum(s.max(-1, initial=-np.inf), sink)
+    empty = ~visible.any(-1) & np.isneginf(sink)
+    shift = np.where(np.isneginf(row_max), 0.0, row_max)
+    p = np.where(visible, np.exp(s - shift[..., None]), 0.0)
+    denom = p.sum(-1) + np.exp(sink - shift)
     p = p / np.where(empty, 1.0, denom)[..., None]
     o = p @ v4
     lse = np.where(empty, -np.inf, row_max + np.log(np.where(empty, 1.0, denom)))
@@ -201,13 +214,15 @@ def expected(q, k, v, *, mask=None, key_lengths=None, scale=None, layout="bhsd",
     u_p = TYPE_ROUNDOFF[v_t]
     u_v = TYPE_ROUNDOFF[v_t] if v_t == "i8" else 0.0
     u_o = TYPE_ROUNDOFF[o_t]
-    magnitude = scale * (np.abs(q4) @ np.abs(k4).swapaxes(-1, -2)) + np.abs(additive)
+    magnitude = (scale * (np.abs(q4) @ np.abs(k4).swapaxes(-1, -2)) + np.abs(additive) +
+                 np.abs(bias))
     a = np.where(visible, magnitude, 0.0).max(-1, initial=0.0)
     v_abs = np.abs(v4).max(-1, initial=0.0)[:, :, None, :]  # [B, H, 1, Lk]
     v_max = np.where(visible, v_abs, 0.0).max(-1, initial=0.0)
-    n = visible.sum(-1)
+    n = visible.sum(-1) + (0 if sinks is None else 1)  # a sink is one more term
     big_s = summation_length(n)
-    delta = (dk + 2) * U32 * a + 2 * u_qk * a
+    # A softcap passes the logit error on (slope <= 1) and adds its tanh's (8 ulp + 2) of cap.
+    delta = (dk + 2) * U32 * a + 2 * u_qk * a + (0.0 if softcap is None else 10 * U32 * softcap)
     bound_o = SAFETY * v_max * (2 * delta + (EXP_ULPS + 2 * big_s + 4) * U32 + u_p + u_v + u_o)
     bound_lse = SAFETY * (delta + (EXP_ULPS + big_s + 2) * U32 +
                           U32 * np.where(empty, 0.0, np.abs(lse)))

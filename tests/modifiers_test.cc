@@ -1,0 +1,290 @@
+// Score modifiers (softcap, ALiBi, attention sinks) and the top-left
+// diagonal (kernels/problem.h, "Score modifiers", "Masks"): every registry
+// variant that declares a modifier matches the fp64 reference within the
+// derived bound on shapes that cross flash's tiles, decode and GQA, with
+// every mask; every variant that does not declare it refuses the problem
+// with Unimplemented naming it; Validate names every bad field.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kernels/registry.h"
+#include "reference/reference.h"
+#include "testing/compare.h"
+#include "testing/grad_data.h"
+#include "testing/problem_data.h"
+
+namespace attn {
+namespace {
+
+using testing::ProblemData;
+using testing::ProblemSpec;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// A modifier setting: which ones, and their values (per query head).
+struct Modifiers {
+  std::string name;
+  std::optional<float> softcap;
+  bool alibi = false;
+  bool sinks = false;
+};
+
+struct Case {
+  const Variant* variant;
+  ProblemSpec spec;
+  Modifiers mods;
+  Diagonal diagonal = Diagonal::kBottomRight;
+  std::string name;
+};
+
+std::vector<ProblemSpec> Shapes() {
+  std::vector<ProblemSpec> specs;
+  auto add = [&](Shape s, MaskKind mask, std::vector<int32_t> lengths = {},
+                 testing::Values values = testing::Values::kUniform) {
+    ProblemSpec spec;
+    spec.shape = s;
+    spec.mask = mask;
+    spec.window_left = 37;
+    spec.window_right = 5;
+    spec.key_lengths = std::move(lengths);
+    spec.values = values;
+    spec.seed = 100 + specs.size();
+    specs.push_back(spec);
+  };
+  // Prefill across key tiles (flash: 512 keys) and a row block edge (64).
+  add({1, 4, 2, 130, 130, 64, 64}, MaskKind::kCausal);
+  add({2, 2, 1, 65, 1030, 32, 48}, MaskKind::kNone, {1030, 0});  // a row of nothing visible
+  add({1, 2, 2, 70, 200, 16, 16}, MaskKind::kSlidingWindow);
+  add({1, 2, 2, 33, 33, 64, 64}, MaskKind::kAdditive);
+  // Decode: few rows (GQA 4 rows of one kv head), split keys.
+  add({1, 8, 2, 1, 3000, 128, 128}, MaskKind::kNone);
+  add({2, 4, 4, 3, 700, 64, 64}, MaskKind::kCausal, {700, 5});
+  // Logits in the hundreds: the softcap saturates, sinks rarely matter.
+  add({1, 2, 1, 40, 90, 64, 64}, MaskKind::kCausal, {}, testing::Values::kLargeLogits);
+  return specs;
+}
+
+std::vector<Modifiers> Settings() {
+  return {{"softcap5", 5.0f, false, false},
+          {"softcap50", 50.0f, false, false},
+          {"alibi", std::nullopt, true, false},
+          {"sinks", std::nullopt, false, true},
+          {"all", 30.0f, true, true}};
+}
+
+std::vector<Case> Cases() {
+  std::vector<Case> cases;
+  for (const Variant* v : Registry()) {
+    const std::vector<ProblemSpec> shapes = Shapes();
+    for (size_t s = 0; s < shapes.size(); ++s) {
+      for (const Modifiers& m : Settings()) {
+        Case c{v, shapes[s], m, Diagonal::kBottomRight, ""};
+        c.name = std::string(v->name) + "_" + m.name + "_" + std::to_string(s);
+        cases.push_back(c);
+      }
+    }
+  }
+  return cases;
+}
+
+// Per-head values: ALiBi slopes 2^(-8(h+1)/H) (Press et al.), signs mixed so
+// that a transposed head mapping shows; sinks in [-2, 6] with one head -inf.
+struct ModifierValues {
+  std::vector<float> slopes, sinks;
+  void Attach(const Modifiers& m, Problem& p) {
+    const int64_t h = p.shape.heads;
+    slopes.clear();
+    sinks.clear();
+    std::mt19937 rng(7);
+    std::uniform_real_distribution<float> sink(-2.0f, 6.0f);
+    for (int64_t x = 0; x < h; ++x) {
+      slopes.push_back((x % 2 ? -1.0f : 1.0f) * std::exp2(-8.0f * float(x + 1) / float(h)));
+      sinks.push_back(x == 1 ? -kInf : sink(rng));
+    }
+    p.modifiers = {};
+    p.modifiers.softcap = m.softcap;
+    if (m.alibi) p.modifiers.alibi_slopes = slopes;
+    if (m.sinks) p.modifiers.sinks = sinks;
+  }
+};
+
+std::string ParamName(const ::testing::TestParamInfo<Case>& info) { return info.param.name; }
+
+class ModifierTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ModifierTest, MatchesReferenceOrIsRefused) {
+  const Case& c = GetParam();
+  ProblemData data(c.spec);
+  Problem& p = data.problem();
+  p.mask.diagonal = c.diagonal;
+  ModifierValues values;
+  values.Attach(c.mods, p);
+  const uint8_t used = ModifiersOf(p.modifiers);
+  const Status status = attn::Run(*c.variant, p, OnThreads(2));
+  if ((c.variant->modifiers & used) != used) {
+    EXPECT_EQ(status.code(), StatusCode::kUnimplemented) << status.ToString();
+    EXPECT_NE(status.message().find("does not apply"), std::string::npos) << status.message();
+    return;
+  }
+  if (status.code() == StatusCode::kResourceExhausted) GTEST_SKIP() << status.message();
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  StatusOr<reference::Result> want = reference::Attention(p);
+  ASSERT_TRUE(want.ok());
+  const testing::Comparison cmp = testing::CompareToReference(data, *want);
+  EXPECT_TRUE(cmp.ok) << cmp.first_failure << " (" << c.name << ", worst error/bound "
+                      << cmp.worst_bound_ratio << ")";
+}
+
+INSTANTIATE_TEST_SUITE_P(Registry, ModifierTest, ::testing::ValuesIn(Cases()), ParamName);
+
+// The top-left diagonal needs no support: every variant takes it, causal and
+// window, with Lq above and below Lk.
+std::vector<Case> TopLeftCases() {
+  std::vector<Case> cases;
+  for (const Variant* v : Registry()) {
+    int n = 0;
+    for (const auto& [lq, lk, mask] : {std::tuple{90, 40, MaskKind::kCausal},
+                                       {40, 90, MaskKind::kCausal},
+                                       {600, 600, MaskKind::kCausal},
+                                       {70, 130, MaskKind::kSlidingWindow},
+                                       {1, 800, MaskKind::kCausal}}) {
+      ProblemSpec spec;
+      spec.shape = {1, 4, 2, lq, lk, 32, 32};
+      spec.mask = mask;
+      spec.window_left = 9;
+      spec.window_right = 3;
+      spec.seed = 300 + n;
+      Case c{v, spec, {"none"}, Diagonal::kTopLeft, ""};
+      c.name = std::string(v->name) + "_topleft_" + std::to_string(n++);
+      cases.push_back(c);
+    }
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(TopLeft, ModifierTest, ::testing::ValuesIn(TopLeftCases()), ParamName);
+
+// The spec of a causal problem of `shape`.
+ProblemSpec Causal(const Shape& shape) {
+  ProblemSpec spec;
+  spec.shape = shape;
+  spec.mask = MaskKind::kCausal;
+  return spec;
+}
+
+// The reference's top-left rows: row i sees keys 0..i (causal), whatever Lk.
+TEST(TopLeftTest, RowsSeeTheirOwnPrefix) {
+  ProblemData data(Causal({1, 1, 1, 5, 9, 4, 4}));
+  Problem& p = data.problem();
+  p.mask.diagonal = Diagonal::kTopLeft;
+  for (int64_t i = 0; i < 5; ++i) {
+    for (int64_t j = 0; j < 9; ++j) EXPECT_EQ(reference::KeyVisible(p, 0, i, j), j <= i);
+  }
+  StatusOr<ValidProblem> v = Validate(p);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->VisibleKeys(0, 3).end, 4);
+  EXPECT_EQ(Describe(p.shape, p.mask).find("causal(top-left)") != std::string::npos, true);
+}
+
+// A sink on a row with nothing visible: O = 0 exactly, lse = the sink.
+TEST(SinkTest, FullyMaskedRowGetsTheSinkAsLse) {
+  for (const Variant* v : Registry()) {
+    if (!(v->modifiers & kSinks)) continue;
+    ProblemSpec spec;
+    spec.shape = {2, 2, 1, 3, 20, 8, 8};
+    spec.key_lengths = {0, 20};
+    ProblemData data(spec);
+    Problem& p = data.problem();
+    const std::vector<float> sinks = {1.5f, -kInf};
+    p.modifiers.sinks = sinks;
+    ASSERT_TRUE(attn::Run(*v, p, OnThreads(1)).ok()) << v->name;
+    const std::vector<float> o = data.OutputContiguous();
+    for (int64_t h = 0; h < 2; ++h) {
+      for (int64_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(data.lse()[h * 3 + i], sinks[h]) << v->name << " h=" << h;
+        for (int64_t d = 0; d < 8; ++d) EXPECT_EQ(o[(h * 3 + i) * 8 + d], 0.0f) << v->name;
+      }
+    }
+  }
+}
+
+// Validate names every bad modifier.
+TEST(ModifierValidationTest, NamesTheField) {
+  ProblemSpec spec;
+  spec.shape = {1, 4, 2, 3, 5, 8, 8};
+  ProblemData data(spec);
+  const float nan = std::nanf("");
+  const std::vector<float> three = {1, 2, 3}, four_nan = {1, nan, 3, 4},
+                           four_pinf = {0, 0, kInf, 0};
+  struct Bad {
+    std::function<void(Problem&)> set;
+    std::string message;
+  };
+  const std::vector<Bad> bad = {
+      {[](Problem& p) { p.modifiers.softcap = 0.0f; }, "softcap=0 must be finite and > 0"},
+      {[](Problem& p) { p.modifiers.softcap = -2.0f; }, "softcap=-2 must be finite and > 0"},
+      {[&](Problem& p) { p.modifiers.softcap = nan; }, "softcap=nan must be finite and > 0"},
+      {[](Problem& p) { p.modifiers.softcap = kInf; }, "softcap=inf must be finite and > 0"},
+      {[&](Problem& p) { p.modifiers.alibi_slopes = three; },
+       "alibi_slopes has 3 entries, needs H=4"},
+      {[&](Problem& p) { p.modifiers.alibi_slopes = four_nan; },
+       "alibi_slopes[1]=nan is not finite"},
+      {[&](Problem& p) { p.modifiers.sinks = three; }, "sinks has 3 entries, needs H=4"},
+      {[&](Problem& p) { p.modifiers.sinks = four_nan; }, "sinks[1]=nan must be finite or -inf"},
+      {[&](Problem& p) { p.modifiers.sinks = four_pinf; }, "sinks[2]=inf must be finite or -inf"},
+  };
+  for (const Bad& b : bad) {
+    Problem p = data.problem();
+    b.set(p);
+    const StatusOr<ValidProblem> v = Validate(p);
+    ASSERT_FALSE(v.ok()) << b.message;
+    EXPECT_EQ(v.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(v.status().message().find(b.message), std::string::npos) << v.status().message();
+  }
+  // No output may overlap them: lse written over the sinks it reads.
+  Problem p = data.problem();
+  std::vector<float> shared(12, 0.0f);  // lse: B·H·Lq = 12 floats
+  p.modifiers.sinks = std::span<const float>(shared.data(), 4);
+  p.lse = shared;
+  const StatusOr<ValidProblem> v = Validate(p);
+  ASSERT_FALSE(v.ok());
+  EXPECT_NE(v.status().message().find("output lse overlaps input sinks"), std::string::npos)
+      << v.status().message();
+}
+
+// The backward refuses modifiers (not yet derived), and takes the top-left
+// diagonal like any structural mask.
+TEST(ModifierBackwardTest, RefusesModifiersTakesTopLeft) {
+  ProblemData data(Causal({1, 2, 1, 40, 25, 16, 16}));
+  Problem& p = data.problem();
+  p.mask.diagonal = Diagonal::kTopLeft;
+  ASSERT_TRUE(testing::RunForwardForGrad(data).ok());
+  testing::GradData grads(data);
+  StatusOr<reference::GradResult> want = reference::Backward(grads.grad_problem());
+  ASSERT_TRUE(want.ok());
+  const reference::GradBounds bounds = reference::GradErrorBounds(grads.grad_problem());
+  for (const Variant* v : Registry()) {
+    if (!v->has_backward()) continue;
+    grads.Poison();
+    ASSERT_TRUE(RunBackward(*v, grads.grad_problem(), OnThreads(2)).ok()) << v->name;
+    const testing::Comparison c = testing::CompareGradients(grads.grad_problem(), *want, bounds);
+    EXPECT_TRUE(c.ok) << v->name << ": " << c.first_failure;
+    GradProblem g = grads.grad_problem();
+    const float cap = 10.0f;
+    g.forward.modifiers.softcap = cap;
+    const Status s = RunBackward(*v, g, OnThreads(1));
+    EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << v->name;
+    EXPECT_NE(s.message().find("softcap"), std::string::npos) << s.message();
+  }
+}
+
+}  // namespace
+}  // namespace attn
