@@ -491,13 +491,6 @@ OutputBuffer::OutputBuffer(DType dtype, int64_t elements) : dtype_(dtype) {
   }
 }
 
-void OutputBuffer::Poison() {
-  const float nan = std::numeric_limits<float>::quiet_NaN();
-  std::fill(f32_.begin(), f32_.end(), nan);
-  std::fill(half_.begin(), half_.end(),
-            dtype_ == DType::kBF16 ? BF16BitsFromF32(nan) : F16BitsFromF32(nan));
-}
-
 std::string OutputBuffer::Serialize(std::span<const int64_t> shape) const {
   switch (dtype_) {
     case DType::kF16:

@@ -84,8 +84,6 @@ class OutputBuffer {
   OutputBuffer(DType dtype, int64_t elements);
   DType dtype() const { return dtype_; }
   void* data() { return dtype_ == DType::kF32 ? static_cast<void*>(f32_.data()) : half_.data(); }
-  // NaN in every element (what `check` does before each variant).
-  void Poison();
   // The .npy file of O: '<f4' for f32, '<f2' for f16, and for bf16 its bits
   // as '<u2' (NumPy has no bfloat16), the form the tool reads back as bf16.
   std::string Serialize(std::span<const int64_t> shape) const;
