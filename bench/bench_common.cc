@@ -5,10 +5,13 @@
 #include <omp.h>
 #include <openblas_config.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <limits>
+#include <map>
 #include <memory>
 #include <sstream>
 
@@ -38,8 +41,63 @@ const char* ScenarioName(Scenario s) {
       return "alibi";
     case Scenario::kSinks:
       return "sinks";
+    case Scenario::kVarlen:
+      return "varlen";
+    case Scenario::kPadded:
+      return "padded";
+    case Scenario::kPaddedMask:
+      return "padded_mask";
   }
   return "?";
+}
+
+const std::vector<int32_t>& PackedLengths(int64_t longest) {
+  static std::map<int64_t, std::vector<int32_t>> cache;
+  std::vector<int32_t>& lengths = cache[longest];
+  if (lengths.empty()) {
+    for (int64_t divisor : {1, 4, 4, 8, 8, 8, 16, 16}) {
+      lengths.push_back(static_cast<int32_t>(std::max<int64_t>(1, longest / divisor)));
+    }
+  }
+  return lengths;
+}
+
+const std::vector<int32_t>& PackedOffsets(int64_t longest) {
+  static std::map<int64_t, std::vector<int32_t>> cache;
+  std::vector<int32_t>& offsets = cache[longest];
+  if (offsets.empty()) {
+    offsets.push_back(0);
+    for (int32_t n : PackedLengths(longest)) offsets.push_back(offsets.back() + n);
+  }
+  return offsets;
+}
+
+void ApplyMask(const Case& c, int64_t longest, Problem& p, std::vector<float>* additive) {
+  p.mask.kind = c.mask_kind();
+  p.mask.window_left = c.window;
+  p.mask.window_right = 0;
+  if (c.scenario == Scenario::kVarlen) {
+    p.mask.sequences = PackedSequences{PackedOffsets(longest), PackedOffsets(longest)};
+  } else if (c.scenario == Scenario::kPadded) {
+    p.mask.key_lengths = PackedLengths(longest);
+  } else if (c.scenario == Scenario::kPaddedMask) {
+    const std::vector<int32_t>& lengths = PackedLengths(longest);
+    const int64_t B = int64_t(lengths.size()), L = longest;
+    p.mask.additive_shape = {B, 1, L, L};
+    if (additive == nullptr) {  // Prepare reads the size, never the values
+      p.mask.additive = {reinterpret_cast<const float*>(uintptr_t{1} << 46), size_t(B * L * L)};
+      return;
+    }
+    // Row i of sequence b sees key j < length (and j <= i when causal).
+    additive->assign(B * L * L, -std::numeric_limits<float>::infinity());
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t i = 0; i < L; ++i) {
+        const int64_t end = c.causal ? std::min<int64_t>(lengths[b], i + 1) : lengths[b];
+        std::fill_n(additive->data() + (b * L + i) * L, end, 0.0f);
+      }
+    }
+    p.mask.additive = *additive;
+  }
 }
 
 uint8_t ScenarioModifiers(Scenario s) {
@@ -88,6 +146,11 @@ std::string Case::ValuesKey() const {
     case Scenario::kAlibi:
     case Scenario::kSinks:
       return std::string(ScenarioName(scenario)) + "/N:" + std::to_string(q_len) + "/" + d +
+             "/causal:" + (causal ? "1" : "0");
+    case Scenario::kVarlen:
+    case Scenario::kPadded:
+    case Scenario::kPaddedMask:
+      return std::string(ScenarioName(scenario)) + "/Lmax:" + std::to_string(q_len) + "/" + d +
              "/causal:" + (causal ? "1" : "0");
   }
   return "?";
@@ -200,9 +263,7 @@ CaseData& DataFor(const Case& c) {
   const Strides row_scales = Strides::BHLD(s.kv_heads, s.kv_len, 1);
   if (c.dtypes.k == DType::kI8) data->problem.k_scales = {data->k_scales.data(), row_scales};
   if (c.dtypes.v == DType::kI8) data->problem.v_scales = {data->v_scales.data(), row_scales};
-  data->problem.mask.kind = c.mask_kind();
-  data->problem.mask.window_left = c.window;
-  data->problem.mask.window_right = 0;
+  ApplyMask(c, c.q_len, data->problem, &data->additive);
   const uint8_t modifiers = ScenarioModifiers(c.scenario);
   if (modifiers & kSoftcap) data->problem.modifiers.softcap = 50.0f;  // Gemma 2's attention cap
   for (int64_t h = 0; h < s.heads; ++h) {

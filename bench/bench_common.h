@@ -22,11 +22,46 @@ namespace attn::bench {
 // modifier (kernels/problem.h) on the sweep case's own inputs, so that the
 // cost of each is its time over the plain sweep case's (softcap 50 as in
 // Gemma 2; ALiBi's standard slopes; sinks 1 + h/4).
-enum class Scenario { kSweep, kDecode, kGqa, kWindow, kCross, kSoftcap, kAlibi, kSinks };
+// kVarlen, kPadded: one batch of kPackedSequences causal or dense
+// self-attention sequences whose lengths average a quarter of the longest
+// (PackedLengths), packed (Mask::sequences, B = 1, Lq = Lk = the total) or
+// padded to the longest (B = 8, Lq = Lk = the longest, key_lengths: what a
+// framework without varlen runs), so their time ratio is what packing saves.
+// kPaddedMask pads the same way but hides the padding (and the causal
+// triangle) with an additive mask [B, 1, Lmax, Lmax], as PyTorch's attn_mask
+// does: no key is skipped, every padded (query, key) pair is computed.
+// Case::q_len is the longest; the name token is "Lmax".
+enum class Scenario {
+  kSweep,
+  kDecode,
+  kGqa,
+  kWindow,
+  kCross,
+  kSoftcap,
+  kAlibi,
+  kSinks,
+  kVarlen,
+  kPadded,
+  kPaddedMask
+};
 const char* ScenarioName(Scenario s);  // "sweep", "decode", ..., "softcap"
 // The modifier a scenario applies (kSoftcap, kAlibi, kSinks of problem.h; 0
 // for the others).
 uint8_t ScenarioModifiers(Scenario s);
+
+// The sequences of kVarlen and kPadded: lengths longest·{1, 1/4, 1/4, 1/8,
+// 1/8, 1/8, 1/16, 1/16} (mean longest/4), and their cu_seqlens (0, then
+// running sums). References stay valid for the whole run.
+struct Case;
+inline constexpr int64_t kPackedSequences = 8;
+const std::vector<int32_t>& PackedLengths(int64_t longest);
+const std::vector<int32_t>& PackedOffsets(int64_t longest);
+// Sets the case's mask on a problem of its shape: kind and window, and for
+// kVarlen the sequences, for kPadded the key lengths, for kPaddedMask the
+// additive padding mask (written into *additive; without it, a span of the
+// right size at a placeholder address, for Prepare), of a batch whose
+// longest sequence is `longest` (the case's own, or a check problem's).
+void ApplyMask(const Case& c, int64_t longest, Problem& p, std::vector<float>* additive = nullptr);
 
 // The name token of element types (docs/bench-json.md): "" when Q, K, V and
 // O are all f32 (fp32 names carry no token), "dtype:bf16" when the four share
@@ -58,9 +93,16 @@ struct Case {
   // MHA decode case with Hkv = 8).
   bool heads_token = false;
 
-  Shape shape() const { return {batch, heads, kv_heads, q_len, kv_len, dim, dim}; }
+  Shape shape() const {
+    if (scenario == Scenario::kVarlen) {
+      const int64_t total = PackedOffsets(q_len).back();
+      return {1, heads, kv_heads, total, total, dim, dim};
+    }
+    return {batch, heads, kv_heads, q_len, kv_len, dim, dim};
+  }
   MaskKind mask_kind() const {
     if (scenario == Scenario::kWindow) return MaskKind::kSlidingWindow;
+    if (scenario == Scenario::kPaddedMask) return MaskKind::kAdditive;
     return causal ? MaskKind::kCausal : MaskKind::kNone;
   }
   // The name without the variant, e.g. "N:4096/d:64/causal:1/threads:2",
@@ -120,6 +162,7 @@ struct CaseData {
   std::vector<char> q_typed, k_typed, v_typed, o_typed;  // the others, in their type
   std::vector<float> k_scales, v_scales;                 // [B, Hkv, Lk]: int8 K, V
   std::vector<float> alibi_slopes, sinks;                // [H]: the modifier scenarios
+  std::vector<float> additive;                           // kPaddedMask's mask
   Problem problem;                                       // points into the vectors
 };
 // The inputs for `c`, cached: consecutive cases with the same DataKey reuse

@@ -133,6 +133,10 @@ struct Suite {
   // and 1, beside the sweep case of the same shape.
   std::vector<int64_t> modifier_n;
   std::vector<int64_t> modifier_dims;
+  // Packed variable-length batches against the same batch padded (kVarlen,
+  // kPadded, kPaddedMask), by longest sequence, dense and causal.
+  std::vector<int64_t> varlen_n;
+  std::vector<int64_t> varlen_dims;
   int64_t d128_max_n = 1 << 30;  // sweep N limit for d = 128
   // A variant's case is registered only when its predicted time per
   // iteration (FLOPs / the variant's calibrated rate, see Calibrate()) is at
@@ -216,6 +220,8 @@ Suite MakeSuite(const std::string& name) {
     s.layer_n = {512};
     s.modifier_n = {256};
     s.modifier_dims = {64};
+    s.varlen_n = {256};
+    s.varlen_dims = {64};
     s.over_budget_max_n = 1024;
     s.min_time = "0.05";
     // CI smoke: a bf16 sweep case and an int8-KV decode case, beside the
@@ -250,6 +256,8 @@ Suite MakeSuite(const std::string& name) {
     s.dims = {128};
     s.modifier_n = {2048, 4096};
     s.modifier_dims = {128};
+    s.varlen_n = {2048, 4096};
+    s.varlen_dims = {128};
     s.min_time = "0.2";
     s.max_case_seconds = 20;
     s.repetitions = 3;
@@ -269,6 +277,8 @@ Suite MakeSuite(const std::string& name) {
     s.layer_n = {512, 2048, 8192};
     s.modifier_n = {2048};
     s.modifier_dims = {128};
+    s.varlen_n = {2048};
+    s.varlen_dims = {128};
     s.d128_max_n = 8192;
     // 20 s, not more: the N = 1024 rate is optimistic for kernels that
     // materialize scores (naive runs ~1.5x slower at N = 8192), and the
@@ -318,6 +328,8 @@ Suite MakeSuite(const std::string& name) {
     s.layer_n = Pow2(512, 16384);
     s.modifier_n = {2048, 8192};
     s.modifier_dims = {64, 128};
+    s.varlen_n = {2048, 8192};
+    s.varlen_dims = {128};
     s.over_budget_max_n = 65536;
     s.min_time = "0.5";
     s.repetitions = 3;
@@ -352,6 +364,13 @@ testing::ProblemSpec CheckSpec(const Case& c) {
   } else if (c.scenario == Scenario::kCross) {
     s.q_len = std::min<int64_t>(c.q_len, 128);
     s.kv_len = std::min<int64_t>(c.kv_len, 512);
+  } else if (c.scenario == Scenario::kVarlen || c.scenario == Scenario::kPadded ||
+             c.scenario == Scenario::kPaddedMask) {
+    Case small = c;  // the longest sequence capped at 256
+    small.q_len = small.kv_len = std::min<int64_t>(c.q_len, 256);
+    s = small.shape();
+    spec.key_lengths =
+        c.scenario == Scenario::kPadded ? PackedLengths(small.q_len) : std::vector<int32_t>{};
   } else {
     s.q_len = s.kv_len = std::min<int64_t>(c.q_len, 256);
   }
@@ -398,6 +417,11 @@ class RunContext {
     if (it != verdicts_.end()) return it->second;
     Verdict verdict;
     testing::ProblemData data(CheckSpec(c));
+    // The sequences and the padding mask of a check problem's batch.
+    std::vector<float> additive;
+    if (c.scenario == Scenario::kVarlen || c.scenario == Scenario::kPaddedMask) {
+      ApplyMask(c, std::min<int64_t>(c.q_len, 256), data.problem(), &additive);
+    }
     const Status status = Run(v, data.problem(), run_options(c.threads));
     const std::string at = "at " + Describe(data.problem().shape, data.problem().mask) + ": ";
     if (!status.ok()) {
@@ -549,8 +573,7 @@ Problem ShapeOnlyProblem(const Case& c) {
   const Strides row_scales = Strides::BHLD(s.kv_heads, s.kv_len, 1);
   if (c.dtypes.k == DType::kI8) p.k_scales = {at(4), row_scales};
   if (c.dtypes.v == DType::kI8) p.v_scales = {at(5), row_scales};
-  p.mask.kind = c.mask_kind();
-  p.mask.window_left = c.window;
+  ApplyMask(c, c.q_len, p);
   return p;
 }
 
@@ -1281,6 +1304,15 @@ class SuiteCases {
         for (int causal : {0, 1}) {
           for (Scenario m : {Scenario::kSoftcap, Scenario::kAlibi, Scenario::kSinks}) {
             AddShape(Case{m, B, H, H, n, n, d, causal == 1}, /*ceiling=*/false);
+          }
+        }
+      }
+    }
+    for (int64_t n : suite_.varlen_n) {
+      for (int64_t d : suite_.varlen_dims) {
+        for (int causal : {0, 1}) {
+          for (Scenario m : {Scenario::kVarlen, Scenario::kPadded, Scenario::kPaddedMask}) {
+            AddShape(Case{m, kPackedSequences, H, H, n, n, d, causal == 1}, /*ceiling=*/false);
           }
         }
       }

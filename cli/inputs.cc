@@ -281,24 +281,15 @@ Inputs::Inputs(const InputOptions& options) : options_(options) {
     mask_spec_.additive = mask_.data;
   }
   if (options.key_lengths) {
-    const std::string& path = *options.key_lengths;
-    RequirePath("--key-lengths", path);
-    StatusOr<npy::IntArray> lens = npy::ReadInt(path);
-    if (!lens.ok()) Fail(lens.status().message());
-    if (lens->shape.size() != 1) {
-      Fail(fmt::format("{} has shape {}; key lengths are rank 1, one per batch (B={})", path,
-                       npy::ShapeString(lens->shape), shape_.batch));
-    }
-    for (int64_t len : lens->data) {
-      if (len < std::numeric_limits<int32_t>::min() || len > std::numeric_limits<int32_t>::max()) {
-        Fail(fmt::format("{}: key length {} is outside [0, Lk={}]", path, len, shape_.kv_len));
-      }
-      key_lengths_.push_back(static_cast<int32_t>(len));
-    }
+    key_lengths_ =
+        ReadInt32s("--key-lengths", *options.key_lengths,
+                   fmt::format("key lengths are rank 1, one per batch (B={})", shape_.batch),
+                   fmt::format("key length {{}} is outside [0, Lk={}]", shape_.kv_len));
     mask_spec_.key_lengths = key_lengths_;  // present, even when empty: Validate checks B
   }
 
   ReadModifiers(options);
+  ReadSequences(options);
 
   // Outputs are allocated before any kernel runs: bound them by the budget
   // (a 1-row Q against a 1-row V with a huge dv could otherwise ask for more
@@ -542,6 +533,24 @@ int64_t Inputs::OutputElements() const {
   return shape_.batch * shape_.heads * shape_.q_len * shape_.value_dim;
 }
 
+std::vector<int32_t> ReadInt32s(const std::string& option, const std::string& path,
+                                std::string_view rank_note, std::string_view range_note) {
+  RequirePath(option, path);
+  StatusOr<npy::IntArray> ints = npy::ReadInt(path);
+  if (!ints.ok()) Fail(ints.status().message());
+  if (ints->shape.size() != 1) {
+    Fail(fmt::format("{} has shape {}; {}", path, npy::ShapeString(ints->shape), rank_note));
+  }
+  std::vector<int32_t> out;
+  for (int64_t x : ints->data) {
+    if (x < std::numeric_limits<int32_t>::min() || x > std::numeric_limits<int32_t>::max()) {
+      Fail(fmt::format("{}: {}", path, fmt::format(fmt::runtime(range_note), x)));
+    }
+    out.push_back(static_cast<int32_t>(x));
+  }
+  return out;
+}
+
 // One float per query head from a float .npy file [H] (--alibi, --sinks).
 std::vector<float> Inputs::ReadPerHead(const std::string& option, const std::string& path) const {
   std::vector<float> values = ReadFloatOfShape(option, path, {shape_.heads}, "one per query head");
@@ -564,6 +573,29 @@ void Inputs::ReadModifiers(const InputOptions& options) {
     }
   }
   if (options.sinks) sinks_ = ReadPerHead("--sinks", *options.sinks);
+}
+
+void Inputs::ReadSequences(const InputOptions& options) {
+  if (!options.cu_seqlens_q && !options.cu_seqlens_k) return;
+  if (!options.cu_seqlens_q || !options.cu_seqlens_k) {
+    Fail(
+        fmt::format("--cu-seqlens-{} is missing: packed sequences need both --cu-seqlens-q and "
+                    "--cu-seqlens-k",
+                    options.cu_seqlens_q ? "k" : "q"));
+  }
+  const struct {
+    const char* option;
+    const std::string& path;
+    std::vector<int32_t>& offsets;
+  } files[] = {{"--cu-seqlens-q", *options.cu_seqlens_q, cu_seqlens_q_},
+               {"--cu-seqlens-k", *options.cu_seqlens_k, cu_seqlens_k_}};
+  for (const auto& f : files) {
+    f.offsets = ReadInt32s(f.option, f.path,
+                           "cu_seqlens are rank 1: S + 1 offsets, 0 first and the packed length "
+                           "last",
+                           "offset {} does not fit int32");
+  }
+  mask_spec_.sequences = PackedSequences{cu_seqlens_q_, cu_seqlens_k_};
 }
 
 Problem Inputs::MakeProblem(OutputBuffer& o, std::span<float> lse, std::span<float> weights) const {
@@ -597,6 +629,8 @@ std::vector<NamedPath> Inputs::Files() const {
   if (options_.v_scales) files.push_back({"--v-scales", *options_.v_scales});
   if (options_.mask_file) files.push_back({"--mask-file", *options_.mask_file});
   if (options_.key_lengths) files.push_back({"--key-lengths", *options_.key_lengths});
+  if (options_.cu_seqlens_q) files.push_back({"--cu-seqlens-q", *options_.cu_seqlens_q});
+  if (options_.cu_seqlens_k) files.push_back({"--cu-seqlens-k", *options_.cu_seqlens_k});
   if (options_.alibi && *options_.alibi != "standard")
     files.push_back({"--alibi", *options_.alibi});
   if (options_.sinks) files.push_back({"--sinks", *options_.sinks});

@@ -76,6 +76,9 @@ struct InputOptions {
   // diagonal of causal and window masks top-left.
   std::optional<std::string> softcap, alibi, sinks;
   bool causal_top_left = false;
+  // Packed variable-length sequences (kernels/problem.h): int .npy files of
+  // S + 1 offsets along Q's and K's positions (B = 1); both or neither.
+  std::optional<std::string> cu_seqlens_q, cu_seqlens_k;
 };
 
 // O in its element type: OutputElements() contiguous elements.
@@ -104,6 +107,13 @@ void RequirePath(const std::string& option, const std::string& path);
 // "bad OPTION 'TEXT': want an integer from LO to HI" followed by `note`.
 int64_t ParseIntOption(std::string_view option, const std::string& text, int64_t lo, int64_t hi,
                        std::string_view note = "");
+
+// The entries of an integer .npy file of rank 1 (--key-lengths,
+// --cu-seqlens-q/k), else CliError (kExitUsage): "PATH has shape S;
+// RANK_NOTE", or "PATH: RANGE_NOTE" (a format string given the entry) for
+// an entry outside int32.
+std::vector<int32_t> ReadInt32s(const std::string& option, const std::string& path,
+                                std::string_view rank_note, std::string_view range_note);
 
 // The float32 values of a '<f4', '<f8' or '<f2' .npy file (C order) that
 // must have shape `want`, else CliError (kExitUsage) naming the option, the
@@ -178,6 +188,8 @@ class Inputs {
   static void ConvertTo(Operand& x, DType dtype);
   // --softcap, --alibi, --sinks and --causal-top-left, once the shape is known.
   void ReadModifiers(const InputOptions& options);
+  // --cu-seqlens-q and --cu-seqlens-k.
+  void ReadSequences(const InputOptions& options);
   std::vector<float> ReadPerHead(const std::string& option, const std::string& path) const;
   // The row scales of an int8 K or V of `heads` heads and `len` rows.
   RowScales Scales(const Operand& x, int64_t heads, int64_t len) const;
@@ -186,7 +198,7 @@ class Inputs {
   Operand q_, k_, v_;
   npy::FloatArray mask_;
   DTypes dtypes_;
-  std::vector<int32_t> key_lengths_;
+  std::vector<int32_t> key_lengths_, cu_seqlens_q_, cu_seqlens_k_;
   Shape shape_;
   Mask mask_spec_;
   int rank_ = 4;

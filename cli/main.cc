@@ -69,6 +69,11 @@ void AddInputOptions(CLI::App* cmd, InputOptions& in, bool dtypes = true) {
   cmd->add_option("--v", in.v, "values .npy, same rank, [.., Lk, dv]")->required();
   cmd->add_option("--mask", in.mask, "none | causal | window:LEFT,RIGHT");
   cmd->add_option("--key-lengths", in.key_lengths, "int .npy [B]: keys >= length are padding");
+  cmd->add_option("--cu-seqlens-q", in.cu_seqlens_q,
+                  "int .npy [S+1]: packed variable-length sequences (B = 1, e.g. q [total_q,H,dk] "
+                  "bshd); sequence s holds query positions [cu[s], cu[s+1])");
+  cmd->add_option("--cu-seqlens-k", in.cu_seqlens_k,
+                  "int .npy [S+1]: the sequences' key positions (with --cu-seqlens-q)");
   cmd->add_option("--mask-file", in.mask_file, "additive float mask .npy [Lq,Lk] or [B,H,Lq,Lk]");
   cmd->add_option("--scale", in.scale, "softmax scale (default 1/sqrt(dk))");
   cmd->add_option("--layout", in.layout, "bhsd (default) or bshd");

@@ -97,6 +97,8 @@ std::string Describe(const Shape& s, const Mask& m) {
     out.append("(top-left)");
   }
   if (m.key_lengths) out.append("+key_lengths");
+  if (m.sequences)
+    out.append("+varlen(S=").append(std::to_string(m.sequences->count())).append(")");
   return out;
 }
 
@@ -380,6 +382,62 @@ Status CheckModifiers(const ScoreModifiers& m, const Shape& s, std::vector<Exten
       "must be finite or -inf", inputs);
 }
 
+// Packed sequences (kernels/problem.h, "Packed variable-length sequences"):
+// B = 1, no key lengths or additive mask, and two offset arrays of S + 1
+// entries each running from 0 to Lq and Lk without decreasing.
+Status CheckSequences(const Mask& m, const Shape& s, std::vector<Extent>& inputs) {
+  if (!m.sequences) return Status::Ok();
+  const PackedSequences& seq = *m.sequences;
+  if (s.batch != 1) {
+    return InvalidArgument(
+        "packed sequences (cu_seqlens) need B=1, the sequences packed along "
+        "the positions; got " +
+        Field("B", s.batch));
+  }
+  if (m.key_lengths) {
+    return InvalidArgument(
+        "key_lengths do not combine with packed sequences: cu_seqlens_k "
+        "gives each sequence's keys");
+  }
+  if (m.kind == MaskKind::kAdditive) {
+    return InvalidArgument("an additive mask does not combine with packed sequences");
+  }
+  if (seq.cu_seqlens_q.size() != seq.cu_seqlens_k.size()) {
+    return InvalidArgument("cu_seqlens_q has " + std::to_string(seq.cu_seqlens_q.size()) +
+                           " entries and cu_seqlens_k " + std::to_string(seq.cu_seqlens_k.size()) +
+                           ": both need S + 1, one offset per sequence start and the end");
+  }
+  const struct {
+    const char* name;
+    std::span<const int32_t> offsets;
+    const char* total_name;
+    int64_t total;
+  } arrays[] = {{"cu_seqlens_q", seq.cu_seqlens_q, "Lq", s.q_len},
+                {"cu_seqlens_k", seq.cu_seqlens_k, "Lk", s.kv_len}};
+  for (const auto& a : arrays) {
+    const std::string name = a.name;
+    if (a.offsets.empty()) return InvalidArgument(name + " is empty: needs S + 1 >= 1 entries");
+    if (a.offsets.data() == nullptr) return InvalidArgument(name + " is null");
+    if (a.offsets[0] != 0) {
+      return InvalidArgument(name + "[0]=" + std::to_string(a.offsets[0]) + " must be 0");
+    }
+    for (size_t x = 1; x < a.offsets.size(); ++x) {
+      if (a.offsets[x] < a.offsets[x - 1]) {
+        return InvalidArgument(name + "[" + std::to_string(x) +
+                               "]=" + std::to_string(a.offsets[x]) + " is less than " + name + "[" +
+                               std::to_string(x - 1) + "]=" + std::to_string(a.offsets[x - 1]) +
+                               " (offsets must not decrease)");
+      }
+    }
+    if (a.offsets.back() != a.total) {
+      return InvalidArgument(name + " ends at " + std::to_string(a.offsets.back()) + ", needs " +
+                             Field(a.total_name, a.total) + " (the packed length)");
+    }
+    inputs.push_back(Contiguous(a.name, a.offsets.data(), a.offsets.size_bytes()));
+  }
+  return Status::Ok();
+}
+
 // Every check of Validate, handing back the extents of the problem's inputs
 // and outputs (ValidateGrad checks the gradients against them).
 static Status CheckProblem(const Problem& p, std::vector<Extent>& inputs,
@@ -512,6 +570,7 @@ static Status CheckProblem(const Problem& p, std::vector<Extent>& inputs,
     return InvalidArgument("mask diagonal " + std::to_string(static_cast<int>(m.diagonal)) +
                            " is not a Diagonal");
   }
+  ATTN_RETURN_IF_ERROR(CheckSequences(m, s, inputs));
   ATTN_RETURN_IF_ERROR(CheckModifiers(p.modifiers, s, inputs));
 
   // Optional outputs.
@@ -582,6 +641,65 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
   v.group = s.heads / s.kv_heads;
   v.diag_offset = m.diagonal == Diagonal::kTopLeft ? 0 : s.kv_len - s.q_len;
   return v;
+}
+
+KeyRange ValidProblem::SequenceVisibleKeys(int64_t i) const {
+  const std::span<const int32_t> cq = mask.sequences->cu_seqlens_q;
+  const std::span<const int32_t> ck = mask.sequences->cu_seqlens_k;
+  // Row i's sequence: the last s with cq[s] <= i (empty ones share offsets).
+  const int64_t s = std::upper_bound(cq.begin(), cq.end(), i) - cq.begin() - 1;
+  const int64_t q_len = cq[s + 1] - cq[s], kv_len = ck[s + 1] - ck[s];
+  const int64_t off = mask.diagonal == Diagonal::kTopLeft ? 0 : kv_len - q_len;
+  const KeyRange keys = DiagonalKeys(i - cq[s] + off, kv_len);
+  return {ck[s] + keys.begin, ck[s] + std::max(keys.begin, keys.end)};
+}
+
+namespace {
+
+// The view from position `row` on (row `row` becomes row 0).
+template <typename T>
+TensorRef<T> FromRow(TensorRef<T> t, int64_t row) {
+  using Byte = std::conditional_t<std::is_const_v<T>, const char, char>;
+  if (t.data != nullptr) {
+    t.data = static_cast<Byte*>(t.data) + row * t.strides.row * int64_t(DTypeBytes(t.dtype));
+  }
+  return t;
+}
+RowScales FromRow(RowScales t, int64_t row) {
+  if (t.data != nullptr) t.data += row * t.strides.row;
+  return t;
+}
+
+}  // namespace
+
+Problem SequenceProblem(const Problem& packed, int64_t s) {
+  const PackedSequences& seq = *packed.mask.sequences;
+  const int64_t q0 = seq.cu_seqlens_q[s], k0 = seq.cu_seqlens_k[s];
+  Problem p = packed;
+  p.shape.q_len = seq.cu_seqlens_q[s + 1] - q0;
+  p.shape.kv_len = seq.cu_seqlens_k[s + 1] - k0;
+  p.q = FromRow(p.q, q0);
+  p.o = FromRow(p.o, q0);
+  p.k = FromRow(p.k, k0);
+  p.v = FromRow(p.v, k0);
+  p.k_scales = FromRow(p.k_scales, k0);
+  p.v_scales = FromRow(p.v_scales, k0);
+  p.mask.sequences.reset();
+  p.lse = {};
+  p.weights = {};
+  return p;
+}
+
+GradProblem SequenceGradProblem(const GradProblem& packed, int64_t s) {
+  const PackedSequences& seq = *packed.forward.mask.sequences;
+  const int64_t q0 = seq.cu_seqlens_q[s], k0 = seq.cu_seqlens_k[s];
+  GradProblem g;
+  g.forward = SequenceProblem(packed.forward, s);
+  g.d_o = FromRow(packed.d_o, q0);
+  g.dq = FromRow(packed.dq, q0);
+  g.dk = FromRow(packed.dk, k0);
+  g.dv = FromRow(packed.dv, k0);
+  return g;
 }
 
 GradProblem MakeGradProblem(const Problem& forward, const void* d_o, void* dq, void* dk, void* dv,

@@ -43,6 +43,21 @@
 // so a row's weights sum to less than 1, and a fully masked row has O = 0 and
 // lse = σ_h (-inf when σ_h = -inf, the "no sink" of one head). The weights
 // output holds P over the keys only.
+// Packed variable-length sequences (Mask::sequences; FlashAttention's varlen
+// API, cu_seqlens_q / cu_seqlens_k): B = 1, and Q, K, V, O hold S sequences
+// packed along the position axis (e.g. [total_q, H, d] in bshd), sequence s
+// at query positions [cu_q[s], cu_q[s+1]) and key positions
+// [cu_k[s], cu_k[s+1]). A query sees only its own sequence's keys, and
+// within the sequence every rule above holds with positions counted from the
+// sequence's start: its own diagonal off_s = Lk_s - Lq_s (bottom-right) or
+// 0 (top-left), and ALiBi's distance j - i - off_s. A sequence may be empty
+// (Lq_s = 0: nothing to compute; Lk_s = 0 < Lq_s: fully masked rows). lse is
+// [1, H, Lq], i.e. [H, total_q] as in FlashAttention's varlen, and the
+// weights [1, H, Lq, Lk] are 0 outside each sequence's block. Not combined
+// with key_lengths (cu_seqlens_k gives each sequence's keys) or an additive
+// mask (an [Lq, Lk] mask is what packing avoids). Run executes each sequence
+// as a problem of its own (SequenceProblem below): work and time follow the
+// real tokens, and no kernel ever sees a packed problem.
 // Causal, window and key lengths are *structural*: a hidden key is never read,
 // so nothing in its K or V row can reach the query. The additive mask is
 // arithmetic: a -inf entry gives weight exactly 0, but (IEEE 0 * NaN = NaN)
@@ -178,6 +193,14 @@ struct AdditiveMaskShape {
 enum class Diagonal { kBottomRight, kTopLeft };
 const char* DiagonalName(Diagonal diagonal);  // "bottom-right", "top-left"
 
+// The sequences of a packed batch (see "Packed variable-length sequences"):
+// S + 1 non-decreasing offsets each, from 0 to Lq (queries) and Lk (keys).
+struct PackedSequences {
+  std::span<const int32_t> cu_seqlens_q;
+  std::span<const int32_t> cu_seqlens_k;
+  int64_t count() const { return cu_seqlens_q.empty() ? 0 : int64_t(cu_seqlens_q.size()) - 1; }
+};
+
 struct Mask {
   MaskKind kind = MaskKind::kNone;
   Diagonal diagonal = Diagonal::kBottomRight;  // kCausal, kSlidingWindow, ALiBi
@@ -187,6 +210,8 @@ struct Mask {
   AdditiveMaskShape additive_shape;            // kAdditive
   // Padding lengths, B entries; any kind. std::nullopt: no key lengths.
   std::optional<std::span<const int32_t>> key_lengths;
+  // Packed variable-length sequences (B = 1); any kind but kAdditive.
+  std::optional<PackedSequences> sequences;
 };
 
 // Score modifiers (see "Score modifiers" above). Each is off when empty.
@@ -304,19 +329,10 @@ class ValidProblem {
   // Keys visible to query row i of batch b under the structural masks
   // (causal, sliding window, key lengths). The additive mask is not included.
   KeyRange VisibleKeys(int64_t b, int64_t i) const {
-    int64_t begin = 0;
-    int64_t end = shape.kv_len;
-    const int64_t diag = i + diag_offset;
-    if (mask.kind == MaskKind::kCausal) {
-      end = std::min(end, diag + 1);
-    } else if (mask.kind == MaskKind::kSlidingWindow) {
-      begin = std::max<int64_t>(0, diag - mask.window_left);
-      end = std::min(end, diag + mask.window_right + 1);
-    }
-    if (mask.key_lengths) {
-      end = std::min<int64_t>(end, (*mask.key_lengths)[b]);
-    }
-    return {begin, std::max(begin, end)};
+    if (mask.sequences) return SequenceVisibleKeys(i);
+    KeyRange keys = DiagonalKeys(i + diag_offset, shape.kv_len);
+    if (mask.key_lengths) keys.end = std::min<int64_t>(keys.end, (*mask.key_lengths)[b]);
+    return {keys.begin, std::max(keys.begin, keys.end)};
   }
   // The ALiBi bias of (h, i, j) (0 without ALiBi), as kernels compute it:
   // slope·(j - i - off) in fp32.
@@ -343,6 +359,19 @@ class ValidProblem {
  private:
   friend StatusOr<ValidProblem> Validate(const Problem& problem);
   ValidProblem() = default;
+  // Keys [0, kv_len) that the causal or window rule lets a row whose
+  // diagonal is at key `diag` see (end may be < begin).
+  KeyRange DiagonalKeys(int64_t diag, int64_t kv_len) const {
+    if (mask.kind == MaskKind::kCausal) return {0, std::min(kv_len, diag + 1)};
+    if (mask.kind == MaskKind::kSlidingWindow) {
+      return {std::max<int64_t>(0, diag - mask.window_left),
+              std::min(kv_len, diag + mask.window_right + 1)};
+    }
+    return {0, kv_len};
+  }
+  // VisibleKeys of row i of a packed problem: its sequence's keys, under
+  // the sequence's own diagonal (problem.cc).
+  KeyRange SequenceVisibleKeys(int64_t i) const;
   static float ScaleAt(const TensorRef<const void>& t, const RowScales& s, int64_t b, int64_t h,
                        int64_t j) {
     if (t.dtype != DType::kI8) return 1.0f;
@@ -441,6 +470,17 @@ class ValidGradProblem {
 // dQ, dK, dV are non-null with legal strides; no gradient overlaps itself,
 // another gradient or any input (Q, K, V, O, lse, dO, mask, key lengths).
 StatusOr<ValidGradProblem> ValidateGrad(const GradProblem& problem);
+
+// Sequence s of a packed problem (Mask::sequences; the problem must pass
+// Validate) as a problem of its own: B = 1, Lq_s queries, Lk_s keys, views of
+// the same Q, K, V, O rows (and int8 scales), the same scale, mask kind,
+// diagonal and modifiers, no sequences, no lse or weights (the caller gives
+// them per sequence: the packed lse [H, total_q] is not one contiguous piece
+// per sequence).
+Problem SequenceProblem(const Problem& packed, int64_t s);
+// The same for a backward problem: the forward's sequence, dO and dQ rows of
+// its queries, dK and dV rows of its keys; forward.lse is left empty.
+GradProblem SequenceGradProblem(const GradProblem& packed, int64_t s);
 
 // Number of (query, key) pairs that are not structurally masked, summed over
 // batch and heads: the work a kernel that skips masked keys must do.

@@ -3,12 +3,14 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "hwy/targets.h"
 #include "kernels/internal/bytes.h"
@@ -152,6 +154,9 @@ StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,
     return Unimplemented(std::string(variant.name) +
                          " does not materialize attention weights; use one that does");
   }
+  // A packed problem's workspace is its largest sequence's: RunSequences
+  // prepares each sequence before any runs.
+  if (valid->mask.sequences) return valid;
   const int threads = ResolveThreads(options.threads);
   ATTN_RETURN_IF_ERROR(CheckBudget(variant, variant.workspace_bytes(*valid, threads),
                                    variant.materializes_scores, problem, options));
@@ -171,6 +176,7 @@ StatusOr<ValidGradProblem> PrepareBackward(const Variant& variant, const GradPro
                          ModifierNames(ModifiersOf(problem.forward.modifiers)) + ")");
   }
   ATTN_RETURN_IF_ERROR(CheckThreads(options));
+  if (valid->forward.mask.sequences) return valid;  // as in Prepare
   const int threads = ResolveThreads(options.threads);
   ATTN_RETURN_IF_ERROR(CheckBudget(variant, variant.backward.workspace_bytes(*valid, threads),
                                    variant.backward.materializes_scores, problem.forward, options));
@@ -211,10 +217,105 @@ std::string DispatchedHighwayTarget() {
   return targets == 0 ? "none" : hwy::TargetName(targets & -targets);
 }
 
+namespace {
+
+// The status of sequence s of a packed problem, saying which one it was.
+Status InSequence(const Status& status, int64_t s) {
+  return Status(status.code(), "sequence " + std::to_string(s) + ": " + status.message());
+}
+
+// Adds one sequence's run to a packed problem's stats: the largest
+// workspace, the path and threads of any.
+void MergeStats(const RunStats& one, RunStats* stats) {
+  if (stats == nullptr) return;
+  stats->workspace_declared_bytes =
+      std::max(stats->workspace_declared_bytes, one.workspace_declared_bytes);
+  stats->workspace_peak_bytes = std::max(stats->workspace_peak_bytes, one.workspace_peak_bytes);
+  stats->threads = one.threads;
+  stats->path = one.path;
+}
+
+// A packed problem (Mask::sequences) runs one sequence at a time, each a
+// problem of its own (SequenceProblem) on all the threads, so time follows
+// the real tokens and no kernel sees a packed problem. Every sequence is
+// prepared (supported, within the budget) before the first one runs, so a
+// refusal writes nothing. The packed lse [H, total_q] and weights
+// [H, total_q, total_k] are not one contiguous piece per sequence: each
+// sequence writes its own and they are copied into place.
+Status RunSequences(const Variant& variant, const Problem& packed, const RunOptions& options,
+                    RunStats* stats) {
+  const int64_t count = packed.mask.sequences->count();
+  for (int64_t s = 0; s < count; ++s) {
+    StatusOr<ValidProblem> one = Prepare(variant, SequenceProblem(packed, s), options);
+    if (!one.ok()) return InSequence(one.status(), s);
+  }
+  const int64_t H = packed.shape.heads, Lq = packed.shape.q_len, Lk = packed.shape.kv_len;
+  std::fill(packed.weights.begin(), packed.weights.end(), 0.0f);
+  std::vector<float> lse, weights;
+  for (int64_t s = 0; s < count; ++s) {
+    Problem one = SequenceProblem(packed, s);
+    const int64_t lq = one.shape.q_len, lk = one.shape.kv_len;
+    if (lq == 0) continue;
+    const int64_t q0 = packed.mask.sequences->cu_seqlens_q[s];
+    const int64_t k0 = packed.mask.sequences->cu_seqlens_k[s];
+    if (!packed.lse.empty()) {
+      lse.resize(H * lq);
+      one.lse = lse;
+    }
+    if (!packed.weights.empty()) {
+      weights.resize(H * lq * lk);
+      one.weights = weights;
+    }
+    RunStats one_stats;
+    const Status status = Run(variant, one, options, &one_stats);
+    if (!status.ok()) return InSequence(status, s);
+    MergeStats(one_stats, stats);
+    for (int64_t h = 0; h < H && !lse.empty(); ++h) {
+      std::copy_n(lse.data() + h * lq, lq, packed.lse.data() + h * Lq + q0);
+    }
+    for (int64_t r = 0; r < H * lq && !weights.empty(); ++r) {
+      const int64_t h = r / lq, i = r % lq;
+      std::copy_n(weights.data() + r * lk, lk, packed.weights.data() + (h * Lq + q0 + i) * Lk + k0);
+    }
+  }
+  return Status::Ok();
+}
+
+// The same for the backward: each sequence's gradients are its own rows of
+// dQ, dK and dV, with its rows of the forward's lse gathered for it. A
+// sequence without queries still runs: its keys' dK and dV are 0.
+Status RunSequencesBackward(const Variant& variant, const GradProblem& packed,
+                            const RunOptions& options, RunStats* stats) {
+  const int64_t count = packed.forward.mask.sequences->count();
+  const int64_t H = packed.forward.shape.heads, Lq = packed.forward.shape.q_len;
+  std::vector<float> lse;
+  for (int pass = 0; pass < 2; ++pass) {  // prepare all, then run all
+    for (int64_t s = 0; s < count; ++s) {
+      GradProblem one = SequenceGradProblem(packed, s);
+      const int64_t lq = one.forward.shape.q_len;
+      const int64_t q0 = packed.forward.mask.sequences->cu_seqlens_q[s];
+      lse.resize(H * lq);
+      for (int64_t h = 0; h < H; ++h) {
+        std::copy_n(packed.forward.lse.data() + h * Lq + q0, lq, lse.data() + h * lq);
+      }
+      one.forward.lse = lse;
+      RunStats one_stats;
+      const Status status = pass == 0 ? PrepareBackward(variant, one, options).status()
+                                      : RunBackward(variant, one, options, &one_stats);
+      if (!status.ok()) return InSequence(status, s);
+      if (pass == 1) MergeStats(one_stats, stats);
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status Run(const Variant& variant, const Problem& problem, const RunOptions& options,
            RunStats* stats) {
   StatusOr<ValidProblem> valid = Prepare(variant, problem, options);
   if (!valid.ok()) return valid.status();
+  if (valid->mask.sequences) return RunSequences(variant, problem, options, stats);
   ApplyHighwayTargetLimit();
   Workspace workspace;
   ExecContext ctx{ResolveThreads(options.threads), &workspace,
@@ -233,6 +334,9 @@ Status RunBackward(const Variant& variant, const GradProblem& problem, const Run
                    RunStats* stats) {
   StatusOr<ValidGradProblem> valid = PrepareBackward(variant, problem, options);
   if (!valid.ok()) return valid.status();
+  if (valid->forward.mask.sequences) {
+    return RunSequencesBackward(variant, problem, options, stats);
+  }
   ApplyHighwayTargetLimit();
   Workspace workspace;
   ExecContext ctx{ResolveThreads(options.threads), &workspace,

@@ -148,6 +148,7 @@ struct Options {
   int64_t window_left = 0, window_right = 0;
   std::optional<py::array> additive;     // [b, h, Lq, Lk] float32, b in {1, B}, h in {1, H}
   std::optional<py::array> key_lengths;  // [B] int32
+  std::optional<py::array> cu_seqlens_q, cu_seqlens_k;  // [S + 1] int32 (packed sequences)
   std::optional<float> scale;
   std::optional<py::array> k_scales, v_scales;  // [B, Hkv, Lk] float32 views (i8 K, V)
   bool top_left = false;                        // Diagonal::kTopLeft
@@ -185,6 +186,16 @@ RowScales Scales(std::optional<py::array>& a, const char* name) {
     *dims[i] = bytes / 4;
   }
   return {static_cast<const float*>(a->data()), s};
+}
+
+// A contiguous int32 vector the Python layer prepared (key lengths,
+// cu_seqlens), as the span the problem holds.
+std::span<const int32_t> Int32Span(const py::array& a, const char* name) {
+  if (!py::isinstance<py::array_t<int32_t>>(a) || a.ndim() != 1 ||
+      !(a.flags() & py::array::c_style)) {
+    throw py::value_error(std::string("internal: ") + name + " must be a contiguous int32 vector");
+  }
+  return {static_cast<const int32_t*>(a.data()), static_cast<size_t>(a.size())};
 }
 
 // The attn::Problem over 4-D views q [B,H,Lq,dk], k [B,Hkv,Lk,dk],
@@ -233,14 +244,13 @@ Problem MakeProblem(const py::array& q, const py::array& k, const py::array& v, 
   p.modifiers.alibi_slopes = FloatSpan(opt.alibi_slopes, "alibi_slopes", count(opt.alibi_slopes),
                                        /*read=*/true);
   p.modifiers.sinks = FloatSpan(opt.sinks, "sinks", count(opt.sinks), /*read=*/true);
-  if (opt.key_lengths) {
-    py::array& kl = *opt.key_lengths;
-    if (!py::isinstance<py::array_t<int32_t>>(kl) || kl.ndim() != 1 ||
-        !(kl.flags() & py::array::c_style)) {
-      throw py::value_error("internal: key_lengths must be a contiguous int32 vector");
+  if (opt.key_lengths) p.mask.key_lengths = Int32Span(*opt.key_lengths, "key_lengths");
+  if (opt.cu_seqlens_q || opt.cu_seqlens_k) {
+    if (!opt.cu_seqlens_q || !opt.cu_seqlens_k) {
+      throw py::value_error("packed sequences need both cu_seqlens_q and cu_seqlens_k");
     }
-    p.mask.key_lengths = std::span<const int32_t>(static_cast<const int32_t*>(kl.data()),
-                                                  static_cast<size_t>(kl.size()));
+    p.mask.sequences = PackedSequences{Int32Span(*opt.cu_seqlens_q, "cu_seqlens_q"),
+                                       Int32Span(*opt.cu_seqlens_k, "cu_seqlens_k")};
   }
   return p;
 }
@@ -409,6 +419,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("window_right", &Options::window_right)
       .def_readwrite("additive", &Options::additive)
       .def_readwrite("key_lengths", &Options::key_lengths)
+      .def_readwrite("cu_seqlens_q", &Options::cu_seqlens_q)
+      .def_readwrite("cu_seqlens_k", &Options::cu_seqlens_k)
       .def_readwrite("scale", &Options::scale)
       .def_readwrite("k_scales", &Options::k_scales)
       .def_readwrite("v_scales", &Options::v_scales)

@@ -26,8 +26,25 @@ int64_t DiagonalOffset(const Shape& s, const Mask& mask) {
   return mask.diagonal == Diagonal::kTopLeft ? 0 : s.kv_len - s.q_len;
 }
 
+Positions LocalPositions(const Shape& s, const Mask& mask, int64_t i, int64_t j) {
+  if (!mask.sequences) return {i, j, DiagonalOffset(s, mask), true};
+  const std::span<const int32_t> cq = mask.sequences->cu_seqlens_q;
+  const std::span<const int32_t> ck = mask.sequences->cu_seqlens_k;
+  for (size_t x = 0; x + 1 < cq.size(); ++x) {  // the sequence holding query i
+    if (i < cq[x] || i >= cq[x + 1]) continue;
+    Shape one = s;
+    one.q_len = cq[x + 1] - cq[x];
+    one.kv_len = ck[x + 1] - ck[x];
+    return {i - cq[x], j - ck[x], DiagonalOffset(one, mask), ck[x] <= j && j < ck[x + 1]};
+  }
+  return {i, j, 0, false};
+}
+
 bool KeyVisible(const Shape& s, const Mask& mask, int64_t b, int64_t i, int64_t j) {
-  const int64_t diag = i + DiagonalOffset(s, mask);
+  const Positions local = LocalPositions(s, mask, i, j);
+  if (!local.same_sequence) return false;
+  const int64_t diag = local.i + local.off;
+  j = local.j;
   bool visible = true;
   switch (mask.kind) {
     case MaskKind::kCausal:
@@ -53,7 +70,8 @@ double ModifiedLogit(const Problem& p, int64_t h, int64_t i, int64_t j, double l
     logit = cap * std::tanh(logit / cap);
   }
   if (!p.modifiers.alibi_slopes.empty()) {
-    logit += double(p.modifiers.alibi_slopes[h]) * double(j - i - DiagonalOffset(p.shape, p.mask));
+    const Positions local = LocalPositions(p.shape, p.mask, i, j);
+    logit += double(p.modifiers.alibi_slopes[h]) * double(local.j - local.i - local.off);
   }
   return logit;
 }

@@ -39,6 +39,15 @@ bool KeyVisible(const Problem& problem, int64_t b, int64_t i, int64_t j);
 bool KeyVisible(const Shape& shape, const Mask& mask, int64_t b, int64_t i, int64_t j);
 // off of kernels/problem.h: Lk - Lq for a bottom-right diagonal, 0 top-left.
 int64_t DiagonalOffset(const Shape& shape, const Mask& mask);
+// Query position i and key position j counted from the start of their
+// sequence, and that sequence's diagonal offset: the positions themselves and
+// DiagonalOffset without packed sequences; with them (Mask::sequences), those
+// of query i's sequence, and whether key j belongs to it.
+struct Positions {
+  int64_t i, j, off;
+  bool same_sequence;
+};
+Positions LocalPositions(const Shape& shape, const Mask& mask, int64_t i, int64_t j);
 // A scaled logit of query head h, row i, key j after the softcap and the
 // ALiBi bias (kernels/problem.h, "Score modifiers"), in double.
 double ModifiedLogit(const Problem& problem, int64_t h, int64_t i, int64_t j, double logit);

@@ -1500,12 +1500,50 @@ class Report:
     self.add(md_table(["case", "variant", "modifier", "time (ms)", "plain (ms)",
                        "ratio", "path"], rows), "")
 
+  # ---- packed variable-length batches: each against the same batch padded, two ways
+  VARLEN_SCENARIOS = ("varlen", "padded", "padded_mask")
+  VARLEN_TARGET = 3.0  # issue 20: lengths averaging a quarter of the longest, >= 3x padded
+
+  def varlen_section(self):
+    cases = [c for c in self.f32_cases() if c.scenario == "varlen" and c.is_variant]
+    if not cases:
+      return
+    self.add("## Packed variable-length batches", "",
+             "8 sequences whose lengths average a quarter of the longest (Lmax·{1, 1/4, 1/4, "
+             "1/8, 1/8, 1/8, 1/16, 1/16}: bench/bench_common.h) packed with cu_seqlens, against "
+             "the same batch padded to [8, H, Lmax, d] in the same run: `padded` hides the "
+             "padding with key_lengths (padded keys skipped, padded queries still computed), "
+             "`padded_mask` with an additive mask as PyTorch's attn_mask does (every padded "
+             "pair computed). Speedup = padded time / packed time. Target (issue 20): >= "
+             f"{self.VARLEN_TARGET:.0f}x the padded batch. Work bound: packed costs Σ len² "
+             "(dense), key_lengths padding Σ Lmax·len (1.7x more here, 2.4x causal), mask "
+             "padding 8·Lmax² (6.8x).", "")
+    others = {(c.source, c.variant, c.key_without()): c for c in self.f32_cases()
+              if c.is_variant and c.scenario in self.VARLEN_SCENARIOS[1:]}
+    rows = []
+    for c in sorted(cases, key=lambda c: (c.source, c.variant, params_label(c.params))):
+      where = (f"{c.source}: " if self.multi_host else "") + params_label(c.params)
+      row = [where, c.variant, fmt_time(c.time_s) if c.ok else (c.error or "")]
+      for scen in self.VARLEN_SCENARIOS[1:]:
+        base = others.get((c.source, c.variant,
+                           c.key_without().replace("varlen/", scen + "/", 1)))
+        if base is None or not base.ok or not c.ok:
+          row += ["no padded case" if base is None else (base.error or c.error or ""), ""]
+          continue
+        speedup = base.time_s / c.time_s
+        flag = "" if scen != "padded_mask" or speedup >= self.VARLEN_TARGET else " (under target)"
+        row += [fmt_time(base.time_s), fmt_num(speedup, 3) + flag]
+      rows.append(row + [c.path or ""])
+    self.add(md_table(["case", "variant", "packed (ms)", "padded (ms)", "speedup",
+                       "padded_mask (ms)", "speedup", "path"], rows), "")
+
   # ---- other scenarios (gqa, window, cross, ...: whatever the JSON holds)
   def scenario_section(self):
     self.add("## Other scenarios", "")
     scen = sorted({c.scenario for c in self.f32_cases()
                    if c.scenario and c.scenario != "decode" and c.is_variant
-                   and c.scenario not in self.MODIFIER_SCENARIOS})
+                   and c.scenario not in self.MODIFIER_SCENARIOS
+                   and c.scenario not in self.VARLEN_SCENARIOS})
     if not scen:
       self.add(NOT_IN_RUN, "")
       return
@@ -1995,6 +2033,7 @@ def write_report(args):
     rep.budget_section()
     rep.decode_section()
     rep.modifier_section()
+    rep.varlen_section()
     rep.scenario_section()
     rep.precision_section()
     rep.layer_section()

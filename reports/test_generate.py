@@ -1636,6 +1636,15 @@ def signal_after_first_plot(sig, argv, report):
         f"nothing left behind (got {p.returncode}, {err!r}, {hidden})")
 
 
+def report_of(work, name, doc):
+  """The Markdown report generate.py writes for `doc` in a fresh folder `name` of `work`."""
+  folder = os.path.join(work, name)
+  os.makedirs(folder)
+  path = os.path.join(folder, "r.json")
+  json.dump(doc, open(path, "w"))
+  return open(run_generate([path, "--out-dir", folder])).read()
+
+
 def test_modifiers(work, doc):
   """softcap/alibi/sinks cases (issue 20) beside the fixture's flash sweep cases: the Score
   modifiers section divides each by the plain case of its shape (1.05 within the 1.10 target,
@@ -1655,11 +1664,7 @@ def test_modifiers(work, doc):
   lonely = copy.deepcopy(plain)
   lonely["name"] = lonely["run_name"] = "flash/sinks/N:3/d:64/causal:0/threads:1/real_time"
   out["benchmarks"].append(lonely)
-  folder = os.path.join(work, "modifiers")
-  os.makedirs(folder)
-  path = os.path.join(folder, "r.json")
-  json.dump(out, open(path, "w"))
-  text = open(run_generate([path, "--out-dir", folder])).read()
+  text = report_of(work, "modifiers", out)
   body = section(text, "## Score modifiers")
   check("| softcap | " in body and "1.5 (over target)" in body,
         "the softcap case is divided by its plain case and flagged over 1.10")
@@ -1669,6 +1674,35 @@ def test_modifiers(work, doc):
   other = section(text, "## Other scenarios") if "## Other scenarios" in text else ""
   check("### softcap" not in other and "### alibi" not in other,
         "Other scenarios leaves the modifier scenarios to their own section")
+
+
+def test_varlen(work, doc):
+  """varlen/padded/padded_mask cases (issue 20): the Packed variable-length batches section
+  divides each padded time by the packed one (padded_mask 5x meets the 3x target, 2.5x is
+  flagged under it), a packed case without padded ones says so, and Other scenarios leaves
+  them out."""
+  out = copy.deepcopy(doc)
+  plain = next(e for e in entries(doc) if e.get("run_type") == "iteration" and
+               not e.get("error_occurred") and parse(case_name(e))[0] == "flash" and
+               not parse(case_name(e))[1] and "dtype" not in parse(case_name(e))[2])
+  t = median_times(doc)[case_name(plain)]
+  for lmax, times in ((64, {"varlen": 1.0, "padded": 2.0, "padded_mask": 5.0}),
+                      (128, {"varlen": 1.0, "padded": 1.5, "padded_mask": 2.5}),
+                      (256, {"varlen": 1.0})):
+    for scen, ratio in times.items():
+      e = copy.deepcopy(plain)
+      e["name"] = e["run_name"] = f"flash/{scen}/Lmax:{lmax}/d:64/causal:1/threads:1/real_time"
+      e["real_time"] = t * ratio
+      out["benchmarks"].append(e)
+  text = report_of(work, "varlen", out)
+  body = section(text, "## Packed variable-length batches")
+  check(re.search(r"Lmax=64[^\n]*\| 2 \|[^\n]*\| 5 \|", body) is not None,
+        f"Lmax 64: padded 2x, padded_mask 5x, not flagged:\n{body}")
+  check("2.5 (under target)" in body, f"Lmax 128: 2.5x under the 3x target is flagged:\n{body}")
+  check("no padded case" in body, "a packed case without padded ones says so")
+  other = section(text, "## Other scenarios") if "## Other scenarios" in text else ""
+  check("### varlen" not in other and "### padded" not in other,
+        "Other scenarios leaves the varlen scenarios to their own section")
 
 
 def main():
@@ -1697,6 +1731,7 @@ def main():
   test_backward_targets(args.work_dir, doc)
   test_backward_peers(args.work_dir, doc)
   test_modifiers(args.work_dir, doc)
+  test_varlen(args.work_dir, doc)
   if failures:
     print(f"{len(failures)} check(s) failed")
     return 1

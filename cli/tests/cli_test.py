@@ -1332,6 +1332,65 @@ class Modifiers(Case):
                               r"softcap, alibi")
 
 
+class Varlen(Case):
+    """--cu-seqlens-q/-k: a packed batch (bshd [total, H, d], B = 1) gives each sequence the
+    O and lse it gets alone (the numpy fp64 reference of `reference`, one sequence at a time,
+    bottom-right causal within each), for every variant; lse is [H, total_q]; bad offsets
+    are named."""
+
+    def packed(self, q_lens, k_lens, H=4, Hkv=2, dk=16, dv=8, seed=3):
+        r = np.random.default_rng(seed)
+        tq, tk = sum(q_lens), sum(k_lens)
+        q = r.uniform(-1, 1, (tq, H, dk)).astype("<f4")
+        k = r.uniform(-1, 1, (tk, Hkv, dk)).astype("<f4")
+        v = r.uniform(-1, 1, (tk, Hkv, dv)).astype("<f4")
+        cq = np.concatenate([[0], np.cumsum(q_lens)]).astype("<i4")
+        ck = np.concatenate([[0], np.cumsum(k_lens)]).astype("<i4")
+        return q, k, v, cq, ck
+
+    def test_each_sequence_against_numpy(self):
+        q_lens, k_lens = [3, 0, 7, 1, 5], [5, 4, 7, 9, 0]
+        q, k, v, cq, ck = self.packed(q_lens, k_lens)
+        files = [*self.inputs(q, k, v), "--layout", "bshd", "--cu-seqlens-q",
+                 self.save("cq.npy", cq), "--cu-seqlens-k", self.save("ck.npy", ck)]
+        for variant in variant_names():
+            for mask in ("none", "causal"):
+                with self.subTest(variant=variant, mask=mask):
+                    self.expect_ok("run", "--variant", variant, *files, "--mask", mask, "--out",
+                                   self.path("o.npy"), "--lse", self.path("lse.npy"))
+                    o, lse = np.load(self.path("o.npy")), np.load(self.path("lse.npy"))
+                    self.assertEqual(o.shape, (sum(q_lens), 4, 8))
+                    self.assertEqual(lse.shape, (4, sum(q_lens)))
+                    for s in range(len(q_lens)):
+                        qs, ks = slice(cq[s], cq[s + 1]), slice(ck[s], ck[s + 1])
+                        if q_lens[s] == 0:
+                            continue
+                        if k_lens[s] == 0:  # fully masked rows: O = 0, lse = -inf
+                            self.assertFalse(o[qs].any())
+                            self.assertTrue((lse[:, qs] == -np.inf).all())
+                            continue
+                        # [L, H, d] -> [1, H, L, d]
+                        bhld = lambda x: x.transpose(1, 0, 2)[None]
+                        want, want_lse, bound, _ = reference(bhld(q[qs]), bhld(k[ks]),
+                                                             bhld(v[ks]), mask)
+                        self.assert_close(bhld(o[qs]), want, bound)
+                        np.testing.assert_allclose(lse[:, qs], want_lse[0], atol=1e-5)
+
+    def test_bad_offsets_are_named(self):
+        q, k, v, cq, ck = self.packed([2, 3], [4, 1])
+        files = ["--variant", "flash", *self.inputs(q, k, v), "--layout", "bshd"]
+        bad = self.save("bad.npy", np.array([0, 3, 2], "<i4"))
+        self.expect_error(r"cu_seqlens_q\[2\]=2 is less than cu_seqlens_q\[1\]=3", "run",
+                          *files, "--cu-seqlens-q", bad, "--cu-seqlens-k",
+                          self.save("ck.npy", ck), "--out", self.path("o.npy"))
+        self.expect_error(r"--cu-seqlens-k is missing", "run", *files, "--cu-seqlens-q",
+                          self.save("cq.npy", cq), "--out", self.path("o.npy"))
+        self.expect_error(r"cu_seqlens_k ends at 4, needs Lk=5", "run", *files,
+                          "--cu-seqlens-q", self.path("cq.npy"), "--cu-seqlens-k",
+                          self.save("short.npy", np.array([0, 4, 4], "<i4")),
+                          "--out", self.path("o.npy"))
+
+
 class Grad(Case):
     def grad_files(self, q, k, v, d_o):
         return [*self.inputs(q, k, v), "--do", self.save("do.npy", d_o),

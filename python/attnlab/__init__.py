@@ -228,6 +228,16 @@ def _modifier_options(opt, heads, softcap, alibi_slopes, sinks, causal_top_left)
     opt.sinks = _per_head(sinks, "sinks", heads)
 
 
+def _int32_vector(values, name, want):
+  """A C-contiguous int32 vector of integers (key lengths, cu_seqlens)."""
+  a, _ = _as_array(values, name)
+  if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+    raise ValueError(f"{name} has shape {a.shape} and dtype {a.dtype}: want {want}")
+  if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
+    raise ValueError(f"{name}: a value is out of the int32 range")
+  return np.require(a, np.int32, ["C", "A"])
+
+
 def _index(x, what):
   if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
     raise ValueError(f"{what} {x!r}: want an integer")
@@ -255,7 +265,7 @@ class _Call:
 
   def __init__(self, q, k, v, *, layout, mask, key_lengths, scale, threads, memory_budget,
                k_scales=None, v_scales=None, fp32_only=False, softcap=None, alibi_slopes=None,
-               sinks=None, causal_top_left=False):
+               sinks=None, causal_top_left=False, cu_seqlens_q=None, cu_seqlens_k=None):
     if layout not in LAYOUTS:
       raise ValueError(f"layout={layout!r}: want 'bhsd' ([B,H,L,d]) or 'bshd' ([B,L,H,d])")
     self.layout = layout
@@ -275,13 +285,13 @@ class _Call:
         setattr(opt, f"{name}_scales", _scales(s, f"{name}_scales", x4, layout))
     _mask_options(opt, mask, self.q, self.k)
     if key_lengths is not None:
-      kl, _ = _as_array(key_lengths, "key_lengths")
-      if kl.ndim != 1 or kl.dtype.kind not in "iu":
-        raise ValueError(f"key_lengths has shape {kl.shape} and dtype {kl.dtype}: want one "
-                         "integer per batch")
-      if kl.size and (kl.min() < np.iinfo(np.int32).min or kl.max() > np.iinfo(np.int32).max):
-        raise ValueError("key_lengths: a value is out of the int32 range")
-      opt.key_lengths = np.require(kl, np.int32, ["C", "A"])
+      opt.key_lengths = _int32_vector(key_lengths, "key_lengths", "one integer per batch")
+    if (cu_seqlens_q is None) != (cu_seqlens_k is None):
+      raise ValueError("packed sequences need both cu_seqlens_q and cu_seqlens_k")
+    if cu_seqlens_q is not None:
+      want = "S + 1 offsets (0 first, the packed length last)"
+      opt.cu_seqlens_q = _int32_vector(cu_seqlens_q, "cu_seqlens_q", want)
+      opt.cu_seqlens_k = _int32_vector(cu_seqlens_k, "cu_seqlens_k", want)
     if scale is not None:
       opt.scale = float(scale)
     _modifier_options(opt, self.q.shape[1], softcap, alibi_slopes, sinks, causal_top_left)
@@ -366,7 +376,8 @@ def isa_path():
 def attention(q, k, v, *, variant="flash", mask=None, key_lengths=None, scale=None,
               layout="bhsd", return_lse=False, threads=None, out=None, k_scales=None,
               v_scales=None, memory_budget=None, softcap=None, alibi_slopes=None, sinks=None,
-              causal_top_left=False):
+              causal_top_left=False, cu_seqlens_q=None,
+    cu_seqlens_k=None):
   """Attention O = softmax(Q·Kᵀ·scale + mask)·V with one of attnlab's kernels.
 
   Parameters
@@ -414,6 +425,12 @@ def attention(q, k, v, *, variant="flash", mask=None, key_lengths=None, scale=No
   causal_top_left : bool
       Align the diagonal of "causal" and window masks (and ALiBi) top-left, off = 0
       (PyTorch's is_causal), instead of bottom-right (off = Lk - Lq). Same when Lq = Lk.
+  cu_seqlens_q, cu_seqlens_k : array_like of int, optional
+      Packed variable-length sequences (FlashAttention's varlen): S + 1 offsets each, from 0
+      to the packed length; sequence s is queries [cu_q[s], cu_q[s+1]) and keys
+      [cu_k[s], cu_k[s+1]). B must be 1: pass [total, H, d] with layout="bshd" (or
+      [H, total, d]). Each sequence attends only to its own keys, with its own diagonal
+      (masks, ALiBi); lse is [H, total_q]. Not with key_lengths or an additive mask.
 
   Which variants apply softcap, ALiBi and sinks: attnlab.variants()[i].modifiers (naive and
   flash); the others raise ValueError naming the modifier.
@@ -442,7 +459,8 @@ def attention(q, k, v, *, variant="flash", mask=None, key_lengths=None, scale=No
   call = _Call(q, k, v, layout=layout, mask=mask, key_lengths=key_lengths, scale=scale,
                threads=threads, memory_budget=memory_budget, k_scales=k_scales,
                v_scales=v_scales, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
-               causal_top_left=causal_top_left)
+               causal_top_left=causal_top_left,
+               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
   o, lse, _, stats = _forward(call, variant, out, return_lse)
   _ISA["path"] = stats["path"]
   return (o, lse) if return_lse else o
@@ -459,7 +477,8 @@ def _weights_variant(variant):
 
 def weights(q, k, v, *, variant=None, mask=None, key_lengths=None, scale=None, layout="bhsd",
             threads=None, memory_budget=None, return_output=False, softcap=None,
-            alibi_slopes=None, sinks=None, causal_top_left=False):
+            alibi_slopes=None, sinks=None, causal_top_left=False, cu_seqlens_q=None,
+    cu_seqlens_k=None):
   """The attention weights P = softmax(Q·Kᵀ·scale + mask), [B, H, Lq, Lk] float32.
 
   With sinks, P covers the keys only (rows sum to less than 1).
@@ -479,7 +498,8 @@ def weights(q, k, v, *, variant=None, mask=None, key_lengths=None, scale=None, l
   """
   call = _Call(q, k, v, layout=layout, mask=mask, key_lengths=key_lengths, scale=scale,
                threads=threads, memory_budget=memory_budget, softcap=softcap,
-               alibi_slopes=alibi_slopes, sinks=sinks, causal_top_left=causal_top_left)
+               alibi_slopes=alibi_slopes, sinks=sinks, causal_top_left=causal_top_left,
+               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
   # The weights are an output the package allocates: held to the budget like a workspace,
   # before anything is allocated.
   b, h, _, lq, lk, _, _ = call.shape
@@ -495,7 +515,8 @@ def weights(q, k, v, *, variant=None, mask=None, key_lengths=None, scale=None, l
 
 def reference(q, k, v, *, mask=None, key_lengths=None, scale=None, layout="bhsd",
               return_lse=False, return_weights=False, k_scales=None, v_scales=None,
-              softcap=None, alibi_slopes=None, sinks=None, causal_top_left=False):
+              softcap=None, alibi_slopes=None, sinks=None, causal_top_left=False, cu_seqlens_q=None,
+    cu_seqlens_k=None):
   """The fp64 reference: attention in double precision on the exact values the inputs hold.
 
   Plain, obviously correct and slow (O(Lq·Lk·d) in one thread): the oracle every kernel is
@@ -506,7 +527,8 @@ def reference(q, k, v, *, mask=None, key_lengths=None, scale=None, layout="bhsd"
   call = _Call(q, k, v, layout=layout, mask=mask, key_lengths=key_lengths, scale=scale,
                threads=None, memory_budget=None, k_scales=k_scales, v_scales=v_scales,
                softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
-               causal_top_left=causal_top_left)
+               causal_top_left=causal_top_left,
+               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
   o4, lse4, w4 = _core.reference(call.q, call.k, call.v, call.dtypes("f32"), call.options,
                                  return_weights)
   o = _from_bhld(o4, call)
@@ -580,7 +602,8 @@ class CheckReport(list):
 
 def check(q, k, v, *, variants=None, mask=None, key_lengths=None, scale=None, layout="bhsd",
           threads=None, memory_budget=None, k_scales=None, v_scales=None, softcap=None,
-          alibi_slopes=None, sinks=None, causal_top_left=False):
+          alibi_slopes=None, sinks=None, causal_top_left=False, cu_seqlens_q=None,
+    cu_seqlens_k=None):
   """Every variant (or those named) against the fp64 reference, as `attnlab check` does.
 
   Each variant's O and lse are compared element by element with the reference within the
@@ -591,7 +614,8 @@ def check(q, k, v, *, variants=None, mask=None, key_lengths=None, scale=None, la
   call = _Call(q, k, v, layout=layout, mask=mask, key_lengths=key_lengths, scale=scale,
                threads=threads, memory_budget=memory_budget, k_scales=k_scales,
                v_scales=v_scales, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
-               causal_top_left=causal_top_left)
+               causal_top_left=causal_top_left,
+               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
   names = [info.name for info in _variants_list()] if variants is None else list(variants)
   _, o4 = call.new_output(call.o_shape4())
   b, h, _, lq, _, _, _ = call.shape
@@ -608,7 +632,8 @@ def _forward_for_grad(variant):
 
 
 def grad(q, k, v, d_o, *, variant="flash", o=None, lse=None, mask=None, key_lengths=None,
-         scale=None, layout="bhsd", threads=None, memory_budget=None):
+         scale=None, layout="bhsd", threads=None, memory_budget=None, cu_seqlens_q=None,
+         cu_seqlens_k=None):
   """The backward pass: (dQ, dK, dV), the gradients of a loss whose gradient in O is d_o.
 
   With P the forward's weights: dV = Pᵀ·dO, dS = P∘(dO·Vᵀ - D) with D_i = Σ_d dO_id·O_id,
@@ -621,7 +646,8 @@ def grad(q, k, v, d_o, *, variant="flash", o=None, lse=None, mask=None, key_leng
   backward (attnlab.variants(): has_backward). Returns dq, dk, dv shaped like q, k, v.
   """
   call = _Call(q, k, v, layout=layout, mask=mask, key_lengths=key_lengths, scale=scale,
-               threads=threads, memory_budget=memory_budget, fp32_only=True)
+               threads=threads, memory_budget=memory_budget, fp32_only=True,
+               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
   if (o is None) != (lse is None):
     raise ValueError("give both o and lse (the forward's outputs) or neither")
   b, h, _, lq, _, _, _ = call.shape

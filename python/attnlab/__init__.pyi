@@ -23,7 +23,8 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, variant: 
               memory_budget: Optional[int] = ..., softcap: Optional[float] = ...,
               alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
               sinks: Optional[npt.ArrayLike] = ...,
-              causal_top_left: bool = ...) -> np.ndarray: ...
+              causal_top_left: bool = ...,
+              cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...) -> np.ndarray: ...
 @overload
 def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, variant: str = ...,
               mask: Mask = ..., key_lengths: Optional[Sequence[int]] = ...,
@@ -34,21 +35,24 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, variant: 
               memory_budget: Optional[int] = ..., softcap: Optional[float] = ...,
               alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
               sinks: Optional[npt.ArrayLike] = ...,
-              causal_top_left: bool = ...) -> Tuple[np.ndarray, np.ndarray]: ...
+              causal_top_left: bool = ...,
+              cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...) -> Tuple[np.ndarray, np.ndarray]: ...
 def weights(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *,
             variant: Optional[str] = ..., mask: Mask = ...,
             key_lengths: Optional[Sequence[int]] = ..., scale: Optional[float] = ...,
             layout: Layout = ..., threads: Optional[int] = ..., memory_budget: Optional[int] = ...,
             return_output: bool = ..., softcap: Optional[float] = ...,
             alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
-            sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...
+            sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...,
+            cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...
             ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]: ...
 def reference(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, mask: Mask = ...,
               key_lengths: Optional[Sequence[int]] = ..., scale: Optional[float] = ...,
               layout: Layout = ..., return_lse: bool = ..., return_weights: bool = ...,
               k_scales: Optional[npt.ArrayLike] = ..., v_scales: Optional[npt.ArrayLike] = ...,
               softcap: Optional[float] = ..., alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
-              sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...
+              sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...,
+              cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...
               ) -> Union[np.ndarray, Tuple[np.ndarray, ...]]: ...
 
 class CheckRow:
@@ -77,12 +81,14 @@ def check(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *,
           layout: Layout = ..., threads: Optional[int] = ..., memory_budget: Optional[int] = ...,
           k_scales: Optional[npt.ArrayLike] = ..., v_scales: Optional[npt.ArrayLike] = ...,
           softcap: Optional[float] = ..., alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
-          sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...) -> CheckReport: ...
+          sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...,
+          cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...) -> CheckReport: ...
 def grad(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, d_o: npt.ArrayLike, *,
          variant: str = ..., o: Optional[npt.ArrayLike] = ..., lse: Optional[npt.ArrayLike] = ...,
          mask: Mask = ..., key_lengths: Optional[Sequence[int]] = ...,
          scale: Optional[float] = ..., layout: Layout = ..., threads: Optional[int] = ...,
-         memory_budget: Optional[int] = ...) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+         memory_budget: Optional[int] = ...,
+         cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def multi_head_attention(x: npt.ArrayLike, wq: npt.ArrayLike, wk: npt.ArrayLike,
                          wv: npt.ArrayLike, wo: npt.ArrayLike, heads: int, *, variant: str = ...,
                          mask: Mask = ..., key_lengths: Optional[Sequence[int]] = ...,
