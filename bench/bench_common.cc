@@ -4,6 +4,7 @@
 #include <malloc.h>
 #include <omp.h>
 #include <openblas_config.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -13,7 +14,10 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <sstream>
+#include <tuple>
 
 #include "testing/problem_data.h"
 
@@ -47,6 +51,8 @@ const char* ScenarioName(Scenario s) {
       return "padded";
     case Scenario::kPaddedMask:
       return "padded_mask";
+    case Scenario::kPaged:
+      return "paged";
   }
   return "?";
 }
@@ -70,6 +76,49 @@ const std::vector<int32_t>& PackedOffsets(int64_t longest) {
     for (int32_t n : PackedLengths(longest)) offsets.push_back(offsets.back() + n);
   }
   return offsets;
+}
+
+const std::vector<int32_t>& PagedTable(int64_t batch, int64_t kv_len, int64_t block_size) {
+  static std::map<std::tuple<int64_t, int64_t, int64_t>, std::vector<int32_t>> cache;
+  std::vector<int32_t>& table = cache[{batch, kv_len, block_size}];
+  if (table.empty()) {
+    table.resize(batch * ((kv_len + block_size - 1) / block_size));
+    std::iota(table.begin(), table.end(), 0);
+    std::shuffle(table.begin(), table.end(), std::mt19937_64(SeedFrom("paged")));
+  }
+  return table;
+}
+
+void HugePageFloats::Reset(size_t n) {
+  if (data_ != nullptr) munmap(data_, bytes_);
+  data_ = nullptr;
+  bytes_ = n * sizeof(float);
+  if (n == 0) return;
+  void* mem = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) throw std::bad_alloc();
+  madvise(mem, bytes_, MADV_HUGEPAGE);  // advice: ignored where THP is off
+  data_ = static_cast<float*>(mem);     // zero pages
+}
+
+void PageKv(int64_t block_size, Problem& p, PagedKv& pools) {
+  const Shape& s = p.shape;
+  const std::vector<int32_t>& table = PagedTable(s.batch, s.kv_len, block_size);
+  const int64_t per_sequence = int64_t(table.size()) / s.batch;
+  for (auto [t, pool, dim] :
+       {std::tuple{&p.k, &pools.k, s.head_dim}, std::tuple{&p.v, &pools.v, s.value_dim}}) {
+    pool->Reset(table.size() * s.kv_heads * block_size * dim);
+    for (int64_t b = 0; b < s.batch; ++b) {
+      for (int64_t h = 0; h < s.kv_heads; ++h) {
+        for (int64_t j = 0; j < s.kv_len; ++j) {
+          const int64_t block = table[b * per_sequence + j / block_size];
+          std::memcpy(pool->data() + ((block * s.kv_heads + h) * block_size + j % block_size) * dim,
+                      ValidProblem::Row(*t, b, h, j), dim * sizeof(float));
+        }
+      }
+    }
+    *t = {pool->data(), Strides::BHLD(s.kv_heads, block_size, dim), DType::kF32};
+  }
+  p.kv_pages = KvPages{table, per_sequence, block_size, int64_t(table.size())};
 }
 
 void ApplyMask(const Case& c, int64_t longest, Problem& p, std::vector<float>* additive) {
@@ -147,6 +196,9 @@ std::string Case::ValuesKey() const {
     case Scenario::kSinks:
       return std::string(ScenarioName(scenario)) + "/N:" + std::to_string(q_len) + "/" + d +
              "/causal:" + (causal ? "1" : "0");
+    case Scenario::kPaged:
+      return "paged/Lk:" + std::to_string(kv_len) + "/" + d + "/Hkv:" + std::to_string(kv_heads) +
+             "/bs:" + std::to_string(block_size);
     case Scenario::kVarlen:
     case Scenario::kPadded:
     case Scenario::kPaddedMask:
@@ -230,6 +282,7 @@ CaseData& DataFor(const Case& c) {
   // A modifier scenario times the sweep case's own inputs.
   Case values_of = c;
   if (ScenarioModifiers(c.scenario)) values_of.scenario = Scenario::kSweep;
+  if (c.scenario == Scenario::kPaged) values_of.scenario = Scenario::kDecode;  // its K/V, paged
   const uint64_t seed = SeedFrom(values_of.ValuesKey());
   // An input of `heads` x `len` rows of `dim`: fp32 values from the seed, kept
   // when the tensor is f32, else stored in its type (the fp32 copy freed).
@@ -264,6 +317,11 @@ CaseData& DataFor(const Case& c) {
   if (c.dtypes.k == DType::kI8) data->problem.k_scales = {data->k_scales.data(), row_scales};
   if (c.dtypes.v == DType::kI8) data->problem.v_scales = {data->v_scales.data(), row_scales};
   ApplyMask(c, c.q_len, data->problem, &data->additive);
+  if (c.scenario == Scenario::kPaged) {
+    PageKv(c.block_size, data->problem, data->pools);
+    std::vector<float>().swap(data->k);  // the contiguous copies
+    std::vector<float>().swap(data->v);
+  }
   const uint8_t modifiers = ScenarioModifiers(c.scenario);
   if (modifiers & kSoftcap) data->problem.modifiers.softcap = 50.0f;  // Gemma 2's attention cap
   for (int64_t h = 0; h < s.heads; ++h) {

@@ -31,6 +31,10 @@ namespace attn::bench {
 // triangle) with an additive mask [B, 1, Lmax, Lmax], as PyTorch's attn_mask
 // does: no key is skipped, every padded (query, key) pair is computed.
 // Case::q_len is the longest; the name token is "Lmax".
+// kPaged: the decode case (one query per head, Hkv heads of Lk keys) with K
+// and V in a paged cache of Case::block_size-key blocks (Problem::kv_pages),
+// the blocks in a shuffled order through the pool (PageKv): the same bytes
+// as the contiguous decode case, read block by block.
 enum class Scenario {
   kSweep,
   kDecode,
@@ -42,7 +46,8 @@ enum class Scenario {
   kSinks,
   kVarlen,
   kPadded,
-  kPaddedMask
+  kPaddedMask,
+  kPaged
 };
 const char* ScenarioName(Scenario s);  // "sweep", "decode", ..., "softcap"
 // The modifier a scenario applies (kSoftcap, kAlibi, kSinks of problem.h; 0
@@ -62,6 +67,37 @@ const std::vector<int32_t>& PackedOffsets(int64_t longest);
 // right size at a placeholder address, for Prepare), of a batch whose
 // longest sequence is `longest` (the case's own, or a check problem's).
 void ApplyMask(const Case& c, int64_t longest, Problem& p, std::vector<float>* additive = nullptr);
+
+// kPaged: the block table of `batch` sequences of `kv_len` keys in blocks of
+// `block_size`: a fixed shuffle of the pool's blocks (deterministic, cached
+// for the whole run).
+const std::vector<int32_t>& PagedTable(int64_t batch, int64_t kv_len, int64_t block_size);
+// Floats in anonymous memory the kernel is asked to back with 2 MiB pages
+// (madvise(MADV_HUGEPAGE); Debian's transparent huge pages are "madvise"),
+// as a serving engine allocates its KV-cache pool: a paged cache is read a
+// block at a time from anywhere in the pool, and with 4 KiB pages each block
+// costs its own page walks.
+class HugePageFloats {
+ public:
+  HugePageFloats() = default;
+  HugePageFloats(const HugePageFloats&) = delete;
+  HugePageFloats& operator=(const HugePageFloats&) = delete;
+  ~HugePageFloats() { Reset(0); }
+  // n zeroed floats (the old ones freed).
+  void Reset(size_t n);
+  float* data() const { return data_; }
+
+ private:
+  float* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+// A paged copy of a problem's fp32 K and V: the pools.
+struct PagedKv {
+  HugePageFloats k, v;
+};
+// Copies p's K and V rows into pools laid out by PagedTable (into `pools`)
+// and points p at them, with p.kv_pages set.
+void PageKv(int64_t block_size, Problem& p, PagedKv& pools);
 
 // The name token of element types (docs/bench-json.md): "" when Q, K, V and
 // O are all f32 (fp32 names carry no token), "dtype:bf16" when the four share
@@ -92,6 +128,7 @@ struct Case {
   // decode with H = 32, Hkv = 8, which would otherwise have the name of the
   // MHA decode case with Hkv = 8).
   bool heads_token = false;
+  int64_t block_size = 0;  // kPaged: keys per block
 
   Shape shape() const {
     if (scenario == Scenario::kVarlen) {
@@ -163,6 +200,7 @@ struct CaseData {
   std::vector<float> k_scales, v_scales;                 // [B, Hkv, Lk]: int8 K, V
   std::vector<float> alibi_slopes, sinks;                // [H]: the modifier scenarios
   std::vector<float> additive;                           // kPaddedMask's mask
+  PagedKv pools;                                         // kPaged: K and V pools
   Problem problem;                                       // points into the vectors
 };
 // The inputs for `c`, cached: consecutive cases with the same DataKey reuse

@@ -137,6 +137,10 @@ struct Suite {
   // kPadded, kPaddedMask), by longest sequence, dense and causal.
   std::vector<int64_t> varlen_n;
   std::vector<int64_t> varlen_dims;
+  // Paged-cache decode (kPaged) at each Lk and block size, beside the
+  // contiguous decode cases of the same Lk (decode_lk, decode_dims).
+  std::vector<int64_t> paged_lk;
+  std::vector<int64_t> paged_block_sizes;
   int64_t d128_max_n = 1 << 30;  // sweep N limit for d = 128
   // A variant's case is registered only when its predicted time per
   // iteration (FLOPs / the variant's calibrated rate, see Calibrate()) is at
@@ -222,6 +226,8 @@ Suite MakeSuite(const std::string& name) {
     s.modifier_dims = {64};
     s.varlen_n = {256};
     s.varlen_dims = {64};
+    s.paged_lk = {4096};
+    s.paged_block_sizes = {16, 128};
     s.over_budget_max_n = 1024;
     s.min_time = "0.05";
     // CI smoke: a bf16 sweep case and an int8-KV decode case, beside the
@@ -249,15 +255,23 @@ Suite MakeSuite(const std::string& name) {
     s.backward.d128_max_n = 8192;
     s.backward.causal = {0, 1};
   } else if (name == "serving") {
-    // The serving-shaped features' costs alone: each score modifier at d =
-    // 128, N = 2048 and 4096, dense and causal, beside the plain sweep cases
-    // of the same shapes (issue target: <= 1.1x plain flash).
+    // The serving-shaped features' costs alone (issue 20's targets), each
+    // beside its plain counterpart in the same run: each score modifier at
+    // d = 128, N = 2048 and 4096, dense and causal, beside the plain sweep
+    // cases (<= 1.1x plain flash); packed variable-length batches beside the
+    // same batch padded (>= 3x); paged-cache decode at block sizes 16, 32,
+    // 128 beside contiguous decode, Lk = 16384 and 65536, MHA and GQA
+    // (>= 0.95x its speed).
     s.sweep_n = {2048, 4096};
     s.dims = {128};
     s.modifier_n = {2048, 4096};
     s.modifier_dims = {128};
     s.varlen_n = {2048, 4096};
     s.varlen_dims = {128};
+    s.decode_lk = {16384, 65536};
+    s.decode_dims = {128};
+    s.paged_lk = {16384, 65536};
+    s.paged_block_sizes = {16, 32, 128};
     s.min_time = "0.2";
     s.max_case_seconds = 20;
     s.repetitions = 3;
@@ -330,6 +344,8 @@ Suite MakeSuite(const std::string& name) {
     s.modifier_dims = {64, 128};
     s.varlen_n = {2048, 8192};
     s.varlen_dims = {128};
+    s.paged_lk = {65536};
+    s.paged_block_sizes = {16, 32, 128};
     s.over_budget_max_n = 65536;
     s.min_time = "0.5";
     s.repetitions = 3;
@@ -359,7 +375,7 @@ testing::ProblemSpec CheckSpec(const Case& c) {
   testing::ProblemSpec spec;
   Shape s = c.shape();
   s.batch = std::min<int64_t>(c.batch, 2);
-  if (c.scenario == Scenario::kDecode) {
+  if (c.scenario == Scenario::kDecode || c.scenario == Scenario::kPaged) {
     s.kv_len = std::min<int64_t>(c.kv_len, 512);
   } else if (c.scenario == Scenario::kCross) {
     s.q_len = std::min<int64_t>(c.q_len, 128);
@@ -417,11 +433,14 @@ class RunContext {
     if (it != verdicts_.end()) return it->second;
     Verdict verdict;
     testing::ProblemData data(CheckSpec(c));
-    // The sequences and the padding mask of a check problem's batch.
+    // The sequences and the padding mask of a check problem's batch; its
+    // K and V paged.
     std::vector<float> additive;
     if (c.scenario == Scenario::kVarlen || c.scenario == Scenario::kPaddedMask) {
       ApplyMask(c, std::min<int64_t>(c.q_len, 256), data.problem(), &additive);
     }
+    PagedKv pools;
+    if (c.scenario == Scenario::kPaged) PageKv(c.block_size, data.problem(), pools);
     const Status status = Run(v, data.problem(), run_options(c.threads));
     const std::string at = "at " + Describe(data.problem().shape, data.problem().mask) + ": ";
     if (!status.ok()) {
@@ -574,6 +593,13 @@ Problem ShapeOnlyProblem(const Case& c) {
   if (c.dtypes.k == DType::kI8) p.k_scales = {at(4), row_scales};
   if (c.dtypes.v == DType::kI8) p.v_scales = {at(5), row_scales};
   ApplyMask(c, c.q_len, p);
+  if (c.scenario == Scenario::kPaged) {  // the pools at placeholder addresses, a real table
+    const std::vector<int32_t>& table = PagedTable(s.batch, s.kv_len, c.block_size);
+    const int64_t blocks = int64_t(table.size());
+    p.k.strides = Strides::BHLD(s.kv_heads, c.block_size, s.head_dim);
+    p.v.strides = Strides::BHLD(s.kv_heads, c.block_size, s.value_dim);
+    p.kv_pages = KvPages{table, blocks / s.batch, c.block_size, blocks};
+  }
   return p;
 }
 
@@ -698,7 +724,7 @@ void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& varian
   // At the element sizes, with an int8 K's or V's row scales (BytesOf).
   const TensorBytes bytes = BytesOf(c);
   state.counters["bytes_min"] = bytes.total();
-  if (c.scenario == Scenario::kDecode) {
+  if (c.scenario == Scenario::kDecode || c.scenario == Scenario::kPaged) {
     state.counters["GBps"] = Counter(bytes.kv() / 1e9, Counter::kIsIterationInvariantRate);
   }
 }
@@ -1264,6 +1290,17 @@ class SuiteCases {
         if (H > 2) kv_heads.push_back(2);
         for (int64_t hkv : kv_heads) {
           AddShape(Case{Scenario::kDecode, B, H, hkv, 1, lk, d, false}, /*ceiling=*/false);
+        }
+      }
+    }
+    for (int64_t lk : suite_.paged_lk) {
+      for (int64_t d : suite_.decode_dims) {
+        for (int64_t hkv : H > 2 ? std::vector<int64_t>{H, 2} : std::vector<int64_t>{H}) {
+          for (int64_t bs : suite_.paged_block_sizes) {
+            Case c{Scenario::kPaged, B, H, hkv, 1, lk, d, false};
+            c.block_size = bs;
+            AddShape(c, /*ceiling=*/false);
+          }
         }
       }
     }

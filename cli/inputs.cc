@@ -242,7 +242,18 @@ Inputs::Inputs(const InputOptions& options) : options_(options) {
     Fail(fmt::format("ranks disagree: {}, {} has shape {}", two(options.q, q_, options.k, k_),
                      options.v, npy::ShapeString(v_.shape)));
   }
-  if (k.batch != q.batch || v.batch != q.batch) {
+  const bool paged = options.block_table.has_value();
+  if (paged && rank_ != 4) {
+    Fail(
+        fmt::format("--block-table needs rank-4 files (--k and --v are the pools [num_blocks, "
+                    "Hkv, block_size, d] in bhsd); {}",
+                    two(options.q, q_, options.k, k_)));
+  }
+  if (paged && (k.batch != v.batch)) {
+    Fail(fmt::format("K and V pools have different block counts: {}",
+                     two(options.k, k_, options.v, v_)));
+  }
+  if (!paged && (k.batch != q.batch || v.batch != q.batch)) {
     const bool kq = k.batch != q.batch;
     Fail(fmt::format("batch sizes disagree: {}",
                      kq ? two(options.q, q_, options.k, k_) : two(options.q, q_, options.v, v_)));
@@ -257,6 +268,19 @@ Inputs::Inputs(const InputOptions& options) : options_(options) {
     Fail(fmt::format("Q and K head dims (dk) disagree: {}", two(options.q, q_, options.k, k_)));
   }
   shape_ = Shape{q.batch, q.heads, k.heads, q.len, k.len, q.dim, v.dim};
+  if (paged) {
+    // K and V rows come through the table: Lk is its capacity.
+    std::vector<int64_t> ts;
+    const std::string want = fmt::format("a block table is [B={}, blocks per sequence]", q.batch);
+    block_table_ = ReadInt32s("--block-table", *options.block_table, want,
+                              "block index {} does not fit int32", 2, &ts);
+    if (ts[0] != q.batch) {
+      Fail(fmt::format("{} has shape {}; a block table is [B={}, blocks per sequence]",
+                       *options.block_table, npy::ShapeString(ts), q.batch));
+    }
+    kv_pages_ = KvPages{block_table_, ts[1], k.len, k.batch};
+    shape_.kv_len = ts[1] * k.len;
+  }
 
   if (options.mask_file) {
     if (mask_spec_.kind != MaskKind::kNone) {
@@ -534,11 +558,13 @@ int64_t Inputs::OutputElements() const {
 }
 
 std::vector<int32_t> ReadInt32s(const std::string& option, const std::string& path,
-                                std::string_view rank_note, std::string_view range_note) {
+                                std::string_view rank_note, std::string_view range_note,
+                                size_t rank, std::vector<int64_t>* shape) {
   RequirePath(option, path);
   StatusOr<npy::IntArray> ints = npy::ReadInt(path);
   if (!ints.ok()) Fail(ints.status().message());
-  if (ints->shape.size() != 1) {
+  if (shape != nullptr) *shape = ints->shape;
+  if (ints->shape.size() != rank) {
     Fail(fmt::format("{} has shape {}; {}", path, npy::ShapeString(ints->shape), rank_note));
   }
   std::vector<int32_t> out;
@@ -601,8 +627,19 @@ void Inputs::ReadSequences(const InputOptions& options) {
 Problem Inputs::MakeProblem(OutputBuffer& o, std::span<float> lse, std::span<float> weights) const {
   Problem p = attn::MakeProblem(shape_, q_.data(), k_.data(), v_.data(), o.data(), layout_,
                                 {dtypes_.q, dtypes_.k, dtypes_.v, o.dtype()});
-  p.k_scales = Scales(k_, shape_.kv_heads, shape_.kv_len);
-  p.v_scales = Scales(v_, shape_.kv_heads, shape_.kv_len);
+  // The K and V files' own rows: [B, Hkv, Lk], or the pools' [num_blocks,
+  // Hkv, block_size].
+  const int64_t kv_rows = kv_pages_ ? kv_pages_->block_size : shape_.kv_len;
+  if (kv_pages_) {
+    const Problem pools = attn::MakeProblem({kv_pages_->num_blocks, shape_.heads, shape_.kv_heads,
+                                             0, kv_rows, shape_.head_dim, shape_.value_dim},
+                                            nullptr, nullptr, nullptr, nullptr, layout_);
+    p.k.strides = pools.k.strides;
+    p.v.strides = pools.v.strides;
+    p.kv_pages = kv_pages_;
+  }
+  p.k_scales = Scales(k_, shape_.kv_heads, kv_rows);
+  p.v_scales = Scales(v_, shape_.kv_heads, kv_rows);
   p.mask = mask_spec_;
   p.scale = scale_;
   p.modifiers.softcap = softcap_;
@@ -631,6 +668,7 @@ std::vector<NamedPath> Inputs::Files() const {
   if (options_.key_lengths) files.push_back({"--key-lengths", *options_.key_lengths});
   if (options_.cu_seqlens_q) files.push_back({"--cu-seqlens-q", *options_.cu_seqlens_q});
   if (options_.cu_seqlens_k) files.push_back({"--cu-seqlens-k", *options_.cu_seqlens_k});
+  if (options_.block_table) files.push_back({"--block-table", *options_.block_table});
   if (options_.alibi && *options_.alibi != "standard")
     files.push_back({"--alibi", *options_.alibi});
   if (options_.sinks) files.push_back({"--sinks", *options_.sinks});

@@ -79,6 +79,11 @@ struct InputOptions {
   // Packed variable-length sequences (kernels/problem.h): int .npy files of
   // S + 1 offsets along Q's and K's positions (B = 1); both or neither.
   std::optional<std::string> cu_seqlens_q, cu_seqlens_k;
+  // A paged K/V cache (kernels/problem.h): int .npy [B, blocks_per_sequence]
+  // of block indexes into the pools that the rank-4 --k and --v files then
+  // are, [num_blocks, Hkv, block_size, d] (bhsd) or [num_blocks, block_size,
+  // Hkv, d] (bshd).
+  std::optional<std::string> block_table;
 };
 
 // O in its element type: OutputElements() contiguous elements.
@@ -112,8 +117,10 @@ int64_t ParseIntOption(std::string_view option, const std::string& text, int64_t
 // --cu-seqlens-q/k), else CliError (kExitUsage): "PATH has shape S;
 // RANK_NOTE", or "PATH: RANGE_NOTE" (a format string given the entry) for
 // an entry outside int32.
+// A file of another rank: `rank`; `shape` (optional) receives its shape.
 std::vector<int32_t> ReadInt32s(const std::string& option, const std::string& path,
-                                std::string_view rank_note, std::string_view range_note);
+                                std::string_view rank_note, std::string_view range_note,
+                                size_t rank = 1, std::vector<int64_t>* shape = nullptr);
 
 // The float32 values of a '<f4', '<f8' or '<f2' .npy file (C order) that
 // must have shape `want`, else CliError (kExitUsage) naming the option, the
@@ -198,7 +205,8 @@ class Inputs {
   Operand q_, k_, v_;
   npy::FloatArray mask_;
   DTypes dtypes_;
-  std::vector<int32_t> key_lengths_, cu_seqlens_q_, cu_seqlens_k_;
+  std::vector<int32_t> key_lengths_, cu_seqlens_q_, cu_seqlens_k_, block_table_;
+  std::optional<KvPages> kv_pages_;
   Shape shape_;
   Mask mask_spec_;
   int rank_ = 4;

@@ -72,6 +72,11 @@ void AddInputOptions(CLI::App* cmd, InputOptions& in, bool dtypes = true) {
   cmd->add_option("--cu-seqlens-q", in.cu_seqlens_q,
                   "int .npy [S+1]: packed variable-length sequences (B = 1, e.g. q [total_q,H,dk] "
                   "bshd); sequence s holds query positions [cu[s], cu[s+1])");
+  cmd->add_option("--block-table", in.block_table,
+                  "int .npy [B, blocks]: a paged K/V cache (vLLM's layout); --k and --v are then "
+                  "the pools [num_blocks, Hkv, block_size, d] (bhsd), key j of sequence b is row "
+                  "j % block_size of block table[b][j / block_size]; Lk = blocks·block_size, "
+                  "--key-lengths the sequences' lengths");
   cmd->add_option("--cu-seqlens-k", in.cu_seqlens_k,
                   "int .npy [S+1]: the sequences' key positions (with --cu-seqlens-q)");
   cmd->add_option("--mask-file", in.mask_file, "additive float mask .npy [Lq,Lk] or [B,H,Lq,Lk]");
@@ -136,9 +141,12 @@ int List() {
   for (const Variant* v : Registry()) {
     fmt::print("{:<16} {}\n", v->name, ModifierNames(v->modifiers));
   }
+  fmt::print("\n{:<16} {}\n", "variant", "paged K/V cache (--block-table)");
+  for (const Variant* v : Registry()) fmt::print("{:<16} {}\n", v->name, Yes(v->paged_kv));
   fmt::print(
       "\nEvery variant supports masks none/causal/window/additive (causal and window also "
-      "top-left: --causal-top-left), key lengths, GQA/MQA, "
+      "top-left: --causal-top-left), key lengths, packed variable-length sequences "
+      "(--cu-seqlens-q/-k), GQA/MQA, "
       "both layouts and lse.\n'scores: Lq x Lk' variants are refused when that matrix "
       "exceeds the memory budget.\n'backward: yes' variants also compute dQ, dK, dV "
       "(attnlab grad; fp32).\n");

@@ -62,8 +62,8 @@ const Variant& AutoChoice(const ValidProblem& p, int threads, const Tuning& tuni
   if (s.q_len > max_n) return flash_variant;
   const Variant* pick = FindVariant(best->variant);
   if (pick == nullptr || pick == &flash_variant || !Takes(*pick, p.dtypes()) ||
-      (ModifiersOf(p.modifiers) & ~pick->modifiers)) {
-    return flash_variant;  // flash takes every type and modifier
+      (ModifiersOf(p.modifiers) & ~pick->modifiers) || (p.kv_pages && !pick->paged_kv)) {
+    return flash_variant;  // flash takes every type, modifier and paged K/V
   }
   if (pick->workspace_bytes(p, threads) > kAutoMaxWorkspaceBytes) return flash_variant;
   return *pick;
@@ -98,6 +98,7 @@ extern const Variant auto_variant = {
     .deterministic = true,  // every variant it may pick is
     .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
     .modifiers = kAllModifiers,
+    .paged_kv = true,
     .backward = {},  // none
 };
 

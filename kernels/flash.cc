@@ -85,6 +85,18 @@
 //     load.
 // A reduced O is finished in fp32 and rounded once (StoreRow).
 //
+// Paged K/V (Problem::kv_pages): tiles stay Bc keys; inside a tile the score
+// and P·V micro-kernels run once per run of keys whose rows lie at one stride
+// (a block of the pool: ForEachKvRun), each writing or reading its slice of
+// S, so the online softmax still steps once per Bc keys. The bf16 pair
+// kernels take one stride per tile and are not used on a paged cache (the
+// converted path runs instead). Measured (serving suite, 1 Zen 4 thread,
+// d = 128, Lk = 65536, pool with MADV_HUGEPAGE): block size 128 reaches
+// 0.91-1.01 of contiguous decode, 32 0.62-0.66, 16 0.44-0.56; the loss is a
+// cost per run (in cache, MHA Lk = 4096, d = 64: 0.47 ms contiguous, 0.49 at
+// block size 128, 1.41 at 16), not bandwidth (kernels/DESIGN.md, "Paged
+// K/V").
+//
 // Decode (fewer than 16 row blocks, Lk > 512): flash-decoding. Each
 // block's keys are split into `splits` tile-aligned ranges (a function of the
 // shape only, never of the thread count, so results are bitwise identical for
@@ -307,8 +319,8 @@ const float* TileKeys(const ValidProblem& p, const Block& blk, int64_t j0, int64
   }
   const int64_t dk = p.shape.head_dim;
   for (int64_t j = 0; j < nc; ++j) {
-    ToF32Row(p.k.dtype, ValidProblem::Row(p.k, blk.b, blk.kvh, j0 + j), dk,
-             p.KScale(blk.b, blk.kvh, j0 + j), sc.kc + j * dk);
+    ToF32Row(p.k.dtype, p.KvRow(p.k, blk.b, blk.kvh, j0 + j), dk, p.KScale(blk.b, blk.kvh, j0 + j),
+             sc.kc + j * dk);
   }
   *stride = dk;
   return sc.kc;
@@ -329,8 +341,8 @@ const float* TileValues(const ValidProblem& p, const flash::Plan& plan, const Bl
   const int64_t dv = p.shape.value_dim;
   for (int64_t j = 0; j < nc; ++j) {
     float* dst = sc.vp + j * plan.dvp;
-    ToF32Row(p.v.dtype, ValidProblem::Row(p.v, blk.b, blk.kvh, j0 + j), dv,
-             p.VScale(blk.b, blk.kvh, j0 + j), dst);
+    ToF32Row(p.v.dtype, p.KvRow(p.v, blk.b, blk.kvh, j0 + j), dv, p.VScale(blk.b, blk.kvh, j0 + j),
+             dst);
     std::fill(dst + dv, dst + plan.dvp, 0.0f);
   }
   *stride = plan.dvp;
@@ -427,8 +439,8 @@ void RescaleO(const Block& blk, int64_t dvp, Scratch& sc) {
 // O += P·V for each row over its own visible keys only: the partial-tile
 // path when a V row is not finite (a hidden key's weight is 0, but 0·NaN is
 // NaN). Rare; at most a tile or two per block.
-void PvVisibleOnly(const Block& blk, int64_t j0, int64_t j1, const float* v, int64_t vs,
-                   int64_t dvp, bool first, Scratch& sc) {
+void PvVisibleOnly(const Block& blk, int64_t j0, int64_t j1, const float* st, const float* v,
+                   int64_t vs, int64_t dvp, bool first, Scratch& sc) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   for (int64_t x = 0; x < blk.nrows; ++x) {
@@ -436,7 +448,7 @@ void PvVisibleOnly(const Block& blk, int64_t j0, int64_t j1, const float* v, int
     float* o = sc.o + x * dvp;
     if (first) std::fill(o, o + dvp, 0.0f);
     for (int64_t j = vis.begin; j < vis.end; ++j) {
-      const VF pj = hn::Set(d, sc.st[j * blk.sj + x * blk.sr]);
+      const VF pj = hn::Set(d, st[j * blk.sj + x * blk.sr]);
       for (int64_t y = 0; y < dvp; y += N) {
         hn::Store(hn::MulAdd(pj, hn::LoadU(d, v + j * vs + y), hn::Load(d, o + y)), d, o + y);
       }
@@ -475,18 +487,18 @@ using ElementOf = std::remove_cv_t<std::remove_pointer_t<Tag>>;
 
 // An int8 row's scale, applied once per key: to its scores (K) or weights (V)
 // in the few-row S (row x at st + x·sr, keys contiguous).
-void ScaleKeys(const RowScales& scales, const Block& blk, int64_t j0, int64_t nc, Scratch& sc) {
+void ScaleKeys(const ValidProblem& p, const RowScales& scales, const Block& blk, int64_t j0,
+               int64_t nc, float* st) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  const float* s = scales.data + blk.b * scales.strides.batch + blk.kvh * scales.strides.head +
-                   j0 * scales.strides.row;
+  const float* s = scales.data + p.KvOffset(scales.strides, blk.b, blk.kvh, j0);
   alignas(64) float gathered[flash::kMaxBc];
   if (scales.strides.row != 1) {
     for (int64_t j = 0; j < nc; ++j) gathered[j] = s[j * scales.strides.row];
     s = gathered;
   }
   for (int64_t x = 0; x < blk.nrows; ++x) {
-    float* row = sc.st + x * blk.sr;
+    float* row = st + x * blk.sr;
     int64_t j = 0;
     for (; j + N <= nc; j += N)
       hn::StoreU(hn::Mul(hn::LoadU(d, s + j), hn::LoadU(d, row + j)), d, row + j);
@@ -499,8 +511,8 @@ void ScaleKeys(const RowScales& scales, const Block& blk, int64_t j0, int64_t nc
 // from L3 once per row block); few-row (decode) blocks stream K/V at memory
 // speed, where the hardware prefetcher keeps up and prefetch instructions
 // only queue.
-void F32Scores(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
-               int64_t j1, Scratch& sc) {
+void F32ScoresRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
+                  int64_t j1, float* st, Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t nc = j1 - j0, dk = p.shape.head_dim;
   if (blk.few_rows && p.k.dtype != DType::kF32) {
@@ -508,73 +520,103 @@ void F32Scores(const ValidProblem& p, const flash::Plan& plan, const Block& blk,
     const bool whole = dk % N == 0;
     const bool in_place = WithDecodeType(p.k.dtype, whole, [&](auto tag) {
       using T = ElementOf<decltype(tag)>;
-      const T* k = static_cast<const T*>(ValidProblem::Row(p.k, blk.b, blk.kvh, j0));
-      ScoreRows<T>(sc.qt, blk.dkp, blk.nrows, k, p.k.strides.row, nc, dk, sc.st, kFewStride);
+      const T* k = static_cast<const T*>(p.KvRow(p.k, blk.b, blk.kvh, j0));
+      ScoreRows<T>(sc.qt, blk.dkp, blk.nrows, k, p.k.strides.row, nc, dk, st, kFewStride);
     });
     if (in_place) {
-      if (p.k.dtype == DType::kI8) ScaleKeys(p.k_scales, blk, j0, nc, sc);
+      if (p.k.dtype == DType::kI8) ScaleKeys(p, p.k_scales, blk, j0, nc, st);
       return;
     }
     for (int64_t c = 0; c < nc; c += kDecodeChunk) {
       const int64_t n = std::min(kDecodeChunk, nc - c);
       int64_t ks;
       const float* k = TileKeys(p, blk, j0 + c, n, sc, &ks);
-      ScoreRows(sc.qt, blk.dkp, blk.nrows, k, ks, n, dk, sc.st + c, kFewStride);
+      ScoreRows(sc.qt, blk.dkp, blk.nrows, k, ks, n, dk, st + c, kFewStride);
     }
     return;
   }
   int64_t ks;
   const float* k = TileKeys(p, blk, j0, nc, sc, &ks);
   if (blk.few_rows) {
-    return ScoreRows(sc.qt, blk.dkp, blk.nrows, k, ks, nc, dk, sc.st, kFewStride);
+    return ScoreRows(sc.qt, blk.dkp, blk.nrows, k, ks, nc, dk, st, kFewStride);
   }
   PrefetchRows next;
   if (j1 < blk.uhi) {
     const int64_t k_bytes = DTypeBytes(p.k.dtype), v_bytes = DTypeBytes(p.v.dtype);
-    next = {static_cast<const char*>(ValidProblem::Row(p.k, blk.b, blk.kvh, j1)),
+    next = {static_cast<const char*>(p.KvRow(p.k, blk.b, blk.kvh, j1)),
             p.k.strides.row * k_bytes,
             dk * k_bytes,
-            static_cast<const char*>(ValidProblem::Row(p.v, blk.b, blk.kvh, j1)),
+            static_cast<const char*>(p.KvRow(p.v, blk.b, blk.kvh, j1)),
             p.v.strides.row * v_bytes,
             p.shape.value_dim * v_bytes,
-            std::min(j1 + plan.bc, blk.uhi) - j1};
+            std::min({j1 + plan.bc, blk.uhi, p.KvRunEnd(j1)}) - j1};
   }
-  ScoreTile(sc.qt, k, ks, nc, dk, blk.rp / N, sc.st, next);
+  ScoreTile(sc.qt, k, ks, nc, dk, blk.rp / N, st, next);
+}
+
+// Calls f(r0, r1) for the runs of keys [j0, j1) whose K and V rows each lie
+// at one stride: the whole range, unless K/V are paged (each run then ends
+// where a block does). The micro-kernels take a run at a time; the tile (and
+// its online-softmax step) stays Bc keys whatever the block size.
+template <class F>
+void ForEachKvRun(const ValidProblem& p, int64_t j0, int64_t j1, F f) {
+  for (int64_t r0 = j0; r0 < j1;) {
+    const int64_t r1 = std::min(j1, p.KvRunEnd(r0));
+    f(r0, r1);
+    r0 = r1;
+  }
+}
+
+// S = Q·Kᵀ over a tile, run by run (Sᵀ rows or S columns of each run at its
+// place in the tile).
+void F32Scores(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
+               int64_t j1, Scratch& sc) {
+  ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
+    F32ScoresRun(p, plan, blk, r0, r1, sc.st + (r0 - j0) * blk.sj, sc);
+  });
 }
 
 // O (+)= P·V in fp32 over a tile (V converted or packed first when needed);
 // over each row's visible keys only when a partial tile's V is not finite.
-void F32Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0, int64_t j1,
-           bool partial, bool first, Scratch& sc) {
+void F32PvRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
+              int64_t j1, bool partial, bool first, float* st, Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t nc = j1 - j0, dvp = plan.dvp;
   if (blk.few_rows && p.v.dtype != DType::kF32 && !partial) {
     // Decode on reduced V (WithDecodeType; a partial tile, whose hidden
     // keys' V may be NaN, takes the general path below).
     const bool whole = p.shape.value_dim == dvp;  // PvTile reads dvp columns
-    if (p.v.dtype == DType::kI8 && whole) ScaleKeys(p.v_scales, blk, j0, nc, sc);
+    if (p.v.dtype == DType::kI8 && whole) ScaleKeys(p, p.v_scales, blk, j0, nc, st);
     const bool in_place = WithDecodeType(p.v.dtype, whole, [&](auto tag) {
       using T = ElementOf<decltype(tag)>;
-      const T* v = static_cast<const T*>(ValidProblem::Row(p.v, blk.b, blk.kvh, j0));
-      PvTile<T>(sc.st, blk.sj, blk.sr, v, p.v.strides.row, nc, blk.nrows, dvp / N, !first, sc.o,
-                dvp);
+      const T* v = static_cast<const T*>(p.KvRow(p.v, blk.b, blk.kvh, j0));
+      PvTile<T>(st, blk.sj, blk.sr, v, p.v.strides.row, nc, blk.nrows, dvp / N, !first, sc.o, dvp);
     });
     if (in_place) return;
     for (int64_t c = 0; c < nc; c += kDecodeChunk) {
       const int64_t n = std::min(kDecodeChunk, nc - c);
       int64_t vs;
       const float* v = TileValues(p, plan, blk, j0 + c, n, sc, &vs);
-      PvTile(sc.st + c * blk.sj, blk.sj, blk.sr, v, vs, n, blk.nrows, dvp / N, !first || c > 0,
-             sc.o, dvp);
+      PvTile(st + c * blk.sj, blk.sj, blk.sr, v, vs, n, blk.nrows, dvp / N, !first || c > 0, sc.o,
+             dvp);
     }
     return;
   }
   int64_t vs;
   const float* v = TileValues(p, plan, blk, j0, nc, sc, &vs);
   if (partial && !TileValuesFinite(v, vs, nc, dvp)) {
-    return PvVisibleOnly(blk, j0, j1, v, vs, dvp, first, sc);
+    return PvVisibleOnly(blk, j0, j1, st, v, vs, dvp, first, sc);
   }
-  PvTile(sc.st, blk.sj, blk.sr, v, vs, nc, blk.nrows, dvp / N, !first, sc.o, dvp);
+  PvTile(st, blk.sj, blk.sr, v, vs, nc, blk.nrows, dvp / N, !first, sc.o, dvp);
+}
+
+// O (+)= P·V over a tile, run by run (ForEachKvRun); the first run of the
+// first tile writes O.
+void F32Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0, int64_t j1,
+           bool partial, bool first, Scratch& sc) {
+  ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
+    F32PvRun(p, plan, blk, r0, r1, partial, first && r0 == j0, sc.st + (r0 - j0) * blk.sj, sc);
+  });
 }
 
 // True when the nc bf16 rows of dv elements at v (stride vs) are all finite.
@@ -605,7 +647,7 @@ void Bf16PvVisibleOnly(const Block& blk, int64_t j0, int64_t j1, const uint16_t*
 // O (+)= P·V: K read in place, V and P paired into sc.vp and sc.st.
 void Bf16Scores(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc, Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
-  const auto* k = static_cast<const uint16_t*>(ValidProblem::Row(p.k, blk.b, blk.kvh, j0));
+  const auto* k = static_cast<const uint16_t*>(p.KvRow(p.k, blk.b, blk.kvh, j0));
   blk.pairs->score_tile(reinterpret_cast<const uint32_t*>(sc.qt), k, p.k.strides.row, nc,
                         p.shape.head_dim, blk.rp / N, p.scale, sc.st);
 }
@@ -613,7 +655,7 @@ void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, in
             int64_t j1, bool partial, bool first, Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t nc = j1 - j0, dv = p.shape.value_dim, vs = p.v.strides.row;
-  const auto* v = static_cast<const uint16_t*>(ValidProblem::Row(p.v, blk.b, blk.kvh, j0));
+  const auto* v = static_cast<const uint16_t*>(p.KvRow(p.v, blk.b, blk.kvh, j0));
   if (partial && !Bf16ValuesFinite(v, vs, nc, dv)) {
     return Bf16PvVisibleOnly(blk, j0, j1, v, vs, dv, plan.dvp, first, sc);
   }
@@ -793,8 +835,10 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
   // bf16 Q, K and V go on VDPBF16PS when the CPU has AVX512_BF16 and this is
   // the 16-lane target the pair tiles are laid out for; otherwise through
   // fp32 (converted tiles).
-  const bool all_bf16 =
-      p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 && p.v.dtype == DType::kBF16;
+  // (Not for a paged cache: the pair kernels take a tile's K and V rows at
+  // one stride; paged tiles take the converted path, run by run.)
+  const bool all_bf16 = p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 &&
+                        p.v.dtype == DType::kBF16 && !p.kv_pages;
   const ukernels::Bf16Kernels* bf16 = all_bf16 && hn::Lanes(DF()) == 16 && !PortablePathForced()
                                           ? ukernels::Bf16KernelsForCpu()
                                           : nullptr;
@@ -899,6 +943,7 @@ extern const Variant flash_variant = {
     .deterministic = true,
     .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
     .modifiers = kAllModifiers,
+    .paged_kv = true,
     .backward = {.run = RunFlashBackward,
                  .workspace_bytes = FlashBackwardWorkspaceBytes,
                  .materializes_scores = false},

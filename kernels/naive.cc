@@ -344,6 +344,7 @@ extern const Variant naive_variant = {
     .deterministic = true,
     .dtypes = {.q = kFloatDTypes, .kv = kAllDTypes, .o = kFloatDTypes},
     .modifiers = kAllModifiers,
+    .paged_kv = true,
     .backward = {.run = RunNaiveBackward,
                  .workspace_bytes = NaiveBackwardWorkspaceBytes,
                  .materializes_scores = true},

@@ -438,6 +438,60 @@ Status CheckSequences(const Mask& m, const Shape& s, std::vector<Extent>& inputs
   return Status::Ok();
 }
 
+// A paged K/V cache (kernels/problem.h, "Paged K/V"): sizes, a table of B
+// rows long enough for Lk, and every entry a sequence's keys need naming a
+// block of the pool. Appends the table to `inputs`.
+Status CheckPages(const Problem& p, std::vector<Extent>& inputs) {
+  if (!p.kv_pages) return Status::Ok();
+  const KvPages& pages = *p.kv_pages;
+  const Shape& s = p.shape;
+  if (p.mask.sequences) {
+    return InvalidArgument("a paged K/V cache does not combine with packed sequences");
+  }
+  if (pages.block_size < 1 || pages.block_size > kMaxTensorElements) {
+    return InvalidArgument(Field("block_size", pages.block_size) + " must be >= 1");
+  }
+  if (pages.num_blocks < 1 || pages.num_blocks > kMaxTensorElements) {
+    return InvalidArgument(Field("num_blocks", pages.num_blocks) + " must be >= 1");
+  }
+  const auto table_size = Mul(s.batch, pages.blocks_per_sequence);
+  if (pages.blocks_per_sequence < 0 || !table_size ||
+      int64_t(pages.block_table.size()) != *table_size) {
+    return InvalidArgument("block_table has " + std::to_string(pages.block_table.size()) +
+                           " entries, needs B*blocks_per_sequence=" + std::to_string(s.batch) +
+                           "*" + std::to_string(pages.blocks_per_sequence));
+  }
+  const auto capacity = Mul(pages.blocks_per_sequence, pages.block_size);
+  if (capacity && *capacity < s.kv_len) {
+    return InvalidArgument("block_table holds " + std::to_string(pages.blocks_per_sequence) +
+                           " blocks of " + std::to_string(pages.block_size) +
+                           " keys per sequence, fewer than " + Field("Lk", s.kv_len));
+  }
+  if (!pages.block_table.empty() && pages.block_table.data() == nullptr) {
+    return InvalidArgument("block_table is null");
+  }
+  for (int64_t b = 0; b < s.batch; ++b) {
+    // Key lengths are checked after this: clamp to Lk.
+    int64_t keys = s.kv_len;
+    if (p.mask.key_lengths && int64_t(p.mask.key_lengths->size()) == s.batch) {
+      keys = std::clamp<int64_t>((*p.mask.key_lengths)[b], 0, s.kv_len);
+    }
+    const int64_t needed = (keys + pages.block_size - 1) / pages.block_size;
+    for (int64_t x = 0; x < needed; ++x) {
+      const int32_t block = pages.block_table[b * pages.blocks_per_sequence + x];
+      if (block < 0 || block >= pages.num_blocks) {
+        return InvalidArgument("block_table[" + std::to_string(b) + "][" + std::to_string(x) +
+                               "]=" + std::to_string(block) + " is outside the pool of " +
+                               Field("num_blocks", pages.num_blocks) + " (sequence " +
+                               std::to_string(b) + " has " + std::to_string(keys) + " keys)");
+      }
+    }
+  }
+  inputs.push_back(
+      Contiguous("block_table", pages.block_table.data(), pages.block_table.size_bytes()));
+  return Status::Ok();
+}
+
 // Every check of Validate, handing back the extents of the problem's inputs
 // and outputs (ValidateGrad checks the gradients against them).
 static Status CheckProblem(const Problem& p, std::vector<Extent>& inputs,
@@ -474,9 +528,14 @@ static Status CheckProblem(const Problem& p, std::vector<Extent>& inputs,
   auto bytes = [](DType t) { return int64_t(DTypeBytes(t)); };
   ATTN_RETURN_IF_ERROR(CheckTensor("Q", p.q.data, p.q.strides, s.batch, s.heads, s.q_len,
                                    s.head_dim, bytes(p.q.dtype), &inputs[0]));
-  ATTN_RETURN_IF_ERROR(CheckTensor("K", p.k.data, p.k.strides, s.batch, s.kv_heads, s.kv_len,
+  // K and V: [B, Hkv, Lk] rows, or a pool [num_blocks, Hkv, block_size] of
+  // them (CheckPages checks the paging itself).
+  const int64_t kv_batch = p.kv_pages ? p.kv_pages->num_blocks : s.batch;
+  const int64_t kv_rows = p.kv_pages ? p.kv_pages->block_size : s.kv_len;
+  ATTN_RETURN_IF_ERROR(CheckPages(p, inputs));
+  ATTN_RETURN_IF_ERROR(CheckTensor("K", p.k.data, p.k.strides, kv_batch, s.kv_heads, kv_rows,
                                    s.head_dim, bytes(p.k.dtype), &inputs[1]));
-  ATTN_RETURN_IF_ERROR(CheckTensor("V", p.v.data, p.v.strides, s.batch, s.kv_heads, s.kv_len,
+  ATTN_RETURN_IF_ERROR(CheckTensor("V", p.v.data, p.v.strides, kv_batch, s.kv_heads, kv_rows,
                                    s.value_dim, bytes(p.v.dtype), &inputs[2]));
   ATTN_RETURN_IF_ERROR(CheckTensor("O", p.o.data, p.o.strides, s.batch, s.heads, s.q_len,
                                    s.value_dim, bytes(p.o.dtype), &o_extent));
@@ -488,7 +547,7 @@ static Status CheckProblem(const Problem& p, std::vector<Extent>& inputs,
     st.elem = 1;
     inputs.emplace_back();
     ATTN_RETURN_IF_ERROR(
-        CheckTensor(name, scales->data, st, s.batch, s.kv_heads, s.kv_len, 1, 4, &inputs.back()));
+        CheckTensor(name, scales->data, st, kv_batch, s.kv_heads, kv_rows, 1, 4, &inputs.back()));
   }
   ATTN_RETURN_IF_ERROR(
       CheckNoSelfOverlap("O", p.o.strides, s.batch, s.heads, s.q_len, s.value_dim));
@@ -631,6 +690,7 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
   v.scale = p.scale ? *p.scale : static_cast<float>(1.0 / std::sqrt(double(s.head_dim)));
   v.mask = m;
   v.modifiers = p.modifiers;
+  v.kv_pages = p.kv_pages;
   // Windows wider than the whole problem are equivalent to the whole problem;
   // clamping keeps i + off +- window inside int64.
   const int64_t reach = s.q_len + s.kv_len;
@@ -723,6 +783,9 @@ StatusOr<ValidGradProblem> ValidateGrad(const GradProblem& g) {
   ATTN_RETURN_IF_ERROR(CheckProblem(g.forward, inputs, outputs));
   const Problem& p = g.forward;
   const Shape& s = p.shape;
+  if (p.kv_pages) {
+    return InvalidArgument("the backward does not take a paged K/V cache (kv_pages)");
+  }
   const int64_t rows = s.batch * s.heads * s.q_len;  // fits: Validate checked B*H*Lq*Lk
   if (p.lse.empty() && rows > 0) {
     return InvalidArgument("lse is required by the backward (the forward's logsumexp, B*H*Lq=" +

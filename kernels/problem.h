@@ -58,6 +58,19 @@
 // mask (an [Lq, Lk] mask is what packing avoids). Run executes each sequence
 // as a problem of its own (SequenceProblem below): work and time follow the
 // real tokens, and no kernel ever sees a packed problem.
+// Paged K/V (Problem::kv_pages; vLLM's layout): K and V (and an int8 K's or
+// V's row scales) are pools of num_blocks blocks of block_size keys,
+// [num_blocks, Hkv, block_size, d]: their strides' `batch` steps from block
+// to block (a contiguous pool: Strides::BHLD(Hkv, block_size, d)). Key j of
+// batch b is row j % block_size of block block_table[b][j / block_size]
+// (block_table is [B, blocks_per_sequence], row-major). Lk is the longest a
+// sequence may be (<= blocks_per_sequence·block_size) and key_lengths, as
+// usual, each sequence's length; the table's entries past the blocks a
+// sequence's keys need are never read (vLLM pads them with -1 or 0), the
+// others must name a block of the pool. Blocks may come in any order and be
+// shared by several sequences (a common prefix). Everything else (masks,
+// modifiers, dtypes, lse) is as for contiguous K/V. Not with packed
+// sequences, nor for the backward (a training step has no KV cache).
 // Causal, window and key lengths are *structural*: a hidden key is never read,
 // so nothing in its K or V row can reach the query. The additive mask is
 // arithmetic: a -inf entry gives weight exactly 0, but (IEEE 0 * NaN = NaN)
@@ -228,6 +241,14 @@ uint8_t ModifiersOf(const ScoreModifiers& m);
 // "softcap, alibi" for a set; "none" when empty.
 std::string ModifierNames(uint8_t set);
 
+// A paged K/V cache (see "Paged K/V").
+struct KvPages {
+  std::span<const int32_t> block_table;  // [B, blocks_per_sequence] block indexes
+  int64_t blocks_per_sequence = 0;
+  int64_t block_size = 0;  // keys per block
+  int64_t num_blocks = 0;  // blocks in the K and V pools
+};
+
 struct Problem {
   Shape shape;
   TensorRef<const void> q, k, v;  // Q f32/bf16/f16; K, V any DType
@@ -236,8 +257,9 @@ struct Problem {
   std::optional<float> scale;     // default 1/sqrt(head_dim)
   Mask mask;
   ScoreModifiers modifiers;
-  std::span<float> lse;      // optional output, B*H*Lq entries
-  std::span<float> weights;  // optional output, B*H*Lq*Lk entries
+  std::optional<KvPages> kv_pages;  // K, V (and their scales) are block pools
+  std::span<float> lse;             // optional output, B*H*Lq entries
+  std::span<float> weights;         // optional output, B*H*Lq*Lk entries
 };
 
 // Element types of Q, K, V, O (all fp32 by default).
@@ -275,6 +297,7 @@ class ValidProblem {
   float scale = 0.0f;
   Mask mask;
   ScoreModifiers modifiers;
+  std::optional<KvPages> kv_pages;
   std::span<float> lse;
   std::span<float> weights;
   int64_t group = 1;        // H / Hkv: query heads per kv head
@@ -299,10 +322,30 @@ class ValidProblem {
     return static_cast<const float*>(Row(q, b, h, i));
   }
   const float* KRow(int64_t b, int64_t kvh, int64_t j) const {
-    return static_cast<const float*>(Row(k, b, kvh, j));
+    return static_cast<const float*>(KvRow(k, b, kvh, j));
   }
   const float* VRow(int64_t b, int64_t kvh, int64_t j) const {
-    return static_cast<const float*>(Row(v, b, kvh, j));
+    return static_cast<const float*>(KvRow(v, b, kvh, j));
+  }
+  // Element offset of key j's row of batch b, kv head kvh in a K or V view
+  // (or their scales) of these strides: through the block table when K/V are
+  // paged.
+  int64_t KvOffset(const Strides& st, int64_t b, int64_t kvh, int64_t j) const {
+    if (!kv_pages) return b * st.batch + kvh * st.head + j * st.row;
+    const KvPages& pages = *kv_pages;
+    const int64_t block = pages.block_table[b * pages.blocks_per_sequence + j / pages.block_size];
+    return block * st.batch + kvh * st.head + (j % pages.block_size) * st.row;
+  }
+  // Address of key j's row of K or V (k or v), whatever its DType, paged or
+  // not. Rows j..KvRunEnd(j)-1 follow it at strides.row.
+  const void* KvRow(const TensorRef<const void>& t, int64_t b, int64_t kvh, int64_t j) const {
+    return static_cast<const char*>(t.data) + KvOffset(t.strides, b, kvh, j) * DTypeBytes(t.dtype);
+  }
+  // One past the last key of the contiguous run that key j starts: the end of
+  // its block when paged, else no end.
+  int64_t KvRunEnd(int64_t j) const {
+    if (!kv_pages) return std::numeric_limits<int64_t>::max();
+    return (j / kv_pages->block_size + 1) * kv_pages->block_size;
   }
   float* ORow(int64_t b, int64_t h, int64_t i) const {
     return static_cast<float*>(Row(o, b, h, i));
@@ -372,10 +415,10 @@ class ValidProblem {
   // VisibleKeys of row i of a packed problem: its sequence's keys, under
   // the sequence's own diagonal (problem.cc).
   KeyRange SequenceVisibleKeys(int64_t i) const;
-  static float ScaleAt(const TensorRef<const void>& t, const RowScales& s, int64_t b, int64_t h,
-                       int64_t j) {
+  float ScaleAt(const TensorRef<const void>& t, const RowScales& s, int64_t b, int64_t h,
+                int64_t j) const {
     if (t.dtype != DType::kI8) return 1.0f;
-    return s.data[b * s.strides.batch + h * s.strides.head + j * s.strides.row];
+    return s.data[KvOffset(s.strides, b, h, j)];
   }
 };
 

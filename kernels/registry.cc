@@ -70,6 +70,10 @@ std::string ModifierVariantNames(uint8_t set) {
   return NamesWhere([set](const Variant& v) { return (v.modifiers & set) == set; });
 }
 
+std::string PagedVariantNames() {
+  return NamesWhere([](const Variant& v) { return v.paged_kv; });
+}
+
 size_t DefaultMemoryBudgetBytes() {
   if (const char* env = std::getenv("ATTNLAB_MEMORY_BUDGET")) {
     if (auto bytes = ParseBytes(env)) return *bytes;
@@ -148,6 +152,11 @@ StatusOr<ValidProblem> Prepare(const Variant& variant, const Problem& problem,
     return Unimplemented("score modifiers: variant " + std::string(variant.name) +
                          " does not apply " + ModifierNames(missing) +
                          " (variants that do: " + ModifierVariantNames(missing) + ")");
+  }
+  if (problem.kv_pages && !variant.paged_kv) {
+    return Unimplemented("paged K/V: variant " + std::string(variant.name) +
+                         " reads contiguous K and V only (variants that read a paged cache: " +
+                         PagedVariantNames() + ")");
   }
   ATTN_RETURN_IF_ERROR(CheckThreads(options));
   if (!problem.weights.empty() && !variant.supports_weights) {

@@ -69,6 +69,9 @@ struct Variant {
   // The score modifiers it applies (kernels/problem.h: kSoftcap | kAlibi |
   // kSinks); Prepare refuses a problem using any other, naming it.
   uint8_t modifiers = 0;
+  // Reads K and V through a paged cache's block table (Problem::kv_pages);
+  // Prepare refuses a paged problem otherwise.
+  bool paged_kv = false;
   // The backward pass (dQ, dK, dV; fp32), where the variant has one: null
   // members mean it has none. Every mask kind, key lengths, GQA, dk != dv.
   struct Backward {
@@ -97,6 +100,8 @@ std::string VariantNames();
 std::string BackwardVariantNames();
 // "naive, flash": the variants that apply every modifier in `set`.
 std::string ModifierVariantNames(uint8_t set);
+// "naive, flash, auto": the variants that read a paged K/V cache.
+std::string PagedVariantNames();
 
 // The memory budget a variant's declared workspace is checked against:
 // ATTNLAB_MEMORY_BUDGET (bytes, or with a K/M/G suffix) if set, else

@@ -149,6 +149,7 @@ struct Options {
   std::optional<py::array> additive;     // [b, h, Lq, Lk] float32, b in {1, B}, h in {1, H}
   std::optional<py::array> key_lengths;  // [B] int32
   std::optional<py::array> cu_seqlens_q, cu_seqlens_k;  // [S + 1] int32 (packed sequences)
+  std::optional<py::array> block_table;                 // [B, blocks] int32: k, v are block pools
   std::optional<float> scale;
   std::optional<py::array> k_scales, v_scales;  // [B, Hkv, Lk] float32 views (i8 K, V)
   bool top_left = false;                        // Diagonal::kTopLeft
@@ -205,8 +206,15 @@ std::span<const int32_t> Int32Span(const py::array& a, const char* name) {
 Problem MakeProblem(const py::array& q, const py::array& k, const py::array& v, py::array& o,
                     const std::vector<std::string>& dtypes, Options& opt, bool o_is_input = false) {
   if (dtypes.size() != 4) throw py::value_error("internal: want 4 dtypes (q, k, v, o)");
-  ExpectDim(k, 0, q.shape(0), "k", "B", "q");
-  ExpectDim(v, 0, q.shape(0), "v", "B", "q");
+  // A paged cache's k and v are pools [num_blocks, Hkv, block_size, d]: their
+  // first dimension is the pool's, and Lk the table's capacity.
+  const bool paged = opt.block_table.has_value();
+  if (paged) {
+    ExpectDim(v, 0, k.shape(0), "v", "num_blocks", "k");
+  } else {
+    ExpectDim(k, 0, q.shape(0), "k", "B", "q");
+    ExpectDim(v, 0, q.shape(0), "v", "B", "q");
+  }
   ExpectDim(v, 1, k.shape(1), "v", "Hkv", "k");
   ExpectDim(v, 2, k.shape(2), "v", "Lk", "k");
   ExpectDim(k, 3, q.shape(3), "k", "dk", "q");
@@ -216,6 +224,18 @@ Problem MakeProblem(const py::array& q, const py::array& k, const py::array& v, 
   ExpectDim(o, 3, v.shape(3), "out", "dv", "v");
   Problem p;
   p.shape = {q.shape(0), q.shape(1), k.shape(1), q.shape(2), k.shape(2), q.shape(3), v.shape(3)};
+  if (paged) {
+    const py::array& t = *opt.block_table;
+    if (!py::isinstance<py::array_t<int32_t>>(t) || t.ndim() != 2 ||
+        !(t.flags() & py::array::c_style)) {
+      throw py::value_error("internal: block_table must be a contiguous int32 matrix");
+    }
+    p.kv_pages = KvPages{{static_cast<const int32_t*>(t.data()), static_cast<size_t>(t.size())},
+                         t.shape(1),
+                         k.shape(2),
+                         k.shape(0)};
+    p.shape.kv_len = t.shape(1) * k.shape(2);
+  }
   p.q = Input(q, "q", dtypes[0]);
   p.k = Input(k, "k", dtypes[1]);
   p.v = Input(v, "v", dtypes[2]);
@@ -397,6 +417,7 @@ py::list Variants() {
       if (v->modifiers & bit) modifiers.push_back(ModifierNames(bit));
     }
     d["modifiers"] = modifiers;
+    d["paged_kv"] = v->paged_kv;
     py::dict dtypes;
     dtypes["q"] = DTypeNames(v->dtypes.q);
     dtypes["kv"] = DTypeNames(v->dtypes.kv);
@@ -421,6 +442,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("key_lengths", &Options::key_lengths)
       .def_readwrite("cu_seqlens_q", &Options::cu_seqlens_q)
       .def_readwrite("cu_seqlens_k", &Options::cu_seqlens_k)
+      .def_readwrite("block_table", &Options::block_table)
       .def_readwrite("scale", &Options::scale)
       .def_readwrite("k_scales", &Options::k_scales)
       .def_readwrite("v_scales", &Options::v_scales)

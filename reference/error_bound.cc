@@ -57,7 +57,7 @@ RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
   for (int64_t j = 0; j < s.kv_len; ++j) {
     if (!KeyVisible(p, b, i, j)) continue;
     ++visible;
-    LoadRow(p.k, p.k_scales, b, kvh, j, s.head_dim, k.data());
+    LoadKvRow(p, /*value=*/false, b, kvh, j, k.data());
     double abs_dot = 0;
     for (int64_t d = 0; d < s.head_dim; ++d) abs_dot += std::fabs(q[d] * k[d]);
     // The ALiBi bias: its magnitude like a mask entry's (slope·(j - i - off)
@@ -74,7 +74,7 @@ RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
       a += std::fabs(add);
     }
     logit_magnitude = std::max(logit_magnitude, a);
-    LoadRow(p.v, p.v_scales, b, kvh, j, s.value_dim, v.data());
+    LoadKvRow(p, /*value=*/true, b, kvh, j, v.data());
     for (int64_t d = 0; d < s.value_dim; ++d) v_max = std::max(v_max, std::fabs(v[d]));
   }
   // Reduced precision (kernels/problem.h, "Element types"): Q·Kᵀ operands

@@ -21,6 +21,18 @@ void LoadRow(const TensorRef<const void>& t, const RowScales& scales, int64_t b,
   }
 }
 
+void LoadKvRow(const Problem& p, bool value, int64_t b, int64_t kvh, int64_t j, double* out) {
+  const TensorRef<const void>& t = value ? p.v : p.k;
+  const RowScales& scales = value ? p.v_scales : p.k_scales;
+  const int64_t n = value ? p.shape.value_dim : p.shape.head_dim;
+  if (!p.kv_pages) return LoadRow(t, scales, b, kvh, j, n, out);
+  // Paged: the pool's leading dimension is the block; key j is row
+  // j % block_size of the sequence's (j / block_size)-th block.
+  const KvPages& pages = *p.kv_pages;
+  const int64_t block = pages.block_table[b * pages.blocks_per_sequence + j / pages.block_size];
+  LoadRow(t, scales, block, kvh, j % pages.block_size, n, out);
+}
+
 // off of kernels/problem.h: where query row 0's diagonal meets the keys.
 int64_t DiagonalOffset(const Shape& s, const Mask& mask) {
   return mask.diagonal == Diagonal::kTopLeft ? 0 : s.kv_len - s.q_len;
@@ -114,7 +126,7 @@ StatusOr<Result> Attention(const Problem& p, bool with_weights) {
         for (int64_t j = 0; j < s.kv_len; ++j) {
           visible[j] = KeyVisible(p, b, i, j);
           if (!visible[j]) continue;
-          LoadRow(p.k, p.k_scales, b, kvh, j, s.head_dim, k.data());
+          LoadKvRow(p, /*value=*/false, b, kvh, j, k.data());
           double dot = 0;
           for (int64_t d = 0; d < s.head_dim; ++d) dot += q[d] * k[d];
           const double logit =
@@ -138,7 +150,7 @@ StatusOr<Result> Attention(const Problem& p, bool with_weights) {
           const double w = std::exp(logits[j] - max);
           logits[j] = w;
           sum += w;
-          LoadRow(p.v, p.v_scales, b, kvh, j, s.value_dim, v.data());
+          LoadKvRow(p, /*value=*/true, b, kvh, j, v.data());
           for (int64_t d = 0; d < s.value_dim; ++d) o[d] += w * v[d];
         }
         for (int64_t d = 0; d < s.value_dim; ++d) o[d] /= sum;
@@ -179,8 +191,20 @@ F64Problem ToF64(const Problem& p) {
   f.scale = p.scale ? double(*p.scale) : 1.0 / std::sqrt(double(s.head_dim));
   f.mask = p.mask;
   f.q = LoadTensor(p.q, {}, s.batch, s.heads, s.q_len, s.head_dim);
-  f.k = LoadTensor(p.k, p.k_scales, s.batch, s.kv_heads, s.kv_len, s.head_dim);
-  f.v = LoadTensor(p.v, p.v_scales, s.batch, s.kv_heads, s.kv_len, s.value_dim);
+  // K and V through LoadKvRow: contiguous copies of a paged cache too.
+  for (const bool value : {false, true}) {
+    const int64_t dim = value ? s.value_dim : s.head_dim;
+    std::vector<double>& out = value ? f.v : f.k;
+    out.resize(s.batch * s.kv_heads * s.kv_len * dim);
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (int64_t h = 0; h < s.kv_heads; ++h)
+        for (int64_t j = 0; j < s.kv_len; ++j) {
+          // Keys past a key length are never read (a paged cache may have no
+          // block for them): 0.
+          if (p.mask.key_lengths && j >= (*p.mask.key_lengths)[b]) continue;
+          LoadKvRow(p, value, b, h, j, &out[((b * s.kv_heads + h) * s.kv_len + j) * dim]);
+        }
+  }
   return f;
 }
 

@@ -32,6 +32,12 @@ StatusOr<Result> Attention(const Problem& problem, bool with_weights = false);
 void LoadRow(const TensorRef<const void>& t, const RowScales& scales, int64_t b, int64_t h,
              int64_t i, int64_t n, double* out);
 
+// Row j of K (value = false) or V (value = true) seen by batch b, kv head
+// kvh, as exact doubles (dk or dv of them): through the block table when the
+// problem's K/V are paged (kernels/problem.h, "Paged K/V"), written again
+// from that definition.
+void LoadKvRow(const Problem& problem, bool value, int64_t b, int64_t kvh, int64_t j, double* out);
+
 // True when query row i of batch b may read key j under the structural masks
 // (causal, sliding window, key lengths), per kernels/problem.h.
 bool KeyVisible(const Problem& problem, int64_t b, int64_t i, int64_t j);

@@ -1537,13 +1537,47 @@ class Report:
     self.add(md_table(["case", "variant", "packed (ms)", "padded (ms)", "speedup",
                        "padded_mask (ms)", "speedup", "path"], rows), "")
 
+  # ---- paged K/V decode: each block size against contiguous decode of the same shape
+  PAGED_TARGET = 0.95  # issue 20: paged decode >= 0.95x contiguous at block size >= 16
+
+  def paged_section(self):
+    cases = [c for c in self.f32_cases() if c.scenario == "paged" and c.is_variant]
+    if not cases:
+      return
+    self.add("## Paged K/V decode", "",
+             "Decode (one query per head) with K and V in a paged cache of `bs`-key blocks, "
+             "shuffled through the pool (bench/bench_common.h, PageKv), against the same "
+             "variant's contiguous decode case of the same Lk, d and Hkv in the same run: the "
+             "same bytes, read block by block. Speed = contiguous time / paged time. Target "
+             f"(issue 20): >= {self.PAGED_TARGET:.2f} at block size >= 16.", "")
+    plain = {(c.source, c.variant, c.key_without()): c for c in self.f32_cases()
+             if c.is_variant and c.scenario == "decode"}
+    rows = []
+    for c in sorted(cases, key=lambda c: (c.source, c.variant, int(c.params.get("Lk", 0)),
+                                          int(c.params.get("Hkv", 0)),
+                                          int(c.params.get("bs", 0)))):
+      base = plain.get((c.source, c.variant,
+                        c.key_without("bs").replace("paged/", "decode/", 1)))
+      where = (f"{c.source}: " if self.multi_host else "") + params_label(c.params, ("bs",))
+      if not c.ok or base is None or not base.ok:
+        rows.append([where, c.variant, c.params.get("bs", ""), c.error or "", "",
+                     "no contiguous case" if base is None else (base.error or ""), ""])
+        continue
+      speed = base.time_s / c.time_s
+      flag = "" if speed >= self.PAGED_TARGET else " (under target)"
+      rows.append([where, c.variant, c.params.get("bs", ""), fmt_time(c.time_s),
+                   fmt_time(base.time_s), fmt_num(speed, 3) + flag,
+                   fmt_num(c.counter("GBps")) if c.counter("GBps") else ""])
+    self.add(md_table(["case", "variant", "block size", "paged (ms)", "contiguous (ms)",
+                       "speed", "paged GB/s"], rows), "")
+
   # ---- other scenarios (gqa, window, cross, ...: whatever the JSON holds)
   def scenario_section(self):
     self.add("## Other scenarios", "")
     scen = sorted({c.scenario for c in self.f32_cases()
                    if c.scenario and c.scenario != "decode" and c.is_variant
                    and c.scenario not in self.MODIFIER_SCENARIOS
-                   and c.scenario not in self.VARLEN_SCENARIOS})
+                   and c.scenario not in self.VARLEN_SCENARIOS and c.scenario != "paged"})
     if not scen:
       self.add(NOT_IN_RUN, "")
       return
@@ -2034,6 +2068,7 @@ def write_report(args):
     rep.decode_section()
     rep.modifier_section()
     rep.varlen_section()
+    rep.paged_section()
     rep.scenario_section()
     rep.precision_section()
     rep.layer_section()

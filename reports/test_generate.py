@@ -1705,6 +1705,34 @@ def test_varlen(work, doc):
         "Other scenarios leaves the varlen scenarios to their own section")
 
 
+def test_paged(work, doc):
+  """paged decode cases (issue 20) beside a contiguous decode case: the Paged K/V decode
+  section divides the decode time by each block size's (0.97 meets the 0.95 target, 0.8 is
+  flagged under it), a paged case without its decode case says so, and Other scenarios leaves
+  them out."""
+  out = copy.deepcopy(doc)
+  plain = next(e for e in entries(doc) if e.get("run_type") == "iteration" and
+               not e.get("error_occurred") and parse(case_name(e))[0] == "flash" and
+               not parse(case_name(e))[1] and "dtype" not in parse(case_name(e))[2])
+  t = median_times(doc)[case_name(plain)]
+  for name, ratio in (("decode/Lk:3000/d:64/Hkv:8", 1.0), ("paged/Lk:3000/d:64/Hkv:8/bs:16", 1.25),
+                      ("paged/Lk:3000/d:64/Hkv:8/bs:128", 1 / 0.97),
+                      ("paged/Lk:6000/d:64/Hkv:8/bs:16", 1.0)):
+    e = copy.deepcopy(plain)
+    e["name"] = e["run_name"] = f"flash/{name}/threads:1/real_time"
+    e["real_time"] = t * ratio
+    e["GBps"] = 20.0 / ratio  # decode entries carry their bandwidth
+    out["benchmarks"].append(e)
+  text = report_of(work, "paged", out)
+  body = section(text, "## Paged K/V decode")
+  check("0.8 (under target)" in body, f"block size 16 at 0.8x is flagged:\n{body}")
+  check(re.search(r"\| 128 \| [^|]+ \| [^|]+ \| 0\.97 \|", body) is not None,
+        f"block size 128 reads 0.97, not flagged:\n{body}")
+  check("no contiguous case" in body, "a paged case without its decode case says so")
+  other = section(text, "## Other scenarios") if "## Other scenarios" in text else ""
+  check("### paged" not in other, "Other scenarios leaves paged decode to its own section")
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--work-dir", default="/tmp/attnlab-report-test")
@@ -1732,6 +1760,7 @@ def main():
   test_backward_peers(args.work_dir, doc)
   test_modifiers(args.work_dir, doc)
   test_varlen(args.work_dir, doc)
+  test_paged(args.work_dir, doc)
   if failures:
     print(f"{len(failures)} check(s) failed")
     return 1

@@ -145,7 +145,7 @@ bool LogitsRepresentable(const Problem& p, int64_t b, int64_t h, int64_t i) {
   const int64_t kvh = h / (s.heads / s.kv_heads);
   for (int64_t j = 0; j < s.kv_len; ++j) {
     if (!reference::KeyVisible(p, b, i, j)) continue;
-    reference::LoadRow(p.k, p.k_scales, b, kvh, j, s.head_dim, k.data());
+    reference::LoadKvRow(p, /*value=*/false, b, kvh, j, k.data());
     double dot_abs = 0;
     for (int64_t d = 0; d < s.head_dim; ++d) dot_abs += std::fabs(q[d] * k[d]);
     const float m = additive ? additive[j] : 0.0f;

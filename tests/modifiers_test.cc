@@ -216,6 +216,31 @@ TEST(SinkTest, FullyMaskedRowGetsTheSinkAsLse) {
   }
 }
 
+// Modifiers reach the kernels whatever the element types: naive converts
+// reduced-precision inputs to an fp32 copy first (kernels/internal/
+// f32_copy.cc), which once dropped them, so bf16 with softcap ran without it.
+TEST(ModifierDTypeTest, ReducedInputsKeepTheirModifiers) {
+  constexpr DType kBF16 = DType::kBF16, kF32 = DType::kF32, kI8 = DType::kI8;
+  for (const Variant* v : Registry()) {
+    for (const DTypes& dtypes :
+         {DTypes{kBF16, kBF16, kBF16, kBF16}, DTypes{kF32, kI8, kI8, kF32}}) {
+      if (v->modifiers != kAllModifiers || !Takes(*v, dtypes)) continue;
+      ProblemSpec spec = Causal({1, 4, 2, 70, 90, 32, 32});
+      spec.dtypes = dtypes;
+      spec.values = testing::Values::kLargeLogits;  // the softcap saturates: its absence shows
+      ProblemData data(spec);
+      Problem& p = data.problem();
+      ModifierValues values;
+      values.Attach({"all", 5.0f, true, true}, p);
+      ASSERT_TRUE(attn::Run(*v, p, OnThreads(2)).ok()) << v->name;
+      StatusOr<reference::Result> want = reference::Attention(p);
+      ASSERT_TRUE(want.ok());
+      const testing::Comparison cmp = testing::CompareToReference(data, *want);
+      EXPECT_TRUE(cmp.ok) << v->name << " " << Describe(dtypes) << ": " << cmp.first_failure;
+    }
+  }
+}
+
 // Validate names every bad modifier.
 TEST(ModifierValidationTest, NamesTheField) {
   ProblemSpec spec;

@@ -1391,6 +1391,62 @@ class Varlen(Case):
                           "--out", self.path("o.npy"))
 
 
+class Paged(Case):
+    """--block-table: K and V files that are block pools read through the table give what the
+    contiguous K and V give (the numpy fp64 `reference`), for the variants `attnlab list` says
+    read a paged cache; the others refuse naming the feature; a block out of the pool is
+    named."""
+
+    def pooled(self, k, block_size, seed=4):
+        """[B, Hkv, Lk, d] -> pool [num_blocks, Hkv, block_size, d] and table [B, blocks]:
+        every sequence's blocks shuffled through the pool, two spare blocks of NaN."""
+        B, hkv, lk, d = k.shape
+        per = -(-lk // block_size)
+        ids = np.random.default_rng(seed).permutation(B * per + 2)
+        pool = np.full((B * per + 2, hkv, block_size, d), np.nan, k.dtype)
+        table = ids[:B * per].reshape(B, per).astype("<i4")
+        for b in range(B):
+            for x in range(per):
+                rows = k[b, :, x * block_size:(x + 1) * block_size]
+                pool[table[b, x], :, :rows.shape[1]] = rows
+        return pool, table
+
+    def test_decode_and_prefill_against_numpy(self):
+        rc, out, _ = attnlab("list")
+        table_text = out.split("paged K/V cache")[1].split("\n\n")[0].splitlines()[1:]
+        paged = {l.split()[0]: l.split()[1] == "yes" for l in table_text if l.strip()}
+        self.assertTrue(paged.get("flash"), out)
+        # Lk is the table's capacity (3 blocks of 16): the causal diagonal is at Lk - Lq.
+        for lq, mask in ((1, "none"), (5, "causal")):
+            q, k, v = self.qkv(B=2, H=4, Hkv=2, lq=lq, lk=48, dk=16, dv=8, seed=lq)
+            kl = np.array([45, 17], "<i8")
+            kp, table = self.pooled(k, 16)
+            vp, _ = self.pooled(v, 16)
+            want, want_lse, bound, _ = reference(q, k, v, mask, key_lengths=kl)
+            for variant, reads in paged.items():
+                with self.subTest(variant=variant, lq=lq):
+                    args = ["run", "--variant", variant, *self.inputs(q, kp, vp), "--block-table",
+                            self.save("t.npy", table), "--key-lengths", self.save("kl.npy", kl),
+                            "--mask", mask, "--out", self.path("o.npy")]
+                    if not reads:
+                        self.expect_error(r"paged K/V: variant \w+ reads contiguous K and V only",
+                                          *args)
+                        continue
+                    self.expect_ok(*args)
+                    self.assert_close(np.load(self.path("o.npy")), want, bound)
+
+    def test_bad_tables_are_named(self):
+        q, k, v = self.qkv(B=2, H=2, Hkv=2, lq=1, lk=20, dk=8, dv=8)
+        kp, table = self.pooled(k, 8)
+        bad = table.copy()
+        bad[1, 2] = 99
+        files = ["run", "--variant", "flash", *self.inputs(q, kp, kp), "--out", self.path("o.npy")]
+        self.expect_error(r"block_table\[1\]\[2\]=99 is outside the pool of num_blocks=8",
+                          *files, "--block-table", self.save("bad.npy", bad))
+        self.expect_error(r"a block table is \[B=2, blocks per sequence\]", *files,
+                          "--block-table", self.save("flat.npy", table.ravel()))
+
+
 class Grad(Case):
     def grad_files(self, q, k, v, d_o):
         return [*self.inputs(q, k, v), "--do", self.save("do.npy", d_o),

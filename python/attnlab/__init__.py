@@ -265,7 +265,8 @@ class _Call:
 
   def __init__(self, q, k, v, *, layout, mask, key_lengths, scale, threads, memory_budget,
                k_scales=None, v_scales=None, fp32_only=False, softcap=None, alibi_slopes=None,
-               sinks=None, causal_top_left=False, cu_seqlens_q=None, cu_seqlens_k=None):
+               sinks=None, causal_top_left=False, cu_seqlens_q=None, cu_seqlens_k=None,
+               block_table=None):
     if layout not in LAYOUTS:
       raise ValueError(f"layout={layout!r}: want 'bhsd' ([B,H,L,d]) or 'bshd' ([B,L,H,d])")
     self.layout = layout
@@ -292,6 +293,20 @@ class _Call:
       want = "S + 1 offsets (0 first, the packed length last)"
       opt.cu_seqlens_q = _int32_vector(cu_seqlens_q, "cu_seqlens_q", want)
       opt.cu_seqlens_k = _int32_vector(cu_seqlens_k, "cu_seqlens_k", want)
+    self.kv_len = self.k.shape[2]
+    if block_table is not None:
+      if self.rank != 4:
+        raise ValueError("block_table needs rank-4 q, k, v: k and v are then the pools "
+                         "[num_blocks, Hkv, block_size, d] (bhsd) or [num_blocks, block_size, "
+                         "Hkv, d] (bshd)")
+      bt, _ = _as_array(block_table, "block_table")
+      if bt.ndim != 2 or (bt.size and bt.dtype.kind not in "iu"):
+        raise ValueError(f"block_table has shape {bt.shape} and dtype {bt.dtype}: want "
+                         "[B, blocks per sequence] integers")
+      if bt.size and (bt.min() < np.iinfo(np.int32).min or bt.max() > np.iinfo(np.int32).max):
+        raise ValueError("block_table: a value is out of the int32 range")
+      opt.block_table = np.require(bt, np.int32, ["C", "A"])
+      self.kv_len = bt.shape[1] * self.k.shape[2]  # the table's capacity
     if scale is not None:
       opt.scale = float(scale)
     _modifier_options(opt, self.q.shape[1], softcap, alibi_slopes, sinks, causal_top_left)
@@ -304,7 +319,7 @@ class _Call:
   def shape(self):
     """(B, H, Hkv, Lq, Lk, dk, dv)."""
     b, h, lq, dk = self.q.shape
-    return b, h, self.k.shape[1], lq, self.k.shape[2], dk, self.v.shape[3]
+    return b, h, self.k.shape[1], lq, self.kv_len, dk, self.v.shape[3]
 
   def user_shape(self, shape4):
     return _from_bhld_shape(shape4, self.rank, self.layout)
@@ -377,7 +392,7 @@ def attention(q, k, v, *, variant="flash", mask=None, key_lengths=None, scale=No
               layout="bhsd", return_lse=False, threads=None, out=None, k_scales=None,
               v_scales=None, memory_budget=None, softcap=None, alibi_slopes=None, sinks=None,
               causal_top_left=False, cu_seqlens_q=None,
-    cu_seqlens_k=None):
+    cu_seqlens_k=None, block_table=None):
   """Attention O = softmax(Q·Kᵀ·scale + mask)·V with one of attnlab's kernels.
 
   Parameters
@@ -431,6 +446,13 @@ def attention(q, k, v, *, variant="flash", mask=None, key_lengths=None, scale=No
       [cu_k[s], cu_k[s+1]). B must be 1: pass [total, H, d] with layout="bshd" (or
       [H, total, d]). Each sequence attends only to its own keys, with its own diagonal
       (masks, ALiBi); lse is [H, total_q]. Not with key_lengths or an additive mask.
+  block_table : array_like of int, optional
+      A paged K/V cache (vLLM's layout): [B, blocks per sequence] indexes into k and v, which
+      are then rank-4 pools [num_blocks, Hkv, block_size, d] ("bhsd"; [num_blocks, block_size,
+      Hkv, d] for "bshd"). Key j of sequence b is row j % block_size of block
+      block_table[b][j // block_size]; Lk is blocks·block_size and key_lengths gives each
+      sequence's length (entries past a sequence's needed blocks are not read). naive, flash
+      and auto read it (variants()[i].paged_kv); not with packed sequences or grad.
 
   Which variants apply softcap, ALiBi and sinks: attnlab.variants()[i].modifiers (naive and
   flash); the others raise ValueError naming the modifier.
@@ -460,7 +482,8 @@ def attention(q, k, v, *, variant="flash", mask=None, key_lengths=None, scale=No
                threads=threads, memory_budget=memory_budget, k_scales=k_scales,
                v_scales=v_scales, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
                causal_top_left=causal_top_left,
-               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+               block_table=block_table)
   o, lse, _, stats = _forward(call, variant, out, return_lse)
   _ISA["path"] = stats["path"]
   return (o, lse) if return_lse else o
@@ -478,7 +501,7 @@ def _weights_variant(variant):
 def weights(q, k, v, *, variant=None, mask=None, key_lengths=None, scale=None, layout="bhsd",
             threads=None, memory_budget=None, return_output=False, softcap=None,
             alibi_slopes=None, sinks=None, causal_top_left=False, cu_seqlens_q=None,
-    cu_seqlens_k=None):
+    cu_seqlens_k=None, block_table=None):
   """The attention weights P = softmax(Q·Kᵀ·scale + mask), [B, H, Lq, Lk] float32.
 
   With sinks, P covers the keys only (rows sum to less than 1).
@@ -499,7 +522,8 @@ def weights(q, k, v, *, variant=None, mask=None, key_lengths=None, scale=None, l
   call = _Call(q, k, v, layout=layout, mask=mask, key_lengths=key_lengths, scale=scale,
                threads=threads, memory_budget=memory_budget, softcap=softcap,
                alibi_slopes=alibi_slopes, sinks=sinks, causal_top_left=causal_top_left,
-               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+               block_table=block_table)
   # The weights are an output the package allocates: held to the budget like a workspace,
   # before anything is allocated.
   b, h, _, lq, lk, _, _ = call.shape
@@ -516,7 +540,7 @@ def weights(q, k, v, *, variant=None, mask=None, key_lengths=None, scale=None, l
 def reference(q, k, v, *, mask=None, key_lengths=None, scale=None, layout="bhsd",
               return_lse=False, return_weights=False, k_scales=None, v_scales=None,
               softcap=None, alibi_slopes=None, sinks=None, causal_top_left=False, cu_seqlens_q=None,
-    cu_seqlens_k=None):
+    cu_seqlens_k=None, block_table=None):
   """The fp64 reference: attention in double precision on the exact values the inputs hold.
 
   Plain, obviously correct and slow (O(Lq·Lk·d) in one thread): the oracle every kernel is
@@ -528,7 +552,8 @@ def reference(q, k, v, *, mask=None, key_lengths=None, scale=None, layout="bhsd"
                threads=None, memory_budget=None, k_scales=k_scales, v_scales=v_scales,
                softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
                causal_top_left=causal_top_left,
-               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+               block_table=block_table)
   o4, lse4, w4 = _core.reference(call.q, call.k, call.v, call.dtypes("f32"), call.options,
                                  return_weights)
   o = _from_bhld(o4, call)
@@ -603,7 +628,7 @@ class CheckReport(list):
 def check(q, k, v, *, variants=None, mask=None, key_lengths=None, scale=None, layout="bhsd",
           threads=None, memory_budget=None, k_scales=None, v_scales=None, softcap=None,
           alibi_slopes=None, sinks=None, causal_top_left=False, cu_seqlens_q=None,
-    cu_seqlens_k=None):
+    cu_seqlens_k=None, block_table=None):
   """Every variant (or those named) against the fp64 reference, as `attnlab check` does.
 
   Each variant's O and lse are compared element by element with the reference within the
@@ -615,7 +640,8 @@ def check(q, k, v, *, variants=None, mask=None, key_lengths=None, scale=None, la
                threads=threads, memory_budget=memory_budget, k_scales=k_scales,
                v_scales=v_scales, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
                causal_top_left=causal_top_left,
-               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+               block_table=block_table)
   names = [info.name for info in _variants_list()] if variants is None else list(variants)
   _, o4 = call.new_output(call.o_shape4())
   b, h, _, lq, _, _, _ = call.shape
@@ -747,6 +773,7 @@ class VariantInfo:
   has_backward: bool
   dtypes: typing.Dict[str, typing.List[str]]  # {"q": [...], "kv": [...], "o": [...]}
   modifiers: typing.List[str]  # the score modifiers it applies: "softcap", "alibi", "sinks"
+  paged_kv: bool  # reads a paged K/V cache (block_table=)
 
 
 def _variants_list():

@@ -24,7 +24,8 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, variant: 
               alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
               sinks: Optional[npt.ArrayLike] = ...,
               causal_top_left: bool = ...,
-              cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...) -> np.ndarray: ...
+              cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...,
+              block_table: Optional[npt.ArrayLike] = ...) -> np.ndarray: ...
 @overload
 def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, variant: str = ...,
               mask: Mask = ..., key_lengths: Optional[Sequence[int]] = ...,
@@ -36,7 +37,8 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, variant: 
               alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
               sinks: Optional[npt.ArrayLike] = ...,
               causal_top_left: bool = ...,
-              cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...) -> Tuple[np.ndarray, np.ndarray]: ...
+              cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...,
+              block_table: Optional[npt.ArrayLike] = ...) -> Tuple[np.ndarray, np.ndarray]: ...
 def weights(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *,
             variant: Optional[str] = ..., mask: Mask = ...,
             key_lengths: Optional[Sequence[int]] = ..., scale: Optional[float] = ...,
@@ -44,7 +46,8 @@ def weights(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *,
             return_output: bool = ..., softcap: Optional[float] = ...,
             alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
             sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...,
-            cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...
+            cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...,
+            block_table: Optional[npt.ArrayLike] = ...
             ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]: ...
 def reference(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, mask: Mask = ...,
               key_lengths: Optional[Sequence[int]] = ..., scale: Optional[float] = ...,
@@ -52,7 +55,8 @@ def reference(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, mask: Mas
               k_scales: Optional[npt.ArrayLike] = ..., v_scales: Optional[npt.ArrayLike] = ...,
               softcap: Optional[float] = ..., alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
               sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...,
-              cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...
+              cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...,
+              block_table: Optional[npt.ArrayLike] = ...
               ) -> Union[np.ndarray, Tuple[np.ndarray, ...]]: ...
 
 class CheckRow:
@@ -82,7 +86,8 @@ def check(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *,
           k_scales: Optional[npt.ArrayLike] = ..., v_scales: Optional[npt.ArrayLike] = ...,
           softcap: Optional[float] = ..., alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
           sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...,
-          cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...) -> CheckReport: ...
+          cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...,
+          block_table: Optional[npt.ArrayLike] = ...) -> CheckReport: ...
 def grad(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, d_o: npt.ArrayLike, *,
          variant: str = ..., o: Optional[npt.ArrayLike] = ..., lse: Optional[npt.ArrayLike] = ...,
          mask: Mask = ..., key_lengths: Optional[Sequence[int]] = ...,
@@ -106,6 +111,7 @@ class VariantInfo:
     has_backward: bool
     dtypes: Dict[str, List[str]]
     modifiers: List[str]
+    paged_kv: bool
 
 def variants() -> List[VariantInfo]: ...
 def isa_path() -> Optional[str]: ...

@@ -1,0 +1,285 @@
+// Paged K/V caches (kernels/problem.h, "Paged K/V"; vLLM's block pool and
+// block table): every variant that reads one (Variant::paged_kv) matches the
+// fp64 reference, which reads the pool through the table on its own, for
+// block sizes from 1 to 128 with blocks shuffled through the pool and shared
+// between sequences, decode and prefill, GQA, every structural mask, key
+// lengths of 0 and 1, score modifiers (paged + window + sinks) and every
+// element type (flash reads the pool run by run inside its usual Bc-key
+// tiles, so its P·V sums in another association than on a contiguous cache:
+// within the bound, not bit for bit); the other variants refuse with Unimplemented naming the
+// feature; Validate names every bad field.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/registry.h"
+#include "reference/reference.h"
+#include "testing/compare.h"
+#include "testing/grad_data.h"
+#include "testing/problem_data.h"
+
+namespace attn {
+namespace {
+
+using testing::ProblemData;
+using testing::ProblemSpec;
+
+// The K and V rows (and int8 row scales) of a contiguous problem copied into
+// a pool of `block_size`-key blocks: each sequence's blocks in a shuffled
+// order, sequence 1 sharing sequence 0's first block when both start with
+// the same keys (they do not here, so sharing is tested by the reference
+// agreeing on a table that points two sequences at one block: SharedPrefix),
+// two spare blocks never referenced, and -1 past each sequence's needed
+// blocks. The problem then reads the pool.
+class Pool {
+ public:
+  Pool(Problem& p, int64_t block_size, uint64_t seed) : block_size_(block_size) {
+    const Shape& s = p.shape;
+    per_sequence_ = (s.kv_len + block_size - 1) / block_size;
+    std::vector<int32_t> ids(s.batch * per_sequence_ + 2);
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), std::mt19937_64(seed));
+    table_.assign(s.batch * per_sequence_, -1);
+    for (int64_t b = 0; b < s.batch; ++b) {
+      const int64_t keys = p.mask.key_lengths ? (*p.mask.key_lengths)[b] : s.kv_len;
+      for (int64_t x = 0; x < (keys + block_size - 1) / block_size; ++x) {
+        table_[b * per_sequence_ + x] = ids[b * per_sequence_ + x];
+      }
+    }
+    num_blocks_ = int64_t(ids.size());
+    // Copy the rows; rows of unused blocks stay NaN: a kernel that reads one
+    // fails.
+    k_ = CopyIntoPool(p, p.k, p.k_scales, s.head_dim, k_scales_);
+    v_ = CopyIntoPool(p, p.v, p.v_scales, s.value_dim, v_scales_);
+    const Strides pool_k = Strides::BHLD(s.kv_heads, block_size, s.head_dim);
+    const Strides pool_v = Strides::BHLD(s.kv_heads, block_size, s.value_dim);
+    const Strides pool_scales = Strides::BHLD(s.kv_heads, block_size, 1);
+    p.k = {k_.data(), pool_k, p.k.dtype};
+    p.v = {v_.data(), pool_v, p.v.dtype};
+    if (p.k.dtype == DType::kI8) p.k_scales = {k_scales_.data(), pool_scales};
+    if (p.v.dtype == DType::kI8) p.v_scales = {v_scales_.data(), pool_scales};
+    p.kv_pages = KvPages{table_, per_sequence_, block_size, num_blocks_};
+  }
+  std::vector<int32_t>& table() { return table_; }
+
+ private:
+  std::vector<char> CopyIntoPool(const Problem& p, const TensorRef<const void>& t,
+                                 const RowScales& scales, int64_t dim,
+                                 std::vector<float>& pool_scales) {
+    const Shape& s = p.shape;
+    const int64_t bytes = DTypeBytes(t.dtype);
+    const int64_t row_bytes = dim * bytes;
+    std::vector<char> pool(num_blocks_ * s.kv_heads * block_size_ * row_bytes);
+    // NaN bits in every float type (0xFF bytes), -1 in int8.
+    std::fill(pool.begin(), pool.end(), char(0xFF));
+    pool_scales.assign(num_blocks_ * s.kv_heads * block_size_, std::nanf(""));
+    for (int64_t b = 0; b < s.batch; ++b) {
+      for (int64_t x = 0; x < per_sequence_; ++x) {
+        const int32_t block = table_[b * per_sequence_ + x];
+        if (block < 0) continue;
+        for (int64_t h = 0; h < s.kv_heads; ++h) {
+          for (int64_t r = 0; r < block_size_ && x * block_size_ + r < s.kv_len; ++r) {
+            const int64_t j = x * block_size_ + r;
+            const int64_t at = (block * s.kv_heads + h) * block_size_ + r;
+            std::memcpy(pool.data() + at * row_bytes, ValidProblem::Row(t, b, h, j), row_bytes);
+            if (t.dtype == DType::kI8) {
+              pool_scales[at] = scales.data[b * scales.strides.batch + h * scales.strides.head +
+                                            j * scales.strides.row];
+            }
+          }
+        }
+      }
+    }
+    return pool;
+  }
+
+  int64_t block_size_, per_sequence_ = 0, num_blocks_ = 0;
+  std::vector<int32_t> table_;
+  std::vector<char> k_, v_;
+  std::vector<float> k_scales_, v_scales_;
+};
+
+struct Case {
+  const Variant* variant = nullptr;
+  ProblemSpec spec;
+  int64_t block_size = 16;
+  bool modifiers = false;
+  std::string name;
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+std::vector<Case> Cases() {
+  std::vector<Case> cases;
+  for (const Variant* v : Registry()) {
+    int n = 0;
+    auto add = [&](Shape shape, MaskKind mask, std::vector<int32_t> lengths, int64_t block_size,
+                   DTypes dtypes = {}, bool modifiers = false) {
+      Case c;
+      c.variant = v;
+      c.spec.shape = shape;
+      c.spec.mask = mask;
+      c.spec.window_left = 40;
+      c.spec.window_right = 3;
+      c.spec.key_lengths = std::move(lengths);
+      c.spec.dtypes = dtypes;
+      c.spec.seed = 500 + n;
+      c.block_size = block_size;
+      c.modifiers = modifiers;
+      c.name =
+          std::string(v->name) + "_" + std::to_string(n++) + "_bs" + std::to_string(block_size);
+      cases.push_back(c);
+    };
+    // Decode, MHA and GQA-4, lengths crossing blocks and flash's 512-key
+    // tiles and split ranges, an empty and a one-key sequence.
+    for (int64_t bs : {1, 7, 16, 32, 128}) {
+      add({4, 8, 2, 1, 1500, 64, 64}, MaskKind::kNone, {1500, 0, 1, 777}, bs);
+    }
+    add({2, 4, 4, 1, 3000, 128, 128}, MaskKind::kNone, {3000, 2049}, 16);
+    // Prefill and chunked prefill: causal, window (paged + window + sinks).
+    add({2, 4, 2, 130, 300, 32, 32}, MaskKind::kCausal, {300, 140}, 32);
+    add({1, 2, 1, 70, 600, 64, 64}, MaskKind::kSlidingWindow, {}, 16, {}, /*modifiers=*/true);
+    add({2, 8, 2, 3, 520, 64, 64}, MaskKind::kCausal, {520, 64}, 64, {}, /*modifiers=*/true);
+    // Element types: a bf16 and an int8 cache (decode and prefill).
+    constexpr DType kF32 = DType::kF32, kBF16 = DType::kBF16, kI8 = DType::kI8;
+    add({2, 8, 2, 1, 900, 128, 128}, MaskKind::kNone, {900, 33}, 16, {kF32, kBF16, kBF16, kF32});
+    add({2, 8, 2, 1, 900, 128, 128}, MaskKind::kNone, {900, 33}, 32, {kF32, kI8, kI8, kF32});
+    add({1, 4, 4, 100, 100, 64, 64}, MaskKind::kCausal, {}, 16, {kBF16, kBF16, kBF16, kBF16});
+    add({1, 4, 2, 100, 100, 64, 64}, MaskKind::kCausal, {}, 16, {kF32, kI8, kI8, kF32});
+  }
+  return cases;
+}
+
+std::string ParamName(const ::testing::TestParamInfo<Case>& info) { return info.param.name; }
+
+// Sinks and ALiBi slopes for a problem's heads.
+struct ModifierValues {
+  std::vector<float> slopes, sinks;
+  void Attach(Problem& p) {
+    for (int64_t h = 0; h < p.shape.heads; ++h) {
+      slopes.push_back(std::exp2(-8.0f * float(h + 1) / float(p.shape.heads)));
+      sinks.push_back(h == 1 ? -std::numeric_limits<float>::infinity() : 0.5f * float(h));
+    }
+    p.modifiers.alibi_slopes = slopes;
+    p.modifiers.sinks = sinks;
+  }
+};
+
+class PagedTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(PagedTest, MatchesReferenceOrIsRefused) {
+  const Case& c = GetParam();
+  ProblemData data(c.spec);
+  Problem& p = data.problem();
+  ModifierValues values;
+  if (c.modifiers) values.Attach(p);
+  Pool pool(p, c.block_size, c.spec.seed);
+  const Status status = attn::Run(*c.variant, p, OnThreads(2));
+  if (!c.variant->paged_kv) {
+    EXPECT_EQ(status.code(), StatusCode::kUnimplemented) << status.ToString();
+    // Named, unless the variant refused an element type or modifier first.
+    const uint8_t used = ModifiersOf(p.modifiers);
+    if (Takes(*c.variant, DTypesOf(p)) && (c.variant->modifiers & used) == used) {
+      EXPECT_NE(status.message().find("paged K/V"), std::string::npos) << status.message();
+    }
+    return;
+  }
+  if (status.code() == StatusCode::kUnimplemented) GTEST_SKIP() << status.message();
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  StatusOr<reference::Result> want = reference::Attention(p);
+  ASSERT_TRUE(want.ok());
+  const testing::Comparison cmp = testing::CompareToReference(data, *want);
+  EXPECT_TRUE(cmp.ok) << cmp.first_failure << " (worst error/bound " << cmp.worst_bound_ratio
+                      << ")";
+}
+
+INSTANTIATE_TEST_SUITE_P(Registry, PagedTest, ::testing::ValuesIn(Cases()), ParamName);
+
+// Two sequences sharing their first block (a common prompt prefix): the
+// reference and flash agree that both read it.
+TEST(PagedSharingTest, SharedPrefix) {
+  ProblemSpec spec;
+  spec.shape = {2, 2, 2, 1, 40, 16, 16};
+  spec.key_lengths = {40, 40};
+  ProblemData data(spec);
+  Problem& p = data.problem();
+  Pool pool(p, 16, 9);
+  std::vector<int32_t>& table = pool.table();  // [2, 3]
+  table[3] = table[0];                         // sequence 1's first block is sequence 0's
+  for (const char* name : {"naive", "flash"}) {
+    data.Poison();
+    ASSERT_TRUE(attn::Run(name, p, OnThreads(1)).ok()) << name;
+    StatusOr<reference::Result> want = reference::Attention(p);
+    ASSERT_TRUE(want.ok());
+    const testing::Comparison cmp = testing::CompareToReference(data, *want);
+    EXPECT_TRUE(cmp.ok) << name << ": " << cmp.first_failure;
+  }
+}
+
+// Validate names every bad field of a paged cache.
+TEST(PagedValidationTest, NamesTheField) {
+  ProblemSpec spec;
+  spec.shape = {2, 2, 1, 1, 40, 8, 8};
+  spec.key_lengths = {40, 20};
+  ProblemData data(spec);
+  Pool pool(data.problem(), 16, 3);  // 3 blocks per sequence, 8 in the pool
+  const std::vector<int32_t> short_table = {0, 1, 2, 3, 4};
+  const std::vector<int32_t> cu = {0, 1, 2};
+  struct Bad {
+    std::function<void(Problem&)> set;
+    std::string message;
+  };
+  const std::vector<Bad> bad = {
+      {[](Problem& p) { p.kv_pages->block_size = 0; }, "block_size=0 must be >= 1"},
+      {[](Problem& p) { p.kv_pages->num_blocks = 0; }, "num_blocks=0 must be >= 1"},
+      {[&](Problem& p) { p.kv_pages->block_table = short_table; },
+       "block_table has 5 entries, needs B*blocks_per_sequence=2*3"},
+      {[](Problem& p) { p.kv_pages->num_blocks = 2; }, "is outside the pool of num_blocks=2"},
+      {[](Problem& p) { p.kv_pages->block_size = 8; },
+       "block_table holds 3 blocks of 8 keys per sequence, fewer than Lk=40"},
+      {[&](Problem& p) {
+         p.shape.batch = 1;
+         p.shape.q_len = 2;
+         p.mask.key_lengths.reset();
+         p.kv_pages->block_table = p.kv_pages->block_table.first(3);
+         p.mask.sequences = PackedSequences{cu, cu};
+       },
+       "a paged K/V cache does not combine with packed sequences"},
+  };
+  for (const Bad& b : bad) {
+    Problem p = data.problem();
+    b.set(p);
+    const StatusOr<ValidProblem> v = Validate(p);
+    ASSERT_FALSE(v.ok()) << b.message;
+    EXPECT_EQ(v.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(v.status().message().find(b.message), std::string::npos) << v.status().message();
+  }
+  // An entry past a sequence's needed blocks is not read: sequence 1 has 20
+  // keys, 2 blocks; its third entry may be anything.
+  Problem p = data.problem();
+  std::vector<int32_t> table(pool.table());
+  table[5] = 12345;
+  p.kv_pages->block_table = table;
+  EXPECT_TRUE(Validate(p).ok());
+  table[4] = 12345;
+  EXPECT_NE(Validate(p).status().message().find("block_table[1][1]=12345 is outside the pool"),
+            std::string::npos);
+  // The backward takes no paged cache.
+  ASSERT_TRUE(testing::RunForwardForGrad(data).ok());
+  testing::GradData grads(data);
+  const Status s = ValidateGrad(grads.grad_problem()).status();
+  EXPECT_NE(s.message().find("the backward does not take a paged K/V cache"), std::string::npos)
+      << s.ToString();
+}
+
+}  // namespace
+}  // namespace attn
