@@ -1636,6 +1636,13 @@ def signal_after_first_plot(sig, argv, report):
         f"nothing left behind (got {p.returncode}, {err!r}, {hidden})")
 
 
+def plain_flash_entry(doc):
+  """The fixture's first measured fp32 flash sweep entry: what the serving tests copy."""
+  return next(e for e in entries(doc) if e.get("run_type") == "iteration" and
+              not e.get("error_occurred") and parse(case_name(e))[0] == "flash" and
+              not parse(case_name(e))[1] and "dtype" not in parse(case_name(e))[2])
+
+
 def report_of(work, name, doc):
   """The Markdown report generate.py writes for `doc` in a fresh folder `name` of `work`."""
   folder = os.path.join(work, name)
@@ -1651,9 +1658,7 @@ def test_modifiers(work, doc):
   1.5 flagged over it), a case without a plain one says so, and the Other scenarios section
   leaves them out."""
   out = copy.deepcopy(doc)
-  plain = next(e for e in entries(doc) if e.get("run_type") == "iteration" and
-               not e.get("error_occurred") and parse(case_name(e))[0] == "flash" and
-               not parse(case_name(e))[1] and "dtype" not in parse(case_name(e))[2])
+  plain = plain_flash_entry(doc)
   name = case_name(plain)
   ratios = {"softcap": 1.5, "alibi": 1.05}
   for scen, ratio in ratios.items():
@@ -1682,9 +1687,7 @@ def test_varlen(work, doc):
   flagged under it), a packed case without padded ones says so, and Other scenarios leaves
   them out."""
   out = copy.deepcopy(doc)
-  plain = next(e for e in entries(doc) if e.get("run_type") == "iteration" and
-               not e.get("error_occurred") and parse(case_name(e))[0] == "flash" and
-               not parse(case_name(e))[1] and "dtype" not in parse(case_name(e))[2])
+  plain = plain_flash_entry(doc)
   t = median_times(doc)[case_name(plain)]
   for lmax, times in ((64, {"varlen": 1.0, "padded": 2.0, "padded_mask": 5.0}),
                       (128, {"varlen": 1.0, "padded": 1.5, "padded_mask": 2.5}),
@@ -1711,9 +1714,7 @@ def test_paged(work, doc):
   flagged under it), a paged case without its decode case says so, and Other scenarios leaves
   them out."""
   out = copy.deepcopy(doc)
-  plain = next(e for e in entries(doc) if e.get("run_type") == "iteration" and
-               not e.get("error_occurred") and parse(case_name(e))[0] == "flash" and
-               not parse(case_name(e))[1] and "dtype" not in parse(case_name(e))[2])
+  plain = plain_flash_entry(doc)
   t = median_times(doc)[case_name(plain)]
   for name, ratio in (("decode/Lk:3000/d:64/Hkv:8", 1.0), ("paged/Lk:3000/d:64/Hkv:8/bs:16", 1.25),
                       ("paged/Lk:3000/d:64/Hkv:8/bs:128", 1 / 0.97),

@@ -334,4 +334,16 @@ std::vector<ProblemSpec> GridSpecs() {
   return specs;
 }
 
+std::string RefusalMismatch(Problem base, const std::function<void(Problem&)>& set,
+                            const std::string& message) {
+  set(base);
+  const StatusOr<ValidProblem> v = Validate(base);
+  if (v.ok()) return "accepted; want InvalidArgument \"" + message + "\"";
+  if (v.status().code() != StatusCode::kInvalidArgument ||
+      v.status().message().find(message) == std::string::npos) {
+    return v.status().ToString() + "; want InvalidArgument \"" + message + "\"";
+  }
+  return "";
+}
+
 }  // namespace attn::testing

@@ -8,6 +8,7 @@
 #define ATTNLAB_TESTING_PROBLEM_DATA_H_
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -105,6 +106,12 @@ inline float* RowOf(const TensorRef<void>& t, int64_t b, int64_t h, int64_t i) {
 // The additive mask row of query row (b, h, i) (Lk entries), or nullptr when
 // the mask is not additive.
 const float* AdditiveRow(const Problem& problem, int64_t b, int64_t h, int64_t i);
+
+// Validate's verdict on `base` changed by `set`: "" when it is
+// InvalidArgument and its message contains `message`, else what it was (the
+// "names the field" tests of every feature).
+std::string RefusalMismatch(Problem base, const std::function<void(Problem&)>& set,
+                            const std::string& message);
 
 }  // namespace attn::testing
 
