@@ -1142,10 +1142,11 @@ class SuiteCases {
 #endif
       for (const Variant* v : Registry()) {
         const std::string name = std::string(v->name) + "/" + c.Tokens();
-        // Types the variant does not take: no case (it could only be
-        // refused), as `attnlab list` says.
+        // Types, modifiers or a paged cache the variant does not take: no
+        // case (it could only be refused), as `attnlab list` says.
         if (Known(name) || !Takes(*v, c.dtypes) || (backward_only && !v->has_backward()) ||
-            (ScenarioModifiers(c.scenario) & ~v->modifiers)) {
+            (ScenarioModifiers(c.scenario) & ~v->modifiers) ||
+            (c.scenario == Scenario::kPaged && !v->paged_kv)) {
           continue;
         }
         const PreparedCase prepared = PrepareCase(*v, c, ctx_, rates_);

@@ -90,12 +90,12 @@
 // (a block of the pool: ForEachKvRun), each writing or reading its slice of
 // S, so the online softmax still steps once per Bc keys. The bf16 pair
 // kernels take one stride per tile and are not used on a paged cache (the
-// converted path runs instead). Measured (serving suite, 1 Zen 4 thread,
-// d = 128, Lk = 65536, pool with MADV_HUGEPAGE): block size 128 reaches
-// 0.91-1.01 of contiguous decode, 32 0.62-0.66, 16 0.44-0.56; the loss is a
-// cost per run (in cache, MHA Lk = 4096, d = 64: 0.47 ms contiguous, 0.49 at
-// block size 128, 1.41 at 16), not bandwidth (kernels/DESIGN.md, "Paged
-// K/V").
+// converted path runs instead). Measured (reports/vm-2026-12-02-serving,
+// 1 Zen 4 thread, d = 128, Lk = 16384 and 65536, pool with MADV_HUGEPAGE):
+// block size 128 reaches 0.93-1.06 of contiguous decode, 32 0.52-0.74, 16
+// 0.38-0.51; the loss is a cost per run (in cache, MHA Lk = 4096, d = 64:
+// 0.47 ms contiguous, 0.49 at block size 128, 1.41 at 16), not bandwidth
+// (kernels/DESIGN.md, "Paged K/V").
 //
 // Decode (fewer than 16 row blocks, Lk > 512): flash-decoding. Each
 // block's keys are split into `splits` tile-aligned ranges (a function of the
