@@ -42,6 +42,7 @@
 #include "cli/files.h"
 #include "cli/inputs.h"
 #include "cli/npy.h"
+#include "cli/ring.h"
 #include "cli/tune.h"
 #include "kernels/internal/bytes.h"
 #include "kernels/registry.h"
@@ -859,6 +860,21 @@ int Main(int argc, char** argv) {
       ->required();
   run->add_option("--lse", run_args.lse, "also write lse .npy [B,H,Lq]");
 
+  InputOptions ring_in;
+  RingArgs ring_args;
+  CLI::App* ring = app.add_subcommand(
+      "ring",
+      "ring attention over MPI: mpirun -np P attnlab ring ... splits the sequence over P ranks; "
+      "rank 0 reads the inputs and writes O (and lse)");
+  ring->add_option("--variant", ring_args.variant,
+                   "the local kernel of each block pair (default flash)");
+  ring->add_option("--split", ring_args.split,
+                   "zigzag (default: equal causal work per rank) or contiguous");
+  AddInputOptions(ring, ring_in);
+  ring->add_option("--out", ring_args.out, "output O .npy (same rank and layout as Q)")->required();
+  ring->add_option("--lse", ring_args.lse, "also write lse .npy [B,H,Lq]");
+  ring->add_flag("--quiet", ring_args.quiet, "no per-rank table");
+
   InputOptions check_in;
   std::vector<std::string> check_variants;
   CLI::App* check = app.add_subcommand(
@@ -955,6 +971,7 @@ int Main(int argc, char** argv) {
     if (app.got_subcommand("list")) return List();
     if (app.got_subcommand(run)) return RunCommand(run_in, run_args);
     if (app.got_subcommand(check)) return CheckCommand(check_in, check_variants);
+    if (app.got_subcommand(ring)) return RingCommand(argc, argv, ring_in, ring_args);
     if (app.got_subcommand(weights)) return WeightsCommand(weights_in, weights_args);
     if (app.got_subcommand(grad)) return GradCommand(grad_in, grad_args);
     if (app.got_subcommand(bench)) return BenchCommand(bench_args);

@@ -31,7 +31,14 @@ const char* MaskKindName(MaskKind kind) {
 }
 
 const char* DiagonalName(Diagonal diagonal) {
-  return diagonal == Diagonal::kTopLeft ? "top-left" : "bottom-right";
+  switch (diagonal) {
+    case Diagonal::kTopLeft:
+      return "top-left";
+    case Diagonal::kAt:
+      return "at";
+    default:
+      return "bottom-right";
+  }
 }
 
 uint8_t ModifiersOf(const ScoreModifiers& m) {
@@ -92,9 +99,9 @@ std::string Describe(const Shape& s, const Mask& m) {
     out.append("(").append(std::to_string(m.window_left)).append(",");
     out.append(std::to_string(m.window_right)).append(")");
   }
-  if (m.diagonal == Diagonal::kTopLeft &&
-      (m.kind == MaskKind::kCausal || m.kind == MaskKind::kSlidingWindow)) {
-    out.append("(top-left)");
+  if (m.kind == MaskKind::kCausal || m.kind == MaskKind::kSlidingWindow) {
+    if (m.diagonal == Diagonal::kTopLeft) out.append("(top-left)");
+    if (m.diagonal == Diagonal::kAt) out.append("(off=" + std::to_string(m.diagonal_offset) + ")");
   }
   if (m.key_lengths) out.append("+key_lengths");
   if (m.sequences)
@@ -625,9 +632,22 @@ static Status CheckProblem(const Problem& p, std::vector<Extent>& inputs,
     inputs.push_back(Contiguous("key_lengths", lengths.data(), lengths.size_bytes()));
   }
 
-  if (m.diagonal != Diagonal::kBottomRight && m.diagonal != Diagonal::kTopLeft) {
+  if (m.diagonal != Diagonal::kBottomRight && m.diagonal != Diagonal::kTopLeft &&
+      m.diagonal != Diagonal::kAt) {
     return InvalidArgument("mask diagonal " + std::to_string(static_cast<int>(m.diagonal)) +
                            " is not a Diagonal");
+  }
+  if (m.diagonal == Diagonal::kAt) {
+    // Bounded so that i + off +- window stays inside int64.
+    if (m.diagonal_offset > kMaxTensorElements || m.diagonal_offset < -kMaxTensorElements) {
+      return InvalidArgument("mask diagonal_offset=" + std::to_string(m.diagonal_offset) +
+                             " is outside [-2^48, 2^48]");
+    }
+    if (m.sequences) {
+      return InvalidArgument(
+          "mask diagonal kAt (an explicit offset) does not combine with packed sequences "
+          "(each sequence has its own diagonal)");
+    }
   }
   ATTN_RETURN_IF_ERROR(CheckSequences(m, s, inputs));
   ATTN_RETURN_IF_ERROR(CheckModifiers(p.modifiers, s, inputs));
@@ -699,7 +719,9 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
   v.lse = p.lse;
   v.weights = p.weights;
   v.group = s.heads / s.kv_heads;
-  v.diag_offset = m.diagonal == Diagonal::kTopLeft ? 0 : s.kv_len - s.q_len;
+  v.diag_offset = m.diagonal == Diagonal::kTopLeft ? 0
+                  : m.diagonal == Diagonal::kAt    ? m.diagonal_offset
+                                                   : s.kv_len - s.q_len;
   return v;
 }
 

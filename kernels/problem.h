@@ -16,7 +16,9 @@
 // Masks. Let off = Lk - Lq (the diagonal is aligned bottom-right, as in
 // FlashAttention >= 2.1, so a query block decoding against a longer KV cache
 // works), or off = 0 with Mask::diagonal = kTopLeft (PyTorch's is_causal
-// convention; the two agree when Lq = Lk). Query row i sees key j when:
+// convention; the two agree when Lq = Lk), or any off given with
+// Mask::diagonal = kAt (one block of a longer sequence; not with packed
+// sequences). Query row i sees key j when:
 //   kNone           always
 //   kCausal         j <= i + off
 //   kSlidingWindow  i + off - left <= j <= i + off + right   (left, right >= 0)
@@ -201,10 +203,14 @@ struct AdditiveMaskShape {
   int64_t cols = 0;  // must equal Lk
 };
 
-// Where the diagonal of causal and window masks lies: off = Lk - Lq
-// (bottom-right, the default) or 0 (top-left).
-enum class Diagonal { kBottomRight, kTopLeft };
-const char* DiagonalName(Diagonal diagonal);  // "bottom-right", "top-left"
+// Where the diagonal of causal and window masks (and ALiBi's zero) lies:
+// off = Lk - Lq (bottom-right, the default), 0 (top-left), or
+// Mask::diagonal_offset (kAt). kAt describes one block of a longer sequence:
+// the queries at global positions [q0, q0 + Lq) of a problem whose own
+// offset is `off` against the keys at [k0, k0 + Lk) have off + q0 - k0, so
+// ring attention (dist/ring.h) runs every block pair as an ordinary problem.
+enum class Diagonal { kBottomRight, kTopLeft, kAt };
+const char* DiagonalName(Diagonal diagonal);  // "bottom-right", "top-left", "at"
 
 // The sequences of a packed batch (see "Packed variable-length sequences"):
 // S + 1 non-decreasing offsets each, from 0 to Lq (queries) and Lk (keys).
@@ -217,6 +223,7 @@ struct PackedSequences {
 struct Mask {
   MaskKind kind = MaskKind::kNone;
   Diagonal diagonal = Diagonal::kBottomRight;  // kCausal, kSlidingWindow, ALiBi
+  int64_t diagonal_offset = 0;                 // off for Diagonal::kAt; |off| <= kMaxTensorElements
   int64_t window_left = 0;                     // kSlidingWindow
   int64_t window_right = 0;                    // kSlidingWindow
   std::span<const float> additive;             // kAdditive
@@ -301,7 +308,7 @@ class ValidProblem {
   std::span<float> lse;
   std::span<float> weights;
   int64_t group = 1;        // H / Hkv: query heads per kv head
-  int64_t diag_offset = 0;  // off: Lk - Lq, or 0 for a top-left diagonal
+  int64_t diag_offset = 0;  // off: Lk - Lq, 0 (top-left) or Mask::diagonal_offset
 
   int64_t KvHead(int64_t h) const { return h / group; }
   DTypes dtypes() const { return {q.dtype, k.dtype, v.dtype, o.dtype}; }

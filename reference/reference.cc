@@ -35,6 +35,7 @@ void LoadKvRow(const Problem& p, bool value, int64_t b, int64_t kvh, int64_t j, 
 
 // off of kernels/problem.h: where query row 0's diagonal meets the keys.
 int64_t DiagonalOffset(const Shape& s, const Mask& mask) {
+  if (mask.diagonal == Diagonal::kAt) return mask.diagonal_offset;
   return mask.diagonal == Diagonal::kTopLeft ? 0 : s.kv_len - s.q_len;
 }
 

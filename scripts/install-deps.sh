@@ -18,6 +18,7 @@ PACKAGES=(
   clang libclang-rt-14-dev   # libFuzzer harness
   libomp-14-dev              # OpenMP for clang (the fuzz preset builds the whole library with clang)
   clang-format
+  openmpi-bin libopenmpi-dev # Open MPI 4.1: ring attention (dist/), `attnlab ring`, the mpi tests (optional in CMake)
 )
 
 missing=()

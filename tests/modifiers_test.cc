@@ -43,6 +43,7 @@ struct Case {
   Modifiers mods;
   Diagonal diagonal = Diagonal::kBottomRight;
   std::string name;
+  int64_t diagonal_offset = 0;  // Diagonal::kAt
 };
 
 std::vector<ProblemSpec> Shapes() {
@@ -125,6 +126,7 @@ TEST_P(ModifierTest, MatchesReferenceOrIsRefused) {
   ProblemData data(c.spec);
   Problem& p = data.problem();
   p.mask.diagonal = c.diagonal;
+  p.mask.diagonal_offset = c.diagonal_offset;
   ModifierValues values;
   values.Attach(c.mods, p);
   const uint8_t used = ModifiersOf(p.modifiers);
@@ -162,7 +164,7 @@ std::vector<Case> TopLeftCases() {
       spec.window_left = 9;
       spec.window_right = 3;
       spec.seed = 300 + n;
-      Case c{v, spec, {"none"}, Diagonal::kTopLeft, ""};
+      Case c{v, spec, Modifiers{"none", std::nullopt, false, false}, Diagonal::kTopLeft, ""};
       c.name = std::string(v->name) + "_topleft_" + std::to_string(n++);
       cases.push_back(c);
     }
@@ -171,6 +173,38 @@ std::vector<Case> TopLeftCases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(TopLeft, ModifierTest, ::testing::ValuesIn(TopLeftCases()), ParamName);
+
+// An explicit diagonal (Diagonal::kAt: one block of a longer sequence, as
+// ring attention runs them) needs no support either: offsets that hide every
+// key, cross the tiles, or see them all, with ALiBi whose zero follows it.
+std::vector<Case> DiagonalAtCases() {
+  std::vector<Case> cases;
+  for (const Variant* v : Registry()) {
+    int n = 0;
+    for (const auto& [off, mask] : {std::tuple{-90, MaskKind::kCausal},
+                                    {-30, MaskKind::kCausal},
+                                    {77, MaskKind::kCausal},
+                                    {600, MaskKind::kCausal},
+                                    {-40, MaskKind::kSlidingWindow},
+                                    {150, MaskKind::kSlidingWindow}}) {
+      ProblemSpec spec;
+      spec.shape = {1, 4, 2, 90, 140, 32, 32};
+      spec.mask = mask;
+      spec.window_left = 20;
+      spec.window_right = 7;
+      spec.seed = 400 + n;
+      const Modifiers mods = n % 2 ? Modifiers{"alibi", std::nullopt, true, false}
+                                   : Modifiers{"none", std::nullopt, false, false};
+      Case c{v, spec, mods, Diagonal::kAt, "", off};
+      c.name = std::string(v->name) + "_at_" + std::to_string(n++);
+      cases.push_back(c);
+    }
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(DiagonalAt, ModifierTest, ::testing::ValuesIn(DiagonalAtCases()),
+                         ParamName);
 
 // The spec of a causal problem of `shape`.
 ProblemSpec Causal(const Shape& shape) {
@@ -303,6 +337,22 @@ TEST(ModifierBackwardTest, RefusesModifiersTakesTopLeft) {
     EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << v->name;
     EXPECT_NE(s.message().find("softcap"), std::string::npos) << s.message();
   }
+}
+
+TEST(DiagonalAtTest, ValidateNamesTheOffset) {
+  ProblemData data(Causal({1, 1, 1, 5, 9, 4, 4}));
+  Problem& p = data.problem();
+  p.mask.diagonal = Diagonal::kAt;
+  p.mask.diagonal_offset = -3;
+  for (int64_t i = 0; i < 5; ++i) {
+    for (int64_t j = 0; j < 9; ++j) EXPECT_EQ(reference::KeyVisible(p, 0, i, j), j <= i - 3);
+  }
+  EXPECT_NE(Describe(p.shape, p.mask).find("causal(off=-3)"), std::string::npos);
+  p.mask.diagonal_offset = (int64_t{1} << 48) + 1;
+  const Status status = Validate(p).status();
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("diagonal_offset=281474976710657"), std::string::npos)
+      << status.message();
 }
 
 }  // namespace

@@ -1447,6 +1447,75 @@ class Paged(Case):
                           "--block-table", self.save("flat.npy", table.ravel()))
 
 
+def mpirun(ranks, *args):
+    """`mpiexec -np RANKS attnlab ARGS` (as root, oversubscribed, one thread per rank):
+    (exit code, stdout, stderr). A hang fails the test at the timeout."""
+    env = dict(os.environ, ATTNLAB_TUNING="none", OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1",
+               OMPI_MCA_mpi_yield_when_idle="1")
+    p = subprocess.run(["mpiexec", "-np", str(ranks), CLI, *map(str, args)], capture_output=True,
+                       text=True, env=env, timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+class Ring(Case):
+    """`mpiexec -np P attnlab ring` (ring attention over MPI): O and lse match the numpy fp64
+    `reference` within the bound and `attnlab run --variant flash`, for P = 1, 2, 3 with every
+    mask the ring splits, GQA, uneven N and key lengths; bad input on rank 0 is one error and
+    every rank exits 2; what the ring cannot split is named."""
+
+    def setUp(self):
+        super().setUp()
+        if shutil.which("mpiexec") is None:
+            self.skipTest("no mpiexec (openmpi-bin): ring attention is not built")
+        rc, _, err = attnlab("ring", "--q", "x", "--k", "x", "--v", "x", "--out", "o")
+        if "built without MPI" in err:
+            self.skipTest("this attnlab was built without MPI")
+
+    def test_matches_reference_and_run(self):
+        for ranks, mask, lq, kl in ((1, "causal", 40, None), (2, "none", 37, None),
+                                    (2, "causal", 64, [64, 20]), (3, "window:6,2", 50, [9, 50]),
+                                    (3, "causal", 29, None)):
+            with self.subTest(ranks=ranks, mask=mask, lq=lq):
+                q, k, v = self.qkv(B=2, H=4, Hkv=2, lq=lq, lk=lq, dk=16, dv=8, seed=lq)
+                args = [*self.inputs(q, k, v), "--mask", mask]
+                if kl is not None:
+                    args += ["--key-lengths", self.save("kl.npy", np.array(kl, "<i4"))]
+                rc, out, err = mpirun(ranks, "ring", *args, "--out", self.path("o.npy"),
+                                      "--lse", self.path("lse.npy"))
+                self.assertEqual(rc, 0, out + err)
+                self.assertRegex(out, rf"ring: {ranks} ranks, zigzag split, variant flash")
+                self.assertEqual(len(re.findall(r"^ +\d+ +\d+ +\d+ ", out, re.M)), ranks, out)
+                want, want_lse, bound, _ = reference(q, k, v, mask, key_lengths=kl)
+                self.assert_close(np.load(self.path("o.npy")), want, bound)
+                self.expect_ok("run", "--variant", "flash", *args, "--out", self.path("o1.npy"),
+                               "--lse", self.path("lse1.npy"))
+                np.testing.assert_allclose(np.load(self.path("o.npy")),
+                                           np.load(self.path("o1.npy")), atol=1e-5)
+                np.testing.assert_allclose(np.load(self.path("lse.npy")),
+                                           np.load(self.path("lse1.npy")), atol=1e-5)
+
+    def test_bad_input_is_one_error_and_every_rank_fails(self):
+        q, k, v = self.qkv(H=4, Hkv=2, lq=20, lk=20)
+        rc, out, err = mpirun(2, "ring", *self.inputs(q, k, v[:, :1]), "--out", self.path("o.npy"))
+        self.assertEqual(rc, 2, out + err)
+        self.assertEqual(err.count("attnlab: error:"), 1, err)
+        self.assertRegex(err, r"Hkv")
+        self.assertFalse(os.path.exists(self.path("o.npy")))
+
+    def test_what_the_ring_cannot_split_is_named(self):
+        q, k, v = self.qkv(H=2, Hkv=2, lq=8, lk=8)
+        files = ["ring", *self.inputs(q, k, v), "--out", self.path("o.npy")]
+        rc, _, err = mpirun(2, *files, "--mask-file",
+                            self.save("m.npy", np.zeros((8, 8), "<f4")))
+        self.assertEqual(rc, 2, err)
+        self.assertIn("additive mask (--mask-file) is not split over ranks", err)
+        rc, _, err = mpirun(1, *files, "--split", "diagonal")
+        self.assertEqual(rc, 2, err)
+        self.assertIn("bad --split 'diagonal': want zigzag or contiguous", err)
+
+
+
 class Grad(Case):
     def grad_files(self, q, k, v, d_o):
         return [*self.inputs(q, k, v), "--do", self.save("do.npy", d_o),
