@@ -9,7 +9,6 @@
 
 #include <fmt/format.h>
 #include <mpi.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <cstring>
@@ -22,16 +21,8 @@
 namespace attn::cli {
 namespace {
 
-int Rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int Ranks() {
-  int p = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &p);
-  return p;
-}
+int Rank() { return ring::RankIn(MPI_COMM_WORLD); }
+int Ranks() { return ring::RanksIn(MPI_COMM_WORLD); }
 
 // ------------------------------------------------------------ the header
 
@@ -49,72 +40,80 @@ struct Header {
   std::vector<float> alibi_slopes, sinks;
   RunOptions run;
 
-  template <typename T>
-  static void Put(std::vector<char>& out, const T& x) {
-    const char* p = reinterpret_cast<const char*>(&x);
-    out.insert(out.end(), p, p + sizeof(T));
+  // Every field, in one order, for both directions: `io` takes a trivially
+  // copyable value, a std::string or a std::vector of them.
+  template <typename Self, typename Io>
+  static void Fields(Self& h, Io&& io) {
+    io(h.exit_code);
+    io(h.error);
+    io(h.shape);
+    io(h.mask.kind);
+    io(h.mask.diagonal);
+    io(h.mask.diagonal_offset);
+    io(h.mask.window_left);
+    io(h.mask.window_right);
+    io(h.scale);
+    io(h.softcap);
+    io(h.has_key_lengths);
+    io(h.key_lengths);
+    io(h.alibi_slopes);
+    io(h.sinks);
+    io(h.run.threads);
+    io(h.run.memory_budget_bytes);
   }
-  template <typename T>
-  static void PutVector(std::vector<char>& out, const std::vector<T>& v) {
-    Put(out, int64_t(v.size()));
-    const char* p = reinterpret_cast<const char*>(v.data());
-    out.insert(out.end(), p, p + v.size() * sizeof(T));
-  }
-  template <typename T>
-  static void Get(const char*& in, T& x) {
-    std::memcpy(&x, in, sizeof(T));
-    in += sizeof(T);
-  }
-  template <typename T>
-  static void GetVector(const char*& in, std::vector<T>& v) {
-    int64_t n = 0;
-    Get(in, n);
-    v.resize(n);
-    std::memcpy(v.data(), in, n * sizeof(T));
-    in += n * sizeof(T);
-  }
+
+  // Appends values to a byte string.
+  struct Writer {
+    std::vector<char>& out;
+    void Bytes(const void* p, size_t n) {
+      out.insert(out.end(), static_cast<const char*>(p), static_cast<const char*>(p) + n);
+    }
+    template <typename T>
+    void operator()(const T& x) {
+      Bytes(&x, sizeof(T));
+    }
+    template <typename Seq>
+    void Sequence(const Seq& v) {
+      (*this)(int64_t(v.size()));
+      Bytes(v.data(), v.size() * sizeof(v[0]));
+    }
+    void operator()(const std::string& x) { Sequence(x); }
+    template <typename T>
+    void operator()(const std::vector<T>& x) {
+      Sequence(x);
+    }
+  };
+  // Reads them back in the same order.
+  struct Reader {
+    const char* in;
+    void Bytes(void* p, size_t n) {
+      std::memcpy(p, in, n);
+      in += n;
+    }
+    template <typename T>
+    void operator()(T& x) {
+      Bytes(&x, sizeof(T));
+    }
+    template <typename Seq>
+    void Sequence(Seq& v) {
+      int64_t n = 0;
+      (*this)(n);
+      v.resize(size_t(n));
+      Bytes(v.data(), size_t(n) * sizeof(v[0]));
+    }
+    void operator()(std::string& x) { Sequence(x); }
+    template <typename T>
+    void operator()(std::vector<T>& x) {
+      Sequence(x);
+    }
+  };
 
   std::vector<char> Serialize() const {
     std::vector<char> out;
-    Put(out, exit_code);
-    PutVector(out, std::vector<char>(error.begin(), error.end()));
-    Put(out, shape);
-    Put(out, mask.kind);
-    Put(out, mask.diagonal);
-    Put(out, mask.diagonal_offset);
-    Put(out, mask.window_left);
-    Put(out, mask.window_right);
-    Put(out, scale);
-    Put(out, softcap);
-    Put(out, has_key_lengths);
-    PutVector(out, key_lengths);
-    PutVector(out, alibi_slopes);
-    PutVector(out, sinks);
-    Put(out, run.threads);
-    Put(out, run.memory_budget_bytes);
+    Fields(*this, Writer{out});
     return out;
   }
-  void Deserialize(const std::vector<char>& bytes) {
-    const char* in = bytes.data();
-    std::vector<char> text;
-    Get(in, exit_code);
-    GetVector(in, text);
-    error.assign(text.begin(), text.end());
-    Get(in, shape);
-    Get(in, mask.kind);
-    Get(in, mask.diagonal);
-    Get(in, mask.diagonal_offset);
-    Get(in, mask.window_left);
-    Get(in, mask.window_right);
-    Get(in, scale);
-    Get(in, softcap);
-    Get(in, has_key_lengths);
-    GetVector(in, key_lengths);
-    GetVector(in, alibi_slopes);
-    GetVector(in, sinks);
-    Get(in, run.threads);
-    Get(in, run.memory_budget_bytes);
-  }
+  void Deserialize(const std::vector<char>& bytes) { Fields(*this, Reader{bytes.data()}); }
   void Broadcast() {
     std::vector<char> bytes = Rank() == 0 ? Serialize() : std::vector<char>();
     int64_t size = int64_t(bytes.size());
@@ -275,12 +274,6 @@ void PrintTable(const std::vector<RankFigures>& ranks, const Header& h, const Ri
       slowest * 1e3, slowest > 0 ? flops / slowest / 1e9 : 0.0);
 }
 
-double PeakRssBytes() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return double(usage.ru_maxrss) * 1024.0;  // Linux: KiB
-}
-
 int ExitCodeFor(const Status& status) {
   switch (status.code()) {
     case StatusCode::kInvalidArgument:
@@ -403,10 +396,12 @@ int RingCommand(int argc, char** argv, const InputOptions& in, const RingArgs& a
   }
 
   // 4. Results and figures in.
-  const RankFigures figures{
-      stats.compute_s,  stats.comm_s,  stats.wait_s, stats.total_s,    stats.overlap(),
-      q_rows,           k_rows,        stats.pairs,  stats.blocks_run, stats.blocks_skipped,
-      stats.bytes_sent, PeakRssBytes()};
+  const RankFigures figures{stats.compute_s,  stats.comm_s,
+                            stats.wait_s,     stats.total_s,
+                            stats.overlap(),  q_rows,
+                            k_rows,           stats.pairs,
+                            stats.blocks_run, stats.blocks_skipped,
+                            stats.bytes_sent, ring::PeakRssBytes()};
   std::vector<RankFigures> all(Ranks());
   MPI_Gather(&figures, sizeof(RankFigures), MPI_BYTE, all.data(), sizeof(RankFigures), MPI_BYTE, 0,
              MPI_COMM_WORLD);

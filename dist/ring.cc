@@ -6,8 +6,8 @@
 //      one, and the largest block pair is Prepared (validation and the
 //      memory budget, before anything travels);
 //   4. P steps: a helper thread exchanges K/V slices with the neighbours
-//      while each (query run, key run) block pair of the slice held runs as
-//      an ordinary problem and its (O, lse) is merged into the result;
+//      while each (query piece, key run) block pair of the slice held runs
+//      as an ordinary problem and its (O, lse) is merged into the result;
 //   5. sinks join the denominator once, at the end.
 // Traffic per rank and step: one K/V slice out and one in,
 // B·Hkv·(N/P)·(dk + dv)·4 bytes each way, against 4·(N/P)²·H·d FLOPs of
@@ -16,12 +16,15 @@
 // link's bandwidth and latency (reports/ring_model.py works it out).
 #include "dist/ring.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <new>
 #include <string>
 #include <thread>
@@ -193,15 +196,48 @@ void PackKv(const Problem& p, int64_t rows, float* out) {
   }
 }
 
+// Query rows of one block pair at most: the partial O is B·H·this·dv floats
+// whatever N/P (4 MiB at B = 1, H = 4, dv = 128, where a whole run of
+// N/P = 32768 rows would take 64 MiB), and flash still has B·H·2048/64 row
+// tiles to share among its threads. Cutting a run costs no traffic: flash
+// reads K and V once per row tile either way.
+constexpr int64_t kQueryPieceRows = 2048;
+
+// `runs` cut into pieces of at most `most` rows.
+std::vector<PositionRun> Pieces(const std::vector<PositionRun>& runs, int64_t most) {
+  std::vector<PositionRun> pieces;
+  for (const PositionRun& r : runs) {
+    for (int64_t at = 0; at < r.len; at += most) {
+      pieces.push_back({r.global + at, r.local + at, std::min(most, r.len - at)});
+    }
+  }
+  return pieces;
+}
+
 // Where the global problem's diagonal meets key 0 from query 0.
 int64_t GlobalOffset(const Problem& p) {
   if (p.mask.diagonal == Diagonal::kAt) return p.mask.diagonal_offset;
   return p.mask.diagonal == Diagonal::kTopLeft ? 0 : p.shape.kv_len - p.shape.q_len;
 }
 
+// Uninitialized floats: every element is written before it is read (a K/V
+// slice by PackKv or a receive, a partial O by its kernel), so zero-filling
+// them would be memory traffic for nothing (two slices of N/P rows a call).
+struct Floats {
+  std::unique_ptr<float[]> values;
+  size_t count = 0;
+  void Allocate(size_t n) {
+    values = std::make_unique_for_overwrite<float[]>(n);
+    count = n;
+  }
+  float* data() const { return values.get(); }
+  size_t size() const { return count; }
+};
+
 // The partial result of one block pair and the key lengths it sees.
 struct Partial {
-  std::vector<float> o, lse;
+  Floats o;
+  std::vector<float> lse;
   std::vector<int32_t> key_lengths;
 };
 
@@ -321,8 +357,8 @@ void AddSinks(const Result& r) {
 // ------------------------------------------------------- 4. the exchange
 
 // Sends `send` to rank `to` and receives into `recv` from rank `from`
-// (counts in K/V rows of dk + dv floats), testing every ~20 µs so that a TCP
-// transport keeps streaming while the caller computes. Runs on the helper
+// (counts in K/V rows of dk + dv floats), testing it every 20-256 µs so that
+// a TCP transport keeps streaming while the caller computes. Runs on the helper
 // thread; returns the seconds the exchange was in flight.
 double Exchange(const float* send, int send_rows, float* recv, int recv_rows, int to, int from,
                 int tag, MPI_Datatype row, MPI_Comm comm) {
@@ -330,10 +366,19 @@ double Exchange(const float* send, int send_rows, float* recv, int recv_rows, in
   MPI_Request requests[2];
   MPI_Irecv(recv, recv_rows, row, from, tag, comm, &requests[0]);
   MPI_Isend(send, send_rows, row, to, tag, comm, &requests[1]);
+  // Each test wakes the helper on the compute thread's core: every 20 µs at
+  // first (a shared-memory exchange is over in a few), backing off to every
+  // 256 µs, so that a long exchange over a slow link (tens of ms) wakes it a
+  // few hundred times, not thousands, while a TCP socket buffer of a few MB
+  // still never runs dry at 100 Gbit/s. (Over TCP at 1 Gbit/s on the 2-core
+  // VM the compute ran 7-18% slower during exchanges with either schedule:
+  // the kernel's TCP work shares the cores; the ring report shows it.)
+  auto pause = std::chrono::microseconds(20);
   for (int done = 0;;) {
     MPI_Testall(2, requests, &done, MPI_STATUSES_IGNORE);
     if (done) break;
-    std::this_thread::sleep_for(std::chrono::microseconds(20));
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(256));
   }
   return Since(start);
 }
@@ -371,10 +416,26 @@ int64_t RankRows(Split split, int64_t n, int ranks, int rank) {
   return rows;
 }
 
-Status AgreeOnStatus(const Status& mine, MPI_Comm comm) {
-  int rank = 0, ranks = 1;
+int RankIn(MPI_Comm comm) {
+  int rank = 0;
   MPI_Comm_rank(comm, &rank);
+  return rank;
+}
+
+int RanksIn(MPI_Comm comm) {
+  int ranks = 1;
   MPI_Comm_size(comm, &ranks);
+  return ranks;
+}
+
+double PeakRssBytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return double(usage.ru_maxrss) * 1024.0;  // Linux: KiB
+}
+
+Status AgreeOnStatus(const Status& mine, MPI_Comm comm) {
+  const int rank = RankIn(comm), ranks = RanksIn(comm);
   int first = mine.ok() ? ranks : rank;
   MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm);
   if (first == ranks) return Status::Ok();
@@ -395,9 +456,7 @@ Status RingAttention(const RingProblem& share, MPI_Comm comm, const RingOptions&
   MPI_Initialized(&initialized);
   if (!initialized) return InvalidArgument("ring: MPI is not initialized (MPI_Init_thread)");
   MPI_Query_thread(&level);
-  int rank = 0, ranks = 1;
-  MPI_Comm_rank(comm, &rank);
-  MPI_Comm_size(comm, &ranks);
+  const int rank = RankIn(comm), ranks = RanksIn(comm);
   const Problem& p = share.problem;
   const Shape& s = p.shape;
 
@@ -416,7 +475,8 @@ Status RingAttention(const RingProblem& share, MPI_Comm comm, const RingOptions&
   ATTN_RETURN_IF_ERROR(AgreeOnStatus(AgreeOnProblem(share, options, comm), comm));
 
   // 3. Buffers: two K/V slices of the largest rank's rows, one partial.
-  const std::vector<PositionRun> q_runs = RankRuns(share.split, s.q_len, ranks, rank);
+  const std::vector<PositionRun> q_pieces =
+      Pieces(RankRuns(share.split, s.q_len, ranks, rank), kQueryPieceRows);
   const int64_t q_rows = RankRows(share.split, s.q_len, ranks, rank);
   int64_t max_k_rows = 0, max_k_run = 0, max_q_run = 0;
   for (int r = 0; r < ranks; ++r) {
@@ -425,10 +485,11 @@ Status RingAttention(const RingProblem& share, MPI_Comm comm, const RingOptions&
       max_k_run = std::max(max_k_run, kr.len);
     }
   }
-  for (const PositionRun& qr : q_runs) max_q_run = std::max(max_q_run, qr.len);
+  for (const PositionRun& qr : q_pieces) max_q_run = std::max(max_q_run, qr.len);
   const int64_t row_floats = s.head_dim + s.value_dim;
   const int64_t slice_rows = s.batch * s.kv_heads * max_k_rows;  // MPI counts K/V rows
-  std::vector<float> buffers[2], own_lse;
+  Floats buffers[2];  // the slice held and the one arriving (P > 1)
+  std::vector<float> own_lse;
   Partial part;
   Status allocated = Status::Ok();
   if (slice_rows > INT_MAX) {
@@ -436,9 +497,10 @@ Status RingAttention(const RingProblem& share, MPI_Comm comm, const RingOptions&
                               " rows (B·Hkv·Lk/P) is more than one MPI message holds (2^31 - 1)");
   } else {
     try {
-      for (std::vector<float>& b : buffers)
-        b.resize(size_t(std::max<int64_t>(1, slice_rows * row_floats)));
-      part.o.resize(size_t(std::max<int64_t>(1, s.batch * s.heads * max_q_run * s.value_dim)));
+      for (int b = 0; b < std::min(ranks, 2); ++b) {
+        buffers[b].Allocate(size_t(std::max<int64_t>(1, slice_rows * row_floats)));
+      }
+      part.o.Allocate(size_t(std::max<int64_t>(1, s.batch * s.heads * max_q_run * s.value_dim)));
       part.lse.resize(size_t(std::max<int64_t>(1, s.batch * s.heads * max_q_run)));
       if (p.lse.empty()) own_lse.resize(size_t(s.batch * s.heads * q_rows));
     } catch (const std::bad_alloc&) {
@@ -471,7 +533,9 @@ Status RingAttention(const RingProblem& share, MPI_Comm comm, const RingOptions&
   MPI_Type_commit(&kv_row);
   RingStats st;
   st.ranks = ranks;
-  st.buffer_bytes = (buffers[0].size() * 2 + part.o.size() + part.lse.size() + own_lse.size()) * 4;
+  st.buffer_bytes =
+      (buffers[0].size() + buffers[1].size() + part.o.size() + part.lse.size() + own_lse.size()) *
+      4;
   Status failed = Status::Ok();  // a kernel's failure: the ring still turns
   int held = 0;                  // the buffer holding the slice of rank `source`
   for (int step = 0; step < ranks; ++step) {
@@ -492,7 +556,7 @@ Status RingAttention(const RingProblem& share, MPI_Comm comm, const RingOptions&
     }
     const Clock::time_point compute = Clock::now();
     const Slice slice{buffers[held].data(), rows};
-    for (const PositionRun& qr : q_runs) {
+    for (const PositionRun& qr : q_pieces) {
       for (const PositionRun& kr : RankRuns(share.split, s.kv_len, ranks, source)) {
         if (!failed.ok()) break;
         const Problem block = BlockProblem(p, scale, qr, kr, slice, part);

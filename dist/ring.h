@@ -16,8 +16,8 @@
 //
 // Communication: while a step computes, a helper thread sends the slice it
 // holds to rank r + 1 and receives the next from rank r - 1 (MPI_Isend and
-// MPI_Irecv into the other of two buffers, tested every ~20 µs so that TCP
-// transports keep streaming); the step then waits for it. The library
+// MPI_Irecv into the other of two buffers, tested every 20-256 µs so that
+// TCP transports keep streaming); the step then waits for it. The library
 // needs MPI initialized with at least MPI_THREAD_SERIALIZED (the helper and
 // the caller never call MPI at the same time).
 //
@@ -30,8 +30,8 @@
 //
 // Memory per rank: its slices of Q, K, V, O and lse, two K/V buffers of the
 // largest rank's K/V slice (one the slice it sends, one it receives), one
-// partial O and lse for the largest query run, and the local variant's
-// workspace.
+// partial O and lse of at most 2048 query rows (runs are cut into pieces of
+// that many), and the local variant's workspace.
 //
 // Semantics are single-process attention's (kernels/problem.h), including
 // fully masked rows (O = 0, lse = -inf, or the sink), NaN rows and key
@@ -42,6 +42,7 @@
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -109,8 +110,10 @@ struct RingStats {
   size_t buffer_bytes = 0;          // the ring's own buffers (K/V and partials)
   size_t workspace_peak_bytes = 0;  // the local variant's, largest block
   std::string path;                 // the local variant's ISA path
-  // The share of communication hidden behind compute: 1 - wait / comm.
-  double overlap() const { return comm_s > 0 ? 1.0 - wait_s / comm_s : 1.0; }
+  // The share of communication hidden behind compute: 1 - wait / comm, in
+  // [0, 1] (wait also holds the helper thread's wake-up, so it can exceed a
+  // tiny comm).
+  double overlap() const { return comm_s > 0 ? std::clamp(1.0 - wait_s / comm_s, 0.0, 1.0) : 1.0; }
 };
 
 // Ring attention: every rank of `comm` calls it with its own share of the
@@ -123,6 +126,13 @@ struct RingStats {
 // initialized with MPI_THREAD_SERIALIZED) are InvalidArgument.
 Status RingAttention(const RingProblem& share, MPI_Comm comm, const RingOptions& options = {},
                      RingStats* stats = nullptr);
+
+// This process's rank in `comm` and the number of ranks in it.
+int RankIn(MPI_Comm comm);
+int RanksIn(MPI_Comm comm);
+// The process's peak resident set in bytes (getrusage): the per-rank memory
+// figure of `attnlab ring` and attnlab_ring_bench.
+double PeakRssBytes();
 
 // Every rank passes its own status; every rank gets back the lowest failing
 // rank's, prefixed "rank r: " (OK when all are OK). Collective.

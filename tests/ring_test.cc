@@ -35,16 +35,8 @@ using testing::ProblemSpec;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-int Rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int Ranks() {
-  int p = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &p);
-  return p;
-}
+int Rank() { return ring::RankIn(MPI_COMM_WORLD); }
+int Ranks() { return ring::RanksIn(MPI_COMM_WORLD); }
 
 // This rank's share of a whole contiguous problem (ProblemData, bhsd), and
 // the way back.
@@ -127,6 +119,7 @@ std::vector<Case> Cases() {
   add("window", {1, 4, 1, 100, 100, 16, 24}, MaskKind::kSlidingWindow);
   add("causal_uneven", {1, 2, 2, 37, 37, 16, 16}, MaskKind::kCausal);
   add("causal_across_tiles", {1, 2, 1, 1100, 1100, 64, 64}, MaskKind::kCausal);
+  add("causal_query_pieces", {1, 1, 1, 4500, 4500, 8, 8}, MaskKind::kCausal);  // runs > 2048 rows
   add("causal_decode_block", {1, 4, 2, 5, 77, 32, 32}, MaskKind::kCausal);   // Lq < Lk
   add("causal_long_queries", {1, 2, 1, 50, 20, 16, 16}, MaskKind::kCausal);  // Lq > Lk
   add("more_ranks_than_rows", {1, 2, 2, 3, 3, 16, 16}, MaskKind::kCausal);
