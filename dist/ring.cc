@@ -19,6 +19,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <climits>
 #include <cmath>
@@ -361,7 +362,7 @@ void AddSinks(const Result& r) {
 // a TCP transport keeps streaming while the caller computes. Runs on the helper
 // thread; returns the seconds the exchange was in flight.
 double Exchange(const float* send, int send_rows, float* recv, int recv_rows, int to, int from,
-                int tag, MPI_Datatype row, MPI_Comm comm) {
+                int tag, MPI_Datatype row, MPI_Comm comm, const std::atomic<bool>& waited_for) {
   const Clock::time_point start = Clock::now();
   MPI_Request requests[2];
   MPI_Irecv(recv, recv_rows, row, from, tag, comm, &requests[0]);
@@ -373,15 +374,190 @@ double Exchange(const float* send, int send_rows, float* recv, int recv_rows, in
   // still never runs dry at 100 Gbit/s. (Over TCP at 1 Gbit/s on the 2-core
   // VM the compute ran 7-18% slower during exchanges with either schedule:
   // the kernel's TCP work shares the cores; the ring report shows it.)
+  // Once the compute waits for it (`waited_for`), the core is idle: test
+  // without sleeping, so that the end of the exchange is seen at once, not up
+  // to 256 µs late (which was most of a step's wait at N/P = 128).
   auto pause = std::chrono::microseconds(20);
   for (int done = 0;;) {
     MPI_Testall(2, requests, &done, MPI_STATUSES_IGNORE);
     if (done) break;
+    if (waited_for.load(std::memory_order_relaxed)) continue;
     std::this_thread::sleep_for(pause);
     pause = std::min(pause * 2, std::chrono::microseconds(256));
   }
   return Since(start);
 }
+
+// ------------------------------------------- 3 and 4. buffers and steps
+
+// One rank's ring once the ranks agree on the problem.
+class Ring {
+ public:
+  Ring(const RingProblem& share, MPI_Comm comm, const Variant& variant, const RunOptions& run)
+      : p_(share.problem),
+        s_(share.problem.shape),
+        split_(share.split),
+        comm_(comm),
+        rank_(RankIn(comm)),
+        ranks_(RanksIn(comm)),
+        variant_(variant),
+        run_(run),
+        scale_(p_.scale ? *p_.scale : float(1.0 / std::sqrt(double(s_.head_dim)))),
+        q_pieces_(Pieces(RankRuns(split_, s_.q_len, ranks_, rank_), kQueryPieceRows)),
+        q_rows_(RankRows(split_, s_.q_len, ranks_, rank_)),
+        row_floats_(s_.head_dim + s_.value_dim) {}
+
+  // Two K/V slices of the largest rank's rows (one at P = 1) and one
+  // partial, within the memory budget, the largest block pair Prepared,
+  // this rank's K and V packed and its result cleared: everything that can
+  // fail, before anything is exchanged.
+  Status Allocate() {
+    int64_t max_k_rows = 0, max_k_run = 0, max_q_run = 0;
+    for (int r = 0; r < ranks_; ++r) {
+      max_k_rows = std::max(max_k_rows, RankRows(split_, s_.kv_len, ranks_, r));
+      for (const PositionRun& kr : RankRuns(split_, s_.kv_len, ranks_, r)) {
+        max_k_run = std::max(max_k_run, kr.len);
+      }
+    }
+    for (const PositionRun& qr : q_pieces_) max_q_run = std::max(max_q_run, qr.len);
+    const int64_t slice_rows = s_.batch * s_.kv_heads * max_k_rows;  // MPI counts K/V rows
+    if (slice_rows > INT_MAX) {
+      return Unimplemented("ring: a K/V slice of " + std::to_string(slice_rows) +
+                           " rows (B·Hkv·Lk/P) is more than one MPI message holds (2^31 - 1)");
+    }
+    const int64_t slice = std::max<int64_t>(1, slice_rows * row_floats_);
+    const int64_t partial = std::max<int64_t>(1, s_.batch * s_.heads * max_q_run);
+    const int64_t own_lse = p_.lse.empty() ? s_.batch * s_.heads * q_rows_ : 0;
+    const size_t bytes =
+        size_t(std::min(ranks_, 2) * slice + partial * (s_.value_dim + 1) + own_lse) * 4;
+    const size_t budget = run_.memory_budget_bytes.value_or(DefaultMemoryBudgetBytes());
+    if (bytes > budget) {
+      return ResourceExhausted("ring: its K/V slices and partial take " + std::to_string(bytes) +
+                               " bytes, over the memory budget of " + std::to_string(budget));
+    }
+    try {
+      for (int b = 0; b < std::min(ranks_, 2); ++b) buffers_[b].Allocate(size_t(slice));
+      part_.o.Allocate(size_t(partial * s_.value_dim));
+      part_.lse.resize(size_t(partial));
+      own_lse_.resize(size_t(own_lse));
+    } catch (const std::bad_alloc&) {
+      return ResourceExhausted("ring: cannot allocate its K/V slices and partial (" +
+                               std::to_string(bytes) + " bytes)");
+    }
+    stats_.ranks = ranks_;
+    stats_.buffer_bytes = bytes;
+    if (max_q_run > 0 && max_k_run > 0) {
+      const Problem largest = BlockProblem(p_, scale_, {0, 0, max_q_run}, {0, 0, max_k_run},
+                                           {buffers_[0].data(), max_k_rows}, part_);
+      ATTN_RETURN_IF_ERROR(Prepare(variant_, largest, run_).status());
+    }
+    PackKv(p_, RankRows(split_, s_.kv_len, ranks_, rank_), buffers_[0].data());
+    ClearResult();
+    return Status::Ok();
+  }
+
+  // The P steps. A kernel that fails (it should not: the largest block was
+  // Prepared) stops this rank's compute, not the exchanges, so that no
+  // neighbour waits forever; its Status is returned after the last step.
+  Status Turn() {
+    MPI_Datatype kv_row;
+    MPI_Type_contiguous(int(row_floats_), MPI_FLOAT, &kv_row);
+    MPI_Type_commit(&kv_row);
+    Status failed = Status::Ok();
+    int held = 0;  // the buffer holding the slice of rank `source`
+    for (int step = 0; step < ranks_; ++step) {
+      const int source = (rank_ - step + ranks_) % ranks_;
+      const int64_t rows = RankRows(split_, s_.kv_len, ranks_, source);
+      std::thread helper;
+      double in_flight = 0;
+      std::atomic<bool> waited_for{false};
+      if (step + 1 < ranks_) {
+        const int next = (source - 1 + ranks_) % ranks_;
+        const int send_rows = int(s_.batch * s_.kv_heads * rows);
+        const int recv_rows =
+            int(s_.batch * s_.kv_heads * RankRows(split_, s_.kv_len, ranks_, next));
+        stats_.bytes_sent += int64_t(send_rows) * row_floats_ * 4;
+        helper = std::thread([&, send_rows, recv_rows, step] {
+          in_flight = Exchange(buffers_[held].data(), send_rows, buffers_[1 - held].data(),
+                               recv_rows, (rank_ + 1) % ranks_, (rank_ - 1 + ranks_) % ranks_, step,
+                               kv_row, comm_, waited_for);
+        });
+      }
+      const Clock::time_point compute = Clock::now();
+      if (failed.ok()) failed = Compute(source, {buffers_[held].data(), rows});
+      stats_.compute_s += Since(compute);
+      if (helper.joinable()) {
+        const Clock::time_point wait = Clock::now();
+        waited_for = true;
+        helper.join();
+        stats_.wait_s += Since(wait);
+        stats_.comm_s += in_flight;
+      }
+      held = 1 - held;
+    }
+    MPI_Type_free(&kv_row);
+    return failed;
+  }
+
+  const Result& result() const { return result_; }
+  const RingStats& stats() const { return stats_; }
+
+ private:
+  // O = 0 and lse = -inf on every row: what a row with nothing visible keeps.
+  void ClearResult() {
+    result_.lse = p_.lse.empty() ? std::span<float>(own_lse_) : p_.lse;
+    for (int64_t b = 0; b < s_.batch; ++b) {
+      for (int64_t h = 0; h < s_.heads; ++h) {
+        for (int64_t i = 0; i < q_rows_; ++i) {
+          std::fill(result_.ORow(b, h, i), result_.ORow(b, h, i) + s_.value_dim, 0.0f);
+          result_.Lse(b, h, i) = -kInf;
+        }
+      }
+    }
+  }
+
+  // Every query piece against every key run of `source`'s slice: skipped
+  // when the mask hides the pair entirely, else run and merged.
+  Status Compute(int source, const Slice& slice) {
+    for (const PositionRun& qr : q_pieces_) {
+      for (const PositionRun& kr : RankRuns(split_, s_.kv_len, ranks_, source)) {
+        const Problem block = BlockProblem(p_, scale_, qr, kr, slice, part_);
+        StatusOr<ValidProblem> valid = Validate(block);
+        ATTN_RETURN_IF_ERROR(valid.status());
+        const int64_t pairs = VisiblePairs(*valid);
+        if (pairs == 0) {
+          ++stats_.blocks_skipped;
+          continue;
+        }
+        RunStats run_stats;
+        ATTN_RETURN_IF_ERROR(Run(variant_, block, run_, &run_stats));
+        MergeBlock(result_, qr, part_);
+        stats_.pairs += pairs;
+        ++stats_.blocks_run;
+        stats_.workspace_peak_bytes =
+            std::max(stats_.workspace_peak_bytes, run_stats.workspace_peak_bytes);
+        if (stats_.path.empty()) stats_.path = run_stats.path;
+      }
+    }
+    return Status::Ok();
+  }
+
+  const Problem& p_;
+  const Shape& s_;
+  const Split split_;
+  const MPI_Comm comm_;
+  const int rank_, ranks_;
+  const Variant& variant_;
+  const RunOptions run_;
+  const float scale_;
+  const std::vector<PositionRun> q_pieces_;
+  const int64_t q_rows_, row_floats_;
+  Floats buffers_[2];  // the slice held and the one arriving (P > 1)
+  Partial part_;
+  std::vector<float> own_lse_;  // lse when the caller wants none
+  Result result_{p_, q_rows_, {}};
+  RingStats stats_;
+};
 
 }  // namespace
 
@@ -457,8 +633,6 @@ Status RingAttention(const RingProblem& share, MPI_Comm comm, const RingOptions&
   if (!initialized) return InvalidArgument("ring: MPI is not initialized (MPI_Init_thread)");
   MPI_Query_thread(&level);
   const int rank = RankIn(comm), ranks = RanksIn(comm);
-  const Problem& p = share.problem;
-  const Shape& s = p.shape;
 
   // 2. Each share on its own, then the ranks against each other.
   Status mine = CheckShare(share, ranks, rank);
@@ -474,122 +648,12 @@ Status RingAttention(const RingProblem& share, MPI_Comm comm, const RingOptions&
   ATTN_RETURN_IF_ERROR(AgreeOnStatus(mine, comm));
   ATTN_RETURN_IF_ERROR(AgreeOnStatus(AgreeOnProblem(share, options, comm), comm));
 
-  // 3. Buffers: two K/V slices of the largest rank's rows, one partial.
-  const std::vector<PositionRun> q_pieces =
-      Pieces(RankRuns(share.split, s.q_len, ranks, rank), kQueryPieceRows);
-  const int64_t q_rows = RankRows(share.split, s.q_len, ranks, rank);
-  int64_t max_k_rows = 0, max_k_run = 0, max_q_run = 0;
-  for (int r = 0; r < ranks; ++r) {
-    max_k_rows = std::max(max_k_rows, RankRows(share.split, s.kv_len, ranks, r));
-    for (const PositionRun& kr : RankRuns(share.split, s.kv_len, ranks, r)) {
-      max_k_run = std::max(max_k_run, kr.len);
-    }
-  }
-  for (const PositionRun& qr : q_pieces) max_q_run = std::max(max_q_run, qr.len);
-  const int64_t row_floats = s.head_dim + s.value_dim;
-  const int64_t slice_rows = s.batch * s.kv_heads * max_k_rows;  // MPI counts K/V rows
-  Floats buffers[2];  // the slice held and the one arriving (P > 1)
-  std::vector<float> own_lse;
-  Partial part;
-  Status allocated = Status::Ok();
-  if (slice_rows > INT_MAX) {
-    allocated = Unimplemented("ring: a K/V slice of " + std::to_string(slice_rows) +
-                              " rows (B·Hkv·Lk/P) is more than one MPI message holds (2^31 - 1)");
-  } else {
-    try {
-      for (int b = 0; b < std::min(ranks, 2); ++b) {
-        buffers[b].Allocate(size_t(std::max<int64_t>(1, slice_rows * row_floats)));
-      }
-      part.o.Allocate(size_t(std::max<int64_t>(1, s.batch * s.heads * max_q_run * s.value_dim)));
-      part.lse.resize(size_t(std::max<int64_t>(1, s.batch * s.heads * max_q_run)));
-      if (p.lse.empty()) own_lse.resize(size_t(s.batch * s.heads * q_rows));
-    } catch (const std::bad_alloc&) {
-      allocated = ResourceExhausted("ring: cannot allocate two K/V slices of " +
-                                    std::to_string(slice_rows * row_floats * 4) + " bytes");
-    }
-  }
-  const float scale = p.scale ? *p.scale : float(1.0 / std::sqrt(double(s.head_dim)));
-  if (allocated.ok() && max_q_run > 0 && max_k_run > 0) {  // the largest block, before any runs
-    const Problem largest = BlockProblem(p, scale, {0, 0, max_q_run}, {0, 0, max_k_run},
-                                         {buffers[0].data(), max_k_rows}, part);
-    allocated = Prepare(*variant, largest, options.run).status();
-  }
-  ATTN_RETURN_IF_ERROR(AgreeOnStatus(allocated, comm));
-  PackKv(p, RankRows(share.split, s.kv_len, ranks, rank), buffers[0].data());
-
-  const Result result{p, q_rows, p.lse.empty() ? std::span<float>(own_lse) : p.lse};
-  for (int64_t b = 0; b < s.batch; ++b) {
-    for (int64_t h = 0; h < s.heads; ++h) {
-      for (int64_t i = 0; i < q_rows; ++i) {
-        std::fill(result.ORow(b, h, i), result.ORow(b, h, i) + s.value_dim, 0.0f);
-        result.Lse(b, h, i) = -kInf;
-      }
-    }
-  }
-
-  // 4. The ring.
-  MPI_Datatype kv_row;
-  MPI_Type_contiguous(int(row_floats), MPI_FLOAT, &kv_row);
-  MPI_Type_commit(&kv_row);
-  RingStats st;
-  st.ranks = ranks;
-  st.buffer_bytes =
-      (buffers[0].size() + buffers[1].size() + part.o.size() + part.lse.size() + own_lse.size()) *
-      4;
-  Status failed = Status::Ok();  // a kernel's failure: the ring still turns
-  int held = 0;                  // the buffer holding the slice of rank `source`
-  for (int step = 0; step < ranks; ++step) {
-    const int source = (rank - step + ranks) % ranks;
-    const int64_t rows = RankRows(share.split, s.kv_len, ranks, source);
-    std::thread helper;
-    double in_flight = 0;
-    if (step + 1 < ranks) {
-      const int next = (source - 1 + ranks) % ranks;
-      const int send_rows = int(s.batch * s.kv_heads * rows);
-      const int recv_rows =
-          int(s.batch * s.kv_heads * RankRows(share.split, s.kv_len, ranks, next));
-      st.bytes_sent += int64_t(send_rows) * row_floats * 4;
-      helper = std::thread([&, send_rows, recv_rows, step] {
-        in_flight = Exchange(buffers[held].data(), send_rows, buffers[1 - held].data(), recv_rows,
-                             (rank + 1) % ranks, (rank - 1 + ranks) % ranks, step, kv_row, comm);
-      });
-    }
-    const Clock::time_point compute = Clock::now();
-    const Slice slice{buffers[held].data(), rows};
-    for (const PositionRun& qr : q_pieces) {
-      for (const PositionRun& kr : RankRuns(share.split, s.kv_len, ranks, source)) {
-        if (!failed.ok()) break;
-        const Problem block = BlockProblem(p, scale, qr, kr, slice, part);
-        StatusOr<ValidProblem> valid = Validate(block);
-        const int64_t pairs = valid.ok() ? VisiblePairs(*valid) : 0;
-        if (valid.ok() && pairs == 0) {
-          ++st.blocks_skipped;
-          continue;
-        }
-        RunStats run_stats;
-        failed = valid.ok() ? Run(*variant, block, options.run, &run_stats) : valid.status();
-        if (!failed.ok()) break;
-        MergeBlock(result, qr, part);
-        st.pairs += pairs;
-        ++st.blocks_run;
-        st.workspace_peak_bytes = std::max(st.workspace_peak_bytes, run_stats.workspace_peak_bytes);
-        if (st.path.empty()) st.path = run_stats.path;
-      }
-    }
-    st.compute_s += Since(compute);
-    if (helper.joinable()) {
-      const Clock::time_point wait = Clock::now();
-      helper.join();
-      st.wait_s += Since(wait);
-      st.comm_s += in_flight;
-    }
-    held = 1 - held;
-  }
-  MPI_Type_free(&kv_row);
-  ATTN_RETURN_IF_ERROR(AgreeOnStatus(failed, comm));
-
-  // 5. Sinks.
-  if (!p.modifiers.sinks.empty()) AddSinks(result);
+  // 3. Buffers, the largest block Prepared; 4. the ring; 5. sinks.
+  Ring ring(share, comm, *variant, options.run);
+  ATTN_RETURN_IF_ERROR(AgreeOnStatus(ring.Allocate(), comm));
+  ATTN_RETURN_IF_ERROR(AgreeOnStatus(ring.Turn(), comm));
+  if (!share.problem.modifiers.sinks.empty()) AddSinks(ring.result());
+  RingStats st = ring.stats();
   st.total_s = Since(start);
   if (stats != nullptr) *stats = st;
   return Status::Ok();

@@ -253,6 +253,21 @@ TEST(RingErrors, RanksThatDisagreeAreNamed) {
       << status.message();
 }
 
+// The ring's own buffers count against the memory budget, on every rank,
+// before anything is allocated or exchanged.
+TEST(RingErrors, OverTheMemoryBudgetIsRefusedOnEveryRank) {
+  ProblemSpec spec;
+  spec.shape = {1, 4, 2, 300, 300, 32, 32};
+  ProblemData data(spec);
+  Share share(data, Split::kZigzag);
+  ring::RingOptions options;
+  options.run.memory_budget_bytes = 4096;
+  const Status status = ring::RingAttention(share.ring, MPI_COMM_WORLD, options);
+  EXPECT_EQ(status.code(), StatusCode::kResourceExhausted) << status.ToString();
+  EXPECT_NE(status.message().find("over the memory budget of 4096"), std::string::npos)
+      << status.message();
+}
+
 TEST(RingErrors, WhatTheRingCannotSplitIsNamed) {
   ProblemSpec spec;
   spec.shape = {1, 2, 2, 20, 20, 16, 16};
