@@ -120,8 +120,8 @@ std::vector<Case> Cases() {
   add("causal_uneven", {1, 2, 2, 37, 37, 16, 16}, MaskKind::kCausal);
   add("causal_across_tiles", {1, 2, 1, 1100, 1100, 64, 64}, MaskKind::kCausal);
   add("causal_query_pieces", {1, 1, 1, 4500, 4500, 8, 8}, MaskKind::kCausal);  // runs > 2048 rows
-  add("causal_decode_block", {1, 4, 2, 5, 77, 32, 32}, MaskKind::kCausal);   // Lq < Lk
-  add("causal_long_queries", {1, 2, 1, 50, 20, 16, 16}, MaskKind::kCausal);  // Lq > Lk
+  add("causal_decode_block", {1, 4, 2, 5, 77, 32, 32}, MaskKind::kCausal);     // Lq < Lk
+  add("causal_long_queries", {1, 2, 1, 50, 20, 16, 16}, MaskKind::kCausal);    // Lq > Lk
   add("more_ranks_than_rows", {1, 2, 2, 3, 3, 16, 16}, MaskKind::kCausal);
   add("key_lengths", {3, 2, 2, 45, 45, 16, 16}, MaskKind::kCausal, {0, 45, 17});
   add("window_key_lengths", {2, 2, 1, 60, 60, 16, 16}, MaskKind::kSlidingWindow, {60, 9});
@@ -177,6 +177,32 @@ TEST_P(RingTest, MatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(Masks, RingTest, ::testing::ValuesIn(Cases()),
                          [](const auto& info) { return info.param.name; });
+
+// Any registry variant can be the kernel of the block pairs (each returns
+// lse, which is all the merge needs).
+TEST(RingVariants, EveryVariantIsABlockKernel) {
+  ProblemSpec spec;
+  spec.shape = {2, 4, 2, 70, 70, 16, 16};
+  spec.mask = MaskKind::kSlidingWindow;
+  spec.window_left = 9;
+  spec.window_right = 2;
+  spec.key_lengths = {70, 31};
+  ProblemData data(spec);
+  StatusOr<reference::Result> want = reference::Attention(data.problem());
+  ASSERT_TRUE(want.ok());
+  for (const Variant* v : Registry()) {
+    data.Poison();
+    Share share(data, Split::kZigzag);
+    ring::RingOptions options;
+    options.variant = v->name;
+    options.run = OnThreads(1);
+    const Status status = ring::RingAttention(share.ring, MPI_COMM_WORLD, options);
+    ASSERT_TRUE(status.ok()) << v->name << ": " << status.ToString();
+    share.GatherInto(data);
+    const testing::Comparison cmp = testing::CompareToReference(data, *want);
+    EXPECT_TRUE(cmp.ok) << v->name << ": " << cmp.first_failure << " (P=" << Ranks() << ")";
+  }
+}
 
 // The same inputs twice give the same bits.
 TEST(RingDeterminism, SameBitsTwice) {
