@@ -66,6 +66,7 @@ struct Header {
   struct Writer {
     std::vector<char>& out;
     void Bytes(const void* p, size_t n) {
+      if (n == 0) return;  // an empty vector's data() may be null
       out.insert(out.end(), static_cast<const char*>(p), static_cast<const char*>(p) + n);
     }
     template <typename T>
@@ -87,6 +88,7 @@ struct Header {
   struct Reader {
     const char* in;
     void Bytes(void* p, size_t n) {
+      if (n == 0) return;  // memcpy's pointers must not be null, even for 0 bytes (UBSan)
       std::memcpy(p, in, n);
       in += n;
     }
