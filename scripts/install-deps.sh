@@ -9,6 +9,7 @@ PACKAGES=(
   libhwy-dev                 # Google Highway 1.0.3: SIMD with runtime dispatch
   libopenblas-openmp-dev     # OpenBLAS 0.3.21 built on OpenMP: shares libgomp's thread pool with our kernels
   libdnnl-dev                # oneDNN 2.6.3 (OpenMP build): the onednn variant and ceiling_matmul_bf16 (optional in CMake)
+  ocl-icd-opencl-dev         # OpenCL headers and libOpenCL.so: oneDNN's CMake config requires them (only a Recommends of libdnnl-dev)
   libgtest-dev libgmock-dev  # GoogleTest 1.12
   libbenchmark-dev           # Google Benchmark 1.7.1
   libcli11-dev nlohmann-json3-dev libfmt-dev
