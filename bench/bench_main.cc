@@ -99,6 +99,7 @@
 #include "kernels/internal/thread_scope.h"
 #include "kernels/registry.h"
 #include "kernels/tuning.h"
+#include "kernels/ukernels/prefetch.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
 #include "testing/grad_data.h"
@@ -1022,6 +1023,123 @@ void CeilingStream(benchmark::State& state, RunContext& ctx, int64_t bytes, int 
   state.counters["threads"] = double(threads);
 }
 
+// ceiling_read/decode/... and ceiling_read/paged/...: the K and V of a
+// decode case (fp32, [B, Hkv, Lk, d] or the paged case's pool, shuffled by
+// PagedTable) read in the order flash's decode reads them and summed, with
+// nothing else computed: per (batch, kv head), tiles of up to 512 keys
+// (flash's Bc), each tile's K runs and then its V runs, where a run is the
+// whole tile (contiguous) or a block of the pool. A paged run prefetches the
+// next run into L2 row by row, as flash's few-row kernels do (kernels/
+// flash.cc, NextRun). Threads take (batch, kv head) pairs. The report
+// divides a contiguous read's time by the paged read's: how fast the memory
+// lets paged decode go against contiguous decode, whatever the kernel does.
+class KvReadOrder {
+ public:
+  KvReadOrder(const Case& c) : c_(c) {
+    const int64_t rows = c.batch * c.kv_heads * c.kv_len;
+    if (c.scenario == Scenario::kPaged) {
+      table_ = PagedTable(c.batch, c.kv_len, c.block_size).data();
+      per_sequence_ = (c.kv_len + c.block_size - 1) / c.block_size;
+      const size_t pool = size_t(c.batch * per_sequence_) * c.kv_heads * c.block_size * c.dim;
+      for (HugePageFloats* t : {&k_pool_, &v_pool_}) {
+        t->Reset(pool);
+        std::fill(t->data(), t->data() + pool, 1.0f);  // real pages, not the zero page
+      }
+      k_ = k_pool_.data(), v_ = v_pool_.data();
+    } else {
+      k_plain_.assign(size_t(rows * c.dim), 1.0f);
+      v_plain_.assign(size_t(rows * c.dim), 1.0f);
+      k_ = k_plain_.data(), v_ = v_plain_.data();
+    }
+  }
+  // The sum of (b, h)'s K and V, read tile by tile, run by run.
+  float Read(int64_t b, int64_t h) const {
+    constexpr int64_t kTile = 512, kLanes = 32;
+    const int64_t lk = c_.kv_len, d = c_.dim;
+    float acc[kLanes] = {};
+    for (int64_t t0 = 0; t0 < lk; t0 += kTile) {
+      const int64_t t1 = std::min(lk, t0 + kTile);
+      for (const float* base : {k_, v_}) {
+        for (int64_t r0 = t0; r0 < t1;) {
+          const int64_t r1 = std::min(t1, RunEnd(r0));
+          const PrefetchRows next = NextRun(base, b, h, r1, t0, t1);
+          const float* row = Row(base, b, h, r0);
+          for (int64_t j = 0; j < r1 - r0; ++j, row += d) {
+            next.Prefetch(j, j + 1);
+            int64_t x = 0;
+            for (; x + kLanes <= d; x += kLanes) {
+              for (int64_t l = 0; l < kLanes; ++l) acc[l] += row[x + l];
+            }
+            for (; x < d; ++x) acc[x % kLanes] += row[x];
+          }
+          next.Prefetch(r1 - r0, next.rows);
+          r0 = r1;
+        }
+      }
+    }
+    float sum = 0;
+    for (float a : acc) sum += a;
+    return sum;
+  }
+
+ private:
+  const float* Row(const float* base, int64_t b, int64_t h, int64_t j) const {
+    if (table_ == nullptr) return base + ((b * c_.kv_heads + h) * c_.kv_len + j) * c_.dim;
+    const int64_t block = table_[b * per_sequence_ + j / c_.block_size];
+    return base + ((block * c_.kv_heads + h) * c_.block_size + j % c_.block_size) * c_.dim;
+  }
+  int64_t RunEnd(int64_t j) const {
+    return table_ == nullptr ? c_.kv_len : (j / c_.block_size + 1) * c_.block_size;
+  }
+  // After the run of `base` that ends at r1 in tile [t0, t1): its next run,
+  // the tile's first V run after its last K run, the next tile's first K run
+  // after its last V run (paged only, as flash).
+  PrefetchRows NextRun(const float* base, int64_t b, int64_t h, int64_t r1, int64_t t0,
+                       int64_t t1) const {
+    if (table_ == nullptr) return {};
+    const float* next = base;
+    int64_t j = r1, limit = t1;
+    if (r1 >= t1 && base == k_) {
+      next = v_, j = t0;
+    } else if (r1 >= t1) {
+      next = k_, j = t1, limit = std::min(c_.kv_len, t1 + 512);
+    }
+    if (j >= limit) return {};
+    const int64_t row_bytes = c_.dim * int64_t{sizeof(float)};
+    return {.k = reinterpret_cast<const char*>(Row(next, b, h, j)),
+            .k_stride = row_bytes,
+            .k_bytes = row_bytes,
+            .rows = std::min(limit, RunEnd(j)) - j};
+  }
+
+  const Case& c_;
+  const int32_t* table_ = nullptr;
+  int64_t per_sequence_ = 0;
+  HugePageFloats k_pool_, v_pool_;
+  std::vector<float> k_plain_, v_plain_;
+  const float* k_ = nullptr;
+  const float* v_ = nullptr;
+};
+
+void CeilingRead(benchmark::State& state, RunContext& ctx, const Case& c, const std::string& name) {
+  if (SkipIfInterrupted(state)) return;
+  ctx.Progress(state, name);
+  ScopedThreads scope(c.threads);
+  const KvReadOrder order(c);
+  const int64_t pairs = c.batch * c.kv_heads;
+  float total = 0;
+  for (auto _ : state) {
+    if (StopIfInterrupted(state)) break;
+    float sum = 0;
+#pragma omp parallel for num_threads(c.threads) reduction(+ : sum) schedule(static)
+    for (int64_t bh = 0; bh < pairs; ++bh) sum += order.Read(bh / c.kv_heads, bh % c.kv_heads);
+    total += sum;
+    benchmark::DoNotOptimize(total);
+  }
+  SetParams(state, c);
+  state.counters["GBps"] = Counter(BytesOf(c).kv() / 1e9, Counter::kIsIterationInvariantRate);
+}
+
 void LayerCase(benchmark::State& state, RunContext& ctx, const Variant& variant, const Case& c,
                const std::string& name) {
   if (SkipIfInterrupted(state)) return;
@@ -1110,6 +1228,19 @@ class SuiteCases {
           VariantCase(s, *ctx, *v, c, prepared, name);
         },
         prepared.refused() ? -1 : prepared.predicted_seconds);
+  }
+
+  // ceiling_read/<decode or paged case> at each thread count (CeilingRead),
+  // predicted at ~20 GB/s.
+  void AddReadCeiling(Case c) {
+    for (int t : options_.threads) {
+      c.threads = t;
+      const std::string name = "ceiling_read/" + c.Tokens();
+      if (Known(name)) continue;
+      Add(
+          name, [ctx = &ctx_, c, name](benchmark::State& s) { CeilingRead(s, *ctx, c, name); },
+          BytesOf(c).kv() / 20e9);
+    }
   }
 
   // Adds the ceiling (when `ceiling`) and every variant for case `c` at
@@ -1297,10 +1428,12 @@ class SuiteCases {
     for (int64_t lk : suite_.paged_lk) {
       for (int64_t d : suite_.decode_dims) {
         for (int64_t hkv : H > 2 ? std::vector<int64_t>{H, 2} : std::vector<int64_t>{H}) {
+          AddReadCeiling(Case{Scenario::kDecode, B, H, hkv, 1, lk, d, false});
           for (int64_t bs : suite_.paged_block_sizes) {
             Case c{Scenario::kPaged, B, H, hkv, 1, lk, d, false};
             c.block_size = bs;
             AddShape(c, /*ceiling=*/false);
+            AddReadCeiling(c);
           }
         }
       }

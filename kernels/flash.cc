@@ -12,13 +12,16 @@
 //                          vectors of queries: K scalars broadcast straight
 //                          from the K rows (no K transpose/packing), Qᵀ rows
 //                          are vectors over queries.
-//   (softcap and ALiBi bias when asked for, ModifyTile: one more pass over
-//    the tile, in L2; + additive mask; structurally hidden (key, row) pairs
-//    *set* to -inf, only in partial tiles). Measured cost over plain flash
-//    (attnlab_bench --suite=serving, d = 128, N = 2048 and 4096, dense and
-//    causal, 1 Zen 4 thread, AVX3): ALiBi 1.00-1.05, sinks 0.99-1.03 (they
-//    touch only each row's finish), softcap 1.12-1.18 (FastTanh's exp and
-//    division per score: kernels/ukernels/score_mods-inl.h)
+//   (softcap applied by ScoreTile as it stores the scores; the ALiBi bias,
+//    and the softcap of the few-row and bf16 kernels, ModifyTile: one more
+//    pass over the tile, in L2; + additive mask; structurally hidden (key,
+//    row) pairs *set* to -inf, only in partial tiles). Measured cost over
+//    plain flash (attnlab_bench --suite=serving, d = 128, N = 2048 and 4096,
+//    dense and causal, 1 Zen 4 thread, AVX3): ALiBi 1.00-1.05, sinks
+//    0.99-1.03 (they touch only each row's finish), softcap 1.03-1.06
+//    (FastTanh, kernels/ukernels/score_mods-inl.h: a polynomial for logits
+//    within +-cap; 1.12-1.18 as a separate pass with an exp and a division
+//    per score)
 //   m' = max(m, colmax Sᵀ); Pᵀ = e^(Sᵀ - m'); l = e^(m - m')·l + colsum Pᵀ
 //                          OnlineSoftmaxColumns: vectorized over queries (no
 //                          horizontal ops), FastExp2 of (S - m')·log2 e
@@ -90,12 +93,11 @@
 // (a block of the pool: ForEachKvRun), each writing or reading its slice of
 // S, so the online softmax still steps once per Bc keys. The bf16 pair
 // kernels take one stride per tile and are not used on a paged cache (the
-// converted path runs instead). Measured (reports/vm-2026-12-02-serving,
-// 1 Zen 4 thread, d = 128, Lk = 16384 and 65536, pool with MADV_HUGEPAGE):
-// block size 128 reaches 0.93-1.06 of contiguous decode, 32 0.52-0.74, 16
-// 0.38-0.51; the loss is a cost per run (in cache, MHA Lk = 4096, d = 64:
-// 0.47 ms contiguous, 0.49 at block size 128, 1.41 at 16), not bandwidth
-// (kernels/DESIGN.md, "Paged K/V").
+// converted path runs instead). Decode blocks read the pool's blocks in
+// table order, anywhere in memory, where the hardware prefetcher starts over
+// at each block: the few-row kernels prefetch the next block's rows into L2
+// as they read the current one (NextRun), which doubled paged decode's speed
+// at block sizes 16 and 32 (kernels/DESIGN.md, "Paged K/V").
 //
 // Decode (fewer than 16 row blocks, Lk > 512): flash-decoding. Each
 // block's keys are split into `splits` tile-aligned ranges (a function of the
@@ -366,11 +368,17 @@ KeyRange TileRange(const Scratch& sc, int64_t x, int64_t j0, int64_t j1) {
   return {std::min(std::max(sc.rb[x], j0), j1) - j0, std::max(std::min(sc.re[x], j1), j0) - j0};
 }
 
-// Softcap and ALiBi (kernels/problem.h, "Score modifiers") on the tile's
-// scaled scores, before the mask. Row x of the block is query position
-// i = (r0 + x) / g of head kvh·g + (r0 + x) % g; padded rows get slope 0.
+// Whether the tile's score kernel applied the softcap as it stored the
+// scores: the fp32 many-row one (ScoreTile) does; the few-row and bf16 pair
+// kernels leave it to ModifyTile.
+bool SoftcapInScores(const Block& blk) { return !blk.few_rows && blk.pairs == nullptr; }
+
+// Softcap (unless SoftcapInScores) and ALiBi (kernels/problem.h, "Score
+// modifiers") on the tile's scaled scores, before the mask. Row x of the
+// block is query position i = (r0 + x) / g of head kvh·g + (r0 + x) % g;
+// padded rows get slope 0.
 void ModifyTile(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc, Scratch& sc) {
-  const std::optional<float> cap = p.modifiers.softcap;
+  const std::optional<float> cap = SoftcapInScores(blk) ? std::nullopt : p.modifiers.softcap;
   const bool alibi = !p.modifiers.alibi_slopes.empty();
   if (!cap && !alibi) return;
   auto head = [&](int64_t x) { return blk.kvh * p.group + (blk.r0 + x) % p.group; };
@@ -510,9 +518,9 @@ void ScaleKeys(const ValidProblem& p, const RowScales& scales, const Block& blk,
 // rows prefetch the next tile's K and V rows into L2 (K/V of a head come
 // from L3 once per row block); few-row (decode) blocks stream K/V at memory
 // speed, where the hardware prefetcher keeps up and prefetch instructions
-// only queue.
+// only queue, except on a paged cache (`next_run`, NextRun).
 void F32ScoresRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
-                  int64_t j1, float* st, Scratch& sc) {
+                  int64_t j1, float* st, const PrefetchRows& next_run, Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t nc = j1 - j0, dk = p.shape.head_dim;
   if (blk.few_rows && p.k.dtype != DType::kF32) {
@@ -521,7 +529,7 @@ void F32ScoresRun(const ValidProblem& p, const flash::Plan& plan, const Block& b
     const bool in_place = WithDecodeType(p.k.dtype, whole, [&](auto tag) {
       using T = ElementOf<decltype(tag)>;
       const T* k = static_cast<const T*>(p.KvRow(p.k, blk.b, blk.kvh, j0));
-      ScoreRows<T>(sc.qt, blk.dkp, blk.nrows, k, p.k.strides.row, nc, dk, st, kFewStride);
+      ScoreRows<T>(sc.qt, blk.dkp, blk.nrows, k, p.k.strides.row, nc, dk, st, kFewStride, next_run);
     });
     if (in_place) {
       if (p.k.dtype == DType::kI8) ScaleKeys(p, p.k_scales, blk, j0, nc, st);
@@ -538,7 +546,7 @@ void F32ScoresRun(const ValidProblem& p, const flash::Plan& plan, const Block& b
   int64_t ks;
   const float* k = TileKeys(p, blk, j0, nc, sc, &ks);
   if (blk.few_rows) {
-    return ScoreRows(sc.qt, blk.dkp, blk.nrows, k, ks, nc, dk, st, kFewStride);
+    return ScoreRows(sc.qt, blk.dkp, blk.nrows, k, ks, nc, dk, st, kFewStride, next_run);
   }
   PrefetchRows next;
   if (j1 < blk.uhi) {
@@ -551,7 +559,7 @@ void F32ScoresRun(const ValidProblem& p, const flash::Plan& plan, const Block& b
             p.shape.value_dim * v_bytes,
             std::min({j1 + plan.bc, blk.uhi, p.KvRunEnd(j1)}) - j1};
   }
-  ScoreTile(sc.qt, k, ks, nc, dk, blk.rp / N, st, next);
+  ScoreTile(sc.qt, k, ks, nc, dk, blk.rp / N, st, p.modifiers.softcap.value_or(0.0f), next);
 }
 
 // Calls f(r0, r1) for the runs of keys [j0, j1) whose K and V rows each lie
@@ -567,19 +575,42 @@ void ForEachKvRun(const ValidProblem& p, int64_t j0, int64_t j1, F f) {
   }
 }
 
+// Decode on a paged cache: the K or V rows (t, rows of `width` elements) of
+// the run that starts at key j and ends at the block's end or `limit`, for
+// the few-row kernels to prefetch into L2 while they read the run before
+// it. Blocks lie anywhere in the pool, and the hardware prefetcher starts
+// over at each (a plain loop reading shuffled 8 KiB blocks on the Zen 4 VM:
+// 8 GB/s, 25 reading them in order); one block ahead, prefetcht1:
+// 15-19 GB/s. Nothing for contiguous K/V, many-row blocks (their tiles
+// prefetch the next tile: ScoreTile) or j >= limit.
+PrefetchRows NextRun(const ValidProblem& p, const TensorRef<const void>& t, int64_t width,
+                     const Block& blk, int64_t j, int64_t limit) {
+  if (!p.kv_pages || !blk.few_rows || j >= limit) return {};
+  const int64_t bytes = DTypeBytes(t.dtype);
+  return {.k = static_cast<const char*>(p.KvRow(t, blk.b, blk.kvh, j)),
+          .k_stride = t.strides.row * bytes,
+          .k_bytes = width * bytes,
+          .rows = std::min(limit, p.KvRunEnd(j)) - j};
+}
+
 // S = Q·Kᵀ over a tile, run by run (Sᵀ rows or S columns of each run at its
-// place in the tile).
+// place in the tile), each prefetching the next run's K, the last one the
+// tile's first V run (read after the softmax).
 void F32Scores(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
                int64_t j1, Scratch& sc) {
+  const int64_t dk = p.shape.head_dim, dv = p.shape.value_dim;
   ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
-    F32ScoresRun(p, plan, blk, r0, r1, sc.st + (r0 - j0) * blk.sj, sc);
+    const PrefetchRows next_run =
+        r1 < j1 ? NextRun(p, p.k, dk, blk, r1, j1) : NextRun(p, p.v, dv, blk, j0, j1);
+    F32ScoresRun(p, plan, blk, r0, r1, sc.st + (r0 - j0) * blk.sj, next_run, sc);
   });
 }
 
 // O (+)= P·V in fp32 over a tile (V converted or packed first when needed);
 // over each row's visible keys only when a partial tile's V is not finite.
 void F32PvRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
-              int64_t j1, bool partial, bool first, float* st, Scratch& sc) {
+              int64_t j1, bool partial, bool first, float* st, const PrefetchRows& next_run,
+              Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t nc = j1 - j0, dvp = plan.dvp;
   if (blk.few_rows && p.v.dtype != DType::kF32 && !partial) {
@@ -590,7 +621,8 @@ void F32PvRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, 
     const bool in_place = WithDecodeType(p.v.dtype, whole, [&](auto tag) {
       using T = ElementOf<decltype(tag)>;
       const T* v = static_cast<const T*>(p.KvRow(p.v, blk.b, blk.kvh, j0));
-      PvTile<T>(st, blk.sj, blk.sr, v, p.v.strides.row, nc, blk.nrows, dvp / N, !first, sc.o, dvp);
+      PvTile<T>(st, blk.sj, blk.sr, v, p.v.strides.row, nc, blk.nrows, dvp / N, !first, sc.o, dvp,
+                next_run);
     });
     if (in_place) return;
     for (int64_t c = 0; c < nc; c += kDecodeChunk) {
@@ -607,15 +639,21 @@ void F32PvRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, 
   if (partial && !TileValuesFinite(v, vs, nc, dvp)) {
     return PvVisibleOnly(blk, j0, j1, st, v, vs, dvp, first, sc);
   }
-  PvTile(st, blk.sj, blk.sr, v, vs, nc, blk.nrows, dvp / N, !first, sc.o, dvp);
+  PvTile(st, blk.sj, blk.sr, v, vs, nc, blk.nrows, dvp / N, !first, sc.o, dvp, next_run);
 }
 
 // O (+)= P·V over a tile, run by run (ForEachKvRun); the first run of the
-// first tile writes O.
+// first tile writes O. Each run prefetches the next run's V, the last one
+// the next tile's first K run.
 void F32Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0, int64_t j1,
            bool partial, bool first, Scratch& sc) {
+  const int64_t dk = p.shape.head_dim, dv = p.shape.value_dim;
   ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
-    F32PvRun(p, plan, blk, r0, r1, partial, first && r0 == j0, sc.st + (r0 - j0) * blk.sj, sc);
+    const PrefetchRows next_run =
+        r1 < j1 ? NextRun(p, p.v, dv, blk, r1, j1)
+                : NextRun(p, p.k, dk, blk, j1, std::min(blk.uhi, j1 + plan.bc));
+    F32PvRun(p, plan, blk, r0, r1, partial, first && r0 == j0, sc.st + (r0 - j0) * blk.sj, next_run,
+             sc);
   });
 }
 

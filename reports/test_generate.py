@@ -1724,12 +1724,27 @@ def test_paged(work, doc):
     e["real_time"] = t * ratio
     e["GBps"] = 20.0 / ratio  # decode entries carry their bandwidth
     out["benchmarks"].append(e)
+  # The read ceilings of Lk = 3000 (the contiguous read twice as fast as block size 16's; none
+  # for block size 128): ceiling_read entries carry GBps like decode.
+  for name, ratio in (("decode/Lk:3000/d:64/Hkv:8", 1.0), ("paged/Lk:3000/d:64/Hkv:8/bs:16", 2.0)):
+    e = copy.deepcopy(plain)
+    e["name"] = e["run_name"] = f"ceiling_read/{name}/threads:1/real_time"
+    e["real_time"] = t * ratio / 4
+    e["GBps"] = 80.0 / ratio
+    for key in ("GFLOPS", "label"):
+      e.pop(key, None)
+    out["benchmarks"].append(e)
   text = report_of(work, "paged", out)
   body = section(text, "## Paged K/V decode")
   check("0.8 (under target)" in body, f"block size 16 at 0.8x is flagged:\n{body}")
-  check(re.search(r"\| 128 \| [^|]+ \| [^|]+ \| 0\.97 \|", body) is not None,
-        f"block size 128 reads 0.97, not flagged:\n{body}")
+  check(re.search(r"\| 16 \| [^|]+ \| [^|]+ \| 0\.8 \(under target\) \| [^|]+ \| 0\.5 \| 1\.6 \|",
+                  body) is not None,
+        f"block size 16: read ceiling 0.5 (the reads' time ratio), speed / ceiling 1.6:\n{body}")
+  check(re.search(r"\| 128 \| [^|]+ \| [^|]+ \| 0\.97 \| [^|]+ \| not in this run \|", body)
+        is not None, f"block size 128 reads 0.97, not flagged, no read ceiling:\n{body}")
   check("no contiguous case" in body, "a paged case without its decode case says so")
+  check("ceiling_read" not in section(text, "## Other scenarios") if "## Other scenarios" in text
+        else True, "the read ceilings are not a scenario of their own")
   other = section(text, "## Other scenarios") if "## Other scenarios" in text else ""
   check("### paged" not in other, "Other scenarios leaves paged decode to its own section")
 

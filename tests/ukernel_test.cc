@@ -118,27 +118,48 @@ std::vector<int64_t> Widths(const Ukernel& u, int64_t lanes, std::vector<int64_t
 
 // --- Families ---------------------------------------------------------------
 
+double SoftcapTol(double x, double cap);  // below, with the softcap family
+
+// Plain scores, and softcapped ones (cap·tanh(s/cap) applied as they are
+// stored): the dot's own error passes through tanh at most unchanged (slope
+// <= 1), then the softcap's (SoftcapTol). cap = 1.5 puts most scores of
+// these uniform inputs past |s/cap| = 1, where FastTanh takes its exp form.
 void TestScoreTile(const Ukernel& u, int64_t lanes, Checker& c) {
   std::mt19937 rng(11);
-  for (int64_t dk : {1, 3, 16, 17, 64, 67, 128}) {
-    for (int64_t nkeys : {1, 2, 5, 6, 7, 13, 64}) {
-      for (int64_t nvec : {int64_t{1}, int64_t{3}, kTileCols / lanes}) {
-        if (nvec * lanes > kTileCols) continue;
-        const int64_t k_stride = dk + 3;
-        Buffer qt(dk * kTileCols), k(nkeys * k_stride, 1), st((nkeys + 1) * kTileCols);
-        qt.Fill(rng);
-        k.Fill(rng);
-        ScoreTileArgs a{qt.data(), k.data(), k_stride, nkeys, dk, nvec, st.data()};
-        ASSERT_TRUE(u.run(&a));
-        for (int64_t j = 0; j <= nkeys; ++j) {
-          for (int64_t x = 0; x < kTileCols; ++x) {
-            const std::string at = "S[" + std::to_string(j) + "][" + std::to_string(x) +
-                                   "] dk=" + std::to_string(dk) + " nvec=" + std::to_string(nvec);
-            if (j == nkeys || x >= nvec * lanes) {
-              c.Poisoned(st[j * kTileCols + x], at);
-              continue;
+  for (float cap : {0.0f, 1.5f, 40.0f}) {
+    for (int64_t dk : {1, 3, 16, 17, 64, 67, 128}) {
+      for (int64_t nkeys : {1, 2, 5, 6, 7, 13, 64}) {
+        for (int64_t nvec : {int64_t{1}, int64_t{3}, kTileCols / lanes}) {
+          if (nvec * lanes > kTileCols) continue;
+          const int64_t k_stride = dk + 3;
+          Buffer qt(dk * kTileCols), k(nkeys * k_stride, 1), st((nkeys + 1) * kTileCols);
+          qt.Fill(rng);
+          k.Fill(rng);
+          ScoreTileArgs a{qt.data(), k.data(), k_stride, nkeys, dk, nvec, st.data(), cap};
+          ASSERT_TRUE(u.run(&a));
+          for (int64_t j = 0; j <= nkeys; ++j) {
+            for (int64_t x = 0; x < kTileCols; ++x) {
+              const std::string at = "S[" + std::to_string(j) + "][" + std::to_string(x) +
+                                     "] dk=" + std::to_string(dk) +
+                                     " nvec=" + std::to_string(nvec) +
+                                     " softcap=" + std::to_string(cap);
+              const float got = st[j * kTileCols + x];
+              if (j == nkeys || x >= nvec * lanes) {
+                c.Poisoned(got, at);
+                continue;
+              }
+              if (cap == 0.0f) {
+                c.Dot(got, &k[j * k_stride], 1, &qt[x], kTileCols, dk, at);
+                continue;
+              }
+              double want = 0, mag = 0;
+              for (int64_t i = 0; i < dk; ++i) {
+                want += double(k[j * k_stride + i]) * qt[i * kTileCols + x];
+                mag += std::fabs(double(k[j * k_stride + i]) * qt[i * kTileCols + x]);
+              }
+              c.Near(got, cap * std::tanh(want / cap), (dk + 2) * kU * mag + SoftcapTol(want, cap),
+                     at);
             }
-            c.Dot(st[j * kTileCols + x], &k[j * k_stride], 1, &qt[x], kTileCols, dk, at);
           }
         }
       }

@@ -24,6 +24,7 @@
 #include <limits>
 
 #include "hwy/highway.h"
+#include "kernels/ukernels/prefetch.h"  // PrefetchRows
 
 HWY_BEFORE_NAMESPACE();
 namespace attn {

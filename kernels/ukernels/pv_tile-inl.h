@@ -10,6 +10,9 @@
 //        multiple of the vector length).
 //   o    nrows rows of nvec vectors, `ldo` floats apart; overwritten, or
 //        added to when `accumulate`.
+//   prefetch  rows to bring into L2 along the way, row j beside key j (or
+//        none), on the first pass over V: flash passes the next block of a
+//        paged cache.
 // Contract (PvRows, any width, the materializing variants): p row-major
 // (p[r·ldp + j]), dv any width (the last dv % lanes columns as blocked
 // scalar sums), o overwritten.
@@ -50,7 +53,8 @@ namespace HWY_NAMESPACE {
 template <int MR, int NV, bool kAccumulate, class T = float>
 HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t pm,
                                const T* HWY_RESTRICT v, int64_t vs, int64_t nkeys,
-                               float* HWY_RESTRICT o, int64_t ldo) {
+                               float* HWY_RESTRICT o, int64_t ldo,
+                               const PrefetchRows& prefetch = {}) {
   const DF d;
   const size_t N = hn::Lanes(d);
   if (nkeys < 1) {  // no keys: O = 0 (or unchanged); also keeps acc in registers
@@ -64,6 +68,7 @@ HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t 
     for (int m = 0; m < MR; ++m)
       for (int c = 0; c < NV; ++c) acc[m][c] = hn::Zero(d);
     for (int64_t j = j0; j < j1; ++j) {
+      prefetch.Prefetch(j, j + 1);
       VF x[NV];
       for (int c = 0; c < NV; ++c) x[c] = LoadVecAsF32(v + j * vs + c * N);
       for (int m = 0; m < MR; ++m) {
@@ -79,27 +84,30 @@ HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t 
       }
     }
   }
+  prefetch.Prefetch(nkeys, prefetch.rows);
 }
 
 template <int MR, int NV, class T = float>
 HWY_INLINE void PvTileRows(const float* p, int64_t pj, int64_t pm, const T* v, int64_t vs,
-                           int64_t nkeys, bool accumulate, float* o, int64_t ldo) {
-  if (accumulate) return PvTileKernel<MR, NV, true, T>(p, pj, pm, v, vs, nkeys, o, ldo);
-  PvTileKernel<MR, NV, false, T>(p, pj, pm, v, vs, nkeys, o, ldo);
+                           int64_t nkeys, bool accumulate, float* o, int64_t ldo,
+                           const PrefetchRows& prefetch = {}) {
+  if (accumulate) return PvTileKernel<MR, NV, true, T>(p, pj, pm, v, vs, nkeys, o, ldo, prefetch);
+  PvTileKernel<MR, NV, false, T>(p, pj, pm, v, vs, nkeys, o, ldo, prefetch);
 }
 
 template <int MR, class T = float>
 HWY_INLINE void PvTileVectors(int nv, const float* p, int64_t pj, int64_t pm, const T* v,
-                              int64_t vs, int64_t nkeys, bool accumulate, float* o, int64_t ldo) {
+                              int64_t vs, int64_t nkeys, bool accumulate, float* o, int64_t ldo,
+                              const PrefetchRows& prefetch = {}) {
   switch (nv) {
     case 1:
-      return PvTileRows<MR, 1, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+      return PvTileRows<MR, 1, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo, prefetch);
     case 2:
-      return PvTileRows<MR, 2, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+      return PvTileRows<MR, 2, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo, prefetch);
     case 3:
-      return PvTileRows<MR, 3, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+      return PvTileRows<MR, 3, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo, prefetch);
     default:
-      return PvTileRows<MR, 4, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+      return PvTileRows<MR, 4, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo, prefetch);
   }
 }
 
@@ -115,7 +123,8 @@ HWY_INLINE void PvTileVectors(int nv, const float* p, int64_t pj, int64_t pm, co
 template <bool kAccumulate, class T = float>
 HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT p, int64_t pj, int64_t pm,
                                     const T* HWY_RESTRICT v, int64_t vs, int64_t nkeys,
-                                    float* HWY_RESTRICT o, int64_t ldo) {
+                                    float* HWY_RESTRICT o, int64_t ldo,
+                                    const PrefetchRows& prefetch = {}) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   // Row 3's tile sums, in L1, added to O at the end like the others.
@@ -126,6 +135,7 @@ HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT p, int64_t pj, int
     hn::Store(hn::Zero(d), d, o3 + c * N);
   }
   for (int64_t j = 0; j < nkeys; ++j) {
+    prefetch.Prefetch(j, j + 1);
     const T* HWY_RESTRICT x = v + j * vs;
     VF pr[4];
     for (int r = 0; r < 4; ++r) pr[r] = hn::Set(d, p[j * pj + r * pm]);
@@ -143,22 +153,25 @@ HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT p, int64_t pj, int
     for (int r = 0; r < 3; ++r) add_to_o(r, c, acc[r][c]);
     add_to_o(3, c, hn::Load(d, o3 + c * N));
   }
+  prefetch.Prefetch(nkeys, prefetch.rows);
 }
 
 // The family form (4 rows, 8 vectors).
 template <class T = float>
 HWY_INLINE void PvFourRowsOnePassTile(const float* p, int64_t pj, int64_t pm, const T* v,
                                       int64_t vs, int64_t nkeys, int64_t nrows, int64_t nvec,
-                                      bool accumulate, float* o, int64_t ldo) {
+                                      bool accumulate, float* o, int64_t ldo,
+                                      const PrefetchRows& prefetch = {}) {
   (void)nrows, (void)nvec;  // 4, 8
-  if (accumulate) return PvFourRowsOnePass<true, T>(p, pj, pm, v, vs, nkeys, o, ldo);
-  PvFourRowsOnePass<false, T>(p, pj, pm, v, vs, nkeys, o, ldo);
+  if (accumulate) return PvFourRowsOnePass<true, T>(p, pj, pm, v, vs, nkeys, o, ldo, prefetch);
+  PvFourRowsOnePass<false, T>(p, pj, pm, v, vs, nkeys, o, ldo, prefetch);
 }
 #else
 // A vector-only kernel (ukernels.inc: kVectorTargets): never called here.
 template <class T = float>
 HWY_INLINE void PvFourRowsOnePassTile(const float*, int64_t, int64_t, const T*, int64_t, int64_t,
-                                      int64_t, int64_t, bool, float*, int64_t) {
+                                      int64_t, int64_t, bool, float*, int64_t,
+                                      const PrefetchRows& = {}) {
   HWY_ABORT("PvFourRowsOnePassTile: not compiled for HWY_SCALAR");
 }
 #endif
@@ -170,7 +183,7 @@ HWY_INLINE void PvFourRowsOnePassTile(const float*, int64_t, int64_t, const T*, 
 template <class T = float>
 HWY_INLINE void PvTile(const float* p, int64_t pj, int64_t pm, const T* v, int64_t vs,
                        int64_t nkeys, int64_t nrows, int64_t nvec, bool accumulate, float* o,
-                       int64_t ldo) {
+                       int64_t ldo, const PrefetchRows& prefetch = {}) {
   constexpr int kMR = 6, kNV = kTileVectors;
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   // Few rows (decode): every column vector of a row in registers (up to 3
@@ -180,43 +193,48 @@ HWY_INLINE void PvTile(const float* p, int64_t pj, int64_t pm, const T* v, int64
   if (nvec == 2 * kNV && nrows * nvec <= kMR * kNV) {
     switch (nrows) {
       case 1:
-        return PvTileRows<1, 2 * kNV, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+        return PvTileRows<1, 2 * kNV, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo, prefetch);
       case 2:
-        return PvTileRows<2, 2 * kNV, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+        return PvTileRows<2, 2 * kNV, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo, prefetch);
       default:
-        return PvTileRows<3, 2 * kNV, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo);
+        return PvTileRows<3, 2 * kNV, T>(p, pj, pm, v, vs, nkeys, accumulate, o, ldo, prefetch);
     }
   }
 #if HWY_TARGET != HWY_SCALAR
   if (nvec == 2 * kNV && nrows == 4 && kZmmFile && nkeys <= kKeySumBlock) {
-    return PvFourRowsOnePassTile<T>(p, pj, pm, v, vs, nkeys, nrows, nvec, accumulate, o, ldo);
+    return PvFourRowsOnePassTile<T>(p, pj, pm, v, vs, nkeys, nrows, nvec, accumulate, o, ldo,
+                                    prefetch);
   }
 #endif
+  // The first register block's pass over V prefetches (the others read V
+  // again, from cache).
+  const PrefetchRows none;
   for (int64_t c0 = 0; c0 < nvec; c0 += kNV) {
     const int nv = static_cast<int>(std::min<int64_t>(kNV, nvec - c0));
     int64_t r = 0;
     for (; r + kMR <= nrows; r += kMR) {
       PvTileVectors<kMR, T>(nv, p + r * pm, pj, pm, v + c0 * N, vs, nkeys, accumulate,
-                            o + r * ldo + c0 * N, ldo);
+                            o + r * ldo + c0 * N, ldo, c0 == 0 && r == 0 ? prefetch : none);
     }
     const float* pr = p + r * pm;
     const T* vc = v + c0 * N;
     float* out = o + r * ldo + c0 * N;
+    const PrefetchRows& pf = c0 == 0 && r == 0 ? prefetch : none;
     switch (nrows - r) {
       case 1:
-        PvTileVectors<1, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        PvTileVectors<1, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo, pf);
         break;
       case 2:
-        PvTileVectors<2, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        PvTileVectors<2, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo, pf);
         break;
       case 3:
-        PvTileVectors<3, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        PvTileVectors<3, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo, pf);
         break;
       case 4:
-        PvTileVectors<4, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        PvTileVectors<4, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo, pf);
         break;
       case 5:
-        PvTileVectors<5, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo);
+        PvTileVectors<5, T>(nv, pr, pj, pm, vc, vs, nkeys, accumulate, out, ldo, pf);
         break;
       default:
         break;

@@ -10,6 +10,8 @@
 //        key by key in address order (decode streams K from memory, and
 //        interleaved orders lost the hardware prefetcher: see each kernel).
 //   st   S out: row r, key j at st[r·lds + j].
+//   prefetch  rows to bring into L2 along the way, row j beside key j (or
+//        none): flash passes the next block of a paged cache.
 // Kernels (chosen by ScoreRows; each on the micro-kernel list):
 //   ScoreRowsFourKeys<NR>    4 keys x NR <= 4 rows, 4·NR accumulators along
 //                            d, one transpose-reduce per row for the 4 sums.
@@ -163,13 +165,15 @@ HWY_NOINLINE void ScoreRowsFourKeys(const float* HWY_RESTRICT qs, int64_t dkp,
 template <int QV, int NR, class T = float>
 HWY_NOINLINE void ScoreRowsQResident(const float* HWY_RESTRICT qs, int64_t dkp,
                                      const T* HWY_RESTRICT k, int64_t k_stride, int64_t groups,
-                                     float* HWY_RESTRICT st, int64_t lds) {
+                                     float* HWY_RESTRICT st, int64_t lds,
+                                     const PrefetchRows& prefetch = {}) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   VF q[NR][QV];
   for (int r = 0; r < NR; ++r)
     for (int v = 0; v < QV; ++v) q[r][v] = hn::Load(d, qs + r * dkp + v * N);
   for (int64_t g = 0; g < groups; ++g) {
+    prefetch.Prefetch(4 * g, 4 * g + 4);
     const T* HWY_RESTRICT kg = k + 4 * g * k_stride;
     VF acc[4][NR];
     for (int m = 0; m < 4; ++m) {
@@ -193,13 +197,15 @@ HWY_NOINLINE void ScoreRowsQResident(const float* HWY_RESTRICT qs, int64_t dkp,
 template <class T = float>
 HWY_NOINLINE void ScoreFourRowsOnePass(const float* HWY_RESTRICT qs, int64_t dkp,
                                        const T* HWY_RESTRICT k, int64_t k_stride, int64_t groups,
-                                       float* HWY_RESTRICT st, int64_t lds) {
+                                       float* HWY_RESTRICT st, int64_t lds,
+                                       const PrefetchRows& prefetch = {}) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   VF q[4][4];
   for (int r = 0; r < 4; ++r)
     for (int v = 0; v < 4; ++v) q[r][v] = hn::Load(d, qs + r * dkp + v * N);
   for (int64_t g = 0; g < groups; ++g) {
+    prefetch.Prefetch(4 * g, 4 * g + 4);
     VF pairs[2][4];
     for (int pair = 0; pair < 2; ++pair) {
       const T* HWY_RESTRICT k0 = k + (4 * g + 2 * pair) * k_stride;
@@ -227,14 +233,17 @@ HWY_NOINLINE void ScoreFourRowsOnePass(const float* HWY_RESTRICT qs, int64_t dkp
 #endif
 
 // Keys [j0, nkeys) with ScoreRowsFourKeys, then the last nkeys % 4 keys one
-// at a time (all of them on a single-lane target).
+// at a time (all of them on a single-lane target); prefetch rows from j0 on,
+// the last ones (past nkeys) at the end.
 template <class T = float>
 HWY_INLINE void ScoreRowsFourKeysTile(const float* qs, int64_t dkp, int64_t nrows, const T* k,
                                       int64_t k_stride, int64_t nkeys, int64_t dk, float* st,
-                                      int64_t lds, int64_t j0 = 0) {
+                                      int64_t lds, int64_t j0 = 0,
+                                      const PrefetchRows& prefetch = {}) {
   int64_t j = j0;
 #if HWY_TARGET != HWY_SCALAR
   for (; j + 4 <= nkeys; j += 4) {
+    prefetch.Prefetch(j, j + 4);
     const T* kj = k + j * k_stride;
     for (int64_t r = 0; r < nrows; r += 4) {
       const float* q = qs + r * dkp;
@@ -256,7 +265,11 @@ HWY_INLINE void ScoreRowsFourKeysTile(const float* qs, int64_t dkp, int64_t nrow
     }
   }
 #endif
-  for (; j < nkeys; ++j) ScoreRowsOneKey<T>(qs, dkp, nrows, k + j * k_stride, dk, st + j, lds);
+  for (; j < nkeys; ++j) {
+    prefetch.Prefetch(j, j + 1);
+    ScoreRowsOneKey<T>(qs, dkp, nrows, k + j * k_stride, dk, st + j, lds);
+  }
+  prefetch.Prefetch(nkeys, prefetch.rows);
 }
 
 #if HWY_TARGET != HWY_SCALAR
@@ -265,38 +278,41 @@ HWY_INLINE void ScoreRowsFourKeysTile(const float* qs, int64_t dkp, int64_t nrow
 template <class T = float>
 HWY_INLINE void ScoreRowsQResidentTile(const float* qs, int64_t dkp, int64_t nrows, const T* k,
                                        int64_t k_stride, int64_t nkeys, int64_t dk, float* st,
-                                       int64_t lds) {
+                                       int64_t lds, const PrefetchRows& prefetch = {}) {
   const int64_t groups = nkeys / 4;
   for (int64_t r = 0; r < nrows; r += 2) {
+    const PrefetchRows& first_pass = r == 0 ? prefetch : PrefetchRows{};
     if (nrows - r >= 2) {
-      ScoreRowsQResident<8, 2, T>(qs + r * dkp, dkp, k, k_stride, groups, st + r * lds, lds);
+      ScoreRowsQResident<8, 2, T>(qs + r * dkp, dkp, k, k_stride, groups, st + r * lds, lds,
+                                  first_pass);
     } else {
-      ScoreRowsQResident<8, 1, T>(qs + r * dkp, dkp, k, k_stride, groups, st + r * lds, lds);
+      ScoreRowsQResident<8, 1, T>(qs + r * dkp, dkp, k, k_stride, groups, st + r * lds, lds,
+                                  first_pass);
     }
   }
-  ScoreRowsFourKeysTile<T>(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds, groups * 4);
+  ScoreRowsFourKeysTile<T>(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds, groups * 4, prefetch);
 }
 
 // 4 rows, dk = 8 vectors: ScoreFourRowsOnePass over whole groups of 4 keys.
 template <class T = float>
 HWY_INLINE void ScoreFourRowsOnePassTile(const float* qs, int64_t dkp, int64_t nrows, const T* k,
                                          int64_t k_stride, int64_t nkeys, int64_t dk, float* st,
-                                         int64_t lds) {
+                                         int64_t lds, const PrefetchRows& prefetch = {}) {
   (void)nrows;  // 4
   const int64_t groups = nkeys / 4;
-  ScoreFourRowsOnePass<T>(qs, dkp, k, k_stride, groups, st, lds);
-  ScoreRowsFourKeysTile<T>(qs, dkp, 4, k, k_stride, nkeys, dk, st, lds, groups * 4);
+  ScoreFourRowsOnePass<T>(qs, dkp, k, k_stride, groups, st, lds, prefetch);
+  ScoreRowsFourKeysTile<T>(qs, dkp, 4, k, k_stride, nkeys, dk, st, lds, groups * 4, prefetch);
 }
 #else
 // Vector-only kernels (ukernels.inc: kVectorTargets): never called here.
 template <class T = float>
 HWY_INLINE void ScoreRowsQResidentTile(const float*, int64_t, int64_t, const T*, int64_t, int64_t,
-                                       int64_t, float*, int64_t) {
+                                       int64_t, float*, int64_t, const PrefetchRows& = {}) {
   HWY_ABORT("ScoreRowsQResidentTile: not compiled for HWY_SCALAR");
 }
 template <class T = float>
 HWY_INLINE void ScoreFourRowsOnePassTile(const float*, int64_t, int64_t, const T*, int64_t, int64_t,
-                                         int64_t, float*, int64_t) {
+                                         int64_t, float*, int64_t, const PrefetchRows& = {}) {
   HWY_ABORT("ScoreFourRowsOnePassTile: not compiled for HWY_SCALAR");
 }
 #endif
@@ -309,17 +325,18 @@ HWY_INLINE void ScoreFourRowsOnePassTile(const float*, int64_t, int64_t, const T
 // int8 K's scores come out unscaled).
 template <class T = float>
 HWY_INLINE void ScoreRows(const float* qs, int64_t dkp, int64_t nrows, const T* k, int64_t k_stride,
-                          int64_t nkeys, int64_t dk, float* st, int64_t lds) {
+                          int64_t nkeys, int64_t dk, float* st, int64_t lds,
+                          const PrefetchRows& prefetch = {}) {
 #if HWY_TARGET != HWY_SCALAR
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   if (nrows >= 2 && nrows <= 4 && dk == 8 * N) {
     if (nrows == 4 && kZmmFile) {
-      return ScoreFourRowsOnePassTile<T>(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds);
+      return ScoreFourRowsOnePassTile<T>(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds, prefetch);
     }
-    return ScoreRowsQResidentTile<T>(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds);
+    return ScoreRowsQResidentTile<T>(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds, prefetch);
   }
 #endif
-  ScoreRowsFourKeysTile<T>(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds);
+  ScoreRowsFourKeysTile<T>(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds, 0, prefetch);
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)

@@ -10,6 +10,10 @@
 //   st   Sᵀ out: nkeys rows of kScoreTileCols floats, 64-byte aligned; row j
 //        vector v = Σ_x k[j][x]·qt[x][v·lanes ..]. Columns past nvec vectors
 //        are not written.
+//   softcap  > 0: the logit softcap cap·tanh(s/cap) of every score, applied
+//        as the accumulators are stored (FastTanh, score_mods-inl.h: the
+//        same arithmetic as SoftcapRow, so the same bits); 0: none. A pass
+//        over the tile afterwards reads and writes its 128 KiB in L2 again.
 //   prefetch  rows of the next tile to bring into L2 along the way (or none).
 // Register block: 6 keys x 4 query vectors = 24 accumulators, + 4 Qᵀ vectors
 // + 1 broadcast <= 32 AVX-512 registers. Per d step: 4 aligned loads and 6
@@ -30,6 +34,7 @@
 
 #include "hwy/highway.h"
 #include "kernels/ukernels/common-inl.h"
+#include "kernels/ukernels/score_mods-inl.h"
 
 #ifndef ATTNLAB_KERNELS_UKERNELS_SCORE_TILE_ONCE_
 #define ATTNLAB_KERNELS_UKERNELS_SCORE_TILE_ONCE_
@@ -38,29 +43,6 @@ namespace attn {
 inline constexpr int64_t kScoreTileCols = 64;
 // Keys per score micro-kernel call.
 inline constexpr int kScoreTileKeys = 6;
-
-// Rows of a later tile to prefetch into L2 while a tile computes: `rows` K
-// rows of k_bytes and V rows of v_bytes, strides in bytes (0 rows: none),
-// whatever their element type. Issued a few rows per
-// micro-kernel call: all at once, the 1024 prefetches of a d = 128 tile
-// stalled on full miss buffers (6% of flash's time).
-struct PrefetchRows {
-  const char* k = nullptr;
-  int64_t k_stride = 0;
-  int64_t k_bytes = 0;
-  const char* v = nullptr;
-  int64_t v_stride = 0;
-  int64_t v_bytes = 0;
-  int64_t rows = 0;
-  void Prefetch(int64_t begin, int64_t end) const {
-    for (int64_t j = begin; j < std::min(end, rows); ++j) {
-      const char* kr = k + j * k_stride;
-      const char* vr = v + j * v_stride;
-      for (int64_t x = 0; x < k_bytes; x += 64) __builtin_prefetch(kr + x, 0, 2);
-      for (int64_t x = 0; x < v_bytes; x += 64) __builtin_prefetch(vr + x, 0, 2);
-    }
-  }
-};
 }  // namespace attn
 #endif
 
@@ -68,10 +50,11 @@ HWY_BEFORE_NAMESPACE();
 namespace attn {
 namespace HWY_NAMESPACE {
 
-// Sᵀ[m][v·N..] = Σ_x K[m][x] · Qᵀ[x][v·N..] for MR keys x NV query vectors.
-template <int MR, int NV>
+// Sᵀ[m][v·N..] = Σ_x K[m][x] · Qᵀ[x][v·N..] for MR keys x NV query vectors
+// (kSoftcap: cap·tanh of each, as SoftcapVectors computes it).
+template <int MR, int NV, bool kSoftcap>
 HWY_NOINLINE void ScoreTileKernel(const float* HWY_RESTRICT qt, const float* HWY_RESTRICT k,
-                                  int64_t k_stride, int64_t dk, float* HWY_RESTRICT st) {
+                                  int64_t k_stride, int64_t dk, float* HWY_RESTRICT st, float cap) {
   const DF d;
   const size_t N = hn::Lanes(d);
   if (dk < 1) return;  // never (Validate); lets gcc keep acc in registers
@@ -86,28 +69,41 @@ HWY_NOINLINE void ScoreTileKernel(const float* HWY_RESTRICT qt, const float* HWY
       for (int v = 0; v < NV; ++v) acc[m][v] = hn::MulAdd(kb, q[v], acc[m][v]);
     }
   }
+  if constexpr (kSoftcap) {
+    const VF vcap = hn::Set(d, cap), inv = hn::Set(d, 1.0f / cap);
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NV; ++v) acc[m][v] = hn::Mul(vcap, FastTanh(d, hn::Mul(acc[m][v], inv)));
+  }
   for (int m = 0; m < MR; ++m)
     for (int v = 0; v < NV; ++v) hn::Store(acc[m][v], d, st + m * kScoreTileCols + v * N);
 }
 
-template <int MR>
-HWY_INLINE void ScoreTileKeys(int nv, const float* qt, const float* k, int64_t k_stride, int64_t dk,
-                              float* st) {
+template <int MR, bool kSoftcap>
+HWY_INLINE void ScoreTileVectors(int nv, const float* qt, const float* k, int64_t k_stride,
+                                 int64_t dk, float* st, float cap) {
   switch (nv) {
     case 1:
-      return ScoreTileKernel<MR, 1>(qt, k, k_stride, dk, st);
+      return ScoreTileKernel<MR, 1, kSoftcap>(qt, k, k_stride, dk, st, cap);
     case 2:
-      return ScoreTileKernel<MR, 2>(qt, k, k_stride, dk, st);
+      return ScoreTileKernel<MR, 2, kSoftcap>(qt, k, k_stride, dk, st, cap);
     case 3:
-      return ScoreTileKernel<MR, 3>(qt, k, k_stride, dk, st);
+      return ScoreTileKernel<MR, 3, kSoftcap>(qt, k, k_stride, dk, st, cap);
     default:
-      return ScoreTileKernel<MR, 4>(qt, k, k_stride, dk, st);
+      return ScoreTileKernel<MR, 4, kSoftcap>(qt, k, k_stride, dk, st, cap);
   }
+}
+
+template <int MR>
+HWY_INLINE void ScoreTileKeys(int nv, const float* qt, const float* k, int64_t k_stride, int64_t dk,
+                              float* st, float softcap) {
+  if (softcap > 0.0f) return ScoreTileVectors<MR, true>(nv, qt, k, k_stride, dk, st, softcap);
+  ScoreTileVectors<MR, false>(nv, qt, k, k_stride, dk, st, 0.0f);
 }
 
 // The whole tile (see the contract above).
 HWY_INLINE void ScoreTile(const float* qt, const float* k, int64_t k_stride, int64_t nkeys,
-                          int64_t dk, int64_t nvec, float* st, const PrefetchRows& prefetch = {}) {
+                          int64_t dk, int64_t nvec, float* st, float softcap = 0.0f,
+                          const PrefetchRows& prefetch = {}) {
   constexpr int kMR = kScoreTileKeys;
   const size_t N = hn::Lanes(DF());
   for (int64_t v0 = 0; v0 < nvec; v0 += kTileVectors) {
@@ -117,26 +113,26 @@ HWY_INLINE void ScoreTile(const float* qt, const float* k, int64_t k_stride, int
     int64_t j = 0;
     for (; j + kMR <= nkeys; j += kMR) {
       if (v0 == 0) prefetch.Prefetch(j, j + kMR);
-      ScoreTileKeys<kMR>(nv, q, k + j * k_stride, k_stride, dk, s + j * kScoreTileCols);
+      ScoreTileKeys<kMR>(nv, q, k + j * k_stride, k_stride, dk, s + j * kScoreTileCols, softcap);
     }
     if (v0 == 0) prefetch.Prefetch(j, prefetch.rows);
     const float* kj = k + j * k_stride;
     float* sj = s + j * kScoreTileCols;
     switch (nkeys - j) {
       case 1:
-        ScoreTileKeys<1>(nv, q, kj, k_stride, dk, sj);
+        ScoreTileKeys<1>(nv, q, kj, k_stride, dk, sj, softcap);
         break;
       case 2:
-        ScoreTileKeys<2>(nv, q, kj, k_stride, dk, sj);
+        ScoreTileKeys<2>(nv, q, kj, k_stride, dk, sj, softcap);
         break;
       case 3:
-        ScoreTileKeys<3>(nv, q, kj, k_stride, dk, sj);
+        ScoreTileKeys<3>(nv, q, kj, k_stride, dk, sj, softcap);
         break;
       case 4:
-        ScoreTileKeys<4>(nv, q, kj, k_stride, dk, sj);
+        ScoreTileKeys<4>(nv, q, kj, k_stride, dk, sj, softcap);
         break;
       case 5:
-        ScoreTileKeys<5>(nv, q, kj, k_stride, dk, sj);
+        ScoreTileKeys<5>(nv, q, kj, k_stride, dk, sj, softcap);
         break;
       default:
         break;

@@ -42,6 +42,10 @@ CEILING_STREAM = "ceiling_stream"
 CEILING_FMA = "ceiling_fma"
 # oneDNN bf16 matmul of the two products of a bf16 prefill case (same tokens as that case).
 CEILING_MATMUL_BF16 = "ceiling_matmul_bf16"
+# A decode or paged decode case's K and V read in flash's order with nothing computed
+# (ceiling_read/decode/... and ceiling_read/paged/..., same tokens as that case): what the memory
+# allows that order of reads.
+CEILING_READ = "ceiling_read"
 LAYER = "layer"
 # The backward pass (dQ, dK, dV) of a variant: grad/<variant>/N:.../d:.../causal:.../threads:...,
 # the same tokens after the variant as the forward case of that shape.
@@ -53,8 +57,8 @@ VARIANT_FAMILIES = (LAYER, GRAD)
 # before ceiling_fma also hold ukernel/fma_peak/threads:1, the one-thread FMA peak.
 UKERNEL = "ukernel"
 FMA_PEAK = "fma_peak"
-FIXED_FAMILIES = (CEILING_SGEMM, CEILING_MATMUL_BF16, CEILING_STREAM, CEILING_FMA, LAYER, GRAD,
-                  UKERNEL)
+FIXED_FAMILIES = (CEILING_SGEMM, CEILING_MATMUL_BF16, CEILING_STREAM, CEILING_FMA, CEILING_READ,
+                  LAYER, GRAD, UKERNEL)
 # Peers: another library timed on the sweep's shapes by bench/peers.py (peer_torch_plain,
 # peer_torch_sdpa), what a user would pick instead of attnlab. Like a ceiling, a peer is not a
 # variant: its first token starts with PEER_PREFIX. Its file's context carries PEER_CONTEXT_KEY
@@ -518,7 +522,7 @@ def _counters(where, e):
 
 def _required_counter(family, scenario):
   """The counter every measured entry of this kind carries (what its report section shows)."""
-  if family == CEILING_STREAM or scenario == "decode":
+  if family in (CEILING_STREAM, CEILING_READ) or scenario == "decode":
     return "GBps"
   if family == UKERNEL:
     return "GFLOPS" if scenario == FMA_PEAK else "Gelems_per_s"

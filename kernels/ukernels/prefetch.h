@@ -1,0 +1,53 @@
+// Software prefetch into L2 for the micro-kernels (PrefetchRows), and for
+// the bench's read ceilings, which read memory the way flash does. A plain
+// header: nothing here depends on the Highway target.
+#ifndef ATTNLAB_KERNELS_UKERNELS_PREFETCH_H_
+#define ATTNLAB_KERNELS_UKERNELS_PREFETCH_H_
+
+#include <algorithm>
+#include <cstdint>
+
+namespace attn {
+
+// One cache line into L2 (prefetcht1). An asm statement on x86: gcc 12's
+// dead-code elimination deletes __builtin_prefetch in PrefetchRows' loops
+// (their bounds and pointers are loaded from the struct), so flash's
+// next-tile prefetch had compiled to nothing (no prefetch instruction in the
+// disassembly of the library).
+inline void PrefetchLineL2(const char* p) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  asm volatile("prefetcht1 %0" : : "m"(*p));
+#else
+  __builtin_prefetch(p, 0, 2);
+#endif
+}
+
+// Rows to prefetch into L2 while a micro-kernel reads others: `rows` K rows
+// of k_bytes and V rows of v_bytes, strides in bytes (0 rows, or 0 bytes:
+// none), whatever their element type. The kernels issue a few rows per step
+// of their key loop, row j of the prefetch beside key j of their own: all at
+// once, the 1024 prefetches of a d = 128 tile stalled on full miss buffers
+// (6% of flash's time). flash passes the next tile's K and V (ScoreTile), or
+// on a paged cache the next block's K or V rows (the few-row kernels).
+// Into L2 (prefetcht1), not L1: shuffled 8 KiB blocks read 15-19 GB/s with
+// prefetcht1 one block ahead, 8-10 with prefetcht0 at any distance, 25
+// sequentially (Zen 4 VM, a plain read loop alone).
+struct PrefetchRows {
+  const char* k = nullptr;
+  int64_t k_stride = 0;
+  int64_t k_bytes = 0;
+  const char* v = nullptr;
+  int64_t v_stride = 0;
+  int64_t v_bytes = 0;
+  int64_t rows = 0;
+  void Prefetch(int64_t begin, int64_t end) const {
+    for (int64_t j = begin; j < std::min(end, rows); ++j) {
+      for (int64_t x = 0; x < k_bytes; x += 64) PrefetchLineL2(k + j * k_stride + x);
+      for (int64_t x = 0; x < v_bytes; x += 64) PrefetchLineL2(v + j * v_stride + x);
+    }
+  }
+};
+
+}  // namespace attn
+
+#endif  // ATTNLAB_KERNELS_UKERNELS_PREFETCH_H_
