@@ -17,11 +17,11 @@
 //    pass over the tile, in L2; + additive mask; structurally hidden (key,
 //    row) pairs *set* to -inf, only in partial tiles). Measured cost over
 //    plain flash (attnlab_bench --suite=serving, d = 128, N = 2048 and 4096,
-//    dense and causal, 1 Zen 4 thread, AVX3): ALiBi 1.00-1.05, sinks
-//    0.99-1.03 (they touch only each row's finish), softcap 1.03-1.06
-//    (FastTanh, kernels/ukernels/score_mods-inl.h: a polynomial for logits
-//    within +-cap; 1.12-1.18 as a separate pass with an exp and a division
-//    per score)
+//    dense and causal, 1 Zen 4 thread, AVX3): ALiBi 0.96-1.06, sinks
+//    0.93-1.03 (they touch only each row's finish), softcap 1.07-1.11 (FastTanh,
+//    kernels/ukernels/score_mods-inl.h: a polynomial for logits within
+//    +-cap; 1.12-1.18 as a separate pass with an exp and a division per
+//    score)
 //   m' = max(m, colmax Sᵀ); Pᵀ = e^(Sᵀ - m'); l = e^(m - m')·l + colsum Pᵀ
 //                          OnlineSoftmaxColumns: vectorized over queries (no
 //                          horizontal ops), FastExp2 of (S - m')·log2 e
@@ -96,8 +96,9 @@
 // converted path runs instead). Decode blocks read the pool's blocks in
 // table order, anywhere in memory, where the hardware prefetcher starts over
 // at each block: the few-row kernels prefetch the next block's rows into L2
-// as they read the current one (NextRun), which doubled paged decode's speed
-// at block sizes 16 and 32 (kernels/DESIGN.md, "Paged K/V").
+// as they read the current one (NextRun): paged decode 1.4-1.7x faster at
+// block size 16, 1.1-1.4x at 32 (reports/vm-2026-12-02-serving against the
+// report before it; kernels/DESIGN.md, "Paged K/V").
 //
 // Decode (fewer than 16 row blocks, Lk > 512): flash-decoding. Each
 // block's keys are split into `splits` tile-aligned ranges (a function of the

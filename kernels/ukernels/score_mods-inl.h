@@ -15,7 +15,7 @@
 //                  score over 512 (0.33 over 64), against 0.45-0.49 with the
 //                  exp form for every score; flash applies it in ScoreTile's
 //                  store, where the products take ~5.2 ns per score at
-//                  d = 128: softcap costs flash 3-6%.
+//                  d = 128: softcap costs flash 3-11% (kernels/DESIGN.md).
 //                  Its error is absolute, not relative: within kTanhMaxAbsU·u
 //                  of tanh (ukernels.h; u = 2^-24), so a logit far below the
 //                  cap keeps an absolute error of a few u·cap. That is what
