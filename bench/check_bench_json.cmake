@@ -52,6 +52,7 @@ set(typed 0)
 set(sgemm 0)
 set(stream 0)
 set(fma 0)
+set(reads 0)
 math(EXPR last "${n} - 1")
 foreach(i RANGE ${last})
   get(name benchmarks ${i} name)
@@ -73,6 +74,14 @@ foreach(i RANGE ${last})
     if(NOT label MATCHES "^path=oneDNN .")
       message(FATAL_ERROR "${name}: label '${label}' does not name oneDNN's kernel")
     endif()
+  elseif(name MATCHES "^ceiling_read/(decode|paged)/")
+    # A decode or paged case's K and V read in flash's order (CeilingRead): its bandwidth and
+    # the shape's parameters.
+    get(g benchmarks ${i} GBps)
+    foreach(c Lk d Hkv threads)
+      get(value benchmarks ${i} ${c})
+    endforeach()
+    math(EXPR reads "${reads} + 1")
   elseif(name MATCHES "^ceiling_stream/bytes:[0-9]+/threads:1")
     get(g benchmarks ${i} GBps)
     math(EXPR stream "${stream} + 1")
@@ -116,9 +125,11 @@ foreach(i RANGE ${last})
   endif()
   unset(g)
 endforeach()
-if(variants LESS 1 OR typed LESS 2 OR NOT sgemm EQUAL 1 OR NOT stream EQUAL 1 OR NOT fma EQUAL 1)
+if(variants LESS 1 OR typed LESS 2 OR NOT sgemm EQUAL 1 OR NOT stream EQUAL 1 OR NOT fma EQUAL 1
+   OR NOT reads EQUAL 1)
   message(FATAL_ERROR "want >= 1 variant, >= 2 dtype: cases, 1 ceiling_sgemm, 1 ceiling_stream, "
-                      "1 ceiling_fma; got ${variants}, ${typed}, ${sgemm}, ${stream}, ${fma}")
+                      "1 ceiling_fma, 1 ceiling_read; got ${variants}, ${typed}, ${sgemm}, "
+                      "${stream}, ${fma}, ${reads}")
 endif()
 
 # 1b. Every suite registers the physical ceilings at each of its thread counts:
