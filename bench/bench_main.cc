@@ -1035,7 +1035,7 @@ void CeilingStream(benchmark::State& state, RunContext& ctx, int64_t bytes, int 
 // lets paged decode go against contiguous decode, whatever the kernel does.
 class KvReadOrder {
  public:
-  KvReadOrder(const Case& c) : c_(c) {
+  explicit KvReadOrder(const Case& c) : c_(c) {
     const int64_t rows = c.batch * c.kv_heads * c.kv_len;
     if (c.scenario == Scenario::kPaged) {
       table_ = PagedTable(c.batch, c.kv_len, c.block_size).data();
