@@ -857,11 +857,6 @@ void Kept(Checker& c, float got, const std::string& what) {
   c.Near(got, kSentinel, 0, what + " (not to be written)");
 }
 
-// ulp of a float of magnitude |y| (subnormals: 2^-149).
-double FloatUlp(double y) {
-  return std::ldexp(1.0, std::max(std::ilogb(std::max(std::fabs(y), 0x1p-126)), -126) - 23);
-}
-
 // Softcap against cap·tanh(x/cap) in double. The kernel forms t = x·fl(1/cap)
 // (relative error <= 2u), takes FastTanh (within kTanhMaxAbsU·u of tanh,
 // absolutely) and multiplies by cap (one rounding). tanh's slope is
