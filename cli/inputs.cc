@@ -585,6 +585,7 @@ std::vector<float> Inputs::ReadPerHead(const std::string& option, const std::str
 
 void Inputs::ReadModifiers(const InputOptions& options) {
   if (options.causal_top_left) mask_spec_.diagonal = Diagonal::kTopLeft;
+  if (options.causal_at_key_lengths) mask_spec_.diagonal = Diagonal::kKeyLengths;
   if (options.softcap) {
     softcap_ = ParseFloatOption("--softcap", *options.softcap, "a cap > 0 such as 30 or 50");
   }

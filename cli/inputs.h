@@ -76,6 +76,8 @@ struct InputOptions {
   // diagonal of causal and window masks top-left.
   std::optional<std::string> softcap, alibi, sinks;
   bool causal_top_left = false;
+  // ... or at each batch's key length (Diagonal::kKeyLengths).
+  bool causal_at_key_lengths = false;
   // Packed variable-length sequences (kernels/problem.h): int .npy files of
   // S + 1 offsets along Q's and K's positions (B = 1); both or neither.
   std::optional<std::string> cu_seqlens_q, cu_seqlens_k;

@@ -87,9 +87,15 @@ void AddInputOptions(CLI::App* cmd, InputOptions& in, bool dtypes = true) {
                   fmt::format("OpenMP threads, 1 to {} (default: every core)", kMaxThreads));
   cmd->add_option("--memory-budget", in.memory_budget,
                   "workspace budget, e.g. 512M (default: ATTNLAB_MEMORY_BUDGET or half of RAM)");
-  cmd->add_flag("--causal-top-left", in.causal_top_left,
-                "align the diagonal of --mask causal / window top-left (PyTorch's is_causal; "
-                "default bottom-right)");
+  CLI::Option* top_left =
+      cmd->add_flag("--causal-top-left", in.causal_top_left,
+                    "align the diagonal of --mask causal / window top-left (PyTorch's is_causal; "
+                    "default bottom-right)");
+  cmd->add_flag("--causal-at-key-lengths", in.causal_at_key_lengths,
+                "align each batch's diagonal at its --key-lengths entry, off = length - Lq: the "
+                "queries are the newest tokens of a KV cache (chunked prefill into a paged "
+                "cache; FlashAttention's cache_seqlens)")
+      ->excludes(top_left);
   cmd->add_option("--softcap", in.softcap, "logit softcap: s <- CAP·tanh(s / CAP) (Gemma 2)");
   cmd->add_option("--alibi", in.alibi,
                   "ALiBi slopes: float .npy [H], or 'standard' (2^(-8(h+1)/H)); bias "

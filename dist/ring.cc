@@ -148,6 +148,11 @@ Status CheckShare(const RingProblem& share, int ranks, int rank) {
     return InvalidArgument("ring: Lq=" + std::to_string(p.shape.q_len) +
                            " and Lk=" + std::to_string(p.shape.kv_len) + " must be >= 0");
   }
+  if (p.mask.diagonal == Diagonal::kKeyLengths) {
+    return Unimplemented(
+        "ring: no key-lengths diagonal (a per-sequence KV-cache fill; ring splits one long "
+        "sequence, whose diagonal is bottom-right, top-left or at an offset)");
+  }
   Problem local = p;
   local.shape.q_len = RankRows(share.split, p.shape.q_len, ranks, rank);
   local.shape.kv_len = RankRows(share.split, p.shape.kv_len, ranks, rank);

@@ -383,7 +383,7 @@ void ModifyTile(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc,
   const bool alibi = !p.modifiers.alibi_slopes.empty();
   if (!cap && !alibi) return;
   auto head = [&](int64_t x) { return blk.kvh * p.group + (blk.r0 + x) % p.group; };
-  auto position = [&](int64_t x) { return (blk.r0 + x) / p.group + p.diag_offset; };
+  auto position = [&](int64_t x) { return (blk.r0 + x) / p.group + p.DiagOffset(blk.b); };
   if (blk.few_rows) {  // S row-major: each row's keys are contiguous
     for (int64_t x = 0; x < blk.nrows; ++x) {
       float* s = sc.st + x * blk.sr;

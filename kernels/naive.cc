@@ -67,7 +67,7 @@ float ScoreRow(const ValidProblem& p, int64_t b, int64_t h, int64_t i, float* s)
     const float* k = p.KRow(b, p.KvHead(h), j);
     float dot = 0.0f;
     for (int64_t d = 0; d < dk; ++d) dot += q[d] * k[d];
-    s[j] = p.ModifyLogit(h, i, j, dot * p.scale) + (additive ? additive[j] : 0.0f);
+    s[j] = p.ModifyLogit(b, h, i, j, dot * p.scale) + (additive ? additive[j] : 0.0f);
     max = (std::isnan(s[j]) || std::isnan(max)) ? std::nanf("") : std::max(max, s[j]);
   }
   return max;

@@ -36,6 +36,8 @@ const char* DiagonalName(Diagonal diagonal) {
       return "top-left";
     case Diagonal::kAt:
       return "at";
+    case Diagonal::kKeyLengths:
+      return "key-lengths";
     default:
       return "bottom-right";
   }
@@ -102,6 +104,7 @@ std::string Describe(const Shape& s, const Mask& m) {
   if (m.kind == MaskKind::kCausal || m.kind == MaskKind::kSlidingWindow) {
     if (m.diagonal == Diagonal::kTopLeft) out.append("(top-left)");
     if (m.diagonal == Diagonal::kAt) out.append("(off=" + std::to_string(m.diagonal_offset) + ")");
+    if (m.diagonal == Diagonal::kKeyLengths) out.append("(at key lengths)");
   }
   if (m.key_lengths) out.append("+key_lengths");
   if (m.sequences)
@@ -633,7 +636,7 @@ static Status CheckProblem(const Problem& p, std::vector<Extent>& inputs,
   }
 
   if (m.diagonal != Diagonal::kBottomRight && m.diagonal != Diagonal::kTopLeft &&
-      m.diagonal != Diagonal::kAt) {
+      m.diagonal != Diagonal::kAt && m.diagonal != Diagonal::kKeyLengths) {
     return InvalidArgument("mask diagonal " + std::to_string(static_cast<int>(m.diagonal)) +
                            " is not a Diagonal");
   }
@@ -648,6 +651,11 @@ static Status CheckProblem(const Problem& p, std::vector<Extent>& inputs,
           "mask diagonal kAt (an explicit offset) does not combine with packed sequences "
           "(each sequence has its own diagonal)");
     }
+  }
+  if (m.diagonal == Diagonal::kKeyLengths && !m.key_lengths) {
+    return InvalidArgument(
+        "mask diagonal key-lengths (each batch's diagonal at its key length) needs key_lengths" +
+        std::string(m.sequences ? " (packed sequences already have their own diagonals)" : ""));
   }
   ATTN_RETURN_IF_ERROR(CheckSequences(m, s, inputs));
   ATTN_RETURN_IF_ERROR(CheckModifiers(p.modifiers, s, inputs));
@@ -711,17 +719,35 @@ StatusOr<ValidProblem> Validate(const Problem& p) {
   v.mask = m;
   v.modifiers = p.modifiers;
   v.kv_pages = p.kv_pages;
-  // Windows wider than the whole problem are equivalent to the whole problem;
-  // clamping keeps i + off +- window inside int64.
-  const int64_t reach = s.q_len + s.kv_len;
-  v.mask.window_left = std::min(m.window_left, reach);
-  v.mask.window_right = std::min(m.window_right, reach);
   v.lse = p.lse;
   v.weights = p.weights;
   v.group = s.heads / s.kv_heads;
-  v.diag_offset = m.diagonal == Diagonal::kTopLeft ? 0
-                  : m.diagonal == Diagonal::kAt    ? m.diagonal_offset
-                                                   : s.kv_len - s.q_len;
+  switch (m.diagonal) {
+    case Diagonal::kTopLeft:
+      v.diag_offset = 0;
+      break;
+    case Diagonal::kAt:
+      v.diag_offset = m.diagonal_offset;
+      break;
+    case Diagonal::kKeyLengths:
+      v.diag_offset = -s.q_len;  // + key_lengths[b]: ValidProblem::DiagOffset
+      break;
+    default:
+      v.diag_offset = s.kv_len - s.q_len;
+  }
+  // A window wider than every row's reach is equivalent to that reach, and
+  // clamping keeps i + off +- window inside int64. Row i's window starts at
+  // i + off - left, <= 0 for every row once left >= Lq + off, and ends at
+  // i + off + right, >= Lk once right >= Lk - off: over every offset a row
+  // may have (each batch's with kKeyLengths, each sequence's when packed:
+  // within [-Lq, Lk]). Clamping to Lq + Lk instead was wrong for an explicit
+  // offset (kAt) beyond it: ring attention's block pairs with a window wider
+  // than the block saw too few keys.
+  const bool per_row_offsets = m.diagonal == Diagonal::kKeyLengths || m.sequences;
+  const int64_t off_lo = per_row_offsets ? -s.q_len : v.diag_offset;
+  const int64_t off_hi = per_row_offsets ? s.kv_len : v.diag_offset;
+  v.mask.window_left = std::min(m.window_left, std::max<int64_t>(0, s.q_len + off_hi));
+  v.mask.window_right = std::min(m.window_right, std::max<int64_t>(0, s.kv_len - off_lo));
   return v;
 }
 

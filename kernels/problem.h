@@ -18,7 +18,15 @@
 // works), or off = 0 with Mask::diagonal = kTopLeft (PyTorch's is_causal
 // convention; the two agree when Lq = Lk), or any off given with
 // Mask::diagonal = kAt (one block of a longer sequence; not with packed
-// sequences). Query row i sees key j when:
+// sequences), or off_b = key_lengths[b] - Lq with Mask::diagonal =
+// kKeyLengths (bottom-right of each batch's own key length: the Lq queries
+// are the newest tokens of a KV cache that holds key_lengths[b] keys,
+// themselves included, as FlashAttention's flash_attn_with_kvcache aligns
+// causal to cache_seqlens and vLLM's chunked prefill does; needs key
+// lengths, not with packed sequences). The default bottom-right aligns at
+// Lk, the cache's capacity: chunked prefill into caches filled to different
+// lengths needs kKeyLengths, or its queries see each other's future keys.
+// Query row i sees key j when:
 //   kNone           always
 //   kCausal         j <= i + off
 //   kSlidingWindow  i + off - left <= j <= i + off + right   (left, right >= 0)
@@ -67,7 +75,8 @@
 // batch b is row j % block_size of block block_table[b][j / block_size]
 // (block_table is [B, blocks_per_sequence], row-major). Lk is the longest a
 // sequence may be (<= blocks_per_sequence·block_size) and key_lengths, as
-// usual, each sequence's length; the table's entries past the blocks a
+// usual, each sequence's length (Lk being the capacity, a causal chunk of
+// prefill takes Diagonal::kKeyLengths); the table's entries past the blocks a
 // sequence's keys need are never read (vLLM pads them with -1 or 0), the
 // others must name a block of the pool. Blocks may come in any order and be
 // shared by several sequences (a common prefix). Everything else (masks,
@@ -209,8 +218,11 @@ struct AdditiveMaskShape {
 // the queries at global positions [q0, q0 + Lq) of a problem whose own
 // offset is `off` against the keys at [k0, k0 + Lk) have off + q0 - k0, so
 // ring attention (dist/ring.h) runs every block pair as an ordinary problem.
-enum class Diagonal { kBottomRight, kTopLeft, kAt };
-const char* DiagonalName(Diagonal diagonal);  // "bottom-right", "top-left", "at"
+// kKeyLengths puts each batch's diagonal at its own key length (a KV cache
+// filled to key_lengths[b]: off_b = key_lengths[b] - Lq).
+enum class Diagonal { kBottomRight, kTopLeft, kAt, kKeyLengths };
+// "bottom-right", "top-left", "at", "key-lengths"
+const char* DiagonalName(Diagonal diagonal);
 
 // The sequences of a packed batch (see "Packed variable-length sequences"):
 // S + 1 non-decreasing offsets each, from 0 to Lq (queries) and Lk (keys).
@@ -307,8 +319,16 @@ class ValidProblem {
   std::optional<KvPages> kv_pages;
   std::span<float> lse;
   std::span<float> weights;
-  int64_t group = 1;        // H / Hkv: query heads per kv head
-  int64_t diag_offset = 0;  // off: Lk - Lq, 0 (top-left) or Mask::diagonal_offset
+  int64_t group = 1;  // H / Hkv: query heads per kv head
+  // off: Lk - Lq, 0 (top-left) or Mask::diagonal_offset; -Lq for
+  // kKeyLengths, whose batches add their key length (DiagOffset).
+  int64_t diag_offset = 0;
+
+  // Where batch b's query row 0 meets its diagonal (off of "Masks").
+  int64_t DiagOffset(int64_t b) const {
+    if (mask.diagonal != Diagonal::kKeyLengths) return diag_offset;
+    return diag_offset + (*mask.key_lengths)[b];
+  }
 
   int64_t KvHead(int64_t h) const { return h / group; }
   DTypes dtypes() const { return {q.dtype, k.dtype, v.dtype, o.dtype}; }
@@ -380,21 +400,21 @@ class ValidProblem {
   // (causal, sliding window, key lengths). The additive mask is not included.
   KeyRange VisibleKeys(int64_t b, int64_t i) const {
     if (mask.sequences) return SequenceVisibleKeys(i);
-    KeyRange keys = DiagonalKeys(i + diag_offset, shape.kv_len);
+    KeyRange keys = DiagonalKeys(i + DiagOffset(b), shape.kv_len);
     if (mask.key_lengths) keys.end = std::min<int64_t>(keys.end, (*mask.key_lengths)[b]);
     return {keys.begin, std::max(keys.begin, keys.end)};
   }
-  // The ALiBi bias of (h, i, j) (0 without ALiBi), as kernels compute it:
-  // slope·(j - i - off) in fp32.
-  float AlibiBias(int64_t h, int64_t i, int64_t j) const {
+  // The ALiBi bias of (b, h, i, j) (0 without ALiBi), as kernels compute it:
+  // slope·(j - i - off_b) in fp32.
+  float AlibiBias(int64_t b, int64_t h, int64_t i, int64_t j) const {
     if (modifiers.alibi_slopes.empty()) return 0.0f;
-    return modifiers.alibi_slopes[h] * static_cast<float>(j - i - diag_offset);
+    return modifiers.alibi_slopes[h] * static_cast<float>(j - i - DiagOffset(b));
   }
   // A scaled logit s = scale·q_i·k_j after the softcap and the ALiBi bias
   // (not the additive mask), as a scalar kernel computes it.
-  float ModifyLogit(int64_t h, int64_t i, int64_t j, float s) const {
+  float ModifyLogit(int64_t b, int64_t h, int64_t i, int64_t j, float s) const {
     if (modifiers.softcap) s = *modifiers.softcap * std::tanh(s / *modifiers.softcap);
-    return s + AlibiBias(h, i, j);
+    return s + AlibiBias(b, h, i, j);
   }
   // The sink logit of query head h (-inf without sinks).
   float Sink(int64_t h) const {

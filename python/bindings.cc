@@ -153,6 +153,7 @@ struct Options {
   std::optional<float> scale;
   std::optional<py::array> k_scales, v_scales;  // [B, Hkv, Lk] float32 views (i8 K, V)
   bool top_left = false;                        // Diagonal::kTopLeft
+  bool at_key_lengths = false;                  // Diagonal::kKeyLengths
   std::optional<float> softcap;
   std::optional<py::array> alibi_slopes, sinks;  // [H] float32, contiguous
   int threads = 0;
@@ -258,6 +259,7 @@ Problem MakeProblem(const py::array& q, const py::array& k, const py::array& v, 
     p.mask.additive = FloatSpan(opt.additive, "mask", m.size(), /*read=*/true);
   }
   if (opt.top_left) p.mask.diagonal = Diagonal::kTopLeft;
+  if (opt.at_key_lengths) p.mask.diagonal = Diagonal::kKeyLengths;
   p.modifiers.softcap = opt.softcap;
   // Their lengths are Validate's to check (it names H).
   auto count = [](const std::optional<py::array>& a) { return a ? int64_t(a->size()) : 0; };
@@ -447,6 +449,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("k_scales", &Options::k_scales)
       .def_readwrite("v_scales", &Options::v_scales)
       .def_readwrite("top_left", &Options::top_left)
+      .def_readwrite("at_key_lengths", &Options::at_key_lengths)
       .def_readwrite("softcap", &Options::softcap)
       .def_readwrite("alibi_slopes", &Options::alibi_slopes)
       .def_readwrite("sinks", &Options::sinks)

@@ -62,7 +62,7 @@ RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
     for (int64_t d = 0; d < s.head_dim; ++d) abs_dot += std::fabs(q[d] * k[d]);
     // The ALiBi bias: its magnitude like a mask entry's (slope·(j - i - off)
     // rounds twice in fp32: converting the distance and multiplying).
-    double a = scale * abs_dot + std::fabs(ModifiedLogit(p, h, i, j, 0.0));
+    double a = scale * abs_dot + std::fabs(ModifiedLogit(p, b, h, i, j, 0.0));
     if (p.mask.kind == MaskKind::kAdditive) {
       const AdditiveMaskShape& m = p.mask.additive_shape;
       const double add =

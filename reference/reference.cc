@@ -33,14 +33,22 @@ void LoadKvRow(const Problem& p, bool value, int64_t b, int64_t kvh, int64_t j, 
   LoadRow(t, scales, block, kvh, j % pages.block_size, n, out);
 }
 
-// off of kernels/problem.h: where query row 0's diagonal meets the keys.
-int64_t DiagonalOffset(const Shape& s, const Mask& mask) {
-  if (mask.diagonal == Diagonal::kAt) return mask.diagonal_offset;
-  return mask.diagonal == Diagonal::kTopLeft ? 0 : s.kv_len - s.q_len;
+// off of kernels/problem.h: where batch b's query row 0 meets its diagonal.
+int64_t DiagonalOffset(const Shape& s, const Mask& mask, int64_t b) {
+  switch (mask.diagonal) {
+    case Diagonal::kAt:
+      return mask.diagonal_offset;
+    case Diagonal::kTopLeft:
+      return 0;
+    case Diagonal::kKeyLengths:
+      return (*mask.key_lengths)[b] - s.q_len;
+    default:
+      return s.kv_len - s.q_len;
+  }
 }
 
-Positions LocalPositions(const Shape& s, const Mask& mask, int64_t i, int64_t j) {
-  if (!mask.sequences) return {i, j, DiagonalOffset(s, mask), true};
+Positions LocalPositions(const Shape& s, const Mask& mask, int64_t b, int64_t i, int64_t j) {
+  if (!mask.sequences) return {i, j, DiagonalOffset(s, mask, b), true};
   const std::span<const int32_t> cq = mask.sequences->cu_seqlens_q;
   const std::span<const int32_t> ck = mask.sequences->cu_seqlens_k;
   for (size_t x = 0; x + 1 < cq.size(); ++x) {  // the sequence holding query i
@@ -48,13 +56,13 @@ Positions LocalPositions(const Shape& s, const Mask& mask, int64_t i, int64_t j)
     Shape one = s;
     one.q_len = cq[x + 1] - cq[x];
     one.kv_len = ck[x + 1] - ck[x];
-    return {i - cq[x], j - ck[x], DiagonalOffset(one, mask), ck[x] <= j && j < ck[x + 1]};
+    return {i - cq[x], j - ck[x], DiagonalOffset(one, mask, b), ck[x] <= j && j < ck[x + 1]};
   }
   return {i, j, 0, false};
 }
 
 bool KeyVisible(const Shape& s, const Mask& mask, int64_t b, int64_t i, int64_t j) {
-  const Positions local = LocalPositions(s, mask, i, j);
+  const Positions local = LocalPositions(s, mask, b, i, j);
   if (!local.same_sequence) return false;
   const int64_t diag = local.i + local.off;
   j = local.j;
@@ -77,13 +85,13 @@ bool KeyVisible(const Problem& p, int64_t b, int64_t i, int64_t j) {
   return KeyVisible(p.shape, p.mask, b, i, j);
 }
 
-double ModifiedLogit(const Problem& p, int64_t h, int64_t i, int64_t j, double logit) {
+double ModifiedLogit(const Problem& p, int64_t b, int64_t h, int64_t i, int64_t j, double logit) {
   if (p.modifiers.softcap) {
     const double cap = *p.modifiers.softcap;
     logit = cap * std::tanh(logit / cap);
   }
   if (!p.modifiers.alibi_slopes.empty()) {
-    const Positions local = LocalPositions(p.shape, p.mask, i, j);
+    const Positions local = LocalPositions(p.shape, p.mask, b, i, j);
     logit += double(p.modifiers.alibi_slopes[h]) * double(local.j - local.i - local.off);
   }
   return logit;
@@ -131,7 +139,7 @@ StatusOr<Result> Attention(const Problem& p, bool with_weights) {
           double dot = 0;
           for (int64_t d = 0; d < s.head_dim; ++d) dot += q[d] * k[d];
           const double logit =
-              ModifiedLogit(p, h, i, j, dot * scale) + AdditiveAt(p.mask, b, h, i, j);
+              ModifiedLogit(p, b, h, i, j, dot * scale) + AdditiveAt(p.mask, b, h, i, j);
           logits[j] = logit;
           if (std::isnan(logit) || std::isnan(max)) {
             max = nan;

@@ -43,8 +43,9 @@ void LoadKvRow(const Problem& problem, bool value, int64_t b, int64_t kvh, int64
 bool KeyVisible(const Problem& problem, int64_t b, int64_t i, int64_t j);
 // The same from the shape and mask alone.
 bool KeyVisible(const Shape& shape, const Mask& mask, int64_t b, int64_t i, int64_t j);
-// off of kernels/problem.h: Lk - Lq for a bottom-right diagonal, 0 top-left.
-int64_t DiagonalOffset(const Shape& shape, const Mask& mask);
+// off of kernels/problem.h for batch b: Lk - Lq for a bottom-right diagonal,
+// 0 top-left, Mask::diagonal_offset (kAt), key_lengths[b] - Lq (kKeyLengths).
+int64_t DiagonalOffset(const Shape& shape, const Mask& mask, int64_t b);
 // Query position i and key position j counted from the start of their
 // sequence, and that sequence's diagonal offset: the positions themselves and
 // DiagonalOffset without packed sequences; with them (Mask::sequences), those
@@ -53,10 +54,11 @@ struct Positions {
   int64_t i, j, off;
   bool same_sequence;
 };
-Positions LocalPositions(const Shape& shape, const Mask& mask, int64_t i, int64_t j);
-// A scaled logit of query head h, row i, key j after the softcap and the
-// ALiBi bias (kernels/problem.h, "Score modifiers"), in double.
-double ModifiedLogit(const Problem& problem, int64_t h, int64_t i, int64_t j, double logit);
+Positions LocalPositions(const Shape& shape, const Mask& mask, int64_t b, int64_t i, int64_t j);
+// A scaled logit of batch b, query head h, row i, key j after the softcap and
+// the ALiBi bias (kernels/problem.h, "Score modifiers"), in double.
+double ModifiedLogit(const Problem& problem, int64_t b, int64_t h, int64_t i, int64_t j,
+                     double logit);
 // The additive mask entry of (b, h, i, j) as a double; 0 when the mask is not
 // additive.
 double AdditiveAt(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t j);

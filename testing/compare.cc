@@ -151,7 +151,7 @@ bool LogitsRepresentable(const Problem& p, int64_t b, int64_t h, int64_t i) {
     const float m = additive ? additive[j] : 0.0f;
     // The mask entry and the ALiBi bias are added to the logit alike.
     const double m_abs = (std::isinf(m) ? 0.0 : std::fabs(double(m))) +
-                         std::fabs(reference::ModifiedLogit(p, h, i, j, 0.0));
+                         std::fabs(reference::ModifiedLogit(p, b, h, i, j, 0.0));
     if (!((1 + g) * dot_abs < kFp32Overflow && (1 + g) * scale * dot_abs + m_abs < kFp32Overflow)) {
       return false;
     }

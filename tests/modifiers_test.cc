@@ -181,17 +181,22 @@ std::vector<Case> DiagonalAtCases() {
   std::vector<Case> cases;
   for (const Variant* v : Registry()) {
     int n = 0;
-    for (const auto& [off, mask] : {std::tuple{-90, MaskKind::kCausal},
-                                    {-30, MaskKind::kCausal},
-                                    {77, MaskKind::kCausal},
-                                    {600, MaskKind::kCausal},
-                                    {-40, MaskKind::kSlidingWindow},
-                                    {150, MaskKind::kSlidingWindow}}) {
+    // (left, right) windows; the last two wider than Lq + Lk = 230 while an
+    // offset far off makes a row's reach wider still (Validate once clamped
+    // them to 230: rows saw too few keys).
+    for (const auto& [off, mask, left, right] : {std::tuple{-90, MaskKind::kCausal, 20, 7},
+                                                 {-30, MaskKind::kCausal, 20, 7},
+                                                 {77, MaskKind::kCausal, 20, 7},
+                                                 {600, MaskKind::kCausal, 20, 7},
+                                                 {-40, MaskKind::kSlidingWindow, 20, 7},
+                                                 {150, MaskKind::kSlidingWindow, 20, 7},
+                                                 {150, MaskKind::kSlidingWindow, 235, 7},
+                                                 {-200, MaskKind::kSlidingWindow, 3, 335}}) {
       ProblemSpec spec;
       spec.shape = {1, 4, 2, 90, 140, 32, 32};
       spec.mask = mask;
-      spec.window_left = 20;
-      spec.window_right = 7;
+      spec.window_left = left;
+      spec.window_right = right;
       spec.seed = 400 + n;
       const Modifiers mods = n % 2 ? Modifiers{"alibi", std::nullopt, true, false}
                                    : Modifiers{"none", std::nullopt, false, false};
@@ -204,6 +209,42 @@ std::vector<Case> DiagonalAtCases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(DiagonalAt, ModifierTest, ::testing::ValuesIn(DiagonalAtCases()),
+                         ParamName);
+
+// The key-lengths diagonal (Diagonal::kKeyLengths: the Lq queries are the
+// newest tokens of a KV cache holding key_lengths[b] keys) needs no support
+// either: a chunk crossing the tiles, a cache shorter than the chunk (its
+// first rows see nothing), an empty cache, decode, no mask (ALiBi alone), a
+// window; ALiBi's zero follows each batch's diagonal.
+std::vector<Case> KeyLengthsCases() {
+  std::vector<Case> cases;
+  for (const Variant* v : Registry()) {
+    int n = 0;
+    auto add = [&](Shape shape, MaskKind mask, std::vector<int32_t> lengths) {
+      ProblemSpec spec;
+      spec.shape = shape;
+      spec.mask = mask;
+      spec.window_left = 20;
+      spec.window_right = 7;
+      spec.key_lengths = std::move(lengths);
+      spec.seed = 500 + n;
+      const Modifiers mods = n % 2 ? Modifiers{"alibi", std::nullopt, true, false}
+                                   : Modifiers{"none", std::nullopt, false, false};
+      Case c{v, spec, mods, Diagonal::kKeyLengths, ""};
+      c.name = std::string(v->name) + "_keylengths_" + std::to_string(n++);
+      cases.push_back(c);
+    };
+    add({2, 4, 2, 70, 600, 32, 32}, MaskKind::kCausal, {600, 300});
+    add({3, 4, 2, 5, 200, 32, 32}, MaskKind::kCausal, {200, 3, 0});
+    add({2, 4, 4, 1, 900, 64, 64}, MaskKind::kCausal, {900, 17});
+    add({2, 8, 2, 3, 520, 64, 64}, MaskKind::kNone, {520, 64});
+    add({2, 2, 1, 90, 700, 32, 32}, MaskKind::kSlidingWindow, {650, 100});
+    add({2, 4, 2, 130, 600, 64, 64}, MaskKind::kCausal, {130, 400});
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(KeyLengths, ModifierTest, ::testing::ValuesIn(KeyLengthsCases()),
                          ParamName);
 
 // The spec of a causal problem of `shape`.
@@ -353,6 +394,60 @@ TEST(DiagonalAtTest, ValidateNamesTheOffset) {
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(status.message().find("diagonal_offset=281474976710657"), std::string::npos)
       << status.message();
+}
+
+// Each batch of a key-lengths problem is the bottom-right problem of its own
+// cache: the reference gives batch b the rows (O and lse, ALiBi included)
+// of the problem cut to its key_lengths[b] keys, exactly. A cache shorter
+// than the chunk (4 keys, 6 queries) leaves its first two rows empty.
+TEST(KeyLengthsDiagonalTest, EachBatchIsItsOwnCacheBottomRight) {
+  ProblemSpec spec = Causal({3, 4, 2, 6, 40, 16, 16});
+  spec.key_lengths = {40, 25, 4};
+  ProblemData data(spec);
+  Problem& p = data.problem();
+  p.mask.diagonal = Diagonal::kKeyLengths;
+  ModifierValues values;
+  values.Attach({"alibi", std::nullopt, true, false}, p);
+  StatusOr<reference::Result> whole = reference::Attention(p);
+  ASSERT_TRUE(whole.ok()) << whole.status().ToString();
+  const Shape& s = p.shape;
+  const int64_t rows = s.heads * s.q_len;
+  for (int64_t b = 0; b < s.batch; ++b) {
+    Problem one = p;
+    one.shape.batch = 1;
+    one.shape.kv_len = spec.key_lengths[b];
+    one.mask.key_lengths.reset();
+    one.mask.diagonal = Diagonal::kBottomRight;
+    one.q.data = ValidProblem::Row(p.q, b, 0, 0);
+    one.k.data = ValidProblem::Row(p.k, b, 0, 0);
+    one.v.data = ValidProblem::Row(p.v, b, 0, 0);
+    one.o.data = ValidProblem::Row(p.o, b, 0, 0);
+    one.lse = p.lse.subspan(b * rows, rows);
+    StatusOr<reference::Result> cut = reference::Attention(one);
+    ASSERT_TRUE(cut.ok()) << cut.status().ToString();
+    for (int64_t r = 0; r < rows; ++r) {
+      EXPECT_EQ(whole->lse[b * rows + r], cut->lse[r]) << "b=" << b << " row " << r;
+      for (int64_t d = 0; d < s.value_dim; ++d) {
+        EXPECT_EQ(whole->o[(b * rows + r) * s.value_dim + d], cut->o[r * s.value_dim + d])
+            << "b=" << b << " row " << r;
+      }
+    }
+  }
+  // Batch 2's rows 0 and 1 (of every head) see nothing: 4 - 6 + i < 0.
+  EXPECT_EQ(whole->lse[2 * rows], -std::numeric_limits<double>::infinity());
+  EXPECT_EQ(whole->lse[2 * rows + 1], -std::numeric_limits<double>::infinity());
+  EXPECT_GT(whole->lse[2 * rows + 2], -std::numeric_limits<double>::infinity());
+  EXPECT_NE(Describe(p.shape, p.mask).find("causal(at key lengths)"), std::string::npos);
+  StatusOr<ValidProblem> v = Validate(p);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->VisibleKeys(1, 0).end, 25 - 6 + 1);
+  // It needs key lengths.
+  p.mask.key_lengths.reset();
+  EXPECT_EQ(testing::RefusalMismatch(
+                p, [](Problem&) {},
+                "mask diagonal key-lengths (each batch's diagonal at its key length) needs "
+                "key_lengths"),
+            "");
 }
 
 }  // namespace

@@ -3,7 +3,8 @@
 // fp64 reference, which reads the pool through the table on its own, for
 // block sizes from 1 to 128 with blocks shuffled through the pool and shared
 // between sequences, decode and prefill, GQA, every structural mask, key
-// lengths of 0 and 1, score modifiers (paged + window + sinks) and every
+// lengths of 0 and 1, score modifiers (paged + window + sinks), chunked
+// prefill with each batch's diagonal at its key length, and every
 // element type (flash reads the pool run by run inside its usual Bc-key
 // tiles, so its P·V sums in another association than on a contiguous cache:
 // within the bound, not bit for bit); the other variants refuse with Unimplemented naming the
@@ -113,6 +114,7 @@ struct Case {
   ProblemSpec spec;
   int64_t block_size = 16;
   bool modifiers = false;
+  Diagonal diagonal = Diagonal::kBottomRight;
   std::string name;
 };
 
@@ -123,7 +125,8 @@ std::vector<Case> Cases() {
   for (const Variant* v : Registry()) {
     int n = 0;
     auto add = [&](Shape shape, MaskKind mask, std::vector<int32_t> lengths, int64_t block_size,
-                   DTypes dtypes = {}, bool modifiers = false) {
+                   DTypes dtypes = {}, bool modifiers = false,
+                   Diagonal diagonal = Diagonal::kBottomRight) {
       Case c;
       c.variant = v;
       c.spec.shape = shape;
@@ -135,6 +138,7 @@ std::vector<Case> Cases() {
       c.spec.seed = 500 + n;
       c.block_size = block_size;
       c.modifiers = modifiers;
+      c.diagonal = diagonal;
       c.name =
           std::string(v->name) + "_" + std::to_string(n++) + "_bs" + std::to_string(block_size);
       cases.push_back(c);
@@ -149,10 +153,16 @@ std::vector<Case> Cases() {
     add({2, 4, 2, 130, 300, 32, 32}, MaskKind::kCausal, {300, 140}, 32);
     add({1, 2, 1, 70, 600, 64, 64}, MaskKind::kSlidingWindow, {}, 16, {}, /*modifiers=*/true);
     add({2, 8, 2, 3, 520, 64, 64}, MaskKind::kCausal, {520, 64}, 64, {}, /*modifiers=*/true);
+    // Chunked prefill into caches filled to different lengths: each batch's
+    // diagonal at its own key length (one cache shorter than the chunk).
+    add({3, 8, 2, 16, 512, 64, 64}, MaskKind::kCausal, {512, 200, 7}, 16, {}, /*modifiers=*/true,
+        Diagonal::kKeyLengths);
     // Element types: a bf16 and an int8 cache (decode and prefill).
     constexpr DType kF32 = DType::kF32, kBF16 = DType::kBF16, kI8 = DType::kI8;
     add({2, 8, 2, 1, 900, 128, 128}, MaskKind::kNone, {900, 33}, 16, {kF32, kBF16, kBF16, kF32});
     add({2, 8, 2, 1, 900, 128, 128}, MaskKind::kNone, {900, 33}, 32, {kF32, kI8, kI8, kF32});
+    add({2, 4, 2, 9, 300, 128, 128}, MaskKind::kCausal, {300, 33}, 32, {kF32, kBF16, kBF16, kF32},
+        false, Diagonal::kKeyLengths);
     add({1, 4, 4, 100, 100, 64, 64}, MaskKind::kCausal, {}, 16, {kBF16, kBF16, kBF16, kBF16});
     add({1, 4, 2, 100, 100, 64, 64}, MaskKind::kCausal, {}, 16, {kF32, kI8, kI8, kF32});
   }
@@ -180,6 +190,7 @@ TEST_P(PagedTest, MatchesReferenceOrIsRefused) {
   const Case& c = GetParam();
   ProblemData data(c.spec);
   Problem& p = data.problem();
+  p.mask.diagonal = c.diagonal;
   ModifierValues values;
   if (c.modifiers) values.Attach(p);
   Pool pool(p, c.block_size, c.spec.seed);

@@ -126,6 +126,11 @@ std::vector<Case> Cases() {
   add("key_lengths", {3, 2, 2, 45, 45, 16, 16}, MaskKind::kCausal, {0, 45, 17});
   add("window_key_lengths", {2, 2, 1, 60, 60, 16, 16}, MaskKind::kSlidingWindow, {60, 9});
   add("contiguous", {1, 4, 2, 70, 70, 32, 32}, MaskKind::kCausal)->split = Split::kContiguous;
+  // Windows wider than a block pair (whose diagonal is far off): each pair
+  // keeps the whole window (Validate once clamped it to the pair's Lq + Lk).
+  Case* wide = add("wide_window", {1, 2, 1, 100, 100, 16, 16}, MaskKind::kSlidingWindow);
+  wide->spec.window_left = 90;
+  wide->spec.window_right = 80;
   add("top_left", {1, 2, 2, 30, 55, 16, 16}, MaskKind::kCausal)->diagonal = Diagonal::kTopLeft;
   add("nan_rows", {1, 2, 2, 48, 48, 16, 16}, MaskKind::kCausal)->nan_rows = true;
   add("nan_rows_none", {1, 2, 1, 40, 40, 16, 16}, MaskKind::kNone)->nan_rows = true;
@@ -303,6 +308,17 @@ TEST(RingErrors, WhatTheRingCannotSplitIsNamed) {
   const Status status = ring::RingAttention(share.ring, MPI_COMM_WORLD);
   EXPECT_EQ(status.code(), StatusCode::kUnimplemented);
   EXPECT_NE(status.message().find("additive mask"), std::string::npos) << status.message();
+  // A diagonal at each batch's key length is a KV-cache shape, not one long
+  // sequence's.
+  spec.mask = MaskKind::kCausal;
+  spec.key_lengths = {15};
+  ProblemData cache(spec);
+  cache.problem().mask.diagonal = Diagonal::kKeyLengths;
+  Share cache_share(cache, Split::kZigzag);
+  const Status refused = ring::RingAttention(cache_share.ring, MPI_COMM_WORLD);
+  EXPECT_EQ(refused.code(), StatusCode::kUnimplemented);
+  EXPECT_NE(refused.message().find("no key-lengths diagonal"), std::string::npos)
+      << refused.message();
 }
 
 TEST(RingRuns, ChunksCoverEveryPositionOnce) {

@@ -107,7 +107,8 @@ def reference(q, k, v, mask="none", additive=None, key_lengths=None, scale=None,
             ok = l[:, 0] > 0
             w[b, h][ok] = p[ok] / l[ok]
             o[b, h][ok] = (p[ok] @ v[b, kh]) / l[ok]
-            lse[b, h][ok] = (m_safe + np.log(l))[ok, 0]
+            with np.errstate(divide="ignore"):  # log(0) of empty rows, which `ok` drops
+                lse[b, h][ok] = (m_safe + np.log(l))[ok, 0]
             # reference/error_bound.h, row by row.
             for i in range(lq):
                 keys = vis[i]
@@ -1434,6 +1435,34 @@ class Paged(Case):
                         continue
                     self.expect_ok(*args)
                     self.assert_close(np.load(self.path("o.npy")), want, bound)
+
+    def test_chunked_prefill_aligns_at_key_lengths(self):
+        """--causal-at-key-lengths: the 5 queries are the newest tokens of each cache, so batch
+        b's rows are those of the problem cut to its key_lengths[b] keys with the default
+        bottom-right causal mask (a numpy reference per batch; 3 keys < 5 queries leaves two
+        rows empty). Without the flag the diagonal sits at the capacity and they differ."""
+        q, k, v = self.qkv(B=3, H=4, Hkv=2, lq=5, lk=48, dk=16, dv=8, seed=11)
+        kl = np.array([48, 20, 3], "<i8")
+        kp, table = self.pooled(k, 16)
+        vp, _ = self.pooled(v, 16)
+        args = ["run", "--variant", "flash", *self.inputs(q, kp, vp), "--block-table",
+                self.save("t.npy", table), "--key-lengths", self.save("kl.npy", kl),
+                "--mask", "causal", "--out", self.path("o.npy")]
+        self.expect_ok(*args, "--causal-at-key-lengths")
+        got = np.load(self.path("o.npy"))
+        for b in range(3):
+            cut = slice(0, int(kl[b]))
+            want, _, bound, _ = reference(q[b:b + 1], k[b:b + 1, :, cut], v[b:b + 1, :, cut],
+                                          "causal")
+            self.assert_close(got[b:b + 1], want, bound)
+        self.assertTrue(np.all(got[2, :, :2] == 0))
+        self.expect_ok(*args)
+        self.assertFalse(np.allclose(np.load(self.path("o.npy"))[1], got[1]))
+        self.expect_error(r"--causal-(top-left|at-key-lengths) excludes --causal-", *args,
+                          "--causal-at-key-lengths", "--causal-top-left")
+        args = [a for a in args if a not in ("--key-lengths", self.path("kl.npy"))]
+        self.expect_error(r"mask diagonal key-lengths .* needs key_lengths", *args,
+                          "--causal-at-key-lengths")
 
     def test_bad_tables_are_named(self):
         q, k, v = self.qkv(B=2, H=2, Hkv=2, lq=1, lk=20, dk=8, dv=8)

@@ -212,9 +212,14 @@ def _per_head(values, name, heads):
   return np.require(a, np.float32, ["C", "A"])
 
 
-def _modifier_options(opt, heads, softcap, alibi_slopes, sinks, causal_top_left):
+def _modifier_options(opt, heads, softcap, alibi_slopes, sinks, causal_top_left,
+                      causal_at_key_lengths):
   """Fills the score modifiers (kernels/problem.h, "Score modifiers") and the diagonal."""
+  if causal_top_left and causal_at_key_lengths:
+    raise ValueError("causal_top_left and causal_at_key_lengths are two different diagonals: "
+                     "pass one")
   opt.top_left = bool(causal_top_left)
+  opt.at_key_lengths = bool(causal_at_key_lengths)
   if softcap is not None:
     opt.softcap = float(softcap)
   if isinstance(alibi_slopes, str):
@@ -265,7 +270,8 @@ class _Call:
 
   def __init__(self, q, k, v, *, layout, mask, key_lengths, scale, threads, memory_budget,
                k_scales=None, v_scales=None, fp32_only=False, softcap=None, alibi_slopes=None,
-               sinks=None, causal_top_left=False, cu_seqlens_q=None, cu_seqlens_k=None,
+               sinks=None, causal_top_left=False, causal_at_key_lengths=False, cu_seqlens_q=None,
+               cu_seqlens_k=None,
                block_table=None):
     if layout not in LAYOUTS:
       raise ValueError(f"layout={layout!r}: want 'bhsd' ([B,H,L,d]) or 'bshd' ([B,L,H,d])")
@@ -309,7 +315,8 @@ class _Call:
       self.kv_len = bt.shape[1] * self.k.shape[2]  # the table's capacity
     if scale is not None:
       opt.scale = float(scale)
-    _modifier_options(opt, self.q.shape[1], softcap, alibi_slopes, sinks, causal_top_left)
+    _modifier_options(opt, self.q.shape[1], softcap, alibi_slopes, sinks, causal_top_left,
+                      causal_at_key_lengths)
     opt.threads = _threads(threads)
     if memory_budget is not None:
       opt.memory_budget = _memory_budget(memory_budget)
@@ -391,7 +398,7 @@ def isa_path():
 def attention(q, k, v, *, variant="flash", mask=None, key_lengths=None, scale=None,
               layout="bhsd", return_lse=False, threads=None, out=None, k_scales=None,
               v_scales=None, memory_budget=None, softcap=None, alibi_slopes=None, sinks=None,
-              causal_top_left=False, cu_seqlens_q=None,
+              causal_top_left=False, causal_at_key_lengths=False, cu_seqlens_q=None,
     cu_seqlens_k=None, block_table=None):
   """Attention O = softmax(Q·Kᵀ·scale + mask)·V with one of attnlab's kernels.
 
@@ -440,6 +447,12 @@ def attention(q, k, v, *, variant="flash", mask=None, key_lengths=None, scale=No
   causal_top_left : bool
       Align the diagonal of "causal" and window masks (and ALiBi) top-left, off = 0
       (PyTorch's is_causal), instead of bottom-right (off = Lk - Lq). Same when Lq = Lk.
+  causal_at_key_lengths : bool
+      Align each batch's diagonal at its own key length, off_b = key_lengths[b] - Lq: the Lq
+      queries are the newest tokens of a KV cache holding key_lengths[b] keys (themselves
+      included), as FlashAttention's flash_attn_with_kvcache(cache_seqlens=...) and vLLM's
+      chunked prefill. Needs key_lengths. The default aligns at Lk, the cache's capacity, so
+      chunked prefill into a paged cache filled to different lengths needs this.
   cu_seqlens_q, cu_seqlens_k : array_like of int, optional
       Packed variable-length sequences (FlashAttention's varlen): S + 1 offsets each, from 0
       to the packed length; sequence s is queries [cu_q[s], cu_q[s+1]) and keys
@@ -482,6 +495,7 @@ def attention(q, k, v, *, variant="flash", mask=None, key_lengths=None, scale=No
                threads=threads, memory_budget=memory_budget, k_scales=k_scales,
                v_scales=v_scales, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
                causal_top_left=causal_top_left,
+               causal_at_key_lengths=causal_at_key_lengths,
                cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                block_table=block_table)
   o, lse, _, stats = _forward(call, variant, out, return_lse)
@@ -500,7 +514,8 @@ def _weights_variant(variant):
 
 def weights(q, k, v, *, variant=None, mask=None, key_lengths=None, scale=None, layout="bhsd",
             threads=None, memory_budget=None, return_output=False, softcap=None,
-            alibi_slopes=None, sinks=None, causal_top_left=False, cu_seqlens_q=None,
+            alibi_slopes=None, sinks=None, causal_top_left=False, causal_at_key_lengths=False,
+            cu_seqlens_q=None,
     cu_seqlens_k=None, block_table=None):
   """The attention weights P = softmax(Q·Kᵀ·scale + mask), [B, H, Lq, Lk] float32.
 
@@ -522,6 +537,7 @@ def weights(q, k, v, *, variant=None, mask=None, key_lengths=None, scale=None, l
   call = _Call(q, k, v, layout=layout, mask=mask, key_lengths=key_lengths, scale=scale,
                threads=threads, memory_budget=memory_budget, softcap=softcap,
                alibi_slopes=alibi_slopes, sinks=sinks, causal_top_left=causal_top_left,
+               causal_at_key_lengths=causal_at_key_lengths,
                cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                block_table=block_table)
   # The weights are an output the package allocates: held to the budget like a workspace,
@@ -539,7 +555,8 @@ def weights(q, k, v, *, variant=None, mask=None, key_lengths=None, scale=None, l
 
 def reference(q, k, v, *, mask=None, key_lengths=None, scale=None, layout="bhsd",
               return_lse=False, return_weights=False, k_scales=None, v_scales=None,
-              softcap=None, alibi_slopes=None, sinks=None, causal_top_left=False, cu_seqlens_q=None,
+              softcap=None, alibi_slopes=None, sinks=None, causal_top_left=False,
+              causal_at_key_lengths=False, cu_seqlens_q=None,
     cu_seqlens_k=None, block_table=None):
   """The fp64 reference: attention in double precision on the exact values the inputs hold.
 
@@ -552,6 +569,7 @@ def reference(q, k, v, *, mask=None, key_lengths=None, scale=None, layout="bhsd"
                threads=None, memory_budget=None, k_scales=k_scales, v_scales=v_scales,
                softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
                causal_top_left=causal_top_left,
+               causal_at_key_lengths=causal_at_key_lengths,
                cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                block_table=block_table)
   o4, lse4, w4 = _core.reference(call.q, call.k, call.v, call.dtypes("f32"), call.options,
@@ -627,7 +645,8 @@ class CheckReport(list):
 
 def check(q, k, v, *, variants=None, mask=None, key_lengths=None, scale=None, layout="bhsd",
           threads=None, memory_budget=None, k_scales=None, v_scales=None, softcap=None,
-          alibi_slopes=None, sinks=None, causal_top_left=False, cu_seqlens_q=None,
+          alibi_slopes=None, sinks=None, causal_top_left=False, causal_at_key_lengths=False,
+          cu_seqlens_q=None,
     cu_seqlens_k=None, block_table=None):
   """Every variant (or those named) against the fp64 reference, as `attnlab check` does.
 
@@ -640,6 +659,7 @@ def check(q, k, v, *, variants=None, mask=None, key_lengths=None, scale=None, la
                threads=threads, memory_budget=memory_budget, k_scales=k_scales,
                v_scales=v_scales, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
                causal_top_left=causal_top_left,
+               causal_at_key_lengths=causal_at_key_lengths,
                cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                block_table=block_table)
   names = [info.name for info in _variants_list()] if variants is None else list(variants)

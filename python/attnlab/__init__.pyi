@@ -24,6 +24,7 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, variant: 
               alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
               sinks: Optional[npt.ArrayLike] = ...,
               causal_top_left: bool = ...,
+              causal_at_key_lengths: bool = ...,
               cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...,
               block_table: Optional[npt.ArrayLike] = ...) -> np.ndarray: ...
 @overload
@@ -37,6 +38,7 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, variant: 
               alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
               sinks: Optional[npt.ArrayLike] = ...,
               causal_top_left: bool = ...,
+              causal_at_key_lengths: bool = ...,
               cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...,
               block_table: Optional[npt.ArrayLike] = ...) -> Tuple[np.ndarray, np.ndarray]: ...
 def weights(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *,
@@ -46,6 +48,7 @@ def weights(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *,
             return_output: bool = ..., softcap: Optional[float] = ...,
             alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
             sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...,
+              causal_at_key_lengths: bool = ...,
             cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...,
             block_table: Optional[npt.ArrayLike] = ...
             ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]: ...
@@ -55,6 +58,7 @@ def reference(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, mask: Mas
               k_scales: Optional[npt.ArrayLike] = ..., v_scales: Optional[npt.ArrayLike] = ...,
               softcap: Optional[float] = ..., alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
               sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...,
+              causal_at_key_lengths: bool = ...,
               cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...,
               block_table: Optional[npt.ArrayLike] = ...
               ) -> Union[np.ndarray, Tuple[np.ndarray, ...]]: ...
@@ -86,6 +90,7 @@ def check(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *,
           k_scales: Optional[npt.ArrayLike] = ..., v_scales: Optional[npt.ArrayLike] = ...,
           softcap: Optional[float] = ..., alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
           sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...,
+              causal_at_key_lengths: bool = ...,
           cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...,
           block_table: Optional[npt.ArrayLike] = ...) -> CheckReport: ...
 def grad(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, d_o: npt.ArrayLike, *,

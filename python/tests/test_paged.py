@@ -83,3 +83,37 @@ def test_not_for_grad_or_rank_3(rng):
     attnlab.attention(q, q, q, block_table=[[0]])
   with pytest.raises(TypeError):
     attnlab.grad(q, q, q, q, block_table=[[0]])
+
+
+@pytest.mark.parametrize("variant", variant_params(lambda info: info.paged_kv))
+def test_chunked_prefill_aligns_at_key_lengths(rng, variant):
+  """causal_at_key_lengths=True: the Lq queries are the newest tokens of each cache, so batch
+  b's rows are those of the problem cut to its key_lengths[b] keys with the default
+  bottom-right diagonal (the numpy oracle per batch, ALiBi's zero following it; 3 keys under
+  6 queries leave two empty rows). The default diagonal (at the capacity) gives other rows."""
+  b, h, hkv, lq, lk, d, bs = 3, 4, 2, 6, 64, 32, 16
+  q, k, v = random_qkv(rng, b, h, hkv, lq, lk, d, d)
+  kp, table = pooled(np.random.default_rng(1), k, bs)
+  vp, _ = pooled(np.random.default_rng(1), v, bs)
+  lengths = [64, 30, 3]
+  kw = dict(variant=variant, mask="causal", key_lengths=lengths, block_table=table,
+            alibi_slopes="standard")
+  info = next(i for i in attnlab.variants() if i.name == variant)
+  if "alibi" not in info.modifiers:  # the variant takes no ALiBi: the diagonal alone
+    del kw["alibi_slopes"]
+  o, lse = attnlab.attention(q, kp, vp, causal_at_key_lengths=True, return_lse=True, **kw)
+  slopes = np.exp2(-8.0 * np.arange(1, h + 1) / h) if "alibi_slopes" in kw else None
+  for s, n in enumerate(lengths):
+    want = expected(q[s:s + 1], k[s:s + 1, :, :n], v[s:s + 1, :, :n], mask="causal",
+                    alibi_slopes=slopes)
+    assert_attention(o[s:s + 1], want, lse[s:s + 1])
+  assert np.all(o[2, :, :2] == 0) and np.all(np.isneginf(lse[2, :, :2]))
+  assert not np.allclose(attnlab.attention(q, kp, vp, **kw)[1], o[1])
+  kw.pop("variant")
+  ref = attnlab.reference(q, kp, vp, causal_at_key_lengths=True, **kw)
+  np.testing.assert_allclose(ref, o, atol=1e-5)
+  with pytest.raises(ValueError, match="two different diagonals"):
+    attnlab.attention(q, kp, vp, causal_at_key_lengths=True, causal_top_left=True, **kw)
+  kw.pop("key_lengths")
+  with pytest.raises(ValueError, match="diagonal key-lengths .* needs key_lengths"):
+    attnlab.attention(q, kp, vp, causal_at_key_lengths=True, **kw)

@@ -143,6 +143,15 @@ void Decode(FuzzedDataProvider& in, Fuzzed& f) {
     }
     p.mask.key_lengths = f.key_lengths;
   }
+  // The diagonal: bottom-right, top-left, at an offset, or at each batch's
+  // key length (with key lengths only).
+  const int diagonal = in.ConsumeIntegralInRange<int>(0, 3);
+  if (diagonal == 1) p.mask.diagonal = Diagonal::kTopLeft;
+  if (diagonal == 2) {
+    p.mask.diagonal = Diagonal::kAt;
+    p.mask.diagonal_offset = in.ConsumeIntegralInRange<int64_t>(-30, 30);
+  }
+  if (diagonal == 3 && p.mask.key_lengths) p.mask.diagonal = Diagonal::kKeyLengths;
   if (in.ConsumeBool()) {
     const float scales[] = {1e-3f, 0.1f, 1.0f, 10.0f, 100.0f};
     p.scale = scales[in.ConsumeIntegralInRange<int>(0, 4)];
