@@ -1030,14 +1030,22 @@ void CeilingStream(benchmark::State& state, RunContext& ctx, int64_t bytes, int 
 // (flash's Bc), each tile's K runs and then its V runs, where a run is the
 // whole tile (contiguous) or a block of the pool. A paged run prefetches the
 // next run into L2 row by row, as flash's few-row kernels do (kernels/
-// flash.cc, NextRun). Threads take (batch, kv head) pairs. The report
-// divides a contiguous read's time by the paged read's: how fast the memory
-// lets paged decode go against contiguous decode, whatever the kernel does.
+// flash.cc, NextRun). On a paged cache a read takes several kv heads, as
+// flash's paged decode items do (kernels/internal/flash_plan.h, MakePlan:
+// the most heads whose g = H / Hkv query rows fit in 8 together and that
+// divide Hkv), reading each run head after head, i.e. a block's slices in
+// address order. Threads take (batch, kv heads) reads. The report divides a
+// contiguous read's time by the paged read's: how fast the memory lets paged
+// decode go against contiguous decode, whatever the kernel does.
 class KvReadOrder {
  public:
   explicit KvReadOrder(const Case& c) : c_(c) {
     const int64_t rows = c.batch * c.kv_heads * c.kv_len;
     if (c.scenario == Scenario::kPaged) {
+      const int64_t group = c.heads / c.kv_heads;
+      for (int64_t g = 8 / group; g > 1 && heads_ == 1; --g) {
+        if (c.kv_heads % g == 0) heads_ = g;
+      }
       table_ = PagedTable(c.batch, c.kv_len, c.block_size).data();
       per_sequence_ = (c.kv_len + c.block_size - 1) / c.block_size;
       const size_t pool = size_t(c.batch * per_sequence_) * c.kv_heads * c.block_size * c.dim;
@@ -1052,8 +1060,11 @@ class KvReadOrder {
       k_ = k_plain_.data(), v_ = v_plain_.data();
     }
   }
-  // The sum of (b, h)'s K and V, read tile by tile, run by run.
-  float Read(int64_t b, int64_t h) const {
+  // Kv heads per read.
+  int64_t heads() const { return heads_; }
+  // The sum of the K and V of batch b's kv heads h0 .. h0 + heads() - 1,
+  // read tile by tile, run by run, head by head.
+  float Read(int64_t b, int64_t h0) const {
     constexpr int64_t kTile = 512, kLanes = 32;
     const int64_t lk = c_.kv_len, d = c_.dim;
     float acc[kLanes] = {};
@@ -1062,17 +1073,19 @@ class KvReadOrder {
       for (const float* base : {k_, v_}) {
         for (int64_t r0 = t0; r0 < t1;) {
           const int64_t r1 = std::min(t1, RunEnd(r0));
-          const PrefetchRows next = NextRun(base, b, h, r1, t0, t1);
-          const float* row = Row(base, b, h, r0);
-          for (int64_t j = 0; j < r1 - r0; ++j, row += d) {
-            next.Prefetch(j, j + 1);
-            int64_t x = 0;
-            for (; x + kLanes <= d; x += kLanes) {
-              for (int64_t l = 0; l < kLanes; ++l) acc[l] += row[x + l];
+          for (int64_t h = h0; h < h0 + heads_; ++h) {
+            const PrefetchRows next = NextRun(base, b, h, r1, t0, t1);
+            const float* row = Row(base, b, h, r0);
+            for (int64_t j = 0; j < r1 - r0; ++j, row += d) {
+              next.Prefetch(j, j + 1);
+              int64_t x = 0;
+              for (; x + kLanes <= d; x += kLanes) {
+                for (int64_t l = 0; l < kLanes; ++l) acc[l] += row[x + l];
+              }
+              for (; x < d; ++x) acc[x % kLanes] += row[x];
             }
-            for (; x < d; ++x) acc[x % kLanes] += row[x];
+            next.Prefetch(r1 - r0, next.rows);
           }
-          next.Prefetch(r1 - r0, next.rows);
           r0 = r1;
         }
       }
@@ -1113,6 +1126,7 @@ class KvReadOrder {
   }
 
   const Case& c_;
+  int64_t heads_ = 1;
   const int32_t* table_ = nullptr;
   int64_t per_sequence_ = 0;
   HugePageFloats k_pool_, v_pool_;
@@ -1126,13 +1140,16 @@ void CeilingRead(benchmark::State& state, RunContext& ctx, const Case& c, const 
   ctx.Progress(state, name);
   ScopedThreads scope(c.threads);
   const KvReadOrder order(c);
-  const int64_t pairs = c.batch * c.kv_heads;
+  const int64_t groups = c.kv_heads / order.heads();  // per batch
+  const int64_t reads = c.batch * groups;
   float total = 0;
   for (auto _ : state) {
     if (StopIfInterrupted(state)) break;
     float sum = 0;
 #pragma omp parallel for num_threads(c.threads) reduction(+ : sum) schedule(static)
-    for (int64_t bh = 0; bh < pairs; ++bh) sum += order.Read(bh / c.kv_heads, bh % c.kv_heads);
+    for (int64_t x = 0; x < reads; ++x) {
+      sum += order.Read(x / groups, x % groups * order.heads());
+    }
     total += sum;
     benchmark::DoNotOptimize(total);
   }

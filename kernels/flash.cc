@@ -98,7 +98,13 @@
 // at each block: the few-row kernels prefetch the next block's rows into L2
 // as they read the current one (NextRun): paged decode 1.4-1.7x faster at
 // block size 16, 1.1-1.4x at 32 (reports/vm-2026-12-02-serving against the
-// report before it; kernels/DESIGN.md, "Paged K/V").
+// report before it; kernels/DESIGN.md, "Paged K/V"). And a block holds its
+// keys' rows of every kv head together, so a paged decode item takes
+// several kv heads (flash::Plan::heads: their rows together at most
+// kFewRows), each a Block in its own part of the scratch (HeadScratch), and
+// reads each run head after head: a block's slices in address order, one
+// piece, where an item per head read one 8 KiB slice per block and pass
+// (MHA, block size 16: 5-11% faster, kernels/DESIGN.md).
 //
 // Decode (fewer than 16 row blocks, Lk > 512): flash-decoding. Each
 // block's keys are split into `splits` tile-aligned ranges (a function of the
@@ -172,6 +178,7 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <span>
 
 #include "kernels/internal/flash_plan.h"
 #include "kernels/internal/parallel.h"
@@ -304,9 +311,10 @@ Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64
   } else if (!blk.few_rows) {
     TransposeRows(q_rows, nrows, blk.rp, dk, p.scale, sc.qt, kBr);
   }
+  // (Unaligned: a head of a many-head item starts at any row, HeadScratch.)
   for (int64_t x = 0; x < blk.rp; x += N) {
-    hn::Store(hn::Set(d, -kInf), d, sc.m + x);
-    hn::Store(hn::Zero(d), d, sc.l + x);
+    hn::StoreU(hn::Set(d, -kInf), d, sc.m + x);
+    hn::StoreU(hn::Zero(d), d, sc.l + x);
   }
   return blk;
 }
@@ -594,16 +602,21 @@ PrefetchRows NextRun(const ValidProblem& p, const TensorRef<const void>& t, int6
           .rows = std::min(limit, p.KvRunEnd(j)) - j};
 }
 
-// S = Q·Kᵀ over a tile, run by run (Sᵀ rows or S columns of each run at its
-// place in the tile), each prefetching the next run's K, the last one the
-// tile's first V run (read after the softmax).
-void F32Scores(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
-               int64_t j1, Scratch& sc) {
+// S = Q·Kᵀ over a tile for each of the item's heads (blocks[g] in
+// parts[g]), run by run and within a run head after head (Sᵀ rows or S
+// columns of each run at its place in the tile), each prefetching its
+// head's next K run, the last one the tile's first V run (read after the
+// softmax).
+void F32Scores(const ValidProblem& p, const flash::Plan& plan, std::span<const Block> blocks,
+               std::span<Scratch> parts, int64_t j0, int64_t j1) {
   const int64_t dk = p.shape.head_dim, dv = p.shape.value_dim;
   ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
-    const PrefetchRows next_run =
-        r1 < j1 ? NextRun(p, p.k, dk, blk, r1, j1) : NextRun(p, p.v, dv, blk, j0, j1);
-    F32ScoresRun(p, plan, blk, r0, r1, sc.st + (r0 - j0) * blk.sj, next_run, sc);
+    for (size_t g = 0; g < blocks.size(); ++g) {
+      const Block& blk = blocks[g];
+      const PrefetchRows next_run =
+          r1 < j1 ? NextRun(p, p.k, dk, blk, r1, j1) : NextRun(p, p.v, dv, blk, j0, j1);
+      F32ScoresRun(p, plan, blk, r0, r1, parts[g].st + (r0 - j0) * blk.sj, next_run, parts[g]);
+    }
   });
 }
 
@@ -643,18 +656,22 @@ void F32PvRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, 
   PvTile(st, blk.sj, blk.sr, v, vs, nc, blk.nrows, dvp / N, !first, sc.o, dvp, next_run);
 }
 
-// O (+)= P·V over a tile, run by run (ForEachKvRun); the first run of the
-// first tile writes O. Each run prefetches the next run's V, the last one
-// the next tile's first K run.
-void F32Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0, int64_t j1,
-           bool partial, bool first, Scratch& sc) {
+// O (+)= P·V over a tile for each of the item's heads, run by run
+// (ForEachKvRun) and within a run head after head; the first run of the
+// first tile writes O. Each run prefetches its head's next V run, the last
+// one the next tile's first K run.
+void F32Pv(const ValidProblem& p, const flash::Plan& plan, std::span<const Block> blocks,
+           std::span<Scratch> parts, int64_t j0, int64_t j1, bool partial, bool first) {
   const int64_t dk = p.shape.head_dim, dv = p.shape.value_dim;
   ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
-    const PrefetchRows next_run =
-        r1 < j1 ? NextRun(p, p.v, dv, blk, r1, j1)
-                : NextRun(p, p.k, dk, blk, j1, std::min(blk.uhi, j1 + plan.bc));
-    F32PvRun(p, plan, blk, r0, r1, partial, first && r0 == j0, sc.st + (r0 - j0) * blk.sj, next_run,
-             sc);
+    for (size_t g = 0; g < blocks.size(); ++g) {
+      const Block& blk = blocks[g];
+      const PrefetchRows next_run =
+          r1 < j1 ? NextRun(p, p.v, dv, blk, r1, j1)
+                  : NextRun(p, p.k, dk, blk, j1, std::min(blk.uhi, j1 + plan.bc));
+      F32PvRun(p, plan, blk, r0, r1, partial, first && r0 == j0, parts[g].st + (r0 - j0) * blk.sj,
+               next_run, parts[g]);
+    }
   });
 }
 
@@ -705,17 +722,48 @@ void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, in
                      blk.nrows, plan.dvp / 16, !first, sc.o, plan.dvp);
 }
 
-// One work item: rows [r0, r0 + nrows) of (b, kvh) against keys
-// [key_lo, key_hi). Leaves m, l and the unnormalized O in `sc`.
-void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int64_t kvh, int64_t r0,
-                 int64_t nrows, int64_t key_lo, int64_t key_hi, const ukernels::Bf16Kernels* bf16,
-                 Scratch& sc, BlockCounts& counts) {
+// The scratch of the head of a work item whose rows start at row x of the
+// item (plan.heads > 1: few-row blocks): its Q, S and O rows, m, l, alpha
+// and row ranges follow the previous head's, so the item's rows lie in sc's
+// O, m and l in order; the conversion buffers are shared (each use ends
+// before the next head's begins).
+Scratch HeadScratch(const Scratch& sc, const flash::Plan& plan, int64_t x, int64_t dkp) {
+  Scratch part = sc;
+  part.qt += x * dkp;
+  part.st += x * kFewStride;
+  part.o += x * plan.dvp;
+  part.m += x;
+  part.l += x;
+  part.alpha += x;
+  part.rb += x;
+  part.re += x;
+  return part;
+}
+
+// One work item: rows [r0, r0 + nrows) of kv heads kvh .. kvh + heads - 1
+// of batch b against keys [key_lo, key_hi), each head a Block in its part of
+// the scratch (HeadScratch). Leaves m, l and the unnormalized O of the
+// item's heads·nrows rows in `sc`.
+void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int64_t kvh,
+                 int64_t heads, int64_t r0, int64_t nrows, int64_t key_lo, int64_t key_hi,
+                 const ukernels::Bf16Kernels* bf16, Scratch& sc, BlockCounts& counts) {
   const int64_t dvp = plan.dvp;
-  const Block blk = LoadBlock(p, b, kvh, r0, nrows, key_lo, key_hi, bf16, sc);
+  Block blocks[kFewRows];
+  Scratch parts[kFewRows];
+  const int64_t dkp = flash::RoundUp(p.shape.head_dim, static_cast<int64_t>(hn::Lanes(DF())));
+  for (int64_t g = 0; g < heads; ++g) {
+    parts[g] = HeadScratch(sc, plan, g * nrows, dkp);
+    blocks[g] = LoadBlock(p, b, kvh + g, r0, nrows, key_lo, key_hi, bf16, parts[g]);
+  }
+  const std::span<const Block> item_blocks(blocks, heads);
+  const std::span<Scratch> item_parts(parts, heads);
+  // Visibility depends on the batch and the query position only: every
+  // head's block sees the same keys, tiles and partial tiles.
+  const Block& blk = blocks[0];
   const int64_t bc = plan.bc;
   const int64_t tiles_total = (key_hi - key_lo + bc - 1) / bc;
-  if (blk.ulo >= blk.uhi) {
-    std::memset(sc.o, 0, sizeof(float) * blk.rp * dvp);  // read by split merges
+  if (blk.ulo >= blk.uhi) {  // read by split merges
+    std::memset(sc.o, 0, sizeof(float) * std::max(blk.rp, heads * nrows) * dvp);
     counts.skipped += tiles_total;
     return;
   }
@@ -731,28 +779,32 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     const bool partial = !(blk.ilo <= j0 && j1 <= blk.ihi);
     partial ? ++counts.partial : ++counts.full;
 
-    // S = Q·Kᵀ, masked.
+    // S = Q·Kᵀ, masked. (The bf16 pair kernels take many-row blocks: one
+    // head, never paged.)
     if (blk.pairs) {
       Bf16Scores(p, blk, j0, nc, sc);
     } else {
-      F32Scores(p, plan, blk, j0, j1, sc);
+      F32Scores(p, plan, item_blocks, item_parts, j0, j1);
     }
-    ModifyTile(p, blk, j0, nc, sc);
-    MaskTile(p, blk, j0, j1, partial, sc);
+    for (int64_t g = 0; g < heads; ++g) {
+      Scratch& part = parts[g];
+      ModifyTile(p, blocks[g], j0, nc, part);
+      MaskTile(p, blocks[g], j0, j1, partial, part);
 
-    // Online softmax, vectorized over the tile's long axis.
-    if (blk.few_rows) {
-      OnlineSoftmaxRows(sc.st, kFewStride, nc, nrows, sc.m, sc.l, sc.alpha);
-    } else {
-      OnlineSoftmaxColumns(sc.st, kBr, nc, blk.rp, sc.m, sc.l, sc.alpha);
+      // Online softmax, vectorized over the tile's long axis.
+      if (blk.few_rows) {
+        OnlineSoftmaxRows(part.st, kFewStride, nc, nrows, part.m, part.l, part.alpha);
+      } else {
+        OnlineSoftmaxColumns(part.st, kBr, nc, blk.rp, part.m, part.l, part.alpha);
+      }
+      if (!first) RescaleO(blocks[g], dvp, part);
     }
-    if (!first) RescaleO(blk, dvp, sc);
 
     // O (+)= P·V.
     if (blk.pairs) {
       Bf16Pv(p, plan, blk, j0, j1, partial, first, sc);
     } else {
-      F32Pv(p, plan, blk, j0, j1, partial, first, sc);
+      F32Pv(p, plan, item_blocks, item_parts, j0, j1, partial, first);
     }
   }
   counts.skipped += tiles_total - visited;
@@ -772,8 +824,9 @@ struct WorkOrder {
                                                       DTypeBytes(p.v.dtype) * p.shape.value_dim);
     group_heads = std::clamp<int64_t>(L2CacheBytes() / std::max<int64_t>(kv_bytes, 1), 1, plan.bkv);
   }
+  // Rows [r0, r0 + nrows) of kv heads kvh .. kvh + heads - 1 of batch b.
   struct Position {
-    int64_t b, kvh, r0, nrows;
+    int64_t b, kvh, r0, nrows, heads;
   };
   Position Locate(int64_t blk) const {
     const int64_t group_blocks = group_heads * plan.row_blocks;
@@ -782,21 +835,23 @@ struct WorkOrder {
     const int64_t qb = plan.row_blocks - 1 - i / heads_here;
     const int64_t bkv = group * group_heads + i % heads_here;
     const int64_t r0 = qb * kBr;
-    return {bkv / p.shape.kv_heads, bkv % p.shape.kv_heads, r0, std::min(kBr, plan.rows - r0)};
+    const int64_t head_groups = p.shape.kv_heads / plan.heads;  // per batch
+    return {bkv / head_groups, bkv % head_groups * plan.heads, r0, std::min(kBr, plan.rows - r0),
+            plan.heads};
   }
   const ValidProblem& p;
   const flash::Plan& plan;
   int64_t group_heads;
 };
 
-// O row and lse of row x of the block at `pos`, from acc, m and l. A
-// reduced-precision O row is finished in fp32 (`o_f32`, dv floats) and
-// rounded once, to nearest even.
+// O row and lse of row x (of heads·nrows: each head's rows in turn) of the
+// block at `pos`, from acc, m and l. A reduced-precision O row is finished in
+// fp32 (`o_f32`, dv floats) and rounded once, to nearest even.
 void FinishBlockRow(const ValidProblem& p, const WorkOrder::Position& pos, int64_t x,
                     const float* acc, float m, float l, float* o_f32) {
-  const int64_t r = pos.r0 + x;
+  const int64_t r = pos.r0 + x % pos.nrows;
   const int64_t i = r / p.group;
-  const int64_t h = pos.kvh * p.group + r % p.group;
+  const int64_t h = (pos.kvh + x / pos.nrows) * p.group + r % p.group;
   const int64_t dv = p.shape.value_dim;
   float* lse = p.lse.empty() ? nullptr : &p.lse[p.RowIndex(pos.b, h, i)];
   const float sink = p.Sink(h);
@@ -829,7 +884,7 @@ struct SplitPartials {
   void Merge(const ValidProblem& p, int64_t blk, const WorkOrder::Position& pos, float* acc,
              float* o_f32) const {
     const int64_t dvp = plan.dvp;
-    for (int64_t x = 0; x < pos.nrows; ++x) {
+    for (int64_t x = 0; x < pos.heads * pos.nrows; ++x) {
       float mx = -kInf;
       bool nan = false;
       for (int64_t s = 0; s < plan.splits; ++s) {
@@ -908,18 +963,19 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     const int64_t key_hi =
         std::min(PartBegin(plan.key_tiles, plan.splits, split + 1) * plan.bc, p.shape.kv_len);
     BlockCounts counts;
-    AttendBlock(p, plan, pos.b, pos.kvh, pos.r0, pos.nrows, key_lo, key_hi, bf16, sc, counts);
+    AttendBlock(p, plan, pos.b, pos.kvh, pos.heads, pos.r0, pos.nrows, key_lo, key_hi, bf16, sc,
+                counts);
     full += counts.full;
     part += counts.partial;
     skipped += counts.skipped;
 
     if (plan.splits == 1) {
-      for (int64_t x = 0; x < pos.nrows; ++x) {
+      for (int64_t x = 0; x < pos.heads * pos.nrows; ++x) {
         FinishBlockRow(p, pos, x, sc.o + x * dvp, sc.m[x], sc.l[x], sc.oc);
       }
       return;
     }
-    partials.Save(item, pos.nrows, sc);
+    partials.Save(item, pos.heads * pos.nrows, sc);
     // The item that completes a block merges it: no second parallel pass and
     // no barrier. acq_rel orders the other splits' partials before.
     if (std::atomic_ref<int64_t>(done[blk]).fetch_add(1, std::memory_order_acq_rel) ==

@@ -157,10 +157,18 @@ std::vector<Case> Cases() {
     // diagonal at its own key length (one cache shorter than the chunk).
     add({3, 8, 2, 16, 512, 64, 64}, MaskKind::kCausal, {512, 200, 7}, 16, {}, /*modifiers=*/true,
         Diagonal::kKeyLengths);
+    // Decode items that take several kv heads (flash: their rows together
+    // at most 8; each block read head after head): MHA with 6 heads and a
+    // window and modifiers, GQA-2 with two query positions (a chunk) at
+    // each batch's key length, int8 MHA below.
+    add({2, 6, 6, 1, 700, 64, 64}, MaskKind::kSlidingWindow, {700, 5}, 16, {}, /*modifiers=*/true);
+    add({2, 8, 4, 2, 600, 32, 32}, MaskKind::kCausal, {600, 1}, 32, {}, /*modifiers=*/false,
+        Diagonal::kKeyLengths);
     // Element types: a bf16 and an int8 cache (decode and prefill).
     constexpr DType kF32 = DType::kF32, kBF16 = DType::kBF16, kI8 = DType::kI8;
     add({2, 8, 2, 1, 900, 128, 128}, MaskKind::kNone, {900, 33}, 16, {kF32, kBF16, kBF16, kF32});
     add({2, 8, 2, 1, 900, 128, 128}, MaskKind::kNone, {900, 33}, 32, {kF32, kI8, kI8, kF32});
+    add({2, 4, 4, 1, 900, 128, 128}, MaskKind::kNone, {900, 33}, 16, {kF32, kI8, kI8, kF32});
     add({2, 4, 2, 9, 300, 128, 128}, MaskKind::kCausal, {300, 33}, 32, {kF32, kBF16, kBF16, kF32},
         false, Diagonal::kKeyLengths);
     add({1, 4, 4, 100, 100, 64, 64}, MaskKind::kCausal, {}, 16, {kBF16, kBF16, kBF16, kBF16});
@@ -233,6 +241,48 @@ TEST(PagedSharingTest, SharedPrefix) {
     ASSERT_TRUE(want.ok());
     const testing::Comparison cmp = testing::CompareToReference(data, *want);
     EXPECT_TRUE(cmp.ok) << name << ": " << cmp.first_failure;
+  }
+}
+
+// NaN in a paged cache reaches exactly the rows that see it, with flash's
+// items taking the four kv heads together: a chunk of two queries at each
+// batch's key length, so batch 1's tile is partial (key 19 is visible to
+// query 1 only) and its NaN V row there must not reach query 0 (P·V over
+// visible keys only); a NaN V row batch 0 sees makes its head's two rows
+// NaN; a NaN K row past batch 1's key length reaches nothing.
+TEST(PagedSpecialValuesTest, NaNRowsReachOnlyTheirRows) {
+  ProblemSpec spec;
+  spec.shape = {2, 4, 4, 2, 40, 16, 16};
+  spec.mask = MaskKind::kCausal;
+  spec.key_lengths = {40, 20};
+  ProblemData data(spec);
+  Problem& p = data.problem();
+  p.mask.diagonal = Diagonal::kKeyLengths;
+  auto row = [](float* t, int64_t b, int64_t h, int64_t j) {
+    return t + ((b * 4 + h) * 40 + j) * 16;
+  };
+  const float nan = std::nanf("");
+  std::fill_n(row(data.v_data(), 1, 1, 19), 16, nan);
+  std::fill_n(row(data.v_data(), 0, 2, 3), 16, nan);
+  std::fill_n(row(data.k_data(), 1, 3, 25), 16, nan);
+  Pool pool(p, 16, 11);
+  for (const char* name : {"naive", "flash"}) {
+    data.Poison();
+    ASSERT_TRUE(attn::Run(name, p, OnThreads(1)).ok()) << name;
+    StatusOr<reference::Result> want = reference::Attention(p);
+    ASSERT_TRUE(want.ok());
+    const testing::Comparison cmp = testing::CompareToReference(data, *want);
+    EXPECT_TRUE(cmp.ok) << name << ": " << cmp.first_failure;
+    const std::vector<float> o = data.OutputContiguous();
+    for (int64_t b = 0; b < 2; ++b) {
+      for (int64_t h = 0; h < 4; ++h) {
+        for (int64_t i = 0; i < 2; ++i) {
+          const bool want_nan = (b == 1 && h == 1 && i == 1) || (b == 0 && h == 2);
+          EXPECT_EQ(std::isnan(o[((b * 4 + h) * 2 + i) * 16]), want_nan)
+              << name << " b=" << b << " h=" << h << " i=" << i;
+        }
+      }
+    }
   }
 }
 
