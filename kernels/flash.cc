@@ -17,8 +17,8 @@
 //    pass over the tile, in L2; + additive mask; structurally hidden (key,
 //    row) pairs *set* to -inf, only in partial tiles). Measured cost over
 //    plain flash (attnlab_bench --suite=serving, d = 128, N = 2048 and 4096,
-//    dense and causal, 1 Zen 4 thread, AVX3): ALiBi 0.96-1.06, sinks
-//    0.93-1.03 (they touch only each row's finish), softcap 1.07-1.11 (FastTanh,
+//    dense and causal, 1 Zen 4 thread, AVX3): ALiBi 1.00-1.03, sinks
+//    0.96-1.09 (they touch only each row's finish), softcap 1.02-1.09 (FastTanh,
 //    kernels/ukernels/score_mods-inl.h: a polynomial for logits within
 //    +-cap; 1.12-1.18 as a separate pass with an exp and a division per
 //    score)

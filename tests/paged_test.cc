@@ -223,6 +223,18 @@ TEST_P(PagedTest, MatchesReferenceOrIsRefused) {
 
 INSTANTIATE_TEST_SUITE_P(Registry, PagedTest, ::testing::ValuesIn(Cases()), ParamName);
 
+// Runs variant `name` on one thread over data's problem (poisoned first) and
+// compares it with the fp64 reference: "" within the bound, else what failed.
+std::string RunAgainstReference(const char* name, ProblemData& data) {
+  data.Poison();
+  const Status status = attn::Run(name, data.problem(), OnThreads(1));
+  if (!status.ok()) return status.ToString();
+  StatusOr<reference::Result> want = reference::Attention(data.problem());
+  if (!want.ok()) return want.status().ToString();
+  const testing::Comparison cmp = testing::CompareToReference(data, *want);
+  return cmp.ok ? "" : cmp.first_failure;
+}
+
 // Two sequences sharing their first block (a common prompt prefix): the
 // reference and flash agree that both read it.
 TEST(PagedSharingTest, SharedPrefix) {
@@ -235,12 +247,7 @@ TEST(PagedSharingTest, SharedPrefix) {
   std::vector<int32_t>& table = pool.table();  // [2, 3]
   table[3] = table[0];                         // sequence 1's first block is sequence 0's
   for (const char* name : {"naive", "flash"}) {
-    data.Poison();
-    ASSERT_TRUE(attn::Run(name, p, OnThreads(1)).ok()) << name;
-    StatusOr<reference::Result> want = reference::Attention(p);
-    ASSERT_TRUE(want.ok());
-    const testing::Comparison cmp = testing::CompareToReference(data, *want);
-    EXPECT_TRUE(cmp.ok) << name << ": " << cmp.first_failure;
+    EXPECT_EQ(RunAgainstReference(name, data), "") << name;
   }
 }
 
@@ -267,12 +274,7 @@ TEST(PagedSpecialValuesTest, NaNRowsReachOnlyTheirRows) {
   std::fill_n(row(data.k_data(), 1, 3, 25), 16, nan);
   Pool pool(p, 16, 11);
   for (const char* name : {"naive", "flash"}) {
-    data.Poison();
-    ASSERT_TRUE(attn::Run(name, p, OnThreads(1)).ok()) << name;
-    StatusOr<reference::Result> want = reference::Attention(p);
-    ASSERT_TRUE(want.ok());
-    const testing::Comparison cmp = testing::CompareToReference(data, *want);
-    EXPECT_TRUE(cmp.ok) << name << ": " << cmp.first_failure;
+    EXPECT_EQ(RunAgainstReference(name, data), "") << name;
     const std::vector<float> o = data.OutputContiguous();
     for (int64_t b = 0; b < 2; ++b) {
       for (int64_t h = 0; h < 4; ++h) {
