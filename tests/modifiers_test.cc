@@ -380,6 +380,27 @@ TEST(ModifierBackwardTest, RefusesModifiersTakesTopLeft) {
   }
 }
 
+// The backward takes the key-lengths diagonal like any structural mask: a
+// chunk of 40 queries at the end of caches of 60 and 30 keys.
+TEST(ModifierBackwardTest, TakesTheKeyLengthsDiagonal) {
+  ProblemSpec spec = Causal({2, 2, 1, 40, 60, 16, 16});
+  spec.key_lengths = {60, 30};
+  ProblemData data(spec);
+  data.problem().mask.diagonal = Diagonal::kKeyLengths;
+  ASSERT_TRUE(testing::RunForwardForGrad(data).ok());
+  testing::GradData grads(data);
+  StatusOr<reference::GradResult> want = reference::Backward(grads.grad_problem());
+  ASSERT_TRUE(want.ok());
+  const reference::GradBounds bounds = reference::GradErrorBounds(grads.grad_problem());
+  for (const Variant* v : Registry()) {
+    if (!v->has_backward()) continue;
+    grads.Poison();
+    ASSERT_TRUE(RunBackward(*v, grads.grad_problem(), OnThreads(2)).ok()) << v->name;
+    const testing::Comparison c = testing::CompareGradients(grads.grad_problem(), *want, bounds);
+    EXPECT_TRUE(c.ok) << v->name << ": " << c.first_failure;
+  }
+}
+
 TEST(DiagonalAtTest, ValidateNamesTheOffset) {
   ProblemData data(Causal({1, 1, 1, 5, 9, 4, 4}));
   Problem& p = data.problem();
