@@ -355,49 +355,34 @@ TEST(ModifierValidationTest, NamesTheField) {
 }
 
 // The backward refuses modifiers (not yet derived), and takes the top-left
-// diagonal like any structural mask.
-TEST(ModifierBackwardTest, RefusesModifiersTakesTopLeft) {
-  ProblemData data(Causal({1, 2, 1, 40, 25, 16, 16}));
-  Problem& p = data.problem();
-  p.mask.diagonal = Diagonal::kTopLeft;
-  ASSERT_TRUE(testing::RunForwardForGrad(data).ok());
-  testing::GradData grads(data);
-  StatusOr<reference::GradResult> want = reference::Backward(grads.grad_problem());
-  ASSERT_TRUE(want.ok());
-  const reference::GradBounds bounds = reference::GradErrorBounds(grads.grad_problem());
-  for (const Variant* v : Registry()) {
-    if (!v->has_backward()) continue;
-    grads.Poison();
-    ASSERT_TRUE(RunBackward(*v, grads.grad_problem(), OnThreads(2)).ok()) << v->name;
-    const testing::Comparison c = testing::CompareGradients(grads.grad_problem(), *want, bounds);
-    EXPECT_TRUE(c.ok) << v->name << ": " << c.first_failure;
-    GradProblem g = grads.grad_problem();
-    const float cap = 10.0f;
-    g.forward.modifiers.softcap = cap;
-    const Status s = RunBackward(*v, g, OnThreads(1));
-    EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << v->name;
-    EXPECT_NE(s.message().find("softcap"), std::string::npos) << s.message();
-  }
-}
-
-// The backward takes the key-lengths diagonal like any structural mask: a
-// chunk of 40 queries at the end of caches of 60 and 30 keys.
-TEST(ModifierBackwardTest, TakesTheKeyLengthsDiagonal) {
-  ProblemSpec spec = Causal({2, 2, 1, 40, 60, 16, 16});
-  spec.key_lengths = {60, 30};
-  ProblemData data(spec);
-  data.problem().mask.diagonal = Diagonal::kKeyLengths;
-  ASSERT_TRUE(testing::RunForwardForGrad(data).ok());
-  testing::GradData grads(data);
-  StatusOr<reference::GradResult> want = reference::Backward(grads.grad_problem());
-  ASSERT_TRUE(want.ok());
-  const reference::GradBounds bounds = reference::GradErrorBounds(grads.grad_problem());
-  for (const Variant* v : Registry()) {
-    if (!v->has_backward()) continue;
-    grads.Poison();
-    ASSERT_TRUE(RunBackward(*v, grads.grad_problem(), OnThreads(2)).ok()) << v->name;
-    const testing::Comparison c = testing::CompareGradients(grads.grad_problem(), *want, bounds);
-    EXPECT_TRUE(c.ok) << v->name << ": " << c.first_failure;
+// and the key-lengths diagonals like any structural mask (the latter: a chunk
+// of 40 queries at the end of caches of 60 and 30 keys).
+TEST(ModifierBackwardTest, RefusesModifiersTakesTheDiagonals) {
+  ProblemSpec cache = Causal({2, 2, 1, 40, 60, 16, 16});
+  cache.key_lengths = {60, 30};
+  for (const auto& [spec, diagonal] :
+       {std::pair{Causal({1, 2, 1, 40, 25, 16, 16}), Diagonal::kTopLeft},
+        std::pair{cache, Diagonal::kKeyLengths}}) {
+    SCOPED_TRACE(DiagonalName(diagonal));
+    ProblemData data(spec);
+    data.problem().mask.diagonal = diagonal;
+    ASSERT_TRUE(testing::RunForwardForGrad(data).ok());
+    testing::GradData grads(data);
+    StatusOr<reference::GradResult> want = reference::Backward(grads.grad_problem());
+    ASSERT_TRUE(want.ok());
+    const reference::GradBounds bounds = reference::GradErrorBounds(grads.grad_problem());
+    for (const Variant* v : Registry()) {
+      if (!v->has_backward()) continue;
+      grads.Poison();
+      ASSERT_TRUE(RunBackward(*v, grads.grad_problem(), OnThreads(2)).ok()) << v->name;
+      const testing::Comparison c = testing::CompareGradients(grads.grad_problem(), *want, bounds);
+      EXPECT_TRUE(c.ok) << v->name << ": " << c.first_failure;
+      GradProblem g = grads.grad_problem();
+      g.forward.modifiers.softcap = 10.0f;
+      const Status s = RunBackward(*v, g, OnThreads(1));
+      EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << v->name;
+      EXPECT_NE(s.message().find("softcap"), std::string::npos) << s.message();
+    }
   }
 }
 
