@@ -365,6 +365,7 @@ int RunAccuracy(const AccuracyOptions& options) {
 
   std::vector<AccuracyCase> plan;
   for (const Variant* v : Registry()) {
+    if (!options.forward) break;
     for (int64_t n = 128; n <= options.max_n; n *= 2) {
       for (int64_t d : {64, 128}) {
         for (const MaskCase& m : kMasks) plan.push_back({v, n, d, &m});
@@ -385,7 +386,8 @@ int RunAccuracy(const AccuracyOptions& options) {
   // Gradients: shape by shape, every variant with a backward, so the
   // reference backward (the run's most expensive part) is made once per
   // shape (GradWant).
-  for (int64_t n = 128; n <= std::min(options.max_n, options.grad_max_n); n *= 2) {
+  for (int64_t n = 128; options.backward && n <= std::min(options.max_n, options.grad_max_n);
+       n *= 2) {
     for (int64_t d : {64, 128}) {
       for (const MaskCase& m : kMasks) {
         for (const Variant* v : Registry()) {

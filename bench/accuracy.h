@@ -20,6 +20,10 @@ struct AccuracyOptions {
   // max_n): the fp64 reference backward and its bounds take O(N²·d) scalar
   // double work on the whole problem, ~10 min per case at N = 16384.
   int64_t grad_max_n = 2048;
+  // Which results to run (--accuracy_passes=forward,backward): O and lse of
+  // every variant, the gradients of those with a backward, or both.
+  bool forward = true;
+  bool backward = true;
   int threads = 0;
   size_t memory_budget = 0;
   // Keep the results `out` holds and run only the missing ones (--resume=FILE).

@@ -6,7 +6,7 @@
 //   attnlab_bench [--suite=quick|default|full|precision|backward] [--threads=1,2] [--batch=1]
 //                 [--heads=8] [--memory_budget=12G] [--benchmark_* flags]
 //   attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=16384]
-//                 [--accuracy_grad_max_n=2048]
+//                 [--accuracy_grad_max_n=2048] [--accuracy_passes=forward,backward]
 //   attnlab_bench --resume=FILE [--resume_force]
 //
 // SIGINT, SIGTERM or SIGHUP end the run within one iteration of the running
@@ -1796,6 +1796,21 @@ const FlagSpec kFlags[] = {
                       ? std::string()
                       : "bad --accuracy_grad_max_n=" + v;
          }},
+    {.name = "accuracy_passes",
+     .kind = Kind::kWhatRuns,
+     .apply =
+         [](const std::string& v, Flags& f) {
+           const bool forward =
+               v == "forward" || v == "forward,backward" || v == "backward,forward";
+           const bool backward =
+               v == "backward" || v == "forward,backward" || v == "backward,forward";
+           if (!forward && !backward) {
+             return "bad --accuracy_passes=" + v + " (forward, backward or forward,backward)";
+           }
+           f.accuracy_options.forward = forward;
+           f.accuracy_options.backward = backward;
+           return std::string();
+         }},
     {.name = "accuracy_threads",
      .kind = Kind::kWhatRuns,
      .apply =
@@ -1863,6 +1878,7 @@ void PrintUsage(FILE* to) {
                "         [--batch=B] [--heads=H] [--memory_budget=12G] [--benchmark_* flags]\n"
                "       attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=N]\n"
                "         [--accuracy_grad_max_n=N (backward; default 2048)]\n"
+               "         [--accuracy_passes=forward|backward|forward,backward (default both)]\n"
                "         [--accuracy_threads=T]\n"
                "       attnlab_bench --resume=FILE [--resume_force] [the flags FILE was run with]\n"
                "suites: quick (CI smoke), default (the report's run), full (every size),\n"
