@@ -11,8 +11,9 @@
 //                           keys, vectors along keys;
 //   dP = dO·Vᵀ              ScoreTile likewise, dO rows in place;
 //   (+ additive mask on S)
-//   D  = Σ_d dO·O per row   Dot (once per row and key block: d FLOPs
-//                           against the tile's 640·d, never stored);
+//   D  = Σ_d dO·O per row   Dot, once per row before the items start, kept
+//                           (4 bytes per row): each key block that sees the
+//                           row reads D instead of O's d floats;
 //   P  = e^(S - lse), dS = scale·P·(dP - D)   GradScores, in place;
 //   (partial tiles: P = dS = 0 exactly on structurally hidden pairs)
 //   dV += Pᵀ·dO             PvTile with P read transposed (pj = 64, pm = 1),
@@ -47,21 +48,26 @@
 // rows (lse = -inf) see no key: their dQ stays 0 and they add nothing.
 //
 // Bytes (fp32) per (b, kv head): K, V read once (transposed into the item);
-// Q, dO, O and dQ (read and written) once per key block that sees them:
-// 4·Lq·g·(2·dk + dv + dv)·Lk/64 from L2/L3 (the head's Q, dO, O, dQ are
-// 4·Lq·(3d + d)·g bytes: 1 MiB at Lq = 1024, d = 64), against 2·64·64·(3·dk
-// + 2·dv) FLOPs per tile: 1/80 byte per FLOP at d = 64. dK, dV written once.
+// O once (D); Q, dO and dQ (read and written) once per key block that sees
+// them: 4·Lq·g·(3·dk + dv)·Lk/64 from L2/L3 (the head's Q, dO, dQ are
+// 4·Lq·(2·dk + dv)·g bytes: 768 KiB at Lq = 1024, d = 64), against
+// 2·64·64·(3·dk + 2·dv) FLOPs per tile: 1/40 byte per FLOP at dk = dv. dK, dV
+// written once. Once a head's rows outgrow L2 (d = 128 from Lq = 4096) they
+// stream from L3 or memory: each tile's two score products prefetch the
+// next query block's Q, dO and dQ rows into L2 (NextQueryBlock). Reading D
+// instead of O and the prefetch took 8-17% off N = 2048-16384 (Zen 4, one
+// thread).
 // FLOPs: 2·(3·dk + 2·dv) per computed (query, key) pair (S, dP, dV, dK, dQ),
 // pairs counted over whole tiles met by the hull (masked parts of diagonal
 // tiles included); one exp per computed score.
 //
 // Working set per thread (64-byte-aligned pieces): Kᵀ, Vᵀ 64·(dk + dv), dK,
 // dV 64·(dk' + dv'), P and dS 2·64·64, dQ_part 64·dk', packed Q, dO, K rows
-// 64·(2·dk' + dv') (only used when d is not a whole number of vectors), 2·64
-// per-row floats: 164 KiB at d = 64 (L2: 1 MiB on Zen 4, 2 MiB on Sapphire
-// Rapids), independent of Lq and Lk. Shared: 8 bytes per (b, h, query block)
-// of dQ turns and 16 per (b, query block) of hulls: 24 KiB at Lq = 65536,
-// H = 1.
+// 64·(2·dk' + dv') (only used when d is not a whole number of vectors), 64
+// per-row floats (lse): 164 KiB at d = 64 (L2: 1 MiB on Zen 4, 2 MiB on Sapphire
+// Rapids), independent of Lq and Lk. Shared: D, 4 bytes per (b, h, query
+// row) (as the lse the caller gives); 8 bytes per (b, h, query block) of dQ
+// turns and 16 per (b, query block) of hulls: 280 KiB at Lq = 65536, H = 1.
 //
 // Block sizes: Bc = 64 keys is one score tile's width (4 AVX-512 vectors,
 // ScoreTile's 6 rows x 4 vectors register block), and makes a key block's
@@ -100,12 +106,14 @@ struct Plan {
                       + 2 * kBr * kBc                               // P, dS
                       + kBr * dkp                                   // dQ_part
                       + kBr * (dkp + dvp) + kBc * dkp               // packed Q, dO, K
-                      + 2 * kBr),                                   // lse, D
+                      + kBr),                                       // lse
         turns(p.shape.batch * p.shape.heads * q_blocks),
-        hulls(2 * p.shape.batch * q_blocks) {}
+        hulls(2 * p.shape.batch * q_blocks),
+        dsums(p.shape.batch * p.shape.heads * p.shape.q_len) {}
   int64_t key_blocks, q_blocks, items, dkp, dvp, thread_floats;
   int64_t turns;  // int64 counters: whose turn it is to add to a dQ block
   int64_t hulls;  // int64: [lo, hi) of the keys a (b, query block) sees
+  int64_t dsums;  // float: D = Σ_d dO·O of every query row, made once
 };
 
 }  // namespace attn::flash_backward
@@ -146,7 +154,6 @@ struct Scratch {
     dop = qp + kBr * plan.dkp;
     kp = dop + kBr * plan.dvp;
     lse = kp + kBc * plan.dkp;
-    dsum = lse + kBr;
     rb = ranges;
     re = ranges + kBr;
   }
@@ -161,7 +168,6 @@ struct Scratch {
   float* dop;   // dO rows padded to dvp
   float* kp;    // K rows padded to dkp
   float* lse;   // kBr
-  float* dsum;  // kBr: D = Σ dO·O
   int64_t* rb;  // kBr: each row's first visible key, relative to the block
   int64_t* re;  // kBr: one past its last
 };
@@ -239,25 +245,53 @@ QueryBlock LoadQueryRanges(const ValidGradProblem& g, const KeyBlock& kb, int64_
   return qblk;
 }
 
-// S = Q·(scale·K)ᵀ (+ mask) and dP = dO·Vᵀ for the tile, D per row, then P
-// and dS (GradScores), hidden pairs zeroed.
+// The rows the next query block of the head streams in (Q, dO, dQ), to be
+// prefetched into L2 by this tile's two score products: every key block
+// walks all of Lq, and from N = 4096 at d = 128 a head's Q, dO and dQ no
+// longer stay in L2 between key blocks.
+struct NextRows {
+  PrefetchRows q_and_do, dq;
+};
+
+NextRows NextQueryBlock(const ValidGradProblem& g, const Plan& plan, const KeyBlock& kb,
+                        const QueryBlock& qblk) {
+  const ValidProblem& p = g.forward;
+  const int64_t i0 = qblk.i0 + kBr;
+  if (qblk.qb + 1 >= plan.q_blocks) return {};
+  const int64_t rows = std::min(kBr, p.shape.q_len - i0);
+  const auto bytes = [](int64_t floats) { return static_cast<int64_t>(sizeof(float)) * floats; };
+  NextRows next;
+  next.q_and_do = {.k = reinterpret_cast<const char*>(p.QRow(kb.b, qblk.h, i0)),
+                   .k_stride = bytes(p.q.strides.row),
+                   .k_bytes = bytes(p.shape.head_dim),
+                   .v = reinterpret_cast<const char*>(g.DoRow(kb.b, qblk.h, i0)),
+                   .v_stride = bytes(g.d_o.strides.row),
+                   .v_bytes = bytes(p.shape.value_dim),
+                   .rows = rows};
+  next.dq = {.k = reinterpret_cast<const char*>(g.DqRow(kb.b, qblk.h, i0)),
+             .k_stride = bytes(g.dq.strides.row),
+             .k_bytes = bytes(p.shape.head_dim),
+             .rows = rows};
+  return next;
+}
+
+// S = Q·(scale·K)ᵀ (+ mask) and dP = dO·Vᵀ for the tile, then P and dS
+// (GradScores, with the rows' D), hidden pairs zeroed.
 void TileScores(const ValidGradProblem& g, const KeyBlock& kb, const QueryBlock& qblk,
-                Scratch& sc) {
+                const float* dsum, const NextRows& next, Scratch& sc) {
   const ValidProblem& p = g.forward;
   const int64_t dk = p.shape.head_dim, dv = p.shape.value_dim;
   const float* q = p.QRow(kb.b, qblk.h, qblk.i0);
   const float* d_o = g.DoRow(kb.b, qblk.h, qblk.i0);
-  ScoreTile(sc.kt, q, p.q.strides.row, qblk.nq, dk, kb.nvec, sc.p);
-  ScoreTile(sc.vt, d_o, g.d_o.strides.row, qblk.nq, dv, kb.nvec, sc.ds);
+  ScoreTile(sc.kt, q, p.q.strides.row, qblk.nq, dk, kb.nvec, sc.p, 0.0f, next.q_and_do);
+  ScoreTile(sc.vt, d_o, g.d_o.strides.row, qblk.nq, dv, kb.nvec, sc.ds, 0.0f, next.dq);
   for (int64_t x = 0; x < qblk.nq; ++x) {
-    const int64_t i = qblk.i0 + x;
-    sc.dsum[x] = DotRow(g.DoRow(kb.b, qblk.h, i), g.ORow(kb.b, qblk.h, i), dv);
-    if (const float* add = p.AdditiveRow(kb.b, qblk.h, i)) {
+    if (const float* add = p.AdditiveRow(kb.b, qblk.h, qblk.i0 + x)) {
       for (int64_t c = 0; c < kb.nk; ++c) sc.p[x * kBc + c] += add[kb.j0 + c];
     }
   }
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
-  GradScores(sc.p, sc.ds, kBc, qblk.nq, kb.nvec * N, sc.lse, sc.dsum, p.scale);
+  GradScores(sc.p, sc.ds, kBc, qblk.nq, kb.nvec * N, sc.lse, dsum, p.scale);
   if (!qblk.partial) return;
   for (int64_t x = 0; x < qblk.nq; ++x) {
     for (int64_t c = 0; c < kb.nk; ++c) {
@@ -355,7 +389,7 @@ void AddToDq(const ValidGradProblem& g, const Plan& plan, const KeyBlock& kb,
 
 // One work item: a key block against every query block that sees it.
 void GradKeyBlock(const ValidGradProblem& g, const Plan& plan, int64_t item, const int64_t* hulls,
-                  int64_t* turns, Scratch& sc) {
+                  const float* dsums, int64_t* turns, Scratch& sc) {
   const ValidProblem& p = g.forward;
   const KeyBlock kb = LoadKeyBlock(p, plan, item, sc);
   for (int64_t gh = 0; gh < p.group; ++gh) {
@@ -365,7 +399,8 @@ void GradKeyBlock(const ValidGradProblem& g, const Plan& plan, int64_t item, con
       if (hull[1] <= kb.j0 || hull[0] >= kb.j0 + kb.nk) continue;  // not its turn to wait
       const QueryBlock qblk = LoadQueryRanges(g, kb, h, qb, sc);
       if (qblk.any_visible) {
-        TileScores(g, kb, qblk, sc);
+        const float* dsum = dsums + (kb.b * p.shape.heads + h) * p.shape.q_len + qblk.i0;
+        TileScores(g, kb, qblk, dsum, NextQueryBlock(g, plan, kb, qblk), sc);
         if (qblk.partial && !TileOperandsFinite(g, kb, qblk)) {
           TileGradientsVisibleOnly(g, plan, kb, qblk, sc);
         } else {
@@ -384,9 +419,10 @@ void GradKeyBlock(const ValidGradProblem& g, const Plan& plan, int64_t item, con
 }
 
 // Each (b, query block)'s hull of visible keys [lo, hi) (empty: lo >= hi),
-// and the first key block's turn at every dQ block; dQ zeroed.
+// and the first key block's turn at every dQ block; dQ zeroed, D of every
+// row (read by each key block that sees the row; O is not read again).
 void StartTurns(const ValidGradProblem& g, const Plan& plan, int threads, int64_t* hulls,
-                int64_t* turns) {
+                float* dsums, int64_t* turns) {
   const ValidProblem& p = g.forward;
   for (int64_t b = 0; b < p.shape.batch; ++b) {
     for (int64_t qb = 0; qb < plan.q_blocks; ++qb) {
@@ -407,7 +443,9 @@ void StartTurns(const ValidGradProblem& g, const Plan& plan, int threads, int64_
   const int64_t rows = p.shape.batch * p.shape.heads * p.shape.q_len;
   ParallelFor(threads, rows, [&](int64_t r) {
     const int64_t i = r % p.shape.q_len, bh = r / p.shape.q_len;
-    std::fill_n(g.DqRow(bh / p.shape.heads, bh % p.shape.heads, i), p.shape.head_dim, 0.0f);
+    const int64_t b = bh / p.shape.heads, h = bh % p.shape.heads;
+    std::fill_n(g.DqRow(b, h, i), p.shape.head_dim, 0.0f);
+    dsums[r] = DotRow(g.DoRow(b, h, i), g.ORow(b, h, i), p.shape.value_dim);
   });
 }
 
@@ -419,11 +457,12 @@ Status RunFlashBackwardImpl(const ValidGradProblem& g, ExecContext& ctx) {
   auto ranges = ctx.workspace->Allocate<int64_t>(static_cast<size_t>(threads * 2 * kBr));
   auto turns = ctx.workspace->Allocate<int64_t>(static_cast<size_t>(plan.turns));
   auto hulls = ctx.workspace->Allocate<int64_t>(static_cast<size_t>(plan.hulls));
-  StartTurns(g, plan, threads, hulls.data(), turns.data());
+  auto dsums = ctx.workspace->Allocate<float>(static_cast<size_t>(plan.dsums));
+  StartTurns(g, plan, threads, hulls.data(), dsums.data(), turns.data());
   ParallelFor(threads, plan.items, [&](int64_t item, int tid) {
     Scratch sc(plan, p.shape, scratch.data() + tid * plan.thread_floats,
                ranges.data() + tid * 2 * kBr);
-    GradKeyBlock(g, plan, item, hulls.data(), turns.data(), sc);
+    GradKeyBlock(g, plan, item, hulls.data(), dsums.data(), turns.data(), sc);
   });
   return Status::Ok();
 }
@@ -449,7 +488,7 @@ Status RunFlashBackward(const ValidGradProblem& g, ExecContext& ctx) {
 size_t FlashBackwardWorkspaceBytes(const ValidGradProblem& g, int threads) {
   const flash_backward::Plan plan(g.forward);
   const SaturatingSize t = std::max(1, threads);
-  return (SaturatingSize(sizeof(float)) * (t * plan.thread_floats) +
+  return (SaturatingSize(sizeof(float)) * (t * plan.thread_floats + plan.dsums) +
           SaturatingSize(sizeof(int64_t)) *
               (t * (2 * flash_backward::kBr) + SaturatingSize(plan.turns) + plan.hulls))
       .value();

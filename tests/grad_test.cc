@@ -414,7 +414,9 @@ TEST(GradMemory, FlashIsIndependentOfLengthMaterializingRefused) {
     const size_t at_1k = v->backward.workspace_bytes(*small, 2);
     const size_t at_64k = v->backward.workspace_bytes(*big, 2);
     EXPECT_LT(at_64k, size_t{4} << 20) << v->name;
-    EXPECT_LE(at_64k - at_1k, size_t{64} << 10) << v->name;
+    // What grows with the length: D, one float per query row (as the lse
+    // the caller gives), and a few bytes per 64-row block.
+    EXPECT_LE(at_64k - at_1k, sizeof(float) * (65536 - 1024) + (size_t{64} << 10)) << v->name;
   }
 }
 
