@@ -263,8 +263,10 @@ nlohmann::ordered_json RunGradCase(const AccuracyCase& c, const RunOptions& run_
   if (cache.key != key) {
     cache.want.reset();
     auto want = reference::Backward(g);
-    if (want.ok()) cache.want = std::move(*want);
-    cache.bounds = reference::GradErrorBounds(g);
+    if (want.ok()) {
+      cache.bounds = reference::GradErrorBounds(g, *want);
+      cache.want = std::move(*want);
+    }
     cache.key = key;
   }
   if (!cache.want) {

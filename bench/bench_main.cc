@@ -472,7 +472,7 @@ class RunContext {
     } else {
       auto want = reference::Backward(g);
       const testing::Comparison cmp =
-          testing::CompareGradients(g, *want, reference::GradErrorBounds(g));
+          testing::CompareGradients(g, *want, reference::GradErrorBounds(g, *want));
       if (!cmp.ok) verdict = {false, at + cmp.first_failure};
     }
     return verdicts_.emplace(key, verdict).first->second;

@@ -339,7 +339,7 @@ int GradCommand(const InputOptions& in, const GradArgs& args) {
   const auto ref_start = std::chrono::steady_clock::now();
   StatusOr<reference::GradResult> want = reference::Backward(grad);
   if (!want.ok()) FailStatus(want.status(), inputs);
-  const reference::GradBounds bounds = reference::GradErrorBounds(grad);
+  const reference::GradBounds bounds = reference::GradErrorBounds(grad, *want);
   const double ref_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - ref_start)
           .count();

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "reference/reference.h"
+#include "reference/row_chunks.h"
 
 namespace attn::reference {
 namespace {
@@ -102,116 +103,128 @@ RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
   return bound;
 }
 
-GradBounds GradErrorBounds(const GradProblem& g) {
+namespace {
+
+// What dK's and dV's bounds sum over query rows: the propagated errors, the
+// |terms| and the term count m_j (one per chunk of rows: row_chunks.h).
+struct KvBoundSums {
+  std::vector<double> dk_err, dk_abs, dv_err, dv_abs;
+  std::vector<int64_t> terms;
+};
+
+GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<const double> d_o,
+                        const GradResult& exact) {
   const Problem& p = g.forward;
   const Shape& s = p.shape;
   const int64_t dk = s.head_dim, dv = s.value_dim;
   const int64_t group = s.heads / s.kv_heads;
-  const F64Problem f = ToF64(p);
-  std::vector<double> d_o(s.batch * s.heads * s.q_len * dv);
-  for (int64_t b = 0; b < s.batch; ++b)
-    for (int64_t h = 0; h < s.heads; ++h)
-      for (int64_t i = 0; i < s.q_len; ++i) {
-        LoadRow(g.d_o, {}, b, h, i, dv, &d_o[((b * s.heads + h) * s.q_len + i) * dv]);
-      }
   const F64Forward fwd = ForwardF64(f);
-  const GradResult exact = BackwardF64(f, d_o);
 
   GradBounds bound;
   bound.dq.assign(exact.dq.size(), 0.0);
-  // dK and dV: Σ of propagated errors, Σ of |terms| and the term count m_j.
+  const int64_t rows = s.batch * s.heads * s.q_len;
+  std::vector<KvBoundSums> parts(RowChunkCount(rows));
+  ForEachRowChunk(rows, [&](int64_t chunk, int64_t begin, int64_t end) {
+    KvBoundSums& sums = parts[chunk];
+    for (std::vector<double>* v : {&sums.dk_err, &sums.dk_abs}) v->assign(exact.dk.size(), 0.0);
+    for (std::vector<double>* v : {&sums.dv_err, &sums.dv_abs}) v->assign(exact.dv.size(), 0.0);
+    sums.terms.assign(s.batch * s.kv_heads * s.kv_len, 0);
+    std::vector<double> w, dp, dp_abs, e_dp, e_p;
+    std::vector<char> visible(s.kv_len);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t i = row % s.q_len, h = row / s.q_len % s.heads, b = row / s.q_len / s.heads;
+      const int64_t kv_row0 = (b * s.kv_heads + h / group) * s.kv_len;
+      const double lse = RowWeights(f, b, h, i, w);
+      // Fully masked (-inf) or NaN rows add nothing: see the header.
+      if (!std::isfinite(lse)) continue;
+      const RowBound fwd_bound = ErrorBound(p, b, h, i);
+      const double o_err = fwd_bound.o / kSafety;      // ô
+      const double lse_err = fwd_bound.lse / kSafety;  // λ
+      const double* q = &f.q[row * dk];
+      const double* go = &d_o[row * dv];
+      const double* o = &fwd.o[row * dv];
+      // A (the logit magnitude) and n (visible keys).
+      double a = 0;
+      int64_t n = 0;
+      for (int64_t j = 0; j < s.kv_len; ++j) {
+        visible[j] = KeyVisible(p, b, i, j);
+        if (!visible[j]) continue;
+        ++n;
+        const double add = AdditiveAt(p.mask, b, h, i, j);
+        if (std::isinf(add)) continue;
+        const double* k = &f.k[(kv_row0 + j) * dk];
+        double abs_dot = 0;
+        for (int64_t d = 0; d < dk; ++d) abs_dot += std::fabs(q[d] * k[d]);
+        a = std::max(a, f.scale * abs_dot + std::fabs(add));
+      }
+      const double logit_err = (dk + 2) * kU * a;  // δs
+      // P, dP and their errors.
+      dp.assign(s.kv_len, 0.0);
+      dp_abs.assign(s.kv_len, 0.0);
+      e_dp.assign(s.kv_len, 0.0);
+      e_p.assign(s.kv_len, 0.0);
+      double big_d = 0, p_dp_abs = 0, e_d_from_p = 0;
+      for (int64_t j = 0; j < s.kv_len; ++j) {
+        if (!visible[j]) continue;
+        const double* v = &f.v[(kv_row0 + j) * dv];
+        for (int64_t d = 0; d < dv; ++d) {
+          dp[j] += go[d] * v[d];
+          dp_abs[j] += std::fabs(go[d] * v[d]);
+        }
+        e_dp[j] = dv * kU * dp_abs[j];
+        if (w[j] != 0) {
+          const double score = Score(f, b, h, i, j);
+          const double exponent_err =
+              logit_err + lse_err + 3 * kU * (std::fabs(score) + std::fabs(lse)) + kExpUlps * kU;
+          e_p[j] = std::expm1(exponent_err) * w[j] + 0x1p-126;
+        }
+        big_d += w[j] * dp[j];
+        p_dp_abs += w[j] * std::fabs(dp[j]);
+        e_d_from_p += e_p[j] * std::fabs(dp[j]) + w[j] * e_dp[j];
+      }
+      // e_D: both forms of D.
+      double e_d = e_d_from_p + n * kU * p_dp_abs;
+      for (int64_t d = 0; d < dv; ++d) {
+        e_d += std::fabs(go[d]) * o_err + dv * kU * std::fabs(go[d]) * (std::fabs(o[d]) + o_err);
+      }
+      // dS and the sums it feeds.
+      double* bq = &bound.dq[row * dk];
+      std::vector<double> dq_err(dk, 0.0), dq_abs(dk, 0.0);
+      for (int64_t j = 0; j < s.kv_len; ++j) {
+        if (!visible[j]) continue;
+        const double ds = w[j] * (dp[j] - big_d);
+        const double e_ds =
+            e_p[j] * std::fabs(dp[j] - big_d) + w[j] * (e_dp[j] + e_d) + 2 * kU * std::fabs(ds);
+        const int64_t kv = kv_row0 + j;
+        const double* k = &f.k[kv * dk];
+        for (int64_t d = 0; d < dk; ++d) {
+          dq_err[d] += e_ds * std::fabs(k[d]);
+          dq_abs[d] += std::fabs(ds * k[d]);
+          sums.dk_err[kv * dk + d] += e_ds * std::fabs(q[d]);
+          sums.dk_abs[kv * dk + d] += std::fabs(ds * q[d]);
+        }
+        for (int64_t d = 0; d < dv; ++d) {
+          sums.dv_err[kv * dv + d] += e_p[j] * std::fabs(go[d]);
+          sums.dv_abs[kv * dv + d] += w[j] * std::fabs(go[d]);
+        }
+        ++sums.terms[kv];
+      }
+      for (int64_t d = 0; d < dk; ++d) {
+        bq[d] = f.scale * (dq_err[d] + (n + 1) * kU * dq_abs[d]) +
+                kU * std::fabs(exact.dq[row * dk + d]);
+      }
+    }
+  });
   std::vector<double> dk_err(exact.dk.size(), 0.0), dk_abs(exact.dk.size(), 0.0);
   std::vector<double> dv_err(exact.dv.size(), 0.0), dv_abs(exact.dv.size(), 0.0);
   std::vector<int64_t> terms(s.batch * s.kv_heads * s.kv_len, 0);
-
-  std::vector<double> w, dp, dp_abs, e_dp, e_p;
-  std::vector<char> visible(s.kv_len);
-  for (int64_t b = 0; b < s.batch; ++b)
-    for (int64_t h = 0; h < s.heads; ++h) {
-      const int64_t kv_row0 = (b * s.kv_heads + h / group) * s.kv_len;
-      for (int64_t i = 0; i < s.q_len; ++i) {
-        const int64_t row = (b * s.heads + h) * s.q_len + i;
-        const double lse = RowWeights(f, b, h, i, w);
-        // Fully masked (-inf) or NaN rows add nothing: see the header.
-        if (!std::isfinite(lse)) continue;
-        const RowBound fwd_bound = ErrorBound(p, b, h, i);
-        const double o_err = fwd_bound.o / kSafety;      // ô
-        const double lse_err = fwd_bound.lse / kSafety;  // λ
-        const double* q = &f.q[row * dk];
-        const double* go = &d_o[row * dv];
-        const double* o = &fwd.o[row * dv];
-        // A (the logit magnitude) and n (visible keys).
-        double a = 0;
-        int64_t n = 0;
-        for (int64_t j = 0; j < s.kv_len; ++j) {
-          visible[j] = KeyVisible(p, b, i, j);
-          if (!visible[j]) continue;
-          ++n;
-          const double add = AdditiveAt(p.mask, b, h, i, j);
-          if (std::isinf(add)) continue;
-          const double* k = &f.k[(kv_row0 + j) * dk];
-          double abs_dot = 0;
-          for (int64_t d = 0; d < dk; ++d) abs_dot += std::fabs(q[d] * k[d]);
-          a = std::max(a, f.scale * abs_dot + std::fabs(add));
-        }
-        const double logit_err = (dk + 2) * kU * a;  // δs
-        // P, dP and their errors.
-        dp.assign(s.kv_len, 0.0);
-        dp_abs.assign(s.kv_len, 0.0);
-        e_dp.assign(s.kv_len, 0.0);
-        e_p.assign(s.kv_len, 0.0);
-        double big_d = 0, p_dp_abs = 0, e_d_from_p = 0;
-        for (int64_t j = 0; j < s.kv_len; ++j) {
-          if (!visible[j]) continue;
-          const double* v = &f.v[(kv_row0 + j) * dv];
-          for (int64_t d = 0; d < dv; ++d) {
-            dp[j] += go[d] * v[d];
-            dp_abs[j] += std::fabs(go[d] * v[d]);
-          }
-          e_dp[j] = dv * kU * dp_abs[j];
-          if (w[j] != 0) {
-            const double score = Score(f, b, h, i, j);
-            const double exponent_err =
-                logit_err + lse_err + 3 * kU * (std::fabs(score) + std::fabs(lse)) + kExpUlps * kU;
-            e_p[j] = std::expm1(exponent_err) * w[j] + 0x1p-126;
-          }
-          big_d += w[j] * dp[j];
-          p_dp_abs += w[j] * std::fabs(dp[j]);
-          e_d_from_p += e_p[j] * std::fabs(dp[j]) + w[j] * e_dp[j];
-        }
-        // e_D: both forms of D.
-        double e_d = e_d_from_p + n * kU * p_dp_abs;
-        for (int64_t d = 0; d < dv; ++d) {
-          e_d += std::fabs(go[d]) * o_err + dv * kU * std::fabs(go[d]) * (std::fabs(o[d]) + o_err);
-        }
-        // dS and the sums it feeds.
-        double* bq = &bound.dq[row * dk];
-        std::vector<double> dq_err(dk, 0.0), dq_abs(dk, 0.0);
-        for (int64_t j = 0; j < s.kv_len; ++j) {
-          if (!visible[j]) continue;
-          const double ds = w[j] * (dp[j] - big_d);
-          const double e_ds =
-              e_p[j] * std::fabs(dp[j] - big_d) + w[j] * (e_dp[j] + e_d) + 2 * kU * std::fabs(ds);
-          const int64_t kv = kv_row0 + j;
-          const double* k = &f.k[kv * dk];
-          for (int64_t d = 0; d < dk; ++d) {
-            dq_err[d] += e_ds * std::fabs(k[d]);
-            dq_abs[d] += std::fabs(ds * k[d]);
-            dk_err[kv * dk + d] += e_ds * std::fabs(q[d]);
-            dk_abs[kv * dk + d] += std::fabs(ds * q[d]);
-          }
-          for (int64_t d = 0; d < dv; ++d) {
-            dv_err[kv * dv + d] += e_p[j] * std::fabs(go[d]);
-            dv_abs[kv * dv + d] += w[j] * std::fabs(go[d]);
-          }
-          ++terms[kv];
-        }
-        for (int64_t d = 0; d < dk; ++d) {
-          bq[d] = f.scale * (dq_err[d] + (n + 1) * kU * dq_abs[d]) +
-                  kU * std::fabs(exact.dq[row * dk + d]);
-        }
-      }
-    }
+  for (const KvBoundSums& sums : parts) {
+    AddPartial<double>(dk_err, sums.dk_err);
+    AddPartial<double>(dk_abs, sums.dk_abs);
+    AddPartial<double>(dv_err, sums.dv_err);
+    AddPartial<double>(dv_abs, sums.dv_abs);
+    AddPartial<int64_t>(terms, sums.terms);
+  }
   bound.dk.assign(exact.dk.size(), 0.0);
   bound.dv.assign(exact.dv.size(), 0.0);
   for (size_t kv = 0; kv < terms.size(); ++kv) {
@@ -232,6 +245,31 @@ GradBounds GradErrorBounds(const GradProblem& g) {
     }
   }
   return bound;
+}
+
+// dO contiguous [B, H, Lq, dv] in double.
+std::vector<double> LoadDo(const GradProblem& g) {
+  const Shape& s = g.forward.shape;
+  std::vector<double> d_o(s.batch * s.heads * s.q_len * s.value_dim);
+  for (int64_t b = 0; b < s.batch; ++b)
+    for (int64_t h = 0; h < s.heads; ++h)
+      for (int64_t i = 0; i < s.q_len; ++i) {
+        LoadRow(g.d_o, {}, b, h, i, s.value_dim,
+                &d_o[((b * s.heads + h) * s.q_len + i) * s.value_dim]);
+      }
+  return d_o;
+}
+
+}  // namespace
+
+GradBounds GradErrorBounds(const GradProblem& g) {
+  const F64Problem f = ToF64(g.forward);
+  const std::vector<double> d_o = LoadDo(g);
+  return GradBoundsOf(g, f, d_o, BackwardF64(f, d_o));
+}
+
+GradBounds GradErrorBounds(const GradProblem& g, const GradResult& exact) {
+  return GradBoundsOf(g, ToF64(g.forward), LoadDo(g), exact);
 }
 
 bool CompareElement(double got, double want, double bound, Comparison& c,

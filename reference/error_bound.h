@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/problem.h"
+#include "reference/reference.h"
 
 namespace attn::reference {
 
@@ -95,8 +96,12 @@ double SummationLength(int64_t n);
 struct GradBounds {
   std::vector<double> dq, dk, dv;  // the layouts of reference::GradResult
 };
-// `problem` must pass ValidateGrad. O(B·H·Lq·Lk·(dk + dv)), like the reference.
+// `problem` must pass ValidateGrad. O(B·H·Lq·Lk·(dk + dv)), like the reference
+// (on every core: reference/row_chunks.h). The first form computes the exact
+// gradients itself; pass reference::Backward's result to the second to save
+// that pass.
 GradBounds GradErrorBounds(const GradProblem& problem);
+GradBounds GradErrorBounds(const GradProblem& problem, const GradResult& exact);
 
 // A running comparison of a kernel's outputs with the reference.
 struct Comparison {

@@ -3,6 +3,9 @@
 #include <cmath>
 #include <limits>
 #include <span>
+#include <vector>
+
+#include "reference/row_chunks.h"
 
 namespace attn::reference {
 
@@ -259,20 +262,20 @@ F64Forward ForwardF64(const F64Problem& p) {
   F64Forward f;
   f.o.assign(s.batch * s.heads * s.q_len * s.value_dim, 0.0);
   f.lse.assign(s.batch * s.heads * s.q_len, 0.0);
-  std::vector<double> w;
-  for (int64_t b = 0; b < s.batch; ++b)
-    for (int64_t h = 0; h < s.heads; ++h)
-      for (int64_t i = 0; i < s.q_len; ++i) {
-        const int64_t row = (b * s.heads + h) * s.q_len + i;
-        f.lse[row] = RowWeights(p, b, h, i, w);
-        if (f.lse[row] == -std::numeric_limits<double>::infinity()) continue;  // O = 0
-        double* o = &f.o[row * s.value_dim];
-        for (int64_t j = 0; j < s.kv_len; ++j) {
-          if (!KeyVisible(s, p.mask, b, i, j)) continue;
-          const double* v = &p.v[((b * s.kv_heads + h / group) * s.kv_len + j) * s.value_dim];
-          for (int64_t d = 0; d < s.value_dim; ++d) o[d] += w[j] * v[d];
-        }
+  ForEachRowChunk(s.batch * s.heads * s.q_len, [&](int64_t, int64_t begin, int64_t end) {
+    std::vector<double> w;
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t i = row % s.q_len, h = row / s.q_len % s.heads, b = row / s.q_len / s.heads;
+      f.lse[row] = RowWeights(p, b, h, i, w);
+      if (f.lse[row] == -std::numeric_limits<double>::infinity()) continue;  // O = 0
+      double* o = &f.o[row * s.value_dim];
+      for (int64_t j = 0; j < s.kv_len; ++j) {
+        if (!KeyVisible(s, p.mask, b, i, j)) continue;
+        const double* v = &p.v[((b * s.kv_heads + h / group) * s.kv_len + j) * s.value_dim];
+        for (int64_t d = 0; d < s.value_dim; ++d) o[d] += w[j] * v[d];
       }
+    }
+  });
   return f;
 }
 
@@ -284,43 +287,53 @@ GradResult BackwardF64(const F64Problem& p, std::span<const double> d_o) {
   g.dq.assign(s.batch * s.heads * s.q_len * dk, 0.0);
   g.dk.assign(s.batch * s.kv_heads * s.kv_len * dk, 0.0);
   g.dv.assign(s.batch * s.kv_heads * s.kv_len * dv, 0.0);
-  std::vector<double> w, dp(s.kv_len);
-  for (int64_t b = 0; b < s.batch; ++b)
-    for (int64_t h = 0; h < s.heads; ++h) {
+  // dK and dV sum over rows: one partial per chunk of rows (row_chunks.h).
+  const int64_t rows = s.batch * s.heads * s.q_len;
+  std::vector<std::vector<double>> dk_parts(RowChunkCount(rows)), dv_parts(RowChunkCount(rows));
+  ForEachRowChunk(rows, [&](int64_t chunk, int64_t begin, int64_t end) {
+    std::vector<double>& dk_sum = dk_parts[chunk];
+    std::vector<double>& dv_sum = dv_parts[chunk];
+    dk_sum.assign(g.dk.size(), 0.0);
+    dv_sum.assign(g.dv.size(), 0.0);
+    std::vector<double> w, dp(s.kv_len);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t i = row % s.q_len, h = row / s.q_len % s.heads, b = row / s.q_len / s.heads;
       const int64_t kv_row0 = (b * s.kv_heads + h / group) * s.kv_len;  // row of key 0
-      for (int64_t i = 0; i < s.q_len; ++i) {
-        const int64_t row = (b * s.heads + h) * s.q_len + i;
-        const double lse = RowWeights(p, b, h, i, w);
-        if (lse == -std::numeric_limits<double>::infinity()) continue;  // fully masked
-        const double* q = &p.q[row * dk];
-        const double* go = &d_o[row * dv];
-        double* gq = &g.dq[row * dk];
-        // dV_j += P_ij·dO_i; dP_ij = dO_i·v_j; D_i = Σ_j P_ij·dP_ij.
-        double big_d = 0;
-        for (int64_t j = 0; j < s.kv_len; ++j) {
-          if (!KeyVisible(s, p.mask, b, i, j)) continue;
-          const double* v = &p.v[(kv_row0 + j) * dv];
-          double* gv = &g.dv[(kv_row0 + j) * dv];
-          dp[j] = 0;
-          for (int64_t d = 0; d < dv; ++d) {
-            gv[d] += w[j] * go[d];
-            dp[j] += go[d] * v[d];
-          }
-          big_d += w[j] * dp[j];
+      const double lse = RowWeights(p, b, h, i, w);
+      if (lse == -std::numeric_limits<double>::infinity()) continue;  // fully masked
+      const double* q = &p.q[row * dk];
+      const double* go = &d_o[row * dv];
+      double* gq = &g.dq[row * dk];
+      // dV_j += P_ij·dO_i; dP_ij = dO_i·v_j; D_i = Σ_j P_ij·dP_ij.
+      double big_d = 0;
+      for (int64_t j = 0; j < s.kv_len; ++j) {
+        if (!KeyVisible(s, p.mask, b, i, j)) continue;
+        const double* v = &p.v[(kv_row0 + j) * dv];
+        double* gv = &dv_sum[(kv_row0 + j) * dv];
+        dp[j] = 0;
+        for (int64_t d = 0; d < dv; ++d) {
+          gv[d] += w[j] * go[d];
+          dp[j] += go[d] * v[d];
         }
-        // dS_ij = P_ij·(dP_ij - D_i); dQ_i += scale·dS_ij·k_j; dK_j += scale·dS_ij·q_i.
-        for (int64_t j = 0; j < s.kv_len; ++j) {
-          if (!KeyVisible(s, p.mask, b, i, j)) continue;
-          const double ds = w[j] * (dp[j] - big_d);
-          const double* k = &p.k[(kv_row0 + j) * dk];
-          double* gk = &g.dk[(kv_row0 + j) * dk];
-          for (int64_t d = 0; d < dk; ++d) {
-            gq[d] += p.scale * ds * k[d];
-            gk[d] += p.scale * ds * q[d];
-          }
+        big_d += w[j] * dp[j];
+      }
+      // dS_ij = P_ij·(dP_ij - D_i); dQ_i += scale·dS_ij·k_j; dK_j += scale·dS_ij·q_i.
+      for (int64_t j = 0; j < s.kv_len; ++j) {
+        if (!KeyVisible(s, p.mask, b, i, j)) continue;
+        const double ds = w[j] * (dp[j] - big_d);
+        const double* k = &p.k[(kv_row0 + j) * dk];
+        double* gk = &dk_sum[(kv_row0 + j) * dk];
+        for (int64_t d = 0; d < dk; ++d) {
+          gq[d] += p.scale * ds * k[d];
+          gk[d] += p.scale * ds * q[d];
         }
       }
     }
+  });
+  for (size_t c = 0; c < dk_parts.size(); ++c) {
+    AddPartial<double>(g.dk, dk_parts[c]);
+    AddPartial<double>(g.dv, dv_parts[c]);
+  }
   return g;
 }
 

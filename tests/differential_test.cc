@@ -106,7 +106,7 @@ uint64_t RunGradCases(ProblemData& data, const ProblemSpec& spec, uint64_t seed,
   auto want = reference::Backward(g);
   EXPECT_TRUE(want.ok()) << want.status().ToString() << " seed=" << seed;
   if (!want.ok()) return 0;
-  const reference::GradBounds bounds = reference::GradErrorBounds(g);
+  const reference::GradBounds bounds = reference::GradErrorBounds(g, *want);
   uint64_t ran = 0;
   for (const Variant* variant : Registry()) {
     if (!variant->has_backward()) continue;

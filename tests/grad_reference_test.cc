@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +18,7 @@
 
 #include "reference/error_bound.h"
 #include "reference/reference.h"
+#include "reference/row_chunks.h"
 #include "testing/compare.h"
 #include "testing/grad_data.h"
 #include "testing/problem_data.h"
@@ -127,8 +129,32 @@ INSTANTIATE_TEST_SUITE_P(
         Dense("additive_4d", Shape{2, 2, 1, 3, 4, 2, 3}, MaskKind::kAdditive, 0, 0, true),
         Dense("key_lengths", Shape{2, 4, 2, 3, 5, 2, 3}, MaskKind::kNone, 0, 0, false, {3, 0}),
         Dense("causal_key_lengths", Shape{2, 2, 1, 4, 5, 3, 2}, MaskKind::kCausal, 0, 0, false,
-              {5, 2})),
+              {5, 2}),
+        // 300 query rows: two chunks (reference/row_chunks.h), dK and dV summed
+        // across the chunk boundary (both heads share the kv head).
+        Dense("chunked_rows_gqa", Shape{1, 2, 1, 150, 3, 2, 2})),
     [](const ::testing::TestParamInfo<DenseCase>& info) { return std::string(info.param.name); });
+
+// The reference's chunks of rows (reference/row_chunks.h): every row once,
+// the chunk count a function of the row count alone.
+TEST(RowChunksTest, EveryRowOnceInFixedChunks) {
+  for (const int64_t rows :
+       {int64_t{1}, int64_t{255}, int64_t{256}, int64_t{257}, int64_t{2049}, int64_t{100003}}) {
+    const int64_t chunks = RowChunkCount(rows);
+    EXPECT_EQ(chunks, std::min<int64_t>(8, (rows + 255) / 256)) << rows;
+    std::vector<std::atomic<int>> seen(rows);
+    std::vector<std::atomic<int>> chunk_seen(chunks);
+    ForEachRowChunk(rows, [&](int64_t chunk, int64_t begin, int64_t end) {
+      ASSERT_TRUE(chunk >= 0 && chunk < chunks);
+      ++chunk_seen[chunk];
+      EXPECT_EQ(begin, rows * chunk / chunks);
+      EXPECT_EQ(end, rows * (chunk + 1) / chunks);
+      for (int64_t r = begin; r < end; ++r) ++seen[r];
+    });
+    for (int64_t c = 0; c < chunks; ++c) EXPECT_EQ(chunk_seen[c].load(), 1) << rows << " " << c;
+    for (int64_t r = 0; r < rows; ++r) ASSERT_EQ(seen[r].load(), 1) << rows << " row " << r;
+  }
+}
 
 // ------------------------------------------------------ hand-computed cases
 

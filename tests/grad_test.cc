@@ -57,7 +57,8 @@ std::string CheckGradients(const Variant& variant, ProblemData& data, GradData& 
   }
   auto want = reference::Backward(g);
   if (!want.ok()) return "reference: " + want.status().ToString();
-  const testing::Comparison c = testing::CompareGradients(g, *want, reference::GradErrorBounds(g));
+  const testing::Comparison c =
+      testing::CompareGradients(g, *want, reference::GradErrorBounds(g, *want));
   if (!c.ok) return c.first_failure;
   return grads.PaddingWritten();
 }
@@ -228,7 +229,8 @@ TEST_P(GradVariantTest, MaskedRowsAndHiddenNaNsStayOut) {
   // And all of it as the reference says (NaN where it has NaN).
   auto want = reference::Backward(g);
   ASSERT_TRUE(want.ok());
-  const testing::Comparison c = testing::CompareGradients(g, *want, reference::GradErrorBounds(g));
+  const testing::Comparison c =
+      testing::CompareGradients(g, *want, reference::GradErrorBounds(g, *want));
   EXPECT_TRUE(c.ok) << c.first_failure;
 }
 
@@ -252,7 +254,8 @@ TEST_P(GradVariantTest, AdditiveFullyMaskedRowIsZero) {
   for (int64_t d = 0; d < 16; ++d) EXPECT_EQ(dq[d], 0.0f) << d;
   auto want = reference::Backward(g);
   ASSERT_TRUE(want.ok());
-  const testing::Comparison c = testing::CompareGradients(g, *want, reference::GradErrorBounds(g));
+  const testing::Comparison c =
+      testing::CompareGradients(g, *want, reference::GradErrorBounds(g, *want));
   EXPECT_TRUE(c.ok) << c.first_failure;
 }
 
@@ -284,7 +287,7 @@ TEST_P(GradVariantTest, NaNPropagatesAsTheReference) {
     auto want = reference::Backward(g);
     ASSERT_TRUE(want.ok());
     const testing::Comparison c =
-        testing::CompareGradients(g, *want, reference::GradErrorBounds(g));
+        testing::CompareGradients(g, *want, reference::GradErrorBounds(g, *want));
     EXPECT_TRUE(c.ok) << "NaN case " << where << ": " << c.first_failure;
   }
 }

@@ -370,7 +370,7 @@ TEST(ModifierBackwardTest, RefusesModifiersTakesTheDiagonals) {
     testing::GradData grads(data);
     StatusOr<reference::GradResult> want = reference::Backward(grads.grad_problem());
     ASSERT_TRUE(want.ok());
-    const reference::GradBounds bounds = reference::GradErrorBounds(grads.grad_problem());
+    const reference::GradBounds bounds = reference::GradErrorBounds(grads.grad_problem(), *want);
     for (const Variant* v : Registry()) {
       if (!v->has_backward()) continue;
       grads.Poison();

@@ -308,7 +308,8 @@ TEST(VarlenBackwardTest, MatchesReference) {
         testing::GradData grads(packed.data());
         StatusOr<reference::GradResult> want = reference::Backward(grads.grad_problem());
         ASSERT_TRUE(want.ok());
-        const reference::GradBounds bounds = reference::GradErrorBounds(grads.grad_problem());
+        const reference::GradBounds bounds =
+            reference::GradErrorBounds(grads.grad_problem(), *want);
         grads.Poison();
         const Status status = RunBackward(*v, grads.grad_problem(), OnThreads(2));
         ASSERT_TRUE(status.ok()) << v->name << ": " << status.ToString();

@@ -370,7 +370,7 @@ void CheckGradients(Fuzzed& f) {
     const auto want = reference::Backward(g);
     if (!want.ok()) std::abort();
     const testing::Comparison c =
-        testing::CompareGradients(g, *want, reference::GradErrorBounds(g));
+        testing::CompareGradients(g, *want, reference::GradErrorBounds(g, *want));
     if (!c.ok) Fail("backward: " + c.first_failure, *variant, f.p);
   }
 }
