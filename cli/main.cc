@@ -148,6 +148,10 @@ int List() {
   for (const Variant* v : Registry()) {
     fmt::print("{:<16} {}\n", v->name, ModifierNames(v->modifiers));
   }
+  fmt::print("\n{:<16} {}\n", "variant", "backward score modifiers (attnlab grad)");
+  for (const Variant* v : Registry()) {
+    if (v->has_backward()) fmt::print("{:<16} {}\n", v->name, ModifierNames(v->backward.modifiers));
+  }
   fmt::print("\n{:<16} {}\n", "variant", "paged K/V cache (--block-table)");
   for (const Variant* v : Registry()) fmt::print("{:<16} {}\n", v->name, Yes(v->paged_kv));
   fmt::print(
@@ -240,7 +244,8 @@ int CheckCommand(const InputOptions& in, const std::vector<std::string>& names) 
 // ---------------------------------------------------------------- grad
 struct GradArgs {
   std::string variant, d_o, dq, dk, dv;
-  std::optional<std::string> o, lse;  // the forward's outputs, both or neither
+  std::optional<std::string> o, lse;   // the forward's outputs, both or neither
+  std::optional<std::string> d_sinks;  // with --sinks: dσ [H]
   bool check = false;
 };
 
@@ -272,8 +277,9 @@ int GradCommand(const InputOptions& in, const GradArgs& args) {
   read.push_back({"--do", args.d_o});
   if (args.o) read.push_back({"--o", *args.o});
   if (args.lse) read.push_back({"--lse", *args.lse});
-  const std::vector<OutputFile> files =
-      CheckOutputs({{"--dq", args.dq}, {"--dk", args.dk}, {"--dv", args.dv}}, read);
+  std::vector<NamedPath> written = {{"--dq", args.dq}, {"--dk", args.dk}, {"--dv", args.dv}};
+  if (args.d_sinks) written.push_back({"--dsinks", *args.d_sinks});
+  const std::vector<OutputFile> files = CheckOutputs(written, read);
   const std::string o_shape =
       fmt::format("dO has O's shape ({} with B={} H={} Lq={} dv={} from {})",
                   inputs.layout() == Layout::kBHLD ? "[B,H,Lq,dv]" : "[B,Lq,H,dv]", s.batch,
@@ -291,8 +297,10 @@ int GradCommand(const InputOptions& in, const GradArgs& args) {
   std::vector<float> dq = buffer(s.batch * s.heads * s.q_len * s.head_dim);
   std::vector<float> dk = buffer(s.batch * s.kv_heads * s.kv_len * s.head_dim);
   std::vector<float> dv = buffer(s.batch * s.kv_heads * s.kv_len * s.value_dim);
-  const GradProblem grad =
+  std::vector<float> d_sinks = buffer(args.d_sinks ? s.heads : 0);
+  GradProblem grad =
       MakeGradProblem(problem, d_o.data(), dq.data(), dk.data(), dv.data(), inputs.layout());
+  if (args.d_sinks) grad.d_sinks = d_sinks;
   // Refusals (types, budget, a variant without a backward) before any kernel.
   if (StatusOr<ValidGradProblem> valid = PrepareBackward(variant, grad, inputs.run_options());
       !valid.ok()) {
@@ -334,6 +342,7 @@ int GradCommand(const InputOptions& in, const GradArgs& args) {
   WriteNpyOutput(files[0], inputs.QShape(), dq);
   WriteNpyOutput(files[1], inputs.KShape(), dk);
   WriteNpyOutput(files[2], inputs.VShape(), dv);
+  if (args.d_sinks) WriteNpyOutput(files[3], std::vector<int64_t>{s.heads}, d_sinks);
   if (!args.check) return kExitOk;
 
   const auto ref_start = std::chrono::steady_clock::now();
@@ -351,7 +360,7 @@ int GradCommand(const InputOptions& in, const GradArgs& args) {
              c.max_rel_error, c.bound_at_worst, c.worst_bound_ratio, c.ok ? "ok" : "FAIL");
   if (!c.ok) fmt::print("  first failure: {}\n", c.first_failure);
   fmt::print(
-      "\nbound: the derived per-element tolerance of dQ, dK, dV (reference/error_bound.h, "
+      "\nbound: the derived per-element tolerance of dQ, dK, dV (and dσ) (reference/error_bound.h, "
       "\"backward\") at the element with the largest err/bound; it passes when err/bound <= 1 "
       "everywhere.\n");
   return c.ok ? kExitOk : kExitFailed;
@@ -918,6 +927,9 @@ int Main(int argc, char** argv) {
   grad->add_option("--dq", grad_args.dq, "output dQ .npy (Q's shape)")->required();
   grad->add_option("--dk", grad_args.dk, "output dK .npy (K's shape)")->required();
   grad->add_option("--dv", grad_args.dv, "output dV .npy (V's shape)")->required();
+  grad->add_option("--dsinks", grad_args.d_sinks,
+                   "output dσ .npy [H] (with --sinks): the sinks' gradient, summed over batch "
+                   "and rows");
   grad->add_flag("--check", grad_args.check,
                  "also compare with the fp64 reference backward within the derived bound (exit 1 "
                  "on a miss)");

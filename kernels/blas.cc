@@ -416,7 +416,8 @@ extern const Variant blas_variant = {
     .modifiers = 0,  // refuses softcap, ALiBi and sinks (naive and flash apply them)
     .backward = {.run = RunBlasBackward,
                  .workspace_bytes = BlasBackwardWorkspaceBytes,
-                 .materializes_scores = true},
+                 .materializes_scores = true,
+                 .modifiers = 0},  // as its forward
 };
 
 }  // namespace attn

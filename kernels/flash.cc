@@ -1041,7 +1041,8 @@ extern const Variant flash_variant = {
     .paged_kv = true,
     .backward = {.run = RunFlashBackward,
                  .workspace_bytes = FlashBackwardWorkspaceBytes,
-                 .materializes_scores = false},
+                 .materializes_scores = false,
+                 .modifiers = kAllModifiers},
 };
 
 }  // namespace attn

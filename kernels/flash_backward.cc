@@ -10,11 +10,14 @@
 //                           rows broadcast in place: S row-major, rows x 64
 //                           keys, vectors along keys;
 //   dP = dO·Vᵀ              ScoreTile likewise, dO rows in place;
-//   (+ additive mask on S)
+//   (softcap in ScoreTile's store, its slope 1 - t² kept; + ALiBi;
+//    + additive mask on S)
 //   D  = Σ_d dO·O per row   Dot, once per row before the items start, kept
 //                           (4 bytes per row): each key block that sees the
 //                           row reads D instead of O's d floats;
-//   P  = e^(S - lse), dS = scale·P·(dP - D)   GradScores, in place;
+//   P  = e^(S - lse), dS = scale·P·(dP - D)(·(1 - t²))   GradScores, in place
+//                           (a sink is in the forward's lse: nothing to do;
+//                           its own gradient is SinkGradients');
 //   (partial tiles: P = dS = 0 exactly on structurally hidden pairs)
 //   dV += Pᵀ·dO             PvTile with P read transposed (pj = 64, pm = 1),
 //   dK += dSᵀ·Q             the keys as its rows, dO / Q rows as its "V";
@@ -64,10 +67,10 @@
 // Working set per thread (64-byte-aligned pieces): Kᵀ, Vᵀ 64·(dk + dv), dK,
 // dV 64·(dk' + dv'), P and dS 2·64·64, dQ_part 64·dk', packed Q, dO, K rows
 // 64·(2·dk' + dv') (only used when d is not a whole number of vectors), 64
-// per-row floats (lse): 164 KiB at d = 64 (L2: 1 MiB on Zen 4, 2 MiB on Sapphire
-// Rapids), independent of Lq and Lk. Shared: D, 4 bytes per (b, h, query
-// row) (as the lse the caller gives); 8 bytes per (b, h, query block) of dQ
-// turns and 16 per (b, query block) of hulls: 280 KiB at Lq = 65536, H = 1.
+// per-row floats (lse), and with a softcap its slopes 64·64 (16 KiB more):
+// 164 KiB at d = 64 (L2: 1 MiB on Zen 4, 2 MiB on Sapphire Rapids), independent of Lq and Lk.
+// Shared: D, 4 bytes per (b, h, query row) (as the lse the caller gives); 8 bytes per (b, h, query
+// block) of dQ turns and 16 per (b, query block) of hulls: 280 KiB at Lq = 65536, H = 1.
 //
 // Block sizes: Bc = 64 keys is one score tile's width (4 AVX-512 vectors,
 // ScoreTile's 6 rows x 4 vectors register block), and makes a key block's
@@ -106,7 +109,8 @@ struct Plan {
                       + 2 * kBr * kBc                               // P, dS
                       + kBr * dkp                                   // dQ_part
                       + kBr * (dkp + dvp) + kBc * dkp               // packed Q, dO, K
-                      + kBr),                                       // lse
+                      + kBr                                         // lse
+                      + (p.modifiers.softcap ? kBr * kBc : 0)),     // softcap slopes
         turns(p.shape.batch * p.shape.heads * q_blocks),
         hulls(2 * p.shape.batch * q_blocks),
         dsums(p.shape.batch * p.shape.heads * p.shape.q_len) {}
@@ -126,6 +130,7 @@ struct Plan {
 #include "kernels/ukernels/common-inl.h"
 #include "kernels/ukernels/grad_scores-inl.h"
 #include "kernels/ukernels/pv_tile-inl.h"
+#include "kernels/ukernels/score_mods-inl.h"
 #include "kernels/ukernels/score_tile-inl.h"
 #include "kernels/ukernels/transpose-inl.h"
 #include "kernels/ukernels/vector_ops-inl.h"
@@ -154,22 +159,24 @@ struct Scratch {
     dop = qp + kBr * plan.dkp;
     kp = dop + kBr * plan.dvp;
     lse = kp + kBc * plan.dkp;
+    slope = lse + kBr;
     rb = ranges;
     re = ranges + kBr;
   }
-  float* kt;    // Kᵀ·scale: dk rows of kBc
-  float* vt;    // Vᵀ: dv rows of kBc
-  float* dk;    // dK accumulators: kBc x dkp
-  float* dv;    // dV accumulators: kBc x dvp
-  float* p;     // S, then P: kBr x kBc
-  float* ds;    // dP, then dS: kBr x kBc
-  float* dq;    // this key block's part of dQ: kBr x dkp
-  float* qp;    // Q rows padded to dkp (when dk is not whole vectors)
-  float* dop;   // dO rows padded to dvp
-  float* kp;    // K rows padded to dkp
-  float* lse;   // kBr
-  int64_t* rb;  // kBr: each row's first visible key, relative to the block
-  int64_t* re;  // kBr: one past its last
+  float* kt;     // Kᵀ·scale: dk rows of kBc
+  float* vt;     // Vᵀ: dv rows of kBc
+  float* dk;     // dK accumulators: kBc x dkp
+  float* dv;     // dV accumulators: kBc x dvp
+  float* p;      // S, then P: kBr x kBc
+  float* ds;     // dP, then dS: kBr x kBc
+  float* dq;     // this key block's part of dQ: kBr x dkp
+  float* qp;     // Q rows padded to dkp (when dk is not whole vectors)
+  float* dop;    // dO rows padded to dvp
+  float* kp;     // K rows padded to dkp
+  float* lse;    // kBr
+  float* slope;  // kBr x kBc: the softcap's 1 - t² per score (with a softcap)
+  int64_t* rb;   // kBr: each row's first visible key, relative to the block
+  int64_t* re;   // kBr: one past its last
 };
 
 // Rows of a tensor as the PvTile "V" operand wants them: whole vectors of
@@ -275,23 +282,49 @@ NextRows NextQueryBlock(const ValidGradProblem& g, const Plan& plan, const KeyBl
   return next;
 }
 
-// S = Q·(scale·K)ᵀ (+ mask) and dP = dO·Vᵀ for the tile, then P and dS
-// (GradScores, with the rows' D), hidden pairs zeroed.
+// The softcap's slope c = 1 - t² of every score of the tile, t = S/cap from
+// the capped S that ScoreTile stored (before ALiBi and the mask).
+void SoftcapSlopes(const float* s, int64_t nrows, int64_t ncols, float cap, float* slope) {
+  const DF d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const VF inv = hn::Set(d, 1.0f / cap), one = hn::Set(d, 1.0f);
+  for (int64_t x = 0; x < nrows; ++x) {
+    for (int64_t c = 0; c < ncols; c += N) {
+      const VF t = hn::Mul(hn::Load(d, s + x * kBc + c), inv);
+      hn::Store(hn::NegMulAdd(t, t, one), d, slope + x * kBc + c);
+    }
+  }
+}
+
+// S = Q·(scale·K)ᵀ with the score modifiers (softcap in ScoreTile's store,
+// then ALiBi) and the mask, and dP = dO·Vᵀ for the tile, then P and dS
+// (GradScores, with the rows' D and the softcap's slopes), hidden pairs
+// zeroed. A sink needs nothing here: it is in the forward's lse.
 void TileScores(const ValidGradProblem& g, const KeyBlock& kb, const QueryBlock& qblk,
                 const float* dsum, const NextRows& next, Scratch& sc) {
   const ValidProblem& p = g.forward;
   const int64_t dk = p.shape.head_dim, dv = p.shape.value_dim;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const float* q = p.QRow(kb.b, qblk.h, qblk.i0);
   const float* d_o = g.DoRow(kb.b, qblk.h, qblk.i0);
-  ScoreTile(sc.kt, q, p.q.strides.row, qblk.nq, dk, kb.nvec, sc.p, 0.0f, next.q_and_do);
+  const float cap = p.modifiers.softcap.value_or(0.0f);
+  ScoreTile(sc.kt, q, p.q.strides.row, qblk.nq, dk, kb.nvec, sc.p, cap, next.q_and_do);
   ScoreTile(sc.vt, d_o, g.d_o.strides.row, qblk.nq, dv, kb.nvec, sc.ds, 0.0f, next.dq);
+  if (cap > 0.0f) SoftcapSlopes(sc.p, qblk.nq, kb.nvec * N, cap, sc.slope);
+  if (!p.modifiers.alibi_slopes.empty()) {
+    const float slope = p.modifiers.alibi_slopes[qblk.h];
+    const int64_t off = p.DiagOffset(kb.b);
+    for (int64_t x = 0; x < qblk.nq; ++x) {
+      AlibiRow(sc.p + x * kBc, kb.nk, slope, static_cast<float>(kb.j0 - (qblk.i0 + x) - off));
+    }
+  }
   for (int64_t x = 0; x < qblk.nq; ++x) {
     if (const float* add = p.AdditiveRow(kb.b, qblk.h, qblk.i0 + x)) {
       for (int64_t c = 0; c < kb.nk; ++c) sc.p[x * kBc + c] += add[kb.j0 + c];
     }
   }
-  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
-  GradScores(sc.p, sc.ds, kBc, qblk.nq, kb.nvec * N, sc.lse, dsum, p.scale);
+  GradScores(sc.p, sc.ds, kBc, qblk.nq, kb.nvec * N, sc.lse, dsum, p.scale,
+             cap > 0.0f ? sc.slope : nullptr);
   if (!qblk.partial) return;
   for (int64_t x = 0; x < qblk.nq; ++x) {
     for (int64_t c = 0; c < kb.nk; ++c) {

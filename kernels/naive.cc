@@ -168,11 +168,13 @@ Status RunNaive(const ValidProblem& p, ExecContext& ctx) {
 //   1. Row i (skipped when lse_i = -inf: dQ_i = 0, nothing else):
 //      over its visible keys j only (causal, window and key lengths are never
 //      multiplied by 0; they are not visited),
-//        S_ij = q_i·k_j·scale (+ mask_ij)     recomputed as the forward did
-//        P_ij = e^(S_ij - lse_i)
+//        S_ij = q_i·k_j·scale, softcap, ALiBi (+ mask_ij)   recomputed as the
+//                                            forward did (ModifyLogit)
+//        P_ij = e^(S_ij - lse_i)             (a sink is in lse already)
 //        dP_ij = dO_i·v_j
 //        D_i = Σ_j P_ij·dP_ij                (the textbook form)
-//        dS_ij = P_ij·(dP_ij - D_i)
+//        dS_ij = P_ij·(dP_ij - D_i)·(1 - t_ij²)   t = tanh(q_i·k_j·scale / cap)
+//                                            with a softcap, recomputed
 //        dQ_i = scale·Σ_j dS_ij·k_j
 //   2. Column j: dV_j += Σ_i P_ij·dO_i and dK_j += scale·Σ_i dS_ij·q_i over
 //      the rows i that see key j (and are not fully masked).
@@ -230,7 +232,8 @@ void BackwardRow(const ValidGradProblem& g, int64_t b, int64_t h, int64_t i, flo
   const float* d_o = g.DoRow(b, h, i);
   const float* additive = p.AdditiveRow(b, h, i);
   for (int64_t j = keys.begin; j < keys.end; ++j) {
-    const float s = Dot(q, p.KRow(b, kvh, j), dk) * p.scale + (additive ? additive[j] : 0.0f);
+    const float s = p.ModifyLogit(b, h, i, j, Dot(q, p.KRow(b, kvh, j), dk) * p.scale) +
+                    (additive ? additive[j] : 0.0f);
     p_row[j] = std::exp(s - lse);
     ds_row[j] = Dot(d_o, p.VRow(b, kvh, j), dv);  // dP for now
   }
@@ -244,6 +247,13 @@ void BackwardRow(const ValidGradProblem& g, int64_t b, int64_t h, int64_t i, flo
   }
   if (std::isnan(Dot(d_o, g.ORow(b, h, i), dv))) dsum = std::nanf("");
   for (int64_t j = keys.begin; j < keys.end; ++j) ds_row[j] = p_row[j] * (ds_row[j] - dsum);
+  // A softcap's slope 1 - t², t = tanh(scale·q·k / cap), recomputed.
+  if (const std::optional<float> cap = p.modifiers.softcap) {
+    for (int64_t j = keys.begin; j < keys.end; ++j) {
+      const float t = std::tanh(Dot(q, p.KRow(b, kvh, j), dk) * p.scale / *cap);
+      ds_row[j] *= 1.0f - t * t;
+    }
+  }
   // dQ_i = scale·Σ_j dS_ij·k_j, per block of keys and chunk of columns.
   for (int64_t j0 = keys.begin; j0 < keys.end; j0 += kKeySumBlock) {
     const int64_t j1 = std::min(keys.end, j0 + kKeySumBlock);
@@ -347,7 +357,8 @@ extern const Variant naive_variant = {
     .paged_kv = true,
     .backward = {.run = RunNaiveBackward,
                  .workspace_bytes = NaiveBackwardWorkspaceBytes,
-                 .materializes_scores = true},
+                 .materializes_scores = true,
+                 .modifiers = kAllModifiers},
 };
 
 }  // namespace attn

@@ -807,6 +807,7 @@ GradProblem SequenceGradProblem(const GradProblem& packed, int64_t s) {
   g.dq = FromRow(packed.dq, q0);
   g.dk = FromRow(packed.dk, k0);
   g.dv = FromRow(packed.dv, k0);
+  g.d_sinks = {};
   return g;
 }
 
@@ -874,6 +875,17 @@ StatusOr<ValidGradProblem> ValidateGrad(const GradProblem& g) {
                                      4, &written.back()));
     ATTN_RETURN_IF_ERROR(CheckNoSelfOverlap(t.name, t.t.strides, s.batch, t.heads, t.len, t.dim));
   }
+  if (!g.d_sinks.empty()) {
+    if (p.modifiers.sinks.empty()) {
+      return InvalidArgument("d_sinks is given but the problem has no sinks (modifiers.sinks)");
+    }
+    if (static_cast<int64_t>(g.d_sinks.size()) != s.heads) {
+      return InvalidArgument("d_sinks has " + std::to_string(g.d_sinks.size()) +
+                             " entries, needs H=" + std::to_string(s.heads));
+    }
+    if (g.d_sinks.data() == nullptr) return InvalidArgument("d_sinks is null");
+    written.push_back(Contiguous("d_sinks", g.d_sinks.data(), g.d_sinks.size_bytes()));
+  }
   for (size_t a = 0; a < written.size(); ++a) {
     for (const Extent& in : inputs) {
       if (Overlaps(written[a], in)) {
@@ -893,7 +905,29 @@ StatusOr<ValidGradProblem> ValidateGrad(const GradProblem& g) {
   v.dq = g.dq;
   v.dk = g.dk;
   v.dv = g.dv;
+  v.d_sinks = g.d_sinks;
   return v;
+}
+
+void SinkGradients(const ValidGradProblem& g) {
+  const ValidProblem& p = g.forward;
+  const Shape& s = p.shape;
+  for (int64_t h = 0; h < static_cast<int64_t>(g.d_sinks.size()); ++h) {
+    const double sink = p.modifiers.sinks[h];
+    double sum = 0;
+    if (sink != -std::numeric_limits<double>::infinity()) {
+      for (int64_t b = 0; b < s.batch; ++b) {
+        for (int64_t i = 0; i < s.q_len; ++i) {
+          const float* d_o = g.DoRow(b, h, i);
+          const float* o = g.ORow(b, h, i);
+          double dsum = 0;
+          for (int64_t d = 0; d < s.value_dim; ++d) dsum += double(d_o[d]) * double(o[d]);
+          sum -= std::exp(sink - double(g.Lse(b, h, i))) * dsum;
+        }
+      }
+    }
+    g.d_sinks[h] = static_cast<float>(sum);
+  }
 }
 
 int64_t VisiblePairs(const ValidProblem& p) {

@@ -463,6 +463,13 @@ StatusOr<ValidProblem> Validate(const Problem& problem);
 // dK and dV are per kv head: with GQA they sum over the group's query heads.
 // The mask is a constant (no gradient flows into the additive mask, the
 // scale or the key lengths).
+// Score modifiers (see "Score modifiers"): with a softcap, dS takes the
+// tanh's slope, dS = P ∘ (dP - D) ∘ (1 - t²) with t = tanh(scale·q·k / cap)
+// (= the capped logit / cap); ALiBi slopes are constants (no gradient); a
+// sink σ_h takes part through lse (P = e^(S - lse) as the forward made it)
+// and has a gradient of its own, dσ_h = -Σ_(b,i) e^(σ_h - lse_bhi)·D_bhi,
+// written to GradProblem::d_sinks when given (summed in double over rows in
+// order: the same bits for any variant and thread count).
 //
 // Semantics (every variant with a backward, tested):
 //   * A key that is structurally hidden from row i (causal, window, key
@@ -493,6 +500,8 @@ struct GradProblem {
   Problem forward;
   TensorRef<const void> d_o;   // dO, [B, H, Lq, dv] like O
   TensorRef<void> dq, dk, dv;  // [B, H, Lq, dk], [B, Hkv, Lk, dk], [B, Hkv, Lk, dv]
+  // Optional, with sinks only: H floats, dσ_h (empty: not computed).
+  std::span<float> d_sinks;
 };
 
 // A contiguous backward problem over caller-owned fp32 buffers in `layout`,
@@ -506,6 +515,7 @@ class ValidGradProblem {
   ValidProblem forward;  // its o and lse are the forward's outputs (read)
   TensorRef<const void> d_o;
   TensorRef<void> dq, dk, dv;
+  std::span<float> d_sinks;  // H floats or empty
 
   const float* DoRow(int64_t b, int64_t h, int64_t i) const {
     return static_cast<const float*>(ValidProblem::Row(d_o, b, h, i));
@@ -537,8 +547,9 @@ class ValidGradProblem {
 
 // The one validator of backward problems: the forward checks of Validate()
 // (so the same messages), then: lse is present; every tensor is fp32; dO,
-// dQ, dK, dV are non-null with legal strides; no gradient overlaps itself,
-// another gradient or any input (Q, K, V, O, lse, dO, mask, key lengths).
+// dQ, dK, dV are non-null with legal strides; d_sinks is empty or H floats
+// of a problem with sinks; no gradient overlaps itself, another gradient or
+// any input (Q, K, V, O, lse, dO, mask, key lengths, modifiers).
 StatusOr<ValidGradProblem> ValidateGrad(const GradProblem& problem);
 
 // Sequence s of a packed problem (Mask::sequences; the problem must pass
@@ -549,8 +560,14 @@ StatusOr<ValidGradProblem> ValidateGrad(const GradProblem& problem);
 // per sequence).
 Problem SequenceProblem(const Problem& packed, int64_t s);
 // The same for a backward problem: the forward's sequence, dO and dQ rows of
-// its queries, dK and dV rows of its keys; forward.lse is left empty.
+// its queries, dK and dV rows of its keys; forward.lse and d_sinks are left
+// empty (the sinks' gradient sums over every sequence: SinkGradients).
 GradProblem SequenceGradProblem(const GradProblem& packed, int64_t s);
+
+// d_sinks (when given) from the forward's O and lse and dO: dσ_h =
+// -Σ_(b,i) e^(σ_h - lse_bhi)·Σ_d dO_bhid·O_bhid, in double, rows in order
+// (0 for a head whose sink is -inf). Every variant's backward ends with it.
+void SinkGradients(const ValidGradProblem& problem);
 
 // Number of (query, key) pairs that are not structurally masked, summed over
 // batch and heads: the work a kernel that skips masked keys must do.

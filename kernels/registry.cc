@@ -66,6 +66,11 @@ std::string BackwardVariantNames() {
   return NamesWhere([](const Variant& v) { return v.has_backward(); });
 }
 
+std::string BackwardModifierVariantNames(uint8_t set) {
+  return NamesWhere(
+      [set](const Variant& v) { return v.has_backward() && (v.backward.modifiers & set) == set; });
+}
+
 std::string ModifierVariantNames(uint8_t set) {
   return NamesWhere([set](const Variant& v) { return (v.modifiers & set) == set; });
 }
@@ -180,9 +185,12 @@ StatusOr<ValidGradProblem> PrepareBackward(const Variant& variant, const GradPro
     return Unimplemented(std::string(variant.name) +
                          " has no backward pass; variants with one: " + BackwardVariantNames());
   }
-  if (problem.forward.modifiers.any()) {
-    return Unimplemented("the backward pass does not apply score modifiers yet (" +
-                         ModifierNames(ModifiersOf(problem.forward.modifiers)) + ")");
+  if (const uint8_t missing =
+          ModifiersOf(problem.forward.modifiers) & ~variant.backward.modifiers) {
+    return Unimplemented("score modifiers: the backward of " + std::string(variant.name) +
+                         " does not apply " + ModifierNames(missing) +
+                         " (backward variants that do: " + BackwardModifierVariantNames(missing) +
+                         ")");
   }
   ATTN_RETURN_IF_ERROR(CheckThreads(options));
   if (valid->forward.mask.sequences) return valid;  // as in Prepare
@@ -315,6 +323,10 @@ Status RunSequencesBackward(const Variant& variant, const GradProblem& packed,
       if (pass == 1) MergeStats(one_stats, stats);
     }
   }
+  // The sinks' gradient sums over every sequence's rows: once, packed.
+  StatusOr<ValidGradProblem> valid = ValidateGrad(packed);
+  if (!valid.ok()) return valid.status();
+  SinkGradients(*valid);
   return Status::Ok();
 }
 
@@ -351,6 +363,7 @@ Status RunBackward(const Variant& variant, const GradProblem& problem, const Run
   ExecContext ctx{ResolveThreads(options.threads), &workspace,
                   variant.uses_highway ? DispatchedHighwayTarget() : "portable C++"};
   Status status = variant.backward.run(*valid, ctx);
+  if (status.ok()) SinkGradients(*valid);
   if (stats != nullptr) {
     stats->workspace_declared_bytes = variant.backward.workspace_bytes(*valid, ctx.threads);
     stats->workspace_peak_bytes = workspace.peak_bytes();

@@ -80,6 +80,9 @@ struct Variant {
     // Grows as Lq x Lk (or a panel of it): refused before allocating when
     // over the memory budget, like materializes_scores.
     bool materializes_scores = false;
+    // The score modifiers its backward applies (a sink needs nothing of a
+    // kernel that recomputes P from lse: SinkGradients makes dσ).
+    uint8_t modifiers = 0;
   } backward;
   bool has_backward() const { return backward.run != nullptr; }
 };
@@ -98,6 +101,8 @@ const Variant* FindVariant(std::string_view name);
 std::string VariantNames();
 // "naive, blas, flash": the variants with a backward pass.
 std::string BackwardVariantNames();
+// The variants whose backward applies every modifier in `set`.
+std::string BackwardModifierVariantNames(uint8_t set);
 // "naive, flash": the variants that apply every modifier in `set`.
 std::string ModifierVariantNames(uint8_t set);
 // "naive, flash, auto": the variants that read a paged K/V cache.

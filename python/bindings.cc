@@ -309,7 +309,8 @@ py::dict Forward(const std::string& variant, const py::array& q, const py::array
 
 py::dict Backward(const std::string& variant, const py::array& q, const py::array& k,
                   const py::array& v, py::array& o, const py::array& lse, const py::array& d_o,
-                  py::array& dq, py::array& dk, py::array& dv, Options opt) {
+                  py::array& dq, py::array& dk, py::array& dv, Options opt,
+                  std::optional<py::array> d_sinks) {
   const Variant& var = VariantOrRaise(variant);
   const std::vector<std::string> f32(4, "f32");
   Problem forward = MakeProblem(q, k, v, o, f32, opt, /*o_is_input=*/true);
@@ -324,8 +325,14 @@ py::dict Backward(const std::string& variant, const py::array& q, const py::arra
     ExpectDim(dk, axis, k.shape(axis), "dk", axes[axis], "k");
     ExpectDim(dv, axis, v.shape(axis), "dv", axes[axis], "v");
   }
-  GradProblem g{forward, Input(d_o, "d_o", "f32"), Output(dq, "dq", "f32"), Output(dk, "dk", "f32"),
-                Output(dv, "dv", "f32")};
+  GradProblem g;
+  g.forward = forward;
+  g.d_o = Input(d_o, "d_o", "f32");
+  g.dq = Output(dq, "dq", "f32");
+  g.dk = Output(dk, "dk", "f32");
+  g.dv = Output(dv, "dv", "f32");
+  // Its length is ValidateGrad's to check (it names H).
+  g.d_sinks = FloatSpan(d_sinks, "d_sinks", d_sinks ? int64_t(d_sinks->size()) : 0);
   RunStats stats;
   ThrowIfError(WithoutGil([&] { return RunBackward(var, g, opt.Run(), &stats); }));
   return StatsDict(stats);
@@ -414,12 +421,16 @@ py::list Variants() {
     d["uses_highway"] = v->uses_highway;
     d["deterministic"] = v->deterministic;
     d["has_backward"] = v->has_backward();
-    std::vector<std::string> modifiers;
-    for (uint8_t bit : {kSoftcap, kAlibi, kSinks}) {
-      if (v->modifiers & bit) modifiers.push_back(ModifierNames(bit));
-    }
-    d["modifiers"] = modifiers;
+    auto modifier_list = [](uint8_t set) {
+      std::vector<std::string> names;
+      for (uint8_t bit : {kSoftcap, kAlibi, kSinks}) {
+        if (set & bit) names.push_back(ModifierNames(bit));
+      }
+      return names;
+    };
+    d["modifiers"] = modifier_list(v->modifiers);
     d["paged_kv"] = v->paged_kv;
+    d["backward_modifiers"] = modifier_list(v->backward.modifiers);
     py::dict dtypes;
     dtypes["q"] = DTypeNames(v->dtypes.q);
     dtypes["kv"] = DTypeNames(v->dtypes.kv);
@@ -460,7 +471,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("weights") = py::none());
   m.def("backward", &Backward, py::arg("variant"), py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("o"), py::arg("lse"), py::arg("d_o"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
-        py::arg("options"));
+        py::arg("options"), py::arg("d_sinks") = py::none());
   m.def("reference", &Reference, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("dtypes"),
         py::arg("options"), py::arg("with_weights") = false);
   m.def("check", &Check, py::arg("variants"), py::arg("q"), py::arg("k"), py::arg("v"),

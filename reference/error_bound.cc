@@ -110,6 +110,7 @@ namespace {
 struct KvBoundSums {
   std::vector<double> dk_err, dk_abs, dv_err, dv_abs;
   std::vector<int64_t> terms;
+  std::vector<double> sink_err, sink_abs;  // per head, with sinks
 };
 
 GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<const double> d_o,
@@ -120,6 +121,9 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
   const int64_t group = s.heads / s.kv_heads;
   const F64Forward fwd = ForwardF64(f);
 
+  const double softcap = f.softcap;
+  const double softcap_err = softcap > 0 ? (kTanhUlps + 2) * kU * softcap : 0.0;
+
   GradBounds bound;
   bound.dq.assign(exact.dq.size(), 0.0);
   const int64_t rows = s.batch * s.heads * s.q_len;
@@ -129,6 +133,7 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
     for (std::vector<double>* v : {&sums.dk_err, &sums.dk_abs}) v->assign(exact.dk.size(), 0.0);
     for (std::vector<double>* v : {&sums.dv_err, &sums.dv_abs}) v->assign(exact.dv.size(), 0.0);
     sums.terms.assign(s.batch * s.kv_heads * s.kv_len, 0);
+    for (std::vector<double>* v : {&sums.sink_err, &sums.sink_abs}) v->assign(f.sinks.size(), 0.0);
     std::vector<double> w, dp, dp_abs, e_dp, e_p;
     std::vector<char> visible(s.kv_len);
     for (int64_t row = begin; row < end; ++row) {
@@ -155,9 +160,15 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
         const double* k = &f.k[(kv_row0 + j) * dk];
         double abs_dot = 0;
         for (int64_t d = 0; d < dk; ++d) abs_dot += std::fabs(q[d] * k[d]);
-        a = std::max(a, f.scale * abs_dot + std::fabs(add));
+        // The ALiBi bias counts like a mask entry (as in ErrorBound).
+        const double alibi = std::fabs(ModifiedLogit(p, b, h, i, j, 0.0));
+        a = std::max(a, f.scale * abs_dot + alibi + std::fabs(add));
       }
-      const double logit_err = (dk + 2) * kU * a;  // δs
+      const double logit_err = (dk + 2) * kU * a + softcap_err;  // δs
+      // The softcap's slope c = 1 - t² from the kernel's t = ŝ/cap: |δt| <=
+      // δs/cap + (e_tanh + 2)·u, so |δc| <= 2·|δt| + |δt|² + 2u.
+      const double e_t = softcap > 0 ? logit_err / softcap + (kTanhUlps + 2) * kU : 0.0;
+      const double e_c = softcap > 0 ? 2 * e_t + e_t * e_t + 2 * kU : 0.0;
       // P, dP and their errors.
       dp.assign(s.kv_len, 0.0);
       dp_abs.assign(s.kv_len, 0.0);
@@ -187,14 +198,25 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
       for (int64_t d = 0; d < dv; ++d) {
         e_d += std::fabs(go[d]) * o_err + dv * kU * std::fabs(go[d]) * (std::fabs(o[d]) + o_err);
       }
+      // The sink's gradient: -P_σ·D, P_σ = e^(σ - lse) from the kernel's
+      // lse (relative error expm1(λ)) and D from its O (e_D above).
+      if (!f.sinks.empty() && f.sinks[h] != -std::numeric_limits<double>::infinity()) {
+        const double p_sink = std::exp(f.sinks[h] - lse);
+        const double e_sink = std::expm1(lse_err + 2 * kU) * p_sink;
+        sums.sink_err[h] += e_sink * (std::fabs(big_d) + e_d) + p_sink * e_d;
+        sums.sink_abs[h] += p_sink * std::fabs(big_d);
+      }
       // dS and the sums it feeds.
       double* bq = &bound.dq[row * dk];
       std::vector<double> dq_err(dk, 0.0), dq_abs(dk, 0.0);
       for (int64_t j = 0; j < s.kv_len; ++j) {
         if (!visible[j]) continue;
-        const double ds = w[j] * (dp[j] - big_d);
-        const double e_ds =
-            e_p[j] * std::fabs(dp[j] - big_d) + w[j] * (e_dp[j] + e_d) + 2 * kU * std::fabs(ds);
+        // dS = P·(dP - D)·c: c exact 1 without a softcap (e_c = 0).
+        const double c = ScoreSlope(f, b, h, i, j);
+        const double ds_uncapped = w[j] * (dp[j] - big_d);
+        const double ds = ds_uncapped * c;
+        const double e_ds = (e_p[j] * std::fabs(dp[j] - big_d) + w[j] * (e_dp[j] + e_d)) * c +
+                            std::fabs(ds_uncapped) * e_c + 3 * kU * std::fabs(ds);
         const int64_t kv = kv_row0 + j;
         const double* k = &f.k[kv * dk];
         for (int64_t d = 0; d < dk; ++d) {
@@ -215,31 +237,43 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
       }
     }
   });
-  std::vector<double> dk_err(exact.dk.size(), 0.0), dk_abs(exact.dk.size(), 0.0);
-  std::vector<double> dv_err(exact.dv.size(), 0.0), dv_abs(exact.dv.size(), 0.0);
-  std::vector<int64_t> terms(s.batch * s.kv_heads * s.kv_len, 0);
-  for (const KvBoundSums& sums : parts) {
-    AddPartial<double>(dk_err, sums.dk_err);
-    AddPartial<double>(dk_abs, sums.dk_abs);
-    AddPartial<double>(dv_err, sums.dv_err);
-    AddPartial<double>(dv_abs, sums.dv_abs);
-    AddPartial<int64_t>(terms, sums.terms);
+  // The chunks' sums, in chunk order, into the first chunk's (every chunk
+  // ran and sized its sums; with no rows at all nothing did and every bound
+  // but the final rounding's is 0).
+  KvBoundSums& total = parts[0];
+  for (size_t c = 1; c < parts.size(); ++c) {
+    AddPartial<double>(total.dk_err, parts[c].dk_err);
+    AddPartial<double>(total.dk_abs, parts[c].dk_abs);
+    AddPartial<double>(total.dv_err, parts[c].dv_err);
+    AddPartial<double>(total.dv_abs, parts[c].dv_abs);
+    AddPartial<int64_t>(total.terms, parts[c].terms);
+    AddPartial<double>(total.sink_err, parts[c].sink_err);
+    AddPartial<double>(total.sink_abs, parts[c].sink_abs);
   }
   bound.dk.assign(exact.dk.size(), 0.0);
   bound.dv.assign(exact.dv.size(), 0.0);
-  for (size_t kv = 0; kv < terms.size(); ++kv) {
-    const double m = double(terms[kv]);
+  for (size_t kv = 0; kv < total.terms.size(); ++kv) {
+    const double m = double(total.terms[kv]);
     for (int64_t d = 0; d < dk; ++d) {
       const size_t x = kv * dk + d;
-      bound.dk[x] = f.scale * (dk_err[x] + (m + 1) * kU * dk_abs[x]) + kU * std::fabs(exact.dk[x]);
+      bound.dk[x] = f.scale * (total.dk_err[x] + (m + 1) * kU * total.dk_abs[x]);
     }
     for (int64_t d = 0; d < dv; ++d) {
       const size_t x = kv * dv + d;
-      bound.dv[x] = dv_err[x] + m * kU * dv_abs[x] + kU * std::fabs(exact.dv[x]);
+      bound.dv[x] = total.dv_err[x] + m * kU * total.dv_abs[x];
     }
   }
+  for (size_t x = 0; x < exact.dk.size(); ++x) bound.dk[x] += kU * std::fabs(exact.dk[x]);
+  for (size_t x = 0; x < exact.dv.size(); ++x) bound.dv[x] += kU * std::fabs(exact.dv[x]);
+  // The sinks' gradients are summed in double (u² per term is below the
+  // slack) and rounded once to fp32.
+  bound.d_sinks.assign(f.sinks.size(), 0.0);
+  for (size_t h = 0; h < total.sink_err.size(); ++h) {
+    bound.d_sinks[h] = total.sink_err[h] + kU * total.sink_abs[h];
+  }
+  for (size_t h = 0; h < f.sinks.size(); ++h) bound.d_sinks[h] += kU * std::fabs(exact.d_sinks[h]);
   // The tolerance; a bound that inf inputs made NaN accepts any non-NaN value.
-  for (std::vector<double>* v : {&bound.dq, &bound.dk, &bound.dv}) {
+  for (std::vector<double>* v : {&bound.dq, &bound.dk, &bound.dv, &bound.d_sinks}) {
     for (double& x : *v) {
       x = std::isnan(x) ? std::numeric_limits<double>::infinity() : kSafety * x;
     }
@@ -250,14 +284,7 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
 // dO contiguous [B, H, Lq, dv] in double.
 std::vector<double> LoadDo(const GradProblem& g) {
   const Shape& s = g.forward.shape;
-  std::vector<double> d_o(s.batch * s.heads * s.q_len * s.value_dim);
-  for (int64_t b = 0; b < s.batch; ++b)
-    for (int64_t h = 0; h < s.heads; ++h)
-      for (int64_t i = 0; i < s.q_len; ++i) {
-        LoadRow(g.d_o, {}, b, h, i, s.value_dim,
-                &d_o[((b * s.heads + h) * s.q_len + i) * s.value_dim]);
-      }
-  return d_o;
+  return LoadTensor(g.d_o, {}, s.batch, s.heads, s.q_len, s.value_dim);
 }
 
 }  // namespace

@@ -64,7 +64,9 @@ double SummationLength(int64_t n);
 // the blocked length of "Accumulation"), u = 2^-24. For query row i (of head
 // h) and structurally visible key j, with exact P, dP, D, dS and first-order
 // propagation:
-//   logit  |δS_ij| <= δs_i = (dk + 2)·u·A_i, A_i as in ErrorBound.
+//   logit  |δS_ij| <= δs_i = (dk + 2)·u·A_i + e_cap, A_i as in ErrorBound
+//          (the ALiBi bias counted like a mask entry), e_cap = (e_tanh + 2)·u·cap
+//          with a softcap (0 without).
 //   P      P̂ = exp(Ŝ - l̂se), a relative error
 //            ε_ij = expm1(δs_i + λ_i + 3u·(|S_ij| + |lse_i|) + e_exp·u),
 //          e_exp = 8 (the exp), 3u·(...) the subtraction and a log2(e)
@@ -76,8 +78,14 @@ double SummationLength(int64_t n);
 //            Σ_d |dO_id|·ô_i + dv·u·Σ_d |dO_id|·(|O_id| + ô_i)
 //          + Σ_j (eP_ij·|dP_ij| + P_ij·e_dP_ij) + n_i·u·Σ_j P_ij·|dP_ij|
 //          (n_i visible keys) = e_D_i.
-//   dS     dS_ij = P_ij·(dP_ij - D_i): e_dS_ij = eP_ij·|dP_ij - D_i|
-//          + P_ij·(e_dP_ij + e_D_i) + 2u·P_ij·|dP_ij - D_i|.
+//   dS     dS_ij = P_ij·(dP_ij - D_i)·c_ij, c_ij = 1 - t_ij² the softcap's
+//          slope (1 without): e_dS_ij = (eP_ij·|dP_ij - D_i| + P_ij·(e_dP_ij
+//          + e_D_i))·c_ij + P_ij·|dP_ij - D_i|·e_c + 3u·|dS_ij|, where
+//          e_c = 2·e_t + e_t² + 2u, e_t = δs_i/cap + (e_tanh + 2)·u (the
+//          kernel's t = Ŝ/cap; e_c = 0 without a softcap).
+//   dσ_h   = -Σ_(b,i) P_σi·D_i (sinks; P_σi = e^(σ_h - lse_i), summed in
+//          double from the kernel's lse, O and dO): Σ eσ_i·(|D_i| + e_D_i)
+//          + P_σi·e_D_i + u·Σ P_σi·|D_i|, eσ_i = expm1(λ_i + 2u)·P_σi.
 //   dQ_id  = scale·Σ_j dS_ij·k_jd over the n_i visible keys:
 //          scale·(Σ_j e_dS_ij·|k_jd| + (n_i + 1)·u·Σ_j |dS_ij·k_jd|).
 //   dK_jd  = scale·Σ dS_ij·q_id over the m_j (h, i) of the kv head's group
@@ -94,7 +102,7 @@ double SummationLength(int64_t n);
 // tests/grad_reference_test.cc sanity cases check that a dropped key, a wrong
 // mask, a missing scale or a missing D term exceed it.
 struct GradBounds {
-  std::vector<double> dq, dk, dv;  // the layouts of reference::GradResult
+  std::vector<double> dq, dk, dv, d_sinks;  // the layouts of reference::GradResult
 };
 // `problem` must pass ValidateGrad. O(B·H·Lq·Lk·(dk + dv)), like the reference
 // (on every core: reference/row_chunks.h). The first form computes the exact

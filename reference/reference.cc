@@ -180,9 +180,6 @@ StatusOr<Result> Attention(const Problem& p, bool with_weights) {
 
 // ------------------------------------------------------------------ backward
 
-namespace {
-
-// Contiguous [batch, heads, len, dim] doubles of a view (exact values).
 std::vector<double> LoadTensor(const TensorRef<const void>& t, const RowScales& scales,
                                int64_t batch, int64_t heads, int64_t len, int64_t dim) {
   std::vector<double> out(batch * heads * len * dim);
@@ -194,14 +191,15 @@ std::vector<double> LoadTensor(const TensorRef<const void>& t, const RowScales& 
   return out;
 }
 
-}  // namespace
-
 F64Problem ToF64(const Problem& p) {
   const Shape& s = p.shape;
   F64Problem f;
   f.shape = s;
   f.scale = p.scale ? double(*p.scale) : 1.0 / std::sqrt(double(s.head_dim));
   f.mask = p.mask;
+  if (p.modifiers.softcap) f.softcap = *p.modifiers.softcap;
+  f.alibi_slopes.assign(p.modifiers.alibi_slopes.begin(), p.modifiers.alibi_slopes.end());
+  f.sinks.assign(p.modifiers.sinks.begin(), p.modifiers.sinks.end());
   f.q = LoadTensor(p.q, {}, s.batch, s.heads, s.q_len, s.head_dim);
   // K and V through LoadKvRow: contiguous copies of a paged cache too.
   for (const bool value : {false, true}) {
@@ -220,14 +218,35 @@ F64Problem ToF64(const Problem& p) {
   return f;
 }
 
-double Score(const F64Problem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
+namespace {
+
+// scale·q_i·k_j.
+double ScaledDot(const F64Problem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
   const Shape& s = p.shape;
   const int64_t kvh = h / (s.heads / s.kv_heads);
   const double* q = &p.q[((b * s.heads + h) * s.q_len + i) * s.head_dim];
   const double* k = &p.k[((b * s.kv_heads + kvh) * s.kv_len + j) * s.head_dim];
   double dot = 0;
   for (int64_t d = 0; d < s.head_dim; ++d) dot += q[d] * k[d];
-  return dot * p.scale + AdditiveAt(p.mask, b, h, i, j);
+  return dot * p.scale;
+}
+
+}  // namespace
+
+double Score(const F64Problem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
+  double logit = ScaledDot(p, b, h, i, j);
+  if (p.softcap != 0) logit = p.softcap * std::tanh(logit / p.softcap);
+  if (!p.alibi_slopes.empty()) {
+    const Positions local = LocalPositions(p.shape, p.mask, b, i, j);
+    logit += p.alibi_slopes[h] * double(local.j - local.i - local.off);
+  }
+  return logit + AdditiveAt(p.mask, b, h, i, j);
+}
+
+double ScoreSlope(const F64Problem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
+  if (p.softcap == 0) return 1.0;
+  const double t = std::tanh(ScaledDot(p, b, h, i, j) / p.softcap);
+  return 1.0 - t * t;
 }
 
 double RowWeights(const F64Problem& p, int64_t b, int64_t h, int64_t i, std::vector<double>& w) {
@@ -235,17 +254,19 @@ double RowWeights(const F64Problem& p, int64_t b, int64_t h, int64_t i, std::vec
   const double inf = std::numeric_limits<double>::infinity();
   const double nan = std::numeric_limits<double>::quiet_NaN();
   w.assign(s.kv_len, 0.0);
-  // Scores of the visible keys and their maximum (NaN wins).
+  // Scores of the visible keys and their maximum, the sink's logit included
+  // (NaN wins).
   std::vector<double> scores(s.kv_len, -inf);
-  double max = -inf;
+  const double sink = p.sinks.empty() ? -inf : p.sinks[h];
+  double max = sink;
   for (int64_t j = 0; j < s.kv_len; ++j) {
     if (!KeyVisible(s, p.mask, b, i, j)) continue;
     scores[j] = Score(p, b, h, i, j);
     max = std::isnan(scores[j]) || std::isnan(max) ? nan : std::max(max, scores[j]);
   }
-  if (max == -inf) return -inf;  // fully masked: weights 0
-  // lse = max + log Σ e^(S - max); +inf or NaN max gives NaN.
-  double sum = 0;
+  if (max == -inf) return -inf;  // fully masked, no sink: weights 0
+  // lse = max + log(e^(σ - max) + Σ e^(S - max)); +inf or NaN max gives NaN.
+  double sum = std::exp(sink - max);
   for (int64_t j = 0; j < s.kv_len; ++j) {
     if (KeyVisible(s, p.mask, b, i, j)) sum += std::exp(scores[j] - max);
   }
@@ -288,13 +309,17 @@ GradResult BackwardF64(const F64Problem& p, std::span<const double> d_o) {
   g.dk.assign(s.batch * s.kv_heads * s.kv_len * dk, 0.0);
   g.dv.assign(s.batch * s.kv_heads * s.kv_len * dv, 0.0);
   // dK and dV sum over rows: one partial per chunk of rows (row_chunks.h).
+  // So do the sinks' gradients.
   const int64_t rows = s.batch * s.heads * s.q_len;
-  std::vector<std::vector<double>> dk_parts(RowChunkCount(rows)), dv_parts(RowChunkCount(rows));
+  const int64_t chunks = RowChunkCount(rows);
+  std::vector<std::vector<double>> dk_parts(chunks), dv_parts(chunks), sink_parts(chunks);
   ForEachRowChunk(rows, [&](int64_t chunk, int64_t begin, int64_t end) {
     std::vector<double>& dk_sum = dk_parts[chunk];
     std::vector<double>& dv_sum = dv_parts[chunk];
+    std::vector<double>& sink_sum = sink_parts[chunk];
     dk_sum.assign(g.dk.size(), 0.0);
     dv_sum.assign(g.dv.size(), 0.0);
+    sink_sum.assign(p.sinks.size(), 0.0);
     std::vector<double> w, dp(s.kv_len);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t i = row % s.q_len, h = row / s.q_len % s.heads, b = row / s.q_len / s.heads;
@@ -317,10 +342,14 @@ GradResult BackwardF64(const F64Problem& p, std::span<const double> d_o) {
         }
         big_d += w[j] * dp[j];
       }
-      // dS_ij = P_ij·(dP_ij - D_i); dQ_i += scale·dS_ij·k_j; dK_j += scale·dS_ij·q_i.
+      // dσ_h -= P_σi·D_i (a head whose sink is -inf has P_σ = 0).
+      if (!p.sinks.empty() && p.sinks[h] != -std::numeric_limits<double>::infinity()) {
+        sink_sum[h] -= std::exp(p.sinks[h] - lse) * big_d;
+      }
+      // dS_ij = P_ij·(dP_ij - D_i)·c_ij; dQ_i += scale·dS_ij·k_j; dK_j += scale·dS_ij·q_i.
       for (int64_t j = 0; j < s.kv_len; ++j) {
         if (!KeyVisible(s, p.mask, b, i, j)) continue;
-        const double ds = w[j] * (dp[j] - big_d);
+        const double ds = w[j] * (dp[j] - big_d) * ScoreSlope(p, b, h, i, j);
         const double* k = &p.k[(kv_row0 + j) * dk];
         double* gk = &dk_sum[(kv_row0 + j) * dk];
         for (int64_t d = 0; d < dk; ++d) {
@@ -330,9 +359,11 @@ GradResult BackwardF64(const F64Problem& p, std::span<const double> d_o) {
       }
     }
   });
-  for (size_t c = 0; c < dk_parts.size(); ++c) {
+  g.d_sinks.assign(p.sinks.size(), 0.0);
+  for (int64_t c = 0; c < chunks; ++c) {
     AddPartial<double>(g.dk, dk_parts[c]);
     AddPartial<double>(g.dv, dv_parts[c]);
+    AddPartial<double>(g.d_sinks, sink_parts[c]);
   }
   return g;
 }

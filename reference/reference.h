@@ -32,6 +32,10 @@ StatusOr<Result> Attention(const Problem& problem, bool with_weights = false);
 void LoadRow(const TensorRef<const void>& t, const RowScales& scales, int64_t b, int64_t h,
              int64_t i, int64_t n, double* out);
 
+// A whole view as contiguous [batch, heads, len, dim] exact doubles.
+std::vector<double> LoadTensor(const TensorRef<const void>& t, const RowScales& scales,
+                               int64_t batch, int64_t heads, int64_t len, int64_t dim);
+
 // Row j of K (value = false) or V (value = true) seen by batch b, kv head
 // kvh, as exact doubles (dk or dv of them): through the block table when the
 // problem's K/V are paged (kernels/problem.h, "Paged K/V"), written again
@@ -71,16 +75,20 @@ double AdditiveAt(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t j);
 // head kvh = h / (H / Hkv)) and structurally visible key j:
 //   S_ij = scale·q_i·k_j + mask_ij,  lse_i = log Σ_j e^S_ij,  P_ij = e^(S_ij - lse_i)
 //   dV_j += P_ij·dO_i,  dP_ij = dO_i·v_j,  D_i = Σ_j P_ij·dP_ij,
-//   dS_ij = P_ij·(dP_ij - D_i),  dQ_i = scale·Σ_j dS_ij·k_j,  dK_j += scale·dS_ij·q_i.
+//   dS_ij = P_ij·(dP_ij - D_i)·c_ij,  dQ_i = scale·Σ_j dS_ij·k_j,  dK_j += scale·dS_ij·q_i,
+// with the score modifiers: S_ij = cap·tanh(scale·q_i·k_j / cap) + ALiBi + mask,
+// c_ij = ∂S_ij/∂(scale·q_i·k_j) = 1 - tanh² (1 without a softcap); a sink σ_h
+// joins lse's sum (P_σi = e^(σ_h - lse_i), no value), so dσ_h = -Σ_(b,i) P_σi·D_i.
 // Structurally hidden pairs are skipped (never multiplied by 0); a fully
 // masked row (lse = -inf) is skipped whole (dQ = 0, nothing to dK, dV,
 // whatever dO holds); everything else is the plain arithmetic, so NaN
 // propagates as IEEE says (0·NaN = NaN through an additive -inf key).
 
 // Gradients, contiguous: dq [B, H, Lq, dk], dk [B, Hkv, Lk, dk],
-// dv [B, Hkv, Lk, dv].
+// dv [B, Hkv, Lk, dv]; d_sinks [H] (empty without sinks): ∂loss/∂σ_h summed
+// over batch and rows.
 struct GradResult {
-  std::vector<double> dq, dk, dv;
+  std::vector<double> dq, dk, dv, d_sinks;
 };
 
 // The backward of `problem` from the exact values its inputs stand for (Q, K,
@@ -97,13 +105,20 @@ struct F64Problem {
   double scale = 1.0;
   Mask mask;
   std::vector<double> q, k, v;
+  // The score modifiers (kernels/problem.h, "Score modifiers"), exact:
+  // softcap 0 is none; empty slopes or sinks are none (else H each).
+  double softcap = 0;
+  std::vector<double> alibi_slopes, sinks;
 };
 // The exact values of a problem that passes Validate() (scale resolved).
 F64Problem ToF64(const Problem& problem);
 
-// The scaled, masked score S_ij of query row (b, h, i) and key j (which the
-// caller has checked is structurally visible).
+// The scaled, modified, masked score S_ij of query row (b, h, i) and key j
+// (which the caller has checked is structurally visible).
 double Score(const F64Problem& problem, int64_t b, int64_t h, int64_t i, int64_t j);
+// ∂S_ij/∂(scale·q_i·k_j): 1 - tanh²(scale·q_i·k_j / cap) with a softcap, else 1
+// (ALiBi and the mask add constants).
+double ScoreSlope(const F64Problem& problem, int64_t b, int64_t h, int64_t i, int64_t j);
 
 // The forward in double: o [B, H, Lq, dv] (0 for a fully masked row),
 // lse [B, H, Lq] (-inf for a fully masked row; NaN when a visible score is
@@ -115,7 +130,9 @@ F64Forward ForwardF64(const F64Problem& problem);
 
 // The weights of query row (b, h, i): writes p[j] = e^(S_ij - lse) for every
 // structurally visible j (0 elsewhere, and everywhere when the row is fully
-// masked) into `p` (resized to Lk) and returns lse. ForwardF64 and
+// masked) into `p` (resized to Lk) and returns lse (the sink σ_h, when the
+// problem has sinks, is one more term of its sum: a fully masked row then
+// has lse = σ_h). ForwardF64 and
 // BackwardF64 both read P from here.
 double RowWeights(const F64Problem& problem, int64_t b, int64_t h, int64_t i,
                   std::vector<double>& p);

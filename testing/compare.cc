@@ -127,6 +127,17 @@ Comparison CompareGradients(const GradProblem& g, const reference::GradResult& w
   compare("dQ", "i", g.dq, s.heads, s.q_len, s.head_dim, want.dq, bounds.dq);
   compare("dK", "j", g.dk, s.kv_heads, s.kv_len, s.head_dim, want.dk, bounds.dk);
   compare("dV", "j", g.dv, s.kv_heads, s.kv_len, s.value_dim, want.dv, bounds.dv);
+  if (!g.d_sinks.empty()) {
+    if (want.d_sinks.size() != g.d_sinks.size() || bounds.d_sinks.size() != g.d_sinks.size()) {
+      c.ok = false;
+      if (c.first_failure.empty()) c.first_failure = "d_sinks: the reference has no sinks";
+      return c;
+    }
+    for (size_t h = 0; h < g.d_sinks.size(); ++h) {
+      CompareNamed(g.d_sinks[h], want.d_sinks[h], bounds.d_sinks[h], c,
+                   [&] { return "d_sinks[h=" + std::to_string(h) + "]"; });
+    }
+  }
   return c;
 }
 

@@ -65,7 +65,7 @@ Comparison CompareToReference(const ProblemData& data, const reference::Result& 
 // `bounds` (reference::GradErrorBounds), element by element by
 // CompareElement. The first failure names the element:
 // "dK[b=0,h=1,j=3,d=5] got ... want ... (bound ...)" (h is the kv head for dK
-// and dV; dQ rows are i).
+// and dV; dQ rows are i); then d_sinks, when the problem gives it.
 Comparison CompareGradients(const GradProblem& problem, const reference::GradResult& want,
                             const reference::GradBounds& bounds);
 

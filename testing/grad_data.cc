@@ -29,6 +29,7 @@ GradData::GradData(ProblemData& data, std::optional<uint64_t> seed) : data_(data
   dq_.resize(BufferSize(spec, s.heads, s.q_len, s.head_dim, offset_));
   dk_.resize(BufferSize(spec, s.kv_heads, s.kv_len, s.head_dim, offset_));
   dv_.resize(BufferSize(spec, s.kv_heads, s.kv_len, s.value_dim, offset_));
+  d_sinks_.resize(s.heads);
   std::mt19937_64 rng(seed ? *seed : spec.seed ^ 0x9e3779b97f4a7c15ull);
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
   for (float& x : d_o_) x = uniform(rng);
@@ -44,11 +45,14 @@ GradData::GradData(ProblemData& data, std::optional<uint64_t> seed) : data_(data
 GradProblem GradData::grad_problem() const {
   GradProblem g = grads_;
   g.forward = data_.problem();
+  if (!g.forward.modifiers.sinks.empty()) g.d_sinks = d_sinks_;
   return g;
 }
 
 void GradData::Poison() {
-  for (std::vector<float>* buf : {&dq_, &dk_, &dv_}) std::fill(buf->begin(), buf->end(), kNaN);
+  for (std::vector<float>* buf : {&dq_, &dk_, &dv_, &d_sinks_}) {
+    std::fill(buf->begin(), buf->end(), kNaN);
+  }
 }
 
 std::string GradData::PaddingWritten() const {

@@ -31,9 +31,10 @@ class GradData {
   GradData& operator=(const GradData&) = delete;
 
   // The backward problem: forward = the ProblemData's problem (its O and lse
-  // are what a forward wrote there), dO, dQ, dK, dV.
+  // are what a forward wrote there), dO, dQ, dK, dV, and d_sinks (H floats)
+  // when that problem has sinks.
   GradProblem grad_problem() const;
-  // NaN into dQ, dK, dV, row padding included.
+  // NaN into dQ, dK, dV (row padding included) and d_sinks.
   void Poison();
   // Whether a kernel left the row padding of dQ, dK and dV (spec().row_pad
   // floats after each row) as Poison() left it: "" if so, else where it wrote,
@@ -46,6 +47,8 @@ class GradData {
  private:
   ProblemData& data_;
   int64_t offset_ = 0;
+  // d_sinks_: H floats, in grad_problem() when the problem has sinks.
+  mutable std::vector<float> d_sinks_;
   std::vector<float> d_o_, dq_, dk_, dv_;
   GradProblem grads_;  // the views of the buffers above (its forward unused)
 };

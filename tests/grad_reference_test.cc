@@ -39,6 +39,9 @@ struct DenseCase {
   int64_t left = 0, right = 0;
   bool additive_4d = false;
   std::vector<int32_t> key_lengths;
+  // Score modifiers: a softcap (0: none), ALiBi slopes, sinks (head 1's -inf).
+  double softcap = 0;
+  bool alibi = false, sinks = false;
 };
 
 void PrintTo(const DenseCase& c, std::ostream* os) { *os << c.name; }
@@ -47,6 +50,13 @@ DenseCase Dense(const char* name, Shape shape, MaskKind kind = MaskKind::kNone, 
                 int64_t right = 0, bool additive_4d = false,
                 std::vector<int32_t> key_lengths = {}) {
   return {name, shape, kind, left, right, additive_4d, std::move(key_lengths)};
+}
+
+DenseCase Modified(DenseCase c, double softcap, bool alibi, bool sinks) {
+  c.softcap = softcap;
+  c.alibi = alibi;
+  c.sinks = sinks;
+  return c;
 }
 
 class FiniteDifferenceTest : public ::testing::TestWithParam<DenseCase> {};
@@ -88,6 +98,12 @@ TEST_P(FiniteDifferenceTest, AnalyticMatchesCentralDifferences) {
     p.mask.additive = mask;
   }
   if (!c.key_lengths.empty()) p.mask.key_lengths = c.key_lengths;
+  p.softcap = c.softcap;
+  for (int64_t h = 0; h < s.heads; ++h) {
+    if (c.alibi) p.alibi_slopes.push_back(0.3 * (h % 2 ? -1 : 1) / double(h + 1));
+    if (c.sinks)
+      p.sinks.push_back(h == 1 ? -std::numeric_limits<double>::infinity() : uniform(rng));
+  }
   const std::vector<double> d_o = random(s.batch * s.heads * s.q_len * s.value_dim);
 
   const GradResult g = BackwardF64(p, d_o);
@@ -95,11 +111,18 @@ TEST_P(FiniteDifferenceTest, AnalyticMatchesCentralDifferences) {
     const char* name;
     std::vector<double>* values;
     const std::vector<double>* grad;
-  } inputs[] = {{"dQ", &p.q, &g.dq}, {"dK", &p.k, &g.dk}, {"dV", &p.v, &g.dv}};
+  } inputs[] = {{"dQ", &p.q, &g.dq},
+                {"dK", &p.k, &g.dk},
+                {"dV", &p.v, &g.dv},
+                {"d_sinks", &p.sinks, &g.d_sinks}};
   for (const Input& in : inputs) {
     ASSERT_EQ(in.values->size(), in.grad->size()) << in.name;
     for (size_t x = 0; x < in.values->size(); ++x) {
       double& value = (*in.values)[x];
+      if (std::isinf(value)) {  // a -inf sink (no sink): no gradient
+        EXPECT_EQ((*in.grad)[x], 0.0) << in.name << "[" << x << "]";
+        continue;
+      }
       const double saved = value;
       const double step = 1e-6 * std::max(1.0, std::fabs(saved));
       value = saved + step;
@@ -132,7 +155,19 @@ INSTANTIATE_TEST_SUITE_P(
               {5, 2}),
         // 300 query rows: two chunks (reference/row_chunks.h), dK and dV summed
         // across the chunk boundary (both heads share the kv head).
-        Dense("chunked_rows_gqa", Shape{1, 2, 1, 150, 3, 2, 2})),
+        Dense("chunked_rows_gqa", Shape{1, 2, 1, 150, 3, 2, 2}),
+        // Score modifiers: the softcap's slope in dS, ALiBi a constant, a
+        // sink's own gradient (and rows that see only the sink).
+        Modified(Dense("softcap", Shape{1, 2, 1, 4, 5, 3, 2}), 0.8, false, false),
+        Modified(Dense("alibi_causal", Shape{1, 4, 2, 4, 6, 2, 3}, MaskKind::kCausal), 0, true,
+                 false),
+        Modified(Dense("sinks_gqa", Shape{2, 4, 2, 3, 5, 3, 2}), 0, false, true),
+        Modified(Dense("sinks_masked_rows", Shape{1, 2, 1, 6, 3, 3, 2}, MaskKind::kCausal), 0,
+                 false, true),
+        Modified(Dense("all_window", Shape{1, 4, 2, 5, 6, 2, 3}, MaskKind::kSlidingWindow, 1, 1),
+                 1.5, true, true),
+        Modified(Dense("all_additive", Shape{1, 2, 2, 4, 5, 3, 2}, MaskKind::kAdditive), 2.0, true,
+                 true)),
     [](const ::testing::TestParamInfo<DenseCase>& info) { return std::string(info.param.name); });
 
 // The reference's chunks of rows (reference/row_chunks.h): every row once,

@@ -119,16 +119,21 @@ struct ModifierValues {
 
 std::string ParamName(const ::testing::TestParamInfo<Case>& info) { return info.param.name; }
 
+// The case's diagonal and modifiers on `p` (their arrays held by `values`).
+void Pose(const Case& c, Problem& p, ModifierValues& values) {
+  p.mask.diagonal = c.diagonal;
+  p.mask.diagonal_offset = c.diagonal_offset;
+  values.Attach(c.mods, p);
+}
+
 class ModifierTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ModifierTest, MatchesReferenceOrIsRefused) {
   const Case& c = GetParam();
   ProblemData data(c.spec);
   Problem& p = data.problem();
-  p.mask.diagonal = c.diagonal;
-  p.mask.diagonal_offset = c.diagonal_offset;
   ModifierValues values;
-  values.Attach(c.mods, p);
+  Pose(c, p, values);
   const uint8_t used = ModifiersOf(p.modifiers);
   const Status status = attn::Run(*c.variant, p, OnThreads(2));
   if ((c.variant->modifiers & used) != used) {
@@ -247,6 +252,58 @@ std::vector<Case> KeyLengthsCases() {
 INSTANTIATE_TEST_SUITE_P(KeyLengths, ModifierTest, ::testing::ValuesIn(KeyLengthsCases()),
                          ParamName);
 
+// The backward of every variant that has one, on the same cases as the
+// forward's (all four lists): O and lse
+// from the variant's own forward (flash's where that refuses the modifiers,
+// so the backward's own refusal is what is tested), dQ, dK, dV and the
+// sinks' gradient against the reference within the derived bound.
+class ModifierGradTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ModifierGradTest, MatchesReferenceOrIsRefused) {
+  const Case& c = GetParam();
+  ProblemSpec spec = c.spec;
+  spec.want_lse = true;
+  ProblemData data(spec);
+  Problem& p = data.problem();
+  ModifierValues values;
+  Pose(c, p, values);
+  const uint8_t used = ModifiersOf(p.modifiers);
+  const bool forward_applies = (c.variant->modifiers & used) == used;
+  Status status = testing::RunForwardForGrad(data, forward_applies ? c.variant->name : "flash");
+  if (status.code() == StatusCode::kResourceExhausted) GTEST_SKIP() << status.message();
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  testing::GradData grads(data);
+  status = RunBackward(*c.variant, grads.grad_problem(), OnThreads(2));
+  if ((c.variant->backward.modifiers & used) != used) {
+    EXPECT_EQ(status.code(), StatusCode::kUnimplemented) << status.ToString();
+    EXPECT_NE(status.message().find("does not apply"), std::string::npos) << status.message();
+    return;
+  }
+  if (status.code() == StatusCode::kResourceExhausted) GTEST_SKIP() << status.message();
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  StatusOr<reference::GradResult> want = reference::Backward(grads.grad_problem());
+  ASSERT_TRUE(want.ok());
+  const testing::Comparison cmp = testing::CompareGradients(
+      grads.grad_problem(), *want, reference::GradErrorBounds(grads.grad_problem(), *want));
+  EXPECT_TRUE(cmp.ok) << cmp.first_failure << " (" << c.name << ", worst error/bound "
+                      << cmp.worst_bound_ratio << ")";
+}
+
+// Those of `cases` whose variant has a backward.
+std::vector<Case> WithBackward(std::vector<Case> cases) {
+  std::erase_if(cases, [](const Case& c) { return !c.variant->has_backward(); });
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Registry, ModifierGradTest, ::testing::ValuesIn(WithBackward(Cases())),
+                         ParamName);
+INSTANTIATE_TEST_SUITE_P(TopLeft, ModifierGradTest,
+                         ::testing::ValuesIn(WithBackward(TopLeftCases())), ParamName);
+INSTANTIATE_TEST_SUITE_P(DiagonalAt, ModifierGradTest,
+                         ::testing::ValuesIn(WithBackward(DiagonalAtCases())), ParamName);
+INSTANTIATE_TEST_SUITE_P(KeyLengths, ModifierGradTest,
+                         ::testing::ValuesIn(WithBackward(KeyLengthsCases())), ParamName);
+
 // The spec of a causal problem of `shape`.
 ProblemSpec Causal(const Shape& shape) {
   ProblemSpec spec;
@@ -354,10 +411,10 @@ TEST(ModifierValidationTest, NamesTheField) {
       << v.status().message();
 }
 
-// The backward refuses modifiers (not yet derived), and takes the top-left
-// and the key-lengths diagonals like any structural mask (the latter: a chunk
-// of 40 queries at the end of caches of 60 and 30 keys).
-TEST(ModifierBackwardTest, RefusesModifiersTakesTheDiagonals) {
+// The backward takes the top-left and the key-lengths diagonals like any
+// structural mask (the latter: a chunk of 40 queries at the end of caches of
+// 60 and 30 keys).
+TEST(ModifierBackwardTest, TakesTheDiagonals) {
   ProblemSpec cache = Causal({2, 2, 1, 40, 60, 16, 16});
   cache.key_lengths = {60, 30};
   for (const auto& [spec, diagonal] :
@@ -377,13 +434,41 @@ TEST(ModifierBackwardTest, RefusesModifiersTakesTheDiagonals) {
       ASSERT_TRUE(RunBackward(*v, grads.grad_problem(), OnThreads(2)).ok()) << v->name;
       const testing::Comparison c = testing::CompareGradients(grads.grad_problem(), *want, bounds);
       EXPECT_TRUE(c.ok) << v->name << ": " << c.first_failure;
-      GradProblem g = grads.grad_problem();
-      g.forward.modifiers.softcap = 10.0f;
-      const Status s = RunBackward(*v, g, OnThreads(1));
-      EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << v->name;
-      EXPECT_NE(s.message().find("softcap"), std::string::npos) << s.message();
     }
   }
+}
+
+// d_sinks: computed only when asked for, H floats of a problem with sinks,
+// never overlapping another gradient; a head whose sink is -inf gets 0.
+TEST(ModifierBackwardTest, SinkGradientsValidatedAndZeroForNoSink) {
+  ProblemSpec spec = Causal({1, 4, 2, 20, 30, 16, 16});
+  spec.want_lse = true;
+  ProblemData data(spec);
+  ModifierValues values;
+  values.Attach({"sinks", std::nullopt, false, true}, data.problem());
+  ASSERT_TRUE(testing::RunForwardForGrad(data, "flash").ok());
+  testing::GradData grads(data);
+  GradProblem g = grads.grad_problem();
+  ASSERT_EQ(g.d_sinks.size(), 4u);
+  ASSERT_TRUE(RunBackward("flash", g).ok());
+  EXPECT_EQ(g.d_sinks[1], 0.0f);  // head 1's sink is -inf
+  EXPECT_NE(g.d_sinks[0], 0.0f);
+  auto error = [](const GradProblem& bad) {
+    const Status s = RunBackward("flash", bad);
+    return s.ok() ? std::string("ok") : s.message();
+  };
+  GradProblem short_sinks = g;
+  short_sinks.d_sinks = g.d_sinks.subspan(0, 3);
+  EXPECT_NE(error(short_sinks).find("d_sinks has 3 entries, needs H=4"), std::string::npos)
+      << error(short_sinks);
+  GradProblem no_sinks = g;
+  no_sinks.forward.modifiers.sinks = {};
+  EXPECT_NE(error(no_sinks).find("d_sinks is given but the problem has no sinks"),
+            std::string::npos)
+      << error(no_sinks);
+  GradProblem overlapping = g;
+  overlapping.d_sinks = std::span<float>(static_cast<float*>(g.dq.data), 4);
+  EXPECT_NE(error(overlapping).find("overlaps gradient"), std::string::npos) << error(overlapping);
 }
 
 TEST(DiagonalAtTest, ValidateNamesTheOffset) {

@@ -302,21 +302,29 @@ TEST(VarlenBackwardTest, MatchesReference) {
     if (!v->has_backward()) continue;
     for (const Packing& packing : Packings()) {
       for (MaskKind mask : {MaskKind::kNone, MaskKind::kCausal, MaskKind::kSlidingWindow}) {
-        const Case c = MakeCase(packing, mask, Diagonal::kBottomRight, {1, 4, 2, 0, 0, 32, 32});
-        PackedData packed(c, 21);
-        ASSERT_TRUE(testing::RunForwardForGrad(packed.data()).ok());
-        testing::GradData grads(packed.data());
-        StatusOr<reference::GradResult> want = reference::Backward(grads.grad_problem());
-        ASSERT_TRUE(want.ok());
-        const reference::GradBounds bounds =
-            reference::GradErrorBounds(grads.grad_problem(), *want);
-        grads.Poison();
-        const Status status = RunBackward(*v, grads.grad_problem(), OnThreads(2));
-        ASSERT_TRUE(status.ok()) << v->name << ": " << status.ToString();
-        const testing::Comparison cmp =
-            testing::CompareGradients(grads.grad_problem(), *want, bounds);
-        EXPECT_TRUE(cmp.ok) << v->name << " " << packing.name << " " << MaskKindName(mask) << ": "
-                            << cmp.first_failure;
+        // With the modifiers too: the sinks' gradient sums over every sequence.
+        for (const bool modifiers : {false, true}) {
+          Case c = MakeCase(packing, mask, Diagonal::kBottomRight, {1, 4, 2, 0, 0, 32, 32});
+          c.modifiers = modifiers;
+          PackedData packed(c, 21);
+          ASSERT_TRUE(testing::RunForwardForGrad(packed.data()).ok());
+          testing::GradData grads(packed.data());
+          StatusOr<reference::GradResult> want = reference::Backward(grads.grad_problem());
+          ASSERT_TRUE(want.ok());
+          const reference::GradBounds bounds =
+              reference::GradErrorBounds(grads.grad_problem(), *want);
+          grads.Poison();
+          const Status status = RunBackward(*v, grads.grad_problem(), OnThreads(2));
+          if (modifiers && v->backward.modifiers != kAllModifiers) {
+            EXPECT_EQ(status.code(), StatusCode::kUnimplemented) << v->name;
+            continue;
+          }
+          ASSERT_TRUE(status.ok()) << v->name << ": " << status.ToString();
+          const testing::Comparison cmp =
+              testing::CompareGradients(grads.grad_problem(), *want, bounds);
+          EXPECT_TRUE(cmp.ok) << v->name << " " << packing.name << " " << MaskKindName(mask)
+                              << (modifiers ? " modifiers" : "") << ": " << cmp.first_failure;
+        }
       }
     }
   }

@@ -1655,6 +1655,35 @@ class Grad(Case):
         self.assertEqual(rc, 1, out + err)
         self.assertIn("FAIL", out)
 
+    def test_score_modifiers_and_the_sinks_gradient(self):
+        # --softcap/--alibi/--sinks reach the backward, --dsinks writes dσ [H]; --check holds
+        # them all (dσ too) to the fp64 reference's bound; a variant whose backward lacks a
+        # modifier refuses it by name (`attnlab list`'s backward table), and --dsinks needs
+        # --sinks.
+        q, k, v, d_o = self.qkvdo(seed=9)
+        sinks = self.save("sinks.npy", np.array([1.0, -np.inf, 0.0, 2.5], np.float32))
+        mods = ["--softcap", "3", "--alibi", "standard", "--sinks", sinks]
+        _, out, _ = attnlab("list")
+        table = out.split("backward score modifiers")[1].split("\n\n")[0].splitlines()[1:]
+        applies = {line.split()[0]: line for line in table if line.strip()}
+        self.assertEqual(set(applies), set(backward_variants()))
+        for variant, line in applies.items():
+            with self.subTest(variant=variant):
+                args = ["grad", "--variant", variant, *self.grad_files(q, k, v, d_o), "--mask",
+                        "causal", *mods, "--dsinks", self.path("ds.npy")]
+                if "softcap, alibi, sinks" not in line:
+                    self.expect_error(r"does not apply softcap, alibi, sinks", *args)
+                    continue
+                out = self.expect_ok(*args, "--check")
+                self.assertRegex(out, variant + r"\s+\S+\s+\S+\s+\S+\s+[0-9.]+\s+ok")
+                ds = np.load(self.path("ds.npy"))
+                self.assertEqual(ds.shape, (4,))
+                self.assertEqual(ds[1], 0.0)  # head 1's sink is -inf: no sink
+                self.assertTrue(np.isfinite(ds).all() and (ds != 0)[[0, 2, 3]].all())
+        self.expect_error(r"d_sinks is given but the problem has no sinks", "grad", "--variant",
+                          "flash", *self.grad_files(q, k, v, d_o), "--dsinks",
+                          self.path("ds.npy"))
+
     def test_bad_inputs(self):
         q, k, v, d_o = self.qkvdo(seed=8)
         args = self.grad_files(q, k, v, d_o)

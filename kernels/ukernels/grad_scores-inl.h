@@ -12,6 +12,8 @@
 //        NaN lse makes its row NaN.
 //   dsum per row: D = Σ_d dO·O.
 //   scale  folded into dS (dQ = dS·K and dK = dSᵀ·Q need no further scaling).
+//   slope  optional, the layout of s: a factor per score folded into dS (a
+//        softcap's 1 - t²); nullptr is 1.
 //   ncols a multiple of the lane count; rows 64-byte aligned.
 // P follows ExpOfDifference (exp-inl.h): e^(S - lse) within kFastExp2MaxUlp
 // plus the rounding of the difference; S = -inf gives exactly 0.
@@ -36,7 +38,8 @@ namespace attn {
 namespace HWY_NAMESPACE {
 
 HWY_INLINE void GradScores(float* HWY_RESTRICT s, float* HWY_RESTRICT dp, int64_t ld, int64_t nrows,
-                           int64_t ncols, const float* lse, const float* dsum, float scale) {
+                           int64_t ncols, const float* lse, const float* dsum, float scale,
+                           const float* HWY_RESTRICT slope = nullptr) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const VF sc = hn::Set(d, scale);
@@ -55,7 +58,9 @@ HWY_INLINE void GradScores(float* HWY_RESTRICT s, float* HWY_RESTRICT dp, int64_
     for (int64_t c = 0; c < ncols; c += N) {
       const VF p = ExpOfDifference(d, hn::Load(d, sx + c), l);
       hn::Store(p, d, sx + c);
-      hn::Store(hn::Mul(hn::Mul(p, sc), hn::Sub(hn::Load(d, dpx + c), dd)), d, dpx + c);
+      VF ds = hn::Mul(hn::Mul(p, sc), hn::Sub(hn::Load(d, dpx + c), dd));
+      if (slope != nullptr) ds = hn::Mul(ds, hn::Load(d, slope + x * ld + c));
+      hn::Store(ds, d, dpx + c);
     }
   }
 }

@@ -679,21 +679,28 @@ def _forward_for_grad(variant):
 
 def grad(q, k, v, d_o, *, variant="flash", o=None, lse=None, mask=None, key_lengths=None,
          scale=None, layout="bhsd", threads=None, memory_budget=None, cu_seqlens_q=None,
-         cu_seqlens_k=None):
+         cu_seqlens_k=None, softcap=None, alibi_slopes=None, sinks=None, causal_top_left=False,
+         causal_at_key_lengths=False):
   """The backward pass: (dQ, dK, dV), the gradients of a loss whose gradient in O is d_o.
 
   With P the forward's weights: dV = Pᵀ·dO, dS = P∘(dO·Vᵀ - D) with D_i = Σ_d dO_id·O_id,
   dQ = scale·dS·K, dK = scale·dSᵀ·Q (GQA: dK, dV sum over each kv head's query heads). A fully
   masked row has dQ = 0 and adds nothing to dK, dV. No gradient flows into the mask or scale.
+  Score modifiers as in attention(): with a softcap dS takes the tanh's slope 1 - t²; ALiBi
+  slopes are constants; with sinks the sinks' gradient dσ_h = -Σ_(b,i) e^(σ_h - lse)·D is
+  returned too (attnlab.variants()[i].backward_modifiers says which variants apply which).
 
   Arguments as attention(), float32 tensors only. `d_o` has O's shape. `o`, `lse`: the
   forward's outputs for the same problem (both or neither); when neither is given the forward
   runs first (naive and blas run their own, other variants flash's). `variant`: one with a
-  backward (attnlab.variants(): has_backward). Returns dq, dk, dv shaped like q, k, v.
+  backward (attnlab.variants(): has_backward). Returns dq, dk, dv shaped like q, k, v, and
+  with `sinks` a fourth, d_sinks (float32 [H]).
   """
   call = _Call(q, k, v, layout=layout, mask=mask, key_lengths=key_lengths, scale=scale,
                threads=threads, memory_budget=memory_budget, fp32_only=True,
-               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+               cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, softcap=softcap,
+               alibi_slopes=alibi_slopes, sinks=sinks, causal_top_left=causal_top_left,
+               causal_at_key_lengths=causal_at_key_lengths)
   if (o is None) != (lse is None):
     raise ValueError("give both o and lse (the forward's outputs) or neither")
   b, h, _, lq, _, _, _ = call.shape
@@ -713,10 +720,11 @@ def grad(q, k, v, d_o, *, variant="flash", o=None, lse=None, mask=None, key_leng
   dq, dq4 = call.new_output(call.q.shape)
   dk, dk4 = call.new_output(call.k.shape)
   dv, dv4 = call.new_output(call.v.shape)
+  d_sinks = None if sinks is None else np.empty(h, np.float32)
   stats = _core.backward(variant, call.q, call.k, call.v, o4, lse4, d_o4, dq4, dk4, dv4,
-                         call.options)
+                         call.options, d_sinks)
   _ISA["path"] = stats["path"]
-  return dq, dk, dv
+  return (dq, dk, dv) if d_sinks is None else (dq, dk, dv, d_sinks)
 
 
 def _operand_like(x, name, call, shape4):
@@ -794,6 +802,7 @@ class VariantInfo:
   dtypes: typing.Dict[str, typing.List[str]]  # {"q": [...], "kv": [...], "o": [...]}
   modifiers: typing.List[str]  # the score modifiers it applies: "softcap", "alibi", "sinks"
   paged_kv: bool  # reads a paged K/V cache (block_table=)
+  backward_modifiers: typing.List[str]  # those its backward applies (grad())
 
 
 def _variants_list():

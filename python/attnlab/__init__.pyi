@@ -98,7 +98,10 @@ def grad(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, d_o: npt.ArrayLik
          mask: Mask = ..., key_lengths: Optional[Sequence[int]] = ...,
          scale: Optional[float] = ..., layout: Layout = ..., threads: Optional[int] = ...,
          memory_budget: Optional[int] = ...,
-         cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+         cu_seqlens_q: Optional[Sequence[int]] = ..., cu_seqlens_k: Optional[Sequence[int]] = ...,
+         softcap: Optional[float] = ..., alibi_slopes: Union[None, str, npt.ArrayLike] = ...,
+         sinks: Optional[npt.ArrayLike] = ..., causal_top_left: bool = ...,
+         causal_at_key_lengths: bool = ...) -> Tuple[np.ndarray, ...]: ...
 def multi_head_attention(x: npt.ArrayLike, wq: npt.ArrayLike, wk: npt.ArrayLike,
                          wv: npt.ArrayLike, wo: npt.ArrayLike, heads: int, *, variant: str = ...,
                          mask: Mask = ..., key_lengths: Optional[Sequence[int]] = ...,
@@ -117,6 +120,7 @@ class VariantInfo:
     dtypes: Dict[str, List[str]]
     modifiers: List[str]
     paged_kv: bool
+    backward_modifiers: List[str]
 
 def variants() -> List[VariantInfo]: ...
 def isa_path() -> Optional[str]: ...

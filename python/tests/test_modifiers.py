@@ -116,10 +116,59 @@ def test_bad_modifiers_name_the_field(rng, kwargs, message):
     attnlab.attention(q, k, v, **kwargs)
 
 
-def test_backward_refuses_modifiers(rng):
-  q, k, v = random_qkv(rng, 1, 2, 2, 5, 5, 8, 8)
-  with pytest.raises(TypeError):
-    attnlab.grad(q, k, v, np.ones_like(q), softcap=3.0)  # not an argument of grad (yet)
+def modified_backward(q, k, v, d_o, mask, mods):
+  """(dq, dk, dv, d_sinks) in fp64 from the chain rule (MHA, bhsd): dS = P∘(dP - D)∘(1 - t²),
+  t = tanh(scale·q·k / cap); dσ_h = -Σ_(b,i) e^(σ_h - lse)·D (kernels/problem.h, "backward")."""
+  h, dk = q.shape[1], q.shape[3]
+  exp = expected(q, k, v, mask=mask, softcap=mods.get("softcap"),
+                 alibi_slopes=slopes_of(mods, h), sinks=mods.get("sinks"),
+                 causal_top_left=mods.get("causal_top_left", False))
+  q, k, v, d_o = (np.asarray(x, np.float64) for x in (q, k, v, d_o))
+  scale = 1 / np.sqrt(dk)
+  slope = 1.0
+  if "softcap" in mods:
+    slope = 1 - np.tanh(scale * (q @ k.swapaxes(-1, -2)) / mods["softcap"]) ** 2
+  p = exp.weights
+  big_d = (d_o * exp.o).sum(-1, keepdims=True)
+  ds = p * (d_o @ v.swapaxes(-1, -2) - big_d) * slope
+  d_sinks = None
+  if "sinks" in mods:
+    sinks = np.asarray(mods["sinks"], np.float64).reshape(1, h, 1)
+    with np.errstate(invalid="ignore"):
+      p_sink = np.where(np.isneginf(sinks), 0.0, np.exp(sinks - exp.lse))
+    d_sinks = -(p_sink * big_d[..., 0]).sum((0, 2))
+  return (scale * ds @ k, scale * ds.swapaxes(-1, -2) @ q, p.swapaxes(-1, -2) @ d_o, d_sinks)
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+@pytest.mark.parametrize("variant", variant_params(lambda v: v.has_backward))
+def test_grad_with_modifiers_or_refused(rng, variant, setting):
+  """grad() takes the modifiers: against the fp64 chain rule (a loose tolerance here; the
+  derived bound is checked by tests/modifiers_test.cc), d_sinks returned with sinks; a
+  variant whose backward lacks one refuses it, naming it."""
+  mods = SETTINGS[setting]
+  q, k, v = random_qkv(rng, 2, 4, 4, 9, 13, 16, 8)
+  d_o = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
+  info = next(i for i in VARIANTS if i.name == variant)
+  used = {m for m, key in (("softcap", "softcap"), ("alibi", "alibi_slopes"), ("sinks", "sinks"))
+          if key in mods}
+  if not used <= set(info.backward_modifiers):
+    with pytest.raises(ValueError, match="does not apply"):
+      attnlab.grad(q, k, v, d_o, variant=variant, mask="causal", **mods)
+    return
+  got = attnlab.grad(q, k, v, d_o, variant=variant, mask="causal", **mods)
+  want = modified_backward(q, k, v, d_o, "causal", mods)
+  assert len(got) == (4 if "sinks" in mods else 3)
+  for name, g, w in zip(("dq", "dk", "dv", "d_sinks"), got, want):
+    assert g.dtype == np.float32
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_variants_say_which_modifiers_their_backward_applies():
+  names = {v.name: set(v.backward_modifiers) for v in VARIANTS}
+  assert names["flash"] == {"softcap", "alibi", "sinks"}
+  assert names["naive"] == {"softcap", "alibi", "sinks"}
+  assert names["blas"] == set()
 
 
 def test_variants_say_which_modifiers_they_apply():
