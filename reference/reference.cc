@@ -88,16 +88,26 @@ bool KeyVisible(const Problem& p, int64_t b, int64_t i, int64_t j) {
   return KeyVisible(p.shape, p.mask, b, i, j);
 }
 
-double ModifiedLogit(const Problem& p, int64_t b, int64_t h, int64_t i, int64_t j, double logit) {
-  if (p.modifiers.softcap) {
-    const double cap = *p.modifiers.softcap;
-    logit = cap * std::tanh(logit / cap);
-  }
-  if (!p.modifiers.alibi_slopes.empty()) {
-    const Positions local = LocalPositions(p.shape, p.mask, b, i, j);
-    logit += double(p.modifiers.alibi_slopes[h]) * double(local.j - local.i - local.off);
+namespace {
+
+// The softcap (cap 0: none), then the ALiBi bias (slope null: none), of a
+// scaled logit: what ModifiedLogit and Score both apply.
+double ApplyModifiers(const Shape& s, const Mask& mask, double cap, const double* slope, int64_t b,
+                      int64_t i, int64_t j, double logit) {
+  if (cap != 0) logit = cap * std::tanh(logit / cap);
+  if (slope != nullptr) {
+    const Positions local = LocalPositions(s, mask, b, i, j);
+    logit += *slope * double(local.j - local.i - local.off);
   }
   return logit;
+}
+
+}  // namespace
+
+double ModifiedLogit(const Problem& p, int64_t b, int64_t h, int64_t i, int64_t j, double logit) {
+  const double slope = p.modifiers.alibi_slopes.empty() ? 0.0 : p.modifiers.alibi_slopes[h];
+  return ApplyModifiers(p.shape, p.mask, p.modifiers.softcap.value_or(0.0f),
+                        p.modifiers.alibi_slopes.empty() ? nullptr : &slope, b, i, j, logit);
 }
 
 double AdditiveAt(const Mask& mask, int64_t b, int64_t h, int64_t i, int64_t j) {
@@ -234,13 +244,9 @@ double ScaledDot(const F64Problem& p, int64_t b, int64_t h, int64_t i, int64_t j
 }  // namespace
 
 double Score(const F64Problem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
-  double logit = ScaledDot(p, b, h, i, j);
-  if (p.softcap != 0) logit = p.softcap * std::tanh(logit / p.softcap);
-  if (!p.alibi_slopes.empty()) {
-    const Positions local = LocalPositions(p.shape, p.mask, b, i, j);
-    logit += p.alibi_slopes[h] * double(local.j - local.i - local.off);
-  }
-  return logit + AdditiveAt(p.mask, b, h, i, j);
+  const double* slope = p.alibi_slopes.empty() ? nullptr : &p.alibi_slopes[h];
+  return ApplyModifiers(p.shape, p.mask, p.softcap, slope, b, i, j, ScaledDot(p, b, h, i, j)) +
+         AdditiveAt(p.mask, b, h, i, j);
 }
 
 double ScoreSlope(const F64Problem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
