@@ -288,6 +288,20 @@ int ExitCodeFor(const Status& status) {
   }
 }
 
+// An error every rank has reached (the header's, or a refusal that every
+// rank's RingAttention returns alike): rank 0 prints the one message, then
+// all wait for each other before exiting with `code`. The first rank to exit
+// non-zero makes mpiexec kill the others, and a rank 0 killed before it
+// printed left the user no error at all (seen under load).
+int EveryRankFails(int code, const std::string& message) {
+  if (Rank() == 0) {
+    std::fflush(stdout);
+    fmt::print(stderr, "attnlab: error: {}\n", message);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  return code;
+}
+
 // Rank 0's side of the header: the inputs and outputs checked, or why not.
 struct Loaded {
   std::optional<Inputs> inputs;
@@ -358,10 +372,7 @@ int RingCommand(int argc, char** argv, const InputOptions& in, const RingArgs& a
   Loaded loaded;
   Header h = Rank() == 0 ? LoadOnRankZero(in, args, loaded) : Header{};
   h.Broadcast();
-  if (h.exit_code != kExitOk) {
-    if (Rank() == 0) throw CliError(h.exit_code, h.error);
-    return h.exit_code;
-  }
+  if (h.exit_code != kExitOk) return EveryRankFails(h.exit_code, h.error);
 
   // 2. Shares out.
   const Shape& s = h.shape;
@@ -392,10 +403,7 @@ int RingCommand(int argc, char** argv, const InputOptions& in, const RingArgs& a
   options.run = h.run;
   ring::RingStats stats;
   const Status status = ring::RingAttention(share, MPI_COMM_WORLD, options, &stats);
-  if (!status.ok()) {
-    if (Rank() == 0) throw CliError(ExitCodeFor(status), "ring: " + status.message());
-    return ExitCodeFor(status);
-  }
+  if (!status.ok()) return EveryRankFails(ExitCodeFor(status), "ring: " + status.message());
 
   // 4. Results and figures in.
   const RankFigures figures{stats.compute_s,  stats.comm_s,

@@ -46,38 +46,12 @@ double SummationLength(int64_t n) {
   return double(std::min(n, kKeySumBlock + 2 * blocks));
 }
 
-RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
+namespace {
+
+// The bound of a row from what ErrorBound gathers over its keys: the logit
+// magnitude A, Vmax and the count of visible keys.
+RowBound RowBoundOf(const Problem& p, double logit_magnitude, double v_max, int64_t visible) {
   const Shape& s = p.shape;
-  const double scale = p.scale ? double(*p.scale) : 1.0 / std::sqrt(double(s.head_dim));
-  const int64_t kvh = h / (s.heads / s.kv_heads);
-  std::vector<double> q(s.head_dim), k(s.head_dim), v(s.value_dim);
-  LoadRow(p.q, {}, b, h, i, s.head_dim, q.data());
-  double logit_magnitude = 0;  // A
-  double v_max = 0;            // Vmax
-  int64_t visible = 0;
-  for (int64_t j = 0; j < s.kv_len; ++j) {
-    if (!KeyVisible(p, b, i, j)) continue;
-    ++visible;
-    LoadKvRow(p, /*value=*/false, b, kvh, j, k.data());
-    double abs_dot = 0;
-    for (int64_t d = 0; d < s.head_dim; ++d) abs_dot += std::fabs(q[d] * k[d]);
-    // The ALiBi bias: its magnitude like a mask entry's (slope·(j - i - off)
-    // rounds twice in fp32: converting the distance and multiplying).
-    double a = scale * abs_dot + std::fabs(ModifiedLogit(p, b, h, i, j, 0.0));
-    if (p.mask.kind == MaskKind::kAdditive) {
-      const AdditiveMaskShape& m = p.mask.additive_shape;
-      const double add =
-          p.mask
-              .additive[(((m.batch == 1 ? 0 : b) * m.heads + (m.heads == 1 ? 0 : h)) * m.rows + i) *
-                            m.cols +
-                        j];
-      if (std::isinf(add)) continue;  // a -inf key carries weight exactly 0
-      a += std::fabs(add);
-    }
-    logit_magnitude = std::max(logit_magnitude, a);
-    LoadKvRow(p, /*value=*/true, b, kvh, j, v.data());
-    for (int64_t d = 0; d < s.value_dim; ++d) v_max = std::max(v_max, std::fabs(v[d]));
-  }
   // Reduced precision (kernels/problem.h, "Element types"): Q·Kᵀ operands
   // rounded to u_qk add 2·u_qk·A to a logit (both may be); P rounded to u_p
   // moves each weight by u_p·p, so O by u_p·Σp|v|/l <= u_p·Vmax, and an i8
@@ -103,6 +77,42 @@ RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
   return bound;
 }
 
+}  // namespace
+
+RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
+  const Shape& s = p.shape;
+  const double scale = p.scale ? double(*p.scale) : 1.0 / std::sqrt(double(s.head_dim));
+  const int64_t kvh = h / (s.heads / s.kv_heads);
+  std::vector<double> q(s.head_dim), k(s.head_dim), v(s.value_dim);
+  LoadRow(p.q, {}, b, h, i, s.head_dim, q.data());
+  double logit_magnitude = 0;  // A
+  double v_max = 0;            // Vmax
+  int64_t visible = 0;
+  for (int64_t j = 0; j < s.kv_len; ++j) {
+    if (!KeyVisible(p, b, i, j)) continue;
+    ++visible;
+    LoadKvRow(p, /*value=*/false, b, kvh, j, k.data());
+    // The ALiBi bias: its magnitude like a mask entry's (slope·(j - i - off)
+    // rounds twice in fp32: converting the distance and multiplying).
+    double a = scale * AbsDot(q.data(), k.data(), s.head_dim) +
+               std::fabs(ModifiedLogit(p, b, h, i, j, 0.0));
+    if (p.mask.kind == MaskKind::kAdditive) {
+      const AdditiveMaskShape& m = p.mask.additive_shape;
+      const double add =
+          p.mask
+              .additive[(((m.batch == 1 ? 0 : b) * m.heads + (m.heads == 1 ? 0 : h)) * m.rows + i) *
+                            m.cols +
+                        j];
+      if (std::isinf(add)) continue;  // a -inf key carries weight exactly 0
+      a += std::fabs(add);
+    }
+    logit_magnitude = std::max(logit_magnitude, a);
+    LoadKvRow(p, /*value=*/true, b, kvh, j, v.data());
+    for (int64_t d = 0; d < s.value_dim; ++d) v_max = std::max(v_max, std::fabs(v[d]));
+  }
+  return RowBoundOf(p, logit_magnitude, v_max, visible);
+}
+
 namespace {
 
 // What dK's and dV's bounds sum over query rows: the propagated errors, the
@@ -119,7 +129,6 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
   const Shape& s = p.shape;
   const int64_t dk = s.head_dim, dv = s.value_dim;
   const int64_t group = s.heads / s.kv_heads;
-  const F64Forward fwd = ForwardF64(f);
 
   const double softcap = f.softcap;
   const double softcap_err = softcap > 0 ? (kTanhUlps + 2) * kU * softcap : 0.0;
@@ -134,23 +143,20 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
     for (std::vector<double>* v : {&sums.dv_err, &sums.dv_abs}) v->assign(exact.dv.size(), 0.0);
     sums.terms.assign(s.batch * s.kv_heads * s.kv_len, 0);
     for (std::vector<double>* v : {&sums.sink_err, &sums.sink_abs}) v->assign(f.sinks.size(), 0.0);
-    std::vector<double> w, dp, dp_abs, e_dp, e_p;
+    std::vector<double> w, scores, o(dv), dp, dp_abs, e_dp, e_p;
     std::vector<char> visible(s.kv_len);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t i = row % s.q_len, h = row / s.q_len % s.heads, b = row / s.q_len / s.heads;
       const int64_t kv_row0 = (b * s.kv_heads + h / group) * s.kv_len;
-      const double lse = RowWeights(f, b, h, i, w);
+      const double lse = RowWeights(f, b, h, i, w, &scores);
       // Fully masked (-inf) or NaN rows add nothing: see the header.
       if (!std::isfinite(lse)) continue;
-      const RowBound fwd_bound = ErrorBound(p, b, h, i);
-      const double o_err = fwd_bound.o / kSafety;      // ô
-      const double lse_err = fwd_bound.lse / kSafety;  // λ
       const double* q = &f.q[row * dk];
       const double* go = &d_o[row * dv];
-      const double* o = &fwd.o[row * dv];
-      // A (the logit magnitude) and n (visible keys).
-      double a = 0;
+      // A (the logit magnitude), n (visible keys), Vmax and the exact O.
+      double a = 0, v_max = 0;
       int64_t n = 0;
+      std::fill(o.begin(), o.end(), 0.0);
       for (int64_t j = 0; j < s.kv_len; ++j) {
         visible[j] = KeyVisible(p, b, i, j);
         if (!visible[j]) continue;
@@ -158,12 +164,20 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
         const double add = AdditiveAt(p.mask, b, h, i, j);
         if (std::isinf(add)) continue;
         const double* k = &f.k[(kv_row0 + j) * dk];
-        double abs_dot = 0;
-        for (int64_t d = 0; d < dk; ++d) abs_dot += std::fabs(q[d] * k[d]);
+        const double* v = &f.v[(kv_row0 + j) * dv];
         // The ALiBi bias counts like a mask entry (as in ErrorBound).
         const double alibi = std::fabs(ModifiedLogit(p, b, h, i, j, 0.0));
-        a = std::max(a, f.scale * abs_dot + alibi + std::fabs(add));
+        a = std::max(a, f.scale * AbsDot(q, k, dk) + alibi + std::fabs(add));
+        for (int64_t d = 0; d < dv; ++d) {
+          v_max = std::max(v_max, std::fabs(v[d]));
+          o[d] += w[j] * v[d];
+        }
       }
+      // The forward's bound of this row (ErrorBound's, from the same A,
+      // Vmax and n).
+      const RowBound fwd_bound = RowBoundOf(p, a, v_max, n);
+      const double o_err = fwd_bound.o / kSafety;                // ô
+      const double lse_err = fwd_bound.lse / kSafety;            // λ
       const double logit_err = (dk + 2) * kU * a + softcap_err;  // δs
       // The softcap's slope c = 1 - t² from the kernel's t = ŝ/cap: |δt| <=
       // δs/cap + (e_tanh + 2)·u, so |δc| <= 2·|δt| + |δt|² + 2u.
@@ -178,13 +192,11 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
       for (int64_t j = 0; j < s.kv_len; ++j) {
         if (!visible[j]) continue;
         const double* v = &f.v[(kv_row0 + j) * dv];
-        for (int64_t d = 0; d < dv; ++d) {
-          dp[j] += go[d] * v[d];
-          dp_abs[j] += std::fabs(go[d] * v[d]);
-        }
+        dp[j] = Dot(go, v, dv);
+        dp_abs[j] = AbsDot(go, v, dv);
         e_dp[j] = dv * kU * dp_abs[j];
         if (w[j] != 0) {
-          const double score = Score(f, b, h, i, j);
+          const double score = scores[j];
           const double exponent_err =
               logit_err + lse_err + 3 * kU * (std::fabs(score) + std::fabs(lse)) + kExpUlps * kU;
           e_p[j] = std::expm1(exponent_err) * w[j] + 0x1p-126;

@@ -230,15 +230,37 @@ F64Problem ToF64(const Problem& p) {
 
 namespace {
 
+// Σ f(a[d]·b[d]) in four partial sums, added pairwise at the end.
+template <class Term>
+double SumOfProducts(const double* a, const double* b, int64_t n, Term term) {
+  double part[4] = {0, 0, 0, 0};
+  int64_t d = 0;
+  for (; d + 4 <= n; d += 4) {
+    for (int x = 0; x < 4; ++x) part[x] += term(a[d + x] * b[d + x]);
+  }
+  for (; d < n; ++d) part[d % 4] += term(a[d] * b[d]);
+  return (part[0] + part[1]) + (part[2] + part[3]);
+}
+
+}  // namespace
+
+double Dot(const double* a, const double* b, int64_t n) {
+  return SumOfProducts(a, b, n, [](double x) { return x; });
+}
+
+double AbsDot(const double* a, const double* b, int64_t n) {
+  return SumOfProducts(a, b, n, [](double x) { return std::fabs(x); });
+}
+
+namespace {
+
 // scale·q_i·k_j.
 double ScaledDot(const F64Problem& p, int64_t b, int64_t h, int64_t i, int64_t j) {
   const Shape& s = p.shape;
   const int64_t kvh = h / (s.heads / s.kv_heads);
   const double* q = &p.q[((b * s.heads + h) * s.q_len + i) * s.head_dim];
   const double* k = &p.k[((b * s.kv_heads + kvh) * s.kv_len + j) * s.head_dim];
-  double dot = 0;
-  for (int64_t d = 0; d < s.head_dim; ++d) dot += q[d] * k[d];
-  return dot * p.scale;
+  return Dot(q, k, s.head_dim) * p.scale;
 }
 
 }  // namespace
@@ -255,18 +277,23 @@ double ScoreSlope(const F64Problem& p, int64_t b, int64_t h, int64_t i, int64_t 
   return 1.0 - t * t;
 }
 
-double RowWeights(const F64Problem& p, int64_t b, int64_t h, int64_t i, std::vector<double>& w) {
+double RowWeights(const F64Problem& p, int64_t b, int64_t h, int64_t i, std::vector<double>& w,
+                  std::vector<double>* scores_out) {
   const Shape& s = p.shape;
   const double inf = std::numeric_limits<double>::infinity();
   const double nan = std::numeric_limits<double>::quiet_NaN();
   w.assign(s.kv_len, 0.0);
-  // Scores of the visible keys and their maximum, the sink's logit included
-  // (NaN wins).
-  std::vector<double> scores(s.kv_len, -inf);
+  // Scores of the visible keys (-inf elsewhere) and their maximum, the
+  // sink's logit included (NaN wins).
+  std::vector<double> own_scores;
+  std::vector<double>& scores = scores_out != nullptr ? *scores_out : own_scores;
+  scores.assign(s.kv_len, -inf);
+  std::vector<char> visible(s.kv_len);
   const double sink = p.sinks.empty() ? -inf : p.sinks[h];
   double max = sink;
   for (int64_t j = 0; j < s.kv_len; ++j) {
-    if (!KeyVisible(s, p.mask, b, i, j)) continue;
+    visible[j] = KeyVisible(s, p.mask, b, i, j);
+    if (!visible[j]) continue;
     scores[j] = Score(p, b, h, i, j);
     max = std::isnan(scores[j]) || std::isnan(max) ? nan : std::max(max, scores[j]);
   }
@@ -274,11 +301,11 @@ double RowWeights(const F64Problem& p, int64_t b, int64_t h, int64_t i, std::vec
   // lse = max + log(e^(σ - max) + Σ e^(S - max)); +inf or NaN max gives NaN.
   double sum = std::exp(sink - max);
   for (int64_t j = 0; j < s.kv_len; ++j) {
-    if (KeyVisible(s, p.mask, b, i, j)) sum += std::exp(scores[j] - max);
+    if (visible[j]) sum += std::exp(scores[j] - max);
   }
   const double lse = max + std::log(sum);
   for (int64_t j = 0; j < s.kv_len; ++j) {
-    if (KeyVisible(s, p.mask, b, i, j)) w[j] = std::exp(scores[j] - lse);
+    if (visible[j]) w[j] = std::exp(scores[j] - lse);
   }
   return lse;
 }
@@ -341,11 +368,8 @@ GradResult BackwardF64(const F64Problem& p, std::span<const double> d_o) {
         if (!KeyVisible(s, p.mask, b, i, j)) continue;
         const double* v = &p.v[(kv_row0 + j) * dv];
         double* gv = &dv_sum[(kv_row0 + j) * dv];
-        dp[j] = 0;
-        for (int64_t d = 0; d < dv; ++d) {
-          gv[d] += w[j] * go[d];
-          dp[j] += go[d] * v[d];
-        }
+        for (int64_t d = 0; d < dv; ++d) gv[d] += w[j] * go[d];
+        dp[j] = Dot(go, v, dv);
         big_d += w[j] * dp[j];
       }
       // dσ_h -= P_σi·D_i (a head whose sink is -inf has P_σ = 0).

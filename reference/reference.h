@@ -133,9 +133,18 @@ F64Forward ForwardF64(const F64Problem& problem);
 // masked) into `p` (resized to Lk) and returns lse (the sink σ_h, when the
 // problem has sinks, is one more term of its sum: a fully masked row then
 // has lse = σ_h). ForwardF64 and
-// BackwardF64 both read P from here.
+// BackwardF64 both read P from here. With `scores`, also writes S_ij there
+// (resized to Lk; -inf where j is not visible).
 double RowWeights(const F64Problem& problem, int64_t b, int64_t h, int64_t i,
-                  std::vector<double>& p);
+                  std::vector<double>& p, std::vector<double>* scores = nullptr);
+
+// Σ a[d]·b[d] over n elements in double, in four interleaved partial sums
+// (the reference's inner products: a latency-bound single chain made the
+// N = 16384 accuracy run hours long; the order changes the result by ~n·2^-53
+// relative, far below every fp32 bound).
+double Dot(const double* a, const double* b, int64_t n);
+// Σ |a[d]·b[d]|, the same way.
+double AbsDot(const double* a, const double* b, int64_t n);
 
 // The backward above for dO contiguous [B, H, Lq, dv].
 GradResult BackwardF64(const F64Problem& problem, std::span<const double> d_o);
