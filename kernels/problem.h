@@ -67,7 +67,9 @@
 // with key_lengths (cu_seqlens_k gives each sequence's keys) or an additive
 // mask (an [Lq, Lk] mask is what packing avoids). Run executes each sequence
 // as a problem of its own (SequenceProblem below): work and time follow the
-// real tokens, and no kernel ever sees a packed problem.
+// real tokens, and no kernel ever sees a packed problem; large sequences on
+// all the threads, small ones together one thread each (SequenceThreads,
+// kernels/registry.h).
 // Paged K/V (Problem::kv_pages; vLLM's layout): K and V (and an int8 K's or
 // V's row scales) are pools of num_blocks blocks of block_size keys,
 // [num_blocks, Hkv, block_size, d]: their strides' `batch` steps from block

@@ -180,6 +180,18 @@ Status Run(const Variant& variant, const Problem& problem, const RunOptions& opt
 Status Run(std::string_view variant, const Problem& problem, const RunOptions& options = {},
            RunStats* stats = nullptr);
 
+// Packed sequences (Mask::sequences): Run and RunBackward run each sequence
+// as a problem of its own (SequenceProblem). A sequence of at least 2^24
+// FLOPs per thread (2·H·Lq_s·Lk_s·(dk + dv)) runs alone on all the threads,
+// one after another in sequence order; the smaller ones run together on one
+// thread each, largest first, in one parallel region (a batch of many short
+// sequences pays one fork-join, not one each). The threads sequence s runs
+// on, as the bits of its result depend on them (a deterministic variant's
+// packed result is bit for bit the sequence's run alone on these threads);
+// the packed workspace (RunStats, the budget) is the larger of the largest
+// alone sequence's and the sum of the shared ones that can run at once.
+int SequenceThreads(const Problem& packed, int64_t s, const RunOptions& options = {});
+
 // The backward pass: ValidateGrad, then the variant must have a backward,
 // then its declared workspace against the memory budget (ResourceExhausted,
 // before anything is allocated). Unimplemented names a variant without one.

@@ -8,6 +8,7 @@
 // matches the reference's gradients; Validate names every bad field.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -176,7 +177,9 @@ TEST_P(VarlenTest, MatchesReference) {
 }
 
 // Packing changes nothing: each sequence's O and lse are bit for bit those of
-// the sequence run alone as a problem of B = 1 (on the same thread count).
+// the sequence run alone as a problem of B = 1, on the threads the packed run
+// gave it (SequenceThreads: all of them for a large sequence, one for the
+// small ones that run together).
 TEST_P(VarlenTest, EachSequenceAsAlone) {
   const Case& c = GetParam();
   if (!c.variant->deterministic) GTEST_SKIP() << c.variant->name << " is not deterministic";
@@ -195,7 +198,8 @@ TEST_P(VarlenTest, EachSequenceAsAlone) {
     alone.o.data = o.data();
     alone.o.strides = Strides::BHLD(H, lq, dv);
     alone.lse = lse;
-    ASSERT_TRUE(attn::Run(*c.variant, alone, OnThreads(2)).ok()) << "sequence " << s;
+    const int threads = SequenceThreads(p, s, OnThreads(2));
+    ASSERT_TRUE(attn::Run(*c.variant, alone, OnThreads(threads)).ok()) << "sequence " << s;
     for (int64_t h = 0; h < H; ++h) {
       for (int64_t i = 0; i < lq; ++i) {
         ASSERT_EQ(std::memcmp(&o[(h * lq + i) * dv], &packed_o[(h * Lq + q0 + i) * dv], dv * 4), 0)
@@ -292,6 +296,82 @@ TEST(VarlenBudgetTest, RefusesBeforeWriting) {
   EXPECT_EQ(status.code(), StatusCode::kResourceExhausted) << status.ToString();
   EXPECT_EQ(status.message().rfind("sequence 2: naive needs", 0), 0u) << status.message();
   for (float x : packed.data().OutputContiguous()) ASSERT_TRUE(std::isnan(x));
+}
+
+// The schedule (SequenceThreads, kernels/registry.h): a sequence of at least
+// 2^24 FLOPs per thread runs alone on all the threads, smaller ones on one
+// thread each, together; one thread runs everything alone.
+TEST(VarlenScheduleTest, LargeSequencesAloneSmallOnesTogether) {
+  const Case c =
+      MakeCase(Packings()[0], MaskKind::kNone, Diagonal::kBottomRight, {1, 4, 2, 0, 0, 32, 48});
+  PackedData packed(c, 5);
+  const Problem& p = packed.problem();
+  // 2·4·530²·80 = 1.8e8 FLOPs >= 2·2^24; 2·4·70²·80 = 3.1e6 < 2^25.
+  const int want[] = {1, 1, 1, 1, 2};
+  for (int64_t s = 0; s < 5; ++s) {
+    EXPECT_EQ(SequenceThreads(p, s, OnThreads(2)), want[s]) << "sequence " << s;
+    EXPECT_EQ(SequenceThreads(p, s, OnThreads(1)), 1) << "sequence " << s;
+  }
+  EXPECT_EQ(SequenceThreads(p, 2, OnThreads(8)), 1);
+  EXPECT_EQ(SequenceThreads(p, 4, OnThreads(8)), 8);   // 1.8e8 >= 8·2^24 = 1.3e8
+  EXPECT_EQ(SequenceThreads(p, 4, OnThreads(16)), 1);  // 1.8e8 < 16·2^24 = 2.7e8
+}
+
+// Many short sequences (a serving batch of prefill chunks) run together: the
+// result matches the reference, the stats say both threads ran, and the
+// declared workspace is that of the two largest sequences at once.
+TEST(VarlenScheduleTest, ManyShortSequencesShareOneTeam) {
+  const Variant* flash = FindVariant("flash");
+  ASSERT_NE(flash, nullptr);
+  Packing many{"many", {}, {}};
+  for (int s = 0; s < 48; ++s) {
+    many.q_lens.push_back(1 + (s * 7) % 13);
+    many.kv_lens.push_back(3 + (s * 5) % 29);
+  }
+  const Case c = MakeCase(many, MaskKind::kCausal, Diagonal::kBottomRight, {1, 4, 2, 0, 0, 64, 64});
+  PackedData packed(c, 6);
+  Problem& p = packed.problem();
+  std::vector<size_t> one_thread;
+  for (int64_t s = 0; s < 48; ++s) {
+    ASSERT_EQ(SequenceThreads(p, s, OnThreads(2)), 1);
+    StatusOr<ValidProblem> one = Prepare(*flash, SequenceProblem(p, s), OnThreads(1));
+    ASSERT_TRUE(one.ok()) << one.status().ToString();
+    one_thread.push_back(flash->workspace_bytes(*one, 1));
+  }
+  std::sort(one_thread.rbegin(), one_thread.rend());
+  RunStats stats;
+  ASSERT_TRUE(attn::Run(*flash, p, OnThreads(2), &stats).ok());
+  EXPECT_EQ(stats.threads, 2);
+  EXPECT_EQ(stats.workspace_declared_bytes, one_thread[0] + one_thread[1]);
+  EXPECT_LE(stats.workspace_peak_bytes, stats.workspace_declared_bytes);
+  StatusOr<reference::Result> want = reference::Attention(p, false);
+  ASSERT_TRUE(want.ok());
+  const testing::Comparison cmp = testing::CompareToReference(packed.data(), *want);
+  EXPECT_TRUE(cmp.ok) << cmp.first_failure;
+}
+
+// The small sequences that run together are within the budget together, or
+// refused before any writes: each fits alone on one thread, two at once do
+// not.
+TEST(VarlenScheduleTest, SharedSequencesTogetherWithinTheBudget) {
+  const Variant* naive = FindVariant("naive");
+  ASSERT_NE(naive, nullptr);
+  const Case c = MakeCase({"shared", {300, 300, 300}, {300, 300, 300}}, MaskKind::kNone,
+                          Diagonal::kBottomRight, {1, 1, 1, 0, 0, 8, 8});
+  PackedData packed(c, 7);
+  Problem& p = packed.problem();
+  ASSERT_EQ(SequenceThreads(p, 0, OnThreads(2)), 1);
+  StatusOr<ValidProblem> one = Prepare(*naive, SequenceProblem(p, 0), OnThreads(1));
+  ASSERT_TRUE(one.ok()) << one.status().ToString();
+  RunOptions options = OnThreads(2);
+  options.memory_budget_bytes = naive->workspace_bytes(*one, 1) * 3 / 2;
+  const Status status = attn::Run(*naive, p, options);
+  EXPECT_EQ(status.code(), StatusCode::kResourceExhausted) << status.ToString();
+  EXPECT_EQ(status.message().rfind("the small sequences that run together", 0), 0u)
+      << status.message();
+  for (float x : packed.data().OutputContiguous()) ASSERT_TRUE(std::isnan(x));
+  options.threads = 1;  // one at a time: each fits
+  EXPECT_TRUE(attn::Run(*naive, p, options).ok());
 }
 
 // The backward of a packed problem: each sequence's gradients, keys that no
