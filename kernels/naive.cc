@@ -118,14 +118,14 @@ void SoftmaxTimesV(const ValidProblem& p, int64_t b, int64_t h, int64_t i, float
   float* weights = p.WeightsRow(b, h, i);
   // A sink joins the softmax as one more logit with no value (NaN stays NaN).
   const float sink = p.Sink(h);
-  if (!std::isnan(max)) max = std::max(max, sink);
-  if (max == -kInf) {  // fully masked row
+  if (max == -kInf) {  // fully masked row: O = 0 (never 0·v), lse = the sink's logit
     for (int64_t d = 0; d < dv; ++d) o[d] = 0.0f;
-    if (!p.lse.empty()) p.lse[p.RowIndex(b, h, i)] = -kInf;
+    if (!p.lse.empty()) p.lse[p.RowIndex(b, h, i)] = sink;
     if (weights)
       for (int64_t j = 0; j < p.shape.kv_len; ++j) weights[j] = 0.0f;
     return;
   }
+  if (!std::isnan(max)) max = std::max(max, sink);
   const float sum = ExpAndSum(s, keys.begin, keys.end, max) + std::exp(sink - max);
   WeightedSumOfV(p, b, p.KvHead(h), s, keys.begin, keys.end, o);
   const float inv = 1.0f / sum;

@@ -278,12 +278,17 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
   for (size_t x = 0; x < exact.dk.size(); ++x) bound.dk[x] += kU * std::fabs(exact.dk[x]);
   for (size_t x = 0; x < exact.dv.size(); ++x) bound.dv[x] += kU * std::fabs(exact.dv[x]);
   // The sinks' gradients are summed in double (u² per term is below the
-  // slack) and rounded once to fp32.
+  // slack) and rounded once to fp32: u·|dσ|, and 2^-126 where that rounding
+  // underflows (a sink far below every row's lse has a dσ under fp32's
+  // range: 0 is then its nearest fp32 value; found by the fuzzer).
   bound.d_sinks.assign(f.sinks.size(), 0.0);
   for (size_t h = 0; h < total.sink_err.size(); ++h) {
     bound.d_sinks[h] = total.sink_err[h] + kU * total.sink_abs[h];
   }
-  for (size_t h = 0; h < f.sinks.size(); ++h) bound.d_sinks[h] += kU * std::fabs(exact.d_sinks[h]);
+  for (size_t h = 0; h < f.sinks.size(); ++h) {
+    const bool has_sink = f.sinks[h] != -std::numeric_limits<double>::infinity();
+    bound.d_sinks[h] += kU * std::fabs(exact.d_sinks[h]) + (has_sink ? 0x1p-126 : 0.0);
+  }
   // The tolerance; a bound that inf inputs made NaN accepts any non-NaN value.
   for (std::vector<double>* v : {&bound.dq, &bound.dk, &bound.dv, &bound.d_sinks}) {
     for (double& x : *v) {

@@ -85,7 +85,8 @@ double SummationLength(int64_t n);
 //          kernel's t = Ŝ/cap; e_c = 0 without a softcap).
 //   dσ_h   = -Σ_(b,i) P_σi·D_i (sinks; P_σi = e^(σ_h - lse_i), summed in
 //          double from the kernel's lse, O and dO): Σ eσ_i·(|D_i| + e_D_i)
-//          + P_σi·e_D_i + u·Σ P_σi·|D_i|, eσ_i = expm1(λ_i + 2u)·P_σi.
+//          + P_σi·e_D_i + u·Σ P_σi·|D_i|, eσ_i = expm1(λ_i + 2u)·P_σi;
+//          its one rounding to fp32 adds 2^-126 (underflow) to u·|dσ_h|.
 //   dQ_id  = scale·Σ_j dS_ij·k_jd over the n_i visible keys:
 //          scale·(Σ_j e_dS_ij·|k_jd| + (n_i + 1)·u·Σ_j |dS_ij·k_jd|).
 //   dK_jd  = scale·Σ dS_ij·q_id over the m_j (h, i) of the kv head's group

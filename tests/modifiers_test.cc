@@ -348,6 +348,33 @@ TEST(SinkTest, FullyMaskedRowGetsTheSinkAsLse) {
   }
 }
 
+// A row whose every key is -inf (an additive mask) is fully masked with a
+// sink too: O = 0 exactly, never 0·v, so a NaN in V stays out of it; lse =
+// the sink. The other rows see the NaN (naive once gave this row 0·NaN; found
+// by the fuzzer).
+TEST(SinkTest, RowOfMinusInfKeysIsFullyMaskedDespiteNaNValues) {
+  for (const Variant* v : Registry()) {
+    if (!(v->modifiers & kSinks)) continue;
+    ProblemSpec spec;
+    spec.shape = {1, 1, 1, 3, 20, 8, 8};
+    ProblemData data(spec);
+    Problem& p = data.problem();
+    std::vector<float> mask(3 * 20, 0.0f);
+    for (int64_t j = 0; j < 20; ++j) mask[1 * 20 + j] = -kInf;  // row 1
+    p.mask.kind = MaskKind::kAdditive;
+    p.mask.additive_shape = {1, 1, 3, 20};
+    p.mask.additive = mask;
+    data.v_data()[5 * 8 + 2] = std::numeric_limits<float>::quiet_NaN();  // key 5, column 2
+    const std::vector<float> sinks = {0.75f};
+    p.modifiers.sinks = sinks;
+    ASSERT_TRUE(attn::Run(*v, p, OnThreads(1)).ok()) << v->name;
+    const std::vector<float> o = data.OutputContiguous();
+    EXPECT_EQ(data.lse()[1], 0.75f) << v->name;
+    for (int64_t d = 0; d < 8; ++d) EXPECT_EQ(o[1 * 8 + d], 0.0f) << v->name << " d=" << d;
+    EXPECT_TRUE(std::isnan(o[0 * 8 + 2]) && std::isnan(o[2 * 8 + 2])) << v->name;
+  }
+}
+
 // Modifiers reach the kernels whatever the element types: naive converts
 // reduced-precision inputs to an fp32 copy first (kernels/internal/
 // f32_copy.cc), which once dropped them, so bf16 with softcap ran without it.

@@ -7,7 +7,11 @@
 // additive), key lengths, scale, thread count, a seed for the base values
 // (uniform, or large logits) and up to 12 "specials" written over single
 // elements of Q, K, V or the additive mask: NaN, ±inf, ±1e4, ±1e30, ±3e38,
-// float32's lowest (a padding mask), ±tiny, 0.
+// float32's lowest (a padding mask), ±tiny, 0; then the score modifiers
+// (softcap, ALiBi slopes, sinks, each present or not; decoded last, so the
+// seed corpus decodes as it did before they existed). A variant that does
+// not apply a problem's modifiers must refuse it as Unimplemented, forward
+// and backward, and is not checked further.
 //
 // One input in eight is instead mutated into an invalid problem (a bad size,
 // stride, mask shape, key length, window, scale): Validate() and every
@@ -16,7 +20,8 @@
 // For valid problems every variant runs on NaN-poisoned outputs and each query
 // row (b, h, i) is checked by what its inputs allow (the semantics of
 // kernels/problem.h):
-//   1. No structurally visible key: O = 0, lse = -inf, weights 0, exactly.
+//   1. No structurally visible key: O = 0, lse = σ_h (-inf without a sink),
+//      weights 0, exactly.
 //   2. NaN in Q row i, in a visible K row, or in a visible mask entry: the
 //      whole O row and lse are NaN.
 //   3. Otherwise, when the row's logits evaluate in fp32 without overflow
@@ -73,6 +78,7 @@ struct Fuzzed {
   Shape shape;
   std::vector<float> q, k, v, o, mask, lse, weights;
   std::vector<int32_t> key_lengths;
+  std::vector<float> alibi_slopes, sinks;
   Problem p;
   int threads = 1;
   int specials = 0;  // elements overwritten with special values
@@ -178,12 +184,60 @@ void Decode(FuzzedDataProvider& in, Fuzzed& f) {
     buf[at] = specials[in.ConsumeIntegralInRange<int>(0, std::size(specials) - 1)];
     ++f.specials;
   }
+
+  // Score modifiers (kernels/problem.h, "Score modifiers"): caps from tight
+  // (every logit saturates) to loose, slopes of both signs up to a steep 8,
+  // sinks from none (-inf) to one that takes all the weight.
+  if (in.ConsumeBool()) {
+    const float caps[] = {0.25f, 1.0f, 5.0f, 30.0f, 50.0f, 1e4f};
+    p.modifiers.softcap = caps[in.ConsumeIntegralInRange<int>(0, std::size(caps) - 1)];
+  }
+  if (in.ConsumeBool()) {
+    const float slopes[] = {0.0f, 1.0f / 256, 1.0f / 16, 0.5f, 1.0f, -0.25f, 8.0f};
+    for (int64_t h = 0; h < s.heads; ++h) {
+      f.alibi_slopes.push_back(slopes[in.ConsumeIntegralInRange<int>(0, std::size(slopes) - 1)]);
+    }
+    p.modifiers.alibi_slopes = f.alibi_slopes;
+  }
+  if (in.ConsumeBool()) {
+    const float sinks[] = {-kInf, -30.0f, -1.0f, 0.0f, 2.0f, 30.0f, 1e3f};
+    for (int64_t h = 0; h < s.heads; ++h) {
+      f.sinks.push_back(sinks[in.ConsumeIntegralInRange<int>(0, std::size(sinks) - 1)]);
+    }
+    p.modifiers.sinks = f.sinks;
+  }
+}
+
+// Whether `variant` applies every score modifier of `p` (forward, or its
+// backward); one that does not must refuse the problem as Unimplemented.
+bool AppliesModifiers(const Variant& variant, const Problem& p, bool backward) {
+  const uint8_t applies = backward ? variant.backward.modifiers : variant.modifiers;
+  return (ModifiersOf(p.modifiers) & ~applies) == 0;
+}
+void ExpectModifierRefusal(const Status& status, const Variant& variant, const Problem& p) {
+  if (status.code() != StatusCode::kUnimplemented) {
+    Fail("modifiers it does not apply gave " + status.ToString(), variant, p);
+  }
+}
+
+// Per-head values (ALiBi slopes, sinks) that Validate must refuse: `heads`
+// of `fill` with one made NaN or +inf, or one too many or too few.
+std::span<const float> BadPerHead(FuzzedDataProvider& in, std::vector<float>& values, int64_t heads,
+                                  float fill) {
+  values.assign(heads, fill);
+  if (in.ConsumeBool()) {
+    values[in.ConsumeIntegralInRange<size_t>(0, values.size() - 1)] =
+        in.ConsumeBool() ? kNaN : kInf;
+  } else {
+    values.resize(in.ConsumeBool() ? heads + 1 : heads - 1, fill);
+  }
+  return values;
 }
 
 // Turns a valid problem into an invalid one; returns what it broke.
 const char* Break(FuzzedDataProvider& in, Fuzzed& f) {
   Problem& p = f.p;
-  switch (in.ConsumeIntegralInRange<int>(0, 11)) {
+  switch (in.ConsumeIntegralInRange<int>(0, 14)) {
     case 0:
       p.shape.batch = -in.ConsumeIntegralInRange<int64_t>(0, 1 << 20);
       return "batch";
@@ -223,6 +277,17 @@ const char* Break(FuzzedDataProvider& in, Fuzzed& f) {
       p.shape.q_len = int64_t{1} << in.ConsumeIntegralInRange<int>(40, 62);
       p.q.strides = {0, 0, int64_t{1} << 20, 1};
       return "overflow";
+    case 12: {
+      const float caps[] = {0.0f, -1.0f, kInf, kNaN};
+      p.modifiers.softcap = caps[in.ConsumeIntegralInRange<int>(0, 3)];
+      return "softcap";
+    }
+    case 13:
+      p.modifiers.alibi_slopes = BadPerHead(in, f.alibi_slopes, p.shape.heads, 0.5f);
+      return "ALiBi slopes";
+    case 14:
+      p.modifiers.sinks = BadPerHead(in, f.sinks, p.shape.heads, 0.0f);
+      return "sinks";
     default:
       p.lse = std::span<float>(f.o.data() + 1, size_t(p.shape.batch * p.shape.heads) + 1);
       return "lse size";
@@ -289,7 +354,8 @@ void CheckRows(const Variant& variant, const Problem& p, const reference::Result
         if (in.visible == 0) {
           for (int64_t d = 0; d < s.value_dim; ++d)
             if (o[d] != 0.0f) Fail(std::string(where) + ": fully masked, O != 0", variant, p);
-          if (lse && *lse != -kInf) Fail(std::string(where) + ": lse != -inf", variant, p);
+          const float sink = p.modifiers.sinks.empty() ? -kInf : p.modifiers.sinks[h];
+          if (lse && *lse != sink) Fail(std::string(where) + ": lse != the sink", variant, p);
           for (int64_t j = 0; w && j < s.kv_len; ++j)
             if (w[j] != 0.0f) Fail(std::string(where) + ": weight != 0", variant, p);
           continue;
@@ -344,6 +410,7 @@ void CheckGradients(Fuzzed& f) {
   std::vector<float> dq(1 + s.batch * s.heads * s.q_len * s.head_dim);
   std::vector<float> dk(1 + s.batch * s.kv_heads * s.kv_len * s.head_dim);
   std::vector<float> dv(1 + s.batch * s.kv_heads * s.kv_len * s.value_dim);
+  std::vector<float> d_sinks(f.sinks.empty() ? 0 : s.heads);  // dσ, with sinks
   std::mt19937 rng(f.seed + 1);
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
   for (float& x : d_o) x = uniform(rng);
@@ -356,15 +423,21 @@ void CheckGradients(Fuzzed& f) {
   g.dq = {dq.data() + 1, Strides::BHLD(s.heads, s.q_len, s.head_dim)};
   g.dk = {dk.data() + 1, Strides::BHLD(s.kv_heads, s.kv_len, s.head_dim)};
   g.dv = {dv.data() + 1, Strides::BHLD(s.kv_heads, s.kv_len, s.value_dim)};
+  g.d_sinks = d_sinks;
   const bool compare = f.specials == 0;
   for (const Variant* variant : Registry()) {
     if (!variant->has_backward()) continue;
+    if (!AppliesModifiers(*variant, forward, /*backward=*/false)) continue;
     RunOptions options;
     options.threads = f.threads;
     Status st = attn::Run(*variant, forward, options);
     if (!st.ok()) Fail("forward for the backward failed: " + st.ToString(), *variant, f.p);
-    for (auto* buf : {&dq, &dk, &dv}) std::fill(buf->begin(), buf->end(), kNaN);
+    for (auto* buf : {&dq, &dk, &dv, &d_sinks}) std::fill(buf->begin(), buf->end(), kNaN);
     st = RunBackward(*variant, g, options);
+    if (!AppliesModifiers(*variant, forward, /*backward=*/true)) {
+      ExpectModifierRefusal(st, *variant, f.p);
+      continue;
+    }
     if (!st.ok()) Fail("backward failed: " + st.ToString(), *variant, f.p);
     if (!compare) continue;
     const auto want = reference::Backward(g);
@@ -421,6 +494,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     RunOptions options;
     options.threads = f.threads;
     const Status s = attn::Run(*variant, f.p, options);
+    if (!AppliesModifiers(*variant, f.p, /*backward=*/false)) {
+      ExpectModifierRefusal(s, *variant, f.p);
+      continue;
+    }
     if (!s.ok()) Fail("run failed: " + s.ToString(), *variant, f.p);
     CheckRows(*variant, f.p, *want);
   }
