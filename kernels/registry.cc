@@ -307,11 +307,28 @@ size_t LargestTogether(std::vector<size_t> bytes, int threads) {
   return sum;
 }
 
-// The budget check of the shared sequences together, saying so.
-Status SharedWithinBudget(const Status& status) {
-  if (status.ok()) return status;
-  return Status(status.code(),
-                "the small sequences that run together (one thread each): " + status.message());
+// Prepares every sequence of `plan` before any runs: prepare_one(s, options)
+// returns the sequence's declared workspace on those options' threads, or
+// why it cannot run. The alone ones on the caller's options; the shared ones
+// on one thread each, and the largest that can run at once together within
+// the budget (check_together(bytes)).
+template <typename PrepareOne, typename CheckTogether>
+Status PrepareScheduled(const SequenceSchedule& plan, const RunOptions& options,
+                        PrepareOne&& prepare_one, CheckTogether&& check_together) {
+  for (int64_t s : plan.alone) {
+    StatusOr<size_t> bytes = prepare_one(s, options);
+    if (!bytes.ok()) return InSequence(bytes.status(), s);
+  }
+  std::vector<size_t> shared_bytes;
+  for (int64_t s : plan.shared) {
+    StatusOr<size_t> bytes = prepare_one(s, OneThread(options));
+    if (!bytes.ok()) return InSequence(bytes.status(), s);
+    shared_bytes.push_back(*bytes);
+  }
+  const Status together = check_together(LargestTogether(shared_bytes, plan.threads));
+  if (together.ok()) return together;
+  return Status(together.code(),
+                "the small sequences that run together (one thread each): " + together.message());
 }
 
 // Runs run_one(s, options, &stats) for every sequence of `plan` (see
@@ -322,47 +339,42 @@ Status SharedWithinBudget(const Status& status) {
 template <typename RunOne>
 Status RunScheduled(const SequenceSchedule& plan, const RunOptions& options, RunStats* stats,
                     RunOne&& run_one) {
-  std::vector<Status> status(plan.alone.size() + plan.shared.size());
-  std::vector<RunStats> one_stats(status.size());
-  std::vector<int64_t> order(plan.alone);
-  order.insert(order.end(), plan.shared.begin(), plan.shared.end());
-  for (size_t x = 0; x < plan.alone.size(); ++x) {
-    status[x] = run_one(order[x], options, &one_stats[x]);
-    if (!status[x].ok()) return InSequence(status[x], order[x]);
+  RunStats total;
+  for (int64_t s : plan.alone) {
+    RunStats one;
+    const Status status = run_one(s, options, &one);
+    if (!status.ok()) return InSequence(status, s);
+    total.workspace_declared_bytes =
+        std::max(total.workspace_declared_bytes, one.workspace_declared_bytes);
+    total.workspace_peak_bytes = std::max(total.workspace_peak_bytes, one.workspace_peak_bytes);
+    total.threads = std::max(total.threads, one.threads);
+    if (!one.path.empty()) total.path = one.path;
   }
-  const size_t first_shared = plan.alone.size();
-  ParallelFor(plan.threads, int64_t(plan.shared.size()), [&](int64_t x) {
-    status[first_shared + x] =
-        run_one(order[first_shared + x], OneThread(options), &one_stats[first_shared + x]);
-  });
-  size_t first_failure = status.size();  // in sequence order
-  for (size_t x = first_shared; x < status.size(); ++x) {
-    if (status[x].ok()) continue;
-    if (first_failure == status.size() || order[x] < order[first_failure]) first_failure = x;
+  const size_t shared = plan.shared.size();
+  std::vector<Status> status(shared);
+  std::vector<RunStats> one(shared);
+  ParallelFor(plan.threads, int64_t(shared),
+              [&](int64_t x) { status[x] = run_one(plan.shared[x], OneThread(options), &one[x]); });
+  int64_t first_failure = -1;  // the lowest failing sequence
+  for (size_t x = 0; x < shared; ++x) {
+    if (!status[x].ok() && (first_failure < 0 || plan.shared[x] < plan.shared[first_failure])) {
+      first_failure = int64_t(x);
+    }
   }
-  if (first_failure != status.size()) {
-    return InSequence(status[first_failure], order[first_failure]);
-  }
+  if (first_failure >= 0) return InSequence(status[first_failure], plan.shared[first_failure]);
   if (stats == nullptr) return Status::Ok();
   std::vector<size_t> declared, peak;
-  for (size_t x = 0; x < status.size(); ++x) {
-    const RunStats& one = one_stats[x];
-    if (x < first_shared) {
-      stats->workspace_declared_bytes =
-          std::max(stats->workspace_declared_bytes, one.workspace_declared_bytes);
-      stats->workspace_peak_bytes = std::max(stats->workspace_peak_bytes, one.workspace_peak_bytes);
-    } else {
-      declared.push_back(one.workspace_declared_bytes);
-      peak.push_back(one.workspace_peak_bytes);
-    }
-    stats->threads = std::max(stats->threads, one.threads);
-    if (!one.path.empty()) stats->path = one.path;
+  for (const RunStats& r : one) {
+    declared.push_back(r.workspace_declared_bytes);
+    peak.push_back(r.workspace_peak_bytes);
+    if (!r.path.empty()) total.path = r.path;
   }
-  const int team = int(std::min<size_t>(plan.shared.size(), size_t(plan.threads)));
-  stats->workspace_declared_bytes =
-      std::max(stats->workspace_declared_bytes, LargestTogether(declared, team));
-  stats->workspace_peak_bytes = std::max(stats->workspace_peak_bytes, LargestTogether(peak, team));
-  stats->threads = std::max(stats->threads, team);
+  const int team = int(std::min<size_t>(shared, size_t(plan.threads)));
+  total.workspace_declared_bytes =
+      std::max(total.workspace_declared_bytes, LargestTogether(declared, team));
+  total.workspace_peak_bytes = std::max(total.workspace_peak_bytes, LargestTogether(peak, team));
+  total.threads = std::max(total.threads, team);
+  *stats = total;
   return Status::Ok();
 }
 
@@ -377,19 +389,16 @@ Status RunScheduled(const SequenceSchedule& plan, const RunOptions& options, Run
 Status RunSequences(const Variant& variant, const Problem& packed, const RunOptions& options,
                     RunStats* stats) {
   const SequenceSchedule plan = ScheduleSequences(packed, ResolveThreads(options.threads));
-  for (int64_t s : plan.alone) {
-    StatusOr<ValidProblem> one = Prepare(variant, SequenceProblem(packed, s), options);
-    if (!one.ok()) return InSequence(one.status(), s);
-  }
-  std::vector<size_t> shared_bytes;
-  for (int64_t s : plan.shared) {
-    StatusOr<ValidProblem> one = Prepare(variant, SequenceProblem(packed, s), OneThread(options));
-    if (!one.ok()) return InSequence(one.status(), s);
-    shared_bytes.push_back(variant.workspace_bytes(*one, 1));
-  }
-  ATTN_RETURN_IF_ERROR(
-      SharedWithinBudget(CheckBudget(variant, LargestTogether(shared_bytes, plan.threads),
-                                     variant.materializes_scores, packed, options)));
+  ATTN_RETURN_IF_ERROR(PrepareScheduled(
+      plan, options,
+      [&](int64_t s, const RunOptions& one_options) -> StatusOr<size_t> {
+        StatusOr<ValidProblem> one = Prepare(variant, SequenceProblem(packed, s), one_options);
+        if (!one.ok()) return one.status();
+        return variant.workspace_bytes(*one, ResolveThreads(one_options.threads));
+      },
+      [&](size_t bytes) {
+        return CheckBudget(variant, bytes, variant.materializes_scores, packed, options);
+      }));
   const int64_t H = packed.shape.heads, Lq = packed.shape.q_len, Lk = packed.shape.kv_len;
   std::fill(packed.weights.begin(), packed.weights.end(), 0.0f);
   auto run_one = [&](int64_t s, const RunOptions& one_options, RunStats* one_stats) {
@@ -435,20 +444,18 @@ Status RunSequencesBackward(const Variant& variant, const GradProblem& packed,
     one.forward.lse = lse;
     return one;
   };
-  std::vector<float> lse;
-  for (int64_t s : plan.alone) {
-    const Status status = PrepareBackward(variant, sequence(s, lse), options).status();
-    if (!status.ok()) return InSequence(status, s);
-  }
-  std::vector<size_t> shared_bytes;
-  for (int64_t s : plan.shared) {
-    StatusOr<ValidGradProblem> one = PrepareBackward(variant, sequence(s, lse), OneThread(options));
-    if (!one.ok()) return InSequence(one.status(), s);
-    shared_bytes.push_back(variant.backward.workspace_bytes(*one, 1));
-  }
-  ATTN_RETURN_IF_ERROR(SharedWithinBudget(
-      CheckBudget(variant, LargestTogether(shared_bytes, plan.threads),
-                  variant.backward.materializes_scores, packed.forward, options)));
+  ATTN_RETURN_IF_ERROR(PrepareScheduled(
+      plan, options,
+      [&](int64_t s, const RunOptions& one_options) -> StatusOr<size_t> {
+        std::vector<float> lse;
+        StatusOr<ValidGradProblem> one = PrepareBackward(variant, sequence(s, lse), one_options);
+        if (!one.ok()) return one.status();
+        return variant.backward.workspace_bytes(*one, ResolveThreads(one_options.threads));
+      },
+      [&](size_t bytes) {
+        return CheckBudget(variant, bytes, variant.backward.materializes_scores, packed.forward,
+                           options);
+      }));
   ATTN_RETURN_IF_ERROR(RunScheduled(
       plan, options, stats, [&](int64_t s, const RunOptions& one_options, RunStats* one_stats) {
         std::vector<float> one_lse;
