@@ -881,11 +881,41 @@ void CeilingFma(benchmark::State& state, RunContext& ctx, int threads, const std
 }
 
 #ifdef ATTNLAB_HAVE_ONEDNN
+// Why this machine has no ceiling_matmul_bf16, or "" when it has one:
+// oneDNN 2.6 makes a bf16 matmul only on cores with AVX-512 (AVX512_BF16 or
+// its avx512_core emulation); on an AVX2-only core it refuses the primitive.
+// Probed once with a small matmul of the same kind.
+const std::string& MatmulBf16Absent() {
+  static const std::string why = [] {
+    using dnnl::memory;
+    using dt = memory::data_type;
+    try {
+      const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+      const memory::desc a({16, 16}, dt::bf16, {16, 1}), b({16, 16}, dt::bf16, {1, 16}),
+          c({16, 16}, dt::f32, {16, 1});
+      const dnnl::matmul::primitive_desc probe(dnnl::matmul::desc(a, b, c), engine);
+      return std::string();
+    } catch (const dnnl::error& e) {
+      return std::string("oneDNN makes no bf16 matmul on this CPU (") + e.what() + ")";
+    }
+  }();
+  return why;
+}
+
+// A bf16 case of the onednn variant where oneDNN has no bf16 matmul: it
+// would time onednn's scalar fallback (correct, ~100x slower, minutes per
+// case), not its idea; left out, and the context's attnlab_onednn says why.
+bool OnednnScalarFallback(const Variant& v, const Case& c) {
+  const bool bf16 =
+      c.dtypes.q == DType::kBF16 || c.dtypes.k == DType::kBF16 || c.dtypes.v == DType::kBF16;
+  return std::string_view(v.name) == "onednn" && bf16 && !MatmulBf16Absent().empty();
+}
+
 // Whether a case gets a ceiling_matmul_bf16: a prefill (sweep) case with
-// bf16 Q, K and V.
+// bf16 Q, K and V, on a machine where oneDNN has a bf16 matmul.
 bool TakesMatmulBf16Ceiling(const Case& c) {
   return c.scenario == Scenario::kSweep && c.dtypes.q == DType::kBF16 &&
-         c.dtypes.k == DType::kBF16 && c.dtypes.v == DType::kBF16;
+         c.dtypes.k == DType::kBF16 && c.dtypes.v == DType::kBF16 && MatmulBf16Absent().empty();
 }
 
 // The bf16 GEMM ceiling of a bf16 case: what a user of a vendor library gets
@@ -985,6 +1015,8 @@ void CeilingMatmulBf16(benchmark::State& state, RunContext& ctx, const Case& c,
   state.counters["workspace_bytes"] =
       4.0 * double(scores.size() + o.size()) + 2.0 * double(p16.size());
 }
+#else
+bool OnednnScalarFallback(const Variant&, const Case&) { return false; }
 #endif  // ATTNLAB_HAVE_ONEDNN
 
 // Memory bandwidth ceiling: sum a buffer far larger than the last-level
@@ -1294,7 +1326,7 @@ class SuiteCases {
         // case (it could only be refused), as `attnlab list` says.
         if (Known(name) || !Takes(*v, c.dtypes) || (backward_only && !v->has_backward()) ||
             (ScenarioModifiers(c.scenario) & ~v->modifiers) ||
-            (c.scenario == Scenario::kPaged && !v->paged_kv)) {
+            (c.scenario == Scenario::kPaged && !v->paged_kv) || OnednnScalarFallback(*v, c)) {
           continue;
         }
         const PreparedCase prepared = PrepareCase(*v, c, ctx_, rates_);
@@ -1602,10 +1634,13 @@ void AddContext(const std::map<std::string, std::string>& context, const std::st
   // The bf16 vendor ceiling beside the bf16 prefill cases, or why there is none.
 #ifdef ATTNLAB_HAVE_ONEDNN
   benchmark::AddCustomContext(
-      "attnlab_onednn", std::to_string(DNNL_VERSION_MAJOR) + "." +
-                            std::to_string(DNNL_VERSION_MINOR) + "." +
-                            std::to_string(DNNL_VERSION_PATCH) +
-                            " (onednn variant; ceiling_matmul_bf16 beside bf16 prefill cases)");
+      "attnlab_onednn",
+      std::to_string(DNNL_VERSION_MAJOR) + "." + std::to_string(DNNL_VERSION_MINOR) + "." +
+          std::to_string(DNNL_VERSION_PATCH) +
+          (MatmulBf16Absent().empty()
+               ? " (onednn variant; ceiling_matmul_bf16 beside bf16 prefill cases)"
+               : " (onednn variant in fp32 only, no ceiling_matmul_bf16: " + MatmulBf16Absent() +
+                     ")"));
 #else
   benchmark::AddCustomContext("attnlab_onednn",
                               "absent: built without oneDNN (libdnnl-dev): no onednn variant, "

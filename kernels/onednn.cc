@@ -255,6 +255,12 @@ bool Gemm(int64_t m, int64_t n, int64_t k, const Operand& a, const Operand& b, b
 
 // ------------------------------------------------------------ the fallbacks
 
+// The path's name when oneDNN made no matmul for the score product (bf16 on
+// a core without AVX-512, where oneDNN 2.6 has no bf16 matmul; or rows that
+// overlap): the products below, element by element, orders of magnitude
+// slower, which the bench label then says.
+constexpr const char* kScalarFallback = "scalar loops (oneDNN made no matmul for these operands)";
+
 // The same products element by element, for what oneDNN does not take
 // (overlapping rows: a broadcast Q, K or V with row stride < d).
 float Dot(const Operand& a, int64_t i, const Operand& b, int64_t j, int64_t k) {
@@ -360,6 +366,7 @@ void AttendHead(const ValidProblem& p, int64_t b, int64_t h, float* scratch, con
       if (dk == 0) {
         std::fill(s, s + rows * ld, 0.0f);
       } else if (!Gemm(rows, cols, dk, qp, kp, /*b_by_columns=*/true, s, ld, &used)) {
+        used = kScalarFallback;
         for (int64_t r = 0; r < rows; ++r) {
           for (int64_t c = 0; c < cols; ++c) s[r * ld + c] = Dot(qp, r, kp, c, dk);
         }
@@ -415,8 +422,10 @@ Status RunOnednn(const ValidProblem& p, ExecContext& ctx) {
                 if (impl.empty()) impl = used;
               });
   // "oneDNN brg:avx512_core_bf16 + AVX3": the matmul kernel oneDNN chose and
-  // the Highway target of the softmax pass.
-  if (!impl.empty()) ctx.path = "oneDNN " + impl + " + " + ctx.path;
+  // the Highway target of the softmax pass; or the scalar fallback's name.
+  if (!impl.empty()) {
+    ctx.path = (impl == kScalarFallback ? impl : "oneDNN " + impl) + " + " + ctx.path;
+  }
   return Status::Ok();
 }
 

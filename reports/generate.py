@@ -1677,7 +1677,8 @@ class Report:
     """Each variant's bf16 GFLOP/s (Q, K, V bf16; dense: GFLOPS_dense, causal: effective) over
     the ceiling_matmul_bf16 of the same tokens: oneDNN's bf16 matmul on the two products,
     what a user of a vendor library gets. Nothing when the run has no such ceiling (built
-    without oneDNN: the context's attnlab_onednn says so)."""
+    without oneDNN, or no oneDNN bf16 matmul on the CPU: the context's attnlab_onednn says
+    which)."""
     rows = []
     for sh in keys:
       label = params_label(dict(sh))
