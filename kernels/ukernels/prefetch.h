@@ -40,6 +40,13 @@ struct PrefetchRows {
   int64_t v_stride = 0;
   int64_t v_bytes = 0;
   int64_t rows = 0;
+  // The same rows seen from row `first` on (a kernel called for a slice of
+  // the keys that begins there).
+  PrefetchRows From(int64_t first) const {
+    if (first >= rows) return {};
+    return {k + first * k_stride, k_stride, k_bytes, v + first * v_stride, v_stride, v_bytes,
+            rows - first};
+  }
   void Prefetch(int64_t begin, int64_t end) const {
     for (int64_t j = begin; j < std::min(end, rows); ++j) {
       for (int64_t x = 0; x < k_bytes; x += 64) PrefetchLineL2(k + j * k_stride + x);
