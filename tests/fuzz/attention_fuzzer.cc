@@ -9,13 +9,19 @@
 // elements of Q, K, V or the additive mask: NaN, ±inf, ±1e4, ±1e30, ±3e38,
 // float32's lowest (a padding mask), ±tiny, 0; then the score modifiers
 // (softcap, ALiBi slopes, sinks, each present or not; decoded last, so the
-// seed corpus decodes as it did before they existed). A variant that does
-// not apply a problem's modifiers must refuse it as Unimplemented, forward
-// and backward, and is not checked further.
+// seed corpus decodes as it did before they existed); then the arrangement
+// (decoded after the modifiers, for the same reason): K and V as they are,
+// moved into a paged cache of shuffled blocks (block sizes 1 to past Lk,
+// spare blocks, unused rows NaN), or the problem repacked as 1-4 packed
+// variable-length sequences (empty ones included). A variant that does not
+// apply a problem's modifiers or read a paged cache must refuse it as
+// Unimplemented, forward and backward, and is not checked further; the
+// backward refuses a paged cache as InvalidArgument.
 //
 // One input in eight is instead mutated into an invalid problem (a bad size,
-// stride, mask shape, key length, window, scale): Validate() and every
-// variant's Run() must reject it with InvalidArgument, without reading it.
+// stride, mask shape, key length, window, scale, modifier, cu_seqlens or
+// block table): Validate() and every variant's Run() must reject it with
+// InvalidArgument, without reading it.
 //
 // For valid problems every variant runs on NaN-poisoned outputs and each query
 // row (b, h, i) is checked by what its inputs allow (the semantics of
@@ -44,6 +50,7 @@
 // A violation prints the variant, the row and the problem and aborts.
 #include <fuzzer/FuzzedDataProvider.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -68,9 +75,23 @@ using testing::RowOf;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
+// The problem in one line: shape and mask (with packed sequences), scale,
+// the paged cache's geometry and the modifiers.
+std::string DescribeFuzzed(const Problem& p) {
+  std::string out = Describe(p.shape, p.mask);
+  out += " scale=" + (p.scale ? std::to_string(*p.scale) : std::string("default"));
+  if (p.kv_pages) {
+    out += " paged(block_size=" + std::to_string(p.kv_pages->block_size) +
+           ", blocks/seq=" + std::to_string(p.kv_pages->blocks_per_sequence) +
+           ", pool=" + std::to_string(p.kv_pages->num_blocks) + ")";
+  }
+  out += " modifiers=" + ModifierNames(ModifiersOf(p.modifiers));
+  return out;
+}
+
 [[noreturn]] void Fail(const std::string& what, const Variant& variant, const Problem& p) {
-  std::fprintf(stderr, "attention_fuzzer: %s\n  variant=%s %s scale=%g\n", what.c_str(),
-               variant.name, Describe(p.shape, p.mask).c_str(), p.scale ? double(*p.scale) : -1.0);
+  std::fprintf(stderr, "attention_fuzzer: %s\n  variant=%s %s\n", what.c_str(), variant.name,
+               DescribeFuzzed(p).c_str());
   std::abort();
 }
 
@@ -79,6 +100,7 @@ struct Fuzzed {
   std::vector<float> q, k, v, o, mask, lse, weights;
   std::vector<int32_t> key_lengths;
   std::vector<float> alibi_slopes, sinks;
+  std::vector<int32_t> block_table, cu_seqlens_q, cu_seqlens_k;
   Problem p;
   int threads = 1;
   int specials = 0;  // elements overwritten with special values
@@ -91,7 +113,99 @@ Strides MakeStrides(bool blhd, int64_t heads, int64_t len, int64_t dim, int64_t 
               : Strides{heads * len * row, len * row, row, 1};
 }
 
-// Decodes a valid problem. Returns the number of bytes left for mutations.
+// Moves K and V into a paged cache (kernels/problem.h, "Paged K/V"): blocks
+// of 1 key to more than Lk, shuffled through a pool with spare blocks; rows
+// no sequence owns, and table entries past the blocks a sequence's keys need
+// (-1, as vLLM pads), hold what must never be read (NaN rows).
+void Page(FuzzedDataProvider& in, Fuzzed& f) {
+  const Shape& s = f.shape;
+  Problem& p = f.p;
+  const int64_t block_sizes[] = {1, 2, 3, 5, 8, 32};
+  const int64_t block_size = block_sizes[in.ConsumeIntegralInRange<int>(0, 5)];
+  const int64_t per_sequence =
+      (s.kv_len + block_size - 1) / block_size + in.ConsumeIntegralInRange<int64_t>(0, 1);
+  const int64_t num_blocks = std::max<int64_t>(1, s.batch * per_sequence +
+                                                      in.ConsumeIntegralInRange<int64_t>(0, 2));
+  std::vector<int32_t> order(num_blocks);
+  for (int32_t x = 0; x < int32_t(num_blocks); ++x) order[x] = x;
+  std::shuffle(order.begin(), order.end(), std::mt19937(f.seed + 2));
+  f.block_table.assign(s.batch * per_sequence, -1);
+  for (int64_t b = 0; b < s.batch; ++b) {
+    const int64_t keys = p.mask.key_lengths ? (*p.mask.key_lengths)[b] : s.kv_len;
+    for (int64_t x = 0; x < (keys + block_size - 1) / block_size; ++x) {
+      f.block_table[b * per_sequence + x] = order[b * per_sequence + x];
+    }
+  }
+  // Each pool as [num_blocks, Hkv, block_size, dim + pad], key j of batch b
+  // copied from its contiguous row (specials included).
+  const int64_t pad = in.ConsumeIntegralInRange<int64_t>(0, 2);
+  auto pool = [&](std::vector<float>& buf, TensorRef<const void>& t, int64_t dim) {
+    const Strides st{s.kv_heads * block_size * (dim + pad), block_size * (dim + pad), dim + pad, 1};
+    std::vector<float> out(1 + num_blocks * st.batch, kNaN);
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (int64_t kvh = 0; kvh < s.kv_heads; ++kvh)
+        for (int64_t j = 0; j < s.kv_len; ++j) {
+          const int32_t block = order[b * per_sequence + j / block_size];
+          const float* from = RowOf(t, b, kvh, j);
+          std::copy(from, from + dim,
+                    out.begin() + 1 + block * st.batch + kvh * st.head + (j % block_size) * st.row);
+        }
+    buf = std::move(out);
+    t = {buf.data() + 1, st};
+  };
+  pool(f.k, p.k, s.head_dim);
+  pool(f.v, p.v, s.value_dim);
+  p.kv_pages = KvPages{f.block_table, per_sequence, block_size, num_blocks};
+}
+
+// Repacks the problem as 1-4 sequences packed along the positions
+// (kernels/problem.h, "Packed variable-length sequences"): B = 1, Lq and Lk
+// cut at sorted points (empty sequences included); what packing does not
+// combine with (key lengths, an additive mask, an explicit or key-length
+// diagonal) is dropped.
+void Pack(FuzzedDataProvider& in, Fuzzed& f) {
+  Problem& p = f.p;
+  f.shape.batch = p.shape.batch = 1;
+  p.mask.key_lengths.reset();
+  if (p.mask.kind == MaskKind::kAdditive) {
+    p.mask = Mask{.diagonal = p.mask.diagonal};
+  }
+  if (p.mask.diagonal == Diagonal::kAt || p.mask.diagonal == Diagonal::kKeyLengths) {
+    p.mask.diagonal = Diagonal::kBottomRight;
+  }
+  const int sequences = in.ConsumeIntegralInRange<int>(1, 4);
+  auto cuts = [&](std::vector<int32_t>& cu, int64_t total) {
+    cu = {0, int32_t(total)};
+    for (int n = 1; n < sequences; ++n) {
+      cu.push_back(in.ConsumeIntegralInRange<int32_t>(0, int32_t(total)));
+    }
+    std::sort(cu.begin(), cu.end());
+  };
+  cuts(f.cu_seqlens_q, p.shape.q_len);
+  cuts(f.cu_seqlens_k, p.shape.kv_len);
+  p.mask.sequences = PackedSequences{f.cu_seqlens_q, f.cu_seqlens_k};
+  // lse and weights shrink to B = 1.
+  const Shape& s = p.shape;
+  if (!p.lse.empty()) p.lse = p.lse.first(s.heads * s.q_len);
+  if (!p.weights.empty()) p.weights = p.weights.first(s.heads * s.q_len * s.kv_len);
+}
+
+// K/V as decoded, paged, or the problem packed (decoded after the modifiers,
+// so the corpus from before reads as dense problems).
+void Arrange(FuzzedDataProvider& in, Fuzzed& f) {
+  switch (in.ConsumeIntegralInRange<int>(0, 2)) {
+    case 1:
+      Page(in, f);
+      break;
+    case 2:
+      Pack(in, f);
+      break;
+    default:
+      break;
+  }
+}
+
+// Decodes a valid problem.
 void Decode(FuzzedDataProvider& in, Fuzzed& f) {
   Shape& s = f.shape;
   s.batch = in.ConsumeIntegralInRange<int64_t>(1, 2);
@@ -206,17 +320,20 @@ void Decode(FuzzedDataProvider& in, Fuzzed& f) {
     }
     p.modifiers.sinks = f.sinks;
   }
+  Arrange(in, f);
 }
 
 // Whether `variant` applies every score modifier of `p` (forward, or its
-// backward); one that does not must refuse the problem as Unimplemented.
-bool AppliesModifiers(const Variant& variant, const Problem& p, bool backward) {
+// backward) and, forward, reads its paged cache if it has one; one that does
+// not must refuse the problem as Unimplemented.
+bool Applies(const Variant& variant, const Problem& p, bool backward) {
   const uint8_t applies = backward ? variant.backward.modifiers : variant.modifiers;
+  if (!backward && p.kv_pages && !variant.paged_kv) return false;
   return (ModifiersOf(p.modifiers) & ~applies) == 0;
 }
-void ExpectModifierRefusal(const Status& status, const Variant& variant, const Problem& p) {
+void ExpectRefusal(const Status& status, const Variant& variant, const Problem& p) {
   if (status.code() != StatusCode::kUnimplemented) {
-    Fail("modifiers it does not apply gave " + status.ToString(), variant, p);
+    Fail("modifiers or a paged cache it does not take gave " + status.ToString(), variant, p);
   }
 }
 
@@ -234,10 +351,39 @@ std::span<const float> BadPerHead(FuzzedDataProvider& in, std::vector<float>& va
   return values;
 }
 
+// A paged cache (the problem's, or K/V paged here) made invalid: a block the
+// keys need outside the pool, a table too short for Lk, or no block at all.
+const char* BreakPages(FuzzedDataProvider& in, Fuzzed& f) {
+  Problem& p = f.p;
+  if (!p.kv_pages) Page(in, f);
+  KvPages& pages = *p.kv_pages;
+  const int64_t keys = p.mask.key_lengths ? (*p.mask.key_lengths)[0] : p.shape.kv_len;
+  const int64_t needed = (keys + pages.block_size - 1) / pages.block_size;
+  switch (in.ConsumeIntegralInRange<int>(0, 2)) {
+    case 0:
+      if (needed > 0) {
+        f.block_table[in.ConsumeIntegralInRange<int64_t>(0, needed - 1)] =
+            in.ConsumeBool() ? int32_t(pages.num_blocks) : -1;
+        return "block table entry outside the pool";
+      }
+      [[fallthrough]];
+    case 1:
+      if (pages.blocks_per_sequence > 0 && p.shape.kv_len > 0) {
+        pages.blocks_per_sequence = (p.shape.kv_len - 1) / pages.block_size;
+        pages.block_table = std::span(f.block_table).first(p.shape.batch * pages.blocks_per_sequence);
+        return "block table too short for Lk";
+      }
+      [[fallthrough]];
+    default:
+      pages.num_blocks = 0;
+      return "empty pool";
+  }
+}
+
 // Turns a valid problem into an invalid one; returns what it broke.
 const char* Break(FuzzedDataProvider& in, Fuzzed& f) {
   Problem& p = f.p;
-  switch (in.ConsumeIntegralInRange<int>(0, 14)) {
+  switch (in.ConsumeIntegralInRange<int>(0, 17)) {
     case 0:
       p.shape.batch = -in.ConsumeIntegralInRange<int64_t>(0, 1 << 20);
       return "batch";
@@ -288,6 +434,17 @@ const char* Break(FuzzedDataProvider& in, Fuzzed& f) {
     case 14:
       p.modifiers.sinks = BadPerHead(in, f.sinks, p.shape.heads, 0.0f);
       return "sinks";
+    case 15:
+      // Decreasing offsets (the last one past the packed length, then back).
+      p.shape.batch = 1;
+      p.mask.key_lengths.reset();
+      f.cu_seqlens_q = {0, int32_t(p.shape.q_len) + 1, int32_t(p.shape.q_len)};
+      f.cu_seqlens_k = {0, 0, int32_t(p.shape.kv_len)};
+      p.mask.sequences = PackedSequences{f.cu_seqlens_q, f.cu_seqlens_k};
+      return "cu_seqlens";
+    case 16:
+    case 17:
+      return BreakPages(in, f);
     default:
       p.lse = std::span<float>(f.o.data() + 1, size_t(p.shape.batch * p.shape.heads) + 1);
       return "lse size";
@@ -314,15 +471,16 @@ RowInputs Inspect(const Problem& p, int64_t b, int64_t h, int64_t i) {
   const float* additive = testing::AdditiveRow(p, b, h, i);
   bool finite_v = true;
   double v_max = 0;
+  std::vector<double> k(s.head_dim), v(s.value_dim);  // paged or not
   for (int64_t j = 0; j < s.kv_len; ++j) {
     if (!reference::KeyVisible(p, b, i, j)) continue;
     ++r.visible;
-    const float* k = RowOf(p.k, b, kvh, j);
-    const float* v = RowOf(p.v, b, kvh, j);
+    reference::LoadKvRow(p, /*value=*/false, b, kvh, j, k.data());
+    reference::LoadKvRow(p, /*value=*/true, b, kvh, j, v.data());
     for (int64_t d = 0; d < s.head_dim; ++d) r.nan_logit |= std::isnan(k[d]);
     for (int64_t d = 0; d < s.value_dim; ++d) {
       finite_v &= std::isfinite(v[d]);
-      v_max = std::max(v_max, std::fabs(double(v[d])));
+      v_max = std::max(v_max, std::fabs(v[d]));
       if (std::isnan(v[d])) r.nan_column[d] = true;
     }
     const float m = additive ? additive[j] : 0.0f;
@@ -427,15 +585,21 @@ void CheckGradients(Fuzzed& f) {
   const bool compare = f.specials == 0;
   for (const Variant* variant : Registry()) {
     if (!variant->has_backward()) continue;
-    if (!AppliesModifiers(*variant, forward, /*backward=*/false)) continue;
+    if (!Applies(*variant, forward, /*backward=*/false)) continue;
     RunOptions options;
     options.threads = f.threads;
     Status st = attn::Run(*variant, forward, options);
     if (!st.ok()) Fail("forward for the backward failed: " + st.ToString(), *variant, f.p);
     for (auto* buf : {&dq, &dk, &dv, &d_sinks}) std::fill(buf->begin(), buf->end(), kNaN);
     st = RunBackward(*variant, g, options);
-    if (!AppliesModifiers(*variant, forward, /*backward=*/true)) {
-      ExpectModifierRefusal(st, *variant, f.p);
+    if (forward.kv_pages) {  // a training step has no KV cache
+      if (st.code() != StatusCode::kInvalidArgument) {
+        Fail("the backward of a paged cache gave " + st.ToString(), *variant, f.p);
+      }
+      continue;
+    }
+    if (!Applies(*variant, forward, /*backward=*/true)) {
+      ExpectRefusal(st, *variant, f.p);
       continue;
     }
     if (!st.ok()) Fail("backward failed: " + st.ToString(), *variant, f.p);
@@ -476,6 +640,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     return 0;
   }
+  // ATTNLAB_FUZZ_PRINT=1: each input's problem on stderr (which corpus
+  // entries are paged, packed, ...: `attention_fuzzer -runs=0 corpus/`).
+  static const bool print = std::getenv("ATTNLAB_FUZZ_PRINT") != nullptr;
+  if (print) std::fprintf(stderr, "attention_fuzzer: input %s\n", DescribeFuzzed(f.p).c_str());
   const auto valid = Validate(f.p);
   if (!valid.ok()) {
     std::fprintf(stderr, "attention_fuzzer: a valid problem was rejected: %s\n",
@@ -494,8 +662,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     RunOptions options;
     options.threads = f.threads;
     const Status s = attn::Run(*variant, f.p, options);
-    if (!AppliesModifiers(*variant, f.p, /*backward=*/false)) {
-      ExpectModifierRefusal(s, *variant, f.p);
+    if (!Applies(*variant, f.p, /*backward=*/false)) {
+      ExpectRefusal(s, *variant, f.p);
       continue;
     }
     if (!s.ok()) Fail("run failed: " + s.ToString(), *variant, f.p);
