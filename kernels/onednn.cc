@@ -14,8 +14,9 @@
 //      the same helper blas, simd and chunked use, so masks, fully masked
 //      rows and NaN rows behave identically; normalization deferred to O.
 //   3. P rounded to V's type (bf16 V: round to nearest even into a per-thread
-//      bf16 panel; fp32 V: P stays fp32), O = P·V with a oneDNN matmul
-//      (fp32 accumulation and output), then FinishRows (O /= row sum, lse)
+//      bf16 panel; fp32 V: P stays fp32), O = P·V with oneDNN matmuls
+//      over blocks of kKeySumBlock keys, each added to O (fp32 accumulation
+//      and output), then FinishRows (O /= row sum, lse)
 //      and, for a bf16 or f16 O, one rounding per element (StoreRow).
 // The roundings are exactly those problem.h allows (Q·Kᵀ operands of
 // different types, P to V's type, O once), which reference/error_bound.cc
@@ -42,7 +43,8 @@
 // dominates even more here because the products run ~2x faster in bf16.
 // Working set: per concurrent head the Lq·Lk fp32 matrix and 2·Lq floats (as
 // blas), an fp32 O (Lq·dv) when O is reduced, the bf16 copy of a Q or K of
-// the other type, and per thread one bf16 P panel (256·Lk): declared exactly
+// the other type, per thread one bf16 P panel (256·Lk) and, past
+// kKeySumBlock keys, one fp32 P·V panel of a key block (256·dv): declared exactly
 // (OnednnWorkspaceBytes is what RunOnednn allocates). oneDNN's own
 // scratchpad (its packed copy of the B operand, ~2·Lk·d bytes per thread)
 // is allocated by oneDNN (its thread-local "global" scratchpad), outside the
@@ -99,6 +101,10 @@ struct HeadLayout {
   int64_t operand = -1;  // bf16 copy of Q (Lq x dk) or K (Lk x dk), else -1
   int64_t p = -1;        // `p_slots` bf16 P panels of kPanelRows x Lk, else -1
   int64_t p_slots = 0;
+  // Lk > kKeySumBlock: per thread one key block's P·V (kPanelRows x dv fp32),
+  // added to O block by block (KeyBlockedGemm), else -1.
+  int64_t pv_block = -1;
+  int64_t pv_block_floats = 0;
   int64_t total = 0;
 };
 
@@ -125,6 +131,11 @@ HeadLayout LayoutFor(const ValidProblem& p, int row_threads) {
     l.p = at;
     l.p_slots = row_threads;
     at += row_threads * Bf16Floats(std::min(kPanelRows, lq) * lk);
+  }
+  if (lk > kKeySumBlock) {
+    l.pv_block = at;
+    l.pv_block_floats = AlignUp(std::min(kPanelRows, lq) * p.shape.value_dim);
+    at += row_threads * l.pv_block_floats;
   }
   l.total = at;
   return l;
@@ -249,6 +260,32 @@ bool Gemm(int64_t m, int64_t n, int64_t k, const Operand& a, const Operand& b, b
     if (impl->empty()) *impl = matmul.impl;
   } catch (const dnnl::error&) {
     return false;
+  }
+  return true;
+}
+
+// O = P·V (m x n, k keys) as Gemm does, in blocks of kKeySumBlock keys whose
+// products are added to O (kernels/problem.h, "Accumulation"): oneDNN's own
+// inner loop may be one running sum (its AVX2 matmul for one row and dv = 1
+// gave 0.5 instead of 1 over 2^25 equal weights, a running sum stopping at
+// 2^24; so does its sum post-op, which adds into C as it goes). Blocks after
+// the first go to `block` (m x n, when k > kKeySumBlock). False when a block
+// has no oneDNN matmul (the caller's fallback then writes all of O).
+bool KeyBlockedGemm(int64_t m, int64_t n, int64_t k, const Operand& p, const Operand& v, float* o,
+                    int64_t ldo, float* block, std::string* impl) {
+  for (int64_t j0 = 0; j0 < k; j0 += kKeySumBlock) {
+    const Operand pb{static_cast<const char*>(p.data) + j0 * int64_t(DTypeBytes(p.dtype)), p.stride,
+                     p.dtype};
+    const Operand vb{v.Row(j0), v.stride, v.dtype};
+    const int64_t keys = std::min(kKeySumBlock, k - j0);
+    if (j0 == 0) {
+      if (!Gemm(m, n, keys, pb, vb, /*b_by_columns=*/false, o, ldo, impl)) return false;
+      continue;
+    }
+    if (!Gemm(m, n, keys, pb, vb, /*b_by_columns=*/false, block, n, impl)) return false;
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t c = 0; c < n; ++c) o[r * ldo + c] += block[r * n + c];
+    }
   }
   return true;
 }
@@ -386,7 +423,8 @@ void AttendHead(const ValidProblem& p, int64_t b, int64_t h, float* scratch, con
       float* o = po.ORow(b, h, r0);
       const int64_t ldo = po.o.strides.row;
       const bool safe = !p.HasStructuralMask() || VRowsFinite(p, b, kvh, keys.begin, keys.end);
-      if (!safe || !Gemm(rows, dv, cols, pm, vp, /*b_by_columns=*/false, o, ldo, &used)) {
+      float* block = l.pv_block < 0 ? nullptr : scratch + l.pv_block + thread * l.pv_block_floats;
+      if (!safe || !KeyBlockedGemm(rows, dv, cols, pm, vp, o, ldo, block, &used)) {
         RowsTimesVAnyType(p, b, h, r0, rows, keys.begin, pm, o, ldo);
       }
     }
