@@ -1631,6 +1631,9 @@ void AddContext(const std::map<std::string, std::string>& context, const std::st
   benchmark::AddCustomContext("attnlab_auto_points",
                               std::to_string(ActiveTuning().auto_points.size()));
   benchmark::AddCustomContext("attnlab_fma_peak_gflops", std::to_string(fma_peak_gflops));
+  if (const std::string not_run = UkernelsNotRun(); !not_run.empty()) {
+    benchmark::AddCustomContext("attnlab_ukernels_not_run", not_run);
+  }
   // The bf16 vendor ceiling beside the bf16 prefill cases, or why there is none.
 #ifdef ATTNLAB_HAVE_ONEDNN
   benchmark::AddCustomContext(

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <random>
 
@@ -368,11 +369,26 @@ std::vector<UkernelCase> UkernelCases(double peak_gflops) {
   std::vector<UkernelCase> cases;
   const int64_t lanes = ukernels::DispatchedLanes();
   for (const Ukernel& u : ukernels::Ukernels()) {
+    if (!ukernels::CpuHasIsa(u.isa)) continue;  // UkernelsNotRun names it
     for (auto& [shape, run] : Shapes(u, lanes, peak_gflops)) {
       cases.push_back({"ukernel/" + std::string(u.name) + "/" + shape.tokens + "/threads:1", run});
     }
   }
   return cases;
+}
+
+std::string UkernelsNotRun() {
+  std::map<std::string, std::string> by_isa;  // ISA -> its entries
+  for (const Ukernel& u : ukernels::Ukernels()) {
+    if (ukernels::CpuHasIsa(u.isa)) continue;
+    std::string& names = by_isa[ukernels::IsaName(u.isa)];
+    names += (names.empty() ? "" : ", ") + std::string(u.name);
+  }
+  std::string out;
+  for (const auto& [isa, names] : by_isa) {
+    out += (out.empty() ? "" : "; ") + names + ": this CPU lacks " + isa;
+  }
+  return out;
 }
 
 }  // namespace attn::bench

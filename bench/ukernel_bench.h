@@ -29,9 +29,16 @@ struct UkernelCase {
   std::function<void(benchmark::State&)> run;
 };
 
-// One case per (entry, shape). `peak_gflops` is the one-thread FMA peak
-// measured before registration (MeasureFmaPeakGflops), for peak_fraction.
+// One case per (entry, shape) of every entry this CPU can run (an entry of
+// an ISA it lacks, such as AVX512_BF16 on an AVX2-only core, has none: see
+// UkernelsNotRun). `peak_gflops` is the one-thread FMA peak measured before
+// registration (MeasureFmaPeakGflops), for peak_fraction.
 std::vector<UkernelCase> UkernelCases(double peak_gflops);
+
+// The entries UkernelCases leaves out and why ("bf16_score_tile,
+// bf16_pv_tile: this CPU lacks AVX512_BF16"), or "" when it runs them all:
+// the JSON context key attnlab_ukernels_not_run.
+std::string UkernelsNotRun();
 
 }  // namespace attn::bench
 
