@@ -22,7 +22,8 @@
 //
 // Register blocks: 6 rows x 4 vectors = 24 accumulators (+ 4 V loads + 1
 // broadcast); per key 4 V loads and 6 broadcasts feed 24 FMAs; with 16
-// registers 6 rows x 2 vectors (kTileVectors). Decode (1-3
+// registers 6 rows x 2 vectors (kTileVectors), keys in L1-sized chunks
+// (kPvKeyChunk) and flash's weights at constant offsets (kUnitPm). Decode (1-3
 // rows of 8 vectors, dv = 128 on AVX-512) keeps every column of a row in
 // registers so V, streamed from memory, is read in one pass; 4 rows of 8
 // vectors (PvFourRowsOnePass, AVX-512) keep rows 0-2 in 24 registers and row
