@@ -124,8 +124,8 @@ void Page(FuzzedDataProvider& in, Fuzzed& f) {
   const int64_t block_size = block_sizes[in.ConsumeIntegralInRange<int>(0, 5)];
   const int64_t per_sequence =
       (s.kv_len + block_size - 1) / block_size + in.ConsumeIntegralInRange<int64_t>(0, 1);
-  const int64_t num_blocks = std::max<int64_t>(1, s.batch * per_sequence +
-                                                      in.ConsumeIntegralInRange<int64_t>(0, 2));
+  const int64_t num_blocks =
+      std::max<int64_t>(1, s.batch * per_sequence + in.ConsumeIntegralInRange<int64_t>(0, 2));
   std::vector<int32_t> order(num_blocks);
   for (int32_t x = 0; x < int32_t(num_blocks); ++x) order[x] = x;
   std::shuffle(order.begin(), order.end(), std::mt19937(f.seed + 2));
@@ -370,7 +370,8 @@ const char* BreakPages(FuzzedDataProvider& in, Fuzzed& f) {
     case 1:
       if (pages.blocks_per_sequence > 0 && p.shape.kv_len > 0) {
         pages.blocks_per_sequence = (p.shape.kv_len - 1) / pages.block_size;
-        pages.block_table = std::span(f.block_table).first(p.shape.batch * pages.blocks_per_sequence);
+        pages.block_table =
+            std::span(f.block_table).first(p.shape.batch * pages.blocks_per_sequence);
         return "block table too short for Lk";
       }
       [[fallthrough]];
