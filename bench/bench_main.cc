@@ -1061,8 +1061,9 @@ void CeilingStream(benchmark::State& state, RunContext& ctx, int64_t bytes, int 
 // nothing else computed: per (batch, kv head), tiles of up to 512 keys
 // (flash's Bc), each tile's K runs and then its V runs, where a run is the
 // whole tile (contiguous) or a block of the pool. A paged run prefetches the
-// next run into L2 row by row, as flash's few-row kernels do (kernels/
-// flash.cc, NextRun). On a paged cache a read takes several kv heads, as
+// next run into L2 row by row, a contiguous one the rows the tuning's
+// flash_decode_prefetch_bytes ahead, as flash's few-row kernels do (kernels/
+// flash.cc, NextRun and RowsAhead). On a paged cache a read takes several kv heads, as
 // flash's paged decode items do (kernels/internal/flash_plan.h, MakePlan:
 // the most heads whose g = H / Hkv query rows fit in 8 together and that
 // divide Hkv), reading each run head after head, i.e. a block's slices in
@@ -1106,7 +1107,8 @@ class KvReadOrder {
         for (int64_t r0 = t0; r0 < t1;) {
           const int64_t r1 = std::min(t1, RunEnd(r0));
           for (int64_t h = h0; h < h0 + heads_; ++h) {
-            const PrefetchRows next = NextRun(base, b, h, r1, t0, t1);
+            const PrefetchRows next =
+                table_ == nullptr ? RowsAhead(base, b, h, r0, r1) : NextRun(base, b, h, r1, t0, t1);
             const float* row = Row(base, b, h, r0);
             for (int64_t j = 0; j < r1 - r0; ++j, row += d) {
               next.Prefetch(j, j + 1);
@@ -1135,6 +1137,21 @@ class KvReadOrder {
   }
   int64_t RunEnd(int64_t j) const {
     return table_ == nullptr ? c_.kv_len : (j / c_.block_size + 1) * c_.block_size;
+  }
+  // Contiguous: the rows the tuning's flash_decode_prefetch_bytes ahead of
+  // [r0, r1), row i beside row r0 + i, when K and V exceed
+  // DecodePrefetchMinKvBytes() (as flash's RowsAhead and MakePlan).
+  PrefetchRows RowsAhead(const float* base, int64_t b, int64_t h, int64_t r0, int64_t r1) const {
+    const int64_t row_bytes = c_.dim * int64_t{sizeof(float)};
+    const int64_t kv_bytes = c_.batch * c_.kv_heads * c_.kv_len * 2 * row_bytes;
+    const int64_t ahead =
+        kv_bytes > DecodePrefetchMinKvBytes() ? ActiveTuning().flash_decode_prefetch_bytes : 0;
+    const int64_t start = r0 + (ahead + row_bytes - 1) / row_bytes;
+    if (ahead == 0 || start >= c_.kv_len) return {};
+    return {.k = reinterpret_cast<const char*>(Row(base, b, h, start)),
+            .k_stride = row_bytes,
+            .k_bytes = row_bytes,
+            .rows = std::min(r1 - r0, c_.kv_len - start)};
   }
   // After the run of `base` that ends at r1 in tile [t0, t1): its next run,
   // the tile's first V run after its last K run, the next tile's first K run
@@ -1628,6 +1645,8 @@ void AddContext(const std::map<std::string, std::string>& context, const std::st
   benchmark::AddCustomContext("attnlab_tuning", ActiveTuning().source);
   benchmark::AddCustomContext("attnlab_flash_key_tile",
                               std::to_string(ActiveTuning().flash_key_tile));
+  benchmark::AddCustomContext("attnlab_flash_decode_prefetch_bytes",
+                              std::to_string(ActiveTuning().flash_decode_prefetch_bytes));
   benchmark::AddCustomContext("attnlab_auto_points",
                               std::to_string(ActiveTuning().auto_points.size()));
   benchmark::AddCustomContext("attnlab_fma_peak_gflops", std::to_string(fma_peak_gflops));

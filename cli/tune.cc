@@ -9,10 +9,15 @@
 //      score of a tile is the sum over shapes of its time over the shape's
 //      best time; 512 (the built-in default) stays unless another tile
 //      scores more than 1% better, so noise does not move it.
-//   2. auto's points: for every thread count, head dim, mask class (dense,
+//   2. flash's decode prefetch distance (0, 16, 32, 64 KiB ahead of the rows
+//      read) on GQA-4 and MHA decode with K and V of 128 MiB or twice the
+//      L3, whichever is more (TuneDecodePrefetch), one thread,
+//      scored the same way; 32 KiB (the default) stays unless another
+//      distance scores more than 3% better (decode from memory is noisier).
+//   3. auto's points: for every thread count, head dim, mask class (dense,
 //      causal) and N = 128, 256, ... max_n (self-attention, B = 1, H = 8),
 //      every fp32 variant that fits kAutoMaxWorkspaceBytes, with the tile of
-//      step 1. flash is kept unless another variant is more than 3% faster,
+//      steps 1 and 2. flash is kept unless another variant is more than 3% faster,
 //      in the round and again in a head-to-head with twice the repetitions
 //      (within 3% the difference is noise, and flash needs no Lq x Lk
 //      memory). A repetition is as many runs as take ~20 ms. A variant more
@@ -91,44 +96,81 @@ std::vector<double> FastestInterleaved(size_t candidates, int reps, RunOnce run)
   return best;
 }
 
-int64_t TuneKeyTile(const TuneArgs& args, const Tuning& base) {
-  const std::vector<int64_t> tiles = {512, 256, 128};  // default first: it wins ties
-  std::vector<ProblemSpec> shapes;
-  const int64_t n = args.quick ? 256 : 2048;
-  for (int64_t d : args.head_dims) shapes.push_back(SelfAttention(n, d, false));
-  ProblemSpec decode;
-  decode.shape = Shape{1, 8, 2, 1, args.quick ? 4096 : 32768, 128, 128};
-  decode.want_lse = false;
-  shapes.push_back(decode);
-
-  std::vector<double> score(tiles.size(), 0.0);
+// One flash setting of the tuning, measured: flash on one thread over each
+// of `shapes` under each of `values` (the default first: it wins ties), set
+// into a copy of `base` by `set`, repetitions interleaved. A value's score is
+// the sum over shapes of its time over the shape's best time; the default
+// stays unless another value scores more than `margin` better, so noise does
+// not move it.
+template <typename Set>
+int64_t PickFlashSetting(const char* what, const char* unit, const std::vector<int64_t>& values,
+                         const std::vector<ProblemSpec>& shapes, double margin,
+                         const TuneArgs& args, const Tuning& base, Set set) {
+  std::vector<double> score(values.size(), 0.0);
   for (const ProblemSpec& spec : shapes) {
     ProblemData data(spec);
     const Variant& flash = *FindVariant("flash");
-    const std::vector<double> t = FastestInterleaved(tiles.size(), args.reps, [&](size_t i) {
+    const std::vector<double> t = FastestInterleaved(values.size(), args.reps, [&](size_t i) {
       Tuning candidate = base;
-      candidate.flash_key_tile = tiles[i];
+      set(candidate, values[i]);
       ScopedTuning scope(candidate);
       return TimeRuns(flash, data, 1);
     });
     const double fastest = *std::min_element(t.begin(), t.end());
-    std::string line = fmt::format("  flash key tile, {}:", Describe(spec.shape, Mask{}));
-    for (size_t i = 0; i < tiles.size(); ++i) {
+    std::string line = fmt::format("  flash {}, {}:", what, Describe(spec.shape, Mask{}));
+    for (size_t i = 0; i < values.size(); ++i) {
       score[i] += t[i] / fastest;
-      line += fmt::format(" Bc={} {:.3f} ms", tiles[i], t[i] * 1e3);
+      line += fmt::format(" {}{} {:.3f} ms", values[i], unit, t[i] * 1e3);
     }
     fmt::print("{}\n", line);
     std::fflush(stdout);
   }
   size_t pick = 0;
-  for (size_t i = 1; i < tiles.size(); ++i) {
-    if (score[i] < score[pick] && score[i] < score[0] * 0.99) pick = i;
+  for (size_t i = 1; i < values.size(); ++i) {
+    if (score[i] < score[pick] && score[i] < score[0] * (1 - margin)) pick = i;
   }
   fmt::print(
-      "  -> key tile {} (score {:.3f}, the default 512 scores {:.3f}; 1.0 per shape is "
-      "best everywhere)\n",
-      tiles[pick], score[pick], score[0]);
-  return tiles[pick];
+      "  -> {} {}{} (score {:.3f}, the default {}{} scores {:.3f}; 1.0 per shape is best "
+      "everywhere)\n",
+      what, values[pick], unit, score[pick], values[0], unit, score[0]);
+  return values[pick];
+}
+
+ProblemSpec Decode(int64_t kv_heads, int64_t kv_len) {
+  ProblemSpec spec;
+  spec.shape = Shape{1, 8, kv_heads, 1, kv_len, 128, 128};
+  spec.want_lse = false;
+  return spec;
+}
+
+int64_t TuneKeyTile(const TuneArgs& args, const Tuning& base) {
+  std::vector<ProblemSpec> shapes;
+  const int64_t n = args.quick ? 256 : 2048;
+  for (int64_t d : args.head_dims) shapes.push_back(SelfAttention(n, d, false));
+  shapes.push_back(Decode(2, args.quick ? 4096 : 32768));
+  return PickFlashSetting("key tile", "", {512, 256, 128}, shapes, 0.01, args, base,
+                          [](Tuning& t, int64_t v) { t.flash_key_tile = v; });
+}
+
+// Decode from memory, GQA-4 and MHA: K and V of at least 128 MiB and twice
+// DecodePrefetchMinKvBytes() (the L3; below half of it flash does not
+// prefetch). Decode times move 10-20% between runs on a shared VM, hence
+// the 3% margin. --quick keeps the default: its problems stay in cache.
+int64_t TuneDecodePrefetch(const TuneArgs& args, const Tuning& base) {
+  if (args.quick) {
+    fmt::print("  -> decode prefetch {} B (the default; --quick does not measure it)\n",
+               base.flash_decode_prefetch_bytes);
+    return base.flash_decode_prefetch_bytes;
+  }
+  const int64_t want = std::max(int64_t{128} << 20, 2 * DecodePrefetchMinKvBytes());
+  std::vector<ProblemSpec> shapes;
+  for (int64_t kv_heads : {2, 8}) {
+    int64_t kv_len = 4096;
+    while (kv_heads * kv_len * 128 * 2 * int64_t{sizeof(float)} < want) kv_len *= 2;
+    shapes.push_back(Decode(kv_heads, kv_len));
+  }
+  return PickFlashSetting("decode prefetch", " B", {32768, 0, 16384, 65536}, shapes, 0.03, args,
+                          base, [](Tuning& t, int64_t v) { t.flash_decode_prefetch_bytes = v; });
 }
 
 // The fp32 variants auto may pick for `data` on `threads` threads: all but
@@ -283,6 +325,7 @@ int TuneCommand(TuneArgs args) {
              tuned.target, fmt::join(args.threads, ","), path);
   const auto start = std::chrono::steady_clock::now();
   tuned.flash_key_tile = TuneKeyTile(args, tuned);
+  tuned.flash_decode_prefetch_bytes = TuneDecodePrefetch(args, tuned);
   tuned.auto_points = TuneAutoPoints(args, tuned);
   tuned.source = path;
 
@@ -290,11 +333,11 @@ int TuneCommand(TuneArgs args) {
   size_t not_flash = 0;
   for (const AutoPoint& p : tuned.auto_points) not_flash += p.variant != "flash";
   fmt::print(
-      "wrote {} in {:.0f} s: flash key tile {}, {} of {} auto points pick a variant other than "
-      "flash.\nThe kernels read it at {} (ATTNLAB_TUNING overrides the path; "
+      "wrote {} in {:.0f} s: flash key tile {}, decode prefetch {} B, {} of {} auto points pick "
+      "a variant other than flash.\nThe kernels read it at {} (ATTNLAB_TUNING overrides the path; "
       "ATTNLAB_TUNING=none ignores it).\n",
       path, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
-      tuned.flash_key_tile, not_flash, tuned.auto_points.size(),
+      tuned.flash_key_tile, tuned.flash_decode_prefetch_bytes, not_flash, tuned.auto_points.size(),
       args.out ? "that path when ATTNLAB_TUNING names it" : "this default path");
   return kExitOk;
 }

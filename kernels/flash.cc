@@ -112,7 +112,13 @@
 // any thread count: deterministic = true); items write partial (m, l, O) and
 // the item that completes a block merges its splits in a fixed order (no
 // second parallel pass, no barrier). With GQA the group's heads are rows of
-// one block, so K and V are read once per group.
+// one block, so K and V are read once per group. The few-row kernels
+// prefetch K and V rows into L2 the tuning's flash_decode_prefetch_bytes
+// (32 KiB) ahead of the rows they read (RowsAhead) when K and V pass half
+// the L3: on the Zen 3 VM the hardware prefetcher alone let the memory idle
+// while they computed (GQA-4 decode 1.24-1.48x faster, MHA 1.01-1.28x;
+// kernels/DESIGN.md, "Decode prefetch"; `attnlab tune` measures 0-64 KiB
+// on each machine).
 //
 // Parallelism: work items are (row block, key split), handed out dynamically
 // by ParallelFor in groups of (batch, kv head) pairs whose K and V fit in one
@@ -525,9 +531,9 @@ void ScaleKeys(const ValidProblem& p, const RowScales& scales, const Block& blk,
 
 // A tile's S = Q·Kᵀ in fp32 (K converted to fp32 first when reduced). Many
 // rows prefetch the next tile's K and V rows into L2 (K/V of a head come
-// from L3 once per row block); few-row (decode) blocks stream K/V at memory
-// speed, where the hardware prefetcher keeps up and prefetch instructions
-// only queue, except on a paged cache (`next_run`, NextRun).
+// from L3 once per row block); few-row (decode) blocks stream K/V from
+// memory and prefetch rows a little ahead in the stream they read
+// (`next_run`: RowsAhead) or, on a paged cache, the next block (NextRun).
 void F32ScoresRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
                   int64_t j1, float* st, const PrefetchRows& next_run, Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
@@ -590,8 +596,8 @@ void ForEachKvRun(const ValidProblem& p, int64_t j0, int64_t j1, F f) {
 // it. Blocks lie anywhere in the pool, and the hardware prefetcher starts
 // over at each (a plain loop reading shuffled 8 KiB blocks on the Zen 4 VM:
 // 8 GB/s, 25 reading them in order); one block ahead, prefetcht1:
-// 15-19 GB/s. Nothing for contiguous K/V, many-row blocks (their tiles
-// prefetch the next tile: ScoreTile) or j >= limit.
+// 15-19 GB/s. Nothing for contiguous K/V (RowsAhead), many-row blocks
+// (their tiles prefetch the next tile: ScoreTile) or j >= limit.
 PrefetchRows NextRun(const ValidProblem& p, const TensorRef<const void>& t, int64_t width,
                      const Block& blk, int64_t j, int64_t limit) {
   if (!p.kv_pages || !blk.few_rows || j >= limit) return {};
@@ -600,6 +606,27 @@ PrefetchRows NextRun(const ValidProblem& p, const TensorRef<const void>& t, int6
           .k_stride = t.strides.row * bytes,
           .k_bytes = width * bytes,
           .rows = std::min(limit, p.KvRunEnd(j)) - j};
+}
+
+// Decode on a contiguous cache: the rows of t (`width` elements each)
+// plan.decode_prefetch_bytes ahead of the run [j0, j1) the few-row kernels
+// read, row i beside row j0 + i, up to the block's last visible key, for them
+// to prefetch into L2. The hardware prefetcher alone did not keep the
+// memory busy while the kernels compute (Zen 3 VM, one thread, d = 128: a
+// plain read of K and V in flash's order 11-12 GB/s, GQA-4 decode from L3
+// 18.8, from DRAM 5-7 where 1 / (1/18.8 + 1/12) = 7.3 means no overlap at
+// all; 32 KiB ahead: 1.24-1.32x; kernels/DESIGN.md, "Decode prefetch").
+PrefetchRows RowsAhead(const ValidProblem& p, const flash::Plan& plan,
+                       const TensorRef<const void>& t, int64_t width, const Block& blk, int64_t j0,
+                       int64_t j1) {
+  if (p.kv_pages || !blk.few_rows || plan.decode_prefetch_bytes == 0) return {};
+  const int64_t bytes = DTypeBytes(t.dtype), row_bytes = width * bytes;
+  const int64_t start = j0 + (plan.decode_prefetch_bytes + row_bytes - 1) / row_bytes;
+  if (start >= blk.uhi) return {};
+  return {.k = static_cast<const char*>(p.KvRow(t, blk.b, blk.kvh, start)),
+          .k_stride = t.strides.row * bytes,
+          .k_bytes = row_bytes,
+          .rows = std::min(j1 - j0, blk.uhi - start)};
 }
 
 // S = Q·Kᵀ over a tile for each of the item's heads (blocks[g] in
@@ -613,8 +640,9 @@ void F32Scores(const ValidProblem& p, const flash::Plan& plan, std::span<const B
   ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
     for (size_t g = 0; g < blocks.size(); ++g) {
       const Block& blk = blocks[g];
-      const PrefetchRows next_run =
-          r1 < j1 ? NextRun(p, p.k, dk, blk, r1, j1) : NextRun(p, p.v, dv, blk, j0, j1);
+      const PrefetchRows next_run = !p.kv_pages ? RowsAhead(p, plan, p.k, dk, blk, r0, r1)
+                                    : r1 < j1   ? NextRun(p, p.k, dk, blk, r1, j1)
+                                                : NextRun(p, p.v, dv, blk, j0, j1);
       F32ScoresRun(p, plan, blk, r0, r1, parts[g].st + (r0 - j0) * blk.sj, next_run, parts[g]);
     }
   });
@@ -667,8 +695,9 @@ void F32Pv(const ValidProblem& p, const flash::Plan& plan, std::span<const Block
     for (size_t g = 0; g < blocks.size(); ++g) {
       const Block& blk = blocks[g];
       const PrefetchRows next_run =
-          r1 < j1 ? NextRun(p, p.v, dv, blk, r1, j1)
-                  : NextRun(p, p.k, dk, blk, j1, std::min(blk.uhi, j1 + plan.bc));
+          !p.kv_pages ? RowsAhead(p, plan, p.v, dv, blk, r0, r1)
+          : r1 < j1   ? NextRun(p, p.v, dv, blk, r1, j1)
+                      : NextRun(p, p.k, dk, blk, j1, std::min(blk.uhi, j1 + plan.bc));
       F32PvRun(p, plan, blk, r0, r1, partial, first && r0 == j0, parts[g].st + (r0 - j0) * blk.sj,
                next_run, parts[g]);
     }

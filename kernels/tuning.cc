@@ -105,6 +105,24 @@ std::string CpuModel() {
 #endif
 }
 
+int64_t DecodePrefetchMinKvBytes() {
+  static const int64_t bytes = [] {
+    for (int index = 0; index < 8; ++index) {
+      const std::string dir =
+          "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+      std::ifstream level(dir + "level"), size(dir + "size");
+      int l = 0;
+      std::string text;
+      if (!(level >> l) || !(size >> text) || l != 3) continue;
+      // "32768K" (the kernel writes KiB with a K suffix).
+      const int64_t kib = std::atoll(text.c_str());
+      if (kib > 0) return kib * 1024 / 2;
+    }
+    return int64_t{16} << 20;
+  }();
+  return bytes;
+}
+
 Tuning DefaultTuning(std::string why) {
   Tuning t;
   t.cpu = CpuModel();
@@ -138,6 +156,18 @@ StatusOr<Tuning> ParseTuning(std::string_view text) {
                            std::to_string(flash::kPad) + ", " + std::to_string(flash::kMaxBc) +
                            "]");
   }
+  // Optional: files written before it existed take the default.
+  if (flash->contains("decode_prefetch_bytes")) {
+    ATTN_RETURN_IF_ERROR(Field(*flash, "decode_prefetch_bytes", json::value_t::number_integer,
+                               "an integer", "tuning: flash.", &f));
+    t.flash_decode_prefetch_bytes = f->get<int64_t>();
+    if (t.flash_decode_prefetch_bytes < 0 ||
+        t.flash_decode_prefetch_bytes > kMaxDecodePrefetchBytes) {
+      return InvalidArgument(
+          "tuning: flash.decode_prefetch_bytes=" + std::to_string(t.flash_decode_prefetch_bytes) +
+          " must be in [0, " + std::to_string(kMaxDecodePrefetchBytes) + "]");
+    }
+  }
   const json* autos;
   ATTN_RETURN_IF_ERROR(Field(j, "auto", json::value_t::object, "an object", "tuning: ", &autos));
   const json* points;
@@ -160,11 +190,13 @@ std::string SerializeTuning(const Tuning& t) {
                       {"n", p.n},
                       {"variant", p.variant}});
   }
-  const nlohmann::ordered_json j = {{"format", t.format},
-                                    {"cpu", t.cpu},
-                                    {"target", t.target},
-                                    {"flash", {{"key_tile", t.flash_key_tile}}},
-                                    {"auto", {{"points", points}}}};
+  const nlohmann::ordered_json j = {
+      {"format", t.format},
+      {"cpu", t.cpu},
+      {"target", t.target},
+      {"flash",
+       {{"key_tile", t.flash_key_tile}, {"decode_prefetch_bytes", t.flash_decode_prefetch_bytes}}},
+      {"auto", {{"points", points}}}};
   return j.dump(2) + "\n";
 }
 

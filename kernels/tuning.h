@@ -8,8 +8,9 @@
 //   3. else $HOME/.config/attnlab/tuning.json.
 // It records the CPU model and the Highway target it was measured on and a
 // format version. It is read once per process, at the first kernel run:
-//   * missing: built-in defaults (the values the kernels were tuned with on
-//     Zen 4: flash key tile 512, auto always picks flash);
+//   * missing: built-in defaults (flash key tile 512, as tuned on Zen 4;
+//     decode prefetch 32 KiB ahead, as measured on Zen 3; auto always picks
+//     flash);
 //   * stale (made on another CPU model or Highway target, or an older format)
 //     or malformed: defaults, and one line on stderr saying why and to rerun
 //     `attnlab tune`. A bad file never stops a kernel from running.
@@ -31,6 +32,7 @@
 namespace attn {
 
 inline constexpr int kTuningFormat = 1;
+inline constexpr int64_t kMaxDecodePrefetchBytes = int64_t{1} << 20;
 
 // One measured point of `auto`'s table: at this head dimension, mask class,
 // thread count and N = Lq = Lk, `variant` was the fastest fp32 variant.
@@ -49,12 +51,31 @@ struct Tuning {
   std::string target;  // DispatchedHighwayTarget() there
   // flash: keys per tile (Bc), a multiple of 16 in [16, 512].
   int64_t flash_key_tile = 512;
+  // flash: how far ahead of the K or V row a few-row (decode) block reads on
+  // a contiguous cache it prefetches into L2, in bytes (0: no prefetch; at
+  // most kMaxDecodePrefetchBytes), when the problem's K and V exceed
+  // DecodePrefetchMinKvBytes(). Zen 3 VM, d = 128, K and V of 32-512 MiB,
+  // medians of 6 processes: GQA-4 decode 1.24-1.32x faster on one thread,
+  // 1.24-1.48x on two, MHA 1.01-1.13x and 1.01-1.28x (kernels/DESIGN.md,
+  // "Decode prefetch"). A file without it (written before it existed) takes
+  // this default.
+  int64_t flash_decode_prefetch_bytes = 32 * 1024;
   // auto: the fastest variant per measured point (empty: always flash).
   std::vector<AutoPoint> auto_points;
   // Where it came from: the file's path, or "built-in defaults (<why>)".
   // Not part of the file.
   std::string source = "built-in defaults";
 };
+
+// The K and V bytes (all of a problem's) above which flash's decode
+// prefetches (flash_decode_prefetch_bytes): half the last-level cache, from
+// /sys/devices/system/cpu/cpu0/cache (glibc's sysconf said 256 MiB for the
+// Zen 3 VM's 32 MiB L3), 16 MiB when it says nothing. Below it K and V come
+// from L3 in a repeated run, and the prefetch instructions only take load
+// slots (Zen 3 VM, MHA decode of 4-8 MiB: 22-35 -> 18-24 GB/s in a first
+// A/B). A decode whose K and V were evicted since the last step (serving,
+// between layers) would gain from it at any size; that is not measured.
+int64_t DecodePrefetchMinKvBytes();
 
 // "AMD EPYC (family 25, model 17)": the brand string and CPUID family/model,
 // what a tuning is valid for.

@@ -7,8 +7,10 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "kernels/internal/flash_plan.h"
 #include "kernels/registry.h"
@@ -34,6 +36,7 @@ Tuning ThisMachine() {
 // test can tell it apart).
 Tuning Table() {
   Tuning t = ThisMachine();
+  t.flash_decode_prefetch_bytes = 8192;  // not the default: the round trip reads it
   t.auto_points = {{64, false, 1, 128, "simd"},
                    {64, false, 1, 256, "simd"},
                    {64, false, 1, 512, "flash"},
@@ -63,6 +66,7 @@ TEST(TuningFile, RoundTrips) {
   EXPECT_EQ(back->cpu, t.cpu);
   EXPECT_EQ(back->target, t.target);
   EXPECT_EQ(back->flash_key_tile, t.flash_key_tile);
+  EXPECT_EQ(back->flash_decode_prefetch_bytes, 8192);
   EXPECT_EQ(back->auto_points, t.auto_points);
   EXPECT_EQ(Stale(*back), "");
 }
@@ -82,6 +86,12 @@ TEST(TuningFile, BadFieldsAreNamed) {
        "flash.key_tile=100 must be a multiple of 16"},
       {with("\"key_tile\": 512", "\"key_tile\": 1024"), "flash.key_tile=1024"},
       {with("\"key_tile\": 512", "\"key_tile\": \"big\""), "flash.key_tile must be an integer"},
+      {with("\"decode_prefetch_bytes\": 8192", "\"decode_prefetch_bytes\": -1"),
+       "flash.decode_prefetch_bytes=-1 must be in [0, 1048576]"},
+      {with("\"decode_prefetch_bytes\": 8192", "\"decode_prefetch_bytes\": 2000000"),
+       "flash.decode_prefetch_bytes=2000000"},
+      {with("\"decode_prefetch_bytes\": 8192", "\"decode_prefetch_bytes\": 1.5"),
+       "flash.decode_prefetch_bytes must be an integer"},
       {with("\"format\": 1,", ""), "format is missing"},
       {with("\"variant\": \"naive\"", "\"variant\": \"fastest\""),
        "auto.points[3].variant 'fastest' is not a variant auto can run"},
@@ -95,6 +105,20 @@ TEST(TuningFile, BadFieldsAreNamed) {
     EXPECT_NE(t.status().message().find(want), std::string::npos)
         << "got: " << t.status().message() << "\nwant: " << want;
   }
+}
+
+// Files written before flash.decode_prefetch_bytes existed stay valid and
+// take the built-in default.
+TEST(TuningFile, WithoutDecodePrefetchTakesTheDefault) {
+  std::string text = SerializeTuning(Table());
+  const std::string field = ",\n    \"decode_prefetch_bytes\": 8192";
+  const size_t at = text.find(field);
+  ASSERT_NE(at, std::string::npos) << text;
+  text.erase(at, field.size());
+  StatusOr<Tuning> t = ParseTuning(text);
+  ASSERT_TRUE(t.ok()) << t.status().message() << "\n" << text;
+  EXPECT_EQ(t->flash_decode_prefetch_bytes, Tuning{}.flash_decode_prefetch_bytes);
+  EXPECT_EQ(t->flash_key_tile, Table().flash_key_tile);
 }
 
 TEST(TuningFile, FromAnotherMachineIsStale) {
@@ -225,6 +249,68 @@ TEST(ActiveTuning, FlashFollowsTheKeyTile) {
   spec.shape.q_len = spec.shape.kv_len = 40;
   ProblemData short_data(spec);
   EXPECT_EQ(flash::MakePlan(*Validate(short_data.problem())).bc, 48);
+}
+
+// The decode prefetch distance moves only prefetch instructions: flash's
+// decode results are bitwise the same at every distance (none, a row ahead,
+// the default, past the whole sequence), on fp32 and reduced K/V (read in
+// place), with key lengths and a window that end a block's keys early.
+// (Problems this small stay under DecodePrefetchMinKvBytes(); the test hook
+// makes flash prefetch anyway.)
+TEST(ActiveTuning, DecodePrefetchChangesNoBits) {
+  {
+    // Without the hook, K and V of 1 MiB stay under the threshold: no prefetch.
+    ProblemSpec small;
+    small.shape = Shape{1, 8, 2, 1, 1024, 128, 128};
+    ProblemData data(small);
+    ASSERT_LT(int64_t{1} << 20, DecodePrefetchMinKvBytes());
+    EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).decode_prefetch_bytes, 0);
+  }
+  struct PrefetchScope {
+    PrefetchScope() { flash::g_decode_prefetch_for_test.store(true); }
+    ~PrefetchScope() { flash::g_decode_prefetch_for_test.store(false); }
+  } always;
+  struct Case {
+    Shape shape;
+    DTypes dtypes;
+    MaskKind mask;
+    std::vector<int32_t> key_lengths;
+  };
+  const DTypes f32, bf16{DType::kF32, DType::kBF16, DType::kBF16, DType::kF32};
+  const Case cases[] = {
+      {{1, 8, 8, 1, 4096, 128, 128}, f32, MaskKind::kNone, {}},         // MHA
+      {{2, 8, 2, 1, 3000, 64, 64}, f32, MaskKind::kNone, {2999, 700}},  // GQA-4
+      {{1, 4, 1, 2, 4096, 128, 128}, bf16, MaskKind::kNone, {}},        // MQA, bf16 K/V
+      {{1, 2, 2, 1, 4096, 64, 64}, f32, MaskKind::kSlidingWindow, {}},  // window
+  };
+  for (const Case& c : cases) {
+    ProblemSpec spec;
+    spec.shape = c.shape;
+    spec.dtypes = c.dtypes;
+    spec.mask = c.mask;
+    spec.window_left = 1000;
+    spec.key_lengths = c.key_lengths;
+    ProblemData data(spec);
+    const reference::Result want = *reference::Attention(data.problem(), false);
+    std::vector<float> first;
+    for (int64_t bytes : {int64_t{0}, int64_t{64}, int64_t{32768}, kMaxDecodePrefetchBytes}) {
+      Tuning t = ThisMachine();
+      t.flash_decode_prefetch_bytes = bytes;
+      ScopedTuning scope(t);
+      EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).decode_prefetch_bytes, bytes);
+      data.Poison();
+      ASSERT_TRUE(attn::Run("flash", data.problem(), OnThreads(2)).ok());
+      const reference::Comparison cmp = CompareToReference(data, want);
+      EXPECT_TRUE(cmp.ok) << spec.Name() << ", prefetch " << bytes << ": " << cmp.first_failure;
+      const std::vector<float> out = data.OutputContiguous();
+      if (first.empty()) {
+        first = out;
+      } else {
+        EXPECT_EQ(0, std::memcmp(first.data(), out.data(), out.size() * sizeof(float)))
+            << spec.Name() << ": prefetch " << bytes << " changed the result";
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -51,6 +51,9 @@ inline constexpr int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m 
 // still cross many tiles (online-softmax rescaling, partial and skipped
 // tiles). The result must not depend on it beyond rounding.
 inline std::atomic<int64_t> g_key_tile_for_test{0};
+// Tests only: while true, decode prefetches (Plan::decode_prefetch_bytes)
+// whatever the size of K and V, so that small problems exercise it.
+inline std::atomic<bool> g_decode_prefetch_for_test{false};
 
 // How a problem is cut into work items. Rows of one (batch, kv head) are
 // stacked position-major: row r is query position r / group of query head
@@ -81,6 +84,10 @@ struct Plan {
   int64_t splits = 1;      // key splits per block (flash-decoding when > 1)
   int64_t block_rows = 0;  // min(kBr, rows) * heads: rows a block holds at most
   int64_t dvp = 0;         // dv rounded up to kPad
+  // Few-row blocks on a contiguous cache prefetch K and V rows this many
+  // bytes ahead of the ones they read: the tuning's when K and V exceed
+  // DecodePrefetchMinKvBytes(), else 0 (none).
+  int64_t decode_prefetch_bytes = 0;
   // V rows used in place, never packed: fp32 V with dv == dvp. Otherwise
   // each V tile is packed (converted, zero-padded to dvp) into scratch.
   bool v_in_place = false;
@@ -136,6 +143,12 @@ inline Plan MakePlan(const ValidProblem& p) {
                             : std::min(ActiveTuning().flash_key_tile,
                                        RoundUp(std::max<int64_t>(s.kv_len, 1), kPad));
   plan.key_tiles = (s.kv_len + plan.bc - 1) / plan.bc;
+  const int64_t kv_bytes =
+      s.batch * s.kv_heads * s.kv_len *
+      int64_t(DTypeBytes(p.k.dtype) * s.head_dim + DTypeBytes(p.v.dtype) * s.value_dim);
+  if (kv_bytes > DecodePrefetchMinKvBytes() || g_decode_prefetch_for_test.load()) {
+    plan.decode_prefetch_bytes = ActiveTuning().flash_decode_prefetch_bytes;
+  }
   plan.block_rows = std::min(kBr, plan.rows) * plan.heads;
   plan.dvp = RoundUp(s.value_dim, kPad);
   plan.v_in_place = plan.dvp == s.value_dim && p.v.dtype == DType::kF32;
