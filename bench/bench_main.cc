@@ -1061,10 +1061,10 @@ void CeilingStream(benchmark::State& state, RunContext& ctx, int64_t bytes, int 
 // nothing else computed: per (batch, kv head), tiles of up to 512 keys
 // (flash's Bc), each tile's K runs and then its V runs, where a run is the
 // whole tile (contiguous) or a block of the pool. A paged run prefetches the
-// next run into L2 row by row, a contiguous one the rows the tuning's
-// flash_decode_prefetch_bytes ahead, as flash's few-row kernels do (kernels/
-// flash.cc, NextRun and RowsAhead). On a paged cache a read takes several kv heads, as
-// flash's paged decode items do (kernels/internal/flash_plan.h, MakePlan:
+// next run into L2 row by row, a contiguous one the rows flash's decode
+// prefetch distance ahead (DecodePrefetchBytes), as flash's few-row kernels
+// do (kernels/flash.cc, NextRun and RowsAhead). On a paged cache a read takes
+// several kv heads, as flash's paged decode items do (kernels/internal/flash_plan.h, MakePlan:
 // the most heads whose g = H / Hkv query rows fit in 8 together and that
 // divide Hkv), reading each run head after head, i.e. a block's slices in
 // address order. Threads take (batch, kv heads) reads. The report divides a
@@ -1088,6 +1088,8 @@ class KvReadOrder {
       }
       k_ = k_pool_.data(), v_ = v_pool_.data();
     } else {
+      // flash's decode prefetch distance for these K and V (DecodePrefetchBytes).
+      ahead_bytes_ = DecodePrefetchBytes(ActiveTuning(), 2 * rows * c.dim * int64_t{sizeof(float)});
       k_plain_.assign(size_t(rows * c.dim), 1.0f);
       v_plain_.assign(size_t(rows * c.dim), 1.0f);
       k_ = k_plain_.data(), v_ = v_plain_.data();
@@ -1138,16 +1140,12 @@ class KvReadOrder {
   int64_t RunEnd(int64_t j) const {
     return table_ == nullptr ? c_.kv_len : (j / c_.block_size + 1) * c_.block_size;
   }
-  // Contiguous: the rows the tuning's flash_decode_prefetch_bytes ahead of
-  // [r0, r1), row i beside row r0 + i, when K and V exceed
-  // DecodePrefetchMinKvBytes() (as flash's RowsAhead and MakePlan).
+  // Contiguous: the rows ahead_bytes_ ahead of [r0, r1), row i beside row
+  // r0 + i (as flash's RowsAhead).
   PrefetchRows RowsAhead(const float* base, int64_t b, int64_t h, int64_t r0, int64_t r1) const {
     const int64_t row_bytes = c_.dim * int64_t{sizeof(float)};
-    const int64_t kv_bytes = c_.batch * c_.kv_heads * c_.kv_len * 2 * row_bytes;
-    const int64_t ahead =
-        kv_bytes > DecodePrefetchMinKvBytes() ? ActiveTuning().flash_decode_prefetch_bytes : 0;
-    const int64_t start = r0 + (ahead + row_bytes - 1) / row_bytes;
-    if (ahead == 0 || start >= c_.kv_len) return {};
+    const int64_t start = r0 + (ahead_bytes_ + row_bytes - 1) / row_bytes;
+    if (ahead_bytes_ == 0 || start >= c_.kv_len) return {};
     return {.k = reinterpret_cast<const char*>(Row(base, b, h, start)),
             .k_stride = row_bytes,
             .k_bytes = row_bytes,
@@ -1178,6 +1176,7 @@ class KvReadOrder {
   int64_t heads_ = 1;
   const int32_t* table_ = nullptr;
   int64_t per_sequence_ = 0;
+  int64_t ahead_bytes_ = 0;  // contiguous: prefetch distance (RowsAhead)
   HugePageFloats k_pool_, v_pool_;
   std::vector<float> k_plain_, v_plain_;
   const float* k_ = nullptr;

@@ -76,6 +76,12 @@ struct Tuning {
 // A/B). A decode whose K and V were evicted since the last step (serving,
 // between layers) would gain from it at any size; that is not measured.
 int64_t DecodePrefetchMinKvBytes();
+// How far ahead flash's decode prefetches a contiguous cache whose K and V
+// take kv_bytes in all: the tuning's distance above DecodePrefetchMinKvBytes(),
+// else 0. flash's plan and the bench's read ceiling both ask here.
+inline int64_t DecodePrefetchBytes(const Tuning& tuning, int64_t kv_bytes) {
+  return kv_bytes > DecodePrefetchMinKvBytes() ? tuning.flash_decode_prefetch_bytes : 0;
+}
 
 // "AMD EPYC (family 25, model 17)": the brand string and CPUID family/model,
 // what a tuning is valid for.
