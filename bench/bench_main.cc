@@ -96,6 +96,7 @@
 #include "bench/resume.h"
 #include "bench/ukernel_bench.h"
 #include "kernels/internal/bytes.h"
+#include "kernels/internal/read_ahead.h"
 #include "kernels/internal/thread_scope.h"
 #include "kernels/registry.h"
 #include "kernels/tuning.h"
@@ -1060,10 +1061,10 @@ void CeilingStream(benchmark::State& state, RunContext& ctx, int64_t bytes, int 
 // PagedTable) read in the order flash's decode reads them and summed, with
 // nothing else computed: per (batch, kv head), tiles of up to 512 keys
 // (flash's Bc), each tile's K runs and then its V runs, where a run is the
-// whole tile (contiguous) or a block of the pool. A paged run prefetches the
-// next run into L2 row by row, a contiguous one the rows flash's decode
-// prefetch distance ahead (DecodePrefetchBytes), as flash's few-row kernels
-// do (kernels/flash.cc, NextRun and RowsAhead). On a paged cache a read takes
+// whole tile (contiguous) or a block of the pool. Each run prefetches into
+// L2, row by row, the rows flash's decode prefetch distance ahead
+// (DecodePrefetchBytes) in read order, as flash's few-row kernels do
+// (kernels/internal/read_ahead.h). On a paged cache a read takes
 // several kv heads, as flash's paged decode items do (kernels/internal/flash_plan.h, MakePlan:
 // the most heads whose g = H / Hkv query rows fit in 8 together and that
 // divide Hkv), reading each run head after head, i.e. a block's slices in
@@ -1088,12 +1089,18 @@ class KvReadOrder {
       }
       k_ = k_pool_.data(), v_ = v_pool_.data();
     } else {
-      // flash's decode prefetch distance for these K and V (DecodePrefetchBytes).
-      ahead_bytes_ = DecodePrefetchBytes(ActiveTuning(), 2 * rows * c.dim * int64_t{sizeof(float)});
       k_plain_.assign(size_t(rows * c.dim), 1.0f);
       v_plain_.assign(size_t(rows * c.dim), 1.0f);
       k_ = k_plain_.data(), v_ = v_plain_.data();
     }
+    const int64_t row_bytes = c.dim * int64_t{sizeof(float)};
+    order_ = {.heads = heads_,
+              .block_size = table_ == nullptr ? 0 : c.block_size,
+              .end = c.kv_len,
+              .row_stride_bytes = row_bytes,
+              .row_bytes = row_bytes};
+    // flash's decode prefetch distance for these K and V (DecodePrefetchBytes).
+    ahead_ = RowsAheadFor(order_, DecodePrefetchBytes(ActiveTuning(), 2 * rows * row_bytes));
   }
   // Kv heads per read.
   int64_t heads() const { return heads_; }
@@ -1110,7 +1117,9 @@ class KvReadOrder {
           const int64_t r1 = std::min(t1, RunEnd(r0));
           for (int64_t h = h0; h < h0 + heads_; ++h) {
             const PrefetchRows next =
-                table_ == nullptr ? RowsAhead(base, b, h, r0, r1) : NextRun(base, b, h, r1, t0, t1);
+                RowsAhead(order_, ahead_, h - h0, r0, r1, [&](int64_t g, int64_t j) {
+                  return reinterpret_cast<const char*>(Row(base, b, h0 + g, j));
+                });
             const float* row = Row(base, b, h, r0);
             for (int64_t j = 0; j < r1 - r0; ++j, row += d) {
               next.Prefetch(j, j + 1);
@@ -1140,43 +1149,12 @@ class KvReadOrder {
   int64_t RunEnd(int64_t j) const {
     return table_ == nullptr ? c_.kv_len : (j / c_.block_size + 1) * c_.block_size;
   }
-  // Contiguous: the rows ahead_bytes_ ahead of [r0, r1), row i beside row
-  // r0 + i (as flash's RowsAhead).
-  PrefetchRows RowsAhead(const float* base, int64_t b, int64_t h, int64_t r0, int64_t r1) const {
-    const int64_t row_bytes = c_.dim * int64_t{sizeof(float)};
-    const int64_t start = r0 + (ahead_bytes_ + row_bytes - 1) / row_bytes;
-    if (ahead_bytes_ == 0 || start >= c_.kv_len) return {};
-    return {.k = reinterpret_cast<const char*>(Row(base, b, h, start)),
-            .k_stride = row_bytes,
-            .k_bytes = row_bytes,
-            .rows = std::min(r1 - r0, c_.kv_len - start)};
-  }
-  // After the run of `base` that ends at r1 in tile [t0, t1): its next run,
-  // the tile's first V run after its last K run, the next tile's first K run
-  // after its last V run (paged only, as flash).
-  PrefetchRows NextRun(const float* base, int64_t b, int64_t h, int64_t r1, int64_t t0,
-                       int64_t t1) const {
-    if (table_ == nullptr) return {};
-    const float* next = base;
-    int64_t j = r1, limit = t1;
-    if (r1 >= t1 && base == k_) {
-      next = v_, j = t0;
-    } else if (r1 >= t1) {
-      next = k_, j = t1, limit = std::min(c_.kv_len, t1 + 512);
-    }
-    if (j >= limit) return {};
-    const int64_t row_bytes = c_.dim * int64_t{sizeof(float)};
-    return {.k = reinterpret_cast<const char*>(Row(next, b, h, j)),
-            .k_stride = row_bytes,
-            .k_bytes = row_bytes,
-            .rows = std::min(limit, RunEnd(j)) - j};
-  }
-
   const Case& c_;
   int64_t heads_ = 1;
   const int32_t* table_ = nullptr;
   int64_t per_sequence_ = 0;
-  int64_t ahead_bytes_ = 0;  // contiguous: prefetch distance (RowsAhead)
+  ReadOrder order_;
+  int64_t ahead_ = 0;  // rows flash's decode prefetches ahead (RowsAheadFor)
   HugePageFloats k_pool_, v_pool_;
   std::vector<float> k_plain_, v_plain_;
   const float* k_ = nullptr;

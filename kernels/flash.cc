@@ -95,10 +95,11 @@
 // kernels take one stride per tile and are not used on a paged cache (the
 // converted path runs instead). Decode blocks read the pool's blocks in
 // table order, anywhere in memory, where the hardware prefetcher starts over
-// at each block: the few-row kernels prefetch the next block's rows into L2
-// as they read the current one (NextRun): paged decode 1.4-1.7x faster at
-// block size 16, 1.1-1.4x at 32 (reports/vm-2026-12-02-serving against the
-// report before it; kernels/DESIGN.md, "Paged K/V"). And a block holds its
+// at each block: the few-row kernels prefetch rows into L2 a distance ahead
+// in the order they read them, across blocks (DecodeRowsAhead; one block
+// ahead at first: paged decode 1.4-1.7x faster at block size 16, 1.1-1.4x at
+// 32, reports/vm-2026-12-02-serving against the report before it;
+// kernels/DESIGN.md, "Paged K/V"). And a block holds its
 // keys' rows of every kv head together, so a paged decode item takes
 // several kv heads (flash::Plan::heads: their rows together at most
 // kFewRows), each a Block in its own part of the scratch (HeadScratch), and
@@ -114,7 +115,7 @@
 // second parallel pass, no barrier). With GQA the group's heads are rows of
 // one block, so K and V are read once per group. The few-row kernels
 // prefetch K and V rows into L2 the tuning's flash_decode_prefetch_bytes
-// (32 KiB) ahead of the rows they read (RowsAhead) when K and V pass half
+// (32 KiB) ahead of the rows they read (DecodeRowsAhead) when K and V pass half
 // the L3: on the Zen 3 VM the hardware prefetcher alone let the memory idle
 // while they computed (GQA-4 decode 1.24-1.48x faster, MHA 1.01-1.28x;
 // kernels/DESIGN.md, "Decode prefetch"; `attnlab tune` measures 0-64 KiB
@@ -188,6 +189,7 @@
 
 #include "kernels/internal/flash_plan.h"
 #include "kernels/internal/parallel.h"
+#include "kernels/internal/read_ahead.h"
 #include "kernels/registry.h"
 #include "kernels/ukernels/bf16_avx512.h"
 
@@ -532,8 +534,8 @@ void ScaleKeys(const ValidProblem& p, const RowScales& scales, const Block& blk,
 // A tile's S = Q·Kᵀ in fp32 (K converted to fp32 first when reduced). Many
 // rows prefetch the next tile's K and V rows into L2 (K/V of a head come
 // from L3 once per row block); few-row (decode) blocks stream K/V from
-// memory and prefetch rows a little ahead in the stream they read
-// (`next_run`: RowsAhead) or, on a paged cache, the next block (NextRun).
+// memory and prefetch rows a distance ahead in the order they read them
+// (`next_run`: DecodeRowsAhead), paged or not.
 void F32ScoresRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
                   int64_t j1, float* st, const PrefetchRows& next_run, Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
@@ -590,59 +592,47 @@ void ForEachKvRun(const ValidProblem& p, int64_t j0, int64_t j1, F f) {
   }
 }
 
-// Decode on a paged cache: the K or V rows (t, rows of `width` elements) of
-// the run that starts at key j and ends at the block's end or `limit`, for
-// the few-row kernels to prefetch into L2 while they read the run before
-// it. Blocks lie anywhere in the pool, and the hardware prefetcher starts
-// over at each (a plain loop reading shuffled 8 KiB blocks on the Zen 4 VM:
-// 8 GB/s, 25 reading them in order); one block ahead, prefetcht1:
-// 15-19 GB/s. Nothing for contiguous K/V (RowsAhead), many-row blocks
-// (their tiles prefetch the next tile: ScoreTile) or j >= limit.
-PrefetchRows NextRun(const ValidProblem& p, const TensorRef<const void>& t, int64_t width,
-                     const Block& blk, int64_t j, int64_t limit) {
-  if (!p.kv_pages || !blk.few_rows || j >= limit) return {};
+// Decode: the rows of t (K or V, `width` elements each) the plan's distance
+// ahead of the run [r0, r1) of the item's head g in the order the item reads
+// them, up to the block's last visible key, for the few-row kernels to
+// prefetch into L2 as they read the run (kernels/internal/read_ahead.h). On
+// a contiguous cache the hardware prefetcher alone did not keep the memory
+// busy while they compute (Zen 3 VM, one thread, d = 128: a plain read of K
+// and V in flash's order 11-12 GB/s, GQA-4 decode from L3 18.8, from DRAM
+// 5-7 where 1 / (1/18.8 + 1/12) = 7.3 means no overlap at all; 32 KiB ahead:
+// 1.24-1.32x). On a paged cache it cannot follow the jumps between blocks:
+// there the distance is the same, or one block when it is 0 (RowsAheadFor;
+// kernels/DESIGN.md, "Decode prefetch", "Paged K/V"). Nothing for many-row
+// blocks (their tiles prefetch the next tile: ScoreTile).
+PrefetchRows DecodeRowsAhead(const ValidProblem& p, const flash::Plan& plan,
+                             const TensorRef<const void>& t, int64_t width,
+                             std::span<const Block> blocks, size_t g, int64_t r0, int64_t r1) {
+  const Block& blk = blocks[g];
+  if (!blk.few_rows) return {};
   const int64_t bytes = DTypeBytes(t.dtype);
-  return {.k = static_cast<const char*>(p.KvRow(t, blk.b, blk.kvh, j)),
-          .k_stride = t.strides.row * bytes,
-          .k_bytes = width * bytes,
-          .rows = std::min(limit, p.KvRunEnd(j)) - j};
-}
-
-// Decode on a contiguous cache: the rows of t (`width` elements each)
-// plan.decode_prefetch_bytes ahead of the run [j0, j1) the few-row kernels
-// read, row i beside row j0 + i, up to the block's last visible key, for them
-// to prefetch into L2. The hardware prefetcher alone did not keep the
-// memory busy while the kernels compute (Zen 3 VM, one thread, d = 128: a
-// plain read of K and V in flash's order 11-12 GB/s, GQA-4 decode from L3
-// 18.8, from DRAM 5-7 where 1 / (1/18.8 + 1/12) = 7.3 means no overlap at
-// all; 32 KiB ahead: 1.24-1.32x; kernels/DESIGN.md, "Decode prefetch").
-PrefetchRows RowsAhead(const ValidProblem& p, const flash::Plan& plan,
-                       const TensorRef<const void>& t, int64_t width, const Block& blk, int64_t j0,
-                       int64_t j1) {
-  if (p.kv_pages || !blk.few_rows || plan.decode_prefetch_bytes == 0) return {};
-  const int64_t bytes = DTypeBytes(t.dtype), row_bytes = width * bytes;
-  const int64_t start = j0 + (plan.decode_prefetch_bytes + row_bytes - 1) / row_bytes;
-  if (start >= blk.uhi) return {};
-  return {.k = static_cast<const char*>(p.KvRow(t, blk.b, blk.kvh, start)),
-          .k_stride = t.strides.row * bytes,
-          .k_bytes = row_bytes,
-          .rows = std::min(j1 - j0, blk.uhi - start)};
+  const ReadOrder order{.heads = static_cast<int64_t>(blocks.size()),
+                        .block_size = p.kv_pages ? p.kv_pages->block_size : 0,
+                        .end = blk.uhi,
+                        .row_stride_bytes = t.strides.row * bytes,
+                        .row_bytes = width * bytes};
+  const int64_t first_kvh = blocks[0].kvh;
+  return RowsAhead(order, RowsAheadFor(order, plan.decode_prefetch_bytes), int64_t(g), r0, r1,
+                   [&](int64_t h, int64_t j) {
+                     return static_cast<const char*>(p.KvRow(t, blk.b, first_kvh + h, j));
+                   });
 }
 
 // S = Q·Kᵀ over a tile for each of the item's heads (blocks[g] in
 // parts[g]), run by run and within a run head after head (Sᵀ rows or S
-// columns of each run at its place in the tile), each prefetching its
-// head's next K run, the last one the tile's first V run (read after the
-// softmax).
+// columns of each run at its place in the tile), decode prefetching K
+// rows ahead (DecodeRowsAhead).
 void F32Scores(const ValidProblem& p, const flash::Plan& plan, std::span<const Block> blocks,
                std::span<Scratch> parts, int64_t j0, int64_t j1) {
-  const int64_t dk = p.shape.head_dim, dv = p.shape.value_dim;
+  const int64_t dk = p.shape.head_dim;
   ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
     for (size_t g = 0; g < blocks.size(); ++g) {
       const Block& blk = blocks[g];
-      const PrefetchRows next_run = !p.kv_pages ? RowsAhead(p, plan, p.k, dk, blk, r0, r1)
-                                    : r1 < j1   ? NextRun(p, p.k, dk, blk, r1, j1)
-                                                : NextRun(p, p.v, dv, blk, j0, j1);
+      const PrefetchRows next_run = DecodeRowsAhead(p, plan, p.k, dk, blocks, g, r0, r1);
       F32ScoresRun(p, plan, blk, r0, r1, parts[g].st + (r0 - j0) * blk.sj, next_run, parts[g]);
     }
   });
@@ -686,18 +676,14 @@ void F32PvRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, 
 
 // O (+)= P·V over a tile for each of the item's heads, run by run
 // (ForEachKvRun) and within a run head after head; the first run of the
-// first tile writes O. Each run prefetches its head's next V run, the last
-// one the next tile's first K run.
+// first tile writes O; decode prefetches V rows ahead (DecodeRowsAhead).
 void F32Pv(const ValidProblem& p, const flash::Plan& plan, std::span<const Block> blocks,
            std::span<Scratch> parts, int64_t j0, int64_t j1, bool partial, bool first) {
-  const int64_t dk = p.shape.head_dim, dv = p.shape.value_dim;
+  const int64_t dv = p.shape.value_dim;
   ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
     for (size_t g = 0; g < blocks.size(); ++g) {
       const Block& blk = blocks[g];
-      const PrefetchRows next_run =
-          !p.kv_pages ? RowsAhead(p, plan, p.v, dv, blk, r0, r1)
-          : r1 < j1   ? NextRun(p, p.v, dv, blk, r1, j1)
-                      : NextRun(p, p.k, dk, blk, j1, std::min(blk.uhi, j1 + plan.bc));
+      const PrefetchRows next_run = DecodeRowsAhead(p, plan, p.v, dv, blocks, g, r0, r1);
       F32PvRun(p, plan, blk, r0, r1, partial, first && r0 == j0, parts[g].st + (r0 - j0) * blk.sj,
                next_run, parts[g]);
     }

@@ -51,14 +51,14 @@ struct Tuning {
   std::string target;  // DispatchedHighwayTarget() there
   // flash: keys per tile (Bc), a multiple of 16 in [16, 512].
   int64_t flash_key_tile = 512;
-  // flash: how far ahead of the K or V row a few-row (decode) block reads on
-  // a contiguous cache it prefetches into L2, in bytes (0: no prefetch; at
-  // most kMaxDecodePrefetchBytes), when the problem's K and V exceed
-  // DecodePrefetchMinKvBytes(). Zen 3 VM, d = 128, K and V of 32-512 MiB,
-  // medians of 6 processes: GQA-4 decode 1.24-1.32x faster on one thread,
-  // 1.24-1.48x on two, MHA 1.01-1.13x and 1.01-1.28x (kernels/DESIGN.md,
-  // "Decode prefetch"). A file without it (written before it existed) takes
-  // this default.
+  // flash: how far ahead of the K or V row a few-row (decode) block reads it
+  // prefetches into L2, in bytes, in the order it reads them (paged: block
+  // after block; kernels/internal/read_ahead.h), when the problem's K and V
+  // exceed DecodePrefetchMinKvBytes(). 0: none on a contiguous cache, one
+  // block ahead on a paged one. At most kMaxDecodePrefetchBytes. Zen 3 VM, d = 128, K and V of
+  // 32-512 MiB, medians of 6 processes: GQA-4 decode 1.24-1.32x faster on one thread, 1.24-1.48x on
+  // two, MHA 1.01-1.13x and 1.01-1.28x (kernels/DESIGN.md, "Decode prefetch"). A file without it
+  // (written before it existed) takes this default.
   int64_t flash_decode_prefetch_bytes = 32 * 1024;
   // auto: the fastest variant per measured point (empty: always flash).
   std::vector<AutoPoint> auto_points;
@@ -76,9 +76,9 @@ struct Tuning {
 // A/B). A decode whose K and V were evicted since the last step (serving,
 // between layers) would gain from it at any size; that is not measured.
 int64_t DecodePrefetchMinKvBytes();
-// How far ahead flash's decode prefetches a contiguous cache whose K and V
-// take kv_bytes in all: the tuning's distance above DecodePrefetchMinKvBytes(),
-// else 0. flash's plan and the bench's read ceiling both ask here.
+// How far ahead flash's decode prefetches K and V that take kv_bytes in all: the tuning's distance
+// above DecodePrefetchMinKvBytes(), else 0. flash's plan and the bench's read ceiling both ask
+// here.
 inline int64_t DecodePrefetchBytes(const Tuning& tuning, int64_t kv_bytes) {
   return kv_bytes > DecodePrefetchMinKvBytes() ? tuning.flash_decode_prefetch_bytes : 0;
 }

@@ -1552,7 +1552,8 @@ class Report:
              f"(issue 20): >= {self.PAGED_TARGET:.2f} at block size >= 16. Read ceiling = "
              "the time of `ceiling_read/decode/...` / that of `ceiling_read/paged/...`: the same "
              "K and V read in the same order (tiles of 512 keys, each tile's K runs then its V "
-             "runs; a paged run prefetching the next one into L2, as flash does) and summed, "
+             "runs; each run prefetching into L2 the rows flash's decode prefetch distance "
+             "ahead in that order, as flash does) and summed, "
              "nothing else computed: the speed the memory allows paged decode against "
              "contiguous decode whatever the kernel does. Speed / read ceiling near 1: the "
              "rest of the gap is the memory's, not the kernel's.", "")

@@ -17,6 +17,7 @@
 #include "kernels/ukernels/bf16_avx512.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
+#include "testing/flash_hooks.h"
 #include "testing/problem_data.h"
 
 namespace attn::testing {
@@ -40,14 +41,6 @@ class TileCountScope {
 
  private:
   FlashTileCounts counts_;
-};
-
-// Runs flash with `keys`-key tiles while alive (flash::g_key_tile_for_test):
-// short test sequences then cross many tiles, as long ones do by default.
-class KeyTileScope {
- public:
-  explicit KeyTileScope(int64_t keys) { flash::g_key_tile_for_test.store(keys); }
-  ~KeyTileScope() { flash::g_key_tile_for_test.store(0); }
 };
 
 // Expected tile classes from the problem's visible ranges alone (an

@@ -22,9 +22,13 @@
 #include <string>
 #include <vector>
 
+#include "kernels/internal/flash_plan.h"
+#include "kernels/internal/read_ahead.h"
 #include "kernels/registry.h"
+#include "kernels/tuning.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
+#include "testing/flash_hooks.h"
 #include "testing/grad_data.h"
 #include "testing/problem_data.h"
 
@@ -336,6 +340,120 @@ TEST(PagedValidationTest, NamesTheField) {
   const Status s = ValidateGrad(grads.grad_problem()).status();
   EXPECT_NE(s.message().find("the backward does not take a paged K/V cache"), std::string::npos)
       << s.ToString();
+}
+
+// The rows decode prefetches (kernels/internal/read_ahead.h) are the rows it
+// reads `ahead` rows later: on a paged cache block after block, within a
+// block head after head (every slice counted as block_size rows, keys past
+// `end` holes that are never prefetched), on a contiguous one key after
+// key. Every run of every read order, row by row: a run prefetches all its
+// rows' targets up to the first hole; From() keeps them.
+TEST(PagedReadAheadTest, PrefetchesTheRowsReadLater) {
+  constexpr int64_t kKeys = 200;
+  std::vector<char> rows(8 * kKeys);  // row (h, j) is byte h * kKeys + j: stride 1
+  auto row_at = [&](int64_t h, int64_t j) { return rows.data() + h * kKeys + j; };
+  struct Target {
+    int64_t head, key;
+  };
+  for (int64_t heads : {1, 2, 4, 8}) {
+    for (int64_t bs : {0, 1, 3, 16, 64}) {
+      if (bs == 0 && heads > 1) continue;  // contiguous items take one head
+      for (int64_t end : {1, 45, 64, 200}) {
+        const ReadOrder order{heads, bs, end, 1, 1};
+        const int64_t per_block = bs == 0 ? kKeys : heads * bs;
+        // Read order over whole slices: position -> (head, key).
+        auto target = [&](int64_t pos) -> Target {
+          if (bs == 0) return {0, pos};
+          return {pos % per_block / bs, pos / per_block * bs + pos % bs};
+        };
+        for (int64_t ahead : {int64_t{1}, int64_t{5}, bs, per_block, 3 * per_block + 7}) {
+          if (ahead <= 0) continue;
+          // Runs end at a block's end, a 10-key tile's and `end` (flash's
+          // ForEachKvRun in its tiles: a run may start inside a block).
+          for (int64_t r0 = 0, r1 = 0; r0 < end; r0 = r1) {
+            r1 = std::min({end, r0 / 10 * 10 + 10, bs == 0 ? end : r0 / bs * bs + bs});
+            for (int64_t g = 0; g < heads; ++g) {
+              SCOPED_TRACE(::testing::Message()
+                           << "heads " << heads << " bs " << bs << " end " << end << " ahead "
+                           << ahead << " run [" << r0 << ", " << r1 << ") head " << g);
+              const PrefetchRows got = RowsAhead(order, ahead, g, r0, r1, row_at);
+              const int64_t pos = bs == 0 ? r0 : r0 / bs * per_block + g * bs + r0 % bs;
+              int64_t reachable = 0;  // targets before the first hole
+              while (reachable < r1 - r0 && target(pos + ahead + reachable).key < end) ++reachable;
+              EXPECT_EQ(got.rows, reachable);
+              for (int64_t i = 0; i < got.rows; ++i) {
+                const Target want = target(pos + ahead + i);
+                EXPECT_EQ(got.KRow(i), row_at(want.head, want.key)) << "row " << i;
+              }
+              for (int64_t first = 1; first < got.rows; ++first) {
+                const PrefetchRows rest = got.From(first);
+                ASSERT_EQ(rest.rows, got.rows - first);
+                for (int64_t i = 0; i < rest.rows; ++i)
+                  EXPECT_EQ(rest.KRow(i), got.KRow(first + i));
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  // 0 bytes ahead: none on a contiguous cache, one block on a paged one.
+  EXPECT_EQ(RowsAheadFor({1, 0, kKeys, 512, 512}, 0), 0);
+  EXPECT_EQ(RowsAheadFor({4, 16, kKeys, 512, 512}, 0), 64);
+  EXPECT_EQ(RowsAheadFor({4, 16, kKeys, 512, 512}, 32768), 64);
+  EXPECT_EQ(RowsAheadFor({4, 16, kKeys, 512, 512}, 1), 1);
+}
+
+// flash's paged decode gives the same bits whatever its prefetch distance
+// (one block ahead at 0): MHA (items of 8 kv heads), GQA-4 with key lengths
+// (items of 2), block sizes that do and do not divide its 512-key tiles,
+// and a bf16 cache read in place. A test hook makes these small problems
+// prefetch (flash::g_decode_prefetch_for_test).
+TEST(PagedReadAheadTest, DecodePrefetchChangesNoBits) {
+  const testing::DecodePrefetchScope always;
+  struct PagedCase {
+    Shape shape;
+    DTypes dtypes;
+    std::vector<int32_t> key_lengths;
+  };
+  const DTypes f32, bf16{DType::kF32, DType::kBF16, DType::kBF16, DType::kF32};
+  const PagedCase cases[] = {
+      {{1, 8, 8, 1, 3000, 64, 64}, f32, {}},               // MHA
+      {{2, 8, 2, 1, 3000, 64, 64}, f32, {2999, 700}},      // GQA-4
+      {{2, 8, 2, 1, 2000, 128, 128}, bf16, {2000, 1333}},  // bf16 K/V
+  };
+  for (const PagedCase& c : cases) {
+    for (int64_t bs : {1, 16, 48, 128}) {
+      ProblemSpec spec;
+      spec.shape = c.shape;
+      spec.dtypes = c.dtypes;
+      spec.key_lengths = c.key_lengths;
+      ProblemData data(spec);
+      Problem& p = data.problem();
+      Pool pool(p, bs, 21);
+      const StatusOr<reference::Result> want = reference::Attention(p);
+      ASSERT_TRUE(want.ok());
+      std::vector<float> first;
+      for (int64_t bytes : {int64_t{0}, int64_t{64}, int64_t{32768}, kMaxDecodePrefetchBytes}) {
+        Tuning t = DefaultTuning("test");
+        t.flash_decode_prefetch_bytes = bytes;
+        ScopedTuning scope(t);
+        const std::string name =
+            spec.Name() + " bs " + std::to_string(bs) + " prefetch " + std::to_string(bytes);
+        data.Poison();
+        ASSERT_TRUE(attn::Run("flash", p, OnThreads(2)).ok()) << name;
+        const testing::Comparison cmp = testing::CompareToReference(data, *want);
+        EXPECT_TRUE(cmp.ok) << name << ": " << cmp.first_failure;
+        const std::vector<float> out = data.OutputContiguous();
+        if (first.empty()) {
+          first = out;
+        } else {
+          EXPECT_EQ(0, std::memcmp(first.data(), out.data(), out.size() * sizeof(float)))
+              << name << " changed the result";
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "kernels/registry.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
+#include "testing/flash_hooks.h"
 #include "testing/problem_data.h"
 
 namespace attn {
@@ -266,10 +267,7 @@ TEST(ActiveTuning, DecodePrefetchChangesNoBits) {
     ASSERT_LT(int64_t{1} << 20, DecodePrefetchMinKvBytes());
     EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).decode_prefetch_bytes, 0);
   }
-  struct PrefetchScope {
-    PrefetchScope() { flash::g_decode_prefetch_for_test.store(true); }
-    ~PrefetchScope() { flash::g_decode_prefetch_for_test.store(false); }
-  } always;
+  const testing::DecodePrefetchScope always;
   struct Case {
     Shape shape;
     DTypes dtypes;

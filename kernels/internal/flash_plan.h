@@ -84,9 +84,11 @@ struct Plan {
   int64_t splits = 1;      // key splits per block (flash-decoding when > 1)
   int64_t block_rows = 0;  // min(kBr, rows) * heads: rows a block holds at most
   int64_t dvp = 0;         // dv rounded up to kPad
-  // Few-row blocks on a contiguous cache prefetch K and V rows this many
-  // bytes ahead of the ones they read: the tuning's when K and V exceed
-  // DecodePrefetchMinKvBytes(), else 0 (none).
+  // Few-row blocks prefetch K and V rows this many bytes ahead, in the
+  // order they read them, of the ones they read: the tuning's when K and V
+  // exceed DecodePrefetchMinKvBytes(), else 0 (none on a contiguous cache,
+  // one block ahead on a paged one: RowsAheadFor in
+  // kernels/internal/read_ahead.h).
   int64_t decode_prefetch_bytes = 0;
   // V rows used in place, never packed: fp32 V with dv == dvp. Otherwise
   // each V tile is packed (converted, zero-padded to dvp) into scratch.

@@ -28,7 +28,8 @@ inline void PrefetchLineL2(const char* p) {
 // of their key loop, row j of the prefetch beside key j of their own: all at
 // once, the 1024 prefetches of a d = 128 tile stalled on full miss buffers
 // (6% of flash's time). flash passes the next tile's K and V (ScoreTile), or
-// on a paged cache the next block's K or V rows (the few-row kernels).
+// the few-row (decode) kernels the K or V rows a distance ahead in the order
+// they read them (kernels/internal/read_ahead.h).
 // Into L2 (prefetcht1), not L1: shuffled 8 KiB blocks read 15-19 GB/s with
 // prefetcht1 one block ahead, 8-10 with prefetcht0 at any distance, 25
 // sequentially (Zen 4 VM, a plain read loop alone).
@@ -40,16 +41,32 @@ struct PrefetchRows {
   int64_t v_stride = 0;
   int64_t v_bytes = 0;
   int64_t rows = 0;
+  // K rows tail_row.. lie at k_tail on (same stride), not after k: decode's
+  // rows ahead on a paged cache, which cross from one block's slice into the
+  // next (kernels/internal/read_ahead.h). Unset: no tail.
+  const char* k_tail = nullptr;
+  int64_t tail_row = 0;
+  // Address of K row j.
+  const char* KRow(int64_t j) const {
+    return k_tail != nullptr && j >= tail_row ? k_tail + (j - tail_row) * k_stride
+                                              : k + j * k_stride;
+  }
   // The same rows seen from row `first` on (a kernel called for a slice of
   // the keys that begins there).
   PrefetchRows From(int64_t first) const {
     if (first >= rows) return {};
-    return {k + first * k_stride, k_stride, k_bytes, v + first * v_stride, v_stride, v_bytes,
-            rows - first};
+    PrefetchRows out{KRow(first), k_stride, k_bytes,     v + first * v_stride,
+                     v_stride,    v_bytes,  rows - first};
+    if (k_tail != nullptr && first < tail_row) {
+      out.k_tail = k_tail;
+      out.tail_row = tail_row - first;
+    }
+    return out;
   }
   void Prefetch(int64_t begin, int64_t end) const {
     for (int64_t j = begin; j < std::min(end, rows); ++j) {
-      for (int64_t x = 0; x < k_bytes; x += 64) PrefetchLineL2(k + j * k_stride + x);
+      const char* k_row = KRow(j);
+      for (int64_t x = 0; x < k_bytes; x += 64) PrefetchLineL2(k_row + x);
       for (int64_t x = 0; x < v_bytes; x += 64) PrefetchLineL2(v + j * v_stride + x);
     }
   }
