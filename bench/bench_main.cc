@@ -1068,7 +1068,10 @@ void CeilingStream(benchmark::State& state, RunContext& ctx, int64_t bytes, int 
 // several kv heads, as flash's paged decode items do (kernels/internal/flash_plan.h, MakePlan:
 // the most heads whose g = H / Hkv query rows fit in 8 together and that
 // divide Hkv), reading each run head after head, i.e. a block's slices in
-// address order. Threads take (batch, kv heads) reads. The report divides a
+// address order. Threads take (batch, kv heads, key range) reads: each
+// (batch, kv heads) split into tile-aligned key ranges when there are fewer
+// of them than threads, as flash-decoding splits the keys (else a paged
+// read of all 8 heads of MHA together ran on one thread of two). The report divides a
 // contiguous read's time by the paged read's: how fast the memory lets paged
 // decode go against contiguous decode, whatever the kernel does.
 class KvReadOrder {
@@ -1104,20 +1107,25 @@ class KvReadOrder {
   }
   // Kv heads per read.
   int64_t heads() const { return heads_; }
-  // The sum of the K and V of batch b's kv heads h0 .. h0 + heads() - 1,
-  // read tile by tile, run by run, head by head.
-  float Read(int64_t b, int64_t h0) const {
-    constexpr int64_t kTile = 512, kLanes = 32;
-    const int64_t lk = c_.kv_len, d = c_.dim;
+  // Tiles of keys (flash's Bc).
+  static constexpr int64_t kTile = 512;
+  int64_t tiles() const { return (c_.kv_len + kTile - 1) / kTile; }
+  // The sum of the K and V of batch b's kv heads h0 .. h0 + heads() - 1 in
+  // tiles [tile_lo, tile_hi), read tile by tile, run by run, head by head.
+  float Read(int64_t b, int64_t h0, int64_t tile_lo, int64_t tile_hi) const {
+    constexpr int64_t kLanes = 32;
+    const int64_t lk = std::min(c_.kv_len, tile_hi * kTile), d = c_.dim;
+    ReadOrder order = order_;
+    order.end = lk;  // flash's prefetch stops at its split's last key
     float acc[kLanes] = {};
-    for (int64_t t0 = 0; t0 < lk; t0 += kTile) {
+    for (int64_t t0 = tile_lo * kTile; t0 < lk; t0 += kTile) {
       const int64_t t1 = std::min(lk, t0 + kTile);
       for (const float* base : {k_, v_}) {
         for (int64_t r0 = t0; r0 < t1;) {
           const int64_t r1 = std::min(t1, RunEnd(r0));
           for (int64_t h = h0; h < h0 + heads_; ++h) {
             const PrefetchRows next =
-                RowsAhead(order_, ahead_, h - h0, r0, r1, [&](int64_t g, int64_t j) {
+                RowsAhead(order, ahead_, h - h0, r0, r1, [&](int64_t g, int64_t j) {
                   return reinterpret_cast<const char*>(Row(base, b, h0 + g, j));
                 });
             const float* row = Row(base, b, h, r0);
@@ -1167,14 +1175,18 @@ void CeilingRead(benchmark::State& state, RunContext& ctx, const Case& c, const 
   ScopedThreads scope(c.threads);
   const KvReadOrder order(c);
   const int64_t groups = c.kv_heads / order.heads();  // per batch
-  const int64_t reads = c.batch * groups;
+  const int64_t splits =
+      std::min(order.tiles(), (c.threads + c.batch * groups - 1) / (c.batch * groups));
+  const int64_t reads = c.batch * groups * splits;
   float total = 0;
   for (auto _ : state) {
     if (StopIfInterrupted(state)) break;
     float sum = 0;
 #pragma omp parallel for num_threads(c.threads) reduction(+ : sum) schedule(static)
     for (int64_t x = 0; x < reads; ++x) {
-      sum += order.Read(x / groups, x % groups * order.heads());
+      const int64_t read = x / splits, s = x % splits;
+      sum += order.Read(read / groups, read % groups * order.heads(), s * order.tiles() / splits,
+                        (s + 1) * order.tiles() / splits);
     }
     total += sum;
     benchmark::DoNotOptimize(total);
