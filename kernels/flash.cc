@@ -674,13 +674,47 @@ void F32PvRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, 
   PvTile(st, blk.sj, blk.sr, v, vs, nc, blk.nrows, dvp / N, !first, sc.o, dvp, next_run);
 }
 
+// Paged decode: the tile's V rows from key r0 to j1 in read order (run by
+// run, head after head), at most half the L2, into L2, all at once. A
+// contiguous cache gets the same from PvTile: every key chunk of a head's
+// tile (kPvKeyChunk, 64 keys on 16-register targets) prefetches the rest of
+// the tile's rows, again and again. On Zen 3 those repeats are what made
+// contiguous GQA-4 decode beat paged at block size 16, whose runs are
+// shorter than a chunk: without them (one burst per tile, or rows a distance
+// ahead, 32 KiB-256 KiB) contiguous GQA-4 decode ran 1.12-1.32x slower
+// (kernels/DESIGN.md, "Repeated prefetches").
+void PrefetchTileValues(const ValidProblem& p, std::span<const Block> blocks, int64_t r0,
+                        int64_t j1) {
+  const int64_t bytes = DTypeBytes(p.v.dtype);
+  const int64_t row_bytes = p.shape.value_dim * bytes, stride = p.v.strides.row * bytes;
+  int64_t left = L2CacheBytes() / 2;
+  ForEachKvRun(p, r0, j1, [&](int64_t a, int64_t b) {
+    for (const Block& blk : blocks) {
+      if (left <= 0) return;
+      const char* row = static_cast<const char*>(p.KvRow(p.v, blk.b, blk.kvh, a));
+      for (int64_t j = a; j < b; ++j, row += stride) {
+        for (int64_t x = 0; x < row_bytes; x += 64) PrefetchLineL2(row + x);
+      }
+      left -= (b - a) * row_bytes;
+    }
+  });
+}
+
 // O (+)= P·V over a tile for each of the item's heads, run by run
 // (ForEachKvRun) and within a run head after head; the first run of the
-// first tile writes O; decode prefetches V rows ahead (DecodeRowsAhead).
+// first tile writes O; decode prefetches V rows ahead (DecodeRowsAhead) and,
+// paged, the rest of the tile's V every kPvKeyChunk keys (PrefetchTileValues).
 void F32Pv(const ValidProblem& p, const flash::Plan& plan, std::span<const Block> blocks,
            std::span<Scratch> parts, int64_t j0, int64_t j1, bool partial, bool first) {
   const int64_t dv = p.shape.value_dim;
+  const bool repeat_tile_prefetch =
+      p.kv_pages && blocks[0].few_rows && plan.decode_prefetch_bytes > 0;
+  int64_t next_repeat = j0;
   ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
+    if (repeat_tile_prefetch && r0 >= next_repeat) {
+      PrefetchTileValues(p, blocks, r0, j1);
+      next_repeat = r0 + kPvKeyChunk;
+    }
     for (size_t g = 0; g < blocks.size(); ++g) {
       const Block& blk = blocks[g];
       const PrefetchRows next_run = DecodeRowsAhead(p, plan, p.v, dv, blocks, g, r0, r1);
