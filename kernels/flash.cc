@@ -691,11 +691,12 @@ void PrefetchTileValues(const ValidProblem& p, std::span<const Block> blocks, in
   ForEachKvRun(p, r0, j1, [&](int64_t a, int64_t b) {
     for (const Block& blk : blocks) {
       if (left <= 0) return;
-      const char* row = static_cast<const char*>(p.KvRow(p.v, blk.b, blk.kvh, a));
-      for (int64_t j = a; j < b; ++j, row += stride) {
-        for (int64_t x = 0; x < row_bytes; x += 64) PrefetchLineL2(row + x);
-      }
-      left -= (b - a) * row_bytes;
+      const PrefetchRows run{.k = static_cast<const char*>(p.KvRow(p.v, blk.b, blk.kvh, a)),
+                             .k_stride = stride,
+                             .k_bytes = row_bytes,
+                             .rows = b - a};
+      run.Prefetch(0, run.rows);
+      left -= run.rows * row_bytes;
     }
   });
 }

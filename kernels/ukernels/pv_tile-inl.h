@@ -295,8 +295,9 @@ HWY_INLINE void PvTile(const float* p, int64_t pj, int64_t pm, const T* v, int64
   // measured, not an accident to tidy: on Zen 3 (AVX2, 64-key chunks),
   // limiting each chunk to its own rows made contiguous GQA-4 decode
   // 1.12-1.32x slower (Lk = 16384-65536, d = 128; MHA 1.00-1.07), whether
-  // the rest of the tile was then prefetched once or not at all (kernels/DESIGN.md, "Repeated
-  // prefetches"; flash repeats it for paged decode: PrefetchTileValues).
+  // the rest of the tile was then prefetched once or not at all
+  // (kernels/DESIGN.md, "Repeated prefetches"; flash repeats it for paged
+  // decode: PrefetchTileValues).
   // (No keys: one pass with none, which sets O = 0 unless accumulating.)
   const PrefetchRows none;
   for (int64_t j0 = 0; j0 < std::max<int64_t>(nkeys, 1); j0 += kPvKeyChunk) {
