@@ -100,6 +100,7 @@
 #include "kernels/internal/thread_scope.h"
 #include "kernels/registry.h"
 #include "kernels/tuning.h"
+#include "kernels/ukernels/bf16_amx.h"
 #include "kernels/ukernels/prefetch.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
@@ -845,40 +846,52 @@ void CeilingSgemm(benchmark::State& state, RunContext& ctx, const Case& c,
   state.counters["workspace_bytes"] = 4.0 * double(scores.size());
 }
 
-// The FMA ceiling: the register-resident FMA loop of bench/fma_peak.cc on
-// `threads` OpenMP threads, each its own loop (no loads, no stores, no
-// sharing): the fp32 peak of that many cores on the dispatched Highway
-// target, which every variant's GFLOPS is a fraction of. The label names the
-// target ("path=AVX3"), as a variant's names the path it ran.
+// The compute ceilings: a register-resident loop (the FMA loop of
+// bench/fma_peak.cc, or the AMX one) on `threads` OpenMP threads, each its
+// own loop (no loads, no stores, no sharing): the peak of that many cores,
+// which variants' GFLOPS are a fraction of (fp32: ceiling_fma on the
+// dispatched Highway target; bf16 on AMX: ceiling_amx). The label names the
+// path ("path=AVX3"), as a variant's names the path it ran.
 //
 // GFLOPS is the sum of the threads' rates, each timed over its own loop
-// (FmaOnThreads); GFLOPS_wall is all their FLOPs over the wall time, the
+// (LoopOnThreads); GFLOPS_wall is all their FLOPs over the wall time, the
 // region's end included. The two agree on an idle machine. On a loaded one
 // the first to finish waits for a preempted straggler at every region's end,
 // spinning (libgomp's default wait policy) on a core the straggler wants:
 // on the 2-core Zen 4 VM at load 4.5, 2^18-round regions read 24 GFLOP/s
 // on 2 threads (wall) against 75 on one; 2^21-round regions read 83
-// (GFLOPS) and 68 (GFLOPS_wall).
-void CeilingFma(benchmark::State& state, RunContext& ctx, int threads, const std::string& name) {
+// (GFLOPS) and 68 (GFLOPS_wall). `rounds` per iteration.
+void CeilingLoop(benchmark::State& state, RunContext& ctx, int threads, const std::string& name,
+                 double (*loop)(int64_t), int64_t rounds, const std::string& path) {
   if (SkipIfInterrupted(state)) return;
   ctx.Progress(state, name);
-  // 2^21 rounds: ~14 ms at Zen 4's one 512-bit FMA per cycle, so the
-  // parallel region's fork and join (microseconds) do not count.
-  constexpr int64_t kRounds = int64_t{1} << 21;
   std::vector<double> flops(threads), seconds(threads);
   for (auto _ : state) {
     if (StopIfInterrupted(state)) break;
-    FmaOnThreads(kRounds, threads, flops.data(), seconds.data());
+    LoopOnThreads(loop, rounds, threads, flops.data(), seconds.data());
   }
   double gflops = 0, all_flops = 0;
   for (int i = 0; i < threads; ++i) {
     all_flops += flops[i];
     if (seconds[i] > 0) gflops += flops[i] / seconds[i] / 1e9;
   }
-  state.SetLabel(std::string("path=") + FmaTargetName());
+  state.SetLabel("path=" + path);
   state.counters["GFLOPS"] = gflops;
   state.counters["GFLOPS_wall"] = Counter(all_flops / 1e9, Counter::kIsRate);
   state.counters["threads"] = double(threads);
+}
+
+// ceiling_fma/threads:T. 2^21 rounds: ~14 ms at Zen 4's one 512-bit FMA per
+// cycle, so the parallel region's fork and join (microseconds) do not count.
+void CeilingFma(benchmark::State& state, RunContext& ctx, int threads, const std::string& name) {
+  CeilingLoop(state, ctx, threads, name, FmaFlops, int64_t{1} << 21, FmaTargetName());
+}
+
+// ceiling_amx/threads:T: registered only where the CPU has AMX-BF16 and
+// Linux granted the tile state (the context's attnlab_amx says). 2^17
+// rounds of four TDPBF16PS: ~3 ms at 16 cycles each.
+void CeilingAmx(benchmark::State& state, RunContext& ctx, int threads, const std::string& name) {
+  CeilingLoop(state, ctx, threads, name, ukernels::AmxBf16PeakLoop, int64_t{1} << 17, "AMX_BF16");
 }
 
 #ifdef ATTNLAB_HAVE_ONEDNN
@@ -1443,6 +1456,11 @@ class SuiteCases {
       Add(
           name, [ctx = &ctx_, t, name](benchmark::State& s) { CeilingFma(s, *ctx, t, name); },
           /*predicted_seconds=*/1e-3, /*ceiling=*/true);
+      if (!ukernels::CpuHasAmxBf16()) continue;  // the context says why
+      const std::string amx = "ceiling_amx/threads:" + std::to_string(t);
+      Add(
+          amx, [ctx = &ctx_, t, amx](benchmark::State& s) { CeilingAmx(s, *ctx, t, amx); },
+          /*predicted_seconds=*/3e-3, /*ceiling=*/true);
     }
     // Sweep: Lq = Lk = N. Past the suite's N range, only over-budget cases of
     // score-materializing variants (instant skips the report shows).
@@ -1642,6 +1660,10 @@ void AddContext(const std::map<std::string, std::string>& context, const std::st
   if (const std::string not_run = UkernelsNotRun(); !not_run.empty()) {
     benchmark::AddCustomContext("attnlab_ukernels_not_run", not_run);
   }
+  benchmark::AddCustomContext("attnlab_amx",
+                              ukernels::CpuHasAmxBf16()
+                                  ? "AMX-BF16 (flash bf16 tiles; ceiling_amx)"
+                                  : std::string("none: ") + ukernels::AmxBf16Unavailable());
   // The bf16 vendor ceiling beside the bf16 prefill cases, or why there is none.
 #ifdef ATTNLAB_HAVE_ONEDNN
   benchmark::AddCustomContext(

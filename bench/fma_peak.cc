@@ -67,14 +67,19 @@ HWY_EXPORT(TargetName);
 
 double FmaFlops(int64_t rounds) { return HWY_DYNAMIC_DISPATCH(FmaLoop)(rounds); }
 
-void FmaOnThreads(int64_t rounds, int threads, double* flops, double* seconds) {
+void LoopOnThreads(double (*loop)(int64_t rounds), int64_t rounds, int threads, double* flops,
+                   double* seconds) {
 #pragma omp parallel num_threads(threads)
   {
     const int i = omp_get_thread_num();
     const auto start = std::chrono::steady_clock::now();
-    flops[i] += FmaFlops(rounds);
+    flops[i] += loop(rounds);
     seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
+}
+
+void FmaOnThreads(int64_t rounds, int threads, double* flops, double* seconds) {
+  LoopOnThreads(FmaFlops, rounds, threads, flops, seconds);
 }
 
 const char* FmaTargetName() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }

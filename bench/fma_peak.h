@@ -20,6 +20,10 @@ double FmaFlops(int64_t rounds);
 // waits at the region's end for one the OS preempted (a shared machine) does
 // not count that wait.
 void FmaOnThreads(int64_t rounds, int threads, double* flops, double* seconds);
+// The same for any register-resident loop (FLOPs done for `rounds`), e.g.
+// the AMX one (ukernels::AmxBf16PeakLoop, the ceiling_amx case).
+void LoopOnThreads(double (*loop)(int64_t rounds), int64_t rounds, int threads, double* flops,
+                   double* seconds);
 
 // The Highway target the loop dispatches to ("AVX3", "AVX2", ...; the name
 // of the code that ran, which is what a fraction of it is a fraction of).

@@ -45,10 +45,9 @@ template <class Args>
 void Time(benchmark::State& state, const Ukernel& u, Args& args, const Shape& shape,
           double peak_gflops) {
   if (!u.run(&args)) {
-    state.SkipWithError(
-        *ukernels::IsaName(u.isa)
-            ? (std::string("not run: this CPU lacks ") + ukernels::IsaName(u.isa)).c_str()
-            : "not run: this Highway target lacks the entry");
+    state.SkipWithError(*ukernels::IsaName(u.isa)
+                            ? ("not run: " + ukernels::IsaMissing(u.isa)).c_str()
+                            : "not run: this Highway target lacks the entry");
     return;
   }
   for (auto _ : state) {
@@ -378,15 +377,15 @@ std::vector<UkernelCase> UkernelCases(double peak_gflops) {
 }
 
 std::string UkernelsNotRun() {
-  std::map<std::string, std::string> by_isa;  // ISA -> its entries
+  std::map<std::string, std::string> by_reason;  // why not -> the entries
   for (const Ukernel& u : ukernels::Ukernels()) {
     if (ukernels::CpuHasIsa(u.isa)) continue;
-    std::string& names = by_isa[ukernels::IsaName(u.isa)];
+    std::string& names = by_reason[ukernels::IsaMissing(u.isa)];
     names += (names.empty() ? "" : ", ") + std::string(u.name);
   }
   std::string out;
-  for (const auto& [isa, names] : by_isa) {
-    out += (out.empty() ? "" : "; ") + names + ": this CPU lacks " + isa;
+  for (const auto& [why, names] : by_reason) {
+    out += (out.empty() ? "" : "; ") + names + ": " + why;
   }
   return out;
 }

@@ -191,6 +191,7 @@
 #include "kernels/internal/parallel.h"
 #include "kernels/internal/read_ahead.h"
 #include "kernels/registry.h"
+#include "kernels/ukernels/bf16_amx.h"
 #include "kernels/ukernels/bf16_avx512.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -960,6 +961,27 @@ struct SplitPartials {
   }
 };
 
+// The bf16 pair kernels for this problem, or null: bf16 Q, K and V on the
+// 16-lane target the pair tiles are laid out for, on AMX when the CPU has
+// it (and Linux grants it) and dk is whole 32-element tile steps, else on
+// VDPBF16PS when the CPU has AVX512_BF16; otherwise through fp32
+// (converted tiles). Not for a paged cache: the pair kernels take a tile's
+// K and V rows at one stride; paged tiles take the converted path, run by
+// run. *path names the ISA ("+AMX_BF16", "+AVX512_BF16").
+const ukernels::Bf16Kernels* PairKernels(const ValidProblem& p, const char** path) {
+  const bool all_bf16 = p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 &&
+                        p.v.dtype == DType::kBF16 && !p.kv_pages;
+  if (!all_bf16 || hn::Lanes(DF()) != 16 || PortablePathForced()) return nullptr;
+  if (!AmxForbidden() && ukernels::AmxScoresTakeDk(p.shape.head_dim)) {
+    if (const ukernels::Bf16Kernels* amx = ukernels::AmxBf16KernelsForCpu()) {
+      *path = "+AMX_BF16";
+      return amx;
+    }
+  }
+  *path = "+AVX512_BF16";
+  return ukernels::Bf16KernelsForCpu();
+}
+
 Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
   const flash::Plan plan = flash::MakePlan(p);
   const int64_t items = plan.items();
@@ -976,18 +998,10 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     std::fill(done.data(), done.data() + plan.blocks, int64_t{0});
   }
   const SplitPartials partials{plan, partial.data()};
-  // bf16 Q, K and V go on VDPBF16PS when the CPU has AVX512_BF16 and this is
-  // the 16-lane target the pair tiles are laid out for; otherwise through
-  // fp32 (converted tiles).
-  // (Not for a paged cache: the pair kernels take a tile's K and V rows at
-  // one stride; paged tiles take the converted path, run by run.)
-  const bool all_bf16 = p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 &&
-                        p.v.dtype == DType::kBF16 && !p.kv_pages;
-  const ukernels::Bf16Kernels* bf16 = all_bf16 && hn::Lanes(DF()) == 16 && !PortablePathForced()
-                                          ? ukernels::Bf16KernelsForCpu()
-                                          : nullptr;
+  const char* pair_path = nullptr;
+  const ukernels::Bf16Kernels* bf16 = PairKernels(p, &pair_path);
   // Blocks of few rows (decode) never take them (LoadBlock).
-  if (bf16 != nullptr && p.group * p.shape.q_len > kFewRows) ctx.path += "+AVX512_BF16";
+  if (bf16 != nullptr && p.group * p.shape.q_len > kFewRows) ctx.path += pair_path;
   const WorkOrder order(p, plan);
   std::atomic<int64_t> full{0}, part{0}, skipped{0};
 

@@ -201,10 +201,17 @@ StatusOr<ValidGradProblem> PrepareBackward(const Variant& variant, const GradPro
   return valid;
 }
 
-bool PortablePathForced() {
-  const char* env = std::getenv("ATTNLAB_PORTABLE");
+namespace {
+// An environment switch: set, not empty and not "0".
+bool SwitchOn(const char* name) {
+  const char* env = std::getenv(name);
   return env != nullptr && *env != '\0' && std::string_view(env) != "0";
 }
+}  // namespace
+
+bool PortablePathForced() { return SwitchOn("ATTNLAB_PORTABLE"); }
+
+bool AmxForbidden() { return SwitchOn("ATTNLAB_NO_AMX"); }
 
 void ApplyHighwayTargetLimit() {
   static std::once_flag once;

@@ -148,8 +148,9 @@ struct RunStats {
   size_t workspace_peak_bytes = 0;  // measured by the counting allocator
   int threads = 0;
   // The instruction-set path that ran: the Highway target ("AVX3", "AVX2",
-  // ...), "+AVX512_BF16" when bf16 tiles ran on VDPBF16PS, or "portable C++"
-  // (naive). Benchmarks and reports print it beside every figure.
+  // ...), "+AMX_BF16" when bf16 tiles ran on AMX, "+AVX512_BF16" when on
+  // VDPBF16PS, or "portable C++" (naive). Benchmarks and reports print it
+  // beside every figure.
   std::string path;
 };
 
@@ -158,6 +159,10 @@ struct RunStats {
 // the Highway ones every target has, so tests and benchmarks reach the
 // portable path (reduced types converted to fp32) on any CPU.
 bool PortablePathForced();
+// ATTNLAB_NO_AMX=1 (read at every Run): flash's bf16 tiles take VDPBF16PS
+// (kernels/ukernels/bf16_avx512.h) instead of AMX (bf16_amx.h) on a CPU
+// that has both, so both paths can be tested and compared on one machine.
+bool AmxForbidden();
 // The best Highway target this CPU runs among those compiled in: the one
 // HWY_DYNAMIC_DISPATCH picks ("AVX3", "AVX2", "SSE4", "EMU128", ...).
 std::string DispatchedHighwayTarget();

@@ -16,12 +16,14 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kernels/registry.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
 #include "testing/problem_data.h"
+#include "testing/scoped_env.h"
 
 namespace attn::testing {
 namespace {
@@ -161,40 +163,28 @@ struct DTypeParam {
   const Variant* variant;
   ProblemSpec spec;
   size_t index;
-  // Run with ATTNLAB_PORTABLE=1: no ISA-specific micro-kernel (flash's bf16
-  // tiles on AVX512_BF16 otherwise), so the portable path is tested on every
-  // CPU, beside whatever the default run takes here.
-  bool portable = false;
+  // bf16 Q, K, V have ISA-specific paths (flash's tiles on AMX, else
+  // VDPBF16PS): each runs too. ATTNLAB_NO_AMX=1 takes VDPBF16PS on an AMX
+  // machine; ATTNLAB_PORTABLE=1 no ISA-specific micro-kernel at all, so the
+  // portable path is tested on every CPU, beside whatever the default run
+  // takes here.
+  const char* env = nullptr;  // "NAME" set to 1 for the run
 };
 
 void PrintTo(const DTypeParam& p, std::ostream* os) {
   *os << p.variant->name << " " << p.spec.Name() << " seed=" << p.spec.seed
-      << (p.portable ? " ATTNLAB_PORTABLE=1" : "");
+      << (p.env ? std::string(" ") + p.env + "=1" : "");
+}
+
+// The test name's mark of a run's environment switch.
+std::string EnvSuffix(const char* env) {
+  if (env == nullptr) return "";
+  return std::string_view(env) == "ATTNLAB_NO_AMX" ? "_no_amx" : "_portable";
 }
 
 bool AllBF16(const DTypes& t) {
   return t.q == DType::kBF16 && t.k == DType::kBF16 && t.v == DType::kBF16;
 }
-
-// Sets an environment variable for one scope.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    setenv(name, value, 1);
-  }
-  ~ScopedEnv() {
-    if (old_) {
-      setenv(name_, old_->c_str(), 1);
-    } else {
-      unsetenv(name_);
-    }
-  }
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
 
 // Shapes past the grid's 129 keys, where the kernels change paths: several
 // key tiles (flash's online rescaling, its converted K tile reused by 64
@@ -233,9 +223,10 @@ std::vector<DTypeParam> Params() {
         spec.dtypes = dtypes;
         if (!variant->supports_weights) spec.want_weights = false;
         params.push_back({variant, spec, index});
-        // bf16 Q, K, V have an ISA-specific path (VDPBF16PS): test the
-        // portable one too.
-        if (AllBF16(dtypes)) params.push_back({variant, spec, index, /*portable=*/true});
+        if (AllBF16(dtypes)) {
+          params.push_back({variant, spec, index, "ATTNLAB_NO_AMX"});
+          params.push_back({variant, spec, index, "ATTNLAB_PORTABLE"});
+        }
       };
       for (size_t i = c % 8; i < grid.size(); i += 8) add(grid[i], i);
       for (size_t i = 0; i < long_specs.size(); ++i) add(long_specs[i], grid.size() + i);
@@ -253,12 +244,15 @@ TEST_P(DTypeGridTest, MatchesReference) {
   auto want = reference::Attention(data.problem(), param.spec.want_weights);
   ASSERT_TRUE(want.ok()) << want.status().ToString();
   RunStats stats;
-  std::optional<ScopedEnv> portable;
-  if (param.portable) portable.emplace("ATTNLAB_PORTABLE", "1");
+  std::optional<ScopedEnv> env;
+  if (param.env) env.emplace(param.env, "1");
   const Status status = attn::Run(*param.variant, data.problem(), {}, &stats);
   ASSERT_TRUE(status.ok()) << status.ToString();
   EXPECT_LE(stats.workspace_peak_bytes, stats.workspace_declared_bytes);
-  if (param.portable) {
+  if (param.env) {
+    EXPECT_EQ(stats.path.find("AMX"), std::string::npos) << stats.path;
+  }
+  if (param.env && std::string_view(param.env) == "ATTNLAB_PORTABLE") {
     EXPECT_EQ(stats.path.find("AVX512_BF16"), std::string::npos) << stats.path;
   }
   const Comparison c = CompareToReference(data, *want);
@@ -272,7 +266,7 @@ INSTANTIATE_TEST_SUITE_P(DTypes, DTypeGridTest, ::testing::ValuesIn(Params()),
                          [](const ::testing::TestParamInfo<DTypeParam>& info) {
                            return std::string(info.param.variant->name) + "_" +
                                   std::to_string(info.param.index) + "_" + info.param.spec.Name() +
-                                  (info.param.portable ? "_portable" : "");
+                                  EnvSuffix(info.param.env);
                          });
 
 // Every variant's fp32-arithmetic paths (all but flash's VDPBF16PS tiles)

@@ -8,17 +8,20 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "hwy/targets.h"
 #include "kernels/internal/flash_plan.h"
 #include "kernels/registry.h"
+#include "kernels/ukernels/bf16_amx.h"
 #include "kernels/ukernels/bf16_avx512.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
 #include "testing/flash_hooks.h"
 #include "testing/problem_data.h"
+#include "testing/scoped_env.h"
 
 namespace attn::testing {
 namespace {
@@ -360,9 +363,11 @@ TEST(FlashTargets, EveryCompiledTargetMatchesReference) {
 }
 
 // Reduced types on every Highway target this machine supports. bf16 Q, K
-// and V: the 16-lane target takes the VDPBF16PS tiles where the CPU has
-// AVX512_BF16 (RunStats says so), every other target converts tiles to
-// fp32; all match the reference within the bf16 bound (P rounded to bf16
+// and V: the 16-lane target takes the AMX tiles where the CPU has AMX-BF16
+// and dk is a multiple of 32, else (and with ATTNLAB_NO_AMX=1, the second
+// round) the VDPBF16PS tiles where it has AVX512_BF16 (RunStats says which),
+// every other target converts tiles to fp32; all match the reference
+// within the bf16 bound (P rounded to bf16
 // before P·V), on shapes with one and several key tiles, masks that make
 // partial tiles, a dv that is not a whole vector and decode blocks (1 and 4
 // rows, d = 128 and 64: K and V read in place by the typed decode kernels;
@@ -394,28 +399,39 @@ TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
       specs.back().seed += 100;
     }
   }
-  int vdpbf16ps_runs = 0;
-  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
-    hwy::SetSupportedTargetsForTest(target);
-    for (const ProblemSpec& spec : specs) {
-      const bool many_rows = spec.shape.heads / spec.shape.kv_heads * spec.shape.q_len > 8 &&
-                             spec.dtypes.k == DType::kBF16 && spec.dtypes.q == DType::kBF16 &&
-                             spec.dtypes.v == DType::kBF16;
-      ProblemData data(spec);
-      RunStats stats;
-      ASSERT_TRUE(attn::Run(Flash(), data.problem(), OnThreads(2), &stats).ok());
-      const std::string trace = std::string(hwy::TargetName(target)) + " " + spec.Name();
-      const bool on_vdpbf16ps = stats.path.find("AVX512_BF16") != std::string::npos;
-      EXPECT_EQ(on_vdpbf16ps, has_bf16 && target == HWY_AVX3 && many_rows)
-          << trace << ": path " << stats.path;
-      vdpbf16ps_runs += on_vdpbf16ps;
-      const Comparison c = CompareToReference(data, *reference::Attention(data.problem(), false));
-      EXPECT_TRUE(c.ok) << trace << " (" << stats.path << "): " << c.first_failure;
+  const bool has_amx = ukernels::CpuHasAmxBf16();
+  int vdpbf16ps_runs = 0, amx_runs = 0;
+  for (const bool no_amx : {false, true}) {
+    std::optional<ScopedEnv> env;
+    if (no_amx) env.emplace("ATTNLAB_NO_AMX", "1");
+    for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+      hwy::SetSupportedTargetsForTest(target);
+      for (const ProblemSpec& spec : specs) {
+        const bool pairs = spec.shape.heads / spec.shape.kv_heads * spec.shape.q_len > 8 &&
+                           spec.dtypes.k == DType::kBF16 && spec.dtypes.q == DType::kBF16 &&
+                           spec.dtypes.v == DType::kBF16 && has_bf16 && target == HWY_AVX3;
+        const bool amx = pairs && has_amx && !no_amx && spec.shape.head_dim % 32 == 0;
+        ProblemData data(spec);
+        RunStats stats;
+        ASSERT_TRUE(attn::Run(Flash(), data.problem(), OnThreads(2), &stats).ok());
+        const std::string trace = std::string(hwy::TargetName(target)) + " " + spec.Name() +
+                                  (no_amx ? " ATTNLAB_NO_AMX=1" : "");
+        const bool on_amx = stats.path.find("AMX_BF16") != std::string::npos;
+        const bool on_vdpbf16ps = stats.path.find("AVX512_BF16") != std::string::npos;
+        EXPECT_EQ(on_amx, amx) << trace << ": path " << stats.path;
+        EXPECT_EQ(on_vdpbf16ps, pairs && !amx) << trace << ": path " << stats.path;
+        vdpbf16ps_runs += on_vdpbf16ps;
+        amx_runs += on_amx;
+        const Comparison c = CompareToReference(data, *reference::Attention(data.problem(), false));
+        EXPECT_TRUE(c.ok) << trace << " (" << stats.path << "): " << c.first_failure;
+      }
     }
+    hwy::SetSupportedTargetsForTest(0);
   }
-  hwy::SetSupportedTargetsForTest(0);
   if (!has_bf16) GTEST_SKIP() << "this CPU lacks AVX512_BF16: only the portable path was tested";
   EXPECT_GT(vdpbf16ps_runs, 0);
+  if (!has_amx) GTEST_SKIP() << ukernels::AmxBf16Unavailable() << ": AMX tiles not tested";
+  EXPECT_GT(amx_runs, 0);
 }
 
 }  // namespace

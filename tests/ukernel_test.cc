@@ -637,8 +637,10 @@ double Bf16(uint32_t pair, int half) { return F32FromBF16Bits(uint16_t(pair >> (
 
 void TestBf16ScoreTile(const Ukernel& u, Checker& c) {
   std::mt19937 rng(23);
-  for (int64_t dk : {1, 2, 3, 15, 16, 64, 127, 128}) {
-    for (int64_t nkeys : {1, 5, 6, 7, 13, 64}) {
+  // dk 32, 64, 96, 128: whole AMX steps; keys 17 and 35: whole AMX tiles
+  // and a tail.
+  for (int64_t dk : {1, 2, 3, 15, 16, 32, 64, 96, 127, 128}) {
+    for (int64_t nkeys : {1, 5, 6, 7, 13, 17, 35, 64}) {
       for (int64_t nvec : {1, 2, 3, 4}) {
         const int64_t k_stride = dk + 3;
         const std::vector<uint16_t> q = RandomBf16(rng, 64 * dk);
@@ -681,8 +683,10 @@ void TestBf16ScoreTile(const Ukernel& u, Checker& c) {
 
 void TestBf16PvTile(const Ukernel& u, Checker& c) {
   std::mt19937 rng(24);
-  for (int64_t npairs : {1, 2, 31, 256}) {
-    for (int64_t nrows : {1, 5, 6, 7, 13, 64}) {
+  // 31 pairs and 35 rows: whole AMX tiles and tails; 300 pairs: more
+  // than its P-row buffer holds (bf16_amx.cc, kMaxPairs).
+  for (int64_t npairs : {1, 2, 31, 256, 300}) {
+    for (int64_t nrows : {1, 5, 6, 7, 13, 35, 64}) {
       for (int64_t nvec : {1, 3, 4, 8}) {
         for (bool accumulate : {false, true}) {
           const int64_t vps = 16 * nvec, ldo = vps + 16;
@@ -1139,7 +1143,7 @@ TEST_P(UkernelTest, MatchesScalarVersion) {
   const Param& param = GetParam();
   const Ukernel& u = *param.ukernel;
   if (param.target == 0) {
-    if (!CpuHasIsa(u.isa)) GTEST_SKIP() << "this CPU lacks " << IsaName(u.isa);
+    if (!CpuHasIsa(u.isa)) GTEST_SKIP() << IsaMissing(u.isa);
     Checker c{std::string(u.name) + " on " + IsaName(u.isa)};
     TestFamily(u, 16, c);
     EXPECT_EQ(c.failures, 0) << c.where;

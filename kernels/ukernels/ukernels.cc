@@ -4,6 +4,7 @@
 // inline the same -inl.h code into their own per-target copies.
 #include "kernels/ukernels/ukernels.h"
 
+#include "kernels/ukernels/bf16_amx.h"
 #include "kernels/ukernels/bf16_avx512.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -261,9 +262,32 @@ const char* FamilyName(Family family) {
   return "unknown";
 }
 
-const char* IsaName(Isa isa) { return isa == Isa::kAvx512Bf16 ? "AVX512_BF16" : ""; }
+const char* IsaName(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512Bf16:
+      return "AVX512_BF16";
+    case Isa::kAmxBf16:
+      return "AMX_BF16";
+    default:
+      return "";
+  }
+}
 
-bool CpuHasIsa(Isa isa) { return isa != Isa::kAvx512Bf16 || CpuHasAvx512Bf16(); }
+bool CpuHasIsa(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512Bf16:
+      return CpuHasAvx512Bf16();
+    case Isa::kAmxBf16:
+      return CpuHasAmxBf16();
+    default:
+      return true;
+  }
+}
+
+std::string IsaMissing(Isa isa) {
+  if (isa == Isa::kAmxBf16) return AmxBf16Unavailable();
+  return std::string("this CPU lacks ") + IsaName(isa);
+}
 
 int64_t DispatchedLanes() { return HWY_DYNAMIC_DISPATCH(UkernelLanes)(); }
 

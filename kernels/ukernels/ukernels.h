@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "kernels/dtype.h"
@@ -101,12 +102,17 @@ enum class Isa {
   // Intrinsics for one ISA, outside Highway (bf16_avx512.h): run when CPUID
   // says the CPU has it, whatever the Highway target.
   kAvx512Bf16,
+  kAmxBf16,  // bf16_amx.h: AMX-BF16 tiles, granted by Linux
 };
-// "AVX512_BF16" for kAvx512Bf16 (what a skip names), else "".
+// "AVX512_BF16" for kAvx512Bf16, "AMX_BF16" for kAmxBf16 (what a skip
+// names), else "".
 const char* IsaName(Isa isa);
 // Whether this CPU can run entries of `isa` (the Highway ones: always; the
 // target decides).
 bool CpuHasIsa(Isa isa);
+// Why not, when !CpuHasIsa(isa): "this CPU lacks AVX512_BF16", or for AMX
+// what CPUID or Linux said (bf16_amx.h, AmxBf16Unavailable).
+std::string IsaMissing(Isa isa);
 
 struct ScoreTileArgs {
   const float* qt;

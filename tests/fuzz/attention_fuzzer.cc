@@ -338,7 +338,9 @@ void ExpectRefusal(const Status& status, const Variant& variant, const Problem& 
 }
 
 // Per-head values (ALiBi slopes, sinks) that Validate must refuse: `heads`
-// of `fill` with one made NaN or +inf, or one too many or too few.
+// of `fill` with one made NaN or +inf, or one too many or too few. With one
+// head, "one too few" is none, which means "no sinks" (or no ALiBi) and is
+// valid, so one head always gets one too many.
 std::span<const float> BadPerHead(FuzzedDataProvider& in, std::vector<float>& values, int64_t heads,
                                   float fill) {
   values.assign(heads, fill);
@@ -346,7 +348,8 @@ std::span<const float> BadPerHead(FuzzedDataProvider& in, std::vector<float>& va
     values[in.ConsumeIntegralInRange<size_t>(0, values.size() - 1)] =
         in.ConsumeBool() ? kNaN : kInf;
   } else {
-    values.resize(in.ConsumeBool() ? heads + 1 : heads - 1, fill);
+    const bool too_many = in.ConsumeBool() || heads == 1;
+    values.resize(too_many ? heads + 1 : heads - 1, fill);
   }
   return values;
 }

@@ -1,0 +1,359 @@
+// AMX-BF16 micro-kernels (bf16_amx.h): TDPBF16PS in functions compiled for
+// AMX by target attribute, reached only after CPUID and Linux said yes.
+#include "kernels/ukernels/bf16_amx.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+// As in bf16_avx512.cc: gcc 12's AVX-512 headers trip -Wmaybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#define ATTN_AMX_TARGET \
+  __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+
+namespace attn::ukernels {
+namespace {
+
+constexpr int64_t kCols = kBf16TileCols;  // queries per Q-pair / P-pair row
+constexpr int kTileRows = 16;             // rows of a tile (keys, O rows, pairs)
+constexpr int kTileBytes = 64;            // bytes of a tile row
+constexpr int64_t kMaxPairs = 256;        // key pairs the P-row buffer holds
+
+// gcc's tile intrinsics are asm statements that take only addresses: the
+// compiler does not know that they read or write memory. A barrier naming
+// the buffer keeps ordinary stores before a tile load of it (and alive),
+// and ordinary loads after a tile store.
+inline void MemoryBarrier(const void* p) { asm volatile("" : : "r"(p) : "memory"); }
+
+// LDTILECFG's 64-byte operand (palette 1: 8 tiles of up to 16 rows x 64 B).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+static_assert(sizeof(TileConfig) == 64);
+
+// Tiles 0-3: C (c_rows x 16 fp32); 4: A (c_rows x k_bytes); 5-7: B
+// (k_bytes / 4 rows x 16 pairs). LDTILECFG zeroes every tile.
+ATTN_AMX_TARGET void Configure(int c_rows, int k_bytes) {
+  TileConfig cfg;
+  for (int t = 0; t < 4; ++t) {
+    cfg.rows[t] = uint8_t(c_rows);
+    cfg.colsb[t] = kTileBytes;
+  }
+  cfg.rows[4] = uint8_t(c_rows);
+  cfg.colsb[4] = uint16_t(k_bytes);
+  for (int t = 5; t < 8; ++t) {
+    cfg.rows[t] = uint8_t(k_bytes / 4);
+    cfg.colsb[t] = kTileBytes;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// C tiles 0..NC-1 += A (tile 4) · B, B loaded for each from b + c·16 at
+// `b_stride` bytes, in tiles 5, 6, 7 in turn.
+template <int NC>
+ATTN_AMX_TARGET inline void MultiplyColumns(const uint32_t* b, int64_t b_stride) {
+  _tile_loadd(5, b, b_stride);
+  _tile_dpbf16ps(0, 4, 5);
+  if constexpr (NC > 1) {
+    _tile_loadd(6, b + 16, b_stride);
+    _tile_dpbf16ps(1, 4, 6);
+  }
+  if constexpr (NC > 2) {
+    _tile_loadd(7, b + 32, b_stride);
+    _tile_dpbf16ps(2, 4, 7);
+  }
+  if constexpr (NC > 3) {
+    _tile_loadd(5, b + 48, b_stride);
+    _tile_dpbf16ps(3, 4, 5);
+  }
+}
+
+template <int NC>
+ATTN_AMX_TARGET inline void ZeroC() {
+  _tile_zero(0);
+  if constexpr (NC > 1) _tile_zero(1);
+  if constexpr (NC > 2) _tile_zero(2);
+  if constexpr (NC > 3) _tile_zero(3);
+}
+
+// C tile c <-> c_out + c·16 (fp32), rows `stride` bytes apart.
+template <int NC>
+ATTN_AMX_TARGET inline void LoadC(const float* c_in, int64_t stride) {
+  _tile_loadd(0, c_in, stride);
+  if constexpr (NC > 1) _tile_loadd(1, c_in + 16, stride);
+  if constexpr (NC > 2) _tile_loadd(2, c_in + 32, stride);
+  if constexpr (NC > 3) _tile_loadd(3, c_in + 48, stride);
+}
+template <int NC>
+ATTN_AMX_TARGET inline void StoreC(float* c_out, int64_t stride) {
+  _tile_stored(0, c_out, stride);
+  if constexpr (NC > 1) _tile_stored(1, c_out + 16, stride);
+  if constexpr (NC > 2) _tile_stored(2, c_out + 32, stride);
+  if constexpr (NC > 3) _tile_stored(3, c_out + 48, stride);
+  MemoryBarrier(c_out);
+}
+
+// --- Sᵀ = K·Qᵀ ----------------------------------------------------------------
+
+// Sᵀ rows j0 .. j0 + (configured rows) for NC vectors of queries: A = K rows
+// (32 bf16 of d per step), B = the Q pairs of those d.
+template <int NC>
+ATTN_AMX_TARGET void ScoreKeyBlock(const uint32_t* qp, const uint16_t* k, int64_t k_stride,
+                                   int64_t dk, float* st) {
+  ZeroC<NC>();
+  for (int64_t d0 = 0; d0 < dk; d0 += 32) {
+    _tile_loadd(4, k + d0, k_stride * 2);
+    MultiplyColumns<NC>(qp + d0 / 2 * kCols, kCols * 4);
+  }
+  StoreC<NC>(st, kCols * 4);
+}
+
+ATTN_AMX_TARGET void ScoreKeys(int nc, const uint32_t* qp, const uint16_t* k, int64_t k_stride,
+                               int64_t dk, float* st) {
+  switch (nc) {
+    case 1:
+      return ScoreKeyBlock<1>(qp, k, k_stride, dk, st);
+    case 2:
+      return ScoreKeyBlock<2>(qp, k, k_stride, dk, st);
+    case 3:
+      return ScoreKeyBlock<3>(qp, k, k_stride, dk, st);
+    default:
+      return ScoreKeyBlock<4>(qp, k, k_stride, dk, st);
+  }
+}
+
+// The scale on the rows just stored (in L1), rather than on Q (which would
+// round Q twice).
+ATTN_AMX_TARGET void ScaleRows(float* st, int64_t rows, int64_t nvec, float scale) {
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t v = 0; v < nvec; ++v) {
+      float* x = st + r * kCols + v * 16;
+      _mm512_store_ps(x, _mm512_mul_ps(s, _mm512_load_ps(x)));
+    }
+}
+
+ATTN_AMX_TARGET void ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k_stride,
+                               int64_t nkeys, int64_t dk, int64_t nvec, float scale, float* st) {
+  if (!AmxScoresTakeDk(dk)) {
+    return Bf16KernelsForCpu()->score_tile(qp, k, k_stride, nkeys, dk, nvec, scale, st);
+  }
+  MemoryBarrier(qp);
+  const int nc = int(std::min<int64_t>(nvec, 4));
+  int configured = 0;
+  for (int64_t j = 0; j < nkeys; j += kTileRows) {
+    const int rows = int(std::min<int64_t>(kTileRows, nkeys - j));
+    if (rows != configured) Configure(configured = rows, kTileBytes);
+    ScoreKeys(nc, qp, k + j * k_stride, k_stride, dk, st + j * kCols);
+    ScaleRows(st + j * kCols, rows, nvec, scale);
+  }
+  _tile_release();
+}
+
+// --- O (+)= P·V -----------------------------------------------------------------
+
+// In place: row i of r becomes column i of the 16 x 16 block of 32-bit
+// elements (unpack 32, unpack 64, then 128-bit lanes twice).
+ATTN_AMX_TARGET void Transpose16x16(__m512i r[16]) {
+  __m512i t[16];
+  for (int g = 0; g < 16; g += 4) {
+    t[g] = _mm512_unpacklo_epi32(r[g], r[g + 1]);
+    t[g + 1] = _mm512_unpackhi_epi32(r[g], r[g + 1]);
+    t[g + 2] = _mm512_unpacklo_epi32(r[g + 2], r[g + 3]);
+    t[g + 3] = _mm512_unpackhi_epi32(r[g + 2], r[g + 3]);
+    r[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);  // columns 4l of rows g..g+3
+    r[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+    r[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+    r[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+// a[x·lda + p] = pp[(p0 + p)·64 + m0 + x] for x < 16, p < npairs rounded
+// up to 16 (0 past npairs): P rows m0.. as A operands, pairs along keys.
+ATTN_AMX_TARGET void PairRows(const uint32_t* pp, int64_t m0, int64_t p0, int64_t npairs,
+                              uint32_t* a, int64_t lda) {
+  for (int64_t p = 0; p < npairs; p += 16) {
+    __m512i r[16];
+    for (int i = 0; i < 16; ++i) {
+      r[i] = p + i < npairs ? _mm512_load_si512(pp + (p0 + p + i) * kCols + m0)
+                            : _mm512_setzero_si512();
+    }
+    Transpose16x16(r);
+    for (int x = 0; x < 16; ++x) _mm512_store_si512(a + x * lda + p, r[x]);
+  }
+  MemoryBarrier(a);
+}
+
+// O rows (the configured C rows) x NC vectors of columns over pairs
+// [p_begin, p_end) of the P rows in a and the V pairs vp (16 pairs per
+// step: the configured A width), C from O (`load`) or zero, then stored.
+template <int NC>
+ATTN_AMX_TARGET void PvColumns(const uint32_t* a, int64_t lda, const uint32_t* vp, int64_t vps,
+                               int64_t p_begin, int64_t p_end, bool load, float* o, int64_t ldo) {
+  if (load) {
+    LoadC<NC>(o, ldo * 4);
+  } else {
+    ZeroC<NC>();
+  }
+  for (int64_t p = p_begin; p < p_end; p += kTileRows) {
+    _tile_loadd(4, a + p, lda * 4);
+    MultiplyColumns<NC>(vp + p * vps, vps * 4);
+  }
+  StoreC<NC>(o, ldo * 4);
+}
+
+ATTN_AMX_TARGET void PvColumnsOf(int nc, const uint32_t* a, int64_t lda, const uint32_t* vp,
+                                 int64_t vps, int64_t p_begin, int64_t p_end, bool load, float* o,
+                                 int64_t ldo) {
+  switch (nc) {
+    case 1:
+      return PvColumns<1>(a, lda, vp, vps, p_begin, p_end, load, o, ldo);
+    case 2:
+      return PvColumns<2>(a, lda, vp, vps, p_begin, p_end, load, o, ldo);
+    case 3:
+      return PvColumns<3>(a, lda, vp, vps, p_begin, p_end, load, o, ldo);
+    default:
+      return PvColumns<4>(a, lda, vp, vps, p_begin, p_end, load, o, ldo);
+  }
+}
+
+// Rows m0 .. m0 + rows of O over `npairs` pairs from pair p0, all columns:
+// whole 16-pair steps in one configuration, the rest in one of its own
+// width (C stored and reloaded between: LDTILECFG clears the tiles).
+ATTN_AMX_TARGET void PvRowBlock(const uint32_t* a, int64_t lda, const uint32_t* vp, int64_t vps,
+                                int64_t npairs, int rows, int64_t nvec, bool accumulate, float* o,
+                                int64_t ldo) {
+  const int64_t whole = npairs / kTileRows * kTileRows;
+  const int tail = int(npairs - whole);
+  for (int64_t v = 0; v < nvec; v += 4) {
+    const int nc = int(std::min<int64_t>(4, nvec - v));
+    if (whole > 0) {
+      Configure(rows, kTileBytes);
+      PvColumnsOf(nc, a, lda, vp + v * 16, vps, 0, whole, accumulate, o + v * 16, ldo);
+    }
+    if (tail > 0) {
+      Configure(rows, tail * 4);
+      PvColumnsOf(nc, a, lda, vp + v * 16, vps, whole, npairs, accumulate || whole > 0, o + v * 16,
+                  ldo);
+    }
+  }
+}
+
+ATTN_AMX_TARGET void PvTile(const uint32_t* pp, const uint32_t* vp, int64_t vps, int64_t npairs,
+                            int64_t nrows, int64_t nvec, bool accumulate, float* o, int64_t ldo) {
+  alignas(64) uint32_t a[kTileRows * kMaxPairs];
+  MemoryBarrier(vp);
+  MemoryBarrier(o);
+  for (int64_t m0 = 0; m0 < nrows; m0 += kTileRows) {
+    const int rows = int(std::min<int64_t>(kTileRows, nrows - m0));
+    // Pairs in pieces the buffer holds (one piece for tiles up to 512 keys).
+    for (int64_t p0 = 0; p0 < npairs; p0 += kMaxPairs) {
+      const int64_t n = std::min(kMaxPairs, npairs - p0);
+      const int64_t lda = (n + 15) / 16 * 16;
+      PairRows(pp, m0, p0, n, a, lda);
+      PvRowBlock(a, lda, vp + p0 * vps, vps, n, rows, nvec, accumulate || p0 > 0, o + m0 * ldo,
+                 ldo);
+    }
+  }
+  _tile_release();
+}
+
+// --- The peak loop -------------------------------------------------------------
+
+ATTN_AMX_TARGET double PeakLoop(int64_t rounds) {
+  Configure(kTileRows, kTileBytes);
+  // bf16 ~0.001 everywhere: not zeros (which a unit might skip), and
+  // 32·10^-6 per step stays finite for any run length.
+  alignas(64) uint16_t small[kTileRows * 32];
+  for (uint16_t& x : small) x = 0x3A83;
+  MemoryBarrier(small);
+  _tile_loadd(4, small, kTileBytes);
+  _tile_loadd(5, small, kTileBytes);
+  _tile_loadd(6, small, kTileBytes);
+  _tile_loadd(7, small, kTileBytes);
+  ZeroC<4>();
+  for (int64_t r = 0; r < rounds; ++r) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  alignas(64) float sink[kTileRows * 16];
+  StoreC<1>(sink, kTileBytes);  // keeps the loop
+  _tile_release();
+  return 4.0 * 2.0 * kTileRows * 16 * 32 * double(rounds);
+}
+
+// --- CPUID and Linux --------------------------------------------------------------
+
+// XFEATURE_XTILEDATA, ARCH_REQ_XCOMP_PERM (linux/arch/x86/include/uapi/asm/prctl.h).
+constexpr int kXfeatureTileData = 18;
+constexpr int kArchReqXcompPerm = 0x1023;
+
+std::string WhyNoAmx() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool leaf7 = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) != 0;
+  const bool amx_bf16 = leaf7 && ((edx >> 22) & 1) != 0 && ((edx >> 24) & 1) != 0;  // BF16, TILE
+  if (!amx_bf16) return "this CPU has no AMX-BF16";
+  if (!CpuHasAvx512Bf16()) return "this CPU has AMX-BF16 but no AVX512_BF16 (its packing)";
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureTileData) != 0) {
+    return std::string("Linux refused the AMX tile state (arch_prctl(ARCH_REQ_XCOMP_PERM): ") +
+           std::strerror(errno) + ")";
+  }
+  return "";
+}
+
+const std::string& Unavailable() {
+  static const std::string why = WhyNoAmx();  // asks Linux once per process
+  return why;
+}
+
+}  // namespace
+
+bool CpuHasAmxBf16() { return Unavailable().empty(); }
+
+const char* AmxBf16Unavailable() { return Unavailable().c_str(); }
+
+double AmxBf16PeakLoop(int64_t rounds) { return CpuHasAmxBf16() ? PeakLoop(rounds) : 0.0; }
+
+const Bf16Kernels* AmxBf16KernelsForCpu() {
+  if (!CpuHasAmxBf16()) return nullptr;
+  static const Bf16Kernels kKernels = {ScoreTile, PvTile, Bf16KernelsForCpu()->pack_score_pairs,
+                                       Bf16KernelsForCpu()->pack_value_pairs};
+  return &kKernels;
+}
+
+}  // namespace attn::ukernels
+
+#else  // not x86-64 with GCC/Clang: no AMX kernels
+
+namespace attn::ukernels {
+bool CpuHasAmxBf16() { return false; }
+const char* AmxBf16Unavailable() { return "AMX kernels are built for x86-64 only"; }
+const Bf16Kernels* AmxBf16KernelsForCpu() { return nullptr; }
+double AmxBf16PeakLoop(int64_t) { return 0.0; }
+}  // namespace attn::ukernels
+
+#endif
