@@ -43,6 +43,13 @@ struct alignas(64) TileConfig {
 };
 static_assert(sizeof(TileConfig) == 64);
 
+// LDTILECFG and TILERELEASE as volatile asm too: gcc's builtins for them
+// are ordinary calls that it may schedule across the tile asm (a TILEZERO
+// moved above the LDTILECFG that configures it faults), while volatile asm
+// statements keep their order among themselves.
+inline void LoadTileConfig(const TileConfig& cfg) { asm volatile("ldtilecfg %0" : : "m"(cfg)); }
+inline void ReleaseTiles() { asm volatile("tilerelease" : : : "memory"); }
+
 // Tiles 0-3: C (c_rows x 16 fp32); 4: A (c_rows x k_bytes); 5-7: B
 // (k_bytes / 4 rows x 16 pairs). LDTILECFG zeroes every tile.
 ATTN_AMX_TARGET void Configure(int c_rows, int k_bytes) {
@@ -57,7 +64,7 @@ ATTN_AMX_TARGET void Configure(int c_rows, int k_bytes) {
     cfg.rows[t] = uint8_t(k_bytes / 4);
     cfg.colsb[t] = kTileBytes;
   }
-  _tile_loadconfig(&cfg);
+  LoadTileConfig(cfg);
 }
 
 // C tiles 0..NC-1 += A (tile 4) · B, B loaded for each from b + c·16 at
@@ -88,14 +95,7 @@ ATTN_AMX_TARGET inline void ZeroC() {
   if constexpr (NC > 3) _tile_zero(3);
 }
 
-// C tile c <-> c_out + c·16 (fp32), rows `stride` bytes apart.
-template <int NC>
-ATTN_AMX_TARGET inline void LoadC(const float* c_in, int64_t stride) {
-  _tile_loadd(0, c_in, stride);
-  if constexpr (NC > 1) _tile_loadd(1, c_in + 16, stride);
-  if constexpr (NC > 2) _tile_loadd(2, c_in + 32, stride);
-  if constexpr (NC > 3) _tile_loadd(3, c_in + 48, stride);
-}
+// C tile c -> c_out + c·16 (fp32), rows `stride` bytes apart.
 template <int NC>
 ATTN_AMX_TARGET inline void StoreC(float* c_out, int64_t stride) {
   _tile_stored(0, c_out, stride);
@@ -159,7 +159,7 @@ ATTN_AMX_TARGET void ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k_
     ScoreKeys(nc, qp, k + j * k_stride, k_stride, dk, st + j * kCols);
     ScaleRows(st + j * kCols, rows, nvec, scale);
   }
-  _tile_release();
+  ReleaseTiles();
 }
 
 // --- O (+)= P·V -----------------------------------------------------------------
@@ -206,78 +206,124 @@ ATTN_AMX_TARGET void PairRows(const uint32_t* pp, int64_t m0, int64_t p0, int64_
   MemoryBarrier(a);
 }
 
-// O rows (the configured C rows) x NC vectors of columns over pairs
-// [p_begin, p_end) of the P rows in a and the V pairs vp (16 pairs per
-// step: the configured A width), C from O (`load`) or zero, then stored.
-template <int NC>
-ATTN_AMX_TARGET void PvColumns(const uint32_t* a, int64_t lda, const uint32_t* vp, int64_t vps,
-                               int64_t p_begin, int64_t p_end, bool load, float* o, int64_t ldo) {
+// P·V works on 2 x 2 blocks of C: row tile r < 2 of O (16 rows) and column
+// tile c < 2 (16 columns) in tile 2r + c, the P rows of row tile r in tile
+// 4 + r and the V pairs of column tile c in tile 6 + c. Per 16-pair step
+// two A and two B loads feed four TDPBF16PS: half the tile loads per
+// multiply of one row tile against four column tiles (whose B, from V in
+// L2, went with every TDPBF16PS: 780 GFLOP/s at d = 128 against ~1 TFLOP/s
+// here).
+ATTN_AMX_TARGET void ConfigurePv(int rows0, int rows1, int k_bytes) {
+  TileConfig cfg;
+  const int rows[2] = {rows0, rows1};
+  for (int r = 0; r < 2; ++r) {
+    const uint16_t used = rows[r] > 0 ? 1 : 0;  // an unused tile is all zero
+    for (int c = 0; c < 2; ++c) {
+      cfg.rows[2 * r + c] = uint8_t(rows[r]);
+      cfg.colsb[2 * r + c] = uint16_t(used * kTileBytes);
+    }
+    cfg.rows[4 + r] = uint8_t(rows[r]);
+    cfg.colsb[4 + r] = uint16_t(used * k_bytes);
+  }
+  for (int c = 0; c < 2; ++c) {
+    cfg.rows[6 + c] = uint8_t(k_bytes / 4);
+    cfg.colsb[6 + c] = kTileBytes;
+  }
+  LoadTileConfig(cfg);
+}
+
+// O's NR x NC tiles at o (16 rows apart per row tile) over pairs
+// [p_begin, p_end) of the P rows in a (16 rows apart per row tile) and the
+// V pairs vp, 16 pairs per step (the configured A width); C from O
+// (`load`) or zero, then stored.
+template <int NR, int NC>
+ATTN_AMX_TARGET void PvBlock(const uint32_t* a, int64_t lda, const uint32_t* vp, int64_t vps,
+                             int64_t p_begin, int64_t p_end, bool load, float* o, int64_t ldo) {
+  float* o1 = o + kTileRows * ldo;
   if (load) {
-    LoadC<NC>(o, ldo * 4);
+    _tile_loadd(0, o, ldo * 4);
+    if constexpr (NC > 1) _tile_loadd(1, o + 16, ldo * 4);
+    if constexpr (NR > 1) _tile_loadd(2, o1, ldo * 4);
+    if constexpr (NR > 1 && NC > 1) _tile_loadd(3, o1 + 16, ldo * 4);
   } else {
-    ZeroC<NC>();
+    _tile_zero(0);
+    if constexpr (NC > 1) _tile_zero(1);
+    if constexpr (NR > 1) _tile_zero(2);
+    if constexpr (NR > 1 && NC > 1) _tile_zero(3);
   }
   for (int64_t p = p_begin; p < p_end; p += kTileRows) {
     _tile_loadd(4, a + p, lda * 4);
-    MultiplyColumns<NC>(vp + p * vps, vps * 4);
+    if constexpr (NR > 1) _tile_loadd(5, a + kTileRows * lda + p, lda * 4);
+    _tile_loadd(6, vp + p * vps, vps * 4);
+    if constexpr (NC > 1) _tile_loadd(7, vp + p * vps + 16, vps * 4);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (NC > 1) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (NR > 1) _tile_dpbf16ps(2, 5, 6);
+    if constexpr (NR > 1 && NC > 1) _tile_dpbf16ps(3, 5, 7);
   }
-  StoreC<NC>(o, ldo * 4);
+  _tile_stored(0, o, ldo * 4);
+  if constexpr (NC > 1) _tile_stored(1, o + 16, ldo * 4);
+  if constexpr (NR > 1) _tile_stored(2, o1, ldo * 4);
+  if constexpr (NR > 1 && NC > 1) _tile_stored(3, o1 + 16, ldo * 4);
+  MemoryBarrier(o);
 }
 
-ATTN_AMX_TARGET void PvColumnsOf(int nc, const uint32_t* a, int64_t lda, const uint32_t* vp,
-                                 int64_t vps, int64_t p_begin, int64_t p_end, bool load, float* o,
-                                 int64_t ldo) {
-  switch (nc) {
-    case 1:
-      return PvColumns<1>(a, lda, vp, vps, p_begin, p_end, load, o, ldo);
-    case 2:
-      return PvColumns<2>(a, lda, vp, vps, p_begin, p_end, load, o, ldo);
-    case 3:
-      return PvColumns<3>(a, lda, vp, vps, p_begin, p_end, load, o, ldo);
-    default:
-      return PvColumns<4>(a, lda, vp, vps, p_begin, p_end, load, o, ldo);
+ATTN_AMX_TARGET void PvBlockOf(int nr, int nc, const uint32_t* a, int64_t lda, const uint32_t* vp,
+                               int64_t vps, int64_t p_begin, int64_t p_end, bool load, float* o,
+                               int64_t ldo) {
+  if (nr > 1) {
+    if (nc > 1) return PvBlock<2, 2>(a, lda, vp, vps, p_begin, p_end, load, o, ldo);
+    return PvBlock<2, 1>(a, lda, vp, vps, p_begin, p_end, load, o, ldo);
   }
+  if (nc > 1) return PvBlock<1, 2>(a, lda, vp, vps, p_begin, p_end, load, o, ldo);
+  return PvBlock<1, 1>(a, lda, vp, vps, p_begin, p_end, load, o, ldo);
 }
 
-// Rows m0 .. m0 + rows of O over `npairs` pairs from pair p0, all columns:
-// whole 16-pair steps in one configuration, the rest in one of its own
-// width (C stored and reloaded between: LDTILECFG clears the tiles).
-ATTN_AMX_TARGET void PvRowBlock(const uint32_t* a, int64_t lda, const uint32_t* vp, int64_t vps,
-                                int64_t npairs, int rows, int64_t nvec, bool accumulate, float* o,
-                                int64_t ldo) {
+// Up to 32 rows of O (rows0 + rows1, in two row tiles) over `npairs` pairs,
+// all columns: whole 16-pair steps in one configuration, then the rest in
+// one of its own width (C stored and reloaded between: LDTILECFG clears
+// the tiles).
+ATTN_AMX_TARGET void PvRowTiles(const uint32_t* a, int64_t lda, const uint32_t* vp, int64_t vps,
+                                int64_t npairs, int rows0, int rows1, int64_t nvec, bool accumulate,
+                                float* o, int64_t ldo) {
   const int64_t whole = npairs / kTileRows * kTileRows;
   const int tail = int(npairs - whole);
-  for (int64_t v = 0; v < nvec; v += 4) {
-    const int nc = int(std::min<int64_t>(4, nvec - v));
-    if (whole > 0) {
-      Configure(rows, kTileBytes);
-      PvColumnsOf(nc, a, lda, vp + v * 16, vps, 0, whole, accumulate, o + v * 16, ldo);
+  const int nr = rows1 > 0 ? 2 : 1;
+  if (whole > 0) {
+    ConfigurePv(rows0, rows1, kTileBytes);
+    for (int64_t v = 0; v < nvec; v += 2) {
+      PvBlockOf(nr, int(std::min<int64_t>(2, nvec - v)), a, lda, vp + v * 16, vps, 0, whole,
+                accumulate, o + v * 16, ldo);
     }
-    if (tail > 0) {
-      Configure(rows, tail * 4);
-      PvColumnsOf(nc, a, lda, vp + v * 16, vps, whole, npairs, accumulate || whole > 0, o + v * 16,
-                  ldo);
+  }
+  if (tail > 0) {
+    ConfigurePv(rows0, rows1, tail * 4);
+    for (int64_t v = 0; v < nvec; v += 2) {
+      PvBlockOf(nr, int(std::min<int64_t>(2, nvec - v)), a, lda, vp + v * 16, vps, whole, npairs,
+                accumulate || whole > 0, o + v * 16, ldo);
     }
   }
 }
 
 ATTN_AMX_TARGET void PvTile(const uint32_t* pp, const uint32_t* vp, int64_t vps, int64_t npairs,
                             int64_t nrows, int64_t nvec, bool accumulate, float* o, int64_t ldo) {
-  alignas(64) uint32_t a[kTileRows * kMaxPairs];
+  alignas(64) uint32_t a[2 * kTileRows * kMaxPairs];  // 32 KiB: in L1
   MemoryBarrier(vp);
   MemoryBarrier(o);
-  for (int64_t m0 = 0; m0 < nrows; m0 += kTileRows) {
-    const int rows = int(std::min<int64_t>(kTileRows, nrows - m0));
+  for (int64_t m0 = 0; m0 < nrows; m0 += 2 * kTileRows) {
+    const int rows0 = int(std::min<int64_t>(kTileRows, nrows - m0));
+    const int rows1 = int(std::clamp<int64_t>(nrows - m0 - kTileRows, 0, kTileRows));
     // Pairs in pieces the buffer holds (one piece for tiles up to 512 keys).
     for (int64_t p0 = 0; p0 < npairs; p0 += kMaxPairs) {
       const int64_t n = std::min(kMaxPairs, npairs - p0);
       const int64_t lda = (n + 15) / 16 * 16;
       PairRows(pp, m0, p0, n, a, lda);
-      PvRowBlock(a, lda, vp + p0 * vps, vps, n, rows, nvec, accumulate || p0 > 0, o + m0 * ldo,
-                 ldo);
+      if (rows1 > 0) PairRows(pp, m0 + kTileRows, p0, n, a + kTileRows * lda, lda);
+      PvRowTiles(a, lda, vp + p0 * vps, vps, n, rows0, rows1, nvec, accumulate || p0 > 0,
+                 o + m0 * ldo, ldo);
     }
   }
-  _tile_release();
+  ReleaseTiles();
 }
 
 // --- The peak loop -------------------------------------------------------------
@@ -302,7 +348,7 @@ ATTN_AMX_TARGET double PeakLoop(int64_t rounds) {
   }
   alignas(64) float sink[kTileRows * 16];
   StoreC<1>(sink, kTileBytes);  // keeps the loop
-  _tile_release();
+  ReleaseTiles();
   return 4.0 * 2.0 * kTileRows * 16 * 32 * double(rounds);
 }
 
