@@ -427,7 +427,11 @@ class Report:
       threads = sorted(set(fma[source]) | {c.params["threads"] for c in self.run.all_cases()
                                            if c.source == source and c.family ==
                                            ar.CEILING_STREAM and "threads" in c.params})
-      rows, fma_text, stream_text = [], [], []
+      # ceiling_amx (AMX-BF16 machines only): a column when the file has it.
+      amx = {c.params["threads"]: c for c in self.run.all_cases()
+             if c.source == source and c.family == ar.CEILING_AMX and c.ok
+             and "threads" in c.params and c.counter("GFLOPS")}
+      rows, fma_text, stream_text, amx_text = [], [], [], []
       for t in threads:
         f, st = fma[source].get(t), self.stream_ceiling(source, t)
         p = f.counter("GFLOPS") if f else None
@@ -439,6 +443,11 @@ class Report:
         rows.append([t, fmt_num(p), spread, (f.path or "—") if f else "—", fmt_num(gb),
                      fmt_num(st.counter("GBps")) if st else "—",
                      fmt_num(p / gb) if p and gb else "—"])
+        if amx:
+          a_gflops = amx[t].counter("GFLOPS") if t in amx else None
+          rows[-1].append(fmt_num(a_gflops))
+          if a_gflops:
+            amx_text.append(f"{fmt_num(a_gflops)} GFLOP/s on {t}")
         if p:
           fma_text.append(f"{fmt_num(p)} GFLOP/s on {t} thread{'s' if t != 1 else ''}")
         if gb:
@@ -446,13 +455,17 @@ class Report:
       self.add(f"{self.host_prefix(source)}ceilings", "",
                md_table(["threads", "ceiling_fma GFLOP/s (median)",
                          "min–max (repetitions)", "target", "ceiling_stream GB/s (best)",
-                         "stream median", "ridge (FLOP/byte)"], rows), "")
+                         "stream median", "ridge (FLOP/byte)"]
+                        + (["ceiling_amx GFLOP/s (median; bf16 on AMX tiles)"] if amx else []),
+                        rows), "")
       targets = sorted({f.path for f in fma[source].values() if f.path})
       self.summary.append(
           f"- Ceilings{' on ' + source if self.multi_host else ''}: ceiling_fma "
           + ", ".join(fma_text) + (f" ({', '.join(targets)}, median)" if targets else "")
           + ("; ceiling_stream " + ", ".join(stream_text) + " (best repetition)"
-             if stream_text else "") + "; roofline in *Ceilings and roofline*.")
+             if stream_text else "")
+          + ("; ceiling_amx " + ", ".join(amx_text) + " (AMX-BF16)" if amx_text else "")
+          + "; roofline in *Ceilings and roofline*.")
 
   _SCENARIO_MARKERS = {"": "o", "decode": "s", "gqa": "^", "window": "D", "cross": "v"}
 

@@ -620,6 +620,32 @@ def test_ceilings(work, doc):
       STREAM_REPS[1]), "Case.best is the best repetition, Case.counter the median")
 
 
+def test_amx_ceiling(work, doc):
+  """ceiling_amx (AMX-BF16 machines): a column of the ceilings table at each thread count and
+  a clause of the summary's ceilings line; not a variant anywhere."""
+  full = with_ceilings(doc)
+  amx = {1: 3600.0, 2: 6500.0}
+  for t, g in amx.items():
+    full["benchmarks"].append(repetition(f"ceiling_amx/threads:{t}", 0, 1, 1.0,
+                                         {"GFLOPS": g, "threads": float(t)}, "path=AMX_BF16"))
+  path_in = os.path.join(work, "amx.json")
+  json.dump(full, open(path_in, "w"))
+  path = run_generate([path_in, "--out-dir", os.path.join(work, "amx")])
+  text, _ = check_pngs(path)
+  ceilings = section(text, "## Ceilings and roofline")
+  check("ceiling_amx GFLOP/s" in ceilings.split("ceilings\n", 1)[1].split("\n")[1],
+        "the ceilings table has a ceiling_amx column")
+  rows = table_after(ceilings, "ceilings\n")
+  for t, g in amx.items():
+    check(any(r[0] == str(t) and r[-1] == generate.fmt_num(g) for r in rows),
+          f"ceilings row for threads={t} ends with ceiling_amx {generate.fmt_num(g)} ({rows})")
+  summary = section(text, "## Summary")
+  check(f"ceiling_amx {generate.fmt_num(amx[1])} GFLOP/s on 1" in summary,
+        "the summary states ceiling_amx")
+  check("| ceiling_amx |" not in text and "**ceiling_amx**" not in text,
+        "ceiling_amx is not reported as a variant")
+
+
 def test_auto(work, doc):
   """auto cases (flash's, 1.25x slower, path label 'simd, AVX3') are judged against the best
   other variant: one table per sweep group with that variant's time / auto's time, auto's pick
@@ -1769,6 +1795,7 @@ def main():
   test_atomic_output(args.work_dir, doc)
   test_precision(args.work_dir, doc, accdoc)
   test_ceilings(args.work_dir, doc)
+  test_amx_ceiling(args.work_dir, doc)
   test_auto(args.work_dir, doc)
   test_peers(args.work_dir, doc)
   test_backward(args.work_dir, doc)

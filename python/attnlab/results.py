@@ -40,6 +40,9 @@ CEILING_SGEMM = "ceiling_sgemm"
 CEILING_STREAM = "ceiling_stream"
 # The FMA peak on T threads (ceiling_fma/threads:T): what every variant's GFLOPS is a fraction of.
 CEILING_FMA = "ceiling_fma"
+# The AMX-BF16 peak on T threads (ceiling_amx/threads:T), where the CPU has AMX: what bf16 flash
+# on AMX tiles is a fraction of.
+CEILING_AMX = "ceiling_amx"
 # oneDNN bf16 matmul of the two products of a bf16 prefill case (same tokens as that case).
 CEILING_MATMUL_BF16 = "ceiling_matmul_bf16"
 # A decode or paged decode case's K and V read in flash's order with nothing computed
@@ -57,8 +60,8 @@ VARIANT_FAMILIES = (LAYER, GRAD)
 # before ceiling_fma also hold ukernel/fma_peak/threads:1, the one-thread FMA peak.
 UKERNEL = "ukernel"
 FMA_PEAK = "fma_peak"
-FIXED_FAMILIES = (CEILING_SGEMM, CEILING_MATMUL_BF16, CEILING_STREAM, CEILING_FMA, CEILING_READ,
-                  LAYER, GRAD, UKERNEL)
+FIXED_FAMILIES = (CEILING_SGEMM, CEILING_MATMUL_BF16, CEILING_STREAM, CEILING_FMA, CEILING_AMX,
+                  CEILING_READ, LAYER, GRAD, UKERNEL)
 # Peers: another library timed on the sweep's shapes by bench/peers.py (peer_torch_plain,
 # peer_torch_sdpa), what a user would pick instead of attnlab. Like a ceiling, a peer is not a
 # variant: its first token starts with PEER_PREFIX. Its file's context carries PEER_CONTEXT_KEY
