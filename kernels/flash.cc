@@ -73,7 +73,12 @@
 //     dominate as much: the softmax (~17 instructions per 16 scores against
 //     d/2 VDPBF16PS per score pair of products) is a larger share, so the
 //     speedup over fp32 is below the 2x of the instruction count
-//     (kernels/DESIGN.md, "Reduced precision").
+//     (kernels/DESIGN.md, "Reduced precision"). Where the CPU has AMX-BF16
+//     and dk is a multiple of 32 the same operands go to the tile kernels
+//     instead (kernels/ukernels/bf16_amx.h, RunStats::path
+//     "AVX3+AMX_BF16"; PairKernels chooses, ATTNLAB_NO_AMX=1 keeps
+//     VDPBF16PS): TDPBF16PS takes the Q and V pairs as they are, P pairs
+//     are transposed into rows inside the P·V kernel.
 //   * Decode blocks (<= 8 rows) on reduced K or V: the few-row score and P·V
 //     kernels read the rows in place and convert each vector in registers
 //     (LoadVecAsF32; f16 where the target converts in hardware), an int8

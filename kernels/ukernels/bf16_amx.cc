@@ -50,9 +50,10 @@ static_assert(sizeof(TileConfig) == 64);
 inline void LoadTileConfig(const TileConfig& cfg) { asm volatile("ldtilecfg %0" : : "m"(cfg)); }
 inline void ReleaseTiles() { asm volatile("tilerelease" : : : "memory"); }
 
-// Tiles 0-3: C (c_rows x 16 fp32); 4: A (c_rows x k_bytes); 5-7: B
-// (k_bytes / 4 rows x 16 pairs). LDTILECFG zeroes every tile.
-ATTN_AMX_TARGET void Configure(int c_rows, int k_bytes) {
+// The score tile's roles: tiles 0-3 C (c_rows x 16 fp32), 4 A (c_rows x
+// k_bytes), 5-7 B (k_bytes / 4 rows x 16 pairs). LDTILECFG zeroes every
+// tile.
+ATTN_AMX_TARGET void ConfigureScores(int c_rows, int k_bytes) {
   TileConfig cfg;
   for (int t = 0; t < 4; ++t) {
     cfg.rows[t] = uint8_t(c_rows);
@@ -155,7 +156,7 @@ ATTN_AMX_TARGET void ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k_
   int configured = 0;
   for (int64_t j = 0; j < nkeys; j += kTileRows) {
     const int rows = int(std::min<int64_t>(kTileRows, nkeys - j));
-    if (rows != configured) Configure(configured = rows, kTileBytes);
+    if (rows != configured) ConfigureScores(configured = rows, kTileBytes);
     ScoreKeys(nc, qp, k + j * k_stride, k_stride, dk, st + j * kCols);
     ScaleRows(st + j * kCols, rows, nvec, scale);
   }
@@ -328,8 +329,9 @@ ATTN_AMX_TARGET void PvTile(const uint32_t* pp, const uint32_t* vp, int64_t vps,
 
 // --- The peak loop -------------------------------------------------------------
 
+// A full 2 x 2 block, as P·V's (ConfigurePv), its operands never reloaded.
 ATTN_AMX_TARGET double PeakLoop(int64_t rounds) {
-  Configure(kTileRows, kTileBytes);
+  ConfigurePv(kTileRows, kTileRows, kTileBytes);
   // bf16 ~0.001 everywhere: not zeros (which a unit might skip), and
   // 32·10^-6 per step stays finite for any run length.
   alignas(64) uint16_t small[kTileRows * 32];
