@@ -255,24 +255,42 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
       }
       break;
     case Family::kBf16PvTile:
+    case Family::kBf16PvRows:  // the same weights as P rows (AMX's A layout)
       for (int64_t dv : {64, 128}) {
-        const int64_t keys = 512;
+        const int64_t keys = 512, pairs = keys / 2;
+        const bool rows = u.family == Family::kBf16PvRows;
         Shape s{"rows:64/keys:512/d:" + std::to_string(dv), 2.0 * 64 * keys * dv, double(64 * dv)};
         out.push_back({s, [=](benchmark::State& st) {
-                         Floats pp(keys / 2 * 64), vp(keys / 2 * dv), o(64 * dv);
-                         ukernels::Bf16PvTileArgs a{reinterpret_cast<uint32_t*>(pp.get()),
-                                                    reinterpret_cast<uint32_t*>(vp.get()),
-                                                    dv,
-                                                    keys / 2,
-                                                    64,
-                                                    dv / 16,
-                                                    true,
-                                                    o.get(),
-                                                    dv};
-                         Time(st, *up, a, s, peak);
+                         Floats p(pairs * 64), v(pairs * dv), o(64 * dv);
+                         const auto* pw = reinterpret_cast<uint32_t*>(p.get());
+                         const auto* vw = reinterpret_cast<uint32_t*>(v.get());
+                         if (rows) {
+                           ukernels::Bf16PvRowsArgs a{pw, pairs,   vw,   dv,      pairs,
+                                                      64, dv / 16, true, o.get(), dv};
+                           Time(st, *up, a, s, peak);
+                         } else {
+                           ukernels::Bf16PvTileArgs a{pw,      vw,   dv,      pairs, 64,
+                                                      dv / 16, true, o.get(), dv};
+                           Time(st, *up, a, s, peak);
+                         }
                        }});
       }
       break;
+    // The AMX path's softmax (scores per second, as the fp32 columns kernel).
+    case Family::kBf16SoftmaxToRows: {
+      const int64_t keys = 512;
+      Shape s{"rows:64/keys:512", 0, double(64 * keys)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats sc(keys * 64), m(64), l(64), alpha(64), pr(64 * keys / 2);
+                       for (int64_t x = 0; x < 64; ++x) m.get()[x] = 2.0f, l.get()[x] = 1.0f;
+                       ukernels::Bf16SoftmaxToRowsArgs a{
+                           sc.get(), keys,    4,           0.125f,
+                           m.get(),  l.get(), alpha.get(), reinterpret_cast<uint32_t*>(pr.get()),
+                           keys / 2};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
     case Family::kBf16PackScores: {
       const int64_t keys = 512;
       Shape s{"rows:64/keys:512", 0, double(64 * keys)};

@@ -77,8 +77,13 @@
 //     and dk is a multiple of 32 the same operands go to the tile kernels
 //     instead (kernels/ukernels/bf16_amx.h, RunStats::path
 //     "AVX3+AMX_BF16"; PairKernels chooses, ATTNLAB_NO_AMX=1 keeps
-//     VDPBF16PS): TDPBF16PS takes the Q and V pairs as they are, P pairs
-//     are transposed into rows inside the P·V kernel.
+//     VDPBF16PS): TDPBF16PS takes the Q and V pairs as they are, and the
+//     softmax writes P as bf16 rows, the A layout of P·V (softmax_to_rows:
+//     max pass, then exp, sums, rounding, pairing and a transpose in
+//     registers in one pass; no fp32 P, no pairing pass). When nothing
+//     reads the scaled scores in between (ScaleInSoftmax: no softcap,
+//     ALiBi or additive mask, scale > 0) the softmax also takes the scale
+//     from the score tile, which then stores Sᵀ as the tiles leave it.
 //   * Decode blocks (<= 8 rows) on reduced K or V: the few-row score and P·V
 //     kernels read the rows in place and convert each vector in registers
 //     (LoadVecAsF32; f16 where the target converts in hardware), an int8
@@ -243,6 +248,7 @@ struct Scratch {
   float* kc;     // bc x dk: the K tile as fp32 (reduced-precision K only)
   float* qc;     // kBr x dk: the block's Q rows as fp32 (reduced-precision Q)
   float* oc;     // dvp: an O row before rounding (reduced-precision O)
+  uint32_t* pr;  // kBr x plan.p_row_pairs: P as bf16 rows (the AMX kernels)
   int64_t* rb;   // kBr: first visible key of each row, within the item
   int64_t* re;   // kBr: one past the last
 };
@@ -739,40 +745,66 @@ bool Bf16ValuesFinite(const uint16_t* v, int64_t vs, int64_t nc, int64_t dv) {
   return finite;
 }
 
-// O += P·V over each row's visible keys only, P in fp32, V read from its
-// bf16 rows: PvVisibleOnly for bf16 tiles (rare: a partial tile whose V is
-// not all finite).
+// O += P·V over each row's visible keys only, V read from its bf16 rows,
+// the weight of key j of row x p(x, j): PvVisibleOnly for bf16 tiles (rare:
+// a partial tile whose V is not all finite).
+template <class Weight>
 void Bf16PvVisibleOnly(const Block& blk, int64_t j0, int64_t j1, const uint16_t* v, int64_t vs,
-                       int64_t dv, int64_t dvp, bool first, Scratch& sc) {
+                       int64_t dv, int64_t dvp, bool first, Scratch& sc, Weight p) {
   for (int64_t x = 0; x < blk.nrows; ++x) {
     const KeyRange vis = TileRange(sc, x, j0, j1);
     float* o = sc.o + x * dvp;
     if (first) std::fill(o, o + dvp, 0.0f);
     for (int64_t j = vis.begin; j < vis.end; ++j) {
-      const float pj = sc.st[j * blk.sj + x * blk.sr];
+      const float pj = p(x, j);
       for (int64_t y = 0; y < dv; ++y) o[y] += pj * F32FromBF16Bits(v[j * vs + y]);
     }
   }
 }
 
-// The bf16 version of a tile's S = Q·Kᵀ (scaled) and, after the softmax,
-// O (+)= P·V: K read in place, V and P paired into sc.vp and sc.st.
-void Bf16Scores(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc, Scratch& sc) {
+// Whether flash on AMX scales the scores in the softmax (raw Sᵀ from the
+// tiles: no pass over it) rather than after the score tile: when nothing
+// reads the scaled scores in between (no softcap, ALiBi or additive mask;
+// -inf masking does not care) and scale > 0 (so that the maximum of the
+// raw scores, scaled, is the maximum of the scaled ones).
+bool ScaleInSoftmax(const ValidProblem& p) {
+  return p.scale > 0.0f && !p.modifiers.softcap && p.modifiers.alibi_slopes.empty() &&
+         p.mask.kind != MaskKind::kAdditive;
+}
+
+// The bf16 version of a tile's S = Q·Kᵀ (times `scale`) and, after the
+// softmax, O (+)= P·V: K read in place, V paired into sc.vp, P paired in
+// place over Sᵀ or (AMX) already in rows in sc.pr.
+void Bf16Scores(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc, float scale,
+                Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const auto* k = static_cast<const uint16_t*>(p.KvRow(p.k, blk.b, blk.kvh, j0));
   blk.pairs->score_tile(reinterpret_cast<const uint32_t*>(sc.qt), k, p.k.strides.row, nc,
-                        p.shape.head_dim, blk.rp / N, p.scale, sc.st);
+                        p.shape.head_dim, blk.rp / N, scale, sc.st);
 }
 void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
             int64_t j1, bool partial, bool first, Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t nc = j1 - j0, dv = p.shape.value_dim, vs = p.v.strides.row;
   const auto* v = static_cast<const uint16_t*>(p.KvRow(p.v, blk.b, blk.kvh, j0));
+  const bool rows = blk.pairs->pv_rows != nullptr;
   if (partial && !Bf16ValuesFinite(v, vs, nc, dv)) {
-    return Bf16PvVisibleOnly(blk, j0, j1, v, vs, dv, plan.dvp, first, sc);
+    const auto* pr = reinterpret_cast<const uint16_t*>(sc.pr);
+    const int64_t ldp = 2 * plan.p_row_pairs;
+    if (rows) {
+      return Bf16PvVisibleOnly(
+          blk, j0, j1, v, vs, dv, plan.dvp, first, sc,
+          [&](int64_t x, int64_t j) { return F32FromBF16Bits(pr[x * ldp + j]); });
+    }
+    return Bf16PvVisibleOnly(blk, j0, j1, v, vs, dv, plan.dvp, first, sc,
+                             [&](int64_t x, int64_t j) { return sc.st[j * blk.sj + x * blk.sr]; });
   }
   auto* vp = reinterpret_cast<uint32_t*>(sc.vp);
   blk.pairs->pack_value_pairs(v, vs, nc, dv, vp, plan.dvp);
+  if (rows) {
+    return blk.pairs->pv_rows(sc.pr, plan.p_row_pairs, vp, plan.dvp, (nc + 1) / 2, blk.nrows,
+                              plan.dvp / 16, !first, sc.o, plan.dvp);
+  }
   blk.pairs->pack_score_pairs(sc.st, nc, blk.rp / N);
   blk.pairs->pv_tile(reinterpret_cast<const uint32_t*>(sc.st), vp, plan.dvp, (nc + 1) / 2,
                      blk.nrows, plan.dvp / 16, !first, sc.o, plan.dvp);
@@ -817,6 +849,13 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   // head's block sees the same keys, tiles and partial tiles.
   const Block& blk = blocks[0];
   const int64_t bc = plan.bc;
+  // The AMX kernels write P as rows from the softmax, which may take the
+  // scale from the score tile (ScaleInSoftmax).
+  const bool p_rows = blk.pairs != nullptr && blk.pairs->softmax_to_rows != nullptr;
+  const bool scale_in_softmax = p_rows && ScaleInSoftmax(p);
+  const float score_scale = scale_in_softmax ? 1.0f : p.scale;
+  const float softmax_scale = scale_in_softmax ? p.scale : 1.0f;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t tiles_total = (key_hi - key_lo + bc - 1) / bc;
   if (blk.ulo >= blk.uhi) {  // read by split merges
     std::memset(sc.o, 0, sizeof(float) * std::max(blk.rp, heads * nrows) * dvp);
@@ -838,7 +877,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     // S = Q·Kᵀ, masked. (The bf16 pair kernels take many-row blocks: one
     // head, never paged.)
     if (blk.pairs) {
-      Bf16Scores(p, blk, j0, nc, sc);
+      Bf16Scores(p, blk, j0, nc, score_scale, sc);
     } else {
       F32Scores(p, plan, item_blocks, item_parts, j0, j1);
     }
@@ -850,6 +889,9 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
       // Online softmax, vectorized over the tile's long axis.
       if (blk.few_rows) {
         OnlineSoftmaxRows(part.st, kFewStride, nc, nrows, part.m, part.l, part.alpha);
+      } else if (p_rows) {
+        blk.pairs->softmax_to_rows(part.st, nc, blk.rp / N, softmax_scale, part.m, part.l,
+                                   part.alpha, part.pr, plan.p_row_pairs);
       } else {
         OnlineSoftmaxColumns(part.st, kBr, nc, blk.rp, part.m, part.l, part.alpha);
       }
@@ -1022,6 +1064,7 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     sc.kc = sc.alpha + kBr;
     sc.qc = sc.kc + plan.k_tile_floats;
     sc.oc = sc.qc + plan.q_rows_floats;
+    sc.pr = reinterpret_cast<uint32_t*>(sc.oc + plan.o_row_floats);
     sc.rb = ranges.data() + tid * 2 * kBr;
     sc.re = sc.rb + kBr;
 

@@ -205,6 +205,37 @@ TEST(FlashTiles, NaNInPartialTileReachesOnlyRowsThatSeeIt) {
   EXPECT_TRUE(std::isnan(o[70 * 64 + 5]));
 }
 
+// The same in bf16 on each pair path this CPU has (AMX writes P as bf16
+// rows, VDPBF16PS as pairs over Sᵀ; each fallback reads its own), and bf16
+// on AMX with a scale the softmax cannot take (0 and negative: the maximum
+// of the raw scores is then not the maximum of the scaled ones, so the
+// score tile scales, kernels/flash.cc ScaleInSoftmax) and one it takes.
+TEST(FlashTiles, Bf16PairPathsKeepPartialTilesAndScales) {
+  KeyTileScope tiles64(64);
+  for (const bool no_amx : {false, true}) {
+    std::optional<ScopedEnv> env;
+    if (no_amx) env.emplace("ATTNLAB_NO_AMX", "1");
+    const std::string path = no_amx ? " ATTNLAB_NO_AMX=1" : "";
+    ProblemSpec spec = Spec(Shape{1, 1, 1, 192, 192, 64, 64}, MaskKind::kCausal, 42);
+    spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
+    ProblemData data(spec);
+    Problem& p = data.problem();
+    auto* v = const_cast<uint16_t*>(static_cast<const uint16_t*>(p.v.data));
+    v[70 * p.v.strides.row + 5] = 0x7FC0;  // bf16 NaN
+    RunAndCheck(data, 1, ("bf16 nan in diagonal tile" + path).c_str());
+    const std::vector<float> o = data.OutputContiguous();
+    EXPECT_TRUE(std::isfinite(o[69 * 64 + 5])) << path;  // row 69 does not see key 70
+    EXPECT_TRUE(std::isnan(o[70 * 64 + 5])) << path;
+    for (const float scale : {-0.3f, 0.0f, 0.3f}) {
+      ProblemSpec scaled = Spec(Shape{1, 2, 1, 100, 300, 64, 64}, MaskKind::kCausal, 43);
+      scaled.dtypes = spec.dtypes;
+      ProblemData d(scaled);
+      d.problem().scale = scale;
+      RunAndCheck(d, 1, ("bf16 scale " + std::to_string(scale) + path).c_str());
+    }
+  }
+}
+
 // The whole kernel grid with short key tiles (16 and 64 keys): its sequences
 // (up to 3001 keys, mostly under 130) then cross many tiles, so online-softmax
 // rescaling, partial and skipped tiles and split merges run for every mask

@@ -302,9 +302,13 @@ void TestPvRows(const Ukernel& u, int64_t lanes, Checker& c) {
 }
 
 // The scalar online softmax step for one row: scores s[j·step] (j < nkeys).
-void CheckOnlineRow(Checker& c, const float* before, const float* after, int64_t step,
-                    int64_t nkeys, float m0, float l0, float m1, float l1, float alpha,
-                    const std::string& at) {
+// The online step of one row against fp64: `weight(j)` the weight the
+// kernel left for key j, rounded with a relative `p_rounding` (0: fp32,
+// 2^-8: bf16) after the exponential.
+template <class Weight>
+void CheckOnlineRow(Checker& c, const float* before, int64_t step, int64_t nkeys, float m0,
+                    float l0, float m1, float l1, float alpha, const std::string& at, Weight weight,
+                    double p_rounding = 0) {
   double mx = m0;
   bool nan = false;
   for (int64_t j = 0; j < nkeys; ++j) {
@@ -326,13 +330,19 @@ void CheckOnlineRow(Checker& c, const float* before, const float* after, int64_t
     const double arg = double(before[j * step]) - mu;
     const double e = std::exp(arg);
     sum += e;
-    c.Near(after[j * step], e, exp_tol(arg, e), at + " p[" + std::to_string(j) + "]");
+    c.Near(weight(j), e, exp_tol(arg, e) + p_rounding * e, at + " p[" + std::to_string(j) + "]");
   }
   const double a = std::exp(double(m0) - mu);
   c.Near(m1, mx, 0, at + " m");
   c.Near(alpha, a, exp_tol(double(m0) - mu, a), at + " alpha");
   const double want_l = a * l0 + sum;
   c.Near(l1, want_l, (nkeys + 8) * kU * want_l, at + " l");
+}
+void CheckOnlineRow(Checker& c, const float* before, const float* after, int64_t step,
+                    int64_t nkeys, float m0, float l0, float m1, float l1, float alpha,
+                    const std::string& at) {
+  CheckOnlineRow(c, before, step, nkeys, m0, l0, m1, l1, alpha, at,
+                 [&](int64_t j) { return after[j * step]; });
 }
 
 // Scores with a previous state: fresh rows (m = -inf), rows whose maximum
@@ -681,6 +691,79 @@ void TestBf16ScoreTile(const Ukernel& u, Checker& c) {
   }
 }
 
+// Raw scores that the kernel scales: FillOnline's logits / scale (a power
+// of two: exact), so that CheckOnlineRow checks the scaled step; P rows
+// checked as bf16 (2^-8), zero past the keys to the written width, and
+// nothing written past that width or the rows.
+void TestBf16SoftmaxToRows(const Ukernel& u, Checker& c) {
+  std::mt19937 rng(27);
+  for (float scale : {1.0f, 0.125f}) {
+    for (int64_t nvec : {1, 2, 4}) {
+      for (int64_t nkeys : {1, 2, 5, 31, 32, 33, 64, 511, 512}) {
+        const int64_t rows = 16 * nvec, written = (nkeys + 31) / 32 * 16, ldp = written + 16;
+        Buffer st(nkeys * kTileCols), logits(nkeys * kTileCols), m(kTileCols), l(kTileCols),
+            alpha(kTileCols), pr(kTileCols * ldp);
+        std::vector<float> m0(rows), l0(rows);
+        for (int64_t x = 0; x < rows; ++x) {
+          FillOnline(rng, &logits[x], kTileCols, nkeys, x, &m[x], &l[x]);
+          m0[x] = m[x], l0[x] = l[x];
+          for (int64_t j = 0; j < nkeys; ++j)
+            st[j * kTileCols + x] = logits[j * kTileCols + x] / scale;
+        }
+        const auto* words = reinterpret_cast<uint32_t*>(pr.data());
+        Bf16SoftmaxToRowsArgs a{
+            st.data(), nkeys,    nvec,         scale,
+            m.data(),  l.data(), alpha.data(), reinterpret_cast<uint32_t*>(pr.data()),
+            ldp};
+        ASSERT_TRUE(u.run(&a));
+        const std::string at = "scale=" + std::to_string(scale) + " keys=" + std::to_string(nkeys) +
+                               " nvec=" + std::to_string(nvec);
+        for (int64_t x = 0; x < rows; ++x) {
+          const std::string row = at + " row " + std::to_string(x);
+          CheckOnlineRow(
+              c, &logits[x], kTileCols, nkeys, m0[x], l0[x], m[x], l[x], alpha[x], row,
+              [&](int64_t j) { return Bf16(words[x * ldp + j / 2], int(j % 2)); }, 0x1p-8);
+          for (int64_t j = nkeys; j < 2 * written; ++j) {
+            c.Near(Bf16(words[x * ldp + j / 2], int(j % 2)), 0, 0, row + " past the keys");
+          }
+          c.Poisoned(pr[x * ldp + written], row + " past the written pairs");
+        }
+        if (rows < kTileCols) c.Poisoned(pr[rows * ldp], at + " past the rows");
+      }
+    }
+  }
+  // The exponential on a dense sweep (16 384 arguments), through alpha =
+  // e^(m_old - m_new): one key of score 0 (the new maximum) and old maxima
+  // from -100 to 0.
+  Buffer st(kTileCols), m(kTileCols), l(kTileCols), alpha(kTileCols), pr(kTileCols * 16);
+  for (int64_t call = 0; call < 256; ++call) {
+    for (int64_t x = 0; x < kTileCols; ++x) {
+      st[x] = 0.0f;
+      m[x] = -100.0f * float(call * kTileCols + x) / (256 * kTileCols);
+      l[x] = 1.0f;
+    }
+    const std::vector<float> m0(m.data(), m.data() + kTileCols);
+    Bf16SoftmaxToRowsArgs a{st.data(),
+                            1,
+                            4,
+                            1.0f,
+                            m.data(),
+                            l.data(),
+                            alpha.data(),
+                            reinterpret_cast<uint32_t*>(pr.data()),
+                            16};
+    ASSERT_TRUE(u.run(&a));
+    for (int64_t x = 0; x < kTileCols; ++x) {
+      const double want = std::exp(double(m0[x]));
+      // Below 2^-126 (m_old < -87.3) the exponential gives 0.
+      c.Near(alpha[x], want, (4 + 2 * std::fabs(m0[x])) * kU * want + 0x1p-126,
+             "alpha sweep, m_old=" + std::to_string(m0[x]));
+    }
+  }
+}
+
+// pv_tile's check for both P layouts: P pairs (kBf16PvTile) or P rows
+// (kBf16PvRows), the same weights.
 void TestBf16PvTile(const Ukernel& u, Checker& c) {
   std::mt19937 rng(24);
   // 31 pairs and 35 rows: whole AMX tiles and tails; 300 pairs: more
@@ -705,8 +788,18 @@ void TestBf16PvTile(const Ukernel& u, Checker& c) {
             }
           const uint32_t* pw = reinterpret_cast<const uint32_t*>(pp.data());
           const uint32_t* vw = reinterpret_cast<const uint32_t*>(vp.data());
-          Bf16PvTileArgs a{pw, vw, vps, npairs, nrows, nvec, accumulate, o.data(), ldo};
-          ASSERT_TRUE(u.run(&a));
+          if (u.family == Family::kBf16PvRows) {
+            const int64_t ldp = (npairs + 15) / 16 * 16 + 16;
+            Buffer pr(nrows * ldp);
+            auto* rows = reinterpret_cast<uint32_t*>(pr.data());
+            for (int64_t m = 0; m < nrows; ++m)
+              for (int64_t q = 0; q < npairs; ++q) rows[m * ldp + q] = pw[q * kTileCols + m];
+            Bf16PvRowsArgs a{rows, ldp, vw, vps, npairs, nrows, nvec, accumulate, o.data(), ldo};
+            ASSERT_TRUE(u.run(&a));
+          } else {
+            Bf16PvTileArgs a{pw, vw, vps, npairs, nrows, nvec, accumulate, o.data(), ldo};
+            ASSERT_TRUE(u.run(&a));
+          }
           const std::string at =
               "pairs=" + std::to_string(npairs) + " rows=" + std::to_string(nrows) +
               " nvec=" + std::to_string(nvec) + (accumulate ? " accumulate" : "");
@@ -1110,7 +1203,10 @@ void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
     case Family::kBf16ScoreTile:
       return TestBf16ScoreTile(u, c);
     case Family::kBf16PvTile:
+    case Family::kBf16PvRows:
       return TestBf16PvTile(u, c);
+    case Family::kBf16SoftmaxToRows:
+      return TestBf16SoftmaxToRows(u, c);
     case Family::kBf16PackScores:
       return TestBf16PackScores(u, c);
     case Family::kBf16PackValues:

@@ -99,6 +99,11 @@ struct Plan {
   int64_t k_tile_floats = 0;  // bc x dk
   int64_t q_rows_floats = 0;  // kBr x dk
   int64_t o_row_floats = 0;   // dvp
+  // bf16 Q, K and V: the P rows of the AMX kernels (kernels/ukernels/
+  // bf16_amx.h), kBr rows of bc/2 key pairs rounded up to whole 16-pair
+  // tiles (32-bit pairs: one float each). 0 otherwise.
+  int64_t p_rows_floats = 0;
+  int64_t p_row_pairs = 0;  // their row stride
   int64_t items() const { return blocks * splits; }
   // Floats of one thread's scratch (each piece 64-byte aligned).
   int64_t thread_floats = 0;
@@ -157,6 +162,10 @@ inline Plan MakePlan(const ValidProblem& p) {
   if (p.k.dtype != DType::kF32) plan.k_tile_floats = RoundUp(plan.bc * s.head_dim, 16);
   if (p.q.dtype != DType::kF32) plan.q_rows_floats = RoundUp(kBr * s.head_dim, 16);
   if (p.o.dtype != DType::kF32) plan.o_row_floats = plan.dvp;
+  if (p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 && p.v.dtype == DType::kBF16) {
+    plan.p_row_pairs = RoundUp(plan.bc, 32) / 2;
+    plan.p_rows_floats = kBr * plan.p_row_pairs;
+  }
   // The split count depends on the shape only (never on the thread count),
   // so results are bitwise identical for any number of threads.
   const int64_t min_tiles_per_split = std::max<int64_t>(1, kMinKeysPerSplit / plan.bc);
@@ -171,7 +180,8 @@ inline Plan MakePlan(const ValidProblem& p) {
                        + VTileFloats(plan)       // packed V tile
                        + kBr * plan.dvp          // O accumulator
                        + 3 * kBr                 // m, l, alpha
-                       + plan.k_tile_floats + plan.q_rows_floats + plan.o_row_floats;
+                       + plan.k_tile_floats + plan.q_rows_floats + plan.o_row_floats +
+                       plan.p_rows_floats;
   if (plan.splits > 1) {
     plan.partial_floats = plan.items() * plan.block_rows * (plan.dvp + 2);
   }

@@ -11,13 +11,16 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 #include <string>
 
-// As in bf16_avx512.cc: gcc 12's AVX-512 headers trip -Wmaybe-uninitialized.
+// As in bf16_avx512.cc: gcc 12's AVX-512 headers (their _mm512_undefined
+// operands) trip -Wmaybe-uninitialized, and -Wuninitialized once inlined.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 #define ATTN_AMX_TARGET \
-  __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+  __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
 
 namespace attn::ukernels {
 namespace {
@@ -25,7 +28,6 @@ namespace {
 constexpr int64_t kCols = kBf16TileCols;  // queries per Q-pair / P-pair row
 constexpr int kTileRows = 16;             // rows of a tile (keys, O rows, pairs)
 constexpr int kTileBytes = 64;            // bytes of a tile row
-constexpr int64_t kMaxPairs = 256;        // key pairs the P-row buffer holds
 
 // gcc's tile intrinsics are asm statements that take only addresses: the
 // compiler does not know that they read or write memory. A barrier naming
@@ -158,12 +160,41 @@ ATTN_AMX_TARGET void ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k_
     const int rows = int(std::min<int64_t>(kTileRows, nkeys - j));
     if (rows != configured) ConfigureScores(configured = rows, kTileBytes);
     ScoreKeys(nc, qp, k + j * k_stride, k_stride, dk, st + j * kCols);
-    ScaleRows(st + j * kCols, rows, nvec, scale);
+    if (scale != 1.0f) ScaleRows(st + j * kCols, rows, nvec, scale);
   }
   ReleaseTiles();
 }
 
-// --- O (+)= P·V -----------------------------------------------------------------
+// --- The online softmax, into P rows --------------------------------------------
+
+// e^(s·scale - mu) (mu the row's new maximum, s·scale <= mu) in 11
+// instructions per 16 scores (FastExp2 in exp-inl.h, with its caller's
+// subtraction and change of base: 16). t = (s·scale - mu)·log2 e splits
+// into f = t - floor(t) in [0, 1) (VREDUCEPS, exact) and floor(t), which
+// VSCALEFPS applies by itself (it scales by 2^floor of its second operand).
+// 2^f is a degree-5 polynomial, minimax for relative error on [0, 1]
+// (7.5e-8; 1.5e-7 = 2.2 ulp with fp32 Horner rounding, checked on a dense
+// sweep), within the 8 ulp the error bound allows the exponential
+// (reference/error_bound.cc), instead of FastExp2's degree 7: P is rounded
+// to bf16 (2^-8) right after. Arguments below -126 (-inf included) give 0
+// (no subnormal weights: they cost microcode assists in the sums); NaN
+// gives NaN (MAXPS returns its second operand when either is NaN, and NaN
+// compares "not less").
+ATTN_AMX_TARGET inline __m512 ExpScaled(__m512 s, __m512 scale, __m512 mu) {
+  const __m512 lo = _mm512_set1_ps(-126.0f);
+  const __m512 t =
+      _mm512_mul_ps(_mm512_fmsub_ps(s, scale, mu), _mm512_set1_ps(1.4426950408889634f));
+  const __mmask16 keep = _mm512_cmp_ps_mask(t, lo, _CMP_NLT_UQ);
+  const __m512 tc = _mm512_max_ps(lo, t);
+  const __m512 f = _mm512_reduce_ps(tc, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_set1_ps(1.8775742501020432e-03f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.989338763058186e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5826324969530106e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4015361070632935e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931530833244324e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.999999403953552e-01f));
+  return _mm512_maskz_scalef_ps(keep, p, tc);
+}
 
 // In place: row i of r becomes column i of the 16 x 16 block of 32-bit
 // elements (unpack 32, unpack 64, then 128-bit lanes twice).
@@ -191,21 +222,98 @@ ATTN_AMX_TARGET void Transpose16x16(__m512i r[16]) {
   }
 }
 
-// a[x·lda + p] = pp[(p0 + p)·64 + m0 + x] for x < 16, p < npairs rounded
-// up to 16 (0 past npairs): P rows m0.. as A operands, pairs along keys.
-ATTN_AMX_TARGET void PairRows(const uint32_t* pp, int64_t m0, int64_t p0, int64_t npairs,
-                              uint32_t* a, int64_t lda) {
-  for (int64_t p = 0; p < npairs; p += 16) {
-    __m512i r[16];
-    for (int i = 0; i < 16; ++i) {
-      r[i] = p + i < npairs ? _mm512_load_si512(pp + (p0 + p + i) * kCols + m0)
-                            : _mm512_setzero_si512();
-    }
-    Transpose16x16(r);
-    for (int x = 0; x < 16; ++x) _mm512_store_si512(a + x * lda + p, r[x]);
-  }
-  MemoryBarrier(a);
+// Key j's weights for 16 rows (0 past nkeys).
+ATTN_AMX_TARGET inline __m512 Weight(const float* st, int64_t j, int64_t nkeys, __m512 scale,
+                                     __m512 mu) {
+  return j < nkeys ? ExpScaled(_mm512_load_ps(st + j * kCols), scale, mu) : _mm512_setzero_ps();
 }
+
+// Sixteen key pairs (32 keys) of 16 rows, as P rows: e^(s·scale - mu) of
+// keys j0 + 2i and j0 + 2i + 1 (0 past nkeys) rounded to bf16 and
+// interleaved into one 32-bit lane per row, then the 16 x 16 block of pairs
+// transposed so that each row's 16 pairs are one store. Returns `sum` plus
+// the fp32 weights.
+ATTN_AMX_TARGET __m512 ExpPairRows(const float* st, int64_t j0, int64_t nkeys, __m512 scale,
+                                   __m512 mu, __m512 sum, uint32_t* pr, int64_t ldp) {
+  // Word 2r of a pair vector is key j0 + 2i of row r, word 2r + 1 key j0 + 2i + 1.
+  const __m512i interleave =
+      _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  __m512i pairs[16];
+  __m512 sum1 = _mm512_setzero_ps();
+  for (int i = 0; i < 16; ++i) {
+    const int64_t j = j0 + 2 * i;
+    const __m512 e0 = Weight(st, j, nkeys, scale, mu), e1 = Weight(st, j + 1, nkeys, scale, mu);
+    sum = _mm512_add_ps(sum, e0);
+    sum1 = _mm512_add_ps(sum1, e1);
+    pairs[i] = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+  }
+  Transpose16x16(pairs);
+  for (int r = 0; r < 16; ++r) _mm512_store_si512(pr + r * ldp, pairs[r]);
+  return _mm512_add_ps(sum, sum1);
+}
+
+// The online step of OnlineSoftmaxColumns (softmax-inl.h) on raw scores,
+// NV vectors of 16 rows: the maximum over the tile's keys (one chain per
+// vector), scaled (scale > 0 commutes with it), then one pass that takes
+// e^(s·scale - m), sums it and writes it as P rows, 32 keys of every
+// vector at a time. Both passes walk Sᵀ in address order: strip by strip
+// (a 16-row column of Sᵀ has rows 256 bytes apart, which fall in a quarter
+// of L1's sets, so a strip does not stay there between the passes) they
+// ran at the fp32 columns kernel's 3.6 G scores/s. One read of Sᵀ after
+// the maximum's, against the pair path's exp pass (Sᵀ read and written),
+// pairing pass (read, half written) and transposes (read, written).
+template <int NV>
+ATTN_AMX_TARGET void SoftmaxToRowsOf(const float* st, int64_t nkeys, float scale, float* m,
+                                     float* l, float* alpha, uint32_t* pr, int64_t ldp) {
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m512 vscale = _mm512_set1_ps(scale);
+  __m512 mt[NV], mu[NV], sum[NV];
+  for (int v = 0; v < NV; ++v) mt[v] = neg_inf;
+  for (int64_t j = 0; j < nkeys; ++j) {
+    for (int v = 0; v < NV; ++v)
+      mt[v] = _mm512_max_ps(mt[v], _mm512_load_ps(st + j * kCols + v * 16));
+  }
+  for (int v = 0; v < NV; ++v) {
+    const __m512 mn = _mm512_max_ps(_mm512_load_ps(m + v * 16), _mm512_mul_ps(mt[v], vscale));
+    mt[v] = mn;
+    mu[v] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(mn, neg_inf, _CMP_NEQ_UQ), mn);
+    sum[v] = _mm512_setzero_ps();
+  }
+  for (int64_t j0 = 0; j0 < nkeys; j0 += 32) {
+    for (int v = 0; v < NV; ++v) {
+      sum[v] = ExpPairRows(st + v * 16, j0, nkeys, vscale, mu[v], sum[v],
+                           pr + v * 16 * ldp + j0 / 2, ldp);
+    }
+  }
+  for (int v = 0; v < NV; ++v) {
+    const __m512 mo = _mm512_load_ps(m + v * 16);
+    const __m512 a = ExpScaled(mo, _mm512_set1_ps(1.0f), mu[v]);
+    _mm512_store_ps(l + v * 16, _mm512_fmadd_ps(a, _mm512_load_ps(l + v * 16), sum[v]));
+    _mm512_store_ps(m + v * 16, mt[v]);
+    _mm512_store_ps(alpha + v * 16, a);
+  }
+}
+
+ATTN_AMX_TARGET void SoftmaxToRows(const float* st, int64_t nkeys, int64_t nvec, float scale,
+                                   float* m, float* l, float* alpha, uint32_t* pr, int64_t ldp) {
+  switch (nvec) {
+    case 1:
+      SoftmaxToRowsOf<1>(st, nkeys, scale, m, l, alpha, pr, ldp);
+      break;
+    case 2:
+      SoftmaxToRowsOf<2>(st, nkeys, scale, m, l, alpha, pr, ldp);
+      break;
+    case 3:
+      SoftmaxToRowsOf<3>(st, nkeys, scale, m, l, alpha, pr, ldp);
+      break;
+    default:
+      SoftmaxToRowsOf<4>(st, nkeys, scale, m, l, alpha, pr, ldp);
+  }
+  MemoryBarrier(pr);
+}
+
+// --- O (+)= P·V -----------------------------------------------------------------
 
 // P·V works on 2 x 2 blocks of C: row tile r < 2 of O (16 rows) and column
 // tile c < 2 (16 columns) in tile 2r + c, the P rows of row tile r in tile
@@ -306,23 +414,18 @@ ATTN_AMX_TARGET void PvRowTiles(const uint32_t* a, int64_t lda, const uint32_t* 
   }
 }
 
-ATTN_AMX_TARGET void PvTile(const uint32_t* pp, const uint32_t* vp, int64_t vps, int64_t npairs,
-                            int64_t nrows, int64_t nvec, bool accumulate, float* o, int64_t ldo) {
-  alignas(64) uint32_t a[2 * kTileRows * kMaxPairs];  // 32 KiB: in L1
+// O rows in pairs of row tiles, all columns, from P rows in A's layout.
+ATTN_AMX_TARGET void PvRows(const uint32_t* pr, int64_t ldp, const uint32_t* vp, int64_t vps,
+                            int64_t npairs, int64_t nrows, int64_t nvec, bool accumulate, float* o,
+                            int64_t ldo) {
+  MemoryBarrier(pr);
   MemoryBarrier(vp);
   MemoryBarrier(o);
   for (int64_t m0 = 0; m0 < nrows; m0 += 2 * kTileRows) {
     const int rows0 = int(std::min<int64_t>(kTileRows, nrows - m0));
     const int rows1 = int(std::clamp<int64_t>(nrows - m0 - kTileRows, 0, kTileRows));
-    // Pairs in pieces the buffer holds (one piece for tiles up to 512 keys).
-    for (int64_t p0 = 0; p0 < npairs; p0 += kMaxPairs) {
-      const int64_t n = std::min(kMaxPairs, npairs - p0);
-      const int64_t lda = (n + 15) / 16 * 16;
-      PairRows(pp, m0, p0, n, a, lda);
-      if (rows1 > 0) PairRows(pp, m0 + kTileRows, p0, n, a + kTileRows * lda, lda);
-      PvRowTiles(a, lda, vp + p0 * vps, vps, n, rows0, rows1, nvec, accumulate || p0 > 0,
-                 o + m0 * ldo, ldo);
-    }
+    PvRowTiles(pr + m0 * ldp, ldp, vp, vps, npairs, rows0, rows1, nvec, accumulate, o + m0 * ldo,
+               ldo);
   }
   ReleaseTiles();
 }
@@ -388,8 +491,12 @@ double AmxBf16PeakLoop(int64_t rounds) { return CpuHasAmxBf16() ? PeakLoop(round
 
 const Bf16Kernels* AmxBf16KernelsForCpu() {
   if (!CpuHasAmxBf16()) return nullptr;
-  static const Bf16Kernels kKernels = {ScoreTile, PvTile, Bf16KernelsForCpu()->pack_score_pairs,
-                                       Bf16KernelsForCpu()->pack_value_pairs};
+  // pv_tile and pack_score_pairs (the pair layout of P) are the VDPBF16PS
+  // kernels': flash on AMX writes P rows instead (softmax_to_rows, pv_rows).
+  const Bf16Kernels& pairs = *Bf16KernelsForCpu();
+  static const Bf16Kernels kKernels = {
+      ScoreTile,     pairs.pv_tile, pairs.pack_score_pairs, pairs.pack_value_pairs,
+      SoftmaxToRows, PvRows};
   return &kKernels;
 }
 

@@ -3,24 +3,28 @@
 // 16 x 16 fp32 block += 16 x 32 bf16 times 32 x 16 bf16, 16 cycles a
 // core: 1024 FLOP per cycle, 12x the fp32 FMA peak of the same core).
 //
-// Same operands and layouts as the AVX512_BF16 kernels (bf16_avx512.h), so
-// AmxBf16KernelsForCpu() is a Bf16Kernels that flash swaps in whole:
+// The score kernel takes the pair kernels' operands (bf16_avx512.h); P
+// leaves the softmax as rows instead, so AmxBf16KernelsForCpu() is a
+// Bf16Kernels with softmax_to_rows and pv_rows set, which flash uses:
 //   Sᵀ = K·Qᵀ  C = Sᵀ (keys x 16 queries per tile), A = 16 K rows read in
 //              place (32 bf16 of d per step: dk must be a multiple of 32;
 //              other dk run the VDPBF16PS score tile), B = the Q pairs qp
 //              as they are (qp[p·64 + x] is TDPBF16PS's B layout: pairs
-//              along d, one column per query). Scaled after the store.
-//   O += P·V   C = O (16 rows x 16 columns per tile), A = P rows: the P
-//              pairs pp[p·64 + x] transposed, 16 rows at a time, into a
-//              16 KiB buffer on the stack (16 x 16 32-bit transposes in
-//              registers), B = the V pairs vp as they are (pairs along
-//              keys: TDPBF16PS's B layout).
-// Tiles 0-3 hold four C blocks, 4 holds A and 5-7 the B blocks in turn,
-// so a K row block (scores) or a P row block (P·V) is loaded once per four
-// TDPBF16PS. Shapes that do not fill a tile (fewer than 16 keys or rows,
-// fewer than 16 key pairs) get a tile configuration of their own size
-// instead of padding, so no tile reads past an operand. Packing (P and V
-// pairs) is the AVX512_BF16 kernels'.
+//              along d, one column per query). Scaled after the store when
+//              scale != 1 (flash passes 1 and scales in the softmax).
+//   softmax    the online step over raw Sᵀ, 16 queries at a time: max,
+//              then one pass of exp (a degree-5 polynomial: P is rounded to
+//              bf16 next), sums, bf16 rounding, pairing and a 16 x 16
+//              transpose in registers, which writes P as rows pr[x·ldp +
+//              p]: TDPBF16PS's A layout (pairs along keys, one row per
+//              query). No fp32 P, no pair tile, no transpose buffer.
+//   O += P·V   C = O (2 x 2 tiles of 16 rows x 16 columns), A = the P rows,
+//              B = the V pairs vp as they are (pairs along keys).
+// Score tile: tiles 0-3 hold four C blocks, 4 holds A and 5-7 the B blocks
+// in turn, so a K row block is loaded once per four TDPBF16PS. Shapes that
+// do not fill a tile (fewer than 16 keys or rows, fewer than 16 key pairs)
+// get a tile configuration of their own size instead of padding, so no
+// tile reads past an operand. V is paired by the AVX512_BF16 kernel.
 //
 // Linux hands out the 8 KiB of tile state only to a process that asks
 // (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)); the first call
@@ -62,9 +66,14 @@ inline void AmxBf16ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k_st
                              int64_t dk, int64_t nvec, float scale, float* st) {
   AmxBf16KernelsForCpu()->score_tile(qp, k, k_stride, nkeys, dk, nvec, scale, st);
 }
-inline void AmxBf16PvTile(const uint32_t* pp, const uint32_t* vp, int64_t vps, int64_t npairs,
-                          int64_t nrows, int64_t nvec, bool accumulate, float* o, int64_t ldo) {
-  AmxBf16KernelsForCpu()->pv_tile(pp, vp, vps, npairs, nrows, nvec, accumulate, o, ldo);
+inline void AmxBf16SoftmaxToRows(const float* st, int64_t nkeys, int64_t nvec, float scale,
+                                 float* m, float* l, float* alpha, uint32_t* pr, int64_t ldp) {
+  AmxBf16KernelsForCpu()->softmax_to_rows(st, nkeys, nvec, scale, m, l, alpha, pr, ldp);
+}
+inline void AmxBf16PvRows(const uint32_t* pr, int64_t ldp, const uint32_t* vp, int64_t vps,
+                          int64_t npairs, int64_t nrows, int64_t nvec, bool accumulate, float* o,
+                          int64_t ldo) {
+  AmxBf16KernelsForCpu()->pv_rows(pr, ldp, vp, vps, npairs, nrows, nvec, accumulate, o, ldo);
 }
 
 }  // namespace attn::ukernels

@@ -232,7 +232,8 @@ bool CpuHasAvx512Bf16() {
 }
 
 const Bf16Kernels* Bf16KernelsForCpu() {
-  static const Bf16Kernels kKernels = {ScoreTile, PvTile, PackScorePairs, PackValuePairs};
+  static const Bf16Kernels kKernels = {ScoreTile,      PvTile,  PackScorePairs,
+                                       PackValuePairs, nullptr, nullptr};
   return CpuHasAvx512Bf16() ? &kKernels : nullptr;
 }
 

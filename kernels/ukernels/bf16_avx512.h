@@ -55,6 +55,18 @@ struct Bf16Kernels {
   // from bf16 rows v[j·v_stride + c], c < dv.
   void (*pack_value_pairs)(const uint16_t* v, int64_t v_stride, int64_t nkeys, int64_t dv,
                            uint32_t* vp, int64_t vps);
+  // The AMX set only (null here): P as rows, AMX's A layout, instead of
+  // pairs. softmax_to_rows is OnlineSoftmaxColumns (softmax-inl.h: m, l,
+  // alpha, 64-byte aligned) on raw scores st[j·64 + x] (j < nkeys, x <
+  // 16·nvec), each scaled by `scale` > 0 as it is read (m in scaled units),
+  // whose weights e^(s·scale - m) go out rounded to bf16 as
+  // pr[x·ldp + p] = (P[x][2p], P[x][2p+1]), p < ceil(nkeys/32)·16 (0 past
+  // nkeys; ldp a multiple of 16 at least that, pr 64-byte aligned); the
+  // sums l take the fp32 weights. pv_rows is pv_tile from those rows.
+  void (*softmax_to_rows)(const float* st, int64_t nkeys, int64_t nvec, float scale, float* m,
+                          float* l, float* alpha, uint32_t* pr, int64_t ldp);
+  void (*pv_rows)(const uint32_t* pr, int64_t ldp, const uint32_t* vp, int64_t vps, int64_t npairs,
+                  int64_t nrows, int64_t nvec, bool accumulate, float* o, int64_t ldo);
 };
 
 // The kernels when this CPU has AVX512F + AVX512BW + AVX512_BF16, else null.

@@ -65,6 +65,10 @@ struct ArgsOf<Family::kBf16PackScores> : std::type_identity<Bf16PackScoresArgs> 
 template <>
 struct ArgsOf<Family::kBf16PackValues> : std::type_identity<Bf16PackValuesArgs> {};
 template <>
+struct ArgsOf<Family::kBf16SoftmaxToRows> : std::type_identity<Bf16SoftmaxToRowsArgs> {};
+template <>
+struct ArgsOf<Family::kBf16PvRows> : std::type_identity<Bf16PvRowsArgs> {};
+template <>
 struct ArgsOf<Family::kGradScores> : std::type_identity<GradScoresArgs> {};
 template <>
 struct ArgsOf<Family::kSoftcap> : std::type_identity<SoftcapArgs> {};
@@ -138,6 +142,14 @@ void Call(Bf16PackScoresArgs& a, F f) {
 template <class F>
 void Call(Bf16PackValuesArgs& a, F f) {
   f(a.v, a.v_stride, a.nkeys, a.dv, a.vp, a.vps);
+}
+template <class F>
+void Call(Bf16SoftmaxToRowsArgs& a, F f) {
+  f(a.st, a.nkeys, a.nvec, a.scale, a.m, a.l, a.alpha, a.pr, a.ldp);
+}
+template <class F>
+void Call(Bf16PvRowsArgs& a, F f) {
+  f(a.pr, a.ldp, a.vp, a.vps, a.npairs, a.nrows, a.nvec, a.accumulate, a.o, a.ldo);
 }
 template <class F>
 void Call(GradScoresArgs& a, F f) {
@@ -250,6 +262,10 @@ const char* FamilyName(Family family) {
       return "bf16_pack_scores";
     case Family::kBf16PackValues:
       return "bf16_pack_values";
+    case Family::kBf16SoftmaxToRows:
+      return "bf16_softmax_to_rows";
+    case Family::kBf16PvRows:
+      return "bf16_pv_rows";
     case Family::kGradScores:
       return "grad_scores";
     case Family::kSoftcap:

@@ -79,6 +79,11 @@ enum class Family {
   kBf16PackScores,
   // bf16 V rows into pairs along keys.
   kBf16PackValues,
+  // The online softmax step over raw Sᵀ, scaled as read, P out as bf16
+  // rows pr[x·ldp + p] (pairs along keys: AMX's A layout).
+  kBf16SoftmaxToRows,
+  // o[x·ldo + c] (+)= Σ_p pr[x·ldp + p]·vp[p·vps + c] from those rows.
+  kBf16PvRows,
   // Backward: P = e^(S - lse), dS = scale·P·(dP - D) over a row-major tile,
   // in place (rows with lse = -inf: 0).
   kGradScores,
@@ -224,6 +229,24 @@ struct Bf16PackValuesArgs {
   int64_t v_stride, nkeys, dv;
   uint32_t* vp;
   int64_t vps;
+};
+
+struct Bf16SoftmaxToRowsArgs {
+  const float* st;
+  int64_t nkeys, nvec;
+  float scale;
+  float *m, *l, *alpha;
+  uint32_t* pr;
+  int64_t ldp;
+};
+struct Bf16PvRowsArgs {
+  const uint32_t* pr;
+  int64_t ldp;
+  const uint32_t* vp;
+  int64_t vps, npairs, nrows, nvec;
+  bool accumulate;
+  float* o;
+  int64_t ldo;
 };
 
 struct GradScoresArgs {
