@@ -167,7 +167,7 @@ ATTN_AMX_TARGET void ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k_
 
 // --- The online softmax, into P rows --------------------------------------------
 
-// e^(s·scale - mu) (mu the row's new maximum, s·scale <= mu) in 11
+// e^(s·scale - mu) (mu the row's new maximum, s·scale <= mu) in 10
 // instructions per 16 scores (FastExp2 in exp-inl.h, with its caller's
 // subtraction and change of base: 16). t = (s·scale - mu)·log2 e splits
 // into f = t - floor(t) in [0, 1) (VREDUCEPS, exact) and floor(t), which
@@ -176,24 +176,23 @@ ATTN_AMX_TARGET void ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k_
 // (7.5e-8; 1.5e-7 = 2.2 ulp with fp32 Horner rounding, checked on a dense
 // sweep), within the 8 ulp the error bound allows the exponential
 // (reference/error_bound.cc), instead of FastExp2's degree 7: P is rounded
-// to bf16 (2^-8) right after. Arguments below -126 (-inf included) give 0
-// (no subnormal weights: they cost microcode assists in the sums); NaN
-// gives NaN (MAXPS returns its second operand when either is NaN, and NaN
-// compares "not less").
+// to bf16 (2^-8) right after. Arguments below -126 (-inf included, whose
+// VREDUCEPS is NaN) are masked to 0 by VSCALEFPS (no subnormal weights:
+// they cost microcode assists in the sums); NaN gives NaN (it compares "not
+// less", and stays NaN through each step).
 ATTN_AMX_TARGET inline __m512 ExpScaled(__m512 s, __m512 scale, __m512 mu) {
   const __m512 lo = _mm512_set1_ps(-126.0f);
   const __m512 t =
       _mm512_mul_ps(_mm512_fmsub_ps(s, scale, mu), _mm512_set1_ps(1.4426950408889634f));
   const __mmask16 keep = _mm512_cmp_ps_mask(t, lo, _CMP_NLT_UQ);
-  const __m512 tc = _mm512_max_ps(lo, t);
-  const __m512 f = _mm512_reduce_ps(tc, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
   __m512 p = _mm512_set1_ps(1.8775742501020432e-03f);
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.989338763058186e-03f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5826324969530106e-02f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4015361070632935e-01f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931530833244324e-01f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.999999403953552e-01f));
-  return _mm512_maskz_scalef_ps(keep, p, tc);
+  return _mm512_maskz_scalef_ps(keep, p, t);
 }
 
 // In place: row i of r becomes column i of the 16 x 16 block of 32-bit
