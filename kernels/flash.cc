@@ -738,11 +738,24 @@ void F32Pv(const ValidProblem& p, const flash::Plan& plan, std::span<const Block
 }
 
 // True when the nc bf16 rows of dv elements at v (stride vs) are all finite.
+// A vector of exponent fields at a time (the scalar loop took a third of
+// causal bf16 flash on AMX, N = 2048: every diagonal tile checks its V).
 bool Bf16ValuesFinite(const uint16_t* v, int64_t vs, int64_t nc, int64_t dv) {
+  const hn::ScalableTag<uint16_t> du;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(du));
+  const auto exponent = hn::Set(du, uint16_t{0x7F80});
+  auto infinite = hn::Zero(du);  // lanes that met an all-ones exponent
   bool finite = true;
-  for (int64_t j = 0; j < nc; ++j)
-    for (int64_t y = 0; y < dv; ++y) finite &= (v[j * vs + y] & 0x7F80) != 0x7F80;
-  return finite;
+  for (int64_t j = 0; j < nc; ++j) {
+    const uint16_t* row = v + j * vs;
+    int64_t y = 0;
+    for (; y + N <= dv; y += N) {
+      const auto e = hn::And(hn::LoadU(du, row + y), exponent);
+      infinite = hn::Or(infinite, hn::VecFromMask(du, hn::Eq(e, exponent)));
+    }
+    for (; y < dv; ++y) finite &= (row[y] & 0x7F80) != 0x7F80;
+  }
+  return finite && hn::AllFalse(du, hn::MaskFromVec(infinite));
 }
 
 // O += P·V over each row's visible keys only, V read from its bf16 rows,
