@@ -276,6 +276,20 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
                        }});
       }
       break;
+    case Family::kBf16PackQueries: {
+      const int64_t rows = 64, dk = 128;
+      Shape s{"rows:64/d:128", 0, double(rows * dk)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats q(rows * dk / 2), qp(dk / 2 * 64);
+                       std::vector<const uint16_t*> rp(rows);
+                       for (int64_t x = 0; x < rows; ++x)
+                         rp[x] = reinterpret_cast<const uint16_t*>(q.get()) + x * dk;
+                       ukernels::Bf16PackQueriesArgs a{rp.data(), rows, dk,
+                                                       reinterpret_cast<uint32_t*>(qp.get())};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
     // The AMX path's softmax (scores per second, as the fp32 columns kernel).
     case Family::kBf16SoftmaxToRows: {
       const int64_t keys = 512;

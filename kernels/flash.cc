@@ -327,7 +327,7 @@ Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64
   // In registers, 16 x 16 at a time (element by element this was 9% of the
   // time at N = 128, d = 128, where a block has only two key tiles).
   if (blk.pairs) {
-    ukernels::PackQueryPairs(q_bf16, nrows, dk, reinterpret_cast<uint32_t*>(sc.qt));
+    blk.pairs->pack_query_pairs(q_bf16, nrows, dk, reinterpret_cast<uint32_t*>(sc.qt));
   } else if (!blk.few_rows) {
     TransposeRows(q_rows, nrows, blk.rp, dk, p.scale, sc.qt, kBr);
   }

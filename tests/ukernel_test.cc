@@ -691,6 +691,36 @@ void TestBf16ScoreTile(const Ukernel& u, Checker& c) {
   }
 }
 
+// Against the plain version (PackQueryPairs): odd and even dk, partial
+// 16-pair steps, rows short of 64 (zero rows after them).
+void TestBf16PackQueries(const Ukernel& u, Checker& c) {
+  std::mt19937 rng(28);
+  for (int64_t dk : {1, 2, 3, 31, 32, 33, 64, 100, 127, 128, 256}) {
+    for (int64_t nrows : {1, 15, 17, 64}) {
+      const int64_t stride = dk + 5;
+      const std::vector<uint16_t> q = RandomBf16(rng, nrows * stride);
+      std::vector<const uint16_t*> rows(nrows);
+      for (int64_t x = 0; x < nrows; ++x) rows[x] = q.data() + x * stride;
+      const int64_t pairs = (dk + 1) / 2;
+      Buffer got(pairs * kTileCols + 16), want(pairs * kTileCols);
+      PackQueryPairs(rows.data(), nrows, dk, reinterpret_cast<uint32_t*>(want.data()));
+      Bf16PackQueriesArgs a{rows.data(), nrows, dk, reinterpret_cast<uint32_t*>(got.data())};
+      ASSERT_TRUE(u.run(&a));
+      const auto* g = reinterpret_cast<const uint32_t*>(got.data());
+      const auto* w = reinterpret_cast<const uint32_t*>(want.data());
+      const std::string at = "dk=" + std::to_string(dk) + " rows=" + std::to_string(nrows);
+      for (int64_t i = 0; i < pairs * kTileCols; ++i) {
+        if (g[i] != w[i]) {
+          c.Near(double(g[i]), double(w[i]), 0,
+                 at + " pair " + std::to_string(i / kTileCols) + " row " +
+                     std::to_string(i % kTileCols));
+        }
+      }
+      c.Poisoned(got[pairs * kTileCols], at + " past the pairs");
+    }
+  }
+}
+
 // Raw scores that the kernel scales: FillOnline's logits / scale (a power
 // of two: exact), so that CheckOnlineRow checks the scaled step; P rows
 // checked as bf16 (2^-8), zero past the keys to the written width, and
@@ -1207,6 +1237,8 @@ void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
       return TestBf16PvTile(u, c);
     case Family::kBf16SoftmaxToRows:
       return TestBf16SoftmaxToRows(u, c);
+    case Family::kBf16PackQueries:
+      return TestBf16PackQueries(u, c);
     case Family::kBf16PackScores:
       return TestBf16PackScores(u, c);
     case Family::kBf16PackValues:

@@ -14,6 +14,8 @@
 #include <limits>
 #include <string>
 
+#include "kernels/ukernels/transpose_avx512.h"
+
 // As in bf16_avx512.cc: gcc 12's AVX-512 headers (their _mm512_undefined
 // operands) trip -Wmaybe-uninitialized, and -Wuninitialized once inlined.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -193,32 +195,6 @@ ATTN_AMX_TARGET inline __m512 ExpScaled(__m512 s, __m512 scale, __m512 mu) {
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931530833244324e-01f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.999999403953552e-01f));
   return _mm512_maskz_scalef_ps(keep, p, t);
-}
-
-// In place: row i of r becomes column i of the 16 x 16 block of 32-bit
-// elements (unpack 32, unpack 64, then 128-bit lanes twice).
-ATTN_AMX_TARGET void Transpose16x16(__m512i r[16]) {
-  __m512i t[16];
-  for (int g = 0; g < 16; g += 4) {
-    t[g] = _mm512_unpacklo_epi32(r[g], r[g + 1]);
-    t[g + 1] = _mm512_unpackhi_epi32(r[g], r[g + 1]);
-    t[g + 2] = _mm512_unpacklo_epi32(r[g + 2], r[g + 3]);
-    t[g + 3] = _mm512_unpackhi_epi32(r[g + 2], r[g + 3]);
-    r[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);  // columns 4l of rows g..g+3
-    r[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
-    r[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
-    r[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
-    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
-  }
-  for (int i = 0; i < 8; ++i) {
-    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
-  }
 }
 
 // Key j's weights for 16 rows (0 past nkeys).
@@ -493,9 +469,13 @@ const Bf16Kernels* AmxBf16KernelsForCpu() {
   // pv_tile and pack_score_pairs (the pair layout of P) are the VDPBF16PS
   // kernels': flash on AMX writes P rows instead (softmax_to_rows, pv_rows).
   const Bf16Kernels& pairs = *Bf16KernelsForCpu();
-  static const Bf16Kernels kKernels = {
-      ScoreTile,     pairs.pv_tile, pairs.pack_score_pairs, pairs.pack_value_pairs,
-      SoftmaxToRows, PvRows};
+  static const Bf16Kernels kKernels = {ScoreTile,
+                                       pairs.pv_tile,
+                                       pairs.pack_score_pairs,
+                                       pairs.pack_value_pairs,
+                                       pairs.pack_query_pairs,
+                                       SoftmaxToRows,
+                                       PvRows};
   return &kKernels;
 }
 

@@ -9,6 +9,8 @@
 
 #include <algorithm>
 
+#include "kernels/ukernels/transpose_avx512.h"
+
 // gcc 12's avx512fintrin.h passes an undefined vector as the pass-through
 // operand of unmasked conversions and shifts, which -Wmaybe-uninitialized
 // reports where they inline (a false positive: no lane of it is used).
@@ -222,6 +224,29 @@ ATTN_BF16_TARGET void PackValuePairs(const uint16_t* v, int64_t v_stride, int64_
   }
 }
 
+// 16 rows x 16 pairs at a time: a row's pairs are the 32-bit words of the
+// row as it is (elements past dk zeroed by the masked load, so an odd dk's
+// last pair is (q[dk-1], 0)), transposed 16 x 16 so that each pair's 16
+// rows are one store.
+ATTN_BF16_TARGET void PackQueryPairsTransposed(const uint16_t* const* rows, int64_t nrows,
+                                               int64_t dk, uint32_t* qp) {
+  const int64_t pairs = (dk + 1) / 2;
+  for (int64_t x0 = 0; x0 < kCols; x0 += 16) {
+    for (int64_t p0 = 0; p0 < pairs; p0 += 16) {
+      const int64_t n = std::min<int64_t>(32, dk - 2 * p0);  // elements of this step
+      const __mmask32 mask = n == 32 ? ~__mmask32{0} : (__mmask32{1} << n) - 1;
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) {
+        r[i] = x0 + i < nrows ? _mm512_maskz_loadu_epi16(mask, rows[x0 + i] + 2 * p0)
+                              : _mm512_setzero_si512();
+      }
+      Transpose16x16(r);
+      const int64_t np = std::min<int64_t>(16, pairs - p0);
+      for (int64_t i = 0; i < np; ++i) _mm512_store_si512(qp + (p0 + i) * kCols + x0, r[i]);
+    }
+  }
+}
+
 }  // namespace
 
 bool CpuHasAvx512Bf16() {
@@ -232,8 +257,9 @@ bool CpuHasAvx512Bf16() {
 }
 
 const Bf16Kernels* Bf16KernelsForCpu() {
-  static const Bf16Kernels kKernels = {ScoreTile,      PvTile,  PackScorePairs,
-                                       PackValuePairs, nullptr, nullptr};
+  static const Bf16Kernels kKernels = {
+      ScoreTile, PvTile, PackScorePairs, PackValuePairs, PackQueryPairsTransposed,
+      nullptr,   nullptr};
   return CpuHasAvx512Bf16() ? &kKernels : nullptr;
 }
 

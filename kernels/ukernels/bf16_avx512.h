@@ -55,6 +55,10 @@ struct Bf16Kernels {
   // from bf16 rows v[j·v_stride + c], c < dv.
   void (*pack_value_pairs)(const uint16_t* v, int64_t v_stride, int64_t nkeys, int64_t dv,
                            uint32_t* vp, int64_t vps);
+  // qp (above) from nrows bf16 query rows, zero rows up to 64: the 16 x 16
+  // blocks of a row's 32-bit pairs transposed in registers (PackQueryPairs
+  // below is the plain version, the tests' reference).
+  void (*pack_query_pairs)(const uint16_t* const* rows, int64_t nrows, int64_t dk, uint32_t* qp);
   // The AMX set only (null here): P as rows, AMX's A layout, instead of
   // pairs. softmax_to_rows is OnlineSoftmaxColumns (softmax-inl.h: m, l,
   // alpha, 64-byte aligned) on raw scores st[j·64 + x] (j < nkeys, x <
@@ -74,8 +78,8 @@ const Bf16Kernels* Bf16KernelsForCpu();
 // Whether it has them (the tests' skip condition).
 bool CpuHasAvx512Bf16();
 
-// qp from nrows bf16 query rows (zero rows up to 64): plain C++, once per
-// row block.
+// qp from nrows bf16 query rows (zero rows up to 64): plain C++, the
+// tests' version of pack_query_pairs.
 inline void PackQueryPairs(const uint16_t* const* rows, int64_t nrows, int64_t dk, uint32_t* qp) {
   const int64_t pairs = (dk + 1) / 2;
   for (int64_t x = 0; x < kBf16TileCols; ++x) {
@@ -103,6 +107,9 @@ inline void Bf16PvTile(const uint32_t* pp, const uint32_t* vp, int64_t vps, int6
 }
 inline void Bf16PackScores(float* st, int64_t nkeys, int64_t nvec) {
   Bf16KernelsForCpu()->pack_score_pairs(st, nkeys, nvec);
+}
+inline void Bf16PackQueries(const uint16_t* const* rows, int64_t nrows, int64_t dk, uint32_t* qp) {
+  Bf16KernelsForCpu()->pack_query_pairs(rows, nrows, dk, qp);
 }
 inline void Bf16PackValues(const uint16_t* v, int64_t v_stride, int64_t nkeys, int64_t dv,
                            uint32_t* vp, int64_t vps) {

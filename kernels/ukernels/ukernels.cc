@@ -65,6 +65,8 @@ struct ArgsOf<Family::kBf16PackScores> : std::type_identity<Bf16PackScoresArgs> 
 template <>
 struct ArgsOf<Family::kBf16PackValues> : std::type_identity<Bf16PackValuesArgs> {};
 template <>
+struct ArgsOf<Family::kBf16PackQueries> : std::type_identity<Bf16PackQueriesArgs> {};
+template <>
 struct ArgsOf<Family::kBf16SoftmaxToRows> : std::type_identity<Bf16SoftmaxToRowsArgs> {};
 template <>
 struct ArgsOf<Family::kBf16PvRows> : std::type_identity<Bf16PvRowsArgs> {};
@@ -142,6 +144,10 @@ void Call(Bf16PackScoresArgs& a, F f) {
 template <class F>
 void Call(Bf16PackValuesArgs& a, F f) {
   f(a.v, a.v_stride, a.nkeys, a.dv, a.vp, a.vps);
+}
+template <class F>
+void Call(Bf16PackQueriesArgs& a, F f) {
+  f(a.rows, a.nrows, a.dk, a.qp);
 }
 template <class F>
 void Call(Bf16SoftmaxToRowsArgs& a, F f) {
@@ -262,6 +268,8 @@ const char* FamilyName(Family family) {
       return "bf16_pack_scores";
     case Family::kBf16PackValues:
       return "bf16_pack_values";
+    case Family::kBf16PackQueries:
+      return "bf16_pack_queries";
     case Family::kBf16SoftmaxToRows:
       return "bf16_softmax_to_rows";
     case Family::kBf16PvRows:

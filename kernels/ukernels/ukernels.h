@@ -79,6 +79,8 @@ enum class Family {
   kBf16PackScores,
   // bf16 V rows into pairs along keys.
   kBf16PackValues,
+  // bf16 Q rows into pairs along d, transposed (qp[p·64 + x]).
+  kBf16PackQueries,
   // The online softmax step over raw Sᵀ, scaled as read, P out as bf16
   // rows pr[x·ldp + p] (pairs along keys: AMX's A layout).
   kBf16SoftmaxToRows,
@@ -231,6 +233,11 @@ struct Bf16PackValuesArgs {
   int64_t vps;
 };
 
+struct Bf16PackQueriesArgs {
+  const uint16_t* const* rows;
+  int64_t nrows, dk;
+  uint32_t* qp;
+};
 struct Bf16SoftmaxToRowsArgs {
   const float* st;
   int64_t nkeys, nvec;
