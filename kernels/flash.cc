@@ -802,9 +802,9 @@ void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, in
   const auto* v = static_cast<const uint16_t*>(p.KvRow(p.v, blk.b, blk.kvh, j0));
   const bool rows = blk.pairs->pv_rows != nullptr;
   if (partial && !Bf16ValuesFinite(v, vs, nc, dv)) {
-    const auto* pr = reinterpret_cast<const uint16_t*>(sc.pr);
-    const int64_t ldp = 2 * plan.p_row_pairs;
     if (rows) {
+      const auto* pr = reinterpret_cast<const uint16_t*>(sc.pr);  // 2 bf16 per pair
+      const int64_t ldp = 2 * plan.p_row_pairs;
       return Bf16PvVisibleOnly(
           blk, j0, j1, v, vs, dv, plan.dvp, first, sc,
           [&](int64_t x, int64_t j) { return F32FromBF16Bits(pr[x * ldp + j]); });

@@ -797,7 +797,7 @@ void TestBf16SoftmaxToRows(const Ukernel& u, Checker& c) {
 void TestBf16PvTile(const Ukernel& u, Checker& c) {
   std::mt19937 rng(24);
   // 31 pairs and 35 rows: whole AMX tiles and tails; 300 pairs: more
-  // than its P-row buffer holds (bf16_amx.cc, kMaxPairs).
+  // than a 512-key tile has.
   for (int64_t npairs : {1, 2, 31, 256, 300}) {
     for (int64_t nrows : {1, 5, 6, 7, 13, 35, 64}) {
       for (int64_t nvec : {1, 3, 4, 8}) {

@@ -12,6 +12,7 @@
 
 #include "kernels/problem.h"
 #include "kernels/tuning.h"
+#include "kernels/ukernels/bf16_amx.h"
 
 namespace attn {
 
@@ -99,7 +100,8 @@ struct Plan {
   int64_t k_tile_floats = 0;  // bc x dk
   int64_t q_rows_floats = 0;  // kBr x dk
   int64_t o_row_floats = 0;   // dvp
-  // bf16 Q, K and V: the P rows of the AMX kernels (kernels/ukernels/
+  // bf16 Q, K and V where the AMX kernels can take them (this CPU has
+  // AMX-BF16, dk a multiple of 32): their P rows (kernels/ukernels/
   // bf16_amx.h), kBr rows of bc/2 key pairs rounded up to whole 16-pair
   // tiles (32-bit pairs: one float each). 0 otherwise.
   int64_t p_rows_floats = 0;
@@ -162,7 +164,8 @@ inline Plan MakePlan(const ValidProblem& p) {
   if (p.k.dtype != DType::kF32) plan.k_tile_floats = RoundUp(plan.bc * s.head_dim, 16);
   if (p.q.dtype != DType::kF32) plan.q_rows_floats = RoundUp(kBr * s.head_dim, 16);
   if (p.o.dtype != DType::kF32) plan.o_row_floats = plan.dvp;
-  if (p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 && p.v.dtype == DType::kBF16) {
+  if (p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 && p.v.dtype == DType::kBF16 &&
+      ukernels::AmxScoresTakeDk(s.head_dim) && ukernels::CpuHasAmxBf16()) {
     plan.p_row_pairs = RoundUp(plan.bc, 32) / 2;
     plan.p_rows_floats = kBr * plan.p_row_pairs;
   }

@@ -243,16 +243,15 @@ ATTN_AMX_TARGET void SoftmaxToRowsOf(const float* st, int64_t nkeys, float scale
                                      float* l, float* alpha, uint32_t* pr, int64_t ldp) {
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   const __m512 vscale = _mm512_set1_ps(scale);
-  __m512 mt[NV], mu[NV], sum[NV];
+  __m512 mt[NV], mn[NV], mu[NV], sum[NV];  // tile max (raw), new max, its finite form
   for (int v = 0; v < NV; ++v) mt[v] = neg_inf;
   for (int64_t j = 0; j < nkeys; ++j) {
     for (int v = 0; v < NV; ++v)
       mt[v] = _mm512_max_ps(mt[v], _mm512_load_ps(st + j * kCols + v * 16));
   }
   for (int v = 0; v < NV; ++v) {
-    const __m512 mn = _mm512_max_ps(_mm512_load_ps(m + v * 16), _mm512_mul_ps(mt[v], vscale));
-    mt[v] = mn;
-    mu[v] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(mn, neg_inf, _CMP_NEQ_UQ), mn);
+    mn[v] = _mm512_max_ps(_mm512_load_ps(m + v * 16), _mm512_mul_ps(mt[v], vscale));
+    mu[v] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(mn[v], neg_inf, _CMP_NEQ_UQ), mn[v]);
     sum[v] = _mm512_setzero_ps();
   }
   for (int64_t j0 = 0; j0 < nkeys; j0 += 32) {
@@ -265,7 +264,7 @@ ATTN_AMX_TARGET void SoftmaxToRowsOf(const float* st, int64_t nkeys, float scale
     const __m512 mo = _mm512_load_ps(m + v * 16);
     const __m512 a = ExpScaled(mo, _mm512_set1_ps(1.0f), mu[v]);
     _mm512_store_ps(l + v * 16, _mm512_fmadd_ps(a, _mm512_load_ps(l + v * 16), sum[v]));
-    _mm512_store_ps(m + v * 16, mt[v]);
+    _mm512_store_ps(m + v * 16, mn[v]);
     _mm512_store_ps(alpha + v * 16, a);
   }
 }
