@@ -960,8 +960,9 @@ int Main(int argc, char** argv) {
   report->add_option("--out-dir", report_args.out_dir, "output directory (default reports)");
 
   TuneArgs tune_args;
-  CLI::App* tune = app.add_subcommand(
-      "tune", "measure this machine and write its tuning file (flash's key tile, auto's picks)");
+  CLI::App* tune = app.add_subcommand("tune",
+                                      "measure this machine and write its tuning file (flash's key "
+                                      "tile and decode prefetch, auto's picks)");
   tune->add_option("--out", tune_args.out,
                    "tuning file (default $ATTNLAB_TUNING, else "
                    "$XDG_CONFIG_HOME/attnlab/tuning.json or ~/.config/attnlab/tuning.json)");

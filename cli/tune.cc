@@ -1,7 +1,7 @@
 // `attnlab tune`: what is fastest on this machine, measured, written to the
 // tuning file the kernels read (kernels/tuning.h).
 //
-// Two measurements, each timed as repetitions interleaved across the
+// Each measurement is timed as repetitions interleaved across the
 // candidates (a drift in clock or memory bandwidth hits every candidate
 // alike) and summarized by each candidate's fastest repetition:
 //   1. flash's key tile (Bc in {128, 256, 512}) on dense prefill at N = 2048
@@ -9,15 +9,19 @@
 //      score of a tile is the sum over shapes of its time over the shape's
 //      best time; 512 (the built-in default) stays unless another tile
 //      scores more than 1% better, so noise does not move it.
-//   2. flash's decode prefetch distance (0, 16, 32, 64 KiB ahead of the rows
-//      read) on GQA-4 and MHA decode with K and V of 128 MiB or twice the
-//      L3, whichever is more (TuneDecodePrefetch), one thread,
-//      scored the same way; 32 KiB (the default) stays unless another
-//      distance scores more than 3% better (decode from memory is noisier).
-//   3. auto's points: for every thread count, head dim, mask class (dense,
+//   2. the K and V size above which flash's decode prefetches: from 8 MiB
+//      of K and V up, doubling to 256 MiB (GQA-4 and MHA, one thread), the
+//      default distance against none, up to the first size at which none is
+//      not more than 3% faster (TuneDecodePrefetchMinKvBytes).
+//   3. flash's decode prefetch distance (0, 16, 32, 64 KiB ahead of the rows
+//      read) on GQA-4 and MHA decode with K and V of twice that size (at
+//      least 64 MiB; TuneDecodePrefetch), one thread, scored as in 1; 32 KiB
+//      (the default) stays unless another distance scores more than 3%
+//      better (decode from memory is noisier).
+//   4. auto's points: for every thread count, head dim, mask class (dense,
 //      causal) and N = 128, 256, ... max_n (self-attention, B = 1, H = 8),
-//      every fp32 variant that fits kAutoMaxWorkspaceBytes, with the tile of
-//      steps 1 and 2. flash is kept unless another variant is more than 3% faster,
+//      every fp32 variant that fits kAutoMaxWorkspaceBytes, with the settings
+//      of steps 1-3. flash is kept unless another variant is more than 3% faster,
 //      in the round and again in a head-to-head with twice the repetitions
 //      (within 3% the difference is noise, and flash needs no Lq x Lk
 //      memory). A repetition is as many runs as take ~20 ms. A variant more
@@ -136,6 +140,11 @@ int64_t PickFlashSetting(const char* what, const char* unit, const std::vector<i
   return values[pick];
 }
 
+// The K and V bytes of Decode(kv_heads, kv_len).
+int64_t DecodeKvBytes(int64_t kv_heads, int64_t kv_len) {
+  return kv_heads * kv_len * 128 * 2 * int64_t{sizeof(float)};
+}
+
 ProblemSpec Decode(int64_t kv_heads, int64_t kv_len) {
   ProblemSpec spec;
   spec.shape = Shape{1, 8, kv_heads, 1, kv_len, 128, 128};
@@ -152,25 +161,73 @@ int64_t TuneKeyTile(const TuneArgs& args, const Tuning& base) {
                           [](Tuning& t, int64_t v) { t.flash_key_tile = v; });
 }
 
-// Decode from memory, GQA-4 and MHA: K and V of at least 128 MiB and twice
-// DecodePrefetchMinKvBytes() (the L3; below half of it flash does not
-// prefetch). Decode times move 10-20% between runs on a shared VM, hence
-// the 3% margin. --quick keeps the default: its problems stay in cache.
+// The K and V size above which decode prefetches: from 8 MiB of K and V up,
+// doubling to 256 MiB (GQA-4 and MHA, one thread), the default distance (32
+// KiB) against none, interleaved, in a repeated run (as a decode loop over
+// one layer's cache reads them: what fits the L3 comes from there), until the
+// prefetch is no longer more than 3% slower; the threshold is the last size
+// at which it was (a VM's sysfs L3 is what the hypervisor claims, not what
+// this process gets of it), half the smallest when it never was. Measured on
+// the Intel Xeon VM (fp32, d = 128): 1.02-1.14x the time at 8-32 MiB,
+// 0.80-0.97x at 64 MiB, 0.95-1.05x at 128 MiB, 1.04x at 256 MiB: the first
+// size where it stops losing is the line, not the largest where it loses
+// (losses above the line are a few percent, gains just above it up to 1.25x).
+// --quick keeps the default.
+int64_t TuneDecodePrefetchMinKvBytes(const TuneArgs& args, const Tuning& base) {
+  const int64_t fallback = base.flash_decode_prefetch_min_kv_bytes;
+  if (args.quick) {
+    fmt::print(
+        "  -> decode prefetch above {} MiB of K and V (the default; --quick does not "
+        "measure it)\n",
+        fallback >> 20);
+    return fallback;
+  }
+  Tuning always = base;
+  always.flash_decode_prefetch_min_kv_bytes = 0;
+  constexpr int64_t kMiB = int64_t{1} << 20;
+  int64_t threshold = 4 * kMiB;
+  for (int64_t mib = 8; mib <= 256; mib *= 2) {
+    std::vector<ProblemSpec> shapes;
+    for (int64_t kv_heads : {2, 8}) {
+      shapes.push_back(Decode(kv_heads, mib * kMiB / DecodeKvBytes(kv_heads, 1)));
+    }
+    const std::string what = fmt::format("decode prefetch at {} MiB of K and V", mib);
+    const int64_t pick = PickFlashSetting(
+        what.c_str(), " B", {base.flash_decode_prefetch_bytes, 0}, shapes, 0.03, args, always,
+        [](Tuning& t, int64_t v) { t.flash_decode_prefetch_bytes = v; });
+    if (pick != 0) break;
+    threshold = mib * kMiB;
+  }
+  fmt::print("  -> decode prefetch above {} MiB of K and V (the default {} MiB)\n", threshold >> 20,
+             fallback >> 20);
+  return threshold;
+}
+
+// The distance, on GQA-4 and MHA decode whose K and V take twice the
+// threshold (TuneDecodePrefetchMinKvBytes; at least 64 MiB): the sizes where
+// a prefetch starts to pay are where its distance matters. On the Intel Xeon
+// VM, fp32, d = 128, 1 thread, prefetching 32 KiB ahead took 0.80-0.98x the
+// time at 64 MiB and 0.95-1.05x at 512 MiB, whose stream the hardware
+// prefetcher keeps up with by itself. Decode times move 10-20% between runs
+// on a shared VM, hence the 3% margin. --quick keeps the default: its
+// problems stay in cache.
 int64_t TuneDecodePrefetch(const TuneArgs& args, const Tuning& base) {
   if (args.quick) {
     fmt::print("  -> decode prefetch {} B (the default; --quick does not measure it)\n",
                base.flash_decode_prefetch_bytes);
     return base.flash_decode_prefetch_bytes;
   }
-  const int64_t want = std::max(int64_t{128} << 20, 2 * DecodePrefetchMinKvBytes());
+  const int64_t want = std::max(int64_t{64} << 20, 2 * base.flash_decode_prefetch_min_kv_bytes);
   std::vector<ProblemSpec> shapes;
   for (int64_t kv_heads : {2, 8}) {
     int64_t kv_len = 4096;
-    while (kv_heads * kv_len * 128 * 2 * int64_t{sizeof(float)} < want) kv_len *= 2;
+    while (DecodeKvBytes(kv_heads, kv_len) < want) kv_len *= 2;
     shapes.push_back(Decode(kv_heads, kv_len));
   }
+  Tuning always = base;
+  always.flash_decode_prefetch_min_kv_bytes = 0;
   return PickFlashSetting("decode prefetch", " B", {32768, 0, 16384, 65536}, shapes, 0.03, args,
-                          base, [](Tuning& t, int64_t v) { t.flash_decode_prefetch_bytes = v; });
+                          always, [](Tuning& t, int64_t v) { t.flash_decode_prefetch_bytes = v; });
 }
 
 // The fp32 variants auto may pick for `data` on `threads` threads: all but
@@ -325,6 +382,7 @@ int TuneCommand(TuneArgs args) {
              tuned.target, fmt::join(args.threads, ","), path);
   const auto start = std::chrono::steady_clock::now();
   tuned.flash_key_tile = TuneKeyTile(args, tuned);
+  tuned.flash_decode_prefetch_min_kv_bytes = TuneDecodePrefetchMinKvBytes(args, tuned);
   tuned.flash_decode_prefetch_bytes = TuneDecodePrefetch(args, tuned);
   tuned.auto_points = TuneAutoPoints(args, tuned);
   tuned.source = path;
@@ -333,11 +391,12 @@ int TuneCommand(TuneArgs args) {
   size_t not_flash = 0;
   for (const AutoPoint& p : tuned.auto_points) not_flash += p.variant != "flash";
   fmt::print(
-      "wrote {} in {:.0f} s: flash key tile {}, decode prefetch {} B, {} of {} auto points pick "
-      "a variant other than flash.\nThe kernels read it at {} (ATTNLAB_TUNING overrides the path; "
-      "ATTNLAB_TUNING=none ignores it).\n",
+      "wrote {} in {:.0f} s: flash key tile {}, decode prefetch {} B above {} MiB of K and V, {} "
+      "of {} auto points pick a variant other than flash.\nThe kernels read it at {} "
+      "(ATTNLAB_TUNING overrides the path; ATTNLAB_TUNING=none ignores it).\n",
       path, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
-      tuned.flash_key_tile, tuned.flash_decode_prefetch_bytes, not_flash, tuned.auto_points.size(),
+      tuned.flash_key_tile, tuned.flash_decode_prefetch_bytes,
+      tuned.flash_decode_prefetch_min_kv_bytes >> 20, not_flash, tuned.auto_points.size(),
       args.out ? "that path when ATTNLAB_TUNING names it" : "this default path");
   return kExitOk;
 }

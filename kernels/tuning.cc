@@ -1,5 +1,6 @@
 #include "kernels/tuning.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -105,7 +106,7 @@ std::string CpuModel() {
 #endif
 }
 
-int64_t DecodePrefetchMinKvBytes() {
+int64_t L3CacheBytes() {
   static const int64_t bytes = [] {
     for (int index = 0; index < 8; ++index) {
       const std::string dir =
@@ -116,11 +117,16 @@ int64_t DecodePrefetchMinKvBytes() {
       if (!(level >> l) || !(size >> text) || l != 3) continue;
       // "32768K" (the kernel writes KiB with a K suffix).
       const int64_t kib = std::atoll(text.c_str());
-      if (kib > 0) return kib * 1024 / 2;
+      if (kib > 0) return kib * 1024;
     }
-    return int64_t{16} << 20;
+    return int64_t{0};
   }();
   return bytes;
+}
+
+int64_t DefaultDecodePrefetchMinKvBytes() {
+  const int64_t l3 = L3CacheBytes();
+  return l3 > 0 ? std::min(l3 / 2, kMaxDefaultDecodePrefetchMinKvBytes) : int64_t{16} << 20;
 }
 
 Tuning DefaultTuning(std::string why) {
@@ -168,6 +174,18 @@ StatusOr<Tuning> ParseTuning(std::string_view text) {
           " must be in [0, " + std::to_string(kMaxDecodePrefetchBytes) + "]");
     }
   }
+  if (flash->contains("decode_prefetch_min_kv_bytes")) {
+    ATTN_RETURN_IF_ERROR(Field(*flash, "decode_prefetch_min_kv_bytes",
+                               json::value_t::number_integer, "an integer", "tuning: flash.", &f));
+    t.flash_decode_prefetch_min_kv_bytes = f->get<int64_t>();
+    if (t.flash_decode_prefetch_min_kv_bytes < 0 ||
+        t.flash_decode_prefetch_min_kv_bytes > kMaxDecodePrefetchMinKvBytes) {
+      return InvalidArgument("tuning: flash.decode_prefetch_min_kv_bytes=" +
+                             std::to_string(t.flash_decode_prefetch_min_kv_bytes) +
+                             " must be in [0, " + std::to_string(kMaxDecodePrefetchMinKvBytes) +
+                             "]");
+    }
+  }
   const json* autos;
   ATTN_RETURN_IF_ERROR(Field(j, "auto", json::value_t::object, "an object", "tuning: ", &autos));
   const json* points;
@@ -195,7 +213,9 @@ std::string SerializeTuning(const Tuning& t) {
       {"cpu", t.cpu},
       {"target", t.target},
       {"flash",
-       {{"key_tile", t.flash_key_tile}, {"decode_prefetch_bytes", t.flash_decode_prefetch_bytes}}},
+       {{"key_tile", t.flash_key_tile},
+        {"decode_prefetch_bytes", t.flash_decode_prefetch_bytes},
+        {"decode_prefetch_min_kv_bytes", t.flash_decode_prefetch_min_kv_bytes}}},
       {"auto", {{"points", points}}}};
   return j.dump(2) + "\n";
 }

@@ -9,8 +9,9 @@
 // It records the CPU model and the Highway target it was measured on and a
 // format version. It is read once per process, at the first kernel run:
 //   * missing: built-in defaults (flash key tile 512, as tuned on Zen 4;
-//     decode prefetch 32 KiB ahead, as measured on Zen 3; auto always picks
-//     flash);
+//     decode prefetch 32 KiB ahead, as measured on Zen 3, when K and V take
+//     more than half the L3 or 32 MiB, whichever is less, as measured on the
+//     Intel Xeon VM; auto always picks flash);
 //   * stale (made on another CPU model or Highway target, or an older format)
 //     or malformed: defaults, and one line on stderr saying why and to rerun
 //     `attnlab tune`. A bad file never stops a kernel from running.
@@ -45,6 +46,28 @@ struct AutoPoint {
   bool operator==(const AutoPoint&) const = default;
 };
 
+// The L3's size from /sys/devices/system/cpu/cpu0/cache (glibc's sysconf said
+// 256 MiB for the Zen 3 VM's 32 MiB L3), or 0 when it says nothing. On a VM it
+// is what the hypervisor claims (480 MiB on the Intel Xeon VM).
+int64_t L3CacheBytes();
+
+// The K and V bytes (all of a problem's) above which flash's decode prefetches
+// when no tuning says otherwise: half the L3 (L3CacheBytes), at most
+// kMaxDefaultDecodePrefetchMinKvBytes, 16 MiB when the L3 is unknown. Below
+// it K and V come from L3 in a repeated run, and the prefetch instructions
+// only take load slots (Zen 3 VM, MHA decode of 4-8 MiB: 22-35 -> 18-24 GB/s
+// in a first A/B). A decode whose K and V were evicted since the last step
+// (serving, between layers) would gain from it at any size; that is not
+// measured.
+int64_t DefaultDecodePrefetchMinKvBytes();
+// The cap: the Intel Xeon VM's sysfs says 480 MiB of L3, yet prefetching paid
+// from 64 MiB of K and V up (fp32 decode, d = 128, 1 thread: GQA-4 0.57-0.84x
+// the time, MHA 0.92-0.97x) and lost at 8-32 MiB (1.02-1.18x); half its
+// claimed L3 (240 MiB) left MHA decode of int8 K/V at Lk = 65536 (128 MiB)
+// 1.2x slower than with the prefetch (kernels/DESIGN.md, "Decode prefetch").
+inline constexpr int64_t kMaxDefaultDecodePrefetchMinKvBytes = int64_t{32} << 20;
+inline constexpr int64_t kMaxDecodePrefetchMinKvBytes = int64_t{1} << 40;
+
 struct Tuning {
   int format = kTuningFormat;
   std::string cpu;     // CpuModel() of the machine it was measured on
@@ -54,12 +77,17 @@ struct Tuning {
   // flash: how far ahead of the K or V row a few-row (decode) block reads it
   // prefetches into L2, in bytes, in the order it reads them (paged: block
   // after block; kernels/internal/read_ahead.h), when the problem's K and V
-  // exceed DecodePrefetchMinKvBytes(). 0: none on a contiguous cache, one
+  // exceed flash_decode_prefetch_min_kv_bytes. 0: none on a contiguous cache, one
   // block ahead on a paged one. At most kMaxDecodePrefetchBytes. Zen 3 VM, d = 128, K and V of
   // 32-512 MiB, medians of 6 processes: GQA-4 decode 1.24-1.32x faster on one thread, 1.24-1.48x on
   // two, MHA 1.01-1.13x and 1.01-1.28x (kernels/DESIGN.md, "Decode prefetch"). A file without it
   // (written before it existed) takes this default.
   int64_t flash_decode_prefetch_bytes = 32 * 1024;
+  // flash: the K and V bytes (all of a problem's) above which decode
+  // prefetches: DefaultDecodePrefetchMinKvBytes() unless `attnlab tune`
+  // measured where prefetching starts to pay, at most
+  // kMaxDecodePrefetchMinKvBytes. A file without it takes the default.
+  int64_t flash_decode_prefetch_min_kv_bytes = DefaultDecodePrefetchMinKvBytes();
   // auto: the fastest variant per measured point (empty: always flash).
   std::vector<AutoPoint> auto_points;
   // Where it came from: the file's path, or "built-in defaults (<why>)".
@@ -67,20 +95,12 @@ struct Tuning {
   std::string source = "built-in defaults";
 };
 
-// The K and V bytes (all of a problem's) above which flash's decode
-// prefetches (flash_decode_prefetch_bytes): half the last-level cache, from
-// /sys/devices/system/cpu/cpu0/cache (glibc's sysconf said 256 MiB for the
-// Zen 3 VM's 32 MiB L3), 16 MiB when it says nothing. Below it K and V come
-// from L3 in a repeated run, and the prefetch instructions only take load
-// slots (Zen 3 VM, MHA decode of 4-8 MiB: 22-35 -> 18-24 GB/s in a first
-// A/B). A decode whose K and V were evicted since the last step (serving,
-// between layers) would gain from it at any size; that is not measured.
-int64_t DecodePrefetchMinKvBytes();
 // How far ahead flash's decode prefetches K and V that take kv_bytes in all: the tuning's distance
-// above DecodePrefetchMinKvBytes(), else 0. flash's plan and the bench's read ceiling both ask
-// here.
+// above its flash_decode_prefetch_min_kv_bytes, else 0. flash's plan and the bench's read ceiling
+// both ask here.
 inline int64_t DecodePrefetchBytes(const Tuning& tuning, int64_t kv_bytes) {
-  return kv_bytes > DecodePrefetchMinKvBytes() ? tuning.flash_decode_prefetch_bytes : 0;
+  return kv_bytes > tuning.flash_decode_prefetch_min_kv_bytes ? tuning.flash_decode_prefetch_bytes
+                                                              : 0;
 }
 
 // "AMD EPYC (family 25, model 17)": the brand string and CPUID family/model,

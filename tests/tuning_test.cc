@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -37,7 +38,8 @@ Tuning ThisMachine() {
 // test can tell it apart).
 Tuning Table() {
   Tuning t = ThisMachine();
-  t.flash_decode_prefetch_bytes = 8192;  // not the default: the round trip reads it
+  t.flash_decode_prefetch_bytes = 8192;  // not the defaults: the round trip reads them
+  t.flash_decode_prefetch_min_kv_bytes = 48 << 20;
   t.auto_points = {{64, false, 1, 128, "simd"},
                    {64, false, 1, 256, "simd"},
                    {64, false, 1, 512, "flash"},
@@ -68,6 +70,7 @@ TEST(TuningFile, RoundTrips) {
   EXPECT_EQ(back->target, t.target);
   EXPECT_EQ(back->flash_key_tile, t.flash_key_tile);
   EXPECT_EQ(back->flash_decode_prefetch_bytes, 8192);
+  EXPECT_EQ(back->flash_decode_prefetch_min_kv_bytes, 48 << 20);
   EXPECT_EQ(back->auto_points, t.auto_points);
   EXPECT_EQ(Stale(*back), "");
 }
@@ -93,6 +96,11 @@ TEST(TuningFile, BadFieldsAreNamed) {
        "flash.decode_prefetch_bytes=2000000"},
       {with("\"decode_prefetch_bytes\": 8192", "\"decode_prefetch_bytes\": 1.5"),
        "flash.decode_prefetch_bytes must be an integer"},
+      {with("\"decode_prefetch_min_kv_bytes\": 50331648", "\"decode_prefetch_min_kv_bytes\": -5"),
+       "flash.decode_prefetch_min_kv_bytes=-5 must be in [0, 1099511627776]"},
+      {with("\"decode_prefetch_min_kv_bytes\": 50331648",
+            "\"decode_prefetch_min_kv_bytes\": \"big\""),
+       "flash.decode_prefetch_min_kv_bytes must be an integer"},
       {with("\"format\": 1,", ""), "format is missing"},
       {with("\"variant\": \"naive\"", "\"variant\": \"fastest\""),
        "auto.points[3].variant 'fastest' is not a variant auto can run"},
@@ -108,18 +116,51 @@ TEST(TuningFile, BadFieldsAreNamed) {
   }
 }
 
-// Files written before flash.decode_prefetch_bytes existed stay valid and
-// take the built-in default.
+// Files written before flash.decode_prefetch_bytes or
+// flash.decode_prefetch_min_kv_bytes existed stay valid and take the built-in
+// defaults.
 TEST(TuningFile, WithoutDecodePrefetchTakesTheDefault) {
-  std::string text = SerializeTuning(Table());
-  const std::string field = ",\n    \"decode_prefetch_bytes\": 8192";
-  const size_t at = text.find(field);
-  ASSERT_NE(at, std::string::npos) << text;
-  text.erase(at, field.size());
-  StatusOr<Tuning> t = ParseTuning(text);
-  ASSERT_TRUE(t.ok()) << t.status().message() << "\n" << text;
-  EXPECT_EQ(t->flash_decode_prefetch_bytes, Tuning{}.flash_decode_prefetch_bytes);
-  EXPECT_EQ(t->flash_key_tile, Table().flash_key_tile);
+  for (const std::string field : {",\n    \"decode_prefetch_bytes\": 8192",
+                                  ",\n    \"decode_prefetch_min_kv_bytes\": 50331648"}) {
+    std::string text = SerializeTuning(Table());
+    const size_t at = text.find(field);
+    ASSERT_NE(at, std::string::npos) << text;
+    text.erase(at, field.size());
+    StatusOr<Tuning> t = ParseTuning(text);
+    ASSERT_TRUE(t.ok()) << t.status().message() << "\n" << text;
+    const bool distance = field.find("min_kv") == std::string::npos;
+    EXPECT_EQ(t->flash_decode_prefetch_bytes,
+              distance ? Tuning{}.flash_decode_prefetch_bytes : 8192);
+    EXPECT_EQ(t->flash_decode_prefetch_min_kv_bytes,
+              distance ? 48 << 20 : DefaultDecodePrefetchMinKvBytes());
+    EXPECT_EQ(t->flash_key_tile, Table().flash_key_tile);
+  }
+}
+
+// The default threshold: half the L3 as sysfs gives it, at most 32 MiB (a
+// VM's sysfs claims what the hypervisor says), 16 MiB when it gives none.
+TEST(TuningFile, DefaultDecodePrefetchThresholdIsHalfTheL3Capped) {
+  const int64_t l3 = L3CacheBytes();
+  EXPECT_EQ(DefaultDecodePrefetchMinKvBytes(),
+            l3 > 0 ? std::min(l3 / 2, kMaxDefaultDecodePrefetchMinKvBytes) : int64_t{16} << 20)
+      << "L3 " << l3;
+  EXPECT_EQ(Tuning{}.flash_decode_prefetch_min_kv_bytes, DefaultDecodePrefetchMinKvBytes());
+}
+
+// The plan prefetches above the tuning's threshold and not at or below it.
+TEST(ActiveTuning, DecodePrefetchFollowsTheThreshold) {
+  ProblemSpec spec;
+  spec.shape = Shape{1, 8, 2, 1, 1024, 128, 128};  // K and V: 2 MiB
+  ProblemData data(spec);
+  const int64_t kv_bytes = 2 << 20;
+  for (int64_t threshold : {int64_t{0}, kv_bytes - 1, kv_bytes, kv_bytes * 4}) {
+    Tuning t = ThisMachine();
+    t.flash_decode_prefetch_min_kv_bytes = threshold;
+    ScopedTuning scope(t);
+    EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).decode_prefetch_bytes,
+              threshold < kv_bytes ? t.flash_decode_prefetch_bytes : 0)
+        << "threshold " << threshold;
+  }
 }
 
 TEST(TuningFile, FromAnotherMachineIsStale) {
@@ -256,7 +297,7 @@ TEST(ActiveTuning, FlashFollowsTheKeyTile) {
 // decode results are bitwise the same at every distance (none, a row ahead,
 // the default, past the whole sequence), on fp32 and reduced K/V (read in
 // place), with key lengths and a window that end a block's keys early.
-// (Problems this small stay under DecodePrefetchMinKvBytes(); the test hook
+// (Problems this small stay under the default threshold; the test hook
 // makes flash prefetch anyway.)
 TEST(ActiveTuning, DecodePrefetchChangesNoBits) {
   {
@@ -264,7 +305,7 @@ TEST(ActiveTuning, DecodePrefetchChangesNoBits) {
     ProblemSpec small;
     small.shape = Shape{1, 8, 2, 1, 1024, 128, 128};
     ProblemData data(small);
-    ASSERT_LT(int64_t{1} << 20, DecodePrefetchMinKvBytes());
+    ASSERT_LT(int64_t{1} << 20, ActiveTuning().flash_decode_prefetch_min_kv_bytes);
     EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).decode_prefetch_bytes, 0);
   }
   const testing::DecodePrefetchScope always;

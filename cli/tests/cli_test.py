@@ -1896,6 +1896,11 @@ class Tune(Case):
             tuning = json.load(f)
         self.assertEqual(tuning["format"], 1)
         self.assertIn(tuning["flash"]["key_tile"], (128, 256, 512))
+        # --quick measures neither decode prefetch setting: both keep their defaults.
+        self.assertEqual(tuning["flash"]["decode_prefetch_bytes"], 32768)
+        self.assertGreater(tuning["flash"]["decode_prefetch_min_kv_bytes"], 0)
+        self.assertRegex(out, r"-> decode prefetch above \d+ MiB of K and V \(the default; "
+                              r"--quick does not measure it\)")
         points = tuning["auto"]["points"]
         self.assertEqual({(p["causal"], p["n"]) for p in points},
                          {(c, n) for c in (False, True) for n in (128, 256)})

@@ -87,7 +87,7 @@ struct Plan {
   int64_t dvp = 0;         // dv rounded up to kPad
   // Few-row blocks prefetch K and V rows this many bytes ahead, in the
   // order they read them, of the ones they read: the tuning's when K and V
-  // exceed DecodePrefetchMinKvBytes(), else 0 (none on a contiguous cache,
+  // exceed flash_decode_prefetch_min_kv_bytes, else 0 (none on a contiguous cache,
   // one block ahead on a paged one: RowsAheadFor in
   // kernels/internal/read_ahead.h).
   int64_t decode_prefetch_bytes = 0;
