@@ -84,6 +84,13 @@
 //     reads the scaled scores in between (ScaleInSoftmax: no softcap,
 //     ALiBi or additive mask, scale > 0) the softmax also takes the scale
 //     from the score tile, which then stores Sᵀ as the tiles leave it.
+//     A work item there takes up to 4 row blocks (Plan::sub_blocks, as many
+//     as leave 32 items), which take each key tile in turn: one read of the
+//     K and V tiles from L2/L3 and one pairing of V (PackedV; causal's
+//     diagonal tiles pair theirs each) serve up to 256 rows. Each row's
+//     arithmetic is unchanged, so are the bits (tested). bf16 flash on
+//     AMX, 1 thread, dense: 1.14-1.20x faster, causal 1.07-1.14x (N = 2048
+//     and 4096, d = 64 and 128; kernels/DESIGN.md, "AMX").
 //   * Decode blocks (<= 8 rows) on reduced K or V: the few-row score and P·V
 //     kernels read the rows in place and convert each vector in registers
 //     (LoadVecAsF32; f16 where the target converts in hardware), an int8
@@ -139,13 +146,11 @@
 // (longest-processing-time-first) and the short ones fill in at the end.
 //
 // Bytes (fp32) for B, H, Hkv, Lq, Lk, dk, dv, g = H / Hkv:
-//   reads  Q: 4·B·H·Lq·dk once; K, V: 4·B·Hkv·Lk·(dk + dv) once per row block,
-//          i.e. ceil(g·Lq / 64) times (from L3 when one head's K and V fit:
-//          items run head group by head group, so the threads share one
-//          group's K/V rather than cycling through all heads' (32 MiB at
-//          N = 4096, d = 128, H = 8: from DRAM, -15%); causal: about half);
-//          decode (Lq·g <= 64):
-//          K and V exactly once;
+//   reads  Q: 4·B·H·Lq·dk once; K, V: 4·B·Hkv·Lk·(dk + dv) once per work
+//          item, i.e. ceil(g·Lq / 64) times (ceil(g·Lq / 256) on AMX) (from L3 when one head's K
+//          and V fit: items run head group by head group, so the threads share one group's K/V
+//          rather than cycling through all heads' (32 MiB at N = 4096, d = 128, H = 8: from DRAM,
+//          -15%); causal: about half); decode (Lq·g <= 64): K and V exactly once;
 //   writes O: 4·B·H·Lq·dv, lse: 4·B·H·Lq. Nothing of size Lq x Lk.
 // FLOPs: 2·(dk + dv) per visible (query, key) pair plus the masked part of
 // partial tiles (the masked triangle of the diagonal: partial tiles are
@@ -160,6 +165,9 @@
 // items·min(64, g·Lq)·(dv' + 2) floats, with items = blocks·splits <= 47
 // (splits happen only below 16 blocks and aim at 32 items).
 // So Lq = Lk = 32768, dk = dv = 64 takes 324 KiB on 2 threads (tested < 4 MiB).
+// An AMX item of 4 row blocks holds 4 Q blocks, O, m, l and alpha instead of
+// one (+197 KiB a thread at d = 128: 822 -> 1023 kB declared at N = 4096;
+// its score tile and P rows are shared).
 //
 // Block sizes (Zen 4: L1d 32 KiB, L2 1 MiB per core, 32 zmm registers):
 //   * Br = 64 = 4 AVX-512 vectors of queries: the S micro-kernel holds 6 keys
@@ -241,16 +249,16 @@ struct Scratch {
   float* qt;     // Qᵀ dk x kBr, or row-major kFewRows x dkp (flash::QBlockFloats)
   float* st;     // bc x kBr (or kFewRows x kFewStride)
   float* vp;     // bc x dvp, when V is packed
-  float* o;      // kBr x dvp
-  float* m;      // kBr
+  float* o;      // kBr x dvp (per row block of the item: plan.item_rows() x dvp in all)
+  float* m;      // kBr (the same)
   float* l;      // kBr
   float* alpha;  // kBr
   float* kc;     // bc x dk: the K tile as fp32 (reduced-precision K only)
   float* qc;     // kBr x dk: the block's Q rows as fp32 (reduced-precision Q)
   float* oc;     // dvp: an O row before rounding (reduced-precision O)
   uint32_t* pr;  // kBr x plan.p_row_pairs: P as bf16 rows (the AMX kernels)
-  int64_t* rb;   // kBr: first visible key of each row, within the item
-  int64_t* re;   // kBr: one past the last
+  int64_t* rb;   // kBr (the same): first visible key of each row, within the item
+  int64_t* re;   // kBr (the same): one past the last
 };
 
 struct BlockCounts {
@@ -785,9 +793,17 @@ bool ScaleInSoftmax(const ValidProblem& p) {
          p.mask.kind != MaskKind::kAdditive;
 }
 
+// The keys whose V pairs sc.vp holds ([j0, j1) of the item's head), so
+// that the row blocks of an item pair each V tile once (AttendBlock); empty
+// when sc.vp holds anything else.
+struct PackedV {
+  int64_t j0 = -1, j1 = -1;
+};
+
 // The bf16 version of a tile's S = Q·Kᵀ (times `scale`) and, after the
-// softmax, O (+)= P·V: K read in place, V paired into sc.vp, P paired in
-// place over Sᵀ or (AMX) already in rows in sc.pr.
+// softmax, O (+)= P·V: K read in place, V paired into sc.vp (unless it holds
+// those keys' pairs already: `packed`), P paired in place over Sᵀ or (AMX)
+// already in rows in sc.pr.
 void Bf16Scores(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc, float scale,
                 Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
@@ -796,7 +812,7 @@ void Bf16Scores(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc,
                         p.shape.head_dim, blk.rp / N, scale, sc.st);
 }
 void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
-            int64_t j1, bool partial, bool first, Scratch& sc) {
+            int64_t j1, bool partial, bool first, Scratch& sc, PackedV& packed) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t nc = j1 - j0, dv = p.shape.value_dim, vs = p.v.strides.row;
   const auto* v = static_cast<const uint16_t*>(p.KvRow(p.v, blk.b, blk.kvh, j0));
@@ -813,7 +829,10 @@ void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, in
                              [&](int64_t x, int64_t j) { return sc.st[j * blk.sj + x * blk.sr]; });
   }
   auto* vp = reinterpret_cast<uint32_t*>(sc.vp);
-  blk.pairs->pack_value_pairs(v, vs, nc, dv, vp, plan.dvp);
+  if (packed.j0 != j0 || packed.j1 != j1) {
+    blk.pairs->pack_value_pairs(v, vs, nc, dv, vp, plan.dvp);
+    packed = {j0, j1};
+  }
   if (rows) {
     return blk.pairs->pv_rows(sc.pr, plan.p_row_pairs, vp, plan.dvp, (nc + 1) / 2, blk.nrows,
                               plan.dvp / 16, !first, sc.o, plan.dvp);
@@ -823,15 +842,16 @@ void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, in
                      blk.nrows, plan.dvp / 16, !first, sc.o, plan.dvp);
 }
 
-// The scratch of the head of a work item whose rows start at row x of the
-// item (plan.heads > 1: few-row blocks): its Q, S and O rows, m, l, alpha
-// and row ranges follow the previous head's, so the item's rows lie in sc's
-// O, m and l in order; the conversion buffers are shared (each use ends
-// before the next head's begins).
-Scratch HeadScratch(const Scratch& sc, const flash::Plan& plan, int64_t x, int64_t dkp) {
+// The scratch of the part of a work item whose rows start at row x of the
+// item: its O, m, l, alpha and row ranges follow the previous part's, so the
+// item's rows lie in sc's O, m and l in order. A head of a few-row item
+// (plan.heads > 1; HeadScratch) also has its own Q and S rows; a row block
+// of a many-row item (plan.sub_blocks > 1; SubBlockScratch) its own Q
+// block, sharing the score tile, the P rows and the packed V. The
+// conversion buffers are shared (each use ends before the next part's
+// begins).
+Scratch RowsScratch(const Scratch& sc, const flash::Plan& plan, int64_t x) {
   Scratch part = sc;
-  part.qt += x * dkp;
-  part.st += x * kFewStride;
   part.o += x * plan.dvp;
   part.m += x;
   part.l += x;
@@ -840,85 +860,139 @@ Scratch HeadScratch(const Scratch& sc, const flash::Plan& plan, int64_t x, int64
   part.re += x;
   return part;
 }
+Scratch HeadScratch(const Scratch& sc, const flash::Plan& plan, int64_t x, int64_t dkp) {
+  Scratch part = RowsScratch(sc, plan, x);
+  part.qt += x * dkp;
+  part.st += x * kFewStride;
+  return part;
+}
+Scratch SubBlockScratch(const Scratch& sc, const flash::Plan& plan, int64_t s, int64_t dk) {
+  Scratch part = RowsScratch(sc, plan, s * kBr);
+  part.qt += s * flash::QBlockFloats(dk);
+  return part;
+}
+
+// How an item's tiles are computed, the same for all its parts.
+struct TileMath {
+  const ukernels::Bf16Kernels* pairs;  // blocks[0].pairs
+  bool p_rows;                         // the AMX kernels: the softmax writes P rows
+  float score_scale, softmax_scale;    // the scale in the score tile or in the softmax
+};
+
+// One key tile [j0, j1) of one group of parts that see the same keys (the
+// heads of a few-row item, or one row block): S = Q·Kᵀ, masked, the
+// online-softmax step, O (+)= P·V.
+void AttendTile(const ValidProblem& p, const flash::Plan& plan, std::span<const Block> blocks,
+                std::span<Scratch> parts, int64_t j0, int64_t j1, bool first, bool partial,
+                const TileMath& math, PackedV& packed) {
+  const Block& blk = blocks[0];
+  const int64_t nc = j1 - j0, N = static_cast<int64_t>(hn::Lanes(DF()));
+  // S = Q·Kᵀ, masked. (The bf16 pair kernels take many-row blocks: one
+  // head, never paged.)
+  if (blk.pairs) {
+    Bf16Scores(p, blk, j0, nc, math.score_scale, parts[0]);
+  } else {
+    F32Scores(p, plan, blocks, parts, j0, j1);
+  }
+  for (size_t g = 0; g < blocks.size(); ++g) {
+    Scratch& part = parts[g];
+    ModifyTile(p, blocks[g], j0, nc, part);
+    MaskTile(p, blocks[g], j0, j1, partial, part);
+
+    // Online softmax, vectorized over the tile's long axis.
+    if (blk.few_rows) {
+      OnlineSoftmaxRows(part.st, kFewStride, nc, blk.nrows, part.m, part.l, part.alpha);
+    } else if (math.p_rows) {
+      blk.pairs->softmax_to_rows(part.st, nc, blk.rp / N, math.softmax_scale, part.m, part.l,
+                                 part.alpha, part.pr, plan.p_row_pairs);
+    } else {
+      OnlineSoftmaxColumns(part.st, kBr, nc, blk.rp, part.m, part.l, part.alpha);
+    }
+    if (!first) RescaleO(blocks[g], plan.dvp, part);
+  }
+
+  // O (+)= P·V.
+  if (blk.pairs) {
+    Bf16Pv(p, plan, blk, j0, j1, partial, first, parts[0], packed);
+  } else {
+    packed = {};  // sc.vp may now hold converted V
+    F32Pv(p, plan, blocks, parts, j0, j1, partial, first);
+  }
+}
 
 // One work item: rows [r0, r0 + nrows) of kv heads kvh .. kvh + heads - 1
-// of batch b against keys [key_lo, key_hi), each head a Block in its part of
-// the scratch (HeadScratch). Leaves m, l and the unnormalized O of the
-// item's heads·nrows rows in `sc`.
+// of batch b against keys [key_lo, key_hi). Its parts, each a Block in its
+// own part of the scratch: the heads of a few-row item (one group: they
+// see the same keys), or the kBr-row blocks of a many-row one (a group each:
+// each sees its own keys). Tile by tile over the union of the groups' keys,
+// each group that sees the tile takes it in turn, so that a K and V tile
+// read from L2/L3 once, and a V tile paired once (PackedV; the tiles where
+// two blocks see the same keys: all but causal's diagonal), serve them all.
+// Leaves m, l and the unnormalized O of the item's heads·nrows rows in `sc`.
 void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int64_t kvh,
                  int64_t heads, int64_t r0, int64_t nrows, int64_t key_lo, int64_t key_hi,
                  const ukernels::Bf16Kernels* bf16, Scratch& sc, BlockCounts& counts) {
-  const int64_t dvp = plan.dvp;
+  static_assert(flash::kMaxSubBlocks <= kFewRows);
+  const int64_t dk = p.shape.head_dim, dvp = plan.dvp;
+  const int64_t dkp = flash::RoundUp(dk, static_cast<int64_t>(hn::Lanes(DF())));
+  const int64_t sub_blocks = (nrows + kBr - 1) / kBr;  // > 1 only when heads == 1
+  const int64_t nparts = heads > 1 ? heads : sub_blocks;
+  const int64_t per_group = heads > 1 ? heads : 1;
+  const int64_t groups = nparts / per_group;
   Block blocks[kFewRows];
   Scratch parts[kFewRows];
-  const int64_t dkp = flash::RoundUp(p.shape.head_dim, static_cast<int64_t>(hn::Lanes(DF())));
-  for (int64_t g = 0; g < heads; ++g) {
-    parts[g] = HeadScratch(sc, plan, g * nrows, dkp);
-    blocks[g] = LoadBlock(p, b, kvh + g, r0, nrows, key_lo, key_hi, bf16, parts[g]);
+  for (int64_t g = 0; g < nparts; ++g) {
+    if (heads > 1) {
+      parts[g] = HeadScratch(sc, plan, g * nrows, dkp);
+      blocks[g] = LoadBlock(p, b, kvh + g, r0, nrows, key_lo, key_hi, bf16, parts[g]);
+    } else {
+      parts[g] = SubBlockScratch(sc, plan, g, dk);
+      blocks[g] = LoadBlock(p, b, kvh, r0 + g * kBr, std::min(kBr, nrows - g * kBr), key_lo, key_hi,
+                            bf16, parts[g]);
+    }
   }
-  const std::span<const Block> item_blocks(blocks, heads);
-  const std::span<Scratch> item_parts(parts, heads);
-  // Visibility depends on the batch and the query position only: every
-  // head's block sees the same keys, tiles and partial tiles.
   const Block& blk = blocks[0];
-  const int64_t bc = plan.bc;
   // The AMX kernels write P as rows from the softmax, which may take the
   // scale from the score tile (ScaleInSoftmax).
-  const bool p_rows = blk.pairs != nullptr && blk.pairs->softmax_to_rows != nullptr;
-  const bool scale_in_softmax = p_rows && ScaleInSoftmax(p);
-  const float score_scale = scale_in_softmax ? 1.0f : p.scale;
-  const float softmax_scale = scale_in_softmax ? p.scale : 1.0f;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  TileMath math{blk.pairs, blk.pairs != nullptr && blk.pairs->softmax_to_rows != nullptr, p.scale,
+                1.0f};
+  if (math.p_rows && ScaleInSoftmax(p)) std::swap(math.score_scale, math.softmax_scale);
+  const int64_t bc = plan.bc;
   const int64_t tiles_total = (key_hi - key_lo + bc - 1) / bc;
-  if (blk.ulo >= blk.uhi) {  // read by split merges
-    std::memset(sc.o, 0, sizeof(float) * std::max(blk.rp, heads * nrows) * dvp);
-    counts.skipped += tiles_total;
-    return;
-  }
-  int64_t visited = 0;
-  // Tiles are aligned to bc from key_lo; each is clipped to the union.
-  for (int64_t t = key_lo + (blk.ulo - key_lo) / bc * bc; t < blk.uhi; t += bc) {
-    const int64_t j0 = std::max(t, blk.ulo);
-    const int64_t j1 = std::min(t + bc, blk.uhi);
-    const int64_t nc = j1 - j0;
-    // The first tile writes O instead of accumulating into it: O needs no
-    // zeroing and no rescale by alpha = e^(-inf) = 0.
-    const bool first = ++visited == 1;
-    const bool partial = !(blk.ilo <= j0 && j1 <= blk.ihi);
-    partial ? ++counts.partial : ++counts.full;
-
-    // S = Q·Kᵀ, masked. (The bf16 pair kernels take many-row blocks: one
-    // head, never paged.)
-    if (blk.pairs) {
-      Bf16Scores(p, blk, j0, nc, score_scale, sc);
+  // Visibility depends on the batch and the query position only: a group's
+  // heads see the same keys, tiles and partial tiles. A group that sees no
+  // key leaves O = 0 (read by split merges).
+  int64_t ulo = key_hi, uhi = key_lo;
+  for (int64_t gr = 0; gr < groups; ++gr) {
+    const Block& first_of = blocks[gr * per_group];
+    if (first_of.ulo < first_of.uhi) {
+      ulo = std::min(ulo, first_of.ulo);
+      uhi = std::max(uhi, first_of.uhi);
     } else {
-      F32Scores(p, plan, item_blocks, item_parts, j0, j1);
-    }
-    for (int64_t g = 0; g < heads; ++g) {
-      Scratch& part = parts[g];
-      ModifyTile(p, blocks[g], j0, nc, part);
-      MaskTile(p, blocks[g], j0, j1, partial, part);
-
-      // Online softmax, vectorized over the tile's long axis.
-      if (blk.few_rows) {
-        OnlineSoftmaxRows(part.st, kFewStride, nc, nrows, part.m, part.l, part.alpha);
-      } else if (p_rows) {
-        blk.pairs->softmax_to_rows(part.st, nc, blk.rp / N, softmax_scale, part.m, part.l,
-                                   part.alpha, part.pr, plan.p_row_pairs);
-      } else {
-        OnlineSoftmaxColumns(part.st, kBr, nc, blk.rp, part.m, part.l, part.alpha);
-      }
-      if (!first) RescaleO(blocks[g], dvp, part);
-    }
-
-    // O (+)= P·V.
-    if (blk.pairs) {
-      Bf16Pv(p, plan, blk, j0, j1, partial, first, sc);
-    } else {
-      F32Pv(p, plan, item_blocks, item_parts, j0, j1, partial, first);
+      std::memset(parts[gr * per_group].o, 0,
+                  sizeof(float) * std::max(first_of.rp, per_group * first_of.nrows) * dvp);
     }
   }
-  counts.skipped += tiles_total - visited;
+  int64_t visited[kFewRows] = {};
+  PackedV packed;
+  // Tiles are aligned to bc from key_lo; each is clipped to the group's union.
+  for (int64_t t = key_lo + (ulo - key_lo) / bc * bc; t < uhi; t += bc) {
+    for (int64_t gr = 0; gr < groups; ++gr) {
+      const Block& group = blocks[gr * per_group];
+      const int64_t j0 = std::max(t, group.ulo);
+      const int64_t j1 = std::min(t + bc, group.uhi);
+      if (j0 >= j1) continue;
+      // The first tile writes O instead of accumulating into it: O needs no
+      // zeroing and no rescale by alpha = e^(-inf) = 0.
+      const bool first = ++visited[gr] == 1;
+      const bool partial = !(group.ilo <= j0 && j1 <= group.ihi);
+      partial ? ++counts.partial : ++counts.full;
+      AttendTile(p, plan, std::span<const Block>(blocks + gr * per_group, per_group),
+                 std::span<Scratch>(parts + gr * per_group, per_group), j0, j1, first, partial,
+                 math, packed);
+    }
+  }
+  for (int64_t gr = 0; gr < groups; ++gr) counts.skipped += tiles_total - visited[gr];
 }
 
 // Where work item blocks are. Order: (batch, kv head) pairs in groups whose K
@@ -945,10 +1019,10 @@ struct WorkOrder {
     const int64_t heads_here = std::min(group_heads, plan.bkv - group * group_heads);
     const int64_t qb = plan.row_blocks - 1 - i / heads_here;
     const int64_t bkv = group * group_heads + i % heads_here;
-    const int64_t r0 = qb * kBr;
+    const int64_t r0 = qb * plan.item_rows();
     const int64_t head_groups = p.shape.kv_heads / plan.heads;  // per batch
-    return {bkv / head_groups, bkv % head_groups * plan.heads, r0, std::min(kBr, plan.rows - r0),
-            plan.heads};
+    return {bkv / head_groups, bkv % head_groups * plan.heads, r0,
+            std::min(plan.item_rows(), plan.rows - r0), plan.heads};
   }
   const ValidProblem& p;
   const flash::Plan& plan;
@@ -1049,7 +1123,8 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
   const int threads = std::max(1, ctx.threads);
   const int64_t dvp = plan.dvp;
   auto scratch = ctx.workspace->Allocate<float>(static_cast<size_t>(threads * plan.thread_floats));
-  auto ranges = ctx.workspace->Allocate<int64_t>(static_cast<size_t>(threads * 2 * kBr));
+  const int64_t item_rows = plan.item_rows();
+  auto ranges = ctx.workspace->Allocate<int64_t>(static_cast<size_t>(threads * 2 * item_rows));
   Workspace::Buffer<float> partial;
   Workspace::Buffer<int64_t> done;  // finished splits per block
   if (plan.splits > 1) {
@@ -1068,18 +1143,18 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
   ParallelFor(threads, items, [&](int64_t item, int tid) {
     Scratch sc;
     sc.qt = scratch.data() + tid * plan.thread_floats;
-    sc.st = sc.qt + flash::QBlockFloats(p.shape.head_dim);
+    sc.st = sc.qt + flash::QBlockFloats(p.shape.head_dim) * plan.sub_blocks;
     sc.vp = sc.st + flash::STileFloats(plan);
     sc.o = sc.vp + flash::VTileFloats(plan);
-    sc.m = sc.o + kBr * dvp;
-    sc.l = sc.m + kBr;
-    sc.alpha = sc.l + kBr;
-    sc.kc = sc.alpha + kBr;
+    sc.m = sc.o + item_rows * dvp;
+    sc.l = sc.m + item_rows;
+    sc.alpha = sc.l + item_rows;
+    sc.kc = sc.alpha + item_rows;
     sc.qc = sc.kc + plan.k_tile_floats;
     sc.oc = sc.qc + plan.q_rows_floats;
     sc.pr = reinterpret_cast<uint32_t*>(sc.oc + plan.o_row_floats);
-    sc.rb = ranges.data() + tid * 2 * kBr;
-    sc.re = sc.rb + kBr;
+    sc.rb = ranges.data() + tid * 2 * item_rows;
+    sc.re = sc.rb + item_rows;
 
     const int64_t blk = item / plan.splits;
     const int64_t split = item % plan.splits;
@@ -1144,7 +1219,7 @@ size_t FlashWorkspaceBytes(const ValidProblem& p, int threads) {
   const SaturatingSize t = std::max(1, threads);
   return (SaturatingSize(sizeof(float)) * (t * plan.thread_floats + plan.partial_floats) +
           SaturatingSize(sizeof(int64_t)) *
-              (t * (2 * flash::kBr) + (plan.splits > 1 ? plan.blocks : 0)))
+              (t * (2 * plan.item_rows()) + (plan.splits > 1 ? plan.blocks : 0)))
       .value();
 }
 

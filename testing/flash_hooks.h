@@ -4,30 +4,47 @@
 #ifndef ATTNLAB_TESTING_FLASH_HOOKS_H_
 #define ATTNLAB_TESTING_FLASH_HOOKS_H_
 
+#include <atomic>
 #include <cstdint>
 
 #include "kernels/internal/flash_plan.h"
 
 namespace attn::testing {
 
+// Sets an atomic test hook to `value` while alive and back to `off` after.
+template <class T>
+class HookScope {
+ public:
+  HookScope(std::atomic<T>& hook, T value, T off) : hook_(hook), off_(off) { hook_.store(value); }
+  ~HookScope() { hook_.store(off_); }
+  HookScope(const HookScope&) = delete;
+  HookScope& operator=(const HookScope&) = delete;
+
+ private:
+  std::atomic<T>& hook_;
+  T off_;
+};
+
 // flash runs with `keys`-key tiles (flash::g_key_tile_for_test): short test
 // sequences then cross many tiles, as long ones do by default.
-class KeyTileScope {
+class KeyTileScope : public HookScope<int64_t> {
  public:
-  explicit KeyTileScope(int64_t keys) { flash::g_key_tile_for_test.store(keys); }
-  ~KeyTileScope() { flash::g_key_tile_for_test.store(0); }
-  KeyTileScope(const KeyTileScope&) = delete;
-  KeyTileScope& operator=(const KeyTileScope&) = delete;
+  explicit KeyTileScope(int64_t keys) : HookScope(flash::g_key_tile_for_test, keys, 0) {}
+};
+
+// flash's work items take `blocks` row blocks each where they may take
+// several (flash::g_sub_blocks_for_test; Plan::sub_blocks), however few
+// items that leaves.
+class SubBlocksScope : public HookScope<int64_t> {
+ public:
+  explicit SubBlocksScope(int64_t blocks) : HookScope(flash::g_sub_blocks_for_test, blocks, 0) {}
 };
 
 // flash's decode prefetches (Plan::decode_prefetch_bytes) whatever the size
 // of K and V (flash::g_decode_prefetch_for_test), so small problems exercise it.
-class DecodePrefetchScope {
+class DecodePrefetchScope : public HookScope<bool> {
  public:
-  DecodePrefetchScope() { flash::g_decode_prefetch_for_test.store(true); }
-  ~DecodePrefetchScope() { flash::g_decode_prefetch_for_test.store(false); }
-  DecodePrefetchScope(const DecodePrefetchScope&) = delete;
-  DecodePrefetchScope& operator=(const DecodePrefetchScope&) = delete;
+  DecodePrefetchScope() : HookScope(flash::g_decode_prefetch_for_test, true, false) {}
 };
 
 }  // namespace attn::testing

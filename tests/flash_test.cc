@@ -236,6 +236,90 @@ TEST(FlashTiles, Bf16PairPathsKeepPartialTilesAndScales) {
   }
 }
 
+// Where the AMX kernels run, a work item takes up to kMaxSubBlocks row
+// blocks, which take each key tile in turn and share its paired V
+// (AttendBlock). Each row's arithmetic is that of an item of one block, so
+// the bits must be the same: dense, causal (whose blocks see different
+// tiles, and pair the diagonal's V each), Lq != Lk with a last block of few
+// rows (the dot-product path beside three AMX blocks), a sliding window
+// (blocks whose tiles start at different keys), per-sequence key lengths,
+// and a NaN in a V row that only some rows of an item see. Tile counts
+// stay those of 64-row blocks.
+TEST(FlashTiles, AmxItemsOfSeveralRowBlocksGiveTheSameBits) {
+  if (!ukernels::CpuHasAmxBf16() || ukernels::AmxBf16KernelsForCpu() == nullptr) {
+    GTEST_SKIP() << "needs AMX-BF16 (CPUID and Linux's tile permission): this machine has "
+                    "no AMX-BF16 path, whose items alone take several row blocks";
+  }
+  struct Case {
+    const char* what;
+    Shape shape;
+    MaskKind mask;
+    std::vector<int32_t> key_lengths;
+    int64_t nan_v_row;  // of head 0, batch 0; -1: none
+  };
+  const Case cases[] = {
+      {"dense", {1, 2, 2, 512, 512, 64, 64}, MaskKind::kNone, {}, -1},
+      {"causal, NaN in V row 300", {1, 2, 2, 512, 512, 128, 128}, MaskKind::kCausal, {}, 300},
+      {"causal, Lq != Lk, few-row last block",
+       {2, 8, 8, 200, 700, 64, 64},
+       MaskKind::kCausal,
+       {},
+       -1},
+      {"window", {1, 2, 2, 512, 512, 64, 64}, MaskKind::kSlidingWindow, {}, -1},
+      {"key lengths", {2, 8, 8, 256, 600, 64, 64}, MaskKind::kNone, {600, 333}, -1},
+  };
+  for (const int64_t keys : {int64_t{0}, int64_t{64}}) {
+    KeyTileScope tiles(keys);
+    for (const Case& c : cases) {
+      SCOPED_TRACE(std::string(c.what) + (keys ? ", 64-key tiles" : ", default tiles"));
+      ProblemSpec spec = Spec(c.shape, c.mask, 44);
+      spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
+      spec.window_left = 100;
+      spec.key_lengths = c.key_lengths;
+      ProblemData data(spec);
+      if (c.nan_v_row >= 0) {
+        auto* v = const_cast<uint16_t*>(static_cast<const uint16_t*>(data.problem().v.data));
+        v[c.nan_v_row * data.problem().v.strides.row + 3] = 0x7FC0;  // bf16 NaN
+      }
+      // (Fewer items than 16 would split the keys, another order of sums:
+      // the shapes keep 16 items or more.)
+      std::vector<float> one_block;
+      {
+        SubBlocksScope one(1);
+        ASSERT_EQ(flash::MakePlan(*Validate(data.problem())).sub_blocks, 1);
+        RunAndCheck(data, 2, "items of one row block");
+        one_block = data.OutputContiguous();
+      }
+      SubBlocksScope most(flash::kMaxSubBlocks);
+      const flash::Plan plan = flash::MakePlan(*Validate(data.problem()));
+      ASSERT_EQ(plan.sub_blocks, flash::kMaxSubBlocks);
+      ASSERT_EQ(plan.splits, 1);
+      data.Poison();
+      TileCountScope counted;
+      RunAndCheck(data, 2, "items of several row blocks");
+      const std::vector<float> several = data.OutputContiguous();
+      ASSERT_EQ(one_block.size(), several.size());
+      EXPECT_EQ(0, std::memcmp(one_block.data(), several.data(), several.size() * sizeof(float)))
+          << "items of several row blocks changed the bits";
+      const Expected e = ExpectedTiles(data.problem());
+      EXPECT_EQ(counted.counts().full, e.full);
+      EXPECT_EQ(counted.counts().partial, e.partial);
+      EXPECT_EQ(counted.counts().skipped, e.skipped);
+    }
+  }
+  // Unforced, items take as many blocks as leave 32 items.
+  auto sub_blocks = [](Shape shape) {
+    ProblemSpec spec = Spec(shape, MaskKind::kNone, 1);
+    spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
+    ProblemData data(spec);
+    return flash::MakePlan(*Validate(data.problem())).sub_blocks;
+  };
+  EXPECT_EQ(sub_blocks({1, 8, 8, 2048, 2048, 128, 128}), 4);  // 8 items per head
+  EXPECT_EQ(sub_blocks({1, 8, 8, 512, 512, 128, 128}), 2);    // 4 per head
+  EXPECT_EQ(sub_blocks({1, 8, 8, 256, 256, 64, 64}), 1);      // 4 per head
+  EXPECT_EQ(sub_blocks({1, 1, 1, 2048, 2048, 64, 64}), 1);    // 32 in all
+}
+
 // The whole kernel grid with short key tiles (16 and 64 keys): its sequences
 // (up to 3001 keys, mostly under 130) then cross many tiles, so online-softmax
 // rescaling, partial and skipped tiles and split merges run for every mask

@@ -37,7 +37,9 @@ size_t FlashBackwardWorkspaceBytes(const ValidGradProblem& problem, int threads)
 
 namespace flash {
 
-inline constexpr int64_t kBr = 64;      // query rows per block
+inline constexpr int64_t kBr = 64;  // query rows per block
+// Row blocks per work item at most (Plan::sub_blocks).
+inline constexpr int64_t kMaxSubBlocks = 4;
 inline constexpr int64_t kMaxBc = 512;  // keys per tile (fewer when Lk is shorter)
 inline constexpr int64_t kPad = 16;     // dv padded to a multiple of 16 floats
 // Split-key (flash-decoding) parameters: used when there are few row blocks.
@@ -52,6 +54,11 @@ inline constexpr int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m 
 // still cross many tiles (online-softmax rescaling, partial and skipped
 // tiles). The result must not depend on it beyond rounding.
 inline std::atomic<int64_t> g_key_tile_for_test{0};
+// Tests only: while > 0, plans that may take several row blocks per work
+// item (Plan::sub_blocks) take this many (at most kMaxSubBlocks), however
+// few items that leaves, so that small problems compare items of several
+// blocks with items of one, which must give the same bits.
+inline std::atomic<int64_t> g_sub_blocks_for_test{0};
 // Tests only: while true, decode prefetches (Plan::decode_prefetch_bytes)
 // whatever the size of K and V, so that small problems exercise it.
 inline std::atomic<bool> g_decode_prefetch_for_test{false};
@@ -75,15 +82,22 @@ inline int64_t QBlockFloats(int64_t dk) {
 }
 
 struct Plan {
-  int64_t rows = 0;        // group * Lq rows per (batch, kv head)
-  int64_t row_blocks = 0;  // ceil(rows / kBr)
+  int64_t rows = 0;  // group * Lq rows per (batch, kv head)
+  // kBr-row blocks per work item: up to kMaxSubBlocks where the AMX kernels
+  // run (bf16 Q, K, V on a CPU with AMX-BF16, dk a multiple of 32, not
+  // paged), as many as leave kTargetItems items; the blocks take each key
+  // tile in turn, so that one read of the K and V tiles from L2/L3 and one
+  // pairing of V serve up to 256 rows (kernels/flash.cc, AttendBlock). 1
+  // elsewhere.
+  int64_t sub_blocks = 1;
+  int64_t row_blocks = 0;  // ceil(rows / item_rows()): work items per (batch, kv head)
   int64_t heads = 1;       // kv heads per block (> 1: paged decode, see MakePlan)
   int64_t bkv = 0;         // B * Hkv / heads: (batch, kv heads) pairs
   int64_t blocks = 0;      // bkv * row_blocks
   int64_t bc = 0;          // keys per tile: min(tuned key tile, Lk rounded up to kPad)
   int64_t key_tiles = 0;   // ceil(Lk / bc)
   int64_t splits = 1;      // key splits per block (flash-decoding when > 1)
-  int64_t block_rows = 0;  // min(kBr, rows) * heads: rows a block holds at most
+  int64_t block_rows = 0;  // min(item_rows(), rows) * heads: rows an item holds at most
   int64_t dvp = 0;         // dv rounded up to kPad
   // Few-row blocks prefetch K and V rows this many bytes ahead, in the
   // order they read them, of the ones they read: the tuning's when K and V
@@ -107,6 +121,7 @@ struct Plan {
   int64_t p_rows_floats = 0;
   int64_t p_row_pairs = 0;  // their row stride
   int64_t items() const { return blocks * splits; }
+  int64_t item_rows() const { return kBr * sub_blocks; }  // rows of a work item at most
   // Floats of one thread's scratch (each piece 64-byte aligned).
   int64_t thread_floats = 0;
   // Floats of the split partial results (m, l, O) of all items.
@@ -126,7 +141,23 @@ inline Plan MakePlan(const ValidProblem& p) {
   Plan plan;
   const Shape& s = p.shape;
   plan.rows = p.group * s.q_len;
-  plan.row_blocks = (plan.rows + kBr - 1) / kBr;
+  const bool amx = p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 &&
+                   p.v.dtype == DType::kBF16 && ukernels::AmxScoresTakeDk(s.head_dim) &&
+                   ukernels::CpuHasAmxBf16();
+  if (amx && !p.kv_pages) {
+    // As many row blocks per item as leave kTargetItems items (threads need
+    // items to share out; causal items differ in length).
+    const int64_t kbr_blocks = (plan.rows + kBr - 1) / kBr, bkv = s.batch * s.kv_heads;
+    plan.sub_blocks = kMaxSubBlocks;
+    while (plan.sub_blocks > 1 &&
+           bkv * ((kbr_blocks + plan.sub_blocks - 1) / plan.sub_blocks) < kTargetItems) {
+      plan.sub_blocks /= 2;
+    }
+    if (const int64_t forced = g_sub_blocks_for_test.load(); forced > 0) {
+      plan.sub_blocks = std::min(forced, kMaxSubBlocks);
+    }
+  }
+  plan.row_blocks = (plan.rows + plan.item_rows() - 1) / plan.item_rows();
   // Paged decode: a block of the pool holds its keys' rows of every kv head
   // together ([num_blocks, Hkv, block_size, d]). A work item that takes one
   // kv head reads one slice of each block per pass over the sequence, each
@@ -158,14 +189,13 @@ inline Plan MakePlan(const ValidProblem& p) {
   plan.decode_prefetch_bytes = g_decode_prefetch_for_test.load()
                                    ? ActiveTuning().flash_decode_prefetch_bytes
                                    : DecodePrefetchBytes(ActiveTuning(), kv_bytes);
-  plan.block_rows = std::min(kBr, plan.rows) * plan.heads;
+  plan.block_rows = std::min(plan.item_rows(), plan.rows) * plan.heads;
   plan.dvp = RoundUp(s.value_dim, kPad);
   plan.v_in_place = plan.dvp == s.value_dim && p.v.dtype == DType::kF32;
   if (p.k.dtype != DType::kF32) plan.k_tile_floats = RoundUp(plan.bc * s.head_dim, 16);
   if (p.q.dtype != DType::kF32) plan.q_rows_floats = RoundUp(kBr * s.head_dim, 16);
   if (p.o.dtype != DType::kF32) plan.o_row_floats = plan.dvp;
-  if (p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 && p.v.dtype == DType::kBF16 &&
-      ukernels::AmxScoresTakeDk(s.head_dim) && ukernels::CpuHasAmxBf16()) {
+  if (amx) {
     plan.p_row_pairs = RoundUp(plan.bc, 32) / 2;
     plan.p_rows_floats = kBr * plan.p_row_pairs;
   }
@@ -178,11 +208,11 @@ inline Plan MakePlan(const ValidProblem& p) {
                            (kTargetItems + plan.blocks - 1) / plan.blocks);
     plan.splits = std::max<int64_t>(plan.splits, 1);
   }
-  plan.thread_floats = QBlockFloats(s.head_dim)  // Q block
-                       + STileFloats(plan)       // Sᵀ / Pᵀ tile
-                       + VTileFloats(plan)       // packed V tile
-                       + kBr * plan.dvp          // O accumulator
-                       + 3 * kBr                 // m, l, alpha
+  plan.thread_floats = QBlockFloats(s.head_dim) * plan.sub_blocks  // Q blocks
+                       + STileFloats(plan)                         // Sᵀ / Pᵀ tile
+                       + VTileFloats(plan)                         // packed V tile
+                       + plan.item_rows() * plan.dvp               // O accumulator
+                       + 3 * plan.item_rows()                      // m, l, alpha
                        + plan.k_tile_floats + plan.q_rows_floats + plan.o_row_floats +
                        plan.p_rows_floats;
   if (plan.splits > 1) {
