@@ -84,13 +84,15 @@
 //     reads the scaled scores in between (ScaleInSoftmax: no softcap,
 //     ALiBi or additive mask, scale > 0) the softmax also takes the scale
 //     from the score tile, which then stores Sᵀ as the tiles leave it.
-//     A work item there takes up to 4 row blocks (Plan::sub_blocks, as many
-//     as leave 32 items), which take each key tile in turn: one read of the
-//     K and V tiles from L2/L3 and one pairing of V (PackedV; causal's
-//     diagonal tiles pair theirs each) serve up to 256 rows. Each row's
-//     arithmetic is unchanged, so are the bits (tested). bf16 flash on
-//     AMX, 1 thread, dense: 1.14-1.20x faster, causal 1.07-1.14x (N = 2048
-//     and 4096, d = 64 and 128; kernels/DESIGN.md, "AMX").
+//     On both pair paths (AMX and VDPBF16PS) a work item takes up to 4 row
+//     blocks (Plan::sub_blocks, as many as leave 32 items), which take each
+//     key tile in turn: one read of the K and V tiles from L2/L3 and one
+//     pairing of V (PackedV; causal's diagonal tiles pair theirs each)
+//     serve up to 256 rows. Each row's arithmetic is unchanged, so are the
+//     bits (tested). bf16 flash on AMX, 1 thread, dense: 1.14-1.20x
+//     faster, causal 1.07-1.14x (N = 2048 and 4096, d = 64 and 128); on
+//     VDPBF16PS (the Xeon, ATTNLAB_NO_AMX=1) 1.00-1.08x (kernels/DESIGN.md,
+//     "AMX").
 //   * Decode blocks (<= 8 rows) on reduced K or V: the few-row score and P·V
 //     kernels read the rows in place and convert each vector in registers
 //     (LoadVecAsF32; f16 where the target converts in hardware), an int8
@@ -165,7 +167,7 @@
 // items·min(64, g·Lq)·(dv' + 2) floats, with items = blocks·splits <= 47
 // (splits happen only below 16 blocks and aim at 32 items).
 // So Lq = Lk = 32768, dk = dv = 64 takes 324 KiB on 2 threads (tested < 4 MiB).
-// An AMX item of 4 row blocks holds 4 Q blocks, O, m, l and alpha instead of
+// A bf16 pair item of 4 row blocks holds 4 Q blocks, O, m, l and alpha instead of
 // one (+197 KiB a thread at d = 128: 822 -> 1023 kB declared at N = 4096;
 // its score tile and P rows are shared).
 //

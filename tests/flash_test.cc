@@ -236,19 +236,19 @@ TEST(FlashTiles, Bf16PairPathsKeepPartialTilesAndScales) {
   }
 }
 
-// Where the AMX kernels run, a work item takes up to kMaxSubBlocks row
-// blocks, which take each key tile in turn and share its paired V
-// (AttendBlock). Each row's arithmetic is that of an item of one block, so
+// Where the bf16 pair kernels run (AMX, VDPBF16PS), a work item takes up to
+// kMaxSubBlocks row blocks, which take each key tile in turn and share its
+// paired V (AttendBlock). Each row's arithmetic is that of an item of one block, so
 // the bits must be the same: dense, causal (whose blocks see different
 // tiles, and pair the diagonal's V each), Lq != Lk with a last block of few
 // rows (the dot-product path beside three AMX blocks), a sliding window
 // (blocks whose tiles start at different keys), per-sequence key lengths,
 // and a NaN in a V row that only some rows of an item see. Tile counts
 // stay those of 64-row blocks.
-TEST(FlashTiles, AmxItemsOfSeveralRowBlocksGiveTheSameBits) {
-  if (!ukernels::CpuHasAmxBf16() || ukernels::AmxBf16KernelsForCpu() == nullptr) {
-    GTEST_SKIP() << "needs AMX-BF16 (CPUID and Linux's tile permission): this machine has "
-                    "no AMX-BF16 path, whose items alone take several row blocks";
+TEST(FlashTiles, PairItemsOfSeveralRowBlocksGiveTheSameBits) {
+  if (!ukernels::CpuHasAvx512Bf16()) {
+    GTEST_SKIP() << "needs AVX512_BF16: this CPU has no bf16 pair kernels (AMX or VDPBF16PS), "
+                    "whose items alone take several row blocks";
   }
   struct Case {
     const char* what;
@@ -268,43 +268,50 @@ TEST(FlashTiles, AmxItemsOfSeveralRowBlocksGiveTheSameBits) {
       {"window", {1, 2, 2, 512, 512, 64, 64}, MaskKind::kSlidingWindow, {}, -1},
       {"key lengths", {2, 8, 8, 256, 600, 64, 64}, MaskKind::kNone, {600, 333}, -1},
   };
-  for (const int64_t keys : {int64_t{0}, int64_t{64}}) {
-    KeyTileScope tiles(keys);
-    for (const Case& c : cases) {
-      SCOPED_TRACE(std::string(c.what) + (keys ? ", 64-key tiles" : ", default tiles"));
-      ProblemSpec spec = Spec(c.shape, c.mask, 44);
-      spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
-      spec.window_left = 100;
-      spec.key_lengths = c.key_lengths;
-      ProblemData data(spec);
-      if (c.nan_v_row >= 0) {
-        auto* v = const_cast<uint16_t*>(static_cast<const uint16_t*>(data.problem().v.data));
-        v[c.nan_v_row * data.problem().v.strides.row + 3] = 0x7FC0;  // bf16 NaN
+  // AMX where the CPU has it, then VDPBF16PS (ATTNLAB_NO_AMX=1).
+  for (const bool no_amx : {false, true}) {
+    std::optional<ScopedEnv> env;
+    if (no_amx) env.emplace("ATTNLAB_NO_AMX", "1");
+    if (!no_amx && ukernels::AmxBf16KernelsForCpu() == nullptr) continue;
+    for (const int64_t keys : {int64_t{0}, int64_t{64}}) {
+      KeyTileScope tiles(keys);
+      for (const Case& c : cases) {
+        SCOPED_TRACE(std::string(c.what) + (keys ? ", 64-key tiles" : ", default tiles") +
+                     (no_amx ? ", ATTNLAB_NO_AMX=1" : ", AMX"));
+        ProblemSpec spec = Spec(c.shape, c.mask, 44);
+        spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
+        spec.window_left = 100;
+        spec.key_lengths = c.key_lengths;
+        ProblemData data(spec);
+        if (c.nan_v_row >= 0) {
+          auto* v = const_cast<uint16_t*>(static_cast<const uint16_t*>(data.problem().v.data));
+          v[c.nan_v_row * data.problem().v.strides.row + 3] = 0x7FC0;  // bf16 NaN
+        }
+        // (Fewer items than 16 would split the keys, another order of sums:
+        // the shapes keep 16 items or more.)
+        std::vector<float> one_block;
+        {
+          SubBlocksScope one(1);
+          ASSERT_EQ(flash::MakePlan(*Validate(data.problem())).sub_blocks, 1);
+          RunAndCheck(data, 2, "items of one row block");
+          one_block = data.OutputContiguous();
+        }
+        SubBlocksScope most(flash::kMaxSubBlocks);
+        const flash::Plan plan = flash::MakePlan(*Validate(data.problem()));
+        ASSERT_EQ(plan.sub_blocks, flash::kMaxSubBlocks);
+        ASSERT_EQ(plan.splits, 1);
+        data.Poison();
+        TileCountScope counted;
+        RunAndCheck(data, 2, "items of several row blocks");
+        const std::vector<float> several = data.OutputContiguous();
+        ASSERT_EQ(one_block.size(), several.size());
+        EXPECT_EQ(0, std::memcmp(one_block.data(), several.data(), several.size() * sizeof(float)))
+            << "items of several row blocks changed the bits";
+        const Expected e = ExpectedTiles(data.problem());
+        EXPECT_EQ(counted.counts().full, e.full);
+        EXPECT_EQ(counted.counts().partial, e.partial);
+        EXPECT_EQ(counted.counts().skipped, e.skipped);
       }
-      // (Fewer items than 16 would split the keys, another order of sums:
-      // the shapes keep 16 items or more.)
-      std::vector<float> one_block;
-      {
-        SubBlocksScope one(1);
-        ASSERT_EQ(flash::MakePlan(*Validate(data.problem())).sub_blocks, 1);
-        RunAndCheck(data, 2, "items of one row block");
-        one_block = data.OutputContiguous();
-      }
-      SubBlocksScope most(flash::kMaxSubBlocks);
-      const flash::Plan plan = flash::MakePlan(*Validate(data.problem()));
-      ASSERT_EQ(plan.sub_blocks, flash::kMaxSubBlocks);
-      ASSERT_EQ(plan.splits, 1);
-      data.Poison();
-      TileCountScope counted;
-      RunAndCheck(data, 2, "items of several row blocks");
-      const std::vector<float> several = data.OutputContiguous();
-      ASSERT_EQ(one_block.size(), several.size());
-      EXPECT_EQ(0, std::memcmp(one_block.data(), several.data(), several.size() * sizeof(float)))
-          << "items of several row blocks changed the bits";
-      const Expected e = ExpectedTiles(data.problem());
-      EXPECT_EQ(counted.counts().full, e.full);
-      EXPECT_EQ(counted.counts().partial, e.partial);
-      EXPECT_EQ(counted.counts().skipped, e.skipped);
     }
   }
   // Unforced, items take as many blocks as leave 32 items.
