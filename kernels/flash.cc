@@ -84,15 +84,6 @@
 //     reads the scaled scores in between (ScaleInSoftmax: no softcap,
 //     ALiBi or additive mask, scale > 0) the softmax also takes the scale
 //     from the score tile, which then stores Sᵀ as the tiles leave it.
-//     On both pair paths (AMX and VDPBF16PS) a work item takes up to 4 row
-//     blocks (Plan::sub_blocks, as many as leave 32 items), which take each
-//     key tile in turn: one read of the K and V tiles from L2/L3 and one
-//     pairing of V (PackedV; causal's diagonal tiles pair theirs each)
-//     serve up to 256 rows. Each row's arithmetic is unchanged, so are the
-//     bits (tested). bf16 flash on AMX, 1 thread, dense: 1.14-1.20x
-//     faster, causal 1.07-1.14x (N = 2048 and 4096, d = 64 and 128); on
-//     VDPBF16PS (the Xeon, ATTNLAB_NO_AMX=1) 1.00-1.08x (kernels/DESIGN.md,
-//     "AMX").
 //   * Decode blocks (<= 8 rows) on reduced K or V: the few-row score and P·V
 //     kernels read the rows in place and convert each vector in registers
 //     (LoadVecAsF32; f16 where the target converts in hardware), an int8
@@ -140,7 +131,17 @@
 // kernels/DESIGN.md, "Decode prefetch"; `attnlab tune` measures 0-64 KiB
 // on each machine).
 //
-// Parallelism: work items are (row block, key split), handed out dynamically
+// Work items of several row blocks: a many-row item (not paged) takes up to
+// 4 row blocks (Plan::sub_blocks: as many as leave 32 items and the rows
+// fill), which take each key tile in turn: one read of the K and V tiles
+// from L2/L3 (and on the bf16 pair paths one pairing of V: PackedV;
+// causal's diagonal tiles pair theirs each) serves up to 256 rows. Each
+// row's arithmetic is unchanged, so are the bits (tested). Sapphire Rapids
+// VM, 1 thread, time against items of one block: bf16 on AMX dense
+// 0.83-0.88, causal 0.87-0.98; bf16 on VDPBF16PS 0.93-1.00; fp32 0.93-1.00
+// (N = 2048 and 4096, d = 64 and 128; kernels/DESIGN.md, "AMX").
+//
+// Parallelism: work items are (row blocks, key split), handed out dynamically
 // by ParallelFor in groups of (batch, kv head) pairs whose K and V fit in one
 // L2 (so the threads share the group's K/V in cache: one head from N = 1024
 // at d = 128), and within a group in order of decreasing query position
@@ -167,7 +168,7 @@
 // items·min(64, g·Lq)·(dv' + 2) floats, with items = blocks·splits <= 47
 // (splits happen only below 16 blocks and aim at 32 items).
 // So Lq = Lk = 32768, dk = dv = 64 takes 324 KiB on 2 threads (tested < 4 MiB).
-// A bf16 pair item of 4 row blocks holds 4 Q blocks, O, m, l and alpha instead of
+// An item of 4 row blocks holds 4 Q blocks, O, m, l and alpha instead of
 // one (+197 KiB a thread at d = 128: 822 -> 1023 kB declared at N = 4096;
 // its score tile and P rows are shared).
 //

@@ -236,20 +236,16 @@ TEST(FlashTiles, Bf16PairPathsKeepPartialTilesAndScales) {
   }
 }
 
-// Where the bf16 pair kernels run (AMX, VDPBF16PS), a work item takes up to
-// kMaxSubBlocks row blocks, which take each key tile in turn and share its
-// paired V (AttendBlock). Each row's arithmetic is that of an item of one block, so
+// A many-row work item takes up to kMaxSubBlocks row blocks, which take
+// each key tile in turn and, on the bf16 pair paths (AMX, VDPBF16PS), share
+// its paired V (AttendBlock). Each row's arithmetic is that of an item of one block, so
 // the bits must be the same: dense, causal (whose blocks see different
 // tiles, and pair the diagonal's V each), Lq != Lk with a last block of few
 // rows (the dot-product path beside three AMX blocks), a sliding window
 // (blocks whose tiles start at different keys), per-sequence key lengths,
 // and a NaN in a V row that only some rows of an item see. Tile counts
 // stay those of 64-row blocks.
-TEST(FlashTiles, PairItemsOfSeveralRowBlocksGiveTheSameBits) {
-  if (!ukernels::CpuHasAvx512Bf16()) {
-    GTEST_SKIP() << "needs AVX512_BF16: this CPU has no bf16 pair kernels (AMX or VDPBF16PS), "
-                    "whose items alone take several row blocks";
-  }
+TEST(FlashTiles, ItemsOfSeveralRowBlocksGiveTheSameBits) {
   struct Case {
     const char* what;
     Shape shape;
@@ -268,24 +264,47 @@ TEST(FlashTiles, PairItemsOfSeveralRowBlocksGiveTheSameBits) {
       {"window", {1, 2, 2, 512, 512, 64, 64}, MaskKind::kSlidingWindow, {}, -1},
       {"key lengths", {2, 8, 8, 256, 600, 64, 64}, MaskKind::kNone, {600, 333}, -1},
   };
-  // AMX where the CPU has it, then VDPBF16PS (ATTNLAB_NO_AMX=1).
-  for (const bool no_amx : {false, true}) {
+  // Unforced, items take as many blocks as leave 32 items and the rows fill.
+  auto sub_blocks = [](Shape shape) {
+    ProblemSpec spec = Spec(shape, MaskKind::kNone, 1);
+    ProblemData data(spec);
+    return flash::MakePlan(*Validate(data.problem())).sub_blocks;
+  };
+  EXPECT_EQ(sub_blocks({1, 8, 8, 2048, 2048, 128, 128}), 4);  // 8 items per head
+  EXPECT_EQ(sub_blocks({1, 8, 8, 512, 512, 128, 128}), 2);    // 4 per head
+  EXPECT_EQ(sub_blocks({1, 8, 8, 256, 256, 64, 64}), 1);      // 4 per head
+  EXPECT_EQ(sub_blocks({1, 1, 1, 2048, 2048, 64, 64}), 1);    // 32 in all
+  EXPECT_EQ(sub_blocks({1, 32, 32, 1, 4096, 128, 128}), 1);   // decode: one row per item
+  // fp32, then bf16 on AMX where the CPU has it and on VDPBF16PS
+  // (ATTNLAB_NO_AMX=1) where it has AVX512_BF16.
+  enum Path { kF32, kAmx, kVdpbf16ps };
+  const char* const path_names[] = {", fp32", ", bf16 on AMX", ", bf16, ATTNLAB_NO_AMX=1"};
+  for (const Path path : {kF32, kAmx, kVdpbf16ps}) {
+    const bool bf16 = path != kF32;
+    if (bf16 && !ukernels::CpuHasAvx512Bf16()) {
+      GTEST_SKIP() << "fp32 checked; bf16 needs AVX512_BF16, which this CPU lacks";
+    }
+    if (path == kAmx && ukernels::AmxBf16KernelsForCpu() == nullptr) continue;
     std::optional<ScopedEnv> env;
-    if (no_amx) env.emplace("ATTNLAB_NO_AMX", "1");
-    if (!no_amx && ukernels::AmxBf16KernelsForCpu() == nullptr) continue;
+    if (path == kVdpbf16ps) env.emplace("ATTNLAB_NO_AMX", "1");
     for (const int64_t keys : {int64_t{0}, int64_t{64}}) {
       KeyTileScope tiles(keys);
       for (const Case& c : cases) {
         SCOPED_TRACE(std::string(c.what) + (keys ? ", 64-key tiles" : ", default tiles") +
-                     (no_amx ? ", ATTNLAB_NO_AMX=1" : ", AMX"));
+                     path_names[path]);
         ProblemSpec spec = Spec(c.shape, c.mask, 44);
-        spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
+        if (bf16) spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
         spec.window_left = 100;
         spec.key_lengths = c.key_lengths;
         ProblemData data(spec);
         if (c.nan_v_row >= 0) {
-          auto* v = const_cast<uint16_t*>(static_cast<const uint16_t*>(data.problem().v.data));
-          v[c.nan_v_row * data.problem().v.strides.row + 3] = 0x7FC0;  // bf16 NaN
+          const int64_t at = c.nan_v_row * data.problem().v.strides.row + 3;
+          void* v = const_cast<void*>(data.problem().v.data);
+          if (bf16) {
+            static_cast<uint16_t*>(v)[at] = 0x7FC0;  // bf16 NaN
+          } else {
+            static_cast<float*>(v)[at] = kNaN;
+          }
         }
         // (Fewer items than 16 would split the keys, another order of sums:
         // the shapes keep 16 items or more.)
@@ -314,17 +333,6 @@ TEST(FlashTiles, PairItemsOfSeveralRowBlocksGiveTheSameBits) {
       }
     }
   }
-  // Unforced, items take as many blocks as leave 32 items.
-  auto sub_blocks = [](Shape shape) {
-    ProblemSpec spec = Spec(shape, MaskKind::kNone, 1);
-    spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
-    ProblemData data(spec);
-    return flash::MakePlan(*Validate(data.problem())).sub_blocks;
-  };
-  EXPECT_EQ(sub_blocks({1, 8, 8, 2048, 2048, 128, 128}), 4);  // 8 items per head
-  EXPECT_EQ(sub_blocks({1, 8, 8, 512, 512, 128, 128}), 2);    // 4 per head
-  EXPECT_EQ(sub_blocks({1, 8, 8, 256, 256, 64, 64}), 1);      // 4 per head
-  EXPECT_EQ(sub_blocks({1, 1, 1, 2048, 2048, 64, 64}), 1);    // 32 in all
 }
 
 // The whole kernel grid with short key tiles (16 and 64 keys): its sequences
@@ -348,7 +356,7 @@ TEST(FlashTiles, ShortTilesMatchReferenceOnGrid) {
 
 // Working memory is independent of Lq and Lk: the declared workspace at
 // N = 32768 (dk = dv = 64, B = H = 1) is under 4 MiB and equals that at
-// N = 1024; a real run at N = 32768 takes no more than it declares.
+// N = 8192; a real run at N = 32768 takes no more than it declares.
 TEST(FlashWorkspace, LongSequenceUnder4MiB) {
   const int64_t n = 32768, d = 64;
   std::vector<float> q(n * d), k(n * d), v(n * d), o(n * d, kNaN), lse(n, kNaN);
@@ -367,8 +375,9 @@ TEST(FlashWorkspace, LongSequenceUnder4MiB) {
     ASSERT_TRUE(valid.ok()) << valid.status().ToString();
     const size_t declared = Flash().workspace_bytes(*valid, threads);
     EXPECT_LT(declared, size_t{4} << 20) << threads << " threads";
+    // (From N = 8192 items take the most row blocks, kMaxSubBlocks.)
     Problem small =
-        MakeProblem(Shape{1, 1, 1, 1024, 1024, d, d}, q.data(), k.data(), v.data(), o.data());
+        MakeProblem(Shape{1, 1, 1, 8192, 8192, d, d}, q.data(), k.data(), v.data(), o.data());
     EXPECT_EQ(declared, Flash().workspace_bytes(*Validate(small), threads));
   }
   RunOptions options;

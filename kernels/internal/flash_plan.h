@@ -13,7 +13,6 @@
 #include "kernels/problem.h"
 #include "kernels/tuning.h"
 #include "kernels/ukernels/bf16_amx.h"
-#include "kernels/ukernels/bf16_avx512.h"
 
 namespace attn {
 
@@ -84,12 +83,11 @@ inline int64_t QBlockFloats(int64_t dk) {
 
 struct Plan {
   int64_t rows = 0;  // group * Lq rows per (batch, kv head)
-  // kBr-row blocks per work item: up to kMaxSubBlocks where the bf16 pair
-  // kernels run (bf16 Q, K, V on a CPU with AVX512_BF16: AMX or VDPBF16PS;
-  // not paged), as many as leave kTargetItems items; the blocks take each
-  // key tile in turn, so that one read of the K and V tiles from L2/L3 and
-  // one pairing of V serve up to 256 rows (kernels/flash.cc, AttendBlock).
-  // 1 elsewhere.
+  // kBr-row blocks per work item: up to kMaxSubBlocks (not paged), as many
+  // as leave kTargetItems items and the rows fill; the blocks take each key
+  // tile in turn, so that one read of the K and V tiles from L2/L3 (and on
+  // the bf16 pair paths one pairing of V) serves up to 256 rows
+  // (kernels/flash.cc, AttendBlock). 1 for decode and small problems.
   int64_t sub_blocks = 1;
   int64_t row_blocks = 0;  // ceil(rows / item_rows()): work items per (batch, kv head)
   int64_t heads = 1;       // kv heads per block (> 1: paged decode, see MakePlan)
@@ -142,18 +140,18 @@ inline Plan MakePlan(const ValidProblem& p) {
   Plan plan;
   const Shape& s = p.shape;
   plan.rows = p.group * s.q_len;
-  // The bf16 pair kernels (AMX, or VDPBF16PS: every CPU with AMX-BF16 has
-  // AVX512_BF16) take bf16 Q, K and V.
-  const bool pairs = p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 &&
-                     p.v.dtype == DType::kBF16 && ukernels::CpuHasAvx512Bf16();
-  const bool amx = pairs && ukernels::AmxScoresTakeDk(s.head_dim) && ukernels::CpuHasAmxBf16();
-  if (pairs && !p.kv_pages) {
+  const bool amx = p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 &&
+                   p.v.dtype == DType::kBF16 && ukernels::AmxScoresTakeDk(s.head_dim) &&
+                   ukernels::CpuHasAmxBf16();
+  if (!p.kv_pages) {
     // As many row blocks per item as leave kTargetItems items (threads need
-    // items to share out; causal items differ in length).
+    // items to share out; causal items differ in length), and no more than
+    // the rows fill (decode: one).
     const int64_t kbr_blocks = (plan.rows + kBr - 1) / kBr, bkv = s.batch * s.kv_heads;
     plan.sub_blocks = kMaxSubBlocks;
     while (plan.sub_blocks > 1 &&
-           bkv * ((kbr_blocks + plan.sub_blocks - 1) / plan.sub_blocks) < kTargetItems) {
+           (plan.sub_blocks >= 2 * kbr_blocks ||
+            bkv * ((kbr_blocks + plan.sub_blocks - 1) / plan.sub_blocks) < kTargetItems)) {
       plan.sub_blocks /= 2;
     }
     if (const int64_t forced = g_sub_blocks_for_test.load(); forced > 0) {
