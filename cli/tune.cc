@@ -140,6 +140,14 @@ int64_t PickFlashSetting(const char* what, const char* unit, const std::vector<i
   return values[pick];
 }
 
+// `base` with decode prefetching at every size of K and V: the prefetch
+// measurements compare distances (0: none) alone.
+Tuning PrefetchingAlways(const Tuning& base) {
+  Tuning t = base;
+  t.flash_decode_prefetch_min_kv_bytes = 0;
+  return t;
+}
+
 // The K and V bytes of Decode(kv_heads, kv_len).
 int64_t DecodeKvBytes(int64_t kv_heads, int64_t kv_len) {
   return kv_heads * kv_len * 128 * 2 * int64_t{sizeof(float)};
@@ -182,8 +190,7 @@ int64_t TuneDecodePrefetchMinKvBytes(const TuneArgs& args, const Tuning& base) {
         fallback >> 20);
     return fallback;
   }
-  Tuning always = base;
-  always.flash_decode_prefetch_min_kv_bytes = 0;
+  const Tuning always = PrefetchingAlways(base);
   constexpr int64_t kMiB = int64_t{1} << 20;
   int64_t threshold = 4 * kMiB;
   for (int64_t mib = 8; mib <= 256; mib *= 2) {
@@ -224,10 +231,9 @@ int64_t TuneDecodePrefetch(const TuneArgs& args, const Tuning& base) {
     while (DecodeKvBytes(kv_heads, kv_len) < want) kv_len *= 2;
     shapes.push_back(Decode(kv_heads, kv_len));
   }
-  Tuning always = base;
-  always.flash_decode_prefetch_min_kv_bytes = 0;
   return PickFlashSetting("decode prefetch", " B", {32768, 0, 16384, 65536}, shapes, 0.03, args,
-                          always, [](Tuning& t, int64_t v) { t.flash_decode_prefetch_bytes = v; });
+                          PrefetchingAlways(base),
+                          [](Tuning& t, int64_t v) { t.flash_decode_prefetch_bytes = v; });
 }
 
 // The fp32 variants auto may pick for `data` on `threads` threads: all but

@@ -150,7 +150,7 @@
 //
 // Bytes (fp32) for B, H, Hkv, Lq, Lk, dk, dv, g = H / Hkv:
 //   reads  Q: 4·B·H·Lq·dk once; K, V: 4·B·Hkv·Lk·(dk + dv) once per work
-//          item, i.e. ceil(g·Lq / 64) times (ceil(g·Lq / 256) on AMX) (from L3 when one head's K
+//          item, i.e. ceil(g·Lq / (64·Plan::sub_blocks)) times (from L3 when one head's K
 //          and V fit: items run head group by head group, so the threads share one group's K/V
 //          rather than cycling through all heads' (32 MiB at N = 4096, d = 128, H = 8: from DRAM,
 //          -15%); causal: about half); decode (Lq·g <= 64): K and V exactly once;
@@ -877,9 +877,8 @@ Scratch SubBlockScratch(const Scratch& sc, const flash::Plan& plan, int64_t s, i
 
 // How an item's tiles are computed, the same for all its parts.
 struct TileMath {
-  const ukernels::Bf16Kernels* pairs;  // blocks[0].pairs
-  bool p_rows;                         // the AMX kernels: the softmax writes P rows
-  float score_scale, softmax_scale;    // the scale in the score tile or in the softmax
+  bool p_rows;                       // the AMX kernels: the softmax writes P rows
+  float score_scale, softmax_scale;  // the scale in the score tile or in the softmax
 };
 
 // One key tile [j0, j1) of one group of parts that see the same keys (the
@@ -957,8 +956,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   const Block& blk = blocks[0];
   // The AMX kernels write P as rows from the softmax, which may take the
   // scale from the score tile (ScaleInSoftmax).
-  TileMath math{blk.pairs, blk.pairs != nullptr && blk.pairs->softmax_to_rows != nullptr, p.scale,
-                1.0f};
+  TileMath math{blk.pairs != nullptr && blk.pairs->softmax_to_rows != nullptr, p.scale, 1.0f};
   if (math.p_rows && ScaleInSoftmax(p)) std::swap(math.score_scale, math.softmax_scale);
   const int64_t bc = plan.bc;
   const int64_t tiles_total = (key_hi - key_lo + bc - 1) / bc;

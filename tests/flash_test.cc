@@ -241,7 +241,7 @@ TEST(FlashTiles, Bf16PairPathsKeepPartialTilesAndScales) {
 // its paired V (AttendBlock). Each row's arithmetic is that of an item of one block, so
 // the bits must be the same: dense, causal (whose blocks see different
 // tiles, and pair the diagonal's V each), Lq != Lk with a last block of few
-// rows (the dot-product path beside three AMX blocks), a sliding window
+// rows (the dot-product path beside three tile blocks), a sliding window
 // (blocks whose tiles start at different keys), per-sequence key lengths,
 // and a NaN in a V row that only some rows of an item see. Tile counts
 // stay those of 64-row blocks.

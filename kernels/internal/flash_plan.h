@@ -140,9 +140,6 @@ inline Plan MakePlan(const ValidProblem& p) {
   Plan plan;
   const Shape& s = p.shape;
   plan.rows = p.group * s.q_len;
-  const bool amx = p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 &&
-                   p.v.dtype == DType::kBF16 && ukernels::AmxScoresTakeDk(s.head_dim) &&
-                   ukernels::CpuHasAmxBf16();
   if (!p.kv_pages) {
     // As many row blocks per item as leave kTargetItems items (threads need
     // items to share out; causal items differ in length), and no more than
@@ -196,6 +193,9 @@ inline Plan MakePlan(const ValidProblem& p) {
   if (p.k.dtype != DType::kF32) plan.k_tile_floats = RoundUp(plan.bc * s.head_dim, 16);
   if (p.q.dtype != DType::kF32) plan.q_rows_floats = RoundUp(kBr * s.head_dim, 16);
   if (p.o.dtype != DType::kF32) plan.o_row_floats = plan.dvp;
+  const bool amx = p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 &&
+                   p.v.dtype == DType::kBF16 && ukernels::AmxScoresTakeDk(s.head_dim) &&
+                   ukernels::CpuHasAmxBf16();
   if (amx) {
     plan.p_row_pairs = RoundUp(plan.bc, 32) / 2;
     plan.p_rows_floats = kBr * plan.p_row_pairs;
