@@ -241,15 +241,16 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
         Shape s{"rows:64/keys:512/d:" + std::to_string(dk), 2.0 * 64 * keys * dk,
                 double(64 * keys)};
         out.push_back({s, [=](benchmark::State& st) {
-                         Floats qp(dk / 2 * 64), k(keys * dk / 2), sc(keys * 64);
+                         Floats qp(dk / 2 * 64), k(keys * dk / 2), sc(keys * 64), col_max(64);
                          ukernels::Bf16ScoreTileArgs a{reinterpret_cast<uint32_t*>(qp.get()),
                                                        reinterpret_cast<uint16_t*>(k.get()),
                                                        dk,
                                                        keys,
                                                        dk,
                                                        4,
-                                                       0.125f,
-                                                       sc.get()};
+                                                       1.0f,  // as flash calls it on AMX
+                                                       sc.get(),
+                                                       col_max.get()};
                          Time(st, *up, a, s, peak);
                        }});
       }
@@ -290,19 +291,28 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
                      }});
       break;
     }
-    // The AMX path's softmax (scores per second, as the fp32 columns kernel).
+    // The AMX path's softmax (scores per second, as the fp32 columns kernel):
+    // with the score tile's maximum, as flash calls it on whole tiles, and
+    // with its own maximum pass (partial tiles, modified scores).
     case Family::kBf16SoftmaxToRows: {
       const int64_t keys = 512;
-      Shape s{"rows:64/keys:512", 0, double(64 * keys)};
-      out.push_back({s, [=](benchmark::State& st) {
-                       Floats sc(keys * 64), m(64), l(64), alpha(64), pr(64 * keys / 2);
-                       for (int64_t x = 0; x < 64; ++x) m.get()[x] = 2.0f, l.get()[x] = 1.0f;
-                       ukernels::Bf16SoftmaxToRowsArgs a{
-                           sc.get(), keys,    4,           0.125f,
-                           m.get(),  l.get(), alpha.get(), reinterpret_cast<uint32_t*>(pr.get()),
-                           keys / 2};
-                       Time(st, *up, a, s, peak);
-                     }});
+      for (bool given_max : {true, false}) {
+        Shape s{std::string("rows:64/keys:512/given_max:") + (given_max ? "1" : "0"), 0,
+                double(64 * keys)};
+        out.push_back(
+            {s, [=](benchmark::State& st) {
+               Floats sc(keys * 64), m(64), l(64), alpha(64), pr(64 * keys / 2), tile_max(64);
+               for (int64_t x = 0; x < 64; ++x) {
+                 m.get()[x] = 2.0f, l.get()[x] = 1.0f, tile_max.get()[x] = 1.0f;
+               }
+               ukernels::Bf16SoftmaxToRowsArgs a{sc.get(),    keys,
+                                                 4,           0.125f,
+                                                 m.get(),     l.get(),
+                                                 alpha.get(), reinterpret_cast<uint32_t*>(pr.get()),
+                                                 keys / 2,    given_max ? tile_max.get() : nullptr};
+               Time(st, *up, a, s, peak);
+             }});
+      }
       break;
     }
     case Family::kBf16PackScores: {

@@ -808,11 +808,11 @@ struct PackedV {
 // those keys' pairs already: `packed`), P paired in place over Sᵀ or (AMX)
 // already in rows in sc.pr.
 void Bf16Scores(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc, float scale,
-                Scratch& sc) {
+                Scratch& sc, float* col_max) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const auto* k = static_cast<const uint16_t*>(p.KvRow(p.k, blk.b, blk.kvh, j0));
   blk.pairs->score_tile(reinterpret_cast<const uint32_t*>(sc.qt), k, p.k.strides.row, nc,
-                        p.shape.head_dim, blk.rp / N, scale, sc.st);
+                        p.shape.head_dim, blk.rp / N, scale, sc.st, col_max);
 }
 void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
             int64_t j1, bool partial, bool first, Scratch& sc, PackedV& packed) {
@@ -879,6 +879,10 @@ Scratch SubBlockScratch(const Scratch& sc, const flash::Plan& plan, int64_t s, i
 struct TileMath {
   bool p_rows;                       // the AMX kernels: the softmax writes P rows
   float score_scale, softmax_scale;  // the scale in the score tile or in the softmax
+  // The score tile hands the softmax its maximum (col_max) on whole tiles:
+  // p_rows and nothing modifies or masks the scores in between
+  // (ScaleInSoftmax; a partial tile's mask does).
+  bool max_from_scores;
 };
 
 // One key tile [j0, j1) of one group of parts that see the same keys (the
@@ -889,10 +893,13 @@ void AttendTile(const ValidProblem& p, const flash::Plan& plan, std::span<const 
                 const TileMath& math, PackedV& packed) {
   const Block& blk = blocks[0];
   const int64_t nc = j1 - j0, N = static_cast<int64_t>(hn::Lanes(DF()));
+  HWY_ALIGN float max_from_scores[kBr];
+  float* tile_max =
+      math.max_from_scores && !partial && blocks.size() == 1 ? max_from_scores : nullptr;
   // S = Q·Kᵀ, masked. (The bf16 pair kernels take many-row blocks: one
   // head, never paged.)
   if (blk.pairs) {
-    Bf16Scores(p, blk, j0, nc, math.score_scale, parts[0]);
+    Bf16Scores(p, blk, j0, nc, math.score_scale, parts[0], tile_max);
   } else {
     F32Scores(p, plan, blocks, parts, j0, j1);
   }
@@ -906,7 +913,7 @@ void AttendTile(const ValidProblem& p, const flash::Plan& plan, std::span<const 
       OnlineSoftmaxRows(part.st, kFewStride, nc, blk.nrows, part.m, part.l, part.alpha);
     } else if (math.p_rows) {
       blk.pairs->softmax_to_rows(part.st, nc, blk.rp / N, math.softmax_scale, part.m, part.l,
-                                 part.alpha, part.pr, plan.p_row_pairs);
+                                 part.alpha, part.pr, plan.p_row_pairs, tile_max);
     } else {
       OnlineSoftmaxColumns(part.st, kBr, nc, blk.rp, part.m, part.l, part.alpha);
     }
@@ -956,8 +963,12 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   const Block& blk = blocks[0];
   // The AMX kernels write P as rows from the softmax, which may take the
   // scale from the score tile (ScaleInSoftmax).
-  TileMath math{blk.pairs != nullptr && blk.pairs->softmax_to_rows != nullptr, p.scale, 1.0f};
-  if (math.p_rows && ScaleInSoftmax(p)) std::swap(math.score_scale, math.softmax_scale);
+  TileMath math{blk.pairs != nullptr && blk.pairs->softmax_to_rows != nullptr, p.scale, 1.0f,
+                false};
+  if (math.p_rows && ScaleInSoftmax(p)) {
+    std::swap(math.score_scale, math.softmax_scale);
+    math.max_from_scores = true;
+  }
   const int64_t bc = plan.bc;
   const int64_t tiles_total = (key_hi - key_lo + bc - 1) / bc;
   // Visibility depends on the batch and the query position only: a group's

@@ -645,6 +645,9 @@ std::vector<uint16_t> RandomBf16(std::mt19937& rng, size_t n, float scale = 1.0f
 }
 double Bf16(uint32_t pair, int half) { return F32FromBF16Bits(uint16_t(pair >> (16 * half))); }
 
+// VMAXPS on one lane: b when either is NaN (the kernels' maximum).
+float MaxPs(float a, float b) { return a > b ? a : b; }
+
 void TestBf16ScoreTile(const Ukernel& u, Checker& c) {
   std::mt19937 rng(23);
   // dk 32, 64, 96, 128: whole AMX steps; keys 17 and 35: whole AMX tiles
@@ -657,9 +660,12 @@ void TestBf16ScoreTile(const Ukernel& u, Checker& c) {
         const std::vector<uint16_t> k = RandomBf16(rng, nkeys * k_stride);
         std::vector<const uint16_t*> rows(64);
         for (int64_t x = 0; x < 64; ++x) rows[x] = q.data() + x * dk;
-        Buffer qp((dk + 1) / 2 * kTileCols), st((nkeys + 1) * kTileCols);
+        Buffer qp((dk + 1) / 2 * kTileCols), st((nkeys + 1) * kTileCols), col_max(kTileCols);
         PackQueryPairs(rows.data(), 16 * nvec, dk, reinterpret_cast<uint32_t*>(qp.data()));
-        const float scale = 0.125f * float(1 + nkeys % 3);  // a power of two: exact
+        // Powers of two (exact); 1 (flash's call on AMX: no scaling pass) at 64 keys.
+        const float scale = nkeys == 64 ? 1.0f : 0.125f * float(1 + nkeys % 3);
+        // The column maximum asked for but at 5 keys (flash asks on whole tiles).
+        const bool want_max = nkeys != 5;
         Bf16ScoreTileArgs a{reinterpret_cast<uint32_t*>(qp.data()),
                             k.data(),
                             k_stride,
@@ -667,7 +673,8 @@ void TestBf16ScoreTile(const Ukernel& u, Checker& c) {
                             dk,
                             nvec,
                             scale,
-                            st.data()};
+                            st.data(),
+                            want_max ? col_max.data() : nullptr};
         ASSERT_TRUE(u.run(&a));
         const std::string at = "dk=" + std::to_string(dk) + " keys=" + std::to_string(nkeys) +
                                " nvec=" + std::to_string(nvec);
@@ -686,6 +693,16 @@ void TestBf16ScoreTile(const Ukernel& u, Checker& c) {
           if (nvec < 4) c.Poisoned(st[j * kTileCols + 16 * nvec], at + " past the vectors");
         }
         c.Poisoned(st[nkeys * kTileCols], at + " past the keys");
+        // col_max: exactly the maximum of what st holds.
+        for (int64_t x = 0; x < kTileCols; ++x) {
+          float want = -std::numeric_limits<float>::infinity();
+          for (int64_t j = 0; j < nkeys; ++j) want = MaxPs(want, st[j * kTileCols + x]);
+          if (want_max && x < 16 * nvec) {
+            c.Near(col_max[x], want, 0, at + " col_max " + std::to_string(x));
+          } else {
+            c.Poisoned(col_max[x], at + " col_max past the vectors or not asked for");
+          }
+        }
       }
     }
   }
@@ -721,6 +738,37 @@ void TestBf16PackQueries(const Ukernel& u, Checker& c) {
   }
 }
 
+// The softmax given the score tile's maximum of st (tile_max) writes the
+// bits it wrote when it took the maximum itself (m, l, alpha, P rows).
+void CheckTileMaxGivesTheSameBits(const Ukernel& u, Checker& c, Buffer& st, int64_t nkeys,
+                                  int64_t nvec, float scale, const std::vector<float>& m0,
+                                  const std::vector<float>& l0, Buffer& m, Buffer& l, Buffer& alpha,
+                                  Buffer& pr, int64_t ldp, const std::string& at) {
+  const int64_t rows = 16 * nvec;
+  Buffer tile_max(kTileCols), m2(kTileCols), l2(kTileCols), alpha2(kTileCols), pr2(pr.size());
+  for (int64_t x = 0; x < rows; ++x) {
+    tile_max[x] = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < nkeys; ++j) tile_max[x] = MaxPs(tile_max[x], st[j * kTileCols + x]);
+    m2[x] = m0[x], l2[x] = l0[x];
+  }
+  Bf16SoftmaxToRowsArgs a{
+      st.data(), nkeys,          nvec,          scale,
+      m2.data(), l2.data(),      alpha2.data(), reinterpret_cast<uint32_t*>(pr2.data()),
+      ldp,       tile_max.data()};
+  ASSERT_TRUE(u.run(&a));
+  auto same = [&](float got, float want, const std::string& what) {
+    if (std::memcmp(&got, &want, sizeof(float)) != 0) {
+      c.Near(got, want, 0, at + " with tile_max: " + what);
+    }
+  };
+  for (int64_t x = 0; x < rows; ++x) {
+    same(m2[x], m[x], "m");
+    same(l2[x], l[x], "l");
+    same(alpha2[x], alpha[x], "alpha");
+  }
+  for (int64_t i = 0; i < pr.size(); ++i) same(pr2[i], pr[i], "P rows");
+}
+
 // Raw scores that the kernel scales: FillOnline's logits / scale (a power
 // of two: exact), so that CheckOnlineRow checks the scaled step; P rows
 // checked as bf16 (2^-8), zero past the keys to the written width, and
@@ -748,6 +796,8 @@ void TestBf16SoftmaxToRows(const Ukernel& u, Checker& c) {
         ASSERT_TRUE(u.run(&a));
         const std::string at = "scale=" + std::to_string(scale) + " keys=" + std::to_string(nkeys) +
                                " nvec=" + std::to_string(nvec);
+        CheckTileMaxGivesTheSameBits(u, c, st, nkeys, nvec, scale, m0, l0, m, l, alpha, pr, ldp,
+                                     at);
         for (int64_t x = 0; x < rows; ++x) {
           const std::string row = at + " row " + std::to_string(x);
           CheckOnlineRow(

@@ -14,6 +14,7 @@
 #include <limits>
 #include <string>
 
+#include "kernels/ukernels/column_max_avx512.h"
 #include "kernels/ukernels/transpose_avx512.h"
 
 // As in bf16_avx512.cc: gcc 12's AVX-512 headers (their _mm512_undefined
@@ -150,21 +151,31 @@ ATTN_AMX_TARGET void ScaleRows(float* st, int64_t rows, int64_t nvec, float scal
     }
 }
 
+// Sᵀ block by block; col_max, when asked for, from each block's rows just
+// stored (in L1): the softmax's maximum pass read all of Sᵀ (128 KiB for 512
+// keys, from L2) again for it.
 ATTN_AMX_TARGET void ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k_stride,
-                               int64_t nkeys, int64_t dk, int64_t nvec, float scale, float* st) {
+                               int64_t nkeys, int64_t dk, int64_t nvec, float scale, float* st,
+                               float* col_max) {
   if (!AmxScoresTakeDk(dk)) {
-    return Bf16KernelsForCpu()->score_tile(qp, k, k_stride, nkeys, dk, nvec, scale, st);
+    return Bf16KernelsForCpu()->score_tile(qp, k, k_stride, nkeys, dk, nvec, scale, st, col_max);
   }
   MemoryBarrier(qp);
   const int nc = int(std::min<int64_t>(nvec, 4));
+  __m512 mt[4];
+  SetMinusInfinity(mt, nc);
   int configured = 0;
   for (int64_t j = 0; j < nkeys; j += kTileRows) {
     const int rows = int(std::min<int64_t>(kTileRows, nkeys - j));
     if (rows != configured) ConfigureScores(configured = rows, kTileBytes);
     ScoreKeys(nc, qp, k + j * k_stride, k_stride, dk, st + j * kCols);
     if (scale != 1.0f) ScaleRows(st + j * kCols, rows, nvec, scale);
+    if (col_max != nullptr) MaxOverKeys(nc, st + j * kCols, rows, mt);
   }
   ReleaseTiles();
+  if (col_max != nullptr) {
+    for (int v = 0; v < nc; ++v) _mm512_store_ps(col_max + v * 16, mt[v]);
+  }
 }
 
 // --- The online softmax, into P rows --------------------------------------------
@@ -230,7 +241,8 @@ ATTN_AMX_TARGET __m512 ExpPairRows(const float* st, int64_t j0, int64_t nkeys, _
 
 // The online step of OnlineSoftmaxColumns (softmax-inl.h) on raw scores,
 // NV vectors of 16 rows: the maximum over the tile's keys (one chain per
-// vector), scaled (scale > 0 commutes with it), then one pass that takes
+// vector; or the score tile's, tile_max, which spares this pass over Sᵀ),
+// scaled (scale > 0 commutes with it), then one pass that takes
 // e^(s·scale - m), sums it and writes it as P rows, 32 keys of every
 // vector at a time. Both passes walk Sᵀ in address order: strip by strip
 // (a 16-row column of Sᵀ has rows 256 bytes apart, which fall in a quarter
@@ -240,14 +252,16 @@ ATTN_AMX_TARGET __m512 ExpPairRows(const float* st, int64_t j0, int64_t nkeys, _
 // pairing pass (read, half written) and transposes (read, written).
 template <int NV>
 ATTN_AMX_TARGET void SoftmaxToRowsOf(const float* st, int64_t nkeys, float scale, float* m,
-                                     float* l, float* alpha, uint32_t* pr, int64_t ldp) {
+                                     float* l, float* alpha, uint32_t* pr, int64_t ldp,
+                                     const float* tile_max) {
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   const __m512 vscale = _mm512_set1_ps(scale);
   __m512 mt[NV], mn[NV], mu[NV], sum[NV];  // tile max (raw), new max, its finite form
-  for (int v = 0; v < NV; ++v) mt[v] = neg_inf;
-  for (int64_t j = 0; j < nkeys; ++j) {
-    for (int v = 0; v < NV; ++v)
-      mt[v] = _mm512_max_ps(mt[v], _mm512_load_ps(st + j * kCols + v * 16));
+  if (tile_max != nullptr) {
+    for (int v = 0; v < NV; ++v) mt[v] = _mm512_load_ps(tile_max + v * 16);
+  } else {
+    SetMinusInfinity(mt, NV);
+    MaxOverKeys<NV>(st, nkeys, mt);
   }
   for (int v = 0; v < NV; ++v) {
     mn[v] = _mm512_max_ps(_mm512_load_ps(m + v * 16), _mm512_mul_ps(mt[v], vscale));
@@ -270,19 +284,20 @@ ATTN_AMX_TARGET void SoftmaxToRowsOf(const float* st, int64_t nkeys, float scale
 }
 
 ATTN_AMX_TARGET void SoftmaxToRows(const float* st, int64_t nkeys, int64_t nvec, float scale,
-                                   float* m, float* l, float* alpha, uint32_t* pr, int64_t ldp) {
+                                   float* m, float* l, float* alpha, uint32_t* pr, int64_t ldp,
+                                   const float* tile_max) {
   switch (nvec) {
     case 1:
-      SoftmaxToRowsOf<1>(st, nkeys, scale, m, l, alpha, pr, ldp);
+      SoftmaxToRowsOf<1>(st, nkeys, scale, m, l, alpha, pr, ldp, tile_max);
       break;
     case 2:
-      SoftmaxToRowsOf<2>(st, nkeys, scale, m, l, alpha, pr, ldp);
+      SoftmaxToRowsOf<2>(st, nkeys, scale, m, l, alpha, pr, ldp, tile_max);
       break;
     case 3:
-      SoftmaxToRowsOf<3>(st, nkeys, scale, m, l, alpha, pr, ldp);
+      SoftmaxToRowsOf<3>(st, nkeys, scale, m, l, alpha, pr, ldp, tile_max);
       break;
     default:
-      SoftmaxToRowsOf<4>(st, nkeys, scale, m, l, alpha, pr, ldp);
+      SoftmaxToRowsOf<4>(st, nkeys, scale, m, l, alpha, pr, ldp, tile_max);
   }
   MemoryBarrier(pr);
 }

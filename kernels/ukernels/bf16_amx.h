@@ -12,9 +12,11 @@
 //              as they are (qp[p·64 + x] is TDPBF16PS's B layout: pairs
 //              along d, one column per query). Scaled after the store when
 //              scale != 1 (flash passes 1 and scales in the softmax).
-//   softmax    the online step over raw Sᵀ, 16 queries at a time: max,
-//              then one pass of exp (a degree-5 polynomial: P is rounded to
-//              bf16 next), sums, bf16 rounding, pairing and a 16 x 16
+//   softmax    the online step over raw Sᵀ, 16 queries at a time: max
+//              (or the one the score tile took from the rows it had just
+//              stored, col_max: Sᵀ is then read once), then one pass of
+//              exp (a degree-5 polynomial: P is rounded to bf16 next),
+//              sums, bf16 rounding, pairing and a 16 x 16
 //              transpose in registers, which writes P as rows pr[x·ldp +
 //              p]: TDPBF16PS's A layout (pairs along keys, one row per
 //              query). No fp32 P, no pair tile, no transpose buffer.
@@ -63,12 +65,13 @@ double AmxBf16PeakLoop(int64_t rounds);
 // The kernels by name, for the micro-kernel list (ukernels.inc); only
 // called when CpuHasAmxBf16().
 inline void AmxBf16ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k_stride, int64_t nkeys,
-                             int64_t dk, int64_t nvec, float scale, float* st) {
-  AmxBf16KernelsForCpu()->score_tile(qp, k, k_stride, nkeys, dk, nvec, scale, st);
+                             int64_t dk, int64_t nvec, float scale, float* st, float* col_max) {
+  AmxBf16KernelsForCpu()->score_tile(qp, k, k_stride, nkeys, dk, nvec, scale, st, col_max);
 }
 inline void AmxBf16SoftmaxToRows(const float* st, int64_t nkeys, int64_t nvec, float scale,
-                                 float* m, float* l, float* alpha, uint32_t* pr, int64_t ldp) {
-  AmxBf16KernelsForCpu()->softmax_to_rows(st, nkeys, nvec, scale, m, l, alpha, pr, ldp);
+                                 float* m, float* l, float* alpha, uint32_t* pr, int64_t ldp,
+                                 const float* tile_max) {
+  AmxBf16KernelsForCpu()->softmax_to_rows(st, nkeys, nvec, scale, m, l, alpha, pr, ldp, tile_max);
 }
 inline void AmxBf16PvRows(const uint32_t* pr, int64_t ldp, const uint32_t* vp, int64_t vps,
                           int64_t npairs, int64_t nrows, int64_t nvec, bool accumulate, float* o,

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 
+#include "kernels/ukernels/column_max_avx512.h"
 #include "kernels/ukernels/transpose_avx512.h"
 
 // gcc 12's avx512fintrin.h passes an undefined vector as the pass-through
@@ -78,7 +79,8 @@ ATTN_BF16_TARGET void ScoreKeys(int nv, const uint32_t* qp, const uint16_t* k, i
 }
 
 ATTN_BF16_TARGET void ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k_stride,
-                                int64_t nkeys, int64_t dk, int64_t nvec, float scale, float* st) {
+                                int64_t nkeys, int64_t dk, int64_t nvec, float scale, float* st,
+                                float* col_max) {
   constexpr int kMR = 6;
   for (int64_t v0 = 0; v0 < nvec; v0 += 4) {
     const int nv = int(std::min<int64_t>(4, nvec - v0));
@@ -110,6 +112,11 @@ ATTN_BF16_TARGET void ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k
         break;
     }
   }
+  if (col_max == nullptr) return;  // flash does not ask: its softmax on this path reads Sᵀ
+  __m512 mt[4];
+  SetMinusInfinity(mt, nvec);
+  MaxOverKeys(nvec, st, nkeys, mt);
+  for (int64_t v = 0; v < nvec; ++v) _mm512_store_ps(col_max + v * 16, mt[v]);
 }
 
 // O for MR rows x NV vectors of dv.

@@ -40,9 +40,12 @@ struct Bf16Kernels {
   // (nvec <= 4): qp as above (64-byte aligned), k rows `k_stride` elements
   // apart (2-byte aligned), st 64-byte aligned. 6 keys x 4 vectors of
   // queries = 24 accumulators; per pair step 4 loads and 6 broadcasts feed
-  // 24 VDPBF16PS.
+  // 24 VDPBF16PS. col_max, unless null (64-byte aligned, 16·nvec floats),
+  // gets each query's maximum of what st holds over the tile's keys, as
+  // softmax_to_rows's maximum pass takes it (VMAXPS from -inf, key by key
+  // in order), so that the softmax need not read Sᵀ for it.
   void (*score_tile)(const uint32_t* qp, const uint16_t* k, int64_t k_stride, int64_t nkeys,
-                     int64_t dk, int64_t nvec, float scale, float* st);
+                     int64_t dk, int64_t nvec, float scale, float* st, float* col_max);
   // o[x·ldo + c] (+)= Σ_p pp[p·64 + x]·vp[p·vps + c] (pair dot products) for
   // x < nrows, c < 16·nvec; overwrite unless `accumulate`. vp, vps, o, ldo
   // 64-byte aligned / multiples of 16. 6 rows x 4 vectors = 24 accumulators.
@@ -66,9 +69,11 @@ struct Bf16Kernels {
   // whose weights e^(s·scale - m) go out rounded to bf16 as
   // pr[x·ldp + p] = (P[x][2p], P[x][2p+1]), p < ceil(nkeys/32)·16 (0 past
   // nkeys; ldp a multiple of 16 at least that, pr 64-byte aligned); the
-  // sums l take the fp32 weights. pv_rows is pv_tile from those rows.
+  // sums l take the fp32 weights. tile_max, unless null, is score_tile's
+  // col_max of this st (nothing written to st since), and the maximum pass
+  // is skipped. pv_rows is pv_tile from those rows.
   void (*softmax_to_rows)(const float* st, int64_t nkeys, int64_t nvec, float scale, float* m,
-                          float* l, float* alpha, uint32_t* pr, int64_t ldp);
+                          float* l, float* alpha, uint32_t* pr, int64_t ldp, const float* tile_max);
   void (*pv_rows)(const uint32_t* pr, int64_t ldp, const uint32_t* vp, int64_t vps, int64_t npairs,
                   int64_t nrows, int64_t nvec, bool accumulate, float* o, int64_t ldo);
 };
@@ -98,8 +103,8 @@ inline void PackQueryPairs(const uint16_t* const* rows, int64_t nrows, int64_t d
 // The kernels by name, for the micro-kernel list (ukernels.inc); only
 // called when CpuHasAvx512Bf16().
 inline void Bf16ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k_stride, int64_t nkeys,
-                          int64_t dk, int64_t nvec, float scale, float* st) {
-  Bf16KernelsForCpu()->score_tile(qp, k, k_stride, nkeys, dk, nvec, scale, st);
+                          int64_t dk, int64_t nvec, float scale, float* st, float* col_max) {
+  Bf16KernelsForCpu()->score_tile(qp, k, k_stride, nkeys, dk, nvec, scale, st, col_max);
 }
 inline void Bf16PvTile(const uint32_t* pp, const uint32_t* vp, int64_t vps, int64_t npairs,
                        int64_t nrows, int64_t nvec, bool accumulate, float* o, int64_t ldo) {

@@ -131,7 +131,7 @@ void Call(ToF32Args& a, F f) {
 }
 template <class F>
 void Call(Bf16ScoreTileArgs& a, F f) {
-  f(a.qp, a.k, a.k_stride, a.nkeys, a.dk, a.nvec, a.scale, a.st);
+  f(a.qp, a.k, a.k_stride, a.nkeys, a.dk, a.nvec, a.scale, a.st, a.col_max);
 }
 template <class F>
 void Call(Bf16PvTileArgs& a, F f) {
@@ -151,7 +151,7 @@ void Call(Bf16PackQueriesArgs& a, F f) {
 }
 template <class F>
 void Call(Bf16SoftmaxToRowsArgs& a, F f) {
-  f(a.st, a.nkeys, a.nvec, a.scale, a.m, a.l, a.alpha, a.pr, a.ldp);
+  f(a.st, a.nkeys, a.nvec, a.scale, a.m, a.l, a.alpha, a.pr, a.ldp, a.tile_max);
 }
 template <class F>
 void Call(Bf16PvRowsArgs& a, F f) {

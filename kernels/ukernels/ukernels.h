@@ -213,6 +213,7 @@ struct Bf16ScoreTileArgs {
   int64_t k_stride, nkeys, dk, nvec;
   float scale;
   float* st;
+  float* col_max = nullptr;
 };
 struct Bf16PvTileArgs {
   const uint32_t* pp;
@@ -245,6 +246,7 @@ struct Bf16SoftmaxToRowsArgs {
   float *m, *l, *alpha;
   uint32_t* pr;
   int64_t ldp;
+  const float* tile_max = nullptr;
 };
 struct Bf16PvRowsArgs {
   const uint32_t* pr;
