@@ -967,7 +967,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
                 false};
   if (math.p_rows && ScaleInSoftmax(p)) {
     std::swap(math.score_scale, math.softmax_scale);
-    math.max_from_scores = true;
+    math.max_from_scores = !flash::g_softmax_own_max_for_test.load();
   }
   const int64_t bc = plan.bc;
   const int64_t tiles_total = (key_hi - key_lo + bc - 1) / bc;

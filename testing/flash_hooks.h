@@ -47,6 +47,13 @@ class DecodePrefetchScope : public HookScope<bool> {
   DecodePrefetchScope() : HookScope(flash::g_decode_prefetch_for_test, true, false) {}
 };
 
+// The AMX softmax takes each tile's maximum itself instead of from the
+// score tile (flash::g_softmax_own_max_for_test).
+class SoftmaxOwnMaxScope : public HookScope<bool> {
+ public:
+  SoftmaxOwnMaxScope() : HookScope(flash::g_softmax_own_max_for_test, true, false) {}
+};
+
 }  // namespace attn::testing
 
 #endif  // ATTNLAB_TESTING_FLASH_HOOKS_H_

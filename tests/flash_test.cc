@@ -335,6 +335,40 @@ TEST(FlashTiles, ItemsOfSeveralRowBlocksGiveTheSameBits) {
   }
 }
 
+// bf16 on AMX: the softmax given each whole tile's maximum by the score tile
+// (col_max) writes the bits it writes when it takes the maximum itself, for
+// dense and causal (whole and partial tiles), both AMX head dims and both
+// tile sizes.
+TEST(FlashTiles, AmxScoreTileMaximumGivesTheSameBits) {
+  if (ukernels::AmxBf16KernelsForCpu() == nullptr) {
+    GTEST_SKIP() << "needs AMX-BF16: " << ukernels::AmxBf16Unavailable();
+  }
+  for (const int64_t keys : {int64_t{0}, int64_t{64}}) {
+    KeyTileScope tiles(keys);
+    for (const MaskKind mask : {MaskKind::kNone, MaskKind::kCausal}) {
+      for (const int64_t d : {64, 128}) {
+        SCOPED_TRACE(std::string(mask == MaskKind::kNone ? "dense" : "causal") +
+                     ", d = " + std::to_string(d) + (keys ? ", 64-key tiles" : ", default tiles"));
+        ProblemSpec spec = Spec({1, 2, 2, 700, 700, d, d}, mask, 45);
+        spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
+        ProblemData data(spec);
+        std::vector<float> own;
+        {
+          SoftmaxOwnMaxScope scope;
+          RunAndCheck(data, 2, "the softmax's own maximum");
+          own = data.OutputContiguous();
+        }
+        data.Poison();
+        RunAndCheck(data, 2, "the score tile's maximum");
+        const std::vector<float> given = data.OutputContiguous();
+        ASSERT_EQ(own.size(), given.size());
+        EXPECT_EQ(0, std::memcmp(own.data(), given.data(), given.size() * sizeof(float)))
+            << "the score tile's maximum changed the bits";
+      }
+    }
+  }
+}
+
 // The whole kernel grid with short key tiles (16 and 64 keys): its sequences
 // (up to 3001 keys, mostly under 130) then cross many tiles, so online-softmax
 // rescaling, partial and skipped tiles and split merges run for every mask

@@ -62,6 +62,10 @@ inline std::atomic<int64_t> g_sub_blocks_for_test{0};
 // Tests only: while true, decode prefetches (Plan::decode_prefetch_bytes)
 // whatever the size of K and V, so that small problems exercise it.
 inline std::atomic<bool> g_decode_prefetch_for_test{false};
+// Tests only: while true, the AMX softmax takes each tile's maximum itself
+// (a pass over Sᵀ) instead of from the score tile (col_max), which must
+// give the same bits.
+inline std::atomic<bool> g_softmax_own_max_for_test{false};
 
 // How a problem is cut into work items. Rows of one (batch, kv head) are
 // stacked position-major: row r is query position r / group of query head
