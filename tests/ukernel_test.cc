@@ -97,6 +97,13 @@ struct Checker {
     }
     Near(got, want, (n + 2) * kU * mag, what);
   }
+  // got has want's bits (a NaN's payload and a zero's sign included).
+  void SameBits(float got, float want, const std::string& what) {
+    if (std::memcmp(&got, &want, sizeof(float)) != 0 && ++failures <= 5) {
+      ADD_FAILURE() << where << ": " << what << " got " << got << " want " << want
+                    << " (bit for bit)";
+    }
+  }
   void Poisoned(float x, const std::string& what) {
     if (!std::isnan(x) && ++failures <= 5) {
       ADD_FAILURE() << where << ": " << what << " was written (" << x << ")";
@@ -645,8 +652,15 @@ std::vector<uint16_t> RandomBf16(std::mt19937& rng, size_t n, float scale = 1.0f
 }
 double Bf16(uint32_t pair, int half) { return F32FromBF16Bits(uint16_t(pair >> (16 * half))); }
 
-// VMAXPS on one lane: b when either is NaN (the kernels' maximum).
-float MaxPs(float a, float b) { return a > b ? a : b; }
+// Query x's maximum over keys of st[j·64 + x] as the kernels take it:
+// VMAXPS from -inf key by key, which returns its second operand when either
+// is NaN.
+float ColumnMax(Buffer& st, int64_t nkeys, int64_t x) {
+  float max = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < nkeys; ++j)
+    max = max > st[j * kTileCols + x] ? max : st[j * kTileCols + x];
+  return max;
+}
 
 void TestBf16ScoreTile(const Ukernel& u, Checker& c) {
   std::mt19937 rng(23);
@@ -695,10 +709,8 @@ void TestBf16ScoreTile(const Ukernel& u, Checker& c) {
         c.Poisoned(st[nkeys * kTileCols], at + " past the keys");
         // col_max: exactly the maximum of what st holds.
         for (int64_t x = 0; x < kTileCols; ++x) {
-          float want = -std::numeric_limits<float>::infinity();
-          for (int64_t j = 0; j < nkeys; ++j) want = MaxPs(want, st[j * kTileCols + x]);
           if (want_max && x < 16 * nvec) {
-            c.Near(col_max[x], want, 0, at + " col_max " + std::to_string(x));
+            c.SameBits(col_max[x], ColumnMax(st, nkeys, x), at + " col_max " + std::to_string(x));
           } else {
             c.Poisoned(col_max[x], at + " col_max past the vectors or not asked for");
           }
@@ -747,8 +759,7 @@ void CheckTileMaxGivesTheSameBits(const Ukernel& u, Checker& c, Buffer& st, int6
   const int64_t rows = 16 * nvec;
   Buffer tile_max(kTileCols), m2(kTileCols), l2(kTileCols), alpha2(kTileCols), pr2(pr.size());
   for (int64_t x = 0; x < rows; ++x) {
-    tile_max[x] = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < nkeys; ++j) tile_max[x] = MaxPs(tile_max[x], st[j * kTileCols + x]);
+    tile_max[x] = ColumnMax(st, nkeys, x);
     m2[x] = m0[x], l2[x] = l0[x];
   }
   Bf16SoftmaxToRowsArgs a{
@@ -756,17 +767,13 @@ void CheckTileMaxGivesTheSameBits(const Ukernel& u, Checker& c, Buffer& st, int6
       m2.data(), l2.data(),      alpha2.data(), reinterpret_cast<uint32_t*>(pr2.data()),
       ldp,       tile_max.data()};
   ASSERT_TRUE(u.run(&a));
-  auto same = [&](float got, float want, const std::string& what) {
-    if (std::memcmp(&got, &want, sizeof(float)) != 0) {
-      c.Near(got, want, 0, at + " with tile_max: " + what);
-    }
-  };
+  const std::string with = at + " with tile_max: ";
   for (int64_t x = 0; x < rows; ++x) {
-    same(m2[x], m[x], "m");
-    same(l2[x], l[x], "l");
-    same(alpha2[x], alpha[x], "alpha");
+    c.SameBits(m2[x], m[x], with + "m");
+    c.SameBits(l2[x], l[x], with + "l");
+    c.SameBits(alpha2[x], alpha[x], with + "alpha");
   }
-  for (int64_t i = 0; i < pr.size(); ++i) same(pr2[i], pr[i], "P rows");
+  for (int64_t i = 0; i < pr.size(); ++i) c.SameBits(pr2[i], pr[i], with + "P rows");
 }
 
 // Raw scores that the kernel scales: FillOnline's logits / scale (a power
