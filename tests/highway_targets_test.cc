@@ -101,6 +101,10 @@ TEST_P(HighwayTargetsTest, MatchesReferenceOnTarget) {
       RunStats stats;
       const Status status = attn::Run(*param.variant, data.problem(), options, &stats);
       ASSERT_TRUE(status.ok()) << status.ToString() << " case=" << spec.Name();
+      // The run names the target it ran (DispatchedHighwayTarget follows the
+      // test's choice, not the CPU's best).
+      EXPECT_NE(stats.path.find(hwy::TargetName(param.target)), std::string::npos)
+          << stats.path << " case=" << spec.Name();
       EXPECT_LE(stats.workspace_peak_bytes, stats.workspace_declared_bytes) << spec.Name();
       const Comparison c = CompareToReference(data, *want);
       EXPECT_TRUE(c.ok) << c.first_failure << "\n  variant=" << param.variant->name

@@ -198,6 +198,7 @@ namespace HWY_NAMESPACE {
 #undef ATTN_UKERNEL
 
 int64_t UkernelLanes() { return static_cast<int64_t>(hn::Lanes(DF())); }
+int64_t UkernelTarget() { return HWY_TARGET; }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
 }  // namespace HWY_NAMESPACE
@@ -210,6 +211,7 @@ namespace attn {
 #include "kernels/ukernels/ukernels.inc"
 #undef ATTN_UKERNEL
 HWY_EXPORT(UkernelLanes);
+HWY_EXPORT(UkernelTarget);
 
 namespace ukernels {
 
@@ -314,6 +316,8 @@ std::string IsaMissing(Isa isa) {
 }
 
 int64_t DispatchedLanes() { return HWY_DYNAMIC_DISPATCH(UkernelLanes)(); }
+
+int64_t DispatchedTarget() { return HWY_DYNAMIC_DISPATCH(UkernelTarget)(); }
 
 }  // namespace ukernels
 }  // namespace attn

@@ -307,6 +307,12 @@ const Ukernel* FindUkernel(std::string_view name);
 const char* FamilyName(Family family);
 // Lanes of a float vector on the Highway target dispatch picks now.
 int64_t DispatchedLanes();
+// The Highway target dispatch picks now (HWY_AVX3, HWY_AVX2, ...): the
+// choice HWY_DYNAMIC_DISPATCH caches, which follows hwy::DisableTargets and
+// hwy::SetSupportedTargetsForTest. Not hwy::SupportedTargets(): Highway 1.0.3
+// runs CPUID on every call of it, 30 us in the KVM VMs here (CPUID traps to
+// the hypervisor), and every Run names its target (RunStats::path).
+int64_t DispatchedTarget();
 
 }  // namespace attn::ukernels
 
