@@ -625,8 +625,9 @@ void ForEachKvRun(const ValidProblem& p, int64_t j0, int64_t j1, F f) {
 // 5-7 where 1 / (1/18.8 + 1/12) = 7.3 means no overlap at all; 32 KiB ahead:
 // 1.24-1.32x). On a paged cache it cannot follow the jumps between blocks:
 // there the distance is the same, or one block when it is 0 (RowsAheadFor;
-// kernels/DESIGN.md, "Decode prefetch", "Paged K/V"). Nothing for many-row
-// blocks (their tiles prefetch the next tile: ScoreTile).
+// kernels/DESIGN.md, "Decode prefetch", "Paged K/V"). Nothing on either
+// when K and V fit the L3 (kNoDecodePrefetch), nor for many-row blocks
+// (their tiles prefetch the next tile: ScoreTile).
 PrefetchRows DecodeRowsAhead(const ValidProblem& p, const flash::Plan& plan,
                              const TensorRef<const void>& t, int64_t width,
                              std::span<const Block> blocks, size_t g, int64_t r0, int64_t r1) {
@@ -705,7 +706,11 @@ void F32PvRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, 
 // contiguous GQA-4 decode beat paged at block size 16, whose runs are
 // shorter than a chunk: without them (one burst per tile, or rows a distance
 // ahead, 32 KiB-256 KiB) contiguous GQA-4 decode ran 1.12-1.32x slower
-// (kernels/DESIGN.md, "Repeated prefetches").
+// (kernels/DESIGN.md, "Repeated prefetches"). Only where PvTile itself
+// chunks the tile (F32Pv): with 32 registers it makes one pass, and a burst
+// of a whole tile's V at its start stalled on full fill buffers instead of
+// overlapping the scores (Sapphire Rapids VM, GQA-4, Lk = 65536: 22% of
+// paged decode's time in the burst's loop; without it 1.23-1.27x faster).
 void PrefetchTileValues(const ValidProblem& p, std::span<const Block> blocks, int64_t r0,
                         int64_t j1) {
   const int64_t bytes = DTypeBytes(p.v.dtype);
@@ -727,12 +732,13 @@ void PrefetchTileValues(const ValidProblem& p, std::span<const Block> blocks, in
 // O (+)= P·V over a tile for each of the item's heads, run by run
 // (ForEachKvRun) and within a run head after head; the first run of the
 // first tile writes O; decode prefetches V rows ahead (DecodeRowsAhead) and,
-// paged, the rest of the tile's V every kPvKeyChunk keys (PrefetchTileValues).
+// paged, the rest of the tile's V every kPvKeyChunk keys where the tile has
+// more than one chunk, as contiguous PvTile does (PrefetchTileValues).
 void F32Pv(const ValidProblem& p, const flash::Plan& plan, std::span<const Block> blocks,
            std::span<Scratch> parts, int64_t j0, int64_t j1, bool partial, bool first) {
   const int64_t dv = p.shape.value_dim;
-  const bool repeat_tile_prefetch =
-      p.kv_pages && blocks[0].few_rows && plan.decode_prefetch_bytes > 0;
+  const bool repeat_tile_prefetch = p.kv_pages && blocks[0].few_rows &&
+                                    plan.decode_prefetch_bytes > 0 && kPvKeyChunk < j1 - j0;
   int64_t next_repeat = j0;
   ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
     if (repeat_tile_prefetch && r0 >= next_repeat) {

@@ -77,8 +77,8 @@ struct Tuning {
   // flash: how far ahead of the K or V row a few-row (decode) block reads it
   // prefetches into L2, in bytes, in the order it reads them (paged: block
   // after block; kernels/internal/read_ahead.h), when the problem's K and V
-  // exceed flash_decode_prefetch_min_kv_bytes. 0: none on a contiguous cache, one
-  // block ahead on a paged one. At most kMaxDecodePrefetchBytes. Zen 3 VM, d = 128, K and V of
+  // exceed flash_decode_prefetch_min_kv_bytes (else nothing: DecodePrefetchBytes). 0: none
+  // on a contiguous cache, one block ahead on a paged one. At most kMaxDecodePrefetchBytes. Zen 3 VM, d = 128, K and V of
   // 32-512 MiB, medians of 6 processes: GQA-4 decode 1.24-1.32x faster on one thread, 1.24-1.48x on
   // two, MHA 1.01-1.13x and 1.01-1.28x (kernels/DESIGN.md, "Decode prefetch"). A file without it
   // (written before it existed) takes this default.
@@ -95,12 +95,18 @@ struct Tuning {
   std::string source = "built-in defaults";
 };
 
+// DecodePrefetchBytes' answer where decode prefetches nothing, on either cache.
+inline constexpr int64_t kNoDecodePrefetch = -1;
+
 // How far ahead flash's decode prefetches K and V that take kv_bytes in all: the tuning's distance
-// above its flash_decode_prefetch_min_kv_bytes, else 0. flash's plan and the bench's read ceiling
-// both ask here.
+// above its flash_decode_prefetch_min_kv_bytes, else kNoDecodePrefetch: at or under it K and V come
+// from the L3, where a paged cache's one block ahead (a distance of 0) cost as much as the hardware
+// prefetcher's ramp at each block saved (Sapphire Rapids VM, 32 MiB, GQA-4: paged decode 1.10-1.19x
+// faster without it; kernels/DESIGN.md, "Paged decode on the Sapphire Rapids VM"). flash's plan and
+// the bench's read ceiling both ask here.
 inline int64_t DecodePrefetchBytes(const Tuning& tuning, int64_t kv_bytes) {
   return kv_bytes > tuning.flash_decode_prefetch_min_kv_bytes ? tuning.flash_decode_prefetch_bytes
-                                                              : 0;
+                                                              : kNoDecodePrefetch;
 }
 
 // "AMD EPYC (family 25, model 17)": the brand string and CPUID family/model,

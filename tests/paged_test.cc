@@ -402,6 +402,9 @@ TEST(PagedReadAheadTest, PrefetchesTheRowsReadLater) {
   EXPECT_EQ(RowsAheadFor({4, 16, kKeys, 512, 512}, 0), 64);
   EXPECT_EQ(RowsAheadFor({4, 16, kKeys, 512, 512}, 32768), 64);
   EXPECT_EQ(RowsAheadFor({4, 16, kKeys, 512, 512}, 1), 1);
+  // Under the threshold (K and V in the L3): none on either.
+  EXPECT_EQ(RowsAheadFor({1, 0, kKeys, 512, 512}, kNoDecodePrefetch), 0);
+  EXPECT_EQ(RowsAheadFor({4, 16, kKeys, 512, 512}, kNoDecodePrefetch), 0);
 }
 
 // flash's paged decode gives the same bits whatever its prefetch distance

@@ -158,7 +158,7 @@ TEST(ActiveTuning, DecodePrefetchFollowsTheThreshold) {
     t.flash_decode_prefetch_min_kv_bytes = threshold;
     ScopedTuning scope(t);
     EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).decode_prefetch_bytes,
-              threshold < kv_bytes ? t.flash_decode_prefetch_bytes : 0)
+              threshold < kv_bytes ? t.flash_decode_prefetch_bytes : kNoDecodePrefetch)
         << "threshold " << threshold;
   }
 }
@@ -306,7 +306,8 @@ TEST(ActiveTuning, DecodePrefetchChangesNoBits) {
     small.shape = Shape{1, 8, 2, 1, 1024, 128, 128};
     ProblemData data(small);
     ASSERT_LT(int64_t{1} << 20, ActiveTuning().flash_decode_prefetch_min_kv_bytes);
-    EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).decode_prefetch_bytes, 0);
+    EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).decode_prefetch_bytes,
+              kNoDecodePrefetch);
   }
   const testing::DecodePrefetchScope always;
   struct Case {

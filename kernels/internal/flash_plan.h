@@ -104,10 +104,10 @@ struct Plan {
   int64_t dvp = 0;         // dv rounded up to kPad
   // Few-row blocks prefetch K and V rows this many bytes ahead, in the
   // order they read them, of the ones they read: the tuning's when K and V
-  // exceed flash_decode_prefetch_min_kv_bytes, else 0 (none on a contiguous cache,
-  // one block ahead on a paged one: RowsAheadFor in
-  // kernels/internal/read_ahead.h).
-  int64_t decode_prefetch_bytes = 0;
+  // exceed flash_decode_prefetch_min_kv_bytes (0: none on a contiguous
+  // cache, one block ahead on a paged one), else kNoDecodePrefetch (none on
+  // either; DecodePrefetchBytes, RowsAheadFor in kernels/internal/read_ahead.h).
+  int64_t decode_prefetch_bytes = kNoDecodePrefetch;
   // V rows used in place, never packed: fp32 V with dv == dvp. Otherwise
   // each V tile is packed (converted, zero-padded to dvp) into scratch.
   bool v_in_place = false;

@@ -27,13 +27,15 @@ struct ReadOrder {
   int64_t row_bytes = 0;
 };
 
-// Rows ahead for a distance of `ahead_bytes`. 0 on a contiguous cache is
-// none; on a paged cache it is still one block (the item's slices of the
-// next block, row j beside row j): the hardware prefetcher cannot follow a
-// jump between blocks (shuffled 8 KiB blocks on the Zen 4 VM: 8 GB/s read
-// plainly, 15-19 prefetching one block ahead; kernels/DESIGN.md, "Paged
-// K/V").
+// Rows ahead for a distance of `ahead_bytes` (DecodePrefetchBytes in
+// kernels/tuning.h). Negative (kNoDecodePrefetch) is none. 0 on a
+// contiguous cache is none; on a paged cache it is still one block (the
+// item's slices of the next block, row j beside row j): from DRAM the
+// hardware prefetcher cannot follow a jump between blocks (shuffled 8 KiB
+// blocks on the Zen 4 VM: 8 GB/s read plainly, 15-19 prefetching one block
+// ahead; kernels/DESIGN.md, "Paged K/V").
 inline int64_t RowsAheadFor(const ReadOrder& order, int64_t ahead_bytes) {
+  if (ahead_bytes < 0) return 0;
   if (ahead_bytes > 0) return (ahead_bytes + order.row_bytes - 1) / order.row_bytes;
   return order.block_size == 0 ? 0 : order.heads * order.block_size;
 }
