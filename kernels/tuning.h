@@ -100,10 +100,10 @@ inline constexpr int64_t kNoDecodePrefetch = -1;
 
 // How far ahead flash's decode prefetches K and V that take kv_bytes in all: the tuning's distance
 // above its flash_decode_prefetch_min_kv_bytes, else kNoDecodePrefetch: at or under it K and V come
-// from the L3, where a paged cache's one block ahead (a distance of 0) cost as much as the hardware
-// prefetcher's ramp at each block saved (Sapphire Rapids VM, 32 MiB, GQA-4: paged decode 1.10-1.19x
-// faster without it; kernels/DESIGN.md, "Paged decode on the Sapphire Rapids VM"). flash's plan and
-// the bench's read ceiling both ask here.
+// from the L3, where a paged cache's one block ahead (a distance of 0) cost more than it saved
+// (Sapphire Rapids VM, 32 MiB, GQA-4: paged decode 1.12-1.25x faster without it; kernels/DESIGN.md,
+// "Paged K/V", "On the Sapphire Rapids VM"). flash's plan and the bench's read ceiling both ask
+// here.
 inline int64_t DecodePrefetchBytes(const Tuning& tuning, int64_t kv_bytes) {
   return kv_bytes > tuning.flash_decode_prefetch_min_kv_bytes ? tuning.flash_decode_prefetch_bytes
                                                               : kNoDecodePrefetch;
