@@ -209,6 +209,7 @@
 #include <span>
 
 #include "kernels/internal/flash_plan.h"
+#include "kernels/internal/flush_subnormals.h"
 #include "kernels/internal/parallel.h"
 #include "kernels/internal/read_ahead.h"
 #include "kernels/registry.h"
@@ -1159,6 +1160,7 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
   std::atomic<int64_t> full{0}, part{0}, skipped{0};
 
   ParallelFor(threads, items, [&](int64_t item, int tid) {
+    const FlushSubnormalsScope ftz;  // no microcode assists (flush_subnormals.h)
     Scratch sc;
     sc.qt = scratch.data() + tid * plan.thread_floats;
     sc.st = sc.qt + flash::QBlockFloats(p.shape.head_dim) * plan.sub_blocks;

@@ -128,6 +128,8 @@
 //     bf16), as FlashAttention does in bf16.
 //   * a bf16 or f16 O: the fp32 result, once, to nearest even.
 //   * bf16 subnormal operands may count as 0 (AVX512_BF16 flushes them).
+//   * an fp32 result below 2^-126 may be 0 (flash flushes subnormal results:
+//     kernels/internal/flush_subnormals.h), an absolute error < 2^-126 each.
 // reference/error_bound.cc adds exactly these terms to the fp32 bound, so a
 // kernel that rounds anything else fails the tests.
 //

@@ -69,10 +69,13 @@ RowBound RowBoundOf(const Problem& p, double logit_magnitude, double v_max, int6
       (s.head_dim + 2) * kU * logit_magnitude + 2 * r.qk * logit_magnitude + softcap_error;
   // A sink is one more term of the denominator (its logit is exact).
   const double sum_len = SummationLength(visible + (p.modifiers.sinks.empty() ? 0 : 1));
+  // Subnormal results flushed to 0 (see the header): 2^-126 per operation.
+  const double flushed = double(visible + 2) * 0x1p-126;
   RowBound bound;
-  bound.o =
-      kSafety * v_max * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU + r.p + r.v + u_o);
-  bound.lse = kSafety * (logit_error + (kExpUlps + sum_len + 2) * kU);
+  bound.o = kSafety * (v_max * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU + r.p + r.v +
+                                u_o) +
+                       flushed * (2 * v_max + 3));
+  bound.lse = kSafety * (logit_error + (kExpUlps + sum_len + 2) * kU + flushed);
   bound.weights = kSafety * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU);
   return bound;
 }

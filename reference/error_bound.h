@@ -37,6 +37,10 @@ namespace attn::reference {
 //   O = Σ p_j v_j / Σ p_j: |δO| <= Vmax·(2δ + (e_exp + 2·S + 4)·u), with
 //        Vmax = max |v| over the row's visible keys.
 //   lse = max + log Σ p: |δlse| <= δ + (e_exp + S + 2)·u + u·|lse|.
+//   Subnormal results flushed to 0 (kernels/problem.h, "Element types"):
+//        < 2^-126 each, at most one weight, two sums and one rescale per key
+//        (n + 1 with a sink), against a denominator >= 1 (its largest term
+//        is e^0): O gains (n + 1)·2^-126·(2·Vmax + 3), lse (n + 1)·2^-126.
 // The tolerance is kSafety times that worst-case bound. Errors in correct
 // kernels are far below it (sums of rounding errors grow like sqrt(n), not
 // n); a wrong mask, a dropped key or a missed rescale is off by O(Vmax).

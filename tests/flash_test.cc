@@ -12,6 +12,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
 #include "hwy/targets.h"
 #include "kernels/internal/flash_plan.h"
 #include "kernels/registry.h"
@@ -484,6 +488,38 @@ TEST(FlashDecode, SplitKeysMatchReference) {
         << spec.Name() << ": 1 and 2 threads differ";
   }
 }
+
+#if defined(__x86_64__) || defined(__i386__)
+// flash flushes subnormal results to zero (kernels/internal/flush_subnormals.h)
+// and leaves the caller's floating-point mode as it found it, whether or not
+// the caller flushes. Steep ALiBi slopes spread each row's weights over the
+// whole exponent range and V of 1e-30 makes most products subnormal: flushed,
+// flash stays within the bound. (Its flush term, reference/error_bound.h, is
+// far from binding here: logits spread that wide already widen the bound by
+// ~1e-3·Vmax, and the flushes lose under n·2^-126. A build whose scope did not
+// restore the mode fails this test.)
+TEST(FlashSubnormals, FlushedWithinTheBoundAndModeRestored) {
+  for (const bool caller_ftz : {false, true}) {
+    const unsigned saved = _mm_getcsr();
+    _mm_setcsr(caller_ftz ? saved | _MM_FLUSH_ZERO_ON : saved & ~_MM_FLUSH_ZERO_ON);
+    // The mode: MXCSR without its sticky exception flags (bits 0-5), which
+    // any arithmetic sets (the reference's too).
+    auto mode = [] { return _mm_getcsr() & ~0x3Fu; };
+    const unsigned before = mode();
+    for (const int64_t lq : {int64_t{1}, int64_t{300}}) {  // decode and tiles
+      ProblemData data(Spec({1, 2, 2, lq, 2048, 64, 64}, MaskKind::kCausal, 11));
+      for (int64_t x = 0; x < 2 * 2048 * 64; ++x) data.v_data()[x] *= 1e-30f;
+      const std::vector<float> slopes = {2.0f, 0.25f};
+      data.problem().modifiers.alibi_slopes = slopes;
+      for (int threads : {1, 2}) {
+        RunAndCheck(data, threads, ("Lq " + std::to_string(lq)).c_str());
+        EXPECT_EQ(mode(), before) << "the caller's floating-point mode changed";
+      }
+    }
+    _mm_setcsr(saved);
+  }
+}
+#endif
 
 // The kernel on every Highway target this machine supports, on a few grid
 // shapes with every mask kind.
