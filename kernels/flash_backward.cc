@@ -83,6 +83,7 @@
 #include <limits>
 #include <thread>
 
+#include "kernels/internal/flush_subnormals.h"
 #include "kernels/internal/parallel.h"
 #include "kernels/registry.h"
 
@@ -493,6 +494,7 @@ Status RunFlashBackwardImpl(const ValidGradProblem& g, ExecContext& ctx) {
   auto dsums = ctx.workspace->Allocate<float>(static_cast<size_t>(plan.dsums));
   StartTurns(g, plan, threads, hulls.data(), dsums.data(), turns.data());
   ParallelFor(threads, plan.items, [&](int64_t item, int tid) {
+    const FlushSubnormalsScope ftz;  // no microcode assists (flush_subnormals.h)
     Scratch sc(plan, p.shape, scratch.data() + tid * plan.thread_floats,
                ranges.data() + tid * 2 * kBr);
     GradKeyBlock(g, plan, item, hulls.data(), dsums.data(), turns.data(), sc);

@@ -17,6 +17,9 @@ constexpr double kExpUlps = 8.0;
 // flash's FastTanh is within kTanhMaxAbsU = 8 u of tanh, absolutely
 // (kernels/ukernels/ukernels.h); naive's std::tanh within an ulp.
 constexpr double kTanhUlps = 8.0;
+// The most a result flushed from subnormal to 0 loses (kernels/problem.h,
+// "Element types"; flash's kernels/internal/flush_subnormals.h).
+constexpr double kFlushed = 0x1p-126;
 
 // The type a kernel may compute with for an input of type t: int8 as bf16.
 DType ComputeType(DType t) { return t == DType::kI8 ? DType::kBF16 : t; }
@@ -70,7 +73,7 @@ RowBound RowBoundOf(const Problem& p, double logit_magnitude, double v_max, int6
   // A sink is one more term of the denominator (its logit is exact).
   const double sum_len = SummationLength(visible + (p.modifiers.sinks.empty() ? 0 : 1));
   // Subnormal results flushed to 0 (see the header): 2^-126 per operation.
-  const double flushed = double(visible + 2) * 0x1p-126;
+  const double flushed = double(visible + 2) * kFlushed;
   RowBound bound;
   bound.o = kSafety * (v_max * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU + r.p + r.v +
                                 u_o) +
@@ -197,7 +200,7 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
         const double* v = &f.v[(kv_row0 + j) * dv];
         dp[j] = Dot(go, v, dv);
         dp_abs[j] = AbsDot(go, v, dv);
-        e_dp[j] = dv * kU * dp_abs[j];
+        e_dp[j] = dv * kU * dp_abs[j] + kFlushed;
         if (w[j] != 0) {
           const double score = scores[j];
           const double exponent_err =
@@ -231,7 +234,7 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
         const double ds_uncapped = w[j] * (dp[j] - big_d);
         const double ds = ds_uncapped * c;
         const double e_ds = (e_p[j] * std::fabs(dp[j] - big_d) + w[j] * (e_dp[j] + e_d)) * c +
-                            std::fabs(ds_uncapped) * e_c + 3 * kU * std::fabs(ds);
+                            std::fabs(ds_uncapped) * e_c + 3 * kU * std::fabs(ds) + kFlushed;
         const int64_t kv = kv_row0 + j;
         const double* k = &f.k[kv * dk];
         for (int64_t d = 0; d < dk; ++d) {
@@ -248,7 +251,7 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
       }
       for (int64_t d = 0; d < dk; ++d) {
         bq[d] = f.scale * (dq_err[d] + (n + 1) * kU * dq_abs[d]) +
-                kU * std::fabs(exact.dq[row * dk + d]);
+                kU * std::fabs(exact.dq[row * dk + d]) + 2 * (n + 1) * kFlushed;
       }
     }
   });
@@ -271,11 +274,12 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
     const double m = double(total.terms[kv]);
     for (int64_t d = 0; d < dk; ++d) {
       const size_t x = kv * dk + d;
-      bound.dk[x] = f.scale * (total.dk_err[x] + (m + 1) * kU * total.dk_abs[x]);
+      bound.dk[x] = f.scale * (total.dk_err[x] + (m + 1) * kU * total.dk_abs[x]) +
+                    2 * (m + 1) * kFlushed;
     }
     for (int64_t d = 0; d < dv; ++d) {
       const size_t x = kv * dv + d;
-      bound.dv[x] = total.dv_err[x] + m * kU * total.dv_abs[x];
+      bound.dv[x] = total.dv_err[x] + m * kU * total.dv_abs[x] + 2 * (m + 1) * kFlushed;
     }
   }
   for (size_t x = 0; x < exact.dk.size(); ++x) bound.dk[x] += kU * std::fabs(exact.dk[x]);

@@ -96,8 +96,10 @@ double SummationLength(int64_t n);
 //   dK_jd  = scale·Σ dS_ij·q_id over the m_j (h, i) of the kv head's group
 //          that see key j: scale·(Σ e_dS_ij·|q_id| + (m_j + 1)·u·Σ |dS_ij·q_id|).
 //   dV_jd  = Σ P_ij·dO_id: Σ eP_ij·|dO_id| + m_j·u·Σ P_ij·|dO_id|.
-// Each plus u·|value| (a final rounding or scaling). The tolerance is kSafety
-// times the sum. A fully masked row (lse = -inf) has dQ bound 0 and adds
+// Each plus u·|value| (a final rounding or scaling). Subnormal results
+// flushed to 0 (kernels/problem.h): dP and dS each gain 2^-126, and the sums
+// of dQ, dK, dV 2·(terms + 1)·2^-126 (a product and an addition per term).
+// The tolerance is kSafety times the sum. A fully masked row (lse = -inf) has dQ bound 0 and adds
 // nothing (the kernel must write exact zeros); a row whose exact lse is NaN
 // adds nothing either (every gradient it reaches is NaN, which is compared
 // NaN to NaN). Where inf inputs make a bound NaN it is +inf (CompareElement

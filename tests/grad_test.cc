@@ -6,6 +6,9 @@
 // ("backward"), validation and the memory budget. Variants come from the
 // registry: a backward added to a variant is tested here with no edit.
 #include <gtest/gtest.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 #include <cmath>
 #include <cstring>
@@ -127,6 +130,39 @@ INSTANTIATE_TEST_SUITE_P(Registry, GradGridTest, ::testing::ValuesIn(GridParams(
                            return std::string(info.param.variant->name) + "_" +
                                   std::to_string(info.index) + "_" + info.param.spec.Name();
                          });
+
+#if defined(__x86_64__) || defined(__i386__)
+// flash's backward flushes subnormal results too (its forward's test:
+// FlashSubnormals in tests/flash_test.cc): steep ALiBi slopes spread P over
+// the whole exponent range and dO of 1e-30 makes dP, dS and dV's products
+// subnormal. Within the bound, and the caller's mode (MXCSR without its
+// sticky flags) as it was, with and without the caller's own FTZ.
+TEST(GradSubnormals, FlashFlushedWithinTheBoundAndModeRestored) {
+  const Variant* flash = FindVariant("flash");
+  ASSERT_NE(flash, nullptr);
+  auto mode = [] { return _mm_getcsr() & ~0x3Fu; };
+  const unsigned saved = _mm_getcsr();
+  for (const bool caller_ftz : {false, true}) {
+    _mm_setcsr(caller_ftz ? saved | _MM_FLUSH_ZERO_ON : saved & ~_MM_FLUSH_ZERO_ON);
+    const unsigned before = mode();
+    ProblemSpec spec;
+    spec.shape = {1, 2, 2, 200, 700, 32, 32};
+    spec.mask = MaskKind::kCausal;
+    spec.want_lse = true;
+    spec.seed = 17;
+    ProblemData data(spec);
+    const std::vector<float> slopes = {2.0f, 0.25f};
+    data.problem().modifiers.alibi_slopes = slopes;
+    GradData grads(data);
+    for (int64_t x = 0; x < 2 * 200 * 32; ++x) grads.d_o_data()[x] *= 1e-30f;
+    for (int threads : {1, 2}) {
+      EXPECT_EQ(CheckGradients(*flash, data, grads, threads), "") << "threads " << threads;
+      EXPECT_EQ(mode(), before) << "the caller's floating-point mode changed";
+    }
+  }
+  _mm_setcsr(saved);
+}
+#endif
 
 // ---------------------------------------------------------------- determinism
 

@@ -7,8 +7,10 @@
 // by V and sums them, so rows whose weights span the whole exponent range —
 // ALiBi far from the diagonal, any logits spread over ~87 — make subnormal
 // products and sums all along: ALiBi flash at N = 2048, d = 128 ran 1.5x the
-// time of plain flash on the Sapphire Rapids VM, 1.03x with FTZ (AMD's Zen 4
-// takes no assist: 1.00-1.03x either way; kernels/DESIGN.md, "Subnormals").
+// time of plain flash on the Sapphire Rapids VM (its backward 1.7x), 1.03x
+// with FTZ (AMD's Zen 4 takes no assist: 1.00-1.03x either way;
+// kernels/DESIGN.md, "Subnormals"). flash and its backward take one per work
+// item.
 // What it may change in a result is an absolute error under 2^-126 per
 // operation, which kernels/problem.h ("Element types") allows and
 // reference/error_bound.h bounds. Only results: a subnormal input (a user's
