@@ -738,8 +738,8 @@ void PrefetchTileValues(const ValidProblem& p, std::span<const Block> blocks, in
 void F32Pv(const ValidProblem& p, const flash::Plan& plan, std::span<const Block> blocks,
            std::span<Scratch> parts, int64_t j0, int64_t j1, bool partial, bool first) {
   const int64_t dv = p.shape.value_dim;
-  const bool repeat_tile_prefetch = p.kv_pages && blocks[0].few_rows &&
-                                    plan.decode_prefetch_bytes > 0 && kPvKeyChunk < j1 - j0;
+  const bool repeat_tile_prefetch =
+      p.kv_pages && blocks[0].few_rows && plan.decode_prefetch_bytes > 0 && kPvKeyChunk < j1 - j0;
   int64_t next_repeat = j0;
   ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
     if (repeat_tile_prefetch && r0 >= next_repeat) {

@@ -78,10 +78,10 @@ struct Tuning {
   // prefetches into L2, in bytes, in the order it reads them (paged: block
   // after block; kernels/internal/read_ahead.h), when the problem's K and V
   // exceed flash_decode_prefetch_min_kv_bytes (else nothing: DecodePrefetchBytes). 0: none
-  // on a contiguous cache, one block ahead on a paged one. At most kMaxDecodePrefetchBytes. Zen 3 VM, d = 128, K and V of
-  // 32-512 MiB, medians of 6 processes: GQA-4 decode 1.24-1.32x faster on one thread, 1.24-1.48x on
-  // two, MHA 1.01-1.13x and 1.01-1.28x (kernels/DESIGN.md, "Decode prefetch"). A file without it
-  // (written before it existed) takes this default.
+  // on a contiguous cache, one block ahead on a paged one. At most kMaxDecodePrefetchBytes. Zen 3
+  // VM, d = 128, K and V of 32-512 MiB, medians of 6 processes: GQA-4 decode 1.24-1.32x faster on
+  // one thread, 1.24-1.48x on two, MHA 1.01-1.13x and 1.01-1.28x (kernels/DESIGN.md, "Decode
+  // prefetch"). A file without it (written before it existed) takes this default.
   int64_t flash_decode_prefetch_bytes = 32 * 1024;
   // flash: the K and V bytes (all of a problem's) above which decode
   // prefetches: DefaultDecodePrefetchMinKvBytes() unless `attnlab tune`

@@ -75,9 +75,9 @@ RowBound RowBoundOf(const Problem& p, double logit_magnitude, double v_max, int6
   // Subnormal results flushed to 0 (see the header): 2^-126 per operation.
   const double flushed = double(visible + 2) * kFlushed;
   RowBound bound;
-  bound.o = kSafety * (v_max * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU + r.p + r.v +
-                                u_o) +
-                       flushed * (2 * v_max + 3));
+  bound.o =
+      kSafety * (v_max * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU + r.p + r.v + u_o) +
+                 flushed * (2 * v_max + 3));
   bound.lse = kSafety * (logit_error + (kExpUlps + sum_len + 2) * kU + flushed);
   bound.weights = kSafety * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU);
   return bound;
@@ -274,8 +274,8 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
     const double m = double(total.terms[kv]);
     for (int64_t d = 0; d < dk; ++d) {
       const size_t x = kv * dk + d;
-      bound.dk[x] = f.scale * (total.dk_err[x] + (m + 1) * kU * total.dk_abs[x]) +
-                    2 * (m + 1) * kFlushed;
+      bound.dk[x] =
+          f.scale * (total.dk_err[x] + (m + 1) * kU * total.dk_abs[x]) + 2 * (m + 1) * kFlushed;
     }
     for (int64_t d = 0; d < dv; ++d) {
       const size_t x = kv * dv + d;

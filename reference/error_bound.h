@@ -99,10 +99,10 @@ double SummationLength(int64_t n);
 // Each plus u·|value| (a final rounding or scaling). Subnormal results
 // flushed to 0 (kernels/problem.h): dP and dS each gain 2^-126, and the sums
 // of dQ, dK, dV 2·(terms + 1)·2^-126 (a product and an addition per term).
-// The tolerance is kSafety times the sum. A fully masked row (lse = -inf) has dQ bound 0 and adds
-// nothing (the kernel must write exact zeros); a row whose exact lse is NaN
-// adds nothing either (every gradient it reaches is NaN, which is compared
-// NaN to NaN). Where inf inputs make a bound NaN it is +inf (CompareElement
+// The tolerance is kSafety times the sum. A fully masked row (lse = -inf)
+// has dQ bound 0 and adds nothing (the kernel must write exact zeros); a row
+// whose exact lse is NaN adds nothing either (every gradient it reaches is
+// NaN, which is compared NaN to NaN). Where inf inputs make a bound NaN it is +inf (CompareElement
 // then accepts any non-NaN value).
 //
 // Correct kernels land far below it (errors grow like sqrt(n)·u); the

@@ -12,10 +12,6 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
-
 #include "hwy/targets.h"
 #include "kernels/internal/flash_plan.h"
 #include "kernels/registry.h"
@@ -24,6 +20,7 @@
 #include "reference/reference.h"
 #include "testing/compare.h"
 #include "testing/flash_hooks.h"
+#include "testing/fp_mode.h"
 #include "testing/problem_data.h"
 #include "testing/scoped_env.h"
 
@@ -500,12 +497,8 @@ TEST(FlashDecode, SplitKeysMatchReference) {
 // restore the mode fails this test.)
 TEST(FlashSubnormals, FlushedWithinTheBoundAndModeRestored) {
   for (const bool caller_ftz : {false, true}) {
-    const unsigned saved = _mm_getcsr();
-    _mm_setcsr(caller_ftz ? saved | _MM_FLUSH_ZERO_ON : saved & ~_MM_FLUSH_ZERO_ON);
-    // The mode: MXCSR without its sticky exception flags (bits 0-5), which
-    // any arithmetic sets (the reference's too).
-    auto mode = [] { return _mm_getcsr() & ~0x3Fu; };
-    const unsigned before = mode();
+    const testing::CallerFtzScope caller(caller_ftz);
+    const unsigned before = testing::FpControlMode();
     for (const int64_t lq : {int64_t{1}, int64_t{300}}) {  // decode and tiles
       ProblemData data(Spec({1, 2, 2, lq, 2048, 64, 64}, MaskKind::kCausal, 11));
       for (int64_t x = 0; x < 2 * 2048 * 64; ++x) data.v_data()[x] *= 1e-30f;
@@ -513,10 +506,9 @@ TEST(FlashSubnormals, FlushedWithinTheBoundAndModeRestored) {
       data.problem().modifiers.alibi_slopes = slopes;
       for (int threads : {1, 2}) {
         RunAndCheck(data, threads, ("Lq " + std::to_string(lq)).c_str());
-        EXPECT_EQ(mode(), before) << "the caller's floating-point mode changed";
+        EXPECT_EQ(testing::FpControlMode(), before) << "the caller's floating-point mode changed";
       }
     }
-    _mm_setcsr(saved);
   }
 }
 #endif

@@ -6,9 +6,6 @@
 // ("backward"), validation and the memory budget. Variants come from the
 // registry: a backward added to a variant is tested here with no edit.
 #include <gtest/gtest.h>
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
 
 #include <cmath>
 #include <cstring>
@@ -20,6 +17,7 @@
 #include "reference/error_bound.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
+#include "testing/fp_mode.h"
 #include "testing/grad_data.h"
 #include "testing/problem_data.h"
 
@@ -135,16 +133,14 @@ INSTANTIATE_TEST_SUITE_P(Registry, GradGridTest, ::testing::ValuesIn(GridParams(
 // flash's backward flushes subnormal results too (its forward's test:
 // FlashSubnormals in tests/flash_test.cc): steep ALiBi slopes spread P over
 // the whole exponent range and dO of 1e-30 makes dP, dS and dV's products
-// subnormal. Within the bound, and the caller's mode (MXCSR without its
-// sticky flags) as it was, with and without the caller's own FTZ.
+// subnormal. Within the bound, and the caller's mode (testing::FpControlMode)
+// as it was, with and without the caller's own FTZ.
 TEST(GradSubnormals, FlashFlushedWithinTheBoundAndModeRestored) {
   const Variant* flash = FindVariant("flash");
   ASSERT_NE(flash, nullptr);
-  auto mode = [] { return _mm_getcsr() & ~0x3Fu; };
-  const unsigned saved = _mm_getcsr();
   for (const bool caller_ftz : {false, true}) {
-    _mm_setcsr(caller_ftz ? saved | _MM_FLUSH_ZERO_ON : saved & ~_MM_FLUSH_ZERO_ON);
-    const unsigned before = mode();
+    const testing::CallerFtzScope caller(caller_ftz);
+    const unsigned before = testing::FpControlMode();
     ProblemSpec spec;
     spec.shape = {1, 2, 2, 200, 700, 32, 32};
     spec.mask = MaskKind::kCausal;
@@ -157,10 +153,9 @@ TEST(GradSubnormals, FlashFlushedWithinTheBoundAndModeRestored) {
     for (int64_t x = 0; x < 2 * 200 * 32; ++x) grads.d_o_data()[x] *= 1e-30f;
     for (int threads : {1, 2}) {
       EXPECT_EQ(CheckGradients(*flash, data, grads, threads), "") << "threads " << threads;
-      EXPECT_EQ(mode(), before) << "the caller's floating-point mode changed";
+      EXPECT_EQ(testing::FpControlMode(), before) << "the caller's floating-point mode changed";
     }
   }
-  _mm_setcsr(saved);
 }
 #endif
 

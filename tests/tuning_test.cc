@@ -306,8 +306,7 @@ TEST(ActiveTuning, DecodePrefetchChangesNoBits) {
     small.shape = Shape{1, 8, 2, 1, 1024, 128, 128};
     ProblemData data(small);
     ASSERT_LT(int64_t{1} << 20, ActiveTuning().flash_decode_prefetch_min_kv_bytes);
-    EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).decode_prefetch_bytes,
-              kNoDecodePrefetch);
+    EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).decode_prefetch_bytes, kNoDecodePrefetch);
   }
   const testing::DecodePrefetchScope always;
   struct Case {
