@@ -62,15 +62,20 @@ HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t 
   const DF d;
   const size_t N = hn::Lanes(d);
   if (nkeys < 1) {  // no keys: O = 0 (or unchanged); also keeps acc in registers
-    for (int m = 0; m < MR && !kAccumulate; ++m)
+    for (int m = 0; m < MR && !kAccumulate; ++m) {
+      ATTN_UNROLLED
       for (int c = 0; c < NV; ++c) hn::StoreU(hn::Zero(d), d, o + m * ldo + c * N);
+    }
     return;
   }
   for (int64_t j0 = 0; j0 < nkeys; j0 += kKeySumBlock) {
     const int64_t j1 = std::min(nkeys, j0 + kKeySumBlock);
     VF acc[MR][NV];
-    for (int m = 0; m < MR; ++m)
+    ATTN_UNROLLED
+    for (int m = 0; m < MR; ++m) {
+      ATTN_UNROLLED
       for (int c = 0; c < NV; ++c) acc[m][c] = hn::Zero(d);
+    }
     // Each row's weights from its own pointer at one running offset, and
     // the key loop twice, with and without the prefetch (most calls, every
     // register block of a flash tile but its first, prefetch nothing): with
@@ -78,16 +83,38 @@ HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t 
     // the stack (AVX2: 5 reloads per key beside the 8 operand loads, for 12
     // FMAs; flash's P·V ran at 0.46-0.51 of the FMA peak on Zen 3).
     const float* HWY_RESTRICT row[MR];
+    ATTN_UNROLLED
     for (int m = 0; m < MR; ++m) row[m] = p + m * (kUnitPm ? 1 : pm);
     auto keys = [&](auto prefetching) HWY_ATTR {
       int64_t at = j0 * pj;
       for (int64_t j = j0; j < j1; ++j, at += pj) {
         if constexpr (decltype(prefetching)::value) prefetch.Prefetch(j, j + 1);
-        VF x[NV];
-        for (int c = 0; c < NV; ++c) x[c] = LoadVecAsF32(v + j * vs + c * N);
-        for (int m = 0; m < MR; ++m) {
-          const VF pv = hn::Set(d, row[m][at]);
-          for (int c = 0; c < NV; ++c) acc[m][c] = hn::MulAdd(pv, x[c], acc[m][c]);
+        const T* HWY_RESTRICT vj = v + j * vs;
+        if constexpr (NV <= MR) {
+          // The key's NV vectors of V, then one broadcast per row.
+          VF x[NV];
+          ATTN_UNROLLED
+          for (int c = 0; c < NV; ++c) x[c] = LoadVecAsF32(vj + c * N);
+          ATTN_UNROLLED
+          for (int m = 0; m < MR; ++m) {
+            const VF pv = hn::Set(d, row[m][at]);
+            ATTN_UNROLLED
+            for (int c = 0; c < NV; ++c) acc[m][c] = hn::MulAdd(pv, x[c], acc[m][c]);
+          }
+        } else {
+          // Wider than tall (decode: 1-3 rows of 8 vectors): the MR
+          // broadcasts, then one V vector at a time, so the operands take
+          // MR + 1 registers, not NV + 1 (3 x 8: 24 accumulators + 9 did not
+          // fit 32, and gcc moved accumulators to the stack).
+          VF pv[MR];
+          ATTN_UNROLLED
+          for (int m = 0; m < MR; ++m) pv[m] = hn::Set(d, row[m][at]);
+          ATTN_UNROLLED
+          for (int c = 0; c < NV; ++c) {
+            const VF x = LoadVecAsF32(vj + c * N);
+            ATTN_UNROLLED
+            for (int m = 0; m < MR; ++m) acc[m][c] = hn::MulAdd(pv[m], x, acc[m][c]);
+          }
         }
       }
     };
@@ -97,7 +124,9 @@ HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t 
       keys(std::false_type());
     }
     const bool add = kAccumulate || j0 > 0;
+    ATTN_UNROLLED
     for (int m = 0; m < MR; ++m) {
+      ATTN_UNROLLED
       for (int c = 0; c < NV; ++c) {
         float* out = o + m * ldo + c * N;
         hn::StoreU(add ? hn::Add(acc[m][c], hn::LoadU(d, out)) : acc[m][c], d, out);
@@ -162,7 +191,9 @@ HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT p, int64_t pj, int
   // Row 3's tile sums, in L1, added to O at the end like the others.
   alignas(64) float o3[8 * 16];
   VF acc[3][8];
+  ATTN_UNROLLED
   for (int c = 0; c < 8; ++c) {
+    ATTN_UNROLLED
     for (int r = 0; r < 3; ++r) acc[r][c] = hn::Zero(d);
     hn::Store(hn::Zero(d), d, o3 + c * N);
   }
@@ -170,9 +201,12 @@ HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT p, int64_t pj, int
     prefetch.Prefetch(j, j + 1);
     const T* HWY_RESTRICT x = v + j * vs;
     VF pr[4];
+    ATTN_UNROLLED
     for (int r = 0; r < 4; ++r) pr[r] = hn::Set(d, p[j * pj + r * pm]);
+    ATTN_UNROLLED
     for (int c = 0; c < 8; ++c) {
       const VF xv = LoadVecAsF32(x + c * N);
+      ATTN_UNROLLED
       for (int r = 0; r < 3; ++r) acc[r][c] = hn::MulAdd(pr[r], xv, acc[r][c]);
       hn::Store(hn::MulAdd(pr[3], xv, hn::Load(d, o3 + c * N)), d, o3 + c * N);
     }
@@ -181,7 +215,9 @@ HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT p, int64_t pj, int
     float* out = o + r * ldo + c * N;
     hn::StoreU(kAccumulate ? hn::Add(sum, hn::LoadU(d, out)) : sum, d, out);
   };
+  ATTN_UNROLLED
   for (int c = 0; c < 8; ++c) {
+    ATTN_UNROLLED
     for (int r = 0; r < 3; ++r) add_to_o(r, c, acc[r][c]);
     add_to_o(3, c, hn::Load(d, o3 + c * N));
   }
@@ -330,6 +366,7 @@ HWY_INLINE void PvRowsOfWidth(const float* HWY_RESTRICT p, int64_t ldp, const fl
   for (; c + lanes <= dv; c += lanes)
     PvTileKernel<R, 1, false>(p, 1, ldp, v + c, ldv, nkeys, o + c, ldo);
   for (; c < dv; ++c) {
+    ATTN_UNROLLED
     for (int r = 0; r < R; ++r) {
       float sum = 0.0f;
       for (int64_t j0 = 0; j0 < nkeys; j0 += kKeySumBlock) {

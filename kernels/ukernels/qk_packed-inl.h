@@ -37,16 +37,19 @@ HWY_INLINE void QkPackedTile(const float* const* q, const float* HWY_RESTRICT ti
   const DF d;
   const size_t lanes = hn::Lanes(d);
   VF acc0[R], acc1[R];
+  ATTN_UNROLLED
   for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = hn::Zero(d);
   for (int64_t k = 0; k < dk; ++k) {
     const VF k0 = hn::Load(d, tile + k * kPackedKeyTile);
     const VF k1 = hn::Load(d, tile + k * kPackedKeyTile + lanes);
+    ATTN_UNROLLED
     for (int r = 0; r < R; ++r) {
       const VF qv = hn::Set(d, q[r][k]);
       acc0[r] = hn::MulAdd(qv, k0, acc0[r]);
       acc1[r] = hn::MulAdd(qv, k1, acc1[r]);
     }
   }
+  ATTN_UNROLLED
   for (int r = 0; r < R; ++r) {
     hn::StoreU(acc0[r], d, out + r * ld);
     hn::StoreU(acc1[r], d, out + r * ld + lanes);

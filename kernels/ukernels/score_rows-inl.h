@@ -102,6 +102,7 @@ HWY_INLINE void StoreFourKeys(VF t01, VF t23, float* HWY_RESTRICT st) {
 // st[r·lds + m] = Σ lanes of acc[m][r] for 4 keys m and NR rows.
 template <int NR>
 HWY_INLINE void StoreKeySums(const VF (&acc)[4][NR], float* HWY_RESTRICT st, int64_t lds) {
+  ATTN_UNROLLED
   for (int r = 0; r < NR; ++r) {
     StoreFourKeys(PairSums(acc[0][r], acc[1][r]), PairSums(acc[2][r], acc[3][r]), st + r * lds);
   }
@@ -115,19 +116,23 @@ HWY_NOINLINE void ScoreRowsFourKeys(const float* HWY_RESTRICT qs, int64_t dkp,
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t full = dk / N * N;
   VF acc[4][NR];
-  for (int m = 0; m < 4; ++m)
+  ATTN_UNROLLED
+  for (int m = 0; m < 4; ++m) {
+    ATTN_UNROLLED
     for (int r = 0; r < NR; ++r) acc[m][r] = hn::Zero(d);
+  }
   if constexpr (NR <= 4) {
     // Key by key, so K is read in address order: decode streams K from
     // memory, and the interleaved order below loses the hardware prefetcher
     // there (MHA, 1 row: -25% at d = 128; GQA-4, 4 rows, Lk = 65536, d = 128:
     // 9.2-9.8 GB/s interleaved vs 12.0 GB/s in address order). In cache the
     // two orders measured the same (24.2 vs 23.7 GB/s at Lk = 4096).
-    HWY_UNROLL(4)  // keeps acc in registers (gcc otherwise indexes a stack copy)
+    ATTN_UNROLLED
     for (int m = 0; m < 4; ++m) {
       const T* km = k + m * k_stride;
       for (int64_t x = 0; x < full; x += N) {
         const VF kv = LoadVecAsF32(km + x);
+        ATTN_UNROLLED
         for (int r = 0; r < NR; ++r) {
           acc[m][r] = hn::MulAdd(kv, hn::Load(d, qs + r * dkp + x), acc[m][r]);
         }
@@ -138,9 +143,12 @@ HWY_NOINLINE void ScoreRowsFourKeys(const float* HWY_RESTRICT qs, int64_t dkp,
     // NR rows: each Q vector load feeds 4 FMAs, K in the interleaved order.
     for (int64_t x = 0; x < full; x += N) {
       VF kv[4];
+      ATTN_UNROLLED
       for (int m = 0; m < 4; ++m) kv[m] = LoadVecAsF32(k + m * k_stride + x);
+      ATTN_UNROLLED
       for (int r = 0; r < NR; ++r) {
         const VF qv = hn::Load(d, qs + r * dkp + x);
+        ATTN_UNROLLED
         for (int m = 0; m < 4; ++m) acc[m][r] = hn::MulAdd(kv[m], qv, acc[m][r]);
       }
     }
@@ -148,9 +156,12 @@ HWY_NOINLINE void ScoreRowsFourKeys(const float* HWY_RESTRICT qs, int64_t dkp,
   if constexpr (std::is_same_v<T, float>) {  // reduced K: whole vectors only
     if (full < dk) {
       VF kv[4];
+      ATTN_UNROLLED
       for (int m = 0; m < 4; ++m) kv[m] = LoadTail(k + m * k_stride + full, dk - full);
+      ATTN_UNROLLED
       for (int r = 0; r < NR; ++r) {
         const VF qv = hn::Load(d, qs + r * dkp + full);
+        ATTN_UNROLLED
         for (int m = 0; m < 4; ++m) acc[m][r] = hn::MulAdd(kv[m], qv, acc[m][r]);
       }
     }
@@ -170,16 +181,23 @@ HWY_NOINLINE void ScoreRowsQResident(const float* HWY_RESTRICT qs, int64_t dkp,
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   VF q[NR][QV];
-  for (int r = 0; r < NR; ++r)
+  ATTN_UNROLLED
+  for (int r = 0; r < NR; ++r) {
+    ATTN_UNROLLED
     for (int v = 0; v < QV; ++v) q[r][v] = hn::Load(d, qs + r * dkp + v * N);
+  }
   for (int64_t g = 0; g < groups; ++g) {
     prefetch.Prefetch(4 * g, 4 * g + 4);
     const T* HWY_RESTRICT kg = k + 4 * g * k_stride;
     VF acc[4][NR];
+    ATTN_UNROLLED
     for (int m = 0; m < 4; ++m) {
+      ATTN_UNROLLED
       for (int r = 0; r < NR; ++r) acc[m][r] = hn::Zero(d);
+      ATTN_UNROLLED
       for (int v = 0; v < QV; ++v) {
         const VF kv = LoadVecAsF32(kg + m * k_stride + v * N);
+        ATTN_UNROLLED
         for (int r = 0; r < NR; ++r) acc[m][r] = hn::MulAdd(kv, q[r][v], acc[m][r]);
       }
     }
@@ -202,31 +220,43 @@ HWY_NOINLINE void ScoreFourRowsOnePass(const float* HWY_RESTRICT qs, int64_t dkp
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   VF q[4][4];
-  for (int r = 0; r < 4; ++r)
+  ATTN_UNROLLED
+  for (int r = 0; r < 4; ++r) {
+    ATTN_UNROLLED
     for (int v = 0; v < 4; ++v) q[r][v] = hn::Load(d, qs + r * dkp + v * N);
+  }
   for (int64_t g = 0; g < groups; ++g) {
     prefetch.Prefetch(4 * g, 4 * g + 4);
     VF pairs[2][4];
+    ATTN_UNROLLED
     for (int pair = 0; pair < 2; ++pair) {
       const T* HWY_RESTRICT k0 = k + (4 * g + 2 * pair) * k_stride;
       const T* HWY_RESTRICT k1 = k0 + k_stride;
       VF acc[2][4];
+      ATTN_UNROLLED
       for (int r = 0; r < 4; ++r) acc[0][r] = acc[1][r] = hn::Zero(d);
+      ATTN_UNROLLED
       for (int m = 0; m < 2; ++m) {
         const T* HWY_RESTRICT km = m == 0 ? k0 : k1;
+        ATTN_UNROLLED
         for (int v = 0; v < 4; ++v) {
           const VF x = LoadVecAsF32(km + v * N);
+          ATTN_UNROLLED
           for (int r = 0; r < 4; ++r) acc[m][r] = hn::MulAdd(x, q[r][v], acc[m][r]);
         }
+        ATTN_UNROLLED
         for (int v = 4; v < 8; ++v) {
           const VF x = LoadVecAsF32(km + v * N);
+          ATTN_UNROLLED
           for (int r = 0; r < 4; ++r) {
             acc[m][r] = hn::MulAdd(x, hn::Load(d, qs + r * dkp + v * N), acc[m][r]);
           }
         }
       }
+      ATTN_UNROLLED
       for (int r = 0; r < 4; ++r) pairs[pair][r] = PairSums(acc[0][r], acc[1][r]);
     }
+    ATTN_UNROLLED
     for (int r = 0; r < 4; ++r) StoreFourKeys(pairs[0][r], pairs[1][r], st + r * lds + 4 * g);
   }
 }

@@ -59,23 +59,35 @@ HWY_NOINLINE void ScoreTileKernel(const float* HWY_RESTRICT qt, const float* HWY
   const size_t N = hn::Lanes(d);
   if (dk < 1) return;  // never (Validate); lets gcc keep acc in registers
   VF acc[MR][NV];
-  for (int m = 0; m < MR; ++m)
+  ATTN_UNROLLED
+  for (int m = 0; m < MR; ++m) {
+    ATTN_UNROLLED
     for (int v = 0; v < NV; ++v) acc[m][v] = hn::Zero(d);
+  }
   for (int64_t x = 0; x < dk; ++x) {
     VF q[NV];
+    ATTN_UNROLLED
     for (int v = 0; v < NV; ++v) q[v] = hn::Load(d, qt + x * kScoreTileCols + v * N);
+    ATTN_UNROLLED
     for (int m = 0; m < MR; ++m) {
       const VF kb = hn::Set(d, k[m * k_stride + x]);
+      ATTN_UNROLLED
       for (int v = 0; v < NV; ++v) acc[m][v] = hn::MulAdd(kb, q[v], acc[m][v]);
     }
   }
   if constexpr (kSoftcap) {
     const VF vcap = hn::Set(d, cap), inv = hn::Set(d, 1.0f / cap);
-    for (int m = 0; m < MR; ++m)
+    ATTN_UNROLLED
+    for (int m = 0; m < MR; ++m) {
+      ATTN_UNROLLED
       for (int v = 0; v < NV; ++v) acc[m][v] = hn::Mul(vcap, FastTanh(d, hn::Mul(acc[m][v], inv)));
+    }
   }
-  for (int m = 0; m < MR; ++m)
+  ATTN_UNROLLED
+  for (int m = 0; m < MR; ++m) {
+    ATTN_UNROLLED
     for (int v = 0; v < NV; ++v) hn::Store(acc[m][v], d, st + m * kScoreTileCols + v * N);
+  }
 }
 
 template <int MR, bool kSoftcap>
