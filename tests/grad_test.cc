@@ -194,7 +194,9 @@ TEST_P(GradVariantTest, DeterministicBits) {
   ASSERT_TRUE(testing::RunForwardForGrad(data, v.name).ok());
   const GradProblem g = grads.grad_problem();
   std::vector<std::vector<float>> runs;
-  // 5 threads on the 2-core CI machines: threads lose their cores mid-item,
+  // flash: 2 threads take whole kv heads (2 of them), 5 take key blocks
+  // (kernels/flash_backward.cc, "Work items"): both partitions against 1
+  // thread. 5 threads on the 2-core CI machines lose their cores mid-item,
   // so flash's dQ turns are taken in every interleaving.
   for (int threads : {1, 2, 2, 1, 2, 5}) {
     grads.Poison();
