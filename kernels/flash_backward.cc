@@ -1,7 +1,7 @@
 // flash's backward pass: FlashAttention-2's algorithm (Dao 2023, Alg. 2).
 //
-// Algorithm. Work items are key blocks: Bc = 64 keys of one (batch b, kv
-// head). An item keeps its keys' Kᵀ (pre-scaled by scale) and Vᵀ, and
+// Algorithm. The unit of work is a key block: Bc = 64 keys of one (batch b, kv
+// head). It keeps its keys' Kᵀ (pre-scaled by scale) and Vᵀ, and
 // private accumulators dK, dV (64 x dk, 64 x dv), and walks the query
 // blocks (Br = 64 positions of one query head, every head of the kv head's
 // group in turn) whose rows see any of its keys. Per (query block, key
