@@ -87,31 +87,36 @@ HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t 
     for (int m = 0; m < MR; ++m) row[m] = p + m * (kUnitPm ? 1 : pm);
     auto keys = [&](auto prefetching) HWY_ATTR {
       int64_t at = j0 * pj;
-      for (int64_t j = j0; j < j1; ++j, at += pj) {
-        if constexpr (decltype(prefetching)::value) prefetch.Prefetch(j, j + 1);
-        const T* HWY_RESTRICT vj = v + j * vs;
-        if constexpr (NV <= MR) {
-          // The key's NV vectors of V, then one broadcast per row.
+      if constexpr (NV <= MR) {
+        // Per key its NV vectors of V, then one broadcast per row; two keys
+        // per iteration (flash's blocks: see ScoreTileKernel).
+        HWY_UNROLL(2)
+        for (int64_t j = j0; j < j1; ++j, at += pj) {
+          if constexpr (decltype(prefetching)::value) prefetch.Prefetch(j, j + 1);
           VF x[NV];
           ATTN_UNROLLED
-          for (int c = 0; c < NV; ++c) x[c] = LoadVecAsF32(vj + c * N);
+          for (int c = 0; c < NV; ++c) x[c] = LoadVecAsF32(v + j * vs + c * N);
           ATTN_UNROLLED
           for (int m = 0; m < MR; ++m) {
             const VF pv = hn::Set(d, row[m][at]);
             ATTN_UNROLLED
             for (int c = 0; c < NV; ++c) acc[m][c] = hn::MulAdd(pv, x[c], acc[m][c]);
           }
-        } else {
-          // Wider than tall (decode: 1-3 rows of 8 vectors): the MR
-          // broadcasts, then one V vector at a time, so the operands take
-          // MR + 1 registers, not NV + 1 (3 x 8: 24 accumulators + 9 did not
-          // fit 32, and gcc moved accumulators to the stack).
+        }
+      } else {
+        // Wider than tall (decode: 1-3 rows of 8 vectors): per key the MR
+        // broadcasts, then one V vector at a time, so the operands take
+        // MR + 1 registers, not NV + 1 (3 x 8: 24 accumulators + 9 did not
+        // fit 32, and gcc moved accumulators to the stack). Not unrolled:
+        // two keys per iteration read 0.98-1.14x the decode time, no gain.
+        for (int64_t j = j0; j < j1; ++j, at += pj) {
+          if constexpr (decltype(prefetching)::value) prefetch.Prefetch(j, j + 1);
           VF pv[MR];
           ATTN_UNROLLED
           for (int m = 0; m < MR; ++m) pv[m] = hn::Set(d, row[m][at]);
           ATTN_UNROLLED
           for (int c = 0; c < NV; ++c) {
-            const VF x = LoadVecAsF32(vj + c * N);
+            const VF x = LoadVecAsF32(v + j * vs + c * N);
             ATTN_UNROLLED
             for (int m = 0; m < MR; ++m) acc[m][c] = hn::MulAdd(pv[m], x, acc[m][c]);
           }
