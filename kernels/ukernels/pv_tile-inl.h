@@ -371,7 +371,6 @@ HWY_INLINE void PvRowsOfWidth(const float* HWY_RESTRICT p, int64_t ldp, const fl
   for (; c + lanes <= dv; c += lanes)
     PvTileKernel<R, 1, false>(p, 1, ldp, v + c, ldv, nkeys, o + c, ldo);
   for (; c < dv; ++c) {
-    ATTN_UNROLLED
     for (int r = 0; r < R; ++r) {
       float sum = 0.0f;
       for (int64_t j0 = 0; j0 < nkeys; j0 += kKeySumBlock) {
