@@ -255,25 +255,17 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
                        }});
       }
       break;
-    case Family::kBf16PvTile:
-    case Family::kBf16PvRows:  // the same weights as P rows (AMX's A layout)
+    case Family::kBf16PvRows:
       for (int64_t dv : {64, 128}) {
         const int64_t keys = 512, pairs = keys / 2;
-        const bool rows = u.family == Family::kBf16PvRows;
         Shape s{"rows:64/keys:512/d:" + std::to_string(dv), 2.0 * 64 * keys * dv, double(64 * dv)};
         out.push_back({s, [=](benchmark::State& st) {
                          Floats p(pairs * 64), v(pairs * dv), o(64 * dv);
                          const auto* pw = reinterpret_cast<uint32_t*>(p.get());
                          const auto* vw = reinterpret_cast<uint32_t*>(v.get());
-                         if (rows) {
-                           ukernels::Bf16PvRowsArgs a{pw, pairs,   vw,   dv,      pairs,
-                                                      64, dv / 16, true, o.get(), dv};
-                           Time(st, *up, a, s, peak);
-                         } else {
-                           ukernels::Bf16PvTileArgs a{pw,      vw,   dv,      pairs, 64,
-                                                      dv / 16, true, o.get(), dv};
-                           Time(st, *up, a, s, peak);
-                         }
+                         ukernels::Bf16PvRowsArgs a{pw, pairs,   vw,   dv,      pairs,
+                                                    64, dv / 16, true, o.get(), dv};
+                         Time(st, *up, a, s, peak);
                        }});
       }
       break;
@@ -291,7 +283,7 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
                      }});
       break;
     }
-    // The AMX path's softmax (scores per second, as the fp32 columns kernel):
+    // The pair paths' softmax (scores per second, as the fp32 columns kernel):
     // with the score tile's maximum, as flash calls it on whole tiles, and
     // with its own maximum pass (partial tiles, modified scores).
     case Family::kBf16SoftmaxToRows: {
@@ -313,16 +305,6 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
                Time(st, *up, a, s, peak);
              }});
       }
-      break;
-    }
-    case Family::kBf16PackScores: {
-      const int64_t keys = 512;
-      Shape s{"rows:64/keys:512", 0, double(64 * keys)};
-      out.push_back({s, [=](benchmark::State& st) {
-                       Floats sc(keys * 64);
-                       ukernels::Bf16PackScoresArgs a{sc.get(), keys, 4};
-                       Time(st, *up, a, s, peak);
-                     }});
       break;
     }
     case Family::kBf16PackValues: {

@@ -36,7 +36,7 @@ struct UkernelCase {
 std::vector<UkernelCase> UkernelCases(double peak_gflops);
 
 // The entries UkernelCases leaves out and why ("bf16_score_tile,
-// bf16_pv_tile: this CPU lacks AVX512_BF16"), or "" when it runs them all:
+// bf16_pv_rows: this CPU lacks AVX512_BF16"), or "" when it runs them all:
 // the JSON context key attnlab_ukernels_not_run.
 std::string UkernelsNotRun();
 

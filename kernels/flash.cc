@@ -66,24 +66,25 @@
 //     instruction per 16 lanes x 2 multiply-adds, so the two products take
 //     half the fp32 instructions and K/V tiles half the bytes. Q is paired
 //     once per block (unscaled: scaling bf16 Q would round it twice; the
-//     score kernel scales its accumulators instead), K is read in place, V is
-//     paired per tile (dv' x Bc/2 pairs in the packed-V scratch) and P is
-//     rounded to bf16 and paired in place over Sᵀ after the softmax, which
-//     stays fp32 (its row sums take the unrounded P). The products no longer
-//     dominate as much: the softmax (~17 instructions per 16 scores against
-//     d/2 VDPBF16PS per score pair of products) is a larger share, so the
-//     speedup over fp32 is below the 2x of the instruction count
-//     (kernels/DESIGN.md, "Reduced precision"). Where the CPU has AMX-BF16
-//     and dk is a multiple of 32 the same operands go to the tile kernels
-//     instead (kernels/ukernels/bf16_amx.h, RunStats::path
-//     "AVX3+AMX_BF16"; PairKernels chooses, ATTNLAB_NO_AMX=1 keeps
-//     VDPBF16PS): TDPBF16PS takes the Q and V pairs as they are, and the
-//     softmax writes P as bf16 rows, the A layout of P·V (softmax_to_rows:
-//     max pass, then exp, sums, rounding, pairing and a transpose in
-//     registers in one pass; no fp32 P, no pairing pass). When nothing
-//     reads the scaled scores in between (ScaleInSoftmax: no softcap,
-//     ALiBi or additive mask, scale > 0) the softmax also takes the scale
-//     from the score tile, which then stores Sᵀ as the tiles leave it.
+//     score kernel scales its accumulators, or the softmax the raw scores),
+//     K is read in place and V is paired per tile (dv' x Bc/2 pairs in the
+//     packed-V scratch). The softmax writes P as bf16 rows
+//     (softmax_to_rows: max pass, or the score tile's maximum, then exp,
+//     sums of the unrounded fp32 P, rounding, pairing and a transpose in
+//     registers in one pass; no fp32 P), which P·V broadcasts a pair at a
+//     time. The products no longer dominate as much: the softmax (~10
+//     instructions per 16 scores for the exp against d/2 VDPBF16PS per
+//     score pair of products) is a larger share, so the speedup over fp32
+//     is below the 2x of the instruction count (kernels/DESIGN.md,
+//     "Reduced precision"). Where the CPU has AMX-BF16 and dk is a multiple
+//     of 32 the score tile and P·V go to the tile kernels instead
+//     (kernels/ukernels/bf16_amx.h, RunStats::path "AVX3+AMX_BF16";
+//     PairKernels chooses, ATTNLAB_NO_AMX=1 keeps VDPBF16PS): TDPBF16PS
+//     takes the Q and V pairs as they are, and the P rows are its A layout.
+//     When nothing reads the scaled scores in between (ScaleInSoftmax: no
+//     softcap, ALiBi or additive mask, scale > 0) the softmax takes the
+//     scale from the score tile, which then stores Sᵀ as the products leave
+//     it.
 //   * Decode blocks (<= 8 rows) on reduced K or V: the few-row score and P·V
 //     kernels read the rows in place and convert each vector in registers
 //     (LoadVecAsF32; f16 where the target converts in hardware), an int8
@@ -260,7 +261,7 @@ struct Scratch {
   float* kc;     // bc x dk: the K tile as fp32 (reduced-precision K only)
   float* qc;     // kBr x dk: the block's Q rows as fp32 (reduced-precision Q)
   float* oc;     // dvp: an O row before rounding (reduced-precision O)
-  uint32_t* pr;  // kBr x plan.p_row_pairs: P as bf16 rows (the AMX kernels)
+  uint32_t* pr;  // kBr x plan.p_row_pairs: P as bf16 rows (the pair kernels)
   int64_t* rb;   // kBr (the same): first visible key of each row, within the item
   int64_t* re;   // kBr (the same): one past the last
 };
@@ -793,8 +794,8 @@ void Bf16PvVisibleOnly(const Block& blk, int64_t j0, int64_t j1, const uint16_t*
   }
 }
 
-// Whether flash on AMX scales the scores in the softmax (raw Sᵀ from the
-// tiles: no pass over it) rather than after the score tile: when nothing
+// Whether flash on the pair kernels scales the scores in the softmax (raw
+// Sᵀ from the tiles: no pass over it) rather than after the score tile: when nothing
 // reads the scaled scores in between (no softcap, ALiBi or additive mask;
 // -inf masking does not care) and scale > 0 (so that the maximum of the
 // raw scores, scaled, is the maximum of the scaled ones).
@@ -812,8 +813,7 @@ struct PackedV {
 
 // The bf16 version of a tile's S = Q·Kᵀ (times `scale`) and, after the
 // softmax, O (+)= P·V: K read in place, V paired into sc.vp (unless it holds
-// those keys' pairs already: `packed`), P paired in place over Sᵀ or (AMX)
-// already in rows in sc.pr.
+// those keys' pairs already: `packed`), P already in rows in sc.pr.
 void Bf16Scores(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc, float scale,
                 Scratch& sc, float* col_max) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
@@ -823,33 +823,22 @@ void Bf16Scores(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc,
 }
 void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
             int64_t j1, bool partial, bool first, Scratch& sc, PackedV& packed) {
-  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t nc = j1 - j0, dv = p.shape.value_dim, vs = p.v.strides.row;
   const auto* v = static_cast<const uint16_t*>(p.KvRow(p.v, blk.b, blk.kvh, j0));
-  const bool rows = blk.pairs->pv_rows != nullptr;
   if (partial && !Bf16ValuesFinite(v, vs, nc, dv)) {
-    if (rows) {
-      const auto* pr = reinterpret_cast<const uint16_t*>(sc.pr);  // 2 bf16 per pair
-      const int64_t ldp = 2 * plan.p_row_pairs;
-      return Bf16PvVisibleOnly(
-          blk, j0, j1, v, vs, dv, plan.dvp, first, sc,
-          [&](int64_t x, int64_t j) { return F32FromBF16Bits(pr[x * ldp + j]); });
-    }
-    return Bf16PvVisibleOnly(blk, j0, j1, v, vs, dv, plan.dvp, first, sc,
-                             [&](int64_t x, int64_t j) { return sc.st[j * blk.sj + x * blk.sr]; });
+    const auto* pr = reinterpret_cast<const uint16_t*>(sc.pr);  // 2 bf16 per pair
+    const int64_t ldp = 2 * plan.p_row_pairs;
+    return Bf16PvVisibleOnly(
+        blk, j0, j1, v, vs, dv, plan.dvp, first, sc,
+        [&](int64_t x, int64_t j) { return F32FromBF16Bits(pr[x * ldp + j]); });
   }
   auto* vp = reinterpret_cast<uint32_t*>(sc.vp);
   if (packed.j0 != j0 || packed.j1 != j1) {
     blk.pairs->pack_value_pairs(v, vs, nc, dv, vp, plan.dvp);
     packed = {j0, j1};
   }
-  if (rows) {
-    return blk.pairs->pv_rows(sc.pr, plan.p_row_pairs, vp, plan.dvp, (nc + 1) / 2, blk.nrows,
-                              plan.dvp / 16, !first, sc.o, plan.dvp);
-  }
-  blk.pairs->pack_score_pairs(sc.st, nc, blk.rp / N);
-  blk.pairs->pv_tile(reinterpret_cast<const uint32_t*>(sc.st), vp, plan.dvp, (nc + 1) / 2,
-                     blk.nrows, plan.dvp / 16, !first, sc.o, plan.dvp);
+  blk.pairs->pv_rows(sc.pr, plan.p_row_pairs, vp, plan.dvp, (nc + 1) / 2, blk.nrows, plan.dvp / 16,
+                     !first, sc.o, plan.dvp);
 }
 
 // The scratch of the part of a work item whose rows start at row x of the
@@ -884,10 +873,9 @@ Scratch SubBlockScratch(const Scratch& sc, const flash::Plan& plan, int64_t s, i
 
 // How an item's tiles are computed, the same for all its parts.
 struct TileMath {
-  bool p_rows;                       // the AMX kernels: the softmax writes P rows
   float score_scale, softmax_scale;  // the scale in the score tile or in the softmax
   // The score tile hands the softmax its maximum (col_max) on whole tiles:
-  // p_rows and nothing modifies or masks the scores in between
+  // the pair kernels and nothing modifies or masks the scores in between
   // (ScaleInSoftmax; a partial tile's mask does).
   bool max_from_scores;
 };
@@ -918,7 +906,7 @@ void AttendTile(const ValidProblem& p, const flash::Plan& plan, std::span<const 
     // Online softmax, vectorized over the tile's long axis.
     if (blk.few_rows) {
       OnlineSoftmaxRows(part.st, kFewStride, nc, blk.nrows, part.m, part.l, part.alpha);
-    } else if (math.p_rows) {
+    } else if (blk.pairs) {
       blk.pairs->softmax_to_rows(part.st, nc, blk.rp / N, math.softmax_scale, part.m, part.l,
                                  part.alpha, part.pr, plan.p_row_pairs, tile_max);
     } else {
@@ -968,11 +956,10 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     }
   }
   const Block& blk = blocks[0];
-  // The AMX kernels write P as rows from the softmax, which may take the
+  // The pair kernels write P as rows from the softmax, which may take the
   // scale from the score tile (ScaleInSoftmax).
-  TileMath math{blk.pairs != nullptr && blk.pairs->softmax_to_rows != nullptr, p.scale, 1.0f,
-                false};
-  if (math.p_rows && ScaleInSoftmax(p)) {
+  TileMath math{p.scale, 1.0f, false};
+  if (blk.pairs && ScaleInSoftmax(p)) {
     std::swap(math.score_scale, math.softmax_scale);
     math.max_from_scores = !flash::g_softmax_own_max_for_test.load();
   }

@@ -206,8 +206,8 @@ TEST(FlashTiles, NaNInPartialTileReachesOnlyRowsThatSeeIt) {
   EXPECT_TRUE(std::isnan(o[70 * 64 + 5]));
 }
 
-// The same in bf16 on each pair path this CPU has (AMX writes P as bf16
-// rows, VDPBF16PS as pairs over Sᵀ; each fallback reads its own), and bf16
+// The same in bf16 on each pair path this CPU has (AMX and VDPBF16PS, both
+// reading P as bf16 rows, the fallback too), and bf16
 // on AMX with a scale the softmax cannot take (0 and negative: the maximum
 // of the raw scores is then not the maximum of the scaled ones, so the
 // score tile scales, kernels/flash.cc ScaleInSoftmax) and one it takes.
@@ -336,35 +336,41 @@ TEST(FlashTiles, ItemsOfSeveralRowBlocksGiveTheSameBits) {
   }
 }
 
-// bf16 on AMX: the softmax given each whole tile's maximum by the score tile
-// (col_max) writes the bits it writes when it takes the maximum itself, for
-// dense and causal (whole and partial tiles), both AMX head dims and both
-// tile sizes.
-TEST(FlashTiles, AmxScoreTileMaximumGivesTheSameBits) {
-  if (ukernels::AmxBf16KernelsForCpu() == nullptr) {
-    GTEST_SKIP() << "needs AMX-BF16: " << ukernels::AmxBf16Unavailable();
+// bf16 on each pair path this CPU has (AMX, and VDPBF16PS with
+// ATTNLAB_NO_AMX=1): the softmax given each whole tile's maximum by the
+// score tile (col_max) writes the bits it writes when it takes the maximum
+// itself, for dense and causal (whole and partial tiles), d = 64 and 128
+// and both tile sizes.
+TEST(FlashTiles, ScoreTileMaximumGivesTheSameBits) {
+  if (ukernels::Bf16KernelsForCpu() == nullptr) {
+    GTEST_SKIP() << "needs AVX512_BF16: this CPU lacks it";
   }
-  for (const int64_t keys : {int64_t{0}, int64_t{64}}) {
-    KeyTileScope tiles(keys);
-    for (const MaskKind mask : {MaskKind::kNone, MaskKind::kCausal}) {
-      for (const int64_t d : {64, 128}) {
-        SCOPED_TRACE(std::string(mask == MaskKind::kNone ? "dense" : "causal") +
-                     ", d = " + std::to_string(d) + (keys ? ", 64-key tiles" : ", default tiles"));
-        ProblemSpec spec = Spec({1, 2, 2, 700, 700, d, d}, mask, 45);
-        spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
-        ProblemData data(spec);
-        std::vector<float> own;
-        {
-          SoftmaxOwnMaxScope scope;
-          RunAndCheck(data, 2, "the softmax's own maximum");
-          own = data.OutputContiguous();
+  for (const bool no_amx : {false, true}) {
+    std::optional<ScopedEnv> env;
+    if (no_amx) env.emplace("ATTNLAB_NO_AMX", "1");
+    for (const int64_t keys : {int64_t{0}, int64_t{64}}) {
+      KeyTileScope tiles(keys);
+      for (const MaskKind mask : {MaskKind::kNone, MaskKind::kCausal}) {
+        for (const int64_t d : {64, 128}) {
+          SCOPED_TRACE(std::string(mask == MaskKind::kNone ? "dense" : "causal") + ", d = " +
+                       std::to_string(d) + (keys ? ", 64-key tiles" : ", default tiles") +
+                       (no_amx ? ", ATTNLAB_NO_AMX=1" : ""));
+          ProblemSpec spec = Spec({1, 2, 2, 700, 700, d, d}, mask, 45);
+          spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
+          ProblemData data(spec);
+          std::vector<float> own;
+          {
+            SoftmaxOwnMaxScope scope;
+            RunAndCheck(data, 2, "the softmax's own maximum");
+            own = data.OutputContiguous();
+          }
+          data.Poison();
+          RunAndCheck(data, 2, "the score tile's maximum");
+          const std::vector<float> given = data.OutputContiguous();
+          ASSERT_EQ(own.size(), given.size());
+          EXPECT_EQ(0, std::memcmp(own.data(), given.data(), given.size() * sizeof(float)))
+              << "the score tile's maximum changed the bits";
         }
-        data.Poison();
-        RunAndCheck(data, 2, "the score tile's maximum");
-        const std::vector<float> given = data.OutputContiguous();
-        ASSERT_EQ(own.size(), given.size());
-        EXPECT_EQ(0, std::memcmp(own.data(), given.data(), given.size() * sizeof(float)))
-            << "the score tile's maximum changed the bits";
       }
     }
   }

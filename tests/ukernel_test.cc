@@ -849,9 +849,8 @@ void TestBf16SoftmaxToRows(const Ukernel& u, Checker& c) {
   }
 }
 
-// pv_tile's check for both P layouts: P pairs (kBf16PvTile) or P rows
-// (kBf16PvRows), the same weights.
-void TestBf16PvTile(const Ukernel& u, Checker& c) {
+// P·V from P rows (pr[x·ldp + p]), against the pair products in double.
+void TestBf16PvRows(const Ukernel& u, Checker& c) {
   std::mt19937 rng(24);
   // 31 pairs and 35 rows: whole AMX tiles and tails; 300 pairs: more
   // than a 512-key tile has.
@@ -875,18 +874,13 @@ void TestBf16PvTile(const Ukernel& u, Checker& c) {
             }
           const uint32_t* pw = reinterpret_cast<const uint32_t*>(pp.data());
           const uint32_t* vw = reinterpret_cast<const uint32_t*>(vp.data());
-          if (u.family == Family::kBf16PvRows) {
-            const int64_t ldp = (npairs + 15) / 16 * 16 + 16;
-            Buffer pr(nrows * ldp);
-            auto* rows = reinterpret_cast<uint32_t*>(pr.data());
-            for (int64_t m = 0; m < nrows; ++m)
-              for (int64_t q = 0; q < npairs; ++q) rows[m * ldp + q] = pw[q * kTileCols + m];
-            Bf16PvRowsArgs a{rows, ldp, vw, vps, npairs, nrows, nvec, accumulate, o.data(), ldo};
-            ASSERT_TRUE(u.run(&a));
-          } else {
-            Bf16PvTileArgs a{pw, vw, vps, npairs, nrows, nvec, accumulate, o.data(), ldo};
-            ASSERT_TRUE(u.run(&a));
-          }
+          const int64_t ldp = (npairs + 15) / 16 * 16 + 16;
+          Buffer pr(nrows * ldp);
+          auto* rows = reinterpret_cast<uint32_t*>(pr.data());
+          for (int64_t m = 0; m < nrows; ++m)
+            for (int64_t q = 0; q < npairs; ++q) rows[m * ldp + q] = pw[q * kTileCols + m];
+          Bf16PvRowsArgs a{rows, ldp, vw, vps, npairs, nrows, nvec, accumulate, o.data(), ldo};
+          ASSERT_TRUE(u.run(&a));
           const std::string at =
               "pairs=" + std::to_string(npairs) + " rows=" + std::to_string(nrows) +
               " nvec=" + std::to_string(nvec) + (accumulate ? " accumulate" : "");
@@ -907,38 +901,6 @@ void TestBf16PvTile(const Ukernel& u, Checker& c) {
             c.Poisoned(o[m * ldo + vps], at + " past the vectors");
           }
           c.Poisoned(o[nrows * ldo], at + " past the rows");
-        }
-      }
-    }
-  }
-}
-
-void TestBf16PackScores(const Ukernel& u, Checker& c) {
-  std::mt19937 rng(25);
-  for (int64_t nkeys : {1, 2, 3, 7, 512}) {
-    for (int64_t nvec : {1, 2, 4}) {
-      Buffer st(nkeys * kTileCols);
-      st.Fill(rng);
-      st[0] = kNaN;
-      if (nkeys > 1) st[kTileCols + 1] = kInf;
-      st[2] = 0x1.0101p0f;  // a tie between bf16 1 + 2^-7 and 1 + 2^-6: rounds to even
-      const std::vector<float> orig(st.data(), st.data() + nkeys * kTileCols);
-      Bf16PackScoresArgs a{st.data(), nkeys, nvec};
-      ASSERT_TRUE(u.run(&a));
-      const uint32_t* pp = reinterpret_cast<const uint32_t*>(st.data());
-      const std::string at = "keys=" + std::to_string(nkeys) + " nvec=" + std::to_string(nvec);
-      for (int64_t p = 0; p < (nkeys + 1) / 2; ++p) {
-        for (int64_t x = 0; x < 16 * nvec; ++x) {
-          for (int half : {0, 1}) {
-            const int64_t j = 2 * p + half;
-            const double want =
-                j < nkeys ? F32FromBF16Bits(BF16BitsFromF32(orig[j * kTileCols + x])) : 0.0;
-            c.Near(Bf16(pp[p * kTileCols + x], half), want, 0,
-                   at + " key " + std::to_string(j) + " row " + std::to_string(x));
-          }
-        }
-        for (int64_t x = 16 * nvec; x < kTileCols; ++x) {
-          c.Near(st[p * kTileCols + x], orig[p * kTileCols + x], 0, at + " past the vectors");
         }
       }
     }
@@ -1289,15 +1251,12 @@ void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
       return TestToF32(u, lanes, c);
     case Family::kBf16ScoreTile:
       return TestBf16ScoreTile(u, c);
-    case Family::kBf16PvTile:
     case Family::kBf16PvRows:
-      return TestBf16PvTile(u, c);
+      return TestBf16PvRows(u, c);
     case Family::kBf16SoftmaxToRows:
       return TestBf16SoftmaxToRows(u, c);
     case Family::kBf16PackQueries:
       return TestBf16PackQueries(u, c);
-    case Family::kBf16PackScores:
-      return TestBf16PackScores(u, c);
     case Family::kBf16PackValues:
       return TestBf16PackValues(u, c);
     case Family::kGradScores:

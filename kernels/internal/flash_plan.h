@@ -12,7 +12,7 @@
 
 #include "kernels/problem.h"
 #include "kernels/tuning.h"
-#include "kernels/ukernels/bf16_amx.h"
+#include "kernels/ukernels/bf16_avx512.h"
 
 namespace attn {
 
@@ -117,10 +117,10 @@ struct Plan {
   int64_t k_tile_floats = 0;  // bc x dk
   int64_t q_rows_floats = 0;  // kBr x dk
   int64_t o_row_floats = 0;   // dvp
-  // bf16 Q, K and V where the AMX kernels can take them (this CPU has
-  // AMX-BF16, dk a multiple of 32): their P rows (kernels/ukernels/
-  // bf16_amx.h), kBr rows of bc/2 key pairs rounded up to whole 16-pair
-  // tiles (32-bit pairs: one float each). 0 otherwise.
+  // bf16 Q, K and V where the pair kernels take them (this CPU has
+  // AVX512_BF16, the cache is not paged): their P rows (softmax_to_rows in
+  // kernels/ukernels/bf16_avx512.h), kBr rows of bc/2 key pairs rounded up
+  // to whole 16-pair tiles (32-bit pairs: one float each). 0 otherwise.
   int64_t p_rows_floats = 0;
   int64_t p_row_pairs = 0;  // their row stride
   int64_t items() const { return blocks * splits; }
@@ -197,10 +197,12 @@ inline Plan MakePlan(const ValidProblem& p) {
   if (p.k.dtype != DType::kF32) plan.k_tile_floats = RoundUp(plan.bc * s.head_dim, 16);
   if (p.q.dtype != DType::kF32) plan.q_rows_floats = RoundUp(kBr * s.head_dim, 16);
   if (p.o.dtype != DType::kF32) plan.o_row_floats = plan.dvp;
-  const bool amx = p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 &&
-                   p.v.dtype == DType::kBF16 && ukernels::AmxScoresTakeDk(s.head_dim) &&
-                   ukernels::CpuHasAmxBf16();
-  if (amx) {
+  // The pair kernels' softmax writes P as bf16 rows (AMX and VDPBF16PS
+  // alike; flash.cc's PairKernels): their buffer, kBr rows of the tile's pairs.
+  const bool pair_kernels = p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 &&
+                            p.v.dtype == DType::kBF16 && !p.kv_pages &&
+                            ukernels::CpuHasAvx512Bf16();
+  if (pair_kernels) {
     plan.p_row_pairs = RoundUp(plan.bc, 32) / 2;
     plan.p_rows_floats = kBr * plan.p_row_pairs;
   }

@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <limits>
 #include <string>
 
 #include "kernels/ukernels/column_max_avx512.h"
@@ -176,130 +175,6 @@ ATTN_AMX_TARGET void ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k_
   if (col_max != nullptr) {
     for (int v = 0; v < nc; ++v) _mm512_store_ps(col_max + v * 16, mt[v]);
   }
-}
-
-// --- The online softmax, into P rows --------------------------------------------
-
-// e^(s·scale - mu) (mu the row's new maximum, s·scale <= mu) in 10
-// instructions per 16 scores (FastExp2 in exp-inl.h, with its caller's
-// subtraction and change of base: 16). t = (s·scale - mu)·log2 e splits
-// into f = t - floor(t) in [0, 1) (VREDUCEPS, exact) and floor(t), which
-// VSCALEFPS applies by itself (it scales by 2^floor of its second operand).
-// 2^f is a degree-5 polynomial, minimax for relative error on [0, 1]
-// (7.5e-8; 1.5e-7 = 2.2 ulp with fp32 Horner rounding, checked on a dense
-// sweep), within the 8 ulp the error bound allows the exponential
-// (reference/error_bound.cc), instead of FastExp2's degree 7: P is rounded
-// to bf16 (2^-8) right after. Arguments below -126 (-inf included, whose
-// VREDUCEPS is NaN) are masked to 0 by VSCALEFPS (no subnormal weights:
-// they cost microcode assists in the sums); NaN gives NaN (it compares "not
-// less", and stays NaN through each step).
-ATTN_AMX_TARGET inline __m512 ExpScaled(__m512 s, __m512 scale, __m512 mu) {
-  const __m512 lo = _mm512_set1_ps(-126.0f);
-  const __m512 t =
-      _mm512_mul_ps(_mm512_fmsub_ps(s, scale, mu), _mm512_set1_ps(1.4426950408889634f));
-  const __mmask16 keep = _mm512_cmp_ps_mask(t, lo, _CMP_NLT_UQ);
-  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  __m512 p = _mm512_set1_ps(1.8775742501020432e-03f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.989338763058186e-03f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5826324969530106e-02f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4015361070632935e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931530833244324e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.999999403953552e-01f));
-  return _mm512_maskz_scalef_ps(keep, p, t);
-}
-
-// Key j's weights for 16 rows (0 past nkeys).
-ATTN_AMX_TARGET inline __m512 Weight(const float* st, int64_t j, int64_t nkeys, __m512 scale,
-                                     __m512 mu) {
-  return j < nkeys ? ExpScaled(_mm512_load_ps(st + j * kCols), scale, mu) : _mm512_setzero_ps();
-}
-
-// Sixteen key pairs (32 keys) of 16 rows, as P rows: e^(s·scale - mu) of
-// keys j0 + 2i and j0 + 2i + 1 (0 past nkeys) rounded to bf16 and
-// interleaved into one 32-bit lane per row, then the 16 x 16 block of pairs
-// transposed so that each row's 16 pairs are one store. Returns `sum` plus
-// the fp32 weights.
-ATTN_AMX_TARGET __m512 ExpPairRows(const float* st, int64_t j0, int64_t nkeys, __m512 scale,
-                                   __m512 mu, __m512 sum, uint32_t* pr, int64_t ldp) {
-  // Word 2r of a pair vector is key j0 + 2i of row r, word 2r + 1 key j0 + 2i + 1.
-  const __m512i interleave =
-      _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
-                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  __m512i pairs[16];
-  __m512 sum1 = _mm512_setzero_ps();
-  for (int i = 0; i < 16; ++i) {
-    const int64_t j = j0 + 2 * i;
-    const __m512 e0 = Weight(st, j, nkeys, scale, mu), e1 = Weight(st, j + 1, nkeys, scale, mu);
-    sum = _mm512_add_ps(sum, e0);
-    sum1 = _mm512_add_ps(sum1, e1);
-    pairs[i] = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
-  }
-  Transpose16x16(pairs);
-  for (int r = 0; r < 16; ++r) _mm512_store_si512(pr + r * ldp, pairs[r]);
-  return _mm512_add_ps(sum, sum1);
-}
-
-// The online step of OnlineSoftmaxColumns (softmax-inl.h) on raw scores,
-// NV vectors of 16 rows: the maximum over the tile's keys (one chain per
-// vector; or the score tile's, tile_max, which spares this pass over Sᵀ),
-// scaled (scale > 0 commutes with it), then one pass that takes
-// e^(s·scale - m), sums it and writes it as P rows, 32 keys of every
-// vector at a time. Both passes walk Sᵀ in address order: strip by strip
-// (a 16-row column of Sᵀ has rows 256 bytes apart, which fall in a quarter
-// of L1's sets, so a strip does not stay there between the passes) they
-// ran at the fp32 columns kernel's 3.6 G scores/s. One read of Sᵀ after
-// the maximum's, against the pair path's exp pass (Sᵀ read and written),
-// pairing pass (read, half written) and transposes (read, written).
-template <int NV>
-ATTN_AMX_TARGET void SoftmaxToRowsOf(const float* st, int64_t nkeys, float scale, float* m,
-                                     float* l, float* alpha, uint32_t* pr, int64_t ldp,
-                                     const float* tile_max) {
-  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  const __m512 vscale = _mm512_set1_ps(scale);
-  __m512 mt[NV], mn[NV], mu[NV], sum[NV];  // tile max (raw), new max, its finite form
-  if (tile_max != nullptr) {
-    for (int v = 0; v < NV; ++v) mt[v] = _mm512_load_ps(tile_max + v * 16);
-  } else {
-    SetMinusInfinity(mt, NV);
-    MaxOverKeys<NV>(st, nkeys, mt);
-  }
-  for (int v = 0; v < NV; ++v) {
-    mn[v] = _mm512_max_ps(_mm512_load_ps(m + v * 16), _mm512_mul_ps(mt[v], vscale));
-    mu[v] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(mn[v], neg_inf, _CMP_NEQ_UQ), mn[v]);
-    sum[v] = _mm512_setzero_ps();
-  }
-  for (int64_t j0 = 0; j0 < nkeys; j0 += 32) {
-    for (int v = 0; v < NV; ++v) {
-      sum[v] = ExpPairRows(st + v * 16, j0, nkeys, vscale, mu[v], sum[v],
-                           pr + v * 16 * ldp + j0 / 2, ldp);
-    }
-  }
-  for (int v = 0; v < NV; ++v) {
-    const __m512 mo = _mm512_load_ps(m + v * 16);
-    const __m512 a = ExpScaled(mo, _mm512_set1_ps(1.0f), mu[v]);
-    _mm512_store_ps(l + v * 16, _mm512_fmadd_ps(a, _mm512_load_ps(l + v * 16), sum[v]));
-    _mm512_store_ps(m + v * 16, mn[v]);
-    _mm512_store_ps(alpha + v * 16, a);
-  }
-}
-
-ATTN_AMX_TARGET void SoftmaxToRows(const float* st, int64_t nkeys, int64_t nvec, float scale,
-                                   float* m, float* l, float* alpha, uint32_t* pr, int64_t ldp,
-                                   const float* tile_max) {
-  switch (nvec) {
-    case 1:
-      SoftmaxToRowsOf<1>(st, nkeys, scale, m, l, alpha, pr, ldp, tile_max);
-      break;
-    case 2:
-      SoftmaxToRowsOf<2>(st, nkeys, scale, m, l, alpha, pr, ldp, tile_max);
-      break;
-    case 3:
-      SoftmaxToRowsOf<3>(st, nkeys, scale, m, l, alpha, pr, ldp, tile_max);
-      break;
-    default:
-      SoftmaxToRowsOf<4>(st, nkeys, scale, m, l, alpha, pr, ldp, tile_max);
-  }
-  MemoryBarrier(pr);
 }
 
 // --- O (+)= P·V -----------------------------------------------------------------
@@ -480,16 +355,11 @@ double AmxBf16PeakLoop(int64_t rounds) { return CpuHasAmxBf16() ? PeakLoop(round
 
 const Bf16Kernels* AmxBf16KernelsForCpu() {
   if (!CpuHasAmxBf16()) return nullptr;
-  // pv_tile and pack_score_pairs (the pair layout of P) are the VDPBF16PS
-  // kernels': flash on AMX writes P rows instead (softmax_to_rows, pv_rows).
+  // The VDPBF16PS set's V and Q pairing and softmax (P rows), the tile
+  // kernels' products.
   const Bf16Kernels& pairs = *Bf16KernelsForCpu();
-  static const Bf16Kernels kKernels = {ScoreTile,
-                                       pairs.pv_tile,
-                                       pairs.pack_score_pairs,
-                                       pairs.pack_value_pairs,
-                                       pairs.pack_query_pairs,
-                                       SoftmaxToRows,
-                                       PvRows};
+  static const Bf16Kernels kKernels = {ScoreTile, pairs.pack_value_pairs, pairs.pack_query_pairs,
+                                       pairs.softmax_to_rows, PvRows};
   return &kKernels;
 }
 

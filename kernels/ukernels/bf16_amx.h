@@ -3,25 +3,19 @@
 // 16 x 16 fp32 block += 16 x 32 bf16 times 32 x 16 bf16, 16 cycles a
 // core: 1024 FLOP per cycle, 12x the fp32 FMA peak of the same core).
 //
-// The score kernel takes the pair kernels' operands (bf16_avx512.h); P
-// leaves the softmax as rows instead, so AmxBf16KernelsForCpu() is a
-// Bf16Kernels with softmax_to_rows and pv_rows set, which flash uses:
+// The two products take the pair kernels' operands (bf16_avx512.h) and the
+// P rows their softmax writes (softmax_to_rows, shared: AmxBf16KernelsForCpu()
+// is the VDPBF16PS set with score_tile and pv_rows replaced):
 //   Sᵀ = K·Qᵀ  C = Sᵀ (keys x 16 queries per tile), A = 16 K rows read in
 //              place (32 bf16 of d per step: dk must be a multiple of 32;
 //              other dk run the VDPBF16PS score tile), B = the Q pairs qp
 //              as they are (qp[p·64 + x] is TDPBF16PS's B layout: pairs
 //              along d, one column per query). Scaled after the store when
 //              scale != 1 (flash passes 1 and scales in the softmax).
-//   softmax    the online step over raw Sᵀ, 16 queries at a time: max
-//              (or the one the score tile took from the rows it had just
-//              stored, col_max: Sᵀ is then read once), then one pass of
-//              exp (a degree-5 polynomial: P is rounded to bf16 next),
-//              sums, bf16 rounding, pairing and a 16 x 16
-//              transpose in registers, which writes P as rows pr[x·ldp +
-//              p]: TDPBF16PS's A layout (pairs along keys, one row per
-//              query). No fp32 P, no pair tile, no transpose buffer.
-//   O += P·V   C = O (2 x 2 tiles of 16 rows x 16 columns), A = the P rows,
-//              B = the V pairs vp as they are (pairs along keys).
+//   O += P·V   C = O (2 x 2 tiles of 16 rows x 16 columns), A = the P rows
+//              pr[x·ldp + p] (pairs along keys, one row per query: written
+//              so by the softmax, with no fp32 P, pair tile or transpose
+//              buffer), B = the V pairs vp as they are (pairs along keys).
 // Score tile: tiles 0-3 hold four C blocks, 4 holds A and 5-7 the B blocks
 // in turn, so a K row block is loaded once per four TDPBF16PS. Shapes that
 // do not fill a tile (fewer than 16 keys or rows, fewer than 16 key pairs)
@@ -67,11 +61,6 @@ double AmxBf16PeakLoop(int64_t rounds);
 inline void AmxBf16ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k_stride, int64_t nkeys,
                              int64_t dk, int64_t nvec, float scale, float* st, float* col_max) {
   AmxBf16KernelsForCpu()->score_tile(qp, k, k_stride, nkeys, dk, nvec, scale, st, col_max);
-}
-inline void AmxBf16SoftmaxToRows(const float* st, int64_t nkeys, int64_t nvec, float scale,
-                                 float* m, float* l, float* alpha, uint32_t* pr, int64_t ldp,
-                                 const float* tile_max) {
-  AmxBf16KernelsForCpu()->softmax_to_rows(st, nkeys, nvec, scale, m, l, alpha, pr, ldp, tile_max);
 }
 inline void AmxBf16PvRows(const uint32_t* pr, int64_t ldp, const uint32_t* vp, int64_t vps,
                           int64_t npairs, int64_t nrows, int64_t nvec, bool accumulate, float* o,

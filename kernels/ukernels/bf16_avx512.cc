@@ -8,16 +8,19 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "kernels/ukernels/column_max_avx512.h"
 #include "kernels/ukernels/transpose_avx512.h"
 
 // gcc 12's avx512fintrin.h passes an undefined vector as the pass-through
 // operand of unmasked conversions and shifts, which -Wmaybe-uninitialized
-// reports where they inline (a false positive: no lane of it is used).
+// reports where they inline (a false positive: no lane of it is used), and
+// -Wuninitialized once the softmax's inline helpers are inlined.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
-#define ATTN_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define ATTN_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
 
 namespace attn::ukernels {
 namespace {
@@ -112,17 +115,17 @@ ATTN_BF16_TARGET void ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k
         break;
     }
   }
-  if (col_max == nullptr) return;  // flash does not ask: its softmax on this path reads Sᵀ
+  if (col_max == nullptr) return;
   __m512 mt[4];
   SetMinusInfinity(mt, nvec);
   MaxOverKeys(nvec, st, nkeys, mt);
   for (int64_t v = 0; v < nvec; ++v) _mm512_store_ps(col_max + v * 16, mt[v]);
 }
 
-// O for MR rows x NV vectors of dv.
+// O for MR rows x NV vectors of dv from MR P rows (pr[m·ldp + p]).
 template <int MR, int NV>
-ATTN_BF16_TARGET void PvKernel(const uint32_t* pp, const uint32_t* vp, int64_t vps, int64_t npairs,
-                               bool accumulate, float* o, int64_t ldo) {
+ATTN_BF16_TARGET void PvKernel(const uint32_t* pr, int64_t ldp, const uint32_t* vp, int64_t vps,
+                               int64_t npairs, bool accumulate, float* o, int64_t ldo) {
   __m512 acc[MR][NV];
   for (int m = 0; m < MR; ++m)
     for (int v = 0; v < NV; ++v)
@@ -131,7 +134,7 @@ ATTN_BF16_TARGET void PvKernel(const uint32_t* pp, const uint32_t* vp, int64_t v
     __m512bh vv[NV];
     for (int v = 0; v < NV; ++v) vv[v] = (__m512bh)_mm512_load_si512(vp + p * vps + v * 16);
     for (int m = 0; m < MR; ++m) {
-      const __m512bh pb = (__m512bh)_mm512_set1_epi32(int(pp[p * kCols + m]));
+      const __m512bh pb = (__m512bh)_mm512_set1_epi32(int(pr[m * ldp + p]));
       for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], pb, vv[v]);
     }
   }
@@ -140,22 +143,23 @@ ATTN_BF16_TARGET void PvKernel(const uint32_t* pp, const uint32_t* vp, int64_t v
 }
 
 template <int MR>
-ATTN_BF16_TARGET void PvRows(int nv, const uint32_t* pp, const uint32_t* vp, int64_t vps,
-                             int64_t npairs, bool accumulate, float* o, int64_t ldo) {
+ATTN_BF16_TARGET void PvKeys(int nv, const uint32_t* pr, int64_t ldp, const uint32_t* vp,
+                             int64_t vps, int64_t npairs, bool accumulate, float* o, int64_t ldo) {
   switch (nv) {
     case 1:
-      return PvKernel<MR, 1>(pp, vp, vps, npairs, accumulate, o, ldo);
+      return PvKernel<MR, 1>(pr, ldp, vp, vps, npairs, accumulate, o, ldo);
     case 2:
-      return PvKernel<MR, 2>(pp, vp, vps, npairs, accumulate, o, ldo);
+      return PvKernel<MR, 2>(pr, ldp, vp, vps, npairs, accumulate, o, ldo);
     case 3:
-      return PvKernel<MR, 3>(pp, vp, vps, npairs, accumulate, o, ldo);
+      return PvKernel<MR, 3>(pr, ldp, vp, vps, npairs, accumulate, o, ldo);
     default:
-      return PvKernel<MR, 4>(pp, vp, vps, npairs, accumulate, o, ldo);
+      return PvKernel<MR, 4>(pr, ldp, vp, vps, npairs, accumulate, o, ldo);
   }
 }
 
-ATTN_BF16_TARGET void PvTile(const uint32_t* pp, const uint32_t* vp, int64_t vps, int64_t npairs,
-                             int64_t nrows, int64_t nvec, bool accumulate, float* o, int64_t ldo) {
+ATTN_BF16_TARGET void PvRows(const uint32_t* pr, int64_t ldp, const uint32_t* vp, int64_t vps,
+                             int64_t npairs, int64_t nrows, int64_t nvec, bool accumulate, float* o,
+                             int64_t ldo) {
   constexpr int kMR = 6;
   for (int64_t v0 = 0; v0 < nvec; v0 += 4) {
     const int nv = int(std::min<int64_t>(4, nvec - v0));
@@ -163,25 +167,25 @@ ATTN_BF16_TARGET void PvTile(const uint32_t* pp, const uint32_t* vp, int64_t vps
     float* oc = o + v0 * 16;
     int64_t m = 0;
     for (; m + kMR <= nrows; m += kMR) {
-      PvRows<kMR>(nv, pp + m, vc, vps, npairs, accumulate, oc + m * ldo, ldo);
+      PvKeys<kMR>(nv, pr + m * ldp, ldp, vc, vps, npairs, accumulate, oc + m * ldo, ldo);
     }
-    const uint32_t* pm = pp + m;
+    const uint32_t* pm = pr + m * ldp;
     float* om = oc + m * ldo;
     switch (nrows - m) {
       case 1:
-        PvRows<1>(nv, pm, vc, vps, npairs, accumulate, om, ldo);
+        PvKeys<1>(nv, pm, ldp, vc, vps, npairs, accumulate, om, ldo);
         break;
       case 2:
-        PvRows<2>(nv, pm, vc, vps, npairs, accumulate, om, ldo);
+        PvKeys<2>(nv, pm, ldp, vc, vps, npairs, accumulate, om, ldo);
         break;
       case 3:
-        PvRows<3>(nv, pm, vc, vps, npairs, accumulate, om, ldo);
+        PvKeys<3>(nv, pm, ldp, vc, vps, npairs, accumulate, om, ldo);
         break;
       case 4:
-        PvRows<4>(nv, pm, vc, vps, npairs, accumulate, om, ldo);
+        PvKeys<4>(nv, pm, ldp, vc, vps, npairs, accumulate, om, ldo);
         break;
       case 5:
-        PvRows<5>(nv, pm, vc, vps, npairs, accumulate, om, ldo);
+        PvKeys<5>(nv, pm, ldp, vc, vps, npairs, accumulate, om, ldo);
         break;
       default:
         break;
@@ -189,24 +193,126 @@ ATTN_BF16_TARGET void PvTile(const uint32_t* pp, const uint32_t* vp, int64_t vps
   }
 }
 
-// Keys 2p and 2p+1 of 16 rows: VCVTNE2PS2BF16 puts key 2p's bf16 in the low
-// half and key 2p+1's in the high half; the permutation interleaves them
-// into (key 2p, key 2p+1) per row.
-ATTN_BF16_TARGET void PackScorePairs(float* st, int64_t nkeys, int64_t nvec) {
-  alignas(64) static const uint16_t kInterleave[32] = {0,  16, 1,  17, 2,  18, 3,  19, 4,  20, 5,
-                                                       21, 6,  22, 7,  23, 8,  24, 9,  25, 10, 26,
-                                                       11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i interleave = _mm512_load_si512(kInterleave);
-  const int64_t pairs = (nkeys + 1) / 2;
-  for (int64_t p = 0; p < pairs; ++p) {
-    for (int64_t v = 0; v < nvec; ++v) {
-      const __m512 lo = _mm512_load_ps(st + 2 * p * kCols + v * 16);
-      const __m512 hi = 2 * p + 1 < nkeys ? _mm512_load_ps(st + (2 * p + 1) * kCols + v * 16)
-                                          : _mm512_setzero_ps();
-      const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-      // Written at p·64 <= 2p·64: only over keys already read.
-      _mm512_store_si512(st + p * kCols + v * 16, _mm512_permutexvar_epi16(interleave, both));
+// --- The online softmax, into P rows --------------------------------------------
+
+// e^(s·scale - mu) (mu the row's new maximum, s·scale <= mu) in 10
+// instructions per 16 scores (FastExp2 in exp-inl.h, with its caller's
+// subtraction and change of base: 16). t = (s·scale - mu)·log2 e splits
+// into f = t - floor(t) in [0, 1) (VREDUCEPS, exact) and floor(t), which
+// VSCALEFPS applies by itself (it scales by 2^floor of its second operand).
+// 2^f is a degree-5 polynomial, minimax for relative error on [0, 1]
+// (7.5e-8; 1.5e-7 = 2.2 ulp with fp32 Horner rounding, checked on a dense
+// sweep), within the 8 ulp the error bound allows the exponential
+// (reference/error_bound.cc), instead of FastExp2's degree 7: P is rounded
+// to bf16 (2^-8) right after. Arguments below -126 (-inf included, whose
+// VREDUCEPS is NaN) are masked to 0 by VSCALEFPS (no subnormal weights:
+// they cost microcode assists in the sums); NaN gives NaN (it compares "not
+// less", and stays NaN through each step).
+ATTN_BF16_TARGET inline __m512 ExpScaled(__m512 s, __m512 scale, __m512 mu) {
+  const __m512 lo = _mm512_set1_ps(-126.0f);
+  const __m512 t =
+      _mm512_mul_ps(_mm512_fmsub_ps(s, scale, mu), _mm512_set1_ps(1.4426950408889634f));
+  const __mmask16 keep = _mm512_cmp_ps_mask(t, lo, _CMP_NLT_UQ);
+  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_set1_ps(1.8775742501020432e-03f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.989338763058186e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5826324969530106e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4015361070632935e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931530833244324e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.999999403953552e-01f));
+  return _mm512_maskz_scalef_ps(keep, p, t);
+}
+
+// Key j's weights for 16 rows (0 past nkeys).
+ATTN_BF16_TARGET inline __m512 Weight(const float* st, int64_t j, int64_t nkeys, __m512 scale,
+                                      __m512 mu) {
+  return j < nkeys ? ExpScaled(_mm512_load_ps(st + j * kCols), scale, mu) : _mm512_setzero_ps();
+}
+
+// Sixteen key pairs (32 keys) of 16 rows, as P rows: e^(s·scale - mu) of
+// keys j0 + 2i and j0 + 2i + 1 (0 past nkeys) rounded to bf16 and
+// interleaved into one 32-bit lane per row, then the 16 x 16 block of pairs
+// transposed so that each row's 16 pairs are one store. Returns `sum` plus
+// the fp32 weights.
+ATTN_BF16_TARGET __m512 ExpPairRows(const float* st, int64_t j0, int64_t nkeys, __m512 scale,
+                                    __m512 mu, __m512 sum, uint32_t* pr, int64_t ldp) {
+  // Word 2r of a pair vector is key j0 + 2i of row r, word 2r + 1 key j0 + 2i + 1.
+  const __m512i interleave =
+      _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  __m512i pairs[16];
+  __m512 sum1 = _mm512_setzero_ps();
+  for (int i = 0; i < 16; ++i) {
+    const int64_t j = j0 + 2 * i;
+    const __m512 e0 = Weight(st, j, nkeys, scale, mu), e1 = Weight(st, j + 1, nkeys, scale, mu);
+    sum = _mm512_add_ps(sum, e0);
+    sum1 = _mm512_add_ps(sum1, e1);
+    pairs[i] = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+  }
+  Transpose16x16(pairs);
+  for (int r = 0; r < 16; ++r) _mm512_store_si512(pr + r * ldp, pairs[r]);
+  return _mm512_add_ps(sum, sum1);
+}
+
+// The online step of OnlineSoftmaxColumns (softmax-inl.h) on raw scores,
+// NV vectors of 16 rows: the maximum over the tile's keys (one chain per
+// vector; or the score tile's, tile_max, which spares this pass over Sᵀ),
+// scaled (scale > 0 commutes with it), then one pass that takes
+// e^(s·scale - m), sums it and writes it as P rows, 32 keys of every
+// vector at a time. Both passes walk Sᵀ in address order: strip by strip
+// (a 16-row column of Sᵀ has rows 256 bytes apart, which fall in a quarter
+// of L1's sets, so a strip does not stay there between the passes) they
+// ran at the fp32 columns kernel's 3.6 G scores/s. One read of Sᵀ after
+// the maximum's, against the pair path's exp pass (Sᵀ read and written),
+// pairing pass (read, half written) and transposes (read, written).
+template <int NV>
+ATTN_BF16_TARGET void SoftmaxToRowsOf(const float* st, int64_t nkeys, float scale, float* m,
+                                      float* l, float* alpha, uint32_t* pr, int64_t ldp,
+                                      const float* tile_max) {
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m512 vscale = _mm512_set1_ps(scale);
+  __m512 mt[NV], mn[NV], mu[NV], sum[NV];  // tile max (raw), new max, its finite form
+  if (tile_max != nullptr) {
+    for (int v = 0; v < NV; ++v) mt[v] = _mm512_load_ps(tile_max + v * 16);
+  } else {
+    SetMinusInfinity(mt, NV);
+    MaxOverKeys<NV>(st, nkeys, mt);
+  }
+  for (int v = 0; v < NV; ++v) {
+    mn[v] = _mm512_max_ps(_mm512_load_ps(m + v * 16), _mm512_mul_ps(mt[v], vscale));
+    mu[v] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(mn[v], neg_inf, _CMP_NEQ_UQ), mn[v]);
+    sum[v] = _mm512_setzero_ps();
+  }
+  for (int64_t j0 = 0; j0 < nkeys; j0 += 32) {
+    for (int v = 0; v < NV; ++v) {
+      sum[v] = ExpPairRows(st + v * 16, j0, nkeys, vscale, mu[v], sum[v],
+                           pr + v * 16 * ldp + j0 / 2, ldp);
     }
+  }
+  for (int v = 0; v < NV; ++v) {
+    const __m512 mo = _mm512_load_ps(m + v * 16);
+    const __m512 a = ExpScaled(mo, _mm512_set1_ps(1.0f), mu[v]);
+    _mm512_store_ps(l + v * 16, _mm512_fmadd_ps(a, _mm512_load_ps(l + v * 16), sum[v]));
+    _mm512_store_ps(m + v * 16, mn[v]);
+    _mm512_store_ps(alpha + v * 16, a);
+  }
+}
+
+ATTN_BF16_TARGET void SoftmaxToRows(const float* st, int64_t nkeys, int64_t nvec, float scale,
+                                    float* m, float* l, float* alpha, uint32_t* pr, int64_t ldp,
+                                    const float* tile_max) {
+  switch (nvec) {
+    case 1:
+      SoftmaxToRowsOf<1>(st, nkeys, scale, m, l, alpha, pr, ldp, tile_max);
+      break;
+    case 2:
+      SoftmaxToRowsOf<2>(st, nkeys, scale, m, l, alpha, pr, ldp, tile_max);
+      break;
+    case 3:
+      SoftmaxToRowsOf<3>(st, nkeys, scale, m, l, alpha, pr, ldp, tile_max);
+      break;
+    default:
+      SoftmaxToRowsOf<4>(st, nkeys, scale, m, l, alpha, pr, ldp, tile_max);
   }
 }
 
@@ -258,15 +364,15 @@ ATTN_BF16_TARGET void PackQueryPairsTransposed(const uint16_t* const* rows, int6
 
 bool CpuHasAvx512Bf16() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512dq") &&
                           __builtin_cpu_supports("avx512vl") &&
                           __builtin_cpu_supports("avx512bf16");
   return has;
 }
 
 const Bf16Kernels* Bf16KernelsForCpu() {
-  static const Bf16Kernels kKernels = {
-      ScoreTile, PvTile, PackScorePairs, PackValuePairs, PackQueryPairsTransposed,
-      nullptr,   nullptr};
+  static const Bf16Kernels kKernels = {ScoreTile, PackValuePairs, PackQueryPairsTransposed,
+                                       SoftmaxToRows, PvRows};
   return CpuHasAvx512Bf16() ? &kKernels : nullptr;
 }
 

@@ -14,8 +14,9 @@
 //             (PackQueryPairs; an odd dk's last pair is (q[x][dk-1], 0))
 //   K         used in place: the pair (k[j][2p], k[j][2p+1]) is one 32-bit
 //             load from the bf16 row, broadcast
-//   P pairs   pp[p·64 + x] = (P[x][2p], P[x][2p+1]) rounded to bf16
-//             (PackScorePairs, in place over the fp32 Pᵀ tile)
+//   P rows    pr[x·ldp + p] = (P[x][2p], P[x][2p+1]) rounded to bf16,
+//             written by the softmax (softmax_to_rows), one pair at a time
+//             broadcast by P·V (AMX's A operand as it is)
 //   V pairs   vp[p·vps + c] = (v[2p][c], v[2p+1][c]) (PackValuePairs)
 // A missing element (odd count, columns past dv) is 0.
 //
@@ -32,7 +33,7 @@
 
 namespace attn::ukernels {
 
-// Rows of the Q-pair and P-pair tiles: flash's 64-row block.
+// Columns of the Q-pair tile and of Sᵀ: flash's 64-row block.
 inline constexpr int64_t kBf16TileCols = 64;
 
 struct Bf16Kernels {
@@ -46,14 +47,6 @@ struct Bf16Kernels {
   // in order), so that the softmax need not read Sᵀ for it.
   void (*score_tile)(const uint32_t* qp, const uint16_t* k, int64_t k_stride, int64_t nkeys,
                      int64_t dk, int64_t nvec, float scale, float* st, float* col_max);
-  // o[x·ldo + c] (+)= Σ_p pp[p·64 + x]·vp[p·vps + c] (pair dot products) for
-  // x < nrows, c < 16·nvec; overwrite unless `accumulate`. vp, vps, o, ldo
-  // 64-byte aligned / multiples of 16. 6 rows x 4 vectors = 24 accumulators.
-  void (*pv_tile)(const uint32_t* pp, const uint32_t* vp, int64_t vps, int64_t npairs,
-                  int64_t nrows, int64_t nvec, bool accumulate, float* o, int64_t ldo);
-  // In place: the fp32 tile st[j·64 + x] (j < nkeys, x < 16·nvec) becomes
-  // bf16 pairs pp[p·64 + x], p < ceil(nkeys/2) (round to nearest even).
-  void (*pack_score_pairs)(float* st, int64_t nkeys, int64_t nvec);
   // vp[p·vps + c] for p < ceil(nkeys/2), c < vps (a multiple of 16 >= dv),
   // from bf16 rows v[j·v_stride + c], c < dv.
   void (*pack_value_pairs)(const uint16_t* v, int64_t v_stride, int64_t nkeys, int64_t dv,
@@ -62,23 +55,30 @@ struct Bf16Kernels {
   // blocks of a row's 32-bit pairs transposed in registers (PackQueryPairs
   // below is the plain version, the tests' reference).
   void (*pack_query_pairs)(const uint16_t* const* rows, int64_t nrows, int64_t dk, uint32_t* qp);
-  // The AMX set only (null here): P as rows, AMX's A layout, instead of
-  // pairs. softmax_to_rows is OnlineSoftmaxColumns (softmax-inl.h: m, l,
-  // alpha, 64-byte aligned) on raw scores st[j·64 + x] (j < nkeys, x <
-  // 16·nvec), each scaled by `scale` > 0 as it is read (m in scaled units),
-  // whose weights e^(s·scale - m) go out rounded to bf16 as
-  // pr[x·ldp + p] = (P[x][2p], P[x][2p+1]), p < ceil(nkeys/32)·16 (0 past
-  // nkeys; ldp a multiple of 16 at least that, pr 64-byte aligned); the
-  // sums l take the fp32 weights. tile_max, unless null, is score_tile's
-  // col_max of this st (nothing written to st since), and the maximum pass
-  // is skipped. pv_rows is pv_tile from those rows.
+  // OnlineSoftmaxColumns (softmax-inl.h: m, l, alpha, 64-byte aligned) on
+  // raw scores st[j·64 + x] (j < nkeys, x < 16·nvec), each scaled by
+  // `scale` > 0 as it is read (m in scaled units), whose weights
+  // e^(s·scale - m) go out rounded to bf16 as pr[x·ldp + p] = (P[x][2p],
+  // P[x][2p+1]), p < ceil(nkeys/32)·16 (0 past nkeys; ldp a multiple of 16
+  // at least that, pr 64-byte aligned); the sums l take the fp32 weights.
+  // tile_max, unless null, is score_tile's col_max of this st (nothing
+  // written to st since), and the maximum pass is skipped. One pass over
+  // Sᵀ after the maximum: 32 keys x 16 queries at a time, exp (a degree-5
+  // polynomial, P is rounded to bf16 next), sums, rounding, pairing and a
+  // 16 x 16 transpose in registers. The AMX set shares it.
   void (*softmax_to_rows)(const float* st, int64_t nkeys, int64_t nvec, float scale, float* m,
                           float* l, float* alpha, uint32_t* pr, int64_t ldp, const float* tile_max);
+  // o[x·ldo + c] (+)= Σ_p pr[x·ldp + p]·vp[p·vps + c] (pair dot products)
+  // for x < nrows, c < 16·nvec; overwrite unless `accumulate`. vp, vps, o,
+  // ldo 64-byte aligned / multiples of 16. 6 rows x 4 vectors = 24
+  // accumulators; per pair step 4 loads of V pairs and 6 broadcasts of P
+  // pairs feed 24 VDPBF16PS.
   void (*pv_rows)(const uint32_t* pr, int64_t ldp, const uint32_t* vp, int64_t vps, int64_t npairs,
                   int64_t nrows, int64_t nvec, bool accumulate, float* o, int64_t ldo);
 };
 
-// The kernels when this CPU has AVX512F + AVX512BW + AVX512_BF16, else null.
+// The kernels when this CPU has AVX512F, BW, DQ, VL and AVX512_BF16, else
+// null.
 const Bf16Kernels* Bf16KernelsForCpu();
 // Whether it has them (the tests' skip condition).
 bool CpuHasAvx512Bf16();
@@ -106,12 +106,15 @@ inline void Bf16ScoreTile(const uint32_t* qp, const uint16_t* k, int64_t k_strid
                           int64_t dk, int64_t nvec, float scale, float* st, float* col_max) {
   Bf16KernelsForCpu()->score_tile(qp, k, k_stride, nkeys, dk, nvec, scale, st, col_max);
 }
-inline void Bf16PvTile(const uint32_t* pp, const uint32_t* vp, int64_t vps, int64_t npairs,
-                       int64_t nrows, int64_t nvec, bool accumulate, float* o, int64_t ldo) {
-  Bf16KernelsForCpu()->pv_tile(pp, vp, vps, npairs, nrows, nvec, accumulate, o, ldo);
+inline void Bf16SoftmaxToRows(const float* st, int64_t nkeys, int64_t nvec, float scale, float* m,
+                              float* l, float* alpha, uint32_t* pr, int64_t ldp,
+                              const float* tile_max) {
+  Bf16KernelsForCpu()->softmax_to_rows(st, nkeys, nvec, scale, m, l, alpha, pr, ldp, tile_max);
 }
-inline void Bf16PackScores(float* st, int64_t nkeys, int64_t nvec) {
-  Bf16KernelsForCpu()->pack_score_pairs(st, nkeys, nvec);
+inline void Bf16PvRows(const uint32_t* pr, int64_t ldp, const uint32_t* vp, int64_t vps,
+                       int64_t npairs, int64_t nrows, int64_t nvec, bool accumulate, float* o,
+                       int64_t ldo) {
+  Bf16KernelsForCpu()->pv_rows(pr, ldp, vp, vps, npairs, nrows, nvec, accumulate, o, ldo);
 }
 inline void Bf16PackQueries(const uint16_t* const* rows, int64_t nrows, int64_t dk, uint32_t* qp) {
   Bf16KernelsForCpu()->pack_query_pairs(rows, nrows, dk, qp);

@@ -1,6 +1,6 @@
 // A 16 x 16 transpose of 32-bit elements in AVX-512 registers, for the
-// intrinsics micro-kernels (bf16_avx512.cc pairs Q with it, bf16_amx.cc
-// turns P pairs into rows). Compiled for AVX512F by its own target
+// intrinsics micro-kernels (bf16_avx512.cc pairs Q and turns P pairs into
+// rows with it). Compiled for AVX512F by its own target
 // attribute, so it inlines into any function compiled for a superset.
 #ifndef ATTNLAB_KERNELS_UKERNELS_TRANSPOSE_AVX512_H_
 #define ATTNLAB_KERNELS_UKERNELS_TRANSPOSE_AVX512_H_

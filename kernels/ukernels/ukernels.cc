@@ -59,10 +59,6 @@ struct ArgsOf<Family::kToF32> : std::type_identity<ToF32Args> {};
 template <>
 struct ArgsOf<Family::kBf16ScoreTile> : std::type_identity<Bf16ScoreTileArgs> {};
 template <>
-struct ArgsOf<Family::kBf16PvTile> : std::type_identity<Bf16PvTileArgs> {};
-template <>
-struct ArgsOf<Family::kBf16PackScores> : std::type_identity<Bf16PackScoresArgs> {};
-template <>
 struct ArgsOf<Family::kBf16PackValues> : std::type_identity<Bf16PackValuesArgs> {};
 template <>
 struct ArgsOf<Family::kBf16PackQueries> : std::type_identity<Bf16PackQueriesArgs> {};
@@ -132,14 +128,6 @@ void Call(ToF32Args& a, F f) {
 template <class F>
 void Call(Bf16ScoreTileArgs& a, F f) {
   f(a.qp, a.k, a.k_stride, a.nkeys, a.dk, a.nvec, a.scale, a.st, a.col_max);
-}
-template <class F>
-void Call(Bf16PvTileArgs& a, F f) {
-  f(a.pp, a.vp, a.vps, a.npairs, a.nrows, a.nvec, a.accumulate, a.o, a.ldo);
-}
-template <class F>
-void Call(Bf16PackScoresArgs& a, F f) {
-  f(a.st, a.nkeys, a.nvec);
 }
 template <class F>
 void Call(Bf16PackValuesArgs& a, F f) {
@@ -264,10 +252,6 @@ const char* FamilyName(Family family) {
       return "to_f32";
     case Family::kBf16ScoreTile:
       return "bf16_score_tile";
-    case Family::kBf16PvTile:
-      return "bf16_pv_tile";
-    case Family::kBf16PackScores:
-      return "bf16_pack_scores";
     case Family::kBf16PackValues:
       return "bf16_pack_values";
     case Family::kBf16PackQueries:

@@ -73,16 +73,13 @@ enum class Family {
   // bf16 pairs (bf16_avx512.h): st[j·64 + x] = Σ_d k[j][d]·q[x][d] from
   // Q pairs and bf16 K rows.
   kBf16ScoreTile,
-  // o[x·ldo + c] (+)= Σ_p pp[p·64 + x]·vp[p·vps + c], pair dot products.
-  kBf16PvTile,
-  // An fp32 Pᵀ tile into bf16 pairs, in place.
-  kBf16PackScores,
   // bf16 V rows into pairs along keys.
   kBf16PackValues,
   // bf16 Q rows into pairs along d, transposed (qp[p·64 + x]).
   kBf16PackQueries,
   // The online softmax step over raw Sᵀ, scaled as read, P out as bf16
-  // rows pr[x·ldp + p] (pairs along keys: AMX's A layout).
+  // rows pr[x·ldp + p] (pairs along keys: AMX's A layout, and what the
+  // VDPBF16PS P·V broadcasts).
   kBf16SoftmaxToRows,
   // o[x·ldo + c] (+)= Σ_p pr[x·ldp + p]·vp[p·vps + c] from those rows.
   kBf16PvRows,
@@ -214,18 +211,6 @@ struct Bf16ScoreTileArgs {
   float scale;
   float* st;
   float* col_max = nullptr;
-};
-struct Bf16PvTileArgs {
-  const uint32_t* pp;
-  const uint32_t* vp;
-  int64_t vps, npairs, nrows, nvec;
-  bool accumulate;
-  float* o;
-  int64_t ldo;
-};
-struct Bf16PackScoresArgs {
-  float* st;
-  int64_t nkeys, nvec;
 };
 struct Bf16PackValuesArgs {
   const uint16_t* v;
