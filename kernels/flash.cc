@@ -795,10 +795,10 @@ void Bf16PvVisibleOnly(const Block& blk, int64_t j0, int64_t j1, const uint16_t*
 }
 
 // Whether flash on the pair kernels scales the scores in the softmax (raw
-// Sᵀ from the tiles: no pass over it) rather than after the score tile: when nothing
-// reads the scaled scores in between (no softcap, ALiBi or additive mask;
-// -inf masking does not care) and scale > 0 (so that the maximum of the
-// raw scores, scaled, is the maximum of the scaled ones).
+// Sᵀ from the tiles: no pass over it) rather than after the score tile:
+// when nothing reads the scaled scores in between (no softcap, ALiBi or
+// additive mask; -inf masking does not care) and scale > 0 (so that the
+// maximum of the raw scores, scaled, is the maximum of the scaled ones).
 bool ScaleInSoftmax(const ValidProblem& p) {
   return p.scale > 0.0f && !p.modifiers.softcap && p.modifiers.alibi_slopes.empty() &&
          p.mask.kind != MaskKind::kAdditive;
@@ -1109,9 +1109,7 @@ struct SplitPartials {
 // K and V rows at one stride; paged tiles take the converted path, run by
 // run. *path names the ISA ("+AMX_BF16", "+AVX512_BF16").
 const ukernels::Bf16Kernels* PairKernels(const ValidProblem& p, const char** path) {
-  const bool all_bf16 = p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 &&
-                        p.v.dtype == DType::kBF16 && !p.kv_pages;
-  if (!all_bf16 || hn::Lanes(DF()) != 16 || PortablePathForced()) return nullptr;
+  if (!flash::PairTypes(p) || hn::Lanes(DF()) != 16 || PortablePathForced()) return nullptr;
   if (!AmxForbidden() && ukernels::AmxScoresTakeDk(p.shape.head_dim)) {
     if (const ukernels::Bf16Kernels* amx = ukernels::AmxBf16KernelsForCpu()) {
       *path = "+AMX_BF16";

@@ -140,6 +140,14 @@ inline int64_t STileFloats(const Plan& plan) {
 // whole number of vectors (dv == dvp), so only other V need the buffer.
 inline int64_t VTileFloats(const Plan& plan) { return plan.v_in_place ? 0 : plan.bc * plan.dvp; }
 
+// Whether a problem's types and layout suit the bf16 pair kernels: bf16 Q,
+// K and V, K and V at one stride per tile (not paged). flash.cc's
+// PairKernels adds the CPU and the environment switches.
+inline bool PairTypes(const ValidProblem& p) {
+  return p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 && p.v.dtype == DType::kBF16 &&
+         !p.kv_pages;
+}
+
 inline Plan MakePlan(const ValidProblem& p) {
   Plan plan;
   const Shape& s = p.shape;
@@ -199,10 +207,7 @@ inline Plan MakePlan(const ValidProblem& p) {
   if (p.o.dtype != DType::kF32) plan.o_row_floats = plan.dvp;
   // The pair kernels' softmax writes P as bf16 rows (AMX and VDPBF16PS
   // alike; flash.cc's PairKernels): their buffer, kBr rows of the tile's pairs.
-  const bool pair_kernels = p.q.dtype == DType::kBF16 && p.k.dtype == DType::kBF16 &&
-                            p.v.dtype == DType::kBF16 && !p.kv_pages &&
-                            ukernels::CpuHasAvx512Bf16();
-  if (pair_kernels) {
+  if (PairTypes(p) && ukernels::CpuHasAvx512Bf16()) {
     plan.p_row_pairs = RoundUp(plan.bc, 32) / 2;
     plan.p_rows_floats = kBr * plan.p_row_pairs;
   }

@@ -263,8 +263,8 @@ ATTN_BF16_TARGET __m512 ExpPairRows(const float* st, int64_t j0, int64_t nkeys, 
 // (a 16-row column of Sᵀ has rows 256 bytes apart, which fall in a quarter
 // of L1's sets, so a strip does not stay there between the passes) they
 // ran at the fp32 columns kernel's 3.6 G scores/s. One read of Sᵀ after
-// the maximum's, against the pair path's exp pass (Sᵀ read and written),
-// pairing pass (read, half written) and transposes (read, written).
+// the maximum's, where the fp32 columns softmax and a pairing pass read and
+// wrote it twice more (kernels/DESIGN.md, "Reduced precision").
 template <int NV>
 ATTN_BF16_TARGET void SoftmaxToRowsOf(const float* st, int64_t nkeys, float scale, float* m,
                                       float* l, float* alpha, uint32_t* pr, int64_t ldp,

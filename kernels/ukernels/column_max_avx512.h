@@ -1,6 +1,6 @@
 // The maximum over keys of a bf16 flash tile's fp32 scores Sᵀ (st[j·64 +
-// x]: 64 queries per key row), for the intrinsics micro-kernels: the AMX
-// softmax's maximum pass, and the score tiles that hand it that maximum
+// x]: 64 queries per key row), for the intrinsics micro-kernels: the pair
+// kernels' softmax maximum pass (softmax_to_rows), and the score tiles that hand it that maximum
 // (col_max) from the rows they have just stored. One loop, so that both
 // give the same bits: VMAXPS from -inf, key by key in order (a NaN score
 // is passed over by the next key's VMAXPS, which returns its second
