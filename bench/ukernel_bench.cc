@@ -269,6 +269,40 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
                        }});
       }
       break;
+    // The decode kernels at GQA-4's shape (4 rows, d = 128) over one tile of
+    // 512 keys in L2 (flash streams them from memory; the tile from L2
+    // shows the instruction bound). FLOPs as the pair kernels above.
+    case Family::kBf16DecodeScores: {
+      const int64_t rows = 4, keys = 512, dk = 128;
+      Shape s{"rows:4/keys:512/d:128", 2.0 * rows * keys * dk, double(rows * keys)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats qw(rows * dk / 2), k(keys * dk / 2), sc(rows * keys);
+                       ukernels::Bf16DecodeScoresArgs a{reinterpret_cast<uint16_t*>(qw.get()),
+                                                        rows,
+                                                        reinterpret_cast<uint16_t*>(k.get()),
+                                                        dk,
+                                                        keys,
+                                                        dk,
+                                                        0.0884f,
+                                                        sc.get(),
+                                                        keys};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
+    case Family::kBf16DecodePv: {
+      const int64_t rows = 4, keys = 512, dv = 128;
+      Shape s{"rows:4/keys:512/d:128", 2.0 * rows * keys * dv, double(rows * dv)};
+      out.push_back(
+          {s, [=](benchmark::State& st) {
+             Floats p(rows * keys), v(keys * dv / 2), o(rows * dv);
+             ukernels::Bf16DecodePvArgs a{
+                 p.get(), keys, reinterpret_cast<uint16_t*>(v.get()), dv, keys, rows, dv, true,
+                 o.get(), dv};
+             Time(st, *up, a, s, peak);
+           }});
+      break;
+    }
     case Family::kBf16PackQueries: {
       const int64_t rows = 64, dk = 128;
       Shape s{"rows:64/d:128", 0, double(rows * dk)};

@@ -85,7 +85,14 @@
 //     softcap, ALiBi or additive mask, scale > 0) the softmax takes the
 //     scale from the score tile, which then stores Sᵀ as the products leave
 //     it.
-//   * Decode blocks (<= 8 rows) on reduced K or V: the few-row score and P·V
+//   * Decode blocks of 2-4 rows (GQA decode) with bf16 K or V, on a CPU with
+//     AVX512_BF16 (RunStats::path "AVX3+AVX512_BF16"): the scores and P·V on
+//     VDPBF16PS (kernels/ukernels/bf16_decode.h), K and V read in place with
+//     no conversion (Q rounded to bf16 once when it is not bf16; the
+//     weights to bf16 pairs for P·V). 0.70-0.80x the time of the
+//     converting kernels below from L3, 0.9 from DRAM (GQA-4, d = 128, Zen 4
+//     VM; kernels/DESIGN.md, "Decode on VDPBF16PS").
+//   * Other decode blocks (<= 8 rows) on reduced K or V: the few-row score and P·V
 //     kernels read the rows in place and convert each vector in registers
 //     (LoadVecAsF32; f16 where the target converts in hardware), an int8
 //     row's scale multiplying its score or weight once per key; so decode
@@ -216,6 +223,7 @@
 #include "kernels/registry.h"
 #include "kernels/ukernels/bf16_amx.h"
 #include "kernels/ukernels/bf16_avx512.h"
+#include "kernels/ukernels/bf16_decode.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/flash.cc"
@@ -262,6 +270,7 @@ struct Scratch {
   float* qc;     // kBr x dk: the block's Q rows as fp32 (reduced-precision Q)
   float* oc;     // dvp: an O row before rounding (reduced-precision O)
   uint32_t* pr;  // kBr x plan.p_row_pairs: P as bf16 rows (the pair kernels)
+  uint16_t* qw;  // few-row Q as bf16 words, rows dk apart (the decode pair kernels)
   int64_t* rb;   // kBr (the same): first visible key of each row, within the item
   int64_t* re;   // kBr (the same): one past the last
 };
@@ -285,6 +294,18 @@ struct Block {
   // Non-null: bf16 Q, K, V on VDPBF16PS (Q pairs in sc.qt, K in place, P
   // and V paired per tile; bf16_avx512.h). Many-row blocks only.
   const ukernels::Bf16Kernels* pairs;
+  // Few-row blocks of <= 4 rows on VDPBF16PS (bf16_decode.h): the scores
+  // when K is bf16 (Q as bf16 words in sc.qw), P·V when V is bf16.
+  const ukernels::Bf16DecodeKernels* decode_pairs;
+  bool k_pairs, v_pairs;
+};
+
+// The VDPBF16PS / AMX kernel sets a problem takes (null: none): the tiles
+// of many-row blocks (PairKernels) and the decode kernels of few-row ones
+// (DecodePairKernels).
+struct PairSets {
+  const ukernels::Bf16Kernels* tiles = nullptr;
+  const ukernels::Bf16DecodeKernels* decode = nullptr;
 };
 
 // Loads the block's queries pre-scaled by `scale` (Qᵀ, or row-major Q for few
@@ -292,7 +313,7 @@ struct Block {
 // row's visible keys within [key_lo, key_hi), their union and intersection,
 // and starts the online softmax (m = -inf, l = 0).
 Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64_t nrows,
-                int64_t key_lo, int64_t key_hi, const ukernels::Bf16Kernels* bf16, Scratch& sc) {
+                int64_t key_lo, int64_t key_hi, const PairSets& sets, Scratch& sc) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t dk = p.shape.head_dim;
@@ -307,7 +328,11 @@ Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64
   blk.sj = blk.few_rows ? 1 : kBr;
   blk.sr = blk.few_rows ? kFewStride : 1;
   blk.ulo = key_hi, blk.uhi = key_lo, blk.ilo = key_lo, blk.ihi = key_hi;
-  blk.pairs = blk.few_rows ? nullptr : bf16;
+  blk.pairs = blk.few_rows ? nullptr : sets.tiles;
+  blk.decode_pairs = ukernels::Bf16DecodeTakesRows(nrows) ? sets.decode : nullptr;
+  blk.k_pairs = blk.decode_pairs && p.k.dtype == DType::kBF16 && ukernels::Bf16DecodeTakesDk(dk);
+  blk.v_pairs = blk.decode_pairs && p.v.dtype == DType::kBF16 &&
+                ukernels::Bf16DecodeTakesDv(p.shape.value_dim);
   const float* q_rows[kBr];
   const uint16_t* q_bf16[kBr];
   for (int64_t x = 0; x < nrows; ++x) {
@@ -322,7 +347,11 @@ Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64
       ToF32Row(p.q.dtype, ValidProblem::Row(p.q, b, h, i), dk, 1.0f, sc.qc + x * dk);
       q_rows[x] = sc.qc + x * dk;
     }
-    if (blk.few_rows) {
+    if (blk.k_pairs) {
+      // Unscaled, rounded to bf16 once (exact for a bf16 Q); the kernel
+      // scales the sums.
+      for (int64_t k = 0; k < dk; ++k) sc.qw[x * dk + k] = BF16BitsFromF32(q_rows[x][k]);
+    } else if (blk.few_rows) {
       for (int64_t k = 0; k < blk.dkp; ++k) {
         sc.qt[x * blk.dkp + k] = k < dk ? q_rows[x][k] * p.scale : 0.0f;
       }
@@ -565,6 +594,11 @@ void F32ScoresRun(const ValidProblem& p, const flash::Plan& plan, const Block& b
                   int64_t j1, float* st, const PrefetchRows& next_run, Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t nc = j1 - j0, dk = p.shape.head_dim;
+  if (blk.k_pairs) {
+    const auto* k = static_cast<const uint16_t*>(p.KvRow(p.k, blk.b, blk.kvh, j0));
+    return blk.decode_pairs->score_rows(sc.qw, blk.nrows, k, p.k.strides.row, nc, dk, p.scale, st,
+                                        kFewStride, next_run);
+  }
   if (blk.few_rows && p.k.dtype != DType::kF32) {
     // Decode on reduced K (WithDecodeType).
     const bool whole = dk % N == 0;
@@ -671,6 +705,11 @@ void F32PvRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, 
               Scratch& sc) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t nc = j1 - j0, dvp = plan.dvp;
+  if (blk.v_pairs && !partial) {
+    const auto* v = static_cast<const uint16_t*>(p.KvRow(p.v, blk.b, blk.kvh, j0));
+    return blk.decode_pairs->pv_rows(st, blk.sr, v, p.v.strides.row, nc, blk.nrows,
+                                     p.shape.value_dim, !first, sc.o, dvp, next_run);
+  }
   if (blk.few_rows && p.v.dtype != DType::kF32 && !partial) {
     // Decode on reduced V (WithDecodeType; a partial tile, whose hidden
     // keys' V may be NaN, takes the general path below).
@@ -859,9 +898,11 @@ Scratch RowsScratch(const Scratch& sc, const flash::Plan& plan, int64_t x) {
   part.re += x;
   return part;
 }
-Scratch HeadScratch(const Scratch& sc, const flash::Plan& plan, int64_t x, int64_t dkp) {
+Scratch HeadScratch(const Scratch& sc, const flash::Plan& plan, int64_t x, int64_t dk,
+                    int64_t dkp) {
   Scratch part = RowsScratch(sc, plan, x);
   part.qt += x * dkp;
+  part.qw += x * dk;
   part.st += x * kFewStride;
   return part;
 }
@@ -935,7 +976,7 @@ void AttendTile(const ValidProblem& p, const flash::Plan& plan, std::span<const 
 // Leaves m, l and the unnormalized O of the item's heads·nrows rows in `sc`.
 void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int64_t kvh,
                  int64_t heads, int64_t r0, int64_t nrows, int64_t key_lo, int64_t key_hi,
-                 const ukernels::Bf16Kernels* bf16, Scratch& sc, BlockCounts& counts) {
+                 const PairSets& sets, Scratch& sc, BlockCounts& counts) {
   static_assert(flash::kMaxSubBlocks <= kFewRows);
   const int64_t dk = p.shape.head_dim, dvp = plan.dvp;
   const int64_t dkp = flash::RoundUp(dk, static_cast<int64_t>(hn::Lanes(DF())));
@@ -947,12 +988,12 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   Scratch parts[kFewRows];
   for (int64_t g = 0; g < nparts; ++g) {
     if (heads > 1) {
-      parts[g] = HeadScratch(sc, plan, g * nrows, dkp);
-      blocks[g] = LoadBlock(p, b, kvh + g, r0, nrows, key_lo, key_hi, bf16, parts[g]);
+      parts[g] = HeadScratch(sc, plan, g * nrows, dk, dkp);
+      blocks[g] = LoadBlock(p, b, kvh + g, r0, nrows, key_lo, key_hi, sets, parts[g]);
     } else {
       parts[g] = SubBlockScratch(sc, plan, g, dk);
       blocks[g] = LoadBlock(p, b, kvh, r0 + g * kBr, std::min(kBr, nrows - g * kBr), key_lo, key_hi,
-                            bf16, parts[g]);
+                            sets, parts[g]);
     }
   }
   const Block& blk = blocks[0];
@@ -1120,6 +1161,21 @@ const ukernels::Bf16Kernels* PairKernels(const ValidProblem& p, const char** pat
   return ukernels::Bf16KernelsForCpu();
 }
 
+// The decode pair kernels (bf16_decode.h) for this problem, or null: its
+// blocks have the rows they take (a (batch, kv head)'s rows, group·Lq, 2
+// to 4: GQA decode, Bf16DecodeTakesRows), K or V is bf16 of a width they
+// take, and as for PairKernels the CPU has AVX512_BF16, the Highway target
+// has 16 lanes and ATTNLAB_PORTABLE is off.
+const ukernels::Bf16DecodeKernels* DecodePairKernels(const ValidProblem& p,
+                                                     const flash::Plan& plan) {
+  if (!ukernels::Bf16DecodeTakesRows(plan.rows) || hn::Lanes(DF()) != 16 || PortablePathForced()) {
+    return nullptr;
+  }
+  const bool k = p.k.dtype == DType::kBF16 && ukernels::Bf16DecodeTakesDk(p.shape.head_dim);
+  const bool v = p.v.dtype == DType::kBF16 && ukernels::Bf16DecodeTakesDv(p.shape.value_dim);
+  return k || v ? ukernels::Bf16DecodeKernelsForCpu() : nullptr;
+}
+
 Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
   const flash::Plan plan = flash::MakePlan(p);
   const int64_t items = plan.items();
@@ -1138,9 +1194,10 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
   }
   const SplitPartials partials{plan, partial.data()};
   const char* pair_path = nullptr;
-  const ukernels::Bf16Kernels* bf16 = PairKernels(p, &pair_path);
-  // Blocks of few rows (decode) never take them (LoadBlock).
-  if (bf16 != nullptr && p.group * p.shape.q_len > kFewRows) ctx.path += pair_path;
+  const PairSets sets{PairKernels(p, &pair_path), DecodePairKernels(p, plan)};
+  // Blocks of few rows (decode) never take the tiles (LoadBlock).
+  if (sets.tiles != nullptr && plan.rows > kFewRows) ctx.path += pair_path;
+  if (sets.decode != nullptr) ctx.path += "+AVX512_BF16";
   const WorkOrder order(p, plan);
   std::atomic<int64_t> full{0}, part{0}, skipped{0};
 
@@ -1158,6 +1215,7 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     sc.qc = sc.kc + plan.k_tile_floats;
     sc.oc = sc.qc + plan.q_rows_floats;
     sc.pr = reinterpret_cast<uint32_t*>(sc.oc + plan.o_row_floats);
+    sc.qw = reinterpret_cast<uint16_t*>(sc.qt + flash::FewRowsQFloats(p.shape.head_dim));
     sc.rb = ranges.data() + tid * 2 * item_rows;
     sc.re = sc.rb + item_rows;
 
@@ -1168,7 +1226,7 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     const int64_t key_hi =
         std::min(PartBegin(plan.key_tiles, plan.splits, split + 1) * plan.bc, p.shape.kv_len);
     BlockCounts counts;
-    AttendBlock(p, plan, pos.b, pos.kvh, pos.heads, pos.r0, pos.nrows, key_lo, key_hi, bf16, sc,
+    AttendBlock(p, plan, pos.b, pos.kvh, pos.heads, pos.r0, pos.nrows, key_lo, key_hi, sets, sc,
                 counts);
     full += counts.full;
     part += counts.partial;

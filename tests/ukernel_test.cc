@@ -651,6 +651,17 @@ std::vector<uint16_t> RandomBf16(std::mt19937& rng, size_t n, float scale = 1.0f
   return out;
 }
 double Bf16(uint32_t pair, int half) { return F32FromBF16Bits(uint16_t(pair >> (16 * half))); }
+// Σ a[d]·b[d] over n bf16 elements, exactly (in double); *mag = Σ|a[d]·b[d]|.
+double Bf16Dot(const uint16_t* a, const uint16_t* b, int64_t n, double* mag) {
+  double sum = 0;
+  *mag = 0;
+  for (int64_t d = 0; d < n; ++d) {
+    const double prod = double(F32FromBF16Bits(a[d])) * F32FromBF16Bits(b[d]);
+    sum += prod;
+    *mag += std::fabs(prod);
+  }
+  return sum;
+}
 
 // Query x's maximum over keys of st[j·64 + x] as the kernels take it:
 // VMAXPS from -inf key by key, which returns its second operand when either
@@ -694,13 +705,8 @@ void TestBf16ScoreTile(const Ukernel& u, Checker& c) {
                                " nvec=" + std::to_string(nvec);
         for (int64_t j = 0; j < nkeys; ++j) {
           for (int64_t x = 0; x < 16 * nvec; ++x) {
-            double want = 0, mag = 0;
-            for (int64_t d = 0; d < dk; ++d) {
-              const double prod =
-                  double(F32FromBF16Bits(k[j * k_stride + d])) * F32FromBF16Bits(q[x * dk + d]);
-              want += prod;
-              mag += std::fabs(prod);
-            }
+            double mag;
+            const double want = Bf16Dot(&k[j * k_stride], &q[x * dk], dk, &mag);
             c.Near(st[j * kTileCols + x], scale * want, (dk + 2) * kU * scale * mag,
                    at + " key " + std::to_string(j) + " row " + std::to_string(x));
           }
@@ -933,6 +939,99 @@ void TestBf16PackValues(const Ukernel& u, Checker& c) {
         }
       }
       c.Poisoned(vp[pairs * vps], at + " past the tile");
+    }
+  }
+}
+
+// --- AVX512_BF16 decode kernels (bf16_decode.h) -----------------------------
+
+// Decode scores from bf16 Q words and K rows (strided), against the exact
+// products in double: per lane dk/16 VDPBF16PS steps, 4 levels of the
+// transpose-reduce and the scale, so within (dk + 4)·u of scale·Σ|q·k|.
+// 1-4 rows, dk = 1-4 vectors of 32, key counts around the kernels' 4-key
+// groups; nothing written past the keys.
+void TestBf16DecodeScores(const Ukernel& u, Checker& c) {
+  std::mt19937 rng(31);
+  const float scale = 0.08838835f;  // 1/sqrt(128), not a power of two
+  for (int64_t dk : {32, 64, 96, 128}) {
+    for (int64_t nrows : {1, 2, 3, 4}) {
+      for (int64_t nkeys : {1, 3, 4, 5, 8, 33, 512}) {
+        const int64_t k_stride = dk + 8, lds = nkeys + 7;
+        const std::vector<uint16_t> q = RandomBf16(rng, nrows * dk);
+        const std::vector<uint16_t> k = RandomBf16(rng, nkeys * k_stride);
+        Buffer qw(nrows * dk / 2), st(nrows * lds);
+        std::memcpy(qw.data(), q.data(), 2 * q.size());
+        Bf16DecodeScoresArgs a{reinterpret_cast<const uint16_t*>(qw.data()),
+                               nrows,
+                               k.data(),
+                               k_stride,
+                               nkeys,
+                               dk,
+                               scale,
+                               st.data(),
+                               lds};
+        ASSERT_TRUE(u.run(&a));
+        const std::string at = "dk=" + std::to_string(dk) + " rows=" + std::to_string(nrows) +
+                               " keys=" + std::to_string(nkeys);
+        for (int64_t r = 0; r < nrows; ++r) {
+          for (int64_t j = 0; j < nkeys; ++j) {
+            double mag;
+            const double want = Bf16Dot(&q[r * dk], &k[j * k_stride], dk, &mag);
+            c.Near(st[r * lds + j], scale * want, (dk + 4) * kU * scale * mag,
+                   at + " S[" + std::to_string(r) + "][" + std::to_string(j) + "]");
+          }
+          for (int64_t j = nkeys; j < lds; ++j) c.Poisoned(st[r * lds + j], at + " past the keys");
+        }
+      }
+    }
+  }
+}
+
+// Decode P·V from fp32 weights (rounded to bf16 by the kernel, to nearest
+// even) and strided bf16 V rows, against those products in double: nkeys
+// VDPBF16PS additions per lane, the tile's sum added to O once, so within
+// (nkeys + 2)·u of Σ|terms| (and O). 1-4 rows, dv from one 32-column piece
+// to several 128-column blocks (chunks of 64 keys), odd key counts (a last
+// key without a pair), past 512 keys; nothing written past dv.
+void TestBf16DecodePv(const Ukernel& u, Checker& c) {
+  std::mt19937 rng(32);
+  std::uniform_real_distribution<float> weight(0.0f, 1.0f), init(-1.0f, 1.0f);
+  for (int64_t dv : {32, 96, 128, 160, 512}) {
+    for (int64_t nrows : {1, 2, 3, 4}) {
+      for (int64_t nkeys : {1, 2, 3, 63, 64, 65, 130, 1024}) {
+        for (bool accumulate : {false, true}) {
+          const int64_t ldp = nkeys + 5, v_stride = dv + 16, ldo = dv + 16;
+          Buffer p(nrows * ldp), o(nrows * ldo);
+          for (int64_t i = 0; i < nrows * ldp; ++i) p[i] = weight(rng);
+          const std::vector<uint16_t> v = RandomBf16(rng, nkeys * v_stride);
+          std::vector<float> o0(nrows * dv, 0.0f);
+          if (accumulate) {
+            for (int64_t r = 0; r < nrows; ++r)
+              for (int64_t col = 0; col < dv; ++col)
+                o[r * ldo + col] = o0[r * dv + col] = init(rng);
+          }
+          Bf16DecodePvArgs a{p.data(), ldp, v.data(),   v_stride, nkeys,
+                             nrows,    dv,  accumulate, o.data(), ldo};
+          ASSERT_TRUE(u.run(&a));
+          const std::string at = "dv=" + std::to_string(dv) + " rows=" + std::to_string(nrows) +
+                                 " keys=" + std::to_string(nkeys) +
+                                 (accumulate ? " accumulate" : "");
+          for (int64_t r = 0; r < nrows; ++r) {
+            for (int64_t col = 0; col < dv; ++col) {
+              double want = o0[r * dv + col], mag = std::fabs(want);
+              for (int64_t j = 0; j < nkeys; ++j) {
+                const double term = double(F32FromBF16Bits(BF16BitsFromF32(p[r * ldp + j]))) *
+                                    F32FromBF16Bits(v[j * v_stride + col]);
+                want += term;
+                mag += std::fabs(term);
+              }
+              c.Near(o[r * ldo + col], want, (nkeys + 2) * kU * mag,
+                     at + " O[" + std::to_string(r) + "][" + std::to_string(col) + "]");
+            }
+            c.Poisoned(o[r * ldo + dv], at + " past dv");
+          }
+        }
+      }
     }
   }
 }
@@ -1259,6 +1358,10 @@ void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
       return TestBf16PackQueries(u, c);
     case Family::kBf16PackValues:
       return TestBf16PackValues(u, c);
+    case Family::kBf16DecodeScores:
+      return TestBf16DecodeScores(u, c);
+    case Family::kBf16DecodePv:
+      return TestBf16DecodePv(u, c);
     case Family::kGradScores:
       return TestGradScores(u, lanes, c);
     case Family::kSoftcap:

@@ -77,12 +77,16 @@ inline constexpr int64_t kFewRows = 8;
 // Row stride of the row-major score tile of few-row blocks: any tile width.
 inline constexpr int64_t kFewStride = RoundUp(kMaxBc, kPad);
 
+// Floats of a few-row block's fp32 Q, row-major [kFewRows][dk padded to a
+// whole vector], after which its rows as bf16 words (the decode pair
+// kernels) begin, 64-byte aligned.
+inline int64_t FewRowsQFloats(int64_t dk) { return kFewRows * RoundUp(dk, kPad); }
 // Floats of a thread's Q block, which holds either Qᵀ [dk][kBr] (row tiles)
-// or row-major Q [kFewRows][dk padded to a whole vector] (few-row blocks):
-// the larger of the two (the second wins for dk = 1: 8·16 > 64), rounded to
-// 64 bytes so the next scratch region stays aligned.
+// or the few-row Q, fp32 and bf16 words [kFewRows][dk] (few-row blocks):
+// the larger of the two (the second wins for small dk: 8·16 + 4 > 64),
+// rounded to 64 bytes so the next scratch region stays aligned.
 inline int64_t QBlockFloats(int64_t dk) {
-  return RoundUp(std::max(dk * kBr, kFewRows * RoundUp(dk, kPad)), 16);
+  return RoundUp(std::max(dk * kBr, FewRowsQFloats(dk) + kFewRows * (dk + 1) / 2), 16);
 }
 
 struct Plan {

@@ -6,6 +6,7 @@
 
 #include "kernels/ukernels/bf16_amx.h"
 #include "kernels/ukernels/bf16_avx512.h"
+#include "kernels/ukernels/bf16_decode.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/ukernels/ukernels.cc"
@@ -66,6 +67,10 @@ template <>
 struct ArgsOf<Family::kBf16SoftmaxToRows> : std::type_identity<Bf16SoftmaxToRowsArgs> {};
 template <>
 struct ArgsOf<Family::kBf16PvRows> : std::type_identity<Bf16PvRowsArgs> {};
+template <>
+struct ArgsOf<Family::kBf16DecodeScores> : std::type_identity<Bf16DecodeScoresArgs> {};
+template <>
+struct ArgsOf<Family::kBf16DecodePv> : std::type_identity<Bf16DecodePvArgs> {};
 template <>
 struct ArgsOf<Family::kGradScores> : std::type_identity<GradScoresArgs> {};
 template <>
@@ -144,6 +149,14 @@ void Call(Bf16SoftmaxToRowsArgs& a, F f) {
 template <class F>
 void Call(Bf16PvRowsArgs& a, F f) {
   f(a.pr, a.ldp, a.vp, a.vps, a.npairs, a.nrows, a.nvec, a.accumulate, a.o, a.ldo);
+}
+template <class F>
+void Call(Bf16DecodeScoresArgs& a, F f) {
+  f(a.qw, a.nrows, a.k, a.k_stride, a.nkeys, a.dk, a.scale, a.st, a.lds);
+}
+template <class F>
+void Call(Bf16DecodePvArgs& a, F f) {
+  f(a.p, a.ldp, a.v, a.v_stride, a.nkeys, a.nrows, a.dv, a.accumulate, a.o, a.ldo);
 }
 template <class F>
 void Call(GradScoresArgs& a, F f) {
@@ -260,6 +273,10 @@ const char* FamilyName(Family family) {
       return "bf16_softmax_to_rows";
     case Family::kBf16PvRows:
       return "bf16_pv_rows";
+    case Family::kBf16DecodeScores:
+      return "bf16_decode_scores";
+    case Family::kBf16DecodePv:
+      return "bf16_decode_pv";
     case Family::kGradScores:
       return "grad_scores";
     case Family::kSoftcap:

@@ -83,6 +83,11 @@ enum class Family {
   kBf16SoftmaxToRows,
   // o[x·ldo + c] (+)= Σ_p pr[x·ldp + p]·vp[p·vps + c] from those rows.
   kBf16PvRows,
+  // Decode on VDPBF16PS (bf16_decode.h), <= 4 rows: st[r·lds + j] =
+  // scale·Σ_d qw[r·dk + d]·k[j·k_stride + d] from bf16 Q words and K rows.
+  kBf16DecodeScores,
+  // o[r·ldo + c] (+)= Σ_j bf16(p[r·ldp + j])·v[j·v_stride + c], bf16 V rows.
+  kBf16DecodePv,
   // Backward: P = e^(S - lse), dS = scale·P·(dP - D) over a row-major tile,
   // in place (rows with lse = -inf: 0).
   kGradScores,
@@ -238,6 +243,25 @@ struct Bf16PvRowsArgs {
   int64_t ldp;
   const uint32_t* vp;
   int64_t vps, npairs, nrows, nvec;
+  bool accumulate;
+  float* o;
+  int64_t ldo;
+};
+
+struct Bf16DecodeScoresArgs {
+  const uint16_t* qw;
+  int64_t nrows;
+  const uint16_t* k;
+  int64_t k_stride, nkeys, dk;
+  float scale;
+  float* st;
+  int64_t lds;
+};
+struct Bf16DecodePvArgs {
+  const float* p;
+  int64_t ldp;
+  const uint16_t* v;
+  int64_t v_stride, nkeys, nrows, dv;
   bool accumulate;
   float* o;
   int64_t ldo;
