@@ -294,8 +294,9 @@ struct Block {
   // Non-null: bf16 Q, K, V on VDPBF16PS (Q pairs in sc.qt, K in place, P
   // and V paired per tile; bf16_avx512.h). Many-row blocks only.
   const ukernels::Bf16Kernels* pairs;
-  // Few-row blocks of <= 4 rows on VDPBF16PS (bf16_decode.h): the scores
-  // when K is bf16 (Q as bf16 words in sc.qw), P·V when V is bf16.
+  // Few-row blocks of 2-4 rows on VDPBF16PS (bf16_decode.h,
+  // DecodePairKernels): the scores when K is bf16 (Q as bf16 words in
+  // sc.qw), P·V over full tiles when V is bf16.
   const ukernels::Bf16DecodeKernels* decode_pairs;
   bool k_pairs, v_pairs;
 };

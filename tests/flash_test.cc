@@ -572,8 +572,10 @@ TEST(FlashTargets, EveryCompiledTargetMatchesReference) {
 // partial tiles, a dv that is not a whole vector and decode blocks (1-4
 // rows, d = 32-256, odd key counts: bf16 K or V of 2-4 rows on VDPBF16PS
 // where the CPU has AVX512_BF16 (bf16_decode.h), else read in place by the
-// typed decode kernels; dk = 40 and 8 rows: those, or converted in chunks). f16, int8
-// and fp32-Q-with-bf16-K/V take the same decode shapes.
+// typed decode kernels; dk = 40 and 8 rows: those, or converted in
+// chunks). f16, int8 and fp32-Q-with-bf16-K/V take the same decode shapes.
+// A third round with ATTNLAB_PORTABLE=1 runs the typed decode kernels
+// where the second would take VDPBF16PS.
 TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
   const bool has_bf16 = ukernels::CpuHasAvx512Bf16();
   std::vector<ProblemSpec> specs = {
@@ -608,9 +610,10 @@ TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
   }
   const bool has_amx = ukernels::CpuHasAmxBf16();
   int vdpbf16ps_runs = 0, amx_runs = 0;
-  for (const bool no_amx : {false, true}) {
+  for (const std::string switch_on : {"", "ATTNLAB_NO_AMX", "ATTNLAB_PORTABLE"}) {
+    const bool no_amx = !switch_on.empty(), portable = switch_on == "ATTNLAB_PORTABLE";
     std::optional<ScopedEnv> env;
-    if (no_amx) env.emplace("ATTNLAB_NO_AMX", "1");
+    if (no_amx) env.emplace(switch_on.c_str(), "1");
     for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
       hwy::SetSupportedTargetsForTest(target);
       // The pair tiles are laid out for 16-lane vectors: the AVX-512 targets
@@ -619,19 +622,19 @@ TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
       for (const ProblemSpec& spec : specs) {
         const bool pairs = spec.shape.heads / spec.shape.kv_heads * spec.shape.q_len > 8 &&
                            spec.dtypes.k == DType::kBF16 && spec.dtypes.q == DType::kBF16 &&
-                           spec.dtypes.v == DType::kBF16 && has_bf16 && sixteen_lanes;
+                           spec.dtypes.v == DType::kBF16 && has_bf16 && sixteen_lanes && !portable;
         const bool amx = pairs && has_amx && !no_amx && spec.shape.head_dim % 32 == 0;
         const bool decode =
             ukernels::Bf16DecodeTakesRows(spec.shape.heads / spec.shape.kv_heads *
                                           spec.shape.q_len) &&
-            has_bf16 && sixteen_lanes &&
+            has_bf16 && sixteen_lanes && !portable &&
             ((spec.dtypes.k == DType::kBF16 && ukernels::Bf16DecodeTakesDk(spec.shape.head_dim)) ||
              (spec.dtypes.v == DType::kBF16 && ukernels::Bf16DecodeTakesDv(spec.shape.value_dim)));
         ProblemData data(spec);
         RunStats stats;
         ASSERT_TRUE(attn::Run(Flash(), data.problem(), OnThreads(2), &stats).ok());
         const std::string trace = std::string(hwy::TargetName(target)) + " " + spec.Name() +
-                                  (no_amx ? " ATTNLAB_NO_AMX=1" : "");
+                                  (no_amx ? " " + switch_on + "=1" : "");
         const bool on_amx = stats.path.find("AMX_BF16") != std::string::npos;
         const bool on_vdpbf16ps = stats.path.find("AVX512_BF16") != std::string::npos;
         EXPECT_EQ(on_amx, amx) << trace << ": path " << stats.path;
