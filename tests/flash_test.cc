@@ -597,7 +597,8 @@ TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
     spec.want_weights = false;
     spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
   }
-  // The decode shapes with f16 and int8 K/V (flash's other decode types).
+  // The decode shapes with f16 and int8 K/V (flash's other decode types)
+  // and with fp32 Q beside bf16 K/V (Q rounded to bf16 for VDPBF16PS).
   for (size_t i = 3, n = specs.size(); i < n; ++i) {
     for (const DTypes& t : {DTypes{DType::kF16, DType::kF16, DType::kF16, DType::kF16},
                             DTypes{DType::kF32, DType::kI8, DType::kI8, DType::kF32},

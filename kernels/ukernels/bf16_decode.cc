@@ -53,8 +53,10 @@ ATTN_BF16_TARGET void ScoreRowsOf(const uint16_t* qw, const uint16_t* k, int64_t
   constexpr int64_t kDk = 32 * QC;
   __m512bh q[NR][QC];
   ATTN_UNROLL
-  for (int r = 0; r < NR; ++r) ATTN_UNROLL
-  for (int c = 0; c < QC; ++c) q[r][c] = (__m512bh)_mm512_load_si512(qw + r * kDk + 32 * c);
+  for (int r = 0; r < NR; ++r) {
+    ATTN_UNROLL
+    for (int c = 0; c < QC; ++c) q[r][c] = (__m512bh)_mm512_load_si512(qw + r * kDk + 32 * c);
+  }
   const __m128 vscale = _mm_set1_ps(scale);
   int64_t j = 0;
   for (; j + 4 <= nkeys; j += 4) {
@@ -64,8 +66,10 @@ ATTN_BF16_TARGET void ScoreRowsOf(const uint16_t* qw, const uint16_t* k, int64_t
     for (int h = 0; h < 2; ++h) {
       __m512 acc[2][NR];
       ATTN_UNROLL
-      for (int m = 0; m < 2; ++m) ATTN_UNROLL
-      for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();
+      for (int m = 0; m < 2; ++m) {
+        ATTN_UNROLL
+        for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();
+      }
       ATTN_UNROLL
       for (int m = 0; m < 2; ++m) {
         const uint16_t* km = k + (j + 2 * h + m) * k_stride;
@@ -186,9 +190,11 @@ ATTN_BF16_TARGET void PvChunk(const uint32_t* pr, int64_t ldpr, const uint16_t* 
                               int64_t per_pair) {
   __m512 acc[NR][2 * H];
   ATTN_UNROLL
-  for (int r = 0; r < NR; ++r) ATTN_UNROLL
-  for (int x = 0; x < 2 * H; ++x)
-    acc[r][x] = first ? _mm512_setzero_ps() : _mm512_load_ps(t + r * ldt + 16 * x);
+  for (int r = 0; r < NR; ++r) {
+    ATTN_UNROLL
+    for (int x = 0; x < 2 * H; ++x)
+      acc[r][x] = first ? _mm512_setzero_ps() : _mm512_load_ps(t + r * ldt + 16 * x);
+  }
   int64_t i = 0;
   for (; 2 * i + 2 <= n; ++i) {
     pf.Prefetch(i * per_pair, (i + 1) * per_pair);
@@ -200,8 +206,10 @@ ATTN_BF16_TARGET void PvChunk(const uint32_t* pr, int64_t ldpr, const uint16_t* 
     PvKeyPair<NR, H>(pr, ldpr, i, v + 2 * i * v_stride, kZeroRow, acc);
   }
   ATTN_UNROLL
-  for (int r = 0; r < NR; ++r) ATTN_UNROLL
-  for (int x = 0; x < 2 * H; ++x) _mm512_store_ps(t + r * ldt + 16 * x, acc[r][x]);
+  for (int r = 0; r < NR; ++r) {
+    ATTN_UNROLL
+    for (int x = 0; x < 2 * H; ++x) _mm512_store_ps(t + r * ldt + 16 * x, acc[r][x]);
+  }
 }
 
 template <int NR>
