@@ -303,10 +303,12 @@ struct Block {
 
 // The VDPBF16PS / AMX kernel sets a problem takes (null: none): the tiles
 // of many-row blocks (PairKernels) and the decode kernels of few-row ones
-// (DecodePairKernels).
+// (DecodePairKernels: every block of such a problem has its 2-4 rows), with
+// which of the two products those take, decided once per problem.
 struct PairSets {
   const ukernels::Bf16Kernels* tiles = nullptr;
   const ukernels::Bf16DecodeKernels* decode = nullptr;
+  bool decode_k = false, decode_v = false;
 };
 
 // Loads the block's queries pre-scaled by `scale` (Qᵀ, or row-major Q for few
@@ -330,10 +332,9 @@ Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64
   blk.sr = blk.few_rows ? kFewStride : 1;
   blk.ulo = key_hi, blk.uhi = key_lo, blk.ilo = key_lo, blk.ihi = key_hi;
   blk.pairs = blk.few_rows ? nullptr : sets.tiles;
-  blk.decode_pairs = ukernels::Bf16DecodeTakesRows(nrows) ? sets.decode : nullptr;
-  blk.k_pairs = blk.decode_pairs && p.k.dtype == DType::kBF16 && ukernels::Bf16DecodeTakesDk(dk);
-  blk.v_pairs = blk.decode_pairs && p.v.dtype == DType::kBF16 &&
-                ukernels::Bf16DecodeTakesDv(p.shape.value_dim);
+  blk.decode_pairs = sets.decode;
+  blk.k_pairs = sets.decode_k;
+  blk.v_pairs = sets.decode_v;
   const float* q_rows[kBr];
   const uint16_t* q_bf16[kBr];
   for (int64_t x = 0; x < nrows; ++x) {
@@ -1162,19 +1163,22 @@ const ukernels::Bf16Kernels* PairKernels(const ValidProblem& p, const char** pat
   return ukernels::Bf16KernelsForCpu();
 }
 
-// The decode pair kernels (bf16_decode.h) for this problem, or null: its
-// blocks have the rows they take (a (batch, kv head)'s rows, group·Lq, 2
-// to 4: GQA decode, Bf16DecodeTakesRows), K or V is bf16 of a width they
-// take, and as for PairKernels the CPU has AVX512_BF16, the Highway target
-// has 16 lanes and ATTNLAB_PORTABLE is off.
-const ukernels::Bf16DecodeKernels* DecodePairKernels(const ValidProblem& p,
-                                                     const flash::Plan& plan) {
+// Sets the decode pair kernels (bf16_decode.h) of `sets` for this problem,
+// and which product takes them: its blocks have the rows they take (a
+// (batch, kv head)'s rows, group·Lq, 2 to 4: GQA decode,
+// Bf16DecodeTakesRows), K or V is bf16 of a width they take, and as for
+// PairKernels the CPU has AVX512_BF16, the Highway target has 16 lanes and
+// ATTNLAB_PORTABLE is off. Else they stay null and false.
+void DecodePairKernels(const ValidProblem& p, const flash::Plan& plan, PairSets& sets) {
   if (!ukernels::Bf16DecodeTakesRows(plan.rows) || hn::Lanes(DF()) != 16 || PortablePathForced()) {
-    return nullptr;
+    return;
   }
   const bool k = p.k.dtype == DType::kBF16 && ukernels::Bf16DecodeTakesDk(p.shape.head_dim);
   const bool v = p.v.dtype == DType::kBF16 && ukernels::Bf16DecodeTakesDv(p.shape.value_dim);
-  return k || v ? ukernels::Bf16DecodeKernelsForCpu() : nullptr;
+  if (!k && !v) return;
+  sets.decode = ukernels::Bf16DecodeKernelsForCpu();
+  sets.decode_k = sets.decode != nullptr && k;
+  sets.decode_v = sets.decode != nullptr && v;
 }
 
 Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
@@ -1195,7 +1199,9 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
   }
   const SplitPartials partials{plan, partial.data()};
   const char* pair_path = nullptr;
-  const PairSets sets{PairKernels(p, &pair_path), DecodePairKernels(p, plan)};
+  PairSets sets;
+  sets.tiles = PairKernels(p, &pair_path);
+  DecodePairKernels(p, plan, sets);
   // Blocks of few rows (decode) never take the tiles (LoadBlock).
   if (sets.tiles != nullptr && plan.rows > kFewRows) ctx.path += pair_path;
   if (sets.decode != nullptr) ctx.path += "+AVX512_BF16";
