@@ -303,6 +303,40 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
            }});
       break;
     }
+    // The int8 decode kernels at the same shape (int16 Q words and weights,
+    // int8 K/V rows; random bits, which the integer products take as they are).
+    case Family::kI8DecodeScores: {
+      const int64_t rows = 4, keys = 512, dk = 128;
+      Shape s{"rows:4/keys:512/d:128", 2.0 * rows * keys * dk, double(rows * keys)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats qw(rows * dk / 2), k(keys * dk / 4), sc(rows * keys);
+                       const float row_scale[4] = {0.01f, 0.01f, 0.01f, 0.01f};
+                       ukernels::I8DecodeScoresArgs a{reinterpret_cast<int16_t*>(qw.get()),
+                                                      rows,
+                                                      reinterpret_cast<int8_t*>(k.get()),
+                                                      dk,
+                                                      keys,
+                                                      dk,
+                                                      row_scale,
+                                                      sc.get(),
+                                                      keys};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
+    case Family::kI8DecodePv: {
+      const int64_t rows = 4, keys = 512, dv = 128;
+      Shape s{"rows:4/keys:512/d:128", 2.0 * rows * keys * dv, double(rows * dv)};
+      out.push_back({s, [=](benchmark::State& st) {
+                       Floats p(rows * keys), v(keys * dv / 4), o(rows * dv);
+                       ukernels::I8DecodePvArgs a{p.get(), keys, reinterpret_cast<int8_t*>(v.get()),
+                                                  dv,      keys, rows,
+                                                  dv,      true, o.get(),
+                                                  dv};
+                       Time(st, *up, a, s, peak);
+                     }});
+      break;
+    }
     case Family::kBf16PackQueries: {
       const int64_t rows = 64, dk = 128;
       Shape s{"rows:64/d:128", 0, double(rows * dk)};

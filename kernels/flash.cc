@@ -92,6 +92,13 @@
 //     weights to bf16 pairs for P·V). 0.70-0.80x the time of the
 //     converting kernels below from L3, 0.9 from DRAM (GQA-4, d = 128, Zen 4
 //     VM; kernels/DESIGN.md, "Decode on VDPBF16PS").
+//   * Decode blocks of 1-4 rows with int8 K or V, on a CPU with AVX512_VNNI
+//     (RunStats::path "AVX3+AVX512_VNNI"): the scores and P·V on VPDPWSSD
+//     (kernels/ukernels/i8_decode.h), K and V read in place and widened to
+//     int16, Q quantized to int16 once per block and the weights per
+//     64-key chunk, the products exact in int32. 0.77-0.79x the time of the
+//     converting kernels below from DRAM, 0.66-0.86x from L3 (MHA and GQA-4,
+//     d = 128, Zen 4 VM; kernels/DESIGN.md, "int8 decode on VPDPWSSD").
 //   * Other decode blocks (<= 8 rows) on reduced K or V: the few-row score and P·V
 //     kernels read the rows in place and convert each vector in registers
 //     (LoadVecAsF32; f16 where the target converts in hardware), an int8
@@ -224,6 +231,7 @@
 #include "kernels/ukernels/bf16_amx.h"
 #include "kernels/ukernels/bf16_avx512.h"
 #include "kernels/ukernels/bf16_decode.h"
+#include "kernels/ukernels/i8_decode.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/flash.cc"
@@ -259,20 +267,21 @@ static_assert(kBr == kScoreTileCols, "a row block is one score tile wide");
 // A thread's scratch (flash::Plan::thread_floats, each piece 64-byte
 // aligned).
 struct Scratch {
-  float* qt;     // Qᵀ dk x kBr, or row-major kFewRows x dkp (flash::QBlockFloats)
-  float* st;     // bc x kBr (or kFewRows x kFewStride)
-  float* vp;     // bc x dvp, when V is packed
-  float* o;      // kBr x dvp (per row block of the item: plan.item_rows() x dvp in all)
-  float* m;      // kBr (the same)
-  float* l;      // kBr
-  float* alpha;  // kBr
-  float* kc;     // bc x dk: the K tile as fp32 (reduced-precision K only)
-  float* qc;     // kBr x dk: the block's Q rows as fp32 (reduced-precision Q)
-  float* oc;     // dvp: an O row before rounding (reduced-precision O)
-  uint32_t* pr;  // kBr x plan.p_row_pairs: P as bf16 rows (the pair kernels)
-  uint16_t* qw;  // few-row Q as bf16 words, rows dk apart (the decode pair kernels)
-  int64_t* rb;   // kBr (the same): first visible key of each row, within the item
-  int64_t* re;   // kBr (the same): one past the last
+  float* qt;      // Qᵀ dk x kBr, or row-major kFewRows x dkp (flash::QBlockFloats)
+  float* st;      // bc x kBr (or kFewRows x kFewStride)
+  float* vp;      // bc x dvp, when V is packed
+  float* o;       // kBr x dvp (per row block of the item: plan.item_rows() x dvp in all)
+  float* m;       // kBr (the same)
+  float* l;       // kBr
+  float* alpha;   // kBr
+  float* kc;      // bc x dk: the K tile as fp32 (reduced-precision K only)
+  float* qc;      // kBr x dk: the block's Q rows as fp32 (reduced-precision Q)
+  float* oc;      // dvp: an O row before rounding (reduced-precision O)
+  uint32_t* pr;   // kBr x plan.p_row_pairs: P as bf16 rows (the pair kernels)
+  uint16_t* qw;   // few-row Q as bf16 or int16 words, rows dk apart (the decode kernels)
+  float* q_step;  // few-row Q's int16 step times the softmax scale, per row (int8 K)
+  int64_t* rb;    // kBr (the same): first visible key of each row, within the item
+  int64_t* re;    // kBr (the same): one past the last
 };
 
 struct BlockCounts {
@@ -299,16 +308,25 @@ struct Block {
   // sc.qw), P·V over full tiles when V is bf16.
   const ukernels::Bf16DecodeKernels* decode_pairs;
   bool k_pairs, v_pairs;
+  // Few-row blocks of 1-4 rows with int8 K or V on VPDPWSSD (i8_decode.h,
+  // DecodeI8Kernels): the scores when K is int8 (Q as int16 words in sc.qw,
+  // its steps in sc.q_step; not when a Q row is not finite), P·V over full
+  // tiles when V is int8.
+  const ukernels::I8DecodeKernels* i8_decode;
+  bool k_i8, v_i8;
 };
 
-// The VDPBF16PS / AMX kernel sets a problem takes (null: none): the tiles
-// of many-row blocks (PairKernels) and the decode kernels of few-row ones
-// (DecodePairKernels: every block of such a problem has its 2-4 rows), with
-// which of the two products those take, decided once per problem.
+// The VDPBF16PS / AMX / VPDPWSSD kernel sets a problem takes (null: none):
+// the tiles of many-row blocks (PairKernels) and the decode kernels of
+// few-row ones (DecodePairKernels, DecodeI8Kernels: every block of such a
+// problem has its 1-4 or 2-4 rows), with which of the two products those
+// take, decided once per problem.
 struct PairSets {
   const ukernels::Bf16Kernels* tiles = nullptr;
   const ukernels::Bf16DecodeKernels* decode = nullptr;
   bool decode_k = false, decode_v = false;
+  const ukernels::I8DecodeKernels* i8_decode = nullptr;
+  bool decode_k_i8 = false, decode_v_i8 = false;
 };
 
 // Loads the block's queries pre-scaled by `scale` (Qᵀ, or row-major Q for few
@@ -335,8 +353,11 @@ Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64
   blk.decode_pairs = sets.decode;
   blk.k_pairs = sets.decode_k;
   blk.v_pairs = sets.decode_v;
+  blk.i8_decode = sets.i8_decode;
+  blk.k_i8 = sets.decode_k_i8;
+  blk.v_i8 = sets.decode_v_i8;
   const float* q_rows[kBr];
-  const uint16_t* q_bf16[kBr];
+  const uint16_t* q_bf16[kBr] = {};  // (set for blk.pairs; zeroed for gcc 12 -Wmaybe-uninitialized)
   for (int64_t x = 0; x < nrows; ++x) {
     const int64_t r = r0 + x;
     const int64_t i = r / p.group;
@@ -357,6 +378,14 @@ Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64
       for (int64_t k = 0; k < blk.dkp; ++k) {
         sc.qt[x * blk.dkp + k] = k < dk ? q_rows[x][k] * p.scale : 0.0f;
       }
+    }
+    if (blk.k_i8) {
+      // Unscaled, quantized to int16 once; a row that is not finite sends
+      // the block to the fp32 kernels (sc.qt above).
+      int16_t* words = reinterpret_cast<int16_t*>(sc.qw) + x * dk;
+      const float step = ukernels::QuantizeQueryRow(q_rows[x], dk, words);
+      if (std::isnan(step)) blk.k_i8 = false;
+      sc.q_step[x] = step * p.scale;
     }
     const KeyRange keys = p.VisibleKeys(b, i);
     sc.rb[x] = std::max(keys.begin, key_lo);
@@ -601,6 +630,12 @@ void F32ScoresRun(const ValidProblem& p, const flash::Plan& plan, const Block& b
     return blk.decode_pairs->score_rows(sc.qw, blk.nrows, k, p.k.strides.row, nc, dk, p.scale, st,
                                         kFewStride, next_run);
   }
+  if (blk.k_i8) {
+    const auto* k = static_cast<const int8_t*>(p.KvRow(p.k, blk.b, blk.kvh, j0));
+    blk.i8_decode->score_rows(reinterpret_cast<const int16_t*>(sc.qw), blk.nrows, k,
+                              p.k.strides.row, nc, dk, sc.q_step, st, kFewStride, next_run);
+    return ScaleKeys(p, p.k_scales, blk, j0, nc, st);
+  }
   if (blk.few_rows && p.k.dtype != DType::kF32) {
     // Decode on reduced K (WithDecodeType).
     const bool whole = dk % N == 0;
@@ -716,7 +751,14 @@ void F32PvRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, 
     // Decode on reduced V (WithDecodeType; a partial tile, whose hidden
     // keys' V may be NaN, takes the general path below).
     const bool whole = p.shape.value_dim == dvp;  // PvTile reads dvp columns
-    if (p.v.dtype == DType::kI8 && whole) ScaleKeys(p, p.v_scales, blk, j0, nc, st);
+    if (p.v.dtype == DType::kI8 && whole) {
+      ScaleKeys(p, p.v_scales, blk, j0, nc, st);
+      const auto* v = static_cast<const int8_t*>(p.KvRow(p.v, blk.b, blk.kvh, j0));
+      if (blk.v_i8 && blk.i8_decode->pv_rows(st, blk.sr, v, p.v.strides.row, nc, blk.nrows,
+                                             p.shape.value_dim, !first, sc.o, dvp, next_run)) {
+        return;  // else a weight is not finite: the fp32 kernel below
+      }
+    }
     const bool in_place = WithDecodeType(p.v.dtype, whole, [&](auto tag) {
       using T = ElementOf<decltype(tag)>;
       const T* v = static_cast<const T*>(p.KvRow(p.v, blk.b, blk.kvh, j0));
@@ -905,6 +947,7 @@ Scratch HeadScratch(const Scratch& sc, const flash::Plan& plan, int64_t x, int64
   Scratch part = RowsScratch(sc, plan, x);
   part.qt += x * dkp;
   part.qw += x * dk;
+  part.q_step += x;
   part.st += x * kFewStride;
   return part;
 }
@@ -1181,6 +1224,24 @@ void DecodePairKernels(const ValidProblem& p, const flash::Plan& plan, PairSets&
   sets.decode_v = sets.decode != nullptr && v;
 }
 
+// Sets the int8 decode kernels (i8_decode.h) of `sets`, and which product
+// takes them, as DecodePairKernels: the blocks have the 1-4 rows they take
+// (I8DecodeTakesRows), K or V is int8 of a width they take, the CPU has
+// AVX512_VNNI, the Highway target has 16 lanes and ATTNLAB_PORTABLE is off.
+static_assert(ukernels::kI8DecodeChunk <= kInt16WeightRun,
+              "int16 weights take one step per run of at most kInt16WeightRun keys");
+void DecodeI8Kernels(const ValidProblem& p, const flash::Plan& plan, PairSets& sets) {
+  if (!ukernels::I8DecodeTakesRows(plan.rows) || hn::Lanes(DF()) != 16 || PortablePathForced()) {
+    return;
+  }
+  const bool k = p.k.dtype == DType::kI8 && ukernels::I8DecodeTakesDk(p.shape.head_dim);
+  const bool v = p.v.dtype == DType::kI8 && ukernels::I8DecodeTakesDv(p.shape.value_dim);
+  if (!k && !v) return;
+  sets.i8_decode = ukernels::I8DecodeKernelsForCpu();
+  sets.decode_k_i8 = sets.i8_decode != nullptr && k;
+  sets.decode_v_i8 = sets.i8_decode != nullptr && v;
+}
+
 Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
   const flash::Plan plan = flash::MakePlan(p);
   const int64_t items = plan.items();
@@ -1202,9 +1263,11 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
   PairSets sets;
   sets.tiles = PairKernels(p, &pair_path);
   DecodePairKernels(p, plan, sets);
+  DecodeI8Kernels(p, plan, sets);
   // Blocks of few rows (decode) never take the tiles (LoadBlock).
   if (sets.tiles != nullptr && plan.rows > kFewRows) ctx.path += pair_path;
   if (sets.decode != nullptr) ctx.path += "+AVX512_BF16";
+  if (sets.i8_decode != nullptr) ctx.path += "+AVX512_VNNI";
   const WorkOrder order(p, plan);
   std::atomic<int64_t> full{0}, part{0}, skipped{0};
 
@@ -1223,6 +1286,8 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
     sc.oc = sc.qc + plan.q_rows_floats;
     sc.pr = reinterpret_cast<uint32_t*>(sc.oc + plan.o_row_floats);
     sc.qw = reinterpret_cast<uint16_t*>(sc.qt + flash::FewRowsQFloats(p.shape.head_dim));
+    sc.q_step = sc.qt + flash::FewRowsQFloats(p.shape.head_dim) +
+                flash::FewRowsWordFloats(p.shape.head_dim);
     sc.rb = ranges.data() + tid * 2 * item_rows;
     sc.re = sc.rb + item_rows;
 

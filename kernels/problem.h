@@ -123,9 +123,14 @@
 // the softmax), and a kernel may round only where this says:
 //   * Q·Kᵀ with Q and K of different types (or an i8 K): the operands to the
 //     narrower type (i8: bf16). Same-type bf16 or f16 products are exact in
-//     fp32, so same-type Q and K add nothing.
+//     fp32, so same-type Q and K add nothing. With an i8 K, Q may instead be
+//     quantized to int16 with one step per row (max|q| / 32767, to nearest),
+//     the products then exact in integers.
 //   * P·V with a reduced V: P to V's type (i8 V: P and the dequantized V to
-//     bf16), as FlashAttention does in bf16.
+//     bf16), as FlashAttention does in bf16. With an i8 V, the weights times
+//     the V rows' scales may instead be quantized to int16 with one step per
+//     query row and run of at most kInt16WeightRun keys (the run's max
+//     |weight| / 32767, to nearest), the products then exact in integers.
 //   * a bf16 or f16 O: the fp32 result, once, to nearest even.
 //   * bf16 subnormal operands may count as 0 (AVX512_BF16 flushes them).
 //   * an fp32 result below 2^-126 may be 0 (flash flushes subnormal results:
@@ -582,6 +587,9 @@ int64_t VisiblePairs(const ValidProblem& p);
 // fewer (a few hundred): tests/large_kv_test.cc checks every variant at
 // Lk = 2^25.
 inline constexpr int64_t kKeySumBlock = 1024;
+// Keys per int16 step of the weights, P·V with an i8 V (see "Element
+// types" above; reference/error_bound.cc bounds the error by it).
+inline constexpr int64_t kInt16WeightRun = 64;
 
 // The most elements any one tensor (Q, K, V, O, the additive mask, the
 // weights) may have, counted from its shape whatever its strides (a K of

@@ -51,9 +51,28 @@ double SummationLength(int64_t n) {
 
 namespace {
 
-// The bound of a row from what ErrorBound gathers over its keys: the logit
-// magnitude A, Vmax and the count of visible keys.
-RowBound RowBoundOf(const Problem& p, double logit_magnitude, double v_max, int64_t visible) {
+// What ErrorBound gathers over a row's visible keys.
+struct RowMagnitudes {
+  double logit = 0;  // A
+  double v_max = 0;  // Vmax
+  int64_t visible = 0;
+  // The int16 quantizations kernels/problem.h allows for int8 K and V:
+  // scale·(max|q| / 32767)·max_j Σ_d |k_jd| moves a logit at most that much
+  // (each q_d moves by at most a step; 1 step, not the half a step rounding
+  // to nearest gives, covers the step's own fp32 rounding), and with
+  // S = max_j |scale of V row j|, a run of n <= kInt16WeightRun weights
+  // w_j = p_j·s_j quantized with step max_run p·S / 32767 moves
+  // Σ_j w_j·v8_jd (|v8| <= 128) by at most n·128·step; summed over the runs
+  // (Σ_runs max_run p <= Σ p = l) and divided by l, O moves by at most
+  // kInt16WeightRun·128·S / 32767.
+  double q_int16_logit = 0;
+  double w_int16_o = 0;
+};
+
+// The bound of a row from what ErrorBound gathers over its keys.
+RowBound RowBoundOf(const Problem& p, const RowMagnitudes& mag) {
+  const double logit_magnitude = mag.logit, v_max = mag.v_max;
+  const int64_t visible = mag.visible;
   const Shape& s = p.shape;
   // Reduced precision (kernels/problem.h, "Element types"): Q·Kᵀ operands
   // rounded to u_qk add 2·u_qk·A to a logit (both may be); P rounded to u_p
@@ -68,8 +87,8 @@ RowBound RowBoundOf(const Problem& p, double logit_magnitude, double v_max, int6
   // and the product each add at most a few ulp of cap.
   const double softcap_error =
       p.modifiers.softcap ? (kTanhUlps + 2) * kU * double(*p.modifiers.softcap) : 0.0;
-  const double logit_error =
-      (s.head_dim + 2) * kU * logit_magnitude + 2 * r.qk * logit_magnitude + softcap_error;
+  const double logit_error = (s.head_dim + 2) * kU * logit_magnitude + 2 * r.qk * logit_magnitude +
+                             mag.q_int16_logit + softcap_error;
   // A sink is one more term of the denominator (its logit is exact).
   const double sum_len = SummationLength(visible + (p.modifiers.sinks.empty() ? 0 : 1));
   // Subnormal results flushed to 0 (see the header): 2^-126 per operation.
@@ -77,7 +96,7 @@ RowBound RowBoundOf(const Problem& p, double logit_magnitude, double v_max, int6
   RowBound bound;
   bound.o =
       kSafety * (v_max * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU + r.p + r.v + u_o) +
-                 flushed * (2 * v_max + 3));
+                 mag.w_int16_o + flushed * (2 * v_max + 3));
   bound.lse = kSafety * (logit_error + (kExpUlps + sum_len + 2) * kU + flushed);
   bound.weights = kSafety * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU);
   return bound;
@@ -91,13 +110,18 @@ RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
   const int64_t kvh = h / (s.heads / s.kv_heads);
   std::vector<double> q(s.head_dim), k(s.head_dim), v(s.value_dim);
   LoadRow(p.q, {}, b, h, i, s.head_dim, q.data());
-  double logit_magnitude = 0;  // A
-  double v_max = 0;            // Vmax
-  int64_t visible = 0;
+  RowMagnitudes mag;
+  double k_abs_max = 0;    // max_j Σ_d |k_jd| (int8 K)
+  double v_scale_max = 0;  // max_j |scale of V row j| (int8 V)
   for (int64_t j = 0; j < s.kv_len; ++j) {
     if (!KeyVisible(p, b, i, j)) continue;
-    ++visible;
+    ++mag.visible;
     LoadKvRow(p, /*value=*/false, b, kvh, j, k.data());
+    if (p.k.dtype == DType::kI8) {
+      double sum = 0;
+      for (int64_t d = 0; d < s.head_dim; ++d) sum += std::fabs(k[d]);
+      k_abs_max = std::max(k_abs_max, sum);
+    }
     // The ALiBi bias: its magnitude like a mask entry's (slope·(j - i - off)
     // rounds twice in fp32: converting the distance and multiplying).
     double a = scale * AbsDot(q.data(), k.data(), s.head_dim) +
@@ -112,11 +136,20 @@ RowBound ErrorBound(const Problem& p, int64_t b, int64_t h, int64_t i) {
       if (std::isinf(add)) continue;  // a -inf key carries weight exactly 0
       a += std::fabs(add);
     }
-    logit_magnitude = std::max(logit_magnitude, a);
+    mag.logit = std::max(mag.logit, a);
     LoadKvRow(p, /*value=*/true, b, kvh, j, v.data());
-    for (int64_t d = 0; d < s.value_dim; ++d) v_max = std::max(v_max, std::fabs(v[d]));
+    for (int64_t d = 0; d < s.value_dim; ++d) mag.v_max = std::max(mag.v_max, std::fabs(v[d]));
+    if (p.v.dtype == DType::kI8) {
+      v_scale_max = std::max(v_scale_max, std::fabs(KvRowScale(p, /*value=*/true, b, kvh, j)));
+    }
   }
-  return RowBoundOf(p, logit_magnitude, v_max, visible);
+  if (p.k.dtype == DType::kI8) {
+    double q_max = 0;
+    for (int64_t d = 0; d < s.head_dim; ++d) q_max = std::max(q_max, std::fabs(q[d]));
+    mag.q_int16_logit = scale * (q_max / 32767) * k_abs_max;
+  }
+  if (p.v.dtype == DType::kI8) mag.w_int16_o = double(kInt16WeightRun) * 128 * v_scale_max / 32767;
+  return RowBoundOf(p, mag);
 }
 
 namespace {
@@ -180,8 +213,8 @@ GradBounds GradBoundsOf(const GradProblem& g, const F64Problem& f, std::span<con
         }
       }
       // The forward's bound of this row (ErrorBound's, from the same A,
-      // Vmax and n).
-      const RowBound fwd_bound = RowBoundOf(p, a, v_max, n);
+      // Vmax and n; the backward takes fp32 only, so no int16 terms).
+      const RowBound fwd_bound = RowBoundOf(p, {.logit = a, .v_max = v_max, .visible = n});
       const double o_err = fwd_bound.o / kSafety;                // ô
       const double lse_err = fwd_bound.lse / kSafety;            // λ
       const double logit_err = (dk + 2) * kU * a + softcap_err;  // δs

@@ -24,16 +24,35 @@ void LoadRow(const TensorRef<const void>& t, const RowScales& scales, int64_t b,
   }
 }
 
-void LoadKvRow(const Problem& p, bool value, int64_t b, int64_t kvh, int64_t j, double* out) {
-  const TensorRef<const void>& t = value ? p.v : p.k;
-  const RowScales& scales = value ? p.v_scales : p.k_scales;
-  const int64_t n = value ? p.shape.value_dim : p.shape.head_dim;
-  if (!p.kv_pages) return LoadRow(t, scales, b, kvh, j, n, out);
-  // Paged: the pool's leading dimension is the block; key j is row
-  // j % block_size of the sequence's (j / block_size)-th block.
+namespace {
+
+// Where key j of batch b lies: (b, j) itself, or on a paged cache, whose
+// pool's leading dimension is the block, row j % block_size of the
+// sequence's (j / block_size)-th block.
+struct KvRowAt {
+  int64_t b, j;
+};
+KvRowAt LocateKvRow(const Problem& p, int64_t b, int64_t j) {
+  if (!p.kv_pages) return {b, j};
   const KvPages& pages = *p.kv_pages;
-  const int64_t block = pages.block_table[b * pages.blocks_per_sequence + j / pages.block_size];
-  LoadRow(t, scales, block, kvh, j % pages.block_size, n, out);
+  return {pages.block_table[b * pages.blocks_per_sequence + j / pages.block_size],
+          j % pages.block_size};
+}
+
+}  // namespace
+
+void LoadKvRow(const Problem& p, bool value, int64_t b, int64_t kvh, int64_t j, double* out) {
+  const KvRowAt at = LocateKvRow(p, b, j);
+  LoadRow(value ? p.v : p.k, value ? p.v_scales : p.k_scales, at.b, kvh, at.j,
+          value ? p.shape.value_dim : p.shape.head_dim, out);
+}
+
+double KvRowScale(const Problem& p, bool value, int64_t b, int64_t kvh, int64_t j) {
+  if ((value ? p.v : p.k).dtype != DType::kI8) return 1.0;
+  const RowScales& scales = value ? p.v_scales : p.k_scales;
+  const KvRowAt at = LocateKvRow(p, b, j);
+  return scales
+      .data[at.b * scales.strides.batch + kvh * scales.strides.head + at.j * scales.strides.row];
 }
 
 // off of kernels/problem.h: where batch b's query row 0 meets its diagonal.

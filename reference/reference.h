@@ -41,6 +41,8 @@ std::vector<double> LoadTensor(const TensorRef<const void>& t, const RowScales& 
 // problem's K/V are paged (kernels/problem.h, "Paged K/V"), written again
 // from that definition.
 void LoadKvRow(const Problem& problem, bool value, int64_t b, int64_t kvh, int64_t j, double* out);
+// The scale of that row when it is int8 (kernels/problem.h), else 1.
+double KvRowScale(const Problem& problem, bool value, int64_t b, int64_t kvh, int64_t j);
 
 // True when query row i of batch b may read key j under the structural masks
 // (causal, sliding window, key lengths), per kernels/problem.h.

@@ -18,6 +18,7 @@
 #include "kernels/ukernels/bf16_amx.h"
 #include "kernels/ukernels/bf16_avx512.h"
 #include "kernels/ukernels/bf16_decode.h"
+#include "kernels/ukernels/i8_decode.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
 #include "testing/flash_hooks.h"
@@ -573,9 +574,11 @@ TEST(FlashTargets, EveryCompiledTargetMatchesReference) {
 // rows, d = 32-256, odd key counts: bf16 K or V of 2-4 rows on VDPBF16PS
 // where the CPU has AVX512_BF16 (bf16_decode.h), else read in place by the
 // typed decode kernels; dk = 40 and 8 rows: those, or converted in
-// chunks). f16, int8 and fp32-Q-with-bf16-K/V take the same decode shapes.
+// chunks). f16, int8 and fp32-Q-with-bf16-K/V take the same decode shapes;
+// int8 K or V of 1-4 rows runs on VPDPWSSD where the CPU has AVX512_VNNI
+// (i8_decode.h; Q and the weights quantized to int16), which the path says.
 // A third round with ATTNLAB_PORTABLE=1 runs the typed decode kernels
-// where the second would take VDPBF16PS.
+// where the second would take VDPBF16PS or VPDPWSSD.
 TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
   const bool has_bf16 = ukernels::CpuHasAvx512Bf16();
   std::vector<ProblemSpec> specs = {
@@ -591,6 +594,12 @@ TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
       // Few keys, odd: a missing or doubled key is 1/45 of O, which the
       // bound sees (among 1500 keys the rounding of P hides it).
       Spec(Shape{2, 8, 2, 1, 45, 64, 64}, MaskKind::kNone, 100),
+      // With fp32 Q and int8 K, Q and K may each round to bf16, which moves
+      // a logit by 2^-7 of its magnitude: the bound of these shapes is ~15%
+      // of Vmax, so only 3 or 4 keys make a missing odd or even last key
+      // visible (a third or a quarter of O).
+      Spec(Shape{2, 8, 2, 1, 4, 64, 64}, MaskKind::kNone, 101),
+      Spec(Shape{1, 6, 2, 1, 3, 128, 96}, MaskKind::kNone, 102),
   };
   specs[2].window_left = 300;
   for (ProblemSpec& spec : specs) {
@@ -610,7 +619,8 @@ TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
     }
   }
   const bool has_amx = ukernels::CpuHasAmxBf16();
-  int vdpbf16ps_runs = 0, amx_runs = 0;
+  const bool has_vnni = ukernels::CpuHasAvx512Vnni();
+  int vdpbf16ps_runs = 0, amx_runs = 0, vnni_runs = 0;
   for (const std::string switch_on : {"", "ATTNLAB_NO_AMX", "ATTNLAB_PORTABLE"}) {
     const bool no_amx = !switch_on.empty(), portable = switch_on == "ATTNLAB_PORTABLE";
     std::optional<ScopedEnv> env;
@@ -631,6 +641,12 @@ TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
             has_bf16 && sixteen_lanes && !portable &&
             ((spec.dtypes.k == DType::kBF16 && ukernels::Bf16DecodeTakesDk(spec.shape.head_dim)) ||
              (spec.dtypes.v == DType::kBF16 && ukernels::Bf16DecodeTakesDv(spec.shape.value_dim)));
+        const bool int8_decode =
+            ukernels::I8DecodeTakesRows(spec.shape.heads / spec.shape.kv_heads *
+                                        spec.shape.q_len) &&
+            has_vnni && sixteen_lanes && !portable &&
+            ((spec.dtypes.k == DType::kI8 && ukernels::I8DecodeTakesDk(spec.shape.head_dim)) ||
+             (spec.dtypes.v == DType::kI8 && ukernels::I8DecodeTakesDv(spec.shape.value_dim)));
         ProblemData data(spec);
         RunStats stats;
         ASSERT_TRUE(attn::Run(Flash(), data.problem(), OnThreads(2), &stats).ok());
@@ -640,6 +656,9 @@ TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
         const bool on_vdpbf16ps = stats.path.find("AVX512_BF16") != std::string::npos;
         EXPECT_EQ(on_amx, amx) << trace << ": path " << stats.path;
         EXPECT_EQ(on_vdpbf16ps, (pairs && !amx) || decode) << trace << ": path " << stats.path;
+        const bool on_vnni = stats.path.find("AVX512_VNNI") != std::string::npos;
+        EXPECT_EQ(on_vnni, int8_decode) << trace << ": path " << stats.path;
+        vnni_runs += on_vnni;
         vdpbf16ps_runs += on_vdpbf16ps;
         amx_runs += on_amx;
         const Comparison c = CompareToReference(data, *reference::Attention(data.problem(), false));
@@ -647,6 +666,9 @@ TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
       }
     }
     hwy::SetSupportedTargetsForTest(0);
+  }
+  if (has_vnni) {
+    EXPECT_GT(vnni_runs, 0);
   }
   if (!has_bf16) GTEST_SKIP() << "this CPU lacks AVX512_BF16: only the portable path was tested";
   EXPECT_GT(vdpbf16ps_runs, 0);

@@ -29,6 +29,7 @@
 #include "hwy/targets.h"
 #include "kernels/problem.h"
 #include "kernels/ukernels/bf16_avx512.h"
+#include "kernels/ukernels/i8_decode.h"
 #include "kernels/ukernels/ukernels.h"
 
 namespace attn::ukernels {
@@ -1036,6 +1037,135 @@ void TestBf16DecodePv(const Ukernel& u, Checker& c) {
   }
 }
 
+// --- AVX512_VNNI decode kernels (i8_decode.h) ------------------------------
+
+// Decode scores from int16 Q words and strided int8 K rows: the integer sums
+// are exact, so the result is within 2u (one conversion, one multiply) of
+// row_scale·Σ q·k, whatever the values (full-range words and bytes here).
+// 1-4 rows, dk = 1-4 vectors of 32, key counts around the 4-key groups;
+// nothing written past the keys. QuantizeQueryRow is checked beside it.
+void TestI8DecodeScores(const Ukernel& u, Checker& c) {
+  std::mt19937 rng(33);
+  std::uniform_int_distribution<int> word(-32767, 32767), byte(-128, 127);
+  for (int64_t dk : {32, 64, 96, 128}) {
+    for (int64_t nrows : {1, 2, 3, 4}) {
+      for (int64_t nkeys : {1, 3, 4, 5, 8, 33, 512}) {
+        const int64_t k_stride = dk + 8, lds = nkeys + 7;
+        Buffer qbuf(nrows * dk / 2), st(nrows * lds);
+        auto* qw = reinterpret_cast<int16_t*>(qbuf.data());
+        for (int64_t i = 0; i < nrows * dk; ++i) qw[i] = int16_t(word(rng));
+        std::vector<int8_t> k(nkeys * k_stride);
+        for (int8_t& x : k) x = int8_t(byte(rng));
+        const float row_scale[4] = {0.01f, -3.0e-5f, 7.5f, 1.0f / 3};
+        I8DecodeScoresArgs a{qw, nrows, k.data(), k_stride, nkeys, dk, row_scale, st.data(), lds};
+        ASSERT_TRUE(u.run(&a));
+        const std::string at = "dk=" + std::to_string(dk) + " rows=" + std::to_string(nrows) +
+                               " keys=" + std::to_string(nkeys);
+        for (int64_t r = 0; r < nrows; ++r) {
+          for (int64_t j = 0; j < nkeys; ++j) {
+            int64_t sum = 0;
+            for (int64_t d = 0; d < dk; ++d) sum += int64_t(qw[r * dk + d]) * k[j * k_stride + d];
+            const double want = double(row_scale[r]) * double(sum);
+            c.Near(st[r * lds + j], want, 2 * kU * std::fabs(want),
+                   at + " S[" + std::to_string(r) + "][" + std::to_string(j) + "]");
+          }
+          for (int64_t j = nkeys; j < lds; ++j) c.Poisoned(st[r * lds + j], at + " past the keys");
+        }
+      }
+    }
+  }
+  // The quantization the scores assume: within a step of q, |words| <=
+  // 32767 with the largest element at ±32767; zeros for a zero row, NaN
+  // (the caller's fallback) for a non-finite one.
+  std::uniform_real_distribution<float> value(-3.0f, 3.0f);
+  std::vector<float> q(128);
+  std::vector<int16_t> words(128);
+  for (float& x : q) x = value(rng);
+  q[17] = -4.0f;
+  const float step = ukernels::QuantizeQueryRow(q.data(), 128, words.data());
+  c.Near(step, 4.0 / 32767, 1e-6 * 4.0 / 32767, "QuantizeQueryRow step");
+  c.Near(words[17], -32767, 0, "QuantizeQueryRow largest word");
+  for (int64_t d = 0; d < 128; ++d) {
+    c.Near(double(step) * words[d], q[d], 0.51 * step,
+           "QuantizeQueryRow q[" + std::to_string(d) + "]");
+  }
+  std::fill(q.begin(), q.end(), 0.0f);
+  c.Near(ukernels::QuantizeQueryRow(q.data(), 128, words.data()), 0, 0, "zero row step");
+  c.Near(words[5], 0, 0, "zero row word");
+  q[3] = std::numeric_limits<float>::infinity();
+  c.Near(ukernels::QuantizeQueryRow(q.data(), 128, words.data()), kNaN, 0, "inf row step");
+}
+
+// Decode P·V from fp32 weights (quantized by the kernel to int16, one step
+// per row and 64-key chunk: the chunk's max |p| / 32767) and strided int8 V
+// rows, against the unquantized products in double: each weight moves by
+// at most a step, so O within Σ_j step·|v_j| plus (nkeys + 2)·u of Σ|terms|
+// (the chunk sums' conversions and additions). A dropped or doubled key
+// moves O by p·|v|, thousands of steps. Weights spanning 8 decades in one
+// chunk (the small ones quantize to 0, within their step), 1-4 rows, dv
+// from one 32-column piece to 512, odd key counts, past 512 keys; nothing
+// written past dv; a non-finite weight returns false with O untouched.
+void TestI8DecodePv(const Ukernel& u, Checker& c) {
+  std::mt19937 rng(34);
+  std::uniform_real_distribution<float> weight(0.0f, 1.0f), init(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> byte(-128, 127);
+  for (int64_t dv : {32, 96, 128, 160, 512}) {
+    for (int64_t nrows : {1, 2, 3, 4}) {
+      for (int64_t nkeys : {1, 2, 3, 63, 64, 65, 130, 1024}) {
+        for (bool accumulate : {false, true}) {
+          const int64_t ldp = nkeys + 5, v_stride = dv + 16, ldo = dv + 16;
+          Buffer p(nrows * ldp), o(nrows * ldo);
+          for (int64_t r = 0; r < nrows; ++r) {
+            for (int64_t j = 0; j < nkeys; ++j) {
+              p[r * ldp + j] = r == 1 ? std::pow(10.0f, -float(j % 9)) : weight(rng);
+            }
+          }
+          std::vector<int8_t> v(nkeys * v_stride);
+          for (int8_t& x : v) x = int8_t(byte(rng));
+          std::vector<float> o0(nrows * dv, 0.0f);
+          if (accumulate) {
+            for (int64_t r = 0; r < nrows; ++r)
+              for (int64_t col = 0; col < dv; ++col)
+                o[r * ldo + col] = o0[r * dv + col] = init(rng);
+          }
+          I8DecodePvArgs a{p.data(), ldp, v.data(),   v_stride, nkeys,
+                           nrows,    dv,  accumulate, o.data(), ldo};
+          ASSERT_TRUE(u.run(&a));
+          const std::string at = "dv=" + std::to_string(dv) + " rows=" + std::to_string(nrows) +
+                                 " keys=" + std::to_string(nkeys) +
+                                 (accumulate ? " accumulate" : "");
+          for (int64_t r = 0; r < nrows; ++r) {
+            std::vector<double> step((nkeys + 63) / 64, 0.0);
+            for (int64_t j = 0; j < nkeys; ++j) {
+              step[j / 64] = std::max(step[j / 64], std::fabs(double(p[r * ldp + j])) / 32767);
+            }
+            for (int64_t col = 0; col < dv; ++col) {
+              double want = o0[r * dv + col], mag = std::fabs(want), quantized = 0;
+              for (int64_t j = 0; j < nkeys; ++j) {
+                const double x = v[j * v_stride + col];
+                want += double(p[r * ldp + j]) * x;
+                mag += std::fabs(double(p[r * ldp + j]) * x);
+                quantized += step[j / 64] * std::fabs(x);
+              }
+              c.Near(o[r * ldo + col], want, quantized + (nkeys + 2) * kU * mag,
+                     at + " O[" + std::to_string(r) + "][" + std::to_string(col) + "]");
+            }
+            c.Poisoned(o[r * ldo + dv], at + " past dv");
+          }
+        }
+      }
+    }
+  }
+  Buffer p(130), o(2 * 128);
+  std::vector<int8_t> v(130 * 128, 1);
+  for (int64_t j = 0; j < 130; ++j) p[j] = weight(rng);
+  p[100] = std::numeric_limits<float>::infinity();
+  if (ukernels::I8DecodePvRows(p.data(), 65, v.data(), 128, 65, 2, 128, false, o.data(), 128)) {
+    ADD_FAILURE() << c.where << ": an infinite weight was taken";
+  }
+  for (int64_t i = 0; i < 2 * 128; ++i) c.Poisoned(o[i], "O after an infinite weight");
+}
+
 // P = e^(S - lse) within the exponential's bound (kFastExp2MaxUlp + 2 ulp
 // for the difference, relative to |S - lse| + 1), dS = scale·P·(dP - D)
 // within 4 roundings of P's error; fully masked rows (lse = -inf) all 0,
@@ -1362,6 +1492,10 @@ void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
       return TestBf16DecodeScores(u, c);
     case Family::kBf16DecodePv:
       return TestBf16DecodePv(u, c);
+    case Family::kI8DecodeScores:
+      return TestI8DecodeScores(u, c);
+    case Family::kI8DecodePv:
+      return TestI8DecodePv(u, c);
     case Family::kGradScores:
       return TestGradScores(u, lanes, c);
     case Family::kSoftcap:

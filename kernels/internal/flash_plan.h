@@ -81,12 +81,15 @@ inline constexpr int64_t kFewStride = RoundUp(kMaxBc, kPad);
 // whole vector], after which its rows as bf16 words (the decode pair
 // kernels) begin, 64-byte aligned.
 inline int64_t FewRowsQFloats(int64_t dk) { return kFewRows * RoundUp(dk, kPad); }
+// Floats the few-row Q's words take (bf16 or int16, [kFewRows][dk]); the
+// rows' int16 steps (kFewRows floats) follow them.
+inline int64_t FewRowsWordFloats(int64_t dk) { return kFewRows * (dk + 1) / 2; }
 // Floats of a thread's Q block, which holds either Qᵀ [dk][kBr] (row tiles)
-// or the few-row Q, fp32 and bf16 words [kFewRows][dk] (few-row blocks):
-// the larger of the two (the second wins for small dk: 8·16 + 4 > 64),
-// rounded to 64 bytes so the next scratch region stays aligned.
+// or the few-row Q, fp32, words and steps (few-row blocks): the larger of
+// the two (the second wins for small dk: 8·16 + 4 + 8 > 64), rounded to 64
+// bytes so the next scratch region stays aligned.
 inline int64_t QBlockFloats(int64_t dk) {
-  return RoundUp(std::max(dk * kBr, FewRowsQFloats(dk) + kFewRows * (dk + 1) / 2), 16);
+  return RoundUp(std::max(dk * kBr, FewRowsQFloats(dk) + FewRowsWordFloats(dk) + kFewRows), 16);
 }
 
 struct Plan {

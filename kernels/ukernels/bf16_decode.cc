@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "kernels/ukernels/bf16_avx512.h"  // CpuHasAvx512Bf16
+#include "kernels/ukernels/decode_pairs.h"
 
 // gcc 12's avx512fintrin.h passes an undefined vector as the pass-through
 // operand of unmasked conversions (see bf16_avx512.cc): a false positive.
@@ -158,7 +159,7 @@ alignas(64) const uint16_t kZeroRow[kBf16DecodeMaxDv] = {};
 // Keys 2i and 2i + 1 (rows v0 and v1: kZeroRow after an odd last key) for NR rows x H
 // pieces of 32 columns: VPUNPCKLWD/HWD pair the rows' words per 128-bit lane,
 // so the first vector of piece h holds its columns {0-3, 8-11, 16-19,
-// 24-27} and the second the rest (PutInOrder undoes it).
+// 24-27} and the second the rest (PutPairColumnsInOrder undoes it).
 template <int NR, int H>
 ATTN_BF16_TARGET inline void PvKeyPair(const uint32_t* pr, int64_t ldpr, int64_t i,
                                        const uint16_t* v0, const uint16_t* v1,
@@ -229,25 +230,6 @@ ATTN_BF16_TARGET void PvChunkColumns(int pieces, const uint32_t* pr, int64_t ldp
   }
 }
 
-// o (+)= the tile's sums of a row, each 32-column piece's two vectors put
-// back in column order (the inverse of PvKeyPair's lane interleave).
-ATTN_BF16_TARGET void PutInOrder(const float* t, int64_t dv, bool accumulate, float* o) {
-  const __m512i first = _mm512_set_epi32(23, 22, 21, 20, 7, 6, 5, 4, 19, 18, 17, 16, 3, 2, 1, 0);
-  const __m512i second =
-      _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 27, 26, 25, 24, 11, 10, 9, 8);
-  for (int64_t c = 0; c < dv; c += 32) {
-    const __m512 lo = _mm512_load_ps(t + c), hi = _mm512_load_ps(t + c + 16);
-    __m512 o0 = _mm512_permutex2var_ps(lo, first, hi);
-    __m512 o1 = _mm512_permutex2var_ps(lo, second, hi);
-    if (accumulate) {
-      o0 = _mm512_add_ps(o0, _mm512_loadu_ps(o + c));
-      o1 = _mm512_add_ps(o1, _mm512_loadu_ps(o + c + 16));
-    }
-    _mm512_storeu_ps(o + c, o0);
-    _mm512_storeu_ps(o + c + 16, o1);
-  }
-}
-
 // The weights paired once; then chunk by chunk of kBf16DecodeChunk keys,
 // column block by column block (<= 128 columns), rows in pairs: the first
 // pass over a chunk reads its V rows from memory in address order, the
@@ -267,29 +249,27 @@ ATTN_BF16_TARGET void PvRowsOf(const float* p, int64_t ldp, const uint16_t* v, i
   const int64_t passes = (dv + kBlock - 1) / kBlock * kRowPairs;
   for (int64_t j0 = 0; j0 < nkeys; j0 += kBf16DecodeChunk) {
     const int64_t n = std::min(kBf16DecodeChunk, nkeys - j0);
-    const int64_t share = (n + passes - 1) / passes;  // rows ahead per pass
-    const int64_t pairs = (n + 1) / 2;
-    const int64_t per_pair = (share + pairs - 1) / pairs;
     int64_t pass = 0;
     for (int64_t c0 = 0; c0 < dv; c0 += kBlock) {
       const int pieces = int(std::min(kBlock, dv - c0) / 32);
       for (int r0 = 0; r0 < NR; r0 += 2, ++pass) {
-        PrefetchRows pf = prefetch.From(j0 + pass * share);
-        pf.rows = std::min(pf.rows, share);
+        const PassPrefetch pf = ChunkPassPrefetch(prefetch, j0, n, passes, pass);
         const uint32_t* w = pr + r0 * ldpr + j0 / 2;
         const uint16_t* vc = v + j0 * v_stride + c0;
         float* tc = t + r0 * dv + c0;
         if (NR - r0 >= 2) {
-          PvChunkColumns<2>(pieces, w, ldpr, vc, v_stride, n, j0 == 0, tc, dv, pf, per_pair);
+          PvChunkColumns<2>(pieces, w, ldpr, vc, v_stride, n, j0 == 0, tc, dv, pf.rows,
+                            pf.per_pair);
         } else {
-          PvChunkColumns<1>(pieces, w, ldpr, vc, v_stride, n, j0 == 0, tc, dv, pf, per_pair);
+          PvChunkColumns<1>(pieces, w, ldpr, vc, v_stride, n, j0 == 0, tc, dv, pf.rows,
+                            pf.per_pair);
         }
       }
     }
   }
   prefetch.Prefetch(nkeys, prefetch.rows);
   ATTN_UNROLL
-  for (int r = 0; r < NR; ++r) PutInOrder(t + r * dv, dv, accumulate, o + r * ldo);
+  for (int r = 0; r < NR; ++r) PutPairColumnsInOrder(t + r * dv, dv, accumulate, o + r * ldo);
 }
 
 ATTN_BF16_TARGET void PvRows(const float* p, int64_t ldp, const uint16_t* v, int64_t v_stride,

@@ -7,6 +7,7 @@
 #include "kernels/ukernels/bf16_amx.h"
 #include "kernels/ukernels/bf16_avx512.h"
 #include "kernels/ukernels/bf16_decode.h"
+#include "kernels/ukernels/i8_decode.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/ukernels/ukernels.cc"
@@ -71,6 +72,10 @@ template <>
 struct ArgsOf<Family::kBf16DecodeScores> : std::type_identity<Bf16DecodeScoresArgs> {};
 template <>
 struct ArgsOf<Family::kBf16DecodePv> : std::type_identity<Bf16DecodePvArgs> {};
+template <>
+struct ArgsOf<Family::kI8DecodeScores> : std::type_identity<I8DecodeScoresArgs> {};
+template <>
+struct ArgsOf<Family::kI8DecodePv> : std::type_identity<I8DecodePvArgs> {};
 template <>
 struct ArgsOf<Family::kGradScores> : std::type_identity<GradScoresArgs> {};
 template <>
@@ -156,6 +161,14 @@ void Call(Bf16DecodeScoresArgs& a, F f) {
 }
 template <class F>
 void Call(Bf16DecodePvArgs& a, F f) {
+  f(a.p, a.ldp, a.v, a.v_stride, a.nkeys, a.nrows, a.dv, a.accumulate, a.o, a.ldo);
+}
+template <class F>
+void Call(I8DecodeScoresArgs& a, F f) {
+  f(a.qw, a.nrows, a.k, a.k_stride, a.nkeys, a.dk, a.row_scale, a.st, a.lds);
+}
+template <class F>
+void Call(I8DecodePvArgs& a, F f) {
   f(a.p, a.ldp, a.v, a.v_stride, a.nkeys, a.nrows, a.dv, a.accumulate, a.o, a.ldo);
 }
 template <class F>
@@ -277,6 +290,10 @@ const char* FamilyName(Family family) {
       return "bf16_decode_scores";
     case Family::kBf16DecodePv:
       return "bf16_decode_pv";
+    case Family::kI8DecodeScores:
+      return "i8_decode_scores";
+    case Family::kI8DecodePv:
+      return "i8_decode_pv";
     case Family::kGradScores:
       return "grad_scores";
     case Family::kSoftcap:
@@ -295,6 +312,8 @@ const char* IsaName(Isa isa) {
       return "AVX512_BF16";
     case Isa::kAmxBf16:
       return "AMX_BF16";
+    case Isa::kAvx512Vnni:
+      return "AVX512_VNNI";
     default:
       return "";
   }
@@ -306,6 +325,8 @@ bool CpuHasIsa(Isa isa) {
       return CpuHasAvx512Bf16();
     case Isa::kAmxBf16:
       return CpuHasAmxBf16();
+    case Isa::kAvx512Vnni:
+      return CpuHasAvx512Vnni();
     default:
       return true;
   }

@@ -88,6 +88,13 @@ enum class Family {
   kBf16DecodeScores,
   // o[r·ldo + c] (+)= Σ_j bf16(p[r·ldp + j])·v[j·v_stride + c], bf16 V rows.
   kBf16DecodePv,
+  // Decode on VPDPWSSD (i8_decode.h), <= 4 rows: st[r·lds + j] =
+  // row_scale[r]·Σ_d qw[r·dk + d]·k[j·k_stride + d] from int16 Q words and
+  // int8 K rows, exact in int32.
+  kI8DecodeScores,
+  // o[r·ldo + c] (+)= Σ_j p[r·ldp + j]·v[j·v_stride + c], the weights
+  // quantized to int16 per row and 64-key chunk, int8 V rows.
+  kI8DecodePv,
   // Backward: P = e^(S - lse), dS = scale·P·(dP - D) over a row-major tile,
   // in place (rows with lse = -inf: 0).
   kGradScores,
@@ -111,10 +118,11 @@ enum class Isa {
   // Intrinsics for one ISA, outside Highway (bf16_avx512.h): run when CPUID
   // says the CPU has it, whatever the Highway target.
   kAvx512Bf16,
-  kAmxBf16,  // bf16_amx.h: AMX-BF16 tiles, granted by Linux
+  kAmxBf16,     // bf16_amx.h: AMX-BF16 tiles, granted by Linux
+  kAvx512Vnni,  // i8_decode.h: VPDPWSSD
 };
-// "AVX512_BF16" for kAvx512Bf16, "AMX_BF16" for kAmxBf16 (what a skip
-// names), else "".
+// "AVX512_BF16" for kAvx512Bf16, "AMX_BF16" for kAmxBf16, "AVX512_VNNI"
+// for kAvx512Vnni (what a skip names), else "".
 const char* IsaName(Isa isa);
 // Whether this CPU can run entries of `isa` (the Highway ones: always; the
 // target decides).
@@ -261,6 +269,25 @@ struct Bf16DecodePvArgs {
   const float* p;
   int64_t ldp;
   const uint16_t* v;
+  int64_t v_stride, nkeys, nrows, dv;
+  bool accumulate;
+  float* o;
+  int64_t ldo;
+};
+
+struct I8DecodeScoresArgs {
+  const int16_t* qw;
+  int64_t nrows;
+  const int8_t* k;
+  int64_t k_stride, nkeys, dk;
+  const float* row_scale;
+  float* st;
+  int64_t lds;
+};
+struct I8DecodePvArgs {
+  const float* p;
+  int64_t ldp;
+  const int8_t* v;
   int64_t v_stride, nkeys, nrows, dv;
   bool accumulate;
   float* o;
