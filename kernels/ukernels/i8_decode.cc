@@ -299,21 +299,25 @@ ATTN_VNNI_TARGET bool PvRowsOf(const float* p, int64_t ldp, const int8_t* v, int
   const int64_t passes = (dv + kBlock - 1) / kBlock * kRowPairs;
   for (int64_t j0 = 0, c = 0; j0 < nkeys; j0 += kI8DecodeChunk, ++c) {
     const int64_t n = std::min(kI8DecodeChunk, nkeys - j0);
+    const int64_t share = (n + passes - 1) / passes;  // rows ahead per pass
+    const int64_t pairs = (n + 1) / 2;
+    const int64_t per_pair = (share + pairs - 1) / pairs;
     int64_t pass = 0;
     for (int64_t c0 = 0; c0 < dv; c0 += kBlock) {
       const int pieces = int(std::min(kBlock, dv - c0) / 32);
       for (int r0 = 0; r0 < NR; r0 += 2, ++pass) {
-        const PassPrefetch pf = ChunkPassPrefetch(prefetch, j0, n, passes, pass);
+        PrefetchRows pf = prefetch.From(j0 + pass * share);
+        pf.rows = std::min(pf.rows, share);
         const uint32_t* w = pr + r0 * ldpr + j0 / 2;
         const float* s = steps + r0 * kMaxChunks + c;
         const int8_t* vc = v + j0 * v_stride + c0;
         float* tc = t + r0 * dv + c0;
         if (NR - r0 >= 2) {
-          PvChunkColumns<2>(pieces, w, ldpr, s, kMaxChunks, vc, v_stride, n, j0 == 0, tc, dv,
-                            pf.rows, pf.per_pair);
+          PvChunkColumns<2>(pieces, w, ldpr, s, kMaxChunks, vc, v_stride, n, j0 == 0, tc, dv, pf,
+                            per_pair);
         } else {
-          PvChunkColumns<1>(pieces, w, ldpr, s, kMaxChunks, vc, v_stride, n, j0 == 0, tc, dv,
-                            pf.rows, pf.per_pair);
+          PvChunkColumns<1>(pieces, w, ldpr, s, kMaxChunks, vc, v_stride, n, j0 == 0, tc, dv, pf,
+                            per_pair);
         }
       }
     }
