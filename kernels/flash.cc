@@ -96,8 +96,8 @@
 //     (RunStats::path "AVX3+AVX512_VNNI"): the scores and P·V on VPDPWSSD
 //     (kernels/ukernels/i8_decode.h), K and V read in place and widened to
 //     int16, Q quantized to int16 once per block and the weights per
-//     64-key chunk, the products exact in int32. 0.77-0.79x the time of the
-//     converting kernels below from DRAM, 0.66-0.86x from L3 (MHA and GQA-4,
+//     64-key chunk, the products exact in int32. 0.77-0.84x the time of the
+//     converting kernels below from DRAM, 0.65-0.89x from L3 (MHA and GQA-4,
 //     d = 128, Zen 4 VM; kernels/DESIGN.md, "int8 decode on VPDPWSSD").
 //   * Other decode blocks (<= 8 rows) on reduced K or V: the few-row score and P·V
 //     kernels read the rows in place and convert each vector in registers

@@ -1781,8 +1781,9 @@ class Report:
       if paths:
         rows = [[v] + [", ".join(sorted(paths[v].get(dt, ()))) or "—" for dt in dtypes]
                 for v in sorted(paths)]
-        self.add("**Code path that ran** (Highway target; `+AVX512_BF16`: bf16 tiles on "
-                 "VDPBF16PS; `portable C++`: no SIMD dispatch)", "",
+        self.add("**Code path that ran** (Highway target; `+AVX512_BF16`: bf16 products on "
+                 "VDPBF16PS; `+AMX_BF16`: on AMX tiles; `+AVX512_VNNI`: int8 decode on "
+                 "VPDPWSSD; `portable C++`: no SIMD dispatch)", "",
                  md_table(["variant"] + dtypes, rows, ["---"] * (1 + len(dtypes))), "")
       rate = "GBps" if decode else "GFLOPS"
       self.add("**GB/s of K+V at their element sizes**" if decode else

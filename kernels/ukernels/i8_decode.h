@@ -42,8 +42,8 @@
 // Memory traffic: K and V once, in place, 1 byte an element; Q, S and the
 // tile's sums from registers and L1. Measured (Zen 4 VM, d = 128, 1 thread,
 // same data, against the fp32 kernels that convert in registers): GQA-4
-// 0.79x the time from DRAM (Lk = 65536), 0.86x from L3; MHA 0.77-0.79x and
-// 0.66x (kernels/DESIGN.md, "int8 decode on VPDPWSSD"). Reached through
+// 0.78-0.81x the time from DRAM (Lk = 65536), 0.86-0.89x from L3; MHA
+// 0.77-0.84x and 0.65x (kernels/DESIGN.md, "int8 decode on VPDPWSSD"). Reached through
 // I8DecodeKernelsForCpu(), null unless CPUID has AVX512F/BW/DQ/VL and
 // AVX512_VNNI.
 #ifndef ATTNLAB_KERNELS_UKERNELS_I8_DECODE_H_
