@@ -4,7 +4,8 @@
 // attnlab_* context keys and the counters below).
 //
 //   attnlab_bench [--suite=quick|default|full|precision|backward] [--threads=1,2] [--batch=1]
-//                 [--heads=8] [--memory_budget=12G] [--benchmark_* flags]
+//                 [--heads=8] [--memory_budget=12G] [--paths=default,portable]
+//                 [--benchmark_* flags]
 //   attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=16384]
 //                 [--accuracy_grad_max_n=2048] [--accuracy_passes=forward,backward]
 //   attnlab_bench --resume=FILE [--resume_force]
@@ -112,9 +113,55 @@ namespace {
 
 // What runs (the suite's flags, resolved: threads never empty, the budget
 // never 0).
+// A code path of the library's switches (README "Element types": the tests
+// run each): every variant case runs once per path given with --paths, in
+// one process on the same inputs, named .../path:<name>.
+enum class CodePath { kDefault, kPortable, kNoAmx };
+struct PathName {
+  CodePath path;
+  const char* name;
+};
+constexpr PathName kCodePaths[] = {{CodePath::kDefault, "default"},
+                                   {CodePath::kPortable, "portable"},
+                                   {CodePath::kNoAmx, "no_amx"}};
+
+// The switches of one path for the scope of a case's run: ATTNLAB_PORTABLE=1
+// (portable), ATTNLAB_NO_AMX=1 (no_amx), neither (default, whatever the
+// caller's environment says); the environment as it was afterwards. The
+// library reads them at every Run.
+class ScopedCodePath {
+ public:
+  explicit ScopedCodePath(CodePath path) {
+    for (int i = 0; i < 2; ++i) {
+      if (const char* old = std::getenv(kVars[i])) old_[i] = old;
+      unsetenv(kVars[i]);
+    }
+    if (path == CodePath::kPortable) setenv(kVars[0], "1", 1);
+    if (path == CodePath::kNoAmx) setenv(kVars[1], "1", 1);
+  }
+  ~ScopedCodePath() {
+    for (int i = 0; i < 2; ++i) {
+      if (old_[i]) {
+        setenv(kVars[i], old_[i]->c_str(), 1);
+      } else {
+        unsetenv(kVars[i]);
+      }
+    }
+  }
+  ScopedCodePath(const ScopedCodePath&) = delete;
+  ScopedCodePath& operator=(const ScopedCodePath&) = delete;
+
+ private:
+  static constexpr const char* kVars[2] = {"ATTNLAB_PORTABLE", "ATTNLAB_NO_AMX"};
+  std::optional<std::string> old_[2];
+};
+
 struct Options {
   std::string suite = "default";
   std::vector<int> threads;
+  // --paths: each variant case once per path, with a path: token (empty: once,
+  // under the caller's environment, no token).
+  std::vector<PathName> paths;
   int64_t batch = 1;
   int64_t heads = 8;
   size_t memory_budget = 0;
@@ -1289,13 +1336,27 @@ class SuiteCases {
            std::find(left_out_.begin(), left_out_.end(), name) != left_out_.end();
   }
   void AddVariant(const Variant* v, const Case& c, const PreparedCase& prepared) {
-    const std::string name = std::string(v->name) + "/" + c.Tokens();
-    Add(
-        name,
-        [ctx = &ctx_, v, c, prepared, name](benchmark::State& s) {
-          VariantCase(s, *ctx, *v, c, prepared, name);
-        },
-        prepared.refused() ? -1 : prepared.predicted_seconds);
+    const std::string base = std::string(v->name) + "/" + c.Tokens();
+    const double predicted = prepared.refused() ? -1 : prepared.predicted_seconds;
+    if (options_.paths.empty()) {
+      Add(
+          base,
+          [ctx = &ctx_, v, c, prepared, base](benchmark::State& s) {
+            VariantCase(s, *ctx, *v, c, prepared, base);
+          },
+          predicted);
+      return;
+    }
+    for (const PathName& path : options_.paths) {
+      const std::string name = base + "/path:" + path.name;
+      Add(
+          name,
+          [ctx = &ctx_, v, c, prepared, name, path = path.path](benchmark::State& s) {
+            const ScopedCodePath switches(path);
+            VariantCase(s, *ctx, *v, c, prepared, name);
+          },
+          predicted);
+    }
   }
 
   // ceiling_read/<decode or paged case> at each thread count (CeilingRead),
@@ -1770,6 +1831,17 @@ struct Flags {
   std::vector<std::string> recorded;        // the command line but where results go
 };
 
+// "a,b,,c" -> {"a", "b", "", "c"}; "" -> {""}.
+std::vector<std::string> SplitCommas(const std::string& text) {
+  std::vector<std::string> parts;
+  for (size_t pos = 0; pos <= text.size();) {
+    const size_t comma = std::min(text.find(',', pos), text.size());
+    parts.push_back(text.substr(pos, comma - pos));
+    pos = comma + 1;
+  }
+  return parts;
+}
+
 bool ParsePositive(const std::string& text, int64_t* out) {
   char* end = nullptr;
   const long long v = std::strtoll(text.c_str(), &end, 10);
@@ -1816,14 +1888,31 @@ const FlagSpec kFlags[] = {
      .apply =
          [](const std::string& v, Flags& f) {
            f.options.threads.clear();
-           for (size_t pos = 0; pos <= v.size();) {
-             const size_t comma = std::min(v.find(',', pos), v.size());
+           for (const std::string& one : SplitCommas(v)) {
              int64_t n = 0;
-             if (!ParsePositive(v.substr(pos, comma - pos), &n) || n > 1024) {
-               return "bad --threads=" + v + " (e.g. 1,2)";
-             }
+             if (!ParsePositive(one, &n) || n > 1024) return "bad --threads=" + v + " (e.g. 1,2)";
              f.options.threads.push_back(int(n));
-             pos = comma + 1;
+           }
+           return std::string();
+         }},
+    {.name = "paths",
+     .kind = Kind::kWhatRuns,
+     .apply =
+         [](const std::string& v, Flags& f) {
+           f.options.paths.clear();
+           for (const std::string& one : SplitCommas(v)) {
+             const PathName* found = nullptr;
+             for (const PathName& p : kCodePaths) {
+               if (one == p.name) found = &p;
+             }
+             if (found == nullptr) {
+               return "unknown path '" + one + "' in --paths=" + v +
+                      " (default, portable, no_amx; e.g. default,portable)";
+             }
+             for (const PathName& p : f.options.paths) {
+               if (p.path == found->path) return "--paths=" + v + " names " + one + " twice";
+             }
+             f.options.paths.push_back(*found);
            }
            return std::string();
          }},
@@ -1942,7 +2031,7 @@ const FlagSpec& Flag(const char* name) {
 void PrintUsage(FILE* to) {
   std::fprintf(to,
                "usage: attnlab_bench [--suite=quick|default|full|precision|backward]\n"
-               "         [--threads=1,2]\n"
+               "         [--threads=1,2] [--paths=default,portable,no_amx]\n"
                "         [--batch=B] [--heads=H] [--memory_budget=12G] [--benchmark_* flags]\n"
                "       attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=N]\n"
                "         [--accuracy_grad_max_n=N (backward; default 2048)]\n"

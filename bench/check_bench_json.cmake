@@ -171,6 +171,30 @@ if(over EQUAL 0)
   message(FATAL_ERROR "no case was refused by a 1 KiB budget")
 endif()
 
+# 2b. --paths: each variant case once per code path, named .../path:<name>, in one run; the
+#     portable one ran no ISA-specific kernel (its label's path has no "+ISA").
+run_bench(${WORK}/paths.json --suite=quick --threads=1 --paths=default,portable
+  "--benchmark_filter=^flash/decode/Lk:4096/d:64/Hkv:2/dtype:f32-i8-i8-f32/threads:1")
+string(JSON n LENGTH "${json}" benchmarks)
+set(paths_seen "")
+math(EXPR last "${n} - 1")
+foreach(i RANGE ${last})
+  get(name benchmarks ${i} name)
+  get(label benchmarks ${i} label)
+  if(name MATCHES "/path:(default|portable)(/|$)")
+    list(APPEND paths_seen ${CMAKE_MATCH_1})
+    if(CMAKE_MATCH_1 STREQUAL "portable" AND label MATCHES "path=[^ ]*\\+")
+      message(FATAL_ERROR "--paths: ${name} ran an ISA-specific kernel: ${label}")
+    endif()
+  else()
+    message(FATAL_ERROR "--paths: ${name} has no path: token")
+  endif()
+endforeach()
+list(SORT paths_seen)
+if(NOT paths_seen STREQUAL "default;portable")
+  message(FATAL_ERROR "--paths=default,portable ran paths '${paths_seen}', want default;portable")
+endif()
+
 # 3. The accuracy run writes one f32 result per variant x N x d x mask, reduced-precision
 #    results with a "dtype", and "pass": "backward" results for the variants with a backward,
 #    every one within its bound (bench/accuracy.cc).

@@ -1092,6 +1092,9 @@ void TestI8DecodeScores(const Ukernel& u, Checker& c) {
   std::fill(q.begin(), q.end(), 0.0f);
   c.Near(ukernels::QuantizeQueryRow(q.data(), 128, words.data()), 0, 0, "zero row step");
   c.Near(words[5], 0, 0, "zero row word");
+  q[7] = 1e-40f;  // subnormal: a zero row (max / 32767 would underflow to a step of 0)
+  c.Near(ukernels::QuantizeQueryRow(q.data(), 128, words.data()), 0, 0, "subnormal row step");
+  c.Near(words[7], 0, 0, "subnormal row word");
   q[3] = std::numeric_limits<float>::infinity();
   c.Near(ukernels::QuantizeQueryRow(q.data(), 128, words.data()), kNaN, 0, "inf row step");
 }

@@ -51,6 +51,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "kernels/ukernels/prefetch.h"
 
@@ -73,14 +74,16 @@ inline bool I8DecodeTakesDv(int64_t dv) { return dv > 0 && dv % 32 == 0 && dv <=
 
 // A query row quantized for the kernel: qw[d] = round(q[d] / step) with
 // step = max|q| / 32767 (|qw| <= 32767), so q[d] = step·qw[d] within
-// step / 2. Returns step (0 for an all-zero row, whose words are 0). A row
-// with a non-finite element has no such form: the caller keeps it off the
-// kernel (returns NaN then).
+// step / 2. Returns step (0 for an all-zero or subnormal row, whose words
+// are 0). A row with a non-finite element has no such form: the caller keeps
+// it off the kernel (returns NaN then).
 inline float QuantizeQueryRow(const float* q, int64_t dk, int16_t* qw) {
   float max_abs = 0;
   for (int64_t d = 0; d < dk; ++d) max_abs = std::fmax(max_abs, std::fabs(q[d]));
   if (!std::isfinite(max_abs)) return NAN;
-  if (max_abs == 0) {
+  // Zero, or subnormal (which flash's flush-to-zero scope reads as zero, as
+  // the fp32 kernels do; max / 32767 would underflow to a step of 0).
+  if (!(max_abs >= std::numeric_limits<float>::min())) {
     for (int64_t d = 0; d < dk; ++d) qw[d] = 0;
     return 0;
   }

@@ -128,8 +128,11 @@ _MEASURED = ("iteration",) + _CENTRAL_AGGREGATES  # entries whose time and count
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 # Name parameters that are sizes or counts (docs/bench-json.md): positive integers.
 _SIZE_PARAMS = {"N", "Lq", "Lk", "d", "H", "Hkv", "threads", "w", "bytes"}
-# The one parameter that is not a number: element types.
+# The parameters that are not numbers: element types, and the library switches a case ran
+# under (attnlab_bench --paths; docs/bench-json.md).
 DTYPE_PARAM = "dtype"
+PATH_PARAM = "path"
+PATH_NAMES = ("default", "portable", "no_amx")
 
 
 class InputError(ValueError):
@@ -233,6 +236,10 @@ def _check_name(where, name):
         raise InputError(f"{where}: parameter {k}:{v} is not element types (want dtype:<t> or "
                          f"dtype:<q>-<k>-<v>-<o>, each one of {', '.join(DTYPE_NAMES)})"
                          ) from None
+    elif k == PATH_PARAM:
+      if v not in PATH_NAMES:
+        raise InputError(f"{where}: parameter {k}:{v} is not a code path (want one of "
+                         f"{', '.join(PATH_NAMES)})")
     elif isinstance(value, str):
       raise InputError(f"{where}: parameter {k}:{v} is not a number")
     if k in _SIZE_PARAMS and not _is_positive_int(value):
@@ -593,7 +600,8 @@ class Case:
     self.name = name
     self.family, self.variant, self.scenario, raw = parse_name(name)
     self.peer = peer_of(name)  # peer_torch_plain for peer_torch_plain/... and grad/peer_.../...
-    self.params = {k: v if k == DTYPE_PARAM else param_value(v) for k, v in raw.items()}
+    self.params = {k: v if k in (DTYPE_PARAM, PATH_PARAM) else param_value(v)
+                   for k, v in raw.items()}
     # Element types of Q, K, V, O ('f32',) * 4 without a dtype token; `dtype` their label
     # ('f32', 'bf16', 'f32-i8-i8-f32').
     self.dtypes = parse_dtype(raw.get(DTYPE_PARAM, F32))
