@@ -107,6 +107,7 @@
 #include "testing/compare.h"
 #include "testing/grad_data.h"
 #include "testing/problem_data.h"
+#include "testing/scoped_env.h"
 
 namespace attn::bench {
 namespace {
@@ -131,29 +132,12 @@ constexpr PathName kCodePaths[] = {{CodePath::kDefault, "default"},
 // library reads them at every Run.
 class ScopedCodePath {
  public:
-  explicit ScopedCodePath(CodePath path) {
-    for (int i = 0; i < 2; ++i) {
-      if (const char* old = std::getenv(kVars[i])) old_[i] = old;
-      unsetenv(kVars[i]);
-    }
-    if (path == CodePath::kPortable) setenv(kVars[0], "1", 1);
-    if (path == CodePath::kNoAmx) setenv(kVars[1], "1", 1);
-  }
-  ~ScopedCodePath() {
-    for (int i = 0; i < 2; ++i) {
-      if (old_[i]) {
-        setenv(kVars[i], old_[i]->c_str(), 1);
-      } else {
-        unsetenv(kVars[i]);
-      }
-    }
-  }
-  ScopedCodePath(const ScopedCodePath&) = delete;
-  ScopedCodePath& operator=(const ScopedCodePath&) = delete;
+  explicit ScopedCodePath(CodePath path)
+      : portable_("ATTNLAB_PORTABLE", path == CodePath::kPortable ? "1" : nullptr),
+        no_amx_("ATTNLAB_NO_AMX", path == CodePath::kNoAmx ? "1" : nullptr) {}
 
  private:
-  static constexpr const char* kVars[2] = {"ATTNLAB_PORTABLE", "ATTNLAB_NO_AMX"};
-  std::optional<std::string> old_[2];
+  testing::ScopedEnv portable_, no_amx_;
 };
 
 struct Options {
