@@ -1112,12 +1112,15 @@ void CeilingStream(benchmark::State& state, RunContext& ctx, int64_t bytes, int 
 // several kv heads, as flash's paged decode items do (kernels/internal/flash_plan.h, MakePlan:
 // the most heads whose g = H / Hkv query rows fit in 8 together and that
 // divide Hkv), reading each run head after head, i.e. a block's slices in
-// address order. Threads take (batch, kv heads, key range) reads: each
-// (batch, kv heads) split into tile-aligned key ranges when there are fewer
-// of them than threads, as flash-decoding splits the keys (else a paged
-// read of all 8 heads of MHA together ran on one thread of two). The report divides a
-// contiguous read's time by the paged read's: how fast the memory lets paged
-// decode go against contiguous decode, whatever the kernel does.
+// address order. (Where flash's P·V takes a tile's runs in one call, AVX-512
+// at d = 128, flash reads the tile head after head instead, each head's
+// blocks in table order: Plan::run_group_blocks. The two orders read at the
+// same speed on the Zen 4 VM, kernels/DESIGN.md "A tile's runs in one
+// call"; this read keeps the one order on every target.) Threads take (batch, kv heads, key range)
+// reads: each (batch, kv heads) split into tile-aligned key ranges when there are fewer of them
+// than threads, as flash-decoding splits the keys (else a paged read of all 8 heads of MHA together
+// ran on one thread of two). The report divides a contiguous read's time by the paged read's: how
+// fast the memory lets paged decode go against contiguous decode, whatever the kernel does.
 class KvReadOrder {
  public:
   explicit KvReadOrder(const Case& c) : c_(c) {

@@ -152,6 +152,37 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
       }
       break;
     }
+    case Family::kScoreRowsRuns:
+    case Family::kPvRowsRuns: {
+      // Paged decode's tile: 4 rows (GQA-4), d = 128, 512 keys as one run
+      // (contiguous) and as 32 runs of 16 (vLLM's default block size), each
+      // run somewhere else: the run kernels' cost per run.
+      const bool scores = u.family == Family::kScoreRowsRuns;
+      const int64_t nrows = 4, keys = 512, d = 128;
+      for (int64_t block : {int64_t{512}, int64_t{16}}) {
+        Shape s{"rows:4/keys:512/runs:" + std::to_string(keys / block) + "/d:128",
+                2.0 * nrows * keys * d, double(nrows * keys)};
+        out.push_back(
+            {s, [=](benchmark::State& st) {
+               const int64_t runs = keys / block, gap = 4 * d;  // 2 KiB apart
+               Floats q(nrows * d), kv(keys * d + runs * gap), sc(nrows * keys), o(nrows * d);
+               std::vector<KeyRun> list;
+               for (int64_t r = 0; r < runs; ++r) {
+                 // Reverse order: no run follows the one before.
+                 list.push_back({kv.get() + (runs - 1 - r) * (block * d + gap), block, {}});
+               }
+               if (scores) {
+                 ukernels::ScoreRowsRunsArgs a{q.get(), d, nrows, list, d, d, sc.get(), keys};
+                 Time(st, *up, a, s, peak);
+               } else {
+                 ukernels::PvRowsRunsArgs a{sc.get(), 1,         keys, list,    d,
+                                            nrows,    d / lanes, true, o.get(), d};
+                 Time(st, *up, a, s, peak);
+               }
+             }});
+      }
+      break;
+    }
     case Family::kPvRows: {
       const int64_t rows = 64, keys = 256, dv = 64;
       Shape s{"rows:64/keys:256/d:64", 2.0 * rows * keys * dv, double(rows * dv)};

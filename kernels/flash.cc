@@ -130,7 +130,13 @@
 // kFewRows), each a Block in its own part of the scratch (HeadScratch), and
 // reads each run head after head: a block's slices in address order, one
 // piece, where an item per head read one 8 KiB slice per block and pass
-// (MHA, block size 16: 5-11% faster, kernels/DESIGN.md).
+// (MHA, block size 16: 5-11% faster, kernels/DESIGN.md). Where this target's
+// few-row P·V kernel takes runs in one call (TargetPlan: AVX-512, d = 128),
+// an item instead reads a tile's runs head after head, each head's whole
+// tile of blocks in one call of the run kernels (ScoreRowsRuns, PvRowsRuns:
+// Q and O stay in registers across the blocks; Plan::run_group_blocks,
+// ForEachRunGroup); the two orders read at the same speed on the Zen 4 VM
+// (kernels/DESIGN.md, "A tile's runs in one call").
 //
 // Decode (fewer than 16 row blocks, Lk > 512): flash-decoding. Each
 // block's keys are split into `splits` tile-aligned ranges (a function of the
@@ -216,6 +222,7 @@
 //     4·(dk+dv) bytes per 64·2·(dk+dv) FLOPs = 1/32 byte per FLOP from L2/L3,
 //     ~2.8 GB/s at 90 GFLOP/s, far below L3 bandwidth, so Br = 64 suffices.
 
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -688,6 +695,21 @@ void ForEachKvRun(const ValidProblem& p, int64_t j0, int64_t j1, F f) {
   }
 }
 
+// Calls f(a, b) for each group of runs [a, b) of keys [j0, j1) that an
+// item's heads read one after the other: plan.run_group_blocks blocks of a
+// paged cache (kernels/internal/read_ahead.h, RunGroupBlocks), the whole
+// range otherwise.
+template <class F>
+void ForEachRunGroup(const ValidProblem& p, const flash::Plan& plan, int64_t j0, int64_t j1, F f) {
+  if (!p.kv_pages) return f(j0, j1);
+  const int64_t group_keys = plan.run_group_blocks * p.kv_pages->block_size;
+  for (int64_t a = j0; a < j1;) {
+    const int64_t b = std::min(j1, a - a % group_keys + group_keys);
+    f(a, b);
+    a = b;
+  }
+}
+
 // Decode: the rows of t (K or V, `width` elements each) the plan's distance
 // ahead of the run [r0, r1) of the item's head g in the order the item reads
 // them, up to the block's last visible key, for the few-row kernels to
@@ -711,7 +733,8 @@ PrefetchRows DecodeRowsAhead(const ValidProblem& p, const flash::Plan& plan,
                         .block_size = p.kv_pages ? p.kv_pages->block_size : 0,
                         .end = blk.uhi,
                         .row_stride_bytes = t.strides.row * bytes,
-                        .row_bytes = width * bytes};
+                        .row_bytes = width * bytes,
+                        .group_blocks = plan.run_group_blocks};
   const int64_t first_kvh = blocks[0].kvh;
   return RowsAhead(order, RowsAheadFor(order, plan.decode_prefetch_bytes), int64_t(g), r0, r1,
                    [&](int64_t h, int64_t j) {
@@ -719,18 +742,86 @@ PrefetchRows DecodeRowsAhead(const ValidProblem& p, const flash::Plan& plan,
                    });
 }
 
+// The runs of keys [a, b) (ForEachKvRun) of item head g's K or V rows (t,
+// `width` elements each), each with the rows it prefetches (DecodeRowsAhead),
+// for the few-row kernels that take a group of runs in one call; valid
+// until the thread's next call. A group is at most a tile (RunGroupBlocks),
+// so at most kMaxBc runs. The array is the thread's, built once: one on the
+// stack per call was 45 KiB of default member initializers to write each
+// time (paged decode at one run per group ran 2x slower for it).
+KeyRuns GroupRuns(const ValidProblem& p, const flash::Plan& plan, const TensorRef<const void>& t,
+                  int64_t width, std::span<const Block> blocks, size_t g, int64_t a, int64_t b) {
+  thread_local std::array<KeyRun, flash::kMaxBc> runs;
+  size_t n = 0;
+  ForEachKvRun(p, a, b, [&](int64_t r0, int64_t r1) {
+    runs[n++] = {p.KvRow(t, blocks[g].b, blocks[g].kvh, r0), r1 - r0,
+                 DecodeRowsAhead(p, plan, t, width, blocks, g, r0, r1)};
+  });
+  return KeyRuns(runs.data(), n);
+}
+
+// Applies an int8 tensor's row scales to the few-row S of a group of runs
+// that begins at key a (at st) after its kernel: run by run, since the
+// scales of a paged cache are paged too.
+void ScaleRuns(const ValidProblem& p, const RowScales& scales, const Block& blk, int64_t a,
+               KeyRuns runs, float* st) {
+  for (const KeyRun& run : runs) {
+    ScaleKeys(p, scales, blk, a, run.keys, st);
+    a += run.keys, st += run.keys;
+  }
+}
+
+// Whether a few-row block's scores take a group of runs in one call
+// (ScoreRowsRuns): K read in place (fp32, or a type the kernels convert in
+// registers: WithDecodeType), no int8 or pair kernel of its own.
+bool ScoresTakeRuns(const ValidProblem& p, const Block& blk) {
+  if (!blk.few_rows || blk.k_pairs || blk.k_i8) return false;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  return p.k.dtype == DType::kF32 ||
+         WithDecodeType(p.k.dtype, p.shape.head_dim % N == 0, [](auto) {});
+}
+
+// A few-row block's S = Q·Kᵀ for a group of runs beginning at key a, into st.
+void F32ScoresRuns(const ValidProblem& p, const Block& blk, int64_t a, KeyRuns runs, float* st,
+                   Scratch& sc) {
+  const int64_t dk = p.shape.head_dim, stride = p.k.strides.row;
+  if (p.k.dtype == DType::kF32) {
+    return ScoreRowsRuns(sc.qt, blk.dkp, blk.nrows, runs, stride, dk, st, kFewStride);
+  }
+  WithDecodeType(p.k.dtype, true, [&](auto tag) {
+    using T = ElementOf<decltype(tag)>;
+    ScoreRowsRuns<T>(sc.qt, blk.dkp, blk.nrows, runs, stride, dk, st, kFewStride);
+  });
+  if (p.k.dtype == DType::kI8) ScaleRuns(p, p.k_scales, blk, a, runs, st);
+}
+
 // S = Q·Kᵀ over a tile for each of the item's heads (blocks[g] in
-// parts[g]), run by run and within a run head after head (Sᵀ rows or S
-// columns of each run at its place in the tile), decode prefetching K
-// rows ahead (DecodeRowsAhead).
+// parts[g]), group of runs by group (ForEachRunGroup) and within a group
+// head after head (Sᵀ rows or S columns of each run at its place in the
+// tile): a paged few-row block's group of several blocks in one call where
+// its kernels take runs (ScoresTakeRuns), else run by run; decode
+// prefetching K rows ahead (DecodeRowsAhead).
 void F32Scores(const ValidProblem& p, const flash::Plan& plan, std::span<const Block> blocks,
                std::span<Scratch> parts, int64_t j0, int64_t j1) {
   const int64_t dk = p.shape.head_dim;
-  ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
+  auto run = [&](size_t g, int64_t r0, int64_t r1) {
+    const PrefetchRows next_run = DecodeRowsAhead(p, plan, p.k, dk, blocks, g, r0, r1);
+    F32ScoresRun(p, plan, blocks[g], r0, r1, parts[g].st + (r0 - j0) * blocks[g].sj, next_run,
+                 parts[g]);
+  };
+  if (plan.run_group_blocks == 1) {
+    return ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
+      for (size_t g = 0; g < blocks.size(); ++g) run(g, r0, r1);
+    });
+  }
+  ForEachRunGroup(p, plan, j0, j1, [&](int64_t a, int64_t b) {
     for (size_t g = 0; g < blocks.size(); ++g) {
-      const Block& blk = blocks[g];
-      const PrefetchRows next_run = DecodeRowsAhead(p, plan, p.k, dk, blocks, g, r0, r1);
-      F32ScoresRun(p, plan, blk, r0, r1, parts[g].st + (r0 - j0) * blk.sj, next_run, parts[g]);
+      if (ScoresTakeRuns(p, blocks[g])) {
+        F32ScoresRuns(p, blocks[g], a, GroupRuns(p, plan, p.k, dk, blocks, g, a, b),
+                      parts[g].st + (a - j0), parts[g]);
+      } else {
+        ForEachKvRun(p, a, b, [&](int64_t r0, int64_t r1) { run(g, r0, r1); });
+      }
     }
   });
 }
@@ -814,27 +905,70 @@ void PrefetchTileValues(const ValidProblem& p, std::span<const Block> blocks, in
   });
 }
 
-// O (+)= P·V over a tile for each of the item's heads, run by run
-// (ForEachKvRun) and within a run head after head; the first run of the
-// first tile writes O; decode prefetches V rows ahead (DecodeRowsAhead) and,
-// paged, the rest of the tile's V every kPvKeyChunk keys where the tile has
-// more than one chunk, as contiguous PvTile does (PrefetchTileValues).
+// Whether a few-row block's P·V takes a group of runs in one call
+// (PvRowsRuns): a whole tile (a partial one's hidden V may be NaN: F32PvRun
+// checks), V read in place (fp32 at dv = dvp, or a type the kernels convert
+// in registers), no int8 or pair kernel of its own.
+bool PvTakesRuns(const ValidProblem& p, const flash::Plan& plan, const Block& blk, bool partial) {
+  if (!blk.few_rows || partial || blk.v_pairs || blk.v_i8) return false;
+  if (p.v.dtype == DType::kF32) return plan.v_in_place;
+  return WithDecodeType(p.v.dtype, p.shape.value_dim == plan.dvp, [](auto) {});
+}
+
+// A few-row block's O (+)= P·V for a group of runs beginning at key a
+// (weights at st); `first`: O is written, not added to.
+void F32PvRuns(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t a,
+               KeyRuns runs, bool first, float* st, Scratch& sc) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  const int64_t dvp = plan.dvp, stride = p.v.strides.row;
+  if (p.v.dtype == DType::kF32) {
+    return PvRowsRuns(st, blk.sj, blk.sr, runs, stride, blk.nrows, dvp / N, !first, sc.o, dvp);
+  }
+  if (p.v.dtype == DType::kI8) ScaleRuns(p, p.v_scales, blk, a, runs, st);
+  WithDecodeType(p.v.dtype, true, [&](auto tag) {
+    using T = ElementOf<decltype(tag)>;
+    PvRowsRuns<T>(st, blk.sj, blk.sr, runs, stride, blk.nrows, dvp / N, !first, sc.o, dvp);
+  });
+}
+
+// O (+)= P·V over a tile for each of the item's heads, group of runs by
+// group (ForEachRunGroup) and within a group head after head: a paged
+// few-row block's group of several blocks in one call where its kernels take
+// runs (PvTakesRuns), else
+// run by run; the first keys of the first tile write O; decode prefetches V
+// rows ahead (DecodeRowsAhead) and, paged, the rest of the tile's V every
+// kPvKeyChunk keys where the tile has more than one chunk, as contiguous
+// PvTile does (PrefetchTileValues).
 void F32Pv(const ValidProblem& p, const flash::Plan& plan, std::span<const Block> blocks,
            std::span<Scratch> parts, int64_t j0, int64_t j1, bool partial, bool first) {
   const int64_t dv = p.shape.value_dim;
   const bool repeat_tile_prefetch =
       p.kv_pages && blocks[0].few_rows && plan.decode_prefetch_bytes > 0 && kPvKeyChunk < j1 - j0;
   int64_t next_repeat = j0;
-  ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
-    if (repeat_tile_prefetch && r0 >= next_repeat) {
-      PrefetchTileValues(p, blocks, r0, j1);
-      next_repeat = r0 + kPvKeyChunk;
-    }
+  auto run = [&](size_t g, int64_t r0, int64_t r1) {
+    const PrefetchRows next_run = DecodeRowsAhead(p, plan, p.v, dv, blocks, g, r0, r1);
+    F32PvRun(p, plan, blocks[g], r0, r1, partial, first && r0 == j0,
+             parts[g].st + (r0 - j0) * blocks[g].sj, next_run, parts[g]);
+  };
+  if (plan.run_group_blocks == 1) {
+    return ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
+      if (repeat_tile_prefetch && r0 >= next_repeat) {
+        PrefetchTileValues(p, blocks, r0, j1);
+        next_repeat = r0 + kPvKeyChunk;
+      }
+      for (size_t g = 0; g < blocks.size(); ++g) run(g, r0, r1);
+    });
+  }
+  // (PrefetchTileValues' repeats are for targets whose P·V kernel chunks
+  // the tile, which read run by run: TargetPlan.)
+  ForEachRunGroup(p, plan, j0, j1, [&](int64_t a, int64_t b) {
     for (size_t g = 0; g < blocks.size(); ++g) {
-      const Block& blk = blocks[g];
-      const PrefetchRows next_run = DecodeRowsAhead(p, plan, p.v, dv, blocks, g, r0, r1);
-      F32PvRun(p, plan, blk, r0, r1, partial, first && r0 == j0, parts[g].st + (r0 - j0) * blk.sj,
-               next_run, parts[g]);
+      if (PvTakesRuns(p, plan, blocks[g], partial)) {
+        F32PvRuns(p, plan, blocks[g], a, GroupRuns(p, plan, p.v, dv, blocks, g, a, b),
+                  first && a == j0, parts[g].st + (a - j0), parts[g]);
+      } else {
+        ForEachKvRun(p, a, b, [&](int64_t r0, int64_t r1) { run(g, r0, r1); });
+      }
     }
   });
 }
@@ -1242,8 +1376,21 @@ void DecodeI8Kernels(const ValidProblem& p, const flash::Plan& plan, PairSets& s
   sets.decode_v_i8 = sets.i8_decode != nullptr && v;
 }
 
+// The plan for this target: a paged decode item reads a tile's runs head
+// after head (Plan::run_group_blocks) only where this target's P·V kernel
+// for its rows takes them in one call (PvRowsRunsInOneCall: AVX-512 at
+// d = 128). Elsewhere (AVX2 at d = 128, whose P·V goes through PvTile's
+// 64-key chunks and their measured repeated prefetches) it reads run by
+// run, the block's heads one after the other, as before the run kernels.
+flash::Plan TargetPlan(const ValidProblem& p) {
+  flash::Plan plan = flash::MakePlan(p);
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  if (!PvRowsRunsInOneCall(plan.rows, plan.dvp / N)) plan.run_group_blocks = 1;
+  return plan;
+}
+
 Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
-  const flash::Plan plan = flash::MakePlan(p);
+  const flash::Plan plan = TargetPlan(p);
   const int64_t items = plan.items();
   if (items == 0) return Status::Ok();
   const int threads = std::max(1, ctx.threads);

@@ -343,11 +343,12 @@ TEST(PagedValidationTest, NamesTheField) {
 }
 
 // The rows decode prefetches (kernels/internal/read_ahead.h) are the rows it
-// reads `ahead` rows later: on a paged cache block after block, within a
-// block head after head (every slice counted as block_size rows, keys past
-// `end` holes that are never prefetched), on a contiguous one key after
-// key. Every run of every read order, row by row: a run prefetches all its
-// rows' targets up to the first hole; From() keeps them.
+// reads `ahead` rows later: on a paged cache group after group of
+// group_blocks blocks, within a group head after head (every slice counted
+// as block_size rows, keys past `end` holes that are never prefetched), on a
+// contiguous one key after key. Every run of every read order, row by row:
+// a run prefetches all its rows' targets up to the first hole; From() keeps
+// them.
 TEST(PagedReadAheadTest, PrefetchesTheRowsReadLater) {
   constexpr int64_t kKeys = 200;
   std::vector<char> rows(8 * kKeys);  // row (h, j) is byte h * kKeys + j: stride 1
@@ -358,43 +359,49 @@ TEST(PagedReadAheadTest, PrefetchesTheRowsReadLater) {
   for (int64_t heads : {1, 2, 4, 8}) {
     for (int64_t bs : {0, 1, 3, 16, 64}) {
       if (bs == 0 && heads > 1) continue;  // contiguous items take one head
-      for (int64_t end : {1, 45, 64, 200}) {
-        const ReadOrder order{heads, bs, end, 1, 1};
-        const int64_t per_block = bs == 0 ? kKeys : heads * bs;
-        // Read order over whole slices: position -> (head, key).
-        auto target = [&](int64_t pos) -> Target {
-          if (bs == 0) return {0, pos};
-          return {pos % per_block / bs, pos / per_block * bs + pos % bs};
-        };
-        for (int64_t ahead : {int64_t{1}, int64_t{5}, bs, per_block, 3 * per_block + 7}) {
-          if (ahead <= 0) continue;
-          // Runs end at a block's end, a 10-key tile's and `end` (flash's
-          // ForEachKvRun in its tiles: a run may start inside a block).
-          for (int64_t r0 = 0, r1 = 0; r0 < end; r0 = r1) {
-            r1 = std::min({end, r0 / 10 * 10 + 10, bs == 0 ? end : r0 / bs * bs + bs});
-            for (int64_t g = 0; g < heads; ++g) {
-              SCOPED_TRACE(::testing::Message()
-                           << "heads " << heads << " bs " << bs << " end " << end << " ahead "
-                           << ahead << " run [" << r0 << ", " << r1 << ") head " << g);
-              const PrefetchRows got = RowsAhead(order, ahead, g, r0, r1, row_at);
-              const int64_t pos = bs == 0 ? r0 : r0 / bs * per_block + g * bs + r0 % bs;
-              int64_t reachable = 0;  // targets before the first hole
-              while (reachable < r1 - r0 && target(pos + ahead + reachable).key < end) ++reachable;
-              EXPECT_EQ(got.rows, reachable);
-              for (int64_t i = 0; i < got.rows; ++i) {
-                const Target want = target(pos + ahead + i);
-                EXPECT_EQ(got.KRow(i), row_at(want.head, want.key)) << "row " << i;
-              }
-              for (int64_t first = 1; first < got.rows; ++first) {
-                const PrefetchRows rest = got.From(first);
-                ASSERT_EQ(rest.rows, got.rows - first);
-                for (int64_t i = 0; i < rest.rows; ++i)
-                  EXPECT_EQ(rest.KRow(i), got.KRow(first + i));
+      for (int64_t end : {1, 45, 64, 200})
+        for (int64_t group_blocks : {1, 2, 4}) {
+          if (bs == 0 && group_blocks > 1) continue;
+          const ReadOrder order{heads, bs, end, 1, 1, group_blocks};
+          const int64_t group_keys = group_blocks * bs;
+          const int64_t per_group = bs == 0 ? kKeys : heads * group_keys;
+          // Read order over whole slices: position -> (head, key).
+          auto target = [&](int64_t pos) -> Target {
+            if (bs == 0) return {0, pos};
+            return {pos % per_group / group_keys, pos / per_group * group_keys + pos % group_keys};
+          };
+          for (int64_t ahead : {int64_t{1}, int64_t{5}, bs, per_group, 3 * per_group + 7}) {
+            if (ahead <= 0) continue;
+            // Runs end at a block's end, a 10-key tile's and `end` (flash's
+            // ForEachKvRun in its tiles: a run may start inside a block).
+            for (int64_t r0 = 0, r1 = 0; r0 < end; r0 = r1) {
+              r1 = std::min({end, r0 / 10 * 10 + 10, bs == 0 ? end : r0 / bs * bs + bs});
+              for (int64_t g = 0; g < heads; ++g) {
+                SCOPED_TRACE(::testing::Message()
+                             << "heads " << heads << " bs " << bs << " group_blocks "
+                             << group_blocks << " end " << end << " ahead " << ahead << " run ["
+                             << r0 << ", " << r1 << ") head " << g);
+                const PrefetchRows got = RowsAhead(order, ahead, g, r0, r1, row_at);
+                const int64_t pos =
+                    bs == 0 ? r0 : r0 / group_keys * per_group + g * group_keys + r0 % group_keys;
+                int64_t reachable = 0;  // targets before the first hole
+                while (reachable < r1 - r0 && target(pos + ahead + reachable).key < end)
+                  ++reachable;
+                EXPECT_EQ(got.rows, reachable);
+                for (int64_t i = 0; i < got.rows; ++i) {
+                  const Target want = target(pos + ahead + i);
+                  EXPECT_EQ(got.KRow(i), row_at(want.head, want.key)) << "row " << i;
+                }
+                for (int64_t first = 1; first < got.rows; ++first) {
+                  const PrefetchRows rest = got.From(first);
+                  ASSERT_EQ(rest.rows, got.rows - first);
+                  for (int64_t i = 0; i < rest.rows; ++i)
+                    EXPECT_EQ(rest.KRow(i), got.KRow(first + i));
+                }
               }
             }
           }
         }
-      }
     }
   }
   // 0 bytes ahead: none on a contiguous cache, one block on a paged one.
@@ -402,6 +409,7 @@ TEST(PagedReadAheadTest, PrefetchesTheRowsReadLater) {
   EXPECT_EQ(RowsAheadFor({4, 16, kKeys, 512, 512}, 0), 64);
   EXPECT_EQ(RowsAheadFor({4, 16, kKeys, 512, 512}, 32768), 64);
   EXPECT_EQ(RowsAheadFor({4, 16, kKeys, 512, 512}, 1), 1);
+  EXPECT_EQ(RowsAheadFor({4, 16, kKeys, 512, 512, 4}, 0), 256);  // one group of 4 blocks
   // Under the threshold (K and V in the L3): none on either.
   EXPECT_EQ(RowsAheadFor({1, 0, kKeys, 512, 512}, kNoDecodePrefetch), 0);
   EXPECT_EQ(RowsAheadFor({4, 16, kKeys, 512, 512}, kNoDecodePrefetch), 0);

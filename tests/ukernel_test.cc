@@ -204,6 +204,76 @@ void TestScoreRows(const Ukernel& u, int64_t lanes, Checker& c) {
   }
 }
 
+// Rows of `width` floats, `stride` apart, in runs of the given lengths laid
+// out in reverse order with gaps (a paged cache's blocks, anywhere), each
+// run prefetching the next one's rows (as flash's decode does), and the
+// same rows gathered in run order (`gathered`, stride `stride`) to check
+// against.
+struct ScatteredRuns {
+  ScatteredRuns(const std::vector<int64_t>& lengths, int64_t stride, std::mt19937& rng)
+      : rows(Total(lengths) * stride + 3 * stride * int64_t(lengths.size()), 1),
+        gathered(std::max<int64_t>(Total(lengths), 1) * stride) {
+    rows.Fill(rng);
+    int64_t end = rows.size(), key = 0;
+    for (int64_t n : lengths) {
+      end -= (n + 3) * stride;  // 3 rows of gap before the next run (behind it)
+      runs.push_back({rows.data() + end, n, {}});
+      std::copy(rows.data() + end, rows.data() + end + n * stride, &gathered[key * stride]);
+      key += n;
+    }
+    for (size_t i = 0; i + 1 < runs.size(); ++i) {
+      runs[i].ahead = {.k = static_cast<const char*>(runs[i + 1].rows),
+                       .k_stride = stride * 4,
+                       .k_bytes = stride * 4,
+                       .rows = std::min(runs[i].keys, runs[i + 1].keys)};
+    }
+  }
+  static int64_t Total(const std::vector<int64_t>& lengths) {
+    int64_t n = 0;
+    for (int64_t x : lengths) n += x;
+    return n;
+  }
+  Buffer rows, gathered;
+  std::vector<KeyRun> runs;
+};
+
+// Run layouts: one key, a 64-key tile in blocks of 16, runs that are not
+// multiples of 4, one long run, 32 runs of 4, and (P·V) more than
+// kKeySumBlock keys.
+std::vector<std::vector<int64_t>> RunLayouts() {
+  return {{1}, {16, 16, 16, 16}, {5, 3, 8, 1, 12}, {515}, std::vector<int64_t>(32, 4), {600, 600}};
+}
+
+void TestScoreRowsRuns(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(21);
+  for (int64_t dk : Widths(u, lanes, {1, 3, 16, 17, 64, 128})) {
+    const int64_t dkp = (dk + lanes - 1) / lanes * lanes, k_stride = dk + 1;
+    for (int64_t nrows : RowCounts(u, {1, 2, 3, 4, 5, 8})) {
+      for (const std::vector<int64_t>& lengths : RunLayouts()) {
+        ScatteredRuns k(lengths, k_stride, rng);
+        const int64_t nkeys = ScatteredRuns::Total(lengths), lds = nkeys + 7;
+        Buffer qs(nrows * dkp), st(nrows * lds);
+        qs.Fill(rng);
+        for (int64_t r = 0; r < nrows; ++r) std::fill(&qs[r * dkp + dk], &qs[(r + 1) * dkp], 0.0f);
+        ScoreRowsRunsArgs a{qs.data(), dkp, nrows, k.runs, k_stride, dk, st.data(), lds};
+        ASSERT_TRUE(u.run(&a));
+        for (int64_t r = 0; r < nrows; ++r) {
+          for (int64_t j = 0; j < lds; ++j) {
+            const std::string at =
+                "S[" + std::to_string(r) + "][" + std::to_string(j) + "] dk=" + std::to_string(dk) +
+                " runs=" + std::to_string(lengths.size()) + " keys=" + std::to_string(nkeys);
+            if (j >= nkeys) {
+              c.Poisoned(st[r * lds + j], at);
+              continue;
+            }
+            c.Dot(st[r * lds + j], &qs[r * dkp], 1, &k.gathered[j * k_stride], 1, dk, at);
+          }
+        }
+      }
+    }
+  }
+}
+
 void TestQkPacked(const Ukernel& u, int64_t lanes, Checker& c) {
   std::mt19937 rng(13);
   const int64_t tile = 2 * lanes;
@@ -282,6 +352,37 @@ void TestPvTile(const Ukernel& u, int64_t lanes, Checker& c) {
                     accumulate ? o0.data() : nullptr, o.data(), ldo, width,
                     "keys=" + std::to_string(nkeys) + " nvec=" + std::to_string(nvec) +
                         (accumulate ? " +=" : " ="));
+          }
+        }
+      }
+    }
+  }
+}
+
+void TestPvRowsRuns(const Ukernel& u, int64_t lanes, Checker& c) {
+  std::mt19937 rng(22);
+  for (int64_t nvec : {1, 2, 4, 8, 16}) {
+    for (int64_t nrows : RowCounts(u, {1, 2, 3, 4, 5, 8})) {
+      for (const std::vector<int64_t>& lengths : RunLayouts()) {
+        for (bool key_major : {false, true}) {
+          for (bool accumulate : {false, true}) {
+            const int64_t width = nvec * lanes, ldo = width + lanes, vs = width + 5;
+            ScatteredRuns v(lengths, vs, rng);
+            const int64_t nkeys = ScatteredRuns::Total(lengths);
+            const int64_t pj = key_major ? nrows + 1 : 1, pm = key_major ? 1 : nkeys + 3;
+            Buffer p(nkeys * pj + nrows * pm), o(nrows * ldo), o0(nrows * ldo);
+            p.Fill(rng);
+            for (int64_t m = 0; m < nrows; ++m) {
+              for (int64_t x = 0; x < width; ++x)
+                o0[m * ldo + x] = o[m * ldo + x] = 0.5f - float(x % 3);
+            }
+            PvRowsRunsArgs a{p.data(), pj, pm, v.runs, vs, nrows, nvec, accumulate, o.data(), ldo};
+            ASSERT_TRUE(u.run(&a));
+            CheckPv(c, p.data(), pj, pm, v.gathered.data(), vs, nkeys, nrows, width,
+                    accumulate ? o0.data() : nullptr, o.data(), ldo, width,
+                    "runs=" + std::to_string(lengths.size()) + " keys=" + std::to_string(nkeys) +
+                        " rows=" + std::to_string(nrows) + " nvec=" + std::to_string(nvec) +
+                        (key_major ? " key-major" : "") + (accumulate ? " +=" : " ="));
           }
         }
       }
@@ -1465,6 +1566,10 @@ void TestFamily(const Ukernel& u, int64_t lanes, Checker& c) {
       return TestPvTile(u, lanes, c);
     case Family::kPvRows:
       return TestPvRows(u, lanes, c);
+    case Family::kScoreRowsRuns:
+      return TestScoreRowsRuns(u, lanes, c);
+    case Family::kPvRowsRuns:
+      return TestPvRowsRuns(u, lanes, c);
     case Family::kOnlineSoftmaxColumns:
       return TestOnlineSoftmaxColumns(u, lanes, c);
     case Family::kOnlineSoftmaxRows:

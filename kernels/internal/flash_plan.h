@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/internal/read_ahead.h"
 #include "kernels/problem.h"
 #include "kernels/tuning.h"
 #include "kernels/ukernels/bf16_avx512.h"
@@ -102,6 +103,9 @@ struct Plan {
   int64_t sub_blocks = 1;
   int64_t row_blocks = 0;  // ceil(rows / item_rows()): work items per (batch, kv head)
   int64_t heads = 1;       // kv heads per block (> 1: paged decode, see MakePlan)
+  // Paged decode: blocks of the pool whose runs each head's few-row kernels
+  // take together (RunGroupBlocks in kernels/internal/read_ahead.h); 1 else.
+  int64_t run_group_blocks = 1;
   int64_t bkv = 0;         // B * Hkv / heads: (batch, kv heads) pairs
   int64_t blocks = 0;      // bkv * row_blocks
   int64_t bc = 0;          // keys per tile: min(tuned key tile, Lk rounded up to kPad)
@@ -200,6 +204,9 @@ inline Plan MakePlan(const ValidProblem& p) {
                             : std::min(ActiveTuning().flash_key_tile,
                                        RoundUp(std::max<int64_t>(s.kv_len, 1), kPad));
   plan.key_tiles = (s.kv_len + plan.bc - 1) / plan.bc;
+  if (p.kv_pages && plan.rows > 0 && plan.rows <= kFewRows) {
+    plan.run_group_blocks = RunGroupBlocks(p.kv_pages->block_size, plan.bc);
+  }
   const int64_t kv_bytes =
       s.batch * s.kv_heads * s.kv_len *
       int64_t(DTypeBytes(p.k.dtype) * s.head_dim + DTypeBytes(p.v.dtype) * s.value_dim);

@@ -15,29 +15,43 @@ namespace attn {
 
 // How a decode work item reads K (or V) of its `heads` kv heads, keys
 // [0, end): on a contiguous cache key after key (one head per item); on a
-// paged cache block after block and, within a block, head after head: the
-// pool's [num_blocks, Hkv, block_size, d] puts a block's slices of the
-// item's heads one after the other, so each block is one piece of
-// heads · block_size rows, and the jump is between blocks.
+// paged cache group after group of `group_blocks` blocks and, within a
+// group, head after head, each head's slices of the group's blocks block
+// after block. The pool's [num_blocks, Hkv, block_size, d] puts a block's
+// slices of the item's heads one after the other, so with one block per
+// group each block is read as one piece of heads · block_size rows and the
+// jump is between blocks; with more, each head's few-row kernels take the
+// group's runs in one call (RunGroupBlocks, kernels/flash.cc).
 struct ReadOrder {
   int64_t heads = 1;
   int64_t block_size = 0;  // 0: contiguous
   int64_t end = 0;         // one past the last key read (nothing past it is prefetched)
   int64_t row_stride_bytes = 0;
   int64_t row_bytes = 0;
+  int64_t group_blocks = 1;  // blocks read head after head together (paged)
 };
+
+// Blocks per group of the read order of a paged decode item whose tiles are
+// `key_tile` keys: the tile's, where the block size divides it, so that each
+// head's few-row kernels take the tile's runs in one call (kernels/flash.cc,
+// ForEachRunGroup); else 1 (a call per run, the block's heads one after the
+// other).
+inline int64_t RunGroupBlocks(int64_t block_size, int64_t key_tile) {
+  if (block_size <= 0 || block_size >= key_tile || key_tile % block_size != 0) return 1;
+  return key_tile / block_size;
+}
 
 // Rows ahead for a distance of `ahead_bytes` (DecodePrefetchBytes in
 // kernels/tuning.h). Negative (kNoDecodePrefetch) is none. 0 on a
-// contiguous cache is none; on a paged cache it is still one block (the
-// item's slices of the next block, row j beside row j): from DRAM the
+// contiguous cache is none; on a paged cache it is still one group of
+// blocks (the item's slices of the next group, row j beside row j): from DRAM the
 // hardware prefetcher cannot follow a jump between blocks (shuffled 8 KiB
 // blocks on the Zen 4 VM: 8 GB/s read plainly, 15-19 prefetching one block
 // ahead; kernels/DESIGN.md, "Paged K/V").
 inline int64_t RowsAheadFor(const ReadOrder& order, int64_t ahead_bytes) {
   if (ahead_bytes < 0) return 0;
   if (ahead_bytes > 0) return (ahead_bytes + order.row_bytes - 1) / order.row_bytes;
-  return order.block_size == 0 ? 0 : order.heads * order.block_size;
+  return order.block_size == 0 ? 0 : order.heads * order.group_blocks * order.block_size;
 }
 
 // The rows `ahead` rows after the run [r0, r1) of item head g (0-based) in
@@ -45,8 +59,8 @@ inline int64_t RowsAheadFor(const ReadOrder& order, int64_t ahead_bytes) {
 // while it reads the run: at most two ranges, since a run lies within one
 // block and so crosses at most one slice boundary ahead (the tail of
 // PrefetchRows). row_at(h, j) is the address of key j's row of item head h.
-// Nothing at or past `end`; on the sequence's last, partial block the rest
-// of a slice past `end` is not prefetched and the next slice is left alone.
+// Nothing at or past `end`; on the sequence's last, partial group the rows
+// past `end` are not prefetched and what follows them is left alone.
 template <class RowAt>
 PrefetchRows RowsAhead(const ReadOrder& order, int64_t ahead, int64_t g, int64_t r0, int64_t r1,
                        RowAt row_at) {
@@ -59,13 +73,17 @@ PrefetchRows RowsAhead(const ReadOrder& order, int64_t ahead, int64_t g, int64_t
     out.rows = std::min(r1 - r0, order.end - start);
     return out;
   }
-  // Positions in read order counted from the start of r0's block: block
-  // after block of heads · block_size rows, slice after slice within one.
-  const int64_t bs = order.block_size, per_block = order.heads * bs;
-  const int64_t block_start = r0 - r0 % bs;
-  const int64_t at = g * bs + r0 % bs + ahead;
-  auto key = [&](int64_t pos) { return block_start + pos / per_block * bs + pos % bs; };
-  auto head = [&](int64_t pos) { return pos % per_block / bs; };
+  // Positions in read order counted from the start of r0's group: group
+  // after group of heads · group_keys rows, head after head within one,
+  // each head's group_keys keys in order (slices of block_size rows).
+  const int64_t bs = order.block_size, group_keys = order.group_blocks * bs;
+  const int64_t per_group = order.heads * group_keys;
+  const int64_t group_start = r0 - r0 % group_keys;
+  const int64_t at = g * group_keys + r0 % group_keys + ahead;
+  auto key = [&](int64_t pos) {
+    return group_start + pos / per_group * group_keys + pos % group_keys;
+  };
+  auto head = [&](int64_t pos) { return pos % per_group / group_keys; };
   const int64_t n = r1 - r0, key0 = key(at);
   if (key0 >= order.end) return {};
   const int64_t in_slice = std::min(n, bs - at % bs);  // rows before the slice ends

@@ -46,6 +46,11 @@ struct PrefetchRows {
   // next (kernels/internal/read_ahead.h). Unset: no tail.
   const char* k_tail = nullptr;
   int64_t tail_row = 0;
+  // No rows (for a kernel pass that prefetches nothing).
+  static const PrefetchRows& None() {
+    static constexpr PrefetchRows kNone{};
+    return kNone;
+  }
   // Address of K row j.
   const char* KRow(int64_t j) const {
     return k_tail != nullptr && j >= tail_row ? k_tail + (j - tail_row) * k_stride

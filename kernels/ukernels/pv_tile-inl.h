@@ -13,6 +13,9 @@
 //   prefetch  rows to bring into L2 along the way, row j beside key j (or
 //        none), on the first pass over V: flash passes the next block of a
 //        paged cache.
+// PvRowsRuns takes the V rows as runs (kernels/ukernels/key_runs.h, one vs
+// for all; key j of p counts through the runs): a paged cache's tile, the
+// decode kernels keeping O in registers across its blocks.
 // Contract (PvRows, any width, the materializing variants): p row-major
 // (p[r·ldp + j]), dv any width (the last dv % lanes columns as blocked
 // scalar sums), o overwritten.
@@ -43,10 +46,87 @@
 #include "kernels/problem.h"  // kKeySumBlock
 #include "kernels/ukernels/common-inl.h"
 #include "kernels/ukernels/convert-inl.h"
+#include "kernels/ukernels/key_runs.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace attn {
 namespace HWY_NAMESPACE {
+
+// MR x NV accumulators set to zero.
+template <int MR, int NV>
+HWY_INLINE void ZeroRows(VF (&acc)[MR][NV]) {
+  ATTN_UNROLLED
+  for (int m = 0; m < MR; ++m) {
+    ATTN_UNROLLED
+    for (int c = 0; c < NV; ++c) acc[m][c] = hn::Zero(DF());
+  }
+}
+
+// O rows (ldo floats apart) = acc, or += acc when `add`.
+template <int MR, int NV>
+HWY_INLINE void StoreRows(const VF (&acc)[MR][NV], bool add, float* HWY_RESTRICT o, int64_t ldo) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  ATTN_UNROLLED
+  for (int m = 0; m < MR; ++m) {
+    ATTN_UNROLLED
+    for (int c = 0; c < NV; ++c) {
+      float* out = o + m * ldo + c * N;
+      hn::StoreU(add ? hn::Add(acc[m][c], hn::LoadU(d, out)) : acc[m][c], d, out);
+    }
+  }
+}
+
+// O[m][v·N..] (+)= Σ_j P[j·pj + m·pm] · V[j·vs + v·N..] for MR rows x NV
+// vectors wider than tall (decode: 1-3 rows of 8 vectors), keys as runs
+// (kernels/ukernels/key_runs.h; at most kKeySumBlock in all, summed from
+// zero and added to O once): every column of a row in registers across the
+// runs, so V, streamed from memory, is read in one pass. Per key the MR
+// broadcasts, then one V vector at a time, so the operands take MR + 1
+// registers, not NV + 1 (3 x 8: 24 accumulators + 9 did not fit 32, and gcc
+// moved accumulators to the stack). Not unrolled: two keys per iteration
+// read 0.98-1.14x the decode time, no gain.
+template <int MR, int NV, bool kAccumulate, class T = float>
+HWY_NOINLINE void PvRowsResident(const float* HWY_RESTRICT p, int64_t pj, int64_t pm, KeyRuns runs,
+                                 int64_t vs, float* HWY_RESTRICT o, int64_t ldo) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  VF acc[MR][NV];
+  ZeroRows(acc);
+  // Each row's weights from its own pointer at one running offset (see
+  // PvTileKernel), and a run's key loop twice, with and without prefetch.
+  const float* HWY_RESTRICT row[MR];
+  ATTN_UNROLLED
+  for (int m = 0; m < MR; ++m) row[m] = p + m * pm;
+  int64_t at = 0;  // offset of the run's first key's weights
+  for (const KeyRun& run : runs) {
+    const T* HWY_RESTRICT v = static_cast<const T*>(run.rows);
+    const PrefetchRows& prefetch = run.ahead;
+    auto keys = [&](auto prefetching) HWY_ATTR {
+      int64_t off = at;
+      for (int64_t j = 0; j < run.keys; ++j, off += pj) {
+        if constexpr (decltype(prefetching)::value) prefetch.Prefetch(j, j + 1);
+        VF pv[MR];
+        ATTN_UNROLLED
+        for (int m = 0; m < MR; ++m) pv[m] = hn::Set(d, row[m][off]);
+        ATTN_UNROLLED
+        for (int c = 0; c < NV; ++c) {
+          const VF x = LoadVecAsF32(v + j * vs + c * N);
+          ATTN_UNROLLED
+          for (int m = 0; m < MR; ++m) acc[m][c] = hn::MulAdd(pv[m], x, acc[m][c]);
+        }
+      }
+    };
+    if (prefetch.rows > 0) {
+      keys(std::true_type());
+    } else {
+      keys(std::false_type());
+    }
+    prefetch.Prefetch(run.keys, prefetch.rows);
+    at += run.keys * pj;
+  }
+  StoreRows(acc, kAccumulate, o, ldo);
+}
 
 // O[m][v·N..] (+)= Σ_j P[j·pj + m·pm] · V[j·vs + v·N..] for MR rows x NV
 // vectors, keys in blocks of kKeySumBlock. `kAccumulate` is a template
@@ -59,6 +139,21 @@ HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t 
                                const T* HWY_RESTRICT v, int64_t vs, int64_t nkeys,
                                float* HWY_RESTRICT o, int64_t ldo,
                                const PrefetchRows& prefetch = {}) {
+  if constexpr (NV > MR) {
+    // Wider than tall: PvRowsResident, one key-sum block at a time.
+    for (int64_t j0 = 0; j0 < std::max<int64_t>(nkeys, 1); j0 += kKeySumBlock) {
+      const int64_t n = std::max<int64_t>(0, std::min(kKeySumBlock, nkeys - j0));
+      PrefetchRows ahead = prefetch.From(j0);
+      if (j0 + n < nkeys) ahead.rows = std::min(ahead.rows, n);  // the next block's its own
+      const KeyRun run{v + j0 * vs, n, ahead};
+      if (kAccumulate || j0 > 0) {
+        PvRowsResident<MR, NV, true, T>(p + j0 * pj, pj, pm, KeyRuns(&run, 1), vs, o, ldo);
+      } else {
+        PvRowsResident<MR, NV, false, T>(p + j0 * pj, pj, pm, KeyRuns(&run, 1), vs, o, ldo);
+      }
+    }
+    return;
+  }
   const DF d;
   const size_t N = hn::Lanes(d);
   if (nkeys < 1) {  // no keys: O = 0 (or unchanged); also keeps acc in registers
@@ -71,11 +166,7 @@ HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t 
   for (int64_t j0 = 0; j0 < nkeys; j0 += kKeySumBlock) {
     const int64_t j1 = std::min(nkeys, j0 + kKeySumBlock);
     VF acc[MR][NV];
-    ATTN_UNROLLED
-    for (int m = 0; m < MR; ++m) {
-      ATTN_UNROLLED
-      for (int c = 0; c < NV; ++c) acc[m][c] = hn::Zero(d);
-    }
+    ZeroRows(acc);
     // Each row's weights from its own pointer at one running offset, and
     // the key loop twice, with and without the prefetch (most calls, every
     // register block of a flash tile but its first, prefetch nothing): with
@@ -86,40 +177,20 @@ HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t 
     ATTN_UNROLLED
     for (int m = 0; m < MR; ++m) row[m] = p + m * (kUnitPm ? 1 : pm);
     auto keys = [&](auto prefetching) HWY_ATTR {
+      // Per key its NV vectors of V, then one broadcast per row; two keys
+      // per iteration (flash's blocks: see ScoreTileKernel).
       int64_t at = j0 * pj;
-      if constexpr (NV <= MR) {
-        // Per key its NV vectors of V, then one broadcast per row; two keys
-        // per iteration (flash's blocks: see ScoreTileKernel).
-        HWY_UNROLL(2)
-        for (int64_t j = j0; j < j1; ++j, at += pj) {
-          if constexpr (decltype(prefetching)::value) prefetch.Prefetch(j, j + 1);
-          VF x[NV];
+      HWY_UNROLL(2)
+      for (int64_t j = j0; j < j1; ++j, at += pj) {
+        if constexpr (decltype(prefetching)::value) prefetch.Prefetch(j, j + 1);
+        VF x[NV];
+        ATTN_UNROLLED
+        for (int c = 0; c < NV; ++c) x[c] = LoadVecAsF32(v + j * vs + c * N);
+        ATTN_UNROLLED
+        for (int m = 0; m < MR; ++m) {
+          const VF pv = hn::Set(d, row[m][at]);
           ATTN_UNROLLED
-          for (int c = 0; c < NV; ++c) x[c] = LoadVecAsF32(v + j * vs + c * N);
-          ATTN_UNROLLED
-          for (int m = 0; m < MR; ++m) {
-            const VF pv = hn::Set(d, row[m][at]);
-            ATTN_UNROLLED
-            for (int c = 0; c < NV; ++c) acc[m][c] = hn::MulAdd(pv, x[c], acc[m][c]);
-          }
-        }
-      } else {
-        // Wider than tall (decode: 1-3 rows of 8 vectors): per key the MR
-        // broadcasts, then one V vector at a time, so the operands take
-        // MR + 1 registers, not NV + 1 (3 x 8: 24 accumulators + 9 did not
-        // fit 32, and gcc moved accumulators to the stack). Not unrolled:
-        // two keys per iteration read 0.98-1.14x the decode time, no gain.
-        for (int64_t j = j0; j < j1; ++j, at += pj) {
-          if constexpr (decltype(prefetching)::value) prefetch.Prefetch(j, j + 1);
-          VF pv[MR];
-          ATTN_UNROLLED
-          for (int m = 0; m < MR; ++m) pv[m] = hn::Set(d, row[m][at]);
-          ATTN_UNROLLED
-          for (int c = 0; c < NV; ++c) {
-            const VF x = LoadVecAsF32(v + j * vs + c * N);
-            ATTN_UNROLLED
-            for (int m = 0; m < MR; ++m) acc[m][c] = hn::MulAdd(pv[m], x, acc[m][c]);
-          }
+          for (int c = 0; c < NV; ++c) acc[m][c] = hn::MulAdd(pv, x[c], acc[m][c]);
         }
       }
     };
@@ -128,15 +199,7 @@ HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t 
     } else {
       keys(std::false_type());
     }
-    const bool add = kAccumulate || j0 > 0;
-    ATTN_UNROLLED
-    for (int m = 0; m < MR; ++m) {
-      ATTN_UNROLLED
-      for (int c = 0; c < NV; ++c) {
-        float* out = o + m * ldo + c * N;
-        hn::StoreU(add ? hn::Add(acc[m][c], hn::LoadU(d, out)) : acc[m][c], d, out);
-      }
-    }
+    StoreRows(acc, kAccumulate || j0 > 0, o, ldo);
   }
   prefetch.Prefetch(nkeys, prefetch.rows);
 }
@@ -188,9 +251,7 @@ HWY_INLINE void PvTileVectors(int nv, const float* p, int64_t pj, int64_t pm, co
 // nkeys <= kKeySumBlock (one flash tile).
 template <bool kAccumulate, class T = float>
 HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT p, int64_t pj, int64_t pm,
-                                    const T* HWY_RESTRICT v, int64_t vs, int64_t nkeys,
-                                    float* HWY_RESTRICT o, int64_t ldo,
-                                    const PrefetchRows& prefetch = {}) {
+                                    KeyRuns runs, int64_t vs, float* HWY_RESTRICT o, int64_t ldo) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   // Row 3's tile sums, in L1, added to O at the end like the others.
@@ -202,19 +263,26 @@ HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT p, int64_t pj, int
     for (int r = 0; r < 3; ++r) acc[r][c] = hn::Zero(d);
     hn::Store(hn::Zero(d), d, o3 + c * N);
   }
-  for (int64_t j = 0; j < nkeys; ++j) {
-    prefetch.Prefetch(j, j + 1);
-    const T* HWY_RESTRICT x = v + j * vs;
-    VF pr[4];
-    ATTN_UNROLLED
-    for (int r = 0; r < 4; ++r) pr[r] = hn::Set(d, p[j * pj + r * pm]);
-    ATTN_UNROLLED
-    for (int c = 0; c < 8; ++c) {
-      const VF xv = LoadVecAsF32(x + c * N);
+  const float* HWY_RESTRICT pk = p;  // the weights of the run's first key
+  for (const KeyRun& run : runs) {
+    const T* HWY_RESTRICT v = static_cast<const T*>(run.rows);
+    const PrefetchRows& prefetch = run.ahead;
+    for (int64_t j = 0; j < run.keys; ++j) {
+      prefetch.Prefetch(j, j + 1);
+      const T* HWY_RESTRICT x = v + j * vs;
+      VF pr[4];
       ATTN_UNROLLED
-      for (int r = 0; r < 3; ++r) acc[r][c] = hn::MulAdd(pr[r], xv, acc[r][c]);
-      hn::Store(hn::MulAdd(pr[3], xv, hn::Load(d, o3 + c * N)), d, o3 + c * N);
+      for (int r = 0; r < 4; ++r) pr[r] = hn::Set(d, pk[j * pj + r * pm]);
+      ATTN_UNROLLED
+      for (int c = 0; c < 8; ++c) {
+        const VF xv = LoadVecAsF32(x + c * N);
+        ATTN_UNROLLED
+        for (int r = 0; r < 3; ++r) acc[r][c] = hn::MulAdd(pr[r], xv, acc[r][c]);
+        hn::Store(hn::MulAdd(pr[3], xv, hn::Load(d, o3 + c * N)), d, o3 + c * N);
+      }
     }
+    prefetch.Prefetch(run.keys, prefetch.rows);
+    pk += run.keys * pj;
   }
   auto add_to_o = [&](int r, int c, VF sum) {
     float* out = o + r * ldo + c * N;
@@ -226,18 +294,18 @@ HWY_NOINLINE void PvFourRowsOnePass(const float* HWY_RESTRICT p, int64_t pj, int
     for (int r = 0; r < 3; ++r) add_to_o(r, c, acc[r][c]);
     add_to_o(3, c, hn::Load(d, o3 + c * N));
   }
-  prefetch.Prefetch(nkeys, prefetch.rows);
 }
 
-// The family form (4 rows, 8 vectors).
+// The family form (4 rows, 8 vectors; one run).
 template <class T = float>
 HWY_INLINE void PvFourRowsOnePassTile(const float* p, int64_t pj, int64_t pm, const T* v,
                                       int64_t vs, int64_t nkeys, int64_t nrows, int64_t nvec,
                                       bool accumulate, float* o, int64_t ldo,
                                       const PrefetchRows& prefetch = {}) {
   (void)nrows, (void)nvec;  // 4, 8
-  if (accumulate) return PvFourRowsOnePass<true, T>(p, pj, pm, v, vs, nkeys, o, ldo, prefetch);
-  PvFourRowsOnePass<false, T>(p, pj, pm, v, vs, nkeys, o, ldo, prefetch);
+  const KeyRun run{v, nkeys, prefetch};
+  if (accumulate) return PvFourRowsOnePass<true, T>(p, pj, pm, KeyRuns(&run, 1), vs, o, ldo);
+  PvFourRowsOnePass<false, T>(p, pj, pm, KeyRuns(&run, 1), vs, o, ldo);
 }
 #else
 // A vector-only kernel (ukernels.inc: kVectorTargets): never called here.
@@ -350,6 +418,57 @@ HWY_INLINE void PvTile(const float* p, int64_t pj, int64_t pm, const T* v, int64
                      v + j0 * vs + c0 * N, vs, chunk, nrows, add, o + c0 * N, ldo,
                      c0 == 0 ? first : none);
     }
+  }
+}
+
+// O (+)= P·V over a tile whose V rows are runs (kernels/ukernels/key_runs.h;
+// weights as PvTile's, key j of the tile counting through the runs): the
+// decode kernels that keep O in registers (PvRowsResident, 1-3 rows x 8
+// vectors; PvFourRowsOnePass, 4 rows on AVX-512) take all the runs in one
+// call when they hold at most kKeySumBlock keys; anything else goes run by
+// run through PvTile, each run's sums added to O.
+// Whether PvRowsRuns takes nrows rows of nvec vectors' runs (up to
+// kKeySumBlock keys) in one call on this target.
+HWY_INLINE bool PvRowsRunsInOneCall(int64_t nrows, int64_t nvec) {
+  return nvec == 2 * kTileVectors && (nrows <= 3 || (kZmmFile && nrows == 4));
+}
+
+template <class T = float>
+HWY_INLINE void PvRowsRuns(const float* p, int64_t pj, int64_t pm, KeyRuns runs, int64_t vs,
+                           int64_t nrows, int64_t nvec, bool accumulate, float* o, int64_t ldo) {
+  constexpr int kNV = kTileVectors;
+  if (PvRowsRunsInOneCall(nrows, nvec) && RunKeys(runs) <= kKeySumBlock) {
+    auto resident = [&](auto rows) HWY_ATTR {
+      constexpr int kRows = decltype(rows)::value;
+      if (accumulate) return PvRowsResident<kRows, 2 * kNV, true, T>(p, pj, pm, runs, vs, o, ldo);
+      PvRowsResident<kRows, 2 * kNV, false, T>(p, pj, pm, runs, vs, o, ldo);
+    };
+    if (nrows <= 3) {
+      switch (nrows) {
+        case 1:
+          return resident(std::integral_constant<int, 1>());
+        case 2:
+          return resident(std::integral_constant<int, 2>());
+        default:
+          return resident(std::integral_constant<int, 3>());
+      }
+    }
+#if HWY_TARGET != HWY_SCALAR
+    if (nrows == 4 && kZmmFile) {
+      if (accumulate) return PvFourRowsOnePass<true, T>(p, pj, pm, runs, vs, o, ldo);
+      return PvFourRowsOnePass<false, T>(p, pj, pm, runs, vs, o, ldo);
+    }
+#endif
+  }
+  if (runs.empty()) {  // no keys: O = 0 unless accumulating
+    return PvTile<T>(p, pj, pm, static_cast<const T*>(nullptr), vs, 0, nrows, nvec, accumulate, o,
+                     ldo);
+  }
+  int64_t at = 0;
+  for (const KeyRun& run : runs) {
+    PvTile<T>(p + at * pj, pj, pm, static_cast<const T*>(run.rows), vs, run.keys, nrows, nvec,
+              accumulate || at > 0, o, ldo, run.ahead);
+    at += run.keys;
   }
 }
 

@@ -12,11 +12,15 @@
 //   st   S out: row r, key j at st[r·lds + j].
 //   prefetch  rows to bring into L2 along the way, row j beside key j (or
 //        none): flash passes the next block of a paged cache.
-// Kernels (chosen by ScoreRows; each on the micro-kernel list):
+// ScoreRowsRuns takes the keys as runs instead (kernels/ukernels/key_runs.h:
+// each run its rows, count and prefetch, one k_stride for all; S's key j
+// counts through the runs): a paged cache's tile, Q kept in registers
+// across its blocks.
+// Kernels (chosen by ScoreRows and ScoreRowsRuns; each on the micro-kernel list):
 //   ScoreRowsFourKeys<NR>    4 keys x NR <= 4 rows, 4·NR accumulators along
 //                            d, one transpose-reduce per row for the 4 sums.
 //   ScoreRowsQResident<8,NR> dk = 8 vectors (128 on AVX-512), NR = 1-2 rows
-//                            whose Q stays in registers over the whole tile.
+//                            whose Q stays in registers over the tile's runs.
 //   ScoreFourRowsOnePass     4 rows, dk = 8 vectors, AVX-512: half of Q in
 //                            registers, one pass over K.
 //   ScoreRowsOneKey          one key: the last nkeys % 4 keys, and the whole
@@ -34,6 +38,7 @@
 #include "hwy/highway.h"
 #include "kernels/ukernels/common-inl.h"
 #include "kernels/ukernels/convert-inl.h"
+#include "kernels/ukernels/key_runs.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace attn {
@@ -169,15 +174,16 @@ HWY_NOINLINE void ScoreRowsFourKeys(const float* HWY_RESTRICT qs, int64_t dkp,
   StoreKeySums<NR>(acc, st, lds);
 }
 
-// 4·groups keys x NR (1 or 2) rows whose whole Q (QV vectors: dk = QV·lanes)
-// stays in registers across the tile, so each K vector load feeds NR FMAs and
-// nothing else is loaded (ScoreRowsFourKeys reloads Q: 5 loads per 4 FMAs at 4
-// rows); K in address order, as ScoreRowsFourKeys.
+// The whole groups of 4 keys of every run x NR (1 or 2) rows whose whole Q
+// (QV vectors: dk = QV·lanes) stays in registers across the tile's runs, so
+// each K vector load feeds NR FMAs and nothing else is loaded
+// (ScoreRowsFourKeys reloads Q: 5 loads per 4 FMAs at 4 rows); K in address
+// order, as ScoreRowsFourKeys. A run's last keys % 4 keys are left to the
+// caller (ScoreRunRemainders); with `prefetching`, each run's prefetch rows.
 template <int QV, int NR, class T = float>
-HWY_NOINLINE void ScoreRowsQResident(const float* HWY_RESTRICT qs, int64_t dkp,
-                                     const T* HWY_RESTRICT k, int64_t k_stride, int64_t groups,
-                                     float* HWY_RESTRICT st, int64_t lds,
-                                     const PrefetchRows& prefetch = {}) {
+HWY_NOINLINE void ScoreRowsQResident(const float* HWY_RESTRICT qs, int64_t dkp, KeyRuns runs,
+                                     int64_t k_stride, float* HWY_RESTRICT st, int64_t lds,
+                                     bool prefetching) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   VF q[NR][QV];
@@ -186,37 +192,45 @@ HWY_NOINLINE void ScoreRowsQResident(const float* HWY_RESTRICT qs, int64_t dkp,
     ATTN_UNROLLED
     for (int v = 0; v < QV; ++v) q[r][v] = hn::Load(d, qs + r * dkp + v * N);
   }
-  for (int64_t g = 0; g < groups; ++g) {
-    prefetch.Prefetch(4 * g, 4 * g + 4);
-    const T* HWY_RESTRICT kg = k + 4 * g * k_stride;
-    VF acc[4][NR];
-    ATTN_UNROLLED
-    for (int m = 0; m < 4; ++m) {
+  int64_t at = 0;  // the run's first key in the tile
+  for (const KeyRun& run : runs) {
+    const T* HWY_RESTRICT k = static_cast<const T*>(run.rows);
+    const PrefetchRows& prefetch = prefetching ? run.ahead : PrefetchRows::None();
+    const int64_t groups = run.keys / 4;
+    for (int64_t g = 0; g < groups; ++g) {
+      prefetch.Prefetch(4 * g, 4 * g + 4);
+      const T* HWY_RESTRICT kg = k + 4 * g * k_stride;
+      VF acc[4][NR];
       ATTN_UNROLLED
-      for (int r = 0; r < NR; ++r) acc[m][r] = hn::Zero(d);
-      ATTN_UNROLLED
-      for (int v = 0; v < QV; ++v) {
-        const VF kv = LoadVecAsF32(kg + m * k_stride + v * N);
+      for (int m = 0; m < 4; ++m) {
         ATTN_UNROLLED
-        for (int r = 0; r < NR; ++r) acc[m][r] = hn::MulAdd(kv, q[r][v], acc[m][r]);
+        for (int r = 0; r < NR; ++r) acc[m][r] = hn::Zero(d);
+        ATTN_UNROLLED
+        for (int v = 0; v < QV; ++v) {
+          const VF kv = LoadVecAsF32(kg + m * k_stride + v * N);
+          ATTN_UNROLLED
+          for (int r = 0; r < NR; ++r) acc[m][r] = hn::MulAdd(kv, q[r][v], acc[m][r]);
+        }
       }
+      StoreKeySums<NR>(acc, st + at + 4 * g, lds);
     }
-    StoreKeySums<NR>(acc, st + 4 * g, lds);
+    prefetch.Prefetch(4 * groups, prefetch.rows);
+    at += run.keys;
   }
 }
 
-// 4·groups keys x 4 rows with dk = 8 vectors in one pass over K: the whole
-// Q would take all 32 registers, so the first 4 vectors of each row's Q stay
-// in registers and the last 4 are loaded (from L1) once per key pair. Two
-// passes of 2 rows with all of Q resident read each K tile twice, the second
-// time from L2 with memory idle. Loads go key by key in address order:
-// interleaving two keys' rows lost the hardware prefetcher (GQA-4 decode,
-// Lk = 65536: 18 -> 14.5 GB/s; in order 19 -> 21, from L3 at Lk = 4096 36 -> 47).
+// The whole groups of 4 keys of every run x 4 rows with dk = 8 vectors in
+// one pass over K: the whole Q would take all 32 registers, so the first 4
+// vectors of each row's Q stay in registers (across the tile's runs) and the
+// last 4 are loaded (from L1) once per key pair. Two passes of 2 rows with
+// all of Q resident read each K tile twice, the second time from L2 with
+// memory idle. Loads go key by key in address order: interleaving two keys'
+// rows lost the hardware prefetcher (GQA-4 decode, Lk = 65536: 18 -> 14.5
+// GB/s; in order 19 -> 21, from L3 at Lk = 4096 36 -> 47). A run's last
+// keys % 4 keys are left to the caller (ScoreRunRemainders).
 template <class T = float>
-HWY_NOINLINE void ScoreFourRowsOnePass(const float* HWY_RESTRICT qs, int64_t dkp,
-                                       const T* HWY_RESTRICT k, int64_t k_stride, int64_t groups,
-                                       float* HWY_RESTRICT st, int64_t lds,
-                                       const PrefetchRows& prefetch = {}) {
+HWY_NOINLINE void ScoreFourRowsOnePass(const float* HWY_RESTRICT qs, int64_t dkp, KeyRuns runs,
+                                       int64_t k_stride, float* HWY_RESTRICT st, int64_t lds) {
   const DF d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   VF q[4][4];
@@ -225,39 +239,49 @@ HWY_NOINLINE void ScoreFourRowsOnePass(const float* HWY_RESTRICT qs, int64_t dkp
     ATTN_UNROLLED
     for (int v = 0; v < 4; ++v) q[r][v] = hn::Load(d, qs + r * dkp + v * N);
   }
-  for (int64_t g = 0; g < groups; ++g) {
-    prefetch.Prefetch(4 * g, 4 * g + 4);
-    VF pairs[2][4];
-    ATTN_UNROLLED
-    for (int pair = 0; pair < 2; ++pair) {
-      const T* HWY_RESTRICT k0 = k + (4 * g + 2 * pair) * k_stride;
-      const T* HWY_RESTRICT k1 = k0 + k_stride;
-      VF acc[2][4];
+  int64_t at = 0;  // the run's first key in the tile
+  for (const KeyRun& run : runs) {
+    const T* HWY_RESTRICT k = static_cast<const T*>(run.rows);
+    const PrefetchRows& prefetch = run.ahead;
+    const int64_t groups = run.keys / 4;
+    for (int64_t g = 0; g < groups; ++g) {
+      prefetch.Prefetch(4 * g, 4 * g + 4);
+      VF pairs[2][4];
       ATTN_UNROLLED
-      for (int r = 0; r < 4; ++r) acc[0][r] = acc[1][r] = hn::Zero(d);
-      ATTN_UNROLLED
-      for (int m = 0; m < 2; ++m) {
-        const T* HWY_RESTRICT km = m == 0 ? k0 : k1;
+      for (int pair = 0; pair < 2; ++pair) {
+        const T* HWY_RESTRICT k0 = k + (4 * g + 2 * pair) * k_stride;
+        const T* HWY_RESTRICT k1 = k0 + k_stride;
+        VF acc[2][4];
         ATTN_UNROLLED
-        for (int v = 0; v < 4; ++v) {
-          const VF x = LoadVecAsF32(km + v * N);
-          ATTN_UNROLLED
-          for (int r = 0; r < 4; ++r) acc[m][r] = hn::MulAdd(x, q[r][v], acc[m][r]);
-        }
+        for (int r = 0; r < 4; ++r) acc[0][r] = acc[1][r] = hn::Zero(d);
         ATTN_UNROLLED
-        for (int v = 4; v < 8; ++v) {
-          const VF x = LoadVecAsF32(km + v * N);
+        for (int m = 0; m < 2; ++m) {
+          const T* HWY_RESTRICT km = m == 0 ? k0 : k1;
           ATTN_UNROLLED
-          for (int r = 0; r < 4; ++r) {
-            acc[m][r] = hn::MulAdd(x, hn::Load(d, qs + r * dkp + v * N), acc[m][r]);
+          for (int v = 0; v < 4; ++v) {
+            const VF x = LoadVecAsF32(km + v * N);
+            ATTN_UNROLLED
+            for (int r = 0; r < 4; ++r) acc[m][r] = hn::MulAdd(x, q[r][v], acc[m][r]);
+          }
+          ATTN_UNROLLED
+          for (int v = 4; v < 8; ++v) {
+            const VF x = LoadVecAsF32(km + v * N);
+            ATTN_UNROLLED
+            for (int r = 0; r < 4; ++r) {
+              acc[m][r] = hn::MulAdd(x, hn::Load(d, qs + r * dkp + v * N), acc[m][r]);
+            }
           }
         }
+        ATTN_UNROLLED
+        for (int r = 0; r < 4; ++r) pairs[pair][r] = PairSums(acc[0][r], acc[1][r]);
       }
       ATTN_UNROLLED
-      for (int r = 0; r < 4; ++r) pairs[pair][r] = PairSums(acc[0][r], acc[1][r]);
+      for (int r = 0; r < 4; ++r) {
+        StoreFourKeys(pairs[0][r], pairs[1][r], st + r * lds + at + 4 * g);
+      }
     }
-    ATTN_UNROLLED
-    for (int r = 0; r < 4; ++r) StoreFourKeys(pairs[0][r], pairs[1][r], st + r * lds + 4 * g);
+    prefetch.Prefetch(4 * groups, prefetch.rows);
+    at += run.keys;
   }
 }
 #endif
@@ -302,36 +326,61 @@ HWY_INLINE void ScoreRowsFourKeysTile(const float* qs, int64_t dkp, int64_t nrow
   prefetch.Prefetch(nkeys, prefetch.rows);
 }
 
+// The last keys % 4 keys of each run, which the 4-key-group kernels leave
+// (ScoreRowsFourKeysTile from the run's last whole group; their prefetch
+// rows were issued with the run's).
+template <class T = float>
+HWY_INLINE void ScoreRunRemainders(const float* qs, int64_t dkp, int64_t nrows, KeyRuns runs,
+                                   int64_t k_stride, int64_t dk, float* st, int64_t lds) {
+  int64_t at = 0;
+  for (const KeyRun& run : runs) {
+    if (run.keys % 4 != 0) {
+      ScoreRowsFourKeysTile<T>(qs, dkp, nrows, static_cast<const T*>(run.rows), k_stride, run.keys,
+                               dk, st + at, lds, run.keys / 4 * 4);
+    }
+    at += run.keys;
+  }
+}
+
 #if HWY_TARGET != HWY_SCALAR
 // dk = 8 vectors: rows in pairs with ScoreRowsQResident (whole groups of 4
-// keys), the rest as ScoreRowsFourKeysTile.
+// keys; the first pair prefetches), the rest as ScoreRowsFourKeysTile.
+template <class T = float>
+HWY_INLINE void ScoreRowsQResidentRuns(const float* qs, int64_t dkp, int64_t nrows, KeyRuns runs,
+                                       int64_t k_stride, int64_t dk, float* st, int64_t lds) {
+  for (int64_t r = 0; r < nrows; r += 2) {
+    if (nrows - r >= 2) {
+      ScoreRowsQResident<8, 2, T>(qs + r * dkp, dkp, runs, k_stride, st + r * lds, lds, r == 0);
+    } else {
+      ScoreRowsQResident<8, 1, T>(qs + r * dkp, dkp, runs, k_stride, st + r * lds, lds, r == 0);
+    }
+  }
+  ScoreRunRemainders<T>(qs, dkp, nrows, runs, k_stride, dk, st, lds);
+}
+
 template <class T = float>
 HWY_INLINE void ScoreRowsQResidentTile(const float* qs, int64_t dkp, int64_t nrows, const T* k,
                                        int64_t k_stride, int64_t nkeys, int64_t dk, float* st,
                                        int64_t lds, const PrefetchRows& prefetch = {}) {
-  const int64_t groups = nkeys / 4;
-  for (int64_t r = 0; r < nrows; r += 2) {
-    const PrefetchRows& first_pass = r == 0 ? prefetch : PrefetchRows{};
-    if (nrows - r >= 2) {
-      ScoreRowsQResident<8, 2, T>(qs + r * dkp, dkp, k, k_stride, groups, st + r * lds, lds,
-                                  first_pass);
-    } else {
-      ScoreRowsQResident<8, 1, T>(qs + r * dkp, dkp, k, k_stride, groups, st + r * lds, lds,
-                                  first_pass);
-    }
-  }
-  ScoreRowsFourKeysTile<T>(qs, dkp, nrows, k, k_stride, nkeys, dk, st, lds, groups * 4, prefetch);
+  const KeyRun run{k, nkeys, prefetch};
+  ScoreRowsQResidentRuns<T>(qs, dkp, nrows, KeyRuns(&run, 1), k_stride, dk, st, lds);
 }
 
 // 4 rows, dk = 8 vectors: ScoreFourRowsOnePass over whole groups of 4 keys.
+template <class T = float>
+HWY_INLINE void ScoreFourRowsOnePassRuns(const float* qs, int64_t dkp, KeyRuns runs,
+                                         int64_t k_stride, int64_t dk, float* st, int64_t lds) {
+  ScoreFourRowsOnePass<T>(qs, dkp, runs, k_stride, st, lds);
+  ScoreRunRemainders<T>(qs, dkp, 4, runs, k_stride, dk, st, lds);
+}
+
 template <class T = float>
 HWY_INLINE void ScoreFourRowsOnePassTile(const float* qs, int64_t dkp, int64_t nrows, const T* k,
                                          int64_t k_stride, int64_t nkeys, int64_t dk, float* st,
                                          int64_t lds, const PrefetchRows& prefetch = {}) {
   (void)nrows;  // 4
-  const int64_t groups = nkeys / 4;
-  ScoreFourRowsOnePass<T>(qs, dkp, k, k_stride, groups, st, lds, prefetch);
-  ScoreRowsFourKeysTile<T>(qs, dkp, 4, k, k_stride, nkeys, dk, st, lds, groups * 4, prefetch);
+  const KeyRun run{k, nkeys, prefetch};
+  ScoreFourRowsOnePassRuns<T>(qs, dkp, KeyRuns(&run, 1), k_stride, dk, st, lds);
 }
 #else
 // Vector-only kernels (ukernels.inc: kVectorTargets): never called here.
@@ -347,12 +396,35 @@ HWY_INLINE void ScoreFourRowsOnePassTile(const float*, int64_t, int64_t, const T
 }
 #endif
 
-// The whole tile (see the contract above): the Q-resident kernels where dk
-// is 8 vectors (d = 128 on AVX-512, 64 on AVX2) and 2-4 rows, the 4-key
-// kernel elsewhere.
+// The whole tile as runs (see the contract above; kernels/ukernels/
+// key_runs.h): the Q-resident kernels where dk is 8 vectors (d = 128 on
+// AVX-512, 64 on AVX2) and 2-4 rows, keeping Q in registers across the
+// runs; the 4-key kernel run by run elsewhere. Row j of S is the tile's
+// j-th key counting through the runs.
 // K of type T (convert-inl.h, LoadVecAsF32) is read in place and converted
 // in registers; a reduced K needs dk to be a whole number of vectors (an
 // int8 K's scores come out unscaled).
+template <class T = float>
+HWY_INLINE void ScoreRowsRuns(const float* qs, int64_t dkp, int64_t nrows, KeyRuns runs,
+                              int64_t k_stride, int64_t dk, float* st, int64_t lds) {
+#if HWY_TARGET != HWY_SCALAR
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  if (nrows >= 2 && nrows <= 4 && dk == 8 * N) {
+    if (nrows == 4 && kZmmFile) {
+      return ScoreFourRowsOnePassRuns<T>(qs, dkp, runs, k_stride, dk, st, lds);
+    }
+    return ScoreRowsQResidentRuns<T>(qs, dkp, nrows, runs, k_stride, dk, st, lds);
+  }
+#endif
+  int64_t at = 0;
+  for (const KeyRun& run : runs) {
+    ScoreRowsFourKeysTile<T>(qs, dkp, nrows, static_cast<const T*>(run.rows), k_stride, run.keys,
+                             dk, st + at, lds, 0, run.ahead);
+    at += run.keys;
+  }
+}
+
+// One run (a contiguous tile): the same kernels.
 template <class T = float>
 HWY_INLINE void ScoreRows(const float* qs, int64_t dkp, int64_t nrows, const T* k, int64_t k_stride,
                           int64_t nkeys, int64_t dk, float* st, int64_t lds,

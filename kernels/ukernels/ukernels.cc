@@ -43,6 +43,10 @@ struct ArgsOf<Family::kPvTile> : std::type_identity<PvTileArgs> {};
 template <>
 struct ArgsOf<Family::kPvRows> : std::type_identity<PvRowsArgs> {};
 template <>
+struct ArgsOf<Family::kScoreRowsRuns> : std::type_identity<ScoreRowsRunsArgs> {};
+template <>
+struct ArgsOf<Family::kPvRowsRuns> : std::type_identity<PvRowsRunsArgs> {};
+template <>
 struct ArgsOf<Family::kOnlineSoftmaxColumns> : std::type_identity<OnlineSoftmaxArgs> {};
 template <>
 struct ArgsOf<Family::kOnlineSoftmaxRows> : std::type_identity<OnlineSoftmaxArgs> {};
@@ -106,6 +110,14 @@ void Call(PvTileArgs& a, F f) {
 template <class F>
 void Call(PvRowsArgs& a, F f) {
   f(a.p, a.ldp, a.nrows, a.v, a.ldv, a.nkeys, a.dv, a.o, a.ldo);
+}
+template <class F>
+void Call(ScoreRowsRunsArgs& a, F f) {
+  f(a.qs, a.dkp, a.nrows, a.runs, a.k_stride, a.dk, a.st, a.lds);
+}
+template <class F>
+void Call(PvRowsRunsArgs& a, F f) {
+  f(a.p, a.pj, a.pm, a.runs, a.vs, a.nrows, a.nvec, a.accumulate, a.o, a.ldo);
 }
 template <class F>
 void Call(OnlineSoftmaxArgs& a, F f) {
@@ -260,6 +272,10 @@ const char* FamilyName(Family family) {
       return "pv_tile";
     case Family::kPvRows:
       return "pv_rows";
+    case Family::kScoreRowsRuns:
+      return "score_rows_runs";
+    case Family::kPvRowsRuns:
+      return "pv_rows_runs";
     case Family::kOnlineSoftmaxColumns:
       return "online_softmax_columns";
     case Family::kOnlineSoftmaxRows:

@@ -24,6 +24,7 @@
 #include <string_view>
 
 #include "kernels/dtype.h"
+#include "kernels/ukernels/key_runs.h"
 
 namespace attn::ukernels {
 
@@ -53,6 +54,11 @@ enum class Family {
   kPvTile,
   // o[r·ldo + c] = Σ_j p[r·ldp + j]·v[j·ldv + c] for r < nrows, c < dv.
   kPvRows,
+  // kScoreRows with the keys as runs of rows (key_runs.h: a paged cache's
+  // blocks), key j of S counting through the runs.
+  kScoreRowsRuns,
+  // kPvTile with the V rows as runs (flash's few-row S: pj = 1).
+  kPvRowsRuns,
   // Online softmax over a key-major tile st[j·ld + x] (x < rows, a multiple
   // of the lane count), updating m, l and writing alpha.
   kOnlineSoftmaxColumns,
@@ -146,6 +152,14 @@ struct ScoreRowsArgs {
   float* st;
   int64_t lds;
 };
+struct ScoreRowsRunsArgs {
+  const float* qs;
+  int64_t dkp, nrows;
+  KeyRuns runs;
+  int64_t k_stride, dk;
+  float* st;
+  int64_t lds;
+};
 struct QkPackedArgs {
   const float* const* q;
   int64_t nrows;
@@ -159,6 +173,15 @@ struct PvTileArgs {
   int64_t pj, pm;
   const float* v;
   int64_t vs, nkeys, nrows, nvec;
+  bool accumulate;
+  float* o;
+  int64_t ldo;
+};
+struct PvRowsRunsArgs {
+  const float* p;
+  int64_t pj, pm;
+  KeyRuns runs;
+  int64_t vs, nrows, nvec;
   bool accumulate;
   float* o;
   int64_t ldo;
