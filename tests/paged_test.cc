@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "hwy/targets.h"
 #include "kernels/internal/flash_plan.h"
 #include "kernels/internal/read_ahead.h"
 #include "kernels/registry.h"
@@ -465,6 +466,46 @@ TEST(PagedReadAheadTest, DecodePrefetchChangesNoBits) {
       }
     }
   }
+}
+
+// A tile's runs in one call (ScoreRowsRuns, PvRowsRuns; flash's
+// ForEachRunGroup) on a 16-register target: AVX2 at d = 32, where the 1-3-row
+// P·V kernel holds 4 vectors (2 x kTileVectors) per row, so flash reads a
+// paged tile head after head. bf16 and int8 K/V are read in place there (the
+// VPDPWSSD kernels are AVX3's), an int8 tensor's row scales applied run by
+// run after the kernel (ScaleRuns). Block sizes that divide the tile (16:
+// grouped) and do not (5: run by run), MHA and GQA-2/3, against the reference.
+TEST(PagedTest, TileRunsInOneCallOnAvx2) {
+  if ((hwy::SupportedTargets() & HWY_AVX2) == 0) GTEST_SKIP() << "this CPU lacks AVX2";
+  hwy::SetSupportedTargetsForTest(HWY_AVX2);
+  const DTypes f32, bf16{DType::kF32, DType::kBF16, DType::kBF16, DType::kF32},
+      i8{DType::kF32, DType::kI8, DType::kI8, DType::kF32};
+  for (const DTypes& dtypes : {f32, bf16, i8}) {
+    for (const Shape& shape : {Shape{2, 4, 4, 1, 1100, 32, 32}, Shape{2, 6, 2, 1, 1100, 32, 32},
+                               Shape{1, 4, 2, 1, 700, 32, 32}}) {
+      for (int64_t bs : {16, 5}) {
+        ProblemSpec spec;
+        spec.shape = shape;
+        spec.dtypes = dtypes;
+        spec.key_lengths = {static_cast<int32_t>(shape.kv_len),
+                            static_cast<int32_t>(shape.kv_len / 3)};
+        spec.key_lengths.resize(shape.batch);
+        ProblemData data(spec);
+        Problem& p = data.problem();
+        Pool pool(p, bs, 31);
+        const StatusOr<reference::Result> want = reference::Attention(p);
+        ASSERT_TRUE(want.ok());
+        const std::string name = spec.Name() + " bs " + std::to_string(bs);
+        data.Poison();
+        RunStats stats;
+        ASSERT_TRUE(attn::Run("flash", p, OnThreads(2), &stats).ok()) << name;
+        EXPECT_NE(stats.path.find("AVX2"), std::string::npos) << name << ": " << stats.path;
+        const testing::Comparison cmp = testing::CompareToReference(data, *want);
+        EXPECT_TRUE(cmp.ok) << name << ": " << cmp.first_failure;
+      }
+    }
+  }
+  hwy::SetSupportedTargetsForTest(0);
 }
 
 }  // namespace
