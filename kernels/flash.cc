@@ -697,11 +697,10 @@ void ForEachKvRun(const ValidProblem& p, int64_t j0, int64_t j1, F f) {
 
 // Calls f(a, b) for each group of runs [a, b) of keys [j0, j1) that an
 // item's heads read one after the other: plan.run_group_blocks blocks of a
-// paged cache (kernels/internal/read_ahead.h, RunGroupBlocks), the whole
-// range otherwise.
+// paged cache (kernels/internal/read_ahead.h, RunGroupBlocks; > 1 only
+// there).
 template <class F>
 void ForEachRunGroup(const ValidProblem& p, const flash::Plan& plan, int64_t j0, int64_t j1, F f) {
-  if (!p.kv_pages) return f(j0, j1);
   const int64_t group_keys = plan.run_group_blocks * p.kv_pages->block_size;
   for (int64_t a = j0; a < j1;) {
     const int64_t b = std::min(j1, a - a % group_keys + group_keys);

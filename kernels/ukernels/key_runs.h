@@ -1,11 +1,13 @@
 // Keys as runs of rows: how the few-row (decode) micro-kernels take a key
 // tile whose K or V rows do not lie at one stride. A paged cache's tile is
 // a run per block of the pool (16 keys at vLLM's default block size), each
-// somewhere else; a call per run cost every call the kernel's set-up (Q into
-// registers, the O rows loaded and stored) and flash's own per-call work,
-// which at block size 16 made paged decode 0.83-0.96x contiguous decode on
-// the Zen 4 VM (kernels/DESIGN.md, "Paged K/V"). The run kernels
-// (ScoreRowsRuns, PvRowsRuns) keep their registers across a tile's runs.
+// somewhere else; a call per run costs every call the kernel's set-up (Q into
+// registers, the O rows loaded and stored) and flash's own per-call work
+// (about 10% of paged decode at block size 16 on the Sapphire Rapids VM; on
+// the Zen 4 VM, whose paged decode waits on memory, taking the runs in one
+// call measured within noise: kernels/DESIGN.md, "A tile's runs in one
+// call"). The run kernels (ScoreRowsRuns, PvRowsRuns) keep their registers
+// across a tile's runs.
 // A contiguous tile is one run. A plain header: nothing here depends on the
 // Highway target.
 #ifndef ATTNLAB_KERNELS_UKERNELS_KEY_RUNS_H_
@@ -35,15 +37,6 @@ inline int64_t RunKeys(KeyRuns runs) {
   int64_t n = 0;
   for (const KeyRun& run : runs) n += run.keys;
   return n;
-}
-
-// Whether every run's length is a multiple of `m` (the score kernels take
-// keys 4 at a time).
-inline bool RunsAreMultiplesOf(KeyRuns runs, int64_t m) {
-  for (const KeyRun& run : runs) {
-    if (run.keys % m != 0) return false;
-  }
-  return true;
 }
 
 }  // namespace attn
