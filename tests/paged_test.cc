@@ -481,6 +481,10 @@ TEST(PagedTest, TileRunsInOneCallOnAvx2) {
     GTEST_SKIP() << "AVX2: this CPU lacks it or this build has no AVX2 target";
   }
   hwy::SetSupportedTargetsForTest(HWY_AVX2);
+  // Every target again however the test ends (an ASSERT returns early).
+  struct AllTargetsAtExit {
+    ~AllTargetsAtExit() { hwy::SetSupportedTargetsForTest(0); }
+  } all_targets_at_exit;
   const DTypes f32, bf16{DType::kF32, DType::kBF16, DType::kBF16, DType::kF32},
       i8{DType::kF32, DType::kI8, DType::kI8, DType::kF32};
   for (const DTypes& dtypes : {f32, bf16, i8}) {
@@ -508,7 +512,6 @@ TEST(PagedTest, TileRunsInOneCallOnAvx2) {
       }
     }
   }
-  hwy::SetSupportedTargetsForTest(0);
 }
 
 }  // namespace

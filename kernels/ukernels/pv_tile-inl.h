@@ -144,8 +144,8 @@ HWY_NOINLINE void PvTileKernel(const float* HWY_RESTRICT p, int64_t pj, int64_t 
     for (int64_t j0 = 0; j0 < std::max<int64_t>(nkeys, 1); j0 += kKeySumBlock) {
       const int64_t n = std::max<int64_t>(0, std::min(kKeySumBlock, nkeys - j0));
       PrefetchRows ahead = prefetch.From(j0);
-      if (j0 + n < nkeys)
-        ahead.rows = std::min(ahead.rows, n);  // the next block prefetches its own
+      // The next block prefetches its own rows.
+      if (j0 + n < nkeys) ahead.rows = std::min(ahead.rows, n);
       const KeyRun run{v + j0 * vs, n, ahead};
       if (kAccumulate || j0 > 0) {
         PvRowsResident<MR, NV, true, T>(p + j0 * pj, pj, pm, KeyRuns(&run, 1), vs, o, ldo);
