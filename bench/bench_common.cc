@@ -89,15 +89,16 @@ const std::vector<int32_t>& PagedTable(int64_t batch, int64_t kv_len, int64_t bl
   return table;
 }
 
-void HugePageFloats::Reset(size_t n) {
-  if (data_ != nullptr) munmap(data_, bytes_);
-  data_ = nullptr;
-  bytes_ = n * sizeof(float);
-  if (n == 0) return;
-  void* mem = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+void* AllocateHugePageBytes(size_t bytes) {
+  void* mem = mmap(nullptr, std::max<size_t>(bytes, 1), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) throw std::bad_alloc();
-  madvise(mem, bytes_, MADV_HUGEPAGE);  // advice: ignored where THP is off
-  data_ = static_cast<float*>(mem);     // zero pages
+  madvise(mem, bytes, MADV_HUGEPAGE);  // advice: ignored where THP is off
+  return mem;
+}
+
+void FreeHugePageBytes(void* p, size_t bytes) {
+  if (p != nullptr) munmap(p, std::max<size_t>(bytes, 1));
 }
 
 void PageKv(int64_t block_size, Problem& p, PagedKv& pools) {
@@ -106,7 +107,7 @@ void PageKv(int64_t block_size, Problem& p, PagedKv& pools) {
   const int64_t per_sequence = int64_t(table.size()) / s.batch;
   for (auto [t, pool, dim] :
        {std::tuple{&p.k, &pools.k, s.head_dim}, std::tuple{&p.v, &pools.v, s.value_dim}}) {
-    pool->Reset(table.size() * s.kv_heads * block_size * dim);
+    pool->resize(table.size() * s.kv_heads * block_size * dim);
     for (int64_t b = 0; b < s.batch; ++b) {
       for (int64_t h = 0; h < s.kv_heads; ++h) {
         for (int64_t j = 0; j < s.kv_len; ++j) {
@@ -286,15 +287,16 @@ CaseData& DataFor(const Case& c) {
   const uint64_t seed = SeedFrom(values_of.ValuesKey());
   // An input of `heads` x `len` rows of `dim`: fp32 values from the seed, kept
   // when the tensor is f32, else stored in its type (the fp32 copy freed).
-  auto input = [&](DType dtype, std::vector<float>& values, std::vector<char>& typed,
-                   std::vector<float>* scales, int64_t heads, int64_t len, int64_t dim,
-                   uint64_t tensor_seed) -> const void* {
+  auto input = [&](DType dtype, auto& values, auto& typed, std::vector<float>* scales,
+                   int64_t heads, int64_t len, int64_t dim, uint64_t tensor_seed) -> const void* {
     values.resize(s.batch * heads * len * dim);
     FillRandom(values.data(), values.size(), tensor_seed);
     if (dtype == DType::kF32) return values.data();
+    std::vector<char> bytes;
     testing::StoreInDType(dtype, values, 0, s.batch, heads, len, dim,
-                          Strides::BHLD(heads, len, dim), typed, scales);
-    std::vector<float>().swap(values);
+                          Strides::BHLD(heads, len, dim), bytes, scales);
+    typed.assign(bytes.begin(), bytes.end());
+    std::remove_reference_t<decltype(values)>().swap(values);
     return typed.data();
   };
   const void* q =
@@ -319,8 +321,8 @@ CaseData& DataFor(const Case& c) {
   ApplyMask(c, c.q_len, data->problem, &data->additive);
   if (c.scenario == Scenario::kPaged) {
     PageKv(c.block_size, data->problem, data->pools);
-    std::vector<float>().swap(data->k);  // the contiguous copies
-    std::vector<float>().swap(data->v);
+    HugePageVector<float>().swap(data->k);  // the contiguous copies
+    HugePageVector<float>().swap(data->v);
   }
   const uint8_t modifiers = ScenarioModifiers(c.scenario);
   if (modifiers & kSoftcap) data->problem.modifiers.softcap = 50.0f;  // Gemma 2's attention cap

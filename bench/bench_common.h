@@ -72,28 +72,36 @@ void ApplyMask(const Case& c, int64_t longest, Problem& p, std::vector<float>* a
 // `block_size`: a fixed shuffle of the pool's blocks (deterministic, cached
 // for the whole run).
 const std::vector<int32_t>& PagedTable(int64_t batch, int64_t kv_len, int64_t block_size);
-// Floats in anonymous memory the kernel is asked to back with 2 MiB pages
-// (madvise(MADV_HUGEPAGE); Debian's transparent huge pages are "madvise"),
-// as a serving engine allocates its KV-cache pool: a paged cache is read a
-// block at a time from anywhere in the pool, and with 4 KiB pages each block
-// costs its own page walks.
-class HugePageFloats {
- public:
-  HugePageFloats() = default;
-  HugePageFloats(const HugePageFloats&) = delete;
-  HugePageFloats& operator=(const HugePageFloats&) = delete;
-  ~HugePageFloats() { Reset(0); }
-  // n zeroed floats (the old ones freed).
-  void Reset(size_t n);
-  float* data() const { return data_; }
-
- private:
-  float* data_ = nullptr;
-  size_t bytes_ = 0;
+// Memory the kernel is asked to back with 2 MiB pages: anonymous memory
+// advised (madvise(MADV_HUGEPAGE); Debian's transparent huge pages are
+// "madvise") before its first touch, as a serving engine allocates its
+// KV-cache pool. The bench keeps every case's K and V, the paged pools, the
+// read ceilings' K and V and the stream ceiling's buffer there: a paged
+// cache is read a block at a time from anywhere in the pool, each block its
+// own page walks on 4 KiB pages, and contiguous K and V read slower on 4 KiB
+// pages too (Zen 4 VM, flash decode 1.05-1.27x the time), so paged and
+// contiguous decode and the ceilings they are held to all read from the same
+// kind of page (kernels/DESIGN.md, "Paged K/V").
+void* AllocateHugePageBytes(size_t bytes);  // throws std::bad_alloc
+void FreeHugePageBytes(void* p, size_t bytes);
+template <class T>
+struct HugePageAllocator {
+  using value_type = T;
+  HugePageAllocator() = default;
+  template <class U>
+  HugePageAllocator(const HugePageAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(AllocateHugePageBytes(n * sizeof(T))); }
+  void deallocate(T* p, size_t n) { FreeHugePageBytes(p, n * sizeof(T)); }
+  template <class U>
+  bool operator==(const HugePageAllocator<U>&) const {
+    return true;
+  }
 };
+template <class T>
+using HugePageVector = std::vector<T, HugePageAllocator<T>>;
 // A paged copy of a problem's fp32 K and V: the pools.
 struct PagedKv {
-  HugePageFloats k, v;
+  HugePageVector<float> k, v;
 };
 // Copies p's K and V rows into pools laid out by PagedTable (into `pools`)
 // and points p at them, with p.kv_pages set.
@@ -195,13 +203,17 @@ double DensePairs(const Case& c);
 // rounded to nearest even, int8 quantized per row with one fp32 scale per
 // row), so every type of a shape holds the same values up to its rounding.
 struct CaseData {
-  std::vector<float> q, k, v, o;  // the f32 tensors (a tensor of another type: empty)
-  std::vector<char> q_typed, k_typed, v_typed, o_typed;  // the others, in their type
-  std::vector<float> k_scales, v_scales;                 // [B, Hkv, Lk]: int8 K, V
-  std::vector<float> alibi_slopes, sinks;                // [H]: the modifier scenarios
-  std::vector<float> additive;                           // kPaddedMask's mask
-  PagedKv pools;                                         // kPaged: K and V pools
-  Problem problem;                                       // points into the vectors
+  // The f32 tensors (a tensor of another type: empty) and the others in
+  // their type; K and V on 2 MiB pages (HugePageAllocator).
+  std::vector<float> q, o;
+  HugePageVector<float> k, v;
+  std::vector<char> q_typed, o_typed;
+  HugePageVector<char> k_typed, v_typed;
+  std::vector<float> k_scales, v_scales;   // [B, Hkv, Lk]: int8 K, V
+  std::vector<float> alibi_slopes, sinks;  // [H]: the modifier scenarios
+  std::vector<float> additive;             // kPaddedMask's mask
+  PagedKv pools;                           // kPaged: K and V pools
+  Problem problem;                         // points into the vectors
 };
 // The inputs for `c`, cached: consecutive cases with the same DataKey reuse
 // them (generating 1 GiB of inputs per call would dominate the suite); a new

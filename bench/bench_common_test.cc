@@ -9,7 +9,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <set>
 #include <string>
 #include <vector>
@@ -89,7 +91,8 @@ TEST(BytesOfTest, ElementSizesAndInt8RowScales) {
 TEST(CaseDataTest, EveryTypeStoresTheF32Values) {
   Case c{Scenario::kSweep, 1, 2, 2, 37, 37, 24, true};
   const CaseData& f32_data = DataFor(c);
-  const std::vector<float> q = f32_data.q, k = f32_data.k;
+  const std::vector<float> q = f32_data.q;
+  const std::vector<float> k(f32_data.k.begin(), f32_data.k.end());
   ASSERT_EQ(q.size(), size_t(2 * 37 * 24));
 
   c.dtypes = {kBF16, kI8, kI8, kBF16};
@@ -119,6 +122,46 @@ TEST(CaseDataTest, EveryTypeStoresTheF32Values) {
     if (!Takes(*v, c.dtypes)) continue;
     EXPECT_TRUE(Prepare(*v, data.problem, OneThread()).ok()) << v->name;
   }
+  ReleaseData();
+}
+
+// The VmFlags line of the mapping that holds `p` (/proc/self/smaps), or "".
+std::string VmFlagsOf(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto at = reinterpret_cast<uintptr_t>(p);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    uintptr_t lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
+      inside = lo <= at && at < hi;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return line;
+    }
+  }
+  return "";
+}
+
+// A case's K and V (f32 and typed), a paged pool and the other big buffers
+// are advised onto 2 MiB pages before their first touch (VmFlags "hg":
+// MADV_HUGEPAGE), so that contiguous and paged decode read the same kind of
+// page; Q is not (malloc's).
+TEST(HugePageTest, CaseKAndVAreAdvisedOnto2MiBPages) {
+  const int probe = 0;
+  if (VmFlagsOf(&probe).empty()) GTEST_SKIP() << "no /proc/self/smaps VmFlags here";
+  Case c{Scenario::kDecode, 1, 8, 2, 1, 4096, 128};
+  const CaseData& f32 = DataFor(c);
+  EXPECT_NE(VmFlagsOf(f32.k.data()).find(" hg"), std::string::npos) << VmFlagsOf(f32.k.data());
+  EXPECT_NE(VmFlagsOf(f32.v.data()).find(" hg"), std::string::npos);
+  EXPECT_EQ(VmFlagsOf(f32.q.data()).find(" hg"), std::string::npos);
+  c.dtypes = {kBF16, kBF16, kBF16, kBF16};
+  const CaseData& bf16 = DataFor(c);
+  EXPECT_NE(VmFlagsOf(bf16.k_typed.data()).find(" hg"), std::string::npos);
+  c.dtypes = {};
+  c.scenario = Scenario::kPaged;
+  c.block_size = 16;
+  const CaseData& paged = DataFor(c);
+  EXPECT_NE(VmFlagsOf(paged.pools.k.data()).find(" hg"), std::string::npos);
+  EXPECT_EQ(paged.problem.k.data, paged.pools.k.data());
   ReleaseData();
 }
 

@@ -542,7 +542,7 @@ class RunContext {
   }
 
   // `bytes` of random floats, kept from one stream case to the next.
-  const std::vector<float>& StreamBuffer(int64_t bytes, const std::string& name) {
+  const HugePageVector<float>& StreamBuffer(int64_t bytes, const std::string& name) {
     const int64_t n = bytes / 4;
     if (int64_t(stream_buffer_.size()) != n) {
       ReleaseData();
@@ -558,8 +558,8 @@ class RunContext {
   int done_ = 0;
   std::string last_;
   benchmark::IterationCount last_iterations_ = 0;
-  std::map<std::string, Verdict> verdicts_;  // by variant/CheckKey
-  std::vector<float> stream_buffer_;
+  std::map<std::string, Verdict> verdicts_;      // by variant/CheckKey
+  HugePageVector<float> stream_buffer_;          // 2 MiB pages, as decode's K and V
   std::vector<float> d_o_, lse_, dq_, dk_, dv_;  // GradInputsFor
   std::string grad_key_, grad_forward_for_;
 };
@@ -1016,9 +1016,7 @@ void CeilingMatmulBf16(benchmark::State& state, RunContext& ctx, const Case& c,
         (std::string("not run: oneDNN has no bf16 matmul here: ") + e.what()).c_str());
     return;
   }
-  auto bf16 = [](const std::vector<char>& v) {
-    return const_cast<void*>(static_cast<const void*>(v.data()));
-  };
+  auto bf16 = [](const auto& v) { return const_cast<void*>(static_cast<const void*>(v.data())); };
   auto run_block = [&](int64_t block) {
     const int64_t bh = block / blocks_per_head;
     const int64_t b = bh / c.heads, h = bh % c.heads;
@@ -1132,17 +1130,14 @@ class KvReadOrder {
       }
       table_ = PagedTable(c.batch, c.kv_len, c.block_size).data();
       per_sequence_ = (c.kv_len + c.block_size - 1) / c.block_size;
-      const size_t pool = size_t(c.batch * per_sequence_) * c.kv_heads * c.block_size * c.dim;
-      for (HugePageFloats* t : {&k_pool_, &v_pool_}) {
-        t->Reset(pool);
-        std::fill(t->data(), t->data() + pool, 1.0f);  // real pages, not the zero page
-      }
-      k_ = k_pool_.data(), v_ = v_pool_.data();
-    } else {
-      k_plain_.assign(size_t(rows * c.dim), 1.0f);
-      v_plain_.assign(size_t(rows * c.dim), 1.0f);
-      k_ = k_plain_.data(), v_ = v_plain_.data();
     }
+    // A pool of whole blocks, or plain K and V; ones (real pages, not the
+    // zero page), on 2 MiB pages as the cases' K and V (HugePageVector).
+    const size_t elems = table_ == nullptr
+                             ? size_t(rows * c.dim)
+                             : size_t(c.batch * per_sequence_) * c.kv_heads * c.block_size * c.dim;
+    k_.assign(elems, 1.0f);
+    v_.assign(elems, 1.0f);
     const int64_t row_bytes = c.dim * int64_t{sizeof(float)};
     order_ = {.heads = heads_,
               .block_size = table_ == nullptr ? 0 : c.block_size,
@@ -1167,7 +1162,7 @@ class KvReadOrder {
     float acc[kLanes] = {};
     for (int64_t t0 = tile_lo * kTile; t0 < lk; t0 += kTile) {
       const int64_t t1 = std::min(lk, t0 + kTile);
-      for (const float* base : {k_, v_}) {
+      for (const float* base : {k_.data(), v_.data()}) {
         for (int64_t r0 = t0; r0 < t1;) {
           const int64_t r1 = std::min(t1, RunEnd(r0));
           for (int64_t h = h0; h < h0 + heads_; ++h) {
@@ -1210,10 +1205,7 @@ class KvReadOrder {
   int64_t per_sequence_ = 0;
   ReadOrder order_;
   int64_t ahead_ = 0;  // rows flash's decode prefetches ahead (RowsAheadFor)
-  HugePageFloats k_pool_, v_pool_;
-  std::vector<float> k_plain_, v_plain_;
-  const float* k_ = nullptr;
-  const float* v_ = nullptr;
+  HugePageVector<float> k_, v_;
 };
 
 void CeilingRead(benchmark::State& state, RunContext& ctx, const Case& c, const std::string& name) {
