@@ -79,9 +79,10 @@ const std::vector<int32_t>& PagedTable(int64_t batch, int64_t kv_len, int64_t bl
 // read ceilings' K and V and the stream ceiling's buffer there: a paged
 // cache is read a block at a time from anywhere in the pool, each block its
 // own page walks on 4 KiB pages, and contiguous K and V read slower on 4 KiB
-// pages too (Zen 4 VM, flash decode 1.05-1.27x the time), so paged and
-// contiguous decode and the ceilings they are held to all read from the same
-// kind of page (kernels/DESIGN.md, "Paged K/V").
+// pages too (Zen 4 VM: contiguous flash decode 1.01-1.10x the time, its read
+// ceiling up to 1.5x), so paged and contiguous decode and the ceilings they
+// are held to all read from the same kind of page (kernels/DESIGN.md, "Every
+// big buffer on 2 MiB pages").
 void* AllocateHugePageBytes(size_t bytes);  // throws std::bad_alloc
 void FreeHugePageBytes(void* p, size_t bytes);
 template <class T>
