@@ -292,11 +292,11 @@ CaseData& DataFor(const Case& c) {
     values.resize(s.batch * heads * len * dim);
     FillRandom(values.data(), values.size(), tensor_seed);
     if (dtype == DType::kF32) return values.data();
-    std::vector<char> bytes;
+    std::vector<char> bytes;  // StoreInDType's type; copied into `typed`'s pages
     testing::StoreInDType(dtype, values, 0, s.batch, heads, len, dim,
                           Strides::BHLD(heads, len, dim), bytes, scales);
+    std::remove_reference_t<decltype(values)>().swap(values);  // before the copy: no third buffer
     typed.assign(bytes.begin(), bytes.end());
-    std::remove_reference_t<decltype(values)>().swap(values);
     return typed.data();
   };
   const void* q =
