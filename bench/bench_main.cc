@@ -1145,7 +1145,9 @@ class KvReadOrder {
               .row_stride_bytes = row_bytes,
               .row_bytes = row_bytes};
     // flash's decode prefetch distance for these K and V (DecodePrefetchBytes).
-    ahead_ = RowsAheadFor(order_, DecodePrefetchBytes(ActiveTuning(), 2 * rows * row_bytes));
+    ahead_ = RowsAheadFor(order_, DecodePrefetchBytes(ActiveTuning(), 2 * rows * row_bytes,
+                                                      /*paged=*/table_ != nullptr,
+                                                      /*rows=*/c.heads / c.kv_heads * c.q_len));
   }
   // Kv heads per read.
   int64_t heads() const { return heads_; }
@@ -1694,6 +1696,10 @@ void AddContext(const std::map<std::string, std::string>& context, const std::st
                               std::to_string(ActiveTuning().flash_key_tile));
   benchmark::AddCustomContext("attnlab_flash_decode_prefetch_bytes",
                               std::to_string(ActiveTuning().flash_decode_prefetch_bytes));
+  benchmark::AddCustomContext("attnlab_flash_mha_decode_prefetch_bytes",
+                              std::to_string(ActiveTuning().flash_mha_decode_prefetch_bytes));
+  benchmark::AddCustomContext("attnlab_flash_paged_prefetch_bytes",
+                              std::to_string(ActiveTuning().flash_paged_prefetch_bytes));
   benchmark::AddCustomContext("attnlab_auto_points",
                               std::to_string(ActiveTuning().auto_points.size()));
   benchmark::AddCustomContext("attnlab_fma_peak_gflops", std::to_string(fma_peak_gflops));

@@ -1,11 +1,15 @@
 #include "bench/ukernel_bench.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <random>
 
+#include "bench/bench_common.h"
+#include "kernels/tuning.h"
 #include "kernels/ukernels/ukernels.h"
 
 namespace attn::bench {
@@ -38,12 +42,16 @@ struct Shape {
   // Per-score entries (the score modifiers): elements are scores, also
   // reported as scores_per_s and ns_per_score (one thread).
   bool per_score = false;
+  // from:memory shapes: bytes of K or V read per call (GB_per_s).
+  double bytes = 0;
 };
 
-// Runs `args` through `u` for the benchmark's iterations and sets counters.
-template <class Args>
-void Time(benchmark::State& state, const Ukernel& u, Args& args, const Shape& shape,
-          double peak_gflops) {
+// Runs `args` through `u` for the benchmark's iterations and sets counters;
+// `next_call` runs between calls (TimeFromMemory moves the tile).
+template <class Args, class Next = void (*)()>
+void Time(
+    benchmark::State& state, const Ukernel& u, Args& args, const Shape& shape, double peak_gflops,
+    Next next_call = [] {}) {
   if (!u.run(&args)) {
     state.SkipWithError(*ukernels::IsaName(u.isa)
                             ? ("not run: " + ukernels::IsaMissing(u.isa)).c_str()
@@ -51,10 +59,14 @@ void Time(benchmark::State& state, const Ukernel& u, Args& args, const Shape& sh
     return;
   }
   for (auto _ : state) {
+    next_call();
     u.run(&args);
     benchmark::ClobberMemory();
   }
   using benchmark::Counter;
+  if (shape.bytes > 0) {
+    state.counters["GB_per_s"] = Counter(shape.bytes / 1e9, Counter::kIsIterationInvariantRate);
+  }
   if (shape.flops > 0) {
     state.counters["GFLOPS"] = Counter(shape.flops / 1e9, Counter::kIsIterationInvariantRate);
     state.counters["peak_fraction"] =
@@ -73,7 +85,60 @@ void Time(benchmark::State& state, const Ukernel& u, Args& args, const Shape& sh
   state.counters["threads"] = 1;
 }
 
+// The bytes a from:memory shape streams over: twice the L3 (sysfs; on a VM
+// what the hypervisor claims), at least 256 MiB.
+int64_t MemoryStreamBytes() { return std::max<int64_t>(int64_t{256} << 20, 2 * L3CacheBytes()); }
+
+// Time, with the K or V tile at `*tile` (an argument of `args`, `tile_bytes`
+// long) copied tile after tile into a buffer of MemoryStreamBytes on 2 MiB
+// pages, as the bench's decode cases' K and V are, and each call taking the
+// next tile: the kernel reads its operand once from memory, in address
+// order, as decode does from a cache larger than the L3, with nothing but
+// the hardware prefetchers ahead of it (flash adds its software prefetch
+// where the tuning asks for one: kernels/tuning.h; kernels/DESIGN.md, "Per
+// rows per kv head, and paged on its own").
+template <class Args, class T>
+void TimeFromMemory(benchmark::State& state, const Ukernel& u, Args& args, const T** tile,
+                    int64_t tile_bytes, const Shape& shape, double peak_gflops) {
+  const int64_t tiles = std::max<int64_t>(2, MemoryStreamBytes() / tile_bytes);
+  HugePageVector<char> stream(static_cast<size_t>(tiles * tile_bytes));
+  for (int64_t t = 0; t < tiles; ++t) std::memcpy(&stream[t * tile_bytes], *tile, tile_bytes);
+  int64_t t = 0;
+  Time(state, u, args, shape, peak_gflops, [&] {
+    *tile = reinterpret_cast<const T*>(&stream[t * tile_bytes]);
+    t = t + 1 == tiles ? 0 : t + 1;
+  });
+}
+
+// Time, or TimeFromMemory for a shape that streams its tile (shape.bytes > 0:
+// the tile's bytes).
+template <class Args, class T>
+void TimeShape(benchmark::State& state, const Ukernel& u, Args& args, const T** tile,
+               const Shape& shape, double peak_gflops) {
+  if (shape.bytes > 0) {
+    return TimeFromMemory(state, u, args, tile, static_cast<int64_t>(shape.bytes), shape,
+                          peak_gflops);
+  }
+  Time(state, u, args, shape, peak_gflops);
+}
+
 using Runner = std::function<void(benchmark::State&)>;
+
+// The shape's name tokens for the L2 (from_memory false) and the memory
+// (true) form of a decode entry's shape.
+std::string FromTokens(const std::string& tokens, bool from_memory) {
+  return from_memory ? tokens + "/from:memory" : tokens;
+}
+
+// The decode kernels' shape, GQA-4's 4 rows x 512 keys at d = 128, in L2 or
+// from memory (then its K or V tile of `element_bytes` per element streams).
+Shape DecodeShape(bool from_memory, int64_t elements, double element_bytes) {
+  constexpr int64_t kRows = 4, kKeys = 512, kD = 128;
+  Shape s{FromTokens("rows:4/keys:512/d:128", from_memory), 2.0 * kRows * kKeys * kD,
+          double(elements)};
+  s.bytes = from_memory ? element_bytes * kKeys * kD : 0;
+  return s;
+}
 
 // The shapes each family is benchmarked at: those the variants call it with
 // (flash's 64-row block and 512-key tile at d = 64 and 128; decode's few
@@ -98,15 +163,19 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
       std::vector<int64_t> rows = {u.rows > 0 ? int64_t{u.rows} : 4};
       if (u.rows == 0) rows.push_back(1);
       for (int64_t nrows : rows) {
-        const int64_t keys = 512, lds = 512, dkp = dk;
-        Shape s{"rows:" + std::to_string(nrows) + "/keys:512/d:" + std::to_string(dk),
-                2.0 * nrows * keys * dk, double(nrows * keys)};
-        out.push_back({s, [=](benchmark::State& st) {
-                         Floats q(nrows * dkp), k(keys * dk), sc(nrows * lds);
-                         ukernels::ScoreRowsArgs a{q.get(), dkp, nrows,    k.get(), dk,
-                                                   keys,    dk,  sc.get(), lds};
-                         Time(st, *up, a, s, peak);
-                       }});
+        for (bool from_memory : {false, true}) {
+          const int64_t keys = 512, lds = 512, dkp = dk;
+          Shape s{FromTokens("rows:" + std::to_string(nrows) + "/keys:512/d:" + std::to_string(dk),
+                             from_memory),
+                  2.0 * nrows * keys * dk, double(nrows * keys)};
+          s.bytes = from_memory ? 4.0 * keys * dk : 0;
+          out.push_back({s, [=](benchmark::State& st) {
+                           Floats q(nrows * dkp), k(keys * dk), sc(nrows * lds);
+                           ukernels::ScoreRowsArgs a{q.get(), dkp, nrows,    k.get(), dk,
+                                                     keys,    dk,  sc.get(), lds};
+                           TimeShape(st, *up, a, &a.k, s, peak);
+                         }});
+        }
       }
       break;
     }
@@ -138,17 +207,24 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
         ps = {{64, 64, 512, true}, {64, 128, 512, true}, {64, 128, 64, true}, {1, 128, 512, false}};
       }
       for (const P& pp : ps) {
-        const int64_t keys = pp.keys, nvec = pp.dv / lanes;
-        const int64_t pj = pp.key_major ? 64 : 1, pm = pp.key_major ? 1 : keys;
-        Shape s{"rows:" + std::to_string(pp.rows) + "/keys:" + std::to_string(keys) +
-                    "/d:" + std::to_string(pp.dv),
-                2.0 * pp.rows * keys * pp.dv, double(pp.rows * pp.dv)};
-        out.push_back({s, [=](benchmark::State& st) {
-                         Floats p(keys * 64 + pp.rows * keys), v(keys * pp.dv), o(pp.rows * pp.dv);
-                         ukernels::PvTileArgs a{p.get(), pj,   pm,   v.get(), pp.dv, keys,
-                                                pp.rows, nvec, true, o.get(), pp.dv};
-                         Time(st, *up, a, s, peak);
-                       }});
+        // Decode's few rows also from memory (TimeFromMemory).
+        for (bool from_memory : {false, true}) {
+          if (from_memory && pp.key_major) continue;
+          const int64_t keys = pp.keys, nvec = pp.dv / lanes;
+          const int64_t pj = pp.key_major ? 64 : 1, pm = pp.key_major ? 1 : keys;
+          Shape s{FromTokens("rows:" + std::to_string(pp.rows) + "/keys:" + std::to_string(keys) +
+                                 "/d:" + std::to_string(pp.dv),
+                             from_memory),
+                  2.0 * pp.rows * keys * pp.dv, double(pp.rows * pp.dv)};
+          s.bytes = from_memory ? 4.0 * keys * pp.dv : 0;
+          out.push_back({s, [=](benchmark::State& st) {
+                           Floats p(keys * 64 + pp.rows * keys), v(keys * pp.dv),
+                               o(pp.rows * pp.dv);
+                           ukernels::PvTileArgs a{p.get(), pj,   pm,   v.get(), pp.dv, keys,
+                                                  pp.rows, nvec, true, o.get(), pp.dv};
+                           TimeShape(st, *up, a, &a.v, s, peak);
+                         }});
+        }
       }
       break;
     }
@@ -301,73 +377,77 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
       }
       break;
     // The decode kernels at GQA-4's shape (4 rows, d = 128) over one tile of
-    // 512 keys in L2 (flash streams them from memory; the tile from L2
-    // shows the instruction bound). FLOPs as the pair kernels above.
-    case Family::kBf16DecodeScores: {
-      const int64_t rows = 4, keys = 512, dk = 128;
-      Shape s{"rows:4/keys:512/d:128", 2.0 * rows * keys * dk, double(rows * keys)};
-      out.push_back({s, [=](benchmark::State& st) {
-                       Floats qw(rows * dk / 2), k(keys * dk / 2), sc(rows * keys);
-                       ukernels::Bf16DecodeScoresArgs a{reinterpret_cast<uint16_t*>(qw.get()),
+    // 512 keys in L2 (the instruction bound) and from memory (flash streams
+    // them: TimeFromMemory). FLOPs as the pair kernels above.
+    case Family::kBf16DecodeScores:
+      for (bool from_memory : {false, true}) {
+        const int64_t rows = 4, keys = 512, dk = 128;
+        const Shape s = DecodeShape(from_memory, rows * keys, 2.0);
+        out.push_back({s, [=](benchmark::State& st) {
+                         Floats qw(rows * dk / 2), k(keys * dk / 2), sc(rows * keys);
+                         ukernels::Bf16DecodeScoresArgs a{reinterpret_cast<uint16_t*>(qw.get()),
+                                                          rows,
+                                                          reinterpret_cast<uint16_t*>(k.get()),
+                                                          dk,
+                                                          keys,
+                                                          dk,
+                                                          0.0884f,
+                                                          sc.get(),
+                                                          keys};
+                         TimeShape(st, *up, a, &a.k, s, peak);
+                       }});
+      }
+      break;
+    case Family::kBf16DecodePv:
+      for (bool from_memory : {false, true}) {
+        const int64_t rows = 4, keys = 512, dv = 128;
+        const Shape s = DecodeShape(from_memory, rows * dv, 2.0);
+        out.push_back(
+            {s, [=](benchmark::State& st) {
+               Floats p(rows * keys), v(keys * dv / 2), o(rows * dv);
+               ukernels::Bf16DecodePvArgs a{
+                   p.get(), keys, reinterpret_cast<uint16_t*>(v.get()), dv, keys, rows, dv, true,
+                   o.get(), dv};
+               TimeShape(st, *up, a, &a.v, s, peak);
+             }});
+      }
+      break;
+    // The int8 decode kernels at the same shapes (int16 Q words and weights,
+    // int8 K/V rows; random bits, which the integer products take as they are).
+    case Family::kI8DecodeScores:
+      for (bool from_memory : {false, true}) {
+        const int64_t rows = 4, keys = 512, dk = 128;
+        const Shape s = DecodeShape(from_memory, rows * keys, 1.0);
+        out.push_back({s, [=](benchmark::State& st) {
+                         Floats qw(rows * dk / 2), k(keys * dk / 4), sc(rows * keys);
+                         const float row_scale[4] = {0.01f, 0.01f, 0.01f, 0.01f};
+                         ukernels::I8DecodeScoresArgs a{reinterpret_cast<int16_t*>(qw.get()),
                                                         rows,
-                                                        reinterpret_cast<uint16_t*>(k.get()),
+                                                        reinterpret_cast<int8_t*>(k.get()),
                                                         dk,
                                                         keys,
                                                         dk,
-                                                        0.0884f,
+                                                        row_scale,
                                                         sc.get(),
                                                         keys};
-                       Time(st, *up, a, s, peak);
-                     }});
+                         TimeShape(st, *up, a, &a.k, s, peak);
+                       }});
+      }
       break;
-    }
-    case Family::kBf16DecodePv: {
-      const int64_t rows = 4, keys = 512, dv = 128;
-      Shape s{"rows:4/keys:512/d:128", 2.0 * rows * keys * dv, double(rows * dv)};
-      out.push_back(
-          {s, [=](benchmark::State& st) {
-             Floats p(rows * keys), v(keys * dv / 2), o(rows * dv);
-             ukernels::Bf16DecodePvArgs a{
-                 p.get(), keys, reinterpret_cast<uint16_t*>(v.get()), dv, keys, rows, dv, true,
-                 o.get(), dv};
-             Time(st, *up, a, s, peak);
-           }});
+    case Family::kI8DecodePv:
+      for (bool from_memory : {false, true}) {
+        const int64_t rows = 4, keys = 512, dv = 128;
+        const Shape s = DecodeShape(from_memory, rows * dv, 1.0);
+        out.push_back(
+            {s, [=](benchmark::State& st) {
+               Floats p(rows * keys), v(keys * dv / 4), o(rows * dv);
+               ukernels::I8DecodePvArgs a{
+                   p.get(), keys, reinterpret_cast<int8_t*>(v.get()), dv, keys, rows, dv, true,
+                   o.get(), dv};
+               TimeShape(st, *up, a, &a.v, s, peak);
+             }});
+      }
       break;
-    }
-    // The int8 decode kernels at the same shape (int16 Q words and weights,
-    // int8 K/V rows; random bits, which the integer products take as they are).
-    case Family::kI8DecodeScores: {
-      const int64_t rows = 4, keys = 512, dk = 128;
-      Shape s{"rows:4/keys:512/d:128", 2.0 * rows * keys * dk, double(rows * keys)};
-      out.push_back({s, [=](benchmark::State& st) {
-                       Floats qw(rows * dk / 2), k(keys * dk / 4), sc(rows * keys);
-                       const float row_scale[4] = {0.01f, 0.01f, 0.01f, 0.01f};
-                       ukernels::I8DecodeScoresArgs a{reinterpret_cast<int16_t*>(qw.get()),
-                                                      rows,
-                                                      reinterpret_cast<int8_t*>(k.get()),
-                                                      dk,
-                                                      keys,
-                                                      dk,
-                                                      row_scale,
-                                                      sc.get(),
-                                                      keys};
-                       Time(st, *up, a, s, peak);
-                     }});
-      break;
-    }
-    case Family::kI8DecodePv: {
-      const int64_t rows = 4, keys = 512, dv = 128;
-      Shape s{"rows:4/keys:512/d:128", 2.0 * rows * keys * dv, double(rows * dv)};
-      out.push_back({s, [=](benchmark::State& st) {
-                       Floats p(rows * keys), v(keys * dv / 4), o(rows * dv);
-                       ukernels::I8DecodePvArgs a{p.get(), keys, reinterpret_cast<int8_t*>(v.get()),
-                                                  dv,      keys, rows,
-                                                  dv,      true, o.get(),
-                                                  dv};
-                       Time(st, *up, a, s, peak);
-                     }});
-      break;
-    }
     case Family::kBf16PackQueries: {
       const int64_t rows = 64, dk = 128;
       Shape s{"rows:64/d:128", 0, double(rows * dk)};

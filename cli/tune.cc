@@ -10,14 +10,17 @@
 //      best time; 512 (the built-in default) stays unless another tile
 //      scores more than 1% better, so noise does not move it.
 //   2. the K and V size above which flash's decode prefetches: from 8 MiB
-//      of K and V up, doubling to 256 MiB (GQA-4 and MHA, one thread), the
-//      default distance against none, up to the first size at which none is
-//      not more than 3% faster (TuneDecodePrefetchMinKvBytes).
-//   3. flash's decode prefetch distance (0, 16, 32, 64 KiB ahead of the rows
-//      read) on GQA-4 and MHA decode with K and V of twice that size (at
-//      least 64 MiB; TuneDecodePrefetch), one thread, scored as in 1; 32 KiB
-//      (the default) stays unless another distance scores more than 3%
-//      better (decode from memory is noisier).
+//      of K and V up, doubling to 256 MiB (GQA-4, one thread), the 32 KiB
+//      distance against none, up to the first size at which none is not
+//      more than 3% faster (TuneDecodePrefetchMinKvBytes).
+//   3. flash's decode prefetch distances on a contiguous cache (0, 16, 32,
+//      64 KiB ahead of the rows read), GQA-4's and MHA's each on its own
+//      decode with K and V of twice that size (at least 64 MiB;
+//      TuneDecodePrefetch), one thread; this CPU's default (32 KiB; none for
+//      MHA on Zen 4: DefaultMhaDecodePrefetchBytes) stays unless another
+//      distance is more than 3% faster (decode from memory is noisier). A
+//      paged cache's distance (flash.paged_prefetch_bytes) keeps its
+//      default: these problems are contiguous.
 //   4. auto's points: for every thread count, head dim, mask class (dense,
 //      causal) and N = 128, 256, ... max_n (self-attention, B = 1, H = 8),
 //      every fp32 variant that fits kAutoMaxWorkspaceBytes, with the settings
@@ -170,8 +173,9 @@ int64_t TuneKeyTile(const TuneArgs& args, const Tuning& base) {
 }
 
 // The K and V size above which decode prefetches: from 8 MiB of K and V up,
-// doubling to 256 MiB (GQA-4 and MHA, one thread), the default distance (32
-// KiB) against none, interleaved, in a repeated run (as a decode loop over
+// doubling to 256 MiB (GQA-4, one thread: where the prefetch pays most, on
+// the Intel Xeon VM at 64 MiB 0.57-0.84x the time against MHA's 0.92-0.97x),
+// a 32 KiB distance against none, interleaved, in a repeated run (as a decode loop over
 // one layer's cache reads them: what fits the L3 comes from there), until the
 // prefetch is no longer more than 3% slower; the threshold is the last size
 // at which it was (a VM's sysfs L3 is what the hypervisor claims, not what
@@ -194,14 +198,11 @@ int64_t TuneDecodePrefetchMinKvBytes(const TuneArgs& args, const Tuning& base) {
   constexpr int64_t kMiB = int64_t{1} << 20;
   int64_t threshold = 4 * kMiB;
   for (int64_t mib = 8; mib <= 256; mib *= 2) {
-    std::vector<ProblemSpec> shapes;
-    for (int64_t kv_heads : {2, 8}) {
-      shapes.push_back(Decode(kv_heads, mib * kMiB / DecodeKvBytes(kv_heads, 1)));
-    }
+    const std::vector<ProblemSpec> shapes = {Decode(2, mib * kMiB / DecodeKvBytes(2, 1))};
     const std::string what = fmt::format("decode prefetch at {} MiB of K and V", mib);
-    const int64_t pick = PickFlashSetting(
-        what.c_str(), " B", {base.flash_decode_prefetch_bytes, 0}, shapes, 0.03, args, always,
-        [](Tuning& t, int64_t v) { t.flash_decode_prefetch_bytes = v; });
+    const int64_t pick =
+        PickFlashSetting(what.c_str(), " B", {kDefaultDecodePrefetchBytes, 0}, shapes, 0.03, args,
+                         always, [](Tuning& t, int64_t v) { t.flash_decode_prefetch_bytes = v; });
     if (pick != 0) break;
     threshold = mib * kMiB;
   }
@@ -210,30 +211,43 @@ int64_t TuneDecodePrefetchMinKvBytes(const TuneArgs& args, const Tuning& base) {
   return threshold;
 }
 
-// The distance, on GQA-4 and MHA decode whose K and V take twice the
-// threshold (TuneDecodePrefetchMinKvBytes; at least 64 MiB): the sizes where
-// a prefetch starts to pay are where its distance matters. On the Intel Xeon
-// VM, fp32, d = 128, 1 thread, prefetching 32 KiB ahead took 0.80-0.98x the
-// time at 64 MiB and 0.95-1.05x at 512 MiB, whose stream the hardware
-// prefetcher keeps up with by itself. Decode times move 10-20% between runs
-// on a shared VM, hence the 3% margin. --quick keeps the default: its
-// problems stay in cache.
-int64_t TuneDecodePrefetch(const TuneArgs& args, const Tuning& base) {
-  if (args.quick) {
-    fmt::print("  -> decode prefetch {} B (the default; --quick does not measure it)\n",
-               base.flash_decode_prefetch_bytes);
-    return base.flash_decode_prefetch_bytes;
-  }
-  const int64_t want = std::max(int64_t{64} << 20, 2 * base.flash_decode_prefetch_min_kv_bytes);
-  std::vector<ProblemSpec> shapes;
-  for (int64_t kv_heads : {2, 8}) {
+// The distances, GQA-4 decode's (flash_decode_prefetch_bytes) and MHA
+// decode's (flash_mha_decode_prefetch_bytes) each on its own shape, whose K
+// and V take twice the threshold (TuneDecodePrefetchMinKvBytes; at least 64
+// MiB): the sizes where a prefetch starts to pay are where its distance
+// matters. On the Intel Xeon VM, fp32, d = 128, 1 thread, prefetching 32 KiB
+// ahead took 0.80-0.98x the time at 64 MiB and 0.95-1.05x at 512 MiB, whose
+// stream the hardware prefetcher keeps up with by itself; on the Zen 4 VM MHA
+// decode ran 1.4x faster without it, GQA-4 about as fast (kernels/DESIGN.md,
+// "Decode prefetch on Zen 4"). Decode times move 10-20% between runs on a
+// shared VM, hence the 3% margin. --quick keeps the defaults: its problems
+// stay in cache.
+void TuneDecodePrefetch(const TuneArgs& args, Tuning& tuned) {
+  struct Kind {
+    const char* name;
+    int64_t kv_heads;
+    int64_t Tuning::*field;
+  };
+  for (const Kind& kind : {Kind{"GQA-4", 2, &Tuning::flash_decode_prefetch_bytes},
+                           Kind{"MHA", 8, &Tuning::flash_mha_decode_prefetch_bytes}}) {
+    const std::string what = fmt::format("{} decode prefetch", kind.name);
+    if (args.quick) {
+      fmt::print("  -> {} {} B (the default; --quick does not measure it)\n", what,
+                 tuned.*kind.field);
+      continue;
+    }
+    const int64_t want = std::max(int64_t{64} << 20, 2 * tuned.flash_decode_prefetch_min_kv_bytes);
     int64_t kv_len = 4096;
-    while (DecodeKvBytes(kv_heads, kv_len) < want) kv_len *= 2;
-    shapes.push_back(Decode(kv_heads, kv_len));
+    while (DecodeKvBytes(kind.kv_heads, kv_len) < want) kv_len *= 2;
+    // This CPU's default first (it stays unless another scores 3% better).
+    std::vector<int64_t> distances = {tuned.*kind.field};
+    for (int64_t d : {int64_t{0}, int64_t{16384}, int64_t{32768}, int64_t{65536}}) {
+      if (d != distances[0]) distances.push_back(d);
+    }
+    tuned.*kind.field = PickFlashSetting(
+        what.c_str(), " B", distances, {Decode(kind.kv_heads, kv_len)}, 0.03, args,
+        PrefetchingAlways(tuned), [&kind](Tuning& t, int64_t v) { t.*kind.field = v; });
   }
-  return PickFlashSetting("decode prefetch", " B", {32768, 0, 16384, 65536}, shapes, 0.03, args,
-                          PrefetchingAlways(base),
-                          [](Tuning& t, int64_t v) { t.flash_decode_prefetch_bytes = v; });
 }
 
 // The fp32 variants auto may pick for `data` on `threads` threads: all but
@@ -389,7 +403,7 @@ int TuneCommand(TuneArgs args) {
   const auto start = std::chrono::steady_clock::now();
   tuned.flash_key_tile = TuneKeyTile(args, tuned);
   tuned.flash_decode_prefetch_min_kv_bytes = TuneDecodePrefetchMinKvBytes(args, tuned);
-  tuned.flash_decode_prefetch_bytes = TuneDecodePrefetch(args, tuned);
+  TuneDecodePrefetch(args, tuned);
   tuned.auto_points = TuneAutoPoints(args, tuned);
   tuned.source = path;
 
@@ -397,12 +411,14 @@ int TuneCommand(TuneArgs args) {
   size_t not_flash = 0;
   for (const AutoPoint& p : tuned.auto_points) not_flash += p.variant != "flash";
   fmt::print(
-      "wrote {} in {:.0f} s: flash key tile {}, decode prefetch {} B above {} MiB of K and V, {} "
+      "wrote {} in {:.0f} s: flash key tile {}, decode prefetch {} B (GQA), {} B (MHA) above {} "
+      "MiB of K and V, {} "
       "of {} auto points pick a variant other than flash.\nThe kernels read it at {} "
       "(ATTNLAB_TUNING overrides the path; ATTNLAB_TUNING=none ignores it).\n",
       path, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
       tuned.flash_key_tile, tuned.flash_decode_prefetch_bytes,
-      tuned.flash_decode_prefetch_min_kv_bytes >> 20, not_flash, tuned.auto_points.size(),
+      tuned.flash_mha_decode_prefetch_bytes, tuned.flash_decode_prefetch_min_kv_bytes >> 20,
+      not_flash, tuned.auto_points.size(),
       args.out ? "that path when ATTNLAB_TUNING names it" : "this default path");
   return kExitOk;
 }

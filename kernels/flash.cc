@@ -145,12 +145,14 @@
 // the item that completes a block merges its splits in a fixed order (no
 // second parallel pass, no barrier). With GQA the group's heads are rows of
 // one block, so K and V are read once per group. The few-row kernels
-// prefetch K and V rows into L2 the tuning's flash_decode_prefetch_bytes
-// (32 KiB) ahead of the rows they read (DecodeRowsAhead) when K and V pass half
-// the L3: on the Zen 3 VM the hardware prefetcher alone let the memory idle
-// while they computed (GQA-4 decode 1.24-1.48x faster, MHA 1.01-1.28x;
-// kernels/DESIGN.md, "Decode prefetch"; `attnlab tune` measures 0-64 KiB
-// on each machine).
+// prefetch K and V rows into L2 a distance ahead of the rows they read
+// (DecodeRowsAhead) when K and V pass half the L3: the tuning's distance for
+// GQA, for MHA (one row per kv head) or for a paged cache (32 KiB unless
+// tuned; none for MHA on Zen 4). On the Zen 3 VM the hardware prefetcher
+// alone let the memory idle while they computed (GQA-4 decode 1.24-1.48x
+// faster, MHA 1.01-1.28x); on the Zen 4 VM the prefetch made MHA 1.4x
+// slower (kernels/DESIGN.md, "Decode prefetch"; `attnlab tune` measures 0-64
+// KiB on each machine).
 //
 // Work items of several row blocks: a many-row item (not paged) takes up to
 // 4 row blocks (Plan::sub_blocks: as many as leave 32 items and the rows

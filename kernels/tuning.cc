@@ -73,6 +73,32 @@ const Tuning* g_override = nullptr;
 
 }  // namespace
 
+std::pair<int, int> CpuFamilyModel() {
+  int family = 0, model = 0;
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned eax, ebx, ecx, edx;
+  if (__get_cpuid(1, &eax, &ebx, &ecx, &edx)) {
+    family = int((eax >> 8) & 0xf);
+    model = int((eax >> 4) & 0xf);
+    if (family == 0xf) family += int((eax >> 20) & 0xff);
+    if (family == 0x6 || family >= 0xf) model += int((eax >> 16) & 0xf) << 4;
+  }
+#endif
+  return {family, model};
+}
+
+bool IsZen4(int family, int model) {
+  // Family 19h: Zen 3 at models 00-0F, 20-2F, 40-5F; Zen 4 at 10-1F (Genoa),
+  // 60-7F (Raphael, Phoenix), A0-AF (Bergamo, Siena).
+  return family == 0x19 && ((model >= 0x10 && model <= 0x1f) || (model >= 0x60 && model <= 0x7f) ||
+                            (model >= 0xa0 && model <= 0xaf));
+}
+
+bool CpuIsZen4() {
+  const auto [family, model] = CpuFamilyModel();
+  return IsZen4(family, model);
+}
+
 std::string CpuModel() {
 #if defined(__x86_64__) || defined(__i386__)
   unsigned regs[12] = {};
@@ -86,13 +112,7 @@ std::string CpuModel() {
     brand.assign(reinterpret_cast<const char*>(regs), sizeof(regs));
     brand = Trim(brand.substr(0, brand.find('\0')));
   }
-  int family = 0, model = 0;
-  if (__get_cpuid(1, &eax, &ebx, &ecx, &edx)) {
-    family = int((eax >> 8) & 0xf);
-    model = int((eax >> 4) & 0xf);
-    if (family == 0xf) family += int((eax >> 20) & 0xff);
-    if (family == 0x6 || family >= 0xf) model += int((eax >> 16) & 0xf) << 4;
-  }
+  const auto [family, model] = CpuFamilyModel();
   return (brand.empty() ? "unknown x86" : brand) + " (family " + std::to_string(family) +
          ", model " + std::to_string(model) + ")";
 #else
@@ -124,6 +144,8 @@ int64_t L3CacheBytes() {
   return bytes;
 }
 
+int64_t DefaultMhaDecodePrefetchBytes() { return CpuIsZen4() ? 0 : kDefaultDecodePrefetchBytes; }
+
 int64_t DefaultDecodePrefetchMinKvBytes() {
   const int64_t l3 = L3CacheBytes();
   return l3 > 0 ? std::min(l3 / 2, kMaxDefaultDecodePrefetchMinKvBytes) : int64_t{16} << 20;
@@ -133,9 +155,28 @@ Tuning DefaultTuning(std::string why) {
   Tuning t;
   t.cpu = CpuModel();
   t.target = DispatchedHighwayTarget();
+  t.flash_mha_decode_prefetch_bytes = DefaultMhaDecodePrefetchBytes();
   t.source = "built-in defaults (" + why + ")";
   return t;
 }
+
+namespace {
+
+// flash.<name>, when the file has it, into *out: an integer in [0, max].
+Status OptionalBytes(const json& flash, const char* name, int64_t max, int64_t* out) {
+  if (!flash.contains(name)) return Status();
+  const json* f;
+  ATTN_RETURN_IF_ERROR(
+      Field(flash, name, json::value_t::number_integer, "an integer", "tuning: flash.", &f));
+  *out = f->get<int64_t>();
+  if (*out < 0 || *out > max) {
+    return InvalidArgument("tuning: flash." + std::string(name) + "=" + std::to_string(*out) +
+                           " must be in [0, " + std::to_string(max) + "]");
+  }
+  return Status();
+}
+
+}  // namespace
 
 StatusOr<Tuning> ParseTuning(std::string_view text) {
   const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
@@ -162,30 +203,16 @@ StatusOr<Tuning> ParseTuning(std::string_view text) {
                            std::to_string(flash::kPad) + ", " + std::to_string(flash::kMaxBc) +
                            "]");
   }
-  // Optional: files written before it existed take the default.
-  if (flash->contains("decode_prefetch_bytes")) {
-    ATTN_RETURN_IF_ERROR(Field(*flash, "decode_prefetch_bytes", json::value_t::number_integer,
-                               "an integer", "tuning: flash.", &f));
-    t.flash_decode_prefetch_bytes = f->get<int64_t>();
-    if (t.flash_decode_prefetch_bytes < 0 ||
-        t.flash_decode_prefetch_bytes > kMaxDecodePrefetchBytes) {
-      return InvalidArgument(
-          "tuning: flash.decode_prefetch_bytes=" + std::to_string(t.flash_decode_prefetch_bytes) +
-          " must be in [0, " + std::to_string(kMaxDecodePrefetchBytes) + "]");
-    }
-  }
-  if (flash->contains("decode_prefetch_min_kv_bytes")) {
-    ATTN_RETURN_IF_ERROR(Field(*flash, "decode_prefetch_min_kv_bytes",
-                               json::value_t::number_integer, "an integer", "tuning: flash.", &f));
-    t.flash_decode_prefetch_min_kv_bytes = f->get<int64_t>();
-    if (t.flash_decode_prefetch_min_kv_bytes < 0 ||
-        t.flash_decode_prefetch_min_kv_bytes > kMaxDecodePrefetchMinKvBytes) {
-      return InvalidArgument("tuning: flash.decode_prefetch_min_kv_bytes=" +
-                             std::to_string(t.flash_decode_prefetch_min_kv_bytes) +
-                             " must be in [0, " + std::to_string(kMaxDecodePrefetchMinKvBytes) +
-                             "]");
-    }
-  }
+  // Optional: files written before they existed take the defaults.
+  ATTN_RETURN_IF_ERROR(OptionalBytes(*flash, "decode_prefetch_bytes", kMaxDecodePrefetchBytes,
+                                     &t.flash_decode_prefetch_bytes));
+  ATTN_RETURN_IF_ERROR(OptionalBytes(*flash, "mha_decode_prefetch_bytes", kMaxDecodePrefetchBytes,
+                                     &t.flash_mha_decode_prefetch_bytes));
+  ATTN_RETURN_IF_ERROR(OptionalBytes(*flash, "paged_prefetch_bytes", kMaxDecodePrefetchBytes,
+                                     &t.flash_paged_prefetch_bytes));
+  ATTN_RETURN_IF_ERROR(OptionalBytes(*flash, "decode_prefetch_min_kv_bytes",
+                                     kMaxDecodePrefetchMinKvBytes,
+                                     &t.flash_decode_prefetch_min_kv_bytes));
   const json* autos;
   ATTN_RETURN_IF_ERROR(Field(j, "auto", json::value_t::object, "an object", "tuning: ", &autos));
   const json* points;
@@ -215,6 +242,8 @@ std::string SerializeTuning(const Tuning& t) {
       {"flash",
        {{"key_tile", t.flash_key_tile},
         {"decode_prefetch_bytes", t.flash_decode_prefetch_bytes},
+        {"mha_decode_prefetch_bytes", t.flash_mha_decode_prefetch_bytes},
+        {"paged_prefetch_bytes", t.flash_paged_prefetch_bytes},
         {"decode_prefetch_min_kv_bytes", t.flash_decode_prefetch_min_kv_bytes}}},
       {"auto", {{"points", points}}}};
   return j.dump(2) + "\n";

@@ -9,7 +9,9 @@
 // It records the CPU model and the Highway target it was measured on and a
 // format version. It is read once per process, at the first kernel run:
 //   * missing: built-in defaults (flash key tile 512, as tuned on Zen 4;
-//     decode prefetch 32 KiB ahead, as measured on Zen 3, when K and V take
+//     decode prefetch 32 KiB ahead, as measured on Zen 3, none for MHA
+//     decode of a contiguous cache on Zen 4 (DefaultMhaDecodePrefetchBytes),
+//     when K and V take
 //     more than half the L3 or 32 MiB, whichever is less, as measured on the
 //     Intel Xeon VM; auto always picks flash);
 //   * stale (made on another CPU model or Highway target, or an older format)
@@ -25,6 +27,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "kernels/problem.h"
@@ -34,6 +37,9 @@ namespace attn {
 
 inline constexpr int kTuningFormat = 1;
 inline constexpr int64_t kMaxDecodePrefetchBytes = int64_t{1} << 20;
+// Decode's prefetch distance where no tuning and no CPU default says otherwise
+// (Tuning::flash_decode_prefetch_bytes, flash_paged_prefetch_bytes).
+inline constexpr int64_t kDefaultDecodePrefetchBytes = 32 * 1024;
 
 // One measured point of `auto`'s table: at this head dimension, mask class,
 // thread count and N = Lq = Lk, `variant` was the fastest fp32 variant.
@@ -60,6 +66,15 @@ int64_t L3CacheBytes();
 // (serving, between layers) would gain from it at any size; that is not
 // measured.
 int64_t DefaultDecodePrefetchMinKvBytes();
+// The decode prefetch distance of a contiguous cache read by one query row
+// per kv head (MHA decode) when no tuning says otherwise, per detected CPU:
+// none on Zen 4 (CpuIsZen4), where its fp32 kernels read faster from memory
+// without it (one thread, d = 128, K and V of 32-512 MiB on 2 MiB pages: 0.66-0.76x
+// the time, fp16 0.84x, bf16 0.86-0.94x; on 4 KiB pages 0.76x; kernels/DESIGN.md,
+// "Decode prefetch on Zen 4"), else kDefaultDecodePrefetchBytes (Zen 3:
+// 1.01-1.28x faster with it). GQA blocks keep kDefaultDecodePrefetchBytes on
+// Zen 4 too: its bf16 and int8 kernels read 1.1-1.4x faster with it.
+int64_t DefaultMhaDecodePrefetchBytes();
 // The cap: the Intel Xeon VM's sysfs says 480 MiB of L3, yet prefetching paid
 // from 64 MiB of K and V up (fp32 decode, d = 128, 1 thread: GQA-4 0.57-0.84x
 // the time, MHA 0.92-0.97x) and lost at 8-32 MiB (1.02-1.18x); half its
@@ -74,15 +89,30 @@ struct Tuning {
   std::string target;  // DispatchedHighwayTarget() there
   // flash: keys per tile (Bc), a multiple of 16 in [16, 512].
   int64_t flash_key_tile = 512;
-  // flash: how far ahead of the K or V row a few-row (decode) block reads it
-  // prefetches into L2, in bytes, in the order it reads them (paged: block
-  // after block; kernels/internal/read_ahead.h), when the problem's K and V
-  // exceed flash_decode_prefetch_min_kv_bytes (else nothing: DecodePrefetchBytes). 0: none
-  // on a contiguous cache, one block ahead on a paged one. At most kMaxDecodePrefetchBytes. Zen 3
-  // VM, d = 128, K and V of 32-512 MiB, medians of 6 processes: GQA-4 decode 1.24-1.32x faster on
-  // one thread, 1.24-1.48x on two, MHA 1.01-1.13x and 1.01-1.28x (kernels/DESIGN.md, "Decode
-  // prefetch"). A file without it (written before it existed) takes this default.
-  int64_t flash_decode_prefetch_bytes = 32 * 1024;
+  // flash: how far ahead of the K or V row a few-row (decode) block of
+  // several query rows per kv head (GQA) reads it prefetches into L2, in
+  // bytes, in the order it reads them, on a contiguous cache, when the
+  // problem's K and V exceed flash_decode_prefetch_min_kv_bytes (else nothing:
+  // DecodePrefetchBytes). 0: none. At most kMaxDecodePrefetchBytes. Zen 3 VM, d = 128, K and V
+  // of 32-512 MiB, medians of 6 processes: GQA-4 decode 1.24-1.32x faster on one thread,
+  // 1.24-1.48x on two (kernels/DESIGN.md, "Decode prefetch"). A file without it (written before
+  // it existed) takes the default.
+  int64_t flash_decode_prefetch_bytes = kDefaultDecodePrefetchBytes;
+  // flash: the same for a block of one query row per kv head (MHA decode),
+  // whose kernels read several times the bytes per instruction: Zen 3 VM
+  // 1.01-1.13x faster with 32 KiB on one thread, 1.01-1.28x on two; on Zen 4
+  // slower (DefaultMhaDecodePrefetchBytes, which DefaultTuning sets here). A
+  // file without it takes kDefaultDecodePrefetchBytes.
+  int64_t flash_mha_decode_prefetch_bytes = kDefaultDecodePrefetchBytes;
+  // flash: the same on a paged cache, in read order (block after block;
+  // kernels/internal/read_ahead.h). 0: one group of blocks ahead (the
+  // hardware prefetcher cannot follow the jumps between blocks). Its own
+  // field since the two caches want different distances: on the Zen 4 VM
+  // block size 16 ran 1.3-2.2x slower with one block ahead than 8-32 KiB
+  // ahead where contiguous MHA decode ran fastest with none (kernels/DESIGN.md,
+  // "Decode prefetch on Zen 4"). `attnlab tune` does not measure it (its
+  // problems are contiguous). A file without it takes the default.
+  int64_t flash_paged_prefetch_bytes = kDefaultDecodePrefetchBytes;
   // flash: the K and V bytes (all of a problem's) above which decode
   // prefetches: DefaultDecodePrefetchMinKvBytes() unless `attnlab tune`
   // measured where prefetching starts to pay, at most
@@ -98,20 +128,34 @@ struct Tuning {
 // DecodePrefetchBytes' answer where decode prefetches nothing, on either cache.
 inline constexpr int64_t kNoDecodePrefetch = -1;
 
+// The distance the tuning gives a paged cache, or a contiguous one read by
+// `rows` query rows per kv head.
+inline int64_t DecodePrefetchDistance(const Tuning& tuning, bool paged, int64_t rows) {
+  if (paged) return tuning.flash_paged_prefetch_bytes;
+  return rows == 1 ? tuning.flash_mha_decode_prefetch_bytes : tuning.flash_decode_prefetch_bytes;
+}
+
 // How far ahead flash's decode prefetches K and V that take kv_bytes in all: the tuning's distance
-// above its flash_decode_prefetch_min_kv_bytes, else kNoDecodePrefetch: at or under it K and V come
-// from the L3, where a paged cache's one block ahead (a distance of 0) cost more than it saved
-// (Sapphire Rapids VM, 32 MiB, GQA-4: paged decode 1.12-1.25x faster without it; kernels/DESIGN.md,
-// "Paged K/V", "On the Sapphire Rapids VM"). flash's plan and the bench's read ceiling both ask
-// here.
-inline int64_t DecodePrefetchBytes(const Tuning& tuning, int64_t kv_bytes) {
-  return kv_bytes > tuning.flash_decode_prefetch_min_kv_bytes ? tuning.flash_decode_prefetch_bytes
-                                                              : kNoDecodePrefetch;
+// for the cache (DecodePrefetchDistance) above its flash_decode_prefetch_min_kv_bytes, else
+// kNoDecodePrefetch: at or under it K and V come from the L3, where a paged cache's one block
+// ahead (a distance of 0) cost more than it saved (Sapphire Rapids VM, 32 MiB, GQA-4: paged decode
+// 1.12-1.25x faster without it; kernels/DESIGN.md, "Paged K/V", "On the Sapphire Rapids VM").
+// flash's plan and the bench's read ceiling both ask here.
+inline int64_t DecodePrefetchBytes(const Tuning& tuning, int64_t kv_bytes, bool paged,
+                                   int64_t rows) {
+  return kv_bytes > tuning.flash_decode_prefetch_min_kv_bytes
+             ? DecodePrefetchDistance(tuning, paged, rows)
+             : kNoDecodePrefetch;
 }
 
 // "AMD EPYC (family 25, model 17)": the brand string and CPUID family/model,
 // what a tuning is valid for.
 std::string CpuModel();
+// CPUID's family and model (0, 0 off x86); whether a family and model are a
+// Zen 4 core, and whether this CPU is one.
+std::pair<int, int> CpuFamilyModel();
+bool IsZen4(int family, int model);
+bool CpuIsZen4();
 
 // The defaults (no file): what the kernels were tuned with.
 Tuning DefaultTuning(std::string why);

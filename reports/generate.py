@@ -1885,7 +1885,9 @@ class Report:
              "loop on one core, measured interleaved with these cases in the same run (files "
              "from before it: `ukernel/fma_peak`). GFLOPS and the peak fraction for the entries "
              "that are FMA work (scores, P·V, dot); elements written per second for the "
-             "others.", "")
+             "others. Decode's entries also `from:memory`: called tile after tile over a buffer "
+             "twice the L3 (2 MiB pages), reading K or V once as decode does; GB/s of the "
+             "operand and its fraction of the best `ceiling_stream/threads:1` of the run.", "")
     for source in sorted({c.source for c in cases}):
       mine = [c for c in cases if c.source == source]
       peak = self.fma_ceiling(source, 1)
@@ -1899,6 +1901,12 @@ class Report:
           g = c.counter("GFLOPS")
           return None if g is None else g / peak.counter("GFLOPS")
         return c.counter("peak_fraction")
+      stream = self.stream_ceiling(source, 1)
+      stream_gbps = stream.best("GBps") if stream else None
+
+      def of_stream(c, stream_gbps=stream_gbps):
+        g = c.counter("GB_per_s")
+        return None if g is None or not stream_gbps else g / stream_gbps
       rows = []
       for c in sorted((c for c in mine if c.scenario != ar.FMA_PEAK),
                       key=lambda c: natural_key(c.name)):
@@ -1907,11 +1915,16 @@ class Report:
                      case_cell(c, lambda c: fmt_num(c.counter("GFLOPS"))),
                      case_cell(c, lambda c: fmt_pct(of_peak(c))),
                      case_cell(c, lambda c: fmt_num(c.counter("Gelems_per_s"))),
+                     case_cell(c, lambda c: fmt_num(c.counter("GB_per_s"))),
+                     case_cell(c, lambda c: fmt_pct(of_stream(c))),
                      case_cell(c, lambda c: fmt_time(c.time_s))])
       head = (f"FMA peak: **{fmt_num(peak.counter('GFLOPS'))} GFLOP/s** (`{peak.name}`)"
               if peak and peak.ok else "FMA peak: —")
+      head += (f"; stream: **{fmt_num(stream_gbps)} GB/s** (`{stream.name}`, best repetition)"
+               if stream_gbps else "")
       self.add(f"{self.host_prefix(source)}{head}", "",
-               md_table(["entry", "shape", "GFLOP/s", "of FMA peak", "Gelem/s", "ms/call"], rows),
+               md_table(["entry", "shape", "GFLOP/s", "of FMA peak", "Gelem/s", "GB/s",
+                         "of stream", "ms/call"], rows),
                "")
       best = {}  # entry -> its best fraction of the peak over its shapes
       for c in mine:

@@ -465,6 +465,9 @@ def test_precision(work, doc, accdoc):
 # its best repetition.
 FMA_REPS = {1: (90.0, 110.0, 100.0), 2: (180.0, 220.0, 200.0)}
 STREAM_REPS = {1: (20.0, 31.5, 25.0), 2: (30.0, 41.5, 35.0)}
+# A decode micro-kernel streaming its operand from memory (GB_per_s), 3 repetitions.
+FROM_MEMORY = ("ukernel/f32_pv_4x8v_onepass/rows:4/keys:512/d:128/from:memory/threads:1",
+               (24.0, 28.35, 27.0))
 
 
 def repetition(name, index, count, time_ms, counters, label=None):
@@ -493,6 +496,11 @@ def with_ceilings(doc):
       out["benchmarks"].append(repetition(
           f"ceiling_stream/bytes:1073741824/threads:{t}", i, len(reps), 1073.741824 / gb,
           {"GBps": gb, "bytes": 1073741824.0, "threads": float(t)}))
+  name, reps = FROM_MEMORY
+  for i, gb in enumerate(reps):
+    out["benchmarks"].append(repetition(name, i, len(reps), 0.262144 / gb,
+                                        {"GB_per_s": gb, "GFLOPS": gb, "Gelems_per_s": gb / 8,
+                                         "threads": 1.0}))
   return out
 
 
@@ -608,6 +616,15 @@ def test_ceilings(work, doc):
     want = generate.fmt_pct(statistics.median(e["GFLOPS"] for e in med_counters[uk]) / fma[1])
     check(any(f"| {want} |" in l for l in ukernel.splitlines() if f"`{parse(uk)[1]}`" in l),
           f"{uk}: {want} of ceiling_fma/threads:1")
+  # A from:memory entry: its median GB/s and that over the best stream repetition.
+  name, reps = FROM_MEMORY
+  gb = statistics.median(reps)
+  row = next((l for l in ukernel.splitlines()
+              if f"`{parse(name)[1]}`" in l and "from=memory" in l), "")
+  check(f"| {generate.fmt_num(gb)} | {generate.fmt_pct(gb / best[1])} |" in row,
+        f"{name}: {gb} GB/s, {gb / best[1]:.2f} of the best ceiling_stream/threads:1 (got {row})")
+  check(f"stream: **{generate.fmt_num(best[1])} GB/s**" in ukernel,
+        "the micro-kernel section names the stream ceiling it divides by")
   # The roofline's x: FLOPs per call / bytes_min (a decode case: 4·H·Lk·d FLOPs).
   run = ar.load_results([path_in])
   dec = next(c for c in run.all_cases() if c.scenario == "decode" and c.variant and c.ok)

@@ -448,7 +448,7 @@ TEST(PagedReadAheadTest, DecodePrefetchChangesNoBits) {
       std::vector<float> first;
       for (int64_t bytes : {int64_t{0}, int64_t{64}, int64_t{32768}, kMaxDecodePrefetchBytes}) {
         Tuning t = DefaultTuning("test");
-        t.flash_decode_prefetch_bytes = bytes;
+        t.flash_paged_prefetch_bytes = bytes;  // the distance a paged cache takes
         ScopedTuning scope(t);
         const std::string name =
             spec.Name() + " bs " + std::to_string(bs) + " prefetch " + std::to_string(bytes);

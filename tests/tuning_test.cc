@@ -39,6 +39,8 @@ Tuning ThisMachine() {
 Tuning Table() {
   Tuning t = ThisMachine();
   t.flash_decode_prefetch_bytes = 8192;  // not the defaults: the round trip reads them
+  t.flash_mha_decode_prefetch_bytes = 2048;
+  t.flash_paged_prefetch_bytes = 4096;
   t.flash_decode_prefetch_min_kv_bytes = 48 << 20;
   t.auto_points = {{64, false, 1, 128, "simd"},
                    {64, false, 1, 256, "simd"},
@@ -70,6 +72,8 @@ TEST(TuningFile, RoundTrips) {
   EXPECT_EQ(back->target, t.target);
   EXPECT_EQ(back->flash_key_tile, t.flash_key_tile);
   EXPECT_EQ(back->flash_decode_prefetch_bytes, 8192);
+  EXPECT_EQ(back->flash_mha_decode_prefetch_bytes, 2048);
+  EXPECT_EQ(back->flash_paged_prefetch_bytes, 4096);
   EXPECT_EQ(back->flash_decode_prefetch_min_kv_bytes, 48 << 20);
   EXPECT_EQ(back->auto_points, t.auto_points);
   EXPECT_EQ(Stale(*back), "");
@@ -96,6 +100,12 @@ TEST(TuningFile, BadFieldsAreNamed) {
        "flash.decode_prefetch_bytes=2000000"},
       {with("\"decode_prefetch_bytes\": 8192", "\"decode_prefetch_bytes\": 1.5"),
        "flash.decode_prefetch_bytes must be an integer"},
+      {with("\"mha_decode_prefetch_bytes\": 2048", "\"mha_decode_prefetch_bytes\": -2"),
+       "flash.mha_decode_prefetch_bytes=-2 must be in [0, 1048576]"},
+      {with("\"paged_prefetch_bytes\": 4096", "\"paged_prefetch_bytes\": 1048577"),
+       "flash.paged_prefetch_bytes=1048577 must be in [0, 1048576]"},
+      {with("\"paged_prefetch_bytes\": 4096", "\"paged_prefetch_bytes\": null"),
+       "flash.paged_prefetch_bytes must be an integer"},
       {with("\"decode_prefetch_min_kv_bytes\": 50331648", "\"decode_prefetch_min_kv_bytes\": -5"),
        "flash.decode_prefetch_min_kv_bytes=-5 must be in [0, 1099511627776]"},
       {with("\"decode_prefetch_min_kv_bytes\": 50331648",
@@ -116,24 +126,75 @@ TEST(TuningFile, BadFieldsAreNamed) {
   }
 }
 
-// Files written before flash.decode_prefetch_bytes or
-// flash.decode_prefetch_min_kv_bytes existed stay valid and take the built-in
-// defaults.
+// Files written before flash.decode_prefetch_bytes,
+// flash.mha_decode_prefetch_bytes, flash.paged_prefetch_bytes or
+// flash.decode_prefetch_min_kv_bytes existed stay valid and take the
+// defaults (kDefaultDecodePrefetchBytes for the distances: a file is made on
+// one CPU, whose tuning it holds).
 TEST(TuningFile, WithoutDecodePrefetchTakesTheDefault) {
-  for (const std::string field : {",\n    \"decode_prefetch_bytes\": 8192",
-                                  ",\n    \"decode_prefetch_min_kv_bytes\": 50331648"}) {
+  for (const std::string field :
+       {",\n    \"decode_prefetch_bytes\": 8192", ",\n    \"mha_decode_prefetch_bytes\": 2048",
+        ",\n    \"paged_prefetch_bytes\": 4096",
+        ",\n    \"decode_prefetch_min_kv_bytes\": 50331648"}) {
     std::string text = SerializeTuning(Table());
     const size_t at = text.find(field);
     ASSERT_NE(at, std::string::npos) << text;
     text.erase(at, field.size());
     StatusOr<Tuning> t = ParseTuning(text);
     ASSERT_TRUE(t.ok()) << t.status().message() << "\n" << text;
-    const bool distance = field.find("min_kv") == std::string::npos;
-    EXPECT_EQ(t->flash_decode_prefetch_bytes,
-              distance ? Tuning{}.flash_decode_prefetch_bytes : 8192);
+    const bool distance = field.find("\"decode_prefetch_bytes") != std::string::npos;
+    const bool mha = field.find("mha") != std::string::npos;
+    const bool paged = field.find("paged") != std::string::npos;
+    const bool min_kv = field.find("min_kv") != std::string::npos;
+    EXPECT_EQ(t->flash_decode_prefetch_bytes, distance ? kDefaultDecodePrefetchBytes : 8192);
+    EXPECT_EQ(t->flash_mha_decode_prefetch_bytes, mha ? kDefaultDecodePrefetchBytes : 2048);
+    EXPECT_EQ(t->flash_paged_prefetch_bytes, paged ? kDefaultDecodePrefetchBytes : 4096);
     EXPECT_EQ(t->flash_decode_prefetch_min_kv_bytes,
-              distance ? 48 << 20 : DefaultDecodePrefetchMinKvBytes());
+              min_kv ? DefaultDecodePrefetchMinKvBytes() : 48 << 20);
     EXPECT_EQ(t->flash_key_tile, Table().flash_key_tile);
+  }
+}
+
+// The built-in defaults by CPU: MHA decode of a contiguous cache prefetches
+// nothing on Zen 4 and kDefaultDecodePrefetchBytes ahead elsewhere; GQA
+// decode and a paged cache kDefaultDecodePrefetchBytes everywhere. (The
+// defaults part reads the CPU it runs on.)
+TEST(TuningDefaults, DecodePrefetchByCpu) {
+  // Zen 4: Genoa (the Zen 4 VM: family 25, model 17), Raphael, Phoenix,
+  // Bergamo; not Zen 3 (Milan, Vermeer), Zen 5 (family 26) or Sapphire Rapids.
+  for (const auto& [family, model] : {std::pair{25, 0x11}, {25, 0x61}, {25, 0x74}, {25, 0xa0}}) {
+    EXPECT_TRUE(IsZen4(family, model)) << family << ", " << model;
+  }
+  for (const auto& [family, model] :
+       {std::pair{25, 0x01}, {25, 0x21}, {25, 0x50}, {26, 0x11}, {6, 0x8f}, {23, 0x31}}) {
+    EXPECT_FALSE(IsZen4(family, model)) << family << ", " << model;
+  }
+  const Tuning t = DefaultTuning("test");
+  SCOPED_TRACE(CpuModel());
+  EXPECT_EQ(CpuIsZen4(), IsZen4(CpuFamilyModel().first, CpuFamilyModel().second));
+  EXPECT_EQ(t.flash_mha_decode_prefetch_bytes, CpuIsZen4() ? 0 : kDefaultDecodePrefetchBytes);
+  EXPECT_EQ(DefaultMhaDecodePrefetchBytes(), t.flash_mha_decode_prefetch_bytes);
+  EXPECT_EQ(t.flash_decode_prefetch_bytes, kDefaultDecodePrefetchBytes);
+  EXPECT_EQ(t.flash_paged_prefetch_bytes, kDefaultDecodePrefetchBytes);
+  // The field each block takes above the threshold, none at or under it.
+  Tuning u = t;
+  u.flash_decode_prefetch_bytes = 100, u.flash_mha_decode_prefetch_bytes = 200;
+  u.flash_paged_prefetch_bytes = 300;
+  const int64_t above = u.flash_decode_prefetch_min_kv_bytes + 1;
+  EXPECT_EQ(DecodePrefetchBytes(u, above, /*paged=*/false, /*rows=*/4), 100);
+  EXPECT_EQ(DecodePrefetchBytes(u, above, /*paged=*/false, /*rows=*/1), 200);
+  EXPECT_EQ(DecodePrefetchBytes(u, above, /*paged=*/true, /*rows=*/1), 300);
+  EXPECT_EQ(DecodePrefetchBytes(u, above, /*paged=*/true, /*rows=*/4), 300);
+  EXPECT_EQ(DecodePrefetchBytes(u, above - 1, /*paged=*/true, /*rows=*/4), kNoDecodePrefetch);
+  // And flash's plan asks for it: MHA and GQA-4 decode above the threshold.
+  u.flash_decode_prefetch_min_kv_bytes = 0;
+  ScopedTuning scope(u);
+  for (const auto& [kv_heads, want] : {std::pair{int64_t{8}, 200}, {int64_t{2}, 100}}) {
+    ProblemSpec spec;
+    spec.shape = Shape{1, 8, kv_heads, 1, 1024, 128, 128};
+    ProblemData data(spec);
+    EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).decode_prefetch_bytes, want)
+        << "Hkv " << kv_heads;
   }
 }
 
@@ -334,7 +395,7 @@ TEST(ActiveTuning, DecodePrefetchChangesNoBits) {
     std::vector<float> first;
     for (int64_t bytes : {int64_t{0}, int64_t{64}, int64_t{32768}, kMaxDecodePrefetchBytes}) {
       Tuning t = ThisMachine();
-      t.flash_decode_prefetch_bytes = bytes;
+      t.flash_decode_prefetch_bytes = t.flash_mha_decode_prefetch_bytes = bytes;  // GQA, MHA
       ScopedTuning scope(t);
       EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).decode_prefetch_bytes, bytes);
       data.Poison();

@@ -210,9 +210,11 @@ inline Plan MakePlan(const ValidProblem& p) {
   const int64_t kv_bytes =
       s.batch * s.kv_heads * s.kv_len *
       int64_t(DTypeBytes(p.k.dtype) * s.head_dim + DTypeBytes(p.v.dtype) * s.value_dim);
-  plan.decode_prefetch_bytes = g_decode_prefetch_for_test.load()
-                                   ? ActiveTuning().flash_decode_prefetch_bytes
-                                   : DecodePrefetchBytes(ActiveTuning(), kv_bytes);
+  const bool paged = p.kv_pages.has_value();
+  plan.decode_prefetch_bytes =
+      g_decode_prefetch_for_test.load()
+          ? DecodePrefetchDistance(ActiveTuning(), paged, plan.rows)
+          : DecodePrefetchBytes(ActiveTuning(), kv_bytes, paged, plan.rows);
   plan.block_rows = std::min(plan.item_rows(), plan.rows) * plan.heads;
   plan.dvp = RoundUp(s.value_dim, kPad);
   plan.v_in_place = plan.dvp == s.value_dim && p.v.dtype == DType::kF32;

@@ -133,6 +133,9 @@ _SIZE_PARAMS = {"N", "Lq", "Lk", "d", "H", "Hkv", "threads", "w", "bytes"}
 DTYPE_PARAM = "dtype"
 PATH_PARAM = "path"
 PATH_NAMES = ("default", "portable", "no_amx")
+# A decode micro-kernel reading its operand from memory (ukernel/.../from:memory/...).
+FROM_PARAM = "from"
+FROM_NAMES = ("memory",)
 
 
 class InputError(ValueError):
@@ -240,6 +243,10 @@ def _check_name(where, name):
       if v not in PATH_NAMES:
         raise InputError(f"{where}: parameter {k}:{v} is not a code path (want one of "
                          f"{', '.join(PATH_NAMES)})")
+    elif k == FROM_PARAM:
+      if v not in FROM_NAMES:
+        raise InputError(f"{where}: parameter {k}:{v} is not a data source (want one of "
+                         f"{', '.join(FROM_NAMES)})")
     elif isinstance(value, str):
       raise InputError(f"{where}: parameter {k}:{v} is not a number")
     if k in _SIZE_PARAMS and not _is_positive_int(value):
@@ -600,7 +607,7 @@ class Case:
     self.name = name
     self.family, self.variant, self.scenario, raw = parse_name(name)
     self.peer = peer_of(name)  # peer_torch_plain for peer_torch_plain/... and grad/peer_.../...
-    self.params = {k: v if k in (DTYPE_PARAM, PATH_PARAM) else param_value(v)
+    self.params = {k: v if k in (DTYPE_PARAM, PATH_PARAM, FROM_PARAM) else param_value(v)
                    for k, v in raw.items()}
     # Element types of Q, K, V, O ('f32',) * 4 without a dtype token; `dtype` their label
     # ('f32', 'bf16', 'f32-i8-i8-f32').
