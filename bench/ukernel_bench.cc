@@ -124,20 +124,21 @@ void TimeShape(benchmark::State& state, const Ukernel& u, Args& args, const T** 
 
 using Runner = std::function<void(benchmark::State&)>;
 
-// The shape's name tokens for the L2 (from_memory false) and the memory
-// (true) form of a decode entry's shape.
-std::string FromTokens(const std::string& tokens, bool from_memory) {
-  return from_memory ? tokens + "/from:memory" : tokens;
+// A few-row (decode) entry's shape: `rows` x `keys` x `d` multiply-adds
+// (scores or P·V), `elements` written, in L2 or from memory (then its K or V
+// tile, keys x d of `element_bytes` each, streams: TimeShape).
+Shape FewRowShape(int64_t rows, int64_t keys, int64_t d, int64_t elements, double element_bytes,
+                  bool from_memory) {
+  Shape s{"rows:" + std::to_string(rows) + "/keys:" + std::to_string(keys) +
+              "/d:" + std::to_string(d) + (from_memory ? "/from:memory" : ""),
+          2.0 * rows * keys * d, double(elements)};
+  s.bytes = from_memory ? element_bytes * keys * d : 0;
+  return s;
 }
 
-// The decode kernels' shape, GQA-4's 4 rows x 512 keys at d = 128, in L2 or
-// from memory (then its K or V tile of `element_bytes` per element streams).
+// The decode kernels' shape: GQA-4's 4 rows x 512 keys at d = 128.
 Shape DecodeShape(bool from_memory, int64_t elements, double element_bytes) {
-  constexpr int64_t kRows = 4, kKeys = 512, kD = 128;
-  Shape s{FromTokens("rows:4/keys:512/d:128", from_memory), 2.0 * kRows * kKeys * kD,
-          double(elements)};
-  s.bytes = from_memory ? element_bytes * kKeys * kD : 0;
-  return s;
+  return FewRowShape(4, 512, 128, elements, element_bytes, from_memory);
 }
 
 // The shapes each family is benchmarked at: those the variants call it with
@@ -165,10 +166,7 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
       for (int64_t nrows : rows) {
         for (bool from_memory : {false, true}) {
           const int64_t keys = 512, lds = 512, dkp = dk;
-          Shape s{FromTokens("rows:" + std::to_string(nrows) + "/keys:512/d:" + std::to_string(dk),
-                             from_memory),
-                  2.0 * nrows * keys * dk, double(nrows * keys)};
-          s.bytes = from_memory ? 4.0 * keys * dk : 0;
+          const Shape s = FewRowShape(nrows, keys, dk, nrows * keys, 4.0, from_memory);
           out.push_back({s, [=](benchmark::State& st) {
                            Floats q(nrows * dkp), k(keys * dk), sc(nrows * lds);
                            ukernels::ScoreRowsArgs a{q.get(), dkp, nrows,    k.get(), dk,
@@ -212,11 +210,7 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
           if (from_memory && pp.key_major) continue;
           const int64_t keys = pp.keys, nvec = pp.dv / lanes;
           const int64_t pj = pp.key_major ? 64 : 1, pm = pp.key_major ? 1 : keys;
-          Shape s{FromTokens("rows:" + std::to_string(pp.rows) + "/keys:" + std::to_string(keys) +
-                                 "/d:" + std::to_string(pp.dv),
-                             from_memory),
-                  2.0 * pp.rows * keys * pp.dv, double(pp.rows * pp.dv)};
-          s.bytes = from_memory ? 4.0 * keys * pp.dv : 0;
+          const Shape s = FewRowShape(pp.rows, keys, pp.dv, pp.rows * pp.dv, 4.0, from_memory);
           out.push_back({s, [=](benchmark::State& st) {
                            Floats p(keys * 64 + pp.rows * keys), v(keys * pp.dv),
                                o(pp.rows * pp.dv);

@@ -219,7 +219,7 @@ int64_t TuneDecodePrefetchMinKvBytes(const TuneArgs& args, const Tuning& base) {
 // ahead took 0.80-0.98x the time at 64 MiB and 0.95-1.05x at 512 MiB, whose
 // stream the hardware prefetcher keeps up with by itself; on the Zen 4 VM MHA
 // decode ran 1.4x faster without it, GQA-4 about as fast (kernels/DESIGN.md,
-// "Decode prefetch on Zen 4"). Decode times move 10-20% between runs on a
+// "Per rows per kv head, and paged on its own"). Decode times move 10-20% between runs on a
 // shared VM, hence the 3% margin. --quick keeps the defaults: its problems
 // stay in cache.
 void TuneDecodePrefetch(const TuneArgs& args, Tuning& tuned) {

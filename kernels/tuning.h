@@ -38,7 +38,8 @@ namespace attn {
 inline constexpr int kTuningFormat = 1;
 inline constexpr int64_t kMaxDecodePrefetchBytes = int64_t{1} << 20;
 // Decode's prefetch distance where no tuning and no CPU default says otherwise
-// (Tuning::flash_decode_prefetch_bytes, flash_paged_prefetch_bytes).
+// (Tuning::flash_decode_prefetch_bytes, flash_mha_decode_prefetch_bytes,
+// flash_paged_prefetch_bytes).
 inline constexpr int64_t kDefaultDecodePrefetchBytes = 32 * 1024;
 
 // One measured point of `auto`'s table: at this head dimension, mask class,
@@ -71,7 +72,7 @@ int64_t DefaultDecodePrefetchMinKvBytes();
 // none on Zen 4 (CpuIsZen4), where its fp32 kernels read faster from memory
 // without it (one thread, d = 128, K and V of 32-512 MiB on 2 MiB pages: 0.66-0.76x
 // the time, fp16 0.84x, bf16 0.86-0.94x; on 4 KiB pages 0.76x; kernels/DESIGN.md,
-// "Decode prefetch on Zen 4"), else kDefaultDecodePrefetchBytes (Zen 3:
+// "Per rows per kv head, and paged on its own"), else kDefaultDecodePrefetchBytes (Zen 3:
 // 1.01-1.28x faster with it). GQA blocks keep kDefaultDecodePrefetchBytes on
 // Zen 4 too: its bf16 and int8 kernels read 1.1-1.4x faster with it.
 int64_t DefaultMhaDecodePrefetchBytes();
@@ -110,7 +111,7 @@ struct Tuning {
   // field since the two caches want different distances: on the Zen 4 VM
   // block size 16 ran 1.3-2.2x slower with one block ahead than 8-32 KiB
   // ahead where contiguous MHA decode ran fastest with none (kernels/DESIGN.md,
-  // "Decode prefetch on Zen 4"). `attnlab tune` does not measure it (its
+  // "Per rows per kv head, and paged on its own"). `attnlab tune` does not measure it (its
   // problems are contiguous). A file without it takes the default.
   int64_t flash_paged_prefetch_bytes = kDefaultDecodePrefetchBytes;
   // flash: the K and V bytes (all of a problem's) above which decode
