@@ -272,8 +272,12 @@ std::vector<std::pair<Shape, Runner>> Shapes(const Ukernel& u, int64_t lanes, do
       out.push_back({s, [=](benchmark::State& st) {
                        Floats sc(keys * 64), m(64), l(64), alpha(64);
                        for (int64_t x = 0; x < 64; ++x) m.get()[x] = 2.0f, l.get()[x] = 1.0f;
-                       ukernels::OnlineSoftmaxArgs a{sc.get(), ld,      keys,       rows,
-                                                     m.get(),  l.get(), alpha.get()};
+                       // The columns form's arguments (tile_max null: it
+                       // finds the maximum itself); the rows form reads the
+                       // base part.
+                       ukernels::OnlineSoftmaxColumnsArgs a;
+                       static_cast<ukernels::OnlineSoftmaxArgs&>(a) = {
+                           sc.get(), ld, keys, rows, m.get(), l.get(), alpha.get()};
                        Time(st, *up, a, s, peak);
                      }});
       break;

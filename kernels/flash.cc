@@ -631,7 +631,8 @@ void ScaleKeys(const ValidProblem& p, const RowScales& scales, const Block& blk,
 // memory and prefetch rows a distance ahead in the order they read them
 // (`next_run`: DecodeRowsAhead), paged or not.
 void F32ScoresRun(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
-                  int64_t j1, float* st, const PrefetchRows& next_run, Scratch& sc) {
+                  int64_t j1, float* st, const PrefetchRows& next_run, Scratch& sc,
+                  float* tile_max) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t nc = j1 - j0, dk = p.shape.head_dim;
   if (blk.k_pairs) {
@@ -681,7 +682,8 @@ void F32ScoresRun(const ValidProblem& p, const flash::Plan& plan, const Block& b
             p.shape.value_dim * v_bytes,
             std::min({j1 + plan.bc, blk.uhi, p.KvRunEnd(j1)}) - j1};
   }
-  ScoreTile(sc.qt, k, ks, nc, dk, blk.rp / N, st, p.modifiers.softcap.value_or(0.0f), next);
+  ScoreTile(sc.qt, k, ks, nc, dk, blk.rp / N, st, p.modifiers.softcap.value_or(0.0f), next,
+            tile_max);
 }
 
 // Calls f(r0, r1) for the runs of keys [j0, j1) whose K and V rows each lie
@@ -803,12 +805,13 @@ void F32ScoresRuns(const ValidProblem& p, const Block& blk, int64_t a, KeyRuns r
 // its kernels take runs (ScoresTakeRuns), else run by run; decode
 // prefetching K rows ahead (DecodeRowsAhead).
 void F32Scores(const ValidProblem& p, const flash::Plan& plan, std::span<const Block> blocks,
-               std::span<Scratch> parts, int64_t j0, int64_t j1) {
+               std::span<Scratch> parts, int64_t j0, int64_t j1, float* tile_max) {
   const int64_t dk = p.shape.head_dim;
+  if (tile_max != nullptr) std::fill(tile_max, tile_max + blocks[0].rp, -kInf);
   auto run = [&](size_t g, int64_t r0, int64_t r1) {
     const PrefetchRows next_run = DecodeRowsAhead(p, plan, p.k, dk, blocks, g, r0, r1);
     F32ScoresRun(p, plan, blocks[g], r0, r1, parts[g].st + (r0 - j0) * blocks[g].sj, next_run,
-                 parts[g]);
+                 parts[g], tile_max);
   };
   if (plan.run_group_blocks == 1) {
     return ForEachKvRun(p, j0, j1, [&](int64_t r0, int64_t r1) {
@@ -1022,6 +1025,17 @@ bool ScaleInSoftmax(const ValidProblem& p) {
          p.mask.kind != MaskKind::kAdditive;
 }
 
+// Whether a many-row fp32 block's whole tiles leave the score tile final:
+// nothing but the tile (which applies the softcap, SoftcapInScores) touches
+// them before the softmax (no ALiBi or additive mask; -inf masking touches
+// partial tiles only), so the tile's maximum can come from ScoreTile
+// (col_max) instead of a pass over Sᵀ (with the softmax's other changes,
+// fp32 flash 0.92-0.98x the time on the Emerald Rapids VM; kernels/DESIGN.md,
+// "The softmax on a 2-FMA-port core").
+bool F32ScoresFinalInTile(const ValidProblem& p) {
+  return p.modifiers.alibi_slopes.empty() && p.mask.kind != MaskKind::kAdditive;
+}
+
 // The keys whose V pairs sc.vp holds ([j0, j1) of the item's head), so
 // that the row blocks of an item pair each V tile once (AttendBlock); empty
 // when sc.vp holds anything else.
@@ -1117,7 +1131,7 @@ void AttendTile(const ValidProblem& p, const flash::Plan& plan, std::span<const 
   if (blk.pairs) {
     Bf16Scores(p, blk, j0, nc, math.score_scale, parts[0], tile_max);
   } else {
-    F32Scores(p, plan, blocks, parts, j0, j1);
+    F32Scores(p, plan, blocks, parts, j0, j1, tile_max);
   }
   for (size_t g = 0; g < blocks.size(); ++g) {
     Scratch& part = parts[g];
@@ -1131,7 +1145,7 @@ void AttendTile(const ValidProblem& p, const flash::Plan& plan, std::span<const 
       blk.pairs->softmax_to_rows(part.st, nc, blk.rp / N, math.softmax_scale, part.m, part.l,
                                  part.alpha, part.pr, plan.p_row_pairs, tile_max);
     } else {
-      OnlineSoftmaxColumns(part.st, kBr, nc, blk.rp, part.m, part.l, part.alpha);
+      OnlineSoftmaxColumns(part.st, kBr, nc, blk.rp, part.m, part.l, part.alpha, tile_max);
     }
     if (!first) RescaleO(blocks[g], plan.dvp, part);
   }
@@ -1182,6 +1196,8 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   TileMath math{p.scale, 1.0f, false};
   if (blk.pairs && ScaleInSoftmax(p)) {
     std::swap(math.score_scale, math.softmax_scale);
+    math.max_from_scores = !flash::g_softmax_own_max_for_test.load();
+  } else if (!blk.pairs && !blk.few_rows && F32ScoresFinalInTile(p)) {
     math.max_from_scores = !flash::g_softmax_own_max_for_test.load();
   }
   const int64_t bc = plan.bc;

@@ -338,6 +338,24 @@ TEST(FlashTiles, ItemsOfSeveralRowBlocksGiveTheSameBits) {
   }
 }
 
+// Runs flash on `data` with the softmax taking each tile's maximum itself,
+// then given it by the score tile: both match the reference, bit for bit
+// alike.
+void ExpectScoreTileMaximumKeepsTheBits(ProblemData& data) {
+  std::vector<float> own;
+  {
+    SoftmaxOwnMaxScope scope;
+    RunAndCheck(data, 2, "the softmax's own maximum");
+    own = data.OutputContiguous();
+  }
+  data.Poison();
+  RunAndCheck(data, 2, "the score tile's maximum");
+  const std::vector<float> given = data.OutputContiguous();
+  ASSERT_EQ(own.size(), given.size());
+  EXPECT_EQ(0, std::memcmp(own.data(), given.data(), given.size() * sizeof(float)))
+      << "the score tile's maximum changed the bits";
+}
+
 // bf16 on each pair path this CPU has (AMX, and VDPBF16PS with
 // ATTNLAB_NO_AMX=1): the softmax given each whole tile's maximum by the
 // score tile (col_max) writes the bits it writes when it takes the maximum
@@ -360,18 +378,31 @@ TEST(FlashTiles, ScoreTileMaximumGivesTheSameBits) {
           ProblemSpec spec = Spec({1, 2, 2, 700, 700, d, d}, mask, 45);
           spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
           ProblemData data(spec);
-          std::vector<float> own;
-          {
-            SoftmaxOwnMaxScope scope;
-            RunAndCheck(data, 2, "the softmax's own maximum");
-            own = data.OutputContiguous();
-          }
-          data.Poison();
-          RunAndCheck(data, 2, "the score tile's maximum");
-          const std::vector<float> given = data.OutputContiguous();
-          ASSERT_EQ(own.size(), given.size());
-          EXPECT_EQ(0, std::memcmp(own.data(), given.data(), given.size() * sizeof(float)))
-              << "the score tile's maximum changed the bits";
+          ExpectScoreTileMaximumKeepsTheBits(data);
+        }
+      }
+    }
+  }
+}
+
+// fp32: the online softmax given each whole tile's maximum by the score tile
+// (ScoreTile's col_max) writes the bits it writes when it takes the maximum
+// itself: dense and causal (whole and partial tiles), d = 64 and 128, with
+// and without a softcap (applied in the score tile, before the maximum),
+// both tile sizes.
+TEST(FlashTiles, F32ScoreTileMaximumGivesTheSameBits) {
+  for (const int64_t keys : {int64_t{0}, int64_t{64}}) {
+    KeyTileScope tiles(keys);
+    for (const MaskKind mask : {MaskKind::kNone, MaskKind::kCausal}) {
+      for (const int64_t d : {64, 128}) {
+        for (const bool softcap : {false, true}) {
+          SCOPED_TRACE(std::string(mask == MaskKind::kNone ? "dense" : "causal") + ", d = " +
+                       std::to_string(d) + (keys ? ", 64-key tiles" : ", default tiles") +
+                       (softcap ? ", softcap 2" : ""));
+          ProblemSpec spec = Spec({1, 2, 2, 700, 700, d, d}, mask, 46);
+          ProblemData data(spec);
+          if (softcap) data.problem().modifiers.softcap = 2.0f;
+          ExpectScoreTileMaximumKeepsTheBits(data);
         }
       }
     }

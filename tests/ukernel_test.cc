@@ -143,8 +143,24 @@ void TestScoreTile(const Ukernel& u, int64_t lanes, Checker& c) {
           Buffer qt(dk * kTileCols), k(nkeys * k_stride, 1), st((nkeys + 1) * kTileCols);
           qt.Fill(rng);
           k.Fill(rng);
-          ScoreTileArgs a{qt.data(), k.data(), k_stride, nkeys, dk, nvec, st.data(), cap};
+          // col_max starts at -inf below nvec vectors, poisoned past them.
+          Buffer col_max(kTileCols);
+          std::fill(col_max.data(), col_max.data() + nvec * lanes, -kInf);
+          ScoreTileArgs a{qt.data(), k.data(),  k_stride, nkeys,         dk,
+                          nvec,      st.data(), cap,      col_max.data()};
           ASSERT_TRUE(u.run(&a));
+          for (int64_t x = 0; x < kTileCols; ++x) {
+            const std::string at = "col_max[" + std::to_string(x) + "] dk=" + std::to_string(dk) +
+                                   " keys=" + std::to_string(nkeys) +
+                                   " softcap=" + std::to_string(cap);
+            if (x >= nvec * lanes) {
+              c.Poisoned(col_max[x], at);
+              continue;
+            }
+            float want = -kInf;
+            for (int64_t j = 0; j < nkeys; ++j) want = std::max(want, st[j * kTileCols + x]);
+            c.SameBits(col_max[x], want, at);
+          }
           for (int64_t j = 0; j <= nkeys; ++j) {
             for (int64_t x = 0; x < kTileCols; ++x) {
               const std::string at = "S[" + std::to_string(j) + "][" + std::to_string(x) +
@@ -493,11 +509,45 @@ void TestOnlineSoftmaxColumns(const Ukernel& u, int64_t lanes, Checker& c) {
         m0[x] = m[x], l0[x] = l[x];
       }
       std::memcpy(before.data(), st.data(), sizeof(float) * nkeys * kTileCols);
-      OnlineSoftmaxArgs a{st.data(), kTileCols, nkeys, rows, m.data(), l.data(), alpha.data()};
+      OnlineSoftmaxColumnsArgs a;
+      static_cast<OnlineSoftmaxArgs&>(a) = {st.data(), kTileCols, nkeys,       rows,
+                                            m.data(),  l.data(),  alpha.data()};
       ASSERT_TRUE(u.run(&a));
       for (int64_t x = 0; x < rows; ++x) {
         CheckOnlineRow(c, &before[x], &st[x], kTileCols, nkeys, m0[x], l0[x], m[x], l[x], alpha[x],
                        "row " + std::to_string(x) + " keys=" + std::to_string(nkeys));
+      }
+      // Handed the tile's maxima (as the score tile computes them), the same
+      // bits in the tile and in m, l, alpha.
+      Buffer st2(nkeys * kTileCols), m2(kTileCols), l2(kTileCols), alpha2(kTileCols),
+          tile_max(kTileCols);
+      std::memcpy(st2.data(), before.data(), sizeof(float) * nkeys * kTileCols);
+      for (int64_t x = 0; x < rows; ++x) {
+        m2[x] = m0[x], l2[x] = l0[x], tile_max[x] = -kInf;
+        for (int64_t j = 0; j < nkeys; ++j) {
+          tile_max[x] = std::max(tile_max[x], before[j * kTileCols + x]);
+        }
+      }
+      OnlineSoftmaxColumnsArgs given = a;
+      given.st = st2.data(), given.m = m2.data(), given.l = l2.data(), given.alpha = alpha2.data();
+      given.tile_max = tile_max.data();
+      ASSERT_TRUE(u.run(&given));
+      const std::string keys = " keys=" + std::to_string(nkeys) + ", given the tile maximum";
+      for (int64_t x = 0; x < rows; ++x) {
+        const std::string at = " of row " + std::to_string(x) + keys;
+        if (x % 5 == 4) {
+          // A NaN score (FillOnline): the maximum depends on the order it is
+          // taken in, so the weights may differ; l is NaN either way.
+          c.Near(l2[x], kNaN, 0, "l with a NaN score" + at);
+          continue;
+        }
+        for (int64_t j = 0; j < nkeys; ++j) {
+          c.SameBits(st2[j * kTileCols + x], st[j * kTileCols + x],
+                     "weight " + std::to_string(j) + at);
+        }
+        c.SameBits(m2[x], m[x], "m" + at);
+        c.SameBits(l2[x], l[x], "l" + at);
+        c.SameBits(alpha2[x], alpha[x], "alpha" + at);
       }
     }
   }

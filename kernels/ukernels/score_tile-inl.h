@@ -15,6 +15,11 @@
 //        same arithmetic as SoftcapRow, so the same bits); 0: none. A pass
 //        over the tile afterwards reads and writes its 128 KiB in L2 again.
 //   prefetch  rows of the next tile to bring into L2 along the way (or none).
+//   col_max  null, or nvec vectors raised to each query's maximum over these
+//        keys' stored scores (the caller sets -inf before a tile's first
+//        run): the online softmax then skips its pass over the tile for the
+//        maximum (OnlineSoftmaxColumns' tile_max). 4 loads, 24 max and 4
+//        stores per 6 keys, on the accumulators as they are stored.
 // Register block: 6 keys x 4 query vectors = 24 accumulators, + 4 Qᵀ vectors
 // + 1 broadcast <= 32 AVX-512 registers. Per d step: 4 aligned loads and 6
 // broadcast loads feed 24 FMAs (Zen 4 issues one 512-bit FMA and two loads
@@ -54,7 +59,8 @@ namespace HWY_NAMESPACE {
 // (kSoftcap: cap·tanh of each, as SoftcapVectors computes it).
 template <int MR, int NV, bool kSoftcap>
 HWY_NOINLINE void ScoreTileKernel(const float* HWY_RESTRICT qt, const float* HWY_RESTRICT k,
-                                  int64_t k_stride, int64_t dk, float* HWY_RESTRICT st, float cap) {
+                                  int64_t k_stride, int64_t dk, float* HWY_RESTRICT st, float cap,
+                                  float* HWY_RESTRICT col_max) {
   const DF d;
   const size_t N = hn::Lanes(d);
   if (dk < 1) return;  // never (Validate); lets gcc keep acc in registers
@@ -95,63 +101,75 @@ HWY_NOINLINE void ScoreTileKernel(const float* HWY_RESTRICT qt, const float* HWY
     ATTN_UNROLLED
     for (int v = 0; v < NV; ++v) hn::Store(acc[m][v], d, st + m * kScoreTileCols + v * N);
   }
+  if (col_max == nullptr) return;
+  ATTN_UNROLLED
+  for (int v = 0; v < NV; ++v) {
+    VF c = hn::Load(d, col_max + v * N);
+    ATTN_UNROLLED
+    for (int m = 0; m < MR; ++m) c = hn::Max(c, acc[m][v]);
+    hn::Store(c, d, col_max + v * N);
+  }
 }
 
 template <int MR, bool kSoftcap>
 HWY_INLINE void ScoreTileVectors(int nv, const float* qt, const float* k, int64_t k_stride,
-                                 int64_t dk, float* st, float cap) {
+                                 int64_t dk, float* st, float cap, float* col_max) {
   switch (nv) {
     case 1:
-      return ScoreTileKernel<MR, 1, kSoftcap>(qt, k, k_stride, dk, st, cap);
+      return ScoreTileKernel<MR, 1, kSoftcap>(qt, k, k_stride, dk, st, cap, col_max);
     case 2:
-      return ScoreTileKernel<MR, 2, kSoftcap>(qt, k, k_stride, dk, st, cap);
+      return ScoreTileKernel<MR, 2, kSoftcap>(qt, k, k_stride, dk, st, cap, col_max);
     case 3:
-      return ScoreTileKernel<MR, 3, kSoftcap>(qt, k, k_stride, dk, st, cap);
+      return ScoreTileKernel<MR, 3, kSoftcap>(qt, k, k_stride, dk, st, cap, col_max);
     default:
-      return ScoreTileKernel<MR, 4, kSoftcap>(qt, k, k_stride, dk, st, cap);
+      return ScoreTileKernel<MR, 4, kSoftcap>(qt, k, k_stride, dk, st, cap, col_max);
   }
 }
 
 template <int MR>
 HWY_INLINE void ScoreTileKeys(int nv, const float* qt, const float* k, int64_t k_stride, int64_t dk,
-                              float* st, float softcap) {
-  if (softcap > 0.0f) return ScoreTileVectors<MR, true>(nv, qt, k, k_stride, dk, st, softcap);
-  ScoreTileVectors<MR, false>(nv, qt, k, k_stride, dk, st, 0.0f);
+                              float* st, float softcap, float* col_max) {
+  if (softcap > 0.0f) {
+    return ScoreTileVectors<MR, true>(nv, qt, k, k_stride, dk, st, softcap, col_max);
+  }
+  ScoreTileVectors<MR, false>(nv, qt, k, k_stride, dk, st, 0.0f, col_max);
 }
 
 // The whole tile (see the contract above).
 HWY_INLINE void ScoreTile(const float* qt, const float* k, int64_t k_stride, int64_t nkeys,
                           int64_t dk, int64_t nvec, float* st, float softcap = 0.0f,
-                          const PrefetchRows& prefetch = {}) {
+                          const PrefetchRows& prefetch = {}, float* col_max = nullptr) {
   constexpr int kMR = kScoreTileKeys;
   const size_t N = hn::Lanes(DF());
   for (int64_t v0 = 0; v0 < nvec; v0 += kTileVectors) {
     const int nv = static_cast<int>(std::min<int64_t>(kTileVectors, nvec - v0));
     const float* q = qt + v0 * N;
     float* s = st + v0 * N;
+    float* cm = col_max != nullptr ? col_max + v0 * N : nullptr;
     int64_t j = 0;
     for (; j + kMR <= nkeys; j += kMR) {
       if (v0 == 0) prefetch.Prefetch(j, j + kMR);
-      ScoreTileKeys<kMR>(nv, q, k + j * k_stride, k_stride, dk, s + j * kScoreTileCols, softcap);
+      ScoreTileKeys<kMR>(nv, q, k + j * k_stride, k_stride, dk, s + j * kScoreTileCols, softcap,
+                         cm);
     }
     if (v0 == 0) prefetch.Prefetch(j, prefetch.rows);
     const float* kj = k + j * k_stride;
     float* sj = s + j * kScoreTileCols;
     switch (nkeys - j) {
       case 1:
-        ScoreTileKeys<1>(nv, q, kj, k_stride, dk, sj, softcap);
+        ScoreTileKeys<1>(nv, q, kj, k_stride, dk, sj, softcap, cm);
         break;
       case 2:
-        ScoreTileKeys<2>(nv, q, kj, k_stride, dk, sj, softcap);
+        ScoreTileKeys<2>(nv, q, kj, k_stride, dk, sj, softcap, cm);
         break;
       case 3:
-        ScoreTileKeys<3>(nv, q, kj, k_stride, dk, sj, softcap);
+        ScoreTileKeys<3>(nv, q, kj, k_stride, dk, sj, softcap, cm);
         break;
       case 4:
-        ScoreTileKeys<4>(nv, q, kj, k_stride, dk, sj, softcap);
+        ScoreTileKeys<4>(nv, q, kj, k_stride, dk, sj, softcap, cm);
         break;
       case 5:
-        ScoreTileKeys<5>(nv, q, kj, k_stride, dk, sj, softcap);
+        ScoreTileKeys<5>(nv, q, kj, k_stride, dk, sj, softcap, cm);
         break;
       default:
         break;

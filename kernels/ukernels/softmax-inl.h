@@ -116,41 +116,106 @@ HWY_INLINE void SoftmaxRow(float* HWY_RESTRICT s, int64_t n, float scale,
   }
 }
 
+// The column maximum of NV query vectors over a tile's keys. Two keys per
+// step: 2·NV independent chains (one would wait on Max's latency per key).
+template <int NV>
+HWY_INLINE void ColumnMaxima(const float* HWY_RESTRICT st, int64_t ld, int64_t nkeys,
+                             VF (&mt)[NV]) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  VF odd[NV];
+  ATTN_UNROLLED
+  for (int v = 0; v < NV; ++v) mt[v] = odd[v] = hn::Set(d, -kInf);
+  int64_t j = 0;
+  for (; j + 2 <= nkeys; j += 2) {
+    ATTN_UNROLLED
+    for (int v = 0; v < NV; ++v) {
+      mt[v] = hn::Max(mt[v], hn::Load(d, st + j * ld + v * N));
+      odd[v] = hn::Max(odd[v], hn::Load(d, st + (j + 1) * ld + v * N));
+    }
+  }
+  ATTN_UNROLLED
+  for (int v = 0; v < NV; ++v) {
+    if (j < nkeys) mt[v] = hn::Max(mt[v], hn::Load(d, st + j * ld + v * N));
+    mt[v] = hn::Max(mt[v], odd[v]);
+  }
+}
+
+// The online step for NV query vectors (columns x .. x + NV·lanes of Sᵀ,
+// m, l, alpha and tile_max already offset to them): a key's NV vectors per
+// step, so each step reads whole lines of its Sᵀ row and runs NV independent
+// exponentials. One vector per step, a pass over the tile per vector, ran
+// at 0.89x this speed (Emerald Rapids VM; kernels/DESIGN.md "The softmax on
+// a 2-FMA-port core"). Each column's sum is over keys in order, as before.
+template <int NV>
+HWY_INLINE void OnlineSoftmaxColumnsN(float* HWY_RESTRICT st, int64_t ld, int64_t nkeys,
+                                      float* HWY_RESTRICT m, float* HWY_RESTRICT l,
+                                      float* HWY_RESTRICT alpha,
+                                      const float* HWY_RESTRICT tile_max) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  const VF neg_inf = hn::Set(d, -kInf);
+  VF mn[NV];  // the tile's maxima, then the new running maxima
+  if (tile_max != nullptr) {
+    ATTN_UNROLLED
+    for (int v = 0; v < NV; ++v) mn[v] = hn::Load(d, tile_max + v * N);
+  } else {
+    ColumnMaxima<NV>(st, ld, nkeys, mn);
+  }
+  VF mu[NV], sum[NV];  // mu: the maximum subtracted (0 for a row with none yet)
+  ATTN_UNROLLED
+  for (int v = 0; v < NV; ++v) {
+    mn[v] = hn::Max(hn::Load(d, m + v * N), mn[v]);
+    mu[v] = hn::IfThenZeroElse(hn::Eq(mn[v], neg_inf), mn[v]);
+    sum[v] = hn::Zero(d);
+  }
+  for (int64_t j = 0; j < nkeys; ++j) {
+    ATTN_UNROLLED
+    for (int v = 0; v < NV; ++v) {
+      float* s = st + j * ld + v * N;
+      const VF e = ExpOfDifference(d, hn::Load(d, s), mu[v]);
+      hn::Store(e, d, s);
+      sum[v] = hn::Add(sum[v], e);
+    }
+  }
+  ATTN_UNROLLED
+  for (int v = 0; v < NV; ++v) {
+    const VF a = ExpOfDifference(d, hn::Load(d, m + v * N), mu[v]);
+    hn::Store(hn::MulAdd(a, hn::Load(d, l + v * N), sum[v]), d, l + v * N);
+    hn::Store(mn[v], d, m + v * N);
+    hn::Store(a, d, alpha + v * N);
+  }
+}
+
 // One tile of Sᵀ (nkeys rows of `ld` floats, key-major, 64-byte aligned) for
 // `rows` queries (a multiple of the lane count; m, l, alpha aligned).
+// tile_max: each query's maximum over the tile's scores when the score tile
+// computed it (ScoreTile's col_max; the same values, so the same bits), or
+// null: a pass over the tile finds it.
 HWY_INLINE void OnlineSoftmaxColumns(float* HWY_RESTRICT st, int64_t ld, int64_t nkeys,
                                      int64_t rows, float* HWY_RESTRICT m, float* HWY_RESTRICT l,
-                                     float* HWY_RESTRICT alpha) {
-  const DF d;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  const VF neg_inf = hn::Set(d, -kInf);
-  for (int64_t x = 0; x < rows; x += N) {
-    // Four independent maxima: one chain would wait on Max's latency at
-    // every key.
-    VF mt0 = neg_inf, mt1 = neg_inf, mt2 = neg_inf, mt3 = neg_inf;
-    int64_t j = 0;
-    for (; j + 4 <= nkeys; j += 4) {
-      mt0 = hn::Max(mt0, hn::Load(d, st + j * ld + x));
-      mt1 = hn::Max(mt1, hn::Load(d, st + (j + 1) * ld + x));
-      mt2 = hn::Max(mt2, hn::Load(d, st + (j + 2) * ld + x));
-      mt3 = hn::Max(mt3, hn::Load(d, st + (j + 3) * ld + x));
+                                     float* HWY_RESTRICT alpha,
+                                     const float* HWY_RESTRICT tile_max = nullptr) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
+  constexpr int64_t kGroup = 4;  // vectors per step: 4 x 16 = kScoreTileCols on AVX-512
+  for (int64_t x = 0; x < rows; x += kGroup * N) {
+    const int64_t nv = std::min(kGroup, (rows - x) / N);
+    const float* given = tile_max != nullptr ? tile_max + x : nullptr;
+    float *s = st + x, *mx = m + x, *lx = l + x, *ax = alpha + x;
+    switch (nv) {
+      case 1:
+        OnlineSoftmaxColumnsN<1>(s, ld, nkeys, mx, lx, ax, given);
+        break;
+      case 2:
+        OnlineSoftmaxColumnsN<2>(s, ld, nkeys, mx, lx, ax, given);
+        break;
+      case 3:
+        OnlineSoftmaxColumnsN<3>(s, ld, nkeys, mx, lx, ax, given);
+        break;
+      default:
+        OnlineSoftmaxColumnsN<4>(s, ld, nkeys, mx, lx, ax, given);
+        break;
     }
-    for (; j < nkeys; ++j) mt0 = hn::Max(mt0, hn::Load(d, st + j * ld + x));
-    const VF mt = hn::Max(hn::Max(mt0, mt1), hn::Max(mt2, mt3));
-    const VF mo = hn::Load(d, m + x);
-    const VF mn = hn::Max(mo, mt);
-    const VF mu = hn::IfThenZeroElse(hn::Eq(mn, neg_inf), mn);
-    VF sum = hn::Zero(d);
-    for (int64_t j = 0; j < nkeys; ++j) {
-      float* s = st + j * ld + x;
-      const VF e = ExpOfDifference(d, hn::Load(d, s), mu);
-      hn::Store(e, d, s);
-      sum = hn::Add(sum, e);
-    }
-    const VF a = ExpOfDifference(d, mo, mu);
-    hn::Store(hn::MulAdd(a, hn::Load(d, l + x), sum), d, l + x);
-    hn::Store(mn, d, m + x);
-    hn::Store(a, d, alpha + x);
   }
 }
 

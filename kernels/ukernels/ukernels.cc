@@ -47,7 +47,7 @@ struct ArgsOf<Family::kScoreRowsRuns> : std::type_identity<ScoreRowsRunsArgs> {}
 template <>
 struct ArgsOf<Family::kPvRowsRuns> : std::type_identity<PvRowsRunsArgs> {};
 template <>
-struct ArgsOf<Family::kOnlineSoftmaxColumns> : std::type_identity<OnlineSoftmaxArgs> {};
+struct ArgsOf<Family::kOnlineSoftmaxColumns> : std::type_identity<OnlineSoftmaxColumnsArgs> {};
 template <>
 struct ArgsOf<Family::kOnlineSoftmaxRows> : std::type_identity<OnlineSoftmaxArgs> {};
 template <>
@@ -93,7 +93,7 @@ struct ArgsOf<Family::kAlibiColumns> : std::type_identity<AlibiColumnsArgs> {};
 // pointer, or assigned from f's result).
 template <class F>
 void Call(ScoreTileArgs& a, F f) {
-  f(a.qt, a.k, a.k_stride, a.nkeys, a.dk, a.nvec, a.st, a.softcap);
+  f(a.qt, a.k, a.k_stride, a.nkeys, a.dk, a.nvec, a.st, a.softcap, PrefetchRows{}, a.col_max);
 }
 template <class F>
 void Call(ScoreRowsArgs& a, F f) {
@@ -122,6 +122,10 @@ void Call(PvRowsRunsArgs& a, F f) {
 template <class F>
 void Call(OnlineSoftmaxArgs& a, F f) {
   f(a.st, a.ld, a.nkeys, a.rows, a.m, a.l, a.alpha);
+}
+template <class F>
+void Call(OnlineSoftmaxColumnsArgs& a, F f) {
+  f(a.st, a.ld, a.nkeys, a.rows, a.m, a.l, a.alpha, a.tile_max);
 }
 template <class F>
 void Call(SoftmaxRowArgs& a, F f) {

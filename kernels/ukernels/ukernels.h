@@ -142,7 +142,8 @@ struct ScoreTileArgs {
   const float* k;
   int64_t k_stride, nkeys, dk, nvec;
   float* st;
-  float softcap = 0.0f;  // > 0: cap·tanh(s/cap) of every score
+  float softcap = 0.0f;      // > 0: cap·tanh(s/cap) of every score
+  float* col_max = nullptr;  // raised to each query's maximum (score_tile-inl.h)
 };
 struct ScoreRowsArgs {
   const float* qs;
@@ -198,6 +199,10 @@ struct OnlineSoftmaxArgs {
   float* st;
   int64_t ld, nkeys, rows;
   float *m, *l, *alpha;
+};
+// The columns form may be handed the tile's maxima (softmax-inl.h).
+struct OnlineSoftmaxColumnsArgs : OnlineSoftmaxArgs {
+  const float* tile_max = nullptr;
 };
 struct SoftmaxRowArgs {
   float* s;
