@@ -1700,6 +1700,8 @@ void AddContext(const std::map<std::string, std::string>& context, const std::st
                               std::to_string(ActiveTuning().flash_mha_decode_prefetch_bytes));
   benchmark::AddCustomContext("attnlab_flash_paged_prefetch_bytes",
                               std::to_string(ActiveTuning().flash_paged_prefetch_bytes));
+  benchmark::AddCustomContext("attnlab_flash_tile_prefetch",
+                              ActiveTuning().flash_tile_prefetch ? "true" : "false");
   benchmark::AddCustomContext("attnlab_auto_points",
                               std::to_string(ActiveTuning().auto_points.size()));
   benchmark::AddCustomContext("attnlab_fma_peak_gflops", std::to_string(fma_peak_gflops));

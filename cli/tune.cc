@@ -21,10 +21,15 @@
 //      distance is more than 3% faster (decode from memory is noisier). A
 //      paged cache's distance (flash.paged_prefetch_bytes) keeps its
 //      default: these problems are contiguous.
-//   4. auto's points: for every thread count, head dim, mask class (dense,
+//   4. whether flash's prefill prefetches the next key tile's K and V rows
+//      (flash.tile_prefetch): dense N = 4096 for every head dim, where a
+//      head's K and V pass a 2 MiB L2, one thread; this CPU's default (off
+//      on Emerald Rapids: DefaultTilePrefetch) stays unless the other is
+//      more than 2% faster (TuneTilePrefetch).
+//   5. auto's points: for every thread count, head dim, mask class (dense,
 //      causal) and N = 128, 256, ... max_n (self-attention, B = 1, H = 8),
 //      every fp32 variant that fits kAutoMaxWorkspaceBytes, with the settings
-//      of steps 1-3. flash is kept unless another variant is more than 3% faster,
+//      of steps 1-4. flash is kept unless another variant is more than 3% faster,
 //      in the round and again in a head-to-head with twice the repetitions
 //      (within 3% the difference is noise, and flash needs no Lq x Lk
 //      memory). A repetition is as many runs as take ~20 ms. A variant more
@@ -250,6 +255,23 @@ void TuneDecodePrefetch(const TuneArgs& args, Tuning& tuned) {
   }
 }
 
+// Whether the score tiles of prefill prefetch the next key tile's K and V
+// rows into L2: on the Emerald Rapids VM fp32 flash ran ~1.03x as fast
+// without on one thread, as fast on two (N = 2048-8192; kernels/DESIGN.md,
+// "The softmax on a 2-FMA-port core"). Dense N = 4096 (256 with --quick) for every head dim, one
+// thread; within 2% the default stays.
+void TuneTilePrefetch(const TuneArgs& args, Tuning& tuned) {
+  std::vector<ProblemSpec> shapes;
+  for (int64_t d : args.head_dims) {
+    shapes.push_back(SelfAttention(args.quick ? 256 : 4096, d, false));
+  }
+  const int64_t fallback = tuned.flash_tile_prefetch ? 1 : 0;
+  tuned.flash_tile_prefetch =
+      PickFlashSetting("tile prefetch (1 on, 0 off)", "", {fallback, 1 - fallback}, shapes, 0.02,
+                       args, tuned,
+                       [](Tuning& t, int64_t v) { t.flash_tile_prefetch = v != 0; }) != 0;
+}
+
 // The fp32 variants auto may pick for `data` on `threads` threads: all but
 // auto itself, those `dropped` at a smaller N, and those whose workspace
 // exceeds kAutoMaxWorkspaceBytes (auto would not run them).
@@ -404,6 +426,7 @@ int TuneCommand(TuneArgs args) {
   tuned.flash_key_tile = TuneKeyTile(args, tuned);
   tuned.flash_decode_prefetch_min_kv_bytes = TuneDecodePrefetchMinKvBytes(args, tuned);
   TuneDecodePrefetch(args, tuned);
+  TuneTilePrefetch(args, tuned);
   tuned.auto_points = TuneAutoPoints(args, tuned);
   tuned.source = path;
 
@@ -412,13 +435,13 @@ int TuneCommand(TuneArgs args) {
   for (const AutoPoint& p : tuned.auto_points) not_flash += p.variant != "flash";
   fmt::print(
       "wrote {} in {:.0f} s: flash key tile {}, decode prefetch {} B (GQA), {} B (MHA) above {} "
-      "MiB of K and V, {} "
+      "MiB of K and V, tile prefetch {}, {} "
       "of {} auto points pick a variant other than flash.\nThe kernels read it at {} "
       "(ATTNLAB_TUNING overrides the path; ATTNLAB_TUNING=none ignores it).\n",
       path, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
       tuned.flash_key_tile, tuned.flash_decode_prefetch_bytes,
       tuned.flash_mha_decode_prefetch_bytes, tuned.flash_decode_prefetch_min_kv_bytes >> 20,
-      not_flash, tuned.auto_points.size(),
+      tuned.flash_tile_prefetch ? "on" : "off", not_flash, tuned.auto_points.size(),
       args.out ? "that path when ATTNLAB_TUNING names it" : "this default path");
   return kExitOk;
 }

@@ -672,7 +672,7 @@ void F32ScoresRun(const ValidProblem& p, const flash::Plan& plan, const Block& b
     return ScoreRows(sc.qt, blk.dkp, blk.nrows, k, ks, nc, dk, st, kFewStride, next_run);
   }
   PrefetchRows next;
-  if (j1 < blk.uhi) {
+  if (j1 < blk.uhi && plan.tile_prefetch) {
     const int64_t k_bytes = DTypeBytes(p.k.dtype), v_bytes = DTypeBytes(p.v.dtype);
     next = {static_cast<const char*>(p.KvRow(p.k, blk.b, blk.kvh, j1)),
             p.k.strides.row * k_bytes,

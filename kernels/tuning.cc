@@ -94,6 +94,8 @@ bool IsZen4(int family, int model) {
                             (model >= 0xa0 && model <= 0xaf));
 }
 
+bool IsEmeraldRapids(int family, int model) { return family == 6 && model == 0xcf; }
+
 bool CpuIsZen4() {
   const auto [family, model] = CpuFamilyModel();
   return IsZen4(family, model);
@@ -146,6 +148,11 @@ int64_t L3CacheBytes() {
 
 int64_t DefaultMhaDecodePrefetchBytes() { return CpuIsZen4() ? 0 : kDefaultDecodePrefetchBytes; }
 
+bool DefaultTilePrefetch() {
+  const auto [family, model] = CpuFamilyModel();
+  return !IsEmeraldRapids(family, model);
+}
+
 int64_t DefaultDecodePrefetchMinKvBytes() {
   const int64_t l3 = L3CacheBytes();
   return l3 > 0 ? std::min(l3 / 2, kMaxDefaultDecodePrefetchMinKvBytes) : int64_t{16} << 20;
@@ -156,6 +163,7 @@ Tuning DefaultTuning(std::string why) {
   t.cpu = CpuModel();
   t.target = DispatchedHighwayTarget();
   t.flash_mha_decode_prefetch_bytes = DefaultMhaDecodePrefetchBytes();
+  t.flash_tile_prefetch = DefaultTilePrefetch();
   t.source = "built-in defaults (" + why + ")";
   return t;
 }
@@ -213,6 +221,11 @@ StatusOr<Tuning> ParseTuning(std::string_view text) {
   ATTN_RETURN_IF_ERROR(OptionalBytes(*flash, "decode_prefetch_min_kv_bytes",
                                      kMaxDecodePrefetchMinKvBytes,
                                      &t.flash_decode_prefetch_min_kv_bytes));
+  if (flash->contains("tile_prefetch")) {
+    ATTN_RETURN_IF_ERROR(Field(*flash, "tile_prefetch", json::value_t::boolean, "true or false",
+                               "tuning: flash.", &f));
+    t.flash_tile_prefetch = f->get<bool>();
+  }
   const json* autos;
   ATTN_RETURN_IF_ERROR(Field(j, "auto", json::value_t::object, "an object", "tuning: ", &autos));
   const json* points;
@@ -244,7 +257,8 @@ std::string SerializeTuning(const Tuning& t) {
         {"decode_prefetch_bytes", t.flash_decode_prefetch_bytes},
         {"mha_decode_prefetch_bytes", t.flash_mha_decode_prefetch_bytes},
         {"paged_prefetch_bytes", t.flash_paged_prefetch_bytes},
-        {"decode_prefetch_min_kv_bytes", t.flash_decode_prefetch_min_kv_bytes}}},
+        {"decode_prefetch_min_kv_bytes", t.flash_decode_prefetch_min_kv_bytes},
+        {"tile_prefetch", t.flash_tile_prefetch}}},
       {"auto", {{"points", points}}}};
   return j.dump(2) + "\n";
 }

@@ -13,7 +13,8 @@
 //     decode of a contiguous cache on Zen 4 (DefaultMhaDecodePrefetchBytes),
 //     when K and V take
 //     more than half the L3 or 32 MiB, whichever is less, as measured on the
-//     Intel Xeon VM; auto always picks flash);
+//     Intel Xeon VM; prefill prefetching each next key tile into L2 except
+//     on Emerald Rapids (DefaultTilePrefetch); auto always picks flash);
 //   * stale (made on another CPU model or Highway target, or an older format)
 //     or malformed: defaults, and one line on stderr saying why and to rerun
 //     `attnlab tune`. A bad file never stops a kernel from running.
@@ -76,6 +77,16 @@ int64_t DefaultDecodePrefetchMinKvBytes();
 // 1.01-1.28x faster with it). GQA blocks keep kDefaultDecodePrefetchBytes on
 // Zen 4 too: its bf16 and int8 kernels read 1.1-1.4x faster with it.
 int64_t DefaultMhaDecodePrefetchBytes();
+// Whether flash's many-row blocks prefetch the next key tile's K and V rows
+// into L2 when no tuning says otherwise, per detected CPU: not on Emerald
+// Rapids (IsEmeraldRapids), whose L2 streamer keeps up with a head's rows by
+// itself: without the prefetch instructions (96 a 6-key score call, in a
+// burst) fp32 flash ran 1.03x as fast on one thread (median of 12 cases, N =
+// 2048-8192, 0.96-1.04) and as fast on two (0.99, 0.96-1.15), and `attnlab
+// tune` found off 1.02-1.03x faster (kernels/DESIGN.md, "The softmax on a
+// 2-FMA-port core"); elsewhere yes (the first wave's choice, made on Zen 4,
+// whose L2 is half the size; not re-measured). `attnlab tune` measures it.
+bool DefaultTilePrefetch();
 // The cap: the Intel Xeon VM's sysfs says 480 MiB of L3, yet prefetching paid
 // from 64 MiB of K and V up (fp32 decode, d = 128, 1 thread: GQA-4 0.57-0.84x
 // the time, MHA 0.92-0.97x) and lost at 8-32 MiB (1.02-1.18x); half its
@@ -119,6 +130,10 @@ struct Tuning {
   // measured where prefetching starts to pay, at most
   // kMaxDecodePrefetchMinKvBytes. A file without it takes the default.
   int64_t flash_decode_prefetch_min_kv_bytes = DefaultDecodePrefetchMinKvBytes();
+  // flash: whether a many-row (prefill) block's score tile prefetches the
+  // next key tile's K and V rows into L2 as it goes (DefaultTilePrefetch). A
+  // file without it takes true.
+  bool flash_tile_prefetch = true;
   // auto: the fastest variant per measured point (empty: always flash).
   std::vector<AutoPoint> auto_points;
   // Where it came from: the file's path, or "built-in defaults (<why>)".
@@ -157,6 +172,10 @@ std::string CpuModel();
 std::pair<int, int> CpuFamilyModel();
 bool IsZen4(int family, int model);
 bool CpuIsZen4();
+// Intel Emerald Rapids (family 6, model 207 = CFh): the only Intel core whose
+// tile prefetch was measured (Sapphire Rapids, model 143, shares its core and
+// L2 and is left to `attnlab tune`).
+bool IsEmeraldRapids(int family, int model);
 
 // The defaults (no file): what the kernels were tuned with.
 Tuning DefaultTuning(std::string why);

@@ -42,6 +42,7 @@ Tuning Table() {
   t.flash_mha_decode_prefetch_bytes = 2048;
   t.flash_paged_prefetch_bytes = 4096;
   t.flash_decode_prefetch_min_kv_bytes = 48 << 20;
+  t.flash_tile_prefetch = false;  // a file without the field reads true
   t.auto_points = {{64, false, 1, 128, "simd"},
                    {64, false, 1, 256, "simd"},
                    {64, false, 1, 512, "flash"},
@@ -75,6 +76,7 @@ TEST(TuningFile, RoundTrips) {
   EXPECT_EQ(back->flash_mha_decode_prefetch_bytes, 2048);
   EXPECT_EQ(back->flash_paged_prefetch_bytes, 4096);
   EXPECT_EQ(back->flash_decode_prefetch_min_kv_bytes, 48 << 20);
+  EXPECT_FALSE(back->flash_tile_prefetch);
   EXPECT_EQ(back->auto_points, t.auto_points);
   EXPECT_EQ(Stale(*back), "");
 }
@@ -111,6 +113,8 @@ TEST(TuningFile, BadFieldsAreNamed) {
       {with("\"decode_prefetch_min_kv_bytes\": 50331648",
             "\"decode_prefetch_min_kv_bytes\": \"big\""),
        "flash.decode_prefetch_min_kv_bytes must be an integer"},
+      {with("\"tile_prefetch\": false", "\"tile_prefetch\": 0"),
+       "flash.tile_prefetch must be true or false"},
       {with("\"format\": 1,", ""), "format is missing"},
       {with("\"variant\": \"naive\"", "\"variant\": \"fastest\""),
        "auto.points[3].variant 'fastest' is not a variant auto can run"},
@@ -127,15 +131,16 @@ TEST(TuningFile, BadFieldsAreNamed) {
 }
 
 // Files written before flash.decode_prefetch_bytes,
-// flash.mha_decode_prefetch_bytes, flash.paged_prefetch_bytes or
-// flash.decode_prefetch_min_kv_bytes existed stay valid and take the
-// defaults (kDefaultDecodePrefetchBytes for the distances: a file is made on
-// one CPU, whose tuning it holds).
+// flash.mha_decode_prefetch_bytes, flash.paged_prefetch_bytes,
+// flash.decode_prefetch_min_kv_bytes or flash.tile_prefetch existed stay
+// valid and take the defaults (kDefaultDecodePrefetchBytes for the
+// distances, true for the tile prefetch, what flash did before the field:
+// a file is made on one CPU, whose tuning it holds).
 TEST(TuningFile, WithoutDecodePrefetchTakesTheDefault) {
   for (const std::string field :
        {",\n    \"decode_prefetch_bytes\": 8192", ",\n    \"mha_decode_prefetch_bytes\": 2048",
         ",\n    \"paged_prefetch_bytes\": 4096",
-        ",\n    \"decode_prefetch_min_kv_bytes\": 50331648"}) {
+        ",\n    \"decode_prefetch_min_kv_bytes\": 50331648", ",\n    \"tile_prefetch\": false"}) {
     std::string text = SerializeTuning(Table());
     const size_t at = text.find(field);
     ASSERT_NE(at, std::string::npos) << text;
@@ -146,11 +151,13 @@ TEST(TuningFile, WithoutDecodePrefetchTakesTheDefault) {
     const bool mha = field.find("mha") != std::string::npos;
     const bool paged = field.find("paged") != std::string::npos;
     const bool min_kv = field.find("min_kv") != std::string::npos;
+    const bool tile = field.find("tile_prefetch") != std::string::npos;
     EXPECT_EQ(t->flash_decode_prefetch_bytes, distance ? kDefaultDecodePrefetchBytes : 8192);
     EXPECT_EQ(t->flash_mha_decode_prefetch_bytes, mha ? kDefaultDecodePrefetchBytes : 2048);
     EXPECT_EQ(t->flash_paged_prefetch_bytes, paged ? kDefaultDecodePrefetchBytes : 4096);
     EXPECT_EQ(t->flash_decode_prefetch_min_kv_bytes,
               min_kv ? DefaultDecodePrefetchMinKvBytes() : 48 << 20);
+    EXPECT_EQ(t->flash_tile_prefetch, tile);
     EXPECT_EQ(t->flash_key_tile, Table().flash_key_tile);
   }
 }
@@ -176,6 +183,14 @@ TEST(TuningDefaults, DecodePrefetchByCpu) {
   EXPECT_EQ(DefaultMhaDecodePrefetchBytes(), t.flash_mha_decode_prefetch_bytes);
   EXPECT_EQ(t.flash_decode_prefetch_bytes, kDefaultDecodePrefetchBytes);
   EXPECT_EQ(t.flash_paged_prefetch_bytes, kDefaultDecodePrefetchBytes);
+  // The tile prefetch: off on Emerald Rapids only.
+  EXPECT_TRUE(IsEmeraldRapids(6, 0xcf));
+  for (const auto& [family, model] : {std::pair{6, 0x8f}, {6, 0xad}, {25, 0x11}, {26, 0xcf}}) {
+    EXPECT_FALSE(IsEmeraldRapids(family, model)) << family << ", " << model;
+  }
+  EXPECT_EQ(t.flash_tile_prefetch,
+            !IsEmeraldRapids(CpuFamilyModel().first, CpuFamilyModel().second));
+  EXPECT_EQ(DefaultTilePrefetch(), t.flash_tile_prefetch);
   // The field each block takes above the threshold, none at or under it.
   Tuning u = t;
   u.flash_decode_prefetch_bytes = 100, u.flash_mha_decode_prefetch_bytes = 200;
@@ -195,6 +210,14 @@ TEST(TuningDefaults, DecodePrefetchByCpu) {
     ProblemData data(spec);
     EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).decode_prefetch_bytes, want)
         << "Hkv " << kv_heads;
+  }
+  // And the tile prefetch of prefill, both ways.
+  for (const bool on : {false, true}) {
+    Tuning v = u;
+    v.flash_tile_prefetch = on;
+    ScopedTuning with(v);
+    ProblemData data(Self(1024, 128));
+    EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).tile_prefetch, on);
   }
 }
 

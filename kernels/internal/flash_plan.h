@@ -119,6 +119,9 @@ struct Plan {
   // cache, one block ahead on a paged one), else kNoDecodePrefetch (none on
   // either; DecodePrefetchBytes, RowsAheadFor in kernels/internal/read_ahead.h).
   int64_t decode_prefetch_bytes = kNoDecodePrefetch;
+  // Many-row blocks' score tiles prefetch the next tile's K and V rows into
+  // L2 (Tuning::flash_tile_prefetch).
+  bool tile_prefetch = true;
   // V rows used in place, never packed: fp32 V with dv == dvp. Otherwise
   // each V tile is packed (converted, zero-padded to dvp) into scratch.
   bool v_in_place = false;
@@ -215,6 +218,7 @@ inline Plan MakePlan(const ValidProblem& p) {
       g_decode_prefetch_for_test.load()
           ? DecodePrefetchDistance(ActiveTuning(), paged, plan.rows)
           : DecodePrefetchBytes(ActiveTuning(), kv_bytes, paged, plan.rows);
+  plan.tile_prefetch = ActiveTuning().flash_tile_prefetch;
   plan.block_rows = std::min(plan.item_rows(), plan.rows) * plan.heads;
   plan.dvp = RoundUp(s.value_dim, kPad);
   plan.v_in_place = plan.dvp == s.value_dim && p.v.dtype == DType::kF32;
