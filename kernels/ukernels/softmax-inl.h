@@ -145,7 +145,7 @@ HWY_INLINE void ColumnMaxima(const float* HWY_RESTRICT st, int64_t ld, int64_t n
 // m, l, alpha and tile_max already offset to them): a key's NV vectors per
 // step, so each step reads whole lines of its Sᵀ row and runs NV independent
 // exponentials. One vector per step, a pass over the tile per vector, ran
-// at 0.89x this speed (Emerald Rapids VM; kernels/DESIGN.md "The softmax on
+// at 0.90x this speed (Emerald Rapids VM; kernels/DESIGN.md "The softmax on
 // a 2-FMA-port core"). Each column's sum is over keys in order, as before.
 template <int NV>
 HWY_INLINE void OnlineSoftmaxColumnsN(float* HWY_RESTRICT st, int64_t ld, int64_t nkeys,
