@@ -102,9 +102,11 @@
 #include "kernels/registry.h"
 #include "kernels/tuning.h"
 #include "kernels/ukernels/bf16_amx.h"
+#include "kernels/ukernels/bf16_avx512.h"
 #include "kernels/ukernels/prefetch.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
+#include "testing/flash_hooks.h"
 #include "testing/grad_data.h"
 #include "testing/problem_data.h"
 #include "testing/scoped_env.h"
@@ -117,27 +119,33 @@ namespace {
 // A code path of the library's switches (README "Element types": the tests
 // run each): every variant case runs once per path given with --paths, in
 // one process on the same inputs, named .../path:<name>.
-enum class CodePath { kDefault, kPortable, kNoAmx };
+enum class CodePath { kDefault, kPortable, kNoAmx, kVdpbf16ps };
 struct PathName {
   CodePath path;
   const char* name;
 };
 constexpr PathName kCodePaths[] = {{CodePath::kDefault, "default"},
                                    {CodePath::kPortable, "portable"},
-                                   {CodePath::kNoAmx, "no_amx"}};
+                                   {CodePath::kNoAmx, "no_amx"},
+                                   {CodePath::kVdpbf16ps, "vdpbf16ps"}};
 
 // The switches of one path for the scope of a case's run: ATTNLAB_PORTABLE=1
-// (portable), ATTNLAB_NO_AMX=1 (no_amx), neither (default, whatever the
-// caller's environment says); the environment as it was afterwards. The
-// library reads them at every Run.
+// (portable), ATTNLAB_NO_AMX=1 (no_amx), that and the tuning's
+// flash.vdpbf16ps on (vdpbf16ps: bf16 products on VDPBF16PS even
+// where the default widens to fp32; testing::Vdpbf16psScope), none
+// (default, whatever the caller's environment says); the environment and
+// tuning as they were afterwards. The library reads them at every Run.
 class ScopedCodePath {
  public:
   explicit ScopedCodePath(CodePath path)
       : portable_("ATTNLAB_PORTABLE", path == CodePath::kPortable ? "1" : nullptr),
-        no_amx_("ATTNLAB_NO_AMX", path == CodePath::kNoAmx ? "1" : nullptr) {}
+        no_amx_("ATTNLAB_NO_AMX", path == CodePath::kNoAmx ? "1" : nullptr) {
+    if (path == CodePath::kVdpbf16ps) vdpbf16ps_.emplace();
+  }
 
  private:
   testing::ScopedEnv portable_, no_amx_;
+  std::optional<testing::Vdpbf16psScope> vdpbf16ps_;
 };
 
 struct Options {
@@ -881,7 +889,8 @@ void CeilingSgemm(benchmark::State& state, RunContext& ctx, const Case& c,
 // bench/fma_peak.cc, or the AMX one) on `threads` OpenMP threads, each its
 // own loop (no loads, no stores, no sharing): the peak of that many cores,
 // which variants' GFLOPS are a fraction of (fp32: ceiling_fma on the
-// dispatched Highway target; bf16 on AMX: ceiling_amx). The label names the
+// dispatched Highway target; bf16 on AMX: ceiling_amx; bf16 on VDPBF16PS:
+// ceiling_vdpbf16ps). The label names the
 // path ("path=AVX3"), as a variant's names the path it ran.
 //
 // GFLOPS is the sum of the threads' rates, each timed over its own loop
@@ -923,6 +932,17 @@ void CeilingFma(benchmark::State& state, RunContext& ctx, int threads, const std
 // rounds of four TDPBF16PS: ~3 ms at 16 cycles each.
 void CeilingAmx(benchmark::State& state, RunContext& ctx, int threads, const std::string& name) {
   CeilingLoop(state, ctx, threads, name, ukernels::AmxBf16PeakLoop, int64_t{1} << 17, "AMX_BF16");
+}
+
+// ceiling_vdpbf16ps/threads:T: registered only where the CPU has
+// AVX512_BF16. 2^20 rounds of 12 VDPBF16PS: 6-12 ms at one or two a cycle.
+// Where it reads half of ceiling_fma's FLOP rate (Sapphire and Emerald
+// Rapids), bf16 products on VDPBF16PS take as long as fp32's on FMAs
+// (DefaultVdpbf16ps).
+void CeilingVdpbf16ps(benchmark::State& state, RunContext& ctx, int threads,
+                      const std::string& name) {
+  CeilingLoop(state, ctx, threads, name, ukernels::Bf16DotPeakLoop, int64_t{1} << 20,
+              "AVX512_BF16");
 }
 
 #ifdef ATTNLAB_HAVE_ONEDNN
@@ -1498,6 +1518,12 @@ class SuiteCases {
       Add(
           name, [ctx = &ctx_, t, name](benchmark::State& s) { CeilingFma(s, *ctx, t, name); },
           /*predicted_seconds=*/1e-3, /*ceiling=*/true);
+      if (ukernels::CpuHasAvx512Bf16()) {
+        const std::string dot = "ceiling_vdpbf16ps/threads:" + std::to_string(t);
+        Add(
+            dot, [ctx = &ctx_, t, dot](benchmark::State& s) { CeilingVdpbf16ps(s, *ctx, t, dot); },
+            /*predicted_seconds=*/1e-2, /*ceiling=*/true);
+      }
       if (!ukernels::CpuHasAmxBf16()) continue;  // the context says why
       const std::string amx = "ceiling_amx/threads:" + std::to_string(t);
       Add(
@@ -1702,6 +1728,8 @@ void AddContext(const std::map<std::string, std::string>& context, const std::st
                               std::to_string(ActiveTuning().flash_paged_prefetch_bytes));
   benchmark::AddCustomContext("attnlab_flash_tile_prefetch",
                               ActiveTuning().flash_tile_prefetch ? "true" : "false");
+  benchmark::AddCustomContext("attnlab_flash_vdpbf16ps",
+                              ActiveTuning().flash_vdpbf16ps ? "true" : "false");
   benchmark::AddCustomContext("attnlab_auto_points",
                               std::to_string(ActiveTuning().auto_points.size()));
   benchmark::AddCustomContext("attnlab_fma_peak_gflops", std::to_string(fma_peak_gflops));
@@ -1894,7 +1922,7 @@ const FlagSpec kFlags[] = {
              }
              if (found == nullptr) {
                return "unknown path '" + one + "' in --paths=" + v +
-                      " (default, portable, no_amx; e.g. default,portable)";
+                      " (default, portable, no_amx, vdpbf16ps; e.g. default,portable)";
              }
              for (const PathName& p : f.options.paths) {
                if (p.path == found->path) return "--paths=" + v + " names " + one + " twice";

@@ -26,10 +26,18 @@
 //      head's K and V pass a 2 MiB L2, one thread; this CPU's default (off
 //      on Emerald Rapids: DefaultTilePrefetch) stays unless the other is
 //      more than 2% faster (TuneTilePrefetch).
-//   5. auto's points: for every thread count, head dim, mask class (dense,
+//   5. whether bf16 products run on VDPBF16PS (prefill's pair kernels where
+//      AMX does not take a shape, GQA decode's) or through fp32
+//      (flash.vdpbf16ps; only on a CPU with AVX512_BF16): bf16 Q, K, V, O,
+//      dense N = 2048 for every head dim and GQA-4 decode at Lk = 32768,
+//      with ATTNLAB_NO_AMX=1, one thread; this CPU's default
+//      (off where VDPBF16PS issues at half the FMA rate:
+//      DefaultVdpbf16ps) stays unless the other is more than 2%
+//      faster (TuneVdpbf16ps).
+//   6. auto's points: for every thread count, head dim, mask class (dense,
 //      causal) and N = 128, 256, ... max_n (self-attention, B = 1, H = 8),
 //      every fp32 variant that fits kAutoMaxWorkspaceBytes, with the settings
-//      of steps 1-4. flash is kept unless another variant is more than 3% faster,
+//      of steps 1-5. flash is kept unless another variant is more than 3% faster,
 //      in the round and again in a head-to-head with twice the repetitions
 //      (within 3% the difference is noise, and flash needs no Lq x Lk
 //      memory). A repetition is as many runs as take ~20 ms. A variant more
@@ -55,7 +63,9 @@
 #include "cli/inputs.h"
 #include "kernels/registry.h"
 #include "kernels/tuning.h"
+#include "kernels/ukernels/bf16_avx512.h"
 #include "testing/problem_data.h"
+#include "testing/scoped_env.h"
 
 namespace attn::cli {
 namespace fs = std::filesystem;
@@ -272,6 +282,35 @@ void TuneTilePrefetch(const TuneArgs& args, Tuning& tuned) {
                        [](Tuning& t, int64_t v) { t.flash_tile_prefetch = v != 0; }) != 0;
 }
 
+// Whether bf16 products run on VDPBF16PS (prefill's pair kernels where AMX
+// does not take a shape, GQA decode's) or through fp32: on the Emerald
+// Rapids VM, whose VDPBF16PS issues at half the FMA rate, prefill ran
+// 1.5-1.9x and GQA-4 decode 1.25-1.3x as fast through fp32; on Zen 4
+// VDPBF16PS made bf16 prefill 1.7-1.9x as fast as fp32 (kernels/DESIGN.md,
+// "bf16 without AMX on a 2-FMA-port core"). bf16 dense N = 2048 (256 with
+// --quick) for every head dim and GQA-4 decode at Lk = 32768 (4096), one
+// thread, ATTNLAB_NO_AMX=1; within 2% the default stays. Skipped without
+// AVX512_BF16, where the VDPBF16PS kernels do not run.
+void TuneVdpbf16ps(const TuneArgs& args, Tuning& tuned) {
+  if (!ukernels::CpuHasAvx512Bf16()) {
+    fmt::print("  -> bf16 on VDPBF16PS: not measured (this CPU has no AVX512_BF16)\n");
+    return;
+  }
+  const testing::ScopedEnv no_amx("ATTNLAB_NO_AMX", "1");
+  std::vector<ProblemSpec> shapes;
+  for (int64_t d : args.head_dims)
+    shapes.push_back(SelfAttention(args.quick ? 256 : 2048, d, false));
+  shapes.push_back(Decode(2, args.quick ? 4096 : 32768));
+  for (ProblemSpec& spec : shapes) {
+    spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
+  }
+  const int64_t fallback = tuned.flash_vdpbf16ps ? 1 : 0;
+  tuned.flash_vdpbf16ps =
+      PickFlashSetting("bf16 on VDPBF16PS (1 yes, 0 through fp32)", "", {fallback, 1 - fallback},
+                       shapes, 0.02, args, tuned,
+                       [](Tuning& t, int64_t v) { t.flash_vdpbf16ps = v != 0; }) != 0;
+}
+
 // The fp32 variants auto may pick for `data` on `threads` threads: all but
 // auto itself, those `dropped` at a smaller N, and those whose workspace
 // exceeds kAutoMaxWorkspaceBytes (auto would not run them).
@@ -427,6 +466,7 @@ int TuneCommand(TuneArgs args) {
   tuned.flash_decode_prefetch_min_kv_bytes = TuneDecodePrefetchMinKvBytes(args, tuned);
   TuneDecodePrefetch(args, tuned);
   TuneTilePrefetch(args, tuned);
+  TuneVdpbf16ps(args, tuned);
   tuned.auto_points = TuneAutoPoints(args, tuned);
   tuned.source = path;
 
@@ -435,13 +475,14 @@ int TuneCommand(TuneArgs args) {
   for (const AutoPoint& p : tuned.auto_points) not_flash += p.variant != "flash";
   fmt::print(
       "wrote {} in {:.0f} s: flash key tile {}, decode prefetch {} B (GQA), {} B (MHA) above {} "
-      "MiB of K and V, tile prefetch {}, {} "
+      "MiB of K and V, tile prefetch {}, bf16 on VDPBF16PS {}, {} "
       "of {} auto points pick a variant other than flash.\nThe kernels read it at {} "
       "(ATTNLAB_TUNING overrides the path; ATTNLAB_TUNING=none ignores it).\n",
       path, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
       tuned.flash_key_tile, tuned.flash_decode_prefetch_bytes,
       tuned.flash_mha_decode_prefetch_bytes, tuned.flash_decode_prefetch_min_kv_bytes >> 20,
-      tuned.flash_tile_prefetch ? "on" : "off", not_flash, tuned.auto_points.size(),
+      tuned.flash_tile_prefetch ? "on" : "off", tuned.flash_vdpbf16ps ? "yes" : "no", not_flash,
+      tuned.auto_points.size(),
       args.out ? "that path when ATTNLAB_TUNING names it" : "this default path");
   return kExitOk;
 }

@@ -61,7 +61,12 @@
 // Element types (kernels/problem.h, "Element types"). Accumulation, m, l and
 // lse are fp32 whatever the inputs. Three paths:
 //   * bf16 Q, K and V, on a CPU with AVX512_BF16 (Zen 4, Cooper Lake and
-//     later; RunStats::path "AVX3+AVX512_BF16"), blocks of more than 8 rows:
+//     later; RunStats::path "AVX3+AVX512_BF16") whose tuning lets them
+//     (flash.vdpbf16ps: not by default on Sapphire and Emerald
+//     Rapids, whose VDPBF16PS issues at half the FMA rate, so that these
+//     kernels ran 0.53-0.65x as fast as the converted path below; Zen 4
+//     issues it at the FMA's rate; kernels/DESIGN.md, "bf16 without AMX on
+//     a 2-FMA-port core"), blocks of more than 8 rows:
 //     S and P·V on VDPBF16PS (kernels/ukernels/bf16_avx512.h), one
 //     instruction per 16 lanes x 2 multiply-adds, so the two products take
 //     half the fp32 instructions and K/V tiles half the bytes. Q is paired
@@ -79,14 +84,17 @@
 //     "Reduced precision"). Where the CPU has AMX-BF16 and dk is a multiple
 //     of 32 the score tile and P·V go to the tile kernels instead
 //     (kernels/ukernels/bf16_amx.h, RunStats::path "AVX3+AMX_BF16";
-//     PairKernels chooses, ATTNLAB_NO_AMX=1 keeps VDPBF16PS): TDPBF16PS
+//     PairKernels chooses, ATTNLAB_NO_AMX=1 turns AMX off): TDPBF16PS
 //     takes the Q and V pairs as they are, and the P rows are its A layout.
 //     When nothing reads the scaled scores in between (ScaleInSoftmax: no
 //     softcap, ALiBi or additive mask, scale > 0) the softmax takes the
 //     scale from the score tile, which then stores Sᵀ as the products leave
 //     it.
 //   * Decode blocks of 2-4 rows (GQA decode) with bf16 K or V, on a CPU with
-//     AVX512_BF16 (RunStats::path "AVX3+AVX512_BF16"): the scores and P·V on
+//     AVX512_BF16 whose tuning lets VDPBF16PS run (as above: not by default
+//     on Sapphire and Emerald Rapids, where the converting kernels below
+//     took 0.75-0.8x the time of these; RunStats::path
+//     "AVX3+AVX512_BF16"): the scores and P·V on
 //     VDPBF16PS (kernels/ukernels/bf16_decode.h), K and V read in place with
 //     no conversion (Q rounded to bf16 once when it is not bf16; the
 //     weights to bf16 pairs for P·V). 0.70-0.80x the time of the
@@ -106,11 +114,12 @@
 //     reads K and V at their own width: 2 bytes (bf16, f16) or 1 byte plus
 //     a 4-byte scale per row (int8) instead of 4. Widths that are not whole
 //     vectors convert 32 rows at a time into L1 (kDecodeChunk).
-//   * Everything else (f16, int8, mixed types, bf16 on other CPUs,
-//     ATTNLAB_PORTABLE=1): K and V tiles are converted exactly to fp32
-//     (to_f32_row) once per tile into scratch, where the fp32 micro-kernels
-//     read them, 64 rows to each converted element; Q rows are converted on
-//     load.
+//   * Everything else (f16, int8, mixed types, bf16 on other CPUs or where
+//     the tuning says so, ATTNLAB_PORTABLE=1): K and V tiles are converted
+//     exactly to fp32 (to_f32_row) once per tile and work item into scratch
+//     (HeldRows: an item's up to 4 row blocks share it), where the fp32
+//     micro-kernels read them, up to 256 rows to each converted element; Q
+//     rows are converted on load.
 // A reduced O is finished in fp32 and rounded once (StoreRow).
 //
 // Paged K/V (Problem::kv_pages): tiles stay Bc keys; inside a tile the score
@@ -157,8 +166,9 @@
 // Work items of several row blocks: a many-row item (not paged) takes up to
 // 4 row blocks (Plan::sub_blocks: as many as leave 32 items and the rows
 // fill), which take each key tile in turn: one read of the K and V tiles
-// from L2/L3 (and on the bf16 pair paths one pairing of V: PackedV;
-// causal's diagonal tiles pair theirs each) serves up to 256 rows. Each
+// from L2/L3 (and one pairing of V on the bf16 pair paths, one conversion
+// of K and V to fp32 on the converted path: HeldRows; causal's diagonal
+// tiles pair or convert theirs each) serves up to 256 rows. Each
 // row's arithmetic is unchanged, so are the bits (tested). Sapphire Rapids
 // VM, 1 thread, time against items of one block: bf16 on AMX dense
 // 0.83-0.88, causal 0.87-0.98; bf16 on VDPBF16PS 0.93-1.00; fp32 0.93-1.00
@@ -273,24 +283,39 @@ using flash::kFewRows;    // blocks of at most this many rows use dot products
 using flash::kFewStride;  // row stride of a few-row block's score tile
 static_assert(kBr == kScoreTileCols, "a row block is one score tile wide");
 
+// What the conversion buffers hold: sc.kc the k_rows K rows from address
+// `k` of the problem's K, converted to fp32; sc.vp the v_rows V rows from
+// `v`, converted (fp32 path) or paired (bf16 pair path). The parts of a work
+// item share the buffers, so a K and V tile that several of its row blocks
+// see is converted (or paired) once, not once per row block (AttendBlock
+// starts each item with nothing held; an address names the batch, kv head
+// and key within the problem).
+struct HeldRows {
+  const void* k = nullptr;
+  int64_t k_rows = 0;
+  const void* v = nullptr;
+  int64_t v_rows = 0;
+};
+
 // A thread's scratch (flash::Plan::thread_floats, each piece 64-byte
 // aligned).
 struct Scratch {
-  float* qt;      // Qᵀ dk x kBr, or row-major kFewRows x dkp (flash::QBlockFloats)
-  float* st;      // bc x kBr (or kFewRows x kFewStride)
-  float* vp;      // bc x dvp, when V is packed
-  float* o;       // kBr x dvp (per row block of the item: plan.item_rows() x dvp in all)
-  float* m;       // kBr (the same)
-  float* l;       // kBr
-  float* alpha;   // kBr
-  float* kc;      // bc x dk: the K tile as fp32 (reduced-precision K only)
-  float* qc;      // kBr x dk: the block's Q rows as fp32 (reduced-precision Q)
-  float* oc;      // dvp: an O row before rounding (reduced-precision O)
-  uint32_t* pr;   // kBr x plan.p_row_pairs: P as bf16 rows (the pair kernels)
-  uint16_t* qw;   // few-row Q as bf16 or int16 words, rows dk apart (the decode kernels)
-  float* q_step;  // few-row Q's int16 step times the softmax scale, per row (int8 K)
-  int64_t* rb;    // kBr (the same): first visible key of each row, within the item
-  int64_t* re;    // kBr (the same): one past the last
+  float* qt;       // Qᵀ dk x kBr, or row-major kFewRows x dkp (flash::QBlockFloats)
+  float* st;       // bc x kBr (or kFewRows x kFewStride)
+  float* vp;       // bc x dvp, when V is packed
+  float* o;        // kBr x dvp (per row block of the item: plan.item_rows() x dvp in all)
+  float* m;        // kBr (the same)
+  float* l;        // kBr
+  float* alpha;    // kBr
+  float* kc;       // bc x dk: the K tile as fp32 (reduced-precision K only)
+  float* qc;       // kBr x dk: the block's Q rows as fp32 (reduced-precision Q)
+  float* oc;       // dvp: an O row before rounding (reduced-precision O)
+  uint32_t* pr;    // kBr x plan.p_row_pairs: P as bf16 rows (the pair kernels)
+  uint16_t* qw;    // few-row Q as bf16 or int16 words, rows dk apart (the decode kernels)
+  float* q_step;   // few-row Q's int16 step times the softmax scale, per row (int8 K)
+  int64_t* rb;     // kBr (the same): first visible key of each row, within the item
+  int64_t* re;     // kBr (the same): one past the last
+  HeldRows* held;  // what kc and vp hold (the work item's)
 };
 
 struct BlockCounts {
@@ -422,8 +447,9 @@ Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64
 }
 
 // K rows [j0, j0 + nc) as the score kernels read them: fp32 K in place;
-// reduced-precision K converted (ToF32Row, exact) into sc.kc once per row
-// block, where the 64 rows of the block read it from L1/L2. Sets *stride.
+// reduced-precision K converted (ToF32Row, exact) into sc.kc once per work
+// item (sc.held), where the up to 256 rows of the item's row blocks read it
+// from L1/L2. Sets *stride.
 const float* TileKeys(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc, Scratch& sc,
                       int64_t* stride) {
   if (p.k.dtype == DType::kF32) {
@@ -431,11 +457,15 @@ const float* TileKeys(const ValidProblem& p, const Block& blk, int64_t j0, int64
     return p.KRow(blk.b, blk.kvh, j0);
   }
   const int64_t dk = p.shape.head_dim;
+  *stride = dk;
+  const void* rows = p.KvRow(p.k, blk.b, blk.kvh, j0);
+  if (sc.held->k == rows && sc.held->k_rows == nc) return sc.kc;
+  sc.held->k = rows;
+  sc.held->k_rows = nc;
   for (int64_t j = 0; j < nc; ++j) {
     ToF32Row(p.k.dtype, p.KvRow(p.k, blk.b, blk.kvh, j0 + j), dk, p.KScale(blk.b, blk.kvh, j0 + j),
              sc.kc + j * dk);
   }
-  *stride = dk;
   return sc.kc;
 }
 
@@ -444,7 +474,7 @@ const float* TileKeys(const ValidProblem& p, const Block& blk, int64_t j0, int64
 // over V that cost more than the cache-line-split loads it avoids: MHA
 // decode, d = 128, 15 -> 25 GB/s; dense N = 2048, d = 128, +5%); else
 // packed into sc.vp (converted to fp32 when reduced, exactly), zero-padded
-// to dvp. Sets *stride to the rows' stride.
+// to dvp, once per work item as TileKeys. Sets *stride to the rows' stride.
 const float* TileValues(const ValidProblem& p, const flash::Plan& plan, const Block& blk,
                         int64_t j0, int64_t nc, Scratch& sc, int64_t* stride) {
   if (plan.v_in_place) {
@@ -452,13 +482,17 @@ const float* TileValues(const ValidProblem& p, const flash::Plan& plan, const Bl
     return p.VRow(blk.b, blk.kvh, j0);
   }
   const int64_t dv = p.shape.value_dim;
+  *stride = plan.dvp;
+  const void* rows = p.KvRow(p.v, blk.b, blk.kvh, j0);
+  if (sc.held->v == rows && sc.held->v_rows == nc) return sc.vp;
+  sc.held->v = rows;
+  sc.held->v_rows = nc;
   for (int64_t j = 0; j < nc; ++j) {
     float* dst = sc.vp + j * plan.dvp;
     ToF32Row(p.v.dtype, p.KvRow(p.v, blk.b, blk.kvh, j0 + j), dv, p.VScale(blk.b, blk.kvh, j0 + j),
              dst);
     std::fill(dst + dv, dst + plan.dvp, 0.0f);
   }
-  *stride = plan.dvp;
   return sc.vp;
 }
 
@@ -1036,16 +1070,9 @@ bool F32ScoresFinalInTile(const ValidProblem& p) {
   return p.modifiers.alibi_slopes.empty() && p.mask.kind != MaskKind::kAdditive;
 }
 
-// The keys whose V pairs sc.vp holds ([j0, j1) of the item's head), so
-// that the row blocks of an item pair each V tile once (AttendBlock); empty
-// when sc.vp holds anything else.
-struct PackedV {
-  int64_t j0 = -1, j1 = -1;
-};
-
 // The bf16 version of a tile's S = Q·Kᵀ (times `scale`) and, after the
 // softmax, O (+)= P·V: K read in place, V paired into sc.vp (unless it holds
-// those keys' pairs already: `packed`), P already in rows in sc.pr.
+// those keys' pairs already: sc.held), P already in rows in sc.pr.
 void Bf16Scores(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc, float scale,
                 Scratch& sc, float* col_max) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(DF()));
@@ -1054,7 +1081,7 @@ void Bf16Scores(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc,
                         p.shape.head_dim, blk.rp / N, scale, sc.st, col_max);
 }
 void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, int64_t j0,
-            int64_t j1, bool partial, bool first, Scratch& sc, PackedV& packed) {
+            int64_t j1, bool partial, bool first, Scratch& sc) {
   const int64_t nc = j1 - j0, dv = p.shape.value_dim, vs = p.v.strides.row;
   const auto* v = static_cast<const uint16_t*>(p.KvRow(p.v, blk.b, blk.kvh, j0));
   if (partial && !Bf16ValuesFinite(v, vs, nc, dv)) {
@@ -1065,9 +1092,10 @@ void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, in
         [&](int64_t x, int64_t j) { return F32FromBF16Bits(pr[x * ldp + j]); });
   }
   auto* vp = reinterpret_cast<uint32_t*>(sc.vp);
-  if (packed.j0 != j0 || packed.j1 != j1) {
+  if (sc.held->v != v || sc.held->v_rows != nc) {
     blk.pairs->pack_value_pairs(v, vs, nc, dv, vp, plan.dvp);
-    packed = {j0, j1};
+    sc.held->v = v;
+    sc.held->v_rows = nc;
   }
   blk.pairs->pv_rows(sc.pr, plan.p_row_pairs, vp, plan.dvp, (nc + 1) / 2, blk.nrows, plan.dvp / 16,
                      !first, sc.o, plan.dvp);
@@ -1120,7 +1148,7 @@ struct TileMath {
 // online-softmax step, O (+)= P·V.
 void AttendTile(const ValidProblem& p, const flash::Plan& plan, std::span<const Block> blocks,
                 std::span<Scratch> parts, int64_t j0, int64_t j1, bool first, bool partial,
-                const TileMath& math, PackedV& packed) {
+                const TileMath& math) {
   const Block& blk = blocks[0];
   const int64_t nc = j1 - j0, N = static_cast<int64_t>(hn::Lanes(DF()));
   HWY_ALIGN float max_from_scores[kBr];
@@ -1152,9 +1180,8 @@ void AttendTile(const ValidProblem& p, const flash::Plan& plan, std::span<const 
 
   // O (+)= P·V.
   if (blk.pairs) {
-    Bf16Pv(p, plan, blk, j0, j1, partial, first, parts[0], packed);
+    Bf16Pv(p, plan, blk, j0, j1, partial, first, parts[0]);
   } else {
-    packed = {};  // sc.vp may now hold converted V
     F32Pv(p, plan, blocks, parts, j0, j1, partial, first);
   }
 }
@@ -1165,8 +1192,9 @@ void AttendTile(const ValidProblem& p, const flash::Plan& plan, std::span<const 
 // see the same keys), or the kBr-row blocks of a many-row one (a group each:
 // each sees its own keys). Tile by tile over the union of the groups' keys,
 // each group that sees the tile takes it in turn, so that a K and V tile
-// read from L2/L3 once, and a V tile paired once (PackedV; the tiles where
-// two blocks see the same keys: all but causal's diagonal), serve them all.
+// read from L2/L3 once, and converted or paired once (HeldRows; the tiles
+// where two blocks see the same keys: all but causal's diagonal), serve them
+// all.
 // Leaves m, l and the unnormalized O of the item's heads·nrows rows in `sc`.
 void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int64_t kvh,
                  int64_t heads, int64_t r0, int64_t nrows, int64_t key_lo, int64_t key_hi,
@@ -1217,7 +1245,6 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
     }
   }
   int64_t visited[kFewRows] = {};
-  PackedV packed;
   // Tiles are aligned to bc from key_lo; each is clipped to the group's union.
   for (int64_t t = key_lo + (ulo - key_lo) / bc * bc; t < uhi; t += bc) {
     for (int64_t gr = 0; gr < groups; ++gr) {
@@ -1232,7 +1259,7 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
       partial ? ++counts.partial : ++counts.full;
       AttendTile(p, plan, std::span<const Block>(blocks + gr * per_group, per_group),
                  std::span<Scratch>(parts + gr * per_group, per_group), j0, j1, first, partial,
-                 math, packed);
+                 math);
     }
   }
   for (int64_t gr = 0; gr < groups; ++gr) counts.skipped += tiles_total - visited[gr];
@@ -1345,7 +1372,8 @@ struct SplitPartials {
 // (converted tiles). Not for a paged cache: the pair kernels take a tile's
 // K and V rows at one stride; paged tiles take the converted path, run by
 // run. *path names the ISA ("+AMX_BF16", "+AVX512_BF16").
-const ukernels::Bf16Kernels* PairKernels(const ValidProblem& p, const char** path) {
+const ukernels::Bf16Kernels* PairKernels(const ValidProblem& p, const flash::Plan& plan,
+                                         const char** path) {
   if (!flash::PairTypes(p) || hn::Lanes(DF()) != 16 || PortablePathForced()) return nullptr;
   if (!AmxForbidden() && ukernels::AmxScoresTakeDk(p.shape.head_dim)) {
     if (const ukernels::Bf16Kernels* amx = ukernels::AmxBf16KernelsForCpu()) {
@@ -1353,6 +1381,7 @@ const ukernels::Bf16Kernels* PairKernels(const ValidProblem& p, const char** pat
       return amx;
     }
   }
+  if (!plan.vdpbf16ps) return nullptr;
   *path = "+AVX512_BF16";
   return ukernels::Bf16KernelsForCpu();
 }
@@ -1361,10 +1390,12 @@ const ukernels::Bf16Kernels* PairKernels(const ValidProblem& p, const char** pat
 // and which product takes them: its blocks have the rows they take (a
 // (batch, kv head)'s rows, group·Lq, 2 to 4: GQA decode,
 // Bf16DecodeTakesRows), K or V is bf16 of a width they take, and as for
-// PairKernels the CPU has AVX512_BF16, the Highway target has 16 lanes and
-// ATTNLAB_PORTABLE is off. Else they stay null and false.
+// PairKernels the CPU has AVX512_BF16, the Highway target has 16 lanes,
+// ATTNLAB_PORTABLE is off and the tuning lets VDPBF16PS run
+// (plan.vdpbf16ps). Else they stay null and false.
 void DecodePairKernels(const ValidProblem& p, const flash::Plan& plan, PairSets& sets) {
-  if (!ukernels::Bf16DecodeTakesRows(plan.rows) || hn::Lanes(DF()) != 16 || PortablePathForced()) {
+  if (!ukernels::Bf16DecodeTakesRows(plan.rows) || hn::Lanes(DF()) != 16 || PortablePathForced() ||
+      !plan.vdpbf16ps) {
     return;
   }
   const bool k = p.k.dtype == DType::kBF16 && ukernels::Bf16DecodeTakesDk(p.shape.head_dim);
@@ -1425,7 +1456,7 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
   const SplitPartials partials{plan, partial.data()};
   const char* pair_path = nullptr;
   PairSets sets;
-  sets.tiles = PairKernels(p, &pair_path);
+  sets.tiles = PairKernels(p, plan, &pair_path);
   DecodePairKernels(p, plan, sets);
   DecodeI8Kernels(p, plan, sets);
   // Blocks of few rows (decode) never take the tiles (LoadBlock).
@@ -1454,6 +1485,8 @@ Status RunFlashImpl(const ValidProblem& p, ExecContext& ctx) {
                 flash::FewRowsWordFloats(p.shape.head_dim);
     sc.rb = ranges.data() + tid * 2 * item_rows;
     sc.re = sc.rb + item_rows;
+    HeldRows held;  // the item's parts share what kc and vp hold
+    sc.held = &held;
 
     const int64_t blk = item / plan.splits;
     const int64_t split = item % plan.splits;

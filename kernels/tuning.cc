@@ -96,6 +96,10 @@ bool IsZen4(int family, int model) {
 
 bool IsEmeraldRapids(int family, int model) { return family == 6 && model == 0xcf; }
 
+bool VdpBf16psAtHalfFmaRate(int family, int model) {
+  return family == 6 && (model == 0x8f || model == 0xa7 || model == 0xcf);
+}
+
 bool CpuIsZen4() {
   const auto [family, model] = CpuFamilyModel();
   return IsZen4(family, model);
@@ -153,6 +157,11 @@ bool DefaultTilePrefetch() {
   return !IsEmeraldRapids(family, model);
 }
 
+bool DefaultVdpbf16ps() {
+  const auto [family, model] = CpuFamilyModel();
+  return !VdpBf16psAtHalfFmaRate(family, model);
+}
+
 int64_t DefaultDecodePrefetchMinKvBytes() {
   const int64_t l3 = L3CacheBytes();
   return l3 > 0 ? std::min(l3 / 2, kMaxDefaultDecodePrefetchMinKvBytes) : int64_t{16} << 20;
@@ -164,6 +173,7 @@ Tuning DefaultTuning(std::string why) {
   t.target = DispatchedHighwayTarget();
   t.flash_mha_decode_prefetch_bytes = DefaultMhaDecodePrefetchBytes();
   t.flash_tile_prefetch = DefaultTilePrefetch();
+  t.flash_vdpbf16ps = DefaultVdpbf16ps();
   t.source = "built-in defaults (" + why + ")";
   return t;
 }
@@ -181,6 +191,16 @@ Status OptionalBytes(const json& flash, const char* name, int64_t max, int64_t* 
     return InvalidArgument("tuning: flash." + std::string(name) + "=" + std::to_string(*out) +
                            " must be in [0, " + std::to_string(max) + "]");
   }
+  return Status();
+}
+
+// flash.<name>, when the file has it, into *out: true or false.
+Status OptionalBool(const json& flash, const char* name, bool* out) {
+  if (!flash.contains(name)) return Status();
+  const json* f;
+  ATTN_RETURN_IF_ERROR(
+      Field(flash, name, json::value_t::boolean, "true or false", "tuning: flash.", &f));
+  *out = f->get<bool>();
   return Status();
 }
 
@@ -221,11 +241,8 @@ StatusOr<Tuning> ParseTuning(std::string_view text) {
   ATTN_RETURN_IF_ERROR(OptionalBytes(*flash, "decode_prefetch_min_kv_bytes",
                                      kMaxDecodePrefetchMinKvBytes,
                                      &t.flash_decode_prefetch_min_kv_bytes));
-  if (flash->contains("tile_prefetch")) {
-    ATTN_RETURN_IF_ERROR(Field(*flash, "tile_prefetch", json::value_t::boolean, "true or false",
-                               "tuning: flash.", &f));
-    t.flash_tile_prefetch = f->get<bool>();
-  }
+  ATTN_RETURN_IF_ERROR(OptionalBool(*flash, "tile_prefetch", &t.flash_tile_prefetch));
+  ATTN_RETURN_IF_ERROR(OptionalBool(*flash, "vdpbf16ps", &t.flash_vdpbf16ps));
   const json* autos;
   ATTN_RETURN_IF_ERROR(Field(j, "auto", json::value_t::object, "an object", "tuning: ", &autos));
   const json* points;
@@ -258,7 +275,8 @@ std::string SerializeTuning(const Tuning& t) {
         {"mha_decode_prefetch_bytes", t.flash_mha_decode_prefetch_bytes},
         {"paged_prefetch_bytes", t.flash_paged_prefetch_bytes},
         {"decode_prefetch_min_kv_bytes", t.flash_decode_prefetch_min_kv_bytes},
-        {"tile_prefetch", t.flash_tile_prefetch}}},
+        {"tile_prefetch", t.flash_tile_prefetch},
+        {"vdpbf16ps", t.flash_vdpbf16ps}}},
       {"auto", {{"points", points}}}};
   return j.dump(2) + "\n";
 }

@@ -14,7 +14,9 @@
 //     when K and V take
 //     more than half the L3 or 32 MiB, whichever is less, as measured on the
 //     Intel Xeon VM; prefill prefetching each next key tile into L2 except
-//     on Emerald Rapids (DefaultTilePrefetch); auto always picks flash);
+//     on Emerald Rapids (DefaultTilePrefetch); bf16 prefill on VDPBF16PS
+//     except on Sapphire and Emerald Rapids (DefaultVdpbf16ps); auto
+//     always picks flash);
 //   * stale (made on another CPU model or Highway target, or an older format)
 //     or malformed: defaults, and one line on stderr saying why and to rerun
 //     `attnlab tune`. A bad file never stops a kernel from running.
@@ -87,6 +89,20 @@ int64_t DefaultMhaDecodePrefetchBytes();
 // 2-FMA-port core"); elsewhere yes (the first wave's choice, made on Zen 4,
 // whose L2 is half the size; not re-measured). `attnlab tune` measures it.
 bool DefaultTilePrefetch();
+// Whether flash computes bf16 products on VDPBF16PS when no tuning says
+// otherwise and the CPU has AVX512_BF16: prefill's pair kernels for bf16 Q,
+// K and V (kernels/ukernels/bf16_avx512.h; AMX, where the CPU has it and dk
+// suits it, is chosen before them) and GQA decode's for bf16 K or V
+// (bf16_decode.h); else through fp32 (prefill: K and V tiles converted for
+// the fp32 kernels; decode: bf16 widened in registers). Per detected CPU:
+// not on the Intel cores whose VDPBF16PS issues at half the FMA rate
+// (VdpBf16psAtHalfFmaRate), where its products take as long as fp32's and
+// the pairing costs more: there bf16 prefill on VDPBF16PS ran 0.53-0.65x as
+// fast as through fp32 and GQA-4 decode 0.75-0.8x (kernels/DESIGN.md, "bf16
+// without AMX on a 2-FMA-port core"); elsewhere yes (Zen 4 issues VDPBF16PS
+// at the FMA's rate: prefill 1.7-1.9x fp32 flash, GQA decode 0.7-0.9x the
+// converting kernels' time). `attnlab tune` measures it.
+bool DefaultVdpbf16ps();
 // The cap: the Intel Xeon VM's sysfs says 480 MiB of L3, yet prefetching paid
 // from 64 MiB of K and V up (fp32 decode, d = 128, 1 thread: GQA-4 0.57-0.84x
 // the time, MHA 0.92-0.97x) and lost at 8-32 MiB (1.02-1.18x); half its
@@ -134,6 +150,11 @@ struct Tuning {
   // next key tile's K and V rows into L2 as it goes (DefaultTilePrefetch). A
   // file without it takes true.
   bool flash_tile_prefetch = true;
+  // flash: whether bf16 products run on VDPBF16PS (true: prefill's pair
+  // kernels where AMX does not take them, GQA decode's pair kernels) or
+  // through fp32 (false) where the CPU has AVX512_BF16 (DefaultVdpbf16ps).
+  // A file without it takes true.
+  bool flash_vdpbf16ps = true;
   // auto: the fastest variant per measured point (empty: always flash).
   std::vector<AutoPoint> auto_points;
   // Where it came from: the file's path, or "built-in defaults (<why>)".
@@ -176,6 +197,12 @@ bool CpuIsZen4();
 // tile prefetch was measured (Sapphire Rapids, model 143, shares its core and
 // L2 and is left to `attnlab tune`).
 bool IsEmeraldRapids(int family, int model);
+// The Intel cores measured to issue VDPBF16PS at half the FMA rate (a
+// register-resident loop of them, `ceiling_vdpbf16ps`, at 0.5x
+// `ceiling_fma`'s FLOP rate): Emerald Rapids (207) and the Sapphire Rapids
+// VM that reported model 167 (A7h; a native one reports 143 = 8Fh, same
+// core, included). Not measured elsewhere (Granite Rapids, Cooper Lake).
+bool VdpBf16psAtHalfFmaRate(int family, int model);
 
 // The defaults (no file): what the kernels were tuned with.
 Tuning DefaultTuning(std::string why);

@@ -428,11 +428,16 @@ class Report:
       threads = sorted(set(fma[source]) | {c.params["threads"] for c in self.run.all_cases()
                                            if c.source == source and c.family ==
                                            ar.CEILING_STREAM and "threads" in c.params})
-      # ceiling_amx (AMX-BF16 machines only): a column when the file has it.
-      amx = {c.params["threads"]: c for c in self.run.all_cases()
-             if c.source == source and c.family == ar.CEILING_AMX and c.ok
-             and "threads" in c.params and c.counter("GFLOPS")}
-      rows, fma_text, stream_text, amx_text = [], [], [], []
+      # The bf16 peaks (ceiling_vdpbf16ps, ceiling_amx: where the CPU has the ISA): a column
+      # each when the file has it.
+      peaks = []
+      for family, bounds, isa in ar.BF16_CEILINGS:
+        by_threads = {c.params["threads"]: c for c in self.run.all_cases()
+                      if c.source == source and c.family == family and c.ok
+                      and "threads" in c.params and c.counter("GFLOPS")}
+        if by_threads:
+          peaks.append((family, bounds, isa, by_threads, []))
+      rows, fma_text, stream_text = [], [], []
       for t in threads:
         f, st = fma[source].get(t), self.stream_ceiling(source, t)
         p = f.counter("GFLOPS") if f else None
@@ -444,11 +449,11 @@ class Report:
         rows.append([t, fmt_num(p), spread, (f.path or "—") if f else "—", fmt_num(gb),
                      fmt_num(st.counter("GBps")) if st else "—",
                      fmt_num(p / gb) if p and gb else "—"])
-        if amx:
-          a_gflops = amx[t].counter("GFLOPS") if t in amx else None
-          rows[-1].append(fmt_num(a_gflops))
-          if a_gflops:
-            amx_text.append(f"{fmt_num(a_gflops)} GFLOP/s on {t}")
+        for _, _, _, by_threads, text in peaks:
+          g = by_threads[t].counter("GFLOPS") if t in by_threads else None
+          rows[-1].append(fmt_num(g))
+          if g:
+            text.append(f"{fmt_num(g)} GFLOP/s on {t}")
         if p:
           fma_text.append(f"{fmt_num(p)} GFLOP/s on {t} thread{'s' if t != 1 else ''}")
         if gb:
@@ -457,7 +462,7 @@ class Report:
                md_table(["threads", "ceiling_fma GFLOP/s (median)",
                          "min–max (repetitions)", "target", "ceiling_stream GB/s (best)",
                          "stream median", "ridge (FLOP/byte)"]
-                        + (["ceiling_amx GFLOP/s (median; bf16 on AMX tiles)"] if amx else []),
+                        + [f"{family} GFLOP/s (median; {bounds})" for family, bounds, *_ in peaks],
                         rows), "")
       targets = sorted({f.path for f in fma[source].values() if f.path})
       self.summary.append(
@@ -465,7 +470,8 @@ class Report:
           + ", ".join(fma_text) + (f" ({', '.join(targets)}, median)" if targets else "")
           + ("; ceiling_stream " + ", ".join(stream_text) + " (best repetition)"
              if stream_text else "")
-          + ("; ceiling_amx " + ", ".join(amx_text) + " (AMX-BF16)" if amx_text else "")
+          + "".join(f"; {family} {', '.join(text)} ({isa})"
+                    for family, _, isa, _, text in peaks if text)
           + "; roofline in *Ceilings and roofline*.")
 
   _SCENARIO_MARKERS = {"": "o", "decode": "s", "gqa": "^", "window": "D", "cross": "v"}

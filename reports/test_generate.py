@@ -637,30 +637,37 @@ def test_ceilings(work, doc):
       STREAM_REPS[1]), "Case.best is the best repetition, Case.counter the median")
 
 
-def test_amx_ceiling(work, doc):
-  """ceiling_amx (AMX-BF16 machines): a column of the ceilings table at each thread count and
-  a clause of the summary's ceilings line; not a variant anywhere."""
+def test_bf16_ceilings(work, doc):
+  """ceiling_vdpbf16ps and ceiling_amx (AVX512_BF16 and AMX-BF16 machines): a column each of
+  the ceilings table at each thread count, in that order, and a clause each of the summary's
+  ceilings line; not variants anywhere."""
   full = with_ceilings(doc)
-  amx = {1: 3600.0, 2: 6500.0}
-  for t, g in amx.items():
-    full["benchmarks"].append(repetition(f"ceiling_amx/threads:{t}", 0, 1, 1.0,
-                                         {"GFLOPS": g, "threads": float(t)}, "path=AMX_BF16"))
-  path_in = os.path.join(work, "amx.json")
+  peaks = {"ceiling_vdpbf16ps": {1: 90.0, 2: 180.0}, "ceiling_amx": {1: 3600.0, 2: 6500.0}}
+  for family, by_threads in peaks.items():
+    for t, g in by_threads.items():
+      full["benchmarks"].append(repetition(f"{family}/threads:{t}", 0, 1, 1.0,
+                                           {"GFLOPS": g, "threads": float(t)}, "path=X"))
+  path_in = os.path.join(work, "bf16peaks.json")
   json.dump(full, open(path_in, "w"))
-  path = run_generate([path_in, "--out-dir", os.path.join(work, "amx")])
+  path = run_generate([path_in, "--out-dir", os.path.join(work, "bf16peaks")])
   text, _ = check_pngs(path)
   ceilings = section(text, "## Ceilings and roofline")
-  check("ceiling_amx GFLOP/s" in ceilings.split("ceilings\n", 1)[1].split("\n")[1],
-        "the ceilings table has a ceiling_amx column")
+  header = ceilings.split("ceilings\n", 1)[1].split("\n")[1]
+  check("ceiling_vdpbf16ps GFLOP/s" in header and "ceiling_amx GFLOP/s" in header
+        and header.index("ceiling_vdpbf16ps") < header.index("ceiling_amx"),
+        f"the ceilings table has a ceiling_vdpbf16ps, then a ceiling_amx column ({header})")
   rows = table_after(ceilings, "ceilings\n")
-  for t, g in amx.items():
-    check(any(r[0] == str(t) and r[-1] == generate.fmt_num(g) for r in rows),
-          f"ceilings row for threads={t} ends with ceiling_amx {generate.fmt_num(g)} ({rows})")
+  vdp, amx = peaks["ceiling_vdpbf16ps"], peaks["ceiling_amx"]
+  for t in amx:
+    want = [generate.fmt_num(vdp[t]), generate.fmt_num(amx[t])]
+    check(any(r[0] == str(t) and r[-2:] == want for r in rows),
+          f"ceilings row for threads={t} ends with {want} ({rows})")
   summary = section(text, "## Summary")
-  check(f"ceiling_amx {generate.fmt_num(amx[1])} GFLOP/s on 1" in summary,
-        "the summary states ceiling_amx")
-  check("| ceiling_amx |" not in text and "**ceiling_amx**" not in text,
-        "ceiling_amx is not reported as a variant")
+  for family, by_threads in peaks.items():
+    check(f"{family} {generate.fmt_num(by_threads[1])} GFLOP/s on 1" in summary,
+          f"the summary states {family}")
+    check(f"| {family} |" not in text and f"**{family}**" not in text,
+          f"{family} is not reported as a variant")
 
 
 def test_auto(work, doc):
@@ -1815,7 +1822,7 @@ def main():
   test_atomic_output(args.work_dir, doc)
   test_precision(args.work_dir, doc, accdoc)
   test_ceilings(args.work_dir, doc)
-  test_amx_ceiling(args.work_dir, doc)
+  test_bf16_ceilings(args.work_dir, doc)
   test_auto(args.work_dir, doc)
   test_peers(args.work_dir, doc)
   test_backward(args.work_dir, doc)

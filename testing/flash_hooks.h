@@ -8,6 +8,8 @@
 #include <cstdint>
 
 #include "kernels/internal/flash_plan.h"
+#include "kernels/tuning.h"
+#include "testing/scoped_env.h"
 
 namespace attn::testing {
 
@@ -52,6 +54,25 @@ class DecodePrefetchScope : public HookScope<bool> {
 class SoftmaxOwnMaxScope : public HookScope<bool> {
  public:
   SoftmaxOwnMaxScope() : HookScope(flash::g_softmax_own_max_for_test, true, false) {}
+};
+
+// bf16 products on VDPBF16PS wherever the CPU has AVX512_BF16 (prefill's
+// pair kernels, GQA decode's): ATTNLAB_NO_AMX=1 (no AMX tiles) and the
+// active tuning with flash_vdpbf16ps on (off by default on the cores where
+// VDPBF16PS is slower than fp32: DefaultVdpbf16ps), so every machine with
+// the instruction tests those kernels.
+class Vdpbf16psScope {
+ public:
+  Vdpbf16psScope() : no_amx_("ATTNLAB_NO_AMX", "1"), tuning_(WithPairs()) {}
+
+ private:
+  static Tuning WithPairs() {
+    Tuning t = ActiveTuning();
+    t.flash_vdpbf16ps = true;
+    return t;
+  }
+  ScopedEnv no_amx_;
+  ScopedTuning tuning_;
 };
 
 }  // namespace attn::testing

@@ -22,6 +22,7 @@
 #include "kernels/registry.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
+#include "testing/flash_hooks.h"
 #include "testing/problem_data.h"
 #include "testing/scoped_env.h"
 
@@ -164,10 +165,11 @@ struct DTypeParam {
   ProblemSpec spec;
   size_t index;
   // bf16 Q, K, V have ISA-specific paths (flash's tiles on AMX, else
-  // VDPBF16PS): each runs too. ATTNLAB_NO_AMX=1 takes VDPBF16PS on an AMX
-  // machine; ATTNLAB_PORTABLE=1 no ISA-specific micro-kernel at all, so the
-  // portable path is tested on every CPU, beside whatever the default run
-  // takes here.
+  // VDPBF16PS where the tuning lets them): each runs too. "ATTNLAB_NO_AMX"
+  // takes VDPBF16PS wherever the CPU has AVX512_BF16 (Vdpbf16psScope: no AMX,
+  // the tuning's flash_vdpbf16ps on); ATTNLAB_PORTABLE=1 no
+  // ISA-specific micro-kernel at all, so the portable path is tested on every
+  // CPU, beside whatever the default run takes here.
   const char* env = nullptr;  // "NAME" set to 1 for the run
 };
 
@@ -244,8 +246,14 @@ TEST_P(DTypeGridTest, MatchesReference) {
   auto want = reference::Attention(data.problem(), param.spec.want_weights);
   ASSERT_TRUE(want.ok()) << want.status().ToString();
   RunStats stats;
+  const bool vdpbf16ps = param.env && std::string_view(param.env) == "ATTNLAB_NO_AMX";
   std::optional<ScopedEnv> env;
-  if (param.env) env.emplace(param.env, "1");
+  std::optional<Vdpbf16psScope> pairs;
+  if (vdpbf16ps) {
+    pairs.emplace();
+  } else if (param.env) {
+    env.emplace(param.env, "1");
+  }
   const Status status = attn::Run(*param.variant, data.problem(), {}, &stats);
   ASSERT_TRUE(status.ok()) << status.ToString();
   EXPECT_LE(stats.workspace_peak_bytes, stats.workspace_declared_bytes);

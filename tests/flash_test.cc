@@ -216,9 +216,9 @@ TEST(FlashTiles, NaNInPartialTileReachesOnlyRowsThatSeeIt) {
 TEST(FlashTiles, Bf16PairPathsKeepPartialTilesAndScales) {
   KeyTileScope tiles64(64);
   for (const bool no_amx : {false, true}) {
-    std::optional<ScopedEnv> env;
-    if (no_amx) env.emplace("ATTNLAB_NO_AMX", "1");
-    const std::string path = no_amx ? " ATTNLAB_NO_AMX=1" : "";
+    std::optional<Vdpbf16psScope> pairs;
+    if (no_amx) pairs.emplace();
+    const std::string path = no_amx ? " VDPBF16PS (ATTNLAB_NO_AMX=1)" : "";
     ProblemSpec spec = Spec(Shape{1, 1, 1, 192, 192, 64, 64}, MaskKind::kCausal, 42);
     spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
     ProblemData data(spec);
@@ -279,17 +279,17 @@ TEST(FlashTiles, ItemsOfSeveralRowBlocksGiveTheSameBits) {
   EXPECT_EQ(sub_blocks({1, 1, 1, 2048, 2048, 64, 64}), 1);    // 32 in all
   EXPECT_EQ(sub_blocks({1, 32, 32, 1, 4096, 128, 128}), 1);   // decode: one row per item
   // fp32, then bf16 on AMX where the CPU has it and on VDPBF16PS
-  // (ATTNLAB_NO_AMX=1) where it has AVX512_BF16.
+  // (Vdpbf16psScope) where it has AVX512_BF16.
   enum Path { kF32, kAmx, kVdpbf16ps };
-  const char* const path_names[] = {", fp32", ", bf16 on AMX", ", bf16, ATTNLAB_NO_AMX=1"};
+  const char* const path_names[] = {", fp32", ", bf16 on AMX", ", bf16 on VDPBF16PS"};
   for (const Path path : {kF32, kAmx, kVdpbf16ps}) {
     const bool bf16 = path != kF32;
     if (bf16 && !ukernels::CpuHasAvx512Bf16()) {
       GTEST_SKIP() << "fp32 checked; bf16 needs AVX512_BF16, which this CPU lacks";
     }
     if (path == kAmx && ukernels::AmxBf16KernelsForCpu() == nullptr) continue;
-    std::optional<ScopedEnv> env;
-    if (path == kVdpbf16ps) env.emplace("ATTNLAB_NO_AMX", "1");
+    std::optional<Vdpbf16psScope> pairs;
+    if (path == kVdpbf16ps) pairs.emplace();
     for (const int64_t keys : {int64_t{0}, int64_t{64}}) {
       KeyTileScope tiles(keys);
       for (const Case& c : cases) {
@@ -356,8 +356,8 @@ void ExpectScoreTileMaximumKeepsTheBits(ProblemData& data) {
       << "the score tile's maximum changed the bits";
 }
 
-// bf16 on each pair path this CPU has (AMX, and VDPBF16PS with
-// ATTNLAB_NO_AMX=1): the softmax given each whole tile's maximum by the
+// bf16 on each pair path this CPU has (AMX, and VDPBF16PS: Vdpbf16psScope):
+// the softmax given each whole tile's maximum by the
 // score tile (col_max) writes the bits it writes when it takes the maximum
 // itself, for dense and causal (whole and partial tiles), d = 64 and 128
 // and both tile sizes.
@@ -366,15 +366,15 @@ TEST(FlashTiles, ScoreTileMaximumGivesTheSameBits) {
     GTEST_SKIP() << "needs AVX512_BF16: this CPU lacks it";
   }
   for (const bool no_amx : {false, true}) {
-    std::optional<ScopedEnv> env;
-    if (no_amx) env.emplace("ATTNLAB_NO_AMX", "1");
+    std::optional<Vdpbf16psScope> pairs;
+    if (no_amx) pairs.emplace();
     for (const int64_t keys : {int64_t{0}, int64_t{64}}) {
       KeyTileScope tiles(keys);
       for (const MaskKind mask : {MaskKind::kNone, MaskKind::kCausal}) {
         for (const int64_t d : {64, 128}) {
           SCOPED_TRACE(std::string(mask == MaskKind::kNone ? "dense" : "causal") + ", d = " +
                        std::to_string(d) + (keys ? ", 64-key tiles" : ", default tiles") +
-                       (no_amx ? ", ATTNLAB_NO_AMX=1" : ""));
+                       (no_amx ? ", VDPBF16PS (ATTNLAB_NO_AMX=1)" : ""));
           ProblemSpec spec = Spec({1, 2, 2, 700, 700, d, d}, mask, 45);
           spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
           ProblemData data(spec);
@@ -596,14 +596,16 @@ TEST(FlashTargets, EveryCompiledTargetMatchesReference) {
 
 // Reduced types on every Highway target this machine supports. bf16 Q, K
 // and V: the 16-lane target takes the AMX tiles where the CPU has AMX-BF16
-// and dk is a multiple of 32, else (and with ATTNLAB_NO_AMX=1, the second
-// round) the VDPBF16PS tiles where it has AVX512_BF16 (RunStats says which),
-// every other target converts tiles to fp32; all match the reference
+// and dk is a multiple of 32, else the VDPBF16PS tiles where it has
+// AVX512_BF16 and the tuning lets VDPBF16PS run (DefaultVdpbf16ps; the
+// second round forces it: Vdpbf16psScope) (RunStats says which), else and
+// on every other target tiles converted to fp32; all match the reference
 // within the bf16 bound (P rounded to bf16
 // before P·V), on shapes with one and several key tiles, masks that make
 // partial tiles, a dv that is not a whole vector and decode blocks (1-4
 // rows, d = 32-256, odd key counts: bf16 K or V of 2-4 rows on VDPBF16PS
-// where the CPU has AVX512_BF16 (bf16_decode.h), else read in place by the
+// where the CPU has AVX512_BF16 and the tuning lets it (bf16_decode.h), else
+// read in place by the
 // typed decode kernels; dk = 40 and 8 rows: those, or converted in
 // chunks). f16, int8 and fp32-Q-with-bf16-K/V take the same decode shapes;
 // int8 K or V of 1-4 rows runs on VPDPWSSD where the CPU has AVX512_VNNI
@@ -655,7 +657,10 @@ TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
   for (const std::string switch_on : {"", "ATTNLAB_NO_AMX", "ATTNLAB_PORTABLE"}) {
     const bool no_amx = !switch_on.empty(), portable = switch_on == "ATTNLAB_PORTABLE";
     std::optional<ScopedEnv> env;
-    if (no_amx) env.emplace(switch_on.c_str(), "1");
+    std::optional<Vdpbf16psScope> forced;
+    if (portable) env.emplace(switch_on.c_str(), "1");
+    if (no_amx && !portable) forced.emplace();
+    const bool tuned = ActiveTuning().flash_vdpbf16ps;  // VDPBF16PS may run
     for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
       hwy::SetSupportedTargetsForTest(target);
       // The pair tiles are laid out for 16-lane vectors: the AVX-512 targets
@@ -669,7 +674,7 @@ TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
         const bool decode =
             ukernels::Bf16DecodeTakesRows(spec.shape.heads / spec.shape.kv_heads *
                                           spec.shape.q_len) &&
-            has_bf16 && sixteen_lanes && !portable &&
+            has_bf16 && sixteen_lanes && !portable && tuned &&
             ((spec.dtypes.k == DType::kBF16 && ukernels::Bf16DecodeTakesDk(spec.shape.head_dim)) ||
              (spec.dtypes.v == DType::kBF16 && ukernels::Bf16DecodeTakesDv(spec.shape.value_dim)));
         const bool int8_decode =
@@ -682,11 +687,14 @@ TEST(FlashTargets, ReducedTypesOnEveryPathMatchReference) {
         RunStats stats;
         ASSERT_TRUE(attn::Run(Flash(), data.problem(), OnThreads(2), &stats).ok());
         const std::string trace = std::string(hwy::TargetName(target)) + " " + spec.Name() +
-                                  (no_amx ? " " + switch_on + "=1" : "");
+                                  (portable ? " ATTNLAB_PORTABLE=1"
+                                   : no_amx ? " VDPBF16PS (ATTNLAB_NO_AMX=1)"
+                                            : "");
         const bool on_amx = stats.path.find("AMX_BF16") != std::string::npos;
         const bool on_vdpbf16ps = stats.path.find("AVX512_BF16") != std::string::npos;
         EXPECT_EQ(on_amx, amx) << trace << ": path " << stats.path;
-        EXPECT_EQ(on_vdpbf16ps, (pairs && !amx) || decode) << trace << ": path " << stats.path;
+        EXPECT_EQ(on_vdpbf16ps, (pairs && !amx && tuned) || decode)
+            << trace << ": path " << stats.path;
         const bool on_vnni = stats.path.find("AVX512_VNNI") != std::string::npos;
         EXPECT_EQ(on_vnni, int8_decode) << trace << ": path " << stats.path;
         vnni_runs += on_vnni;

@@ -15,10 +15,12 @@
 
 #include "kernels/internal/flash_plan.h"
 #include "kernels/registry.h"
+#include "kernels/ukernels/bf16_avx512.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
 #include "testing/flash_hooks.h"
 #include "testing/problem_data.h"
+#include "testing/scoped_env.h"
 
 namespace attn {
 namespace {
@@ -43,6 +45,7 @@ Tuning Table() {
   t.flash_paged_prefetch_bytes = 4096;
   t.flash_decode_prefetch_min_kv_bytes = 48 << 20;
   t.flash_tile_prefetch = false;  // a file without the field reads true
+  t.flash_vdpbf16ps = false;      // the same
   t.auto_points = {{64, false, 1, 128, "simd"},
                    {64, false, 1, 256, "simd"},
                    {64, false, 1, 512, "flash"},
@@ -77,6 +80,7 @@ TEST(TuningFile, RoundTrips) {
   EXPECT_EQ(back->flash_paged_prefetch_bytes, 4096);
   EXPECT_EQ(back->flash_decode_prefetch_min_kv_bytes, 48 << 20);
   EXPECT_FALSE(back->flash_tile_prefetch);
+  EXPECT_FALSE(back->flash_vdpbf16ps);
   EXPECT_EQ(back->auto_points, t.auto_points);
   EXPECT_EQ(Stale(*back), "");
 }
@@ -115,6 +119,8 @@ TEST(TuningFile, BadFieldsAreNamed) {
        "flash.decode_prefetch_min_kv_bytes must be an integer"},
       {with("\"tile_prefetch\": false", "\"tile_prefetch\": 0"),
        "flash.tile_prefetch must be true or false"},
+      {with("\"vdpbf16ps\": false", "\"vdpbf16ps\": \"no\""),
+       "flash.vdpbf16ps must be true or false"},
       {with("\"format\": 1,", ""), "format is missing"},
       {with("\"variant\": \"naive\"", "\"variant\": \"fastest\""),
        "auto.points[3].variant 'fastest' is not a variant auto can run"},
@@ -132,15 +138,17 @@ TEST(TuningFile, BadFieldsAreNamed) {
 
 // Files written before flash.decode_prefetch_bytes,
 // flash.mha_decode_prefetch_bytes, flash.paged_prefetch_bytes,
-// flash.decode_prefetch_min_kv_bytes or flash.tile_prefetch existed stay
-// valid and take the defaults (kDefaultDecodePrefetchBytes for the
-// distances, true for the tile prefetch, what flash did before the field:
-// a file is made on one CPU, whose tuning it holds).
+// flash.decode_prefetch_min_kv_bytes, flash.tile_prefetch or
+// flash.vdpbf16ps existed stay valid and take the defaults
+// (kDefaultDecodePrefetchBytes for the distances, true for the switches, what
+// flash did before the field: a file is made on one CPU, whose tuning it
+// holds).
 TEST(TuningFile, WithoutDecodePrefetchTakesTheDefault) {
   for (const std::string field :
        {",\n    \"decode_prefetch_bytes\": 8192", ",\n    \"mha_decode_prefetch_bytes\": 2048",
         ",\n    \"paged_prefetch_bytes\": 4096",
-        ",\n    \"decode_prefetch_min_kv_bytes\": 50331648", ",\n    \"tile_prefetch\": false"}) {
+        ",\n    \"decode_prefetch_min_kv_bytes\": 50331648", ",\n    \"tile_prefetch\": false",
+        ",\n    \"vdpbf16ps\": false"}) {
     std::string text = SerializeTuning(Table());
     const size_t at = text.find(field);
     ASSERT_NE(at, std::string::npos) << text;
@@ -152,12 +160,14 @@ TEST(TuningFile, WithoutDecodePrefetchTakesTheDefault) {
     const bool paged = field.find("paged") != std::string::npos;
     const bool min_kv = field.find("min_kv") != std::string::npos;
     const bool tile = field.find("tile_prefetch") != std::string::npos;
+    const bool pairs = field.find("vdpbf16ps") != std::string::npos;
     EXPECT_EQ(t->flash_decode_prefetch_bytes, distance ? kDefaultDecodePrefetchBytes : 8192);
     EXPECT_EQ(t->flash_mha_decode_prefetch_bytes, mha ? kDefaultDecodePrefetchBytes : 2048);
     EXPECT_EQ(t->flash_paged_prefetch_bytes, paged ? kDefaultDecodePrefetchBytes : 4096);
     EXPECT_EQ(t->flash_decode_prefetch_min_kv_bytes,
               min_kv ? DefaultDecodePrefetchMinKvBytes() : 48 << 20);
     EXPECT_EQ(t->flash_tile_prefetch, tile);
+    EXPECT_EQ(t->flash_vdpbf16ps, pairs);
     EXPECT_EQ(t->flash_key_tile, Table().flash_key_tile);
   }
 }
@@ -191,6 +201,17 @@ TEST(TuningDefaults, DecodePrefetchByCpu) {
   EXPECT_EQ(t.flash_tile_prefetch,
             !IsEmeraldRapids(CpuFamilyModel().first, CpuFamilyModel().second));
   EXPECT_EQ(DefaultTilePrefetch(), t.flash_tile_prefetch);
+  // bf16 prefill on VDPBF16PS: not on the Intel cores measured to issue it
+  // at half the FMA rate (Sapphire and Emerald Rapids).
+  for (const auto& [family, model] : {std::pair{6, 0x8f}, {6, 0xa7}, {6, 0xcf}}) {
+    EXPECT_TRUE(VdpBf16psAtHalfFmaRate(family, model)) << family << ", " << model;
+  }
+  for (const auto& [family, model] : {std::pair{25, 0x11}, {25, 0x61}, {26, 0x11}, {6, 0x55}}) {
+    EXPECT_FALSE(VdpBf16psAtHalfFmaRate(family, model)) << family << ", " << model;
+  }
+  EXPECT_EQ(t.flash_vdpbf16ps,
+            !VdpBf16psAtHalfFmaRate(CpuFamilyModel().first, CpuFamilyModel().second));
+  EXPECT_EQ(DefaultVdpbf16ps(), t.flash_vdpbf16ps);
   // The field each block takes above the threshold, none at or under it.
   Tuning u = t;
   u.flash_decode_prefetch_bytes = 100, u.flash_mha_decode_prefetch_bytes = 200;
@@ -218,6 +239,38 @@ TEST(TuningDefaults, DecodePrefetchByCpu) {
     ScopedTuning with(v);
     ProblemData data(Self(1024, 128));
     EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).tile_prefetch, on);
+  }
+}
+
+// flash.vdpbf16ps chooses where bf16 products run, with AMX off
+// (ATTNLAB_NO_AMX=1): on VDPBF16PS when on (a CPU with AVX512_BF16 and the
+// 16-lane target the kernels are laid out for), prefill's pair kernels and
+// GQA-4 decode's; through fp32 when off (converted tiles, or bf16 widened in
+// registers); all match the reference: prefill dense and causal (a short
+// causal block and its diagonal tiles) and decode.
+TEST(TuningDefaults, Vdpbf16psChoosesTheBf16Path) {
+  const bool can_pair = ukernels::CpuHasAvx512Bf16() && DispatchedHighwayTarget() == "AVX3";
+  const testing::ScopedEnv no_amx("ATTNLAB_NO_AMX", "1");
+  ProblemSpec gqa_decode;
+  gqa_decode.shape = Shape{1, 8, 2, 1, 1500, 128, 128};
+  std::vector<ProblemSpec> specs = {Self(700, 64), Self(700, 64, MaskKind::kCausal), gqa_decode};
+  for (const bool on : {false, true}) {
+    Tuning t = ActiveTuning();
+    t.flash_vdpbf16ps = on;
+    ScopedTuning with(t);
+    for (ProblemSpec spec : specs) {
+      spec.dtypes = {DType::kBF16, DType::kBF16, DType::kBF16, DType::kBF16};
+      spec.want_weights = false;
+      ProblemData data(spec);
+      RunStats stats;
+      ASSERT_TRUE(attn::Run(*FindVariant("flash"), data.problem(), {}, &stats).ok());
+      SCOPED_TRACE(std::string(on ? "on" : "off") + ", " + spec.Name() + ", path " + stats.path);
+      EXPECT_EQ(flash::MakePlan(*Validate(data.problem())).vdpbf16ps, on);
+      EXPECT_EQ(stats.path.find("AVX512_BF16") != std::string::npos, on && can_pair);
+      const testing::Comparison c =
+          CompareToReference(data, *reference::Attention(data.problem(), false));
+      EXPECT_TRUE(c.ok) << c.first_failure;
+    }
   }
 }
 

@@ -122,6 +122,10 @@ struct Plan {
   // Many-row blocks' score tiles prefetch the next tile's K and V rows into
   // L2 (Tuning::flash_tile_prefetch).
   bool tile_prefetch = true;
+  // bf16 products may run on VDPBF16PS: many-row blocks' pair kernels, GQA
+  // decode's (Tuning::flash_vdpbf16ps; else through fp32, unless AMX takes
+  // a many-row block).
+  bool vdpbf16ps = true;
   // V rows used in place, never packed: fp32 V with dv == dvp. Otherwise
   // each V tile is packed (converted, zero-padded to dvp) into scratch.
   bool v_in_place = false;
@@ -219,6 +223,7 @@ inline Plan MakePlan(const ValidProblem& p) {
           ? DecodePrefetchDistance(ActiveTuning(), paged, plan.rows)
           : DecodePrefetchBytes(ActiveTuning(), kv_bytes, paged, plan.rows);
   plan.tile_prefetch = ActiveTuning().flash_tile_prefetch;
+  plan.vdpbf16ps = ActiveTuning().flash_vdpbf16ps;
   plan.block_rows = std::min(plan.item_rows(), plan.rows) * plan.heads;
   plan.dvp = RoundUp(s.value_dim, kPad);
   plan.v_in_place = plan.dvp == s.value_dim && p.v.dtype == DType::kF32;

@@ -82,6 +82,11 @@ struct Bf16Kernels {
 const Bf16Kernels* Bf16KernelsForCpu();
 // Whether it has them (the tests' skip condition).
 bool CpuHasAvx512Bf16();
+// The VDPBF16PS peak loop (the bench's ceiling_vdpbf16ps): `rounds` rounds
+// of 12 independent VDPBF16PS on registers (nothing loaded or stored);
+// returns the FLOPs done (64 per instruction: 16 lanes x 2 products x 2).
+// Only when CpuHasAvx512Bf16(); 0 otherwise.
+double Bf16DotPeakLoop(int64_t rounds);
 
 // qp from nrows bf16 query rows (zero rows up to 64): plain C++, the
 // tests' version of pack_query_pairs.
