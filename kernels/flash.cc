@@ -283,18 +283,27 @@ using flash::kFewRows;    // blocks of at most this many rows use dot products
 using flash::kFewStride;  // row stride of a few-row block's score tile
 static_assert(kBr == kScoreTileCols, "a row block is one score tile wide");
 
-// What the conversion buffers hold: sc.kc the k_rows K rows from address
-// `k` of the problem's K, converted to fp32; sc.vp the v_rows V rows from
+// What the conversion buffers hold: sc.kc the K rows of range `k` (from
+// their address in the problem's K), converted to fp32; sc.vp the V rows of
 // `v`, converted (fp32 path) or paired (bf16 pair path). The parts of a work
 // item share the buffers, so a K and V tile that several of its row blocks
 // see is converted (or paired) once, not once per row block (AttendBlock
 // starts each item with nothing held; an address names the batch, kv head
 // and key within the problem).
 struct HeldRows {
-  const void* k = nullptr;
-  int64_t k_rows = 0;
-  const void* v = nullptr;
-  int64_t v_rows = 0;
+  struct Range {
+    const void* first = nullptr;
+    int64_t rows = 0;
+    // True when the buffer holds `rows` rows from `first` already; else
+    // records them as held, for the caller to fill the buffer with.
+    bool HoldsOrTakes(const void* from, int64_t n) {
+      if (first == from && rows == n) return true;
+      first = from;
+      rows = n;
+      return false;
+    }
+  };
+  Range k, v;
 };
 
 // A thread's scratch (flash::Plan::thread_floats, each piece 64-byte
@@ -458,10 +467,7 @@ const float* TileKeys(const ValidProblem& p, const Block& blk, int64_t j0, int64
   }
   const int64_t dk = p.shape.head_dim;
   *stride = dk;
-  const void* rows = p.KvRow(p.k, blk.b, blk.kvh, j0);
-  if (sc.held->k == rows && sc.held->k_rows == nc) return sc.kc;
-  sc.held->k = rows;
-  sc.held->k_rows = nc;
+  if (sc.held->k.HoldsOrTakes(p.KvRow(p.k, blk.b, blk.kvh, j0), nc)) return sc.kc;
   for (int64_t j = 0; j < nc; ++j) {
     ToF32Row(p.k.dtype, p.KvRow(p.k, blk.b, blk.kvh, j0 + j), dk, p.KScale(blk.b, blk.kvh, j0 + j),
              sc.kc + j * dk);
@@ -483,10 +489,7 @@ const float* TileValues(const ValidProblem& p, const flash::Plan& plan, const Bl
   }
   const int64_t dv = p.shape.value_dim;
   *stride = plan.dvp;
-  const void* rows = p.KvRow(p.v, blk.b, blk.kvh, j0);
-  if (sc.held->v == rows && sc.held->v_rows == nc) return sc.vp;
-  sc.held->v = rows;
-  sc.held->v_rows = nc;
+  if (sc.held->v.HoldsOrTakes(p.KvRow(p.v, blk.b, blk.kvh, j0), nc)) return sc.vp;
   for (int64_t j = 0; j < nc; ++j) {
     float* dst = sc.vp + j * plan.dvp;
     ToF32Row(p.v.dtype, p.KvRow(p.v, blk.b, blk.kvh, j0 + j), dv, p.VScale(blk.b, blk.kvh, j0 + j),
@@ -1092,11 +1095,7 @@ void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, in
         [&](int64_t x, int64_t j) { return F32FromBF16Bits(pr[x * ldp + j]); });
   }
   auto* vp = reinterpret_cast<uint32_t*>(sc.vp);
-  if (sc.held->v != v || sc.held->v_rows != nc) {
-    blk.pairs->pack_value_pairs(v, vs, nc, dv, vp, plan.dvp);
-    sc.held->v = v;
-    sc.held->v_rows = nc;
-  }
+  if (!sc.held->v.HoldsOrTakes(v, nc)) blk.pairs->pack_value_pairs(v, vs, nc, dv, vp, plan.dvp);
   blk.pairs->pv_rows(sc.pr, plan.p_row_pairs, vp, plan.dvp, (nc + 1) / 2, blk.nrows, plan.dvp / 16,
                      !first, sc.o, plan.dvp);
 }
