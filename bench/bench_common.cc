@@ -19,6 +19,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "kernels/openblas_core.h"
 #include "testing/problem_data.h"
 
 #ifndef ATTNLAB_BUILD_TYPE
@@ -418,7 +419,10 @@ std::map<std::string, std::string> ContextStrings(const std::string& threads,
   ctx["attnlab_hwy_target"] = DispatchedHighwayTarget();
   ctx["attnlab_openblas_config"] = Trim(openblas_get_config());
   ctx["attnlab_openblas_version"] = Trim(OPENBLAS_VERSION);
-  ctx["attnlab_openblas_core"] = openblas_get_corename();
+  const OpenBlasCore& core = UseOpenBlasCoreForThisCpu();
+  ctx["attnlab_openblas_core"] = core.name;
+  ctx["attnlab_openblas_core_detected"] = core.detected.empty() ? "-" : core.detected;
+  ctx["attnlab_openblas_core_chosen_by"] = core.chosen_by;
   ctx["attnlab_threads"] = threads;
 #if defined(__clang__)
   ctx["attnlab_compiler"] = std::string("clang ") + __clang_version__;

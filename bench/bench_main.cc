@@ -99,6 +99,7 @@
 #include "kernels/internal/bytes.h"
 #include "kernels/internal/read_ahead.h"
 #include "kernels/internal/thread_scope.h"
+#include "kernels/openblas_core.h"
 #include "kernels/registry.h"
 #include "kernels/tuning.h"
 #include "kernels/ukernels/bf16_amx.h"
@@ -2318,6 +2319,9 @@ int BenchmarkMode(Flags& flags, const std::string& argv0, const std::string& rec
 
 int Main(int argc, char** argv) {
   ApplyHighwayTargetLimit();  // ATTNLAB_HWY_TARGET: before anything dispatches
+  // Before anything calls BLAS: sgemm ceilings on the kernels the CPU can run.
+  if (const OpenBlasCore& core = UseOpenBlasCoreForThisCpu(); core.chosen_by == "attnlab")
+    std::fprintf(stderr, "attnlab_bench: %s\n", DescribeOpenBlasCore(core).c_str());
   ConfigureMallocForMeasurement();
   InstallInterruptHandlers();
   const std::optional<std::vector<std::string>> args = WithRecordedArgs({argv + 1, argv + argc});

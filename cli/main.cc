@@ -45,6 +45,7 @@
 #include "cli/ring.h"
 #include "cli/tune.h"
 #include "kernels/internal/bytes.h"
+#include "kernels/openblas_core.h"
 #include "kernels/registry.h"
 #include "reference/error_bound.h"
 #include "reference/reference.h"
@@ -161,6 +162,7 @@ int List() {
       "both layouts and lse.\n'scores: Lq x Lk' variants are refused when that matrix "
       "exceeds the memory budget.\n'backward: yes' variants also compute dQ, dK, dV "
       "(attnlab grad; fp32).\n");
+  fmt::print("blas and chunked run {}.\n", DescribeOpenBlasCore(UseOpenBlasCoreForThisCpu()));
   return kExitOk;
 }
 
@@ -986,6 +988,8 @@ int Main(int argc, char** argv) {
     return kExitUsage;
   }
 
+  // Before anything calls BLAS (kernels/openblas_core.h).
+  UseOpenBlasCoreForThisCpu();
   try {
     if (app.got_subcommand("list")) return List();
     if (app.got_subcommand(run)) return RunCommand(run_in, run_args);

@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/openblas_core.h"
 #include "kernels/registry.h"
 #include "reference/reference.h"
 #include "testing/check.h"
@@ -444,6 +445,11 @@ py::list Variants() {
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
+  // At import, before this module calls BLAS (kernels/openblas_core.h): the
+  // same OpenBLAS kernels as the attnlab CLI and attnlab_bench, so that blas
+  // and chunked give the CLI's bits. Process-wide: numpy's BLAS, when it is
+  // the same libopenblas, runs that core from here on too.
+  UseOpenBlasCoreForThisCpu();
   m.doc() = "attnlab's compiled core: called by the attnlab package, not by users (see attnlab).";
   m.attr("__version__") = ATTNLAB_VERSION;
   py::class_<Options>(m, "Options")
@@ -478,6 +484,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("o"), py::arg("dtypes"), py::arg("options"), py::arg("lse"));
   m.def("variants", &Variants);
   m.def("dispatched_target", &DispatchedHighwayTarget);
+  m.def("openblas_core", [] {
+    const OpenBlasCore& core = UseOpenBlasCoreForThisCpu();
+    return py::dict(py::arg("name") = core.name, py::arg("detected") = core.detected,
+                    py::arg("chosen_by") = core.chosen_by);
+  });
   m.def("default_memory_budget", &DefaultMemoryBudgetBytes);
   m.attr("max_threads") = kMaxThreads;
 }

@@ -472,7 +472,23 @@ class Report:
              if stream_text else "")
           + "".join(f"; {family} {', '.join(text)} ({isa})"
                     for family, _, isa, _, text in peaks if text)
+          + self.openblas_core_text(source)
           + "; roofline in *Ceilings and roofline*.")
+
+  def openblas_core_text(self, source):
+    """'; ceiling_sgemm on OpenBLAS core Cooperlake (chosen by attnlab: OpenBLAS picked
+    Prescott, ...)' from the run's context (kernels/openblas_core.h), '' without it."""
+    ctx = self.run.contexts.get(source, {})
+    core = ctx.get("attnlab_openblas_core")
+    if not core:
+      return ""
+    by = ctx.get("attnlab_openblas_core_chosen_by")
+    why = {"attnlab": "chosen by attnlab: OpenBLAS picked "
+                      f"{ctx.get('attnlab_openblas_core_detected')}, its fallback for a CPU it "
+                      "does not know",
+           "OPENBLAS_CORETYPE": "set by OPENBLAS_CORETYPE",
+           "OpenBLAS": "detected by OpenBLAS"}.get(by)
+    return f"; ceiling_sgemm on OpenBLAS core {core}" + (f" ({why})" if why else "")
 
   _SCENARIO_MARKERS = {"": "o", "decode": "s", "gqa": "^", "window": "D", "cross": "v"}
 

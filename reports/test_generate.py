@@ -670,6 +670,22 @@ def test_bf16_ceilings(work, doc):
           f"{family} is not reported as a variant")
 
 
+def test_openblas_core(work, doc):
+  """The summary's ceilings line names the OpenBLAS core ceiling_sgemm ran on and, where
+  attnlab replaced OpenBLAS's Prescott fallback (kernels/openblas_core.h), says so."""
+  full = with_ceilings(doc)
+  full["context"].update({"attnlab_openblas_core": "Cooperlake",
+                          "attnlab_openblas_core_detected": "Prescott",
+                          "attnlab_openblas_core_chosen_by": "attnlab"})
+  path_in = os.path.join(work, "openblas_core.json")
+  json.dump(full, open(path_in, "w"))
+  summary = section(check_pngs(run_generate([path_in, "--out-dir",
+                                             os.path.join(work, "openblas_core")]))[0],
+                    "## Summary")
+  check("ceiling_sgemm on OpenBLAS core Cooperlake (chosen by attnlab: OpenBLAS picked "
+        "Prescott" in summary, "the summary names the core and who chose it")
+
+
 def test_auto(work, doc):
   """auto cases (flash's, 1.25x slower, path label 'simd, AVX3') are judged against the best
   other variant: one table per sweep group with that variant's time / auto's time, auto's pick
@@ -1823,6 +1839,7 @@ def main():
   test_precision(args.work_dir, doc, accdoc)
   test_ceilings(args.work_dir, doc)
   test_bf16_ceilings(args.work_dir, doc)
+  test_openblas_core(args.work_dir, doc)
   test_auto(args.work_dir, doc)
   test_peers(args.work_dir, doc)
   test_backward(args.work_dir, doc)

@@ -52,7 +52,8 @@ from attnlab import results
 
 __version__ = _core.__version__
 __all__ = ["attention", "weights", "reference", "check", "grad", "multi_head_attention",
-           "variants", "VariantInfo", "CheckReport", "CheckRow", "results", "isa_path"]
+           "variants", "VariantInfo", "CheckReport", "CheckRow", "results", "isa_path",
+           "openblas_core"]
 
 LAYOUTS = ("bhsd", "bshd")
 _FLOAT_DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16",
@@ -392,6 +393,15 @@ def isa_path():
   """The instruction-set path of the last kernel run in this process ("AVX3+AVX512_BF16",
   "AVX3", "portable C++", ...): what every performance figure should name."""
   return _ISA["path"]
+
+
+def openblas_core():
+  """The OpenBLAS kernels ("core") that the blas and chunked variants run, as a dict: "name"
+  (running now), "detected" (OpenBLAS's own choice from CPUID; "" when OPENBLAS_CORETYPE was
+  set) and "chosen_by" ("OpenBLAS", "OPENBLAS_CORETYPE" or "attnlab": importing attnlab
+  replaces OpenBLAS's Prescott fallback for a CPU it does not know, process-wide, as the CLI
+  and the bench do; OPENBLAS_CORETYPE, set before the import, always wins)."""
+  return dict(_core.openblas_core())
 
 
 # ----------------------------------------------------------------------------- the API

@@ -341,6 +341,14 @@ def test_isa_path_names_the_last_kernel(rng):
   assert isinstance(attnlab.isa_path(), str) and attnlab.isa_path()
 
 
+def test_openblas_core_names_the_kernels_blas_runs():
+  core = attnlab.openblas_core()
+  assert set(core) == {"name", "detected", "chosen_by"}
+  assert core["name"] and core["chosen_by"] in ("OpenBLAS", "OPENBLAS_CORETYPE", "attnlab")
+  if core["chosen_by"] == "attnlab":
+    assert core["detected"] == "Prescott" and core["name"] != "Prescott"
+
+
 def test_version_is_the_project_version():
   with open(os.path.join(HERE, "..", "..", "CMakeLists.txt")) as f:
     version = re.search(r"project\(attnlab VERSION ([0-9.]+)", f.read()).group(1)
