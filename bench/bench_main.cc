@@ -104,6 +104,7 @@
 #include "kernels/tuning.h"
 #include "kernels/ukernels/bf16_amx.h"
 #include "kernels/ukernels/bf16_avx512.h"
+#include "kernels/ukernels/i8_decode.h"
 #include "kernels/ukernels/prefetch.h"
 #include "reference/reference.h"
 #include "testing/compare.h"
@@ -946,6 +947,15 @@ void CeilingVdpbf16ps(benchmark::State& state, RunContext& ctx, int threads,
               "AVX512_BF16");
 }
 
+// ceiling_vpdpwssd/threads:T: registered only where the CPU has
+// AVX512_VNNI. 2^20 rounds of 12 VPDPWSSD, as ceiling_vdpbf16ps: what int8
+// decode's integer products (kernels/ukernels/i8_decode.h) are a fraction
+// of, in the same units as every GFLOPS.
+void CeilingVpdpwssd(benchmark::State& state, RunContext& ctx, int threads,
+                     const std::string& name) {
+  CeilingLoop(state, ctx, threads, name, ukernels::I8DotPeakLoop, int64_t{1} << 20, "AVX512_VNNI");
+}
+
 #ifdef ATTNLAB_HAVE_ONEDNN
 // Why this machine has no ceiling_matmul_bf16, or "" when it has one:
 // oneDNN 2.6 makes a bf16 matmul only on cores with AVX-512 (AVX512_BF16 or
@@ -1525,6 +1535,12 @@ class SuiteCases {
             dot, [ctx = &ctx_, t, dot](benchmark::State& s) { CeilingVdpbf16ps(s, *ctx, t, dot); },
             /*predicted_seconds=*/1e-2, /*ceiling=*/true);
       }
+      if (ukernels::CpuHasAvx512Vnni()) {
+        const std::string dot = "ceiling_vpdpwssd/threads:" + std::to_string(t);
+        Add(
+            dot, [ctx = &ctx_, t, dot](benchmark::State& s) { CeilingVpdpwssd(s, *ctx, t, dot); },
+            /*predicted_seconds=*/1e-2, /*ceiling=*/true);
+      }
       if (!ukernels::CpuHasAmxBf16()) continue;  // the context says why
       const std::string amx = "ceiling_amx/threads:" + std::to_string(t);
       Add(
@@ -2046,7 +2062,7 @@ const FlagSpec& Flag(const char* name) {
 
 void PrintUsage(FILE* to) {
   std::fprintf(to,
-               "usage: attnlab_bench [--suite=quick|default|full|precision|backward]\n"
+               "usage: attnlab_bench [--suite=quick|default|full|precision|backward|serving]\n"
                "         [--threads=1,2] [--paths=default,portable,no_amx]\n"
                "         [--batch=B] [--heads=H] [--memory_budget=12G] [--benchmark_* flags]\n"
                "       attnlab_bench --accuracy [--accuracy_out=FILE] [--accuracy_max_n=N]\n"
@@ -2056,7 +2072,8 @@ void PrintUsage(FILE* to) {
                "       attnlab_bench --resume=FILE [--resume_force] [the flags FILE was run with]\n"
                "suites: quick (CI smoke), default (the report's run), full (every size),\n"
                "  precision (only the reduced-precision cases: bf16, f16 and int8 K/V beside\n"
-               "  f32, names with a dtype: token; docs/bench-json.md)\n"
+               "  f32, names with a dtype: token; docs/bench-json.md), backward (dQ, dK, dV),\n"
+               "  serving (score modifiers, varlen vs padded, paged vs contiguous decode)\n"
                "variants: %s\n",
                VariantNames().c_str());
 }

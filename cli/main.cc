@@ -939,7 +939,9 @@ int Main(int argc, char** argv) {
   BenchArgs bench_args;
   CLI::App* bench = app.add_subcommand(
       "bench", "run the benchmark suite (attnlab_bench); extra args after -- pass through");
-  bench->add_option("--suite", bench_args.suite, "quick | default | full");
+  bench->add_option(
+      "--suite", bench_args.suite,
+      "quick | default | full | precision | backward | serving (attnlab_bench --help)");
   bench->add_option("--filter", bench_args.filter, "regex on benchmark names");
   bench->add_option("--threads", bench_args.threads, "thread counts, e.g. 1,2");
   CLI::Option* bench_out = bench->add_option("--out", bench_args.out,

@@ -428,10 +428,10 @@ class Report:
       threads = sorted(set(fma[source]) | {c.params["threads"] for c in self.run.all_cases()
                                            if c.source == source and c.family ==
                                            ar.CEILING_STREAM and "threads" in c.params})
-      # The bf16 peaks (ceiling_vdpbf16ps, ceiling_amx: where the CPU has the ISA): a column
-      # each when the file has it.
+      # The reduced-precision peaks (ceiling_vdpbf16ps, ceiling_amx, ceiling_vpdpwssd: where
+      # the CPU has the ISA): a column each when the file has it.
       peaks = []
-      for family, bounds, isa in ar.BF16_CEILINGS:
+      for family, bounds, isa in ar.ISA_CEILINGS:
         by_threads = {c.params["threads"]: c for c in self.run.all_cases()
                       if c.source == source and c.family == family and c.ok
                       and "threads" in c.params and c.counter("GFLOPS")}

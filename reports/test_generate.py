@@ -637,12 +637,13 @@ def test_ceilings(work, doc):
       STREAM_REPS[1]), "Case.best is the best repetition, Case.counter the median")
 
 
-def test_bf16_ceilings(work, doc):
-  """ceiling_vdpbf16ps and ceiling_amx (AVX512_BF16 and AMX-BF16 machines): a column each of
-  the ceilings table at each thread count, in that order, and a clause each of the summary's
-  ceilings line; not variants anywhere."""
+def test_isa_ceilings(work, doc):
+  """ceiling_vdpbf16ps, ceiling_amx and ceiling_vpdpwssd (AVX512_BF16, AMX-BF16 and
+  AVX512_VNNI machines): a column each of the ceilings table at each thread count, in that
+  order, and a clause each of the summary's ceilings line; not variants anywhere."""
   full = with_ceilings(doc)
-  peaks = {"ceiling_vdpbf16ps": {1: 90.0, 2: 180.0}, "ceiling_amx": {1: 3600.0, 2: 6500.0}}
+  peaks = {"ceiling_vdpbf16ps": {1: 90.0, 2: 180.0}, "ceiling_amx": {1: 3600.0, 2: 6500.0},
+           "ceiling_vpdpwssd": {1: 95.0, 2: 190.0}}
   for family, by_threads in peaks.items():
     for t, g in by_threads.items():
       full["benchmarks"].append(repetition(f"{family}/threads:{t}", 0, 1, 1.0,
@@ -654,13 +655,15 @@ def test_bf16_ceilings(work, doc):
   ceilings = section(text, "## Ceilings and roofline")
   header = ceilings.split("ceilings\n", 1)[1].split("\n")[1]
   check("ceiling_vdpbf16ps GFLOP/s" in header and "ceiling_amx GFLOP/s" in header
-        and header.index("ceiling_vdpbf16ps") < header.index("ceiling_amx"),
-        f"the ceilings table has a ceiling_vdpbf16ps, then a ceiling_amx column ({header})")
+        and "ceiling_vpdpwssd GFLOP/s" in header
+        and header.index("ceiling_vdpbf16ps") < header.index("ceiling_amx")
+        < header.index("ceiling_vpdpwssd"),
+        f"the ceilings table has ceiling_vdpbf16ps, ceiling_amx, ceiling_vpdpwssd columns "
+        f"({header})")
   rows = table_after(ceilings, "ceilings\n")
-  vdp, amx = peaks["ceiling_vdpbf16ps"], peaks["ceiling_amx"]
-  for t in amx:
-    want = [generate.fmt_num(vdp[t]), generate.fmt_num(amx[t])]
-    check(any(r[0] == str(t) and r[-2:] == want for r in rows),
+  for t in (1, 2):
+    want = [generate.fmt_num(peaks[f][t]) for f in peaks]
+    check(any(r[0] == str(t) and r[-3:] == want for r in rows),
           f"ceilings row for threads={t} ends with {want} ({rows})")
   summary = section(text, "## Summary")
   for family, by_threads in peaks.items():
@@ -1838,7 +1841,7 @@ def main():
   test_atomic_output(args.work_dir, doc)
   test_precision(args.work_dir, doc, accdoc)
   test_ceilings(args.work_dir, doc)
-  test_bf16_ceilings(args.work_dir, doc)
+  test_isa_ceilings(args.work_dir, doc)
   test_openblas_core(args.work_dir, doc)
   test_auto(args.work_dir, doc)
   test_peers(args.work_dir, doc)

@@ -1739,5 +1739,24 @@ TEST(UkernelList, NamesAreUniqueIdentifiers) {
   EXPECT_EQ(FindUkernel("no_such_kernel"), nullptr);
 }
 
+// The bench's reduced-precision peak loops (ceiling_vdpbf16ps,
+// ceiling_vpdpwssd) count 12 instructions of 64 operations a round where the
+// CPU has the ISA, and do nothing (0) where it does not.
+TEST(PeakLoops, CountTheirInstructions) {
+  struct Loop {
+    Isa isa;
+    double (*run)(int64_t);
+  };
+  for (const Loop& loop :
+       {Loop{Isa::kAvx512Bf16, Bf16DotPeakLoop}, Loop{Isa::kAvx512Vnni, I8DotPeakLoop}}) {
+    if (!CpuHasIsa(loop.isa)) {
+      EXPECT_EQ(loop.run(1000), 0.0) << IsaName(loop.isa);
+      continue;
+    }
+    EXPECT_EQ(loop.run(1000), 12.0 * 64 * 1000) << IsaName(loop.isa);
+    EXPECT_EQ(loop.run(0), 0.0) << IsaName(loop.isa);
+  }
+}
+
 }  // namespace
 }  // namespace attn::ukernels

@@ -155,8 +155,15 @@ ATTN_VNNI_TARGET void ScoreRows(const int16_t* qw, int64_t nrows, const int8_t* 
 // The most keys a call takes (a flash tile is at most 512).
 constexpr int64_t kMaxKeys = 1024;
 constexpr int64_t kMaxChunks = kMaxKeys / kI8DecodeChunk;
-// The widest column block: 4 pieces of 32 columns, 8 accumulators a row.
-constexpr int kMaxPieces = 4;
+// The widest column block for NR rows: pieces of 32 columns, 2 int32
+// accumulators each per row, at most 16 accumulators (4 pieces for 1-2 rows,
+// 2 for 3-4). Every row takes the same pass: a pass widens and interleaves
+// each V piece once for all its rows, so GQA-4's 4 rows x 2 pieces do half
+// the shuffles of two row pairs x 4 pieces (the earlier blocking), for the
+// same VPDPWSSD; on a core that issues two VPDPWSSD a cycle (Emerald
+// Rapids) the shuffles, not the multiplies, bounded P·V.
+template <int NR>
+constexpr int kMaxPieces = NR <= 2 ? 4 : 2;
 
 // |x| of 16 floats.
 ATTN_VNNI_TARGET inline __m512 Abs(__m512 x) {
@@ -223,8 +230,8 @@ ATTN_VNNI_TARGET inline void PvKeyPair(const uint32_t* pr, int64_t ldpr, int64_t
   }
 }
 
-// One pass over the chunk's n keys for NR <= 2 rows x H <= 4 pieces (at
-// most 16 int32 accumulators, exact: 64 keys x 32767 x 128 < 2^29), whose
+// One pass over the chunk's n keys for NR rows x H pieces (NR x 2H <= 16
+// int32 accumulators: kMaxPieces; exact: 64 keys x 32767 x 128 < 2^29), whose
 // sums times the rows' steps are added to the tile's sums t (row r at t +
 // r·ldt, this block's columns; set instead when `first`), prefetching
 // `per_pair` rows of pf beside each key pair.
@@ -265,23 +272,25 @@ ATTN_VNNI_TARGET void PvChunkColumns(int pieces, const uint32_t* pr, int64_t ldp
                                      const float* step, int64_t lds, const int8_t* v,
                                      int64_t v_stride, int64_t n, bool first, float* t, int64_t ldt,
                                      const PrefetchRows& pf, int64_t per_pair) {
-  switch (pieces) {
-    case 1:
-      return PvChunk<NR, 1>(pr, ldpr, step, lds, v, v_stride, n, first, t, ldt, pf, per_pair);
-    case 2:
-      return PvChunk<NR, 2>(pr, ldpr, step, lds, v, v_stride, n, first, t, ldt, pf, per_pair);
-    case 3:
-      return PvChunk<NR, 3>(pr, ldpr, step, lds, v, v_stride, n, first, t, ldt, pf, per_pair);
-    default:
-      return PvChunk<NR, 4>(pr, ldpr, step, lds, v, v_stride, n, first, t, ldt, pf, per_pair);
+  if constexpr (kMaxPieces<NR> == 4) {
+    switch (pieces) {
+      case 3:
+        return PvChunk<NR, 3>(pr, ldpr, step, lds, v, v_stride, n, first, t, ldt, pf, per_pair);
+      case 4:
+        return PvChunk<NR, 4>(pr, ldpr, step, lds, v, v_stride, n, first, t, ldt, pf, per_pair);
+    }
   }
+  if (pieces == 1)
+    return PvChunk<NR, 1>(pr, ldpr, step, lds, v, v_stride, n, first, t, ldt, pf, per_pair);
+  return PvChunk<NR, 2>(pr, ldpr, step, lds, v, v_stride, n, first, t, ldt, pf, per_pair);
 }
 
 // The weights quantized once (false when one is not finite: nothing
 // written); then chunk by chunk of kI8DecodeChunk keys, column block by
-// column block (<= 128 columns), rows in pairs: the first pass over a chunk
-// reads its V rows from memory in address order, the others from L1. Each
-// pass prefetches its share of the chunk's rows ahead (as bf16_decode.cc).
+// column block (kMaxPieces<NR> pieces), every row in each pass: the first
+// pass over a chunk reads its V rows from memory in address order, the
+// others from L1. Each pass prefetches its share of the chunk's rows ahead
+// (as bf16_decode.cc).
 template <int NR>
 ATTN_VNNI_TARGET bool PvRowsOf(const float* p, int64_t ldp, const int8_t* v, int64_t v_stride,
                                int64_t nkeys, int64_t dv, bool accumulate, float* o, int64_t ldo,
@@ -294,32 +303,19 @@ ATTN_VNNI_TARGET bool PvRowsOf(const float* p, int64_t ldp, const int8_t* v, int
   for (int r = 0; r < NR; ++r) {
     if (!PairWeights(p + r * ldp, nkeys, pr + r * ldpr, steps + r * kMaxChunks)) return false;
   }
-  constexpr int64_t kBlock = 32 * kMaxPieces;
-  constexpr int kRowPairs = (NR + 1) / 2;
-  const int64_t passes = (dv + kBlock - 1) / kBlock * kRowPairs;
+  constexpr int64_t kBlock = 32 * kMaxPieces<NR>;
+  const int64_t passes = (dv + kBlock - 1) / kBlock;
   for (int64_t j0 = 0, c = 0; j0 < nkeys; j0 += kI8DecodeChunk, ++c) {
     const int64_t n = std::min(kI8DecodeChunk, nkeys - j0);
     const int64_t share = (n + passes - 1) / passes;  // rows ahead per pass
     const int64_t pairs = (n + 1) / 2;
     const int64_t per_pair = (share + pairs - 1) / pairs;
-    int64_t pass = 0;
-    for (int64_t c0 = 0; c0 < dv; c0 += kBlock) {
-      const int pieces = int(std::min(kBlock, dv - c0) / 32);
-      for (int r0 = 0; r0 < NR; r0 += 2, ++pass) {
-        PrefetchRows pf = prefetch.From(j0 + pass * share);
-        pf.rows = std::min(pf.rows, share);
-        const uint32_t* w = pr + r0 * ldpr + j0 / 2;
-        const float* s = steps + r0 * kMaxChunks + c;
-        const int8_t* vc = v + j0 * v_stride + c0;
-        float* tc = t + r0 * dv + c0;
-        if (NR - r0 >= 2) {
-          PvChunkColumns<2>(pieces, w, ldpr, s, kMaxChunks, vc, v_stride, n, j0 == 0, tc, dv, pf,
-                            per_pair);
-        } else {
-          PvChunkColumns<1>(pieces, w, ldpr, s, kMaxChunks, vc, v_stride, n, j0 == 0, tc, dv, pf,
-                            per_pair);
-        }
-      }
+    for (int64_t c0 = 0, pass = 0; c0 < dv; c0 += kBlock, ++pass) {
+      PrefetchRows pf = prefetch.From(j0 + pass * share);
+      pf.rows = std::min(pf.rows, share);
+      PvChunkColumns<NR>(int(std::min(kBlock, dv - c0) / 32), pr + j0 / 2, ldpr, steps + c,
+                         kMaxChunks, v + j0 * v_stride + c0, v_stride, n, j0 == 0, t + c0, dv, pf,
+                         per_pair);
     }
   }
   prefetch.Prefetch(nkeys, prefetch.rows);
@@ -343,7 +339,29 @@ ATTN_VNNI_TARGET bool PvRows(const float* p, int64_t ldp, const int8_t* v, int64
   }
 }
 
+// The peak loop: 12 independent accumulators (VPDPWSSD's latency of 4-5
+// cycles at up to two a cycle), both operands in registers, nothing loaded
+// or stored; DotWords' asm, so the compiler cannot fold the products.
+constexpr int kPeakChains = 12;
+ATTN_VNNI_TARGET double PeakLoop(int64_t rounds) {
+  const __m512i a = _mm512_set1_epi16(3);
+  __m512i b = _mm512_set1_epi16(5);
+  __m512i acc[kPeakChains];
+  for (__m512i& x : acc) x = _mm512_setzero_si512();
+  for (int64_t r = 0; r < rounds; ++r) {
+    asm volatile("" : "+v"(b));  // not hoisted out of the loop
+    for (__m512i& x : acc) x = DotWords(x, a, b);
+  }
+  __m512i sum = acc[0];
+  for (int i = 1; i < kPeakChains; ++i) sum = _mm512_add_epi32(sum, acc[i]);
+  volatile int sink = _mm512_reduce_add_epi32(sum);  // keeps the loop (wraps; unread)
+  (void)sink;
+  return double(kPeakChains) * 16 * 2 * 2 * double(rounds);
+}
+
 }  // namespace
+
+double I8DotPeakLoop(int64_t rounds) { return CpuHasAvx512Vnni() ? PeakLoop(rounds) : 0.0; }
 
 bool CpuHasAvx512Vnni() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -365,6 +383,7 @@ const I8DecodeKernels* I8DecodeKernelsForCpu() {
 namespace attn::ukernels {
 bool CpuHasAvx512Vnni() { return false; }
 const I8DecodeKernels* I8DecodeKernelsForCpu() { return nullptr; }
+double I8DotPeakLoop(int64_t) { return 0.0; }
 }  // namespace attn::ukernels
 
 #endif

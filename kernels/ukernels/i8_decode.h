@@ -30,8 +30,9 @@
 // P·V (pv_rows): pairs along keys, as bf16_decode.h: a row's int16 weights
 // of keys 2i, 2i+1 as one broadcast pair, V rows 2i, 2i+1 widened to words
 // and interleaved (VPUNPCKLWD/HWD, per 128-bit lane; the columns put back
-// in order once per tile), rows in pairs (16 int32 accumulators) over
-// chunks of 64 keys, the first pass from memory, the second from L1. At a
+// in order once per tile), every row in one pass over a column block (16
+// int32 accumulators: 1-2 rows x 128 columns, 3-4 rows x 64) over chunks of
+// 64 keys, the first pass from memory, the second from L1. At a
 // chunk's end its sums (below 64·32767·128 < 2^29) are converted and
 // multiplied by the chunk's step into the tile's fp32 sums.
 //
@@ -119,6 +120,12 @@ struct I8DecodeKernels {
 // null.
 const I8DecodeKernels* I8DecodeKernelsForCpu();
 bool CpuHasAvx512Vnni();
+// The VPDPWSSD peak loop (the bench's ceiling_vpdpwssd): `rounds` rounds of
+// 12 independent VPDPWSSD on registers (nothing loaded or stored); returns
+// the operations done, counted as the fp32 kernels' FLOPs are (64 per
+// instruction: 16 lanes x 2 products x multiply and add). Only when
+// CpuHasAvx512Vnni(); 0 otherwise.
+double I8DotPeakLoop(int64_t rounds);
 
 // The kernel by name, without prefetching, for the micro-kernel list
 // (ukernels.inc); only called when CpuHasAvx512Vnni().

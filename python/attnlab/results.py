@@ -47,9 +47,14 @@ CEILING_AMX = "ceiling_amx"
 # what bf16 flash on the pair kernels is a fraction of (half ceiling_fma's rate on Sapphire and
 # Emerald Rapids, twice it on Zen 4).
 CEILING_VDPBF16PS = "ceiling_vdpbf16ps"
-# The bf16 peaks, each (family, what it bounds, ISA), in the order of the report's columns.
-BF16_CEILINGS = ((CEILING_VDPBF16PS, "bf16 on VDPBF16PS", "AVX512_BF16"),
-                 (CEILING_AMX, "bf16 on AMX tiles", "AMX-BF16"))
+# The VPDPWSSD peak on T threads (ceiling_vpdpwssd/threads:T), where the CPU has AVX512_VNNI:
+# what int8 K/V decode's integer products are a fraction of (operations counted as FLOPs).
+CEILING_VPDPWSSD = "ceiling_vpdpwssd"
+# The reduced-precision peaks, each (family, what it bounds, ISA), in the order of the report's
+# columns.
+ISA_CEILINGS = ((CEILING_VDPBF16PS, "bf16 on VDPBF16PS", "AVX512_BF16"),
+                (CEILING_AMX, "bf16 on AMX tiles", "AMX-BF16"),
+                (CEILING_VPDPWSSD, "int8 decode on VPDPWSSD", "AVX512_VNNI"))
 # oneDNN bf16 matmul of the two products of a bf16 prefill case (same tokens as that case).
 CEILING_MATMUL_BF16 = "ceiling_matmul_bf16"
 # A decode or paged decode case's K and V read in flash's order with nothing computed
@@ -68,7 +73,7 @@ VARIANT_FAMILIES = (LAYER, GRAD)
 UKERNEL = "ukernel"
 FMA_PEAK = "fma_peak"
 FIXED_FAMILIES = (CEILING_SGEMM, CEILING_MATMUL_BF16, CEILING_STREAM, CEILING_FMA, CEILING_AMX,
-                  CEILING_VDPBF16PS, CEILING_READ, LAYER, GRAD, UKERNEL)
+                  CEILING_VDPBF16PS, CEILING_VPDPWSSD, CEILING_READ, LAYER, GRAD, UKERNEL)
 # Peers: another library timed on the sweep's shapes by bench/peers.py (peer_torch_plain,
 # peer_torch_sdpa), what a user would pick instead of attnlab. Like a ceiling, a peer is not a
 # variant: its first token starts with PEER_PREFIX. Its file's context carries PEER_CONTEXT_KEY
