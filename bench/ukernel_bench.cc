@@ -9,6 +9,7 @@
 #include <random>
 
 #include "bench/bench_common.h"
+#include "kernels/registry.h"
 #include "kernels/tuning.h"
 #include "kernels/ukernels/ukernels.h"
 
@@ -83,6 +84,10 @@ void Time(
   }
   state.counters["fma_peak_gflops"] = peak_gflops;
   state.counters["threads"] = 1;
+  // The ISA an intrinsics entry runs on (its peak: ceiling_vdpbf16ps,
+  // ceiling_amx, ceiling_vpdpwssd), else the Highway target.
+  state.SetLabel(std::string("path=") + (*ukernels::IsaName(u.isa) ? ukernels::IsaName(u.isa)
+                                                                   : DispatchedHighwayTarget()));
 }
 
 // The bytes a from:memory shape streams over: twice the L3 (sysfs; on a VM

@@ -1925,6 +1925,18 @@ class Report:
         return c.counter("peak_fraction")
       stream = self.stream_ceiling(source, 1)
       stream_gbps = stream.best("GBps") if stream else None
+      # An intrinsics entry's own peak: the ISA ceiling its path names, one thread.
+      isa_peaks = {}
+      for family, _, isa in ar.ISA_CEILINGS:
+        ceiling = self.run.cases.get((source, f"{family}/threads:1"))
+        if ceiling and ceiling.ok and ceiling.counter("GFLOPS"):
+          isa_peaks[isa] = ceiling
+
+      def of_isa(c, isa_peaks=isa_peaks):
+        """GFLOPS / the peak of the ISA the entry ran on (ceiling_vpdpwssd for AVX512_VNNI,
+        ...), or None for a Highway entry or without that ceiling."""
+        g, ceiling = c.counter("GFLOPS"), isa_peaks.get(c.path)
+        return None if g is None or ceiling is None else g / ceiling.counter("GFLOPS")
 
       def of_stream(c, stream_gbps=stream_gbps):
         g = c.counter("GB_per_s")
@@ -1936,6 +1948,8 @@ class Report:
         rows.append([f"`{c.scenario}`", shape,
                      case_cell(c, lambda c: fmt_num(c.counter("GFLOPS"))),
                      case_cell(c, lambda c: fmt_pct(of_peak(c))),
+                     case_cell(c, lambda c: (fmt_pct(of_isa(c)) + f" ({c.path})")
+                               if of_isa(c) is not None else "—"),
                      case_cell(c, lambda c: fmt_num(c.counter("Gelems_per_s"))),
                      case_cell(c, lambda c: fmt_num(c.counter("GB_per_s"))),
                      case_cell(c, lambda c: fmt_pct(of_stream(c))),
@@ -1945,20 +1959,28 @@ class Report:
       head += (f"; stream: **{fmt_num(stream_gbps)} GB/s** (`{stream.name}`, best repetition)"
                if stream_gbps else "")
       self.add(f"{self.host_prefix(source)}{head}", "",
-               md_table(["entry", "shape", "GFLOP/s", "of FMA peak", "Gelem/s", "GB/s",
-                         "of stream", "ms/call"], rows),
+               md_table(["entry", "shape", "GFLOP/s", "of FMA peak", "of its ISA's peak",
+                         "Gelem/s", "GB/s", "of stream", "ms/call"], rows),
                "")
-      best = {}  # entry -> its best fraction of the peak over its shapes
+      best, best_isa = {}, {}  # entry -> its best fraction of the peak (its ISA's) over shapes
       for c in mine:
         f = of_peak(c) if c.ok and c.scenario != ar.FMA_PEAK else None
         if f is not None and f > best.get(c.scenario, -1):
           best[c.scenario] = f
+        fi = of_isa(c) if c.ok else None
+        if fi is not None and fi > best_isa.get(c.scenario, (-1, ""))[0]:
+          best_isa[c.scenario] = (fi, c.path)
+
+      def entry_text(e, f):
+        isa = best_isa.get(e)
+        return f"`{e}` {fmt_pct(f)}" + (f" ({fmt_pct(isa[0])} of {isa[1]}'s)" if isa else "")
       if best and peak and peak.ok:
         self.summary.append(
             f"- Micro-kernels{' on ' + source if self.multi_host else ''}, best shape as a "
-            f"fraction of the FMA peak ({fmt_num(peak.counter('GFLOPS'))} GFLOP/s, one core): "
-            + ", ".join(f"`{e}` {fmt_pct(f)}" for e, f in sorted(best.items(),
-                                                                  key=lambda t: natural_key(t[0])))
+            f"fraction of the FMA peak ({fmt_num(peak.counter('GFLOPS'))} GFLOP/s, one core; "
+            "in parentheses, of the peak of the ISA an intrinsics entry runs on): "
+            + ", ".join(entry_text(e, f) for e, f in sorted(best.items(),
+                                                            key=lambda t: natural_key(t[0])))
             + ".")
 
   # ---- accuracy

@@ -648,6 +648,11 @@ def test_isa_ceilings(work, doc):
     for t, g in by_threads.items():
       full["benchmarks"].append(repetition(f"{family}/threads:{t}", 0, 1, 1.0,
                                            {"GFLOPS": g, "threads": float(t)}, "path=X"))
+  # An int8 micro-kernel on VPDPWSSD at half that ISA's one-thread peak.
+  isa_entry = "ukernel/i8_decode_pv/rows:4/keys:512/d:128/threads:1"
+  full["benchmarks"].append(repetition(isa_entry, 0, 1, 1.0,
+                                       {"GFLOPS": 47.5, "Gelems_per_s": 1.0, "threads": 1.0},
+                                       "path=AVX512_VNNI"))
   path_in = os.path.join(work, "bf16peaks.json")
   json.dump(full, open(path_in, "w"))
   path = run_generate([path_in, "--out-dir", os.path.join(work, "bf16peaks")])
@@ -666,6 +671,12 @@ def test_isa_ceilings(work, doc):
     check(any(r[0] == str(t) and r[-3:] == want for r in rows),
           f"ceilings row for threads={t} ends with {want} ({rows})")
   summary = section(text, "## Summary")
+  row = next((l for l in section(text, "## Micro-kernels").splitlines()
+              if "`i8_decode_pv`" in l), "")
+  check("| 50% (AVX512_VNNI) |" in row,
+        f"{isa_entry} is 50% of ceiling_vpdpwssd/threads:1, its ISA's peak (got {row})")
+  check("`i8_decode_pv` " in summary and "(50% of AVX512_VNNI's)" in summary,
+        "the summary's micro-kernel line gives the entry's fraction of its ISA's peak")
   for family, by_threads in peaks.items():
     check(f"{family} {generate.fmt_num(by_threads[1])} GFLOP/s on 1" in summary,
           f"the summary states {family}")

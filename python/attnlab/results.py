@@ -51,9 +51,9 @@ CEILING_VDPBF16PS = "ceiling_vdpbf16ps"
 # what int8 K/V decode's integer products are a fraction of (operations counted as FLOPs).
 CEILING_VPDPWSSD = "ceiling_vpdpwssd"
 # The reduced-precision peaks, each (family, what it bounds, ISA), in the order of the report's
-# columns.
+# columns. The ISA is also the path label of the micro-kernels that run on it (ukernels::IsaName).
 ISA_CEILINGS = ((CEILING_VDPBF16PS, "bf16 on VDPBF16PS", "AVX512_BF16"),
-                (CEILING_AMX, "bf16 on AMX tiles", "AMX-BF16"),
+                (CEILING_AMX, "bf16 on AMX tiles", "AMX_BF16"),
                 (CEILING_VPDPWSSD, "int8 decode on VPDPWSSD", "AVX512_VNNI"))
 # oneDNN bf16 matmul of the two products of a bf16 prefill case (same tokens as that case).
 CEILING_MATMUL_BF16 = "ceiling_matmul_bf16"
