@@ -929,32 +929,33 @@ void CeilingFma(benchmark::State& state, RunContext& ctx, int threads, const std
   CeilingLoop(state, ctx, threads, name, FmaFlops, int64_t{1} << 21, FmaTargetName());
 }
 
-// ceiling_amx/threads:T: registered only where the CPU has AMX-BF16 and
-// Linux granted the tile state (the context's attnlab_amx says). 2^17
-// rounds of four TDPBF16PS: ~3 ms at 16 cycles each.
-void CeilingAmx(benchmark::State& state, RunContext& ctx, int threads, const std::string& name) {
-  CeilingLoop(state, ctx, threads, name, ukernels::AmxBf16PeakLoop, int64_t{1} << 17, "AMX_BF16");
-}
-
-// ceiling_vdpbf16ps/threads:T: registered only where the CPU has
-// AVX512_BF16. 2^20 rounds of 12 VDPBF16PS: 6-12 ms at one or two a cycle.
-// Where it reads half of ceiling_fma's FLOP rate (Sapphire and Emerald
-// Rapids), bf16 products on VDPBF16PS take as long as fp32's on FMAs
-// (DefaultVdpbf16ps).
-void CeilingVdpbf16ps(benchmark::State& state, RunContext& ctx, int threads,
-                      const std::string& name) {
-  CeilingLoop(state, ctx, threads, name, ukernels::Bf16DotPeakLoop, int64_t{1} << 20,
-              "AVX512_BF16");
-}
-
-// ceiling_vpdpwssd/threads:T: registered only where the CPU has
-// AVX512_VNNI. 2^20 rounds of 12 VPDPWSSD, as ceiling_vdpbf16ps: what int8
-// decode's integer products (kernels/ukernels/i8_decode.h) are a fraction
-// of, in the same units as every GFLOPS.
-void CeilingVpdpwssd(benchmark::State& state, RunContext& ctx, int threads,
-                     const std::string& name) {
-  CeilingLoop(state, ctx, threads, name, ukernels::I8DotPeakLoop, int64_t{1} << 20, "AVX512_VNNI");
-}
+// The reduced-precision peaks, <family>/threads:T, each registered only
+// where the CPU has its ISA, and counted as ceiling_fma is (the report's
+// columns: results.ISA_CEILINGS).
+struct IsaCeiling {
+  const char* family;
+  bool (*available)();
+  double (*loop)(int64_t rounds);
+  int64_t rounds;
+  const char* path;
+  double predicted_seconds;
+};
+constexpr IsaCeiling kIsaCeilings[] = {
+    // 12 VDPBF16PS a round: 6-12 ms at one or two a cycle. Where it reads
+    // half of ceiling_fma's FLOP rate (Sapphire and Emerald Rapids), bf16
+    // products on VDPBF16PS take as long as fp32's on FMAs (DefaultVdpbf16ps).
+    {"ceiling_vdpbf16ps", ukernels::CpuHasAvx512Bf16, ukernels::Bf16DotPeakLoop, int64_t{1} << 20,
+     "AVX512_BF16", 1e-2},
+    // Four TDPBF16PS a round: ~3 ms at 16 cycles each; only where Linux
+    // granted the tile state (the context's attnlab_amx says why not).
+    {"ceiling_amx", ukernels::CpuHasAmxBf16, ukernels::AmxBf16PeakLoop, int64_t{1} << 17,
+     "AMX_BF16", 3e-3},
+    // 12 VPDPWSSD a round: what int8 decode's integer products
+    // (kernels/ukernels/i8_decode.h) are a fraction of, in the same units as
+    // every GFLOPS.
+    {"ceiling_vpdpwssd", ukernels::CpuHasAvx512Vnni, ukernels::I8DotPeakLoop, int64_t{1} << 20,
+     "AVX512_VNNI", 1e-2},
+};
 
 #ifdef ATTNLAB_HAVE_ONEDNN
 // Why this machine has no ceiling_matmul_bf16, or "" when it has one:
@@ -1529,23 +1530,16 @@ class SuiteCases {
       Add(
           name, [ctx = &ctx_, t, name](benchmark::State& s) { CeilingFma(s, *ctx, t, name); },
           /*predicted_seconds=*/1e-3, /*ceiling=*/true);
-      if (ukernels::CpuHasAvx512Bf16()) {
-        const std::string dot = "ceiling_vdpbf16ps/threads:" + std::to_string(t);
+      for (const IsaCeiling& peak : kIsaCeilings) {
+        if (!peak.available()) continue;
+        const std::string isa = std::string(peak.family) + "/threads:" + std::to_string(t);
         Add(
-            dot, [ctx = &ctx_, t, dot](benchmark::State& s) { CeilingVdpbf16ps(s, *ctx, t, dot); },
-            /*predicted_seconds=*/1e-2, /*ceiling=*/true);
+            isa,
+            [ctx = &ctx_, t, isa, &peak](benchmark::State& s) {
+              CeilingLoop(s, *ctx, t, isa, peak.loop, peak.rounds, peak.path);
+            },
+            peak.predicted_seconds, /*ceiling=*/true);
       }
-      if (ukernels::CpuHasAvx512Vnni()) {
-        const std::string dot = "ceiling_vpdpwssd/threads:" + std::to_string(t);
-        Add(
-            dot, [ctx = &ctx_, t, dot](benchmark::State& s) { CeilingVpdpwssd(s, *ctx, t, dot); },
-            /*predicted_seconds=*/1e-2, /*ceiling=*/true);
-      }
-      if (!ukernels::CpuHasAmxBf16()) continue;  // the context says why
-      const std::string amx = "ceiling_amx/threads:" + std::to_string(t);
-      Add(
-          amx, [ctx = &ctx_, t, amx](benchmark::State& s) { CeilingAmx(s, *ctx, t, amx); },
-          /*predicted_seconds=*/3e-3, /*ceiling=*/true);
     }
     // Sweep: Lq = Lk = N. Past the suite's N range, only over-budget cases of
     // score-materializing variants (instant skips the report shows).
