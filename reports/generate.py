@@ -768,7 +768,15 @@ class Report:
                "")
     if fma:
       peak = fma.counter("GFLOPS")
-      rows = [[n] + [cell(v, n, lambda c: fmt_num(self.fma_fraction(c), 2)) for v in variants]
+      once = []  # cells of one repetition: a single sample, not a median
+
+      def fraction(c):
+        if len(c.samples) == 1:
+          once.append(c)
+          return fmt_num(self.fma_fraction(c), 2) + "¹"
+        return fmt_num(self.fma_fraction(c), 2)
+
+      rows = [[n] + [cell(v, n, fraction) for v in variants]
               + ([fmt_num(ceiling[n].counter("GFLOPS") / peak, 2)
                   if n in ceiling and ceiling[n].ok and ceiling[n].counter("GFLOPS") else "—"]
                  if ceiling else []) for n in ns]
@@ -777,6 +785,10 @@ class Report:
                + ("effective GFLOPS" if causal else "GFLOPS") + " / ceiling_fma GFLOPS)", "",
                md_table(header[:1] + variants + (["sgemm ceiling"] if ceiling else []), rows),
                "")
+      if once:
+        self.add("¹ one repetition: a single sample, not a median (the suite repeats its cheap "
+                 "cases and those of the variants in focus, `attnlab_bench --focus`; context "
+                 "`attnlab_repeated`).", "")
     elif self.fma_ceilings(source):
       self.add(f"Fraction of ceiling_fma: no `ceiling_fma/threads:{gp.get('threads', '?')}` "
                "case in this run.", "")

@@ -583,6 +583,10 @@ def test_ceilings(work, doc):
       key = "GFLOPS" if gp["causal"] != "0" else "GFLOPS_dense"
       want = generate.fmt_num(statistics.median(e[key] for e in es) / fma[int(gp["threads"])],
                               2)
+      if len(es) == 1:  # one repetition: marked as a single sample, with the footnote
+        want += "¹"
+        check("¹ one repetition: a single sample" in sweep_text,
+              f"{name}: the footnote of a one-repetition fraction")
       row = [r for r in table if r[0] == params["N"]]
       check(row and row[0][columns.index(fam)] == want,
             f"{name}: fraction of ceiling_fma {want} in its group's table")
