@@ -212,7 +212,8 @@ struct Suite {
   // mostly at N >= 2048, cases of 0.1-5 s that ran once: a slow stretch of
   // the machine on that one run was the figure (N = 2048, d = 64: three
   // repetitions read 0.61, 0.65 and 0.81 of ceiling_fma on the Emerald
-  // Rapids VM). Repeating them costs ~3 minutes of the default suite there.
+  // Rapids VM). Repeating them made the default suite's measured time there
+  // 1008 s instead of 797.
   // --focus=VARIANTS replaces the list (--focus= : none).
   std::vector<std::string> focus_variants;
   double focus_repeat_max_seconds = 0;
@@ -2270,7 +2271,17 @@ int BenchmarkMode(Flags& flags, const std::string& argv0, const std::string& rec
   }
 
   Suite suite = MakeSuite(options.suite);
-  if (flags.focus) suite.focus_variants = *flags.focus;
+  if (flags.focus) {
+    suite.focus_variants = *flags.focus;
+    if (suite.repetitions <= 1 || flags.have_repetitions) {
+      std::fprintf(stderr, "attnlab_bench: --focus has no effect: %s\n",
+                   flags.have_repetitions
+                       ? "--benchmark_repetitions repeats every case"
+                       : ("suite " + options.suite +
+                          " runs each case once (--benchmark_repetitions=K repeats every case)")
+                             .c_str());
+    }
+  }
   std::vector<std::string> rest = {argv0};  // for Google Benchmark
   rest.insert(rest.end(), flags.benchmark_args.begin(), flags.benchmark_args.end());
   if (!flags.have_min_time) rest.push_back(std::string("--benchmark_min_time=") + suite.min_time);

@@ -53,4 +53,11 @@ execute_process(COMMAND "${BENCH}" --focus=flash,bogus --benchmark_list_tests=tr
 if(NOT rc EQUAL 2 OR NOT stderr MATCHES "unknown variant 'bogus' in --focus=flash,bogus \\(naive")
   message(FATAL_ERROR "--focus=flash,bogus: want exit 2 naming bogus, got ${rc}:\n${stderr}")
 endif()
+
+# 4. A suite that runs each case once says --focus changes nothing there.
+execute_process(COMMAND "${BENCH}" --suite=quick --focus=flash --benchmark_list_tests=true
+                RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr)
+if(NOT rc EQUAL 0 OR NOT stderr MATCHES "--focus has no effect: suite quick runs each case once")
+  message(FATAL_ERROR "--suite=quick --focus=flash: want a note on stderr, got ${rc}:\n${stderr}")
+endif()
 message(STATUS "bench_focus: ok")
