@@ -15,6 +15,7 @@
 
 #include "kernels/problem.h"
 #include "kernels/registry.h"
+#include "testing/paged_kv.h"
 
 namespace attn::bench {
 
@@ -68,45 +69,12 @@ const std::vector<int32_t>& PackedOffsets(int64_t longest);
 // longest sequence is `longest` (the case's own, or a check problem's).
 void ApplyMask(const Case& c, int64_t longest, Problem& p, std::vector<float>* additive = nullptr);
 
-// kPaged: the block table of `batch` sequences of `kv_len` keys in blocks of
-// `block_size`: a fixed shuffle of the pool's blocks (deterministic, cached
-// for the whole run).
-const std::vector<int32_t>& PagedTable(int64_t batch, int64_t kv_len, int64_t block_size);
-// Memory the kernel is asked to back with 2 MiB pages: anonymous memory
-// advised (madvise(MADV_HUGEPAGE); Debian's transparent huge pages are
-// "madvise") before its first touch, as a serving engine allocates its
-// KV-cache pool. The bench keeps every case's K and V, the paged pools, the
-// read ceilings' K and V and the stream ceiling's buffer there: a paged
-// cache is read a block at a time from anywhere in the pool, each block its
-// own page walks on 4 KiB pages, and contiguous K and V read slower on 4 KiB
-// pages too (Zen 4 VM: contiguous flash decode 1.01-1.10x the time, its read
-// ceiling up to 1.5x), so paged and contiguous decode and the ceilings they
-// are held to all read from the same kind of page (kernels/DESIGN.md, "Every
-// big buffer on 2 MiB pages").
-void* AllocateHugePageBytes(size_t bytes);  // throws std::bad_alloc
-void FreeHugePageBytes(void* p, size_t bytes);
-template <class T>
-struct HugePageAllocator {
-  using value_type = T;
-  HugePageAllocator() = default;
-  template <class U>
-  HugePageAllocator(const HugePageAllocator<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(AllocateHugePageBytes(n * sizeof(T))); }
-  void deallocate(T* p, size_t n) { FreeHugePageBytes(p, n * sizeof(T)); }
-  template <class U>
-  bool operator==(const HugePageAllocator<U>&) const {
-    return true;
-  }
-};
-template <class T>
-using HugePageVector = std::vector<T, HugePageAllocator<T>>;
-// A paged copy of a problem's fp32 K and V: the pools.
-struct PagedKv {
-  HugePageVector<float> k, v;
-};
-// Copies p's K and V rows into pools laid out by PagedTable (into `pools`)
-// and points p at them, with p.kv_pages set.
-void PageKv(int64_t block_size, Problem& p, PagedKv& pools);
+// kPaged's pools, their table and the 2 MiB pages of every big buffer
+// (testing/paged_kv.h).
+using testing::HugePageVector;
+using testing::PagedKv;
+using testing::PagedTable;
+using testing::PageKv;
 
 // The name token of element types (docs/bench-json.md): "" when Q, K, V and
 // O are all f32 (fp32 names carry no token), "dtype:bf16" when the four share

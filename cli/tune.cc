@@ -18,9 +18,11 @@
 //      decode with K and V of twice that size (at least 64 MiB;
 //      TuneDecodePrefetch), one thread; this CPU's default (32 KiB; none for
 //      MHA on Zen 4: DefaultMhaDecodePrefetchBytes) stays unless another
-//      distance is more than 3% faster (decode from memory is noisier). A
-//      paged cache's distance (flash.paged_prefetch_bytes) keeps its
-//      default: these problems are contiguous.
+//      distance is more than 3% faster (decode from memory is noisier). Then
+//      a paged cache's (flash.paged_prefetch_bytes): the same GQA-4 and MHA
+//      decodes with K and V in a shuffled pool of 16-key blocks, the default
+//      (32 KiB) against one group of blocks ahead, 16 and 64 KiB, within 3%
+//      the default stays (TunePagedDecodePrefetch).
 //   4. whether flash's prefill prefetches the next key tile's K and V rows
 //      (flash.tile_prefetch): dense N = 4096 for every head dim, where a
 //      head's K and V pass a 2 MiB L2, one thread; this CPU's default (off
@@ -64,6 +66,7 @@
 #include "kernels/registry.h"
 #include "kernels/tuning.h"
 #include "kernels/ukernels/bf16_avx512.h"
+#include "testing/paged_kv.h"
 #include "testing/problem_data.h"
 #include "testing/scoped_env.h"
 
@@ -119,18 +122,22 @@ std::vector<double> FastestInterleaved(size_t candidates, int reps, RunOnce run)
 }
 
 // One flash setting of the tuning, measured: flash on one thread over each
-// of `shapes` under each of `values` (the default first: it wins ties), set
-// into a copy of `base` by `set`, repetitions interleaved. A value's score is
-// the sum over shapes of its time over the shape's best time; the default
-// stays unless another value scores more than `margin` better, so noise does
-// not move it.
+// of `shapes` (K and V in a paged cache of `paged_block_size`-key blocks
+// when it is not 0: testing/paged_kv.h) under each of `values` (the default
+// first: it wins ties), set into a copy of `base` by `set`, repetitions
+// interleaved. A value's score is the sum over shapes of its time over the
+// shape's best time; the default stays unless another value scores more
+// than `margin` better, so noise does not move it.
 template <typename Set>
 int64_t PickFlashSetting(const char* what, const char* unit, const std::vector<int64_t>& values,
                          const std::vector<ProblemSpec>& shapes, double margin,
-                         const TuneArgs& args, const Tuning& base, Set set) {
+                         const TuneArgs& args, const Tuning& base, Set set,
+                         int64_t paged_block_size = 0) {
   std::vector<double> score(values.size(), 0.0);
   for (const ProblemSpec& spec : shapes) {
     ProblemData data(spec);
+    testing::PagedKv pools;
+    if (paged_block_size > 0) testing::PageKv(paged_block_size, data.problem(), pools);
     const Variant& flash = *FindVariant("flash");
     const std::vector<double> t = FastestInterleaved(values.size(), args.reps, [&](size_t i) {
       Tuning candidate = base;
@@ -139,7 +146,9 @@ int64_t PickFlashSetting(const char* what, const char* unit, const std::vector<i
       return TimeRuns(flash, data, 1);
     });
     const double fastest = *std::min_element(t.begin(), t.end());
-    std::string line = fmt::format("  flash {}, {}:", what, Describe(spec.shape, Mask{}));
+    std::string line = fmt::format(
+        "  flash {}, {}{}:", what, Describe(spec.shape, Mask{}),
+        paged_block_size > 0 ? fmt::format(", paged (block size {})", paged_block_size) : "");
     for (size_t i = 0; i < values.size(); ++i) {
       score[i] += t[i] / fastest;
       line += fmt::format(" {}{} {:.3f} ms", values[i], unit, t[i] * 1e3);
@@ -226,6 +235,27 @@ int64_t TuneDecodePrefetchMinKvBytes(const TuneArgs& args, const Tuning& base) {
   return threshold;
 }
 
+// Decode with `kv_heads` kv heads whose K and V take twice the tuning's
+// prefetch threshold and at least 64 MiB (Lk a power of two from 4096): the
+// sizes where a prefetch starts to pay are where its distance matters.
+ProblemSpec PrefetchedDecode(int64_t kv_heads, const Tuning& tuned) {
+  const int64_t want = std::max(int64_t{64} << 20, 2 * tuned.flash_decode_prefetch_min_kv_bytes);
+  int64_t kv_len = 4096;
+  while (DecodeKvBytes(kv_heads, kv_len) < want) kv_len *= 2;
+  return Decode(kv_heads, kv_len);
+}
+
+// The prefetch distances a tuning step tries: this CPU's default first (it
+// stays unless another scores better by the margin), then none (on a paged
+// cache: one group of blocks ahead), 16, 32 and 64 KiB.
+std::vector<int64_t> DistancesFrom(int64_t default_bytes) {
+  std::vector<int64_t> distances = {default_bytes};
+  for (int64_t d : {int64_t{0}, int64_t{16384}, int64_t{32768}, int64_t{65536}}) {
+    if (d != default_bytes) distances.push_back(d);
+  }
+  return distances;
+}
+
 // The distances, GQA-4 decode's (flash_decode_prefetch_bytes) and MHA
 // decode's (flash_mha_decode_prefetch_bytes) each on its own shape, whose K
 // and V take twice the threshold (TuneDecodePrefetchMinKvBytes; at least 64
@@ -251,18 +281,35 @@ void TuneDecodePrefetch(const TuneArgs& args, Tuning& tuned) {
                  tuned.*kind.field);
       continue;
     }
-    const int64_t want = std::max(int64_t{64} << 20, 2 * tuned.flash_decode_prefetch_min_kv_bytes);
-    int64_t kv_len = 4096;
-    while (DecodeKvBytes(kind.kv_heads, kv_len) < want) kv_len *= 2;
-    // This CPU's default first (it stays unless another scores 3% better).
-    std::vector<int64_t> distances = {tuned.*kind.field};
-    for (int64_t d : {int64_t{0}, int64_t{16384}, int64_t{32768}, int64_t{65536}}) {
-      if (d != distances[0]) distances.push_back(d);
-    }
-    tuned.*kind.field = PickFlashSetting(
-        what.c_str(), " B", distances, {Decode(kind.kv_heads, kv_len)}, 0.03, args,
-        PrefetchingAlways(tuned), [&kind](Tuning& t, int64_t v) { t.*kind.field = v; });
+    tuned.*kind.field = PickFlashSetting(what.c_str(), " B", DistancesFrom(tuned.*kind.field),
+                                         {PrefetchedDecode(kind.kv_heads, tuned)}, 0.03, args,
+                                         PrefetchingAlways(tuned),
+                                         [&kind](Tuning& t, int64_t v) { t.*kind.field = v; });
   }
+}
+
+// The distance on a paged cache (flash_paged_prefetch_bytes): GQA-4 and MHA
+// decode with K and V in a shuffled pool of 16-key blocks (the smallest
+// block the paged target holds at, where each block is a jump the hardware
+// prefetcher cannot follow), each the size TuneDecodePrefetch uses; the
+// default (32 KiB) against one group of blocks ahead (a distance of 0),
+// 16 and 64 KiB, within 3% the default stays. On the Zen 4 VM one block
+// ahead made block size 16 1.3-2.2x slower than 8-32 KiB ahead
+// (kernels/DESIGN.md, "Per rows per kv head, and paged on its own"); on the
+// Emerald Rapids VM 1.1-1.3x slower at Lk = 65536. --quick keeps the default.
+void TunePagedDecodePrefetch(const TuneArgs& args, Tuning& tuned) {
+  const char* what = "paged decode prefetch";
+  if (args.quick) {
+    fmt::print("  -> {} {} B (the default; --quick does not measure it)\n", what,
+               tuned.flash_paged_prefetch_bytes);
+    return;
+  }
+  const std::vector<ProblemSpec> shapes = {PrefetchedDecode(2, tuned), PrefetchedDecode(8, tuned)};
+  constexpr int64_t kBlockSize = 16;
+  tuned.flash_paged_prefetch_bytes = PickFlashSetting(
+      what, " B", DistancesFrom(tuned.flash_paged_prefetch_bytes), shapes, 0.03, args,
+      PrefetchingAlways(tuned), [](Tuning& t, int64_t v) { t.flash_paged_prefetch_bytes = v; },
+      kBlockSize);
 }
 
 // Whether the score tiles of prefill prefetch the next key tile's K and V
@@ -465,6 +512,7 @@ int TuneCommand(TuneArgs args) {
   tuned.flash_key_tile = TuneKeyTile(args, tuned);
   tuned.flash_decode_prefetch_min_kv_bytes = TuneDecodePrefetchMinKvBytes(args, tuned);
   TuneDecodePrefetch(args, tuned);
+  TunePagedDecodePrefetch(args, tuned);
   TuneTilePrefetch(args, tuned);
   TuneVdpbf16ps(args, tuned);
   tuned.auto_points = TuneAutoPoints(args, tuned);
@@ -474,15 +522,15 @@ int TuneCommand(TuneArgs args) {
   size_t not_flash = 0;
   for (const AutoPoint& p : tuned.auto_points) not_flash += p.variant != "flash";
   fmt::print(
-      "wrote {} in {:.0f} s: flash key tile {}, decode prefetch {} B (GQA), {} B (MHA) above {} "
-      "MiB of K and V, tile prefetch {}, bf16 on VDPBF16PS {}, {} "
+      "wrote {} in {:.0f} s: flash key tile {}, decode prefetch {} B (GQA), {} B (MHA), {} B "
+      "(paged) above {} MiB of K and V, tile prefetch {}, bf16 on VDPBF16PS {}, {} "
       "of {} auto points pick a variant other than flash.\nThe kernels read it at {} "
       "(ATTNLAB_TUNING overrides the path; ATTNLAB_TUNING=none ignores it).\n",
       path, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
       tuned.flash_key_tile, tuned.flash_decode_prefetch_bytes,
-      tuned.flash_mha_decode_prefetch_bytes, tuned.flash_decode_prefetch_min_kv_bytes >> 20,
-      tuned.flash_tile_prefetch ? "on" : "off", tuned.flash_vdpbf16ps ? "yes" : "no", not_flash,
-      tuned.auto_points.size(),
+      tuned.flash_mha_decode_prefetch_bytes, tuned.flash_paged_prefetch_bytes,
+      tuned.flash_decode_prefetch_min_kv_bytes >> 20, tuned.flash_tile_prefetch ? "on" : "off",
+      tuned.flash_vdpbf16ps ? "yes" : "no", not_flash, tuned.auto_points.size(),
       args.out ? "that path when ATTNLAB_TUNING names it" : "this default path");
   return kExitOk;
 }

@@ -138,8 +138,9 @@ struct Tuning {
   // field since the two caches want different distances: on the Zen 4 VM
   // block size 16 ran 1.3-2.2x slower with one block ahead than 8-32 KiB
   // ahead where contiguous MHA decode ran fastest with none (kernels/DESIGN.md,
-  // "Per rows per kv head, and paged on its own"). `attnlab tune` does not measure it (its
-  // problems are contiguous). A file without it takes the default.
+  // "Per rows per kv head, and paged on its own"). `attnlab tune` measures it on GQA-4
+  // and MHA decode of a pool of 16-key blocks (TunePagedDecodePrefetch in cli/tune.cc).
+  // A file without it takes the default.
   int64_t flash_paged_prefetch_bytes = kDefaultDecodePrefetchBytes;
   // flash: the K and V bytes (all of a problem's) above which decode
   // prefetches: DefaultDecodePrefetchMinKvBytes() unless `attnlab tune`

@@ -20,6 +20,7 @@
 #include <ostream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "hwy/targets.h"
@@ -31,6 +32,7 @@
 #include "testing/compare.h"
 #include "testing/flash_hooks.h"
 #include "testing/grad_data.h"
+#include "testing/paged_kv.h"
 #include "testing/problem_data.h"
 
 namespace attn {
@@ -512,6 +514,51 @@ TEST(PagedTest, TileRunsInOneCallOnAvx2) {
       }
     }
   }
+}
+
+// testing::PageKv (the bench's paged cases, `attnlab tune`'s paged decode):
+// every block of the pool used once, each key's rows at its table block, and
+// flash on the paged copy within the bound of the reference on the
+// contiguous problem it was made from.
+TEST(PageKvTest, PoolHoldsEachKeysRowsWhereTheTableSays) {
+  ProblemSpec spec;
+  spec.shape = Shape{2, 8, 2, 1, 100, 32, 32};
+  ProblemData data(spec);
+  Problem& p = data.problem();
+  const Problem contiguous = p;
+  const StatusOr<reference::Result> want = reference::Attention(contiguous);
+  ASSERT_TRUE(want.ok());
+  testing::PagedKv pools;
+  constexpr int64_t kBlock = 16, kPerSequence = 7;  // ceil(100 / 16)
+  testing::PageKv(kBlock, p, pools);
+  ASSERT_TRUE(p.kv_pages.has_value());
+  EXPECT_EQ(p.kv_pages->block_size, kBlock);
+  EXPECT_EQ(p.kv_pages->blocks_per_sequence, kPerSequence);
+  std::vector<int32_t> blocks(p.kv_pages->block_table.begin(), p.kv_pages->block_table.end());
+  std::sort(blocks.begin(), blocks.end());
+  std::vector<int32_t> each(2 * kPerSequence);
+  std::iota(each.begin(), each.end(), 0);
+  EXPECT_EQ(blocks, each);
+  const Shape& s = p.shape;
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t h = 0; h < s.kv_heads; ++h) {
+      for (int64_t j = 0; j < s.kv_len; ++j) {
+        const int64_t block = p.kv_pages->block_table[b * kPerSequence + j / kBlock];
+        const int64_t row = ((block * s.kv_heads + h) * kBlock + j % kBlock) * s.head_dim;
+        for (const auto& [pool, t] :
+             {std::pair{&pools.k, contiguous.k}, std::pair{&pools.v, contiguous.v}}) {
+          ASSERT_EQ(std::memcmp(pool->data() + row, ValidProblem::Row(t, b, h, j),
+                                s.head_dim * sizeof(float)),
+                    0)
+              << "b " << b << " h " << h << " key " << j;
+        }
+      }
+    }
+  }
+  data.Poison();
+  ASSERT_TRUE(attn::Run("flash", p, OnThreads(1)).ok());
+  const testing::Comparison cmp = testing::CompareToReference(data, *want);
+  EXPECT_TRUE(cmp.ok) << cmp.first_failure;
 }
 
 }  // namespace

@@ -1896,8 +1896,11 @@ class Tune(Case):
             tuning = json.load(f)
         self.assertEqual(tuning["format"], 1)
         self.assertIn(tuning["flash"]["key_tile"], (128, 256, 512))
-        # --quick measures neither decode prefetch setting: both keep their defaults.
+        # --quick measures no decode prefetch setting: each keeps its default.
         self.assertEqual(tuning["flash"]["decode_prefetch_bytes"], 32768)
+        self.assertEqual(tuning["flash"]["paged_prefetch_bytes"], 32768)
+        self.assertRegex(out, r"-> paged decode prefetch 32768 B \(the default; --quick does not "
+                              r"measure it\)")
         self.assertGreater(tuning["flash"]["decode_prefetch_min_kv_bytes"], 0)
         self.assertRegex(out, r"-> decode prefetch above \d+ MiB of K and V \(the default; "
                               r"--quick does not measure it\)")
