@@ -635,10 +635,9 @@ void TestSoftmaxRow(const Ukernel& u, int64_t lanes, Checker& c) {
   }
 }
 
-void TestExp2(const Ukernel& u, int64_t lanes, Checker& c) {
-  (void)lanes;
+// Every 61st float in [-126, 127.5), plus points around 0 and the ends.
+std::vector<float> Exp2Sweep() {
   std::vector<float> x;
-  // Every 61st float in [-126, 127.5), plus points around 0 and the ends.
   for (float v = -126.0f; v < 127.5f;) {
     x.push_back(v);
     uint32_t bits;
@@ -652,6 +651,12 @@ void TestExp2(const Ukernel& u, int64_t lanes, Checker& c) {
     }
   }
   for (float v : {-0.5f, 0.5f, -1.0f, -125.99f, 0.0f, -0.0f}) x.push_back(v);
+  return x;
+}
+
+void TestExp2(const Ukernel& u, int64_t lanes, Checker& c) {
+  (void)lanes;
+  const std::vector<float> x = Exp2Sweep();
   std::vector<float> out(x.size() + 1, kNaN);
   Exp2Args a{x.data(), out.data(), int64_t(x.size())};
   ASSERT_TRUE(u.run(&a));
@@ -1714,6 +1719,40 @@ std::vector<Param> Params() {
     for (int64_t target : CompiledTargets()) params.push_back({&u, target});
   }
   return params;
+}
+
+// FastExp2 rounds and scales by VSCALEFPS on AVX-512 and by a magic-number
+// add and the exponent bits on AVX2 (kernels/ukernels/exp-inl.h): the same
+// bits, over the sweep, ties (k + 1/2, which round to even), the subnormal
+// results of n = -126 and the specials. (SSE4 and below have no FMA: their
+// polynomial rounds twice per step, and their bits differ by an ulp.)
+TEST(FastExp2Test, SameBitsOnAvx2AsOnAvx512) {
+  hwy::SetSupportedTargetsForTest(0);
+  const int64_t supported = hwy::SupportedTargets();
+  if ((supported & HWY_AVX3) == 0 || (supported & HWY_AVX2) == 0) {
+    GTEST_SKIP() << "this CPU lacks AVX2 or AVX3 (AVX-512)";
+  }
+  std::vector<float> x = Exp2Sweep();
+  for (float k = -126.0f; k < 127.0f; k += 1.0f) x.push_back(k + 0.5f);
+  for (float v : {-125.5f, -125.75f, -126.0f, -kInf, -1000.0f, -126.5f, kNaN, 3.0f}) {
+    x.push_back(v);
+  }
+  const Ukernel& exp2 = *FindUkernel("f32_exp2");
+  std::vector<uint32_t> bits[2];
+  const int64_t targets[2] = {HWY_AVX3, HWY_AVX2};
+  for (int t = 0; t < 2; ++t) {
+    hwy::SetSupportedTargetsForTest(targets[t]);
+    std::vector<float> out(x.size(), 0.0f);
+    Exp2Args a{x.data(), out.data(), int64_t(x.size())};
+    const bool ran = exp2.run(&a);
+    hwy::SetSupportedTargetsForTest(0);
+    ASSERT_TRUE(ran) << hwy::TargetName(targets[t]);
+    bits[t].resize(x.size());
+    std::memcpy(bits[t].data(), out.data(), x.size() * 4);
+  }
+  for (size_t i = 0; i < x.size(); ++i) {
+    ASSERT_EQ(bits[1][i], bits[0][i]) << "AVX2 against AVX3 at x=" << x[i];
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(List, UkernelTest, ::testing::ValuesIn(Params()),

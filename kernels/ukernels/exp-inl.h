@@ -12,12 +12,14 @@
 // exactly 0 (the true value is below 2^-126, an absolute error < 1.2e-38);
 // NaN gives NaN. Callers pass x <= 0 (scores minus their running maximum).
 //
-// Cost per vector: 1 max, 1 round, 1 sub, 7 FMA, the scaling by 2^n
-// (TimesPow2: 1 instruction on AVX-512, about 7 elsewhere), 1 compare and
-// 1 blend (one more of each on targets other than x86 AVX2/AVX-512, for
-// NaN) (about 14 instructions for 16 floats on AVX-512, 20 with the
-// scaling by exponent bits: the softmax columns kernel 1.25x faster, bf16
-// flash on AMX 5-10%, kernels/DESIGN.md "AMX").
+// Cost per vector: 1 max, the rounding and the scaling by 2^n (AVX-512:
+// a round, a sub and VSCALEFPS; elsewhere the magic number's add and sub, a
+// sub, an integer add, a shift and a multiply), 7 FMA, 1 compare and 1
+// blend (one more of each on targets other than x86 AVX2/AVX-512, for NaN):
+// 14 instructions for 16 floats on AVX-512 (VSCALEFPS against the exponent
+// bits: the softmax columns kernel 1.25x faster, bf16 flash on AMX 5-10%,
+// kernels/DESIGN.md "AMX"), 16 for 8 on AVX2 (was 20 with Round and
+// Highway's conversion).
 
 #if defined(ATTNLAB_KERNELS_UKERNELS_EXP_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef ATTNLAB_KERNELS_UKERNELS_EXP_INL_H_
@@ -33,14 +35,11 @@ namespace attn {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// p·2^n for a whole number n in [-126, 128] held as a float. AVX-512 has it
-// as one instruction (VSCALEFPS, correctly rounded like the multiply);
-// elsewhere 2^n is built in the exponent bits and multiplied (convert, add,
-// shift, multiply: four instructions, and Highway's convert adds an overflow
-// fix-up of three more on x86). The same bits either way.
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+// p·2^n for a whole number n in [-126, 128] held as a float: VSCALEFPS, one
+// instruction, correctly rounded like the multiply.
 template <class D, class V = hn::Vec<D>>
 HWY_INLINE V TimesPow2(D d, V p, V n) {
-#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
   (void)d;
   if constexpr (sizeof(p.raw) == 64) {
     return V{_mm512_scalef_ps(p.raw, n.raw)};
@@ -49,12 +48,24 @@ HWY_INLINE V TimesPow2(D d, V p, V n) {
   } else {
     return V{_mm_scalef_ps(p.raw, n.raw)};
   }
-#else
-  const hn::RebindToSigned<D> di;
-  const auto bits = hn::ShiftLeft<23>(hn::Add(hn::ConvertTo(di, n), hn::Set(di, 127)));
-  return hn::Mul(p, hn::BitCast(d, bits));
-#endif
 }
+#else
+// 1.5·2^23: a float x + kRoundingMagic for |x| < 2^22 has the bits of
+// kRoundingMagic plus round(x) (FastExp2).
+inline constexpr float kRoundingMagic = 12582912.0f;
+
+// p·2^n for a whole number n in [-126, 128] given as `rounded` = n +
+// kRoundingMagic: its low bits are n in two's complement, so 2^n's exponent
+// field is (bits + 127) << 23 (the magic number's own bits shift out); then
+// one multiply, exact but for a subnormal result, where it rounds as
+// VSCALEFPS does: the same bits as the AVX-512 path.
+template <class D, class V = hn::Vec<D>>
+HWY_INLINE V TimesPow2Of(D d, V p, V rounded) {
+  const hn::RebindToSigned<D> di;
+  const auto bits = hn::ShiftLeft<23>(hn::Add(hn::BitCast(di, rounded), hn::Set(di, 127)));
+  return hn::Mul(p, hn::BitCast(d, bits));
+}
+#endif
 
 template <class D, class V = hn::Vec<D>>
 HWY_INLINE V FastExp2(D d, V x) {
@@ -69,7 +80,18 @@ HWY_INLINE V FastExp2(D d, V x) {
 #else
   const V xc = hn::Max(x, lo);  // NaN lanes are fixed up at the end
 #endif
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
   const V n = hn::Round(xc);
+#else
+  // n = round(xc) by the magic number 1.5·2^23: xc + 1.5·2^23 lies in
+  // [2^23, 2^24), where floats are the integers, so the add rounds xc to the
+  // nearest (ties to even, as Round: the magic number is even) and the low
+  // bits of its sum hold n (TimesPow2Of). Three instructions fewer per
+  // vector than Round plus the conversion of n to an integer for 2^n (whose
+  // Highway form fixes up overflow: three more), the same bits.
+  const V rounded = hn::Add(xc, hn::Set(d, kRoundingMagic));
+  const V n = hn::Sub(rounded, hn::Set(d, kRoundingMagic));
+#endif
   const V f = hn::Sub(xc, n);  // exact: |f| <= 1/2
   // ln(2)^k / k!, k = 7..0.
   V p = hn::Set(d, 1.525273380405984e-05f);
@@ -80,7 +102,11 @@ HWY_INLINE V FastExp2(D d, V x) {
   p = hn::MulAdd(p, f, hn::Set(d, 2.402265069591007e-01f));
   p = hn::MulAdd(p, f, hn::Set(d, 6.931471805599453e-01f));
   p = hn::MulAdd(p, f, hn::Set(d, 1.0f));
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
   V r = TimesPow2(d, p, n);
+#else
+  V r = TimesPow2Of(d, p, rounded);
+#endif
   r = hn::IfThenZeroElse(hn::Lt(x, lo), r);
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
   return r;
