@@ -296,7 +296,9 @@ void TuneDecodePrefetch(const TuneArgs& args, Tuning& tuned) {
 // 16 and 64 KiB, within 3% the default stays. On the Zen 4 VM one block
 // ahead made block size 16 1.3-2.2x slower than 8-32 KiB ahead
 // (kernels/DESIGN.md, "Per rows per kv head, and paged on its own"); on the
-// Emerald Rapids VM 1.1-1.3x slower at Lk = 65536. --quick keeps the default.
+// Emerald Rapids VM GQA-4 1.06-1.38x slower, 16-64 KiB within a few percent
+// of each other ("On the Emerald Rapids VM" under "Paged K/V"). --quick keeps
+// the default.
 void TunePagedDecodePrefetch(const TuneArgs& args, Tuning& tuned) {
   const char* what = "paged decode prefetch";
   if (args.quick) {
