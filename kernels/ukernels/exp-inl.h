@@ -35,30 +35,50 @@ namespace attn {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// FastExp2's rounding x -> n = round(x) and its scaling p -> p·2^n, for a
+// whole number n in [-126, 128], in each target's cheapest form: Rounded(x)
+// is what TimesPow2Of scales by, WholeOf(Rounded(x)) is n as a float. The
+// same bits on either (FastExp2Test.SameBitsOnAvx2AsOnAvx512).
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-// p·2^n for a whole number n in [-126, 128] held as a float: VSCALEFPS, one
-// instruction, correctly rounded like the multiply.
+// AVX-512: n itself (Round), and VSCALEFPS, one instruction, correctly
+// rounded like the multiply.
 template <class D, class V = hn::Vec<D>>
-HWY_INLINE V TimesPow2(D d, V p, V n) {
-  (void)d;
+HWY_INLINE V Rounded(D, V x) {
+  return hn::Round(x);
+}
+template <class D, class V = hn::Vec<D>>
+HWY_INLINE V WholeOf(D, V rounded) {
+  return rounded;
+}
+template <class D, class V = hn::Vec<D>>
+HWY_INLINE V TimesPow2Of(D, V p, V rounded) {
   if constexpr (sizeof(p.raw) == 64) {
-    return V{_mm512_scalef_ps(p.raw, n.raw)};
+    return V{_mm512_scalef_ps(p.raw, rounded.raw)};
   } else if constexpr (sizeof(p.raw) == 32) {
-    return V{_mm256_scalef_ps(p.raw, n.raw)};
+    return V{_mm256_scalef_ps(p.raw, rounded.raw)};
   } else {
-    return V{_mm_scalef_ps(p.raw, n.raw)};
+    return V{_mm_scalef_ps(p.raw, rounded.raw)};
   }
 }
 #else
-// 1.5·2^23: a float x + kRoundingMagic for |x| < 2^22 has the bits of
-// kRoundingMagic plus round(x) (FastExp2).
+// Elsewhere the magic number 1.5·2^23: x + 1.5·2^23 lies in [2^23, 2^24),
+// where floats are the integers, so the add rounds x to the nearest (ties
+// to even, as Round: the magic number is even) and the low bits of the sum
+// hold n in two's complement; 2^n's exponent field is then (bits + 127) <<
+// 23 (the magic number's own bits shift out), and one multiply scales, exact
+// but for a subnormal result, where it rounds as VSCALEFPS does. Three
+// instructions fewer per vector than Round plus the conversion of n to an
+// integer (whose Highway form fixes up overflow: three more).
 inline constexpr float kRoundingMagic = 12582912.0f;
 
-// p·2^n for a whole number n in [-126, 128] given as `rounded` = n +
-// kRoundingMagic: its low bits are n in two's complement, so 2^n's exponent
-// field is (bits + 127) << 23 (the magic number's own bits shift out); then
-// one multiply, exact but for a subnormal result, where it rounds as
-// VSCALEFPS does: the same bits as the AVX-512 path.
+template <class D, class V = hn::Vec<D>>
+HWY_INLINE V Rounded(D d, V x) {
+  return hn::Add(x, hn::Set(d, kRoundingMagic));
+}
+template <class D, class V = hn::Vec<D>>
+HWY_INLINE V WholeOf(D d, V rounded) {
+  return hn::Sub(rounded, hn::Set(d, kRoundingMagic));
+}
 template <class D, class V = hn::Vec<D>>
 HWY_INLINE V TimesPow2Of(D d, V p, V rounded) {
   const hn::RebindToSigned<D> di;
@@ -80,18 +100,8 @@ HWY_INLINE V FastExp2(D d, V x) {
 #else
   const V xc = hn::Max(x, lo);  // NaN lanes are fixed up at the end
 #endif
-#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-  const V n = hn::Round(xc);
-#else
-  // n = round(xc) by the magic number 1.5·2^23: xc + 1.5·2^23 lies in
-  // [2^23, 2^24), where floats are the integers, so the add rounds xc to the
-  // nearest (ties to even, as Round: the magic number is even) and the low
-  // bits of its sum hold n (TimesPow2Of). Three instructions fewer per
-  // vector than Round plus the conversion of n to an integer for 2^n (whose
-  // Highway form fixes up overflow: three more), the same bits.
-  const V rounded = hn::Add(xc, hn::Set(d, kRoundingMagic));
-  const V n = hn::Sub(rounded, hn::Set(d, kRoundingMagic));
-#endif
+  const V rounded = Rounded(d, xc);
+  const V n = WholeOf(d, rounded);
   const V f = hn::Sub(xc, n);  // exact: |f| <= 1/2
   // ln(2)^k / k!, k = 7..0.
   V p = hn::Set(d, 1.525273380405984e-05f);
@@ -102,11 +112,7 @@ HWY_INLINE V FastExp2(D d, V x) {
   p = hn::MulAdd(p, f, hn::Set(d, 2.402265069591007e-01f));
   p = hn::MulAdd(p, f, hn::Set(d, 6.931471805599453e-01f));
   p = hn::MulAdd(p, f, hn::Set(d, 1.0f));
-#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-  V r = TimesPow2(d, p, n);
-#else
   V r = TimesPow2Of(d, p, rounded);
-#endif
   r = hn::IfThenZeroElse(hn::Lt(x, lo), r);
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
   return r;
