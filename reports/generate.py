@@ -826,7 +826,7 @@ class Report:
     autos = self.auto_vs_best(g, variants, ns)
     if autos:
       picks = g["variants"][self.AUTO]
-      rows = [[n, v, fmt_num(r, 2), (picks[n].path or "—").split(",")[0]] for n, v, r in autos]
+      rows = [[n, v, fmt_num(r, 2), self.auto_pick(picks[n]) or "—"] for n, v, r in autos]
       self.add("**auto against the best other variant** (that variant's time / auto's time; "
                "auto's pick from its path label)", "",
                md_table(["N", "best other", "ratio", "auto ran"], rows), "")
@@ -901,6 +901,11 @@ class Report:
   AUTO = "auto"  # the chooser (kernels/auto.cc): judged against the best of the others
 
   @staticmethod
+  def auto_pick(case):
+    """The variant auto ran, from its path label ('simd, AVX3' -> 'simd'); '' if unlabeled."""
+    return (case.path or "").split(",")[0].strip()
+
+  @staticmethod
   def auto_vs_best(g, variants, ns):
     """[(N, best other variant, its time / auto's time)] where auto and another ran."""
     out = []
@@ -913,6 +918,29 @@ class Report:
         t, v = min(cands)
         out.append((n, v, t / a.time_s))
     return out
+
+  @staticmethod
+  def auto_pick_words(g, auto_ratios):
+    """What auto's ratios measure: where auto ran the best variant's own kernel, two timings of
+    one kernel (the run's noise); where it ran another, how much its pick cost."""
+    autos = g["variants"][Report.AUTO]
+    same = [r for n, v, r in auto_ratios if Report.auto_pick(autos[n]) == v]
+    other = [(n, v, r) for n, v, r in auto_ratios if Report.auto_pick(autos[n]) != v]
+
+    def span(rs):
+      return f"{min(rs):.2f}" if len(rs) == 1 else f"{min(rs):.2f}–{max(rs):.2f}"
+
+    words = []
+    if same:
+      words.append(f"it ran the best variant's own kernel at {len(same)} of {len(auto_ratios)} "
+                   f"N ({span(same)}), where the ratio compares two timings of one kernel "
+                   "(this run's noise)")
+    if other:
+      rng = span([r for _, _, r in other])
+      where = ", ".join(f"N={n} {Report.auto_pick(autos[n]) or '?'} for {v}"
+                        for n, v, _ in other[:6]) + (" …" if len(other) > 6 else "")
+      words.append(f"where it ran another variant than the best ({where}): {rng}")
+    return "; ".join(words)
 
   def sweep_summary(self, source, title, variants, ns, g, gp):
     auto_ratios = self.auto_vs_best(g, variants, ns)
@@ -970,7 +998,8 @@ class Report:
     if auto_ratios:
       n_lo, v_lo, r_lo = min(auto_ratios, key=lambda x: x[2])
       line += (f" auto runs at {r_lo:.2f}–{max(r for _, _, r in auto_ratios):.2f} of the best "
-               f"other variant's speed (lowest at N={n_lo}, against {v_lo}).")
+               f"other variant's speed (lowest at N={n_lo}, against {v_lo}); "
+               f"{self.auto_pick_words(g, auto_ratios)}.")
     if cross:
       more = f" (+{len(cross) - 8} more)" if len(cross) > 8 else ""
       line += " Crossovers: " + "; ".join(cross[:8]) + more + "."
