@@ -1896,6 +1896,22 @@ class Tune(Case):
             tuning = json.load(f)
         self.assertEqual(tuning["format"], 1)
         self.assertIn(tuning["flash"]["key_tile"], (128, 256, 512))
+        # The key tile's pick: the default (512) unless another tile won its round and the
+        # head-to-head against 512 that follows it, by the 1% margin (cli/tune.cc).
+        pick = re.search(r"-> key tile (\d+) \(score [\d.]+, the default 512 scores [\d.]+"
+                         r"(; head to head (\d+) ([\d.]+), the default ([\d.]+)"
+                         r"(: not confirmed, the default stays)?)?; ", out)
+        self.assertTrue(pick, out)
+        self.assertEqual(tuning["flash"]["key_tile"], int(pick.group(1)))
+        if pick.group(2):
+            self.assertIn("flash key tile again, ", out)
+            if pick.group(6):
+                self.assertEqual(pick.group(1), "512")
+            else:
+                self.assertEqual(pick.group(1), pick.group(3))
+                self.assertLess(float(pick.group(4)), float(pick.group(5)) * 0.99)
+        else:
+            self.assertNotIn("flash key tile again, ", out)
         # --quick measures no decode prefetch setting: each keeps its default.
         self.assertEqual(tuning["flash"]["decode_prefetch_bytes"], 32768)
         self.assertEqual(tuning["flash"]["paged_prefetch_bytes"], 32768)
