@@ -743,6 +743,37 @@ bool PassesChecks(benchmark::State& state, const PreparedCase& prepared, Check c
   return true;
 }
 
+// Where a multi-threaded case's threads spent its parallel loops
+// (RunOptions::time_threads, kernels/thread_times.h), summed over its
+// iterations: `thread_idle`, the part of the team's time outside work items
+// (uneven items, the team's start and end), and `thread_items_ratio`, the
+// items of the thread that took the most over the fewest (with items of
+// equal cost, the threads' relative speed: a busy neighbour on one core
+// shows here, not in thread_idle). A one-thread case has neither.
+class ThreadTimesSum {
+ public:
+  void Add(const RunStats& stats) {
+    const ThreadTimes& t = stats.thread_times;
+    sum_.Add(t.wall_seconds, t.busy_seconds, t.items);
+  }
+  void SetCounters(benchmark::State& state) const {
+    if (sum_.wall_seconds <= 0) return;
+    state.counters["thread_idle"] = sum_.IdleFraction();
+    state.counters["thread_items_ratio"] = sum_.ItemsRatio();
+  }
+
+ private:
+  ThreadTimes sum_;
+};
+
+// RunOptions of a case: its threads, the budget, and on 2+ threads the
+// threads' times (ThreadTimesSum).
+RunOptions CaseRunOptions(const RunContext& ctx, const Case& c) {
+  RunOptions options = ctx.run_options(c.threads);
+  options.time_threads = c.threads > 1;
+  return options;
+}
+
 // One variant on one case. `prepared` is the case's Prepare at registration.
 void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& variant, const Case& c,
                  const PreparedCase& prepared, const std::string& name) {
@@ -757,12 +788,13 @@ void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& varian
     return;
   }
   CaseData& data = DataFor(c);
-  const RunOptions options = ctx.run_options(c.threads);
+  const RunOptions options = CaseRunOptions(ctx, c);
   if (auto real = Prepare(variant, data.problem, options); !real.ok()) {
     SkipNotRun(state, real.status());
     return;
   }
   RunStats stats;
+  ThreadTimesSum thread_times;
   PeakRss rss;
   rss.Start();
   for (auto _ : state) {
@@ -772,6 +804,7 @@ void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& varian
       state.SkipWithError(("not run: " + s.ToString()).c_str());
       return;
     }
+    thread_times.Add(stats);
     benchmark::ClobberMemory();
   }
   const double rss_delta = rss.DeltaBytes();
@@ -786,6 +819,7 @@ void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& varian
   state.counters["workspace_bytes"] = double(stats.workspace_peak_bytes);
   state.counters["workspace_declared_bytes"] = double(stats.workspace_declared_bytes);
   state.counters["peak_rss_delta_bytes"] = rss_delta;
+  thread_times.SetCounters(state);
   // At the element sizes, with an int8 K's or V's row scales (BytesOf).
   const TensorBytes bytes = BytesOf(c);
   state.counters["bytes_min"] = bytes.total();
@@ -808,12 +842,13 @@ void GradCase(benchmark::State& state, RunContext& ctx, const Variant& variant, 
   }
   CaseData& data = DataFor(c);
   const GradProblem g = ctx.GradInputsFor(c, data);
-  const RunOptions options = ctx.run_options(c.threads);
+  const RunOptions options = CaseRunOptions(ctx, c);
   if (auto real = PrepareBackward(variant, g, options); !real.ok()) {
     SkipNotRun(state, real.status());
     return;
   }
   RunStats stats;
+  ThreadTimesSum thread_times;
   PeakRss rss;
   rss.Start();
   for (auto _ : state) {
@@ -823,6 +858,7 @@ void GradCase(benchmark::State& state, RunContext& ctx, const Variant& variant, 
       state.SkipWithError(("not run: " + s.ToString()).c_str());
       return;
     }
+    thread_times.Add(stats);
     benchmark::ClobberMemory();
   }
   const double rss_delta = rss.DeltaBytes();
@@ -834,6 +870,7 @@ void GradCase(benchmark::State& state, RunContext& ctx, const Variant& variant, 
   state.counters["workspace_bytes"] = double(stats.workspace_peak_bytes);
   state.counters["workspace_declared_bytes"] = double(stats.workspace_declared_bytes);
   state.counters["peak_rss_delta_bytes"] = rss_delta;
+  thread_times.SetCounters(state);
   // Reads Q, K, V, O, dO; writes dQ, dK, dV: twice the forward's tensors.
   state.counters["bytes_min"] = 2 * BytesOf(c).total();
 }

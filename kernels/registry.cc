@@ -482,45 +482,73 @@ int SequenceThreads(const Problem& packed, int64_t s, const RunOptions& options)
   return RunsAlone(packed, s, threads) ? threads : 1;
 }
 
-Status Run(const Variant& variant, const Problem& problem, const RunOptions& options,
-           RunStats* stats) {
-  StatusOr<ValidProblem> valid = Prepare(variant, problem, options);
-  if (!valid.ok()) return valid.status();
-  if (valid->mask.sequences) return RunSequences(variant, problem, options, stats);
+namespace {
+
+// `run()`, with its threads' loops timed into stats->thread_times when the
+// options ask (RunOptions::time_threads).
+template <typename RunFn>
+Status TimingThreads(const RunOptions& options, RunStats* stats, RunFn run) {
+  ThreadTimes times;
+  const ScopedThreadTimes timed(options.time_threads && stats != nullptr ? &times : nullptr);
+  const Status status = run();
+  if (timed.owns()) stats->thread_times = std::move(times);
+  return status;
+}
+
+// What a Run says of itself (RunStats): its workspace, declared and
+// measured, its team and its path.
+void ReportRun(size_t declared_bytes, const Workspace& workspace, const ExecContext& ctx,
+               RunStats* stats) {
+  if (stats == nullptr) return;
+  stats->workspace_declared_bytes = declared_bytes;
+  stats->workspace_peak_bytes = workspace.peak_bytes();
+  stats->threads = ctx.threads;
+  stats->path = ctx.path;
+}
+
+Status RunValid(const Variant& variant, const Problem& problem, const ValidProblem& valid,
+                const RunOptions& options, RunStats* stats) {
+  if (valid.mask.sequences) return RunSequences(variant, problem, options, stats);
   ApplyHighwayTargetLimit();
   Workspace workspace;
   ExecContext ctx{ResolveThreads(options.threads), &workspace,
                   variant.uses_highway ? DispatchedHighwayTarget() : "portable C++"};
-  Status status = variant.run(*valid, ctx);
-  if (stats != nullptr) {
-    stats->workspace_declared_bytes = variant.workspace_bytes(*valid, ctx.threads);
-    stats->workspace_peak_bytes = workspace.peak_bytes();
-    stats->threads = ctx.threads;
-    stats->path = ctx.path;
-  }
+  const Status status = variant.run(valid, ctx);
+  ReportRun(variant.workspace_bytes(valid, ctx.threads), workspace, ctx, stats);
   return status;
 }
 
-Status RunBackward(const Variant& variant, const GradProblem& problem, const RunOptions& options,
-                   RunStats* stats) {
-  StatusOr<ValidGradProblem> valid = PrepareBackward(variant, problem, options);
-  if (!valid.ok()) return valid.status();
-  if (valid->forward.mask.sequences) {
+Status RunValidBackward(const Variant& variant, const GradProblem& problem,
+                        const ValidGradProblem& valid, const RunOptions& options, RunStats* stats) {
+  if (valid.forward.mask.sequences) {
     return RunSequencesBackward(variant, problem, options, stats);
   }
   ApplyHighwayTargetLimit();
   Workspace workspace;
   ExecContext ctx{ResolveThreads(options.threads), &workspace,
                   variant.uses_highway ? DispatchedHighwayTarget() : "portable C++"};
-  Status status = variant.backward.run(*valid, ctx);
-  if (status.ok()) SinkGradients(*valid);
-  if (stats != nullptr) {
-    stats->workspace_declared_bytes = variant.backward.workspace_bytes(*valid, ctx.threads);
-    stats->workspace_peak_bytes = workspace.peak_bytes();
-    stats->threads = ctx.threads;
-    stats->path = ctx.path;
-  }
+  const Status status = variant.backward.run(valid, ctx);
+  if (status.ok()) SinkGradients(valid);
+  ReportRun(variant.backward.workspace_bytes(valid, ctx.threads), workspace, ctx, stats);
   return status;
+}
+
+}  // namespace
+
+Status Run(const Variant& variant, const Problem& problem, const RunOptions& options,
+           RunStats* stats) {
+  StatusOr<ValidProblem> valid = Prepare(variant, problem, options);
+  if (!valid.ok()) return valid.status();
+  return TimingThreads(options, stats,
+                       [&] { return RunValid(variant, problem, *valid, options, stats); });
+}
+
+Status RunBackward(const Variant& variant, const GradProblem& problem, const RunOptions& options,
+                   RunStats* stats) {
+  StatusOr<ValidGradProblem> valid = PrepareBackward(variant, problem, options);
+  if (!valid.ok()) return valid.status();
+  return TimingThreads(options, stats,
+                       [&] { return RunValidBackward(variant, problem, *valid, options, stats); });
 }
 
 Status RunBackward(std::string_view name, const GradProblem& problem, const RunOptions& options,

@@ -21,6 +21,7 @@
 
 #include "kernels/problem.h"
 #include "kernels/status.h"
+#include "kernels/thread_times.h"
 #include "kernels/workspace.h"
 
 namespace attn {
@@ -133,6 +134,10 @@ inline constexpr int kMaxThreads = 1024;
 struct RunOptions {
   int threads = 0;                            // 0: omp_get_max_threads(); else 1..kMaxThreads
   std::optional<size_t> memory_budget_bytes;  // default DefaultMemoryBudgetBytes()
+  // Time each thread's work items in the Run's multi-threaded loops into
+  // RunStats::thread_times (two clock reads per item: under 0.1% of flash's
+  // items, a few per cent of naive's rows at small N).
+  bool time_threads = false;
 };
 
 // RunOptions with only `threads` set (designated initializers of a struct
@@ -152,6 +157,9 @@ struct RunStats {
   // VDPBF16PS, or "portable C++" (naive). Benchmarks and reports print it
   // beside every figure.
   std::string path;
+  // With RunOptions::time_threads: where the threads' time went
+  // (kernels/thread_times.h); empty otherwise.
+  ThreadTimes thread_times;
 };
 
 // ATTNLAB_PORTABLE=1 (read at every Run): variants take no ISA-specific

@@ -1077,11 +1077,21 @@ class Report:
 
       def cell(per, t0=t0, t1=t1):
         sp = speedup(per)
-        return None if sp is None else f"{sp:.2f}× ({100 * sp / (t1 / t0):.0f}%)"
+        if sp is None:
+          return None
+        text = f"{sp:.2f}× ({100 * sp / (t1 / t0):.0f}%)"
+        idle, ratio = (per[t1].counter(k) for k in ("thread_idle", "thread_items_ratio"))
+        if idle is not None and ratio is not None:
+          text += f", idle {100 * idle:.1f}%, items {ratio:.2f}"
+        return text
       variants, ns, rows = pivot_rows(by_v, cell)
       self.add(f"**{self.host_prefix(source)}{params_label(dict(gp))}: speedup = time at "
                f"{t0} thread(s) / time at {t1} threads** (in parentheses: parallel efficiency "
-               f"= speedup / {t1 / t0:g})", "", md_table(["N"] + variants, rows), "")
+               f"= speedup / {t1 / t0:g}; then, where the run timed its threads, the part of "
+               f"the {t1} threads' time in parallel loops spent outside work items, and the "
+               "items of the thread that took the most over the fewest: with items alike, "
+               "how much faster one thread ran than another)", "",
+               md_table(["N"] + variants, rows), "")
       wrote = True
       n = ns[-1]
       at_n = {v: speedup(by_v[v].get(n, {})) for v in variants}

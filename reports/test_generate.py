@@ -768,6 +768,28 @@ def test_auto(work, doc):
   check("**auto**" not in summary, "auto is never the 'best' variant: it runs one of them")
 
 
+def test_thread_times(work, doc):
+  """A multi-threaded case's thread_idle and thread_items_ratio counters (bench/bench_main.cc,
+  ThreadTimesSum) appear in its thread-scaling cell; a case without them shows none."""
+  full = copy.deepcopy(doc)
+  marked = 0
+  for e in entries(full):
+    name = e.get("run_name") or e["name"]
+    if name.startswith("flash/") and "/threads:2/" in name and "/N:" in name:
+      e["thread_idle"] = 0.0123
+      e["thread_items_ratio"] = 1.5
+      marked += 1
+  check(marked > 0, "the fixture has 2-thread flash cases")
+  path_in = os.path.join(work, "thread_times.json")
+  json.dump(full, open(path_in, "w"))
+  text = open(run_generate([path_in, "--out-dir", os.path.join(work, "thread_times")])).read()
+  scaling = section(text, "## Thread scaling")
+  check("idle 1.2%, items 1.50" in scaling, f"flash's cells carry the thread times:\n{scaling}")
+  rows = [line for line in scaling.splitlines() if line.startswith("| ") and "×" in line]
+  check(rows and all(line.count("idle") <= 1 for line in rows),
+        "only flash's cell of a row has them (the fixture's other variants have no counters)")
+
+
 # Peer time = flash time × this factor (bench/peers.py's families; bf16 SDPA is torch 2.x's).
 PEERS = {"peer_torch_plain": 5.0, "peer_torch_sdpa": 2.0, "peer_torch_sdpa bf16": 1.25}
 
@@ -1874,6 +1896,7 @@ def main():
   test_isa_ceilings(args.work_dir, doc)
   test_openblas_core(args.work_dir, doc)
   test_auto(args.work_dir, doc)
+  test_thread_times(args.work_dir, doc)
   test_peers(args.work_dir, doc)
   test_backward(args.work_dir, doc)
   test_backward_targets(args.work_dir, doc)

@@ -6,12 +6,43 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
+#include "kernels/thread_times.h"
 #include "kernels/workspace.h"
 
 namespace attn {
+
+// The calling thread's ThreadTimes while a Run times its threads
+// (RunOptions::time_threads), else nullptr: ParallelFor adds its
+// multi-threaded loops there.
+inline ThreadTimes*& TimedThreads() {
+  thread_local ThreadTimes* times = nullptr;
+  return times;
+}
+
+// Points TimedThreads() at `times` for a scope, unless a timing is already
+// under way on this thread (a Run inside a Run, e.g. per sequence of a
+// varlen batch: the outer one gets the loops).
+class ScopedThreadTimes {
+ public:
+  explicit ScopedThreadTimes(ThreadTimes* times)
+      : owns_(times != nullptr && TimedThreads() == nullptr) {
+    if (owns_) TimedThreads() = times;
+  }
+  ~ScopedThreadTimes() {
+    if (owns_) TimedThreads() = nullptr;
+  }
+  ScopedThreadTimes(const ScopedThreadTimes&) = delete;
+  ScopedThreadTimes& operator=(const ScopedThreadTimes&) = delete;
+  bool owns() const { return owns_; }
+
+ private:
+  bool owns_;
+};
 
 // Runs body(item) or body(item, thread) for every item in [0, count) on up to
 // `threads` OpenMP threads. Items are handed out dynamically in chunks of
@@ -39,11 +70,40 @@ void ParallelFor(int threads, int64_t count, Body&& body, int64_t grain = 1) {
   }
   // The team may be smaller than asked (nesting disabled inside an outer
   // region gives one thread), never larger: thread < threads.
+  // While timed (TimedThreads), each thread sums the time inside its items
+  // (two clock reads per item) and writes it once, to its own slot.
+  using Clock = std::chrono::steady_clock;
+  ThreadTimes* const times = TimedThreads();  // the caller's, before the team forms
+  std::vector<double> busy(times != nullptr ? threads : 0);
+  std::vector<int64_t> taken(busy.size());
+  int team = 1;
+  const Clock::time_point start = Clock::now();
 #pragma omp parallel num_threads(threads)
   {
     const int thread = omp_get_thread_num();
+    if (thread == 0) team = omp_get_num_threads();
+    double my_busy = 0;
+    int64_t my_items = 0;
 #pragma omp for schedule(dynamic, grain)
-    for (int64_t item = 0; item < count; ++item) run(item, thread);
+    for (int64_t item = 0; item < count; ++item) {
+      if (times == nullptr) {
+        run(item, thread);
+        continue;
+      }
+      const Clock::time_point begin = Clock::now();
+      run(item, thread);
+      my_busy += std::chrono::duration<double>(Clock::now() - begin).count();
+      ++my_items;
+    }
+    if (times != nullptr) {
+      busy[thread] = my_busy;
+      taken[thread] = my_items;
+    }
+  }
+  if (times != nullptr && team > 1) {
+    busy.resize(team);
+    taken.resize(team);
+    times->Add(std::chrono::duration<double>(Clock::now() - start).count(), busy, taken);
   }
 }
 
