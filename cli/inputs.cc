@@ -696,6 +696,18 @@ void FailStatus(const Status& status, const Inputs& inputs) {
   }
 }
 
+namespace {
+
+// The inputs' run options, timing the threads (RunOptions::time_threads) when
+// the caller wants stats: `run` and `grad` print where 2+ threads' time went.
+RunOptions TimedOptions(const Inputs& inputs, const RunStats* stats) {
+  RunOptions options = inputs.run_options();
+  options.time_threads = stats != nullptr;
+  return options;
+}
+
+}  // namespace
+
 double RunVariant(const Variant& variant, const Inputs& inputs, const Problem& problem,
                   RunStats* stats) {
   // Prepare first so a refusal (invalid, over budget) is told apart from a
@@ -706,7 +718,7 @@ double RunVariant(const Variant& variant, const Inputs& inputs, const Problem& p
 #pragma omp parallel num_threads(ResolveThreads(inputs.run_options().threads))
   { [[maybe_unused]] volatile int warm = 0; }
   const auto start = std::chrono::steady_clock::now();
-  const Status status = Run(variant, problem, inputs.run_options(), stats);
+  const Status status = Run(variant, problem, TimedOptions(inputs, stats), stats);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!status.ok()) FailStatus(status, inputs);
@@ -720,7 +732,7 @@ double RunBackwardVariant(const Variant& variant, const Inputs& inputs, const Gr
 #pragma omp parallel num_threads(ResolveThreads(inputs.run_options().threads))
   { [[maybe_unused]] volatile int warm = 0; }
   const auto start = std::chrono::steady_clock::now();
-  const Status status = RunBackward(variant, problem, inputs.run_options(), stats);
+  const Status status = RunBackward(variant, problem, TimedOptions(inputs, stats), stats);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!status.ok()) FailStatus(status, inputs);

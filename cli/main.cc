@@ -167,6 +167,17 @@ int List() {
 }
 
 // ---------------------------------------------------------------- run
+// On 2+ threads, where their time went (kernels/thread_times.h): the part of
+// their time in parallel loops outside work items, and each one's items.
+void PrintThreadTimes(const RunStats& stats) {
+  const ThreadTimes& t = stats.thread_times;
+  if (t.wall_seconds <= 0) return;
+  std::string items;
+  for (const int64_t n : t.items) items += (items.empty() ? "" : " / ") + std::to_string(n);
+  fmt::print("threads: {:.1f}% of their time in parallel loops idle, items per thread {}\n",
+             100 * t.IdleFraction(), items);
+}
+
 struct RunArgs {
   std::string variant, out;
   std::optional<std::string> lse;
@@ -193,6 +204,7 @@ int RunCommand(const InputOptions& in, const RunArgs& args) {
   fmt::print("time {:.3f} ms, {:.2f} GFLOP/s (visible pairs), workspace {} (declared {})\n",
              seconds * 1e3, flops / seconds / 1e9, FormatBytes(double(stats.workspace_peak_bytes)),
              FormatBytes(double(stats.workspace_declared_bytes)));
+  PrintThreadTimes(stats);
   WriteNpyOutput(files[0], inputs.OutputShape(), o);
   if (args.lse) WriteNpyOutput(files[1], inputs.LseShape(), lse);
   return kExitOk;
@@ -341,6 +353,7 @@ int GradCommand(const InputOptions& in, const GradArgs& args) {
       "(declared {})\n",
       seconds * 1e3, flops / seconds / 1e9, FormatBytes(double(stats.workspace_peak_bytes)),
       FormatBytes(double(stats.workspace_declared_bytes)));
+  PrintThreadTimes(stats);
   WriteNpyOutput(files[0], inputs.QShape(), dq);
   WriteNpyOutput(files[1], inputs.KShape(), dk);
   WriteNpyOutput(files[2], inputs.VShape(), dv);

@@ -332,9 +332,24 @@ class Run(Case):
         want, _, bound, _ = reference(q, k, v, mask="causal")
         for name in variant_names():
             with self.subTest(variant=name):
-                self.expect_ok("run", "--variant", name, *self.inputs(q, k, v), "--mask", "causal",
-                               "--threads", "2", "--out", self.path("o.npy"))
+                out = self.expect_ok("run", "--variant", name, *self.inputs(q, k, v), "--mask",
+                                     "causal", "--threads", "2", "--out", self.path("o.npy"))
                 self.assert_close(np.load(self.path("o.npy")), want, bound)
+                # Where the 2 threads' time went, when a loop of the variant ran on both.
+                times = re.search(r"threads: (\d+\.\d)% of their time in parallel loops idle, "
+                                  r"items per thread (\d+) / (\d+)\n", out)
+                if times:
+                    self.assertLessEqual(float(times.group(1)), 100.0)
+                    self.assertGreater(int(times.group(2)) + int(times.group(3)), 1)
+        # flash on 8 heads of 256 rows: many items, on both threads.
+        q, k, v = self.qkv(B=1, H=8, Hkv=8, lq=256, lk=256, seed=8)
+        two = self.expect_ok("run", "--variant", "flash", *self.inputs(q, k, v), "--threads", "2",
+                             "--out", self.path("o.npy"))
+        self.assertRegex(two, r"threads: \d+\.\d% of their time in parallel loops idle, "
+                              r"items per thread \d+ / \d+\n")
+        one = self.expect_ok("run", "--variant", "flash", *self.inputs(q, k, v), "--threads", "1",
+                             "--out", self.path("o.npy"))
+        self.assertNotIn("threads:", one)
 
     def test_empty_query(self):
         q, k, v = self.qkv(lq=0, seed=9)
