@@ -131,6 +131,10 @@
 //     the V rows' scales may instead be quantized to int16 with one step per
 //     query row and run of at most kInt16WeightRun keys (the run's max
 //     |weight| / 32767, to nearest), the products then exact in integers.
+//     Where P is rounded, its exponential may also err by a relative
+//     ukernels::kReducedExpMaxRel = 2^-13 (the rounding's 2^-8 or 2^-11
+//     dominates), the sums l taking the same weights, its exponent formed
+//     as x·(scale·log2 e) - m·log2 e (both products rounded once more).
 //   * a bf16 or f16 O: the fp32 result, once, to nearest even.
 //   * bf16 subnormal operands may count as 0 (AVX512_BF16 flushes them).
 //   * an fp32 result below 2^-126 may be 0 (flash flushes subnormal results:

@@ -20,6 +20,9 @@ constexpr double kTanhUlps = 8.0;
 // The most a result flushed from subnormal to 0 loses (kernels/problem.h,
 // "Element types"; flash's kernels/internal/flush_subnormals.h).
 constexpr double kFlushed = 0x1p-126;
+// The weights' exponential where P is rounded to a reduced V's type
+// (kernels/problem.h, "Element types"; ukernels::kReducedExpMaxRel).
+constexpr double kReducedExpMaxRel = 0x1p-13;
 
 // The type a kernel may compute with for an input of type t: int8 as bf16.
 DType ComputeType(DType t) { return t == DType::kI8 ? DType::kBF16 : t; }
@@ -31,6 +34,11 @@ struct OperandRounding {
   double qk = 0;  // Q·Kᵀ operands: Q and K of different types (or i8 K)
   double p = 0;   // P rounded to V's type for P·V (a reduced V)
   double v = 0;   // an i8 V dequantized to bf16
+  // With P rounded: the weights' exponential (relative, beyond kExpUlps),
+  // and the two products folded into its exponent, x·(scale·log2 e) -
+  // m·log2 e, each rounded once more (ulps of the logit magnitude A).
+  double exp = 0;
+  double exponent_ulps = 0;
 };
 OperandRounding AllowedRounding(const Problem& p) {
   OperandRounding r;
@@ -39,6 +47,10 @@ OperandRounding AllowedRounding(const Problem& p) {
   }
   r.p = Roundoff(p.v.dtype);
   if (p.v.dtype == DType::kI8) r.v = Roundoff(p.v.dtype);
+  if (r.p > 0) {
+    r.exp = kReducedExpMaxRel;
+    r.exponent_ulps = 2;
+  }
   return r;
 }
 
@@ -79,7 +91,9 @@ RowBound RowBoundOf(const Problem& p, const RowMagnitudes& mag) {
   // moves each weight by u_p·p, so O by u_p·Σp|v|/l <= u_p·Vmax, and an i8
   // V rounded to bf16 another u_v·Vmax; an O stored in bf16/f16 adds its own
   // unit roundoff u_o·|O| <= u_o·Vmax (u_o = u for fp32, which the fp32
-  // terms already cover).
+  // terms already cover). Where P is rounded, the weights' exponential may
+  // err by a relative ε_exp more (the normalized weights by 2·ε_exp, l by
+  // ε_exp) and its exponent by 2·u·A more.
   const OperandRounding r = AllowedRounding(p);
   const double u_o = p.o.dtype == DType::kF32 ? 0.0 : DTypeUnitRoundoff(p.o.dtype);
   // Softcap: cap·tanh(x / cap) has slope <= 1, so the error of x above passes
@@ -87,18 +101,19 @@ RowBound RowBoundOf(const Problem& p, const RowMagnitudes& mag) {
   // and the product each add at most a few ulp of cap.
   const double softcap_error =
       p.modifiers.softcap ? (kTanhUlps + 2) * kU * double(*p.modifiers.softcap) : 0.0;
-  const double logit_error = (s.head_dim + 2) * kU * logit_magnitude + 2 * r.qk * logit_magnitude +
-                             mag.q_int16_logit + softcap_error;
+  const double logit_error = (s.head_dim + 2 + r.exponent_ulps) * kU * logit_magnitude +
+                             2 * r.qk * logit_magnitude + mag.q_int16_logit + softcap_error;
   // A sink is one more term of the denominator (its logit is exact).
   const double sum_len = SummationLength(visible + (p.modifiers.sinks.empty() ? 0 : 1));
   // Subnormal results flushed to 0 (see the header): 2^-126 per operation.
   const double flushed = double(visible + 2) * kFlushed;
   RowBound bound;
   bound.o =
-      kSafety * (v_max * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU + r.p + r.v + u_o) +
-                 mag.w_int16_o + flushed * (2 * v_max + 3));
-  bound.lse = kSafety * (logit_error + (kExpUlps + sum_len + 2) * kU + flushed);
-  bound.weights = kSafety * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU);
+      kSafety *
+      (v_max * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU + 2 * r.exp + r.p + r.v + u_o) +
+       mag.w_int16_o + flushed * (2 * v_max + 3));
+  bound.lse = kSafety * (logit_error + (kExpUlps + sum_len + 2) * kU + r.exp + flushed);
+  bound.weights = kSafety * (2 * logit_error + (kExpUlps + 2 * sum_len + 4) * kU + 2 * r.exp);
   return bound;
 }
 

@@ -195,7 +195,8 @@ ATTN_BF16_TARGET void PvRows(const uint32_t* pr, int64_t ldp, const uint32_t* vp
 
 // --- The online softmax, into P rows --------------------------------------------
 
-// e^(s·scale - mu) (mu the row's new maximum, s·scale <= mu) in 10
+// e^(s·scale - mu) (mu the row's new maximum, s·scale <= mu; alpha's
+// exponential, and the weights' before WeightExp below) in 10
 // instructions per 16 scores (FastExp2 in exp-inl.h, with its caller's
 // subtraction and change of base: 16). t = (s·scale - mu)·log2 e splits
 // into f = t - floor(t) in [0, 1) (VREDUCEPS, exact) and floor(t), which
@@ -203,11 +204,9 @@ ATTN_BF16_TARGET void PvRows(const uint32_t* pr, int64_t ldp, const uint32_t* vp
 // 2^f is a degree-5 polynomial, minimax for relative error on [0, 1]
 // (7.5e-8; 1.5e-7 = 2.2 ulp with fp32 Horner rounding, checked on a dense
 // sweep), within the 8 ulp the error bound allows the exponential
-// (reference/error_bound.cc), instead of FastExp2's degree 7: P is rounded
-// to bf16 (2^-8) right after. Arguments below -126 (-inf included, whose
-// VREDUCEPS is NaN) are masked to 0 by VSCALEFPS (no subnormal weights:
-// they cost microcode assists in the sums); NaN gives NaN (it compares "not
-// less", and stays NaN through each step).
+// (reference/error_bound.cc), instead of FastExp2's degree 7. Arguments below -126 (-inf included,
+// whose VREDUCEPS is NaN) are masked to 0 by VSCALEFPS (no subnormal weights: they cost microcode
+// assists in the sums); NaN gives NaN (it compares "not less", and stays NaN through each step).
 ATTN_BF16_TARGET inline __m512 ExpScaled(__m512 s, __m512 scale, __m512 mu) {
   const __m512 lo = _mm512_set1_ps(-126.0f);
   const __m512 t =
@@ -223,10 +222,33 @@ ATTN_BF16_TARGET inline __m512 ExpScaled(__m512 s, __m512 scale, __m512 mu) {
   return _mm512_maskz_scalef_ps(keep, p, t);
 }
 
+// The weights P, which are rounded to bf16 (relative 2^-8) right after,
+// take a cheaper exponential than alpha's ExpScaled: 7 instructions per 16
+// scores instead of 10 (kernels/DESIGN.md, "AMX": the softmax into P rows
+// is bound by its instruction count). The exponent t = s·(scale·log2 e) -
+// mu·log2 e is one FMA on two products formed once per call (each rounded
+// once more: |s·scale|·u and |mu|·u in the exponent), and 2^f a degree-3
+// polynomial, minimax for relative error on [0, 1] (7.5e-5 with fp32
+// Horner rounding, checked on a dense sweep): within kReducedExpMaxRel =
+// 2^-13, which kernels/problem.h ("Element types") allows a kernel that
+// rounds P to a reduced V's type and reference/error_bound.cc adds to the
+// bound. -inf, NaN and arguments below -126 as in ExpScaled.
+ATTN_BF16_TARGET inline __m512 WeightExp(__m512 s, __m512 scale_log2e, __m512 mu_log2e) {
+  const __m512 t = _mm512_fmsub_ps(s, scale_log2e, mu_log2e);
+  const __mmask16 keep = _mm512_cmp_ps_mask(t, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ);
+  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_set1_ps(7.802419364452362e-02f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.260672152042389e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.958337426185608e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.999251961708069e-01f));
+  return _mm512_maskz_scalef_ps(keep, p, t);
+}
+
 // Key j's weights for 16 rows (0 past nkeys).
-ATTN_BF16_TARGET inline __m512 Weight(const float* st, int64_t j, int64_t nkeys, __m512 scale,
-                                      __m512 mu) {
-  return j < nkeys ? ExpScaled(_mm512_load_ps(st + j * kCols), scale, mu) : _mm512_setzero_ps();
+ATTN_BF16_TARGET inline __m512 Weight(const float* st, int64_t j, int64_t nkeys, __m512 scale_log2e,
+                                      __m512 mu_log2e) {
+  return j < nkeys ? WeightExp(_mm512_load_ps(st + j * kCols), scale_log2e, mu_log2e)
+                   : _mm512_setzero_ps();
 }
 
 // Sixteen key pairs (32 keys) of 16 rows, as P rows: e^(s·scale - mu) of
@@ -234,8 +256,8 @@ ATTN_BF16_TARGET inline __m512 Weight(const float* st, int64_t j, int64_t nkeys,
 // interleaved into one 32-bit lane per row, then the 16 x 16 block of pairs
 // transposed so that each row's 16 pairs are one store. Returns `sum` plus
 // the fp32 weights.
-ATTN_BF16_TARGET __m512 ExpPairRows(const float* st, int64_t j0, int64_t nkeys, __m512 scale,
-                                    __m512 mu, __m512 sum, uint32_t* pr, int64_t ldp) {
+ATTN_BF16_TARGET __m512 ExpPairRows(const float* st, int64_t j0, int64_t nkeys, __m512 scale_log2e,
+                                    __m512 mu_log2e, __m512 sum, uint32_t* pr, int64_t ldp) {
   // Word 2r of a pair vector is key j0 + 2i of row r, word 2r + 1 key j0 + 2i + 1.
   const __m512i interleave =
       _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
@@ -244,7 +266,8 @@ ATTN_BF16_TARGET __m512 ExpPairRows(const float* st, int64_t j0, int64_t nkeys, 
   __m512 sum1 = _mm512_setzero_ps();
   for (int i = 0; i < 16; ++i) {
     const int64_t j = j0 + 2 * i;
-    const __m512 e0 = Weight(st, j, nkeys, scale, mu), e1 = Weight(st, j + 1, nkeys, scale, mu);
+    const __m512 e0 = Weight(st, j, nkeys, scale_log2e, mu_log2e),
+                 e1 = Weight(st, j + 1, nkeys, scale_log2e, mu_log2e);
     sum = _mm512_add_ps(sum, e0);
     sum1 = _mm512_add_ps(sum1, e1);
     pairs[i] = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
@@ -271,7 +294,10 @@ ATTN_BF16_TARGET void SoftmaxToRowsOf(const float* st, int64_t nkeys, float scal
                                       const float* tile_max) {
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   const __m512 vscale = _mm512_set1_ps(scale);
-  __m512 mt[NV], mn[NV], mu[NV], sum[NV];  // tile max (raw), new max, its finite form
+  const __m512 log2e = _mm512_set1_ps(1.4426950408889634f);
+  const __m512 scale_log2e = _mm512_mul_ps(vscale, log2e);
+  // tile max (raw), new max, its finite form, that times log2 e
+  __m512 mt[NV], mn[NV], mu[NV], mu_log2e[NV], sum[NV];
   if (tile_max != nullptr) {
     for (int v = 0; v < NV; ++v) mt[v] = _mm512_load_ps(tile_max + v * 16);
   } else {
@@ -281,11 +307,12 @@ ATTN_BF16_TARGET void SoftmaxToRowsOf(const float* st, int64_t nkeys, float scal
   for (int v = 0; v < NV; ++v) {
     mn[v] = _mm512_max_ps(_mm512_load_ps(m + v * 16), _mm512_mul_ps(mt[v], vscale));
     mu[v] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(mn[v], neg_inf, _CMP_NEQ_UQ), mn[v]);
+    mu_log2e[v] = _mm512_mul_ps(mu[v], log2e);
     sum[v] = _mm512_setzero_ps();
   }
   for (int64_t j0 = 0; j0 < nkeys; j0 += 32) {
     for (int v = 0; v < NV; ++v) {
-      sum[v] = ExpPairRows(st + v * 16, j0, nkeys, vscale, mu[v], sum[v],
+      sum[v] = ExpPairRows(st + v * 16, j0, nkeys, scale_log2e, mu_log2e[v], sum[v],
                            pr + v * 16 * ldp + j0 / 2, ldp);
     }
   }

@@ -63,9 +63,11 @@ struct Bf16Kernels {
   // at least that, pr 64-byte aligned); the sums l take the fp32 weights.
   // tile_max, unless null, is score_tile's col_max of this st (nothing
   // written to st since), and the maximum pass is skipped. One pass over
-  // Sᵀ after the maximum: 32 keys x 16 queries at a time, exp (a degree-5
-  // polynomial, P is rounded to bf16 next), sums, rounding, pairing and a
-  // 16 x 16 transpose in registers. The AMX set shares it.
+  // Sᵀ after the maximum: 32 keys x 16 queries at a time, exp (a degree-3
+  // polynomial within kReducedExpMaxRel, ukernels.h: P is rounded to bf16
+  // next), sums, rounding, pairing and a 16 x 16 transpose in registers;
+  // alpha takes a degree-5 exp (within the fp32 exponential's ulps). The
+  // AMX set shares it.
   void (*softmax_to_rows)(const float* st, int64_t nkeys, int64_t nvec, float scale, float* m,
                           float* l, float* alpha, uint32_t* pr, int64_t ldp, const float* tile_max);
   // o[x·ldo + c] (+)= Σ_p pr[x·ldp + p]·vp[p·vps + c] (pair dot products)
