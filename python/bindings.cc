@@ -163,6 +163,9 @@ struct Options {
   RunOptions Run() const {
     RunOptions o = OnThreads(threads);
     o.memory_budget_bytes = memory_budget;
+    // Two clock reads per work item, only in loops of 2+ threads: what
+    // attnlab.last_run_stats() reports as "thread_times".
+    o.time_threads = true;
     return o;
   }
 };
@@ -284,6 +287,18 @@ py::dict StatsDict(const RunStats& stats) {
   d["threads"] = stats.threads;
   d["workspace_declared_bytes"] = stats.workspace_declared_bytes;
   d["workspace_peak_bytes"] = stats.workspace_peak_bytes;
+  const ThreadTimes& t = stats.thread_times;
+  if (t.busy_seconds.empty()) {
+    d["thread_times"] = py::none();
+  } else {
+    py::dict times;
+    times["wall_seconds"] = t.wall_seconds;
+    times["busy_seconds"] = t.busy_seconds;
+    times["items"] = t.items;
+    times["idle_fraction"] = t.IdleFraction();
+    times["items_ratio"] = t.ItemsRatio();
+    d["thread_times"] = times;
+  }
   return d;
 }
 

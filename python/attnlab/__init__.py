@@ -53,7 +53,7 @@ from attnlab import results
 __version__ = _core.__version__
 __all__ = ["attention", "weights", "reference", "check", "grad", "multi_head_attention",
            "variants", "VariantInfo", "CheckReport", "CheckRow", "results", "isa_path",
-           "openblas_core"]
+           "last_run_stats", "openblas_core"]
 
 LAYOUTS = ("bhsd", "bshd")
 _FLOAT_DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16",
@@ -386,13 +386,31 @@ def _forward(call, variant, out, return_lse, with_weights=False):
   return o, (call.rows(lse) if return_lse else None), (call.rows(w) if with_weights else None), stats
 
 
-_ISA = {"path": None}
+_LAST_RUN = {"stats": None}
+
+
+def _remember(stats):
+  _LAST_RUN["stats"] = stats
 
 
 def isa_path():
   """The instruction-set path of the last kernel run in this process ("AVX3+AVX512_BF16",
   "AVX3", "portable C++", ...): what every performance figure should name."""
-  return _ISA["path"]
+  stats = _LAST_RUN["stats"]
+  return None if stats is None else stats["path"]
+
+
+def last_run_stats():
+  """What the last kernel run in this process (attention, weights, grad, multi_head_attention)
+  reported, as a dict, or None before the first: "path" (as isa_path()), "threads" (the team it
+  ran on), "workspace_declared_bytes" and "workspace_peak_bytes" (its workspace, declared and
+  touched), and "thread_times": None on one thread, else where the team's time in its parallel
+  loops went, {"wall_seconds", "busy_seconds" (per thread, inside work items), "items" (per
+  thread), "idle_fraction" (1 - busy / (wall x team)), "items_ratio" (the busiest thread's items
+  over the least busy's)}, as `attnlab run` prints it and the bench's thread_idle and
+  thread_items_ratio counters report it."""
+  stats = _LAST_RUN["stats"]
+  return None if stats is None else dict(stats)
 
 
 def openblas_core():
@@ -509,7 +527,7 @@ def attention(q, k, v, *, variant="flash", mask=None, key_lengths=None, scale=No
                cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                block_table=block_table)
   o, lse, _, stats = _forward(call, variant, out, return_lse)
-  _ISA["path"] = stats["path"]
+  _remember(stats)
   return (o, lse) if return_lse else o
 
 
@@ -559,7 +577,7 @@ def weights(q, k, v, *, variant=None, mask=None, key_lengths=None, scale=None, l
     raise MemoryError(f"the weights [B,H,Lq,Lk] = [{b},{h},{lq},{lk}] need {need} bytes, "
                       f"memory budget {budget} bytes")
   o, _, p, stats = _forward(call, _weights_variant(variant), None, False, with_weights=True)
-  _ISA["path"] = stats["path"]
+  _remember(stats)
   return (p, o) if return_output else p
 
 
@@ -733,7 +751,7 @@ def grad(q, k, v, d_o, *, variant="flash", o=None, lse=None, mask=None, key_leng
   d_sinks = None if sinks is None else np.empty(h, np.float32)
   stats = _core.backward(variant, call.q, call.k, call.v, o4, lse4, d_o4, dq4, dk4, dv4,
                          call.options, d_sinks)
-  _ISA["path"] = stats["path"]
+  _remember(stats)
   return (dq, dk, dv) if d_sinks is None else (dq, dk, dv, d_sinks)
 
 

@@ -341,6 +341,28 @@ def test_isa_path_names_the_last_kernel(rng):
   assert isinstance(attnlab.isa_path(), str) and attnlab.isa_path()
 
 
+def test_last_run_stats_say_where_the_threads_time_went(rng):
+  """last_run_stats() is the last run's RunStats: its path (isa_path()), thread team and
+  workspace, and on 2 threads where the team's time went (kernels/thread_times.h)."""
+  q, k, v = random_qkv(rng, 1, 8, 8, 256, 256, 64, 64)
+  attnlab.attention(q, k, v, variant="flash", threads=1)
+  one = attnlab.last_run_stats()
+  assert one["path"] == attnlab.isa_path() and one["threads"] == 1
+  assert one["thread_times"] is None
+  assert 0 < one["workspace_peak_bytes"] <= one["workspace_declared_bytes"]
+  if attnlab._core.max_threads < 2:
+    pytest.skip("one core: no team of two to time")
+  attnlab.attention(q, k, v, variant="flash", threads=2)
+  times = attnlab.last_run_stats()["thread_times"]
+  assert attnlab.last_run_stats()["threads"] == 2
+  assert len(times["busy_seconds"]) == 2 and len(times["items"]) == 2
+  assert sum(times["items"]) > 2  # flash's items: 8 heads x row blocks
+  assert 0 <= times["idle_fraction"] < 1 and times["items_ratio"] >= 1
+  assert 0 < max(times["busy_seconds"]) <= times["wall_seconds"] * 1.01
+  attnlab.grad(q, k, v, q, variant="flash", threads=2)
+  assert attnlab.last_run_stats()["thread_times"]["wall_seconds"] > 0
+
+
 def test_openblas_core_names_the_kernels_blas_runs():
   core = attnlab.openblas_core()
   assert set(core) == {"name", "detected", "chosen_by"}
