@@ -12,16 +12,18 @@
 //                          vectors of queries: K scalars broadcast straight
 //                          from the K rows (no K transpose/packing), Qᵀ rows
 //                          are vectors over queries.
-//   (softcap applied by ScoreTile as it stores the scores; the ALiBi bias,
-//    and the softcap of the few-row and bf16 kernels, ModifyTile: one more
+//   (softcap and the ALiBi bias applied by ScoreTile as it stores the
+//    scores; those of the few-row and bf16 kernels, ModifyTile: one more
 //    pass over the tile, in L2; + additive mask; structurally hidden (key,
 //    row) pairs *set* to -inf, only in partial tiles). Measured cost over
 //    plain flash (attnlab_bench --suite=serving, d = 128, N = 2048 and 4096,
-//    dense and causal, 1 Zen 4 thread, AVX3): ALiBi 1.00-1.03, sinks
-//    0.96-1.09 (they touch only each row's finish), softcap 1.02-1.09 (FastTanh,
+//    dense and causal, 1 Zen 4 thread, AVX3): sinks 0.96-1.09 (they touch
+//    only each row's finish), softcap 1.02-1.09 (FastTanh,
 //    kernels/ukernels/score_mods-inl.h: a polynomial for logits within
 //    +-cap; 1.12-1.18 as a separate pass with an exp and a division per
-//    score)
+//    score); ALiBi 0.96-1.05 in the store (1 Sapphire Rapids thread; 1.00-1.10
+//    as a pass over the tile, which also cost the softmax its maximum from
+//    the score tile)
 //   m' = max(m, colmax Sᵀ); Pᵀ = e^(Sᵀ - m'); l = e^(m - m')·l + colsum Pᵀ
 //                          OnlineSoftmaxColumns: vectorized over queries (no
 //                          horizontal ops), FastExp2 of (S - m')·log2 e
@@ -516,28 +518,37 @@ KeyRange TileRange(const Scratch& sc, int64_t x, int64_t j0, int64_t j1) {
   return {std::min(std::max(sc.rb[x], j0), j1) - j0, std::max(std::min(sc.re[x], j1), j0) - j0};
 }
 
-// Whether the tile's score kernel applied the softcap as it stored the
-// scores: the fp32 many-row one (ScoreTile) does; the few-row and bf16 pair
-// kernels leave it to ModifyTile.
-bool SoftcapInScores(const Block& blk) { return !blk.few_rows && blk.pairs == nullptr; }
+// Whether the tile's score kernel applied the softcap and the ALiBi bias as
+// it stored the scores: the fp32 many-row one (ScoreTile) does; the few-row
+// and bf16 pair kernels leave them to ModifyTile.
+bool ModsInScores(const Block& blk) { return !blk.few_rows && blk.pairs == nullptr; }
 
-// Softcap (unless SoftcapInScores) and ALiBi (kernels/problem.h, "Score
-// modifiers") on the tile's scaled scores, before the mask. Row x of the
-// block is query position i = (r0 + x) / g of head kvh·g + (r0 + x) % g;
-// padded rows get slope 0.
+// The ALiBi slope and position (i + off) of each of the block's rp rows: row
+// x is query position (r0 + x) / g of head kvh·g + (r0 + x) % g; padded rows
+// get slope 0 and position 0.
+void AlibiOfRows(const ValidProblem& p, const Block& blk, float* slopes, float* positions) {
+  for (int64_t x = 0; x < blk.rp; ++x) {
+    const int64_t r = blk.r0 + x;
+    slopes[x] = x < blk.nrows ? p.modifiers.alibi_slopes[blk.kvh * p.group + r % p.group] : 0.0f;
+    positions[x] = x < blk.nrows ? static_cast<float>(r / p.group + p.DiagOffset(blk.b)) : 0.0f;
+  }
+}
+
+// Softcap and ALiBi (kernels/problem.h, "Score modifiers") on the tile's
+// scaled scores, before the mask, unless the score kernel applied them
+// (ModsInScores).
 void ModifyTile(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc, Scratch& sc) {
-  const std::optional<float> cap = SoftcapInScores(blk) ? std::nullopt : p.modifiers.softcap;
+  if (ModsInScores(blk)) return;
+  const std::optional<float> cap = p.modifiers.softcap;
   const bool alibi = !p.modifiers.alibi_slopes.empty();
   if (!cap && !alibi) return;
-  auto head = [&](int64_t x) { return blk.kvh * p.group + (blk.r0 + x) % p.group; };
-  auto position = [&](int64_t x) { return (blk.r0 + x) / p.group + p.DiagOffset(blk.b); };
+  HWY_ALIGN float slopes[kBr], positions[kBr];
+  if (alibi) AlibiOfRows(p, blk, slopes, positions);
   if (blk.few_rows) {  // S row-major: each row's keys are contiguous
     for (int64_t x = 0; x < blk.nrows; ++x) {
       float* s = sc.st + x * blk.sr;
       if (cap) SoftcapRow(s, s, nc, *cap);
-      if (alibi) {
-        AlibiRow(s, nc, p.modifiers.alibi_slopes[head(x)], static_cast<float>(j0 - position(x)));
-      }
+      if (alibi) AlibiRow(s, nc, slopes[x], static_cast<float>(j0) - positions[x]);
     }
     return;
   }
@@ -545,14 +556,7 @@ void ModifyTile(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc,
     for (int64_t j = 0; j < nc; ++j)
       SoftcapRow(sc.st + j * blk.sj, sc.st + j * blk.sj, blk.rp, *cap);
   }
-  if (alibi) {
-    HWY_ALIGN float slopes[kBr], positions[kBr];
-    for (int64_t x = 0; x < blk.rp; ++x) {
-      slopes[x] = x < blk.nrows ? p.modifiers.alibi_slopes[head(x)] : 0.0f;
-      positions[x] = x < blk.nrows ? static_cast<float>(position(x)) : 0.0f;
-    }
-    AlibiColumns(sc.st, blk.sj, nc, blk.rp, slopes, positions, static_cast<float>(j0));
-  }
+  if (alibi) AlibiColumns(sc.st, blk.sj, nc, blk.rp, slopes, positions, static_cast<float>(j0));
 }
 
 // Adds the additive mask to the tile's scores, and (partial tiles) sets the
@@ -719,8 +723,14 @@ void F32ScoresRun(const ValidProblem& p, const flash::Plan& plan, const Block& b
             p.shape.value_dim * v_bytes,
             std::min({j1 + plan.bc, blk.uhi, p.KvRunEnd(j1)}) - j1};
   }
+  HWY_ALIGN float slopes[kBr], positions[kBr];
+  AlibiTile alibi;
+  if (!p.modifiers.alibi_slopes.empty()) {
+    AlibiOfRows(p, blk, slopes, positions);
+    alibi = {slopes, positions, static_cast<float>(j0)};
+  }
   ScoreTile(sc.qt, k, ks, nc, dk, blk.rp / N, st, p.modifiers.softcap.value_or(0.0f), next,
-            tile_max);
+            tile_max, alibi);
 }
 
 // Calls f(r0, r1) for the runs of keys [j0, j1) whose K and V rows each lie
@@ -1063,15 +1073,13 @@ bool ScaleInSoftmax(const ValidProblem& p) {
 }
 
 // Whether a many-row fp32 block's whole tiles leave the score tile final:
-// nothing but the tile (which applies the softcap, SoftcapInScores) touches
-// them before the softmax (no ALiBi or additive mask; -inf masking touches
+// nothing but the tile (which applies the softcap and ALiBi, ModsInScores)
+// touches them before the softmax (no additive mask; -inf masking touches
 // partial tiles only), so the tile's maximum can come from ScoreTile
 // (col_max) instead of a pass over Sᵀ (with the softmax's other changes,
 // fp32 flash 0.92-0.98x the time on the Emerald Rapids VM; kernels/DESIGN.md,
 // "The softmax on a 2-FMA-port core").
-bool F32ScoresFinalInTile(const ValidProblem& p) {
-  return p.modifiers.alibi_slopes.empty() && p.mask.kind != MaskKind::kAdditive;
-}
+bool F32ScoresFinalInTile(const ValidProblem& p) { return p.mask.kind != MaskKind::kAdditive; }
 
 // The bf16 version of a tile's S = Q·Kᵀ (times `scale`) and, after the
 // softmax, O (+)= P·V: K read in place, V paired into sc.vp (unless it holds

@@ -388,21 +388,25 @@ TEST(FlashTiles, ScoreTileMaximumGivesTheSameBits) {
 // fp32: the online softmax given each whole tile's maximum by the score tile
 // (ScoreTile's col_max) writes the bits it writes when it takes the maximum
 // itself: dense and causal (whole and partial tiles), d = 64 and 128, with
-// and without a softcap (applied in the score tile, before the maximum),
-// both tile sizes.
+// and without a softcap and an ALiBi bias (both applied in the score tile,
+// before the maximum), both tile sizes.
 TEST(FlashTiles, F32ScoreTileMaximumGivesTheSameBits) {
+  const std::vector<float> slopes = {0.5f, 0.03125f};
   for (const int64_t keys : {int64_t{0}, int64_t{64}}) {
     KeyTileScope tiles(keys);
     for (const MaskKind mask : {MaskKind::kNone, MaskKind::kCausal}) {
       for (const int64_t d : {64, 128}) {
         for (const bool softcap : {false, true}) {
-          SCOPED_TRACE(std::string(mask == MaskKind::kNone ? "dense" : "causal") + ", d = " +
-                       std::to_string(d) + (keys ? ", 64-key tiles" : ", default tiles") +
-                       (softcap ? ", softcap 2" : ""));
-          ProblemSpec spec = Spec({1, 2, 2, 700, 700, d, d}, mask, 46);
-          ProblemData data(spec);
-          if (softcap) data.problem().modifiers.softcap = 2.0f;
-          ExpectScoreTileMaximumKeepsTheBits(data);
+          for (const bool alibi : {false, true}) {
+            SCOPED_TRACE(std::string(mask == MaskKind::kNone ? "dense" : "causal") + ", d = " +
+                         std::to_string(d) + (keys ? ", 64-key tiles" : ", default tiles") +
+                         (softcap ? ", softcap 2" : "") + (alibi ? ", ALiBi" : ""));
+            ProblemSpec spec = Spec({1, 2, 2, 700, 700, d, d}, mask, 46);
+            ProblemData data(spec);
+            if (softcap) data.problem().modifiers.softcap = 2.0f;
+            if (alibi) data.problem().modifiers.alibi_slopes = slopes;
+            ExpectScoreTileMaximumKeepsTheBits(data);
+          }
         }
       }
     }

@@ -127,6 +127,58 @@ std::vector<int64_t> Widths(const Ukernel& u, int64_t lanes, std::vector<int64_t
 // --- Families ---------------------------------------------------------------
 
 double SoftcapTol(double x, double cap);  // below, with the softcap family
+void CheckAlibi(Checker& c, float got, float s, float slope, double dist,
+                const std::string& what);  // below, with the ALiBi families
+
+// The call `plain` again with the ALiBi bias (alibi_tile.h): each score is
+// the plain one (softcapped, if so) plus the bias as AlibiColumns adds it,
+// and col_max is the maximum of the biased scores, bit for bit. Slopes and
+// positions as TestAlibiColumns draws them (keys far from 0, distances of
+// both signs).
+void TestScoreTileAlibi(const Ukernel& u, int64_t lanes, ScoreTileArgs plain, const float* st0,
+                        Checker& c) {
+  std::mt19937 rng(static_cast<unsigned>(plain.nkeys * 131 + plain.dk));
+  std::uniform_real_distribution<float> uslope(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> upos(0, 1000);
+  const int64_t cols = plain.nvec * lanes;
+  const float key0 = 1000000.0f;
+  Buffer slopes(kTileCols), positions(kTileCols), st((plain.nkeys + 1) * kTileCols);
+  Buffer col_max(kTileCols);
+  for (int64_t x = 0; x < kTileCols; ++x) {
+    slopes[x] = x % 3 == 0 ? 1.0f / float(1 << (x % 9)) : uslope(rng);
+    positions[x] = key0 + float(upos(rng) - 300);
+  }
+  std::fill(col_max.data(), col_max.data() + cols, -kInf);
+  ScoreTileArgs a = plain;
+  a.st = st.data();
+  a.col_max = col_max.data();
+  a.alibi = {slopes.data(), positions.data(), key0};
+  ASSERT_TRUE(u.run(&a));
+  const std::string where = " dk=" + std::to_string(a.dk) + " keys=" + std::to_string(a.nkeys) +
+                            " nvec=" + std::to_string(a.nvec) +
+                            " softcap=" + std::to_string(a.softcap) + " alibi";
+  for (int64_t x = 0; x < kTileCols; ++x) {
+    const std::string at = "col_max[" + std::to_string(x) + "]" + where;
+    if (x >= cols) {
+      c.Poisoned(col_max[x], at);
+      continue;
+    }
+    float want = -kInf;
+    for (int64_t j = 0; j < a.nkeys; ++j) want = std::max(want, st[j * kTileCols + x]);
+    c.SameBits(col_max[x], want, at);
+  }
+  for (int64_t j = 0; j <= a.nkeys; ++j) {
+    for (int64_t x = 0; x < kTileCols; ++x) {
+      const std::string at = "S[" + std::to_string(j) + "][" + std::to_string(x) + "]" + where;
+      if (j == a.nkeys || x >= cols) {
+        c.Poisoned(st[j * kTileCols + x], at);
+        continue;
+      }
+      CheckAlibi(c, st[j * kTileCols + x], st0[j * kTileCols + x], slopes[x],
+                 (double(key0) + double(j)) - double(positions[x]), at);
+    }
+  }
+}
 
 // Plain scores, and softcapped ones (cap·tanh(s/cap) applied as they are
 // stored): the dot's own error passes through tanh at most unchanged (slope
@@ -185,6 +237,7 @@ void TestScoreTile(const Ukernel& u, int64_t lanes, Checker& c) {
                      at);
             }
           }
+          TestScoreTileAlibi(u, lanes, a, st.data(), c);
         }
       }
     }

@@ -14,6 +14,9 @@
 //        as the accumulators are stored (FastTanh, score_mods-inl.h: the
 //        same arithmetic as SoftcapRow, so the same bits); 0: none. A pass
 //        over the tile afterwards reads and writes its 128 KiB in L2 again.
+//   alibi    active: the ALiBi bias of each score (alibi_tile.h), after the
+//        softcap, as the accumulators are stored (AlibiColumns' arithmetic,
+//        so the same bits; slopes and positions of nvec vectors read).
 //   prefetch  rows of the next tile to bring into L2 along the way (or none).
 //   col_max  null, or nvec vectors raised to each query's maximum over these
 //        keys' stored scores (the caller sets -inf before a tile's first
@@ -38,6 +41,7 @@
 #include <cstdint>
 
 #include "hwy/highway.h"
+#include "kernels/ukernels/alibi_tile.h"
 #include "kernels/ukernels/common-inl.h"
 #include "kernels/ukernels/score_mods-inl.h"
 
@@ -55,12 +59,23 @@ HWY_BEFORE_NAMESPACE();
 namespace attn {
 namespace HWY_NAMESPACE {
 
+template <int MR, int NV, class D, class V = hn::Vec<D>>
+HWY_INLINE void StoreScores(D d, const V (&acc)[MR][NV], float* HWY_RESTRICT st) {
+  const size_t N = hn::Lanes(d);
+  ATTN_UNROLLED
+  for (int m = 0; m < MR; ++m) {
+    ATTN_UNROLLED
+    for (int v = 0; v < NV; ++v) hn::Store(acc[m][v], d, st + m * kScoreTileCols + v * N);
+  }
+}
+
 // Sᵀ[m][v·N..] = Σ_x K[m][x] · Qᵀ[x][v·N..] for MR keys x NV query vectors
-// (kSoftcap: cap·tanh of each, as SoftcapVectors computes it).
-template <int MR, int NV, bool kSoftcap>
+// (kSoftcap: cap·tanh of each, as SoftcapVectors computes it; kAlibi: then
+// + the bias, as AlibiColumns computes it).
+template <int MR, int NV, bool kSoftcap, bool kAlibi>
 HWY_NOINLINE void ScoreTileKernel(const float* HWY_RESTRICT qt, const float* HWY_RESTRICT k,
                                   int64_t k_stride, int64_t dk, float* HWY_RESTRICT st, float cap,
-                                  float* HWY_RESTRICT col_max) {
+                                  const AlibiTile alibi, float* HWY_RESTRICT col_max) {
   const DF d;
   const size_t N = hn::Lanes(d);
   if (dk < 1) return;  // never (Validate); lets gcc keep acc in registers
@@ -96,11 +111,35 @@ HWY_NOINLINE void ScoreTileKernel(const float* HWY_RESTRICT qt, const float* HWY
       for (int v = 0; v < NV; ++v) acc[m][v] = hn::Mul(vcap, FastTanh(d, hn::Mul(acc[m][v], inv)));
     }
   }
-  ATTN_UNROLLED
-  for (int m = 0; m < MR; ++m) {
+  if constexpr (kAlibi) {
+    if constexpr (kSoftcap) {
+      // With the softcap's constants in registers the bias spilled
+      // accumulators (6 x 4 on AVX3): the capped scores go to Sᵀ (L1) first
+      // and come back one at a time.
+      StoreScores<MR, NV>(d, acc, st);
+      asm volatile("" : : "r"(st) : "memory");  // reload, not forward, them
+      ATTN_UNROLLED
+      for (int m = 0; m < MR; ++m) {
+        ATTN_UNROLLED
+        for (int v = 0; v < NV; ++v) acc[m][v] = hn::Load(d, st + m * kScoreTileCols + v * N);
+      }
+    }
+    // Key m's distance as key0 - position + m: whole numbers below 2^24,
+    // so the same exact value as (key0 + m) - position, in 3 registers
+    // beside the accumulators.
+    const VF one = hn::Set(d, 1.0f);
     ATTN_UNROLLED
-    for (int v = 0; v < NV; ++v) hn::Store(acc[m][v], d, st + m * kScoreTileCols + v * N);
+    for (int v = 0; v < NV; ++v) {
+      const VF slope = hn::Load(d, alibi.slopes + v * N);
+      VF distance = hn::Sub(hn::Set(d, alibi.key0), hn::Load(d, alibi.positions + v * N));
+      ATTN_UNROLLED
+      for (int m = 0; m < MR; ++m) {
+        acc[m][v] = hn::MulAdd(slope, distance, acc[m][v]);
+        distance = hn::Add(distance, one);
+      }
+    }
   }
+  StoreScores<MR, NV>(d, acc, st);
   if (col_max == nullptr) return;
   ATTN_UNROLLED
   for (int v = 0; v < NV; ++v) {
@@ -111,34 +150,42 @@ HWY_NOINLINE void ScoreTileKernel(const float* HWY_RESTRICT qt, const float* HWY
   }
 }
 
-template <int MR, bool kSoftcap>
+template <int MR, bool kSoftcap, bool kAlibi>
 HWY_INLINE void ScoreTileVectors(int nv, const float* qt, const float* k, int64_t k_stride,
-                                 int64_t dk, float* st, float cap, float* col_max) {
+                                 int64_t dk, float* st, float cap, const AlibiTile& alibi,
+                                 float* col_max) {
   switch (nv) {
     case 1:
-      return ScoreTileKernel<MR, 1, kSoftcap>(qt, k, k_stride, dk, st, cap, col_max);
+      return ScoreTileKernel<MR, 1, kSoftcap, kAlibi>(qt, k, k_stride, dk, st, cap, alibi, col_max);
     case 2:
-      return ScoreTileKernel<MR, 2, kSoftcap>(qt, k, k_stride, dk, st, cap, col_max);
+      return ScoreTileKernel<MR, 2, kSoftcap, kAlibi>(qt, k, k_stride, dk, st, cap, alibi, col_max);
     case 3:
-      return ScoreTileKernel<MR, 3, kSoftcap>(qt, k, k_stride, dk, st, cap, col_max);
+      return ScoreTileKernel<MR, 3, kSoftcap, kAlibi>(qt, k, k_stride, dk, st, cap, alibi, col_max);
     default:
-      return ScoreTileKernel<MR, 4, kSoftcap>(qt, k, k_stride, dk, st, cap, col_max);
+      return ScoreTileKernel<MR, 4, kSoftcap, kAlibi>(qt, k, k_stride, dk, st, cap, alibi, col_max);
   }
 }
 
 template <int MR>
 HWY_INLINE void ScoreTileKeys(int nv, const float* qt, const float* k, int64_t k_stride, int64_t dk,
-                              float* st, float softcap, float* col_max) {
-  if (softcap > 0.0f) {
-    return ScoreTileVectors<MR, true>(nv, qt, k, k_stride, dk, st, softcap, col_max);
+                              float* st, float softcap, const AlibiTile& alibi, float* col_max) {
+  if (alibi.active()) {
+    if (softcap > 0.0f) {
+      return ScoreTileVectors<MR, true, true>(nv, qt, k, k_stride, dk, st, softcap, alibi, col_max);
+    }
+    return ScoreTileVectors<MR, false, true>(nv, qt, k, k_stride, dk, st, 0.0f, alibi, col_max);
   }
-  ScoreTileVectors<MR, false>(nv, qt, k, k_stride, dk, st, 0.0f, col_max);
+  if (softcap > 0.0f) {
+    return ScoreTileVectors<MR, true, false>(nv, qt, k, k_stride, dk, st, softcap, alibi, col_max);
+  }
+  ScoreTileVectors<MR, false, false>(nv, qt, k, k_stride, dk, st, 0.0f, alibi, col_max);
 }
 
 // The whole tile (see the contract above).
 HWY_INLINE void ScoreTile(const float* qt, const float* k, int64_t k_stride, int64_t nkeys,
                           int64_t dk, int64_t nvec, float* st, float softcap = 0.0f,
-                          const PrefetchRows& prefetch = {}, float* col_max = nullptr) {
+                          const PrefetchRows& prefetch = {}, float* col_max = nullptr,
+                          const AlibiTile& alibi = {}) {
   constexpr int kMR = kScoreTileKeys;
   const size_t N = hn::Lanes(DF());
   for (int64_t v0 = 0; v0 < nvec; v0 += kTileVectors) {
@@ -150,26 +197,27 @@ HWY_INLINE void ScoreTile(const float* qt, const float* k, int64_t k_stride, int
     for (; j + kMR <= nkeys; j += kMR) {
       if (v0 == 0) prefetch.Prefetch(j, j + kMR);
       ScoreTileKeys<kMR>(nv, q, k + j * k_stride, k_stride, dk, s + j * kScoreTileCols, softcap,
-                         cm);
+                         alibi.From(j, v0 * N), cm);
     }
     if (v0 == 0) prefetch.Prefetch(j, prefetch.rows);
     const float* kj = k + j * k_stride;
     float* sj = s + j * kScoreTileCols;
+    const AlibiTile bias = alibi.From(j, v0 * N);
     switch (nkeys - j) {
       case 1:
-        ScoreTileKeys<1>(nv, q, kj, k_stride, dk, sj, softcap, cm);
+        ScoreTileKeys<1>(nv, q, kj, k_stride, dk, sj, softcap, bias, cm);
         break;
       case 2:
-        ScoreTileKeys<2>(nv, q, kj, k_stride, dk, sj, softcap, cm);
+        ScoreTileKeys<2>(nv, q, kj, k_stride, dk, sj, softcap, bias, cm);
         break;
       case 3:
-        ScoreTileKeys<3>(nv, q, kj, k_stride, dk, sj, softcap, cm);
+        ScoreTileKeys<3>(nv, q, kj, k_stride, dk, sj, softcap, bias, cm);
         break;
       case 4:
-        ScoreTileKeys<4>(nv, q, kj, k_stride, dk, sj, softcap, cm);
+        ScoreTileKeys<4>(nv, q, kj, k_stride, dk, sj, softcap, bias, cm);
         break;
       case 5:
-        ScoreTileKeys<5>(nv, q, kj, k_stride, dk, sj, softcap, cm);
+        ScoreTileKeys<5>(nv, q, kj, k_stride, dk, sj, softcap, bias, cm);
         break;
       default:
         break;

@@ -93,7 +93,8 @@ struct ArgsOf<Family::kAlibiColumns> : std::type_identity<AlibiColumnsArgs> {};
 // pointer, or assigned from f's result).
 template <class F>
 void Call(ScoreTileArgs& a, F f) {
-  f(a.qt, a.k, a.k_stride, a.nkeys, a.dk, a.nvec, a.st, a.softcap, PrefetchRows{}, a.col_max);
+  f(a.qt, a.k, a.k_stride, a.nkeys, a.dk, a.nvec, a.st, a.softcap, PrefetchRows{}, a.col_max,
+    a.alibi);
 }
 template <class F>
 void Call(ScoreRowsArgs& a, F f) {

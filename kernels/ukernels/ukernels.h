@@ -24,6 +24,7 @@
 #include <string_view>
 
 #include "kernels/dtype.h"
+#include "kernels/ukernels/alibi_tile.h"
 #include "kernels/ukernels/key_runs.h"
 
 namespace attn::ukernels {
@@ -150,6 +151,7 @@ struct ScoreTileArgs {
   float* st;
   float softcap = 0.0f;      // > 0: cap·tanh(s/cap) of every score
   float* col_max = nullptr;  // raised to each query's maximum (score_tile-inl.h)
+  AlibiTile alibi = {};      // active: + the ALiBi bias (alibi_tile.h)
 };
 struct ScoreRowsArgs {
   const float* qs;
