@@ -132,7 +132,7 @@
 //     query row and run of at most kInt16WeightRun keys (the run's max
 //     |weight| / 32767, to nearest), the products then exact in integers.
 //     Where P is rounded, its exponential may also err by a relative
-//     ukernels::kReducedExpMaxRel = 2^-13 (the rounding's 2^-8 or 2^-11
+//     kReducedExpMaxRel = 2^-13 (the rounding's 2^-8 or 2^-11
 //     dominates), the sums l taking the same weights, its exponent formed
 //     as x·(scale·log2 e) - m·log2 e (both products rounded once more).
 //   * a bf16 or f16 O: the fp32 result, once, to nearest even.
@@ -594,6 +594,11 @@ inline constexpr int64_t kKeySumBlock = 1024;
 // Keys per int16 step of the weights, P·V with an i8 V (see "Element
 // types" above; reference/error_bound.cc bounds the error by it).
 inline constexpr int64_t kInt16WeightRun = 64;
+// The relative error a kernel that rounds P to a reduced V's type may give
+// the weights' exponential (see "Element types" above; reference/
+// error_bound.cc charges it; flash's bf16 softmax_to_rows meets it with a
+// degree-3 polynomial, kernels/ukernels/bf16_avx512.cc, WeightExp).
+inline constexpr double kReducedExpMaxRel = 0x1p-13;
 
 // The most elements any one tensor (Q, K, V, O, the additive mask, the
 // weights) may have, counted from its shape whatever its strides (a K of

@@ -20,9 +20,6 @@ constexpr double kTanhUlps = 8.0;
 // The most a result flushed from subnormal to 0 loses (kernels/problem.h,
 // "Element types"; flash's kernels/internal/flush_subnormals.h).
 constexpr double kFlushed = 0x1p-126;
-// The weights' exponential where P is rounded to a reduced V's type
-// (kernels/problem.h, "Element types"; ukernels::kReducedExpMaxRel).
-constexpr double kReducedExpMaxRel = 0x1p-13;
 
 // The type a kernel may compute with for an input of type t: int8 as bf16.
 DType ComputeType(DType t) { return t == DType::kI8 ? DType::kBF16 : t; }

@@ -511,10 +511,9 @@ void CheckOnlineRow(Checker& c, const float* before, int64_t step, int64_t nkeys
   for (int64_t j = 0; j < nkeys; ++j) {
     const double x = before[j * step], arg = x - mu;
     const double e = std::exp(arg);
-    const double reduced_exp =
-        p_rounding > 0 && e > 0
-            ? (ukernels::kReducedExpMaxRel + (std::fabs(x) + std::fabs(mu)) * kU) * e
-            : 0.0;
+    const double reduced_exp = p_rounding > 0 && e > 0
+                                   ? (kReducedExpMaxRel + (std::fabs(x) + std::fabs(mu)) * kU) * e
+                                   : 0.0;
     sum += e;
     sum_tol += reduced_exp;
     c.Near(weight(j), e, exp_tol(arg, e) + reduced_exp + p_rounding * e,

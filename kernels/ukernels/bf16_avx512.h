@@ -64,7 +64,7 @@ struct Bf16Kernels {
   // tile_max, unless null, is score_tile's col_max of this st (nothing
   // written to st since), and the maximum pass is skipped. One pass over
   // Sᵀ after the maximum: 32 keys x 16 queries at a time, exp (a degree-3
-  // polynomial within kReducedExpMaxRel, ukernels.h: P is rounded to bf16
+  // polynomial within kReducedExpMaxRel, kernels/problem.h: P is rounded to bf16
   // next), sums, rounding, pairing and a 16 x 16 transpose in registers;
   // alpha takes a degree-5 exp (within the fp32 exponential's ulps). The
   // AMX set shares it.

@@ -39,12 +39,6 @@ inline constexpr double kFastExp2MaxUlp = 2.0;
 // |y| <= 1 stays within 1.14 in numpy's fp32 check).
 // The fp64 reference's bound (reference/error_bound.cc) assumes 8.
 inline constexpr double kTanhMaxAbsU = 3.0;
-// Relative error bound of the exponential behind the bf16 weights P of
-// softmax_to_rows (bf16_avx512.cc, WeightExp: a degree-3 polynomial, 7.5e-5
-// measured), which rounds P to bf16 (2^-8) right after: the allowance
-// kernels/problem.h ("Element types") gives a kernel that rounds P, and
-// reference/error_bound.cc's kReducedExpMaxRel.
-inline constexpr double kReducedExpMaxRel = 0x1p-13;
 
 enum class Family {
   // st[j·64 + x] = Σ_d k[j·k_stride + d]·qt[d·64 + x] for j < nkeys, x <
