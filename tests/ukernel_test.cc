@@ -130,6 +130,23 @@ double SoftcapTol(double x, double cap);  // below, with the softcap family
 void CheckAlibi(Checker& c, float got, float s, float slope, double dist,
                 const std::string& what);  // below, with the ALiBi families
 
+// A score tile's col_max against its stored Sᵀ (nkeys rows): the maximum of
+// each of the first `cols` columns bit for bit, the columns past them not
+// written.
+void CheckColMax(Checker& c, const float* col_max, const float* st, int64_t nkeys, int64_t cols,
+                 const std::string& where) {
+  for (int64_t x = 0; x < kTileCols; ++x) {
+    const std::string at = "col_max[" + std::to_string(x) + "]" + where;
+    if (x >= cols) {
+      c.Poisoned(col_max[x], at);
+      continue;
+    }
+    float want = -kInf;
+    for (int64_t j = 0; j < nkeys; ++j) want = std::max(want, st[j * kTileCols + x]);
+    c.SameBits(col_max[x], want, at);
+  }
+}
+
 // The call `plain` again with the ALiBi bias (alibi_tile.h): each score is
 // the plain one (softcapped, if so) plus the bias as AlibiColumns adds it,
 // and col_max is the maximum of the biased scores, bit for bit. Slopes and
@@ -157,16 +174,7 @@ void TestScoreTileAlibi(const Ukernel& u, int64_t lanes, ScoreTileArgs plain, co
   const std::string where = " dk=" + std::to_string(a.dk) + " keys=" + std::to_string(a.nkeys) +
                             " nvec=" + std::to_string(a.nvec) +
                             " softcap=" + std::to_string(a.softcap) + " alibi";
-  for (int64_t x = 0; x < kTileCols; ++x) {
-    const std::string at = "col_max[" + std::to_string(x) + "]" + where;
-    if (x >= cols) {
-      c.Poisoned(col_max[x], at);
-      continue;
-    }
-    float want = -kInf;
-    for (int64_t j = 0; j < a.nkeys; ++j) want = std::max(want, st[j * kTileCols + x]);
-    c.SameBits(col_max[x], want, at);
-  }
+  CheckColMax(c, col_max.data(), st.data(), a.nkeys, cols, where);
   for (int64_t j = 0; j <= a.nkeys; ++j) {
     for (int64_t x = 0; x < kTileCols; ++x) {
       const std::string at = "S[" + std::to_string(j) + "][" + std::to_string(x) + "]" + where;
@@ -201,18 +209,9 @@ void TestScoreTile(const Ukernel& u, int64_t lanes, Checker& c) {
           ScoreTileArgs a{qt.data(), k.data(),  k_stride, nkeys,         dk,
                           nvec,      st.data(), cap,      col_max.data()};
           ASSERT_TRUE(u.run(&a));
-          for (int64_t x = 0; x < kTileCols; ++x) {
-            const std::string at = "col_max[" + std::to_string(x) + "] dk=" + std::to_string(dk) +
-                                   " keys=" + std::to_string(nkeys) +
-                                   " softcap=" + std::to_string(cap);
-            if (x >= nvec * lanes) {
-              c.Poisoned(col_max[x], at);
-              continue;
-            }
-            float want = -kInf;
-            for (int64_t j = 0; j < nkeys; ++j) want = std::max(want, st[j * kTileCols + x]);
-            c.SameBits(col_max[x], want, at);
-          }
+          CheckColMax(c, col_max.data(), st.data(), nkeys, nvec * lanes,
+                      " dk=" + std::to_string(dk) + " keys=" + std::to_string(nkeys) +
+                          " softcap=" + std::to_string(cap));
           for (int64_t j = 0; j <= nkeys; ++j) {
             for (int64_t x = 0; x < kTileCols; ++x) {
               const std::string at = "S[" + std::to_string(j) + "][" + std::to_string(x) +
