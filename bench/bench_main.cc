@@ -94,6 +94,7 @@
 
 #include "bench/accuracy.h"
 #include "bench/bench_common.h"
+#include "bench/core_clock.h"
 #include "bench/fma_peak.h"
 #include "bench/layer.h"
 #include "bench/resume.h"
@@ -965,11 +966,14 @@ void CeilingLoop(benchmark::State& state, RunContext& ctx, int threads, const st
                  double (*loop)(int64_t), int64_t rounds, const std::string& path) {
   if (SkipIfInterrupted(state)) return;
   ctx.Progress(state, name);
-  std::vector<double> flops(threads), seconds(threads);
+  std::vector<double> flops(threads), seconds(threads), ghz(threads);
+  CoreClockSampler core_clock;
   for (auto _ : state) {
     if (StopIfInterrupted(state)) break;
-    LoopOnThreads(loop, rounds, threads, flops.data(), seconds.data());
+    LoopOnThreads(loop, rounds, threads, flops.data(), seconds.data(), ghz.data());
+    core_clock.Add(ghz[0]);
   }
+  core_clock.SetCounter(state);
   double gflops = 0, all_flops = 0;
   for (int i = 0; i < threads; ++i) {
     all_flops += flops[i];
@@ -1812,6 +1816,15 @@ void AddContext(const std::map<std::string, std::string>& context, const std::st
   benchmark::AddCustomContext("attnlab_auto_points",
                               std::to_string(ActiveTuning().auto_points.size()));
   benchmark::AddCustomContext("attnlab_fma_peak_gflops", std::to_string(fma_peak_gflops));
+  // What each case's core_ghz is measured against (bench/core_clock.h).
+  benchmark::AddCustomContext(
+      "attnlab_core_clock",
+      CoreClockAvailable()
+          ? "TSC " + std::to_string(TscHz() / 1e9) +
+                " GHz; core_ghz (ceilings, micro-kernels) = dependent adds right after the "
+                "loop; idle at start " +
+                std::to_string(CoreClockGhz()) + " GHz"
+          : std::string("none: no invariant TSC on this CPU (no core_ghz)"));
   if (const std::string not_run = UkernelsNotRun(); !not_run.empty()) {
     benchmark::AddCustomContext("attnlab_ukernels_not_run", not_run);
   }

@@ -15,6 +15,8 @@
 
 #include <chrono>
 
+#include "bench/core_clock.h"
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "bench/fma_peak.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -68,18 +70,21 @@ HWY_EXPORT(TargetName);
 double FmaFlops(int64_t rounds) { return HWY_DYNAMIC_DISPATCH(FmaLoop)(rounds); }
 
 void LoopOnThreads(double (*loop)(int64_t rounds), int64_t rounds, int threads, double* flops,
-                   double* seconds) {
+                   double* seconds, double* ghz) {
 #pragma omp parallel num_threads(threads)
   {
     const int i = omp_get_thread_num();
     const auto start = std::chrono::steady_clock::now();
     flops[i] += loop(rounds);
     seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    // Before the region's join: a thread that waits there spins on light
+    // code, and the core's clock moves to that within microseconds.
+    if (ghz != nullptr) ghz[i] = CoreClockGhz();
   }
 }
 
 void FmaOnThreads(int64_t rounds, int threads, double* flops, double* seconds) {
-  LoopOnThreads(FmaFlops, rounds, threads, flops, seconds);
+  LoopOnThreads(FmaFlops, rounds, threads, flops, seconds, nullptr);
 }
 
 const char* FmaTargetName() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }

@@ -21,9 +21,11 @@ double FmaFlops(int64_t rounds);
 // not count that wait.
 void FmaOnThreads(int64_t rounds, int threads, double* flops, double* seconds);
 // The same for any register-resident loop (FLOPs done for `rounds`), e.g.
-// the AMX one (ukernels::AmxBf16PeakLoop, the ceiling_amx case).
+// the AMX one (ukernels::AmxBf16PeakLoop, the ceiling_amx case). With `ghz`
+// (an array of `threads`), thread i also writes its core's clock right after
+// its loop (CoreClockGhz, bench/core_clock.h; 0 where the probe does not run).
 void LoopOnThreads(double (*loop)(int64_t rounds), int64_t rounds, int threads, double* flops,
-                   double* seconds);
+                   double* seconds, double* ghz = nullptr);
 
 // The Highway target the loop dispatches to ("AVX3", "AVX2", ...; the name
 // of the code that ran, which is what a fraction of it is a fraction of).

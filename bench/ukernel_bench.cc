@@ -9,6 +9,7 @@
 #include <random>
 
 #include "bench/bench_common.h"
+#include "bench/core_clock.h"
 #include "kernels/registry.h"
 #include "kernels/tuning.h"
 #include "kernels/ukernels/ukernels.h"
@@ -59,11 +60,14 @@ void Time(
                             : "not run: this Highway target lacks the entry");
     return;
   }
+  CoreClockSampler core_clock;
   for (auto _ : state) {
     next_call();
     u.run(&args);
     benchmark::ClobberMemory();
+    core_clock.AfterIteration();
   }
+  core_clock.SetCounter(state);
   using benchmark::Counter;
   if (shape.bytes > 0) {
     state.counters["GB_per_s"] = Counter(shape.bytes / 1e9, Counter::kIsIterationInvariantRate);

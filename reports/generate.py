@@ -1960,7 +1960,13 @@ class Report:
              "that are FMA work (scores, P·V, dot); elements written per second for the "
              "others. Decode's entries also `from:memory`: called tile after tile over a buffer "
              "twice the L3 (2 MiB pages), reading K or V once as decode does; GB/s of the "
-             "operand and its fraction of the best `ceiling_stream/threads:1` of the run.", "")
+             "operand and its fraction of the best `ceiling_stream/threads:1` of the run. "
+             "GHz: the core's clock right after the entry's calls (`core_ghz`, read with a "
+             "chain of dependent adds: bench/core_clock.h), and the fraction of the entry's "
+             "peak (its ISA's ceiling, else the FMA loop) per cycle, each at its own clock: "
+             "cores that lower their clock under heavier work (Intel's under loads and stores "
+             "beside AVX-512 or AMX) lose the rest of the peak fraction there, not in the "
+             "kernel's instructions.", "")
     for source in sorted({c.source for c in cases}):
       mine = [c for c in cases if c.source == source]
       peak = self.fma_ceiling(source, 1)
@@ -1989,6 +1995,17 @@ class Report:
         g, ceiling = c.counter("GFLOPS"), isa_peaks.get(c.path)
         return None if g is None or ceiling is None else g / ceiling.counter("GFLOPS")
 
+      def per_cycle(c, peak=peak, in_run=in_run, isa_peaks=isa_peaks):
+        """The entry's FLOPs per cycle over its peak loop's (its ISA's ceiling for an
+        intrinsics entry, else the FMA peak), each at the clock its core ran right after it
+        (core_ghz, bench/core_clock.h): the fraction of that peak without the clock's part."""
+        if c.path in isa_peaks:
+          f, peak_ghz = of_isa(c), isa_peaks[c.path].counter("core_ghz")
+        else:
+          f, peak_ghz = of_peak(c), peak.counter("core_ghz") if in_run else None
+        ghz = c.counter("core_ghz")
+        return None if f is None or not ghz or not peak_ghz else f * peak_ghz / ghz
+
       def of_stream(c, stream_gbps=stream_gbps):
         g = c.counter("GB_per_s")
         return None if g is None or not stream_gbps else g / stream_gbps
@@ -1999,18 +2016,23 @@ class Report:
         rows.append([f"`{c.scenario}`", shape,
                      case_cell(c, lambda c: fmt_num(c.counter("GFLOPS"))),
                      case_cell(c, lambda c: fmt_pct(of_peak(c))),
+                     case_cell(c, lambda c: fmt_num(c.counter("core_ghz"))),
+                     case_cell(c, lambda c: fmt_pct(per_cycle(c))),
                      case_cell(c, lambda c: (fmt_pct(of_isa(c)) + f" ({c.path})")
                                if of_isa(c) is not None else "—"),
                      case_cell(c, lambda c: fmt_num(c.counter("Gelems_per_s"))),
                      case_cell(c, lambda c: fmt_num(c.counter("GB_per_s"))),
                      case_cell(c, lambda c: fmt_pct(of_stream(c))),
                      case_cell(c, lambda c: fmt_time(c.time_s))])
-      head = (f"FMA peak: **{fmt_num(peak.counter('GFLOPS'))} GFLOP/s** (`{peak.name}`)"
+      head = (f"FMA peak: **{fmt_num(peak.counter('GFLOPS'))} GFLOP/s** (`{peak.name}`"
+              + (f", at {fmt_num(peak.counter('core_ghz'))} GHz" if peak and peak.ok
+                 and peak.counter("core_ghz") else "") + ")"
               if peak and peak.ok else "FMA peak: —")
       head += (f"; stream: **{fmt_num(stream_gbps)} GB/s** (`{stream.name}`, best repetition)"
                if stream_gbps else "")
       self.add(f"{self.host_prefix(source)}{head}", "",
-               md_table(["entry", "shape", "GFLOP/s", "of FMA peak", "of its ISA's peak",
+               md_table(["entry", "shape", "GFLOP/s", "of FMA peak", "GHz", "its peak, per cycle",
+                         "of its ISA's peak",
                          "Gelem/s", "GB/s", "of stream", "ms/call"], rows),
                "")
       best, best_isa = {}, {}  # entry -> its best fraction of the peak (its ISA's) over shapes
