@@ -772,6 +772,7 @@ class ThreadTimesSum {
 RunOptions CaseRunOptions(const RunContext& ctx, const Case& c) {
   RunOptions options = ctx.run_options(c.threads);
   options.time_threads = c.threads > 1;
+  options.probe_clock = true;
   return options;
 }
 
@@ -798,6 +799,7 @@ void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& varian
   ThreadTimesSum thread_times;
   PeakRss rss;
   rss.Start();
+  CoreClockSampler core_clock;
   for (auto _ : state) {
     if (StopIfInterrupted(state)) break;
     const Status s = Run(variant, data.problem, options, &stats);
@@ -805,6 +807,7 @@ void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& varian
       state.SkipWithError(("not run: " + s.ToString()).c_str());
       return;
     }
+    core_clock.Add(stats.core_ghz);
     thread_times.Add(stats);
     benchmark::ClobberMemory();
   }
@@ -820,6 +823,7 @@ void VariantCase(benchmark::State& state, RunContext& ctx, const Variant& varian
   state.counters["workspace_bytes"] = double(stats.workspace_peak_bytes);
   state.counters["workspace_declared_bytes"] = double(stats.workspace_declared_bytes);
   state.counters["peak_rss_delta_bytes"] = rss_delta;
+  core_clock.SetCounter(state);
   thread_times.SetCounters(state);
   // At the element sizes, with an int8 K's or V's row scales (BytesOf).
   const TensorBytes bytes = BytesOf(c);
@@ -852,6 +856,7 @@ void GradCase(benchmark::State& state, RunContext& ctx, const Variant& variant, 
   ThreadTimesSum thread_times;
   PeakRss rss;
   rss.Start();
+  CoreClockSampler core_clock;
   for (auto _ : state) {
     if (StopIfInterrupted(state)) break;
     const Status s = RunBackward(variant, g, options, &stats);
@@ -859,6 +864,7 @@ void GradCase(benchmark::State& state, RunContext& ctx, const Variant& variant, 
       state.SkipWithError(("not run: " + s.ToString()).c_str());
       return;
     }
+    core_clock.Add(stats.core_ghz);
     thread_times.Add(stats);
     benchmark::ClobberMemory();
   }
@@ -871,6 +877,7 @@ void GradCase(benchmark::State& state, RunContext& ctx, const Variant& variant, 
   state.counters["workspace_bytes"] = double(stats.workspace_peak_bytes);
   state.counters["workspace_declared_bytes"] = double(stats.workspace_declared_bytes);
   state.counters["peak_rss_delta_bytes"] = rss_delta;
+  core_clock.SetCounter(state);
   thread_times.SetCounters(state);
   // Reads Q, K, V, O, dO; writes dQ, dK, dV: twice the forward's tensors.
   state.counters["bytes_min"] = 2 * BytesOf(c).total();
@@ -1821,8 +1828,8 @@ void AddContext(const std::map<std::string, std::string>& context, const std::st
       "attnlab_core_clock",
       CoreClockAvailable()
           ? "TSC " + std::to_string(TscHz() / 1e9) +
-                " GHz; core_ghz (ceilings, micro-kernels) = dependent adds right after the "
-                "loop; idle at start " +
+                " GHz; core_ghz = dependent adds right after the work (ceiling loops, "
+                "micro-kernel calls, variants' work items); idle at start " +
                 std::to_string(CoreClockGhz()) + " GHz"
           : std::string("none: no invariant TSC on this CPU (no core_ghz)"));
   if (const std::string not_run = UkernelsNotRun(); !not_run.empty()) {

@@ -484,14 +484,18 @@ int SequenceThreads(const Problem& packed, int64_t s, const RunOptions& options)
 
 namespace {
 
-// `run()`, with its threads' loops timed into stats->thread_times when the
-// options ask (RunOptions::time_threads).
+// `run()`, with its threads' loops timed into stats->thread_times and the
+// clock read after its items into stats->core_ghz when the options ask
+// (RunOptions::time_threads, probe_clock).
 template <typename RunFn>
 Status TimingThreads(const RunOptions& options, RunStats* stats, RunFn run) {
   ThreadTimes times;
+  ItemClocks clocks;
   const ScopedThreadTimes timed(options.time_threads && stats != nullptr ? &times : nullptr);
+  const ScopedItemClocks probed(options.probe_clock && stats != nullptr ? &clocks : nullptr);
   const Status status = run();
   if (timed.owns()) stats->thread_times = std::move(times);
+  if (probed.owns()) stats->core_ghz = clocks.Take();
   return status;
 }
 

@@ -18,6 +18,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "kernels/problem.h"
 #include "kernels/status.h"
@@ -138,6 +139,10 @@ struct RunOptions {
   // RunStats::thread_times (two clock reads per item: under 0.1% of flash's
   // items, a few per cent of naive's rows at small N).
   bool time_threads = false;
+  // Read the core's clock after work items into RunStats::core_ghz
+  // (kernels/core_clock.h: about 3 µs, at most once per 5 ms of a thread's
+  // time).
+  bool probe_clock = false;
 };
 
 // RunOptions with only `threads` set (designated initializers of a struct
@@ -160,6 +165,10 @@ struct RunStats {
   // With RunOptions::time_threads: where the threads' time went
   // (kernels/thread_times.h); empty otherwise.
   ThreadTimes thread_times;
+  // With RunOptions::probe_clock: the clock readings (GHz) taken after the
+  // Run's work items, on whichever threads ran them; empty otherwise, and
+  // when no thread's 5 ms since its last reading ended in this Run.
+  std::vector<double> core_ghz;
 };
 
 // ATTNLAB_PORTABLE=1 (read at every Run): variants take no ISA-specific

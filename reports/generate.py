@@ -437,6 +437,9 @@ class Report:
                       and "threads" in c.params and c.counter("GFLOPS")}
         if by_threads:
           peaks.append((family, bounds, isa, by_threads, []))
+      # The loops' clock (core_ghz), a column when the file has it (files from before
+      # 2026-12-07 do not).
+      clocked = any(f.counter("core_ghz") for f in fma[source].values())
       rows, fma_text, stream_text = [], [], []
       for t in threads:
         f, st = fma[source].get(t), self.stream_ceiling(source, t)
@@ -446,12 +449,16 @@ class Report:
         if f and len(f.samples) > 1:
           vals = [x["GFLOPS"] for x in f.samples if "GFLOPS" in x]
           spread = f"{fmt_num(min(vals))}–{fmt_num(max(vals))} ({len(vals)})"
-        rows.append([t, fmt_num(p), spread, (f.path or "—") if f else "—", fmt_num(gb),
-                     fmt_num(st.counter("GBps")) if st else "—",
-                     fmt_num(p / gb) if p and gb else "—"])
+        ghz = f.counter("core_ghz") if f else None
+        clock = [f"{ghz:.2f}" if ghz else "—"] if clocked else []
+        rows.append([t, fmt_num(p), spread] + clock
+                    + [(f.path or "—") if f else "—", fmt_num(gb),
+                       fmt_num(st.counter("GBps")) if st else "—",
+                       fmt_num(p / gb) if p and gb else "—"])
         for _, _, _, by_threads, text in peaks:
           g = by_threads[t].counter("GFLOPS") if t in by_threads else None
-          rows[-1].append(fmt_num(g))
+          g_ghz = by_threads[t].counter("core_ghz") if t in by_threads else None
+          rows[-1].append(fmt_num(g) + (f" at {g_ghz:.2f} GHz" if g and g_ghz else ""))
           if g:
             text.append(f"{fmt_num(g)} GFLOP/s on {t}")
         if p:
@@ -459,9 +466,10 @@ class Report:
         if gb:
           stream_text.append(f"{fmt_num(gb)} GB/s on {t}")
       self.add(f"{self.host_prefix(source)}ceilings", "",
-               md_table(["threads", "ceiling_fma GFLOP/s (median)",
-                         "min–max (repetitions)", "target", "ceiling_stream GB/s (best)",
-                         "stream median", "ridge (FLOP/byte)"]
+               md_table(["threads", "ceiling_fma GFLOP/s (median)", "min–max (repetitions)"]
+                        + (["core clock, GHz (`core_ghz`)"] if clocked else [])
+                        + ["target", "ceiling_stream GB/s (best)", "stream median",
+                           "ridge (FLOP/byte)"]
                         + [f"{family} GFLOP/s (median; {bounds})" for family, bounds, *_ in peaks],
                         rows), "")
       targets = sorted({f.path for f in fma[source].values() if f.path})
@@ -789,6 +797,23 @@ class Report:
         self.add("¹ one repetition: a single sample, not a median (the suite repeats its cheap "
                  "cases and those of the variants in focus, `attnlab_bench --focus`; context "
                  "`attnlab_repeated`).", "")
+      fma_ghz = fma.counter("core_ghz")
+      if fma_ghz and any(c.counter("core_ghz") for v in variants
+                         for c in g["variants"][v].values() if c.ok):
+
+        def clock(c):
+          ghz = c.counter("core_ghz")
+          f = self.fma_fraction(c)
+          if not ghz:
+            return "—"
+          return f"{ghz:.2f} ({f * fma_ghz / ghz:.2f})" if f else f"{ghz:.2f}"
+
+        rows = [[n] + [cell(v, n, clock) for v in variants] for n in ns]
+        self.add(f"**Core clock**, GHz (`core_ghz`, read after the work items; "
+                 f"ceiling_fma's: {fma_ghz:.2f}), and in parentheses the fraction of "
+                 "ceiling_fma per cycle (its FLOPs per cycle over the loop's, each at its own "
+                 "clock; the fraction above = this x the clock ratio)", "",
+                 md_table(header[:1] + variants, rows), "")
     elif self.fma_ceilings(source):
       self.add(f"Fraction of ceiling_fma: no `ceiling_fma/threads:{gp.get('threads', '?')}` "
                "case in this run.", "")
@@ -1865,6 +1890,14 @@ class Report:
                                 else ""), "",
                table(lambda c, per: fmt_num(c.counter(rate))), "")
 
+      if not decode and any(c.ok and c.counter("core_ghz") for by_v in shapes.values()
+                            for per in by_v.values() for c in per.values() if c):
+        # Beside the ceilings' own (ceilings section): a type whose products run on other
+        # units (AMX) can run them at another clock.
+        self.add("**Core clock**, GHz (`core_ghz`, read after the work items; the ceilings' "
+                 "clocks are in the ceilings section)", "",
+                 table(lambda c, per: f"{c.counter('core_ghz'):.2f}"
+                       if c.counter("core_ghz") else "—"), "")
       if not decode:
         self.matmul_bf16_ceiling_table(source, shapes, keys)
 
@@ -2016,7 +2049,8 @@ class Report:
         rows.append([f"`{c.scenario}`", shape,
                      case_cell(c, lambda c: fmt_num(c.counter("GFLOPS"))),
                      case_cell(c, lambda c: fmt_pct(of_peak(c))),
-                     case_cell(c, lambda c: fmt_num(c.counter("core_ghz"))),
+                     case_cell(c, lambda c: f"{c.counter('core_ghz'):.2f}"
+                               if c.counter("core_ghz") else "—"),
                      case_cell(c, lambda c: fmt_pct(per_cycle(c))),
                      case_cell(c, lambda c: (fmt_pct(of_isa(c)) + f" ({c.path})")
                                if of_isa(c) is not None else "—"),

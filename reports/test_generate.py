@@ -1873,6 +1873,51 @@ def test_paged(work, doc):
   check("### paged" not in other, "Other scenarios leaves paged decode to its own section")
 
 
+def test_core_clock(work, doc):
+  """core_ghz (bench/core_clock.h): the ceilings table gains the loop's clock, the micro-kernel
+  table each entry's clock and its fraction of the peak per cycle (the fraction x the loop's
+  clock / the entry's), and each sweep group a core clock table with the same per cycle."""
+  full = with_ceilings(doc)
+  loop_ghz, work_ghz = 3.6, 3.0
+  for e in full["benchmarks"]:
+    name = case_name(e)
+    if name.startswith("ceiling_fma/"):
+      e["core_ghz"] = loop_ghz
+    elif name.startswith(("ukernel/", "flash/")) and "GFLOPS" in e:
+      e["core_ghz"] = work_ghz
+  path_in = os.path.join(work, "clock.json")
+  json.dump(full, open(path_in, "w"))
+  text = open(run_generate([path_in, "--out-dir", os.path.join(work, "clock")])).read()
+  fma = {t: statistics.median(r) for t, r in FMA_REPS.items()}
+  rows = table_after(section(text, "## Ceilings and roofline"), "ceilings\n")
+  for t in FMA_REPS:
+    row = next((r for r in rows if r[0] == str(t)), [])
+    check(row[3:4] == [f"{loop_ghz:.2f}"], f"ceilings row for threads={t} has the clock ({row})")
+  ukernel = section(text, "## Micro-kernels")
+  med = {}
+  for e in entries(full):
+    if case_name(e).startswith("ukernel/") and "GFLOPS" in e:
+      med.setdefault(case_name(e), []).append(e["GFLOPS"])
+  check(bool(med), "the fixture has micro-kernel cases with GFLOPS")
+  for name, gs in med.items():
+    f = statistics.median(gs) / fma[1]
+    want = f"| {generate.fmt_pct(f)} | {work_ghz:.2f} | {generate.fmt_pct(f * loop_ghz / work_ghz)} |"
+    check(any(want in l for l in ukernel.splitlines() if f"`{parse(name)[1]}`" in l),
+          f"{name}: {want} in the micro-kernel table")
+  sweep = section(text, "## Sweep")
+  check("**Core clock**, GHz" in sweep, "the sweep groups have a core clock table")
+  flash = [e for e in entries(full) if case_name(e).startswith("flash/N:")
+           and "GFLOPS_dense" in e and parse(case_name(e))[2].get("causal") == "0"
+           and parse(case_name(e))[2].get("threads") == "1"]
+  if flash:
+    by_name = {}
+    for e in flash:
+      by_name.setdefault(case_name(e), []).append(e["GFLOPS_dense"])
+    fractions = [statistics.median(g) / fma[1] for g in by_name.values()]
+    cells = [f"{work_ghz:.2f} ({f * loop_ghz / work_ghz:.2f})" for f in fractions]
+    check(any(c in sweep for c in cells), f"a flash cell of the core clock table: one of {cells}")
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--work-dir", default="/tmp/attnlab-report-test")
@@ -1893,6 +1938,7 @@ def main():
   test_atomic_output(args.work_dir, doc)
   test_precision(args.work_dir, doc, accdoc)
   test_ceilings(args.work_dir, doc)
+  test_core_clock(args.work_dir, doc)
   test_isa_ceilings(args.work_dir, doc)
   test_openblas_core(args.work_dir, doc)
   test_auto(args.work_dir, doc)

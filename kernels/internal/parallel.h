@@ -11,10 +11,32 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/core_clock.h"
 #include "kernels/thread_times.h"
 #include "kernels/workspace.h"
 
 namespace attn {
+
+// Points a thread-local slot at `value` for a scope, unless the slot already
+// points somewhere (a Run inside a Run, e.g. per sequence of a varlen batch:
+// the outer one gets what the inner one's loops record).
+template <typename T>
+class ScopedSlot {
+ public:
+  ScopedSlot(T*& slot, T* value) : slot_(slot), owns_(value != nullptr && slot == nullptr) {
+    if (owns_) slot_ = value;
+  }
+  ~ScopedSlot() {
+    if (owns_) slot_ = nullptr;
+  }
+  ScopedSlot(const ScopedSlot&) = delete;
+  ScopedSlot& operator=(const ScopedSlot&) = delete;
+  bool owns() const { return owns_; }
+
+ private:
+  T*& slot_;
+  bool owns_;
+};
 
 // The calling thread's ThreadTimes while a Run times its threads
 // (RunOptions::time_threads), else nullptr: ParallelFor adds its
@@ -23,25 +45,21 @@ inline ThreadTimes*& TimedThreads() {
   thread_local ThreadTimes* times = nullptr;
   return times;
 }
-
-// Points TimedThreads() at `times` for a scope, unless a timing is already
-// under way on this thread (a Run inside a Run, e.g. per sequence of a
-// varlen batch: the outer one gets the loops).
-class ScopedThreadTimes {
+class ScopedThreadTimes : public ScopedSlot<ThreadTimes> {
  public:
-  explicit ScopedThreadTimes(ThreadTimes* times)
-      : owns_(times != nullptr && TimedThreads() == nullptr) {
-    if (owns_) TimedThreads() = times;
-  }
-  ~ScopedThreadTimes() {
-    if (owns_) TimedThreads() = nullptr;
-  }
-  ScopedThreadTimes(const ScopedThreadTimes&) = delete;
-  ScopedThreadTimes& operator=(const ScopedThreadTimes&) = delete;
-  bool owns() const { return owns_; }
+  explicit ScopedThreadTimes(ThreadTimes* times) : ScopedSlot(TimedThreads(), times) {}
+};
 
- private:
-  bool owns_;
+// The calling thread's ItemClocks while a Run probes its clock
+// (RunOptions::probe_clock), else nullptr: ParallelFor reads the clock after
+// items into it (kernels/core_clock.h).
+inline ItemClocks*& ProbedClocks() {
+  thread_local ItemClocks* clocks = nullptr;
+  return clocks;
+}
+class ScopedItemClocks : public ScopedSlot<ItemClocks> {
+ public:
+  explicit ScopedItemClocks(ItemClocks* clocks) : ScopedSlot(ProbedClocks(), clocks) {}
 };
 
 // Runs body(item) or body(item, thread) for every item in [0, count) on up to
@@ -56,13 +74,17 @@ class ScopedThreadTimes {
 // scratch slot 5 of 1: heap corruption, issue 21).
 template <typename Body>
 void ParallelFor(int threads, int64_t count, Body&& body, int64_t grain = 1) {
-  auto run = [&body](int64_t item, int thread) {
+  // While a Run probes its clock (RunOptions::probe_clock), the thread that
+  // ran an item reads the clock right after it (kernels/core_clock.h).
+  ItemClocks* const clocks = ProbedClocks();  // the caller's, before the team forms
+  auto run = [&body, clocks](int64_t item, int thread) {
     if constexpr (std::is_invocable_v<Body&, int64_t, int>) {
       body(item, thread);
     } else {
       (void)thread;
       body(item);
     }
+    if (clocks != nullptr) clocks->AfterItem();
   };
   if (threads <= 1 || count <= 1) {
     for (int64_t item = 0; item < count; ++item) run(item, 0);

@@ -131,7 +131,7 @@ _CONTRACT_COUNTERS = {
     "GFLOPS", "GFLOPS_dense", "workspace_bytes", "workspace_declared_bytes",
     "peak_rss_delta_bytes", "bytes_min", "GBps", "attention_share", "ceiling_fraction", "bytes",
     "d_model", "B", "H", "Hkv", "Lq", "Lk", "d", "causal", "Gelems_per_s", "peak_fraction",
-    "fma_peak_gflops"}
+    "fma_peak_gflops", "core_ghz"}
 
 _TIME_UNIT_S = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 _CENTRAL_AGGREGATES = ("median", "mean")  # preferred first
