@@ -100,16 +100,21 @@ double CoreClockGhz() {
   // The tail of the work before still retires during the first adds (a few
   // hundred cycles): a short chain takes it, unread.
   ChainTicks(5);
+  // A chain that held the switch reads 0.3-1 GHz (the core stops for about a
+  // microsecond), under 0.7 of its neighbours; the chains after it read the
+  // probe's own clock, not the work's. Keep the chains before it.
   double ghz[kChains];
   int kept = 0;
-  for (; kept < kChains; ++kept) {
-    ghz[kept] = kChainSteps * 100.0 / (double(ChainTicks(kChainSteps)) / TscHz()) / 1e9;
-    // A chain at under 0.7 of the one before held a clock change: the core
-    // stops for about a microsecond to switch (measured chains read 0.3-1
-    // GHz there), and what follows is the clock of the probe, not the work's.
-    if (kept > 0 && ghz[kept] < 0.7 * ghz[kept - 1]) break;
+  for (int i = 0; i < kChains; ++i) {
+    ghz[i] = kChainSteps * 100.0 / (double(ChainTicks(kChainSteps)) / TscHz()) / 1e9;
+    if (i > 0 && ghz[i] < 0.7 * ghz[i - 1]) break;  // chain i held it
+    if (i > 0 && ghz[i - 1] < 0.7 * ghz[i]) {       // chain i - 1 held it
+      kept = i - 1;
+      break;
+    }
+    kept = i + 1;
   }
-  if (kept == 0) return 0;  // the switch began at once: no reading
+  if (kept == 0) return 0;  // the switch came at once: no reading
   std::sort(ghz, ghz + kept);
   return ghz[kept / 2];
 #else
