@@ -5,17 +5,6 @@
 
 namespace attn::bench {
 
-CoreClockSampler::CoreClockSampler(double interval_seconds) {
-  if (!CoreClockAvailable()) return;
-  interval_ticks_ = std::max<uint64_t>(1, uint64_t(interval_seconds * TscHz()));
-  last_ = TscNow();
-}
-
-void CoreClockSampler::Sample() {
-  if (const double ghz = CoreClockGhz(); ghz > 0) ghz_.push_back(ghz);
-  last_ = TscNow();
-}
-
 double CoreClockSampler::MedianGhz() const {
   if (ghz_.empty()) return 0;
   std::vector<double> sorted = ghz_;

@@ -1,7 +1,7 @@
 // The `core_ghz` counter (docs/bench-json.md): the core's clock after the
 // work a case times, read with the probe of kernels/core_clock.h. A ceiling
 // reads it inside each thread right after its loop (LoopOnThreads), a
-// micro-kernel case between its calls (CoreClockSampler::AfterIteration), a
+// micro-kernel case between its calls (ItemClocks::AfterItem), a
 // variant case after its Runs' work items (RunOptions::probe_clock,
 // RunStats::core_ghz). `GFLOPS / core_ghz` is FLOPs per cycle, so a fraction
 // of a ceiling splits into its clock's part and its instructions' part
@@ -11,25 +11,19 @@
 
 #include <benchmark/benchmark.h>
 
-#include <cstdint>
 #include <vector>
 
 #include "kernels/core_clock.h"
 
 namespace attn::bench {
 
-// The readings of one case: taken between its iterations at most once per
-// `interval_seconds` of the loop (so that the probe's 3 µs stay under 0.1% of
-// the timed time: call AfterIteration() at the end of each iteration), or
-// taken elsewhere and added; core_ghz is their median.
+// The readings of one case, taken where the work ends (inside a thread right
+// after its loop, a Run's items, or ItemClocks::AfterItem between a
+// micro-kernel's calls, whose 5 ms limit keeps the probe under 0.1% of the
+// timed time); core_ghz is their median.
 class CoreClockSampler {
  public:
-  explicit CoreClockSampler(double interval_seconds = 0.005);
-  void AfterIteration() {
-    if (interval_ticks_ > 0 && TscNow() - last_ >= interval_ticks_) Sample();
-  }
-  // A reading taken elsewhere (inside a thread right after its loop, or a
-  // Run's items); 0, no reading, is left out.
+  // 0, no reading, is left out.
   void Add(double ghz) {
     if (ghz > 0) ghz_.push_back(ghz);
   }
@@ -42,9 +36,6 @@ class CoreClockSampler {
   void SetCounter(benchmark::State& state) const;
 
  private:
-  void Sample();
-  uint64_t interval_ticks_ = 0;  // 0: the probe does not run here
-  uint64_t last_ = 0;
   std::vector<double> ghz_;
 };
 

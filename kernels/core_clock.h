@@ -35,15 +35,16 @@ uint64_t TscNow();
 // loops, a stop of about a microsecond, then 3.5-3.8 under the probe's own
 // adds). So the probe is short: a few hundred adds that let the work's last
 // instructions retire, then up to 4 chains of 2000 adds, stopping at the
-// first that reads under 0.7 of the one before (it held the switch); the
-// median of those before it. About 3 µs. 0 where !CoreClockAvailable() or
-// when the switch came at once.
+// first that reads under 0.7 of a neighbour (it held the switch); the median
+// of those before it. About 3 µs. 0 where !CoreClockAvailable() or when the
+// first chain held the switch.
 double CoreClockGhz();
 
 // The clock readings of a Run's work items (RunOptions::probe_clock):
 // ParallelFor calls AfterItem() on the thread that ran each item, right after
-// it, and a thread reads the clock at most once per 5 ms of its own time (its
-// last reading persists across Runs), so the probe's 3 µs stay under 0.1%.
+// it (the bench also between a micro-kernel's calls), and a thread reads the clock at most once per
+// 5 ms of its own time (its last reading persists across Runs), so the probe's 3 µs stay under
+// 0.1%.
 class ItemClocks {
  public:
   void AfterItem();
