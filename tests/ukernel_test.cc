@@ -1782,11 +1782,12 @@ std::vector<Param> Params() {
   return params;
 }
 
-// FastExp2 rounds and scales by VSCALEFPS on AVX-512 and by a magic-number
-// add and the exponent bits on AVX2 (kernels/ukernels/exp-inl.h): the same
-// bits, over the sweep, ties (k + 1/2, which round to even), the subnormal
-// results of n = -126 and the specials. (SSE4 and below have no FMA: their
-// polynomial rounds twice per step, and their bits differ by an ulp.)
+// FastExp2 takes f = x - floor(x) by VREDUCEPS and scales by VSCALEFPS on
+// AVX-512, and by VROUNDPS's floor and the exponent bits on AVX2
+// (kernels/ukernels/exp-inl.h): the same bits, over the sweep, the whole and
+// half numbers (f = 0 and 1/2), the smallest normal results (floor(x) =
+// -126) and the specials. (SSE4 and below have no FMA: their polynomial
+// rounds twice per step, and their bits differ by an ulp.)
 TEST(FastExp2Test, SameBitsOnAvx2AsOnAvx512) {
   hwy::SetSupportedTargetsForTest(0);
   const int64_t supported = hwy::SupportedTargets();
@@ -1794,7 +1795,7 @@ TEST(FastExp2Test, SameBitsOnAvx2AsOnAvx512) {
     GTEST_SKIP() << "this CPU lacks AVX2 or AVX3 (AVX-512)";
   }
   std::vector<float> x = Exp2Sweep();
-  for (float k = -126.0f; k < 127.0f; k += 1.0f) x.push_back(k + 0.5f);
+  for (float k = -126.0f; k < 127.0f; k += 1.0f) x.insert(x.end(), {k, k + 0.5f});
   for (float v : {-125.5f, -125.75f, -126.0f, -kInf, -1000.0f, -126.5f, kNaN, 3.0f}) {
     x.push_back(v);
   }

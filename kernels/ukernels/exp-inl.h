@@ -3,23 +3,23 @@
 //
 // FastExp2:
 // Range reduction x = n + f with n = round(x), f in [-1/2, 1/2] (exact in
-// fp32), 2^f by its degree-7 Taylor polynomial in Horner form, and 2^n built
-// directly in the exponent bits. The truncation error is
-// (ln2/2)^8 / 8! < 5.2e-9 relative (0.05 ulp); with Horner rounding the
-// result is within kFastExp2MaxUlp = 2 ulp of the exact 2^x for
-// x in [-126, 127.5) (checked by tests/ukernel_test.cc on a dense sweep,
-// which measures 0.84 ulp). Special values: x < -126 (including -inf) gives
-// exactly 0 (the true value is below 2^-126, an absolute error < 1.2e-38);
-// NaN gives NaN. Callers pass x <= 0 (scores minus their running maximum).
+// fp32), 2^f = 1 + f·q(f) with q of degree 5, minimax for the relative error
+// on [-1/2, 1/2] (2.0e-9, 0.03 ulp), and 2^n applied to the exponent. With
+// Horner rounding the result is within kFastExp2MaxUlp = 2 ulp of the exact
+// 2^x for x in [-126, 127.5) (tests/ukernel_test.cc sweeps it densely and
+// records the worst; an fp32 emulation of the polynomial over 2^23
+// arguments of [-1/2, 1/2] gives 0.95 ulp). Special values: x < -126
+// (including -inf) gives exactly 0 (the true value is below 2^-126, an
+// absolute error < 1.2e-38); 2^k is exact for whole k; NaN gives NaN.
+// Callers pass x <= 0 (scores minus their running maximum).
 //
-// Cost per vector: 1 max, the rounding and the scaling by 2^n (AVX-512:
-// a round, a sub and VSCALEFPS; elsewhere the magic number's add and sub, a
-// sub, an integer add, a shift and a multiply), 7 FMA, 1 compare and 1
-// blend (one more of each on targets other than x86 AVX2/AVX-512, for NaN):
-// 14 instructions for 16 floats on AVX-512 (VSCALEFPS against the exponent
-// bits: the softmax columns kernel 1.25x faster, bf16 flash on AMX 5-10%,
-// kernels/DESIGN.md "AMX"), 16 for 8 on AVX2 (was 20 with Round and
-// Highway's conversion).
+// Cost per vector on AVX-512: VREDUCEPS (f), a subtraction (n), 6 FMA, a
+// compare into a mask and VSCALEFPS under it (2^n and the zeroing in one):
+// 10 instructions for 16 floats, where the degree-7 Taylor polynomial with
+// VRNDSCALEPS, a clamp and a zeroing select took 14 (kernels/DESIGN.md, "A
+// cheaper exponential for fp32"). On AVX2, 14 for 8: the magic number's add
+// and subtraction, a subtraction, 6 FMA, an integer add, a shift, the
+// multiply, a compare and a select.
 
 #if defined(ATTNLAB_KERNELS_UKERNELS_EXP_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef ATTNLAB_KERNELS_UKERNELS_EXP_INL_H_
@@ -35,90 +35,81 @@ namespace attn {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// FastExp2's rounding x -> n = round(x) and its scaling p -> p·2^n, for a
-// whole number n in [-126, 128], in each target's cheapest form: Rounded(x)
-// is what TimesPow2Of scales by, WholeOf(Rounded(x)) is n as a float. The
-// same bits on either (FastExp2Test.SameBitsOnAvx2AsOnAvx512).
+// FastExp2's range reduction x = n + f, n = round(x) (ties to even), f in
+// [-1/2, 1/2] (exact in fp32), and its scaling p -> p·2^n with x < -126
+// zeroed, in each target's cheapest form: Split returns f and sets *whole to
+// what TimesPow2Of scales by. The same bits on either
+// (FastExp2Test.SameBitsOnAvx2AsOnAvx512).
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-// AVX-512: n itself (Round), and VSCALEFPS, one instruction, correctly
-// rounded like the multiply.
+// AVX-512: VREDUCEPS gives f = x - round(x) in one instruction, n = x - f
+// (exact), and VSCALEFPS scales by 2^n, correctly rounded like the
+// multiply, under a mask that zeroes the lanes below -126 (NaN compares
+// "not less" and stays NaN).
 template <class D, class V = hn::Vec<D>>
-HWY_INLINE V Rounded(D, V x) {
-  return hn::Round(x);
-}
-template <class D, class V = hn::Vec<D>>
-HWY_INLINE V WholeOf(D, V rounded) {
-  return rounded;
-}
-template <class D, class V = hn::Vec<D>>
-HWY_INLINE V TimesPow2Of(D, V p, V rounded) {
-  if constexpr (sizeof(p.raw) == 64) {
-    return V{_mm512_scalef_ps(p.raw, rounded.raw)};
-  } else if constexpr (sizeof(p.raw) == 32) {
-    return V{_mm256_scalef_ps(p.raw, rounded.raw)};
+HWY_INLINE V Split(D, V x, V* whole) {
+  constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  V f;
+  if constexpr (sizeof(x.raw) == 64) {
+    f = V{_mm512_reduce_ps(x.raw, kNearest)};
+  } else if constexpr (sizeof(x.raw) == 32) {
+    f = V{_mm256_reduce_ps(x.raw, kNearest)};
   } else {
-    return V{_mm_scalef_ps(p.raw, rounded.raw)};
+    f = V{_mm_reduce_ps(x.raw, kNearest)};
+  }
+  *whole = hn::Sub(x, f);
+  return f;
+}
+template <class D, class V = hn::Vec<D>>
+HWY_INLINE V TimesPow2Of(D, V p, V whole, V x) {
+  if constexpr (sizeof(p.raw) == 64) {
+    const __mmask16 keep = _mm512_cmp_ps_mask(x.raw, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ);
+    return V{_mm512_maskz_scalef_ps(keep, p.raw, whole.raw)};
+  } else if constexpr (sizeof(p.raw) == 32) {
+    const __mmask8 keep = _mm256_cmp_ps_mask(x.raw, _mm256_set1_ps(-126.0f), _CMP_NLT_UQ);
+    return V{_mm256_maskz_scalef_ps(keep, p.raw, whole.raw)};
+  } else {
+    const __mmask8 keep = _mm_cmp_ps_mask(x.raw, _mm_set1_ps(-126.0f), _CMP_NLT_UQ);
+    return V{_mm_maskz_scalef_ps(keep, p.raw, whole.raw)};
   }
 }
 #else
 // Elsewhere the magic number 1.5·2^23: x + 1.5·2^23 lies in [2^23, 2^24),
 // where floats are the integers, so the add rounds x to the nearest (ties
-// to even, as Round: the magic number is even) and the low bits of the sum
-// hold n in two's complement; 2^n's exponent field is then (bits + 127) <<
-// 23 (the magic number's own bits shift out), and one multiply scales, exact
-// but for a subnormal result, where it rounds as VSCALEFPS does. Three
-// instructions fewer per vector than Round plus the conversion of n to an
-// integer (whose Highway form fixes up overflow: three more).
+// to even, as VREDUCEPS: the magic number is even) and the low bits of the
+// sum hold n in two's complement; 2^n's exponent field is then (bits + 127)
+// << 23 (the magic number's own bits shift out), and one multiply scales,
+// exact but for a subnormal result, where it rounds as VSCALEFPS does. Lanes
+// below -126 (and -inf) compute garbage that the final select zeroes; a NaN
+// stays NaN through every step.
 inline constexpr float kRoundingMagic = 12582912.0f;
 
 template <class D, class V = hn::Vec<D>>
-HWY_INLINE V Rounded(D d, V x) {
-  return hn::Add(x, hn::Set(d, kRoundingMagic));
+HWY_INLINE V Split(D d, V x, V* whole) {
+  *whole = hn::Add(x, hn::Set(d, kRoundingMagic));
+  return hn::Sub(x, hn::Sub(*whole, hn::Set(d, kRoundingMagic)));
 }
 template <class D, class V = hn::Vec<D>>
-HWY_INLINE V WholeOf(D d, V rounded) {
-  return hn::Sub(rounded, hn::Set(d, kRoundingMagic));
-}
-template <class D, class V = hn::Vec<D>>
-HWY_INLINE V TimesPow2Of(D d, V p, V rounded) {
+HWY_INLINE V TimesPow2Of(D d, V p, V whole, V x) {
   const hn::RebindToSigned<D> di;
-  const auto bits = hn::ShiftLeft<23>(hn::Add(hn::BitCast(di, rounded), hn::Set(di, 127)));
-  return hn::Mul(p, hn::BitCast(d, bits));
+  const auto bits = hn::ShiftLeft<23>(hn::Add(hn::BitCast(di, whole), hn::Set(di, 127)));
+  return hn::IfThenZeroElse(hn::Lt(x, hn::Set(d, -126.0f)), hn::Mul(p, hn::BitCast(d, bits)));
 }
 #endif
 
 template <class D, class V = hn::Vec<D>>
 HWY_INLINE V FastExp2(D d, V x) {
-  const V lo = hn::Set(d, -126.0f);
-#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
-  // MAXPS returns its second operand when either is NaN, so a NaN x stays
-  // NaN through the rounding, the polynomial and the scaling, and needs no
-  // fix-up (a compare and a blend fewer per vector, on the two ports the
-  // polynomial's FMAs use: the softmax columns kernel 1.09x faster on the
-  // Emerald Rapids VM, kernels/DESIGN.md "The softmax on a 2-FMA-port core").
-  const V xc = hn::Max(lo, x);
-#else
-  const V xc = hn::Max(x, lo);  // NaN lanes are fixed up at the end
-#endif
-  const V rounded = Rounded(d, xc);
-  const V n = WholeOf(d, rounded);
-  const V f = hn::Sub(xc, n);  // exact: |f| <= 1/2
-  // ln(2)^k / k!, k = 7..0.
-  V p = hn::Set(d, 1.525273380405984e-05f);
-  p = hn::MulAdd(p, f, hn::Set(d, 1.5403530393381608e-04f));
-  p = hn::MulAdd(p, f, hn::Set(d, 1.3333558146428443e-03f));
-  p = hn::MulAdd(p, f, hn::Set(d, 9.618129107628477e-03f));
-  p = hn::MulAdd(p, f, hn::Set(d, 5.550410866482158e-02f));
-  p = hn::MulAdd(p, f, hn::Set(d, 2.402265069591007e-01f));
-  p = hn::MulAdd(p, f, hn::Set(d, 6.931471805599453e-01f));
+  V whole;
+  const V f = Split(d, x, &whole);
+  // 2^f = 1 + f·q(f) on [-1/2, 1/2], q minimax for 2^f's relative error
+  // (2.0e-9; the constant term is exactly 1, so 2^k is exact for whole k).
+  V p = hn::Set(d, 1.535336341476068e-04f);
+  p = hn::MulAdd(p, f, hn::Set(d, 1.3398875016719103e-03f));
+  p = hn::MulAdd(p, f, hn::Set(d, 9.61843691766262e-03f));
+  p = hn::MulAdd(p, f, hn::Set(d, 5.5503323674201965e-02f));
+  p = hn::MulAdd(p, f, hn::Set(d, 2.4022647738456726e-01f));
+  p = hn::MulAdd(p, f, hn::Set(d, 6.931471824645996e-01f));
   p = hn::MulAdd(p, f, hn::Set(d, 1.0f));
-  V r = TimesPow2Of(d, p, rounded);
-  r = hn::IfThenZeroElse(hn::Lt(x, lo), r);
-#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
-  return r;
-#else
-  return hn::IfThenElse(hn::IsNaN(x), x, r);
-#endif
+  return TimesPow2Of(d, p, whole, x);
 }
 
 // e^(x - m) for x <= m: the difference first, then the change of base to
