@@ -1782,11 +1782,11 @@ std::vector<Param> Params() {
   return params;
 }
 
-// FastExp2 takes f = x - floor(x) by VREDUCEPS and scales by VSCALEFPS on
-// AVX-512, and by VROUNDPS's floor and the exponent bits on AVX2
+// FastExp2 takes f = x - round(x) by VREDUCEPS and scales by VSCALEFPS on
+// AVX-512, and by the magic number's add and the exponent bits on AVX2
 // (kernels/ukernels/exp-inl.h): the same bits, over the sweep, the whole and
-// half numbers (f = 0 and 1/2), the smallest normal results (floor(x) =
-// -126) and the specials. (SSE4 and below have no FMA: their polynomial
+// half numbers (f = 0, and the ties, which round to even), the smallest
+// results (n = -126) and the specials. (SSE4 and below have no FMA: their polynomial
 // rounds twice per step, and their bits differ by an ulp.)
 TEST(FastExp2Test, SameBitsOnAvx2AsOnAvx512) {
   hwy::SetSupportedTargetsForTest(0);

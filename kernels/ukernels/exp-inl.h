@@ -42,9 +42,9 @@ namespace hn = hwy::HWY_NAMESPACE;
 // (FastExp2Test.SameBitsOnAvx2AsOnAvx512).
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
 // AVX-512: VREDUCEPS gives f = x - round(x) in one instruction, n = x - f
-// (exact), and VSCALEFPS scales by 2^n, correctly rounded like the
-// multiply, under a mask that zeroes the lanes below -126 (NaN compares
-// "not less" and stays NaN).
+// (exact), and VSCALEFPS scales by 2^n, exact like the multiply, under a
+// mask that zeroes the lanes below -126 (NaN compares "not less" and stays
+// NaN).
 template <class D, class V = hn::Vec<D>>
 HWY_INLINE V Split(D, V x, V* whole) {
   constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
@@ -78,9 +78,9 @@ HWY_INLINE V TimesPow2Of(D, V p, V whole, V x) {
 // to even, as VREDUCEPS: the magic number is even) and the low bits of the
 // sum hold n in two's complement; 2^n's exponent field is then (bits + 127)
 // << 23 (the magic number's own bits shift out), and one multiply scales,
-// exact but for a subnormal result, where it rounds as VSCALEFPS does. Lanes
-// below -126 (and -inf) compute garbage that the final select zeroes; a NaN
-// stays NaN through every step.
+// exact (no result is subnormal: n >= -126, and n = -126 only with f >= 0).
+// Lanes below -126 (and -inf) compute garbage that the final select zeroes;
+// a NaN stays NaN through every step.
 inline constexpr float kRoundingMagic = 12582912.0f;
 
 template <class D, class V = hn::Vec<D>>
