@@ -1786,8 +1786,8 @@ std::vector<Param> Params() {
 // AVX-512, and by the magic number's add and the exponent bits on AVX2
 // (kernels/ukernels/exp-inl.h): the same bits, over the sweep, the whole and
 // half numbers (f = 0, and the ties, which round to even), the smallest
-// results (n = -126) and the specials. (SSE4 and below have no FMA: their polynomial
-// rounds twice per step, and their bits differ by an ulp.)
+// results (n = -126) and the specials. (SSE4 and below have no FMA: their
+// polynomial rounds twice per step, and their bits differ by an ulp.)
 TEST(FastExp2Test, SameBitsOnAvx2AsOnAvx512) {
   hwy::SetSupportedTargetsForTest(0);
   const int64_t supported = hwy::SupportedTargets();

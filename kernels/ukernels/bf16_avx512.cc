@@ -198,15 +198,19 @@ ATTN_BF16_TARGET void PvRows(const uint32_t* pr, int64_t ldp, const uint32_t* vp
 // e^(s·scale - mu) (mu the row's new maximum, s·scale <= mu; alpha's
 // exponential, and the weights' before WeightExp below) in 10
 // instructions per 16 scores (FastExp2 in exp-inl.h, with its caller's
-// subtraction and change of base: 16). t = (s·scale - mu)·log2 e splits
-// into f = t - floor(t) in [0, 1) (VREDUCEPS, exact) and floor(t), which
-// VSCALEFPS applies by itself (it scales by 2^floor of its second operand).
-// 2^f is a degree-5 polynomial, minimax for relative error on [0, 1]
-// (7.5e-8; 1.5e-7 = 2.2 ulp with fp32 Horner rounding, checked on a dense
-// sweep), within the 8 ulp the error bound allows the exponential
-// (reference/error_bound.cc), instead of FastExp2's degree 7. Arguments below -126 (-inf included,
-// whose VREDUCEPS is NaN) are masked to 0 by VSCALEFPS (no subnormal weights: they cost microcode
-// assists in the sums); NaN gives NaN (it compares "not less", and stays NaN through each step).
+// subtraction and change of base: 12). t = (s·scale - mu)·log2 e splits
+// into f = t - floor(t) in [0, 1) (VREDUCEPS; exact but for t in (-1, 0),
+// where 1 + t may need bits below f's last and VREDUCEPS rounds it down: at
+// most 2^-24 off, ~0.35 ulp of the result) and floor(t), which VSCALEFPS
+// applies by itself (it scales by 2^floor of its second operand). 2^f is a
+// degree-5 polynomial, minimax for relative error on [0, 1] (7.5e-8; 1.5e-7
+// = 2.2 ulp with fp32 Horner rounding, checked on a dense sweep), within the
+// 8 ulp the error bound allows the exponential (reference/error_bound.cc);
+// FastExp2's degree 6 on [-1/2, 1/2] (0.95 ulp) takes one FMA more, and its
+// caller the subtraction this FMSUB folds. Arguments below -126 (-inf
+// included, whose VREDUCEPS is NaN) are masked to 0 by VSCALEFPS (no
+// subnormal weights: they cost microcode assists in the sums); NaN gives NaN
+// (it compares "not less", and stays NaN through each step).
 ATTN_BF16_TARGET inline __m512 ExpScaled(__m512 s, __m512 scale, __m512 mu) {
   const __m512 lo = _mm512_set1_ps(-126.0f);
   const __m512 t =
