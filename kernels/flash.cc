@@ -119,8 +119,8 @@
 //   * Everything else (f16, int8, mixed types, bf16 on other CPUs or where
 //     the tuning says so, ATTNLAB_PORTABLE=1): K and V tiles are converted
 //     exactly to fp32 (to_f32_row) once per tile and work item into scratch
-//     (HeldRows: an item's up to 4 row blocks share it), where the fp32
-//     micro-kernels read them, up to 256 rows to each converted element; Q
+//     (HeldRows: an item's up to 8 row blocks share it), where the fp32
+//     micro-kernels read them, up to 512 rows to each converted element; Q
 //     rows are converted on load.
 // A reduced O is finished in fp32 and rounded once (StoreRow).
 //
@@ -166,15 +166,18 @@
 // KiB on each machine).
 //
 // Work items of several row blocks: a many-row item (not paged) takes up to
-// 4 row blocks (Plan::sub_blocks: as many as leave 32 items and the rows
+// 8 row blocks (Plan::sub_blocks: as many as leave 32 items and the rows
 // fill), which take each key tile in turn: one read of the K and V tiles
 // from L2/L3 (and one pairing of V on the bf16 pair paths, one conversion
-// of K and V to fp32 on the converted path: HeldRows; causal's diagonal
-// tiles pair or convert theirs each) serves up to 256 rows. Each
-// row's arithmetic is unchanged, so are the bits (tested). Sapphire Rapids
-// VM, 1 thread, time against items of one block: bf16 on AMX dense
-// 0.83-0.88, causal 0.87-0.98; bf16 on VDPBF16PS 0.93-1.00; fp32 0.93-1.00
-// (N = 2048 and 4096, d = 64 and 128; kernels/DESIGN.md, "AMX").
+// of K and V to fp32 on the converted path: HeldRows) serves up to 512
+// rows. Causal's diagonal tile, which each block sees to its own last key,
+// is taken by the item's last block first, whose pairs, conversions and
+// V's finiteness check serve the shorter ranges of the others. Each row's
+// arithmetic is unchanged, so are the bits (tested). Sapphire Rapids VM, 1
+// thread, time against items of one block: bf16 on AMX dense 0.83-0.88,
+// causal 0.87-0.98; bf16 on VDPBF16PS 0.93-1.00; fp32 0.93-1.00 (N = 2048
+// and 4096, d = 64 and 128, 4 blocks); 8 blocks against 4: 0.96-0.98 bf16
+// and ~0.99 fp32 (kernels/DESIGN.md, "AMX").
 //
 // Parallelism: work items are (row blocks, key split), handed out dynamically
 // by ParallelFor in groups of (batch, kv head) pairs whose K and V fit in one
@@ -203,9 +206,10 @@
 // items·min(64, g·Lq)·(dv' + 2) floats, with items = blocks·splits <= 47
 // (splits happen only below 16 blocks and aim at 32 items).
 // So Lq = Lk = 32768, dk = dv = 64 takes 324 KiB on 2 threads (tested < 4 MiB).
-// An item of 4 row blocks holds 4 Q blocks, O, m, l and alpha instead of
-// one (+197 KiB a thread at d = 128: 822 -> 1023 kB declared at N = 4096;
-// its score tile and P rows are shared).
+// An item of 8 row blocks holds 8 Q blocks, O, m, l and alpha instead of
+// one (its score tile and P rows are shared): declared at N = 4096, d = 128,
+// bf16 822 kB with one block, 1023 with 4, 1293 with 8; fp32 400 with 4,
+// 670 with 8.
 //
 // Block sizes (Zen 4: L1d 32 KiB, L2 1 MiB per core, 32 zmm registers):
 //   * Br = 64 = 4 AVX-512 vectors of queries: the S micro-kernel holds 6 keys
@@ -293,19 +297,40 @@ static_assert(kBr == kScoreTileCols, "a row block is one score tile wide");
 // starts each item with nothing held; an address names the batch, kv head
 // and key within the problem).
 struct HeldRows {
+  // How a buffer holds its rows: converted to fp32 (TileKeys, TileValues),
+  // or as bf16 pairs (Bf16Pv). An item whose row blocks take the pair
+  // kernels may end in a few-row block that converts V's rows of a partial
+  // tile into the same buffer.
+  enum class Form { kF32Rows, kBf16Pairs };
   struct Range {
     const void* first = nullptr;
     int64_t rows = 0;
-    // True when the buffer holds `rows` rows from `first` already; else
-    // records them as held, for the caller to fill the buffer with.
-    bool HoldsOrTakes(const void* from, int64_t n) {
-      if (first == from && rows == n) return true;
+    Form form = Form::kF32Rows;
+    // True when the buffer holds rows [0, n) from `from` already, in form
+    // `as`: the same n rows, or more of them where their first n are these
+    // (rows converted one by one; pairs of an even n, none of which reaches
+    // past row n); else records them as held, for the caller to fill the
+    // buffer with. (Causal: an item's row blocks take their diagonal tile
+    // longest first, AttendBlock, so that the first block's rows serve the
+    // others.)
+    bool HoldsOrTakes(const void* from, int64_t n, Form as) {
+      const bool prefix = as == Form::kF32Rows || n % 2 == 0;
+      if (first == from && form == as && (rows == n || (prefix && rows > n))) return true;
       first = from;
       rows = n;
+      form = as;
       return false;
     }
   };
   Range k, v;
+  // Whether V's rows [0, rows) from `first` are all finite, once a partial
+  // bf16 tile asked (Bf16Pv: each row block of an item asks for its
+  // diagonal tile, over ranges that share their start).
+  struct Finite {
+    const void* first = nullptr;
+    int64_t rows = 0;
+    bool all = false;
+  } v_finite;
 };
 
 // A thread's scratch (flash::Plan::thread_floats, each piece 64-byte
@@ -459,7 +484,7 @@ Block LoadBlock(const ValidProblem& p, int64_t b, int64_t kvh, int64_t r0, int64
 
 // K rows [j0, j0 + nc) as the score kernels read them: fp32 K in place;
 // reduced-precision K converted (ToF32Row, exact) into sc.kc once per work
-// item (sc.held), where the up to 256 rows of the item's row blocks read it
+// item (sc.held), where the up to 512 rows of the item's row blocks read it
 // from L1/L2. Sets *stride.
 const float* TileKeys(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc, Scratch& sc,
                       int64_t* stride) {
@@ -469,7 +494,9 @@ const float* TileKeys(const ValidProblem& p, const Block& blk, int64_t j0, int64
   }
   const int64_t dk = p.shape.head_dim;
   *stride = dk;
-  if (sc.held->k.HoldsOrTakes(p.KvRow(p.k, blk.b, blk.kvh, j0), nc)) return sc.kc;
+  if (sc.held->k.HoldsOrTakes(p.KvRow(p.k, blk.b, blk.kvh, j0), nc, HeldRows::Form::kF32Rows)) {
+    return sc.kc;
+  }
   for (int64_t j = 0; j < nc; ++j) {
     ToF32Row(p.k.dtype, p.KvRow(p.k, blk.b, blk.kvh, j0 + j), dk, p.KScale(blk.b, blk.kvh, j0 + j),
              sc.kc + j * dk);
@@ -491,7 +518,9 @@ const float* TileValues(const ValidProblem& p, const flash::Plan& plan, const Bl
   }
   const int64_t dv = p.shape.value_dim;
   *stride = plan.dvp;
-  if (sc.held->v.HoldsOrTakes(p.KvRow(p.v, blk.b, blk.kvh, j0), nc)) return sc.vp;
+  if (sc.held->v.HoldsOrTakes(p.KvRow(p.v, blk.b, blk.kvh, j0), nc, HeldRows::Form::kF32Rows)) {
+    return sc.vp;
+  }
   for (int64_t j = 0; j < nc; ++j) {
     float* dst = sc.vp + j * plan.dvp;
     ToF32Row(p.v.dtype, p.KvRow(p.v, blk.b, blk.kvh, j0 + j), dv, p.VScale(blk.b, blk.kvh, j0 + j),
@@ -561,6 +590,39 @@ void ModifyTile(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc,
 
 // Adds the additive mask to the tile's scores, and (partial tiles) sets the
 // scores of structurally hidden (key, row) pairs to -inf.
+// MaskTile's hiding on Sᵀ (sr = 1: a key's scores of all rows in a row of
+// st): key by key over the keys some row hides, the rows that hide it under
+// a lane mask. (Row by row, the stores of one row went 256 bytes apart: ~1%
+// of causal bf16 flash on AMX at N = 2048, d = 128.)
+void HideKeysOfColumns(const Block& blk, int64_t j0, int64_t j1, Scratch& sc) {
+  const DF d;
+  const hn::RebindToSigned<DF> di;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d)), nc = j1 - j0;
+  HWY_ALIGN int32_t lo[kBr], hi[kBr];  // row x sees keys [lo, hi) of the tile
+  int64_t max_lo = 0, min_hi = nc;
+  for (int64_t x = 0; x < blk.rp; ++x) {
+    KeyRange vis{0, nc};  // padded rows: nothing hidden (nothing changed)
+    if (x < blk.nrows) vis = TileRange(sc, x, j0, j1);
+    lo[x] = static_cast<int32_t>(vis.empty() ? nc : vis.begin);
+    hi[x] = static_cast<int32_t>(vis.empty() ? nc : vis.end);
+    max_lo = std::max<int64_t>(max_lo, lo[x]);
+    min_hi = std::min<int64_t>(min_hi, hi[x]);
+  }
+  const VF hidden = hn::Set(d, -kInf);
+  const auto hide_key = [&](int64_t j) {
+    const auto key = hn::Set(di, static_cast<int32_t>(j));
+    const auto past = hn::Set(di, static_cast<int32_t>(j + 1));  // j >= hi: j + 1 > hi
+    float* s = sc.st + j * blk.sj;
+    for (int64_t x = 0; x < blk.rp; x += N) {
+      const auto hides =
+          hn::Or(hn::Lt(key, hn::Load(di, lo + x)), hn::Gt(past, hn::Load(di, hi + x)));
+      hn::Store(hn::IfThenElse(hn::RebindMask(d, hides), hidden, hn::Load(d, s + x)), d, s + x);
+    }
+  };
+  for (int64_t j = 0; j < max_lo; ++j) hide_key(j);
+  for (int64_t j = std::max(min_hi, max_lo); j < nc; ++j) hide_key(j);
+}
+
 void MaskTile(const ValidProblem& p, const Block& blk, int64_t j0, int64_t j1, bool partial,
               Scratch& sc) {
   const int64_t nc = j1 - j0;
@@ -572,6 +634,7 @@ void MaskTile(const ValidProblem& p, const Block& blk, int64_t j0, int64_t j1, b
     }
   }
   if (!partial) return;
+  if (blk.sr == 1) return HideKeysOfColumns(blk, j0, j1, sc);
   for (int64_t x = 0; x < blk.nrows; ++x) {
     const KeyRange vis = TileRange(sc, x, j0, j1);
     float* s = sc.st + x * blk.sr;
@@ -1045,6 +1108,15 @@ bool Bf16ValuesFinite(const uint16_t* v, int64_t vs, int64_t nc, int64_t dv) {
   return finite && hn::AllFalse(du, hn::MaskFromVec(infinite));
 }
 
+// Bf16ValuesFinite through the item's record (HeldRows::v_finite): rows
+// [0, nc) from v are finite when more of them from v were.
+bool HeldValuesFinite(HeldRows& held, const uint16_t* v, int64_t vs, int64_t nc, int64_t dv) {
+  HeldRows::Finite& known = held.v_finite;
+  if (known.first == v && (known.rows == nc || (known.all && known.rows > nc))) return known.all;
+  known = {v, nc, Bf16ValuesFinite(v, vs, nc, dv)};
+  return known.all;
+}
+
 // O += P·V over each row's visible keys only, V read from its bf16 rows,
 // the weight of key j of row x p(x, j): PvVisibleOnly for bf16 tiles (rare:
 // a partial tile whose V is not all finite).
@@ -1095,7 +1167,7 @@ void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, in
             int64_t j1, bool partial, bool first, Scratch& sc) {
   const int64_t nc = j1 - j0, dv = p.shape.value_dim, vs = p.v.strides.row;
   const auto* v = static_cast<const uint16_t*>(p.KvRow(p.v, blk.b, blk.kvh, j0));
-  if (partial && !Bf16ValuesFinite(v, vs, nc, dv)) {
+  if (partial && !HeldValuesFinite(*sc.held, v, vs, nc, dv)) {
     const auto* pr = reinterpret_cast<const uint16_t*>(sc.pr);  // 2 bf16 per pair
     const int64_t ldp = 2 * plan.p_row_pairs;
     return Bf16PvVisibleOnly(
@@ -1103,7 +1175,9 @@ void Bf16Pv(const ValidProblem& p, const flash::Plan& plan, const Block& blk, in
         [&](int64_t x, int64_t j) { return F32FromBF16Bits(pr[x * ldp + j]); });
   }
   auto* vp = reinterpret_cast<uint32_t*>(sc.vp);
-  if (!sc.held->v.HoldsOrTakes(v, nc)) blk.pairs->pack_value_pairs(v, vs, nc, dv, vp, plan.dvp);
+  if (!sc.held->v.HoldsOrTakes(v, nc, HeldRows::Form::kBf16Pairs)) {
+    blk.pairs->pack_value_pairs(v, vs, nc, dv, vp, plan.dvp);
+  }
   blk.pairs->pv_rows(sc.pr, plan.p_row_pairs, vp, plan.dvp, (nc + 1) / 2, blk.nrows, plan.dvp / 16,
                      !first, sc.o, plan.dvp);
 }
@@ -1253,8 +1327,11 @@ void AttendBlock(const ValidProblem& p, const flash::Plan& plan, int64_t b, int6
   }
   int64_t visited[kFewRows] = {};
   // Tiles are aligned to bc from key_lo; each is clipped to the group's union.
+  // The groups take a tile last row block first: under a causal mask that one
+  // sees the most of a diagonal tile, and converts or pairs its K and V rows
+  // once for all (HeldRows).
   for (int64_t t = key_lo + (ulo - key_lo) / bc * bc; t < uhi; t += bc) {
-    for (int64_t gr = 0; gr < groups; ++gr) {
+    for (int64_t gr = groups - 1; gr >= 0; --gr) {
       const Block& group = blocks[gr * per_group];
       const int64_t j0 = std::max(t, group.ulo);
       const int64_t j1 = std::min(t + bc, group.uhi);

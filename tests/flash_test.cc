@@ -273,7 +273,8 @@ TEST(FlashTiles, ItemsOfSeveralRowBlocksGiveTheSameBits) {
     ProblemData data(spec);
     return flash::MakePlan(*Validate(data.problem())).sub_blocks;
   };
-  EXPECT_EQ(sub_blocks({1, 8, 8, 2048, 2048, 128, 128}), 4);  // 8 items per head
+  EXPECT_EQ(sub_blocks({1, 8, 8, 2048, 2048, 128, 128}), 8);  // 4 items per head
+  EXPECT_EQ(sub_blocks({1, 8, 8, 1024, 1024, 128, 128}), 4);  // 4 per head
   EXPECT_EQ(sub_blocks({1, 8, 8, 512, 512, 128, 128}), 2);    // 4 per head
   EXPECT_EQ(sub_blocks({1, 8, 8, 256, 256, 64, 64}), 1);      // 4 per head
   EXPECT_EQ(sub_blocks({1, 1, 1, 2048, 2048, 64, 64}), 1);    // 32 in all
@@ -453,9 +454,10 @@ TEST(FlashWorkspace, LongSequenceUnder4MiB) {
     ASSERT_TRUE(valid.ok()) << valid.status().ToString();
     const size_t declared = Flash().workspace_bytes(*valid, threads);
     EXPECT_LT(declared, size_t{4} << 20) << threads << " threads";
-    // (From N = 8192 items take the most row blocks, kMaxSubBlocks.)
+    // (From N = 16384 items take the most row blocks, kMaxSubBlocks: 32
+    // items of 8 blocks.)
     Problem small =
-        MakeProblem(Shape{1, 1, 1, 8192, 8192, d, d}, q.data(), k.data(), v.data(), o.data());
+        MakeProblem(Shape{1, 1, 1, 16384, 16384, d, d}, q.data(), k.data(), v.data(), o.data());
     EXPECT_EQ(declared, Flash().workspace_bytes(*Validate(small), threads));
   }
   RunOptions options;

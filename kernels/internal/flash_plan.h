@@ -40,7 +40,7 @@ namespace flash {
 
 inline constexpr int64_t kBr = 64;  // query rows per block
 // Row blocks per work item at most (Plan::sub_blocks).
-inline constexpr int64_t kMaxSubBlocks = 4;
+inline constexpr int64_t kMaxSubBlocks = 8;
 inline constexpr int64_t kMaxBc = 512;  // keys per tile (fewer when Lk is shorter)
 inline constexpr int64_t kPad = 16;     // dv padded to a multiple of 16 floats
 // Split-key (flash-decoding) parameters: used when there are few row blocks.
@@ -98,7 +98,7 @@ struct Plan {
   // kBr-row blocks per work item: up to kMaxSubBlocks (not paged), as many
   // as leave kTargetItems items and the rows fill; the blocks take each key
   // tile in turn, so that one read of the K and V tiles from L2/L3 (and on
-  // the bf16 pair paths one pairing of V) serves up to 256 rows
+  // the bf16 pair paths one pairing of V) serves up to 512 rows
   // (kernels/flash.cc, AttendBlock). 1 for decode and small problems.
   int64_t sub_blocks = 1;
   int64_t row_blocks = 0;  // ceil(rows / item_rows()): work items per (batch, kv head)
