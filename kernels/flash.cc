@@ -588,8 +588,6 @@ void ModifyTile(const ValidProblem& p, const Block& blk, int64_t j0, int64_t nc,
   if (alibi) AlibiColumns(sc.st, blk.sj, nc, blk.rp, slopes, positions, static_cast<float>(j0));
 }
 
-// Adds the additive mask to the tile's scores, and (partial tiles) sets the
-// scores of structurally hidden (key, row) pairs to -inf.
 // MaskTile's hiding on Sᵀ (sr = 1: a key's scores of all rows in a row of
 // st): key by key over the keys some row hides, the rows that hide it under
 // a lane mask. (Row by row, the stores of one row went 256 bytes apart: ~1%
@@ -623,6 +621,8 @@ void HideKeysOfColumns(const Block& blk, int64_t j0, int64_t j1, Scratch& sc) {
   for (int64_t j = std::max(min_hi, max_lo); j < nc; ++j) hide_key(j);
 }
 
+// Adds the additive mask to the tile's scores, and (partial tiles) sets the
+// scores of structurally hidden (key, row) pairs to -inf.
 void MaskTile(const ValidProblem& p, const Block& blk, int64_t j0, int64_t j1, bool partial,
               Scratch& sc) {
   const int64_t nc = j1 - j0;
